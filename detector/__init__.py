@@ -1,0 +1,49 @@
+"""anomaly-detector: VAE anomaly detection for tables of records.
+
+Public names are loaded on first use, so that ``import detector`` (and the ``anomaly --help``
+it serves) does not pay TensorFlow's import time until a model is needed.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "VAEDetector": "detector.estimator",
+    "Bundle": "detector.bundle",
+    "load_bundle": "detector.bundle",
+    "save_bundle": "detector.bundle",
+    "set_target_fpr": "detector.bundle",
+    "Schema": "detector.features",
+    "Rejection": "detector.features",
+    "fit_schema": "detector.features",
+    "encode": "detector.features",
+    "ScoreResult": "detector.scoring",
+    "score_frame": "detector.scoring",
+    "Calibrator": "detector.threshold",
+    "TrainingConfig": "detector.training",
+    "TrainingSummary": "detector.training",
+    "train": "detector.training",
+    "BatchReport": "detector.batch",
+    "score_file": "detector.batch",
+    "Evaluation": "detector.evaluation",
+    "evaluate_scores": "detector.evaluation",
+    "DetectorError": "detector.errors",
+    "InputError": "detector.errors",
+    "SchemaError": "detector.errors",
+    "DataError": "detector.errors",
+    "ConfigError": "detector.errors",
+    "BundleError": "detector.errors",
+    "TrainingError": "detector.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'detector' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

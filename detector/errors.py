@@ -1,0 +1,50 @@
+"""The exceptions the detector raises, each naming what was wrong and how to fix it.
+
+::
+
+    DetectorError                 base; never raised itself
+    ├── InputError                the caller's input is wrong (CLI exit code 2)
+    │   ├── SchemaError           columns missing, unknown or of the wrong type
+    │   ├── DataError             unreadable file, empty table, too many rejected rows
+    │   └── ConfigError           an option value that cannot work
+    ├── BundleError               a bundle missing, incompatible or tampered with (exit 2)
+    └── TrainingError             training produced no usable model (NaN loss, collapse) (exit 1)
+
+Everything else that escapes is a bug, and the CLI reports it as an internal error (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class DetectorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(DetectorError):
+    """The input is wrong; the message says what to change."""
+
+    exit_code = 2
+
+
+class SchemaError(InputError):
+    """Columns are missing, unknown or of a type the model cannot use."""
+
+
+class DataError(InputError):
+    """The data cannot be read or holds too little that is usable."""
+
+
+class ConfigError(InputError):
+    """An option has a value that cannot work."""
+
+
+class BundleError(DetectorError):
+    """A model bundle cannot be loaded safely."""
+
+    exit_code = 2
+
+
+class TrainingError(DetectorError):
+    """Training finished without a model worth keeping."""

@@ -1,0 +1,170 @@
+"""A scikit-learn compatible estimator over the same training, scoring and bundle code.
+
+``VAEDetector`` follows IsolationForest's conventions, so it drops into pipelines and model
+selection: ``score_samples`` is higher = more normal, ``decision_function`` is negative for
+anomalies, ``predict`` gives -1 for anomalies and +1 for normal records. ``anomaly_score`` and
+``score_records`` (the typed ``ScoreResult``) use the product's own direction: higher = more
+anomalous.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from detector.bundle import Bundle, load_bundle, save_bundle
+from detector.features import Imputation
+from detector.scoring import ScoreResult, score_frame
+from detector.training import TrainingConfig, TrainingSummary, train
+
+
+class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
+    """Variational-autoencoder anomaly detector trained on normal records only.
+
+    Hyperparameters are keyword-only and stored as given; ``fit`` does the work. Inputs are a
+    pandas DataFrame (numeric and categorical columns) or a 2-D numeric array
+    ``(n_samples, n_features)``, whose columns are then named ``x0, x1, ...``.
+
+    Fitted attributes: ``bundle_`` (the trained ``Bundle``), ``summary_`` (``TrainingSummary``),
+    ``offset_`` (minus the anomaly-score threshold, as IsolationForest's ``offset_``),
+    ``feature_names_in_`` and ``n_features_in_``.
+    """
+
+    def __init__(
+        self,
+        *,
+        latent_dim: int | None = None,
+        hidden_units: tuple[int, ...] | None = None,
+        activation: str = "relu",
+        min_scale: float = 0.05,
+        max_scale: float = 2.0,
+        epochs: int = 300,
+        batch_size: int = 128,
+        learning_rate: float = 1e-3,
+        kl_warmup_epochs: int = 10,
+        patience: int = 20,
+        validation_fraction: float = 0.15,
+        calibration_fraction: float = 0.15,
+        target_fpr: float = 0.01,
+        n_samples: int = 16,
+        score_kind: str = "recon_prob",
+        categorical: tuple[str, ...] = (),
+        clip: float = 10.0,
+        random_state: int = 0,
+        progress: bool = False,
+    ) -> None:
+        self.latent_dim = latent_dim
+        self.hidden_units = hidden_units
+        self.activation = activation
+        self.min_scale = min_scale
+        self.max_scale = max_scale
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.calibration_fraction = calibration_fraction
+        self.target_fpr = target_fpr
+        self.n_samples = n_samples
+        self.score_kind = score_kind
+        self.categorical = categorical
+        self.clip = clip
+        self.random_state = random_state
+        self.progress = progress
+
+    # ---- fitting ---------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any = None) -> VAEDetector:
+        """Train on normal records ``X``; ``y`` is ignored (present for pipeline compatibility)."""
+        frame = _as_frame(X)
+        names = {f.name for f in fields(TrainingConfig)}
+        config = TrainingConfig(
+            **{k: v for k, v in self.get_params().items() if k in names and k != "hidden_units"},
+            hidden_units=None if self.hidden_units is None else tuple(self.hidden_units),
+        )
+        bundle, summary = train(frame, config)
+        self._set_fitted(bundle, summary)
+        return self
+
+    def _set_fitted(self, bundle: Bundle, summary: TrainingSummary | None) -> None:
+        self.bundle_ = bundle
+        self.summary_ = summary
+        self.offset_ = -bundle.calibrator.threshold
+        self.feature_names_in_ = np.asarray(bundle.schema.column_order, dtype=object)
+        self.n_features_in_ = len(bundle.schema.column_order)
+
+    # ---- scoring ---------------------------------------------------------------------------
+
+    def score_records(self, X: Any, *, impute: Imputation = None) -> ScoreResult:
+        """The full typed result: anomaly scores, p-values, decisions, contributions, and the
+        rows rejected with their reasons."""
+        check_is_fitted(self, "bundle_")
+        return score_frame(self.bundle_, _as_frame(X, self.feature_names_in_), impute=impute)
+
+    def anomaly_score(self, X: Any) -> np.ndarray:
+        """Higher = more anomalous, one per row ``(n_samples,)``; raises if any row is invalid."""
+        result = self.score_records(X)
+        if result.rejections:
+            first = result.rejections[0]
+            from detector.errors import DataError
+
+            raise DataError(
+                f"{len(result.rejections)} row(s) cannot be scored, e.g. row {first.row}: "
+                f"{first.reason}; use score_records() to get scores for the valid rows "
+                "and reasons for the others"
+            )
+        return result.anomaly_score
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Higher = more normal (scikit-learn's convention): minus ``anomaly_score``."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Negative for anomalies, positive for normal records: threshold - anomaly_score."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """-1 for anomalies, +1 for normal records, at the calibrated threshold."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    # ---- persistence -----------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted detector as a model bundle (no pickle)."""
+        check_is_fitted(self, "bundle_")
+        save_bundle(self.bundle_, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> VAEDetector:
+        """A fitted detector from a bundle directory, with the hyperparameters it was trained
+        with."""
+        bundle = load_bundle(path)
+        accepted = cls().get_params()
+        params = {k: v for k, v in bundle.params.items() if k in accepted}
+        if params.get("hidden_units") is not None:
+            params["hidden_units"] = tuple(params["hidden_units"])
+        if "categorical" in params:
+            params["categorical"] = tuple(params["categorical"])
+        detector = cls(**params)
+        detector._set_fitted(bundle, None)
+        return detector
+
+
+def _as_frame(X: Any, names: np.ndarray | None = None) -> pd.DataFrame:
+    if isinstance(X, pd.DataFrame):
+        return X
+    array = np.asarray(X)
+    if array.ndim != 2:
+        from detector.errors import DataError
+
+        raise DataError(f"expected a 2-D table (n_samples, n_features), got shape {array.shape}")
+    if names is None:
+        names = np.asarray([f"x{i}" for i in range(array.shape[1])], dtype=object)
+    return pd.DataFrame(array, columns=list(names))

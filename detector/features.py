@@ -1,0 +1,384 @@
+"""Records -> model features: the schema learned at training and the encoding it implies.
+
+The schema is fit on training data only and saved as plain JSON (no pickle). Numeric columns
+are standardised with the training mean and standard deviation and clipped; categorical
+columns become one-hot groups with one extra "unseen" slot, so a category never seen in
+training gets a defined place (and, since the model never saw it, a low likelihood) instead of
+a crash.
+
+Encoded layout, shape ``(n_rows, n_features)``: the numeric columns first, in schema order,
+then each categorical column's one-hot group of ``len(categories) + 1`` slots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from detector.errors import DataError, SchemaError
+
+#: Standardised values beyond this many standard deviations are clipped, so that one exploded
+#: column cannot push the network into a numeric range it never saw.
+DEFAULT_CLIP = 10.0
+#: A categorical column with more distinct values than this is almost surely an identifier.
+MAX_CATEGORIES = 200
+
+Imputation = Literal["median"] | None
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    """A numeric column: standardised as ``(value - mean) / scale``."""
+
+    name: str
+    mean: float
+    scale: float
+    median: float
+    minimum: float
+    maximum: float
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    """A categorical column: one-hot over ``categories`` plus one slot for unseen values."""
+
+    name: str
+    categories: tuple[str, ...]
+    mode: str
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) + 1
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What the model expects: column names, kinds and the fitted encoding state."""
+
+    numeric: tuple[NumericColumn, ...]
+    categorical: tuple[CategoricalColumn, ...]
+    column_order: tuple[str, ...]
+    clip: float = DEFAULT_CLIP
+
+    @property
+    def n_numeric(self) -> int:
+        return len(self.numeric)
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        """Width of each categorical column's one-hot group, in schema order."""
+        return tuple(c.width for c in self.categorical)
+
+    @property
+    def n_features(self) -> int:
+        return self.n_numeric + sum(self.group_sizes)
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        """The source column of each model output term: numerics, then one per group."""
+        return tuple(c.name for c in self.numeric) + tuple(c.name for c in self.categorical)
+
+    def describe(self) -> str:
+        """One line per column, as an error message shows what the model expects."""
+        kinds = {c.name: "number" for c in self.numeric}
+        kinds.update({c.name: f"category ({len(c.categories)} known)" for c in self.categorical})
+        return ", ".join(f"{name} ({kinds[name]})" for name in self.column_order)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "column_order": list(self.column_order),
+            "clip": self.clip,
+            "numeric": [vars(c) for c in self.numeric],
+            "categorical": [
+                {"name": c.name, "categories": list(c.categories), "mode": c.mode}
+                for c in self.categorical
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Schema:
+        numeric = tuple(NumericColumn(**{k: v for k, v in c.items()}) for c in state["numeric"])
+        categorical = tuple(
+            CategoricalColumn(name=c["name"], categories=tuple(c["categories"]), mode=c["mode"])
+            for c in state["categorical"]
+        )
+        schema = cls(
+            numeric=numeric,
+            categorical=categorical,
+            column_order=tuple(state["column_order"]),
+            clip=float(state["clip"]),
+        )
+        names = {c.name for c in numeric} | {c.name for c in categorical}
+        if names != set(schema.column_order) or len(names) != len(schema.column_order):
+            raise ValueError("schema column_order does not match its columns")
+        if any(not np.isfinite(c.scale) or c.scale <= 0 for c in numeric):
+            raise ValueError("schema holds a non-positive or non-finite scale")
+        return schema
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record that was not scored, and why. ``row`` is its 0-based position in the input."""
+
+    row: int
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedBatch:
+    """Encoded features for the accepted rows, plus the rejected rows with their reasons.
+
+    ``values`` has shape ``(n_accepted, n_features)``; ``accepted`` is a boolean mask over the
+    input rows, ``rows`` the input positions of the accepted rows.
+    """
+
+    values: np.ndarray
+    accepted: np.ndarray
+    rejections: tuple[Rejection, ...] = field(default_factory=tuple)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.accepted)
+
+
+def fit_schema(
+    frame: pd.DataFrame,
+    *,
+    categorical: Iterable[str] = (),
+    clip: float = DEFAULT_CLIP,
+) -> Schema:
+    """Learn the schema from normal training data, shape ``(n_rows, n_columns)``.
+
+    Numeric pandas dtypes become numeric columns; strings, booleans and the names in
+    ``categorical`` become categorical. Raises ``DataError`` or ``SchemaError`` with the fix when
+    the table cannot train a model (empty, NaN, identifier-like columns).
+    """
+    if frame.shape[1] == 0:
+        raise DataError("the training data has no columns; give a CSV/Parquet with a header row")
+    if len(frame) < 50:
+        raise DataError(
+            f"the training data has {len(frame)} rows; a model needs at least 50 normal rows"
+        )
+    dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if dupes:
+        raise SchemaError(f"duplicate column names {dupes}; give every column a unique name")
+    forced = set(categorical)
+    unknown_forced = sorted(forced - set(map(str, frame.columns)))
+    if unknown_forced:
+        raise SchemaError(f"--categorical names columns not in the data: {unknown_forced}")
+
+    numeric: list[NumericColumn] = []
+    cats: list[CategoricalColumn] = []
+    problems: list[str] = []
+    for name in frame.columns:
+        series = frame[name]
+        key = str(name)
+        is_number = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        if is_number and key not in forced:
+            values = series.to_numpy(dtype=np.float64)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                problems.append(
+                    f"column '{key}' has {int(bad.sum())} empty/NaN/inf values (first at row "
+                    f"{int(np.flatnonzero(bad)[0])}); training data must be complete: fill or "
+                    "drop those rows"
+                )
+                continue
+            numeric.append(_fit_numeric(key, values))
+        else:
+            texts = _as_text(series)
+            missing = texts.isna()
+            if missing.any():
+                problems.append(
+                    f"column '{key}' has {int(missing.sum())} empty values; fill or drop them"
+                )
+                continue
+            counts = texts.value_counts()
+            if len(counts) > MAX_CATEGORIES:
+                problems.append(
+                    f"column '{key}' has {len(counts)} distinct text values, which looks like an "
+                    "identifier; leave it out with --ignore-column "
+                    f"{key} (or make it numeric)"
+                )
+                continue
+            cats.append(
+                CategoricalColumn(
+                    name=key,
+                    categories=tuple(sorted(map(str, counts.index))),
+                    mode=str(counts.index[0]),
+                )
+            )
+    if problems:
+        raise DataError("cannot train on this data:\n  " + "\n  ".join(problems))
+    return Schema(
+        numeric=tuple(numeric),
+        categorical=tuple(cats),
+        column_order=tuple(map(str, frame.columns)),
+        clip=clip,
+    )
+
+
+def _fit_numeric(name: str, values: np.ndarray) -> NumericColumn:
+    mean = float(values.mean())
+    std = float(values.std())
+    # A column constant in training keeps its raw units (scale 1, as scikit-learn's
+    # StandardScaler does) instead of dividing by ~0 and turning any later change into 1e9 sigma.
+    scale = std if std > 1e-8 * (1.0 + abs(mean)) else 1.0
+    return NumericColumn(
+        name=name,
+        mean=mean,
+        scale=scale,
+        median=float(np.median(values)),
+        minimum=float(values.min()),
+        maximum=float(values.max()),
+    )
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Category labels as strings, with missing values (None, NaN, '') as NA."""
+    texts = series.astype("string").str.strip()
+    return texts.mask(texts == "")
+
+
+def check_columns(
+    schema: Schema,
+    columns: Sequence[object],
+    *,
+    passthrough: Iterable[str] = (),
+) -> None:
+    """Raise ``SchemaError`` naming missing or unknown columns and what the model expects."""
+    present = [str(c) for c in columns]
+    dupes = sorted({c for c in present if present.count(c) > 1})
+    if dupes:
+        raise SchemaError(f"duplicate column names {dupes}; give every column a unique name")
+    expected = set(schema.column_order)
+    missing = [c for c in schema.column_order if c not in present]
+    unknown = [c for c in present if c not in expected and c not in set(passthrough)]
+    problems = []
+    if missing:
+        problems.append(f"missing column(s) {missing}")
+    if unknown:
+        problems.append(
+            f"unknown column(s) {unknown} (drop them, or keep them in the output unscored with "
+            + " ".join(f"--keep-column {c}" for c in unknown)
+            + ")"
+        )
+    if problems:
+        raise SchemaError("; ".join(problems) + f". The model expects: {schema.describe()}")
+
+
+def encode(
+    schema: Schema,
+    frame: pd.DataFrame,
+    *,
+    impute: Imputation = None,
+    passthrough: Iterable[str] = (),
+) -> EncodedBatch:
+    """Encode records into model features, rejecting (not dropping) rows that cannot be scored.
+
+    A row is rejected with its reason when a value is missing (unless ``impute="median"``),
+    infinite, or not a number where a number is expected. A numeric column in which no value of
+    a multi-row batch parses is a schema problem and raises ``SchemaError``.
+    """
+    check_columns(schema, frame.columns, passthrough=passthrough)
+    n = len(frame)
+    reasons: list[list[str]] = [[] for _ in range(n)] if n else []
+    bad = np.zeros(n, dtype=bool)
+    blocks: list[np.ndarray] = []
+
+    numeric = np.empty((n, schema.n_numeric), dtype=np.float64)
+    for j, col in enumerate(schema.numeric):
+        values, col_bad = _parse_numeric(frame[col.name], col, impute, reasons)
+        numeric[:, j] = values
+        bad |= col_bad
+    if schema.n_numeric:
+        means = np.array([c.mean for c in schema.numeric])
+        scales = np.array([c.scale for c in schema.numeric])
+        scaled = (numeric - means) / scales
+        blocks.append(np.clip(scaled, -schema.clip, schema.clip, out=scaled))
+
+    for cat in schema.categorical:
+        codes, col_bad = _parse_categorical(frame[cat.name], cat, impute, reasons)
+        group = np.zeros((n, cat.width), dtype=np.float64)
+        group[np.arange(n), codes] = 1.0
+        blocks.append(group)
+        bad |= col_bad
+
+    values = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
+    accepted = ~bad
+    rejections = tuple(Rejection(int(i), "; ".join(reasons[i])) for i in np.flatnonzero(bad))
+    return EncodedBatch(
+        values=np.ascontiguousarray(values[accepted], dtype=np.float32),
+        accepted=accepted,
+        rejections=rejections,
+    )
+
+
+def _parse_numeric(
+    series: pd.Series,
+    col: NumericColumn,
+    impute: Imputation,
+    reasons: list[list[str]],
+) -> tuple[np.ndarray, np.ndarray]:
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        unparsed = np.zeros(len(series), dtype=bool)
+    else:
+        texts = _as_text(series)
+        values = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        unparsed = (texts.notna() & np.isnan(values)).to_numpy(dtype=bool)
+        if len(series) > 1 and unparsed.all():
+            example = texts.dropna().iloc[0]
+            raise SchemaError(
+                f"column '{col.name}' holds no numbers (e.g. {example!r}); the model expects a "
+                "number there: check the column order and the file's delimiter"
+            )
+    missing = np.isnan(values) & ~unparsed
+    infinite = np.isinf(values)
+    for i in np.flatnonzero(unparsed):
+        reasons[i].append(f"column '{col.name}': {series.iloc[i]!r} is not a number")
+    for i in np.flatnonzero(infinite):
+        reasons[i].append(f"column '{col.name}': value is infinite")
+    if impute == "median":
+        values = np.where(missing, col.median, values)
+        missing = np.zeros_like(missing)
+    else:
+        for i in np.flatnonzero(missing):
+            reasons[i].append(
+                f"column '{col.name}' is empty (NaN); fill it or score with --impute median"
+            )
+    bad = unparsed | infinite | missing
+    return np.where(bad, 0.0, values), bad
+
+
+def _parse_categorical(
+    series: pd.Series,
+    col: CategoricalColumn,
+    impute: Imputation,
+    reasons: list[list[str]],
+) -> tuple[np.ndarray, np.ndarray]:
+    texts = _as_text(series)
+    missing = texts.isna().to_numpy(dtype=bool)
+    if impute == "median" and missing.any():
+        # For a category the median's counterpart is the most frequent training value.
+        texts = texts.fillna(col.mode)
+        missing = np.zeros_like(missing)
+    codes = pd.Index(col.categories).get_indexer(texts).astype(np.int64)
+    # -1 (not among the training categories) goes to the group's last, "unseen", slot.
+    codes = np.where(codes < 0, len(col.categories), codes)
+    for i in np.flatnonzero(missing):
+        reasons[i].append(f"column '{col.name}' is empty; fill it or score with --impute median")
+    return np.where(missing, 0, codes), missing
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A stable SHA-256 of a table's columns and values, to tell which data trained a model."""
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,54 @@
+"""Pure likelihood and divergence math in ``keras.ops``, shared by training and scoring.
+
+Every function works elementwise or reduces only the axis its docstring names, so the same
+code serves a training batch ``(batch, dims)`` and a scoring tensor ``(batch, samples, dims)``.
+Log-likelihoods here are "higher = more normal"; the sign flips to ``anomaly_score`` only at
+the boundary a user sees (``detector.scoring``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_log_density(x, mean, log_var):  # type: ignore[no-untyped-def]
+    """Elementwise log N(x; mean, exp(log_var)); all arguments broadcast, result in nats."""
+    return -0.5 * (LOG_2PI + log_var + ops.square(x - mean) * ops.exp(-log_var))
+
+
+def standard_normal_log_density(z):  # type: ignore[no-untyped-def]
+    """Elementwise log N(z; 0, 1)."""
+    return -0.5 * (LOG_2PI + ops.square(z))
+
+
+def kl_to_standard_normal(mean, log_var):  # type: ignore[no-untyped-def]
+    """Elementwise KL(N(mean, exp(log_var)) || N(0, 1)) per latent unit, >= 0; sum the last axis
+    for the KL of a diagonal Gaussian."""
+    return 0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var)
+
+
+def categorical_log_prob(one_hot, logits, group_sizes):  # type: ignore[no-untyped-def]
+    """Log-probability of each one-hot group under softmax(logits), shape ``(..., n_groups)``.
+
+    ``one_hot`` and ``logits`` have shape ``(..., sum(group_sizes))``; each consecutive block of
+    ``group_sizes[g]`` columns is one categorical variable.
+    """
+    parts = []
+    start = 0
+    for size in group_sizes:
+        block_logits = logits[..., start : start + size]
+        block_x = one_hot[..., start : start + size]
+        log_p = block_logits - ops.logsumexp(block_logits, axis=-1, keepdims=True)
+        parts.append(ops.sum(block_x * log_p, axis=-1))
+        start += size
+    return ops.stack(parts, axis=-1)
+
+
+def log_mean_exp(values, axis):  # type: ignore[no-untyped-def]
+    """log(mean(exp(values))) along ``axis``, stable for values far below or above zero."""
+    count = ops.cast(ops.shape(values)[axis], values.dtype)
+    return ops.logsumexp(values, axis=axis) - ops.log(count)

@@ -1,0 +1,302 @@
+"""Training: a table of normal records -> a checked, calibrated ``Bundle``.
+
+The training rows are split three ways, seeded: the network fits on one part, early stopping
+watches the validation ELBO on a second, and the calibration (threshold, p-values, per-column
+baselines) is fitted on a third that neither the network nor early stopping saw. Training
+refuses to hand back a broken model silently: a NaN loss or near-constant held-out scores end
+in ``TrainingError``; posterior collapse ends in a warning in the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from detector import losses
+from detector.bundle import Bundle
+from detector.errors import ConfigError, TrainingError
+from detector.features import DEFAULT_CLIP, encode, fingerprint, fit_schema
+from detector.models.vae import VAE
+from detector.scoring import SCORE_KINDS, ScoreGraph, anomaly_scores
+from detector.threshold import MIN_REFERENCE, Calibrator
+
+log = logging.getLogger(__name__)
+
+#: A latent unit whose mean KL on validation data is below this carries no information.
+ACTIVE_UNIT_KL = 0.01
+#: Calibration beyond this many rows adds little and bloats the manifest.
+MAX_CALIBRATION_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyperparameters; ``None`` sizes the network from the data."""
+
+    latent_dim: int | None = None
+    hidden_units: tuple[int, ...] | None = None
+    activation: str = "relu"
+    min_scale: float = 0.05
+    max_scale: float = 2.0
+    epochs: int = 300
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    kl_warmup_epochs: int = 10
+    patience: int = 20
+    validation_fraction: float = 0.15
+    calibration_fraction: float = 0.15
+    target_fpr: float = 0.01
+    n_samples: int = 16
+    score_kind: str = "recon_prob"
+    categorical: tuple[str, ...] = ()
+    clip: float = DEFAULT_CLIP
+    random_state: int = 0
+    progress: bool = False
+
+    def check(self) -> None:
+        problems = []
+        if self.score_kind not in SCORE_KINDS:
+            problems.append(f"score_kind {self.score_kind!r} is not one of {list(SCORE_KINDS)}")
+        for name in ("validation_fraction", "calibration_fraction"):
+            value = getattr(self, name)
+            if not 0.05 <= value <= 0.4:
+                problems.append(f"{name} {value} must be in [0.05, 0.4]")
+        for name in ("epochs", "batch_size", "n_samples"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            problems.append("latent_dim must be at least 1")
+        if self.hidden_units is not None and (not self.hidden_units or min(self.hidden_units) < 1):
+            problems.append("hidden_units must be a non-empty list of positive sizes")
+        if not 0 < self.min_scale < self.max_scale:
+            problems.append("need 0 < min_scale < max_scale")
+        if not 0 < self.target_fpr < 0.5:
+            problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
+        if self.learning_rate <= 0:
+            problems.append("learning_rate must be positive")
+        if problems:
+            raise ConfigError("invalid training settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What happened in training, as the CLI prints it and the manifest stores it."""
+
+    rows: int
+    fit_rows: int
+    validation_rows: int
+    calibration_rows: int
+    n_features: int
+    hidden_units: tuple[int, ...]
+    latent_dim: int
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    train_neg_elbo: float
+    val_neg_elbo: float
+    val_nll: float
+    val_kl: float
+    active_latent_units: int
+    target_fpr: float
+    threshold: float
+    validation_fpr: float
+    seconds: float
+    warnings: tuple[str, ...] = ()
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_architecture(n_features: int) -> tuple[tuple[int, ...], int]:
+    """Hidden sizes and latent width from the encoded width: two layers, the first about
+    twice the input rounded up to a power of two (32..256), the latent a quarter of the input."""
+    first = int(min(256, max(32, 2 ** math.ceil(math.log2(max(2 * n_features, 2))))))
+    latent = int(min(32, max(2, n_features // 4)))
+    return (first, first // 2), latent
+
+
+def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, TrainingSummary]:
+    """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``."""
+    config.check()
+    started = time.perf_counter()
+    schema = fit_schema(frame, categorical=config.categorical, clip=config.clip)
+    values = encode(schema, frame).values
+    fit_x, val_x, cal_x = _split(values, config)
+
+    hidden, latent = default_architecture(schema.n_features)
+    hidden = tuple(config.hidden_units or hidden)
+    latent = config.latent_dim or latent
+    keras.utils.set_random_seed(config.random_state)
+    model = VAE(
+        n_numeric=schema.n_numeric,
+        group_sizes=schema.group_sizes,
+        latent_dim=latent,
+        hidden_units=hidden,
+        activation=config.activation,
+        min_scale=config.min_scale,
+        max_scale=config.max_scale,
+        seed=config.random_state,
+    )
+    model.build((None, schema.n_features))
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_neg_elbo",
+        mode="min",
+        patience=config.patience,
+        restore_best_weights=True,
+        start_from_epoch=config.kl_warmup_epochs,
+    )
+    history = model.fit(
+        fit_x,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=(val_x,),
+        shuffle=True,
+        verbose=0,
+        callbacks=[
+            _KLWarmup(config.kl_warmup_epochs),
+            keras.callbacks.TerminateOnNaN(),
+            stopper,
+            _ProgressBar(config.epochs, enabled=config.progress),
+        ],
+    ).history
+    _check_finite(history, config)
+
+    graph = ScoreGraph(model, n_samples=config.n_samples, seed=config.random_state)
+    cal = graph(cal_x)
+    cal_scores = anomaly_scores(cal, config.score_kind)
+    _check_spread(cal_scores)
+    calibrator = Calibrator.fit(cal_scores, target_fpr=config.target_fpr)
+    val_scores = anomaly_scores(graph(val_x), config.score_kind)
+    active = _active_units(model, val_x)
+
+    warnings = []
+    if active == 0:
+        warnings.append(
+            "posterior collapse: no latent unit carries information (KL per unit < "
+            f"{ACTIVE_UNIT_KL} nats on validation data), so the model scores columns as if "
+            "independent; try --kl-warmup-epochs higher or a smaller --min-scale"
+        )
+    for message in warnings:
+        log.warning(message)
+
+    best = int(getattr(stopper, "best_epoch", len(history["loss"]) - 1))
+    summary = TrainingSummary(
+        rows=len(values),
+        fit_rows=len(fit_x),
+        validation_rows=len(val_x),
+        calibration_rows=len(cal_x),
+        n_features=schema.n_features,
+        hidden_units=hidden,
+        latent_dim=latent,
+        epochs_run=len(history["loss"]),
+        best_epoch=best + 1,
+        stopped_early=len(history["loss"]) < config.epochs,
+        train_neg_elbo=float(history["neg_elbo"][best]),
+        val_neg_elbo=float(history["val_neg_elbo"][best]),
+        val_nll=float(history["val_nll"][best]),
+        val_kl=float(history["val_kl"][best]),
+        active_latent_units=active,
+        target_fpr=config.target_fpr,
+        threshold=calibrator.threshold,
+        validation_fpr=float(np.mean(val_scores > calibrator.threshold)),
+        seconds=round(time.perf_counter() - started, 2),
+        warnings=tuple(warnings),
+        history={k: [float(v) for v in vals] for k, vals in history.items()},
+    )
+    params = asdict(config)
+    params.update(
+        hidden_units=list(hidden), latent_dim=latent, categorical=list(config.categorical)
+    )
+    bundle = Bundle(
+        model=model,
+        schema=schema,
+        calibrator=calibrator,
+        score_kind=config.score_kind,
+        n_samples=config.n_samples,
+        noise_seed=config.random_state,
+        term_baseline=np.median(cal["term_nll"], axis=0),
+        params=params,
+        training=summary.to_dict(),
+        data_fingerprint={"sha256": fingerprint(frame), "rows": len(frame)},
+    )
+    bundle.__dict__["graph"] = graph  # reuse the compiled graph instead of tracing it again
+    return bundle, summary
+
+
+def _split(values: np.ndarray, config: TrainingConfig) -> tuple[np.ndarray, ...]:
+    n = len(values)
+    order = np.random.default_rng(config.random_state).permutation(n)
+    n_cal = min(max(round(config.calibration_fraction * n), MIN_REFERENCE), MAX_CALIBRATION_ROWS)
+    n_val = max(round(config.validation_fraction * n), 10)
+    if n - n_cal - n_val < 20:
+        raise ConfigError(
+            f"{n} training rows leave too few to fit after holding out {n_val} for validation "
+            f"and {n_cal} for calibration; give more normal rows"
+        )
+    cal, val, fit = np.split(order, [n_cal, n_cal + n_val])
+    return values[fit], values[val], values[cal]
+
+
+def _check_finite(history: dict[str, list[float]], config: TrainingConfig) -> None:
+    losses = np.asarray(history.get("loss", []), dtype=np.float64)
+    if len(losses) == 0 or not np.isfinite(losses).all():
+        epoch = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1 if len(losses) else 0
+        raise TrainingError(
+            f"training diverged: the loss became NaN/inf at epoch {epoch}; lower "
+            f"--learning-rate (now {config.learning_rate}) or look for extreme values in the data"
+        )
+
+
+def _check_spread(scores: np.ndarray) -> None:
+    spread = float(np.std(scores))
+    if not np.isfinite(scores).all() or spread <= 1e-6 * (1.0 + abs(float(np.mean(scores)))):
+        raise TrainingError(
+            "held-out anomaly scores are (nearly) constant, so the model cannot tell records "
+            "apart; check that the training columns vary, or train longer (--epochs)"
+        )
+
+
+def _active_units(model: VAE, x: np.ndarray) -> int:
+    mean, log_var = model.encode(x)
+    kl = np.asarray(losses.kl_to_standard_normal(mean, log_var)).mean(axis=0)
+    return int((kl > ACTIVE_UNIT_KL).sum())
+
+
+class _KLWarmup(keras.callbacks.Callback):  # type: ignore[misc]
+    """Raise the KL weight linearly from 1/warmup to 1 over the first ``epochs`` epochs."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        weight = 1.0 if self.epochs <= 0 else min(1.0, (epoch + 1) / self.epochs)
+        self.model.kl_weight.assign(weight)
+
+
+class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
+    """One tqdm bar over epochs, showing the training and validation negative ELBO."""
+
+    def __init__(self, epochs: int, *, enabled: bool) -> None:
+        super().__init__()
+        self.bar = tqdm(total=epochs, unit="epoch", desc="training", disable=not enabled)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        self.bar.set_postfix(
+            neg_elbo=f"{logs.get('neg_elbo', float('nan')):.3f}",
+            val=f"{logs.get('val_neg_elbo', float('nan')):.3f}",
+        )
+        self.bar.update(1)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.bar.close()
