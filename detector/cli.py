@@ -1,0 +1,472 @@
+"""The ``anomaly`` command line: train, score, evaluate, info, threshold.
+
+Exit codes: 0 success; 2 bad usage or bad input (the message names the fix); 1 internal error.
+Heavy imports (TensorFlow) happen inside the commands, so ``anomaly --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXAMPLES = """examples:
+  anomaly train data/train.csv --out models/default
+  anomaly score models/default data/eval.csv --output scored.csv --keep-column label
+  anomaly evaluate models/default data/eval.csv --label-column label --by-column anomaly_kind
+  anomaly threshold models/default --fpr 0.001
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly",
+        description="Train VAE anomaly detectors on normal records and score new records.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a detector on normal records",
+        description="Train a detector on a CSV/Parquet of normal records and write a model "
+        "bundle (a directory). Rows labelled anomalous in --label-column are left out.",
+    )
+    train.add_argument("data", help="training data: .csv, .csv.gz or .parquet with a header")
+    train.add_argument("--out", required=True, help="bundle directory to write (replaced)")
+    train.add_argument("--model", choices=["vae"], default="vae", help="model type (default vae)")
+    train.add_argument("--label-column", help="a 0/1 label column: dropped; rows with 1 left out")
+    train.add_argument(
+        "--ignore-column",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="a column to leave out of the model, e.g. an id or timestamp (repeatable)",
+    )
+    train.add_argument(
+        "--categorical",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="treat a numeric-looking column as categorical (repeatable)",
+    )
+    train.add_argument("--epochs", type=int, default=300, help="maximum epochs (default 300)")
+    train.add_argument("--batch-size", type=int, default=128, help="default 128")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="default 0.001")
+    train.add_argument("--latent-dim", type=int, help="latent width (default: from the data)")
+    train.add_argument(
+        "--hidden-units",
+        type=_int_list,
+        metavar="N,N",
+        help="encoder layer sizes, e.g. 64,32 (default: from the data)",
+    )
+    train.add_argument("--kl-warmup-epochs", type=int, default=10, help="default 10")
+    train.add_argument("--patience", type=int, default=20, help="early-stopping patience")
+    train.add_argument(
+        "--min-scale",
+        type=float,
+        default=0.05,
+        help="decoder standard-deviation floor, standardised units (default 0.05)",
+    )
+    train.add_argument(
+        "--target-fpr",
+        type=float,
+        default=0.01,
+        help="false-positive rate the threshold is set for (default 0.01)",
+    )
+    train.add_argument(
+        "--samples", type=int, default=16, help="latent samples L per scored record (default 16)"
+    )
+    train.add_argument(
+        "--score",
+        choices=["recon_prob", "mean_log_lik", "elbo", "iwae"],
+        default="recon_prob",
+        help="score estimate (default recon_prob)",
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_output_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    score = commands.add_parser(
+        "score",
+        help="score a file of records",
+        description="Score every record of INPUT into --output: the input's columns plus "
+        "anomaly_score (higher = more anomalous), p_value, is_anomaly and the top "
+        "contributing columns. Rejected rows go to a rejects file with their reasons.",
+    )
+    score.add_argument("model", help="model bundle directory")
+    score.add_argument("input", help="records: .csv, .csv.gz or .parquet ('-' for CSV on stdin)")
+    score.add_argument(
+        "--output", required=True, help="output .csv or .parquet (written atomically)"
+    )
+    score.add_argument("--rejects", help="rejects file (default: OUTPUT.rejects.csv)")
+    _add_scoring_flags(score)
+    score.add_argument("--top-k", type=int, default=3, help="top contributing columns (default 3)")
+    _add_output_flags(score)
+    score.set_defaults(handler=cmd_score)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure detection quality on labelled records",
+        description="Score a labelled file and report AUROC, AUPRC, precision, recall and F1 at "
+        "the bundle's threshold, and the best F1 over all thresholds.",
+    )
+    evaluate.add_argument("model", help="model bundle directory")
+    evaluate.add_argument("input", help="labelled records: .csv, .csv.gz or .parquet")
+    evaluate.add_argument("--label-column", required=True, help="0/1 label, 1 = anomaly")
+    evaluate.add_argument("--by-column", help="also report the share flagged per value of COL")
+    _add_scoring_flags(evaluate)
+    _add_output_flags(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    info = commands.add_parser(
+        "info",
+        help="describe a model bundle",
+        description="Print a bundle's schema, threshold and training summary.",
+    )
+    info.add_argument("model", help="model bundle directory")
+    _add_output_flags(info)
+    info.set_defaults(handler=cmd_info)
+
+    threshold = commands.add_parser(
+        "threshold",
+        help="change a bundle's target false-positive rate",
+        description="Recompute the threshold for a new target false-positive rate from the "
+        "bundle's held-out calibration scores; no retraining. Rates below what the held-out "
+        "sample resolves use its generalized-Pareto tail fit.",
+    )
+    threshold.add_argument("model", help="model bundle directory")
+    threshold.add_argument("--fpr", type=float, required=True, help="target rate, e.g. 0.001")
+    _add_output_flags(threshold)
+    threshold.set_defaults(handler=cmd_threshold)
+    return parser
+
+
+def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-column",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="an extra input column to carry through unscored, e.g. an id (repeatable)",
+    )
+    parser.add_argument(
+        "--impute",
+        choices=["median"],
+        help="fill empty values with the training median (most frequent category) "
+        "instead of rejecting the row",
+    )
+    parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows per chunk")
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of sizes"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive integers")
+    return values
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and not args.json and sys.stderr.isatty()
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from detector.bundle import save_bundle
+    from detector.errors import SchemaError
+    from detector.evaluation import parse_labels
+    from detector.tables import read_table
+    from detector.training import TrainingConfig, train
+
+    frame = read_table(args.data, text_columns=args.categorical)
+    dropped = 0
+    excluded = [args.label_column] if args.label_column else []
+    excluded += args.ignore_column
+    missing = [c for c in excluded if c not in frame.columns]
+    if missing:
+        raise SchemaError(f"{missing} not in {args.data}; its columns are {list(frame.columns)}")
+    if args.label_column:
+        labels = parse_labels(frame[args.label_column], args.label_column)
+        dropped = int(labels.sum())
+        frame = frame.loc[~labels]
+    frame = frame.drop(columns=excluded).reset_index(drop=True)
+    config = TrainingConfig(
+        latent_dim=args.latent_dim,
+        hidden_units=args.hidden_units,
+        min_scale=args.min_scale,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        kl_warmup_epochs=args.kl_warmup_epochs,
+        patience=args.patience,
+        target_fpr=args.target_fpr,
+        n_samples=args.samples,
+        score_kind=args.score,
+        categorical=tuple(args.categorical),
+        random_state=args.seed,
+        progress=_show_progress(args),
+    )
+    bundle, summary = train(frame, config)
+    save_bundle(bundle, args.out)
+    if args.json:
+        payload = summary.to_dict()
+        payload.pop("history")
+        print(
+            json.dumps(
+                {
+                    "bundle": args.out,
+                    "version": bundle.version,
+                    "anomalous_rows_left_out": dropped,
+                    **payload,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    s = summary
+    print(
+        f"trained {args.model} on {s.rows} rows ({s.fit_rows} fit / {s.validation_rows} "
+        f"validation / {s.calibration_rows} calibration), {len(bundle.schema.column_order)} "
+        f"columns -> {s.n_features} features"
+    )
+    if dropped:
+        print(f"left out {dropped} rows labelled anomalous in '{args.label_column}'")
+    stop = f"early stop, best epoch {s.best_epoch}" if s.stopped_early else "epoch limit reached"
+    print(
+        f"network {'-'.join(map(str, s.hidden_units))}, latent {s.latent_dim}; "
+        f"{s.epochs_run} epochs ({stop}); {s.seconds:.1f} s"
+    )
+    print(
+        f"validation ELBO {-s.val_neg_elbo:.3f} nats/record (reconstruction {-s.val_nll:.3f}, "
+        f"KL {s.val_kl:.3f}); active latent units {s.active_latent_units}/{s.latent_dim}"
+    )
+    print(
+        f"threshold {s.threshold:.4f} at target FPR {s.target_fpr:.2%}; held-out validation "
+        f"FPR {s.validation_fpr:.2%}"
+    )
+    for warning in s.warnings:
+        print(f"WARNING: {warning}")
+    print(f"saved bundle {bundle.version} to {args.out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from detector.batch import score_file
+    from detector.bundle import load_bundle
+
+    bundle = load_bundle(args.model)
+    report = score_file(
+        bundle,
+        args.input,
+        args.output,
+        keep_columns=args.keep_column,
+        impute=args.impute,
+        rejects_path=args.rejects,
+        top_k=args.top_k,
+        chunk_rows=args.chunk_rows,
+        progress=_show_progress(args),
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(
+        f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
+        f"{report.rows_rejected}"
+    )
+    print(
+        f"anomalies {report.anomalies} ({report.anomalies / max(report.rows_scored, 1):.2%} "
+        f"of scored) at threshold {report.threshold:.4f}"
+    )
+    print(f"wrote {report.output}")
+    if report.rejects:
+        print(f"rejected rows and reasons in {report.rejects}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from detector.batch import iter_scored
+    from detector.bundle import load_bundle
+    from detector.evaluation import evaluate_scores, parse_labels
+
+    bundle = load_bundle(args.model)
+    extra = [args.label_column, *args.keep_column]
+    if args.by_column:
+        extra.append(args.by_column)
+    labels, scores, groups = [], [], []
+    rejected = 0
+    for part in iter_scored(
+        bundle, args.input, passthrough=extra, impute=args.impute, chunk_rows=args.chunk_rows
+    ):
+        _require_column(part.frame, args.label_column, args.input)
+        scored = part.frame.loc[part.result.rows]
+        labels.append(parse_labels(scored[args.label_column], args.label_column))
+        scores.append(part.result.anomaly_score)
+        if args.by_column:
+            _require_column(part.frame, args.by_column, args.input)
+            groups.append(scored[args.by_column].astype(str).to_numpy())
+        rejected += len(part.result.rejections)
+    result = evaluate_scores(
+        np.concatenate(labels),
+        np.concatenate(scores),
+        bundle.calibrator.threshold,
+        n_rejected=rejected,
+        groups=np.concatenate(groups) if groups else None,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    r = result
+    print(f"records {r.n} scored ({r.n_anomalies} labelled anomalous), {r.n_rejected} rejected")
+    print(f"AUROC {r.auroc:.4f}   AUPRC {r.auprc:.4f}")
+    print(
+        f"at threshold {r.threshold:.4f}: precision {r.precision:.4f}  recall {r.recall:.4f}  "
+        f"F1 {r.f1:.4f}  false-positive rate {r.false_positive_rate:.2%}"
+    )
+    print(f"best F1 {r.best_f1:.4f} at threshold {r.best_f1_threshold:.4f}")
+    if r.by_group:
+        print(f"flagged by {args.by_column}:")
+        for value, stats in sorted(r.by_group.items()):
+            print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']}")
+    return 0
+
+
+def _require_column(frame: Any, column: str, path: str) -> None:
+    from detector.errors import SchemaError
+
+    if column not in frame.columns:
+        raise SchemaError(
+            f"column '{column}' is not in {path}; its columns are {list(frame.columns)}"
+        )
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from detector.bundle import load_bundle
+
+    bundle = load_bundle(args.model)
+    training = {k: v for k, v in bundle.training.items() if k != "history"}
+    info = {
+        "path": args.model,
+        "model_type": bundle.model_type,
+        "version": bundle.version,
+        "created_at": bundle.created_at,
+        "score": bundle.score_kind,
+        "samples": bundle.n_samples,
+        "threshold": bundle.calibrator.threshold,
+        "target_fpr": bundle.calibrator.target_fpr,
+        "columns": bundle.schema.describe(),
+        "training": training,
+        "data_fingerprint": bundle.data_fingerprint,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"{bundle.model_type} bundle {bundle.version} at {args.model} (created {bundle.created_at})"
+    )
+    print(f"columns: {info['columns']}")
+    print(
+        f"score: {bundle.score_kind} with {bundle.n_samples} latent samples; threshold "
+        f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"
+    )
+    if training:
+        print(
+            f"trained on {training.get('rows')} rows in {training.get('epochs_run')} epochs; "
+            f"validation ELBO {-training.get('val_neg_elbo', float('nan')):.3f}; "
+            f"validation FPR {training.get('validation_fpr', float('nan')):.2%}"
+        )
+        for warning in training.get("warnings", []):
+            print(f"WARNING: {warning}")
+    return 0
+
+
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from detector.bundle import set_target_fpr
+
+    bundle = set_target_fpr(args.model, args.fpr)
+    cal = bundle.calibrator
+    source = "held-out sample" if args.fpr >= cal.tail_fraction else "generalized-Pareto tail fit"
+    if args.json:
+        print(
+            json.dumps(
+                {"target_fpr": cal.target_fpr, "threshold": cal.threshold, "method": source},
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"threshold {cal.threshold:.4f} for target FPR {cal.target_fpr:.4%} (from the {source}); "
+        f"saved to {args.model}"
+    )
+    return 0
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off stderr.
+
+    Those lines are printed before TensorFlow's own log settings apply, so the only way to keep
+    a command's output readable is to point file descriptor 2 elsewhere for the import.
+    Python exceptions still propagate and are reported as usual.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.debug:
+        _import_tensorflow_quietly()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from detector.errors import DetectorError
+
+    try:
+        return int(args.handler(args))
+    except DetectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+            "traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

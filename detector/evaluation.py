@@ -1,0 +1,99 @@
+"""Detection quality against labels: AUROC, AUPRC, precision/recall/F1 at the threshold, best F1."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from detector.errors import DataError
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics for labelled records (label 1 = anomaly); ``anomaly_score`` higher = more
+    anomalous. ``by_group`` holds, per value of a grouping column, the share flagged."""
+
+    n: int
+    n_anomalies: int
+    n_rejected: int
+    auroc: float
+    auprc: float
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    false_positive_rate: float
+    best_f1: float
+    best_f1_threshold: float
+    by_group: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_labels(values: pd.Series, column: str) -> np.ndarray:
+    """0/1 or true/false labels as a boolean array; anything else is a ``DataError``."""
+    text = values.astype("string").str.strip().str.lower()
+    mapping = {"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False}
+    parsed = text.map(mapping)
+    bad = parsed.isna()
+    if bad.any():
+        example = values[bad].iloc[0]
+        raise DataError(
+            f"label column '{column}' holds {example!r} (row {int(np.flatnonzero(bad)[0]) + 1}); "
+            "labels must be 1/0 or true/false, with 1 = anomaly"
+        )
+    return parsed.to_numpy(dtype=bool)
+
+
+def evaluate_scores(
+    labels: np.ndarray,
+    anomaly_score: np.ndarray,
+    threshold: float,
+    *,
+    n_rejected: int = 0,
+    groups: np.ndarray | None = None,
+) -> Evaluation:
+    """Metrics for scored rows: ``labels`` bool ``(n,)``, ``anomaly_score`` ``(n,)``."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(anomaly_score, dtype=np.float64)
+    if labels.all() or not labels.any():
+        raise DataError(
+            "the labelled rows hold only one class; evaluation needs both normal (0) and "
+            "anomalous (1) records"
+        )
+    flagged = scores > threshold
+    tp = int((flagged & labels).sum())
+    fp = int((flagged & ~labels).sum())
+    fn = int((~flagged & labels).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    curve_p, curve_r, curve_t = precision_recall_curve(labels, scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1s = np.where(curve_p + curve_r > 0, 2 * curve_p * curve_r / (curve_p + curve_r), 0.0)
+    best = int(np.argmax(f1s[:-1])) if len(f1s) > 1 else 0
+    by_group: dict[str, dict[str, float]] = {}
+    if groups is not None:
+        for value in pd.unique(groups):
+            mask = groups == value
+            by_group[str(value)] = {"n": int(mask.sum()), "flagged": float(flagged[mask].mean())}
+    return Evaluation(
+        n=len(labels),
+        n_anomalies=int(labels.sum()),
+        n_rejected=n_rejected,
+        auroc=float(roc_auc_score(labels, scores)),
+        auprc=float(average_precision_score(labels, scores)),
+        threshold=float(threshold),
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        false_positive_rate=fp / int((~labels).sum()),
+        best_f1=float(f1s[best]),
+        best_f1_threshold=float(curve_t[best]) if len(curve_t) else float(threshold),
+        by_group=by_group,
+    )
