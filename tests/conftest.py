@@ -1,0 +1,49 @@
+"""Shared fixtures: the bundled data and one tiny model trained once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+
+#: Tiny, fast settings: the suite must stay quick on 2 cores. Quality is measured by benchmarks.
+TINY = {
+    "hidden_units": (32, 16),
+    "latent_dim": 4,
+    "epochs": 25,
+    "kl_warmup_epochs": 3,
+    "patience": 5,
+    "batch_size": 256,
+    "random_state": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def train_frame() -> pd.DataFrame:
+    return pd.read_csv(DATA / "train.csv")
+
+
+@pytest.fixture(scope="session")
+def eval_frame() -> pd.DataFrame:
+    return pd.read_csv(DATA / "eval.csv")
+
+
+@pytest.fixture(scope="session")
+def fitted(train_frame: pd.DataFrame):  # type: ignore[no-untyped-def]
+    from detector.estimator import VAEDetector
+
+    return VAEDetector(target_fpr=0.05, **TINY).fit(train_frame)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(fitted, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("bundles") / "tiny"
+    fitted.save(path)
+    return path

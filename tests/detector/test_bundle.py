@@ -1,0 +1,130 @@
+"""Model bundles: a faithful round trip, and refusal of anything incompatible or tampered."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from detector.bundle import MANIFEST_FILE, MODEL_FILE, load_bundle, save_bundle, set_target_fpr
+from detector.errors import BundleError
+from detector.estimator import VAEDetector
+
+
+def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(bundle_dir, target)
+    return target
+
+
+def _edit_manifest(path: Path, **changes: object) -> None:
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest.update(changes)
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_save_then_load_gives_identical_scores(fitted, bundle_dir, eval_frame) -> None:
+    frame = eval_frame.drop(columns=["label", "anomaly_kind"])
+    loaded = VAEDetector.load(bundle_dir)
+    np.testing.assert_array_equal(loaded.anomaly_score(frame), fitted.anomaly_score(frame))
+    assert loaded.bundle_.version == fitted.bundle_.version
+    assert loaded.get_params() == fitted.get_params()
+
+
+def test_manifest_holds_what_an_operator_needs(bundle_dir) -> None:
+    manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
+    for key in (
+        "schema",
+        "calibration",
+        "training",
+        "packages",
+        "data_fingerprint",
+        "created_at",
+        "scoring",
+        "version",
+    ):
+        assert key in manifest, key
+    assert manifest["packages"]["keras"].startswith("3.")
+    assert len(manifest["data_fingerprint"]["sha256"]) == 64
+    assert "history" in manifest["training"]
+
+
+def test_no_pickle_anywhere_in_a_bundle(bundle_dir) -> None:
+    import zipfile
+
+    names = zipfile.ZipFile(bundle_dir / MODEL_FILE).namelist()
+    assert not [n for n in names if n.endswith((".pkl", ".pickle", ".joblib"))]
+    assert sorted(p.name for p in bundle_dir.iterdir()) == [MANIFEST_FILE, MODEL_FILE]
+
+
+def test_a_modified_network_is_refused(bundle_dir, tmp_path) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    with (copy / MODEL_FILE).open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="does not match the checksum"):
+        load_bundle(copy)
+
+
+def test_code_in_a_model_file_is_never_run(bundle_dir, tmp_path) -> None:
+    # A bundle whose network holds a Lambda (arbitrary Python) with a matching checksum:
+    # Keras safe mode must refuse it before anything runs.
+    copy = _copy(bundle_dir, tmp_path)
+    evil = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
+    evil.save(copy / MODEL_FILE)
+    from detector.bundle import _sha256
+
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["files"][MODEL_FILE]["sha256"] = _sha256(copy / MODEL_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="cannot load"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format_version": 99}, "format 99"),
+        ({"format": "something-else"}, "not an anomaly-detector model bundle"),
+        ({"packages": {"keras": "2.15.0"}}, "Keras 2.15.0"),
+        ({"schema": {"numeric": []}}, "malformed"),
+    ],
+)
+def test_incompatible_manifests_are_refused(bundle_dir, tmp_path, changes, message) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    _edit_manifest(copy, **changes)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy)
+
+
+def test_missing_bundle_names_the_fix(tmp_path) -> None:
+    with pytest.raises(BundleError, match="anomaly train DATA --out"):
+        load_bundle(tmp_path / "nope")
+
+
+def test_saving_replaces_atomically_and_leaves_no_temporaries(fitted, tmp_path) -> None:
+    target = tmp_path / "model"
+    save_bundle(fitted.bundle_, target)
+    save_bundle(fitted.bundle_, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert load_bundle(target).version == fitted.bundle_.version
+
+
+def test_refuses_to_overwrite_a_directory_that_is_not_a_bundle(fitted, tmp_path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        save_bundle(fitted.bundle_, tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_threshold_changes_without_retraining(bundle_dir, tmp_path) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    before = load_bundle(copy)
+    after = set_target_fpr(copy, 0.001)
+    assert after.calibrator.threshold > before.calibrator.threshold
+    reloaded = load_bundle(copy)
+    assert reloaded.calibrator.target_fpr == 0.001
+    assert reloaded.version == before.version

@@ -1,0 +1,225 @@
+"""The `anomaly` command end to end on the bundled data, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from detector.cli import main
+from tests.conftest import DATA
+
+TINY_FLAGS = [
+    "--epochs",
+    "15",
+    "--hidden-units",
+    "32,16",
+    "--latent-dim",
+    "4",
+    "--kl-warmup-epochs",
+    "3",
+    "--batch-size",
+    "256",
+    "--quiet",
+]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "model"
+    assert (
+        main(
+            [
+                "train",
+                str(DATA / "train.csv"),
+                "--out",
+                str(out),
+                "--target-fpr",
+                "0.02",
+                *TINY_FLAGS,
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_train_prints_a_summary(capsys, tmp_path) -> None:
+    small = tmp_path / "small.csv"
+    pd.read_csv(DATA / "train.csv").head(800).assign(label=0).to_csv(small, index=False)
+    code, out, _ = run(
+        capsys,
+        "train",
+        str(small),
+        "--out",
+        str(tmp_path / "m"),
+        "--label-column",
+        "label",
+        *TINY_FLAGS,
+    )
+    assert code == 0
+    for needle in (
+        "trained vae on 800 rows",
+        "epochs",
+        "validation ELBO",
+        "threshold",
+        "held-out validation FPR",
+        "saved bundle",
+    ):
+        assert needle in out
+
+
+def test_score_writes_every_row_and_a_ledger(capsys, cli_model, tmp_path) -> None:
+    source = pd.read_csv(DATA / "eval.csv").head(300)
+    source["cpu_pct"] = source["cpu_pct"].astype(object)
+    source.loc[5, "cpu_pct"] = "oops"
+    source.loc[9, "mem_pct"] = None
+    path = tmp_path / "in.csv"
+    source.to_csv(path, index=False)
+    output = tmp_path / "scored.csv"
+    code, out, _ = run(
+        capsys,
+        "score",
+        str(cli_model),
+        str(path),
+        "--output",
+        str(output),
+        "--keep-column",
+        "label",
+        "--keep-column",
+        "anomaly_kind",
+        "--json",
+    )
+    assert code == 0
+    ledger = json.loads(out)
+    assert ledger["rows_read"] == 300
+    assert ledger["rows_scored"] + ledger["rows_rejected"] == 300
+    assert ledger["rows_rejected"] == 2
+    scored = pd.read_csv(output)
+    assert len(scored) == 298
+    assert {"anomaly_score", "p_value", "is_anomaly", "top_feature_1", "label"} <= set(scored)
+    rejects = pd.read_csv(ledger["rejects"])
+    assert rejects["row"].tolist() == [6, 10]
+    assert "'oops' is not a number" in rejects["reason"][0]
+    assert "oops" in rejects["raw"][0]
+
+
+def test_score_parquet_round_trip(capsys, cli_model, tmp_path) -> None:
+    source = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(100)
+    source.to_parquet(tmp_path / "in.parquet")
+    code, _, _ = run(
+        capsys,
+        "score",
+        str(cli_model),
+        str(tmp_path / "in.parquet"),
+        "--output",
+        str(tmp_path / "out.parquet"),
+        "--quiet",
+    )
+    assert code == 0
+    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 100
+
+
+def test_evaluate_json_reports_the_metrics(capsys, cli_model) -> None:
+    code, out, _ = run(
+        capsys,
+        "evaluate",
+        str(cli_model),
+        str(DATA / "eval.csv"),
+        "--label-column",
+        "label",
+        "--by-column",
+        "anomaly_kind",
+        "--json",
+    )
+    assert code == 0
+    report = json.loads(out)
+    for key in ("auroc", "auprc", "precision", "recall", "f1", "best_f1"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert report["auroc"] > 0.85
+    assert report["by_group"]["none"]["flagged"] < 0.1
+    assert report["n"] == 3072
+
+
+def test_info_and_threshold(capsys, cli_model) -> None:
+    code, out, _ = run(capsys, "info", str(cli_model), "--json")
+    assert code == 0 and json.loads(out)["target_fpr"] == 0.02
+    code, out, _ = run(capsys, "threshold", str(cli_model), "--fpr", "0.0005", "--json")
+    assert code == 0 and json.loads(out)["method"] == "generalized-Pareto tail fit"
+    code, out, _ = run(capsys, "threshold", str(cli_model), "--fpr", "0.02")
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["score", "{model}", "missing.csv", "--output", "{tmp}/o.csv"], "does not exist"),
+        (
+            ["score", "{model}", "{data}/eval.csv", "--output", "{tmp}/o.csv"],
+            "unknown column(s) ['label', 'anomaly_kind']",
+        ),
+        (
+            ["score", "{tmp}/no-model", "{data}/eval.csv", "--output", "{tmp}/o.csv"],
+            "no model bundle",
+        ),
+        (
+            [
+                "evaluate",
+                "{model}",
+                "{data}/eval.csv",
+                "--label-column",
+                "anomaly_kind",
+                "--keep-column",
+                "label",
+            ],
+            "labels must be 1/0",
+        ),
+        (["threshold", "{model}", "--fpr", "2"], "out of range"),
+        (["train", "{tmp}/empty.csv", "--out", "{tmp}/m"], "is empty"),
+        (
+            ["train", "{data}/eval.csv", "--out", "{tmp}/m", "--label-column", "nope"],
+            "['nope'] not in",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(capsys, cli_model, tmp_path, argv, message):
+    (tmp_path / "empty.csv").write_text("")
+    values = {"model": str(cli_model), "tmp": str(tmp_path), "data": str(DATA)}
+    code, out, err = run(capsys, *[a.format(**values) for a in argv])
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_usage_errors_exit_2(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train"])
+    assert exc.value.code == 2
+
+
+def test_installed_entry_point_answers_help_without_tensorflow() -> None:
+    # The console script the README documents, as a user runs it.
+    exe = Path(sys.executable).with_name("anomaly")
+    assert exe.exists(), "install the package (make test does) to get the `anomaly` command"
+    done = subprocess.run(
+        [str(exe), "score", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "--keep-column" in done.stdout and "higher = more anomalous" in done.stdout

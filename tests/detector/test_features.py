@@ -1,0 +1,124 @@
+"""Schema learning, encoding, and what happens to bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.errors import DataError, SchemaError
+from detector.features import Schema, encode, fit_schema
+
+
+def _frame(n: int = 100) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "cpu": rng.normal(50, 10, n),
+            "host": rng.choice(["a", "b", "c"], n),
+            "flat": np.full(n, 3.0),
+        }
+    )
+
+
+def test_fit_schema_infers_kinds_and_state() -> None:
+    schema = fit_schema(_frame())
+    assert [c.name for c in schema.numeric] == ["cpu", "flat"]
+    assert [c.name for c in schema.categorical] == ["host"]
+    assert schema.categorical[0].categories == ("a", "b", "c")
+    assert schema.n_features == 2 + 4  # two numerics, three categories + "unseen"
+    # A constant column keeps raw units instead of dividing by zero.
+    assert schema.numeric[1].scale == 1.0
+
+
+def test_schema_round_trips_through_json_dict() -> None:
+    schema = fit_schema(_frame())
+    assert Schema.from_dict(schema.to_dict()) == schema
+
+
+def test_encode_standardises_and_one_hots() -> None:
+    frame = _frame()
+    schema = fit_schema(frame)
+    batch = encode(schema, frame)
+    assert batch.values.shape == (100, 6)
+    assert abs(batch.values[:, 0].mean()) < 1e-5
+    assert batch.values[:, 0].std() == pytest.approx(1.0, rel=1e-4)
+    np.testing.assert_array_equal(batch.values[:, 2:].sum(axis=1), 1.0)
+
+
+def test_missing_and_unknown_columns_are_named() -> None:
+    schema = fit_schema(_frame())
+    bad = _frame().drop(columns=["cpu"]).assign(extra=1)
+    with pytest.raises(SchemaError) as err:
+        encode(schema, bad)
+    message = str(err.value)
+    assert "missing column(s) ['cpu']" in message
+    assert "unknown column(s) ['extra']" in message
+    assert "--keep-column extra" in message
+    assert "The model expects: cpu (number)" in message
+
+
+def test_passthrough_columns_are_allowed() -> None:
+    schema = fit_schema(_frame())
+    batch = encode(schema, _frame().assign(id=1), passthrough=["id"])
+    assert batch.accepted.all()
+
+
+def test_bad_values_are_rejected_with_reasons_not_dropped() -> None:
+    frame = _frame(5).astype({"cpu": object})
+    schema = fit_schema(_frame())
+    frame.loc[1, "cpu"] = "abc"
+    frame.loc[2, "cpu"] = np.nan
+    frame.loc[3, "cpu"] = np.inf
+    frame.loc[4, "host"] = None
+    batch = encode(schema, frame)
+    assert batch.accepted.tolist() == [True, False, False, False, False]
+    reasons = {r.row: r.reason for r in batch.rejections}
+    assert "'abc' is not a number" in reasons[1]
+    assert "empty" in reasons[2] and "--impute median" in reasons[2]
+    assert "infinite" in reasons[3]
+    assert "'host' is empty" in reasons[4]
+    assert len(batch.values) + len(batch.rejections) == len(frame)
+
+
+def test_impute_fills_missing_but_not_infinite() -> None:
+    schema = fit_schema(_frame())
+    frame = _frame(3)
+    frame.loc[0, "cpu"] = np.nan
+    frame.loc[1, "cpu"] = np.inf
+    frame.loc[2, "host"] = None
+    batch = encode(schema, frame, impute="median")
+    assert batch.accepted.tolist() == [True, False, True]
+
+
+def test_a_column_with_no_numbers_is_a_schema_error() -> None:
+    schema = fit_schema(_frame())
+    frame = _frame(4).assign(cpu=["x", "y", "z", "w"])
+    with pytest.raises(SchemaError, match="column 'cpu' holds no numbers"):
+        encode(schema, frame)
+
+
+def test_unseen_category_takes_the_unseen_slot() -> None:
+    schema = fit_schema(_frame())
+    batch = encode(schema, _frame(1).assign(host="zzz"))
+    assert batch.accepted.all()
+    assert batch.values[0, -1] == 1.0  # the last slot of the host group
+
+
+def test_training_data_problems_are_reported_with_the_fix() -> None:
+    frame = _frame()
+    frame.loc[3, "cpu"] = np.nan
+    frame["id"] = [f"row-{i}" for i in range(len(frame))]
+    frame["id"] = frame["id"].astype(str)
+    with pytest.raises(DataError) as err:
+        fit_schema(
+            pd.concat([frame] * 3, ignore_index=True).assign(id=lambda f: f.index.astype(str))
+        )
+    message = str(err.value)
+    assert "column 'cpu' has 3 empty/NaN/inf values" in message
+    assert "--ignore-column id" in message
+
+
+def test_too_few_rows_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="at least 50"):
+        fit_schema(_frame(10))

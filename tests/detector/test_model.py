@@ -1,0 +1,125 @@
+"""The trained detector: score direction, reproducibility, batching, calibration, sklearn API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from detector.errors import ConfigError, TrainingError
+from detector.estimator import VAEDetector
+from detector.features import encode
+from detector.scoring import SCORE_KINDS, score_frame
+from tests.conftest import TINY
+
+
+def test_obvious_anomalies_score_higher_than_normal_records(fitted, eval_frame) -> None:
+    normal = eval_frame[eval_frame.label == 0].drop(columns=["label", "anomaly_kind"]).head(200)
+    broken = normal.copy()
+    broken["latency_p99_ms"] *= 20
+    broken["cpu_pct"] = 99.0
+    normal_scores = fitted.anomaly_score(normal)
+    broken_scores = fitted.anomaly_score(broken)
+    assert np.median(broken_scores) > np.quantile(normal_scores, 0.99)
+    assert (broken_scores > fitted.bundle_.calibrator.threshold).mean() > 0.95
+    # scikit-learn's direction is the opposite, as for IsolationForest.
+    np.testing.assert_allclose(fitted.score_samples(broken), -broken_scores)
+    assert (fitted.predict(broken) == -1).mean() > 0.95
+
+
+def test_every_score_estimate_ranks_anomalies_above_normal_rows(fitted, eval_frame) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    labels = eval_frame["label"]
+    frame = eval_frame.drop(columns=["label", "anomaly_kind"])
+    estimates = fitted.bundle_.graph(encode(fitted.bundle_.schema, frame).values)
+    for kind in SCORE_KINDS:
+        assert roc_auc_score(labels, -estimates[kind]) > 0.85, kind
+    # The IWAE bound is tighter than the ELBO (Burda et al.); per record the two are Monte
+    # Carlo estimates, so compare their means.
+    assert estimates["iwae"].mean() > estimates["elbo"].mean()
+
+
+def test_calibrated_fpr_holds_on_fresh_normal_records(fitted, eval_frame) -> None:
+    normal = eval_frame[eval_frame.label == 0].drop(columns=["label", "anomaly_kind"])
+    observed = float(np.mean(fitted.predict(normal) == -1))
+    assert fitted.target_fpr == 0.05
+    # The eval normals come from later days than the training ones, so allow some drift.
+    assert 0.02 <= observed <= 0.09
+
+
+def test_scores_do_not_depend_on_batching(fitted, train_frame) -> None:
+    rows = train_frame.head(64)
+    together = fitted.anomaly_score(rows)
+    one_by_one = np.concatenate([fitted.anomaly_score(rows.iloc[[i]]) for i in range(64)])
+    np.testing.assert_allclose(one_by_one, together, rtol=1e-5, atol=1e-5)
+
+
+def test_training_is_reproducible_under_a_seed(fitted, train_frame) -> None:
+    again = VAEDetector(target_fpr=0.05, **TINY).fit(train_frame)
+    rows = train_frame.sample(300, random_state=1)
+    np.testing.assert_allclose(
+        again.anomaly_score(rows), fitted.anomaly_score(rows), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_result_is_typed_and_accounts_for_every_row(fitted, eval_frame) -> None:
+    frame = eval_frame.drop(columns=["label", "anomaly_kind"]).head(10).copy()
+    frame["cpu_pct"] = frame["cpu_pct"].astype(object)
+    frame.loc[3, "cpu_pct"] = "n/a"
+    result = score_frame(fitted.bundle_, frame)
+    assert result.n_scored + len(result.rejections) == 10
+    assert result.rejections[0].row == 3
+    assert 3 not in result.rows
+    out = result.to_frame()
+    assert list(out.columns[:3]) == ["anomaly_score", "p_value", "is_anomaly"]
+    assert set(out["top_feature_1"]) <= set(frame.columns)
+    with pytest.raises(AttributeError):
+        result.threshold = 0.0  # type: ignore[misc]
+
+
+def test_contributions_point_at_the_broken_column(fitted, eval_frame) -> None:
+    normal = eval_frame[eval_frame.label == 0].drop(columns=["label", "anomaly_kind"]).head(50)
+    broken = normal.assign(disk_iops=normal["disk_iops"] * 50)
+    result = score_frame(fitted.bundle_, broken)
+    top = [row[0] for row in result.top_features(1)]
+    assert top.count("disk_iops") >= 45
+
+
+def test_sklearn_api(fitted, train_frame) -> None:
+    params = fitted.get_params()
+    assert params["latent_dim"] == 4 and params["score_kind"] == "recon_prob"
+    copy = clone(fitted).set_params(epochs=2)
+    assert copy.epochs == 2 and not hasattr(copy, "bundle_")
+    rows = train_frame.head(20)
+    decision = fitted.decision_function(rows)
+    np.testing.assert_array_equal(fitted.predict(rows) == -1, decision < 0)
+    assert fitted.n_features_in_ == train_frame.shape[1]
+
+
+def test_numpy_input_works(train_frame) -> None:
+    x = np.random.default_rng(0).normal(size=(400, 5))
+    det = VAEDetector(epochs=2, hidden_units=(16, 8), latent_dim=2).fit(x)
+    assert det.anomaly_score(x[:7]).shape == (7,)
+    assert list(det.feature_names_in_) == ["x0", "x1", "x2", "x3", "x4"]
+
+
+def test_bad_settings_fail_before_training() -> None:
+    frame = pd.DataFrame({"a": np.arange(100.0)})
+    with pytest.raises(ConfigError, match="score_kind 'nope'"):
+        VAEDetector(score_kind="nope").fit(frame)
+
+
+def test_a_model_that_cannot_tell_rows_apart_is_refused() -> None:
+    # Every row identical: held-out scores are constant, so no threshold can mean anything.
+    frame = pd.DataFrame({"a": np.ones(200), "b": np.full(200, 2.0)})
+    with pytest.raises(TrainingError, match="nearly\\) constant"):
+        VAEDetector(epochs=2, hidden_units=(8,), latent_dim=2).fit(frame)
+
+
+def test_divergence_is_an_error_not_a_broken_model(train_frame) -> None:
+    with pytest.raises(TrainingError, match="NaN"):
+        VAEDetector(epochs=3, hidden_units=(16,), latent_dim=2, learning_rate=1e9).fit(
+            train_frame.head(500)
+        )
