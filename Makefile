@@ -1,0 +1,43 @@
+# Two commands work on a fresh machine: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL ?= data/models/default
+SCORED ?= data/out/eval_scored.csv
+BENCH_DATA ?= ../shared/data
+
+.PHONY: run test setup lint bench clean
+
+# Reinstall only when the dependencies change.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+$(MODEL)/manifest.json: $(BIN)/.installed data/train.csv
+	$(BIN)/anomaly train data/train.csv --out $(MODEL)
+
+# The main job: train on the bundled data if no model exists, score the evaluation file,
+# and measure the detector against its labels.
+run: $(MODEL)/manifest.json
+	$(BIN)/anomaly score $(MODEL) data/eval.csv --output $(SCORED) \
+		--keep-column label --keep-column anomaly_kind
+	$(BIN)/anomaly evaluate $(MODEL) data/eval.csv --label-column label --by-column anomaly_kind
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python tests/benchmarks/bench_scoring.py
+	$(BIN)/python tests/benchmarks/bench_advae.py --data-dir $(BENCH_DATA)
+
+clean:
+	rm -rf $(VENV) data/models data/out .pytest_cache .mypy_cache .ruff_cache
