@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -291,11 +292,8 @@ def encode(
     bad = np.zeros(n, dtype=bool)
     blocks: list[np.ndarray] = []
 
-    numeric = np.empty((n, schema.n_numeric), dtype=np.float64)
-    for j, col in enumerate(schema.numeric):
-        values, col_bad = _parse_numeric(frame[col.name], col, impute, reasons)
-        numeric[:, j] = values
-        bad |= col_bad
+    numeric, numeric_bad = _numeric_block(schema, frame, impute, reasons)
+    bad |= numeric_bad
     if schema.n_numeric:
         means = np.array([c.mean for c in schema.numeric])
         scales = np.array([c.scale for c in schema.numeric])
@@ -319,29 +317,75 @@ def encode(
     )
 
 
-def _parse_numeric(
-    series: pd.Series,
+def _numeric_block(
+    schema: Schema, frame: pd.DataFrame, impute: Imputation, reasons: list[list[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The numeric columns as floats ``(n, n_numeric)`` and a mask of rows with a bad value."""
+    n = len(frame)
+    bad = np.zeros(n, dtype=bool)
+    if not schema.n_numeric:
+        return np.empty((n, 0)), bad
+    block = frame[[c.name for c in schema.numeric]]
+    if all(_is_number(dtype) for dtype in block.dtypes):
+        # The common case (a CSV read by pandas, JSON numbers): one conversion for all columns,
+        # and per-column work only where a value is missing or infinite.
+        numeric = block.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+        unparsed = np.zeros(n, dtype=bool)
+        for j in np.flatnonzero(~np.isfinite(numeric).all(axis=0)):
+            numeric[:, j], col_bad = _flag_numeric(
+                numeric[:, j],
+                unparsed,
+                frame[schema.numeric[j].name],
+                schema.numeric[j],
+                impute,
+                reasons,
+            )
+            bad |= col_bad
+        return numeric, bad
+    numeric = np.empty((n, schema.n_numeric), dtype=np.float64)
+    for j, col in enumerate(schema.numeric):
+        values, unparsed = _to_float(frame[col.name], col)
+        numeric[:, j], col_bad = _flag_numeric(
+            values, unparsed, frame[col.name], col, impute, reasons
+        )
+        bad |= col_bad
+    return numeric, bad
+
+
+def _is_number(dtype: Any) -> bool:
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def _to_float(series: pd.Series, col: NumericColumn) -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64 (NaN where missing or unparseable) and the mask of unparseable ones."""
+    if _is_number(series.dtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(series), bool)
+    texts = _as_text(series)
+    values = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    unparsed = (texts.notna() & np.isnan(values)).to_numpy(dtype=bool)
+    if len(series) > 1 and unparsed.all():
+        example = texts.dropna().iloc[0]
+        raise SchemaError(
+            f"column '{col.name}' holds no numbers (e.g. {example!r}); the model expects a "
+            "number there: check the column order and the file's delimiter"
+        )
+    return values, unparsed
+
+
+def _flag_numeric(
+    values: np.ndarray,
+    unparsed: np.ndarray,
+    raw: pd.Series,
     col: NumericColumn,
     impute: Imputation,
     reasons: list[list[str]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        unparsed = np.zeros(len(series), dtype=bool)
-    else:
-        texts = _as_text(series)
-        values = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        unparsed = (texts.notna() & np.isnan(values)).to_numpy(dtype=bool)
-        if len(series) > 1 and unparsed.all():
-            example = texts.dropna().iloc[0]
-            raise SchemaError(
-                f"column '{col.name}' holds no numbers (e.g. {example!r}); the model expects a "
-                "number there: check the column order and the file's delimiter"
-            )
+    """Record why each bad value is bad; impute missing ones if asked. Returns the column with
+    bad entries zeroed (they are never scored) and the mask of bad rows."""
     missing = np.isnan(values) & ~unparsed
     infinite = np.isinf(values)
     for i in np.flatnonzero(unparsed):
-        reasons[i].append(f"column '{col.name}': {series.iloc[i]!r} is not a number")
+        reasons[i].append(f"column '{col.name}': {raw.iloc[i]!r} is not a number")
     for i in np.flatnonzero(infinite):
         reasons[i].append(f"column '{col.name}': value is infinite")
     if impute == "median":
@@ -362,18 +406,31 @@ def _parse_categorical(
     impute: Imputation,
     reasons: list[list[str]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    texts = _as_text(series)
-    missing = texts.isna().to_numpy(dtype=bool)
+    values = series.to_numpy(dtype=object, na_value=None)
+    missing = np.asarray(pd.isna(values), dtype=bool)
+    index = _category_index(col.categories)
+    codes = index.get_indexer(values).astype(np.int64)
+    # Fast path above; only values that did not match as given (ints from JSON, padding)
+    # pay for normalising to stripped text.
+    retry = np.flatnonzero((codes < 0) & ~missing)
+    if len(retry):
+        cleaned = np.array([str(v).strip() for v in values[retry]], dtype=object)
+        codes[retry] = index.get_indexer(cleaned)
+        missing[retry[cleaned == ""]] = True
     if impute == "median" and missing.any():
         # For a category the median's counterpart is the most frequent training value.
-        texts = texts.fillna(col.mode)
-        missing = np.zeros_like(missing)
-    codes = pd.Index(col.categories).get_indexer(texts).astype(np.int64)
+        codes[missing] = col.categories.index(col.mode)
+        missing[:] = False
     # -1 (not among the training categories) goes to the group's last, "unseen", slot.
     codes = np.where(codes < 0, len(col.categories), codes)
     for i in np.flatnonzero(missing):
         reasons[i].append(f"column '{col.name}' is empty; fill it or score with --impute median")
     return np.where(missing, 0, codes), missing
+
+
+@lru_cache(maxsize=256)
+def _category_index(categories: tuple[str, ...]) -> pd.Index:
+    return pd.Index(categories)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

@@ -69,25 +69,39 @@ class ScoreGraph:
                 losses.gaussian_log_density(z, mean[:, None, :], log_var[:, None, :]), axis=-1
             )
             mean_log_lik = ops.mean(ll, axis=1)
-            return {
-                "recon_prob": losses.log_mean_exp(ll, axis=1),
-                "mean_log_lik": mean_log_lik,
-                "elbo": mean_log_lik - kl,
-                "iwae": losses.log_mean_exp(ll + log_prior - log_q, axis=1),
-                "term_nll": -ops.mean(term_ll, axis=1),
-            }
+            estimates = [
+                losses.log_mean_exp(ll, axis=1),
+                mean_log_lik,
+                mean_log_lik - kl,
+                losses.log_mean_exp(ll + log_prior - log_q, axis=1),
+            ]
+            # One output tensor: each extra output costs a device-to-numpy copy per call,
+            # which is most of a single row's latency.
+            return ops.concatenate(
+                [ops.stack(estimates, axis=1), -ops.mean(term_ll, axis=1)], axis=1
+            )
 
+        # A concrete function skips tf.function's per-call argument dispatch (~0.4 ms).
         self._graph = tf.function(
             graph,
             input_signature=[tf.TensorSpec([None, model.input_dim], tf.float32)],
-            reduce_retracing=True,
-        )
+        ).get_concrete_function()
+        self._to_tensor = tf.convert_to_tensor
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) <= GRAPH_BATCH:
-            return {k: v.numpy() for k, v in self._graph(x).items()}
-        parts = [self._graph(x[i : i + GRAPH_BATCH]) for i in range(0, len(x), GRAPH_BATCH)]
-        return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
+            out = self._graph(self._to_tensor(x)).numpy()
+        else:
+            out = np.concatenate(
+                [
+                    self._graph(self._to_tensor(x[i : i + GRAPH_BATCH])).numpy()
+                    for i in range(0, len(x), GRAPH_BATCH)
+                ]
+            )
+        named = {kind: out[:, i] for i, kind in enumerate(SCORE_KINDS)}
+        named["term_nll"] = out[:, len(SCORE_KINDS) :]
+        return named
 
 
 def anomaly_scores(estimates: dict[str, np.ndarray], kind: str) -> np.ndarray:

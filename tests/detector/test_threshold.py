@@ -61,3 +61,13 @@ def test_tied_scores_do_not_break_the_tail_fit() -> None:
     calibrator = Calibrator.fit(np.r_[np.zeros(900), np.ones(100)], target_fpr=0.001)
     assert np.isfinite(calibrator.threshold)
     assert calibrator.threshold >= 1.0
+
+
+@pytest.mark.parametrize("shape", [-0.4, -0.1, 0.0, 0.2, 0.5])
+def test_closed_form_pareto_tail_matches_scipy(shape: float) -> None:
+    from detector.threshold import _pareto_sf
+
+    x = np.linspace(0, 50, 1_000)
+    np.testing.assert_allclose(
+        _pareto_sf(x, shape, 1.7), stats.genpareto.sf(x, shape, scale=1.7), rtol=1e-9, atol=1e-300
+    )
