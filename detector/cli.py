@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 EXAMPLES = """examples:
@@ -22,7 +22,11 @@ EXAMPLES = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    extra_commands: Callable[[Any], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The parser for every library command. ``extra_commands`` receives the sub-command
+    registry to add more (``service.cli`` adds ``serve``; this package never imports it)."""
     parser = argparse.ArgumentParser(
         prog="anomaly",
         description="Train VAE anomaly detectors on normal records and score new records.",
@@ -145,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     threshold.add_argument("--fpr", type=float, required=True, help="target rate, e.g. 0.001")
     _add_output_flags(threshold)
     threshold.set_defaults(handler=cmd_threshold)
+    if extra_commands is not None:
+        extra_commands(commands)
     return parser
 
 
@@ -441,12 +447,12 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command's handler, mapping errors to exit codes."""
     args = parser.parse_args(argv)
-    if not args.debug:
-        _import_tensorflow_quietly()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug and getattr(args, "needs_tensorflow", True):
+        _import_tensorflow_quietly()
     from detector.errors import DetectorError
 
     try:
@@ -466,6 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The library's commands alone; the installed ``anomaly`` adds ``serve`` (service.cli)."""
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -122,12 +122,18 @@ class Schema:
         return schema
 
 
+#: Why a row can be rejected, as a short fixed code (a metrics label); the reason text says more.
+REJECTION_CODES = ("missing_value", "not_a_number", "infinite")
+
+
 @dataclass(frozen=True)
 class Rejection:
-    """A record that was not scored, and why. ``row`` is its 0-based position in the input."""
+    """A record that was not scored, and why. ``row`` is its 0-based position in the input;
+    ``code`` is the first problem's code from ``REJECTION_CODES``."""
 
     row: int
     reason: str
+    code: str = "missing_value"
 
 
 @dataclass(frozen=True, eq=False)
@@ -288,7 +294,7 @@ def encode(
     """
     check_columns(schema, frame.columns, passthrough=passthrough)
     n = len(frame)
-    reasons: list[list[str]] = [[] for _ in range(n)] if n else []
+    reasons: list[list[tuple[str, str]]] = [[] for _ in range(n)] if n else []
     bad = np.zeros(n, dtype=bool)
     blocks: list[np.ndarray] = []
 
@@ -309,7 +315,10 @@ def encode(
 
     values = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
     accepted = ~bad
-    rejections = tuple(Rejection(int(i), "; ".join(reasons[i])) for i in np.flatnonzero(bad))
+    rejections = tuple(
+        Rejection(int(i), "; ".join(text for _, text in reasons[i]), reasons[i][0][0])
+        for i in np.flatnonzero(bad)
+    )
     return EncodedBatch(
         values=np.ascontiguousarray(values[accepted], dtype=np.float32),
         accepted=accepted,
@@ -318,7 +327,7 @@ def encode(
 
 
 def _numeric_block(
-    schema: Schema, frame: pd.DataFrame, impute: Imputation, reasons: list[list[str]]
+    schema: Schema, frame: pd.DataFrame, impute: Imputation, reasons: list[list[tuple[str, str]]]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The numeric columns as floats ``(n, n_numeric)`` and a mask of rows with a bad value."""
     n = len(frame)
@@ -331,14 +340,10 @@ def _numeric_block(
         # and per-column work only where a value is missing or infinite.
         numeric = block.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
         unparsed = np.zeros(n, dtype=bool)
-        for j in np.flatnonzero(~np.isfinite(numeric).all(axis=0)):
-            numeric[:, j], col_bad = _flag_numeric(
-                numeric[:, j],
-                unparsed,
-                frame[schema.numeric[j].name],
-                schema.numeric[j],
-                impute,
-                reasons,
+        for k in np.flatnonzero(~np.isfinite(numeric).all(axis=0)):
+            col = schema.numeric[k]
+            numeric[:, k], col_bad = _flag_numeric(
+                numeric[:, k], unparsed, frame[col.name], col, impute, reasons
             )
             bad |= col_bad
         return numeric, bad
@@ -378,23 +383,26 @@ def _flag_numeric(
     raw: pd.Series,
     col: NumericColumn,
     impute: Imputation,
-    reasons: list[list[str]],
+    reasons: list[list[tuple[str, str]]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Record why each bad value is bad; impute missing ones if asked. Returns the column with
     bad entries zeroed (they are never scored) and the mask of bad rows."""
     missing = np.isnan(values) & ~unparsed
     infinite = np.isinf(values)
     for i in np.flatnonzero(unparsed):
-        reasons[i].append(f"column '{col.name}': {raw.iloc[i]!r} is not a number")
+        reasons[i].append(("not_a_number", f"column '{col.name}': {raw.iloc[i]!r} is not a number"))
     for i in np.flatnonzero(infinite):
-        reasons[i].append(f"column '{col.name}': value is infinite")
+        reasons[i].append(("infinite", f"column '{col.name}': value is infinite"))
     if impute == "median":
         values = np.where(missing, col.median, values)
         missing = np.zeros_like(missing)
     else:
         for i in np.flatnonzero(missing):
             reasons[i].append(
-                f"column '{col.name}' is empty (NaN); fill it or score with --impute median"
+                (
+                    "missing_value",
+                    f"column '{col.name}' is empty (NaN); fill it or score with --impute median",
+                )
             )
     bad = unparsed | infinite | missing
     return np.where(bad, 0.0, values), bad
@@ -404,7 +412,7 @@ def _parse_categorical(
     series: pd.Series,
     col: CategoricalColumn,
     impute: Imputation,
-    reasons: list[list[str]],
+    reasons: list[list[tuple[str, str]]],
 ) -> tuple[np.ndarray, np.ndarray]:
     values = series.to_numpy(dtype=object, na_value=None)
     missing = np.asarray(pd.isna(values), dtype=bool)
@@ -424,7 +432,12 @@ def _parse_categorical(
     # -1 (not among the training categories) goes to the group's last, "unseen", slot.
     codes = np.where(codes < 0, len(col.categories), codes)
     for i in np.flatnonzero(missing):
-        reasons[i].append(f"column '{col.name}' is empty; fill it or score with --impute median")
+        reasons[i].append(
+            (
+                "missing_value",
+                f"column '{col.name}' is empty; fill it or score with --impute median",
+            )
+        )
     return np.where(missing, 0, codes), missing
 
 
