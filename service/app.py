@@ -1,0 +1,225 @@
+"""The Flask application factory and the per-app state the routes share.
+
+``create_app`` builds everything an app needs from its arguments (no module-level state), so
+tests pass their own configuration, models, metrics registry and alert sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CollectorRegistry
+from werkzeug.exceptions import HTTPException
+
+from detector.errors import BundleError, DetectorError, InputError
+from service.alerts import (
+    AlertDispatcher,
+    AlertmanagerSink,
+    AlertTracker,
+    LogSink,
+    Sink,
+    WebhookSink,
+)
+from service.config import ServiceConfig, load_config
+from service.metrics import ServiceMetrics
+from service.registry import LoadedModel, ModelRegistry, UnknownModel
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{error, detail}`` with an HTTP status."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+@dataclass
+class ServiceState:
+    """What the routes of one app share: settings, models, metrics and alerting."""
+
+    config: ServiceConfig
+    models: ModelRegistry
+    metrics: ServiceMetrics
+    trackers: dict[str, AlertTracker]
+    dispatcher: AlertDispatcher
+
+    def model(self, name: str) -> LoadedModel:
+        try:
+            return self.models.get(name)
+        except UnknownModel:
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"no model named '{name}'; served models: {', '.join(self.models.names())}",
+            ) from None
+        except BundleError as exc:
+            raise ApiError(503, "model_not_loaded", str(exc)) from None
+
+    def publish_model(self, loaded: LoadedModel, previous: LoadedModel | None = None) -> None:
+        calibrator = loaded.bundle.calibrator
+        self.metrics.set_model(
+            loaded.name,
+            loaded.bundle.version,
+            calibrator.threshold,
+            calibrator.target_fpr,
+            previous_version=previous.bundle.version if previous else None,
+        )
+
+
+def state() -> ServiceState:
+    """The current app's state (inside a request)."""
+    return current_app.extensions["anomaly"]  # type: ignore[no-any-return]
+
+
+def create_app(
+    config: ServiceConfig | None = None,
+    *,
+    models: ModelRegistry | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+    sinks: Sequence[Sink] | None = None,
+) -> Flask:
+    """Build the scoring service. Without arguments, settings come from ``ANOMALY_*``
+    environment variables (and the file named by ``ANOMALY_CONFIG``, if set)."""
+    if config is None:
+        import os
+
+        config = load_config(os.environ.get("ANOMALY_CONFIG") or None)
+    if config.tf_threads:
+        _limit_tensorflow_threads(config.tf_threads)
+    metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
+    if models is None:
+        models = ModelRegistry(
+            config.models,
+            sync_dir=config.model_sync_dir,
+            on_reload=lambda name, outcome: metrics.reloads.labels(name, outcome).inc(),
+        )
+    models.load_all()
+    dispatcher = AlertDispatcher(
+        list(sinks) if sinks is not None else _default_sinks(config),
+        queue_size=config.alert_queue_size,
+        retries=config.alert_retries,
+        recent_size=config.recent_alerts,
+        on_outcome=lambda sink, outcome: metrics.alerts.labels(sink, outcome).inc(),
+    )
+    dispatcher.start()
+    app_state = ServiceState(
+        config=config,
+        models=models,
+        metrics=metrics,
+        trackers={name: AlertTracker(name, config.policy_for(name)) for name in config.models},
+        dispatcher=dispatcher,
+    )
+    for name in models.names():
+        try:
+            app_state.publish_model(models.get(name))
+        except BundleError:
+            continue
+
+    app = Flask("service")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["anomaly"] = app_state
+
+    from service.api import api
+    from service.kserve import kserve
+
+    app.register_blueprint(api)
+    app.register_blueprint(kserve)
+    _install_hooks(app, app_state)
+    _install_error_handlers(app)
+    return app
+
+
+def _default_sinks(config: ServiceConfig) -> list[Sink]:
+    sinks: list[Sink] = []
+    if config.alertmanager_url:
+        sinks.append(AlertmanagerSink(config.alertmanager_url, generator_url=config.external_url))
+    if config.webhook_url:
+        sinks.append(WebhookSink(config.webhook_url))
+    if config.alert_log:
+        sinks.append(LogSink())
+    return sinks
+
+
+def _limit_tensorflow_threads(threads: int) -> None:
+    # Several workers on a few cores: one thread pool per worker sized to its share, so the
+    # workers do not oversubscribe the cores. Must run before TensorFlow executes any op.
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.warning("TensorFlow was already initialised; tf_threads=%s not applied", threads)
+
+
+def _install_hooks(app: Flask, app_state: ServiceState) -> None:
+    metrics = app_state.metrics
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        metrics.in_flight.inc()
+        app_state.models.refresh()
+
+    @app.teardown_request
+    def _finish(exc: BaseException | None) -> None:
+        if "started" not in g:
+            return
+        metrics.in_flight.dec()
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        status = str(getattr(g, "status", 500 if exc else 200))
+        metrics.request_duration.labels(rule, request.method, status).observe(
+            time.perf_counter() - g.started
+        )
+
+    @app.after_request
+    def _record_status(response: Response) -> Response:
+        g.status = response.status_code
+        return response
+
+
+def error_response(status: int, error: str, detail: str) -> tuple[Response, int]:
+    return jsonify({"error": error, "detail": detail}), status
+
+
+def _install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Any:
+        response, status = error_response(exc.status, exc.error, exc.detail)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="anomaly"'
+        return response, status
+
+    @app.errorhandler(InputError)
+    def _input_error(exc: InputError) -> Any:
+        return error_response(422, "invalid_input", str(exc))
+
+    @app.errorhandler(DetectorError)
+    def _detector_error(exc: DetectorError) -> Any:
+        return error_response(503, "model_error", str(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        name = (exc.name or "error").lower().replace(" ", "_")
+        detail = exc.description or ""
+        if exc.code == 413:
+            detail = (
+                f"request body over {app.config['MAX_CONTENT_LENGTH']} bytes; split the "
+                "batch or raise max_body_bytes"
+            )
+        return error_response(exc.code or 500, name, detail)
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception) -> Any:
+        log.exception("internal error serving %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "the server failed; see its log")

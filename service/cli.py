@@ -1,0 +1,108 @@
+"""The installed ``anomaly`` command: the library's commands plus ``serve``.
+
+``detector.cli`` holds train/score/evaluate/info/threshold and never imports this package;
+``serve`` is added here, where Flask and gunicorn may be imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from detector.cli import build_parser, run
+
+
+def add_serve_command(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over HTTP (gunicorn)",
+        description="Serve one or more model bundles over HTTP under gunicorn: scoring, "
+        "model info, reload, alerts, health checks, Prometheus metrics and the KServe V2 "
+        "protocol. Settings come from --config (TOML/JSON), then ANOMALY_* environment "
+        "variables, then these flags (see the README's 'Scoring service' section).",
+    )
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a model to serve under NAME ([a-z0-9_-]); repeatable",
+    )
+    serve.add_argument("--config", help="settings file, .toml or .json")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    serve.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    serve.add_argument("--timeout", type=int, default=60, help="worker timeout in seconds")
+    serve.set_defaults(handler=cmd_serve, needs_tensorflow=False)
+
+
+def _models(pairs: Sequence[str]) -> dict[str, str]:
+    from detector.errors import ConfigError
+
+    models = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--model {pair!r} must look like NAME=DIR, e.g. default=models/x")
+        models[name] = path
+    return models
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from detector.errors import ConfigError
+    from service.config import load_config
+
+    overrides: dict[str, Any] = {}
+    if args.model:
+        overrides["models"] = _models(args.model)
+    config = load_config(args.config, overrides=overrides)
+    if not config.models:
+        raise ConfigError("no model to serve: give --model NAME=DIR (or 'models' in --config)")
+    run_dir = tempfile.mkdtemp(prefix="anomaly-serve-")
+    # Must be set before prometheus_client is first imported: it picks its value class then.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(run_dir, "metrics"))
+    if config.model_sync_dir is None:
+        from dataclasses import replace
+
+        config = replace(config, model_sync_dir=os.path.join(run_dir, "models"))
+    if config.tf_threads is None:
+        from dataclasses import replace
+
+        share = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
+        config = replace(config, tf_threads=share)
+
+    from service.server import GunicornServer
+
+    options = {
+        "bind": f"{args.host}:{args.port}",
+        "workers": args.workers,
+        "threads": args.threads,
+        "worker_class": "gthread" if args.threads > 1 else "sync",
+        "timeout": args.timeout,
+        "graceful_timeout": 30,
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "preload_app": False,
+    }
+    print(
+        f"serving {', '.join(f'{k}={v}' for k, v in config.models.items())} on "
+        f"http://{args.host}:{args.port} with {args.workers} workers",
+        flush=True,
+    )
+    GunicornServer(config, options).run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(add_serve_command), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The Open Inference Protocol (KServe V2) routes, so KServe and Seldon can call the service.
+
+A tabular request sends one input tensor per column, each of shape ``[n]`` (``[n, 1]`` is
+accepted too), numeric columns as FP32/FP64/INT*, categorical ones as BYTES. The response holds
+``anomaly_score``, ``p_value`` (FP64, null for rejected rows), ``is_anomaly`` (BOOL),
+``severity`` and ``rejected_reason`` (BYTES, "" for scored rows), all of shape ``[n]``.
+Errors follow the protocol's ``{"error": "..."}`` form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from flask import Blueprint, jsonify, request
+
+from service.app import ApiError, state
+from service.pipeline import check_batch_size, require_token, score_request
+
+kserve = Blueprint("kserve", __name__, url_prefix="/v2")
+
+NUMERIC_TYPES = {
+    "FP16",
+    "FP32",
+    "FP64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "BOOL",
+}
+
+
+@kserve.get("/health/live")
+def live() -> Any:
+    return jsonify({"live": True})
+
+
+@kserve.get("/health/ready")
+def ready() -> Any:
+    is_ready = state().models.ready()
+    return jsonify({"ready": is_ready}), (200 if is_ready else 503)
+
+
+@kserve.get("/models/<name>")
+def metadata(name: str) -> Any:
+    app_state = state()
+    require_token(app_state.config.scoring_token, admin=False)
+    loaded = app_state.model(name)
+    schema = loaded.bundle.schema
+    kinds = {c.name: "FP64" for c in schema.numeric} | {c.name: "BYTES" for c in schema.categorical}
+    return jsonify(
+        {
+            "name": name,
+            "versions": [loaded.bundle.version],
+            "platform": "tensorflow",
+            "inputs": [
+                {"name": c, "datatype": kinds[c], "shape": [-1]} for c in schema.column_order
+            ],
+            "outputs": [
+                {"name": "anomaly_score", "datatype": "FP64", "shape": [-1]},
+                {"name": "p_value", "datatype": "FP64", "shape": [-1]},
+                {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
+                {"name": "severity", "datatype": "BYTES", "shape": [-1]},
+                {"name": "rejected_reason", "datatype": "BYTES", "shape": [-1]},
+            ],
+        }
+    )
+
+
+@kserve.get("/models/<name>/ready")
+def model_ready(name: str) -> Any:
+    state().model(name)
+    return jsonify({"name": name, "ready": True})
+
+
+@kserve.post("/models/<name>/infer")
+def infer(name: str) -> Any:
+    app_state = state()
+    require_token(app_state.config.scoring_token, admin=False)
+    loaded = app_state.model(name)
+    body = request.get_json(silent=True)
+    frame = _inputs_frame(body)
+    check_batch_size(len(frame), app_state)
+    indices = np.arange(len(frame))
+    scored = score_request(app_state, loaded, frame, indices)
+    n = len(frame)
+    score: list[float | None] = [None] * n
+    p_value: list[float | None] = [None] * n
+    flag = [False] * n
+    severity = ["none"] * n
+    reason = [""] * n
+    result = scored.result
+    for j, i in enumerate(scored.indices.tolist()):
+        score[i] = float(result.anomaly_score[j])
+        p_value[i] = float(result.p_value[j])
+        flag[i] = bool(result.is_anomaly[j])
+        severity[i] = scored.severity[j]
+    for rejected in scored.rejected:
+        reason[rejected.index] = "; ".join(rejected.reasons)
+    outputs = [
+        ("anomaly_score", "FP64", score),
+        ("p_value", "FP64", p_value),
+        ("is_anomaly", "BOOL", flag),
+        ("severity", "BYTES", severity),
+        ("rejected_reason", "BYTES", reason),
+    ]
+    response: dict[str, Any] = {
+        "model_name": name,
+        "model_version": loaded.bundle.version,
+        "outputs": [{"name": o, "datatype": t, "shape": [n], "data": d} for o, t, d in outputs],
+    }
+    if isinstance(body, dict) and "id" in body:
+        response["id"] = body["id"]
+    return jsonify(response)
+
+
+def _inputs_frame(body: Any) -> pd.DataFrame:
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+        raise ApiError(
+            400, "bad_request", 'the body must be {"inputs": [{name, shape, datatype, data}, ...]}'
+        )
+    columns: dict[str, Any] = {}
+    length = None
+    for tensor in body["inputs"]:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise ApiError(
+                400, "bad_request", "each input needs a 'name', 'shape', 'datatype' and 'data'"
+            )
+        name = tensor["name"]
+        shape = tensor.get("shape")
+        data = tensor.get("data")
+        datatype = str(tensor.get("datatype", "")).upper()
+        if not isinstance(shape, list) or not shape or not isinstance(data, list):
+            raise ApiError(400, "bad_request", f"input '{name}' needs a list 'shape' and 'data'")
+        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+            raise ApiError(
+                400,
+                "bad_request",
+                f"input '{name}' must have shape [n] or [n, 1], one tensor per column",
+            )
+        flat = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in data]
+        if len(flat) != shape[0]:
+            raise ApiError(
+                400, "bad_request", f"input '{name}' has {len(flat)} values for shape {shape}"
+            )
+        if datatype not in NUMERIC_TYPES | {"BYTES"}:
+            raise ApiError(
+                400, "bad_request", f"input '{name}' has unsupported datatype {datatype!r}"
+            )
+        if length is not None and len(flat) != length:
+            raise ApiError(400, "bad_request", "every input must have the same length")
+        length = len(flat)
+        columns[name] = flat
+    return pd.DataFrame(columns)

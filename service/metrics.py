@@ -1,0 +1,127 @@
+"""Prometheus metrics, all in one place and bound to an injected ``CollectorRegistry``.
+
+Under gunicorn (``PROMETHEUS_MULTIPROC_DIR`` set) every worker writes its samples to files in
+that directory and ``/metrics`` sums them with ``MultiProcessCollector``, so counters add up
+across workers whichever worker answers the scrape. Gauges state how they combine
+(``multiprocess_mode``); there are no Info/Enum metrics, which multiprocess mode lacks.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+#: p-value buckets: dense around the usual thresholds (1e-4 .. 0.05) so alert levels are visible.
+P_VALUE_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: Request durations: single records take milliseconds, large batches up to seconds.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServiceMetrics:
+    """Every metric the service exports. Label sets are small and fixed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.records_scored = Counter(
+            "anomaly_records_scored_total", "Records scored.", ["model"], registry=registry
+        )
+        self.anomalies = Counter(
+            "anomaly_anomalies_total",
+            "Records flagged anomalous, by severity.",
+            ["model", "severity"],
+            registry=registry,
+        )
+        self.records_rejected = Counter(
+            "anomaly_records_rejected_total",
+            "Records not scored, by reason.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.p_values = Histogram(
+            "anomaly_p_value",
+            "p-value of each scored record under held-out normal data (low = unusual).",
+            ["model"],
+            buckets=P_VALUE_BUCKETS,
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "anomaly_request_duration_seconds",
+            "HTTP request duration, by route and status.",
+            ["route", "method", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "anomaly_requests_in_flight",
+            "HTTP requests being served.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.alerts = Counter(
+            "anomaly_alerts_total",
+            "Alert deliveries by sink and outcome (sent, failed, dropped).",
+            ["sink", "outcome"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "anomaly_model_reloads_total",
+            "Model reloads by outcome.",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "anomaly_model_info",
+            "1 for the model version a worker serves.",
+            ["model", "version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.threshold = Gauge(
+            "anomaly_threshold",
+            "The anomaly-score threshold in force.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.expected_rate = Gauge(
+            "anomaly_expected_anomaly_rate",
+            "The calibrated false-positive rate: the anomaly rate expected on normal traffic.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+
+    def set_model(
+        self,
+        model: str,
+        version: str,
+        threshold: float,
+        target_fpr: float,
+        previous_version: str | None = None,
+    ) -> None:
+        if previous_version and previous_version != version:
+            self.model_info.labels(model, previous_version).set(0)
+        self.model_info.labels(model, version).set(1)
+        self.threshold.labels(model).set(threshold)
+        self.expected_rate.labels(model).set(target_fpr)
+
+    def exposition(self) -> bytes:
+        """The text exposition: summed over worker processes in multiprocess mode."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=directory)
+        return generate_latest(combined)

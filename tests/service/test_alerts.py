@@ -1,0 +1,653 @@
+"""Alerts: policy, the per-key state machine, delivery with retries, and real HTTP receivers.
+
+Time never passes by sleeping: the tracker takes a fake clock, the dispatcher a recording sleep,
+and waits on threads use flush() or a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.alerts import (
+    Alert,
+    AlertDeliveryError,
+    AlertDispatcher,
+    AlertmanagerSink,
+    AlertPolicy,
+    AlertTracker,
+    LogSink,
+    WebhookSink,
+)
+
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed(
+    tracker: AlertTracker, pattern: str, *, p_value: float = 1e-3, **record: object
+) -> list[Alert]:
+    """Observe one record per character: 'A' anomalous, '.' normal; return every alert."""
+    alerts: list[Alert] = []
+    for char in pattern:
+        alerts += tracker.observe(
+            record,
+            is_anomaly=char == "A",
+            p_value=p_value if char == "A" else 0.5,
+            anomaly_score=12.5 if char == "A" else 1.0,
+            top_features=("cpu", "mem"),
+            model_version="v7",
+        )
+    return alerts
+
+
+def make_alert(status: str = "firing", *, model_version: str = "v1") -> Alert:
+    start = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    return Alert(
+        model="payments",
+        key=(("host", "web-1"),),
+        status=status,
+        severity="critical",
+        starts_at=start,
+        ends_at=datetime(2024, 5, 1, 12, 5, 0, tzinfo=UTC) if status == "resolved" else None,
+        anomalies_in_window=4,
+        window=10,
+        last_anomaly_score=42.0,
+        last_p_value=2e-5,
+        top_features=("cpu", "latency_ms"),
+        model_version=model_version,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # urllib would send even 127.0.0.1 through a proxy named in the environment.
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def test_severity_levels_most_severe_first() -> None:
+    policy = AlertPolicy()
+    assert policy.severity(1e-6, True) == "critical"
+    assert policy.severity(1e-4, True) == "critical"  # the bound itself is included
+    assert policy.severity(5e-3, True) == "warning"
+    assert policy.severity(0.3, True) == "warning"  # above every bound: least severe level
+    assert policy.severity(1e-9, False) == "none"
+
+
+def test_policy_round_trips_through_a_dict_and_json() -> None:
+    config = {
+        "severities": {"warning": 0.01, "page": 1e-6, "critical": 1e-4},  # order is irrelevant
+        "group_by": ["host", "region"],
+        "fire_after": 2,
+        "window": 4,
+        "resolve_after": 6,
+        "cooldown_seconds": 30,
+        "repeat_seconds": 15.5,
+    }
+    policy = AlertPolicy.from_dict(config)
+    assert [name for name, _ in policy.severities] == ["page", "critical", "warning"]
+    assert policy.group_by == ("host", "region")
+    assert AlertPolicy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy
+    assert AlertPolicy.from_dict({}) == AlertPolicy()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"windw": 5}, "'windw'"),
+        ({"fire_after": 0}, "'fire_after' must be a positive integer"),
+        ({"fire_after": True}, "'fire_after' must be a positive integer"),
+        ({"fire_after": 11, "window": 10}, "lower fire_after or widen window"),
+        ({"severities": {"critical": 2.0}}, "p-value in (0, 1]"),
+        ({"severities": {"critical": "low"}}, "'critical'"),
+        ({"severities": {}}, "'severities' must be a non-empty mapping"),
+        ({"group_by": "host"}, "'group_by' must be a list"),
+        ({"group_by": ["severity"]}, "clashes with a label"),
+        ({"group_by": ["host-name"]}, "Alertmanager label name"),
+        ({"cooldown_seconds": -1}, "'cooldown_seconds'"),
+        ({"repeat_seconds": float("inf")}, "'repeat_seconds'"),
+    ],
+)
+def test_policy_rejects_bad_config_naming_the_key(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        AlertPolicy.from_dict(config)
+    assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------- tracker
+
+
+def small_policy(**overrides: Any) -> AlertPolicy:
+    settings: dict[str, Any] = {
+        "fire_after": 3,
+        "window": 5,
+        "resolve_after": 4,
+        "cooldown_seconds": 100.0,
+        "repeat_seconds": 60.0,
+    }
+    return AlertPolicy(**(settings | overrides))
+
+
+def test_tracker_fires_exactly_once_after_n_of_m_then_dedupes() -> None:
+    clock = FakeClock()
+    tracker = AlertTracker("payments", small_policy(), clock=clock)
+    assert feed(tracker, "A.A..") == []  # 2 of 5: not yet
+    assert feed(tracker, "A") == []  # the first anomaly slid out: still 2 of the last 5
+    clock.now += 1
+    [alert] = feed(tracker, "A")  # 3 of the last 5 -> fires
+    assert (alert.status, alert.severity, alert.ends_at) == ("firing", "warning", None)
+    assert (alert.anomalies_in_window, alert.window) == (3, 5)
+    assert alert.starts_at == datetime.fromtimestamp(T0 + 1, UTC)
+    assert (alert.model, alert.key, alert.model_version) == ("payments", (), "v7")
+    assert alert.top_features == ("cpu", "mem")
+    clock.now += 59
+    assert feed(tracker, "AAA.A") == []  # still firing, repeat not due: deduped
+
+
+def test_tracker_repeats_a_firing_alert_every_repeat_seconds() -> None:
+    clock = FakeClock()
+    tracker = AlertTracker("m", small_policy(), clock=clock)
+    [first] = feed(tracker, "AAA")
+    clock.now += 59.9
+    assert feed(tracker, "A") == []
+    clock.now += 0.1
+    [again] = feed(tracker, "A")
+    assert again.status == "firing"
+    assert again.starts_at == first.starts_at  # the same episode, re-sent
+    assert again.fingerprint == first.fingerprint
+    assert feed(tracker, "A") == []  # the clock restarts at each send
+    clock.now += 60
+    assert [a.status for a in feed(tracker, ".")] == ["firing"]  # a normal record re-sends too
+
+
+def test_tracker_resolves_after_k_consecutive_normals() -> None:
+    clock = FakeClock()
+    tracker = AlertTracker("m", small_policy(), clock=clock)
+    [fired] = feed(tracker, "AAA")
+    assert feed(tracker, "...A...") == []  # the anomaly restarts the count
+    clock.now += 5
+    [resolved] = feed(tracker, ".")
+    assert resolved.status == "resolved"
+    assert resolved.ends_at == datetime.fromtimestamp(T0 + 5, UTC)
+    assert resolved.starts_at == fired.starts_at
+    assert resolved.severity == fired.severity  # Alertmanager matches the alert by its labels
+    assert feed(tracker, "....") == []
+
+
+def test_cooldown_blocks_refiring_until_it_passes() -> None:
+    clock = FakeClock()
+    tracker = AlertTracker("m", small_policy(), clock=clock)
+    feed(tracker, "AAA")
+    [resolved] = feed(tracker, "....")
+    assert resolved.status == "resolved"
+    clock.now += 99.9
+    assert feed(tracker, "AAAAA") == []  # would fire, but the key is cooling down
+    clock.now += 0.1
+    [again] = feed(tracker, "A")
+    assert again.status == "firing"
+    assert again.starts_at == datetime.fromtimestamp(T0 + 100, UTC)
+
+
+def test_firing_severity_is_the_most_severe_in_the_window_and_only_rises() -> None:
+    clock = FakeClock()
+    tracker = AlertTracker("m", small_policy(), clock=clock)
+    feed(tracker, "A", p_value=1e-5)  # one critical record ...
+    [fired] = feed(tracker, "AA", p_value=1e-3)  # ... then warnings: the window holds a critical
+    assert fired.severity == "critical"
+
+    tracker = AlertTracker("m", small_policy(), clock=clock)
+    [fired] = feed(tracker, "AAA", p_value=1e-3)
+    assert fired.severity == "warning"
+    old, new = feed(tracker, "A", p_value=1e-6)
+    assert (old.status, old.severity) == ("resolved", "warning")  # retire the old label set
+    assert (new.status, new.severity) == ("firing", "critical")
+    assert feed(tracker, "AAAAA", p_value=1e-3) == []  # never lowered while firing
+
+
+def test_separate_keys_are_independent_and_a_missing_field_is_empty() -> None:
+    tracker = AlertTracker("m", small_policy(group_by=("host",)), clock=FakeClock())
+    assert feed(tracker, "AA", host="a") == []
+    assert feed(tracker, "AAAAA", host="b")[0].key == (("host", "b"),)
+    [alert] = feed(tracker, "A", host="a")  # a's own third anomaly, unaffected by b
+    assert alert.key == (("host", "a"),)
+    assert alert.labels()["host"] == "a"
+    [missing] = feed(tracker, "AAA")  # no 'host' in the record
+    assert missing.key == (("host", ""),)
+    assert feed(tracker, "A", host=None) == []  # None counts as "" too: same, firing key
+    assert len(tracker) == 3
+
+
+def test_tracked_keys_are_bounded_and_firing_keys_survive_eviction() -> None:
+    clock = FakeClock()
+    tracker = AlertTracker("m", small_policy(group_by=("host",)), clock=clock, max_keys=3)
+    [fired] = feed(tracker, "AAA", host="hot")
+    for i in range(50):
+        feed(tracker, "AA", host=f"cold-{i}")
+    assert len(tracker) == 3
+    # 'hot' was the least recently seen key but is firing, so it was kept: still deduped ...
+    assert feed(tracker, "A", host="hot") == []
+    # ... while cold-0 was forgotten: two more anomalies no longer reach 3 of 5.
+    assert feed(tracker, "AA", host="cold-0") == []
+    clock.now += 60
+    assert [a.starts_at for a in feed(tracker, "A", host="hot")] == [fired.starts_at]
+
+
+def test_when_every_key_fires_the_oldest_is_evicted_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tracker = AlertTracker("m", small_policy(group_by=("host",)), clock=FakeClock(), max_keys=2)
+    feed(tracker, "AAA", host="a")
+    feed(tracker, "AAA", host="b")
+    with caplog.at_level(logging.WARNING, logger="service.alerts"):
+        feed(tracker, "AAA", host="c")
+    assert len(tracker) == 2
+    assert "Raise max_keys" in caplog.text
+    assert [a.status for a in feed(tracker, "AAA", host="a")] == ["firing"]  # a starts afresh
+
+
+# --------------------------------------------------------------------------- alert
+
+
+def test_alert_labels_annotations_and_dict() -> None:
+    alert = make_alert("resolved")
+    assert alert.labels() == {
+        "alertname": "AnomalyDetected",
+        "model": "payments",
+        "severity": "critical",
+        "host": "web-1",
+    }
+    notes = alert.annotations()
+    assert "back to normal" in notes["summary"]
+    for part in ("4 of the last 10 records", "anomaly_score 42", "p-value 2e-05", "latency_ms"):
+        assert part in notes["description"]
+    d = json.loads(json.dumps(alert.to_dict(), allow_nan=False))
+    assert d["starts_at"] == "2024-05-01T12:00:00.000Z"
+    assert d["ends_at"] == "2024-05-01T12:05:00.000Z"
+    assert d["key"] == {"host": "web-1"}
+    assert "4 of the last 10 records anomalous" in make_alert("firing").annotations()["summary"]
+
+
+def test_fingerprint_is_stable_and_depends_on_model_and_key() -> None:
+    alert = make_alert()
+    # A content hash, not Python's per-process salted hash(): the same in every process.
+    assert alert.fingerprint == "7470cbf4d181f26c"
+    assert make_alert("resolved").fingerprint == alert.fingerprint
+    other_key = Alert(**{**alert.__dict__, "key": (("host", "web-2"),)})
+    other_model = Alert(**{**alert.__dict__, "model": "orders"})
+    assert len({alert.fingerprint, other_key.fingerprint, other_model.fingerprint}) == 3
+
+
+def test_non_finite_numbers_become_null_in_json() -> None:
+    alert = Alert(**{**make_alert().__dict__, "last_anomaly_score": float("inf")})
+    assert alert.to_dict()["last_anomaly_score"] is None
+
+
+# --------------------------------------------------------------------------- dispatcher
+
+
+class RecordingSink:
+    def __init__(self, name: str = "rec", failures: int = 0) -> None:
+        self.name = name
+        self.failures = failures
+        self.calls = 0
+        self.batches: list[list[Alert]] = []
+
+    def send(self, alerts: Sequence[Alert]) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError(f"{self.name} down (call {self.calls})")
+        self.batches.append(list(alerts))
+
+
+class Outcomes:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, sink: str, outcome: str) -> None:
+        with self.lock:
+            self.seen.append((sink, outcome))
+
+
+@contextmanager
+def running(dispatcher: AlertDispatcher) -> Iterator[AlertDispatcher]:
+    dispatcher.start()
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.stop()
+
+
+def test_dispatcher_retries_with_backoff_then_sends() -> None:
+    sink, outcomes = RecordingSink("flaky", failures=2), Outcomes()
+    sleeps: list[float] = []
+    dispatcher = AlertDispatcher([sink], on_outcome=outcomes, sleep=sleeps.append)
+    with running(dispatcher) as d:
+        d.submit([make_alert()])
+        assert d.flush(5)
+    assert sleeps == pytest.approx([0.2, 0.4])
+    assert outcomes.seen == [("flaky", "sent")]  # retries are not outcomes
+    assert [len(b) for b in sink.batches] == [1]
+
+
+def test_dispatcher_gives_up_after_retries_and_other_sinks_still_get_the_batch() -> None:
+    bad, good, outcomes = RecordingSink("bad", failures=99), RecordingSink(), Outcomes()
+    sleeps: list[float] = []
+    dispatcher = AlertDispatcher([bad, good], retries=3, on_outcome=outcomes, sleep=sleeps.append)
+    with running(dispatcher) as d:
+        d.submit([make_alert(), make_alert("resolved")])
+        assert d.flush(5)
+    assert sleeps == pytest.approx([0.2, 0.4, 0.8])
+    assert bad.calls == 4
+    assert outcomes.seen == [("bad", "failed"), ("rec", "sent")]
+    assert [len(b) for b in good.batches] == [2]
+
+
+def test_full_queue_drops_the_oldest_and_reports_it() -> None:
+    sink, outcomes = RecordingSink(), Outcomes()
+    dispatcher = AlertDispatcher([sink], queue_size=3, on_outcome=outcomes)
+    # Not started yet, so nothing drains: the queue must fill.
+    dispatcher.submit([make_alert(model_version=str(i)) for i in range(5)])
+    assert outcomes.seen == [("queue", "dropped")] * 2
+    with running(dispatcher) as d:
+        assert d.flush(5)
+    assert [a.model_version for a in sink.batches[0]] == ["2", "3", "4"]
+    assert outcomes.seen[-1] == ("rec", "sent")
+
+
+def test_recent_is_bounded_newest_last() -> None:
+    dispatcher = AlertDispatcher([RecordingSink()], recent_size=3)
+    dispatcher.submit([make_alert(model_version=str(i)) for i in range(5)])
+    recent = dispatcher.recent()
+    assert [d["model_version"] for d in recent] == ["2", "3", "4"]
+    json.dumps(recent)
+
+
+def test_stop_drains_the_queue_and_joins_the_thread() -> None:
+    before = set(threading.enumerate())
+    sink = RecordingSink()
+    dispatcher = AlertDispatcher([sink])
+    dispatcher.submit([make_alert()])
+    dispatcher.start()
+    dispatcher.submit([make_alert("resolved")])
+    dispatcher.stop(timeout=5)
+    assert set(threading.enumerate()) == before
+    assert sum(len(b) for b in sink.batches) == 2
+    outcomes = Outcomes()
+    stopped = AlertDispatcher([sink], on_outcome=outcomes)
+    stopped.stop()  # never started: a no-op
+    stopped.submit([make_alert()])
+    assert outcomes.seen == [("queue", "dropped")]
+
+
+def test_a_failing_outcome_callback_does_not_kill_the_worker() -> None:
+    def explode(sink: str, outcome: str) -> None:
+        raise RuntimeError("metrics broke")
+
+    sink = RecordingSink()
+    with running(AlertDispatcher([sink], on_outcome=explode)) as d:
+        d.submit([make_alert()])
+        assert d.flush(5)
+        d.submit([make_alert()])
+        assert d.flush(5)
+    assert len(sink.batches) == 2
+
+
+def test_log_sink_levels(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="service.alerts"):
+        LogSink().send([make_alert("firing"), make_alert("resolved")])
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
+    assert all(r.name == "service.alerts" for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- HTTP receivers
+
+
+class Receiver:
+    """A local HTTP endpoint that records every JSON POST it gets."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, Any]] = []
+        self.status = 200
+        self.cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.cond:
+                    receiver.requests.append(
+                        (self.path, self.headers.get("Content-Type", ""), json.loads(body))
+                    )
+                    receiver.cond.notify_all()
+                reply = b"boom" if receiver.status >= 400 else b""
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output quiet; the test asserts on what arrived
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # A short poll interval keeps shutdown() (which waits for one poll) quick in teardown.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def bodies(self) -> list[Any]:
+        with self.cond:
+            return [body for _, _, body in self.requests]
+
+    def wait_until(self, found: Any, deadline_s: float) -> Any:
+        """Wait for a request body for which ``found(body)`` is truthy; return that body."""
+        deadline = time.monotonic() + deadline_s
+        with self.cond:
+            while True:
+                for _, _, body in self.requests:
+                    if found(body):
+                        return body
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"no matching request within {deadline_s} s; got {self.requests}")
+                self.cond.wait(left)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.thread.start()
+    try:
+        yield r
+    finally:
+        r.server.shutdown()
+        r.server.server_close()
+        r.thread.join(5)
+
+
+def parse_iso(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    offset = moment.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0, f"{text} is not UTC"
+    return moment
+
+
+def test_alertmanager_sink_posts_the_v2_shape(receiver: Receiver) -> None:
+    sink = AlertmanagerSink(receiver.url + "/", generator_url="http://scorer:8000/alerts")
+    sink.send([make_alert("firing"), make_alert("resolved")])
+    [(path, content_type, body)] = receiver.requests
+    assert (path, content_type) == ("/api/v2/alerts", "application/json")
+    firing, resolved = body
+    assert firing["labels"] == make_alert().labels()
+    assert set(firing["annotations"]) == {"summary", "description"}
+    assert parse_iso(firing["startsAt"]) == make_alert().starts_at
+    assert "endsAt" not in firing  # Alertmanager keeps it firing until re-sent or resolved
+    assert parse_iso(resolved["endsAt"]) == datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
+    assert firing["generatorURL"] == resolved["generatorURL"] == "http://scorer:8000/alerts"
+
+
+def test_webhook_sink_posts_alert_dicts(receiver: Receiver) -> None:
+    WebhookSink(receiver.url + "/hook").send([make_alert("resolved")])
+    [(path, _, body)] = receiver.requests
+    assert path == "/hook"
+    assert body == {"alerts": [json.loads(json.dumps(make_alert("resolved").to_dict()))]}
+    parse_iso(body["alerts"][0]["starts_at"])
+
+
+def test_sinks_raise_naming_the_endpoint_and_status(receiver: Receiver) -> None:
+    receiver.status = 500
+    with pytest.raises(AlertDeliveryError, match=r"HTTP 500: boom"):
+        WebhookSink(receiver.url + "/hook").send([make_alert()])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # bound but not listening: connections are refused
+        with pytest.raises(AlertDeliveryError, match="check that the receiver is up"):
+            AlertmanagerSink(f"http://127.0.0.1:{closed_port}", generator_url="x", timeout=2).send(
+                [make_alert()]
+            )
+    with pytest.raises(ValueError, match="must start with http"):
+        WebhookSink("127.0.0.1:9093")
+
+
+# --------------------------------------------------------------------------- real Alertmanager
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, deadline_s: float
+) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"Alertmanager exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet
+        time.sleep(0.05)  # polling interval under a deadline, not a wait for luck
+    pytest.fail(f"Alertmanager not ready within {deadline_s} s:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[str]:
+    binary = shutil.which("prometheus-alertmanager")
+    if binary is None:
+        reason = "prometheus-alertmanager not installed (apt-get install prometheus-alertmanager)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the real-Alertmanager test")
+        pytest.skip(reason)
+    config = {  # JSON is YAML, so no YAML library is needed
+        "route": {
+            "receiver": "hook",
+            "group_by": ["alertname", "model"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {
+                "name": "hook",
+                "webhook_configs": [{"url": receiver.url + "/hook", "send_resolved": True}],
+            }
+        ],
+    }
+    config_path = tmp_path / "alertmanager.yml"
+    config_path.write_text(json.dumps(config))
+    port = free_port()
+    log_path = tmp_path / "alertmanager.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log_path, deadline_s=15)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def am_alert(body: Any, status: str) -> dict[str, Any] | None:
+    for alert in body.get("alerts", []) if isinstance(body, dict) else []:
+        if alert.get("status") == status and alert["labels"].get("model") == "payments":
+            return dict(alert)
+    return None
+
+
+@pytest.mark.slow
+def test_real_alertmanager_delivers_firing_then_resolved(
+    alertmanager: str, receiver: Receiver
+) -> None:
+    clock = FakeClock()
+    clock.now = time.time()  # Alertmanager compares endsAt with its own clock
+    tracker = AlertTracker("payments", small_policy(group_by=("host",)), clock=clock)
+    [firing] = feed(tracker, "AAA", host="web-1", p_value=1e-6)
+    sink = AlertmanagerSink(alertmanager, generator_url="http://scorer.test/alerts")
+    sink.send([firing])
+
+    body = receiver.wait_until(lambda b: am_alert(b, "firing"), deadline_s=20)
+    got = am_alert(body, "firing")
+    assert got is not None
+    assert got["labels"] == {
+        "alertname": "AnomalyDetected",
+        "model": "payments",
+        "severity": "critical",
+        "host": "web-1",
+    }
+    assert got["annotations"]["summary"] == firing.annotations()["summary"]
+    assert got["generatorURL"] == "http://scorer.test/alerts"
+
+    clock.now = time.time()
+    [resolved] = feed(tracker, "....", host="web-1")
+    assert resolved.status == "resolved"
+    sink.send([resolved])
+    body = receiver.wait_until(lambda b: am_alert(b, "resolved"), deadline_s=20)
+    assert am_alert(body, "resolved")["labels"]["host"] == "web-1"  # type: ignore[index]

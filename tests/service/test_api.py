@@ -1,0 +1,304 @@
+"""The HTTP API through Flask's test client: scoring, strict validation, auth, reload, KServe."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import DATA
+from tests.service.conftest import ADMIN, make_app
+
+NORMAL = (
+    pd.read_csv(DATA / "eval.csv")
+    .query("label == 0")
+    .drop(columns=["label", "anomaly_kind"])
+    .head(40)
+    .to_dict("records")
+)
+
+
+def broken(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "latency_p99_ms": record["latency_p99_ms"] * 30, "cpu_pct": 99.0}
+
+
+def post(client, body: Any, name: str = "tiny", **kwargs):  # type: ignore[no-untyped-def]
+    return client.post(f"/v1/models/{name}/score", json=body, **kwargs)
+
+
+def test_health_and_readiness(client) -> None:
+    assert client.get("/healthz").json == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["ready"] is True
+    assert client.get("/v2/health/ready").json == {"ready": True}
+
+
+def test_scoring_returns_per_record_results_in_the_product_direction(client) -> None:
+    response = post(client, {"records": [NORMAL[0], broken(NORMAL[1]), NORMAL[2]]})
+    assert response.status_code == 200
+    body = response.json
+    assert body["model"] == "tiny" and len(body["version"]) == 12
+    assert body["counts"] == {"received": 3, "scored": 3, "rejected": 0}
+    scores = [r["anomaly_score"] for r in body["results"]]
+    assert scores[1] > max(scores[0], scores[2])
+    assert body["results"][1]["is_anomaly"] is True
+    assert body["results"][1]["severity"] in {"warning", "critical"}
+    assert body["results"][0]["severity"] == "none" or body["results"][0]["is_anomaly"]
+    top = body["results"][1]["top_features"]
+    assert len(top) == 3 and {"column", "contribution"} <= set(top[0])
+
+
+def test_a_batch_with_invalid_records_scores_the_rest_and_explains(client) -> None:
+    records = [
+        NORMAL[0],
+        "not an object",
+        {**NORMAL[1], "cpu_pct": "lots"},
+        {**NORMAL[2], "mem_pct": None},
+        {**NORMAL[3], "host": {"nested": 1}},
+        {**NORMAL[4], "id": "r-5"},
+    ]
+    body = post(client, {"records": records}).json
+    assert body["counts"] == {"received": 6, "scored": 2, "rejected": 4}
+    assert [r["index"] for r in body["results"]] == [0, 5]
+    assert body["results"][1]["id"] == "r-5"
+    reasons = {r["index"]: " ".join(r["reasons"]) for r in body["rejected"]}
+    assert "not a JSON object" in reasons[1]
+    assert "'lots' is not a number" in reasons[2]
+    assert "mem_pct" in reasons[3] and "empty" in reasons[3]
+    assert "objects or lists" in reasons[4]
+
+
+def test_csv_bodies_are_scored_too(client) -> None:
+    csv = pd.DataFrame(NORMAL[:5]).to_csv(index=False)
+    response = client.post("/v1/models/tiny/score", data=csv, content_type="text/csv")
+    assert response.status_code == 200
+    assert response.json["counts"]["scored"] == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"records": [{**NORMAL[0], "bogus": 1}]}, 422, "unknown column(s) ['bogus']"),
+        (
+            {"records": [{k: v for k, v in NORMAL[0].items() if k != "cpu_pct"}]},
+            422,
+            "missing column(s) ['cpu_pct']",
+        ),
+        ({"records": []}, 422, "empty"),
+        ({"records": {"a": 1}}, 400, "list of objects"),
+        ({"rows": []}, 400, '{"records"'),
+        ({"records": [NORMAL[0]] * 501}, 413, "limit is 500"),
+    ],
+)
+def test_strict_validation_with_json_errors(client, body, status, needle) -> None:
+    response = post(client, body)
+    assert response.status_code == status
+    assert set(response.json) == {"error", "detail"}
+    assert needle in response.json["detail"]
+
+
+def test_wrong_content_type_and_broken_json(client) -> None:
+    response = client.post("/v1/models/tiny/score", data="x=1", content_type="text/plain")
+    assert response.status_code == 415
+    response = client.post(
+        "/v1/models/tiny/score", data="{not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+
+
+def test_unknown_model_and_route(client) -> None:
+    assert post(client, {"records": [NORMAL[0]]}, name="nope").status_code == 404
+    missing = client.get("/v1/nothing")
+    assert missing.status_code == 404 and missing.json["error"] == "not_found"
+
+
+def test_malformed_requests_never_get_a_5xx(client) -> None:
+    rng = np.random.default_rng(0)
+    shapes: list[Any] = [
+        None,
+        1,
+        "x",
+        [],
+        [1],
+        {"records": None},
+        {"records": [None]},
+        {"records": [[1, 2]]},
+        {"records": [{"cpu_pct": float("1e308")}]},
+        {"records": [{**NORMAL[0], "cpu_pct": True}]},
+        {"records": [{**NORMAL[0], "host": 12}]},
+        {"records": [{**NORMAL[0], "hour": "7"}]},
+    ]
+    for _ in range(30):
+        record = dict(NORMAL[0])
+        for key in rng.choice(list(record), size=3, replace=False):
+            record[key] = [None, "", "abc", -1e300, 1e300, [], {}, 0][rng.integers(8)]
+        shapes.append({"records": [record]})
+    for body in shapes:
+        response = client.post(
+            "/v1/models/tiny/score", data=json.dumps(body), content_type="application/json"
+        )
+        assert response.status_code < 500, (body, response.json)
+        assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_body_size_limit_is_413(bundle_dir) -> None:
+    app, _ = make_app(bundle_dir, max_body_bytes=1_000)
+    try:
+        response = app.test_client().post("/v1/models/tiny/score", json={"records": NORMAL * 3})
+        assert response.status_code == 413
+        assert "max_body_bytes" in response.json["detail"]
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
+def test_scoring_token_when_configured(bundle_dir) -> None:
+    app, _ = make_app(bundle_dir, scoring_token="score-me")
+    client = app.test_client()
+    try:
+        assert post(client, {"records": [NORMAL[0]]}).status_code == 401
+        wrong = post(client, {"records": [NORMAL[0]]}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "Bearer" in wrong.headers["WWW-Authenticate"]
+        ok = post(client, {"records": [NORMAL[0]]}, headers={"Authorization": "Bearer score-me"})
+        assert ok.status_code == 200
+        assert client.get("/healthz").status_code == 200  # probes stay open
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
+def test_reload_swaps_and_a_failed_reload_keeps_the_old_model(client, bundle_dir, tmp_path):
+    from detector.bundle import set_target_fpr
+
+    stricter = tmp_path / "stricter"
+    shutil.copytree(bundle_dir, stricter)
+    set_target_fpr(stricter, 0.001)
+    before = client.get("/v1/models/tiny").json
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+
+    assert client.post("/v1/models/tiny/reload", json={"path": str(stricter)}).status_code == 401
+    swapped = client.post("/v1/models/tiny/reload", json={"path": str(stricter)}, headers=auth)
+    assert swapped.status_code == 200
+    assert swapped.json["threshold"] > before["threshold"]
+
+    failed = client.post(
+        "/v1/models/tiny/reload", json={"path": str(tmp_path / "nothing")}, headers=auth
+    )
+    assert failed.status_code == 422 and "still serving" in failed.json["detail"]
+    assert post(client, {"records": [NORMAL[0]]}).json["threshold"] == swapped.json["threshold"]
+
+    back = client.post("/v1/models/tiny/reload", json={"path": str(bundle_dir)}, headers=auth)
+    assert back.json["threshold"] == before["threshold"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'anomaly_model_reloads_total{model="tiny",outcome="success"} 2.0' in metrics
+    assert 'anomaly_model_reloads_total{model="tiny",outcome="failure"} 1.0' in metrics
+
+
+def test_admin_routes_are_closed_without_an_admin_token(bundle_dir) -> None:
+    app, _ = make_app(bundle_dir, admin_token=None)
+    try:
+        assert app.test_client().post("/v1/models/tiny/reload").status_code == 403
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
+def test_model_description(client) -> None:
+    listing = client.get("/v1/models").json["models"]
+    assert [m["name"] for m in listing] == ["tiny"]
+    detail = client.get("/v1/models/tiny").json
+    assert detail["target_fpr"] == pytest.approx(0.05)
+    assert "cpu_pct" in detail["schema"]["columns"]
+    assert detail["training"]["epochs_run"] >= 1
+    assert detail["alert_policy"]["group_by"] == ["host"]
+
+
+def test_alerts_fire_per_key_and_are_listed(service, client) -> None:
+    app, sink = service
+    records = [broken({**NORMAL[i], "host": "web-03"}) for i in range(3)]
+    post(client, {"records": records})
+    assert app.extensions["anomaly"].dispatcher.flush(timeout=5)
+    firing = [a for a in sink.alerts if a.status == "firing" and dict(a.key)["host"] == "web-03"]
+    assert len(firing) == 1
+    listed = client.get("/v1/alerts").json["alerts"]
+    assert any(a["status"] == "firing" for a in listed)
+
+
+def test_metrics_count_what_happened(client) -> None:
+    before = _counter(client, 'anomaly_records_scored_total{model="tiny"}')
+    post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "cpu_pct": "x"}]})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert _counter(client, 'anomaly_records_scored_total{model="tiny"}') == before + 2
+    assert 'anomaly_records_rejected_total{model="tiny",reason="not_a_number"}' in text
+    assert "anomaly_p_value_bucket" in text and "anomaly_request_duration_seconds" in text
+    assert 'anomaly_expected_anomaly_rate{model="tiny"}' in text
+
+
+def _counter(client, series: str) -> float:  # type: ignore[no-untyped-def]
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metric_names_pass_promtool(client) -> None:
+    import os
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool missing in CI: .ci/run installs the Debian package prometheus")
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    post(client, {"records": [NORMAL[0]]})
+    exposition = client.get("/metrics").get_data()
+    done = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+def test_openapi_document_matches_the_routes(service) -> None:
+    app, _ = service
+    document = app.test_client().get("/openapi.json").json
+    documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
+    served = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        served |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    assert documented == served
+
+
+def test_kserve_v2_infer(client) -> None:
+    frame = pd.DataFrame([NORMAL[0], broken(NORMAL[1]), {**NORMAL[2], "cpu_pct": None}])
+    inputs = []
+    for column in frame.columns:
+        numeric = pd.api.types.is_numeric_dtype(frame[column])
+        inputs.append(
+            {
+                "name": column,
+                "shape": [3],
+                "datatype": "FP64" if numeric else "BYTES",
+                "data": [None if pd.isna(v) else v for v in frame[column].tolist()],
+            }
+        )
+    response = client.post("/v2/models/tiny/infer", json={"id": "req-1", "inputs": inputs})
+    assert response.status_code == 200
+    body = response.json
+    assert body["id"] == "req-1" and body["model_name"] == "tiny"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["anomaly_score"]["shape"] == [3]
+    assert outputs["is_anomaly"]["data"][1] is True
+    assert outputs["anomaly_score"]["data"][2] is None
+    assert "cpu_pct" in outputs["rejected_reason"]["data"][2]
+    metadata = client.get("/v2/models/tiny").json
+    assert {i["name"] for i in metadata["inputs"]} == set(frame.columns)
+    bad = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "a"}]})
+    assert bad.status_code == 400
