@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 MODEL ?= data/models/default
 SCORED ?= data/out/eval_scored.csv
 BENCH_DATA ?= ../shared/data
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test setup lint bench clean
 
@@ -17,15 +19,16 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-$(MODEL)/manifest.json: $(BIN)/.installed data/train.csv
+$(MODEL)/manifest.json: data/train.csv | $(BIN)/.installed
 	$(BIN)/anomaly train data/train.csv --out $(MODEL)
 
 # The main job: train on the bundled data if no model exists, score the evaluation file,
-# and measure the detector against its labels.
+# measure the detector against its labels, then serve the model over HTTP (Ctrl-C stops).
 run: $(MODEL)/manifest.json
 	$(BIN)/anomaly score $(MODEL) data/eval.csv --output $(SCORED) \
 		--keep-column label --keep-column anomaly_kind
 	$(BIN)/anomaly evaluate $(MODEL) data/eval.csv --label-column label --by-column anomaly_kind
+	$(BIN)/anomaly serve --model default=$(MODEL) --host $(HOST) --port $(PORT)
 
 lint: setup
 	$(BIN)/ruff check .
