@@ -129,11 +129,17 @@ REJECTION_CODES = ("missing_value", "not_a_number", "infinite")
 @dataclass(frozen=True)
 class Rejection:
     """A record that was not scored, and why. ``row`` is its 0-based position in the input;
-    ``code`` is the first problem's code from ``REJECTION_CODES``."""
+    ``reasons`` holds one sentence per problem; ``code`` is the first problem's code from
+    ``REJECTION_CODES``."""
 
     row: int
-    reason: str
+    reasons: tuple[str, ...]
     code: str = "missing_value"
+
+    @property
+    def reason(self) -> str:
+        """All reasons in one line."""
+        return "; ".join(self.reasons)
 
 
 @dataclass(frozen=True, eq=False)
@@ -316,7 +322,7 @@ def encode(
     values = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
     accepted = ~bad
     rejections = tuple(
-        Rejection(int(i), "; ".join(text for _, text in reasons[i]), reasons[i][0][0])
+        Rejection(int(i), tuple(text for _, text in reasons[i]), reasons[i][0][0])
         for i in np.flatnonzero(bad)
     )
     return EncodedBatch(
@@ -401,7 +407,7 @@ def _flag_numeric(
             reasons[i].append(
                 (
                     "missing_value",
-                    f"column '{col.name}' is empty (NaN); fill it or score with --impute median",
+                    f"column '{col.name}' is empty (fill it, or score with --impute median)",
                 )
             )
     bad = unparsed | infinite | missing
@@ -435,7 +441,7 @@ def _parse_categorical(
         reasons[i].append(
             (
                 "missing_value",
-                f"column '{col.name}' is empty; fill it or score with --impute median",
+                f"column '{col.name}' is empty (fill it, or score with --impute median)",
             )
         )
     return np.where(missing, 0, codes), missing

@@ -109,8 +109,7 @@ def score_request(
     if len(frame):
         result = score_frame(model.bundle, frame, passthrough=passthrough)
         all_rejected += [
-            Rejected(int(indices[r.row]), tuple(r.reason.split("; ")), r.code)
-            for r in result.rejections
+            Rejected(int(indices[r.row]), r.reasons, r.code) for r in result.rejections
         ]
     else:
         result = score_frame(model.bundle, _empty_frame(model), passthrough=())
