@@ -236,12 +236,23 @@ def fit_schema(
     )
 
 
+#: A column's scale is at least this fraction of its training range.
+RANGE_FLOOR = 0.05
+
+
 def _fit_numeric(name: str, values: np.ndarray) -> NumericColumn:
     mean = float(values.mean())
     std = float(values.std())
+    spread = float(values.max() - values.min())
+    # A column that is almost always one value (a pixel that is nearly always 0, an error count
+    # that is nearly always 0) has a tiny standard deviation, and dividing by it would turn the
+    # rare ordinary non-zero value into tens of sigma and let that column decide every score.
+    # Its scale is therefore at least a fraction of its observed range.
+    scale = max(std, RANGE_FLOOR * spread)
     # A column constant in training keeps its raw units (scale 1, as scikit-learn's
     # StandardScaler does) instead of dividing by ~0 and turning any later change into 1e9 sigma.
-    scale = std if std > 1e-8 * (1.0 + abs(mean)) else 1.0
+    if scale <= 1e-8 * (1.0 + abs(mean)):
+        scale = 1.0
     return NumericColumn(
         name=name,
         mean=mean,

@@ -123,3 +123,18 @@ def test_divergence_is_an_error_not_a_broken_model(train_frame) -> None:
         VAEDetector(epochs=3, hidden_units=(16,), latent_dim=2, learning_rate=1e9).fit(
             train_frame.head(500)
         )
+
+
+def test_posterior_collapse_is_detected(fitted, train_frame) -> None:
+    from detector.models.vae import VAE
+    from detector.training import ACTIVE_UNIT_KL, _active_units
+
+    x = encode(fitted.bundle_.schema, train_frame.head(200)).values
+    assert _active_units(fitted.bundle_.model, x) >= 1
+    # An encoder whose posterior is the prior for every record carries no information.
+    collapsed = VAE.from_config(fitted.bundle_.model.get_config())
+    collapsed.build((None, x.shape[1]))
+    for layer in (collapsed.z_mean, collapsed.z_log_var):
+        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    assert _active_units(collapsed, x) == 0
+    assert ACTIVE_UNIT_KL > 0
