@@ -100,7 +100,7 @@ def create_app(
         models = ModelRegistry(
             config.models,
             sync_dir=config.model_sync_dir,
-            on_reload=lambda name, outcome: metrics.reloads.labels(name, outcome).inc(),
+            on_reload=lambda name, outcome: _count_reload(metrics, name, outcome),
         )
     models.load_all()
     dispatcher = AlertDispatcher(
@@ -122,7 +122,7 @@ def create_app(
         try:
             app_state.publish_model(models.get(name))
         except BundleError:
-            continue
+            metrics.model_loaded.labels(name).set(0)
 
     app = Flask("service")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -137,6 +137,13 @@ def create_app(
     _install_hooks(app, app_state)
     _install_error_handlers(app)
     return app
+
+
+def _count_reload(metrics: ServiceMetrics, name: str, outcome: str) -> None:
+    metrics.reloads.labels(name, outcome).inc()
+    if outcome == "success":
+        # A worker following another's reload loads the model without publishing it.
+        metrics.model_loaded.labels(name).set(1)
 
 
 def _default_sinks(config: ServiceConfig) -> list[Sink]:

@@ -9,6 +9,7 @@ across workers whichever worker answers the scrape. Gauges state how they combin
 from __future__ import annotations
 
 import os
+import threading
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +24,12 @@ from prometheus_client import (
 P_VALUE_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: Request durations: single records take milliseconds, large batches up to seconds.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Distinct alert keys per model (and per worker process) given their own series in
+#: ``anomaly_key_anomalies_total``; later keys are counted under ``OTHER_KEYS``.
+MAX_KEY_SERIES = 100
+#: The ``key`` label of anomalies whose key came after the first ``MAX_KEY_SERIES``. A real key
+#: always holds '=', so this value never collides with one.
+OTHER_KEYS = "__other__"
 
 
 def multiprocess_dir() -> str | None:
@@ -102,6 +109,36 @@ class ServiceMetrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self.key_anomalies = Counter(
+            "anomaly_key_anomalies_total",
+            "Records flagged anomalous, by alert key (the alert policy's group_by fields, as "
+            f"'field=value,...'); only when group_by is set; at most {MAX_KEY_SERIES} keys per "
+            f"model and process, the rest under key '{OTHER_KEYS}'.",
+            ["model", "key"],
+            registry=registry,
+        )
+        self.model_loaded = Gauge(
+            "anomaly_model_loaded",
+            "1 when every live worker has the model loaded and can score with it, else 0.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self._keys_seen: dict[str, set[str]] = {}
+        self._keys_lock = threading.Lock()
+
+    def count_key_anomalies(self, model: str, counts: dict[str, int]) -> None:
+        """Add anomalies per alert key, keeping the number of series bounded."""
+        with self._keys_lock:
+            seen = self._keys_seen.setdefault(model, set())
+            labelled: dict[str, int] = {}
+            for key, n in counts.items():
+                if key not in seen and len(seen) < MAX_KEY_SERIES:
+                    seen.add(key)
+                label = key if key in seen else OTHER_KEYS
+                labelled[label] = labelled.get(label, 0) + n
+        for label, n in labelled.items():
+            self.key_anomalies.labels(model, label).inc(n)
 
     def set_model(
         self,
@@ -114,6 +151,7 @@ class ServiceMetrics:
         if previous_version and previous_version != version:
             self.model_info.labels(model, previous_version).set(0)
         self.model_info.labels(model, version).set(1)
+        self.model_loaded.labels(model).set(1)
         self.threshold.labels(model).set(threshold)
         self.expected_rate.labels(model).set(target_fpr)
 

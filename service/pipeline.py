@@ -127,6 +127,7 @@ def score_request(
         received=len(frame) + len(rejected),
     )
     _count(state, scored)
+    _count_keys(state, scored, frame)
     _alert(state, scored, frame)
     return scored
 
@@ -146,6 +147,22 @@ def _count(state: ServiceState, scored: ScoredRequest) -> None:
     histogram = metrics.p_values.labels(name)
     for p in scored.result.p_value.tolist():
         histogram.observe(p)
+
+
+def _count_keys(state: ServiceState, scored: ScoredRequest, frame: pd.DataFrame) -> None:
+    """Anomalies per alert key, for the dashboard's top anomalous keys; keys are formed as the
+    alert tracker forms them, so a key here matches the labels of its alerts."""
+    tracker = state.trackers[scored.model.name]
+    if not tracker.policy.group_by or not scored.result.is_anomaly.any():
+        return
+    fields = [f for f in tracker.policy.group_by if f in frame.columns]
+    rows = scored.result.rows[scored.result.is_anomaly]
+    records = frame.loc[rows, fields].astype(str).to_dict("records") if fields else [{}] * len(rows)
+    counts: dict[str, int] = {}
+    for record in records:
+        key = ",".join(f"{name}={value}" for name, value in tracker.key_of(record))
+        counts[key] = counts.get(key, 0) + 1
+    state.metrics.count_key_anomalies(scored.model.name, counts)
 
 
 def _alert(state: ServiceState, scored: ScoredRequest, frame: pd.DataFrame) -> None:

@@ -1,0 +1,97 @@
+"""The metrics the dashboard and alerts need beyond the service's own: anomalies per alert key
+(bounded) for "top anomalous keys", and whether each model is loaded, for AnomalyModelNotLoaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prometheus_client import CollectorRegistry
+
+from service.alerts import AlertPolicy
+from service.metrics import MAX_KEY_SERIES, OTHER_KEYS, ServiceMetrics
+from tests.conftest import DATA
+from tests.service.conftest import make_app
+
+NORMAL = (
+    pd.read_csv(DATA / "eval.csv")
+    .query("label == 0")
+    .drop(columns=["label", "anomaly_kind"])
+    .head(20)
+    .to_dict("records")
+)
+
+
+def broken(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "latency_p99_ms": record["latency_p99_ms"] * 30, "cpu_pct": 99.0}
+
+
+def samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_key_anomalies_are_counted_per_key_in_the_alerts_format(bundle_dir: Path) -> None:
+    app, _ = make_app(bundle_dir, alerts=AlertPolicy(group_by=("host", "region")))
+    state = app.extensions["anomaly"]
+    try:
+        region = NORMAL[0]["region"]
+        records = [broken({**NORMAL[i], "host": "web-07", "region": region}) for i in range(3)]
+        records += [broken({**NORMAL[3], "host": "web-09", "region": region})]
+        records += [{**NORMAL[4], "host": "web-11"}]
+        body = app.test_client().post("/v1/models/tiny/score", json={"records": records}).json
+        flagged = [r["index"] for r in body["results"] if r["is_anomaly"]]
+        assert {0, 1, 2, 3} <= set(flagged)
+        counted = samples(state.metrics.registry, "anomaly_key_anomalies_total")
+        assert counted[(("key", f"host=web-07,region={region}"), ("model", "tiny"))] == 3
+        assert counted[(("key", f"host=web-09,region={region}"), ("model", "tiny"))] == 1
+        assert sum(counted.values()) == len(flagged)  # only anomalies, each once
+    finally:
+        state.dispatcher.stop()
+
+
+def test_no_key_series_without_group_by(bundle_dir: Path) -> None:
+    app, _ = make_app(bundle_dir)  # the default policy groups by nothing
+    state = app.extensions["anomaly"]
+    try:
+        app.test_client().post("/v1/models/tiny/score", json={"records": [broken(NORMAL[0])]})
+        assert samples(state.metrics.registry, "anomaly_key_anomalies_total") == {}
+    finally:
+        state.dispatcher.stop()
+
+
+def test_key_series_are_bounded_and_the_rest_is_other() -> None:
+    metrics = ServiceMetrics(CollectorRegistry())
+    metrics.count_key_anomalies("m", {f"host=h{i}": 1 for i in range(MAX_KEY_SERIES)})
+    metrics.count_key_anomalies("m", {"host=late": 2, "host=h0": 1, "host=later": 3})
+    metrics.count_key_anomalies("other-model", {"host=late": 1})  # a bound per model
+    counted = samples(metrics.registry, "anomaly_key_anomalies_total")
+    keys_of_m = {dict(labels)["key"] for labels in counted if dict(labels)["model"] == "m"}
+    assert len(keys_of_m) == MAX_KEY_SERIES + 1
+    assert counted[(("key", OTHER_KEYS), ("model", "m"))] == 5
+    assert counted[(("key", "host=h0"), ("model", "m"))] == 2
+    assert counted[(("key", "host=late"), ("model", "other-model"))] == 1
+
+
+def test_model_loaded_is_one_for_a_served_model_and_zero_for_a_broken_one(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    from service.app import create_app
+    from service.config import ServiceConfig
+
+    config = ServiceConfig(models={"tiny": str(bundle_dir), "gone": str(tmp_path / "missing")})
+    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    state = app.extensions["anomaly"]
+    try:
+        loaded = samples(state.metrics.registry, "anomaly_model_loaded")
+        assert loaded == {(("model", "gone"),): 0.0, (("model", "tiny"),): 1.0}
+        # Loading it later, as a worker following another's reload does, sets it to 1.
+        state.models.reload("gone", str(bundle_dir))
+        assert samples(state.metrics.registry, "anomaly_model_loaded")[(("model", "gone"),)] == 1
+    finally:
+        state.dispatcher.stop()
