@@ -1,0 +1,415 @@
+"""Benchmark VAEDetector on the adVAE paper's five tables (BENCHMARKS.md section 1).
+
+Wang et al., "adVAE", Knowledge-Based Systems 2020 (arXiv:1903.00904), Table 3. Each set is
+split deterministically in file row order; the detector trains on the (all-normal) training
+part and scores the test part. For every set and seed this reports AUROC and AP for the
+detector's default score and for each of the four log-likelihood estimates of the same model,
+prints mean ± std over seeds beside the paper's VAE and adVAE rows, and writes ``<out>.json``
+(every per-seed number plus what is needed to reproduce it) and ``<out>.md`` (the table).
+
+Usage::
+
+    python tests/benchmarks/bench_advae.py [--data-dir DIR] [--sets letter,cardio,...]
+        [--seeds 0,1,2] [--param key=value ...] [--out tests/benchmarks/results/advae]
+
+The data directory is ``--data-dir``, else ``$ANOMALY_BENCH_DATA``, else ``../shared/data``
+beside the repository; files are read from ``<data-dir>/advae/<set>.mat``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = REPO / "tests" / "benchmarks" / "results" / "advae"
+DATA_ENV = "ANOMALY_BENCH_DATA"
+#: The paper's column order; tables and averages follow it.
+SETS = ("letter", "cardio", "satellite", "optdigits", "pendigits")
+ESTIMATES = ("recon_prob", "mean_log_lik", "elbo", "iwae")
+#: "default" is the detector's own score through the public API (-score_samples).
+SCORES = ("default", *ESTIMATES)
+METRICS = ("auroc", "ap")
+#: Published numbers, Table 3 of the paper (set order as SETS).
+PAPER: dict[str, dict[str, tuple[float, ...]]] = {
+    "paper VAE": {
+        "auroc": (0.911, 0.840, 0.962, 0.992, 0.959),
+        "ap": (0.724, 0.803, 0.766, 0.875, 0.625),
+    },
+    "paper adVAE": {
+        "auroc": (0.921, 0.966, 0.970, 0.996, 0.993),
+        "ap": (0.779, 0.951, 0.792, 0.957, 0.880),
+    },
+}
+#: The paper's printed averages, kept verbatim rather than recomputed from rounded cells.
+PAPER_AVG = {
+    "paper VAE": {"auroc": 0.933, "ap": 0.759},
+    "paper adVAE": {"auroc": 0.969, "ap": 0.872},
+}
+PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scipy")
+
+
+# ---- data and splits ------------------------------------------------------------------------
+
+
+def resolve_data_dir(option: str | None) -> Path:
+    """The data root: the option, else the environment variable, else ../shared/data."""
+    if option:
+        return Path(option).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return REPO.parent / "shared" / "data"
+
+
+def set_path(data_dir: Path, name: str) -> Path:
+    return data_dir / "advae" / f"{name}.mat"
+
+
+def check_data(data_dir: Path, names: list[str]) -> None:
+    """Fail with one readable message naming every missing file (no traceback)."""
+    missing = [str(set_path(data_dir, n)) for n in names if not set_path(data_dir, n).is_file()]
+    if missing:
+        raise SystemExit(
+            "error: benchmark data not found:\n  "
+            + "\n  ".join(missing)
+            + f"\ngive the data root with --data-dir DIR or ${DATA_ENV} (it must hold "
+            "advae/<set>.mat; see shared/data/README.md section 6)"
+        )
+
+
+def load_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` as float64 ``(n, d)`` and ``y`` as int ``(n,)`` (1 = anomaly) from a .mat file."""
+    from scipy.io import loadmat
+
+    content = loadmat(path)
+    # The files mix uint8 and float64; the detector is documented for float frames.
+    return np.asarray(content["X"], dtype=np.float64), content["y"].ravel().astype(int)
+
+
+def split(name: str, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test row indices, exactly as BENCHMARKS.md section 1 (file order, no
+    shuffling); raises if the training part holds an anomaly."""
+    n = len(y)
+    rows = np.arange(n)
+    tail_test = {"letter": n - 1200, "cardio": 507, "optdigits": 1163}
+    held_normals = {"pendigits": 1343, "satellite": 1080}
+    if name in tail_test:
+        cut = n - tail_test[name]
+        train, test = rows[:cut], rows[cut:]
+    elif name in held_normals:
+        normals = rows[y == 0]
+        test_normals = normals[: held_normals[name]]
+        train = normals[held_normals[name] :]
+        # Keep the test part in file order: the scores do not depend on it, but a reader
+        # comparing row numbers with the paper's code would expect it.
+        test = np.sort(np.concatenate([test_normals, rows[y == 1]]))
+    else:
+        raise ValueError(f"no split defined for set {name!r}")
+    if y[train].any():
+        raise RuntimeError(f"{name}: the training part holds {int(y[train].sum())} anomalies")
+    return train, test
+
+
+def as_frame(x: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+
+
+# ---- one fit ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """Metrics and training facts for one (set, seed)."""
+
+    set: str
+    seed: int
+    metrics: dict[str, dict[str, float]]  # score -> metric -> value
+    fit_seconds: float
+    score_seconds: float
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def run_one(
+    name: str, x: np.ndarray, y: np.ndarray, seed: int, params: dict[str, Any]
+) -> RunResult:
+    """Fit on the set's training part with ``random_state=seed`` and score its test part."""
+    # Imported here so --help and a missing-data error answer before TensorFlow loads.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from detector.estimator import VAEDetector
+    from detector.features import encode
+
+    train, test = split(name, y)
+    test_frame, y_test = as_frame(x[test]), y[test]
+    started = time.perf_counter()
+    det = VAEDetector(random_state=seed, **params).fit(as_frame(x[train]))
+    fit_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scores = {"default": -det.score_samples(test_frame)}
+    est = det.bundle_.graph(encode(det.bundle_.schema, test_frame).values)
+    scores.update({k: -np.asarray(est[k], dtype=np.float64) for k in ESTIMATES})
+    score_seconds = time.perf_counter() - started
+
+    metrics = {
+        kind: {
+            "auroc": float(roc_auc_score(y_test, s)),
+            "ap": float(average_precision_score(y_test, s)),
+        }
+        for kind, s in scores.items()
+    }
+    return RunResult(
+        set=name,
+        seed=seed,
+        metrics=metrics,
+        fit_seconds=round(fit_seconds, 2),
+        score_seconds=round(score_seconds, 3),
+        training=training_facts(det.summary_),
+    )
+
+
+def training_facts(summary: Any) -> dict[str, Any]:
+    """The TrainingSummary fields worth comparing across runs (the epoch history is left out:
+    it is large and the val ELBO at the best epoch says what matters)."""
+    keep = (
+        "rows", "fit_rows", "n_features", "hidden_units", "latent_dim", "epochs_run",
+        "best_epoch", "stopped_early", "val_neg_elbo", "val_nll", "val_kl",
+        "active_latent_units", "seconds", "warnings",
+    )  # fmt: skip
+    facts = {k: getattr(summary, k) for k in keep}
+    facts["hidden_units"] = list(facts["hidden_units"])
+    facts["warnings"] = list(facts["warnings"])
+    return facts
+
+
+# ---- aggregation and tables -------------------------------------------------------------------
+
+
+def aggregate(runs: list[RunResult], sets: list[str], seeds: list[int]) -> dict[str, Any]:
+    """score -> metric -> {set: (mean, std), "avg": (mean, std)} over seeds.
+
+    The average's spread is the std over seeds of each seed's mean over sets, so it measures
+    seed-to-seed variation of the headline number rather than set-to-set differences."""
+    table: dict[str, Any] = {}
+    for kind in SCORES:
+        table[kind] = {}
+        for metric in METRICS:
+            # values[i, j]: seed i, set j
+            values = np.array(
+                [[lookup(runs, s, seed).metrics[kind][metric] for s in sets] for seed in seeds]
+            )
+            cells = {s: mean_std(values[:, j]) for j, s in enumerate(sets)}
+            cells["avg"] = mean_std(values.mean(axis=1))
+            table[kind][metric] = cells
+    return table
+
+
+def lookup(runs: list[RunResult], name: str, seed: int) -> RunResult:
+    return next(r for r in runs if r.set == name and r.seed == seed)
+
+
+def mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; 0 for a single seed)."""
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), std
+
+
+def paper_row(label: str, metric: str, sets: list[str]) -> list[str]:
+    cells = [f"{PAPER[label][metric][SETS.index(s)]:.3f}" for s in sets]
+    # The printed average only applies when all five sets are in the run.
+    avg = f"{PAPER_AVG[label][metric]:.3f}" if list(sets) == list(SETS) else "-"
+    return [label, *cells, avg]
+
+
+def format_tables(table: dict[str, Any], sets: list[str], seeds: list[int]) -> str:
+    """Two Markdown tables (AUROC, AP): one row per score estimate plus the paper's rows."""
+    blocks = []
+    for metric, title in (("auroc", "AUROC"), ("ap", "AP (average precision)")):
+        header = ["score", *sets, "avg"]
+        lines = [
+            f"{title}, mean ± std over seeds {','.join(map(str, seeds))}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for kind in SCORES:
+            cells = table[kind][metric]
+            row = [kind, *(f"{m:.3f} ± {s:.3f}" for m, s in (cells[c] for c in [*sets, "avg"]))]
+            lines.append("| " + " | ".join(row) + " |")
+        for label in PAPER:
+            lines.append("| " + " | ".join(paper_row(label, metric, sets)) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+# ---- provenance and output --------------------------------------------------------------------
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def command_line() -> str:
+    return shlex.join(["python", *sys.argv])
+
+
+def with_suffix(out: Path, suffix: str) -> Path:
+    # Appended, not Path.with_suffix, which would turn "advae_ms0.1" into "advae_ms0.json".
+    return out.with_name(out.name + suffix)
+
+
+def write_outputs(out: Path, payload: dict[str, Any], tables: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with_suffix(out, ".json").write_text(json.dumps(payload, indent=2) + "\n")
+    params = payload["params"] or "library defaults"
+    text = (
+        "# VAEDetector on the adVAE paper's sets (BENCHMARKS.md section 1)\n\n"
+        f"Run {payload['date_utc']}, seeds {payload['seeds']}, params {params}, "
+        f"{payload['total_seconds']:.0f} s in all; every per-seed number is in "
+        f"`{with_suffix(out, '.json').name}`.\n\n"
+        f"{tables}\n\n"
+        "`default` is the detector's own score (`-score_samples`); the others are the four "
+        "estimates of the same trained model. The paper's averages are as printed.\n\n"
+        "Reproduce with:\n\n"
+        f"```\n{payload['command']}\n```\n"
+    )
+    with_suffix(out, ".md").write_text(text)
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, Python literal if it parses as one, else the string):
+    ``min_scale=0.1`` -> 0.1, ``hidden_units=(64,32)`` -> (64, 32), ``activation=elu`` -> 'elu'."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param expects key=value, got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def parse_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help=f"data root (else ${DATA_ENV}, else ../shared/data)")
+    parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        type=parse_param,
+        metavar="KEY=VALUE",
+        help="a VAEDetector keyword argument (repeatable)",
+    )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
+    args = parser.parse_args(argv)
+    args.sets = parse_list(args.sets)
+    unknown = sorted(set(args.sets) - set(SETS))
+    if unknown or not args.sets:
+        parser.error(f"unknown set(s) {unknown}; choose from {','.join(SETS)}")
+    # Keep the paper's column order whatever order the sets were given in.
+    args.sets = [s for s in SETS if s in args.sets]
+    try:
+        args.seeds = [int(s) for s in parse_list(args.seeds)]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    args.params = dict(args.param)
+    if "random_state" in args.params:
+        parser.error("random_state comes from --seeds; do not pass it with --param")
+    return args
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Reject unknown keyword arguments before any training starts."""
+    from detector.estimator import VAEDetector
+
+    unknown = sorted(set(params) - set(VAEDetector().get_params()))
+    if unknown:
+        raise SystemExit(f"error: unknown --param name(s) {unknown}")
+
+
+def progress(message: str) -> None:
+    # Progress goes to stderr so stdout carries only the table.
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    data_dir = resolve_data_dir(args.data_dir)
+    check_data(data_dir, args.sets)
+    if str(REPO) not in sys.path:
+        # Run as a script, sys.path[0] is this folder; the package lives at the repo root.
+        sys.path.insert(0, str(REPO))
+    check_params(args.params)
+
+    started = time.perf_counter()
+    runs: list[RunResult] = []
+    for name in args.sets:
+        x, y = load_set(set_path(data_dir, name))
+        for seed in args.seeds:
+            result = run_one(name, x, y, seed, args.params)
+            runs.append(result)
+            default = result.metrics["default"]
+            progress(
+                f"{name} seed {seed}: AUROC {default['auroc']:.3f} AP {default['ap']:.3f} "
+                f"({result.fit_seconds:.0f} s, {result.training['epochs_run']} epochs)"
+            )
+    total = time.perf_counter() - started
+
+    table = aggregate(runs, args.sets, args.seeds)
+    tables = format_tables(table, args.sets, args.seeds)
+    print(tables)
+    payload = {
+        "benchmark": "adVAE paper protocol, BENCHMARKS.md section 1",
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "sets": args.sets,
+        "seeds": args.seeds,
+        "params": args.params,
+        "packages": package_versions(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "data": {s: file_sha256(set_path(data_dir, s)) for s in args.sets},
+        "total_seconds": round(total, 1),
+        "summary": table,
+        "runs": [vars(r) for r in runs],
+        "paper": {k: {**v, "avg": PAPER_AVG[k]} for k, v in PAPER.items()},
+    }
+    write_outputs(Path(args.out), payload, tables)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
