@@ -1,28 +1,54 @@
 """Batch scoring of files, chunk by chunk, with a ledger of every row.
 
 Each chunk goes through ``detector.scoring.score_frame``, the same function the HTTP service
-calls. Rows read = rows scored + rows rejected, always; rejected rows go to a rejects file with
-their row number, reason and raw values.
+calls. Rows read = rows scored + rows rejected, always and per file; rejected rows go to a
+rejects file with their source file, row and line numbers, reason and raw text.
+
+Memory is bounded by the chunk size, not the file size: a source is read in blocks of whole
+records (``detector.tables.open_source``), scored, written and let go before the next block.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from detector.bundle import Bundle
-from detector.errors import DataError
-from detector.features import Imputation
+from detector.errors import DataError, SchemaError
+from detector.features import Imputation, Schema, check_columns
 from detector.scoring import ScoreResult, score_frame
-from detector.tables import DEFAULT_CHUNK_ROWS, TableWriter, iter_table
+from detector.tables import (
+    DEFAULT_CHUNK_ROWS,
+    ParseReject,
+    SourceChunk,
+    TableWriter,
+    expand_inputs,
+    iter_table,
+    open_source,
+)
+
+#: Columns the scorer adds after the input's own, in order (then ``top_feature_1..k``).
+SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
+#: Columns of the rejects file. ``row`` is the 1-based data row number in its source (header
+#: not counted), ``line`` the physical line the record starts on (empty for Parquet).
+REJECT_COLUMNS = ("row", "source", "line", "code", "reason", "raw")
+#: Chunks read ahead while the current one is scored: reading and parsing (Arrow, releasing
+#: the GIL) overlaps the model's graph (TensorFlow, releasing it too).
+READ_AHEAD = 2
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,8 +61,19 @@ class ScoredChunk:
 
 
 @dataclass(frozen=True)
+class SourceLedger:
+    """One input file's share of the ledger."""
+
+    source: str
+    rows_read: int
+    rows_scored: int
+    rows_rejected: int
+
+
+@dataclass(frozen=True)
 class BatchReport:
-    """The ledger of a batch run: ``rows_read == rows_scored + rows_rejected``."""
+    """The ledger of a batch run: ``rows_read == rows_scored + rows_rejected``, in total and
+    for each file in ``files``."""
 
     input: str
     output: str
@@ -47,9 +84,406 @@ class BatchReport:
     anomalies: int
     threshold: float
     model_version: str
+    files: tuple[SourceLedger, ...] = ()
+    seconds: float = 0.0
+    engine: str = "stream"
+
+    @property
+    def reject_rate(self) -> float:
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        payload = asdict(self)
+        payload["reject_rate"] = self.reject_rate
+        payload["rows_per_second"] = self.rows_read / self.seconds if self.seconds else None
+        return payload
+
+
+class RejectRateExceeded(DataError):
+    """More rows were rejected than ``max_reject_rate`` allows; no output was written."""
+
+    def __init__(self, message: str, report: BatchReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredTable:
+    """A table's scored rows (its columns followed by the score columns) and the result."""
+
+    table: pa.Table
+    result: ScoreResult
+
+
+def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
+    """The model's columns of an Arrow table as the pandas frame ``score_frame`` takes.
+
+    Text numeric columns (CSV is read as text) become float64 in one Arrow cast when every
+    value parses; otherwise they stay text, so that ``encode`` rejects each bad row with its
+    reason ("'oops' is not a number") instead of a whole chunk failing.
+    """
+    columns: dict[str, Any] = {}
+    for col in schema.numeric:
+        values = table.column(col.name)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            try:
+                values = pc.cast(values, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+                continue
+        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+            columns[col.name] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        else:
+            columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    for cat in schema.categorical:
+        values = table.column(cat.name)
+        columns[cat.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    return pd.DataFrame({name: columns[name] for name in schema.column_order}, copy=False)
+
+
+def score_table(
+    bundle: Bundle,
+    table: pa.Table,
+    *,
+    impute: Imputation = None,
+    top_k: int = 3,
+    typed_numbers: bool = False,
+) -> ScoredTable:
+    """Score an Arrow table whose columns were checked with ``check_columns``.
+
+    The scored rows keep every input column as read (CSV fields as their original text), or,
+    with ``typed_numbers``, the model's numeric columns as float64 (for Parquet output).
+    """
+    frame = model_frame(bundle.schema, table)
+    result = score_frame(bundle, frame, impute=impute)
+    rows = result.rows
+    kept = table.take(pa.array(rows, pa.int64())) if len(rows) != table.num_rows else table
+    if typed_numbers:
+        for col in bundle.schema.numeric:
+            if pa.types.is_string(kept.column(col.name).type):
+                kept = kept.set_column(
+                    kept.column_names.index(col.name),
+                    col.name,
+                    pa.array(_as_numbers(frame[col.name], rows), pa.float64()),
+                )
+    scores = [
+        pa.array(result.anomaly_score, pa.float64()),
+        pa.array(result.p_value, pa.float64()),
+        pa.array(result.is_anomaly, pa.bool_()),
+    ]
+    names = list(SCORE_COLUMNS)
+    for j, column in enumerate(top_columns(result, top_k)):
+        scores.append(column)
+        names.append(f"top_feature_{j + 1}")
+    for name, values in zip(names, scores, strict=True):
+        kept = kept.append_column(name, values)
+    return ScoredTable(table=kept, result=result)
+
+
+def _as_numbers(values: Any, rows: np.ndarray) -> np.ndarray:
+    series = pd.Series(values)
+    if series.dtype == object:
+        texts = series.iloc[rows].astype("string").str.strip()
+        return pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return series.to_numpy(dtype=np.float64)[rows]
+
+
+def top_columns(result: ScoreResult, k: int) -> list[pa.Array]:
+    """``top_feature_1..k`` as text columns: the order of ``ScoreResult.top_features`` (most to
+    blame first, ties in column order), computed without a Python object per row."""
+    k = min(k, len(result.columns))
+    if k <= 0:
+        return []
+    order = np.argsort(-result.contributions, axis=1, kind="stable")[:, :k].astype(np.int32)
+    names = pa.array(result.columns, pa.string())
+    return [
+        pc.cast(pa.DictionaryArray.from_arrays(order[:, j], names), pa.string()) for j in range(k)
+    ]
+
+
+def score_file(
+    bundle: Bundle,
+    input_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    output_path: str | os.PathLike[str],
+    *,
+    keep_columns: Sequence[str] = (),
+    impute: Imputation = None,
+    rejects_path: str | os.PathLike[str] | None = None,
+    top_k: int = 3,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = False,
+    max_reject_rate: float | None = None,
+) -> BatchReport:
+    """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
+
+    The output holds the input's columns followed by ``anomaly_score`` (higher = more
+    anomalous), ``p_value``, ``is_anomaly`` and ``top_feature_1..k``; rejected rows go to
+    ``rejects_path`` (default: beside the output, ``<output>.rejects.csv``). Both are written
+    atomically. With ``max_reject_rate``, a run that rejects a larger share of its rows raises
+    ``RejectRateExceeded`` and writes no output (the rejects file is still written).
+    """
+    started = time.perf_counter()
+    inputs = [input_path] if isinstance(input_path, str | os.PathLike) else list(input_path)
+    files = expand_inputs(inputs)
+    if chunk_rows < 1:
+        raise DataError(f"--chunk-rows must be at least 1, not {chunk_rows}")
+    run = _Run(bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files)
+    try:
+        for path in files:
+            run.score_source(path, chunk_rows)
+        run.finish()
+    except BaseException:
+        run.abort()
+        raise
+    report = run.report(inputs, time.perf_counter() - started)
+    if report.rows_read == 0:
+        run.discard()
+        raise DataError(
+            f"{' '.join(map(str, inputs))} has a header but no data rows; nothing to score"
+        )
+    if max_reject_rate is not None and report.reject_rate > max_reject_rate:
+        run.discard()
+        raise RejectRateExceeded(
+            f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
+            f"{report.rows_rejected}: {report.reject_rate:.2%} rejected is more than "
+            f"--max-reject-rate {max_reject_rate:g}; no output was written; the rejected rows "
+            f"and reasons are in {report.rejects}",
+            report,
+        )
+    run.commit()
+    return report
+
+
+@dataclass(eq=False)
+class _Run:
+    """The state of one ``score_file`` call: writers, the ledger so far, the progress bar."""
+
+    bundle: Bundle
+    output_path: str | os.PathLike[str]
+    rejects_path: str | os.PathLike[str] | None
+    keep_columns: Sequence[str]
+    impute: Imputation
+    top_k: int
+    progress: bool
+    files: list[str]
+    ledgers: list[SourceLedger] = field(default_factory=list)
+    anomalies: int = 0
+    columns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.writer = TableWriter(self.output_path)
+        self.rejects_target = Path(self.rejects_path or f"{self.output_path}.rejects.csv")
+        self.rejects_writer = TableWriter(self.rejects_target)
+        self.n_rejects = 0
+        self.typed_numbers = self.writer.format == "parquet"
+        sizes = [None if f == "-" else os.path.getsize(f) for f in self.files]
+        total = None if None in sizes else sum(s or 0 for s in sizes)
+        self.bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="scoring",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        self.rows_done = 0
+        self.started = time.perf_counter()
+
+    def score_source(self, path: str, chunk_rows: int) -> None:
+        read = scored = rejected = 0
+        with open_source(path) as source:
+            columns = self._check(source.columns, source.name)
+            seen = 0
+            for chunk in read_ahead(source.chunks(chunk_rows), READ_AHEAD):
+                table = chunk.table
+                if tuple(table.column_names) != columns:
+                    table = table.select(list(columns))
+                if table.num_rows:
+                    part = score_table(
+                        self.bundle,
+                        table,
+                        impute=self.impute,
+                        top_k=self.top_k,
+                        typed_numbers=self.typed_numbers,
+                    )
+                    self.writer.write(part.table)
+                    result = part.result
+                    scored += result.n_scored
+                    self.anomalies += int(result.is_anomaly.sum())
+                    value_rejects = _value_rejects(chunk, result)
+                else:
+                    value_rejects = []
+                self._write_rejects([*chunk.rejects, *value_rejects])
+                rejected += len(chunk.rejects) + len(value_rejects)
+                read += chunk.n_read
+                self._advance(chunk, seen, chunk.n_read)
+                seen = max(seen, chunk.position)
+        self.ledgers.append(SourceLedger(source.name, read, scored, rejected))
+
+    def _check(self, columns: tuple[str, ...], source: str) -> tuple[str, ...]:
+        keep = list(self.keep_columns)
+        absent = [c for c in keep if c not in columns]
+        if absent:
+            raise SchemaError(
+                f"--keep-column {absent} not in {source}; its columns are {list(columns)}"
+            )
+        clash = [c for c in SCORE_COLUMNS if c in columns] + [
+            c for c in columns if c.startswith("top_feature_")
+        ]
+        if clash:
+            raise SchemaError(
+                f"{source} already has column(s) {clash}, which scoring adds; drop or rename them"
+            )
+        check_columns(self.bundle.schema, columns, passthrough=keep)
+        if self.columns is None:
+            self.columns = columns
+        elif set(columns) != set(self.columns):
+            raise SchemaError(
+                f"{source} has columns {list(columns)}, unlike the first input's "
+                f"{list(self.columns)}; score files with different columns separately"
+            )
+        return self.columns
+
+    def _write_rejects(self, rejects: Sequence[ParseReject]) -> None:
+        if not rejects:
+            return
+        self.n_rejects += len(rejects)
+        self.rejects_writer.write(
+            pa.table(
+                {
+                    "row": pa.array([r.row for r in rejects], pa.int64()),
+                    "source": pa.array([r.source for r in rejects], pa.string()),
+                    "line": pa.array([r.line for r in rejects], pa.int64()),
+                    "code": pa.array([r.code for r in rejects], pa.string()),
+                    "reason": pa.array([r.reason for r in rejects], pa.string()),
+                    "raw": pa.array([r.raw for r in rejects], pa.string()),
+                }
+            )
+        )
+
+    def _advance(self, chunk: SourceChunk, seen: int, rows: int) -> None:
+        self.rows_done += rows
+        if chunk.position > seen:
+            self.bar.update(chunk.position - seen)
+        elapsed = time.perf_counter() - self.started
+        if elapsed > 0:
+            self.bar.set_postfix_str(
+                f"{self.rows_done:,} rows, {self.rows_done / elapsed:,.0f} rows/s", refresh=False
+            )
+
+    def finish(self) -> None:
+        self.bar.close()
+        if self.columns is None:  # every input was empty of rows; still a well-formed output
+            self.columns = ()
+
+    def report(self, inputs: Sequence[Any], seconds: float) -> BatchReport:
+        read = sum(s.rows_read for s in self.ledgers)
+        scored = sum(s.rows_scored for s in self.ledgers)
+        rejected = sum(s.rows_rejected for s in self.ledgers)
+        return BatchReport(
+            input=" ".join(map(str, inputs)),
+            output=str(self.output_path),
+            rejects=str(self.rejects_target) if rejected else None,
+            rows_read=read,
+            rows_scored=scored,
+            rows_rejected=rejected,
+            anomalies=self.anomalies,
+            threshold=self.bundle.calibrator.threshold,
+            model_version=self.bundle.version,
+            files=tuple(self.ledgers),
+            seconds=seconds,
+        )
+
+    def commit(self) -> None:
+        self.writer.close()
+        self._close_rejects()
+
+    def discard(self) -> None:
+        """Keep the rejects (they explain the failure), drop the output."""
+        self.writer.abort()
+        self._close_rejects()
+
+    def _close_rejects(self) -> None:
+        if self.n_rejects:
+            self.rejects_writer.close()
+        else:
+            self.rejects_writer.abort()
+
+    def abort(self) -> None:
+        self.bar.close()
+        self.writer.abort()
+        self.rejects_writer.abort()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterable[T], depth: int) -> Iterator[T]:
+    """``items`` produced by a background thread, at most ``depth`` ahead of the consumer.
+
+    An exception in the producer is raised in the consumer; when the consumer stops early
+    (an error, Ctrl-C), the producer is told to stop and joined before this returns, so the
+    source it reads can be closed safely.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer(_Failed(exc))
+
+    worker = threading.Thread(target=produce, name="anomaly-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _value_rejects(chunk: SourceChunk, result: ScoreResult) -> list[ParseReject]:
+    """The rows ``score_frame`` rejected (missing, unparseable or infinite values)."""
+    lines = chunk.lines
+    return [
+        ParseReject(
+            source=chunk.source,
+            row=int(chunk.rows[r.row]),
+            line=None if lines is None else int(lines[r.row]),
+            code=r.code,
+            reason=r.reason,
+            raw=chunk.raw_text(r.row),
+        )
+        for r in result.rejections
+    ]
 
 
 def iter_scored(
@@ -60,7 +494,8 @@ def iter_scored(
     impute: Imputation = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Iterator[ScoredChunk]:
-    """Score a file chunk by chunk; memory stays bounded by ``chunk_rows``."""
+    """Score a file into pandas chunks (``anomaly evaluate``'s reader); memory stays bounded
+    by ``chunk_rows``."""
     text_columns = [c.name for c in bundle.schema.categorical]
     first_row = 0
     for chunk in iter_table(path, text_columns=text_columns, chunk_rows=chunk_rows):
@@ -68,83 +503,3 @@ def iter_scored(
         result = score_frame(bundle, chunk, impute=impute, passthrough=passthrough)
         yield ScoredChunk(frame=chunk, result=result, first_row=first_row)
         first_row += len(chunk)
-
-
-def score_file(
-    bundle: Bundle,
-    input_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str],
-    *,
-    keep_columns: Sequence[str] = (),
-    impute: Imputation = None,
-    rejects_path: str | os.PathLike[str] | None = None,
-    top_k: int = 3,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    progress: bool = False,
-) -> BatchReport:
-    """Score ``input_path`` into ``output_path`` (the input's columns followed by
-    ``anomaly_score``, ``p_value``, ``is_anomaly``, ``top_feature_1..k``); rejected rows go to
-    ``rejects_path`` (default: beside the output, ``<output>.rejects.csv``)."""
-    rejects_target = Path(rejects_path or f"{output_path}.rejects.csv")
-    writer = TableWriter(output_path)
-    rejects: list[dict[str, Any]] = []
-    read = scored = anomalies = 0
-    bar = tqdm(desc="scoring", unit=" rows", disable=not progress)
-    try:
-        for part in iter_scored(
-            bundle, input_path, passthrough=keep_columns, impute=impute, chunk_rows=chunk_rows
-        ):
-            result = part.result
-            scores = result.to_frame(top_k=top_k)
-            writer.write(pd.concat([part.frame.loc[result.rows], scores], axis=1))
-            rejects.extend(_reject_rows(part))
-            read += len(part.frame)
-            scored += result.n_scored
-            anomalies += int(result.is_anomaly.sum())
-            bar.update(len(part.frame))
-        if read == 0:
-            raise DataError(f"{input_path} has a header but no data rows; nothing to score")
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        bar.close()
-    if rejects:
-        rejects_writer = TableWriter(rejects_target)
-        rejects_writer.write(pd.DataFrame(rejects))
-        rejects_writer.close()
-    return BatchReport(
-        input=str(input_path),
-        output=str(output_path),
-        rejects=str(rejects_target) if rejects else None,
-        rows_read=read,
-        rows_scored=scored,
-        rows_rejected=len(rejects),
-        anomalies=anomalies,
-        threshold=bundle.calibrator.threshold,
-        model_version=bundle.version,
-    )
-
-
-def _reject_rows(part: ScoredChunk) -> list[dict[str, Any]]:
-    rows = []
-    for rejection in part.result.rejections:
-        raw = part.frame.iloc[rejection.row].to_dict()
-        rows.append(
-            {
-                # 1-based data row number (the header is not counted), as a spreadsheet shows.
-                "row": part.first_row + rejection.row + 1,
-                "reason": rejection.reason,
-                "raw": json.dumps({str(k): _plain(v) for k, v in raw.items()}),
-            }
-        )
-    return rows
-
-
-def _plain(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

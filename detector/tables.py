@@ -1,5 +1,12 @@
 """Reading and writing tables: CSV (plain or gzip) and Parquet, whole or in chunks.
 
+Two readers live here. ``read_table``/``iter_table`` give pandas frames with pandas' type
+inference, for training and evaluation. ``open_source`` streams one file for batch scoring with
+bounded memory and a ledger: every data record comes out either as a row of an Arrow table
+(all CSV fields as text, so nothing is guessed and a bad value is rejected by the scorer with its
+reason) or as a ``ParseReject`` (a ragged row, undecodable bytes) with its row number, physical
+line number and raw text. Line numbers stay right across quoted fields that hold newlines.
+
 Every read error becomes a ``DataError`` naming the file and the fix. Writes are atomic: the
 output goes to a temporary file beside the target and is renamed into place at the end, so a
 crash or Ctrl-C never leaves a half-written file at the output path.
@@ -8,13 +15,24 @@ crash or Ctrl-C never leaves a half-written file at the output path.
 from __future__ import annotations
 
 import csv
+import glob
+import gzip
+import io
+import json
 import os
+import sys
 import uuid
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from detector.errors import DataError
 
@@ -122,6 +140,533 @@ def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
         raise DataError(f"{path} repeats column name(s) {sorted(dupes)} in its header; rename them")
 
 
+# ---- streaming sources for batch scoring ---------------------------------------------------
+
+#: Text read as a missing value: pandas' defaults, so scoring reads a file as training did.
+NULL_VALUES = (
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+)
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+#: Bytes read at a time before the block size adapts to ``chunk_rows``.
+_FIRST_READ = 1 << 20
+#: A record (a quoted field, really) longer than this is a quoting mistake, not data.
+MAX_RECORD_BYTES = 64 << 20
+_NULL_SET = pa.array(NULL_VALUES, pa.string())
+
+
+@dataclass(frozen=True)
+class ParseReject:
+    """A data record that could not be made into a row: ``row`` is its 1-based data row number
+    in its source (the header not counted), ``line`` the physical line it starts on (1-based,
+    ``None`` where a format has no lines), ``code`` one of ``ragged``, ``encoding``,
+    ``malformed``."""
+
+    source: str
+    row: int
+    line: int | None
+    code: str
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True, eq=False)
+class SourceChunk:
+    """Consecutive records of one source.
+
+    ``table`` holds the records that parsed, in file order, ``rows`` ``(n,)`` their 1-based
+    data row numbers and ``lines`` ``(n,)`` the physical line each starts on (``None`` for
+    Parquet). ``rejects`` are the records of the same stretch that could not be parsed;
+    ``n_read = table.num_rows + len(rejects)``. ``position`` is how far into the source (in
+    bytes of the file as stored) reading has got, for a progress bar.
+    """
+
+    source: str
+    table: pa.Table
+    rows: np.ndarray
+    lines: np.ndarray | None
+    rejects: tuple[ParseReject, ...]
+    position: int
+    raw_text: Callable[[int], str]
+
+    @property
+    def n_read(self) -> int:
+        return self.table.num_rows + len(self.rejects)
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Files, directories (their ``.csv``, ``.csv.gz`` and ``.parquet`` files, sorted; names
+    starting with '.' or '_', such as Spark's ``_SUCCESS``, left out), glob patterns, or '-'
+    for CSV on stdin -> the list of files to read, in order."""
+    files: list[str] = []
+    for item in map(str, inputs):
+        path = Path(item)
+        if item == "-" or path.is_file():
+            files.append(item)
+        elif path.is_dir():
+            found = sorted(
+                str(p)
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith((".", "_")) and _is_table_name(p.name)
+            )
+            if not found:
+                raise DataError(
+                    f"directory {item} holds no .csv, .csv.gz or .parquet files to score"
+                )
+            files.extend(found)
+        elif glob.has_magic(item):
+            found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                raise DataError(f"no file matches {item}; check the pattern")
+            files.extend(found)
+        else:
+            raise DataError(f"input file {item} does not exist")
+    if files.count("-") > 1:
+        raise DataError("'-' (stdin) can be given once only")
+    return files
+
+
+def _is_table_name(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
+
+
+class TableSource:
+    """One input file opened for streaming: ``columns`` is known on opening, ``chunks``
+    yields ``SourceChunk``s of at most ``chunk_rows`` rows, ``size`` is the stored size in
+    bytes (``None`` for stdin). Use as a context manager."""
+
+    name: str
+    columns: tuple[str, ...]
+    size: int | None
+
+    def chunks(self, chunk_rows: int) -> Iterator[SourceChunk]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> TableSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_source(path: str) -> TableSource:
+    """Open a CSV (plain, gzip, or '-' for stdin) or Parquet file; its header is read and
+    checked here (empty file, undecodable or duplicate or empty column names: ``DataError``)."""
+    if path != "-" and table_format(path) == "parquet":
+        return ParquetSource(path)
+    return CsvSource(path)
+
+
+class ParquetSource(TableSource):
+    """A Parquet file, read one record batch at a time."""
+
+    def __init__(self, path: str) -> None:
+        import pyarrow.parquet as pq
+
+        self.name = path
+        self.size = os.path.getsize(path)
+        try:
+            self._file = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"cannot read {path} as Parquet: {exc}") from None
+        self.columns = tuple(self._file.schema_arrow.names)
+        _check_names(self.columns, path)
+
+    def chunks(self, chunk_rows: int) -> Iterator[SourceChunk]:
+        total = max(self._file.metadata.num_rows, 1)
+        done = 0
+        try:
+            for batch in self._file.iter_batches(batch_size=chunk_rows):
+                table = pa.Table.from_batches([batch])
+                n = table.num_rows
+                yield SourceChunk(
+                    source=self.name,
+                    table=table,
+                    rows=np.arange(done + 1, done + n + 1, dtype=np.int64),
+                    lines=None,
+                    rejects=(),
+                    position=int(self.size * min(1.0, (done + n) / total)) if self.size else 0,
+                    raw_text=_json_row(table),
+                )
+                done += n
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"cannot read {self.name} as Parquet: {exc}") from None
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _json_row(table: pa.Table) -> Callable[[int], str]:
+    def raw(i: int) -> str:
+        return json.dumps(table.slice(i, 1).to_pylist()[0], default=str)
+
+    return raw
+
+
+class CsvSource(TableSource):
+    """A CSV file (plain or gzip, or stdin) read in blocks of whole records.
+
+    A block ends at the last newline outside quotes (RFC 4180: a field holding a delimiter,
+    quote or newline is quoted, quotes doubled). Each block is parsed by Arrow's CSV reader
+    into text columns when it can be (no ragged rows, valid UTF-8, no blank lines), and by
+    Python's csv module, record by record, otherwise; both give the same rows, and the slow
+    path also names each bad record. The rare slow path is what keeps the fast one exact.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.name = "<stdin>" if path == "-" else path
+        self.delimiter = "\t" if path.lower().endswith((".tsv", ".tsv.gz")) else ","
+        if path == "-":
+            self._binary: Any = sys.stdin.buffer
+            self.size = None
+        else:
+            self._binary = open(path, "rb")  # noqa: SIM115 - closed by close()
+            self.size = os.path.getsize(path)
+        self._stream: Any = self._binary
+        try:
+            if self._binary.peek(2)[:2] == b"\x1f\x8b":
+                self._stream = gzip.GzipFile(fileobj=self._binary, mode="rb")
+            self._pending, self._first_line = self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._stream is not self._binary:
+            self._stream.close()
+        if self._binary is not sys.stdin.buffer:
+            self._binary.close()
+
+    # -- reading bytes -------------------------------------------------------------------
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._stream.read(n)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(
+                f"cannot read {self.name}: {exc} (a truncated or corrupt gzip file?)"
+            ) from None
+
+    def _position(self) -> int:
+        try:
+            return int(self._binary.tell())
+        except OSError:
+            return 0
+
+    def _read_header(self) -> tuple[bytes, int]:
+        buffer = self._read(_FIRST_READ)
+        while True:
+            end = _first_record_end(buffer)
+            if end is not None:
+                break
+            more = self._read(_FIRST_READ)
+            if not more:
+                end = len(buffer)
+                break
+            buffer += more
+            if len(buffer) > MAX_RECORD_BYTES:
+                raise DataError(
+                    f"{self.name}: the header row is not closed within {MAX_RECORD_BYTES >> 20} "
+                    "MB; a quote in it is never closed: fix the file's quoting"
+                )
+        head, rest = buffer[:end], buffer[end:]
+        if not head.strip():
+            raise DataError(f"{self.name} is empty: give a CSV with a header row and data rows")
+        try:
+            text = head.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            hint = " (it looks like UTF-16)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+            raise DataError(
+                f"the header of {self.name} is not UTF-8 text{hint}; re-save the file as UTF-8"
+            ) from None
+        try:
+            names = next(csv.reader(io.StringIO(text), delimiter=self.delimiter))
+        except (csv.Error, StopIteration) as exc:
+            raise DataError(f"cannot parse the header of {self.name}: {exc}") from None
+        self.columns = tuple(n.strip() for n in names)
+        _check_names(self.columns, self.name)
+        return rest, 1 + head.count(b"\n")
+
+    # -- blocks of records ---------------------------------------------------------------
+
+    def chunks(self, chunk_rows: int) -> Iterator[SourceChunk]:
+        pending, self._pending = self._pending, b""
+        line = self._first_line
+        row = 0
+        target = _FIRST_READ
+        eof = False
+        while True:
+            if not eof and len(pending) < target:
+                more = self._read(target - len(pending))
+                eof = not more
+                pending += more
+                if not eof and len(pending) < target:
+                    continue
+            if eof:
+                # Blank lines at the very end are not records; the last record may lack "\n".
+                block, pending = pending.rstrip(b"\r\n"), b""
+                if block:
+                    block += b"\n"
+            else:
+                cut = _last_record_end(pending)
+                if cut is None:
+                    if len(pending) > MAX_RECORD_BYTES:
+                        raise DataError(
+                            f"{self.name}: a quoted field opened at or after line {line} is not "
+                            f"closed within {MAX_RECORD_BYTES >> 20} MB; fix the file's quoting "
+                            "(a field with quotes must be wholly quoted, its quotes doubled)"
+                        )
+                    target = 2 * len(pending)
+                    continue
+                block, pending = pending[:cut], pending[cut:]
+            if block:
+                parsed = self._parse(block, line, row)
+                line += block.count(b"\n")
+                row += parsed.n_read
+                if parsed.n_read:
+                    target = max(_FIRST_READ, len(block) * chunk_rows // parsed.n_read)
+                yield from _split(parsed, chunk_rows, self._position())
+            if eof:
+                return
+
+    def _parse(self, block: bytes, line: int, row: int) -> SourceChunk:
+        blank_lines = block.startswith((b"\n", b"\r\n")) or b"\n\n" in block or b"\n\r\n" in block
+        if not blank_lines:
+            fast = self._parse_arrow(block, line, row)
+            if fast is not None:
+                return fast
+        return self._parse_python(block, line, row)
+
+    def _parse_arrow(self, block: bytes, line: int, row: int) -> SourceChunk | None:
+        invalid: list[object] = []
+
+        def on_invalid(bad: object) -> str:
+            invalid.append(bad)
+            return "skip"
+
+        quoted = b'"' in block
+        try:
+            table = pa_csv.read_csv(
+                pa.py_buffer(block),
+                read_options=pa_csv.ReadOptions(column_names=list(self.columns)),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=self.delimiter,
+                    newlines_in_values=quoted,
+                    invalid_row_handler=on_invalid,
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={c: pa.string() for c in self.columns},
+                    null_values=list(NULL_VALUES),
+                    strings_can_be_null=True,
+                ),
+            )
+        except pa.ArrowInvalid:
+            return None  # invalid UTF-8, most often: the Python path names the record
+        if invalid:
+            return None
+        n = table.num_rows
+        extra = np.zeros(n, dtype=np.int64)
+        if quoted:
+            # A record spans 1 + (newlines inside its quoted fields) physical lines.
+            for column in table.columns:
+                counts = pc.fill_null(pc.count_substring(column, "\n"), 0)
+                extra += counts.to_numpy().astype(np.int64)
+        starts = line + np.arange(n, dtype=np.int64)
+        if n:
+            starts[1:] += np.cumsum(extra)[:-1]
+        return SourceChunk(
+            source=self.name,
+            table=table,
+            rows=np.arange(row + 1, row + n + 1, dtype=np.int64),
+            lines=starts,
+            rejects=(),
+            position=0,
+            raw_text=_block_text(block, starts - line, extra),
+        )
+
+    def _parse_python(self, block: bytes, line: int, row: int) -> SourceChunk:
+        texts: list[str] = []
+        undecodable: set[int] = set()
+        pieces = block.split(b"\n")
+        if pieces and pieces[-1] == b"":
+            pieces.pop()
+        for k, piece in enumerate(pieces):
+            try:
+                texts.append(piece.decode("utf-8"))
+            except UnicodeDecodeError:
+                undecodable.add(k)
+                texts.append(piece.decode("utf-8", "backslashreplace"))
+        reader = csv.reader((t + "\n" for t in texts), delimiter=self.delimiter)
+        width = len(self.columns)
+        good: list[list[str]] = []
+        rows: list[int] = []
+        spans: list[tuple[int, int]] = []
+        rejects: list[ParseReject] = []
+        while True:
+            first = reader.line_num
+            problem: tuple[str, str] | None = None
+            try:
+                fields: list[str] | None = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                fields, problem = None, ("malformed", f"not valid CSV: {exc}")
+            last = reader.line_num
+            if fields == []:
+                continue  # a blank line is not a record
+            row += 1
+            if problem is None and undecodable.intersection(range(first, last)):
+                problem = (
+                    "encoding",
+                    "not UTF-8 text; re-save the file as UTF-8 (bytes shown as \\x.. escapes)",
+                )
+            if problem is None and fields is not None and len(fields) != width:
+                problem = ("ragged", f"{len(fields)} fields where the header has {width}")
+            if problem is None and fields is not None:
+                good.append(fields)
+                rows.append(row)
+                spans.append((first, last))
+                continue
+            code, reason = problem or ("malformed", "not valid CSV")
+            raw = "\n".join(t.rstrip("\r") for t in texts[first:last])
+            rejects.append(ParseReject(self.name, row, line + first, code, reason, raw))
+        arrays = [_text_array(list(column)) for column in zip(*good, strict=True)] or [
+            pa.array([], pa.string()) for _ in self.columns
+        ]
+
+        def raw_text(i: int) -> str:
+            begin, end = spans[i]
+            return "\n".join(t.rstrip("\r") for t in texts[begin:end])
+
+        return SourceChunk(
+            source=self.name,
+            table=pa.Table.from_arrays(arrays, names=list(self.columns)),
+            rows=np.asarray(rows, dtype=np.int64),
+            lines=line + np.asarray([first for first, _ in spans], dtype=np.int64),
+            rejects=tuple(rejects),
+            position=0,
+            raw_text=raw_text,
+        )
+
+
+def _text_array(values: list[str]) -> pa.Array:
+    array = pa.array(values, pa.string())
+    return pc.if_else(pc.is_in(array, value_set=_NULL_SET), pa.scalar(None, pa.string()), array)
+
+
+def _block_text(block: bytes, offsets: np.ndarray, extra: np.ndarray) -> Callable[[int], str]:
+    """Raw text of record ``i`` of a block: lines ``offsets[i] .. offsets[i] + extra[i]``."""
+    newlines: list[np.ndarray] = []
+
+    def raw_text(i: int) -> str:
+        if not newlines:
+            newlines.append(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10))
+        ends = newlines[0]
+        first, last = int(offsets[i]), int(offsets[i] + extra[i])
+        begin = 0 if first == 0 else int(ends[first - 1]) + 1
+        text = block[begin : int(ends[last])].decode("utf-8", "replace")
+        return text.replace("\r\n", "\n").rstrip("\r")
+
+    return raw_text
+
+
+def _split(parsed: SourceChunk, chunk_rows: int, position: int) -> Iterator[SourceChunk]:
+    """A parsed block as chunks of at most ``chunk_rows`` rows (its parse rejects go with the
+    first); each keeps its own row numbering."""
+    n = parsed.table.num_rows
+    if n <= chunk_rows:
+        yield _with(parsed, 0, n, parsed.rejects, position)
+        return
+    for begin in range(0, n, chunk_rows):
+        end = min(n, begin + chunk_rows)
+        yield _with(parsed, begin, end, parsed.rejects if begin == 0 else (), position)
+
+
+def _with(
+    parsed: SourceChunk, begin: int, end: int, rejects: tuple[ParseReject, ...], position: int
+) -> SourceChunk:
+    whole = parsed.table.num_rows
+    lines = parsed.lines
+    return SourceChunk(
+        source=parsed.source,
+        table=parsed.table
+        if (begin, end) == (0, whole)
+        else parsed.table.slice(begin, end - begin),
+        rows=parsed.rows[begin:end],
+        lines=None if lines is None else lines[begin:end],
+        rejects=rejects,
+        position=position,
+        raw_text=lambda i: parsed.raw_text(begin + i),
+    )
+
+
+def _first_record_end(buffer: bytes) -> int | None:
+    """The index just past the first newline outside quotes, or ``None``."""
+    end = buffer.find(b"\n")
+    quotes = buffer.count(b'"', 0, max(end, 0))
+    while end >= 0 and quotes % 2:
+        following = buffer.find(b"\n", end + 1)
+        if following < 0:
+            return None
+        quotes += buffer.count(b'"', end, following)
+        end = following
+    return None if end < 0 else end + 1
+
+
+def _last_record_end(buffer: bytes) -> int | None:
+    """The index just past the last newline outside quotes, or ``None``."""
+    end = buffer.rfind(b"\n")
+    if end < 0:
+        return None
+    if b'"' not in buffer:
+        return end + 1
+    quotes = buffer.count(b'"', 0, end)
+    while quotes % 2:
+        previous = buffer.rfind(b"\n", 0, end)
+        if previous < 0:
+            return None
+        quotes -= buffer.count(b'"', previous, end)
+        end = previous
+    return end + 1
+
+
+def _check_names(names: Sequence[str], source: str) -> None:
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    if empty:
+        raise DataError(
+            f"{source}: header column(s) {empty} have no name; name every column (or remove "
+            "a trailing delimiter or an unnamed index column)"
+        )
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{source} repeats column name(s) {dupes} in its header; rename them")
+
+
+# ---- atomic writers --------------------------------------------------------------------------
+
+
 def partial_path(path: str | os.PathLike[str]) -> Path:
     """A unique temporary name beside ``path``, for writing before an atomic rename."""
     target = Path(path)
@@ -130,39 +675,62 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
 
 
 class TableWriter:
-    """Appends frames to one CSV or Parquet file; ``close`` renames it into place atomically,
-    ``abort`` removes it. Until then nothing exists at the target path."""
+    """Appends tables (Arrow or pandas) to one CSV or Parquet file; ``close`` renames it into
+    place atomically, ``abort`` removes it. Until then nothing exists at the target path.
+
+    CSV is written with minimal quoting (only fields holding a delimiter, quote or newline),
+    floats in their shortest round-trip form and booleans as True/False, as pandas writes them.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.format = table_format(path)
         self.target = Path(path)
         self._partial = partial_path(path)
         self._parquet: Any = None
-        self._started = False
+        self._csv: BinaryIO | None = None
+        self._columns: list[str] | None = None
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, table: pa.Table | pd.DataFrame) -> None:
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        if self._columns is None:
+            self._columns = list(table.column_names)
+        elif list(table.column_names) != self._columns:
+            table = table.select(self._columns)
         if self.format == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self._partial, table.schema)
-            self._parquet.write_table(table.cast(self._parquet.schema))
+            self._write_parquet(table)
         else:
-            frame.to_csv(
-                self._partial,
-                mode="a" if self._started else "w",
-                header=not self._started,
-                index=False,
-                lineterminator="\n",
-                quoting=csv.QUOTE_MINIMAL,
-            )
-        self._started = True
+            self._write_csv(table)
+
+    def _write_parquet(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._partial, table.schema)
+        elif table.schema != self._parquet.schema:
+            try:
+                table = table.cast(self._parquet.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+                raise DataError(
+                    f"cannot append to {self.target}: column types differ from the first part "
+                    f"written ({exc}); score inputs of different types into separate outputs"
+                ) from None
+        self._parquet.write_table(table)
+
+    def _write_csv(self, table: pa.Table) -> None:
+        if self._csv is None:
+            self._csv = open(self._partial, "wb")  # noqa: SIM115 - closed by close()/abort()
+            header = io.StringIO()
+            csv.writer(header, lineterminator="\n").writerow(table.column_names)
+            self._csv.write(header.getvalue().encode())
+        if table.num_rows:
+            self._csv.write(csv_bytes(table))
 
     def close(self) -> None:
         if self._parquet is not None:
             self._parquet.close()
+        if self._csv is not None:
+            self._csv.close()
         if not self._partial.exists():
             self._partial.touch()
         os.replace(self._partial, self.target)
@@ -170,4 +738,55 @@ class TableWriter:
     def abort(self) -> None:
         if self._parquet is not None:
             self._parquet.close()
+        if self._csv is not None:
+            self._csv.close()
         self._partial.unlink(missing_ok=True)
+
+
+def csv_bytes(table: pa.Table, delimiter: str = ",") -> bytes:
+    """The rows of ``table`` as CSV text (no header), built column-wise by Arrow kernels."""
+    if not table.num_rows:
+        return b""
+    columns = [_csv_field(column, delimiter) for column in table.columns]
+    # "\n" goes on the end of the last field, so the joined values, back to back, are the text.
+    columns[-1] = pc.binary_join_element_wise(
+        columns[-1], "", "\n", null_handling="replace", null_replacement=""
+    )
+    lines = pc.binary_join_element_wise(
+        *columns, delimiter, null_handling="replace", null_replacement=""
+    )
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    _, offsets, data = lines.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+    return data.to_pybytes()[int(bounds[0]) : int(bounds[-1])]
+
+
+def _csv_field(column: pa.ChunkedArray, delimiter: str) -> pa.ChunkedArray:
+    """One column as CSV fields: text, quoted only where it holds a delimiter, quote or
+    newline."""
+    kind = column.type
+    if pa.types.is_boolean(kind):
+        return pc.if_else(column, "True", "False")
+    if pa.types.is_dictionary(kind):
+        column = pc.cast(column, kind.value_type)
+        kind = column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        try:
+            return pc.cast(column, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            texts = [None if v is None else str(v) for v in column.to_pylist()]
+            column = pa.chunked_array([pa.array(texts, pa.string())])
+    specials = (delimiter.encode(), b'"', b"\r", b"\n")
+    # Scanning the raw bytes first is ~50x cheaper than a per-value regex, and almost always
+    # finds nothing to quote.
+    if not any(
+        chunk.buffers()[2] is not None
+        and any(s in chunk.buffers()[2].to_pybytes() for s in specials)
+        for chunk in column.chunks
+    ):
+        return column
+    pattern = "[" + ("\\t" if delimiter == "\t" else delimiter) + '"\r\n]'
+    needs = pc.match_substring_regex(column, pattern)
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(column, '"', '""'), '"', "")
+    return pc.if_else(needs, quoted, column)

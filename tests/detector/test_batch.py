@@ -1,0 +1,284 @@
+"""Streaming batch scoring: the ledger, rejects with line numbers, malformed input, inputs and
+outputs of every kind, atomic writes, and the same scores as the HTTP service."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from detector import batch
+from detector.batch import read_ahead
+from detector.cli import main
+from detector.tables import csv_bytes
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.slow
+
+EVAL = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
+HEADER = ",".join(EVAL.columns)
+
+
+def lines_of(frame: pd.DataFrame) -> list[str]:
+    return [",".join(row) for row in frame.itertuples(index=False)]
+
+
+def score(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict, str]:
+    code = main(["score", *argv, "--json"])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip() else {}), err
+
+
+def test_every_row_is_accounted_for_with_its_line_and_raw_text(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    rows = lines_of(EVAL.head(30))
+    fields = [r.split(",") for r in rows]
+    cpu = list(EVAL.columns).index("cpu_pct")
+    oops = [*fields[4][:cpu], "oops", *fields[4][cpu + 1 :]]
+    empty = [*fields[5][:cpu], "", *fields[5][cpu + 1 :]]
+    body = [
+        rows[0] + ",plain",  # line 2, row 1
+        rows[1] + ',"two\nlines, with a comma"',  # lines 3-4, row 2
+        rows[2],  # line 5, row 3: ragged (no note)
+        rows[3] + ",plain",  # line 6, row 4
+        ",".join(oops) + ",plain",  # line 7, row 5: not a number
+        "",  # line 8: blank, not a row
+        ",".join(empty) + ",plain",  # line 9, row 6: empty value
+        rows[6] + ",PLAIN",  # line 10, row 7: not UTF-8 (below)
+        *(r + ",plain" for r in rows[7:30]),  # lines 11-33, rows 8-30
+    ]
+    data = ("\n".join([HEADER + ",note", *body]) + "\n").encode()
+    data = data.replace(b"PLAIN", "pl\xe4in".encode("latin-1"))
+    path = tmp_path / "in.csv"
+    path.write_bytes(data)
+    output = tmp_path / "out.csv"
+    code, ledger, err = score(
+        capsys, str(bundle_dir), str(path), "--output", str(output), "--keep-column", "note",
+        "--chunk-rows", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    assert ledger["rows_read"] == 30
+    assert ledger["rows_scored"] + ledger["rows_rejected"] == 30
+    rejects = pd.read_csv(ledger["rejects"], keep_default_na=False)
+    assert list(rejects.columns) == ["row", "source", "line", "code", "reason", "raw"]
+    found = {int(r.row): (int(r.line), r.code, r.raw) for r in rejects.itertuples()}
+    assert found[3] == (5, "ragged", rows[2])
+    assert found[5][:2] == (7, "not_a_number") and "oops" in found[5][2]
+    assert found[6][:2] == (9, "missing_value")
+    assert found[7][:2] == (10, "encoding") and "\\xe4" in found[7][2]
+    assert set(found) == {3, 5, 6, 7}
+    assert (rejects["source"] == str(path)).all()
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
+    assert len(scored) == 26
+    assert scored["note"][1] == "two\nlines, with a comma"
+    # The input's own text comes through unchanged.
+    assert scored[list(EVAL.columns)].iloc[0].tolist() == EVAL.iloc[0].tolist()
+
+
+def test_chunk_size_does_not_change_the_output(capsys, bundle_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    EVAL.head(500).to_csv(path, index=False)
+    outputs = []
+    for chunk_rows in ("7", "65536"):
+        out = tmp_path / f"out{chunk_rows}.csv"
+        code, ledger, _ = score(
+            capsys, str(bundle_dir), str(path), "--output", str(out), "--chunk-rows", chunk_rows
+        )
+        assert code == 0 and ledger["rows_scored"] == 500
+        outputs.append(pd.read_csv(out, dtype=str, keep_default_na=False))
+    small, large = outputs
+    # The model runs in float32, and its kernels sum in a batch-size-dependent order: a score
+    # may move in its last float32 digit with the chunk it was scored in; nothing else does.
+    for column in ("anomaly_score", "p_value"):
+        np.testing.assert_allclose(
+            small.pop(column).astype(float), large.pop(column).astype(float), rtol=1e-6
+        )
+    pd.testing.assert_frame_equal(small, large)
+
+
+def test_a_record_scores_the_same_over_http_and_in_a_file(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    from tests.service.conftest import make_app
+
+    sample = EVAL.sample(200, random_state=1)
+    path = tmp_path / "records.csv"
+    path.write_text("\n".join([HEADER, *lines_of(sample)]) + "\n")
+    # The same records as JSON, each number parsed from the same text.
+    records = list(csv.DictReader(io.StringIO(path.read_text())))
+    numeric = [c for c in EVAL.columns if c not in ("host", "region")]
+    payload = [{k: float(v) if k in numeric else v for k, v in r.items()} for r in records]
+    app, _ = make_app(bundle_dir)
+    try:
+        response = app.test_client().post("/v1/models/tiny/score", json={"records": payload})
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+    assert response.status_code == 200
+    http = response.json["results"]
+    output = tmp_path / "scored.csv"
+    code, ledger, _ = score(capsys, str(bundle_dir), str(path), "--output", str(output))
+    assert code == 0 and ledger["rows_scored"] == 200 == len(http)
+    with output.open() as handle:
+        scored = list(csv.DictReader(handle))
+    assert [float(r["anomaly_score"]) for r in scored] == [r["anomaly_score"] for r in http]
+    assert [float(r["p_value"]) for r in scored] == [r["p_value"] for r in http]
+    assert [r["is_anomaly"] == "True" for r in scored] == [r["is_anomaly"] for r in http]
+    assert [r["top_feature_1"] for r in scored] == [r["top_features"][0]["column"] for r in http]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (HEADER.encode() + b"\n", "has a header but no data rows"),
+        (b"host,host," + HEADER.encode() + b"\n1,2\n", "repeats column name(s) ['host']"),
+        (HEADER.encode("utf-16") + b"\n", "not UTF-8 text (it looks like UTF-16)"),
+        (b"host,,cpu_pct\n1,2,3\n", "have no name"),
+        (
+            (HEADER + "\n" + lines_of(EVAL.head(1))[0] + ',"never closed\n').encode()
+            + b"x" * (1 << 20),
+            "not valid CSV",
+        ),
+    ],
+    ids=["empty", "header-only", "duplicate-columns", "utf-16", "unnamed-column", "bad-quote"],
+)
+def test_malformed_csv_gives_a_clear_answer(
+    capsys, bundle_dir: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(content)
+    output = tmp_path / "out.csv"
+    code, ledger, err = score(capsys, str(bundle_dir), str(path), "--output", str(output))
+    assert "Traceback" not in err
+    if code == 0:  # the broken record is rejected, and said so
+        assert ledger["rows_rejected"] >= 1
+        rejects = pd.read_csv(ledger["rejects"])
+        assert message in " ".join(rejects["reason"])
+    else:
+        assert code == 2 and message in err
+        assert not output.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_max_reject_rate_fails_without_output(capsys, bundle_dir: Path, tmp_path: Path) -> None:
+    frame = EVAL.head(100).copy()
+    frame.loc[:9, "cpu_pct"] = "n/a"
+    path = tmp_path / "in.csv"
+    frame.to_csv(path, index=False)
+    output = tmp_path / "out.csv"
+    argv = [str(bundle_dir), str(path), "--output", str(output), "--max-reject-rate"]
+    code, ledger, err = score(capsys, *argv, "0.05")
+    assert code == 2
+    assert "10.00% rejected is more than --max-reject-rate 0.05" in err
+    assert ledger["ok"] is False and ledger["rows_rejected"] == 10
+    assert not output.exists() and Path(ledger["rejects"]).exists()
+    code, ledger, _ = score(capsys, *argv, "0.1")
+    assert code == 0 and ledger["ok"] is True and output.exists()
+
+
+def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: Path) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    EVAL.iloc[:40].to_csv(parts / "a.csv", index=False)
+    with gzip.open(parts / "b.csv.gz", "wt") as handle:
+        EVAL.iloc[40:100].to_csv(handle, index=False)
+    (parts / "_SUCCESS").write_text("")
+    output = tmp_path / "out.parquet"
+    code, ledger, _ = score(capsys, str(bundle_dir), str(parts), "--output", str(output))
+    assert code == 0
+    assert [(Path(f["source"]).name, f["rows_read"]) for f in ledger["files"]] == [
+        ("a.csv", 40),
+        ("b.csv.gz", 60),
+    ]
+    scored = pd.read_parquet(output)
+    assert len(scored) == 100 and scored["cpu_pct"].dtype == np.float64
+    assert scored["host"].tolist() == EVAL["host"].iloc[:100].tolist()
+    # A glob of Parquet files; an already scored file clashes with the columns scoring adds.
+    code, _, err = score(
+        capsys, str(bundle_dir), str(output.with_suffix("")) + "*.parquet", "--output",
+        str(tmp_path / "again.csv"), "--keep-column", "anomaly_score",
+    )  # fmt: skip
+    assert code == 2 and "already has column(s) ['anomaly_score'" in err
+
+
+def test_stdin_in_a_pipe_is_quiet(bundle_dir: Path, tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("anomaly")
+    output = tmp_path / "out.csv"
+    text = "\n".join([HEADER, *lines_of(EVAL.head(50))]) + "\n"
+    done = subprocess.run(
+        [str(exe), "score", str(bundle_dir), "-", "--output", str(output)],
+        input=gzip.compress(text.encode()),
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert "rows read 50 = scored 50 + rejected 0" in done.stdout.decode()
+    assert "rows/s" not in done.stderr.decode()  # no progress bar off a terminal
+    assert len(pd.read_csv(output)) == 50
+
+
+def test_an_interrupted_run_leaves_nothing_at_the_output(
+    capsys, bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "in.csv"
+    EVAL.head(200).to_csv(path, index=False)
+    real = batch.score_table
+    calls = []
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "score_table", interrupted)
+    output = tmp_path / "out.csv"
+    code = main(
+        ["score", str(bundle_dir), str(path), "--output", str(output), "--chunk-rows", "50"]
+    )
+    assert code == 130
+    assert "no output was written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_read_ahead_hands_over_errors_and_stops_its_thread() -> None:
+    def produce():  # type: ignore[no-untyped-def]
+        yield 1
+        yield 2
+        raise ValueError("bad block")
+
+    with pytest.raises(ValueError, match="bad block"):
+        list(read_ahead(produce(), 2))
+    endless = read_ahead(iter(range(10**9)), 2)
+    assert next(endless) == 0
+    endless.close()
+    assert not [t for t in threading.enumerate() if t.name == "anomaly-read-ahead"]
+
+
+def test_csv_writer_quotes_only_what_needs_it() -> None:
+    table = pa.table(
+        {
+            "text": ["plain", "a,b", 'say "hi"', "two\nlines", None],
+            "number": [1.5, 0.1, None, 1e-7, 3.0],
+            "flag": [True, False, None, True, False],
+        }
+    )
+    text = csv_bytes(table).decode()
+    assert text.splitlines()[0] == "plain,1.5,True"
+    back = list(csv.reader(io.StringIO(text)))
+    assert [r[0] for r in back] == ["plain", "a,b", 'say "hi"', "two\nlines", ""]
+    assert [float(r[1]) if r[1] else None for r in back] == [1.5, 0.1, None, 1e-7, 3.0]
