@@ -99,19 +99,44 @@ def build_parser(
 
     score = commands.add_parser(
         "score",
-        help="score a file of records",
+        help="score files of records",
         description="Score every record of INPUT into --output: the input's columns plus "
         "anomaly_score (higher = more anomalous), p_value, is_anomaly and the top "
-        "contributing columns. Rejected rows go to a rejects file with their reasons.",
+        "contributing columns. Files are read and scored in chunks, so memory does not grow "
+        "with their size. Every row is scored or rejected: the ledger 'rows read = scored + "
+        "rejected' ends the run, and rejected rows go to a rejects file with their source "
+        "file, row and line number, reason and raw text.",
     )
     score.add_argument("model", help="model bundle directory")
-    score.add_argument("input", help="records: .csv, .csv.gz or .parquet ('-' for CSV on stdin)")
     score.add_argument(
-        "--output", required=True, help="output .csv or .parquet (written atomically)"
+        "input",
+        nargs="+",
+        help="records: .csv, .csv.gz, .tsv or .parquet files, directories of them, glob "
+        "patterns ('exports/*.csv.gz'), or '-' for CSV on stdin",
+    )
+    score.add_argument(
+        "--output",
+        required=True,
+        help="output .csv, .csv.gz or .parquet, written atomically (with --engine spark: a "
+        "directory of part files)",
     )
     score.add_argument("--rejects", help="rejects file (default: OUTPUT.rejects.csv)")
     _add_scoring_flags(score)
     score.add_argument("--top-k", type=int, default=3, help="top contributing columns (default 3)")
+    score.add_argument(
+        "--max-reject-rate",
+        type=_rate,
+        metavar="RATE",
+        help="fail (exit 2, no output written) when more than this share of rows is "
+        "rejected, e.g. 0.01",
+    )
+    score.add_argument(
+        "--engine",
+        choices=["stream", "spark"],
+        default="stream",
+        help="stream (default): one process, chunk by chunk; spark: a Spark job (pip install "
+        "'anomaly-detector[spark]'), for inputs beyond one machine",
+    )
     _add_output_flags(score)
     score.set_defaults(handler=cmd_score)
 
@@ -274,24 +299,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from detector.batch import score_file
-    from detector.bundle import load_bundle
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
+    return value
 
-    bundle = load_bundle(args.model)
-    report = score_file(
-        bundle,
-        args.input,
-        args.output,
-        keep_columns=args.keep_column,
-        impute=args.impute,
-        rejects_path=args.rejects,
-        top_k=args.top_k,
-        chunk_rows=args.chunk_rows,
-        progress=_show_progress(args),
-    )
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from detector.batch import RejectRateExceeded
+
+    options = {
+        "keep_columns": args.keep_column,
+        "impute": args.impute,
+        "rejects_path": args.rejects,
+        "top_k": args.top_k,
+        "max_reject_rate": args.max_reject_rate,
+    }
+    try:
+        if args.engine == "spark":
+            from detector.spark import score_files
+
+            report = score_files(args.model, args.input, args.output, **options)
+        else:
+            import gc
+
+            from detector.batch import score_file
+            from detector.bundle import load_bundle
+
+            bundle = load_bundle(args.model)
+            # The process is ours until it exits: keep the garbage collector from re-walking
+            # TensorFlow's objects on every chunk (encode's per-row lists trigger it; this
+            # made encoding ~5x faster).
+            gc.freeze()
+            report = score_file(
+                bundle,
+                args.input,
+                args.output,
+                chunk_rows=args.chunk_rows,
+                progress=_show_progress(args),
+                **options,
+            )
+    except RejectRateExceeded as exc:
+        if args.json:
+            print(json.dumps({**exc.report.to_dict(), "ok": False}, indent=2))
+        raise
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "ok": True}, indent=2))
         return 0
     print(
         f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
@@ -301,7 +358,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         f"anomalies {report.anomalies} ({report.anomalies / max(report.rows_scored, 1):.2%} "
         f"of scored) at threshold {report.threshold:.4f}"
     )
-    print(f"wrote {report.output}")
+    if len(report.files) > 1:
+        for ledger in report.files:
+            print(
+                f"  {ledger.source}: read {ledger.rows_read} = scored {ledger.rows_scored} + "
+                f"rejected {ledger.rows_rejected}"
+            )
+    rate = report.rows_read / report.seconds if report.seconds else 0.0
+    print(f"wrote {report.output} in {report.seconds:.1f} s ({rate:,.0f} rows/s)")
     if report.rejects:
         print(f"rejected rows and reasons in {report.rejects}")
     return 0
