@@ -1,0 +1,33 @@
+#!/bin/sh
+# Container entry point: serve the model bundle in MODEL_DIR under the name MODEL_NAME.
+#
+# No bundle there (no manifest.json) and TRAIN_DATA names a CSV/Parquet of normal records:
+# train one first (TRAIN_ARGS adds options to `anomaly train`). The image ships the sample
+# data as /app/data/train.csv. Arguments starting with '-' go to `anomaly serve`; any other
+# command runs instead (e.g. `anomaly info /models/default`).
+#
+# Settings: MODEL_NAME (default "default"), MODEL_DIR (default /models/$MODEL_NAME), HOST
+# (0.0.0.0), PORT (8000), WORKERS (2), and the service's own ANOMALY_* variables.
+set -eu
+
+if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    exec "$@"
+fi
+
+name="${MODEL_NAME:-default}"
+dir="${MODEL_DIR:-/models/$name}"
+
+if [ ! -f "$dir/manifest.json" ]; then
+    if [ -z "${TRAIN_DATA:-}" ]; then
+        echo "no model bundle in $dir (no manifest.json): mount one there, or set TRAIN_DATA" \
+            "to a table of normal records to train one at start" >&2
+        exit 2
+    fi
+    echo "no model bundle in $dir: training one on $TRAIN_DATA" >&2
+    # TRAIN_ARGS is a list of options, split on spaces on purpose.
+    # shellcheck disable=SC2086
+    anomaly train "$TRAIN_DATA" --out "$dir" ${TRAIN_ARGS:-}
+fi
+
+exec anomaly serve --model "$name=$dir" --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
+    --workers "${WORKERS:-2}" "$@"
