@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+#: Requests are served on threads; one lock keeps their lines whole.
+_OUTPUT = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -34,7 +38,9 @@ class Handler(BaseHTTPRequestHandler):
                 if isinstance(a, dict)
             ],
         }
-        print(json.dumps(line, sort_keys=True), flush=True)
+        with _OUTPUT:
+            sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+            sys.stdout.flush()
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
