@@ -1,0 +1,432 @@
+"""Scoring with Spark, for inputs beyond one machine: ``pip install 'anomaly-detector[spark]'``.
+
+``score_dataframe`` scores a Spark DataFrame with a bundle through ``mapInPandas``: every row
+comes back, with ``anomaly_score`` (higher = more anomalous), ``p_value``, ``is_anomaly`` and
+``top_feature_1..k`` where it was scored, or ``reject_code``/``reject_reason`` where it was
+not. Each batch of rows goes through ``detector.scoring.score_frame``, as in the streaming
+scorer and the HTTP service.
+
+The bundle travels as its two files' bytes in a broadcast (a model is a few hundred KB), never
+as a pickled object: each Python worker writes them to a private directory once, loads them
+with ``load_bundle`` (checksum verified, Keras safe mode) and keeps the bundle for the
+worker's life. With ``shared=True`` nothing is shipped and every executor loads the bundle
+from the same path on shared storage.
+
+``score_files`` is ``anomaly score --engine spark``: read CSV/Parquet files or directories,
+score, write the scored rows and the rejects as directories of part files, and return the
+ledger. Run it on a cluster with ``spark-submit``: this file is also a script
+(``spark-submit .../detector/spark.py MODEL INPUT --output OUT``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from detector.batch import (
+    SCORE_COLUMNS,
+    BatchReport,
+    RejectRateExceeded,
+    SourceLedger,
+    model_frame,
+    top_columns,
+)
+from detector.bundle import MANIFEST_FILE, MODEL_FILE, Bundle, load_bundle
+from detector.errors import ConfigError, DataError, SchemaError
+from detector.features import Imputation, check_columns
+from detector.scoring import score_frame
+from detector.tables import expand_inputs, table_format
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: Columns ``score_dataframe`` adds for rows it could not score (null where it scored them).
+REJECT_CODE = "reject_code"
+REJECT_REASON = "reject_reason"
+#: Spark's own columns for a CSV record that does not fit the header, and a row's file.
+CORRUPT_RECORD = "_corrupt_record"
+SOURCE_FILE = "_source_file"
+#: pyspark 4 warns on every pandas >= 3 import; the features this module uses work (tested).
+PANDAS_WARNING = "PySpark does not yet fully support pandas"
+
+
+def require_pyspark() -> None:
+    """Raise ``ConfigError`` with the fix when pyspark or Java is missing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
+            import pyspark.sql  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--engine spark needs pyspark: pip install 'anomaly-detector[spark]'"
+        ) from None
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ConfigError("--engine spark needs Java 17 or later on PATH (or JAVA_HOME set)")
+
+
+def bundle_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
+    """A bundle's files as bytes, to ship to executors (``load_bundle`` checks them there)."""
+    root = Path(path)
+    try:
+        return {name: (root / name).read_bytes() for name in (MANIFEST_FILE, MODEL_FILE)}
+    except OSError:
+        raise ConfigError(
+            f"no model bundle at {root}; train one with `anomaly train DATA --out {root}`"
+        ) from None
+
+
+class _WorkerBundles:
+    """Bundles loaded in this Python worker, by content digest.
+
+    Module-level on purpose: Spark reuses a Python worker for many tasks, and loading a bundle
+    (TensorFlow, the graph) costs seconds, so each worker loads each bundle once.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Bundle] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str, files: dict[str, bytes] | None, path: str) -> Bundle:
+        with self._lock:
+            if digest not in self._loaded:
+                if files is None:
+                    self._loaded[digest] = load_bundle(path)
+                else:
+                    directory = Path(tempfile.mkdtemp(prefix="anomaly-bundle-"))
+                    for name, data in files.items():
+                        (directory / name).write_bytes(data)
+                    self._loaded[digest] = load_bundle(directory)
+            return self._loaded[digest]
+
+
+_WORKER_BUNDLES = _WorkerBundles()
+
+
+def score_dataframe(
+    df: DataFrame,
+    bundle_path: str | os.PathLike[str],
+    *,
+    keep_columns: Sequence[str] = (),
+    impute: Imputation = None,
+    top_k: int = 3,
+    shared: bool = False,
+) -> DataFrame:
+    """Score every row of ``df`` with the bundle at ``bundle_path``.
+
+    ``df`` must hold the model's columns (any Spark types; text is parsed as the streaming
+    scorer parses it) plus ``keep_columns`` and, optionally, ``_corrupt_record`` (rows where
+    it is set are rejected as malformed) and ``_source_file``. The result has ``df``'s columns
+    followed by ``anomaly_score``, ``p_value``, ``is_anomaly``, ``top_feature_1..k``,
+    ``reject_code`` and ``reject_reason``; its row count equals ``df``'s.
+    """
+    from pyspark.sql import types as T
+
+    bundle = load_bundle(bundle_path)
+    extra = [*keep_columns, *(c for c in (CORRUPT_RECORD, SOURCE_FILE) if c in df.columns)]
+    check_columns(bundle.schema, df.columns, passthrough=extra)
+    k = min(top_k, len(bundle.schema.column_order))
+    files = None if shared else bundle_files(bundle_path)
+    digest = hashlib.sha256(b"".join((files or {}).values()) or str(bundle_path).encode())
+    key = digest.hexdigest()
+    shipped = None if files is None else df.sparkSession.sparkContext.broadcast(files)
+    path = str(bundle_path)
+    fields = [
+        T.StructField("anomaly_score", T.DoubleType()),
+        T.StructField("p_value", T.DoubleType()),
+        T.StructField("is_anomaly", T.BooleanType()),
+        *(T.StructField(f"top_feature_{j + 1}", T.StringType()) for j in range(k)),
+        T.StructField(REJECT_CODE, T.StringType()),
+        T.StructField(REJECT_REASON, T.StringType()),
+    ]
+    schema = T.StructType([*df.schema.fields, *fields])
+
+    # A module-level function and plain values: Spark pickles this by reference, never the
+    # driver's bundle.
+    score_batches = partial(
+        _score_batches, key=key, shipped=shipped, path=path, impute=impute, top_k=k
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
+        return df.mapInPandas(score_batches, schema=schema)
+
+
+def _score_batches(
+    batches: Iterator[pd.DataFrame],
+    *,
+    key: str,
+    shipped: Any,
+    path: str,
+    impute: Imputation,
+    top_k: int,
+) -> Iterator[pd.DataFrame]:
+    """Runs on the executors: the worker's bundle, then each Arrow batch of rows."""
+    bundle = _WORKER_BUNDLES.get(key, None if shipped is None else shipped.value, path)
+    for batch in batches:
+        yield score_pandas(bundle, batch, impute=impute, top_k=top_k)
+
+
+def score_pandas(
+    bundle: Bundle, batch: pd.DataFrame, *, impute: Imputation = None, top_k: int = 3
+) -> pd.DataFrame:
+    """One Spark batch: every row back, scored or with its reject code and reason."""
+    n = len(batch)
+    out = batch.reset_index(drop=True)
+    scores = np.full(n, np.nan)
+    p_values = np.full(n, np.nan)
+    flags = np.full(n, None, dtype=object)
+    tops = [np.full(n, None, dtype=object) for _ in range(top_k)]
+    codes = np.full(n, None, dtype=object)
+    reasons = np.full(n, None, dtype=object)
+    usable = np.ones(n, dtype=bool)
+    if CORRUPT_RECORD in out.columns:
+        corrupt = out[CORRUPT_RECORD].notna().to_numpy()
+        codes[corrupt] = "malformed"
+        reasons[corrupt] = "the record does not fit the header (ragged row or broken quoting)"
+        usable &= ~corrupt
+    positions = np.flatnonzero(usable)
+    if len(positions):
+        columns = list(bundle.schema.column_order)
+        table = pa.Table.from_pandas(out.loc[positions, columns], preserve_index=False)
+        result = score_frame(bundle, model_frame(bundle.schema, table), impute=impute)
+        scored = positions[result.rows]
+        scores[scored] = result.anomaly_score
+        p_values[scored] = result.p_value
+        flags[scored] = result.is_anomaly
+        for j, column in enumerate(top_columns(result, top_k)):
+            tops[j][scored] = column.to_numpy(zero_copy_only=False)
+        for rejection in result.rejections:
+            codes[positions[rejection.row]] = rejection.code
+            reasons[positions[rejection.row]] = rejection.reason
+    added = {
+        "anomaly_score": scores,
+        "p_value": p_values,
+        "is_anomaly": pd.Series(flags, dtype=object),
+        **{f"top_feature_{j + 1}": pd.Series(t, dtype=object) for j, t in enumerate(tops)},
+        REJECT_CODE: pd.Series(codes, dtype=object),
+        REJECT_REASON: pd.Series(reasons, dtype=object),
+    }
+    return pd.concat([out, pd.DataFrame(added)], axis=1)
+
+
+def spark_session(app_name: str = "anomaly score") -> SparkSession:
+    """The active Spark session, or a new one: under ``spark-submit`` its master and settings
+    apply; run directly, a local one on every core with this interpreter as the workers'."""
+    require_pyspark()
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    # spark-submit starts the JVM first and tells Python where it is; then its --master and
+    # --conf settings apply. Otherwise this is a local run.
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        builder = (
+            builder.master("local[*]")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+        )
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def score_files(
+    model: str,
+    inputs: Sequence[str],
+    output: str,
+    *,
+    keep_columns: Sequence[str] = (),
+    impute: Imputation = None,
+    rejects_path: str | None = None,
+    top_k: int = 3,
+    max_reject_rate: float | None = None,
+    shared: bool = False,
+    session: SparkSession | None = None,
+) -> BatchReport:
+    """``anomaly score --engine spark``: score CSV or Parquet files (paths, directories, globs;
+    local or any URI Spark reads) into ``output``, a directory of part files (Parquet when it
+    ends in ``.parquet``, else CSV with a header), and the rejects into ``rejects_path``
+    (default ``OUTPUT.rejects``, CSV part files: row and line are empty, as Spark does not
+    track them; source, code, reason and raw are set)."""
+    started = time.perf_counter()
+    require_pyspark()
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    bundle = load_bundle(model)
+    spark = session or spark_session()
+    paths = _spark_paths(inputs)
+    fmt = table_format(paths[0].rstrip("/*"))
+    frame = spark.read.parquet(*paths) if fmt == "parquet" else _read_csv(spark, paths)
+    frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
+    absent = [c for c in keep_columns if c not in frame.columns]
+    if absent:
+        raise SchemaError(
+            f"--keep-column {absent} not in the input; its columns are {frame.columns}"
+        )
+    scored = score_dataframe(
+        frame, model, keep_columns=keep_columns, impute=impute, top_k=top_k, shared=shared
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        ledger = (
+            scored.groupBy(SOURCE_FILE)
+            .agg(
+                F.count(F.lit(1)).alias("read"),
+                F.count(F.when(F.col(REJECT_CODE).isNull(), 1)).alias("scored"),
+                F.count(F.when(F.col("is_anomaly"), 1)).alias("anomalies"),
+            )
+            .orderBy(SOURCE_FILE)
+            .collect()
+        )
+        files = tuple(
+            SourceLedger(r[SOURCE_FILE], r["read"], r["scored"], r["read"] - r["scored"])
+            for r in ledger
+        )
+        read = sum(f.rows_read for f in files)
+        rejected = sum(f.rows_rejected for f in files)
+        rejects_target = rejects_path or f"{output.rstrip('/')}.rejects"
+        report = BatchReport(
+            input=" ".join(inputs),
+            output=output,
+            rejects=rejects_target if rejected else None,
+            rows_read=read,
+            rows_scored=read - rejected,
+            rows_rejected=rejected,
+            anomalies=sum(int(r["anomalies"]) for r in ledger),
+            threshold=bundle.calibrator.threshold,
+            model_version=bundle.version,
+            files=files,
+            engine="spark",
+        )
+        if read == 0:
+            raise DataError(f"{' '.join(inputs)} holds no data rows; nothing to score")
+        data_columns = [c for c in frame.columns if c not in (CORRUPT_RECORD, SOURCE_FILE)]
+        if rejected:
+            raw = F.coalesce(
+                F.col(CORRUPT_RECORD) if CORRUPT_RECORD in frame.columns else F.lit(None),
+                F.to_json(F.struct(*data_columns)),
+            )
+            rejects = scored.where(F.col(REJECT_CODE).isNotNull()).select(
+                F.lit(None).cast("long").alias("row"),
+                F.col(SOURCE_FILE).alias("source"),
+                F.lit(None).cast("long").alias("line"),
+                F.col(REJECT_CODE).alias("code"),
+                F.col(REJECT_REASON).alias("reason"),
+                raw.alias("raw"),
+            )
+            _write_atomically(rejects, rejects_target, "csv")
+        if max_reject_rate is not None and report.reject_rate > max_reject_rate:
+            raise RejectRateExceeded(
+                f"rows read {read} = scored {read - rejected} + rejected {rejected}: "
+                f"{report.reject_rate:.2%} rejected is more than --max-reject-rate "
+                f"{max_reject_rate:g}; no output was written; the rejected rows and reasons "
+                f"are in {rejects_target}",
+                report,
+            )
+        k = min(top_k, len(bundle.schema.column_order))
+        out_columns = [
+            *data_columns,
+            *SCORE_COLUMNS,
+            *(f"top_feature_{j + 1}" for j in range(k)),
+        ]
+        good = scored.where(F.col(REJECT_CODE).isNull()).select(*out_columns)
+        parquet = output.rstrip("/").endswith(".parquet")
+        if parquet:  # numbers as numbers, as the streaming engine writes Parquet
+            for col in bundle.schema.numeric:
+                good = good.withColumn(col.name, F.col(col.name).cast("double"))
+        _write_atomically(good, output, "parquet" if parquet else "csv")
+    finally:
+        scored.unpersist()
+    return replace(report, seconds=time.perf_counter() - started)
+
+
+def _spark_paths(inputs: Sequence[str]) -> list[str]:
+    """Local inputs expanded as the streaming engine does (and checked to exist); URIs such
+    as ``hdfs://`` or ``s3a://`` passed to Spark as given."""
+    local = [p for p in inputs if "://" not in p]
+    if "-" in local:
+        raise ConfigError("--engine spark cannot read stdin; give files or directories")
+    paths = [os.path.abspath(p) for p in expand_inputs(local)] if local else []
+    paths += [p for p in inputs if "://" in p]
+    formats = {table_format(p.rstrip("/*")) for p in paths}
+    if len(formats) > 1:
+        raise DataError("--engine spark reads one format per run: give CSV or Parquet files")
+    return paths
+
+
+def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
+    from pyspark.sql import types as T
+
+    names = spark.read.option("header", True).option("escape", '"').csv(paths[0]).columns
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{paths[0]} repeats column name(s) {dupes} in its header; rename them")
+    schema = T.StructType(
+        [T.StructField(n, T.StringType()) for n in names]
+        + [T.StructField(CORRUPT_RECORD, T.StringType())]
+    )
+    return (
+        spark.read.schema(schema)
+        .option("header", True)
+        .option("escape", '"')
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+        # Quoted fields may hold newlines; a file is then read by one task (not split).
+        .option("multiLine", True)
+        .option("enforceSchema", False)
+        .csv(paths)
+    )
+
+
+def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
+    """Write part files to a temporary sibling and rename it into place (local paths); for a
+    URI, Spark's commit protocol (``_SUCCESS`` last) is what readers rely on."""
+    writer = frame.write.mode("overwrite")
+    if fmt == "csv":
+        # RFC 4180 quoting (quotes doubled), not Spark's default backslash escapes.
+        writer = writer.option("header", True).option("escape", '"')
+        if target.endswith(".gz"):
+            writer = writer.option("compression", "gzip")
+    if "://" in target:
+        writer.format(fmt).save(target)
+        return
+    final = Path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    writer.format(fmt).save(str(staging))
+    if final.is_dir():
+        retired = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        if final.exists():
+            final.unlink()
+        os.replace(staging, final)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``spark-submit detector/spark.py MODEL INPUT... --output OUT [score options]``."""
+    from detector.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return cli_main(["score", *args, "--engine", "spark"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Spark in local mode: the same scores and the same ledger as the streaming scorer.
+
+Skipped, with the reason, where pyspark or Java is missing; in CI (``CI`` set) their absence
+is a failure instead, so the Spark path cannot go untested there unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.cli import main
+from tests.conftest import DATA
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+
+
+def _missing() -> str | None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        return "pyspark is not installed (pip install -e '.[spark]')"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "Java is not installed (Spark needs Java 17+)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    reason = _missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Spark test: {reason}")
+        pytest.skip(reason)
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("anomaly-test")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def test_spark_scores_and_accounts_like_the_streaming_scorer(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    from detector.spark import score_files
+
+    frame = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    first = frame.iloc[:150].copy()
+    first.loc[7, "cpu_pct"] = "oops"
+    first.to_csv(parts / "a.csv", index=False)
+    with (parts / "b.csv").open("w") as handle:
+        frame.iloc[150:300].to_csv(handle, index=False)
+        handle.write("web-01,us-east,3\n")  # ragged
+
+    out = tmp_path / "spark.parquet"
+    report = score_files(str(bundle_dir), [str(parts)], str(out), session=spark)
+    assert (
+        main(["score", str(bundle_dir), str(parts), "--output", str(tmp_path / "s.csv"), "--json"])
+        == 0
+    )
+    stream = json.loads(capsys.readouterr().out)
+
+    assert (report.rows_read, report.rows_scored, report.rows_rejected) == (301, 299, 2)
+    assert (stream["rows_read"], stream["rows_scored"]) == (301, 299)
+    assert [f.rows_read for f in report.files] == [150, 151]
+    assert report.anomalies == stream["anomalies"]
+
+    scored = pd.read_parquet(out)
+    streamed = pd.read_csv(tmp_path / "s.csv")
+    key = ["host", "hour", "req_rate"]
+    merged = scored.merge(streamed, on=key, suffixes=("_spark", "_stream"))
+    assert len(merged) == 299 and scored["cpu_pct"].dtype == np.float64
+    # Batches differ between the engines; float32 kernels may move the last digit.
+    np.testing.assert_allclose(
+        merged["anomaly_score_spark"], merged["anomaly_score_stream"], rtol=1e-6
+    )
+    assert (merged["top_feature_1_spark"] == merged["top_feature_1_stream"]).all()
+
+    parts_written = sorted((tmp_path / "spark.parquet.rejects").glob("part-*.csv"))
+    rejects = pd.concat([pd.read_csv(p) for p in parts_written if p.stat().st_size])
+    assert sorted(rejects["code"]) == ["malformed", "not_a_number"]
+    assert "'oops' is not a number" in " ".join(rejects["reason"])
+    assert rejects["source"].str.endswith(("a.csv", "b.csv")).all()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
