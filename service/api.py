@@ -163,16 +163,11 @@ def reload(name: str) -> Any:
     if name not in app_state.models.names():
         raise ApiError(404, "unknown_model", f"no model named '{name}'")
     try:
-        previous: LoadedModel | None = app_state.models.get(name)
-    except BundleError:
-        previous = None  # it failed to load at start; a reload may bring it up
-    try:
         loaded = app_state.models.reload(name, path)
     except BundleError as exc:
         raise ApiError(
             422, "reload_failed", f"{exc}; the previous model is still serving"
         ) from None
-    app_state.publish_model(loaded, previous)
     return jsonify(_summary(loaded))
 
 

@@ -64,16 +64,6 @@ class ServiceState:
         except BundleError as exc:
             raise ApiError(503, "model_not_loaded", str(exc)) from None
 
-    def publish_model(self, loaded: LoadedModel, previous: LoadedModel | None = None) -> None:
-        calibrator = loaded.bundle.calibrator
-        self.metrics.set_model(
-            loaded.name,
-            loaded.bundle.version,
-            calibrator.threshold,
-            calibrator.target_fpr,
-            previous_version=previous.bundle.version if previous else None,
-        )
-
 
 def state() -> ServiceState:
     """The current app's state (inside a request)."""
@@ -100,9 +90,12 @@ def create_app(
         models = ModelRegistry(
             config.models,
             sync_dir=config.model_sync_dir,
-            on_reload=lambda name, outcome: _count_reload(metrics, name, outcome),
+            on_reload=lambda name, outcome: metrics.reloads.labels(name, outcome).inc(),
+            on_install=lambda loaded, previous: _publish(metrics, loaded, previous),
         )
     models.load_all()
+    for name, _error in models.errors().items():
+        metrics.model_loaded.labels(name).set(0)
     dispatcher = AlertDispatcher(
         list(sinks) if sinks is not None else _default_sinks(config),
         queue_size=config.alert_queue_size,
@@ -118,11 +111,6 @@ def create_app(
         trackers={name: AlertTracker(name, config.policy_for(name)) for name in config.models},
         dispatcher=dispatcher,
     )
-    for name in models.names():
-        try:
-            app_state.publish_model(models.get(name))
-        except BundleError:
-            metrics.model_loaded.labels(name).set(0)
 
     app = Flask("service")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -139,11 +127,17 @@ def create_app(
     return app
 
 
-def _count_reload(metrics: ServiceMetrics, name: str, outcome: str) -> None:
-    metrics.reloads.labels(name, outcome).inc()
-    if outcome == "success":
-        # A worker following another's reload loads the model without publishing it.
-        metrics.model_loaded.labels(name).set(1)
+def _publish(metrics: ServiceMetrics, loaded: LoadedModel, previous: LoadedModel | None) -> None:
+    """Metrics about the model now in force: at start, on reload, and in every worker that
+    follows another worker's reload."""
+    calibrator = loaded.bundle.calibrator
+    metrics.set_model(
+        loaded.name,
+        loaded.bundle.version,
+        calibrator.threshold,
+        calibrator.target_fpr,
+        previous_version=previous.bundle.version if previous else None,
+    )
 
 
 def _default_sinks(config: ServiceConfig) -> list[Sink]:

@@ -53,13 +53,18 @@ class ModelRegistry:
         sync_dir: str | os.PathLike[str] | None = None,
         loader: Callable[[str], Bundle] = load_bundle,
         on_reload: Callable[[str, str], None] = lambda name, outcome: None,
+        on_install: Callable[[LoadedModel, LoadedModel | None], None] = lambda new, old: None,
     ) -> None:
+        """``on_reload(name, outcome)`` counts reload requests ("success"/"failure") and
+        failures to follow another worker's reload; ``on_install(new, previous)`` runs
+        whenever a model is swapped in, however it came (start, reload, following)."""
         self._paths = dict(paths)
         self._models: dict[str, LoadedModel] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._loader = loader
         self._on_reload = on_reload
+        self._on_install = on_install
         self._sync_dir = Path(sync_dir) if sync_dir else None
         self._seen: dict[str, int] = {}  # sync file mtime (ns) last acted on, per model
 
@@ -134,7 +139,6 @@ class ModelRegistry:
                 continue
             try:
                 self._install(name, path, self._loader(path), generation=generation)
-                self._on_reload(name, "success")
             except BundleError as exc:
                 self._on_reload(name, "failure")
                 log.error("worker could not follow reload of %s from %s: %s", name, path, exc)
@@ -158,8 +162,10 @@ class ModelRegistry:
         bundle.graph  # noqa: B018 - trace the scoring graph before the model takes traffic
         loaded = LoadedModel(name, path, bundle, time.time(), generation)
         with self._lock:
+            previous = self._models.get(name)
             self._models[name] = loaded
             self._errors.pop(name, None)
+        self._on_install(loaded, previous)
         return loaded
 
     def _publish(self, loaded: LoadedModel) -> None:

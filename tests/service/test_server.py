@@ -168,6 +168,10 @@ def test_reload_under_traffic_fails_no_request(
             _, info = call(f"{server}/v1/models/tiny")
             in_a_row = in_a_row + 1 if info["threshold"] == pytest.approx(new_threshold) else 0
         assert in_a_row == 10
+        # Workers that followed the reload publish it too: the threshold gauge agrees.
+        _, text = call(f"{server}/metrics")
+        gauge = [line for line in text.splitlines() if line.startswith("anomaly_threshold{")]
+        assert gauge and float(gauge[0].split()[-1]) == pytest.approx(new_threshold)
     finally:
         stop.set()
         thread.join(timeout=60)
