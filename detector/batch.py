@@ -11,13 +11,11 @@ records (``detector.tables.open_source``), scored, written and let go before the
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,11 +42,6 @@ SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
 #: Columns of the rejects file. ``row`` is the 1-based data row number in its source (header
 #: not counted), ``line`` the physical line the record starts on (empty for Parquet).
 REJECT_COLUMNS = ("row", "source", "line", "code", "reason", "raw")
-#: Chunks read ahead while the current one is scored: reading and parsing (Arrow, releasing
-#: the GIL) overlaps the model's graph (TensorFlow, releasing it too).
-READ_AHEAD = 2
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -295,7 +288,7 @@ class _Run:
         with open_source(path) as source:
             columns = self._check(source.columns, source.name)
             seen = 0
-            for chunk in read_ahead(source.chunks(chunk_rows), READ_AHEAD):
+            for chunk in source.chunks(chunk_rows):
                 table = chunk.table
                 if tuple(table.column_names) != columns:
                     table = table.select(list(columns))
@@ -414,60 +407,6 @@ class _Run:
         self.bar.close()
         self.writer.abort()
         self.rejects_writer.abort()
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-_DONE = object()
-
-
-def read_ahead(items: Iterable[T], depth: int) -> Iterator[T]:
-    """``items`` produced by a background thread, at most ``depth`` ahead of the consumer.
-
-    An exception in the producer is raised in the consumer; when the consumer stops early
-    (an error, Ctrl-C), the producer is told to stop and joined before this returns, so the
-    source it reads can be closed safely.
-    """
-    if depth <= 0:
-        yield from items
-        return
-    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def offer(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer(item):
-                    return
-            offer(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            offer(_Failed(exc))
-
-    worker = threading.Thread(target=produce, name="anomaly-read-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _value_rejects(chunk: SourceChunk, result: ScoreResult) -> list[ParseReject]:

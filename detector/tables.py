@@ -168,6 +168,9 @@ CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 #: Bytes read at a time before the block size adapts to ``chunk_rows``.
 _FIRST_READ = 1 << 20
+#: Bytes parsed at a time at most: with TensorFlow alone at ~0.7 GB resident, what a chunk
+#: holds in flight (text, columns, features, output) must stay small; ~25k rows of 38 columns.
+MAX_BLOCK_BYTES = 4 << 20
 #: A record (a quoted field, really) longer than this is a quoting mistake, not data.
 MAX_RECORD_BYTES = 64 << 20
 _NULL_SET = pa.array(NULL_VALUES, pa.string())
@@ -446,7 +449,8 @@ class CsvSource(TableSource):
                 line += block.count(b"\n")
                 row += parsed.n_read
                 if parsed.n_read:
-                    target = max(_FIRST_READ, len(block) * chunk_rows // parsed.n_read)
+                    per_chunk = len(block) * chunk_rows // parsed.n_read
+                    target = min(MAX_BLOCK_BYTES, max(_FIRST_READ, per_chunk))
                 yield from _split(parsed, chunk_rows, self._position())
             if eof:
                 return
@@ -724,7 +728,7 @@ class TableWriter:
             csv.writer(header, lineterminator="\n").writerow(table.column_names)
             self._csv.write(header.getvalue().encode())
         if table.num_rows:
-            self._csv.write(csv_bytes(table))
+            self._csv.write(csv_buffer(table))  # type: ignore[arg-type]  # buffer protocol
 
     def close(self) -> None:
         if self._parquet is not None:
@@ -745,8 +749,13 @@ class TableWriter:
 
 def csv_bytes(table: pa.Table, delimiter: str = ",") -> bytes:
     """The rows of ``table`` as CSV text (no header), built column-wise by Arrow kernels."""
+    return csv_buffer(table, delimiter).to_pybytes()
+
+
+def csv_buffer(table: pa.Table, delimiter: str = ",") -> pa.Buffer:
+    """``csv_bytes`` as an Arrow buffer, without copying the text once more."""
     if not table.num_rows:
-        return b""
+        return pa.py_buffer(b"")
     columns = [_csv_field(column, delimiter) for column in table.columns]
     # "\n" goes on the end of the last field, so the joined values, back to back, are the text.
     columns[-1] = pc.binary_join_element_wise(
@@ -759,7 +768,7 @@ def csv_bytes(table: pa.Table, delimiter: str = ",") -> bytes:
         lines = lines.combine_chunks()
     _, offsets, data = lines.buffers()
     bounds = np.frombuffer(offsets, dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
-    return data.to_pybytes()[int(bounds[0]) : int(bounds[-1])]
+    return data.slice(int(bounds[0]), int(bounds[-1] - bounds[0]))
 
 
 def _csv_field(column: pa.ChunkedArray, delimiter: str) -> pa.ChunkedArray:

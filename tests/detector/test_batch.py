@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ import pyarrow as pa
 import pytest
 
 from detector import batch
-from detector.batch import read_ahead
 from detector.cli import main
 from detector.tables import csv_bytes
 from tests.conftest import DATA
@@ -253,20 +251,6 @@ def test_an_interrupted_run_leaves_nothing_at_the_output(
     assert code == 130
     assert "no output was written" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
-
-
-def test_read_ahead_hands_over_errors_and_stops_its_thread() -> None:
-    def produce():  # type: ignore[no-untyped-def]
-        yield 1
-        yield 2
-        raise ValueError("bad block")
-
-    with pytest.raises(ValueError, match="bad block"):
-        list(read_ahead(produce(), 2))
-    endless = read_ahead(iter(range(10**9)), 2)
-    assert next(endless) == 0
-    endless.close()
-    assert not [t for t in threading.enumerate() if t.name == "anomaly-read-ahead"]
 
 
 def test_csv_writer_quotes_only_what_needs_it() -> None:
