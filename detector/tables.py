@@ -23,6 +23,7 @@ import os
 import sys
 import uuid
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +253,7 @@ def _is_table_name(name: str) -> bool:
     return lower.endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
 
 
-class TableSource:
+class TableSource(ABC):
     """One input file opened for streaming: ``columns`` is known on opening, ``chunks``
     yields ``SourceChunk``s of at most ``chunk_rows`` rows, ``size`` is the stored size in
     bytes (``None`` for stdin). Use as a context manager."""
@@ -261,11 +262,11 @@ class TableSource:
     columns: tuple[str, ...]
     size: int | None
 
-    def chunks(self, chunk_rows: int) -> Iterator[SourceChunk]:
-        raise NotImplementedError
+    @abstractmethod
+    def chunks(self, chunk_rows: int) -> Iterator[SourceChunk]: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
     def __enter__(self) -> TableSource:
         return self
@@ -786,16 +787,23 @@ def _csv_field(column: pa.ChunkedArray, delimiter: str) -> pa.ChunkedArray:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             texts = [None if v is None else str(v) for v in column.to_pylist()]
             column = pa.chunked_array([pa.array(texts, pa.string())])
-    specials = (delimiter.encode(), b'"', b"\r", b"\n")
     # Scanning the raw bytes first is ~50x cheaper than a per-value regex, and almost always
     # finds nothing to quote.
-    if not any(
-        chunk.buffers()[2] is not None
-        and any(s in chunk.buffers()[2].to_pybytes() for s in specials)
-        for chunk in column.chunks
-    ):
+    if not _holds_any(column, (delimiter.encode(), b'"', b"\r", b"\n")):
         return column
     pattern = "[" + ("\\t" if delimiter == "\t" else delimiter) + '"\r\n]'
     needs = pc.match_substring_regex(column, pattern)
     quoted = pc.binary_join_element_wise('"', pc.replace_substring(column, '"', '""'), '"', "")
     return pc.if_else(needs, quoted, column)
+
+
+def _holds_any(column: pa.ChunkedArray, needles: Sequence[bytes]) -> bool:
+    """Whether a text column's bytes contain any of ``needles`` (its whole data buffers: a
+    sliced column may answer yes for bytes outside the slice, never no wrongly)."""
+    for chunk in column.chunks:
+        data = chunk.buffers()[2]
+        if data is not None:
+            text = data.to_pybytes()
+            if any(needle in text for needle in needles):
+                return True
+    return False
