@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -684,7 +684,8 @@ class TableWriter:
     place atomically, ``abort`` removes it. Until then nothing exists at the target path.
 
     CSV is written with minimal quoting (only fields holding a delimiter, quote or newline),
-    floats in their shortest round-trip form and booleans as True/False, as pandas writes them.
+    floats in their shortest round-trip form and booleans as True/False, as pandas writes them;
+    a name ending in ``.gz`` is gzip-compressed.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -692,7 +693,7 @@ class TableWriter:
         self.target = Path(path)
         self._partial = partial_path(path)
         self._parquet: Any = None
-        self._csv: BinaryIO | None = None
+        self._csv: Any = None
         self._columns: list[str] | None = None
 
     def write(self, table: pa.Table | pd.DataFrame) -> None:
@@ -724,12 +725,16 @@ class TableWriter:
 
     def _write_csv(self, table: pa.Table) -> None:
         if self._csv is None:
-            self._csv = open(self._partial, "wb")  # noqa: SIM115 - closed by close()/abort()
+            if self.target.name.lower().endswith(".gz"):
+                # Level 1: several times faster than the default, most of the size saving.
+                self._csv = gzip.open(self._partial, "wb", compresslevel=1)  # noqa: SIM115
+            else:
+                self._csv = open(self._partial, "wb")  # noqa: SIM115 - closed by close()/abort()
             header = io.StringIO()
             csv.writer(header, lineterminator="\n").writerow(table.column_names)
             self._csv.write(header.getvalue().encode())
         if table.num_rows:
-            self._csv.write(csv_buffer(table))  # type: ignore[arg-type]  # buffer protocol
+            self._csv.write(csv_buffer(table))  # an Arrow buffer: written without a copy
 
     def close(self) -> None:
         if self._parquet is not None:

@@ -209,6 +209,11 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
         str(tmp_path / "again.csv"), "--keep-column", "anomaly_score",
     )  # fmt: skip
     assert code == 2 and "already has column(s) ['anomaly_score'" in err
+    # Compressed CSV out.
+    code, _, _ = score(
+        capsys, str(bundle_dir), str(parts / "a.csv"), "--output", str(tmp_path / "o.csv.gz")
+    )
+    assert code == 0 and len(pd.read_csv(tmp_path / "o.csv.gz")) == 40
 
 
 def test_stdin_in_a_pipe_is_quiet(bundle_dir: Path, tmp_path: Path) -> None:
