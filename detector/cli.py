@@ -75,8 +75,8 @@ def build_parser(
     train.add_argument(
         "--min-scale",
         type=float,
-        default=0.05,
-        help="decoder standard-deviation floor, standardised units (default 0.05)",
+        default=0.3,
+        help="decoder standard-deviation floor, standardised units (default 0.3)",
     )
     train.add_argument(
         "--target-fpr",
@@ -90,8 +90,8 @@ def build_parser(
     train.add_argument(
         "--score",
         choices=["recon_prob", "mean_log_lik", "elbo", "iwae"],
-        default="recon_prob",
-        help="score estimate (default recon_prob)",
+        default="elbo",
+        help="score estimate (default elbo)",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _add_output_flags(train)

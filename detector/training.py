@@ -43,7 +43,7 @@ class TrainingConfig:
     latent_dim: int | None = None
     hidden_units: tuple[int, ...] | None = None
     activation: str = "relu"
-    min_scale: float = 0.05
+    min_scale: float = 0.3
     max_scale: float = 2.0
     epochs: int = 300
     batch_size: int = 128
@@ -54,7 +54,7 @@ class TrainingConfig:
     calibration_fraction: float = 0.15
     target_fpr: float = 0.01
     n_samples: int = 16
-    score_kind: str = "recon_prob"
+    score_kind: str = "elbo"
     categorical: tuple[str, ...] = ()
     clip: float = DEFAULT_CLIP
     random_state: int = 0

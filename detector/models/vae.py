@@ -33,7 +33,7 @@ class VAE(keras.Model):
         latent_dim: int,
         hidden_units: tuple[int, ...] | list[int],
         activation: str = "relu",
-        min_scale: float = 0.05,
+        min_scale: float = 0.3,
         max_scale: float = 2.0,
         seed: int = 0,
         **kwargs: Any,

@@ -36,9 +36,15 @@ def test_every_score_estimate_ranks_anomalies_above_normal_rows(fitted, eval_fra
     estimates = fitted.bundle_.graph(encode(fitted.bundle_.schema, frame).values)
     for kind in SCORE_KINDS:
         assert roc_auc_score(labels, -estimates[kind]) > 0.85, kind
-    # The IWAE bound is tighter than the ELBO (Burda et al.); per record the two are Monte
-    # Carlo estimates, so compare their means.
-    assert estimates["iwae"].mean() > estimates["elbo"].mean()
+    # The IWAE bound is tighter than the ELBO (Burda et al.). Both are Monte Carlo estimates
+    # drawn with one fixed noise matrix per graph, so average over several noise seeds.
+    from detector.scoring import ScoreGraph
+
+    x = encode(fitted.bundle_.schema, frame).values[:500]
+    graphs = [ScoreGraph(fitted.bundle_.model, n_samples=16, seed=s) for s in range(8)]
+    iwae = np.mean([g(x)["iwae"].mean() for g in graphs])
+    elbo = np.mean([g(x)["elbo"].mean() for g in graphs])
+    assert iwae > elbo
 
 
 def test_calibrated_fpr_holds_on_fresh_normal_records(fitted, eval_frame) -> None:
@@ -89,7 +95,7 @@ def test_contributions_point_at_the_broken_column(fitted, eval_frame) -> None:
 
 def test_sklearn_api(fitted, train_frame) -> None:
     params = fitted.get_params()
-    assert params["latent_dim"] == 4 and params["score_kind"] == "recon_prob"
+    assert params["latent_dim"] == 4 and params["score_kind"] == "elbo"
     copy = clone(fitted).set_params(epochs=2)
     assert copy.epochs == 2 and not hasattr(copy, "bundle_")
     rows = train_frame.head(20)
