@@ -356,26 +356,16 @@ def _numeric_block(
     bad = np.zeros(n, dtype=bool)
     if not schema.n_numeric:
         return np.empty((n, 0)), bad
-    block = frame[[c.name for c in schema.numeric]]
-    if all(_is_number(dtype) for dtype in block.dtypes):
-        # The common case (a CSV read by pandas, JSON numbers): one conversion for all columns,
-        # and per-column work only where a value is missing or infinite.
-        numeric = block.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
-        unparsed = np.zeros(n, dtype=bool)
-        for k in np.flatnonzero(~np.isfinite(numeric).all(axis=0)):
-            col = schema.numeric[k]
-            numeric[:, k], col_bad = _flag_numeric(
-                numeric[:, k], unparsed, frame[col.name], col, impute, reasons
-            )
-            bad |= col_bad
-        return numeric, bad
     numeric = np.empty((n, schema.n_numeric), dtype=np.float64)
     for j, col in enumerate(schema.numeric):
-        values, unparsed = _to_float(frame[col.name], col)
-        numeric[:, j], col_bad = _flag_numeric(
-            values, unparsed, frame[col.name], col, impute, reasons
-        )
-        bad |= col_bad
+        # Column by column: selecting all numeric columns at once costs pandas a copy of the
+        # frame, most of a single record's encoding time.
+        series = frame[col.name]
+        values, unparsed = _to_float(series, col)
+        if unparsed.any() or not np.isfinite(values).all():
+            values, col_bad = _flag_numeric(values, unparsed, series, col, impute, reasons)
+            bad |= col_bad
+        numeric[:, j] = values
     return numeric, bad
 
 
@@ -412,7 +402,9 @@ def _flag_numeric(
     missing = np.isnan(values) & ~unparsed
     infinite = np.isinf(values)
     for i in np.flatnonzero(unparsed):
-        reasons[int(i)].append(("not_a_number", f"column '{col.name}': {raw.iloc[i]!r} is not a number"))
+        reasons[int(i)].append(
+            ("not_a_number", f"column '{col.name}': {raw.iloc[i]!r} is not a number")
+        )
     for i in np.flatnonzero(infinite):
         reasons[int(i)].append(("infinite", f"column '{col.name}': value is infinite"))
     if impute == "median":
@@ -438,15 +430,15 @@ def _parse_categorical(
 ) -> tuple[np.ndarray, np.ndarray]:
     values = series.to_numpy(dtype=object, na_value=None)
     missing = np.asarray(pd.isna(values), dtype=bool)
-    index = _category_index(col.categories)
-    codes = index.get_indexer(values).astype(np.int64)
-    # Fast path above; only values that did not match as given (ints from JSON, padding)
-    # pay for normalising to stripped text.
+    lookup = _category_codes(col.categories)
+    codes = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    # Values that did not match as given (ints from JSON, padding) pay for normalising to
+    # stripped text; everything else took one dictionary lookup.
     retry = np.flatnonzero((codes < 0) & ~missing)
     if len(retry):
-        cleaned = np.array([str(v).strip() for v in values[retry]], dtype=object)
-        codes[retry] = index.get_indexer(cleaned)
-        missing[retry[cleaned == ""]] = True
+        cleaned = [str(v).strip() for v in values[retry]]
+        codes[retry] = [lookup.get(v, -1) for v in cleaned]
+        missing[retry[np.asarray([v == "" for v in cleaned], dtype=bool)]] = True
     if impute == "median" and missing.any():
         # For a category the median's counterpart is the most frequent training value.
         codes[missing] = col.categories.index(col.mode)
@@ -464,8 +456,8 @@ def _parse_categorical(
 
 
 @lru_cache(maxsize=256)
-def _category_index(categories: tuple[str, ...]) -> pd.Index:
-    return pd.Index(categories)
+def _category_codes(categories: tuple[str, ...]) -> dict[object, int]:
+    return {c: i for i, c in enumerate(categories)}
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

@@ -144,3 +144,14 @@ def test_posterior_collapse_is_detected(fitted, train_frame) -> None:
         layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
     assert _active_units(collapsed, x) == 0
     assert ACTIVE_UNIT_KL > 0
+
+
+def test_the_numpy_small_batch_path_matches_the_graph(fitted, eval_frame) -> None:
+    graph = fitted.bundle_.graph
+    frame = eval_frame.drop(columns=["label", "anomaly_kind"]).head(300)
+    x = encode(fitted.bundle_.schema, frame).values
+    assert graph._small is not None
+    compiled = graph._graph(graph._to_tensor(x)).numpy()
+    mirrored = graph._small(x)
+    # float32 arithmetic in a different order: equal to rounding.
+    np.testing.assert_allclose(mirrored, compiled, rtol=1e-4, atol=2e-3)
