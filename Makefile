@@ -40,6 +40,8 @@ test: lint
 
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_scoring.py
+	$(BIN)/python tests/benchmarks/bench_http.py
+	$(BIN)/python tests/benchmarks/bench_batch.py --spark
 	$(BIN)/python tests/benchmarks/bench_advae.py --data-dir $(BENCH_DATA)
 
 clean:
