@@ -490,7 +490,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off stderr.
 
     Those lines are printed before TensorFlow's own log settings apply, so the only way to keep
@@ -516,7 +516,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.debug and getattr(args, "needs_tensorflow", True):
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
     from detector.errors import DetectorError
 
     try:

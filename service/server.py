@@ -31,6 +31,11 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("child_exit", _child_exit)
 
     def load(self) -> Any:
+        from detector.cli import import_tensorflow_quietly
+
+        # Each worker imports TensorFlow itself (service.app pulls it in through the model
+        # code); import it first, quietly, to keep its start-up chatter out of the log.
+        import_tensorflow_quietly()
         from service.app import create_app
 
         return create_app(self.service_config)
