@@ -29,7 +29,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,6 @@ PAPER_AVG = {
     "paper VAE": {"auroc": 0.933, "ap": 0.759},
     "paper adVAE": {"auroc": 0.969, "ap": 0.872},
 }
-PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scipy")
 
 
 # ---- data and splits ------------------------------------------------------------------------
@@ -260,14 +258,10 @@ def format_tables(table: dict[str, Any], sets: list[str], seeds: list[int]) -> s
 # ---- provenance and output --------------------------------------------------------------------
 
 
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+def _package_versions() -> dict[str, str]:
+    from detector.bundle import package_versions
+
+    return package_versions()
 
 
 def file_sha256(path: Path) -> str:
@@ -399,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "sets": args.sets,
         "seeds": args.seeds,
         "params": args.params,
-        "packages": package_versions(),
+        "packages": {"python": platform.python_version(), **_package_versions()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "data": {s: file_sha256(set_path(data_dir, s)) for s in args.sets},
         "total_seconds": round(total, 1),

@@ -6,13 +6,10 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,12 +53,6 @@ def load_yaml_all(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def http(url: str, body: Any = None, *, token: str | None = None, timeout: float = 10) -> Any:
     """GET (or POST ``body`` as JSON) and return the decoded JSON answer; raises on HTTP errors."""
     data = None if body is None else json.dumps(body).encode()
@@ -101,26 +92,6 @@ def wait_for(what: str, probe: Callable[[], T | None], deadline_s: float, every:
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {deadline_s} s (last error: {last_error})")
         time.sleep(every)  # a polling interval under a deadline
-
-
-@contextmanager
-def process(
-    argv: list[str], log: Path, *, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``argv`` with output to ``log``, in its own session; stop it (and its children)."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def schema_check(document: Any, schema_file: str) -> None:

@@ -37,14 +37,14 @@ from tests.conftest import DATA
 from tests.deploy.conftest import (
     DEPLOY,
     clean_env,
-    free_port,
     http,
     http_text,
     load_yaml,
-    process,
     require,
     wait_for,
 )
+from tests.processes import free_port
+from tests.processes import running as process
 
 pytestmark = pytest.mark.slow
 

@@ -35,6 +35,7 @@ from service.alerts import (
     LogSink,
     WebhookSink,
 )
+from tests.processes import free_port, stop
 
 T0 = 1_700_000_000.0
 
@@ -540,12 +541,6 @@ def test_sinks_raise_naming_the_endpoint_and_status(receiver: Receiver) -> None:
 # --------------------------------------------------------------------------- real Alertmanager
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_ready(
     url: str, process: subprocess.Popen[bytes], log_path: Path, deadline_s: float
 ) -> None:
@@ -607,12 +602,7 @@ def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[str]:
         wait_ready(url, process, log_path, deadline_s=15)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process, timeout=10)
 
 
 def am_alert(body: Any, status: str) -> dict[str, Any] | None:
