@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,6 +24,17 @@ TINY = {
     "batch_size": 256,
     "random_state": 0,
 }
+
+
+def normal_records(n: int) -> list[dict[str, Any]]:
+    """The first ``n`` normal records of data/eval.csv, as an API client sends them."""
+    frame = pd.read_csv(DATA / "eval.csv").query("label == 0")
+    return frame.drop(columns=["label", "anomaly_kind"]).head(n).to_dict("records")  # type: ignore[no-any-return]
+
+
+def broken(record: dict[str, Any]) -> dict[str, Any]:
+    """A record no normal server produces: p99 latency x30 at 99% CPU."""
+    return {**record, "latency_p99_ms": record["latency_p99_ms"] * 30, "cpu_pct": 99.0}
 
 
 @pytest.fixture(scope="session")

@@ -4,27 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 from prometheus_client import CollectorRegistry
 
 from service.alerts import AlertPolicy
 from service.metrics import MAX_KEY_SERIES, OTHER_KEYS, ServiceMetrics
-from tests.conftest import DATA
+from tests.conftest import broken, normal_records
 from tests.service.conftest import make_app
 
-NORMAL = (
-    pd.read_csv(DATA / "eval.csv")
-    .query("label == 0")
-    .drop(columns=["label", "anomaly_kind"])
-    .head(20)
-    .to_dict("records")
-)
-
-
-def broken(record: dict[str, Any]) -> dict[str, Any]:
-    return {**record, "latency_p99_ms": record["latency_p99_ms"] * 30, "cpu_pct": 99.0}
+NORMAL = normal_records(20)
 
 
 def samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -10,20 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import broken, normal_records
 from tests.service.conftest import ADMIN, make_app
 
-NORMAL = (
-    pd.read_csv(DATA / "eval.csv")
-    .query("label == 0")
-    .drop(columns=["label", "anomaly_kind"])
-    .head(40)
-    .to_dict("records")
-)
-
-
-def broken(record: dict[str, Any]) -> dict[str, Any]:
-    return {**record, "latency_p99_ms": record["latency_p99_ms"] * 30, "cpu_pct": 99.0}
+NORMAL = normal_records(40)
 
 
 def post(client, body: Any, name: str = "tiny", **kwargs):  # type: ignore[no-untyped-def]

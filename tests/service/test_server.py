@@ -15,20 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import normal_records
 from tests.processes import free_port, stop
 from tests.service.conftest import ADMIN
 
-RECORDS = (
-    pd.read_csv(DATA / "eval.csv")
-    .query("label == 0")
-    .drop(columns=["label", "anomaly_kind"])
-    .head(20)
-    .to_dict("records")
-)
+RECORDS = normal_records(20)
 
 
 def call(
