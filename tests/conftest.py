@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,14 @@ def normal_records(n: int) -> list[dict[str, Any]]:
 def broken(record: dict[str, Any]) -> dict[str, Any]:
     """A record no normal server produces: p99 latency x30 at 99% CPU."""
     return {**record, "latency_p99_ms": record["latency_p99_ms"] * 30, "cpu_pct": 99.0}
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect garbage as each test ends, so a leaked socket or file fails the test that
+    leaked it, rather than whichever test the collector happens to run in later."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -60,14 +60,24 @@ def http(url: str, body: Any = None, *, token: str | None = None, timeout: float
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with OPENER.open(request, timeout=timeout) as response:
+    with _opened(request, timeout) as response:
         raw = response.read()
     return json.loads(raw) if raw.strip() else None
 
 
 def http_text(url: str, timeout: float = 10) -> str:
-    with OPENER.open(url, timeout=timeout) as response:
+    with _opened(url, timeout) as response:
         return str(response.read().decode())
+
+
+def _opened(request: urllib.request.Request | str, timeout: float) -> Any:
+    try:
+        return OPENER.open(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        # An HTTPError holds its response's socket open until closed; callers (wait_for)
+        # keep the exception, and the socket would otherwise be reported as leaked later.
+        exc.close()
+        raise
 
 
 def clean_env(**settings: str) -> dict[str, str]:

@@ -552,6 +552,8 @@ def wait_ready(
             with urllib.request.urlopen(url + "/-/ready", timeout=1) as response:
                 if response.status == 200:
                     return
+        except urllib.error.HTTPError as exc:
+            exc.close()  # 503 while starting; closing it releases the socket
         except (urllib.error.URLError, OSError):
             pass  # not listening yet
         time.sleep(0.05)  # polling interval under a deadline, not a wait for luck
