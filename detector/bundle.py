@@ -28,8 +28,8 @@ import numpy as np
 
 from detector.errors import BundleError
 from detector.features import Schema
-from detector.models.vae import VAE
-from detector.scoring import SCORE_KINDS, ScoreGraph
+from detector.models import VAE
+from detector.scoring import ScoreGraph, score_kinds
 from detector.threshold import Calibrator
 
 FORMAT = "anomaly-detector-bundle"
@@ -251,7 +251,14 @@ def _check_consistent(root: Path, bundle: Bundle) -> None:
         )
     if len(bundle.term_baseline) != len(bundle.schema.feature_columns):
         problems.append("term baseline length does not match the schema")
-    if bundle.score_kind not in SCORE_KINDS:
+    from detector.models import MODELS
+
+    if MODELS.get(bundle.model_type) is not type(bundle.model):
+        problems.append(
+            f"manifest says model {bundle.model_type!r}, the network is a "
+            f"{type(bundle.model).__name__}"
+        )
+    if bundle.score_kind not in score_kinds(bundle.model):
         problems.append(f"unknown score kind {bundle.score_kind!r}")
     if not 1 <= bundle.n_samples <= 10_000:
         problems.append(f"sample count {bundle.n_samples} out of range")

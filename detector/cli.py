@@ -14,6 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+#: ``detector.models.MODELS``'s names, repeated here so ``--help`` needs no TensorFlow import
+#: (a test keeps the two equal).
+MODEL_NAMES = ("vae", "vae-svdd", "advae", "cvae")
+
 EXAMPLES = """examples:
   anomaly train data/train.csv --out models/default
   anomaly score models/default data/eval.csv --output scored.csv --keep-column label
@@ -44,7 +48,13 @@ def build_parser(
     )
     train.add_argument("data", help="training data: .csv, .csv.gz or .parquet with a header")
     train.add_argument("--out", required=True, help="bundle directory to write (replaced)")
-    train.add_argument("--model", choices=["vae"], default="vae", help="model type (default vae)")
+    train.add_argument(
+        "--model",
+        choices=MODEL_NAMES,
+        default="vae",
+        help="vae (default), vae-svdd (VAE + Deep SVDD hypersphere), advae (self-adversarial "
+        "VAE), cvae (conditional on --context columns)",
+    )
     train.add_argument("--label-column", help="a 0/1 label column: dropped; rows with 1 left out")
     train.add_argument(
         "--ignore-column",
@@ -89,9 +99,9 @@ def build_parser(
     )
     train.add_argument(
         "--score",
-        choices=["recon_prob", "mean_log_lik", "elbo", "iwae"],
-        default="elbo",
-        help="score estimate (default elbo)",
+        metavar="KIND",
+        help="score: recon_prob, mean_log_lik, elbo or iwae, or a model's own (vae-svdd: "
+        "svdd_distance, combined; advae: recon_error); default: the model's own choice",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _add_output_flags(train)
@@ -240,6 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         frame = frame.loc[~labels]
     frame = frame.drop(columns=excluded).reset_index(drop=True)
     config = TrainingConfig(
+        model=args.model,
         latent_dim=args.latent_dim,
         hidden_units=args.hidden_units,
         min_scale=args.min_scale,

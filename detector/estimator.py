@@ -39,6 +39,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     def __init__(
         self,
         *,
+        model: str = "vae",
         latent_dim: int | None = None,
         hidden_units: tuple[int, ...] | None = None,
         activation: str = "relu",
@@ -53,12 +54,13 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         calibration_fraction: float = 0.15,
         target_fpr: float = 0.01,
         n_samples: int = 16,
-        score_kind: str = "elbo",
+        score_kind: str | None = None,
         categorical: tuple[str, ...] = (),
         clip: float = 10.0,
         random_state: int = 0,
         progress: bool = False,
     ) -> None:
+        self.model = model
         self.latent_dim = latent_dim
         self.hidden_units = hidden_units
         self.activation = activation

@@ -46,9 +46,10 @@ SMALL_BATCH = 16
 class ScoreGraph:
     """A compiled graph: encoded records ``(n, n_features)`` -> log-likelihood estimates.
 
-    ``__call__`` returns a dict with ``recon_prob``, ``mean_log_lik``, ``elbo``, ``iwae`` (each
-    ``(n,)``, higher = more normal) and ``term_nll`` ``(n, n_terms)``, the negative
-    log-likelihood of each model output term averaged over the L samples.
+    ``__call__`` returns a dict with ``recon_prob``, ``mean_log_lik``, ``elbo``, ``iwae`` and
+    the model's ``extra_score_kinds`` (each ``(n,)``, higher = more normal) and ``term_nll``
+    ``(n, n_terms)``, the negative log-likelihood of each model output term averaged over the
+    L samples.
     """
 
     def __init__(self, model: VAE, *, n_samples: int, seed: int) -> None:
@@ -57,6 +58,7 @@ class ScoreGraph:
         from detector import losses
 
         self.n_samples = n_samples
+        self.kinds = score_kinds(model)
         rng = np.random.default_rng(seed)
         eps = tf.constant(rng.standard_normal((n_samples, model.latent_dim)), dtype=tf.float32)
         ops = losses.ops
@@ -78,6 +80,9 @@ class ScoreGraph:
                 mean_log_lik - kl,
                 losses.log_mean_exp(ll + log_prior - log_q, axis=1),
             ]
+            estimates += model.score_extras(
+                x, mean, log_var, z, dict(zip(SCORE_KINDS, estimates, strict=True))
+            )
             # One output tensor: each extra output costs a device-to-numpy copy per call,
             # which is most of a single row's latency.
             return ops.concatenate(
@@ -105,9 +110,14 @@ class ScoreGraph:
                     for i in range(0, len(x), GRAPH_BATCH)
                 ]
             )
-        named = {kind: out[:, i] for i, kind in enumerate(SCORE_KINDS)}
-        named["term_nll"] = out[:, len(SCORE_KINDS) :]
+        named = {kind: out[:, i] for i, kind in enumerate(self.kinds)}
+        named["term_nll"] = out[:, len(self.kinds) :]
         return named
+
+
+def score_kinds(model: VAE) -> tuple[str, ...]:
+    """Every score a model's bundle can use: the four estimates, then the model's own."""
+    return SCORE_KINDS + tuple(model.extra_score_kinds)
 
 
 _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -156,7 +166,12 @@ class SmallBatchForward:
 
     @classmethod
     def for_model(cls, model: VAE, eps: np.ndarray) -> SmallBatchForward | None:
-        return cls(model, eps) if model.activation in _ACTIVATIONS else None
+        from detector.models.vae import VAE
+
+        # Only the plain VAE: subclasses change the arithmetic this class mirrors.
+        if type(model) is not VAE or model.activation not in _ACTIVATIONS:
+            return None
+        return cls(model, eps)
 
     def _mlp(self, h: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         for kernel, bias in layers:

@@ -24,7 +24,7 @@ from detector import losses
 from detector.bundle import Bundle
 from detector.errors import ConfigError, TrainingError
 from detector.features import DEFAULT_CLIP, encode, fingerprint, fit_schema
-from detector.models.vae import VAE
+from detector.models import MODELS, VAE
 from detector.scoring import SCORE_KINDS, ScoreGraph, anomaly_scores
 from detector.threshold import MIN_REFERENCE, Calibrator
 
@@ -40,6 +40,7 @@ MAX_CALIBRATION_ROWS = 20_000
 class TrainingConfig:
     """Hyperparameters; ``None`` sizes the network from the data."""
 
+    model: str = "vae"
     latent_dim: int | None = None
     hidden_units: tuple[int, ...] | None = None
     activation: str = "relu"
@@ -54,7 +55,8 @@ class TrainingConfig:
     calibration_fraction: float = 0.15
     target_fpr: float = 0.01
     n_samples: int = 16
-    score_kind: str = "elbo"
+    #: ``None``: the model's own default (``elbo`` for the VAE).
+    score_kind: str | None = None
     categorical: tuple[str, ...] = ()
     clip: float = DEFAULT_CLIP
     random_state: int = 0
@@ -62,8 +64,15 @@ class TrainingConfig:
 
     def check(self) -> None:
         problems = []
-        if self.score_kind not in SCORE_KINDS:
-            problems.append(f"score_kind {self.score_kind!r} is not one of {list(SCORE_KINDS)}")
+        if self.model not in MODELS:
+            problems.append(f"model {self.model!r} is not one of {sorted(MODELS)}")
+        else:
+            kinds = SCORE_KINDS + MODELS[self.model].extra_score_kinds
+            if self.score_kind is not None and self.score_kind not in kinds:
+                problems.append(
+                    f"score_kind {self.score_kind!r} is not one of {list(kinds)} for "
+                    f"model {self.model!r}"
+                )
         for name in ("validation_fraction", "calibration_fraction"):
             value = getattr(self, name)
             if not 0.05 <= value <= 0.4:
@@ -135,20 +144,18 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     hidden = tuple(config.hidden_units or hidden)
     latent = config.latent_dim or latent
     keras.utils.set_random_seed(config.random_state)
-    model = VAE(
+    model = MODELS[config.model].from_training(
+        config=config,
         n_numeric=schema.n_numeric,
         group_sizes=schema.group_sizes,
         latent_dim=latent,
         hidden_units=hidden,
-        activation=config.activation,
-        min_scale=config.min_scale,
-        max_scale=config.max_scale,
-        seed=config.random_state,
     )
     model.build((None, schema.n_features))
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    score_kind = config.score_kind or model.default_score_kind
     stopper = keras.callbacks.EarlyStopping(
-        monitor="val_neg_elbo",
+        monitor=model.monitor,
         mode="min",
         patience=config.patience,
         restore_best_weights=True,
@@ -166,16 +173,18 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             keras.callbacks.TerminateOnNaN(),
             stopper,
             _ProgressBar(config.epochs, enabled=config.progress),
+            *model.training_callbacks(fit_x, config),
         ],
     ).history
     _check_finite(history, config)
 
     graph = ScoreGraph(model, n_samples=config.n_samples, seed=config.random_state)
+    model.finish_training(graph, val_x)
     cal = graph(cal_x)
-    cal_scores = anomaly_scores(cal, config.score_kind)
+    cal_scores = anomaly_scores(cal, score_kind)
     _check_spread(cal_scores)
     calibrator = Calibrator.fit(cal_scores, target_fpr=config.target_fpr)
-    val_scores = anomaly_scores(graph(val_x), config.score_kind)
+    val_scores = anomaly_scores(graph(val_x), score_kind)
     active = _active_units(model, val_x)
 
     warnings = []
@@ -214,13 +223,16 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     )
     params = asdict(config)
     params.update(
-        hidden_units=list(hidden), latent_dim=latent, categorical=list(config.categorical)
+        hidden_units=list(hidden),
+        latent_dim=latent,
+        categorical=list(config.categorical),
     )
     bundle = Bundle(
         model=model,
         schema=schema,
         calibrator=calibrator,
-        score_kind=config.score_kind,
+        score_kind=score_kind,
+        model_type=config.model,
         n_samples=config.n_samples,
         noise_seed=config.random_state,
         term_baseline=np.median(cal["term_nll"], axis=0),

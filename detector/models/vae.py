@@ -23,7 +23,18 @@ ENCODER_LOG_VAR_RANGE = (-12.0, 6.0)
 
 @keras.saving.register_keras_serializable(package="detector")
 class VAE(keras.Model):
-    """A VAE over encoded records of shape ``(batch, n_numeric + sum(group_sizes))``."""
+    """A VAE over encoded records of shape ``(batch, n_numeric + sum(group_sizes))``.
+
+    The other models (VAE-SVDD, adVAE, the conditional VAE) subclass it and change what the
+    hooks below say; training, scoring, calibration and bundles only talk to these hooks.
+    """
+
+    #: Scores this model adds to the four log-likelihood estimates, in ``score_extras`` order.
+    extra_score_kinds: tuple[str, ...] = ()
+    #: The score a bundle of this model uses unless told otherwise.
+    default_score_kind = "elbo"
+    #: The validation metric early stopping watches (lower is better).
+    monitor = "val_neg_elbo"
 
     def __init__(
         self,
@@ -132,6 +143,44 @@ class VAE(keras.Model):
         h = self.decoder_body(mean)
         heads = [head(h) for head in (self.x_mean, self.x_logits) if head is not None]
         return heads[0] if len(heads) == 1 else ops.concatenate(heads, axis=-1)
+
+    # ---- hooks for subclasses ----------------------------------------------------------------
+
+    @classmethod
+    def from_training(
+        cls,
+        *,
+        config: Any,
+        n_numeric: int,
+        group_sizes: tuple[int, ...],
+        latent_dim: int,
+        hidden_units: tuple[int, ...],
+    ) -> VAE:
+        """The model ``train`` builds for ``config`` (a ``TrainingConfig``) and the data."""
+        return cls(
+            n_numeric=n_numeric,
+            group_sizes=group_sizes,
+            latent_dim=latent_dim,
+            hidden_units=hidden_units,
+            activation=config.activation,
+            min_scale=config.min_scale,
+            max_scale=config.max_scale,
+            seed=config.random_state,
+        )
+
+    def score_extras(self, x, mean, log_var, z, estimates):  # type: ignore[no-untyped-def]
+        """Extra per-record scores, one ``(batch,)`` tensor per ``extra_score_kinds`` entry,
+        each oriented like the log-likelihood estimates (higher = more normal). ``z`` holds
+        the L samples ``(batch, L, latent)``; ``estimates`` the four estimates by name."""
+        return []
+
+    def training_callbacks(self, fit_x: Any, config: Any) -> list[keras.callbacks.Callback]:
+        """Extra callbacks ``fit`` runs with (e.g. setting a centre after a warm-up)."""
+        return []
+
+    def finish_training(self, score: Any, val_x: Any) -> None:
+        """Called once after ``fit`` with the scoring function (encoded rows -> named
+        estimates) and the validation rows, to fit anything scoring needs from data."""
 
     # ---- training, as in the Keras guide on customising fit() ------------------------------
 

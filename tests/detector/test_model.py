@@ -95,7 +95,7 @@ def test_contributions_point_at_the_broken_column(fitted, eval_frame) -> None:
 
 def test_sklearn_api(fitted, train_frame) -> None:
     params = fitted.get_params()
-    assert params["latent_dim"] == 4 and params["score_kind"] == "elbo"
+    assert params["latent_dim"] == 4 and params["score_kind"] is None and params["model"] == "vae"
     copy = clone(fitted).set_params(epochs=2)
     assert copy.epochs == 2 and not hasattr(copy, "bundle_")
     rows = train_frame.head(20)
