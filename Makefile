@@ -43,6 +43,8 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_http.py
 	$(BIN)/python tests/benchmarks/bench_batch.py --spark
 	$(BIN)/python tests/benchmarks/bench_advae.py --data-dir $(BENCH_DATA)
+	$(BIN)/python tests/benchmarks/bench_adbench.py --data-dir $(BENCH_DATA)
+	$(BIN)/python tests/benchmarks/bench_servers.py --data-dir $(BENCH_DATA)
 
 clean:
 	rm -rf $(VENV) data/models data/out .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,8 @@ split deterministically in file row order; the detector trains on the (all-norma
 part and scores the test part. For every set and seed this reports AUROC and AP for the
 detector's default score and for each of the four log-likelihood estimates of the same model,
 prints mean ± std over seeds beside the paper's VAE and adVAE rows, and writes ``<out>.json``
-(every per-seed number plus what is needed to reproduce it) and ``<out>.md`` (the table).
+(every per-seed number plus what is needed to reproduce it), ``<out>.md`` (the table) and
+``<out>.png`` (AUROC per set beside the paper's).
 
 Usage::
 
@@ -19,12 +20,9 @@ beside the repository; files are read from ``<data-dir>/advae/<set>.mat``.
 from __future__ import annotations
 
 import argparse
-import ast
-import hashlib
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,10 +32,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from common import (
+    DATA_ENV,
+    RESULTS,
+    check_params,
+    command_line,
+    file_sha256,
+    import_repo,
+    mean_std,
+    package_versions,
+    parse_list,
+    parse_param,
+    parse_seeds,
+    plot_grouped_bars,
+    progress,
+    resolve_data_dir,
+    with_suffix,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO / "tests" / "benchmarks" / "results" / "advae"
-DATA_ENV = "ANOMALY_BENCH_DATA"
+DEFAULT_OUT = RESULTS / "advae"
 #: The paper's column order; tables and averages follow it.
 SETS = ("letter", "cardio", "satellite", "optdigits", "pendigits")
 ESTIMATES = ("recon_prob", "mean_log_lik", "elbo", "iwae")
@@ -63,15 +76,6 @@ PAPER_AVG = {
 
 
 # ---- data and splits ------------------------------------------------------------------------
-
-
-def resolve_data_dir(option: str | None) -> Path:
-    """The data root: the option, else the environment variable, else ../shared/data."""
-    if option:
-        return Path(option).expanduser()
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    return REPO.parent / "shared" / "data"
 
 
 def set_path(data_dir: Path, name: str) -> Path:
@@ -221,12 +225,6 @@ def lookup(runs: list[RunResult], name: str, seed: int) -> RunResult:
     return next(r for r in runs if r.set == name and r.seed == seed)
 
 
-def mean_std(values: np.ndarray) -> tuple[float, float]:
-    """Mean and sample std (ddof=1; 0 for a single seed)."""
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return float(np.mean(values)), std
-
-
 def paper_row(label: str, metric: str, sets: list[str]) -> list[str]:
     cells = [f"{PAPER[label][metric][SETS.index(s)]:.3f}" for s in sets]
     # The printed average only applies when all five sets are in the run.
@@ -258,25 +256,6 @@ def format_tables(table: dict[str, Any], sets: list[str], seeds: list[int]) -> s
 # ---- provenance and output --------------------------------------------------------------------
 
 
-def _package_versions() -> dict[str, str]:
-    from detector.bundle import package_versions
-
-    return package_versions()
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def command_line() -> str:
-    return shlex.join(["python", *sys.argv])
-
-
-def with_suffix(out: Path, suffix: str) -> Path:
-    # Appended, not Path.with_suffix, which would turn "advae_ms0.1" into "advae_ms0.json".
-    return out.with_name(out.name + suffix)
-
-
 def write_outputs(out: Path, payload: dict[str, Any], tables: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with_suffix(out, ".json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -288,31 +267,31 @@ def write_outputs(out: Path, payload: dict[str, Any], tables: str) -> None:
         f"`{with_suffix(out, '.json').name}`.\n\n"
         f"{tables}\n\n"
         "`default` is the detector's own score (`-score_samples`); the others are the four "
-        "estimates of the same trained model. The paper's averages are as printed.\n\n"
+        "estimates of the same trained model. The paper's averages are as printed. "
+        f"`{with_suffix(out, '.png').name}` draws the AUROC cells.\n\n"
         "Reproduce with:\n\n"
         f"```\n{payload['command']}\n```\n"
     )
     with_suffix(out, ".md").write_text(text)
 
 
+def plot(out: Path, table: dict[str, Any], sets: list[str], params: dict[str, Any]) -> None:
+    """``<out>.png``: AUROC per set, our default score (±1 std over seeds) beside the paper's
+    VAE and adVAE."""
+    cells = table["default"]["auroc"]
+    ours = f"ours ({params.get('model', 'vae')})"
+    series = {ours: [cells[s][0] for s in sets]}
+    series.update({k: [v["auroc"][SETS.index(s)] for s in sets] for k, v in PAPER.items()})
+    plot_grouped_bars(
+        with_suffix(out, ".png"),
+        sets,
+        series,
+        errors={ours: [cells[s][1] for s in sets]},
+        title="adVAE paper protocol (BENCHMARKS.md section 1): AUROC",
+    )
+
+
 # ---- command line -----------------------------------------------------------------------------
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """``key=value`` -> (key, Python literal if it parses as one, else the string):
-    ``min_scale=0.1`` -> 0.1, ``hidden_units=(64,32)`` -> (64, 32), ``activation=elu`` -> 'elu'."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--param expects key=value, got {text!r}")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
-
-
-def parse_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -336,37 +315,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown set(s) {unknown}; choose from {','.join(SETS)}")
     # Keep the paper's column order whatever order the sets were given in.
     args.sets = [s for s in SETS if s in args.sets]
-    try:
-        args.seeds = [int(s) for s in parse_list(args.seeds)]
-    except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    args.seeds = parse_seeds(parser, args.seeds)
     args.params = dict(args.param)
     if "random_state" in args.params:
         parser.error("random_state comes from --seeds; do not pass it with --param")
     return args
 
 
-def check_params(params: dict[str, Any]) -> None:
-    """Reject unknown keyword arguments before any training starts."""
-    from detector.estimator import VAEDetector
-
-    unknown = sorted(set(params) - set(VAEDetector().get_params()))
-    if unknown:
-        raise SystemExit(f"error: unknown --param name(s) {unknown}")
-
-
-def progress(message: str) -> None:
-    # Progress goes to stderr so stdout carries only the table.
-    print(message, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
     check_data(data_dir, args.sets)
-    if str(REPO) not in sys.path:
-        # Run as a script, sys.path[0] is this folder; the package lives at the repo root.
-        sys.path.insert(0, str(REPO))
+    import_repo()
     check_params(args.params)
 
     started = time.perf_counter()
@@ -393,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "sets": args.sets,
         "seeds": args.seeds,
         "params": args.params,
-        "packages": {"python": platform.python_version(), **_package_versions()},
+        "packages": {"python": platform.python_version(), **package_versions()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "data": {s: file_sha256(set_path(data_dir, s)) for s in args.sets},
         "total_seconds": round(total, 1),
@@ -402,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "paper": {k: {**v, "avg": PAPER_AVG[k]} for k, v in PAPER.items()},
     }
     write_outputs(Path(args.out), payload, tables)
+    plot(Path(args.out), table, args.sets, args.params)
     return 0
 
 
