@@ -39,6 +39,9 @@ from detector.tables import (
 
 #: Columns the scorer adds after the input's own, in order (then ``top_feature_1..k``).
 SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
+#: Added after ``SCORE_COLUMNS`` for a conditional model: the row's context value was never
+#: seen in training, and it was scored without its context.
+CONTEXT_COLUMN = "context_unseen"
 #: Columns of the rejects file. ``row`` is the 1-based data row number in its source (header
 #: not counted), ``line`` the physical line the record starts on (empty for Parquet).
 REJECT_COLUMNS = ("row", "source", "line", "code", "reason", "raw")
@@ -128,9 +131,9 @@ def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
             columns[col.name] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
         else:
             columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
-    for cat in schema.categorical:
-        values = table.column(cat.name)
-        columns[cat.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    for name in schema.text_columns:
+        values = table.column(name)
+        columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
     return pd.DataFrame({name: columns[name] for name in schema.column_order}, copy=False)
 
 
@@ -165,6 +168,9 @@ def score_table(
         pa.array(result.is_anomaly, pa.bool_()),
     ]
     names = list(SCORE_COLUMNS)
+    if result.context_unseen is not None:
+        scores.append(pa.array(result.context_unseen, pa.bool_()))
+        names.append(CONTEXT_COLUMN)
     for j, column in enumerate(top_columns(result, top_k)):
         scores.append(column)
         names.append(f"top_feature_{j + 1}")
@@ -210,7 +216,8 @@ def score_file(
     """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
 
     The output holds the input's columns followed by ``anomaly_score`` (higher = more
-    anomalous), ``p_value``, ``is_anomaly`` and ``top_feature_1..k``; rejected rows go to
+    anomalous), ``p_value``, ``is_anomaly``, ``context_unseen`` (conditional models only) and
+    ``top_feature_1..k``; rejected rows go to
     ``rejects_path`` (default: beside the output, ``<output>.rejects.csv``). Both are written
     atomically. With ``max_reject_rate``, a run that rejects a larger share of its rows raises
     ``RejectRateExceeded`` and writes no output (the rejects file is still written).
@@ -321,7 +328,8 @@ class _Run:
             raise SchemaError(
                 f"--keep-column {absent} not in {source}; its columns are {list(columns)}"
             )
-        clash = [c for c in SCORE_COLUMNS if c in columns] + [
+        added = [*SCORE_COLUMNS, *([CONTEXT_COLUMN] if self.bundle.schema.context else [])]
+        clash = [c for c in added if c in columns] + [
             c for c in columns if c.startswith("top_feature_")
         ]
         if clash:
@@ -435,7 +443,7 @@ def iter_scored(
 ) -> Iterator[ScoredChunk]:
     """Score a file into pandas chunks (``anomaly evaluate``'s reader); memory stays bounded
     by ``chunk_rows``."""
-    text_columns = [c.name for c in bundle.schema.categorical]
+    text_columns = list(bundle.schema.text_columns)
     first_row = 0
     for chunk in iter_table(path, text_columns=text_columns, chunk_rows=chunk_rows):
         chunk = chunk.reset_index(drop=True)

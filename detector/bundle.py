@@ -251,6 +251,12 @@ def _check_consistent(root: Path, bundle: Bundle) -> None:
         )
     if len(bundle.term_baseline) != len(bundle.schema.feature_columns):
         problems.append("term baseline length does not match the schema")
+    context_sizes = tuple(getattr(bundle.model, "context_sizes", ()))
+    if context_sizes != bundle.schema.context_sizes:
+        problems.append(
+            f"network context widths {list(context_sizes)} != schema context widths "
+            f"{list(bundle.schema.context_sizes)}"
+        )
     from detector.models import MODELS
 
     if MODELS.get(bundle.model_type) is not type(bundle.model):

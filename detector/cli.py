@@ -70,6 +70,21 @@ def build_parser(
         metavar="COL",
         help="treat a numeric-looking column as categorical (repeatable)",
     )
+    train.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="cvae: a column normal behaviour depends on, e.g. host; the model is conditioned "
+        "on it, not scoring it (repeatable)",
+    )
+    train.add_argument(
+        "--context-dropout",
+        type=float,
+        default=0.1,
+        help="cvae: share of training rows each context column is hidden from, so a context "
+        "value never seen in training can be scored without it (default 0.1)",
+    )
     train.add_argument("--epochs", type=int, default=300, help="maximum epochs (default 300)")
     train.add_argument("--batch-size", type=int, default=128, help="default 128")
     train.add_argument("--learning-rate", type=float, default=1e-3, help="default 0.001")
@@ -237,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.tables import read_table
     from detector.training import TrainingConfig, train
 
-    frame = read_table(args.data, text_columns=args.categorical)
+    frame = read_table(args.data, text_columns=[*args.categorical, *args.context])
     dropped = 0
     excluded = [args.label_column] if args.label_column else []
     excluded += args.ignore_column
@@ -263,6 +278,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_samples=args.samples,
         score_kind=args.score,
         categorical=tuple(args.categorical),
+        context=tuple(args.context),
+        context_dropout=args.context_dropout,
         random_state=args.seed,
         progress=_show_progress(args),
     )

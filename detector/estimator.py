@@ -56,6 +56,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         n_samples: int = 16,
         score_kind: str | None = None,
         categorical: tuple[str, ...] = (),
+        context: tuple[str, ...] = (),
+        context_dropout: float = 0.1,
         clip: float = 10.0,
         random_state: int = 0,
         progress: bool = False,
@@ -77,6 +79,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         self.n_samples = n_samples
         self.score_kind = score_kind
         self.categorical = categorical
+        self.context = context
+        self.context_dropout = context_dropout
         self.clip = clip
         self.random_state = random_state
         self.progress = progress
@@ -88,8 +92,13 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         frame = _as_frame(X)
         names = {f.name for f in fields(TrainingConfig)}
         config = TrainingConfig(
-            **{k: v for k, v in self.get_params().items() if k in names and k != "hidden_units"},
+            **{
+                k: v
+                for k, v in self.get_params().items()
+                if k in names and k not in ("hidden_units", "context")
+            },
             hidden_units=None if self.hidden_units is None else tuple(self.hidden_units),
+            context=tuple(self.context),
         )
         bundle, summary = train(frame, config)
         self._set_fitted(bundle, summary)
@@ -152,8 +161,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         params = {k: v for k, v in bundle.params.items() if k in accepted}
         if params.get("hidden_units") is not None:
             params["hidden_units"] = tuple(params["hidden_units"])
-        if "categorical" in params:
-            params["categorical"] = tuple(params["categorical"])
+        for name in ("categorical", "context"):
+            if name in params:
+                params[name] = tuple(params[name])
         detector = cls(**params)
         detector._set_fitted(bundle, None)
         return detector

@@ -6,8 +6,14 @@ columns become one-hot groups with one extra "unseen" slot, so a category never 
 training gets a defined place (and, since the model never saw it, a low likelihood) instead of
 a crash.
 
+Context columns (``train --model cvae --context host``) are categorical inputs the model is
+conditioned on but does not model: one-hot over the training values with no "unseen" slot. A
+value never seen in training encodes as all zeros, "no context", which the conditional model
+was trained to read (context dropout), and the row is flagged in ``context_unseen``.
+
 Encoded layout, shape ``(n_rows, n_features)``: the numeric columns first, in schema order,
-then each categorical column's one-hot group of ``len(categories) + 1`` slots.
+then each categorical column's one-hot group of ``len(categories) + 1`` slots, then each
+context column's one-hot group of ``len(categories)`` slots: ``[features | context]``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,18 @@ class CategoricalColumn:
 
 
 @dataclass(frozen=True)
+class ContextColumn:
+    """A context column: one-hot over ``categories``; any other value encodes as all zeros."""
+
+    name: str
+    categories: tuple[str, ...]
+
+    @property
+    def width(self) -> int:
+        return len(self.categories)
+
+
+@dataclass(frozen=True)
 class Schema:
     """What the model expects: column names, kinds and the fitted encoding state."""
 
@@ -68,6 +86,8 @@ class Schema:
     categorical: tuple[CategoricalColumn, ...]
     column_order: tuple[str, ...]
     clip: float = DEFAULT_CLIP
+    #: Columns the model is conditioned on, encoded after the modelled ones; not modelled.
+    context: tuple[ContextColumn, ...] = ()
 
     @property
     def n_numeric(self) -> int:
@@ -79,18 +99,38 @@ class Schema:
         return tuple(c.width for c in self.categorical)
 
     @property
+    def context_sizes(self) -> tuple[int, ...]:
+        """Width of each context column's one-hot group, in schema order."""
+        return tuple(c.width for c in self.context)
+
+    @property
     def n_features(self) -> int:
-        return self.n_numeric + sum(self.group_sizes)
+        """The encoded width: modelled features plus the context one-hots."""
+        return self.n_numeric + sum(self.group_sizes) + sum(self.context_sizes)
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
-        """The source column of each model output term: numerics, then one per group."""
+        """The source column of each model output term: numerics, then one per group. Context
+        columns are inputs, not terms, and are not listed."""
         return tuple(c.name for c in self.numeric) + tuple(c.name for c in self.categorical)
+
+    @property
+    def scored_columns(self) -> tuple[str, ...]:
+        """The modelled columns in the user's order: the columns contributions are given for
+        (``column_order`` without the context columns)."""
+        context = {c.name for c in self.context}
+        return tuple(c for c in self.column_order if c not in context)
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """Columns whose values are labels, to be read as text: categorical and context."""
+        return tuple(c.name for c in self.categorical) + tuple(c.name for c in self.context)
 
     def describe(self) -> str:
         """One line per column, as an error message shows what the model expects."""
         kinds = {c.name: "number" for c in self.numeric}
         kinds.update({c.name: f"category ({len(c.categories)} known)" for c in self.categorical})
+        kinds.update({c.name: f"context ({len(c.categories)} known)" for c in self.context})
         return ", ".join(f"{name} ({kinds[name]})" for name in self.column_order)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +142,7 @@ class Schema:
                 {"name": c.name, "categories": list(c.categories), "mode": c.mode}
                 for c in self.categorical
             ],
+            "context": [{"name": c.name, "categories": list(c.categories)} for c in self.context],
         }
 
     @classmethod
@@ -111,13 +152,20 @@ class Schema:
             CategoricalColumn(name=c["name"], categories=tuple(c["categories"]), mode=c["mode"])
             for c in state["categorical"]
         )
+        # Bundles written before context columns existed have no "context" key: no context.
+        context = tuple(
+            ContextColumn(name=c["name"], categories=tuple(c["categories"]))
+            for c in state.get("context", [])
+        )
         schema = cls(
             numeric=numeric,
             categorical=categorical,
             column_order=tuple(state["column_order"]),
             clip=float(state["clip"]),
+            context=context,
         )
         names = {c.name for c in numeric} | {c.name for c in categorical}
+        names |= {c.name for c in context}
         if names != set(schema.column_order) or len(names) != len(schema.column_order):
             raise ValueError("schema column_order does not match its columns")
         if any(not np.isfinite(c.scale) or c.scale <= 0 for c in numeric):
@@ -150,12 +198,15 @@ class EncodedBatch:
     """Encoded features for the accepted rows, plus the rejected rows with their reasons.
 
     ``values`` has shape ``(n_accepted, n_features)``; ``accepted`` is a boolean mask over the
-    input rows, ``rows`` the input positions of the accepted rows.
+    input rows, ``rows`` the input positions of the accepted rows. ``context_unseen``
+    ``(n_accepted,)`` is true where a context column held a value not seen in training (encoded
+    as no context); ``None`` when the schema has no context columns.
     """
 
     values: np.ndarray
     accepted: np.ndarray
     rejections: tuple[Rejection, ...] = field(default_factory=tuple)
+    context_unseen: np.ndarray | None = None
 
     @property
     def rows(self) -> np.ndarray:
@@ -166,12 +217,14 @@ def fit_schema(
     frame: pd.DataFrame,
     *,
     categorical: Iterable[str] = (),
+    context: Iterable[str] = (),
     clip: float = DEFAULT_CLIP,
 ) -> Schema:
     """Learn the schema from normal training data, shape ``(n_rows, n_columns)``.
 
     Numeric pandas dtypes become numeric columns; strings, booleans and the names in
-    ``categorical`` become categorical. Raises ``DataError`` or ``SchemaError`` with the fix when
+    ``categorical`` become categorical; the names in ``context`` become context columns (read
+    as labels whatever their dtype). Raises ``DataError`` or ``SchemaError`` with the fix when
     the table cannot train a model (empty, NaN, identifier-like columns).
     """
     if frame.shape[1] == 0:
@@ -187,13 +240,31 @@ def fit_schema(
     unknown_forced = sorted(forced - set(map(str, frame.columns)))
     if unknown_forced:
         raise SchemaError(f"--categorical names columns not in the data: {unknown_forced}")
+    context_names = list(dict.fromkeys(context))
+    unknown_context = sorted(set(context_names) - set(map(str, frame.columns)))
+    if unknown_context:
+        raise SchemaError(
+            f"--context names columns not in the data: {unknown_context}; its columns are "
+            f"{list(map(str, frame.columns))}"
+        )
+    if len(context_names) == frame.shape[1]:
+        raise SchemaError(
+            "every column is a --context column; a conditional model needs at least one "
+            "column to model"
+        )
 
     numeric: list[NumericColumn] = []
     cats: list[CategoricalColumn] = []
+    contexts: dict[str, ContextColumn] = {}
     problems: list[str] = []
     for name in frame.columns:
         series = frame[name]
         key = str(name)
+        if key in context_names:
+            labels = _fit_labels(key, series, problems)
+            if labels is not None:
+                contexts[key] = ContextColumn(name=key, categories=tuple(sorted(labels.index)))
+            continue
         is_number = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
         if is_number and key not in forced:
             values = series.to_numpy(dtype=np.float64)
@@ -207,25 +278,13 @@ def fit_schema(
                 continue
             numeric.append(_fit_numeric(key, values))
         else:
-            texts = _as_text(series)
-            missing = texts.isna()
-            if missing.any():
-                problems.append(
-                    f"column '{key}' has {int(missing.sum())} empty values; fill or drop them"
-                )
-                continue
-            counts = texts.value_counts()
-            if len(counts) > MAX_CATEGORIES:
-                problems.append(
-                    f"column '{key}' has {len(counts)} distinct text values, which looks like an "
-                    "identifier; leave it out with --ignore-column "
-                    f"{key} (or make it numeric)"
-                )
+            counts = _fit_labels(key, series, problems)
+            if counts is None:
                 continue
             cats.append(
                 CategoricalColumn(
                     name=key,
-                    categories=tuple(sorted(map(str, counts.index))),
+                    categories=tuple(sorted(counts.index)),
                     mode=str(counts.index[0]),
                 )
             )
@@ -236,7 +295,27 @@ def fit_schema(
         categorical=tuple(cats),
         column_order=tuple(map(str, frame.columns)),
         clip=clip,
+        context=tuple(contexts[name] for name in context_names),
     )
+
+
+def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series | None:
+    """A label column's value counts, most frequent first, indexed by the labels as text; or
+    ``None`` with the reason added to ``problems``."""
+    texts = _as_text(series)
+    missing = texts.isna()
+    if missing.any():
+        problems.append(f"column '{key}' has {int(missing.sum())} empty values; fill or drop them")
+        return None
+    counts = texts.value_counts()
+    if len(counts) > MAX_CATEGORIES:
+        problems.append(
+            f"column '{key}' has {len(counts)} distinct text values, which looks like an "
+            f"identifier; leave it out with --ignore-column {key} (or make it numeric)"
+        )
+        return None
+    counts.index = counts.index.map(str)
+    return counts
 
 
 #: A column's scale is at least this fraction of its training range.
@@ -310,7 +389,9 @@ def encode(
 
     A row is rejected with its reason when a value is missing (unless ``impute="median"``),
     infinite, or not a number where a number is expected. A numeric column in which no value of
-    a multi-row batch parses is a schema problem and raises ``SchemaError``.
+    a multi-row batch parses is a schema problem and raises ``SchemaError``. A context value not
+    seen in training (or, with ``impute="median"``, an empty one) encodes as no context and
+    sets the row's ``context_unseen``.
     """
     check_columns(schema, frame.columns, passthrough=passthrough)
     n = len(frame)
@@ -335,6 +416,13 @@ def encode(
         blocks.append(group)
         bad |= col_bad
 
+    unseen = np.zeros(n, dtype=bool)
+    for ctx in schema.context:
+        group, ctx_unseen, col_bad = _encode_context(frame[ctx.name], ctx, impute, reasons)
+        blocks.append(group)
+        unseen |= ctx_unseen
+        bad |= col_bad
+
     values = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
     accepted = ~bad
     rejections = tuple(
@@ -345,7 +433,42 @@ def encode(
         values=np.ascontiguousarray(values[accepted], dtype=np.float32),
         accepted=accepted,
         rejections=rejections,
+        context_unseen=unseen[accepted] if schema.context else None,
     )
+
+
+def decode(schema: Schema, values: np.ndarray) -> pd.DataFrame:
+    """The inverse of ``encode``: encoded features ``(n_rows, n_features)`` -> records in the
+    training columns, order and units.
+
+    Numeric features are clipped to the encoding's ``±clip`` range (the only values ``encode``
+    produces) and de-standardised; each categorical group becomes the label of its largest slot,
+    and the "unseen" slot, which has no label, becomes ``None``; so does an all-zero ("no
+    context") context group. Labels are ``str`` in object columns.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != schema.n_features:
+        raise ValueError(f"expected encoded values (n, {schema.n_features}), got {values.shape}")
+    columns: dict[str, Any] = {}
+    if schema.n_numeric:
+        means = np.array([c.mean for c in schema.numeric])
+        scales = np.array([c.scale for c in schema.numeric])
+        numeric = np.clip(values[:, : schema.n_numeric], -schema.clip, schema.clip)
+        for j, col in enumerate(schema.numeric):
+            columns[col.name] = means[j] + scales[j] * numeric[:, j]
+    start = schema.n_numeric
+    for cat in schema.categorical:
+        codes = values[:, start : start + cat.width].argmax(axis=1)
+        labels = np.array([*cat.categories, None], dtype=object)[codes]
+        columns[cat.name] = labels
+        start += cat.width
+    for ctx in schema.context:
+        block = values[:, start : start + ctx.width]
+        codes = np.where(block.max(axis=1) > 0, block.argmax(axis=1), ctx.width)
+        labels = np.array([*ctx.categories, None], dtype=object)[codes]
+        columns[ctx.name] = labels
+        start += ctx.width
+    return pd.DataFrame({name: columns[name] for name in schema.column_order})
 
 
 def _numeric_block(
@@ -422,15 +545,12 @@ def _flag_numeric(
     return np.where(bad, 0.0, values), bad
 
 
-def _parse_categorical(
-    series: pd.Series,
-    col: CategoricalColumn,
-    impute: Imputation,
-    reasons: Reasons,
-) -> tuple[np.ndarray, np.ndarray]:
+def _lookup_labels(series: pd.Series, categories: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's index in ``categories`` (-1 where it is not one of them) and the mask of
+    empty values."""
     values = series.to_numpy(dtype=object, na_value=None)
     missing = np.asarray(pd.isna(values), dtype=bool)
-    lookup = _category_codes(col.categories)
+    lookup = _category_codes(categories)
     codes = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
     # Values that did not match as given (ints from JSON, padding) pay for normalising to
     # stripped text; everything else took one dictionary lookup.
@@ -439,6 +559,38 @@ def _parse_categorical(
         cleaned = [str(v).strip() for v in values[retry]]
         codes[retry] = [lookup.get(v, -1) for v in cleaned]
         missing[retry[np.asarray([v == "" for v in cleaned], dtype=bool)]] = True
+    return codes, missing
+
+
+def _encode_context(
+    series: pd.Series, col: ContextColumn, impute: Imputation, reasons: Reasons
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A context column's one-hot group ``(n, width)``, the mask of rows encoded as no context
+    (a value not seen in training; an empty one when imputing) and the mask of rejected rows."""
+    codes, missing = _lookup_labels(series, col.categories)
+    if impute != "median":
+        for i in np.flatnonzero(missing):
+            reasons[int(i)].append(
+                (
+                    "missing_value",
+                    f"context column '{col.name}' is empty (fill it, or score with --impute "
+                    "median to score the record without its context)",
+                )
+            )
+    known = np.flatnonzero(codes >= 0)
+    group = np.zeros((len(codes), col.width), dtype=np.float64)
+    group[known, codes[known]] = 1.0
+    unseen = codes < 0
+    return group, unseen, missing if impute != "median" else np.zeros_like(missing)
+
+
+def _parse_categorical(
+    series: pd.Series,
+    col: CategoricalColumn,
+    impute: Imputation,
+    reasons: Reasons,
+) -> tuple[np.ndarray, np.ndarray]:
+    codes, missing = _lookup_labels(series, col.categories)
     if impute == "median" and missing.any():
         # For a category the median's counterpart is the most frequent training value.
         codes[missing] = col.categories.index(col.mode)

@@ -240,9 +240,12 @@ class ScoreResult:
     """Scores for the accepted rows of one input table, plus the rejected rows.
 
     Arrays have one entry per scored row, in input order; ``rows`` gives each one's 0-based
-    position in the input. ``contributions`` ``(n_scored, n_columns)`` is each source column's
-    negative log-likelihood above its typical value on held-out normal data (higher = more to
-    blame), with one-hot groups summed back to their column.
+    position in the input. ``contributions`` ``(n_scored, len(columns))`` is each modelled
+    source column's negative log-likelihood above its typical value on held-out normal data
+    (higher = more to blame), with one-hot groups summed back to their column; ``columns`` are
+    the modelled columns in input order (context columns are conditioned on, never blamed).
+    ``context_unseen`` ``(n_scored,)``, for a conditional model only (else ``None``), is true
+    where a context value was never seen in training and the row was scored without it.
     """
 
     anomaly_score: np.ndarray
@@ -256,6 +259,7 @@ class ScoreResult:
     n_input: int
     model_version: str = ""
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    context_unseen: np.ndarray | None = None
 
     @property
     def n_scored(self) -> int:
@@ -270,7 +274,8 @@ class ScoreResult:
 
     def to_frame(self, *, top_k: int = 3) -> pd.DataFrame:
         """One row per scored record, indexed by input position: ``anomaly_score``,
-        ``p_value``, ``is_anomaly`` and ``top_feature_1..k``."""
+        ``p_value``, ``is_anomaly``, ``context_unseen`` (conditional models) and
+        ``top_feature_1..k``."""
         frame = pd.DataFrame(
             {
                 "anomaly_score": self.anomaly_score,
@@ -279,6 +284,8 @@ class ScoreResult:
             },
             index=self.rows,
         )
+        if self.context_unseen is not None:
+            frame["context_unseen"] = self.context_unseen
         if top_k and len(self.rows):
             top = np.asarray(self.top_features(top_k), dtype=object)
             for j in range(top.shape[1]):
@@ -286,7 +293,7 @@ class ScoreResult:
         return frame
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "n_input": self.n_input,
             "n_scored": self.n_scored,
             "threshold": self.threshold,
@@ -296,6 +303,9 @@ class ScoreResult:
             "is_anomaly": self.is_anomaly.tolist(),
             "rejections": [vars(r) for r in self.rejections],
         }
+        if self.context_unseen is not None:
+            out["context_unseen"] = self.context_unseen.tolist()
+        return out
 
 
 def score_frame(
@@ -312,7 +322,12 @@ def score_frame(
     """
     batch = encode(bundle.schema, frame, impute=impute, passthrough=passthrough)
     return score_encoded(
-        bundle, batch.values, rows=batch.rows, rejections=batch.rejections, n_input=len(frame)
+        bundle,
+        batch.values,
+        rows=batch.rows,
+        rejections=batch.rejections,
+        n_input=len(frame),
+        context_unseen=batch.context_unseen,
     )
 
 
@@ -323,8 +338,11 @@ def score_encoded(
     rows: np.ndarray | None = None,
     rejections: tuple[Rejection, ...] = (),
     n_input: int | None = None,
+    context_unseen: np.ndarray | None = None,
 ) -> ScoreResult:
-    """Score already-encoded features ``(n, n_features)`` (the step after ``encode``)."""
+    """Score already-encoded features ``(n, n_features)`` (the step after ``encode``).
+    ``context_unseen`` is ``EncodedBatch.context_unseen``; for a schema with context columns
+    and none given, no row is flagged."""
     if len(values):
         estimates = bundle.graph(values)
         scores = anomaly_scores(estimates, bundle.score_kind)
@@ -332,7 +350,7 @@ def score_encoded(
         contributions = _by_source_column(excess, bundle.schema)
     else:
         scores = np.zeros(0)
-        contributions = np.zeros((0, len(bundle.schema.column_order)))
+        contributions = np.zeros((0, len(bundle.schema.scored_columns)))
     calibrator = bundle.calibrator
     p_values = calibrator.p_values(scores)
     threshold = calibrator.threshold
@@ -341,20 +359,28 @@ def score_encoded(
         p_value=p_values,
         is_anomaly=scores > threshold,
         contributions=contributions,
-        columns=bundle.schema.column_order,
+        columns=bundle.schema.scored_columns,
         rows=np.arange(len(values)) if rows is None else rows,
         rejections=rejections,
         threshold=threshold,
         n_input=len(values) if n_input is None else n_input,
         model_version=bundle.version,
+        context_unseen=_context_flags(bundle.schema, context_unseen, len(values)),
     )
 
 
+def _context_flags(schema: Schema, flags: np.ndarray | None, n: int) -> np.ndarray | None:
+    if not schema.context:
+        return None
+    return np.zeros(n, dtype=bool) if flags is None else np.asarray(flags, dtype=bool)
+
+
 def _by_source_column(terms: np.ndarray, schema: Schema) -> np.ndarray:
-    """Model terms ``(n, n_terms)`` -> source columns in the user's order ``(n, n_columns)``.
+    """Model terms ``(n, n_terms)`` -> modelled source columns in the user's order
+    ``(n, len(schema.scored_columns))``.
 
     There is one term per source column already (a one-hot group is one categorical term whose
     log-probability sums its slots), listed numerics first; users read their own column order.
     """
-    order = [schema.feature_columns.index(c) for c in schema.column_order]
+    order = [schema.feature_columns.index(c) for c in schema.scored_columns]
     return terms[:, order]

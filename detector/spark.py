@@ -40,6 +40,7 @@ import pandas as pd
 import pyarrow as pa
 
 from detector.batch import (
+    CONTEXT_COLUMN,
     SCORE_COLUMNS,
     BatchReport,
     RejectRateExceeded,
@@ -132,7 +133,8 @@ def score_dataframe(
     ``df`` must hold the model's columns (any Spark types; text is parsed as the streaming
     scorer parses it) plus ``keep_columns`` and, optionally, ``_corrupt_record`` (rows where
     it is set are rejected as malformed) and ``_source_file``. The result has ``df``'s columns
-    followed by ``anomaly_score``, ``p_value``, ``is_anomaly``, ``top_feature_1..k``,
+    followed by ``anomaly_score``, ``p_value``, ``is_anomaly``, ``context_unseen`` (conditional
+    models), ``top_feature_1..k``,
     ``reject_code`` and ``reject_reason``; its row count equals ``df``'s.
     """
     from pyspark.sql import types as T
@@ -140,7 +142,7 @@ def score_dataframe(
     bundle = load_bundle(bundle_path)
     extra = [*keep_columns, *(c for c in (CORRUPT_RECORD, SOURCE_FILE) if c in df.columns)]
     check_columns(bundle.schema, df.columns, passthrough=extra)
-    k = min(top_k, len(bundle.schema.column_order))
+    k = min(top_k, len(bundle.schema.scored_columns))
     files = None if shared else bundle_files(bundle_path)
     digest = hashlib.sha256(b"".join((files or {}).values()) or str(bundle_path).encode())
     key = digest.hexdigest()
@@ -150,6 +152,7 @@ def score_dataframe(
         T.StructField("anomaly_score", T.DoubleType()),
         T.StructField("p_value", T.DoubleType()),
         T.StructField("is_anomaly", T.BooleanType()),
+        *([T.StructField(CONTEXT_COLUMN, T.BooleanType())] if bundle.schema.context else []),
         *(T.StructField(f"top_feature_{j + 1}", T.StringType()) for j in range(k)),
         T.StructField(REJECT_CODE, T.StringType()),
         T.StructField(REJECT_REASON, T.StringType()),
@@ -190,6 +193,7 @@ def score_pandas(
     scores = np.full(n, np.nan)
     p_values = np.full(n, np.nan)
     flags = np.full(n, None, dtype=object)
+    unseen = np.full(n, None, dtype=object)
     tops = [np.full(n, None, dtype=object) for _ in range(top_k)]
     codes = np.full(n, None, dtype=object)
     reasons = np.full(n, None, dtype=object)
@@ -208,6 +212,8 @@ def score_pandas(
         scores[scored] = result.anomaly_score
         p_values[scored] = result.p_value
         flags[scored] = result.is_anomaly
+        if result.context_unseen is not None:
+            unseen[scored] = result.context_unseen
         for j, column in enumerate(top_columns(result, top_k)):
             tops[j][scored] = column.to_numpy(zero_copy_only=False)
         for rejection in result.rejections:
@@ -217,6 +223,7 @@ def score_pandas(
         "anomaly_score": scores,
         "p_value": p_values,
         "is_anomaly": pd.Series(flags, dtype=object),
+        **({CONTEXT_COLUMN: pd.Series(unseen, dtype=object)} if bundle.schema.context else {}),
         **{f"top_feature_{j + 1}": pd.Series(t, dtype=object) for j, t in enumerate(tops)},
         REJECT_CODE: pd.Series(codes, dtype=object),
         REJECT_REASON: pd.Series(reasons, dtype=object),
@@ -338,10 +345,11 @@ def score_files(
                 f"are in {rejects_target}",
                 report,
             )
-        k = min(top_k, len(bundle.schema.column_order))
+        k = min(top_k, len(bundle.schema.scored_columns))
         out_columns = [
             *data_columns,
             *SCORE_COLUMNS,
+            *([CONTEXT_COLUMN] if bundle.schema.context else []),
             *(f"top_feature_{j + 1}" for j in range(k)),
         ]
         good = scored.where(F.col(REJECT_CODE).isNull()).select(*out_columns)

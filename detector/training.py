@@ -58,6 +58,11 @@ class TrainingConfig:
     #: ``None``: the model's own default (``elbo`` for the VAE).
     score_kind: str | None = None
     categorical: tuple[str, ...] = ()
+    #: cvae: the columns the model is conditioned on (inputs, not modelled); other models: none.
+    context: tuple[str, ...] = ()
+    #: cvae: the probability that training hides a context column from a row, so the model also
+    #: learns to score a record whose context was never seen (scored with no context).
+    context_dropout: float = 0.1
     clip: float = DEFAULT_CLIP
     random_state: int = 0
     progress: bool = False
@@ -90,8 +95,26 @@ class TrainingConfig:
             problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
         if self.learning_rate <= 0:
             problems.append("learning_rate must be positive")
+        if self.model in MODELS:
+            problems += self._check_context(MODELS[self.model].conditional)
         if problems:
             raise ConfigError("invalid training settings: " + "; ".join(problems))
+
+    def _check_context(self, conditional: bool) -> list[str]:
+        problems = []
+        if conditional and not self.context:
+            problems.append(
+                f"model {self.model!r} is conditioned on context columns: name at least one "
+                "with --context COL (e.g. --context host)"
+            )
+        if not conditional and self.context:
+            problems.append(
+                f"model {self.model!r} takes no context; --context is for --model cvae (or "
+                "drop --context)"
+            )
+        if not 0 <= self.context_dropout < 1:
+            problems.append(f"context_dropout {self.context_dropout} must be in [0, 1)")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -136,7 +159,9 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``."""
     config.check()
     started = time.perf_counter()
-    schema = fit_schema(frame, categorical=config.categorical, clip=config.clip)
+    schema = fit_schema(
+        frame, categorical=config.categorical, context=config.context, clip=config.clip
+    )
     values = encode(schema, frame).values
     fit_x, val_x, cal_x = _split(values, config)
 
@@ -150,6 +175,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         group_sizes=schema.group_sizes,
         latent_dim=latent,
         hidden_units=hidden,
+        # Only a conditional model takes context widths (check() refuses context otherwise).
+        **({"context_sizes": schema.context_sizes} if schema.context else {}),
     )
     model.build((None, schema.n_features))
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
@@ -226,6 +253,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         hidden_units=list(hidden),
         latent_dim=latent,
         categorical=list(config.categorical),
+        context=list(config.context),
     )
     bundle = Bundle(
         model=model,

@@ -76,6 +76,7 @@ def describe_model(name: str) -> Any:
         "categorical": [
             {"name": c.name, "categories": list(c.categories)} for c in schema.categorical
         ],
+        "context": [{"name": c.name, "categories": list(c.categories)} for c in schema.context],
     }
     detail["training"] = {k: v for k, v in loaded.bundle.training.items() if k != "history"}
     detail["alert_policy"] = app_state.trackers[name].policy.to_dict()
@@ -127,7 +128,7 @@ def score(name: str) -> Any:
 def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, Any, list]:
     mimetype = request.mimetype
     if mimetype in ("text/csv", "application/csv"):
-        text_columns = {c.name: "string" for c in loaded.bundle.schema.categorical}
+        text_columns = {name: "string" for name in loaded.bundle.schema.text_columns}
         try:
             frame = pd.read_csv(io.BytesIO(request.get_data()), dtype=text_columns)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -3,7 +3,8 @@
 A tabular request sends one input tensor per column, each of shape ``[n]`` (``[n, 1]`` is
 accepted too), numeric columns as FP32/FP64/INT*, categorical ones as BYTES. The response holds
 ``anomaly_score``, ``p_value`` (FP64, null for rejected rows), ``is_anomaly`` (BOOL),
-``severity`` and ``rejected_reason`` (BYTES, "" for scored rows), all of shape ``[n]``.
+``context_unseen`` (BOOL, conditional models only), ``severity`` and ``rejected_reason``
+(BYTES, "" for scored rows), all of shape ``[n]``.
 Errors follow the protocol's ``{"error": "..."}`` form.
 """
 
@@ -53,7 +54,7 @@ def metadata(name: str) -> Any:
     require_token(app_state.config.scoring_token, admin=False)
     loaded = app_state.model(name)
     schema = loaded.bundle.schema
-    kinds = {c.name: "FP64" for c in schema.numeric} | {c.name: "BYTES" for c in schema.categorical}
+    kinds = {c.name: "FP64" for c in schema.numeric} | dict.fromkeys(schema.text_columns, "BYTES")
     return jsonify(
         {
             "name": name,
@@ -66,6 +67,11 @@ def metadata(name: str) -> Any:
                 {"name": "anomaly_score", "datatype": "FP64", "shape": [-1]},
                 {"name": "p_value", "datatype": "FP64", "shape": [-1]},
                 {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
+                *(
+                    [{"name": "context_unseen", "datatype": "BOOL", "shape": [-1]}]
+                    if schema.context
+                    else []
+                ),
                 {"name": "severity", "datatype": "BYTES", "shape": [-1]},
                 {"name": "rejected_reason", "datatype": "BYTES", "shape": [-1]},
             ],
@@ -93,6 +99,7 @@ def infer(name: str) -> Any:
     score: list[float | None] = [None] * n
     p_value: list[float | None] = [None] * n
     flag = [False] * n
+    unseen = [False] * n
     severity = ["none"] * n
     reason = [""] * n
     result = scored.result
@@ -100,6 +107,8 @@ def infer(name: str) -> Any:
         score[i] = float(result.anomaly_score[j])
         p_value[i] = float(result.p_value[j])
         flag[i] = bool(result.is_anomaly[j])
+        if result.context_unseen is not None:
+            unseen[i] = bool(result.context_unseen[j])
         severity[i] = scored.severity[j]
     for rejected in scored.rejected:
         reason[rejected.index] = "; ".join(rejected.reasons)
@@ -107,6 +116,7 @@ def infer(name: str) -> Any:
         ("anomaly_score", "FP64", score),
         ("p_value", "FP64", p_value),
         ("is_anomaly", "BOOL", flag),
+        *([("context_unseen", "BOOL", unseen)] if result.context_unseen is not None else []),
         ("severity", "BYTES", severity),
         ("rejected_reason", "BYTES", reason),
     ]

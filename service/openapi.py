@@ -46,6 +46,11 @@ def openapi_document() -> dict[str, Any]:
             "anomaly_score": {"type": "number", "description": "higher = more anomalous"},
             "p_value": {"type": "number", "description": "P(score this high | normal)"},
             "is_anomaly": {"type": "boolean"},
+            "context_unseen": {
+                "type": "boolean",
+                "description": "conditional (cvae) models only: a context value was never seen "
+                "in training, so the record was scored without its context",
+            },
             "severity": {"type": "string", "description": "'none' or a policy level"},
             "top_features": {
                 "type": "array",

@@ -194,6 +194,7 @@ def per_record(scored: ScoredRequest, frame: pd.DataFrame, passthrough: Sequence
     top_names = columns[order].tolist()
     top_values = np.take_along_axis(result.contributions, order, axis=1).tolist()
     echo = {f: frame.loc[result.rows, f].tolist() for f in passthrough if f in frame.columns}
+    unseen = None if result.context_unseen is None else result.context_unseen.tolist()
     out = []
     for i, (index, score, p, flag) in enumerate(
         zip(
@@ -210,6 +211,8 @@ def per_record(scored: ScoredRequest, frame: pd.DataFrame, passthrough: Sequence
             "p_value": p,
             "is_anomaly": flag,
             "severity": scored.severity[i],
+            # Conditional models only: scored without its context, never seen in training.
+            **({} if unseen is None else {"context_unseen": unseen[i]}),
             "top_features": [
                 {"column": c, "contribution": v}
                 for c, v in zip(top_names[i], top_values[i], strict=True)

@@ -6,9 +6,10 @@ format; a model registers itself here by name.
 
 from __future__ import annotations
 
+from detector.models.cvae import ConditionalVAE
 from detector.models.vae import VAE
 
-MODELS: dict[str, type[VAE]] = {"vae": VAE}
+MODELS: dict[str, type[VAE]] = {"vae": VAE, "cvae": ConditionalVAE}
 
 
 def model_class(name: str) -> type[VAE]:

@@ -31,6 +31,8 @@ class VAE(keras.Model):
 
     #: Scores this model adds to the four log-likelihood estimates, in ``score_extras`` order.
     extra_score_kinds: tuple[str, ...] = ()
+    #: Whether the model takes context columns (``train --context``) as unmodelled inputs.
+    conditional = False
     #: The score a bundle of this model uses unless told otherwise.
     default_score_kind = "elbo"
     #: The validation metric early stopping watches (lower is better).

@@ -122,3 +122,34 @@ def test_training_data_problems_are_reported_with_the_fix() -> None:
 def test_too_few_rows_is_a_data_error() -> None:
     with pytest.raises(DataError, match="at least 50"):
         fit_schema(_frame(10))
+
+
+def test_context_columns_are_encoded_after_the_features_and_not_modelled() -> None:
+    frame = _frame().assign(rack=lambda f: np.where(f.index % 2, 7, 9))
+    schema = fit_schema(frame, context=["host", "rack"])
+    assert [c.name for c in schema.categorical] == []
+    assert schema.feature_columns == ("cpu", "flat")
+    assert schema.scored_columns == ("cpu", "flat")
+    assert schema.context_sizes == (3, 2)  # no "unseen" slot: an unseen value is all zeros
+    assert schema.n_features == 2 + 3 + 2
+    assert "host (context (3 known))" in schema.describe()
+    batch = encode(schema, frame.head(2).assign(host=["b", "zzz"], rack=["9", 9]))
+    np.testing.assert_array_equal(batch.values[:, 2:], [[0, 1, 0, 0, 1], [0, 0, 0, 0, 1]])
+    assert batch.context_unseen is not None
+    assert batch.context_unseen.tolist() == [False, True]
+    assert encode(fit_schema(_frame()), _frame(2)).context_unseen is None
+
+
+def test_context_round_trips_and_older_schemas_have_none() -> None:
+    schema = fit_schema(_frame(), context=["host"])
+    assert Schema.from_dict(schema.to_dict()) == schema
+    state = fit_schema(_frame()).to_dict()
+    del state["context"]
+    assert Schema.from_dict(state).context == ()
+
+
+def test_context_columns_must_exist_and_leave_something_to_model() -> None:
+    with pytest.raises(SchemaError, match=r"--context names columns not in the data: \['nope'\]"):
+        fit_schema(_frame(), context=["nope"])
+    with pytest.raises(SchemaError, match="at least one column to model"):
+        fit_schema(_frame()[["host"]], context=["host"])
