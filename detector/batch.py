@@ -10,6 +10,7 @@ records (``detector.tables.open_source``), scored, written and let go before the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -26,11 +27,13 @@ from tqdm.auto import tqdm
 from detector.bundle import Bundle
 from detector.errors import DataError, SchemaError
 from detector.features import Imputation, Schema, check_columns
+from detector.pipelining import BackgroundSink, prefetched
 from detector.scoring import ScoreResult, score_frame
 from detector.tables import (
     DEFAULT_CHUNK_ROWS,
     ParseReject,
     SourceChunk,
+    TableSource,
     TableWriter,
     expand_inputs,
     iter_table,
@@ -144,13 +147,15 @@ def score_table(
     impute: Imputation = None,
     top_k: int = 3,
     typed_numbers: bool = False,
+    frame: pd.DataFrame | None = None,
 ) -> ScoredTable:
     """Score an Arrow table whose columns were checked with ``check_columns``.
 
     The scored rows keep every input column as read (CSV fields as their original text), or,
     with ``typed_numbers``, the model's numeric columns as float64 (for Parquet output).
     """
-    frame = model_frame(bundle.schema, table)
+    if frame is None:
+        frame = model_frame(bundle.schema, table)
     result = score_frame(bundle, frame, impute=impute)
     rows = result.rows
     kept = table.take(pa.array(rows, pa.int64())) if len(rows) != table.num_rows else table
@@ -272,6 +277,8 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.writer = TableWriter(self.output_path)
+        # Written in a background thread while the next chunk scores.
+        self.sink: BackgroundSink[pa.Table] = BackgroundSink(self.writer.write)
         self.rejects_target = Path(self.rejects_path or f"{self.output_path}.rejects.csv")
         self.rejects_writer = TableWriter(self.rejects_target)
         self.n_rejects = 0
@@ -295,10 +302,8 @@ class _Run:
         with open_source(path) as source:
             columns = self._check(source.columns, source.name)
             seen = 0
-            for chunk in source.chunks(chunk_rows):
-                table = chunk.table
-                if tuple(table.column_names) != columns:
-                    table = table.select(list(columns))
+            # The next chunk is read and parsed in a background thread while this one scores.
+            for chunk, table, frame in prefetched(self._prepared(source, columns, chunk_rows)):
                 if table.num_rows:
                     part = score_table(
                         self.bundle,
@@ -306,8 +311,9 @@ class _Run:
                         impute=self.impute,
                         top_k=self.top_k,
                         typed_numbers=self.typed_numbers,
+                        frame=frame,
                     )
-                    self.writer.write(part.table)
+                    self.sink.put(part.table)
                     result = part.result
                     scored += result.n_scored
                     self.anomalies += int(result.is_anomaly.sum())
@@ -320,6 +326,17 @@ class _Run:
                 self._advance(chunk, seen, chunk.n_read)
                 seen = max(seen, chunk.position)
         self.ledgers.append(SourceLedger(source.name, read, scored, rejected))
+
+    def _prepared(
+        self, source: TableSource, columns: tuple[str, ...], chunk_rows: int
+    ) -> Iterator[tuple[SourceChunk, pa.Table, pd.DataFrame | None]]:
+        """Each chunk with its output columns selected and the model's frame made."""
+        for chunk in source.chunks(chunk_rows):
+            table = chunk.table
+            if tuple(table.column_names) != columns:
+                table = table.select(list(columns))
+            frame = model_frame(self.bundle.schema, table) if table.num_rows else None
+            yield chunk, table, frame
 
     def _check(self, columns: tuple[str, ...], source: str) -> tuple[str, ...]:
         keep = list(self.keep_columns)
@@ -374,6 +391,7 @@ class _Run:
             )
 
     def finish(self) -> None:
+        self.sink.close()
         self.bar.close()
         if self.columns is None:  # every input was empty of rows; still a well-formed output
             self.columns = ()
@@ -413,6 +431,8 @@ class _Run:
 
     def abort(self) -> None:
         self.bar.close()
+        with contextlib.suppress(BaseException):  # the error being handled is the one to raise
+            self.sink.close()
         self.writer.abort()
         self.rejects_writer.abort()
 

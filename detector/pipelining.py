@@ -1,0 +1,110 @@
+"""Overlap the batch scorer's stages: read the next chunk and write the last one while the
+model scores the current one.
+
+Parsing (Arrow), the scoring graph (TensorFlow) and writing (Arrow) each release the GIL for
+most of their time, so on two cores a reader thread and a writer thread beside the scoring
+thread keep both cores busy instead of taking turns. Queues are bounded, so memory stays a
+few chunks whatever the input size; an error in a thread is raised in the caller.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+#: How often a blocked thread looks whether the other side has given up, in seconds.
+_POLL_S = 0.1
+
+
+class _Done:
+    """End of a stream; carries the producer's error, if any."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Yield from ``items``, computing up to ``depth`` of them ahead in a background thread.
+
+    An exception raised while producing an item is raised here, in order. Closing the
+    generator early (a ``break``, an error in the consumer) stops the thread before this
+    returns, so whatever ``items`` reads from can be closed right after.
+    """
+    slots: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer(_Done(exc))
+            return
+        offer(_Done())
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if isinstance(item, _Done):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
+
+
+class BackgroundSink(Generic[T]):
+    """Call ``write(item)`` for each ``put`` item in one background thread, in order.
+
+    ``close()`` waits for every item to be written and raises the first error; after an
+    error, later ``put`` calls raise it at once instead of queueing more work.
+    """
+
+    def __init__(self, write: Callable[[T], None], depth: int = 2) -> None:
+        self._write = write
+        self._slots: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._slots.get()
+            if isinstance(item, _Done):
+                return
+            if self._error is None:
+                try:
+                    self._write(item)  # type: ignore[arg-type]
+                except BaseException as exc:  # raised in the caller by put/close
+                    self._error = exc
+
+    def put(self, item: T) -> None:
+        if self._error is not None:
+            raise self._error
+        self._slots.put(item)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, and raise the first write error."""
+        if self._thread.is_alive():
+            self._slots.put(_Done())
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
