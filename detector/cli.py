@@ -1,4 +1,4 @@
-"""The ``anomaly`` command line: train, score, evaluate, info, threshold.
+"""The ``anomaly`` command line: train, score, evaluate, info, threshold, sample.
 
 Exit codes: 0 success; 2 bad usage or bad input (the message names the fix); 1 internal error.
 Heavy imports (TensorFlow) happen inside the commands, so ``anomaly --help`` answers at once.
@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   anomaly score models/default data/eval.csv --output scored.csv --keep-column label
   anomaly evaluate models/default data/eval.csv --label-column label --by-column anomaly_kind
   anomaly threshold models/default --fpr 0.001
+  anomaly sample models/default -n 1000 --output synthetic.csv
 """
 
 
@@ -119,6 +120,23 @@ def build_parser(
         "svdd_distance, combined; advae: recon_error); default: the model's own choice",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument(
+        "--report",
+        metavar="PATH.html",
+        help="also write an HTML report: summary, loss curves, held-out score histogram (and "
+        "ROC/precision-recall curves with --report-data); a failure to write it is a warning",
+    )
+    train.add_argument(
+        "--report-data",
+        metavar="FILE",
+        help="labelled records the model does not train on (e.g. data/eval.csv), scored for "
+        "the report's ROC and precision-recall curves",
+    )
+    train.add_argument(
+        "--report-label-column",
+        metavar="COL",
+        help="the 0/1 label column of --report-data (default: --label-column's name)",
+    )
     _add_output_flags(train)
     train.set_defaults(handler=cmd_train)
 
@@ -175,6 +193,12 @@ def build_parser(
     evaluate.add_argument("input", help="labelled records: .csv, .csv.gz or .parquet")
     evaluate.add_argument("--label-column", required=True, help="0/1 label, 1 = anomaly")
     evaluate.add_argument("--by-column", help="also report the share flagged per value of COL")
+    evaluate.add_argument(
+        "--report",
+        metavar="PATH.html",
+        help="also write an HTML report: ROC and precision-recall curves, score histograms "
+        "by label",
+    )
     _add_scoring_flags(evaluate)
     _add_output_flags(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -199,6 +223,31 @@ def build_parser(
     threshold.add_argument("--fpr", type=float, required=True, help="target rate, e.g. 0.001")
     _add_output_flags(threshold)
     threshold.set_defaults(handler=cmd_threshold)
+    sample = commands.add_parser(
+        "sample",
+        help="draw synthetic records from a model",
+        description="Draw records from the model's generative distribution: a latent code from "
+        "the N(0, I) prior, then every column from the decoder's distribution (a Gaussian per "
+        "numeric column, the softmax over the known categories per categorical one), in the "
+        "training columns' order and units. Shows what the model takes for normal data.",
+    )
+    sample.add_argument("model", help="model bundle directory")
+    sample.add_argument(
+        "-n", "--records", dest="n", type=int, required=True, help="how many records to draw"
+    )
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument(
+        "--output", help=".csv, .csv.gz or .parquet, written atomically (default: CSV on stdout)"
+    )
+    sample.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        type=_key_value,
+        metavar="COL=VALUE",
+        help="cvae: draw records for this value of a context column (repeatable)",
+    )
+    sample.set_defaults(handler=cmd_sample)
     if extra_commands is not None:
         extra_commands(commands)
     return parser
@@ -236,6 +285,13 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("sizes must be positive integers")
     return values
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    column, sep, value = text.partition("=")
+    if not sep or not column.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not COLUMN=VALUE")
+    return column.strip(), value.strip()
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -283,8 +339,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         random_state=args.seed,
         progress=_show_progress(args),
     )
+    report_passthrough = _check_report_data(args, frame.columns)
     bundle, summary = train(frame, config)
     save_bundle(bundle, args.out)
+    report = _write_training_report(args, bundle, report_passthrough)
     if args.json:
         payload = summary.to_dict()
         payload.pop("history")
@@ -295,6 +353,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "version": bundle.version,
                     "anomalous_rows_left_out": dropped,
                     **payload,
+                    **report,
                 },
                 indent=2,
             )
@@ -324,7 +383,79 @@ def cmd_train(args: argparse.Namespace) -> int:
     for warning in s.warnings:
         print(f"WARNING: {warning}")
     print(f"saved bundle {bundle.version} to {args.out}")
+    if "report" in report:
+        print(f"wrote report {report['report']}")
     return 0
+
+
+def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list[str] | None:
+    """Before training, so a mistake costs no training time: the --report flags, and the
+    --report-data file's labels and columns. Returns the file's columns the model does not
+    score (carried through), or ``None`` without a file."""
+    from detector.errors import ConfigError, DataError, SchemaError
+    from detector.evaluation import parse_labels
+    from detector.tables import read_table
+
+    if args.report_data is None:
+        if args.report_label_column:
+            raise ConfigError("--report-label-column names a column of --report-data FILE")
+        return None
+    if not args.report:
+        raise ConfigError(
+            "--report-data is scored for the report's ROC and precision-recall curves; add "
+            "--report PATH.html"
+        )
+    label = args.report_label_column or args.label_column
+    if not label:
+        raise ConfigError(
+            f"name the 0/1 label column of {args.report_data} with --report-label-column COL"
+        )
+    data = read_table(args.report_data)
+    _require_column(data, label, args.report_data)
+    labels = parse_labels(data[label], label)
+    if labels.all() or not labels.any():
+        raise DataError(
+            f"'{label}' in {args.report_data} holds one class only; ROC and precision-recall "
+            "curves need normal (0) and anomalous (1) records"
+        )
+    missing = [c for c in columns if c not in data.columns]
+    if missing:
+        raise SchemaError(
+            f"{args.report_data} lacks the training column(s) {missing}; give --report-data "
+            "records with the training data's columns and a label"
+        )
+    return [c for c in data.columns if c not in set(columns)]
+
+
+def _write_training_report(
+    args: argparse.Namespace, bundle: Any, passthrough: list[str] | None
+) -> dict[str, str]:
+    """Write the --report page; a failure is a warning, never a failed training (the bundle
+    is saved by then). Returns ``{"report": path}`` or ``{"report_error": reason}``."""
+    if not args.report:
+        return {}
+    try:
+        from detector.report import LabelledScores, training_report, write_report
+
+        labelled = None
+        if passthrough is not None:
+            label = args.report_label_column or args.label_column
+            labels, scores, _, rejected = _labelled_scores(
+                bundle, args.report_data, label, passthrough=passthrough
+            )
+            labelled = LabelledScores(labels, scores, args.report_data, n_rejected=rejected)
+        write_report(args.report, training_report(bundle, labelled=labelled))
+    except Exception as exc:
+        if args.debug:
+            logging.getLogger(__name__).exception("writing the report failed")
+        reason = f"{type(exc).__name__}: {exc}"
+        print(
+            f"WARNING: could not write the report {args.report} ({reason}); the bundle was "
+            f"saved to {args.out}",
+            file=sys.stderr,
+        )
+        return {"report_error": reason}
+    return {"report": args.report}
 
 
 def _rate(text: str) -> float:
@@ -399,37 +530,68 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _labelled_scores(
+    bundle: Any,
+    path: str,
+    label_column: str,
+    *,
+    passthrough: Sequence[str] = (),
+    by_column: str | None = None,
+    impute: Any = None,
+    chunk_rows: int = 65_536,
+) -> tuple[Any, Any, Any, int]:
+    """Score a labelled file: labels ``(n,)`` (True = anomaly), anomaly scores ``(n,)``, the
+    ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows, and the number of
+    rejected rows."""
     import numpy as np
 
     from detector.batch import iter_scored
-    from detector.bundle import load_bundle
-    from detector.evaluation import evaluate_scores, parse_labels
+    from detector.evaluation import parse_labels
 
-    bundle = load_bundle(args.model)
-    extra = [args.label_column, *args.keep_column]
-    if args.by_column:
-        extra.append(args.by_column)
+    extra = list(dict.fromkeys([label_column, *passthrough]))
+    if by_column and by_column not in extra:
+        extra.append(by_column)
     labels, scores, groups = [], [], []
     rejected = 0
-    for part in iter_scored(
-        bundle, args.input, passthrough=extra, impute=args.impute, chunk_rows=args.chunk_rows
-    ):
-        _require_column(part.frame, args.label_column, args.input)
+    for part in iter_scored(bundle, path, passthrough=extra, impute=impute, chunk_rows=chunk_rows):
+        _require_column(part.frame, label_column, path)
         scored = part.frame.loc[part.result.rows]
-        labels.append(parse_labels(scored[args.label_column], args.label_column))
+        labels.append(parse_labels(scored[label_column], label_column))
         scores.append(part.result.anomaly_score)
-        if args.by_column:
-            _require_column(part.frame, args.by_column, args.input)
-            groups.append(scored[args.by_column].astype(str).to_numpy())
+        if by_column:
+            _require_column(part.frame, by_column, path)
+            groups.append(scored[by_column].astype(str).to_numpy())
         rejected += len(part.result.rejections)
-    result = evaluate_scores(
+    return (
         np.concatenate(labels),
         np.concatenate(scores),
-        bundle.calibrator.threshold,
-        n_rejected=rejected,
-        groups=np.concatenate(groups) if groups else None,
+        np.concatenate(groups) if groups else None,
+        rejected,
     )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from detector.bundle import load_bundle
+    from detector.evaluation import evaluate_scores
+
+    bundle = load_bundle(args.model)
+    labels, scores, groups, rejected = _labelled_scores(
+        bundle,
+        args.input,
+        args.label_column,
+        passthrough=args.keep_column,
+        by_column=args.by_column,
+        impute=args.impute,
+        chunk_rows=args.chunk_rows,
+    )
+    result = evaluate_scores(
+        labels, scores, bundle.calibrator.threshold, n_rejected=rejected, groups=groups
+    )
+    if args.report:
+        from detector.report import LabelledScores, evaluation_report, write_report
+
+        labelled = LabelledScores(labels, scores, args.input, n_rejected=rejected)
+        write_report(args.report, evaluation_report(bundle, labelled))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -445,6 +607,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"flagged by {args.by_column}:")
         for value, stats in sorted(r.by_group.items()):
             print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']}")
+    if args.report:
+        print(f"wrote report {args.report}")
     return 0
 
 
@@ -455,6 +619,38 @@ def _require_column(frame: Any, column: str, path: str) -> None:
         raise SchemaError(
             f"column '{column}' is not in {path}; its columns are {list(frame.columns)}"
         )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from detector.errors import ConfigError
+
+    if args.n < 1:
+        raise ConfigError(f"-n {args.n}: the number of records to sample must be at least 1")
+    names = [column for column, _ in args.context]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"--context gives {repeated} more than once; give each column once")
+    from detector.bundle import load_bundle
+    from detector.sampling import sample_records
+    from detector.tables import TableWriter
+
+    writer = TableWriter(args.output) if args.output else None  # a bad name fails first
+    bundle = load_bundle(args.model)
+    frame = sample_records(bundle, args.n, seed=args.seed, context=dict(args.context))
+    if writer is None:
+        frame.to_csv(sys.stdout, index=False)
+        return 0
+    try:
+        writer.write(frame)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    print(
+        f"wrote {len(frame)} records sampled from {bundle.model_type} {bundle.version} to "
+        f"{args.output}"
+    )
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -786,7 +786,11 @@ def _csv_field(column: pa.ChunkedArray, delimiter: str) -> pa.ChunkedArray:
     if pa.types.is_dictionary(kind):
         column = pc.cast(column, kind.value_type)
         kind = column.type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    if pa.types.is_large_string(kind):
+        # pandas 3's text columns arrive as large_string; the row join takes one string type,
+        # and csv_buffer reads the joined rows' offsets as int32.
+        return _csv_field(pc.cast(column, pa.string()), delimiter)
+    if not pa.types.is_string(kind):
         try:
             return pc.cast(column, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -129,6 +129,21 @@ class VAE(keras.Model):
             )
         return terms[0] if len(terms) == 1 else ops.concatenate(terms, axis=-1)
 
+    def decode_distribution(self, z, context=None):  # type: ignore[no-untyped-def]
+        """The parameters of p(x|z) for latent codes ``z`` ``(batch, latent_dim)``: numeric means
+        and log-variances, each ``(batch, n_numeric)`` in standardised units, and categorical
+        logits ``(batch, sum(group_sizes))``, one softmax block per group (its last slot is the
+        group's "unseen" category). A model that conditions on a context overrides this to
+        take one; this model conditions on nothing, so a context is an error."""
+        if context is not None:
+            raise ValueError(f"{type(self).__name__} does not condition on a context")
+        h = self.decoder_body(z)
+        empty = ops.zeros((ops.shape(h)[0], 0), dtype=h.dtype)
+        mean = self.x_mean(h) if self.x_mean is not None else empty
+        log_var = self.x_log_var(h) if self.x_log_var is not None else empty
+        logits = self.x_logits(h) if self.x_logits is not None else empty
+        return mean, log_var, logits
+
     def elbo_terms(self, x):  # type: ignore[no-untyped-def]
         """One-sample estimates of -E_q[log p(x|z)] and the analytic KL, each ``(batch,)``."""
         mean, log_var = self.encode(x)

@@ -1,0 +1,358 @@
+"""HTML reports: one self-contained page that shows how a model trained and how well it detects.
+
+``training_report`` shows a bundle's summary, its per-epoch loss curves (each loss term for the
+fit rows beside the validation rows) and the anomaly scores of the held-out calibration rows
+(normal records the network never fitted on) against the threshold learned from them. Given
+scores of a labelled held-out file it adds the evaluation: metrics, ROC and precision-recall
+curves, and the score distribution per label. ``evaluation_report`` is that evaluation alone,
+for an existing bundle (``anomaly evaluate --report``); both pages use the same figures.
+
+Pages need nothing outside themselves: the CSS is inline and every figure is a PNG embedded as
+base64, drawn by matplotlib's Agg canvas on a ``Figure`` of its own (no pyplot, so no global
+figure state and no display). Scores are ``anomaly_score``: higher = more anomalous.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from detector.evaluation import Evaluation, evaluate_scores
+from detector.tables import partial_path
+
+if TYPE_CHECKING:
+    from detector.bundle import Bundle
+
+#: Histograms cut their x axis here and gather everything beyond into the last bin: anomalies
+#: score orders of magnitude above normal records and would squash the rest into one bar.
+TAIL_QUANTILE = 0.99
+NORMAL_COLOR = "#4c72b0"
+ANOMALY_COLOR = "#dd5246"
+VALIDATION_COLOR = "#dd8452"
+LEADING_TERMS = ("loss", "neg_elbo", "nll", "kl")
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledScores:
+    """Anomaly scores ``(n,)`` (higher = more anomalous) of labelled records the model did not
+    train on, with their labels ``(n,)`` (True = anomaly), and where they came from."""
+
+    labels: np.ndarray
+    anomaly_score: np.ndarray
+    source: str
+    n_rejected: int = 0
+
+    def evaluate(self, threshold: float) -> Evaluation:
+        return evaluate_scores(
+            self.labels, self.anomaly_score, threshold, n_rejected=self.n_rejected
+        )
+
+
+def training_report(bundle: Bundle, *, labelled: LabelledScores | None = None) -> str:
+    """The training page for ``bundle`` (its summary, loss history and held-out scores), plus
+    the evaluation of ``labelled`` when given."""
+    training = bundle.training
+    sections = [_section("Model", "summary", _table(_summary_rows(bundle)))]
+    history = training.get("history") or {}
+    if history:
+        sections.append(
+            _section(
+                "Loss curves",
+                "loss-curves",
+                _paragraph(
+                    "Each loss term per epoch, on the rows the network fitted and on the "
+                    "validation rows early stopping watched; the dotted line marks the epoch "
+                    "whose weights were kept. Lower is better."
+                )
+                + _image(loss_curves(history, best_epoch=training.get("best_epoch")), "loss"),
+            )
+        )
+    calibrator = bundle.calibrator
+    sections.append(
+        _section(
+            "Held-out normal scores",
+            "heldout-scores",
+            _paragraph(
+                f"Anomaly scores of the {len(calibrator.reference)} held-out calibration rows "
+                "(normal records neither training nor early stopping saw); the threshold is "
+                f"set so that {calibrator.target_fpr:.2%} of normal records score above it."
+            )
+            + _image(
+                score_histogram(
+                    {"held-out normal": calibrator.reference},
+                    threshold=calibrator.threshold,
+                ),
+                "held-out normal score histogram",
+            ),
+        )
+    )
+    if labelled is not None:
+        sections += _evaluation_sections(bundle, labelled)
+    return _page(f"Training report: {bundle.model_type} {bundle.version}", sections)
+
+
+def evaluation_report(bundle: Bundle, labelled: LabelledScores) -> str:
+    """The evaluation page: ``bundle``'s summary, then ``labelled``'s metrics and curves."""
+    sections = [_section("Model", "summary", _table(_summary_rows(bundle)))]
+    sections += _evaluation_sections(bundle, labelled)
+    return _page(f"Evaluation report: {bundle.model_type} {bundle.version}", sections)
+
+
+def write_report(path: str | os.PathLike[str], page: str) -> None:
+    """Write ``page`` to ``path`` atomically (a partial file renamed into place)."""
+    partial = partial_path(path)
+    try:
+        partial.write_text(page, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+# ---- figures: each returns PNG bytes ---------------------------------------------------------
+
+
+def loss_curves(history: Mapping[str, Sequence[float]], *, best_epoch: int | None = None) -> bytes:
+    """One panel per loss term: ``history[term]`` (fit rows) and ``history["val_" + term]``."""
+    found = [k for k in history if not k.startswith("val_")]
+    found += [k[4:] for k in history if k.startswith("val_") and k[4:] not in history]
+    # The objective first, then the ELBO and its two parts, then whatever else the model adds.
+    terms = [k for k in LEADING_TERMS if k in found] + [k for k in found if k not in LEADING_TERMS]
+    columns = min(3, len(terms))
+    rows = -(-len(terms) // columns)
+    fig = Figure(figsize=(4.2 * columns, 3.0 * rows), layout="constrained")
+    for i, term in enumerate(terms):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        for key, label, color in (
+            (term, "train", NORMAL_COLOR),
+            (f"val_{term}", "validation", VALIDATION_COLOR),
+        ):
+            if key in history:
+                values = np.asarray(history[key], dtype=np.float64)
+                ax.plot(np.arange(1, len(values) + 1), values, label=label, color=color, lw=1.3)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls=":", lw=1)
+        ax.set_title(term)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def score_histogram(
+    groups: Mapping[str, np.ndarray], *, threshold: float, colors: Iterable[str] = ()
+) -> bytes:
+    """Overlaid density histograms of anomaly scores per group, with the threshold line."""
+    colors = list(colors) or [NORMAL_COLOR, ANOMALY_COLOR]
+    values = np.concatenate([np.asarray(v, dtype=np.float64) for v in groups.values()])
+    low = float(values.min())
+    high = max(float(np.quantile(values, TAIL_QUANTILE)), threshold)
+    high = high + 0.05 * (high - low) if high > low else low + 1.0
+    bins = np.linspace(low, high, 61).tolist()
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for (name, scores), color in zip(groups.items(), colors, strict=False):
+        scores = np.asarray(scores, dtype=np.float64)
+        beyond = int((scores > high).sum())
+        label = f"{name} (n={len(scores)}" + (
+            f"; {beyond} beyond the axis, in the last bin)" if beyond else ")"
+        )
+        ax.hist(
+            np.clip(scores, low, high),
+            bins=bins,
+            density=True,
+            alpha=0.55,
+            color=color,
+            label=label,
+        )
+    ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold {threshold:.4g}")
+    ax.set_xlabel("anomaly_score (higher = more anomalous)")
+    ax.set_ylabel("density")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def roc_figure(labels: np.ndarray, anomaly_score: np.ndarray, auroc: float) -> bytes:
+    """The ROC curve of ``anomaly_score`` against ``labels`` (True = anomaly)."""
+    fpr, tpr, _ = roc_curve(labels, anomaly_score)
+    fig = Figure(figsize=(4.6, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, color=NORMAL_COLOR, lw=1.5, label=f"AUROC {auroc:.4f}")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate (recall)")
+    ax.set_title("ROC")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return _png(fig)
+
+
+def precision_recall_figure(
+    labels: np.ndarray, anomaly_score: np.ndarray, average_precision: float
+) -> bytes:
+    """The precision-recall curve, with the share of anomalies (a random ranking's precision)."""
+    precision, recall, _ = precision_recall_curve(labels, anomaly_score)
+    fig = Figure(figsize=(4.6, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.step(
+        recall,
+        precision,
+        where="post",
+        color=ANOMALY_COLOR,
+        lw=1.5,
+        label=f"AP {average_precision:.4f}",
+    )
+    ax.axhline(float(np.mean(labels)), color="grey", ls=":", lw=1, label="chance")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    return _png(fig)
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    return buffer.getvalue()
+
+
+# ---- page pieces -----------------------------------------------------------------------------
+
+
+def _evaluation_sections(bundle: Bundle, labelled: LabelledScores) -> list[str]:
+    threshold = bundle.calibrator.threshold
+    result = labelled.evaluate(threshold)
+    labels = np.asarray(labelled.labels, dtype=bool)
+    scores = np.asarray(labelled.anomaly_score, dtype=np.float64)
+    metrics = [
+        ("data", labelled.source),
+        ("records scored", f"{result.n} ({result.n_anomalies} labelled anomalous)"),
+        ("records rejected", str(result.n_rejected)),
+        ("AUROC", f"{result.auroc:.4f}"),
+        ("average precision (AUPRC)", f"{result.auprc:.4f}"),
+        (
+            f"at threshold {threshold:.4f}",
+            f"precision {result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}, "
+            f"false-positive rate {result.false_positive_rate:.2%}",
+        ),
+        ("best F1", f"{result.best_f1:.4f} at threshold {result.best_f1_threshold:.4f}"),
+    ]
+    return [
+        _section("Detection on labelled data", "evaluation", _table(metrics)),
+        _section("ROC curve", "roc", _image(roc_figure(labels, scores, result.auroc), "ROC curve")),
+        _section(
+            "Precision-recall curve",
+            "precision-recall",
+            _image(precision_recall_figure(labels, scores, result.auprc), "precision-recall curve"),
+        ),
+        _section(
+            "Scores by label",
+            "scores-by-label",
+            _image(
+                score_histogram(
+                    {"normal (label 0)": scores[~labels], "anomalous (label 1)": scores[labels]},
+                    threshold=threshold,
+                ),
+                "score histogram by label",
+            ),
+        ),
+    ]
+
+
+def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
+    t = bundle.training
+    rows = [
+        ("model type", bundle.model_type),
+        ("version", bundle.version),
+        ("columns", f"{len(bundle.schema.column_order)} -> {bundle.schema.n_features} features"),
+        ("score", f"{bundle.score_kind} with {bundle.n_samples} latent samples"),
+        (
+            "threshold",
+            f"{bundle.calibrator.threshold:.4f} at target false-positive rate "
+            f"{bundle.calibrator.target_fpr:.2%}",
+        ),
+    ]
+    if t:
+        rows += [
+            ("network", "-".join(map(str, t.get("hidden_units", [])))),
+            ("latent", f"{t.get('latent_dim')} ({t.get('active_latent_units')} active units)"),
+            (
+                "rows",
+                f"{t.get('rows')} = {t.get('fit_rows')} fit + {t.get('validation_rows')} "
+                f"validation + {t.get('calibration_rows')} calibration",
+            ),
+            (
+                "epochs",
+                f"{t.get('epochs_run')} run, best {t.get('best_epoch')}"
+                + (" (early stop)" if t.get("stopped_early") else " (epoch limit reached)"),
+            ),
+            ("validation ELBO", _number(-_float(t.get("val_neg_elbo")), "nats/record")),
+            ("held-out validation FPR", f"{_float(t.get('validation_fpr')):.2%}"),
+            ("training time", _number(_float(t.get("seconds")), "s")),
+        ]
+    warnings = list(t.get("warnings", []))
+    rows.append(("warnings", "; ".join(warnings) if warnings else "none"))
+    return rows
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _number(value: float, unit: str) -> str:
+    return f"{value:.3f} {unit}" if np.isfinite(value) else "unknown"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; }
+table { border-collapse: collapse; } td, th { padding: 0.3em 0.8em; text-align: left;
+  border-bottom: 1px solid #ddd; vertical-align: top; } th { font-weight: 600; }
+img { max-width: 100%; } .note { color: #555; }
+"""
+
+
+def _page(title: str, sections: list[str]) -> str:
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f'<h1>{html.escape(title)}</h1>\n<p class="note">written {created}; anomaly_score: '
+        "higher = more anomalous</p>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
+    )
+
+
+def _section(title: str, anchor: str, body: str) -> str:
+    return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n{body}\n</section>'
+
+
+def _paragraph(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>\n'
+
+
+def _table(rows: Iterable[tuple[str, str]]) -> str:
+    body = "\n".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    return f"<table>\n{body}\n</table>"
+
+
+def _image(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'

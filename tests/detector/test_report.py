@@ -1,0 +1,188 @@
+"""HTML reports: self-contained pages with the expected sections and real PNG figures."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from detector.bundle import load_bundle
+from detector.cli import main
+from detector.report import LabelledScores, evaluation_report, training_report, write_report
+from detector.scoring import score_frame
+from tests.conftest import DATA
+
+IMAGE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+TRAINING_SECTIONS = ('id="summary"', 'id="loss-curves"', 'id="heldout-scores"')
+EVALUATION_SECTIONS = (
+    'id="evaluation"',
+    'id="roc"',
+    'id="precision-recall"',
+    'id="scores-by-label"',
+)
+
+
+def _check_page(page: str, *, images: int, sections: tuple[str, ...]) -> None:
+    """Self-contained (nothing fetched from elsewhere), with the sections and ``images`` PNGs."""
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    assert "<script" not in page and "<link" not in page
+    for section in sections:
+        assert section in page, section
+    found = IMAGE.findall(page)
+    assert len(found) == images
+    for data in found:
+        png = base64.b64decode(data, validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        with Image.open(io.BytesIO(png)) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def _labelled(bundle, frame: pd.DataFrame) -> LabelledScores:  # type: ignore[no-untyped-def]
+    result = score_frame(bundle, frame.drop(columns=["label"]), passthrough=["anomaly_kind"])
+    labels = frame["label"].to_numpy(dtype=bool)[result.rows]
+    return LabelledScores(labels, result.anomaly_score, "data/eval.csv")
+
+
+def test_training_report_shows_summary_losses_and_heldout_scores(fitted, tmp_path) -> None:
+    path = tmp_path / "report.html"
+    write_report(path, training_report(fitted.bundle_))
+    page = path.read_text()
+    _check_page(page, images=2, sections=TRAINING_SECTIONS)
+    for term in ("loss", "nll", "kl", "neg_elbo"):
+        assert f"val_{term}" in fitted.bundle_.training["history"]
+    assert fitted.bundle_.version in page
+    assert f"{fitted.bundle_.calibrator.threshold:.4f}" in page
+    assert "warnings</th><td>none" in page
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no partial file left
+
+
+def test_training_report_with_labels_has_the_auroc_sklearn_gives(fitted, eval_frame) -> None:
+    labelled = _labelled(fitted.bundle_, eval_frame)
+    page = training_report(fitted.bundle_, labelled=labelled)
+    _check_page(page, images=5, sections=TRAINING_SECTIONS + EVALUATION_SECTIONS)
+    auroc = roc_auc_score(labelled.labels, labelled.anomaly_score)
+    assert f"<td>{auroc:.4f}</td>" in page
+
+
+def test_evaluation_report_has_curves_and_histograms(fitted, eval_frame) -> None:
+    page = evaluation_report(fitted.bundle_, _labelled(fitted.bundle_, eval_frame))
+    _check_page(page, images=3, sections=('id="summary"', *EVALUATION_SECTIONS))
+    assert 'id="loss-curves"' not in page
+
+
+def test_evaluate_cli_writes_the_report(capsys, bundle_dir, tmp_path) -> None:
+    path = tmp_path / "eval.html"
+    argv = ["evaluate", str(bundle_dir), str(DATA / "eval.csv"), "--label-column", "label"]
+    code = main([*argv, "--keep-column", "anomaly_kind", "--report", str(path)])
+    out, _ = capsys.readouterr()
+    assert code == 0 and f"wrote report {path}" in out
+    page = path.read_text()
+    _check_page(page, images=3, sections=EVALUATION_SECTIONS)
+    auroc = float(re.search(r"AUROC (\d\.\d{4})", out).group(1))  # type: ignore[union-attr]
+    assert f"<td>{auroc:.4f}</td>" in page
+
+
+TRAIN_FLAGS = ["--epochs", "4", "--hidden-units", "16,8", "--latent-dim", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def small_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "small.csv"
+    pd.read_csv(DATA / "train.csv").head(600).to_csv(path, index=False)
+    return path
+
+
+def test_train_cli_writes_a_report_with_heldout_labelled_data(capsys, small_train, tmp_path):
+    report = tmp_path / "train.html"
+    code = main(
+        [
+            "train",
+            str(small_train),
+            "--out",
+            str(tmp_path / "m"),
+            *TRAIN_FLAGS,
+            "--report",
+            str(report),
+            "--report-data",
+            str(DATA / "eval.csv"),
+            "--report-label-column",
+            "label",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"wrote report {report}" in out
+    page = report.read_text()
+    _check_page(page, images=5, sections=TRAINING_SECTIONS + EVALUATION_SECTIONS)
+    # The curves come from the held-out file, scored by the saved bundle.
+    bundle = load_bundle(tmp_path / "m")
+    labelled = _labelled(bundle, pd.read_csv(DATA / "eval.csv"))
+    auroc = roc_auc_score(labelled.labels, labelled.anomaly_score)
+    assert f"<td>{auroc:.4f}</td>" in page
+
+
+def test_a_failing_report_never_fails_training(capsys, monkeypatch, small_train, tmp_path):
+    import detector.report
+
+    def broken(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("no fonts today")
+
+    monkeypatch.setattr(detector.report, "training_report", broken)
+    report = tmp_path / "train.html"
+    argv = ["train", str(small_train), "--out", str(tmp_path / "m"), *TRAIN_FLAGS]
+    code = main([*argv, "--report", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "saved bundle" in out
+    assert "WARNING: could not write the report" in err and "no fonts today" in err
+    assert load_bundle(tmp_path / "m").version
+    assert not report.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--report-data", "{data}/eval.csv"], "add --report PATH.html"),
+        (
+            ["--report", "{tmp}/r.html", "--report-data", "{data}/eval.csv"],
+            "--report-label-column COL",
+        ),
+        (
+            [
+                "--report",
+                "{tmp}/r.html",
+                "--report-data",
+                "{data}/train.csv",
+                "--report-label-column",
+                "label",
+            ],
+            "column 'label' is not in",
+        ),
+        (["--report-label-column", "label"], "--report-data"),
+    ],
+)
+def test_bad_report_flags_exit_2_before_training(capsys, small_train, tmp_path, flags, message):
+    values = {"tmp": tmp_path, "data": DATA}
+    argv = ["train", str(small_train), "--out", str(tmp_path / "m"), *TRAIN_FLAGS]
+    code = main([*argv, *[f.format(**values) for f in flags]])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert message in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_histogram_gathers_the_tail_into_the_last_bin() -> None:
+    from detector.report import score_histogram
+
+    scores = np.r_[np.random.default_rng(0).normal(size=500), 1e6]
+    png = score_histogram({"normal": scores}, threshold=2.0)
+    assert png.startswith(b"\x89PNG")
