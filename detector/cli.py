@@ -111,7 +111,7 @@ def build_parser(
         help="false-positive rate the threshold is set for (default 0.01)",
     )
     train.add_argument(
-        "--samples", type=int, default=16, help="latent samples L per scored record (default 16)"
+        "--samples", type=int, default=8, help="latent samples L per scored record (default 8)"
     )
     train.add_argument(
         "--score",

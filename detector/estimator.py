@@ -53,7 +53,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         validation_fraction: float = 0.15,
         calibration_fraction: float = 0.15,
         target_fpr: float = 0.01,
-        n_samples: int = 16,
+        n_samples: int = 8,
         score_kind: str | None = None,
         categorical: tuple[str, ...] = (),
         context: tuple[str, ...] = (),

@@ -54,7 +54,7 @@ class TrainingConfig:
     validation_fraction: float = 0.15
     calibration_fraction: float = 0.15
     target_fpr: float = 0.01
-    n_samples: int = 16
+    n_samples: int = 8
     #: ``None``: the model's own default (``elbo`` for the VAE).
     score_kind: str | None = None
     categorical: tuple[str, ...] = ()
