@@ -27,7 +27,7 @@ class _Done:
         self.error = error
 
 
-def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     """Yield from ``items``, computing up to ``depth`` of them ahead in a background thread.
 
     An exception raised while producing an item is raised here, in order. Closing the
@@ -78,7 +78,7 @@ class BackgroundSink(Generic[T]):
     error, later ``put`` calls raise it at once instead of queueing more work.
     """
 
-    def __init__(self, write: Callable[[T], None], depth: int = 2) -> None:
+    def __init__(self, write: Callable[[T], None], depth: int = 1) -> None:
         self._write = write
         self._slots: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
