@@ -119,6 +119,13 @@ def build_parser(
         help="score: recon_prob, mean_log_lik, elbo or iwae, or a model's own (vae-svdd: "
         "svdd_distance, combined; advae: recon_error); default: the model's own choice",
     )
+    for flag, meaning, default in (
+        ("--advae-lambda", "weight lambda of the transformer's KL term", 0.01),
+        ("--advae-gamma", "weight gamma of the encoder-adversarial KL terms", 0.001),
+        ("--advae-margin-x", "margin m_x between G(z) and G(z_T), squared units", 2.0),
+        ("--advae-margin-z", "margin m_z in nats of a generated record's KL", 40.0),
+    ):
+        train.add_argument(flag, type=float, help=f"advae: {meaning} (default {default})")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument(
         "--report",
@@ -338,6 +345,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         context_dropout=args.context_dropout,
         random_state=args.seed,
         progress=_show_progress(args),
+        **{
+            name: getattr(args, name)
+            for name in ("advae_lambda", "advae_gamma", "advae_margin_x", "advae_margin_z")
+            if getattr(args, name) is not None
+        },
     )
     report_passthrough = _check_report_data(args, frame.columns)
     bundle, summary = train(frame, config)

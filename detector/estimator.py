@@ -61,6 +61,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         clip: float = 10.0,
         random_state: int = 0,
         progress: bool = False,
+        advae_lambda: float = 0.01,
+        advae_gamma: float = 0.001,
+        advae_margin_x: float = 2.0,
+        advae_margin_z: float = 40.0,
     ) -> None:
         self.model = model
         self.latent_dim = latent_dim
@@ -84,6 +88,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         self.clip = clip
         self.random_state = random_state
         self.progress = progress
+        self.advae_lambda = advae_lambda
+        self.advae_gamma = advae_gamma
+        self.advae_margin_x = advae_margin_x
+        self.advae_margin_z = advae_margin_z
 
     # ---- fitting ---------------------------------------------------------------------------
 

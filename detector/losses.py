@@ -52,3 +52,24 @@ def log_mean_exp(values, axis):  # type: ignore[no-untyped-def]
     """log(mean(exp(values))) along ``axis``, stable for values far below or above zero."""
     count = ops.cast(ops.shape(values)[axis], values.dtype)
     return ops.logsumexp(values, axis=axis) - ops.log(count)
+
+
+def kl_between_gaussians(mean_p, log_var_p, mean_q, log_var_q):  # type: ignore[no-untyped-def]
+    """Elementwise KL(N(mean_p, exp(log_var_p)) || N(mean_q, exp(log_var_q))) per unit, >= 0;
+    sum the last axis for diagonal Gaussians. With ``mean_q = log_var_q = 0`` it is
+    ``kl_to_standard_normal``."""
+    ratio = ops.exp(log_var_p - log_var_q)
+    return 0.5 * (
+        ratio + ops.square(mean_p - mean_q) * ops.exp(-log_var_q) - 1.0 - log_var_p + log_var_q
+    )
+
+
+def group_softmax(logits, group_sizes):  # type: ignore[no-untyped-def]
+    """Softmax within each consecutive block of ``group_sizes[g]`` logits: the probabilities of
+    each categorical group, shape ``(..., sum(group_sizes))`` like ``logits``."""
+    parts = []
+    start = 0
+    for size in group_sizes:
+        parts.append(ops.softmax(logits[..., start : start + size], axis=-1))
+        start += size
+    return ops.concatenate(parts, axis=-1)

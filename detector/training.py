@@ -66,6 +66,17 @@ class TrainingConfig:
     clip: float = DEFAULT_CLIP
     random_state: int = 0
     progress: bool = False
+    #: advae: the paper's lambda, the weight of the transformer's KL term in G and T's update.
+    #: The paper tunes it per data set (.003 to .1); .01 is its most common value.
+    advae_lambda: float = 0.01
+    #: advae: the paper's gamma, the weight of the encoder-adversarial KL terms (paper: .001).
+    advae_gamma: float = 0.001
+    #: advae: m_x, the least squared distance between G(z) and G(z_T), in squared standardised
+    #: units summed over features (paper: 2, on min-max scaled features).
+    advae_margin_x: float = 2.0
+    #: advae: m_z, the least KL (nats) from the prior of a generated record's encoding. The
+    #: paper tunes it per data set (20 or 40); 40 is its most common value.
+    advae_margin_z: float = 40.0
 
     def check(self) -> None:
         problems = []
@@ -95,10 +106,23 @@ class TrainingConfig:
             problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
         if self.learning_rate <= 0:
             problems.append("learning_rate must be positive")
+        problems += self._check_advae()
         if self.model in MODELS:
             problems += self._check_context(MODELS[self.model].conditional)
         if problems:
             raise ConfigError("invalid training settings: " + "; ".join(problems))
+
+    def _check_advae(self) -> list[str]:
+        names = ("advae_lambda", "advae_gamma", "advae_margin_x", "advae_margin_z")
+        problems = [
+            f"{name} {getattr(self, name)} must be a number >= 0"
+            for name in names
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0)
+        ]
+        changed = [n for n in names if getattr(self, n) != getattr(TrainingConfig, n)]
+        if changed and self.model != "advae":
+            problems.append(f"{', '.join(changed)} are for model 'advae', not {self.model!r}")
+        return problems
 
     def _check_context(self, conditional: bool) -> list[str]:
         problems = []

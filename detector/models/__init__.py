@@ -6,10 +6,11 @@ format; a model registers itself here by name.
 
 from __future__ import annotations
 
+from detector.models.advae import AdVAE
 from detector.models.cvae import ConditionalVAE
 from detector.models.vae import VAE
 
-MODELS: dict[str, type[VAE]] = {"vae": VAE, "cvae": ConditionalVAE}
+MODELS: dict[str, type[VAE]] = {"vae": VAE, "advae": AdVAE, "cvae": ConditionalVAE}
 
 
 def model_class(name: str) -> type[VAE]:
