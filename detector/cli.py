@@ -119,6 +119,17 @@ def build_parser(
         help="score: recon_prob, mean_log_lik, elbo or iwae, or a model's own (vae-svdd: "
         "svdd_distance, combined; advae: recon_error); default: the model's own choice",
     )
+    train.add_argument(
+        "--svdd-weight",
+        type=float,
+        help="vae-svdd: weight of the hypersphere term mean ||mu - c||^2 (default 0.1)",
+    )
+    train.add_argument(
+        "--svdd-nu",
+        type=float,
+        help="vae-svdd: soft-boundary share nu in (0, 1] of records allowed outside the "
+        "sphere (default: none, one-class Deep SVDD)",
+    )
     for flag, meaning, default in (
         ("--advae-lambda", "weight lambda of the transformer's KL term", 0.01),
         ("--advae-gamma", "weight gamma of the encoder-adversarial KL terms", 0.001),
@@ -345,6 +356,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         context_dropout=args.context_dropout,
         random_state=args.seed,
         progress=_show_progress(args),
+        # Left unset, the default; set for another model, check() says it does not apply.
+        svdd_weight=TrainingConfig.svdd_weight if args.svdd_weight is None else args.svdd_weight,
+        svdd_nu=args.svdd_nu,
         **{
             name: getattr(args, name)
             for name in ("advae_lambda", "advae_gamma", "advae_margin_x", "advae_margin_z")

@@ -61,6 +61,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         clip: float = 10.0,
         random_state: int = 0,
         progress: bool = False,
+        svdd_weight: float = 0.1,
+        svdd_nu: float | None = None,
         advae_lambda: float = 0.01,
         advae_gamma: float = 0.001,
         advae_margin_x: float = 2.0,
@@ -88,6 +90,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         self.clip = clip
         self.random_state = random_state
         self.progress = progress
+        self.svdd_weight = svdd_weight
+        self.svdd_nu = svdd_nu
         self.advae_lambda = advae_lambda
         self.advae_gamma = advae_gamma
         self.advae_margin_x = advae_margin_x

@@ -54,6 +54,24 @@ def log_mean_exp(values, axis):  # type: ignore[no-untyped-def]
     return ops.logsumexp(values, axis=axis) - ops.log(count)
 
 
+def squared_distance(points, centre):  # type: ignore[no-untyped-def]
+    """||points - centre||^2 over the last axis: ``(..., d)`` and ``(d,)`` -> ``(...)``.
+    Deep SVDD's distance (Ruff et al. 2018); higher = farther from the normal data's centre."""
+    return ops.sum(ops.square(points - centre), axis=-1)
+
+
+def svdd_objective(distance, radius_sq, nu=None):  # type: ignore[no-untyped-def]
+    """Deep SVDD's loss over a batch of squared distances ``(batch,)``, a scalar.
+
+    One-class (``nu`` None): mean(distance). Soft-boundary (0 < nu <= 1):
+    R^2 + (1/nu) * mean(max(0, distance - R^2)), where at most a fraction ``nu`` of the
+    records should lie outside the sphere of squared radius ``radius_sq``.
+    """
+    if nu is None:
+        return ops.mean(distance)
+    return radius_sq + ops.mean(ops.relu(distance - radius_sq)) / nu
+
+
 def kl_between_gaussians(mean_p, log_var_p, mean_q, log_var_q):  # type: ignore[no-untyped-def]
     """Elementwise KL(N(mean_p, exp(log_var_p)) || N(mean_q, exp(log_var_q))) per unit, >= 0;
     sum the last axis for diagonal Gaussians. With ``mean_q = log_var_q = 0`` it is

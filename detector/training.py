@@ -66,6 +66,10 @@ class TrainingConfig:
     clip: float = DEFAULT_CLIP
     random_state: int = 0
     progress: bool = False
+    #: vae-svdd: the weight eta of the Deep SVDD term mean ||mu(x) - c||^2 in the loss.
+    svdd_weight: float = 0.1
+    #: vae-svdd: ``None`` for one-class Deep SVDD, else the soft-boundary share nu in (0, 1].
+    svdd_nu: float | None = None
     #: advae: the paper's lambda, the weight of the transformer's KL term in G and T's update.
     #: The paper tunes it per data set (.003 to .1); .01 is its most common value.
     advae_lambda: float = 0.01
@@ -106,6 +110,13 @@ class TrainingConfig:
             problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
         if self.learning_rate <= 0:
             problems.append("learning_rate must be positive")
+        if not (math.isfinite(self.svdd_weight) and self.svdd_weight >= 0):
+            problems.append(f"svdd_weight {self.svdd_weight} must be a number >= 0")
+        if self.svdd_nu is not None and not 0 < self.svdd_nu <= 1:
+            problems.append(f"svdd_nu {self.svdd_nu} must be in (0, 1], or None for no radius")
+        svdd_set = self.svdd_weight != TrainingConfig.svdd_weight or self.svdd_nu is not None
+        if svdd_set and self.model != "vae-svdd":
+            problems.append(f"svdd_weight and svdd_nu are for model 'vae-svdd', not {self.model!r}")
         problems += self._check_advae()
         if self.model in MODELS:
             problems += self._check_context(MODELS[self.model].conditional)

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from detector.models.advae import AdVAE
 from detector.models.cvae import ConditionalVAE
+from detector.models.svdd import VAESVDD
 from detector.models.vae import VAE
 
-MODELS: dict[str, type[VAE]] = {"vae": VAE, "advae": AdVAE, "cvae": ConditionalVAE}
+MODELS: dict[str, type[VAE]] = {
+    "vae": VAE,
+    "advae": AdVAE,
+    "cvae": ConditionalVAE,
+    "vae-svdd": VAESVDD,
+}
 
 
 def model_class(name: str) -> type[VAE]:

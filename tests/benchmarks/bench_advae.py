@@ -178,7 +178,9 @@ def run_one(
     started = time.perf_counter()
     scores = {"default": -det.score_samples(test_frame)}
     est = det.bundle_.graph(encode(det.bundle_.schema, test_frame).values)
-    scores.update({k: -np.asarray(est[k], dtype=np.float64) for k in ESTIMATES})
+    # The four estimates, then the model's own score kinds (vae-svdd: svdd_distance, ...).
+    kinds = (*ESTIMATES, *det.bundle_.model.extra_score_kinds)
+    scores.update({k: -np.asarray(est[k], dtype=np.float64) for k in kinds})
     score_seconds = time.perf_counter() - started
 
     metrics = {
@@ -221,7 +223,7 @@ def aggregate(runs: list[RunResult], sets: list[str], seeds: list[int]) -> dict[
     The average's spread is the std over seeds of each seed's mean over sets, so it measures
     seed-to-seed variation of the headline number rather than set-to-set differences."""
     table: dict[str, Any] = {}
-    for kind in SCORES:
+    for kind in runs[0].metrics:  # SCORES, then any kinds the model adds
         table[kind] = {}
         for metric in METRICS:
             # values[i, j]: seed i, set j
@@ -256,7 +258,7 @@ def format_tables(table: dict[str, Any], sets: list[str], seeds: list[int]) -> s
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),
         ]
-        for kind in SCORES:
+        for kind in table:
             cells = table[kind][metric]
             row = [kind, *(f"{m:.3f} ± {s:.3f}" for m, s in (cells[c] for c in [*sets, "avg"]))]
             lines.append("| " + " | ".join(row) + " |")
