@@ -223,3 +223,10 @@ def test_installed_entry_point_answers_help_without_tensorflow() -> None:
     )
     assert done.returncode == 0
     assert "--keep-column" in done.stdout and "higher = more anomalous" in done.stdout
+
+
+def test_train_offers_exactly_the_registered_models() -> None:
+    from detector.cli import MODEL_NAMES
+    from detector.models import MODELS
+
+    assert sorted(MODEL_NAMES) == sorted(MODELS)
