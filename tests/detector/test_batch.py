@@ -97,11 +97,13 @@ def test_chunk_size_does_not_change_the_output(capsys, bundle_dir: Path, tmp_pat
         assert code == 0 and ledger["rows_scored"] == 500
         outputs.append(pd.read_csv(out, dtype=str, keep_default_na=False))
     small, large = outputs
-    # The model runs in float32, and its kernels sum in a batch-size-dependent order: a score
-    # may move in its last float32 digit with the chunk it was scored in; nothing else does.
-    for column in ("anomaly_score", "p_value"):
+    # The model runs in float32, and its kernels sum in a batch-size-dependent order (chunks
+    # of up to 16 rows take the numpy path): a score may move in its last float32 digit with
+    # the chunk it was scored in; nothing else does. A p-value moves by the score's change
+    # times the slope of the calibration curve there, up to ~10x the score's relative change.
+    for column, rtol in (("anomaly_score", 1e-6), ("p_value", 1e-5)):
         np.testing.assert_allclose(
-            small.pop(column).astype(float), large.pop(column).astype(float), rtol=1e-6
+            small.pop(column).astype(float), large.pop(column).astype(float), rtol=rtol
         )
     pd.testing.assert_frame_equal(small, large)
 
