@@ -92,29 +92,14 @@ class AdVAE(VAE):
         self.t_log_var.build((None, 2 * self.latent_dim))
 
     @classmethod
-    def from_training(
-        cls,
-        *,
-        config: Any,
-        n_numeric: int,
-        group_sizes: tuple[int, ...],
-        latent_dim: int,
-        hidden_units: tuple[int, ...],
-    ) -> VAE:
-        return cls(
-            n_numeric=n_numeric,
-            group_sizes=group_sizes,
-            latent_dim=latent_dim,
-            hidden_units=hidden_units,
-            activation=config.activation,
-            min_scale=config.min_scale,
-            max_scale=config.max_scale,
-            seed=config.random_state,
-            transformer_weight=config.advae_lambda,
-            adversarial_weight=config.advae_gamma,
-            margin_x=config.advae_margin_x,
-            margin_z=config.advae_margin_z,
-        )
+    def options(cls, config: Any) -> dict[str, Any]:
+        return {
+            **super().options(config),
+            "transformer_weight": config.advae_lambda,
+            "adversarial_weight": config.advae_gamma,
+            "margin_x": config.advae_margin_x,
+            "margin_z": config.advae_margin_z,
+        }
 
     # ---- the three networks ----------------------------------------------------------------
 

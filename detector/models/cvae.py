@@ -118,29 +118,11 @@ class ConditionalVAE(VAE):
     # ---- hooks ----------------------------------------------------------------------------
 
     @classmethod
-    def from_training(
-        cls,
-        *,
-        config: Any,
-        n_numeric: int,
-        group_sizes: tuple[int, ...],
-        latent_dim: int,
-        hidden_units: tuple[int, ...],
-        context_sizes: tuple[int, ...] = (),
-    ) -> VAE:
-        """The model ``train`` builds; ``context_sizes`` is ``Schema.context_sizes``."""
-        return cls(
-            n_numeric=n_numeric,
-            group_sizes=group_sizes,
-            latent_dim=latent_dim,
-            hidden_units=hidden_units,
-            activation=config.activation,
-            min_scale=config.min_scale,
-            max_scale=config.max_scale,
-            seed=config.random_state,
-            context_sizes=context_sizes,
-            context_dropout=config.context_dropout,
-        )
+    def options(cls, config: Any) -> dict[str, Any]:
+        return {
+            **super().options(config),
+            "context_dropout": config.context_dropout,
+        }
 
     # ---- training ----------------------------------------------------------------------------
 

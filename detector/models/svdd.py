@@ -92,27 +92,12 @@ class VAESVDD(VAE):
         self.svdd_tracker = keras.metrics.Mean(name="svdd")
 
     @classmethod
-    def from_training(
-        cls,
-        *,
-        config: Any,
-        n_numeric: int,
-        group_sizes: tuple[int, ...],
-        latent_dim: int,
-        hidden_units: tuple[int, ...],
-    ) -> VAESVDD:
-        return cls(
-            n_numeric=n_numeric,
-            group_sizes=group_sizes,
-            latent_dim=latent_dim,
-            hidden_units=hidden_units,
-            activation=config.activation,
-            min_scale=config.min_scale,
-            max_scale=config.max_scale,
-            seed=config.random_state,
-            svdd_weight=config.svdd_weight,
-            svdd_nu=config.svdd_nu,
-        )
+    def options(cls, config: Any) -> dict[str, Any]:
+        return {
+            **super().options(config),
+            "svdd_weight": config.svdd_weight,
+            "svdd_nu": config.svdd_nu,
+        }
 
     # ---- the centre and radius ---------------------------------------------------------------
 

@@ -164,26 +164,22 @@ class VAE(keras.Model):
     # ---- hooks for subclasses ----------------------------------------------------------------
 
     @classmethod
-    def from_training(
-        cls,
-        *,
-        config: Any,
-        n_numeric: int,
-        group_sizes: tuple[int, ...],
-        latent_dim: int,
-        hidden_units: tuple[int, ...],
-    ) -> VAE:
-        """The model ``train`` builds for ``config`` (a ``TrainingConfig``) and the data."""
-        return cls(
-            n_numeric=n_numeric,
-            group_sizes=group_sizes,
-            latent_dim=latent_dim,
-            hidden_units=hidden_units,
-            activation=config.activation,
-            min_scale=config.min_scale,
-            max_scale=config.max_scale,
-            seed=config.random_state,
-        )
+    def from_training(cls, *, config: Any, **shape: Any) -> VAE:
+        """The model ``train`` builds: ``shape`` holds the data's widths (``n_numeric``,
+        ``group_sizes``, ``latent_dim``, ``hidden_units``, and ``context_sizes`` for a
+        conditional model), ``config`` (a ``TrainingConfig``) the rest via ``options``."""
+        return cls(**shape, **cls.options(config))
+
+    @classmethod
+    def options(cls, config: Any) -> dict[str, Any]:
+        """This model's constructor arguments taken from a ``TrainingConfig``; subclasses
+        add their own to these."""
+        return {
+            "activation": config.activation,
+            "min_scale": config.min_scale,
+            "max_scale": config.max_scale,
+            "seed": config.random_state,
+        }
 
     def score_extras(self, x, mean, log_var, z, estimates):  # type: ignore[no-untyped-def]
         """Extra per-record scores, one ``(batch,)`` tensor per ``extra_score_kinds`` entry,
