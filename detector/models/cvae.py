@@ -90,11 +90,7 @@ class ConditionalVAE(VAE):
         if context is None:
             context = ops.zeros((ops.shape(z)[0], self.context_dim), dtype=z.dtype)
         h = self.decoder_body(ops.concatenate([z, ops.cast(context, z.dtype)], axis=-1))
-        empty = ops.zeros((ops.shape(h)[0], 0), dtype=h.dtype)
-        mean = self.x_mean(h) if self.x_mean is not None else empty
-        log_var = self.x_log_var(h) if self.x_log_var is not None else empty
-        logits = self.x_logits(h) if self.x_logits is not None else empty
-        return mean, log_var, logits
+        return self._output_parameters(h)
 
     def call(self, inputs):  # type: ignore[no-untyped-def]
         """The deterministic reconstruction from the posterior mean given the row's context,

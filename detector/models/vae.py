@@ -137,7 +137,12 @@ class VAE(keras.Model):
         take one; this model conditions on nothing, so a context is an error."""
         if context is not None:
             raise ValueError(f"{type(self).__name__} does not condition on a context")
-        h = self.decoder_body(z)
+        return self._output_parameters(self.decoder_body(z))
+
+    def _output_parameters(self, h):  # type: ignore[no-untyped-def]
+        """The output heads on the decoder's last hidden layer ``h``: numeric means and
+        log-variances and categorical logits, an empty ``(batch, 0)`` for a head the data
+        lacks."""
         empty = ops.zeros((ops.shape(h)[0], 0), dtype=h.dtype)
         mean = self.x_mean(h) if self.x_mean is not None else empty
         log_var = self.x_log_var(h) if self.x_log_var is not None else empty
