@@ -1,21 +1,25 @@
-"""Benchmark VAEDetector on the adVAE paper's five tables (BENCHMARKS.md section 1).
+"""Benchmark the detector models on the adVAE paper's five tables (BENCHMARKS.md section 1).
 
 Wang et al., "adVAE", Knowledge-Based Systems 2020 (arXiv:1903.00904), Table 3. Each set is
-split deterministically in file row order; the detector trains on the (all-normal) training
-part and scores the test part. For every set and seed this reports AUROC and AP for the
+split deterministically in file row order; each model trains on the (all-normal) training part
+and scores the test part. For every model, set and seed this reports AUROC and AP for the
 detector's default score and for each of the four log-likelihood estimates of the same model,
 prints mean ± std over seeds beside the paper's VAE and adVAE rows, and writes ``<out>.json``
-(every per-seed number plus what is needed to reproduce it), ``<out>.md`` (the table) and
-``<out>.png`` (AUROC per set beside the paper's).
+(every per-seed number plus what is needed to reproduce it), ``<out>.md`` (a summary table of
+each model's default score, then each model's per-score tables) and ``<out>.png`` (AUROC per
+set, each model beside the paper's).
 
 Usage::
 
     python tests/benchmarks/bench_advae.py [--data-dir DIR] [--sets letter,cardio,...]
-        [--seeds 0,1,2] [--param key=value ...] [--paper-hyperparameters]
-        [--out tests/benchmarks/results/advae]
+        [--seeds 0,1,2] [--models vae,vae-svdd,advae] [--param key=value ...]
+        [--paper-hyperparameters] [--out tests/benchmarks/results/advae]
 
-``--paper-hyperparameters`` (with ``--param model=advae``) trains each set with the paper's
-own lambda and m_z (its Table 2, ``PAPER_ADVAE``); a ``--param`` given too takes precedence.
+``--models`` names models of ``detector.models.MODELS`` (default ``vae``); the older
+``--param model=NAME`` still picks a single model, but not together with ``--models``.
+``--paper-hyperparameters`` trains each set's ``advae`` runs with the paper's own lambda and
+m_z (its Table 2, ``PAPER_ADVAE``); the other models' runs are unchanged. A ``--param`` given
+too takes precedence, and applies to every model.
 
 The data directory is ``--data-dir``, else ``$ANOMALY_BENCH_DATA``, else ``../shared/data``
 beside the repository; files are read from ``<data-dir>/advae/<set>.mat``.
@@ -40,6 +44,7 @@ from common import (
     DATA_ENV,
     RESULTS,
     check_params,
+    choose_models,
     command_line,
     file_sha256,
     import_repo,
@@ -149,10 +154,12 @@ def as_frame(x: np.ndarray) -> pd.DataFrame:
 
 @dataclass
 class RunResult:
-    """Metrics and training facts for one (set, seed)."""
+    """Metrics and training facts for one (model, set, seed)."""
 
+    model: str
     set: str
     seed: int
+    params: dict[str, Any]  # VAEDetector keyword arguments besides model and random_state
     metrics: dict[str, dict[str, float]]  # score -> metric -> value
     fit_seconds: float
     score_seconds: float
@@ -160,9 +167,10 @@ class RunResult:
 
 
 def run_one(
-    name: str, x: np.ndarray, y: np.ndarray, seed: int, params: dict[str, Any]
+    model: str, name: str, x: np.ndarray, y: np.ndarray, seed: int, params: dict[str, Any]
 ) -> RunResult:
-    """Fit on the set's training part with ``random_state=seed`` and score its test part."""
+    """Fit ``model`` on the set's training part with ``random_state=seed`` and score its test
+    part."""
     # Imported here so --help and a missing-data error answer before TensorFlow loads.
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -172,7 +180,7 @@ def run_one(
     train, test = split(name, y)
     test_frame, y_test = as_frame(x[test]), y[test]
     started = time.perf_counter()
-    det = VAEDetector(random_state=seed, **params).fit(as_frame(x[train]))
+    det = VAEDetector(model=model, random_state=seed, **params).fit(as_frame(x[train]))
     fit_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -191,8 +199,10 @@ def run_one(
         for kind, s in scores.items()
     }
     return RunResult(
+        model=model,
         set=name,
         seed=seed,
+        params=params,
         metrics=metrics,
         fit_seconds=round(fit_seconds, 2),
         score_seconds=round(score_seconds, 3),
@@ -218,7 +228,7 @@ def training_facts(summary: Any) -> dict[str, Any]:
 
 
 def aggregate(runs: list[RunResult], sets: list[str], seeds: list[int]) -> dict[str, Any]:
-    """score -> metric -> {set: (mean, std), "avg": (mean, std)} over seeds.
+    """One model's runs -> score -> metric -> {set: (mean, std), "avg": (mean, std)} over seeds.
 
     The average's spread is the std over seeds of each seed's mean over sets, so it measures
     seed-to-seed variation of the headline number rather than set-to-set differences."""
@@ -247,11 +257,15 @@ def paper_row(label: str, metric: str, sets: list[str]) -> list[str]:
     return [label, *cells, avg]
 
 
-def format_tables(table: dict[str, Any], sets: list[str], seeds: list[int]) -> str:
-    """Two Markdown tables (AUROC, AP): one row per score estimate plus the paper's rows."""
+def format_tables(
+    table: dict[str, Any], sets: list[str], seeds: list[int], first: str = "score"
+) -> str:
+    """Two Markdown tables (AUROC, AP): one row per entry of ``table`` (label -> metric ->
+    cells, e.g. one model's scores from ``aggregate``) plus the paper's rows; ``first`` heads
+    the label column."""
     blocks = []
     for metric, title in (("auroc", "AUROC"), ("ap", "AP (average precision)")):
-        header = ["score", *sets, "avg"]
+        header = [first, *sets, "avg"]
         lines = [
             f"{title}, mean ± std over seeds {','.join(map(str, seeds))}",
             "",
@@ -268,6 +282,21 @@ def format_tables(table: dict[str, Any], sets: list[str], seeds: list[int]) -> s
     return "\n\n".join(blocks)
 
 
+def format_report(
+    table: dict[str, Any], models: list[str], sets: list[str], seeds: list[int]
+) -> str:
+    """The summary (each model's default score beside the paper's), then each model's tables
+    for every score; ``table`` is model -> ``aggregate``."""
+    summary = {model: table[model]["default"] for model in models}
+    blocks = [
+        "## Summary: each model's default score",
+        format_tables(summary, sets, seeds, "model"),
+    ]
+    for model in models:
+        blocks += [f"## {model}: every score", format_tables(table[model], sets, seeds)]
+    return "\n\n".join(blocks)
+
+
 # ---- provenance and output --------------------------------------------------------------------
 
 
@@ -275,33 +304,39 @@ def write_outputs(out: Path, payload: dict[str, Any], tables: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with_suffix(out, ".json").write_text(json.dumps(payload, indent=2) + "\n")
     params = payload["params"] or "library defaults"
+    paper_hp = (
+        ", advae with the paper's per-set lambda and m_z (its Table 2)"
+        if payload["paper_hyperparameters"]
+        else ""
+    )
+    skipped = "".join(f" {m} skipped: {why}." for m, why in payload["skipped_models"].items())
     text = (
-        "# VAEDetector on the adVAE paper's sets (BENCHMARKS.md section 1)\n\n"
-        f"Run {payload['date_utc']}, seeds {payload['seeds']}, params {params}, "
-        f"{payload['total_seconds']:.0f} s in all; every per-seed number is in "
-        f"`{with_suffix(out, '.json').name}`.\n\n"
+        "# Detector models on the adVAE paper's sets (BENCHMARKS.md section 1)\n\n"
+        f"Run {payload['date_utc']}, models {', '.join(payload['models'])}, seeds "
+        f"{payload['seeds']}, params {params}{paper_hp}, {payload['total_seconds']:.0f} s in "
+        f"all; every per-seed number is in `{with_suffix(out, '.json').name}`.{skipped}\n\n"
         f"{tables}\n\n"
         "`default` is the detector's own score (`-score_samples`); the others are the four "
-        "estimates of the same trained model. The paper's averages are as printed. "
-        f"`{with_suffix(out, '.png').name}` draws the AUROC cells.\n\n"
+        "estimates of the same trained model, then any score the model adds. The paper's "
+        "averages are as printed. "
+        f"`{with_suffix(out, '.png').name}` draws the summary's AUROC cells.\n\n"
         "Reproduce with:\n\n"
         f"```\n{payload['command']}\n```\n"
     )
     with_suffix(out, ".md").write_text(text)
 
 
-def plot(out: Path, table: dict[str, Any], sets: list[str], params: dict[str, Any]) -> None:
-    """``<out>.png``: AUROC per set, our default score (±1 std over seeds) beside the paper's
-    VAE and adVAE."""
-    cells = table["default"]["auroc"]
-    ours = f"ours ({params.get('model', 'vae')})"
-    series = {ours: [cells[s][0] for s in sets]}
+def plot(out: Path, table: dict[str, Any], sets: list[str], models: list[str]) -> None:
+    """``<out>.png``: AUROC per set, each model's default score (±1 std over seeds) beside the
+    paper's VAE and adVAE."""
+    ours = {f"ours, {m}": table[m]["default"]["auroc"] for m in models}
+    series = {label: [cells[s][0] for s in sets] for label, cells in ours.items()}
     series.update({k: [v["auroc"][SETS.index(s)] for s in sets] for k, v in PAPER.items()})
     plot_grouped_bars(
         with_suffix(out, ".png"),
         sets,
         series,
-        errors={ours: [cells[s][1] for s in sets]},
+        errors={label: [cells[s][1] for s in sets] for label, cells in ours.items()},
         title="adVAE paper protocol (BENCHMARKS.md section 1): AUROC",
     )
 
@@ -315,17 +350,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
     parser.add_argument(
+        "--models",
+        help="comma-separated names from detector.models.MODELS (default: vae, or the one "
+        "--param model=NAME gives)",
+    )
+    parser.add_argument(
         "--param",
         action="append",
         default=[],
         type=parse_param,
         metavar="KEY=VALUE",
-        help="a VAEDetector keyword argument (repeatable)",
+        help="a VAEDetector keyword argument for every model (repeatable)",
     )
     parser.add_argument(
         "--paper-hyperparameters",
         action="store_true",
-        help="with --param model=advae: each set's lambda and m_z from the paper's Table 2",
+        help="the advae runs take each set's lambda and m_z from the paper's Table 2",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
     args = parser.parse_args(argv)
@@ -339,8 +379,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.params = dict(args.param)
     if "random_state" in args.params:
         parser.error("random_state comes from --seeds; do not pass it with --param")
-    if args.paper_hyperparameters and args.params.get("model") != "advae":
-        parser.error("--paper-hyperparameters is for --param model=advae")
+    if "model" in args.params:
+        if args.models is not None:
+            parser.error("give --models or --param model=NAME, not both")
+        args.models = [str(args.params.pop("model"))]
+    else:
+        # dict.fromkeys drops repeats and keeps the order given.
+        args.models = list(dict.fromkeys(parse_list(args.models or "vae")))
+    if args.paper_hyperparameters and "advae" not in args.models:
+        parser.error("--paper-hyperparameters sets advae's lambda and m_z; put advae in --models")
     return args
 
 
@@ -350,24 +397,30 @@ def main(argv: list[str] | None = None) -> int:
     check_data(data_dir, args.sets)
     import_repo()
     check_params(args.params)
+    models, skipped = choose_models(args.models)
+    for model, why in skipped.items():
+        progress(f"{model} skipped: {why}")
 
     started = time.perf_counter()
     runs: list[RunResult] = []
     for name in args.sets:
         x, y = load_set(set_path(data_dir, name))
         for seed in args.seeds:
-            per_set = PAPER_ADVAE[name] if args.paper_hyperparameters else {}
-            result = run_one(name, x, y, seed, {**per_set, **args.params})
-            runs.append(result)
-            default = result.metrics["default"]
-            progress(
-                f"{name} seed {seed}: AUROC {default['auroc']:.3f} AP {default['ap']:.3f} "
-                f"({result.fit_seconds:.0f} s, {result.training['epochs_run']} epochs)"
-            )
+            for model in models:
+                paper = args.paper_hyperparameters and model == "advae"
+                per_set = PAPER_ADVAE[name] if paper else {}
+                result = run_one(model, name, x, y, seed, {**per_set, **args.params})
+                runs.append(result)
+                default = result.metrics["default"]
+                progress(
+                    f"{name} seed {seed} {model}: AUROC {default['auroc']:.3f} "
+                    f"AP {default['ap']:.3f} ({result.fit_seconds:.0f} s, "
+                    f"{result.training['epochs_run']} epochs)"
+                )
     total = time.perf_counter() - started
 
-    table = aggregate(runs, args.sets, args.seeds)
-    tables = format_tables(table, args.sets, args.seeds)
+    table = {m: aggregate([r for r in runs if r.model == m], args.sets, args.seeds) for m in models}
+    tables = format_report(table, models, args.sets, args.seeds)
     print(tables)
     payload = {
         "benchmark": "adVAE paper protocol, BENCHMARKS.md section 1",
@@ -375,18 +428,21 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line(),
         "sets": args.sets,
         "seeds": args.seeds,
+        "models": models,
+        "skipped_models": skipped,
         "params": args.params,
-        "paper_hyperparameters": PAPER_ADVAE if args.paper_hyperparameters else None,
+        # model -> set -> the hyperparameters its runs took from the paper
+        "paper_hyperparameters": {"advae": PAPER_ADVAE} if args.paper_hyperparameters else None,
         "packages": {"python": platform.python_version(), **package_versions()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "data": {s: file_sha256(set_path(data_dir, s)) for s in args.sets},
         "total_seconds": round(total, 1),
-        "summary": table,
+        "summary": table,  # model -> score -> metric -> cells
         "runs": [vars(r) for r in runs],
         "paper": {k: {**v, "avg": PAPER_AVG[k]} for k, v in PAPER.items()},
     }
     write_outputs(Path(args.out), payload, tables)
-    plot(Path(args.out), table, args.sets, args.params)
+    plot(Path(args.out), table, args.sets, models)
     return 0
 
 
