@@ -120,7 +120,8 @@ class VAE(keras.Model):
         terms = []
         if self.x_mean is not None and self.x_log_var is not None:
             x_num = x[..., : self.n_numeric]
-            terms.append(losses.gaussian_log_density(x_num, self.x_mean(h), self.x_log_var(h)))
+            log_var = self.x_log_var.log_variance()  # (n_numeric,), broadcast by the density
+            terms.append(losses.gaussian_log_density(x_num, self.x_mean(h), log_var))
         if self.x_logits is not None:
             terms.append(
                 losses.categorical_log_prob(
