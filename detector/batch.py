@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from detector.bundle import Bundle
 from detector.errors import DataError, SchemaError
-from detector.features import Imputation, Schema, check_columns
+from detector.features import EncodedBatch, Imputation, Schema, check_columns, encode
 from detector.pipelining import BackgroundSink, prefetched
-from detector.scoring import ScoreResult, score_frame
+from detector.scoring import ScoreResult, score_batch, score_frame
 from detector.tables import (
     DEFAULT_CHUNK_ROWS,
     ParseReject,
@@ -107,11 +107,27 @@ class RejectRateExceeded(DataError):
 
 
 @dataclass(frozen=True, eq=False)
+class PreparedChunk:
+    """A chunk ready for the model: what the reading thread hands the scoring thread.
+    ``frame`` and ``encoded`` are ``None`` for a chunk with no parsed rows."""
+
+    chunk: SourceChunk
+    table: pa.Table
+    frame: pd.DataFrame | None
+    encoded: EncodedBatch | None
+
+
+@dataclass(frozen=True, eq=False)
 class ScoredTable:
-    """A table's scored rows (its columns followed by the score columns) and the result."""
+    """A table's scored rows (its columns followed by the score columns) and the result.
+
+    ``leading_text``, when the input's records were given, is the scored rows' records as
+    read: the CSV text of the table's first ``leading_columns`` columns."""
 
     table: pa.Table
     result: ScoreResult
+    leading_text: pa.Array | None = None
+    leading_columns: int = 0
 
 
 def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
@@ -148,15 +164,36 @@ def score_table(
     top_k: int = 3,
     typed_numbers: bool = False,
     frame: pd.DataFrame | None = None,
+    records: pa.Array | None = None,
 ) -> ScoredTable:
     """Score an Arrow table whose columns were checked with ``check_columns``.
 
     The scored rows keep every input column as read (CSV fields as their original text), or,
     with ``typed_numbers``, the model's numeric columns as float64 (for Parquet output).
+    ``records`` (``SourceChunk.records``) are the table's rows as CSV text, to be copied to a
+    CSV output as they are.
     """
     if frame is None:
         frame = model_frame(bundle.schema, table)
     result = score_frame(bundle, frame, impute=impute)
+    return scored_rows(
+        bundle, table, result, top_k=top_k, typed_numbers=typed_numbers, frame=frame,
+        records=records,
+    )  # fmt: skip
+
+
+def scored_rows(
+    bundle: Bundle,
+    table: pa.Table,
+    result: ScoreResult,
+    *,
+    top_k: int,
+    typed_numbers: bool,
+    frame: pd.DataFrame,
+    records: pa.Array | None,
+) -> ScoredTable:
+    """``score_table``'s second half: the scored rows of ``table`` with the score columns
+    appended, from ``result`` (``frame`` is the model's frame the result came from)."""
     rows = result.rows
     kept = table.take(pa.array(rows, pa.int64())) if len(rows) != table.num_rows else table
     if typed_numbers:
@@ -179,9 +216,14 @@ def score_table(
     for j, column in enumerate(top_columns(result, top_k)):
         scores.append(column)
         names.append(f"top_feature_{j + 1}")
+    leading_columns = kept.num_columns
     for name, values in zip(names, scores, strict=True):
         kept = kept.append_column(name, values)
-    return ScoredTable(table=kept, result=result)
+    if records is None:
+        return ScoredTable(table=kept, result=result)
+    if len(rows) != len(records):
+        records = records.take(pa.array(rows, pa.int64()))
+    return ScoredTable(kept, result, leading_text=records, leading_columns=leading_columns)
 
 
 def _as_numbers(values: Any, rows: np.ndarray) -> np.ndarray:
@@ -198,7 +240,7 @@ def top_columns(result: ScoreResult, k: int) -> list[pa.Array]:
     k = min(k, len(result.columns))
     if k <= 0:
         return []
-    order = np.argsort(-result.contributions, axis=1, kind="stable")[:, :k].astype(np.int32)
+    order = result.top_indices(k).astype(np.int32)
     names = pa.array(result.columns, pa.string())
     return [
         pc.cast(pa.DictionaryArray.from_arrays(order[:, j], names), pa.string()) for j in range(k)
@@ -278,7 +320,7 @@ class _Run:
     def __post_init__(self) -> None:
         self.writer = TableWriter(self.output_path)
         # Written in a background thread while the next chunk scores.
-        self.sink: BackgroundSink[pa.Table] = BackgroundSink(self.writer.write)
+        self.sink: BackgroundSink[tuple[PreparedChunk, ScoreResult]] = BackgroundSink(self._write)
         self.rejects_target = Path(self.rejects_path or f"{self.output_path}.rejects.csv")
         self.rejects_writer = TableWriter(self.rejects_target)
         self.n_rejects = 0
@@ -302,19 +344,14 @@ class _Run:
         with open_source(path) as source:
             columns = self._check(source.columns, source.name)
             seen = 0
-            # The next chunk is read and parsed in a background thread while this one scores.
-            for chunk, table, frame in prefetched(self._prepared(source, columns, chunk_rows)):
-                if table.num_rows:
-                    part = score_table(
-                        self.bundle,
-                        table,
-                        impute=self.impute,
-                        top_k=self.top_k,
-                        typed_numbers=self.typed_numbers,
-                        frame=frame,
-                    )
-                    self.sink.put(part.table)
-                    result = part.result
+            # Three threads, each on its own chunk: the next chunk is read, parsed and encoded
+            # in one, this one goes through the model in this one, and the one before is
+            # formatted and written in a third.
+            for item in prefetched(self._prepared(source, columns, chunk_rows)):
+                chunk = item.chunk
+                if item.encoded is not None:
+                    result = score_batch(self.bundle, item.encoded, n_input=item.table.num_rows)
+                    self.sink.put((item, result))
                     scored += result.n_scored
                     self.anomalies += int(result.is_anomaly.sum())
                     value_rejects = _value_rejects(chunk, result)
@@ -329,14 +366,42 @@ class _Run:
 
     def _prepared(
         self, source: TableSource, columns: tuple[str, ...], chunk_rows: int
-    ) -> Iterator[tuple[SourceChunk, pa.Table, pd.DataFrame | None]]:
-        """Each chunk with its output columns selected and the model's frame made."""
+    ) -> Iterator[PreparedChunk]:
+        """Each chunk with its output columns selected and the model's frame made and encoded.
+
+        A CSV output copies the input's records as they were read where it can (same
+        delimiter, same column order) instead of formatting every field again.
+        """
+        same_order = tuple(source.columns) == columns
+        copy_records = self.writer.format == "csv" and source.delimiter == "," and same_order
         for chunk in source.chunks(chunk_rows):
             table = chunk.table
-            if tuple(table.column_names) != columns:
+            if not same_order:
                 table = table.select(list(columns))
-            frame = model_frame(self.bundle.schema, table) if table.num_rows else None
-            yield chunk, table, frame
+            if not copy_records and chunk.records is not None:
+                chunk = replace(chunk, records=None)
+            if not table.num_rows:
+                yield PreparedChunk(chunk, table, None, None)
+                continue
+            frame = model_frame(self.bundle.schema, table)
+            encoded = encode(self.bundle.schema, frame, impute=self.impute)
+            yield PreparedChunk(chunk, table, frame, encoded)
+
+    def _write(self, scored: tuple[PreparedChunk, ScoreResult]) -> None:
+        item, result = scored
+        assert item.frame is not None  # only chunks with rows are scored
+        part = scored_rows(
+            self.bundle,
+            item.table,
+            result,
+            top_k=self.top_k,
+            typed_numbers=self.typed_numbers,
+            frame=item.frame,
+            records=item.chunk.records,
+        )
+        self.writer.write(
+            part.table, leading_text=part.leading_text, leading_columns=part.leading_columns
+        )
 
     def _check(self, columns: tuple[str, ...], source: str) -> tuple[str, ...]:
         keep = list(self.keep_columns)

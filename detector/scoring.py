@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from detector.features import Imputation, Rejection, Schema, encode
+from detector.features import EncodedBatch, Imputation, Rejection, Schema, encode
 
 if TYPE_CHECKING:
     from detector.bundle import Bundle
@@ -267,10 +267,33 @@ class ScoreResult:
 
     def top_features(self, k: int = 3) -> list[list[str]]:
         """The ``k`` columns most to blame for each scored row, most first."""
-        k = min(k, len(self.columns))
-        order = np.argsort(-self.contributions, axis=1, kind="stable")[:, :k]
         names = np.asarray(self.columns, dtype=object)
-        return [list(r) for r in names[order]]
+        return [list(r) for r in names[self.top_indices(k)]]
+
+    def top_indices(self, k: int = 3) -> np.ndarray:
+        """``(n_scored, min(k, len(columns)))``: each row's ``k`` largest contributions' column
+        positions, largest first, ties in column order (a stable descending sort's first k;
+        NaN counts as -inf).
+
+        ``k`` passes of ``argmax``, which returns the first of equal maxima, instead of a full
+        sort: ~5x cheaper for the few columns anyone reads.
+        """
+        k = min(k, len(self.columns))
+        values = np.where(np.isnan(self.contributions), -np.inf, self.contributions)
+        left = values.copy()
+        order = np.empty((len(left), k), dtype=np.intp)
+        rows = np.arange(len(left))
+        exhausted = np.zeros(len(left), dtype=bool)
+        for j in range(k):
+            order[:, j] = np.argmax(left, axis=1)
+            best = left[rows, order[:, j]]
+            # Once only -inf is left, argmax could pick a column already taken.
+            exhausted |= best == -np.inf
+            left[rows, order[:, j]] = -np.inf
+        if exhausted.any():
+            sorted_rows = np.argsort(-values[exhausted], axis=1, kind="stable")
+            order[exhausted] = sorted_rows[:, :k]
+        return order
 
     def to_frame(self, *, top_k: int = 3) -> pd.DataFrame:
         """One row per scored record, indexed by input position: ``anomaly_score``,
@@ -321,12 +344,18 @@ def score_frame(
     to tolerate unscored). Rows with bad values come back in ``rejections`` with reasons.
     """
     batch = encode(bundle.schema, frame, impute=impute, passthrough=passthrough)
+    return score_batch(bundle, batch, n_input=len(frame))
+
+
+def score_batch(bundle: Bundle, batch: EncodedBatch, *, n_input: int) -> ScoreResult:
+    """``score_frame``'s second half: score the output of ``encode`` for ``n_input`` rows (for
+    a caller that encodes in one thread and scores in another)."""
     return score_encoded(
         bundle,
         batch.values,
         rows=batch.rows,
         rejections=batch.rejections,
-        n_input=len(frame),
+        n_input=n_input,
         context_unseen=batch.context_unseen,
     )
 

@@ -201,6 +201,10 @@ class SourceChunk:
     Parquet). ``rejects`` are the records of the same stretch that could not be parsed;
     ``n_read = table.num_rows + len(rejects)``. ``position`` is how far into the source (in
     bytes of the file as stored) reading has got, for a progress bar.
+
+    ``records``, where a CSV block went through Arrow's parser, is each row's record exactly as
+    in the file without its line ending (a text array aligned with ``table``): a CSV writer with
+    the same delimiter can copy the input's fields from it instead of formatting them again.
     """
 
     source: str
@@ -210,6 +214,7 @@ class SourceChunk:
     rejects: tuple[ParseReject, ...]
     position: int
     raw_text: Callable[[int], str]
+    records: pa.Array | None = None
 
     @property
     def n_read(self) -> int:
@@ -256,11 +261,13 @@ def _is_table_name(name: str) -> bool:
 class TableSource(ABC):
     """One input file opened for streaming: ``columns`` is known on opening, ``chunks``
     yields ``SourceChunk``s of at most ``chunk_rows`` rows, ``size`` is the stored size in
-    bytes (``None`` for stdin). Use as a context manager."""
+    bytes (``None`` for stdin), ``delimiter`` the field delimiter of a CSV source (``None``
+    for Parquet). Use as a context manager."""
 
     name: str
     columns: tuple[str, ...]
     size: int | None
+    delimiter: str | None = None
 
     @abstractmethod
     def chunks(self, chunk_rows: int) -> Iterator[SourceChunk]: ...
@@ -338,6 +345,8 @@ class CsvSource(TableSource):
     Python's csv module, record by record, otherwise; both give the same rows, and the slow
     path also names each bad record. The rare slow path is what keeps the fast one exact.
     """
+
+    delimiter: str
 
     def __init__(self, path: str) -> None:
         self.name = "<stdin>" if path == "-" else path
@@ -446,8 +455,9 @@ class CsvSource(TableSource):
                     continue
                 block, pending = pending[:cut], pending[cut:]
             if block:
-                parsed = self._parse(block, line, row)
-                line += block.count(b"\n")
+                newlines = block.count(b"\n")
+                parsed = self._parse(block, line, row, newlines)
+                line += newlines
                 row += parsed.n_read
                 if parsed.n_read:
                     per_chunk = len(block) * chunk_rows // parsed.n_read
@@ -456,15 +466,19 @@ class CsvSource(TableSource):
             if eof:
                 return
 
-    def _parse(self, block: bytes, line: int, row: int) -> SourceChunk:
-        blank_lines = block.startswith((b"\n", b"\r\n")) or b"\n\n" in block or b"\n\r\n" in block
-        if not blank_lines:
-            fast = self._parse_arrow(block, line, row)
-            if fast is not None:
-                return fast
-        return self._parse_python(block, line, row)
+    def _parse(self, block: bytes, line: int, row: int, newlines: int) -> SourceChunk:
+        fast = self._parse_arrow(block, line, row, newlines)
+        return fast if fast is not None else self._parse_python(block, line, row)
 
-    def _parse_arrow(self, block: bytes, line: int, row: int) -> SourceChunk | None:
+    def _parse_arrow(self, block: bytes, line: int, row: int, newlines: int) -> SourceChunk | None:
+        """Arrow's parse of a block ending in a newline, or ``None`` where only the record-by-
+        record path can name what is wrong (invalid UTF-8, ragged rows) or number the lines
+        (Arrow skips blank lines, which the ledger must count).
+
+        Every column stays text: the output copies the input's fields as they were, and
+        Arrow parses text then casts it to numbers faster than it parses numbers directly
+        (measured: 3.1 + 1.3 us per 38-column row against 4.0 + 0.3).
+        """
         invalid: list[object] = []
 
         def on_invalid(bad: object) -> str:
@@ -500,6 +514,8 @@ class CsvSource(TableSource):
             for column in table.columns:
                 counts = pc.fill_null(pc.count_substring(column, "\n"), 0)
                 extra += counts.to_numpy().astype(np.int64)
+        if n + int(extra.sum()) != newlines:
+            return None  # Arrow skipped blank lines: the physical lines are not all records
         starts = line + np.arange(n, dtype=np.int64)
         if n:
             starts[1:] += np.cumsum(extra)[:-1]
@@ -511,6 +527,7 @@ class CsvSource(TableSource):
             rejects=(),
             position=0,
             raw_text=_block_text(block, starts - line, extra),
+            records=_records(block, extra),
         )
 
     def _parse_python(self, block: bytes, line: int, row: int) -> SourceChunk:
@@ -599,6 +616,16 @@ def _block_text(block: bytes, offsets: np.ndarray, extra: np.ndarray) -> Callabl
     return raw_text
 
 
+def _records(block: bytes, extra: np.ndarray) -> pa.Array:
+    """Each record of a block (record ``i`` spans ``1 + extra[i]`` lines, the block holds no
+    other lines) as text without its line ending, sharing the block's bytes until trimmed."""
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+    bounds = np.zeros(len(extra) + 1, dtype=np.int32)  # a block is < 2 GB (MAX_BLOCK_BYTES)
+    bounds[1:] = ends[np.cumsum(extra + 1) - 1] + 1
+    whole = pa.StringArray.from_buffers(len(extra), pa.py_buffer(bounds), pa.py_buffer(block))
+    return pc.ascii_rtrim(whole, "\r\n")
+
+
 def _split(parsed: SourceChunk, chunk_rows: int, position: int) -> Iterator[SourceChunk]:
     """A parsed block as chunks of at most ``chunk_rows`` rows (its parse rejects go with the
     first); each keeps its own row numbering."""
@@ -626,6 +653,7 @@ def _with(
         rejects=rejects,
         position=position,
         raw_text=lambda i: parsed.raw_text(begin + i),
+        records=None if parsed.records is None else parsed.records.slice(begin, end - begin),
     )
 
 
@@ -698,17 +726,27 @@ class TableWriter:
         self._csv: Any = None
         self._columns: list[str] | None = None
 
-    def write(self, table: pa.Table | pd.DataFrame) -> None:
+    def write(
+        self,
+        table: pa.Table | pd.DataFrame,
+        *,
+        leading_text: pa.Array | None = None,
+        leading_columns: int = 0,
+    ) -> None:
+        """Append ``table``'s rows. ``leading_text``, for CSV, is the comma-delimited text of
+        the table's first ``leading_columns`` columns, one record per row
+        (``SourceChunk.records``): it is written as it is, then the other columns."""
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table, preserve_index=False)
         if self._columns is None:
             self._columns = list(table.column_names)
         elif list(table.column_names) != self._columns:
             table = table.select(self._columns)
+            leading_text = None  # it holds the columns in another order
         if self.format == "parquet":
             self._write_parquet(table)
         else:
-            self._write_csv(table)
+            self._write_csv(table, leading_text, leading_columns)
 
     def _write_parquet(self, table: pa.Table) -> None:
         import pyarrow.parquet as pq
@@ -725,7 +763,9 @@ class TableWriter:
                 ) from None
         self._parquet.write_table(table)
 
-    def _write_csv(self, table: pa.Table) -> None:
+    def _write_csv(
+        self, table: pa.Table, leading_text: pa.Array | None, leading_columns: int
+    ) -> None:
         if self._csv is None:
             if self.target.name.lower().endswith(".gz"):
                 # Level 1: several times faster than the default, most of the size saving.
@@ -736,7 +776,10 @@ class TableWriter:
             csv.writer(header, lineterminator="\n").writerow(table.column_names)
             self._csv.write(header.getvalue().encode())
         if table.num_rows:
-            self._csv.write(csv_buffer(table))  # an Arrow buffer: written without a copy
+            # An Arrow buffer: written without a copy.
+            self._csv.write(
+                csv_buffer(table, leading_text=leading_text, leading_columns=leading_columns)
+            )
 
     def close(self) -> None:
         if self._parquet is not None:
@@ -760,11 +803,28 @@ def csv_bytes(table: pa.Table, delimiter: str = ",") -> bytes:
     return csv_buffer(table, delimiter).to_pybytes()
 
 
-def csv_buffer(table: pa.Table, delimiter: str = ",") -> pa.Buffer:
-    """``csv_bytes`` as an Arrow buffer, without copying the text once more."""
+def csv_buffer(
+    table: pa.Table,
+    delimiter: str = ",",
+    *,
+    leading_text: pa.Array | None = None,
+    leading_columns: int = 0,
+) -> pa.Buffer:
+    """``csv_bytes`` as an Arrow buffer, without copying the text once more. With
+    ``leading_text`` (see ``TableWriter.write``), each row starts with it in place of the
+    table's first ``leading_columns`` columns."""
     if not table.num_rows:
         return pa.py_buffer(b"")
-    columns = [_csv_field(column, delimiter) for column in table.columns]
+    if leading_text is None:
+        columns = [_csv_field(column, delimiter) for column in table.columns]
+    else:
+        if len(leading_text) != table.num_rows or not 0 < leading_columns < table.num_columns:
+            raise ValueError(
+                f"leading text of {len(leading_text)} rows for {leading_columns} of "
+                f"{table.num_columns} columns of a {table.num_rows}-row table"
+            )
+        rest = table.columns[leading_columns:]
+        columns = [leading_text, *(_csv_field(column, delimiter) for column in rest)]
     # "\n" goes on the end of the last field, so the joined values, back to back, are the text.
     columns[-1] = pc.binary_join_element_wise(
         columns[-1], "", "\n", null_handling="replace", null_replacement=""

@@ -188,8 +188,7 @@ def _alert(state: ServiceState, scored: ScoredRequest, frame: pd.DataFrame) -> N
 def per_record(scored: ScoredRequest, frame: pd.DataFrame, passthrough: Sequence[str]) -> list:
     """The JSON results list: one object per scored record, in request order."""
     result = scored.result
-    k = min(TOP_FEATURES, len(result.columns))
-    order = np.argsort(-result.contributions, axis=1, kind="stable")[:, :k]
+    order = result.top_indices(TOP_FEATURES)
     columns = np.asarray(result.columns, dtype=object)
     top_names = columns[order].tolist()
     top_values = np.take_along_axis(result.contributions, order, axis=1).tolist()

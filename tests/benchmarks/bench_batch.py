@@ -95,30 +95,29 @@ def measure(argv: list[str]) -> dict:  # type: ignore[type-arg]
 
 
 def breakdown(model: Path, path: Path, limit: int = 262_144) -> dict[str, float]:
-    """Seconds per stage of the streaming scorer on the first ``limit`` rows of ``path``."""
-    import dataclasses
-    import functools
+    """Seconds per stage of the streaming scorer on the first ``limit`` rows of ``path``, each
+    stage run one after the other in this thread (the scorer overlaps them in three)."""
     import gc
 
-    from detector.batch import model_frame, top_columns
+    from detector.batch import model_frame, scored_rows
     from detector.bundle import load_bundle
     from detector.features import encode
-    from detector.scoring import score_encoded
-    from detector.tables import csv_bytes, open_source
+    from detector.scoring import score_batch
+    from detector.tables import csv_buffer, open_source
 
     bundle = load_bundle(model)
     bundle.graph(np.zeros((8, bundle.schema.n_features), np.float32))
     gc.freeze()
     stages = dict.fromkeys(
-        ("read_parse", "to_frame", "encode", "graph", "p_values_contributions", "top_features",
+        ("read_parse", "to_frame", "encode", "model_and_p_values", "rows_and_top_features",
          "write_csv"),
         0.0,
     )  # fmt: skip
     rows = 0
 
-    def timed(stage: str, fn, *args):  # type: ignore[no-untyped-def]
+    def timed(stage: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
-        value = fn(*args)
+        value = fn(*args, **kwargs)
         stages[stage] += time.perf_counter() - start
         return value
 
@@ -130,20 +129,17 @@ def breakdown(model: Path, path: Path, limit: int = 262_144) -> dict[str, float]
                 break
             frame = timed("to_frame", model_frame, bundle.schema, chunk.table)
             batch = timed("encode", encode, bundle.schema, frame)
-            estimates = timed("graph", bundle.graph, batch.values)
-            # The rest of score_encoded, timed on its own: the same bundle answering with the
-            # estimates just computed instead of running the graph again.
-            scored = dataclasses.replace(bundle)
-            answer = functools.partial(lambda known, _values: known, estimates)
-            scored.__dict__.update(graph=answer, version=bundle.version)
-            result = timed("p_values_contributions", score_encoded, scored, batch.values)
-            tops = timed("top_features", top_columns, result, 3)
-            table = chunk.table
-            for j, column in enumerate(tops):
-                table = table.append_column(f"top_feature_{j + 1}", column)
-            timed("write_csv", csv_bytes, table)
-            rows += chunk.table.num_rows
-            del estimates
+            n = chunk.table.num_rows
+            result = timed("model_and_p_values", score_batch, bundle, batch, n_input=n)
+            part = timed(
+                "rows_and_top_features", scored_rows, bundle, chunk.table, result, top_k=3,
+                typed_numbers=False, frame=frame, records=chunk.records,
+            )  # fmt: skip
+            timed(
+                "write_csv", csv_buffer, part.table, leading_text=part.leading_text,
+                leading_columns=part.leading_columns,
+            )  # fmt: skip
+            rows += n
     total = sum(stages.values())
     return {"rows": rows, **{k: v for k, v in stages.items()}, "total": total}
 

@@ -19,7 +19,7 @@ import pytest
 
 from detector import batch
 from detector.cli import main
-from detector.tables import csv_bytes
+from detector.tables import csv_bytes, open_source
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
@@ -241,7 +241,7 @@ def test_an_interrupted_run_leaves_nothing_at_the_output(
 ) -> None:
     path = tmp_path / "in.csv"
     EVAL.head(200).to_csv(path, index=False)
-    real = batch.score_table
+    real = batch.score_batch
     calls = []
 
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -250,7 +250,7 @@ def test_an_interrupted_run_leaves_nothing_at_the_output(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "score_table", interrupted)
+    monkeypatch.setattr(batch, "score_batch", interrupted)
     output = tmp_path / "out.csv"
     code = main(
         ["score", str(bundle_dir), str(path), "--output", str(output), "--chunk-rows", "50"]
@@ -273,3 +273,60 @@ def test_csv_writer_quotes_only_what_needs_it() -> None:
     back = list(csv.reader(io.StringIO(text)))
     assert [r[0] for r in back] == ["plain", "a,b", 'say "hi"', "two\nlines", ""]
     assert [float(r[1]) if r[1] else None for r in back] == [1.5, 0.1, None, 1e-7, 3.0]
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_a_clean_csv_is_copied_through_byte_for_byte(
+    capsys, bundle_dir: Path, tmp_path: Path, ending: str
+) -> None:
+    # Arrow parses a clean block, and the writer copies each record's text instead of
+    # formatting its fields again: whatever way a number was written stays as it was.
+    rows = lines_of(EVAL.head(40))
+    cpu = list(EVAL.columns).index("cpu_pct")
+    odd = rows[0].split(",")
+    odd[cpu] = "1.50"
+    notes = ['"a, b"', '"two\nlines"', '"say ""hi"""', "plain"]
+    body = [",".join(odd) + ",plain"] + [
+        r + "," + notes[i % len(notes)] for i, r in enumerate(rows[1:])
+    ]
+    path = tmp_path / "in.csv"
+    path.write_bytes((ending.join([HEADER + ",note", *body]) + ending).encode())
+    with open_source(str(path)) as source:
+        (chunk,) = source.chunks(1000)
+    assert chunk.records is not None  # Arrow's path, whose records the writer copies
+    output = tmp_path / "out.csv"
+    code, ledger, err = score(
+        capsys, str(bundle_dir), str(path), "--output", str(output), "--keep-column", "note"
+    )
+    assert code == 0, err
+    assert ledger["rows_read"] == ledger["rows_scored"] == 40
+    text = output.read_text()
+    for record in body:
+        assert record.replace("\r\n", "\n") + "," in text.replace("\r\n", "\n")
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
+    assert scored["cpu_pct"][0] == "1.50"
+    assert scored["note"][2] == "two\nlines" and scored["note"][3] == 'say "hi"'
+    assert list(scored.columns[-6:]) == [
+        "anomaly_score", "p_value", "is_anomaly", "top_feature_1", "top_feature_2",
+        "top_feature_3",
+    ]  # fmt: skip
+    assert pd.to_numeric(scored["anomaly_score"]).notna().all()
+
+
+def test_top_indices_match_a_stable_descending_sort() -> None:
+    from detector.scoring import ScoreResult
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, m = 40, int(rng.integers(1, 8))
+        values = rng.integers(-2, 3, size=(n, m)).astype(float)  # many ties
+        values[rng.random((n, m)) < 0.1] = np.nan
+        values[rng.random((n, m)) < 0.1] = -np.inf
+        result = ScoreResult(
+            anomaly_score=np.zeros(n), p_value=np.zeros(n), is_anomaly=np.zeros(n, bool),
+            contributions=values, columns=tuple("abcdefgh"[:m]), rows=np.arange(n),
+            rejections=(), threshold=0.0, n_input=n,
+        )  # fmt: skip
+        ranked = np.where(np.isnan(values), -np.inf, values)
+        expected = np.argsort(-ranked, axis=1, kind="stable")[:, : min(3, m)]
+        np.testing.assert_array_equal(result.top_indices(3), expected)
