@@ -5,7 +5,7 @@ calls. Rows read = rows scored + rows rejected, always and per file; rejected ro
 rejects file with their source file, row and line numbers, reason and raw text.
 
 Memory is bounded by the chunk size, not the file size: a source is read in blocks of whole
-records (``detector.tables.open_source``), scored, written and let go before the next block.
+records (``detector.sources.open_source``), scored, written and let go before the next block.
 """
 
 from __future__ import annotations
@@ -29,16 +29,9 @@ from detector.errors import DataError, SchemaError
 from detector.features import EncodedBatch, Imputation, Schema, check_columns, encode
 from detector.pipelining import BackgroundSink, prefetched
 from detector.scoring import ScoreResult, score_batch, score_frame
-from detector.tables import (
-    DEFAULT_CHUNK_ROWS,
-    ParseReject,
-    SourceChunk,
-    TableSource,
-    TableWriter,
-    expand_inputs,
-    iter_table,
-    open_source,
-)
+from detector.sources import ParseReject, SourceChunk, TableSource, open_source
+from detector.tables import DEFAULT_CHUNK_ROWS, expand_inputs, iter_table
+from detector.writers import TableWriter
 
 #: Columns the scorer adds after the input's own, in order (then ``top_feature_1..k``).
 SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")

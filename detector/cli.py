@@ -667,7 +667,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--context gives {repeated} more than once; give each column once")
     from detector.bundle import load_bundle
     from detector.sampling import sample_records
-    from detector.tables import TableWriter
+    from detector.writers import TableWriter
 
     writer = TableWriter(args.output) if args.output else None  # a bad name fails first
     bundle = load_bundle(args.model)

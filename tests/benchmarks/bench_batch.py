@@ -103,7 +103,8 @@ def breakdown(model: Path, path: Path, limit: int = 262_144) -> dict[str, float]
     from detector.bundle import load_bundle
     from detector.features import encode
     from detector.scoring import score_batch
-    from detector.tables import csv_buffer, open_source
+    from detector.sources import open_source
+    from detector.writers import csv_buffer
 
     bundle = load_bundle(model)
     bundle.graph(np.zeros((8, bundle.schema.n_features), np.float32))

@@ -19,7 +19,8 @@ import pytest
 
 from detector import batch
 from detector.cli import main
-from detector.tables import csv_bytes, open_source
+from detector.sources import open_source
+from detector.writers import csv_bytes
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
