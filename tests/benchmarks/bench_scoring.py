@@ -1,7 +1,7 @@
 """In-process scoring speed: throughput on a 100k x 38 table and single-row latency.
 
 Run: ``python tests/benchmarks/bench_scoring.py [--rows 100000] [--columns 38] [--calls 2000]``.
-Reports, at the default sample count (L=16) and a few others:
+Reports, at the default sample count (L=8) and a few others:
 
 - model throughput: the compiled scoring graph on already-encoded rows (rows/s);
 - end-to-end throughput: ``score_frame`` on a pandas DataFrame (encode + graph + p-values);
@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--columns", type=int, default=38)
     parser.add_argument("--calls", type=int, default=2_000)
-    parser.add_argument("--samples", default="1,16,64", help="sample counts L to measure")
+    parser.add_argument("--samples", default="1,8,16,64", help="sample counts L to measure")
     parser.add_argument("--out", type=Path, default=RESULTS / "scoring")
     args = parser.parse_args()
 
