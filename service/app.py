@@ -17,15 +17,9 @@ from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 
 from detector.errors import BundleError, DetectorError, InputError
-from service.alerts import (
-    AlertDispatcher,
-    AlertmanagerSink,
-    AlertTracker,
-    LogSink,
-    Sink,
-    WebhookSink,
-)
+from service.alerts import AlertTracker
 from service.config import ServiceConfig, load_config
+from service.delivery import AlertDispatcher, AlertmanagerSink, LogSink, Sink, WebhookSink
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry, UnknownModel
 

@@ -25,13 +25,11 @@ from typing import Any
 
 import pytest
 
-from service.alerts import (
-    Alert,
+from service.alerts import Alert, AlertPolicy, AlertTracker
+from service.delivery import (
     AlertDeliveryError,
     AlertDispatcher,
     AlertmanagerSink,
-    AlertPolicy,
-    AlertTracker,
     LogSink,
     WebhookSink,
 )
