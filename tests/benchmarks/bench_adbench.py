@@ -45,19 +45,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from common import (
-    DATA_ENV,
     RESULTS,
+    add_run_arguments,
     check_params,
     choose_models,
     command_line,
     file_sha256,
+    finish_run_arguments,
     import_repo,
     mean_std,
     missing_data,
     package_versions,
-    parse_list,
-    parse_param,
-    parse_seeds,
     plot_grouped_bars,
     progress,
     resolve_data_dir,
@@ -360,43 +358,15 @@ def plot(out: Path, table: dict[str, Any], sets: list[str], models: list[str]) -
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help=f"data root (else ${DATA_ENV}, else ../shared/data)")
-    parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
-    parser.add_argument(
-        "--models",
-        help="comma-separated model names (default: every registered model that needs no "
-        "context columns)",
+    add_run_arguments(
+        parser,
+        SETS,
+        DEFAULT_OUT,
+        "comma-separated model names (default: every registered model that needs no context "
+        "columns)",
     )
-    parser.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        type=parse_param,
-        metavar="KEY=VALUE",
-        help="a VAEDetector keyword argument for every model (repeatable)",
-    )
-    parser.add_argument("--max-epochs", type=int, help="shorthand for --param epochs=N")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
     args = parser.parse_args(argv)
-    by_lower = {s.lower(): s for s in SETS}
-    wanted = parse_list(args.sets)
-    unknown = [s for s in wanted if s.lower() not in by_lower]
-    if unknown or not wanted:
-        parser.error(f"unknown set(s) {unknown}; choose from {','.join(SETS)}")
-    # Keep the table's column order whatever order the sets were given in.
-    chosen = {by_lower[s.lower()] for s in wanted}
-    args.sets = [s for s in SETS if s in chosen]
-    args.seeds = parse_seeds(parser, args.seeds)
-    args.models = None if args.models is None else parse_list(args.models)
-    args.params = dict(args.param)
-    for key in ("random_state", "model"):
-        if key in args.params:
-            parser.error(f"{key} comes from --seeds/--models; do not pass it with --param")
-    if args.max_epochs is not None:
-        if "epochs" in args.params:
-            parser.error("give --max-epochs or --param epochs=..., not both")
-        args.params["epochs"] = args.max_epochs
+    finish_run_arguments(parser, args, SETS)
     return args
 
 

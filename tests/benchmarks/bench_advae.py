@@ -43,16 +43,15 @@ import pandas as pd
 from common import (
     DATA_ENV,
     RESULTS,
+    add_run_arguments,
     check_params,
     choose_models,
     command_line,
     file_sha256,
+    finish_run_arguments,
     import_repo,
     mean_std,
     package_versions,
-    parse_list,
-    parse_param,
-    parse_seeds,
     plot_grouped_bars,
     progress,
     resolve_data_dir,
@@ -346,46 +345,26 @@ def plot(out: Path, table: dict[str, Any], sets: list[str], models: list[str]) -
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help=f"data root (else ${DATA_ENV}, else ../shared/data)")
-    parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
-    parser.add_argument(
-        "--models",
-        help="comma-separated names from detector.models.MODELS (default: vae, or the one "
+    add_run_arguments(
+        parser,
+        SETS,
+        DEFAULT_OUT,
+        "comma-separated names from detector.models.MODELS (default: vae, or the one "
         "--param model=NAME gives)",
-    )
-    parser.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        type=parse_param,
-        metavar="KEY=VALUE",
-        help="a VAEDetector keyword argument for every model (repeatable)",
     )
     parser.add_argument(
         "--paper-hyperparameters",
         action="store_true",
         help="the advae runs take each set's lambda and m_z from the paper's Table 2",
     )
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
     args = parser.parse_args(argv)
-    args.sets = parse_list(args.sets)
-    unknown = sorted(set(args.sets) - set(SETS))
-    if unknown or not args.sets:
-        parser.error(f"unknown set(s) {unknown}; choose from {','.join(SETS)}")
-    # Keep the paper's column order whatever order the sets were given in.
-    args.sets = [s for s in SETS if s in args.sets]
-    args.seeds = parse_seeds(parser, args.seeds)
-    args.params = dict(args.param)
-    if "random_state" in args.params:
-        parser.error("random_state comes from --seeds; do not pass it with --param")
+    finish_run_arguments(parser, args, SETS, model_param=True)
     if "model" in args.params:
         if args.models is not None:
             parser.error("give --models or --param model=NAME, not both")
         args.models = [str(args.params.pop("model"))]
-    else:
-        # dict.fromkeys drops repeats and keeps the order given.
-        args.models = list(dict.fromkeys(parse_list(args.models or "vae")))
+    elif args.models is None:
+        args.models = ["vae"]
     if args.paper_hyperparameters and "advae" not in args.models:
         parser.error("--paper-hyperparameters sets advae's lambda and m_z; put advae in --models")
     return args

@@ -110,6 +110,59 @@ def parse_seeds(parser: argparse.ArgumentParser, text: str) -> list[int]:
         parser.error(f"--seeds must be comma-separated integers, got {text!r}")
 
 
+def add_run_arguments(
+    parser: argparse.ArgumentParser, sets: tuple[str, ...], default_out: Path, models_help: str
+) -> None:
+    """The options every detection benchmark takes: data root, sets, seeds, models, detector
+    parameters, an epoch cap and the output path. ``finish_run_arguments`` checks them."""
+    parser.add_argument("--data-dir", help=f"data root (else ${DATA_ENV}, else ../shared/data)")
+    parser.add_argument("--sets", default=",".join(sets), help="comma-separated set names")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
+    parser.add_argument("--models", help=models_help)
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        type=parse_param,
+        metavar="KEY=VALUE",
+        help="a VAEDetector keyword argument for every model (repeatable)",
+    )
+    parser.add_argument("--max-epochs", type=int, help="shorthand for --param epochs=N")
+    parser.add_argument("--out", default=str(default_out), help="output path without suffix")
+
+
+def finish_run_arguments(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    sets: tuple[str, ...],
+    *,
+    model_param: bool = False,
+) -> None:
+    """Check and normalise ``add_run_arguments``' options in place: ``sets`` in the table's
+    order (names matched case-insensitively), ``seeds`` as ints, ``models`` as a list without
+    repeats (or ``None``), ``params`` as a dict with ``--max-epochs`` folded in. ``--param
+    model=NAME`` is an error unless ``model_param`` allows it."""
+    by_lower = {s.lower(): s for s in sets}
+    wanted = parse_list(args.sets)
+    unknown = [s for s in wanted if s.lower() not in by_lower]
+    if unknown or not wanted:
+        parser.error(f"unknown set(s) {unknown}; choose from {','.join(sets)}")
+    chosen = {by_lower[s.lower()] for s in wanted}
+    args.sets = [s for s in sets if s in chosen]
+    args.seeds = parse_seeds(parser, args.seeds)
+    # dict.fromkeys drops repeats and keeps the order given.
+    args.models = None if args.models is None else list(dict.fromkeys(parse_list(args.models)))
+    args.params = dict(args.param)
+    reserved = ("random_state",) if model_param else ("random_state", "model")
+    for key in reserved:
+        if key in args.params:
+            parser.error(f"{key} comes from --seeds/--models; do not pass it with --param")
+    if args.max_epochs is not None:
+        if "epochs" in args.params:
+            parser.error("give --max-epochs or --param epochs=..., not both")
+        args.params["epochs"] = args.max_epochs
+
+
 def check_params(params: dict[str, Any]) -> None:
     """Reject unknown VAEDetector keyword arguments before any training starts."""
     from detector.estimator import VAEDetector
