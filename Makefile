@@ -42,8 +42,11 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_scoring.py
 	$(BIN)/python tests/benchmarks/bench_http.py
 	$(BIN)/python tests/benchmarks/bench_batch.py --spark
-	$(BIN)/python tests/benchmarks/bench_advae.py --data-dir $(BENCH_DATA)
-	$(BIN)/python tests/benchmarks/bench_adbench.py --data-dir $(BENCH_DATA)
+	$(BIN)/python tests/benchmarks/bench_advae.py --data-dir $(BENCH_DATA) \
+		--models vae,vae-svdd,advae --paper-hyperparameters \
+		--out tests/benchmarks/results/advae_all_models
+	$(BIN)/python tests/benchmarks/bench_adbench.py --data-dir $(BENCH_DATA) --max-epochs 100 \
+		--out tests/benchmarks/results/adbench_all_models
 	$(BIN)/python tests/benchmarks/bench_servers.py --data-dir $(BENCH_DATA)
 
 clean:
