@@ -358,13 +358,7 @@ def plot(out: Path, table: dict[str, Any], sets: list[str], models: list[str]) -
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_arguments(
-        parser,
-        SETS,
-        DEFAULT_OUT,
-        "comma-separated model names (default: every registered model that needs no context "
-        "columns)",
-    )
+    add_run_arguments(parser, SETS, DEFAULT_OUT)
     args = parser.parse_args(argv)
     finish_run_arguments(parser, args, SETS)
     return args

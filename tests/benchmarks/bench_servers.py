@@ -504,13 +504,7 @@ def plot(out: Path, summary: dict[str, Any], machines: list[Machine], models: li
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_arguments(
-        parser,
-        SETS,
-        DEFAULT_OUT,
-        "comma-separated model names (default: every registered model that needs no context "
-        "columns)",
-    )
+    add_run_arguments(parser, SETS, DEFAULT_OUT)
     parser.add_argument(
         "--machines", help="comma-separated machine names (default: every file of the sets)"
     )

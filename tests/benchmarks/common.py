@@ -110,8 +110,17 @@ def parse_seeds(parser: argparse.ArgumentParser, text: str) -> list[int]:
         parser.error(f"--seeds must be comma-separated integers, got {text!r}")
 
 
+#: What ``--models`` means unless a benchmark says otherwise.
+MODELS_HELP = (
+    "comma-separated model names (default: every registered model that needs no context columns)"
+)
+
+
 def add_run_arguments(
-    parser: argparse.ArgumentParser, sets: tuple[str, ...], default_out: Path, models_help: str
+    parser: argparse.ArgumentParser,
+    sets: tuple[str, ...],
+    default_out: Path,
+    models_help: str = MODELS_HELP,
 ) -> None:
     """The options every detection benchmark takes: data root, sets, seeds, models, detector
     parameters, an epoch cap and the output path. ``finish_run_arguments`` checks them."""
