@@ -116,16 +116,24 @@ class VAE(keras.Model):
         ``x`` (encoded records) and ``z`` share their leading axes. Numeric terms come first,
         then one term per categorical group, matching ``Schema.feature_columns``.
         """
-        h = self.decoder_body(z)
+        # The decoder runs on rows, ``(n * L, latent_dim)``: a Dense layer given ``(n, L, d)``
+        # computes a tensordot (transposes and a batched matmul), measured 40% slower than
+        # one matmul over the flattened rows; scoring's decoder is most of its time.
+        lead = ops.shape(z)[:-1]
+        h = self.decoder_body(ops.reshape(z, (-1, ops.shape(z)[-1])))
+
+        def unflatten(head_output):  # type: ignore[no-untyped-def]
+            return ops.reshape(head_output, (*lead, ops.shape(head_output)[-1]))
+
         terms = []
         if self.x_mean is not None and self.x_log_var is not None:
             x_num = x[..., : self.n_numeric]
             log_var = self.x_log_var.log_variance()  # (n_numeric,), broadcast by the density
-            terms.append(losses.gaussian_log_density(x_num, self.x_mean(h), log_var))
+            terms.append(losses.gaussian_log_density(x_num, unflatten(self.x_mean(h)), log_var))
         if self.x_logits is not None:
             terms.append(
                 losses.categorical_log_prob(
-                    x[..., self.n_numeric :], self.x_logits(h), self.group_sizes
+                    x[..., self.n_numeric :], unflatten(self.x_logits(h)), self.group_sizes
                 )
             )
         return terms[0] if len(terms) == 1 else ops.concatenate(terms, axis=-1)
