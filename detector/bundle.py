@@ -1,10 +1,14 @@
-"""Model bundles: a directory with ``model.keras`` and a JSON ``manifest.json``.
+"""Model bundles: a directory with ``model.keras``, ``scorer.tflite`` and a JSON ``manifest.json``.
 
 The manifest holds everything besides the network: the schema and its fitted encoding, the
 calibration, the scoring settings, training metrics and warnings, package versions, a
-fingerprint of the training data and the creation time. Nothing is pickled, and the network is
-loaded with Keras safe mode on, so loading a bundle never runs code from it. A SHA-256 of
-``model.keras`` in the manifest catches a network swapped or edited after it was written.
+fingerprint of the training data and the creation time. ``scorer.tflite`` is the scoring graph
+as a LiteRT flatbuffer (``detector.lite_graph``): scoring runs it without importing TensorFlow,
+and the Keras network is loaded only when something needs it (sampling, retraining). Nothing is
+pickled, the flatbuffer holds builtin operators only, and the network is loaded with Keras safe
+mode on, so loading a bundle never runs code from it. A SHA-256 of each file in the manifest
+catches one swapped or edited after it was written. A bundle written before ``scorer.tflite``
+existed scores with TensorFlow, as it did then.
 
 Writes are atomic: a bundle is written to a temporary sibling directory and renamed into place,
 so a reader sees the old bundle or the new one, never half of one.
@@ -22,28 +26,36 @@ from datetime import UTC, datetime
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from detector.errors import BundleError
 from detector.features import Schema
-from detector.models import VAE
+from detector.lite_graph import LiteScoreGraph, litert_available
 from detector.scoring import ScoreGraph, score_kinds
 from detector.threshold import Calibrator
+
+if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
+    from detector.models import VAE
 
 FORMAT = "anomaly-detector-bundle"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
+SCORER_FILE = "scorer.tflite"
 MANIFEST_FILE = "manifest.json"
 _PACKAGES = ("anomaly-detector", "tensorflow", "keras", "numpy", "pandas", "scikit-learn")
 
 
 @dataclass(frozen=True, eq=False)
 class Bundle:
-    """A trained detector: network, schema, calibration and the metadata that explains them."""
+    """A trained detector: network, schema, calibration and the metadata that explains them.
 
-    model: VAE
+    ``network`` is the Keras model, or ``None`` for a loaded bundle until ``model`` is first
+    used (it is then loaded from ``path``). ``scorer`` is the scoring graph as a LiteRT
+    flatbuffer with ``kinds`` naming its score outputs; ``None`` scores with TensorFlow."""
+
+    network: VAE | None
     schema: Schema
     calibrator: Calibrator
     score_kind: str
@@ -57,14 +69,32 @@ class Bundle:
     training: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: dict[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    scorer: bytes | None = None
+    kinds: tuple[str, ...] = ()
+    path: Path | None = None
+    weights_version: str | None = None
 
     @cached_property
-    def graph(self) -> ScoreGraph:
+    def model(self) -> VAE:
+        if self.network is not None:
+            return self.network
+        if self.path is None:
+            raise BundleError("this bundle has neither a network nor a path to load one from")
+        model = _load_network(self.path / MODEL_FILE)
+        _check_network(self.path, self, model)
+        return model
+
+    @cached_property
+    def graph(self) -> ScoreGraph | LiteScoreGraph:
+        if self.scorer is not None and litert_available():
+            return LiteScoreGraph(self.scorer, self.kinds, n_features=self.schema.n_features)
         return ScoreGraph(self.model, n_samples=self.n_samples, seed=self.noise_seed)
 
     @cached_property
     def version(self) -> str:
         """A content id of the network's weights: the same weights give the same version."""
+        if self.weights_version is not None:
+            return self.weights_version
         digest = hashlib.sha256()
         for weight in self.model.weights:
             digest.update(np.asarray(weight.numpy()).tobytes())
@@ -73,7 +103,8 @@ class Bundle:
     def with_target_fpr(self, target_fpr: float) -> Bundle:
         return replace(self, calibrator=self.calibrator.with_target(target_fpr))
 
-    def manifest(self, model_sha256: str) -> dict[str, Any]:
+    def manifest(self, files: dict[str, str]) -> dict[str, Any]:
+        """The manifest, given each written file's SHA-256."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -88,11 +119,12 @@ class Bundle:
                 "n_samples": self.n_samples,
                 "noise_seed": self.noise_seed,
                 "term_baseline": [float(v) for v in self.term_baseline],
+                "kinds": list(self.kinds or score_kinds(self.model)),
             },
             "calibration": self.calibrator.to_dict(),
             "training": self.training,
             "data_fingerprint": self.data_fingerprint,
-            "files": {MODEL_FILE: {"sha256": model_sha256}},
+            "files": {name: {"sha256": digest} for name, digest in files.items()},
         }
 
 
@@ -114,7 +146,10 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     staging.mkdir()
     try:
         bundle.model.save(staging / MODEL_FILE)
-        manifest = bundle.manifest(_sha256(staging / MODEL_FILE))
+        if bundle.scorer is not None:
+            (staging / SCORER_FILE).write_bytes(bundle.scorer)
+        written = [MODEL_FILE] + ([SCORER_FILE] if bundle.scorer is not None else [])
+        manifest = bundle.manifest({name: _sha256(staging / name) for name in written})
         _write_json(staging / MANIFEST_FILE, manifest)
         _swap_into_place(staging, target)
     except BaseException:
@@ -174,13 +209,15 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc}); retrain the model") from None
     _check_manifest(root, manifest)
-    model = _load_network(root / MODEL_FILE)
+    scorer = None
+    if SCORER_FILE in manifest.get("files", {}):
+        scorer = _checked_bytes(root, SCORER_FILE, manifest)
     try:
         schema = Schema.from_dict(manifest["schema"])
         calibrator = Calibrator.from_dict(manifest["calibration"])
         scoring = manifest["scoring"]
         bundle = Bundle(
-            model=model,
+            network=None,
             schema=schema,
             calibrator=calibrator,
             score_kind=str(scoring["score"]),
@@ -192,6 +229,10 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             training=dict(manifest.get("training", {})),
             data_fingerprint=dict(manifest.get("data_fingerprint", {})),
             created_at=str(manifest["created_at"]),
+            scorer=scorer,
+            kinds=tuple(str(kind) for kind in scoring.get("kinds", ())),
+            path=root,
+            weights_version=str(manifest["version"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(
@@ -199,6 +240,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             "written by another tool: retrain the model"
         ) from None
     _check_consistent(root, bundle)
+    if scorer is None:
+        bundle.model  # noqa: B018 - a bundle scored by TensorFlow loads (and checks) it now
     return bundle
 
 
@@ -218,19 +261,33 @@ def _check_manifest(root: Path, manifest: Any) -> None:
             f"{root} was written with Keras {saved_keras}, this is Keras {current_keras}; "
             "retrain the model or install a matching Keras"
         )
-    expected = manifest.get("files", {}).get(MODEL_FILE, {}).get("sha256")
     model_path = root / MODEL_FILE
-    if not model_path.is_file():
-        raise BundleError(f"{root} has no {MODEL_FILE}; the bundle is incomplete: retrain it")
-    if expected != _sha256(model_path):
+    _check_file(root, MODEL_FILE, manifest, _sha256(model_path) if model_path.is_file() else None)
+
+
+def _checked_bytes(root: Path, name: str, manifest: dict[str, Any]) -> bytes:
+    path = root / name
+    content = path.read_bytes() if path.is_file() else b""
+    _check_file(root, name, manifest, hashlib.sha256(content).hexdigest() if content else None)
+    return content
+
+
+def _check_file(root: Path, name: str, manifest: dict[str, Any], digest: str | None) -> None:
+    path = root / name
+    if not path.is_file() or digest is None:
+        raise BundleError(f"{root} has no {name}; the bundle is incomplete: retrain it")
+    expected = manifest.get("files", {}).get(name, {}).get("sha256")
+    if expected != digest:
         raise BundleError(
-            f"{model_path} does not match the checksum in {MANIFEST_FILE}: the bundle was "
+            f"{path} does not match the checksum in {MANIFEST_FILE}: the bundle was "
             "modified after it was written; restore it from its source or retrain"
         )
 
 
 def _load_network(model_path: Path) -> VAE:
     import keras
+
+    from detector.models import VAE
 
     try:
         # safe_mode refuses lambdas and other code embedded in the file.
@@ -243,15 +300,31 @@ def _load_network(model_path: Path) -> VAE:
 
 
 def _check_consistent(root: Path, bundle: Bundle) -> None:
+    """What can be checked without the network; ``_check_network`` checks the rest when the
+    network is loaded."""
     problems = []
-    if bundle.model.input_dim != bundle.schema.n_features:
-        problems.append(
-            f"network input width {bundle.model.input_dim} != schema width "
-            f"{bundle.schema.n_features}"
-        )
     if len(bundle.term_baseline) != len(bundle.schema.feature_columns):
         problems.append("term baseline length does not match the schema")
-    context_sizes = tuple(getattr(bundle.model, "context_sizes", ()))
+    if bundle.kinds and bundle.score_kind not in bundle.kinds:
+        problems.append(f"unknown score kind {bundle.score_kind!r}")
+    if not 1 <= bundle.n_samples <= 10_000:
+        problems.append(f"sample count {bundle.n_samples} out of range")
+    if bundle.scorer is not None and not problems:
+        try:
+            bundle.graph  # noqa: B018 - checks the graph's input and output widths
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise BundleError(f"{root} is inconsistent ({'; '.join(problems)}); retrain the model")
+
+
+def _check_network(root: Path, bundle: Bundle, model: VAE) -> None:
+    problems = []
+    if model.input_dim != bundle.schema.n_features:
+        problems.append(
+            f"network input width {model.input_dim} != schema width {bundle.schema.n_features}"
+        )
+    context_sizes = tuple(getattr(model, "context_sizes", ()))
     if context_sizes != bundle.schema.context_sizes:
         problems.append(
             f"network context widths {list(context_sizes)} != schema context widths "
@@ -259,14 +332,11 @@ def _check_consistent(root: Path, bundle: Bundle) -> None:
         )
     from detector.models import MODELS
 
-    if MODELS.get(bundle.model_type) is not type(bundle.model):
+    if MODELS.get(bundle.model_type) is not type(model):
         problems.append(
-            f"manifest says model {bundle.model_type!r}, the network is a "
-            f"{type(bundle.model).__name__}"
+            f"manifest says model {bundle.model_type!r}, the network is a {type(model).__name__}"
         )
-    if bundle.score_kind not in score_kinds(bundle.model):
+    if bundle.score_kind not in score_kinds(model):
         problems.append(f"unknown score kind {bundle.score_kind!r}")
-    if not 1 <= bundle.n_samples <= 10_000:
-        problems.append(f"sample count {bundle.n_samples} out of range")
     if problems:
         raise BundleError(f"{root} is inconsistent ({'; '.join(problems)}); retrain the model")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from detector.commands import (
     cmd_score,
     cmd_threshold,
     cmd_train,
+    import_tensorflow_quietly,
 )
 
 #: ``detector.models.MODELS``'s names, repeated here so ``--help`` needs no TensorFlow import
@@ -209,7 +209,9 @@ def build_parser(
         "'anomaly-detector[spark]'), for inputs beyond one machine",
     )
     _add_output_flags(score)
-    score.set_defaults(handler=cmd_score)
+    # Scoring runs the bundle's LiteRT graph; TensorFlow is imported only for the Spark
+    # engine and for bundles written before LiteRT (see cmd_score).
+    score.set_defaults(handler=cmd_score, needs_tensorflow=False)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -330,27 +332,6 @@ def _rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
     return value
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off stderr.
-
-    Those lines are printed before TensorFlow's own log settings apply, so the only way to keep
-    a command's output readable is to point file descriptor 2 elsewhere for the import.
-    Python exceptions still propagate and are reported as usual.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as sink:
-            os.dup2(sink.fileno(), 2)
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:

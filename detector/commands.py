@@ -10,8 +10,10 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -195,6 +197,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         "max_reject_rate": args.max_reject_rate,
     }
     try:
+        from detector.bundle import MANIFEST_FILE, SCORER_FILE
+
+        bundle_dir = Path(args.model)
+        if (bundle_dir / MANIFEST_FILE).is_file() and not (bundle_dir / SCORER_FILE).is_file():
+            _score_with_tensorflow()
         if args.engine == "spark":
             from detector.spark import score_files
 
@@ -202,17 +209,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         else:
             import gc
 
-            import tensorflow as tf
-
             from detector.batch import score_file
             from detector.bundle import load_bundle
 
-            # One thread inside each model call: the scorer keeps the cores busy with its own
-            # threads (read and encode, model, write), and TensorFlow's pool, spinning while
-            # it waits for work, took CPU from them (measured: 94k against 89k rows/s). A
-            # process that has run TensorFlow already keeps its setting.
-            with contextlib.suppress(RuntimeError):
-                tf.config.threading.set_intra_op_parallelism_threads(1)
             bundle = load_bundle(args.model)
             # The process is ours until it exits: keep the garbage collector from re-walking
             # TensorFlow's objects on every chunk (encode's per-row lists trigger it; this
@@ -252,6 +251,40 @@ def cmd_score(args: argparse.Namespace) -> int:
     if report.rejects:
         print(f"rejected rows and reasons in {report.rejects}")
     return 0
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off stderr.
+
+    Those lines are printed before TensorFlow's own log settings apply, so the only way to keep
+    a command's output readable is to point file descriptor 2 elsewhere for the import.
+    Python exceptions still propagate and are reported as usual.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _score_with_tensorflow() -> None:
+    """Set up TensorFlow for a bundle written before LiteRT scoring (no scorer file)."""
+    import_tensorflow_quietly()
+    import tensorflow as tf
+
+    # One thread inside each model call: the scorer keeps the cores busy with its own threads
+    # (read and encode, model, write), and TensorFlow's pool, spinning while it waits for
+    # work, took CPU from them (measured: 94k against 89k rows/s). A process that has run
+    # TensorFlow already keeps its setting.
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
 def _labelled_scores(

@@ -3,7 +3,8 @@
 ``score_frame`` is the one scoring function: the CLI, the batch scorer and the HTTP service
 all call it, so a record scores the same everywhere.
 
-The model part runs in ``ScoreGraph``, one compiled TensorFlow graph per bundle. It draws the
+The model part is ``ScoreGraph``, one traced TensorFlow graph per bundle; a saved bundle runs
+the same graph converted to LiteRT (``detector.lite_graph``), without TensorFlow. It draws the
 L latent samples with a fixed, seeded noise matrix ``eps`` of shape ``(L, latent_dim)`` shared
 by every record: each record's Monte Carlo estimate is still unbiased, and a record's score no
 longer depends on the batch it arrived in or on when it was scored (common random numbers).
@@ -96,6 +97,11 @@ class ScoreGraph:
         ).get_concrete_function()
         self._to_tensor = tf.convert_to_tensor
         self._small = SmallBatchForward.for_model(model, eps.numpy())
+
+    @property
+    def concrete_function(self) -> Any:
+        """The traced TensorFlow function, ``(n, n_features)`` float32 -> ``(n, outputs)``."""
+        return self._graph
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32)

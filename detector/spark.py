@@ -48,7 +48,7 @@ from detector.batch import (
     model_frame,
     top_columns,
 )
-from detector.bundle import MANIFEST_FILE, MODEL_FILE, Bundle, load_bundle
+from detector.bundle import MANIFEST_FILE, MODEL_FILE, SCORER_FILE, Bundle, load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features import Imputation, check_columns
 from detector.scoring import score_frame
@@ -85,7 +85,10 @@ def bundle_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
     """A bundle's files as bytes, to ship to executors (``load_bundle`` checks them there)."""
     root = Path(path)
     try:
-        return {name: (root / name).read_bytes() for name in (MANIFEST_FILE, MODEL_FILE)}
+        files = {name: (root / name).read_bytes() for name in (MANIFEST_FILE, MODEL_FILE)}
+        if (root / SCORER_FILE).is_file():  # bundles written before the scorer lack it
+            files[SCORER_FILE] = (root / SCORER_FILE).read_bytes()
+        return files
     except OSError:
         raise ConfigError(
             f"no model bundle at {root}; train one with `anomaly train DATA --out {root}`"
@@ -96,7 +99,8 @@ class _WorkerBundles:
     """Bundles loaded in this Python worker, by content digest.
 
     Module-level on purpose: Spark reuses a Python worker for many tasks, and loading a bundle
-    (TensorFlow, the graph) costs seconds, so each worker loads each bundle once.
+    (reading and checking its files, and TensorFlow for a bundle without a scorer file) costs
+    time, so each worker loads each bundle once.
     """
 
     def __init__(self) -> None:

@@ -24,6 +24,7 @@ from detector import losses
 from detector.bundle import Bundle
 from detector.errors import ConfigError, TrainingError
 from detector.features import DEFAULT_CLIP, encode, fingerprint, fit_schema
+from detector.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.models import MODELS, VAE
 from detector.scoring import SCORE_KINDS, ScoreGraph, anomaly_scores
 from detector.threshold import MIN_REFERENCE, Calibrator
@@ -240,8 +241,10 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     ).history
     _check_finite(history, config)
 
-    graph = ScoreGraph(model, n_samples=config.n_samples, seed=config.random_state)
-    model.finish_training(graph, val_x)
+    traced = ScoreGraph(model, n_samples=config.n_samples, seed=config.random_state)
+    model.finish_training(traced, val_x)
+    # Calibrate with the engine the bundle will score with, so the threshold is exact for it.
+    scorer, graph = _scoring_engine(traced, schema.n_features)
     cal = graph(cal_x)
     cal_scores = anomaly_scores(cal, score_kind)
     _check_spread(cal_scores)
@@ -291,7 +294,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         context=list(config.context),
     )
     bundle = Bundle(
-        model=model,
+        network=model,
         schema=schema,
         calibrator=calibrator,
         score_kind=score_kind,
@@ -302,9 +305,27 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         params=params,
         training=summary.to_dict(),
         data_fingerprint={"sha256": fingerprint(frame), "rows": len(frame)},
+        scorer=scorer,
+        kinds=traced.kinds,
     )
     bundle.__dict__["graph"] = graph  # reuse the compiled graph instead of tracing it again
     return bundle, summary
+
+
+def _scoring_engine(
+    traced: ScoreGraph, n_features: int
+) -> tuple[bytes | None, ScoreGraph | LiteScoreGraph]:
+    """The trained graph as a LiteRT flatbuffer and the engine that runs it; TensorFlow's
+    graph itself (and no flatbuffer) where LiteRT is not installed or cannot convert it."""
+    if not litert_available():
+        return None, traced
+    try:
+        scorer = to_flatbuffer(traced)
+    except Exception as exc:  # the converter raises many types; scoring still works without
+        log.warning("could not convert the scoring graph for LiteRT (%s); it will score "
+                    "with TensorFlow", exc)  # fmt: skip
+        return None, traced
+    return scorer, LiteScoreGraph(scorer, traced.kinds, n_features=n_features)
 
 
 def _split(values: np.ndarray, config: TrainingConfig) -> tuple[np.ndarray, ...]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
@@ -77,7 +78,7 @@ def create_app(
         import os
 
         config = load_config(os.environ.get("ANOMALY_CONFIG") or None)
-    if config.tf_threads:
+    if config.tf_threads and _needs_tensorflow(config.models.values()):
         _limit_tensorflow_threads(config.tf_threads)
     metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
     if models is None:
@@ -143,6 +144,14 @@ def _default_sinks(config: ServiceConfig) -> list[Sink]:
     if config.alert_log:
         sinks.append(LogSink())
     return sinks
+
+
+def _needs_tensorflow(paths: Iterable[str]) -> bool:
+    # Bundles score with their LiteRT scorer file; only one written before it existed runs
+    # TensorFlow, and importing TensorFlow otherwise costs each worker seconds and ~700 MB.
+    from detector.bundle import SCORER_FILE
+
+    return any(not (Path(path) / SCORER_FILE).is_file() for path in paths)
 
 
 def _limit_tensorflow_threads(threads: int) -> None:

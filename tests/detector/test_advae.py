@@ -12,6 +12,7 @@ from detector.estimator import VAEDetector
 from detector.features import encode
 from detector.training import TrainingConfig
 from tests.conftest import TINY, broken, normal_records
+from tests.detector.engines import assert_scorer_matches_tensorflow
 
 
 def test_kl_between_gaussians_closed_forms() -> None:
@@ -169,3 +170,9 @@ def test_saved_advae_loads_in_safe_mode_and_scores_the_same(
         detector.bundle_.graph(x)["recon_error"],
         rtol=1e-6,
     )
+
+
+def test_the_scorer_computes_every_advae_score_as_tensorflow_does(detector, eval_frame) -> None:
+    bundle = detector.bundle_
+    frame = eval_frame.drop(columns=["label", "anomaly_kind"])
+    assert_scorer_matches_tensorflow(bundle, encode(bundle.schema, frame).values)

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from detector.bundle import MANIFEST_FILE, MODEL_FILE, load_bundle, save_bundle, set_target_fpr
+from detector.bundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SCORER_FILE,
+    load_bundle,
+    save_bundle,
+    set_target_fpr,
+)
 from detector.errors import BundleError
 from detector.estimator import VAEDetector
+from detector.features import encode
+from detector.scoring import ScoreGraph, score_frame
+from tests.detector.engines import assert_scorer_matches_tensorflow
 
 
 def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
@@ -58,15 +70,70 @@ def test_no_pickle_anywhere_in_a_bundle(bundle_dir) -> None:
 
     names = zipfile.ZipFile(bundle_dir / MODEL_FILE).namelist()
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".joblib"))]
-    assert sorted(p.name for p in bundle_dir.iterdir()) == [MANIFEST_FILE, MODEL_FILE]
+    assert sorted(p.name for p in bundle_dir.iterdir()) == [MANIFEST_FILE, MODEL_FILE, SCORER_FILE]
 
 
-def test_a_modified_network_is_refused(bundle_dir, tmp_path) -> None:
+@pytest.mark.parametrize("name", [MODEL_FILE, SCORER_FILE])
+def test_a_modified_file_is_refused(bundle_dir, tmp_path, name) -> None:
     copy = _copy(bundle_dir, tmp_path)
-    with (copy / MODEL_FILE).open("ab") as handle:
+    with (copy / name).open("ab") as handle:
         handle.write(b"\0")
     with pytest.raises(BundleError, match="does not match the checksum"):
         load_bundle(copy)
+
+
+def test_a_missing_scorer_is_refused(bundle_dir, tmp_path) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    (copy / SCORER_FILE).unlink()
+    with pytest.raises(BundleError, match=f"has no {SCORER_FILE}"):
+        load_bundle(copy)
+
+
+def test_the_scorer_agrees_with_tensorflow(bundle_dir, eval_frame) -> None:
+    bundle = load_bundle(bundle_dir)
+    x = encode(bundle.schema, eval_frame.drop(columns=["label", "anomaly_kind"])).values
+    assert_scorer_matches_tensorflow(bundle, x)
+
+
+def test_scoring_a_loaded_bundle_never_imports_tensorflow(bundle_dir, eval_frame) -> None:
+    # The point of the LiteRT scorer: `anomaly score` and the service start in a fraction of a
+    # second and without TensorFlow's memory. Run in a fresh interpreter, since this one has
+    # TensorFlow loaded already.
+    records = eval_frame.drop(columns=["label", "anomaly_kind"]).head(50).to_json(orient="records")
+    program = (
+        "import sys, pandas as pd\n"
+        "from detector.bundle import load_bundle\n"
+        "from detector.scoring import score_frame\n"
+        f"bundle = load_bundle({str(bundle_dir)!r})\n"
+        "result = score_frame(bundle, pd.read_json(sys.stdin))\n"
+        "assert result.n_scored == 50, result.n_scored\n"
+        "loaded = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "print('imported:', loaded)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], input=records, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "imported: []" in done.stdout
+
+
+def test_a_bundle_from_before_the_scorer_scores_with_tensorflow(
+    bundle_dir, tmp_path, eval_frame
+) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    (copy / SCORER_FILE).unlink()
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    del manifest["files"][SCORER_FILE], manifest["scoring"]["kinds"]
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    old, new = load_bundle(copy), load_bundle(bundle_dir)
+    assert isinstance(old.graph, ScoreGraph)
+    frame = eval_frame.drop(columns=["label", "anomaly_kind"])
+    np.testing.assert_allclose(
+        score_frame(old, frame).anomaly_score,
+        score_frame(new, frame).anomaly_score,
+        rtol=1e-5,
+        atol=1e-4,
+    )
 
 
 def test_code_in_a_model_file_is_never_run(bundle_dir, tmp_path) -> None:
@@ -80,8 +147,10 @@ def test_code_in_a_model_file_is_never_run(bundle_dir, tmp_path) -> None:
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     manifest["files"][MODEL_FILE]["sha256"] = _sha256(copy / MODEL_FILE)
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    # The network is loaded when first needed (scoring uses the scorer file): that is when
+    # safe mode refuses it.
     with pytest.raises(BundleError, match="cannot load"):
-        load_bundle(copy)
+        load_bundle(copy).model  # noqa: B018
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.bundle import MANIFEST_FILE, load_bundle, save_bundle
+from detector.bundle import MANIFEST_FILE, SCORER_FILE, load_bundle, save_bundle
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
 from detector.features import encode
 from detector.training import TrainingConfig
 from tests.conftest import TINY
+from tests.detector.engines import assert_scorer_matches_tensorflow
 
 #: Normal CPU depends on the host: about 20% on a, 80% on b, 50% on c (memory follows CPU).
 LEVELS = {"a": 20.0, "b": 80.0, "c": 50.0}
@@ -150,6 +151,14 @@ def test_a_bundle_whose_network_and_schema_disagree_on_context_does_not_load(
     # A schema that knows one host fewer than the network was trained with.
     wrong = replace(schema, context=(ContextColumn("host", ("a", "b")),))
     save_bundle(replace(bundle, schema=wrong), tmp_path / "bad")
+    # The scorer's input width disagrees with the schema's at once; the network's context
+    # widths when the network is loaded.
+    with pytest.raises(BundleError, match=r"inconsistent.*takes \d+ features"):
+        load_bundle(tmp_path / "bad")
+    (tmp_path / "bad" / SCORER_FILE).unlink()
+    manifest = json.loads((tmp_path / "bad" / MANIFEST_FILE).read_text())
+    del manifest["files"][SCORER_FILE]
+    (tmp_path / "bad" / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="context widths"):
         load_bundle(tmp_path / "bad")
 
@@ -257,3 +266,11 @@ def test_the_spark_engine_batches_carry_the_flag(cvae: VAEDetector) -> None:
     out = score_pandas(cvae.bundle_, PROBE.astype(str))
     assert list(out.columns[4:8]) == ["anomaly_score", "p_value", "is_anomaly", "context_unseen"]
     assert out["context_unseen"].tolist() == [False] * 4 + [True] * 2
+
+
+def test_the_scorer_computes_the_conditional_score_as_tensorflow_does(cvae_dir: Path) -> None:
+    # Seen contexts and an unseen one (scored without its context) both go through the graph.
+    bundle = load_bundle(cvae_dir)
+    table = hosts_table(200, seed=3)
+    table.loc[:20, "host"] = "never-seen"
+    assert_scorer_matches_tensorflow(bundle, encode(bundle.schema, table).values)

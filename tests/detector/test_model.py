@@ -10,7 +10,7 @@ from sklearn.base import clone
 from detector.errors import ConfigError, TrainingError
 from detector.estimator import VAEDetector
 from detector.features import encode
-from detector.scoring import SCORE_KINDS, score_frame
+from detector.scoring import SCORE_KINDS, ScoreGraph, score_frame
 from tests.conftest import TINY
 
 
@@ -147,7 +147,9 @@ def test_posterior_collapse_is_detected(fitted, train_frame) -> None:
 
 
 def test_the_numpy_small_batch_path_matches_the_graph(fitted, eval_frame) -> None:
-    graph = fitted.bundle_.graph
+    # The numpy path serves bundles scored by TensorFlow (written before the LiteRT scorer).
+    bundle = fitted.bundle_
+    graph = ScoreGraph(bundle.model, n_samples=bundle.n_samples, seed=bundle.noise_seed)
     frame = eval_frame.drop(columns=["label", "anomaly_kind"]).head(300)
     x = encode(fitted.bundle_.schema, frame).values
     assert graph._small is not None

@@ -16,6 +16,7 @@ from detector.models.svdd import CENTRE_EPS, VAESVDD
 from detector.scoring import ScoreGraph, score_kinds
 from detector.training import TrainingConfig, train
 from tests.conftest import TINY, broken, normal_records
+from tests.detector.engines import assert_scorer_matches_tensorflow
 
 KINDS = ("recon_prob", "mean_log_lik", "elbo", "iwae", "svdd_distance", "combined")
 
@@ -199,3 +200,7 @@ def test_cli_flags_reach_the_config() -> None:
     assert (args.model, args.svdd_weight, args.svdd_nu, args.score) == (
         "vae-svdd", 3.0, 0.1, "svdd_distance",
     )  # fmt: skip
+
+
+def test_the_scorer_computes_every_svdd_score_as_tensorflow_does(trained, held_out) -> None:
+    assert_scorer_matches_tensorflow(trained[0], held_out)
