@@ -44,7 +44,15 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 SCORER_FILE = "scorer.tflite"
 MANIFEST_FILE = "manifest.json"
-_PACKAGES = ("anomaly-detector", "tensorflow", "keras", "numpy", "pandas", "scikit-learn")
+_PACKAGES = (
+    "anomaly-detector",
+    "tensorflow",
+    "keras",
+    "ai-edge-litert",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+)
 
 
 @dataclass(frozen=True, eq=False)

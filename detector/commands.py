@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             from detector.batch import score_file
             from detector.bundle import load_bundle
 
-            bundle = load_bundle(args.model)
+            with native_output_silenced():  # load_bundle starts the LiteRT interpreter
+                bundle = load_bundle(args.model)
             # The process is ours until it exits: keep the garbage collector from re-walking
             # TensorFlow's objects on every chunk (encode's per-row lists trigger it; this
             # made encoding ~5x faster).
@@ -253,25 +254,34 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off stderr.
+@contextlib.contextmanager
+def native_output_silenced() -> Iterator[None]:
+    """Keep C++ start-up chatter (TensorFlow's oneDNN and CUDA probing, LiteRT's "Created
+    TensorFlow Lite XNNPACK delegate") off stderr while the block runs.
 
-    Those lines are printed before TensorFlow's own log settings apply, so the only way to keep
-    a command's output readable is to point file descriptor 2 elsewhere for the import.
-    Python exceptions still propagate and are reported as usual.
+    Those lines are printed by native code before any log setting applies, so the only way to
+    keep a command's output readable is to point file descriptor 2 elsewhere meanwhile. Only
+    for the CLI's own process, before its worker threads start. Python exceptions still
+    propagate and are reported as usual.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as sink:
             os.dup2(sink.fileno(), 2)
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up chatter kept off stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_output_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
 
 
 def _score_with_tensorflow() -> None:

@@ -18,6 +18,7 @@ Scores agree with TensorFlow's to float32 rounding (a test checks every model ty
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +47,18 @@ def to_flatbuffer(graph: ScoreGraph) -> bytes:
     import tensorflow as tf
 
     # Passing no trackable object makes the converter freeze variables into constants; with one,
-    # it keeps them as resource variables that a bare interpreter never initialises.
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.concrete_function])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return bytes(converter.convert())
+    # it keeps them as resource variables that a bare interpreter never initialises (every
+    # score came out NaN). It logs that this path is deprecated; we chose it, so keep the
+    # log quiet while converting.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.concrete_function])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return bytes(converter.convert())
+    finally:
+        absl.setLevel(level)
 
 
 class LiteScoreGraph:
@@ -83,6 +92,9 @@ class LiteScoreGraph:
 
             # One thread: the batch scorer and the HTTP workers run their own threads.
             state.interpreter = Interpreter(model_content=self.flatbuffer, num_threads=1)
+            # Allocating applies the XNNPACK delegate (and prints LiteRT's one notice about
+            # it) now, at load time, rather than during the first request.
+            state.interpreter.allocate_tensors()
             state.input = state.interpreter.get_input_details()[0]["index"]
             state.output = state.interpreter.get_output_details()[0]["index"]
             state.rows = -1

@@ -6,7 +6,7 @@ For each size it generates a seeded CSV of N rows x 38 numeric columns into ``--
 (never the repository), then runs, each in its own process, one at a time:
 
 - ``anomaly score MODEL FILE --output OUT.csv``: the streaming scorer (wall time of the whole
-  command, TensorFlow import included, and its own rows/s from the ledger);
+  command, imports and model load included, and its own rows/s from the ledger);
 - a naive baseline in the same run, on the smallest size: ``pd.read_csv`` of the whole file,
   ``score_frame`` on all of it, ``to_csv``, the way one would write it without a batch scorer;
 - with ``--spark``, on the smallest size: ``anomaly score --engine spark`` in local mode.
@@ -269,13 +269,14 @@ def _markdown(payload: dict) -> str:  # type: ignore[type-arg]
         "",
         f"`{payload['command']}` on {payload['date']}, {m['cpus']} CPUs (load average "
         f"{m['load_average_start'][0]:.1f} at start, {m['load_average_end'][0]:.1f} at end: "
-        "the machine is shared), TensorFlow "
-        f"{payload['packages']['tensorflow']}. {payload['columns']} numeric columns; network "
+        "the machine is shared), scored with the bundle's LiteRT graph (ai-edge-litert "
+        f"{payload['packages'].get('ai-edge-litert', '?')}). {payload['columns']} numeric "
+        "columns; network "
         f"{net['hidden_units']}, latent {net['latent_dim']}, L = {net['samples']}.",
         "",
-        "End to end = the whole command's wall time (TensorFlow import and model load "
-        "included); scoring = the run's own rows/s. Peak RSS is the largest single process "
-        "(TensorFlow's import alone is ~0.69 GB). Spark reads a CSV file as one task (quoted "
+        "End to end = the whole command's wall time (imports and model load included); "
+        "scoring = the run's own rows/s. Peak RSS is the largest single process. Spark reads "
+        "a CSV file as one task (quoted "
         "fields may hold newlines), so one file keeps one core busy; it pays off on "
         "directories of many files and on clusters.",
         "",
