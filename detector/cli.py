@@ -115,6 +115,13 @@ def build_parser(
         help="decoder standard-deviation floor, standardised units (default 0.3)",
     )
     train.add_argument(
+        "--range-floor",
+        type=float,
+        default=0.05,
+        help="each numeric column's scale is at least this fraction of its training range; "
+        "0.25 scales nearly every column by its range, as min-max scaling does (default 0.05)",
+    )
+    train.add_argument(
         "--target-fpr",
         type=float,
         default=0.01,

@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         latent_dim=args.latent_dim,
         hidden_units=args.hidden_units,
         min_scale=args.min_scale,
+        range_floor=args.range_floor,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,

@@ -45,6 +45,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         activation: str = "relu",
         min_scale: float = 0.3,
         max_scale: float = 2.0,
+        range_floor: float = 0.05,
         epochs: int = 300,
         batch_size: int = 128,
         learning_rate: float = 1e-3,
@@ -74,6 +75,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         self.activation = activation
         self.min_scale = min_scale
         self.max_scale = max_scale
+        self.range_floor = range_floor
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate

@@ -33,6 +33,9 @@ from detector.errors import DataError, SchemaError
 #: Standardised values beyond this many standard deviations are clipped, so that one exploded
 #: column cannot push the network into a numeric range it never saw.
 DEFAULT_CLIP = 10.0
+#: A numeric column's scale is at least this fraction of its training range, unless told
+#: otherwise (``fit_schema``'s ``range_floor``).
+DEFAULT_RANGE_FLOOR = 0.05
 #: A categorical column with more distinct values than this is almost surely an identifier.
 MAX_CATEGORIES = 200
 
@@ -219,14 +222,20 @@ def fit_schema(
     categorical: Iterable[str] = (),
     context: Iterable[str] = (),
     clip: float = DEFAULT_CLIP,
+    range_floor: float = DEFAULT_RANGE_FLOOR,
 ) -> Schema:
     """Learn the schema from normal training data, shape ``(n_rows, n_columns)``.
+
+    Each numeric column is standardised by ``max(std, range_floor * (max - min))`` of its
+    training values; ``range_floor`` is a fraction in [0, 1].
 
     Numeric pandas dtypes become numeric columns; strings, booleans and the names in
     ``categorical`` become categorical; the names in ``context`` become context columns (read
     as labels whatever their dtype). Raises ``DataError`` or ``SchemaError`` with the fix when
     the table cannot train a model (empty, NaN, identifier-like columns).
     """
+    if not 0.0 <= range_floor <= 1.0:
+        raise ValueError(f"range_floor {range_floor} must be a fraction in [0, 1]")
     if frame.shape[1] == 0:
         raise DataError("the training data has no columns; give a CSV/Parquet with a header row")
     if len(frame) < 50:
@@ -276,7 +285,7 @@ def fit_schema(
                     "drop those rows"
                 )
                 continue
-            numeric.append(_fit_numeric(key, values))
+            numeric.append(_fit_numeric(key, values, range_floor))
         else:
             counts = _fit_labels(key, series, problems)
             if counts is None:
@@ -318,19 +327,17 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
     return counts
 
 
-#: A column's scale is at least this fraction of its training range.
-RANGE_FLOOR = 0.05
-
-
-def _fit_numeric(name: str, values: np.ndarray) -> NumericColumn:
+def _fit_numeric(name: str, values: np.ndarray, range_floor: float) -> NumericColumn:
     mean = float(values.mean())
     std = float(values.std())
     spread = float(values.max() - values.min())
     # A column that is almost always one value (a pixel that is nearly always 0, an error count
     # that is nearly always 0) has a tiny standard deviation, and dividing by it would turn the
     # rare ordinary non-zero value into tens of sigma and let that column decide every score.
-    # Its scale is therefore at least a fraction of its observed range.
-    scale = max(std, RANGE_FLOOR * spread)
+    # Its scale is therefore at least a fraction of its observed range. A floor of 0.25 scales
+    # nearly every column by a quarter of its range, min-max scaling in units comparable to
+    # standard deviations (uniform data has std = range / 3.5).
+    scale = max(std, range_floor * spread)
     # A column constant in training keeps its raw units (scale 1, as scikit-learn's
     # StandardScaler does) instead of dividing by ~0 and turning any later change into 1e9 sigma.
     if scale <= 1e-8 * (1.0 + abs(mean)):

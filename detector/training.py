@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from detector import losses
 from detector.bundle import Bundle
 from detector.errors import ConfigError, TrainingError
-from detector.features import DEFAULT_CLIP, encode, fingerprint, fit_schema
+from detector.features import DEFAULT_CLIP, DEFAULT_RANGE_FLOOR, encode, fingerprint, fit_schema
 from detector.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.models import MODELS, VAE
 from detector.scoring import SCORE_KINDS, ScoreGraph, anomaly_scores
@@ -47,6 +47,9 @@ class TrainingConfig:
     activation: str = "relu"
     min_scale: float = 0.3
     max_scale: float = 2.0
+    #: Each numeric column's scale is at least this fraction of its training range;
+    #: ``features.fit_schema`` says why, README "Column scaling" when to raise it.
+    range_floor: float = DEFAULT_RANGE_FLOOR
     epochs: int = 300
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -107,6 +110,8 @@ class TrainingConfig:
             problems.append("hidden_units must be a non-empty list of positive sizes")
         if not 0 < self.min_scale < self.max_scale:
             problems.append("need 0 < min_scale < max_scale")
+        if not 0 <= self.range_floor <= 1:
+            problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
         if not 0 < self.target_fpr < 0.5:
             problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
         if self.learning_rate <= 0:
@@ -196,7 +201,11 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     config.check()
     started = time.perf_counter()
     schema = fit_schema(
-        frame, categorical=config.categorical, context=config.context, clip=config.clip
+        frame,
+        categorical=config.categorical,
+        context=config.context,
+        clip=config.clip,
+        range_floor=config.range_floor,
     )
     values = encode(schema, frame).values
     fit_x, val_x, cal_x = _split(values, config)

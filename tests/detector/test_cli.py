@@ -66,9 +66,19 @@ def test_train_prints_a_summary(capsys, tmp_path) -> None:
         str(tmp_path / "m"),
         "--label-column",
         "label",
+        "--range-floor",
+        "0.25",
         *TINY_FLAGS,
     )
     assert code == 0
+    # --range-floor reached the schema: every numeric column's scale is max(std, range / 4).
+    from detector.bundle import load_bundle
+
+    frame = pd.read_csv(small)
+    for column in load_bundle(tmp_path / "m").schema.numeric:
+        values = frame[column.name].to_numpy(dtype=float)
+        floor = 0.25 * (values.max() - values.min())
+        assert column.scale == pytest.approx(max(values.std(), floor))
     for needle in (
         "trained vae on 800 rows",
         "epochs",

@@ -31,6 +31,20 @@ def test_fit_schema_infers_kinds_and_state() -> None:
     assert schema.numeric[1].scale == 1.0
 
 
+def test_range_floor_sets_the_scale_of_a_column_with_a_rare_value() -> None:
+    # 99 zeros and one 8: std 0.80, range 8.
+    frame = pd.DataFrame({"errors": np.r_[np.zeros(99), 8.0]})
+    std = float(frame["errors"].std(ddof=0))
+    assert fit_schema(frame, range_floor=0.0).numeric[0].scale == pytest.approx(std)
+    assert fit_schema(frame).numeric[0].scale == pytest.approx(std)  # 0.05 * 8 < std
+    assert fit_schema(frame, range_floor=0.25).numeric[0].scale == pytest.approx(2.0)
+
+
+def test_range_floor_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"range_floor 1.5 must be a fraction in \[0, 1\]"):
+        fit_schema(_frame(), range_floor=1.5)
+
+
 def test_schema_round_trips_through_json_dict() -> None:
     schema = fit_schema(_frame())
     assert Schema.from_dict(schema.to_dict()) == schema

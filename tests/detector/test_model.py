@@ -115,6 +115,18 @@ def test_bad_settings_fail_before_training() -> None:
     frame = pd.DataFrame({"a": np.arange(100.0)})
     with pytest.raises(ConfigError, match="score_kind 'nope'"):
         VAEDetector(score_kind="nope").fit(frame)
+    with pytest.raises(ConfigError, match="range_floor -0.1 must be a fraction in"):
+        VAEDetector(range_floor=-0.1).fit(frame)
+
+
+def test_range_floor_reaches_the_schema() -> None:
+    x = np.random.default_rng(0).normal(size=(400, 3))
+    det = VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2, range_floor=0.25).fit(x)
+    ranges = x.max(axis=0) - x.min(axis=0)
+    expected = np.maximum(x.std(axis=0), 0.25 * ranges)
+    scales = [c.scale for c in det.bundle_.schema.numeric]
+    np.testing.assert_allclose(scales, expected, rtol=1e-9)
+    assert (expected > x.std(axis=0)).all()  # the floor, not the std, set every scale
 
 
 def test_a_model_that_cannot_tell_rows_apart_is_refused() -> None:
