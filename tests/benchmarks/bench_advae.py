@@ -21,6 +21,11 @@ Usage::
 m_z (its Table 2, ``PAPER_ADVAE``); the other models' runs are unchanged. A ``--param`` given
 too takes precedence, and applies to every model.
 
+The paper min-max scales each column on the training part; the detector standardises, with a
+column's scale at least 5% of its training range. ``--param range_floor=0.25`` raises that
+floor so nearly every column is scaled by a quarter of its range: the paper's scaling up to a
+constant factor (``results/advae_range_floor.md`` is that run).
+
 The data directory is ``--data-dir``, else ``$ANOMALY_BENCH_DATA``, else ``../shared/data``
 beside the repository; files are read from ``<data-dir>/advae/<set>.mat``.
 """
