@@ -115,7 +115,7 @@ def test_bad_settings_fail_before_training() -> None:
     frame = pd.DataFrame({"a": np.arange(100.0)})
     with pytest.raises(ConfigError, match="score_kind 'nope'"):
         VAEDetector(score_kind="nope").fit(frame)
-    with pytest.raises(ConfigError, match="range_floor -0.1 must be a fraction in"):
+    with pytest.raises(ConfigError, match=r"range_floor -0\.1 must be a fraction in"):
         VAEDetector(range_floor=-0.1).fit(frame)
 
 
