@@ -134,7 +134,7 @@ def build_parser(
         "--score",
         metavar="KIND",
         help="score: recon_prob, mean_log_lik, elbo or iwae, or a model's own (vae-svdd: "
-        "svdd_distance, combined; advae: recon_error); default: the model's own choice",
+        "svdd_distance, combined, either; advae: recon_error); default: the model's own choice",
     )
     train.add_argument(
         "--svdd-weight",

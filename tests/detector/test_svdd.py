@@ -18,7 +18,7 @@ from detector.training import TrainingConfig, train
 from tests.conftest import TINY, broken, normal_records
 from tests.detector.engines import assert_scorer_matches_tensorflow
 
-KINDS = ("recon_prob", "mean_log_lik", "elbo", "iwae", "svdd_distance", "combined")
+KINDS = ("recon_prob", "mean_log_lik", "elbo", "iwae", "svdd_distance", "combined", "either")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,12 @@ def test_combined_is_the_sum_of_robustly_standardised_scores(trained, held_out) 
         + (-estimates["svdd_distance"] - location[1]) / scale[1]
     )
     np.testing.assert_allclose(estimates["combined"], expected, rtol=1e-4, atol=1e-4)
+    # either: the more alarmed of the two standardised parts, negated like every estimate.
+    larger = np.maximum(
+        (-estimates["elbo"] - location[0]) / scale[0],
+        (-estimates["svdd_distance"] - location[1]) / scale[1],
+    )
+    np.testing.assert_allclose(estimates["either"], -larger, rtol=1e-4, atol=1e-4)
     # Fitted on validation rows, so on other normal rows each part is near median 0, IQR 1.
     parts = np.stack([-estimates["elbo"], -estimates["svdd_distance"]], axis=1)
     for standardised in ((parts - location) / scale).T:
