@@ -337,11 +337,23 @@ def _scoring_engine(
     return scorer, LiteScoreGraph(scorer, traced.kinds, n_features=n_features)
 
 
+def _holdout_sizes(n: int, config: TrainingConfig) -> tuple[int, int]:
+    """Rows held out of ``n`` training rows for calibration and for validation."""
+    n_cal = min(max(round(config.calibration_fraction * n), MIN_REFERENCE), MAX_CALIBRATION_ROWS)
+    return n_cal, max(round(config.validation_fraction * n), 10)
+
+
+def fit_row_count(n: int, config: TrainingConfig) -> int:
+    """How many of ``n`` training rows the model fits on, after the hold-outs; what a fixed
+    budget of mini-batch updates converts to epochs with."""
+    n_cal, n_val = _holdout_sizes(n, config)
+    return n - n_cal - n_val
+
+
 def _split(values: np.ndarray, config: TrainingConfig) -> tuple[np.ndarray, ...]:
     n = len(values)
     order = np.random.default_rng(config.random_state).permutation(n)
-    n_cal = min(max(round(config.calibration_fraction * n), MIN_REFERENCE), MAX_CALIBRATION_ROWS)
-    n_val = max(round(config.validation_fraction * n), 10)
+    n_cal, n_val = _holdout_sizes(n, config)
     if n - n_cal - n_val < 20:
         raise ConfigError(
             f"{n} training rows leave too few to fit after holding out {n_val} for validation "

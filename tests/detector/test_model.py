@@ -169,3 +169,15 @@ def test_the_numpy_small_batch_path_matches_the_graph(fitted, eval_frame) -> Non
     mirrored = graph._small(x)
     # float32 arithmetic in a different order: equal to rounding.
     np.testing.assert_allclose(mirrored, compiled, rtol=1e-4, atol=2e-3)
+
+
+def test_fit_row_count_is_the_number_of_rows_training_fits_on(fitted, train_frame) -> None:
+    # Benchmarks turn an iteration budget into epochs with it, so it must match the split.
+    from detector.training import TrainingConfig, fit_row_count
+
+    config = TrainingConfig(
+        validation_fraction=fitted.validation_fraction,
+        calibration_fraction=fitted.calibration_fraction,
+    )
+    assert fitted.summary_.fit_rows == fit_row_count(len(train_frame), config)
+    assert fit_row_count(len(train_frame), config) < len(train_frame)
