@@ -14,6 +14,7 @@ Usage::
     python tests/benchmarks/bench_advae.py [--data-dir DIR] [--sets letter,cardio,...]
         [--seeds 0,1,2] [--models vae,vae-svdd,advae] [--param key=value ...]
         [--paper-hyperparameters] [--paper-training] [--out tests/benchmarks/results/advae]
+    python tests/benchmarks/bench_advae.py --merge A.json B.json [...] --out OUT
 
 ``--models`` names models of ``detector.models.MODELS`` (default ``vae``); the older
 ``--param model=NAME`` still picks a single model, but not together with ``--models``.
@@ -32,6 +33,10 @@ epochs that takes on each set) with no early stopping, on columns scaled by a qu
 range, under the paper's squared error, i.e. a Gaussian decoder of fixed unit variance
 (``PAPER_TRAINING``). The weights kept are still those of the best validation loss, which needs
 no labels. ``--param`` values override it too.
+
+``--merge`` joins the JSON files of runs made side by side (say, one process per group of sets,
+each with one thread, to use both cores) into one report at ``--out``, as if one run had made
+them. They must share their parameters and must not repeat a (model, set, seed).
 
 The data directory is ``--data-dir``, else ``$ANOMALY_BENCH_DATA``, else ``../shared/data``
 beside the repository; files are read from ``<data-dir>/advae/<set>.mat``.
@@ -338,6 +343,14 @@ def write_outputs(out: Path, payload: dict[str, Any], tables: str) -> None:
         if payload["paper_hyperparameters"]
         else ""
     )
+    if payload.get("paper_training"):
+        paper_hp += (
+            ", every model trained as the paper does (--paper-training: "
+            f"{payload['paper_training']['iterations']} iterations without early stopping, "
+            "fixed unit decoder variance, range_floor 0.25)"
+        )
+    if payload.get("merged_from"):
+        paper_hp += f", merged from {len(payload['merged_from'])} runs made side by side"
     skipped = "".join(f" {m} skipped: {why}." for m, why in payload["skipped_models"].items())
     text = (
         "# Detector models on the adVAE paper's sets (BENCHMARKS.md section 1)\n\n"
@@ -370,6 +383,56 @@ def plot(out: Path, table: dict[str, Any], sets: list[str], models: list[str]) -
     )
 
 
+def merge_runs(paths: list[Path]) -> dict[str, Any]:
+    """One payload from several runs' JSON files; ``ValueError`` names what does not fit."""
+    payloads = [json.loads(path.read_text()) for path in paths]
+    for key in ("params", "paper_hyperparameters", "paper_training"):
+        if len({json.dumps(p.get(key), sort_keys=True) for p in payloads}) > 1:
+            raise ValueError(f"the runs differ in {key}; merge only runs made with the same ones")
+    runs = [RunResult(**r) for p in payloads for r in p["runs"]]
+    keys = [(r.model, r.set, r.seed) for r in runs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"(model, set, seed) {repeated} appear in more than one run")
+    sets = [s for s in SETS if any(r.set == s for r in runs)]
+    seeds = sorted({r.seed for r in runs})
+    models = list(dict.fromkeys(m for p in payloads for m in p["models"]))
+    missing = [
+        (m, s, seed)
+        for m in models
+        for s in sets
+        for seed in seeds
+        if (m, s, seed) not in set(keys)
+    ]
+    if missing:
+        raise ValueError(f"the runs leave out (model, set, seed) {missing}")
+    table = {m: aggregate([r for r in runs if r.model == m], sets, seeds) for m in models}
+    return {
+        **payloads[0],
+        "date_utc": max(p["date_utc"] for p in payloads),
+        "command": "\n".join(p["command"] for p in payloads),
+        "sets": sets,
+        "seeds": seeds,
+        "models": models,
+        "skipped_models": {k: v for p in payloads for k, v in p["skipped_models"].items()},
+        "data": {k: v for p in payloads for k, v in p["data"].items()},
+        # Summed: the runs went side by side, so this is compute time, not wall time.
+        "total_seconds": round(sum(p["total_seconds"] for p in payloads), 1),
+        "merged_from": [path.name for path in paths],
+        "summary": table,
+        "runs": [vars(r) for r in runs],
+    }
+
+
+def write_merged(paths: list[Path], out: Path) -> None:
+    payload = merge_runs(paths)
+    sets, seeds, models = payload["sets"], payload["seeds"], payload["models"]
+    tables = format_report(payload["summary"], models, sets, seeds)
+    print(tables)
+    write_outputs(out, payload, tables)
+    plot(out, payload["summary"], sets, models)
+
+
 # ---- command line -----------------------------------------------------------------------------
 
 
@@ -386,6 +449,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--paper-hyperparameters",
         action="store_true",
         help="the advae runs take each set's lambda and m_z from the paper's Table 2",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="join these runs' JSON files into one report at --out instead of running",
     )
     parser.add_argument(
         "--paper-training",
@@ -408,6 +478,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        try:
+            write_merged(args.merge, Path(args.out))
+        except (OSError, ValueError, KeyError) as exc:
+            sys.exit(f"cannot merge: {exc}")
+        return 0
     data_dir = resolve_data_dir(args.data_dir)
     check_data(data_dir, args.sets)
     import_repo()
