@@ -347,7 +347,7 @@ def write_outputs(out: Path, payload: dict[str, Any], tables: str) -> None:
         paper_hp += (
             ", every model trained as the paper does (--paper-training: "
             f"{payload['paper_training']['iterations']} iterations without early stopping, "
-            "fixed unit decoder variance, range_floor 0.25)"
+            "fixed unit decoder variance, range_floor 0.25; the params above take precedence)"
         )
     if payload.get("merged_from"):
         paper_hp += f", merged from {len(payload['merged_from'])} runs made side by side"
@@ -410,7 +410,10 @@ def merge_runs(paths: list[Path]) -> dict[str, Any]:
     return {
         **payloads[0],
         "date_utc": max(p["date_utc"] for p in payloads),
-        "command": "\n".join(p["command"] for p in payloads),
+        # The runs' own commands, then the merge that joined them (one file is only redrawn).
+        "command": "\n".join(
+            [*(p["command"] for p in payloads), *([command_line()] if len(paths) > 1 else [])]
+        ),
         "sets": sets,
         "seeds": seeds,
         "models": models,
@@ -418,7 +421,7 @@ def merge_runs(paths: list[Path]) -> dict[str, Any]:
         "data": {k: v for p in payloads for k, v in p["data"].items()},
         # Summed: the runs went side by side, so this is compute time, not wall time.
         "total_seconds": round(sum(p["total_seconds"] for p in payloads), 1),
-        "merged_from": [path.name for path in paths],
+        "merged_from": [path.name for path in paths] if len(paths) > 1 else None,
         "summary": table,
         "runs": [vars(r) for r in runs],
     }
