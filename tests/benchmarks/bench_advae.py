@@ -116,14 +116,17 @@ PAPER_TRAINING: dict[str, Any] = {"range_floor": 0.25, "min_scale": 1.0, "max_sc
 PAPER_ITERATIONS = 20_000
 
 
-def paper_training(n_train: int, batch_size: int = 128) -> dict[str, Any]:
+def paper_training(n_train: int, params: dict[str, Any]) -> dict[str, Any]:
     """``PAPER_TRAINING`` plus the epochs that make ``PAPER_ITERATIONS`` mini-batch updates on
     ``n_train`` training rows, with early stopping off (patience = epochs). The rows the
-    detector fits on are those left after its validation and calibration hold-outs."""
+    detector fits on are those left after its validation and calibration hold-outs; ``params``
+    (the run's ``--param`` values) may change those and the batch size."""
     from detector.training import TrainingConfig, fit_row_count
 
-    fit_rows = fit_row_count(n_train, TrainingConfig())
-    epochs = math.ceil(PAPER_ITERATIONS / math.ceil(fit_rows / batch_size))
+    shaping = ("validation_fraction", "calibration_fraction", "batch_size")
+    config = TrainingConfig(**{k: params[k] for k in shaping if k in params})
+    fit_rows = fit_row_count(n_train, config)
+    epochs = math.ceil(PAPER_ITERATIONS / math.ceil(fit_rows / config.batch_size))
     return {**PAPER_TRAINING, "epochs": epochs, "patience": epochs}
 
 
@@ -504,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 paper = args.paper_hyperparameters and model == "advae"
                 per_set = PAPER_ADVAE[name] if paper else {}
                 if args.paper_training:
-                    per_set = {**per_set, **paper_training(len(split(name, y)[0]))}
+                    per_set = {**per_set, **paper_training(len(split(name, y)[0]), args.params)}
                 result = run_one(model, name, x, y, seed, {**per_set, **args.params})
                 runs.append(result)
                 default = result.metrics["default"]
