@@ -350,8 +350,10 @@ def fit_row_count(n: int, config: TrainingConfig) -> int:
     return n - n_cal - n_val
 
 
-def _split(values: np.ndarray, config: TrainingConfig) -> tuple[np.ndarray, ...]:
-    n = len(values)
+def holdout_indices(n: int, config: TrainingConfig) -> tuple[np.ndarray, ...]:
+    """Row positions (fit, validation, calibration) of ``n`` training rows, as ``train`` splits
+    them: the calibration rows are neither fitted nor used to pick the weights, so they are
+    the one part of the training data a trained model has never seen."""
     order = np.random.default_rng(config.random_state).permutation(n)
     n_cal, n_val = _holdout_sizes(n, config)
     if n - n_cal - n_val < 20:
@@ -360,6 +362,11 @@ def _split(values: np.ndarray, config: TrainingConfig) -> tuple[np.ndarray, ...]
             f"and {n_cal} for calibration; give more normal rows"
         )
     cal, val, fit = np.split(order, [n_cal, n_cal + n_val])
+    return fit, val, cal
+
+
+def _split(values: np.ndarray, config: TrainingConfig) -> tuple[np.ndarray, ...]:
+    fit, val, cal = holdout_indices(len(values), config)
     return values[fit], values[val], values[cal]
 
 
