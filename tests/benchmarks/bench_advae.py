@@ -15,6 +15,8 @@ Usage::
         [--seeds 0,1,2] [--models vae,vae-svdd,advae] [--param key=value ...]
         [--paper-hyperparameters] [--paper-training] [--out tests/benchmarks/results/advae]
     python tests/benchmarks/bench_advae.py --merge A.json B.json [...] --out OUT
+    python tests/benchmarks/bench_advae.py --select A.json B.json [...] [--criterion KIND]
+        --out OUT
 
 ``--models`` names models of ``detector.models.MODELS`` (default ``vae``); the older
 ``--param model=NAME`` still picks a single model, but not together with ``--models``.
@@ -37,6 +39,11 @@ no labels. ``--param`` values override it too.
 ``--merge`` joins the JSON files of runs made side by side (say, one process per group of sets,
 each with one thread, to use both cores) into one report at ``--out``, as if one run had made
 them. They must share their parameters and must not repeat a (model, set, seed).
+
+Every run also records how well its default score separates the training rows the model never
+saw (its calibration hold-out) from synthetic anomalies made of them (``SYNTHETIC``), with no
+labels. ``--select`` takes candidates' JSON files (one setting each, covering the same runs)
+and keeps, per (model, set, seed), the candidate that separates them best by ``--criterion``.
 
 The data directory is ``--data-dir``, else ``$ANOMALY_BENCH_DATA``, else ``../shared/data``
 beside the repository; files are read from ``<data-dir>/advae/<set>.mat``.
@@ -490,6 +497,111 @@ def write_merged(paths: list[Path], out: Path) -> None:
     plot(out, payload["summary"], sets, models)
 
 
+def candidate_label(payload: dict[str, Any]) -> str:
+    """A run's parameters as a short row label (``paper training`` when it has none)."""
+    params = ", ".join(f"{k} {v}" for k, v in payload["params"].items())
+    return params or ("paper training" if payload.get("paper_training") else "library defaults")
+
+
+def select_runs(paths: list[Path], criterion: str) -> dict[str, Any]:
+    """For every (model, set, seed), the run among the candidates' files (one setting each,
+    e.g. one variance floor) whose default score best separates its held-out training normals
+    from ``criterion``'s synthetic anomalies; test labels play no part. Earlier files win ties.
+    ``ValueError`` names what does not fit."""
+    if criterion not in SYNTHETIC:
+        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(SYNTHETIC)}")
+    payloads = [json.loads(path.read_text()) for path in paths]
+    if len(payloads) < 2:
+        raise ValueError("give at least two candidates' files to choose between")
+    labels = [candidate_label(p) for p in payloads]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"two candidates share their parameters ({labels})")
+    runs = [
+        {(r["model"], r["set"], r["seed"]): RunResult(**r) for r in p["runs"]} for p in payloads
+    ]
+    keys = list(runs[0])
+    if any(set(other) != set(keys) for other in runs[1:]):
+        raise ValueError("the candidates cover different (model, set, seed) runs")
+    unscored = [k for k in keys for cand in runs if criterion not in cand[k].selection]
+    if unscored:
+        raise ValueError(f"runs {sorted(set(unscored))[:3]} carry no {criterion!r} measurement")
+    chosen, picks = [], []
+    for key in keys:
+        values = [cand[key].selection[criterion] for cand in runs]
+        best = int(np.argmax(values))  # argmax takes the first of equal values
+        chosen.append(runs[best][key])
+        picks.append({"model": key[0], "set": key[1], "seed": key[2], "chosen": labels[best],
+                      criterion: dict(zip(labels, values, strict=True))})  # fmt: skip
+    sets = [s for s in SETS if any(k[1] == s for k in keys)]
+    seeds = sorted({k[2] for k in keys})
+    models = list(dict.fromkeys(k[0] for k in keys))
+    summary = {m: aggregate([r for r in chosen if r.model == m], sets, seeds) for m in models}
+    candidates = {
+        label: {m: aggregate([r for r in cand.values() if r.model == m], sets, seeds)
+                for m in models}
+        for label, cand in zip(labels, runs, strict=True)
+    }  # fmt: skip
+    return {
+        **{k: payloads[0][k] for k in ("benchmark", "paper_hyperparameters", "paper_training")},
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "\n".join([*(p["command"] for p in payloads), command_line()]),
+        "criterion": criterion,
+        "candidates": dict(zip(labels, [path.name for path in paths], strict=True)),
+        "sets": sets,
+        "seeds": seeds,
+        "models": models,
+        "picks": picks,
+        "summary": summary,
+        "candidate_summaries": candidates,
+        "runs": [vars(r) for r in chosen],
+    }
+
+
+def format_selection(payload: dict[str, Any]) -> str:
+    """The chosen runs' default score beside each candidate's, then which candidate each set
+    and seed took."""
+    sets, seeds, criterion = payload["sets"], payload["seeds"], payload["criterion"]
+    blocks = []
+    for model in payload["models"]:
+        rows = {f"{model}, chosen by {criterion}": payload["summary"][model]["default"]}
+        for label, table in payload["candidate_summaries"].items():
+            rows[f"{model}, {label}"] = table[model]["default"]
+        blocks += [f"## {model}: default score", format_tables(rows, sets, seeds, "run")]
+        lines = [
+            f"Which candidate each run took, and its separation (AUROC) of held-out training "
+            f"normals from `{criterion}` synthetic anomalies:",
+            "",
+            "| set | seed | chosen | " + " | ".join(payload["candidates"]) + " |",
+            "|" + "---|" * (3 + len(payload["candidates"])),
+        ]
+        for pick in (p for p in payload["picks"] if p["model"] == model):
+            values = " | ".join(f"{pick[criterion][c]:.3f}" for c in payload["candidates"])
+            lines.append(f"| {pick['set']} | {pick['seed']} | {pick['chosen']} | {values} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def write_selected(paths: list[Path], criterion: str, out: Path) -> None:
+    payload = select_runs(paths, criterion)
+    text = format_selection(payload)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with_suffix(out, ".json").write_text(json.dumps(payload, indent=2) + "\n")
+    files = ", ".join(f"`{name}`" for name in payload["candidates"].values())
+    with_suffix(out, ".md").write_text(
+        "# Choosing a model per set and seed without labels (BENCHMARKS.md section 1)\n\n"
+        f"Each (set, seed) keeps the candidate ({files}) whose default score best separates "
+        "the training rows it never saw (its calibration hold-out) from synthetic anomalies "
+        f"made from them (`{criterion}`); no test row or label plays a part. Every number is "
+        f"in `{with_suffix(out, '.json').name}`; `{with_suffix(out, '.png').name}` draws the "
+        f"AUROC cells.\n\n{text}\n\nReproduce with:\n\n```\n{payload['command']}\n```\n"
+    )
+    # The chosen runs beside every candidate's, per model.
+    tables = [("chosen", payload["summary"]), *payload["candidate_summaries"].items()]
+    drawn = {f"{m}, {label}": table[m] for m in payload["models"] for label, table in tables}
+    plot(out, drawn, payload["sets"], list(drawn))
+
+
 # ---- command line -----------------------------------------------------------------------------
 
 
@@ -513,6 +625,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         metavar="JSON",
         help="join these runs' JSON files into one report at --out instead of running",
+    )
+    parser.add_argument(
+        "--select",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="candidates' JSON files (one setting each, same runs): keep, per set and seed, "
+        "the one that best separates held-out normals from synthetic anomalies (--criterion); "
+        "write the report at --out instead of running",
+    )
+    parser.add_argument(
+        "--criterion",
+        default="shuffle",
+        choices=SYNTHETIC,
+        help="the synthetic anomalies --select judges by (default: shuffle)",
     )
     parser.add_argument(
         "--paper-training",
@@ -540,6 +667,12 @@ def main(argv: list[str] | None = None) -> int:
             write_merged(args.merge, Path(args.out))
         except (OSError, ValueError, KeyError) as exc:
             sys.exit(f"cannot merge: {exc}")
+        return 0
+    if args.select:
+        try:
+            write_selected(args.select, args.criterion, Path(args.out))
+        except (OSError, ValueError, KeyError) as exc:
+            sys.exit(f"cannot select: {exc}")
         return 0
     data_dir = resolve_data_dir(args.data_dir)
     check_data(data_dir, args.sets)
