@@ -212,7 +212,7 @@ class RunResult:
     selection: dict[str, float] = field(default_factory=dict)
 
 
-#: How far each kind of synthetic anomaly is from the normal rows it is made of.
+#: The kinds of synthetic anomaly every run is measured against (``synthetic_anomalies``).
 SYNTHETIC = ("shuffle", "swap", "box")
 
 

@@ -83,6 +83,17 @@ def test_each_set_and_seed_keeps_the_candidate_that_separates_synthetic_anomalie
     assert "| cardio | 0 | paper training | 0.600 | 0.800 |" in text
 
 
+def test_selecting_from_the_committed_candidates_gives_the_committed_report() -> None:
+    results = BENCH / "results"
+    candidates = [
+        results / f"advae_selection_seed0_{name}.json" for name in ("min_scale0.6", "fixed")
+    ]
+    committed = json.loads((results / "advae_synthetic_selection.json").read_text())
+    payload = bench_advae.select_runs(candidates, committed["criterion"])
+    assert payload["picks"] == committed["picks"]
+    assert json.loads(json.dumps(payload["summary"])) == committed["summary"]
+
+
 def test_candidates_covering_different_runs_are_refused(tmp_path: Path) -> None:
     a = _candidate(tmp_path, "a", {"min_scale": 0.6}, {("letter", 0): (0.9, 0.7)})
     b = _candidate(tmp_path, "b", {}, {("letter", 1): (0.9, 0.7)})
