@@ -5,7 +5,9 @@ the distribution is the empirical one; beyond the tail start ``t0`` a generalize
 distribution is fitted to the excesses (peaks over threshold, as SPOT does: Siffer et al., KDD
 2017), so targets far below ``1 / n_heldout`` still get a principled threshold. The threshold is
 exactly the inverse of the p-value function: ``is_anomaly == (p_value <= target_fpr)`` up to
-ties, and ``anomaly_score > threshold`` is the decision.
+ties, and ``anomaly_score > threshold`` is the decision. ``calibration_warnings`` says when a
+threshold should not be trusted: too few calibration rows for the target, or a held-out FPR far
+above it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ from detector.errors import ConfigError, DataError
 
 #: At least this many held-out rows are needed for a calibration worth the name.
 MIN_REFERENCE = 30
+#: Fewer expected false alarms than this among the calibration rows: the threshold is an
+#: extrapolation from the fitted tail, and ``calibration_warnings`` says so.
+MIN_EXPECTED_FALSE_ALARMS = 10
+#: A held-out FPR warns only when a one-sided binomial test puts it above the target at this
+#: significance level *and* it is more than ``HELDOUT_FPR_RATIO`` times the target.
+HELDOUT_FPR_P_VALUE = 1e-3
+HELDOUT_FPR_RATIO = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,6 +138,77 @@ class Calibrator:
             tail_shape=float(state["tail_shape"]),
             tail_scale=float(state["tail_scale"]),
         )
+
+
+def calibration_warnings(
+    n_calibration: int,
+    target_fpr: float,
+    heldout_fpr: float | None = None,
+    n_heldout: int = 0,
+    *,
+    max_calibration_rows: int | None = None,
+) -> tuple[str, ...]:
+    """What a user should know before trusting a threshold, as sentences that name the fix.
+
+    Two rules, each tuned so that a sound calibration never warns:
+
+    1. **Too few calibration rows.** With ``n_calibration * target_fpr`` under
+       ``MIN_EXPECTED_FALSE_ALARMS`` (10) the calibration rows hold fewer than ten expected
+       false alarms, so the threshold rests on the generalized Pareto tail fitted to the highest
+       scores (``Calibrator.threshold_for``; below one expected alarm it lies beyond every
+       observed score) with few exceedances to pin it, and its true FPR can be off by a large
+       factor. Ten is where an empirical quantile's relative
+       error (about ``1 / sqrt(n * fpr)``) drops to a third. ``max_calibration_rows`` (training
+       keeps no more) stops the advice asking for rows that would not be used.
+    2. **Held-out FPR far above the target.** ``heldout_fpr`` is the share of ``n_heldout``
+       normal rows the calibration never saw that score above the threshold. It warns only when
+       both a one-sided binomial test rejects "the true FPR is ``target_fpr``" at
+       ``HELDOUT_FPR_P_VALUE`` (0.001) and the rate is over ``HELDOUT_FPR_RATIO`` (2x) the
+       target: the test alone flags harmless excesses on large samples (1.3% against 1% on
+       10,000 rows), the ratio alone flags sampling noise on small ones (2 of 50 rows at 1%),
+       and the factor 2 also absorbs the threshold's own sampling error. Skipped when
+       ``heldout_fpr`` is ``None`` or ``n_heldout`` is 0 (``anomaly threshold`` has no held-out
+       rows to measure on).
+
+    An empty tuple means nothing to report.
+    """
+    found = []
+    expected = n_calibration * target_fpr
+    if expected < MIN_EXPECTED_FALSE_ALARMS:
+        needed = math.ceil(MIN_EXPECTED_FALSE_ALARMS / target_fpr)
+        lowest = MIN_EXPECTED_FALSE_ALARMS / n_calibration
+        if max_calibration_rows is None or needed <= max_calibration_rows:
+            more = f"train on more normal rows ({needed:,} calibration rows or more) or "
+        else:
+            more = (
+                f"more rows cannot help (calibration keeps {max_calibration_rows:,} at most), so "
+            )
+        found.append(
+            f"calibration: {n_calibration:,} calibration rows at a target FPR of "
+            f"{_percent(target_fpr)} expect {expected:.2g} false alarms among them, so the "
+            "threshold rests on the tail fitted to the highest scores with few or no observed "
+            f"false alarms to check it, and its real rate may be far off; {more}raise the "
+            f"target to {_percent(lowest)} or more (--target-fpr, or `anomaly threshold MODEL "
+            "--fpr` on a trained model)"
+        )
+    if heldout_fpr is not None and n_heldout > 0 and math.isfinite(heldout_fpr):
+        alarms = round(heldout_fpr * n_heldout)
+        p_value = float(stats.binom.sf(alarms - 1, n_heldout, target_fpr))
+        if p_value < HELDOUT_FPR_P_VALUE and heldout_fpr > HELDOUT_FPR_RATIO * target_fpr:
+            found.append(
+                f"calibration: the held-out false-positive rate is {_percent(heldout_fpr)} "
+                f"against a target of {_percent(target_fpr)} ({alarms:,} of {n_heldout:,} normal "
+                f"rows flagged; binomial p = {p_value:.1g}), so the threshold is likely too low "
+                "for new data: check that the training rows are all normal and alike, train "
+                "longer (--epochs), or set a lower target with `anomaly threshold MODEL --fpr`"
+            )
+    return tuple(found)
+
+
+def _percent(rate: float) -> str:
+    """``rate`` as a percentage with two significant digits or two decimals: 1.00%, 0.010%."""
+    decimals = max(2, 1 - math.floor(math.log10(100 * rate))) if rate > 0 else 2
+    return f"{100 * rate:.{decimals}f}%"
 
 
 def _pareto_sf(excess: np.ndarray, shape: float, scale: float) -> np.ndarray:

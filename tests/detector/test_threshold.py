@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from detector.errors import ConfigError, DataError
-from detector.threshold import Calibrator
+from detector.threshold import Calibrator, calibration_warnings
 
 
 @pytest.mark.parametrize("fpr", [0.1, 0.05, 0.01])
@@ -71,3 +71,47 @@ def test_closed_form_pareto_tail_matches_scipy(shape: float) -> None:
     np.testing.assert_allclose(
         _pareto_sf(x, shape, 1.7), stats.genpareto.sf(x, shape, scale=1.7), rtol=1e-9, atol=1e-300
     )
+
+
+def test_too_few_calibration_rows_for_the_target_warn_and_name_the_fix() -> None:
+    (warning,) = calibration_warnings(30, 0.01)
+    for needle in ("30 calibration rows", "1.00%", "expect 0.3 false alarms", "fitted"):
+        assert needle in warning
+    # The fix: ten expected false alarms, from more rows or a higher target.
+    assert "1,000 calibration rows or more" in warning
+    assert "raise the target to 33.33% or more" in warning
+    # Past the rows training keeps, asking for more rows would not help.
+    (capped,) = calibration_warnings(20_000, 1e-4, max_calibration_rows=20_000)
+    assert "0.010%" in capped and "more rows cannot help" in capped
+    assert "calibration rows or more" not in capped
+
+
+def test_a_heldout_fpr_far_above_the_target_warns() -> None:
+    (warning,) = calibration_warnings(1_152, 0.01, 114 / 1_152, 1_152)
+    for needle in ("9.90%", "target of 1.00%", "114 of 1,152", "anomaly threshold MODEL --fpr"):
+        assert needle in warning
+
+
+@pytest.mark.parametrize(
+    ("n_calibration", "target_fpr", "heldout_fpr", "n_heldout"),
+    [
+        (1_152, 0.01, 0.01, 10_000),  # exactly on target
+        (1_152, 0.01, 12 / 1_152, 1_152),  # one alarm over the expected 11.5
+        (1_152, 0.01, 23 / 1_152, 1_152),  # just under 2x, p = 0.002
+        (2_000, 0.01, 2 / 50, 50),  # 4x the target, but 2 alarms of 50 is noise (p = 0.09)
+        (2_000, 0.01, 0.015, 10_000),  # significant (p < 1e-6) but only 1.5x
+        (1_000, 0.01, 0.0, 1_000),  # below the target is not this rule's business
+        (1_000, 0.01, None, 0),  # no held-out rows to measure on
+    ],
+)
+def test_sound_calibrations_do_not_warn(
+    n_calibration: int, target_fpr: float, heldout_fpr: float | None, n_heldout: int
+) -> None:
+    assert calibration_warnings(n_calibration, target_fpr, heldout_fpr, n_heldout) == ()
+
+
+@pytest.mark.parametrize(("n", "fpr"), [(1_000, 0.01), (1_152, 0.05), (20_000, 0.001)])
+def test_sampling_noise_never_warns(n: int, fpr: float) -> None:
+    # Held-out false alarms of a threshold whose true FPR is the target: binomial counts.
+    alarms = np.random.default_rng(5).binomial(n, fpr, size=500)
+    assert all(calibration_warnings(n, fpr, k / n, n) == () for k in alarms)
