@@ -33,6 +33,8 @@ import numpy as np
 from detector.errors import BundleError
 from detector.features import Schema
 from detector.lite_graph import LiteScoreGraph, litert_available
+from detector.neighbours import KINDS as NEIGHBOUR_KINDS
+from detector.neighbours import NeighbourBank
 from detector.scoring import ScoreGraph, score_kinds
 from detector.threshold import Calibrator
 
@@ -43,6 +45,10 @@ FORMAT = "anomaly-detector-bundle"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 SCORER_FILE = "scorer.tflite"
+#: The neighbour bank (``detector.neighbours``): normal training rows, in encoded units.
+NEIGHBOURS_FILE = "neighbours.npz"
+#: Files a bundle holds only when it needs them (its manifest lists each with a checksum).
+OPTIONAL_FILES = (SCORER_FILE, NEIGHBOURS_FILE)
 MANIFEST_FILE = "manifest.json"
 _PACKAGES = (
     "anomaly-detector",
@@ -81,6 +87,14 @@ class Bundle:
     kinds: tuple[str, ...] = ()
     path: Path | None = None
     weights_version: str | None = None
+    #: Normal rows for the ``knn`` scores; ``None`` when trained with ``neighbours=0``.
+    neighbours: NeighbourBank | None = None
+
+    @property
+    def score_kinds(self) -> tuple[str, ...]:
+        """Every score this bundle can give: the graph's, then the neighbour bank's."""
+        kinds = self.kinds or score_kinds(self.model)
+        return kinds + (NEIGHBOUR_KINDS if self.neighbours is not None else ())
 
     @cached_property
     def model(self) -> VAE:
@@ -97,6 +111,24 @@ class Bundle:
         if self.scorer is not None and litert_available():
             return LiteScoreGraph(self.scorer, self.kinds, n_features=self.schema.n_features)
         return ScoreGraph(self.model, n_samples=self.n_samples, seed=self.noise_seed)
+
+    def describe_score(self) -> str:
+        """The score in words, e.g. ``knn: mean distance to the 5 nearest of 4210 normal
+        training rows`` or ``elbo with 8 latent samples``."""
+        if self.score_kind == "knn" and self.neighbours is not None:
+            bank = self.neighbours
+            return (
+                f"knn: mean distance to the {bank.k} nearest of {len(bank.bank)} normal "
+                "training rows"
+            )
+        return f"{self.score_kind} with {self.n_samples} latent samples"
+
+    def prepare(self) -> None:
+        """Build what scoring needs (the graph, the neighbour search index) now, so the
+        first record does not wait for it."""
+        self.graph  # noqa: B018 - a cached property: reading it builds it
+        if self.neighbours is not None:
+            self.neighbours.prepare()
 
     @cached_property
     def version(self) -> str:
@@ -154,9 +186,13 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     staging.mkdir()
     try:
         bundle.model.save(staging / MODEL_FILE)
+        written = [MODEL_FILE]
         if bundle.scorer is not None:
             (staging / SCORER_FILE).write_bytes(bundle.scorer)
-        written = [MODEL_FILE] + ([SCORER_FILE] if bundle.scorer is not None else [])
+            written.append(SCORER_FILE)
+        if bundle.neighbours is not None:
+            (staging / NEIGHBOURS_FILE).write_bytes(bundle.neighbours.to_bytes())
+            written.append(NEIGHBOURS_FILE)
         manifest = bundle.manifest({name: _sha256(staging / name) for name in written})
         _write_json(staging / MANIFEST_FILE, manifest)
         _swap_into_place(staging, target)
@@ -220,8 +256,12 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     scorer = None
     if SCORER_FILE in manifest.get("files", {}):
         scorer = _checked_bytes(root, SCORER_FILE, manifest)
+    bank = None
     try:
         schema = Schema.from_dict(manifest["schema"])
+        if NEIGHBOURS_FILE in manifest.get("files", {}):
+            content = _checked_bytes(root, NEIGHBOURS_FILE, manifest)
+            bank = NeighbourBank.from_bytes(content, schema.n_features)
         calibrator = Calibrator.from_dict(manifest["calibration"])
         scoring = manifest["scoring"]
         bundle = Bundle(
@@ -241,6 +281,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             kinds=tuple(str(kind) for kind in scoring.get("kinds", ())),
             path=root,
             weights_version=str(manifest["version"]),
+            neighbours=bank,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(
@@ -313,7 +354,7 @@ def _check_consistent(root: Path, bundle: Bundle) -> None:
     problems = []
     if len(bundle.term_baseline) != len(bundle.schema.feature_columns):
         problems.append("term baseline length does not match the schema")
-    if bundle.kinds and bundle.score_kind not in bundle.kinds:
+    if bundle.kinds and bundle.score_kind not in bundle.score_kinds:
         problems.append(f"unknown score kind {bundle.score_kind!r}")
     if not 1 <= bundle.n_samples <= 10_000:
         problems.append(f"sample count {bundle.n_samples} out of range")
@@ -344,7 +385,8 @@ def _check_network(root: Path, bundle: Bundle, model: VAE) -> None:
         problems.append(
             f"manifest says model {bundle.model_type!r}, the network is a {type(model).__name__}"
         )
-    if bundle.score_kind not in score_kinds(model):
+    bank_kinds = NEIGHBOUR_KINDS if bundle.neighbours is not None else ()
+    if bundle.score_kind not in score_kinds(model) + bank_kinds:
         problems.append(f"unknown score kind {bundle.score_kind!r}")
     if problems:
         raise BundleError(f"{root} is inconsistent ({'; '.join(problems)}); retrain the model")

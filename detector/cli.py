@@ -133,8 +133,17 @@ def build_parser(
     train.add_argument(
         "--score",
         metavar="KIND",
-        help="score: recon_prob, mean_log_lik, elbo or iwae, or a model's own (vae-svdd: "
-        "svdd_distance, combined, either; advae: recon_error); default: the model's own choice",
+        help="score: knn (distance to the nearest normal rows), elbo_knn, recon_prob, "
+        "mean_log_lik, elbo or iwae, or a model's own (vae-svdd: svdd_distance, combined, "
+        "either; advae: recon_error); default: knn",
+    )
+    train.add_argument(
+        "--neighbours",
+        type=int,
+        default=5,
+        metavar="K",
+        help="k of the distance to the nearest normal training rows, which the bundle keeps "
+        "(default 5); 0 keeps no training rows in the bundle and scores with the model alone",
     )
     train.add_argument(
         "--svdd-weight",

@@ -54,6 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         target_fpr=args.target_fpr,
         n_samples=args.samples,
         score_kind=args.score,
+        neighbours=args.neighbours,
         categorical=tuple(args.categorical),
         context=tuple(args.context),
         context_dropout=args.context_dropout,
@@ -105,6 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"validation ELBO {-s.val_neg_elbo:.3f} nats/record (reconstruction {-s.val_nll:.3f}, "
         f"KL {s.val_kl:.3f}); active latent units {s.active_latent_units}/{s.latent_dim}"
     )
+    print(f"score: {bundle.describe_score()}")
     print(
         f"threshold {s.threshold:.4f} at target FPR {s.target_fpr:.2%}; held-out validation "
         f"FPR {s.validation_fpr:.2%}"
@@ -433,6 +435,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "created_at": bundle.created_at,
         "score": bundle.score_kind,
         "samples": bundle.n_samples,
+        "neighbours": None
+        if bundle.neighbours is None
+        else {"k": bundle.neighbours.k, "bank_rows": len(bundle.neighbours.bank)},
         "threshold": bundle.calibrator.threshold,
         "target_fpr": bundle.calibrator.target_fpr,
         "columns": bundle.schema.describe(),
@@ -447,7 +452,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"columns: {info['columns']}")
     print(
-        f"score: {bundle.score_kind} with {bundle.n_samples} latent samples; threshold "
+        f"score: {bundle.describe_score()}; threshold "
         f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"
     )
     if training:
@@ -464,13 +469,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_threshold(args: argparse.Namespace) -> int:
     from detector.bundle import set_target_fpr
 
+    # From threshold, not training: this command must not import TensorFlow.
+    from detector.threshold import MAX_CALIBRATION_ROWS, calibration_warnings
+
     bundle = set_target_fpr(args.model, args.fpr)
     cal = bundle.calibrator
     source = "held-out sample" if args.fpr >= cal.tail_fraction else "generalized-Pareto tail fit"
+    warnings = calibration_warnings(
+        len(cal.reference), cal.target_fpr, max_calibration_rows=MAX_CALIBRATION_ROWS
+    )
     if args.json:
         print(
             json.dumps(
-                {"target_fpr": cal.target_fpr, "threshold": cal.threshold, "method": source},
+                {
+                    "target_fpr": cal.target_fpr,
+                    "threshold": cal.threshold,
+                    "method": source,
+                    "warnings": list(warnings),
+                },
                 indent=2,
             )
         )
@@ -479,4 +495,6 @@ def cmd_threshold(args: argparse.Namespace) -> int:
         f"threshold {cal.threshold:.4f} for target FPR {cal.target_fpr:.4%} (from the {source}); "
         f"saved to {args.model}"
     )
+    for warning in warnings:
+        print(f"WARNING: {warning}")
     return 0

@@ -56,6 +56,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         target_fpr: float = 0.01,
         n_samples: int = 8,
         score_kind: str | None = None,
+        neighbours: int = 5,
         categorical: tuple[str, ...] = (),
         context: tuple[str, ...] = (),
         context_dropout: float = 0.1,
@@ -86,6 +87,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         self.target_fpr = target_fpr
         self.n_samples = n_samples
         self.score_kind = score_kind
+        self.neighbours = neighbours
         self.categorical = categorical
         self.context = context
         self.context_dropout = context_dropout

@@ -36,6 +36,8 @@ DEFAULT_CLIP = 10.0
 #: A numeric column's scale is at least this fraction of its training range, unless told
 #: otherwise (``fit_schema``'s ``range_floor``).
 DEFAULT_RANGE_FLOOR = 0.05
+#: Fewer training rows cannot calibrate a threshold (``threshold.MIN_REFERENCE``).
+MIN_TRAINING_ROWS = 30
 #: A categorical column with more distinct values than this is almost surely an identifier.
 MAX_CATEGORIES = 200
 
@@ -238,9 +240,11 @@ def fit_schema(
         raise ValueError(f"range_floor {range_floor} must be a fraction in [0, 1]")
     if frame.shape[1] == 0:
         raise DataError("the training data has no columns; give a CSV/Parquet with a header row")
-    if len(frame) < 50:
+    if len(frame) < MIN_TRAINING_ROWS:
         raise DataError(
-            f"the training data has {len(frame)} rows; a model needs at least 50 normal rows"
+            f"the training data has {len(frame)} rows; a model needs at least "
+            f"{MIN_TRAINING_ROWS} normal rows (its threshold is calibrated on {MIN_TRAINING_ROWS} "
+            "scores at least)"
         )
     dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
     if dupes:

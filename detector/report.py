@@ -278,7 +278,7 @@ def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
         ("model type", bundle.model_type),
         ("version", bundle.version),
         ("columns", f"{len(bundle.schema.column_order)} -> {bundle.schema.n_features} features"),
-        ("score", f"{bundle.score_kind} with {bundle.n_samples} latent samples"),
+        ("score", bundle.describe_score()),
         (
             "threshold",
             f"{bundle.calibrator.threshold:.4f} at target false-positive rate "
@@ -303,8 +303,8 @@ def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
             ("held-out validation FPR", f"{_float(t.get('validation_fpr')):.2%}"),
             ("training time", _number(_float(t.get("seconds")), "s")),
         ]
-    warnings = list(t.get("warnings", []))
-    rows.append(("warnings", "; ".join(warnings) if warnings else "none"))
+    # One row per warning: each is a sentence with its own "; ", so joined they would blur.
+    rows += [("warning", str(w)) for w in t.get("warnings", [])] or [("warnings", "none")]
     return rows
 
 

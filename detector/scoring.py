@@ -33,7 +33,9 @@ from detector.features import EncodedBatch, Imputation, Rejection, Schema, encod
 
 if TYPE_CHECKING:
     from detector.bundle import Bundle
+    from detector.lite_graph import LiteScoreGraph
     from detector.models.vae import VAE
+    from detector.neighbours import NeighbourBank
 
 SCORE_KINDS = ("recon_prob", "mean_log_lik", "elbo", "iwae")
 #: Rows per graph call: large enough to run at full speed, small enough to bound memory
@@ -236,6 +238,22 @@ def _logsumexp(a: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
     return out if keepdims else np.squeeze(out, axis=axis)
 
 
+def estimate_all(
+    graph: ScoreGraph | LiteScoreGraph,
+    neighbours: NeighbourBank | None,
+    values: np.ndarray,
+    *,
+    leave_one_out: bool = False,
+) -> dict[str, np.ndarray]:
+    """The graph's estimates for encoded rows ``(n, n_features)`` plus, with a neighbour
+    bank, its ``knn`` scores and per-feature ``knn_terms`` (``leave_one_out``: ``values`` are
+    the bank's own rows, each measured against the others)."""
+    estimates = graph(values)
+    if neighbours is not None:
+        estimates.update(neighbours.scores(values, estimates, leave_one_out=leave_one_out))
+    return estimates
+
+
 def anomaly_scores(estimates: dict[str, np.ndarray], kind: str) -> np.ndarray:
     """The user-facing score for one estimate kind: its negative, higher = more anomalous."""
     return -estimates[kind].astype(np.float64)
@@ -379,9 +397,16 @@ def score_encoded(
     ``context_unseen`` is ``EncodedBatch.context_unseen``; for a schema with context columns
     and none given, no row is flagged."""
     if len(values):
-        estimates = bundle.graph(values)
-        scores = anomaly_scores(estimates, bundle.score_kind)
-        excess = estimates["term_nll"] - bundle.term_baseline
+        if bundle.score_kind == "knn" and bundle.neighbours is not None:
+            # The distance alone: the network's graph would be computed for nothing. The
+            # distance is to blame, not the likelihood: each column's share of it.
+            estimates = bundle.neighbours.scores(values, {})
+            scores = anomaly_scores(estimates, bundle.score_kind)
+            excess = _feature_terms(estimates["knn_terms"], bundle.schema)
+        else:
+            estimates = estimate_all(bundle.graph, bundle.neighbours, values)
+            scores = anomaly_scores(estimates, bundle.score_kind)
+            excess = estimates["term_nll"] - bundle.term_baseline
         contributions = _by_source_column(excess, bundle.schema)
     else:
         scores = np.zeros(0)
@@ -408,6 +433,17 @@ def _context_flags(schema: Schema, flags: np.ndarray | None, n: int) -> np.ndarr
     if not schema.context:
         return None
     return np.zeros(n, dtype=bool) if flags is None else np.asarray(flags, dtype=bool)
+
+
+def _feature_terms(features: np.ndarray, schema: Schema) -> np.ndarray:
+    """Per-feature values ``(n, n_features)`` -> per-term ``(n, n_terms)``: numerics as they
+    are, each categorical one-hot group summed into one term; context slots dropped."""
+    parts = [features[:, : schema.n_numeric]]
+    start = schema.n_numeric
+    for size in schema.group_sizes:
+        parts.append(features[:, start : start + size].sum(axis=1, keepdims=True))
+        start += size
+    return np.concatenate(parts, axis=1)
 
 
 def _by_source_column(terms: np.ndarray, schema: Schema) -> np.ndarray:

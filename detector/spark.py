@@ -48,7 +48,7 @@ from detector.batch import (
     model_frame,
     top_columns,
 )
-from detector.bundle import MANIFEST_FILE, MODEL_FILE, SCORER_FILE, Bundle, load_bundle
+from detector.bundle import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES, Bundle, load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features import Imputation, check_columns
 from detector.scoring import score_frame
@@ -86,8 +86,9 @@ def bundle_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
     root = Path(path)
     try:
         files = {name: (root / name).read_bytes() for name in (MANIFEST_FILE, MODEL_FILE)}
-        if (root / SCORER_FILE).is_file():  # bundles written before the scorer lack it
-            files[SCORER_FILE] = (root / SCORER_FILE).read_bytes()
+        for name in OPTIONAL_FILES:  # each is in the bundles that need it
+            if (root / name).is_file():
+                files[name] = (root / name).read_bytes()
         return files
     except OSError:
         raise ConfigError(

@@ -24,6 +24,8 @@ from detector.errors import ConfigError, DataError
 
 #: At least this many held-out rows are needed for a calibration worth the name.
 MIN_REFERENCE = 30
+#: Calibration beyond this many rows adds little and bloats the manifest.
+MAX_CALIBRATION_ROWS = 20_000
 #: Fewer expected false alarms than this among the calibration rows: the threshold is an
 #: extrapolation from the fitted tail, and ``calibration_warnings`` says so.
 MIN_EXPECTED_FALSE_ALARMS = 10

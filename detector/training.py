@@ -4,7 +4,9 @@ The training rows are split three ways, seeded: the network fits on one part, ea
 watches the validation ELBO on a second, and the calibration (threshold, p-values, per-column
 baselines) is fitted on a third that neither the network nor early stopping saw. Training
 refuses to hand back a broken model silently: a NaN loss or near-constant held-out scores end
-in ``TrainingError``; posterior collapse ends in a warning in the summary.
+in ``TrainingError``; posterior collapse ends in a warning in the summary, as do too few
+calibration rows for the target false-positive rate and a held-out FPR far above the target
+(``threshold.calibration_warnings`` states the rules).
 """
 
 from __future__ import annotations
@@ -26,15 +28,25 @@ from detector.errors import ConfigError, TrainingError
 from detector.features import DEFAULT_CLIP, DEFAULT_RANGE_FLOOR, encode, fingerprint, fit_schema
 from detector.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.models import MODELS, VAE
-from detector.scoring import SCORE_KINDS, ScoreGraph, anomaly_scores
-from detector.threshold import MIN_REFERENCE, Calibrator
+from detector.neighbours import DEFAULT_K, NeighbourBank
+from detector.neighbours import KINDS as NEIGHBOUR_KINDS
+from detector.scoring import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
+from detector.threshold import (
+    MAX_CALIBRATION_ROWS,
+    MIN_REFERENCE,
+    Calibrator,
+    calibration_warnings,
+)
 
 log = logging.getLogger(__name__)
 
 #: A latent unit whose mean KL on validation data is below this carries no information.
 ACTIVE_UNIT_KL = 0.01
-#: Calibration beyond this many rows adds little and bloats the manifest.
-MAX_CALIBRATION_ROWS = 20_000
+#: Below this many training rows nothing is held out (``train``'s small-table path).
+SMALL_TABLE_ROWS = 200
+#: The score a bundle with a neighbour bank uses unless told otherwise; chosen on every
+#: labelled family at once (README, "Detection quality").
+DEFAULT_SCORE = "knn"
 
 
 @dataclass(frozen=True)
@@ -59,8 +71,11 @@ class TrainingConfig:
     calibration_fraction: float = 0.15
     target_fpr: float = 0.01
     n_samples: int = 8
-    #: ``None``: the model's own default (``elbo`` for the VAE).
+    #: ``None``: ``DEFAULT_SCORE`` for the plain VAE with ``neighbours``, else the model's own.
     score_kind: str | None = None
+    #: k of the distance to the nearest fitted rows (``detector.neighbours``). The bundle keeps a
+    #: bank of training rows only when its score uses it; 0 rules the ``knn`` scores out.
+    neighbours: int = DEFAULT_K
     categorical: tuple[str, ...] = ()
     #: cvae: the columns the model is conditioned on (inputs, not modelled); other models: none.
     context: tuple[str, ...] = ()
@@ -92,6 +107,7 @@ class TrainingConfig:
             problems.append(f"model {self.model!r} is not one of {sorted(MODELS)}")
         else:
             kinds = SCORE_KINDS + MODELS[self.model].extra_score_kinds
+            kinds += NEIGHBOUR_KINDS if self.neighbours else ()
             if self.score_kind is not None and self.score_kind not in kinds:
                 problems.append(
                     f"score_kind {self.score_kind!r} is not one of {list(kinds)} for "
@@ -101,6 +117,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if not 0.05 <= value <= 0.4:
                 problems.append(f"{name} {value} must be in [0.05, 0.4]")
+        if self.score_kind in NEIGHBOUR_KINDS and not self.neighbours:
+            problems.append(f"score_kind {self.score_kind!r} needs neighbours >= 1")
+        if self.neighbours < 0:
+            problems.append("neighbours must be 0 (no bank) or at least 1")
         for name in ("epochs", "batch_size", "n_samples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
@@ -208,7 +228,10 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         range_floor=config.range_floor,
     )
     values = encode(schema, frame).values
-    fit_x, val_x, cal_x = _split(values, config)
+    # A table too small to hold rows out (ADBench's Hepatitis trains on ~40) lets every row do
+    # every job: the distance is calibrated leave-one-out, the network checked in-sample.
+    small = len(values) < SMALL_TABLE_ROWS
+    fit_x, val_x, cal_x = (values, values, values) if small else _split(values, config)
 
     hidden, latent = default_architecture(schema.n_features)
     hidden = tuple(config.hidden_units or hidden)
@@ -225,7 +248,6 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     )
     model.build((None, schema.n_features))
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    score_kind = config.score_kind or model.default_score_kind
     stopper = keras.callbacks.EarlyStopping(
         monitor=model.monitor,
         mode="min",
@@ -254,11 +276,29 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     model.finish_training(traced, val_x)
     # Calibrate with the engine the bundle will score with, so the threshold is exact for it.
     scorer, graph = _scoring_engine(traced, schema.n_features)
-    cal = graph(cal_x)
+    # The distance is the default of the default model, where it was measured (README,
+    # "Detection quality"); the other models keep the score they are chosen for.
+    score_kind = config.score_kind or (
+        DEFAULT_SCORE if config.model == "vae" and config.neighbours else model.default_score_kind
+    )
+    bank = None
+    if score_kind in NEIGHBOUR_KINDS:
+        bank = NeighbourBank.fit(
+            schema,
+            fit_x,
+            val_x,
+            anomaly_scores(graph(val_x), "elbo"),
+            k=config.neighbours,
+            seed=config.random_state,
+            leave_one_out=small,
+        )
+    cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
     _check_spread(cal_scores)
     calibrator = Calibrator.fit(cal_scores, target_fpr=config.target_fpr)
-    val_scores = anomaly_scores(graph(val_x), score_kind)
+    val_scores = (
+        cal_scores if small else anomaly_scores(estimate_all(graph, bank, val_x), score_kind)
+    )
     active = _active_units(model, val_x)
 
     warnings = []
@@ -268,6 +308,18 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             f"{ACTIVE_UNIT_KL} nats on validation data), so the model scores columns as if "
             "independent; try --kl-warmup-epochs higher or a smaller --min-scale"
         )
+    validation_fpr = float(np.mean(val_scores > calibrator.threshold))
+    warnings.extend(
+        calibration_warnings(
+            len(cal_x),
+            config.target_fpr,
+            validation_fpr,
+            len(val_x),
+            max_calibration_rows=MAX_CALIBRATION_ROWS,
+        )
+    )
+    if small:
+        warnings.append(_small_table_warning(len(values), score_kind))
     for message in warnings:
         log.warning(message)
 
@@ -290,7 +342,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         active_latent_units=active,
         target_fpr=config.target_fpr,
         threshold=calibrator.threshold,
-        validation_fpr=float(np.mean(val_scores > calibrator.threshold)),
+        validation_fpr=validation_fpr,
         seconds=round(time.perf_counter() - started, 2),
         warnings=tuple(warnings),
         history={k: [float(v) for v in vals] for k, vals in history.items()},
@@ -316,9 +368,25 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         data_fingerprint={"sha256": fingerprint(frame), "rows": len(frame)},
         scorer=scorer,
         kinds=traced.kinds,
+        neighbours=bank,
     )
     bundle.__dict__["graph"] = graph  # reuse the compiled graph instead of tracing it again
     return bundle, summary
+
+
+def _small_table_warning(n: int, score_kind: str) -> str:
+    held = (
+        "the distance is calibrated leave-one-out (each row against the other rows)"
+        if score_kind in NEIGHBOUR_KINDS
+        else f"the {score_kind} score is calibrated on the rows the network fitted, so its "
+        "threshold is optimistic: expect more false alarms than the target (the default "
+        "score, knn, is calibrated leave-one-out instead)"
+    )
+    return (
+        f"small table: {n} rows are too few to hold rows out (fewer than {SMALL_TABLE_ROWS}), "
+        f"so every row fits, validates and calibrates the model; {held}; give at least "
+        f"{SMALL_TABLE_ROWS} normal rows for held-out calibration"
+    )
 
 
 def _scoring_engine(

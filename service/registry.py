@@ -159,7 +159,7 @@ class ModelRegistry:
         return max(published, current.generation if current else 0) + 1
 
     def _install(self, name: str, path: str, bundle: Bundle, *, generation: int) -> LoadedModel:
-        bundle.graph  # noqa: B018 - trace the scoring graph before the model takes traffic
+        bundle.prepare()  # the graph and the neighbour index, before the model takes traffic
         loaded = LoadedModel(name, path, bundle, time.time(), generation)
         with self._lock:
             previous = self._models.get(name)

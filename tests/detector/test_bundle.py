@@ -15,6 +15,7 @@ import pytest
 from detector.bundle import (
     MANIFEST_FILE,
     MODEL_FILE,
+    NEIGHBOURS_FILE,
     SCORER_FILE,
     load_bundle,
     save_bundle,
@@ -70,10 +71,18 @@ def test_no_pickle_anywhere_in_a_bundle(bundle_dir) -> None:
 
     names = zipfile.ZipFile(bundle_dir / MODEL_FILE).namelist()
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".joblib"))]
-    assert sorted(p.name for p in bundle_dir.iterdir()) == [MANIFEST_FILE, MODEL_FILE, SCORER_FILE]
+    assert sorted(p.name for p in bundle_dir.iterdir()) == [
+        MANIFEST_FILE,
+        MODEL_FILE,
+        NEIGHBOURS_FILE,
+        SCORER_FILE,
+    ]
+    # The bank is plain arrays: it loads with pickles refused.
+    with np.load(bundle_dir / NEIGHBOURS_FILE, allow_pickle=False) as arrays:
+        assert {"bank", "weights", "k", "location", "scale"} <= set(arrays.files)
 
 
-@pytest.mark.parametrize("name", [MODEL_FILE, SCORER_FILE])
+@pytest.mark.parametrize("name", [MODEL_FILE, SCORER_FILE, NEIGHBOURS_FILE])
 def test_a_modified_file_is_refused(bundle_dir, tmp_path, name) -> None:
     copy = _copy(bundle_dir, tmp_path)
     with (copy / name).open("ab") as handle:

@@ -166,9 +166,38 @@ def test_info_and_threshold(capsys, cli_model) -> None:
     code, out, _ = run(capsys, "info", str(cli_model), "--json")
     assert code == 0 and json.loads(out)["target_fpr"] == 0.02
     code, out, _ = run(capsys, "threshold", str(cli_model), "--fpr", "0.0005", "--json")
-    assert code == 0 and json.loads(out)["method"] == "generalized-Pareto tail fit"
+    answer = json.loads(out)
+    assert code == 0 and answer["method"] == "generalized-Pareto tail fit"
+    # 1152 calibration rows expect 0.58 false alarms at 0.05%: the threshold is extrapolated.
+    (warning,) = answer["warnings"]
+    assert warning.startswith("calibration: 1,152 calibration rows at a target FPR of 0.050%")
+    code, out, _ = run(capsys, "threshold", str(cli_model), "--fpr", "0.0005")
+    assert code == 0 and f"WARNING: {warning}" in out
     code, out, _ = run(capsys, "threshold", str(cli_model), "--fpr", "0.02")
-    assert code == 0
+    assert code == 0 and "WARNING" not in out
+
+
+def test_calibration_warnings_reach_the_summary_info_and_report(
+    capsys, train_frame, tmp_path
+) -> None:
+    import html
+
+    from detector.bundle import save_bundle
+    from detector.report import training_report
+    from detector.training import TrainingConfig, train
+    from tests.conftest import TINY
+
+    # 240 rows hold out 36 for calibration: 0.036 expected false alarms at a 0.1% target.
+    bundle, summary = train(train_frame.head(240), TrainingConfig(target_fpr=0.001, **TINY))
+    assert summary.calibration_rows == 36
+    (warning,) = [w for w in summary.warnings if w.startswith("calibration: 36 calibration rows")]
+    assert "expect 0.036 false alarms" in warning
+    save_bundle(bundle, tmp_path / "m")
+    code, out, _ = run(capsys, "info", str(tmp_path / "m"), "--json")
+    assert code == 0 and json.loads(out)["training"]["warnings"] == list(summary.warnings)
+    code, out, _ = run(capsys, "info", str(tmp_path / "m"))
+    assert code == 0 and f"WARNING: {warning}" in out
+    assert f"<th>warning</th><td>{html.escape(warning)}</td>" in training_report(bundle)
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,7 @@ def test_training_data_problems_are_reported_with_the_fix() -> None:
 
 
 def test_too_few_rows_is_a_data_error() -> None:
-    with pytest.raises(DataError, match="at least 50"):
+    with pytest.raises(DataError, match="at least 30"):
         fit_schema(_frame(10))
 
 

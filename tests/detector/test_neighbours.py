@@ -1,0 +1,163 @@
+"""The neighbour bank: exact distances, the column weights, its file, and the default score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.bundle import NEIGHBOURS_FILE
+from detector.errors import BundleError, ConfigError
+from detector.estimator import VAEDetector
+from detector.features import encode, fit_schema
+from detector.neighbours import NeighbourBank, column_weights
+from tests.conftest import TINY
+
+
+def _table(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "a": rng.normal(0.0, 1.0, n),
+            # Nearly always 0: its standard deviation is tiny against its range.
+            "rare": np.where(rng.random(n) < 0.02, 10.0, 0.0),
+            "kind": rng.choice(["x", "y"], n),
+        }
+    )
+
+
+def test_weights_raise_each_scale_to_a_quarter_of_the_range() -> None:
+    frame = _table(500)
+    frame["flat"] = 3.0
+    schema = fit_schema(frame)
+    weights = column_weights(schema, 0.25)
+    by_name = {c.name: (j, c) for j, c in enumerate(schema.numeric)}
+    j, rare = by_name["rare"]
+    assert weights[j] == pytest.approx(rare.scale / (0.25 * (rare.maximum - rare.minimum)))
+    assert weights[j] < 1.0
+    j, normal = by_name["a"]
+    assert weights[j] == pytest.approx(
+        normal.scale / max(normal.scale, 0.25 * (normal.maximum - normal.minimum))
+    )
+    # A constant column keeps weight 1; one-hot slots are never reweighted.
+    assert weights[by_name["flat"][0]] == 1.0
+    assert (weights[schema.n_numeric :] == 1.0).all()
+
+
+def test_distances_are_the_mean_of_the_k_nearest_by_brute_force() -> None:
+    frame = _table(400)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:300], x[300:350], np.zeros(50), k=3)
+    query = x[350:]
+    weighted_bank = x[:300] * bank.weights
+    weighted_query = np.clip(query * bank.weights, bank.lower, bank.upper)
+    full = np.sqrt(((weighted_query[:, None, :] - weighted_bank[None]) ** 2).sum(-1))
+    expected = np.sort(full, axis=1)[:, :3].mean(axis=1)
+    # Both search paths: one record at a time (numpy) and the whole batch (scikit-learn).
+    np.testing.assert_allclose(bank.distances(query), expected, rtol=1e-6)
+    alone = np.array([bank.distances(query[[i]])[0] for i in range(len(query))])
+    np.testing.assert_array_equal(alone, bank.distances(query))
+
+
+def test_a_column_far_beyond_its_range_adds_only_the_margin() -> None:
+    frame = _table(300)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:200], x[200:], np.zeros(100), margin=0.5)
+    top = frame["a"].max()
+    row = frame.head(1)
+    probes = encode(schema, pd.concat([row] * 3).assign(a=[top, top + 1e3, top + 1e6])).values
+    far = bank.distances(probes)
+    # Clipped at the widened range: a thousand or a million beyond it is the same distance.
+    assert far[1] == far[2]
+    j = schema.numeric.index(next(c for c in schema.numeric if c.name == "a"))
+    assert bank.lower[j] < probes[0, j] * bank.weights[j] <= bank.upper[j] - 0.5 + 1e-6
+    assert far[1] > far[0]
+
+
+def test_a_bank_row_is_at_distance_zero_from_itself() -> None:
+    frame = _table(200)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50), k=1)
+    np.testing.assert_allclose(bank.distances(x[:20]), 0.0, atol=1e-6)
+
+
+def test_the_bank_file_round_trips_and_refuses_a_mismatch() -> None:
+    frame = _table(200)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:150], x[150:], np.arange(50.0))
+    again = NeighbourBank.from_bytes(bank.to_bytes(), schema.n_features)
+    np.testing.assert_array_equal(again.distances(x), bank.distances(x))
+    with pytest.raises(BundleError, match="does not match the schema"):
+        NeighbourBank.from_bytes(bank.to_bytes(), schema.n_features + 1)
+    with pytest.raises(BundleError, match="cannot be read"):
+        NeighbourBank.from_bytes(b"not an npz", schema.n_features)
+
+
+def test_a_pickled_bank_is_refused() -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, bank=np.array([{"code": 1}], dtype=object))
+    with pytest.raises(BundleError):
+        NeighbourBank.from_bytes(buffer.getvalue(), 1)
+
+
+@pytest.fixture(scope="module")
+def spiky() -> tuple[VAEDetector, pd.DataFrame]:
+    frame = _table(600)
+    return VAEDetector(**TINY).fit(frame), frame
+
+
+def test_the_default_scores_by_distance_and_blames_the_far_column(spiky) -> None:
+    detector, frame = spiky
+    assert detector.bundle_.score_kind == "knn"
+    record = frame.head(1).assign(a=9.0)
+    result = detector.score_records(pd.concat([frame.head(1), record], ignore_index=True))
+    assert result.anomaly_score[1] > result.anomaly_score[0]
+    assert result.top_features(1)[1] == ["a"]
+    assert result.is_anomaly[1]
+
+
+def test_no_neighbours_keeps_no_training_rows(spiky, tmp_path) -> None:
+    _, frame = spiky
+    detector = VAEDetector(neighbours=0, **TINY).fit(frame)
+    assert detector.bundle_.neighbours is None
+    assert detector.bundle_.score_kind == "elbo"
+    detector.save(tmp_path / "m")
+    assert not (tmp_path / "m" / NEIGHBOURS_FILE).exists()
+    loaded = VAEDetector.load(tmp_path / "m")
+    np.testing.assert_allclose(
+        loaded.anomaly_score(frame.head(20)), detector.anomaly_score(frame.head(20)), rtol=1e-6
+    )
+
+
+def test_a_distance_score_without_a_bank_is_refused(spiky) -> None:
+    _, frame = spiky
+    with pytest.raises(ConfigError, match="needs neighbours"):
+        VAEDetector(neighbours=0, score_kind="knn", **TINY).fit(frame)
+
+
+def test_a_40_row_table_is_scored_with_leave_one_out_calibration() -> None:
+    frame = _table(40, seed=3)
+    detector = VAEDetector(**TINY).fit(frame)
+    summary, bundle = detector.summary_, detector.bundle_
+    assert summary.calibration_rows == summary.fit_rows == 40
+    assert any(w.startswith("small table: 40 rows") for w in summary.warnings)
+    # Calibrated on each row's distance to the *other* rows, not on its zero distance to itself.
+    x = encode(bundle.schema, frame).values
+    own = bundle.neighbours.neighbours(x, leave_one_out=True)[0].mean(axis=1)
+    np.testing.assert_allclose(bundle.calibrator.reference, np.sort(own), rtol=1e-6)
+    assert bundle.calibrator.reference.min() > 0
+    far = detector.score_records(frame.head(1).assign(a=25.0))
+    assert far.is_anomaly.tolist() == [True]
+
+
+def test_fewer_rows_than_a_calibration_needs_are_refused() -> None:
+    from detector.errors import DataError
+
+    with pytest.raises(DataError, match="at least 30 normal rows"):
+        VAEDetector(**TINY).fit(_table(29))
