@@ -8,7 +8,7 @@ BENCH_DATA ?= ../shared/data
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test setup lint bench clean
+.PHONY: run test setup lint bench bench-quality clean
 
 # Reinstall only when the dependencies change.
 $(BIN)/.installed: pyproject.toml
@@ -38,7 +38,17 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest
 
-bench: setup
+# Detection quality of the default on every labelled family at once, with kNN and
+# IsolationForest in the same run (about 20 min on 2 cores; --quick for a smoke run).
+bench-quality: setup
+	$(BIN)/python tests/benchmarks/bench_quality.py --data-dir $(BENCH_DATA) --max-epochs 100 \
+		--out tests/benchmarks/results/quality
+	$(BIN)/python tests/benchmarks/bench_distance.py --data-dir $(BENCH_DATA) \
+		--out tests/benchmarks/results/quality_distance
+	$(BIN)/python tests/benchmarks/bench_distance.py --data-dir $(BENCH_DATA) --study banks \
+		--out tests/benchmarks/results/quality_banks
+
+bench: setup bench-quality
 	$(BIN)/python tests/benchmarks/bench_scoring.py
 	$(BIN)/python tests/benchmarks/bench_http.py
 	$(BIN)/python tests/benchmarks/bench_batch.py --spark
@@ -48,6 +58,7 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_adbench.py --data-dir $(BENCH_DATA) --max-epochs 100 \
 		--out tests/benchmarks/results/adbench_all_models
 	$(BIN)/python tests/benchmarks/bench_servers.py --data-dir $(BENCH_DATA)
+	$(BIN)/python tests/benchmarks/bench_sample_count.py --data-dir $(BENCH_DATA)
 
 clean:
 	rm -rf $(VENV) data/models data/out .pytest_cache .mypy_cache .ruff_cache

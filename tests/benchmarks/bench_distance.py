@@ -1,0 +1,249 @@
+"""The default distance's own settings, chosen on every labelled family at once.
+
+The default score is a k-nearest-neighbour distance (``detector.neighbours``), which needs no
+network: its settings can be measured without training the VAE, on every set and seed of
+``bench_quality.py``'s protocols in minutes. For each (set, seed) the detector's own schema
+is fitted on the training rows and its own split (``detector.training.holdout_indices``) gives
+the bank (the fit rows); every variant is then scored on the test rows:
+
+- ``rf``: each numeric column's scale is at least this fraction of its training range;
+- ``margin``: each column is clipped to its training range widened by this many scale units
+  on each side, so a column that was near-constant in training and moves later (the SMD trap,
+  BENCHMARKS.md section 3) adds at most ``margin`` to the distance; ``inf`` clips only at the
+  encoding's ±10;
+- ``k``: neighbours averaged over;
+- ``cap``: where the encoding clips each column, in standard deviations (``default``: the
+  encoding's ±10 before the range floor is applied, so a widened column is capped at less
+  than ±10 of its own units; a number: no clip in the encoding, ±cap in the widened units).
+
+``--study banks`` measures the default distance itself (``detector.neighbours.NeighbourBank``
+as training builds it) at several bank sizes (rows x features) instead: a bigger bank costs
+scoring time in proportion (``bench_scoring.py``), so the size is the largest that keeps
+scoring within its speed budget, and this says what a smaller one costs in detection.
+
+The report ranks the variants on every set (AUROC and AUPRC, mean over seeds) and gives the
+leave-one-data-set-out choice beside the in-sample one, as ``bench_quality.py`` does.
+
+Usage::
+
+    python tests/benchmarks/bench_distance.py [--data-dir DIR] [--families ...]
+        [--out tests/benchmarks/results/quality_distance]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_quality import (
+    FAMILIES,
+    FAMILY_SEEDS,
+    LOADERS,
+    PEER_NAMES,
+    detection_metrics,
+    knn_distance,
+    leave_one_set_out,
+    mean_ranks,
+    numeric_views,
+    per_family,
+    per_set,
+)
+from common import (
+    RESULTS,
+    command_line,
+    import_repo,
+    parse_list,
+    progress,
+    resolve_data_dir,
+    with_suffix,
+)
+
+DEFAULT_OUT = RESULTS / "quality_distance"
+RANGE_FLOORS = (0.05, 0.25, 0.5, 1.0)
+MARGINS = (float("inf"), 3.0, 1.0, 0.5)
+KS = (1, 5, 10)
+CAPS = (None, 10.0, 3.0)
+Variant = tuple[float, float, int, float | None]
+
+
+def variant_name(rf: float, margin: float, k: int, cap: float | None) -> str:
+    return f"rf={rf:g} margin={margin:g} k={k} cap={'default' if cap is None else f'{cap:g}'}"
+
+
+def variants() -> list[Variant]:
+    grid: list[Variant] = [(rf, m, 5, None) for rf, m in itertools.product(RANGE_FLOORS, MARGINS)]
+    grid += [(0.25, float("inf"), k, None) for k in KS if k != 5]
+    grid += [(rf, m, 5, c) for rf in (0.25, 1.0) for m in (float("inf"), 1.0) for c in CAPS if c]
+    return grid
+
+
+def weighted_views(
+    schema: Any, x: np.ndarray, rf: float, margin: float, cap: float | None = None
+) -> np.ndarray:
+    """Encoded rows in the distance space of ``rf``, clipped ``margin`` beyond the range;
+    ``cap``: ``x`` was encoded without a clip, and is clipped at ±cap widened units."""
+    from detector.neighbours import column_weights
+
+    weights = column_weights(schema, rf)
+    out = x * weights
+    if cap is not None and schema.n_numeric:
+        n = schema.n_numeric
+        out[:, :n] = np.clip(out[:, :n], -cap, cap)
+    if np.isfinite(margin) and schema.n_numeric:
+        means = np.array([c.mean for c in schema.numeric])
+        scales = np.array([c.scale for c in schema.numeric])
+        low = (np.array([c.minimum for c in schema.numeric]) - means) / scales
+        high = (np.array([c.maximum for c in schema.numeric]) - means) / scales
+        w = weights[: schema.n_numeric]
+        n = schema.n_numeric
+        out[:, :n] = np.clip(out[:, :n], low * w - margin, high * w + margin)
+    return out
+
+
+#: Bank cells (rows x encoded features) to compare; the last keeps every fitted row.
+BANK_CELLS = (40_000, 80_000, 160_000, 320_000, 10**9)
+
+
+def run_banks(task: Any) -> dict[str, dict[str, float]]:
+    """The default distance, exactly as a bundle computes it, at each of ``BANK_CELLS``."""
+    from detector.features import encode, fit_schema
+    from detector.neighbours import NeighbourBank
+    from detector.training import TrainingConfig, holdout_indices
+
+    schema = fit_schema(task.train)
+    x = encode(schema, task.train).values
+    x_test = encode(schema, task.test).values
+    fit, val, _ = holdout_indices(len(x), TrainingConfig(random_state=task.seed))
+    series = task.family in ("smd", "asd")
+    scores = {}
+    for cells in BANK_CELLS:
+        bank = NeighbourBank.fit(
+            schema, x[fit], x[val], np.zeros(len(val)), max_cells=cells, seed=task.seed
+        )
+        name = "bank of every fitted row" if cells == BANK_CELLS[-1] else f"bank {cells:,} cells"
+        scores[name] = detection_metrics(task.y_test, bank.distances(x_test), None, series=series)
+    return scores
+
+
+def run_task(task: Any, study: str = "settings") -> dict[str, Any]:
+    from detector.features import encode, fit_schema
+    from detector.training import TrainingConfig, holdout_indices
+
+    if study == "banks":
+        scores = run_banks(task)
+        x_train, x_peer = numeric_views(task.train, task.test)
+        series = task.family in ("smd", "asd")
+        scores[PEER_NAMES[0]] = detection_metrics(
+            task.y_test, knn_distance(x_train, x_peer), None, series=series
+        )
+        return {"family": task.family, "set": task.name, "seed": task.seed, "scores": scores}
+
+    schema = fit_schema(task.train)
+    x = encode(schema, task.train).values
+    x_test = encode(schema, task.test).values
+    unclipped = fit_schema(task.train, clip=np.inf)
+    raw = {
+        "train": encode(unclipped, task.train).values,
+        "test": encode(unclipped, task.test).values,
+    }
+    fit, _, _ = holdout_indices(len(x), TrainingConfig(random_state=task.seed))
+    series = task.family in ("smd", "asd")
+    scores: dict[str, dict[str, float]] = {}
+    for rf, margin, k, cap in variants():
+        train, test = (x, x_test) if cap is None else (raw["train"], raw["test"])
+        bank = weighted_views(schema, train[fit], rf, margin, cap)
+        query = weighted_views(schema, test, rf, margin, cap)
+        distance = knn_distance(bank, query, k=k)
+        name = variant_name(rf, margin, k, cap)
+        scores[name] = detection_metrics(task.y_test, distance, None, series=series)
+    x_train, x_peer = numeric_views(task.train, task.test)
+    scores[PEER_NAMES[0]] = detection_metrics(
+        task.y_test, knn_distance(x_train, x_peer), None, series=series
+    )
+    return {"family": task.family, "set": task.name, "seed": task.seed, "scores": scores}
+
+
+def format_report(payload: dict[str, Any]) -> str:
+    sets = per_set(payload["runs"])
+    families = per_family(sets)
+    names = list(next(iter(sets.values())).keys())
+    candidates = [n for n in names if n not in PEER_NAMES]
+    ranks = mean_ranks(sets, list(sets), names)
+    lines = [
+        "# The default distance's settings, every family at once\n",
+        f"Reproduce: `{payload['command']}` ({payload['wall_seconds'] / 60:.1f} min).\n",
+        "## Mean rank over all sets (AUROC and AUPRC; 1 = best), family means\n",
+        "| variant | mean rank | " + " | ".join(f"{f} AUROC / AUPRC" for f in families) + " |",
+        "|" + "---|" * (2 + len(families)),
+    ]
+    for n in sorted(names, key=lambda n: ranks[n]):
+        cells = [f"{families[f][n]['auroc']:.3f} / {families[f][n]['auprc']:.3f}" for f in families]
+        lines.append(f"| {n} | {ranks[n]:.2f} | " + " | ".join(cells) + " |")
+    loo = leave_one_set_out(sets, candidates)
+    best = min(candidates, key=lambda n: ranks[n])
+    lines += [
+        "",
+        "## Leave one data set out\n",
+        f"| family | left-out AUROC / AUPRC | in-sample ({best}) | chosen |",
+        "|---|---|---|---|",
+    ]
+    for f in families:
+        keys = [k for k in sets if k[0] == f]
+        auroc = np.mean([loo[k][1]["auroc"] for k in keys])
+        auprc = np.mean([loo[k][1]["auprc"] for k in keys])
+        chosen = ", ".join(sorted({loo[k][0] for k in keys}))
+        lines.append(
+            f"| {f} | {auroc:.3f} / {auprc:.3f} | {families[f][best]['auroc']:.3f} / "
+            f"{families[f][best]['auprc']:.3f} | {chosen} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir", help="data root (else $ANOMALY_BENCH_DATA, else ../shared/data)"
+    )
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
+    parser.add_argument(
+        "--study",
+        choices=("settings", "banks"),
+        default="settings",
+        help="settings: the grid of range floor, margin, k and cap; banks: "
+        "the default distance at several bank sizes",
+    )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
+    args = parser.parse_args(argv)
+    families = parse_list(args.families)
+    if not families or set(families) - set(FAMILIES):
+        parser.error(f"choose families from {','.join(FAMILIES)}")
+    import_repo()
+    data_dir = resolve_data_dir(args.data_dir)
+    started = time.perf_counter()
+    runs = []
+    for family in families:
+        for task in LOADERS[family](data_dir, list(FAMILY_SEEDS[family]), False):
+            progress(f"{family} {task.name} seed {task.seed}")
+            runs.append(run_task(task, args.study))
+    payload = {
+        "command": command_line(),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "runs": runs,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with_suffix(out, ".json").write_text(json.dumps(payload, indent=1) + "\n")
+    report = format_report(payload)
+    with_suffix(out, ".md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
