@@ -57,6 +57,8 @@ DEFAULT_MARGIN = 0.5
 DEFAULT_BANK_CELLS = 160_000
 #: Bank rows at most, however narrow the rows.
 MAX_BANK_ROWS = 20_000
+#: Rows per block where a step holds (rows, k, features) values: ~12 MB at 38 features.
+_BLOCK = 8192
 #: Score kinds this module adds, in order.
 KINDS = ("knn", "elbo_knn")
 
@@ -166,9 +168,14 @@ class NeighbourBank:
     def _exact(self, query: np.ndarray, index: np.ndarray) -> np.ndarray:
         # Recomputed from the differences in float64: the search's expanded |q|^2 - 2 q.b +
         # |b|^2 loses ~1e-3 relative in float32, and a record must score the same alone or in
-        # a batch.
-        diff = query[:, None, :].astype(np.float64) - self.bank[index]
-        return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))  # type: ignore[no-any-return]
+        # a batch. In blocks: the differences of a million rows would take 1.5 GB.
+        out = np.empty(index.shape, dtype=np.float64)
+        for i in range(0, len(query), _BLOCK):
+            diff = (
+                query[i : i + _BLOCK, None, :].astype(np.float64) - self.bank[index[i : i + _BLOCK]]
+            )
+            out[i : i + _BLOCK] = np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))
+        return out
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         """Encoded rows into the distance space: weighted, then clipped to the bounds."""
@@ -189,8 +196,11 @@ class NeighbourBank:
         the ``k`` neighbours (for attribution)."""
         distance, index = self.neighbours(x, leave_one_out=leave_one_out)
         mean_distance = distance.mean(axis=1)
-        centre = self.bank[index].mean(axis=1) if len(x) else np.zeros((0, self.bank.shape[1]))
-        out = {"knn": -mean_distance, "knn_terms": np.square(self._project(x) - centre)}
+        terms = np.empty(np.shape(x), dtype=np.float32)
+        for i in range(0, len(x), _BLOCK):  # bounds the (rows, k, features) gather
+            centre = self.bank[index[i : i + _BLOCK]].mean(axis=1)
+            terms[i : i + _BLOCK] = np.square(self._project(x[i : i + _BLOCK]) - centre)
+        out = {"knn": -mean_distance, "knn_terms": terms}
         if "elbo" in estimates:
             standard_elbo = (-estimates["elbo"] - self.location[0]) / self.scale[0]
             standard_knn = (mean_distance - self.location[1]) / self.scale[1]

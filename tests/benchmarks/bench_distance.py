@@ -56,6 +56,7 @@ from bench_quality import (
 )
 from common import (
     RESULTS,
+    add_data_dir_argument,
     command_line,
     import_repo,
     parse_list,
@@ -207,9 +208,7 @@ def format_report(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir", help="data root (else $ANOMALY_BENCH_DATA, else ../shared/data)"
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
     parser.add_argument(
         "--study",

@@ -63,12 +63,13 @@ import numpy as np
 import pandas as pd
 from common import (
     RESULTS,
+    add_data_dir_argument,
+    add_param_arguments,
     command_line,
     import_repo,
     missing_data,
     package_versions,
     parse_list,
-    parse_param,
     parse_seeds,
     plot_grouped_bars,
     progress,
@@ -601,9 +602,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir", help="data root (else $ANOMALY_BENCH_DATA, else ../shared/data)"
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
     parser.add_argument(
         "--seeds",
@@ -615,15 +614,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a smoke run: seed 0, 20 epochs, at most 3,000 training rows per set",
     )
-    parser.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        type=parse_param,
-        metavar="KEY=VALUE",
-        help="a VAEDetector keyword argument (repeatable)",
-    )
-    parser.add_argument("--max-epochs", type=int, help="shorthand for --param epochs=N")
+    add_param_arguments(parser)
     parser.add_argument(
         "--merge", nargs="+", type=Path, help="join these runs' .json into one report"
     )

@@ -124,10 +124,20 @@ def add_run_arguments(
 ) -> None:
     """The options every detection benchmark takes: data root, sets, seeds, models, detector
     parameters, an epoch cap and the output path. ``finish_run_arguments`` checks them."""
-    parser.add_argument("--data-dir", help=f"data root (else ${DATA_ENV}, else ../shared/data)")
+    add_data_dir_argument(parser)
     parser.add_argument("--sets", default=",".join(sets), help="comma-separated set names")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
     parser.add_argument("--models", help=models_help)
+    add_param_arguments(parser)
+    parser.add_argument("--out", default=str(default_out), help="output path without suffix")
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help=f"data root (else ${DATA_ENV}, else ../shared/data)")
+
+
+def add_param_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--param KEY=VALUE`` (repeatable) and ``--max-epochs N``."""
     parser.add_argument(
         "--param",
         action="append",
@@ -137,7 +147,6 @@ def add_run_arguments(
         help="a VAEDetector keyword argument for every model (repeatable)",
     )
     parser.add_argument("--max-epochs", type=int, help="shorthand for --param epochs=N")
-    parser.add_argument("--out", default=str(default_out), help="output path without suffix")
 
 
 def finish_run_arguments(
