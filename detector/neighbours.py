@@ -288,3 +288,11 @@ def bank_rows(n_features: int, max_cells: int = DEFAULT_BANK_CELLS) -> int:
     """How many rows a bank of ``n_features``-wide rows keeps: ``max_cells`` over the width,
     at least 1,000 and at most ``MAX_BANK_ROWS``."""
     return int(min(MAX_BANK_ROWS, max(1_000, max_cells // max(n_features, 1))))
+
+
+def set_search_threads(threads: int) -> None:
+    """The threads the neighbour search uses in this process (faiss's OpenMP pool). Several
+    server workers on a few cores each take their share, so they do not oversubscribe them."""
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, int(threads)))

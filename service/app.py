@@ -80,6 +80,10 @@ def create_app(
         config = load_config(os.environ.get("ANOMALY_CONFIG") or None)
     if config.tf_threads and _needs_tensorflow(config.models.values()):
         _limit_tensorflow_threads(config.tf_threads)
+    if config.tf_threads:
+        from detector.neighbours import set_search_threads
+
+        set_search_threads(config.tf_threads)
     metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
     if models is None:
         models = ModelRegistry(

@@ -55,7 +55,8 @@ class ServiceConfig:
     #: A directory shared by the server's worker processes, through which a reload done by one
     #: worker reaches the others. Unset = this process only.
     model_sync_dir: str | None = None
-    #: TensorFlow threads per worker process; None leaves TensorFlow's default.
+    #: Threads per worker process for TensorFlow (old bundles) and the neighbour search; None
+    #: leaves their defaults (``anomaly serve`` gives each worker its share of the cores).
     tf_threads: int | None = None
 
     def policy_for(self, model: str) -> AlertPolicy:
