@@ -294,6 +294,19 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         )
     cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
+    fallback = None
+    if bank is not None and config.score_kind is None and _constant(cal_scores):
+        # Every held-out row has k exact copies among the bank's (a table of a few categories):
+        # the distance is 0 for all of them and cannot rank records; the model's own can.
+        fallback = (
+            f"the distance to the {bank.k} nearest training rows is the same for every "
+            "held-out row (each has exact copies among the training rows, as in a table of a "
+            f"few categories), so it cannot rank records: scoring with "
+            f"{model.default_score_kind} instead"
+        )
+        score_kind, bank = model.default_score_kind, None
+        cal = graph(cal_x)
+        cal_scores = anomaly_scores(cal, score_kind)
     _check_spread(cal_scores)
     calibrator = Calibrator.fit(cal_scores, target_fpr=config.target_fpr)
     val_scores = (
@@ -301,7 +314,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     )
     active = _active_units(model, val_x)
 
-    warnings = []
+    warnings = [] if fallback is None else [fallback]
     if active == 0:
         warnings.append(
             "posterior collapse: no latent unit carries information (KL per unit < "
@@ -448,9 +461,13 @@ def _check_finite(history: dict[str, list[float]], config: TrainingConfig) -> No
         )
 
 
-def _check_spread(scores: np.ndarray) -> None:
+def _constant(scores: np.ndarray) -> bool:
     spread = float(np.std(scores))
-    if not np.isfinite(scores).all() or spread <= 1e-6 * (1.0 + abs(float(np.mean(scores)))):
+    return not np.isfinite(scores).all() or spread <= 1e-6 * (1.0 + abs(float(np.mean(scores))))
+
+
+def _check_spread(scores: np.ndarray) -> None:
+    if _constant(scores):
         raise TrainingError(
             "held-out anomaly scores are (nearly) constant, so the model cannot tell records "
             "apart; check that the training columns vary, or train longer (--epochs)"

@@ -161,3 +161,18 @@ def test_fewer_rows_than_a_calibration_needs_are_refused() -> None:
 
     with pytest.raises(DataError, match="at least 30 normal rows"):
         VAEDetector(**TINY).fit(_table(29))
+
+
+def test_a_table_of_few_categories_falls_back_to_the_model_score() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.choice(list("xyz"), 300), "b": rng.choice(list("pq"), 300)})
+    # Every row has many exact copies: the distance is 0 for every held-out row.
+    detector = VAEDetector(**TINY).fit(frame)
+    assert detector.bundle_.score_kind == "elbo"
+    assert detector.bundle_.neighbours is None
+    assert "cannot rank records: scoring with elbo instead" in detector.summary_.warnings[0]
+    # Asked for by name, the distance is not swapped silently: training refuses.
+    from detector.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="nearly\\) constant"):
+        VAEDetector(score_kind="knn", **TINY).fit(frame)
