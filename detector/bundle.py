@@ -6,9 +6,13 @@ fingerprint of the training data and the creation time. ``scorer.tflite`` is the
 as a LiteRT flatbuffer (``detector.lite_graph``): scoring runs it without importing TensorFlow,
 and the Keras network is loaded only when something needs it (sampling, retraining). Nothing is
 pickled, the flatbuffer holds builtin operators only, and the network is loaded with Keras safe
-mode on, so loading a bundle never runs code from it. A SHA-256 of each file in the manifest
-catches one swapped or edited after it was written. A bundle written before ``scorer.tflite``
-existed scores with TensorFlow, as it did then.
+mode on, so loading a bundle never runs code from it; before that, ``model.keras``'s config is
+checked against the classes a detector network may hold, on every load, even one that scores
+with LiteRT (``detector.integrity``). The manifest holds a SHA-256 of each other file and a
+checksum of its own content: together they detect a bundle damaged or edited after it was
+written (corruption, not tampering, unless ``ANOMALY_BUNDLE_KEY`` signs it:
+``detector.integrity`` says exactly what each protects). Calibration values are checked too. A
+bundle written before ``scorer.tflite`` existed scores with TensorFlow, as it did then.
 
 Writes are atomic: a bundle is written to a temporary sibling directory and renamed into place,
 so a reader sees the old bundle or the new one, never half of one.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -32,14 +37,25 @@ import numpy as np
 
 from detector.errors import BundleError
 from detector.features import Schema
+from detector.integrity import (
+    BUNDLE_KEY_ENV,
+    bundle_key,
+    check_keras_archive,
+    check_seal,
+    is_signed,
+    seal,
+)
 from detector.lite_graph import LiteScoreGraph, litert_available
 from detector.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.neighbours import NeighbourBank
 from detector.scoring import ScoreGraph, score_kinds
+from detector.tables import remove_stale_temporaries, staging_path
 from detector.threshold import Calibrator
 
 if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
     from detector.models import VAE
+
+log = logging.getLogger(__name__)
 
 FORMAT = "anomaly-detector-bundle"
 FORMAT_VERSION = 1
@@ -102,6 +118,8 @@ class Bundle:
             return self.network
         if self.path is None:
             raise BundleError("this bundle has neither a network nor a path to load one from")
+        # Checked again here: the file may have been replaced since load_bundle looked at it.
+        check_keras_archive(self.path / MODEL_FILE)
         model = _load_network(self.path / MODEL_FILE)
         _check_network(self.path, self, model)
         return model
@@ -182,7 +200,9 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     """Write ``bundle`` to the directory ``path`` atomically, replacing any bundle there."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    # Staging folders of a training run killed outright (its process gone) go first.
+    remove_stale_temporaries(target)
+    staging = staging_path(target, "tmp")
     staging.mkdir()
     try:
         bundle.model.save(staging / MODEL_FILE)
@@ -194,7 +214,7 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
             (staging / NEIGHBOURS_FILE).write_bytes(bundle.neighbours.to_bytes())
             written.append(NEIGHBOURS_FILE)
         manifest = bundle.manifest({name: _sha256(staging / name) for name in written})
-        _write_json(staging / MANIFEST_FILE, manifest)
+        write_manifest(staging, manifest)
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -207,7 +227,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         raise BundleError(
             f"{target} exists and is not a model bundle; choose another --out or remove it"
         )
-    retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    retired = staging_path(target, "old")
     if target.exists():
         target.rename(retired)
     staging.rename(target)
@@ -219,15 +239,24 @@ def set_target_fpr(path: str | os.PathLike[str], target_fpr: float) -> Bundle:
     bundle = load_bundle(path).with_target_fpr(target_fpr)
     manifest_path = Path(path) / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
+    if is_signed(manifest) and bundle_key() is None:
+        # Rewriting it unsigned would make every process that requires signatures refuse it.
+        raise BundleError(
+            f"{path} is signed; set {BUNDLE_KEY_ENV} to the key it was signed with to change it"
+        )
     manifest["calibration"] = bundle.calibrator.to_dict()
-    _write_json(manifest_path, manifest)
+    write_manifest(Path(path), manifest)
     return bundle
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` into the bundle directory ``root`` with a checksum of its content, and
+    a signature when ``ANOMALY_BUNDLE_KEY`` is set."""
+    path = root / MANIFEST_FILE
     # Write beside, then rename: a reader never sees a half-written manifest.
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    sealed = seal(manifest, bundle_key())
+    partial.write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
     os.replace(partial, path)
 
 
@@ -253,6 +282,15 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc}); retrain the model") from None
     _check_manifest(root, manifest)
+    if not check_seal(manifest_path, manifest, bundle_key()):
+        log.warning(
+            "%s has no checksum of its own (written before they existed): a damaged or edited "
+            "calibration would go unnoticed; retrain the model to add one",
+            manifest_path,
+        )
+    model_path = root / MODEL_FILE
+    _check_file(root, MODEL_FILE, manifest, _sha256(model_path) if model_path.is_file() else None)
+    check_keras_archive(model_path)
     scorer = None
     if SCORER_FILE in manifest.get("files", {}):
         scorer = _checked_bytes(root, SCORER_FILE, manifest)
@@ -262,7 +300,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         if NEIGHBOURS_FILE in manifest.get("files", {}):
             content = _checked_bytes(root, NEIGHBOURS_FILE, manifest)
             bank = NeighbourBank.from_bytes(content, schema.n_features)
-        calibrator = Calibrator.from_dict(manifest["calibration"])
+        calibrator = _calibrator(manifest_path, manifest["calibration"])
         scoring = manifest["scoring"]
         bundle = Bundle(
             network=None,
@@ -310,8 +348,16 @@ def _check_manifest(root: Path, manifest: Any) -> None:
             f"{root} was written with Keras {saved_keras}, this is Keras {current_keras}; "
             "retrain the model or install a matching Keras"
         )
-    model_path = root / MODEL_FILE
-    _check_file(root, MODEL_FILE, manifest, _sha256(model_path) if model_path.is_file() else None)
+
+
+def _calibrator(manifest_path: Path, state: Any) -> Calibrator:
+    try:
+        return Calibrator.from_dict(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(
+            f"the calibration in {manifest_path} is invalid ({exc}); restore the bundle from its "
+            "source or retrain, and change the target only with `anomaly threshold MODEL --fpr`"
+        ) from None
 
 
 def _checked_bytes(root: Path, name: str, manifest: dict[str, Any]) -> bytes:
@@ -358,6 +404,8 @@ def _check_consistent(root: Path, bundle: Bundle) -> None:
         problems.append(f"unknown score kind {bundle.score_kind!r}")
     if not 1 <= bundle.n_samples <= 10_000:
         problems.append(f"sample count {bundle.n_samples} out of range")
+    if not np.isfinite(bundle.term_baseline).all():
+        problems.append("term baseline holds a value that is not a finite number")
     if bundle.scorer is not None and not problems:
         try:
             bundle.graph  # noqa: B018 - checks the graph's input and output widths

@@ -33,6 +33,12 @@ MIN_EXPECTED_FALSE_ALARMS = 10
 #: significance level *and* it is more than ``HELDOUT_FPR_RATIO`` times the target.
 HELDOUT_FPR_P_VALUE = 1e-3
 HELDOUT_FPR_RATIO = 2.0
+#: Target false-positive rates outside [MIN_TARGET_FPR, MAX_TARGET_FPR) are refused, at training
+#: and when a bundle is loaded: below one alarm per million the threshold is pure extrapolation
+#: from at most ``MAX_CALIBRATION_ROWS`` rows (a manifest edited to 1e-300 flagged nothing), and
+#: from one in two a detector flags as much as it passes.
+MIN_TARGET_FPR = 1e-6
+MAX_TARGET_FPR = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,12 +133,16 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Calibrator:
+        """The calibrator ``to_dict`` wrote; ``ValueError`` naming the field when a value is
+        one ``fit`` could not have produced (the manifest was edited or damaged)."""
         reference = np.asarray(state["reference"], dtype=np.float64)
         if reference.ndim != 1 or len(reference) < MIN_REFERENCE:
             raise ValueError("calibration reference is not a list of scores")
+        if not np.isfinite(reference).all():
+            raise ValueError("calibration reference holds a value that is not a finite number")
         if not np.all(np.diff(reference) >= 0):
             raise ValueError("calibration reference is not sorted")
-        return cls(
+        calibrator = cls(
             reference=reference,
             target_fpr=float(state["target_fpr"]),
             tail_start=float(state["tail_start"]),
@@ -140,6 +150,38 @@ class Calibrator:
             tail_shape=float(state["tail_shape"]),
             tail_scale=float(state["tail_scale"]),
         )
+        calibrator._check_fitted_values(float(state["threshold"]))
+        return calibrator
+
+    def _check_fitted_values(self, saved_threshold: float) -> None:
+        if not MIN_TARGET_FPR <= self.target_fpr < MAX_TARGET_FPR:
+            raise ValueError(
+                f"calibration target_fpr {self.target_fpr!r} is outside "
+                f"[{MIN_TARGET_FPR:g}, {MAX_TARGET_FPR:g})"
+            )
+        tail = {
+            "tail_start": self.tail_start,
+            "tail_shape": self.tail_shape,
+            "tail_scale": self.tail_scale,
+        }
+        for name, value in tail.items():
+            if not math.isfinite(value):
+                raise ValueError(f"calibration {name} {value!r} is not a finite number")
+        # fit() keeps the tail within the reference, its shape in [-0.5, 0.5], a positive scale.
+        if not 0.0 < self.tail_fraction <= 1.0:
+            raise ValueError(f"calibration tail_fraction {self.tail_fraction!r} is outside (0, 1]")
+        if not -0.5 <= self.tail_shape <= 0.5 or self.tail_scale <= 0.0:
+            raise ValueError("calibration tail_shape/tail_scale are outside what a fit gives")
+        threshold = self.threshold
+        # The saved threshold is derived, kept for people reading the manifest; it must still
+        # say what the calibrator decides, or the manifest misleads whoever reads it.
+        if not math.isfinite(threshold) or not math.isclose(
+            saved_threshold, threshold, rel_tol=1e-9, abs_tol=1e-12
+        ):
+            raise ValueError(
+                f"calibration threshold {saved_threshold!r} is not the threshold its target and "
+                f"tail give ({threshold!r})"
+            )
 
 
 def calibration_warnings(
@@ -226,10 +268,11 @@ def _pareto_sf(excess: np.ndarray, shape: float, scale: float) -> np.ndarray:
 
 
 def _check_fpr(fpr: float) -> None:
-    if not (0.0 < fpr < 0.5):
+    if not (MIN_TARGET_FPR <= fpr < MAX_TARGET_FPR):
         raise ConfigError(
-            f"target false-positive rate {fpr} is out of range; give a value in (0, 0.5), "
-            "e.g. 0.01 for one false alarm per 100 normal records"
+            f"target false-positive rate {fpr} is out of range; give a value in "
+            f"[{MIN_TARGET_FPR:g}, {MAX_TARGET_FPR:g}), e.g. 0.01 for one false alarm per 100 "
+            "normal records"
         )
 
 

@@ -20,6 +20,7 @@ from detector.bundle import (
     load_bundle,
     save_bundle,
     set_target_fpr,
+    write_manifest,
 )
 from detector.errors import BundleError
 from detector.estimator import VAEDetector
@@ -35,9 +36,11 @@ def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
 
 
 def _edit_manifest(path: Path, **changes: object) -> None:
+    # Re-sealed, as a tool writing a consistent manifest would: these tests are about what the
+    # content says (tests/detector/test_bundle_integrity.py refuses unsealed edits).
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     manifest.update(changes)
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    write_manifest(path, manifest)
 
 
 def test_save_then_load_gives_identical_scores(fitted, bundle_dir, eval_frame) -> None:
@@ -133,7 +136,7 @@ def test_a_bundle_from_before_the_scorer_scores_with_tensorflow(
     (copy / SCORER_FILE).unlink()
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     del manifest["files"][SCORER_FILE], manifest["scoring"]["kinds"]
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)
     old, new = load_bundle(copy), load_bundle(bundle_dir)
     assert isinstance(old.graph, ScoreGraph)
     frame = eval_frame.drop(columns=["label", "anomaly_kind"])
@@ -155,9 +158,9 @@ def test_code_in_a_model_file_is_never_run(bundle_dir, tmp_path) -> None:
 
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     manifest["files"][MODEL_FILE]["sha256"] = _sha256(copy / MODEL_FILE)
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
-    # The network is loaded when first needed (scoring uses the scorer file): that is when
-    # safe mode refuses it.
+    write_manifest(copy, manifest)
+    # Refused by load_bundle's check of the archive's config (scoring uses the scorer file and
+    # never loads the network), and by Keras safe mode had it got that far.
     with pytest.raises(BundleError, match="cannot load"):
         load_bundle(copy).model  # noqa: B018
 

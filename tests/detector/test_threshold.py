@@ -51,7 +51,7 @@ def test_changing_the_target_needs_no_refit_and_round_trips() -> None:
 
 
 def test_bad_targets_and_tiny_samples_are_refused() -> None:
-    with pytest.raises(ConfigError, match=r"\(0, 0.5\)"):
+    with pytest.raises(ConfigError, match=r"\[1e-06, 0.5\)"):
         Calibrator.fit(np.arange(100.0), target_fpr=0.7)
     with pytest.raises(DataError, match="at least 30"):
         Calibrator.fit(np.arange(10.0), target_fpr=0.01)

@@ -1,0 +1,204 @@
+"""What a bundle's checksums and signature protect: every field that changes scoring, a
+``model.keras`` that names code, and, with ``ANOMALY_BUNDLE_KEY``, a bundle re-checksummed by
+someone without the key.
+
+Tampering is done as an attacker would: edit the JSON, then recompute the documented checksum
+(SHA-256 of the manifest without ``integrity``, as canonical JSON) with nothing but hashlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from detector.bundle import MANIFEST_FILE, MODEL_FILE, load_bundle, save_bundle, set_target_fpr
+from detector.errors import BundleError, ConfigError
+from detector.threshold import Calibrator
+
+KEY = "ANOMALY_BUNDLE_KEY"
+
+
+def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / MANIFEST_FILE).read_text())  # type: ignore[no-any-return]
+
+
+def _write(path: Path, manifest: dict[str, Any], *, reseal: bool) -> None:
+    if reseal:
+        body = {k: v for k, v in manifest.items() if k != "integrity"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        manifest = {**body, "integrity": {"sha256": hashlib.sha256(canonical).hexdigest()}}
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+
+def _set(*keys: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(manifest: dict[str, Any]) -> None:
+        node = manifest
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value(node[keys[-1]]) if callable(value) else value
+
+    return edit
+
+
+SCORING_EDITS = {
+    "target_fpr": _set("calibration", "target_fpr", value=1e-300),
+    "threshold": _set("calibration", "threshold", value=lambda t: t * 10),
+    "reference": _set("calibration", "reference", value=lambda r: [v - 100 for v in r]),
+    "score kind": _set("scoring", "score", value="elbo"),
+    "samples": _set("scoring", "n_samples", value=1),
+    "schema median": _set("schema", "numeric", value=lambda c: [{**c[0], "median": 1e9}, *c[1:]]),
+    "file checksum": _set("files", MODEL_FILE, value={"sha256": "0" * 64}),
+}
+
+
+@pytest.mark.parametrize("edit", SCORING_EDITS.values(), ids=SCORING_EDITS.keys())
+def test_an_edit_to_anything_that_changes_scoring_is_refused(bundle_dir, tmp_path, edit) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    manifest = _manifest(copy)
+    edit(manifest)
+    _write(copy, manifest, reseal=False)
+    with pytest.raises(BundleError, match=r"manifest\.json does not match its own checksum"):
+        load_bundle(copy)
+
+
+CALIBRATION_EDITS = {
+    "target_fpr far too small": ({"target_fpr": 1e-300}, "target_fpr"),
+    "target_fpr over one half": ({"target_fpr": 0.7}, "target_fpr"),
+    "threshold that lies": ({"threshold": -1e9}, "threshold"),
+    "negative tail scale": ({"tail_scale": -1.0}, "tail_shape/tail_scale"),
+    "infinite tail start": ({"tail_start": float("inf")}, "tail_start"),
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"), CALIBRATION_EDITS.values(), ids=CALIBRATION_EDITS.keys()
+)
+def test_calibration_values_are_checked_even_when_the_checksum_matches(
+    bundle_dir, tmp_path, change, needle
+) -> None:
+    # The checksum holds no secret, so it is recomputed after the edit: values must be sane too.
+    copy = _copy(bundle_dir, tmp_path)
+    manifest = _manifest(copy)
+    manifest["calibration"].update(change)
+    _write(copy, manifest, reseal=True)
+    with pytest.raises(BundleError, match=f"calibration in .*manifest.json is invalid.*{needle}"):
+        load_bundle(copy)
+
+
+def test_training_refuses_a_target_the_loader_would_refuse() -> None:
+    scores = np.random.default_rng(0).normal(size=200)
+    with pytest.raises(ConfigError, match=r"\[1e-06, 0.5\)"):
+        Calibrator.fit(scores, target_fpr=1e-7)
+
+
+def test_a_lambda_model_with_matching_checksums_is_refused_when_loading_for_scoring(
+    bundle_dir, tmp_path
+) -> None:
+    import keras
+
+    copy = _copy(bundle_dir, tmp_path)
+    evil = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
+    evil.save(copy / MODEL_FILE)
+    _reseal_model_checksum(copy)
+    # load_bundle is all scoring needs (it scores through the LiteRT file); it must refuse.
+    with pytest.raises(BundleError, match=r"cannot load .*model.keras.*keras.layers.Lambda"):
+        load_bundle(copy)
+
+
+def test_code_hidden_inside_a_detector_network_config_is_refused(bundle_dir, tmp_path) -> None:
+    # The published safe-mode bypasses hide a function object deep in an otherwise normal config.
+    copy = _copy(bundle_dir, tmp_path)
+    with zipfile.ZipFile(bundle_dir / MODEL_FILE) as original:
+        members = {name: original.read(name) for name in original.namelist()}
+    config = json.loads(members["config.json"])
+    config["config"]["activation"] = {
+        "module": "builtins",
+        "class_name": "function",
+        "config": "exec",
+        "registered_name": "function",
+    }
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(copy / MODEL_FILE, "w") as rewritten:
+        for name, content in members.items():
+            rewritten.writestr(name, content)
+    _reseal_model_checksum(copy)
+    with pytest.raises(BundleError, match=r"cannot load .*builtins.function"):
+        load_bundle(copy)
+
+
+def _reseal_model_checksum(copy: Path) -> None:
+    manifest = _manifest(copy)
+    digest = hashlib.sha256((copy / MODEL_FILE).read_bytes()).hexdigest()
+    manifest["files"][MODEL_FILE]["sha256"] = digest
+    _write(copy, manifest, reseal=True)
+
+
+@pytest.fixture
+def signed_dir(fitted, tmp_path, monkeypatch) -> Path:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv(KEY, "the-bundle-key")
+    return save_bundle(fitted.bundle_, tmp_path / "signed")
+
+
+def test_with_a_key_a_bundle_resealed_without_it_is_refused(signed_dir, fitted) -> None:
+    assert load_bundle(signed_dir).version == fitted.bundle_.version
+    manifest = _manifest(signed_dir)
+    manifest["scoring"]["n_samples"] = 1
+    _write(signed_dir, manifest, reseal=True)
+    with pytest.raises(BundleError, match="not signed, and ANOMALY_BUNDLE_KEY is set"):
+        load_bundle(signed_dir)
+
+
+def test_with_a_key_a_signature_copied_onto_an_edit_is_refused(signed_dir) -> None:
+    manifest = _manifest(signed_dir)
+    signature = manifest["integrity"]["hmac_sha256"]
+    manifest["scoring"]["n_samples"] = 1
+    _write(signed_dir, manifest, reseal=True)
+    resealed = _manifest(signed_dir)
+    resealed["integrity"]["hmac_sha256"] = signature
+    _write(signed_dir, resealed, reseal=False)
+    with pytest.raises(BundleError, match="valid signature for the key in ANOMALY_BUNDLE_KEY"):
+        load_bundle(signed_dir)
+
+
+def test_with_a_key_unsigned_bundles_and_other_keys_are_refused(
+    bundle_dir, signed_dir, monkeypatch
+) -> None:
+    with pytest.raises(BundleError, match="not signed, and ANOMALY_BUNDLE_KEY is set"):
+        load_bundle(bundle_dir)
+    monkeypatch.setenv(KEY, "another-key")
+    with pytest.raises(BundleError, match="valid signature"):
+        load_bundle(signed_dir)
+    monkeypatch.setenv(KEY, "")
+    with pytest.raises(BundleError, match="set but empty"):
+        load_bundle(signed_dir)
+
+
+def test_a_signed_bundle_changes_threshold_only_with_its_key(signed_dir, monkeypatch) -> None:
+    assert set_target_fpr(signed_dir, 0.01).calibrator.target_fpr == 0.01
+    assert load_bundle(signed_dir).calibrator.target_fpr == 0.01  # still signed
+    monkeypatch.delenv(KEY)
+    assert load_bundle(signed_dir).calibrator.target_fpr == 0.01  # the checksum still checks
+    with pytest.raises(BundleError, match="is signed; set ANOMALY_BUNDLE_KEY"):
+        set_target_fpr(signed_dir, 0.02)
+
+
+def test_a_bundle_from_before_manifest_checksums_still_loads_without_a_key(
+    bundle_dir, tmp_path
+) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    manifest = _manifest(copy)
+    manifest.pop("integrity", None)
+    _write(copy, manifest, reseal=False)
+    assert load_bundle(copy).calibrator.target_fpr == pytest.approx(0.05)
