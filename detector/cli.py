@@ -313,7 +313,12 @@ def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         help="fill empty values with the training median (most frequent category) "
         "instead of rejecting the row",
     )
-    parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows per chunk")
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=65_536,
+        help="at most this many rows per chunk (fewer for wide encodings, to bound memory)",
+    )
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:

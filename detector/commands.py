@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,41 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and not args.json and sys.stderr.isatty()
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (what ``kill``, ``timeout``, systemd and Kubernetes send)
+    raises ``KeyboardInterrupt`` as Ctrl-C does, so that the command's own clean-up runs: a
+    partial output or a bundle's staging folder is removed instead of left behind. In the main
+    thread only (elsewhere signals cannot be handled); the previous handler comes back after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _writes_files(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A command that writes files through a temporary: stopped by SIGTERM, it cleans up."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        with terminate_as_interrupt():
+            return command(args)
+
+    return run
+
+
+@_writes_files
 def cmd_train(args: argparse.Namespace) -> int:
     from detector.bundle import save_bundle
     from detector.errors import SchemaError
@@ -189,6 +227,7 @@ def _write_training_report(
     return {"report": args.report}
 
 
+@_writes_files
 def cmd_score(args: argparse.Namespace) -> int:
     from detector.batch import RejectRateExceeded
 
@@ -391,6 +430,7 @@ def _require_column(frame: Any, column: str, path: str) -> None:
         )
 
 
+@_writes_files
 def cmd_sample(args: argparse.Namespace) -> int:
     from detector.errors import ConfigError
 

@@ -19,7 +19,7 @@ context column's one-hot group of ``len(categories)`` slots: ``[features | conte
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -212,10 +212,65 @@ class EncodedBatch:
     accepted: np.ndarray
     rejections: tuple[Rejection, ...] = field(default_factory=tuple)
     context_unseen: np.ndarray | None = None
+    #: For each numeric column, in schema order: how many of its values read as numbers.
+    numbers: tuple[NumberCount, ...] = ()
 
     @property
     def rows(self) -> np.ndarray:
         return np.flatnonzero(self.accepted)
+
+
+@dataclass(frozen=True)
+class NumberCount:
+    """How a numeric column's values in one batch read: ``numbers`` parsed as numbers,
+    ``not_numbers`` held text that is not one (empty values are neither), the first of which
+    is ``example``."""
+
+    name: str
+    numbers: int
+    not_numbers: int
+    example: str | None = None
+
+
+class NumberTally:
+    """Whether a numeric column holds any number at all, decided over a whole input.
+
+    A value that is not a number costs its row (a rejection with the reason). A numeric column
+    in which no value of the whole input is a number, in more than one row, is a schema
+    problem instead (the columns are in another order than their names say, every value
+    carries a unit): ``check`` raises ``SchemaError``. The decision is the whole input's, so it
+    cannot depend on how the input was cut into batches; a single request or batch is never
+    judged by it (``encode`` only counts).
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, NumberCount] = {}
+
+    def add(self, batch: EncodedBatch) -> None:
+        for count in batch.numbers:
+            seen = self._counts.get(count.name)
+            if seen is not None:
+                count = NumberCount(
+                    count.name,
+                    seen.numbers + count.numbers,
+                    seen.not_numbers + count.not_numbers,
+                    seen.example if seen.example is not None else count.example,
+                )
+            self._counts[count.name] = count
+
+    def check(self, source: str) -> None:
+        """Raise ``SchemaError`` naming each numeric column of ``source`` with no number."""
+        empty = [c for c in self._counts.values() if c.numbers == 0 and c.not_numbers > 1]
+        if empty:
+            described = "; ".join(
+                f"column '{c.name}' holds no numbers (e.g. {c.example!r}; {c.not_numbers:,} "
+                "values, none a number)"
+                for c in empty
+            )
+            raise SchemaError(
+                f"{source}: {described}; the model expects a number there: check the column "
+                "order and the file's delimiter, decimal mark and units"
+            )
 
 
 def fit_schema(
@@ -362,28 +417,56 @@ def _as_text(series: pd.Series) -> pd.Series:
     return texts.mask(texts == "")
 
 
+#: An error message names at most this many of the caller's names (columns, keys, inputs),
+#: each cut to ``NAME_CHARS`` characters: a record with 40,000 unknown keys gets a sentence back,
+#: not a megabyte of its own keys.
+LISTED_NAMES = 10
+NAME_CHARS = 64
+
+
+def shortened(text: object, limit: int = NAME_CHARS) -> str:
+    """``text`` as ``str``, cut to ``limit`` characters with the count of the rest."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text) - limit} more characters)"
+
+
+def listed(names: Sequence[object], limit: int = LISTED_NAMES) -> str:
+    """Names as an error message lists them: ``['a', 'b'] and 38 more``, at most ``limit``
+    names, each ``shortened``. Every message that echoes names the caller sent uses this."""
+    shown = repr([shortened(n) for n in names[:limit]])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def check_columns(
     schema: Schema,
     columns: Sequence[object],
     *,
     passthrough: Iterable[str] = (),
 ) -> None:
-    """Raise ``SchemaError`` naming missing or unknown columns and what the model expects."""
+    """Raise ``SchemaError`` naming missing or unknown columns and what the model expects.
+    Linear in the number of columns; the message lists a few of each kind (``listed``)."""
     present = [str(c) for c in columns]
-    dupes = sorted({c for c in present if present.count(c) > 1})
+    counts = Counter(present)
+    dupes = sorted(c for c, n in counts.items() if n > 1)
     if dupes:
-        raise SchemaError(f"duplicate column names {dupes}; give every column a unique name")
+        raise SchemaError(
+            f"duplicate column names {listed(dupes)}; give every column a unique name"
+        )
     expected = set(schema.column_order)
-    missing = [c for c in schema.column_order if c not in present]
-    unknown = [c for c in present if c not in expected and c not in set(passthrough)]
+    kept = set(passthrough)
+    missing = [c for c in schema.column_order if c not in counts]
+    unknown = [c for c in present if c not in expected and c not in kept]
     problems = []
     if missing:
-        problems.append(f"missing column(s) {missing}")
+        problems.append(f"missing column(s) {listed(missing)}")
     if unknown:
+        flags = " ".join(f"--keep-column {shortened(c)}" for c in unknown[:LISTED_NAMES])
+        more = " ..." if len(unknown) > LISTED_NAMES else ""
         problems.append(
-            f"unknown column(s) {unknown} (drop them, or keep them in the output unscored with "
-            + " ".join(f"--keep-column {c}" for c in unknown)
-            + ")"
+            f"unknown column(s) {listed(unknown)} (drop them, or keep them in the output unscored "
+            f"with {flags}{more})"
         )
     if problems:
         raise SchemaError("; ".join(problems) + f". The model expects: {schema.describe()}")
@@ -399,10 +482,11 @@ def encode(
     """Encode records into model features, rejecting (not dropping) rows that cannot be scored.
 
     A row is rejected with its reason when a value is missing (unless ``impute="median"``),
-    infinite, or not a number where a number is expected. A numeric column in which no value of
-    a multi-row batch parses is a schema problem and raises ``SchemaError``. A context value not
-    seen in training (or, with ``impute="median"``, an empty one) encodes as no context and
-    sets the row's ``context_unseen``.
+    infinite, or not a number where a number is expected, however many rows of the batch share
+    the problem: whether a whole input's column holds no numbers is ``NumberTally``'s to
+    decide, from the counts in ``EncodedBatch.numbers``. A context value not seen in training
+    (or, with ``impute="median"``, an empty one) encodes as no context and sets the row's
+    ``context_unseen``.
     """
     check_columns(schema, frame.columns, passthrough=passthrough)
     n = len(frame)
@@ -412,7 +496,7 @@ def encode(
     bad = np.zeros(n, dtype=bool)
     blocks: list[np.ndarray] = []
 
-    numeric, numeric_bad = _numeric_block(schema, frame, impute, reasons)
+    numeric, numeric_bad, numbers = _numeric_block(schema, frame, impute, reasons)
     bad |= numeric_bad
     if schema.n_numeric:
         means = np.array([c.mean for c in schema.numeric])
@@ -445,6 +529,7 @@ def encode(
         accepted=accepted,
         rejections=rejections,
         context_unseen=unseen[accepted] if schema.context else None,
+        numbers=numbers,
     )
 
 
@@ -484,42 +569,44 @@ def decode(schema: Schema, values: np.ndarray) -> pd.DataFrame:
 
 def _numeric_block(
     schema: Schema, frame: pd.DataFrame, impute: Imputation, reasons: Reasons
-) -> tuple[np.ndarray, np.ndarray]:
-    """The numeric columns as floats ``(n, n_numeric)`` and a mask of rows with a bad value."""
+) -> tuple[np.ndarray, np.ndarray, tuple[NumberCount, ...]]:
+    """The numeric columns as floats ``(n, n_numeric)``, a mask of rows with a bad value, and
+    how many values of each column read as numbers."""
     n = len(frame)
     bad = np.zeros(n, dtype=bool)
     if not schema.n_numeric:
-        return np.empty((n, 0)), bad
+        return np.empty((n, 0)), bad, ()
     numeric = np.empty((n, schema.n_numeric), dtype=np.float64)
+    counts = []
     for j, col in enumerate(schema.numeric):
         # Column by column: selecting all numeric columns at once costs pandas a copy of the
         # frame, most of a single record's encoding time.
         series = frame[col.name]
-        values, unparsed = _to_float(series, col)
+        values, unparsed = _to_float(series)
+        example = None
+        if unparsed.any():
+            example = str(series.iloc[int(np.argmax(unparsed))]).strip()
+        # An infinite value is a number (rejected for what it is, not for not being one).
+        present = n - int(np.isnan(values).sum())
+        counts.append(NumberCount(col.name, present, int(unparsed.sum()), example))
         if unparsed.any() or not np.isfinite(values).all():
             values, col_bad = _flag_numeric(values, unparsed, series, col, impute, reasons)
             bad |= col_bad
         numeric[:, j] = values
-    return numeric, bad
+    return numeric, bad, tuple(counts)
 
 
 def _is_number(dtype: Any) -> bool:
     return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
 
 
-def _to_float(series: pd.Series, col: NumericColumn) -> tuple[np.ndarray, np.ndarray]:
+def _to_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Values as float64 (NaN where missing or unparseable) and the mask of unparseable ones."""
     if _is_number(series.dtype):
         return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(series), bool)
     texts = _as_text(series)
     values = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     unparsed = (texts.notna() & np.isnan(values)).to_numpy(dtype=bool)
-    if len(series) > 1 and unparsed.all():
-        example = texts.dropna().iloc[0]
-        raise SchemaError(
-            f"column '{col.name}' holds no numbers (e.g. {example!r}); the model expects a "
-            "number there: check the column order and the file's delimiter"
-        )
     return values, unparsed
 
 

@@ -18,6 +18,10 @@ T = TypeVar("T")
 
 #: How often a blocked thread looks whether the other side has given up, in seconds.
 _POLL_S = 0.1
+#: How long a consumer that stops early waits for the producer to see it, in seconds. A
+#: producer blocked reading a pipe that stays open (stdin) never does; it is left behind (a
+#: daemon thread) so that an interrupt can clean up and exit instead of hanging.
+_ABANDON_S = 1.0
 
 
 class _Done:
@@ -31,8 +35,10 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     """Yield from ``items``, computing up to ``depth`` of them ahead in a background thread.
 
     An exception raised while producing an item is raised here, in order. Closing the
-    generator early (a ``break``, an error in the consumer) stops the thread before this
-    returns, so whatever ``items`` reads from can be closed right after.
+    generator early (a ``break``, an error or interrupt in the consumer) stops the thread
+    before this returns, so whatever ``items`` reads from can be closed right after; unless
+    the thread is blocked in a read for more than ``_ABANDON_S``, when it is left to end with
+    the process (a read from a closed file then fails in that thread, unseen).
     """
     slots: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -58,17 +64,19 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
 
     thread = threading.Thread(target=produce, name="prefetch", daemon=True)
     thread.start()
+    finished = False
     try:
         while True:
             item = slots.get()
             if isinstance(item, _Done):
+                finished = True
                 if item.error is not None:
                     raise item.error
                 return
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-        thread.join()
+        thread.join(None if finished else _ABANDON_S)
 
 
 class BackgroundSink(Generic[T]):

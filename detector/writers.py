@@ -1,7 +1,9 @@
 """Writing tables atomically: CSV (minimal quoting, optionally gzip) or Parquet.
 
 The output goes to a temporary file beside the target and is renamed into place at the end,
-so a crash or Ctrl-C never leaves a half-written file at the output path.
+so a crash or Ctrl-C never leaves a half-written file at the output path. The temporary file
+is removed when writing fails or is interrupted; one left by a run killed outright is removed
+by the next writer of the same target (``detector.tables.remove_stale_temporaries``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detector.errors import DataError
-from detector.tables import partial_path, table_format
+from detector.tables import partial_path, remove_stale_temporaries, table_format
 
 
 class TableWriter:
@@ -36,6 +38,9 @@ class TableWriter:
         self.format = table_format(path)
         self.target = Path(path)
         self._partial = partial_path(path)
+        # A run killed outright (SIGKILL, power loss) cannot remove its partial file; the
+        # next writer of the same target does, once that run's process is gone.
+        remove_stale_temporaries(path)
         self._parquet: Any = None
         self._csv: Any = None
         self._columns: list[str] | None = None

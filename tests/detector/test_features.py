@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from detector.errors import DataError, SchemaError
-from detector.features import Schema, encode, fit_schema
+from detector.features import NumberTally, Schema, encode, fit_schema
 
 
 def _frame(n: int = 100) -> pd.DataFrame:
@@ -105,11 +107,23 @@ def test_impute_fills_missing_but_not_infinite() -> None:
     assert batch.accepted.tolist() == [True, False, True]
 
 
-def test_a_column_with_no_numbers_is_a_schema_error() -> None:
+def test_a_column_with_no_numbers_is_a_schema_error_of_the_whole_input() -> None:
     schema = fit_schema(_frame())
     frame = _frame(4).assign(cpu=["x", "y", "z", "w"])
-    with pytest.raises(SchemaError, match="column 'cpu' holds no numbers"):
-        encode(schema, frame)
+    # A batch alone rejects each row, however many share the problem ...
+    batch = encode(schema, frame)
+    assert not batch.accepted.any()
+    assert "'x' is not a number" in batch.rejections[0].reason
+    # ... and whether the column holds no numbers is decided over the whole input.
+    tally = NumberTally()
+    tally.add(batch)
+    tally.add(encode(schema, _frame(2).assign(cpu=["", "v"])))
+    with pytest.raises(
+        SchemaError, match=re.escape("in.csv: column 'cpu' holds no numbers (e.g. 'x'; 5")
+    ):
+        tally.check("in.csv")
+    tally.add(encode(schema, _frame(1)))
+    tally.check("in.csv")  # one number in the input: each bad row was rejected, no more
 
 
 def test_unseen_category_takes_the_unseen_slot() -> None:

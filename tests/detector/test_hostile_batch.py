@@ -1,0 +1,369 @@
+"""Batch scoring against hostile input: stray quotes cost only the records they break, whether
+a column holds numbers does not depend on where chunks fall, and a killed run's leftovers are
+cleaned by the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector import sources
+from detector.batch import score_file
+from detector.bundle import load_bundle, save_bundle
+from detector.cli import main
+from detector.errors import SchemaError
+from detector.sources import open_source
+from detector.tables import partial_path, remove_stale_temporaries, staging_path
+from detector.writers import TableWriter
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.slow
+
+EVAL = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
+HEADER = ",".join(EVAL.columns)
+CPU = list(EVAL.columns).index("cpu_pct")
+
+
+def records(n: int) -> list[list[str]]:
+    """``n`` clean records of data/eval.csv (repeated as needed), as lists of fields."""
+    rows = EVAL.to_numpy().tolist()
+    return [list(rows[i % len(rows)]) for i in range(n)]
+
+
+def write(path: Path, rows: list[list[str]] | list[str]) -> Path:
+    lines = [r if isinstance(r, str) else ",".join(r) for r in rows]
+    path.write_text("\n".join([HEADER, *lines]) + "\n")
+    return path
+
+
+def score(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict, str]:
+    code = main(["score", *argv, "--json"])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip() else {}), err
+
+
+def rejects_of(ledger: dict) -> pd.DataFrame:
+    if not ledger.get("rejects"):
+        return pd.DataFrame(columns=["row", "source", "line", "code", "reason", "raw"])
+    return pd.read_csv(ledger["rejects"], keep_default_na=False)
+
+
+# -- stray quotes ------------------------------------------------------------------------
+
+
+def with_quote(row: list[str], column: int, text: str) -> str:
+    return ",".join([*row[:column], text, *row[column + 1 :]])
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        # A quote opening a field, never closed: its line alone is rejected.
+        ({100: lambda r: with_quote(r, 1, '"' + r[1])}, [100]),
+        # Inside a field a quote is text (as Arrow and Python's csv read it): nothing is lost.
+        ({100: lambda r: with_quote(r, 0, r[0][:2] + '"' + r[0][2:])}, []),
+        # Two stray quotes a few lines apart: the quote of row 20 "closes" on row 25 into a
+        # record of the wrong width; both lines are rejected, the four between them scored.
+        (
+            {20: lambda r: with_quote(r, 1, '"' + r[1]), 25: lambda r: with_quote(r, 5, '"x')},
+            [20, 25],
+        ),
+        # Far apart (more lines than a record may span) and on the very last line.
+        (
+            {
+                3: lambda r: with_quote(r, 2, '"' + r[2]),
+                150: lambda r: with_quote(r, 2, '"' + r[2]),
+                200: lambda r: with_quote(r, 12, '"' + r[12]),
+            },
+            [3, 150, 200],
+        ),
+    ],
+    ids=["opening-quote", "quote-inside-a-field", "two-close-together", "far-apart-and-last"],
+)
+def test_a_stray_quote_costs_only_the_records_it_breaks(
+    capsys, bundle_dir: Path, tmp_path: Path, broken: dict, expected: list[int]
+) -> None:
+    rows = records(200)
+    lines = [broken[i + 1](row) if i + 1 in broken else ",".join(row) for i, row in enumerate(rows)]
+    path = write(tmp_path / "in.csv", lines)
+    output = tmp_path / "out.csv"
+    code, ledger, err = score(capsys, str(bundle_dir), str(path), "--output", str(output))
+    assert code == 0, err
+    assert ledger["rows_read"] == 200
+    assert ledger["rows_scored"] == 200 - len(expected)
+    assert ledger["rows_rejected"] == len(expected)
+    rejects = rejects_of(ledger)
+    assert rejects["row"].tolist() == expected
+    assert rejects["line"].tolist() == [r + 1 for r in expected]  # the header is line 1
+    assert set(rejects["code"]) <= {"unbalanced_quote"}
+    for reject in rejects.itertuples():
+        assert "unbalanced quote" in reject.reason and f"line {reject.line}" in reject.reason
+        assert reject.raw == lines[reject.row - 1]
+    # Every other record is scored, in order, with its own text.
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
+    kept = [i for i in range(200) if i + 1 not in expected]
+    assert scored["req_rate"].tolist() == [rows[i][3] for i in kept]
+
+
+def test_a_stray_quote_does_not_depend_on_the_file_size(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """~8 MB, parsed in 256 KB blocks: stray quotes on the first record, on lines around block
+    ends, near the end, and a quoted field that legitimately spans lines."""
+    monkeypatch.setattr(sources, "MAX_BLOCK_BYTES", 256 << 10)
+    n = 90_000
+    rows = records(n)
+    lines = [",".join(row) for row in rows]
+    stray = [1, 2_999, 3_000, 3_001, 45_000, 89_990]
+    for r in stray:
+        lines[r - 1] = with_quote(rows[r - 1], 1, '"' + rows[r - 1][1])
+    lines[60_000 - 1] = with_quote(rows[60_000 - 1], 1, '"' + rows[60_000 - 1][1] + '\nx"')
+    path = write(tmp_path / "big.csv", lines)
+    assert path.stat().st_size > 7e6
+    bundle = load_bundle(bundle_dir)
+    report = score_file(bundle, str(path), tmp_path / "out.csv")
+    assert (report.rows_read, report.rows_rejected) == (n, len(stray))
+    assert report.rows_scored == n - len(stray)
+    rejects = pd.read_csv(report.rejects, keep_default_na=False)
+    assert rejects["row"].tolist() == stray
+    assert rejects["line"].tolist() == [r + 1 for r in stray[:5]] + [stray[5] + 2]
+    assert (rejects["code"] == "unbalanced_quote").all()
+    scored = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert len(scored) == n - len(stray)
+    assert scored["region"].str.contains("\n").sum() == 1  # the legitimate two-line field
+
+
+def test_lines_stay_numbered_across_stray_quotes_and_quoted_newlines(tmp_path: Path) -> None:
+    text = 'a,b,c\n1,2,3\n4,"5,6\n7,8,9\n\n10,"x\r\ny",12\n13,"14,15\n"16,17,18\n19,20,21'
+    path = tmp_path / "in.csv"
+    path.write_bytes(text.encode())
+    good, bad = [], []
+    with open_source(str(path)) as source:
+        for chunk in source.chunks(2):
+            good += [(int(r), int(ln)) for r, ln in zip(chunk.rows, chunk.lines, strict=True)]
+            bad += [(r.row, r.line, r.code) for r in chunk.rejects]
+    # Line 3's quote "closes" on line 6 into a record of two fields: line 3 alone is rejected
+    # and line 4 read again. Lines 6-7 are one record (a quoted newline). Line 8's quote
+    # closes on line 9 into four fields; line 9's is open at the end of the file.
+    assert good == [(1, 2), (3, 4), (4, 6), (7, 10)]
+    assert bad == [
+        (2, 3, "unbalanced_quote"),
+        (5, 8, "unbalanced_quote"),
+        (6, 9, "unbalanced_quote"),
+    ]
+
+
+def test_a_stray_quote_in_a_big_file_keeps_memory_bounded(tmp_path: Path) -> None:
+    """The reader never holds more than a block and a record's bounds, whatever follows a
+    stray quote (before: the rest of the file, up to 64 MB, then an error)."""
+    path = tmp_path / "big.csv"
+    row = ",".join(records(1)[0])
+    with path.open("w") as handle:
+        handle.write(HEADER + "\n" + with_quote(records(1)[0], 1, '"us') + "\n")
+        for _ in range(40):
+            handle.write((row + "\n") * 10_000)
+    largest = 0
+    read = 0
+    with open_source(str(path)) as source:
+        for chunk in source.chunks(65_536):
+            read += chunk.n_read
+            if chunk.records is not None:
+                largest = max(largest, chunk.records.buffers()[2].size)
+    assert read == 400_001
+    assert largest <= sources.MAX_BLOCK_BYTES + sources.MAX_RECORD_BYTES
+
+
+# -- "holds no numbers": the whole file's to decide ------------------------------------
+
+
+def test_whether_a_column_holds_numbers_does_not_depend_on_chunking(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """100 bad values, once exactly filling chunk 2 (rows 101-200) and once across the
+    boundary of chunks 2 and 3 (rows 151-250): the same outcome, each bad row rejected."""
+    outcomes = []
+    for first in (101, 151):
+        rows = records(1_000)
+        for r in range(first, first + 100):
+            rows[r - 1][CPU] = "oops"
+        path = write(tmp_path / f"in{first}.csv", rows)
+        output = tmp_path / f"out{first}.csv"
+        code, ledger, err = score(
+            capsys, str(bundle_dir), str(path), "--output", str(output), "--chunk-rows", "100"
+        )
+        assert code == 0, err
+        rejects = rejects_of(ledger)
+        assert rejects["row"].tolist() == list(range(first, first + 100))
+        assert (rejects["code"] == "not_a_number").all()
+        outcomes.append((ledger["rows_read"], ledger["rows_scored"], ledger["rows_rejected"]))
+    assert outcomes == [(1_000, 900, 100)] * 2
+
+
+@pytest.mark.parametrize("chunk_rows", ["7", "65536"])
+def test_a_column_with_no_number_in_the_whole_file_stops_the_run(
+    capsys, bundle_dir: Path, tmp_path: Path, chunk_rows: str
+) -> None:
+    rows = records(300)
+    for row in rows:
+        row[CPU] = f"{row[CPU]}%"
+    rows[10][CPU] = ""  # an empty value is not a number either
+    path = write(tmp_path / "in.csv", rows)
+    output = tmp_path / "out.csv"
+    argv = [str(bundle_dir), str(path), "--output", str(output), "--chunk-rows", chunk_rows]
+    code, _, err = score(capsys, *argv)
+    assert code == 2
+    assert "column 'cpu_pct' holds no numbers (e.g. '" in err and "%'; 299 values" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_evaluate_decides_over_the_whole_file_too(bundle_dir: Path, tmp_path: Path) -> None:
+    from detector.batch import iter_scored
+
+    bundle = load_bundle(bundle_dir)
+    rows = records(300)
+    for r in range(50, 150):
+        rows[r][CPU] = "oops"
+    path = write(tmp_path / "in.csv", rows)
+    parts = list(iter_scored(bundle, path, chunk_rows=50))
+    assert sum(len(p.result.rejections) for p in parts) == 100
+    assert sum(p.result.n_scored for p in parts) == 200
+    for row in rows:
+        row[CPU] = "oops"
+    write(path, rows)
+    with pytest.raises(SchemaError, match="holds no numbers"):
+        list(iter_scored(bundle, path, chunk_rows=50))
+
+
+# -- what a killed run leaves behind ---------------------------------------------------
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been waited for)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_temporaries_of_the_same_target_are_removed(bundle_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    ours = partial_path(target)  # this process's: alive
+    host = ours.name[len(".out.csv.") : -len(".partial")].rsplit("-", 2)[0]
+    dead = tmp_path / f".out.csv.{host}-{dead_pid()}-0123abcd.partial"
+    legacy_old = tmp_path / ".out.csv.89abcdef.partial"  # written before names held a pid
+    legacy_new = tmp_path / ".out.csv.fedcba98.partial"
+    elsewhere = tmp_path / f".out.csv.otherhost-{dead_pid()}-0123abcd.partial"
+    other_target = tmp_path / f".other.csv.{host}-{dead_pid()}-0123abcd.partial"
+    not_ours = tmp_path / ".out.csv.notes.partial"
+    for path in (ours, dead, legacy_old, legacy_new, elsewhere, other_target, not_ours):
+        path.write_text("x")
+    two_hours_ago = time.time() - 7200
+    os.utime(legacy_old, (two_hours_ago, two_hours_ago))
+    writer = TableWriter(target)
+    writer.write(pd.DataFrame({"a": [1]}))
+    writer.close()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(
+        p.name for p in (target, ours, legacy_new, elsewhere, other_target, not_ours)
+    )
+    # A bundle's staging and retired folders are cleaned the same way when it is saved again.
+    bundle = load_bundle(bundle_dir)
+    model = tmp_path / "model"
+    save_bundle(bundle, model)
+    stale_dirs = [
+        model.with_name(f".model.tmp-{host}-{dead_pid()}-0123abcd"),
+        model.with_name(f".model.old-{host}-{dead_pid()}-4567abcd"),
+    ]
+    live = staging_path(model, "tmp")
+    for folder in (*stale_dirs, live):
+        folder.mkdir()
+        (folder / "model.keras").write_bytes(b"half written")
+    assert sorted(remove_stale_temporaries(model)) == sorted(stale_dirs)
+    save_bundle(bundle, model)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".model")) == [live.name]
+
+
+def start_scoring_from_a_pipe(bundle_dir: Path, output: Path) -> subprocess.Popen[bytes]:
+    """``anomaly score`` reading stdin, given ~3 MB of records, then left waiting for more:
+    by then it has written its first chunks to its partial file."""
+    exe = Path(sys.executable).with_name("anomaly")
+    process = subprocess.Popen(
+        [str(exe), "score", str(bundle_dir), "-", "--output", str(output), "--quiet"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert process.stdin is not None
+    lines = "\n".join(",".join(r) for r in records(30_000))
+    process.stdin.write(f"{HEADER}\n{lines}\n".encode())
+    process.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size for p in output.parent.glob(f".{output.name}.*.partial")):
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline, "the scorer never started writing"
+        time.sleep(0.05)
+    return process
+
+
+def test_a_run_killed_outright_is_cleaned_up_by_the_next(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.csv"
+    process = start_scoring_from_a_pipe(bundle_dir, output)
+    process.kill()  # SIGKILL: nothing of the run's own clean-up runs
+    process.wait(timeout=30)
+    assert process.stdin is not None and process.stderr is not None
+    process.stdin.close()
+    process.stderr.close()
+    assert len(list(tmp_path.glob(".out.csv.*.partial"))) == 1
+    path = write(tmp_path / "in.csv", records(50))
+    code, ledger, err = score(capsys, str(bundle_dir), str(path), "--output", str(output))
+    assert code == 0 and ledger["rows_scored"] == 50, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
+
+
+def test_sigterm_removes_the_partial_output(bundle_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out.csv"
+    process = start_scoring_from_a_pipe(bundle_dir, output)
+    process.send_signal(signal.SIGTERM)
+    assert process.stdin is not None and process.stderr is not None
+    try:
+        code = process.wait(timeout=60)
+    finally:
+        process.stdin.close()
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    assert code == 130, err
+    assert "no output was written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_records_score_the_same_read_fast_or_record_by_record(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Two stray quotes in one block send the whole block to Python's csv module, which reads
+    every other record as Arrow does: each scores the same either way."""
+    rows = records(400)
+    clean = write(tmp_path / "clean.csv", rows)
+    lines = [",".join(r) for r in rows]
+    for r in (5, 8):
+        lines[r - 1] = with_quote(rows[r - 1], 1, '"' + rows[r - 1][1])
+    hostile = write(tmp_path / "hostile.csv", lines)
+    bundle = load_bundle(bundle_dir)
+    score_file(bundle, str(clean), tmp_path / "a.csv")
+    report = score_file(bundle, str(hostile), tmp_path / "b.csv")
+    assert (report.rows_scored, report.rows_rejected) == (398, 2)
+    a = pd.read_csv(tmp_path / "a.csv").drop(index=[4, 7]).reset_index(drop=True)
+    b = pd.read_csv(tmp_path / "b.csv")
+    np.testing.assert_allclose(a.pop("anomaly_score"), b.pop("anomaly_score"), rtol=1e-6)
+    np.testing.assert_allclose(a.pop("p_value"), b.pop("p_value"), rtol=1e-5)
+    pd.testing.assert_frame_equal(a, b)
