@@ -36,8 +36,19 @@ def add_serve_command(commands: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="default 8000")
     serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    serve.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
-    serve.add_argument("--timeout", type=int, default=60, help="worker timeout in seconds")
+    serve.add_argument(
+        "--connections",
+        type=int,
+        default=1000,
+        help="open connections per worker (default 1000); each waits in a greenlet, and "
+        "requests are scored one at a time per worker",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=int,
+        default=60,
+        help="seconds a worker may stay busy on one request before gunicorn restarts it",
+    )
     serve.set_defaults(handler=cmd_serve, needs_tensorflow=False)
 
 
@@ -55,12 +66,13 @@ def _models(pairs: Sequence[str]) -> dict[str, str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from detector.errors import ConfigError
-    from service.config import load_config
+    from service.config import check_exposure, load_config
 
     overrides: dict[str, Any] = {}
     if args.model:
         overrides["models"] = _models(args.model)
     config = load_config(args.config, overrides=overrides)
+    check_exposure(config, args.host)
     if not config.models:
         raise ConfigError("no model to serve: give --model NAME=DIR (or 'models' in --config)")
     run_dir = tempfile.mkdtemp(prefix="anomaly-serve-")
@@ -81,8 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = {
         "bind": f"{args.host}:{args.port}",
         "workers": args.workers,
-        "threads": args.threads,
-        "worker_class": "gthread" if args.threads > 1 else "sync",
+        # Slow or stalled clients wait in greenlets instead of holding a worker each; a
+        # request's headers must arrive within `keepalive` seconds (gevent workers time the
+        # header read with it) and each read of its body within request_read_timeout.
+        "worker_class": "gevent",
+        "worker_connections": args.connections,
         "timeout": args.timeout,
         "graceful_timeout": 30,
         "keepalive": 5,
@@ -90,6 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "errorlog": "-",
         "loglevel": "info",
         "preload_app": False,
+        # gunicorn's runtime control socket lives at one path per user (~/.gunicorn), which
+        # two servers on one machine would share; nothing here uses it.
+        "control_socket_disable": True,
     }
     print(
         f"serving {', '.join(f'{k}={v}' for k, v in config.models.items())} on "

@@ -9,6 +9,7 @@ keys are errors, so a typo in a setting never silently falls back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -19,9 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from detector.errors import ConfigError
+from detector.integrity import BUNDLE_KEY_ENV
 from service.alerts import AlertPolicy
 
 ENV_PREFIX = "ANOMALY_"
+#: Names the settings file; read by ``load_config`` when no path is given.
+CONFIG_FILE_VARIABLE = "ANOMALY_CONFIG"
+#: ``ANOMALY_*`` variables that are not settings of the service.
+NOT_SETTINGS = frozenset({"ANOMALY_DEBUG", CONFIG_FILE_VARIABLE, BUNDLE_KEY_ENV})
 MODEL_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 
@@ -34,10 +40,17 @@ class ServiceConfig:
     max_batch_records: int = 10_000
     #: Request bodies larger than this get 413 before they are parsed.
     max_body_bytes: int = 16 * 1024 * 1024
+    #: Seconds the server waits for each read of a request body: a client that stops sending
+    #: (or sends a Content-Length larger than its body) gets 408 instead of holding a worker.
+    request_read_timeout: float = 10.0
     #: Bearer token for admin routes (reload). Unset = admin routes are refused (403).
     admin_token: str | None = None
-    #: Bearer token for scoring and model routes; unset = open (bind to loopback or a private net).
+    #: Bearer token for scoring and model routes; unset = open, which ``check_exposure``
+    #: allows only on a loopback address or with ``allow_open_scoring``.
     scoring_token: str | None = None
+    #: Serve scoring and model routes without a token on an address other machines can reach;
+    #: only behind a network that already decides who may score.
+    allow_open_scoring: bool = False
     #: Record fields echoed back per record (e.g. an id) without being scored.
     passthrough_fields: tuple[str, ...] = ()
     #: The default alert policy, and per-model overrides of any of its fields.
@@ -79,10 +92,35 @@ class ServiceConfig:
         for name in ("max_batch_records", "max_body_bytes", "alert_queue_size", "recent_alerts"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
+        if not 0 < self.request_read_timeout <= 3600:
+            problems.append("request_read_timeout must be between 0 and 3600 seconds")
         if self.alert_retries < 0:
             problems.append("alert_retries must be 0 or more")
         if problems:
             raise ConfigError("invalid service configuration: " + "; ".join(problems))
+
+
+def check_exposure(config: ServiceConfig, host: str) -> None:
+    """Refuse to serve on the bind address ``host`` (no port) without a scoring token when other
+    machines can reach it, unless ``allow_open_scoring`` says so. Call before binding."""
+    if config.scoring_token is not None or config.allow_open_scoring or _is_local(host):
+        return
+    raise ConfigError(
+        f"refusing to serve on {host} without a scoring token: anyone who can reach it could "
+        "score records and read model details; set scoring_token (ANOMALY_SCORING_TOKEN) and "
+        "have clients send 'Authorization: Bearer <token>', or bind --host 127.0.0.1, or, "
+        "behind a network that already decides who may score, set allow_open_scoring = true "
+        "(ANOMALY_ALLOW_OPEN_SCORING=true)"
+    )
+
+
+def _is_local(host: str) -> bool:
+    if host.startswith("unix:") or host == "localhost":
+        return True  # a socket file is reached through the filesystem, not the network
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def load_config(
@@ -91,12 +129,16 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> ServiceConfig:
-    """Defaults, then the file at ``path`` (.toml or .json), then ``ANOMALY_*`` variables from
-    ``env`` (default ``os.environ``), then ``overrides`` (command-line flags)."""
+    """Defaults, then the file at ``path`` (.toml or .json; default: the file ``ANOMALY_CONFIG``
+    names, if set), then ``ANOMALY_*`` variables from ``env`` (default ``os.environ``), then
+    ``overrides`` (command-line flags)."""
+    env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    if path is None:
+        path = env.get(CONFIG_FILE_VARIABLE) or None
     if path is not None:
         _merge(values, _read_file(Path(path)))
-    _merge(values, _from_env(os.environ if env is None else env))
+    _merge(values, _from_env(env))
     if overrides:
         _merge(values, dict(overrides))
     return _build(values)
@@ -121,7 +163,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name == "ANOMALY_DEBUG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         try:
             value: Any = json.loads(env[name])
@@ -183,6 +225,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return None if value in (None, "") else str(value)
     if key == "tf_threads":
         return None if value in (None, "") else int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return float(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be true or false, got {value!r}")

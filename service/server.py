@@ -1,14 +1,19 @@
 """The production server: the Flask app under gunicorn, with Prometheus multiprocess metrics.
 
-Each worker process builds its own app (no preloading: TensorFlow must not be initialised in
-the master and then forked). The master wipes the metrics directory at start (stale files from
-an earlier run would add up) and marks each exited worker dead so its live gauges drop out.
+Each worker process builds its own app (no preloading: a model's native state must not be
+initialised in the master and then forked). Workers are gevent workers: a client that sends its
+request slowly, or never finishes it, holds one greenlet of a worker, not the worker (sync
+workers assume a buffering proxy in front, which a user of ``anomaly serve`` may not have).
+
+The master deletes the metric files an earlier run left in the metrics directory (they would
+add up) and marks each exited worker dead so its live gauges drop out.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import re
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -29,23 +34,38 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
         self.cfg.set("on_starting", _on_starting)
         self.cfg.set("child_exit", _child_exit)
+        self.cfg.set("worker_exit", _worker_exit)
 
     def load(self) -> Any:
-        from detector.cli import import_tensorflow_quietly
+        from service.app import create_app, needs_tensorflow
 
-        # Each worker imports TensorFlow itself (service.app pulls it in through the model
-        # code); import it first, quietly, to keep its start-up chatter out of the log.
-        import_tensorflow_quietly()
-        from service.app import create_app
+        # Bundles score with their LiteRT file; TensorFlow (~700 MB and seconds per worker)
+        # is imported only for a bundle written before those existed, and then quietly.
+        if needs_tensorflow(self.service_config.models.values()):
+            from detector.cli import import_tensorflow_quietly
 
+            import_tensorflow_quietly()
         return create_app(self.service_config)
+
+
+# The files prometheus_client's multiprocess mode writes: <type>_<pid>.db, and for gauges
+# <type>_<mode>_<pid>.db. Only these are ours to delete.
+_METRIC_FILE = re.compile(r"^(counter|gauge|histogram|summary)(_[a-z]+)?_\d+\.db$")
 
 
 def _on_starting(server: Any) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory, exist_ok=True)
+        clear_metric_files(Path(directory))
+
+
+def clear_metric_files(directory: Path) -> None:
+    """Delete an earlier run's metric files, and nothing else: the variable may name a
+    directory that holds other things (never ``rmtree`` a path taken from the environment)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.iterdir():
+        if _METRIC_FILE.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
@@ -53,3 +73,13 @@ def _child_exit(server: Any, worker: Any) -> None:
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    """A worker is exiting (SIGTERM, SIGINT, a restart): its alert dispatcher sends what is
+    queued or still owed once more, within half the graceful timeout, so those alerts are not
+    lost with the process. In the master (a worker that vanished) there is no app: nothing."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("anomaly")
+    if state is not None:
+        state.dispatcher.stop(timeout=worker.cfg.graceful_timeout / 2)

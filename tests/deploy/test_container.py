@@ -187,11 +187,11 @@ def test_entrypoint_without_a_model_or_data_says_what_to_do(stub_anomaly: Any) -
 def test_entrypoint_trains_when_there_is_no_model_then_serves(stub_anomaly: Any) -> None:
     env, calls = stub_anomaly
     env = {**env, "TRAIN_DATA": "/data/train.csv", "TRAIN_ARGS": "--epochs 3 --quiet"}
-    assert entrypoint(env, "--threads", "4").returncode == 0
+    assert entrypoint(env, "--connections", "200").returncode == 0
     model = env["MODEL_DIR"]
     assert calls.read_text().splitlines() == [
         f"train /data/train.csv --out {model} --epochs 3 --quiet",
-        f"serve --model default={model} --host 0.0.0.0 --port 8000 --workers 2 --threads 4",
+        f"serve --model default={model} --host 0.0.0.0 --port 8000 --workers 2 --connections 200",
     ]
     calls.unlink()
     # The second start finds the bundle and only serves.

@@ -59,3 +59,58 @@ def test_missing_or_broken_files(tmp_path) -> None:
     broken.write_text("a = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken, env={})
+
+
+def test_anomaly_config_names_the_settings_file(tmp_path) -> None:
+    # The README documents ANOMALY_CONFIG; it was read as a setting named 'config' and refused.
+    path = tmp_path / "service.toml"
+    path.write_text('max_batch_records = 7\n[models]\ndefault = "m/default"\n')
+    config = load_config(env={"ANOMALY_CONFIG": str(path), "ANOMALY_ADMIN_TOKEN": "t"})
+    assert config.max_batch_records == 7
+    assert config.models == {"default": "m/default"}
+    assert config.admin_token == "t"
+
+
+def test_anomaly_config_reaches_anomaly_serve(tmp_path, monkeypatch, capsys) -> None:
+    # `anomaly serve` with no --config reads the file too: a problem in it is reported as the
+    # file's (before any server starts), not as an unknown setting.
+    from service.cli import main
+
+    path = tmp_path / "service.toml"
+    path.write_text('[models]\n"Bad Name" = "m/default"\n')
+    monkeypatch.setenv("ANOMALY_CONFIG", str(path))
+    assert main(["serve"]) == 2
+    error = capsys.readouterr().err
+    assert "'Bad Name' must match" in error
+    assert "unknown setting" not in error
+
+
+def test_the_server_deletes_only_metric_files(tmp_path, monkeypatch) -> None:
+    # PROMETHEUS_MULTIPROC_DIR may name a directory that holds more than metrics: the server
+    # used to rmtree it at start.
+    from service.server import _on_starting
+
+    directory = tmp_path / "shared"
+    (directory / "keep").mkdir(parents=True)
+    (directory / "notes.txt").write_text("not ours")
+    (directory / "keep" / "counter_1.db").write_text("a subdirectory is not ours either")
+    stale = ["counter_123.db", "gauge_livesum_123.db", "histogram_9.db", "gauge_mostrecent_4.db"]
+    for name in stale:
+        (directory / name).write_bytes(b"\0" * 8)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    _on_starting(None)  # gunicorn's hook, as the master runs it
+    assert sorted(p.name for p in directory.iterdir()) == ["keep", "notes.txt"]
+    assert (directory / "keep" / "counter_1.db").exists()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "new"))
+    _on_starting(None)  # a directory that does not exist yet is created
+    assert (tmp_path / "new").is_dir()
+
+
+def test_anomaly_serve_refuses_an_open_public_bind(tmp_path, monkeypatch, capsys) -> None:
+    # Scoring is open without a token; on 0.0.0.0 that is open to the network.
+    from service.cli import main
+
+    monkeypatch.delenv("ANOMALY_SCORING_TOKEN", raising=False)
+    monkeypatch.delenv("ANOMALY_ALLOW_OPEN_SCORING", raising=False)
+    assert main(["serve", "--model", f"m={tmp_path}", "--host", "0.0.0.0"]) == 2
+    assert "without a scoring token" in capsys.readouterr().err

@@ -2,91 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import normal_records
-from tests.processes import free_port, stop
+from tests.processes import call, serving
 from tests.service.conftest import ADMIN
 
 RECORDS = normal_records(20)
 
 
-def call(
-    url: str, body: Any = None, token: str | None = None, timeout: float = 30
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-        exc.close()
-    text = raw.decode()
-    try:
-        return status, json.loads(text)
-    except json.JSONDecodeError:
-        return status, text
-
-
 @pytest.fixture(scope="module")
 def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    exe = Path(sys.executable).with_name("anomaly")
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(ANOMALY_ADMIN_TOKEN=ADMIN, ANOMALY_ALERT_LOG="false")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(exe),
-                "serve",
-                "--model",
-                f"tiny={bundle_dir}",
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited early:\n{log_path.read_text()}")
-            try:
-                if call(f"{base}/readyz", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 120 s:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        stop(process)
+    env = {"ANOMALY_ADMIN_TOKEN": ADMIN}
+    with serving({"tiny": bundle_dir}, tmp_path_factory.mktemp("server"), env=env) as running:
+        yield running.base
 
 
 def scored_total(base: str) -> float:

@@ -1,0 +1,124 @@
+"""The real server under hostile clients: stalled connections, short bodies, and what each
+worker process loads (issue #18, items 1, 2 and 6)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import normal_records
+from tests.processes import Server, serving
+
+pytestmark = pytest.mark.slow
+
+
+READ_TIMEOUT = 2  # the server's request_read_timeout in this module, seconds
+STALLED = 50
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``anomaly serve`` with 2 workers, as a user starts it."""
+    env = {"ANOMALY_REQUEST_READ_TIMEOUT": str(READ_TIMEOUT)}
+    with serving({"tiny": bundle_dir}, tmp_path_factory.mktemp("slow"), env=env) as running:
+        yield running
+
+
+def _timed(request: urllib.request.Request | str) -> tuple[int, float]:
+    """Status and seconds taken; a client timeout of a few seconds, so a server that hangs
+    fails the test instead of stalling it."""
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+        return response.status, time.monotonic() - started
+
+
+def _connect(port: int, first_bytes: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(first_bytes)
+    return sock
+
+
+def test_stalled_connections_do_not_delay_other_clients(server: Server) -> None:
+    # Half the attackers stop inside the headers, half declare a body and send none of it:
+    # with sync workers two such connections were enough to stop the service.
+    base, port = server.base, server.port
+    partial_headers = b"POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-"
+    missing_body = (
+        b"POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"records": ['
+    )
+    body = json.dumps({"records": normal_records(5)}).encode()
+    with ExitStack() as stack:
+        for i in range(STALLED):
+            sock = _connect(port, partial_headers if i % 2 else missing_body)
+            stack.callback(sock.close)
+        for _ in range(5):
+            status, seconds = _timed(f"{base}/healthz")
+            assert status == 200
+            assert seconds < 1.0, f"/healthz took {seconds:.2f} s behind stalled connections"
+        score = urllib.request.Request(
+            f"{base}/v1/models/tiny/score",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        status, seconds = _timed(score)
+        assert status == 200
+        assert seconds < 1.0, f"scoring took {seconds:.2f} s behind stalled connections"
+
+
+def test_a_body_shorter_than_its_length_gets_408_not_a_killed_worker(
+    server: Server,
+) -> None:
+    port = server.port
+    sock = _connect(
+        port,
+        b"POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"records": []',
+    )
+    with sock:
+        sock.settimeout(READ_TIMEOUT + 8)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    error = json.loads(payload)
+    assert error["error"] == "request_timeout"
+    assert "Content-Length" in error["detail"]
+
+
+def _tensorflow_mapped(pid: int) -> bool:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "/site-packages/tensorflow/" in maps
+
+
+def test_workers_do_not_load_tensorflow(server: Server) -> None:
+    # The bundle scores with its LiteRT file; each worker that imported TensorFlow anyway
+    # held ~880 MB for nothing.
+    base, pid = server.base, server.pid
+    if not Path(f"/proc/{pid}/maps").exists():
+        pytest.skip("needs Linux /proc to read what each worker process loaded")
+    body = json.dumps({"records": normal_records(20)}).encode()
+    for _ in range(4):  # reach both workers (connections are spread between them)
+        score = urllib.request.Request(
+            f"{base}/v1/models/tiny/score",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert _timed(score)[0] == 200
+    workers = server.workers()
+    assert len(workers) == 2
+    assert not _tensorflow_mapped(pid), "the gunicorn master imported TensorFlow"
+    for worker in workers:
+        assert not _tensorflow_mapped(worker), f"worker {worker} imported TensorFlow"
