@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 from typing import Any
 
@@ -9,11 +10,14 @@ import pandas as pd
 from flask import Blueprint, Response, jsonify, request
 
 from detector.errors import BundleError
+from detector.features import check_columns, shortened
 from service.app import ApiError, state
 from service.openapi import openapi_document
 from service.pipeline import (
     check_batch_size,
     per_record,
+    read_body,
+    read_json,
     records_frame,
     require_token,
     score_request,
@@ -28,10 +32,16 @@ def healthz() -> Any:
     return jsonify({"status": "alive"})
 
 
+#: What an open route says of a model that failed to load; the reason, which names files and
+#: quotes Keras, is in the server log (the registry logs it when the load fails).
+NOT_LOADED = "not loaded; see the server log"
+
+
 @api.get("/readyz")
 def readyz() -> Any:
     models = state().models
-    body = {"ready": models.ready(), "models": models.names(), "errors": models.errors()}
+    errors = dict.fromkeys(models.errors(), NOT_LOADED)
+    body = {"ready": models.ready(), "models": models.names(), "errors": errors}
     return jsonify(body), (200 if body["ready"] else 503)
 
 
@@ -55,8 +65,8 @@ def list_models() -> Any:
     for name in app_state.models.names():
         try:
             models.append(_summary(app_state.models.get(name)))
-        except BundleError as exc:
-            models.append({"name": name, "loaded": False, "error": str(exc)})
+        except BundleError:
+            models.append({"name": name, "loaded": False, "error": NOT_LOADED})
     return jsonify({"models": models})
 
 
@@ -67,16 +77,14 @@ def describe_model(name: str) -> Any:
     loaded = app_state.model(name)
     schema = loaded.bundle.schema
     detail = _summary(loaded)
+    # Names and kinds only: a column's range and median and every category value are facts
+    # about the training data, which a scoring client has no need of (`anomaly info` shows
+    # them to whoever can read the bundle).
     detail["schema"] = {
         "columns": list(schema.column_order),
-        "numeric": [
-            {"name": c.name, "min": c.minimum, "max": c.maximum, "median": c.median}
-            for c in schema.numeric
-        ],
-        "categorical": [
-            {"name": c.name, "categories": list(c.categories)} for c in schema.categorical
-        ],
-        "context": [{"name": c.name, "categories": list(c.categories)} for c in schema.context],
+        "numeric": [c.name for c in schema.numeric],
+        "categorical": [c.name for c in schema.categorical],
+        "context": [c.name for c in schema.context],
     }
     detail["training"] = {k: v for k, v in loaded.bundle.training.items() if k != "history"}
     detail["alert_policy"] = app_state.trackers[name].policy.to_dict()
@@ -90,7 +98,6 @@ def _summary(loaded: LoadedModel) -> dict[str, Any]:
         "loaded": True,
         "version": bundle.version,
         "model_type": bundle.model_type,
-        "path": loaded.path,
         "created_at": bundle.created_at,
         "score": bundle.score_kind,
         "samples": bundle.n_samples,
@@ -128,48 +135,92 @@ def score(name: str) -> Any:
 def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, Any, list]:
     mimetype = request.mimetype
     if mimetype in ("text/csv", "application/csv"):
-        text_columns = {name: "string" for name in loaded.bundle.schema.text_columns}
-        try:
-            frame = pd.read_csv(io.BytesIO(request.get_data()), dtype=text_columns)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad_request", f"the CSV body cannot be parsed: {exc}") from None
-        if frame.empty:
-            raise ApiError(422, "invalid_input", "the CSV body has no data rows")
-        check_batch_size(len(frame), app_state)
-        return frame, pd.RangeIndex(len(frame)).to_numpy(), []
+        return _read_csv(loaded, app_state)
     if mimetype != "application/json":
         raise ApiError(
             415,
             "unsupported_media_type",
             'send application/json ({"records": [...]}) or text/csv',
         )
-    body = request.get_json(silent=True)
+    shape = 'a JSON object {"records": [{...}, ...]}'
+    body = read_json(app_state, shape)
     if not isinstance(body, dict) or "records" not in body:
-        raise ApiError(
-            400, "bad_request", 'the body must be a JSON object {"records": [{...}, ...]}'
-        )
-    return records_frame(body["records"], app_state)
+        raise ApiError(400, "bad_request", f"the body must be {shape}")
+    return records_frame(body["records"], loaded, app_state)
+
+
+def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, Any, list]:
+    """A CSV body with a header row. The header is checked before pandas reads it (pandas
+    takes minutes over a million-column header) and pandas reads at most one row past the
+    batch limit, so a 16 MiB body of one-value lines is a 413, not an 8-million-row frame."""
+    body = read_body(app_state)
+    limit = app_state.config.max_batch_records
+    try:
+        header = _csv_header(body)
+        check_columns(loaded.bundle.schema, header, passthrough=app_state.config.passthrough_fields)
+        text_columns = {name: "string" for name in loaded.bundle.schema.text_columns}
+        frame = pd.read_csv(io.BytesIO(body), dtype=text_columns, nrows=limit + 1)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
+        detail = shortened(exc, 200)
+        raise ApiError(400, "bad_request", f"the CSV body cannot be parsed: {detail}") from None
+    if frame.empty:
+        raise ApiError(422, "invalid_input", "the CSV body has no data rows")
+    check_batch_size(len(frame), app_state, at_least=True)
+    return frame, pd.RangeIndex(len(frame)).to_numpy(), []
+
+
+def _csv_header(body: bytes) -> list[str]:
+    """The column names of a CSV body as pandas reads them: the first non-blank row, without a
+    byte-order mark."""
+    text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
+    for row in csv.reader(text):
+        if any(field.strip() for field in row):
+            return row
+    raise pd.errors.EmptyDataError("no header row")
+
+
+#: Longest reload path accepted (Linux PATH_MAX, NAME_MAX); longer ones cannot name a bundle.
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
 
 
 @api.post("/v1/models/<name>/reload")
 def reload(name: str) -> Any:
     app_state = state()
     require_token(app_state.config.admin_token, admin=True)
-    body = request.get_json(silent=True) if request.data else {}
-    if body is None or not isinstance(body, dict):
-        raise ApiError(400, "bad_request", 'the body must be empty or {"path": "..."}')
+    shape = 'an empty body or {"path": "..."}'
+    body = read_json(app_state, shape, empty={})
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", f"the body must be {shape}")
     path = body.get("path")
-    if path is not None and not isinstance(path, str):
-        raise ApiError(400, "bad_request", "'path' must be a string")
+    if path is not None:
+        _check_path(path)
     if name not in app_state.models.names():
         raise ApiError(404, "unknown_model", f"no model named '{name}'")
     try:
         loaded = app_state.models.reload(name, path)
-    except BundleError as exc:
+    except (BundleError, OSError) as exc:
         raise ApiError(
             422, "reload_failed", f"{exc}; the previous model is still serving"
         ) from None
     return jsonify(_summary(loaded))
+
+
+def _check_path(path: Any) -> None:
+    if not isinstance(path, str) or not path:
+        raise ApiError(400, "bad_request", "'path' must be a non-empty string")
+    encoded = path.encode()  # read_json refused lone surrogates, the text UTF-8 cannot take
+    if b"\0" in encoded:
+        raise ApiError(400, "bad_request", "'path' holds a NUL character")
+    if len(encoded) >= MAX_PATH_BYTES or any(
+        len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")
+    ):
+        raise ApiError(
+            400,
+            "bad_request",
+            f"'path' is longer than a bundle directory's path can be ({MAX_PATH_BYTES} bytes, "
+            f"{MAX_NAME_BYTES} per name)",
+        )
 
 
 @api.get("/v1/alerts")

@@ -15,9 +15,10 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CollectorRegistry
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from detector.errors import BundleError, DetectorError, InputError
+from detector.features import shortened
 from service.alerts import AlertTracker
 from service.config import ServiceConfig, load_config
 from service.delivery import AlertDispatcher, AlertmanagerSink, LogSink, Sink, WebhookSink
@@ -56,8 +57,12 @@ class ServiceState:
                 "unknown_model",
                 f"no model named '{name}'; served models: {', '.join(self.models.names())}",
             ) from None
-        except BundleError as exc:
-            raise ApiError(503, "model_not_loaded", str(exc)) from None
+        except BundleError:
+            # The reason names files and quotes Keras: the registry logged it when the load
+            # failed, and clients get no more than where to look.
+            raise ApiError(
+                503, "model_not_loaded", f"model '{name}' is not loaded; see the server log"
+            ) from None
 
 
 def state() -> ServiceState:
@@ -75,10 +80,8 @@ def create_app(
     """Build the scoring service. Without arguments, settings come from ``ANOMALY_*``
     environment variables (and the file named by ``ANOMALY_CONFIG``, if set)."""
     if config is None:
-        import os
-
-        config = load_config(os.environ.get("ANOMALY_CONFIG") or None)
-    if config.tf_threads and _needs_tensorflow(config.models.values()):
+        config = load_config()
+    if config.tf_threads and needs_tensorflow(config.models.values()):
         _limit_tensorflow_threads(config.tf_threads)
     if config.tf_threads:
         from detector.neighbours import set_search_threads
@@ -95,10 +98,13 @@ def create_app(
     models.load_all()
     for name, _error in models.errors().items():
         metrics.model_loaded.labels(name).set(0)
+    resend = _resend_seconds(config)
     dispatcher = AlertDispatcher(
-        list(sinks) if sinks is not None else _default_sinks(config),
+        list(sinks) if sinks is not None else _default_sinks(config, resend),
         queue_size=config.alert_queue_size,
         retries=config.alert_retries,
+        resend_seconds=resend,
+        stale_seconds=_stale_seconds(config, resend),
         recent_size=config.recent_alerts,
         on_outcome=lambda sink, outcome: metrics.alerts.labels(sink, outcome).inc(),
     )
@@ -139,10 +145,37 @@ def _publish(metrics: ServiceMetrics, loaded: LoadedModel, previous: LoadedModel
     )
 
 
-def _default_sinks(config: ServiceConfig) -> list[Sink]:
+#: A policy may repeat on every record (repeat_seconds 0); re-sending is never faster than this.
+MIN_RESEND_SECONDS = 1.0
+
+
+def _resend_seconds(config: ServiceConfig) -> float:
+    """How often Alertmanager gets every firing alert again: the shortest ``repeat_seconds``
+    among the models' alert policies, so no model's alerts are re-sent less often than it asks."""
+    repeats = [config.policy_for(name).repeat_seconds for name in config.models]
+    return max(MIN_RESEND_SECONDS, min(repeats, default=config.alerts.repeat_seconds))
+
+
+def _stale_seconds(config: ServiceConfig, resend: float) -> float:
+    """A firing alert its tracker has not repeated for this long (4 of the longest repeat
+    intervals: its key stopped sending records) is no longer re-sent, so Alertmanager resolves
+    it at its endsAt, as it did before re-sending existed."""
+    repeats = [config.policy_for(name).repeat_seconds for name in config.models]
+    return 4 * max([resend, *repeats])
+
+
+def _default_sinks(config: ServiceConfig, resend_seconds: float) -> list[Sink]:
     sinks: list[Sink] = []
     if config.alertmanager_url:
-        sinks.append(AlertmanagerSink(config.alertmanager_url, generator_url=config.external_url))
+        sinks.append(
+            AlertmanagerSink(
+                config.alertmanager_url,
+                generator_url=config.external_url,
+                # Prometheus's rule: valid for 4 resends, so one or two lost ones do not
+                # resolve the alert, and it resolves soon after the service stops sending.
+                valid_for=4 * resend_seconds,
+            )
+        )
     if config.webhook_url:
         sinks.append(WebhookSink(config.webhook_url))
     if config.alert_log:
@@ -150,7 +183,7 @@ def _default_sinks(config: ServiceConfig) -> list[Sink]:
     return sinks
 
 
-def _needs_tensorflow(paths: Iterable[str]) -> bool:
+def needs_tensorflow(paths: Iterable[str]) -> bool:
     # Bundles score with their LiteRT scorer file; only one written before it existed runs
     # TensorFlow, and importing TensorFlow otherwise costs each worker seconds and ~700 MB.
     from detector.bundle import SCORER_FILE
@@ -176,6 +209,7 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
+        _limit_body_reads(app_state.config.request_read_timeout)
         metrics.in_flight.inc()
         app_state.models.refresh()
 
@@ -196,8 +230,23 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
         return response
 
 
+def _limit_body_reads(seconds: float) -> None:
+    """Bound each read of the request body under gunicorn: a client that stops sending (or
+    declares more bytes than it sends) gets 408 after ``seconds`` instead of holding the
+    connection until the worker is killed. The timeout stays on the connection, so a client
+    that stops reading the response is cut off as well."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+#: The longest error detail answered. Details name what the caller sent (columns, paths), a few
+#: names each (``detector.features.listed``); this bounds whatever else a message echoes.
+MAX_DETAIL_CHARS = 4000
+
+
 def error_response(status: int, error: str, detail: str) -> tuple[Response, int]:
-    return jsonify({"error": error, "detail": detail}), status
+    return jsonify({"error": error, "detail": shortened(detail, MAX_DETAIL_CHARS)}), status
 
 
 def _install_error_handlers(app: Flask) -> None:
@@ -214,7 +263,28 @@ def _install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(DetectorError)
     def _detector_error(exc: DetectorError) -> Any:
-        return error_response(503, "model_error", str(exc))
+        # Not the client's input (that is InputError, answered above): a model that failed,
+        # whose message names files. It goes to the log; the client learns where to look.
+        log.error("model error serving %s %s: %s", request.method, request.path, exc)
+        return error_response(503, "model_error", "the model failed; see the server log")
+
+    @app.errorhandler(ClientDisconnected)
+    def _body_incomplete(exc: ClientDisconnected) -> Any:
+        # werkzeug raises it while handling the socket's error, which is thus its context.
+        if isinstance(exc.__cause__ or exc.__context__, TimeoutError):
+            seconds = current_app.extensions["anomaly"].config.request_read_timeout
+            return error_response(
+                408,
+                "request_timeout",
+                f"the request body stopped arriving for {seconds:g} s; send the whole body "
+                "at once, with a Content-Length that matches it",
+            )
+        return error_response(
+            400,
+            "incomplete_body",
+            "the request body ended before its declared length; send a Content-Length that "
+            "matches the body",
+        )
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
-from service.app import ApiError, state
-from service.pipeline import check_batch_size, require_token, score_request
+from detector.features import check_columns, shortened
+from service.app import ApiError, ServiceState, state
+from service.pipeline import check_batch_size, read_json, require_token, score_request
+from service.registry import LoadedModel
 
 kserve = Blueprint("kserve", __name__, url_prefix="/v2")
 
@@ -35,6 +37,12 @@ NUMERIC_TYPES = {
     "UINT64",
     "BOOL",
 }
+#: Every datatype an input tensor may declare.
+TENSOR_TYPES = frozenset(NUMERIC_TYPES | {"BYTES"})
+
+INFER_SHAPE = '{"inputs": [{"name", "shape", "datatype", "data"}, ...]}'
+#: What one tensor element may be: KServe tensors hold numbers (FP*, INT*, BOOL) or text (BYTES).
+SCALARS = (int, float, str, bool, type(None))
 
 
 @kserve.get("/health/live")
@@ -81,7 +89,10 @@ def metadata(name: str) -> Any:
 
 @kserve.get("/models/<name>/ready")
 def model_ready(name: str) -> Any:
-    state().model(name)
+    # Per-model, like metadata: it confirms which model names exist. Probes use /v2/health/*.
+    app_state = state()
+    require_token(app_state.config.scoring_token, admin=False)
+    app_state.model(name)
     return jsonify({"name": name, "ready": True})
 
 
@@ -90,9 +101,8 @@ def infer(name: str) -> Any:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
     loaded = app_state.model(name)
-    body = request.get_json(silent=True)
-    frame = _inputs_frame(body)
-    check_batch_size(len(frame), app_state)
+    body = read_json(app_state, INFER_SHAPE)
+    frame = _inputs_frame(body, loaded, app_state)
     indices = np.arange(len(frame))
     scored = score_request(app_state, loaded, frame, indices)
     n = len(frame)
@@ -130,12 +140,20 @@ def infer(name: str) -> Any:
     return jsonify(response)
 
 
-def _inputs_frame(body: Any) -> pd.DataFrame:
+def _inputs_frame(body: Any, loaded: LoadedModel, app_state: ServiceState) -> pd.DataFrame:
+    """One column per input tensor, checked before the frame is built: the batch limit, the
+    column names, and that every element is one number or text.
+
+    An element that is a list or an object is a malformed tensor, so the request is refused
+    (400) naming the input and the position, rather than the row rejected: the datatype and
+    shape are declared per tensor, and a tensor that breaks them is the client's protocol error,
+    not a record with a bad value (a number that does not parse is still a per-row rejection).
+    """
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
-        raise ApiError(
-            400, "bad_request", 'the body must be {"inputs": [{name, shape, datatype, data}, ...]}'
-        )
-    columns: dict[str, Any] = {}
+        raise ApiError(400, "bad_request", f"the body must be {INFER_SHAPE}")
+    if "id" in body and not isinstance(body["id"], str):
+        raise ApiError(400, "bad_request", "'id' must be a string")
+    columns: dict[str, list[Any]] = {}
     length = None
     for tensor in body["inputs"]:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
@@ -143,28 +161,56 @@ def _inputs_frame(body: Any) -> pd.DataFrame:
                 400, "bad_request", "each input needs a 'name', 'shape', 'datatype' and 'data'"
             )
         name = tensor["name"]
+        label = repr(shortened(name))
+        if name in columns:
+            raise ApiError(400, "bad_request", f"input {label} is given twice")
         shape = tensor.get("shape")
         data = tensor.get("data")
-        datatype = str(tensor.get("datatype", "")).upper()
-        if not isinstance(shape, list) or not shape or not isinstance(data, list):
-            raise ApiError(400, "bad_request", f"input '{name}' needs a list 'shape' and 'data'")
-        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        datatype = tensor.get("datatype")
+        if (
+            not isinstance(shape, list)
+            or not 1 <= len(shape) <= 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            or not isinstance(data, list)
+        ):
             raise ApiError(
                 400,
                 "bad_request",
-                f"input '{name}' must have shape [n] or [n, 1], one tensor per column",
+                f"input {label} needs 'shape' [n] or [n, 1] (n >= 0) and a list 'data'",
             )
-        flat = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in data]
-        if len(flat) != shape[0]:
+        if len(shape) == 2 and shape[1] != 1:
             raise ApiError(
-                400, "bad_request", f"input '{name}' has {len(flat)} values for shape {shape}"
+                400,
+                "bad_request",
+                f"input {label} must have shape [n] or [n, 1], one tensor per column",
             )
-        if datatype not in NUMERIC_TYPES | {"BYTES"}:
+        if not isinstance(datatype, str) or datatype.upper() not in TENSOR_TYPES:
             raise ApiError(
-                400, "bad_request", f"input '{name}' has unsupported datatype {datatype!r}"
+                400,
+                "bad_request",
+                f"input {label} has datatype {shortened(datatype)!r}; use one of "
+                f"{', '.join(sorted(NUMERIC_TYPES))} or BYTES",
             )
-        if length is not None and len(flat) != length:
+        n = shape[0]
+        if len(data) != n:
+            raise ApiError(
+                400, "bad_request", f"input {label} has {len(data)} values for shape {shape}"
+            )
+        if length is not None and n != length:
             raise ApiError(400, "bad_request", "every input must have the same length")
-        length = len(flat)
+        check_batch_size(n, app_state)
+        length = n
+        flat = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in data]
+        for i, value in enumerate(flat):
+            if not isinstance(value, SCALARS):
+                kind = "a list" if isinstance(value, list) else "an object"
+                raise ApiError(
+                    400,
+                    "bad_request",
+                    f"input {label} holds {kind} at position {i}; each element must be one "
+                    "number (FP*, INT*, BOOL) or text (BYTES)",
+                )
         columns[name] = flat
+    passthrough = app_state.config.passthrough_fields
+    check_columns(loaded.bundle.schema, list(columns), passthrough=passthrough)
     return pd.DataFrame(columns)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.kserve import TENSOR_TYPES
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -89,6 +91,21 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     obj = {"type": "object"}
+    infer_request = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string", "description": "echoed in the response"},
+            "parameters": obj,
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"$ref": "#/components/schemas/InferInput"},
+                "description": "one tensor per column, all of the same length",
+            },
+            "outputs": {"type": "array", "items": obj},
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -104,6 +121,34 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error", "detail"],
                     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+                # The protocol's tensor data: values, or nested lists of them in row-major
+                # order. The service takes shape [n] or [n, 1]: one value (or [value]) per row.
+                "TensorData": {
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            {"type": ["number", "string", "boolean", "null"]},
+                            {"$ref": "#/components/schemas/TensorData"},
+                        ]
+                    },
+                },
+                "InferInput": {
+                    "type": "object",
+                    "required": ["name", "shape", "datatype", "data"],
+                    "properties": {
+                        "name": {"type": "string", "description": "a column of the model"},
+                        "shape": {
+                            "type": "array",
+                            "items": {"type": "integer", "minimum": 0},
+                            "minItems": 1,
+                            "maxItems": 2,
+                            "description": "[n] or [n, 1]",
+                        },
+                        "datatype": {"type": "string", "enum": sorted(TENSOR_TYPES)},
+                        "parameters": obj,
+                        "data": {"$ref": "#/components/schemas/TensorData"},
+                    },
                 },
             },
         },
@@ -179,14 +224,19 @@ def openapi_document() -> dict[str, Any]:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {"path": {"type": "string"}},
+                                    "properties": {
+                                        "path": {
+                                            "type": "string",
+                                            "description": "a bundle directory on the server",
+                                        }
+                                    },
                                 }
                             }
                         },
                     },
                     "responses": {
                         "200": _json(obj, "Reloaded"),
-                        **_errors(400, 401, 403, 404, 422),
+                        **_errors(400, 401, 403, 404, 413, 422),
                     },
                 }
             },
@@ -211,7 +261,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "KServe V2 model metadata",
                     "parameters": [_NAME],
                     "security": _SECURED,
-                    "responses": {"200": _json(obj, "Metadata"), **_errors(401, 404)},
+                    "responses": {"200": _json(obj, "Metadata"), **_errors(401, 404, 503)},
                 }
             },
             "/v2/models/{name}/ready": {
@@ -228,9 +278,12 @@ def openapi_document() -> dict[str, Any]:
                     "security": _SECURED,
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": obj}},
+                        "content": {"application/json": {"schema": infer_request}},
                     },
-                    "responses": {"200": _json(obj, "Outputs"), **_errors(400, 401, 404, 413, 422)},
+                    "responses": {
+                        "200": _json(obj, "Outputs"),
+                        **_errors(400, 401, 404, 413, 422, 503),
+                    },
                 }
             },
         },

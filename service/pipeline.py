@@ -6,6 +6,9 @@ calls ``detector.scoring.score_frame``, the function the batch scorer calls too.
 from __future__ import annotations
 
 import hmac
+import io
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from detector.features import check_columns, listed
 from detector.scoring import ScoreResult, score_frame
 from service.app import ApiError, ServiceState
 from service.registry import LoadedModel
@@ -58,11 +63,70 @@ def require_token(expected: str | None, *, admin: bool) -> None:
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'")
 
 
+def read_body(state: ServiceState) -> bytes:
+    """The request body, at most ``max_body_bytes``, whether sized by Content-Length or sent
+    chunked; 413 past the limit. werkzeug's own ``get_data`` stops a chunked body at the limit
+    and returns the truncated bytes (a 50 MB body would be answered as broken JSON), so the body
+    is read here with a stream limit one byte above ours: reaching that byte means too large."""
+    limit = state.config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    # Before anything reads request.stream, which werkzeug builds once with this limit.
+    request.max_content_length = limit + 1
+    body = io.BytesIO()
+    while chunk := request.stream.read(min(1 << 16, limit + 1 - body.tell())):
+        body.write(chunk)
+        if body.tell() > limit:
+            raise RequestEntityTooLarge()
+    return body.getvalue()
+
+
+#: A \uD800-\uDFFF escape: the one way JSON text carries a surrogate. Paired, json decodes
+#: it to one character; alone, it becomes a string no UTF-8 (nor pandas' Arrow strings) takes.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
+    """The request body parsed as JSON (``empty`` for an empty body, when given); 400 naming
+    ``shape`` (what the route expects) when it is not JSON, not UTF-8 (RFC 8259), not valid
+    JSON, holds a lone surrogate escape, or is nested deeper than the parser's recursion limit
+    (``json`` raises ``RecursionError`` for that, which is not a ``ValueError``)."""
+    body = read_body(state)
+    if not body and empty is not None:
+        return empty
+    if not request.is_json:
+        raise ApiError(400, "bad_request", f"send Content-Type: application/json and {shape}")
+    try:
+        text = body.decode("utf-8-sig")
+        value = json.loads(text)
+        if SURROGATE_ESCAPE.search(text):
+            json.dumps(value, ensure_ascii=False).encode()  # raises on a lone surrogate
+    except RecursionError:
+        raise ApiError(
+            400, "bad_request", f"the JSON body is nested too deeply to parse; send {shape}"
+        ) from None
+    except UnicodeEncodeError:
+        raise ApiError(
+            400,
+            "bad_request",
+            "the JSON body holds a \\uD800-\\uDFFF escape that is not half of a surrogate "
+            "pair, which is no Unicode character",
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise ApiError(
+            400, "bad_request", f"the body is not valid JSON ({exc}); send {shape}"
+        ) from None
+    return value
+
+
 def records_frame(
-    records: Any, state: ServiceState
+    records: Any, model: LoadedModel, state: ServiceState
 ) -> tuple[pd.DataFrame, np.ndarray, list[Rejected]]:
     """Validate a JSON ``records`` list. Returns the frame of well-formed records, their request
-    indices, and the malformed ones (not an object, nested values) with reasons."""
+    indices, and the malformed ones (not an object, nested values) with reasons.
+
+    The batch limit and the columns are checked before any frame is built, in time linear in
+    the number of keys: a record with 40,000 unknown keys is a 422 in milliseconds."""
     if not isinstance(records, list):
         raise ApiError(400, "bad_request", "'records' must be a list of objects")
     if not records:
@@ -71,27 +135,38 @@ def records_frame(
     good: list[Mapping[str, Any]] = []
     indices: list[int] = []
     rejected: list[Rejected] = []
+    columns: dict[str, None] = {}
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             rejected.append(Rejected(i, ("record is not a JSON object",), "malformed"))
             continue
         nested = [k for k, v in record.items() if isinstance(v, dict | list)]
         if nested:
-            reason = f"field(s) {nested} hold objects or lists; values must be numbers or text"
+            reason = (
+                f"field(s) {listed(nested)} hold objects or lists; values must be numbers or text"
+            )
             rejected.append(Rejected(i, (reason,), "malformed"))
             continue
         good.append(record)
         indices.append(i)
+        columns.update(dict.fromkeys(record))
+    if good:
+        check_columns(
+            model.bundle.schema, list(columns), passthrough=state.config.passthrough_fields
+        )
     return pd.DataFrame.from_records(good), np.asarray(indices, dtype=np.int64), rejected
 
 
-def check_batch_size(n: int, state: ServiceState) -> None:
+def check_batch_size(n: int, state: ServiceState, *, at_least: bool = False) -> None:
+    """413 when ``n`` records are over ``max_batch_records``; ``at_least``: the count stopped
+    at the first record over the limit (the body was not read further)."""
     limit = state.config.max_batch_records
     if n > limit:
+        count = f"more than {limit}" if at_least else str(n)
         raise ApiError(
             413,
             "batch_too_large",
-            f"{n} records in one request; the limit is {limit}: split the batch or raise "
+            f"{count} records in one request; the limit is {limit}: split the batch or raise "
             "max_batch_records",
         )
 
