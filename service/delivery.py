@@ -2,8 +2,10 @@
 
 ``AlertDispatcher`` hands alerts from ``service.alerts.AlertTracker`` to ``Sink``s
 (Alertmanager's v2 API, a JSON webhook, the log) through a bounded queue and one worker thread
-that retries with exponential backoff. Delivery outcomes go to a callback, so this module needs
-no metrics library.
+that retries with exponential backoff. What a sink did not take while it was down stays owed
+to it and goes out again, and Alertmanager gets every firing alert again on an interval, the
+way Prometheus re-sends its alerts. Delivery outcomes go to a callback, so this module needs no
+metrics library.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from service.alerts import Alert, iso_utc
@@ -42,7 +45,11 @@ class AlertDeliveryError(RuntimeError):
 
 
 class Sink(Protocol):
-    """Somewhere alerts go. ``send`` raises on failure; the dispatcher retries."""
+    """Somewhere alerts go. ``send`` raises on failure; the dispatcher retries.
+
+    A sink that de-duplicates by label set, as Alertmanager does, sets ``resend_firing = True``
+    to get every firing alert again on the dispatcher's resend interval.
+    """
 
     name: str
 
@@ -80,21 +87,35 @@ def _post_json(url: str, body: object, timeout: float) -> None:
 class AlertmanagerSink:
     """Alertmanager's v2 API: ``POST {url}/api/v2/alerts`` with a JSON list of alerts.
 
-    A firing alert is sent without ``endsAt``, so Alertmanager keeps it until its
-    ``resolve_timeout`` unless re-sent; the tracker re-sends every ``repeat_seconds``.
+    With ``valid_for`` set, a firing alert says ``endsAt`` = now + ``valid_for`` (Prometheus
+    sends 4 resend intervals), so Alertmanager resolves it on its own once the service stops
+    re-sending it; without, Alertmanager keeps it for its ``resolve_timeout`` after each send.
+    A resolved alert's ``endsAt`` is when it resolved.
     """
 
+    resend_firing = True  # Alertmanager de-duplicates, and forgets an alert not re-sent
+
     def __init__(
-        self, url: str, *, generator_url: str, timeout: float = 5.0, name: str = "alertmanager"
+        self,
+        url: str,
+        *,
+        generator_url: str,
+        timeout: float = 5.0,
+        valid_for: float | None = None,
+        name: str = "alertmanager",
     ) -> None:
         _check_url(url, "Alertmanager")
         self.name = name
         self.url = url.rstrip("/") + "/api/v2/alerts"
         self.generator_url = generator_url
         self.timeout = timeout
+        self.valid_for = valid_for
 
     def payload(self, alerts: Sequence[Alert]) -> list[dict[str, Any]]:
         body = []
+        valid_until = None
+        if self.valid_for is not None:
+            valid_until = datetime.now(UTC) + timedelta(seconds=self.valid_for)
         for alert in alerts:
             item: dict[str, Any] = {
                 "labels": alert.labels(),
@@ -102,8 +123,9 @@ class AlertmanagerSink:
                 "startsAt": iso_utc(alert.starts_at),
                 "generatorURL": self.generator_url,
             }
-            if alert.ends_at is not None:
-                item["endsAt"] = iso_utc(alert.ends_at)
+            ends_at = alert.ends_at if alert.status == "resolved" else valid_until
+            if ends_at is not None:
+                item["endsAt"] = iso_utc(ends_at)
             body.append(item)
         return body
 
@@ -113,6 +135,8 @@ class AlertmanagerSink:
 
 class WebhookSink:
     """Any JSON receiver: ``POST url`` with ``{"alerts": [alert.to_dict(), ...]}``."""
+
+    resend_firing = False  # a receiver of our own format may not de-duplicate
 
     def __init__(self, url: str, *, timeout: float = 5.0, name: str = "webhook") -> None:
         _check_url(url, "webhook")
@@ -126,6 +150,8 @@ class WebhookSink:
 
 class LogSink:
     """Logs each alert on logger ``service.alerts``: WARNING when firing, INFO when resolved."""
+
+    resend_firing = False
 
     def __init__(self, *, name: str = "log") -> None:
         self.name = name
@@ -145,6 +171,32 @@ class LogSink:
 
 # --------------------------------------------------------------------------- dispatcher
 
+#: An alert's identity at a receiver: its label set (Alertmanager's dedup key), in a fixed order.
+_Identity = tuple[tuple[str, str], ...]
+
+
+def _identity(alert: Alert) -> _Identity:
+    return tuple(sorted(alert.labels().items()))
+
+
+def _resends_firing(sink: Sink) -> bool:
+    return bool(getattr(sink, "resend_firing", False))
+
+
+@dataclass
+class _Firing:
+    alert: Alert
+    refreshed: float  # time.monotonic() when the tracker last submitted it
+
+
+@dataclass
+class _Outbox:
+    """What one sink is still owed: alerts whose delivery failed, the newest per identity,
+    oldest first. They go out again with the sink's next send."""
+
+    sink: Sink
+    undelivered: OrderedDict[_Identity, Alert] = field(default_factory=OrderedDict)
+
 
 @dataclass
 class _Queue:
@@ -158,14 +210,24 @@ class _Queue:
 
 
 class AlertDispatcher:
-    """Delivery off the request path: a bounded queue, one daemon worker, retries with backoff.
+    """Delivery off the request path: a bounded queue, one daemon worker, retries with backoff,
+    and nothing lost while a receiver is down.
 
     The worker takes everything queued as one batch and sends it to each sink in turn, trying
-    ``1 + retries`` times with sleeps of ``backoff_seconds * 2**i`` between tries. After that,
-    ``on_outcome(sink.name, "sent" | "failed")`` is called once per batch per sink; when the
-    queue is full, ``on_outcome("queue", "dropped")`` once per alert dropped. The callback runs
-    on the worker thread (or the submitting thread for drops) and must be quick and thread-safe;
-    an exception it raises is logged, not propagated.
+    ``1 + retries`` times with sleeps of ``backoff_seconds * 2**i`` between tries. Alerts a sink
+    did not take stay owed to it (the newest per label set, at most ``undelivered_size``, the
+    oldest dropped beyond) and go out again with its next send; a send happens at least every
+    ``resend_seconds``. A sink with ``resend_firing = True`` (Alertmanager) also gets every
+    firing alert again each ``resend_seconds``, as Prometheus re-sends them: Alertmanager then
+    keeps it firing, and gets it back after a restart. A firing alert the tracker has not
+    submitted for ``stale_seconds`` (its key stopped sending records) is no longer re-sent.
+
+    ``on_outcome(sink.name, outcome)`` is called once per alert and send: ``"sent"``,
+    ``"failed"`` (the send failed after its retries; the alert is sent again later) or
+    ``"dropped"`` (given up: the queue or a sink's undelivered alerts overflowed, which is
+    sink ``"queue"`` for the queue, or ``stop`` could not deliver it). The callback runs on
+    the worker thread (or the submitting thread for queue drops) and must be quick and
+    thread-safe; an exception it raises is logged, not propagated.
     """
 
     def __init__(
@@ -175,17 +237,28 @@ class AlertDispatcher:
         queue_size: int = 1000,
         retries: int = 3,
         backoff_seconds: float = 0.2,
+        resend_seconds: float = 60.0,
+        stale_seconds: float | None = None,
+        undelivered_size: int | None = None,
         recent_size: int = 200,
         on_outcome: Callable[[str, str], None] = lambda sink, outcome: None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``stale_seconds`` defaults to 4 x ``resend_seconds``, ``undelivered_size`` to
+        ``queue_size``."""
         self.sinks = tuple(sinks)
         self.queue_size = queue_size
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.resend_seconds = resend_seconds
+        self.stale_seconds = 4 * resend_seconds if stale_seconds is None else stale_seconds
+        self.undelivered_size = queue_size if undelivered_size is None else undelivered_size
         self._on_outcome = on_outcome
         self._sleep = sleep
         self._q = _Queue()
+        self._outboxes = tuple(_Outbox(sink) for sink in self.sinks)
+        self._keeps_firing = any(_resends_firing(sink) for sink in self.sinks)
+        self._firing: dict[_Identity, _Firing] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=recent_size)
         self._thread: threading.Thread | None = None
 
@@ -206,12 +279,15 @@ class AlertDispatcher:
             if stopped:
                 dropped = len(alerts)
             else:
+                now = time.monotonic()
                 for alert in alerts:
                     if len(self._q.alerts) >= self.queue_size:
                         self._q.alerts.popleft()
                         dropped += 1
                     self._q.alerts.append(alert)
                     self._recent.append(alert.to_dict())
+                    if self._keeps_firing:
+                        self._track_firing(alert, now)
                 self._q.cond.notify_all()
         if stopped:
             log.warning("alert dispatcher is stopped; dropped %d new alert(s)", dropped)
@@ -220,23 +296,29 @@ class AlertDispatcher:
                 "alert queue full (%d); dropped the %d oldest alert(s)", self.queue_size, dropped
             )
         # Outside the lock: the callback is the caller's code (a metrics counter, typically).
-        for _ in range(dropped):
-            self._report("queue", "dropped")
+        self._report("queue", "dropped", dropped)
 
     def recent(self) -> list[dict[str, Any]]:
         """The most recent alerts submitted, newest last, as dicts."""
         with self._q.cond:
             return list(self._recent)
 
+    def undelivered(self) -> dict[str, int]:
+        """How many alerts each sink is owed now (their sends failed; they go out again)."""
+        with self._q.cond:
+            return {box.sink.name: len(box.undelivered) for box in self._outboxes}
+
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until nothing is queued or being sent; False if that did not happen in time."""
+        """Wait until every queued alert has had its send (delivered or now owed); False if that
+        did not happen in time."""
         with self._q.cond:
             return self._q.cond.wait_for(
                 lambda: not self._q.alerts and not self._q.in_flight, timeout=timeout
             )
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued (best effort within ``timeout``), then end the worker."""
+        """Send what is queued and owed once more (best effort within ``timeout``), then end
+        the worker; what still fails is dropped, counted and logged."""
         with self._q.cond:
             self._q.stopping = True
             self._q.give_up_at = time.monotonic() + timeout
@@ -247,31 +329,94 @@ class AlertDispatcher:
             if thread.is_alive():
                 log.warning("alert dispatcher did not stop within %.1f s", timeout)
 
+    def _track_firing(self, alert: Alert, now: float) -> None:
+        identity = _identity(alert)
+        if alert.status == "firing":
+            self._firing[identity] = _Firing(alert, now)
+        else:
+            self._firing.pop(identity, None)
+
     def _run(self) -> None:
+        next_resend = time.monotonic() + self.resend_seconds
         while True:
             with self._q.cond:
-                self._q.cond.wait_for(lambda: bool(self._q.alerts) or self._q.stopping)
+                while not self._q.alerts and not self._q.stopping:
+                    left = next_resend - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._q.cond.wait(left)
                 batch = list(self._q.alerts)
                 self._q.alerts.clear()
-                self._q.in_flight = bool(batch)
-                abandon = self._past_deadline()
-                if abandon or not batch:
-                    self._q.in_flight = False
-                    self._q.cond.notify_all()
-            if not batch:
-                return  # stopping, and nothing left to deliver
-            if abandon:
-                log.warning("alert dispatcher stopping: %d alert(s) not delivered", len(batch))
-                for _ in batch:
-                    self._report("queue", "dropped")
-                return
+                final = self._q.stopping
+                resend = not final and time.monotonic() >= next_resend
+                if resend:
+                    next_resend = time.monotonic() + self.resend_seconds
+                    self._forget_stale()
+                plans = [(box, self._plan(box, batch, resend=resend)) for box in self._outboxes]
+                self._q.in_flight = True
             try:
-                for sink in self.sinks:
-                    self._report(sink.name, self._deliver(sink, batch))
+                for box, alerts in plans:
+                    if alerts:
+                        self._settle(box, alerts, final=final)
             finally:
                 with self._q.cond:
                     self._q.in_flight = False
                     self._q.cond.notify_all()
+            if final:
+                return
+
+    def _forget_stale(self) -> None:
+        oldest = time.monotonic() - self.stale_seconds
+        for identity in [i for i, f in self._firing.items() if f.refreshed < oldest]:
+            del self._firing[identity]
+
+    def _plan(self, box: _Outbox, batch: list[Alert], *, resend: bool) -> list[Alert]:
+        """The alerts ``box``'s sink gets this round: the new batch, what it is owed (unless
+        the batch has a newer version), and on a resend round the firing set."""
+        alerts = list(batch)
+        taken = {_identity(alert) for alert in batch}
+        for identity, alert in box.undelivered.items():
+            if identity not in taken:
+                alerts.append(alert)
+                taken.add(identity)
+        box.undelivered.clear()
+        if resend and _resends_firing(box.sink):
+            alerts += [f.alert for i, f in self._firing.items() if i not in taken]
+        return alerts
+
+    def _settle(self, box: _Outbox, alerts: list[Alert], *, final: bool) -> None:
+        name = box.sink.name
+        if final and self._past_deadline():
+            log.warning("alert dispatcher stopping: %d alert(s) for %r not sent", len(alerts), name)
+            self._report(name, "dropped", len(alerts))
+            return
+        outcome = self._deliver(box.sink, alerts)
+        self._report(name, outcome, len(alerts))
+        if outcome == "sent":
+            return
+        if final:
+            log.warning(
+                "alert dispatcher stopping: %d alert(s) for %r not delivered", len(alerts), name
+            )
+            self._report(name, "dropped", len(alerts))
+            return
+        dropped = 0
+        with self._q.cond:
+            for alert in alerts:
+                identity = _identity(alert)
+                box.undelivered[identity] = alert  # a later alert of a label set replaces it
+                box.undelivered.move_to_end(identity)
+            while len(box.undelivered) > self.undelivered_size:
+                box.undelivered.popitem(last=False)
+                dropped += 1
+        if dropped:
+            log.warning(
+                "alert sink %r is owed more than %d alerts; dropped the %d oldest",
+                name,
+                self.undelivered_size,
+                dropped,
+            )
+        self._report(name, "dropped", dropped)
 
     def _deliver(self, sink: Sink, batch: list[Alert]) -> str:
         for attempt in range(self.retries + 1):
@@ -281,7 +426,8 @@ class AlertDispatcher:
             except Exception as exc:
                 if attempt == self.retries or self._past_deadline():
                     log.warning(
-                        "alert sink %r failed %d time(s), giving up on %d alert(s): %s",
+                        "alert sink %r failed %d time(s) with %d alert(s); they go out again "
+                        "with its next send: %s",
                         sink.name,
                         attempt + 1,
                         len(batch),
@@ -297,8 +443,9 @@ class AlertDispatcher:
         give_up_at = self._q.give_up_at
         return give_up_at is not None and time.monotonic() >= give_up_at
 
-    def _report(self, sink: str, outcome: str) -> None:
-        try:
-            self._on_outcome(sink, outcome)
-        except Exception:
-            log.exception("on_outcome callback failed for (%r, %r)", sink, outcome)
+    def _report(self, sink: str, outcome: str, count: int = 1) -> None:
+        for _ in range(count):
+            try:
+                self._on_outcome(sink, outcome)
+            except Exception:
+                log.exception("on_outcome callback failed for (%r, %r)", sink, outcome)

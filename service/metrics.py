@@ -78,7 +78,9 @@ class ServiceMetrics:
         )
         self.alerts = Counter(
             "anomaly_alerts_total",
-            "Alert deliveries by sink and outcome (sent, failed, dropped).",
+            "Alerts by sink and outcome, one count per alert and send: sent (re-sends "
+            "included), failed (the send failed after retries; the alert goes out again), "
+            "dropped (given up: a full queue, sink 'queue', or a sink owed too many).",
             ["sink", "outcome"],
             registry=registry,
         )

@@ -1,31 +1,51 @@
-"""The models a server process serves, swapped atomically on reload.
+"""The models a server process serves, swapped atomically on reload, the same in every worker.
 
 A reload loads the new bundle completely before it replaces the old one, so requests see the
 old model or the new one, never neither; if loading fails, the old model keeps serving and the
 error goes back to the caller.
 
-Under gunicorn each worker process holds its own models. A reload request reaches one worker;
-it writes ``<sync_dir>/<name>.json`` (path and a generation number), and every other worker,
-checking that file's modification time at the start of each request, loads the same bundle
-before it scores again.
+Under gunicorn each worker process holds its own models, and they meet in ``sync_dir``:
+
+- A bundle loaded from a directory for the first time (at start, or by a reload) is copied to
+  ``<sync_dir>/<name>/<id>/`` and loaded from that copy. Workers load the copy, never the
+  directory, so a bundle changed in place later cannot split them, and a worker that restarts
+  after the directory was broken still has the last good bundle.
+- Only after the copy loaded does the worker publish it in ``<sync_dir>/<name>.json`` (the
+  marker): its generation, the directory it came from and the copy, with the copies before it
+  to fall back on. Generation numbers are allocated under a lock on ``<sync_dir>/<name>.lock``,
+  so two reloads at once get different numbers and every worker ends on the later one.
+- At the start of each request a worker stats the marker; when it names a later generation
+  the worker loads that copy. A worker that cannot load what it should serve (the marker's
+  copy, or at start any bundle at all) keeps what it has and tries again on later requests,
+  as soon as the files change and at least every ``RETRY_SECONDS``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from detector.bundle import Bundle, load_bundle
-from detector.errors import BundleError
+from detector.errors import BundleError, DetectorError
 
 log = logging.getLogger(__name__)
+
+#: A worker that could not load what it should serve tries again after this long, or sooner
+#: when the files change.
+RETRY_SECONDS = 30.0
+#: Copies kept per model: the one published and the ones before it, to fall back on.
+KEPT_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,47 @@ class UnknownModel(KeyError):
     """No model of that name is configured."""
 
 
+class ModelSyncError(DetectorError, OSError):
+    """``sync_dir``, the directory the workers share, cannot be read or written. An OSError, so
+    callers that answer a failed read of files also answer this one."""
+
+
+@dataclass(frozen=True)
+class _Published:
+    """A good bundle as a marker records it: its generation, the directory it was loaded from
+    (the path users see) and the copy in ``sync_dir`` that workers load."""
+
+    generation: int
+    path: str
+    copy: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generation": self.generation, "path": self.path, "copy": self.copy}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> _Published:
+        return cls(int(d["generation"]), str(d["path"]), str(d["copy"]))
+
+
+@dataclass(frozen=True)
+class _Marker:
+    """``<sync_dir>/<name>.json``: the bundle to serve, newest first, then earlier good ones."""
+
+    good: tuple[_Published, ...]
+
+    @property
+    def current(self) -> _Published:
+        return self.good[0]
+
+
+@dataclass(frozen=True)
+class _Miss:
+    """A failed attempt to load what a worker should serve: when to try again."""
+
+    files: object  # _files_signature() of what failed to load
+    at: float  # time.monotonic()
+
+
 class ModelRegistry:
     """Thread-safe name -> ``LoadedModel`` map with atomic replacement."""
 
@@ -54,29 +115,28 @@ class ModelRegistry:
         loader: Callable[[str], Bundle] = load_bundle,
         on_reload: Callable[[str, str], None] = lambda name, outcome: None,
         on_install: Callable[[LoadedModel, LoadedModel | None], None] = lambda new, old: None,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         """``on_reload(name, outcome)`` counts reload requests ("success"/"failure") and
         failures to follow another worker's reload; ``on_install(new, previous)`` runs
         whenever a model is swapped in, however it came (start, reload, following)."""
+        self.retry_seconds = retry_seconds
         self._paths = dict(paths)
         self._models: dict[str, LoadedModel] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._catching_up = threading.Lock()
         self._loader = loader
         self._on_reload = on_reload
         self._on_install = on_install
         self._sync_dir = Path(sync_dir) if sync_dir else None
-        self._seen: dict[str, int] = {}  # sync file mtime (ns) last acted on, per model
+        self._seen: dict[str, object] = {}  # the marker's stat last acted on, per model
+        self._misses: dict[str, _Miss] = {}  # models not serving what they should
 
     def load_all(self) -> dict[str, str]:
         """Load every configured model; returns the errors of those that failed (not ready)."""
-        for name, path in self._paths.items():
-            try:
-                self._install(name, path, self._loader(path), generation=0)
-            except BundleError as exc:
-                self._errors[name] = str(exc)
-                log.error("model %s not loaded: %s", name, exc)
-        self.refresh()
+        for name in self._paths:
+            self._start(name)
         return dict(self._errors)
 
     def names(self) -> list[str]:
@@ -99,81 +159,314 @@ class ModelRegistry:
         return model
 
     def reload(self, name: str, path: str | None = None) -> LoadedModel:
-        """Load ``path`` (default: the model's current path) and swap it in. Raises
-        ``BundleError`` and keeps the old model when the new one cannot be loaded."""
+        """Load ``path`` (default: the directory of the model in force), publish it to the
+        other workers and swap it in. Raises ``BundleError`` (the bundle cannot be loaded) or
+        ``ModelSyncError`` (it cannot be published), and then the old model keeps serving."""
         if name not in self._paths:
             raise UnknownModel(name)
-        source = path or self._current_path(name)
         try:
-            bundle = self._loader(source)
-        except BundleError:
+            loaded = self._load_and_publish(name, path or self._current_path(name))
+        except (BundleError, ModelSyncError):
             self._on_reload(name, "failure")
             raise
-        generation = self._next_generation(name)
-        loaded = self._install(name, source, bundle, generation=generation)
-        self._publish(loaded)
         self._on_reload(name, "success")
         return loaded
 
     def refresh(self) -> None:
-        """Pick up reloads other worker processes published (cheap: one stat per model)."""
-        if self._sync_dir is None:
+        """Catch up with what other workers published, or retry what failed to load. Cheap
+        when in step: one stat per model. Never raises: a request is answered with the model
+        in force, and what went wrong is logged."""
+        if self._sync_dir is None and not self._misses:
             return
-        for name in self._paths:
-            marker = self._sync_dir / f"{name}.json"
+        if not self._catching_up.acquire(blocking=False):
+            return  # another thread of this worker is at it; serve what is in force
+        try:
+            for name in self._paths:
+                marker = self._marker_stat(name)
+                if marker == self._seen.get(name) and name not in self._misses:
+                    continue
+                try:
+                    self._catch_up(name, marker)
+                except (BundleError, OSError) as exc:
+                    log.error("model %s: could not catch up with %s: %s", name, self._sync_dir, exc)
+        finally:
+            self._catching_up.release()
+
+    # ----------------------------------------------------------------------- start and catch up
+
+    def _start(self, name: str) -> None:
+        """The marker's bundle if one is published, else the configured directory (published
+        then); failing that, the last good bundle this worker can load."""
+        source = self._paths[name]
+        stat = self._marker_stat(name)  # before reading: a marker replaced after looks new
+        marker = self._try_read_marker(name)
+        if marker is None:
+            files = _files_signature(source)
             try:
-                mtime = marker.stat().st_mtime_ns
-            except FileNotFoundError:
-                continue
-            if self._seen.get(name) == mtime:
-                continue
-            self._seen[name] = mtime
-            try:
-                state = json.loads(marker.read_text())
-                generation, path = int(state["generation"]), str(state["path"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring unreadable reload marker %s: %s", marker, exc)
-                continue
-            current = self._models.get(name)
-            if current is not None and current.generation >= generation:
-                continue
-            try:
-                self._install(name, path, self._loader(path), generation=generation)
+                self._load_and_publish(name, source)
+                return
+            except ModelSyncError as exc:
+                log.error("model %s: served by this worker alone: %s", name, exc)
             except BundleError as exc:
-                self._on_reload(name, "failure")
-                log.error("worker could not follow reload of %s from %s: %s", name, path, exc)
+                self._missed(name, source, files, exc)
+                return
+        elif self._load_last_good(name, marker, stat):
+            return
+        # Nothing published loads (deleted, unreadable): the configured directory, unpublished.
+        files = _files_signature(source)
+        try:
+            self._install(name, source, self._load(source), generation=0)
+        except BundleError as exc:
+            self._missed(name, source, files, exc)
+
+    def _load_last_good(self, name: str, marker: _Marker, stat: object) -> bool:
+        self._seen[name] = stat
+        for good in marker.good:
+            files = _files_signature(good.copy)
+            try:
+                self._install(name, good.path, self._load(good.copy, good.path), good.generation)
+            except BundleError as exc:
+                if good is marker.current:
+                    self._missed(name, good.path, files, exc)  # what refresh() retries
+                continue
+            if good is not marker.current:
+                log.warning(
+                    "model %s: serving generation %d until generation %d loads",
+                    name,
+                    good.generation,
+                    marker.current.generation,
+                )
+            return True
+        return False
+
+    def _catch_up(self, name: str, stat: object) -> None:
+        marker = self._try_read_marker(name) if stat is not None else None
+        current = self._models.get(name)
+        if marker is None:
+            self._seen[name] = stat
+            if current is None:
+                self._retry_configured(name)
+            return
+        target = marker.current
+        if current is not None and current.generation >= target.generation:
+            self._seen[name] = stat
+            self._misses.pop(name, None)
+            return
+        files = _files_signature(target.copy)
+        if not self._due(name, files):
+            return
+        try:
+            bundle = self._load(target.copy, target.path)
+        except BundleError as exc:
+            self._on_reload(name, "failure")
+            self._missed(name, target.path, files, exc)
+            return
+        self._install(name, target.path, bundle, target.generation)
+        self._seen[name] = stat
+        self._misses.pop(name, None)
+
+    def _retry_configured(self, name: str) -> None:
+        """Nothing loaded and nothing published: the configured directory, once it changed."""
+        source = self._paths[name]
+        files = _files_signature(source)
+        if not self._due(name, files):
+            return
+        try:
+            self._load_and_publish(name, source)
+        except (BundleError, ModelSyncError) as exc:
+            self._missed(name, source, files, exc)
+
+    def _due(self, name: str, files: object) -> bool:
+        """Whether to try loading again: the files changed since the last failed try (their
+        signature taken before it), or ``retry_seconds`` passed."""
+        miss = self._misses.get(name)
+        if miss is None:
+            return True
+        return time.monotonic() - miss.at >= self.retry_seconds or files != miss.files
+
+    def _missed(self, name: str, path: str, files: object, exc: Exception) -> None:
+        self._misses[name] = _Miss(files, time.monotonic())
+        if name not in self._models:
+            self._errors[name] = str(exc)
+        log.error(
+            "model %s: could not load %s (tried again when its files change, and every %.0f s): %s",
+            name,
+            path,
+            self.retry_seconds,
+            exc,
+        )
+
+    # ----------------------------------------------------------------------- load and publish
+
+    def _load_and_publish(self, name: str, source: str) -> LoadedModel:
+        if self._sync_dir is None:
+            bundle = self._load(source)
+            current = self._models.get(name)
+            return self._install(name, source, bundle, current.generation + 1 if current else 0)
+        copy = self._copy(name, Path(source))
+        try:
+            bundle = self._load(str(copy), source)
+            with self._locked(name):
+                marker = self._read_marker(name)
+                earlier = marker.good if marker else ()
+                current = self._models.get(name)
+                generation = 1 + max(
+                    earlier[0].generation if earlier else 0, current.generation if current else 0
+                )
+                published = _Published(generation, source, str(copy))
+                kept = (published, *earlier)[:KEPT_COPIES]
+                self._write_marker(name, _Marker(kept))
+                # Before the lock goes: a marker another worker writes next must look new.
+                self._seen[name] = self._marker_stat(name)
+        except BaseException:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise
+        for dropped in earlier[KEPT_COPIES - 1 :]:
+            shutil.rmtree(dropped.copy, ignore_errors=True)
+        self._misses.pop(name, None)
+        return self._install(name, source, bundle, generation)
+
+    def _load(self, path: str, shown_as: str | None = None) -> Bundle:
+        """Load and prepare the bundle at ``path``; errors name ``shown_as`` (the directory a
+        copy came from) and are ``BundleError``s, a failed read of a file included."""
+        try:
+            bundle = self._loader(path)
+            bundle.prepare()  # the graph and the neighbour index, before the model takes traffic
+            return bundle
+        except BundleError as exc:
+            detail = str(exc)
+        except OSError as exc:
+            detail = (
+                f"could not read the bundle at {path} ({exc}); check the files there and "
+                "their permissions, or write the bundle again"
+            )
+        raise BundleError(detail.replace(path, shown_as or path)) from None
+
+    def _copy(self, name: str, source: Path) -> Path:
+        """Copy the files of the bundle directory ``source`` (a bundle is flat) into
+        ``sync_dir``. A directory that is not there gives an empty copy, so loading it fails
+        with the loader's own message; a file that cannot be read is a ``BundleError``."""
+        assert self._sync_dir is not None
+        copy = self._sync_dir / name / uuid.uuid4().hex[:12]
+        try:
+            copy.mkdir(parents=True)
+        except OSError as exc:
+            raise _sync_error(self._sync_dir, exc) from None
+        try:
+            entries = sorted(source.iterdir()) if source.is_dir() else []
+            for entry in entries:
+                if not entry.is_file():
+                    continue
+                try:
+                    content = entry.read_bytes()
+                except OSError as exc:
+                    raise BundleError(
+                        f"could not read {entry} ({exc}); check the file and its permissions, "
+                        "or write the bundle again"
+                    ) from None
+                try:
+                    (copy / entry.name).write_bytes(content)
+                except OSError as exc:
+                    raise _sync_error(self._sync_dir, exc) from None
+        except BaseException:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise
+        return copy
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """One process at a time allocates a generation and writes the marker."""
+        assert self._sync_dir is not None
+        try:
+            fd = os.open(self._sync_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _sync_error(self._sync_dir, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read_marker(self, name: str) -> _Marker | None:
+        """The marker, or None when none is published. Raises ``ModelSyncError`` when it
+        cannot be read; one that does not parse is treated as absent (and will be replaced)."""
+        assert self._sync_dir is not None
+        path = self._sync_dir / f"{name}.json"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _sync_error(self._sync_dir, exc) from None
+        try:
+            state = json.loads(text)
+            good = [_Published.from_dict(state), *map(_Published.from_dict, state["earlier"])]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable reload marker %s: %s", path, exc)
+            return None
+        return _Marker(tuple(good))
+
+    def _try_read_marker(self, name: str) -> _Marker | None:
+        if self._sync_dir is None:
+            return None
+        try:
+            return self._read_marker(name)
+        except ModelSyncError as exc:
+            log.error("model %s: %s", name, exc)
+            return None
+
+    def _write_marker(self, name: str, marker: _Marker) -> None:
+        assert self._sync_dir is not None
+        path = self._sync_dir / f"{name}.json"
+        state = marker.current.to_dict() | {"earlier": [p.to_dict() for p in marker.good[1:]]}
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            partial.write_text(json.dumps(state))
+            os.replace(partial, path)  # readers see the old marker or the new one, whole
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise _sync_error(self._sync_dir, exc) from None
+
+    def _marker_stat(self, name: str) -> object:
+        """What changes when the marker is replaced (a new inode each time), or None."""
+        if self._sync_dir is None:
+            return None
+        try:
+            stat = (self._sync_dir / f"{name}.json").stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    # ----------------------------------------------------------------------- state
 
     def _current_path(self, name: str) -> str:
         model = self._models.get(name)
         return model.path if model is not None else self._paths[name]
 
-    def _next_generation(self, name: str) -> int:
-        current = self._models.get(name)
-        published = 0
-        if self._sync_dir is not None:
-            try:
-                state = json.loads((self._sync_dir / f"{name}.json").read_text())
-                published = int(state["generation"])
-            except (OSError, ValueError, KeyError, TypeError):
-                published = 0
-        return max(published, current.generation if current else 0) + 1
-
-    def _install(self, name: str, path: str, bundle: Bundle, *, generation: int) -> LoadedModel:
-        bundle.prepare()  # the graph and the neighbour index, before the model takes traffic
+    def _install(self, name: str, path: str, bundle: Bundle, generation: int) -> LoadedModel:
         loaded = LoadedModel(name, path, bundle, time.time(), generation)
         with self._lock:
             previous = self._models.get(name)
+            if previous is not None and previous.generation > generation:
+                return previous  # a later generation came in meanwhile (another thread)
             self._models[name] = loaded
             self._errors.pop(name, None)
         self._on_install(loaded, previous)
         return loaded
 
-    def _publish(self, loaded: LoadedModel) -> None:
-        if self._sync_dir is None:
-            return
-        self._sync_dir.mkdir(parents=True, exist_ok=True)
-        marker = self._sync_dir / f"{loaded.name}.json"
-        partial = marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:8]}")
-        partial.write_text(json.dumps({"path": loaded.path, "generation": loaded.generation}))
-        os.replace(partial, marker)
-        self._seen[loaded.name] = marker.stat().st_mtime_ns
+
+def _sync_error(sync_dir: Path, exc: OSError) -> ModelSyncError:
+    return ModelSyncError(
+        f"cannot use model_sync_dir {sync_dir} ({exc}); make it a writable directory that only "
+        "this server's workers share; the model in force keeps serving"
+    )
+
+
+def _files_signature(path: str | os.PathLike[str]) -> object:
+    """What changes when the files of a bundle directory change: each file's name, size and
+    modification time, and the directory itself (a bundle written again is a new directory)."""
+    try:
+        entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path))
+        return (os.stat(path).st_ino, tuple(entries))
+    except OSError as exc:
+        return type(exc).__name__

@@ -363,10 +363,12 @@ def test_dispatcher_gives_up_after_retries_and_other_sinks_still_get_the_batch()
     with running(dispatcher) as d:
         d.submit([make_alert(), make_alert("resolved")])
         assert d.flush(5)
-    assert sleeps == pytest.approx([0.2, 0.4, 0.8])
-    assert bad.calls == 4
-    assert outcomes.seen == [("bad", "failed"), ("rec", "sent")]
+        assert sleeps == pytest.approx([0.2, 0.4, 0.8])
+        assert bad.calls == 4
+        assert outcomes.seen == [("bad", "failed")] * 2 + [("rec", "sent")] * 2  # per alert
+        assert d.undelivered() == {"bad": 1, "rec": 0}  # the newest of the label set is owed
     assert [len(b) for b in good.batches] == [2]
+    assert outcomes.seen[4:] == [("bad", "failed"), ("bad", "dropped")]  # stop() tried again
 
 
 def test_full_queue_drops_the_oldest_and_reports_it() -> None:
