@@ -7,7 +7,9 @@
 # command runs instead (e.g. `anomaly info /models/default`).
 #
 # Settings: MODEL_NAME (default "default"), MODEL_DIR (default /models/$MODEL_NAME), HOST
-# (0.0.0.0), PORT (8000), WORKERS (2), and the service's own ANOMALY_* variables.
+# (0.0.0.0), PORT (8000), WORKERS (2), and the service's own ANOMALY_* variables. On any HOST
+# but a loopback address `anomaly serve` requires ANOMALY_SCORING_TOKEN (or
+# ANOMALY_ALLOW_OPEN_SCORING=true, behind a network that already decides who may score).
 set -eu
 
 if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.bundle import MANIFEST_FILE, SCORER_FILE, load_bundle, save_bundle
+from detector.bundle import MANIFEST_FILE, SCORER_FILE, load_bundle, save_bundle, write_manifest
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
 from detector.features import encode
@@ -158,7 +158,7 @@ def test_a_bundle_whose_network_and_schema_disagree_on_context_does_not_load(
     (tmp_path / "bad" / SCORER_FILE).unlink()
     manifest = json.loads((tmp_path / "bad" / MANIFEST_FILE).read_text())
     del manifest["files"][SCORER_FILE]
-    (tmp_path / "bad" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    write_manifest(tmp_path / "bad", manifest)
     with pytest.raises(BundleError, match="context widths"):
         load_bundle(tmp_path / "bad")
 
@@ -199,7 +199,9 @@ def test_http_results_carry_the_flag(cvae: VAEDetector, cvae_dir: Path) -> None:
         )
         assert all(t["column"] != "host" for r in results for t in r["top_features"])
         schema = client.get("/v1/models/tiny").json["schema"]
-        assert schema["context"] == [{"name": "host", "categories": ["a", "b", "c"]}]
+        # Context columns by name; their values are training data and are not served.
+        assert schema["context"] == ["host"]
+        assert '"a"' not in json.dumps(schema)
         spec = client.get("/openapi.json").json
         assert "context_unseen" in json.dumps(spec)
         inputs = [
