@@ -26,7 +26,7 @@ from service.config import ServiceConfig
 from service.delivery import AlertDispatcher, AlertmanagerSink
 from tests.conftest import broken, normal_records
 from tests.deploy.conftest import require
-from tests.processes import free_port, stop
+from tests.processes import alertmanager_config, free_port, stop
 from tests.service.test_alerts import Receiver, make_alert, parse_iso, wait_ready
 from tests.service.test_reload_convergence import metric, serving
 
@@ -191,25 +191,7 @@ class Alertmanager:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.config = workdir / "alertmanager.yml"
-        self.config.write_text(
-            json.dumps(  # JSON is YAML
-                {
-                    "route": {
-                        "receiver": "hook",
-                        "group_by": ["alertname", "model"],
-                        "group_wait": "0s",
-                        "group_interval": "1s",
-                        "repeat_interval": "1h",
-                    },
-                    "receivers": [
-                        {
-                            "name": "hook",
-                            "webhook_configs": [{"url": webhook_url, "send_resolved": True}],
-                        }
-                    ],
-                }
-            )
-        )
+        self.config.write_text(alertmanager_config(webhook_url))
 
     def start(self) -> None:
         log_path = self.workdir / "alertmanager.log"

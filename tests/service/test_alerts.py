@@ -33,7 +33,7 @@ from service.delivery import (
     LogSink,
     WebhookSink,
 )
-from tests.processes import free_port, stop
+from tests.processes import alertmanager_config, free_port, stop
 
 T0 = 1_700_000_000.0
 
@@ -568,23 +568,8 @@ def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must run the real-Alertmanager test")
         pytest.skip(reason)
-    config = {  # JSON is YAML, so no YAML library is needed
-        "route": {
-            "receiver": "hook",
-            "group_by": ["alertname", "model"],
-            "group_wait": "0s",
-            "group_interval": "1s",
-            "repeat_interval": "1h",
-        },
-        "receivers": [
-            {
-                "name": "hook",
-                "webhook_configs": [{"url": receiver.url + "/hook", "send_resolved": True}],
-            }
-        ],
-    }
     config_path = tmp_path / "alertmanager.yml"
-    config_path.write_text(json.dumps(config))
+    config_path.write_text(alertmanager_config(receiver.url + "/hook"))
     port = free_port()
     log_path = tmp_path / "alertmanager.log"
     with log_path.open("wb") as log_file:
