@@ -217,6 +217,7 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
     def _finish(exc: BaseException | None) -> None:
         if "started" not in g:
             return
+        _limit_body_reads(None)
         metrics.in_flight.dec()
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         status = str(getattr(g, "status", 500 if exc else 200))
@@ -230,11 +231,12 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
         return response
 
 
-def _limit_body_reads(seconds: float) -> None:
+def _limit_body_reads(seconds: float | None) -> None:
     """Bound each read of the request body under gunicorn: a client that stops sending (or
     declares more bytes than it sends) gets 408 after ``seconds`` instead of holding the
-    connection until the worker is killed. The timeout stays on the connection, so a client
-    that stops reading the response is cut off as well."""
+    connection until the worker is killed. ``None`` lifts the bound when the request is done:
+    gunicorn then waits for the connection's next request under its own keep-alive timeout,
+    which a shorter socket timeout would turn into a logged socket error."""
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:
         sock.settimeout(seconds)

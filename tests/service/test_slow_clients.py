@@ -122,3 +122,16 @@ def test_workers_do_not_load_tensorflow(server: Server) -> None:
     assert not _tensorflow_mapped(pid), "the gunicorn master imported TensorFlow"
     for worker in workers:
         assert not _tensorflow_mapped(worker), f"worker {worker} imported TensorFlow"
+
+
+def test_an_idle_keep_alive_connection_is_closed_quietly(server: Server) -> None:
+    # The body-read timeout (2 s here) is shorter than gunicorn's keep-alive wait (5 s): left
+    # on the socket after the request, it ended the idle wait with a logged socket error.
+    with _connect(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") as sock:
+        sock.settimeout(30)
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        while sock.recv(65536):  # until the server closes the idle connection
+            pass
+    log = server.log_text()
+    assert "Traceback" not in log and "Socket error" not in log, log
