@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -49,7 +48,7 @@ from detector.lite_graph import LiteScoreGraph, litert_available
 from detector.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.neighbours import NeighbourBank
 from detector.scoring import ScoreGraph, score_kinds
-from detector.tables import remove_stale_temporaries, staging_path
+from detector.tables import partial_path, remove_stale_temporaries, staging_path
 from detector.threshold import Calibrator
 
 if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
@@ -253,11 +252,16 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest`` into the bundle directory ``root`` with a checksum of its content, and
     a signature when ``ANOMALY_BUNDLE_KEY`` is set."""
     path = root / MANIFEST_FILE
-    # Write beside, then rename: a reader never sees a half-written manifest.
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    # Write beside, then rename: a reader never sees a half-written manifest; one a killed
+    # `anomaly threshold` left beside it is removed here.
     sealed = seal(manifest, bundle_key())
-    partial.write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    remove_stale_temporaries(path)
+    partial = partial_path(path)
+    try:
+        partial.write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:

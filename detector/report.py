@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from detector.evaluation import Evaluation, evaluate_scores
-from detector.tables import partial_path
+from detector.tables import partial_path, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from detector.bundle import Bundle
@@ -110,7 +110,9 @@ def evaluation_report(bundle: Bundle, labelled: LabelledScores) -> str:
 
 
 def write_report(path: str | os.PathLike[str], page: str) -> None:
-    """Write ``page`` to ``path`` atomically (a partial file renamed into place)."""
+    """Write ``page`` to ``path`` atomically (a partial file renamed into place), first removing
+    what killed writers of the same report left."""
+    remove_stale_temporaries(path)
     partial = partial_path(path)
     try:
         partial.write_text(page, encoding="utf-8")

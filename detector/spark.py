@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -52,7 +51,13 @@ from detector.bundle import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES, Bundle, l
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features import Imputation, check_columns
 from detector.scoring import score_frame
-from detector.tables import expand_inputs, table_format
+from detector.tables import (
+    expand_inputs,
+    partial_path,
+    remove_stale_temporaries,
+    staging_path,
+    table_format,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -419,11 +424,13 @@ def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
         writer.format(fmt).save(target)
         return
     final = Path(target)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    # Named for this process, as the streaming writer's are, so that what a killed run left
+    # beside the output is removed by the next run that writes it.
+    remove_stale_temporaries(final)
+    staging = partial_path(final)
     writer.format(fmt).save(str(staging))
     if final.is_dir():
-        retired = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        retired = staging_path(final, "old")
         os.replace(final, retired)
         os.replace(staging, final)
         shutil.rmtree(retired, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -367,3 +368,19 @@ def test_records_score_the_same_read_fast_or_record_by_record(
     np.testing.assert_allclose(a.pop("anomaly_score"), b.pop("anomaly_score"), rtol=1e-6)
     np.testing.assert_allclose(a.pop("p_value"), b.pop("p_value"), rtol=1e-5)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_manifest_a_killed_threshold_change_left_is_removed(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    from detector.bundle import MANIFEST_FILE, set_target_fpr
+
+    model = tmp_path / "model"
+    shutil.copytree(bundle_dir, model)
+    ours = partial_path(model / MANIFEST_FILE).name
+    host = ours[len(f".{MANIFEST_FILE}.") : -len(".partial")].rsplit("-", 2)[0]
+    left = model / f".{MANIFEST_FILE}.{host}-{dead_pid()}-0123abcd.partial"
+    left.write_text("{half")
+    set_target_fpr(model, 0.02)
+    assert not left.exists()
+    assert load_bundle(model).calibrator.target_fpr == 0.02

@@ -186,3 +186,16 @@ def test_histogram_gathers_the_tail_into_the_last_bin() -> None:
     scores = np.r_[np.random.default_rng(0).normal(size=500), 1e6]
     png = score_histogram({"normal": scores}, threshold=2.0)
     assert png.startswith(b"\x89PNG")
+
+
+def test_writing_a_report_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    from detector.tables import partial_path
+    from tests.detector.test_hostile_batch import dead_pid
+
+    page = tmp_path / "report.html"
+    ours = partial_path(page).name
+    host = ours[len(".report.html.") : -len(".partial")].rsplit("-", 2)[0]
+    left = tmp_path / f".report.html.{host}-{dead_pid()}-0123abcd.partial"
+    left.write_text("<html>half")
+    write_report(page, "<html></html>")
+    assert page.read_text() == "<html></html>" and not left.exists()

@@ -106,3 +106,27 @@ def test_spark_scores_and_accounts_like_the_streaming_scorer(
     assert "'oops' is not a number" in " ".join(rejects["reason"])
     assert rejects["source"].str.endswith(("a.csv", "b.csv")).all()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_killed_spark_run_is_cleaned_up_by_the_next(
+    spark, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # What a Spark run killed before its rename leaves: a staging folder of part files named
+    # for its (now gone) process; the next run writing the same output removes it.
+    from detector.spark import score_files
+    from detector.tables import partial_path
+    from tests.detector.test_hostile_batch import dead_pid
+
+    out = tmp_path / "spark.csv"
+    ours = partial_path(out).name  # .spark.csv.HOST-PID-RANDOM.partial
+    host = ours[len(".spark.csv.") : -len(".partial")].rsplit("-", 2)[0]
+    left = tmp_path / f".spark.csv.{host}-{dead_pid()}-0123abcd.partial"
+    left.mkdir()
+    (left / "part-00000.csv").write_text("host\nweb-01\n")
+    unrelated = tmp_path / ".spark.csv.notes"
+    unrelated.write_text("not a name of ours")
+    inputs = [str(DATA / "eval.csv")]
+    keep = ("label", "anomaly_kind")
+    score_files(str(bundle_dir), inputs, str(out), keep_columns=keep, session=spark)
+    assert out.is_dir() and not left.exists() and unrelated.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
