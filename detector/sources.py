@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from detector.errors import DataError
-from detector.tables import NULL_VALUES, check_names, table_format
+from detector.tables import NULL_VALUES, check_names, input_format
 
 #: Bytes read at a time before the block size adapts to ``chunk_rows``.
 _FIRST_READ = 1 << 20
@@ -118,9 +118,10 @@ class TableSource(ABC):
 
 
 def open_source(path: str) -> TableSource:
-    """Open a CSV (plain, gzip, or '-' for stdin) or Parquet file; its header is read and
-    checked here (empty file, undecodable or duplicate or empty column names: ``DataError``)."""
-    if path != "-" and table_format(path) == "parquet":
+    """Open a CSV (plain, gzip, or '-' for stdin) or Parquet file, told apart by content
+    (``input_format``), not name; its header is read and checked here (empty file, undecodable
+    or duplicate or empty column names, a first line of values: ``DataError``)."""
+    if input_format(path) == "parquet":
         return ParquetSource(path)
     return CsvSource(path)
 

@@ -9,6 +9,7 @@ becomes a ``DataError`` naming the file and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -33,12 +34,66 @@ DEFAULT_CHUNK_ROWS = 65_536
 
 
 def table_format(path: str | os.PathLike[str]) -> str:
+    """The format a file's name says (for outputs, which do not exist yet): ``csv`` or
+    ``parquet``. An input that exists is told by its content instead (``input_format``)."""
     name = str(path).lower()
     if name.endswith((".parquet", ".pq")):
         return "parquet"
     if name.endswith((".csv", ".csv.gz", ".txt", ".tsv")) or name == "-":
         return "csv"
     raise DataError(f"cannot tell the format of {path}: name it .csv, .csv.gz or .parquet")
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+#: Bytes of a file looked at to tell text from binary.
+_SNIFF_BYTES = 4096
+
+
+def input_format(path: str | os.PathLike[str]) -> str:
+    """The format of an input file, ``csv`` or ``parquet``, told by its first bytes before its
+    name, so ``x.data.gz`` or a gzip file of any name reads as (gzip) CSV: Parquet starts with
+    ``PAR1``, gzip with ``1f 8b``; then a known suffix decides (``table_format``), and text under
+    any other name is CSV. '-' (stdin) is CSV. Anything else is a ``DataError`` naming the
+    formats read."""
+    if str(path) == "-":
+        return "csv"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(GZIP_MAGIC):
+        return "csv"
+    with contextlib.suppress(DataError):
+        # A named format stands even where the content is damaged (a stray Latin-1 byte in a
+        # .csv is one rejected record, a truncated .parquet a Parquet error), so say it.
+        return table_format(path)
+    if _is_text(head):
+        return "csv"
+    raise DataError(
+        f"cannot read {path}: it is neither CSV text (plain or gzip) nor Parquet; give a .csv, "
+        ".csv.gz or .parquet file"
+    )
+
+
+def is_gzip(path: str | os.PathLike[str]) -> bool:
+    """Whether a file starts with gzip's magic bytes (whatever it is named)."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def _is_text(head: bytes) -> bool:
+    # A NUL byte never occurs in UTF-8 text; the cut at _SNIFF_BYTES may split a character.
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3
+    return True
 
 
 def read_table(path: str | os.PathLike[str], *, text_columns: Sequence[str] = ()) -> pd.DataFrame:
@@ -57,7 +112,7 @@ def iter_table(
     source = Path(path)
     if str(path) != "-" and not source.is_file():
         raise DataError(f"input file {path} does not exist")
-    fmt = table_format(path)
+    fmt = input_format(path)
     if fmt == "parquet":
         yield from _iter_parquet(source, chunk_rows)
     else:
@@ -84,10 +139,12 @@ def _iter_csv(
 ) -> Iterator[pd.DataFrame]:
     source: Any = "/dev/stdin" if str(path) == "-" else path
     try:
+        # By content, not name: a gzip file named x.data.gz or x.log is still gzip.
+        compression = "infer" if source == "/dev/stdin" else ("gzip" if is_gzip(path) else None)
         if chunk_rows is None:
             frame = pd.read_csv(
                 source,
-                compression="infer",
+                compression=compression,
                 skipinitialspace=True,
                 dtype={c: "string" for c in text_columns},
             )
@@ -98,7 +155,7 @@ def _iter_csv(
             source,
             dtype={c: "string" for c in text_columns},
             chunksize=chunk_rows,
-            compression="infer",
+            compression=compression,
             skipinitialspace=True,
         ) as reader:
             first = True
@@ -127,8 +184,12 @@ def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
         for n in names
         if "." in n and n.rsplit(".", 1)[0] in names and n.rsplit(".", 1)[1].isdigit()
     ]
+    # The names as the file gives them, so a message quotes 'a', never pandas' 'a.1'.
+    given = [n.rsplit(".", 1)[0] if n in dupes else n for n in names]
+    check_header_row(given, str(path))
     if dupes:
-        raise DataError(f"{path} repeats column name(s) {sorted(dupes)} in its header; rename them")
+        repeated = sorted({n.rsplit(".", 1)[0] for n in dupes})
+        raise DataError(f"{path} repeats column name(s) {repeated} in its header; rename them")
 
 
 #: Text read as a missing value: pandas' defaults, so scoring reads a file as training did.
@@ -195,6 +256,7 @@ def _is_table_name(name: str) -> bool:
 
 
 def check_names(names: Sequence[str], source: str) -> None:
+    check_header_row(names, source)
     empty = [i + 1 for i, n in enumerate(names) if not n]
     if empty:
         raise DataError(
@@ -204,6 +266,38 @@ def check_names(names: Sequence[str], source: str) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"{source} repeats column name(s) {dupes} in its header; rename them")
+
+
+def check_header_row(names: Sequence[str], source: str) -> None:
+    """A ``DataError`` where the header row of ``source`` looks like a data record: a file
+    without a header otherwise fails later with a puzzling "repeats column name(s) ['0.00',
+    '0.00.1']" or "missing column(s)", far from its cause."""
+    if header_looks_like_data(names):
+        shown = ",".join(names[:6]) + (",..." if len(names) > 6 else "")
+        raise DataError(
+            f"{source}: no header row? the first line must name the columns, but it holds "
+            f"values ({shown}); add a line of column names (the model's, or your data's) at "
+            "the top"
+        )
+
+
+def header_looks_like_data(names: Sequence[str]) -> bool:
+    """Whether a header row reads as values: a number is repeated, or half or more of the
+    names are numbers and one has a fraction or exponent. Whole numbers alone (``0,1,2`` as
+    pandas numbers unnamed columns, or years ``2023,2024``) are taken for names."""
+    numeric = [n for n in (str(n).strip() for n in names) if _is_number(n)]
+    if len(set(numeric)) < len(numeric):
+        return True
+    fractional = any(not n.lstrip("+-").isdigit() for n in numeric)
+    return fractional and 2 * len(numeric) >= len(names)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def partial_path(path: str | os.PathLike[str]) -> Path:

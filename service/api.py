@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from detector.errors import BundleError
 from detector.features import check_columns, shortened
+from detector.tables import check_header_row
 from service.app import ApiError, state
 from service.openapi import openapi_document
 from service.pipeline import (
@@ -150,13 +151,17 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, An
 
 
 def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, Any, list]:
-    """A CSV body with a header row. The header is checked before pandas reads it (pandas
-    takes minutes over a million-column header) and pandas reads at most one row past the
-    batch limit, so a 16 MiB body of one-value lines is a 413, not an 8-million-row frame."""
+    """A CSV body with a header row (a first line of values is refused as no header). The
+    header is checked before pandas reads it (pandas takes minutes over a million-column
+    header) and pandas reads at most one row past the batch limit, so a 16 MiB body of
+    one-value lines is a 413, not an 8-million-row frame."""
     body = read_body(app_state)
     limit = app_state.config.max_batch_records
     try:
         header = _csv_header(body)
+        # Before the columns: a body without a header row would get "missing column(s)", or
+        # with one line, "no data rows", neither of which names the mistake.
+        check_header_row(header, "the CSV body")
         check_columns(loaded.bundle.schema, header, passthrough=app_state.config.passthrough_fields)
         text_columns = {name: "string" for name in loaded.bundle.schema.text_columns}
         frame = pd.read_csv(io.BytesIO(body), dtype=text_columns, nrows=limit + 1)
