@@ -15,7 +15,7 @@ from detector.errors import DataError
 @dataclass(frozen=True)
 class Evaluation:
     """Metrics for labelled records (label 1 = anomaly); ``anomaly_score`` higher = more
-    anomalous. ``by_group`` holds, per value of a grouping column, the share flagged."""
+    anomalous. ``by_group`` holds, per value of a grouping column, ``group_metrics``."""
 
     n: int
     n_anomalies: int
@@ -29,7 +29,7 @@ class Evaluation:
     false_positive_rate: float
     best_f1: float
     best_f1_threshold: float
-    by_group: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_group: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,11 +77,14 @@ def evaluate_scores(
     with np.errstate(invalid="ignore", divide="ignore"):
         f1s = np.where(curve_p + curve_r > 0, 2 * curve_p * curve_r / (curve_p + curve_r), 0.0)
     best = int(np.argmax(f1s[:-1])) if len(f1s) > 1 else 0
-    by_group: dict[str, dict[str, float]] = {}
+    by_group: dict[str, dict[str, Any]] = {}
     if groups is not None:
+        groups = np.asarray(groups)
         for value in pd.unique(groups):
             mask = groups == value
-            by_group[str(value)] = {"n": int(mask.sum()), "flagged": float(flagged[mask].mean())}
+            by_group[str(value)] = group_metrics(
+                labels[mask], scores[mask], flagged[mask], normal_scores=scores[~labels]
+            )
     return Evaluation(
         n=len(labels),
         n_anomalies=int(labels.sum()),
@@ -97,3 +100,52 @@ def evaluate_scores(
         best_f1_threshold=float(curve_t[best]) if len(curve_t) else float(threshold),
         by_group=by_group,
     )
+
+
+def group_metrics(
+    labels: np.ndarray,
+    anomaly_score: np.ndarray,
+    flagged: np.ndarray,
+    *,
+    normal_scores: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """One group's detection: ``n`` records, ``n_anomalies``, ``flagged`` (the share above the
+    threshold), ``recall`` (the share of its anomalies flagged), ``auroc`` and ``auprc``
+    (``anomaly_score`` higher = more anomalous), from bool ``labels``, scores and ``flagged``
+    ``(n,)``. A group of anomalies only (a group per anomaly kind, say) is ranked against
+    ``normal_scores``, every normal record of the file, if given: how well that kind stands out
+    from normal traffic. A metric the group cannot give is ``None``, and ``unavailable`` says
+    why (``None`` where every metric is given); ``against`` says what AUROC and AUPRC compare."""
+    n_anomalies = int(labels.sum())
+    both = 0 < n_anomalies < len(labels)
+    only_anomalies = n_anomalies == len(labels) > 0
+    against_all = only_anomalies and normal_scores is not None and len(normal_scores) > 0
+    ranked_labels, ranked_scores = labels, anomaly_score
+    if against_all:
+        assert normal_scores is not None
+        ranked_labels = np.r_[labels, np.zeros(len(normal_scores), dtype=bool)]
+        ranked_scores = np.r_[anomaly_score, normal_scores]
+    ranked = both or against_all
+    metrics: dict[str, Any] = {
+        "n": len(labels),
+        "n_anomalies": n_anomalies,
+        "flagged": float(flagged.mean()),
+        "recall": float(flagged[labels].mean()) if n_anomalies else None,
+        "auroc": float(roc_auc_score(ranked_labels, ranked_scores)) if ranked else None,
+        "auprc": float(average_precision_score(ranked_labels, ranked_scores)) if ranked else None,
+        "against": (
+            "the group's normal records" if both else "every normal record" if ranked else None
+        ),
+        "unavailable": None,
+    }
+    if not n_anomalies:
+        metrics["unavailable"] = (
+            "no anomalies (label 1) in this group: recall, AUROC and AUPRC need some; "
+            "'flagged' is its false-positive rate"
+        )
+    elif not ranked:
+        metrics["unavailable"] = (
+            "only anomalies (label 1) here and no normal record in the file: AUROC and AUPRC "
+            "need normal records too; 'recall' is the share of them flagged"
+        )
+    return metrics

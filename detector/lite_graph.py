@@ -18,8 +18,10 @@ Scores agree with TensorFlow's to float32 rounding (a test checks every model ty
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,6 +63,32 @@ def to_flatbuffer(graph: ScoreGraph) -> bytes:
         absl.setLevel(level)
 
 
+#: Whether this process has applied LiteRT's XNNPACK delegate yet (``_first_delegate_quiet``).
+_delegate_applied = False
+_delegate_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _first_delegate_quiet() -> Iterator[None]:
+    """Keep "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." off stderr, where every
+    command and the service would otherwise print it.
+
+    LiteRT's native code writes it straight to descriptor 2, once per process, when the first
+    interpreter applies the delegate; no log setting reaches it. So descriptor 2 is pointed
+    away for that first interpreter only: later ones print nothing, and a process that is
+    serving (other threads writing to stderr) is not muted again."""
+    global _delegate_applied
+    if _delegate_applied:
+        yield
+        return
+    with _delegate_lock:
+        from detector.native import native_output_silenced
+
+        with native_output_silenced():
+            yield
+        _delegate_applied = True
+
+
 class LiteScoreGraph:
     """``ScoreGraph``'s contract (encoded records -> each score kind and ``term_nll``), run by
     LiteRT from a flatbuffer. Safe to call from several threads: each has its own
@@ -90,11 +118,12 @@ class LiteScoreGraph:
         if getattr(state, "interpreter", None) is None:
             from ai_edge_litert.interpreter import Interpreter
 
-            # One thread: the batch scorer and the HTTP workers run their own threads.
-            state.interpreter = Interpreter(model_content=self.flatbuffer, num_threads=1)
-            # Allocating applies the XNNPACK delegate (and prints LiteRT's one notice about
-            # it) now, at load time, rather than during the first request.
-            state.interpreter.allocate_tensors()
+            with _first_delegate_quiet():
+                # One thread: the batch scorer and the HTTP workers run their own threads.
+                state.interpreter = Interpreter(model_content=self.flatbuffer, num_threads=1)
+                # Allocating applies the XNNPACK delegate (and prints LiteRT's one notice
+                # about it) now, at load time, rather than during the first request.
+                state.interpreter.allocate_tensors()
             state.input = state.interpreter.get_input_details()[0]["index"]
             state.output = state.interpreter.get_output_details()[0]["index"]
             state.rows = -1

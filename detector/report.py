@@ -46,16 +46,24 @@ LEADING_TERMS = ("loss", "neg_elbo", "nll", "kl")
 @dataclass(frozen=True, eq=False)
 class LabelledScores:
     """Anomaly scores ``(n,)`` (higher = more anomalous) of labelled records the model did not
-    train on, with their labels ``(n,)`` (True = anomaly), and where they came from."""
+    train on, with their labels ``(n,)`` (True = anomaly), and where they came from; ``groups``
+    ``(n,)``, where given, is each record's value of the column ``group_column``, for the
+    report's detection per group (``anomaly evaluate --by-column``)."""
 
     labels: np.ndarray
     anomaly_score: np.ndarray
     source: str
     n_rejected: int = 0
+    groups: np.ndarray | None = None
+    group_column: str | None = None
 
     def evaluate(self, threshold: float) -> Evaluation:
         return evaluate_scores(
-            self.labels, self.anomaly_score, threshold, n_rejected=self.n_rejected
+            self.labels,
+            self.anomaly_score,
+            threshold,
+            n_rejected=self.n_rejected,
+            groups=self.groups,
         )
 
 
@@ -252,8 +260,11 @@ def _evaluation_sections(bundle: Bundle, labelled: LabelledScores) -> list[str]:
         ),
         ("best F1", f"{result.best_f1:.4f} at threshold {result.best_f1_threshold:.4f}"),
     ]
+    sections = [_section("Detection on labelled data", "evaluation", _table(metrics))]
+    if result.by_group:
+        sections.append(_group_section(result, labelled.group_column or "group"))
     return [
-        _section("Detection on labelled data", "evaluation", _table(metrics)),
+        *sections,
         _section("ROC curve", "roc", _image(roc_figure(labels, scores, result.auroc), "ROC curve")),
         _section(
             "Precision-recall curve",
@@ -272,6 +283,50 @@ def _evaluation_sections(bundle: Bundle, labelled: LabelledScores) -> list[str]:
             ),
         ),
     ]
+
+
+#: The per-group table's columns: heading, key in ``group_metrics``, format.
+_GROUP_COLUMNS = (
+    ("records", "n", "{:d}"),
+    ("labelled anomalous", "n_anomalies", "{:d}"),
+    ("flagged", "flagged", "{:.2%}"),
+    ("recall", "recall", "{:.4f}"),
+    ("AUROC", "auroc", "{:.4f}"),
+    ("AUPRC", "auprc", "{:.4f}"),
+)
+
+
+def _alone(stats: Mapping[str, Any]) -> bool:
+    return bool(stats.get("against") == "every normal record")
+
+
+def _group_section(result: Evaluation, column: str) -> str:
+    """Detection per value of ``column``; a metric a group's labels cannot give shows as '-',
+    with the reason in the last column."""
+    header = [column, *(title for title, _, _ in _GROUP_COLUMNS), "note"]
+    rows = [
+        [
+            value,
+            *(
+                "-" if stats[key] is None else fmt.format(stats[key])
+                for _, key, fmt in _GROUP_COLUMNS
+            ),
+            stats["unavailable"]
+            or ("AUROC, AUPRC: against every normal record of the file" if _alone(stats) else ""),
+        ]
+        for value, stats in sorted(result.by_group.items())
+    ]
+    return _section(
+        f"Detection by {column}",
+        "by-group",
+        _paragraph(
+            f"Per value of {column}: the share of its records flagged at the threshold, the "
+            "share of its anomalies flagged (recall), and how well scores rank its anomalies "
+            "above its normal records (AUROC, AUPRC); a value holding anomalies only (an "
+            "anomaly kind) is ranked against every normal record of the file instead."
+        )
+        + _grid(header, rows),
+    )
 
 
 def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
@@ -353,6 +408,16 @@ def _table(rows: Iterable[tuple[str, str]]) -> str:
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
     )
     return f"<table>\n{body}\n</table>"
+
+
+def _grid(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A table with a heading row, every cell text."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
 
 
 def _image(png: bytes, alt: str) -> str:

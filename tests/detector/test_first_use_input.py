@@ -1,0 +1,214 @@
+"""First use (#20): a file without a header, a gzip file of any name, detection per group, and
+the commands' stderr free of LiteRT's start-up notice. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.errors import DataError
+from detector.evaluation import evaluate_scores
+from detector.report import LabelledScores, evaluation_report
+from detector.sources import open_source
+from detector.tables import header_looks_like_data, input_format, read_table
+
+REPO = Path(__file__).resolve().parents[2]
+HEADER = "cpu,mem,latency\n"
+ROWS = "0.00,0.00,12.5\n1.25,0.00,13.0\n0.50,2.00,11.0\n"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---- 1. a file without a header row ----------------------------------------------------------
+
+
+def test_a_headerless_file_is_named_as_such_when_training(tmp_path) -> None:
+    # Before: "repeats column name(s) ['0.00', '0.00.1'] in its header".
+    path = _write(tmp_path / "data.csv", ROWS)
+    with pytest.raises(DataError, match=r"no header row\? the first line must name the columns"):
+        read_table(path)
+
+
+def test_a_headerless_file_is_named_as_such_when_scoring(tmp_path) -> None:
+    # Before: "repeats column name(s) ['0.00']"; the sample data's rows start with text.
+    rows = (REPO / "data" / "train.csv").read_text().splitlines()[1:20]
+    path = _write(tmp_path / "data.csv", "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"no header row\?"):
+        open_source(str(path))
+    with pytest.raises(DataError, match=r"no header row\?"):
+        read_table(path)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["cpu", "mem"], ["0", "1", "2"], ["id", "x1", "x2"], ["country", "2023", "2024"]],
+)
+def test_headers_of_names_are_headers(names) -> None:
+    assert not header_looks_like_data(names)
+
+
+@pytest.mark.parametrize(
+    "names", [["0.5", "1.5"], ["web-01", "us-east", "3", "4.5"], ["a", "b", "7", "7", "c", "d"]]
+)
+def test_headers_of_values_are_data(names) -> None:
+    assert header_looks_like_data(names)
+
+
+def test_a_repeated_name_is_still_a_repeated_name(tmp_path) -> None:
+    path = _write(tmp_path / "data.csv", "cpu,mem,cpu\n1,2,3\n")
+    with pytest.raises(DataError, match=r"repeats column name\(s\) \['cpu'\]"):
+        read_table(path)
+    with pytest.raises(DataError, match=r"repeats column name\(s\) \['cpu'\]"):
+        open_source(str(path))
+
+
+# ---- 2. compression and format told by content -----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x.data.gz", "export.log", "noext"])
+def test_gzip_is_read_whatever_its_name(tmp_path, name) -> None:
+    # Before: "cannot tell the format of x.data.gz: name it .csv, .csv.gz or .parquet".
+    path = tmp_path / name
+    path.write_bytes(gzip.compress((HEADER + ROWS).encode()))
+    assert read_table(path)["latency"].tolist() == [12.5, 13.0, 11.0]
+    assert input_format(path) == "csv"
+    with open_source(str(path)) as source:
+        assert source.columns == ("cpu", "mem", "latency")
+        assert sum(chunk.table.num_rows for chunk in source.chunks(100)) == 3
+
+
+def test_text_under_an_unknown_suffix_reads_as_csv(tmp_path) -> None:
+    path = _write(tmp_path / "export.data", HEADER + ROWS)
+    assert len(read_table(path)) == 3
+    with open_source(str(path)) as source:
+        assert source.columns == ("cpu", "mem", "latency")
+
+
+def test_parquet_is_told_by_content_too(tmp_path) -> None:
+    path = tmp_path / "export.bin"
+    pd.DataFrame({"cpu": [1.0, 2.0]}).to_parquet(path)
+    assert read_table(path)["cpu"].tolist() == [1.0, 2.0]
+    assert input_format(path) == "parquet"
+
+
+def test_binary_under_an_unknown_suffix_names_the_formats_read(tmp_path) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=r"neither CSV text \(plain or gzip\) nor Parquet"):
+        read_table(path)
+    with pytest.raises(DataError, match="nor Parquet"):
+        open_source(str(path))
+
+
+# ---- 3. detection per group ------------------------------------------------------------------
+
+
+def _grouped() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels = np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=bool)
+    scores = np.array([0.1, 0.4, 0.3, 0.9, 0.1, 0.2, 0.8, 0.95])
+    groups = np.array(["mixed", "mixed", "mixed", "mixed", "normal", "normal", "bad", "bad"])
+    return labels, scores, groups
+
+
+def test_by_group_gives_recall_auroc_and_auprc_or_says_why_not() -> None:
+    labels, scores, groups = _grouped()
+    result = evaluate_scores(labels, scores, 0.5, groups=groups).to_dict()["by_group"]
+    mixed = result["mixed"]
+    # ranked 0.1 < 0.3 < 0.4 < 0.9: one of the four normal/anomalous pairs is out of order.
+    assert mixed["auroc"] == pytest.approx(0.75)
+    assert mixed["auprc"] == pytest.approx(0.8333, abs=1e-3)
+    assert mixed["recall"] == 0.5 and mixed["flagged"] == 0.25
+    assert mixed["unavailable"] is None
+    normal = result["normal"]
+    assert (normal["recall"], normal["auroc"], normal["auprc"]) == (None, None, None)
+    assert "no anomalies" in normal["unavailable"]
+    # A group of anomalies only (an anomaly kind) is ranked against every normal record of
+    # the file: 0.8 and 0.95 above 0.1, 0.4, 0.1, 0.2.
+    bad = result["bad"]
+    assert bad["recall"] == 1.0 and bad["auroc"] == 1.0 and bad["auprc"] == 1.0
+    assert bad["against"] == "every normal record" and bad["unavailable"] is None
+    assert mixed["against"] == "the group's normal records"
+    assert normal["against"] is None
+
+
+def test_a_file_of_anomalies_only_says_why_a_group_has_no_auroc() -> None:
+    from detector.evaluation import group_metrics
+
+    labels = np.ones(3, dtype=bool)
+    stats = group_metrics(labels, np.array([0.2, 0.5, 0.9]), labels, normal_scores=np.zeros(0))
+    assert stats["auroc"] is None and stats["recall"] == 1.0
+    assert "only anomalies" in stats["unavailable"]
+
+
+def test_the_evaluation_report_shows_detection_per_group(fitted) -> None:
+    labels, scores, groups = _grouped()
+    labelled = LabelledScores(
+        labels, scores, "eval.csv", groups=groups, group_column="anomaly_kind"
+    )
+    page = evaluation_report(fitted.bundle_, labelled)
+    assert "Detection by anomaly_kind" in page
+    assert "<th>AUROC</th><th>AUPRC</th>" in page
+    assert "<td>mixed</td><td>4</td><td>2</td><td>" in page
+    assert "against every normal record of the file" in page
+    assert "no anomalies (label 1) in this group" in page
+
+
+# ---- 4. no LiteRT notice on stderr -------------------------------------------------------------
+
+NOTICE = "XNNPACK delegate"
+
+
+def _anomaly(*argv: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("anomaly")
+    return subprocess.run(
+        [str(exe), *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_commands_keep_litert_start_up_notice_off_stderr(bundle_dir, tmp_path) -> None:
+    # Before: info and evaluate (and every command but score) printed "INFO: Created
+    # TensorFlow Lite XNNPACK delegate for CPU."
+    eval_rows = pd.read_csv(REPO / "data" / "eval.csv").head(300)
+    data = tmp_path / "eval.csv"
+    eval_rows.to_csv(data, index=False)
+    runs = {
+        "score": _anomaly(
+            "score",
+            str(bundle_dir),
+            str(data),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--keep-column",
+            "label",
+            "--keep-column",
+            "anomaly_kind",
+        ),
+        "evaluate": _anomaly(
+            "evaluate",
+            str(bundle_dir),
+            str(data),
+            "--label-column",
+            "label",
+            "--keep-column",
+            "anomaly_kind",
+        ),
+        "info": _anomaly("info", str(bundle_dir)),
+    }
+    for name, done in runs.items():
+        assert done.returncode == 0, (name, done.stderr)
+        assert NOTICE not in done.stderr, name
