@@ -104,6 +104,9 @@ class Bundle:
     weights_version: str | None = None
     #: Normal rows for the ``knn`` scores; ``None`` when trained with ``neighbours=0``.
     neighbours: NeighbourBank | None = None
+    #: Input columns training left out (``anomaly train --ignore-column``, e.g. an id or a
+    #: timestamp): scoring carries them through unscored instead of calling them unknown.
+    ignored_columns: tuple[str, ...] = ()
 
     @property
     def score_kinds(self) -> tuple[str, ...]:
@@ -181,6 +184,7 @@ class Bundle:
             "calibration": self.calibrator.to_dict(),
             "training": self.training,
             "data_fingerprint": self.data_fingerprint,
+            "ignored_columns": list(self.ignored_columns),
             "files": {name: {"sha256": digest} for name, digest in files.items()},
         }
 
@@ -324,6 +328,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             path=root,
             weights_version=str(manifest["version"]),
             neighbours=bank,
+            # Absent from bundles written before the field existed: nothing was ignored then.
+            ignored_columns=_column_names(manifest.get("ignored_columns", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(
@@ -334,6 +340,12 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     if scorer is None:
         bundle.model  # noqa: B018 - a bundle scored by TensorFlow loads (and checks) it now
     return bundle
+
+
+def _column_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise TypeError(f"ignored_columns must be a list of column names, not {value!r}")
+    return tuple(value)
 
 
 def _check_manifest(root: Path, manifest: Any) -> None:

@@ -237,7 +237,26 @@ def build_parser(
     )
     evaluate.add_argument("model", help="model bundle directory")
     evaluate.add_argument("input", help="labelled records: .csv, .csv.gz or .parquet")
-    evaluate.add_argument("--label-column", required=True, help="0/1 label, 1 = anomaly")
+    evaluate.add_argument(
+        "--label-column",
+        required=True,
+        help="the label column: 0/1 (1 = anomaly), or text with --anomaly-value or --normal-value",
+    )
+    text_labels = evaluate.add_mutually_exclusive_group()
+    text_labels.add_argument(
+        "--anomaly-value",
+        action="append",
+        metavar="VALUE",
+        help="a label value that means anomaly, for text labels such as 'smurf.' "
+        "(repeatable); every other value is normal",
+    )
+    text_labels.add_argument(
+        "--normal-value",
+        action="append",
+        metavar="VALUE",
+        help="a label value that means normal, for text labels such as KDD Cup 99's "
+        "'normal.' (repeatable); every other value is an anomaly",
+    )
     evaluate.add_argument("--by-column", help="also report the share flagged per value of COL")
     evaluate.add_argument(
         "--report",

@@ -15,9 +15,12 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from detector.native import native_output_silenced
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -66,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.tables import read_table
     from detector.training import TrainingConfig, train
 
+    _check_bundle_target(args.out)
     frame = read_table(args.data, text_columns=[*args.categorical, *args.context])
     dropped = 0
     excluded = [args.label_column] if args.label_column else []
@@ -109,6 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     report_passthrough = _check_report_data(args, frame.columns)
     bundle, summary = train(frame, config)
+    # Recorded so that scoring a file that still holds them needs no --keep-column.
+    bundle = replace(bundle, ignored_columns=tuple(dict.fromkeys(args.ignore_column)))
     save_bundle(bundle, args.out)
     report = _write_training_report(args, bundle, report_passthrough)
     if args.json:
@@ -157,6 +163,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_bundle_target(out: str) -> None:
+    """Before reading or training, so a wrong --out costs no training time: saving replaces
+    the whole directory, which is right for an old bundle and wrong for anything else."""
+    from detector.bundle import MANIFEST_FILE
+    from detector.errors import ConfigError
+
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(
+            f"--out {out} is a file; a bundle is a directory: give a new directory's name"
+        )
+    if target.is_dir() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
+        raise ConfigError(
+            f"--out {out} holds other files and is not a model bundle; a bundle replaces its "
+            f"whole directory, so give a new or empty one (e.g. --out {Path(out) / 'model'})"
+        )
+
+
 def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list[str] | None:
     """Before training, so a mistake costs no training time: the --report flags, and the
     --report-data file's labels and columns. Returns the file's columns the model does not
@@ -180,7 +204,7 @@ def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list
             f"name the 0/1 label column of {args.report_data} with --report-label-column COL"
         )
     data = read_table(args.report_data)
-    _require_column(data, label, args.report_data)
+    _require_column(data.columns, label, args.report_data)
     labels = parse_labels(data[label], label)
     if labels.all() or not labels.any():
         raise DataError(
@@ -244,6 +268,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         bundle_dir = Path(args.model)
         if (bundle_dir / MANIFEST_FILE).is_file() and not (bundle_dir / SCORER_FILE).is_file():
             _score_with_tensorflow()
+        from detector.bundle import load_bundle
+
+        with native_output_silenced():  # load_bundle starts the LiteRT interpreter
+            bundle = load_bundle(args.model)
+        options["keep_columns"] = _carried_columns(
+            args.keep_column, bundle.ignored_columns, args.input, strict=args.engine != "spark"
+        )
         if args.engine == "spark":
             from detector.spark import score_files
 
@@ -252,10 +283,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             import gc
 
             from detector.batch import score_file
-            from detector.bundle import load_bundle
 
-            with native_output_silenced():  # load_bundle starts the LiteRT interpreter
-                bundle = load_bundle(args.model)
             # The process is ours until it exits: keep the garbage collector from re-walking
             # TensorFlow's objects on every chunk (encode's per-row lists trigger it; this
             # made encoding ~5x faster).
@@ -296,25 +324,40 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def native_output_silenced() -> Iterator[None]:
-    """Keep C++ start-up chatter (TensorFlow's oneDNN and CUDA probing, LiteRT's "Created
-    TensorFlow Lite XNNPACK delegate") off stderr while the block runs.
+def _carried_columns(
+    keep: Sequence[str], ignored: Sequence[str], inputs: Sequence[str], *, strict: bool
+) -> list[str]:
+    """The columns scoring carries through unscored: --keep-column's, then those training
+    ignored that every input holds. Ignored columns are echoed, not dropped, because the output
+    promises the input's columns, and an id or timestamp is what finds a flagged row again.
+    Only files' headers are read here: stdin cannot be read twice, so it carries --keep-column's
+    alone; so does a Spark input that is not a local file (``strict=False``)."""
+    from detector.errors import DataError
+    from detector.tables import expand_inputs
 
-    Those lines are printed by native code before any log setting applies, so the only way to
-    keep a command's output readable is to point file descriptor 2 elsewhere meanwhile. Only
-    for the CLI's own process, before its worker threads start. Python exceptions still
-    propagate and are reported as usual.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    wanted = [c for c in ignored if c not in keep]
+    if not wanted or "-" in inputs:
+        return list(keep)
     try:
-        with open(os.devnull, "w") as sink:
-            os.dup2(sink.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        files = expand_inputs(inputs)
+    except DataError:
+        if strict:
+            raise
+        return list(keep)
+    present = set(wanted)
+    for path in files:
+        present &= set(_header(path))
+        if not present:
+            break
+    return [*keep, *(c for c in wanted if c in present)]
+
+
+def _header(path: str) -> tuple[str, ...]:
+    """A file's column names, read from its header (Parquet: its schema) alone."""
+    from detector.sources import open_source
+
+    with open_source(path) as source:
+        return tuple(source.columns)
 
 
 def import_tensorflow_quietly() -> None:
@@ -348,14 +391,16 @@ def _labelled_scores(
     by_column: str | None = None,
     impute: Any = None,
     chunk_rows: int = 65_536,
+    anomaly_values: Sequence[str] | None = None,
+    normal_values: Sequence[str] | None = None,
 ) -> tuple[Any, Any, Any, int]:
     """Score a labelled file: labels ``(n,)`` (True = anomaly), anomaly scores ``(n,)``, the
     ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows, and the number of
-    rejected rows."""
+    rejected rows. Labels are 0/1, or text read with ``anomaly_values`` or ``normal_values``
+    (``_labels``)."""
     import numpy as np
 
     from detector.batch import iter_scored
-    from detector.evaluation import parse_labels
 
     extra = list(dict.fromkeys([label_column, *passthrough]))
     if by_column and by_column not in extra:
@@ -363,12 +408,12 @@ def _labelled_scores(
     labels, scores, groups = [], [], []
     rejected = 0
     for part in iter_scored(bundle, path, passthrough=extra, impute=impute, chunk_rows=chunk_rows):
-        _require_column(part.frame, label_column, path)
+        _require_column(part.frame.columns, label_column, path)
         scored = part.frame.loc[part.result.rows]
-        labels.append(parse_labels(scored[label_column], label_column))
+        labels.append(_labels(scored[label_column], label_column, anomaly_values, normal_values))
         scores.append(part.result.anomaly_score)
         if by_column:
-            _require_column(part.frame, by_column, path)
+            _require_column(part.frame.columns, by_column, path)
             groups.append(scored[by_column].astype(str).to_numpy())
         rejected += len(part.result.rejections)
     return (
@@ -379,27 +424,89 @@ def _labelled_scores(
     )
 
 
+def _labels(
+    values: Any,
+    column: str,
+    anomaly_values: Sequence[str] | None,
+    normal_values: Sequence[str] | None = None,
+) -> Any:
+    """Labels ``(n,)``, True = anomaly: 0/1 or true/false; or, for text labels such as KDD Cup
+    99's "smurf.", True where the label is one of ``anomaly_values`` (every other value, empty
+    included, normal), or where it is none of ``normal_values`` (every other value, empty
+    included, an anomaly: a data set with one normal label and many attack labels)."""
+    from detector.errors import DataError
+    from detector.evaluation import parse_labels
+
+    for named, means_anomaly in ((anomaly_values, True), (normal_values, False)):
+        if named is not None:
+            wanted = {value.strip() for value in named}
+            matches = values.astype("string").str.strip().isin(wanted).fillna(False)
+            return matches.to_numpy(dtype=bool) == means_anomaly
+    try:
+        return parse_labels(values, column)
+    except DataError as exc:
+        raise DataError(
+            f"{exc}; for other labels, name the value that means anomaly with --anomaly-value "
+            "VALUE, or the one that means normal with --normal-value VALUE (each repeatable; "
+            "every other value is then the other class)"
+        ) from None
+
+
+def _check_labelled_input(
+    path: str, columns: Iterable[str], label_column: str, by_column: str | None
+) -> None:
+    """The label (then --by-column) first, as `train` does: a missing label explains the
+    other columns scoring would call unknown."""
+    present = list(columns)
+    _require_column(present, label_column, path)
+    if by_column:
+        _require_column(present, by_column, path)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.bundle import load_bundle
+    from detector.errors import DataError
     from detector.evaluation import evaluate_scores
 
     bundle = load_bundle(args.model)
+    if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
+        _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
     labels, scores, groups, rejected = _labelled_scores(
         bundle,
         args.input,
         args.label_column,
-        passthrough=args.keep_column,
+        # Training's ignored columns may be in the file or not; either way they are not scored.
+        passthrough=[*args.keep_column, *bundle.ignored_columns],
         by_column=args.by_column,
         impute=args.impute,
         chunk_rows=args.chunk_rows,
+        anomaly_values=args.anomaly_value,
+        normal_values=args.normal_value,
     )
+    for flag, named, unmatched in (
+        ("--anomaly-value", args.anomaly_value, not labels.any()),
+        ("--normal-value", args.normal_value, labels.all()),
+    ):
+        if named is not None and unmatched:
+            raise DataError(
+                f"no scored row of {args.input} has '{args.label_column}' equal to {named}; "
+                f"give {flag} exactly as the file spells the label (case and trailing dots "
+                "count, e.g. 'smurf.')"
+            )
     result = evaluate_scores(
         labels, scores, bundle.calibrator.threshold, n_rejected=rejected, groups=groups
     )
     if args.report:
         from detector.report import LabelledScores, evaluation_report, write_report
 
-        labelled = LabelledScores(labels, scores, args.input, n_rejected=rejected)
+        labelled = LabelledScores(
+            labels,
+            scores,
+            args.input,
+            n_rejected=rejected,
+            groups=groups,
+            group_column=args.by_column,
+        )
         write_report(args.report, evaluation_report(bundle, labelled))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -413,21 +520,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(f"best F1 {r.best_f1:.4f} at threshold {r.best_f1_threshold:.4f}")
     if r.by_group:
-        print(f"flagged by {args.by_column}:")
+        print(f"by {args.by_column}: share flagged, recall, AUROC, AUPRC")
         for value, stats in sorted(r.by_group.items()):
-            print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']}")
+            measured = "".join(
+                f"  {key} {stats[key]:.4f}"
+                for key in ("recall", "auroc", "auprc")
+                if stats[key] is not None
+            )
+            print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}")
     if args.report:
         print(f"wrote report {args.report}")
     return 0
 
 
-def _require_column(frame: Any, column: str, path: str) -> None:
+def _require_column(columns: Iterable[str], column: str, path: str) -> None:
     from detector.errors import SchemaError
 
-    if column not in frame.columns:
-        raise SchemaError(
-            f"column '{column}' is not in {path}; its columns are {list(frame.columns)}"
-        )
+    present = list(columns)
+    if column not in present:
+        raise SchemaError(f"column '{column}' is not in {path}; its columns are {present}")
 
 
 @_writes_files
@@ -483,6 +594,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "columns": bundle.schema.describe(),
         "training": training,
         "data_fingerprint": bundle.data_fingerprint,
+        "ignored_columns": list(bundle.ignored_columns),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -491,6 +603,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{bundle.model_type} bundle {bundle.version} at {args.model} (created {bundle.created_at})"
     )
     print(f"columns: {info['columns']}")
+    if bundle.ignored_columns:
+        print(f"ignored (carried through unscored): {list(bundle.ignored_columns)}")
     print(
         f"score: {bundle.describe_score()}; threshold "
         f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"

@@ -1,0 +1,213 @@
+"""What a new user hit on first use (issue #20): each test is one of the frictions, fixed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from detector.bundle import MANIFEST_FILE, load_bundle, write_manifest
+from detector.cli import main
+from tests.conftest import DATA
+
+#: A network too small and short-trained to be good: these tests are about the command line.
+TINY_FLAGS = [
+    "--epochs",
+    "2",
+    "--hidden-units",
+    "16,8",
+    "--latent-dim",
+    "2",
+    "--kl-warmup-epochs",
+    "1",
+    "--batch-size",
+    "256",
+    "--neighbours",
+    "0",
+    "--score",
+    "elbo",
+    "--quiet",
+]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def with_timestamp(frame: pd.DataFrame) -> pd.DataFrame:
+    stamps = pd.date_range("2026-01-01", periods=len(frame), freq="min").astype(str)
+    return frame.assign(timestamp=stamps)
+
+
+@pytest.fixture(scope="module")
+def timestamped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A bundle trained with ``--ignore-column timestamp``, and labelled records that still
+    hold ``timestamp``."""
+    root = tmp_path_factory.mktemp("first-use")
+    train = root / "train.csv"
+    with_timestamp(pd.read_csv(DATA / "train.csv").head(600)).to_csv(train, index=False)
+    records = root / "eval.csv"
+    with_timestamp(pd.read_csv(DATA / "eval.csv").head(400)).to_csv(records, index=False)
+    model = root / "model"
+    argv = ["train", train, "--out", model, "--ignore-column", "timestamp", *TINY_FLAGS]
+    assert main([str(a) for a in argv]) == 0
+    return model, records
+
+
+# 1. The bundle remembers --ignore-column.
+
+
+def test_score_carries_the_ignored_column_through_unscored(capsys, timestamped, tmp_path):
+    model, records = timestamped
+    output = tmp_path / "scored.csv"
+    code, _, err = run(
+        capsys, "score", model, records, "--output", output, "--keep-column", "label",
+        "--keep-column", "anomaly_kind", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    scored = pd.read_csv(output)
+    assert len(scored) == 400
+    # Echoed like a kept column: the timestamp is what finds a flagged row again.
+    assert scored["timestamp"].tolist() == pd.read_csv(records)["timestamp"].tolist()
+    assert not scored.filter(like="top_feature_").isin(["timestamp"]).any().any()
+
+
+def test_score_does_not_need_the_ignored_column(capsys, timestamped, tmp_path):
+    model, records = timestamped
+    without = tmp_path / "plain.csv"
+    pd.read_csv(records).drop(columns=["timestamp", "label", "anomaly_kind"]).to_csv(
+        without, index=False
+    )
+    code, _, err = run(capsys, "score", model, without, "--output", tmp_path / "o.csv", "--quiet")
+    assert code == 0, err
+    assert "timestamp" not in pd.read_csv(tmp_path / "o.csv").columns
+
+
+def test_evaluate_ignores_the_ignored_column(capsys, timestamped):
+    model, records = timestamped
+    code, out, err = run(
+        capsys, "evaluate", model, records, "--label-column", "label",
+        "--by-column", "anomaly_kind", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["n"] == 400
+
+
+def test_info_lists_the_ignored_columns(capsys, timestamped):
+    code, out, _ = run(capsys, "info", timestamped[0], "--json")
+    assert code == 0
+    assert json.loads(out)["ignored_columns"] == ["timestamp"]
+
+
+def test_a_bundle_written_before_the_field_loads_with_nothing_ignored(bundle_dir, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle_dir, old)
+    manifest = json.loads((old / MANIFEST_FILE).read_text())
+    manifest.pop("ignored_columns", None)
+    write_manifest(old, manifest)  # sealed again, as the bundle's writer did then
+    assert load_bundle(old).ignored_columns == ()
+
+
+# 2. evaluate names the missing label first.
+
+
+def test_evaluate_names_a_missing_label_before_unknown_columns(capsys, bundle_dir, tmp_path):
+    unlabelled = tmp_path / "unlabelled.csv"
+    pd.read_csv(DATA / "eval.csv").head(50).drop(columns=["label"]).to_csv(unlabelled, index=False)
+    code, out, err = run(capsys, "evaluate", bundle_dir, unlabelled, "--label-column", "label")
+    assert code == 2
+    assert "column 'label' is not in" in err
+    assert "unknown column" not in err
+    assert "Traceback" not in out + err
+
+
+# 3. --out that is not a bundle fails before training.
+
+
+@pytest.mark.parametrize("kind", ["folder of other files", "file"])
+def test_train_refuses_an_out_that_is_not_a_bundle_before_training(
+    capsys, monkeypatch, tmp_path, kind
+):
+    import detector.training
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        pytest.fail("trained before checking --out")
+
+    monkeypatch.setattr(detector.training, "train", no_training)
+    out = tmp_path / "results"
+    if kind == "file":
+        out.write_text("not a bundle\n")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me\n")
+    code, _, err = run(capsys, "train", DATA / "train.csv", "--out", out, *TINY_FLAGS)
+    assert code == 2
+    assert f"--out {out}" in err
+    assert "give a new" in err
+    assert out.exists() and "Traceback" not in err
+
+
+# 4. Text labels: evaluate --anomaly-value.
+
+
+@pytest.fixture
+def text_labelled(tmp_path: Path) -> Path:
+    """Labels as KDD Cup 99 spells them: "normal." and "smurf."."""
+    frame = pd.read_csv(DATA / "eval.csv").head(400)
+    frame["label"] = frame["label"].map({0: "normal.", 1: "smurf."})
+    path = tmp_path / "kdd_like.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_anomaly_value_reads_text_labels(capsys, bundle_dir, text_labelled):
+    code, out, err = run(
+        capsys, "evaluate", bundle_dir, text_labelled, "--label-column", "label",
+        "--keep-column", "anomaly_kind", "--anomaly-value", "smurf.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    expected = int((pd.read_csv(text_labelled)["label"] == "smurf.").sum())
+    assert json.loads(out)["n_anomalies"] == expected > 0
+
+
+def test_text_labels_without_anomaly_value_name_the_flag(capsys, bundle_dir, text_labelled):
+    code, _, err = run(
+        capsys, "evaluate", bundle_dir, text_labelled, "--label-column", "label",
+        "--keep-column", "anomaly_kind",
+    )  # fmt: skip
+    assert code == 2
+    assert "--anomaly-value" in err
+    assert "'normal.'" in err
+
+
+def test_an_anomaly_value_that_matches_nothing_says_so(capsys, bundle_dir, text_labelled):
+    code, _, err = run(
+        capsys, "evaluate", bundle_dir, text_labelled, "--label-column", "label",
+        "--keep-column", "anomaly_kind", "--anomaly-value", "smurf",
+    )  # fmt: skip
+    assert code == 2
+    assert "no scored row" in err and "'smurf.'" in err
+
+
+def test_evaluate_normal_value_reads_one_normal_label_among_many(capsys, bundle_dir, text_labelled):
+    # KDD Cup 99 spells one normal label and many attack labels: name the normal one.
+    code, out, err = run(
+        capsys, "evaluate", bundle_dir, text_labelled, "--label-column", "label",
+        "--keep-column", "anomaly_kind", "--normal-value", "normal.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    expected = int((pd.read_csv(text_labelled)["label"] != "normal.").sum())
+    assert json.loads(out)["n_anomalies"] == expected > 0
+    with pytest.raises(SystemExit) as exited:  # argparse: the two rules exclude each other
+        run(
+            capsys, "evaluate", bundle_dir, text_labelled, "--label-column", "label",
+            "--normal-value", "normal.", "--anomaly-value", "smurf.",
+        )  # fmt: skip
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
