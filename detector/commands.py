@@ -27,6 +27,12 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and not args.json and sys.stderr.isatty()
 
 
+def _show_training_progress(args: argparse.Namespace) -> bool:
+    # Also when stderr is not a terminal: training can run for many minutes, and the trainer
+    # then writes plain lines instead of a bar.
+    return not args.quiet and not args.json
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM (what ``kill``, ``timeout``, systemd and Kubernetes send)
@@ -101,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         context=tuple(args.context),
         context_dropout=args.context_dropout,
         random_state=args.seed,
-        progress=_show_progress(args),
+        progress=_show_training_progress(args),
         # Left unset, the default; set for another model, check() says it does not apply.
         svdd_weight=TrainingConfig.svdd_weight if args.svdd_weight is None else args.svdd_weight,
         svdd_nu=args.svdd_nu,

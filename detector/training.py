@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -493,19 +494,36 @@ class _KLWarmup(keras.callbacks.Callback):  # type: ignore[misc]
 
 
 class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
-    """One tqdm bar over epochs, showing the training and validation negative ELBO."""
+    """Training progress on stderr, showing the training and validation negative ELBO: one
+    tqdm bar on a terminal; elsewhere (a log file, a CI job, a container) a plain line at the
+    first epoch, every tenth of the epochs and the last, since a bar's carriage returns make an
+    unreadable log and no output at all looked like a hang."""
 
     def __init__(self, epochs: int, *, enabled: bool) -> None:
         super().__init__()
-        self.bar = tqdm(total=epochs, unit="epoch", desc="training", disable=not enabled)
+        self.epochs = epochs
+        self.lines = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(
+            total=epochs, unit="epoch", desc="training", disable=not enabled or self.lines
+        )
+        self.started = time.monotonic()
+        self.last_epoch = 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
-        self.bar.set_postfix(
-            neg_elbo=f"{logs.get('neg_elbo', float('nan')):.3f}",
-            val=f"{logs.get('val_neg_elbo', float('nan')):.3f}",
-        )
+        loss = logs.get("neg_elbo", float("nan"))
+        val = logs.get("val_neg_elbo", float("nan"))
+        self.bar.set_postfix(neg_elbo=f"{loss:.3f}", val=f"{val:.3f}")
         self.bar.update(1)
+        self.last_epoch = epoch + 1
+        every = max(1, self.epochs // 10)
+        if self.lines and (epoch == 0 or self.last_epoch % every == 0):
+            self._line(f"epoch {self.last_epoch}/{self.epochs}: neg_elbo {loss:.3f}, val {val:.3f}")
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self.bar.close()
+        if self.lines and self.last_epoch % max(1, self.epochs // 10):
+            self._line(f"stopped after epoch {self.last_epoch}/{self.epochs}")
+
+    def _line(self, text: str) -> None:
+        print(f"training: {text} ({time.monotonic() - self.started:.0f} s)", file=sys.stderr)

@@ -211,3 +211,22 @@ def test_evaluate_normal_value_reads_one_normal_label_among_many(capsys, bundle_
         )  # fmt: skip
     assert exited.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_training_prints_progress_lines_when_stderr_is_not_a_terminal(capsys, tmp_path):
+    # Training ran 22 minutes with no output under a CI job: the bar was only for terminals.
+    flags = [f for f in TINY_FLAGS if f != "--quiet"]
+    flags[flags.index("--epochs") + 1] = "20"
+    train = tmp_path / "train.csv"
+    pd.read_csv(DATA / "train.csv").head(300).to_csv(train, index=False)
+    code, _, err = run(capsys, "train", train, "--out", tmp_path / "m", *flags, "--patience", "50")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("training: epoch ")]
+    # The first epoch, then every tenth of the 20: 1, 2, 4, ..., 20.
+    assert [line.split()[2].rstrip(":") for line in lines] == [
+        "1/20",
+        *(f"{e}/20" for e in range(2, 21, 2)),
+    ]
+    assert "neg_elbo" in lines[0] and "\r" not in err
+    code, _, err = run(capsys, "train", train, "--out", tmp_path / "q", *flags, "--quiet")
+    assert code == 0 and "training: epoch" not in err
