@@ -14,8 +14,9 @@ from the same path on shared storage.
 
 ``score_files`` is ``anomaly score --engine spark``: read CSV/Parquet files or directories,
 score, write the scored rows and the rejects as directories of part files, and return the
-ledger. Run it on a cluster with ``spark-submit``: this file is also a script
-(``spark-submit .../detector/spark.py MODEL INPUT --output OUT``).
+ledger. Run it on a cluster with ``spark-submit`` and the command-line module as the script
+(``spark-submit .../detector/cli.py score MODEL INPUT --output OUT --engine spark``), so that
+this module never imports the command line that imports it.
 """
 
 from __future__ import annotations
@@ -438,15 +439,3 @@ def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
         if final.exists():
             final.unlink()
         os.replace(staging, final)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``spark-submit detector/spark.py MODEL INPUT... --output OUT [score options]``."""
-    from detector.cli import main as cli_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    return cli_main(["score", *args, "--engine", "spark"])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

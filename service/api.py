@@ -12,7 +12,6 @@ from flask import Blueprint, Response, jsonify, request
 from detector.errors import BundleError
 from detector.features import check_columns, shortened
 from detector.tables import check_header_row
-from service.app import ApiError, state
 from service.openapi import openapi_document
 from service.pipeline import (
     check_batch_size,
@@ -24,6 +23,7 @@ from service.pipeline import (
     score_request,
 )
 from service.registry import LoadedModel
+from service.state import ApiError, state
 
 api = Blueprint("api", __name__)
 

@@ -1,4 +1,4 @@
-"""The Flask application factory and the per-app state the routes share.
+"""The Flask application factory.
 
 ``create_app`` builds everything an app needs from its arguments (no module-level state), so
 tests pass their own configuration, models, metrics registry and alert sinks.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,57 +16,16 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from detector.errors import BundleError, DetectorError, InputError
+from detector.errors import DetectorError, InputError
 from detector.features import shortened
 from service.alerts import AlertTracker
 from service.config import ServiceConfig, load_config
 from service.delivery import AlertDispatcher, AlertmanagerSink, LogSink, Sink, WebhookSink
 from service.metrics import ServiceMetrics
-from service.registry import LoadedModel, ModelRegistry, UnknownModel
+from service.registry import LoadedModel, ModelRegistry
+from service.state import ApiError, ServiceState
 
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """An error answered as JSON ``{error, detail}`` with an HTTP status."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-
-@dataclass
-class ServiceState:
-    """What the routes of one app share: settings, models, metrics and alerting."""
-
-    config: ServiceConfig
-    models: ModelRegistry
-    metrics: ServiceMetrics
-    trackers: dict[str, AlertTracker]
-    dispatcher: AlertDispatcher
-
-    def model(self, name: str) -> LoadedModel:
-        try:
-            return self.models.get(name)
-        except UnknownModel:
-            raise ApiError(
-                404,
-                "unknown_model",
-                f"no model named '{name}'; served models: {', '.join(self.models.names())}",
-            ) from None
-        except BundleError:
-            # The reason names files and quotes Keras: the registry logged it when the load
-            # failed, and clients get no more than where to look.
-            raise ApiError(
-                503, "model_not_loaded", f"model '{name}' is not loaded; see the server log"
-            ) from None
-
-
-def state() -> ServiceState:
-    """The current app's state (inside a request)."""
-    return current_app.extensions["anomaly"]  # type: ignore[no-any-return]
 
 
 def create_app(

@@ -17,9 +17,9 @@ import pandas as pd
 from flask import Blueprint, jsonify
 
 from detector.features import check_columns, shortened
-from service.app import ApiError, ServiceState, state
 from service.pipeline import check_batch_size, read_json, require_token, score_request
 from service.registry import LoadedModel
+from service.state import ApiError, ServiceState, state
 
 kserve = Blueprint("kserve", __name__, url_prefix="/v2")
 

@@ -20,8 +20,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from detector.features import check_columns, listed
 from detector.scoring import ScoreResult, score_frame
-from service.app import ApiError, ServiceState
 from service.registry import LoadedModel
+from service.state import ApiError, ServiceState
 
 TOP_FEATURES = 3
 

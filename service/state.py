@@ -1,0 +1,61 @@
+"""What the routes of one app share, and the error they answer with.
+
+The blueprints (``service.api``, ``service.kserve``) and the request pipeline import this
+module, never ``service.app``, which imports them: the app is built from its parts, and no part
+needs the app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from detector.errors import BundleError
+from service.alerts import AlertTracker
+from service.config import ServiceConfig
+from service.delivery import AlertDispatcher
+from service.metrics import ServiceMetrics
+from service.registry import LoadedModel, ModelRegistry, UnknownModel
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{error, detail}`` with an HTTP status."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+@dataclass
+class ServiceState:
+    """What the routes of one app share: settings, models, metrics and alerting."""
+
+    config: ServiceConfig
+    models: ModelRegistry
+    metrics: ServiceMetrics
+    trackers: dict[str, AlertTracker]
+    dispatcher: AlertDispatcher
+
+    def model(self, name: str) -> LoadedModel:
+        try:
+            return self.models.get(name)
+        except UnknownModel:
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"no model named '{name}'; served models: {', '.join(self.models.names())}",
+            ) from None
+        except BundleError:
+            # The reason names files and quotes Keras: the registry logged it when the load
+            # failed, and clients get no more than where to look.
+            raise ApiError(
+                503, "model_not_loaded", f"model '{name}' is not loaded; see the server log"
+            ) from None
+
+
+def state() -> ServiceState:
+    """The current app's state (inside a request)."""
+    return current_app.extensions["anomaly"]  # type: ignore[no-any-return]
