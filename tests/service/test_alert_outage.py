@@ -27,7 +27,8 @@ from service.delivery import AlertDispatcher, AlertmanagerSink
 from tests.conftest import broken, normal_records
 from tests.deploy.conftest import require
 from tests.processes import alertmanager_config, free_port, stop
-from tests.service.test_alerts import Receiver, make_alert, parse_iso, wait_ready
+from tests.service.conftest import Receiver
+from tests.service.test_alerts import make_alert, parse_iso, wait_ready
 from tests.service.test_reload_convergence import metric, serving
 
 NORMAL = normal_records(40)
@@ -227,18 +228,6 @@ class Alertmanager:
                 pytest.fail(f"no alert for host {host!r} in Alertmanager within {deadline_s} s")
             time.sleep(0.1)  # polling interval under a deadline
         return found
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    try:
-        yield r
-    finally:
-        r.server.shutdown()
-        r.server.server_close()
-        r.thread.join(5)
 
 
 @pytest.fixture

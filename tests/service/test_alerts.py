@@ -19,7 +19,6 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from service.delivery import (
     WebhookSink,
 )
 from tests.processes import alertmanager_config, free_port, stop
+from tests.service.conftest import Receiver
 
 T0 = 1_700_000_000.0
 
@@ -429,69 +429,6 @@ def test_log_sink_levels(caplog: pytest.LogCaptureFixture) -> None:
 
 
 # --------------------------------------------------------------------------- HTTP receivers
-
-
-class Receiver:
-    """A local HTTP endpoint that records every JSON POST it gets."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, Any]] = []
-        self.status = 200
-        self.cond = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver.cond:
-                    receiver.requests.append(
-                        (self.path, self.headers.get("Content-Type", ""), json.loads(body))
-                    )
-                    receiver.cond.notify_all()
-                reply = b"boom" if receiver.status >= 400 else b""
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep test output quiet; the test asserts on what arrived
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        # A short poll interval keeps shutdown() (which waits for one poll) quick in teardown.
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def bodies(self) -> list[Any]:
-        with self.cond:
-            return [body for _, _, body in self.requests]
-
-    def wait_until(self, found: Any, deadline_s: float) -> Any:
-        """Wait for a request body for which ``found(body)`` is truthy; return that body."""
-        deadline = time.monotonic() + deadline_s
-        with self.cond:
-            while True:
-                for _, _, body in self.requests:
-                    if found(body):
-                        return body
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"no matching request within {deadline_s} s; got {self.requests}")
-                self.cond.wait(left)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    try:
-        yield r
-    finally:
-        r.server.shutdown()
-        r.server.server_close()
-        r.thread.join(5)
 
 
 def parse_iso(text: str) -> datetime:
