@@ -120,3 +120,19 @@ def receiver() -> Iterator[Receiver]:
         r.server.shutdown()
         r.server.server_close()
         r.thread.join(5)
+
+
+class Outcomes:
+    """An ``on_outcome`` callback for the alert dispatcher: records (sink, outcome) pairs."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, sink: str, outcome: str) -> None:
+        with self.lock:
+            self.seen.append((sink, outcome))
+
+    def count(self, sink: str, outcome: str) -> int:
+        with self.lock:
+            return self.seen.count((sink, outcome))

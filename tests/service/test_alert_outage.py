@@ -27,7 +27,7 @@ from service.delivery import AlertDispatcher, AlertmanagerSink
 from tests.conftest import broken, normal_records
 from tests.deploy.conftest import require
 from tests.processes import alertmanager_config, free_port, stop
-from tests.service.conftest import Receiver
+from tests.service.conftest import Outcomes, Receiver
 from tests.service.test_alerts import make_alert, parse_iso, wait_ready
 from tests.service.test_reload_convergence import metric, serving
 
@@ -77,20 +77,6 @@ class SwitchableSink:
         with self.cond:
             if not self.cond.wait_for(lambda: found(self.taken), timeout=deadline_s):
                 pytest.fail(f"not delivered within {deadline_s} s; took {self.taken}")
-
-
-class Outcomes:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, sink: str, outcome: str) -> None:
-        with self.lock:
-            self.seen.append((sink, outcome))
-
-    def count(self, sink: str, outcome: str) -> int:
-        with self.lock:
-            return self.seen.count((sink, outcome))
 
 
 # --------------------------------------------------------------------------- the dispatcher

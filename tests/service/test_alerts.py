@@ -33,7 +33,7 @@ from service.delivery import (
     WebhookSink,
 )
 from tests.processes import alertmanager_config, free_port, stop
-from tests.service.conftest import Receiver
+from tests.service.conftest import Outcomes, Receiver
 
 T0 = 1_700_000_000.0
 
@@ -323,16 +323,6 @@ class RecordingSink:
         if self.calls <= self.failures:
             raise ConnectionError(f"{self.name} down (call {self.calls})")
         self.batches.append(list(alerts))
-
-
-class Outcomes:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, sink: str, outcome: str) -> None:
-        with self.lock:
-            self.seen.append((sink, outcome))
 
 
 @contextmanager
