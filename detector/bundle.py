@@ -47,6 +47,7 @@ from detector.integrity import (
 from detector.lite_graph import LiteScoreGraph, litert_available
 from detector.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.neighbours import NeighbourBank
+from detector.records import RecordEncoder
 from detector.scoring import ScoreGraph, score_kinds
 from detector.tables import partial_path, remove_stale_temporaries, staging_path
 from detector.threshold import Calibrator
@@ -132,6 +133,11 @@ class Bundle:
             return LiteScoreGraph(self.scorer, self.kinds, n_features=self.schema.n_features)
         return ScoreGraph(self.model, n_samples=self.n_samples, seed=self.noise_seed)
 
+    @cached_property
+    def record_encoder(self) -> RecordEncoder:
+        """The schema's encoding for records given as mappings (``detector.records``)."""
+        return RecordEncoder(self.schema)
+
     def describe_score(self) -> str:
         """The score in words, e.g. ``knn: mean distance to the 5 nearest of 4210 normal
         training rows`` or ``elbo with 8 latent samples``."""
@@ -147,6 +153,7 @@ class Bundle:
         """Build what scoring needs (the graph, the neighbour search index) now, so the
         first record does not wait for it."""
         self.graph  # noqa: B018 - a cached property: reading it builds it
+        self.record_encoder  # noqa: B018
         if self.neighbours is not None:
             self.neighbours.prepare()
 

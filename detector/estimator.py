@@ -10,6 +10,7 @@ anomalous.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -20,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from detector.bundle import Bundle, load_bundle, save_bundle
 from detector.features import Imputation
+from detector.records import score_records
 from detector.scoring import ScoreResult, score_frame
 from detector.training import TrainingConfig, TrainingSummary, train
 
@@ -131,8 +133,14 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
 
     def score_records(self, X: Any, *, impute: Imputation = None) -> ScoreResult:
         """The full typed result: anomaly scores, p-values, decisions, contributions, and the
-        rows rejected with their reasons."""
+        rows rejected with their reasons. ``X`` is a table, or one record as a mapping of
+        column -> value, or a list of them: mappings skip the DataFrame, the fast way to score
+        one record (``detector.records``)."""
         check_is_fitted(self, "bundle_")
+        if isinstance(X, Mapping):
+            return score_records(self.bundle_, [X], impute=impute)
+        if isinstance(X, list) and X and all(isinstance(r, Mapping) for r in X):
+            return score_records(self.bundle_, X, impute=impute)
         return score_frame(self.bundle_, _as_frame(X, self.feature_names_in_), impute=impute)
 
     def anomaly_score(self, X: Any) -> np.ndarray:

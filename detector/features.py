@@ -22,7 +22,7 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -113,18 +113,34 @@ class Schema:
         """The encoded width: modelled features plus the context one-hots."""
         return self.n_numeric + sum(self.group_sizes) + sum(self.context_sizes)
 
-    @property
+    @cached_property
     def feature_columns(self) -> tuple[str, ...]:
         """The source column of each model output term: numerics, then one per group. Context
         columns are inputs, not terms, and are not listed."""
         return tuple(c.name for c in self.numeric) + tuple(c.name for c in self.categorical)
 
-    @property
+    @cached_property
     def scored_columns(self) -> tuple[str, ...]:
         """The modelled columns in the user's order: the columns contributions are given for
         (``column_order`` without the context columns)."""
         context = {c.name for c in self.context}
         return tuple(c for c in self.column_order if c not in context)
+
+    @cached_property
+    def term_starts(self) -> np.ndarray:
+        """Where each model term's encoded features start: one per numeric column, then one
+        per categorical one-hot group (the context groups are not terms)."""
+        starts, position = list(range(self.n_numeric)), self.n_numeric
+        for size in self.group_sizes:
+            starts.append(position)
+            position += size
+        return np.array(starts, dtype=np.intp)
+
+    @cached_property
+    def scored_order(self) -> np.ndarray:
+        """For each of ``scored_columns``, the position of its term in ``feature_columns``
+        (cached, like the names: a record's scoring reads them)."""
+        return np.array([self.feature_columns.index(c) for c in self.scored_columns], dtype=np.intp)
 
     @property
     def text_columns(self) -> tuple[str, ...]:

@@ -150,7 +150,10 @@ class NeighbourBank:
         """Encoded rows ``(n, n_features)`` -> distances and bank positions of their ``k``
         nearest bank rows, each ``(n, k)``. ``leave_one_out``: ``x`` is the bank's own rows,
         and each row's neighbours are the other rows."""
-        query = np.ascontiguousarray(self._project(x))
+        return self._search(np.ascontiguousarray(self._project(x)), leave_one_out)
+
+    def _search(self, query: np.ndarray, leave_one_out: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``neighbours`` for rows already in the distance space (``_project``)."""
         if len(query) == 0:
             return np.zeros((0, self.k)), np.zeros((0, self.k), dtype=np.int64)
         if not leave_one_out:
@@ -169,6 +172,9 @@ class NeighbourBank:
         # Recomputed from the differences in float64: the search's expanded |q|^2 - 2 q.b +
         # |b|^2 loses ~1e-3 relative in float32, and a record must score the same alone or in
         # a batch. In blocks: the differences of a million rows would take 1.5 GB.
+        if len(query) <= _BLOCK:
+            diff = query[:, None, :].astype(np.float64) - self.bank[index]
+            return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))  # type: ignore[no-any-return]
         out = np.empty(index.shape, dtype=np.float64)
         for i in range(0, len(query), _BLOCK):
             diff = (
@@ -194,12 +200,18 @@ class NeighbourBank:
         ``(n,)``, higher = more normal (``elbo_knn`` only when ``estimates`` hold the ELBO); and
         ``knn_terms`` ``(n, n_features)``, each feature's squared difference from the mean of
         the ``k`` neighbours (for attribution)."""
-        distance, index = self.neighbours(x, leave_one_out=leave_one_out)
-        mean_distance = distance.mean(axis=1)
-        terms = np.empty(np.shape(x), dtype=np.float32)
-        for i in range(0, len(x), _BLOCK):  # bounds the (rows, k, features) gather
-            centre = self.bank[index[i : i + _BLOCK]].mean(axis=1)
-            terms[i : i + _BLOCK] = np.square(self._project(x[i : i + _BLOCK]) - centre)
+        query = np.ascontiguousarray(self._project(x))
+        distance, index = self._search(query, leave_one_out)
+        # sum / k is what mean computes, without its per-call overhead (a record's scoring
+        # makes two of these calls)
+        mean_distance = distance.sum(axis=1) / self.k
+        if len(query) <= _BLOCK:
+            terms = np.square(query - self.bank[index].sum(axis=1) / np.float32(self.k))
+        else:
+            terms = np.empty(query.shape, dtype=np.float32)
+            for i in range(0, len(query), _BLOCK):  # bounds the (rows, k, features) gather
+                centre = self.bank[index[i : i + _BLOCK]].mean(axis=1)
+                terms[i : i + _BLOCK] = np.square(query[i : i + _BLOCK] - centre)
         out = {"knn": -mean_distance, "knn_terms": terms}
         if "elbo" in estimates:
             standard_elbo = (-estimates["elbo"] - self.location[0]) / self.scale[0]

@@ -438,12 +438,13 @@ def _context_flags(schema: Schema, flags: np.ndarray | None, n: int) -> np.ndarr
 def _feature_terms(features: np.ndarray, schema: Schema) -> np.ndarray:
     """Per-feature values ``(n, n_features)`` -> per-term ``(n, n_terms)``: numerics as they
     are, each categorical one-hot group summed into one term; context slots dropped."""
-    parts = [features[:, : schema.n_numeric]]
-    start = schema.n_numeric
-    for size in schema.group_sizes:
-        parts.append(features[:, start : start + size].sum(axis=1, keepdims=True))
-        start += size
-    return np.concatenate(parts, axis=1)
+    starts = schema.term_starts
+    if not len(starts):
+        return np.zeros((len(features), 0), dtype=features.dtype)
+    # One reduceat instead of a sum per group: a record's scoring pays per numpy call.
+    return np.add.reduceat(
+        features[:, : schema.n_numeric + sum(schema.group_sizes)], starts, axis=1
+    )
 
 
 def _by_source_column(terms: np.ndarray, schema: Schema) -> np.ndarray:
@@ -453,5 +454,4 @@ def _by_source_column(terms: np.ndarray, schema: Schema) -> np.ndarray:
     There is one term per source column already (a one-hot group is one categorical term whose
     log-probability sums its slots), listed numerics first; users read their own column order.
     """
-    order = [schema.feature_columns.index(c) for c in schema.scored_columns]
-    return terms[:, order]
+    return terms[:, schema.scored_order]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -89,9 +90,10 @@ class Calibrator:
             tail_scale=self.tail_scale,
         )
 
-    @property
+    @cached_property
     def threshold(self) -> float:
-        """The anomaly score above which a record is anomalous at ``target_fpr``."""
+        """The anomaly score above which a record is anomalous at ``target_fpr`` (cached:
+        scipy's tail quantile costs more than scoring one record)."""
         return self.threshold_for(self.target_fpr)
 
     def threshold_for(self, fpr: float) -> float:
@@ -112,6 +114,8 @@ class Calibrator:
         body, generalized Pareto beyond the tail start.
         """
         s = np.asarray(scores, dtype=np.float64)
+        if s.shape == (1,):
+            return np.array([self._p_value(float(s[0]))])
         n = len(self.reference)
         above = n - np.searchsorted(self.reference, s, side="left")
         empirical = (1.0 + above) / (n + 1.0)
@@ -119,6 +123,22 @@ class Calibrator:
         tail = self.tail_fraction * _pareto_sf(excess, self.tail_shape, self.tail_scale)
         p = np.where(s > self.tail_start, tail, empirical)
         return np.clip(p, 0.0, 1.0)
+
+    def _p_value(self, s: float) -> float:
+        """``p_values`` for one score in plain floats: numpy's per-call overhead on a
+        one-element array is most of a single record's p-value time."""
+        if s > self.tail_start:
+            excess = (s - self.tail_start) / self.tail_scale
+            shape = self.tail_shape
+            if abs(shape) < _ZERO_SHAPE:
+                survival = math.exp(-excess)
+            else:
+                # shape < 0: zero beyond the upper endpoint (base 0 to a positive power)
+                survival = max(1.0 + shape * excess, 0.0) ** (-1.0 / shape)
+            return min(max(self.tail_fraction * survival, 0.0), 1.0)
+        n = len(self.reference)
+        above = n - int(np.searchsorted(self.reference, s, side="left"))
+        return min((1.0 + above) / (n + 1.0), 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -255,12 +275,16 @@ def _percent(rate: float) -> str:
     return f"{100 * rate:.{decimals}f}%"
 
 
+#: A generalized Pareto shape this close to 0 is the exponential distribution.
+_ZERO_SHAPE = 1e-12
+
+
 def _pareto_sf(excess: np.ndarray, shape: float, scale: float) -> np.ndarray:
     """Survival function of the generalized Pareto distribution, in closed form: the same as
     ``scipy.stats.genpareto.sf`` (a test checks it) without its per-call overhead, which is
     most of a single record's p-value time."""
     z = excess / scale
-    if abs(shape) < 1e-12:
+    if abs(shape) < _ZERO_SHAPE:
         return np.exp(-z)
     base = np.maximum(1.0 + shape * z, 0.0)  # shape < 0: zero beyond the upper endpoint
     with np.errstate(divide="ignore"):

@@ -14,11 +14,12 @@ from detector.features import check_columns, shortened
 from detector.tables import check_header_row
 from service.openapi import openapi_document
 from service.pipeline import (
+    Records,
     check_batch_size,
     per_record,
     read_body,
     read_json,
-    records_frame,
+    read_records,
     require_token,
     score_request,
 )
@@ -113,8 +114,8 @@ def score(name: str) -> Any:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
     loaded = app_state.model(name)
-    frame, indices, rejected = _read_records(loaded, app_state)
-    scored = score_request(app_state, loaded, frame, indices, rejected)
+    records, indices, rejected = _read_records(loaded, app_state)
+    scored = score_request(app_state, loaded, records, indices, rejected)
     bundle = loaded.bundle
     return jsonify(
         {
@@ -127,13 +128,13 @@ def score(name: str) -> Any:
                 "scored": scored.result.n_scored,
                 "rejected": len(scored.rejected),
             },
-            "results": per_record(scored, frame, app_state.config.passthrough_fields),
+            "results": per_record(scored, records, app_state.config.passthrough_fields),
             "rejected": [{"index": r.index, "reasons": list(r.reasons)} for r in scored.rejected],
         }
     )
 
 
-def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, Any, list]:
+def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
     mimetype = request.mimetype
     if mimetype in ("text/csv", "application/csv"):
         return _read_csv(loaded, app_state)
@@ -147,10 +148,10 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, An
     body = read_json(app_state, shape)
     if not isinstance(body, dict) or "records" not in body:
         raise ApiError(400, "bad_request", f"the body must be {shape}")
-    return records_frame(body["records"], loaded, app_state)
+    return read_records(body["records"], loaded, app_state)
 
 
-def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, Any, list]:
+def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
     """A CSV body with a header row (a first line of values is refused as no header). The
     header is checked before pandas reads it (pandas takes minutes over a million-column
     header) and pandas reads at most one row past the batch limit, so a 16 MiB body of
@@ -171,7 +172,7 @@ def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[pd.DataFrame, Any, l
     if frame.empty:
         raise ApiError(422, "invalid_input", "the CSV body has no data rows")
     check_batch_size(len(frame), app_state, at_least=True)
-    return frame, pd.RangeIndex(len(frame)).to_numpy(), []
+    return Records.of_frame(frame), pd.RangeIndex(len(frame)).to_numpy(), []
 
 
 def _csv_header(body: bytes) -> list[str]:

@@ -17,7 +17,13 @@ import pandas as pd
 from flask import Blueprint, jsonify
 
 from detector.features import check_columns, shortened
-from service.pipeline import check_batch_size, read_json, require_token, score_request
+from service.pipeline import (
+    Records,
+    check_batch_size,
+    read_json,
+    require_token,
+    score_request,
+)
 from service.registry import LoadedModel
 from service.state import ApiError, ServiceState, state
 
@@ -104,7 +110,7 @@ def infer(name: str) -> Any:
     body = read_json(app_state, INFER_SHAPE)
     frame = _inputs_frame(body, loaded, app_state)
     indices = np.arange(len(frame))
-    scored = score_request(app_state, loaded, frame, indices)
+    scored = score_request(app_state, loaded, Records.of_frame(frame), indices)
     n = len(frame)
     score: list[float | None] = [None] * n
     p_value: list[float | None] = [None] * n

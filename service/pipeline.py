@@ -1,6 +1,8 @@
 """One scoring request, whatever its wire format: records -> scores -> decisions -> alerts and
 metrics. Both the v1 JSON/CSV routes and the KServe V2 route call ``score_request``, which
-calls ``detector.scoring.score_frame``, the function the batch scorer calls too.
+scores JSON records with ``detector.records.score_records`` and tables with
+``detector.scoring.score_frame`` (the function the batch scorer calls), which give the same
+result for the same records.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import pandas as pd
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from detector.bundle import Bundle
 from detector.features import check_columns, listed
+from detector.records import score_records
 from detector.scoring import ScoreResult, score_frame
 from service.registry import LoadedModel
 from service.state import ApiError, ServiceState
@@ -45,6 +49,42 @@ class ScoredRequest:
     severity: list[str]
     rejected: list[Rejected]
     received: int
+
+
+@dataclass(frozen=True, eq=False)
+class Records:
+    """The well-formed records of one request: JSON objects as they came (scored without a
+    DataFrame, ``detector.records``: a frame costs more than the model for a few records), or
+    a table (CSV and KServe bodies arrive as columns)."""
+
+    rows: Sequence[Mapping[str, Any]] | pd.DataFrame
+    columns: frozenset[str]
+
+    @classmethod
+    def of_frame(cls, frame: pd.DataFrame) -> Records:
+        return cls(frame, frozenset(map(str, frame.columns)))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def score(self, bundle: Bundle, passthrough: Sequence[str]) -> ScoreResult:
+        if isinstance(self.rows, pd.DataFrame):
+            return score_frame(bundle, self.rows, passthrough=passthrough)
+        return score_records(bundle, self.rows, passthrough=passthrough)
+
+    def values(self, field: str, rows: np.ndarray) -> list[Any]:
+        """``field``'s value in each of ``rows`` (positions), ``None`` where a record lacks it."""
+        if isinstance(self.rows, pd.DataFrame):
+            return self.rows.loc[rows, field].tolist()  # type: ignore[no-any-return]
+        return [self.rows[i].get(field) for i in rows.tolist()]
+
+    def keyed(self, fields: Sequence[str], rows: np.ndarray) -> list[Mapping[str, object]]:
+        """The records at ``rows`` with the ``fields`` an alert key is formed from."""
+        if not isinstance(self.rows, pd.DataFrame):
+            return [self.rows[i] for i in rows.tolist()]
+        if not fields:
+            return [{}] * len(rows)
+        return self.rows.loc[rows, list(fields)].astype(str).to_dict("records")  # type: ignore[return-value]
 
 
 def require_token(expected: str | None, *, admin: bool) -> None:
@@ -119,13 +159,13 @@ def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
     return value
 
 
-def records_frame(
+def read_records(
     records: Any, model: LoadedModel, state: ServiceState
-) -> tuple[pd.DataFrame, np.ndarray, list[Rejected]]:
-    """Validate a JSON ``records`` list. Returns the frame of well-formed records, their request
+) -> tuple[Records, np.ndarray, list[Rejected]]:
+    """Validate a JSON ``records`` list. Returns the well-formed records, their request
     indices, and the malformed ones (not an object, nested values) with reasons.
 
-    The batch limit and the columns are checked before any frame is built, in time linear in
+    The batch limit and the columns are checked before anything is scored, in time linear in
     the number of keys: a record with 40,000 unknown keys is a 422 in milliseconds."""
     if not isinstance(records, list):
         raise ApiError(400, "bad_request", "'records' must be a list of objects")
@@ -154,7 +194,7 @@ def records_frame(
         check_columns(
             model.bundle.schema, list(columns), passthrough=state.config.passthrough_fields
         )
-    return pd.DataFrame.from_records(good), np.asarray(indices, dtype=np.int64), rejected
+    return Records(good, frozenset(columns)), np.asarray(indices, dtype=np.int64), rejected
 
 
 def check_batch_size(n: int, state: ServiceState, *, at_least: bool = False) -> None:
@@ -174,15 +214,15 @@ def check_batch_size(n: int, state: ServiceState, *, at_least: bool = False) -> 
 def score_request(
     state: ServiceState,
     model: LoadedModel,
-    frame: pd.DataFrame,
+    records: Records,
     indices: np.ndarray,
     rejected: Sequence[Rejected] = (),
 ) -> ScoredRequest:
     """Score, decide severities, count metrics and feed the alert tracker."""
-    passthrough = [c for c in state.config.passthrough_fields if c in frame.columns]
+    passthrough = [c for c in state.config.passthrough_fields if c in records.columns]
     all_rejected = list(rejected)
-    if len(frame):
-        result = score_frame(model.bundle, frame, passthrough=passthrough)
+    if len(records):
+        result = records.score(model.bundle, passthrough)
         all_rejected += [
             Rejected(int(indices[r.row]), r.reasons, r.code) for r in result.rejections
         ]
@@ -196,14 +236,14 @@ def score_request(
     scored = ScoredRequest(
         model=model,
         result=result,
-        indices=indices[result.rows] if len(frame) else np.zeros(0, dtype=np.int64),
+        indices=indices[result.rows] if len(records) else np.zeros(0, dtype=np.int64),
         severity=severity,
         rejected=sorted(all_rejected, key=lambda r: r.index),
-        received=len(frame) + len(rejected),
+        received=len(records) + len(rejected),
     )
     _count(state, scored)
-    _count_keys(state, scored, frame)
-    _alert(state, scored, frame)
+    _count_keys(state, scored, records)
+    _alert(state, scored, records)
     return scored
 
 
@@ -224,27 +264,25 @@ def _count(state: ServiceState, scored: ScoredRequest) -> None:
         histogram.observe(p)
 
 
-def _count_keys(state: ServiceState, scored: ScoredRequest, frame: pd.DataFrame) -> None:
+def _count_keys(state: ServiceState, scored: ScoredRequest, records: Records) -> None:
     """Anomalies per alert key, for the dashboard's top anomalous keys; keys are formed as the
     alert tracker forms them, so a key here matches the labels of its alerts."""
     tracker = state.trackers[scored.model.name]
     if not tracker.policy.group_by or not scored.result.is_anomaly.any():
         return
-    fields = [f for f in tracker.policy.group_by if f in frame.columns]
-    rows = scored.result.rows[scored.result.is_anomaly]
-    records = frame.loc[rows, fields].astype(str).to_dict("records") if fields else [{}] * len(rows)
+    fields = [f for f in tracker.policy.group_by if f in records.columns]
     counts: dict[str, int] = {}
-    for record in records:
+    for record in records.keyed(fields, scored.result.rows[scored.result.is_anomaly]):
         key = ",".join(f"{name}={value}" for name, value in tracker.key_of(record))
         counts[key] = counts.get(key, 0) + 1
     state.metrics.count_key_anomalies(scored.model.name, counts)
 
 
-def _alert(state: ServiceState, scored: ScoredRequest, frame: pd.DataFrame) -> None:
+def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None:
     tracker = state.trackers[scored.model.name]
-    fields = [f for f in tracker.policy.group_by if f in frame.columns]
+    fields = [f for f in tracker.policy.group_by if f in records.columns]
     result = scored.result
-    keys = frame.loc[result.rows, fields].astype(str).to_dict("records") if fields else None
+    keys = records.keyed(fields, result.rows) if fields else None
     top = result.top_features(TOP_FEATURES)
     alerts = []
     for i in range(result.n_scored):
@@ -260,14 +298,14 @@ def _alert(state: ServiceState, scored: ScoredRequest, frame: pd.DataFrame) -> N
         state.dispatcher.submit(alerts)
 
 
-def per_record(scored: ScoredRequest, frame: pd.DataFrame, passthrough: Sequence[str]) -> list:
+def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[str]) -> list:
     """The JSON results list: one object per scored record, in request order."""
     result = scored.result
     order = result.top_indices(TOP_FEATURES)
     columns = np.asarray(result.columns, dtype=object)
     top_names = columns[order].tolist()
     top_values = np.take_along_axis(result.contributions, order, axis=1).tolist()
-    echo = {f: frame.loc[result.rows, f].tolist() for f in passthrough if f in frame.columns}
+    echo = {f: records.values(f, result.rows) for f in passthrough if f in records.columns}
     unseen = None if result.context_unseen is None else result.context_unseen.tolist()
     out = []
     for i, (index, score, p, flag) in enumerate(

@@ -7,8 +7,9 @@ Reports, at the default sample count (L=8) and a few others:
   LiteRT flatbuffer, one thread) and for the TensorFlow graph it is converted from (its
   default threads; a bundle without a scorer file runs it, with numpy below 17 rows);
 - end-to-end throughput: ``score_frame`` on a pandas DataFrame (encode + graph + p-values);
-- single-row latency, median and p99 over ``--calls`` calls, for both engines and for
-  ``score_frame`` on a one-row DataFrame;
+- single-row latency, median and p99 over ``--calls`` calls, for both engines, for
+  ``score_frame`` on a one-row DataFrame and for ``score_records`` on one record given as a
+  dict (the HTTP JSON route's and the Python API's path: no DataFrame);
 - the default score (``knn``: the graph plus the distance to the neighbour bank) against the
   model's own ``elbo`` (``neighbours=0``, the default before the distance), ``score_frame``
   throughput and one-row latency of each, in the same run.
@@ -40,6 +41,7 @@ from detector.bundle import package_versions  # noqa: E402
 from detector.estimator import VAEDetector  # noqa: E402
 from detector.features import encode  # noqa: E402
 from detector.lite_graph import LiteScoreGraph, to_flatbuffer  # noqa: E402
+from detector.records import score_records  # noqa: E402
 from detector.scoring import ScoreGraph, score_frame  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -95,6 +97,7 @@ def main() -> int:
     bundle = own.bundle_
     encoded = encode(bundle.schema, table).values
     single_frames = [table.iloc[[i]] for i in range(200)]
+    single_records = table.head(200).to_dict("records")
     single_encoded = [encoded[i : i + 1] for i in range(200)]
 
     scores = []
@@ -109,12 +112,19 @@ def main() -> int:
             "bank_rows": 0 if chosen.neighbours is None else len(chosen.neighbours.bank),
             "score_frame_rows_per_s": throughput(run, table),
             "score_frame_latency": latency_ms(run, single_frames, args.calls),
+            "score_records_latency": latency_ms(
+                lambda record, chosen=chosen: score_records(chosen, [record]),
+                single_records,
+                args.calls,
+            ),
         }
         scores.append(row)
         print(
             f"{label:20s} score_frame {row['score_frame_rows_per_s']:>10,.0f} rows/s  "
             f"1-row {row['score_frame_latency']['median_ms']:.3f} ms "
-            f"(p99 {row['score_frame_latency']['p99_ms']:.3f})",
+            f"(p99 {row['score_frame_latency']['p99_ms']:.3f}); 1 record "
+            f"{row['score_records_latency']['median_ms']:.3f} ms "
+            f"(p99 {row['score_records_latency']['p99_ms']:.3f})",
             flush=True,
         )
 
@@ -183,13 +193,16 @@ def _markdown(payload: dict) -> str:  # type: ignore[type-arg]
         "",
         "The default score against the model's own, L = 8, same run:",
         "",
-        "| score | bank rows | score_frame rows/s | 1-row score_frame median / p99 (ms) |",
-        "|---|---|---|---|",
+        "| score | bank rows | score_frame rows/s | 1-row score_frame median / p99 (ms) "
+        "| 1-record score_records median / p99 (ms) |",
+        "|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['score']} | {r['bank_rows']:,} | {r['score_frame_rows_per_s']:,.0f} "
         f"| {r['score_frame_latency']['median_ms']:.3f} / "
-        f"{r['score_frame_latency']['p99_ms']:.3f} |"
+        f"{r['score_frame_latency']['p99_ms']:.3f} "
+        f"| {r['score_records_latency']['median_ms']:.3f} / "
+        f"{r['score_records_latency']['p99_ms']:.3f} |"
         for r in payload["scores"]
     ]
     lines += [

@@ -69,6 +69,30 @@ def test_csv_bodies_are_scored_too(client) -> None:
     assert response.json["counts"]["scored"] == 5
 
 
+def test_json_csv_and_kserve_bodies_score_the_same_records_alike(client) -> None:
+    """JSON records are scored without a DataFrame (detector.records), CSV and KServe bodies
+    as tables: the same records must come back with the same numbers either way."""
+    records = [NORMAL[0], broken(NORMAL[1]), {**NORMAL[2], "host": "never-seen"}, NORMAL[3]]
+    as_json = post(client, {"records": records}).json["results"]
+    csv = pd.DataFrame(records).to_csv(index=False)
+    as_csv = client.post("/v1/models/tiny/score", data=csv, content_type="text/csv").json
+    assert as_json == as_csv["results"]
+    columns = pd.DataFrame(records)
+    inputs = [
+        {
+            "name": name,
+            "shape": [len(records)],
+            "datatype": "BYTES" if columns[name].dtype == object else "FP64",
+            "data": columns[name].tolist(),
+        }
+        for name in columns.columns
+    ]
+    outputs = client.post("/v2/models/tiny/infer", json={"inputs": inputs}).json["outputs"]
+    by_name = {o["name"]: o["data"] for o in outputs}
+    assert by_name["anomaly_score"] == [r["anomaly_score"] for r in as_json]
+    assert by_name["p_value"] == [r["p_value"] for r in as_json]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [

@@ -1,0 +1,131 @@
+"""Records as mappings score exactly as the same records in a table (``detector.records``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.errors import SchemaError
+from detector.features import encode
+from detector.records import score_records
+from detector.scoring import ScoreResult, score_frame
+from tests.conftest import TINY, normal_records
+
+
+def same_result(fast: ScoreResult, table: ScoreResult) -> None:
+    np.testing.assert_array_equal(fast.anomaly_score, table.anomaly_score)
+    np.testing.assert_array_equal(fast.p_value, table.p_value)
+    np.testing.assert_array_equal(fast.is_anomaly, table.is_anomaly)
+    np.testing.assert_array_equal(fast.contributions, table.contributions)
+    np.testing.assert_array_equal(fast.rows, table.rows)
+    assert fast.rejections == table.rejections
+    assert fast.n_input == table.n_input
+    if table.context_unseen is None:
+        assert fast.context_unseen is None
+    else:
+        np.testing.assert_array_equal(fast.context_unseen, table.context_unseen)
+
+
+def test_plain_records_take_the_fast_path_and_score_as_a_table(fitted) -> None:
+    bundle = fitted.bundle_
+    records = normal_records(40)
+    records[3] = {**records[3], "cpu_pct": 99, "latency_p99_ms": 1e6}  # ints, and clipped
+    records[5] = {**records[5], "host": "never-seen-host"}  # the unseen slot
+    records[7] = {**records[7], "region": f"  {records[7]['region']} "}  # padded, known
+    records[9] = {**records[9], "request_id": "r-9"}  # carried through, unscored
+    kept = ["request_id"]
+    batch = bundle.record_encoder.encode(records, passthrough=kept)
+    assert batch is not None
+    frame = pd.DataFrame.from_records(records)
+    expected = encode(bundle.schema, frame, passthrough=kept)
+    np.testing.assert_array_equal(batch.values, expected.values)
+    assert batch.numbers == expected.numbers
+    for chunk in (records[:1], records[3:4], records):
+        same_result(
+            score_records(bundle, chunk, passthrough=kept),
+            score_frame(bundle, pd.DataFrame(chunk), passthrough=kept),
+        )
+
+
+def record_variants(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Records the fast path must leave to the table path, each with why."""
+    without = dict(record)
+    del without["cpu_pct"]
+    return {
+        "missing key": without,
+        "None": {**record, "cpu_pct": None},
+        "NaN": {**record, "cpu_pct": float("nan")},
+        "infinite": {**record, "cpu_pct": float("inf")},
+        "text number": {**record, "cpu_pct": "12.5"},
+        "text": {**record, "cpu_pct": "high"},
+        "bool": {**record, "cpu_pct": True},
+        "huge int": {**record, "cpu_pct": 10**30},
+        "numpy float": {**record, "cpu_pct": np.float32(12.5)},
+        "int label": {**record, "host": 7},
+        "empty label": {**record, "host": "   "},
+        "None label": {**record, "region": None},
+    }
+
+
+@pytest.mark.parametrize("name", list(record_variants({"cpu_pct": 0, "host": "", "region": ""})))
+def test_unusual_records_score_as_the_table_path_does(fitted, name: str) -> None:
+    bundle = fitted.bundle_
+    good = normal_records(3)
+    odd = record_variants(good[1])[name]
+    records = [good[0], odd, good[2]]
+    assert bundle.record_encoder.encode(records, passthrough=["request_id"]) is None
+    for impute in (None, "median"):
+        fast = score_records(bundle, records, impute=impute, passthrough=["request_id"])
+        table = score_frame(
+            bundle,
+            pd.DataFrame.from_records(records),
+            impute=impute,
+            passthrough=["request_id"],
+        )
+        same_result(fast, table)
+
+
+def test_unknown_and_missing_columns_are_refused_as_for_a_table(fitted) -> None:
+    records = normal_records(2)
+    records[0] = {**records[0], "surprise": 1}
+    with pytest.raises(SchemaError, match=r"unknown column.*surprise"):
+        score_records(fitted.bundle_, records)
+    only = [{"cpu_pct": 1.0}]
+    with pytest.raises(SchemaError, match="missing column"):
+        score_records(fitted.bundle_, only)
+
+
+def test_context_columns_encode_as_a_table_does(train_frame: pd.DataFrame) -> None:
+    from detector.estimator import VAEDetector
+
+    train = train_frame.head(600)
+    detector = VAEDetector(model="cvae", context=("host",), **{**TINY, "epochs": 2}).fit(train)
+    bundle = detector.bundle_
+    records = train.head(6).to_dict("records")
+    records[2] = {**records[2], "host": "new-host"}  # no context, flagged
+    records[4] = {**records[4], "host": f" {records[4]['host']}"}  # padded, known
+    batch = bundle.record_encoder.encode(records)
+    assert batch is not None
+    assert batch.context_unseen is not None and batch.context_unseen.tolist() == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
+    same_result(score_records(bundle, records), score_frame(bundle, pd.DataFrame(records)))
+    empty = [*records[:1], {**records[1], "host": ""}]
+    assert bundle.record_encoder.encode(empty) is None
+    same_result(score_records(bundle, empty), score_frame(bundle, pd.DataFrame(empty)))
+
+
+def test_the_python_api_takes_one_record_or_a_list_of_them(fitted) -> None:
+    records = normal_records(3)
+    table = pd.DataFrame(records)
+    same_result(fitted.score_records(records[0]), fitted.score_records(table.head(1)))
+    same_result(fitted.score_records(records), fitted.score_records(table))
+    np.testing.assert_array_equal(fitted.predict(records), fitted.predict(table))
