@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from detector.errors import DataError
-from detector.tables import NULL_VALUES, check_names, input_format
+from detector.tables import NULL_VALUES, check_names, csv_delimiter, input_format
 
 #: Bytes read at a time before the block size adapts to ``chunk_rows``.
 _FIRST_READ = 1 << 20
@@ -197,7 +197,7 @@ class CsvSource(TableSource):
 
     def __init__(self, path: str) -> None:
         self.name = "<stdin>" if path == "-" else path
-        self.delimiter = "\t" if path.lower().endswith((".tsv", ".tsv.gz")) else ","
+        self.delimiter = csv_delimiter(path)
         self._stdin = path == "-"
         if self._stdin:
             # A reader of its own over descriptor 0, never closed: a read blocked on a pipe

@@ -33,15 +33,28 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_ROWS = 65_536
 
 
+#: The names a directory's files are picked up by (``expand_inputs``) and told apart by
+#: (``table_format``): one list, so a file picked up is never refused for its name.
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+#: CSV names whose fields are separated by tabs.
+TAB_SUFFIXES = (".tsv", ".tsv.gz")
+
+
 def table_format(path: str | os.PathLike[str]) -> str:
     """The format a file's name says (for outputs, which do not exist yet): ``csv`` or
     ``parquet``. An input that exists is told by its content instead (``input_format``)."""
     name = str(path).lower()
-    if name.endswith((".parquet", ".pq")):
+    if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
-    if name.endswith((".csv", ".csv.gz", ".txt", ".tsv")) or name == "-":
+    if name.endswith(CSV_SUFFIXES) or name == "-":
         return "csv"
-    raise DataError(f"cannot tell the format of {path}: name it .csv, .csv.gz or .parquet")
+    raise DataError(f"cannot tell the format of {path}: name it .csv, .csv.gz, .tsv or .parquet")
+
+
+def csv_delimiter(path: str | os.PathLike[str]) -> str:
+    """A tab for ``.tsv`` and ``.tsv.gz`` files, else a comma (stdin, '-', included)."""
+    return "\t" if str(path).lower().endswith(TAB_SUFFIXES) else ","
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -144,6 +157,7 @@ def _iter_csv(
         if chunk_rows is None:
             frame = pd.read_csv(
                 source,
+                sep=csv_delimiter(path),
                 compression=compression,
                 skipinitialspace=True,
                 dtype={c: "string" for c in text_columns},
@@ -153,6 +167,7 @@ def _iter_csv(
             return
         with pd.read_csv(
             source,
+            sep=csv_delimiter(path),
             dtype={c: "string" for c in text_columns},
             chunksize=chunk_rows,
             compression=compression,
@@ -214,14 +229,12 @@ NULL_VALUES = (
     "nan",
     "null",
 )
-CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Files, directories (their ``.csv``, ``.csv.gz`` and ``.parquet`` files, sorted; names
-    starting with '.' or '_', such as Spark's ``_SUCCESS``, left out), glob patterns, or '-'
-    for CSV on stdin -> the list of files to read, in order."""
+    """Files, directories (their files named as ``CSV_SUFFIXES`` or ``PARQUET_SUFFIXES`` say,
+    sorted; names starting with '.' or '_', such as Spark's ``_SUCCESS``, left out), glob
+    patterns, or '-' for CSV on stdin -> the list of files to read, in order."""
     files: list[str] = []
     for item in map(str, inputs):
         path = Path(item)
@@ -235,7 +248,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             )
             if not found:
                 raise DataError(
-                    f"directory {item} holds no .csv, .csv.gz or .parquet files to score"
+                    f"directory {item} holds no files to score (files named "
+                    f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)})"
                 )
             files.extend(found)
         elif glob.has_magic(item):
