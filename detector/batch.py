@@ -388,7 +388,9 @@ class _Run:
         delimiter, same column order) instead of formatting every field again.
         """
         same_order = tuple(source.columns) == columns
-        copy_records = self.writer.format == "csv" and source.delimiter == "," and same_order
+        copy_records = (
+            self.writer.format == "csv" and source.delimiter == self.writer.delimiter and same_order
+        )
         for chunk in source.chunks(chunk_rows):
             table = chunk.table
             if not same_order:

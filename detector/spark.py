@@ -53,6 +53,7 @@ from detector.errors import ConfigError, DataError, SchemaError
 from detector.features import Imputation, check_columns
 from detector.scoring import score_frame
 from detector.tables import (
+    csv_delimiter,
     expand_inputs,
     partial_path,
     remove_stale_temporaries,
@@ -391,7 +392,11 @@ def _spark_paths(inputs: Sequence[str]) -> list[str]:
 def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
     from pyspark.sql import types as T
 
-    names = spark.read.option("header", True).option("escape", '"').csv(paths[0]).columns
+    # One separator for the run, from the first input's name, as the format is.
+    sep = csv_delimiter(paths[0].rstrip("/*"))
+    names = (
+        spark.read.option("header", True).option("escape", '"').option("sep", sep).csv(paths[0])
+    ).columns
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"{paths[0]} repeats column name(s) {dupes} in its header; rename them")
@@ -403,6 +408,7 @@ def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
         spark.read.schema(schema)
         .option("header", True)
         .option("escape", '"')
+        .option("sep", sep)
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
         # Quoted fields may hold newlines; a file is then read by one task (not split).

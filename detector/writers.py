@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detector.errors import DataError
-from detector.tables import partial_path, remove_stale_temporaries, table_format
+from detector.tables import csv_delimiter, partial_path, remove_stale_temporaries, table_format
 
 
 class TableWriter:
@@ -36,6 +36,8 @@ class TableWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.format = table_format(path)
+        #: A tab for a ``.tsv``/``.tsv.gz`` name, as the same name is read.
+        self.delimiter = csv_delimiter(path)
         self.target = Path(path)
         self._partial = partial_path(path)
         # A run killed outright (SIGKILL, power loss) cannot remove its partial file; the
@@ -52,8 +54,8 @@ class TableWriter:
         leading_text: pa.Array | None = None,
         leading_columns: int = 0,
     ) -> None:
-        """Append ``table``'s rows. ``leading_text``, for CSV, is the comma-delimited text of
-        the table's first ``leading_columns`` columns, one record per row
+        """Append ``table``'s rows. ``leading_text``, for CSV, is the text of the table's first
+        ``leading_columns`` columns separated by ``delimiter``, one record per row
         (``SourceChunk.records``): it is written as it is, then the other columns."""
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table, preserve_index=False)
@@ -92,12 +94,19 @@ class TableWriter:
             else:
                 self._csv = open(self._partial, "wb")  # noqa: SIM115 - closed by close()/abort()
             header = io.StringIO()
-            csv.writer(header, lineterminator="\n").writerow(table.column_names)
+            csv.writer(header, delimiter=self.delimiter, lineterminator="\n").writerow(
+                table.column_names
+            )
             self._csv.write(header.getvalue().encode())
         if table.num_rows:
             # An Arrow buffer: written without a copy.
             self._csv.write(
-                csv_buffer(table, leading_text=leading_text, leading_columns=leading_columns)
+                csv_buffer(
+                    table,
+                    self.delimiter,
+                    leading_text=leading_text,
+                    leading_columns=leading_columns,
+                )
             )
 
     def close(self) -> None:

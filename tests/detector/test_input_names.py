@@ -41,3 +41,23 @@ def test_every_file_a_directory_gives_up_is_read_with_its_columns(tmp_path) -> N
         pd.testing.assert_frame_equal(read_table(path), FRAME, obj=path)
         with open_source(path) as source:
             assert source.columns == ("host", "cpu", "mem"), path
+
+
+def test_a_tsv_output_is_tab_separated_whatever_the_input(fitted, eval_frame, tmp_path) -> None:
+    """A `.tsv` name means tabs on the way out too: the output reads back with its columns,
+    and a `.tsv` input copied into a `.csv` output is not left tab-separated inside it."""
+    from detector.batch import score_file
+
+    records = eval_frame.drop(columns=["label", "anomaly_kind"]).head(50)
+    for source_name, target_name in [("in.tsv", "out.tsv"), ("in.csv", "out.tsv.gz")]:
+        source = tmp_path / source_name
+        records.to_csv(source, index=False, sep="\t" if source_name.endswith(".tsv") else ",")
+        target = tmp_path / target_name
+        score_file(fitted.bundle_, source, target)
+        back = pd.read_csv(target, sep="\t")
+        assert list(back.columns[: records.shape[1]]) == list(records.columns)
+        assert back["anomaly_score"].notna().all() and len(back) == len(records)
+    score_file(fitted.bundle_, tmp_path / "in.tsv", tmp_path / "out.csv")
+    back = pd.read_csv(tmp_path / "out.csv")
+    assert list(back.columns[: records.shape[1]]) == list(records.columns)
+    pd.testing.assert_frame_equal(back[records.columns], records)
