@@ -21,8 +21,8 @@ from detector.commands import (
     cmd_score,
     cmd_threshold,
     cmd_train,
-    import_tensorflow_quietly,
 )
+from detector.native import import_tensorflow_quietly
 
 #: ``detector.models.MODELS``'s names, repeated here so ``--help`` needs no TensorFlow import
 #: (a test keeps the two equal).
@@ -381,9 +381,11 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     if not args.debug and getattr(args, "needs_tensorflow", True):
         import_tensorflow_quietly()
     from detector.errors import DetectorError
+    from detector.wording import speaking_to
 
     try:
-        return int(args.handler(args))
+        with speaking_to("cli"):  # messages name flags, not Python parameters
+            return int(args.handler(args))
     except DetectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

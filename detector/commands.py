@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -20,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from detector.native import native_output_silenced
+from detector.native import import_tensorflow_quietly, native_output_silenced
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -364,15 +363,6 @@ def _header(path: str) -> tuple[str, ...]:
 
     with open_source(path) as source:
         return tuple(source.columns)
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its start-up chatter kept off stderr."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with native_output_silenced():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
 
 
 def _score_with_tensorflow() -> None:

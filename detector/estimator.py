@@ -5,6 +5,10 @@ selection: ``score_samples`` is higher = more normal, ``decision_function`` is n
 anomalies, ``predict`` gives -1 for anomalies and +1 for normal records. ``anomaly_score`` and
 ``score_records`` (the typed ``ScoreResult``) use the product's own direction: higher = more
 anomalous.
+
+Importing this module does not import TensorFlow: ``fit`` and ``save`` (and ``load``, for a
+bundle without a LiteRT scorer) import it, with its start-up chatter kept off stderr
+(``detector.native``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,9 +25,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from detector.bundle import Bundle, load_bundle, save_bundle
 from detector.features import Imputation
+from detector.lite_graph import litert_available
+from detector.native import import_tensorflow_quietly
 from detector.records import score_records
 from detector.scoring import ScoreResult, score_frame
-from detector.training import TrainingConfig, TrainingSummary, train
+
+if TYPE_CHECKING:
+    from detector.training import TrainingSummary
 
 
 class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
@@ -107,6 +115,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
 
     def fit(self, X: Any, y: Any = None) -> VAEDetector:
         """Train on normal records ``X``; ``y`` is ignored (present for pipeline compatibility)."""
+        import_tensorflow_quietly()
+        from detector.training import TrainingConfig, train
+
         frame = _as_frame(X)
         names = {f.name for f in fields(TrainingConfig)}
         config = TrainingConfig(
@@ -174,6 +185,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the fitted detector as a model bundle (no pickle)."""
         check_is_fitted(self, "bundle_")
+        import_tensorflow_quietly()  # the network is written in Keras's format
         save_bundle(self.bundle_, path)
 
     @classmethod
@@ -181,6 +193,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         """A fitted detector from a bundle directory, with the hyperparameters it was trained
         with."""
         bundle = load_bundle(path)
+        if bundle.scorer is None or not litert_available():
+            import_tensorflow_quietly()  # it scores with TensorFlow
         accepted = cls().get_params()
         params = {k: v for k, v in bundle.params.items() if k in accepted}
         if params.get("hidden_units") is not None:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from detector.errors import DataError, SchemaError
+from detector.wording import offered, option
 
 #: Standardised values beyond this many standard deviations are clipped, so that one exploded
 #: column cannot push the network into a numeric range it never saw.
@@ -323,17 +324,19 @@ def fit_schema(
     forced = set(categorical)
     unknown_forced = sorted(forced - set(map(str, frame.columns)))
     if unknown_forced:
-        raise SchemaError(f"--categorical names columns not in the data: {unknown_forced}")
+        raise SchemaError(
+            f"{option('categorical')} names columns not in the data: {unknown_forced}"
+        )
     context_names = list(dict.fromkeys(context))
     unknown_context = sorted(set(context_names) - set(map(str, frame.columns)))
     if unknown_context:
         raise SchemaError(
-            f"--context names columns not in the data: {unknown_context}; its columns are "
-            f"{list(map(str, frame.columns))}"
+            f"{option('context')} names columns not in the data: {unknown_context}; its "
+            f"columns are {list(map(str, frame.columns))}"
         )
     if len(context_names) == frame.shape[1]:
         raise SchemaError(
-            "every column is a --context column; a conditional model needs at least one "
+            f"every column is a {option('context')} column; a conditional model needs at least one "
             "column to model"
         )
 
@@ -395,7 +398,7 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
     if len(counts) > MAX_CATEGORIES:
         problems.append(
             f"column '{key}' has {len(counts)} distinct text values, which looks like an "
-            f"identifier; leave it out with --ignore-column {key} (or make it numeric)"
+            f"identifier; {_leave_out(key)} (or make it numeric)"
         )
         return None
     counts.index = counts.index.map(str)
@@ -478,11 +481,11 @@ def check_columns(
     if missing:
         problems.append(f"missing column(s) {listed(missing)}")
     if unknown:
-        flags = " ".join(f"--keep-column {shortened(c)}" for c in unknown[:LISTED_NAMES])
+        keep = option("passthrough", *(shortened(c) for c in unknown[:LISTED_NAMES]))
         more = " ..." if len(unknown) > LISTED_NAMES else ""
         problems.append(
             f"unknown column(s) {listed(unknown)} (drop them, or keep them in the output unscored "
-            f"with {flags}{more})"
+            f"with {keep}{more})"
         )
     if problems:
         raise SchemaError("; ".join(problems) + f". The model expects: {schema.describe()}")
@@ -647,14 +650,10 @@ def _flag_numeric(
     if impute == "median":
         values = np.where(missing, col.median, values)
         missing = np.zeros_like(missing)
-    else:
+    elif missing.any():
+        reason = ("missing_value", f"column '{col.name}' is empty {_fill_it()}")
         for i in np.flatnonzero(missing):
-            reasons[int(i)].append(
-                (
-                    "missing_value",
-                    f"column '{col.name}' is empty (fill it, or score with --impute median)",
-                )
-            )
+            reasons[int(i)].append(reason)
     bad = unparsed | infinite | missing
     return np.where(bad, 0.0, values), bad
 
@@ -682,15 +681,11 @@ def _encode_context(
     """A context column's one-hot group ``(n, width)``, the mask of rows encoded as no context
     (a value not seen in training; an empty one when imputing) and the mask of rejected rows."""
     codes, missing = _lookup_labels(series, col.categories)
-    if impute != "median":
+    if impute != "median" and missing.any():
+        fix = _fill_it(" to score the record without its context")
+        reason = ("missing_value", f"context column '{col.name}' is empty {fix}")
         for i in np.flatnonzero(missing):
-            reasons[int(i)].append(
-                (
-                    "missing_value",
-                    f"context column '{col.name}' is empty (fill it, or score with --impute "
-                    "median to score the record without its context)",
-                )
-            )
+            reasons[int(i)].append(reason)
     known = np.flatnonzero(codes >= 0)
     group = np.zeros((len(codes), col.width), dtype=np.float64)
     group[known, codes[known]] = 1.0
@@ -711,14 +706,25 @@ def _parse_categorical(
         missing[:] = False
     # -1 (not among the training categories) goes to the group's last, "unseen", slot.
     codes = np.where(codes < 0, len(col.categories), codes)
-    for i in np.flatnonzero(missing):
-        reasons[int(i)].append(
-            (
-                "missing_value",
-                f"column '{col.name}' is empty (fill it, or score with --impute median)",
-            )
-        )
+    if missing.any():
+        reason = ("missing_value", f"column '{col.name}' is empty {_fill_it()}")
+        for i in np.flatnonzero(missing):
+            reasons[int(i)].append(reason)
     return np.where(missing, 0, codes), missing
+
+
+def _fill_it(imputing: str = "") -> str:
+    """The fix for an empty value, as the reader can apply it: the service cannot impute."""
+    if not offered("impute"):
+        return "(fill it)"
+    return f"(fill it, or score with {option('impute', 'median')}{imputing})"
+
+
+def _leave_out(column: str) -> str:
+    """How to keep a column out of training, as the reader can: Python has no parameter."""
+    if offered("ignore_column"):
+        return f"leave it out with {option('ignore_column', column)}"
+    return "drop it from the data"
 
 
 @lru_cache(maxsize=256)

@@ -1,17 +1,58 @@
 """Keeping native libraries' start-up chatter off stderr.
 
-TensorFlow (oneDNN, CUDA probing) and LiteRT ("Created TensorFlow Lite XNNPACK delegate") print
-from C++ before any log setting applies, so the only way to keep a command's output readable is
-to point file descriptor 2 elsewhere meanwhile. A module of its own because both the commands
-and the scoring engine (``detector.lite_graph``) need it.
+TensorFlow (oneDNN, CUDA probing, "Unable to register cuDNN factory", "TF-TRT Warning") and
+LiteRT ("Created TensorFlow Lite XNNPACK delegate") print from C++ before any log setting
+applies, so the only way to keep a command's or a notebook's output readable is to point file
+descriptor 2 elsewhere meanwhile. What else arrives there in that time (a Python warning, another
+thread's log line) is written back afterwards; only the chatter is dropped, and only as far as
+``TF_CPP_MIN_LOG_LEVEL`` says, when the user has set it (0 shows everything). A module of its own
+because the commands, the estimator and the scoring engine (``detector.lite_graph``) need it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Iterator
+
+#: The log level the package uses when the user has not set ``TF_CPP_MIN_LOG_LEVEL``: after
+#: start-up TensorFlow itself then drops its INFO and WARNING lines (errors still show).
+DEFAULT_TF_LOG_LEVEL = "2"
+
+#: A TensorFlow C++ log line and its severity: absl's format
+#: ("I0000 00:00:1796408797.463039   27164 port.cc:153] oneDNN custom operations are on") or
+#: glog's of older releases ("2024-01-31 12:00:00.123456: E external/.../cuda_dnn.cc:8] ...").
+_LOG_LINE = re.compile(
+    rb"^(?:(?P<absl>[IWEF])\d{4} [\d:.]+ +\d+ |[\d-]+ [\d:.]+: (?P<glog>[IWEF]) )\S+:\d+\] "
+)
+#: TF_CPP_MIN_LOG_LEVEL's scale: a line shows when its severity is at least the level.
+_SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
+#: Chatter without a severity, shown at level 0 only: absl's notice before its logging starts,
+#: the second line of TensorFlow's CPU-feature note, LiteRT's delegate notice.
+_NOTICES = (
+    b"WARNING: All log messages before absl::InitializeLog() is called",
+    b"To enable the following instructions:",
+    b"INFO: Created TensorFlow Lite XNNPACK delegate",
+)
+
+
+def _level() -> int:
+    """The user's ``TF_CPP_MIN_LOG_LEVEL``; unset (or unreadable), 3: start-up prints errors
+    that are not (no CUDA driver on a CPU machine, factories registered twice)."""
+    try:
+        return int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    except (KeyError, ValueError):
+        return 3
+
+
+def _shown(line: bytes, level: int) -> bool:
+    match = _LOG_LINE.match(line)
+    if match is not None:
+        return _SEVERITY[match["absl"] or match["glog"]] >= level
+    return level <= 0 or not line.startswith(_NOTICES)
 
 
 @contextlib.contextmanager
@@ -19,16 +60,40 @@ def native_output_silenced() -> Iterator[None]:
     """Keep C++ start-up chatter (TensorFlow's oneDNN and CUDA probing, LiteRT's "Created
     TensorFlow Lite XNNPACK delegate") off stderr while the block runs.
 
-    Use it before other threads start (a command's start, a server worker's model load):
-    whatever any thread writes to stderr meanwhile is lost. Python exceptions still propagate
-    and are reported as usual.
+    Descriptor 2 goes to a temporary file meanwhile; afterwards every other line written there
+    (Python warnings, other threads' output) is written back, in order. With
+    ``TF_CPP_MIN_LOG_LEVEL=0`` nothing is redirected. Python exceptions propagate as usual.
     """
+    level = _level()
+    if level <= 0:
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        with open(os.devnull, "w") as sink:
-            os.dup2(sink.fileno(), 2)
-            yield
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                capture.seek(0)
+                kept = b"".join(line for line in capture if _shown(line, level))
+                while kept:
+                    kept = kept[os.write(2, kept) :]
     finally:
-        os.dup2(saved, 2)
         os.close(saved)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow (once per process) with its start-up chatter kept off stderr, and,
+    unless the user set ``TF_CPP_MIN_LOG_LEVEL``, set it to ``DEFAULT_TF_LOG_LEVEL`` first."""
+    if "tensorflow" in sys.modules:
+        return
+    with native_output_silenced():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_TF_LOG_LEVEL)
+        import tensorflow as tf
+
+        # Probing devices is when CUDA prints its complaints; do it now, while muted.
+        tf.config.list_physical_devices()

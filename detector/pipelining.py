@@ -4,11 +4,14 @@ model scores the current one.
 Parsing (Arrow), the scoring graph (TensorFlow) and writing (Arrow) each release the GIL for
 most of their time, so on two cores a reader thread and a writer thread beside the scoring
 thread keep both cores busy instead of taking turns. Queues are bounded, so memory stays a
-few chunks whatever the input size; an error in a thread is raised in the caller.
+few chunks whatever the input size; an error in a thread is raised in the caller. Each thread
+runs in a copy of its starter's context (``contextvars``), so it sees what the caller set, such
+as who reads the messages (``detector.wording``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -62,7 +65,8 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
             return
         offer(_Done())
 
-    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(produce,), name="prefetch", daemon=True)
     thread.start()
     finished = False
     try:
@@ -90,7 +94,10 @@ class BackgroundSink(Generic[T]):
         self._write = write
         self._slots: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="writer", daemon=True)
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._drain,), name="writer", daemon=True
+        )
         self._thread.start()
 
     def _drain(self) -> None:

@@ -38,6 +38,7 @@ from detector.threshold import (
     Calibrator,
     calibration_warnings,
 )
+from detector.wording import option
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +167,14 @@ class TrainingConfig:
         problems = []
         if conditional and not self.context:
             problems.append(
-                f"model {self.model!r} is conditioned on context columns: name at least one "
-                "with --context COL (e.g. --context host)"
+                f"model {self.model!r} is conditioned on context columns: name at least one, "
+                f"e.g. {option('context', 'host')}"
             )
         if not conditional and self.context:
+            context = option("context")
             problems.append(
-                f"model {self.model!r} takes no context; --context is for --model cvae (or "
-                "drop --context)"
+                f"model {self.model!r} takes no context; {context} is for "
+                f"{option('model', 'cvae')} (or drop {context})"
             )
         if not 0 <= self.context_dropout < 1:
             problems.append(f"context_dropout {self.context_dropout} must be in [0, 1)")
@@ -320,7 +322,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         warnings.append(
             "posterior collapse: no latent unit carries information (KL per unit < "
             f"{ACTIVE_UNIT_KL} nats on validation data), so the model scores columns as if "
-            "independent; try --kl-warmup-epochs higher or a smaller --min-scale"
+            f"independent; try {option('kl_warmup_epochs')} higher or a smaller "
+            f"{option('min_scale')}"
         )
     validation_fpr = float(np.mean(val_scores > calibrator.threshold))
     warnings.extend(
@@ -458,7 +461,8 @@ def _check_finite(history: dict[str, list[float]], config: TrainingConfig) -> No
         epoch = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1 if len(losses) else 0
         raise TrainingError(
             f"training diverged: the loss became NaN/inf at epoch {epoch}; lower "
-            f"--learning-rate (now {config.learning_rate}) or look for extreme values in the data"
+            f"{option('learning_rate')} (now {config.learning_rate}) or look for extreme values "
+            "in the data"
         )
 
 
@@ -471,7 +475,7 @@ def _check_spread(scores: np.ndarray) -> None:
     if _constant(scores):
         raise TrainingError(
             "held-out anomaly scores are (nearly) constant, so the model cannot tell records "
-            "apart; check that the training columns vary, or train longer (--epochs)"
+            f"apart; check that the training columns vary, or train longer ({option('epochs')})"
         )
 
 

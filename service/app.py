@@ -18,6 +18,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from detector.errors import DetectorError, InputError
 from detector.features import shortened
+from detector.wording import speaking_to
 from service.alerts import AlertTracker
 from service.config import ServiceConfig, load_config
 from service.delivery import AlertDispatcher, AlertmanagerSink, LogSink, Sink, WebhookSink
@@ -79,6 +80,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["anomaly"] = app_state
+    app.wsgi_app = _speaking_to_clients(app.wsgi_app)  # type: ignore[method-assign]
 
     from service.api import api
     from service.kserve import kserve
@@ -88,6 +90,17 @@ def create_app(
     _install_hooks(app, app_state)
     _install_error_handlers(app)
     return app
+
+
+def _speaking_to_clients(wsgi_app: Any) -> Any:
+    """Around every request: messages name the service's settings (``passthrough_fields``),
+    never a command-line flag or Python parameter its client cannot use."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        with speaking_to("http"):
+            return wsgi_app(environ, start_response)
+
+    return wrapped
 
 
 def _publish(metrics: ServiceMetrics, loaded: LoadedModel, previous: LoadedModel | None) -> None:

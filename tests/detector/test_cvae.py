@@ -218,7 +218,7 @@ def test_http_results_carry_the_flag(cvae: VAEDetector, cvae_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("settings", "needle"),
     [
-        ({"model": "cvae"}, "--context COL"),
+        ({"model": "cvae"}, r"e\.g\. context=\['host'\]"),
         ({"model": "vae", "context": ("host",)}, "takes no context"),
         ({"model": "cvae", "context": ("host",), "context_dropout": 1.0}, "context_dropout"),
     ],

@@ -70,7 +70,7 @@ def test_missing_and_unknown_columns_are_named() -> None:
     message = str(err.value)
     assert "missing column(s) ['cpu']" in message
     assert "unknown column(s) ['extra']" in message
-    assert "--keep-column extra" in message
+    assert "passthrough=['extra']" in message
     assert "The model expects: cpu (number)" in message
 
 
@@ -91,7 +91,7 @@ def test_bad_values_are_rejected_with_reasons_not_dropped() -> None:
     assert batch.accepted.tolist() == [True, False, False, False, False]
     reasons = {r.row: r.reason for r in batch.rejections}
     assert "'abc' is not a number" in reasons[1]
-    assert "empty" in reasons[2] and "--impute median" in reasons[2]
+    assert "empty" in reasons[2] and "impute='median'" in reasons[2]
     assert "infinite" in reasons[3]
     assert "'host' is empty" in reasons[4]
     assert len(batch.values) + len(batch.rejections) == len(frame)
@@ -144,7 +144,7 @@ def test_training_data_problems_are_reported_with_the_fix() -> None:
         )
     message = str(err.value)
     assert "column 'cpu' has 3 empty/NaN/inf values" in message
-    assert "--ignore-column id" in message
+    assert "drop it from the data" in message
 
 
 def test_too_few_rows_is_a_data_error() -> None:
@@ -177,7 +177,7 @@ def test_context_round_trips_and_older_schemas_have_none() -> None:
 
 
 def test_context_columns_must_exist_and_leave_something_to_model() -> None:
-    with pytest.raises(SchemaError, match=r"--context names columns not in the data: \['nope'\]"):
+    with pytest.raises(SchemaError, match=r"context names columns not in the data: \['nope'\]"):
         fit_schema(_frame(), context=["nope"])
     with pytest.raises(SchemaError, match="at least one column to model"):
         fit_schema(_frame()[["host"]], context=["host"])

@@ -1,0 +1,108 @@
+"""How a message names an option, for whoever reads it.
+
+The same error reaches three kinds of reader: someone at the ``anomaly`` command line
+(``--keep-column X``), a Python caller of ``VAEDetector``, ``train`` or ``score_frame``
+(``passthrough=['X']``) and an HTTP client of the service, whose operator sets
+``passthrough_fields``. ``OPTIONS`` spells each option once for all three; a message asks
+``option()`` for the name, and the surface active in the current context says which spelling it
+gets. The command line (``detector.cli.run``) and the service (``service.app``) set theirs with
+``speaking_to``; anything else is a Python caller.
+
+A context variable, so that threads and requests keep their own: a thread started inside a block
+sees the block's surface only when it runs in a copy of the caller's context
+(``contextvars.copy_context().run``, as ``detector.pipelining`` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Surface = Literal["cli", "python", "http"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option as each surface spells it: the command-line flag, the Python parameter and
+    the service setting, ``None`` where that surface has no such option. ``many``: it takes
+    several values (a repeatable flag, a list parameter)."""
+
+    cli: str
+    python: str | None
+    http: str | None = None
+    many: bool = False
+
+
+def _hyperparameter(name: str) -> Option:
+    # A training hyperparameter: VAEDetector's parameter and TrainingConfig's field, whose
+    # `anomaly train` flag is the name with dashes (a test checks that each one exists).
+    return Option(cli="--" + name.replace("_", "-"), python=name)
+
+
+#: Every option a message names, by its Python name (the flag's where Python has none).
+OPTIONS: dict[str, Option] = {
+    "passthrough": Option("--keep-column", "passthrough", "passthrough_fields", many=True),
+    "impute": Option("--impute", "impute"),
+    "ignore_column": Option("--ignore-column", None, many=True),
+    "categorical": Option("--categorical", "categorical", many=True),
+    "context": Option("--context", "context", many=True),
+    **{
+        name: _hyperparameter(name)
+        for name in (
+            "model",
+            "epochs",
+            "learning_rate",
+            "kl_warmup_epochs",
+            "min_scale",
+            "target_fpr",
+        )
+    },
+}
+
+_surface: ContextVar[Surface] = ContextVar("detector_surface", default="python")
+
+
+def current_surface() -> Surface:
+    """Who reads this context's messages: ``"python"`` unless a block says otherwise."""
+    return _surface.get()
+
+
+@contextlib.contextmanager
+def speaking_to(surface: Surface) -> Iterator[None]:
+    """While the block runs (in this context), messages name options as ``surface`` does."""
+    if surface not in get_args(Surface):
+        raise ValueError(f"surface {surface!r} is not one of {get_args(Surface)}")
+    token = _surface.set(surface)
+    try:
+        yield
+    finally:
+        _surface.reset(token)
+
+
+def offered(name: str) -> bool:
+    """Whether the current surface has the option ``name`` (the service cannot impute)."""
+    return getattr(OPTIONS[name], current_surface()) is not None
+
+
+def option(name: str, *values: object) -> str:
+    """The option ``name`` set to ``values`` as the current surface spells it:
+    ``option("passthrough", "id")`` is ``--keep-column id`` on the command line,
+    ``passthrough=['id']`` in Python and ``the service setting passthrough_fields = ['id']``
+    over HTTP; with no values, the bare name. Where the surface lacks the option (check with
+    ``offered``), Python's spelling, else the flag."""
+    spec = OPTIONS[name]
+    surface = current_surface()
+    spelled = getattr(spec, surface)
+    if spelled is None:
+        surface, spelled = ("python", spec.python) if spec.python else ("cli", spec.cli)
+    if not values:
+        return spelled
+    if surface == "cli":
+        return " ".join(f"{spelled} {value}" for value in values)
+    value = list(values) if spec.many else values[0]
+    if surface == "http":
+        return f"the service setting {spelled} = {value!r}"
+    return f"{spelled}={value!r}"
