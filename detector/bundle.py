@@ -12,7 +12,7 @@ with LiteRT (``detector.integrity``). The manifest holds a SHA-256 of each other
 checksum of its own content: together they detect a bundle damaged or edited after it was
 written (corruption, not tampering, unless ``ANOMALY_BUNDLE_KEY`` signs it:
 ``detector.integrity`` says exactly what each protects). Calibration values are checked too. A
-bundle written before ``scorer.tflite`` existed scores with TensorFlow, as it did then.
+bundle written before ``scorer.tflite`` existed is refused with a message to retrain it.
 
 Writes are atomic: a bundle is written to a temporary sibling directory and renamed into place,
 so a reader sees the old bundle or the new one, never half of one.
@@ -306,9 +306,13 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     model_path = root / MODEL_FILE
     _check_file(root, MODEL_FILE, manifest, _sha256(model_path) if model_path.is_file() else None)
     check_keras_archive(model_path)
-    scorer = None
-    if SCORER_FILE in manifest.get("files", {}):
-        scorer = _checked_bytes(root, SCORER_FILE, manifest)
+    if SCORER_FILE not in manifest.get("files", {}):
+        raise BundleError(
+            f"{root} was written by an older version, before bundles held {SCORER_FILE} (the "
+            f"scoring graph this version scores with); retrain it: `anomaly train DATA --out "
+            f"{root}`"
+        )
+    scorer = _checked_bytes(root, SCORER_FILE, manifest)
     bank = None
     try:
         schema = Schema.from_dict(manifest["schema"])
@@ -344,8 +348,6 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             "written by another tool: retrain the model"
         ) from None
     _check_consistent(root, bundle)
-    if scorer is None:
-        bundle.model  # noqa: B018 - a bundle scored by TensorFlow loads (and checks) it now
     return bundle
 
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from detector.native import import_tensorflow_quietly, native_output_silenced
+from detector.native import native_output_silenced
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -268,11 +268,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         "max_reject_rate": args.max_reject_rate,
     }
     try:
-        from detector.bundle import MANIFEST_FILE, SCORER_FILE
-
-        bundle_dir = Path(args.model)
-        if (bundle_dir / MANIFEST_FILE).is_file() and not (bundle_dir / SCORER_FILE).is_file():
-            _score_with_tensorflow()
         from detector.bundle import load_bundle
 
         with native_output_silenced():  # load_bundle starts the LiteRT interpreter
@@ -363,19 +358,6 @@ def _header(path: str) -> tuple[str, ...]:
 
     with open_source(path) as source:
         return tuple(source.columns)
-
-
-def _score_with_tensorflow() -> None:
-    """Set up TensorFlow for a bundle written before LiteRT scoring (no scorer file)."""
-    import_tensorflow_quietly()
-    import tensorflow as tf
-
-    # One thread inside each model call: the scorer keeps the cores busy with its own threads
-    # (read and encode, model, write), and TensorFlow's pool, spinning while it waits for
-    # work, took CPU from them (measured: 94k against 89k rows/s). A process that has run
-    # TensorFlow already keeps its setting.
-    with contextlib.suppress(RuntimeError):
-        tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
 def _labelled_scores(

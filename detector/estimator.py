@@ -6,8 +6,8 @@ anomalies, ``predict`` gives -1 for anomalies and +1 for normal records. ``anoma
 ``score_records`` (the typed ``ScoreResult``) use the product's own direction: higher = more
 anomalous.
 
-Importing this module does not import TensorFlow: ``fit`` and ``save`` (and ``load``, for a
-bundle without a LiteRT scorer) import it, with its start-up chatter kept off stderr
+Importing this module does not import TensorFlow: ``fit`` and ``save`` (and ``load``, where
+LiteRT is not installed) import it, with its start-up chatter kept off stderr
 (``detector.native``).
 """
 
@@ -193,7 +193,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         """A fitted detector from a bundle directory, with the hyperparameters it was trained
         with."""
         bundle = load_bundle(path)
-        if bundle.scorer is None or not litert_available():
+        if not litert_available():
             import_tensorflow_quietly()  # it scores with TensorFlow
         accepted = cls().get_params()
         params = {k: v for k, v in bundle.params.items() if k in accepted}

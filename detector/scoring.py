@@ -22,7 +22,7 @@ Scores, each a log-likelihood estimate (higher = more normal) before the sign fl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +41,6 @@ SCORE_KINDS = ("recon_prob", "mean_log_lik", "elbo", "iwae")
 #: Rows per graph call: large enough to run at full speed, small enough to bound memory
 #: (4096 rows x 16 samples x 64 features x 4 bytes = 16 MB per tensor).
 GRAPH_BATCH = 4096
-#: Up to this many rows go through the numpy mirror of the graph instead: a TensorFlow call
-#: costs ~0.5-0.9 ms of fixed overhead, most of a single record's scoring time.
-SMALL_BATCH = 16
 
 
 class ScoreGraph:
@@ -98,7 +95,6 @@ class ScoreGraph:
             input_signature=[tf.TensorSpec([None, model.input_dim], tf.float32)],
         ).get_concrete_function()
         self._to_tensor = tf.convert_to_tensor
-        self._small = SmallBatchForward.for_model(model, eps.numpy())
 
     @property
     def concrete_function(self) -> Any:
@@ -107,9 +103,7 @@ class ScoreGraph:
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._small is not None and len(x) <= SMALL_BATCH:
-            out = self._small(x)
-        elif len(x) <= GRAPH_BATCH:
+        if len(x) <= GRAPH_BATCH:
             out = self._graph(self._to_tensor(x)).numpy()
         else:
             out = np.concatenate(
@@ -126,116 +120,6 @@ class ScoreGraph:
 def score_kinds(model: VAE) -> tuple[str, ...]:
     """Every score a model's bundle can use: the four estimates, then the model's own."""
     return SCORE_KINDS + tuple(model.extra_score_kinds)
-
-
-_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "relu": lambda h: np.maximum(h, 0.0),
-    "tanh": np.tanh,
-    "sigmoid": lambda h: 1.0 / (1.0 + np.exp(-h)),
-    "elu": lambda h: np.where(h > 0, h, np.expm1(np.minimum(h, 0.0))),
-    "softplus": lambda h: np.logaddexp(0.0, h),
-    "linear": lambda h: h,
-}
-
-
-class SmallBatchForward:
-    """The scoring graph's arithmetic in numpy, for a few rows at a time.
-
-    Same weights, same fixed noise, same formulas as ``ScoreGraph``'s graph (the log-densities
-    of ``detector.losses``, written for numpy); a test checks the two agree to float32
-    rounding. It exists for latency only: for one record, numpy's per-operation cost (~1 us)
-    beats TensorFlow's per-call overhead by an order of magnitude. Models with an activation
-    not listed in ``_ACTIVATIONS`` use the graph for every batch size.
-    """
-
-    def __init__(self, model: VAE, eps: np.ndarray) -> None:
-        from detector.models.vae import ENCODER_LOG_VAR_RANGE
-
-        def dense(layer: Any) -> tuple[np.ndarray, np.ndarray]:
-            kernel, bias = layer.get_weights()
-            return kernel.astype(np.float32), bias.astype(np.float32)
-
-        self.act = _ACTIVATIONS[model.activation]
-        self.encoder = [dense(d) for d in model.encoder_body.dense]
-        self.decoder = [dense(d) for d in model.decoder_body.dense]
-        self.z_mean = dense(model.z_mean)
-        self.z_log_var = dense(model.z_log_var)
-        self.n_numeric = model.n_numeric
-        self.group_sizes = model.group_sizes
-        self.x_mean = dense(model.x_mean) if model.x_mean is not None else None
-        self.x_log_var = (
-            np.asarray(model.x_log_var(np.zeros((1, 1), np.float32)))[0]
-            if model.x_log_var is not None
-            else None
-        )
-        self.x_logits = dense(model.x_logits) if model.x_logits is not None else None
-        self.eps = eps.astype(np.float32)
-        self.log_var_range = ENCODER_LOG_VAR_RANGE
-
-    @classmethod
-    def for_model(cls, model: VAE, eps: np.ndarray) -> SmallBatchForward | None:
-        from detector.models.vae import VAE
-
-        # Only the plain VAE: subclasses change the arithmetic this class mirrors.
-        if type(model) is not VAE or model.activation not in _ACTIVATIONS:
-            return None
-        return cls(model, eps)
-
-    def _mlp(self, h: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        for kernel, bias in layers:
-            h = self.act(h @ kernel + bias)
-        return h
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """``(n, n_features)`` -> ``(n, 4 + n_terms)``, the graph's output layout."""
-        h = self._mlp(x, self.encoder)
-        mean = h @ self.z_mean[0] + self.z_mean[1]
-        log_var = np.clip(h @ self.z_log_var[0] + self.z_log_var[1], *self.log_var_range)
-        std = np.exp(0.5 * log_var)
-        z = mean[:, None, :] + std[:, None, :] * self.eps[None, :, :]  # (n, L, latent)
-        d = self._mlp(z, self.decoder)
-        terms = []
-        if self.x_mean is not None and self.x_log_var is not None:
-            x_num = x[:, None, : self.n_numeric]
-            mu = d @ self.x_mean[0] + self.x_mean[1]
-            lv = self.x_log_var
-            terms.append(-0.5 * (_LOG_2PI + lv + np.square(x_num - mu) * np.exp(-lv)))
-        if self.x_logits is not None:
-            logits = d @ self.x_logits[0] + self.x_logits[1]
-            one_hot = x[:, None, self.n_numeric :]
-            start, parts = 0, []
-            for size in self.group_sizes:
-                block = logits[..., start : start + size]
-                log_p = block - _logsumexp(block, axis=-1, keepdims=True)
-                parts.append(np.sum(one_hot[..., start : start + size] * log_p, axis=-1))
-                start += size
-            terms.append(np.stack(parts, axis=-1))
-        term_ll = terms[0] if len(terms) == 1 else np.concatenate(terms, axis=-1)
-        ll = term_ll.sum(axis=-1)
-        kl = (0.5 * (np.exp(log_var) + np.square(mean) - 1.0 - log_var)).sum(axis=-1)
-        log_prior = (-0.5 * (_LOG_2PI + np.square(z))).sum(axis=-1)
-        log_q = (-0.5 * (_LOG_2PI + log_var[:, None, :] + np.square(self.eps)[None])).sum(axis=-1)
-        count = np.log(np.float32(ll.shape[1]))
-        mean_log_lik = ll.mean(axis=1)
-        estimates = np.stack(
-            [
-                _logsumexp(ll, axis=1) - count,
-                mean_log_lik,
-                mean_log_lik - kl,
-                _logsumexp(ll + log_prior - log_q, axis=1) - count,
-            ],
-            axis=1,
-        )
-        return np.concatenate([estimates, -term_ll.mean(axis=1)], axis=1)
-
-
-_LOG_2PI = np.float32(np.log(2.0 * np.pi))
-
-
-def _logsumexp(a: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
-    top = np.max(a, axis=axis, keepdims=True)
-    out = np.log(np.sum(np.exp(a - top), axis=axis, keepdims=True)) + top
-    return out if keepdims else np.squeeze(out, axis=axis)
 
 
 def estimate_all(

@@ -107,7 +107,7 @@ class _WorkerBundles:
     """Bundles loaded in this Python worker, by content digest.
 
     Module-level on purpose: Spark reuses a Python worker for many tasks, and loading a bundle
-    (reading and checking its files, and TensorFlow for a bundle without a scorer file) costs
+    (reading and checking its files, starting the LiteRT interpreter) costs
     time, so each worker loads each bundle once.
     """
 

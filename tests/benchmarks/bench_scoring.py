@@ -5,7 +5,7 @@ Reports, at the default sample count (L=8) and a few others:
 
 - model throughput on already-encoded rows (rows/s), for the engine bundles score with (the
   LiteRT flatbuffer, one thread) and for the TensorFlow graph it is converted from (its
-  default threads; a bundle without a scorer file runs it, with numpy below 17 rows);
+  default threads; what scores where LiteRT is not installed);
 - end-to-end throughput: ``score_frame`` on a pandas DataFrame (encode + graph + p-values);
 - single-row latency, median and p99 over ``--calls`` calls, for both engines, for
   ``score_frame`` on a one-row DataFrame and for ``score_records`` on one record given as a
@@ -186,8 +186,8 @@ def _markdown(payload: dict) -> str:  # type: ignore[type-arg]
         f"{payload['network']['hidden_units']}, latent {payload['network']['latent_dim']}.",
         "",
         "Graph = the LiteRT flatbuffer bundles score with (one thread); TensorFlow = the graph "
-        "it is converted from (default threads; numpy below 17 rows), which only bundles "
-        "written before the scorer file use. score_frame runs the LiteRT graph.",
+        "it is converted from (default threads), which scores only where LiteRT is not "
+        "installed. score_frame runs the LiteRT graph.",
     ]
     lines += [
         "",

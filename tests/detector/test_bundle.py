@@ -25,7 +25,6 @@ from detector.bundle import (
 from detector.errors import BundleError
 from detector.estimator import VAEDetector
 from detector.features import encode
-from detector.scoring import ScoreGraph, score_frame
 from tests.detector.engines import assert_scorer_matches_tensorflow
 
 
@@ -129,23 +128,14 @@ def test_scoring_a_loaded_bundle_never_imports_tensorflow(bundle_dir, eval_frame
     assert "imported: []" in done.stdout
 
 
-def test_a_bundle_from_before_the_scorer_scores_with_tensorflow(
-    bundle_dir, tmp_path, eval_frame
-) -> None:
+def test_a_bundle_from_before_the_scorer_is_refused_with_retrain(bundle_dir, tmp_path) -> None:
     copy = _copy(bundle_dir, tmp_path)
     (copy / SCORER_FILE).unlink()
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     del manifest["files"][SCORER_FILE], manifest["scoring"]["kinds"]
     write_manifest(copy, manifest)
-    old, new = load_bundle(copy), load_bundle(bundle_dir)
-    assert isinstance(old.graph, ScoreGraph)
-    frame = eval_frame.drop(columns=["label", "anomaly_kind"])
-    np.testing.assert_allclose(
-        score_frame(old, frame).anomaly_score,
-        score_frame(new, frame).anomaly_score,
-        rtol=1e-5,
-        atol=1e-4,
-    )
+    with pytest.raises(BundleError, match=r"older version.*retrain it: `anomaly train"):
+        load_bundle(copy)
 
 
 def test_code_in_a_model_file_is_never_run(bundle_dir, tmp_path) -> None:
