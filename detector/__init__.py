@@ -43,7 +43,15 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+#: Exporting modules that import TensorFlow when imported: it is started quietly first.
+_NEEDS_TENSORFLOW = {"detector.training"}
+
+
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'detector' has no attribute {name!r}")
+    if _EXPORTS[name] in _NEEDS_TENSORFLOW:
+        from detector.native import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     return getattr(import_module(_EXPORTS[name]), name)

@@ -38,6 +38,7 @@ from detector.pipelining import BackgroundSink, prefetched
 from detector.scoring import ScoreResult, score_batch, score_frame
 from detector.sources import ParseReject, SourceChunk, TableSource, open_source
 from detector.tables import DEFAULT_CHUNK_ROWS, expand_inputs, iter_table
+from detector.wording import option
 from detector.writers import TableWriter
 
 #: Columns the scorer adds after the input's own, in order (then ``top_feature_1..k``).
@@ -281,7 +282,7 @@ def score_file(
     inputs = [input_path] if isinstance(input_path, str | os.PathLike) else list(input_path)
     files = expand_inputs(inputs)
     if chunk_rows < 1:
-        raise DataError(f"--chunk-rows must be at least 1, not {chunk_rows}")
+        raise DataError(f"{option('chunk_rows')} must be at least 1, not {chunk_rows}")
     run = _Run(bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files)
     try:
         for path in files:
@@ -301,7 +302,8 @@ def score_file(
         raise RejectRateExceeded(
             f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
             f"{report.rows_rejected}: {report.reject_rate:.2%} rejected is more than "
-            f"--max-reject-rate {max_reject_rate:g}; no output was written; the rejected rows "
+            f"{option('max_reject_rate', f'{max_reject_rate:g}')}; no output was written; the "
+            "rejected rows "
             f"and reasons are in {report.rejects}",
             report,
         )
@@ -425,7 +427,8 @@ class _Run:
         absent = [c for c in keep if c not in columns]
         if absent:
             raise SchemaError(
-                f"--keep-column {absent} not in {source}; its columns are {list(columns)}"
+                f"{option('keep_columns')} {absent} not in {source}; its columns are "
+                f"{list(columns)}"
             )
         added = [*SCORE_COLUMNS, *([CONTEXT_COLUMN] if self.bundle.schema.context else [])]
         clash = [c for c in added if c in columns] + [

@@ -51,6 +51,7 @@ from detector.records import RecordEncoder
 from detector.scoring import ScoreGraph, score_kinds
 from detector.tables import partial_path, remove_stale_temporaries, staging_path
 from detector.threshold import Calibrator
+from detector.wording import option, retarget_command, train_command
 
 if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
     from detector.models import VAE
@@ -235,7 +236,8 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
 def _swap_into_place(staging: Path, target: Path) -> None:
     if target.exists() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
         raise BundleError(
-            f"{target} exists and is not a model bundle; choose another --out or remove it"
+            f"{target} exists and is not a model bundle; choose another {option('out')} or "
+            "remove it"
         )
     retired = staging_path(target, "old")
     if target.exists():
@@ -289,8 +291,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(
-            f"no model bundle at {root} (no {MANIFEST_FILE}); train one with "
-            f"`anomaly train DATA --out {root}`"
+            f"no model bundle at {root} (no {MANIFEST_FILE}); train one with {train_command(root)}"
         )
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -309,8 +310,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     if SCORER_FILE not in manifest.get("files", {}):
         raise BundleError(
             f"{root} was written by an older version, before bundles held {SCORER_FILE} (the "
-            f"scoring graph this version scores with); retrain it: `anomaly train DATA --out "
-            f"{root}`"
+            f"scoring graph this version scores with); retrain it: {train_command(root)}"
         )
     scorer = _checked_bytes(root, SCORER_FILE, manifest)
     bank = None
@@ -381,7 +381,7 @@ def _calibrator(manifest_path: Path, state: Any) -> Calibrator:
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(
             f"the calibration in {manifest_path} is invalid ({exc}); restore the bundle from its "
-            "source or retrain, and change the target only with `anomaly threshold MODEL --fpr`"
+            f"source or retrain, and change the target only with {retarget_command()}"
         ) from None
 
 

@@ -14,7 +14,7 @@ LiteRT is not installed) import it, with its start-up chatter kept off stderr
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -142,17 +142,22 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
 
     # ---- scoring ---------------------------------------------------------------------------
 
-    def score_records(self, X: Any, *, impute: Imputation = None) -> ScoreResult:
+    def score_records(
+        self, X: Any, *, impute: Imputation = None, passthrough: Sequence[str] = ()
+    ) -> ScoreResult:
         """The full typed result: anomaly scores, p-values, decisions, contributions, and the
         rows rejected with their reasons. ``X`` is a table, or one record as a mapping of
         column -> value, or a list of them: mappings skip the DataFrame, the fast way to score
-        one record (``detector.records``)."""
+        one record (``detector.records``). ``passthrough`` names columns to accept and leave
+        unscored (an id, a timestamp)."""
         check_is_fitted(self, "bundle_")
+        kept = tuple(passthrough)
         if isinstance(X, Mapping):
-            return score_records(self.bundle_, [X], impute=impute)
+            return score_records(self.bundle_, [X], impute=impute, passthrough=kept)
         if isinstance(X, list) and X and all(isinstance(r, Mapping) for r in X):
-            return score_records(self.bundle_, X, impute=impute)
-        return score_frame(self.bundle_, _as_frame(X, self.feature_names_in_), impute=impute)
+            return score_records(self.bundle_, X, impute=impute, passthrough=kept)
+        frame = _as_frame(X, self.feature_names_in_)
+        return score_frame(self.bundle_, frame, impute=impute, passthrough=kept)
 
     def anomaly_score(self, X: Any) -> np.ndarray:
         """Higher = more anomalous, one per row ``(n_samples,)``; raises if any row is invalid."""

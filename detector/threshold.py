@@ -22,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 from detector.errors import ConfigError, DataError
+from detector.wording import option, retarget_command
 
 #: At least this many held-out rows are needed for a calibration worth the name.
 MIN_REFERENCE = 30
@@ -252,8 +253,8 @@ def calibration_warnings(
             f"{_percent(target_fpr)} expect {expected:.2g} false alarms among them, so the "
             "threshold rests on the tail fitted to the highest scores with few or no observed "
             f"false alarms to check it, and its real rate may be far off; {more}raise the "
-            f"target to {_percent(lowest)} or more (--target-fpr, or `anomaly threshold MODEL "
-            "--fpr` on a trained model)"
+            f"target to {_percent(lowest)} or more ({option('target_fpr')}, or "
+            f"{retarget_command()} on a trained model)"
         )
     if heldout_fpr is not None and n_heldout > 0 and math.isfinite(heldout_fpr):
         alarms = round(heldout_fpr * n_heldout)
@@ -264,7 +265,7 @@ def calibration_warnings(
                 f"against a target of {_percent(target_fpr)} ({alarms:,} of {n_heldout:,} normal "
                 f"rows flagged; binomial p = {p_value:.1g}), so the threshold is likely too low "
                 "for new data: check that the training rows are all normal and alike, train "
-                "longer (--epochs), or set a lower target with `anomaly threshold MODEL --fpr`"
+                f"longer ({option('epochs')}), or set a lower target with {retarget_command()}"
             )
     return tuple(found)
 

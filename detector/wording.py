@@ -58,8 +58,14 @@ OPTIONS: dict[str, Option] = {
             "kl_warmup_epochs",
             "min_scale",
             "target_fpr",
+            "svdd_weight",
         )
     },
+    # score_file's; score_frame's is passthrough above
+    "keep_columns": Option("--keep-column", "keep_columns", "passthrough_fields", many=True),
+    "chunk_rows": Option("--chunk-rows", "chunk_rows"),
+    "max_reject_rate": Option("--max-reject-rate", "max_reject_rate"),
+    "out": Option("--out", "path"),
 }
 
 _surface: ContextVar[Surface] = ContextVar("detector_surface", default="python")
@@ -106,3 +112,18 @@ def option(name: str, *values: object) -> str:
     if surface == "http":
         return f"the service setting {spelled} = {value!r}"
     return f"{spelled}={value!r}"
+
+
+def train_command(path: object) -> str:
+    """How to train a bundle into ``path``, as the current reader would (an HTTP client's
+    operator trains on the command line)."""
+    if current_surface() == "python":
+        return f"`VAEDetector().fit(data).save({str(path)!r})`"
+    return f"`anomaly train DATA --out {path}`"
+
+
+def retarget_command() -> str:
+    """How to change a trained bundle's target false-positive rate, as the reader would."""
+    if current_surface() == "python":
+        return "`detector.set_target_fpr(path, fpr)`"
+    return "`anomaly threshold MODEL --fpr`"

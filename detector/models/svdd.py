@@ -43,6 +43,7 @@ from keras import ops
 
 from detector import losses
 from detector.models.vae import VAE
+from detector.wording import option
 
 #: Centre entries nearer zero than this are pushed to ±CENTRE_EPS (Deep SVDD's guard: a
 #: centre at zero is reachable by zeroing the last layer's weights).
@@ -146,7 +147,8 @@ class VAESVDD(VAE):
                 "hypersphere collapse: the encoder maps every validation record to (nearly) "
                 f"the SVDD centre (variance of the latent means at most {ACTIVE_MEAN_VARIANCE} "
                 "in every unit), so svdd_distance and combined cannot tell records apart; lower "
-                f"--svdd-weight (now {self.svdd_weight}), or use --model vae if it also warns "
+                f"{option('svdd_weight')} (now {self.svdd_weight}), or use "
+                f"{option('model', 'vae')} if it also warns "
                 "of posterior collapse on this data"
             )
         estimates = score(val_x)

@@ -134,7 +134,7 @@ def test_a_bundle_from_before_the_scorer_is_refused_with_retrain(bundle_dir, tmp
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     del manifest["files"][SCORER_FILE], manifest["scoring"]["kinds"]
     write_manifest(copy, manifest)
-    with pytest.raises(BundleError, match=r"older version.*retrain it: `anomaly train"):
+    with pytest.raises(BundleError, match=r"older version.*retrain it: `VAEDetector"):
         load_bundle(copy)
 
 
@@ -172,7 +172,7 @@ def test_incompatible_manifests_are_refused(bundle_dir, tmp_path, changes, messa
 
 
 def test_missing_bundle_names_the_fix(tmp_path) -> None:
-    with pytest.raises(BundleError, match="anomaly train DATA --out"):
+    with pytest.raises(BundleError, match=r"train one with `VAEDetector\(\)\.fit\(data\)\.save\("):
         load_bundle(tmp_path / "nope")
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from detector.batch import score_file
+from detector.bundle import save_bundle
 from detector.cli import build_parser, main
 from detector.errors import ConfigError, DataError, InputError, SchemaError
 from detector.estimator import VAEDetector
@@ -109,7 +111,12 @@ def test_the_cli_names_flags_and_python_callers_still_get_parameters(
     parser = build_parser()
     (commands,) = (a for a in parser._actions if a.choices and "train" in a.choices)
     flags = {f for sub in commands.choices.values() for a in sub._actions for f in a.option_strings}
-    parameters = {*VAEDetector().get_params(), *inspect.signature(score_frame).parameters}
+    parameters = {
+        *VAEDetector().get_params(),
+        *inspect.signature(score_frame).parameters,
+        *inspect.signature(score_file).parameters,
+        *inspect.signature(save_bundle).parameters,
+    }
     for name, spec in OPTIONS.items():
         assert spec.cli in flags, name
         assert spec.python is None or spec.python in parameters, name
@@ -217,3 +224,21 @@ def test_a_library_fit_and_score_keep_native_chatter_off_stderr(tmp_path: Path) 
     assert any("calibration:" in line for line in lines), done.stderr
     assert any("UserWarning: a warning of the user's own" in line for line in lines), done.stderr
     assert lines[-1] == "finished"
+
+
+def test_importing_the_training_function_first_is_quiet_too(tmp_path: Path) -> None:
+    # `from detector import train` imports Keras before any fit could quiet it.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from detector import train, TrainingConfig"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    noise = ("oneDNN", "cuda", "CUDA", "absl", "TF-TRT", "TensorFlow", ".cc:")
+    assert not [line for line in done.stderr.splitlines() if any(n in line for n in noise)], (
+        done.stderr
+    )

@@ -129,3 +129,8 @@ def test_the_python_api_takes_one_record_or_a_list_of_them(fitted) -> None:
     same_result(fitted.score_records(records[0]), fitted.score_records(table.head(1)))
     same_result(fitted.score_records(records), fitted.score_records(table))
     np.testing.assert_array_equal(fitted.predict(records), fitted.predict(table))
+    tagged = [{**r, "id": f"r-{i}"} for i, r in enumerate(records)]
+    same_result(
+        fitted.score_records(tagged, passthrough=["id"]),
+        fitted.score_records(pd.DataFrame(tagged), passthrough=["id"]),
+    )

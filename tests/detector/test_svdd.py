@@ -84,7 +84,7 @@ def test_a_collapsed_encoder_is_refused(trained, held_out) -> None:
     collapsed.set_weights(model.get_weights())
     collapsed.z_mean.kernel.assign(np.zeros(collapsed.z_mean.kernel.shape, np.float32))
     graph = ScoreGraph(collapsed, n_samples=4, seed=0)
-    with pytest.raises(TrainingError, match=r"hypersphere collapse.*--svdd-weight \(now 0.1\)"):
+    with pytest.raises(TrainingError, match=r"hypersphere collapse.*svdd_weight \(now 0.1\)"):
         collapsed.finish_training(graph, held_out)
 
 

@@ -88,7 +88,12 @@ def test_too_few_calibration_rows_for_the_target_warn_and_name_the_fix() -> None
 
 def test_a_heldout_fpr_far_above_the_target_warns() -> None:
     (warning,) = calibration_warnings(1_152, 0.01, 114 / 1_152, 1_152)
-    for needle in ("9.90%", "target of 1.00%", "114 of 1,152", "anomaly threshold MODEL --fpr"):
+    for needle in (
+        "9.90%",
+        "target of 1.00%",
+        "114 of 1,152",
+        "detector.set_target_fpr(path, fpr)",
+    ):
         assert needle in warning
 
 
