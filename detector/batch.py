@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from detector.bundle import Bundle
+from detector.chunks import ParseReject, SourceChunk, TableSource
 from detector.errors import DataError, SchemaError
 from detector.features import (
     EncodedBatch,
@@ -36,7 +37,7 @@ from detector.features import (
 )
 from detector.pipelining import BackgroundSink, prefetched
 from detector.scoring import ScoreResult, score_batch, score_frame
-from detector.sources import ParseReject, SourceChunk, TableSource, open_source
+from detector.sources import open_source
 from detector.tables import DEFAULT_CHUNK_ROWS, expand_inputs, iter_table
 from detector.wording import option
 from detector.writers import TableWriter

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector import sources
+from detector import csv_lines, csv_source
 from detector.batch import score_file
 from detector.bundle import load_bundle, save_bundle
 from detector.cli import main
@@ -120,7 +120,7 @@ def test_a_stray_quote_does_not_depend_on_the_file_size(
 ) -> None:
     """~8 MB, parsed in 256 KB blocks: stray quotes on the first record, on lines around block
     ends, near the end, and a quoted field that legitimately spans lines."""
-    monkeypatch.setattr(sources, "MAX_BLOCK_BYTES", 256 << 10)
+    monkeypatch.setattr(csv_source, "MAX_BLOCK_BYTES", 256 << 10)
     n = 90_000
     rows = records(n)
     lines = [",".join(row) for row in rows]
@@ -180,7 +180,7 @@ def test_a_stray_quote_in_a_big_file_keeps_memory_bounded(tmp_path: Path) -> Non
             if chunk.records is not None:
                 largest = max(largest, chunk.records.buffers()[2].size)
     assert read == 400_001
-    assert largest <= sources.MAX_BLOCK_BYTES + sources.MAX_RECORD_BYTES
+    assert largest <= csv_source.MAX_BLOCK_BYTES + csv_lines.MAX_RECORD_BYTES
 
 
 # -- "holds no numbers": the whole file's to decide ------------------------------------
