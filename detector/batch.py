@@ -26,16 +26,11 @@ from tqdm.auto import tqdm
 
 from detector.bundle import Bundle
 from detector.chunks import ParseReject, SourceChunk, TableSource
+from detector.encoded import EncodedBatch, NumberTally
 from detector.errors import DataError, SchemaError
-from detector.features import (
-    EncodedBatch,
-    Imputation,
-    NumberTally,
-    Schema,
-    check_columns,
-    encode,
-)
+from detector.features import Imputation, check_columns, encode
 from detector.pipelining import BackgroundSink, prefetched
+from detector.schema import Schema
 from detector.scoring import ScoreResult, score_batch, score_frame
 from detector.sources import open_source
 from detector.tables import DEFAULT_CHUNK_ROWS, expand_inputs, iter_table

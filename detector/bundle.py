@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detector.errors import BundleError
-from detector.features import Schema
 from detector.integrity import (
     BUNDLE_KEY_ENV,
     bundle_key,
@@ -48,6 +47,7 @@ from detector.lite_graph import LiteScoreGraph, litert_available
 from detector.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.neighbours import NeighbourBank
 from detector.records import RecordEncoder
+from detector.schema import Schema
 from detector.scoring import ScoreGraph, score_kinds
 from detector.tables import partial_path, remove_stale_temporaries, staging_path
 from detector.threshold import Calibrator

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from detector.errors import BundleError
-from detector.features import Schema
+from detector.schema import Schema
 
 #: Neighbours averaged over; 5 is the common default (scikit-learn, PyOD, ADBench's kNN).
 DEFAULT_K = 5

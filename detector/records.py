@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from detector.features import EncodedBatch, Imputation, NumberCount, Schema
+from detector.encoded import EncodedBatch, NumberCount
+from detector.features import Imputation
+from detector.schema import Schema
 from detector.scoring import ScoreResult, score_batch, score_frame
 
 if TYPE_CHECKING:

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from detector.features import EncodedBatch, Imputation, Rejection, Schema, encode
+from detector.encoded import EncodedBatch, Rejection
+from detector.features import Imputation, encode
+from detector.schema import Schema
 
 if TYPE_CHECKING:
     from detector.bundle import Bundle

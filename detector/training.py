@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 from detector import losses
 from detector.bundle import Bundle
 from detector.errors import ConfigError, TrainingError
-from detector.features import DEFAULT_CLIP, DEFAULT_RANGE_FLOOR, encode, fingerprint, fit_schema
+from detector.features import encode
 from detector.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.models import MODELS, VAE
 from detector.neighbours import DEFAULT_K, NeighbourBank
 from detector.neighbours import KINDS as NEIGHBOUR_KINDS
+from detector.schema import DEFAULT_CLIP, DEFAULT_RANGE_FLOOR, fingerprint, fit_schema
 from detector.scoring import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
 from detector.threshold import (
     MAX_CALIBRATION_ROWS,

@@ -113,8 +113,9 @@ BANK_CELLS = (40_000, 80_000, 160_000, 320_000, 10**9)
 
 def run_banks(task: Any) -> dict[str, dict[str, float]]:
     """The default distance, exactly as a bundle computes it, at each of ``BANK_CELLS``."""
-    from detector.features import encode, fit_schema
+    from detector.features import encode
     from detector.neighbours import NeighbourBank
+    from detector.schema import fit_schema
     from detector.training import TrainingConfig, holdout_indices
 
     schema = fit_schema(task.train)
@@ -133,7 +134,8 @@ def run_banks(task: Any) -> dict[str, dict[str, float]]:
 
 
 def run_task(task: Any, study: str = "settings") -> dict[str, Any]:
-    from detector.features import encode, fit_schema
+    from detector.features import encode
+    from detector.schema import fit_schema
     from detector.training import TrainingConfig, holdout_indices
 
     if study == "banks":

@@ -289,7 +289,8 @@ def split_views(det: Any, task: Task) -> tuple[np.ndarray, tuple[np.ndarray, ...
 def candidate_scores(det: Any, task: Task) -> dict[str, Parts]:
     """Every candidate's anomaly scores (higher = more anomalous) on the validation,
     calibration and test rows, from one trained detector and its own training split."""
-    from detector.features import encode, fit_schema
+    from detector.features import encode
+    from detector.schema import fit_schema
 
     bundle = det.bundle_
     x, (fit, val, cal), views = split_views(det, task)

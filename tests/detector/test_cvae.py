@@ -144,7 +144,7 @@ def test_a_bundle_whose_network_and_schema_disagree_on_context_does_not_load(
     from dataclasses import replace
 
     from detector.errors import BundleError
-    from detector.features import ContextColumn
+    from detector.schema import ContextColumn
 
     bundle = cvae.bundle_
     schema = bundle.schema

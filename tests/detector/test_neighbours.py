@@ -9,8 +9,9 @@ import pytest
 from detector.bundle import NEIGHBOURS_FILE
 from detector.errors import BundleError, ConfigError
 from detector.estimator import VAEDetector
-from detector.features import encode, fit_schema
+from detector.features import encode
 from detector.neighbours import NeighbourBank, column_weights
+from detector.schema import fit_schema
 from tests.conftest import TINY
 
 
