@@ -27,7 +27,7 @@ _EXPORTS = {
     "TrainingConfig": "detector.training",
     "TrainingSummary": "detector.training",
     "train": "detector.training",
-    "BatchReport": "detector.batch",
+    "BatchReport": "detector.ledger",
     "score_file": "detector.batch",
     "Evaluation": "detector.evaluation",
     "evaluate_scores": "detector.evaluation",

@@ -14,14 +14,12 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from detector.bundle import Bundle
@@ -29,19 +27,20 @@ from detector.chunks import ParseReject, SourceChunk, TableSource
 from detector.encoded import EncodedBatch, NumberTally
 from detector.errors import DataError, SchemaError
 from detector.features import Imputation, check_columns, encode
+from detector.ledger import BatchReport, RejectRateExceeded, SourceLedger
 from detector.pipelining import BackgroundSink, prefetched
-from detector.schema import Schema
-from detector.scoring import ScoreResult, score_batch, score_frame
+from detector.scored_tables import (
+    CONTEXT_COLUMN,
+    SCORE_COLUMNS,
+    model_frame,
+    scored_rows,
+)
+from detector.scoring import ScoreResult, score_batch
 from detector.sources import open_source
 from detector.tables import DEFAULT_CHUNK_ROWS, expand_inputs, iter_table
 from detector.wording import option
 from detector.writers import TableWriter
 
-#: Columns the scorer adds after the input's own, in order (then ``top_feature_1..k``).
-SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
-#: Added after ``SCORE_COLUMNS`` for a conditional model: the row's context value was never
-#: seen in training, and it was scored without its context.
-CONTEXT_COLUMN = "context_unseen"
 #: Encoded values (rows x features) in one chunk at most: a chunk's features, distances and
 #: contributions are a few float64 copies of them, and the pipeline holds a few chunks at once,
 #: so wide encodings get fewer rows: 12,288 rows of the default model's 38 features. Peak RSS
@@ -50,9 +49,6 @@ CONTEXT_COLUMN = "context_unseen"
 #: (5% slower); 38 numeric columns (320 bytes a row, so 2 MB blocks of ~6.5k rows decide),
 #: 401-411 MB with 4 MB blocks, 315-331 MB now.
 MAX_CHUNK_CELLS = 12_288 * 38
-#: Columns of the rejects file. ``row`` is the 1-based data row number in its source (header
-#: not counted), ``line`` the physical line the record starts on (empty for Parquet).
-REJECT_COLUMNS = ("row", "source", "line", "code", "reason", "raw")
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,53 +60,6 @@ class ScoredChunk:
     first_row: int
 
 
-@dataclass(frozen=True)
-class SourceLedger:
-    """One input file's share of the ledger."""
-
-    source: str
-    rows_read: int
-    rows_scored: int
-    rows_rejected: int
-
-
-@dataclass(frozen=True)
-class BatchReport:
-    """The ledger of a batch run: ``rows_read == rows_scored + rows_rejected``, in total and
-    for each file in ``files``."""
-
-    input: str
-    output: str
-    rejects: str | None
-    rows_read: int
-    rows_scored: int
-    rows_rejected: int
-    anomalies: int
-    threshold: float
-    model_version: str
-    files: tuple[SourceLedger, ...] = ()
-    seconds: float = 0.0
-    engine: str = "stream"
-
-    @property
-    def reject_rate(self) -> float:
-        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        payload = asdict(self)
-        payload["reject_rate"] = self.reject_rate
-        payload["rows_per_second"] = self.rows_read / self.seconds if self.seconds else None
-        return payload
-
-
-class RejectRateExceeded(DataError):
-    """More rows were rejected than ``max_reject_rate`` allows; no output was written."""
-
-    def __init__(self, message: str, report: BatchReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
 @dataclass(frozen=True, eq=False)
 class PreparedChunk:
     """A chunk ready for the model: what the reading thread hands the scoring thread.
@@ -120,136 +69,6 @@ class PreparedChunk:
     table: pa.Table
     frame: pd.DataFrame | None
     encoded: EncodedBatch | None
-
-
-@dataclass(frozen=True, eq=False)
-class ScoredTable:
-    """A table's scored rows (its columns followed by the score columns) and the result.
-
-    ``leading_text``, when the input's records were given, is the scored rows' records as
-    read: the CSV text of the table's first ``leading_columns`` columns."""
-
-    table: pa.Table
-    result: ScoreResult
-    leading_text: pa.Array | None = None
-    leading_columns: int = 0
-
-
-def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
-    """The model's columns of an Arrow table as the pandas frame ``score_frame`` takes.
-
-    Text numeric columns (CSV is read as text) become float64 in one Arrow cast when every
-    value parses; otherwise they stay text, so that ``encode`` rejects each bad row with its
-    reason ("'oops' is not a number") instead of a whole chunk failing.
-    """
-    columns: dict[str, Any] = {}
-    for col in schema.numeric:
-        values = table.column(col.name)
-        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            try:
-                values = pc.cast(values, pa.float64())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
-                continue
-        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
-            columns[col.name] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-        else:
-            columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
-    for name in schema.text_columns:
-        values = table.column(name)
-        columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
-    return pd.DataFrame({name: columns[name] for name in schema.column_order}, copy=False)
-
-
-def score_table(
-    bundle: Bundle,
-    table: pa.Table,
-    *,
-    impute: Imputation = None,
-    top_k: int = 3,
-    typed_numbers: bool = False,
-    frame: pd.DataFrame | None = None,
-    records: pa.Array | None = None,
-) -> ScoredTable:
-    """Score an Arrow table whose columns were checked with ``check_columns``.
-
-    The scored rows keep every input column as read (CSV fields as their original text), or,
-    with ``typed_numbers``, the model's numeric columns as float64 (for Parquet output).
-    ``records`` (``SourceChunk.records``) are the table's rows as CSV text, to be copied to a
-    CSV output as they are.
-    """
-    if frame is None:
-        frame = model_frame(bundle.schema, table)
-    result = score_frame(bundle, frame, impute=impute)
-    return scored_rows(
-        bundle, table, result, top_k=top_k, typed_numbers=typed_numbers, frame=frame,
-        records=records,
-    )  # fmt: skip
-
-
-def scored_rows(
-    bundle: Bundle,
-    table: pa.Table,
-    result: ScoreResult,
-    *,
-    top_k: int,
-    typed_numbers: bool,
-    frame: pd.DataFrame,
-    records: pa.Array | None,
-) -> ScoredTable:
-    """``score_table``'s second half: the scored rows of ``table`` with the score columns
-    appended, from ``result`` (``frame`` is the model's frame the result came from)."""
-    rows = result.rows
-    kept = table.take(pa.array(rows, pa.int64())) if len(rows) != table.num_rows else table
-    if typed_numbers:
-        for col in bundle.schema.numeric:
-            if pa.types.is_string(kept.column(col.name).type):
-                kept = kept.set_column(
-                    kept.column_names.index(col.name),
-                    col.name,
-                    pa.array(_as_numbers(frame[col.name], rows), pa.float64()),
-                )
-    scores = [
-        pa.array(result.anomaly_score, pa.float64()),
-        pa.array(result.p_value, pa.float64()),
-        pa.array(result.is_anomaly, pa.bool_()),
-    ]
-    names = list(SCORE_COLUMNS)
-    if result.context_unseen is not None:
-        scores.append(pa.array(result.context_unseen, pa.bool_()))
-        names.append(CONTEXT_COLUMN)
-    for j, column in enumerate(top_columns(result, top_k)):
-        scores.append(column)
-        names.append(f"top_feature_{j + 1}")
-    leading_columns = kept.num_columns
-    for name, values in zip(names, scores, strict=True):
-        kept = kept.append_column(name, values)
-    if records is None:
-        return ScoredTable(table=kept, result=result)
-    if len(rows) != len(records):
-        records = records.take(pa.array(rows, pa.int64()))
-    return ScoredTable(kept, result, leading_text=records, leading_columns=leading_columns)
-
-
-def _as_numbers(values: Any, rows: np.ndarray) -> np.ndarray:
-    series = pd.Series(values)
-    if series.dtype == object:
-        texts = series.iloc[rows].astype("string").str.strip()
-        return pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    return series.to_numpy(dtype=np.float64)[rows]
-
-
-def top_columns(result: ScoreResult, k: int) -> list[pa.Array]:
-    """``top_feature_1..k`` as text columns: the order of ``ScoreResult.top_features`` (most to
-    blame first, ties in column order), computed without a Python object per row."""
-    k = min(k, len(result.columns))
-    if k <= 0:
-        return []
-    order = result.top_indices(k).astype(np.int32)
-    names = pa.array(result.columns, pa.string())
-    return [
-        pc.cast(pa.DictionaryArray.from_arrays(order[:, j], names), pa.string()) for j in range(k)
-    ]
 
 
 def score_file(

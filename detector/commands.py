@@ -258,7 +258,7 @@ def _write_training_report(
 
 @_writes_files
 def cmd_score(args: argparse.Namespace) -> int:
-    from detector.batch import RejectRateExceeded
+    from detector.ledger import RejectRateExceeded
 
     options = {
         "keep_columns": args.keep_column,

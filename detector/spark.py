@@ -39,18 +39,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from detector.batch import (
-    CONTEXT_COLUMN,
-    SCORE_COLUMNS,
-    BatchReport,
-    RejectRateExceeded,
-    SourceLedger,
-    model_frame,
-    top_columns,
-)
 from detector.bundle import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES, Bundle, load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features import Imputation, check_columns
+from detector.ledger import BatchReport, RejectRateExceeded, SourceLedger
+from detector.scored_tables import CONTEXT_COLUMN, SCORE_COLUMNS, model_frame, top_columns
 from detector.scoring import score_frame
 from detector.tables import (
     csv_delimiter,

@@ -99,9 +99,9 @@ def breakdown(model: Path, path: Path, limit: int = 262_144) -> dict[str, float]
     stage run one after the other in this thread (the scorer overlaps them in three)."""
     import gc
 
-    from detector.batch import model_frame, scored_rows
     from detector.bundle import load_bundle
     from detector.features import encode
+    from detector.scored_tables import model_frame, scored_rows
     from detector.scoring import score_batch
     from detector.sources import open_source
     from detector.writers import csv_buffer
