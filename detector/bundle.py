@@ -28,12 +28,27 @@ import shutil
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from detector.bundle_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    NEIGHBOURS_FILE,
+    SCORER_FILE,
+    check_file,
+    check_manifest,
+    checked_bytes,
+    column_names,
+    load_network,
+    package_versions,
+    read_calibrator,
+    sha256_of,
+)
 from detector.errors import BundleError
 from detector.integrity import (
     BUNDLE_KEY_ENV,
@@ -51,31 +66,12 @@ from detector.schema import Schema
 from detector.scoring import ScoreGraph, score_kinds
 from detector.tables import partial_path, remove_stale_temporaries, staging_path
 from detector.threshold import Calibrator
-from detector.wording import option, retarget_command, train_command
+from detector.wording import option, train_command
 
 if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
     from detector.models import VAE
 
 log = logging.getLogger(__name__)
-
-FORMAT = "anomaly-detector-bundle"
-FORMAT_VERSION = 1
-MODEL_FILE = "model.keras"
-SCORER_FILE = "scorer.tflite"
-#: The neighbour bank (``detector.neighbours``): normal training rows, in encoded units.
-NEIGHBOURS_FILE = "neighbours.npz"
-#: Files a bundle holds only when it needs them (its manifest lists each with a checksum).
-OPTIONAL_FILES = (SCORER_FILE, NEIGHBOURS_FILE)
-MANIFEST_FILE = "manifest.json"
-_PACKAGES = (
-    "anomaly-detector",
-    "tensorflow",
-    "keras",
-    "ai-edge-litert",
-    "numpy",
-    "pandas",
-    "scikit-learn",
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +120,7 @@ class Bundle:
             raise BundleError("this bundle has neither a network nor a path to load one from")
         # Checked again here: the file may have been replaced since load_bundle looked at it.
         check_keras_archive(self.path / MODEL_FILE)
-        model = _load_network(self.path / MODEL_FILE)
+        model = load_network(self.path / MODEL_FILE)
         _check_network(self.path, self, model)
         return model
 
@@ -197,16 +193,6 @@ class Bundle:
         }
 
 
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     """Write ``bundle`` to the directory ``path`` atomically, replacing any bundle there."""
     target = Path(path)
@@ -224,7 +210,7 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
         if bundle.neighbours is not None:
             (staging / NEIGHBOURS_FILE).write_bytes(bundle.neighbours.to_bytes())
             written.append(NEIGHBOURS_FILE)
-        manifest = bundle.manifest({name: _sha256(staging / name) for name in written})
+        manifest = bundle.manifest({name: sha256_of(staging / name) for name in written})
         write_manifest(staging, manifest)
         _swap_into_place(staging, target)
     except BaseException:
@@ -277,14 +263,6 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Load and check a bundle; raise ``BundleError`` saying what is wrong and what to do."""
     root = Path(path)
@@ -297,7 +275,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc}); retrain the model") from None
-    _check_manifest(root, manifest)
+    check_manifest(root, manifest)
     if not check_seal(manifest_path, manifest, bundle_key()):
         log.warning(
             "%s has no checksum of its own (written before they existed): a damaged or edited "
@@ -305,21 +283,21 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             manifest_path,
         )
     model_path = root / MODEL_FILE
-    _check_file(root, MODEL_FILE, manifest, _sha256(model_path) if model_path.is_file() else None)
+    check_file(root, MODEL_FILE, manifest, sha256_of(model_path) if model_path.is_file() else None)
     check_keras_archive(model_path)
     if SCORER_FILE not in manifest.get("files", {}):
         raise BundleError(
             f"{root} was written by an older version, before bundles held {SCORER_FILE} (the "
             f"scoring graph this version scores with); retrain it: {train_command(root)}"
         )
-    scorer = _checked_bytes(root, SCORER_FILE, manifest)
+    scorer = checked_bytes(root, SCORER_FILE, manifest)
     bank = None
     try:
         schema = Schema.from_dict(manifest["schema"])
         if NEIGHBOURS_FILE in manifest.get("files", {}):
-            content = _checked_bytes(root, NEIGHBOURS_FILE, manifest)
+            content = checked_bytes(root, NEIGHBOURS_FILE, manifest)
             bank = NeighbourBank.from_bytes(content, schema.n_features)
-        calibrator = _calibrator(manifest_path, manifest["calibration"])
+        calibrator = read_calibrator(manifest_path, manifest["calibration"])
         scoring = manifest["scoring"]
         bundle = Bundle(
             network=None,
@@ -340,7 +318,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             weights_version=str(manifest["version"]),
             neighbours=bank,
             # Absent from bundles written before the field existed: nothing was ignored then.
-            ignored_columns=_column_names(manifest.get("ignored_columns", [])),
+            ignored_columns=column_names(manifest.get("ignored_columns", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(
@@ -349,74 +327,6 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         ) from None
     _check_consistent(root, bundle)
     return bundle
-
-
-def _column_names(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-        raise TypeError(f"ignored_columns must be a list of column names, not {value!r}")
-    return tuple(value)
-
-
-def _check_manifest(root: Path, manifest: Any) -> None:
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{root} is not an anomaly-detector model bundle")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{root} has bundle format {version}; this version of anomaly-detector reads format "
-            f"{FORMAT_VERSION}: retrain the model with this version"
-        )
-    saved_keras = str(manifest.get("packages", {}).get("keras", "0"))
-    current_keras = package_versions()["keras"]
-    if saved_keras.split(".")[0] != current_keras.split(".")[0]:
-        raise BundleError(
-            f"{root} was written with Keras {saved_keras}, this is Keras {current_keras}; "
-            "retrain the model or install a matching Keras"
-        )
-
-
-def _calibrator(manifest_path: Path, state: Any) -> Calibrator:
-    try:
-        return Calibrator.from_dict(state)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(
-            f"the calibration in {manifest_path} is invalid ({exc}); restore the bundle from its "
-            f"source or retrain, and change the target only with {retarget_command()}"
-        ) from None
-
-
-def _checked_bytes(root: Path, name: str, manifest: dict[str, Any]) -> bytes:
-    path = root / name
-    content = path.read_bytes() if path.is_file() else b""
-    _check_file(root, name, manifest, hashlib.sha256(content).hexdigest() if content else None)
-    return content
-
-
-def _check_file(root: Path, name: str, manifest: dict[str, Any], digest: str | None) -> None:
-    path = root / name
-    if not path.is_file() or digest is None:
-        raise BundleError(f"{root} has no {name}; the bundle is incomplete: retrain it")
-    expected = manifest.get("files", {}).get(name, {}).get("sha256")
-    if expected != digest:
-        raise BundleError(
-            f"{path} does not match the checksum in {MANIFEST_FILE}: the bundle was "
-            "modified after it was written; restore it from its source or retrain"
-        )
-
-
-def _load_network(model_path: Path) -> VAE:
-    import keras
-
-    from detector.models import VAE
-
-    try:
-        # safe_mode refuses lambdas and other code embedded in the file.
-        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a bad file; all mean the same here.
-        raise BundleError(f"cannot load {model_path}: {exc}; retrain the model") from None
-    if not isinstance(model, VAE):
-        raise BundleError(f"{model_path} holds a {type(model).__name__}, not a detector model")
-    return model
 
 
 def _check_consistent(root: Path, bundle: Bundle) -> None:

@@ -171,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _check_bundle_target(out: str) -> None:
     """Before reading or training, so a wrong --out costs no training time: saving replaces
     the whole directory, which is right for an old bundle and wrong for anything else."""
-    from detector.bundle import MANIFEST_FILE
+    from detector.bundle_format import MANIFEST_FILE
     from detector.errors import ConfigError
 
     target = Path(out)

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from detector.bundle import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES, Bundle, load_bundle
+from detector.bundle import Bundle, load_bundle
+from detector.bundle_format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features import Imputation, check_columns
 from detector.ledger import BatchReport, RejectRateExceeded, SourceLedger

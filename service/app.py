@@ -157,7 +157,7 @@ def _default_sinks(config: ServiceConfig, resend_seconds: float) -> list[Sink]:
 def needs_tensorflow(paths: Iterable[str]) -> bool:
     # Bundles score with their LiteRT scorer file; only one written before it existed runs
     # TensorFlow, and importing TensorFlow otherwise costs each worker seconds and ~700 MB.
-    from detector.bundle import SCORER_FILE
+    from detector.bundle_format import SCORER_FILE
 
     return any(not (Path(path) / SCORER_FILE).is_file() for path in paths)
 

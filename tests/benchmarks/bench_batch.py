@@ -233,7 +233,8 @@ def main() -> int:
     stages = breakdown(model, work / f"rows_{smallest}.csv")
     print(json.dumps(stages), flush=True)
 
-    from detector.bundle import load_bundle, package_versions
+    from detector.bundle import load_bundle
+    from detector.bundle_format import package_versions
 
     bundle = load_bundle(model)
     payload = {

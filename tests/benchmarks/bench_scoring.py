@@ -37,7 +37,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from detector.bundle import package_versions  # noqa: E402
+from detector.bundle_format import package_versions  # noqa: E402
 from detector.estimator import VAEDetector  # noqa: E402
 from detector.features import encode  # noqa: E402
 from detector.lite_graph import LiteScoreGraph, to_flatbuffer  # noqa: E402

@@ -69,7 +69,7 @@ def with_suffix(out: Path, suffix: str) -> Path:
 
 
 def package_versions() -> dict[str, str]:
-    from detector.bundle import package_versions as versions
+    from detector.bundle_format import package_versions as versions
 
     return versions()
 

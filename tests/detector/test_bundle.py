@@ -12,16 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from detector.bundle import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    NEIGHBOURS_FILE,
-    SCORER_FILE,
-    load_bundle,
-    save_bundle,
-    set_target_fpr,
-    write_manifest,
-)
+from detector.bundle import load_bundle, save_bundle, set_target_fpr, write_manifest
+from detector.bundle_format import MANIFEST_FILE, MODEL_FILE, NEIGHBOURS_FILE, SCORER_FILE
 from detector.errors import BundleError
 from detector.estimator import VAEDetector
 from detector.features import encode
@@ -144,10 +136,10 @@ def test_code_in_a_model_file_is_never_run(bundle_dir, tmp_path) -> None:
     copy = _copy(bundle_dir, tmp_path)
     evil = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
     evil.save(copy / MODEL_FILE)
-    from detector.bundle import _sha256
+    from detector.bundle_format import sha256_of
 
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
-    manifest["files"][MODEL_FILE]["sha256"] = _sha256(copy / MODEL_FILE)
+    manifest["files"][MODEL_FILE]["sha256"] = sha256_of(copy / MODEL_FILE)
     write_manifest(copy, manifest)
     # Refused by load_bundle's check of the archive's config (scoring uses the scorer file and
     # never loads the network), and by Keras safe mode had it got that far.

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detector.bundle import MANIFEST_FILE, MODEL_FILE, load_bundle, save_bundle, set_target_fpr
+from detector.bundle import load_bundle, save_bundle, set_target_fpr
+from detector.bundle_format import MANIFEST_FILE, MODEL_FILE
 from detector.errors import BundleError, ConfigError
 from detector.threshold import Calibrator
 

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.bundle import MANIFEST_FILE, load_bundle, save_bundle
+from detector.bundle import load_bundle, save_bundle
+from detector.bundle_format import MANIFEST_FILE
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
 from detector.features import encode

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from detector.bundle import MANIFEST_FILE, load_bundle, write_manifest
+from detector.bundle import load_bundle, write_manifest
+from detector.bundle_format import MANIFEST_FILE
 from detector.cli import main
 from tests.conftest import DATA
 

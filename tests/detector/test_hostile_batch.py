@@ -373,7 +373,8 @@ def test_records_score_the_same_read_fast_or_record_by_record(
 def test_a_manifest_a_killed_threshold_change_left_is_removed(
     bundle_dir: Path, tmp_path: Path
 ) -> None:
-    from detector.bundle import MANIFEST_FILE, set_target_fpr
+    from detector.bundle import set_target_fpr
+    from detector.bundle_format import MANIFEST_FILE
 
     model = tmp_path / "model"
     shutil.copytree(bundle_dir, model)

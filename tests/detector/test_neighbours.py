@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.bundle import NEIGHBOURS_FILE
+from detector.bundle_format import NEIGHBOURS_FILE
 from detector.errors import BundleError, ConfigError
 from detector.estimator import VAEDetector
 from detector.features import encode

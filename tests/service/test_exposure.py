@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from detector.bundle import SCORER_FILE
+from detector.bundle_format import SCORER_FILE
 from detector.errors import BundleError, ConfigError
 from service.config import ServiceConfig, load_config
 from tests.conftest import normal_records
