@@ -1,4 +1,5 @@
-"""The v1 JSON API, health checks and metrics. The OpenAPI document is ``service.openapi``."""
+"""The v1 JSON API, health checks and metrics. Bodies are the models of ``service.schemas``;
+the OpenAPI document (``service.openapi``) is generated from them."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from flask import Blueprint, Response, jsonify, request
 from detector.errors import BundleError
 from detector.features import check_columns, shortened
 from detector.tables import check_header_row
+from service import schemas
+from service.bodies import answer, read_body, read_json, validated
 from service.openapi import openapi_document
 from service.pipeline import (
     Records,
     check_batch_size,
     per_record,
-    read_body,
-    read_json,
     read_records,
     require_token,
     score_request,
@@ -30,8 +31,8 @@ api = Blueprint("api", __name__)
 
 
 @api.get("/healthz")
-def healthz() -> Any:
-    return jsonify({"status": "alive"})
+def healthz() -> Response:
+    return answer(schemas.Health(status="alive"))
 
 
 #: What an open route says of a model that failed to load; the reason, which names files and
@@ -40,11 +41,11 @@ NOT_LOADED = "not loaded; see the server log"
 
 
 @api.get("/readyz")
-def readyz() -> Any:
+def readyz() -> Response:
     models = state().models
     errors = dict.fromkeys(models.errors(), NOT_LOADED)
-    body = {"ready": models.ready(), "models": models.names(), "errors": errors}
-    return jsonify(body), (200 if body["ready"] else 503)
+    body = schemas.Readiness(ready=models.ready(), models=models.names(), errors=errors)
+    return answer(body, 200 if body.ready else 503)
 
 
 @api.get("/metrics")
@@ -60,64 +61,68 @@ def openapi() -> Any:
 
 
 @api.get("/v1/models")
-def list_models() -> Any:
+def list_models() -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
-    models = []
+    models: list[schemas.ModelSummary | schemas.ModelNotLoaded] = []
     for name in app_state.models.names():
         try:
             models.append(_summary(app_state.models.get(name)))
         except BundleError:
-            models.append({"name": name, "loaded": False, "error": NOT_LOADED})
-    return jsonify({"models": models})
+            models.append(schemas.ModelNotLoaded(name=name, loaded=False, error=NOT_LOADED))
+    return answer(schemas.ModelList(models=models))
 
 
 @api.get("/v1/models/<name>")
-def describe_model(name: str) -> Any:
+def describe_model(name: str) -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
     loaded = app_state.model(name)
     schema = loaded.bundle.schema
-    detail = _summary(loaded)
     # Names and kinds only: a column's range and median and every category value are facts
     # about the training data, which a scoring client has no need of (`anomaly info` shows
     # them to whoever can read the bundle).
-    detail["schema"] = {
-        "columns": list(schema.column_order),
-        "numeric": [c.name for c in schema.numeric],
-        "categorical": [c.name for c in schema.categorical],
-        "context": [c.name for c in schema.context],
-    }
-    detail["training"] = {k: v for k, v in loaded.bundle.training.items() if k != "history"}
-    detail["alert_policy"] = app_state.trackers[name].policy.to_dict()
-    return jsonify(detail)
+    columns = schemas.ModelColumns(
+        columns=list(schema.column_order),
+        numeric=[c.name for c in schema.numeric],
+        categorical=[c.name for c in schema.categorical],
+        context=[c.name for c in schema.context],
+    )
+    detail = schemas.ModelDetail(
+        **_summary(loaded).model_dump(),
+        schema=columns,
+        training={k: v for k, v in loaded.bundle.training.items() if k != "history"},
+        alert_policy=app_state.trackers[name].policy.to_dict(),
+    )
+    return answer(detail)
 
 
-def _summary(loaded: LoadedModel) -> dict[str, Any]:
+def _summary(loaded: LoadedModel) -> schemas.ModelSummary:
     bundle = loaded.bundle
-    return {
-        "name": loaded.name,
-        "loaded": True,
-        "version": bundle.version,
-        "model_type": bundle.model_type,
-        "created_at": bundle.created_at,
-        "score": bundle.score_kind,
-        "samples": bundle.n_samples,
-        "threshold": bundle.calibrator.threshold,
-        "target_fpr": bundle.calibrator.target_fpr,
-        "generation": loaded.generation,
-    }
+    return schemas.ModelSummary(
+        name=loaded.name,
+        loaded=True,
+        version=bundle.version,
+        model_type=bundle.model_type,
+        created_at=bundle.created_at,
+        score=bundle.score_kind,
+        samples=bundle.n_samples,
+        threshold=bundle.calibrator.threshold,
+        target_fpr=bundle.calibrator.target_fpr,
+        generation=loaded.generation,
+    )
 
 
 @api.post("/v1/models/<name>/score")
-def score(name: str) -> Any:
+def score(name: str) -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
     loaded = app_state.model(name)
     records, indices, rejected = _read_records(loaded, app_state)
     scored = score_request(app_state, loaded, records, indices, rejected)
     bundle = loaded.bundle
-    return jsonify(
+    # One validation of the whole body: for 500 records it costs what jsonify did.
+    body = schemas.ScoreResponse.model_validate(
         {
             "model": name,
             "version": bundle.version,
@@ -132,6 +137,7 @@ def score(name: str) -> Any:
             "rejected": [{"index": r.index, "reasons": list(r.reasons)} for r in scored.rejected],
         }
     )
+    return answer(body)
 
 
 def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
@@ -145,10 +151,10 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, li
             'send application/json ({"records": [...]}) or text/csv',
         )
     shape = 'a JSON object {"records": [{...}, ...]}'
-    body = read_json(app_state, shape)
-    if not isinstance(body, dict) or "records" not in body:
-        raise ApiError(400, "bad_request", f"the body must be {shape}")
-    return read_records(body["records"], loaded, app_state)
+    body = validated(schemas.ScoreRequest, read_json(app_state, shape), shape)
+    # The records as they came (the model describes them, and does not copy them): a record
+    # that is not an object is rejected on its own, and one record stays fast.
+    return read_records(body.records, loaded, app_state)
 
 
 def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
@@ -185,52 +191,25 @@ def _csv_header(body: bytes) -> list[str]:
     raise pd.errors.EmptyDataError("no header row")
 
 
-#: Longest reload path accepted (Linux PATH_MAX, NAME_MAX); longer ones cannot name a bundle.
-MAX_PATH_BYTES = 4096
-MAX_NAME_BYTES = 255
-
-
 @api.post("/v1/models/<name>/reload")
-def reload(name: str) -> Any:
+def reload(name: str) -> Response:
     app_state = state()
     require_token(app_state.config.admin_token, admin=True)
     shape = 'an empty body or {"path": "..."}'
-    body = read_json(app_state, shape, empty={})
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", f"the body must be {shape}")
-    path = body.get("path")
-    if path is not None:
-        _check_path(path)
+    body = validated(schemas.ReloadRequest, read_json(app_state, shape, empty={}), shape)
     if name not in app_state.models.names():
         raise ApiError(404, "unknown_model", f"no model named '{name}'")
     try:
-        loaded = app_state.models.reload(name, path)
+        loaded = app_state.models.reload(name, body.path)
     except (BundleError, OSError) as exc:
         raise ApiError(
             422, "reload_failed", f"{exc}; the previous model is still serving"
         ) from None
-    return jsonify(_summary(loaded))
-
-
-def _check_path(path: Any) -> None:
-    if not isinstance(path, str) or not path:
-        raise ApiError(400, "bad_request", "'path' must be a non-empty string")
-    encoded = path.encode()  # read_json refused lone surrogates, the text UTF-8 cannot take
-    if b"\0" in encoded:
-        raise ApiError(400, "bad_request", "'path' holds a NUL character")
-    if len(encoded) >= MAX_PATH_BYTES or any(
-        len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")
-    ):
-        raise ApiError(
-            400,
-            "bad_request",
-            f"'path' is longer than a bundle directory's path can be ({MAX_PATH_BYTES} bytes, "
-            f"{MAX_NAME_BYTES} per name)",
-        )
+    return answer(_summary(loaded))
 
 
 @api.get("/v1/alerts")
-def alerts() -> Any:
+def alerts() -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
-    return jsonify({"alerts": app_state.dispatcher.recent()})
+    return answer(schemas.AlertList(alerts=app_state.dispatcher.recent()))

@@ -79,14 +79,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Must be set before prometheus_client is first imported: it picks its value class then.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(run_dir, "metrics"))
     if config.model_sync_dir is None:
-        from dataclasses import replace
-
-        config = replace(config, model_sync_dir=os.path.join(run_dir, "models"))
+        config = config.model_copy(update={"model_sync_dir": os.path.join(run_dir, "models")})
     if config.tf_threads is None:
-        from dataclasses import replace
-
         share = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
-        config = replace(config, tf_threads=share)
+        config = config.model_copy(update={"tf_threads": share})
 
     from service.server import GunicornServer
 

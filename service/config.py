@@ -1,23 +1,41 @@
-"""Service settings: defaults, then a TOML or JSON file, then ``ANOMALY_*`` variables.
+"""Service settings: a pydantic-settings model filled from defaults, then a TOML or JSON file,
+then ``ANOMALY_*`` variables, then command-line flags (``load_config``).
 
-Environment variables follow Flask's ``from_prefixed_env`` convention:
 ``ANOMALY_ADMIN_TOKEN=s3cret`` sets ``admin_token``; a value that parses as JSON is taken as
 JSON (``ANOMALY_MAX_BATCH_RECORDS=500`` is a number, ``ANOMALY_MODELS='{"default": "m/"}'`` a
 table); a double underscore reaches into a table (``ANOMALY_ALERTS__FIRE_AFTER=5``). Unknown
-keys are errors, so a typo in a setting never silently falls back to a default.
+keys are errors, so a typo in a setting never silently falls back to a default. A file's types
+are strict (``alert_log = 1`` is refused, not taken for true), and every error names the
+setting.
+
+A ``ServiceConfig(...)`` built in code (tests, an embedding app) holds what it is given and the
+defaults; only ``load_config`` reads the file and the environment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    JsonConfigSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from detector.errors import ConfigError
 from detector.integrity import BUNDLE_KEY_ENV
@@ -31,73 +49,124 @@ NOT_SETTINGS = frozenset({"ANOMALY_DEBUG", CONFIG_FILE_VARIABLE, BUNDLE_KEY_ENV}
 MODEL_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
+def _policy(value: Any) -> Any:
+    # A file or variable gives the policy as a table (severities as {level: bound}), which
+    # AlertPolicy.from_dict checks with messages naming the key; code passes a policy.
+    return AlertPolicy.from_dict(value) if isinstance(value, Mapping) else value
+
+
+def _field_list(value: Any) -> Any:
+    # ANOMALY_PASSTHROUGH_FIELDS=id,ts: a comma-separated list is what a shell user writes
+    # (a JSON list is taken too, as in every other variable).
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = [v for v in value.split(",") if v]
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _unset(value: Any) -> Any:
+    # An empty variable (compose's ${ANOMALY_ADMIN_TOKEN:-}) means unset, not an empty token.
+    return None if value == "" else value
+
+
+OptionalText = Annotated[str | None, BeforeValidator(_unset)]
+
+
+class ServiceConfig(BaseSettings):
     """Everything the service reads at start-up. ``models`` maps a name to a bundle directory."""
 
-    models: dict[str, str] = field(default_factory=dict)
-    #: Records per scoring request; larger batches get 413 with the limit in the message.
-    max_batch_records: int = 10_000
-    #: Request bodies larger than this get 413 before they are parsed.
-    max_body_bytes: int = 16 * 1024 * 1024
-    #: Seconds the server waits for each read of a request body: a client that stops sending
-    #: (or sends a Content-Length larger than its body) gets 408 instead of holding a worker.
-    request_read_timeout: float = 10.0
-    #: Bearer token for admin routes (reload). Unset = admin routes are refused (403).
-    admin_token: str | None = None
-    #: Bearer token for scoring and model routes; unset = open, which ``check_exposure``
-    #: allows only on a loopback address or with ``allow_open_scoring``.
-    scoring_token: str | None = None
-    #: Serve scoring and model routes without a token on an address other machines can reach;
-    #: only behind a network that already decides who may score.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        use_attribute_docstrings=True,
+    )
+
+    models: dict[str, str] = Field(default_factory=dict)
+    max_batch_records: int = Field(10_000, ge=1)
+    """Records per scoring request; larger batches get 413 with the limit in the message."""
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    """Request bodies larger than this get 413 before they are parsed."""
+    request_read_timeout: float = Field(10.0, gt=0, le=3600)
+    """Seconds the server waits for each read of a request body: a client that stops sending
+    (or sends a Content-Length larger than its body) gets 408 instead of holding a worker."""
+    admin_token: OptionalText = None
+    """Bearer token for admin routes (reload). Unset = admin routes are refused (403)."""
+    scoring_token: OptionalText = None
+    """Bearer token for scoring and model routes; unset = open, which ``check_exposure``
+    allows only on a loopback address or with ``allow_open_scoring``."""
     allow_open_scoring: bool = False
-    #: Record fields echoed back per record (e.g. an id) without being scored.
-    passthrough_fields: tuple[str, ...] = ()
-    #: The default alert policy, and per-model overrides of any of its fields.
-    alerts: AlertPolicy = field(default_factory=AlertPolicy)
-    model_alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Alert sinks: Alertmanager's base URL, a generic JSON webhook, and the log.
-    alertmanager_url: str | None = None
-    webhook_url: str | None = None
+    """Serve scoring and model routes without a token on an address other machines can reach;
+    only behind a network that already decides who may score."""
+    passthrough_fields: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_field_list)] = ()
+    """Record fields echoed back per record (e.g. an id) without being scored."""
+    alerts: Annotated[AlertPolicy, BeforeValidator(_policy)] = Field(default_factory=AlertPolicy)
+    """The default alert policy; ``model_alerts`` overrides any of its fields per model."""
+    model_alerts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    alertmanager_url: OptionalText = None
+    """Alert sinks: Alertmanager's base URL, a generic JSON webhook, and the log."""
+    webhook_url: OptionalText = None
     alert_log: bool = True
-    alert_queue_size: int = 1_000
-    alert_retries: int = 3
-    recent_alerts: int = 200
-    #: The service's own URL as users reach it, for alerts' generatorURL.
+    alert_queue_size: int = Field(1_000, ge=1)
+    alert_retries: int = Field(3, ge=0)
+    recent_alerts: int = Field(200, ge=1)
     external_url: str = "http://127.0.0.1:8000"
-    #: A directory shared by the server's worker processes, through which a reload done by one
-    #: worker reaches the others. Unset = this process only.
-    model_sync_dir: str | None = None
-    #: Threads per worker process for TensorFlow (old bundles) and the neighbour search; None
-    #: leaves their defaults (``anomaly serve`` gives each worker its share of the cores).
-    tf_threads: int | None = None
+    """The service's own URL as users reach it, for alerts' generatorURL."""
+    model_sync_dir: OptionalText = None
+    """A directory shared by the server's worker processes, through which a reload done by one
+    worker reaches the others. Unset = this process only."""
+    tf_threads: Annotated[int | None, BeforeValidator(_unset)] = Field(None, ge=1)
+    """Threads per worker process for TensorFlow (old bundles) and the neighbour search; None
+    leaves their defaults (``anomaly serve`` gives each worker its share of the cores)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Built in code, a config is its arguments: a test's config must not change with the
+        # environment it runs in. load_config passes the file and environment sources.
+        return (init_settings,)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in models if not MODEL_NAME.match(name)]
+        if bad:
+            raise ValueError(
+                "; ".join(f"model name {n!r} must match [a-z0-9_-] (1-64 characters)" for n in bad)
+            )
+        return models
+
+    @model_validator(mode="after")
+    def _model_alerts(self) -> ServiceConfig:
+        problems = [
+            f"model_alerts names {name!r}, which is not a configured model"
+            for name in self.model_alerts
+            if name not in self.models
+        ]
+        for name in self.model_alerts:
+            try:
+                self.policy_for(name)
+            except ValueError as exc:
+                problems.append(f"invalid model_alerts for {name!r}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def policy_for(self, model: str) -> AlertPolicy:
         override = self.model_alerts.get(model)
         if not override:
             return self.alerts
         return AlertPolicy.from_dict({**self.alerts.to_dict(), **override})
-
-    def check(self) -> None:
-        problems = [
-            f"model name {name!r} must match [a-z0-9_-] (1-64 characters)"
-            for name in self.models
-            if not MODEL_NAME.match(name)
-        ]
-        problems += [
-            f"model_alerts names {name!r}, which is not a configured model"
-            for name in self.model_alerts
-            if name not in self.models
-        ]
-        for name in ("max_batch_records", "max_body_bytes", "alert_queue_size", "recent_alerts"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if not 0 < self.request_read_timeout <= 3600:
-            problems.append("request_read_timeout must be between 0 and 3600 seconds")
-        if self.alert_retries < 0:
-            problems.append("alert_retries must be 0 or more")
-        if problems:
-            raise ConfigError("invalid service configuration: " + "; ".join(problems))
 
 
 def check_exposure(config: ServiceConfig, host: str) -> None:
@@ -131,110 +200,121 @@ def load_config(
 ) -> ServiceConfig:
     """Defaults, then the file at ``path`` (.toml or .json; default: the file ``ANOMALY_CONFIG``
     names, if set), then ``ANOMALY_*`` variables from ``env`` (default ``os.environ``), then
-    ``overrides`` (command-line flags)."""
+    ``overrides`` (command-line flags). Raises ``ConfigError`` naming every bad setting."""
     env = os.environ if env is None else env
-    values: dict[str, Any] = {}
     if path is None:
         path = env.get(CONFIG_FILE_VARIABLE) or None
-    if path is not None:
-        _merge(values, _read_file(Path(path)))
-    _merge(values, _from_env(env))
-    if overrides:
-        _merge(values, dict(overrides))
-    return _build(values)
+    sources = (
+        InitSettingsSource(ServiceConfig, dict(overrides or {})),
+        Environment(ServiceConfig, env),
+        *([] if path is None else [_file_source(Path(path))]),
+    )
+    try:
+        # pydantic-settings' own argument, which mypy's view of the model's fields lacks.
+        return ServiceConfig(_build_sources=(sources, {}))  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_explained(exc)) from None
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _file_source(path: Path) -> PydanticBaseSettingsSource:
     if not path.is_file():
         raise ConfigError(f"configuration file {path} does not exist")
+    if path.suffix not in (".toml", ".json"):
+        raise ConfigError(f"configuration file {path} must end in .toml or .json")
     try:
         if path.suffix == ".toml":
-            return tomllib.loads(path.read_text())
-        if path.suffix == ".json":
-            loaded = json.loads(path.read_text())
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{path} must hold a JSON object")
-            return loaded
+            return TomlConfigSettingsSource(ServiceConfig, toml_file=path)
+        return JsonConfigSettingsSource(ServiceConfig, json_file=path)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()}: {exc}") from None
-    raise ConfigError(f"configuration file {path} must end in .toml or .json")
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path} must hold a JSON object") from None
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
-            continue
+class Environment(EnvSettingsSource):
+    """``ANOMALY_*`` variables from a mapping (``os.environ`` in production), with the names
+    that are no setting kept, so that validation refuses them by name."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = {
+            name: value
+            for name, value in environ.items()
+            if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS
+        }
+        # Names match settings in any case (ANOMALY_Admin_Token), as pydantic-settings reads
+        # os.environ when case_sensitive is off, which is its default.
+        self.env_vars = {name.lower(): value for name, value in self.environ.items()}
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
         try:
-            value: Any = json.loads(env[name])
-        except json.JSONDecodeError:
-            value = env[name]
-        *parents, leaf = name[len(ENV_PREFIX) :].lower().split("__")
-        target = values
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return values
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value  # not JSON: validation names the setting and what it must be
+
+    def explode_env_vars(self, field_name: str, field: Any, env_vars: Mapping[str, Any]) -> Any:
+        # Inside a table the value's type is not known here (alerts is a dataclass, a
+        # model_alerts entry any policy key): JSON where it parses, as at the top level.
+        return _json_values(super().explode_env_vars(field_name, field, env_vars))
+
+    def __call__(self) -> dict[str, Any]:
+        known = set(self.settings_cls.model_fields)
+        unknown = {
+            setting: value
+            for name, value in self.environ.items()
+            if (setting := name[len(ENV_PREFIX) :].lower().split("__")[0]) not in known
+        }
+        return {**super().__call__(), **unknown}
 
 
-def _merge(into: dict[str, Any], more: Mapping[str, Any]) -> None:
-    for key, value in more.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
+def _json_values(table: dict[str, Any]) -> dict[str, Any]:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _json_values(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(json.JSONDecodeError):  # else text, such as a path
+                table[key] = json.loads(value)
+    return table
 
 
-def _build(values: dict[str, Any]) -> ServiceConfig:
-    known = {f.name for f in fields(ServiceConfig)}
-    unknown = sorted(set(values) - known)
+def _explained(exc: ValidationError) -> str:
+    """One message for every problem pydantic found, each naming its setting and the fix."""
+    errors = exc.errors()
+    unknown = sorted(
+        str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
+    )
     if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {unknown}; the settings are: {', '.join(sorted(known))}"
-        )
-    try:
-        alerts = AlertPolicy.from_dict(values.pop("alerts", {}) or {})
-    except ValueError as exc:
-        raise ConfigError(f"invalid alerts settings: {exc}") from None
-    config = ServiceConfig(alerts=alerts)
-    try:
-        changes = {k: _coerce(k, v, getattr(config, k)) for k, v in values.items()}
-        config = replace(config, **changes)
-        for name in config.model_alerts:
-            try:
-                config.policy_for(name)
-            except ValueError as exc:
-                raise ConfigError(f"invalid model_alerts for {name!r}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid setting: {exc}") from None
-    config.check()
-    return config
+        known = ", ".join(sorted(ServiceConfig.model_fields))
+        return f"unknown setting(s) {unknown}; the settings are: {known}"
+    return "invalid service configuration: " + "; ".join(_problem(e) for e in errors)
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Values from TOML/JSON/env into the field's type, with an error naming the key."""
-    if key in ("models", "model_alerts"):
-        if not isinstance(value, dict):
-            raise ValueError(f"{key} must be a table of name -> value, got {value!r}")
-        return {str(k): (str(v) if key == "models" else dict(v)) for k, v in value.items()}
-    if key == "passthrough_fields":
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        return tuple(str(v) for v in value)
-    if key in ("admin_token", "scoring_token", "alertmanager_url", "webhook_url", "model_sync_dir"):
-        return None if value in (None, "") else str(value)
-    if key == "tf_threads":
-        return None if value in (None, "") else int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"{key} must be a whole number, got {value!r}")
-        return int(value)
-    return str(value)
+#: pydantic's error types, in the words of a settings file.
+_KINDS = {
+    "bool": "true or false",
+    "int": "a whole number",
+    "float": "a number",
+    "string": "text",
+    "dict": "a table",
+    "tuple": "a list",
+    "list": "a list",
+}
+_BOUNDS = {
+    "greater_than_equal": "at least {ge}",
+    "greater_than": "more than {gt}",
+    "less_than_equal": "at most {le}",
+}
+
+
+def _problem(error: ErrorDetails) -> str:
+    name = ".".join(map(str, error["loc"])) or "settings"
+    kind, _, _ = error["type"].partition("_")
+    ctx = error.get("ctx", {})
+    if error["type"] == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+        return f"{name}: {message}" if error["loc"] else message
+    if error["type"] in _BOUNDS:
+        return f"{name} must be {_BOUNDS[error['type']].format(**ctx)}"
+    if kind in _KINDS:
+        return f"{name} must be {_KINDS[kind]}, got {error['input']!r}"
+    return f"{name}: {error['msg']}"

@@ -14,37 +14,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response
+from pydantic import ValidationError
 
 from detector.features import check_columns, shortened
-from service.pipeline import (
-    Records,
-    check_batch_size,
-    read_json,
-    require_token,
-    score_request,
-)
+from service import schemas
+from service.bodies import answer, explained, read_json
+from service.pipeline import Records, check_batch_size, require_token, score_request
 from service.registry import LoadedModel
 from service.state import ApiError, ServiceState, state
 
 kserve = Blueprint("kserve", __name__, url_prefix="/v2")
-
-NUMERIC_TYPES = {
-    "FP16",
-    "FP32",
-    "FP64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "BOOL",
-}
-#: Every datatype an input tensor may declare.
-TENSOR_TYPES = frozenset(NUMERIC_TYPES | {"BYTES"})
 
 INFER_SHAPE = '{"inputs": [{"name", "shape", "datatype", "data"}, ...]}'
 #: What one tensor element may be: KServe tensors hold numbers (FP*, INT*, BOOL) or text (BYTES).
@@ -52,63 +32,63 @@ SCALARS = (int, float, str, bool, type(None))
 
 
 @kserve.get("/health/live")
-def live() -> Any:
-    return jsonify({"live": True})
+def live() -> Response:
+    return answer(schemas.Live(live=True))
 
 
 @kserve.get("/health/ready")
-def ready() -> Any:
+def ready() -> Response:
     is_ready = state().models.ready()
-    return jsonify({"ready": is_ready}), (200 if is_ready else 503)
+    return answer(schemas.Ready(ready=is_ready), 200 if is_ready else 503)
 
 
 @kserve.get("/models/<name>")
-def metadata(name: str) -> Any:
+def metadata(name: str) -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
     loaded = app_state.model(name)
     schema = loaded.bundle.schema
     kinds = {c.name: "FP64" for c in schema.numeric} | dict.fromkeys(schema.text_columns, "BYTES")
-    return jsonify(
-        {
-            "name": name,
-            "versions": [loaded.bundle.version],
-            "platform": "tensorflow",
-            "inputs": [
-                {"name": c, "datatype": kinds[c], "shape": [-1]} for c in schema.column_order
-            ],
-            "outputs": [
-                {"name": "anomaly_score", "datatype": "FP64", "shape": [-1]},
-                {"name": "p_value", "datatype": "FP64", "shape": [-1]},
-                {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
-                *(
-                    [{"name": "context_unseen", "datatype": "BOOL", "shape": [-1]}]
-                    if schema.context
-                    else []
-                ),
-                {"name": "severity", "datatype": "BYTES", "shape": [-1]},
-                {"name": "rejected_reason", "datatype": "BYTES", "shape": [-1]},
-            ],
-        }
+    outputs = [
+        ("anomaly_score", "FP64"),
+        ("p_value", "FP64"),
+        ("is_anomaly", "BOOL"),
+        *([("context_unseen", "BOOL")] if schema.context else []),
+        ("severity", "BYTES"),
+        ("rejected_reason", "BYTES"),
+    ]
+    return answer(
+        schemas.ModelMetadata(
+            name=name,
+            versions=[loaded.bundle.version],
+            platform="tensorflow",
+            inputs=[_any_length(c, kinds[c]) for c in schema.column_order],
+            outputs=[_any_length(o, t) for o, t in outputs],
+        )
     )
 
 
+def _any_length(name: str, datatype: str) -> schemas.TensorMetadata:
+    return schemas.TensorMetadata(name=name, datatype=datatype, shape=[-1])
+
+
 @kserve.get("/models/<name>/ready")
-def model_ready(name: str) -> Any:
+def model_ready(name: str) -> Response:
     # Per-model, like metadata: it confirms which model names exist. Probes use /v2/health/*.
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
     app_state.model(name)
-    return jsonify({"name": name, "ready": True})
+    return answer(schemas.ModelReady(name=name, ready=True))
 
 
 @kserve.post("/models/<name>/infer")
-def infer(name: str) -> Any:
+def infer(name: str) -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
     loaded = app_state.model(name)
     body = read_json(app_state, INFER_SHAPE)
-    frame = _inputs_frame(body, loaded, app_state)
+    request = _infer_request(body)
+    frame = _inputs_frame(request, loaded, app_state)
     indices = np.arange(len(frame))
     scored = score_request(app_state, loaded, Records.of_frame(frame), indices)
     n = len(frame)
@@ -128,7 +108,7 @@ def infer(name: str) -> Any:
         severity[i] = scored.severity[j]
     for rejected in scored.rejected:
         reason[rejected.index] = "; ".join(rejected.reasons)
-    outputs = [
+    outputs: list[tuple[str, str, list[Any]]] = [
         ("anomaly_score", "FP64", score),
         ("p_value", "FP64", p_value),
         ("is_anomaly", "BOOL", flag),
@@ -136,17 +116,50 @@ def infer(name: str) -> Any:
         ("severity", "BYTES", severity),
         ("rejected_reason", "BYTES", reason),
     ]
-    response: dict[str, Any] = {
-        "model_name": name,
-        "model_version": loaded.bundle.version,
-        "outputs": [{"name": o, "datatype": t, "shape": [n], "data": d} for o, t, d in outputs],
-    }
-    if isinstance(body, dict) and "id" in body:
-        response["id"] = body["id"]
-    return jsonify(response)
+    return answer(
+        schemas.InferResponse(
+            model_name=name,
+            model_version=loaded.bundle.version,
+            outputs=[
+                schemas.InferOutput(name=o, datatype=t, shape=[n], data=d) for o, t, d in outputs
+            ],
+            id=request.id,
+        )
+    )
 
 
-def _inputs_frame(body: Any, loaded: LoadedModel, app_state: ServiceState) -> pd.DataFrame:
+def _infer_request(body: Any) -> schemas.InferRequest:
+    """The request's envelope and each tensor's name, shape, datatype and length, validated by
+    the model (which does not walk the values); 400 naming the first problem."""
+    try:
+        return schemas.InferRequest.model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+    first = errors[0]
+    loc = first["loc"]
+    # The envelope's problems, and a whole tensor's (its length), say what is wrong themselves.
+    if loc[:1] != ("inputs",) or len(loc) < 2 or (first["type"] == "value_error" and len(loc) == 2):
+        raise ApiError(400, "bad_request", explained(first, INFER_SHAPE))
+    # A field of the first tensor at fault: its problems in the order a client fixes them.
+    tensor = body["inputs"][loc[1]]
+    faults = {e["loc"][2] for e in errors if e["loc"][:2] == loc[:2] and len(e["loc"]) > 2}
+    name = tensor.get("name") if isinstance(tensor, dict) else None
+    if not isinstance(name, str):
+        detail = "each input needs a 'name', 'shape', 'datatype' and 'data'"
+    elif faults & {"shape", "data"}:
+        label = repr(shortened(name))
+        detail = f"input {label} needs 'shape' [n] or [n, 1] (n >= 0) and a list 'data'"
+    else:
+        detail = (
+            f"input {shortened(name)!r} has datatype {shortened(tensor.get('datatype'))!r}; use "
+            f"one of {', '.join(sorted(schemas.NUMERIC_TYPES))} or BYTES"
+        )
+    raise ApiError(400, "bad_request", detail)
+
+
+def _inputs_frame(
+    request: schemas.InferRequest, loaded: LoadedModel, app_state: ServiceState
+) -> pd.DataFrame:
     """One column per input tensor, checked before the frame is built: the batch limit, the
     column names, and that every element is one number or text.
 
@@ -155,58 +168,18 @@ def _inputs_frame(body: Any, loaded: LoadedModel, app_state: ServiceState) -> pd
     shape are declared per tensor, and a tensor that breaks them is the client's protocol error,
     not a record with a bad value (a number that does not parse is still a per-row rejection).
     """
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
-        raise ApiError(400, "bad_request", f"the body must be {INFER_SHAPE}")
-    if "id" in body and not isinstance(body["id"], str):
-        raise ApiError(400, "bad_request", "'id' must be a string")
     columns: dict[str, list[Any]] = {}
     length = None
-    for tensor in body["inputs"]:
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            raise ApiError(
-                400, "bad_request", "each input needs a 'name', 'shape', 'datatype' and 'data'"
-            )
-        name = tensor["name"]
-        label = repr(shortened(name))
-        if name in columns:
+    for tensor in request.inputs:
+        label = repr(shortened(tensor.name))
+        if tensor.name in columns:
             raise ApiError(400, "bad_request", f"input {label} is given twice")
-        shape = tensor.get("shape")
-        data = tensor.get("data")
-        datatype = tensor.get("datatype")
-        if (
-            not isinstance(shape, list)
-            or not 1 <= len(shape) <= 2
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            or not isinstance(data, list)
-        ):
-            raise ApiError(
-                400,
-                "bad_request",
-                f"input {label} needs 'shape' [n] or [n, 1] (n >= 0) and a list 'data'",
-            )
-        if len(shape) == 2 and shape[1] != 1:
-            raise ApiError(
-                400,
-                "bad_request",
-                f"input {label} must have shape [n] or [n, 1], one tensor per column",
-            )
-        if not isinstance(datatype, str) or datatype.upper() not in TENSOR_TYPES:
-            raise ApiError(
-                400,
-                "bad_request",
-                f"input {label} has datatype {shortened(datatype)!r}; use one of "
-                f"{', '.join(sorted(NUMERIC_TYPES))} or BYTES",
-            )
-        n = shape[0]
-        if len(data) != n:
-            raise ApiError(
-                400, "bad_request", f"input {label} has {len(data)} values for shape {shape}"
-            )
+        n = tensor.shape[0]
         if length is not None and n != length:
             raise ApiError(400, "bad_request", "every input must have the same length")
         check_batch_size(n, app_state)
         length = n
-        flat = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in data]
+        flat = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in tensor.data]
         for i, value in enumerate(flat):
             if not isinstance(value, SCALARS):
                 kind = "a list" if isinstance(value, list) else "an object"
@@ -216,7 +189,7 @@ def _inputs_frame(body: Any, loaded: LoadedModel, app_state: ServiceState) -> pd
                     f"input {label} holds {kind} at position {i}; each element must be one "
                     "number (FP*, INT*, BOOL) or text (BYTES)",
                 )
-        columns[name] = flat
+        columns[tensor.name] = flat
     passthrough = app_state.config.passthrough_fields
     check_columns(loaded.bundle.schema, list(columns), passthrough=passthrough)
     return pd.DataFrame(columns)

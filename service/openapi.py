@@ -1,111 +1,162 @@
-"""The OpenAPI 3 document served at ``/openapi.json``; a test keeps it in step with the routes."""
+"""The OpenAPI 3.1 document served at ``/openapi.json``, generated from the pydantic models of
+``service.schemas``; a test keeps its operations in step with the app's routes.
+
+Request bodies are written inline (generators and the fuzz test read a route's body where it
+is) and responses refer to ``#/components/schemas``, where every model's schema is.
+"""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from service.kserve import TENSOR_TYPES
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+from service import schemas
+from service.config import MODEL_NAME
+from service.schemas import (
+    AlertList,
+    Health,
+    InferRequest,
+    InferResponse,
+    Live,
+    ModelDetail,
+    ModelList,
+    ModelMetadata,
+    ModelReady,
+    ModelSummary,
+    Readiness,
+    Ready,
+    ReloadRequest,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+#: What each error status means on the routes that can answer it; the body is ``Error``.
+ERRORS = {
+    400: "Malformed request",
+    401: "Missing or wrong bearer token",
+    403: "Admin routes disabled",
+    404: "Unknown model",
+    413: "Body or batch too large",
+    415: "Unsupported content type",
+    422: "Valid JSON that cannot be scored (unknown/missing columns, empty batch)",
+    503: "Model not loaded",
+}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+@dataclass(frozen=True)
+class Operation:
+    """One route and method: what it answers (status -> model), and what it takes."""
+
+    summary: str
+    answers: dict[int, type[BaseModel]]
+    errors: tuple[int, ...] = ()
+    body: type[BaseModel] | None = None
+    #: Other media types the body may have (the score route takes CSV too).
+    also: dict[str, Any] = field(default_factory=dict)
+    #: "open", "scoring" (a token when ``scoring_token`` is set) or "admin".
+    access: str = "open"
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    words = {
-        400: "Malformed request",
-        401: "Missing or wrong bearer token",
-        403: "Admin routes disabled",
-        404: "Unknown model",
-        413: "Body or batch too large",
-        415: "Unsupported content type",
-        422: "Valid JSON that cannot be scored (unknown/missing columns, empty batch)",
-        503: "Model not loaded",
-    }
-    return {str(c): _json(_ERROR, words[c]) for c in codes}
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("/healthz", "get"): Operation("Liveness", {200: Health}),
+    ("/readyz", "get"): Operation(
+        "Readiness: every configured model loaded", {200: Readiness, 503: Readiness}
+    ),
+    ("/metrics", "get"): Operation("Prometheus metrics (text exposition)", {}),
+    ("/openapi.json", "get"): Operation("This document", {}),
+    ("/v1/models", "get"): Operation("Served models", {200: ModelList}, (401,), access="scoring"),
+    ("/v1/models/{name}", "get"): Operation(
+        "A model's columns, threshold, target FPR, training metrics, version",
+        {200: ModelDetail},
+        (401, 404, 503),
+        access="scoring",
+    ),
+    ("/v1/models/{name}/score", "post"): Operation(
+        "Score records; invalid records come back with reasons",
+        {200: ScoreResponse},
+        (400, 401, 404, 413, 415, 422, 503),
+        body=ScoreRequest,
+        also={"text/csv": {"schema": {"type": "string"}}},
+        access="scoring",
+    ),
+    ("/v1/models/{name}/reload", "post"): Operation(
+        "Admin: load the bundle from disk (or 'path') and swap atomically",
+        {200: ModelSummary},
+        (400, 401, 403, 404, 413, 422),
+        body=ReloadRequest,
+        access="admin",
+    ),
+    ("/v1/alerts", "get"): Operation(
+        "Recent alerts of this worker (bounded)", {200: AlertList}, (401,), access="scoring"
+    ),
+    ("/v2/health/live", "get"): Operation("KServe V2 liveness", {200: Live}),
+    ("/v2/health/ready", "get"): Operation("KServe V2 readiness", {200: Ready, 503: Ready}),
+    ("/v2/models/{name}", "get"): Operation(
+        "KServe V2 model metadata", {200: ModelMetadata}, (401, 404, 503), access="scoring"
+    ),
+    ("/v2/models/{name}/ready", "get"): Operation(
+        "KServe V2 model readiness", {200: ModelReady}, (401, 404, 503), access="scoring"
+    ),
+    ("/v2/models/{name}/infer", "post"): Operation(
+        "KServe V2 inference: one input tensor per column",
+        {200: InferResponse},
+        (400, 401, 404, 413, 422, 503),
+        body=InferRequest,
+        access="scoring",
+    ),
+}
 
-
+#: Non-JSON answers.
+_PLAIN = {
+    "/metrics": {"200": {"description": "Text exposition", "content": {"text/plain": {}}}},
+    "/openapi.json": {
+        "200": {
+            "description": "OpenAPI 3 document",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+}
 _NAME = {
     "name": "name",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[a-z0-9_-]+$"},
+    "schema": {"type": "string", "pattern": MODEL_NAME.pattern},
 }
-_SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "scoring": [{"bearer": []}, {}],  # open unless scoring_token is set
+    "admin": [{"bearer": []}],
+}
 
 
-def openapi_document() -> dict[str, Any]:
-    record = {
-        "type": "object",
-        "additionalProperties": {"type": ["number", "string", "boolean", "null"]},
-    }
-    result = {
-        "type": "object",
-        "properties": {
-            "index": {"type": "integer", "description": "position in the request"},
-            "anomaly_score": {"type": "number", "description": "higher = more anomalous"},
-            "p_value": {"type": "number", "description": "P(score this high | normal)"},
-            "is_anomaly": {"type": "boolean"},
-            "context_unseen": {
-                "type": "boolean",
-                "description": "conditional (cvae) models only: a context value was never seen "
-                "in training, so the record was scored without its context",
-            },
-            "severity": {"type": "string", "description": "'none' or a policy level"},
-            "top_features": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "column": {"type": "string"},
-                        "contribution": {"type": "number"},
-                    },
-                },
-            },
-        },
-    }
-    score_response = {
-        "type": "object",
-        "properties": {
-            "model": {"type": "string"},
-            "version": {"type": "string"},
-            "threshold": {"type": "number"},
-            "target_fpr": {"type": "number"},
-            "counts": {
-                "type": "object",
-                "properties": {k: {"type": "integer"} for k in ("received", "scored", "rejected")},
-            },
-            "results": {"type": "array", "items": result},
-            "rejected": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "reasons": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-            },
-        },
-    }
-    obj = {"type": "object"}
-    infer_request = {
-        "type": "object",
-        "required": ["inputs"],
-        "properties": {
-            "id": {"type": "string", "description": "echoed in the response"},
-            "parameters": obj,
-            "inputs": {
-                "type": "array",
-                "minItems": 1,
-                "items": {"$ref": "#/components/schemas/InferInput"},
-                "description": "one tensor per column, all of the same length",
-            },
-            "outputs": {"type": "array", "items": obj},
-        },
-    }
+class _Schemas(GenerateJsonSchema):
+    """Without the titles pydantic makes of field names ("Anomaly Score"): they say nothing
+    the name does not, and would double the document."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+@cache
+def _generated() -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(schemas.Error, "serialization")]
+    for operation in OPERATIONS.values():
+        models += [(model, "serialization") for model in operation.answers.values()]
+        if operation.body is not None:
+            models.append((operation.body, "validation"))
+    _, top = models_json_schema(
+        list(dict.fromkeys(models)),
+        ref_template="#/components/schemas/{model}",
+        schema_generator=_Schemas,
+    )
+    components = top["$defs"]
+    paths: dict[str, dict[str, Any]] = {}
+    for (path, method), operation in OPERATIONS.items():
+        paths.setdefault(path, {})[method] = _operation(path, operation, components)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -116,175 +167,44 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "detail"],
-                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-                },
-                # The protocol's tensor data: values, or nested lists of them in row-major
-                # order. The service takes shape [n] or [n, 1]: one value (or [value]) per row.
-                "TensorData": {
-                    "type": "array",
-                    "items": {
-                        "anyOf": [
-                            {"type": ["number", "string", "boolean", "null"]},
-                            {"$ref": "#/components/schemas/TensorData"},
-                        ]
-                    },
-                },
-                "InferInput": {
-                    "type": "object",
-                    "required": ["name", "shape", "datatype", "data"],
-                    "properties": {
-                        "name": {"type": "string", "description": "a column of the model"},
-                        "shape": {
-                            "type": "array",
-                            "items": {"type": "integer", "minimum": 0},
-                            "minItems": 1,
-                            "maxItems": 2,
-                            "description": "[n] or [n, 1]",
-                        },
-                        "datatype": {"type": "string", "enum": sorted(TENSOR_TYPES)},
-                        "parameters": obj,
-                        "data": {"$ref": "#/components/schemas/TensorData"},
-                    },
-                },
-            },
+            "schemas": components,
         },
-        "paths": {
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(obj, "Alive")}}},
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness: every configured model loaded",
-                    "responses": {"200": _json(obj, "Ready"), "503": _json(obj, "Not ready")},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {
-                        "200": {"description": "Text exposition", "content": {"text/plain": {}}}
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "responses": {"200": _json(obj, "OpenAPI 3 document")},
-                }
-            },
-            "/v1/models": {
-                "get": {
-                    "summary": "Served models",
-                    "security": _SECURED,
-                    "responses": {"200": _json(obj, "Models"), **_errors(401)},
-                }
-            },
-            "/v1/models/{name}": {
-                "get": {
-                    "summary": "A model's schema, threshold, target FPR, training metrics, version",
-                    "parameters": [_NAME],
-                    "security": _SECURED,
-                    "responses": {"200": _json(obj, "Model"), **_errors(401, 404, 503)},
-                }
-            },
-            "/v1/models/{name}/score": {
-                "post": {
-                    "summary": "Score records; invalid records come back with reasons",
-                    "parameters": [_NAME],
-                    "security": _SECURED,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["records"],
-                                    "properties": {"records": {"type": "array", "items": record}},
-                                }
-                            },
-                            "text/csv": {"schema": {"type": "string"}},
-                        },
-                    },
-                    "responses": {
-                        "200": _json(score_response, "Scores"),
-                        **_errors(400, 401, 404, 413, 415, 422, 503),
-                    },
-                }
-            },
-            "/v1/models/{name}/reload": {
-                "post": {
-                    "summary": "Admin: load the bundle from disk (or 'path') and swap atomically",
-                    "parameters": [_NAME],
-                    "security": [{"bearer": []}],
-                    "requestBody": {
-                        "required": False,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "path": {
-                                            "type": "string",
-                                            "description": "a bundle directory on the server",
-                                        }
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json(obj, "Reloaded"),
-                        **_errors(400, 401, 403, 404, 413, 422),
-                    },
-                }
-            },
-            "/v1/alerts": {
-                "get": {
-                    "summary": "Recent alerts of this worker (bounded)",
-                    "security": _SECURED,
-                    "responses": {"200": _json(obj, "Alerts"), **_errors(401)},
-                }
-            },
-            "/v2/health/live": {
-                "get": {"summary": "KServe V2 liveness", "responses": {"200": _json(obj, "Live")}}
-            },
-            "/v2/health/ready": {
-                "get": {
-                    "summary": "KServe V2 readiness",
-                    "responses": {"200": _json(obj, "Ready"), "503": _json(obj, "Not ready")},
-                }
-            },
-            "/v2/models/{name}": {
-                "get": {
-                    "summary": "KServe V2 model metadata",
-                    "parameters": [_NAME],
-                    "security": _SECURED,
-                    "responses": {"200": _json(obj, "Metadata"), **_errors(401, 404, 503)},
-                }
-            },
-            "/v2/models/{name}/ready": {
-                "get": {
-                    "summary": "KServe V2 model readiness",
-                    "parameters": [_NAME],
-                    "responses": {"200": _json(obj, "Ready"), **_errors(404, 503)},
-                }
-            },
-            "/v2/models/{name}/infer": {
-                "post": {
-                    "summary": "KServe V2 inference: one input tensor per column",
-                    "parameters": [_NAME],
-                    "security": _SECURED,
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": infer_request}},
-                    },
-                    "responses": {
-                        "200": _json(obj, "Outputs"),
-                        **_errors(400, 401, 404, 413, 422, 503),
-                    },
-                }
-            },
-        },
+        "paths": paths,
     }
+
+
+def _operation(path: str, operation: Operation, components: dict[str, Any]) -> dict[str, Any]:
+    responses = {
+        str(status): _json(_ref(model), model.__doc__ or model.__name__)
+        for status, model in operation.answers.items()
+    }
+    responses |= {str(c): _json(_ref(schemas.Error), ERRORS[c]) for c in operation.errors}
+    described: dict[str, Any] = {
+        "summary": operation.summary,
+        "responses": responses or _PLAIN[path],
+    }
+    if "{name}" in path:
+        described["parameters"] = [_NAME]
+    if operation.access in _SECURITY:
+        described["security"] = _SECURITY[operation.access]
+    if operation.body is not None:
+        fields = operation.body.model_fields.values()
+        schema = components[operation.body.__name__]
+        described["requestBody"] = {
+            "required": any(f.is_required() for f in fields),
+            "content": {"application/json": {"schema": schema}, **operation.also},
+        }
+    return described
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document, generated once per process (a copy: callers may change theirs)."""
+    return copy.deepcopy(_generated())

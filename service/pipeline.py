@@ -8,9 +8,6 @@ result for the same records.
 from __future__ import annotations
 
 import hmac
-import io
-import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from flask import request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from detector.bundle import Bundle
 from detector.features import check_columns, listed
@@ -101,62 +97,6 @@ def require_token(expected: str | None, *, admin: bool) -> None:
         token.strip().encode(), expected.encode()
     ):
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'")
-
-
-def read_body(state: ServiceState) -> bytes:
-    """The request body, at most ``max_body_bytes``, whether sized by Content-Length or sent
-    chunked; 413 past the limit. werkzeug's own ``get_data`` stops a chunked body at the limit
-    and returns the truncated bytes (a 50 MB body would be answered as broken JSON), so the body
-    is read here with a stream limit one byte above ours: reaching that byte means too large."""
-    limit = state.config.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestEntityTooLarge()
-    # Before anything reads request.stream, which werkzeug builds once with this limit.
-    request.max_content_length = limit + 1
-    body = io.BytesIO()
-    while chunk := request.stream.read(min(1 << 16, limit + 1 - body.tell())):
-        body.write(chunk)
-        if body.tell() > limit:
-            raise RequestEntityTooLarge()
-    return body.getvalue()
-
-
-#: A \uD800-\uDFFF escape: the one way JSON text carries a surrogate. Paired, json decodes
-#: it to one character; alone, it becomes a string no UTF-8 (nor pandas' Arrow strings) takes.
-SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
-    """The request body parsed as JSON (``empty`` for an empty body, when given); 400 naming
-    ``shape`` (what the route expects) when it is not JSON, not UTF-8 (RFC 8259), not valid
-    JSON, holds a lone surrogate escape, or is nested deeper than the parser's recursion limit
-    (``json`` raises ``RecursionError`` for that, which is not a ``ValueError``)."""
-    body = read_body(state)
-    if not body and empty is not None:
-        return empty
-    if not request.is_json:
-        raise ApiError(400, "bad_request", f"send Content-Type: application/json and {shape}")
-    try:
-        text = body.decode("utf-8-sig")
-        value = json.loads(text)
-        if SURROGATE_ESCAPE.search(text):
-            json.dumps(value, ensure_ascii=False).encode()  # raises on a lone surrogate
-    except RecursionError:
-        raise ApiError(
-            400, "bad_request", f"the JSON body is nested too deeply to parse; send {shape}"
-        ) from None
-    except UnicodeEncodeError:
-        raise ApiError(
-            400,
-            "bad_request",
-            "the JSON body holds a \\uD800-\\uDFFF escape that is not half of a surrogate "
-            "pair, which is no Unicode character",
-        ) from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
-        raise ApiError(
-            400, "bad_request", f"the body is not valid JSON ({exc}); send {shape}"
-        ) from None
-    return value
 
 
 def read_records(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -86,5 +85,5 @@ def test_the_readme_names_every_metric() -> None:
 
 def test_the_readme_names_every_setting() -> None:
     text = README.read_text(encoding="utf-8")
-    missing = [f.name for f in fields(ServiceConfig) if f"`{f.name}" not in text]
+    missing = [name for name in ServiceConfig.model_fields if f"`{name}" not in text]
     assert not missing, f"the README's settings table does not list {missing}"

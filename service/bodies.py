@@ -1,0 +1,98 @@
+"""Request bodies in, response bodies out: the body read within ``max_body_bytes``, parsed as
+JSON with the hardening hostile requests need, validated against a ``service.schemas`` model
+(a 400 that names the problem), and a response model answered as JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any, TypeVar
+
+from flask import Response, current_app, request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from service.state import ApiError, ServiceState
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def read_body(state: ServiceState) -> bytes:
+    """The request body, at most ``max_body_bytes``, whether sized by Content-Length or sent
+    chunked; 413 past the limit. werkzeug's own ``get_data`` stops a chunked body at the limit
+    and returns the truncated bytes (a 50 MB body would be answered as broken JSON), so the body
+    is read here with a stream limit one byte above ours: reaching that byte means too large."""
+    limit = state.config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    # Before anything reads request.stream, which werkzeug builds once with this limit.
+    request.max_content_length = limit + 1
+    body = io.BytesIO()
+    while chunk := request.stream.read(min(1 << 16, limit + 1 - body.tell())):
+        body.write(chunk)
+        if body.tell() > limit:
+            raise RequestEntityTooLarge()
+    return body.getvalue()
+
+
+#: A \uD800-\uDFFF escape: the one way JSON text carries a surrogate. Paired, json decodes
+#: it to one character; alone, it becomes a string no UTF-8 (nor pandas' Arrow strings) takes.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
+    """The request body parsed as JSON (``empty`` for an empty body, when given); 400 naming
+    ``shape`` (what the route expects) when it is not JSON, not UTF-8 (RFC 8259), not valid
+    JSON, holds a lone surrogate escape, or is nested deeper than the parser's recursion limit
+    (``json`` raises ``RecursionError`` for that, which is not a ``ValueError``)."""
+    body = read_body(state)
+    if not body and empty is not None:
+        return empty
+    if not request.is_json:
+        raise ApiError(400, "bad_request", f"send Content-Type: application/json and {shape}")
+    try:
+        text = body.decode("utf-8-sig")
+        value = json.loads(text)
+        if SURROGATE_ESCAPE.search(text):
+            json.dumps(value, ensure_ascii=False).encode()  # raises on a lone surrogate
+    except RecursionError:
+        raise ApiError(
+            400, "bad_request", f"the JSON body is nested too deeply to parse; send {shape}"
+        ) from None
+    except UnicodeEncodeError:
+        raise ApiError(
+            400,
+            "bad_request",
+            "the JSON body holds a \\uD800-\\uDFFF escape that is not half of a surrogate "
+            "pair, which is no Unicode character",
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise ApiError(
+            400, "bad_request", f"the body is not valid JSON ({exc}); send {shape}"
+        ) from None
+    return value
+
+
+def validated(model: type[Model], body: Any, shape: str) -> Model:
+    """``body`` (parsed JSON) as ``model``; 400 with the first problem a validator of the model
+    explains in words, else naming ``shape``, what the route expects."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(400, "bad_request", explained(exc.errors()[0], shape)) from None
+
+
+def explained(error: Any, shape: str) -> str:
+    """A validator's own message (it names the field and the fix), or the shape expected."""
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    return f"the body must be {shape}"
+
+
+def answer(body: BaseModel, status: int = 200) -> Response:
+    """``body`` as the JSON response, serialised by its model."""
+    return current_app.response_class(
+        body.model_dump_json(), status=status, mimetype="application/json"
+    )
