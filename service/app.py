@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
@@ -40,7 +39,7 @@ def create_app(
     environment variables (and the file named by ``ANOMALY_CONFIG``, if set)."""
     if config is None:
         config = load_config()
-    if config.tf_threads and needs_tensorflow(config.models.values()):
+    if config.tf_threads and needs_tensorflow():
         _limit_tensorflow_threads(config.tf_threads)
     if config.tf_threads:
         from detector.neighbours import set_search_threads
@@ -154,12 +153,12 @@ def _default_sinks(config: ServiceConfig, resend_seconds: float) -> list[Sink]:
     return sinks
 
 
-def needs_tensorflow(paths: Iterable[str]) -> bool:
-    # Bundles score with their LiteRT scorer file; only one written before it existed runs
-    # TensorFlow, and importing TensorFlow otherwise costs each worker seconds and ~700 MB.
-    from detector.bundle_format import SCORER_FILE
+def needs_tensorflow() -> bool:
+    # Bundles score with their LiteRT scorer file; only where LiteRT is not installed does the
+    # graph run on TensorFlow, which otherwise costs each worker seconds and ~700 MB.
+    from detector.lite_graph import litert_available
 
-    return any(not (Path(path) / SCORER_FILE).is_file() for path in paths)
+    return not litert_available()
 
 
 def _limit_tensorflow_threads(threads: int) -> None:

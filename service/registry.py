@@ -22,22 +22,18 @@ Under gunicorn each worker process holds its own models, and they meet in ``sync
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import shutil
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from detector.bundle import Bundle, load_bundle
-from detector.errors import BundleError, DetectorError
+from detector.errors import BundleError
+from service.model_sync import Marker, ModelSyncError, Published, SyncDir
 
 log = logging.getLogger(__name__)
 
@@ -61,39 +57,6 @@ class LoadedModel:
 
 class UnknownModel(KeyError):
     """No model of that name is configured."""
-
-
-class ModelSyncError(DetectorError, OSError):
-    """``sync_dir``, the directory the workers share, cannot be read or written. An OSError, so
-    callers that answer a failed read of files also answer this one."""
-
-
-@dataclass(frozen=True)
-class _Published:
-    """A good bundle as a marker records it: its generation, the directory it was loaded from
-    (the path users see) and the copy in ``sync_dir`` that workers load."""
-
-    generation: int
-    path: str
-    copy: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"generation": self.generation, "path": self.path, "copy": self.copy}
-
-    @classmethod
-    def from_dict(cls, d: Any) -> _Published:
-        return cls(int(d["generation"]), str(d["path"]), str(d["copy"]))
-
-
-@dataclass(frozen=True)
-class _Marker:
-    """``<sync_dir>/<name>.json``: the bundle to serve, newest first, then earlier good ones."""
-
-    good: tuple[_Published, ...]
-
-    @property
-    def current(self) -> _Published:
-        return self.good[0]
 
 
 @dataclass(frozen=True)
@@ -129,7 +92,7 @@ class ModelRegistry:
         self._loader = loader
         self._on_reload = on_reload
         self._on_install = on_install
-        self._sync_dir = Path(sync_dir) if sync_dir else None
+        self._sync = SyncDir(sync_dir) if sync_dir else None
         self._seen: dict[str, object] = {}  # the marker's stat last acted on, per model
         self._misses: dict[str, _Miss] = {}  # models not serving what they should
 
@@ -176,7 +139,7 @@ class ModelRegistry:
         """Catch up with what other workers published, or retry what failed to load. Cheap
         when in step: one stat per model. Never raises: a request is answered with the model
         in force, and what went wrong is logged."""
-        if self._sync_dir is None and not self._misses:
+        if self._sync is None and not self._misses:
             return
         if not self._catching_up.acquire(blocking=False):
             return  # another thread of this worker is at it; serve what is in force
@@ -188,7 +151,7 @@ class ModelRegistry:
                 try:
                     self._catch_up(name, marker)
                 except (BundleError, OSError) as exc:
-                    log.error("model %s: could not catch up with %s: %s", name, self._sync_dir, exc)
+                    log.error("model %s: could not catch up: %s", name, exc)
         finally:
             self._catching_up.release()
 
@@ -219,7 +182,7 @@ class ModelRegistry:
         except BundleError as exc:
             self._missed(name, source, files, exc)
 
-    def _load_last_good(self, name: str, marker: _Marker, stat: object) -> bool:
+    def _load_last_good(self, name: str, marker: Marker, stat: object) -> bool:
         self._seen[name] = stat
         for good in marker.good:
             files = _files_signature(good.copy)
@@ -299,23 +262,24 @@ class ModelRegistry:
     # ----------------------------------------------------------------------- load and publish
 
     def _load_and_publish(self, name: str, source: str) -> LoadedModel:
-        if self._sync_dir is None:
+        if self._sync is None:
             bundle = self._load(source)
             current = self._models.get(name)
             return self._install(name, source, bundle, current.generation + 1 if current else 0)
-        copy = self._copy(name, Path(source))
+        sync = self._sync
+        copy = sync.copy(name, Path(source))
         try:
             bundle = self._load(str(copy), source)
-            with self._locked(name):
-                marker = self._read_marker(name)
+            with sync.locked(name):
+                marker = sync.read_marker(name)
                 earlier = marker.good if marker else ()
                 current = self._models.get(name)
                 generation = 1 + max(
                     earlier[0].generation if earlier else 0, current.generation if current else 0
                 )
-                published = _Published(generation, source, str(copy))
+                published = Published(generation, source, str(copy))
                 kept = (published, *earlier)[:KEPT_COPIES]
-                self._write_marker(name, _Marker(kept))
+                sync.write_marker(name, Marker(kept))
                 # Before the lock goes: a marker another worker writes next must look new.
                 self._seen[name] = self._marker_stat(name)
         except BaseException:
@@ -342,100 +306,17 @@ class ModelRegistry:
             )
         raise BundleError(detail.replace(path, shown_as or path)) from None
 
-    def _copy(self, name: str, source: Path) -> Path:
-        """Copy the files of the bundle directory ``source`` (a bundle is flat) into
-        ``sync_dir``. A directory that is not there gives an empty copy, so loading it fails
-        with the loader's own message; a file that cannot be read is a ``BundleError``."""
-        assert self._sync_dir is not None
-        copy = self._sync_dir / name / uuid.uuid4().hex[:12]
-        try:
-            copy.mkdir(parents=True)
-        except OSError as exc:
-            raise _sync_error(self._sync_dir, exc) from None
-        try:
-            entries = sorted(source.iterdir()) if source.is_dir() else []
-            for entry in entries:
-                if not entry.is_file():
-                    continue
-                try:
-                    content = entry.read_bytes()
-                except OSError as exc:
-                    raise BundleError(
-                        f"could not read {entry} ({exc}); check the file and its permissions, "
-                        "or write the bundle again"
-                    ) from None
-                try:
-                    (copy / entry.name).write_bytes(content)
-                except OSError as exc:
-                    raise _sync_error(self._sync_dir, exc) from None
-        except BaseException:
-            shutil.rmtree(copy, ignore_errors=True)
-            raise
-        return copy
-
-    @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        """One process at a time allocates a generation and writes the marker."""
-        assert self._sync_dir is not None
-        try:
-            fd = os.open(self._sync_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise _sync_error(self._sync_dir, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def _read_marker(self, name: str) -> _Marker | None:
-        """The marker, or None when none is published. Raises ``ModelSyncError`` when it
-        cannot be read; one that does not parse is treated as absent (and will be replaced)."""
-        assert self._sync_dir is not None
-        path = self._sync_dir / f"{name}.json"
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _sync_error(self._sync_dir, exc) from None
-        try:
-            state = json.loads(text)
-            good = [_Published.from_dict(state), *map(_Published.from_dict, state["earlier"])]
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable reload marker %s: %s", path, exc)
-            return None
-        return _Marker(tuple(good))
-
-    def _try_read_marker(self, name: str) -> _Marker | None:
-        if self._sync_dir is None:
+    def _try_read_marker(self, name: str) -> Marker | None:
+        if self._sync is None:
             return None
         try:
-            return self._read_marker(name)
+            return self._sync.read_marker(name)
         except ModelSyncError as exc:
             log.error("model %s: %s", name, exc)
             return None
 
-    def _write_marker(self, name: str, marker: _Marker) -> None:
-        assert self._sync_dir is not None
-        path = self._sync_dir / f"{name}.json"
-        state = marker.current.to_dict() | {"earlier": [p.to_dict() for p in marker.good[1:]]}
-        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        try:
-            partial.write_text(json.dumps(state))
-            os.replace(partial, path)  # readers see the old marker or the new one, whole
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise _sync_error(self._sync_dir, exc) from None
-
     def _marker_stat(self, name: str) -> object:
-        """What changes when the marker is replaced (a new inode each time), or None."""
-        if self._sync_dir is None:
-            return None
-        try:
-            stat = (self._sync_dir / f"{name}.json").stat()
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return None if self._sync is None else self._sync.marker_stat(name)
 
     # ----------------------------------------------------------------------- state
 
@@ -453,13 +334,6 @@ class ModelRegistry:
             self._errors.pop(name, None)
         self._on_install(loaded, previous)
         return loaded
-
-
-def _sync_error(sync_dir: Path, exc: OSError) -> ModelSyncError:
-    return ModelSyncError(
-        f"cannot use model_sync_dir {sync_dir} ({exc}); make it a writable directory that only "
-        "this server's workers share; the model in force keeps serving"
-    )
 
 
 def _files_signature(path: str | os.PathLike[str]) -> object:

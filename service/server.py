@@ -40,9 +40,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         from service.app import create_app, needs_tensorflow
 
         # Bundles score with their LiteRT file; TensorFlow (~700 MB and seconds per worker)
-        # is imported only for a bundle written before those existed, and then quietly.
-        if needs_tensorflow(self.service_config.models.values()):
-            from detector.cli import import_tensorflow_quietly
+        # is imported only where LiteRT is not installed, and then quietly.
+        if needs_tensorflow():
+            from detector.native import import_tensorflow_quietly
 
             import_tensorflow_quietly()
         return create_app(self.service_config)
