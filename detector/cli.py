@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any
 
 from detector.commands import (
@@ -23,10 +24,11 @@ from detector.commands import (
     cmd_train,
 )
 from detector.native import import_tensorflow_quietly
+from detector.options import MODEL_OPTIONS, describe, training_options
 
-#: ``detector.models.MODELS``'s names, repeated here so ``--help`` needs no TensorFlow import
-#: (a test keeps the two equal).
-MODEL_NAMES = ("vae", "vae-svdd", "advae", "cvae")
+#: The names ``--model`` takes: ``detector.options``'s registry, which needs no TensorFlow import
+#: (a test keeps it equal to ``detector.models.MODELS``).
+MODEL_NAMES = tuple(MODEL_OPTIONS)
 
 EXAMPLES = """examples:
   anomaly train data/train.csv --out models/default
@@ -59,13 +61,6 @@ def build_parser(
     )
     train.add_argument("data", help="training data: .csv, .csv.gz or .parquet with a header")
     train.add_argument("--out", required=True, help="bundle directory to write (replaced)")
-    train.add_argument(
-        "--model",
-        choices=MODEL_NAMES,
-        default="vae",
-        help="vae (default), vae-svdd (VAE + Deep SVDD hypersphere), advae (self-adversarial "
-        "VAE), cvae (conditional on --context columns)",
-    )
     train.add_argument("--label-column", help="a 0/1 label column: dropped; rows with 1 left out")
     train.add_argument(
         "--ignore-column",
@@ -74,96 +69,7 @@ def build_parser(
         metavar="COL",
         help="a column to leave out of the model, e.g. an id or timestamp (repeatable)",
     )
-    train.add_argument(
-        "--categorical",
-        action="append",
-        default=[],
-        metavar="COL",
-        help="treat a numeric-looking column as categorical (repeatable)",
-    )
-    train.add_argument(
-        "--context",
-        action="append",
-        default=[],
-        metavar="COL",
-        help="cvae: a column normal behaviour depends on, e.g. host; the model is conditioned "
-        "on it, not scoring it (repeatable)",
-    )
-    train.add_argument(
-        "--context-dropout",
-        type=float,
-        default=0.1,
-        help="cvae: share of training rows each context column is hidden from, so a context "
-        "value never seen in training can be scored without it (default 0.1)",
-    )
-    train.add_argument("--epochs", type=int, default=300, help="maximum epochs (default 300)")
-    train.add_argument("--batch-size", type=int, default=128, help="default 128")
-    train.add_argument("--learning-rate", type=float, default=1e-3, help="default 0.001")
-    train.add_argument("--latent-dim", type=int, help="latent width (default: from the data)")
-    train.add_argument(
-        "--hidden-units",
-        type=_int_list,
-        metavar="N,N",
-        help="encoder layer sizes, e.g. 64,32 (default: from the data)",
-    )
-    train.add_argument("--kl-warmup-epochs", type=int, default=10, help="default 10")
-    train.add_argument("--patience", type=int, default=20, help="early-stopping patience")
-    train.add_argument(
-        "--min-scale",
-        type=float,
-        default=0.3,
-        help="decoder standard-deviation floor, standardised units (default 0.3)",
-    )
-    train.add_argument(
-        "--range-floor",
-        type=float,
-        default=0.05,
-        help="each numeric column's scale is at least this fraction of its training range; "
-        "0.25 scales nearly every column by its range, as min-max scaling does (default 0.05)",
-    )
-    train.add_argument(
-        "--target-fpr",
-        type=float,
-        default=0.01,
-        help="false-positive rate the threshold is set for (default 0.01)",
-    )
-    train.add_argument(
-        "--samples", type=int, default=8, help="latent samples L per scored record (default 8)"
-    )
-    train.add_argument(
-        "--score",
-        metavar="KIND",
-        help="score: knn (distance to the nearest normal rows), elbo_knn, recon_prob, "
-        "mean_log_lik, elbo or iwae, or a model's own (vae-svdd: svdd_distance, combined, "
-        "either; advae: recon_error); default: knn",
-    )
-    train.add_argument(
-        "--neighbours",
-        type=int,
-        default=5,
-        metavar="K",
-        help="k of the distance to the nearest normal training rows, which the bundle keeps "
-        "(default 5); 0 keeps no training rows in the bundle and scores with the model alone",
-    )
-    train.add_argument(
-        "--svdd-weight",
-        type=float,
-        help="vae-svdd: weight of the hypersphere term mean ||mu - c||^2 (default 0.1)",
-    )
-    train.add_argument(
-        "--svdd-nu",
-        type=float,
-        help="vae-svdd: soft-boundary share nu in (0, 1] of records allowed outside the "
-        "sphere (default: none, one-class Deep SVDD)",
-    )
-    for flag, meaning, default in (
-        ("--advae-lambda", "weight lambda of the transformer's KL term", 0.01),
-        ("--advae-gamma", "weight gamma of the encoder-adversarial KL terms", 0.001),
-        ("--advae-margin-x", "margin m_x between G(z) and G(z_T), squared units", 2.0),
-        ("--advae-margin-z", "margin m_z in nats of a generated record's KL", 40.0),
-    ):
-        train.add_argument(flag, type=float, help=f"advae: {meaning} (default {default})")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_training_flags(train)
     train.add_argument(
         "--report",
         metavar="PATH.html",
@@ -318,6 +224,32 @@ def build_parser(
     return parser
 
 
+def _add_training_flags(train: argparse.ArgumentParser) -> None:
+    """A flag for every training option that has one (``detector.options``): the options every
+    model takes, then each model's own in a group of its own."""
+    groups: dict[str | None, Any] = {None: train.add_argument_group("training options")}
+    for model, options in MODEL_OPTIONS.items():
+        if fields(options):
+            groups[model] = train.add_argument_group(f"--model {model} ({describe(model)})")
+    for o in training_options():
+        if o.flag is None:
+            continue
+        text = o.help.replace("%", "%%")
+        if o.many:
+            groups[o.model].add_argument(
+                o.flag, action="append", default=[], metavar=o.metavar, help=text
+            )
+        else:
+            groups[o.model].add_argument(
+                o.flag,
+                type=o.kind,
+                default=o.default,
+                choices=o.choices,
+                metavar=o.metavar,
+                help=text,
+            )
+
+
 def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-column",
@@ -343,18 +275,6 @@ def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of sizes"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("sizes must be positive integers")
-    return values
 
 
 def _key_value(text: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.native import native_output_silenced
+from detector.options import TrainingOption, training_options
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -30,6 +31,12 @@ def _show_training_progress(args: argparse.Namespace) -> bool:
     # Also when stderr is not a terminal: training can run for many minutes, and the trainer
     # then writes plain lines instead of a bar.
     return not args.quiet and not args.json
+
+
+def _flag_value(args: argparse.Namespace, option: TrainingOption) -> Any:
+    """The value of ``option``'s ``anomaly train`` flag, as the option holds it."""
+    value = getattr(args, option.dest)
+    return tuple(value) if isinstance(value, list) else value
 
 
 @contextlib.contextmanager
@@ -88,33 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         frame = frame.loc[~labels]
     frame = frame.drop(columns=excluded).reset_index(drop=True)
     config = TrainingConfig(
-        model=args.model,
-        latent_dim=args.latent_dim,
-        hidden_units=args.hidden_units,
-        min_scale=args.min_scale,
-        range_floor=args.range_floor,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        kl_warmup_epochs=args.kl_warmup_epochs,
-        patience=args.patience,
-        target_fpr=args.target_fpr,
-        n_samples=args.samples,
-        score_kind=args.score,
-        neighbours=args.neighbours,
-        categorical=tuple(args.categorical),
-        context=tuple(args.context),
-        context_dropout=args.context_dropout,
-        random_state=args.seed,
+        **{o.name: _flag_value(args, o) for o in training_options() if o.flag is not None},
         progress=_show_training_progress(args),
-        # Left unset, the default; set for another model, check() says it does not apply.
-        svdd_weight=TrainingConfig.svdd_weight if args.svdd_weight is None else args.svdd_weight,
-        svdd_nu=args.svdd_nu,
-        **{
-            name: getattr(args, name)
-            for name in ("advae_lambda", "advae_gamma", "advae_margin_x", "advae_margin_z")
-            if getattr(args, name) is not None
-        },
     )
     report_passthrough = _check_report_data(args, frame.columns)
     bundle, summary = train(frame, config)

@@ -13,9 +13,9 @@ LiteRT is not installed) import it, with its start-up chatter kept off stderr
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from detector.bundle import Bundle, load_bundle, save_bundle
 from detector.features import Imputation
 from detector.lite_graph import litert_available
 from detector.native import import_tensorflow_quietly
+from detector.options import training_options
 from detector.records import score_records
 from detector.scoring import ScoreResult, score_frame
 
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
 class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     """Variational-autoencoder anomaly detector trained on normal records only.
 
-    Hyperparameters are keyword-only and stored as given; ``fit`` does the work. Inputs are a
-    pandas DataFrame (numeric and categorical columns) or a 2-D numeric array
+    Hyperparameters are keyword-only and stored as given; ``fit`` does the work. They are the
+    training options of ``detector.options``, by the same names and with the same defaults.
+    Inputs are a pandas DataFrame (numeric and categorical columns) or a 2-D numeric array
     ``(n_samples, n_features)``, whose columns are then named ``x0, x1, ...``.
 
     Fitted attributes: ``bundle_`` (the trained ``Bundle``), ``summary_`` (``TrainingSummary``),
@@ -46,70 +48,26 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     ``feature_names_in_`` and ``n_features_in_``.
     """
 
-    def __init__(
-        self,
-        *,
-        model: str = "vae",
-        latent_dim: int | None = None,
-        hidden_units: tuple[int, ...] | None = None,
-        activation: str = "relu",
-        min_scale: float = 0.3,
-        max_scale: float = 2.0,
-        range_floor: float = 0.05,
-        epochs: int = 300,
-        batch_size: int = 128,
-        learning_rate: float = 1e-3,
-        kl_warmup_epochs: int = 10,
-        patience: int = 20,
-        validation_fraction: float = 0.15,
-        calibration_fraction: float = 0.15,
-        target_fpr: float = 0.01,
-        n_samples: int = 8,
-        score_kind: str | None = None,
-        neighbours: int = 5,
-        categorical: tuple[str, ...] = (),
-        context: tuple[str, ...] = (),
-        context_dropout: float = 0.1,
-        clip: float = 10.0,
-        random_state: int = 0,
-        progress: bool = False,
-        svdd_weight: float = 0.1,
-        svdd_nu: float | None = None,
-        advae_lambda: float = 0.01,
-        advae_gamma: float = 0.001,
-        advae_margin_x: float = 2.0,
-        advae_margin_z: float = 40.0,
-    ) -> None:
-        self.model = model
-        self.latent_dim = latent_dim
-        self.hidden_units = hidden_units
-        self.activation = activation
-        self.min_scale = min_scale
-        self.max_scale = max_scale
-        self.range_floor = range_floor
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.kl_warmup_epochs = kl_warmup_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.calibration_fraction = calibration_fraction
-        self.target_fpr = target_fpr
-        self.n_samples = n_samples
-        self.score_kind = score_kind
-        self.neighbours = neighbours
-        self.categorical = categorical
-        self.context = context
-        self.context_dropout = context_dropout
-        self.clip = clip
-        self.random_state = random_state
-        self.progress = progress
-        self.svdd_weight = svdd_weight
-        self.svdd_nu = svdd_nu
-        self.advae_lambda = advae_lambda
-        self.advae_gamma = advae_gamma
-        self.advae_margin_x = advae_margin_x
-        self.advae_margin_z = advae_margin_z
+    def __init__(self, **params: Any) -> None:
+        # The parameters are detector.options' fields, keyword-only with their defaults: the
+        # signature set below says so to scikit-learn (get_params, clone) and to help().
+        bound = inspect.signature(type(self).__init__).bind(self, **params)
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
+
+    __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            *(
+                inspect.Parameter(
+                    o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=o.hint
+                )
+                for o in training_options()
+            ),
+        ],
+        return_annotation=None,
+    )
 
     # ---- fitting ---------------------------------------------------------------------------
 
@@ -119,16 +77,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         from detector.training import TrainingConfig, train
 
         frame = _as_frame(X)
-        names = {f.name for f in fields(TrainingConfig)}
-        config = TrainingConfig(
-            **{
-                k: v
-                for k, v in self.get_params().items()
-                if k in names and k not in ("hidden_units", "context")
-            },
-            hidden_units=None if self.hidden_units is None else tuple(self.hidden_units),
-            context=tuple(self.context),
-        )
+        config = TrainingConfig(**_as_options(self.get_params()))
         bundle, summary = train(frame, config)
         self._set_fitted(bundle, summary)
         return self
@@ -201,15 +150,14 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         if not litert_available():
             import_tensorflow_quietly()  # it scores with TensorFlow
         accepted = cls().get_params()
-        params = {k: v for k, v in bundle.params.items() if k in accepted}
-        if params.get("hidden_units") is not None:
-            params["hidden_units"] = tuple(params["hidden_units"])
-        for name in ("categorical", "context"):
-            if name in params:
-                params[name] = tuple(params[name])
-        detector = cls(**params)
+        detector = cls(**_as_options({k: v for k, v in bundle.params.items() if k in accepted}))
         detector._set_fitted(bundle, None)
         return detector
+
+
+def _as_options(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with lists (from a caller, from a bundle's JSON) as the tuples options hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
 
 
 def _as_frame(X: Any, names: np.ndarray | None = None) -> pd.DataFrame:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,17 +20,24 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from detector import losses
 from detector.bundle import Bundle
+from detector.callbacks import KLWarmup, ProgressBar
 from detector.errors import ConfigError, TrainingError
 from detector.features import encode
 from detector.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.models import MODELS, VAE
-from detector.neighbours import DEFAULT_K, NeighbourBank
 from detector.neighbours import KINDS as NEIGHBOUR_KINDS
-from detector.schema import DEFAULT_CLIP, DEFAULT_RANGE_FLOOR, fingerprint, fit_schema
+from detector.neighbours import NeighbourBank
+from detector.options import (
+    MODEL_OPTIONS,
+    AdVAEOptions,
+    CVAEOptions,
+    SVDDOptions,
+    TrainingOptions,
+)
+from detector.schema import fingerprint, fit_schema
 from detector.scoring import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
 from detector.threshold import (
     MAX_CALIBRATION_ROWS,
@@ -53,133 +59,33 @@ DEFAULT_SCORE = "knn"
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
-    """Hyperparameters; ``None`` sizes the network from the data."""
+class TrainingConfig(AdVAEOptions, SVDDOptions, CVAEOptions, TrainingOptions):
+    """Every training option, flat: ``TrainingOptions`` and each model's own
+    (``detector.options`` defines them, defaults and meanings); ``None`` sizes the network from
+    the data."""
 
-    model: str = "vae"
-    latent_dim: int | None = None
-    hidden_units: tuple[int, ...] | None = None
-    activation: str = "relu"
-    min_scale: float = 0.3
-    max_scale: float = 2.0
-    #: Each numeric column's scale is at least this fraction of its training range;
-    #: ``features.fit_schema`` says why, README "Column scaling" when to raise it.
-    range_floor: float = DEFAULT_RANGE_FLOOR
-    epochs: int = 300
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    kl_warmup_epochs: int = 10
-    patience: int = 20
-    validation_fraction: float = 0.15
-    calibration_fraction: float = 0.15
-    target_fpr: float = 0.01
-    n_samples: int = 8
-    #: ``None``: ``DEFAULT_SCORE`` for the plain VAE with ``neighbours``, else the model's own.
-    score_kind: str | None = None
-    #: k of the distance to the nearest fitted rows (``detector.neighbours``). The bundle keeps a
-    #: bank of training rows only when its score uses it; 0 rules the ``knn`` scores out.
-    neighbours: int = DEFAULT_K
-    categorical: tuple[str, ...] = ()
-    #: cvae: the columns the model is conditioned on (inputs, not modelled); other models: none.
-    context: tuple[str, ...] = ()
-    #: cvae: the probability that training hides a context column from a row, so the model also
-    #: learns to score a record whose context was never seen (scored with no context).
-    context_dropout: float = 0.1
-    clip: float = DEFAULT_CLIP
-    random_state: int = 0
-    progress: bool = False
-    #: vae-svdd: the weight eta of the Deep SVDD term mean ||mu(x) - c||^2 in the loss.
-    svdd_weight: float = 0.1
-    #: vae-svdd: ``None`` for one-class Deep SVDD, else the soft-boundary share nu in (0, 1].
-    svdd_nu: float | None = None
-    #: advae: the paper's lambda, the weight of the transformer's KL term in G and T's update.
-    #: The paper tunes it per data set (.003 to .1); .01 is its most common value.
-    advae_lambda: float = 0.01
-    #: advae: the paper's gamma, the weight of the encoder-adversarial KL terms (paper: .001).
-    advae_gamma: float = 0.001
-    #: advae: m_x, the least squared distance between G(z) and G(z_T), in squared standardised
-    #: units summed over features (paper: 2, on min-max scaled features).
-    advae_margin_x: float = 2.0
-    #: advae: m_z, the least KL (nats) from the prior of a generated record's encoding. The
-    #: paper tunes it per data set (20 or 40); 40 is its most common value.
-    advae_margin_z: float = 40.0
-
-    def check(self) -> None:
-        problems = []
-        if self.model not in MODELS:
-            problems.append(f"model {self.model!r} is not one of {sorted(MODELS)}")
-        else:
-            kinds = SCORE_KINDS + MODELS[self.model].extra_score_kinds
+    def problems(self, model: str | None = None) -> list[str]:
+        """What is wrong with these settings for ``model`` (by default this config's)."""
+        model = self.model if model is None else model
+        problems = TrainingOptions.of(self).problems(model)
+        if model in MODELS:
+            kinds = SCORE_KINDS + MODELS[model].extra_score_kinds
             kinds += NEIGHBOUR_KINDS if self.neighbours else ()
             if self.score_kind is not None and self.score_kind not in kinds:
                 problems.append(
                     f"score_kind {self.score_kind!r} is not one of {list(kinds)} for "
-                    f"model {self.model!r}"
+                    f"model {model!r}"
                 )
-        for name in ("validation_fraction", "calibration_fraction"):
-            value = getattr(self, name)
-            if not 0.05 <= value <= 0.4:
-                problems.append(f"{name} {value} must be in [0.05, 0.4]")
         if self.score_kind in NEIGHBOUR_KINDS and not self.neighbours:
             problems.append(f"score_kind {self.score_kind!r} needs neighbours >= 1")
-        if self.neighbours < 0:
-            problems.append("neighbours must be 0 (no bank) or at least 1")
-        for name in ("epochs", "batch_size", "n_samples"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if self.latent_dim is not None and self.latent_dim < 1:
-            problems.append("latent_dim must be at least 1")
-        if self.hidden_units is not None and (not self.hidden_units or min(self.hidden_units) < 1):
-            problems.append("hidden_units must be a non-empty list of positive sizes")
-        if not 0 < self.min_scale < self.max_scale:
-            problems.append("need 0 < min_scale < max_scale")
-        if not 0 <= self.range_floor <= 1:
-            problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
-        if not 0 < self.target_fpr < 0.5:
-            problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
-        if self.learning_rate <= 0:
-            problems.append("learning_rate must be positive")
-        if not (math.isfinite(self.svdd_weight) and self.svdd_weight >= 0):
-            problems.append(f"svdd_weight {self.svdd_weight} must be a number >= 0")
-        if self.svdd_nu is not None and not 0 < self.svdd_nu <= 1:
-            problems.append(f"svdd_nu {self.svdd_nu} must be in (0, 1], or None for no radius")
-        svdd_set = self.svdd_weight != TrainingConfig.svdd_weight or self.svdd_nu is not None
-        if svdd_set and self.model != "vae-svdd":
-            problems.append(f"svdd_weight and svdd_nu are for model 'vae-svdd', not {self.model!r}")
-        problems += self._check_advae()
-        if self.model in MODELS:
-            problems += self._check_context(MODELS[self.model].conditional)
+        for options in MODEL_OPTIONS.values():
+            problems += options.of(self).problems(model)
+        return problems
+
+    def check(self) -> None:
+        problems = self.problems()
         if problems:
             raise ConfigError("invalid training settings: " + "; ".join(problems))
-
-    def _check_advae(self) -> list[str]:
-        names = ("advae_lambda", "advae_gamma", "advae_margin_x", "advae_margin_z")
-        problems = [
-            f"{name} {getattr(self, name)} must be a number >= 0"
-            for name in names
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0)
-        ]
-        changed = [n for n in names if getattr(self, n) != getattr(TrainingConfig, n)]
-        if changed and self.model != "advae":
-            problems.append(f"{', '.join(changed)} are for model 'advae', not {self.model!r}")
-        return problems
-
-    def _check_context(self, conditional: bool) -> list[str]:
-        problems = []
-        if conditional and not self.context:
-            problems.append(
-                f"model {self.model!r} is conditioned on context columns: name at least one, "
-                f"e.g. {option('context', 'host')}"
-            )
-        if not conditional and self.context:
-            context = option("context")
-            problems.append(
-                f"model {self.model!r} takes no context; {context} is for "
-                f"{option('model', 'cvae')} (or drop {context})"
-            )
-        if not 0 <= self.context_dropout < 1:
-            problems.append(f"context_dropout {self.context_dropout} must be in [0, 1)")
-        return problems
 
 
 @dataclass(frozen=True)
@@ -267,10 +173,10 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         shuffle=True,
         verbose=0,
         callbacks=[
-            _KLWarmup(config.kl_warmup_epochs),
+            KLWarmup(config.kl_warmup_epochs),
             keras.callbacks.TerminateOnNaN(),
             stopper,
-            _ProgressBar(config.epochs, enabled=config.progress),
+            ProgressBar(config.epochs, enabled=config.progress),
             *model.training_callbacks(fit_x, config),
         ],
     ).history
@@ -484,51 +390,3 @@ def _active_units(model: VAE, x: np.ndarray) -> int:
     mean, log_var = model.encode(x)
     kl = np.asarray(losses.kl_to_standard_normal(mean, log_var)).mean(axis=0)
     return int((kl > ACTIVE_UNIT_KL).sum())
-
-
-class _KLWarmup(keras.callbacks.Callback):  # type: ignore[misc]
-    """Raise the KL weight linearly from 1/warmup to 1 over the first ``epochs`` epochs."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        weight = 1.0 if self.epochs <= 0 else min(1.0, (epoch + 1) / self.epochs)
-        self.model.kl_weight.assign(weight)
-
-
-class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
-    """Training progress on stderr, showing the training and validation negative ELBO: one
-    tqdm bar on a terminal; elsewhere (a log file, a CI job, a container) a plain line at the
-    first epoch, every tenth of the epochs and the last, since a bar's carriage returns make an
-    unreadable log and no output at all looked like a hang."""
-
-    def __init__(self, epochs: int, *, enabled: bool) -> None:
-        super().__init__()
-        self.epochs = epochs
-        self.lines = enabled and not sys.stderr.isatty()
-        self.bar = tqdm(
-            total=epochs, unit="epoch", desc="training", disable=not enabled or self.lines
-        )
-        self.started = time.monotonic()
-        self.last_epoch = 0
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        loss = logs.get("neg_elbo", float("nan"))
-        val = logs.get("val_neg_elbo", float("nan"))
-        self.bar.set_postfix(neg_elbo=f"{loss:.3f}", val=f"{val:.3f}")
-        self.bar.update(1)
-        self.last_epoch = epoch + 1
-        every = max(1, self.epochs // 10)
-        if self.lines and (epoch == 0 or self.last_epoch % every == 0):
-            self._line(f"epoch {self.last_epoch}/{self.epochs}: neg_elbo {loss:.3f}, val {val:.3f}")
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        self.bar.close()
-        if self.lines and self.last_epoch % max(1, self.epochs // 10):
-            self._line(f"stopped after epoch {self.last_epoch}/{self.epochs}")
-
-    def _line(self, text: str) -> None:
-        print(f"training: {text} ({time.monotonic() - self.started:.0f} s)", file=sys.stderr)

@@ -37,8 +37,9 @@ class Option:
 
 
 def _hyperparameter(name: str) -> Option:
-    # A training hyperparameter: VAEDetector's parameter and TrainingConfig's field, whose
-    # `anomaly train` flag is the name with dashes (a test checks that each one exists).
+    # A training option (detector.options, which imports this module, so it cannot be asked):
+    # VAEDetector's parameter and TrainingConfig's field, whose `anomaly train` flag is the
+    # name with dashes (tests/detector/test_options.py checks each against detector.options).
     return Option(cli="--" + name.replace("_", "-"), python=name)
 
 
@@ -58,7 +59,13 @@ OPTIONS: dict[str, Option] = {
             "kl_warmup_epochs",
             "min_scale",
             "target_fpr",
+            "context_dropout",
             "svdd_weight",
+            "svdd_nu",
+            "advae_lambda",
+            "advae_gamma",
+            "advae_margin_x",
+            "advae_margin_z",
         )
     },
     # score_file's; score_frame's is passthrough above

@@ -47,6 +47,7 @@ from keras import ops
 from detector import losses
 from detector.layers import MLP
 from detector.models.vae import ENCODER_LOG_VAR_RANGE, VAE
+from detector.options import AdVAEOptions
 
 
 @keras.saving.register_keras_serializable(package="detector")
@@ -57,6 +58,7 @@ class AdVAE(VAE):
     ``margin_x`` and ``margin_z`` its m_x (squared standardised units) and m_z (nats).
     """
 
+    options_class = AdVAEOptions
     extra_score_kinds = ("recon_error",)
     default_score_kind = "elbo"
 

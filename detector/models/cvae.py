@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from detector.models.vae import VAE
+from detector.options import CVAEOptions
 
 
 @keras.saving.register_keras_serializable(package="detector")
@@ -32,6 +33,7 @@ class ConditionalVAE(VAE):
     ``context_sizes[k]`` slots. Output terms (``feature_log_likelihood``) cover the features
     only, as ``Schema.feature_columns`` lists them."""
 
+    options_class = CVAEOptions
     conditional = True
 
     def __init__(

@@ -43,6 +43,7 @@ from keras import ops
 
 from detector import losses
 from detector.models.vae import VAE
+from detector.options import SVDDOptions
 from detector.wording import option
 
 #: Centre entries nearer zero than this are pushed to ±CENTRE_EPS (Deep SVDD's guard: a
@@ -61,6 +62,7 @@ class VAESVDD(VAE):
     """A VAE over encoded records ``(batch, n_features)`` trained with a Deep SVDD term on the
     encoder means ``(batch, latent_dim)``; see the module docstring."""
 
+    options_class = SVDDOptions
     extra_score_kinds = ("svdd_distance", "combined", "either")
     #: Measured on the adVAE benchmark (seed 0, weight 0.1): elbo averaged AUROC .944 / AP
     #: .804, combined .932 / .741, svdd_distance .639 / .415; over 3 seeds either beat elbo

@@ -16,6 +16,7 @@ from keras import ops
 
 from detector import losses
 from detector.layers import MLP, BoundedLogVariance
+from detector.options import ModelOptions, VAEOptions
 
 #: Encoder log-variances are held in this range so exp() can neither vanish nor overflow.
 ENCODER_LOG_VAR_RANGE = (-12.0, 6.0)
@@ -29,6 +30,9 @@ class VAE(keras.Model):
     hooks below say; training, scoring, calibration and bundles only talk to these hooks.
     """
 
+    #: The options this model adds to ``TrainingOptions`` (``detector.options.MODEL_OPTIONS``
+    #: registers the same class under the model's name).
+    options_class: type[ModelOptions] = VAEOptions
     #: Scores this model adds to the four log-likelihood estimates, in ``score_extras`` order.
     extra_score_kinds: tuple[str, ...] = ()
     #: Whether the model takes context columns (``train --context``) as unmodelled inputs.

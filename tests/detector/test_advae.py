@@ -124,7 +124,8 @@ def test_cli_flags_reach_the_training_config() -> None:
         ["train", "x.csv", "--out", "m", "--model", "advae", "--advae-lambda", "0.1",
          "--advae-margin-z", "20"]
     )  # fmt: skip
-    assert (args.advae_lambda, args.advae_margin_z, args.advae_gamma) == (0.1, 20.0, None)
+    # An unset flag holds the option's default (detector.options), as TrainingConfig does.
+    assert (args.advae_lambda, args.advae_margin_z, args.advae_gamma) == (0.1, 20.0, 0.001)
 
 
 # ---- trained end to end -----------------------------------------------------------------------
