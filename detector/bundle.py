@@ -64,7 +64,7 @@ from detector.neighbours import NeighbourBank
 from detector.records import RecordEncoder
 from detector.schema import Schema
 from detector.scoring import ScoreGraph, score_kinds
-from detector.tables import partial_path, remove_stale_temporaries, staging_path
+from detector.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.threshold import Calibrator
 from detector.wording import option, train_command
 

@@ -1,6 +1,6 @@
 """The ``anomaly`` command line: train, score, evaluate, info, threshold, sample. This module
 parses the arguments and maps errors to exit codes; the commands' bodies are
-``detector.commands``.
+``detector.commands`` and ``detector.command_train``, ``_score`` and ``_evaluate``.
 
 Exit codes: 0 success; 2 bad usage or bad input (the message names the fix); 1 internal error.
 Heavy imports (TensorFlow) happen inside the commands, so ``anomaly --help`` answers at once.
@@ -15,14 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from detector.commands import (
-    cmd_evaluate,
-    cmd_info,
-    cmd_sample,
-    cmd_score,
-    cmd_threshold,
-    cmd_train,
-)
+from detector.command_evaluate import cmd_evaluate
+from detector.command_score import cmd_score
+from detector.command_train import cmd_train
+from detector.commands import cmd_info, cmd_sample, cmd_threshold
 from detector.native import import_tensorflow_quietly
 from detector.options import MODEL_OPTIONS, describe, training_options
 

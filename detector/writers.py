@@ -3,7 +3,7 @@
 The output goes to a temporary file beside the target and is renamed into place at the end,
 so a crash or Ctrl-C never leaves a half-written file at the output path. The temporary file
 is removed when writing fails or is interrupted; one left by a run killed outright is removed
-by the next writer of the same target (``detector.tables.remove_stale_temporaries``).
+by the next writer of the same target (``detector.temporaries.remove_stale_temporaries``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detector.errors import DataError
-from detector.tables import csv_delimiter, partial_path, remove_stale_temporaries, table_format
+from detector.tables import csv_delimiter, table_format
+from detector.temporaries import partial_path, remove_stale_temporaries
 
 
 class TableWriter:

@@ -20,9 +20,10 @@ from detector.features import shortened
 from detector.wording import speaking_to
 from service.alerts import AlertTracker
 from service.config import ServiceConfig, load_config
-from service.delivery import AlertDispatcher, AlertmanagerSink, LogSink, Sink, WebhookSink
+from service.delivery import AlertDispatcher
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry
+from service.sinks import AlertmanagerSink, LogSink, Sink, WebhookSink
 from service.state import ApiError, ServiceState
 
 log = logging.getLogger(__name__)

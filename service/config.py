@@ -39,7 +39,7 @@ from pydantic_settings import (
 
 from detector.errors import ConfigError
 from detector.integrity import BUNDLE_KEY_ENV
-from service.alerts import AlertPolicy
+from service.alert_policy import AlertPolicy
 
 ENV_PREFIX = "ANOMALY_"
 #: Names the settings file; read by ``load_config`` when no path is given.

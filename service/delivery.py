@@ -1,175 +1,31 @@
-"""Delivering alerts off the request path: ``AlertDispatcher`` and the ``Sink``s.
+"""Delivering alerts off the request path: ``AlertDispatcher``.
 
 ``AlertDispatcher`` hands alerts from ``service.alerts.AlertTracker`` to ``Sink``s
-(Alertmanager's v2 API, a JSON webhook, the log) through a bounded queue and one worker thread
-that retries with exponential backoff. What a sink did not take while it was down stays owed
-to it and goes out again, and Alertmanager gets every firing alert again on an interval, the
-way Prometheus re-sends its alerts. Delivery outcomes go to a callback, so this module needs no
-metrics library.
+(``service.sinks``: Alertmanager's v2 API, a JSON webhook, the log) through a bounded queue and
+one worker thread that retries with exponential backoff. What a sink did not take while it was
+down stays owed to it and goes out again, and Alertmanager gets every firing alert again on an
+interval, the way Prometheus re-sends its alerts. Delivery outcomes go to a callback, so this
+module needs no metrics library.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from service.alerts import Alert, iso_utc
+from service.alerts import Alert
+from service.sinks import Sink
 
-__all__ = [
-    "AlertDeliveryError",
-    "AlertDispatcher",
-    "AlertmanagerSink",
-    "LogSink",
-    "Sink",
-    "WebhookSink",
-]
+__all__ = ["AlertDispatcher"]
 
-#: The log sink and the dispatcher log as ``service.alerts``, the name operators filter on.
+#: The dispatcher logs as ``service.alerts``, the name operators filter on.
 log = logging.getLogger("service.alerts")
 
-
-class AlertDeliveryError(RuntimeError):
-    """A sink could not deliver a batch of alerts; the message names the endpoint and the cause."""
-
-
-# --------------------------------------------------------------------------- sinks
-
-
-class Sink(Protocol):
-    """Somewhere alerts go. ``send`` raises on failure; the dispatcher retries.
-
-    A sink that de-duplicates by label set, as Alertmanager does, sets ``resend_firing = True``
-    to get every firing alert again on the dispatcher's resend interval.
-    """
-
-    name: str
-
-    def send(self, alerts: Sequence[Alert]) -> None: ...
-
-
-def _check_url(url: str, what: str) -> None:
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"{what} URL {url!r} must start with http:// or https://")
-
-
-def _post_json(url: str, body: object, timeout: float) -> None:
-    data = json.dumps(body, allow_nan=False).encode()
-    request = urllib.request.Request(
-        url, data=data, method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        # Read and close the error body here: an unclosed one leaks its socket.
-        with exc:
-            detail = exc.read(500).decode(errors="replace").strip()
-        raise AlertDeliveryError(
-            f"POST {url} answered HTTP {exc.code}: {detail or exc.reason}; "
-            "check the URL and the receiver's logs"
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise AlertDeliveryError(
-            f"POST {url} failed: {reason}; check that the receiver is up and reachable"
-        ) from exc
-
-
-class AlertmanagerSink:
-    """Alertmanager's v2 API: ``POST {url}/api/v2/alerts`` with a JSON list of alerts.
-
-    With ``valid_for`` set, a firing alert says ``endsAt`` = now + ``valid_for`` (Prometheus
-    sends 4 resend intervals), so Alertmanager resolves it on its own once the service stops
-    re-sending it; without, Alertmanager keeps it for its ``resolve_timeout`` after each send.
-    A resolved alert's ``endsAt`` is when it resolved.
-    """
-
-    resend_firing = True  # Alertmanager de-duplicates, and forgets an alert not re-sent
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        generator_url: str,
-        timeout: float = 5.0,
-        valid_for: float | None = None,
-        name: str = "alertmanager",
-    ) -> None:
-        _check_url(url, "Alertmanager")
-        self.name = name
-        self.url = url.rstrip("/") + "/api/v2/alerts"
-        self.generator_url = generator_url
-        self.timeout = timeout
-        self.valid_for = valid_for
-
-    def payload(self, alerts: Sequence[Alert]) -> list[dict[str, Any]]:
-        body = []
-        valid_until = None
-        if self.valid_for is not None:
-            valid_until = datetime.now(UTC) + timedelta(seconds=self.valid_for)
-        for alert in alerts:
-            item: dict[str, Any] = {
-                "labels": alert.labels(),
-                "annotations": alert.annotations(),
-                "startsAt": iso_utc(alert.starts_at),
-                "generatorURL": self.generator_url,
-            }
-            ends_at = alert.ends_at if alert.status == "resolved" else valid_until
-            if ends_at is not None:
-                item["endsAt"] = iso_utc(ends_at)
-            body.append(item)
-        return body
-
-    def send(self, alerts: Sequence[Alert]) -> None:
-        _post_json(self.url, self.payload(alerts), self.timeout)
-
-
-class WebhookSink:
-    """Any JSON receiver: ``POST url`` with ``{"alerts": [alert.to_dict(), ...]}``."""
-
-    resend_firing = False  # a receiver of our own format may not de-duplicate
-
-    def __init__(self, url: str, *, timeout: float = 5.0, name: str = "webhook") -> None:
-        _check_url(url, "webhook")
-        self.name = name
-        self.url = url
-        self.timeout = timeout
-
-    def send(self, alerts: Sequence[Alert]) -> None:
-        _post_json(self.url, {"alerts": [alert.to_dict() for alert in alerts]}, self.timeout)
-
-
-class LogSink:
-    """Logs each alert on logger ``service.alerts``: WARNING when firing, INFO when resolved."""
-
-    resend_firing = False
-
-    def __init__(self, *, name: str = "log") -> None:
-        self.name = name
-
-    def send(self, alerts: Sequence[Alert]) -> None:
-        for alert in alerts:
-            level = logging.WARNING if alert.status == "firing" else logging.INFO
-            log.log(
-                level,
-                "alert %s %s [%s]: %s",
-                alert.status,
-                alert.fingerprint,
-                alert.severity,
-                alert.annotations()["description"],
-            )
-
-
-# --------------------------------------------------------------------------- dispatcher
 
 #: An alert's identity at a receiver: its label set (Alertmanager's dedup key), in a fixed order.
 _Identity = tuple[tuple[str, str], ...]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from service.alerts import AlertPolicy
+from service.alert_policy import AlertPolicy
 from service.metrics import MAX_KEY_SERIES, OTHER_KEYS, ServiceMetrics
 from tests.conftest import broken, normal_records
 from tests.service.conftest import make_app

@@ -261,7 +261,7 @@ def test_train_cli_takes_context_columns(capsys, train_table: pd.DataFrame, tmp_
 
 
 def test_the_spark_engine_batches_carry_the_flag(cvae: VAEDetector) -> None:
-    from detector.spark import score_pandas
+    from detector.spark_scoring import score_pandas
 
     out = score_pandas(cvae.bundle_, PROBE.astype(str))
     assert list(out.columns[4:8]) == ["anomaly_score", "p_value", "is_anomaly", "context_unseen"]

@@ -23,7 +23,7 @@ from detector.bundle import load_bundle, save_bundle
 from detector.cli import main
 from detector.errors import SchemaError
 from detector.sources import open_source
-from detector.tables import partial_path, remove_stale_temporaries, staging_path
+from detector.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.writers import TableWriter
 from tests.conftest import DATA
 

@@ -14,7 +14,7 @@ import pytest
 from sklearn.base import clone
 
 from detector.cli import MODEL_NAMES, build_parser
-from detector.commands import _flag_value
+from detector.command_train import _flag_value
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
 from detector.options import (

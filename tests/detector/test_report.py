@@ -181,7 +181,7 @@ def test_bad_report_flags_exit_2_before_training(capsys, small_train, tmp_path, 
 
 
 def test_histogram_gathers_the_tail_into_the_last_bin() -> None:
-    from detector.report import score_histogram
+    from detector.report_figures import score_histogram
 
     scores = np.r_[np.random.default_rng(0).normal(size=500), 1e6]
     png = score_histogram({"normal": scores}, threshold=2.0)
@@ -189,7 +189,7 @@ def test_histogram_gathers_the_tail_into_the_last_bin() -> None:
 
 
 def test_writing_a_report_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
-    from detector.tables import partial_path
+    from detector.temporaries import partial_path
     from tests.detector.test_hostile_batch import dead_pid
 
     page = tmp_path / "report.html"

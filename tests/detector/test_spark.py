@@ -114,7 +114,7 @@ def test_a_killed_spark_run_is_cleaned_up_by_the_next(
     # What a Spark run killed before its rename leaves: a staging folder of part files named
     # for its (now gone) process; the next run writing the same output removes it.
     from detector.spark import score_files
-    from detector.tables import partial_path
+    from detector.temporaries import partial_path
     from tests.detector.test_hostile_batch import dead_pid
 
     out = tmp_path / "spark.csv"

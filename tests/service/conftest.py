@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.alerts import Alert, AlertPolicy
+from service.alert_policy import AlertPolicy
+from service.alerts import Alert
 from service.config import ServiceConfig
 
 ADMIN = "admin-secret"

@@ -21,9 +21,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.alerts import Alert, AlertPolicy
+from service.alert_policy import AlertPolicy
+from service.alerts import Alert
 from service.config import ServiceConfig
-from service.delivery import AlertDispatcher, AlertmanagerSink
+from service.delivery import AlertDispatcher
+from service.sinks import AlertmanagerSink
 from tests.conftest import broken, normal_records
 from tests.deploy.conftest import require
 from tests.processes import alertmanager_config, free_port, stop

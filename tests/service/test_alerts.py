@@ -24,14 +24,10 @@ from typing import Any
 
 import pytest
 
-from service.alerts import Alert, AlertPolicy, AlertTracker
-from service.delivery import (
-    AlertDeliveryError,
-    AlertDispatcher,
-    AlertmanagerSink,
-    LogSink,
-    WebhookSink,
-)
+from service.alert_policy import AlertPolicy
+from service.alerts import Alert, AlertTracker
+from service.delivery import AlertDispatcher
+from service.sinks import AlertDeliveryError, AlertmanagerSink, LogSink, WebhookSink
 from tests.processes import alertmanager_config, free_port, stop
 from tests.service.conftest import Outcomes, Receiver
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from detector.errors import ConfigError
-from service.alerts import AlertPolicy
+from service.alert_policy import AlertPolicy
 from service.config import ServiceConfig, load_config
 
 

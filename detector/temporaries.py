@@ -1,0 +1,104 @@
+"""Temporary files and directories beside a target (a partial output, a bundle being staged),
+named after the process that owns them, and the removal of ones left behind by a run that
+was killed (``remove_stale_temporaries``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    """A unique temporary name beside ``path``, for writing before an atomic rename:
+    ``.NAME.HOST-PID-RANDOM.partial``, naming the process that writes it, so that a later
+    writer of the same target can tell one whose writer is gone (``remove_stale_temporaries``).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_name(f".{target.name}.{_owner()}.partial")
+
+
+def staging_path(path: str | os.PathLike[str], kind: str) -> Path:
+    """A unique temporary name beside ``path`` for a folder written or retired before an
+    atomic rename (a model bundle): ``.NAME.KIND-HOST-PID-RANDOM``, ``kind`` ``tmp`` or ``old``."""
+    target = Path(path)
+    return target.with_name(f".{target.name}.{kind}-{_owner()}")
+
+
+#: A temporary whose name does not say which process writes it (one written before names did,
+#: or on another host) is taken for stale once untouched this long; writers touch theirs at
+#: every chunk.
+UNOWNED_STALE_S = 3600.0
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_OWNED = re.compile(r"(?P<host>[A-Za-z0-9-]+)-(?P<pid>[0-9]+)-[0-9a-f]{8}")
+_UNOWNED = re.compile(r"[0-9a-f]{8}")
+
+
+def _owner() -> str:
+    return f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove what killed writers of ``path`` left beside it: partial files and bundle
+    staging folders (``partial_path``, ``staging_path``) whose writing process no longer runs
+    on this host, or, where the name cannot say (written before names held the process, or
+    on another host), that have not been touched for ``UNOWNED_STALE_S``. Temporaries of other
+    targets, of live processes, and anything not named as ours are left alone. Returns the
+    paths removed."""
+    target = Path(path)
+    prefix = f".{target.name}."
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for candidate in candidates:
+        rest = candidate.name[len(prefix) :]
+        if rest.endswith(".partial"):
+            tag = rest[: -len(".partial")]
+        elif rest.startswith(("tmp-", "old-")):
+            tag = rest[len("tmp-") :]
+        else:
+            continue
+        if not _is_stale(candidate, tag):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        if not candidate.exists():
+            logger.info("removed %s, left by a writer that was stopped", candidate)
+            removed.append(candidate)
+    return removed
+
+
+def _is_stale(candidate: Path, tag: str) -> bool:
+    owned = _OWNED.fullmatch(tag)
+    if owned is not None and owned["host"] == _HOST:
+        return not _running(int(owned["pid"]))
+    if owned is None and _UNOWNED.fullmatch(tag) is None:
+        return False  # not a name of ours
+    try:
+        return time.time() - candidate.lstat().st_mtime > UNOWNED_STALE_S
+    except OSError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
