@@ -13,24 +13,24 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "VAEDetector": "detector.estimator",
-    "Bundle": "detector.bundle",
-    "load_bundle": "detector.bundle",
-    "save_bundle": "detector.bundle",
-    "set_target_fpr": "detector.bundle",
-    "Schema": "detector.schema",
-    "Rejection": "detector.encoded",
-    "fit_schema": "detector.schema",
-    "encode": "detector.features",
-    "ScoreResult": "detector.scoring",
-    "score_frame": "detector.scoring",
-    "Calibrator": "detector.threshold",
-    "TrainingConfig": "detector.training",
-    "TrainingSummary": "detector.training",
-    "train": "detector.training",
-    "BatchReport": "detector.ledger",
-    "score_file": "detector.batch",
-    "Evaluation": "detector.evaluation",
-    "evaluate_scores": "detector.evaluation",
+    "Bundle": "detector.bundles.bundle",
+    "load_bundle": "detector.bundles.bundle",
+    "save_bundle": "detector.bundles.bundle",
+    "set_target_fpr": "detector.bundles.bundle",
+    "Schema": "detector.features.schema",
+    "Rejection": "detector.features.encoded",
+    "fit_schema": "detector.features.schema",
+    "encode": "detector.features.encode",
+    "ScoreResult": "detector.scoring.scores",
+    "score_frame": "detector.scoring.scores",
+    "Calibrator": "detector.scoring.threshold",
+    "TrainingConfig": "detector.nn.training",
+    "TrainingSummary": "detector.nn.training",
+    "train": "detector.nn.training",
+    "BatchReport": "detector.batch.ledger",
+    "score_file": "detector.batch.files",
+    "Evaluation": "detector.scoring.evaluation",
+    "evaluate_scores": "detector.scoring.evaluation",
     "DetectorError": "detector.errors",
     "InputError": "detector.errors",
     "SchemaError": "detector.errors",
@@ -44,7 +44,7 @@ __all__ = sorted(_EXPORTS)
 
 
 #: Exporting modules that import TensorFlow when imported: it is started quietly first.
-_NEEDS_TENSORFLOW = {"detector.training"}
+_NEEDS_TENSORFLOW = {"detector.nn.training"}
 
 
 def __getattr__(name: str) -> Any:

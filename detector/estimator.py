@@ -23,23 +23,23 @@ import pandas as pd
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from detector.bundle import Bundle, load_bundle, save_bundle
-from detector.features import Imputation
-from detector.lite_graph import litert_available
+from detector.bundles.bundle import Bundle, load_bundle, save_bundle
+from detector.features.encode import Imputation
+from detector.features.records import score_records
 from detector.native import import_tensorflow_quietly
-from detector.options import training_options
-from detector.records import score_records
-from detector.scoring import ScoreResult, score_frame
+from detector.nn.lite_graph import litert_available
+from detector.nn.options import training_options
+from detector.scoring.scores import ScoreResult, score_frame
 
 if TYPE_CHECKING:
-    from detector.training import TrainingSummary
+    from detector.nn.training import TrainingSummary
 
 
 class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     """Variational-autoencoder anomaly detector trained on normal records only.
 
     Hyperparameters are keyword-only and stored as given; ``fit`` does the work. They are the
-    training options of ``detector.options``, by the same names and with the same defaults.
+    training options of ``detector.nn.options``, by the same names and with the same defaults.
     Inputs are a pandas DataFrame (numeric and categorical columns) or a 2-D numeric array
     ``(n_samples, n_features)``, whose columns are then named ``x0, x1, ...``.
 
@@ -49,7 +49,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     """
 
     def __init__(self, **params: Any) -> None:
-        # The parameters are detector.options' fields, keyword-only with their defaults: the
+        # The parameters are detector.nn.options' fields, keyword-only with their defaults: the
         # signature set below says so to scikit-learn (get_params, clone) and to help().
         bound = inspect.signature(type(self).__init__).bind(self, **params)
         bound.apply_defaults()
@@ -74,7 +74,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     def fit(self, X: Any, y: Any = None) -> VAEDetector:
         """Train on normal records ``X``; ``y`` is ignored (present for pipeline compatibility)."""
         import_tensorflow_quietly()
-        from detector.training import TrainingConfig, train
+        from detector.nn.training import TrainingConfig, train
 
         frame = _as_frame(X)
         config = TrainingConfig(**_as_options(self.get_params()))
@@ -97,8 +97,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         """The full typed result: anomaly scores, p-values, decisions, contributions, and the
         rows rejected with their reasons. ``X`` is a table, or one record as a mapping of
         column -> value, or a list of them: mappings skip the DataFrame, the fast way to score
-        one record (``detector.records``). ``passthrough`` names columns to accept and leave
-        unscored (an id, a timestamp)."""
+        one record (``detector.features.records``). ``passthrough`` names columns to accept
+        and leave unscored (an id, a timestamp)."""
         check_is_fitted(self, "bundle_")
         kept = tuple(passthrough)
         if isinstance(X, Mapping):

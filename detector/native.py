@@ -6,7 +6,7 @@ applies, so the only way to keep a command's or a notebook's output readable is 
 descriptor 2 elsewhere meanwhile. What else arrives there in that time (a Python warning, another
 thread's log line) is written back afterwards; only the chatter is dropped, and only as far as
 ``TF_CPP_MIN_LOG_LEVEL`` says, when the user has set it (0 shows everything). A module of its own
-because the commands, the estimator and the scoring engine (``detector.lite_graph``) need it.
+because the commands, the estimator and the scoring engine (``detector.nn.lite_graph``) need it.
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ The same error reaches three kinds of reader: someone at the ``anomaly`` command
 (``passthrough=['X']``) and an HTTP client of the service, whose operator sets
 ``passthrough_fields``. ``OPTIONS`` spells each option once for all three; a message asks
 ``option()`` for the name, and the surface active in the current context says which spelling it
-gets. The command line (``detector.cli.run``) and the service (``service.app``) set theirs with
+gets. The command line (``detector.cli.main.run``) and the service (``service.app``) set theirs with
 ``speaking_to``; anything else is a Python caller.
 
 A context variable, so that threads and requests keep their own: a thread started inside a block
 sees the block's surface only when it runs in a copy of the caller's context
-(``contextvars.copy_context().run``, as ``detector.pipelining`` does).
+(``contextvars.copy_context().run``, as ``detector.io.pipelining`` does).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class Option:
 
 
 def _hyperparameter(name: str) -> Option:
-    # A training option (detector.options, which imports this module, so it cannot be asked):
+    # A training option (detector.nn.options, which imports this module, so it cannot be asked):
     # VAEDetector's parameter and TrainingConfig's field, whose `anomaly train` flag is the
-    # name with dashes (tests/detector/test_options.py checks each against detector.options).
+    # name with dashes (tests/detector/test_options.py checks each against detector.nn.options).
     return Option(cli="--" + name.replace("_", "-"), python=name)
 
 

@@ -11,8 +11,8 @@ import pandas as pd
 from flask import Blueprint, Response, jsonify, request
 
 from detector.errors import BundleError
-from detector.features import check_columns, shortened
-from detector.tables import check_header_row
+from detector.features.encode import check_columns, shortened
+from detector.io.tables import check_header_row
 from service import schemas
 from service.bodies import answer, read_body, read_json, validated
 from service.openapi import openapi_document

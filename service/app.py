@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from detector.errors import DetectorError, InputError
-from detector.features import shortened
+from detector.features.encode import shortened
 from detector.wording import speaking_to
 from service.alerts import AlertTracker
 from service.config import ServiceConfig, load_config
@@ -43,7 +43,7 @@ def create_app(
     if config.tf_threads and needs_tensorflow():
         _limit_tensorflow_threads(config.tf_threads)
     if config.tf_threads:
-        from detector.neighbours import set_search_threads
+        from detector.scoring.neighbours import set_search_threads
 
         set_search_threads(config.tf_threads)
     metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
@@ -157,7 +157,7 @@ def _default_sinks(config: ServiceConfig, resend_seconds: float) -> list[Sink]:
 def needs_tensorflow() -> bool:
     # Bundles score with their LiteRT scorer file; only where LiteRT is not installed does the
     # graph run on TensorFlow, which otherwise costs each worker seconds and ~700 MB.
-    from detector.lite_graph import litert_available
+    from detector.nn.lite_graph import litert_available
 
     return not litert_available()
 
@@ -214,7 +214,7 @@ def _limit_body_reads(seconds: float | None) -> None:
 
 
 #: The longest error detail answered. Details name what the caller sent (columns, paths), a few
-#: names each (``detector.features.listed``); this bounds whatever else a message echoes.
+#: names each (``detector.features.encode.listed``); this bounds whatever else a message echoes.
 MAX_DETAIL_CHARS = 4000
 
 

@@ -1,6 +1,6 @@
 """The installed ``anomaly`` command: the library's commands plus ``serve``.
 
-``detector.cli`` holds train/score/evaluate/info/threshold and never imports this package;
+``detector.cli.main`` holds train/score/evaluate/info/threshold and never imports this package;
 ``serve`` is added here, where Flask and gunicorn may be imported.
 """
 
@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from detector.cli import build_parser, run
+from detector.cli.main import build_parser, run
 
 
 def add_serve_command(commands: Any) -> None:

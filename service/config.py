@@ -37,8 +37,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from detector.bundles.integrity import BUNDLE_KEY_ENV
 from detector.errors import ConfigError
-from detector.integrity import BUNDLE_KEY_ENV
 from service.alert_policy import AlertPolicy
 
 ENV_PREFIX = "ANOMALY_"

@@ -17,7 +17,7 @@ import pandas as pd
 from flask import Blueprint, Response
 from pydantic import ValidationError
 
-from detector.features import check_columns, shortened
+from detector.features.encode import check_columns, shortened
 from service import schemas
 from service.bodies import answer, explained, read_json
 from service.pipeline import Records, check_batch_size, require_token, score_request

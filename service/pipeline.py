@@ -1,7 +1,7 @@
 """One scoring request, whatever its wire format: records -> scores -> decisions -> alerts and
 metrics. Both the v1 JSON/CSV routes and the KServe V2 route call ``score_request``, which
-scores JSON records with ``detector.records.score_records`` and tables with
-``detector.scoring.score_frame`` (the function the batch scorer calls), which give the same
+scores JSON records with ``detector.features.records.score_records`` and tables with
+``detector.scoring.scores.score_frame`` (the function the batch scorer calls), which give the same
 result for the same records.
 """
 
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from flask import request
 
-from detector.bundle import Bundle
-from detector.features import check_columns, listed
-from detector.records import score_records
-from detector.scoring import ScoreResult, score_frame
+from detector.bundles.bundle import Bundle
+from detector.features.encode import check_columns, listed
+from detector.features.records import score_records
+from detector.scoring.scores import ScoreResult, score_frame
 from service.registry import LoadedModel
 from service.state import ApiError, ServiceState
 
@@ -50,8 +50,8 @@ class ScoredRequest:
 @dataclass(frozen=True, eq=False)
 class Records:
     """The well-formed records of one request: JSON objects as they came (scored without a
-    DataFrame, ``detector.records``: a frame costs more than the model for a few records), or
-    a table (CSV and KServe bodies arrive as columns)."""
+    DataFrame, ``detector.features.records``: a frame costs more than the model for a few
+    records), or a table (CSV and KServe bodies arrive as columns)."""
 
     rows: Sequence[Mapping[str, Any]] | pd.DataFrame
     columns: frozenset[str]

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.bundle import Bundle, load_bundle
+from detector.bundles.bundle import Bundle, load_bundle
 from detector.errors import BundleError
 from service.model_sync import Marker, ModelSyncError, Published, SyncDir
 

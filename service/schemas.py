@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
 
-from detector.features import shortened
+from detector.features.encode import shortened
 
 #: One value of a record or of a tensor: a number, text, a boolean, or null.
 Scalar = float | str | bool | None

@@ -18,7 +18,7 @@ Usage::
     python tests/benchmarks/bench_advae.py --select A.json B.json [...] [--criterion KIND]
         --out OUT
 
-``--models`` names models of ``detector.models.MODELS`` (default ``vae``); the older
+``--models`` names models of ``detector.nn.models.MODELS`` (default ``vae``); the older
 ``--param model=NAME`` still picks a single model, but not together with ``--models``.
 ``--paper-hyperparameters`` trains each set's ``advae`` runs with the paper's own lambda and
 m_z (its Table 2, ``PAPER_ADVAE``); the other models' runs are unchanged. A ``--param`` given
@@ -128,7 +128,7 @@ def paper_training(n_train: int, params: dict[str, Any]) -> dict[str, Any]:
     ``n_train`` training rows, with early stopping off (patience = epochs). The rows the
     detector fits on are those left after its validation and calibration hold-outs; ``params``
     (the run's ``--param`` values) may change those and the batch size."""
-    from detector.training import TrainingConfig, fit_row_count
+    from detector.nn.training import TrainingConfig, fit_row_count
 
     shaping = ("validation_fraction", "calibration_fraction", "batch_size")
     config = TrainingConfig(**{k: params[k] for k in shaping if k in params})
@@ -243,7 +243,7 @@ def synthetic_separation(det: Any, train: np.ndarray, seed: int) -> dict[str, fl
     choosing between models trained on the same data."""
     from sklearn.metrics import roc_auc_score
 
-    from detector.training import TrainingConfig, holdout_indices
+    from detector.nn.training import TrainingConfig, holdout_indices
 
     config = TrainingConfig(
         **{k: det.bundle_.params[k] for k in ("validation_fraction", "calibration_fraction")},
@@ -268,7 +268,7 @@ def run_one(
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from detector.estimator import VAEDetector
-    from detector.features import encode
+    from detector.features.encode import encode
 
     train, test = split(name, y)
     test_frame, y_test = as_frame(x[test]), y[test]
@@ -611,7 +611,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser,
         SETS,
         DEFAULT_OUT,
-        "comma-separated names from detector.models.MODELS (default: vae, or the one "
+        "comma-separated names from detector.nn.models.MODELS (default: vae, or the one "
         "--param model=NAME gives)",
     )
     parser.add_argument(

@@ -56,8 +56,8 @@ MEASURE = (
 NAIVE = """
 import sys, time
 import pandas as pd
-from detector.bundle import load_bundle
-from detector.scoring import score_frame
+from detector.bundles.bundle import load_bundle
+from detector.scoring.scores import score_frame
 bundle = load_bundle(sys.argv[1])
 start = time.perf_counter()
 frame = pd.read_csv(sys.argv[2])
@@ -99,12 +99,12 @@ def breakdown(model: Path, path: Path, limit: int = 262_144) -> dict[str, float]
     stage run one after the other in this thread (the scorer overlaps them in three)."""
     import gc
 
-    from detector.bundle import load_bundle
-    from detector.features import encode
-    from detector.scored_tables import model_frame, scored_rows
-    from detector.scoring import score_batch
-    from detector.sources import open_source
-    from detector.writers import csv_buffer
+    from detector.batch.scored_tables import model_frame, scored_rows
+    from detector.bundles.bundle import load_bundle
+    from detector.features.encode import encode
+    from detector.io.sources import open_source
+    from detector.io.writers import csv_buffer
+    from detector.scoring.scores import score_batch
 
     bundle = load_bundle(model)
     bundle.graph(np.zeros((8, bundle.schema.n_features), np.float32))
@@ -233,8 +233,8 @@ def main() -> int:
     stages = breakdown(model, work / f"rows_{smallest}.csv")
     print(json.dumps(stages), flush=True)
 
-    from detector.bundle import load_bundle
-    from detector.bundle_format import package_versions
+    from detector.bundles.bundle import load_bundle
+    from detector.bundles.format import package_versions
 
     bundle = load_bundle(model)
     payload = {

@@ -1,9 +1,9 @@
 """The default distance's own settings, chosen on every labelled family at once.
 
-The default score is a k-nearest-neighbour distance (``detector.neighbours``), which needs no
-network: its settings can be measured without training the VAE, on every set and seed of
+The default score is a k-nearest-neighbour distance (``detector.scoring.neighbours``), which
+needs no network: its settings can be measured without training the VAE, on every set and seed of
 ``bench_quality.py``'s protocols in minutes. For each (set, seed) the detector's own schema
-is fitted on the training rows and its own split (``detector.training.holdout_indices``) gives
+is fitted on the training rows and its own split (``detector.nn.training.holdout_indices``) gives
 the bank (the fit rows); every variant is then scored on the test rows:
 
 - ``rf``: each numeric column's scale is at least this fraction of its training range;
@@ -16,10 +16,11 @@ the bank (the fit rows); every variant is then scored on the test rows:
   encoding's ±10 before the range floor is applied, so a widened column is capped at less
   than ±10 of its own units; a number: no clip in the encoding, ±cap in the widened units).
 
-``--study banks`` measures the default distance itself (``detector.neighbours.NeighbourBank``
-as training builds it) at several bank sizes (rows x features) instead: a bigger bank costs
-scoring time in proportion (``bench_scoring.py``), so the size is the largest that keeps
-scoring within its speed budget, and this says what a smaller one costs in detection.
+``--study banks`` measures the default distance itself
+(``detector.scoring.neighbours.NeighbourBank`` as training builds it) at several bank sizes
+(rows x features) instead: a bigger bank costs scoring time in proportion
+(``bench_scoring.py``), so the size is the largest that keeps scoring within its speed budget,
+and this says what a smaller one costs in detection.
 
 The report ranks the variants on every set (AUROC and AUPRC, mean over seeds) and gives the
 leave-one-data-set-out choice beside the in-sample one, as ``bench_quality.py`` does.
@@ -89,7 +90,7 @@ def weighted_views(
 ) -> np.ndarray:
     """Encoded rows in the distance space of ``rf``, clipped ``margin`` beyond the range;
     ``cap``: ``x`` was encoded without a clip, and is clipped at ±cap widened units."""
-    from detector.neighbours import column_weights
+    from detector.scoring.neighbours import column_weights
 
     weights = column_weights(schema, rf)
     out = x * weights
@@ -113,10 +114,10 @@ BANK_CELLS = (40_000, 80_000, 160_000, 320_000, 10**9)
 
 def run_banks(task: Any) -> dict[str, dict[str, float]]:
     """The default distance, exactly as a bundle computes it, at each of ``BANK_CELLS``."""
-    from detector.features import encode
-    from detector.neighbours import NeighbourBank
-    from detector.schema import fit_schema
-    from detector.training import TrainingConfig, holdout_indices
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
+    from detector.scoring.neighbours import NeighbourBank
 
     schema = fit_schema(task.train)
     x = encode(schema, task.train).values
@@ -134,9 +135,9 @@ def run_banks(task: Any) -> dict[str, dict[str, float]]:
 
 
 def run_task(task: Any, study: str = "settings") -> dict[str, Any]:
-    from detector.features import encode
-    from detector.schema import fit_schema
-    from detector.training import TrainingConfig, holdout_indices
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
 
     if study == "banks":
         scores = run_banks(task)

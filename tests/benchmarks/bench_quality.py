@@ -20,7 +20,7 @@ distance to a bank of the rows the network fitted on (in the detector's encoded 
 or in its latent space), and combinations of the two, each standardised by its median and
 interquartile range on the validation rows (rows that are in no bank). Each candidate gets
 its own threshold from the calibration rows at the detector's target false-positive rate,
-exactly as ``detector.threshold.Calibrator`` does for a bundle, so "F1 at threshold" and the
+exactly as ``detector.scoring.threshold.Calibrator`` does for a bundle, so "F1 at threshold" and the
 false-positive rate there are the ones a user would see.
 
 In the same run, on the same splits: IsolationForest (100 trees) and kNN (k=5, mean distance)
@@ -270,8 +270,8 @@ Parts = dict[str, np.ndarray]
 def split_views(det: Any, task: Task) -> tuple[np.ndarray, tuple[np.ndarray, ...], Parts]:
     """The encoded training rows, their (fit, validation, calibration) positions as the
     detector split them, and the encoded validation, calibration and test rows."""
-    from detector.features import encode
-    from detector.training import TrainingConfig, holdout_indices
+    from detector.features.encode import encode
+    from detector.nn.training import TrainingConfig, holdout_indices
 
     config = TrainingConfig(
         random_state=det.random_state,
@@ -289,13 +289,13 @@ def split_views(det: Any, task: Task) -> tuple[np.ndarray, tuple[np.ndarray, ...
 def candidate_scores(det: Any, task: Task) -> dict[str, Parts]:
     """Every candidate's anomaly scores (higher = more anomalous) on the validation,
     calibration and test rows, from one trained detector and its own training split."""
-    from detector.features import encode
-    from detector.schema import fit_schema
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
 
     bundle = det.bundle_
     x, (fit, val, cal), views = split_views(det, task)
 
-    from detector.scoring import anomaly_scores, estimate_all
+    from detector.scoring.scores import anomaly_scores, estimate_all
 
     estimates = {k: estimate_all(bundle.graph, bundle.neighbours, v) for k, v in views.items()}
     # What `anomaly train` with no options scores with: the bundle's own score.
@@ -382,7 +382,7 @@ def run_task(
     task: Task, params: dict[str, Any], cache: Path | None = None, ensemble: bool = False
 ) -> Run:
     from detector.estimator import VAEDetector
-    from detector.threshold import Calibrator
+    from detector.scoring.threshold import Calibrator
 
     series = task.family in ("smd", "asd")
     started = time.perf_counter()

@@ -46,9 +46,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/sample_count")
     args = parser.parse_args()
 
-    from detector.features import encode
-    from detector.scoring import ScoreGraph
-    from detector.training import TrainingConfig, train
+    from detector.features.encode import encode
+    from detector.nn.training import TrainingConfig, train
+    from detector.scoring.scores import ScoreGraph
 
     data = resolve_data_dir(args.data_dir)
     results: dict[str, dict[str, dict[str, list[float]]]] = {}

@@ -37,12 +37,12 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from detector.bundle_format import package_versions  # noqa: E402
+from detector.bundles.format import package_versions  # noqa: E402
 from detector.estimator import VAEDetector  # noqa: E402
-from detector.features import encode  # noqa: E402
-from detector.lite_graph import LiteScoreGraph, to_flatbuffer  # noqa: E402
-from detector.records import score_records  # noqa: E402
-from detector.scoring import ScoreGraph, score_frame  # noqa: E402
+from detector.features.encode import encode  # noqa: E402
+from detector.features.records import score_records  # noqa: E402
+from detector.nn.lite_graph import LiteScoreGraph, to_flatbuffer  # noqa: E402
+from detector.scoring.scores import ScoreGraph, score_frame  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

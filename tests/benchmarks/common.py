@@ -69,7 +69,7 @@ def with_suffix(out: Path, suffix: str) -> Path:
 
 
 def package_versions() -> dict[str, str]:
-    from detector.bundle_format import package_versions as versions
+    from detector.bundles.format import package_versions as versions
 
     return versions()
 
@@ -200,7 +200,7 @@ def choose_models(requested: list[str] | None) -> tuple[list[str], dict[str, str
 
     ``None`` means every registered model that can run on plain columns. An unregistered
     name is an error naming the registered ones."""
-    from detector.models import MODELS
+    from detector.nn.models import MODELS
 
     names = list(MODELS) if requested is None else requested
     unknown = [m for m in names if m not in MODELS and m not in NEEDS_CONTEXT]
@@ -212,7 +212,7 @@ def choose_models(requested: list[str] | None) -> tuple[list[str], dict[str, str
         if name in NEEDS_CONTEXT:
             skipped[name] = "needs context columns; these sets have none"
         elif name not in MODELS:
-            skipped[name] = "not registered in detector.models.MODELS"
+            skipped[name] = "not registered in detector.nn.models.MODELS"
         else:
             run.append(name)
     if not run:

@@ -78,7 +78,7 @@ def compressed_rules(path: Path) -> dict[str, Any]:
 
 
 def records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from detector.training import TrainingConfig, holdout_indices
+    from detector.nn.training import TrainingConfig, holdout_indices
 
     # Normal traffic is the tiny model's validation rows: normal for it, and neither in its
     # neighbour bank nor used for its threshold, so about 5% of them are flagged (4.0%

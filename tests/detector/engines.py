@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from detector.lite_graph import LiteScoreGraph
-from detector.scoring import ScoreGraph
+from detector.nn.lite_graph import LiteScoreGraph
+from detector.scoring.scores import ScoreGraph
 
 
 def assert_scorer_matches_tensorflow(bundle: Any, x: np.ndarray) -> None:

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector import losses
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
-from detector.features import encode
-from detector.training import TrainingConfig
+from detector.features.encode import encode
+from detector.nn import losses
+from detector.nn.training import TrainingConfig
 from tests.conftest import TINY, broken, normal_records
 from tests.detector.engines import assert_scorer_matches_tensorflow
 
@@ -44,7 +44,7 @@ def test_group_softmax_gives_each_group_probabilities() -> None:
 
 
 def _tiny_model():  # type: ignore[no-untyped-def]
-    from detector.models.advae import AdVAE
+    from detector.nn.models.advae import AdVAE
 
     model = AdVAE(n_numeric=3, group_sizes=(3,), latent_dim=2, hidden_units=(8, 4), seed=0)
     model.build((None, 6))
@@ -118,13 +118,13 @@ def test_config_refuses_bad_advae_settings(settings: dict, message: str) -> None
 
 
 def test_cli_flags_reach_the_training_config() -> None:
-    from detector.cli import build_parser
+    from detector.cli.main import build_parser
 
     args = build_parser().parse_args(
         ["train", "x.csv", "--out", "m", "--model", "advae", "--advae-lambda", "0.1",
          "--advae-margin-z", "20"]
     )  # fmt: skip
-    # An unset flag holds the option's default (detector.options), as TrainingConfig does.
+    # An unset flag holds the option's default (detector.nn.options), as TrainingConfig does.
     assert (args.advae_lambda, args.advae_margin_z, args.advae_gamma) == (0.1, 20.0, 0.001)
 
 
@@ -156,7 +156,7 @@ def test_trained_advae_scores_broken_records_higher(detector: VAEDetector) -> No
 def test_saved_advae_loads_in_safe_mode_and_scores_the_same(
     detector: VAEDetector, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    from detector.models.advae import AdVAE
+    from detector.nn.models.advae import AdVAE
 
     detector.save(tmp_path / "advae")
     loaded = VAEDetector.load(tmp_path / "advae")

@@ -17,10 +17,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from detector import batch
-from detector.cli import main
-from detector.sources import open_source
-from detector.writers import csv_bytes
+from detector.batch import files as batch
+from detector.cli.main import main
+from detector.io.sources import open_source
+from detector.io.writers import csv_bytes
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
@@ -315,7 +315,7 @@ def test_a_clean_csv_is_copied_through_byte_for_byte(
 
 
 def test_top_indices_match_a_stable_descending_sort() -> None:
-    from detector.scoring import ScoreResult
+    from detector.scoring.scores import ScoreResult
 
     rng = np.random.default_rng(0)
     for _ in range(100):

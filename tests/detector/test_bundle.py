@@ -12,11 +12,11 @@ import keras
 import numpy as np
 import pytest
 
-from detector.bundle import load_bundle, save_bundle, set_target_fpr, write_manifest
-from detector.bundle_format import MANIFEST_FILE, MODEL_FILE, NEIGHBOURS_FILE, SCORER_FILE
+from detector.bundles.bundle import load_bundle, save_bundle, set_target_fpr, write_manifest
+from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, NEIGHBOURS_FILE, SCORER_FILE
 from detector.errors import BundleError
 from detector.estimator import VAEDetector
-from detector.features import encode
+from detector.features.encode import encode
 from tests.detector.engines import assert_scorer_matches_tensorflow
 
 
@@ -105,8 +105,8 @@ def test_scoring_a_loaded_bundle_never_imports_tensorflow(bundle_dir, eval_frame
     records = eval_frame.drop(columns=["label", "anomaly_kind"]).head(50).to_json(orient="records")
     program = (
         "import sys, pandas as pd\n"
-        "from detector.bundle import load_bundle\n"
-        "from detector.scoring import score_frame\n"
+        "from detector.bundles.bundle import load_bundle\n"
+        "from detector.scoring.scores import score_frame\n"
         f"bundle = load_bundle({str(bundle_dir)!r})\n"
         "result = score_frame(bundle, pd.read_json(sys.stdin))\n"
         "assert result.n_scored == 50, result.n_scored\n"
@@ -136,7 +136,7 @@ def test_code_in_a_model_file_is_never_run(bundle_dir, tmp_path) -> None:
     copy = _copy(bundle_dir, tmp_path)
     evil = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
     evil.save(copy / MODEL_FILE)
-    from detector.bundle_format import sha256_of
+    from detector.bundles.format import sha256_of
 
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     manifest["files"][MODEL_FILE]["sha256"] = sha256_of(copy / MODEL_FILE)

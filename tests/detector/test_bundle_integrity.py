@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detector.bundle import load_bundle, save_bundle, set_target_fpr
-from detector.bundle_format import MANIFEST_FILE, MODEL_FILE
+from detector.bundles.bundle import load_bundle, save_bundle, set_target_fpr
+from detector.bundles.format import MANIFEST_FILE, MODEL_FILE
 from detector.errors import BundleError, ConfigError
-from detector.threshold import Calibrator
+from detector.scoring.threshold import Calibrator
 
 KEY = "ANOMALY_BUNDLE_KEY"
 

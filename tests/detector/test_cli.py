@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from detector.cli import main
+from detector.cli.main import main
 from tests.conftest import DATA
 
 TINY_FLAGS = [
@@ -72,7 +72,7 @@ def test_train_prints_a_summary(capsys, tmp_path) -> None:
     )
     assert code == 0
     # --range-floor reached the schema: every numeric column's scale is max(std, range / 4).
-    from detector.bundle import load_bundle
+    from detector.bundles.bundle import load_bundle
 
     frame = pd.read_csv(small)
     for column in load_bundle(tmp_path / "m").schema.numeric:
@@ -182,9 +182,9 @@ def test_calibration_warnings_reach_the_summary_info_and_report(
 ) -> None:
     import html
 
-    from detector.bundle import save_bundle
-    from detector.report import training_report
-    from detector.training import TrainingConfig, train
+    from detector.bundles.bundle import save_bundle
+    from detector.cli.report import training_report
+    from detector.nn.training import TrainingConfig, train
     from tests.conftest import TINY
 
     # 240 rows hold out 36 for calibration: 0.036 expected false alarms at a 0.1% target.
@@ -265,7 +265,7 @@ def test_installed_entry_point_answers_help_without_tensorflow() -> None:
 
 
 def test_train_offers_exactly_the_registered_models() -> None:
-    from detector.cli import MODEL_NAMES
-    from detector.models import MODELS
+    from detector.cli.main import MODEL_NAMES
+    from detector.nn.models import MODELS
 
     assert sorted(MODEL_NAMES) == sorted(MODELS)

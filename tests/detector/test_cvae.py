@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.bundle import load_bundle, save_bundle
-from detector.bundle_format import MANIFEST_FILE
+from detector.bundles.bundle import load_bundle, save_bundle
+from detector.bundles.format import MANIFEST_FILE
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
-from detector.features import encode
-from detector.training import TrainingConfig
+from detector.features.encode import encode
+from detector.nn.training import TrainingConfig
 from tests.conftest import TINY
 from tests.detector.engines import assert_scorer_matches_tensorflow
 
@@ -145,7 +145,7 @@ def test_a_bundle_whose_network_and_schema_disagree_on_context_does_not_load(
     from dataclasses import replace
 
     from detector.errors import BundleError
-    from detector.schema import ContextColumn
+    from detector.features.schema import ContextColumn
 
     bundle = cvae.bundle_
     schema = bundle.schema
@@ -162,7 +162,7 @@ def test_a_bundle_whose_network_and_schema_disagree_on_context_does_not_load(
 
 
 def test_batch_output_has_the_flag_column(cvae_dir: Path, tmp_path: Path) -> None:
-    from detector.batch import score_file
+    from detector.batch.files import score_file
 
     source = tmp_path / "in.csv"
     PROBE.to_csv(source, index=False)
@@ -227,7 +227,7 @@ def test_context_settings_are_checked(settings: dict, needle: str) -> None:
 
 
 def test_context_dropout_hides_whole_context_columns() -> None:
-    from detector.models.cvae import ConditionalVAE
+    from detector.nn.models.cvae import ConditionalVAE
 
     model = ConditionalVAE(
         n_numeric=2,
@@ -247,7 +247,7 @@ def test_context_dropout_hides_whole_context_columns() -> None:
 
 
 def test_train_cli_takes_context_columns(capsys, train_table: pd.DataFrame, tmp_path) -> None:
-    from detector.cli import main
+    from detector.cli.main import main
 
     source = tmp_path / "train.csv"
     train_table.to_csv(source, index=False)
@@ -261,7 +261,7 @@ def test_train_cli_takes_context_columns(capsys, train_table: pd.DataFrame, tmp_
 
 
 def test_the_spark_engine_batches_carry_the_flag(cvae: VAEDetector) -> None:
-    from detector.spark_scoring import score_pandas
+    from detector.batch.spark_scoring import score_pandas
 
     out = score_pandas(cvae.bundle_, PROBE.astype(str))
     assert list(out.columns[4:8]) == ["anomaly_score", "p_value", "is_anomaly", "context_unseen"]

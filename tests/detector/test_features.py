@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.encoded import NumberTally
 from detector.errors import DataError, SchemaError
-from detector.features import encode
-from detector.schema import Schema, fit_schema
+from detector.features.encode import encode
+from detector.features.encoded import NumberTally
+from detector.features.schema import Schema, fit_schema
 
 
 def _frame(n: int = 100) -> pd.DataFrame:

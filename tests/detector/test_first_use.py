@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from detector.bundle import load_bundle, write_manifest
-from detector.bundle_format import MANIFEST_FILE
-from detector.cli import main
+from detector.bundles.bundle import load_bundle, write_manifest
+from detector.bundles.format import MANIFEST_FILE
+from detector.cli.main import main
 from tests.conftest import DATA
 
 #: A network too small and short-trained to be good: these tests are about the command line.
@@ -135,12 +135,12 @@ def test_evaluate_names_a_missing_label_before_unknown_columns(capsys, bundle_di
 def test_train_refuses_an_out_that_is_not_a_bundle_before_training(
     capsys, monkeypatch, tmp_path, kind
 ):
-    import detector.training
+    import detector.nn.training
 
     def no_training(*args: object, **kwargs: object) -> None:
         pytest.fail("trained before checking --out")
 
-    monkeypatch.setattr(detector.training, "train", no_training)
+    monkeypatch.setattr(detector.nn.training, "train", no_training)
     out = tmp_path / "results"
     if kind == "file":
         out.write_text("not a bundle\n")

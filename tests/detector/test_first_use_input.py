@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from detector.cli.report import LabelledScores, evaluation_report
 from detector.errors import DataError
-from detector.evaluation import evaluate_scores
-from detector.report import LabelledScores, evaluation_report
-from detector.sources import open_source
-from detector.tables import header_looks_like_data, input_format, read_table
+from detector.io.sources import open_source
+from detector.io.tables import header_looks_like_data, input_format, read_table
+from detector.scoring.evaluation import evaluate_scores
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = "cpu,mem,latency\n"
@@ -142,7 +142,7 @@ def test_by_group_gives_recall_auroc_and_auprc_or_says_why_not() -> None:
 
 
 def test_a_file_of_anomalies_only_says_why_a_group_has_no_auroc() -> None:
-    from detector.evaluation import group_metrics
+    from detector.scoring.evaluation import group_metrics
 
     labels = np.ones(3, dtype=bool)
     stats = group_metrics(labels, np.array([0.2, 0.5, 0.9]), labels, normal_scores=np.zeros(0))

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector import csv_lines, csv_source
-from detector.batch import score_file
-from detector.bundle import load_bundle, save_bundle
-from detector.cli import main
+from detector.batch.files import score_file
+from detector.bundles.bundle import load_bundle, save_bundle
+from detector.cli.main import main
 from detector.errors import SchemaError
-from detector.sources import open_source
-from detector.temporaries import partial_path, remove_stale_temporaries, staging_path
-from detector.writers import TableWriter
+from detector.io import csv_lines, csv_source
+from detector.io.sources import open_source
+from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
+from detector.io.writers import TableWriter
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
@@ -227,7 +227,7 @@ def test_a_column_with_no_number_in_the_whole_file_stops_the_run(
 
 
 def test_evaluate_decides_over_the_whole_file_too(bundle_dir: Path, tmp_path: Path) -> None:
-    from detector.batch import iter_scored
+    from detector.batch.files import iter_scored
 
     bundle = load_bundle(bundle_dir)
     rows = records(300)
@@ -373,8 +373,8 @@ def test_records_score_the_same_read_fast_or_record_by_record(
 def test_a_manifest_a_killed_threshold_change_left_is_removed(
     bundle_dir: Path, tmp_path: Path
 ) -> None:
-    from detector.bundle import set_target_fpr
-    from detector.bundle_format import MANIFEST_FILE
+    from detector.bundles.bundle import set_target_fpr
+    from detector.bundles.format import MANIFEST_FILE
 
     model = tmp_path / "model"
     shutil.copytree(bundle_dir, model)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from detector.sources import open_source
-from detector.tables import expand_inputs, read_table, table_format
+from detector.io.sources import open_source
+from detector.io.tables import expand_inputs, read_table, table_format
 
 FRAME = pd.DataFrame({"host": ["web-01", "web-02"], "cpu": [12.5, 80.0], "mem": [1.0, 2.0]})
 
@@ -46,7 +46,7 @@ def test_every_file_a_directory_gives_up_is_read_with_its_columns(tmp_path) -> N
 def test_a_tsv_output_is_tab_separated_whatever_the_input(fitted, eval_frame, tmp_path) -> None:
     """A `.tsv` name means tabs on the way out too: the output reads back with its columns,
     and a `.tsv` input copied into a `.csv` output is not left tab-separated inside it."""
-    from detector.batch import score_file
+    from detector.batch.files import score_file
 
     records = eval_frame.drop(columns=["label", "anomaly_kind"]).head(50)
     for source_name, target_name in [("in.tsv", "out.tsv"), ("in.csv", "out.tsv.gz")]:

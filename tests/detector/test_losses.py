@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from detector import losses
+from detector.nn import losses
 
 
 def test_gaussian_log_density_matches_scipy() -> None:

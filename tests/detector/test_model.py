@@ -9,8 +9,8 @@ from sklearn.base import clone
 
 from detector.errors import ConfigError, TrainingError
 from detector.estimator import VAEDetector
-from detector.features import encode
-from detector.scoring import SCORE_KINDS, ScoreGraph, score_frame
+from detector.features.encode import encode
+from detector.scoring.scores import SCORE_KINDS, ScoreGraph, score_frame
 from tests.conftest import TINY
 
 
@@ -145,8 +145,8 @@ def test_divergence_is_an_error_not_a_broken_model(train_frame) -> None:
 
 
 def test_posterior_collapse_is_detected(fitted, train_frame) -> None:
-    from detector.models.vae import VAE
-    from detector.training import ACTIVE_UNIT_KL, _active_units
+    from detector.nn.models.vae import VAE
+    from detector.nn.training import ACTIVE_UNIT_KL, _active_units
 
     x = encode(fitted.bundle_.schema, train_frame.head(200)).values
     assert _active_units(fitted.bundle_.model, x) >= 1
@@ -161,7 +161,7 @@ def test_posterior_collapse_is_detected(fitted, train_frame) -> None:
 
 def test_fit_row_count_is_the_number_of_rows_training_fits_on(fitted, train_frame) -> None:
     # Benchmarks turn an iteration budget into epochs with it, so it must match the split.
-    from detector.training import TrainingConfig, fit_row_count
+    from detector.nn.training import TrainingConfig, fit_row_count
 
     config = TrainingConfig(
         validation_fraction=fitted.validation_fraction,

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.bundle_format import NEIGHBOURS_FILE
+from detector.bundles.format import NEIGHBOURS_FILE
 from detector.errors import BundleError, ConfigError
 from detector.estimator import VAEDetector
-from detector.features import encode
-from detector.neighbours import NeighbourBank, column_weights
-from detector.schema import fit_schema
+from detector.features.encode import encode
+from detector.features.schema import fit_schema
+from detector.scoring.neighbours import NeighbourBank, column_weights
 from tests.conftest import TINY
 
 

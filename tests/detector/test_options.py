@@ -1,4 +1,4 @@
-"""One definition per option (#19): ``detector.options`` defines every training option once, and
+"""One definition per option (#19): ``detector.nn.options`` defines every training option once, and
 the CLI flags, the estimator's parameters, ``TrainingConfig``, the wording of messages and the
 README's table are all checked against it here."""
 
@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sklearn.base import clone
 
-from detector.cli import MODEL_NAMES, build_parser
-from detector.command_train import _flag_value
+from detector.cli.main import MODEL_NAMES, build_parser
+from detector.cli.train import _flag_value
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
-from detector.options import (
+from detector.nn.options import (
     MODEL_OPTIONS,
     TrainingOption,
     markdown_table,
@@ -37,7 +37,7 @@ def _train_actions() -> dict[str, argparse.Action]:
 
 
 def _config(**settings: Any) -> Any:
-    from detector.training import TrainingConfig
+    from detector.nn.training import TrainingConfig
 
     return TrainingConfig(**settings)
 
@@ -105,7 +105,7 @@ def test_flags_reach_the_config_as_the_options_hold_them() -> None:
 
 
 def test_the_model_registries_agree() -> None:
-    from detector.models import MODELS
+    from detector.nn.models import MODELS
 
     assert sorted(MODELS) == sorted(MODEL_OPTIONS) and tuple(MODEL_OPTIONS) == MODEL_NAMES
     for name, model in MODELS.items():
@@ -114,8 +114,8 @@ def test_the_model_registries_agree() -> None:
 
 def test_defaults_named_elsewhere_agree() -> None:
     # schema and neighbours keep their own constants for their functions' defaults.
-    from detector.neighbours import DEFAULT_K
-    from detector.schema import DEFAULT_CLIP, DEFAULT_RANGE_FLOOR
+    from detector.features.schema import DEFAULT_CLIP, DEFAULT_RANGE_FLOOR
+    from detector.scoring.neighbours import DEFAULT_K
 
     defaults = {o.name: o.default for o in training_options()}
     assert (defaults["clip"], defaults["range_floor"]) == (DEFAULT_CLIP, DEFAULT_RANGE_FLOOR)
@@ -174,7 +174,7 @@ def test_the_readme_holds_the_options_table_as_rendered() -> None:
     text = README.read_text(encoding="utf-8")
     assert markdown_table() in text, (
         "README.md's table of the models' options is out of date; paste the output of "
-        "`python -c 'from detector.options import markdown_table; print(markdown_table())'`"
+        "`python -c 'from detector.nn.options import markdown_table; print(markdown_table())'`"
     )
     for o in training_options():
         if o.model:

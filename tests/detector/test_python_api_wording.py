@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.batch import score_file
-from detector.bundle import save_bundle
-from detector.cli import build_parser, main
+from detector.batch.files import score_file
+from detector.bundles.bundle import save_bundle
+from detector.cli.main import build_parser, main
 from detector.errors import ConfigError, DataError, InputError, SchemaError
 from detector.estimator import VAEDetector
 from detector.native import native_output_silenced
-from detector.scoring import score_frame
-from detector.training import TrainingConfig
+from detector.nn.training import TrainingConfig
+from detector.scoring.scores import score_frame
 from tests.conftest import DATA
 
 #: A command-line flag inside a message.

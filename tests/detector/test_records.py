@@ -1,4 +1,5 @@
-"""Records as mappings score exactly as the same records in a table (``detector.records``)."""
+"""Records as mappings score exactly as the same records in a table
+(``detector.features.records``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pandas as pd
 import pytest
 
 from detector.errors import SchemaError
-from detector.features import encode
-from detector.records import score_records
-from detector.scoring import ScoreResult, score_frame
+from detector.features.encode import encode
+from detector.features.records import score_records
+from detector.scoring.scores import ScoreResult, score_frame
 from tests.conftest import TINY, normal_records
 
 

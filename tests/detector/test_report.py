@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from detector.bundle import load_bundle
-from detector.cli import main
-from detector.report import LabelledScores, evaluation_report, training_report, write_report
-from detector.scoring import score_frame
+from detector.bundles.bundle import load_bundle
+from detector.cli.main import main
+from detector.cli.report import LabelledScores, evaluation_report, training_report, write_report
+from detector.scoring.scores import score_frame
 from tests.conftest import DATA
 
 IMAGE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -131,12 +131,12 @@ def test_train_cli_writes_a_report_with_heldout_labelled_data(capsys, small_trai
 
 
 def test_a_failing_report_never_fails_training(capsys, monkeypatch, small_train, tmp_path):
-    import detector.report
+    import detector.cli.report
 
     def broken(*args: object, **kwargs: object) -> str:
         raise RuntimeError("no fonts today")
 
-    monkeypatch.setattr(detector.report, "training_report", broken)
+    monkeypatch.setattr(detector.cli.report, "training_report", broken)
     report = tmp_path / "train.html"
     argv = ["train", str(small_train), "--out", str(tmp_path / "m"), *TRAIN_FLAGS]
     code = main([*argv, "--report", str(report)])
@@ -181,7 +181,7 @@ def test_bad_report_flags_exit_2_before_training(capsys, small_train, tmp_path, 
 
 
 def test_histogram_gathers_the_tail_into_the_last_bin() -> None:
-    from detector.report_figures import score_histogram
+    from detector.cli.report_figures import score_histogram
 
     scores = np.r_[np.random.default_rng(0).normal(size=500), 1e6]
     png = score_histogram({"normal": scores}, threshold=2.0)
@@ -189,7 +189,7 @@ def test_histogram_gathers_the_tail_into_the_last_bin() -> None:
 
 
 def test_writing_a_report_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
-    from detector.temporaries import partial_path
+    from detector.io.temporaries import partial_path
     from tests.detector.test_hostile_batch import dead_pid
 
     page = tmp_path / "report.html"

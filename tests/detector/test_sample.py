@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from detector.errors import ConfigError
-from detector.features import decode, encode
-from detector.sampling import sample_records
+from detector.features.encode import decode, encode
+from detector.nn.sampling import sample_records
 
 MAX_MEAN_DIFFERENCE = 0.5  # in training standard deviations
 STD_RATIO = (0.5, 2.0)
@@ -150,7 +150,7 @@ def test_a_context_on_an_unconditional_model_names_the_fix(fitted) -> None:
 
 
 def test_cli_writes_samples_to_a_file_and_to_stdout(capsys, bundle_dir, train_frame, tmp_path):
-    from detector.cli import main
+    from detector.cli.main import main
     from service.cli import main as service_main
 
     output = tmp_path / "synthetic.parquet"
@@ -178,7 +178,7 @@ def test_cli_writes_samples_to_a_file_and_to_stdout(capsys, bundle_dir, train_fr
     ],
 )
 def test_cli_bad_requests_exit_2(capsys, bundle_dir, tmp_path, argv, message) -> None:
-    from detector.cli import main
+    from detector.cli.main import main
 
     code = main(["sample", str(bundle_dir), *[a.format(tmp=tmp_path) for a in argv]])
     out, err = capsys.readouterr()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.cli import main
+from detector.cli.main import main
 from tests.conftest import DATA
 
 pytestmark = [
@@ -64,7 +64,7 @@ def spark() -> Iterator[Any]:
 def test_spark_scores_and_accounts_like_the_streaming_scorer(
     spark, capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    from detector.spark import score_files
+    from detector.batch.spark import score_files
 
     frame = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
     parts = tmp_path / "parts"
@@ -113,8 +113,8 @@ def test_a_killed_spark_run_is_cleaned_up_by_the_next(
 ) -> None:
     # What a Spark run killed before its rename leaves: a staging folder of part files named
     # for its (now gone) process; the next run writing the same output removes it.
-    from detector.spark import score_files
-    from detector.temporaries import partial_path
+    from detector.batch.spark import score_files
+    from detector.io.temporaries import partial_path
     from tests.detector.test_hostile_batch import dead_pid
 
     out = tmp_path / "spark.csv"

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector import losses
-from detector.bundle import load_bundle, save_bundle
+from detector.bundles.bundle import load_bundle, save_bundle
 from detector.errors import ConfigError, TrainingError
 from detector.estimator import VAEDetector
-from detector.features import encode
-from detector.models import MODELS
-from detector.models.svdd import CENTRE_EPS, VAESVDD
-from detector.scoring import ScoreGraph, score_kinds
-from detector.training import TrainingConfig, train
+from detector.features.encode import encode
+from detector.nn import losses
+from detector.nn.models import MODELS
+from detector.nn.models.svdd import CENTRE_EPS, VAESVDD
+from detector.nn.training import TrainingConfig, train
+from detector.scoring.scores import ScoreGraph, score_kinds
 from tests.conftest import TINY, broken, normal_records
 from tests.detector.engines import assert_scorer_matches_tensorflow
 
@@ -197,7 +197,7 @@ def test_bad_svdd_settings_are_refused() -> None:
 
 
 def test_cli_flags_reach_the_config() -> None:
-    from detector.cli import build_parser
+    from detector.cli.main import build_parser
 
     args = build_parser().parse_args(
         ["train", "d.csv", "--out", "m", "--model", "vae-svdd", "--svdd-weight", "3",

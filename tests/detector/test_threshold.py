@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from detector.errors import ConfigError, DataError
-from detector.threshold import Calibrator, calibration_warnings
+from detector.scoring.threshold import Calibrator, calibration_warnings
 
 
 @pytest.mark.parametrize("fpr", [0.1, 0.05, 0.01])
@@ -65,7 +65,7 @@ def test_tied_scores_do_not_break_the_tail_fit() -> None:
 
 @pytest.mark.parametrize("shape", [-0.4, -0.1, 0.0, 0.2, 0.5])
 def test_closed_form_pareto_tail_matches_scipy(shape: float) -> None:
-    from detector.threshold import _pareto_sf
+    from detector.scoring.threshold import _pareto_sf
 
     x = np.linspace(0, 50, 1_000)
     np.testing.assert_allclose(

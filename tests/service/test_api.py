@@ -70,8 +70,8 @@ def test_csv_bodies_are_scored_too(client) -> None:
 
 
 def test_json_csv_and_kserve_bodies_score_the_same_records_alike(client) -> None:
-    """JSON records are scored without a DataFrame (detector.records), CSV and KServe bodies
-    as tables: the same records must come back with the same numbers either way."""
+    """JSON records are scored without a DataFrame (detector.features.records), CSV and KServe
+    bodies as tables: the same records must come back with the same numbers either way."""
     records = [NORMAL[0], broken(NORMAL[1]), {**NORMAL[2], "host": "never-seen"}, NORMAL[3]]
     as_json = post(client, {"records": records}).json["results"]
     csv = pd.DataFrame(records).to_csv(index=False)
@@ -184,7 +184,7 @@ def test_scoring_token_when_configured(bundle_dir) -> None:
 
 
 def test_reload_swaps_and_a_failed_reload_keeps_the_old_model(client, bundle_dir, tmp_path):
-    from detector.bundle import set_target_fpr
+    from detector.bundles.bundle import set_target_fpr
 
     stricter = tmp_path / "stricter"
     shutil.copytree(bundle_dir, stricter)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from detector.bundle_format import SCORER_FILE
+from detector.bundles.format import SCORER_FILE
 from detector.errors import BundleError, ConfigError
 from service.config import ServiceConfig, load_config
 from tests.conftest import normal_records
@@ -127,7 +127,7 @@ def test_a_token_or_an_explicit_choice_allows_a_reachable_address() -> None:
 
 
 def test_the_bundle_key_variable_is_not_a_service_setting() -> None:
-    # Every process that loads bundles reads it (detector.integrity); the service must not
+    # Every process that loads bundles reads it (detector.bundles.integrity); the service must not
     # take it for an unknown setting.
     config = load_config(env={"ANOMALY_BUNDLE_KEY": "k", "ANOMALY_SCORING_TOKEN": TOKEN})
     assert config.scoring_token == TOKEN

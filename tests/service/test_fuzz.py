@@ -91,7 +91,7 @@ schema = schemathesis.openapi.from_dict(
 def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``anomaly serve`` with 2 workers, as a user starts it, with an admin token so that the
     fuzzer reaches the reload route's body."""
-    from detector.bundle import load_bundle
+    from detector.bundles.bundle import load_bundle
 
     assert list(load_bundle(bundle_dir).schema.column_order) == COLUMNS
     env = {"ANOMALY_ADMIN_TOKEN": ADMIN}

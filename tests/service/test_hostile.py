@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from detector.features import LISTED_NAMES, listed, shortened
+from detector.features.encode import LISTED_NAMES, listed, shortened
 from service.app import MAX_DETAIL_CHARS
 from tests.conftest import normal_records
 from tests.processes import serving

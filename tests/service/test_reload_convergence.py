@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from detector.bundle import Bundle, load_bundle, set_target_fpr
+from detector.bundles.bundle import Bundle, load_bundle, set_target_fpr
 from service.config import ServiceConfig
 from service.registry import ModelRegistry
 from tests import processes

@@ -59,7 +59,7 @@ def test_metrics_add_up_across_workers(server: str) -> None:
 def test_reload_under_traffic_fails_no_request(
     server: str, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    from detector.bundle import set_target_fpr
+    from detector.bundles.bundle import set_target_fpr
 
     stricter = tmp_path / "stricter"
     shutil.copytree(bundle_dir, stricter)

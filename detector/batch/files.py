@@ -1,0 +1,377 @@
+"""Batch scoring of files, chunk by chunk, with a ledger of every row.
+
+Each chunk goes through ``detector.scoring.scores.score_frame``, the same function the HTTP service
+calls. Rows read = rows scored + rows rejected, always and per file; rejected rows go to a
+rejects file with their source file, row and line numbers, reason and raw text.
+
+Memory is bounded by the chunk size, not the file size: a source is read in blocks of whole
+records (``detector.io.sources.open_source``), scored, written and let go before the next block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from detector.batch.ledger import BatchReport, RejectRateExceeded, SourceLedger
+from detector.batch.scored_tables import (
+    CONTEXT_COLUMN,
+    SCORE_COLUMNS,
+    model_frame,
+    scored_rows,
+)
+from detector.bundles.bundle import Bundle
+from detector.errors import DataError, SchemaError
+from detector.features.encode import Imputation, check_columns, encode
+from detector.features.encoded import EncodedBatch, NumberTally
+from detector.io.chunks import ParseReject, SourceChunk, TableSource
+from detector.io.pipelining import BackgroundSink, prefetched
+from detector.io.sources import open_source
+from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs, iter_table
+from detector.io.writers import TableWriter
+from detector.scoring.scores import ScoreResult, score_batch
+from detector.wording import option
+
+#: Encoded values (rows x features) in one chunk at most: a chunk's features, distances and
+#: contributions are a few float64 copies of them, and the pipeline holds a few chunks at once,
+#: so wide encodings get fewer rows: 12,288 rows of the default model's 38 features. Peak RSS
+#: of ``anomaly score`` on 2M rows, measured: data/'s 13 columns (88 bytes a row), 489-497 MB
+#: with ~47k rows a chunk, 350-382 MB with 16,384, 345-359 MB with these, 298 MB with 8,192
+#: (5% slower); 38 numeric columns (320 bytes a row, so 2 MB blocks of ~6.5k rows decide),
+#: 401-411 MB with 4 MB blocks, 315-331 MB now.
+MAX_CHUNK_CELLS = 12_288 * 38
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredChunk:
+    """One input chunk, its scores, and the 0-based row number of its first row in the file."""
+
+    frame: pd.DataFrame
+    result: ScoreResult
+    first_row: int
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedChunk:
+    """A chunk ready for the model: what the reading thread hands the scoring thread.
+    ``frame`` and ``encoded`` are ``None`` for a chunk with no parsed rows."""
+
+    chunk: SourceChunk
+    table: pa.Table
+    frame: pd.DataFrame | None
+    encoded: EncodedBatch | None
+
+
+def score_file(
+    bundle: Bundle,
+    input_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    output_path: str | os.PathLike[str],
+    *,
+    keep_columns: Sequence[str] = (),
+    impute: Imputation = None,
+    rejects_path: str | os.PathLike[str] | None = None,
+    top_k: int = 3,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = False,
+    max_reject_rate: float | None = None,
+) -> BatchReport:
+    """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
+
+    The output holds the input's columns followed by ``anomaly_score`` (higher = more
+    anomalous), ``p_value``, ``is_anomaly``, ``context_unseen`` (conditional models only) and
+    ``top_feature_1..k``; rejected rows go to
+    ``rejects_path`` (default: beside the output, ``<output>.rejects.csv``). Both are written
+    atomically. With ``max_reject_rate``, a run that rejects a larger share of its rows raises
+    ``RejectRateExceeded`` and writes no output (the rejects file is still written).
+    """
+    started = time.perf_counter()
+    inputs = [input_path] if isinstance(input_path, str | os.PathLike) else list(input_path)
+    files = expand_inputs(inputs)
+    if chunk_rows < 1:
+        raise DataError(f"{option('chunk_rows')} must be at least 1, not {chunk_rows}")
+    run = _Run(bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files)
+    try:
+        for path in files:
+            run.score_source(path, chunk_rows)
+        run.finish()
+    except BaseException:
+        run.abort()
+        raise
+    report = run.report(inputs, time.perf_counter() - started)
+    if report.rows_read == 0:
+        run.discard()
+        raise DataError(
+            f"{' '.join(map(str, inputs))} has a header but no data rows; nothing to score"
+        )
+    if max_reject_rate is not None and report.reject_rate > max_reject_rate:
+        run.discard()
+        raise RejectRateExceeded(
+            f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
+            f"{report.rows_rejected}: {report.reject_rate:.2%} rejected is more than "
+            f"{option('max_reject_rate', f'{max_reject_rate:g}')}; no output was written; the "
+            "rejected rows "
+            f"and reasons are in {report.rejects}",
+            report,
+        )
+    run.commit()
+    return report
+
+
+@dataclass(eq=False)
+class _Run:
+    """The state of one ``score_file`` call: writers, the ledger so far, the progress bar."""
+
+    bundle: Bundle
+    output_path: str | os.PathLike[str]
+    rejects_path: str | os.PathLike[str] | None
+    keep_columns: Sequence[str]
+    impute: Imputation
+    top_k: int
+    progress: bool
+    files: list[str]
+    ledgers: list[SourceLedger] = field(default_factory=list)
+    anomalies: int = 0
+    columns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.writer = TableWriter(self.output_path)
+        # Written in a background thread while the next chunk scores.
+        self.sink: BackgroundSink[tuple[PreparedChunk, ScoreResult]] = BackgroundSink(self._write)
+        self.rejects_target = Path(self.rejects_path or f"{self.output_path}.rejects.csv")
+        self.rejects_writer = TableWriter(self.rejects_target)
+        self.n_rejects = 0
+        self.typed_numbers = self.writer.format == "parquet"
+        sizes = [None if f == "-" else os.path.getsize(f) for f in self.files]
+        total = None if None in sizes else sum(s or 0 for s in sizes)
+        self.bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="scoring",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        self.rows_done = 0
+        self.started = time.perf_counter()
+
+    def score_source(self, path: str, chunk_rows: int) -> None:
+        read = scored = rejected = 0
+        tally = NumberTally()
+        chunk_rows = min(
+            chunk_rows, max(1, MAX_CHUNK_CELLS // max(self.bundle.schema.n_features, 1))
+        )
+        with open_source(path) as source:
+            columns = self._check(source.columns, source.name)
+            seen = 0
+            # Three threads, each on its own chunk: the next chunk is read, parsed and encoded
+            # in one, this one goes through the model in this one, and the one before is
+            # formatted and written in a third.
+            for item in prefetched(self._prepared(source, columns, chunk_rows)):
+                chunk = item.chunk
+                if item.encoded is not None:
+                    tally.add(item.encoded)
+                    result = score_batch(self.bundle, item.encoded, n_input=item.table.num_rows)
+                    self.sink.put((item, result))
+                    scored += result.n_scored
+                    self.anomalies += int(result.is_anomaly.sum())
+                    value_rejects = _value_rejects(chunk, result)
+                else:
+                    value_rejects = []
+                self._write_rejects([*chunk.rejects, *value_rejects])
+                rejected += len(chunk.rejects) + len(value_rejects)
+                read += chunk.n_read
+                self._advance(chunk, seen, chunk.n_read)
+                seen = max(seen, chunk.position)
+        # Over the whole file, so that the outcome cannot depend on where chunks fall.
+        tally.check(source.name)
+        self.ledgers.append(SourceLedger(source.name, read, scored, rejected))
+
+    def _prepared(
+        self, source: TableSource, columns: tuple[str, ...], chunk_rows: int
+    ) -> Iterator[PreparedChunk]:
+        """Each chunk with its output columns selected and the model's frame made and encoded.
+
+        A CSV output copies the input's records as they were read where it can (same
+        delimiter, same column order) instead of formatting every field again.
+        """
+        same_order = tuple(source.columns) == columns
+        copy_records = (
+            self.writer.format == "csv" and source.delimiter == self.writer.delimiter and same_order
+        )
+        for chunk in source.chunks(chunk_rows):
+            table = chunk.table
+            if not same_order:
+                table = table.select(list(columns))
+            if not copy_records and chunk.records is not None:
+                chunk = replace(chunk, records=None)
+            if not table.num_rows:
+                yield PreparedChunk(chunk, table, None, None)
+                continue
+            frame = model_frame(self.bundle.schema, table)
+            encoded = encode(self.bundle.schema, frame, impute=self.impute)
+            yield PreparedChunk(chunk, table, frame, encoded)
+
+    def _write(self, scored: tuple[PreparedChunk, ScoreResult]) -> None:
+        item, result = scored
+        assert item.frame is not None  # only chunks with rows are scored
+        part = scored_rows(
+            self.bundle,
+            item.table,
+            result,
+            top_k=self.top_k,
+            typed_numbers=self.typed_numbers,
+            frame=item.frame,
+            records=item.chunk.records,
+        )
+        self.writer.write(
+            part.table, leading_text=part.leading_text, leading_columns=part.leading_columns
+        )
+
+    def _check(self, columns: tuple[str, ...], source: str) -> tuple[str, ...]:
+        keep = list(self.keep_columns)
+        absent = [c for c in keep if c not in columns]
+        if absent:
+            raise SchemaError(
+                f"{option('keep_columns')} {absent} not in {source}; its columns are "
+                f"{list(columns)}"
+            )
+        added = [*SCORE_COLUMNS, *([CONTEXT_COLUMN] if self.bundle.schema.context else [])]
+        clash = [c for c in added if c in columns] + [
+            c for c in columns if c.startswith("top_feature_")
+        ]
+        if clash:
+            raise SchemaError(
+                f"{source} already has column(s) {clash}, which scoring adds; drop or rename them"
+            )
+        check_columns(self.bundle.schema, columns, passthrough=keep)
+        if self.columns is None:
+            self.columns = columns
+        elif set(columns) != set(self.columns):
+            raise SchemaError(
+                f"{source} has columns {list(columns)}, unlike the first input's "
+                f"{list(self.columns)}; score files with different columns separately"
+            )
+        return self.columns
+
+    def _write_rejects(self, rejects: Sequence[ParseReject]) -> None:
+        if not rejects:
+            return
+        self.n_rejects += len(rejects)
+        self.rejects_writer.write(
+            pa.table(
+                {
+                    "row": pa.array([r.row for r in rejects], pa.int64()),
+                    "source": pa.array([r.source for r in rejects], pa.string()),
+                    "line": pa.array([r.line for r in rejects], pa.int64()),
+                    "code": pa.array([r.code for r in rejects], pa.string()),
+                    "reason": pa.array([r.reason for r in rejects], pa.string()),
+                    "raw": pa.array([r.raw for r in rejects], pa.string()),
+                }
+            )
+        )
+
+    def _advance(self, chunk: SourceChunk, seen: int, rows: int) -> None:
+        self.rows_done += rows
+        if chunk.position > seen:
+            self.bar.update(chunk.position - seen)
+        elapsed = time.perf_counter() - self.started
+        if elapsed > 0:
+            self.bar.set_postfix_str(
+                f"{self.rows_done:,} rows, {self.rows_done / elapsed:,.0f} rows/s", refresh=False
+            )
+
+    def finish(self) -> None:
+        self.sink.close()
+        self.bar.close()
+        if self.columns is None:  # every input was empty of rows; still a well-formed output
+            self.columns = ()
+
+    def report(self, inputs: Sequence[Any], seconds: float) -> BatchReport:
+        read = sum(s.rows_read for s in self.ledgers)
+        scored = sum(s.rows_scored for s in self.ledgers)
+        rejected = sum(s.rows_rejected for s in self.ledgers)
+        return BatchReport(
+            input=" ".join(map(str, inputs)),
+            output=str(self.output_path),
+            rejects=str(self.rejects_target) if rejected else None,
+            rows_read=read,
+            rows_scored=scored,
+            rows_rejected=rejected,
+            anomalies=self.anomalies,
+            threshold=self.bundle.calibrator.threshold,
+            model_version=self.bundle.version,
+            files=tuple(self.ledgers),
+            seconds=seconds,
+        )
+
+    def commit(self) -> None:
+        self.writer.close()
+        self._close_rejects()
+
+    def discard(self) -> None:
+        """Keep the rejects (they explain the failure), drop the output."""
+        self.writer.abort()
+        self._close_rejects()
+
+    def _close_rejects(self) -> None:
+        if self.n_rejects:
+            self.rejects_writer.close()
+        else:
+            self.rejects_writer.abort()
+
+    def abort(self) -> None:
+        self.bar.close()
+        with contextlib.suppress(BaseException):  # the error being handled is the one to raise
+            self.sink.close()
+        self.writer.abort()
+        self.rejects_writer.abort()
+
+
+def _value_rejects(chunk: SourceChunk, result: ScoreResult) -> list[ParseReject]:
+    """The rows ``score_frame`` rejected (missing, unparseable or infinite values)."""
+    lines = chunk.lines
+    return [
+        ParseReject(
+            source=chunk.source,
+            row=int(chunk.rows[r.row]),
+            line=None if lines is None else int(lines[r.row]),
+            code=r.code,
+            reason=r.reason,
+            raw=chunk.raw_text(r.row),
+        )
+        for r in result.rejections
+    ]
+
+
+def iter_scored(
+    bundle: Bundle,
+    path: str | os.PathLike[str],
+    *,
+    passthrough: Sequence[str] = (),
+    impute: Imputation = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Iterator[ScoredChunk]:
+    """Score a file into pandas chunks (``anomaly evaluate``'s reader); memory stays bounded
+    by ``chunk_rows``. A numeric column with no number in the whole file raises
+    ``SchemaError`` after the last chunk (``NumberTally``)."""
+    text_columns = list(bundle.schema.text_columns)
+    first_row = 0
+    tally = NumberTally()
+    for chunk in iter_table(path, text_columns=text_columns, chunk_rows=chunk_rows):
+        chunk = chunk.reset_index(drop=True)
+        encoded = encode(bundle.schema, chunk, impute=impute, passthrough=passthrough)
+        tally.add(encoded)
+        result = score_batch(bundle, encoded, n_input=len(chunk))
+        yield ScoredChunk(frame=chunk, result=result, first_row=first_row)
+        first_row += len(chunk)
+    tally.check(str(path))

@@ -1,0 +1,154 @@
+"""Arrow tables in, scored tables out: the model's frame of a table, its scores and the score
+columns appended. The file scorer (``detector.batch.files``) and Spark
+(``detector.batch.spark``) share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detector.bundles.bundle import Bundle
+from detector.features.encode import Imputation
+from detector.features.schema import Schema
+from detector.scoring.scores import ScoreResult, score_frame
+
+#: Columns the scorer adds after the input's own, in order (then ``top_feature_1..k``).
+SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
+#: Added after ``SCORE_COLUMNS`` for a conditional model: the row's context value was never
+#: seen in training, and it was scored without its context.
+CONTEXT_COLUMN = "context_unseen"
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredTable:
+    """A table's scored rows (its columns followed by the score columns) and the result.
+
+    ``leading_text``, when the input's records were given, is the scored rows' records as
+    read: the CSV text of the table's first ``leading_columns`` columns."""
+
+    table: pa.Table
+    result: ScoreResult
+    leading_text: pa.Array | None = None
+    leading_columns: int = 0
+
+
+def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
+    """The model's columns of an Arrow table as the pandas frame ``score_frame`` takes.
+
+    Text numeric columns (CSV is read as text) become float64 in one Arrow cast when every
+    value parses; otherwise they stay text, so that ``encode`` rejects each bad row with its
+    reason ("'oops' is not a number") instead of a whole chunk failing.
+    """
+    columns: dict[str, Any] = {}
+    for col in schema.numeric:
+        values = table.column(col.name)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            try:
+                values = pc.cast(values, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+                continue
+        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+            columns[col.name] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        else:
+            columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    for name in schema.text_columns:
+        values = table.column(name)
+        columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    return pd.DataFrame({name: columns[name] for name in schema.column_order}, copy=False)
+
+
+def score_table(
+    bundle: Bundle,
+    table: pa.Table,
+    *,
+    impute: Imputation = None,
+    top_k: int = 3,
+    typed_numbers: bool = False,
+    frame: pd.DataFrame | None = None,
+    records: pa.Array | None = None,
+) -> ScoredTable:
+    """Score an Arrow table whose columns were checked with ``check_columns``.
+
+    The scored rows keep every input column as read (CSV fields as their original text), or,
+    with ``typed_numbers``, the model's numeric columns as float64 (for Parquet output).
+    ``records`` (``SourceChunk.records``) are the table's rows as CSV text, to be copied to a
+    CSV output as they are.
+    """
+    if frame is None:
+        frame = model_frame(bundle.schema, table)
+    result = score_frame(bundle, frame, impute=impute)
+    return scored_rows(
+        bundle, table, result, top_k=top_k, typed_numbers=typed_numbers, frame=frame,
+        records=records,
+    )  # fmt: skip
+
+
+def scored_rows(
+    bundle: Bundle,
+    table: pa.Table,
+    result: ScoreResult,
+    *,
+    top_k: int,
+    typed_numbers: bool,
+    frame: pd.DataFrame,
+    records: pa.Array | None,
+) -> ScoredTable:
+    """``score_table``'s second half: the scored rows of ``table`` with the score columns
+    appended, from ``result`` (``frame`` is the model's frame the result came from)."""
+    rows = result.rows
+    kept = table.take(pa.array(rows, pa.int64())) if len(rows) != table.num_rows else table
+    if typed_numbers:
+        for col in bundle.schema.numeric:
+            if pa.types.is_string(kept.column(col.name).type):
+                kept = kept.set_column(
+                    kept.column_names.index(col.name),
+                    col.name,
+                    pa.array(_as_numbers(frame[col.name], rows), pa.float64()),
+                )
+    scores = [
+        pa.array(result.anomaly_score, pa.float64()),
+        pa.array(result.p_value, pa.float64()),
+        pa.array(result.is_anomaly, pa.bool_()),
+    ]
+    names = list(SCORE_COLUMNS)
+    if result.context_unseen is not None:
+        scores.append(pa.array(result.context_unseen, pa.bool_()))
+        names.append(CONTEXT_COLUMN)
+    for j, column in enumerate(top_columns(result, top_k)):
+        scores.append(column)
+        names.append(f"top_feature_{j + 1}")
+    leading_columns = kept.num_columns
+    for name, values in zip(names, scores, strict=True):
+        kept = kept.append_column(name, values)
+    if records is None:
+        return ScoredTable(table=kept, result=result)
+    if len(rows) != len(records):
+        records = records.take(pa.array(rows, pa.int64()))
+    return ScoredTable(kept, result, leading_text=records, leading_columns=leading_columns)
+
+
+def _as_numbers(values: Any, rows: np.ndarray) -> np.ndarray:
+    series = pd.Series(values)
+    if series.dtype == object:
+        texts = series.iloc[rows].astype("string").str.strip()
+        return pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return series.to_numpy(dtype=np.float64)[rows]
+
+
+def top_columns(result: ScoreResult, k: int) -> list[pa.Array]:
+    """``top_feature_1..k`` as text columns: the order of ``ScoreResult.top_features`` (most to
+    blame first, ties in column order), computed without a Python object per row."""
+    k = min(k, len(result.columns))
+    if k <= 0:
+        return []
+    order = result.top_indices(k).astype(np.int32)
+    names = pa.array(result.columns, pa.string())
+    return [
+        pc.cast(pa.DictionaryArray.from_arrays(order[:, j], names), pa.string()) for j in range(k)
+    ]

@@ -1,0 +1,258 @@
+"""Scoring files with Spark, for inputs beyond one machine
+(``pip install 'anomaly-detector[spark]'``).
+
+``score_files`` is ``anomaly score --engine spark``: read CSV/Parquet files or directories,
+score, write the scored rows and the rejects as directories of part files, and return the
+ledger. Run it on a cluster with ``spark-submit`` and the command-line module as the script
+(``spark-submit .../detector/cli/main.py score MODEL INPUT --output OUT --engine spark``), so that
+this module never imports the command line that imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from detector.batch.ledger import BatchReport, RejectRateExceeded, SourceLedger
+from detector.batch.scored_tables import CONTEXT_COLUMN, SCORE_COLUMNS
+from detector.batch.spark_scoring import (
+    CORRUPT_RECORD,
+    PANDAS_WARNING,
+    REJECT_CODE,
+    REJECT_REASON,
+    SOURCE_FILE,
+    score_dataframe,
+)
+from detector.bundles.bundle import load_bundle
+from detector.errors import ConfigError, DataError, SchemaError
+from detector.features.encode import Imputation
+from detector.io.tables import csv_delimiter, expand_inputs, table_format
+from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def require_pyspark() -> None:
+    """Raise ``ConfigError`` with the fix when pyspark or Java is missing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
+            import pyspark.sql  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--engine spark needs pyspark: pip install 'anomaly-detector[spark]'"
+        ) from None
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ConfigError("--engine spark needs Java 17 or later on PATH (or JAVA_HOME set)")
+
+
+def spark_session(app_name: str = "anomaly score") -> SparkSession:
+    """The active Spark session, or a new one: under ``spark-submit`` its master and settings
+    apply; run directly, a local one on every core with this interpreter as the workers'."""
+    require_pyspark()
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    # spark-submit starts the JVM first and tells Python where it is; then its --master and
+    # --conf settings apply. Otherwise this is a local run.
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        builder = (
+            builder.master("local[*]")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+        )
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def score_files(
+    model: str,
+    inputs: Sequence[str],
+    output: str,
+    *,
+    keep_columns: Sequence[str] = (),
+    impute: Imputation = None,
+    rejects_path: str | None = None,
+    top_k: int = 3,
+    max_reject_rate: float | None = None,
+    shared: bool = False,
+    session: SparkSession | None = None,
+) -> BatchReport:
+    """``anomaly score --engine spark``: score CSV or Parquet files (paths, directories, globs;
+    local or any URI Spark reads) into ``output``, a directory of part files (Parquet when it
+    ends in ``.parquet``, else CSV with a header), and the rejects into ``rejects_path``
+    (default ``OUTPUT.rejects``, CSV part files: row and line are empty, as Spark does not
+    track them; source, code, reason and raw are set)."""
+    started = time.perf_counter()
+    require_pyspark()
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    bundle = load_bundle(model)
+    spark = session or spark_session()
+    paths = _spark_paths(inputs)
+    fmt = table_format(paths[0].rstrip("/*"))
+    frame = spark.read.parquet(*paths) if fmt == "parquet" else _read_csv(spark, paths)
+    frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
+    absent = [c for c in keep_columns if c not in frame.columns]
+    if absent:
+        raise SchemaError(
+            f"--keep-column {absent} not in the input; its columns are {frame.columns}"
+        )
+    scored = score_dataframe(
+        frame, model, keep_columns=keep_columns, impute=impute, top_k=top_k, shared=shared
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        ledger = (
+            scored.groupBy(SOURCE_FILE)
+            .agg(
+                F.count(F.lit(1)).alias("read"),
+                F.count(F.when(F.col(REJECT_CODE).isNull(), 1)).alias("scored"),
+                F.count(F.when(F.col("is_anomaly"), 1)).alias("anomalies"),
+            )
+            .orderBy(SOURCE_FILE)
+            .collect()
+        )
+        files = tuple(
+            SourceLedger(r[SOURCE_FILE], r["read"], r["scored"], r["read"] - r["scored"])
+            for r in ledger
+        )
+        read = sum(f.rows_read for f in files)
+        rejected = sum(f.rows_rejected for f in files)
+        rejects_target = rejects_path or f"{output.rstrip('/')}.rejects"
+        report = BatchReport(
+            input=" ".join(inputs),
+            output=output,
+            rejects=rejects_target if rejected else None,
+            rows_read=read,
+            rows_scored=read - rejected,
+            rows_rejected=rejected,
+            anomalies=sum(int(r["anomalies"]) for r in ledger),
+            threshold=bundle.calibrator.threshold,
+            model_version=bundle.version,
+            files=files,
+            engine="spark",
+        )
+        if read == 0:
+            raise DataError(f"{' '.join(inputs)} holds no data rows; nothing to score")
+        data_columns = [c for c in frame.columns if c not in (CORRUPT_RECORD, SOURCE_FILE)]
+        if rejected:
+            raw = F.coalesce(
+                F.col(CORRUPT_RECORD) if CORRUPT_RECORD in frame.columns else F.lit(None),
+                F.to_json(F.struct(*data_columns)),
+            )
+            rejects = scored.where(F.col(REJECT_CODE).isNotNull()).select(
+                F.lit(None).cast("long").alias("row"),
+                F.col(SOURCE_FILE).alias("source"),
+                F.lit(None).cast("long").alias("line"),
+                F.col(REJECT_CODE).alias("code"),
+                F.col(REJECT_REASON).alias("reason"),
+                raw.alias("raw"),
+            )
+            _write_atomically(rejects, rejects_target, "csv")
+        if max_reject_rate is not None and report.reject_rate > max_reject_rate:
+            raise RejectRateExceeded(
+                f"rows read {read} = scored {read - rejected} + rejected {rejected}: "
+                f"{report.reject_rate:.2%} rejected is more than --max-reject-rate "
+                f"{max_reject_rate:g}; no output was written; the rejected rows and reasons "
+                f"are in {rejects_target}",
+                report,
+            )
+        k = min(top_k, len(bundle.schema.scored_columns))
+        out_columns = [
+            *data_columns,
+            *SCORE_COLUMNS,
+            *([CONTEXT_COLUMN] if bundle.schema.context else []),
+            *(f"top_feature_{j + 1}" for j in range(k)),
+        ]
+        good = scored.where(F.col(REJECT_CODE).isNull()).select(*out_columns)
+        parquet = output.rstrip("/").endswith(".parquet")
+        if parquet:  # numbers as numbers, as the streaming engine writes Parquet
+            for col in bundle.schema.numeric:
+                good = good.withColumn(col.name, F.col(col.name).cast("double"))
+        _write_atomically(good, output, "parquet" if parquet else "csv")
+    finally:
+        scored.unpersist()
+    return replace(report, seconds=time.perf_counter() - started)
+
+
+def _spark_paths(inputs: Sequence[str]) -> list[str]:
+    """Local inputs expanded as the streaming engine does (and checked to exist); URIs such
+    as ``hdfs://`` or ``s3a://`` passed to Spark as given."""
+    local = [p for p in inputs if "://" not in p]
+    if "-" in local:
+        raise ConfigError("--engine spark cannot read stdin; give files or directories")
+    paths = [os.path.abspath(p) for p in expand_inputs(local)] if local else []
+    paths += [p for p in inputs if "://" in p]
+    formats = {table_format(p.rstrip("/*")) for p in paths}
+    if len(formats) > 1:
+        raise DataError("--engine spark reads one format per run: give CSV or Parquet files")
+    return paths
+
+
+def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
+    from pyspark.sql import types as T
+
+    # One separator for the run, from the first input's name, as the format is.
+    sep = csv_delimiter(paths[0].rstrip("/*"))
+    names = (
+        spark.read.option("header", True).option("escape", '"').option("sep", sep).csv(paths[0])
+    ).columns
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{paths[0]} repeats column name(s) {dupes} in its header; rename them")
+    schema = T.StructType(
+        [T.StructField(n, T.StringType()) for n in names]
+        + [T.StructField(CORRUPT_RECORD, T.StringType())]
+    )
+    return (
+        spark.read.schema(schema)
+        .option("header", True)
+        .option("escape", '"')
+        .option("sep", sep)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+        # Quoted fields may hold newlines; a file is then read by one task (not split).
+        .option("multiLine", True)
+        .option("enforceSchema", False)
+        .csv(paths)
+    )
+
+
+def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
+    """Write part files to a temporary sibling and rename it into place (local paths); for a
+    URI, Spark's commit protocol (``_SUCCESS`` last) is what readers rely on."""
+    writer = frame.write.mode("overwrite")
+    if fmt == "csv":
+        # RFC 4180 quoting (quotes doubled), not Spark's default backslash escapes.
+        writer = writer.option("header", True).option("escape", '"')
+        if target.endswith(".gz"):
+            writer = writer.option("compression", "gzip")
+    if "://" in target:
+        writer.format(fmt).save(target)
+        return
+    final = Path(target)
+    # Named for this process, as the streaming writer's are, so that what a killed run left
+    # beside the output is removed by the next run that writes it.
+    remove_stale_temporaries(final)
+    staging = partial_path(final)
+    writer.format(fmt).save(str(staging))
+    if final.is_dir():
+        retired = staging_path(final, "old")
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        if final.exists():
+            final.unlink()
+        os.replace(staging, final)

@@ -1,0 +1,376 @@
+"""Model bundles: a directory with ``model.keras``, ``scorer.tflite`` and a JSON ``manifest.json``.
+
+The manifest holds everything besides the network: the schema and its fitted encoding, the
+calibration, the scoring settings, training metrics and warnings, package versions, a
+fingerprint of the training data and the creation time. ``scorer.tflite`` is the scoring graph
+as a LiteRT flatbuffer (``detector.nn.lite_graph``): scoring runs it without importing TensorFlow,
+and the Keras network is loaded only when something needs it (sampling, retraining). Nothing is
+pickled, the flatbuffer holds builtin operators only, and the network is loaded with Keras safe
+mode on, so loading a bundle never runs code from it; before that, ``model.keras``'s config is
+checked against the classes a detector network may hold, on every load, even one that scores
+with LiteRT (``detector.bundles.integrity``). The manifest holds a SHA-256 of each other file and a
+checksum of its own content: together they detect a bundle damaged or edited after it was
+written (corruption, not tampering, unless ``ANOMALY_BUNDLE_KEY`` signs it:
+``detector.bundles.integrity`` says exactly what each protects). Calibration values are
+checked too. A bundle written before ``scorer.tflite`` existed is refused with a message to
+retrain it.
+
+Writes are atomic: a bundle is written to a temporary sibling directory and renamed into place,
+so a reader sees the old bundle or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from detector.bundles.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    NEIGHBOURS_FILE,
+    SCORER_FILE,
+    check_file,
+    check_manifest,
+    checked_bytes,
+    column_names,
+    load_network,
+    package_versions,
+    read_calibrator,
+    sha256_of,
+)
+from detector.bundles.integrity import (
+    BUNDLE_KEY_ENV,
+    bundle_key,
+    check_keras_archive,
+    check_seal,
+    is_signed,
+    seal,
+)
+from detector.errors import BundleError
+from detector.features.records import RecordEncoder
+from detector.features.schema import Schema
+from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
+from detector.nn.lite_graph import LiteScoreGraph, litert_available
+from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
+from detector.scoring.neighbours import NeighbourBank
+from detector.scoring.scores import ScoreGraph, score_kinds
+from detector.scoring.threshold import Calibrator
+from detector.wording import option, train_command
+
+if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
+    from detector.nn.models import VAE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Bundle:
+    """A trained detector: network, schema, calibration and the metadata that explains them.
+
+    ``network`` is the Keras model, or ``None`` for a loaded bundle until ``model`` is first
+    used (it is then loaded from ``path``). ``scorer`` is the scoring graph as a LiteRT
+    flatbuffer with ``kinds`` naming its score outputs; ``None`` scores with TensorFlow."""
+
+    network: VAE | None
+    schema: Schema
+    calibrator: Calibrator
+    score_kind: str
+    n_samples: int
+    noise_seed: int
+    #: Typical held-out negative log-likelihood of each model term ``(n_terms,)``; subtracted so
+    #: contributions say how much more a column costs than usual.
+    term_baseline: np.ndarray
+    model_type: str = "vae"
+    params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    scorer: bytes | None = None
+    kinds: tuple[str, ...] = ()
+    path: Path | None = None
+    weights_version: str | None = None
+    #: Normal rows for the ``knn`` scores; ``None`` when trained with ``neighbours=0``.
+    neighbours: NeighbourBank | None = None
+    #: Input columns training left out (``anomaly train --ignore-column``, e.g. an id or a
+    #: timestamp): scoring carries them through unscored instead of calling them unknown.
+    ignored_columns: tuple[str, ...] = ()
+
+    @property
+    def score_kinds(self) -> tuple[str, ...]:
+        """Every score this bundle can give: the graph's, then the neighbour bank's."""
+        kinds = self.kinds or score_kinds(self.model)
+        return kinds + (NEIGHBOUR_KINDS if self.neighbours is not None else ())
+
+    @cached_property
+    def model(self) -> VAE:
+        if self.network is not None:
+            return self.network
+        if self.path is None:
+            raise BundleError("this bundle has neither a network nor a path to load one from")
+        # Checked again here: the file may have been replaced since load_bundle looked at it.
+        check_keras_archive(self.path / MODEL_FILE)
+        model = load_network(self.path / MODEL_FILE)
+        _check_network(self.path, self, model)
+        return model
+
+    @cached_property
+    def graph(self) -> ScoreGraph | LiteScoreGraph:
+        if self.scorer is not None and litert_available():
+            return LiteScoreGraph(self.scorer, self.kinds, n_features=self.schema.n_features)
+        return ScoreGraph(self.model, n_samples=self.n_samples, seed=self.noise_seed)
+
+    @cached_property
+    def record_encoder(self) -> RecordEncoder:
+        """The schema's encoding for records given as mappings (``detector.features.records``)."""
+        return RecordEncoder(self.schema)
+
+    def describe_score(self) -> str:
+        """The score in words, e.g. ``knn: mean distance to the 5 nearest of 4210 normal
+        training rows`` or ``elbo with 8 latent samples``."""
+        if self.score_kind == "knn" and self.neighbours is not None:
+            bank = self.neighbours
+            return (
+                f"knn: mean distance to the {bank.k} nearest of {len(bank.bank)} normal "
+                "training rows"
+            )
+        return f"{self.score_kind} with {self.n_samples} latent samples"
+
+    def prepare(self) -> None:
+        """Build what scoring needs (the graph, the neighbour search index) now, so the
+        first record does not wait for it."""
+        self.graph  # noqa: B018 - a cached property: reading it builds it
+        self.record_encoder  # noqa: B018
+        if self.neighbours is not None:
+            self.neighbours.prepare()
+
+    @cached_property
+    def version(self) -> str:
+        """A content id of the network's weights: the same weights give the same version."""
+        if self.weights_version is not None:
+            return self.weights_version
+        digest = hashlib.sha256()
+        for weight in self.model.weights:
+            digest.update(np.asarray(weight.numpy()).tobytes())
+        return digest.hexdigest()[:12]
+
+    def with_target_fpr(self, target_fpr: float) -> Bundle:
+        return replace(self, calibrator=self.calibrator.with_target(target_fpr))
+
+    def manifest(self, files: dict[str, str]) -> dict[str, Any]:
+        """The manifest, given each written file's SHA-256."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_type": self.model_type,
+            "version": self.version,
+            "created_at": self.created_at,
+            "packages": package_versions(),
+            "params": self.params,
+            "schema": self.schema.to_dict(),
+            "scoring": {
+                "score": self.score_kind,
+                "n_samples": self.n_samples,
+                "noise_seed": self.noise_seed,
+                "term_baseline": [float(v) for v in self.term_baseline],
+                "kinds": list(self.kinds or score_kinds(self.model)),
+            },
+            "calibration": self.calibrator.to_dict(),
+            "training": self.training,
+            "data_fingerprint": self.data_fingerprint,
+            "ignored_columns": list(self.ignored_columns),
+            "files": {name: {"sha256": digest} for name, digest in files.items()},
+        }
+
+
+def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
+    """Write ``bundle`` to the directory ``path`` atomically, replacing any bundle there."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Staging folders of a training run killed outright (its process gone) go first.
+    remove_stale_temporaries(target)
+    staging = staging_path(target, "tmp")
+    staging.mkdir()
+    try:
+        bundle.model.save(staging / MODEL_FILE)
+        written = [MODEL_FILE]
+        if bundle.scorer is not None:
+            (staging / SCORER_FILE).write_bytes(bundle.scorer)
+            written.append(SCORER_FILE)
+        if bundle.neighbours is not None:
+            (staging / NEIGHBOURS_FILE).write_bytes(bundle.neighbours.to_bytes())
+            written.append(NEIGHBOURS_FILE)
+        manifest = bundle.manifest({name: sha256_of(staging / name) for name in written})
+        write_manifest(staging, manifest)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if target.exists() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
+        raise BundleError(
+            f"{target} exists and is not a model bundle; choose another {option('out')} or "
+            "remove it"
+        )
+    retired = staging_path(target, "old")
+    if target.exists():
+        target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def set_target_fpr(path: str | os.PathLike[str], target_fpr: float) -> Bundle:
+    """Change a saved bundle's target false-positive rate in place, without retraining."""
+    bundle = load_bundle(path).with_target_fpr(target_fpr)
+    manifest_path = Path(path) / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    if is_signed(manifest) and bundle_key() is None:
+        # Rewriting it unsigned would make every process that requires signatures refuse it.
+        raise BundleError(
+            f"{path} is signed; set {BUNDLE_KEY_ENV} to the key it was signed with to change it"
+        )
+    manifest["calibration"] = bundle.calibrator.to_dict()
+    write_manifest(Path(path), manifest)
+    return bundle
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` into the bundle directory ``root`` with a checksum of its content, and
+    a signature when ``ANOMALY_BUNDLE_KEY`` is set."""
+    path = root / MANIFEST_FILE
+    # Write beside, then rename: a reader never sees a half-written manifest; one a killed
+    # `anomaly threshold` left beside it is removed here.
+    sealed = seal(manifest, bundle_key())
+    remove_stale_temporaries(path)
+    partial = partial_path(path)
+    try:
+        partial.write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Load and check a bundle; raise ``BundleError`` saying what is wrong and what to do."""
+    root = Path(path)
+    manifest_path = root / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"no model bundle at {root} (no {MANIFEST_FILE}); train one with {train_command(root)}"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc}); retrain the model") from None
+    check_manifest(root, manifest)
+    if not check_seal(manifest_path, manifest, bundle_key()):
+        log.warning(
+            "%s has no checksum of its own (written before they existed): a damaged or edited "
+            "calibration would go unnoticed; retrain the model to add one",
+            manifest_path,
+        )
+    model_path = root / MODEL_FILE
+    check_file(root, MODEL_FILE, manifest, sha256_of(model_path) if model_path.is_file() else None)
+    check_keras_archive(model_path)
+    if SCORER_FILE not in manifest.get("files", {}):
+        raise BundleError(
+            f"{root} was written by an older version, before bundles held {SCORER_FILE} (the "
+            f"scoring graph this version scores with); retrain it: {train_command(root)}"
+        )
+    scorer = checked_bytes(root, SCORER_FILE, manifest)
+    bank = None
+    try:
+        schema = Schema.from_dict(manifest["schema"])
+        if NEIGHBOURS_FILE in manifest.get("files", {}):
+            content = checked_bytes(root, NEIGHBOURS_FILE, manifest)
+            bank = NeighbourBank.from_bytes(content, schema.n_features)
+        calibrator = read_calibrator(manifest_path, manifest["calibration"])
+        scoring = manifest["scoring"]
+        bundle = Bundle(
+            network=None,
+            schema=schema,
+            calibrator=calibrator,
+            score_kind=str(scoring["score"]),
+            n_samples=int(scoring["n_samples"]),
+            noise_seed=int(scoring["noise_seed"]),
+            term_baseline=np.asarray(scoring["term_baseline"], dtype=np.float64),
+            model_type=str(manifest["model_type"]),
+            params=dict(manifest.get("params", {})),
+            training=dict(manifest.get("training", {})),
+            data_fingerprint=dict(manifest.get("data_fingerprint", {})),
+            created_at=str(manifest["created_at"]),
+            scorer=scorer,
+            kinds=tuple(str(kind) for kind in scoring.get("kinds", ())),
+            path=root,
+            weights_version=str(manifest["version"]),
+            neighbours=bank,
+            # Absent from bundles written before the field existed: nothing was ignored then.
+            ignored_columns=column_names(manifest.get("ignored_columns", [])),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(
+            f"{manifest_path} is malformed ({type(exc).__name__}: {exc}); it was edited or "
+            "written by another tool: retrain the model"
+        ) from None
+    _check_consistent(root, bundle)
+    return bundle
+
+
+def _check_consistent(root: Path, bundle: Bundle) -> None:
+    """What can be checked without the network; ``_check_network`` checks the rest when the
+    network is loaded."""
+    problems = []
+    if len(bundle.term_baseline) != len(bundle.schema.feature_columns):
+        problems.append("term baseline length does not match the schema")
+    if bundle.kinds and bundle.score_kind not in bundle.score_kinds:
+        problems.append(f"unknown score kind {bundle.score_kind!r}")
+    if not 1 <= bundle.n_samples <= 10_000:
+        problems.append(f"sample count {bundle.n_samples} out of range")
+    if not np.isfinite(bundle.term_baseline).all():
+        problems.append("term baseline holds a value that is not a finite number")
+    if bundle.scorer is not None and not problems:
+        try:
+            bundle.graph  # noqa: B018 - checks the graph's input and output widths
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise BundleError(f"{root} is inconsistent ({'; '.join(problems)}); retrain the model")
+
+
+def _check_network(root: Path, bundle: Bundle, model: VAE) -> None:
+    problems = []
+    if model.input_dim != bundle.schema.n_features:
+        problems.append(
+            f"network input width {model.input_dim} != schema width {bundle.schema.n_features}"
+        )
+    context_sizes = tuple(getattr(model, "context_sizes", ()))
+    if context_sizes != bundle.schema.context_sizes:
+        problems.append(
+            f"network context widths {list(context_sizes)} != schema context widths "
+            f"{list(bundle.schema.context_sizes)}"
+        )
+    from detector.nn.models import MODELS
+
+    if MODELS.get(bundle.model_type) is not type(model):
+        problems.append(
+            f"manifest says model {bundle.model_type!r}, the network is a {type(model).__name__}"
+        )
+    bank_kinds = NEIGHBOUR_KINDS if bundle.neighbours is not None else ()
+    if bundle.score_kind not in score_kinds(model) + bank_kinds:
+        problems.append(f"unknown score kind {bundle.score_kind!r}")
+    if problems:
+        raise BundleError(f"{root} is inconsistent ({'; '.join(problems)}); retrain the model")

@@ -1,0 +1,253 @@
+"""The ``anomaly`` commands' shared pieces, and the small commands: info, threshold, sample.
+
+``detector.cli.main`` parses the arguments and calls one of the ``cmd_*`` functions with them. The
+big commands have modules of their own (``detector.cli.train``, ``detector.cli.score``,
+``detector.cli.evaluate``) and take what they share from here: clean-up on SIGTERM, a
+file's header, scoring a labelled file. Heavy imports (TensorFlow, pandas) happen inside each
+command, so ``anomaly --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (what ``kill``, ``timeout``, systemd and Kubernetes send)
+    raises ``KeyboardInterrupt`` as Ctrl-C does, so that the command's own clean-up runs: a
+    partial output or a bundle's staging folder is removed instead of left behind. In the main
+    thread only (elsewhere signals cannot be handled); the previous handler comes back after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _writes_files(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A command that writes files through a temporary: stopped by SIGTERM, it cleans up."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        with terminate_as_interrupt():
+            return command(args)
+
+    return run
+
+
+def _header(path: str) -> tuple[str, ...]:
+    """A file's column names, read from its header (Parquet: its schema) alone."""
+    from detector.io.sources import open_source
+
+    with open_source(path) as source:
+        return tuple(source.columns)
+
+
+def _labelled_scores(
+    bundle: Any,
+    path: str,
+    label_column: str,
+    *,
+    passthrough: Sequence[str] = (),
+    by_column: str | None = None,
+    impute: Any = None,
+    chunk_rows: int = 65_536,
+    anomaly_values: Sequence[str] | None = None,
+    normal_values: Sequence[str] | None = None,
+) -> tuple[Any, Any, Any, int]:
+    """Score a labelled file: labels ``(n,)`` (True = anomaly), anomaly scores ``(n,)``, the
+    ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows, and the number of
+    rejected rows. Labels are 0/1, or text read with ``anomaly_values`` or ``normal_values``
+    (``_labels``)."""
+    import numpy as np
+
+    from detector.batch.files import iter_scored
+
+    extra = list(dict.fromkeys([label_column, *passthrough]))
+    if by_column and by_column not in extra:
+        extra.append(by_column)
+    labels, scores, groups = [], [], []
+    rejected = 0
+    for part in iter_scored(bundle, path, passthrough=extra, impute=impute, chunk_rows=chunk_rows):
+        _require_column(part.frame.columns, label_column, path)
+        scored = part.frame.loc[part.result.rows]
+        labels.append(_labels(scored[label_column], label_column, anomaly_values, normal_values))
+        scores.append(part.result.anomaly_score)
+        if by_column:
+            _require_column(part.frame.columns, by_column, path)
+            groups.append(scored[by_column].astype(str).to_numpy())
+        rejected += len(part.result.rejections)
+    return (
+        np.concatenate(labels),
+        np.concatenate(scores),
+        np.concatenate(groups) if groups else None,
+        rejected,
+    )
+
+
+def _labels(
+    values: Any,
+    column: str,
+    anomaly_values: Sequence[str] | None,
+    normal_values: Sequence[str] | None = None,
+) -> Any:
+    """Labels ``(n,)``, True = anomaly: 0/1 or true/false; or, for text labels such as KDD Cup
+    99's "smurf.", True where the label is one of ``anomaly_values`` (every other value, empty
+    included, normal), or where it is none of ``normal_values`` (every other value, empty
+    included, an anomaly: a data set with one normal label and many attack labels)."""
+    from detector.errors import DataError
+    from detector.scoring.evaluation import parse_labels
+
+    for named, means_anomaly in ((anomaly_values, True), (normal_values, False)):
+        if named is not None:
+            wanted = {value.strip() for value in named}
+            matches = values.astype("string").str.strip().isin(wanted).fillna(False)
+            return matches.to_numpy(dtype=bool) == means_anomaly
+    try:
+        return parse_labels(values, column)
+    except DataError as exc:
+        raise DataError(
+            f"{exc}; for other labels, name the value that means anomaly with --anomaly-value "
+            "VALUE, or the one that means normal with --normal-value VALUE (each repeatable; "
+            "every other value is then the other class)"
+        ) from None
+
+
+def _require_column(columns: Iterable[str], column: str, path: str) -> None:
+    from detector.errors import SchemaError
+
+    present = list(columns)
+    if column not in present:
+        raise SchemaError(f"column '{column}' is not in {path}; its columns are {present}")
+
+
+@_writes_files
+def cmd_sample(args: argparse.Namespace) -> int:
+    from detector.errors import ConfigError
+
+    if args.n < 1:
+        raise ConfigError(f"-n {args.n}: the number of records to sample must be at least 1")
+    names = [column for column, _ in args.context]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"--context gives {repeated} more than once; give each column once")
+    from detector.bundles.bundle import load_bundle
+    from detector.io.writers import TableWriter
+    from detector.nn.sampling import sample_records
+
+    writer = TableWriter(args.output) if args.output else None  # a bad name fails first
+    bundle = load_bundle(args.model)
+    frame = sample_records(bundle, args.n, seed=args.seed, context=dict(args.context))
+    if writer is None:
+        frame.to_csv(sys.stdout, index=False)
+        return 0
+    try:
+        writer.write(frame)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    print(
+        f"wrote {len(frame)} records sampled from {bundle.model_type} {bundle.version} to "
+        f"{args.output}"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from detector.bundles.bundle import load_bundle
+
+    bundle = load_bundle(args.model)
+    training = {k: v for k, v in bundle.training.items() if k != "history"}
+    info = {
+        "path": args.model,
+        "model_type": bundle.model_type,
+        "version": bundle.version,
+        "created_at": bundle.created_at,
+        "score": bundle.score_kind,
+        "samples": bundle.n_samples,
+        "neighbours": None
+        if bundle.neighbours is None
+        else {"k": bundle.neighbours.k, "bank_rows": len(bundle.neighbours.bank)},
+        "threshold": bundle.calibrator.threshold,
+        "target_fpr": bundle.calibrator.target_fpr,
+        "columns": bundle.schema.describe(),
+        "training": training,
+        "data_fingerprint": bundle.data_fingerprint,
+        "ignored_columns": list(bundle.ignored_columns),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"{bundle.model_type} bundle {bundle.version} at {args.model} (created {bundle.created_at})"
+    )
+    print(f"columns: {info['columns']}")
+    if bundle.ignored_columns:
+        print(f"ignored (carried through unscored): {list(bundle.ignored_columns)}")
+    print(
+        f"score: {bundle.describe_score()}; threshold "
+        f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"
+    )
+    if training:
+        print(
+            f"trained on {training.get('rows')} rows in {training.get('epochs_run')} epochs; "
+            f"validation ELBO {-training.get('val_neg_elbo', float('nan')):.3f}; "
+            f"validation FPR {training.get('validation_fpr', float('nan')):.2%}"
+        )
+        for warning in training.get("warnings", []):
+            print(f"WARNING: {warning}")
+    return 0
+
+
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from detector.bundles.bundle import set_target_fpr
+
+    # From threshold, not training: this command must not import TensorFlow.
+    from detector.scoring.threshold import MAX_CALIBRATION_ROWS, calibration_warnings
+
+    bundle = set_target_fpr(args.model, args.fpr)
+    cal = bundle.calibrator
+    source = "held-out sample" if args.fpr >= cal.tail_fraction else "generalized-Pareto tail fit"
+    warnings = calibration_warnings(
+        len(cal.reference), cal.target_fpr, max_calibration_rows=MAX_CALIBRATION_ROWS
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "target_fpr": cal.target_fpr,
+                    "threshold": cal.threshold,
+                    "method": source,
+                    "warnings": list(warnings),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"threshold {cal.threshold:.4f} for target FPR {cal.target_fpr:.4%} (from the {source}); "
+        f"saved to {args.model}"
+    )
+    for warning in warnings:
+        print(f"WARNING: {warning}")
+    return 0

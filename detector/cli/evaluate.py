@@ -1,0 +1,94 @@
+"""``anomaly evaluate``: score a labelled file and measure how well the scores find anomalies.
+
+Heavy imports (TensorFlow, pandas) happen inside the functions, so ``anomaly --help`` answers at
+once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable
+
+from detector.cli.commands import _header, _labelled_scores, _require_column
+
+
+def _check_labelled_input(
+    path: str, columns: Iterable[str], label_column: str, by_column: str | None
+) -> None:
+    """The label (then --by-column) first, as `train` does: a missing label explains the
+    other columns scoring would call unknown."""
+    present = list(columns)
+    _require_column(present, label_column, path)
+    if by_column:
+        _require_column(present, by_column, path)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from detector.bundles.bundle import load_bundle
+    from detector.errors import DataError
+    from detector.scoring.evaluation import evaluate_scores
+
+    bundle = load_bundle(args.model)
+    if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
+        _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
+    labels, scores, groups, rejected = _labelled_scores(
+        bundle,
+        args.input,
+        args.label_column,
+        # Training's ignored columns may be in the file or not; either way they are not scored.
+        passthrough=[*args.keep_column, *bundle.ignored_columns],
+        by_column=args.by_column,
+        impute=args.impute,
+        chunk_rows=args.chunk_rows,
+        anomaly_values=args.anomaly_value,
+        normal_values=args.normal_value,
+    )
+    for flag, named, unmatched in (
+        ("--anomaly-value", args.anomaly_value, not labels.any()),
+        ("--normal-value", args.normal_value, labels.all()),
+    ):
+        if named is not None and unmatched:
+            raise DataError(
+                f"no scored row of {args.input} has '{args.label_column}' equal to {named}; "
+                f"give {flag} exactly as the file spells the label (case and trailing dots "
+                "count, e.g. 'smurf.')"
+            )
+    result = evaluate_scores(
+        labels, scores, bundle.calibrator.threshold, n_rejected=rejected, groups=groups
+    )
+    if args.report:
+        from detector.cli.report import LabelledScores, evaluation_report, write_report
+
+        labelled = LabelledScores(
+            labels,
+            scores,
+            args.input,
+            n_rejected=rejected,
+            groups=groups,
+            group_column=args.by_column,
+        )
+        write_report(args.report, evaluation_report(bundle, labelled))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    r = result
+    print(f"records {r.n} scored ({r.n_anomalies} labelled anomalous), {r.n_rejected} rejected")
+    print(f"AUROC {r.auroc:.4f}   AUPRC {r.auprc:.4f}")
+    print(
+        f"at threshold {r.threshold:.4f}: precision {r.precision:.4f}  recall {r.recall:.4f}  "
+        f"F1 {r.f1:.4f}  false-positive rate {r.false_positive_rate:.2%}"
+    )
+    print(f"best F1 {r.best_f1:.4f} at threshold {r.best_f1_threshold:.4f}")
+    if r.by_group:
+        print(f"by {args.by_column}: share flagged, recall, AUROC, AUPRC")
+        for value, stats in sorted(r.by_group.items()):
+            measured = "".join(
+                f"  {key} {stats[key]:.4f}"
+                for key in ("recall", "auroc", "auprc")
+                if stats[key] is not None
+            )
+            print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}")
+    if args.report:
+        print(f"wrote report {args.report}")
+    return 0

@@ -1,0 +1,328 @@
+"""The ``anomaly`` command line: train, score, evaluate, info, threshold, sample. This module
+parses the arguments and maps errors to exit codes; the commands' bodies are
+``detector.cli.commands`` and ``detector.cli.train``, ``_score`` and ``_evaluate``.
+
+Exit codes: 0 success; 2 bad usage or bad input (the message names the fix); 1 internal error.
+Heavy imports (TensorFlow) happen inside the commands, so ``anomaly --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from detector.cli.commands import cmd_info, cmd_sample, cmd_threshold
+from detector.cli.evaluate import cmd_evaluate
+from detector.cli.score import cmd_score
+from detector.cli.train import cmd_train
+from detector.native import import_tensorflow_quietly
+from detector.nn.options import MODEL_OPTIONS, describe, training_options
+
+#: The names ``--model`` takes: ``detector.nn.options``'s registry, which needs no TensorFlow import
+#: (a test keeps it equal to ``detector.nn.models.MODELS``).
+MODEL_NAMES = tuple(MODEL_OPTIONS)
+
+EXAMPLES = """examples:
+  anomaly train data/train.csv --out models/default
+  anomaly score models/default data/eval.csv --output scored.csv --keep-column label
+  anomaly evaluate models/default data/eval.csv --label-column label --by-column anomaly_kind
+  anomaly threshold models/default --fpr 0.001
+  anomaly sample models/default -n 1000 --output synthetic.csv
+"""
+
+
+def build_parser(
+    extra_commands: Callable[[Any], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The parser for every library command. ``extra_commands`` receives the sub-command
+    registry to add more (``service.cli`` adds ``serve``; this package never imports it)."""
+    parser = argparse.ArgumentParser(
+        prog="anomaly",
+        description="Train VAE anomaly detectors on normal records and score new records.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a detector on normal records",
+        description="Train a detector on a CSV/Parquet of normal records and write a model "
+        "bundle (a directory). Rows labelled anomalous in --label-column are left out.",
+    )
+    train.add_argument("data", help="training data: .csv, .csv.gz or .parquet with a header")
+    train.add_argument("--out", required=True, help="bundle directory to write (replaced)")
+    train.add_argument("--label-column", help="a 0/1 label column: dropped; rows with 1 left out")
+    train.add_argument(
+        "--ignore-column",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="a column to leave out of the model, e.g. an id or timestamp (repeatable)",
+    )
+    _add_training_flags(train)
+    train.add_argument(
+        "--report",
+        metavar="PATH.html",
+        help="also write an HTML report: summary, loss curves, held-out score histogram (and "
+        "ROC/precision-recall curves with --report-data); a failure to write it is a warning",
+    )
+    train.add_argument(
+        "--report-data",
+        metavar="FILE",
+        help="labelled records the model does not train on (e.g. data/eval.csv), scored for "
+        "the report's ROC and precision-recall curves",
+    )
+    train.add_argument(
+        "--report-label-column",
+        metavar="COL",
+        help="the 0/1 label column of --report-data (default: --label-column's name)",
+    )
+    _add_output_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    score = commands.add_parser(
+        "score",
+        help="score files of records",
+        description="Score every record of INPUT into --output: the input's columns plus "
+        "anomaly_score (higher = more anomalous), p_value, is_anomaly and the top "
+        "contributing columns. Files are read and scored in chunks, so memory does not grow "
+        "with their size. Every row is scored or rejected: the ledger 'rows read = scored + "
+        "rejected' ends the run, and rejected rows go to a rejects file with their source "
+        "file, row and line number, reason and raw text.",
+    )
+    score.add_argument("model", help="model bundle directory")
+    score.add_argument(
+        "input",
+        nargs="+",
+        help="records: .csv, .csv.gz, .tsv or .parquet files, directories of them, glob "
+        "patterns ('exports/*.csv.gz'), or '-' for CSV on stdin",
+    )
+    score.add_argument(
+        "--output",
+        required=True,
+        help="output .csv, .csv.gz or .parquet, written atomically (with --engine spark: a "
+        "directory of part files)",
+    )
+    score.add_argument("--rejects", help="rejects file (default: OUTPUT.rejects.csv)")
+    _add_scoring_flags(score)
+    score.add_argument("--top-k", type=int, default=3, help="top contributing columns (default 3)")
+    score.add_argument(
+        "--max-reject-rate",
+        type=_rate,
+        metavar="RATE",
+        help="fail (exit 2, no output written) when more than this share of rows is "
+        "rejected, e.g. 0.01",
+    )
+    score.add_argument(
+        "--engine",
+        choices=["stream", "spark"],
+        default="stream",
+        help="stream (default): one process, chunk by chunk; spark: a Spark job (pip install "
+        "'anomaly-detector[spark]'), for inputs beyond one machine",
+    )
+    _add_output_flags(score)
+    # Scoring runs the bundle's LiteRT graph; TensorFlow is imported only for the Spark
+    # engine and for bundles written before LiteRT (see cmd_score).
+    score.set_defaults(handler=cmd_score, needs_tensorflow=False)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure detection quality on labelled records",
+        description="Score a labelled file and report AUROC, AUPRC, precision, recall and F1 at "
+        "the bundle's threshold, and the best F1 over all thresholds.",
+    )
+    evaluate.add_argument("model", help="model bundle directory")
+    evaluate.add_argument("input", help="labelled records: .csv, .csv.gz or .parquet")
+    evaluate.add_argument(
+        "--label-column",
+        required=True,
+        help="the label column: 0/1 (1 = anomaly), or text with --anomaly-value or --normal-value",
+    )
+    text_labels = evaluate.add_mutually_exclusive_group()
+    text_labels.add_argument(
+        "--anomaly-value",
+        action="append",
+        metavar="VALUE",
+        help="a label value that means anomaly, for text labels such as 'smurf.' "
+        "(repeatable); every other value is normal",
+    )
+    text_labels.add_argument(
+        "--normal-value",
+        action="append",
+        metavar="VALUE",
+        help="a label value that means normal, for text labels such as KDD Cup 99's "
+        "'normal.' (repeatable); every other value is an anomaly",
+    )
+    evaluate.add_argument("--by-column", help="also report the share flagged per value of COL")
+    evaluate.add_argument(
+        "--report",
+        metavar="PATH.html",
+        help="also write an HTML report: ROC and precision-recall curves, score histograms "
+        "by label",
+    )
+    _add_scoring_flags(evaluate)
+    _add_output_flags(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    info = commands.add_parser(
+        "info",
+        help="describe a model bundle",
+        description="Print a bundle's schema, threshold and training summary.",
+    )
+    info.add_argument("model", help="model bundle directory")
+    _add_output_flags(info)
+    info.set_defaults(handler=cmd_info)
+
+    threshold = commands.add_parser(
+        "threshold",
+        help="change a bundle's target false-positive rate",
+        description="Recompute the threshold for a new target false-positive rate from the "
+        "bundle's held-out calibration scores; no retraining. Rates below what the held-out "
+        "sample resolves use its generalized-Pareto tail fit.",
+    )
+    threshold.add_argument("model", help="model bundle directory")
+    threshold.add_argument("--fpr", type=float, required=True, help="target rate, e.g. 0.001")
+    _add_output_flags(threshold)
+    threshold.set_defaults(handler=cmd_threshold)
+    sample = commands.add_parser(
+        "sample",
+        help="draw synthetic records from a model",
+        description="Draw records from the model's generative distribution: a latent code from "
+        "the N(0, I) prior, then every column from the decoder's distribution (a Gaussian per "
+        "numeric column, the softmax over the known categories per categorical one), in the "
+        "training columns' order and units. Shows what the model takes for normal data.",
+    )
+    sample.add_argument("model", help="model bundle directory")
+    sample.add_argument(
+        "-n", "--records", dest="n", type=int, required=True, help="how many records to draw"
+    )
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument(
+        "--output", help=".csv, .csv.gz or .parquet, written atomically (default: CSV on stdout)"
+    )
+    sample.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        type=_key_value,
+        metavar="COL=VALUE",
+        help="cvae: draw records for this value of a context column (repeatable)",
+    )
+    sample.set_defaults(handler=cmd_sample)
+    if extra_commands is not None:
+        extra_commands(commands)
+    return parser
+
+
+def _add_training_flags(train: argparse.ArgumentParser) -> None:
+    """A flag for every training option that has one (``detector.nn.options``): the options every
+    model takes, then each model's own in a group of its own."""
+    groups: dict[str | None, Any] = {None: train.add_argument_group("training options")}
+    for model, options in MODEL_OPTIONS.items():
+        if fields(options):
+            groups[model] = train.add_argument_group(f"--model {model} ({describe(model)})")
+    for o in training_options():
+        if o.flag is None:
+            continue
+        text = o.help.replace("%", "%%")
+        if o.many:
+            groups[o.model].add_argument(
+                o.flag, action="append", default=[], metavar=o.metavar, help=text
+            )
+        else:
+            groups[o.model].add_argument(
+                o.flag,
+                type=o.kind,
+                default=o.default,
+                choices=o.choices,
+                metavar=o.metavar,
+                help=text,
+            )
+
+
+def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-column",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="an extra input column to carry through unscored, e.g. an id (repeatable)",
+    )
+    parser.add_argument(
+        "--impute",
+        choices=["median"],
+        help="fill empty values with the training median (most frequent category) "
+        "instead of rejecting the row",
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=65_536,
+        help="at most this many rows per chunk (fewer for wide encodings, to bound memory)",
+    )
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    column, sep, value = text.partition("=")
+    if not sep or not column.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not COLUMN=VALUE")
+    return column.strip(), value.strip()
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
+    return value
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command's handler, mapping errors to exit codes."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug and getattr(args, "needs_tensorflow", True):
+        import_tensorflow_quietly()
+    from detector.errors import DetectorError
+    from detector.wording import speaking_to
+
+    try:
+        with speaking_to("cli"):  # messages name flags, not Python parameters
+            return int(args.handler(args))
+    except DetectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+            "traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The library's commands alone; the installed ``anomaly`` adds ``serve`` (service.cli)."""
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``anomaly score``: score files, in-process or on Spark, into one output file.
+
+Heavy imports (TensorFlow, pandas, PySpark) happen inside the functions, so ``anomaly --help``
+answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from detector.cli.commands import _header, _writes_files
+from detector.native import native_output_silenced
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and not args.json and sys.stderr.isatty()
+
+
+@_writes_files
+def cmd_score(args: argparse.Namespace) -> int:
+    from detector.batch.ledger import RejectRateExceeded
+
+    options = {
+        "keep_columns": args.keep_column,
+        "impute": args.impute,
+        "rejects_path": args.rejects,
+        "top_k": args.top_k,
+        "max_reject_rate": args.max_reject_rate,
+    }
+    try:
+        from detector.bundles.bundle import load_bundle
+
+        with native_output_silenced():  # load_bundle starts the LiteRT interpreter
+            bundle = load_bundle(args.model)
+        options["keep_columns"] = _carried_columns(
+            args.keep_column, bundle.ignored_columns, args.input, strict=args.engine != "spark"
+        )
+        if args.engine == "spark":
+            from detector.batch.spark import score_files
+
+            report = score_files(args.model, args.input, args.output, **options)
+        else:
+            import gc
+
+            from detector.batch.files import score_file
+
+            # The process is ours until it exits: keep the garbage collector from re-walking
+            # TensorFlow's objects on every chunk (encode's per-row lists trigger it; this
+            # made encoding ~5x faster).
+            gc.freeze()
+            report = score_file(
+                bundle,
+                args.input,
+                args.output,
+                chunk_rows=args.chunk_rows,
+                progress=_show_progress(args),
+                **options,
+            )
+    except RejectRateExceeded as exc:
+        if args.json:
+            print(json.dumps({**exc.report.to_dict(), "ok": False}, indent=2))
+        raise
+    if args.json:
+        print(json.dumps({**report.to_dict(), "ok": True}, indent=2))
+        return 0
+    print(
+        f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
+        f"{report.rows_rejected}"
+    )
+    print(
+        f"anomalies {report.anomalies} ({report.anomalies / max(report.rows_scored, 1):.2%} "
+        f"of scored) at threshold {report.threshold:.4f}"
+    )
+    if len(report.files) > 1:
+        for ledger in report.files:
+            print(
+                f"  {ledger.source}: read {ledger.rows_read} = scored {ledger.rows_scored} + "
+                f"rejected {ledger.rows_rejected}"
+            )
+    rate = report.rows_read / report.seconds if report.seconds else 0.0
+    print(f"wrote {report.output} in {report.seconds:.1f} s ({rate:,.0f} rows/s)")
+    if report.rejects:
+        print(f"rejected rows and reasons in {report.rejects}")
+    return 0
+
+
+def _carried_columns(
+    keep: Sequence[str], ignored: Sequence[str], inputs: Sequence[str], *, strict: bool
+) -> list[str]:
+    """The columns scoring carries through unscored: --keep-column's, then those training
+    ignored that every input holds. Ignored columns are echoed, not dropped, because the output
+    promises the input's columns, and an id or timestamp is what finds a flagged row again.
+    Only files' headers are read here: stdin cannot be read twice, so it carries --keep-column's
+    alone; so does a Spark input that is not a local file (``strict=False``)."""
+    from detector.errors import DataError
+    from detector.io.tables import expand_inputs
+
+    wanted = [c for c in ignored if c not in keep]
+    if not wanted or "-" in inputs:
+        return list(keep)
+    try:
+        files = expand_inputs(inputs)
+    except DataError:
+        if strict:
+            raise
+        return list(keep)
+    present = set(wanted)
+    for path in files:
+        present &= set(_header(path))
+        if not present:
+            break
+    return [*keep, *(c for c in wanted if c in present)]

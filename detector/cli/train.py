@@ -1,0 +1,197 @@
+"""``anomaly train``: read the data, train a model, save its bundle, write the --report page.
+
+The flags' values come from ``detector.nn.options`` (one definition per option); the report scores
+its --report-data with ``detector.cli.commands``' labelled-file scorer. Heavy imports (TensorFlow,
+pandas) happen inside the functions, so ``anomaly --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from detector.cli.commands import _labelled_scores, _require_column, _writes_files
+from detector.nn.options import TrainingOption, training_options
+
+
+def _show_training_progress(args: argparse.Namespace) -> bool:
+    # Also when stderr is not a terminal: training can run for many minutes, and the trainer
+    # then writes plain lines instead of a bar.
+    return not args.quiet and not args.json
+
+
+def _flag_value(args: argparse.Namespace, option: TrainingOption) -> Any:
+    """The value of ``option``'s ``anomaly train`` flag, as the option holds it."""
+    value = getattr(args, option.dest)
+    return tuple(value) if isinstance(value, list) else value
+
+
+@_writes_files
+def cmd_train(args: argparse.Namespace) -> int:
+    from detector.bundles.bundle import save_bundle
+    from detector.errors import SchemaError
+    from detector.io.tables import read_table
+    from detector.nn.training import TrainingConfig, train
+    from detector.scoring.evaluation import parse_labels
+
+    _check_bundle_target(args.out)
+    frame = read_table(args.data, text_columns=[*args.categorical, *args.context])
+    dropped = 0
+    excluded = [args.label_column] if args.label_column else []
+    excluded += args.ignore_column
+    missing = [c for c in excluded if c not in frame.columns]
+    if missing:
+        raise SchemaError(f"{missing} not in {args.data}; its columns are {list(frame.columns)}")
+    if args.label_column:
+        labels = parse_labels(frame[args.label_column], args.label_column)
+        dropped = int(labels.sum())
+        frame = frame.loc[~labels]
+    frame = frame.drop(columns=excluded).reset_index(drop=True)
+    config = TrainingConfig(
+        **{o.name: _flag_value(args, o) for o in training_options() if o.flag is not None},
+        progress=_show_training_progress(args),
+    )
+    report_passthrough = _check_report_data(args, frame.columns)
+    bundle, summary = train(frame, config)
+    # Recorded so that scoring a file that still holds them needs no --keep-column.
+    bundle = replace(bundle, ignored_columns=tuple(dict.fromkeys(args.ignore_column)))
+    save_bundle(bundle, args.out)
+    report = _write_training_report(args, bundle, report_passthrough)
+    if args.json:
+        payload = summary.to_dict()
+        payload.pop("history")
+        print(
+            json.dumps(
+                {
+                    "bundle": args.out,
+                    "version": bundle.version,
+                    "anomalous_rows_left_out": dropped,
+                    **payload,
+                    **report,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    s = summary
+    print(
+        f"trained {args.model} on {s.rows} rows ({s.fit_rows} fit / {s.validation_rows} "
+        f"validation / {s.calibration_rows} calibration), {len(bundle.schema.column_order)} "
+        f"columns -> {s.n_features} features"
+    )
+    if dropped:
+        print(f"left out {dropped} rows labelled anomalous in '{args.label_column}'")
+    stop = f"early stop, best epoch {s.best_epoch}" if s.stopped_early else "epoch limit reached"
+    print(
+        f"network {'-'.join(map(str, s.hidden_units))}, latent {s.latent_dim}; "
+        f"{s.epochs_run} epochs ({stop}); {s.seconds:.1f} s"
+    )
+    print(
+        f"validation ELBO {-s.val_neg_elbo:.3f} nats/record (reconstruction {-s.val_nll:.3f}, "
+        f"KL {s.val_kl:.3f}); active latent units {s.active_latent_units}/{s.latent_dim}"
+    )
+    print(f"score: {bundle.describe_score()}")
+    print(
+        f"threshold {s.threshold:.4f} at target FPR {s.target_fpr:.2%}; held-out validation "
+        f"FPR {s.validation_fpr:.2%}"
+    )
+    for warning in s.warnings:
+        print(f"WARNING: {warning}")
+    print(f"saved bundle {bundle.version} to {args.out}")
+    if "report" in report:
+        print(f"wrote report {report['report']}")
+    return 0
+
+
+def _check_bundle_target(out: str) -> None:
+    """Before reading or training, so a wrong --out costs no training time: saving replaces
+    the whole directory, which is right for an old bundle and wrong for anything else."""
+    from detector.bundles.format import MANIFEST_FILE
+    from detector.errors import ConfigError
+
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(
+            f"--out {out} is a file; a bundle is a directory: give a new directory's name"
+        )
+    if target.is_dir() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
+        raise ConfigError(
+            f"--out {out} holds other files and is not a model bundle; a bundle replaces its "
+            f"whole directory, so give a new or empty one (e.g. --out {Path(out) / 'model'})"
+        )
+
+
+def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list[str] | None:
+    """Before training, so a mistake costs no training time: the --report flags, and the
+    --report-data file's labels and columns. Returns the file's columns the model does not
+    score (carried through), or ``None`` without a file."""
+    from detector.errors import ConfigError, DataError, SchemaError
+    from detector.io.tables import read_table
+    from detector.scoring.evaluation import parse_labels
+
+    if args.report_data is None:
+        if args.report_label_column:
+            raise ConfigError("--report-label-column names a column of --report-data FILE")
+        return None
+    if not args.report:
+        raise ConfigError(
+            "--report-data is scored for the report's ROC and precision-recall curves; add "
+            "--report PATH.html"
+        )
+    label = args.report_label_column or args.label_column
+    if not label:
+        raise ConfigError(
+            f"name the 0/1 label column of {args.report_data} with --report-label-column COL"
+        )
+    data = read_table(args.report_data)
+    _require_column(data.columns, label, args.report_data)
+    labels = parse_labels(data[label], label)
+    if labels.all() or not labels.any():
+        raise DataError(
+            f"'{label}' in {args.report_data} holds one class only; ROC and precision-recall "
+            "curves need normal (0) and anomalous (1) records"
+        )
+    missing = [c for c in columns if c not in data.columns]
+    if missing:
+        raise SchemaError(
+            f"{args.report_data} lacks the training column(s) {missing}; give --report-data "
+            "records with the training data's columns and a label"
+        )
+    return [c for c in data.columns if c not in set(columns)]
+
+
+def _write_training_report(
+    args: argparse.Namespace, bundle: Any, passthrough: list[str] | None
+) -> dict[str, str]:
+    """Write the --report page; a failure is a warning, never a failed training (the bundle
+    is saved by then). Returns ``{"report": path}`` or ``{"report_error": reason}``."""
+    if not args.report:
+        return {}
+    try:
+        from detector.cli.report import LabelledScores, training_report, write_report
+
+        labelled = None
+        if passthrough is not None:
+            label = args.report_label_column or args.label_column
+            labels, scores, _, rejected = _labelled_scores(
+                bundle, args.report_data, label, passthrough=passthrough
+            )
+            labelled = LabelledScores(labels, scores, args.report_data, n_rejected=rejected)
+        write_report(args.report, training_report(bundle, labelled=labelled))
+    except Exception as exc:
+        if args.debug:
+            logging.getLogger(__name__).exception("writing the report failed")
+        reason = f"{type(exc).__name__}: {exc}"
+        print(
+            f"WARNING: could not write the report {args.report} ({reason}); the bundle was "
+            f"saved to {args.out}",
+            file=sys.stderr,
+        )
+        return {"report_error": reason}
+    return {"report": args.report}

@@ -1,0 +1,331 @@
+"""Records -> model features: the schema learned at training and the encoding it implies.
+
+The schema is fit on training data only and saved as plain JSON (no pickle). Numeric columns
+are standardised with the training mean and standard deviation and clipped; categorical
+columns become one-hot groups with one extra "unseen" slot, so a category never seen in
+training gets a defined place (and, since the model never saw it, a low likelihood) instead of
+a crash.
+
+Context columns (``train --model cvae --context host``) are categorical inputs the model is
+conditioned on but does not model: one-hot over the training values with no "unseen" slot. A
+value never seen in training encodes as all zeros, "no context", which the conditional model
+was trained to read (context dropout), and the row is flagged in ``context_unseen``.
+
+Encoded layout, shape ``(n_rows, n_features)``: the numeric columns first, in schema order,
+then each categorical column's one-hot group of ``len(categories) + 1`` slots, then each
+context column's one-hot group of ``len(categories)`` slots: ``[features | context]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from detector.errors import SchemaError
+from detector.features.encoded import EncodedBatch, NumberCount, Rejection
+from detector.features.schema import (
+    CategoricalColumn,
+    ContextColumn,
+    NumericColumn,
+    Schema,
+    as_text,
+)
+from detector.wording import offered, option
+
+Imputation = Literal["median"] | None
+#: Row position -> (code, sentence) for each problem found in that row.
+Reasons = defaultdict[int, list[tuple[str, str]]]
+
+
+#: An error message names at most this many of the caller's names (columns, keys, inputs),
+#: each cut to ``NAME_CHARS`` characters: a record with 40,000 unknown keys gets a sentence back,
+#: not a megabyte of its own keys.
+LISTED_NAMES = 10
+NAME_CHARS = 64
+
+
+def shortened(text: object, limit: int = NAME_CHARS) -> str:
+    """``text`` as ``str``, cut to ``limit`` characters with the count of the rest."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text) - limit} more characters)"
+
+
+def listed(names: Sequence[object], limit: int = LISTED_NAMES) -> str:
+    """Names as an error message lists them: ``['a', 'b'] and 38 more``, at most ``limit``
+    names, each ``shortened``. Every message that echoes names the caller sent uses this."""
+    shown = repr([shortened(n) for n in names[:limit]])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def check_columns(
+    schema: Schema,
+    columns: Sequence[object],
+    *,
+    passthrough: Iterable[str] = (),
+) -> None:
+    """Raise ``SchemaError`` naming missing or unknown columns and what the model expects.
+    Linear in the number of columns; the message lists a few of each kind (``listed``)."""
+    present = [str(c) for c in columns]
+    counts = Counter(present)
+    dupes = sorted(c for c, n in counts.items() if n > 1)
+    if dupes:
+        raise SchemaError(
+            f"duplicate column names {listed(dupes)}; give every column a unique name"
+        )
+    expected = set(schema.column_order)
+    kept = set(passthrough)
+    missing = [c for c in schema.column_order if c not in counts]
+    unknown = [c for c in present if c not in expected and c not in kept]
+    problems = []
+    if missing:
+        problems.append(f"missing column(s) {listed(missing)}")
+    if unknown:
+        keep = option("passthrough", *(shortened(c) for c in unknown[:LISTED_NAMES]))
+        more = " ..." if len(unknown) > LISTED_NAMES else ""
+        problems.append(
+            f"unknown column(s) {listed(unknown)} (drop them, or keep them in the output unscored "
+            f"with {keep}{more})"
+        )
+    if problems:
+        raise SchemaError("; ".join(problems) + f". The model expects: {schema.describe()}")
+
+
+def encode(
+    schema: Schema,
+    frame: pd.DataFrame,
+    *,
+    impute: Imputation = None,
+    passthrough: Iterable[str] = (),
+) -> EncodedBatch:
+    """Encode records into model features, rejecting (not dropping) rows that cannot be scored.
+
+    A row is rejected with its reason when a value is missing (unless ``impute="median"``),
+    infinite, or not a number where a number is expected, however many rows of the batch share
+    the problem: whether a whole input's column holds no numbers is ``NumberTally``'s to
+    decide, from the counts in ``EncodedBatch.numbers``. A context value not seen in training
+    (or, with ``impute="median"``, an empty one) encodes as no context and sets the row's
+    ``context_unseen``.
+    """
+    check_columns(schema, frame.columns, passthrough=passthrough)
+    n = len(frame)
+    # Reasons only for rows that have any: a list per row of a 65k-row chunk would keep the
+    # garbage collector busy (measured 5x slower encoding).
+    reasons: Reasons = defaultdict(list)
+    bad = np.zeros(n, dtype=bool)
+    blocks: list[np.ndarray] = []
+
+    numeric, numeric_bad, numbers = _numeric_block(schema, frame, impute, reasons)
+    bad |= numeric_bad
+    if schema.n_numeric:
+        means = np.array([c.mean for c in schema.numeric])
+        scales = np.array([c.scale for c in schema.numeric])
+        scaled = (numeric - means) / scales
+        blocks.append(np.clip(scaled, -schema.clip, schema.clip, out=scaled))
+
+    for cat in schema.categorical:
+        codes, col_bad = _parse_categorical(frame[cat.name], cat, impute, reasons)
+        group = np.zeros((n, cat.width), dtype=np.float64)
+        group[np.arange(n), codes] = 1.0
+        blocks.append(group)
+        bad |= col_bad
+
+    unseen = np.zeros(n, dtype=bool)
+    for ctx in schema.context:
+        group, ctx_unseen, col_bad = _encode_context(frame[ctx.name], ctx, impute, reasons)
+        blocks.append(group)
+        unseen |= ctx_unseen
+        bad |= col_bad
+
+    values = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
+    accepted = ~bad
+    rejections = tuple(
+        Rejection(i, tuple(text for _, text in reasons[i]), reasons[i][0][0])
+        for i in np.flatnonzero(bad).tolist()
+    )
+    return EncodedBatch(
+        values=np.ascontiguousarray(values[accepted], dtype=np.float32),
+        accepted=accepted,
+        rejections=rejections,
+        context_unseen=unseen[accepted] if schema.context else None,
+        numbers=numbers,
+    )
+
+
+def decode(schema: Schema, values: np.ndarray) -> pd.DataFrame:
+    """The inverse of ``encode``: encoded features ``(n_rows, n_features)`` -> records in the
+    training columns, order and units.
+
+    Numeric features are clipped to the encoding's ``±clip`` range (the only values ``encode``
+    produces) and de-standardised; each categorical group becomes the label of its largest slot,
+    and the "unseen" slot, which has no label, becomes ``None``; so does an all-zero ("no
+    context") context group. Labels are ``str`` in object columns.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != schema.n_features:
+        raise ValueError(f"expected encoded values (n, {schema.n_features}), got {values.shape}")
+    columns: dict[str, Any] = {}
+    if schema.n_numeric:
+        means = np.array([c.mean for c in schema.numeric])
+        scales = np.array([c.scale for c in schema.numeric])
+        numeric = np.clip(values[:, : schema.n_numeric], -schema.clip, schema.clip)
+        for j, col in enumerate(schema.numeric):
+            columns[col.name] = means[j] + scales[j] * numeric[:, j]
+    start = schema.n_numeric
+    for cat in schema.categorical:
+        codes = values[:, start : start + cat.width].argmax(axis=1)
+        labels = np.array([*cat.categories, None], dtype=object)[codes]
+        columns[cat.name] = labels
+        start += cat.width
+    for ctx in schema.context:
+        block = values[:, start : start + ctx.width]
+        codes = np.where(block.max(axis=1) > 0, block.argmax(axis=1), ctx.width)
+        labels = np.array([*ctx.categories, None], dtype=object)[codes]
+        columns[ctx.name] = labels
+        start += ctx.width
+    return pd.DataFrame({name: columns[name] for name in schema.column_order})
+
+
+def _numeric_block(
+    schema: Schema, frame: pd.DataFrame, impute: Imputation, reasons: Reasons
+) -> tuple[np.ndarray, np.ndarray, tuple[NumberCount, ...]]:
+    """The numeric columns as floats ``(n, n_numeric)``, a mask of rows with a bad value, and
+    how many values of each column read as numbers."""
+    n = len(frame)
+    bad = np.zeros(n, dtype=bool)
+    if not schema.n_numeric:
+        return np.empty((n, 0)), bad, ()
+    numeric = np.empty((n, schema.n_numeric), dtype=np.float64)
+    counts = []
+    for j, col in enumerate(schema.numeric):
+        # Column by column: selecting all numeric columns at once costs pandas a copy of the
+        # frame, most of a single record's encoding time.
+        series = frame[col.name]
+        values, unparsed = _to_float(series)
+        example = None
+        if unparsed.any():
+            example = str(series.iloc[int(np.argmax(unparsed))]).strip()
+        # An infinite value is a number (rejected for what it is, not for not being one).
+        present = n - int(np.isnan(values).sum())
+        counts.append(NumberCount(col.name, present, int(unparsed.sum()), example))
+        if unparsed.any() or not np.isfinite(values).all():
+            values, col_bad = _flag_numeric(values, unparsed, series, col, impute, reasons)
+            bad |= col_bad
+        numeric[:, j] = values
+    return numeric, bad, tuple(counts)
+
+
+def _is_number(dtype: Any) -> bool:
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def _to_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64 (NaN where missing or unparseable) and the mask of unparseable ones."""
+    if _is_number(series.dtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(series), bool)
+    texts = as_text(series)
+    values = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    unparsed = (texts.notna() & np.isnan(values)).to_numpy(dtype=bool)
+    return values, unparsed
+
+
+def _flag_numeric(
+    values: np.ndarray,
+    unparsed: np.ndarray,
+    raw: pd.Series,
+    col: NumericColumn,
+    impute: Imputation,
+    reasons: Reasons,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Record why each bad value is bad; impute missing ones if asked. Returns the column with
+    bad entries zeroed (they are never scored) and the mask of bad rows."""
+    missing = np.isnan(values) & ~unparsed
+    infinite = np.isinf(values)
+    for i in np.flatnonzero(unparsed):
+        reasons[int(i)].append(
+            ("not_a_number", f"column '{col.name}': {raw.iloc[i]!r} is not a number")
+        )
+    for i in np.flatnonzero(infinite):
+        reasons[int(i)].append(("infinite", f"column '{col.name}': value is infinite"))
+    if impute == "median":
+        values = np.where(missing, col.median, values)
+        missing = np.zeros_like(missing)
+    elif missing.any():
+        reason = ("missing_value", f"column '{col.name}' is empty {_fill_it()}")
+        for i in np.flatnonzero(missing):
+            reasons[int(i)].append(reason)
+    bad = unparsed | infinite | missing
+    return np.where(bad, 0.0, values), bad
+
+
+def _lookup_labels(series: pd.Series, categories: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's index in ``categories`` (-1 where it is not one of them) and the mask of
+    empty values."""
+    values = series.to_numpy(dtype=object, na_value=None)
+    missing = np.asarray(pd.isna(values), dtype=bool)
+    lookup = _category_codes(categories)
+    codes = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    # Values that did not match as given (ints from JSON, padding) pay for normalising to
+    # stripped text; everything else took one dictionary lookup.
+    retry = np.flatnonzero((codes < 0) & ~missing)
+    if len(retry):
+        cleaned = [str(v).strip() for v in values[retry]]
+        codes[retry] = [lookup.get(v, -1) for v in cleaned]
+        missing[retry[np.asarray([v == "" for v in cleaned], dtype=bool)]] = True
+    return codes, missing
+
+
+def _encode_context(
+    series: pd.Series, col: ContextColumn, impute: Imputation, reasons: Reasons
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A context column's one-hot group ``(n, width)``, the mask of rows encoded as no context
+    (a value not seen in training; an empty one when imputing) and the mask of rejected rows."""
+    codes, missing = _lookup_labels(series, col.categories)
+    if impute != "median" and missing.any():
+        fix = _fill_it(" to score the record without its context")
+        reason = ("missing_value", f"context column '{col.name}' is empty {fix}")
+        for i in np.flatnonzero(missing):
+            reasons[int(i)].append(reason)
+    known = np.flatnonzero(codes >= 0)
+    group = np.zeros((len(codes), col.width), dtype=np.float64)
+    group[known, codes[known]] = 1.0
+    unseen = codes < 0
+    return group, unseen, missing if impute != "median" else np.zeros_like(missing)
+
+
+def _parse_categorical(
+    series: pd.Series,
+    col: CategoricalColumn,
+    impute: Imputation,
+    reasons: Reasons,
+) -> tuple[np.ndarray, np.ndarray]:
+    codes, missing = _lookup_labels(series, col.categories)
+    if impute == "median" and missing.any():
+        # For a category the median's counterpart is the most frequent training value.
+        codes[missing] = col.categories.index(col.mode)
+        missing[:] = False
+    # -1 (not among the training categories) goes to the group's last, "unseen", slot.
+    codes = np.where(codes < 0, len(col.categories), codes)
+    if missing.any():
+        reason = ("missing_value", f"column '{col.name}' is empty {_fill_it()}")
+        for i in np.flatnonzero(missing):
+            reasons[int(i)].append(reason)
+    return np.where(missing, 0, codes), missing
+
+
+def _fill_it(imputing: str = "") -> str:
+    """The fix for an empty value, as the reader can apply it: the service cannot impute."""
+    if not offered("impute"):
+        return "(fill it)"
+    return f"(fill it, or score with {option('impute', 'median')}{imputing})"
+
+
+@lru_cache(maxsize=256)
+def _category_codes(categories: tuple[str, ...]) -> dict[object, int]:
+    return {c: i for i, c in enumerate(categories)}

@@ -1,0 +1,104 @@
+"""Encoded records and the rows that could not be encoded: what ``detector.features.encode.encode``
+gives the scorer, and the per-column number counts a whole input is judged by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detector.errors import SchemaError
+
+#: Why a row can be rejected, as a short fixed code (a metrics label); the reason text says more.
+REJECTION_CODES = ("missing_value", "not_a_number", "infinite")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record that was not scored, and why. ``row`` is its 0-based position in the input;
+    ``reasons`` holds one sentence per problem; ``code`` is the first problem's code from
+    ``REJECTION_CODES``."""
+
+    row: int
+    reasons: tuple[str, ...]
+    code: str = "missing_value"
+
+    @property
+    def reason(self) -> str:
+        """All reasons in one line."""
+        return "; ".join(self.reasons)
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedBatch:
+    """Encoded features for the accepted rows, plus the rejected rows with their reasons.
+
+    ``values`` has shape ``(n_accepted, n_features)``; ``accepted`` is a boolean mask over the
+    input rows, ``rows`` the input positions of the accepted rows. ``context_unseen``
+    ``(n_accepted,)`` is true where a context column held a value not seen in training (encoded
+    as no context); ``None`` when the schema has no context columns.
+    """
+
+    values: np.ndarray
+    accepted: np.ndarray
+    rejections: tuple[Rejection, ...] = field(default_factory=tuple)
+    context_unseen: np.ndarray | None = None
+    #: For each numeric column, in schema order: how many of its values read as numbers.
+    numbers: tuple[NumberCount, ...] = ()
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.accepted)
+
+
+@dataclass(frozen=True)
+class NumberCount:
+    """How a numeric column's values in one batch read: ``numbers`` parsed as numbers,
+    ``not_numbers`` held text that is not one (empty values are neither), the first of which
+    is ``example``."""
+
+    name: str
+    numbers: int
+    not_numbers: int
+    example: str | None = None
+
+
+class NumberTally:
+    """Whether a numeric column holds any number at all, decided over a whole input.
+
+    A value that is not a number costs its row (a rejection with the reason). A numeric column
+    in which no value of the whole input is a number, in more than one row, is a schema
+    problem instead (the columns are in another order than their names say, every value
+    carries a unit): ``check`` raises ``SchemaError``. The decision is the whole input's, so it
+    cannot depend on how the input was cut into batches; a single request or batch is never
+    judged by it (``encode`` only counts).
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, NumberCount] = {}
+
+    def add(self, batch: EncodedBatch) -> None:
+        for count in batch.numbers:
+            seen = self._counts.get(count.name)
+            if seen is not None:
+                count = NumberCount(
+                    count.name,
+                    seen.numbers + count.numbers,
+                    seen.not_numbers + count.not_numbers,
+                    seen.example if seen.example is not None else count.example,
+                )
+            self._counts[count.name] = count
+
+    def check(self, source: str) -> None:
+        """Raise ``SchemaError`` naming each numeric column of ``source`` with no number."""
+        empty = [c for c in self._counts.values() if c.numbers == 0 and c.not_numbers > 1]
+        if empty:
+            described = "; ".join(
+                f"column '{c.name}' holds no numbers (e.g. {c.example!r}; {c.not_numbers:,} "
+                "values, none a number)"
+                for c in empty
+            )
+            raise SchemaError(
+                f"{source}: {described}; the model expects a number there: check the column "
+                "order and the file's delimiter, decimal mark and units"
+            )

@@ -1,0 +1,338 @@
+"""The schema: what a model expects of its records (column names, kinds, and the encoding
+state fitted on the training rows), learned by ``fit_schema`` and saved as plain JSON (no
+pickle). ``detector.features.encode`` encodes records with it; its docstring gives the layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detector.errors import DataError, SchemaError
+from detector.wording import offered, option
+
+#: Standardised values beyond this many standard deviations are clipped, so that one exploded
+#: column cannot push the network into a numeric range it never saw.
+DEFAULT_CLIP = 10.0
+#: A numeric column's scale is at least this fraction of its training range, unless told
+#: otherwise (``fit_schema``'s ``range_floor``).
+DEFAULT_RANGE_FLOOR = 0.05
+#: Fewer training rows cannot calibrate a threshold (``threshold.MIN_REFERENCE``).
+MIN_TRAINING_ROWS = 30
+#: A categorical column with more distinct values than this is almost surely an identifier.
+MAX_CATEGORIES = 200
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    """A numeric column: standardised as ``(value - mean) / scale``."""
+
+    name: str
+    mean: float
+    scale: float
+    median: float
+    minimum: float
+    maximum: float
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    """A categorical column: one-hot over ``categories`` plus one slot for unseen values."""
+
+    name: str
+    categories: tuple[str, ...]
+    mode: str
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) + 1
+
+
+@dataclass(frozen=True)
+class ContextColumn:
+    """A context column: one-hot over ``categories``; any other value encodes as all zeros."""
+
+    name: str
+    categories: tuple[str, ...]
+
+    @property
+    def width(self) -> int:
+        return len(self.categories)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What the model expects: column names, kinds and the fitted encoding state."""
+
+    numeric: tuple[NumericColumn, ...]
+    categorical: tuple[CategoricalColumn, ...]
+    column_order: tuple[str, ...]
+    clip: float = DEFAULT_CLIP
+    #: Columns the model is conditioned on, encoded after the modelled ones; not modelled.
+    context: tuple[ContextColumn, ...] = ()
+
+    @property
+    def n_numeric(self) -> int:
+        return len(self.numeric)
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        """Width of each categorical column's one-hot group, in schema order."""
+        return tuple(c.width for c in self.categorical)
+
+    @property
+    def context_sizes(self) -> tuple[int, ...]:
+        """Width of each context column's one-hot group, in schema order."""
+        return tuple(c.width for c in self.context)
+
+    @property
+    def n_features(self) -> int:
+        """The encoded width: modelled features plus the context one-hots."""
+        return self.n_numeric + sum(self.group_sizes) + sum(self.context_sizes)
+
+    @cached_property
+    def feature_columns(self) -> tuple[str, ...]:
+        """The source column of each model output term: numerics, then one per group. Context
+        columns are inputs, not terms, and are not listed."""
+        return tuple(c.name for c in self.numeric) + tuple(c.name for c in self.categorical)
+
+    @cached_property
+    def scored_columns(self) -> tuple[str, ...]:
+        """The modelled columns in the user's order: the columns contributions are given for
+        (``column_order`` without the context columns)."""
+        context = {c.name for c in self.context}
+        return tuple(c for c in self.column_order if c not in context)
+
+    @cached_property
+    def term_starts(self) -> np.ndarray:
+        """Where each model term's encoded features start: one per numeric column, then one
+        per categorical one-hot group (the context groups are not terms)."""
+        starts, position = list(range(self.n_numeric)), self.n_numeric
+        for size in self.group_sizes:
+            starts.append(position)
+            position += size
+        return np.array(starts, dtype=np.intp)
+
+    @cached_property
+    def scored_order(self) -> np.ndarray:
+        """For each of ``scored_columns``, the position of its term in ``feature_columns``
+        (cached, like the names: a record's scoring reads them)."""
+        return np.array([self.feature_columns.index(c) for c in self.scored_columns], dtype=np.intp)
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """Columns whose values are labels, to be read as text: categorical and context."""
+        return tuple(c.name for c in self.categorical) + tuple(c.name for c in self.context)
+
+    def describe(self) -> str:
+        """One line per column, as an error message shows what the model expects."""
+        kinds = {c.name: "number" for c in self.numeric}
+        kinds.update({c.name: f"category ({len(c.categories)} known)" for c in self.categorical})
+        kinds.update({c.name: f"context ({len(c.categories)} known)" for c in self.context})
+        return ", ".join(f"{name} ({kinds[name]})" for name in self.column_order)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "column_order": list(self.column_order),
+            "clip": self.clip,
+            "numeric": [vars(c) for c in self.numeric],
+            "categorical": [
+                {"name": c.name, "categories": list(c.categories), "mode": c.mode}
+                for c in self.categorical
+            ],
+            "context": [{"name": c.name, "categories": list(c.categories)} for c in self.context],
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Schema:
+        numeric = tuple(NumericColumn(**{k: v for k, v in c.items()}) for c in state["numeric"])
+        categorical = tuple(
+            CategoricalColumn(name=c["name"], categories=tuple(c["categories"]), mode=c["mode"])
+            for c in state["categorical"]
+        )
+        # Bundles written before context columns existed have no "context" key: no context.
+        context = tuple(
+            ContextColumn(name=c["name"], categories=tuple(c["categories"]))
+            for c in state.get("context", [])
+        )
+        schema = cls(
+            numeric=numeric,
+            categorical=categorical,
+            column_order=tuple(state["column_order"]),
+            clip=float(state["clip"]),
+            context=context,
+        )
+        names = {c.name for c in numeric} | {c.name for c in categorical}
+        names |= {c.name for c in context}
+        if names != set(schema.column_order) or len(names) != len(schema.column_order):
+            raise ValueError("schema column_order does not match its columns")
+        if any(not np.isfinite(c.scale) or c.scale <= 0 for c in numeric):
+            raise ValueError("schema holds a non-positive or non-finite scale")
+        return schema
+
+
+def fit_schema(
+    frame: pd.DataFrame,
+    *,
+    categorical: Iterable[str] = (),
+    context: Iterable[str] = (),
+    clip: float = DEFAULT_CLIP,
+    range_floor: float = DEFAULT_RANGE_FLOOR,
+) -> Schema:
+    """Learn the schema from normal training data, shape ``(n_rows, n_columns)``.
+
+    Each numeric column is standardised by ``max(std, range_floor * (max - min))`` of its
+    training values; ``range_floor`` is a fraction in [0, 1].
+
+    Numeric pandas dtypes become numeric columns; strings, booleans and the names in
+    ``categorical`` become categorical; the names in ``context`` become context columns (read
+    as labels whatever their dtype). Raises ``DataError`` or ``SchemaError`` with the fix when
+    the table cannot train a model (empty, NaN, identifier-like columns).
+    """
+    if not 0.0 <= range_floor <= 1.0:
+        raise ValueError(f"range_floor {range_floor} must be a fraction in [0, 1]")
+    if frame.shape[1] == 0:
+        raise DataError("the training data has no columns; give a CSV/Parquet with a header row")
+    if len(frame) < MIN_TRAINING_ROWS:
+        raise DataError(
+            f"the training data has {len(frame)} rows; a model needs at least "
+            f"{MIN_TRAINING_ROWS} normal rows (its threshold is calibrated on {MIN_TRAINING_ROWS} "
+            "scores at least)"
+        )
+    dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if dupes:
+        raise SchemaError(f"duplicate column names {dupes}; give every column a unique name")
+    forced = set(categorical)
+    unknown_forced = sorted(forced - set(map(str, frame.columns)))
+    if unknown_forced:
+        raise SchemaError(
+            f"{option('categorical')} names columns not in the data: {unknown_forced}"
+        )
+    context_names = list(dict.fromkeys(context))
+    unknown_context = sorted(set(context_names) - set(map(str, frame.columns)))
+    if unknown_context:
+        raise SchemaError(
+            f"{option('context')} names columns not in the data: {unknown_context}; its "
+            f"columns are {list(map(str, frame.columns))}"
+        )
+    if len(context_names) == frame.shape[1]:
+        raise SchemaError(
+            f"every column is a {option('context')} column; a conditional model needs at least one "
+            "column to model"
+        )
+
+    numeric: list[NumericColumn] = []
+    cats: list[CategoricalColumn] = []
+    contexts: dict[str, ContextColumn] = {}
+    problems: list[str] = []
+    for name in frame.columns:
+        series = frame[name]
+        key = str(name)
+        if key in context_names:
+            labels = _fit_labels(key, series, problems)
+            if labels is not None:
+                contexts[key] = ContextColumn(name=key, categories=tuple(sorted(labels.index)))
+            continue
+        is_number = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        if is_number and key not in forced:
+            values = series.to_numpy(dtype=np.float64)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                problems.append(
+                    f"column '{key}' has {int(bad.sum())} empty/NaN/inf values (first at row "
+                    f"{int(np.flatnonzero(bad)[0])}); training data must be complete: fill or "
+                    "drop those rows"
+                )
+                continue
+            numeric.append(_fit_numeric(key, values, range_floor))
+        else:
+            counts = _fit_labels(key, series, problems)
+            if counts is None:
+                continue
+            cats.append(
+                CategoricalColumn(
+                    name=key,
+                    categories=tuple(sorted(counts.index)),
+                    mode=str(counts.index[0]),
+                )
+            )
+    if problems:
+        raise DataError("cannot train on this data:\n  " + "\n  ".join(problems))
+    return Schema(
+        numeric=tuple(numeric),
+        categorical=tuple(cats),
+        column_order=tuple(map(str, frame.columns)),
+        clip=clip,
+        context=tuple(contexts[name] for name in context_names),
+    )
+
+
+def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series | None:
+    """A label column's value counts, most frequent first, indexed by the labels as text; or
+    ``None`` with the reason added to ``problems``."""
+    texts = as_text(series)
+    missing = texts.isna()
+    if missing.any():
+        problems.append(f"column '{key}' has {int(missing.sum())} empty values; fill or drop them")
+        return None
+    counts = texts.value_counts()
+    if len(counts) > MAX_CATEGORIES:
+        problems.append(
+            f"column '{key}' has {len(counts)} distinct text values, which looks like an "
+            f"identifier; {_leave_out(key)} (or make it numeric)"
+        )
+        return None
+    counts.index = counts.index.map(str)
+    return counts
+
+
+def _fit_numeric(name: str, values: np.ndarray, range_floor: float) -> NumericColumn:
+    mean = float(values.mean())
+    std = float(values.std())
+    spread = float(values.max() - values.min())
+    # A column that is almost always one value (a pixel that is nearly always 0, an error count
+    # that is nearly always 0) has a tiny standard deviation, and dividing by it would turn the
+    # rare ordinary non-zero value into tens of sigma and let that column decide every score.
+    # Its scale is therefore at least a fraction of its observed range. A floor of 0.25 scales
+    # nearly every column by a quarter of its range, min-max scaling in units comparable to
+    # standard deviations (uniform data has std = range / 3.5).
+    scale = max(std, range_floor * spread)
+    # A column constant in training keeps its raw units (scale 1, as scikit-learn's
+    # StandardScaler does) instead of dividing by ~0 and turning any later change into 1e9 sigma.
+    if scale <= 1e-8 * (1.0 + abs(mean)):
+        scale = 1.0
+    return NumericColumn(
+        name=name,
+        mean=mean,
+        scale=scale,
+        median=float(np.median(values)),
+        minimum=float(values.min()),
+        maximum=float(values.max()),
+    )
+
+
+def as_text(series: pd.Series) -> pd.Series:
+    """Category labels as strings, with missing values (None, NaN, '') as NA."""
+    texts = series.astype("string").str.strip()
+    return texts.mask(texts == "")
+
+
+def _leave_out(column: str) -> str:
+    """How to keep a column out of training, as the reader can: Python has no parameter."""
+    if offered("ignore_column"):
+        return f"leave it out with {option('ignore_column', column)}"
+    return "drop it from the data"
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A stable SHA-256 of a table's columns and values, to tell which data trained a model."""
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()

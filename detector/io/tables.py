@@ -1,0 +1,306 @@
+"""Tables in files: CSV (plain, gzip, TSV) and Parquet, read whole or in chunks as pandas
+frames, and the names and paths the other readers and writers share.
+
+``read_table``/``iter_table`` give pandas frames with pandas' type inference, for training and
+evaluation. Streaming a file for batch scoring, with a ledger of every record, is
+``detector.io.sources``; writing outputs atomically is ``detector.io.writers``. Every read error
+becomes a ``DataError`` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from detector.errors import DataError
+
+#: Rows per chunk when streaming: big enough to score at full speed, small enough that memory
+#: does not depend on the file's size.
+DEFAULT_CHUNK_ROWS = 65_536
+
+
+#: The names a directory's files are picked up by (``expand_inputs``) and told apart by
+#: (``table_format``): one list, so a file picked up is never refused for its name.
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+#: CSV names whose fields are separated by tabs.
+TAB_SUFFIXES = (".tsv", ".tsv.gz")
+
+
+def table_format(path: str | os.PathLike[str]) -> str:
+    """The format a file's name says (for outputs, which do not exist yet): ``csv`` or
+    ``parquet``. An input that exists is told by its content instead (``input_format``)."""
+    name = str(path).lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES) or name == "-":
+        return "csv"
+    raise DataError(f"cannot tell the format of {path}: name it .csv, .csv.gz, .tsv or .parquet")
+
+
+def csv_delimiter(path: str | os.PathLike[str]) -> str:
+    """A tab for ``.tsv`` and ``.tsv.gz`` files, else a comma (stdin, '-', included)."""
+    return "\t" if str(path).lower().endswith(TAB_SUFFIXES) else ","
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+#: Bytes of a file looked at to tell text from binary.
+_SNIFF_BYTES = 4096
+
+
+def input_format(path: str | os.PathLike[str]) -> str:
+    """The format of an input file, ``csv`` or ``parquet``, told by its first bytes before its
+    name, so ``x.data.gz`` or a gzip file of any name reads as (gzip) CSV: Parquet starts with
+    ``PAR1``, gzip with ``1f 8b``; then a known suffix decides (``table_format``), and text under
+    any other name is CSV. '-' (stdin) is CSV. Anything else is a ``DataError`` naming the
+    formats read."""
+    if str(path) == "-":
+        return "csv"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(GZIP_MAGIC):
+        return "csv"
+    with contextlib.suppress(DataError):
+        # A named format stands even where the content is damaged (a stray Latin-1 byte in a
+        # .csv is one rejected record, a truncated .parquet a Parquet error), so say it.
+        return table_format(path)
+    if _is_text(head):
+        return "csv"
+    raise DataError(
+        f"cannot read {path}: it is neither CSV text (plain or gzip) nor Parquet; give a .csv, "
+        ".csv.gz or .parquet file"
+    )
+
+
+def is_gzip(path: str | os.PathLike[str]) -> bool:
+    """Whether a file starts with gzip's magic bytes (whatever it is named)."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def _is_text(head: bytes) -> bool:
+    # A NUL byte never occurs in UTF-8 text; the cut at _SNIFF_BYTES may split a character.
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3
+    return True
+
+
+def read_table(path: str | os.PathLike[str], *, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The whole table. ``text_columns`` are read as strings (category labels such as '01')."""
+    chunks = list(iter_table(path, text_columns=text_columns, chunk_rows=None))
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+
+
+def iter_table(
+    path: str | os.PathLike[str],
+    *,
+    text_columns: Sequence[str] = (),
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """Chunks of at most ``chunk_rows`` rows (all rows at once when ``None``)."""
+    source = Path(path)
+    if str(path) != "-" and not source.is_file():
+        raise DataError(f"input file {path} does not exist")
+    fmt = input_format(path)
+    if fmt == "parquet":
+        yield from _iter_parquet(source, chunk_rows)
+    else:
+        yield from _iter_csv(path, text_columns, chunk_rows)
+
+
+def _iter_parquet(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+        if chunk_rows is None:
+            yield handle.read().to_pandas()
+            return
+        for batch in handle.iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"cannot read {path} as Parquet: {exc}") from None
+
+
+def _iter_csv(
+    path: str | os.PathLike[str], text_columns: Sequence[str], chunk_rows: int | None
+) -> Iterator[pd.DataFrame]:
+    source: Any = "/dev/stdin" if str(path) == "-" else path
+    try:
+        # By content, not name: a gzip file named x.data.gz or x.log is still gzip.
+        compression = "infer" if source == "/dev/stdin" else ("gzip" if is_gzip(path) else None)
+        if chunk_rows is None:
+            frame = pd.read_csv(
+                source,
+                sep=csv_delimiter(path),
+                compression=compression,
+                skipinitialspace=True,
+                dtype={c: "string" for c in text_columns},
+            )
+            _check_header(frame, path)
+            yield frame
+            return
+        with pd.read_csv(
+            source,
+            sep=csv_delimiter(path),
+            dtype={c: "string" for c in text_columns},
+            chunksize=chunk_rows,
+            compression=compression,
+            skipinitialspace=True,
+        ) as reader:
+            first = True
+            for chunk in reader:
+                if first:
+                    _check_header(chunk, path)
+                    first = False
+                yield chunk
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: give a CSV with a header row and data rows") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(
+            f"{path} is not valid CSV ({exc}); check the delimiter and quoting"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc}); re-save it as UTF-8") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    # pandas renames a repeated header 'a' to 'a.1'; a repeated column is the file's mistake.
+    names = [str(c) for c in frame.columns]
+    dupes = [
+        n
+        for n in names
+        if "." in n and n.rsplit(".", 1)[0] in names and n.rsplit(".", 1)[1].isdigit()
+    ]
+    # The names as the file gives them, so a message quotes 'a', never pandas' 'a.1'.
+    given = [n.rsplit(".", 1)[0] if n in dupes else n for n in names]
+    check_header_row(given, str(path))
+    if dupes:
+        repeated = sorted({n.rsplit(".", 1)[0] for n in dupes})
+        raise DataError(f"{path} repeats column name(s) {repeated} in its header; rename them")
+
+
+#: Text read as a missing value: pandas' defaults, so scoring reads a file as training did.
+NULL_VALUES = (
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+)
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Files, directories (their files named as ``CSV_SUFFIXES`` or ``PARQUET_SUFFIXES`` say,
+    sorted; names starting with '.' or '_', such as Spark's ``_SUCCESS``, left out), glob
+    patterns, or '-' for CSV on stdin -> the list of files to read, in order."""
+    files: list[str] = []
+    for item in map(str, inputs):
+        path = Path(item)
+        if item == "-" or path.is_file():
+            files.append(item)
+        elif path.is_dir():
+            found = sorted(
+                str(p)
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith((".", "_")) and _is_table_name(p.name)
+            )
+            if not found:
+                raise DataError(
+                    f"directory {item} holds no files to score (files named "
+                    f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)})"
+                )
+            files.extend(found)
+        elif glob.has_magic(item):
+            found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                raise DataError(f"no file matches {item}; check the pattern")
+            files.extend(found)
+        else:
+            raise DataError(f"input file {item} does not exist")
+    if files.count("-") > 1:
+        raise DataError("'-' (stdin) can be given once only")
+    return files
+
+
+def _is_table_name(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
+
+
+def check_names(names: Sequence[str], source: str) -> None:
+    check_header_row(names, source)
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    if empty:
+        raise DataError(
+            f"{source}: header column(s) {empty} have no name; name every column (or remove "
+            "a trailing delimiter or an unnamed index column)"
+        )
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{source} repeats column name(s) {dupes} in its header; rename them")
+
+
+def check_header_row(names: Sequence[str], source: str) -> None:
+    """A ``DataError`` where the header row of ``source`` looks like a data record: a file
+    without a header otherwise fails later with a puzzling "repeats column name(s) ['0.00',
+    '0.00.1']" or "missing column(s)", far from its cause."""
+    if header_looks_like_data(names):
+        shown = ",".join(names[:6]) + (",..." if len(names) > 6 else "")
+        raise DataError(
+            f"{source}: no header row? the first line must name the columns, but it holds "
+            f"values ({shown}); add a line of column names (the model's, or your data's) at "
+            "the top"
+        )
+
+
+def header_looks_like_data(names: Sequence[str]) -> bool:
+    """Whether a header row reads as values: a number is repeated, or half or more of the
+    names are numbers and one has a fraction or exponent. Whole numbers alone (``0,1,2`` as
+    pandas numbers unnamed columns, or years ``2023,2024``) are taken for names."""
+    numeric = [n for n in (str(n).strip() for n in names) if _is_number(n)]
+    if len(set(numeric)) < len(numeric):
+        return True
+    fractional = any(not n.lstrip("+-").isdigit() for n in numeric)
+    return fractional and 2 * len(numeric) >= len(names)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

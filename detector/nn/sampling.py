@@ -1,0 +1,127 @@
+"""Synthetic records from a trained model: z ~ N(0, I), then x ~ p(x|z), in the user's units.
+
+A VAE is a generative model, so sampling it shows what the model believes normal data looks
+like: compare the samples' means, spreads, category shares and correlations with the training
+data to see what it learned and what it missed.
+
+Each record draws its own latent code from the prior and then samples the decoder's
+distribution, not its mean: numeric features from the Gaussian with the decoder's mean and
+variance, each categorical column from its softmax. The "unseen" slot of a categorical group
+stands for values never seen in training and has no label, so it is left out and the known
+categories' probabilities renormalised. ``features.decode`` then inverts the schema's encoding:
+numeric values are clipped to the encoding's range and de-standardised; categories become
+their labels; the columns come back in the training table's order.
+
+A conditional model (``--model cvae``) samples p(x | c) for the context values given, e.g.
+``{"host": "web-01"}``; a context column not given is left out ("no context", which the model
+learned through context dropout), so its samples come from p(x) over every context, and that
+column comes back empty. Other models refuse a context.
+
+Sampling is deterministic for a seed: the latent codes and the noise come from one
+``numpy.random.Generator``, and the decoder is a deterministic function of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from detector.errors import ConfigError
+from detector.features.encode import decode
+
+if TYPE_CHECKING:
+    from detector.bundles.bundle import Bundle
+
+#: Records per decoder call: bounds memory (65k x 64 features x 4 bytes = 16 MB per tensor).
+SAMPLE_BATCH = 65_536
+
+
+def sample_records(
+    bundle: Bundle,
+    n: int,
+    *,
+    seed: int,
+    context: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """``n`` records drawn from the model, shape ``(n, n_columns)``, in the training columns'
+    order and units. ``context`` maps context columns of a conditional model to the value to
+    condition on; any other model refuses one (``ConfigError``)."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ConfigError(f"the number of records to sample must be at least 1, got {n!r}")
+    model = bundle.model
+    schema = bundle.schema
+    condition = _context_block(bundle, context)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for start in range(0, n, SAMPLE_BATCH):
+        rows = min(SAMPLE_BATCH, n - start)
+        z = rng.standard_normal((rows, model.latent_dim)).astype(np.float32)
+        given = None if condition is None else np.repeat(condition, rows, axis=0)
+        mean, log_var, logits = (
+            np.asarray(t, dtype=np.float64) for t in model.decode_distribution(z, context=given)
+        )
+        numeric = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)
+        blocks = [numeric, *_sample_groups(logits, schema.group_sizes, rng)]
+        if schema.context:
+            # The context comes back as given; a column not given decodes as empty.
+            blocks.append(np.zeros((rows, sum(schema.context_sizes))) if given is None else given)
+        parts.append(decode(schema, np.concatenate(blocks, axis=1)))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def _sample_groups(
+    logits: np.ndarray, group_sizes: tuple[int, ...], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One one-hot block ``(n, size)`` per categorical group, sampled from its softmax over the
+    known categories (the last, "unseen", slot never drawn)."""
+    blocks = []
+    start = 0
+    for size in group_sizes:
+        known = logits[:, start : start + size - 1]
+        probs = np.exp(known - known.max(axis=1, keepdims=True))
+        cdf = np.cumsum(probs, axis=1)
+        # Inverse-CDF sampling for every row at once; scaling u by the row's total is the
+        # renormalisation over the known categories.
+        u = rng.random((len(known), 1)) * cdf[:, -1:]
+        codes = np.minimum((cdf < u).sum(axis=1), size - 2)
+        block = np.zeros((len(known), size))
+        block[np.arange(len(known)), codes] = 1.0
+        blocks.append(block)
+        start += size
+    return blocks
+
+
+def _context_block(bundle: Bundle, context: Mapping[str, str] | None) -> np.ndarray | None:
+    """The context one-hot ``(1, context_dim)``, laid out as ``encode`` lays it out, or
+    ``None`` without a context. A context column not named stays all zeros: "no context",
+    which the conditional model learned (context dropout) as p(x) over all its values."""
+    if not context:
+        return None
+    schema = bundle.schema
+    if not bundle.model.conditional:
+        raise ConfigError(
+            f"model {bundle.model_type!r} does not condition on a context, so --context "
+            f"{' '.join(f'{k}={v}' for k, v in context.items())} has no meaning for it: sample "
+            "without --context, or train a conditional model (anomaly train DATA --model cvae "
+            "--context COL) and sample from that"
+        )
+    names = [c.name for c in schema.context]
+    unknown = [c for c in context if c not in names]
+    if unknown:
+        raise ConfigError(f"--context names {unknown}; the model's context columns are {names}")
+    block = np.zeros((1, sum(schema.context_sizes)), dtype=np.float32)
+    start = 0
+    for col in schema.context:
+        if col.name in context:
+            value = str(context[col.name]).strip()
+            if value not in col.categories:
+                raise ConfigError(
+                    f"--context {col.name}={value}: {value!r} was not seen in training; "
+                    f"its known values are {list(col.categories)}"
+                )
+            block[0, start + col.categories.index(value)] = 1.0
+        start += col.width
+    return block

@@ -1,0 +1,392 @@
+"""Training: a table of normal records -> a checked, calibrated ``Bundle``.
+
+The training rows are split three ways, seeded: the network fits on one part, early stopping
+watches the validation ELBO on a second, and the calibration (threshold, p-values, per-column
+baselines) is fitted on a third that neither the network nor early stopping saw. Training
+refuses to hand back a broken model silently: a NaN loss or near-constant held-out scores end
+in ``TrainingError``; posterior collapse ends in a warning in the summary, as do too few
+calibration rows for the target false-positive rate and a held-out FPR far above the target
+(``threshold.calibration_warnings`` states the rules).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from detector.bundles.bundle import Bundle
+from detector.errors import ConfigError, TrainingError
+from detector.features.encode import encode
+from detector.features.schema import fingerprint, fit_schema
+from detector.nn import losses
+from detector.nn.callbacks import KLWarmup, ProgressBar
+from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
+from detector.nn.models import MODELS, VAE
+from detector.nn.options import (
+    MODEL_OPTIONS,
+    AdVAEOptions,
+    CVAEOptions,
+    SVDDOptions,
+    TrainingOptions,
+)
+from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
+from detector.scoring.neighbours import NeighbourBank
+from detector.scoring.scores import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
+from detector.scoring.threshold import (
+    MAX_CALIBRATION_ROWS,
+    MIN_REFERENCE,
+    Calibrator,
+    calibration_warnings,
+)
+from detector.wording import option
+
+log = logging.getLogger(__name__)
+
+#: A latent unit whose mean KL on validation data is below this carries no information.
+ACTIVE_UNIT_KL = 0.01
+#: Below this many training rows nothing is held out (``train``'s small-table path).
+SMALL_TABLE_ROWS = 200
+#: The score a bundle with a neighbour bank uses unless told otherwise; chosen on every
+#: labelled family at once (README, "Detection quality").
+DEFAULT_SCORE = "knn"
+
+
+@dataclass(frozen=True)
+class TrainingConfig(AdVAEOptions, SVDDOptions, CVAEOptions, TrainingOptions):
+    """Every training option, flat: ``TrainingOptions`` and each model's own
+    (``detector.nn.options`` defines them, defaults and meanings); ``None`` sizes the network from
+    the data."""
+
+    def problems(self, model: str | None = None) -> list[str]:
+        """What is wrong with these settings for ``model`` (by default this config's)."""
+        model = self.model if model is None else model
+        problems = TrainingOptions.of(self).problems(model)
+        if model in MODELS:
+            kinds = SCORE_KINDS + MODELS[model].extra_score_kinds
+            kinds += NEIGHBOUR_KINDS if self.neighbours else ()
+            if self.score_kind is not None and self.score_kind not in kinds:
+                problems.append(
+                    f"score_kind {self.score_kind!r} is not one of {list(kinds)} for "
+                    f"model {model!r}"
+                )
+        if self.score_kind in NEIGHBOUR_KINDS and not self.neighbours:
+            problems.append(f"score_kind {self.score_kind!r} needs neighbours >= 1")
+        for options in MODEL_OPTIONS.values():
+            problems += options.of(self).problems(model)
+        return problems
+
+    def check(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("invalid training settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What happened in training, as the CLI prints it and the manifest stores it."""
+
+    rows: int
+    fit_rows: int
+    validation_rows: int
+    calibration_rows: int
+    n_features: int
+    hidden_units: tuple[int, ...]
+    latent_dim: int
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    train_neg_elbo: float
+    val_neg_elbo: float
+    val_nll: float
+    val_kl: float
+    active_latent_units: int
+    target_fpr: float
+    threshold: float
+    validation_fpr: float
+    seconds: float
+    warnings: tuple[str, ...] = ()
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_architecture(n_features: int) -> tuple[tuple[int, ...], int]:
+    """Hidden sizes and latent width from the encoded width: two layers, the first about
+    twice the input rounded up to a power of two (32..256), the latent a quarter of the input."""
+    first = int(min(256, max(32, 2 ** math.ceil(math.log2(max(2 * n_features, 2))))))
+    latent = int(min(32, max(2, n_features // 4)))
+    return (first, first // 2), latent
+
+
+def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, TrainingSummary]:
+    """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``."""
+    config.check()
+    started = time.perf_counter()
+    schema = fit_schema(
+        frame,
+        categorical=config.categorical,
+        context=config.context,
+        clip=config.clip,
+        range_floor=config.range_floor,
+    )
+    values = encode(schema, frame).values
+    # A table too small to hold rows out (ADBench's Hepatitis trains on ~40) lets every row do
+    # every job: the distance is calibrated leave-one-out, the network checked in-sample.
+    small = len(values) < SMALL_TABLE_ROWS
+    fit_x, val_x, cal_x = (values, values, values) if small else _split(values, config)
+
+    hidden, latent = default_architecture(schema.n_features)
+    hidden = tuple(config.hidden_units or hidden)
+    latent = config.latent_dim or latent
+    keras.utils.set_random_seed(config.random_state)
+    model = MODELS[config.model].from_training(
+        config=config,
+        n_numeric=schema.n_numeric,
+        group_sizes=schema.group_sizes,
+        latent_dim=latent,
+        hidden_units=hidden,
+        # Only a conditional model takes context widths (check() refuses context otherwise).
+        **({"context_sizes": schema.context_sizes} if schema.context else {}),
+    )
+    model.build((None, schema.n_features))
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=model.monitor,
+        mode="min",
+        patience=config.patience,
+        restore_best_weights=True,
+        start_from_epoch=config.kl_warmup_epochs,
+    )
+    history = model.fit(
+        fit_x,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=(val_x,),
+        shuffle=True,
+        verbose=0,
+        callbacks=[
+            KLWarmup(config.kl_warmup_epochs),
+            keras.callbacks.TerminateOnNaN(),
+            stopper,
+            ProgressBar(config.epochs, enabled=config.progress),
+            *model.training_callbacks(fit_x, config),
+        ],
+    ).history
+    _check_finite(history, config)
+
+    traced = ScoreGraph(model, n_samples=config.n_samples, seed=config.random_state)
+    model.finish_training(traced, val_x)
+    # Calibrate with the engine the bundle will score with, so the threshold is exact for it.
+    scorer, graph = _scoring_engine(traced, schema.n_features)
+    # The distance is the default of the default model, where it was measured (README,
+    # "Detection quality"); the other models keep the score they are chosen for.
+    score_kind = config.score_kind or (
+        DEFAULT_SCORE if config.model == "vae" and config.neighbours else model.default_score_kind
+    )
+    bank = None
+    if score_kind in NEIGHBOUR_KINDS:
+        bank = NeighbourBank.fit(
+            schema,
+            fit_x,
+            val_x,
+            anomaly_scores(graph(val_x), "elbo"),
+            k=config.neighbours,
+            seed=config.random_state,
+            leave_one_out=small,
+        )
+    cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
+    cal_scores = anomaly_scores(cal, score_kind)
+    fallback = None
+    if bank is not None and config.score_kind is None and _constant(cal_scores):
+        # Every held-out row has k exact copies among the bank's (a table of a few categories):
+        # the distance is 0 for all of them and cannot rank records; the model's own can.
+        fallback = (
+            f"the distance to the {bank.k} nearest training rows is the same for every "
+            "held-out row (each has exact copies among the training rows, as in a table of a "
+            f"few categories), so it cannot rank records: scoring with "
+            f"{model.default_score_kind} instead"
+        )
+        score_kind, bank = model.default_score_kind, None
+        cal = graph(cal_x)
+        cal_scores = anomaly_scores(cal, score_kind)
+    _check_spread(cal_scores)
+    calibrator = Calibrator.fit(cal_scores, target_fpr=config.target_fpr)
+    val_scores = (
+        cal_scores if small else anomaly_scores(estimate_all(graph, bank, val_x), score_kind)
+    )
+    active = _active_units(model, val_x)
+
+    warnings = [] if fallback is None else [fallback]
+    if active == 0:
+        warnings.append(
+            "posterior collapse: no latent unit carries information (KL per unit < "
+            f"{ACTIVE_UNIT_KL} nats on validation data), so the model scores columns as if "
+            f"independent; try {option('kl_warmup_epochs')} higher or a smaller "
+            f"{option('min_scale')}"
+        )
+    validation_fpr = float(np.mean(val_scores > calibrator.threshold))
+    warnings.extend(
+        calibration_warnings(
+            len(cal_x),
+            config.target_fpr,
+            validation_fpr,
+            len(val_x),
+            max_calibration_rows=MAX_CALIBRATION_ROWS,
+        )
+    )
+    if small:
+        warnings.append(_small_table_warning(len(values), score_kind))
+    for message in warnings:
+        log.warning(message)
+
+    best = int(getattr(stopper, "best_epoch", len(history["loss"]) - 1))
+    summary = TrainingSummary(
+        rows=len(values),
+        fit_rows=len(fit_x),
+        validation_rows=len(val_x),
+        calibration_rows=len(cal_x),
+        n_features=schema.n_features,
+        hidden_units=hidden,
+        latent_dim=latent,
+        epochs_run=len(history["loss"]),
+        best_epoch=best + 1,
+        stopped_early=len(history["loss"]) < config.epochs,
+        train_neg_elbo=float(history["neg_elbo"][best]),
+        val_neg_elbo=float(history["val_neg_elbo"][best]),
+        val_nll=float(history["val_nll"][best]),
+        val_kl=float(history["val_kl"][best]),
+        active_latent_units=active,
+        target_fpr=config.target_fpr,
+        threshold=calibrator.threshold,
+        validation_fpr=validation_fpr,
+        seconds=round(time.perf_counter() - started, 2),
+        warnings=tuple(warnings),
+        history={k: [float(v) for v in vals] for k, vals in history.items()},
+    )
+    params = asdict(config)
+    params.update(
+        hidden_units=list(hidden),
+        latent_dim=latent,
+        categorical=list(config.categorical),
+        context=list(config.context),
+    )
+    bundle = Bundle(
+        network=model,
+        schema=schema,
+        calibrator=calibrator,
+        score_kind=score_kind,
+        model_type=config.model,
+        n_samples=config.n_samples,
+        noise_seed=config.random_state,
+        term_baseline=np.median(cal["term_nll"], axis=0),
+        params=params,
+        training=summary.to_dict(),
+        data_fingerprint={"sha256": fingerprint(frame), "rows": len(frame)},
+        scorer=scorer,
+        kinds=traced.kinds,
+        neighbours=bank,
+    )
+    bundle.__dict__["graph"] = graph  # reuse the compiled graph instead of tracing it again
+    return bundle, summary
+
+
+def _small_table_warning(n: int, score_kind: str) -> str:
+    held = (
+        "the distance is calibrated leave-one-out (each row against the other rows)"
+        if score_kind in NEIGHBOUR_KINDS
+        else f"the {score_kind} score is calibrated on the rows the network fitted, so its "
+        "threshold is optimistic: expect more false alarms than the target (the default "
+        "score, knn, is calibrated leave-one-out instead)"
+    )
+    return (
+        f"small table: {n} rows are too few to hold rows out (fewer than {SMALL_TABLE_ROWS}), "
+        f"so every row fits, validates and calibrates the model; {held}; give at least "
+        f"{SMALL_TABLE_ROWS} normal rows for held-out calibration"
+    )
+
+
+def _scoring_engine(
+    traced: ScoreGraph, n_features: int
+) -> tuple[bytes | None, ScoreGraph | LiteScoreGraph]:
+    """The trained graph as a LiteRT flatbuffer and the engine that runs it; TensorFlow's
+    graph itself (and no flatbuffer) where LiteRT is not installed or cannot convert it."""
+    if not litert_available():
+        return None, traced
+    try:
+        scorer = to_flatbuffer(traced)
+    except Exception as exc:  # the converter raises many types; scoring still works without
+        log.warning("could not convert the scoring graph for LiteRT (%s); it will score "
+                    "with TensorFlow", exc)  # fmt: skip
+        return None, traced
+    return scorer, LiteScoreGraph(scorer, traced.kinds, n_features=n_features)
+
+
+def _holdout_sizes(n: int, config: TrainingConfig) -> tuple[int, int]:
+    """Rows held out of ``n`` training rows for calibration and for validation."""
+    n_cal = min(max(round(config.calibration_fraction * n), MIN_REFERENCE), MAX_CALIBRATION_ROWS)
+    return n_cal, max(round(config.validation_fraction * n), 10)
+
+
+def fit_row_count(n: int, config: TrainingConfig) -> int:
+    """How many of ``n`` training rows the model fits on, after the hold-outs; what a fixed
+    budget of mini-batch updates converts to epochs with."""
+    n_cal, n_val = _holdout_sizes(n, config)
+    return n - n_cal - n_val
+
+
+def holdout_indices(n: int, config: TrainingConfig) -> tuple[np.ndarray, ...]:
+    """Row positions (fit, validation, calibration) of ``n`` training rows, as ``train`` splits
+    them: the calibration rows are neither fitted nor used to pick the weights, so they are
+    the one part of the training data a trained model has never seen."""
+    order = np.random.default_rng(config.random_state).permutation(n)
+    n_cal, n_val = _holdout_sizes(n, config)
+    if n - n_cal - n_val < 20:
+        raise ConfigError(
+            f"{n} training rows leave too few to fit after holding out {n_val} for validation "
+            f"and {n_cal} for calibration; give more normal rows"
+        )
+    cal, val, fit = np.split(order, [n_cal, n_cal + n_val])
+    return fit, val, cal
+
+
+def _split(values: np.ndarray, config: TrainingConfig) -> tuple[np.ndarray, ...]:
+    fit, val, cal = holdout_indices(len(values), config)
+    return values[fit], values[val], values[cal]
+
+
+def _check_finite(history: dict[str, list[float]], config: TrainingConfig) -> None:
+    losses = np.asarray(history.get("loss", []), dtype=np.float64)
+    if len(losses) == 0 or not np.isfinite(losses).all():
+        epoch = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1 if len(losses) else 0
+        raise TrainingError(
+            f"training diverged: the loss became NaN/inf at epoch {epoch}; lower "
+            f"{option('learning_rate')} (now {config.learning_rate}) or look for extreme values "
+            "in the data"
+        )
+
+
+def _constant(scores: np.ndarray) -> bool:
+    spread = float(np.std(scores))
+    return not np.isfinite(scores).all() or spread <= 1e-6 * (1.0 + abs(float(np.mean(scores))))
+
+
+def _check_spread(scores: np.ndarray) -> None:
+    if _constant(scores):
+        raise TrainingError(
+            "held-out anomaly scores are (nearly) constant, so the model cannot tell records "
+            f"apart; check that the training columns vary, or train longer ({option('epochs')})"
+        )
+
+
+def _active_units(model: VAE, x: np.ndarray) -> int:
+    mean, log_var = model.encode(x)
+    kl = np.asarray(losses.kl_to_standard_normal(mean, log_var)).mean(axis=0)
+    return int((kl > ACTIVE_UNIT_KL).sum())
