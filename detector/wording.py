@@ -10,7 +10,7 @@ gets. The command line (``detector.cli.main.run``) and the service (``service.ap
 
 A context variable, so that threads and requests keep their own: a thread started inside a block
 sees the block's surface only when it runs in a copy of the caller's context
-(``contextvars.copy_context().run``, as ``detector.io.pipelining`` does).
+(``contextvars.copy_context().run``, as ``detector.io.threads`` does).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from detector.io.tables import check_header_row
 from service import schemas
 from service.bodies import answer, read_body, read_json, validated
 from service.openapi import openapi_document
-from service.pipeline import (
+from service.registry import LoadedModel
+from service.scoring import (
     Records,
     check_batch_size,
     per_record,
@@ -24,7 +25,6 @@ from service.pipeline import (
     require_token,
     score_request,
 )
-from service.registry import LoadedModel
 from service.state import ApiError, state
 
 api = Blueprint("api", __name__)

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from detector.features.encode import check_columns, shortened
 from service import schemas
 from service.bodies import answer, explained, read_json
-from service.pipeline import Records, check_batch_size, require_token, score_request
 from service.registry import LoadedModel
+from service.scoring import Records, check_batch_size, require_token, score_request
 from service.state import ApiError, ServiceState, state
 
 kserve = Blueprint("kserve", __name__, url_prefix="/v2")

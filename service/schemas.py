@@ -3,7 +3,7 @@ OpenAPI document from them, and the routes validate request envelopes and serial
 with them, so what is documented is what is served.
 
 What a model validates is chosen so the hardening stays as it was (test_hostile.py): records
-are described, not validated (``ScoreRequest.records``; ``service.pipeline.read_records``
+are described, not validated (``ScoreRequest.records``; ``service.scoring.read_records``
 rejects a malformed record on its own, not the request), and a tensor's ``data`` is checked to
 be a list but neither copied nor walked, so the batch limit is counted before any value is.
 """

@@ -34,9 +34,9 @@ from detector.errors import DataError, SchemaError
 from detector.features.encode import Imputation, check_columns, encode
 from detector.features.encoded import EncodedBatch, NumberTally
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
-from detector.io.pipelining import BackgroundSink, prefetched
 from detector.io.sources import open_source
 from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs, iter_table
+from detector.io.threads import BackgroundSink, prefetched
 from detector.io.writers import TableWriter
 from detector.scoring.scores import ScoreResult, score_batch
 from detector.wording import option
@@ -270,7 +270,7 @@ class _Run:
         self.rejects_writer.write(
             pa.table(
                 {
-                    "row": pa.array([r.row for r in rejects], pa.int64()),
+                    "row": pa.array([r.row_number for r in rejects], pa.int64()),
                     "source": pa.array([r.source for r in rejects], pa.string()),
                     "line": pa.array([r.line for r in rejects], pa.int64()),
                     "code": pa.array([r.code for r in rejects], pa.string()),
@@ -343,7 +343,7 @@ def _value_rejects(chunk: SourceChunk, result: ScoreResult) -> list[ParseReject]
     return [
         ParseReject(
             source=chunk.source,
-            row=int(chunk.rows[r.row]),
+            row_number=int(chunk.row_numbers[r.row]),
             line=None if lines is None else int(lines[r.row]),
             code=r.code,
             reason=r.reason,

@@ -79,11 +79,12 @@ log = logging.getLogger(__name__)
 class Bundle:
     """A trained detector: network, schema, calibration and the metadata that explains them.
 
-    ``network`` is the Keras model, or ``None`` for a loaded bundle until ``model`` is first
-    used (it is then loaded from ``path``). ``scorer`` is the scoring graph as a LiteRT
-    flatbuffer with ``kinds`` naming its score outputs; ``None`` scores with TensorFlow."""
+    ``model`` is the network (Keras), loaded from ``path`` on first use; ``trained_network``
+    is the one training just produced, ``None`` for a loaded bundle. ``scorer`` is the scoring
+    graph as a LiteRT flatbuffer with ``kinds`` naming its score outputs; ``None`` scores with
+    TensorFlow."""
 
-    network: VAE | None
+    trained_network: VAE | None
     schema: Schema
     calibrator: Calibrator
     score_kind: str
@@ -115,8 +116,8 @@ class Bundle:
 
     @cached_property
     def model(self) -> VAE:
-        if self.network is not None:
-            return self.network
+        if self.trained_network is not None:
+            return self.trained_network
         if self.path is None:
             raise BundleError("this bundle has neither a network nor a path to load one from")
         # Checked again here: the file may have been replaced since load_bundle looked at it.
@@ -301,7 +302,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         calibrator = read_calibrator(manifest_path, manifest["calibration"])
         scoring = manifest["scoring"]
         bundle = Bundle(
-            network=None,
+            trained_network=None,
             schema=schema,
             calibrator=calibrator,
             score_kind=str(scoring["score"]),

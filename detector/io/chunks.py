@@ -13,14 +13,14 @@ import pyarrow as pa
 
 @dataclass(frozen=True)
 class ParseReject:
-    """A data record that could not be made into a row: ``row`` is its 1-based data row number
+    """A data record that could not be made into a row: ``row_number`` is its 1-based data row
     in its source (the header not counted), ``line`` the physical line it starts on (1-based,
     ``None`` where a format has no lines), ``code`` one of ``ragged``, ``encoding``,
     ``malformed``, ``unbalanced_quote`` (a quote opened on the line is never closed, or closes
     lines later into a record of the wrong width: that line alone is rejected)."""
 
     source: str
-    row: int
+    row_number: int
     line: int | None
     code: str
     reason: str
@@ -31,8 +31,8 @@ class ParseReject:
 class SourceChunk:
     """Consecutive records of one source.
 
-    ``table`` holds the records that parsed, in file order, ``rows`` ``(n,)`` their 1-based
-    data row numbers and ``lines`` ``(n,)`` the physical line each starts on (``None`` for
+    ``table`` holds the records that parsed, in file order, ``row_numbers`` ``(n,)`` their
+    1-based data row numbers and ``lines`` ``(n,)`` the physical line each starts on (``None`` for
     Parquet). ``rejects`` are the records of the same stretch that could not be parsed;
     ``n_read = table.num_rows + len(rejects)``. ``position`` is how far into the source (in
     bytes of the file as stored) reading has got, for a progress bar.
@@ -44,7 +44,7 @@ class SourceChunk:
 
     source: str
     table: pa.Table
-    rows: np.ndarray
+    row_numbers: np.ndarray
     lines: np.ndarray | None
     rejects: tuple[ParseReject, ...]
     position: int
@@ -102,7 +102,7 @@ def _with(
         table=parsed.table
         if (begin, end) == (0, whole)
         else parsed.table.slice(begin, end - begin),
-        rows=parsed.rows[begin:end],
+        row_numbers=parsed.row_numbers[begin:end],
         lines=None if lines is None else lines[begin:end],
         rejects=rejects,
         position=position,

@@ -275,7 +275,7 @@ class CsvSource(TableSource):
         return SourceChunk(
             source=self.name,
             table=table,
-            rows=np.arange(row + 1, row + n + 1, dtype=np.int64),
+            row_numbers=np.arange(row + 1, row + n + 1, dtype=np.int64),
             lines=starts,
             rejects=(),
             position=0,
@@ -369,7 +369,7 @@ class CsvSource(TableSource):
         chunk = SourceChunk(
             source=self.name,
             table=pa.Table.from_arrays(arrays, names=list(self.columns)),
-            rows=np.asarray(rows, dtype=np.int64),
+            row_numbers=np.asarray(rows, dtype=np.int64),
             lines=line + np.asarray([first for first, _ in spans], dtype=np.int64),
             rejects=tuple(rejects),
             position=0,

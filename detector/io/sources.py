@@ -58,7 +58,7 @@ class ParquetSource(TableSource):
                 yield SourceChunk(
                     source=self.name,
                     table=table,
-                    rows=np.arange(done + 1, done + n + 1, dtype=np.int64),
+                    row_numbers=np.arange(done + 1, done + n + 1, dtype=np.int64),
                     lines=None,
                     rejects=(),
                     position=int(self.size * min(1.0, (done + n) / total)) if self.size else 0,

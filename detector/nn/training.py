@@ -279,7 +279,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         context=list(config.context),
     )
     bundle = Bundle(
-        network=model,
+        trained_network=model,
         schema=schema,
         calibrator=calibrator,
         score_kind=score_kind,

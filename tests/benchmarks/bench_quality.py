@@ -311,10 +311,8 @@ def candidate_scores(det: Any, task: Task) -> dict[str, Parts]:
     out["knn_x_small"] = {k: knn_distance(x[small], v) for k, v in views.items()}
     out["knn_x_k1"] = {k: knn_distance(x[fit], v, k=1) for k, v in views.items()}
 
-    means = {
-        k: np.asarray(bundle.network.encode(v.astype(np.float32))[0]) for k, v in views.items()
-    }
-    bank_z = np.asarray(bundle.network.encode(x[fit].astype(np.float32))[0])
+    means = {k: np.asarray(bundle.model.encode(v.astype(np.float32))[0]) for k, v in views.items()}
+    bank_z = np.asarray(bundle.model.encode(x[fit].astype(np.float32))[0])
     out["knn_z"] = {k: knn_distance(bank_z, v) for k, v in means.items()}
 
     # The same kNN on min-max-like scaling (each column's scale a quarter of its range).

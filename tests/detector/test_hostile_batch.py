@@ -150,8 +150,9 @@ def test_lines_stay_numbered_across_stray_quotes_and_quoted_newlines(tmp_path: P
     good, bad = [], []
     with open_source(str(path)) as source:
         for chunk in source.chunks(2):
-            good += [(int(r), int(ln)) for r, ln in zip(chunk.rows, chunk.lines, strict=True)]
-            bad += [(r.row, r.line, r.code) for r in chunk.rejects]
+            numbered = zip(chunk.row_numbers, chunk.lines, strict=True)
+            good += [(int(r), int(ln)) for r, ln in numbered]
+            bad += [(r.row_number, r.line, r.code) for r in chunk.rejects]
     # Line 3's quote "closes" on line 6 into a record of two fields: line 3 alone is rejected
     # and line 4 read again. Lines 6-7 are one record (a quoted newline). Line 8's quote
     # closes on line 9 into four fields; line 9's is open at the end of the file.

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from detector.io.pipelining import BackgroundSink, prefetched
+from detector.io.threads import BackgroundSink, prefetched
 
 
 def test_prefetched_yields_every_item_in_order() -> None:
