@@ -66,6 +66,7 @@ OPTIONS: dict[str, Option] = {
             "advae_gamma",
             "advae_margin_x",
             "advae_margin_z",
+            "iwae_samples",
         )
     },
     # score_file's; score_frame's is passthrough above

@@ -184,12 +184,28 @@ class CVAEOptions(ModelOptions):
         return problems
 
 
+@dataclass(frozen=True)
+class IWAEOptions(ModelOptions):
+    """VAE trained on the IWAE bound, Burda et al. 2016
+
+    ``detector.nn.models.iwae`` says what the sample count does."""
+
+    iwae_samples: int = _opt(5, "importance samples k of the training bound (1: the ELBO)")
+
+    def problems(self, model: str) -> list[str]:
+        problems = super().problems(model)
+        if not 1 <= self.iwae_samples <= 1000:
+            problems.append(f"iwae_samples {self.iwae_samples} must be in [1, 1000]")
+        return problems
+
+
 #: The models by the name ``anomaly train --model`` takes, in ``--help``'s order.
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "vae": VAEOptions,
     "vae-svdd": SVDDOptions,
     "advae": AdVAEOptions,
     "cvae": CVAEOptions,
+    "iwae": IWAEOptions,
 }
 
 

@@ -33,6 +33,7 @@ from detector.nn.options import (
     MODEL_OPTIONS,
     AdVAEOptions,
     CVAEOptions,
+    IWAEOptions,
     SVDDOptions,
     TrainingOptions,
 )
@@ -59,7 +60,7 @@ DEFAULT_SCORE = "knn"
 
 
 @dataclass(frozen=True)
-class TrainingConfig(AdVAEOptions, SVDDOptions, CVAEOptions, TrainingOptions):
+class TrainingConfig(IWAEOptions, AdVAEOptions, SVDDOptions, CVAEOptions, TrainingOptions):
     """Every training option, flat: ``TrainingOptions`` and each model's own
     (``detector.nn.options`` defines them, defaults and meanings); ``None`` sizes the network from
     the data."""

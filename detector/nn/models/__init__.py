@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from detector.nn.models.advae import AdVAE
 from detector.nn.models.cvae import ConditionalVAE
+from detector.nn.models.iwae import IWAE
 from detector.nn.models.svdd import VAESVDD
 from detector.nn.models.vae import VAE
 
@@ -16,6 +17,7 @@ MODELS: dict[str, type[VAE]] = {
     "advae": AdVAE,
     "cvae": ConditionalVAE,
     "vae-svdd": VAESVDD,
+    "iwae": IWAE,
 }
 
 
