@@ -302,8 +302,10 @@ def candidate_scores(det: Any, task: Task) -> dict[str, Parts]:
     out: dict[str, Parts] = {
         "default": {k: anomaly_scores(e, bundle.score_kind) for k, e in estimates.items()}
     }
+    # elbo_knn only where the bundle keeps a bank (the plain VAE's default; not --model iwae)
     for kind in ("elbo", "iwae", "recon_prob", "elbo_knn"):
-        out[kind] = {k: -e[kind].astype(np.float64) for k, e in estimates.items()}
+        if kind in estimates["val"]:
+            out[kind] = {k: -e[kind].astype(np.float64) for k, e in estimates.items()}
 
     rng = np.random.default_rng(det.random_state)
     small = fit if len(fit) <= SMALL_BANK else rng.choice(fit, SMALL_BANK, replace=False)
