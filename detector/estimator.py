@@ -28,7 +28,7 @@ from detector.features.encode import Imputation
 from detector.features.records import score_records
 from detector.native import import_tensorflow_quietly
 from detector.nn.lite_graph import litert_available
-from detector.nn.options import training_options
+from detector.nn.option_specs import training_options
 from detector.scoring.scores import ScoreResult, score_frame
 
 if TYPE_CHECKING:

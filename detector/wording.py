@@ -67,6 +67,8 @@ OPTIONS: dict[str, Option] = {
             "advae_margin_x",
             "advae_margin_z",
             "iwae_samples",
+            "nuisance_column",
+            "mmd_weight",
         )
     },
     # score_file's; score_frame's is passthrough above

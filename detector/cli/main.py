@@ -20,7 +20,8 @@ from detector.cli.evaluate import cmd_evaluate
 from detector.cli.score import cmd_score
 from detector.cli.train import cmd_train
 from detector.native import import_tensorflow_quietly
-from detector.nn.options import MODEL_OPTIONS, describe, training_options
+from detector.nn.option_specs import training_options
+from detector.nn.options import MODEL_OPTIONS, describe
 
 #: The names ``--model`` takes: ``detector.nn.options``'s registry, which needs no TensorFlow import
 #: (a test keeps it equal to ``detector.nn.models.MODELS``).

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.cli.commands import _labelled_scores, _require_column, _writes_files
-from detector.nn.options import TrainingOption, training_options
+from detector.nn.option_specs import TrainingOption, training_options
 
 
 def _show_training_progress(args: argparse.Namespace) -> bool:

@@ -17,23 +17,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import types
 from collections.abc import Callable, Iterable
-from dataclasses import MISSING, dataclass, field, fields
-from functools import cache
-from typing import Any, Self, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 from detector.wording import option
 
 #: The flag of an option is its name with dashes unless its field says otherwise.
-_FROM_NAME = "from the name"
+FLAG_FROM_NAME = "from the name"
 
 
 def _opt(
     default: Any,
     text: str,
     *,
-    flag: str | None = _FROM_NAME,
+    flag: str | None = FLAG_FROM_NAME,
     metavar: str | None = None,
     parse: Callable[[str], Any] | None = None,
     choices: tuple[str, ...] | None = None,
@@ -199,6 +197,33 @@ class IWAEOptions(ModelOptions):
         return problems
 
 
+@dataclass(frozen=True)
+class VFAEOptions(ModelOptions):
+    """codes invariant to a nuisance column, Louizos et al. 2016
+
+    ``detector.nn.models.vfae`` says what the nuisance column and the weight do."""
+
+    nuisance_column: str | None = _opt(
+        None,
+        "a column (a datacenter, a hardware type) the latent codes must not reveal; the model "
+        "is conditioned on it, not scoring it",
+        metavar="COL",
+        shown="required",
+    )
+    mmd_weight: float = _opt(10.0, "weight of the MMD between the codes of the nuisance's values")
+
+    def problems(self, model: str) -> list[str]:
+        problems = super().problems(model)
+        if model == self.owner() and not self.nuisance_column:
+            problems.append(
+                f"model {model!r} needs the column to be invariant to: "
+                f"e.g. {option('nuisance_column', 'datacenter')}"
+            )
+        if not (math.isfinite(self.mmd_weight) and self.mmd_weight >= 0):
+            problems.append(f"mmd_weight {self.mmd_weight} must be a number >= 0")
+        return problems
+
+
 #: The models by the name ``anomaly train --model`` takes, in ``--help``'s order.
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "vae": VAEOptions,
@@ -206,7 +231,15 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "advae": AdVAEOptions,
     "cvae": CVAEOptions,
     "iwae": IWAEOptions,
+    "vfae": VFAEOptions,
 }
+
+
+def conditioned_on(config: Any) -> tuple[str, ...]:
+    """The columns a model is conditioned on: cvae's context, or vfae's nuisance column."""
+    if config.model == "vfae" and config.nuisance_column:
+        return (config.nuisance_column,)
+    return tuple(config.context)
 
 
 def describe(model: str) -> str:
@@ -305,90 +338,6 @@ class TrainingOptions(Options):
         if self.learning_rate <= 0:
             problems.append("learning_rate must be positive")
         return problems
-
-
-@dataclass(frozen=True)
-class TrainingOption:
-    """One option as every surface derives it. ``model``: the one model it is for, ``None``
-    for every model; ``flag``: ``anomaly train``'s, ``None`` where only Python offers it;
-    ``kind``: what turns the flag's text into the value; ``many``: a repeatable flag, a tuple;
-    ``hint``: the field's type."""
-
-    name: str
-    default: Any
-    hint: Any
-    text: str
-    model: str | None
-    flag: str | None
-    metavar: str | None
-    kind: Callable[[str], Any]
-    choices: tuple[str, ...] | None
-    many: bool
-    shown: str | None
-
-    @property
-    def dest(self) -> str:
-        """The flag's attribute on ``argparse``'s namespace: the flag with underscores."""
-        assert self.flag is not None, f"option {self.name} has no flag"
-        return self.flag.removeprefix("--").replace("-", "_")
-
-    @property
-    def default_text(self) -> str:
-        if self.shown is not None:
-            return self.shown
-        return "none" if self.default in (None, ()) else str(self.default)
-
-    @property
-    def help(self) -> str:
-        """The flag's help: what it sets and its default."""
-        return f"{self.text} ({'repeatable' if self.many else 'default: ' + self.default_text})"
-
-
-@cache
-def training_options() -> tuple[TrainingOption, ...]:
-    """Every option: ``TrainingOptions``'s, then each model's in ``MODEL_OPTIONS`` order."""
-    owners: list[tuple[str | None, type[Options]]] = [(None, TrainingOptions)]
-    owners += MODEL_OPTIONS.items()
-    found = []
-    for model, cls in owners:
-        hints = get_type_hints(cls)
-        for f in fields(cls):
-            assert f.default is not MISSING, f"option {f.name} needs a default"
-            hint = hints[f.name]
-            # `int | None` -> int; `tuple[str, ...]` -> a repeatable flag of str
-            union = isinstance(hint, types.UnionType)
-            base = next(a for a in get_args(hint) if a is not type(None)) if union else hint
-            many = get_origin(base) is tuple and f.metadata["parse"] is None
-            flag = f.metadata["flag"]
-            found.append(
-                TrainingOption(
-                    name=f.name,
-                    default=f.default,
-                    hint=hint,
-                    text=f.metadata["text"],
-                    model=model,
-                    flag="--" + f.name.replace("_", "-") if flag == _FROM_NAME else flag,
-                    metavar=f.metadata["metavar"],
-                    kind=f.metadata["parse"] or (base if base in (int, float) else str),
-                    choices=f.metadata["choices"],
-                    many=many,
-                    shown=f.metadata["shown"],
-                )
-            )
-    return tuple(found)
-
-
-def markdown_table() -> str:
-    """The README's table of the models that have options of their own, one row per model."""
-    rows = ["| `--model` | model | own options (default) |", "|---|---|---|"]
-    for model in MODEL_OPTIONS:
-        own = [o for o in training_options() if o.model == model]
-        listed = ", ".join(
-            f"`{o.flag}{' ' + o.metavar if o.metavar else ''}` ({o.default_text})" for o in own
-        )
-        if own:
-            rows.append(f"| `{model}` | {describe(model)} | {listed} |")
-    return "\n".join(rows) + "\n"
 
 
 def _and(names: Iterable[str]) -> str:

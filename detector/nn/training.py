@@ -36,6 +36,8 @@ from detector.nn.options import (
     IWAEOptions,
     SVDDOptions,
     TrainingOptions,
+    VFAEOptions,
+    conditioned_on,
 )
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.neighbours import NeighbourBank
@@ -60,7 +62,9 @@ DEFAULT_SCORE = "knn"
 
 
 @dataclass(frozen=True)
-class TrainingConfig(IWAEOptions, AdVAEOptions, SVDDOptions, CVAEOptions, TrainingOptions):
+class TrainingConfig(
+    VFAEOptions, IWAEOptions, AdVAEOptions, SVDDOptions, CVAEOptions, TrainingOptions
+):
     """Every training option, flat: ``TrainingOptions`` and each model's own
     (``detector.nn.options`` defines them, defaults and meanings); ``None`` sizes the network from
     the data."""
@@ -134,7 +138,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     schema = fit_schema(
         frame,
         categorical=config.categorical,
-        context=config.context,
+        context=conditioned_on(config),
         clip=config.clip,
         range_floor=config.range_floor,
     )

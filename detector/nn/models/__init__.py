@@ -11,6 +11,7 @@ from detector.nn.models.cvae import ConditionalVAE
 from detector.nn.models.iwae import IWAE
 from detector.nn.models.svdd import VAESVDD
 from detector.nn.models.vae import VAE
+from detector.nn.models.vfae import VFAE
 
 MODELS: dict[str, type[VAE]] = {
     "vae": VAE,
@@ -18,6 +19,7 @@ MODELS: dict[str, type[VAE]] = {
     "cvae": ConditionalVAE,
     "vae-svdd": VAESVDD,
     "iwae": IWAE,
+    "vfae": VFAE,
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from keras import ops
 
 from detector.nn.models.vae import VAE
-from detector.nn.options import CVAEOptions
+from detector.nn.options import CVAEOptions, ModelOptions
 
 
 @keras.saving.register_keras_serializable(package="detector")
@@ -33,7 +33,7 @@ class ConditionalVAE(VAE):
     ``context_sizes[k]`` slots. Output terms (``feature_log_likelihood``) cover the features
     only, as ``Schema.feature_columns`` lists them."""
 
-    options_class = CVAEOptions
+    options_class: type[ModelOptions] = CVAEOptions
     conditional = True
 
     def __init__(
