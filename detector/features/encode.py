@@ -248,9 +248,10 @@ def _flag_numeric(
     missing = np.isnan(values) & ~unparsed
     infinite = np.isinf(values)
     for i in np.flatnonzero(unparsed):
-        reasons[int(i)].append(
-            ("not_a_number", f"column '{col.name}': {raw.iloc[i]!r} is not a number")
-        )
+        value = raw.iloc[i]
+        # As the user wrote it: True, not numpy's np.True_ from a bool column.
+        shown = value.item() if isinstance(value, np.generic) else value
+        reasons[int(i)].append(("not_a_number", f"column '{col.name}': {shown!r} is not a number"))
     for i in np.flatnonzero(infinite):
         reasons[int(i)].append(("infinite", f"column '{col.name}': value is infinite"))
     if impute == "median":

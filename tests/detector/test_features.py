@@ -183,3 +183,12 @@ def test_context_columns_must_exist_and_leave_something_to_model() -> None:
         fit_schema(_frame(), context=["nope"])
     with pytest.raises(SchemaError, match="at least one column to model"):
         fit_schema(_frame()[["host"]], context=["host"])
+
+
+def test_a_value_of_the_wrong_type_is_named_as_written() -> None:
+    # A JSON true in a number column arrives as a bool column: the reason says True, not
+    # numpy's np.True_.
+    schema = fit_schema(_frame())
+    frame = _frame(2).assign(cpu=[True, False])
+    reasons = [r.reason for r in encode(schema, frame).rejections]
+    assert reasons == ["column 'cpu': True is not a number", "column 'cpu': False is not a number"]
