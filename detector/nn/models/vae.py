@@ -164,12 +164,17 @@ class VAE(keras.Model):
 
     def elbo_terms(self, x):  # type: ignore[no-untyped-def]
         """One-sample estimates of -E_q[log p(x|z)] and the analytic KL, each ``(batch,)``."""
+        nll, kl, _ = self.elbo_terms_and_codes(x)
+        return nll, kl
+
+    def elbo_terms_and_codes(self, x):  # type: ignore[no-untyped-def]
+        """``elbo_terms`` and the sampled codes z ``(batch, latent_dim)`` they came from."""
         mean, log_var = self.encode(x)
         eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
         z = mean + ops.exp(0.5 * log_var) * eps
         nll = -ops.sum(self.feature_log_likelihood(x, z), axis=-1)
         kl = ops.sum(losses.kl_to_standard_normal(mean, log_var), axis=-1)
-        return nll, kl
+        return nll, kl, z
 
     def call(self, inputs):  # type: ignore[no-untyped-def]
         """The deterministic reconstruction from the posterior mean, ``(batch, n_outputs)``:

@@ -49,11 +49,7 @@ class VFAE(ConditionalVAE):
         """``(nll, kl, mmd)``: the ELBO's terms ``(batch,)`` as ``elbo_terms`` gives them and
         the batch's MMD between the codes of the nuisance's values ``groups`` (one-hot, a
         scalar)."""
-        mean, log_var = self.encode(x)
-        eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
-        z = mean + ops.exp(0.5 * log_var) * eps
-        nll = -ops.sum(self.feature_log_likelihood(x, z), axis=-1)
-        kl = ops.sum(losses.kl_to_standard_normal(mean, log_var), axis=-1)
+        nll, kl, z = self.elbo_terms_and_codes(x)
         return nll, kl, losses.group_mmd(z, groups)
 
     def train_step(self, data):  # type: ignore[no-untyped-def]
