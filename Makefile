@@ -79,6 +79,7 @@ bench: setup bench-quality
 		--out tests/benchmarks/results/adbench_all_models
 	$(BIN)/python tests/benchmarks/bench_servers.py --data-dir $(BENCH_DATA)
 	$(BIN)/python tests/benchmarks/bench_sample_count.py --data-dir $(BENCH_DATA)
+	$(BIN)/python tests/benchmarks/bench_vfae.py --data-dir $(BENCH_DATA)
 
 clean:
 	rm -rf $(VENV) data/models data/out .pytest_cache .mypy_cache .ruff_cache
