@@ -57,17 +57,9 @@ class ConditionalVAE(VAE):
             start += size
         self._spread = spread
 
-    def build(self, input_shape: Any) -> None:
-        encoded = (None, self.hidden_units[-1])
-        decoded = (None, self.hidden_units[0])
-        self.encoder_body.build((None, self.input_dim))
-        self.z_mean.build(encoded)
-        self.z_log_var.build(encoded)
-        self.decoder_body.build((None, self.latent_dim + self.context_dim))
-        for head in (self.x_mean, self.x_log_var, self.x_logits):
-            if head is not None:
-                head.build(decoded)
-        self.built = True
+    @property
+    def decoder_input_dim(self) -> int:
+        return self.latent_dim + self.context_dim
 
     # ---- the probabilistic pieces ---------------------------------------------------------
 

@@ -100,11 +100,16 @@ class VAE(keras.Model):
         self.encoder_body.build((None, self.input_dim))
         self.z_mean.build(encoded)
         self.z_log_var.build(encoded)
-        self.decoder_body.build((None, self.latent_dim))
+        self.decoder_body.build((None, self.decoder_input_dim))
         for head in (self.x_mean, self.x_log_var, self.x_logits):
             if head is not None:
                 head.build(decoded)
         self.built = True
+
+    @property
+    def decoder_input_dim(self) -> int:
+        """The decoder's input width: the codes (a conditional model adds its context)."""
+        return self.latent_dim
 
     # ---- the probabilistic pieces ---------------------------------------------------------
 
