@@ -69,6 +69,13 @@ OPTIONS: dict[str, Option] = {
             "iwae_samples",
             "nuisance_column",
             "mmd_weight",
+            "lsvae_weight_decay",
+            "fae_weight",
+            "fae_target_z",
+            "fae_target_x",
+            "gan_weight",
+            "gan_feature_weight",
+            "gan_noise",
         )
     },
     # score_file's; score_frame's is passthrough above

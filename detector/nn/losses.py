@@ -112,3 +112,9 @@ def group_mmd(z, groups, bandwidths=(0.5, 1.0, 2.0)):  # type: ignore[no-untyped
     across = ops.matmul(everyone[None, :], ops.matmul(kernel, in_group))[0]
     overall = ops.sum(everyone * ops.matmul(kernel, everyone[:, None])[:, 0])
     return ops.sum(ops.where(counts > 0, within - 2.0 * across + overall, 0.0))
+
+
+def sigmoid_cross_entropy(logit, target):  # type: ignore[no-untyped-def]
+    """-[t log sigmoid(l) + (1 - t) log(1 - sigmoid(l))] elementwise, as softplus(l) - t * l,
+    which neither overflows nor takes the log of 0 for any logit."""
+    return ops.softplus(logit) - target * logit

@@ -14,9 +14,9 @@ from detector.nn.options import (
     FLAG_FROM_NAME,
     MODEL_OPTIONS,
     Options,
-    TrainingOptions,
     describe,
 )
+from detector.nn.training_options import TrainingOptions
 
 
 @dataclass(frozen=True)

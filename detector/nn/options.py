@@ -1,11 +1,12 @@
 """Every training option, defined once: its default, what it sets, its ``anomaly train`` flag and
 the model it belongs to.
 
-``TrainingOptions`` holds the options every model takes. Each model adds one dataclass of its
-own (a ``ModelOptions``) with the checks of its values; ``MODEL_OPTIONS`` registers them by the
-name ``--model`` takes, and each model class in ``detector.nn.models`` names its own as
-``options_class`` (a test keeps the two registries equal; the dataclasses live here, not in the
-model modules, because those import TensorFlow and ``anomaly --help`` must not).
+``training_options.TrainingOptions`` holds the options every model takes. Each model adds one
+dataclass of its own (a ``ModelOptions``) with the checks of its values; ``MODEL_OPTIONS``
+registers them by the name ``--model`` takes, and each model class in ``detector.nn.models``
+names its own as ``options_class`` (a test keeps the two registries equal; the dataclasses live
+here, not in the model modules, because those import TensorFlow and ``anomaly --help`` must
+not).
 
 Everything else is derived from these fields, never retyped: ``training.TrainingConfig``
 inherits them all, ``VAEDetector``'s parameters are their signature, ``anomaly train``'s flags
@@ -27,7 +28,7 @@ from detector.wording import option
 FLAG_FROM_NAME = "from the name"
 
 
-def _opt(
+def opt(
     default: Any,
     text: str,
     *,
@@ -105,8 +106,8 @@ class SVDDOptions(ModelOptions):
 
     ``detector.nn.models.svdd`` says what the weight and nu do."""
 
-    svdd_weight: float = _opt(0.1, "weight eta of the hypersphere term mean ||mu - c||^2")
-    svdd_nu: float | None = _opt(
+    svdd_weight: float = opt(0.1, "weight eta of the hypersphere term mean ||mu - c||^2")
+    svdd_nu: float | None = opt(
         None,
         "soft-boundary share nu in (0, 1] of records allowed outside the sphere",
         shown="none, one-class Deep SVDD",
@@ -128,12 +129,12 @@ class AdVAEOptions(ModelOptions):
     The weights and margins are the paper's (``detector.nn.models.advae``)."""
 
     #: The paper tunes lambda per data set (.003 to .1); .01 is its most common value.
-    advae_lambda: float = _opt(0.01, "weight lambda of the transformer's KL term")
-    advae_gamma: float = _opt(0.001, "weight gamma of the encoder-adversarial KL terms")
+    advae_lambda: float = opt(0.01, "weight lambda of the transformer's KL term")
+    advae_gamma: float = opt(0.001, "weight gamma of the encoder-adversarial KL terms")
     #: In squared standardised units summed over features (paper: 2, on min-max scaled ones).
-    advae_margin_x: float = _opt(2.0, "margin m_x between G(z) and G(z_T), squared units")
+    advae_margin_x: float = opt(2.0, "margin m_x between G(z) and G(z_T), squared units")
     #: The paper tunes m_z per data set (20 or 40); 40 is its most common value.
-    advae_margin_z: float = _opt(40.0, "margin m_z in nats of a generated record's KL")
+    advae_margin_z: float = opt(40.0, "margin m_z in nats of a generated record's KL")
 
     def problems(self, model: str) -> list[str]:
         return super().problems(model) + [
@@ -149,14 +150,14 @@ class CVAEOptions(ModelOptions):
 
     A context column is an input the model is conditioned on, not a column it scores."""
 
-    context: tuple[str, ...] = _opt(
+    context: tuple[str, ...] = opt(
         (),
         "a column normal behaviour depends on, e.g. host; the model is conditioned on it, not "
         "scoring it",
         metavar="COL",
         shown="required",
     )
-    context_dropout: float = _opt(
+    context_dropout: float = opt(
         0.1,
         "share of training rows each context column is hidden from, so a context value never "
         "seen in training can be scored without it",
@@ -188,7 +189,7 @@ class IWAEOptions(ModelOptions):
 
     ``detector.nn.models.iwae`` says what the sample count does."""
 
-    iwae_samples: int = _opt(5, "importance samples k of the training bound (1: the ELBO)")
+    iwae_samples: int = opt(5, "importance samples k of the training bound (1: the ELBO)")
 
     def problems(self, model: str) -> list[str]:
         problems = super().problems(model)
@@ -203,14 +204,14 @@ class VFAEOptions(ModelOptions):
 
     ``detector.nn.models.vfae`` says what the nuisance column and the weight do."""
 
-    nuisance_column: str | None = _opt(
+    nuisance_column: str | None = opt(
         None,
         "a column (a datacenter, a hardware type) the latent codes must not reveal; the model "
         "is conditioned on it, not scoring it",
         metavar="COL",
         shown="required",
     )
-    mmd_weight: float = _opt(10.0, "weight of the MMD between the codes of the nuisance's values")
+    mmd_weight: float = opt(10.0, "weight of the MMD between the codes of the nuisance's values")
 
     def problems(self, model: str) -> list[str]:
         problems = super().problems(model)
@@ -224,6 +225,60 @@ class VFAEOptions(ModelOptions):
         return problems
 
 
+@dataclass(frozen=True)
+class LSVAEOptions(ModelOptions):
+    """least-squares VAE with weight decay, Ramachandra 2017
+
+    ``detector.nn.models.lsvae`` says what the decay does."""
+
+    lsvae_weight_decay: float = opt(1e-4, "weight of the L2 penalty on the network's weights")
+
+    def problems(self, model: str) -> list[str]:
+        problems = super().problems(model)
+        if not (math.isfinite(self.lsvae_weight_decay) and self.lsvae_weight_decay >= 0):
+            problems.append(f"lsvae_weight_decay {self.lsvae_weight_decay} must be a number >= 0")
+        return problems
+
+
+@dataclass(frozen=True)
+class FAEOptions(ModelOptions):
+    """VAE with Fisher-information terms, Zheng et al. 2019
+
+    ``detector.nn.models.fae`` says what the weight and targets do; the defaults are the
+    paper's code's (ksi 0.1, F 5)."""
+
+    fae_weight: float = opt(0.1, "weight ksi of each |F - target| term")
+    fae_target_z: float = opt(5.0, "target Fisher information of the codes, mean 1/sigma_z^2")
+    fae_target_x: float = opt(5.0, "target Fisher information of the decoder, mean 1/sigma_x^2")
+
+    def problems(self, model: str) -> list[str]:
+        return super().problems(model) + [
+            f"{f.name} {getattr(self, f.name)} must be a number >= 0"
+            for f in fields(self)
+            if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) >= 0)
+        ]
+
+
+@dataclass(frozen=True)
+class VAEGANOptions(ModelOptions):
+    """VAE + discriminator, learned similarity, Larsen et al. 2016
+
+    ``detector.nn.models.vaegan`` gives the training recipe and its checks."""
+
+    gan_weight: float = opt(0.1, "weight of the adversarial term in the decoder's loss")
+    gan_feature_weight: float = opt(
+        1.0, "weight of the reconstruction error in the discriminator's feature space"
+    )
+    gan_noise: float = opt(0.1, "standard deviation of the noise on the discriminator's inputs")
+
+    def problems(self, model: str) -> list[str]:
+        return super().problems(model) + [
+            f"{f.name} {getattr(self, f.name)} must be a number >= 0"
+            for f in fields(self)
+            if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) >= 0)
+        ]
+
+
 #: The models by the name ``anomaly train --model`` takes, in ``--help``'s order.
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "vae": VAEOptions,
@@ -232,6 +287,9 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "cvae": CVAEOptions,
     "iwae": IWAEOptions,
     "vfae": VFAEOptions,
+    "lsvae": LSVAEOptions,
+    "fae": FAEOptions,
+    "vae-gan": VAEGANOptions,
 }
 
 
@@ -245,99 +303,6 @@ def conditioned_on(config: Any) -> tuple[str, ...]:
 def describe(model: str) -> str:
     """What ``model`` is, in a few words (its options class's docstring)."""
     return (MODEL_OPTIONS[model].__doc__ or "").strip().splitlines()[0]
-
-
-@dataclass(frozen=True)
-class TrainingOptions(Options):
-    """The options every model takes; ``None`` sizes the network from the data."""
-
-    model: str = _opt(
-        "vae",
-        "the model: "
-        + ", ".join(f"{name} ({describe(name)})" for name in MODEL_OPTIONS)
-        + "; each one's own options are listed under its name",
-        choices=tuple(MODEL_OPTIONS),
-    )
-    categorical: tuple[str, ...] = _opt(
-        (), "treat a numeric-looking column as categorical", metavar="COL"
-    )
-    epochs: int = _opt(300, "maximum epochs")
-    batch_size: int = _opt(128, "rows per mini-batch")
-    learning_rate: float = _opt(1e-3, "Adam's learning rate")
-    latent_dim: int | None = _opt(None, "latent width", shown="from the data")
-    hidden_units: tuple[int, ...] | None = _opt(
-        None,
-        "encoder layer sizes, e.g. 64,32",
-        metavar="N,N",
-        parse=sizes,
-        shown="from the data",
-    )
-    activation: str = _opt("relu", "the hidden layers' activation (a Keras name)", flag=None)
-    kl_warmup_epochs: int = _opt(10, "epochs over which the KL term's weight rises to 1")
-    patience: int = _opt(20, "epochs without a better validation ELBO before training stops")
-    min_scale: float = _opt(0.3, "decoder standard-deviation floor, standardised units")
-    max_scale: float = _opt(2.0, "decoder standard-deviation ceiling", flag=None)
-    #: ``schema.fit_schema`` says why, README "Column scaling" when to raise it.
-    range_floor: float = _opt(
-        0.05,
-        "each numeric column's scale is at least this fraction of its training range; 0.25 "
-        "scales nearly every column by its range, as min-max scaling does",
-    )
-    clip: float = _opt(10.0, "standardised values are clipped to +-clip", flag=None)
-    validation_fraction: float = _opt(
-        0.15, "share of the rows early stopping watches, in [0.05, 0.4]", flag=None
-    )
-    calibration_fraction: float = _opt(
-        0.15, "share of the rows the threshold is calibrated on, in [0.05, 0.4]", flag=None
-    )
-    target_fpr: float = _opt(0.01, "false-positive rate the threshold is set for")
-    n_samples: int = _opt(8, "latent samples L per scored record", flag="--samples")
-    score_kind: str | None = _opt(
-        None,
-        "score: knn (distance to the nearest normal rows), elbo_knn, recon_prob, mean_log_lik, "
-        "elbo or iwae, or a model's own (vae-svdd: svdd_distance, combined, either; advae: "
-        "recon_error)",
-        flag="--score",
-        metavar="KIND",
-        shown="knn; elbo for the other models and with --neighbours 0",
-    )
-    #: The bundle keeps a bank of training rows only when its score uses it.
-    neighbours: int = _opt(
-        5,
-        "k of the distance to the nearest normal training rows, which the bundle keeps; 0 "
-        "keeps no training rows in the bundle and scores with the model alone",
-        metavar="K",
-    )
-    random_state: int = _opt(0, "random seed", flag="--seed")
-    #: ``anomaly train`` shows progress unless --quiet or --json.
-    progress: bool = _opt(False, "show training progress on stderr", flag=None)
-
-    def problems(self, model: str) -> list[str]:
-        problems = []
-        if model not in MODEL_OPTIONS:
-            problems.append(f"model {model!r} is not one of {sorted(MODEL_OPTIONS)}")
-        for name in ("validation_fraction", "calibration_fraction"):
-            value = getattr(self, name)
-            if not 0.05 <= value <= 0.4:
-                problems.append(f"{name} {value} must be in [0.05, 0.4]")
-        if self.neighbours < 0:
-            problems.append("neighbours must be 0 (no bank) or at least 1")
-        for name in ("epochs", "batch_size", "n_samples"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if self.latent_dim is not None and self.latent_dim < 1:
-            problems.append("latent_dim must be at least 1")
-        if self.hidden_units is not None and (not self.hidden_units or min(self.hidden_units) < 1):
-            problems.append("hidden_units must be a non-empty list of positive sizes")
-        if not 0 < self.min_scale < self.max_scale:
-            problems.append("need 0 < min_scale < max_scale")
-        if not 0 <= self.range_floor <= 1:
-            problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
-        if not 0 < self.target_fpr < 0.5:
-            problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
-        if self.learning_rate <= 0:
-            problems.append("learning_rate must be positive")
-        return problems
 
 
 def _and(names: Iterable[str]) -> str:

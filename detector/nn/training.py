@@ -22,23 +22,32 @@ import numpy as np
 import pandas as pd
 
 from detector.bundles.bundle import Bundle
-from detector.errors import ConfigError, TrainingError
+from detector.errors import ConfigError
 from detector.features.encode import encode
 from detector.features.schema import fingerprint, fit_schema
-from detector.nn import losses
 from detector.nn.callbacks import KLWarmup, ProgressBar
 from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
-from detector.nn.models import MODELS, VAE
+from detector.nn.models import MODELS
 from detector.nn.options import (
     MODEL_OPTIONS,
     AdVAEOptions,
     CVAEOptions,
+    FAEOptions,
     IWAEOptions,
+    LSVAEOptions,
     SVDDOptions,
-    TrainingOptions,
+    VAEGANOptions,
     VFAEOptions,
     conditioned_on,
 )
+from detector.nn.training_checks import (
+    ACTIVE_UNIT_KL,
+    active_units,
+    check_finite,
+    check_spread,
+    constant,
+)
+from detector.nn.training_options import TrainingOptions
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.neighbours import NeighbourBank
 from detector.scoring.scores import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
@@ -52,8 +61,6 @@ from detector.wording import option
 
 log = logging.getLogger(__name__)
 
-#: A latent unit whose mean KL on validation data is below this carries no information.
-ACTIVE_UNIT_KL = 0.01
 #: Below this many training rows nothing is held out (``train``'s small-table path).
 SMALL_TABLE_ROWS = 200
 #: The score a bundle with a neighbour bank uses unless told otherwise; chosen on every
@@ -63,7 +70,15 @@ DEFAULT_SCORE = "knn"
 
 @dataclass(frozen=True)
 class TrainingConfig(
-    VFAEOptions, IWAEOptions, AdVAEOptions, SVDDOptions, CVAEOptions, TrainingOptions
+    VAEGANOptions,
+    FAEOptions,
+    LSVAEOptions,
+    VFAEOptions,
+    IWAEOptions,
+    AdVAEOptions,
+    SVDDOptions,
+    CVAEOptions,
+    TrainingOptions,
 ):
     """Every training option, flat: ``TrainingOptions`` and each model's own
     (``detector.nn.options`` defines them, defaults and meanings); ``None`` sizes the network from
@@ -185,7 +200,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             *model.training_callbacks(fit_x, config),
         ],
     ).history
-    _check_finite(history, config)
+    check_finite(history, config)
 
     traced = ScoreGraph(model, n_samples=config.n_samples, seed=config.random_state)
     model.finish_training(traced, val_x)
@@ -210,7 +225,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
     fallback = None
-    if bank is not None and config.score_kind is None and _constant(cal_scores):
+    if bank is not None and config.score_kind is None and constant(cal_scores):
         # Every held-out row has k exact copies among the bank's (a table of a few categories):
         # the distance is 0 for all of them and cannot rank records; the model's own can.
         fallback = (
@@ -222,12 +237,12 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         score_kind, bank = model.default_score_kind, None
         cal = graph(cal_x)
         cal_scores = anomaly_scores(cal, score_kind)
-    _check_spread(cal_scores)
+    check_spread(cal_scores)
     calibrator = Calibrator.fit(cal_scores, target_fpr=config.target_fpr)
     val_scores = (
         cal_scores if small else anomaly_scores(estimate_all(graph, bank, val_x), score_kind)
     )
-    active = _active_units(model, val_x)
+    active = active_units(model, val_x)
 
     warnings = [] if fallback is None else [fallback]
     if active == 0:
@@ -365,33 +380,3 @@ def holdout_indices(n: int, config: TrainingConfig) -> tuple[np.ndarray, ...]:
 def _split(values: np.ndarray, config: TrainingConfig) -> tuple[np.ndarray, ...]:
     fit, val, cal = holdout_indices(len(values), config)
     return values[fit], values[val], values[cal]
-
-
-def _check_finite(history: dict[str, list[float]], config: TrainingConfig) -> None:
-    losses = np.asarray(history.get("loss", []), dtype=np.float64)
-    if len(losses) == 0 or not np.isfinite(losses).all():
-        epoch = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1 if len(losses) else 0
-        raise TrainingError(
-            f"training diverged: the loss became NaN/inf at epoch {epoch}; lower "
-            f"{option('learning_rate')} (now {config.learning_rate}) or look for extreme values "
-            "in the data"
-        )
-
-
-def _constant(scores: np.ndarray) -> bool:
-    spread = float(np.std(scores))
-    return not np.isfinite(scores).all() or spread <= 1e-6 * (1.0 + abs(float(np.mean(scores))))
-
-
-def _check_spread(scores: np.ndarray) -> None:
-    if _constant(scores):
-        raise TrainingError(
-            "held-out anomaly scores are (nearly) constant, so the model cannot tell records "
-            f"apart; check that the training columns vary, or train longer ({option('epochs')})"
-        )
-
-
-def _active_units(model: VAE, x: np.ndarray) -> int:
-    mean, log_var = model.encode(x)
-    kl = np.asarray(losses.kl_to_standard_normal(mean, log_var)).mean(axis=0)
-    return int((kl > ACTIVE_UNIT_KL).sum())

@@ -303,7 +303,9 @@ def candidate_scores(det: Any, task: Task) -> dict[str, Parts]:
         "default": {k: anomaly_scores(e, bundle.score_kind) for k, e in estimates.items()}
     }
     # elbo_knn only where the bundle keeps a bank (the plain VAE's default; not --model iwae)
-    for kind in ("elbo", "iwae", "recon_prob", "elbo_knn"):
+    # ... and the model's own scores (vae-gan's feature_error, advae's recon_error).
+    extras = tuple(bundle.model.extra_score_kinds)
+    for kind in ("elbo", "iwae", "recon_prob", "elbo_knn", *extras):
         if kind in estimates["val"]:
             out[kind] = {k: -e[kind].astype(np.float64) for k, e in estimates.items()}
 
@@ -328,6 +330,8 @@ def candidate_scores(det: Any, task: Task) -> dict[str, Parts]:
     for distance in ("knn_x", "knn_x_small", "knn_z", "knn_x_rf25"):
         out[f"elbo+{distance}"] = {k: z["elbo"][k] + z[distance][k] for k in views}
         out[f"max(elbo,{distance})"] = {k: np.maximum(z["elbo"][k], z[distance][k]) for k in views}
+    for kind in extras:
+        out[f"elbo+{kind}"] = {k: z["elbo"][k] + z[kind][k] for k in views}
     out["knn_x_k10"] = {k: knn_distance(x[fit], v, k=10) for k, v in views.items()}
     out["elbo+knn_x+knn_z"] = {k: z["elbo"][k] + z["knn_x"][k] + z["knn_z"][k] for k in views}
     return out

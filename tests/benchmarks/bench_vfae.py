@@ -1,4 +1,5 @@
-"""VFAE on real data: several SMD machines pooled into one table, the machine as the nuisance.
+"""VFAE on real data: several SMD machines (or ASD entities) pooled into one table, the machine
+as the nuisance.
 
 A fleet's hosts differ in their normal levels; a model over the pooled table can judge a row
 against its own host (``--model cvae --context machine``), against every host while its codes
@@ -13,8 +14,8 @@ column (the plain VAE, ``machine`` categorical). For each, this reports:
 
 Usage::
 
-    python tests/benchmarks/bench_vfae.py [--data-dir DIR] [--machines a,b,c] [--epochs 30]
-        [--out tests/benchmarks/results/vfae]
+    python tests/benchmarks/bench_vfae.py [--data-dir DIR] [--set smd|asd] [--machines a,b,c]
+        [--epochs 30] [--out tests/benchmarks/results/vfae]
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import cross_val_score
 
 REPO = Path(__file__).resolve().parents[2]
-MACHINES = ("machine-1-2", "machine-2-3", "machine-3-2")
+#: The machines pooled by default, per set.
+MACHINES = {
+    "smd": ("machine-1-2", "machine-2-3", "machine-3-2"),
+    "asd": ("omi-1", "omi-2", "omi-3"),
+}
 #: (label, VAEDetector parameters): the ways to model the pooled table.
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("vae, machine a column", {"categorical": ("machine",), "neighbours": 0}),
@@ -53,7 +58,8 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir")
-    parser.add_argument("--machines", default=",".join(MACHINES))
+    parser.add_argument("--set", choices=sorted(MACHINES), default="smd")
+    parser.add_argument("--machines", help="comma-separated (default: the set's three)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/vfae")
     args = parser.parse_args()
@@ -61,7 +67,8 @@ def main() -> int:
     from detector.estimator import VAEDetector
     from detector.features.encode import encode
 
-    machines = find_machines(resolve_data_dir(args.data_dir), ["smd"], args.machines.split(","))
+    names = args.machines.split(",") if args.machines else list(MACHINES[args.set])
+    machines = find_machines(resolve_data_dir(args.data_dir), [args.set], names)
     train_parts, tests = [], {}
     for machine in machines:
         train, test, labels = load_machine(machine.path)
@@ -107,7 +114,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
-        "# VFAE: codes invariant to the machine, SMD machines pooled",
+        f"# VFAE: codes invariant to the machine, {args.set.upper()} machines pooled",
         "",
         f"`{payload['command']}`; machines {', '.join(payload['machines'])}; "
         f"{args.epochs} epochs, seed 0; {payload['minutes']} min on 2 CPUs.",

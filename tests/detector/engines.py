@@ -19,3 +19,28 @@ def assert_scorer_matches_tensorflow(bundle: Any, x: np.ndarray) -> None:
     assert set(lite) == set(reference)
     for name, values in reference.items():
         np.testing.assert_allclose(lite[name], values, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def assert_trains_saves_and_scores(model: str, frame: Any, path: Any, **options: Any) -> Any:
+    """Train ``model`` on ``frame`` with the tiny settings, save and load its bundle, check its
+    LiteRT scorer against TensorFlow and that broken records score above normal ones; the
+    loaded bundle is returned for the model's own checks."""
+    import pandas as pd
+
+    from detector.bundles.bundle import load_bundle, save_bundle
+    from detector.estimator import VAEDetector
+    from detector.features.encode import encode
+    from tests.conftest import TINY, broken, normal_records
+
+    detector = VAEDetector(model=model, **{**TINY, **options}).fit(frame)
+    history = detector.summary_.history
+    assert all(np.isfinite(values).all() for values in history.values())
+    assert history["neg_elbo"][-1] < history["neg_elbo"][0]
+    save_bundle(detector.bundle_, path)
+    loaded = load_bundle(path)
+    assert loaded.model_type == model
+    records = pd.DataFrame(normal_records(60) + [broken(r) for r in normal_records(5)])
+    assert_scorer_matches_tensorflow(loaded, encode(loaded.schema, records).values)
+    scores = VAEDetector.load(path).anomaly_score(records)
+    assert scores[-5:].min() > np.median(scores[:60])
+    return loaded

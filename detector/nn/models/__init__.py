@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from detector.nn.models.advae import AdVAE
 from detector.nn.models.cvae import ConditionalVAE
+from detector.nn.models.fae import FAE
 from detector.nn.models.iwae import IWAE
+from detector.nn.models.lsvae import LSVAE
 from detector.nn.models.svdd import VAESVDD
 from detector.nn.models.vae import VAE
+from detector.nn.models.vaegan import VAEGAN
 from detector.nn.models.vfae import VFAE
 
 MODELS: dict[str, type[VAE]] = {
@@ -20,6 +23,9 @@ MODELS: dict[str, type[VAE]] = {
     "vae-svdd": VAESVDD,
     "iwae": IWAE,
     "vfae": VFAE,
+    "lsvae": LSVAE,
+    "fae": FAE,
+    "vae-gan": VAEGAN,
 }
 
 

@@ -1,0 +1,101 @@
+"""The options every model takes (``detector.nn.options`` has each model's own and says how
+all of them are used)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, sizes
+
+
+@dataclass(frozen=True)
+class TrainingOptions(Options):
+    """The options every model takes; ``None`` sizes the network from the data."""
+
+    model: str = opt(
+        "vae",
+        "the model: "
+        + ", ".join(f"{name} ({describe(name)})" for name in MODEL_OPTIONS)
+        + "; each one's own options are listed under its name",
+        choices=tuple(MODEL_OPTIONS),
+    )
+    categorical: tuple[str, ...] = opt(
+        (), "treat a numeric-looking column as categorical", metavar="COL"
+    )
+    epochs: int = opt(300, "maximum epochs")
+    batch_size: int = opt(128, "rows per mini-batch")
+    learning_rate: float = opt(1e-3, "Adam's learning rate")
+    latent_dim: int | None = opt(None, "latent width", shown="from the data")
+    hidden_units: tuple[int, ...] | None = opt(
+        None,
+        "encoder layer sizes, e.g. 64,32",
+        metavar="N,N",
+        parse=sizes,
+        shown="from the data",
+    )
+    activation: str = opt("relu", "the hidden layers' activation (a Keras name)", flag=None)
+    kl_warmup_epochs: int = opt(10, "epochs over which the KL term's weight rises to 1")
+    patience: int = opt(20, "epochs without a better validation ELBO before training stops")
+    min_scale: float = opt(0.3, "decoder standard-deviation floor, standardised units")
+    max_scale: float = opt(2.0, "decoder standard-deviation ceiling", flag=None)
+    #: ``schema.fit_schema`` says why, README "Column scaling" when to raise it.
+    range_floor: float = opt(
+        0.05,
+        "each numeric column's scale is at least this fraction of its training range; 0.25 "
+        "scales nearly every column by its range, as min-max scaling does",
+    )
+    clip: float = opt(10.0, "standardised values are clipped to +-clip", flag=None)
+    validation_fraction: float = opt(
+        0.15, "share of the rows early stopping watches, in [0.05, 0.4]", flag=None
+    )
+    calibration_fraction: float = opt(
+        0.15, "share of the rows the threshold is calibrated on, in [0.05, 0.4]", flag=None
+    )
+    target_fpr: float = opt(0.01, "false-positive rate the threshold is set for")
+    n_samples: int = opt(8, "latent samples L per scored record", flag="--samples")
+    score_kind: str | None = opt(
+        None,
+        "score: knn (distance to the nearest normal rows), elbo_knn, recon_prob, mean_log_lik, "
+        "elbo or iwae, or a model's own (vae-svdd: svdd_distance, combined, either; advae: "
+        "recon_error)",
+        flag="--score",
+        metavar="KIND",
+        shown="knn; elbo for the other models and with --neighbours 0",
+    )
+    #: The bundle keeps a bank of training rows only when its score uses it.
+    neighbours: int = opt(
+        5,
+        "k of the distance to the nearest normal training rows, which the bundle keeps; 0 "
+        "keeps no training rows in the bundle and scores with the model alone",
+        metavar="K",
+    )
+    random_state: int = opt(0, "random seed", flag="--seed")
+    #: ``anomaly train`` shows progress unless --quiet or --json.
+    progress: bool = opt(False, "show training progress on stderr", flag=None)
+
+    def problems(self, model: str) -> list[str]:
+        problems = []
+        if model not in MODEL_OPTIONS:
+            problems.append(f"model {model!r} is not one of {sorted(MODEL_OPTIONS)}")
+        for name in ("validation_fraction", "calibration_fraction"):
+            value = getattr(self, name)
+            if not 0.05 <= value <= 0.4:
+                problems.append(f"{name} {value} must be in [0.05, 0.4]")
+        if self.neighbours < 0:
+            problems.append("neighbours must be 0 (no bank) or at least 1")
+        for name in ("epochs", "batch_size", "n_samples"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            problems.append("latent_dim must be at least 1")
+        if self.hidden_units is not None and (not self.hidden_units or min(self.hidden_units) < 1):
+            problems.append("hidden_units must be a non-empty list of positive sizes")
+        if not 0 < self.min_scale < self.max_scale:
+            problems.append("need 0 < min_scale < max_scale")
+        if not 0 <= self.range_floor <= 1:
+            problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
+        if not 0 < self.target_fpr < 0.5:
+            problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
+        if self.learning_rate <= 0:
+            problems.append("learning_rate must be positive")
+        return problems
