@@ -1,0 +1,180 @@
+"""Metric streams as windows: each record with the last rows of its own series beside it.
+
+A series is the rows of one key (a host, a service; every row when no key column is named),
+ordered by a time column (ISO-8601 text or epoch seconds). ``make_windows`` orders each
+series, reports what cannot be placed in one (a timestamp that does not parse, a second row at
+the same timestamp of a key), restarts a series after a gap longer than ``max_gap_seconds``,
+and gives each accepted row the previous ``window - 1`` rows of its series as extra columns
+``COL[-1]``, ``COL[-2]``, ... (``representation="lags"``, a Donut-style flattened window whose
+newest step keeps the column's own name, so attribution still names the metric), or the row
+and its difference from the mean of those rows as ``COL[-mean]`` (``"deviation"``: a level
+that moved with its recent history reads as normal). The first rows of a series, with fewer
+than ``window - 1`` rows before them, borrow the oldest row they have and are marked as
+warming up; none is dropped.
+
+Rows come back in input order, so an output file lines up with its input; the order within a
+file does not matter, as every row of a key is in hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from detector.errors import SchemaError
+
+Representation = Literal["lags", "deviation"]
+#: Why a row was not placed in its series, as a short code (a metrics label).
+SERIES_REJECTION_CODES = ("bad_timestamp", "duplicate_timestamp", "missing_key")
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """How a table is a set of series: ``time_column``, the ``key_columns`` naming a series
+    (none: one series), the ``window`` of rows a record is judged with (itself included), and
+    the longest gap in seconds a series may have before its window starts again (``None``:
+    no limit)."""
+
+    time_column: str
+    key_columns: tuple[str, ...] = ()
+    window: int = 10
+    max_gap_seconds: float | None = None
+    representation: Representation = "lags"
+
+    def problems(self, columns: list[str]) -> list[str]:
+        """What is wrong with this spec for a table with ``columns``."""
+        problems = []
+        named = [self.time_column, *self.key_columns]
+        missing = [c for c in named if c not in columns]
+        if missing:
+            problems.append(f"no column {missing} in the data; its columns are {columns}")
+        if len(set(named)) < len(named):
+            problems.append(f"the time column and the key columns must differ: {named}")
+        if not 1 <= self.window <= 1000:
+            problems.append(f"window {self.window} must be in [1, 1000] rows")
+        if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:
+            problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
+        if self.representation not in ("lags", "deviation"):
+            problems.append(f"representation {self.representation!r} is not lags or deviation")
+        return problems
+
+
+@dataclass(frozen=True)
+class SeriesRejection:
+    """A row that could not be placed in its series: its 0-based input position, a code from
+    ``SERIES_REJECTION_CODES`` and the reason in words."""
+
+    row: int
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """The accepted rows with their windows, in input order: ``frame`` holds the value columns
+    and their lag (or deviation) columns, ``rows`` the input positions, ``warming_up`` which
+    rows had fewer than ``window - 1`` rows of history. ``restarts`` counts the series restarted
+    after a gap."""
+
+    frame: pd.DataFrame
+    rows: np.ndarray
+    warming_up: np.ndarray
+    rejections: tuple[SeriesRejection, ...]
+    restarts: int
+
+
+def parse_times(values: pd.Series) -> pd.Series:
+    """Seconds since the epoch as float (NaN where a value is not a time): numbers are epoch
+    seconds, text is ISO-8601 (a zone-less time is taken as UTC)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return pd.to_numeric(values, errors="coerce").astype(np.float64)
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        return numeric.astype(np.float64)
+    stamps = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+    seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return seconds.where(stamps.notna())
+
+
+def lag_name(column: str, lag: int) -> str:
+    """The name of ``column``'s value ``lag`` rows back: ``cpu[-2]``."""
+    return f"{column}[-{lag}]"
+
+
+def make_windows(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
+    """Order ``frame``'s series and window every row it can place (see the module)."""
+    problems = spec.problems([str(c) for c in frame.columns])
+    if problems:
+        raise SchemaError("; ".join(problems))
+    times = parse_times(frame[spec.time_column])
+    rejections = [
+        SeriesRejection(int(i), "bad_timestamp", f"{spec.time_column} {value!r} is not a time")
+        for i, value in frame.loc[times.isna(), spec.time_column].items()
+    ]
+    keys = frame[list(spec.key_columns)] if spec.key_columns else None
+    missing_key = keys.isna().any(axis=1) & times.notna() if keys is not None else None
+    if missing_key is not None:
+        rejections += [
+            SeriesRejection(int(i), "missing_key", f"no value for key {list(spec.key_columns)}")
+            for i in frame.index[missing_key]
+        ]
+    usable = times.notna() & (~missing_key if missing_key is not None else True)
+    positions = np.flatnonzero(usable.to_numpy())
+    key_codes = (
+        pd.factorize(keys.iloc[positions].astype(str).agg("\x1f".join, axis=1), sort=True)[0]
+        if keys is not None
+        else np.zeros(len(positions), dtype=np.int64)
+    )
+    seconds = times.to_numpy()[positions]
+    order = np.lexsort((positions, seconds, key_codes))  # by key, then time, then input order
+    positions, seconds, key_codes = positions[order], seconds[order], key_codes[order]
+    new_key = np.r_[True, key_codes[1:] != key_codes[:-1]]
+    duplicate = ~new_key & np.r_[False, seconds[1:] == seconds[:-1]]
+    same_time = f"an earlier row of its series has the same {spec.time_column}"
+    rejections += [
+        SeriesRejection(int(p), "duplicate_timestamp", same_time) for p in positions[duplicate]
+    ]
+    positions, seconds, new_key = positions[~duplicate], seconds[~duplicate], new_key[~duplicate]
+    gap = np.r_[0.0, np.diff(seconds)]
+    restart = ~new_key & (spec.max_gap_seconds is not None) & (gap > (spec.max_gap_seconds or 0))
+    segment = np.cumsum(new_key | restart)
+    values = frame.drop(columns=[spec.time_column, *spec.key_columns]).iloc[positions]
+    values = values.reset_index(drop=True)
+    windowed, warming = _window(values, segment, spec)
+    back = np.argsort(positions, kind="stable")  # sorted order -> input order
+    return Windows(
+        frame=windowed.iloc[back].reset_index(drop=True),
+        rows=positions[back],
+        warming_up=warming[back],
+        rejections=tuple(sorted(rejections, key=lambda r: r.row)),
+        restarts=int(restart.sum()),
+    )
+
+
+def _window(values: pd.DataFrame, segment: np.ndarray, spec: SeriesSpec):  # type: ignore[no-untyped-def]
+    """The window columns for rows sorted by series and time, ``segment`` numbering each run of
+    one series; and whether each row is warming up."""
+    groups = values.groupby(segment, sort=False)
+    position = groups.cumcount().to_numpy()
+    warming = position < spec.window - 1
+    if spec.window == 1:
+        return values, warming
+    oldest = groups.transform("first")
+    lags = []
+    for lag in range(1, spec.window):
+        shifted = groups.shift(lag)
+        shifted = shifted.where(np.repeat((position >= lag)[:, None], values.shape[1], 1), oldest)
+        lags.append(shifted)
+    if spec.representation == "lags":
+        named = [
+            lagged.rename(columns=lambda c, n=n: lag_name(str(c), n))
+            for n, lagged in enumerate(lags, 1)
+        ]
+        return pd.concat([values, *named], axis=1), warming
+    numeric = values.select_dtypes("number").columns
+    history = sum(lagged[numeric].astype(np.float64) for lagged in lags) / len(lags)
+    deviation = (values[numeric] - history).rename(columns=lambda c: f"{c}[-mean]")
+    return pd.concat([values, deviation], axis=1), warming

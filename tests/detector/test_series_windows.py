@@ -1,0 +1,98 @@
+"""Metric streams as windows (``detector.series.windows``): series ordered per key, rows that
+cannot be placed reported with a reason, gaps restarting a window, and every other row kept,
+in input order, with the rows before it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.errors import SchemaError
+from detector.series.windows import SeriesSpec, make_windows, parse_times
+
+
+def fleet() -> pd.DataFrame:
+    """Two hosts, shuffled: cpu is 10 * minute + (0 for a, 1000 for b)."""
+    rows = [
+        {"ts": 60 * m, "host": host, "cpu": 10.0 * m + offset}
+        for host, offset in (("a", 0.0), ("b", 1000.0))
+        for m in range(6)
+    ]
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def test_each_row_gets_the_previous_rows_of_its_own_series_in_input_order() -> None:
+    frame = fleet()
+    windows = make_windows(frame, SeriesSpec("ts", ("host",), window=3))
+    assert list(windows.rows) == list(range(len(frame)))  # nothing rejected, input order
+    out = windows.frame
+    assert list(out.columns) == ["cpu", "cpu[-1]", "cpu[-2]"]
+    for i, row in frame.iterrows():
+        offset = 0.0 if row["host"] == "a" else 1000.0
+        minute = row["ts"] // 60
+        expected = [10.0 * max(minute - lag, 0) + offset for lag in range(3)]
+        assert list(out.loc[i]) == expected, (row.to_dict(), list(out.loc[i]))
+    # Warming up: the first two minutes of each host, whose window borrowed its oldest row.
+    assert set(frame.loc[windows.warming_up, "ts"]) == {0, 60}
+    assert windows.warming_up.sum() == 4
+
+
+def test_the_deviation_is_the_row_minus_the_mean_of_the_rows_before_it() -> None:
+    frame = fleet()
+    windows = make_windows(frame, SeriesSpec("ts", ("host",), window=3, representation="deviation"))
+    out = windows.frame
+    assert list(out.columns) == ["cpu", "cpu[-mean]"]
+    late = (frame["ts"] >= 120).to_numpy()
+    # cpu rises 10 a minute: the mean of the two rows before is 15 below the row.
+    np.testing.assert_allclose(out.loc[late, "cpu[-mean]"], 15.0)
+
+
+def test_bad_times_missing_keys_and_duplicates_are_rejected_with_their_reason() -> None:
+    frame = pd.DataFrame(
+        {
+            "ts": ["2026-01-01T00:00:00Z", "yesterday", "2026-01-01T00:01:00Z",
+                   "2026-01-01T00:01:00Z", "2026-01-01T00:02:00+00:00", "2026-01-01T00:03:00"],
+            "host": ["a", "a", None, "a", "a", "a"],
+            "cpu": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        }
+    )  # fmt: skip
+    frame.loc[len(frame)] = ["2026-01-01T00:02:00Z", "a", 7.0]  # same time as row 4, later
+    windows = make_windows(frame, SeriesSpec("ts", ("host",), window=2))
+    rejected = {r.row: r.code for r in windows.rejections}
+    assert rejected == {1: "bad_timestamp", 2: "missing_key", 6: "duplicate_timestamp"}
+    assert "'yesterday' is not a time" in windows.rejections[0].reason
+    assert sorted([*windows.rows, *rejected]) == list(range(len(frame)))  # every row accounted
+    # Row 3 (00:01) follows row 0 (00:00); row 5 (zone-less, UTC) follows row 4 (00:02).
+    assert list(windows.frame["cpu[-1]"]) == [1.0, 1.0, 4.0, 5.0]
+
+
+def test_a_gap_longer_than_the_limit_starts_the_window_again() -> None:
+    frame = pd.DataFrame({"ts": [0, 60, 120, 3600, 3660], "cpu": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    windows = make_windows(frame, SeriesSpec("ts", window=2, max_gap_seconds=300))
+    assert windows.restarts == 1
+    assert list(windows.frame["cpu[-1]"]) == [1.0, 1.0, 2.0, 4.0, 4.0]
+    assert list(windows.warming_up) == [True, False, False, True, False]
+    unlimited = make_windows(frame, SeriesSpec("ts", window=2))
+    assert unlimited.restarts == 0 and list(unlimited.frame["cpu[-1]"])[3] == 3.0
+
+
+def test_epoch_seconds_and_iso_text_read_as_the_same_times() -> None:
+    iso = pd.Series(["1970-01-01T00:01:00Z", "1970-01-01T01:00:00+01:00", "soon", None])
+    np.testing.assert_array_equal(parse_times(iso).to_numpy()[:2], [60.0, 0.0])
+    assert parse_times(iso).isna().tolist() == [False, False, True, True]
+    np.testing.assert_array_equal(parse_times(pd.Series(["60", "0"])), [60.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (SeriesSpec("time"), r"no column \['time'\]"),
+        (SeriesSpec("ts", ("ts",)), "must differ"),
+        (SeriesSpec("ts", window=0), r"window 0 must be in \[1, 1000\]"),
+        (SeriesSpec("ts", max_gap_seconds=0), "max_gap_seconds 0 must be positive"),
+    ],
+)
+def test_a_spec_that_does_not_fit_the_table_is_refused_by_name(spec, message) -> None:
+    with pytest.raises(SchemaError, match=message):
+        make_windows(fleet(), spec)
