@@ -18,6 +18,7 @@ file does not matter, as every row of a key is in hand.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -106,52 +107,121 @@ def lag_name(column: str, lag: int) -> str:
 
 def make_windows(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
     """Order ``frame``'s series and window every row it can place (see the module)."""
-    problems = spec.problems([str(c) for c in frame.columns])
-    if problems:
-        raise SchemaError("; ".join(problems))
-    times = parse_times(frame[spec.time_column])
-    rejections = [
-        SeriesRejection(int(i), "bad_timestamp", f"{spec.time_column} {value!r} is not a time")
-        for i, value in frame.loc[times.isna(), spec.time_column].items()
-    ]
-    keys = frame[list(spec.key_columns)] if spec.key_columns else None
-    missing_key = keys.isna().any(axis=1) & times.notna() if keys is not None else None
-    if missing_key is not None:
-        rejections += [
-            SeriesRejection(int(i), "missing_key", f"no value for key {list(spec.key_columns)}")
-            for i in frame.index[missing_key]
+    return SeriesState(spec).window(frame)
+
+
+class SeriesState:
+    """What windowing needs to remember between batches of rows: for each key the time of its
+    last row and its last ``window - 1`` rows (since a gap restarted it), the ``max_keys``
+    most recently seen keys (an evicted key warms up again when it comes back).
+
+    ``window`` places the rows of one batch, in any order within it; a row at or before the
+    last row already seen for its key is rejected (``out_of_order``, ``duplicate_timestamp``),
+    never mixed into its series. Windowing a table in one call, or row by row in time order,
+    gives every row the same window.
+    """
+
+    def __init__(self, spec: SeriesSpec, *, max_keys: int | None = None) -> None:
+        self.spec = spec
+        self.max_keys = max_keys
+        self.evicted = 0
+        #: key -> (its rows since the segment start, at most window - 1, with a ``_time``)
+        self._history: OrderedDict[str, pd.DataFrame] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._history)
+
+    def window(self, frame: pd.DataFrame) -> Windows:
+        spec = self.spec
+        problems = spec.problems([str(c) for c in frame.columns])
+        if problems:
+            raise SchemaError("; ".join(problems))
+        frame = frame.reset_index(drop=True)
+        times = parse_times(frame[spec.time_column])
+        rejections = [
+            SeriesRejection(int(i), "bad_timestamp", f"{spec.time_column} {v!r} is not a time")
+            for i, v in frame.loc[times.isna(), spec.time_column].items()
         ]
-    usable = times.notna() & (~missing_key if missing_key is not None else True)
-    positions = np.flatnonzero(usable.to_numpy())
-    key_codes = (
-        pd.factorize(keys.iloc[positions].astype(str).agg("\x1f".join, axis=1), sort=True)[0]
-        if keys is not None
-        else np.zeros(len(positions), dtype=np.int64)
-    )
-    seconds = times.to_numpy()[positions]
-    order = np.lexsort((positions, seconds, key_codes))  # by key, then time, then input order
-    positions, seconds, key_codes = positions[order], seconds[order], key_codes[order]
-    new_key = np.r_[True, key_codes[1:] != key_codes[:-1]]
-    duplicate = ~new_key & np.r_[False, seconds[1:] == seconds[:-1]]
-    same_time = f"an earlier row of its series has the same {spec.time_column}"
-    rejections += [
-        SeriesRejection(int(p), "duplicate_timestamp", same_time) for p in positions[duplicate]
-    ]
-    positions, seconds, new_key = positions[~duplicate], seconds[~duplicate], new_key[~duplicate]
-    gap = np.r_[0.0, np.diff(seconds)]
-    restart = ~new_key & (spec.max_gap_seconds is not None) & (gap > (spec.max_gap_seconds or 0))
-    segment = np.cumsum(new_key | restart)
-    values = frame.drop(columns=[spec.time_column, *spec.key_columns]).iloc[positions]
-    values = values.reset_index(drop=True)
-    windowed, warming = _window(values, segment, spec)
-    back = np.argsort(positions, kind="stable")  # sorted order -> input order
-    return Windows(
-        frame=windowed.iloc[back].reset_index(drop=True),
-        rows=positions[back],
-        warming_up=warming[back],
-        rejections=tuple(sorted(rejections, key=lambda r: r.row)),
-        restarts=int(restart.sum()),
-    )
+        usable = times.notna().to_numpy().copy()
+        if spec.key_columns:
+            missing = frame[list(spec.key_columns)].isna().any(axis=1).to_numpy() & usable
+            rejections += [
+                SeriesRejection(int(i), "missing_key", f"no value for key {list(spec.key_columns)}")
+                for i in np.flatnonzero(missing)
+            ]
+            usable &= ~missing
+        positions = np.flatnonzero(usable)
+        new = frame.drop(columns=[spec.time_column, *spec.key_columns]).iloc[positions]
+        new = new.reset_index(drop=True).assign(
+            _time=times.to_numpy()[positions], _key=self._keys(frame.iloc[positions]),
+            _row=positions,
+        )  # fmt: skip
+        known = [k for k in pd.unique(new["_key"]) if k in self._history]
+        history = [self._history[k] for k in known]
+        rows = pd.concat([*history, new], ignore_index=True) if history else new
+        rows = rows.sort_values(["_key", "_time", "_row"], kind="stable", ignore_index=True)
+        old = rows["_row"].isna().to_numpy()
+        # A row at or before the last one an earlier batch placed for its series is late.
+        seen = {k: float(self._history[k]["_time"].iat[-1]) for k in known}
+        last = rows["_key"].map(seen).fillna(-np.inf).to_numpy()
+        seconds = rows["_time"].to_numpy()
+        late = ~old & (seconds <= last)
+        for i in np.flatnonzero(late):
+            rejections.append(self._late(int(rows["_row"].iat[i]), seconds[i] == last[i]))
+        rows, old = rows[~late].reset_index(drop=True), old[~late]
+        key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()
+        repeated = ~old & np.r_[False, (key[1:] == key[:-1]) & (seconds[1:] == seconds[:-1])]
+        for i in np.flatnonzero(repeated):
+            rejections.append(self._late(int(rows["_row"].iat[i]), True))
+        rows, old = rows[~repeated].reset_index(drop=True), old[~repeated]
+        key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()
+        new_key = np.r_[True, key[1:] != key[:-1]]
+        gap = np.r_[0.0, np.diff(seconds)]
+        limit = spec.max_gap_seconds
+        restart = ~new_key & (limit is not None) & (gap > (limit or 0))
+        segment = np.cumsum(new_key | restart)
+        values = rows.drop(columns=["_time", "_key", "_row"])
+        windowed, warming = _window(values, segment, spec)
+        self._remember(rows, segment)
+        placed = np.flatnonzero(~old)
+        back = placed[np.argsort(rows["_row"].to_numpy()[placed], kind="stable")]
+        return Windows(
+            frame=windowed.iloc[back].reset_index(drop=True),
+            rows=rows["_row"].to_numpy()[back].astype(np.int64),
+            warming_up=warming[back],
+            rejections=tuple(sorted(rejections, key=lambda r: r.row)),
+            restarts=int((restart & ~old).sum()),
+        )
+
+    def _late(self, row: int, same_time: bool) -> SeriesRejection:
+        column = self.spec.time_column
+        if same_time:
+            reason = f"an earlier row of its series has the same {column}"
+            return SeriesRejection(row, "duplicate_timestamp", reason)
+        reason = (
+            f"its {column} is before the last row already seen for its series; send each "
+            "series in time order"
+        )
+        return SeriesRejection(row, "out_of_order", reason)
+
+    def _keys(self, frame: pd.DataFrame) -> np.ndarray:
+        """Each row's series as one string (empty when no key column is named)."""
+        if not self.spec.key_columns:
+            return np.full(len(frame), "", dtype=object)
+        columns = frame[list(self.spec.key_columns)].astype(str)
+        return columns.agg("\x1f".join, axis=1).to_numpy(dtype=object)
+
+    def _remember(self, rows: pd.DataFrame, segment: np.ndarray) -> None:
+        """Keep each key's last ``window - 1`` rows of its last segment (at least its last row,
+        for the time order), most recently seen keys last."""
+        last = pd.Series(segment).groupby(rows["_key"].to_numpy()).transform("max").to_numpy()
+        tail = rows[segment == last].groupby("_key", sort=False).tail(max(self.spec.window - 1, 1))
+        for key, kept in tail.assign(_row=np.nan).groupby("_key", sort=False):
+            self._history.pop(key, None)
+            self._history[key] = kept.reset_index(drop=True)
+        while self.max_keys is not None and len(self._history) > self.max_keys:
+            self._history.popitem(last=False)
+            self.evicted += 1
 
 
 def _window(values: pd.DataFrame, segment: np.ndarray, spec: SeriesSpec):  # type: ignore[no-untyped-def]

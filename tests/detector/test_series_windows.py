@@ -96,3 +96,67 @@ def test_epoch_seconds_and_iso_text_read_as_the_same_times() -> None:
 def test_a_spec_that_does_not_fit_the_table_is_refused_by_name(spec, message) -> None:
     with pytest.raises(SchemaError, match=message):
         make_windows(fleet(), spec)
+
+
+def stream_of_three_hosts() -> pd.DataFrame:
+    """Three hosts a minute apart, host c with a 20-minute hole; in time order."""
+    rng = np.random.default_rng(7)
+    rows = [
+        {"ts": 60 * m, "host": host, "cpu": float(rng.normal()), "disk": float(rng.normal())}
+        for m in range(40)
+        for host in "abc"
+        if not (host == "c" and 10 <= m < 30)
+    ]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("representation", ["lags", "deviation"])
+def test_rows_streamed_in_batches_get_the_windows_of_the_whole_table(batch, representation):
+    """The service's path (a few rows at a time, state carried) and the batch path (the whole
+    table at once) window every row alike, warm-up and gap restarts included."""
+    from detector.series.windows import SeriesState
+
+    table = stream_of_three_hosts()
+    spec = SeriesSpec("ts", ("host",), window=4, max_gap_seconds=300, representation=representation)
+    whole = make_windows(table, spec)
+    state = SeriesState(spec)
+    parts = [state.window(table.iloc[i : i + batch]) for i in range(0, len(table), batch)]
+    assert not any(part.rejections for part in parts)
+    streamed = pd.concat([part.frame for part in parts], ignore_index=True)
+    pd.testing.assert_frame_equal(streamed, whole.frame)
+    np.testing.assert_array_equal(
+        np.concatenate([part.warming_up for part in parts]), whole.warming_up
+    )
+    assert sum(part.restarts for part in parts) == whole.restarts == 1
+    assert len(state) == 3
+
+
+def test_a_row_older_than_what_was_seen_for_its_series_is_rejected_not_mixed_in() -> None:
+    from detector.series.windows import SeriesState
+
+    state = SeriesState(SeriesSpec("ts", ("host",), window=3))
+    state.window(pd.DataFrame({"ts": [0, 60, 120], "host": ["a"] * 3, "cpu": [1.0, 2.0, 3.0]}))
+    late = pd.DataFrame(
+        {"ts": [60, 120, 180, 90], "host": ["a", "a", "a", "b"], "cpu": [9.0, 9.0, 4.0, 5.0]}
+    )
+    windows = state.window(late)
+    codes = {r.row: r.code for r in windows.rejections}
+    assert codes == {0: "out_of_order", 1: "duplicate_timestamp"}
+    assert "send each series in time order" in windows.rejections[0].reason
+    # Host b is new at 90 s even though a has seen later times: order is per series.
+    assert list(windows.rows) == [2, 3]
+    assert list(windows.frame["cpu[-1]"]) == [3.0, 5.0]
+    assert list(windows.frame["cpu[-2]"]) == [2.0, 5.0]
+
+
+def test_the_least_recently_seen_series_is_evicted_beyond_the_cap() -> None:
+    from detector.series.windows import SeriesState
+
+    state = SeriesState(SeriesSpec("ts", ("host",), window=2), max_keys=2)
+    for second, host in enumerate("abca"):
+        state.window(pd.DataFrame({"ts": [second], "host": [host], "cpu": [float(second)]}))
+    assert len(state) == 2 and state.evicted == 2  # a, then b, went; a came back
+    # a came back after its eviction: it warms up again rather than reaching for lost rows.
+    back = state.window(pd.DataFrame({"ts": [10], "host": ["b"], "cpu": [7.0]}))
+    assert list(back.warming_up) == [True] and list(back.frame["cpu[-1]"]) == [7.0]
