@@ -6,16 +6,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from detector.bundles.bundle import load_bundle, save_bundle
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
-from detector.features.encode import encode
 from detector.nn.models.iwae import IWAE
-from tests.conftest import TINY, broken, normal_records
-from tests.detector.engines import assert_scorer_matches_tensorflow
+from tests.conftest import TINY
+from tests.detector.engines import assert_trains_saves_and_scores
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +77,9 @@ def test_warm_up_scales_only_the_prior_ratio(network: IWAE) -> None:
 
 
 def test_an_iwae_trains_saves_and_scores_like_every_model(train_frame, tmp_path) -> None:
-    detector = VAEDetector(model="iwae", iwae_samples=3, **TINY).fit(train_frame)
-    bundle = detector.bundle_
-    assert bundle.model_type == "iwae" and bundle.score_kind == "iwae"
-    assert bundle.neighbours is None  # its own bound, not the distance, scores it
-    history = detector.summary_.history["loss"]
-    assert history[-1] < history[0]
-    save_bundle(bundle, tmp_path / "iwae")
-    loaded = load_bundle(tmp_path / "iwae")
+    loaded = assert_trains_saves_and_scores("iwae", train_frame, tmp_path / "iwae", iwae_samples=3)
+    assert loaded.score_kind == "iwae" and loaded.neighbours is None  # its own bound scores it
     assert isinstance(loaded.model, IWAE) and loaded.model.iwae_samples == 3
-    frame = pd.DataFrame(normal_records(60) + [broken(r) for r in normal_records(5)])
-    assert_scorer_matches_tensorflow(loaded, encode(loaded.schema, frame).values)
-    scores = VAEDetector.load(tmp_path / "iwae").anomaly_score(frame)
-    assert scores[-5:].min() > np.median(scores[:60])
 
 
 def test_the_sample_count_is_refused_for_other_models(train_frame) -> None:
