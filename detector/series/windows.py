@@ -125,8 +125,9 @@ class SeriesState:
         self.spec = spec
         self.max_keys = max_keys
         self.evicted = 0
-        #: key -> (its rows since the segment start, at most window - 1, with a ``_time``)
-        self._history: OrderedDict[str, pd.DataFrame] = OrderedDict()
+        #: key -> (times, values): its last rows since the segment start, at most window - 1
+        #: (numpy rather than a frame per key: 100,000 small frames would cost gigabytes).
+        self._history: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._history)
@@ -157,12 +158,11 @@ class SeriesState:
             _row=positions,
         )  # fmt: skip
         known = [k for k in pd.unique(new["_key"]) if k in self._history]
-        history = [self._history[k] for k in known]
-        rows = pd.concat([*history, new], ignore_index=True) if history else new
+        rows = pd.concat([self._recalled(known, new), new], ignore_index=True) if known else new
         rows = rows.sort_values(["_key", "_time", "_row"], kind="stable", ignore_index=True)
         old = rows["_row"].isna().to_numpy()
         # A row at or before the last one an earlier batch placed for its series is late.
-        seen = {k: float(self._history[k]["_time"].iat[-1]) for k in known}
+        seen = {k: float(self._history[k][0][-1]) for k in known}
         last = rows["_key"].map(seen).fillna(-np.inf).to_numpy()
         seconds = rows["_time"].to_numpy()
         late = ~old & (seconds <= last)
@@ -208,17 +208,33 @@ class SeriesState:
         """Each row's series as one string (empty when no key column is named)."""
         if not self.spec.key_columns:
             return np.full(len(frame), "", dtype=object)
-        columns = frame[list(self.spec.key_columns)].astype(str)
-        return columns.agg("\x1f".join, axis=1).to_numpy(dtype=object)
+        first, *rest = (frame[c].astype(str) for c in self.spec.key_columns)
+        joined = first.str.cat(rest, sep="\x1f") if rest else first
+        return joined.to_numpy(dtype=object)
+
+    def _recalled(self, keys: list[str], new: pd.DataFrame) -> pd.DataFrame:
+        """The remembered rows of ``keys`` as a frame like ``new`` (``_row`` NaN)."""
+        values = [c for c in new.columns if c not in ("_time", "_key", "_row")]
+        remembered = [self._history[k] for k in keys]
+        frame = pd.DataFrame(np.concatenate([v for _, v in remembered]), columns=values)
+        frame = frame.astype(new[values].dtypes.to_dict())
+        counts = [len(t) for t, _ in remembered]
+        return frame.assign(
+            _time=np.concatenate([t for t, _ in remembered]),
+            _key=np.repeat(np.asarray(keys, dtype=object), counts),
+            _row=np.nan,
+        )
 
     def _remember(self, rows: pd.DataFrame, segment: np.ndarray) -> None:
         """Keep each key's last ``window - 1`` rows of its last segment (at least its last row,
         for the time order), most recently seen keys last."""
         last = pd.Series(segment).groupby(rows["_key"].to_numpy()).transform("max").to_numpy()
         tail = rows[segment == last].groupby("_key", sort=False).tail(max(self.spec.window - 1, 1))
-        for key, kept in tail.assign(_row=np.nan).groupby("_key", sort=False):
+        times = tail["_time"].to_numpy()
+        values = tail.drop(columns=["_time", "_key", "_row"]).to_numpy()
+        for key, index in tail.groupby("_key", sort=False).indices.items():
             self._history.pop(key, None)
-            self._history[key] = kept.reset_index(drop=True)
+            self._history[key] = (times[index], values[index])
         while self.max_keys is not None and len(self._history) > self.max_keys:
             self._history.popitem(last=False)
             self.evicted += 1
@@ -226,25 +242,28 @@ class SeriesState:
 
 def _window(values: pd.DataFrame, segment: np.ndarray, spec: SeriesSpec):  # type: ignore[no-untyped-def]
     """The window columns for rows sorted by series and time, ``segment`` numbering each run of
-    one series; and whether each row is warming up."""
-    groups = values.groupby(segment, sort=False)
-    position = groups.cumcount().to_numpy()
+    one series; and whether each row is warming up. Row i's value ``lag`` rows back is row
+    i - lag of its segment, or the segment's first row where the segment is shorter."""
+    index = np.arange(len(values))
+    first = np.r_[True, segment[1:] != segment[:-1]]
+    start = np.maximum.accumulate(np.where(first, index, 0))
+    position = index - start
     warming = position < spec.window - 1
     if spec.window == 1:
         return values, warming
-    oldest = groups.transform("first")
-    lags = []
-    for lag in range(1, spec.window):
-        shifted = groups.shift(lag)
-        shifted = shifted.where(np.repeat((position >= lag)[:, None], values.shape[1], 1), oldest)
-        lags.append(shifted)
+    sources = [np.where(position >= lag, index - lag, start) for lag in range(1, spec.window)]
     if spec.representation == "lags":
-        named = [
-            lagged.rename(columns=lambda c, n=n: lag_name(str(c), n))
-            for n, lagged in enumerate(lags, 1)
+        lags = [
+            values.iloc[source]
+            .set_axis(values.index)
+            .set_axis([lag_name(str(c), n) for c in values.columns], axis=1)
+            for n, source in enumerate(sources, 1)
         ]
-        return pd.concat([values, *named], axis=1), warming
+        return pd.concat([values, *lags], axis=1), warming
     numeric = values.select_dtypes("number").columns
-    history = sum(lagged[numeric].astype(np.float64) for lagged in lags) / len(lags)
-    deviation = (values[numeric] - history).rename(columns=lambda c: f"{c}[-mean]")
+    x = values[numeric].to_numpy(np.float64)
+    history = np.mean([x[source] for source in sources], axis=0)
+    deviation = pd.DataFrame(
+        x - history, index=values.index, columns=[f"{c}[-mean]" for c in numeric]
+    )
     return pd.concat([values, deviation], axis=1), warming
