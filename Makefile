@@ -8,7 +8,7 @@ BENCH_DATA ?= ../shared/data
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test setup lint bench bench-quality clean
+.PHONY: run test setup lint bench bench-quality bench-models clean
 
 # The installer: uv (parallel downloads and installs) from PATH or put into the venv by pip;
 # pip itself where uv cannot be had or fails. Both compile bytecode, as pip does by default.
@@ -68,7 +68,18 @@ bench-quality: setup
 	$(BIN)/python tests/benchmarks/bench_distance.py --data-dir $(BENCH_DATA) --study banks \
 		--out tests/benchmarks/results/quality_banks
 
-bench: setup bench-quality
+# Each --model through the same quality benchmark (about 15 min each on 2 cores), then which
+# model wins which family (tests/benchmarks/results/models.md).
+MODELS_BENCHED = iwae lsvae fae vae-gan
+bench-models: setup
+	for m in $(MODELS_BENCHED); do \
+		$(BIN)/python tests/benchmarks/bench_quality.py --data-dir $(BENCH_DATA) --max-epochs 100 \
+			--param model=$$m --out tests/benchmarks/results/quality_$$m || exit 1; \
+	done
+	$(BIN)/python tests/benchmarks/compare_models.py
+
+bench: setup bench-quality bench-models
+	$(BIN)/python tests/benchmarks/bench_series.py --data-dir $(BENCH_DATA)
 	$(BIN)/python tests/benchmarks/bench_scoring.py
 	$(BIN)/python tests/benchmarks/bench_http.py
 	$(BIN)/python tests/benchmarks/bench_batch.py --spark
@@ -79,7 +90,6 @@ bench: setup bench-quality
 		--out tests/benchmarks/results/adbench_all_models
 	$(BIN)/python tests/benchmarks/bench_servers.py --data-dir $(BENCH_DATA)
 	$(BIN)/python tests/benchmarks/bench_sample_count.py --data-dir $(BENCH_DATA)
-	$(BIN)/python tests/benchmarks/bench_vfae.py --data-dir $(BENCH_DATA)
 
 clean:
 	rm -rf $(VENV) data/models data/out .pytest_cache .mypy_cache .ruff_cache

@@ -67,8 +67,6 @@ OPTIONS: dict[str, Option] = {
             "advae_margin_x",
             "advae_margin_z",
             "iwae_samples",
-            "nuisance_column",
-            "mmd_weight",
             "lsvae_weight_decay",
             "fae_weight",
             "fae_target_z",

@@ -93,27 +93,6 @@ def group_softmax(logits, group_sizes):  # type: ignore[no-untyped-def]
     return ops.concatenate(parts, axis=-1)
 
 
-def group_mmd(z, groups, bandwidths=(0.5, 1.0, 2.0)):  # type: ignore[no-untyped-def]
-    """Squared maximum mean discrepancy between each group's codes and all codes, summed over
-    the groups present: ``z`` ``(batch, d)``, ``groups`` ``(batch, n_groups)`` one-hot (a row
-    of zeros belongs to no group and is left out). A scalar, 0 when every group's codes are
-    distributed alike. The kernel is a sum of Gaussians exp(-||a - b||^2 / (2 s^2 d)) over the
-    ``bandwidths`` s, scaled by the dimension so one setting serves any latent width (the VFAE
-    of Louizos et al. 2016 uses such a kernel MMD to make codes invariant to a nuisance)."""
-    squared = ops.sum(ops.square(z[:, None, :] - z[None, :, :]), axis=-1)
-    dims = ops.cast(ops.shape(z)[-1], z.dtype)
-    kernel = sum(ops.exp(-squared / (2.0 * s * s * dims)) for s in bandwidths)
-    groups = ops.cast(groups, z.dtype)
-    counts = ops.sum(groups, axis=0)  # (n_groups,)
-    in_group = groups / ops.maximum(counts, 1.0)  # each group's weights, summing to 1
-    present = ops.sum(groups, axis=1)
-    everyone = present / ops.maximum(ops.sum(present), 1.0)  # (batch,)
-    within = ops.sum(in_group * ops.matmul(kernel, in_group), axis=0)  # (n_groups,)
-    across = ops.matmul(everyone[None, :], ops.matmul(kernel, in_group))[0]
-    overall = ops.sum(everyone * ops.matmul(kernel, everyone[:, None])[:, 0])
-    return ops.sum(ops.where(counts > 0, within - 2.0 * across + overall, 0.0))
-
-
 def sigmoid_cross_entropy(logit, target):  # type: ignore[no-untyped-def]
     """-[t log sigmoid(l) + (1 - t) log(1 - sigmoid(l))] elementwise, as softplus(l) - t * l,
     which neither overflows nor takes the log of 0 for any logit."""

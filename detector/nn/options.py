@@ -199,33 +199,6 @@ class IWAEOptions(ModelOptions):
 
 
 @dataclass(frozen=True)
-class VFAEOptions(ModelOptions):
-    """codes invariant to a nuisance column, Louizos et al. 2016
-
-    ``detector.nn.models.vfae`` says what the nuisance column and the weight do."""
-
-    nuisance_column: str | None = opt(
-        None,
-        "a column (a datacenter, a hardware type) the latent codes must not reveal; the model "
-        "is conditioned on it, not scoring it",
-        metavar="COL",
-        shown="required",
-    )
-    mmd_weight: float = opt(10.0, "weight of the MMD between the codes of the nuisance's values")
-
-    def problems(self, model: str) -> list[str]:
-        problems = super().problems(model)
-        if model == self.owner() and not self.nuisance_column:
-            problems.append(
-                f"model {model!r} needs the column to be invariant to: "
-                f"e.g. {option('nuisance_column', 'datacenter')}"
-            )
-        if not (math.isfinite(self.mmd_weight) and self.mmd_weight >= 0):
-            problems.append(f"mmd_weight {self.mmd_weight} must be a number >= 0")
-        return problems
-
-
-@dataclass(frozen=True)
 class LSVAEOptions(ModelOptions):
     """least-squares VAE with weight decay, Ramachandra 2017
 
@@ -286,7 +259,6 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "advae": AdVAEOptions,
     "cvae": CVAEOptions,
     "iwae": IWAEOptions,
-    "vfae": VFAEOptions,
     "lsvae": LSVAEOptions,
     "fae": FAEOptions,
     "vae-gan": VAEGANOptions,
@@ -294,9 +266,7 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
 
 
 def conditioned_on(config: Any) -> tuple[str, ...]:
-    """The columns a model is conditioned on: cvae's context, or vfae's nuisance column."""
-    if config.model == "vfae" and config.nuisance_column:
-        return (config.nuisance_column,)
+    """The columns a model is conditioned on: cvae's context."""
     return tuple(config.context)
 
 

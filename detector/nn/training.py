@@ -37,7 +37,6 @@ from detector.nn.options import (
     LSVAEOptions,
     SVDDOptions,
     VAEGANOptions,
-    VFAEOptions,
     conditioned_on,
 )
 from detector.nn.training_checks import (
@@ -73,7 +72,6 @@ class TrainingConfig(
     VAEGANOptions,
     FAEOptions,
     LSVAEOptions,
-    VFAEOptions,
     IWAEOptions,
     AdVAEOptions,
     SVDDOptions,

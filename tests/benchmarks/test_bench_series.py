@@ -10,7 +10,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_series  # noqa: E402
+import bench_series
 
 
 def test_segments_found_and_false_alarm_runs_per_day() -> None:

@@ -132,8 +132,8 @@ def test_messages_spell_options_as_the_options_do() -> None:
 )  # fmt: skip
 def test_a_models_option_is_refused_for_the_other_models(o: TrainingOption) -> None:
     assert o.model is not None
-    # What the owner needs besides the option: cvae its context, vfae its nuisance column.
-    needs = {"cvae": {"context": ("host",)}, "vfae": {"nuisance_column": "host"}}
+    # What the owner needs besides the option: cvae its context.
+    needs = {"cvae": {"context": ("host",)}}
     owner_needs = {k: v for k, v in needs.get(o.model, {}).items() if k != o.name}
     assert _config(model=o.model, **{**owner_needs, o.name: _changed(o)}).problems() == []
     for model in set(MODEL_OPTIONS) - {o.model}:

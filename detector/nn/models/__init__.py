@@ -14,7 +14,6 @@ from detector.nn.models.lsvae import LSVAE
 from detector.nn.models.svdd import VAESVDD
 from detector.nn.models.vae import VAE
 from detector.nn.models.vaegan import VAEGAN
-from detector.nn.models.vfae import VFAE
 
 MODELS: dict[str, type[VAE]] = {
     "vae": VAE,
@@ -22,7 +21,6 @@ MODELS: dict[str, type[VAE]] = {
     "cvae": ConditionalVAE,
     "vae-svdd": VAESVDD,
     "iwae": IWAE,
-    "vfae": VFAE,
     "lsvae": LSVAE,
     "fae": FAE,
     "vae-gan": VAEGAN,
