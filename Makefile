@@ -68,9 +68,9 @@ bench-quality: setup
 	$(BIN)/python tests/benchmarks/bench_distance.py --data-dir $(BENCH_DATA) --study banks \
 		--out tests/benchmarks/results/quality_banks
 
-# Each --model through the same quality benchmark (about 15 min each on 2 cores), then which
+# Each --model through the same quality benchmark (15-40 min each on 2 cores), then which
 # model wins which family (tests/benchmarks/results/models.md).
-MODELS_BENCHED = iwae lsvae fae vae-gan
+MODELS_BENCHED = iwae lsvae fae vae-gan vae-svdd advae
 bench-models: setup
 	for m in $(MODELS_BENCHED); do \
 		$(BIN)/python tests/benchmarks/bench_quality.py --data-dir $(BENCH_DATA) --max-epochs 100 \

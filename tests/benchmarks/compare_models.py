@@ -34,6 +34,12 @@ ROWS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ("lsvae", "quality_lsvae", (("elbo (own)", "default"),)),
     ("fae", "quality_fae", (("elbo (own)", "default"),)),
     (
+        "vae-svdd",
+        "quality_vae-svdd",
+        (("elbo (own)", "default"), ("svdd_distance", "svdd_distance")),
+    ),
+    ("advae", "quality_advae", (("elbo (own)", "default"), ("recon_error", "recon_error"))),
+    (
         "vae-gan",
         "quality_vae-gan",
         (
@@ -69,6 +75,7 @@ def load_rows(results: Path) -> dict[str, dict[tuple[str, str], dict[str, dict[s
 def report(results: Path) -> str:
     rows = load_rows(results)
     names = list(rows)
+    # Every set that every model ran (a model whose run is missing is left out above).
     keys = sorted(set.intersection(*(set(r) for r in rows.values())))
     table = {key: {name: rows[name][key] for name in names} for key in keys}
     families = [f for f in FAMILIES if any(k[0] == f for k in keys)]

@@ -1,4 +1,5 @@
-"""The least-squares VAE with regularisation (Ramachandra 2017, arXiv:1707.03134).
+"""The least-squares VAE with regularisation (Ramachandra, "Least Square Variational Bayesian
+Autoencoder with Regularization", 2017).
 
 The paper replaces the VAE's learned reconstruction likelihood by a least-squares loss and adds
 an L2 penalty on the network's weights. Per batch of n records the loss is
