@@ -2,10 +2,10 @@
 ``bench_quality.py`` (one per model, the same splits and seeds), ranked within each family.
 
 A row is a model and one of its scores; ``own`` marks the score the model uses with no
-``--score``. Per family: mean AUROC / AUPRC, and the mean rank among the rows (1 = best; AUROC
-and AUPRC on every set, mean over seeds first). A model *wins* a family where one of its rows
-has the best mean rank there; the product's default (``knn``) and the peers are shown beside
-the models, outside the ranking, since the question is which network to keep.
+``--score``. Per family: mean AUROC / AUPRC, and for the ``own`` rows the mean rank among them
+(1 = best; AUROC and AUPRC on every set, mean over seeds first). A model *wins* a family where
+its own score has the best mean rank there; the product's default (``knn``) and the peers are
+shown beside the models, outside the ranking, since the question is which network to keep.
 
 Usage::
 
@@ -86,14 +86,17 @@ def report(results: Path) -> str:
         "Reproduce: `python tests/benchmarks/compare_models.py` (reads the committed "
         "`quality*.json` runs; each run's reproduce command is in its `.md`).",
         "",
-        "Mean AUROC / AUPRC per family and, in brackets, the mean rank among the model rows "
-        "within the family (1 = best; AUROC and AUPRC on every set). **Bold**: the best rank "
-        "of the family.",
+        "Mean AUROC / AUPRC per family and, in brackets for each model's own score (what "
+        "`anomaly train --model NAME` scores with), its mean rank among the models within the "
+        "family (1 = best; AUROC and AUPRC on every set, seeds averaged first). **Bold**: the "
+        "best rank of the family. The models' other scores are shown unranked.",
         "",
         "| model: score | " + " | ".join(families) + " |",
         "|---|" + "---|" * len(families),
     ]
-    ranks = {f: mean_ranks(table, [k for k in keys if k[0] == f], names) for f in families}
+    # Ranked: each model with its own score, the way `anomaly train --model NAME` scores.
+    ranked = [n for n in names if n.endswith("(own)")]
+    ranks = {f: mean_ranks(table, [k for k in keys if k[0] == f], ranked) for f in families}
     best = {f: min(ranks[f].values()) for f in families}
     for name in names:
         cells = []
@@ -101,9 +104,12 @@ def report(results: Path) -> str:
             fam_keys = [k for k in keys if k[0] == family]
             auroc = np.mean([table[k][name]["auroc"] for k in fam_keys])
             auprc = np.mean([table[k][name]["auprc"] for k in fam_keys])
-            rank = f"{ranks[family][name]:.1f}"
-            rank = f"**{rank}**" if ranks[family][name] == best[family] else rank
-            cells.append(f"{fmt(auroc)} / {fmt(auprc)} ({rank})")
+            cell = f"{fmt(auroc)} / {fmt(auprc)}"
+            if name in ranked:
+                rank = f"{ranks[family][name]:.1f}"
+                rank = f"**{rank}**" if ranks[family][name] == best[family] else rank
+                cell += f" ({rank})"
+            cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for label, candidate in REFERENCES:
         cells = []
@@ -113,7 +119,7 @@ def report(results: Path) -> str:
             auprc = np.mean([reference[k][candidate]["auprc"] for k in fam_keys])
             cells.append(f"{fmt(auroc)} / {fmt(auprc)}")
         lines.append(f"| *{label}* | " + " | ".join(cells) + " |")
-    winners = {f: [n for n in names if ranks[f][n] == best[f]] for f in families}
+    winners = {f: [n for n in ranked if ranks[f][n] == best[f]] for f in families}
     lines += [
         "",
         "Best rank per family: "
