@@ -188,6 +188,36 @@ def run_series(series: Series, epochs: int) -> dict[str, dict[str, float]]:
     return results
 
 
+def bank_study(data_dir: Path, window: int = PEER_WINDOW) -> str:
+    """``--study banks``: on SMD's windows, the distance to the nearest of 280 to 20,000 fitted
+    rows in the encoding's own space (standardised, no distance scaling): is it the bank's size
+    or the distance's scaling that holds the product's ``knn`` back?"""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+
+    rng = np.random.default_rng(0)
+    sizes = (280, 1000, 5000, 20000)
+    found: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+    for series in server_series(data_dir, "smd", False):
+        train, test = windowed(series, window, "lags")
+        schema = fit_schema(train)
+        x, x_test = encode(schema, train).values, encode(schema, test).values
+        fit = x[: int(len(x) * 0.7)]
+        for n in sizes:
+            bank = fit[rng.choice(len(fit), min(n, len(fit)), replace=False)]
+            d = knn_distance(bank, x_test)
+            found[n].append(
+                (roc_auc_score(series.y_test, d), average_precision_score(series.y_test, d))
+            )
+    lines = [f"| bank rows | SMD AUROC / AUPRC, last {window} rows |", "|---|---|"]
+    for n, values in found.items():
+        auroc, auprc = np.mean(values, axis=0)
+        lines.append(f"| {n:,} | {fmt(auroc)} / {fmt(auprc)} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- report -----------------------------------------------------------------------------------
 
 
@@ -271,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3,000 rows per half, 5 epochs")
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/series")
     parser.add_argument("--merge", nargs="+", type=Path, help="join these runs' .json")
+    parser.add_argument("--study", choices=["banks"], help="the bank-size probe on SMD instead")
     args = parser.parse_args(argv)
+    if args.study == "banks":
+        text = f"# Bank size on SMD's windows\n\nReproduce: `{command_line()}`\n\n"
+        text += bank_study(resolve_data_dir(args.data_dir))
+        args.out.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     if args.merge:
         parts = [json.loads(path.read_text()) for path in args.merge]
         payload = {
