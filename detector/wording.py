@@ -50,6 +50,7 @@ OPTIONS: dict[str, Option] = {
     "ignore_column": Option("--ignore-column", None, many=True),
     "categorical": Option("--categorical", "categorical", many=True),
     "context": Option("--context", "context", many=True),
+    "series_columns": Option("--series-column", "series_columns", many=True),
     **{
         name: _hyperparameter(name)
         for name in (
@@ -74,6 +75,9 @@ OPTIONS: dict[str, Option] = {
             "gan_weight",
             "gan_feature_weight",
             "gan_noise",
+            "time_column",
+            "window",
+            "max_gap_seconds",
         )
     },
     # score_file's; score_frame's is passthrough above

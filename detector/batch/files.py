@@ -26,8 +26,10 @@ from detector.batch.ledger import BatchReport, RejectRateExceeded, SourceLedger
 from detector.batch.scored_tables import (
     CONTEXT_COLUMN,
     SCORE_COLUMNS,
+    WARMING_COLUMN,
     model_frame,
     scored_rows,
+    series_frame,
 )
 from detector.bundles.bundle import Bundle
 from detector.errors import DataError, SchemaError
@@ -35,10 +37,11 @@ from detector.features.encode import Imputation, check_columns, encode
 from detector.features.encoded import EncodedBatch, NumberTally
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
 from detector.io.sources import open_source
-from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs, iter_table
+from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs
 from detector.io.threads import BackgroundSink, prefetched
 from detector.io.writers import TableWriter
-from detector.scoring.scores import ScoreResult, score_batch
+from detector.scoring.scores import ScoreResult, in_input_rows, score_batch
+from detector.series.windows import SeriesState, Windows
 from detector.wording import option
 
 #: Encoded values (rows x features) in one chunk at most: a chunk's features, distances and
@@ -52,15 +55,6 @@ MAX_CHUNK_CELLS = 12_288 * 38
 
 
 @dataclass(frozen=True, eq=False)
-class ScoredChunk:
-    """One input chunk, its scores, and the 0-based row number of its first row in the file."""
-
-    frame: pd.DataFrame
-    result: ScoreResult
-    first_row: int
-
-
-@dataclass(frozen=True, eq=False)
 class PreparedChunk:
     """A chunk ready for the model: what the reading thread hands the scoring thread.
     ``frame`` and ``encoded`` are ``None`` for a chunk with no parsed rows."""
@@ -69,6 +63,8 @@ class PreparedChunk:
     table: pa.Table
     frame: pd.DataFrame | None
     encoded: EncodedBatch | None
+    #: A series model's windows of ``frame`` (``encoded`` encodes their frame).
+    windows: Windows | None = None
 
 
 def score_file(
@@ -163,6 +159,10 @@ class _Run:
         )
         self.rows_done = 0
         self.started = time.perf_counter()
+        # A series model's rows of each series so far, across chunks and files: each series
+        # must come in time order (any order within a chunk).
+        series = self.bundle.series
+        self.state = None if series is None else SeriesState(series)
 
     def score_source(self, path: str, chunk_rows: int) -> None:
         read = scored = rejected = 0
@@ -180,7 +180,7 @@ class _Run:
                 chunk = item.chunk
                 if item.encoded is not None:
                     tally.add(item.encoded)
-                    result = score_batch(self.bundle, item.encoded, n_input=item.table.num_rows)
+                    result = self._scored(item)
                     self.sink.put((item, result))
                     scored += result.n_scored
                     self.anomalies += int(result.is_anomaly.sum())
@@ -195,6 +195,14 @@ class _Run:
         # Over the whole file, so that the outcome cannot depend on where chunks fall.
         tally.check(source.name)
         self.ledgers.append(SourceLedger(source.name, read, scored, rejected))
+
+    def _scored(self, item: PreparedChunk) -> ScoreResult:
+        assert item.encoded is not None
+        n_input = item.table.num_rows
+        if item.windows is None:
+            return score_batch(self.bundle, item.encoded, n_input=n_input)
+        result = score_batch(self.bundle, item.encoded, n_input=len(item.windows.frame))
+        return in_input_rows(result, item.windows, n_input=n_input)
 
     def _prepared(
         self, source: TableSource, columns: tuple[str, ...], chunk_rows: int
@@ -216,6 +224,13 @@ class _Run:
                 chunk = replace(chunk, records=None)
             if not table.num_rows:
                 yield PreparedChunk(chunk, table, None, None)
+                continue
+            if self.state is not None:
+                # Series model: each row with the rows before it, this file's and earlier ones'.
+                frame = series_frame(self.bundle, table)
+                windows = self.state.window(frame)
+                encoded = encode(self.bundle.schema, windows.frame, impute=self.impute)
+                yield PreparedChunk(chunk, table, frame, encoded, windows)
                 continue
             frame = model_frame(self.bundle.schema, table)
             encoded = encode(self.bundle.schema, frame, impute=self.impute)
@@ -246,6 +261,7 @@ class _Run:
                 f"{list(columns)}"
             )
         added = [*SCORE_COLUMNS, *([CONTEXT_COLUMN] if self.bundle.schema.context else [])]
+        added += [WARMING_COLUMN] if self.bundle.series else []
         clash = [c for c in added if c in columns] + [
             c for c in columns if c.startswith("top_feature_")
         ]
@@ -253,7 +269,9 @@ class _Run:
             raise SchemaError(
                 f"{source} already has column(s) {clash}, which scoring adds; drop or rename them"
             )
-        check_columns(self.bundle.schema, columns, passthrough=keep)
+        check_columns(
+            self.bundle.schema, columns, passthrough=keep, expected=self.bundle.input_columns
+        )
         if self.columns is None:
             self.columns = columns
         elif set(columns) != set(self.columns):
@@ -351,27 +369,3 @@ def _value_rejects(chunk: SourceChunk, result: ScoreResult) -> list[ParseReject]
         )
         for r in result.rejections
     ]
-
-
-def iter_scored(
-    bundle: Bundle,
-    path: str | os.PathLike[str],
-    *,
-    passthrough: Sequence[str] = (),
-    impute: Imputation = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> Iterator[ScoredChunk]:
-    """Score a file into pandas chunks (``anomaly evaluate``'s reader); memory stays bounded
-    by ``chunk_rows``. A numeric column with no number in the whole file raises
-    ``SchemaError`` after the last chunk (``NumberTally``)."""
-    text_columns = list(bundle.schema.text_columns)
-    first_row = 0
-    tally = NumberTally()
-    for chunk in iter_table(path, text_columns=text_columns, chunk_rows=chunk_rows):
-        chunk = chunk.reset_index(drop=True)
-        encoded = encode(bundle.schema, chunk, impute=impute, passthrough=passthrough)
-        tally.add(encoded)
-        result = score_batch(bundle, encoded, n_input=len(chunk))
-        yield ScoredChunk(frame=chunk, result=result, first_row=first_row)
-        first_row += len(chunk)
-    tally.check(str(path))

@@ -22,6 +22,8 @@ SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
 #: Added after ``SCORE_COLUMNS`` for a conditional model: the row's context value was never
 #: seen in training, and it was scored without its context.
 CONTEXT_COLUMN = "context_unseen"
+#: Added for a series model: the row had fewer rows of its series before it than its window.
+WARMING_COLUMN = "warming_up"
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +39,34 @@ class ScoredTable:
     leading_columns: int = 0
 
 
+def series_frame(bundle: Bundle, table: pa.Table) -> pd.DataFrame:
+    """A series model's input columns of an Arrow table (time, keys, the scored columns' own
+    values), numbers read as ``model_frame`` reads them, ready for windowing."""
+    numeric = {c.name for c in bundle.schema.numeric}
+    columns: dict[str, Any] = {}
+    for name in bundle.input_columns:
+        values = table.column(name)
+        columns[name] = (
+            _number_column(values)
+            if name in numeric
+            else pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+        )
+    return pd.DataFrame(columns, copy=False)
+
+
+def _number_column(values: Any) -> Any:
+    """A numeric column as float64, or as text where a value does not parse (so ``encode``
+    rejects that row with its reason)."""
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        try:
+            values = pc.cast(values, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+    return pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+
+
 def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
     """The model's columns of an Arrow table as the pandas frame ``score_frame`` takes.
 
@@ -46,17 +76,7 @@ def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
     """
     columns: dict[str, Any] = {}
     for col in schema.numeric:
-        values = table.column(col.name)
-        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            try:
-                values = pc.cast(values, pa.float64())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
-                continue
-        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
-            columns[col.name] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-        else:
-            columns[col.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+        columns[col.name] = _number_column(table.column(col.name))
     for name in schema.text_columns:
         values = table.column(name)
         columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
@@ -105,6 +125,8 @@ def scored_rows(
     kept = table.take(pa.array(rows, pa.int64())) if len(rows) != table.num_rows else table
     if typed_numbers:
         for col in bundle.schema.numeric:
+            if col.name not in frame.columns:
+                continue  # a series model's window column: not in the input
             if pa.types.is_string(kept.column(col.name).type):
                 kept = kept.set_column(
                     kept.column_names.index(col.name),
@@ -120,6 +142,9 @@ def scored_rows(
     if result.context_unseen is not None:
         scores.append(pa.array(result.context_unseen, pa.bool_()))
         names.append(CONTEXT_COLUMN)
+    if result.warming_up is not None:
+        scores.append(pa.array(result.warming_up, pa.bool_()))
+        names.append(WARMING_COLUMN)
     for j, column in enumerate(top_columns(result, top_k)):
         scores.append(column)
         names.append(f"top_feature_{j + 1}")

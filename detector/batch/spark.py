@@ -28,6 +28,7 @@ from detector.batch.spark_scoring import (
     REJECT_CODE,
     REJECT_REASON,
     SOURCE_FILE,
+    refuse_series,
     score_dataframe,
 )
 from detector.bundles.bundle import load_bundle
@@ -99,6 +100,7 @@ def score_files(
     from pyspark.sql import functions as F
 
     bundle = load_bundle(model)
+    refuse_series(bundle)
     spark = session or spark_session()
     paths = _spark_paths(inputs)
     fmt = table_format(paths[0].rstrip("/*"))

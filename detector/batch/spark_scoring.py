@@ -33,7 +33,7 @@ import pyarrow as pa
 from detector.batch.scored_tables import CONTEXT_COLUMN, model_frame, top_columns
 from detector.bundles.bundle import Bundle, load_bundle
 from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
-from detector.errors import ConfigError
+from detector.errors import ConfigError, SchemaError
 from detector.features.encode import Imputation, check_columns
 from detector.scoring.scores import score_frame
 
@@ -114,6 +114,7 @@ def score_dataframe(
     from pyspark.sql import types as T
 
     bundle = load_bundle(bundle_path)
+    refuse_series(bundle)
     extra = [*keep_columns, *(c for c in (CORRUPT_RECORD, SOURCE_FILE) if c in df.columns)]
     check_columns(bundle.schema, df.columns, passthrough=extra)
     k = min(top_k, len(bundle.schema.scored_columns))
@@ -203,3 +204,13 @@ def score_pandas(
         REJECT_REASON: pd.Series(reasons, dtype=object),
     }
     return pd.concat([out, pd.DataFrame(added)], axis=1)
+
+
+def refuse_series(bundle: Bundle) -> None:
+    """Spark scores rows in any order across executors: a series model's windows need each
+    series in time order, which it does not keep yet."""
+    if bundle.series is not None:
+        raise SchemaError(
+            f"this model judges each record with the rows before it ({bundle.series.describe()}); "
+            "Spark does not window series yet: score with `anomaly score` (--engine local)"
+        )

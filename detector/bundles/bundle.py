@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -67,6 +67,7 @@ from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.neighbours import NeighbourBank
 from detector.scoring.scores import ScoreGraph, score_kinds
 from detector.scoring.threshold import Calibrator
+from detector.series.windows import SeriesSpec, is_window_column, read_series
 from detector.wording import option, train_command
 
 if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
@@ -107,6 +108,18 @@ class Bundle:
     #: Input columns training left out (``anomaly train --ignore-column``, e.g. an id or a
     #: timestamp): scoring carries them through unscored instead of calling them unknown.
     ignored_columns: tuple[str, ...] = ()
+    #: How records form series and how many rows of its series a record is judged with
+    #: (``anomaly train --time-column``); ``None`` scores every record alone.
+    series: SeriesSpec | None = None
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The columns a record to score must have: the schema's, or for a series model its
+        time and key columns and each window column's own column."""
+        if self.series is None:
+            return self.schema.column_order
+        own = [c for c in self.schema.column_order if not is_window_column(c)]
+        return (self.series.time_column, *self.series.key_columns, *own)
 
     @property
     def score_kinds(self) -> tuple[str, ...]:
@@ -191,6 +204,7 @@ class Bundle:
             "training": self.training,
             "data_fingerprint": self.data_fingerprint,
             "ignored_columns": list(self.ignored_columns),
+            "series": None if self.series is None else asdict(self.series),
             "files": {name: {"sha256": digest} for name, digest in files.items()},
         }
 
@@ -321,6 +335,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             neighbours=bank,
             # Absent from bundles written before the field existed: nothing was ignored then.
             ignored_columns=column_names(manifest.get("ignored_columns", [])),
+            series=read_series(manifest.get("series")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from typing import Any
 
 
@@ -80,7 +81,7 @@ def _labelled_scores(
     (``_labels``)."""
     import numpy as np
 
-    from detector.batch.files import iter_scored
+    from detector.batch.scored_chunks import iter_scored
 
     extra = list(dict.fromkeys([label_column, *passthrough]))
     if by_column and by_column not in extra:
@@ -194,6 +195,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "training": training,
         "data_fingerprint": bundle.data_fingerprint,
         "ignored_columns": list(bundle.ignored_columns),
+        "series": None if bundle.series is None else asdict(bundle.series),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -202,6 +204,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{bundle.model_type} bundle {bundle.version} at {args.model} (created {bundle.created_at})"
     )
     print(f"columns: {info['columns']}")
+    if bundle.series is not None:
+        print(bundle.series.describe())
     if bundle.ignored_columns:
         print(f"ignored (carried through unscored): {list(bundle.ignored_columns)}")
     print(

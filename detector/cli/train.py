@@ -85,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"validation / {s.calibration_rows} calibration), {len(bundle.schema.column_order)} "
         f"columns -> {s.n_features} features"
     )
+    if bundle.series is not None:
+        print(bundle.series.describe())
     if dropped:
         print(f"left out {dropped} rows labelled anomalous in '{args.label_column}'")
     stop = f"early stop, best epoch {s.best_epoch}" if s.stopped_early else "epoch limit reached"

@@ -69,9 +69,12 @@ def check_columns(
     columns: Sequence[object],
     *,
     passthrough: Iterable[str] = (),
+    expected: Sequence[str] | None = None,
 ) -> None:
-    """Raise ``SchemaError`` naming missing or unknown columns and what the model expects.
-    Linear in the number of columns; the message lists a few of each kind (``listed``)."""
+    """Raise ``SchemaError`` naming missing or unknown columns and what the model expects
+    (``expected``: the input's columns where they are not the schema's, as for a series
+    model). Linear in the number of columns; the message lists a few of each kind
+    (``listed``)."""
     present = [str(c) for c in columns]
     counts = Counter(present)
     dupes = sorted(c for c, n in counts.items() if n > 1)
@@ -79,10 +82,11 @@ def check_columns(
         raise SchemaError(
             f"duplicate column names {listed(dupes)}; give every column a unique name"
         )
-    expected = set(schema.column_order)
+    order = schema.column_order if expected is None else tuple(expected)
+    known = set(order)
     kept = set(passthrough)
-    missing = [c for c in schema.column_order if c not in counts]
-    unknown = [c for c in present if c not in expected and c not in kept]
+    missing = [c for c in order if c not in counts]
+    unknown = [c for c in present if c not in known and c not in kept]
     problems = []
     if missing:
         problems.append(f"missing column(s) {listed(missing)}")

@@ -10,7 +10,16 @@ import numpy as np
 from detector.errors import SchemaError
 
 #: Why a row can be rejected, as a short fixed code (a metrics label); the reason text says more.
-REJECTION_CODES = ("missing_value", "not_a_number", "infinite")
+#: The last four are a series model's (``detector.series.windows``).
+REJECTION_CODES = (
+    "missing_value",
+    "not_a_number",
+    "infinite",
+    "bad_timestamp",
+    "duplicate_timestamp",
+    "out_of_order",
+    "missing_key",
+)
 
 
 @dataclass(frozen=True)

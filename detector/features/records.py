@@ -134,7 +134,9 @@ def score_records(
     ``score_frame(bundle, pandas.DataFrame.from_records(records), ...)``, which it calls for
     records that are not plain. ``SchemaError`` for missing or unknown columns."""
     passthrough = tuple(passthrough)
-    batch = bundle.record_encoder.encode(records, passthrough=passthrough)
+    # A series model windows its records first, which needs the frame.
+    encoder = None if bundle.series else bundle.record_encoder
+    batch = None if encoder is None else encoder.encode(records, passthrough=passthrough)
     if batch is None:
         frame = pd.DataFrame.from_records(list(records))
         return score_frame(bundle, frame, impute=impute, passthrough=passthrough)

@@ -56,6 +56,7 @@ from detector.scoring.threshold import (
     Calibrator,
     calibration_warnings,
 )
+from detector.series.windows import series_of, windowed_for_training
 from detector.wording import option
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,9 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``."""
     config.check()
     started = time.perf_counter()
+    series = series_of(config)
+    if series is not None:
+        frame = windowed_for_training(frame, series)
     schema = fit_schema(
         frame,
         categorical=config.categorical,
@@ -311,6 +315,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         scorer=scorer,
         kinds=traced.kinds,
         neighbours=bank,
+        series=series,
     )
     bundle.__dict__["graph"] = graph  # reuse the compiled graph instead of tracing it again
     return bundle, summary

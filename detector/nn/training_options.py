@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, sizes
+from detector.wording import option
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,25 @@ class TrainingOptions(Options):
         metavar="K",
     )
     random_state: int = opt(0, "random seed", flag="--seed")
+    #: ``detector.series.windows`` says how a series is ordered, windowed and checked.
+    time_column: str | None = opt(
+        None,
+        "a column of times (ISO-8601 or epoch seconds): each record is judged with the rows "
+        "before it in its series",
+        metavar="COL",
+    )
+    series_columns: tuple[str, ...] = opt(
+        (),
+        "a column naming a series, e.g. host (with --time-column)",
+        flag="--series-column",
+        metavar="COL",
+    )
+    #: Chosen on SMD, ASD and the Donut KPIs at once (tests/benchmarks/README.md, "Metric
+    #: streams").
+    window: int = opt(5, "rows a record is judged with, itself included (with --time-column)")
+    max_gap_seconds: float | None = opt(
+        None, "a longer gap in a series starts its window again (with --time-column)"
+    )
     #: ``anomaly train`` shows progress unless --quiet or --json.
     progress: bool = opt(False, "show training progress on stderr", flag=None)
 
@@ -96,6 +116,14 @@ class TrainingOptions(Options):
             problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
         if not 0 < self.target_fpr < 0.5:
             problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
+        series = (self.series_columns, self.window != 5, self.max_gap_seconds is not None)
+        if self.time_column is None and any(series):
+            named = ", ".join(option(n) for n in ("series_columns", "window", "max_gap_seconds"))
+            problems.append(f"{named} judge rows within a series: set {option('time_column')}")
+        if not 1 <= self.window <= 1000:
+            problems.append(f"window {self.window} must be in [1, 1000] rows")
+        if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:
+            problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
         if self.learning_rate <= 0:
             problems.append("learning_rate must be positive")
         return problems

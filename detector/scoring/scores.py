@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from detector.nn.lite_graph import LiteScoreGraph
     from detector.nn.models.vae import VAE
     from detector.scoring.neighbours import NeighbourBank
+    from detector.series.windows import SeriesState, Windows
 
 SCORE_KINDS = ("recon_prob", "mean_log_lik", "elbo", "iwae")
 #: Rows per graph call: large enough to run at full speed, small enough to bound memory
@@ -156,6 +157,8 @@ class ScoreResult:
     the modelled columns in input order (context columns are conditioned on, never blamed).
     ``context_unseen`` ``(n_scored,)``, for a conditional model only (else ``None``), is true
     where a context value was never seen in training and the row was scored without it.
+    ``warming_up`` ``(n_scored,)``, for a series model only, is true where the row had fewer
+    rows of its series before it than the window holds (it borrowed its oldest one).
     """
 
     anomaly_score: np.ndarray
@@ -170,6 +173,7 @@ class ScoreResult:
     model_version: str = ""
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     context_unseen: np.ndarray | None = None
+    warming_up: np.ndarray | None = None
 
     @property
     def n_scored(self) -> int:
@@ -219,6 +223,8 @@ class ScoreResult:
         )
         if self.context_unseen is not None:
             frame["context_unseen"] = self.context_unseen
+        if self.warming_up is not None:
+            frame["warming_up"] = self.warming_up
         if top_k and len(self.rows):
             top = np.asarray(self.top_features(top_k), dtype=object)
             for j in range(top.shape[1]):
@@ -238,6 +244,8 @@ class ScoreResult:
         }
         if self.context_unseen is not None:
             out["context_unseen"] = self.context_unseen.tolist()
+        if self.warming_up is not None:
+            out["warming_up"] = self.warming_up.tolist()
         return out
 
 
@@ -251,10 +259,58 @@ def score_frame(
     """Score a table of records with a bundle; every input row is scored or rejected.
 
     Raises ``SchemaError`` when columns are missing or unknown (``passthrough`` names columns
-    to tolerate unscored). Rows with bad values come back in ``rejections`` with reasons.
+    to tolerate unscored). Rows with bad values come back in ``rejections`` with reasons. A
+    series model (``bundle.series``) judges each row with the rows before it in ``frame``
+    (``score_series``).
     """
+    if bundle.series is not None:
+        return score_series(bundle, frame, impute=impute, passthrough=passthrough)
     batch = encode(bundle.schema, frame, impute=impute, passthrough=passthrough)
     return score_batch(bundle, batch, n_input=len(frame))
+
+
+def score_series(
+    bundle: Bundle,
+    frame: pd.DataFrame,
+    *,
+    state: SeriesState | None = None,
+    impute: Imputation = None,
+    passthrough: Iterable[str] = (),
+) -> ScoreResult:
+    """Score a series model's records, each with the rows before it in its series, from
+    ``frame`` and ``state`` (rows earlier batches left; none by default: the first rows of a
+    series warm up). A row that cannot be placed in its series is rejected with the reason."""
+    from detector.series.windows import SeriesState
+
+    assert bundle.series is not None
+    state = SeriesState(bundle.series) if state is None else state
+    carried = [c for c in passthrough if c in frame.columns]
+    windows = state.window(frame.drop(columns=carried))
+    batch = encode(bundle.schema, windows.frame, impute=impute)
+    result = score_batch(bundle, batch, n_input=len(windows.frame))
+    return in_input_rows(result, windows, n_input=len(frame))
+
+
+def in_input_rows(result: ScoreResult, windows: Windows, *, n_input: int) -> ScoreResult:
+    """A series model's ``result`` on ``windows.frame`` as a result on the ``n_input`` rows
+    the windows came from: their positions, the rows windowing rejected added, each row marked
+    if it was warming up and blamed by the newest step of its window (its own values)."""
+    from dataclasses import replace
+
+    from detector.series.windows import is_window_column
+
+    rejected = [Rejection(int(windows.rows[r.row]), r.reasons, r.code) for r in result.rejections]
+    rejected += [Rejection(r.row, (r.reason,), r.code) for r in windows.rejections]
+    newest = [i for i, c in enumerate(result.columns) if not is_window_column(c)]
+    return replace(
+        result,
+        rows=windows.rows[result.rows],
+        rejections=tuple(sorted(rejected, key=lambda r: r.row)),
+        n_input=n_input,
+        warming_up=windows.warming_up[result.rows],
+        contributions=result.contributions[:, newest],
+        columns=tuple(result.columns[i] for i in newest),
+    )
 
 
 def score_batch(bundle: Bundle, batch: EncodedBatch, *, n_input: int) -> ScoreResult:

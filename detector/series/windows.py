@@ -18,6 +18,7 @@ file does not matter, as every row of a key is in hand.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
@@ -29,7 +30,7 @@ from detector.errors import SchemaError
 
 Representation = Literal["lags", "deviation"]
 #: Why a row was not placed in its series, as a short code (a metrics label).
-SERIES_REJECTION_CODES = ("bad_timestamp", "duplicate_timestamp", "missing_key")
+SERIES_REJECTION_CODES = ("bad_timestamp", "duplicate_timestamp", "out_of_order", "missing_key")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,18 @@ class SeriesSpec:
     window: int = 10
     max_gap_seconds: float | None = None
     representation: Representation = "lags"
+
+    def describe(self) -> str:
+        """In words: ``series by host, in time order of ts; each record with the 4 rows before
+        it``."""
+        keys = ", ".join(self.key_columns) or "one series"
+        before = self.window - 1
+        what = "the mean of the" if self.representation == "deviation" else "the"
+        gap = f"; a gap over {self.max_gap_seconds:g} s restarts" if self.max_gap_seconds else ""
+        return (
+            f"series by {keys}, in time order of {self.time_column}; each record with {what} "
+            f"{before} row{'s' if before != 1 else ''} before it{gap}"
+        )
 
     def problems(self, columns: list[str]) -> list[str]:
         """What is wrong with this spec for a table with ``columns``."""
@@ -87,6 +100,53 @@ class Windows:
     restarts: int
 
 
+def series_of(config: object) -> SeriesSpec | None:
+    """The series a ``TrainingConfig`` declares, ``None`` without a time column."""
+    time_column = getattr(config, "time_column", None)
+    if time_column is None:
+        return None
+    return SeriesSpec(
+        time_column,
+        tuple(getattr(config, "series_columns", ())),
+        window=int(getattr(config, "window", 5)),
+        max_gap_seconds=getattr(config, "max_gap_seconds", None),
+    )
+
+
+def read_series(value: object) -> SeriesSpec | None:
+    """A bundle manifest's ``series`` entry back as a ``SeriesSpec`` (``None`` when absent:
+    bundles written before series existed score every record alone)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"series must be an object, not {value!r}")
+    gap = value.get("max_gap_seconds")
+    spec = SeriesSpec(
+        time_column=str(value["time_column"]),
+        key_columns=tuple(str(c) for c in value["key_columns"]),
+        window=int(value["window"]),
+        max_gap_seconds=None if gap is None else float(gap),
+        representation=value.get("representation", "lags"),
+    )
+    problems = spec.problems([spec.time_column, *spec.key_columns])
+    if problems:
+        raise ValueError("; ".join(problems))
+    return spec
+
+
+def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> pd.DataFrame:
+    """``frame``'s rows with their windows; training data must be whole, so a row that cannot
+    be placed in its series stops training with the reasons."""
+    windows = make_windows(frame, spec)
+    if windows.rejections:
+        shown = "; ".join(f"row {r.row + 1}: {r.reason}" for r in windows.rejections[:3])
+        raise SchemaError(
+            f"{len(windows.rejections)} training row(s) cannot be placed in their series "
+            f"({shown}); fix or drop them"
+        )
+    return windows.frame
+
+
 def parse_times(values: pd.Series) -> pd.Series:
     """Seconds since the epoch as float (NaN where a value is not a time): numbers are epoch
     seconds, text is ISO-8601 (a zone-less time is taken as UTC)."""
@@ -98,6 +158,11 @@ def parse_times(values: pd.Series) -> pd.Series:
     stamps = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
     seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     return seconds.where(stamps.notna())
+
+
+def is_window_column(name: str) -> bool:
+    """Whether ``name`` is a column the window added (``cpu[-2]``, ``cpu[-mean]``)."""
+    return re.search(r"\[-(\d+|mean)\]$", name) is not None
 
 
 def lag_name(column: str, lag: int) -> str:

@@ -228,7 +228,7 @@ def test_a_column_with_no_number_in_the_whole_file_stops_the_run(
 
 
 def test_evaluate_decides_over_the_whole_file_too(bundle_dir: Path, tmp_path: Path) -> None:
-    from detector.batch.files import iter_scored
+    from detector.batch.scored_chunks import iter_scored
 
     bundle = load_bundle(bundle_dir)
     rows = records(300)

@@ -146,16 +146,16 @@ def test_divergence_is_an_error_not_a_broken_model(train_frame) -> None:
 
 def test_posterior_collapse_is_detected(fitted, train_frame) -> None:
     from detector.nn.models.vae import VAE
-    from detector.nn.training import ACTIVE_UNIT_KL, _active_units
+    from detector.nn.training_checks import ACTIVE_UNIT_KL, active_units
 
     x = encode(fitted.bundle_.schema, train_frame.head(200)).values
-    assert _active_units(fitted.bundle_.model, x) >= 1
+    assert active_units(fitted.bundle_.model, x) >= 1
     # An encoder whose posterior is the prior for every record carries no information.
     collapsed = VAE.from_config(fitted.bundle_.model.get_config())
     collapsed.build((None, x.shape[1]))
     for layer in (collapsed.z_mean, collapsed.z_log_var):
         layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
-    assert _active_units(collapsed, x) == 0
+    assert active_units(collapsed, x) == 0
     assert ACTIVE_UNIT_KL > 0
 
 

@@ -1,0 +1,167 @@
+"""A series model (``anomaly train --time-column ts --series-column host``): each record judged
+with the rows before it in its host's series, in Python, in files scored chunk by chunk, on
+the command line; refused where series are not kept yet (the service, Spark)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.batch.files import score_file
+from detector.cli.main import main
+from detector.errors import BundleError, ConfigError
+from detector.estimator import VAEDetector
+from detector.scoring.scores import score_frame
+from tests.conftest import TINY
+
+HOSTS = {"web-01": 20.0, "web-02": 35.0, "db-01": 50.0}
+SERIES = {"time_column": "ts", "series_columns": ("host",), "window": 4}
+
+
+def fleet(minutes: int, *, start: str = "2026-01-01", seed: int = 0) -> pd.DataFrame:
+    """Three hosts a minute apart, each at its own cpu level; mem alike on every host, so a
+    row alone does not say which host it is."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range(start, periods=minutes, freq="min", tz="UTC")
+    frames = [
+        pd.DataFrame(
+            {
+                "ts": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "host": host,
+                "cpu": level + rng.normal(0, 1.0, minutes),
+                "mem": 40 + rng.normal(0, 1.0, minutes),
+            }
+        )
+        for host, level in HOSTS.items()
+    ]
+    return pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable", ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def series_detector() -> VAEDetector:
+    train = fleet(400).sample(frac=1.0, random_state=2)  # any order: each series is sorted
+    return VAEDetector(**SERIES, **TINY).fit(train)
+
+
+def jumped(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """``frame`` with web-01 jumping to db-01's level for one minute: normal for a row alone
+    (db-01 runs there), not after web-01's last minutes."""
+    rows = frame.index[frame["host"] == "web-01"]
+    row = int(rows[30])
+    frame = frame.copy()
+    frame.loc[row, "cpu"] = HOSTS["db-01"]
+    return frame, row
+
+
+def test_a_jump_to_another_hosts_level_is_seen_only_with_the_series(series_detector) -> None:
+    test, row = jumped(fleet(60, start="2026-01-02", seed=1))
+    result = series_detector.score_records(test)
+    assert result.n_scored == len(test)
+    position = int(np.flatnonzero(result.rows == row)[0])
+    assert result.is_anomaly[position]
+    assert result.top_features(1)[position] == ["cpu"]  # the metric, at the newest step
+    # The highest scores: the jump and the 3 minutes of web-01 whose window still holds it.
+    web = test.index[test["host"] == "web-01"]
+    echo = set(web[web.get_loc(row) : web.get_loc(row) + 4])
+    assert set(result.rows[np.argsort(-result.anomaly_score)[:4]]) == echo
+    # A model of rows alone (the hosts' columns dropped as an id would be) misses it.
+    alone = VAEDetector(**TINY).fit(fleet(400).drop(columns=["ts", "host"]))
+    scores = alone.anomaly_score(test.drop(columns=["ts", "host"]))
+    assert (scores > scores[row]).sum() > 10
+
+
+def test_the_first_rows_of_each_series_warm_up_and_bad_rows_are_rejected(series_detector):
+    test = fleet(10, start="2026-01-02", seed=3)
+    test.loc[4, "ts"] = "not a time"
+    test.loc[len(test)] = test.loc[9]  # the same host and minute again
+    result = series_detector.score_records(test)
+    codes = {r.row: r.code for r in result.rejections}
+    assert codes == {4: "bad_timestamp", len(test) - 1: "duplicate_timestamp"}
+    assert sorted([*result.rows, *codes]) == list(range(len(test)))
+    # Each host's first 3 rows that were placed (one host lost its minute 1 to the bad time).
+    scored = test.loc[result.rows].assign(warming=result.warming_up)
+    for _, rows in scored.groupby("host"):
+        assert list(rows.sort_values("ts")["warming"]) == [True] * 3 + [False] * (len(rows) - 3)
+    assert result.to_frame()["warming_up"].sum() == len(HOSTS) * 3
+
+
+def test_the_bundle_keeps_the_series_and_scores_alike_after_loading(series_detector, tmp_path):
+    series_detector.save(tmp_path / "m")
+    loaded = VAEDetector.load(tmp_path / "m")
+    assert loaded.bundle_.series == series_detector.bundle_.series
+    test = fleet(30, start="2026-01-02", seed=4)
+    np.testing.assert_allclose(
+        loaded.anomaly_score(test), series_detector.anomaly_score(test), rtol=1e-6
+    )
+    records = test.to_dict("records")
+    np.testing.assert_allclose(
+        loaded.score_records(records).anomaly_score,
+        score_frame(loaded.bundle_, test).anomaly_score,
+    )
+
+
+def test_a_file_scored_in_chunks_gets_the_scores_of_the_whole_table(series_detector, tmp_path):
+    """Chunks of 7 rows cut across the hosts' series: the windows carry over between them."""
+    test = fleet(40, start="2026-01-02", seed=5)
+    test.to_csv(tmp_path / "in.csv", index=False)
+    report = score_file(series_detector.bundle_, tmp_path / "in.csv", tmp_path / "out.csv",
+                        chunk_rows=7)  # fmt: skip
+    assert (report.rows_read, report.rows_scored) == (len(test), len(test))
+    out = pd.read_csv(tmp_path / "out.csv")
+    whole = score_frame(series_detector.bundle_, test)
+    np.testing.assert_allclose(out["anomaly_score"], whole.anomaly_score, rtol=1e-6)
+    assert list(out["warming_up"]) == list(whole.warming_up)
+
+
+def test_a_series_out_of_time_order_across_chunks_is_rejected_with_the_fix(
+    series_detector, tmp_path
+):
+    test = fleet(20, start="2026-01-02", seed=6)
+    late = test.iloc[[3]]  # a host's minute 1 again, after its later minutes were scored
+    pd.concat([test, late], ignore_index=True).to_csv(tmp_path / "in.csv", index=False)
+    report = score_file(series_detector.bundle_, tmp_path / "in.csv", tmp_path / "out.csv",
+                        chunk_rows=10)  # fmt: skip
+    assert report.rows_read == report.rows_scored + report.rows_rejected == len(test) + 1
+    rejects = pd.read_csv(report.rejects)
+    assert list(rejects["code"]) == ["out_of_order"]
+    assert "send each series in time order" in rejects["reason"].iloc[0]
+
+
+def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, capsys) -> None:
+    fleet(300).to_csv(tmp_path / "train.csv", index=False)
+    fleet(20, start="2026-01-02", seed=7).to_csv(tmp_path / "new.csv", index=False)
+    flags = [f"--{k}={v}" for k, v in {"epochs": 5, "window": 4}.items()]
+    model = str(tmp_path / "m")
+    assert main(["train", str(tmp_path / "train.csv"), "--out", model, "--time-column", "ts",
+                 "--series-column", "host", *flags]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert "series by host, in time order of ts; each record with the 3 rows before it" in said
+    assert main(["info", model]) == 0
+    assert "series by host" in capsys.readouterr().out
+    out = tmp_path / "scored.csv"
+    assert main(["score", model, str(tmp_path / "new.csv"), "--output", str(out)]) == 0
+    scored = pd.read_csv(out)
+    assert list(scored.columns[:4]) == ["ts", "host", "cpu", "mem"]
+    assert "warming_up" in scored and scored["warming_up"].sum() == len(HOSTS) * 3
+
+
+def test_series_options_need_a_time_column() -> None:
+    with pytest.raises(
+        ConfigError, match=r"series_columns, window, max_gap_seconds .* time_column"
+    ):
+        VAEDetector(window=3, **TINY).fit(fleet(100))
+
+
+def test_the_service_refuses_a_series_model_instead_of_scoring_records_alone(
+    series_detector, tmp_path
+) -> None:
+    from service.registry import ModelRegistry
+
+    series_detector.save(tmp_path / "m")
+    registry = ModelRegistry({"fleet": str(tmp_path / "m")})
+    errors = registry.load_all()
+    assert "does not keep series yet" in errors["fleet"]
+    assert "anomaly score" in errors["fleet"]
+    with pytest.raises(BundleError, match="not loaded"):
+        registry.get("fleet")
