@@ -149,15 +149,21 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> pd.DataFrame
 
 def parse_times(values: pd.Series) -> pd.Series:
     """Seconds since the epoch as float (NaN where a value is not a time): numbers are epoch
-    seconds, text is ISO-8601 (a zone-less time is taken as UTC)."""
+    seconds, text is ISO-8601 (a zone-less time is taken as UTC); a column may mix both."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return pd.to_numeric(values, errors="coerce").astype(np.float64)
-    numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all():
-        return numeric.astype(np.float64)
-    stamps = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
-    seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    return seconds.where(stamps.notna())
+    seconds = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    text = seconds.isna() & values.notna()
+    if text.any():
+        stamps = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
+        seconds[text] = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return seconds
+
+
+def _not_a_time(column: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        return f"{column} is empty; every row needs its time"
+    return f"{column} {value!r} is not a time (ISO-8601 text or epoch seconds)"
 
 
 def is_window_column(name: str) -> bool:
@@ -205,7 +211,7 @@ class SeriesState:
         frame = frame.reset_index(drop=True)
         times = parse_times(frame[spec.time_column])
         rejections = [
-            SeriesRejection(int(i), "bad_timestamp", f"{spec.time_column} {v!r} is not a time")
+            SeriesRejection(int(i), "bad_timestamp", _not_a_time(spec.time_column, v))
             for i, v in frame.loc[times.isna(), spec.time_column].items()
         ]
         usable = times.notna().to_numpy().copy()

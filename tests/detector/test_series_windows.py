@@ -82,6 +82,10 @@ def test_epoch_seconds_and_iso_text_read_as_the_same_times() -> None:
     np.testing.assert_array_equal(parse_times(iso).to_numpy()[:2], [60.0, 0.0])
     assert parse_times(iso).isna().tolist() == [False, False, True, True]
     np.testing.assert_array_equal(parse_times(pd.Series(["60", "0"])), [60.0, 0.0])
+    mixed = pd.Series(["1970-01-01T00:02:00Z", "60", None])  # one export, two writers
+    np.testing.assert_array_equal(parse_times(mixed).to_numpy()[:2], [120.0, 60.0])
+    empty = make_windows(pd.DataFrame({"ts": ["60", ""], "cpu": [1.0, 2.0]}), SeriesSpec("ts"))
+    assert empty.rejections[0].reason == "ts is empty; every row needs its time"
 
 
 @pytest.mark.parametrize(
