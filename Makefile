@@ -70,7 +70,7 @@ bench-quality: setup
 
 # Each --model through the same quality benchmark (15-40 min each on 2 cores), then which
 # model wins which family (tests/benchmarks/results/models.md).
-MODELS_BENCHED = iwae lsvae fae vae-gan vae-svdd advae
+MODELS_BENCHED = iwae lsvae fae vae-svdd advae
 bench-models: setup
 	for m in $(MODELS_BENCHED); do \
 		$(BIN)/python tests/benchmarks/bench_quality.py --data-dir $(BENCH_DATA) --max-epochs 100 \

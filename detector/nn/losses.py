@@ -91,9 +91,3 @@ def group_softmax(logits, group_sizes):  # type: ignore[no-untyped-def]
         parts.append(ops.softmax(logits[..., start : start + size], axis=-1))
         start += size
     return ops.concatenate(parts, axis=-1)
-
-
-def sigmoid_cross_entropy(logit, target):  # type: ignore[no-untyped-def]
-    """-[t log sigmoid(l) + (1 - t) log(1 - sigmoid(l))] elementwise, as softplus(l) - t * l,
-    which neither overflows nor takes the log of 0 for any logit."""
-    return ops.softplus(logit) - target * logit

@@ -232,26 +232,6 @@ class FAEOptions(ModelOptions):
         ]
 
 
-@dataclass(frozen=True)
-class VAEGANOptions(ModelOptions):
-    """VAE + discriminator, learned similarity, Larsen et al. 2016
-
-    ``detector.nn.models.vaegan`` gives the training recipe and its checks."""
-
-    gan_weight: float = opt(0.1, "weight of the adversarial term in the decoder's loss")
-    gan_feature_weight: float = opt(
-        1.0, "weight of the reconstruction error in the discriminator's feature space"
-    )
-    gan_noise: float = opt(0.1, "standard deviation of the noise on the discriminator's inputs")
-
-    def problems(self, model: str) -> list[str]:
-        return super().problems(model) + [
-            f"{f.name} {getattr(self, f.name)} must be a number >= 0"
-            for f in fields(self)
-            if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) >= 0)
-        ]
-
-
 #: The models by the name ``anomaly train --model`` takes, in ``--help``'s order.
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "vae": VAEOptions,
@@ -261,7 +241,6 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "iwae": IWAEOptions,
     "lsvae": LSVAEOptions,
     "fae": FAEOptions,
-    "vae-gan": VAEGANOptions,
 }
 
 

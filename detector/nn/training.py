@@ -36,7 +36,6 @@ from detector.nn.options import (
     IWAEOptions,
     LSVAEOptions,
     SVDDOptions,
-    VAEGANOptions,
     conditioned_on,
 )
 from detector.nn.training_checks import (
@@ -70,7 +69,6 @@ DEFAULT_SCORE = "knn"
 
 @dataclass(frozen=True)
 class TrainingConfig(
-    VAEGANOptions,
     FAEOptions,
     LSVAEOptions,
     IWAEOptions,

@@ -303,7 +303,7 @@ def candidate_scores(det: Any, task: Task) -> dict[str, Parts]:
         "default": {k: anomaly_scores(e, bundle.score_kind) for k, e in estimates.items()}
     }
     # elbo_knn only where the bundle keeps a bank (the plain VAE's default; not --model iwae)
-    # ... and the model's own scores (vae-gan's feature_error, advae's recon_error).
+    # ... and the model's own scores (advae's recon_error, vae-svdd's svdd_distance).
     extras = tuple(bundle.model.extra_score_kinds)
     for kind in ("elbo", "iwae", "recon_prob", "elbo_knn", *extras):
         if kind in estimates["val"]:

@@ -13,7 +13,6 @@ from detector.nn.models.iwae import IWAE
 from detector.nn.models.lsvae import LSVAE
 from detector.nn.models.svdd import VAESVDD
 from detector.nn.models.vae import VAE
-from detector.nn.models.vaegan import VAEGAN
 
 MODELS: dict[str, type[VAE]] = {
     "vae": VAE,
@@ -23,7 +22,6 @@ MODELS: dict[str, type[VAE]] = {
     "iwae": IWAE,
     "lsvae": LSVAE,
     "fae": FAE,
-    "vae-gan": VAEGAN,
 }
 
 
