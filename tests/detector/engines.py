@@ -44,3 +44,11 @@ def assert_trains_saves_and_scores(model: str, frame: Any, path: Any, **options:
     scores = VAEDetector.load(path).anomaly_score(records)
     assert scores[-5:].min() > np.median(scores[:60])
     return loaded
+
+
+def encoded_records(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` encoded records for a network of 3 numeric features and one 3-way categorical
+    group, ``(n, 6)``: the small network the loss tests build."""
+    rng = np.random.default_rng(seed)
+    one_hot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+    return np.concatenate([rng.normal(size=(n, 3)).astype(np.float32), one_hot], axis=1)

@@ -12,6 +12,7 @@ from detector.estimator import VAEDetector
 from detector.nn.models.fae import FAE
 from tests.conftest import TINY
 from tests.detector.engines import assert_trains_saves_and_scores
+from tests.detector.engines import encoded_records as records
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +23,6 @@ def network() -> FAE:
     )  # fmt: skip
     model.build((None, 6))
     return model
-
-
-def records(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    one_hot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
-    return np.concatenate([rng.normal(size=(n, 3)).astype(np.float32), one_hot], axis=1)
 
 
 def test_the_closed_form_is_the_expected_squared_score(network: FAE) -> None:

@@ -13,6 +13,7 @@ from detector.estimator import VAEDetector
 from detector.nn.models.iwae import IWAE
 from tests.conftest import TINY
 from tests.detector.engines import assert_trains_saves_and_scores
+from tests.detector.engines import encoded_records as records
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +21,6 @@ def network() -> IWAE:
     model = IWAE(n_numeric=3, group_sizes=(3,), latent_dim=2, hidden_units=(8,), iwae_samples=4)
     model.build((None, 6))
     return model
-
-
-def records(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    one_hot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
-    return np.concatenate([rng.normal(size=(n, 3)).astype(np.float32), one_hot], axis=1)
 
 
 def log_normal(x: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
