@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from detector.errors import SchemaError
+from detector.wording import option
 
 Representation = Literal["lags", "deviation"]
 #: Why a row was not placed in its series, as a short code (a metrics label).
@@ -140,9 +141,13 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> pd.DataFrame
     windows = make_windows(frame, spec)
     if windows.rejections:
         shown = "; ".join(f"row {r.row + 1}: {r.reason}" for r in windows.rejections[:3])
+        fix = "fix or drop them"
+        repeated = any(r.code == "duplicate_timestamp" for r in windows.rejections)
+        if repeated and not spec.key_columns:
+            fix = f"if a column names the series (a host), add {option('series_columns', 'COL')}"
         raise SchemaError(
             f"{len(windows.rejections)} training row(s) cannot be placed in their series "
-            f"({shown}); fix or drop them"
+            f"({shown}); {fix}"
         )
     return windows.frame
 

@@ -165,3 +165,10 @@ def test_the_service_refuses_a_series_model_instead_of_scoring_records_alone(
     assert "anomaly score" in errors["fleet"]
     with pytest.raises(BundleError, match="not loaded"):
         registry.get("fleet")
+
+
+def test_a_fleet_trained_as_one_series_is_told_to_name_its_series_column() -> None:
+    from detector.errors import SchemaError
+
+    with pytest.raises(SchemaError, match=r"same ts.*add series_columns=\['COL'\]"):
+        VAEDetector(time_column="ts", **TINY).fit(fleet(50))
