@@ -22,10 +22,21 @@ series (AUROC and AUPRC) and leave-one-series-out, as ``bench_quality.py`` does.
 Donut KPIs: the first half trains (its labelled anomalies left out, as ``anomaly train
 --label-column`` does), the second half tests.
 
+Two studies on the product's default window (the last 5 rows, lags), every series:
+
+- ``--study scaling``: the product's distance (``NeighbourBank``, no network) under range
+  floors, clip margins, k and the encoding's clip, ranked over all series with the
+  leave-one-series-out choice;
+- ``--study models``: each registry model trained on the windows and scored with its own score
+  (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
+  the product's default (``knn``) and the peers beside them.
+
 Usage::
 
     python tests/benchmarks/bench_series.py [--families smd,asd,donut] [--epochs 20] [--quick]
         [--out tests/benchmarks/results/series]
+    python tests/benchmarks/bench_series.py --study scaling --out results/series_scaling
+    python tests/benchmarks/bench_series.py --study models --out results/series_models
 """
 
 from __future__ import annotations
@@ -58,7 +69,11 @@ from common import command_line, progress, resolve_data_dir  # type: ignore[impo
 
 REPO = Path(__file__).resolve().parents[2]
 #: (candidate prefix, window, representation) of the product's detector.
-VARIANTS = (("W=1", 1, "lags"), ("lags W=5", 5, "lags"), ("lags W=15", 15, "lags"))
+VARIANTS: tuple[tuple[str, int, str], ...] = (
+    ("W=1", 1, "lags"),
+    ("lags W=5", 5, "lags"),
+    ("lags W=15", 15, "lags"),
+)
 VARIANTS += (("deviation W=15", 15, "deviation"),)
 PEER_WINDOW = 15
 BANK_ROWS = 5000
@@ -218,6 +233,158 @@ def bank_study(data_dir: Path, window: int = PEER_WINDOW) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- studies on the default window --------------------------------------------------------
+
+#: The product's default window (``SeriesSpec``/``--window``): the one both studies measure.
+STUDY_WINDOW = 5
+NO_MARGIN = float("inf")
+SCALING_FLOORS = (0.05, 0.25, 0.5, 1.0)
+SCALING_MARGINS = (NO_MARGIN, 3.0, 1.0, 0.5)
+#: The registry's models that train on a plain table (cvae needs a context column).
+STUDY_MODELS = ("vae", "iwae", "lsvae", "fae", "vae-svdd", "advae")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """One setting of the product's distance: ``NeighbourBank.fit``'s range floor, clip margin
+    (``inf``: none, only the encoding's clip) and k; ``clip``: the encoding's ±10 clip (off:
+    the schema fitted with ``clip=inf``)."""
+
+    range_floor: float
+    margin: float
+    k: int = 5
+    clip: bool = True
+
+    @property
+    def name(self) -> str:
+        from detector.features.schema import DEFAULT_RANGE_FLOOR as ENCODING_FLOOR
+        from detector.scoring.neighbours import (
+            DEFAULT_K,
+            DEFAULT_MARGIN,
+            DEFAULT_RANGE_FLOOR,
+        )
+
+        margin = "none" if not np.isfinite(self.margin) else f"{self.margin:g}"
+        name = f"rf={self.range_floor:g} margin={margin} k={self.k}"
+        if not self.clip:
+            name += " no clip"
+        current = (DEFAULT_RANGE_FLOOR, DEFAULT_MARGIN, DEFAULT_K, True)
+        if (self.range_floor, self.margin, self.k, self.clip) == current:
+            name += " (current)"
+        elif self.range_floor <= ENCODING_FLOOR and not np.isfinite(self.margin):
+            name += " (plain: the encoding's space)" if self.clip else " (plain, unclipped)"
+        return name
+
+
+def scalings() -> list[Scaling]:
+    """Every range floor with every margin at k=5; k=1 and 10 at the current floor and
+    margin; the encoding's own space without its clip."""
+    from detector.scoring.neighbours import DEFAULT_MARGIN, DEFAULT_RANGE_FLOOR
+
+    grid = [Scaling(rf, m) for rf in SCALING_FLOORS for m in SCALING_MARGINS]
+    grid += [Scaling(DEFAULT_RANGE_FLOOR, DEFAULT_MARGIN, k) for k in (1, 10)]
+    grid.append(Scaling(SCALING_FLOORS[0], NO_MARGIN, clip=False))
+    return grid
+
+
+def peer_knn(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+    """The kNN peer (k=5, a ``BANK_ROWS`` bank) on the standardised rows, as ``run_series``."""
+    mean, scale = train.mean(), train.std().replace(0, 1.0)
+    x_train, x_test = (((f - mean) / scale).to_numpy(float) for f in (train, test))
+    rng = np.random.default_rng(0)
+    bank = x_train[rng.choice(len(x_train), min(BANK_ROWS, len(x_train)), replace=False)]
+    return knn_distance(bank, x_test)  # type: ignore[no-any-return]
+
+
+def scaling_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study scaling`` on one series: the product's distance, exactly as training builds
+    it (its schema, its split, the fitted rows as the bank under the default bank cap, seed 0,
+    the threshold calibrated on its calibration rows at 1%), at every ``scalings()`` setting;
+    the kNN peer beside them."""
+    from detector.features.encode import encode
+    from detector.features.schema import DEFAULT_RANGE_FLOOR as ENCODING_FLOOR
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
+    from detector.scoring.neighbours import NeighbourBank, column_weights
+    from detector.scoring.threshold import Calibrator
+
+    config = TrainingConfig(random_state=0)
+    y, mpr = series.y_test, series.minutes_per_row
+    train, test = windowed(series, STUDY_WINDOW, "lags")
+    fit, val, cal = holdout_indices(len(train), config)
+    results: dict[str, dict[str, float]] = {}
+    for clip in (True, False):
+        schema = fit_schema(train) if clip else fit_schema(train, clip=np.inf)
+        # The encoding's own floor gives weights of 1: "plain" is the encoding's space.
+        assert np.all(column_weights(schema, ENCODING_FLOOR) == 1.0)
+        x, x_test = encode(schema, train).values, encode(schema, test).values
+        for scaling in (s for s in scalings() if s.clip == clip):
+            bank = NeighbourBank.fit(
+                schema,
+                x[fit],
+                x[val],
+                np.zeros(len(val)),
+                k=scaling.k,
+                range_floor=scaling.range_floor,
+                margin=scaling.margin,
+                seed=config.random_state,
+            )
+            threshold = Calibrator.fit(bank.distances(x[cal]), target_fpr=0.01).threshold
+            results[scaling.name] = metrics(y, bank.distances(x_test), threshold, mpr)
+    results[f"kNN (k=5), lags W={STUDY_WINDOW}"] = metrics(y, peer_knn(train, test), None, mpr)
+    return results
+
+
+def model_scores(series: Series, epochs: int) -> tuple[dict[str, dict[str, float]], dict]:
+    """``--study models`` on one series: each of ``STUDY_MODELS`` trained on the default
+    window (``epochs``, seed 0) and scored with its own score, the one ``anomaly train --model
+    NAME`` uses (``vae``: its ``elbo``, as ``--score``-less training of any other model would;
+    the product's default ``knn`` is the vae's bank beside it), at its threshold calibrated
+    on its calibration rows at 1%; the peers on the same windows. Also which score each
+    model's bundle chose (``own``)."""
+    from sklearn.ensemble import IsolationForest
+
+    from detector.estimator import VAEDetector
+    from detector.features.encode import encode
+    from detector.nn.training import TrainingConfig, holdout_indices
+    from detector.scoring.scores import anomaly_scores, estimate_all
+    from detector.scoring.threshold import Calibrator
+
+    y, mpr = series.y_test, series.minutes_per_row
+    train, test = windowed(series, STUDY_WINDOW, "lags")
+    calibration = holdout_indices(len(train), TrainingConfig(random_state=0))[2]
+    results: dict[str, dict[str, float]] = {}
+    own: dict[str, dict[str, Any]] = {}
+    for model in STUDY_MODELS:
+        started = time.perf_counter()
+        det = VAEDetector(model=model, epochs=epochs, random_state=0).fit(train)
+        bundle = det.bundle_
+        kind = bundle.model.default_score_kind
+        x_cal = encode(bundle.schema, train.iloc[calibration]).values
+        x_test = encode(bundle.schema, test).values
+        cal_scores = anomaly_scores(estimate_all(bundle.graph, None, x_cal), kind)
+        scores = anomaly_scores(estimate_all(bundle.graph, None, x_test), kind)
+        threshold = Calibrator.fit(cal_scores, target_fpr=0.01).threshold
+        results[f"{model}: {kind}"] = metrics(y, scores, threshold, mpr)
+        if model == "vae":
+            results["vae: knn (the product's default)"] = metrics(
+                y, det.anomaly_score(test), bundle.calibrator.threshold, mpr
+            )
+        seconds = time.perf_counter() - started
+        own[model] = {"kind": kind, "bundle_score": bundle.score_kind, "seconds": round(seconds)}
+        progress(
+            f"  {model}: {kind} AUROC {results[f'{model}: {kind}']['auroc']:.3f}, {seconds:.0f} s"
+        )
+    mean, scale = train.mean(), train.std().replace(0, 1.0)
+    x_train, x_peer = (((f - mean) / scale).to_numpy(float) for f in (train, test))
+    results[f"kNN (k=5), lags W={STUDY_WINDOW}"] = metrics(y, peer_knn(train, test), None, mpr)
+    forest = IsolationForest(n_estimators=100, random_state=0).fit(x_train)
+    results[f"IsolationForest, lags W={STUDY_WINDOW}"] = metrics(
+        y, -forest.score_samples(x_peer), None, mpr
+    )
+    return results, own
+
+
 # ---- report -----------------------------------------------------------------------------------
 
 
@@ -270,6 +437,16 @@ def format_report(payload: dict[str, Any]) -> str:
             for (f, s), (name, m) in chosen.items()
         ),
     ]
+    lines += family_tables(sets, order, families)
+    return "\n".join(lines) + "\n"
+
+
+Sets = dict[tuple[str, str], dict[str, dict[str, float]]]
+
+
+def family_tables(sets: Sets, order: list[str], families: list[str]) -> list[str]:
+    """Per family, every metric of every name in ``order``, mean over the family's series."""
+    lines = []
     for family in families:
         keys = [k for k in sets if k[0] == family]
         lines += [
@@ -281,7 +458,7 @@ def format_report(payload: dict[str, Any]) -> str:
         ]
         for name in order:
             values = [
-                np.nanmean([sets[k][name].get(c, np.nan) for k in keys])
+                float(np.nanmean([sets[k][name].get(c, np.nan) for k in keys]))
                 if any(c in sets[k][name] for k in keys)
                 else np.nan
                 for c in (*COLUMNS, "false_alarms_per_day")
@@ -290,6 +467,150 @@ def format_report(payload: dict[str, Any]) -> str:
             alarms = values[-1]
             shown.append("-" if not np.isfinite(alarms) else f"{alarms:.1f}")
             lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return lines
+
+
+def family_cell(sets: Sets, keys: list[tuple[str, str]], name: str) -> str:
+    """Mean AUROC / AUPRC of ``name`` over ``keys``."""
+    auroc = float(np.mean([sets[k][name]["auroc"] for k in keys]))
+    auprc = float(np.mean([sets[k][name]["auprc"] for k in keys]))
+    return f"{fmt(auroc)} / {fmt(auprc)}"
+
+
+def format_scaling(payload: dict[str, Any]) -> str:
+    """``--study scaling``'s report: the settings ranked over every series, the peer unranked,
+    the leave-one-series-out choice against the current setting."""
+    sets: Sets = {(r["family"], r["set"]): r["scores"] for r in payload["runs"]}
+    names = list(next(iter(sets.values())))
+    variants = [n for n in names if n.startswith("rf=")]
+    peers = [n for n in names if n not in variants]
+    current = next(n for n in variants if n.endswith("(current)"))
+    ranks = mean_ranks(sets, list(sets), variants)
+    order = sorted(variants, key=lambda n: ranks[n])
+    families = list(dict.fromkeys(k[0] for k in sets))
+    by_family = {f: [k for k in sets if k[0] == f] for f in families}
+    lines = [
+        f"# The distance's scaling on the default window (lags W={STUDY_WINDOW})",
+        "",
+        f"Reproduce: `{payload['command']}`",
+        "",
+        f"{len(sets)} series; wall time {payload['minutes']} min on one core. The product's "
+        "distance (`NeighbourBank.fit`, no network): the detector's schema and split of each "
+        "series' windowed training rows, the fitted rows as the bank under the product's bank "
+        "cap (seed 0), the threshold calibrated on the calibration rows at 1%. rf = range floor "
+        "(each column's scale at least rf of its training range; 0.05 is the encoding's own, "
+        "so rf=0.05 adds nothing to it), margin = clip this many units beyond the training "
+        "range (none: only the encoding's ±10 clip, itself off in `no clip`), k = neighbours.",
+        "",
+        "## Mean rank over all series (AUROC and AUPRC; 1 = best)",
+        "",
+        "| setting | mean rank | " + " | ".join(f"{f} AUROC / AUPRC" for f in families) + " |",
+        "|---|---|" + "---|" * len(families),
+    ]
+    for name in order:
+        cells = [family_cell(sets, by_family[f], name) for f in families]
+        lines.append(f"| {name} | {ranks[name]:.2f} | " + " | ".join(cells) + " |")
+    for name in peers:
+        cells = [family_cell(sets, by_family[f], name) for f in families]
+        lines.append(f"| *{name}* (peer, unranked) | - | " + " | ".join(cells) + " |")
+    chosen = leave_one_set_out(sets, variants)
+    lines += [
+        "",
+        "## Leave one series out",
+        "",
+        "Each series judged with the setting of best mean rank on the other ten.",
+        "",
+        "| series | chosen on the others | its AUROC / AUPRC | current's AUROC / AUPRC |",
+        "|---|---|---|---|",
+    ]
+    for (family, name), (pick, measured) in chosen.items():
+        now = sets[family, name][current]
+        lines.append(
+            f"| {family} {name} | {pick} | {fmt(measured['auroc'])} / {fmt(measured['auprc'])} "
+            f"| {fmt(now['auroc'])} / {fmt(now['auprc'])} |"
+        )
+    lines += [
+        "",
+        f"| family | leave-one-out AUROC / AUPRC | in-sample best ({order[0]}) | current |",
+        "|---|---|---|---|",
+    ]
+    for family in families:
+        keys = by_family[family]
+        loo = {k: {order[0]: chosen[k][1]} for k in keys}
+        lines.append(
+            f"| {family} | {family_cell(loo, keys, order[0])} | "
+            f"{family_cell(sets, keys, order[0])} | {family_cell(sets, keys, current)} |"
+        )
+    lines += family_tables(sets, [*order, *peers], families)
+    return "\n".join(lines) + "\n"
+
+
+def format_models(payload: dict[str, Any]) -> str:
+    """``--study models``' report: each model's own score ranked among the models per family
+    and over every series; the product's default and the peers unranked beside them."""
+    sets: Sets = {(r["family"], r["set"]): r["scores"] for r in payload["runs"]}
+    names = list(next(iter(sets.values())))
+    own = [n for n in names if n.split(":")[0] in STUDY_MODELS and "(" not in n]
+    others = [n for n in names if n not in own]
+    families = list(dict.fromkeys(k[0] for k in sets))
+    by_family = {f: [k for k in sets if k[0] == f] for f in families}
+    ranks = {f: mean_ranks(sets, by_family[f], own) for f in families}
+    overall = mean_ranks(sets, list(sets), own)
+    best = {f: min(ranks[f].values()) for f in families}
+    seconds = {m: 0 for m in STUDY_MODELS}
+    for run in payload["runs"]:
+        for model, about in run["own"].items():
+            seconds[model] += about["seconds"]
+    lines = [
+        f"# Every model on the default window (lags W={STUDY_WINDOW})",
+        "",
+        f"Reproduce: `{payload['command']}`",
+        "",
+        f"{payload['epochs']} epochs, seed 0; {len(sets)} series; wall time "
+        f"{payload['minutes']} min on 2 CPUs. Each model trained on the windowed training "
+        "rows with no other option and scored with its own score (what `anomaly train --model "
+        "NAME` scores with; the plain vae's is its `elbo` once `--neighbours 0` or `--score "
+        "elbo` drops the distance), at its threshold calibrated on its calibration rows at 1%. "
+        "AUROC / AUPRC per family (mean over its series) and, in brackets, the mean rank among "
+        "the models' own scores within the family (1 = best, AUROC and AUPRC on every series; "
+        "**bold** the family's best). The product's default (`knn`, from the vae's run) and the "
+        "peers are shown beside them, outside the ranking.",
+        "",
+        "| model: own score | mean rank, all series | "
+        + " | ".join(families)
+        + " | train + score time |",
+        "|---|---|" + "---|" * len(families) + "---|",
+    ]
+    for name in sorted(own, key=lambda n: overall[n]):
+        cells = []
+        for family in families:
+            rank = f"{ranks[family][name]:.2f}"
+            rank = f"**{rank}**" if ranks[family][name] == best[family] else rank
+            cells.append(f"{family_cell(sets, by_family[family], name)} ({rank})")
+        train_time = f"{seconds[name.split(':')[0]] / 60:.1f} min"
+        lines.append(
+            f"| {name} | {overall[name]:.2f} | " + " | ".join(cells) + f" | {train_time} |"
+        )
+    for name in others:
+        cells = [family_cell(sets, by_family[f], name) for f in families]
+        lines.append(f"| *{name}* | - | " + " | ".join(cells) + " | |")
+    winners = {f: [n for n in own if ranks[f][n] == best[f]] for f in families}
+    lines += [
+        "",
+        "Best rank per family: "
+        + "; ".join(f"{f}: {', '.join(w)}" for f, w in winners.items())
+        + f"; over all series: {min(own, key=lambda n: overall[n])}.",
+        "",
+        "## Leave one series out (among the models' own scores)",
+        "",
+        "| series | chosen on the others | AUROC / AUPRC |",
+        "|---|---|---|",
+        *(
+            f"| {f} {s} | {name} | {fmt(m['auroc'])} / {fmt(m['auprc'])} |"
+            for (f, s), (name, m) in leave_one_set_out(sets, own).items()
+        ),
+    ]
+    lines += family_tables(sets, [*sorted(own, key=lambda n: overall[n]), *others], families)
     return "\n".join(lines) + "\n"
 
 
@@ -301,7 +622,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3,000 rows per half, 5 epochs")
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/series")
     parser.add_argument("--merge", nargs="+", type=Path, help="join these runs' .json")
-    parser.add_argument("--study", choices=["banks"], help="the bank-size probe on SMD instead")
+    parser.add_argument(
+        "--study",
+        choices=["banks", "scaling", "models"],
+        help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
+        f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
+    )
     args = parser.parse_args(argv)
     if args.study == "banks":
         text = f"# Bank size on SMD's windows\n\nReproduce: `{command_line()}`\n\n"
@@ -311,10 +637,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.merge:
         parts = [json.loads(path.read_text()) for path in args.merge]
+        studies = {part.get("study") for part in parts}
+        if len(studies) != 1:
+            raise SystemExit(
+                f"error: the runs are of different studies: {sorted(map(str, studies))}"
+            )
         payload = {
+            **parts[0],
             "command": " ; ".join(part["command"] for part in parts),
-            "epochs": parts[0]["epochs"],
+            # Halves run side by side: the longest; one after the other: say so with the sum.
             "minutes": max(part["minutes"] for part in parts),
+            "minutes_each": [part["minutes"] for part in parts],
             "runs": [run for part in parts for run in part["runs"]],
         }
         return write(args.out, payload)
@@ -331,10 +664,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         for series in found:
             progress(f"{family} {series.name}: {len(series.train)} train, {len(series.test)} test")
-            scores = run_series(series, epochs)
-            runs.append({"family": family, "set": series.name, "scores": scores})
+            run: dict[str, Any] = {"family": family, "set": series.name}
+            if args.study == "scaling":
+                run["scores"] = scaling_scores(series)
+            elif args.study == "models":
+                run["scores"], run["own"] = model_scores(series, epochs)
+            else:
+                run["scores"] = run_series(series, epochs)
+            runs.append(run)
     payload = {
         "command": command_line(),
+        **({"study": args.study} if args.study else {}),
         "epochs": epochs,
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "runs": runs,
@@ -342,10 +682,13 @@ def main(argv: list[str] | None = None) -> int:
     return write(args.out, payload)
 
 
+FORMATS = {None: format_report, "scaling": format_scaling, "models": format_models}
+
+
 def write(out: Path, payload: dict[str, Any]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    report = format_report(payload)
+    report = FORMATS[payload.get("study")](payload)
     out.with_suffix(".md").write_text(report)
     print(report)
     return 0

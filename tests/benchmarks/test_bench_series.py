@@ -22,3 +22,32 @@ def test_segments_found_and_false_alarm_runs_per_day() -> None:
     flagged[[0, 1, 4, 20]] = True
     measured = bench_series.event_metrics(y, flagged, minutes_per_row=2.0)  # 1440 rows = 2 days
     assert measured == {"events_found": 0.5, "false_alarms_per_day": 1.0}
+
+
+def test_scaling_study_names_the_current_setting_once_and_reports_it() -> None:
+    from detector.scoring.neighbours import DEFAULT_K, DEFAULT_MARGIN, DEFAULT_RANGE_FLOOR
+
+    settings = bench_series.scalings()
+    names = [s.name for s in settings]
+    assert len(set(names)) == len(names)
+    current = [s for s in settings if s.name.endswith("(current)")]
+    assert [(s.range_floor, s.margin, s.k, s.clip) for s in current] == [
+        (DEFAULT_RANGE_FLOOR, DEFAULT_MARGIN, DEFAULT_K, True)
+    ]
+
+    # Four series: the first setting is best on three, the current one on the fourth.
+    def scores(best: str) -> dict[str, dict[str, float]]:
+        out = {n: {"auroc": 0.6, "auprc": 0.2} for n in [*names[:2], current[0].name]}
+        out[best] = {"auroc": 0.9, "auprc": 0.5}
+        return out
+
+    runs = [
+        {"family": "smd", "set": "a", "scores": scores(names[0])},
+        {"family": "smd", "set": "b", "scores": scores(names[0])},
+        {"family": "asd", "set": "c", "scores": scores(current[0].name)},
+        {"family": "asd", "set": "d", "scores": scores(names[0])},
+    ]
+    report = bench_series.format_scaling({"command": "x", "minutes": 0.1, "runs": runs})
+    # Left out, each series is judged with the setting that wins on the others.
+    assert f"| smd a | {names[0]} | .900 / .500 | .600 / .200 |" in report
+    assert f"| asd c | {names[0]} | .600 / .200 | .900 / .500 |" in report
