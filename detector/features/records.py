@@ -13,7 +13,9 @@ a numeric column, a ``None``, a number where a label is expected, unknown column
 table way, where it is rejected or refused with its reason exactly as ``score_frame`` does.
 
 The HTTP service's JSON route and ``VAEDetector.score_records`` with mappings both call
-``score_records``; the batch scorer reads files as tables and calls ``score_frame``.
+``score_records``; the batch scorer reads files as tables and calls ``score_frame``. A series
+model's records reach the service a few at a time: ``score_windowed`` scores them once
+``detector.series.stream`` has given each its window.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from detector.features.encode import Imputation
+from detector.features.encode import Imputation, encode
 from detector.features.encoded import EncodedBatch, NumberCount
 from detector.features.schema import Schema
-from detector.scoring.scores import ScoreResult, score_batch, score_frame
+from detector.scoring.scores import ScoreResult, in_input_rows, score_batch, score_frame
 
 if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
+    from detector.series.stream import StreamWindows
 
 #: Integers outside int64 are read by pandas as objects and parsed as text; the fast path
 #: leaves them to it rather than guess how.
@@ -141,3 +144,15 @@ def score_records(
         frame = pd.DataFrame.from_records(list(records))
         return score_frame(bundle, frame, impute=impute, passthrough=passthrough)
     return score_batch(bundle, batch, n_input=len(records))
+
+
+def score_windowed(bundle: Bundle, windows: StreamWindows, *, n_input: int) -> ScoreResult:
+    """Score a series model's records windowed by ``detector.series.stream.window_records``
+    (the service's path: a few records at a time, each key's last rows kept between requests),
+    as a result on the ``n_input`` records they came from."""
+    batch = bundle.record_encoder.encode(windows.records) if windows.records else None
+    if batch is None:
+        frame = pd.DataFrame.from_records(windows.records, columns=bundle.schema.column_order)
+        batch = encode(bundle.schema, frame)
+    result = score_batch(bundle, batch, n_input=len(windows.records))
+    return in_input_rows(result, windows, n_input=n_input)

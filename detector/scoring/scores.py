@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from detector.nn.lite_graph import LiteScoreGraph
     from detector.nn.models.vae import VAE
     from detector.scoring.neighbours import NeighbourBank
+    from detector.series.stream import StreamWindows
     from detector.series.windows import SeriesState, Windows
 
 SCORE_KINDS = ("recon_prob", "mean_log_lik", "elbo", "iwae")
@@ -291,7 +292,9 @@ def score_series(
     return in_input_rows(result, windows, n_input=len(frame))
 
 
-def in_input_rows(result: ScoreResult, windows: Windows, *, n_input: int) -> ScoreResult:
+def in_input_rows(
+    result: ScoreResult, windows: Windows | StreamWindows, *, n_input: int
+) -> ScoreResult:
     """A series model's ``result`` on ``windows.frame`` as a result on the ``n_input`` rows
     the windows came from: their positions, the rows windowing rejected added, each row marked
     if it was warming up and blamed by the newest step of its window (its own values)."""

@@ -154,10 +154,13 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> pd.DataFrame
 
 def parse_times(values: pd.Series) -> pd.Series:
     """Seconds since the epoch as float (NaN where a value is not a time): numbers are epoch
-    seconds, text is ISO-8601 (a zone-less time is taken as UTC); a column may mix both."""
+    seconds, text is ISO-8601 (a zone-less time is taken as UTC); a column may mix both. An
+    infinite time is none: every later row of its series would be out of order."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return pd.to_numeric(values, errors="coerce").astype(np.float64)
+        seconds = pd.to_numeric(values, errors="coerce").astype(np.float64)
+        return seconds.where(np.isfinite(seconds))
     seconds = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    seconds = seconds.where(np.isfinite(seconds))
     text = seconds.isna() & values.notna()
     if text.any():
         stamps = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
@@ -165,10 +168,24 @@ def parse_times(values: pd.Series) -> pd.Series:
     return seconds
 
 
-def _not_a_time(column: str, value: object) -> str:
+def not_a_time(column: str, value: object) -> str:
+    """Why ``value`` of the time ``column`` places no row in its series."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
         return f"{column} is empty; every row needs its time"
     return f"{column} {value!r} is not a time (ISO-8601 text or epoch seconds)"
+
+
+def late_rejection(spec: SeriesSpec, row: int, *, same_time: bool) -> SeriesRejection:
+    """``row`` comes at (``same_time``) or before the last row already placed in its series."""
+    column = spec.time_column
+    if same_time:
+        reason = f"an earlier row of its series has the same {column}"
+        return SeriesRejection(row, "duplicate_timestamp", reason)
+    reason = (
+        f"its {column} is before the last row already seen for its series; send each "
+        "series in time order"
+    )
+    return SeriesRejection(row, "out_of_order", reason)
 
 
 def is_window_column(name: str) -> bool:
@@ -216,7 +233,7 @@ class SeriesState:
         frame = frame.reset_index(drop=True)
         times = parse_times(frame[spec.time_column])
         rejections = [
-            SeriesRejection(int(i), "bad_timestamp", _not_a_time(spec.time_column, v))
+            SeriesRejection(int(i), "bad_timestamp", not_a_time(spec.time_column, v))
             for i, v in frame.loc[times.isna(), spec.time_column].items()
         ]
         usable = times.notna().to_numpy().copy()
@@ -243,12 +260,14 @@ class SeriesState:
         seconds = rows["_time"].to_numpy()
         late = ~old & (seconds <= last)
         for i in np.flatnonzero(late):
-            rejections.append(self._late(int(rows["_row"].iat[i]), seconds[i] == last[i]))
+            rejections.append(
+                late_rejection(spec, int(rows["_row"].iat[i]), same_time=seconds[i] == last[i])
+            )
         rows, old = rows[~late].reset_index(drop=True), old[~late]
         key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()
         repeated = ~old & np.r_[False, (key[1:] == key[:-1]) & (seconds[1:] == seconds[:-1])]
         for i in np.flatnonzero(repeated):
-            rejections.append(self._late(int(rows["_row"].iat[i]), True))
+            rejections.append(late_rejection(spec, int(rows["_row"].iat[i]), same_time=True))
         rows, old = rows[~repeated].reset_index(drop=True), old[~repeated]
         key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()
         new_key = np.r_[True, key[1:] != key[:-1]]
@@ -268,17 +287,6 @@ class SeriesState:
             rejections=tuple(sorted(rejections, key=lambda r: r.row)),
             restarts=int((restart & ~old).sum()),
         )
-
-    def _late(self, row: int, same_time: bool) -> SeriesRejection:
-        column = self.spec.time_column
-        if same_time:
-            reason = f"an earlier row of its series has the same {column}"
-            return SeriesRejection(row, "duplicate_timestamp", reason)
-        reason = (
-            f"its {column} is before the last row already seen for its series; send each "
-            "series in time order"
-        )
-        return SeriesRejection(row, "out_of_order", reason)
 
     def _keys(self, frame: pd.DataFrame) -> np.ndarray:
         """Each row's series as one string (empty when no key column is named)."""

@@ -1,0 +1,172 @@
+"""Windows for records that arrive a few at a time, as a service receives them.
+
+``SeriesState.window`` builds windows for a table with pandas, which costs about 24 ms a call
+whatever its size: too slow for one record per request. ``window_records`` builds the same
+windows for a few records in plain Python, from each key's ``History`` (the times and values
+of its last rows) held wherever the caller keeps state (``service.series_store`` keeps it in
+SQLite, shared by the worker processes). The rules are ``SeriesState``'s, and a test checks
+that records streamed one at a time get the windows of the whole table: rows ordered by time
+within a key (within one call, in any order), a row at or before its key's last row rejected
+(``out_of_order``, ``duplicate_timestamp``), a gap over ``max_gap_seconds`` restarting the
+window, the first rows of a series borrowing its oldest row and marked as warming up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from detector.series.windows import (
+    SeriesRejection,
+    SeriesSpec,
+    lag_name,
+    late_rejection,
+    not_a_time,
+)
+
+Value = float | str | None
+
+
+@dataclass(frozen=True)
+class History:
+    """A key's last rows since its window last started (at most ``window - 1``, at least its
+    last one, whose time orders what comes next): ``times`` in epoch seconds, oldest first,
+    and ``rows`` of values in the order of the model's value columns."""
+
+    times: tuple[float, ...]
+    rows: tuple[tuple[Value, ...], ...]
+
+    def to_json(self) -> str:
+        return json.dumps([self.times, self.rows], allow_nan=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> History:
+        times, rows = json.loads(text)
+        return cls(tuple(float(t) for t in times), tuple(tuple(r) for r in rows))
+
+
+@dataclass(frozen=True)
+class StreamWindows:
+    """What ``window_records`` made of a few records: ``records`` (each accepted record's value
+    columns and window columns, as the model's schema names them), ``rows`` (their positions in
+    the input), ``warming_up``, ``rejections``, and ``histories``, the new state of every key
+    the records touched (to store back)."""
+
+    records: list[dict[str, Value]]
+    rows: np.ndarray
+    warming_up: np.ndarray
+    rejections: tuple[SeriesRejection, ...]
+    histories: dict[str, History]
+
+
+def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
+    """The record's series as one string, as ``SeriesState`` forms it (``None``: a key column
+    has no value)."""
+    parts = []
+    for column in spec.key_columns:
+        value = record.get(column)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        parts.append(str(value))
+    return "\x1f".join(parts)
+
+
+def parse_time(value: object) -> float | None:
+    """Epoch seconds from a number or ISO-8601 text (zone-less: UTC), as
+    ``windows.parse_times`` reads a column; ``None`` where it is not a time."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        number = float(value)
+        return number if math.isfinite(number) else None
+    except ValueError:
+        pass
+    stamp = pd.to_datetime(value, errors="coerce", utc=True, format="ISO8601")
+    if pd.isna(stamp):
+        return None
+    return float((stamp - pd.Timestamp(0, tz="UTC")).total_seconds())
+
+
+def window_records(
+    spec: SeriesSpec,
+    value_columns: Sequence[str],
+    records: Sequence[Mapping[str, object]],
+    histories: Mapping[str, History],
+) -> StreamWindows:
+    """Window ``records`` (see the module) given the ``histories`` of their keys (a key
+    absent: nothing seen yet). Values are taken as they are; the encoder judges them later."""
+    rejections: list[SeriesRejection] = []
+    by_key: dict[str, list[tuple[float, int]]] = {}
+    for i, record in enumerate(records):
+        seconds = parse_time(record.get(spec.time_column))
+        if seconds is None:
+            reason = not_a_time(spec.time_column, record.get(spec.time_column))
+            rejections.append(SeriesRejection(i, "bad_timestamp", reason))
+            continue
+        key = series_key(spec, record)
+        if key is None:
+            reason = f"no value for key {list(spec.key_columns)}"
+            rejections.append(SeriesRejection(i, "missing_key", reason))
+            continue
+        by_key.setdefault(key, []).append((seconds, i))
+
+    keep = max(spec.window - 1, 1)
+    placed: list[tuple[int, dict[str, Value], bool]] = []
+    updated: dict[str, History] = {}
+    for key, arrivals in by_key.items():
+        known = histories.get(key)
+        times = list(known.times) if known else []
+        rows = [tuple(r) for r in known.rows] if known else []
+        # Rows since the window started, oldest first; the stored ones begin it.
+        segment: list[tuple[Value, ...]] = list(rows)
+        for seconds, i in sorted(arrivals):
+            if times and seconds <= times[-1]:
+                rejections.append(late_rejection(spec, i, same_time=seconds == times[-1]))
+                continue
+            gap = spec.max_gap_seconds
+            if times and gap is not None and seconds - times[-1] > gap:
+                segment, times = [], []
+            values = tuple(_value(records[i].get(c)) for c in value_columns)
+            position = len(segment)
+            segment.append(values)
+            times.append(seconds)
+            window = {c: v for c, v in zip(value_columns, values, strict=True)}
+            for lag in range(1, spec.window):
+                source = segment[position - lag] if position >= lag else segment[0]
+                window |= {lag_name(c, lag): v for c, v in zip(value_columns, source, strict=True)}
+            placed.append((i, window, position < spec.window - 1))
+            if len(segment) > keep:  # the oldest row is no longer in any window
+                del segment[0]
+                del times[0]
+        if times:
+            kept = len(segment[-keep:])
+            updated[key] = History(tuple(times[-kept:]), tuple(segment[-kept:]))
+    placed.sort(key=lambda p: p[0])
+    return StreamWindows(
+        records=[window for _, window, _ in placed],
+        rows=np.asarray([i for i, _, _ in placed], dtype=np.int64),
+        warming_up=np.asarray([w for _, _, w in placed], dtype=bool),
+        rejections=tuple(sorted(rejections, key=lambda r: r.row)),
+        histories=updated,
+    )
+
+
+def _value(value: object) -> Value:
+    if value is None or isinstance(value, str):
+        return value
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float | np.number):
+        return float(value)
+    return str(value)

@@ -1,0 +1,117 @@
+"""Windows for records arriving a few at a time (``detector.series.stream``): the same windows,
+warm-up and rejections as ``make_windows`` gives the whole table, from each key's stored
+``History`` alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.series.stream import History, parse_time, window_records
+from detector.series.windows import SeriesSpec, make_windows, parse_times
+
+COLUMNS = ("cpu", "state")
+
+
+def fleet(seed: int = 0) -> pd.DataFrame:
+    """Three hosts a minute apart with irregular steps, a repeated time, a long gap and a
+    categorical column, in time order (ties across hosts in any order)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for host in ("a", "b", "c"):
+        t = 0.0
+        for _ in range(25):
+            t += float(rng.choice([60.0, 60.0, 120.0, 0.0, 4000.0], p=[0.6, 0.2, 0.1, 0.05, 0.05]))
+            rows.append(
+                {"ts": t, "host": host, "cpu": float(rng.normal()), "state": str(rng.integers(3))}
+            )
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def stream(frame: pd.DataFrame, spec: SeriesSpec, size: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Window ``frame`` ``size`` records at a time, shuffled within each call (rows of one key
+    and time keep their order: the first to arrive is the one kept), keeping each key's
+    history between calls as a store would (round-tripped through JSON)."""
+    rng = np.random.default_rng(seed)
+    records = frame.to_dict("records")
+    stored: dict[str, str] = {}
+    windows, rows, warming, rejected = [], [], [], {}
+    for start in range(0, len(records), size):
+        order = rng.permutation(min(size, len(records) - start)) + start
+        same = frame.iloc[order].groupby(["host", "ts"], sort=False).indices.values()
+        for slots in same:
+            order[slots] = np.sort(order[slots])
+        batch = [records[i] for i in order]
+        histories = {k: History.from_json(v) for k, v in stored.items()}
+        out = window_records(spec, COLUMNS, batch, histories)
+        stored |= {k: h.to_json() for k, h in out.histories.items()}
+        windows += out.records
+        rows += [int(order[i]) for i in out.rows]
+        warming += list(out.warming_up)
+        rejected |= {int(order[r.row]): r.code for r in out.rejections}
+    table = pd.DataFrame(windows, index=rows).sort_index()
+    return table, pd.Series(warming, index=rows).sort_index(), rejected
+
+
+@pytest.mark.parametrize("size", [1, 7])
+@pytest.mark.parametrize("gap", [None, 600.0])
+def test_records_streamed_a_few_at_a_time_get_the_windows_of_the_whole_table(
+    size: int, gap: float | None
+) -> None:
+    frame = fleet()
+    spec = SeriesSpec("ts", ("host",), window=4, max_gap_seconds=gap)
+    whole = make_windows(frame, spec)
+    table, warming, rejected = stream(frame, spec, size)
+    assert rejected == {r.row: r.code for r in whole.rejections}
+    assert "duplicate_timestamp" in rejected.values()  # the fleet has repeated times
+    assert list(table.index) == list(whole.rows)
+    expected = whole.frame.set_axis(whole.rows)
+    pd.testing.assert_frame_equal(table[list(expected.columns)], expected, check_dtype=False)
+    assert list(warming) == list(whole.warming_up)
+
+
+def test_a_late_record_and_a_repeated_time_are_rejected_with_the_reason() -> None:
+    spec = SeriesSpec("ts", ("host",), window=3)
+    first = window_records(spec, ["cpu"], [{"ts": 120, "host": "a", "cpu": 1.0}], {})
+    late = window_records(
+        spec,
+        ["cpu"],
+        [{"ts": 60, "host": "a", "cpu": 2.0}, {"ts": 120, "host": "a", "cpu": 3.0}],
+        first.histories,
+    )
+    assert [r.code for r in late.rejections] == ["out_of_order", "duplicate_timestamp"]
+    assert "send each series in time order" in late.rejections[0].reason
+    assert late.records == [] and late.histories["a"] == first.histories["a"]
+
+
+def test_bad_times_and_missing_keys_are_rejected_and_the_rest_scored() -> None:
+    spec = SeriesSpec("ts", ("host",), window=2)
+    records = [
+        {"ts": "soon", "host": "a", "cpu": 1.0},
+        {"ts": None, "host": "a", "cpu": 1.0},
+        {"ts": 60, "host": None, "cpu": 1.0},
+        {"ts": "1970-01-01T00:02:00Z", "host": "a", "cpu": 2.0},
+    ]
+    out = window_records(spec, ["cpu"], records, {})
+    assert [(r.row, r.code) for r in out.rejections] == [
+        (0, "bad_timestamp"), (1, "bad_timestamp"), (2, "missing_key")
+    ]  # fmt: skip
+    assert "'soon' is not a time" in out.rejections[0].reason
+    assert "is empty" in out.rejections[1].reason
+    assert list(out.rows) == [3] and out.records == [{"cpu": 2.0, "cpu[-1]": 2.0}]
+    assert out.histories["a"].times == (120.0,)
+
+
+def test_times_read_as_the_table_reads_them() -> None:
+    assert parse_time(90) == 90.0
+    assert parse_time("90.5") == 90.5
+    assert parse_time("1970-01-01T00:01:30") == 90.0  # zone-less: UTC
+    assert parse_time("1970-01-01T01:01:30+01:00") == 90.0
+    for bad in (True, None, float("nan"), float("inf"), "-inf", "", "  ", "noon", [1]):
+        assert parse_time(bad) is None
+    table = parse_times(pd.Series([90, float("inf")]))
+    assert table[0] == 90.0 and np.isnan(table[1])
+    mixed = parse_times(pd.Series(["90", "inf", "1970-01-01T00:01:30Z"], dtype=object))
+    assert mixed[0] == mixed[2] == 90.0 and np.isnan(mixed[1])
