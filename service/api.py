@@ -169,7 +169,12 @@ def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
         # Before the columns: a body without a header row would get "missing column(s)", or
         # with one line, "no data rows", neither of which names the mistake.
         check_header_row(header, "the CSV body")
-        check_columns(loaded.bundle.schema, header, passthrough=app_state.config.passthrough_fields)
+        check_columns(
+            loaded.bundle.schema,
+            header,
+            passthrough=app_state.config.passthrough_fields,
+            expected=loaded.bundle.input_columns,
+        )
         text_columns = {name: "string" for name in loaded.bundle.schema.text_columns}
         frame = pd.read_csv(io.BytesIO(body), dtype=text_columns, nrows=limit + 1)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:

@@ -23,6 +23,7 @@ from service.config import ServiceConfig, load_config
 from service.delivery import AlertDispatcher
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry
+from service.series_store import SeriesStore
 from service.sinks import AlertmanagerSink, LogSink, Sink, WebhookSink
 from service.state import ApiError, ServiceState
 
@@ -74,6 +75,7 @@ def create_app(
         metrics=metrics,
         trackers={name: AlertTracker(name, config.policy_for(name)) for name in config.models},
         dispatcher=dispatcher,
+        series=SeriesStore(config.series_state or ":memory:", max_keys=config.series_max_keys),
     )
 
     app = Flask("service")

@@ -80,6 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(run_dir, "metrics"))
     if config.model_sync_dir is None:
         config = config.model_copy(update={"model_sync_dir": os.path.join(run_dir, "models")})
+    if config.series_state is None:
+        path = os.path.join(run_dir, "series.sqlite")
+        config = config.model_copy(update={"series_state": path})
     if config.tf_threads is None:
         share = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
         config = config.model_copy(update={"tf_threads": share})

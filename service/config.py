@@ -119,6 +119,13 @@ class ServiceConfig(BaseSettings):
     model_sync_dir: OptionalText = None
     """A directory shared by the server's worker processes, through which a reload done by one
     worker reaches the others. Unset = this process only."""
+    series_state: OptionalText = None
+    """The SQLite file where series models keep each key's last rows, shared by the worker
+    processes and read again on restart. Unset: in memory, this process only (``anomaly serve``
+    puts it in its run directory, which a restart replaces)."""
+    series_max_keys: int = Field(100_000, ge=1)
+    """Series kept per model; past it the least recently seen key is forgotten (it warms up
+    again when it comes back)."""
     tf_threads: Annotated[int | None, BeforeValidator(_unset)] = Field(None, ge=1)
     """Threads per worker process for TensorFlow (old bundles) and the neighbour search; None
     leaves their defaults (``anomaly serve`` gives each worker its share of the cores)."""

@@ -3,7 +3,8 @@
 A tabular request sends one input tensor per column, each of shape ``[n]`` (``[n, 1]`` is
 accepted too), numeric columns as FP32/FP64/INT*, categorical ones as BYTES. The response holds
 ``anomaly_score``, ``p_value`` (FP64, null for rejected rows), ``is_anomaly`` (BOOL),
-``context_unseen`` (BOOL, conditional models only), ``severity`` and ``rejected_reason``
+``context_unseen`` (BOOL, conditional models only), ``warming_up`` (BOOL, series models
+only), ``severity`` and ``rejected_reason``
 (BYTES, "" for scored rows), all of shape ``[n]``.
 Errors follow the protocol's ``{"error": "..."}`` form.
 """
@@ -49,11 +50,15 @@ def metadata(name: str) -> Response:
     loaded = app_state.model(name)
     schema = loaded.bundle.schema
     kinds = {c.name: "FP64" for c in schema.numeric} | dict.fromkeys(schema.text_columns, "BYTES")
+    series = loaded.bundle.series
+    if series is not None:  # the time as ISO-8601 text (epoch seconds as numbers work too)
+        kinds |= dict.fromkeys((series.time_column, *series.key_columns), "BYTES")
     outputs = [
         ("anomaly_score", "FP64"),
         ("p_value", "FP64"),
         ("is_anomaly", "BOOL"),
         *([("context_unseen", "BOOL")] if schema.context else []),
+        *([("warming_up", "BOOL")] if series is not None else []),
         ("severity", "BYTES"),
         ("rejected_reason", "BYTES"),
     ]
@@ -62,7 +67,7 @@ def metadata(name: str) -> Response:
             name=name,
             versions=[loaded.bundle.version],
             platform="tensorflow",
-            inputs=[_any_length(c, kinds[c]) for c in schema.column_order],
+            inputs=[_any_length(c, kinds[c]) for c in loaded.bundle.input_columns],
             outputs=[_any_length(o, t) for o, t in outputs],
         )
     )
@@ -96,6 +101,7 @@ def infer(name: str) -> Response:
     p_value: list[float | None] = [None] * n
     flag = [False] * n
     unseen = [False] * n
+    warming = [False] * n
     severity = ["none"] * n
     reason = [""] * n
     result = scored.result
@@ -105,6 +111,8 @@ def infer(name: str) -> Response:
         flag[i] = bool(result.is_anomaly[j])
         if result.context_unseen is not None:
             unseen[i] = bool(result.context_unseen[j])
+        if result.warming_up is not None:
+            warming[i] = bool(result.warming_up[j])
         severity[i] = scored.severity[j]
     for rejected in scored.rejected:
         reason[rejected.index] = "; ".join(rejected.reasons)
@@ -113,6 +121,7 @@ def infer(name: str) -> Response:
         ("p_value", "FP64", p_value),
         ("is_anomaly", "BOOL", flag),
         *([("context_unseen", "BOOL", unseen)] if result.context_unseen is not None else []),
+        *([("warming_up", "BOOL", warming)] if result.warming_up is not None else []),
         ("severity", "BYTES", severity),
         ("rejected_reason", "BYTES", reason),
     ]
@@ -191,5 +200,10 @@ def _inputs_frame(
                 )
         columns[tensor.name] = flat
     passthrough = app_state.config.passthrough_fields
-    check_columns(loaded.bundle.schema, list(columns), passthrough=passthrough)
+    check_columns(
+        loaded.bundle.schema,
+        list(columns),
+        passthrough=passthrough,
+        expected=loaded.bundle.input_columns,
+    )
     return pd.DataFrame(columns)

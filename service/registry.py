@@ -295,14 +295,6 @@ class ModelRegistry:
         copy came from) and are ``BundleError``s, a failed read of a file included."""
         try:
             bundle = self._loader(path)
-            if bundle.series is not None:
-                # A record alone would be judged without its series' rows: refuse, not guess.
-                raise BundleError(
-                    f"the model at {path} judges each record with the rows before it "
-                    f"({bundle.series.describe()}); the service does not keep series yet: "
-                    "score such data with `anomaly score`, or serve a model trained without "
-                    "--time-column"
-                )
             bundle.prepare()  # the graph and the neighbour index, before the model takes traffic
             return bundle
         except BundleError as exc:

@@ -138,6 +138,12 @@ class RecordResult(ResponseBody):
         description="conditional (cvae) models only: a context value was never seen in "
         "training, so the record was scored without its context",
     )
+    warming_up: bool | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=lambda warming: warming is None,
+        description="series models only: fewer of its series' rows came before it than the "
+        "window holds, so it was judged with what was known",
+    )
     top_features: list[Contribution]
 
 

@@ -18,9 +18,11 @@ from flask import request
 
 from detector.bundles.bundle import Bundle
 from detector.features.encode import check_columns, listed
-from detector.features.records import score_records
+from detector.features.records import score_records, score_windowed
 from detector.scoring.scores import ScoreResult, score_frame
+from detector.series.windows import is_window_column
 from service.registry import LoadedModel
+from service.series_store import SeriesStore
 from service.state import ApiError, ServiceState
 
 TOP_FEATURES = 3
@@ -67,6 +69,18 @@ class Records:
         if isinstance(self.rows, pd.DataFrame):
             return score_frame(bundle, self.rows, passthrough=passthrough)
         return score_records(bundle, self.rows, passthrough=passthrough)
+
+    def score_in_series(self, model: LoadedModel, store: SeriesStore) -> ScoreResult:
+        """A series model's records, each with the rows its key sent before (in this request
+        or an earlier one, to any worker: ``store`` holds them), then stored for the next."""
+        bundle = model.bundle
+        assert bundle.series is not None
+        rows = self.rows
+        if isinstance(rows, pd.DataFrame):
+            rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
+        own = [c for c in bundle.schema.column_order if not is_window_column(c)]
+        windows = store.window(model.name, bundle.series, own, rows)
+        return score_windowed(bundle, windows, n_input=len(rows))
 
     def values(self, field: str, rows: np.ndarray) -> list[Any]:
         """``field``'s value in each of ``rows`` (positions), ``None`` where a record lacks it."""
@@ -132,7 +146,10 @@ def read_records(
         columns.update(dict.fromkeys(record))
     if good:
         check_columns(
-            model.bundle.schema, list(columns), passthrough=state.config.passthrough_fields
+            model.bundle.schema,
+            list(columns),
+            passthrough=state.config.passthrough_fields,
+            expected=model.bundle.input_columns,
         )
     return Records(good, frozenset(columns)), np.asarray(indices, dtype=np.int64), rejected
 
@@ -162,7 +179,10 @@ def score_request(
     passthrough = [c for c in state.config.passthrough_fields if c in records.columns]
     all_rejected = list(rejected)
     if len(records):
-        result = records.score(model.bundle, passthrough)
+        if model.bundle.series is None:
+            result = records.score(model.bundle, passthrough)
+        else:
+            result = records.score_in_series(model, state.series)
         all_rejected += [
             Rejected(int(indices[r.row]), r.reasons, r.code) for r in result.rejections
         ]
@@ -247,6 +267,7 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
     top_values = np.take_along_axis(result.contributions, order, axis=1).tolist()
     echo = {f: records.values(f, result.rows) for f in passthrough if f in records.columns}
     unseen = None if result.context_unseen is None else result.context_unseen.tolist()
+    warming = None if result.warming_up is None else result.warming_up.tolist()
     out = []
     for i, (index, score, p, flag) in enumerate(
         zip(
@@ -265,6 +286,8 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
             "severity": scored.severity[i],
             # Conditional models only: scored without its context, never seen in training.
             **({} if unseen is None else {"context_unseen": unseen[i]}),
+            # Series models only: judged with fewer of its series' rows than the window holds.
+            **({} if warming is None else {"warming_up": warming[i]}),
             "top_features": [
                 {"column": c, "contribution": v}
                 for c, v in zip(top_names[i], top_values[i], strict=True)

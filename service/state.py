@@ -17,6 +17,7 @@ from service.config import ServiceConfig
 from service.delivery import AlertDispatcher
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry, UnknownModel
+from service.series_store import SeriesStore
 
 
 class ApiError(Exception):
@@ -38,6 +39,7 @@ class ServiceState:
     metrics: ServiceMetrics
     trackers: dict[str, AlertTracker]
     dispatcher: AlertDispatcher
+    series: SeriesStore
 
     def model(self, name: str) -> LoadedModel:
         try:

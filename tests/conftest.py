@@ -10,6 +10,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -26,6 +27,29 @@ TINY = {
     "batch_size": 256,
     "random_state": 0,
 }
+
+
+#: A small fleet of metric streams: each host's cpu level (see ``fleet``).
+HOSTS = {"web-01": 20.0, "web-02": 35.0, "db-01": 50.0}
+
+
+def fleet(minutes: int, *, start: str = "2026-01-01", seed: int = 0) -> pd.DataFrame:
+    """Three hosts a minute apart (ISO-8601 ``ts``), each at its own cpu level; mem alike on
+    every host, so a row alone does not say which host it is. In time order."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range(start, periods=minutes, freq="min", tz="UTC")
+    frames = [
+        pd.DataFrame(
+            {
+                "ts": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "host": host,
+                "cpu": level + rng.normal(0, 1.0, minutes),
+                "mem": 40 + rng.normal(0, 1.0, minutes),
+            }
+        )
+        for host, level in HOSTS.items()
+    ]
+    return pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable", ignore_index=True)
 
 
 def normal_records(n: int) -> list[dict[str, Any]]:

@@ -98,7 +98,7 @@ def check_columns(
             f"with {keep}{more})"
         )
     if problems:
-        raise SchemaError("; ".join(problems) + f". The model expects: {schema.describe()}")
+        raise SchemaError("; ".join(problems) + f". The model expects: {schema.describe(expected)}")
 
 
 def encode(

@@ -6,7 +6,7 @@ pickle). ``detector.features.encode`` encodes records with it; its docstring giv
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -130,12 +130,14 @@ class Schema:
         """Columns whose values are labels, to be read as text: categorical and context."""
         return tuple(c.name for c in self.categorical) + tuple(c.name for c in self.context)
 
-    def describe(self) -> str:
-        """One line per column, as an error message shows what the model expects."""
+    def describe(self, columns: Sequence[str] | None = None) -> str:
+        """Each column and its kind, as an error message shows what the model expects
+        (``columns``: the input's, where they are not the schema's, as for a series model)."""
         kinds = {c.name: "number" for c in self.numeric}
         kinds.update({c.name: f"category ({len(c.categories)} known)" for c in self.categorical})
         kinds.update({c.name: f"context ({len(c.categories)} known)" for c in self.context})
-        return ", ".join(f"{name} ({kinds[name]})" for name in self.column_order)
+        shown = self.column_order if columns is None else columns
+        return ", ".join(f"{name} ({kinds[name]})" if name in kinds else name for name in shown)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,6 +1,7 @@
 """A series model (``anomaly train --time-column ts --series-column host``): each record judged
 with the rows before it in its host's series, in Python, in files scored chunk by chunk, on
-the command line; refused where series are not kept yet (the service, Spark)."""
+the command line; refused by Spark, which does not window yet. The service's streams:
+``tests/service/test_series_streams.py``."""
 
 from __future__ import annotations
 
@@ -10,32 +11,12 @@ import pytest
 
 from detector.batch.files import score_file
 from detector.cli.main import main
-from detector.errors import BundleError, ConfigError
+from detector.errors import ConfigError
 from detector.estimator import VAEDetector
 from detector.scoring.scores import score_frame
-from tests.conftest import TINY
+from tests.conftest import HOSTS, TINY, fleet
 
-HOSTS = {"web-01": 20.0, "web-02": 35.0, "db-01": 50.0}
 SERIES = {"time_column": "ts", "series_columns": ("host",), "window": 4}
-
-
-def fleet(minutes: int, *, start: str = "2026-01-01", seed: int = 0) -> pd.DataFrame:
-    """Three hosts a minute apart, each at its own cpu level; mem alike on every host, so a
-    row alone does not say which host it is."""
-    rng = np.random.default_rng(seed)
-    times = pd.date_range(start, periods=minutes, freq="min", tz="UTC")
-    frames = [
-        pd.DataFrame(
-            {
-                "ts": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "host": host,
-                "cpu": level + rng.normal(0, 1.0, minutes),
-                "mem": 40 + rng.normal(0, 1.0, minutes),
-            }
-        )
-        for host, level in HOSTS.items()
-    ]
-    return pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable", ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -151,20 +132,6 @@ def test_series_options_need_a_time_column() -> None:
         ConfigError, match=r"series_columns, window, max_gap_seconds .* time_column"
     ):
         VAEDetector(window=3, **TINY).fit(fleet(100))
-
-
-def test_the_service_refuses_a_series_model_instead_of_scoring_records_alone(
-    series_detector, tmp_path
-) -> None:
-    from service.registry import ModelRegistry
-
-    series_detector.save(tmp_path / "m")
-    registry = ModelRegistry({"fleet": str(tmp_path / "m")})
-    errors = registry.load_all()
-    assert "does not keep series yet" in errors["fleet"]
-    assert "anomaly score" in errors["fleet"]
-    with pytest.raises(BundleError, match="not loaded"):
-        registry.get("fleet")
 
 
 def test_a_fleet_trained_as_one_series_is_told_to_name_its_series_column() -> None:

@@ -1,0 +1,165 @@
+"""Where the service keeps each series' last rows: one SQLite file shared by every worker.
+
+A series model judges a record with the rows its key sent before, and gunicorn hands
+consecutive records of one host to whichever worker is free: state kept in a worker would be
+split between them, and each worker would see a different history. So the state lives in one
+SQLite database (WAL mode) that every worker process opens. Each request reads its keys'
+histories, windows its records and writes the histories back in one ``BEGIN IMMEDIATE``
+transaction, so two workers never interleave the rows of a key; the scoring itself runs after
+the commit. A few hundred microseconds per request, and no server to run: SQLite is a library,
+and a file on the machine the workers share. (Several machines would need a shared store, or a
+load balancer that routes by key; one machine's workers need neither.)
+
+Bounded: at most ``max_keys`` series per model; past that, the least recently seen key is
+forgotten (it warms up again when it comes back). Memory is SQLite's page cache, not the keys:
+100,000 hosts live in the file (``make bench`` measures its size).
+
+On restart the file is read again, so each series continues where it stopped (a gap longer than
+the model's ``--max-gap-seconds`` restarts its window). ``anomaly serve`` without the
+``series_state`` setting puts the file in the server's run directory, which a restart replaces:
+every series warms up again. A model trained again with a different window or columns starts
+every series afresh (its stored rows are dropped, not misread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from detector.series.stream import History, StreamWindows, series_key, window_records
+from detector.series.windows import SeriesSpec
+
+#: Series kept per model before the least recently seen is forgotten.
+DEFAULT_MAX_KEYS = 100_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series_models (model TEXT PRIMARY KEY, layout TEXT NOT NULL,
+    n_keys INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS series_history (model TEXT NOT NULL, key TEXT NOT NULL,
+    history TEXT NOT NULL, seen INTEGER NOT NULL, PRIMARY KEY (model, key));
+CREATE INDEX IF NOT EXISTS series_by_seen ON series_history (model, seen);
+"""
+
+
+class SeriesStore:
+    """Each model's series histories in the SQLite file at ``path`` (``":memory:"``: this
+    process alone, for a single-process app)."""
+
+    def __init__(self, path: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self.path = path
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
+
+    def window(
+        self,
+        model: str,
+        spec: SeriesSpec,
+        value_columns: Sequence[str],
+        records: Sequence[Mapping[str, object]],
+    ) -> StreamWindows:
+        """Window ``records`` of ``model`` with their keys' stored rows, and store the new
+        rows, atomically with respect to every other worker."""
+        layout = json.dumps([vars(spec), list(value_columns)], sort_keys=True)
+        keys = sorted({k for r in records if (k := series_key(spec, r)) is not None})
+        with self._lock:
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_layout(db, model, layout)
+                histories = self._read(db, model, keys)
+                windows = window_records(spec, value_columns, records, histories)
+                new = len(windows.histories.keys() - histories.keys())
+                self._write(db, model, windows.histories, new=new)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return windows
+
+    def keys(self, model: str) -> int:
+        """How many series of ``model`` are kept."""
+        with self._lock:
+            row = (
+                self._open()
+                .execute("SELECT n_keys FROM series_models WHERE model = ?", (model,))
+                .fetchone()
+            )
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None
+
+    def _open(self) -> sqlite3.Connection:
+        # A connection must not cross a fork: each worker opens its own.
+        if self._connection is None or self._pid != os.getpid():
+            db = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            if self.path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+            # Losing the last transactions in a power cut costs a few warm-up rows, not
+            # corruption: WAL with NORMAL sync stays consistent, and is several times faster.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._connection, self._pid = db, os.getpid()
+        return self._connection
+
+    @staticmethod
+    def _check_layout(db: sqlite3.Connection, model: str, layout: str) -> None:
+        row = db.execute("SELECT layout FROM series_models WHERE model = ?", (model,)).fetchone()
+        if row is not None and row[0] == layout:
+            return
+        # A new model, or one trained again with another window or columns: old rows would be
+        # misread as this model's, so its series start afresh.
+        db.execute("DELETE FROM series_history WHERE model = ?", (model,))
+        db.execute(
+            "INSERT OR REPLACE INTO series_models (model, layout, n_keys) VALUES (?, ?, 0)",
+            (model, layout),
+        )
+
+    @staticmethod
+    def _read(db: sqlite3.Connection, model: str, keys: list[str]) -> dict[str, History]:
+        histories = {}
+        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT key, history FROM series_history WHERE model = ? AND key IN ({marks})",
+                (model, *chunk),
+            )
+            histories.update({key: History.from_json(text) for key, text in rows})
+        return histories
+
+    def _write(
+        self, db: sqlite3.Connection, model: str, histories: Mapping[str, History], *, new: int
+    ) -> None:
+        seen = time.time_ns()
+        db.executemany(
+            "INSERT OR REPLACE INTO series_history (model, key, history, seen) VALUES (?, ?, ?, ?)",
+            [(model, key, h.to_json(), seen) for key, h in histories.items()],
+        )
+        if not new:
+            return
+        db.execute("UPDATE series_models SET n_keys = n_keys + ? WHERE model = ?", (new, model))
+        (n_keys,) = db.execute(
+            "SELECT n_keys FROM series_models WHERE model = ?", (model,)
+        ).fetchone()
+        over = n_keys - self.max_keys
+        if over > 0:
+            db.execute(
+                "DELETE FROM series_history WHERE rowid IN (SELECT rowid FROM series_history "
+                "WHERE model = ? ORDER BY seen LIMIT ?)",
+                (model, over),
+            )
+            db.execute(
+                "UPDATE series_models SET n_keys = ? WHERE model = ?", (self.max_keys, model)
+            )

@@ -1,0 +1,178 @@
+"""A series model in the service: records arrive one or a few at a time, each is judged with
+the rows its host sent before, whichever app (worker) received them, and gets the score batch
+scoring gives it in the whole file. Late and broken records are rejected with the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from detector.bundles.bundle import load_bundle
+from detector.estimator import VAEDetector
+from detector.scoring.scores import score_frame
+from service.app import create_app
+from service.config import ServiceConfig
+from service.series_store import SeriesStore
+from tests.conftest import TINY, fleet
+
+SERIES = {"time_column": "ts", "series_columns": ("host",), "window": 4}
+
+
+@pytest.fixture(scope="module")
+def series_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("series") / "fleet"
+    VAEDetector(**SERIES, **TINY).fit(fleet(300)).save(path)
+    return path
+
+
+def apps(series_dir: Path, state_file: str, n: int = 1, **settings: Any) -> list[Any]:
+    """``n`` apps serving the fleet model over one state file, as gunicorn's workers do."""
+    config = ServiceConfig(models={"fleet": str(series_dir)}, series_state=state_file, **settings)
+    return [create_app(config, metrics_registry=CollectorRegistry(), sinks=[]) for _ in range(n)]
+
+
+@pytest.fixture
+def two_workers(series_dir: Path, tmp_path: Path) -> Iterator[list[Any]]:
+    made = apps(series_dir, str(tmp_path / "series.sqlite"), 2)
+    yield [app.test_client() for app in made]
+    for app in made:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
+def post(client: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    response = client.post("/v1/models/fleet/score", json={"records": records})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def test_records_streamed_through_two_workers_score_as_the_whole_file(
+    two_workers: list[Any], series_dir: Path
+) -> None:
+    stream = fleet(40, start="2026-01-02", seed=1)
+    stream.loc[50, "cpu"] = 90.0  # a spike, which also sits in the next rows' windows
+    records = stream.to_dict("records")
+    results = []
+    for i, record in enumerate(records):  # alternate workers, one record per request
+        (result,) = post(two_workers[i % 2], [record])["results"]
+        results.append(result)
+    batch = score_frame(load_bundle(series_dir), stream)
+    np.testing.assert_allclose(
+        [r["anomaly_score"] for r in results], batch.anomaly_score, rtol=1e-5
+    )
+    assert [r["warming_up"] for r in results] == batch.warming_up.tolist()
+    assert sum(r["warming_up"] for r in results) == 3 * 3  # the first 3 rows of each host
+    assert results[50]["is_anomaly"] and results[50]["top_features"][0]["column"] == "cpu"
+
+
+def test_a_few_records_at_a_time_in_any_order_within_a_request(
+    two_workers: list[Any], series_dir: Path
+) -> None:
+    stream = fleet(20, start="2026-01-03", seed=2)
+    scores = np.empty(len(stream))
+    for n, start in enumerate(range(0, len(stream), 6)):
+        chunk = stream.iloc[start : start + 6].sample(frac=1.0, random_state=n)
+        body = post(two_workers[n % 2], chunk.to_dict("records"))
+        assert body["counts"] == {"received": len(chunk), "scored": len(chunk), "rejected": 0}
+        for result in body["results"]:
+            scores[chunk.index[result["index"]]] = result["anomaly_score"]
+    expected = score_frame(load_bundle(series_dir), stream).anomaly_score
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+def test_late_repeated_and_unplaceable_records_are_rejected_with_the_reason(
+    two_workers: list[Any],
+) -> None:
+    first, second = two_workers
+    post(first, [{"ts": "2026-01-04T00:05:00Z", "host": "web-01", "cpu": 20.0, "mem": 40.0}])
+    body = post(
+        second,
+        [
+            {"ts": "2026-01-04T00:01:00Z", "host": "web-01", "cpu": 20.0, "mem": 40.0},
+            {"ts": "2026-01-04T00:05:00Z", "host": "web-01", "cpu": 20.0, "mem": 40.0},
+            {"ts": "at five", "host": "web-01", "cpu": 20.0, "mem": 40.0},
+            {"ts": "2026-01-04T00:06:00Z", "host": None, "cpu": 20.0, "mem": 40.0},
+            {"ts": "2026-01-04T00:06:00Z", "host": "web-01", "cpu": 20.0, "mem": 40.0},
+        ],
+    )
+    reasons = {r["index"]: r["reasons"][0] for r in body["rejected"]}
+    assert list(reasons) == [0, 1, 2, 3]
+    assert "before the last row already seen" in reasons[0]
+    assert "send each series in time order" in reasons[0]
+    assert "an earlier row of its series has the same ts" in reasons[1]
+    assert "'at five' is not a time" in reasons[2]
+    assert "no value for key ['host']" in reasons[3]
+    assert [r["index"] for r in body["results"]] == [4]
+    assert body["results"][0]["warming_up"] is True  # the second row web-01 sent this day
+
+
+def test_a_record_missing_the_time_column_is_told_what_the_model_expects(
+    two_workers: list[Any],
+) -> None:
+    response = two_workers[0].post(
+        "/v1/models/fleet/score", json={"records": [{"host": "web-01", "cpu": 1.0, "mem": 1.0}]}
+    )
+    assert response.status_code == 422
+    detail = response.get_json()["detail"]
+    assert "missing column(s) ['ts']" in detail
+    assert detail.endswith("The model expects: ts, host, cpu (number), mem (number)")
+
+
+def test_past_the_key_cap_the_least_recently_seen_host_warms_up_again(
+    series_dir: Path, tmp_path: Path
+) -> None:
+    (app,) = apps(series_dir, str(tmp_path / "s.sqlite"), series_max_keys=2)
+    client = app.test_client()
+    stream = fleet(8, start="2026-01-05")
+    early, late = stream.iloc[:18], stream.iloc[18:]
+    for record in early[early["host"] != "db-01"].to_dict("records"):
+        post(client, [record])  # web-01, then web-02, each minute
+    post(client, [early[early["host"] == "db-01"].iloc[-1].to_dict()])  # web-01 goes
+    assert app.extensions["anomaly"].series.keys("fleet") == 2
+    warming = {}
+    for host in ("web-02", "web-01"):  # web-02 was kept; web-01 comes back with no history
+        record = late[late["host"] == host].iloc[0].to_dict()
+        (result,) = post(client, [record])["results"]
+        warming[record["host"]] = result["warming_up"]
+    assert warming == {"web-01": True, "web-02": False}
+    app.extensions["anomaly"].dispatcher.stop()
+
+
+def test_a_model_trained_with_another_window_starts_its_series_afresh(tmp_path: Path) -> None:
+    from detector.series.windows import SeriesSpec
+
+    store = SeriesStore(str(tmp_path / "s.sqlite"))
+    rows = [{"ts": 60 * m, "host": "a", "cpu": float(m)} for m in range(5)]
+    spec = SeriesSpec("ts", ("host",), window=3)
+    assert not store.window("m", spec, ["cpu"], rows).warming_up[-1]
+    wider = SeriesSpec("ts", ("host",), window=4)
+    later = [{"ts": 600, "host": "a", "cpu": 9.0}]
+    assert store.window("m", wider, ["cpu"], later).warming_up.tolist() == [True]
+    # A second handle on the file (another worker) sees what the first stored.
+    other = SeriesStore(str(tmp_path / "s.sqlite"))
+    assert other.keys("m") == 1
+    assert other.window("m", wider, ["cpu"], [{"ts": 500, "host": "a", "cpu": 1.0}]).rejections
+
+
+def test_the_kserve_route_streams_too_and_names_the_series_columns(
+    two_workers: list[Any], series_dir: Path
+) -> None:
+    stream = fleet(5, start="2026-01-06", seed=3)
+    inputs = [
+        {"name": c, "shape": [len(stream)], "datatype": "FP64" if c in ("cpu", "mem") else "BYTES",
+         "data": stream[c].tolist()}
+        for c in stream.columns
+    ]  # fmt: skip
+    response = two_workers[1].post("/v2/models/fleet/infer", json={"inputs": inputs})
+    assert response.status_code == 200, response.json
+    outputs = {o["name"]: o["data"] for o in response.json["outputs"]}
+    expected = score_frame(load_bundle(series_dir), stream)
+    np.testing.assert_allclose(outputs["anomaly_score"], expected.anomaly_score, rtol=1e-5)
+    assert outputs["warming_up"] == expected.warming_up.tolist()
+    metadata = two_workers[0].get("/v2/models/fleet").json
+    assert [i["name"] for i in metadata["inputs"]] == ["ts", "host", "cpu", "mem"]
+    assert "warming_up" in [o["name"] for o in metadata["outputs"]]
