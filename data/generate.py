@@ -11,6 +11,10 @@ Outputs (written to ``--out-dir``, default: the directory of this script):
   same process continued in time, with about 5 % of the rows replaced by
   injected anomalies.  Two extra columns, ``label`` and ``anomaly_kind``,
   mark them.
+* ``fleet_train.csv`` and ``fleet_eval.csv`` - the same rows with a first
+  column ``ts``, each sample's time (ISO-8601, UTC, 15 minutes apart from
+  ``FLEET_START``): the metric streams a series model reads
+  (``anomaly train data/fleet_train.csv --time-column ts --series-column host``).
 
 The whole 14-day history is simulated in one pass and then split, so the
 normal rows of ``eval.csv`` are a genuine continuation of ``train.csv``
@@ -45,6 +49,7 @@ DEFAULT_SEED = 7
 SAMPLES_PER_HOUR = 4  # 15-minute resolution
 SAMPLES_PER_DAY = 24 * SAMPLES_PER_HOUR
 TRAIN_DAYS = 10
+FLEET_START = pd.Timestamp("2026-11-01T00:00:00Z")
 EVAL_DAYS = 4
 
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -427,6 +432,14 @@ def build_datasets(seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame
     return train[list(COLUMNS)], evaluation[[*COLUMNS, *EVAL_EXTRA_COLUMNS]]
 
 
+def with_times(frame: pd.DataFrame, first_sample: int) -> pd.DataFrame:
+    """``frame`` with a first column ``ts``: its rows come 8 to a time step (see the module),
+    the first step being sample ``first_sample`` after ``FLEET_START``."""
+    step = first_sample + np.arange(len(frame)) // len(HOSTS)
+    times = FLEET_START + pd.to_timedelta(step * (60 // SAMPLES_PER_HOUR), unit="min")
+    return frame.assign(ts=times.strftime("%Y-%m-%dT%H:%M:%SZ"))[["ts", *frame.columns]]
+
+
 def format_for_csv(frame: pd.DataFrame) -> pd.DataFrame:
     """Render float columns with a fixed number of decimals, as strings."""
     out = frame.copy()
@@ -447,7 +460,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--out-dir",
         type=Path,
         default=Path(__file__).resolve().parent,
-        help="directory for train.csv and eval.csv (default: this script's directory)",
+        help="directory for the CSV files (default: this script's directory)",
     )
     return parser.parse_args(argv)
 
@@ -459,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     train, evaluation = build_datasets(args.seed)
     write_csv(train, out_dir / "train.csv")
     write_csv(evaluation, out_dir / "eval.csv")
+    write_csv(with_times(train, 0), out_dir / "fleet_train.csv")
+    write_csv(with_times(evaluation, TRAIN_DAYS * SAMPLES_PER_DAY), out_dir / "fleet_eval.csv")
     n_anomalies = int(evaluation["label"].sum())
     print(
         f"seed={args.seed}: wrote {len(train)} train rows and {len(evaluation)} eval rows "

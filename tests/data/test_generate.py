@@ -71,10 +71,20 @@ def normal_eval(evaluation: pd.DataFrame) -> pd.DataFrame:
 
 def test_regeneration_is_byte_identical(generator: ModuleType, tmp_path: Path) -> None:
     generator.main(["--seed", str(generator.DEFAULT_SEED), "--out-dir", str(tmp_path)])
-    for name in ("train.csv", "eval.csv"):
+    for name in ("train.csv", "eval.csv", "fleet_train.csv", "fleet_eval.csv"):
         regenerated = (tmp_path / name).read_bytes()
         committed = (DATA_DIR / name).read_bytes()
         assert regenerated == committed, f"{name} differs from a fresh default-seed run"
+
+
+def test_the_fleet_files_are_the_same_rows_with_their_times() -> None:
+    train, fleet_train = (pd.read_csv(DATA_DIR / n) for n in ("train.csv", "fleet_train.csv"))
+    evaluation, fleet_eval = (pd.read_csv(DATA_DIR / n) for n in ("eval.csv", "fleet_eval.csv"))
+    pd.testing.assert_frame_equal(fleet_train.drop(columns="ts"), train)
+    pd.testing.assert_frame_equal(fleet_eval.drop(columns="ts"), evaluation)
+    times = pd.to_datetime(pd.concat([fleet_train["ts"], fleet_eval["ts"]]), utc=True)
+    steps = times.diff().dropna().dt.total_seconds().unique()
+    assert sorted(steps) == [0.0, 900.0]  # 8 hosts per 15-minute step, never backwards
 
 
 def test_seed_changes_the_data(generator: ModuleType) -> None:
