@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector.batch.ledger import BatchReport, RejectRateExceeded, SourceLedger
-from detector.batch.scored_tables import CONTEXT_COLUMN, SCORE_COLUMNS
+from detector.batch.scored_tables import CONTEXT_COLUMN, SCORE_COLUMNS, WARMING_COLUMN
 from detector.batch.spark_scoring import (
     CORRUPT_RECORD,
     PANDAS_WARNING,
     REJECT_CODE,
     REJECT_REASON,
     SOURCE_FILE,
-    refuse_series,
     score_dataframe,
 )
 from detector.bundles.bundle import load_bundle
@@ -100,7 +99,6 @@ def score_files(
     from pyspark.sql import functions as F
 
     bundle = load_bundle(model)
-    refuse_series(bundle)
     spark = session or spark_session()
     paths = _spark_paths(inputs)
     fmt = table_format(paths[0].rstrip("/*"))
@@ -175,13 +173,15 @@ def score_files(
             *data_columns,
             *SCORE_COLUMNS,
             *([CONTEXT_COLUMN] if bundle.schema.context else []),
+            *([WARMING_COLUMN] if bundle.series else []),
             *(f"top_feature_{j + 1}" for j in range(k)),
         ]
         good = scored.where(F.col(REJECT_CODE).isNull()).select(*out_columns)
         parquet = output.rstrip("/").endswith(".parquet")
         if parquet:  # numbers as numbers, as the streaming engine writes Parquet
             for col in bundle.schema.numeric:
-                good = good.withColumn(col.name, F.col(col.name).cast("double"))
+                if col.name in data_columns:  # a series model's window columns are not
+                    good = good.withColumn(col.name, F.col(col.name).cast("double"))
         _write_atomically(good, output, "parquet" if parquet else "csv")
     finally:
         scored.unpersist()

@@ -7,6 +7,13 @@ comes back, with ``anomaly_score`` (higher = more anomalous), ``p_value``, ``is_
 not. Each batch of rows goes through ``detector.scoring.scores.score_frame``, as in the streaming
 scorer and the HTTP service.
 
+A series model needs each series whole and in time order: ``groupBy(keys).applyInPandas`` hands
+each key's rows to one call (all rows, one group, when the model names no key), where
+``score_frame`` orders them by time and windows them as the local scorer does. Unlike the local
+scorer, which reads files in order and rejects a row older than what it has seen, Spark sees a
+key's rows from every file at once, so their order across files does not matter. Output rows
+come in Spark's order, not the input's; a key's rows must fit one executor's memory.
+
 The bundle travels as its two files' bytes in a broadcast (a model is a few hundred KB), never
 as a pickled object: each Python worker writes them to a private directory once, loads them
 with ``load_bundle`` (checksum verified, Keras safe mode) and keeps the bundle for the
@@ -30,10 +37,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from detector.batch.scored_tables import CONTEXT_COLUMN, model_frame, top_columns
+from detector.batch.scored_tables import (
+    CONTEXT_COLUMN,
+    WARMING_COLUMN,
+    model_frame,
+    series_frame,
+    top_columns,
+)
 from detector.bundles.bundle import Bundle, load_bundle
 from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
-from detector.errors import ConfigError, SchemaError
+from detector.errors import ConfigError
 from detector.features.encode import Imputation, check_columns
 from detector.scoring.scores import score_frame
 
@@ -108,15 +121,15 @@ def score_dataframe(
     scorer parses it) plus ``keep_columns`` and, optionally, ``_corrupt_record`` (rows where
     it is set are rejected as malformed) and ``_source_file``. The result has ``df``'s columns
     followed by ``anomaly_score``, ``p_value``, ``is_anomaly``, ``context_unseen`` (conditional
-    models), ``top_feature_1..k``,
+    models), ``warming_up`` (series models), ``top_feature_1..k``,
     ``reject_code`` and ``reject_reason``; its row count equals ``df``'s.
     """
+    from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     bundle = load_bundle(bundle_path)
-    refuse_series(bundle)
     extra = [*keep_columns, *(c for c in (CORRUPT_RECORD, SOURCE_FILE) if c in df.columns)]
-    check_columns(bundle.schema, df.columns, passthrough=extra)
+    check_columns(bundle.schema, df.columns, passthrough=extra, expected=bundle.input_columns)
     k = min(top_k, len(bundle.schema.scored_columns))
     files = None if shared else bundle_files(bundle_path)
     digest = hashlib.sha256(b"".join((files or {}).values()) or str(bundle_path).encode())
@@ -128,6 +141,7 @@ def score_dataframe(
         T.StructField("p_value", T.DoubleType()),
         T.StructField("is_anomaly", T.BooleanType()),
         *([T.StructField(CONTEXT_COLUMN, T.BooleanType())] if bundle.schema.context else []),
+        *([T.StructField(WARMING_COLUMN, T.BooleanType())] if bundle.series else []),
         *(T.StructField(f"top_feature_{j + 1}", T.StringType()) for j in range(k)),
         T.StructField(REJECT_CODE, T.StringType()),
         T.StructField(REJECT_REASON, T.StringType()),
@@ -141,7 +155,30 @@ def score_dataframe(
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
-        return df.mapInPandas(score_batches, schema=schema)
+        if bundle.series is None:
+            return df.mapInPandas(score_batches, schema=schema)
+        keys = list(bundle.series.key_columns)
+        if keys:
+            return df.groupBy(*keys).applyInPandas(_one_batch(score_batches), schema=schema)
+        # One series: one group, under a constant column dropped again after.
+        one = T.StructType([*schema.fields, T.StructField(_ONE_SERIES, T.IntegerType())])
+        whole = df.withColumn(_ONE_SERIES, F.lit(0)).groupBy(_ONE_SERIES)
+        return whole.applyInPandas(_one_batch(score_batches), schema=one).drop(_ONE_SERIES)
+
+
+#: The constant column a model without key columns groups its one series by.
+_ONE_SERIES = "_anomaly_one_series"
+
+
+def _one_batch(score_batches: Any) -> Any:
+    """``applyInPandas`` passes each group as one frame; ``score_batches`` takes an iterator.
+    A plain function (pyspark reads its type hints; a ``partial`` has none), pickled with the
+    plain values it holds."""
+
+    def score_group(group: pd.DataFrame) -> pd.DataFrame:
+        return next(iter(score_batches(iter([group]))))
+
+    return score_group
 
 
 def _score_batches(
@@ -169,6 +206,7 @@ def score_pandas(
     p_values = np.full(n, np.nan)
     flags = np.full(n, None, dtype=object)
     unseen = np.full(n, None, dtype=object)
+    warming = np.full(n, None, dtype=object)
     tops = [np.full(n, None, dtype=object) for _ in range(top_k)]
     codes = np.full(n, None, dtype=object)
     reasons = np.full(n, None, dtype=object)
@@ -180,15 +218,21 @@ def score_pandas(
         usable &= ~corrupt
     positions = np.flatnonzero(usable)
     if len(positions):
-        columns = list(bundle.schema.column_order)
+        columns = list(bundle.input_columns)
         table = pa.Table.from_pandas(out.loc[positions, columns], preserve_index=False)
-        result = score_frame(bundle, model_frame(bundle.schema, table), impute=impute)
+        if bundle.series is None:
+            frame = model_frame(bundle.schema, table)
+        else:
+            frame = series_frame(bundle, table)
+        result = score_frame(bundle, frame, impute=impute)
         scored = positions[result.rows]
         scores[scored] = result.anomaly_score
         p_values[scored] = result.p_value
         flags[scored] = result.is_anomaly
         if result.context_unseen is not None:
             unseen[scored] = result.context_unseen
+        if result.warming_up is not None:
+            warming[scored] = result.warming_up
         for j, column in enumerate(top_columns(result, top_k)):
             tops[j][scored] = column.to_numpy(zero_copy_only=False)
         for rejection in result.rejections:
@@ -199,18 +243,9 @@ def score_pandas(
         "p_value": p_values,
         "is_anomaly": pd.Series(flags, dtype=object),
         **({CONTEXT_COLUMN: pd.Series(unseen, dtype=object)} if bundle.schema.context else {}),
+        **({WARMING_COLUMN: pd.Series(warming, dtype=object)} if bundle.series else {}),
         **{f"top_feature_{j + 1}": pd.Series(t, dtype=object) for j, t in enumerate(tops)},
         REJECT_CODE: pd.Series(codes, dtype=object),
         REJECT_REASON: pd.Series(reasons, dtype=object),
     }
     return pd.concat([out, pd.DataFrame(added)], axis=1)
-
-
-def refuse_series(bundle: Bundle) -> None:
-    """Spark scores rows in any order across executors: a series model's windows need each
-    series in time order, which it does not keep yet."""
-    if bundle.series is not None:
-        raise SchemaError(
-            f"this model judges each record with the rows before it ({bundle.series.describe()}); "
-            "Spark does not window series yet: score with `anomaly score` (--engine local)"
-        )

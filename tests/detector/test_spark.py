@@ -130,3 +130,34 @@ def test_a_killed_spark_run_is_cleaned_up_by_the_next(
     score_files(str(bundle_dir), inputs, str(out), keep_columns=keep, session=spark)
     assert out.is_dir() and not left.exists() and unrelated.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_spark_windows_each_series_as_the_local_scorer_does(spark, tmp_path: Path) -> None:
+    from detector.batch.spark import score_files
+    from detector.estimator import VAEDetector
+    from tests.conftest import TINY, fleet
+
+    model = tmp_path / "fleet"
+    series = {"time_column": "ts", "series_columns": ("host",), "window": 3}
+    VAEDetector(**series, **TINY).fit(fleet(200)).save(model)
+    stream = fleet(30, start="2026-01-02", seed=1).astype({"cpu": str})
+    stream.loc[4, "cpu"] = "oops"  # rejected; the next rows of its host hold it in their window
+    stream.loc[9, "ts"] = "later"
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    # Two files, each holding every host; the second's rows before the first's.
+    stream.iloc[45:].to_csv(parts / "a.csv", index=False)
+    stream.iloc[:45].to_csv(parts / "b.csv", index=False)
+    out = tmp_path / "spark.parquet"
+    report = score_files(str(model), [str(parts)], str(out), session=spark)
+    local = tmp_path / "local.csv"
+    assert main(["score", str(model), str(parts / "b.csv"), str(parts / "a.csv"),
+                 "--output", str(local)]) == 0  # fmt: skip
+
+    scored = pd.read_parquet(out).sort_values(["host", "ts"], ignore_index=True)
+    streamed = pd.read_csv(local).sort_values(["host", "ts"], ignore_index=True)
+    assert report.rows_read == 90 and report.rows_rejected == len(stream) - len(streamed)
+    # The first 2 rows of each host warm up, but web-02's second, rejected ('oops').
+    assert len(scored) == len(streamed) and scored["warming_up"].sum() == 5
+    np.testing.assert_allclose(scored["anomaly_score"], streamed["anomaly_score"], rtol=1e-5)
+    assert (scored["warming_up"] == streamed["warming_up"]).all()
