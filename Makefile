@@ -82,6 +82,7 @@ bench: setup bench-quality bench-models
 	$(BIN)/python tests/benchmarks/bench_series.py --data-dir $(BENCH_DATA)
 	$(BIN)/python tests/benchmarks/bench_scoring.py
 	$(BIN)/python tests/benchmarks/bench_http.py
+	$(BIN)/python tests/benchmarks/bench_streams.py
 	$(BIN)/python tests/benchmarks/bench_batch.py --spark
 	$(BIN)/python tests/benchmarks/bench_advae.py --data-dir $(BENCH_DATA) \
 		--models vae,vae-svdd,advae --paper-hyperparameters \
