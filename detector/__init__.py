@@ -21,7 +21,7 @@ _EXPORTS = {
     "Rejection": "detector.features.encoded",
     "fit_schema": "detector.features.schema",
     "encode": "detector.features.encode",
-    "ScoreResult": "detector.scoring.scores",
+    "ScoreResult": "detector.scoring.results",
     "score_frame": "detector.scoring.scores",
     "Calibrator": "detector.scoring.threshold",
     "TrainingConfig": "detector.nn.training",

@@ -59,7 +59,7 @@ from detector.bundles.integrity import (
     seal,
 )
 from detector.errors import BundleError
-from detector.features.records import RecordEncoder
+from detector.features.record_encoder import RecordEncoder
 from detector.features.schema import Schema
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.nn.lite_graph import LiteScoreGraph, litert_available
