@@ -20,7 +20,7 @@ from detector.bundles.bundle import Bundle
 from detector.features.encode import check_columns, listed
 from detector.features.records import score_records, score_windowed
 from detector.scoring.scores import ScoreResult, score_frame
-from detector.series.windows import is_window_column
+from detector.series.values import ValueCheck
 from service.registry import LoadedModel
 from service.series_store import SeriesStore
 from service.state import ApiError, ServiceState
@@ -78,8 +78,14 @@ class Records:
         rows = self.rows
         if isinstance(rows, pd.DataFrame):
             rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
-        own = [c for c in bundle.schema.column_order if not is_window_column(c)]
-        windows = store.window(model.name, bundle.series, own, rows)
+        check = ValueCheck(bundle.schema)
+        # Rows with values that cannot be scored are rejected before they join their series.
+        bad = check.records(rows)
+        kept = np.setdiff1d(np.arange(len(rows)), [r.row for r in bad])
+        placed = [rows[i] for i in kept] if bad else rows
+        windows = store.window(model.name, bundle.series, check.columns, placed)
+        if bad:
+            windows = windows.at_positions(kept, bad)
         return score_windowed(bundle, windows, n_input=len(rows))
 
     def values(self, field: str, rows: np.ndarray) -> list[Any]:

@@ -41,6 +41,7 @@ from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs
 from detector.io.threads import BackgroundSink, prefetched
 from detector.io.writers import TableWriter
 from detector.scoring.scores import ScoreResult, in_input_rows, score_batch
+from detector.series.values import ValueCheck
 from detector.series.windows import SeriesState, Windows
 from detector.wording import option
 
@@ -63,8 +64,10 @@ class PreparedChunk:
     table: pa.Table
     frame: pd.DataFrame | None
     encoded: EncodedBatch | None
-    #: A series model's windows of ``frame`` (``encoded`` encodes their frame).
+    #: A series model's windows of ``frame`` (``encoded`` encodes their frame), and the own
+    #: columns of ``frame`` encoded (``ValueCheck.last``).
     windows: Windows | None = None
+    checked: EncodedBatch | None = None
 
 
 def score_file(
@@ -180,6 +183,8 @@ class _Run:
                 chunk = item.chunk
                 if item.encoded is not None:
                     tally.add(item.encoded)
+                    if item.checked is not None:
+                        tally.add(item.checked)
                     result = self._scored(item)
                     self.sink.put((item, result))
                     scored += result.n_scored
@@ -228,9 +233,10 @@ class _Run:
             if self.state is not None:
                 # Series model: each row with the rows before it, this file's and earlier ones'.
                 frame = series_frame(self.bundle, table)
-                windows = self.state.window(frame)
+                check = ValueCheck(self.bundle.schema, self.impute)
+                windows = self.state.window(frame, check=check)
                 encoded = encode(self.bundle.schema, windows.frame, impute=self.impute)
-                yield PreparedChunk(chunk, table, frame, encoded, windows)
+                yield PreparedChunk(chunk, table, frame, encoded, windows, check.last)
                 continue
             frame = model_frame(self.bundle.schema, table)
             encoded = encode(self.bundle.schema, frame, impute=self.impute)

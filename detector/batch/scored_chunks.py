@@ -14,6 +14,7 @@ from detector.features.encode import Imputation, check_columns, encode
 from detector.features.encoded import NumberTally
 from detector.io.tables import DEFAULT_CHUNK_ROWS, iter_table
 from detector.scoring.scores import ScoreResult, in_input_rows, score_batch
+from detector.series.values import ValueCheck
 from detector.series.windows import SeriesState
 
 
@@ -50,9 +51,14 @@ def iter_scored(
             check_columns(
                 bundle.schema, chunk.columns, passthrough=passthrough, expected=bundle.input_columns
             )
-            windows = state.window(chunk.drop(columns=[c for c in passthrough if c in chunk]))
+            check = ValueCheck(bundle.schema, impute)
+            windows = state.window(
+                chunk.drop(columns=[c for c in passthrough if c in chunk]), check=check
+            )
             encoded = encode(bundle.schema, windows.frame, impute=impute)
             tally.add(encoded)
+            if check.last is not None:
+                tally.add(check.last)
             result = score_batch(bundle, encoded, n_input=len(windows.frame))
             result = in_input_rows(result, windows, n_input=len(chunk))
             yield ScoredChunk(frame=chunk, result=result, first_row=first_row)

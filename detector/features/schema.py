@@ -125,6 +125,18 @@ class Schema:
         (cached, like the names: a record's scoring reads them)."""
         return np.array([self.feature_columns.index(c) for c in self.scored_columns], dtype=np.intp)
 
+    def subset(self, names: Iterable[str]) -> Schema:
+        """This schema for the columns ``names`` alone, encoded as here (a series model's own
+        columns, without the window's)."""
+        keep = set(names)
+        return Schema(
+            numeric=tuple(c for c in self.numeric if c.name in keep),
+            categorical=tuple(c for c in self.categorical if c.name in keep),
+            column_order=tuple(c for c in self.column_order if c in keep),
+            clip=self.clip,
+            context=tuple(c for c in self.context if c.name in keep),
+        )
+
     @property
     def text_columns(self) -> tuple[str, ...]:
         """Columns whose values are labels, to be read as text: categorical and context."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,18 @@ class StreamWindows:
     warming_up: np.ndarray
     rejections: tuple[SeriesRejection, ...]
     histories: dict[str, History]
+
+    def at_positions(
+        self, positions: np.ndarray, rejected: Sequence[SeriesRejection]
+    ) -> StreamWindows:
+        """These windows, made of the records at ``positions`` of a larger input, in that
+        input's positions, with ``rejected`` (its records never windowed) added."""
+        moved = [replace(r, row=int(positions[r.row])) for r in self.rejections]
+        return replace(
+            self,
+            rows=positions[self.rows],
+            rejections=tuple(sorted([*moved, *rejected], key=lambda r: r.row)),
+        )
 
 
 def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:

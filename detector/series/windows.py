@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -225,7 +226,15 @@ class SeriesState:
     def __len__(self) -> int:
         return len(self._history)
 
-    def window(self, frame: pd.DataFrame) -> Windows:
+    def window(
+        self,
+        frame: pd.DataFrame,
+        *,
+        check: Callable[[pd.DataFrame], list[SeriesRejection]] | None = None,
+    ) -> Windows:
+        """Window ``frame``'s rows (see the class); ``check`` (``detector.series.values``) names
+        rows whose own values cannot be scored: they are rejected and kept out of their
+        series."""
         spec = self.spec
         problems = spec.problems([str(c) for c in frame.columns])
         if problems:
@@ -244,6 +253,10 @@ class SeriesState:
                 for i in np.flatnonzero(missing)
             ]
             usable &= ~missing
+        if check is not None:
+            bad = [r for r in check(frame) if usable[r.row]]  # a bad time's reason comes first
+            rejections += bad
+            usable[[r.row for r in bad]] = False
         positions = np.flatnonzero(usable)
         new = frame.drop(columns=[spec.time_column, *spec.key_columns]).iloc[positions]
         new = new.reset_index(drop=True).assign(

@@ -67,6 +67,26 @@ def test_the_first_rows_of_each_series_warm_up_and_bad_rows_are_rejected(series_
     assert result.to_frame()["warming_up"].sum() == len(HOSTS) * 3
 
 
+def test_a_row_with_a_bad_value_is_rejected_and_kept_out_of_its_series(series_detector):
+    test = fleet(10, start="2026-01-02", seed=4).astype({"cpu": object})
+    web = test.index[test["host"] == "web-01"]
+    test.loc[web[5], "cpu"] = "oops"
+    test.loc[web[6], "mem"] = None
+    result = series_detector.score_records(test)
+    reasons = {r.row: r.reason for r in result.rejections}
+    assert reasons == {
+        web[5]: "column 'cpu': 'oops' is not a number",
+        web[6]: "column 'mem' is empty (fill it, or score with impute='median')",
+    }  # fmt: skip
+    # web-01's next row is windowed with the rows before the bad ones, as if they never came.
+    clean = fleet(10, start="2026-01-02", seed=4).drop(index=[web[5], web[6]])
+    expected = series_detector.score_records(clean)
+    position = {row: i for i, row in enumerate(result.rows)}
+    np.testing.assert_allclose(
+        [result.anomaly_score[position[row]] for row in clean.index], expected.anomaly_score
+    )
+
+
 def test_the_bundle_keeps_the_series_and_scores_alike_after_loading(series_detector, tmp_path):
     series_detector.save(tmp_path / "m")
     loaded = VAEDetector.load(tmp_path / "m")

@@ -176,3 +176,18 @@ def test_the_kserve_route_streams_too_and_names_the_series_columns(
     metadata = two_workers[0].get("/v2/models/fleet").json
     assert [i["name"] for i in metadata["inputs"]] == ["ts", "host", "cpu", "mem"]
     assert "warming_up" in [o["name"] for o in metadata["outputs"]]
+
+
+def test_a_record_with_a_bad_value_is_rejected_and_its_hosts_next_record_is_not(
+    two_workers: list[Any], series_dir: Path
+) -> None:
+    stream = fleet(8, start="2026-01-07", seed=5)
+    records = stream.to_dict("records")
+    records[12] = {**records[12], "cpu": None}  # web-01's fifth minute
+    bodies = [post(two_workers[i % 2], [record]) for i, record in enumerate(records)]
+    assert bodies[12]["rejected"][0]["reasons"] == ["column 'cpu' is empty (fill it)"]
+    assert all(not body["rejected"] for i, body in enumerate(bodies) if i != 12)
+    clean = stream.drop(index=12)
+    expected = score_frame(load_bundle(series_dir), clean).anomaly_score
+    scores = [body["results"][0]["anomaly_score"] for i, body in enumerate(bodies) if i != 12]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
