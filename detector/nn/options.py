@@ -233,6 +233,13 @@ class FAEOptions(ModelOptions):
 
 
 #: The models by the name ``anomaly train --model`` takes, in ``--help``'s order.
+@dataclass(frozen=True)
+class ConvVAEOptions(ModelOptions):
+    """VAE with a Conv1D encoder over the series window
+
+    It has no options of its own: the window is ``--window``."""
+
+
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "vae": VAEOptions,
     "vae-svdd": SVDDOptions,
@@ -241,6 +248,7 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "iwae": IWAEOptions,
     "lsvae": LSVAEOptions,
     "fae": FAEOptions,
+    "conv-vae": ConvVAEOptions,
 }
 
 

@@ -7,6 +7,7 @@ format; a model registers itself here by name.
 from __future__ import annotations
 
 from detector.nn.models.advae import AdVAE
+from detector.nn.models.conv import ConvVAE
 from detector.nn.models.cvae import ConditionalVAE
 from detector.nn.models.fae import FAE
 from detector.nn.models.iwae import IWAE
@@ -22,6 +23,7 @@ MODELS: dict[str, type[VAE]] = {
     "iwae": IWAE,
     "lsvae": LSVAE,
     "fae": FAE,
+    "conv-vae": ConvVAE,
 }
 
 
