@@ -87,3 +87,30 @@ def test_the_readme_names_every_setting() -> None:
     text = README.read_text(encoding="utf-8")
     missing = [name for name in ServiceConfig.model_fields if f"`{name}" not in text]
     assert not missing, f"the README's settings table does not list {missing}"
+
+
+def test_the_metric_streams_example_runs(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The section's `anomaly train` and `anomaly evaluate` lines, as written (2 epochs)."""
+    import shlex
+
+    from detector.cli.main import main
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Metric streams") : text.index("## Scoring service")]
+    block = section[
+        section.index("```bash") + 7 : section.index("```", section.index("```bash") + 7)
+    ]
+    lines = block.replace("\\\n", " ").splitlines()
+    commands = [
+        line.split("#")[0]
+        for line in lines
+        if line.startswith(("anomaly train", "anomaly evaluate"))
+    ]
+    assert len(commands) == 2
+    monkeypatch.chdir(REPO)
+    for command in commands:
+        argv = shlex.split(command.replace("models/fleet", str(tmp_path / "fleet")))[1:]
+        if argv[0] == "train":
+            argv[argv.index("--epochs") + 1] = "2"
+        assert main(argv) == 0, capsys.readouterr()
+    assert "AUROC" in capsys.readouterr().out
