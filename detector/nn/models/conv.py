@@ -66,14 +66,7 @@ class ConvVAE(VAE):
         self.convolution.build((None, self.steps, self.step_width))
         n_other = self.input_dim - self.n_numeric
         self.encoder_body.build((None, self.steps * self.hidden_units[0] + n_other))
-        encoded, decoded = (None, self.hidden_units[-1]), (None, self.hidden_units[0])
-        self.z_mean.build(encoded)
-        self.z_log_var.build(encoded)
-        self.decoder_body.build((None, self.decoder_input_dim))
-        for head in (self.x_mean, self.x_log_var, self.x_logits):
-            if head is not None:
-                head.build(decoded)
-        self.built = True
+        self.build_after_encoder_body()
 
     def encode(self, x):  # type: ignore[no-untyped-def]
         """q(z|x) as the plain VAE's, from the convolved window."""

@@ -95,9 +95,14 @@ class VAE(keras.Model):
         self.neg_elbo_tracker = keras.metrics.Mean(name="neg_elbo")
 
     def build(self, input_shape: Any) -> None:
+        self.encoder_body.build((None, self.input_dim))
+        self.build_after_encoder_body()
+
+    def build_after_encoder_body(self) -> None:
+        """Build the latent heads, the decoder and its output heads (a model with another
+        encoder builds that, then calls this)."""
         encoded = (None, self.hidden_units[-1])
         decoded = (None, self.hidden_units[0])
-        self.encoder_body.build((None, self.input_dim))
         self.z_mean.build(encoded)
         self.z_log_var.build(encoded)
         self.decoder_body.build((None, self.decoder_input_dim))
