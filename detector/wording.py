@@ -75,6 +75,7 @@ OPTIONS: dict[str, Option] = {
             "time_column",
             "window",
             "max_gap_seconds",
+            "calendar",
         )
     },
     # score_file's; score_frame's is passthrough above

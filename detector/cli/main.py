@@ -236,6 +236,8 @@ def _add_training_flags(train: argparse.ArgumentParser) -> None:
             groups[o.model].add_argument(
                 o.flag, action="append", default=[], metavar=o.metavar, help=text
             )
+        elif o.switch:
+            groups[o.model].add_argument(o.flag, action="store_true", help=text)
         else:
             groups[o.model].add_argument(
                 o.flag,

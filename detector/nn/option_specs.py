@@ -24,7 +24,7 @@ class TrainingOption:
     """One option as every surface derives it. ``model``: the one model it is for, ``None``
     for every model; ``flag``: ``anomaly train``'s, ``None`` where only Python offers it;
     ``kind``: what turns the flag's text into the value; ``many``: a repeatable flag, a tuple;
-    ``hint``: the field's type."""
+    ``switch``: a flag that takes no value and sets ``True``; ``hint``: the field's type."""
 
     name: str
     default: Any
@@ -37,6 +37,7 @@ class TrainingOption:
     choices: tuple[str, ...] | None
     many: bool
     shown: str | None
+    switch: bool = False
 
     @property
     def dest(self) -> str:
@@ -85,6 +86,7 @@ def training_options() -> tuple[TrainingOption, ...]:
                     choices=f.metadata["choices"],
                     many=many,
                     shown=f.metadata["shown"],
+                    switch=base is bool,
                 )
             )
     return tuple(found)

@@ -90,6 +90,11 @@ class TrainingOptions(Options):
     max_gap_seconds: float | None = opt(
         None, "a longer gap in a series starts its window again (with --time-column)"
     )
+    calendar: bool = opt(
+        False,
+        "add each record's hour of day and day of week (UTC) as columns TIME[hour] and "
+        "TIME[weekday] (with --time-column; a cvae takes them as --context)",
+    )
     #: ``anomaly train`` shows progress unless --quiet or --json.
     progress: bool = opt(False, "show training progress on stderr", flag=None)
 
@@ -116,9 +121,12 @@ class TrainingOptions(Options):
             problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
         if not 0 < self.target_fpr < 0.5:
             problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
-        series = (self.series_columns, self.window != 5, self.max_gap_seconds is not None)
+        series = (
+            self.series_columns, self.window != 5, self.max_gap_seconds is not None, self.calendar
+        )  # fmt: skip
         if self.time_column is None and any(series):
-            named = ", ".join(option(n) for n in ("series_columns", "window", "max_gap_seconds"))
+            names = ("series_columns", "window", "max_gap_seconds", "calendar")
+            named = ", ".join(option(n) for n in names)
             problems.append(f"{named} judge rows within a series: set {option('time_column')}")
         if not 1 <= self.window <= 1000:
             problems.append(f"window {self.window} must be in [1, 1000] rows")

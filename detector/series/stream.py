@@ -24,6 +24,7 @@ import pandas as pd
 from detector.series.windows import (
     SeriesRejection,
     SeriesSpec,
+    calendar_values,
     lag_name,
     late_rejection,
     not_a_time,
@@ -155,6 +156,8 @@ def window_records(
             for lag in range(1, spec.window):
                 source = segment[position - lag] if position >= lag else segment[0]
                 window |= {lag_name(c, lag): v for c, v in zip(value_columns, source, strict=True)}
+            if spec.calendar:
+                window |= dict(zip(spec.calendar_columns, calendar_values(seconds), strict=True))
             placed.append((i, window, position < spec.window - 1))
             if len(segment) > keep:  # the oldest row is no longer in any window
                 del segment[0]

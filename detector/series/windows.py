@@ -10,7 +10,9 @@ newest step keeps the column's own name, so attribution still names the metric),
 and its difference from the mean of those rows as ``COL[-mean]`` (``"deviation"``: a level
 that moved with its recent history reads as normal). The first rows of a series, with fewer
 than ``window - 1`` rows before them, borrow the oldest row they have and are marked as
-warming up; none is dropped.
+warming up; none is dropped. With ``calendar``, each row also gets its hour of day and day of week
+(UTC, Monday 0) as text columns ``TIME[hour]`` and ``TIME[weekday]``: what is normal at 3 pm
+may not be at 3 am (as Bagel conditions its VAE on time).
 
 Rows come back in input order, so an output file lines up with its input; the order within a
 file does not matter, as every row of a key is in hand.
@@ -47,6 +49,14 @@ class SeriesSpec:
     window: int = 10
     max_gap_seconds: float | None = None
     representation: Representation = "lags"
+    calendar: bool = False
+
+    @property
+    def calendar_columns(self) -> tuple[str, ...]:
+        """The columns ``calendar`` adds: ``ts[hour]``, ``ts[weekday]``."""
+        if not self.calendar:
+            return ()
+        return (f"{self.time_column}[hour]", f"{self.time_column}[weekday]")
 
     def describe(self) -> str:
         """In words: ``series by host, in time order of ts; each record with the 4 rows before
@@ -55,9 +65,10 @@ class SeriesSpec:
         before = self.window - 1
         what = "the mean of the" if self.representation == "deviation" else "the"
         gap = f"; a gap over {self.max_gap_seconds:g} s restarts" if self.max_gap_seconds else ""
+        calendar = "; with its hour of day and day of week (UTC)" if self.calendar else ""
         return (
             f"series by {keys}, in time order of {self.time_column}; each record with {what} "
-            f"{before} row{'s' if before != 1 else ''} before it{gap}"
+            f"{before} row{'s' if before != 1 else ''} before it{gap}{calendar}"
         )
 
     def problems(self, columns: list[str]) -> list[str]:
@@ -112,6 +123,7 @@ def series_of(config: object) -> SeriesSpec | None:
         tuple(getattr(config, "series_columns", ())),
         window=int(getattr(config, "window", 5)),
         max_gap_seconds=getattr(config, "max_gap_seconds", None),
+        calendar=bool(getattr(config, "calendar", False)),
     )
 
 
@@ -129,6 +141,7 @@ def read_series(value: object) -> SeriesSpec | None:
         window=int(value["window"]),
         max_gap_seconds=None if gap is None else float(gap),
         representation=value.get("representation", "lags"),
+        calendar=bool(value.get("calendar", False)),
     )
     problems = spec.problems([spec.time_column, *spec.key_columns])
     if problems:
@@ -190,8 +203,15 @@ def late_rejection(spec: SeriesSpec, row: int, *, same_time: bool) -> SeriesReje
 
 
 def is_window_column(name: str) -> bool:
-    """Whether ``name`` is a column the window added (``cpu[-2]``, ``cpu[-mean]``)."""
-    return re.search(r"\[-(\d+|mean)\]$", name) is not None
+    """Whether ``name`` is a column the window added (``cpu[-2]``, ``cpu[-mean]``, and the
+    calendar's ``ts[hour]``, ``ts[weekday]``): not an input column."""
+    return re.search(r"\[(-\d+|-mean|hour|weekday)\]$", name) is not None
+
+
+def calendar_values(seconds: float) -> tuple[str, str]:
+    """Hour of day and day of week (Monday 0), in UTC, of epoch ``seconds``, as text."""
+    days, rest = divmod(seconds, 86400.0)
+    return str(int(rest // 3600)), str(int((days + 3) % 7))  # 1 January 1970 was a Thursday
 
 
 def lag_name(column: str, lag: int) -> str:
@@ -290,6 +310,14 @@ class SeriesState:
         segment = np.cumsum(new_key | restart)
         values = rows.drop(columns=["_time", "_key", "_row"])
         windowed, warming = _window(values, segment, spec)
+        if spec.calendar:
+            # calendar_values, for every row at once.
+            hours = ((seconds % 86400.0) // 3600.0).astype(np.int64).astype(str)
+            weekdays = ((seconds // 86400.0 + 3) % 7).astype(np.int64).astype(str)
+            hour, weekday = spec.calendar_columns
+            windowed = windowed.assign(
+                **{hour: hours.astype(object), weekday: weekdays.astype(object)}
+            )
         self._remember(rows, segment)
         placed = np.flatnonzero(~old)
         back = placed[np.argsort(rows["_row"].to_numpy()[placed], kind="stable")]

@@ -71,6 +71,8 @@ def test_the_train_flag_has_the_options_type_and_default(o: TrainingOption) -> N
     assert action.dest == o.dest
     if o.many:
         assert isinstance(action, argparse._AppendAction) and action.default == []
+    elif o.switch:
+        assert isinstance(action, argparse._StoreTrueAction) and o.default is False
     else:
         assert action.default == o.default
         assert action.type is o.kind
