@@ -149,7 +149,7 @@ def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, c
 
 def test_series_options_need_a_time_column() -> None:
     with pytest.raises(
-        ConfigError, match=r"series_columns, window, max_gap_seconds .* time_column"
+        ConfigError, match=r"series_columns, window, max_gap_seconds, calendar .* time_column"
     ):
         VAEDetector(window=3, **TINY).fit(fleet(100))
 
