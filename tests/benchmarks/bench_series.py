@@ -241,7 +241,7 @@ NO_MARGIN = float("inf")
 SCALING_FLOORS = (0.05, 0.25, 0.5, 1.0)
 SCALING_MARGINS = (NO_MARGIN, 3.0, 1.0, 0.5)
 #: The registry's models that train on a plain table (cvae needs a context column).
-STUDY_MODELS = ("vae", "iwae", "lsvae", "fae", "vae-svdd", "advae")
+STUDY_MODELS = ("vae", "iwae", "lsvae", "fae", "vae-svdd", "advae", "conv-vae")
 
 
 @dataclass(frozen=True)
@@ -357,7 +357,10 @@ def model_scores(series: Series, epochs: int) -> tuple[dict[str, dict[str, float
     own: dict[str, dict[str, Any]] = {}
     for model in STUDY_MODELS:
         started = time.perf_counter()
-        det = VAEDetector(model=model, epochs=epochs, random_state=0).fit(train)
+        if model == "conv-vae":
+            det = series_detector(series, model, epochs)
+        else:
+            det = VAEDetector(model=model, epochs=epochs, random_state=0).fit(train)
         bundle = det.bundle_
         kind = bundle.model.default_score_kind
         x_cal = encode(bundle.schema, train.iloc[calibration]).values
@@ -383,6 +386,21 @@ def model_scores(series: Series, epochs: int) -> tuple[dict[str, dict[str, float
         y, -forest.score_samples(x_peer), None, mpr
     )
     return results, own
+
+
+def series_detector(series: Series, model: str, epochs: int) -> Any:
+    """``model`` trained the product's way, on the training rows with their times (a model
+    that reads the window's layout, ``conv-vae``, needs the product to window): the same
+    windows as ``windowed`` where training has no labels (SMD, ASD); on the Donut KPIs the
+    labelled rows are left out before windowing, as ``anomaly train --label-column`` does,
+    not after."""
+    from detector.estimator import VAEDetector
+
+    train = series.train.assign(t=np.arange(len(series.train)) * 60 * series.minutes_per_row)
+    if "label" in train:
+        train = train[train["label"] == 0].drop(columns=["label"])
+    options = {"time_column": "t", "window": STUDY_WINDOW}
+    return VAEDetector(model=model, epochs=epochs, random_state=0, **options).fit(train)
 
 
 # ---- report -----------------------------------------------------------------------------------
