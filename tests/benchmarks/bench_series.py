@@ -335,6 +335,71 @@ def scaling_scores(series: Series) -> dict[str, dict[str, float]]:
     return results
 
 
+def representation_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study representations`` on one series: the product's distance (its defaults, no
+    network) on the default window as lags, as the row and its deviation from the mean of
+    the rows before it, as that deviation alone (blind to a level that drifts with its
+    series), and the lags with the deviation from the last 15 rows beside them."""
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
+    from detector.scoring.neighbours import NeighbourBank
+    from detector.scoring.threshold import Calibrator
+
+    def distance(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+        fit, val, cal = holdout_indices(len(train), TrainingConfig(random_state=0))
+        schema = fit_schema(train)
+        x, x_test = encode(schema, train).values, encode(schema, test).values
+        bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0)
+        threshold = Calibrator.fit(bank.distances(x[cal]), target_fpr=0.01).threshold
+        return metrics(series.y_test, bank.distances(x_test), threshold, series.minutes_per_row)
+
+    def change(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[[c for c in frame.columns if c.endswith("[-mean]")]]
+
+    lags, lags_test = windowed(series, STUDY_WINDOW, "lags")
+    deviation, deviation_test = windowed(series, STUDY_WINDOW, "deviation")
+    long, long_test = (change(f) for f in windowed(series, 15, "deviation"))
+    return {
+        f"lags W={STUDY_WINDOW} (current)": distance(lags, lags_test),
+        f"row + deviation W={STUDY_WINDOW}": distance(deviation, deviation_test),
+        f"deviation alone W={STUDY_WINDOW}": distance(change(deviation), change(deviation_test)),
+        "deviation alone W=15": distance(long, long_test),
+        f"lags W={STUDY_WINDOW} + deviation W=15": distance(
+            pd.concat([lags, long], axis=1), pd.concat([lags_test, long_test], axis=1)
+        ),
+    }
+
+
+def format_representations(payload: dict[str, Any]) -> str:
+    """``--study representations``' report: mean rank over every series, per-family means,
+    the leave-one-series-out choice."""
+    sets: Sets = {(r["family"], r["set"]): r["scores"] for r in payload["runs"]}
+    names = list(next(iter(sets.values())))
+    ranks = mean_ranks(sets, list(sets), names)
+    families = list(dict.fromkeys(k[0] for k in sets))
+    by_family = {f: [k for k in sets if k[0] == f] for f in families}
+    lines = [
+        "# Window representations under the product's distance",
+        "",
+        f"Reproduce: `{payload['command']}`; {len(sets)} series, {payload['minutes']} min.",
+        "",
+        "| representation | mean rank | "
+        + " | ".join(f"{f} AUROC / AUPRC" for f in families)
+        + " |",
+        "|---|---|" + "---|" * len(families),
+    ]
+    for name in sorted(names, key=lambda n: ranks[n]):
+        cells = [family_cell(sets, by_family[f], name) for f in families]
+        lines.append(f"| {name} | {ranks[name]:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "| series | chosen on the others | AUROC / AUPRC |", "|---|---|---|"]
+    for key, (name, values) in leave_one_set_out(sets, names).items():
+        lines.append(
+            f"| {' '.join(key)} | {name} | {fmt(values['auroc'])} / {fmt(values['auprc'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def model_scores(series: Series, epochs: int) -> tuple[dict[str, dict[str, float]], dict]:
     """``--study models`` on one series: each of ``STUDY_MODELS`` trained on the default
     window (``epochs``, seed 0) and scored with its own score, the one ``anomaly train --model
@@ -642,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", type=Path, help="join these runs' .json")
     parser.add_argument(
         "--study",
-        choices=["banks", "scaling", "models"],
+        choices=["banks", "scaling", "models", "representations"],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
     )
@@ -687,6 +752,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = scaling_scores(series)
             elif args.study == "models":
                 run["scores"], run["own"] = model_scores(series, epochs)
+            elif args.study == "representations":
+                run["scores"] = representation_scores(series)
             else:
                 run["scores"] = run_series(series, epochs)
             runs.append(run)
@@ -700,7 +767,12 @@ def main(argv: list[str] | None = None) -> int:
     return write(args.out, payload)
 
 
-FORMATS = {None: format_report, "scaling": format_scaling, "models": format_models}
+FORMATS = {
+    None: format_report,
+    "scaling": format_scaling,
+    "models": format_models,
+    "representations": format_representations,
+}
 
 
 def write(out: Path, payload: dict[str, Any]) -> int:
