@@ -87,9 +87,22 @@ def describe_model(name: str) -> Response:
         numeric=[c.name for c in schema.numeric],
         categorical=[c.name for c in schema.categorical],
         context=[c.name for c in schema.context],
+        inputs=list(loaded.bundle.input_columns),
     )
+    spec = loaded.bundle.series
+    series = None
+    if spec is not None:
+        series = schemas.SeriesInfo(
+            time_column=spec.time_column,
+            key_columns=list(spec.key_columns),
+            window=spec.window,
+            max_gap_seconds=spec.max_gap_seconds,
+            calendar=spec.calendar,
+            description=spec.describe(),
+        )
     detail = schemas.ModelDetail(
         **_summary(loaded).model_dump(),
+        series=series,
         schema=columns,
         training={k: v for k, v in loaded.bundle.training.items() if k != "history"},
         alert_policy=app_state.trackers[name].policy.to_dict(),

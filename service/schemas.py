@@ -100,10 +100,28 @@ class ModelColumns(ResponseBody):
     numeric: list[str]
     categorical: list[str]
     context: list[str]
+    inputs: list[str] = Field(
+        description="the fields a record must hold: the columns, or for a series model its "
+        "time and key columns and the columns whose windows it reads"
+    )
+
+
+class SeriesInfo(ResponseBody):
+    """How a series model (trained with --time-column) judges a record with its series."""
+
+    time_column: str
+    key_columns: list[str]
+    window: int = Field(description="rows a record is judged with, itself included")
+    max_gap_seconds: float | None
+    calendar: bool
+    description: str
 
 
 class ModelDetail(ModelSummary):
     columns: ModelColumns = Field(alias="schema")
+    series: SeriesInfo | SkipJsonSchema[None] = Field(
+        None, exclude_if=lambda series: series is None, description="series models only"
+    )
     training: dict[str, Any] = Field(description="training metrics, without the history")
     alert_policy: dict[str, Any] = Field(description="the policy, in the settings' form")
 

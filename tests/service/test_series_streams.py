@@ -191,3 +191,14 @@ def test_a_record_with_a_bad_value_is_rejected_and_its_hosts_next_record_is_not(
     expected = score_frame(load_bundle(series_dir), clean).anomaly_score
     scores = [body["results"][0]["anomaly_score"] for i, body in enumerate(bodies) if i != 12]
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+def test_the_model_route_says_what_a_record_must_hold_and_how_it_is_windowed(
+    two_workers: list[Any],
+) -> None:
+    detail = two_workers[0].get("/v1/models/fleet").get_json()
+    assert detail["schema"]["inputs"] == ["ts", "host", "cpu", "mem"]
+    assert "cpu[-3]" in detail["schema"]["columns"]
+    series = detail["series"]
+    assert (series["time_column"], series["key_columns"], series["window"]) == ("ts", ["host"], 4)
+    assert series["description"].startswith("series by host, in time order of ts")
