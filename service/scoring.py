@@ -20,6 +20,7 @@ from detector.bundles.bundle import Bundle
 from detector.features.encode import check_columns, listed
 from detector.features.records import score_records, score_windowed
 from detector.scoring.scores import ScoreResult, score_frame
+from detector.series.stream import parse_time, series_key
 from detector.series.values import ValueCheck
 from service.registry import LoadedModel
 from service.series_store import SeriesStore
@@ -78,12 +79,18 @@ class Records:
         rows = self.rows
         if isinstance(rows, pd.DataFrame):
             rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
-        check = ValueCheck(bundle.schema)
-        # Rows with values that cannot be scored are rejected before they join their series.
-        bad = check.records(rows)
+        spec, check = bundle.series, ValueCheck(bundle.schema)
+        # Rows with values that cannot be scored are rejected before they join their series;
+        # an unreadable time or a missing key is the reason given first, as in a file.
+        bad = [
+            r
+            for r in check.records(rows)
+            if parse_time(rows[r.row].get(spec.time_column)) is not None
+            and series_key(spec, rows[r.row]) is not None
+        ]
         kept = np.setdiff1d(np.arange(len(rows)), [r.row for r in bad])
         placed = [rows[i] for i in kept] if bad else rows
-        windows = store.window(model.name, bundle.series, check.columns, placed)
+        windows = store.window(model.name, spec, check.columns, placed)
         if bad:
             windows = windows.at_positions(kept, bad)
         return score_windowed(bundle, windows, n_input=len(rows))

@@ -94,7 +94,7 @@ def test_late_repeated_and_unplaceable_records_are_rejected_with_the_reason(
         [
             {"ts": "2026-01-04T00:01:00Z", "host": "web-01", "cpu": 20.0, "mem": 40.0},
             {"ts": "2026-01-04T00:05:00Z", "host": "web-01", "cpu": 20.0, "mem": 40.0},
-            {"ts": "at five", "host": "web-01", "cpu": 20.0, "mem": 40.0},
+            {"ts": "at five", "host": "web-01", "cpu": None, "mem": 40.0},
             {"ts": "2026-01-04T00:06:00Z", "host": None, "cpu": 20.0, "mem": 40.0},
             {"ts": "2026-01-04T00:06:00Z", "host": "web-01", "cpu": 20.0, "mem": 40.0},
         ],
