@@ -137,11 +137,7 @@ class AdVAEOptions(ModelOptions):
     advae_margin_z: float = opt(40.0, "margin m_z in nats of a generated record's KL")
 
     def problems(self, model: str) -> list[str]:
-        return super().problems(model) + [
-            f"{f.name} {getattr(self, f.name)} must be a number >= 0"
-            for f in fields(self)
-            if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) >= 0)
-        ]
+        return super().problems(model) + _negative_fields(self)
 
 
 @dataclass(frozen=True)
@@ -225,14 +221,9 @@ class FAEOptions(ModelOptions):
     fae_target_x: float = opt(5.0, "target Fisher information of the decoder, mean 1/sigma_x^2")
 
     def problems(self, model: str) -> list[str]:
-        return super().problems(model) + [
-            f"{f.name} {getattr(self, f.name)} must be a number >= 0"
-            for f in fields(self)
-            if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) >= 0)
-        ]
+        return super().problems(model) + _negative_fields(self)
 
 
-#: The models by the name ``anomaly train --model`` takes, in ``--help``'s order.
 @dataclass(frozen=True)
 class ConvVAEOptions(ModelOptions):
     """VAE with a Conv1D encoder over the series window
@@ -240,6 +231,16 @@ class ConvVAEOptions(ModelOptions):
     It has no options of its own: the window is ``--window``."""
 
 
+def _negative_fields(options: ModelOptions) -> list[str]:
+    """A problem for each of ``options``' numbers that is not a finite number >= 0."""
+    return [
+        f"{f.name} {getattr(options, f.name)} must be a number >= 0"
+        for f in fields(options)
+        if not (math.isfinite(getattr(options, f.name)) and getattr(options, f.name) >= 0)
+    ]
+
+
+#: The models by the name ``anomaly train --model`` takes, in ``--help``'s order.
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "vae": VAEOptions,
     "vae-svdd": SVDDOptions,
