@@ -67,6 +67,8 @@ from common import (
 )
 
 DEFAULT_OUT = RESULTS / "quality_distance"
+#: ``bench_series.py``'s default window, whose rows ``--join`` ranks.
+STUDY_WINDOW = 5
 RANGE_FLOORS = (0.05, 0.25, 0.5, 1.0)
 MARGINS = (float("inf"), 3.0, 1.0, 0.5)
 KS = (1, 5, 10)
@@ -134,13 +136,73 @@ def run_banks(task: Any) -> dict[str, dict[str, float]]:
     return scores
 
 
+#: Quantile levels of each column's tail bounds, and weights of the tail term, for ``tails``.
+TAIL_LEVELS = (0.0, 0.001, 0.005, 0.01, 0.05)
+TAIL_WEIGHTS = (0.5, 1.0, 2.0)
+
+
+def tail_scores(
+    schema: Any, x_fit: np.ndarray, x_val: np.ndarray, x_test: np.ndarray, seed: int
+) -> dict[str, np.ndarray]:
+    """``--study tails``' candidates for encoded rows, each ``(n_test,)``, higher = more
+    anomalous: the mean distance to the neighbours plus ``weight`` times how far a record's
+    columns lie beyond the fitted rows' ``level`` and ``1 - level`` quantiles (summed over
+    columns, or its Euclidean norm: ``L2``; ``wide``: a column may lie 3 units beyond its
+    range, not 0.5), against the neighbours alone: a marginal term the neighbour average
+    dilutes. ``default`` is the product's distance (0.005, weight 0.5, chosen here)."""
+    from detector.scoring.neighbours import NeighbourBank
+
+    product = NeighbourBank.fit(schema, x_fit, x_val, np.zeros(len(x_val)), seed=seed)
+    # the neighbours alone: the default distance before this study
+    bank = NeighbourBank.fit(schema, x_fit, x_val, np.zeros(len(x_val)), seed=seed, box_weight=0)
+    distance = bank.distances(x_test)
+    fitted = bank._project(x_fit)
+    query = bank._project(x_test)
+    out = {"neighbours alone": distance, "default": product.distances(x_test)}
+    wide = np.clip(x_test * bank.weights, bank.lower - 2.5, bank.upper + 2.5)
+    for level in TAIL_LEVELS:
+        low, high = np.quantile(fitted, [level, 1 - level], axis=0)
+        beyond = (np.maximum(query - high, 0) + np.maximum(low - query, 0)).sum(axis=1)
+        out[f"tail {level:g}"] = beyond
+        for weight in TAIL_WEIGHTS:
+            out[f"distance + {weight:g} x tail {level:g}"] = distance + weight * beyond
+        if level in (0.005, 0.01):
+            square = np.sqrt(
+                (
+                    np.square(np.maximum(query - high, 0)) + np.square(np.maximum(low - query, 0))
+                ).sum(axis=1)
+            )
+            far = (np.maximum(wide - high, 0) + np.maximum(low - wide, 0)).sum(axis=1)
+            for weight in (0.5, 1.0):
+                out[f"distance + {weight:g} x L2 tail {level:g}"] = distance + weight * square
+                out[f"distance + {weight:g} x wide tail {level:g}"] = distance + weight * far
+    return out
+
+
+def run_tails(task: Any) -> dict[str, dict[str, float]]:
+    """``tail_scores`` on one set and seed, with the detector's own schema and split."""
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
+
+    schema = fit_schema(task.train)
+    x = encode(schema, task.train).values
+    x_test = encode(schema, task.test).values
+    fit, val, _ = holdout_indices(len(x), TrainingConfig(random_state=task.seed))
+    series = task.family in ("smd", "asd")
+    return {
+        name: detection_metrics(task.y_test, score, None, series=series)
+        for name, score in tail_scores(schema, x[fit], x[val], x_test, task.seed).items()
+    }
+
+
 def run_task(task: Any, study: str = "settings") -> dict[str, Any]:
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
 
-    if study == "banks":
-        scores = run_banks(task)
+    if study in ("banks", "tails"):
+        scores = run_banks(task) if study == "banks" else run_tails(task)
         x_train, x_peer = numeric_views(task.train, task.test)
         series = task.family in ("smd", "asd")
         scores[PEER_NAMES[0]] = detection_metrics(
@@ -209,19 +271,89 @@ def format_report(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
+    """``--join``: one ranking of the tail candidates over the tables (this script's
+    ``--study tails``) and the series (``bench_series.py --study tails``: the Donut KPIs' rows,
+    which the tables lack, and every series' default window), with leave-one-set-out."""
+    sets = per_set(tables["runs"])
+    for run in series["runs"]:
+        views = [(f"{run['family']} windows", f"W={STUDY_WINDOW} ")]
+        if run["family"] not in sets_families(sets):
+            views.append((f"{run['family']} rows", "W=1 "))
+        for family, prefix in views:
+            sets[(family, run["set"])] = {
+                k[len(prefix) :]: v for k, v in run["scores"].items() if k.startswith(prefix)
+            }
+    names = [n for n in next(iter(sets.values())) if all(n in s for s in sets.values())]
+    ranks = mean_ranks(sets, list(sets), names)
+    groups = list(dict.fromkeys(k[0] for k in sets))
+
+    def cell(family: str, name: str) -> str:
+        keys = [k for k in sets if k[0] == family]
+        auroc = np.mean([sets[k][name]["auroc"] for k in keys])
+        auprc = np.mean([sets[k][name]["auprc"] for k in keys])
+        return f"{auroc:.3f} / {auprc:.3f}"
+
+    lines = [
+        "# The distance's tail term on every labelled set: tables, rows and windows\n",
+        f"Reproduce: `{tables['command']}` ; `{series['command']}` ; `{command_line()}`\n",
+        f"{len(sets)} sets; mean rank over all of them (AUROC and AUPRC; 1 = best).\n",
+        "| variant | mean rank | " + " | ".join(groups) + " |",
+        "|" + "---|" * (2 + len(groups)),
+    ]
+    for n in sorted(names, key=lambda n: ranks[n]):
+        lines.append(f"| {n} | {ranks[n]:.2f} | " + " | ".join(cell(g, n) for g in groups) + " |")
+    loo = leave_one_set_out(sets, names)
+    best = min(names, key=lambda n: ranks[n])
+    lines += [
+        "",
+        "## Leave one data set out\n",
+        f"| family | left-out AUROC / AUPRC | in-sample ({best}) | neighbours alone | chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for g in groups:
+        keys = [k for k in sets if k[0] == g]
+        auroc = np.mean([loo[k][1]["auroc"] for k in keys])
+        auprc = np.mean([loo[k][1]["auprc"] for k in keys])
+        chosen = ", ".join(sorted({loo[k][0] for k in keys}))
+        lines.append(
+            f"| {g} | {auroc:.3f} / {auprc:.3f} | {cell(g, best)} | "
+            f"{cell(g, 'neighbours alone')} | {chosen} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sets_families(sets: dict[tuple[str, str], Any]) -> set[str]:
+    return {k[0] for k in sets}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_dir_argument(parser)
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
     parser.add_argument(
         "--study",
-        choices=("settings", "banks"),
+        choices=("settings", "banks", "tails"),
         default="settings",
         help="settings: the grid of range floor, margin, k and cap; banks: "
-        "the default distance at several bank sizes",
+        "the default distance at several bank sizes; tails: the distance plus a "
+        "term for columns beyond their normal range",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
+    parser.add_argument(
+        "--join",
+        nargs=2,
+        metavar=("TABLES_JSON", "SERIES_JSON"),
+        help="rank the tail candidates of this script's --study tails run and "
+        "bench_series.py --study tails' together; writes --out's .md",
+    )
     args = parser.parse_args(argv)
+    if args.join:
+        tables, series = (json.loads(Path(p).read_text()) for p in args.join)
+        report = join_tails(tables, series)
+        with_suffix(Path(args.out), ".md").write_text(report)
+        print(report)
+        return 0
     families = parse_list(args.families)
     if not families or set(families) - set(FAMILIES):
         parser.error(f"choose families from {','.join(FAMILIES)}")

@@ -27,6 +27,9 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
 - ``--study scaling``: the product's distance (``NeighbourBank``, no network) under range
   floors, clip margins, k and the encoding's clip, ranked over all series with the
   leave-one-series-out choice;
+- ``--study tails``: ``bench_distance.py --study tails``' candidates (the distance with a term
+  for columns beyond their normal range) on the row alone and on the default window, joined
+  with the tables' run by ``bench_distance.py --join``;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -371,6 +374,48 @@ def representation_scores(series: Series) -> dict[str, dict[str, float]]:
     }
 
 
+def tail_study_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study tails`` on one series: ``bench_distance.tail_scores`` (the distance with and
+    without a term for columns beyond their normal range) on the row alone and on the default
+    window; the keys say which (``W=1 ...``, ``W=5 ...``)."""
+    from bench_distance import tail_scores
+
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
+
+    out: dict[str, dict[str, float]] = {}
+    for window in (1, STUDY_WINDOW):
+        train, test = windowed(series, window, "lags")
+        fit, val, _ = holdout_indices(len(train), TrainingConfig(random_state=0))
+        schema = fit_schema(train)
+        x, x_test = encode(schema, train).values, encode(schema, test).values
+        for name, score in tail_scores(schema, x[fit], x[val], x_test, 0).items():
+            out[f"W={window} {name}"] = metrics(series.y_test, score, None, series.minutes_per_row)
+    return out
+
+
+def format_tails(payload: dict[str, Any]) -> str:
+    """``--study tails``' report: as ``format_representations``, once per window."""
+    parts = []
+    for window in (1, STUDY_WINDOW):
+        prefix = f"W={window} "
+        runs = [
+            {
+                **r,
+                "scores": {
+                    k[len(prefix) :]: v for k, v in r["scores"].items() if k.startswith(prefix)
+                },
+            }
+            for r in payload["runs"]
+        ]
+        text = format_representations({**payload, "runs": runs})
+        what = "the row alone" if window == 1 else f"windows of {window} rows"
+        title = "# Window representations under the product's distance"
+        parts.append(text.replace(title, f"# The distance's tail term, {what}"))
+    return "\n".join(parts)
+
+
 def format_representations(payload: dict[str, Any]) -> str:
     """``--study representations``' report: mean rank over every series, per-family means,
     the leave-one-series-out choice."""
@@ -707,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", type=Path, help="join these runs' .json")
     parser.add_argument(
         "--study",
-        choices=["banks", "scaling", "models", "representations"],
+        choices=["banks", "scaling", "models", "representations", "tails"],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
     )
@@ -754,6 +799,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"], run["own"] = model_scores(series, epochs)
             elif args.study == "representations":
                 run["scores"] = representation_scores(series)
+            elif args.study == "tails":
+                run["scores"] = tail_study_scores(series)
             else:
                 run["scores"] = run_series(series, epochs)
             runs.append(run)
@@ -772,6 +819,7 @@ FORMATS = {
     "scaling": format_scaling,
     "models": format_models,
     "representations": format_representations,
+    "tails": format_tails,
 }
 
 

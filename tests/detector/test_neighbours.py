@@ -50,13 +50,19 @@ def test_distances_are_the_mean_of_the_k_nearest_by_brute_force() -> None:
     schema = fit_schema(frame)
     x = encode(schema, frame).values
     bank = NeighbourBank.fit(schema, x[:300], x[300:350], np.zeros(50), k=3)
-    query = x[350:]
+    # Held-out rows, and two of them with column "a" moved 3 standard deviations up.
+    query = np.vstack([x[350:], x[350:352] + 3.0 * (np.arange(x.shape[1]) == 0)])
     weighted_bank = x[:300] * bank.weights
     weighted_query = np.clip(query * bank.weights, bank.lower, bank.upper)
     full = np.sqrt(((weighted_query[:, None, :] - weighted_bank[None]) ** 2).sum(-1))
-    expected = np.sort(full, axis=1)[:, :3].mean(axis=1)
+    low, high = np.quantile(np.clip(weighted_bank, bank.lower, bank.upper), [0.005, 0.995], axis=0)
+    beyond = np.maximum(weighted_query - high, 0) + np.maximum(low - weighted_query, 0)
+    box = beyond.sum(axis=1)
+    assert box.max() > 0  # some query rows lie outside the box, so the term is tested
+    expected = np.sort(full, axis=1)[:, :3].mean(axis=1) + 0.5 * box
     # Both search paths: one record at a time (numpy) and the whole batch (scikit-learn).
-    np.testing.assert_allclose(bank.distances(query), expected, rtol=1e-6)
+    # float32 tails: the box term is rounded at 1e-7 of its size
+    np.testing.assert_allclose(bank.distances(query), expected, rtol=1e-5)
     alone = np.array([bank.distances(query[[i]])[0] for i in range(len(query))])
     np.testing.assert_array_equal(alone, bank.distances(query))
 
@@ -82,7 +88,44 @@ def test_a_bank_row_is_at_distance_zero_from_itself() -> None:
     schema = fit_schema(frame)
     x = encode(schema, frame).values
     bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50), k=1)
-    np.testing.assert_allclose(bank.distances(x[:20]), 0.0, atol=1e-6)
+    np.testing.assert_allclose(bank.neighbours(x[:20])[0], 0.0, atol=1e-6)
+    # Inside the normal rows' box the distance is the neighbours' alone.
+    inside = (x[:150] * bank.weights >= bank.box_low) & (x[:150] * bank.weights <= bank.box_high)
+    rows = x[:150][inside.all(axis=1)]
+    assert len(rows) > 100
+    np.testing.assert_allclose(bank.distances(rows), 0.0, atol=1e-6)
+
+
+def test_one_column_beyond_the_box_adds_its_weighted_excess() -> None:
+    frame = _table(400)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:300], x[300:], np.zeros(100), k=1)
+    j = next(i for i, c in enumerate(schema.numeric) if c.name == "a")
+    # A bank row with "a" moved past the box's top: its own row is still its nearest.
+    row = x[[int(np.argmax(x[:300, j]))]].copy()
+    excess = float(row[0, j] * bank.weights[j] - bank.box_high[j])
+    assert excess > 0
+    alone = NeighbourBank.fit(schema, x[:300], x[300:], np.zeros(100), k=1, box_weight=0.0)
+    assert bank.distances(row)[0] == pytest.approx(alone.distances(row)[0] + 0.5 * excess)
+    # It is also the column blamed: its share of the attribution terms.
+    terms = bank.scores(row, {})["knn_terms"][0]
+    assert terms[j] == pytest.approx((0.5 * excess) ** 2, rel=1e-5)
+
+
+def test_a_bank_saved_before_the_box_scores_as_it_did() -> None:
+    import io
+
+    frame = _table(200)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50))
+    with np.load(io.BytesIO(bank.to_bytes()), allow_pickle=False) as arrays:
+        old = {k: arrays[k] for k in arrays.files if not k.startswith("box_")}
+    buffer = io.BytesIO()
+    np.savez(buffer, **old)
+    legacy = NeighbourBank.from_bytes(buffer.getvalue(), schema.n_features)
+    np.testing.assert_array_equal(legacy.distances(x), bank.neighbours(x)[0].mean(axis=1))
 
 
 def test_the_bank_file_round_trips_and_refuses_a_mismatch() -> None:
@@ -150,7 +193,7 @@ def test_a_40_row_table_is_scored_with_leave_one_out_calibration() -> None:
     assert any(w.startswith("small table: 40 rows") for w in summary.warnings)
     # Calibrated on each row's distance to the *other* rows, not on its zero distance to itself.
     x = encode(bundle.schema, frame).values
-    own = bundle.neighbours.neighbours(x, leave_one_out=True)[0].mean(axis=1)
+    own = bundle.neighbours.distances(x, leave_one_out=True)
     np.testing.assert_allclose(bundle.calibrator.reference, np.sort(own), rtol=1e-6)
     assert bundle.calibrator.reference.min() > 0
     far = detector.score_records(frame.head(1).assign(a=25.0))
