@@ -17,8 +17,14 @@ forgotten (it warms up again when it comes back). Memory is SQLite's page cache,
 On restart the file is read again, so each series continues where it stopped (a gap longer than
 the model's ``--max-gap-seconds`` restarts its window). ``anomaly serve`` without the
 ``series_state`` setting puts the file in the server's run directory, which a restart replaces:
-every series warms up again. A model trained again with a different window or columns starts
-every series afresh (its stored rows are dropped, not misread).
+every series warms up again.
+
+A model trained again with a different window or columns starts every series afresh: its
+histories are kept apart per layout (window, gap, columns), never misread as another's. While a
+reload reaches the workers one by one, old and new layouts are both in use and each keeps its
+own histories, rather than each clearing the other's on every request (until the workers agree,
+a version's windows lack the rows the other version took); a layout no worker has used for
+``STALE_SECONDS`` is dropped.
 """
 
 from __future__ import annotations
@@ -28,30 +34,43 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from detector.series.stream import History, StreamWindows, series_key, window_records
 from detector.series.windows import SeriesSpec
 
-#: Series kept per model before the least recently seen is forgotten.
+#: Series kept per model and layout before the least recently seen is forgotten.
 DEFAULT_MAX_KEYS = 100_000
+#: A layout (a model's window and columns) unused this long is dropped with its histories:
+#: far longer than a reload takes to reach every worker.
+STALE_SECONDS = 600
+#: How often a layout's last use is written down (and stale layouts looked for).
+_TOUCH_SECONDS = 60
 
+#: ``PRAGMA user_version`` of this layout of the file; a file of another is started afresh.
+_VERSION = 2
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS series_models (model TEXT PRIMARY KEY, layout TEXT NOT NULL,
-    n_keys INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS series_history (model TEXT NOT NULL, key TEXT NOT NULL,
-    history TEXT NOT NULL, seen INTEGER NOT NULL, PRIMARY KEY (model, key));
-CREATE INDEX IF NOT EXISTS series_by_seen ON series_history (model, seen);
+CREATE TABLE IF NOT EXISTS series_layouts (id INTEGER PRIMARY KEY, model TEXT NOT NULL,
+    layout TEXT NOT NULL, n_keys INTEGER NOT NULL, touched INTEGER NOT NULL,
+    UNIQUE (model, layout));
+CREATE TABLE IF NOT EXISTS series_history (layout INTEGER NOT NULL, key TEXT NOT NULL,
+    history TEXT NOT NULL, seen INTEGER NOT NULL, PRIMARY KEY (layout, key));
+CREATE INDEX IF NOT EXISTS series_by_seen ON series_history (layout, seen);
 """
+#: What a file written before ``_VERSION`` holds: only warm-up rows, so it is dropped.
+_OLD_TABLES = ("series_models", "series_history")
 
 
 class SeriesStore:
     """Each model's series histories in the SQLite file at ``path`` (``":memory:"``: this
     process alone, for a single-process app)."""
 
-    def __init__(self, path: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+    def __init__(
+        self, path: str, *, max_keys: int = DEFAULT_MAX_KEYS, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
         self.max_keys = max_keys
+        self._clock = clock
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
@@ -71,11 +90,11 @@ class SeriesStore:
             db = self._open()
             db.execute("BEGIN IMMEDIATE")
             try:
-                self._check_layout(db, model, layout)
-                histories = self._read(db, model, keys)
+                state = self._layout_id(db, model, layout)
+                histories = self._read(db, state, keys)
                 windows = window_records(spec, value_columns, records, histories)
                 new = len(windows.histories.keys() - histories.keys())
-                self._write(db, model, windows.histories, new=new)
+                self._write(db, state, windows.histories, new=new)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -83,14 +102,14 @@ class SeriesStore:
         return windows
 
     def keys(self, model: str) -> int:
-        """How many series of ``model`` are kept."""
+        """How many series of ``model`` are kept (under every layout still in use)."""
         with self._lock:
             row = (
                 self._open()
-                .execute("SELECT n_keys FROM series_models WHERE model = ?", (model,))
+                .execute("SELECT SUM(n_keys) FROM series_layouts WHERE model = ?", (model,))
                 .fetchone()
             )
-        return 0 if row is None else int(row[0])
+        return int(row[0] or 0)
 
     def close(self) -> None:
         with self._lock:
@@ -109,57 +128,80 @@ class SeriesStore:
             # Losing the last transactions in a power cut costs a few warm-up rows, not
             # corruption: WAL with NORMAL sync stays consistent, and is several times faster.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")  # two workers may open an old file at once
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version != _VERSION:
+                for table in _OLD_TABLES:
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                db.execute(f"PRAGMA user_version = {_VERSION}")
+            for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript commits
+                db.execute(statement)
+            db.execute("COMMIT")
             self._connection, self._pid = db, os.getpid()
         return self._connection
 
-    @staticmethod
-    def _check_layout(db: sqlite3.Connection, model: str, layout: str) -> None:
-        row = db.execute("SELECT layout FROM series_models WHERE model = ?", (model,)).fetchone()
-        if row is not None and row[0] == layout:
-            return
-        # A new model, or one trained again with another window or columns: old rows would be
-        # misread as this model's, so its series start afresh.
-        db.execute("DELETE FROM series_history WHERE model = ?", (model,))
-        db.execute(
-            "INSERT OR REPLACE INTO series_models (model, layout, n_keys) VALUES (?, ?, 0)",
+    def _layout_id(self, db: sqlite3.Connection, model: str, layout: str) -> int:
+        """The id ``model``'s histories under ``layout`` are stored by (new: none yet)."""
+        now = int(self._clock())
+        row = db.execute(
+            "SELECT id, touched FROM series_layouts WHERE model = ? AND layout = ?",
             (model, layout),
-        )
+        ).fetchone()
+        if row is not None and now - row[1] < _TOUCH_SECONDS:
+            return int(row[0])
+        if row is None:
+            state = db.execute(
+                "INSERT INTO series_layouts (model, layout, n_keys, touched) VALUES (?, ?, 0, ?)",
+                (model, layout, now),
+            ).lastrowid
+        else:
+            state = row[0]
+            db.execute("UPDATE series_layouts SET touched = ? WHERE id = ?", (now, state))
+        stale = [
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM series_layouts WHERE model = ? AND touched < ?",
+                (model, now - STALE_SECONDS),
+            )
+        ]
+        for old in stale:
+            db.execute("DELETE FROM series_history WHERE layout = ?", (old,))
+            db.execute("DELETE FROM series_layouts WHERE id = ?", (old,))
+        return int(state)  # type: ignore[arg-type]
 
     @staticmethod
-    def _read(db: sqlite3.Connection, model: str, keys: list[str]) -> dict[str, History]:
+    def _read(db: sqlite3.Connection, state: int, keys: list[str]) -> dict[str, History]:
         histories = {}
         for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = db.execute(
-                f"SELECT key, history FROM series_history WHERE model = ? AND key IN ({marks})",
-                (model, *chunk),
+                f"SELECT key, history FROM series_history WHERE layout = ? AND key IN ({marks})",
+                (state, *chunk),
             )
             histories.update({key: History.from_json(text) for key, text in rows})
         return histories
 
     def _write(
-        self, db: sqlite3.Connection, model: str, histories: Mapping[str, History], *, new: int
+        self, db: sqlite3.Connection, state: int, histories: Mapping[str, History], *, new: int
     ) -> None:
         seen = time.time_ns()
         db.executemany(
-            "INSERT OR REPLACE INTO series_history (model, key, history, seen) VALUES (?, ?, ?, ?)",
-            [(model, key, h.to_json(), seen) for key, h in histories.items()],
+            "INSERT OR REPLACE INTO series_history (layout, key, history, seen) "
+            "VALUES (?, ?, ?, ?)",
+            [(state, key, h.to_json(), seen) for key, h in histories.items()],
         )
         if not new:
             return
-        db.execute("UPDATE series_models SET n_keys = n_keys + ? WHERE model = ?", (new, model))
+        db.execute("UPDATE series_layouts SET n_keys = n_keys + ? WHERE id = ?", (new, state))
         (n_keys,) = db.execute(
-            "SELECT n_keys FROM series_models WHERE model = ?", (model,)
+            "SELECT n_keys FROM series_layouts WHERE id = ?", (state,)
         ).fetchone()
         over = n_keys - self.max_keys
         if over > 0:
             db.execute(
                 "DELETE FROM series_history WHERE rowid IN (SELECT rowid FROM series_history "
-                "WHERE model = ? ORDER BY seen LIMIT ?)",
-                (model, over),
+                "WHERE layout = ? ORDER BY seen LIMIT ?)",
+                (state, over),
             )
-            db.execute(
-                "UPDATE series_models SET n_keys = ? WHERE model = ?", (self.max_keys, model)
-            )
+            db.execute("UPDATE series_layouts SET n_keys = ? WHERE id = ?", (self.max_keys, state))

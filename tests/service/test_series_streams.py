@@ -17,7 +17,7 @@ from detector.estimator import VAEDetector
 from detector.scoring.scores import score_frame
 from service.app import create_app
 from service.config import ServiceConfig
-from service.series_store import SeriesStore
+from service.series_store import STALE_SECONDS, SeriesStore
 from tests.conftest import TINY, fleet
 
 SERIES = {"time_column": "ts", "series_columns": ("host",), "window": 4}
@@ -154,8 +154,48 @@ def test_a_model_trained_with_another_window_starts_its_series_afresh(tmp_path: 
     assert store.window("m", wider, ["cpu"], later).warming_up.tolist() == [True]
     # A second handle on the file (another worker) sees what the first stored.
     other = SeriesStore(str(tmp_path / "s.sqlite"))
-    assert other.keys("m") == 1
     assert other.window("m", wider, ["cpu"], [{"ts": 500, "host": "a", "cpu": 1.0}]).rejections
+
+
+def test_during_a_reload_old_and_new_workers_each_keep_their_series(tmp_path: Path) -> None:
+    from detector.series.windows import SeriesSpec
+
+    now = [1_000_000.0]
+    old_worker, new_worker = (
+        SeriesStore(str(tmp_path / "s.sqlite"), clock=lambda: now[0]) for _ in range(2)
+    )
+    old, new = SeriesSpec("ts", ("host",), window=3), SeriesSpec("ts", ("host",), window=4)
+    warming = {"old": [], "new": []}
+    for minute in range(12):  # a reload half done: requests alternate between the versions
+        record = [{"ts": 60 * minute, "host": "a", "cpu": float(minute)}]
+        store, spec, name = (old_worker, old, "old") if minute % 2 else (new_worker, new, "new")
+        warming[name] += store.window("m", spec, ["cpu"], record).warming_up.tolist()
+        now[0] += 60
+    # Each version warms up once (window - 1 rows of its own), then never again.
+    assert warming["old"] == [True, True, False, False, False, False]
+    assert warming["new"] == [True, True, True, False, False, False]
+    assert new_worker.keys("m") == 2  # host "a" under each layout
+    # The old version is gone: after STALE_SECONDS unused, its histories are dropped.
+    now[0] += STALE_SECONDS + 60
+    new_worker.window("m", new, ["cpu"], [{"ts": 60 * 12, "host": "a", "cpu": 1.0}])
+    assert new_worker.keys("m") == 1
+
+
+def test_a_state_file_of_the_earlier_layout_is_started_afresh(tmp_path: Path) -> None:
+    import sqlite3
+
+    from detector.series.windows import SeriesSpec
+
+    path = tmp_path / "s.sqlite"
+    with sqlite3.connect(path) as db:  # what the store wrote before layouts were kept apart
+        db.execute("CREATE TABLE series_models (model TEXT PRIMARY KEY, layout TEXT, n_keys INT)")
+        db.execute("CREATE TABLE series_history (model TEXT, key TEXT, history TEXT, seen INT)")
+        db.execute("INSERT INTO series_models VALUES ('m', '[]', 1)")
+    store = SeriesStore(str(path))
+    spec = SeriesSpec("ts", ("host",), window=2)
+    windows = store.window("m", spec, ["cpu"], [{"ts": 0, "host": "a", "cpu": 1.0}])
+    assert windows.warming_up.tolist() == [True]
+    assert store.keys("m") == 1
 
 
 def test_the_kserve_route_streams_too_and_names_the_series_columns(
