@@ -67,6 +67,12 @@ bench-quality: setup
 		--out tests/benchmarks/results/quality_distance
 	$(BIN)/python tests/benchmarks/bench_distance.py --data-dir $(BENCH_DATA) --study banks \
 		--out tests/benchmarks/results/quality_banks
+	$(BIN)/python tests/benchmarks/bench_distance.py --data-dir $(BENCH_DATA) --study tails \
+		--out tests/benchmarks/results/quality_tails
+	$(BIN)/python tests/benchmarks/bench_series.py --data-dir $(BENCH_DATA) --study tails \
+		--out tests/benchmarks/results/series_tails
+	$(BIN)/python tests/benchmarks/bench_distance.py --join tests/benchmarks/results/quality_tails.json \
+		tests/benchmarks/results/series_tails.json --out tests/benchmarks/results/tails_joint
 
 # Each --model through the same quality benchmark (15-40 min each on 2 cores), then which
 # model wins which family (tests/benchmarks/results/models.md).

@@ -63,8 +63,8 @@ from detector.features.record_encoder import RecordEncoder
 from detector.features.schema import Schema
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.nn.lite_graph import LiteScoreGraph, litert_available
+from detector.scoring.neighbours import DEFAULT_BOX_QUANTILE, NeighbourBank
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
-from detector.scoring.neighbours import NeighbourBank
 from detector.scoring.scores import ScoreGraph, score_kinds
 from detector.scoring.threshold import Calibrator
 from detector.series.windows import SeriesSpec, is_window_column, read_series
@@ -152,12 +152,15 @@ class Bundle:
 
     def describe_score(self) -> str:
         """The score in words, e.g. ``knn: mean distance to the 5 nearest of 4210 normal
-        training rows`` or ``elbo with 8 latent samples``."""
+        training rows + 0.5 x how far outside their central 99%`` or ``elbo with 8 latent
+        samples``."""
         if self.score_kind == "knn" and self.neighbours is not None:
             bank = self.neighbours
+            central = 100 * (1 - 2 * DEFAULT_BOX_QUANTILE)  # the bank keeps bounds, not levels
+            box = f" + {bank.box_weight:g} x how far outside their central {central:g}%"
             return (
                 f"knn: mean distance to the {bank.k} nearest of {len(bank.bank)} normal "
-                "training rows"
+                f"training rows{box if bank.box_weight else ''}"
             )
         return f"{self.score_kind} with {self.n_samples} latent samples"
 

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, sizes
 from detector.wording import option
 
+#: Rows a series record is judged with, chosen on SMD, ASD and the Donut KPIs at once
+#: (tests/benchmarks/README.md, "Metric streams"; ``bench_series.py --study windows``).
+DEFAULT_WINDOW = 10
+
 
 @dataclass(frozen=True)
 class TrainingOptions(Options):
@@ -84,9 +88,9 @@ class TrainingOptions(Options):
         flag="--series-column",
         metavar="COL",
     )
-    #: Chosen on SMD, ASD and the Donut KPIs at once (tests/benchmarks/README.md, "Metric
-    #: streams").
-    window: int = opt(5, "rows a record is judged with, itself included (with --time-column)")
+    window: int = opt(
+        DEFAULT_WINDOW, "rows a record is judged with, itself included (with --time-column)"
+    )
     max_gap_seconds: float | None = opt(
         None, "a longer gap in a series starts its window again (with --time-column)"
     )
@@ -122,8 +126,11 @@ class TrainingOptions(Options):
         if not 0 < self.target_fpr < 0.5:
             problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
         series = (
-            self.series_columns, self.window != 5, self.max_gap_seconds is not None, self.calendar
-        )  # fmt: skip
+            self.series_columns,
+            self.window != DEFAULT_WINDOW,
+            self.max_gap_seconds is not None,
+            self.calendar,
+        )
         if self.time_column is None and any(series):
             names = ("series_columns", "window", "max_gap_seconds", "calendar")
             named = ", ".join(option(n) for n in names)

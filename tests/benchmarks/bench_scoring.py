@@ -10,9 +10,10 @@ Reports, at the default sample count (L=8) and a few others:
 - single-row latency, median and p99 over ``--calls`` calls, for both engines, for
   ``score_frame`` on a one-row DataFrame and for ``score_records`` on one record given as a
   dict (the HTTP JSON route's and the Python API's path: no DataFrame);
-- the default score (``knn``: the graph plus the distance to the neighbour bank) against the
-  model's own ``elbo`` (``neighbours=0``, the default before the distance), ``score_frame``
-  throughput and one-row latency of each, in the same run.
+- the default score (``knn``: the distance to the neighbour bank and the normal rows' box)
+  against the same distance without the box (the default before it) and the model's own
+  ``elbo`` (``neighbours=0``, the default before the distance), ``score_frame`` throughput and
+  one-row latency of each, in the same run.
 
 The network's weights do not change its speed, so it trains for a single epoch. Results go to
 ``tests/benchmarks/results/scoring.{json,md}`` beside this file.
@@ -21,6 +22,7 @@ The network's weights do not change its speed, so it trains for a single epoch. 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -100,9 +102,24 @@ def main() -> int:
     single_records = table.head(200).to_dict("records")
     single_encoded = [encoded[i : i + 1] for i in range(200)]
 
+    # The distance as it was before the normal rows' box joined it: the same bank, no box.
+    bank = detector.bundle_.neighbours
+    assert bank is not None
+    no_box = dataclasses.replace(
+        detector.bundle_,
+        neighbours=dataclasses.replace(
+            bank,
+            box_weight=0.0,
+            box_low=np.full_like(bank.box_low, -np.inf),
+            box_high=np.full_like(bank.box_high, np.inf),
+        ),
+    )
     scores = []
-    for label, model in (("knn (default)", detector), ("elbo (neighbours=0)", own)):
-        chosen = model.bundle_
+    for label, chosen in (
+        ("knn (default)", detector.bundle_),
+        ("knn without the box (before)", no_box),
+        ("elbo (neighbours=0)", own.bundle_),
+    ):
 
         def run(frame: pd.DataFrame, chosen=chosen):  # type: ignore[no-untyped-def]
             return score_frame(chosen, frame)
@@ -120,7 +137,7 @@ def main() -> int:
         }
         scores.append(row)
         print(
-            f"{label:20s} score_frame {row['score_frame_rows_per_s']:>10,.0f} rows/s  "
+            f"{label:28s} score_frame {row['score_frame_rows_per_s']:>10,.0f} rows/s  "
             f"1-row {row['score_frame_latency']['median_ms']:.3f} ms "
             f"(p99 {row['score_frame_latency']['p99_ms']:.3f}); 1 record "
             f"{row['score_records_latency']['median_ms']:.3f} ms "

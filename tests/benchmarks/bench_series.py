@@ -30,6 +30,7 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
 - ``--study tails``: ``bench_distance.py --study tails``' candidates (the distance with a term
   for columns beyond their normal range) on the row alone and on the default window, joined
   with the tables' run by ``bench_distance.py --join``;
+- ``--study windows``: the product's distance (no network) on the last 1 to 30 rows;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -75,6 +76,7 @@ REPO = Path(__file__).resolve().parents[2]
 VARIANTS: tuple[tuple[str, int, str], ...] = (
     ("W=1", 1, "lags"),
     ("lags W=5", 5, "lags"),
+    ("lags W=10", 10, "lags"),  # the default since --study windows (Round 7)
     ("lags W=15", 15, "lags"),
 )
 VARIANTS += (("deviation W=15", 15, "deviation"),)
@@ -372,6 +374,55 @@ def representation_scores(series: Series) -> dict[str, dict[str, float]]:
             pd.concat([lags, long], axis=1), pd.concat([lags_test, long_test], axis=1)
         ),
     }
+
+
+#: Windows ``--study windows`` measures the product's distance at.
+STUDY_WINDOWS = (1, 3, 5, 8, 10, 15, 20, 30)
+
+
+def window_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study windows`` on one series: the product's distance (its defaults, no network,
+    threshold from its calibration rows at 1%) on the last W rows as lags, for each of
+    ``STUDY_WINDOWS``."""
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
+    from detector.scoring.neighbours import NeighbourBank
+    from detector.scoring.threshold import Calibrator
+
+    out = {}
+    for window in STUDY_WINDOWS:
+        train, test = windowed(series, window, "lags")
+        fit, val, cal = holdout_indices(len(train), TrainingConfig(random_state=0))
+        schema = fit_schema(train)
+        x, x_test = encode(schema, train).values, encode(schema, test).values
+        bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0)
+        threshold = Calibrator.fit(bank.distances(x[cal]), target_fpr=0.01).threshold
+        out[f"W={window}"] = metrics(
+            series.y_test, bank.distances(x_test), threshold, series.minutes_per_row
+        )
+    return out
+
+
+def format_windows(payload: dict[str, Any]) -> str:
+    """``--study windows``' report: as ``format_representations``, with best F1 per family."""
+    text = format_representations(payload).replace(
+        "# Window representations under the product's distance",
+        "# The window's length under the product's distance",
+    )
+    sets: Sets = {(r["family"], r["set"]): r["scores"] for r in payload["runs"]}
+    families = list(dict.fromkeys(k[0] for k in sets))
+    lines = ["", "Best F1 / F1 at the calibrated 1% threshold, mean per family:", ""]
+    lines += ["| window | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for name in next(iter(sets.values())):
+        cells = []
+        for f in families:
+            keys = [k for k in sets if k[0] == f]
+            best = np.mean([sets[k][name]["best_f1"] for k in keys])
+            at = np.mean([sets[k][name]["f1_threshold"] for k in keys])
+            cells.append(f"{best:.3f} / {at:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return text + "\n".join(lines) + "\n"
 
 
 def tail_study_scores(series: Series) -> dict[str, dict[str, float]]:
@@ -752,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", type=Path, help="join these runs' .json")
     parser.add_argument(
         "--study",
-        choices=["banks", "scaling", "models", "representations", "tails"],
+        choices=["banks", "scaling", "models", "representations", "tails", "windows"],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
     )
@@ -801,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = representation_scores(series)
             elif args.study == "tails":
                 run["scores"] = tail_study_scores(series)
+            elif args.study == "windows":
+                run["scores"] = window_scores(series)
             else:
                 run["scores"] = run_series(series, epochs)
             runs.append(run)
@@ -820,6 +873,7 @@ FORMATS = {
     "models": format_models,
     "representations": format_representations,
     "tails": format_tails,
+    "windows": format_windows,
 }
 
 

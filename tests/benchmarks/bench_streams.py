@@ -94,15 +94,17 @@ def streaming_latency(port: int, records: list[dict[str, Any]], n: int) -> dict[
 
 
 def many_keys(n_keys: int, work: Path) -> dict[str, Any]:
+    from detector.nn.training_options import TrainingOptions
     from detector.series.windows import SeriesSpec
     from service.series_store import SeriesStore
 
-    spec = SeriesSpec("ts", ("host",), window=5)
+    window = TrainingOptions().window  # the default's
+    spec = SeriesSpec("ts", ("host",), window=window)
     store = SeriesStore(str(work / "keys.sqlite"), max_keys=n_keys)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    for minute in range(5):  # every key gets a full window of history
+    for minute in range(window):  # every key gets a full window of history
         for first in range(0, n_keys, 1000):
             records = [
                 {
