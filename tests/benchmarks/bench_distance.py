@@ -67,8 +67,6 @@ from common import (
 )
 
 DEFAULT_OUT = RESULTS / "quality_distance"
-#: ``bench_series.py``'s default window, whose rows ``--join`` ranks.
-STUDY_WINDOW = 5
 RANGE_FLOORS = (0.05, 0.25, 0.5, 1.0)
 MARGINS = (float("inf"), 3.0, 1.0, 0.5)
 KS = (1, 5, 10)
@@ -276,8 +274,10 @@ def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
     ``--study tails``) and the series (``bench_series.py --study tails``: the Donut KPIs' rows,
     which the tables lack, and every series' default window), with leave-one-set-out."""
     sets = per_set(tables["runs"])
+    # the series' windows: the longest ``W=N`` their run holds (the product's default)
+    window = max(int(k.split()[0][2:]) for r in series["runs"] for k in r["scores"])
     for run in series["runs"]:
-        views = [(f"{run['family']} windows", f"W={STUDY_WINDOW} ")]
+        views = [(f"{run['family']} windows", f"W={window} ")]
         if run["family"] not in sets_families(sets):
             views.append((f"{run['family']} rows", "W=1 "))
         for family, prefix in views:

@@ -425,10 +425,17 @@ def format_windows(payload: dict[str, Any]) -> str:
     return text + "\n".join(lines) + "\n"
 
 
+def tail_windows() -> tuple[int, int]:
+    """The rows ``--study tails`` windows by: the row alone, and the product's default."""
+    from detector.nn.training_options import DEFAULT_WINDOW
+
+    return (1, DEFAULT_WINDOW)
+
+
 def tail_study_scores(series: Series) -> dict[str, dict[str, float]]:
     """``--study tails`` on one series: ``bench_distance.tail_scores`` (the distance with and
     without a term for columns beyond their normal range) on the row alone and on the default
-    window; the keys say which (``W=1 ...``, ``W=5 ...``)."""
+    window; the keys say which (``W=1 ...``, ``W=10 ...``)."""
     from bench_distance import tail_scores
 
     from detector.features.encode import encode
@@ -436,7 +443,7 @@ def tail_study_scores(series: Series) -> dict[str, dict[str, float]]:
     from detector.nn.training import TrainingConfig, holdout_indices
 
     out: dict[str, dict[str, float]] = {}
-    for window in (1, STUDY_WINDOW):
+    for window in tail_windows():
         train, test = windowed(series, window, "lags")
         fit, val, _ = holdout_indices(len(train), TrainingConfig(random_state=0))
         schema = fit_schema(train)
@@ -449,7 +456,8 @@ def tail_study_scores(series: Series) -> dict[str, dict[str, float]]:
 def format_tails(payload: dict[str, Any]) -> str:
     """``--study tails``' report: as ``format_representations``, once per window."""
     parts = []
-    for window in (1, STUDY_WINDOW):
+    windows = sorted({int(k.split()[0][2:]) for r in payload["runs"] for k in r["scores"]})
+    for window in windows:
         prefix = f"W={window} "
         runs = [
             {
