@@ -112,17 +112,24 @@ def weighted_views(
 BANK_CELLS = (40_000, 80_000, 160_000, 320_000, 10**9)
 
 
-def run_banks(task: Any) -> dict[str, dict[str, float]]:
-    """The default distance, exactly as a bundle computes it, at each of ``BANK_CELLS``."""
+def detector_split(task: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The detector's own schema for ``task``'s training rows, the encoded training and test
+    rows, and its fit and validation row positions, as ``anomaly train`` makes them."""
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
-    from detector.scoring.neighbours import NeighbourBank
 
     schema = fit_schema(task.train)
     x = encode(schema, task.train).values
-    x_test = encode(schema, task.test).values
     fit, val, _ = holdout_indices(len(x), TrainingConfig(random_state=task.seed))
+    return schema, x, encode(schema, task.test).values, fit, val
+
+
+def run_banks(task: Any) -> dict[str, dict[str, float]]:
+    """The default distance, exactly as a bundle computes it, at each of ``BANK_CELLS``."""
+    from detector.scoring.neighbours import NeighbourBank
+
+    schema, x, x_test, fit, val = detector_split(task)
     series = task.family in ("smd", "asd")
     scores = {}
     for cells in BANK_CELLS:
@@ -179,14 +186,7 @@ def tail_scores(
 
 def run_tails(task: Any) -> dict[str, dict[str, float]]:
     """``tail_scores`` on one set and seed, with the detector's own schema and split."""
-    from detector.features.encode import encode
-    from detector.features.schema import fit_schema
-    from detector.nn.training import TrainingConfig, holdout_indices
-
-    schema = fit_schema(task.train)
-    x = encode(schema, task.train).values
-    x_test = encode(schema, task.test).values
-    fit, val, _ = holdout_indices(len(x), TrainingConfig(random_state=task.seed))
+    schema, x, x_test, fit, val = detector_split(task)
     series = task.family in ("smd", "asd")
     return {
         name: detection_metrics(task.y_test, score, None, series=series)
@@ -257,16 +257,25 @@ def format_report(payload: dict[str, Any]) -> str:
         f"| family | left-out AUROC / AUPRC | in-sample ({best}) | chosen |",
         "|---|---|---|---|",
     ]
+    for f, left_out, chosen in left_out_by_family(sets, loo, list(families)):
+        lines.append(
+            f"| {f} | {left_out} | {families[f][best]['auroc']:.3f} / "
+            f"{families[f][best]['auprc']:.3f} | {chosen} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def left_out_by_family(
+    sets: dict[tuple[str, str], Any], loo: dict[tuple[str, str], Any], families: list[str]
+) -> list[tuple[str, str, str]]:
+    """Per family: its left-out AUROC / AUPRC (mean over its sets) and the choices made."""
+    rows = []
     for f in families:
         keys = [k for k in sets if k[0] == f]
         auroc = np.mean([loo[k][1]["auroc"] for k in keys])
         auprc = np.mean([loo[k][1]["auprc"] for k in keys])
-        chosen = ", ".join(sorted({loo[k][0] for k in keys}))
-        lines.append(
-            f"| {f} | {auroc:.3f} / {auprc:.3f} | {families[f][best]['auroc']:.3f} / "
-            f"{families[f][best]['auprc']:.3f} | {chosen} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append((f, f"{auroc:.3f} / {auprc:.3f}", ", ".join(sorted({loo[k][0] for k in keys}))))
+    return rows
 
 
 def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
@@ -278,7 +287,7 @@ def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
     window = max(int(k.split()[0][2:]) for r in series["runs"] for k in r["scores"])
     for run in series["runs"]:
         views = [(f"{run['family']} windows", f"W={window} ")]
-        if run["family"] not in sets_families(sets):
+        if run["family"] not in {k[0] for k in sets}:
             views.append((f"{run['family']} rows", "W=1 "))
         for family, prefix in views:
             sets[(family, run["set"])] = {
@@ -311,20 +320,11 @@ def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
         f"| family | left-out AUROC / AUPRC | in-sample ({best}) | neighbours alone | chosen |",
         "|---|---|---|---|---|",
     ]
-    for g in groups:
-        keys = [k for k in sets if k[0] == g]
-        auroc = np.mean([loo[k][1]["auroc"] for k in keys])
-        auprc = np.mean([loo[k][1]["auprc"] for k in keys])
-        chosen = ", ".join(sorted({loo[k][0] for k in keys}))
+    for g, left_out, chosen in left_out_by_family(sets, loo, groups):
         lines.append(
-            f"| {g} | {auroc:.3f} / {auprc:.3f} | {cell(g, best)} | "
-            f"{cell(g, 'neighbours alone')} | {chosen} |"
+            f"| {g} | {left_out} | {cell(g, best)} | {cell(g, 'neighbours alone')} | {chosen} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def sets_families(sets: dict[tuple[str, str], Any]) -> set[str]:
-    return {k[0] for k in sets}
 
 
 def main(argv: list[str] | None = None) -> int:

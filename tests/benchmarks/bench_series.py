@@ -60,7 +60,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pandas as pd
-from bench_quality import knn_distance, leave_one_set_out, mean_ranks  # type: ignore[import-not-found]
+from bench_quality import (  # type: ignore[import-not-found]
+    RANKED,
+    knn_distance,
+    leave_one_set_out,
+    mean_ranks,
+)
 from bench_servers import (  # type: ignore[import-not-found]
     as_frame,
     best_f1,
@@ -414,13 +419,9 @@ def format_windows(payload: dict[str, Any]) -> str:
     families = list(dict.fromkeys(k[0] for k in sets))
     lines = ["", "Best F1 / F1 at the calibrated 1% threshold, mean per family:", ""]
     lines += ["| window | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    f1s = ("best_f1", "f1_threshold")
     for name in next(iter(sets.values())):
-        cells = []
-        for f in families:
-            keys = [k for k in sets if k[0] == f]
-            best = np.mean([sets[k][name]["best_f1"] for k in keys])
-            at = np.mean([sets[k][name]["f1_threshold"] for k in keys])
-            cells.append(f"{best:.3f} / {at:.3f}")
+        cells = [family_cell(sets, [k for k in sets if k[0] == f], name, f1s) for f in families]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return text + "\n".join(lines) + "\n"
 
@@ -605,12 +606,7 @@ def format_report(payload: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(families),
     ]
     for name in order:
-        cells = []
-        for family in families:
-            keys = [k for k in sets if k[0] == family]
-            auroc = np.mean([sets[k][name]["auroc"] for k in keys])
-            auprc = np.mean([sets[k][name]["auprc"] for k in keys])
-            cells.append(f"{fmt(auroc)} / {fmt(auprc)}")
+        cells = [family_cell(sets, [k for k in sets if k[0] == f], name) for f in families]
         lines.append(f"| {name} | {ranks[name]:.2f} | " + " | ".join(cells) + " |")
     chosen = leave_one_set_out(sets, names)
     lines += [
@@ -657,11 +653,12 @@ def family_tables(sets: Sets, order: list[str], families: list[str]) -> list[str
     return lines
 
 
-def family_cell(sets: Sets, keys: list[tuple[str, str]], name: str) -> str:
-    """Mean AUROC / AUPRC of ``name`` over ``keys``."""
-    auroc = float(np.mean([sets[k][name]["auroc"] for k in keys]))
-    auprc = float(np.mean([sets[k][name]["auprc"] for k in keys]))
-    return f"{fmt(auroc)} / {fmt(auprc)}"
+def family_cell(
+    sets: Sets, keys: list[tuple[str, str]], name: str, metrics: tuple[str, str] = RANKED
+) -> str:
+    """Mean ``metrics`` (AUROC / AUPRC) of ``name`` over ``keys``."""
+    means = [float(np.mean([sets[k][name][m] for k in keys])) for m in metrics]
+    return " / ".join(fmt(v) for v in means)
 
 
 def format_scaling(payload: dict[str, Any]) -> str:
