@@ -385,15 +385,24 @@ def representation_scores(series: Series) -> dict[str, dict[str, float]]:
 STUDY_WINDOWS = (1, 3, 5, 8, 10, 15, 20, 30)
 
 
+#: Windows at which ``--study windows`` also measures the box on the newest row alone.
+NEWEST_BOX_WINDOWS = (5, 10, 15)
+
+
 def window_scores(series: Series) -> dict[str, dict[str, float]]:
     """``--study windows`` on one series: the product's distance (its defaults, no network,
     threshold from its calibration rows at 1%) on the last W rows as lags, for each of
-    ``STUDY_WINDOWS``."""
+    ``STUDY_WINDOWS``; at ``NEWEST_BOX_WINDOWS`` also with the normal rows' box on the newest
+    row's columns only (the lag columns unbounded), so that a past spike does not count again
+    in each of the next rows' windows."""
+    import dataclasses
+
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
     from detector.scoring.neighbours import NeighbourBank
     from detector.scoring.threshold import Calibrator
+    from detector.series.windows import is_window_column
 
     out = {}
     for window in STUDY_WINDOWS:
@@ -402,10 +411,20 @@ def window_scores(series: Series) -> dict[str, dict[str, float]]:
         schema = fit_schema(train)
         x, x_test = encode(schema, train).values, encode(schema, test).values
         bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0)
-        threshold = Calibrator.fit(bank.distances(x[cal]), target_fpr=0.01).threshold
-        out[f"W={window}"] = metrics(
-            series.y_test, bank.distances(x_test), threshold, series.minutes_per_row
-        )
+        banks = {f"W={window}": bank}
+        if window in NEWEST_BOX_WINDOWS:
+            lags = np.zeros(schema.n_features, dtype=bool)
+            lags[: schema.n_numeric] = [is_window_column(c.name) for c in schema.numeric]
+            banks[f"W={window}, box on the newest row"] = dataclasses.replace(
+                bank,
+                box_low=np.where(lags, -np.inf, bank.box_low).astype(np.float32),
+                box_high=np.where(lags, np.inf, bank.box_high).astype(np.float32),
+            )
+        for name, chosen in banks.items():
+            threshold = Calibrator.fit(chosen.distances(x[cal]), target_fpr=0.01).threshold
+            out[name] = metrics(
+                series.y_test, chosen.distances(x_test), threshold, series.minutes_per_row
+            )
     return out
 
 
