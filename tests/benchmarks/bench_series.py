@@ -31,6 +31,7 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
   for columns beyond their normal range) on the row alone and on the default window, joined
   with the tables' run by ``bench_distance.py --join``;
 - ``--study windows``: the product's distance (no network) on the last 1 to 30 rows;
+- ``--study scales``: that distance at several lengths at once (standardised, summed or maxed);
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -428,6 +429,49 @@ def window_scores(series: Series) -> dict[str, dict[str, float]]:
     return out
 
 
+#: Window lengths ``--study scales`` scores each series at, and the sets of them it combines.
+SCALE_WINDOWS = (1, 3, 5, 10, 20)
+SCALE_SETS = ((3, 10), (1, 10), (3, 20), (5, 20), (3, 10, 20), (1, 5, 20))
+
+
+def scale_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study scales`` on one series: the product's distance on the last W rows for each
+    of ``SCALE_WINDOWS``, each standardised by its median and IQR on the validation rows, then
+    summed (``sum``) or maxed (``max``) over each of ``SCALE_SETS``: one record judged at
+    several lengths at once, against the default window alone."""
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
+    from detector.scoring.neighbours import NeighbourBank
+
+    standard, plain = {}, {}
+    for window in SCALE_WINDOWS:
+        train, test = windowed(series, window, "lags")
+        fit, val, _ = holdout_indices(len(train), TrainingConfig(random_state=0))
+        schema = fit_schema(train)
+        x, x_test = encode(schema, train).values, encode(schema, test).values
+        bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0)
+        at_val, plain[window] = bank.distances(x[val]), bank.distances(x_test)
+        spread = float(np.subtract(*np.percentile(at_val, [75, 25]))) or 1.0
+        standard[window] = (plain[window] - np.median(at_val)) / spread
+    y, mpr = series.y_test, series.minutes_per_row
+    out = {f"W={w}": metrics(y, plain[w], None, mpr) for w in (5, 10)}
+    for scales in SCALE_SETS:
+        stacked = np.array([standard[w] for w in scales])
+        label = "+".join(map(str, scales))
+        out[f"sum {label}"] = metrics(y, stacked.sum(axis=0), None, mpr)
+        out[f"max {label}"] = metrics(y, stacked.max(axis=0), None, mpr)
+    return out
+
+
+def format_scales(payload: dict[str, Any]) -> str:
+    """``--study scales``' report: as ``format_windows``."""
+    return format_windows(payload).replace(
+        "# The window's length under the product's distance",
+        "# Several window lengths at once under the product's distance",
+    )
+
+
 def format_windows(payload: dict[str, Any]) -> str:
     """``--study windows``' report: as ``format_representations``, with best F1 per family."""
     text = format_representations(payload).replace(
@@ -436,9 +480,12 @@ def format_windows(payload: dict[str, Any]) -> str:
     )
     sets: Sets = {(r["family"], r["set"]): r["scores"] for r in payload["runs"]}
     families = list(dict.fromkeys(k[0] for k in sets))
-    lines = ["", "Best F1 / F1 at the calibrated 1% threshold, mean per family:", ""]
+    first = next(iter(next(iter(sets.values())).values()))
+    calibrated = "f1_threshold" in first  # --study scales sets no threshold
+    f1s = ("best_f1", "f1_threshold") if calibrated else ("best_f1",)
+    what = "Best F1 / F1 at the calibrated 1% threshold" if calibrated else "Best F1"
+    lines = ["", f"{what}, mean per family:", ""]
     lines += ["| window | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
-    f1s = ("best_f1", "f1_threshold")
     for name in next(iter(sets.values())):
         cells = [family_cell(sets, [k for k in sets if k[0] == f], name, f1s) for f in families]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -673,7 +720,7 @@ def family_tables(sets: Sets, order: list[str], families: list[str]) -> list[str
 
 
 def family_cell(
-    sets: Sets, keys: list[tuple[str, str]], name: str, metrics: tuple[str, str] = RANKED
+    sets: Sets, keys: list[tuple[str, str]], name: str, metrics: tuple[str, ...] = RANKED
 ) -> str:
     """Mean ``metrics`` (AUROC / AUPRC) of ``name`` over ``keys``."""
     means = [float(np.mean([sets[k][name][m] for k in keys])) for m in metrics]
@@ -827,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", type=Path, help="join these runs' .json")
     parser.add_argument(
         "--study",
-        choices=["banks", "scaling", "models", "representations", "tails", "windows"],
+        choices=["banks", "scaling", "models", "representations", "tails", "windows", "scales"],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
     )
@@ -878,6 +925,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = tail_study_scores(series)
             elif args.study == "windows":
                 run["scores"] = window_scores(series)
+            elif args.study == "scales":
+                run["scores"] = scale_scores(series)
             else:
                 run["scores"] = run_series(series, epochs)
             runs.append(run)
@@ -898,6 +947,7 @@ FORMATS = {
     "representations": format_representations,
     "tails": format_tails,
     "windows": format_windows,
+    "scales": format_scales,
 }
 
 
