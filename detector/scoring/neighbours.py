@@ -238,13 +238,13 @@ class NeighbourBank:
         """The ``KINDS`` scores for encoded rows ``x`` given the graph's ``estimates``, each
         ``(n,)``, higher = more normal (``elbo_knn`` only when ``estimates`` hold the ELBO); and
         ``knn_terms`` ``(n, n_features)``, each feature's squared difference from the mean of
-        the ``k`` neighbours (for attribution)."""
+        the ``k`` neighbours plus its squared part of the box term (for attribution)."""
         query = np.ascontiguousarray(self._project(x))
         distance, index = self._search(query, leave_one_out)
         # sum / k is what mean computes, without its per-call overhead (a record's scoring
         # makes two of these calls)
         box, box_terms = self._box(query)
-        mean_distance = distance.sum(axis=1) / self.k + box
+        total = distance.sum(axis=1) / self.k + box
         if len(query) <= _BLOCK:
             terms = np.square(query - self.bank[index].sum(axis=1) / np.float32(self.k))
         else:
@@ -252,10 +252,10 @@ class NeighbourBank:
             for i in range(0, len(query), _BLOCK):  # bounds the (rows, k, features) gather
                 centre = self.bank[index[i : i + _BLOCK]].mean(axis=1)
                 terms[i : i + _BLOCK] = np.square(query[i : i + _BLOCK] - centre)
-        out = {"knn": -mean_distance, "knn_terms": terms + box_terms}
+        out = {"knn": -total, "knn_terms": terms + box_terms}
         if "elbo" in estimates:
             standard_elbo = (-estimates["elbo"] - self.location[0]) / self.scale[0]
-            standard_knn = (mean_distance - self.location[1]) / self.scale[1]
+            standard_knn = (total - self.location[1]) / self.scale[1]
             out["elbo_knn"] = -(standard_elbo + standard_knn)
         return out
 
