@@ -542,27 +542,33 @@ def format_tails(payload: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def rank_table(sets: Sets, names: list[str], ranks: dict[str, float], label: str) -> list[str]:
+    """A markdown table of ``names`` in the given order: each one's mean rank and its mean
+    AUROC / AUPRC per family; ``label`` heads the first column."""
+    families = list(dict.fromkeys(k[0] for k in sets))
+    lines = [
+        f"| {label} | mean rank | " + " | ".join(f"{f} AUROC / AUPRC" for f in families) + " |",
+        "|---|---|" + "---|" * len(families),
+    ]
+    for name in names:
+        cells = [family_cell(sets, [k for k in sets if k[0] == f], name) for f in families]
+        lines.append(f"| {name} | {ranks[name]:.2f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def format_representations(payload: dict[str, Any]) -> str:
     """``--study representations``' report: mean rank over every series, per-family means,
     the leave-one-series-out choice."""
     sets: Sets = {(r["family"], r["set"]): r["scores"] for r in payload["runs"]}
     names = list(next(iter(sets.values())))
     ranks = mean_ranks(sets, list(sets), names)
-    families = list(dict.fromkeys(k[0] for k in sets))
-    by_family = {f: [k for k in sets if k[0] == f] for f in families}
     lines = [
         "# Window representations under the product's distance",
         "",
         f"Reproduce: `{payload['command']}`; {len(sets)} series, {payload['minutes']} min.",
         "",
-        "| representation | mean rank | "
-        + " | ".join(f"{f} AUROC / AUPRC" for f in families)
-        + " |",
-        "|---|---|" + "---|" * len(families),
+        *rank_table(sets, sorted(names, key=lambda n: ranks[n]), ranks, "representation"),
     ]
-    for name in sorted(names, key=lambda n: ranks[n]):
-        cells = [family_cell(sets, by_family[f], name) for f in families]
-        lines.append(f"| {name} | {ranks[name]:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "| series | chosen on the others | AUROC / AUPRC |", "|---|---|---|"]
     for key, (name, values) in leave_one_set_out(sets, names).items():
         lines.append(
@@ -668,12 +674,8 @@ def format_report(payload: dict[str, Any]) -> str:
         "",
         "## Mean rank over all series (AUROC and AUPRC; 1 = best)",
         "",
-        "| candidate | mean rank | " + " | ".join(f"{f} AUROC / AUPRC" for f in families) + " |",
-        "|---|---|" + "---|" * len(families),
+        *rank_table(sets, order, ranks, "candidate"),
     ]
-    for name in order:
-        cells = [family_cell(sets, [k for k in sets if k[0] == f], name) for f in families]
-        lines.append(f"| {name} | {ranks[name]:.2f} | " + " | ".join(cells) + " |")
     chosen = leave_one_set_out(sets, names)
     lines += [
         "",
@@ -754,12 +756,8 @@ def format_scaling(payload: dict[str, Any]) -> str:
         "",
         "## Mean rank over all series (AUROC and AUPRC; 1 = best)",
         "",
-        "| setting | mean rank | " + " | ".join(f"{f} AUROC / AUPRC" for f in families) + " |",
-        "|---|---|" + "---|" * len(families),
+        *rank_table(sets, order, ranks, "setting"),
     ]
-    for name in order:
-        cells = [family_cell(sets, by_family[f], name) for f in families]
-        lines.append(f"| {name} | {ranks[name]:.2f} | " + " | ".join(cells) + " |")
     for name in peers:
         cells = [family_cell(sets, by_family[f], name) for f in families]
         lines.append(f"| *{name}* (peer, unranked) | - | " + " | ".join(cells) + " |")
