@@ -74,6 +74,7 @@ OPTIONS: dict[str, Option] = {
             "fae_target_x",
             "time_column",
             "window",
+            "short_window",
             "max_gap_seconds",
             "calendar",
         )

@@ -158,9 +158,16 @@ class Bundle:
             bank = self.neighbours
             central = 100 * (1 - 2 * DEFAULT_BOX_QUANTILE)  # the bank keeps bounds, not levels
             box = f" + {bank.box_weight:g} x how far outside their central {central:g}%"
+            parts = ""
+            if len(bank.parts) > 1 and self.series is not None:
+                short = self.params.get("short_window")
+                parts = (
+                    f", on the newest {short} rows and on all {self.series.window} rows of the "
+                    "window, each standardised, summed"
+                )
             return (
                 f"knn: mean distance to the {bank.k} nearest of {len(bank.bank)} normal "
-                f"training rows{box if bank.box_weight else ''}"
+                f"training rows{box if bank.box_weight else ''}{parts}"
             )
         return f"{self.score_kind} with {self.n_samples} latent samples"
 

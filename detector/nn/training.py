@@ -24,7 +24,7 @@ import pandas as pd
 from detector.bundles.bundle import Bundle
 from detector.errors import ConfigError
 from detector.features.encode import encode
-from detector.features.schema import fingerprint, fit_schema
+from detector.features.schema import Schema, fingerprint, fit_schema
 from detector.nn.callbacks import KLWarmup, ProgressBar
 from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.nn.models import MODELS
@@ -55,7 +55,7 @@ from detector.scoring.threshold import (
     Calibrator,
     calibration_warnings,
 )
-from detector.series.windows import series_of, windowed_for_training
+from detector.series.windows import SeriesSpec, series_of, window_parts, windowed_for_training
 from detector.wording import option
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             k=config.neighbours,
             seed=config.random_state,
             leave_one_out=small,
+            parts=_window_parts(schema, series, config.short_window),
         )
     cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
@@ -317,6 +318,15 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     )
     bundle.__dict__["graph"] = graph  # reuse the compiled graph instead of tracing it again
     return bundle, summary
+
+
+def _window_parts(schema: Schema, series: SeriesSpec | None, short: int) -> np.ndarray | None:
+    """The parts the distance judges a series record on: the newest ``short`` rows of its
+    window and the whole window; ``None`` (every column at once) for a table, or when
+    ``short`` is 0 or not below the window."""
+    if series is None or not 0 < short < series.window:
+        return None
+    return window_parts(schema, (short, series.window))
 
 
 def _small_table_warning(n: int, score_kind: str) -> str:

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, sizes
 from detector.wording import option
 
-#: Rows a series record is judged with, chosen on SMD, ASD and the Donut KPIs at once
-#: (tests/benchmarks/README.md, "Metric streams"; ``bench_series.py --study windows``).
-DEFAULT_WINDOW = 10
+#: Rows a series record is judged with, and the newest rows the distance also judges it on
+#: alone, chosen on SMD, ASD and the Donut KPIs at once (tests/benchmarks/README.md, "Metric
+#: streams"; ``bench_series.py --study scales``).
+DEFAULT_WINDOW = 20
+DEFAULT_SHORT_WINDOW = 5
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,13 @@ class TrainingOptions(Options):
     window: int = opt(
         DEFAULT_WINDOW, "rows a record is judged with, itself included (with --time-column)"
     )
+    short_window: int = opt(
+        DEFAULT_SHORT_WINDOW,
+        "the distance also judges a record on the newest N rows of its window alone and adds "
+        "the two, each standardised (with --time-column); 0, or N not below --window, judges "
+        "the whole window only",
+        metavar="N",
+    )
     max_gap_seconds: float | None = opt(
         None, "a longer gap in a series starts its window again (with --time-column)"
     )
@@ -128,15 +137,18 @@ class TrainingOptions(Options):
         series = (
             self.series_columns,
             self.window != DEFAULT_WINDOW,
+            self.short_window != DEFAULT_SHORT_WINDOW,
             self.max_gap_seconds is not None,
             self.calendar,
         )
         if self.time_column is None and any(series):
-            names = ("series_columns", "window", "max_gap_seconds", "calendar")
+            names = ("series_columns", "window", "short_window", "max_gap_seconds", "calendar")
             named = ", ".join(option(n) for n in names)
             problems.append(f"{named} judge rows within a series: set {option('time_column')}")
         if not 1 <= self.window <= 1000:
             problems.append(f"window {self.window} must be in [1, 1000] rows")
+        if self.short_window < 0:
+            problems.append(f"short_window {self.short_window} must be 0 (off) or a row count")
         if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:
             problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
         if self.learning_rate <= 0:

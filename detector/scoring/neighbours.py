@@ -24,6 +24,14 @@ where normal rows go. Of 33 variants on all 36 labelled sets (tables, rows and w
 series) it had the best mean rank and was the leave-one-data-set-out choice on every one; it
 costs the Donut KPIs' AUPRC (``bench_distance.py --study tails``, ``tests/benchmarks/README.md``).
 
+A bank may also judge a record on several *parts* of its columns at once (a series window's
+newest rows and the whole window): the distance above on each part's columns alone, each
+standardised by its median and interquartile range on the validation rows, then summed. Short
+anomalies stand out in the short part, lasting ones in the long part; on SMD, ASD and the
+Donut KPIs together the sum of the newest 5 and all 20 rows ranked above any one length
+(``bench_series.py --study scales``). A bank of one part of every column, unstandardised, is
+the plain distance: tables, and banks saved before parts existed.
+
 Scores, oriented like the VAE's log-likelihood estimates (higher = more normal), added to the
 estimates by ``scores``:
 
@@ -42,7 +50,10 @@ box, so the column that is farthest from the normal rows most like the record is
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -60,8 +71,9 @@ DEFAULT_RANGE_FLOOR = 0.5
 DEFAULT_MARGIN = 0.5
 #: Bank cells (rows x encoded features) at most: a record's search costs one multiply-add per
 #: cell, so this bounds the scoring time whatever the width (4,210 rows of 38 features, 16,000
-#: of 10). The rows are drawn at random from the fitted rows when there are more; the size
-#: was chosen with its speed and detection measured (README, "Detection quality").
+#: of 10; a bank of parts searches the narrower parts' cells again). The rows are drawn at
+#: random from the fitted rows when there are more; the size was chosen with its speed and
+#: detection measured (README, "Detection quality").
 DEFAULT_BANK_CELLS = 160_000
 #: The box's bounds: each column's quantiles at this level and one minus it, over the fit rows.
 DEFAULT_BOX_QUANTILE = 0.005
@@ -69,6 +81,8 @@ DEFAULT_BOX_QUANTILE = 0.005
 DEFAULT_BOX_WEIGHT = 0.5
 #: Bank rows at most, however narrow the rows.
 MAX_BANK_ROWS = 20_000
+#: The search index's width at least: narrower parts are padded with zero columns.
+_SEARCH_WIDTH = 32
 #: Rows per block where a step holds (rows, k, features) values: ~12 MB at 38 features.
 _BLOCK = 8192
 #: Score kinds this module adds, in order.
@@ -81,7 +95,9 @@ class NeighbourBank:
     ``weights`` ``(n_features,)`` that map encoded rows into it and the ``lower``/``upper``
     bounds ``(n_features,)`` a weighted row is clipped to, ``k``, the validation medians
     and IQRs ``location``/``scale`` ``(2,)`` of (negative ELBO, distance), and the normal
-    rows' box ``box_low``/``box_high`` ``(n_features,)`` (weighted units) with its weight."""
+    rows' box ``box_low``/``box_high`` ``(n_features,)`` (weighted units) with its weight;
+    the ``parts`` ``(p, n_features)`` (boolean) the distance is taken on, each standardised
+    by its validation median ``part_location`` and IQR ``part_scale`` ``(p,)``."""
 
     bank: np.ndarray
     weights: np.ndarray
@@ -92,6 +108,9 @@ class NeighbourBank:
     scale: np.ndarray
     box_low: np.ndarray
     box_high: np.ndarray
+    parts: np.ndarray
+    part_location: np.ndarray
+    part_scale: np.ndarray
     box_weight: float = DEFAULT_BOX_WEIGHT
 
     @classmethod
@@ -110,12 +129,20 @@ class NeighbourBank:
         leave_one_out: bool = False,
         box_quantile: float = DEFAULT_BOX_QUANTILE,
         box_weight: float = DEFAULT_BOX_WEIGHT,
+        parts: np.ndarray | None = None,
     ) -> NeighbourBank:
         """A bank from the encoded rows the network fitted on ``(n_fit, n_features)``,
         standardised on the validation rows and their negative ELBO ``(n_val,)``.
 
         ``leave_one_out``: a table too small to hold rows out gives the same rows as both
-        (``val_rows`` is ``fit_rows``), and each is then measured against the others only."""
+        (``val_rows`` is ``fit_rows``), and each is then measured against the others only.
+        ``parts``: ``(p, n_features)`` booleans, the column sets to judge a record on (see the
+        module); ``None`` is one part of every column."""
+        if parts is None:
+            parts = np.ones((1, schema.n_features), dtype=bool)
+        parts = np.asarray(parts, dtype=bool)
+        if parts.ndim != 2 or parts.shape[1] != schema.n_features or not parts.any(axis=1).all():
+            raise ValueError(f"parts must be (p, {schema.n_features}) with a column in each")
         weights = column_weights(schema, range_floor)
         lower, upper = column_bounds(schema, weights, margin)
         rows = np.asarray(fit_rows, dtype=np.float32)
@@ -137,77 +164,90 @@ class NeighbourBank:
             scale=np.ones(2),
             box_low=box_low,
             box_high=box_high,
+            parts=parts,
+            part_location=np.zeros(len(parts)),
+            part_scale=np.ones(len(parts)),
             box_weight=float(box_weight),
         )
+        if len(parts) > 1:  # one part alone is the plain distance, unstandardised
+            each = partial.part_distances(val_rows, leave_one_out=leave_one_out)
+            partial = dataclasses.replace(
+                partial,
+                part_location=np.array([np.median(d) for d in each]),
+                part_scale=np.array([spread(d) for d in each]),
+            )
         distance = partial.distances(val_rows, leave_one_out=leave_one_out)
-        location, scale = [], []
-        for values in (np.asarray(val_neg_elbo, dtype=np.float64), distance):
-            location.append(float(np.median(values)))
-            spread = float(np.subtract(*np.percentile(values, [75, 25])))
-            scale.append(spread if spread > 0 else (float(np.std(values)) or 1.0))
-        return cls(
-            bank=partial.bank,
-            weights=weights,
-            lower=lower,
-            upper=upper,
-            k=partial.k,
-            location=np.asarray(location),
-            scale=np.asarray(scale),
-            box_low=box_low,
-            box_high=box_high,
-            box_weight=partial.box_weight,
+        elbo = np.asarray(val_neg_elbo, dtype=np.float64)
+        return dataclasses.replace(
+            partial,
+            location=np.array([np.median(elbo), np.median(distance)], dtype=np.float64),
+            scale=np.array([spread(elbo), spread(distance)], dtype=np.float64),
         )
 
     @cached_property
-    def _index(self) -> Any:
+    def _parts(self) -> tuple[_Part, ...]:
         import faiss
 
-        # Exact search (no approximation): one BLAS product and a heap per block of rows,
-        # measured 3x faster than scikit-learn's brute force on 38 columns.
-        index = faiss.IndexFlatL2(self.bank.shape[1])
-        index.add(self.bank)
-        return index
+        built = []
+        for columns in self.parts:
+            every = bool(columns.all())  # no copies for the usual single part
+            bank = self.bank if every else np.ascontiguousarray(self.bank[:, columns])
+            # Exact search (no approximation): one BLAS product and a heap per block of rows,
+            # measured 3x faster than scikit-learn's brute force on 38 columns. Fewer than
+            # _SEARCH_WIDTH columns are padded with zeros (the same distances): faiss searches
+            # 20 columns 2.7x slower than 32 (``tests/benchmarks/README.md``, "Streams at speed").
+            pad = max(_SEARCH_WIDTH - bank.shape[1], 0)
+            index = faiss.IndexFlatL2(bank.shape[1] + pad)
+            index.add(_padded(bank, pad))
+            low = self.box_low if every else self.box_low[columns]
+            high = self.box_high if every else self.box_high[columns]
+            columns_at = None if every else np.flatnonzero(columns)
+            built.append(_Part(columns_at, bank, index, pad, low, high))
+        return tuple(built)
 
     def prepare(self) -> None:
-        """Build the search index now rather than on the first query."""
-        self._index  # noqa: B018 - a cached property: reading it builds it
+        """Build the search indexes now rather than on the first query."""
+        self._parts  # noqa: B018 - a cached property: reading it builds it
 
     def neighbours(
         self, x: np.ndarray, *, leave_one_out: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Encoded rows ``(n, n_features)`` -> distances and bank positions of their ``k``
-        nearest bank rows, each ``(n, k)``. ``leave_one_out``: ``x`` is the bank's own rows,
-        and each row's neighbours are the other rows."""
-        return self._search(np.ascontiguousarray(self._project(x)), leave_one_out)
+        nearest bank rows on the widest part's columns, each ``(n, k)``. ``leave_one_out``:
+        ``x`` is the bank's own rows, and each row's neighbours are the other rows."""
+        part = self._parts[int(np.argmax(self.parts.sum(axis=1)))]
+        return self._search(part, part.select(self._project(x)), leave_one_out)
 
-    def _search(self, query: np.ndarray, leave_one_out: bool) -> tuple[np.ndarray, np.ndarray]:
-        """``neighbours`` for rows already in the distance space (``_project``)."""
+    def _search(
+        self, part: _Part, query: np.ndarray, leave_one_out: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``neighbours`` in ``part`` for rows already in its distance space (``_project``,
+        then the part's columns)."""
         if len(query) == 0:
             return np.zeros((0, self.k)), np.zeros((0, self.k), dtype=np.int64)
         if not leave_one_out:
-            index = self._index.search(query, self.k)[1]
-            return self._exact(query, index), index
-        if query.shape != self.bank.shape:
+            index = part.index.search(_padded(query, part.pad), self.k)[1]
+            return self._exact(part.bank, query, index), index
+        if query.shape != part.bank.shape:
             raise ValueError("leave_one_out needs the bank's own rows")
-        found = self._index.search(query, self.k + 1)[1]
+        found = part.index.search(_padded(query, part.pad), self.k + 1)[1]
         own = found == np.arange(len(found))[:, None]
         # Drop each row itself; where a duplicate pushed it out of the k + 1, drop the last.
         own[~own.any(axis=1), -1] = True
         index = found[~own].reshape(len(found), self.k)
-        return self._exact(query, index), index
+        return self._exact(part.bank, query, index), index
 
-    def _exact(self, query: np.ndarray, index: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _exact(bank: np.ndarray, query: np.ndarray, index: np.ndarray) -> np.ndarray:
         # Recomputed from the differences in float64: the search's expanded |q|^2 - 2 q.b +
         # |b|^2 loses ~1e-3 relative in float32, and a record must score the same alone or in
         # a batch. In blocks: the differences of a million rows would take 1.5 GB.
         if len(query) <= _BLOCK:
-            diff = query[:, None, :].astype(np.float64) - self.bank[index]
+            diff = query[:, None, :].astype(np.float64) - bank[index]
             return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))  # type: ignore[no-any-return]
         out = np.empty(index.shape, dtype=np.float64)
         for i in range(0, len(query), _BLOCK):
-            diff = (
-                query[i : i + _BLOCK, None, :].astype(np.float64) - self.bank[index[i : i + _BLOCK]]
-            )
+            diff = query[i : i + _BLOCK, None, :].astype(np.float64) - bank[index[i : i + _BLOCK]]
             out[i : i + _BLOCK] = np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))
         return out
 
@@ -216,21 +256,53 @@ class NeighbourBank:
         weighted = np.asarray(x, dtype=np.float32) * self.weights
         return np.clip(weighted, self.lower, self.upper, out=weighted)  # type: ignore[no-any-return]
 
-    def _box(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows in the distance space -> how far they lie outside the box, weighted and summed
-        over columns ``(n,)``, and each column's square of its part ``(n, n_features)`` (the
-        units of the neighbour term's attribution)."""
-        beyond = np.maximum(query - self.box_high, 0) + np.maximum(self.box_low - query, 0)
+    def _box(self, part: _Part, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows in ``part``'s distance space -> how far they lie outside the box, weighted and
+        summed over columns ``(n,)``, and each column's square of its part ``(n, columns)``
+        (the units of the neighbour term's attribution)."""
+        beyond = np.maximum(query - part.box_high, 0) + np.maximum(part.box_low - query, 0)
         beyond *= np.float32(self.box_weight)
         return beyond.sum(axis=1, dtype=np.float64), np.square(beyond)
 
+    def _measure(
+        self, x: np.ndarray, leave_one_out: bool, *, terms: bool, standard: bool = True
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Each part's distance for encoded rows ``x`` ``(n,)`` (the mean to the ``k`` nearest
+        bank rows plus the weighted distance to the box; ``standard``: standardised), and with
+        ``terms`` the attribution terms ``(n, n_features)`` of their sum."""
+        query = np.ascontiguousarray(self._project(x))
+        out, blame = [], np.zeros(query.shape, dtype=np.float32) if terms else None
+        for p, part in enumerate(self._parts):
+            mine = part.select(query)
+            distance, index = self._search(part, mine, leave_one_out)
+            box, box_terms = self._box(part, mine)
+            # sum / k is what mean computes, without its per-call overhead (a record's
+            # scoring makes several of these calls)
+            total = distance.sum(axis=1) / self.k + box
+            if standard:  # a single part's is (total - 0) / 1: the plain distance, exactly
+                total = (total - self.part_location[p]) / self.part_scale[p]
+            out.append(total)
+            if blame is not None:
+                # Each part's terms count as its distance does: divided by its spread.
+                part_terms = (_centre_terms(part.bank, mine, index, self.k) + box_terms) / (
+                    np.float32(self.part_scale[p])
+                )
+                if part.columns is None:
+                    blame += part_terms
+                else:
+                    blame[:, part.columns] += part_terms
+        return out, blame
+
+    def part_distances(self, x: np.ndarray, *, leave_one_out: bool = False) -> list[np.ndarray]:
+        """Each part's distance of encoded rows ``(n, n_features)``, before standardising."""
+        return self._measure(x, leave_one_out, terms=False, standard=False)[0]
+
     def distances(self, x: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
         """The distance of encoded rows ``(n, n_features)`` to the normal rows ``(n,)``: the
-        mean to their ``k`` nearest bank rows plus the weighted distance to the box; higher =
-        farther from every normal row."""
-        query = np.ascontiguousarray(self._project(x))
-        distance = self._search(query, leave_one_out)[0].sum(axis=1) / self.k
-        return distance + self._box(query)[0]  # type: ignore[no-any-return]
+        mean to their ``k`` nearest bank rows plus the weighted distance to the box, summed
+        over the parts as standardised; higher = farther from every normal row."""
+        each = self._measure(x, leave_one_out, terms=False)[0]
+        return each[0] if len(each) == 1 else np.sum(each, axis=0)  # type: ignore[no-any-return]
 
     def scores(
         self, x: np.ndarray, estimates: dict[str, np.ndarray], *, leave_one_out: bool = False
@@ -238,26 +310,16 @@ class NeighbourBank:
         """The ``KINDS`` scores for encoded rows ``x`` given the graph's ``estimates``, each
         ``(n,)``, higher = more normal (``elbo_knn`` only when ``estimates`` hold the ELBO); and
         ``knn_terms`` ``(n, n_features)``, each feature's squared difference from the mean of
-        the ``k`` neighbours plus its squared part of the box term (for attribution)."""
-        query = np.ascontiguousarray(self._project(x))
-        distance, index = self._search(query, leave_one_out)
-        # sum / k is what mean computes, without its per-call overhead (a record's scoring
-        # makes two of these calls)
-        box, box_terms = self._box(query)
-        total = distance.sum(axis=1) / self.k + box
-        if len(query) <= _BLOCK:
-            terms = np.square(query - self.bank[index].sum(axis=1) / np.float32(self.k))
-        else:
-            terms = np.empty(query.shape, dtype=np.float32)
-            for i in range(0, len(query), _BLOCK):  # bounds the (rows, k, features) gather
-                centre = self.bank[index[i : i + _BLOCK]].mean(axis=1)
-                terms[i : i + _BLOCK] = np.square(query[i : i + _BLOCK] - centre)
-        out = {"knn": -total, "knn_terms": terms + box_terms}
+        the ``k`` neighbours plus its squared part of the box term, over the parts (for
+        attribution)."""
+        each, terms = self._measure(x, leave_one_out, terms=True)
+        total = each[0] if len(each) == 1 else np.sum(each, axis=0)
+        out = {"knn": -total, "knn_terms": terms}
         if "elbo" in estimates:
             standard_elbo = (-estimates["elbo"] - self.location[0]) / self.scale[0]
             standard_knn = (total - self.location[1]) / self.scale[1]
             out["elbo_knn"] = -(standard_elbo + standard_knn)
-        return out
+        return out  # type: ignore[return-value]
 
     # ---- persistence ---------------------------------------------------------------------
 
@@ -275,6 +337,9 @@ class NeighbourBank:
             box_low=self.box_low,
             box_high=self.box_high,
             box_weight=np.asarray(self.box_weight),
+            parts=self.parts,
+            part_location=self.part_location,
+            part_scale=self.part_scale,
         )
         return buffer.getvalue()
 
@@ -298,6 +363,13 @@ class NeighbourBank:
                     box_low = np.full(n_features, -np.inf, dtype=np.float32)
                     box_high = np.full(n_features, np.inf, dtype=np.float32)
                     box_weight = 0.0
+                if "parts" in arrays:
+                    parts = np.asarray(arrays["parts"], dtype=bool)
+                    part_location = np.asarray(arrays["part_location"], dtype=np.float64)
+                    part_scale = np.asarray(arrays["part_scale"], dtype=np.float64)
+                else:  # a bank saved before parts: one part of every column, as it was
+                    parts = np.ones((1, n_features), dtype=bool)
+                    part_location, part_scale = np.zeros(1), np.ones(1)
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"the neighbour bank cannot be read ({exc}); retrain") from None
         fine = (
@@ -314,6 +386,14 @@ class NeighbourBank:
             and bool((box_low <= box_high).all())
             and np.isfinite(box_weight)
             and box_weight >= 0
+            and parts.ndim == 2
+            and parts.shape[1] == n_features
+            and len(parts) >= 1
+            and bool(parts.any(axis=1).all())
+            and part_location.shape == part_scale.shape == (len(parts),)
+            and np.isfinite(part_location).all()
+            and bool((part_scale > 0).all())
+            and np.isfinite(part_scale).all()
         )
         if not fine:
             raise BundleError("the neighbour bank does not match the schema; retrain the model")
@@ -327,8 +407,56 @@ class NeighbourBank:
             scale=scale,
             box_low=box_low,
             box_high=box_high,
+            parts=parts,
+            part_location=part_location,
+            part_scale=part_scale,
             box_weight=box_weight,
         )
+
+
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """One part's search: its ``columns`` (``None``: every column), the bank on them, its
+    index (over the bank with ``pad`` zero columns added) and the box's bounds on them."""
+
+    columns: np.ndarray | None
+    bank: np.ndarray
+    index: Any
+    pad: int
+    box_low: np.ndarray
+    box_high: np.ndarray
+
+    def select(self, query: np.ndarray) -> np.ndarray:
+        """Rows in the distance space -> their values on this part's columns, contiguous."""
+        return query if self.columns is None else np.ascontiguousarray(query[:, self.columns])
+
+
+def _padded(rows: np.ndarray, pad: int) -> np.ndarray:
+    """``rows`` with ``pad`` zero columns after them, contiguous float32 (as faiss takes)."""
+    if pad == 0:
+        return rows
+    out = np.zeros((len(rows), rows.shape[1] + pad), dtype=np.float32)
+    out[:, : rows.shape[1]] = rows
+    return out
+
+
+def _centre_terms(bank: np.ndarray, query: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
+    """Each column's squared difference between each row and the mean of its ``k`` bank
+    neighbours ``index`` ``(n, k)``: ``(n, columns)``."""
+    if len(query) <= _BLOCK:
+        return np.square(query - bank[index].sum(axis=1) / np.float32(k))  # type: ignore[no-any-return]
+    terms = np.empty(query.shape, dtype=np.float32)
+    for i in range(0, len(query), _BLOCK):  # bounds the (rows, k, features) gather
+        centre = bank[index[i : i + _BLOCK]].mean(axis=1)
+        terms[i : i + _BLOCK] = np.square(query[i : i + _BLOCK] - centre)
+    return terms
+
+
+def spread(values: np.ndarray) -> float:
+    """A robust scale of ``values``: their interquartile range, else their standard
+    deviation, else 1 (never 0, as it divides)."""
+    iqr = float(np.subtract(*np.percentile(values, [75, 25])))
+    return iqr if iqr > 0 else (float(np.std(values)) or 1.0)
 
 
 def column_weights(schema: Schema, range_floor: float) -> np.ndarray:
@@ -358,6 +486,20 @@ def bank_rows(n_features: int, max_cells: int = DEFAULT_BANK_CELLS) -> int:
     """How many rows a bank of ``n_features``-wide rows keeps: ``max_cells`` over the width,
     at least 1,000 and at most ``MAX_BANK_ROWS``."""
     return int(min(MAX_BANK_ROWS, max(1_000, max_cells // max(n_features, 1))))
+
+
+@contextlib.contextmanager
+def fewer_search_threads(spare: int) -> Iterator[None]:
+    """While the block runs, the neighbour search leaves ``spare`` of the process's threads
+    (at least one remains) to other work; the count before is restored after it."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, before - spare))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def set_search_threads(threads: int) -> None:

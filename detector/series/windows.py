@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from detector.errors import SchemaError
+from detector.features.schema import Schema
 from detector.wording import option
 
 Representation = Literal["lags", "deviation"]
@@ -46,7 +47,7 @@ class SeriesSpec:
 
     time_column: str
     key_columns: tuple[str, ...] = ()
-    window: int = 10
+    window: int = 20  # the product's default, ``--window``
     max_gap_seconds: float | None = None
     representation: Representation = "lags"
     calendar: bool = False
@@ -121,7 +122,7 @@ def series_of(config: object) -> SeriesSpec | None:
     return SeriesSpec(
         time_column,
         tuple(getattr(config, "series_columns", ())),
-        window=int(getattr(config, "window", 5)),
+        window=int(getattr(config, "window", 20)),
         max_gap_seconds=getattr(config, "max_gap_seconds", None),
         calendar=bool(getattr(config, "calendar", False)),
     )
@@ -206,6 +207,27 @@ def is_window_column(name: str) -> bool:
     """Whether ``name`` is a column the window added (``cpu[-2]``, ``cpu[-mean]``, and the
     calendar's ``ts[hour]``, ``ts[weekday]``): not an input column."""
     return re.search(r"\[(-\d+|-mean|hour|weekday)\]$", name) is not None
+
+
+def lag_of(name: str) -> int:
+    """How many rows back a window column looks: 2 for ``cpu[-2]``, 0 for any other column
+    (the newest row's own, the calendar's, a context column)."""
+    found = re.search(r"\[-(\d+)\]$", name)
+    return int(found.group(1)) if found else 0
+
+
+def window_parts(schema: Schema, lengths: tuple[int, ...]) -> np.ndarray:
+    """For each of ``lengths``, which of ``schema``'s encoded features hold the newest that
+    many rows of a window (lags below the length, and every column that is not a lag):
+    ``(len(lengths), n_features)`` booleans, the parts a neighbour bank judges a record on
+    (``detector.scoring.neighbours``)."""
+    names = [c.name for c in schema.numeric]
+    for categorical in schema.categorical:
+        names += [categorical.name] * categorical.width
+    for context in schema.context:
+        names += [context.name] * context.width
+    lags = np.array([lag_of(name) for name in names])
+    return np.array([lags < length for length in lengths], dtype=bool)
 
 
 def calendar_values(seconds: float) -> tuple[str, str]:

@@ -10,6 +10,9 @@ rows before them as history (known past rows, no labels). Candidates, each from 
 - ``lags W=5`` / ``lags W=15``: the row and the 4 / 14 rows before it (a Donut-style flattened
   window), the same two scores;
 - ``deviation W=15``: the row and its difference from the mean of the 14 rows before it;
+- ``series W=10`` and ``series W=20, newest 5``: trained as a user trains, with the time
+  column (``--time-column``; the training rows labelled anomalous left out first), at the
+  10-row window alone and at the default (20 rows, and the newest 5 alone, summed);
 - peers on the same rows: kNN (k=5, a 5,000-row bank) and IsolationForest, on the row and on
   the 15-row lag window (the issue's "IsolationForest on lag features").
 
@@ -39,7 +42,7 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
 Usage::
 
     python tests/benchmarks/bench_series.py [--families smd,asd,donut] [--epochs 20] [--quick]
-        [--out tests/benchmarks/results/series]
+        [--out tests/benchmarks/results/series] [--only LABEL-TEXT]
     python tests/benchmarks/bench_series.py --study scaling --out results/series_scaling
     python tests/benchmarks/bench_series.py --study models --out results/series_models
 """
@@ -82,10 +85,17 @@ REPO = Path(__file__).resolve().parents[2]
 VARIANTS: tuple[tuple[str, int, str], ...] = (
     ("W=1", 1, "lags"),
     ("lags W=5", 5, "lags"),
-    ("lags W=10", 10, "lags"),  # the default since --study windows (Round 7)
+    ("lags W=10", 10, "lags"),  # the default from --study windows to --study scales
     ("lags W=15", 15, "lags"),
 )
 VARIANTS += (("deviation W=15", 15, "deviation"),)
+#: Trained as a user trains (``--time-column``, the training rows labelled anomalous left out
+#: before windowing), with ``--window`` and ``--short-window``: the window and the newest rows
+#: the distance also judges alone (0: the whole window only).
+PRODUCT_VARIANTS: tuple[tuple[str, int, int], ...] = (
+    ("series W=10", 10, 0),  # the default before --study scales
+    ("series W=20, newest 5", 20, 5),  # the default since
+)
 PEER_WINDOW = 15
 BANK_ROWS = 5000
 
@@ -172,7 +182,19 @@ def metrics(y: np.ndarray, scores: np.ndarray, threshold: float | None, mpr: flo
     return out
 
 
-def run_series(series: Series, epochs: int) -> dict[str, dict[str, float]]:
+def product_frames(series: Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The series as a user hands it to the product, with a time column ``t``: the training
+    rows not labelled anomalous, and every row (training then test) to score, so that the
+    test rows' windows run into the training rows."""
+    train = series.train.drop(columns=["label"], errors="ignore")
+    whole = pd.concat([train, series.test], ignore_index=True)
+    whole.insert(0, "t", np.arange(len(whole), dtype=np.int64) * 60 * series.minutes_per_row)
+    normal = series.train["label"].to_numpy() == 0 if "label" in series.train else None
+    fit = whole.iloc[: len(train)]
+    return (fit[normal] if normal is not None else fit), whole
+
+
+def run_series(series: Series, epochs: int, only: str | None = None) -> dict[str, dict[str, float]]:
     from sklearn.ensemble import IsolationForest
 
     from detector.estimator import VAEDetector
@@ -184,6 +206,8 @@ def run_series(series: Series, epochs: int) -> dict[str, dict[str, float]]:
     y, mpr = series.y_test, series.minutes_per_row
     results: dict[str, dict[str, float]] = {}
     for label, window, representation in VARIANTS:
+        if only and only not in label:
+            continue
         train, test = windowed(series, window, representation)
         det = VAEDetector(epochs=epochs, random_state=0).fit(train)
         results[f"{label} knn"] = metrics(
@@ -201,6 +225,19 @@ def run_series(series: Series, epochs: int) -> dict[str, dict[str, float]]:
         results[f"{label} elbo"] = metrics(y, elbo, threshold, mpr)
         aurocs = [results[f"{label} {score}"]["auroc"] for score in ("knn", "elbo")]
         progress(f"  {label}: AUROC knn {aurocs[0]:.3f}, elbo {aurocs[1]:.3f}")
+
+    for label, window, short in PRODUCT_VARIANTS:
+        if only and only not in label:
+            continue
+        train, whole = product_frames(series)
+        det = VAEDetector(
+            epochs=epochs, random_state=0, time_column="t", window=window, short_window=short
+        ).fit(train)
+        scores = det.anomaly_score(whole)[len(whole) - len(y) :]
+        results[f"{label} knn"] = metrics(y, scores, det.bundle_.calibrator.threshold, mpr)
+        progress(f"  {label}: AUROC knn {results[f'{label} knn']['auroc']:.3f}")
+    if only:
+        return results
 
     rng = np.random.default_rng(0)
     for label, window in (("row", 1), (f"lags W={PEER_WINDOW}", PEER_WINDOW)):
@@ -246,7 +283,7 @@ def bank_study(data_dir: Path, window: int = PEER_WINDOW) -> str:
 
 # ---- studies on the default window --------------------------------------------------------
 
-#: The product's default window (``SeriesSpec``/``--window``): the one both studies measure.
+#: The window the first studies measured, the product's default then (``--window``).
 STUDY_WINDOW = 5
 NO_MARGIN = float("inf")
 SCALING_FLOORS = (0.05, 0.25, 0.5, 1.0)
@@ -871,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/series")
     parser.add_argument("--merge", nargs="+", type=Path, help="join these runs' .json")
     parser.add_argument(
+        "--only", help="the main run: only the variants whose label holds this text, no peers"
+    )
+    parser.add_argument(
         "--study",
         choices=["banks", "scaling", "models", "representations", "tails", "windows", "scales"],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
@@ -926,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.study == "scales":
                 run["scores"] = scale_scores(series)
             else:
-                run["scores"] = run_series(series, epochs)
+                run["scores"] = run_series(series, epochs, args.only)
             runs.append(run)
     payload = {
         "command": command_line(),

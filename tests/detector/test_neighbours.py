@@ -128,6 +128,61 @@ def test_a_bank_saved_before_the_box_scores_as_it_did() -> None:
     np.testing.assert_array_equal(legacy.distances(x), bank.neighbours(x)[0].mean(axis=1))
 
 
+def test_parts_are_each_part_s_distance_standardised_then_summed() -> None:
+    frame = _table(400)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    parts = np.ones((2, schema.n_features), dtype=bool)
+    parts[0, 1:] = False  # column "a" alone, then every column
+    bank = NeighbourBank.fit(schema, x[:300], x[300:350], np.zeros(50), k=3, parts=parts)
+    query = np.vstack([x[350:], x[350:352] + 3.0 * (np.arange(x.shape[1]) == 0)])
+
+    def brute(columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The plain distance on ``columns`` alone, by brute force."""
+        weighted = np.clip(rows * bank.weights, bank.lower, bank.upper)[:, columns]
+        reference = (x[:300] * bank.weights)[:, columns]
+        full = np.sqrt(((weighted[:, None, :] - reference[None]) ** 2).sum(-1))
+        low, high = bank.box_low[columns], bank.box_high[columns]
+        box = (np.maximum(weighted - high, 0) + np.maximum(low - weighted, 0)).sum(axis=1)
+        return np.sort(full, axis=1)[:, :3].mean(axis=1) + 0.5 * box
+
+    for p, columns in enumerate(parts):
+        at_val = brute(columns, x[300:350])
+        assert bank.part_location[p] == pytest.approx(np.median(at_val), rel=1e-5)
+        iqr = np.subtract(*np.percentile(at_val, [75, 25]))
+        assert bank.part_scale[p] == pytest.approx(iqr, rel=1e-4)
+    expected = sum(
+        (brute(columns, query) - bank.part_location[p]) / bank.part_scale[p]
+        for p, columns in enumerate(parts)
+    )
+    np.testing.assert_allclose(bank.distances(query), expected, rtol=1e-4, atol=1e-5)
+    alone = np.array([bank.distances(query[[i]])[0] for i in range(len(query))])
+    np.testing.assert_array_equal(alone, bank.distances(query))
+    # Column "a" is in both parts, so it takes both parts' share of the blame.
+    terms = bank.scores(query[-1:], {})["knn_terms"][0]
+    assert int(np.argmax(terms)) == 0
+    again = NeighbourBank.from_bytes(bank.to_bytes(), schema.n_features)
+    np.testing.assert_array_equal(again.distances(query), bank.distances(query))
+    with pytest.raises(ValueError, match="a column in each"):
+        NeighbourBank.fit(schema, x[:300], x[300:], np.zeros(100), parts=parts[:, :2])
+
+
+def test_a_bank_saved_before_parts_scores_as_it_did() -> None:
+    import io
+
+    frame = _table(200)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50))
+    with np.load(io.BytesIO(bank.to_bytes()), allow_pickle=False) as arrays:
+        old = {k: arrays[k] for k in arrays.files if not k.startswith("part")}
+    buffer = io.BytesIO()
+    np.savez(buffer, **old)
+    legacy = NeighbourBank.from_bytes(buffer.getvalue(), schema.n_features)
+    assert legacy.parts.shape == (1, schema.n_features)
+    np.testing.assert_array_equal(legacy.distances(x), bank.distances(x))
+
+
 def test_the_bank_file_round_trips_and_refuses_a_mismatch() -> None:
     frame = _table(200)
     schema = fit_schema(frame)
@@ -220,3 +275,17 @@ def test_a_table_of_few_categories_falls_back_to_the_model_score() -> None:
 
     with pytest.raises(TrainingError, match="nearly\\) constant"):
         VAEDetector(score_kind="knn", **TINY).fit(frame)
+
+
+def test_a_batch_leaves_threads_to_the_reader_and_restores_the_count() -> None:
+    import faiss
+
+    from detector.scoring.neighbours import fewer_search_threads
+
+    before = faiss.omp_get_max_threads()
+    with fewer_search_threads(1):
+        assert faiss.omp_get_max_threads() == max(1, before - 1)
+    with pytest.raises(RuntimeError), fewer_search_threads(before + 5):
+        assert faiss.omp_get_max_threads() == 1  # never none
+        raise RuntimeError
+    assert faiss.omp_get_max_threads() == before

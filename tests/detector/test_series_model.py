@@ -147,9 +147,42 @@ def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, c
     assert "warming_up" in scored and scored["warming_up"].sum() == len(HOSTS) * 3
 
 
+def test_the_distance_judges_the_newest_rows_and_the_whole_window(tmp_path) -> None:
+    """``--short-window 3`` with ``--window 8``: two parts, the newest 3 rows' columns and all
+    8 rows'; a jump is still found, blamed on its metric, and the bundle scores alike after
+    loading. ``--short-window 0`` keeps the whole window only."""
+    from detector.series.windows import lag_of
+
+    train = fleet(400)
+    detector = VAEDetector(**{**SERIES, "window": 8}, short_window=3, **TINY).fit(train)
+    bank, schema = detector.bundle_.neighbours, detector.bundle_.schema
+    assert bank is not None and bank.parts.shape == (2, schema.n_features)
+    lags = [lag_of(c.name) for c in schema.numeric]
+    assert sorted(lags) == sorted(list(range(8)) * 2)  # cpu and mem, 8 steps each
+    np.testing.assert_array_equal(bank.parts[0, : schema.n_numeric], np.array(lags) < 3)
+    assert bank.parts[1].all()
+    assert (bank.part_scale > 0).all() and not np.all(bank.part_location == 0)
+    assert "on the newest 3 rows and on all 8 rows" in detector.bundle_.describe_score()
+
+    test, row = jumped(fleet(60, start="2026-01-02", seed=1))
+    result = detector.score_records(test)
+    position = int(np.flatnonzero(result.rows == row)[0])
+    assert result.is_anomaly[position]
+    assert result.top_features(1)[position] == ["cpu"]
+    detector.save(tmp_path / "m")
+    loaded = VAEDetector.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.anomaly_score(test), result.anomaly_score, rtol=1e-6)
+
+    whole = VAEDetector(**{**SERIES, "window": 8}, short_window=0, **TINY).fit(train)
+    assert whole.bundle_.neighbours is not None and whole.bundle_.neighbours.parts.shape[0] == 1
+    with pytest.raises(ConfigError, match="short_window -1 must be 0"):
+        VAEDetector(**SERIES, short_window=-1, **TINY).fit(train)
+
+
 def test_series_options_need_a_time_column() -> None:
     with pytest.raises(
-        ConfigError, match=r"series_columns, window, max_gap_seconds, calendar .* time_column"
+        ConfigError,
+        match=r"series_columns, window, short_window, max_gap_seconds, calendar .* time_column",
     ):
         VAEDetector(window=3, **TINY).fit(fleet(100))
 

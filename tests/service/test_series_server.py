@@ -86,14 +86,19 @@ def test_with_a_state_file_a_restarted_server_continues_each_series(
     records = stream.drop(columns=LABELS).to_dict("records")
     for run in ("first", "second"):
         (tmp_path / run).mkdir()
+    bundle = load_bundle(fleet_model)
+    assert bundle.series is not None
+    # The two hosts alternate: a full window of each, in requests of a few records.
+    seen = 2 * bundle.series.window
     with serving({"fleet": fleet_model}, tmp_path / "first", env=env) as server:
-        for record in records[:20]:
-            assert server.call("/v1/models/fleet/score", {"records": [record]})[0] == 200
+        for start in range(0, seen, 4):
+            sent = {"records": records[start : min(start + 4, seen)]}
+            assert server.call("/v1/models/fleet/score", sent)[0] == 200
     with serving({"fleet": fleet_model}, tmp_path / "second", env=env) as server:
-        status, body = server.call("/v1/models/fleet/score", {"records": records[20:22]})
+        status, body = server.call("/v1/models/fleet/score", {"records": records[seen : seen + 2]})
     assert status == 200
     assert [r["warming_up"] for r in body["results"]] == [False, False]
-    expected = score_frame(load_bundle(fleet_model), stream.drop(columns=LABELS).head(22))
+    expected = score_frame(bundle, stream.drop(columns=LABELS).head(seen + 2))
     np.testing.assert_allclose(
-        [r["anomaly_score"] for r in body["results"]], expected.anomaly_score[20:], rtol=1e-5
+        [r["anomaly_score"] for r in body["results"]], expected.anomaly_score[seen:], rtol=1e-5
     )
