@@ -148,7 +148,8 @@ class TrainingOptions(Options):
         if not 1 <= self.window <= 1000:
             problems.append(f"window {self.window} must be in [1, 1000] rows")
         if self.short_window < 0:
-            problems.append(f"short_window {self.short_window} must be 0 (off) or a row count")
+            short = option("short_window")
+            problems.append(f"{short} {self.short_window} must be 0 (off) or a row count")
         if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:
             problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
         if self.learning_rate <= 0:
