@@ -113,7 +113,9 @@ def test_one_column_beyond_the_box_adds_its_weighted_excess() -> None:
     assert terms[j] == pytest.approx((0.5 * excess) ** 2, rel=1e-5)
 
 
-def test_a_bank_saved_before_the_box_scores_as_it_did() -> None:
+def _saved_without(prefix: str) -> tuple[np.ndarray, NeighbourBank, NeighbourBank]:
+    """Encoded rows, a bank of them, and that bank saved without its arrays named ``prefix...``
+    (as a bank from before they existed) and loaded again."""
     import io
 
     frame = _table(200)
@@ -121,10 +123,14 @@ def test_a_bank_saved_before_the_box_scores_as_it_did() -> None:
     x = encode(schema, frame).values
     bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50))
     with np.load(io.BytesIO(bank.to_bytes()), allow_pickle=False) as arrays:
-        old = {k: arrays[k] for k in arrays.files if not k.startswith("box_")}
+        old = {k: arrays[k] for k in arrays.files if not k.startswith(prefix)}
     buffer = io.BytesIO()
     np.savez(buffer, **old)
-    legacy = NeighbourBank.from_bytes(buffer.getvalue(), schema.n_features)
+    return x, bank, NeighbourBank.from_bytes(buffer.getvalue(), schema.n_features)
+
+
+def test_a_bank_saved_before_the_box_scores_as_it_did() -> None:
+    x, bank, legacy = _saved_without("box_")
     np.testing.assert_array_equal(legacy.distances(x), bank.neighbours(x)[0].mean(axis=1))
 
 
@@ -168,18 +174,8 @@ def test_parts_are_each_part_s_distance_standardised_then_summed() -> None:
 
 
 def test_a_bank_saved_before_parts_scores_as_it_did() -> None:
-    import io
-
-    frame = _table(200)
-    schema = fit_schema(frame)
-    x = encode(schema, frame).values
-    bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50))
-    with np.load(io.BytesIO(bank.to_bytes()), allow_pickle=False) as arrays:
-        old = {k: arrays[k] for k in arrays.files if not k.startswith("part")}
-    buffer = io.BytesIO()
-    np.savez(buffer, **old)
-    legacy = NeighbourBank.from_bytes(buffer.getvalue(), schema.n_features)
-    assert legacy.parts.shape == (1, schema.n_features)
+    x, bank, legacy = _saved_without("part")
+    assert legacy.parts.shape == (1, x.shape[1])
     np.testing.assert_array_equal(legacy.distances(x), bank.distances(x))
 
 
