@@ -153,8 +153,9 @@ def tail_scores(
     anomalous: the mean distance to the neighbours plus ``weight`` times how far a record's
     columns lie beyond the fitted rows' ``level`` and ``1 - level`` quantiles (summed over
     columns, or its Euclidean norm: ``L2``; ``wide``: a column may lie 3 units beyond its
-    range, not 0.5), against the neighbours alone: a marginal term the neighbour average
-    dilutes. ``default`` is the product's distance (0.005, weight 0.5, chosen here)."""
+    range, not 0.5; ``standardised``: the box in the encoding's own units), against the
+    neighbours alone: a marginal term the neighbour average dilutes. ``default`` is the
+    product's distance (0.005, weight 0.5, chosen here)."""
     from detector.scoring.neighbours import NeighbourBank
 
     product = NeighbourBank.fit(schema, x_fit, x_val, np.zeros(len(x_val)), seed=seed)
@@ -181,6 +182,12 @@ def tail_scores(
             for weight in (0.5, 1.0):
                 out[f"distance + {weight:g} x L2 tail {level:g}"] = distance + weight * square
                 out[f"distance + {weight:g} x wide tail {level:g}"] = distance + weight * far
+    # The box in the encoding's own units (standard deviations, clipped at +-10), the
+    # neighbours in the distance's: a column near-constant in training counts in full.
+    low, high = np.quantile(x_fit, [0.005, 0.995], axis=0)
+    own = (np.maximum(x_test - high, 0) + np.maximum(low - x_test, 0)).sum(axis=1)
+    for weight in (0.05, 0.1, 0.25, 0.5):
+        out[f"distance + {weight:g} x standardised tail 0.005"] = distance + weight * own
     return out
 
 
