@@ -427,6 +427,34 @@ STUDY_WINDOWS = (1, 3, 5, 8, 10, 15, 20, 30)
 NEWEST_BOX_WINDOWS = (5, 10, 15)
 
 
+@dataclass(frozen=True)
+class WindowBank:
+    """The product's distance (its defaults, no network) on one window of a series, built as
+    training builds it: the detector's schema and split, the fitted rows as the bank."""
+
+    bank: Any
+    schema: Any
+    x: np.ndarray  # the training rows' windows, encoded
+    x_test: np.ndarray
+    val: np.ndarray
+    cal: np.ndarray
+
+
+def window_bank(series: Series, window: int) -> WindowBank:
+    """``WindowBank`` on the last ``window`` rows of ``series`` as lags."""
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices
+    from detector.scoring.neighbours import NeighbourBank
+
+    train, test = windowed(series, window, "lags")
+    fit, val, cal = holdout_indices(len(train), TrainingConfig(random_state=0))
+    schema = fit_schema(train)
+    x, x_test = encode(schema, train).values, encode(schema, test).values
+    bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0)
+    return WindowBank(bank, schema, x, x_test, val, cal)
+
+
 def window_scores(series: Series) -> dict[str, dict[str, float]]:
     """``--study windows`` on one series: the product's distance (its defaults, no network,
     threshold from its calibration rows at 1%) on the last W rows as lags, for each of
@@ -435,20 +463,13 @@ def window_scores(series: Series) -> dict[str, dict[str, float]]:
     in each of the next rows' windows."""
     import dataclasses
 
-    from detector.features.encode import encode
-    from detector.features.schema import fit_schema
-    from detector.nn.training import TrainingConfig, holdout_indices
-    from detector.scoring.neighbours import NeighbourBank
     from detector.scoring.threshold import Calibrator
     from detector.series.windows import is_window_column
 
     out = {}
     for window in STUDY_WINDOWS:
-        train, test = windowed(series, window, "lags")
-        fit, val, cal = holdout_indices(len(train), TrainingConfig(random_state=0))
-        schema = fit_schema(train)
-        x, x_test = encode(schema, train).values, encode(schema, test).values
-        bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0)
+        built = window_bank(series, window)
+        bank, schema, x, x_test, cal = built.bank, built.schema, built.x, built.x_test, built.cal
         banks = {f"W={window}": bank}
         if window in NEWEST_BOX_WINDOWS:
             lags = np.zeros(schema.n_features, dtype=bool)
@@ -476,19 +497,11 @@ def scale_scores(series: Series) -> dict[str, dict[str, float]]:
     of ``SCALE_WINDOWS``, each standardised by its median and IQR on the validation rows, then
     summed (``sum``) or maxed (``max``) over each of ``SCALE_SETS``: one record judged at
     several lengths at once, against the default window alone."""
-    from detector.features.encode import encode
-    from detector.features.schema import fit_schema
-    from detector.nn.training import TrainingConfig, holdout_indices
-    from detector.scoring.neighbours import NeighbourBank
-
     standard, plain = {}, {}
     for window in SCALE_WINDOWS:
-        train, test = windowed(series, window, "lags")
-        fit, val, _ = holdout_indices(len(train), TrainingConfig(random_state=0))
-        schema = fit_schema(train)
-        x, x_test = encode(schema, train).values, encode(schema, test).values
-        bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0)
-        at_val, plain[window] = bank.distances(x[val]), bank.distances(x_test)
+        built = window_bank(series, window)
+        at_val = built.bank.distances(built.x[built.val])
+        plain[window] = built.bank.distances(built.x_test)
         spread = float(np.subtract(*np.percentile(at_val, [75, 25]))) or 1.0
         standard[window] = (plain[window] - np.median(at_val)) / spread
     y, mpr = series.y_test, series.minutes_per_row
