@@ -34,7 +34,8 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
   for columns beyond their normal range) on the row alone and on the default window, joined
   with the tables' run by ``bench_distance.py --join``;
 - ``--study windows``: the product's distance (no network) on the last 1 to 30 rows;
-- ``--study scales``: that distance at several lengths at once (standardised, summed or maxed);
+- ``--study scales``: that distance at several lengths at once (standardised, summed or maxed),
+  and with the row's deviation from its last 14 rows as a third part;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -440,14 +441,14 @@ class WindowBank:
     cal: np.ndarray
 
 
-def window_bank(series: Series, window: int) -> WindowBank:
-    """``WindowBank`` on the last ``window`` rows of ``series`` as lags."""
+def window_bank(series: Series, window: int, representation: str = "lags") -> WindowBank:
+    """``WindowBank`` on the last ``window`` rows of ``series`` as ``representation``."""
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
     from detector.scoring.neighbours import NeighbourBank
 
-    train, test = windowed(series, window, "lags")
+    train, test = windowed(series, window, representation)
     fit, val, cal = holdout_indices(len(train), TrainingConfig(random_state=0))
     schema = fit_schema(train)
     x, x_test = encode(schema, train).values, encode(schema, test).values
@@ -489,7 +490,12 @@ def window_scores(series: Series) -> dict[str, dict[str, float]]:
 
 #: Window lengths ``--study scales`` scores each series at, and the sets of them it combines.
 SCALE_WINDOWS = (1, 3, 5, 10, 20)
-SCALE_SETS = ((3, 10), (1, 10), (3, 20), (5, 20), (3, 10, 20), (1, 5, 20))
+SCALE_SETS: tuple[tuple[int | str, ...], ...] = (
+    (3, 10), (1, 10), (3, 20), (5, 20), (3, 10, 20), (1, 5, 20),
+    # and, added after the default was built, the row with its deviation from the mean of
+    # the 14 rows before it (``representation="deviation"``) as a third part
+    (5, 20, "dev15"), (5, "dev15"),
+)  # fmt: skip
 
 
 def scale_scores(series: Series) -> dict[str, dict[str, float]]:
@@ -497,13 +503,18 @@ def scale_scores(series: Series) -> dict[str, dict[str, float]]:
     of ``SCALE_WINDOWS``, each standardised by its median and IQR on the validation rows, then
     summed (``sum``) or maxed (``max``) over each of ``SCALE_SETS``: one record judged at
     several lengths at once, against the default window alone."""
-    standard, plain = {}, {}
-    for window in SCALE_WINDOWS:
-        built = window_bank(series, window)
-        at_val = built.bank.distances(built.x[built.val])
-        plain[window] = built.bank.distances(built.x_test)
+
+    def standardised(built: WindowBank) -> tuple[np.ndarray, np.ndarray]:
+        """The test rows' distance, plain and standardised on the validation rows."""
+        at_val, plain = built.bank.distances(built.x[built.val]), built.bank.distances(built.x_test)
         spread = float(np.subtract(*np.percentile(at_val, [75, 25]))) or 1.0
-        standard[window] = (plain[window] - np.median(at_val)) / spread
+        return plain, (plain - np.median(at_val)) / spread
+
+    standard: dict[int | str, np.ndarray] = {}
+    plain: dict[int, np.ndarray] = {}
+    for window in SCALE_WINDOWS:
+        plain[window], standard[window] = standardised(window_bank(series, window))
+    standard["dev15"] = standardised(window_bank(series, 15, "deviation"))[1]
     y, mpr = series.y_test, series.minutes_per_row
     out = {f"W={w}": metrics(y, plain[w], None, mpr) for w in (5, 10)}
     for scales in SCALE_SETS:
