@@ -256,20 +256,39 @@ def format_report(payload: dict[str, Any]) -> str:
     for n in sorted(names, key=lambda n: ranks[n]):
         cells = [f"{families[f][n]['auroc']:.3f} / {families[f][n]['auprc']:.3f}" for f in families]
         lines.append(f"| {n} | {ranks[n]:.2f} | " + " | ".join(cells) + " |")
-    loo = leave_one_set_out(sets, candidates)
-    best = min(candidates, key=lambda n: ranks[n])
-    lines += [
+
+    def cell(f: str, n: str) -> str:
+        return f"{families[f][n]['auroc']:.3f} / {families[f][n]['auprc']:.3f}"
+
+    lines += leave_one_out_section(sets, candidates, ranks, list(families), cell)
+    return "\n".join(lines) + "\n"
+
+
+def leave_one_out_section(
+    sets: Any,
+    names: list[str],
+    ranks: dict[str, float],
+    groups: list[str],
+    cell: Any,
+    beside: tuple[str, ...] = (),
+) -> list[str]:
+    """A report's "Leave one data set out" table: per group the left-out numbers, the
+    in-sample ones of the best-ranked of ``names`` and of each of ``beside`` (``cell(group,
+    name)`` formats them), and what was chosen."""
+    loo = leave_one_set_out(sets, names)
+    best = min(names, key=lambda n: ranks[n])
+    lines = [
         "",
         "## Leave one data set out\n",
-        f"| family | left-out AUROC / AUPRC | in-sample ({best}) | chosen |",
-        "|---|---|---|---|",
+        f"| family | left-out AUROC / AUPRC | in-sample ({best}) | "
+        + "".join(f"{n} | " for n in beside)
+        + "chosen |",
+        "|---|---|---|" + "---|" * len(beside) + "---|",
     ]
-    for f, left_out, chosen in left_out_by_family(sets, loo, list(families)):
-        lines.append(
-            f"| {f} | {left_out} | {families[f][best]['auroc']:.3f} / "
-            f"{families[f][best]['auprc']:.3f} | {chosen} |"
-        )
-    return "\n".join(lines) + "\n"
+    for g, left_out, chosen in left_out_by_family(sets, loo, groups):
+        others = "".join(f"{cell(g, n)} | " for n in beside)
+        lines.append(f"| {g} | {left_out} | {cell(g, best)} | {others}{chosen} |")
+    return lines
 
 
 def left_out_by_family(
@@ -319,18 +338,7 @@ def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
     ]
     for n in sorted(names, key=lambda n: ranks[n]):
         lines.append(f"| {n} | {ranks[n]:.2f} | " + " | ".join(cell(g, n) for g in groups) + " |")
-    loo = leave_one_set_out(sets, names)
-    best = min(names, key=lambda n: ranks[n])
-    lines += [
-        "",
-        "## Leave one data set out\n",
-        f"| family | left-out AUROC / AUPRC | in-sample ({best}) | neighbours alone | chosen |",
-        "|---|---|---|---|---|",
-    ]
-    for g, left_out, chosen in left_out_by_family(sets, loo, groups):
-        lines.append(
-            f"| {g} | {left_out} | {cell(g, best)} | {cell(g, 'neighbours alone')} | {chosen} |"
-        )
+    lines += leave_one_out_section(sets, names, ranks, groups, cell, ("neighbours alone",))
     return "\n".join(lines) + "\n"
 
 
