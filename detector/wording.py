@@ -75,6 +75,7 @@ OPTIONS: dict[str, Option] = {
             "time_column",
             "window",
             "short_window",
+            "deviation_window",
             "max_gap_seconds",
             "calendar",
         )

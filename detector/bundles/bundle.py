@@ -63,6 +63,7 @@ from detector.features.record_encoder import RecordEncoder
 from detector.features.schema import Schema
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.nn.lite_graph import LiteScoreGraph, litert_available
+from detector.nn.training_options import DEVIATION_WEIGHT
 from detector.scoring.neighbours import DEFAULT_BOX_QUANTILE, NeighbourBank
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import ScoreGraph, score_kinds
@@ -159,12 +160,20 @@ class Bundle:
             central = 100 * (1 - 2 * DEFAULT_BOX_QUANTILE)  # the bank keeps bounds, not levels
             box = f" + {bank.box_weight:g} x how far outside their central {central:g}%"
             parts = ""
-            if len(bank.parts) > 1 and self.series is not None:
+            series = self.series
+            if len(bank.parts) > 1 and series is not None:
                 short = self.params.get("short_window")
-                parts = (
-                    f", on the newest {short} rows and on all {self.series.window} rows of the "
-                    "window, each standardised, summed"
-                )
+                lengths = len(bank.parts) - series.deviates
+                judged = [f"on all {series.window} rows of the window"]
+                if lengths > 1:
+                    judged.insert(0, f"on the newest {short} rows")
+                if series.deviates:
+                    judged.append(
+                        "on the newest row with each metric's difference from the mean of the "
+                        f"{series.deviation_window - 1} rows before it "
+                        f"(weight {DEVIATION_WEIGHT:g})"
+                    )
+                parts = f", {', '.join(judged[:-1])} and {judged[-1]}, each standardised, summed"
             return (
                 f"knn: mean distance to the {bank.k} nearest of {len(bank.bank)} normal "
                 f"training rows{box if bank.box_weight else ''}{parts}"

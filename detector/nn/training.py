@@ -45,7 +45,7 @@ from detector.nn.training_checks import (
     check_spread,
     constant,
 )
-from detector.nn.training_options import TrainingOptions
+from detector.nn.training_options import DEVIATION_WEIGHT, TrainingOptions
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.neighbours import NeighbourBank
 from detector.scoring.scores import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
@@ -55,7 +55,13 @@ from detector.scoring.threshold import (
     Calibrator,
     calibration_warnings,
 )
-from detector.series.windows import SeriesSpec, series_of, window_parts, windowed_for_training
+from detector.series.windows import (
+    SeriesSpec,
+    series_of,
+    window_parts,
+    windowed_for_training,
+    with_deviation,
+)
 from detector.wording import option
 
 log = logging.getLogger(__name__)
@@ -149,6 +155,9 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     started = time.perf_counter()
     series = series_of(config)
     if series is not None:
+        if _judged_by_parts(config):
+            exclude = (*config.categorical, *conditioned_on(config))
+            series = with_deviation(series, frame, config.deviation_window, exclude)
         frame = windowed_for_training(frame, series)
     schema = fit_schema(
         frame,
@@ -213,6 +222,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     )
     bank = None
     if score_kind in NEIGHBOUR_KINDS:
+        parts = _window_parts(schema, series, config.short_window)
         bank = NeighbourBank.fit(
             schema,
             fit_x,
@@ -221,7 +231,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             k=config.neighbours,
             seed=config.random_state,
             leave_one_out=small,
-            parts=_window_parts(schema, series, config.short_window),
+            parts=parts,
+            part_weights=None if parts is None else _part_weights(parts, series),
         )
     cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
@@ -320,13 +331,32 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     return bundle, summary
 
 
+def _judged_by_parts(config: TrainingConfig) -> bool:
+    """Whether a series model's score is the default model's distance, the one its window's
+    deviation part was measured for: other models see the window's lags alone."""
+    kind = config.score_kind or (DEFAULT_SCORE if config.neighbours else None)
+    return config.model == "vae" and kind in NEIGHBOUR_KINDS
+
+
 def _window_parts(schema: Schema, series: SeriesSpec | None, short: int) -> np.ndarray | None:
     """The parts the distance judges a series record on: the newest ``short`` rows of its
-    window and the whole window; ``None`` (every column at once) for a table, or when
-    ``short`` is 0 or not below the window."""
-    if series is None or not 0 < short < series.window:
+    window and the whole window (or the whole window alone when ``short`` is 0 or not below
+    it), and the newest row with its deviations where the window has them; ``None`` (every
+    column at once) for a table, or a window judged whole and alone."""
+    if series is None:
         return None
-    return window_parts(schema, (short, series.window))
+    lengths = (short, series.window) if 0 < short < series.window else (series.window,)
+    parts = window_parts(schema, lengths)
+    return parts if len(parts) > 1 else None
+
+
+def _part_weights(parts: np.ndarray, series: SeriesSpec | None) -> np.ndarray:
+    """Each part's weight in the sum: 1, but ``DEVIATION_WEIGHT`` for the deviation part (the
+    last)."""
+    weights = np.ones(len(parts))
+    if series is not None and series.deviates:
+        weights[-1] = DEVIATION_WEIGHT
+    return weights
 
 
 def _small_table_warning(n: int, score_kind: str) -> str:

@@ -13,6 +13,9 @@ from detector.wording import option
 #: streams"; ``bench_series.py --study scales``).
 DEFAULT_WINDOW = 20
 DEFAULT_SHORT_WINDOW = 5
+DEFAULT_DEVIATION_WINDOW = 10
+#: How much the deviation part counts beside the window's other parts (``--study scales``).
+DEVIATION_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,13 @@ class TrainingOptions(Options):
         "the whole window only",
         metavar="N",
     )
+    deviation_window: int = opt(
+        DEFAULT_DEVIATION_WINDOW,
+        "the default model's distance also judges a record's row with each metric's "
+        f"difference from the mean of the N - 1 rows before it, at weight {DEVIATION_WEIGHT:g} "
+        "(with --time-column; capped at --window); 0 or 1: not",
+        metavar="N",
+    )
     max_gap_seconds: float | None = opt(
         None, "a longer gap in a series starts its window again (with --time-column)"
     )
@@ -138,11 +148,19 @@ class TrainingOptions(Options):
             self.series_columns,
             self.window != DEFAULT_WINDOW,
             self.short_window != DEFAULT_SHORT_WINDOW,
+            self.deviation_window != DEFAULT_DEVIATION_WINDOW,
             self.max_gap_seconds is not None,
             self.calendar,
         )
         if self.time_column is None and any(series):
-            names = ("series_columns", "window", "short_window", "max_gap_seconds", "calendar")
+            names = (
+                "series_columns",
+                "window",
+                "short_window",
+                "deviation_window",
+                "max_gap_seconds",
+                "calendar",
+            )
             named = ", ".join(option(n) for n in names)
             problems.append(f"{named} judge rows within a series: set {option('time_column')}")
         if not 1 <= self.window <= 1000:
@@ -150,6 +168,9 @@ class TrainingOptions(Options):
         if self.short_window < 0:
             short = option("short_window")
             problems.append(f"{short} {self.short_window} must be 0 (off) or a row count")
+        if self.deviation_window < 0:
+            deviation = option("deviation_window")
+            problems.append(f"{deviation} {self.deviation_window} must be 0 (off) or a row count")
         if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:
             problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
         if self.learning_rate <= 0:

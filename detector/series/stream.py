@@ -25,6 +25,7 @@ from detector.series.windows import (
     SeriesRejection,
     SeriesSpec,
     calendar_values,
+    deviation_name,
     lag_name,
     late_rejection,
     not_a_time,
@@ -156,6 +157,8 @@ def window_records(
             for lag in range(1, spec.window):
                 source = segment[position - lag] if position >= lag else segment[0]
                 window |= {lag_name(c, lag): v for c, v in zip(value_columns, source, strict=True)}
+            if spec.deviates:
+                window |= _deviations(spec, value_columns, segment, position)
             if spec.calendar:
                 window |= dict(zip(spec.calendar_columns, calendar_values(seconds), strict=True))
             placed.append((i, window, position < spec.window - 1))
@@ -173,6 +176,35 @@ def window_records(
         rejections=tuple(sorted(rejections, key=lambda r: r.row)),
         histories=updated,
     )
+
+
+def _deviations(
+    spec: SeriesSpec, value_columns: Sequence[str], segment: list[tuple[Value, ...]], position: int
+) -> dict[str, Value]:
+    """The newest row's ``COL[-mean]`` columns, as ``windows._deviation`` makes them: each
+    deviation column's value less the mean of its ``deviation_window - 1`` rows before (the
+    segment's first row standing in for rows before it)."""
+    out: dict[str, Value] = {}
+    for column in spec.deviation_columns:
+        at = value_columns.index(column)
+        before = [
+            _number(segment[position - lag][at] if position >= lag else segment[0][at])
+            for lag in range(1, spec.deviation_window)
+        ]
+        # Summed in order from 0.0, as the table's windows sum them: the same result.
+        mean = sum(before, 0.0) / len(before)
+        out[deviation_name(column)] = _number(segment[position][at]) - mean
+    return out
+
+
+def _number(value: Value) -> float:
+    """A value as a number, NaN where it is none (as ``pd.to_numeric(errors="coerce")``)."""
+    if isinstance(value, float):
+        return value
+    try:
+        return float(value) if isinstance(value, str) else math.nan
+    except ValueError:
+        return math.nan
 
 
 def _value(value: object) -> Value:

@@ -8,11 +8,13 @@ and gives each accepted row the previous ``window - 1`` rows of its series as ex
 ``COL[-1]``, ``COL[-2]``, ... (``representation="lags"``, a Donut-style flattened window whose
 newest step keeps the column's own name, so attribution still names the metric), or the row
 and its difference from the mean of those rows as ``COL[-mean]`` (``"deviation"``: a level
-that moved with its recent history reads as normal). The first rows of a series, with fewer
-than ``window - 1`` rows before them, borrow the oldest row they have and are marked as
-warming up; none is dropped. With ``calendar``, each row also gets its hour of day and day of week
-(UTC, Monday 0) as text columns ``TIME[hour]`` and ``TIME[weekday]``: what is normal at 3 pm
-may not be at 3 am (as Bagel conditions its VAE on time).
+that moved with its recent history reads as normal). With ``deviation_window`` N, a lags window
+also carries each numeric column's difference from the mean of the N - 1 rows before it as
+``COL[-mean]``, for the distance's third part (``window_parts``). The first rows of a series,
+with fewer than ``window - 1`` rows before them, borrow the oldest row they have and are marked
+as warming up; none is dropped. With ``calendar``, each row also gets its hour of day and day
+of week (UTC, Monday 0) as text columns ``TIME[hour]`` and ``TIME[weekday]``: what is normal at
+3 pm may not be at 3 am (as Bagel conditions its VAE on time).
 
 Rows come back in input order, so an output file lines up with its input; the order within a
 file does not matter, as every row of a key is in hand.
@@ -20,6 +22,7 @@ file does not matter, as every row of a key is in hand.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,6 +54,11 @@ class SeriesSpec:
     max_gap_seconds: float | None = None
     representation: Representation = "lags"
     calendar: bool = False
+    #: With lags: each of ``deviation_columns`` also as its difference from the mean of the
+    #: ``deviation_window - 1`` rows before it (0: none). The columns are fixed at training,
+    #: so a batch whose column reads as text still gets them.
+    deviation_window: int = 0
+    deviation_columns: tuple[str, ...] = ()
 
     @property
     def calendar_columns(self) -> tuple[str, ...]:
@@ -67,9 +75,24 @@ class SeriesSpec:
         what = "the mean of the" if self.representation == "deviation" else "the"
         gap = f"; a gap over {self.max_gap_seconds:g} s restarts" if self.max_gap_seconds else ""
         calendar = "; with its hour of day and day of week (UTC)" if self.calendar else ""
+        deviation = ""
+        if self.deviates:
+            deviation = (
+                f", and its difference from the mean of the {self.deviation_window - 1} rows "
+                "before it"
+            )
         return (
             f"series by {keys}, in time order of {self.time_column}; each record with {what} "
-            f"{before} row{'s' if before != 1 else ''} before it{gap}{calendar}"
+            f"{before} row{'s' if before != 1 else ''} before it{deviation}{gap}{calendar}"
+        )
+
+    @property
+    def deviates(self) -> bool:
+        """Whether a lags window carries the ``COL[-mean]`` deviation columns."""
+        return (
+            self.representation == "lags"
+            and self.deviation_window >= 2
+            and bool(self.deviation_columns)
         )
 
     def problems(self, columns: list[str]) -> list[str]:
@@ -87,6 +110,11 @@ class SeriesSpec:
             problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
         if self.representation not in ("lags", "deviation"):
             problems.append(f"representation {self.representation!r} is not lags or deviation")
+        if self.deviation_window and not 2 <= self.deviation_window <= self.window:
+            problems.append(
+                f"deviation_window {self.deviation_window} must be 0 (none) or in "
+                f"[2, window {self.window}]"
+            )
         return problems
 
 
@@ -128,6 +156,26 @@ def series_of(config: object) -> SeriesSpec | None:
     )
 
 
+def with_deviation(
+    spec: SeriesSpec, frame: pd.DataFrame, rows: int, exclude: tuple[str, ...] = ()
+) -> SeriesSpec:
+    """``spec`` whose windows also carry each numeric column of ``frame`` (but ``exclude``'s)
+    as its difference from the mean of the ``rows - 1`` rows before (``rows`` at most the
+    window; under 2, or no numeric column: ``spec`` as it is)."""
+    rows = min(rows, spec.window)
+    named = {spec.time_column, *spec.key_columns, *exclude}
+    columns = tuple(
+        str(c)
+        for c in frame.columns
+        if c not in named
+        and pd.api.types.is_numeric_dtype(frame[c])
+        and not pd.api.types.is_bool_dtype(frame[c])
+    )
+    if rows < 2 or not columns or spec.representation != "lags":
+        return spec
+    return dataclasses.replace(spec, deviation_window=rows, deviation_columns=columns)
+
+
 def read_series(value: object) -> SeriesSpec | None:
     """A bundle manifest's ``series`` entry back as a ``SeriesSpec`` (``None`` when absent:
     bundles written before series existed score every record alone)."""
@@ -143,6 +191,9 @@ def read_series(value: object) -> SeriesSpec | None:
         max_gap_seconds=None if gap is None else float(gap),
         representation=value.get("representation", "lags"),
         calendar=bool(value.get("calendar", False)),
+        # Bundles from before the deviation part have neither: lags alone, as they were.
+        deviation_window=int(value.get("deviation_window", 0)),
+        deviation_columns=tuple(str(c) for c in value.get("deviation_columns", ())),
     )
     problems = spec.problems([spec.time_column, *spec.key_columns])
     if problems:
@@ -218,22 +269,36 @@ def lag_of(name: str) -> int:
 
 def window_parts(schema: Schema, lengths: tuple[int, ...]) -> np.ndarray:
     """For each of ``lengths``, which of ``schema``'s encoded features hold the newest that
-    many rows of a window (lags below the length, and every column that is not a lag):
-    ``(len(lengths), n_features)`` booleans, the parts a neighbour bank judges a record on
-    (``detector.scoring.neighbours``)."""
+    many rows of a window (lags below the length, and every column that is not a lag or a
+    deviation); then, where the window has ``COL[-mean]`` deviation columns, one more part:
+    the newest row with its deviations. ``(parts, n_features)`` booleans, the parts a
+    neighbour bank judges a record on (``detector.scoring.neighbours``)."""
     names = [c.name for c in schema.numeric]
     for categorical in schema.categorical:
         names += [categorical.name] * categorical.width
     for context in schema.context:
         names += [context.name] * context.width
     lags = np.array([lag_of(name) for name in names])
-    return np.array([lags < length for length in lengths], dtype=bool)
+    deviation = np.array([name.endswith(DEVIATION_SUFFIX) for name in names])
+    parts = [(lags < length) & ~deviation for length in lengths]
+    if deviation.any():
+        parts.append(lags == 0)
+    return np.array(parts, dtype=bool)
 
 
 def calendar_values(seconds: float) -> tuple[str, str]:
     """Hour of day and day of week (Monday 0), in UTC, of epoch ``seconds``, as text."""
     days, rest = divmod(seconds, 86400.0)
     return str(int(rest // 3600)), str(int((days + 3) % 7))  # 1 January 1970 was a Thursday
+
+
+#: A deviation column's name ends so: ``cpu[-mean]``.
+DEVIATION_SUFFIX = "[-mean]"
+
+
+def deviation_name(column: str) -> str:
+    """The name of ``column``'s difference from the mean of the rows before it."""
+    return f"{column}{DEVIATION_SUFFIX}"
 
 
 def lag_name(column: str, lag: int) -> str:
@@ -406,11 +471,27 @@ def _window(values: pd.DataFrame, segment: np.ndarray, spec: SeriesSpec):  # typ
             .set_axis([lag_name(str(c), n) for c in values.columns], axis=1)
             for n, source in enumerate(sources, 1)
         ]
+        if spec.deviates:
+            lags.append(_deviation(values, sources, spec))
         return pd.concat([values, *lags], axis=1), warming
     numeric = values.select_dtypes("number").columns
     x = values[numeric].to_numpy(np.float64)
     history = np.mean([x[source] for source in sources], axis=0)
     deviation = pd.DataFrame(
-        x - history, index=values.index, columns=[f"{c}[-mean]" for c in numeric]
+        x - history, index=values.index, columns=[deviation_name(c) for c in numeric]
     )
     return pd.concat([values, deviation], axis=1), warming
+
+
+def _deviation(values: pd.DataFrame, sources: list[np.ndarray], spec: SeriesSpec) -> pd.DataFrame:
+    """Each of ``spec.deviation_columns``' difference from the mean of its ``deviation_window
+    - 1`` rows before (a value that is not a number counts as missing)."""
+    columns = list(spec.deviation_columns)
+    x = values[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    before = sources[: spec.deviation_window - 1]
+    # Added one row at a time, as a streamed record's (``stream._deviations``) is: the same
+    # float64 operations in the same order, so a record scores the same either way.
+    history = sum((x[source] for source in before), np.zeros_like(x)) / len(before)
+    return pd.DataFrame(
+        x - history, index=values.index, columns=[deviation_name(c) for c in columns]
+    )

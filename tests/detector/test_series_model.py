@@ -147,22 +147,34 @@ def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, c
     assert "warming_up" in scored and scored["warming_up"].sum() == len(HOSTS) * 3
 
 
-def test_the_distance_judges_the_newest_rows_and_the_whole_window(tmp_path) -> None:
-    """``--short-window 3`` with ``--window 8``: two parts, the newest 3 rows' columns and all
-    8 rows'; a jump is still found, blamed on its metric, and the bundle scores alike after
-    loading. ``--short-window 0`` keeps the whole window only."""
+def test_the_distance_judges_the_newest_rows_the_whole_window_and_the_deviation(tmp_path) -> None:
+    """``--short-window 3`` with ``--window 8``: three parts, the newest 3 rows' columns, all 8
+    rows' and the newest row with each metric's deviation from the mean of the 7 rows before
+    it (``--deviation-window`` is 10, more than the window, so it takes the whole window) at
+    half weight; a jump is still found, blamed on its metric, and the bundle scores alike
+    after loading. ``--deviation-window 0`` drops the third part, ``--short-window 0`` as well
+    leaves the whole window alone."""
     from detector.series.windows import lag_of
 
     train = fleet(400)
     detector = VAEDetector(**{**SERIES, "window": 8}, short_window=3, **TINY).fit(train)
     bank, schema = detector.bundle_.neighbours, detector.bundle_.schema
-    assert bank is not None and bank.parts.shape == (2, schema.n_features)
-    lags = [lag_of(c.name) for c in schema.numeric]
-    assert sorted(lags) == sorted(list(range(8)) * 2)  # cpu and mem, 8 steps each
-    np.testing.assert_array_equal(bank.parts[0, : schema.n_numeric], np.array(lags) < 3)
-    assert bank.parts[1].all()
+    assert bank is not None and bank.parts.shape == (3, schema.n_features)
+    names = [c.name for c in schema.numeric]
+    deviation = np.array([name.endswith("[-mean]") for name in names])
+    assert sorted(names[i] for i in np.flatnonzero(deviation)) == ["cpu[-mean]", "mem[-mean]"]
+    lags = np.array([lag_of(name) for name in names])
+    assert sorted(lags[~deviation]) == sorted(list(range(8)) * 2)  # cpu and mem, 8 steps each
+    newest, whole, deviates = bank.parts[:, : schema.n_numeric]
+    np.testing.assert_array_equal(newest, (lags < 3) & ~deviation)
+    np.testing.assert_array_equal(whole, ~deviation)
+    np.testing.assert_array_equal(deviates, lags == 0)
+    assert bank.parts[:, schema.n_numeric :].all()  # the categorical zone is the newest row's
     assert (bank.part_scale > 0).all() and not np.all(bank.part_location == 0)
-    assert "on the newest 3 rows and on all 8 rows" in detector.bundle_.describe_score()
+    said = detector.bundle_.describe_score()
+    assert "on the newest 3 rows, on all 8 rows of the window and on the newest row" in said
+    assert "mean of the 7 rows before it (weight 0.5)" in said
+    assert detector.bundle_.series is not None and detector.bundle_.series.deviation_window == 8
 
     test, row = jumped(fleet(60, start="2026-01-02", seed=1))
     result = detector.score_records(test)
@@ -171,18 +183,36 @@ def test_the_distance_judges_the_newest_rows_and_the_whole_window(tmp_path) -> N
     assert result.top_features(1)[position] == ["cpu"]
     detector.save(tmp_path / "m")
     loaded = VAEDetector.load(tmp_path / "m")
+    assert loaded.bundle_.series == detector.bundle_.series
     np.testing.assert_allclose(loaded.anomaly_score(test), result.anomaly_score, rtol=1e-6)
 
-    whole = VAEDetector(**{**SERIES, "window": 8}, short_window=0, **TINY).fit(train)
+    two = VAEDetector(**{**SERIES, "window": 8}, short_window=3, deviation_window=0, **TINY)
+    parts = two.fit(train).bundle_.neighbours.parts
+    assert parts.shape[0] == 2 and not any("[-mean]" in c for c in two.bundle_.schema.column_order)
+    whole = VAEDetector(**{**SERIES, "window": 8}, short_window=0, deviation_window=0, **TINY).fit(
+        train
+    )
     assert whole.bundle_.neighbours is not None and whole.bundle_.neighbours.parts.shape[0] == 1
     with pytest.raises(ConfigError, match="short_window -1 must be 0"):
         VAEDetector(**SERIES, short_window=-1, **TINY).fit(train)
+    with pytest.raises(ConfigError, match="deviation_window -2 must be 0"):
+        VAEDetector(**SERIES, deviation_window=-2, **TINY).fit(train)
+
+
+def test_only_the_default_models_distance_gets_the_deviation() -> None:
+    """The deviation part was measured for the default model's distance: a model scored by
+    its own likelihood (here the ELBO) sees the window's lags alone, so a sequence encoder
+    (conv-vae) still finds its steps."""
+    plain = VAEDetector(**{**SERIES, "window": 4}, score_kind="elbo", **TINY).fit(fleet(300))
+    assert plain.bundle_.series is not None and plain.bundle_.series.deviation_window == 0
+    assert not any("[-mean]" in c for c in plain.bundle_.schema.column_order)
 
 
 def test_series_options_need_a_time_column() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"series_columns, window, short_window, max_gap_seconds, calendar .* time_column",
+        match=r"series_columns, window, short_window, deviation_window, max_gap_seconds, "
+        r"calendar .* time_column",
     ):
         VAEDetector(window=3, **TINY).fit(fleet(100))
 

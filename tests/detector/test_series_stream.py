@@ -57,18 +57,31 @@ def stream(frame: pd.DataFrame, spec: SeriesSpec, size: int, seed: int = 0):  # 
 
 @pytest.mark.parametrize("size", [1, 7])
 @pytest.mark.parametrize("gap", [None, 600.0])
+@pytest.mark.parametrize("deviation", [0, 3])
 def test_records_streamed_a_few_at_a_time_get_the_windows_of_the_whole_table(
-    size: int, gap: float | None
+    size: int, gap: float | None, deviation: int
 ) -> None:
+    """The same windows to the last bit, the deviation columns (``cpu[-mean]``, the row less
+    the mean of the rows before it) included: a record must score alike either way."""
     frame = fleet()
-    spec = SeriesSpec("ts", ("host",), window=4, max_gap_seconds=gap)
+    spec = SeriesSpec(
+        "ts",
+        ("host",),
+        window=4,
+        max_gap_seconds=gap,
+        deviation_window=deviation,
+        deviation_columns=("cpu",) if deviation else (),
+    )
     whole = make_windows(frame, spec)
+    assert ("cpu[-mean]" in whole.frame) == bool(deviation)
     table, warming, rejected = stream(frame, spec, size)
     assert rejected == {r.row: r.code for r in whole.rejections}
     assert "duplicate_timestamp" in rejected.values()  # the fleet has repeated times
     assert list(table.index) == list(whole.rows)
     expected = whole.frame.set_axis(whole.rows)
-    pd.testing.assert_frame_equal(table[list(expected.columns)], expected, check_dtype=False)
+    pd.testing.assert_frame_equal(
+        table[list(expected.columns)], expected, check_dtype=False, check_exact=True
+    )
     assert list(warming) == list(whole.warming_up)
 
 

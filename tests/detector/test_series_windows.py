@@ -48,6 +48,29 @@ def test_the_deviation_is_the_row_minus_the_mean_of_the_rows_before_it() -> None
     np.testing.assert_allclose(out.loc[late, "cpu[-mean]"], 15.0)
 
 
+def test_a_lags_window_may_carry_the_deviation_from_a_shorter_history_too() -> None:
+    """``deviation_window`` 3 on a window of 4: the lags, and each deviation column's row less
+    the mean of its 2 rows before (a value that is not a number counts as missing)."""
+    frame = fleet().assign(mem=lambda f: f["cpu"].astype(object))
+    frame.loc[(frame["host"] == "a") & (frame["ts"] == 120), "mem"] = "n/a"
+    spec = SeriesSpec(
+        "ts", ("host",), window=4, deviation_window=3, deviation_columns=("cpu", "mem")
+    )
+    out = make_windows(frame, spec).frame
+    assert list(out.columns[-2:]) == ["cpu[-mean]", "mem[-mean]"]
+    assert "cpu[-3]" in out
+    late = (frame["ts"] >= 120).to_numpy()
+    np.testing.assert_allclose(out.loc[late, "cpu[-mean]"], 15.0)  # cpu rises 10 a minute
+    # host a's minute 2 has no number: its own deviation and the next two minutes' are missing
+    missing = frame.loc[out["mem[-mean]"].isna().to_numpy(), "ts"]
+    assert sorted(missing) == [120, 180, 240]
+    assert "difference from the mean of the 2 rows before it" in spec.describe()
+    with pytest.raises(
+        SchemaError, match=r"deviation_window 5 must be 0 \(none\) or in \[2, window 4\]"
+    ):
+        make_windows(frame, SeriesSpec("ts", ("host",), window=4, deviation_window=5))
+
+
 def test_bad_times_missing_keys_and_duplicates_are_rejected_with_their_reason() -> None:
     frame = pd.DataFrame(
         {
@@ -115,14 +138,23 @@ def stream_of_three_hosts() -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("batch", [1, 7])
-@pytest.mark.parametrize("representation", ["lags", "deviation"])
+@pytest.mark.parametrize("representation", ["lags", "deviation", "lags and deviation"])
 def test_rows_streamed_in_batches_get_the_windows_of_the_whole_table(batch, representation):
     """The service's path (a few rows at a time, state carried) and the batch path (the whole
     table at once) window every row alike, warm-up and gap restarts included."""
     from detector.series.windows import SeriesState
 
     table = stream_of_three_hosts()
-    spec = SeriesSpec("ts", ("host",), window=4, max_gap_seconds=300, representation=representation)
+    both = representation == "lags and deviation"
+    spec = SeriesSpec(
+        "ts",
+        ("host",),
+        window=4,
+        max_gap_seconds=300,
+        representation="lags" if both else representation,
+        deviation_window=4 if both else 0,
+        deviation_columns=("cpu", "disk") if both else (),
+    )
     whole = make_windows(table, spec)
     state = SeriesState(spec)
     parts = [state.window(table.iloc[i : i + batch]) for i in range(0, len(table), batch)]
