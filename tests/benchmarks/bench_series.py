@@ -35,7 +35,8 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
   with the tables' run by ``bench_distance.py --join``;
 - ``--study windows``: the product's distance (no network) on the last 1 to 30 rows;
 - ``--study scales``: that distance at several lengths at once (standardised, summed or maxed),
-  and with the row's deviation from its last 14 rows as a third part;
+  and with the row's deviation from the mean of its last 9, 14 or 19 rows as a third part,
+  whole or at a weight;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -91,11 +92,13 @@ VARIANTS: tuple[tuple[str, int, str], ...] = (
 )
 VARIANTS += (("deviation W=15", 15, "deviation"),)
 #: Trained as a user trains (``--time-column``, the training rows labelled anomalous left out
-#: before windowing), with ``--window`` and ``--short-window``: the window and the newest rows
-#: the distance also judges alone (0: the whole window only).
-PRODUCT_VARIANTS: tuple[tuple[str, int, int], ...] = (
-    ("series W=10", 10, 0),  # the default before --study scales
-    ("series W=20, newest 5", 20, 5),  # the default since
+#: before windowing), with ``--window``, ``--short-window`` and ``--deviation-window``: the
+#: window, the newest rows the distance also judges alone (0: the whole window only) and the
+#: rows whose mean the newest row's deviation part is taken from (0: no such part).
+PRODUCT_VARIANTS: tuple[tuple[str, int, int, int], ...] = (
+    ("series W=10", 10, 0, 0),  # the default before --study scales
+    ("series W=20, newest 5", 20, 5, 0),  # the default from --study scales
+    ("series W=20, newest 5, deviation 10", 20, 5, 10),  # the default since
 )
 PEER_WINDOW = 15
 BANK_ROWS = 5000
@@ -227,12 +230,17 @@ def run_series(series: Series, epochs: int, only: str | None = None) -> dict[str
         aurocs = [results[f"{label} {score}"]["auroc"] for score in ("knn", "elbo")]
         progress(f"  {label}: AUROC knn {aurocs[0]:.3f}, elbo {aurocs[1]:.3f}")
 
-    for label, window, short in PRODUCT_VARIANTS:
+    for label, window, short, deviation in PRODUCT_VARIANTS:
         if only and only not in label:
             continue
         train, whole = product_frames(series)
         det = VAEDetector(
-            epochs=epochs, random_state=0, time_column="t", window=window, short_window=short
+            epochs=epochs,
+            random_state=0,
+            time_column="t",
+            window=window,
+            short_window=short,
+            deviation_window=deviation,
         ).fit(train)
         scores = det.anomaly_score(whole)[len(whole) - len(y) :]
         results[f"{label} knn"] = metrics(y, scores, det.bundle_.calibrator.threshold, mpr)
@@ -495,6 +503,9 @@ SCALE_SETS: tuple[tuple[int | str, ...], ...] = (
     # and, added after the default was built, the row with its deviation from the mean of
     # the 14 rows before it (``representation="deviation"``) as a third part
     (5, 20, "dev15"), (5, "dev15"),
+    # and each deviation part at half weight (``NAME*WEIGHT``): the default since is the first
+    (5, 20, "dev10*0.5"), (5, 20, "dev15*0.5"), (5, 20, "dev20*0.5"), (5, 20, "dev15*0.25"),
+    (5, 20, "dev15*0.75"), (5, 20, "dev10"),
 )  # fmt: skip
 
 
@@ -514,11 +525,20 @@ def scale_scores(series: Series) -> dict[str, dict[str, float]]:
     plain: dict[int, np.ndarray] = {}
     for window in SCALE_WINDOWS:
         plain[window], standard[window] = standardised(window_bank(series, window))
-    standard["dev15"] = standardised(window_bank(series, 15, "deviation"))[1]
+    for rows in (10, 15, 20):
+        standard[f"dev{rows}"] = standardised(window_bank(series, rows, "deviation"))[1]
     y, mpr = series.y_test, series.minutes_per_row
     out = {f"W={w}": metrics(y, plain[w], None, mpr) for w in (5, 10)}
+
+    def weighted(part: int | str) -> np.ndarray:
+        """A part's standardised distance, times its weight where it is named ``NAME*W``."""
+        if isinstance(part, str) and "*" in part:
+            name, weight = part.split("*")
+            return float(weight) * standard[name]
+        return standard[part]
+
     for scales in SCALE_SETS:
-        stacked = np.array([standard[w] for w in scales])
+        stacked = np.array([weighted(w) for w in scales])
         label = "+".join(map(str, scales))
         out[f"sum {label}"] = metrics(y, stacked.sum(axis=0), None, mpr)
         out[f"max {label}"] = metrics(y, stacked.max(axis=0), None, mpr)
