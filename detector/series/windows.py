@@ -385,13 +385,17 @@ class SeriesState:
             )
         rows, old = rows[~late].reset_index(drop=True), old[~late]
         key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()
-        repeated = ~old & np.r_[False, (key[1:] == key[:-1]) & (seconds[1:] == seconds[:-1])]
+        repeated = np.zeros(len(key), dtype=bool)
+        repeated[1:] = (key[1:] == key[:-1]) & (seconds[1:] == seconds[:-1])
+        repeated &= ~old
         for i in np.flatnonzero(repeated):
             rejections.append(late_rejection(spec, int(rows["_row"].iat[i]), same_time=True))
         rows, old = rows[~repeated].reset_index(drop=True), old[~repeated]
         key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()
-        new_key = np.r_[True, key[1:] != key[:-1]]
-        gap = np.r_[0.0, np.diff(seconds)]
+        # Sized from the rows, so that a batch whose every row was rejected windows to nothing.
+        new_key = np.ones(len(key), dtype=bool)
+        new_key[1:] = key[1:] != key[:-1]
+        gap = np.diff(seconds, prepend=seconds[:1])
         limit = spec.max_gap_seconds
         restart = ~new_key & (limit is not None) & (gap > (limit or 0))
         segment = np.cumsum(new_key | restart)
@@ -457,7 +461,8 @@ def _window(values: pd.DataFrame, segment: np.ndarray, spec: SeriesSpec):  # typ
     one series; and whether each row is warming up. Row i's value ``lag`` rows back is row
     i - lag of its segment, or the segment's first row where the segment is shorter."""
     index = np.arange(len(values))
-    first = np.r_[True, segment[1:] != segment[:-1]]
+    first = np.ones(len(segment), dtype=bool)
+    first[1:] = segment[1:] != segment[:-1]
     start = np.maximum.accumulate(np.where(first, index, 0))
     position = index - start
     warming = position < spec.window - 1

@@ -129,6 +129,22 @@ def test_a_series_out_of_time_order_across_chunks_is_rejected_with_the_fix(
     assert "send each series in time order" in rejects["reason"].iloc[0]
 
 
+def test_a_chunk_whose_every_row_is_rejected_is_reported_and_the_series_go_on(
+    series_detector, tmp_path
+) -> None:
+    test = fleet(20, start="2026-01-02", seed=8).astype({"ts": object})
+    test.loc[10:19, "ts"] = "unknown"  # the second chunk of 10 holds no time at all
+    test.to_csv(tmp_path / "in.csv", index=False)
+    report = score_file(series_detector.bundle_, tmp_path / "in.csv", tmp_path / "out.csv",
+                        chunk_rows=10)  # fmt: skip
+    assert (report.rows_read, report.rows_scored, report.rows_rejected) == (len(test), 50, 10)
+    assert set(pd.read_csv(report.rejects)["code"]) == {"bad_timestamp"}
+    kept = test.drop(index=range(10, 20))
+    whole = score_frame(series_detector.bundle_, kept)
+    out = pd.read_csv(tmp_path / "out.csv")
+    np.testing.assert_allclose(out["anomaly_score"], whole.anomaly_score, rtol=1e-6)
+
+
 def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, capsys) -> None:
     fleet(300).to_csv(tmp_path / "train.csv", index=False)
     fleet(20, start="2026-01-02", seed=7).to_csv(tmp_path / "new.csv", index=False)

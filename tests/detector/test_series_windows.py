@@ -90,6 +90,20 @@ def test_bad_times_missing_keys_and_duplicates_are_rejected_with_their_reason() 
     assert list(windows.frame["cpu[-1]"]) == [1.0, 1.0, 4.0, 5.0]
 
 
+@pytest.mark.parametrize("deviation", [0, 2])
+def test_a_batch_whose_every_row_is_rejected_windows_to_nothing_and_reports_each(
+    deviation: int,
+) -> None:
+    frame = pd.DataFrame({"ts": ["later", "soon", None], "host": ["a", "b", "a"], "cpu": 1.0})
+    spec = SeriesSpec("ts", ("host",), window=3, deviation_window=deviation,
+                      deviation_columns=("cpu",) if deviation else ())  # fmt: skip
+    windows = make_windows(frame, spec)
+    assert len(windows.frame) == 0 and len(windows.rows) == 0
+    assert [(r.row, r.code) for r in windows.rejections] == [
+        (0, "bad_timestamp"), (1, "bad_timestamp"), (2, "bad_timestamp"),
+    ]  # fmt: skip
+
+
 def test_a_gap_longer_than_the_limit_starts_the_window_again() -> None:
     frame = pd.DataFrame({"ts": [0, 60, 120, 3600, 3660], "cpu": [1.0, 2.0, 3.0, 4.0, 5.0]})
     windows = make_windows(frame, SeriesSpec("ts", window=2, max_gap_seconds=300))
