@@ -221,7 +221,7 @@ def score_request(
 
 
 def _empty_frame(model: LoadedModel) -> pd.DataFrame:
-    return pd.DataFrame(columns=list(model.bundle.schema.column_order))
+    return pd.DataFrame(columns=list(model.bundle.input_columns))
 
 
 def _count(state: ServiceState, scored: ScoredRequest) -> None:

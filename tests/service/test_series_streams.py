@@ -110,6 +110,16 @@ def test_late_repeated_and_unplaceable_records_are_rejected_with_the_reason(
     assert body["results"][0]["warming_up"] is True  # the second row web-01 sent this day
 
 
+def test_a_request_whose_every_record_is_malformed_gets_each_reason_not_an_error(
+    two_workers: list[Any],
+) -> None:
+    body = post(two_workers[0], [{"ts": {"at": [1]}, "host": ["web-01"]}, 5])
+    assert body["counts"] == {"received": 2, "scored": 0, "rejected": 2}
+    assert body["results"] == []
+    assert "field(s) ['ts', 'host'] hold objects or lists" in body["rejected"][0]["reasons"][0]
+    assert body["rejected"][1]["reasons"] == ["record is not a JSON object"]
+
+
 def test_a_record_missing_the_time_column_is_told_what_the_model_expects(
     two_workers: list[Any],
 ) -> None:
