@@ -29,6 +29,7 @@ from detector.series.windows import (
     lag_name,
     late_rejection,
     not_a_time,
+    plausible_seconds,
 )
 
 Value = float | str | None
@@ -96,12 +97,16 @@ def parse_time(value: object) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            return None
+        return number if plausible_seconds(number) else None
     if not isinstance(value, str) or not value.strip():
         return None
     try:
         number = float(value)
-        return number if math.isfinite(number) else None
+        return number if plausible_seconds(number) else None
     except ValueError:
         pass
     stamp = pd.to_datetime(value, errors="coerce", utc=True, format="ISO8601")

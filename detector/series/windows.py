@@ -23,6 +23,7 @@ file does not matter, as every row of a key is in hand.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from detector.errors import SchemaError
+from detector.features.encode import shortened
 from detector.features.schema import Schema
 from detector.wording import option
 
@@ -218,16 +220,30 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> pd.DataFrame
     return windows.frame
 
 
+#: Epoch seconds this far from 1970 (about 3,200 years) are refused as times: such a number is
+#: most likely epoch milliseconds (1.7e12 in 2026), whose gaps and hours of the day would be
+#: read a thousand times too long.
+EPOCH_SECONDS_LIMIT = 1e11
+
+
+def plausible_seconds(seconds: float) -> bool:
+    """Whether a number read as epoch seconds is finite and within ``EPOCH_SECONDS_LIMIT``."""
+    return math.isfinite(seconds) and abs(seconds) < EPOCH_SECONDS_LIMIT
+
+
 def parse_times(values: pd.Series) -> pd.Series:
     """Seconds since the epoch as float (NaN where a value is not a time): numbers are epoch
     seconds, text is ISO-8601 (a zone-less time is taken as UTC); a column may mix both. An
-    infinite time is none: every later row of its series would be out of order."""
+    infinite time is none: every later row of its series would be out of order; nor is a
+    number beyond ``EPOCH_SECONDS_LIMIT`` (milliseconds, most likely)."""
+    try:
+        numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    except OverflowError:  # an integer of hundreds of digits: as text, it reads as infinite
+        numbers = pd.to_numeric(values.astype(str), errors="coerce").astype(np.float64)
+    seconds = numbers.where(np.abs(numbers) < EPOCH_SECONDS_LIMIT)
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        seconds = pd.to_numeric(values, errors="coerce").astype(np.float64)
-        return seconds.where(np.isfinite(seconds))
-    seconds = pd.to_numeric(values, errors="coerce").astype(np.float64)
-    seconds = seconds.where(np.isfinite(seconds))
-    text = seconds.isna() & values.notna()
+        return seconds
+    text = numbers.isna() & values.notna()
     if text.any():
         stamps = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
         seconds[text] = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
@@ -238,7 +254,17 @@ def not_a_time(column: str, value: object) -> str:
     """Why ``value`` of the time ``column`` places no row in its series."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
         return f"{column} is empty; every row needs its time"
-    return f"{column} {value!r} is not a time (ISO-8601 text or epoch seconds)"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if math.isfinite(number) and not plausible_seconds(number):
+        shown = shortened(repr(value))
+        return (
+            f"{column} {shown} is too far from 1970 to be epoch seconds; if it is epoch "
+            "milliseconds, divide by 1000"
+        )
+    return f"{column} {shortened(repr(value))} is not a time (ISO-8601 text or epoch seconds)"
 
 
 def late_rejection(spec: SeriesSpec, row: int, *, same_time: bool) -> SeriesRejection:

@@ -124,7 +124,21 @@ def test_times_read_as_the_table_reads_them() -> None:
     assert parse_time("1970-01-01T01:01:30+01:00") == 90.0
     for bad in (True, None, float("nan"), float("inf"), "-inf", "", "  ", "noon", [1]):
         assert parse_time(bad) is None
-    table = parse_times(pd.Series([90, float("inf")]))
-    assert table[0] == 90.0 and np.isnan(table[1])
+    table = parse_times(pd.Series([90, float("inf"), 1_764_547_200_000]))
+    assert table[0] == 90.0 and np.isnan(table[1]) and np.isnan(table[2])  # ms: no seconds
     mixed = parse_times(pd.Series(["90", "inf", "1970-01-01T00:01:30Z"], dtype=object))
     assert mixed[0] == mixed[2] == 90.0 and np.isnan(mixed[1])
+
+
+@pytest.mark.parametrize("value", [1_764_547_200_000, "1764547200000", -1e12, 10**400])
+def test_epoch_milliseconds_are_no_time_in_a_stream_or_a_table(value: object) -> None:
+    """Read as seconds, milliseconds would put a series 54,000 years on, its gaps a thousand
+    times too long: refused alike by both readers, with the fix."""
+    assert parse_time(value) is None
+    assert np.isnan(parse_times(pd.Series([value, 90], dtype=object))[0])
+    frame = pd.DataFrame({"ts": [value], "cpu": [1.0]}, dtype=object)
+    (rejection,) = make_windows(frame, SeriesSpec("ts")).rejections
+    assert rejection.code == "bad_timestamp"
+    if value != 10**400:
+        assert "if it is epoch milliseconds, divide by 1000" in rejection.reason
+    assert len(rejection.reason) < 200  # a value of 400 digits is not echoed whole
