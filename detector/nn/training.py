@@ -58,6 +58,7 @@ from detector.scoring.threshold import (
 from detector.series.windows import (
     SeriesSpec,
     series_of,
+    warming_warning,
     window_parts,
     windowed_for_training,
     with_deviation,
@@ -154,11 +155,14 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     config.check()
     started = time.perf_counter()
     series = series_of(config)
+    warming: str | None = None  # what to say of a series' warming-up rows
     if series is not None:
         if _judged_by_parts(config):
             exclude = (*config.categorical, *conditioned_on(config))
             series = with_deviation(series, frame, config.deviation_window, exclude)
-        frame = windowed_for_training(frame, series)
+        windows = windowed_for_training(frame, series)
+        warming = warming_warning(windows, frame, series)
+        frame = windows.frame
     schema = fit_schema(
         frame,
         categorical=config.categorical,
@@ -257,6 +261,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     active = active_units(model, val_x)
 
     warnings = [] if fallback is None else [fallback]
+    if warming is not None:
+        warnings.append(warming)
     if active == 0:
         warnings.append(
             "posterior collapse: no latent unit carries information (KL per unit < "

@@ -203,7 +203,7 @@ def read_series(value: object) -> SeriesSpec | None:
     return spec
 
 
-def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> pd.DataFrame:
+def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
     """``frame``'s rows with their windows; training data must be whole, so a row that cannot
     be placed in its series stops training with the reasons."""
     windows = make_windows(frame, spec)
@@ -217,7 +217,36 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> pd.DataFrame
             f"{len(windows.rejections)} training row(s) cannot be placed in their series "
             f"({shown}); {fix}"
         )
-    return windows.frame
+    return windows
+
+
+#: Above this share of warming-up training rows, training says so: the bank is then mostly
+#: windows padded with their series' first row, unlike a running series' windows.
+WARMING_SHARE_LIMIT = 0.2
+
+
+def warming_warning(windows: Windows, frame: pd.DataFrame, spec: SeriesSpec) -> str | None:
+    """What to say when more than ``WARMING_SHARE_LIMIT`` of the training rows ``frame``
+    (windowed as ``windows``) warm up, with the longest window that would keep them under it."""
+    n, warm = len(windows.warming_up), int(np.sum(windows.warming_up))
+    if n == 0 or warm / n <= WARMING_SHARE_LIMIT:
+        return None
+    keys = list(spec.key_columns)
+    lengths = frame.groupby(keys, dropna=True).size().to_numpy() if keys else np.array([n])
+    fits = [w for w in range(2, spec.window) if
+            np.minimum(lengths, w - 1).sum() / n <= WARMING_SHARE_LIMIT]  # fmt: skip
+    shorter = (
+        f"a shorter {option('window', max(fits))}"
+        if fits
+        else f"no window: train without {option('time_column', spec.time_column)}"
+    )
+    return (
+        f"{warm:,} of {n:,} training rows ({warm / n:.0%}) are warming up: their series had "
+        f"fewer than {spec.window - 1} rows before them, so their windows repeat the series' "
+        "first row and the model learns less of how a running series looks; train on longer "
+        f"series (a median of {int(np.median(lengths)):,} rows per "
+        f"{', '.join(keys) or 'series'} here) or {shorter}"
+    )
 
 
 #: Epoch seconds this far from 1970 (about 3,200 years) are refused as times: such a number is

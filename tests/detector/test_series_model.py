@@ -238,3 +238,16 @@ def test_a_fleet_trained_as_one_series_is_told_to_name_its_series_column() -> No
 
     with pytest.raises(SchemaError, match=r"same ts.*add series_columns=\['COL'\]"):
         VAEDetector(time_column="ts", **TINY).fit(fleet(50))
+
+
+def test_training_on_series_mostly_warming_up_says_so_with_a_window_that_fits() -> None:
+    """Series of 12 rows under a window of 8: 7 of each 12 rows warm up (their windows repeat
+    the series' first row); the warning names the share and the longest window that keeps
+    the warming-up rows under a fifth (3: 2 of 12). Series of 60 rows: no warning."""
+    short = VAEDetector(**{**SERIES, "window": 8}, **TINY).fit(fleet(12))
+    (said,) = [w for w in short.summary_.warnings if "warming up" in w]
+    assert said.startswith("21 of 36 training rows (58%) are warming up")
+    assert "(a median of 12 rows per host here) or a shorter window=3" in said  # the API's words
+    assert said in short.bundle_.training["warnings"]  # saved: `anomaly info` shows it
+    long = VAEDetector(**{**SERIES, "window": 8}, **TINY).fit(fleet(60))
+    assert not [w for w in long.summary_.warnings if "warming up" in w]
