@@ -126,6 +126,10 @@ class ServiceConfig(BaseSettings):
     series_max_keys: int = Field(100_000, ge=1)
     """Series kept per model; past it the least recently seen key is forgotten (it warms up
     again when it comes back)."""
+    series_max_ahead_seconds: Annotated[float | None, BeforeValidator(_unset)] = Field(3600.0, gt=0)
+    """How far ahead of this server's clock a series record's time may be (unset: no limit).
+    One record from a skewed clock, or a local time sent without its zone, would otherwise
+    make every later, correct record of its series late."""
     tf_threads: Annotated[int | None, BeforeValidator(_unset)] = Field(None, ge=1)
     """Threads per worker process for TensorFlow (old bundles) and the neighbour search; None
     leaves their defaults (``anomaly serve`` gives each worker its share of the cores)."""

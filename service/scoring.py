@@ -8,6 +8,7 @@ result for the same records.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from detector.bundles.bundle import Bundle
 from detector.features.encode import check_columns, listed
 from detector.features.records import score_records, score_windowed
 from detector.scoring.scores import ScoreResult, score_frame
-from detector.series.stream import parse_time, series_key
+from detector.series.stream import ahead_of_clock, parse_time, series_key
 from detector.series.values import ValueCheck
 from service.registry import LoadedModel
 from service.series_store import SeriesStore
@@ -71,9 +72,12 @@ class Records:
             return score_frame(bundle, self.rows, passthrough=passthrough)
         return score_records(bundle, self.rows, passthrough=passthrough)
 
-    def score_in_series(self, model: LoadedModel, store: SeriesStore) -> ScoreResult:
+    def score_in_series(
+        self, model: LoadedModel, store: SeriesStore, max_ahead: float | None = None
+    ) -> ScoreResult:
         """A series model's records, each with the rows its key sent before (in this request
-        or an earlier one, to any worker: ``store`` holds them), then stored for the next."""
+        or an earlier one, to any worker: ``store`` holds them), then stored for the next.
+        A record more than ``max_ahead`` seconds ahead of this server's clock is rejected."""
         bundle = model.bundle
         assert bundle.series is not None
         rows = self.rows
@@ -82,10 +86,17 @@ class Records:
         spec, check = bundle.series, ValueCheck(bundle.schema)
         # Rows with values that cannot be scored are rejected before they join their series;
         # an unreadable time or a missing key is the reason given first, as in a file.
-        bad = [
+        ahead = (
+            []
+            if max_ahead is None
+            else ahead_of_clock(spec, rows, now=time.time(), limit=max_ahead)
+        )
+        too_far = {r.row for r in ahead}
+        bad = ahead + [
             r
             for r in check.records(rows)
-            if parse_time(rows[r.row].get(spec.time_column)) is not None
+            if r.row not in too_far
+            and parse_time(rows[r.row].get(spec.time_column)) is not None
             and series_key(spec, rows[r.row]) is not None
         ]
         kept = np.setdiff1d(np.arange(len(rows)), [r.row for r in bad])
@@ -195,7 +206,9 @@ def score_request(
         if model.bundle.series is None:
             result = records.score(model.bundle, passthrough)
         else:
-            result = records.score_in_series(model, state.series)
+            result = records.score_in_series(
+                model, state.series, state.config.series_max_ahead_seconds
+            )
         all_rejected += [
             Rejected(int(indices[r.row]), r.reasons, r.code) for r in result.rejections
         ]

@@ -10,7 +10,8 @@ import numpy as np
 from detector.errors import SchemaError
 
 #: Why a row can be rejected, as a short fixed code (a metrics label); the reason text says more.
-#: The last four are a series model's (``detector.series.windows``).
+#: The last five are a series model's (``detector.series.windows``; ``future_timestamp``: the
+#: service's, a time too far ahead of its clock).
 REJECTION_CODES = (
     "missing_value",
     "not_a_number",
@@ -19,6 +20,7 @@ REJECTION_CODES = (
     "duplicate_timestamp",
     "out_of_order",
     "missing_key",
+    "future_timestamp",
 )
 
 

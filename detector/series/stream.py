@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from detector.features.encode import shortened
 from detector.series.windows import (
     SeriesRejection,
     SeriesSpec,
@@ -113,6 +114,38 @@ def parse_time(value: object) -> float | None:
     if pd.isna(stamp):
         return None
     return float((stamp - pd.Timestamp(0, tz="UTC")).total_seconds())
+
+
+def ahead_of_clock(
+    spec: SeriesSpec, records: Sequence[Mapping[str, object]], *, now: float, limit: float
+) -> list[SeriesRejection]:
+    """The ``records`` whose time is more than ``limit`` seconds after ``now`` (the receiver's
+    clock, epoch seconds): placed, such a record would make every later, correct record of
+    its series late."""
+    out = []
+    for i, record in enumerate(records):
+        seconds = parse_time(record.get(spec.time_column))
+        if seconds is not None and seconds - now > limit:
+            value = shortened(repr(record.get(spec.time_column)))
+            out.append(
+                SeriesRejection(
+                    i,
+                    "future_timestamp",
+                    f"its {spec.time_column} {value} is {duration(seconds - now)} ahead of the "
+                    f"server's clock (the limit: {duration(limit)}, series_max_ahead_seconds); "
+                    "fix the sender's clock, or send the time with its zone (one without is "
+                    "read as UTC)",
+                )
+            )
+    return out
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that keeps it at 1 or more: ``2.0 h``, ``3.5 days``."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def window_records(

@@ -40,7 +40,9 @@ from detector.wording import option
 
 Representation = Literal["lags", "deviation"]
 #: Why a row was not placed in its series, as a short code (a metrics label).
-SERIES_REJECTION_CODES = ("bad_timestamp", "duplicate_timestamp", "out_of_order", "missing_key")
+SERIES_REJECTION_CODES = (
+    "bad_timestamp", "duplicate_timestamp", "out_of_order", "missing_key", "future_timestamp",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,33 @@ def test_a_request_whose_every_record_is_malformed_gets_each_reason_not_an_error
     assert body["rejected"][1]["reasons"] == ["record is not a JSON object"]
 
 
+def test_a_time_far_ahead_of_the_clock_is_rejected_and_does_not_make_its_series_late(
+    series_dir: Path, tmp_path: Path
+) -> None:
+    """A skewed sender's record two years ahead would, once placed, make every correct record of
+    its host late; it is rejected instead (``future_timestamp``), the host's next record is
+    scored. Within the limit (or with none) a future time is placed as any other."""
+    from datetime import UTC, datetime, timedelta
+
+    def at(delta: timedelta) -> str:
+        return (datetime.now(UTC) + delta).isoformat()
+
+    row = {"host": "web-01", "cpu": 20.0, "mem": 40.0}
+    (app,) = apps(series_dir, str(tmp_path / "s.sqlite"), series_max_ahead_seconds=3600)
+    client = app.test_client()
+    body = post(client, [{**row, "ts": at(timedelta(days=731))}, {**row, "ts": "soon"}])
+    assert body["counts"] == {"received": 2, "scored": 0, "rejected": 2}
+    reason = body["rejected"][0]["reasons"][0]
+    assert "is 2.0 years ahead of the server's clock (the limit: 1.0 h" in reason
+    assert "fix the sender's clock" in reason
+    assert [r["index"] for r in post(client, [{**row, "ts": at(timedelta(0))}])["results"]] == [0]
+    assert post(client, [{**row, "ts": at(timedelta(minutes=30))}])["results"]  # within it
+    (unlimited,) = apps(series_dir, str(tmp_path / "u.sqlite"), series_max_ahead_seconds="")
+    assert post(unlimited.test_client(), [{**row, "ts": at(timedelta(days=365))}])["results"]
+    for made in (app, unlimited):
+        made.extensions["anomaly"].dispatcher.stop()
+
+
 def test_a_record_missing_the_time_column_is_told_what_the_model_expects(
     two_workers: list[Any],
 ) -> None:
