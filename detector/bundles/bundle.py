@@ -163,16 +163,18 @@ class Bundle:
             series = self.series
             if len(bank.parts) > 1 and series is not None:
                 short = self.params.get("short_window")
-                lengths = len(bank.parts) - series.deviates
+                lengths = 2 if isinstance(short, int) and 0 < short < series.window else 1
+                deviation = (
+                    f"each metric's difference from the mean of the "
+                    f"{series.deviation_window - 1} rows before "
+                )
                 judged = [f"on all {series.window} rows of the window"]
                 if lengths > 1:
-                    judged.insert(0, f"on the newest {short} rows")
-                if series.deviates:
-                    judged.append(
-                        "on the newest row with each metric's difference from the mean of the "
-                        f"{series.deviation_window - 1} rows before it "
-                        f"(weight {DEVIATION_WEIGHT:g})"
-                    )
+                    joined = f" with {deviation}the newest" if series.deviates else ""
+                    judged.insert(0, f"on the newest {short} rows{joined}")
+                if series.deviates and len(bank.parts) > lengths:  # a part of its own
+                    weight = f" (weight {DEVIATION_WEIGHT:g})"
+                    judged.append(f"on the newest row with {deviation}it{weight}")
                 parts = f", {', '.join(judged[:-1])} and {judged[-1]}, each standardised, summed"
             return (
                 f"knn: mean distance to the {bank.k} nearest of {len(bank.bank)} normal "

@@ -236,7 +236,9 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             seed=config.random_state,
             leave_one_out=small,
             parts=parts,
-            part_weights=None if parts is None else _part_weights(parts, series),
+            part_weights=(
+                None if parts is None else _part_weights(parts, series, config.short_window)
+            ),
         )
     cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
@@ -356,11 +358,11 @@ def _window_parts(schema: Schema, series: SeriesSpec | None, short: int) -> np.n
     return parts if len(parts) > 1 else None
 
 
-def _part_weights(parts: np.ndarray, series: SeriesSpec | None) -> np.ndarray:
-    """Each part's weight in the sum: 1, but ``DEVIATION_WEIGHT`` for the deviation part (the
-    last)."""
+def _part_weights(parts: np.ndarray, series: SeriesSpec | None, short: int) -> np.ndarray:
+    """Each part's weight in the sum: 1, but ``DEVIATION_WEIGHT`` for a deviation part of its
+    own (the last; with a short window the deviations join its part instead)."""
     weights = np.ones(len(parts))
-    if series is not None and series.deviates:
+    if series is not None and series.deviates and not 0 < short < series.window:
         weights[-1] = DEVIATION_WEIGHT
     return weights
 

@@ -105,9 +105,10 @@ class TrainingOptions(Options):
     )
     deviation_window: int = opt(
         DEFAULT_DEVIATION_WINDOW,
-        "the default model's distance also judges a record's row with each metric's "
-        f"difference from the mean of the N - 1 rows before it, at weight {DEVIATION_WEIGHT:g} "
-        "(with --time-column; capped at --window); 0 or 1: not",
+        "the default model's distance also judges the newest row's difference from the mean "
+        "of the N - 1 rows before it, each metric's, with the --short-window rows (without "
+        f"them: with the newest row, at weight {DEVIATION_WEIGHT:g}); with --time-column; "
+        "capped at --window; 0 or 1: not",
         metavar="N",
     )
     max_gap_seconds: float | None = opt(

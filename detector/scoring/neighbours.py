@@ -30,9 +30,11 @@ standardised by its median and interquartile range on the validation rows, then 
 anomalies stand out in the short part, lasting ones in the long part; on SMD, ASD and the
 Donut KPIs together the sum of the newest 5 and all 20 rows ranked above any one length
 (``bench_series.py --study scales``). A bank of one part of every column, unstandardised, is
-the plain distance: tables, and banks saved before parts existed. A series window may add a
-third part, the newest row with each metric's difference from the mean of its 9 rows before,
-at half weight: it lifted ASD and SMD's AUPRC and kept Donut's best F1 (``--study scales``).
+the plain distance: tables, and banks saved before parts existed. A series window may also
+carry each metric's difference from the mean of the 9 rows before the newest: it joins the
+short part (no search of its own), which lifted ASD and SMD's AUPRC and kept Donut's best F1
+as a third part at half weight did, at two searches' cost (``--study scales``); without a
+short part it is a part of its own, the newest row's, at half weight.
 
 Scores, oriented like the VAE's log-likelihood estimates (higher = more normal), added to the
 estimates by ``scores``:

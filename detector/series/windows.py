@@ -10,11 +10,11 @@ newest step keeps the column's own name, so attribution still names the metric),
 and its difference from the mean of those rows as ``COL[-mean]`` (``"deviation"``: a level
 that moved with its recent history reads as normal). With ``deviation_window`` N, a lags window
 also carries each numeric column's difference from the mean of the N - 1 rows before it as
-``COL[-mean]``, for the distance's third part (``window_parts``). The first rows of a series,
-with fewer than ``window - 1`` rows before them, borrow the oldest row they have and are marked
-as warming up; none is dropped. With ``calendar``, each row also gets its hour of day and day
-of week (UTC, Monday 0) as text columns ``TIME[hour]`` and ``TIME[weekday]``: what is normal at
-3 pm may not be at 3 am (as Bagel conditions its VAE on time).
+``COL[-mean]``, judged with the distance's short part (``window_parts``). The first rows of a
+series, with fewer than ``window - 1`` rows before them, borrow the oldest row they have and
+are marked as warming up; none is dropped. With ``calendar``, each row also gets its hour of
+day and day of week (UTC, Monday 0) as text columns ``TIME[hour]`` and ``TIME[weekday]``: what
+is normal at 3 pm may not be at 3 am (as Bagel conditions its VAE on time).
 
 Rows come back in input order, so an output file lines up with its input; the order within a
 file does not matter, as every row of a key is in hand.
@@ -327,9 +327,10 @@ def lag_of(name: str) -> int:
 def window_parts(schema: Schema, lengths: tuple[int, ...]) -> np.ndarray:
     """For each of ``lengths``, which of ``schema``'s encoded features hold the newest that
     many rows of a window (lags below the length, and every column that is not a lag or a
-    deviation); then, where the window has ``COL[-mean]`` deviation columns, one more part:
-    the newest row with its deviations. ``(parts, n_features)`` booleans, the parts a
-    neighbour bank judges a record on (``detector.scoring.neighbours``)."""
+    deviation). Where the window has ``COL[-mean]`` deviation columns, they join the first
+    (the shortest) part when there are several, which costs no search of its own; with one
+    length they are one more part, with the newest row. ``(parts, n_features)`` booleans, the
+    parts a neighbour bank judges a record on (``detector.scoring.neighbours``)."""
     names = [c.name for c in schema.numeric]
     for categorical in schema.categorical:
         names += [categorical.name] * categorical.width
@@ -338,7 +339,9 @@ def window_parts(schema: Schema, lengths: tuple[int, ...]) -> np.ndarray:
     lags = np.array([lag_of(name) for name in names])
     deviation = np.array([name.endswith(DEVIATION_SUFFIX) for name in names])
     parts = [(lags < length) & ~deviation for length in lengths]
-    if deviation.any():
+    if deviation.any() and len(parts) > 1:
+        parts[0] |= deviation
+    elif deviation.any():
         parts.append(lags == 0)
     return np.array(parts, dtype=bool)
 

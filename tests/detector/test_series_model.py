@@ -163,33 +163,36 @@ def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, c
     assert "warming_up" in scored and scored["warming_up"].sum() == len(HOSTS) * 3
 
 
-def test_the_distance_judges_the_newest_rows_the_whole_window_and_the_deviation(tmp_path) -> None:
-    """``--short-window 3`` with ``--window 8``: three parts, the newest 3 rows' columns, all 8
-    rows' and the newest row with each metric's deviation from the mean of the 7 rows before
-    it (``--deviation-window`` is 10, more than the window, so it takes the whole window) at
-    half weight; a jump is still found, blamed on its metric, and the bundle scores alike
-    after loading. ``--deviation-window 0`` drops the third part, ``--short-window 0`` as well
-    leaves the whole window alone."""
+def test_the_distance_judges_the_newest_rows_with_their_deviation_and_the_whole_window(
+    tmp_path,
+) -> None:
+    """``--short-window 3`` with ``--window 8``: two parts, the newest 3 rows' columns with
+    each metric's deviation from the mean of the 7 rows before the newest (``--deviation-window``
+    is 10, more than the window, so it takes the whole window), and all 8 rows' columns; a
+    jump is still found, blamed on its metric, and the bundle scores alike after loading.
+    Without a short window the deviations are a part of their own, the newest row's, at half
+    weight; ``--deviation-window 0`` drops them."""
     from detector.series.windows import lag_of
 
     train = fleet(400)
     detector = VAEDetector(**{**SERIES, "window": 8}, short_window=3, **TINY).fit(train)
     bank, schema = detector.bundle_.neighbours, detector.bundle_.schema
-    assert bank is not None and bank.parts.shape == (3, schema.n_features)
+    assert bank is not None and bank.parts.shape == (2, schema.n_features)
     names = [c.name for c in schema.numeric]
     deviation = np.array([name.endswith("[-mean]") for name in names])
     assert sorted(names[i] for i in np.flatnonzero(deviation)) == ["cpu[-mean]", "mem[-mean]"]
     lags = np.array([lag_of(name) for name in names])
     assert sorted(lags[~deviation]) == sorted(list(range(8)) * 2)  # cpu and mem, 8 steps each
-    newest, whole, deviates = bank.parts[:, : schema.n_numeric]
-    np.testing.assert_array_equal(newest, (lags < 3) & ~deviation)
+    newest, whole = bank.parts[:, : schema.n_numeric]
+    np.testing.assert_array_equal(newest, ((lags < 3) & ~deviation) | deviation)
     np.testing.assert_array_equal(whole, ~deviation)
-    np.testing.assert_array_equal(deviates, lags == 0)
     assert bank.parts[:, schema.n_numeric :].all()  # the categorical zone is the newest row's
     assert (bank.part_scale > 0).all() and not np.all(bank.part_location == 0)
     said = detector.bundle_.describe_score()
-    assert "on the newest 3 rows, on all 8 rows of the window and on the newest row" in said
-    assert "mean of the 7 rows before it (weight 0.5)" in said
+    assert (
+        "on the newest 3 rows with each metric's difference from the mean of the 7 rows before "
+        "the newest and on all 8 rows of the window, each standardised, summed"
+    ) in said
     assert detector.bundle_.series is not None and detector.bundle_.series.deviation_window == 8
 
     test, row = jumped(fleet(60, start="2026-01-02", seed=1))
@@ -205,6 +208,13 @@ def test_the_distance_judges_the_newest_rows_the_whole_window_and_the_deviation(
     two = VAEDetector(**{**SERIES, "window": 8}, short_window=3, deviation_window=0, **TINY)
     parts = two.fit(train).bundle_.neighbours.parts
     assert parts.shape[0] == 2 and not any("[-mean]" in c for c in two.bundle_.schema.column_order)
+    own = VAEDetector(**{**SERIES, "window": 8}, short_window=0, **TINY).fit(train).bundle_
+    assert own.neighbours is not None and own.neighbours.parts.shape[0] == 2
+    np.testing.assert_array_equal(own.neighbours.parts[1, : own.schema.n_numeric], lags == 0)
+    assert (
+        "and on the newest row with each metric's difference from the mean of the 7 rows "
+        "before it (weight 0.5)" in own.describe_score()
+    )
     whole = VAEDetector(**{**SERIES, "window": 8}, short_window=0, deviation_window=0, **TINY).fit(
         train
     )
