@@ -348,9 +348,9 @@ def _judged_by_parts(config: TrainingConfig) -> bool:
 
 def _window_parts(schema: Schema, series: SeriesSpec | None, short: int) -> np.ndarray | None:
     """The parts the distance judges a series record on: the newest ``short`` rows of its
-    window and the whole window (or the whole window alone when ``short`` is 0 or not below
-    it), and the newest row with its deviations where the window has them; ``None`` (every
-    column at once) for a table, or a window judged whole and alone."""
+    window, with the deviations where the window has them, and the whole window (or, when
+    ``short`` is 0 or not below it, the whole window and the newest row with its deviations);
+    ``None`` (every column at once) for a table, or a window judged whole and alone."""
     if series is None:
         return None
     lengths = (short, series.window) if 0 < short < series.window else (series.window,)
