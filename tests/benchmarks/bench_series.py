@@ -37,6 +37,8 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
 - ``--study scales``: that distance at several lengths at once (standardised, summed or maxed),
   and with the row's deviation from the mean of its last 9, 14 or 19 rows as a third part,
   whole or at a weight;
+- ``--study baselines``: the default score judged against its series' own recent level (the
+  median of its scores in the hours before), a causal transformation a stream could keep;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -552,6 +554,15 @@ def joined_distance(series: Series, window: int = 20, short: int = 5, rows: int 
     """The product's distance on ``window``-row windows that also carry the deviation from
     the mean of the last ``rows - 1`` rows, judged on two parts, the newest ``short`` rows
     with the deviations and the whole window (``window_parts``), standardised and summed."""
+    bank, _, _, x_test = joined_bank(series, window, short, rows)
+    return bank.distances(x_test)
+
+
+def joined_bank(
+    series: Series, window: int = 20, short: int = 5, rows: int = 10
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """``joined_distance``'s bank, with the encoded windows it is measured on: every training
+    row's (time order, labelled anomalies included), the validation rows' and the test rows'."""
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
@@ -571,7 +582,82 @@ def joined_distance(series: Series, window: int = 20, short: int = 5, rows: int 
     x, x_test = encode(schema, fitted).values, encode(schema, frame.iloc[n:]).values
     parts = window_parts(schema, (short, window))
     bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0, parts=parts)
-    return bank.distances(x_test)
+    return bank, encode(schema, frame.iloc[:n]).values, x[val], x_test
+
+
+#: ``--study baselines``: how far back the score's recent level reaches, in hours.
+BASELINE_HOURS = (6, 12, 24, 48)
+
+
+def past_level(
+    times: np.ndarray, scores: np.ndarray, hours: float, how: str = "median"
+) -> np.ndarray:
+    """For each score, a statistic of the scores in the ``hours`` before its time (``times``
+    in seconds, ascending), its own excluded; NaN where there are none. ``how``: ``median``,
+    ``iqr``, or ``hourly``: the median of the means of the whole clock hours before the
+    score's own hour (at most ``hours`` of them), which a stream can keep in ``hours`` numbers
+    a key."""
+    index = pd.to_datetime(times, unit="s")
+    if how == "hourly":
+        hour = (times // 3600).astype(np.int64)
+        means = pd.Series(scores).groupby(hour).mean()
+        means = means.reindex(np.arange(hour.min(), hour.max() + 1))
+        level = means.shift(1).rolling(int(hours), min_periods=1).median()
+        return level.reindex(hour).to_numpy()
+    past = pd.Series(scores, index=index).rolling(f"{hours}h", closed="left")
+    if how == "iqr":
+        return (past.quantile(0.75) - past.quantile(0.25)).to_numpy()
+    return past.median().to_numpy()
+
+
+def relative(
+    scores: np.ndarray, level: np.ndarray, normal: float, floor: float = 0.5
+) -> np.ndarray:
+    """Each score over its series' recent level: ``(s - normal) / (level - normal + 1)``,
+    the divisor at least ``floor``; ``normal`` is the validation rows' median, so a series whose
+    scores run as in training keeps its score (less that median) and one whose scores run high
+    for hours (drift, a noisy regime) is judged against that. No level yet: divided by 1."""
+    divisor = np.where(np.isnan(level), 1.0, np.maximum(level - normal + 1.0, floor))
+    return (scores - normal) / divisor
+
+
+def baseline_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study baselines`` on one series: the default distance (``joined_distance``) judged
+    against its own recent level, a causal transformation of the score: minus the median of
+    the scores in the hours before, divided by it (``relative``), or standardised by their
+    median and IQR; the level from the test rows only (``cold``: a series that starts to be
+    scored at the test) or running on from the training rows' scores (``warm``)."""
+    bank, x_history, x_val, x_test = joined_bank(series)
+    test, normal = bank.distances(x_test), float(np.median(bank.distances(x_val)))
+    history = bank.distances(x_history)
+    step = 60.0 * series.minutes_per_row
+    times = np.arange(len(history) + len(test), dtype=np.float64) * step
+    y, mpr = series.y_test, series.minutes_per_row
+    out = {"default": metrics(y, test, None, mpr)}
+    for hours in BASELINE_HOURS:
+        cold = past_level(times[len(history) :], test, hours)
+        warm = past_level(times, np.concatenate([history, test]), hours)[len(history) :]
+        out[f"minus the median, {hours}h, cold"] = metrics(
+            y, test - np.nan_to_num(cold, nan=normal), None, mpr
+        )
+        out[f"relative to the median, {hours}h, cold"] = metrics(
+            y, relative(test, cold, normal), None, mpr
+        )
+        out[f"relative to the median, {hours}h, warm"] = metrics(
+            y, relative(test, warm, normal), None, mpr
+        )
+    for hours in (24,):
+        cold = past_level(times[len(history) :], test, hours)
+        iqr = past_level(times[len(history) :], test, hours, "iqr")
+        standard = (test - np.nan_to_num(cold, nan=normal)) / np.maximum(
+            np.nan_to_num(iqr, nan=1.0), 1e-3
+        )
+        out[f"standardised by the median and IQR, {hours}h, cold"] = metrics(y, standard, None, mpr)
+        hourly = past_level(times[len(history) :], test, hours, "hourly")
+        out[f"relative to the hourly means' median, {hours}h, cold"] = metrics(
+            y, relative(test, hourly, normal), None, mpr
+        )
+    return out
 
 
 def format_scales(payload: dict[str, Any]) -> str:
@@ -579,6 +665,19 @@ def format_scales(payload: dict[str, Any]) -> str:
     return format_windows(payload).replace(
         "# The window's length under the product's distance",
         "# Several window lengths at once under the product's distance",
+    )
+
+
+def format_baselines(payload: dict[str, Any]) -> str:
+    """``--study baselines``' report: as ``format_windows``."""
+    return (
+        format_windows(payload)
+        .replace(
+            "# The window's length under the product's distance",
+            "# The score against its series' recent level",
+        )
+        .replace("| window |", "| score |")
+        .replace("| representation |", "| score |")
     )
 
 
@@ -985,7 +1084,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--study",
-        choices=["banks", "scaling", "models", "representations", "tails", "windows", "scales"],
+        choices=[
+            "banks",
+            "scaling",
+            "models",
+            "representations",
+            "tails",
+            "windows",
+            "scales",
+            "baselines",
+        ],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
     )
@@ -1038,6 +1146,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = window_scores(series)
             elif args.study == "scales":
                 run["scores"] = scale_scores(series)
+            elif args.study == "baselines":
+                run["scores"] = baseline_scores(series)
             else:
                 run["scores"] = run_series(series, epochs, args.only)
             runs.append(run)
@@ -1059,6 +1169,7 @@ FORMATS = {
     "tails": format_tails,
     "windows": format_windows,
     "scales": format_scales,
+    "baselines": format_baselines,
 }
 
 

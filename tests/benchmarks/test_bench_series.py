@@ -51,3 +51,19 @@ def test_scaling_study_names_the_current_setting_once_and_reports_it() -> None:
     # Left out, each series is judged with the setting that wins on the others.
     assert f"| smd a | {names[0]} | .900 / .500 | .600 / .200 |" in report
     assert f"| asd c | {names[0]} | .600 / .200 | .900 / .500 |" in report
+
+
+def test_baselines_study_sees_only_the_past_and_keeps_a_training_like_score() -> None:
+    # A score every 30 min: the level at each is the median of the earlier ones in the window.
+    times = np.arange(6, dtype=np.float64) * 1800
+    scores = np.array([1.0, 3.0, 2.0, 10.0, 4.0, 5.0])
+    level = bench_series.past_level(times, scores, hours=1)
+    assert np.isnan(level[0])  # nothing before the first
+    np.testing.assert_array_equal(level[1:], [1.0, 2.0, 2.5, 6.0, 7.0])
+    # Whole clock hours' means: hours 0 (1, 3), 1 (2, 10), 2 (4, 5); the level is the median
+    # of the earlier hours' means, the score's own hour left out.
+    hourly = bench_series.past_level(times, scores, hours=24, how="hourly")
+    np.testing.assert_array_equal(hourly, [np.nan, np.nan, 2.0, 2.0, 4.0, 4.0])
+    # Scores at the validation median's level keep their distance from it; a high level divides.
+    out = bench_series.relative(np.array([3.0, 3.0, 3.0]), np.array([np.nan, 1.0, 5.0]), 1.0)
+    np.testing.assert_array_equal(out, [2.0, 2.0, 0.4])
