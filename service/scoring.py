@@ -24,7 +24,7 @@ from detector.scoring.scores import ScoreResult, score_frame
 from detector.series.stream import ahead_of_clock, parse_time, series_key
 from detector.series.values import ValueCheck
 from service.registry import LoadedModel
-from service.series_store import SeriesStore
+from service.series_store import SeriesStore, StoredLevels
 from service.state import ApiError, ServiceState
 
 TOP_FEATURES = 3
@@ -104,7 +104,8 @@ class Records:
         windows = store.window(model.name, spec, check.columns, placed)
         if bad:
             windows = windows.at_positions(kept, bad)
-        return score_windowed(bundle, windows, n_input=len(rows))
+        levels = StoredLevels(store, model.name, spec, check.columns)
+        return score_windowed(bundle, windows, n_input=len(rows), levels=levels)
 
     def values(self, field: str, rows: np.ndarray) -> list[Any]:
         """``field``'s value in each of ``rows`` (positions), ``None`` where a record lacks it."""

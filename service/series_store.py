@@ -10,6 +10,10 @@ the commit. A few hundred microseconds per request, and no server to run: SQLite
 and a file on the machine the workers share. (Several machines would need a shared store, or a
 load balancer that routes by key; one machine's workers need neither.)
 
+Beside its rows each series keeps its level (``detector.series.levels``: its scores' sums and
+counts by clock hour), which a second, shorter transaction reads and adds to once the records
+are scored (``judge``): the scoring itself holds no lock.
+
 Bounded: at most ``max_keys`` series per model; past that, the least recently seen key is
 forgotten (it warms up again when it comes back). Memory is SQLite's page cache, not the keys:
 100,000 hosts live in the file (``make bench`` measures its size).
@@ -35,7 +39,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+
+from detector.series.levels import Level, judged
 from detector.series.stream import History, StreamWindows, series_key, window_records
 from detector.series.windows import SeriesSpec
 
@@ -47,14 +55,15 @@ STALE_SECONDS = 600
 #: How often a layout's last use is written down (and stale layouts looked for).
 _TOUCH_SECONDS = 60
 
-#: ``PRAGMA user_version`` of this layout of the file; a file of another is started afresh.
-_VERSION = 2
+#: ``PRAGMA user_version`` of this layout of the file; a file of another is started afresh,
+#: but for version 2's, which lacks only the levels.
+_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series_layouts (id INTEGER PRIMARY KEY, model TEXT NOT NULL,
     layout TEXT NOT NULL, n_keys INTEGER NOT NULL, touched INTEGER NOT NULL,
     UNIQUE (model, layout));
 CREATE TABLE IF NOT EXISTS series_history (layout INTEGER NOT NULL, key TEXT NOT NULL,
-    history TEXT NOT NULL, seen INTEGER NOT NULL, PRIMARY KEY (layout, key));
+    history TEXT NOT NULL, seen INTEGER NOT NULL, level TEXT, PRIMARY KEY (layout, key));
 CREATE INDEX IF NOT EXISTS series_by_seen ON series_history (layout, seen);
 """
 #: What a file written before ``_VERSION`` holds: only warm-up rows, so it is dropped.
@@ -84,7 +93,7 @@ class SeriesStore:
     ) -> StreamWindows:
         """Window ``records`` of ``model`` with their keys' stored rows, and store the new
         rows, atomically with respect to every other worker."""
-        layout = json.dumps([vars(spec), list(value_columns)], sort_keys=True)
+        layout = _layout(spec, value_columns)
         keys = sorted({k for r in records if (k := series_key(spec, r)) is not None})
         with self._lock:
             db = self._open()
@@ -100,6 +109,44 @@ class SeriesStore:
                 db.execute("ROLLBACK")
                 raise
         return windows
+
+    def judge(
+        self,
+        model: str,
+        spec: SeriesSpec,
+        value_columns: Sequence[str],
+        keys: np.ndarray,
+        seconds: np.ndarray,
+        scores: np.ndarray,
+        *,
+        normal: float,
+    ) -> np.ndarray:
+        """``scores`` of ``model``'s records (series ``keys``, epoch ``seconds``) against each
+        series' level (``detector.series.levels``), adding them to it, atomically with respect
+        to every other worker. This runs after the scoring, in a transaction of its own: a
+        record judged while another worker scores the same series' record just before it, in
+        an earlier hour, misses that one score in its level (the sums do not, whatever order
+        they arrive in)."""
+        layout = _layout(spec, value_columns)
+        with self._lock:
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                state = self._layout_id(db, model, layout)
+                known = self._read_levels(db, state, sorted(set(keys.tolist())))
+                out, new = judged(
+                    known, keys, seconds, scores, hours=spec.level_hours, normal=normal
+                )
+                # A series forgotten meanwhile (evicted) stays forgotten: no row to update.
+                db.executemany(
+                    "UPDATE series_history SET level = ? WHERE layout = ? AND key = ?",
+                    [(level.to_json(), state, key) for key, level in new.items()],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return out
 
     def keys(self, model: str) -> int:
         """How many series of ``model`` are kept (under every layout still in use)."""
@@ -130,7 +177,10 @@ class SeriesStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")  # two workers may open an old file at once
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version != _VERSION:
+            if version == 2:  # the histories hold; each series' level starts afresh
+                db.execute("ALTER TABLE series_history ADD COLUMN level TEXT")
+                db.execute(f"PRAGMA user_version = {_VERSION}")
+            elif version != _VERSION:
                 for table in _OLD_TABLES:
                     db.execute(f"DROP TABLE IF EXISTS {table}")
                 db.execute(f"PRAGMA user_version = {_VERSION}")
@@ -182,13 +232,29 @@ class SeriesStore:
             histories.update({key: History.from_json(text) for key, text in rows})
         return histories
 
+    @staticmethod
+    def _read_levels(db: sqlite3.Connection, state: int, keys: list[str]) -> dict[str, Level]:
+        levels = {}
+        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT key, level FROM series_history WHERE layout = ? AND key IN ({marks}) "
+                "AND level IS NOT NULL",
+                (state, *chunk),
+            )
+            levels.update({key: Level.from_json(text) for key, text in rows})
+        return levels
+
     def _write(
         self, db: sqlite3.Connection, state: int, histories: Mapping[str, History], *, new: int
     ) -> None:
         seen = time.time_ns()
+        # An upsert, not a replace: a replace would drop the series' level.
         db.executemany(
-            "INSERT OR REPLACE INTO series_history (layout, key, history, seen) "
-            "VALUES (?, ?, ?, ?)",
+            "INSERT INTO series_history (layout, key, history, seen) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (layout, key) DO UPDATE SET history = excluded.history, "
+            "seen = excluded.seen",
             [(state, key, h.to_json(), seen) for key, h in histories.items()],
         )
         if not new:
@@ -205,3 +271,26 @@ class SeriesStore:
                 (state, over),
             )
             db.execute("UPDATE series_layouts SET n_keys = ? WHERE id = ?", (self.max_keys, state))
+
+
+def _layout(spec: SeriesSpec, value_columns: Sequence[str]) -> str:
+    """What a model's histories are kept apart by: its series rules and value columns."""
+    return json.dumps([vars(spec), list(value_columns)], sort_keys=True)
+
+
+@dataclass(frozen=True)
+class StoredLevels:
+    """``store``'s levels of ``model``'s series, as a scorer's ``Levels``
+    (``detector.scoring.scores``)."""
+
+    store: SeriesStore
+    model: str
+    spec: SeriesSpec
+    value_columns: Sequence[str]
+
+    def judge(
+        self, keys: np.ndarray, seconds: np.ndarray, scores: np.ndarray, *, normal: float
+    ) -> np.ndarray:
+        return self.store.judge(
+            self.model, self.spec, self.value_columns, keys, seconds, scores, normal=normal
+        )

@@ -41,7 +41,7 @@ from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs
 from detector.io.threads import BackgroundSink, prefetched
 from detector.io.writers import TableWriter
 from detector.scoring.neighbours import fewer_search_threads
-from detector.scoring.scores import ScoreResult, in_input_rows, score_batch
+from detector.scoring.scores import ScoreResult, against_levels, in_input_rows, score_batch
 from detector.series.values import ValueCheck
 from detector.series.windows import SeriesState, Windows
 from detector.wording import option
@@ -211,7 +211,10 @@ class _Run:
         n_input = item.table.num_rows
         if item.windows is None:
             return score_batch(self.bundle, item.encoded, n_input=n_input)
+        assert self.state is not None
         result = score_batch(self.bundle, item.encoded, n_input=len(item.windows.frame))
+        # The levels move only here, in chunk order: windowing runs a chunk ahead.
+        result = against_levels(self.bundle, result, item.windows, self.state.levels)
         return in_input_rows(result, item.windows, n_input=n_input)
 
     def _prepared(

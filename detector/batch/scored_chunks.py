@@ -13,7 +13,7 @@ from detector.bundles.bundle import Bundle
 from detector.features.encode import Imputation, check_columns, encode
 from detector.features.encoded import NumberTally
 from detector.io.tables import DEFAULT_CHUNK_ROWS, iter_table
-from detector.scoring.scores import ScoreResult, in_input_rows, score_batch
+from detector.scoring.scores import ScoreResult, against_levels, in_input_rows, score_batch
 from detector.series.values import ValueCheck
 from detector.series.windows import SeriesState
 
@@ -60,6 +60,7 @@ def iter_scored(
             if check.last is not None:
                 tally.add(check.last)
             result = score_batch(bundle, encoded, n_input=len(windows.frame))
+            result = against_levels(bundle, result, windows, state.levels)
             result = in_input_rows(result, windows, n_input=len(chunk))
             yield ScoredChunk(frame=chunk, result=result, first_row=first_row)
             first_row += len(chunk)

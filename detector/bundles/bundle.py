@@ -176,9 +176,15 @@ class Bundle:
                     weight = f" (weight {DEVIATION_WEIGHT:g})"
                     judged.append(f"on the newest row with {deviation}it{weight}")
                 parts = f", {', '.join(judged[:-1])} and {judged[-1]}, each standardised, summed"
+            level = ""
+            if series is not None and series.level_hours:
+                level = (
+                    "; then against its series' level, the median of its hourly mean scores "
+                    f"over the {series.level_hours} hours before"
+                )
             return (
                 f"knn: mean distance to the {bank.k} nearest of {len(bank.bank)} normal "
-                f"training rows{box if bank.box_weight else ''}{parts}"
+                f"training rows{box if bank.box_weight else ''}{parts}{level}"
             )
         return f"{self.score_kind} with {self.n_samples} latent samples"
 

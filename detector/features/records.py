@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from detector.features.encode import Imputation, encode
-from detector.scoring.scores import ScoreResult, in_input_rows, score_batch, score_frame
+from detector.scoring.scores import (
+    Levels,
+    ScoreResult,
+    against_levels,
+    in_input_rows,
+    score_batch,
+    score_frame,
+)
 
 if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
@@ -53,13 +60,17 @@ def score_records(
     return score_batch(bundle, batch, n_input=len(records))
 
 
-def score_windowed(bundle: Bundle, windows: StreamWindows, *, n_input: int) -> ScoreResult:
+def score_windowed(
+    bundle: Bundle, windows: StreamWindows, *, n_input: int, levels: Levels
+) -> ScoreResult:
     """Score a series model's records windowed by ``detector.series.stream.window_records``
     (the service's path: a few records at a time, each key's last rows kept between requests),
-    as a result on the ``n_input`` records they came from."""
+    each against its series' level kept in ``levels``, as a result on the ``n_input`` records
+    they came from."""
     batch = bundle.record_encoder.encode(windows.records) if windows.records else None
     if batch is None:
         frame = pd.DataFrame.from_records(windows.records, columns=bundle.schema.column_order)
         batch = encode(bundle.schema, frame)
     result = score_batch(bundle, batch, n_input=len(windows.records))
+    result = against_levels(bundle, result, windows, levels)
     return in_input_rows(result, windows, n_input=n_input)

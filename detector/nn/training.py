@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import keras
@@ -160,6 +160,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         if _judged_by_parts(config):
             exclude = (*config.categorical, *conditioned_on(config))
             series = with_deviation(series, frame, config.deviation_window, exclude)
+            series = replace(series, level_hours=config.level_hours)
         windows = windowed_for_training(frame, series)
         warming = warming_warning(windows, frame, series)
         frame = windows.frame

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, sizes
+from detector.series.levels import DEFAULT_LEVEL_HOURS, MAX_LEVEL_HOURS
 from detector.wording import option
 
 #: Rows a series record is judged with, and the newest rows the distance also judges it on
@@ -111,6 +112,13 @@ class TrainingOptions(Options):
         "capped at --window; 0 or 1: not",
         metavar="N",
     )
+    level_hours: int = opt(
+        DEFAULT_LEVEL_HOURS,
+        "the default model judges each series record's score against the median of its "
+        "series' hourly mean scores over the N hours before its own hour, so that hours when "
+        "a whole series runs high count less (with --time-column); 0: not",
+        metavar="N",
+    )
     max_gap_seconds: float | None = opt(
         None, "a longer gap in a series starts its window again (with --time-column)"
     )
@@ -150,6 +158,7 @@ class TrainingOptions(Options):
             self.window != DEFAULT_WINDOW,
             self.short_window != DEFAULT_SHORT_WINDOW,
             self.deviation_window != DEFAULT_DEVIATION_WINDOW,
+            self.level_hours != DEFAULT_LEVEL_HOURS,
             self.max_gap_seconds is not None,
             self.calendar,
         )
@@ -159,6 +168,7 @@ class TrainingOptions(Options):
                 "window",
                 "short_window",
                 "deviation_window",
+                "level_hours",
                 "max_gap_seconds",
                 "calendar",
             )
@@ -172,6 +182,11 @@ class TrainingOptions(Options):
         if self.deviation_window < 0:
             deviation = option("deviation_window")
             problems.append(f"{deviation} {self.deviation_window} must be 0 (off) or a row count")
+        if not 0 <= self.level_hours <= MAX_LEVEL_HOURS:
+            level = option("level_hours")
+            problems.append(
+                f"{level} {self.level_hours} must be 0 (off) or in [1, {MAX_LEVEL_HOURS}] hours"
+            )
         if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:
             problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
         if self.learning_rate <= 0:

@@ -23,7 +23,7 @@ Scores, each a log-likelihood estimate (higher = more normal) before the sign fl
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -187,7 +187,42 @@ def score_series(
     windows = state.window(frame.drop(columns=carried), check=ValueCheck(bundle.schema, impute))
     batch = encode(bundle.schema, windows.frame, impute=impute)
     result = score_batch(bundle, batch, n_input=len(windows.frame))
+    result = against_levels(bundle, result, windows, state.levels)
     return in_input_rows(result, windows, n_input=len(frame))
+
+
+class Levels(Protocol):
+    """Where a scorer keeps its series' levels (``detector.series.levels.ScoreLevels``, or the
+    service's shared store)."""
+
+    def judge(
+        self, keys: np.ndarray, seconds: np.ndarray, scores: np.ndarray, *, normal: float
+    ) -> np.ndarray: ...
+
+
+def against_levels(
+    bundle: Bundle, result: ScoreResult, windows: Windows | StreamWindows, levels: Levels
+) -> ScoreResult:
+    """A series model's ``result`` on ``windows.frame`` with each score judged against its
+    series' recent level (``detector.series.levels``; a bundle without ``level_hours``: as it
+    is), then thresholded and given p-values as before."""
+    spec, bank = bundle.series, bundle.neighbours
+    if spec is None or not spec.level_hours or bank is None or not len(result.rows):
+        return result
+    from dataclasses import replace
+
+    scores = levels.judge(
+        windows.keys[result.rows],
+        windows.seconds[result.rows],
+        result.anomaly_score,
+        normal=float(bank.location[1]),
+    )
+    return replace(
+        result,
+        anomaly_score=scores,
+        p_value=bundle.calibrator.p_values(scores),
+        is_anomaly=scores > result.threshold,
+    )
 
 
 def in_input_rows(

@@ -58,14 +58,17 @@ class History:
 class StreamWindows:
     """What ``window_records`` made of a few records: ``records`` (each accepted record's value
     columns and window columns, as the model's schema names them), ``rows`` (their positions in
-    the input), ``warming_up``, ``rejections``, and ``histories``, the new state of every key
-    the records touched (to store back)."""
+    the input), ``warming_up``, ``rejections``, ``histories``, the new state of every key
+    the records touched (to store back), and each accepted record's series ``keys`` and time
+    in epoch ``seconds``."""
 
     records: list[dict[str, Value]]
     rows: np.ndarray
     warming_up: np.ndarray
     rejections: tuple[SeriesRejection, ...]
     histories: dict[str, History]
+    keys: np.ndarray
+    seconds: np.ndarray
 
     def at_positions(
         self, positions: np.ndarray, rejected: Sequence[SeriesRejection]
@@ -172,7 +175,7 @@ def window_records(
         by_key.setdefault(key, []).append((seconds, i))
 
     keep = max(spec.window - 1, 1)
-    placed: list[tuple[int, dict[str, Value], bool]] = []
+    placed: list[tuple[int, dict[str, Value], bool, str, float]] = []
     updated: dict[str, History] = {}
     for key, arrivals in by_key.items():
         known = histories.get(key)
@@ -199,7 +202,7 @@ def window_records(
                 window |= _deviations(spec, value_columns, segment, position)
             if spec.calendar:
                 window |= dict(zip(spec.calendar_columns, calendar_values(seconds), strict=True))
-            placed.append((i, window, position < spec.window - 1))
+            placed.append((i, window, position < spec.window - 1, key, seconds))
             if len(segment) > keep:  # the oldest row is no longer in any window
                 del segment[0]
                 del times[0]
@@ -208,11 +211,13 @@ def window_records(
             updated[key] = History(tuple(times[-kept:]), tuple(segment[-kept:]))
     placed.sort(key=lambda p: p[0])
     return StreamWindows(
-        records=[window for _, window, _ in placed],
-        rows=np.asarray([i for i, _, _ in placed], dtype=np.int64),
-        warming_up=np.asarray([w for _, _, w in placed], dtype=bool),
+        records=[p[1] for p in placed],
+        rows=np.asarray([p[0] for p in placed], dtype=np.int64),
+        warming_up=np.asarray([p[2] for p in placed], dtype=bool),
         rejections=tuple(sorted(rejections, key=lambda r: r.row)),
         histories=updated,
+        keys=np.asarray([p[3] for p in placed], dtype=object),
+        seconds=np.asarray([p[4] for p in placed], dtype=np.float64),
     )
 
 

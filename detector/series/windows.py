@@ -36,6 +36,7 @@ import pandas as pd
 from detector.errors import SchemaError
 from detector.features.encode import shortened
 from detector.features.schema import Schema
+from detector.series.levels import MAX_LEVEL_HOURS, ScoreLevels
 from detector.wording import option
 
 Representation = Literal["lags", "deviation"]
@@ -63,6 +64,9 @@ class SeriesSpec:
     #: so a batch whose column reads as text still gets them.
     deviation_window: int = 0
     deviation_columns: tuple[str, ...] = ()
+    #: Each score judged against its series' scores in the hours before
+    #: (``detector.series.levels``); 0: as it is.
+    level_hours: int = 0
 
     @property
     def calendar_columns(self) -> tuple[str, ...]:
@@ -119,6 +123,10 @@ class SeriesSpec:
                 f"deviation_window {self.deviation_window} must be 0 (none) or in "
                 f"[2, window {self.window}]"
             )
+        if not 0 <= self.level_hours <= MAX_LEVEL_HOURS:
+            problems.append(
+                f"level_hours {self.level_hours} must be 0 (none) or in [1, {MAX_LEVEL_HOURS}]"
+            )
         return problems
 
 
@@ -137,13 +145,15 @@ class Windows:
     """The accepted rows with their windows, in input order: ``frame`` holds the value columns
     and their lag (or deviation) columns, ``rows`` the input positions, ``warming_up`` which
     rows had fewer than ``window - 1`` rows of history. ``restarts`` counts the series restarted
-    after a gap."""
+    after a gap. ``keys`` and ``seconds``: each row's series and its time in epoch seconds."""
 
     frame: pd.DataFrame
     rows: np.ndarray
     warming_up: np.ndarray
     rejections: tuple[SeriesRejection, ...]
     restarts: int
+    keys: np.ndarray
+    seconds: np.ndarray
 
 
 def series_of(config: object) -> SeriesSpec | None:
@@ -198,6 +208,8 @@ def read_series(value: object) -> SeriesSpec | None:
         # Bundles from before the deviation part have neither: lags alone, as they were.
         deviation_window=int(value.get("deviation_window", 0)),
         deviation_columns=tuple(str(c) for c in value.get("deviation_columns", ())),
+        # Bundles from before levels judge every score as it is.
+        level_hours=int(value.get("level_hours", 0)),
     )
     problems = spec.problems([spec.time_column, *spec.key_columns])
     if problems:
@@ -386,6 +398,8 @@ class SeriesState:
         self.spec = spec
         self.max_keys = max_keys
         self.evicted = 0
+        #: Each series' recent scores, for the scorer (``detector.scoring.scores``).
+        self.levels = ScoreLevels(spec.level_hours)
         #: key -> (times, values): its last rows since the segment start, at most window - 1
         #: (numpy rather than a frame per key: 100,000 small frames would cost gigabytes).
         self._history: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -478,6 +492,8 @@ class SeriesState:
             warming_up=warming[back],
             rejections=tuple(sorted(rejections, key=lambda r: r.row)),
             restarts=int((restart & ~old).sum()),
+            keys=key[back],
+            seconds=seconds[back].astype(np.float64),
         )
 
     def _keys(self, frame: pd.DataFrame) -> np.ndarray:

@@ -193,6 +193,9 @@ def test_the_distance_judges_the_newest_rows_with_their_deviation_and_the_whole_
         "on the newest 3 rows with each metric's difference from the mean of the 7 rows before "
         "the newest and on all 8 rows of the window, each standardised, summed"
     ) in said
+    assert (
+        "then against its series' level, the median of its hourly mean scores over the 24" in said
+    )
     assert detector.bundle_.series is not None and detector.bundle_.series.deviation_window == 8
 
     test, row = jumped(fleet(60, start="2026-01-02", seed=1))
@@ -237,8 +240,8 @@ def test_only_the_default_models_distance_gets_the_deviation() -> None:
 def test_series_options_need_a_time_column() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"series_columns, window, short_window, deviation_window, max_gap_seconds, "
-        r"calendar .* time_column",
+        match=r"series_columns, window, short_window, deviation_window, level_hours, "
+        r"max_gap_seconds, calendar .* time_column",
     ):
         VAEDetector(window=3, **TINY).fit(fleet(100))
 

@@ -279,3 +279,50 @@ def test_the_model_route_says_what_a_record_must_hold_and_how_it_is_windowed(
     series = detail["series"]
     assert (series["time_column"], series["key_columns"], series["window"]) == ("ts", ["host"], 4)
     assert series["description"].startswith("series by host, in time order of ts")
+
+
+def test_each_series_level_is_shared_by_the_workers_and_kept_as_its_rows_move_on(
+    tmp_path: Path,
+) -> None:
+    from detector.series.levels import ScoreLevels
+    from detector.series.windows import SeriesSpec
+
+    spec = SeriesSpec("ts", ("host",), window=3, level_hours=24)
+    workers = [SeriesStore(str(tmp_path / "s.sqlite")) for _ in range(2)]
+    alone = ScoreLevels(24)
+    rng = np.random.default_rng(0)
+    got, expected, raw = [], [], []
+    for step in range(120):  # 30 hours, a record each 15 minutes, alternating workers
+        store = workers[step % 2]
+        record = {"ts": 900 * step, "host": "a", "cpu": float(step)}
+        windows = store.window("m", spec, ["cpu"], [record])  # the rows move on: the level stays
+        score = np.array([rng.gamma(2.0) * (3.0 if 60 <= step < 80 else 1.0)])
+        judged = store.judge("m", spec, ["cpu"], windows.keys, windows.seconds, score, normal=1.0)
+        got += judged.tolist()
+        expected += alone.judge(windows.keys, windows.seconds, score, normal=1.0).tolist()
+        raw += score.tolist()
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert got[:4] == raw[:4]  # the first hour has no level before it
+    assert np.abs(np.array(got) - raw).max() > 0.5  # and later ones are judged against one
+
+
+def test_a_state_file_of_the_layout_before_levels_keeps_its_histories(tmp_path: Path) -> None:
+    import sqlite3
+
+    from detector.series.windows import SeriesSpec
+
+    path = tmp_path / "s.sqlite"
+    spec = SeriesSpec("ts", ("host",), window=2, level_hours=24)
+    store = SeriesStore(str(path))
+    store.window("m", spec, ["cpu"], [{"ts": 0, "host": "a", "cpu": 1.0}])
+    store.close()
+    with sqlite3.connect(path) as db:  # as the store wrote it before levels
+        db.execute("ALTER TABLE series_history DROP COLUMN level")
+        db.execute("PRAGMA user_version = 2")
+    again = SeriesStore(str(path))
+    windows = again.window("m", spec, ["cpu"], [{"ts": 60, "host": "a", "cpu": 2.0}])
+    assert windows.warming_up.tolist() == [False]  # its row from before is still there
+    judged = again.judge(
+        "m", spec, ["cpu"], windows.keys, windows.seconds, np.array([5.0]), normal=1.0
+    )
+    assert judged.tolist() == [5.0]  # no level yet: the score as it is
