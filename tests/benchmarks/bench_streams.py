@@ -7,8 +7,9 @@ Run: ``python tests/benchmarks/bench_streams.py [--requests 2000] [--rows 100000
   with a series model trained on ``data/fleet_train.csv``; the records of
   ``data/fleet_eval.csv`` posted one per request, one at a time, in time order: median and p99;
 - **state with many keys**: ``SeriesStore`` filled with ``--state-keys`` series (1,000 records a
-  call), then one-record calls at that size: the file's size, the process's peak RSS, and the
-  time of one call;
+  call) and a full level each (a score in each of the last 25 hours), then one-record calls at
+  that size (the rows and the level, two transactions): the file's size, the process's peak
+  RSS, and the time of one call;
 - **batch**: ``anomaly score`` on a generated ``--rows``-row file of ``--keys`` hosts (a row a
   minute per host, in time order), whole command wall time, rows/s and peak RSS of the
   process, and whether every row is accounted for.
@@ -95,11 +96,12 @@ def streaming_latency(port: int, records: list[dict[str, Any]], n: int) -> dict[
 
 def many_keys(n_keys: int, work: Path) -> dict[str, Any]:
     from detector.nn.training_options import TrainingOptions
+    from detector.series.levels import DEFAULT_LEVEL_HOURS
     from detector.series.windows import SeriesSpec
     from service.series_store import SeriesStore
 
     window = TrainingOptions().window  # the default's
-    spec = SeriesSpec("ts", ("host",), window=window)
+    spec = SeriesSpec("ts", ("host",), window=window, level_hours=DEFAULT_LEVEL_HOURS)
     store = SeriesStore(str(work / "keys.sqlite"), max_keys=n_keys)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rng = np.random.default_rng(0)
@@ -115,13 +117,28 @@ def many_keys(n_keys: int, work: Path) -> dict[str, Any]:
                 for k in range(first, min(first + 1000, n_keys))
             ]
             store.window("m", spec, METRICS, records)
+    # and a full level: a score in each of the last level_hours + 1 hours, as a day running does
+    hours = DEFAULT_LEVEL_HOURS + 1
+    for first in range(0, n_keys, 1000):
+        keys = np.repeat([f"h{k}" for k in range(first, min(first + 1000, n_keys))], hours)
+        seconds = np.tile(3600.0 * np.arange(-hours + 1, 1), len(keys) // hours)
+        store.judge(
+            "m",
+            spec,
+            METRICS,
+            keys.astype(object),
+            seconds,
+            rng.gamma(2.0, size=len(keys)),
+            normal=1.0,
+        )
     fill = time.perf_counter() - started
     times = []
     for k in range(500):
         record = {"ts": 600, "host": f"h{k * 37 % n_keys}", "cpu": 1.0, "mem": 1.0, "net": 1.0,
                   "disk": 1.0}  # fmt: skip
         start = time.perf_counter()
-        store.window("m", spec, METRICS, [record])
+        windows = store.window("m", spec, METRICS, [record])
+        store.judge("m", spec, METRICS, windows.keys, windows.seconds, np.ones(1), normal=1.0)
         times.append((time.perf_counter() - start) * 1e3)
     return {
         "keys": store.keys("m"),
@@ -230,8 +247,8 @@ def report(p: dict[str, Any]) -> str:
         f"| series kept in the state file | {s['keys']:,} |\n"
         f"| state file size | {s['file_mb']:.1f} MB |\n"
         f"| process RSS growth while filling it | {s['rss_growth_mb']:.1f} MB |\n"
-        f"| one-record state call at that size, median | {s['one_record_call_median_ms']:.3f} ms"
-        " |\n"
+        "| one-record state calls (rows, then level) at that size, median | "
+        f"{s['one_record_call_median_ms']:.3f} ms |\n"
         f"| batch `anomaly score`, rows (series) | {b['rows']:,} ({b['keys']:,}) |\n"
         f"| batch wall time, whole command | {b['wall_s']:.1f} s |\n"
         f"| batch rows/s, whole command | {b['rows_per_s']:,.0f} |\n"
