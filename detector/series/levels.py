@@ -24,10 +24,10 @@ A series' state is a few numbers an hour (the sum and count of its scores in eac
 
 from __future__ import annotations
 
+import base64
 import json
 import math
-import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +53,32 @@ class Level:
     counts: tuple[int, ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps([self.hours, self.sums, self.counts], separators=(",", ":"))
+        """Compact: the first hour, then each hour's count and sum from it on (an hour with
+        no score: 0 and 0.0), the sums as base64 float64, so a stored level reads back exact
+        in about 400 bytes for 25 hours."""
+        if not self.hours:
+            return "[]"
+        first = self.hours[0]
+        counts = [0] * (self.hours[-1] - first + 1)
+        sums = np.zeros(len(counts))
+        for hour, total, count in zip(self.hours, self.sums, self.counts, strict=True):
+            counts[hour - first], sums[hour - first] = count, total
+        packed = base64.b64encode(sums.astype("<f8").tobytes()).decode()
+        return json.dumps([first, counts, packed], separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Level:
-        hours, sums, counts = json.loads(text)
-        return cls(tuple(map(int, hours)), tuple(map(float, sums)), tuple(map(int, counts)))
+        stored = json.loads(text)
+        if not stored:
+            return cls()
+        first, counts, packed = stored
+        sums = np.frombuffer(base64.b64decode(packed), dtype="<f8")
+        kept = [i for i, count in enumerate(counts) if count]
+        return cls(
+            tuple(first + i for i in kept),
+            tuple(float(sums[i]) for i in kept),
+            tuple(int(counts[i]) for i in kept),
+        )
 
 
 def judged(
@@ -73,9 +93,74 @@ def judged(
     """Each score ``(n,)`` of series ``keys`` at epoch ``seconds`` relative to its series'
     level (see the module), from ``levels`` (what earlier scores left), and the new level of
     every series the scores belong to. The rows may come in any order."""
+    running: dict[str, _Running] = {}
+    out = _judge(
+        running, lambda key: _Running(levels.get(key)), keys, seconds, scores, hours, normal
+    )
+    return out, {key: series.frozen(hours) for key, series in running.items()}
+
+
+class _Running:
+    """One series' level as it is being judged: its buckets ``{hour: [sum, count]}`` and the
+    level at ``hour`` (only hours before it count, so more scores in that hour change nothing
+    and a series' many rows of one hour cost one median)."""
+
+    __slots__ = ("buckets", "hour", "level")
+
+    def __init__(self, level: Level | None) -> None:
+        self.buckets: dict[int, list[float]] = {}
+        if level is not None:
+            for hour, total, count in zip(level.hours, level.sums, level.counts, strict=True):
+                self.buckets[hour] = [total, count]
+        self.hour: int | None = None
+        self.level = math.nan
+
+    def level_at(self, hour: int, hours: int) -> float:
+        if hour != self.hour:
+            for old in [k for k in self.buckets if k < hour - hours]:  # out of reach from here on
+                del self.buckets[old]
+            means = sorted(t / c for k, (t, c) in self.buckets.items() if k < hour and c)
+            middle = len(means) // 2
+            self.level = (
+                math.nan
+                if not means
+                else means[middle]
+                if len(means) % 2
+                else (means[middle - 1] + means[middle]) / 2
+            )
+            self.hour = hour
+        return self.level
+
+    def add(self, hour: int, total: float, count: int) -> None:
+        bucket = self.buckets.setdefault(hour, [0.0, 0])
+        bucket[0] += total
+        bucket[1] += count
+
+    def frozen(self, hours: int) -> Level:
+        newest = max(self.buckets)
+        kept = sorted(k for k in self.buckets if k >= newest - hours)
+        return Level(
+            tuple(kept),
+            tuple(float(self.buckets[k][0]) for k in kept),
+            tuple(int(self.buckets[k][1]) for k in kept),
+        )
+
+
+def _judge(
+    running: dict[str, _Running],
+    start: Callable[[str], _Running],
+    keys: np.ndarray,
+    seconds: np.ndarray,
+    scores: np.ndarray,
+    hours: int,
+    normal: float,
+) -> np.ndarray:
+    """``judged``'s work on the series in ``running`` (a series not in it yet: ``start``)."""
     scores = np.asarray(scores, dtype=np.float64)
+    if not len(keys) == len(seconds) == len(scores):
+        raise ValueError(f"{len(keys)} keys, {len(seconds)} times and {len(scores)} scores")
     if not len(scores):
-        return scores.copy(), {}
+        return scores.copy()
     hour = np.floor(np.asarray(seconds, dtype=np.float64) / _HOUR).astype(np.int64)
     codes, names = pd.factorize(np.asarray(keys, dtype=object), sort=False)
     first = int(hour.min())
@@ -86,26 +171,17 @@ def judged(
     )
     sums = np.bincount(group_of, weights=scores)
     counts = np.bincount(group_of)
-    bounds = np.searchsorted(groups // span, np.arange(len(names) + 1))
+    group_code, group_hour = (groups // span).tolist(), (groups % span + first).tolist()
     at = np.empty(len(groups))
-    new: dict[str, Level] = {}
-    for code, key in enumerate(map(str, names)):
-        known = levels.get(key, Level())
-        buckets = dict(zip(known.hours, zip(known.sums, known.counts, strict=True), strict=True))
-        for g in range(bounds[code], bounds[code + 1]):
-            h = int(groups[g] % span) + first
-            for old in [k for k in buckets if k < h - hours]:  # out of reach from here on
-                del buckets[old]
-            means = [s / c for k, (s, c) in buckets.items() if k < h and c]
-            at[g] = statistics.median(means) if means else math.nan
-            s, c = buckets.get(h, (0.0, 0))
-            buckets[h] = (s + float(sums[g]), c + int(counts[g]))
-        newest = max(buckets)
-        kept = sorted(k for k in buckets if k >= newest - hours)
-        new[key] = Level(
-            tuple(kept), tuple(buckets[k][0] for k in kept), tuple(buckets[k][1] for k in kept)
-        )
-    return relative(scores, at[group_of], normal), new
+    names = [str(n) for n in names]
+    for g, (code, h) in enumerate(zip(group_code, group_hour, strict=True)):
+        key = names[code]
+        series = running.get(key)
+        if series is None:
+            series = running[key] = start(key)
+        at[g] = series.level_at(h, hours)
+        series.add(h, float(sums[g]), int(counts[g]))
+    return relative(scores, at[group_of], normal)
 
 
 def relative(scores: np.ndarray, level: np.ndarray, normal: float) -> np.ndarray:
@@ -120,15 +196,15 @@ class ScoreLevels:
 
     def __init__(self, hours: int) -> None:
         self.hours = hours
-        self._levels: dict[str, Level] = {}
+        self._running: dict[str, _Running] = {}
 
     def __len__(self) -> int:
-        return len(self._levels)
+        return len(self._running)
 
     def judge(
         self, keys: np.ndarray, seconds: np.ndarray, scores: np.ndarray, *, normal: float
     ) -> np.ndarray:
-        """``judged``, keeping the new levels for the next call."""
-        out, new = judged(self._levels, keys, seconds, scores, hours=self.hours, normal=normal)
-        self._levels.update(new)
-        return out
+        """``judged``, keeping each series' level for the next call."""
+        return _judge(
+            self._running, lambda key: _Running(None), keys, seconds, scores, self.hours, normal
+        )

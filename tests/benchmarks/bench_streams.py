@@ -134,10 +134,12 @@ def many_keys(n_keys: int, work: Path) -> dict[str, Any]:
     fill = time.perf_counter() - started
     times = []
     for k in range(500):
-        record = {"ts": 600, "host": f"h{k * 37 % n_keys}", "cpu": 1.0, "mem": 1.0, "net": 1.0,
-                  "disk": 1.0}  # fmt: skip
+        # after each key's rows, so that every record is placed and judged
+        record = {"ts": 60 * window, "host": f"h{k * 37 % n_keys}", "cpu": 1.0, "mem": 1.0,
+                  "net": 1.0, "disk": 1.0}  # fmt: skip
         start = time.perf_counter()
         windows = store.window("m", spec, METRICS, [record])
+        assert len(windows.keys) == 1, windows.rejections
         store.judge("m", spec, METRICS, windows.keys, windows.seconds, np.ones(1), normal=1.0)
         times.append((time.perf_counter() - start) * 1e3)
     return {
