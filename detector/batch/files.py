@@ -212,9 +212,11 @@ class _Run:
         if item.windows is None:
             return score_batch(self.bundle, item.encoded, n_input=n_input)
         assert self.state is not None
-        result = score_batch(self.bundle, item.encoded, n_input=len(item.windows.frame))
         # The levels move only here, in chunk order: windowing runs a chunk ahead.
-        result = against_levels(self.bundle, result, item.windows, self.state.levels)
+        adjust = against_levels(self.bundle, item.windows, self.state.levels)
+        result = score_batch(
+            self.bundle, item.encoded, n_input=len(item.windows.frame), adjust=adjust
+        )
         return in_input_rows(result, item.windows, n_input=n_input)
 
     def _prepared(

@@ -59,8 +59,8 @@ def iter_scored(
             tally.add(encoded)
             if check.last is not None:
                 tally.add(check.last)
-            result = score_batch(bundle, encoded, n_input=len(windows.frame))
-            result = against_levels(bundle, result, windows, state.levels)
+            adjust = against_levels(bundle, windows, state.levels)
+            result = score_batch(bundle, encoded, n_input=len(windows.frame), adjust=adjust)
             result = in_input_rows(result, windows, n_input=len(chunk))
             yield ScoredChunk(frame=chunk, result=result, first_row=first_row)
             first_row += len(chunk)

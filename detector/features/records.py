@@ -71,6 +71,6 @@ def score_windowed(
     if batch is None:
         frame = pd.DataFrame.from_records(windows.records, columns=bundle.schema.column_order)
         batch = encode(bundle.schema, frame)
-    result = score_batch(bundle, batch, n_input=len(windows.records))
-    result = against_levels(bundle, result, windows, levels)
+    adjust = against_levels(bundle, windows, levels)
+    result = score_batch(bundle, batch, n_input=len(windows.records), adjust=adjust)
     return in_input_rows(result, windows, n_input=n_input)

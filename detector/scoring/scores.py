@@ -22,7 +22,7 @@ Scores, each a log-likelihood estimate (higher = more normal) before the sign fl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -186,8 +186,8 @@ def score_series(
     carried = [c for c in passthrough if c in frame.columns]
     windows = state.window(frame.drop(columns=carried), check=ValueCheck(bundle.schema, impute))
     batch = encode(bundle.schema, windows.frame, impute=impute)
-    result = score_batch(bundle, batch, n_input=len(windows.frame))
-    result = against_levels(bundle, result, windows, state.levels)
+    adjust = against_levels(bundle, windows, state.levels)
+    result = score_batch(bundle, batch, n_input=len(windows.frame), adjust=adjust)
     return in_input_rows(result, windows, n_input=len(frame))
 
 
@@ -200,29 +200,25 @@ class Levels(Protocol):
     ) -> np.ndarray: ...
 
 
-def against_levels(
-    bundle: Bundle, result: ScoreResult, windows: Windows | StreamWindows, levels: Levels
-) -> ScoreResult:
-    """A series model's ``result`` on ``windows.frame`` with each score judged against its
-    series' recent level (``detector.series.levels``; a bundle without ``level_hours``: as it
-    is), then thresholded and given p-values as before."""
-    spec, bank = bundle.series, bundle.neighbours
-    if spec is None or not spec.level_hours or bank is None or not len(result.rows):
-        return result
-    from dataclasses import replace
+#: Scores of encoded rows ``(n,)`` and those rows' positions -> the scores to threshold.
+Adjustment = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-    scores = levels.judge(
-        windows.keys[result.rows],
-        windows.seconds[result.rows],
-        result.anomaly_score,
-        normal=float(bank.location[1]),
-    )
-    return replace(
-        result,
-        anomaly_score=scores,
-        p_value=bundle.calibrator.p_values(scores),
-        is_anomaly=scores > result.threshold,
-    )
+
+def against_levels(
+    bundle: Bundle, windows: Windows | StreamWindows, levels: Levels
+) -> Adjustment | None:
+    """For a series model's ``windows.frame``: each score judged against its series' recent
+    level (``detector.series.levels``), before the threshold and p-values; ``None`` for a
+    bundle without ``level_hours``, whose scores are final as they are."""
+    spec, bank = bundle.series, bundle.neighbours
+    if spec is None or not spec.level_hours or bank is None:
+        return None
+    normal = float(bank.location[1])
+
+    def adjust(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return levels.judge(windows.keys[rows], windows.seconds[rows], scores, normal=normal)
+
+    return adjust
 
 
 def in_input_rows(
@@ -249,9 +245,12 @@ def in_input_rows(
     )
 
 
-def score_batch(bundle: Bundle, batch: EncodedBatch, *, n_input: int) -> ScoreResult:
+def score_batch(
+    bundle: Bundle, batch: EncodedBatch, *, n_input: int, adjust: Adjustment | None = None
+) -> ScoreResult:
     """``score_frame``'s second half: score the output of ``encode`` for ``n_input`` rows (for
-    a caller that encodes in one thread and scores in another)."""
+    a caller that encodes in one thread and scores in another); ``adjust``: see
+    ``score_encoded``."""
     return score_encoded(
         bundle,
         batch.values,
@@ -259,6 +258,7 @@ def score_batch(bundle: Bundle, batch: EncodedBatch, *, n_input: int) -> ScoreRe
         rejections=batch.rejections,
         n_input=n_input,
         context_unseen=batch.context_unseen,
+        adjust=adjust,
     )
 
 
@@ -270,10 +270,12 @@ def score_encoded(
     rejections: tuple[Rejection, ...] = (),
     n_input: int | None = None,
     context_unseen: np.ndarray | None = None,
+    adjust: Adjustment | None = None,
 ) -> ScoreResult:
     """Score already-encoded features ``(n, n_features)`` (the step after ``encode``).
     ``context_unseen`` is ``EncodedBatch.context_unseen``; for a schema with context columns
-    and none given, no row is flagged."""
+    and none given, no row is flagged. ``adjust`` (``against_levels``) turns the scores into
+    the ones thresholded, given the rows' positions."""
     if len(values):
         if bundle.score_kind == "knn" and bundle.neighbours is not None:
             # The distance alone: the network's graph would be computed for nothing. The
@@ -286,6 +288,8 @@ def score_encoded(
             scores = anomaly_scores(estimates, bundle.score_kind)
             excess = estimates["term_nll"] - bundle.term_baseline
         contributions = _by_source_column(excess, bundle.schema)
+        if adjust is not None:
+            scores = adjust(scores, np.arange(len(values)) if rows is None else rows)
     else:
         scores = np.zeros(0)
         contributions = np.zeros((0, len(bundle.schema.scored_columns)))

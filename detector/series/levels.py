@@ -119,15 +119,7 @@ class _Running:
         if hour != self.hour:
             for old in [k for k in self.buckets if k < hour - hours]:  # out of reach from here on
                 del self.buckets[old]
-            means = sorted(t / c for k, (t, c) in self.buckets.items() if k < hour and c)
-            middle = len(means) // 2
-            self.level = (
-                math.nan
-                if not means
-                else means[middle]
-                if len(means) % 2
-                else (means[middle - 1] + means[middle]) / 2
-            )
+            self.level = _median([t / c for k, (t, c) in self.buckets.items() if k < hour and c])
             self.hour = hour
         return self.level
 
@@ -192,19 +184,88 @@ def relative(scores: np.ndarray, level: np.ndarray, normal: float) -> np.ndarray
 
 class ScoreLevels:
     """The levels of the series one scorer has seen (a file, across its chunks), kept between
-    calls; ``hours`` 0 judges every score as it is."""
+    calls; ``hours`` 0 judges every score as it is. ``judged``'s rule, kept in arrays: a file
+    chunk holds a few rows of each of many series, mostly in the hour each series is in
+    already, whose level is known; only a series' new hour takes a median (in Python)."""
 
     def __init__(self, hours: int) -> None:
         self.hours = hours
-        self._running: dict[str, _Running] = {}
+        self._index: dict[str, int] = {}
+        self._hour = np.zeros(0, dtype=np.int64)  # each series' current hour (_NO_HOUR: none)
+        self._level = np.zeros(0)  # its level there
+        self._sum = np.zeros(0)  # and its scores' sum and count there so far
+        self._count = np.zeros(0, dtype=np.int64)
+        self._past: list[list[tuple[int, float]]] = []  # (hour, mean) of its hours before
 
     def __len__(self) -> int:
-        return len(self._running)
+        return len(self._index)
 
     def judge(
         self, keys: np.ndarray, seconds: np.ndarray, scores: np.ndarray, *, normal: float
     ) -> np.ndarray:
         """``judged``, keeping each series' level for the next call."""
-        return _judge(
-            self._running, lambda key: _Running(None), keys, seconds, scores, self.hours, normal
-        )
+        scores = np.asarray(scores, dtype=np.float64)
+        if not len(keys) == len(seconds) == len(scores):
+            raise ValueError(f"{len(keys)} keys, {len(seconds)} times and {len(scores)} scores")
+        if not len(scores):
+            return scores.copy()
+        hour = np.floor(np.asarray(seconds, dtype=np.float64) / _HOUR).astype(np.int64)
+        codes, names = pd.factorize(np.asarray(keys, dtype=object), sort=False)
+        series = np.array([self._series(str(n)) for n in names], dtype=np.int64)[codes]
+        first = int(hour.min())
+        span = int(hour.max()) - first + 1
+        groups, group_of = np.unique(series * span + (hour - first), return_inverse=True)
+        sums = np.bincount(group_of, weights=scores)
+        counts = np.bincount(group_of)
+        owner, at_hour = groups // span, groups % span + first
+        level = np.empty(len(groups))
+        # A series' rows in the hour it is in: its level is known, its sums grow.
+        known = at_hour == self._hour[owner]
+        level[known] = self._level[owner[known]]
+        np.add.at(self._sum, owner[known], sums[known])
+        np.add.at(self._count, owner[known], counts[known])
+        # A new hour (after the known one of its series, in order): one median each.
+        for g in np.flatnonzero(~known).tolist():
+            level[g] = self._new_hour(int(owner[g]), int(at_hour[g]), sums[g], counts[g])
+        return relative(scores, level[group_of], normal)
+
+    def _series(self, key: str) -> int:
+        i = self._index.get(key)
+        if i is None:
+            i = self._index[key] = len(self._index)
+            if i == len(self._hour):  # grow by half, as a list does
+                more = max(16, i // 2)
+                self._hour = np.concatenate([self._hour, np.full(more, _NO_HOUR)])
+                self._level = np.concatenate([self._level, np.full(more, math.nan)])
+                self._sum = np.concatenate([self._sum, np.zeros(more)])
+                self._count = np.concatenate([self._count, np.zeros(more, dtype=np.int64)])
+            self._past.append([])
+        return i
+
+    def _new_hour(self, i: int, hour: int, total: float, count: int) -> float:
+        past = self._past[i]
+        current = int(self._hour[i])
+        if hour < current:  # not from a file (its windows reject late rows); kept, not lost
+            level = _median([m for k, m in past if hour - self.hours <= k < hour])
+            past.append((hour, total / count))
+            return level
+        if current != _NO_HOUR and self._count[i]:
+            past.append((current, float(self._sum[i] / self._count[i])))
+        past[:] = [(k, m) for k, m in past if k >= hour - self.hours]
+        level = _median([m for _, m in past])
+        self._hour[i], self._level[i] = hour, level
+        self._sum[i], self._count[i] = total, count
+        return level
+
+
+#: A series with no hour yet.
+_NO_HOUR = np.iinfo(np.int64).min
+
+
+def _median(values: list[float]) -> float:
+    """The median of a few values (NaN for none), without ``statistics``' overhead."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

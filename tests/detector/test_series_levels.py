@@ -98,3 +98,20 @@ def test_no_scores_no_state(hours: int) -> None:
     empty = np.array([], dtype=object)
     assert levels.judge(empty, np.array([]), np.array([]), normal=1.0).shape == (0,)
     assert len(levels) == 0
+
+
+def test_a_files_levels_and_the_services_follow_one_rule() -> None:
+    # ScoreLevels (files, chunk by chunk) keeps arrays; judged (the service) keeps Level
+    # records: hosts with gaps of hours and days, cut into chunks anywhere, agree.
+    rng = np.random.default_rng(2)
+    keys = rng.choice(np.array(["a", "b", "c"], dtype=object), 3000)
+    seconds = np.cumsum(rng.choice([60.0, 600.0, 7200.0, 90000.0], 3000, p=[0.6, 0.3, 0.08, 0.02]))
+    scores = rng.gamma(2.0, size=3000)
+    levels = ScoreLevels(24)
+    stored: dict[str, Level] = {}
+    for a, b in itertools.pairwise([0, 1, 2, 500, 1700, 1701, 3000]):
+        mine = levels.judge(keys[a:b], seconds[a:b], scores[a:b], normal=1.5)
+        theirs, new = judged(stored, keys[a:b], seconds[a:b], scores[a:b], hours=24, normal=1.5)
+        stored |= new
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12)
+    assert len(levels) == 3
