@@ -221,30 +221,11 @@ class SeriesStore:
 
     @staticmethod
     def _read(db: sqlite3.Connection, state: int, keys: list[str]) -> dict[str, History]:
-        histories = {}
-        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = db.execute(
-                f"SELECT key, history FROM series_history WHERE layout = ? AND key IN ({marks})",
-                (state, *chunk),
-            )
-            histories.update({key: History.from_json(text) for key, text in rows})
-        return histories
+        return {k: History.from_json(t) for k, t in _select(db, state, keys, "history").items()}
 
     @staticmethod
     def _read_levels(db: sqlite3.Connection, state: int, keys: list[str]) -> dict[str, Level]:
-        levels = {}
-        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = db.execute(
-                f"SELECT key, level FROM series_history WHERE layout = ? AND key IN ({marks}) "
-                "AND level IS NOT NULL",
-                (state, *chunk),
-            )
-            levels.update({key: Level.from_json(text) for key, text in rows})
-        return levels
+        return {k: Level.from_json(t) for k, t in _select(db, state, keys, "level").items()}
 
     def _write(
         self, db: sqlite3.Connection, state: int, histories: Mapping[str, History], *, new: int
@@ -271,6 +252,22 @@ class SeriesStore:
                 (state, over),
             )
             db.execute("UPDATE series_layouts SET n_keys = ? WHERE id = ?", (self.max_keys, state))
+
+
+def _select(db: sqlite3.Connection, state: int, keys: list[str], column: str) -> dict[str, str]:
+    """``column`` (``history`` or ``level``) of each of ``keys`` that has one, under layout
+    ``state``."""
+    found = {}
+    for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = db.execute(
+            f"SELECT key, {column} FROM series_history WHERE layout = ? AND key IN ({marks}) "
+            f"AND {column} IS NOT NULL",
+            (state, *chunk),
+        )
+        found.update(dict(rows))
+    return found
 
 
 def _layout(spec: SeriesSpec, value_columns: Sequence[str]) -> str:

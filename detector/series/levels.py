@@ -148,32 +148,57 @@ def _judge(
     normal: float,
 ) -> np.ndarray:
     """``judged``'s work on the series in ``running`` (a series not in it yet: ``start``)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if not len(keys) == len(seconds) == len(scores):
-        raise ValueError(f"{len(keys)} keys, {len(seconds)} times and {len(scores)} scores")
+    scores = _checked(keys, seconds, scores)
     if not len(scores):
         return scores.copy()
-    hour = np.floor(np.asarray(seconds, dtype=np.float64) / _HOUR).astype(np.int64)
     codes, names = pd.factorize(np.asarray(keys, dtype=object), sort=False)
-    first = int(hour.min())
-    span = int(hour.max()) - first + 1
-    # One group per (series, hour), ordered by series then hour.
-    groups, group_of = np.unique(
-        codes.astype(np.int64) * span + (hour - first), return_inverse=True
-    )
-    sums = np.bincount(group_of, weights=scores)
-    counts = np.bincount(group_of)
-    group_code, group_hour = (groups // span).tolist(), (groups % span + first).tolist()
-    at = np.empty(len(groups))
+    groups = _Groups.of(codes, seconds, scores)
+    at = np.empty(len(groups.owner))
     names = [str(n) for n in names]
-    for g, (code, h) in enumerate(zip(group_code, group_hour, strict=True)):
+    for g, (code, h) in enumerate(zip(groups.owner.tolist(), groups.hour.tolist(), strict=True)):
         key = names[code]
         series = running.get(key)
         if series is None:
             series = running[key] = start(key)
         at[g] = series.level_at(h, hours)
-        series.add(h, float(sums[g]), int(counts[g]))
-    return relative(scores, at[group_of], normal)
+        series.add(h, float(groups.sums[g]), int(groups.counts[g]))
+    return relative(scores, at[groups.of_row], normal)
+
+
+def _checked(keys: np.ndarray, seconds: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``scores`` as floats, once ``keys``, ``seconds`` and ``scores`` are known to line up."""
+    if not len(keys) == len(seconds) == len(scores):
+        raise ValueError(f"{len(keys)} keys, {len(seconds)} times and {len(scores)} scores")
+    return np.asarray(scores, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Scores grouped by series and clock hour, ordered by series then hour: each group's
+    ``owner`` (series code) and ``hour``, its scores' ``sums`` and ``counts``, and each row's
+    group (``of_row``)."""
+
+    owner: np.ndarray
+    hour: np.ndarray
+    sums: np.ndarray
+    counts: np.ndarray
+    of_row: np.ndarray
+
+    @classmethod
+    def of(cls, codes: np.ndarray, seconds: np.ndarray, scores: np.ndarray) -> _Groups:
+        hour = np.floor(np.asarray(seconds, dtype=np.float64) / _HOUR).astype(np.int64)
+        first = int(hour.min())
+        span = int(hour.max()) - first + 1
+        groups, of_row = np.unique(
+            np.asarray(codes, dtype=np.int64) * span + (hour - first), return_inverse=True
+        )
+        return cls(
+            groups // span,
+            groups % span + first,
+            np.bincount(of_row, weights=scores),
+            np.bincount(of_row),
+            of_row,
+        )
 
 
 def relative(scores: np.ndarray, level: np.ndarray, normal: float) -> np.ndarray:
@@ -204,21 +229,14 @@ class ScoreLevels:
         self, keys: np.ndarray, seconds: np.ndarray, scores: np.ndarray, *, normal: float
     ) -> np.ndarray:
         """``judged``, keeping each series' level for the next call."""
-        scores = np.asarray(scores, dtype=np.float64)
-        if not len(keys) == len(seconds) == len(scores):
-            raise ValueError(f"{len(keys)} keys, {len(seconds)} times and {len(scores)} scores")
+        scores = _checked(keys, seconds, scores)
         if not len(scores):
             return scores.copy()
-        hour = np.floor(np.asarray(seconds, dtype=np.float64) / _HOUR).astype(np.int64)
         codes, names = pd.factorize(np.asarray(keys, dtype=object), sort=False)
         series = np.array([self._series(str(n)) for n in names], dtype=np.int64)[codes]
-        first = int(hour.min())
-        span = int(hour.max()) - first + 1
-        groups, group_of = np.unique(series * span + (hour - first), return_inverse=True)
-        sums = np.bincount(group_of, weights=scores)
-        counts = np.bincount(group_of)
-        owner, at_hour = groups // span, groups % span + first
-        level = np.empty(len(groups))
+        groups = _Groups.of(series, seconds, scores)
+        owner, at_hour, sums, counts = groups.owner, groups.hour, groups.sums, groups.counts
+        level = np.empty(len(owner))
         # A series' rows in the hour it is in: its level is known, its sums grow.
         known = at_hour == self._hour[owner]
         level[known] = self._level[owner[known]]
@@ -227,7 +245,7 @@ class ScoreLevels:
         # A new hour (after the known one of its series, in order): one median each.
         for g in np.flatnonzero(~known).tolist():
             level[g] = self._new_hour(int(owner[g]), int(at_hour[g]), sums[g], counts[g])
-        return relative(scores, level[group_of], normal)
+        return relative(scores, level[groups.of_row], normal)
 
     def _series(self, key: str) -> int:
         i = self._index.get(key)
