@@ -160,7 +160,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         if _judged_by_parts(config):
             exclude = (*config.categorical, *conditioned_on(config))
             series = with_deviation(series, frame, config.deviation_window, exclude)
-            series = replace(series, level_hours=config.level_hours)
+            if (config.score_kind or DEFAULT_SCORE) == "knn":  # the distance's own units
+                series = replace(series, level_hours=config.level_hours)
         windows = windowed_for_training(frame, series)
         warming = warming_warning(windows, frame, series)
         frame = windows.frame

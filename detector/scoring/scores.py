@@ -211,7 +211,7 @@ def against_levels(
     level (``detector.series.levels``), before the threshold and p-values; ``None`` for a
     bundle without ``level_hours``, whose scores are final as they are."""
     spec, bank = bundle.series, bundle.neighbours
-    if spec is None or not spec.level_hours or bank is None:
+    if spec is None or not spec.level_hours or bank is None or bundle.score_kind != "knn":
         return None
     normal = float(bank.location[1])
 

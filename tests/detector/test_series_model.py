@@ -237,6 +237,23 @@ def test_only_the_default_models_distance_gets_the_deviation() -> None:
     assert not any("[-mean]" in c for c in plain.bundle_.schema.column_order)
 
 
+def test_only_the_default_distance_is_judged_against_its_series_level() -> None:
+    """The level is in the distance's units (``detector.series.levels``): the ELBO and the
+    ELBO-distance sum keep their scores as they are, as does ``--level-hours 0``."""
+    train = fleet(300)
+    levels = {}
+    for name, options in {
+        "default": {},
+        "elbo_knn": {"score_kind": "elbo_knn"},
+        "elbo": {"score_kind": "elbo"},
+        "off": {"level_hours": 0},
+    }.items():
+        series = VAEDetector(**SERIES, **options, **TINY).fit(train).bundle_.series
+        assert series is not None
+        levels[name] = series.level_hours
+    assert levels == {"default": 24, "elbo_knn": 0, "elbo": 0, "off": 0}
+
+
 def test_series_options_need_a_time_column() -> None:
     with pytest.raises(
         ConfigError,
