@@ -173,6 +173,38 @@ def test_parts_are_each_part_s_distance_standardised_then_summed() -> None:
         NeighbourBank.fit(schema, x[:300], x[300:], np.zeros(100), parts=parts[:, :2])
 
 
+def test_a_part_may_search_fewer_bank_rows_spread_over_the_bank() -> None:
+    """``part_rows``: the second part searches every third of the 300 bank rows (at most 100),
+    so its distance is the brute-force one to those rows alone; the first part every row.
+    The cap survives the file, and a bank saved before it searches every row."""
+    frame = _table(400)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    parts = np.ones((2, schema.n_features), dtype=bool)
+    parts[1, 1:] = False  # column "a" alone
+    bank = NeighbourBank.fit(
+        schema, x[:300], x[300:350], np.zeros(50), k=3, parts=parts, part_rows=np.array([0, 100])
+    )
+    query = x[350:]
+    weighted = np.clip(query * bank.weights, bank.lower, bank.upper)[:, :1]
+    strided = (x[:300] * bank.weights)[::3, :1]
+    full = np.sqrt(((weighted[:, None, :] - strided[None]) ** 2).sum(-1))
+    box = np.maximum(weighted - bank.box_high[:1], 0) + np.maximum(bank.box_low[:1] - weighted, 0)
+    expected = np.sort(full, axis=1)[:, :3].mean(axis=1) + 0.5 * box[:, 0]
+    np.testing.assert_allclose(bank.part_distances(query)[1], expected, rtol=1e-4, atol=1e-6)
+    again = NeighbourBank.from_bytes(bank.to_bytes(), schema.n_features)
+    np.testing.assert_array_equal(again.part_rows, [0, 100])
+    np.testing.assert_array_equal(again.distances(query), bank.distances(query))
+    every = NeighbourBank.fit(schema, x[:300], x[300:350], np.zeros(50), k=3, parts=parts)
+    assert every.part_rows is None
+    assert not np.allclose(every.part_distances(query)[1], bank.part_distances(query)[1])
+    # Leave-one-out measures each bank row against the others: it keeps every row.
+    small = NeighbourBank.fit(
+        schema, x[:40], x[:40], np.zeros(40), parts=parts, part_rows=[0, 10], leave_one_out=True
+    )
+    assert small.part_rows is None
+
+
 def test_a_bank_saved_before_parts_scores_as_it_did() -> None:
     x, bank, legacy = _saved_without("part")
     assert legacy.parts.shape == (1, x.shape[1])
