@@ -76,6 +76,7 @@ OPTIONS: dict[str, Option] = {
             "window",
             "short_window",
             "deviation_window",
+            "column_window",
             "level_hours",
             "max_gap_seconds",
             "calendar",

@@ -63,7 +63,7 @@ from detector.features.record_encoder import RecordEncoder
 from detector.features.schema import Schema
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.nn.lite_graph import LiteScoreGraph, litert_available
-from detector.nn.training_options import DEVIATION_WEIGHT
+from detector.nn.training_options import DEVIATION_WEIGHT, METRIC_WEIGHT
 from detector.scoring.neighbours import DEFAULT_BOX_QUANTILE, NeighbourBank
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import ScoreGraph, score_kinds
@@ -168,11 +168,19 @@ class Bundle:
                     f"each metric's difference from the mean of the "
                     f"{series.deviation_window - 1} rows before "
                 )
-                judged = [f"on all {series.window} rows of the window"]
+                own = int(series.deviates and lengths == 1)  # the deviations' own part
+                # The metrics' own parts, in the whole window's place (bundles since them).
+                metrics = self.params.get("metric_parts")
+                if isinstance(metrics, int) and metrics > 0:
+                    rows = min(int(self.params.get("column_window", series.window)), series.window)
+                    alone = f"each of {metrics} metrics alone on its newest {rows} rows"
+                    judged = [f"{alone} ({METRIC_WEIGHT:g} x their mean)"]
+                else:
+                    judged = [f"on all {series.window} rows of the window"]
                 if lengths > 1:
                     joined = f" with {deviation}the newest" if series.deviates else ""
                     judged.insert(0, f"on the newest {short} rows{joined}")
-                if series.deviates and len(bank.parts) > lengths:  # a part of its own
+                if own:
                     weight = f" (weight {DEVIATION_WEIGHT:g})"
                     judged.append(f"on the newest row with {deviation}it{weight}")
                 parts = f", {', '.join(judged[:-1])} and {judged[-1]}, each standardised, summed"

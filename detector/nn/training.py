@@ -45,7 +45,12 @@ from detector.nn.training_checks import (
     check_spread,
     constant,
 )
-from detector.nn.training_options import DEVIATION_WEIGHT, TrainingOptions
+from detector.nn.training_options import (
+    DEVIATION_WEIGHT,
+    METRIC_BANK_ROWS,
+    METRIC_WEIGHT,
+    TrainingOptions,
+)
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.neighbours import NeighbourBank
 from detector.scoring.scores import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
@@ -57,6 +62,7 @@ from detector.scoring.threshold import (
 )
 from detector.series.windows import (
     SeriesSpec,
+    metric_parts,
     series_of,
     warming_warning,
     window_parts,
@@ -226,9 +232,12 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     score_kind = config.score_kind or (
         DEFAULT_SCORE if config.model == "vae" and config.neighbours else model.default_score_kind
     )
-    bank = None
+    bank, metric_count = None, 0
     if score_kind in NEIGHBOUR_KINDS:
-        parts = _window_parts(schema, series, config.short_window)
+        column = config.column_window if series is not None and _judged_by_parts(config) else 0
+        found = _window_parts(schema, series, config.short_window, column)
+        parts, weights, rows = found or (None, None, None)
+        metric_count = 0 if rows is None else int((rows > 0).sum())  # only theirs are capped
         bank = NeighbourBank.fit(
             schema,
             fit_x,
@@ -238,9 +247,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             seed=config.random_state,
             leave_one_out=small,
             parts=parts,
-            part_weights=(
-                None if parts is None else _part_weights(parts, series, config.short_window)
-            ),
+            part_weights=weights,
+            part_rows=rows,
         )
     cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
@@ -315,6 +323,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     )
     params = asdict(config)
     params.update(
+        metric_parts=metric_count,  # metrics the distance judges alone, to describe the score
         hidden_units=list(hidden),
         latent_dim=latent,
         categorical=list(config.categorical),
@@ -348,25 +357,36 @@ def _judged_by_parts(config: TrainingConfig) -> bool:
     return config.model == "vae" and kind in NEIGHBOUR_KINDS
 
 
-def _window_parts(schema: Schema, series: SeriesSpec | None, short: int) -> np.ndarray | None:
-    """The parts the distance judges a series record on: the newest ``short`` rows of its
-    window, with the deviations where the window has them, and the whole window (or, when
-    ``short`` is 0 or not below it, the whole window and the newest row with its deviations);
+def _window_parts(
+    schema: Schema, series: SeriesSpec | None, short: int, column: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The parts the distance judges a series record on, each one's weight in the sum and the
+    bank rows it searches at most (0: all): the newest ``short`` rows of its window, with the
+    deviations where the window has them, and the whole window (or, when ``short`` is 0 or
+    not below it, the whole window and the newest row with its deviations, at
+    ``DEVIATION_WEIGHT``). With ``column`` 2 or more, each metric alone on its newest
+    ``column`` rows (at most the window) takes the whole window's place: they share
+    ``METRIC_WEIGHT``, so that together they count as their mean at that weight does, and each
+    searches ``METRIC_BANK_ROWS`` bank rows at most.
     ``None`` (every column at once) for a table, or a window judged whole and alone."""
     if series is None:
         return None
     lengths = (short, series.window) if 0 < short < series.window else (series.window,)
     parts = window_parts(schema, lengths)
-    return parts if len(parts) > 1 else None
-
-
-def _part_weights(parts: np.ndarray, series: SeriesSpec | None, short: int) -> np.ndarray:
-    """Each part's weight in the sum: 1, but ``DEVIATION_WEIGHT`` for a deviation part of its
-    own (the last; with a short window the deviations join its part instead)."""
     weights = np.ones(len(parts))
-    if series is not None and series.deviates and not 0 < short < series.window:
+    if series.deviates and len(lengths) == 1:  # the deviations' own part, the last
         weights[-1] = DEVIATION_WEIGHT
-    return weights
+    rows = np.zeros(len(parts), dtype=np.int64)
+    metrics = metric_parts(schema, min(column, series.window))
+    if column >= 2 and len(metrics):
+        whole = len(lengths) - 1  # the whole window's part
+        keep = np.arange(len(parts)) != whole
+        parts = np.concatenate([parts[keep], metrics])
+        weights = np.concatenate(
+            [weights[keep], np.full(len(metrics), METRIC_WEIGHT / len(metrics))]
+        )
+        rows = np.concatenate([rows[keep], np.full(len(metrics), METRIC_BANK_ROWS)])
+    return (parts, weights, rows) if len(parts) > 1 else None
 
 
 def _small_table_warning(n: int, score_kind: str) -> str:

@@ -15,6 +15,12 @@ from detector.wording import option
 DEFAULT_WINDOW = 20
 DEFAULT_SHORT_WINDOW = 5
 DEFAULT_DEVIATION_WINDOW = 10
+#: The newest rows each metric is judged on alone, in the whole window's place, the weight of
+#: those parts' mean, and the bank rows (spread over the training period) each such part
+#: searches at most (``bench_series.py --study metrics``).
+DEFAULT_COLUMN_WINDOW = 20
+METRIC_WEIGHT = 0.75
+METRIC_BANK_ROWS = 250
 #: How much the deviation part counts beside the window's other parts (``--study scales``).
 DEVIATION_WEIGHT = 0.5
 
@@ -112,6 +118,15 @@ class TrainingOptions(Options):
         "capped at --window; 0 or 1: not",
         metavar="N",
     )
+    column_window: int = opt(
+        DEFAULT_COLUMN_WINDOW,
+        "the default model's distance judges each metric alone on its newest N rows, to "
+        "the same rows of that metric in training, instead of the whole window at once, and "
+        f"adds {METRIC_WEIGHT:g} x the mean of those distances (with --time-column; capped at "
+        "--window); 0 or 1: "
+        "the whole window at once",
+        metavar="N",
+    )
     level_hours: int = opt(
         DEFAULT_LEVEL_HOURS,
         "the default model judges each series record's score against the median of its "
@@ -158,6 +173,7 @@ class TrainingOptions(Options):
             self.window != DEFAULT_WINDOW,
             self.short_window != DEFAULT_SHORT_WINDOW,
             self.deviation_window != DEFAULT_DEVIATION_WINDOW,
+            self.column_window != DEFAULT_COLUMN_WINDOW,
             self.level_hours != DEFAULT_LEVEL_HOURS,
             self.max_gap_seconds is not None,
             self.calendar,
@@ -168,6 +184,7 @@ class TrainingOptions(Options):
                 "window",
                 "short_window",
                 "deviation_window",
+                "column_window",
                 "level_hours",
                 "max_gap_seconds",
                 "calendar",
@@ -182,6 +199,9 @@ class TrainingOptions(Options):
         if self.deviation_window < 0:
             deviation = option("deviation_window")
             problems.append(f"{deviation} {self.deviation_window} must be 0 (off) or a row count")
+        if self.column_window < 0:
+            column = option("column_window")
+            problems.append(f"{column} {self.column_window} must be 0 (off) or a row count")
         if not 0 <= self.level_hours <= MAX_LEVEL_HOURS:
             level = option("level_hours")
             problems.append(

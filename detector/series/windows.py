@@ -10,7 +10,8 @@ newest step keeps the column's own name, so attribution still names the metric),
 and its difference from the mean of those rows as ``COL[-mean]`` (``"deviation"``: a level
 that moved with its recent history reads as normal). With ``deviation_window`` N, a lags window
 also carries each numeric column's difference from the mean of the N - 1 rows before it as
-``COL[-mean]``, judged with the distance's short part (``window_parts``). The first rows of a
+``COL[-mean]``, judged with the distance's short part (``window_parts``); the default distance
+judges each metric's own lags as a part of their own (``metric_parts``). The first rows of a
 series, with fewer than ``window - 1`` rows before them, borrow the oldest row they have and
 are marked as warming up; none is dropped. With ``calendar``, each row also gets its hour of
 day and day of week (UTC, Monday 0) as text columns ``TIME[hour]`` and ``TIME[weekday]``: what
@@ -356,6 +357,21 @@ def window_parts(schema: Schema, lengths: tuple[int, ...]) -> np.ndarray:
     elif deviation.any():
         parts.append(lags == 0)
     return np.array(parts, dtype=bool)
+
+
+def metric_parts(schema: Schema, length: int) -> np.ndarray:
+    """For each numeric metric of ``schema``'s window (a column with lags), which encoded
+    features hold its newest ``length`` rows, and nothing else: the parts the distance judges
+    each metric on alone (``--column-window``). ``(metrics, n_features)`` booleans, in the
+    schema's order; none for a window without lags."""
+    names = [c.name for c in schema.numeric]
+    width = schema.n_features - len(names)  # one-hot and context slots: in no metric's part
+    lags = np.array([lag_of(name) for name in names] + [0] * width)
+    bases = [re.sub(r"\[-\d+\]$", "", name) for name in names] + [""] * width
+    lagged = {base for base, lag in zip(bases, lags, strict=True) if lag > 0}
+    metrics = [base for base in dict.fromkeys(bases) if base in lagged]
+    parts = [np.array([b == base for b in bases]) & (lags < length) for base in metrics]
+    return np.array(parts, dtype=bool).reshape(len(parts), schema.n_features)
 
 
 def calendar_values(seconds: float) -> tuple[str, str]:

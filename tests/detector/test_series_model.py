@@ -171,11 +171,13 @@ def test_the_distance_judges_the_newest_rows_with_their_deviation_and_the_whole_
     is 10, more than the window, so it takes the whole window), and all 8 rows' columns; a
     jump is still found, blamed on its metric, and the bundle scores alike after loading.
     Without a short window the deviations are a part of their own, the newest row's, at half
-    weight; ``--deviation-window 0`` drops them."""
+    weight; ``--deviation-window 0`` drops them. (``--column-window 0``: the whole window at
+    once, as before the metrics' own parts.)"""
     from detector.series.windows import lag_of
 
     train = fleet(400)
-    detector = VAEDetector(**{**SERIES, "window": 8}, short_window=3, **TINY).fit(train)
+    whole_window = {**SERIES, "window": 8, "column_window": 0}
+    detector = VAEDetector(**whole_window, short_window=3, **TINY).fit(train)
     bank, schema = detector.bundle_.neighbours, detector.bundle_.schema
     assert bank is not None and bank.parts.shape == (2, schema.n_features)
     names = [c.name for c in schema.numeric]
@@ -208,24 +210,60 @@ def test_the_distance_judges_the_newest_rows_with_their_deviation_and_the_whole_
     assert loaded.bundle_.series == detector.bundle_.series
     np.testing.assert_allclose(loaded.anomaly_score(test), result.anomaly_score, rtol=1e-6)
 
-    two = VAEDetector(**{**SERIES, "window": 8}, short_window=3, deviation_window=0, **TINY)
+    two = VAEDetector(**whole_window, short_window=3, deviation_window=0, **TINY)
     parts = two.fit(train).bundle_.neighbours.parts
     assert parts.shape[0] == 2 and not any("[-mean]" in c for c in two.bundle_.schema.column_order)
-    own = VAEDetector(**{**SERIES, "window": 8}, short_window=0, **TINY).fit(train).bundle_
+    own = VAEDetector(**whole_window, short_window=0, **TINY).fit(train).bundle_
     assert own.neighbours is not None and own.neighbours.parts.shape[0] == 2
     np.testing.assert_array_equal(own.neighbours.parts[1, : own.schema.n_numeric], lags == 0)
     assert (
         "and on the newest row with each metric's difference from the mean of the 7 rows "
         "before it (weight 0.5)" in own.describe_score()
     )
-    whole = VAEDetector(**{**SERIES, "window": 8}, short_window=0, deviation_window=0, **TINY).fit(
-        train
-    )
+    whole = VAEDetector(**whole_window, short_window=0, deviation_window=0, **TINY).fit(train)
     assert whole.bundle_.neighbours is not None and whole.bundle_.neighbours.parts.shape[0] == 1
     with pytest.raises(ConfigError, match="short_window -1 must be 0"):
         VAEDetector(**SERIES, short_window=-1, **TINY).fit(train)
     with pytest.raises(ConfigError, match="deviation_window -2 must be 0"):
         VAEDetector(**SERIES, deviation_window=-2, **TINY).fit(train)
+
+
+def test_each_metric_is_judged_alone_in_the_whole_windows_place(tmp_path) -> None:
+    """The default: the newest rows' part, then one part per metric over its newest
+    ``--column-window`` rows (capped at the window), each searching at most 250 bank rows and
+    counting 0.75/metrics, in place of the whole window's part; a jump is found and blamed on its
+    metric, the bundle scores alike after loading, and the score says what it is made of."""
+    from detector.series.windows import lag_of
+
+    train = fleet(400)
+    detector = VAEDetector(**{**SERIES, "window": 8}, short_window=3, **TINY).fit(train)
+    bundle = detector.bundle_
+    bank, schema = bundle.neighbours, bundle.schema
+    assert bank is not None and bank.parts.shape == (3, schema.n_features)
+    names = [c.name for c in schema.numeric]
+    lags = np.array([lag_of(name) for name in names])
+    deviation = np.array([name.endswith("[-mean]") for name in names])
+    for part, metric in zip(bank.parts[1:], ("cpu", "mem"), strict=True):
+        mine = np.array([name == metric or name.startswith(f"{metric}[-") for name in names])
+        np.testing.assert_array_equal(part[: schema.n_numeric], mine & ~deviation & (lags < 8))
+        assert not part[schema.n_numeric :].any()  # the host's one-hot is in no metric's part
+    assert bank.part_rows is not None and list(bank.part_rows) == [0, 250, 250]
+    assert "and each of 2 metrics alone on its newest 8 rows (0.75 x their mean)" in (
+        bundle.describe_score()
+    )
+    test, row = jumped(fleet(60, start="2026-01-02", seed=1))
+    result = detector.score_records(test)
+    position = int(np.flatnonzero(result.rows == row)[0])
+    assert result.is_anomaly[position]
+    assert result.top_features(1)[position] == ["cpu"]
+    detector.save(tmp_path / "m")
+    loaded = VAEDetector.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.anomaly_score(test), result.anomaly_score, rtol=1e-6)
+    shorter = VAEDetector(**{**SERIES, "window": 8}, column_window=4, **TINY).fit(train)
+    part = shorter.bundle_.neighbours.parts[1, : schema.n_numeric]
+    assert sorted(lags[part]) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="column_window -1 must be 0"):
+        VAEDetector(**SERIES, column_window=-1, **TINY).fit(train)
 
 
 def test_only_the_default_models_distance_gets_the_deviation() -> None:
@@ -257,7 +295,8 @@ def test_only_the_default_distance_is_judged_against_its_series_level() -> None:
 def test_series_options_need_a_time_column() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"series_columns, window, short_window, deviation_window, level_hours, "
+        match=r"series_columns, window, short_window, deviation_window, column_window, "
+        r"level_hours, "
         r"max_gap_seconds, calendar .* time_column",
     ):
         VAEDetector(window=3, **TINY).fit(fleet(100))
