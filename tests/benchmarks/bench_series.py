@@ -39,6 +39,9 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
   whole or at a weight;
 - ``--study baselines``: the default score judged against its series' own recent level (the
   median of its scores in the hours before), a causal transformation a stream could keep;
+- ``--study metrics``: each metric judged alone on its newest 10, 15 or 20 rows (one part per
+  metric, their mean), in the whole window's place or beside it, at two weights, each part
+  searching every bank row or at most 500 of them;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -97,10 +100,12 @@ VARIANTS += (("deviation W=15", 15, "deviation"),)
 #: before windowing), with ``--window``, ``--short-window`` and ``--deviation-window``: the
 #: window, the newest rows the distance also judges alone (0: the whole window only) and the
 #: rows whose mean the newest row's deviation part is taken from (0: no such part).
-PRODUCT_VARIANTS: tuple[tuple[str, int, int, int], ...] = (
-    ("series W=10", 10, 0, 0),  # the default before --study scales
-    ("series W=20, newest 5", 20, 5, 0),  # the default from --study scales
-    ("series W=20, newest 5, deviation 10", 20, 5, 10),  # the default since
+#: The fifth: the rows each metric is judged on alone in the whole window's place (0: none).
+PRODUCT_VARIANTS: tuple[tuple[str, int, int, int, int], ...] = (
+    ("series W=10", 10, 0, 0, 0),  # the default before --study scales
+    ("series W=20, newest 5", 20, 5, 0, 0),  # the default from --study scales
+    ("series W=20, newest 5, deviation 10", 20, 5, 10, 0),  # from the deviation to --study metrics
+    ("series W=20, newest 5, deviation 10, metrics 20", 20, 5, 10, 20),  # the default since
 )
 PEER_WINDOW = 15
 BANK_ROWS = 5000
@@ -232,7 +237,7 @@ def run_series(series: Series, epochs: int, only: str | None = None) -> dict[str
         aurocs = [results[f"{label} {score}"]["auroc"] for score in ("knn", "elbo")]
         progress(f"  {label}: AUROC knn {aurocs[0]:.3f}, elbo {aurocs[1]:.3f}")
 
-    for label, window, short, deviation in PRODUCT_VARIANTS:
+    for label, window, short, deviation, column in PRODUCT_VARIANTS:
         if only and only not in label:
             continue
         train, whole = product_frames(series)
@@ -243,6 +248,7 @@ def run_series(series: Series, epochs: int, only: str | None = None) -> dict[str
             window=window,
             short_window=short,
             deviation_window=deviation,
+            column_window=column,
         ).fit(train)
         scores = det.anomaly_score(whole)[len(whole) - len(y) :]
         results[f"{label} knn"] = metrics(y, scores, det.bundle_.calibrator.threshold, mpr)
@@ -658,6 +664,104 @@ def baseline_scores(series: Series) -> dict[str, dict[str, float]]:
             y, relative(test, hourly, normal), None, mpr
         )
     return out
+
+
+#: ``--study metrics``: each metric's own rows, the weight of their mean, and the bank rows
+#: each metric's part searches: every row, at most 500 spread over the bank (what
+#: ``--column-window`` builds) or 250, or the bank's first 500 (its oldest rows).
+METRIC_LENGTHS = (10, 15, 20)
+METRIC_WEIGHTS = (0.75, 1.0)
+METRIC_BANKS = (("all", 0), ("500", 500), ("250", 250), ("first 500", -500))
+
+
+def metric_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study metrics`` on one series: the default distance's parts (``joined_bank``: the
+    newest 5 rows with the deviations, all 20 rows) with each metric judged alone on its newest
+    rows (``metric_parts``: one part per metric, each standardised on the validation rows, their
+    mean at a weight), in the whole window's place (``short +``) or beside it (``both +``),
+    then judged against the series' level as the product does (the hourly means' median over
+    the 24 hours before, running on from the training rows)."""
+    import dataclasses
+
+    from detector.scoring.neighbours import spread
+    from detector.series.windows import metric_parts
+
+    bank, x_history, x_val, x_test = joined_bank(series)
+    x_all = np.concatenate([x_history, x_test])
+    n, mpr, y = len(x_history), series.minutes_per_row, series.y_test
+    step = 60.0 * mpr
+    times = np.arange(len(x_all), dtype=np.float64) * step
+
+    def standard(raw: list[np.ndarray], val: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Each part standardised by its validation median and IQR: (all rows, validation)."""
+        at = [
+            ((a - np.median(v)) / spread(v), (v - np.median(v)) / spread(v))
+            for a, v in zip(raw, val, strict=True)
+        ]
+        return np.array([a for a, _ in at]), np.array([v for _, v in at])
+
+    def judged(total: np.ndarray, val: np.ndarray) -> dict[str, float]:
+        level = past_level(times, total, 24, "hourly")[n:]
+        return metrics(y, relative(total[n:], level, float(np.median(val))), None, mpr)
+
+    parts, parts_val = standard(bank.part_distances(x_all), bank.part_distances(x_val))
+    short, short_val = parts[0], parts_val[0]
+    both, both_val = parts.sum(axis=0), parts_val.sum(axis=0)
+    out = {"default": judged(both, both_val)}
+    schema = _joined_schema(series)
+    m = len(bank.bank)
+    for length in METRIC_LENGTHS:
+        mine = metric_parts(schema, length)
+        for label, rows in METRIC_BANKS:
+            if rows > 0:
+                kept = np.arange(0, m, -(-m // rows))
+            else:
+                kept = np.arange(min(m, -rows)) if rows < 0 else np.arange(m)
+            alone = dataclasses.replace(
+                bank,
+                bank=bank.bank[kept],
+                parts=mine,
+                part_location=np.zeros(len(mine)),
+                part_scale=np.ones(len(mine)),
+                part_rows=None,
+            )
+            each, each_val = standard(alone.part_distances(x_all), alone.part_distances(x_val))
+            mean, mean_val = each.mean(axis=0), each_val.mean(axis=0)
+            for weight in METRIC_WEIGHTS:
+                rows_said = "every bank row" if rows == 0 else f"{label} bank rows"
+                said = f"{weight:g} x metrics {length}, {rows_said}"
+                out[f"short + {said}"] = judged(
+                    short + weight * mean, short_val + weight * mean_val
+                )
+                out[f"both + {said}"] = judged(both + weight * mean, both_val + weight * mean_val)
+    return out
+
+
+def _joined_schema(series: Series) -> Any:
+    """The schema ``joined_bank`` encodes the series' windows with."""
+    from detector.features.schema import fit_schema
+    from detector.series.windows import SeriesSpec, make_windows, with_deviation
+
+    train = series.train.drop(columns=["label"], errors="ignore")
+    whole = pd.concat([train, series.test], ignore_index=True)
+    whole.insert(0, "t", np.arange(len(whole), dtype=np.int64) * 60 * series.minutes_per_row)
+    spec = with_deviation(SeriesSpec("t", window=20), whole, 10, ())
+    frame = make_windows(whole, spec).frame.iloc[: len(train)]
+    normal = series.train["label"].to_numpy() == 0 if "label" in series.train else None
+    return fit_schema(frame if normal is None else frame[normal])
+
+
+def format_metrics(payload: dict[str, Any]) -> str:
+    """``--study metrics``' report: as ``format_windows``."""
+    return (
+        format_windows(payload)
+        .replace(
+            "# The window's length under the product's distance",
+            "# Each metric judged alone on its newest rows",
+        )
+        .replace("| window |", "| score |")
+        .replace("| representation |", "| score |")
+    )
 
 
 def format_scales(payload: dict[str, Any]) -> str:
@@ -1093,6 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
             "windows",
             "scales",
             "baselines",
+            "metrics",
         ],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
@@ -1148,6 +1253,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = scale_scores(series)
             elif args.study == "baselines":
                 run["scores"] = baseline_scores(series)
+            elif args.study == "metrics":
+                run["scores"] = metric_scores(series)
             else:
                 run["scores"] = run_series(series, epochs, args.only)
             runs.append(run)
@@ -1170,6 +1277,7 @@ FORMATS = {
     "windows": format_windows,
     "scales": format_scales,
     "baselines": format_baselines,
+    "metrics": format_metrics,
 }
 
 
