@@ -573,7 +573,24 @@ def joined_bank(
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
     from detector.scoring.neighbours import NeighbourBank
-    from detector.series.windows import SeriesSpec, make_windows, window_parts, with_deviation
+    from detector.series.windows import window_parts
+
+    frame, fitted = joined_windows(series, window, rows)
+    n = len(series.train)
+    fit, val, _ = holdout_indices(len(fitted), TrainingConfig(random_state=0))
+    schema = fit_schema(fitted)
+    x, x_test = encode(schema, fitted).values, encode(schema, frame.iloc[n:]).values
+    parts = window_parts(schema, (short, window))
+    bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0, parts=parts)
+    return bank, encode(schema, frame.iloc[:n]).values, x[val], x_test
+
+
+def joined_windows(
+    series: Series, window: int = 20, rows: int = 10
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The series' windows with the deviation columns (training rows then test rows), and the
+    training rows' that are not labelled anomalies (what the bank and schema are fitted on)."""
+    from detector.series.windows import SeriesSpec, make_windows, with_deviation
 
     train = series.train.drop(columns=["label"], errors="ignore")
     whole = pd.concat([train, series.test], ignore_index=True)
@@ -582,13 +599,7 @@ def joined_bank(
     frame = make_windows(whole, spec).frame
     n = len(train)
     normal = series.train["label"].to_numpy() == 0 if "label" in series.train else None
-    fitted = frame.iloc[:n] if normal is None else frame.iloc[:n][normal]
-    fit, val, _ = holdout_indices(len(fitted), TrainingConfig(random_state=0))
-    schema = fit_schema(fitted)
-    x, x_test = encode(schema, fitted).values, encode(schema, frame.iloc[n:]).values
-    parts = window_parts(schema, (short, window))
-    bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=0, parts=parts)
-    return bank, encode(schema, frame.iloc[:n]).values, x[val], x_test
+    return frame, (frame.iloc[:n] if normal is None else frame.iloc[:n][normal])
 
 
 #: ``--study baselines``: how far back the score's recent level reaches, in hours.
@@ -683,6 +694,7 @@ def metric_scores(series: Series) -> dict[str, dict[str, float]]:
     the 24 hours before, running on from the training rows)."""
     import dataclasses
 
+    from detector.features.schema import fit_schema
     from detector.scoring.neighbours import spread
     from detector.series.windows import metric_parts
 
@@ -708,7 +720,7 @@ def metric_scores(series: Series) -> dict[str, dict[str, float]]:
     short, short_val = parts[0], parts_val[0]
     both, both_val = parts.sum(axis=0), parts_val.sum(axis=0)
     out = {"default": judged(both, both_val)}
-    schema = _joined_schema(series)
+    schema = fit_schema(joined_windows(series)[1])
     m = len(bank.bank)
     for length in METRIC_LENGTHS:
         mine = metric_parts(schema, length)
@@ -737,31 +749,9 @@ def metric_scores(series: Series) -> dict[str, dict[str, float]]:
     return out
 
 
-def _joined_schema(series: Series) -> Any:
-    """The schema ``joined_bank`` encodes the series' windows with."""
-    from detector.features.schema import fit_schema
-    from detector.series.windows import SeriesSpec, make_windows, with_deviation
-
-    train = series.train.drop(columns=["label"], errors="ignore")
-    whole = pd.concat([train, series.test], ignore_index=True)
-    whole.insert(0, "t", np.arange(len(whole), dtype=np.int64) * 60 * series.minutes_per_row)
-    spec = with_deviation(SeriesSpec("t", window=20), whole, 10, ())
-    frame = make_windows(whole, spec).frame.iloc[: len(train)]
-    normal = series.train["label"].to_numpy() == 0 if "label" in series.train else None
-    return fit_schema(frame if normal is None else frame[normal])
-
-
 def format_metrics(payload: dict[str, Any]) -> str:
     """``--study metrics``' report: as ``format_windows``."""
-    return (
-        format_windows(payload)
-        .replace(
-            "# The window's length under the product's distance",
-            "# Each metric judged alone on its newest rows",
-        )
-        .replace("| window |", "| score |")
-        .replace("| representation |", "| score |")
-    )
+    return _scores_report(payload, "# Each metric judged alone on its newest rows")
 
 
 def format_scales(payload: dict[str, Any]) -> str:
@@ -774,12 +764,14 @@ def format_scales(payload: dict[str, Any]) -> str:
 
 def format_baselines(payload: dict[str, Any]) -> str:
     """``--study baselines``' report: as ``format_windows``."""
+    return _scores_report(payload, "# The score against its series' recent level")
+
+
+def _scores_report(payload: dict[str, Any], title: str) -> str:
+    """``format_windows``' report under ``title``, its rows named scores."""
     return (
         format_windows(payload)
-        .replace(
-            "# The window's length under the product's distance",
-            "# The score against its series' recent level",
-        )
+        .replace("# The window's length under the product's distance", title)
         .replace("| window |", "| score |")
         .replace("| representation |", "| score |")
     )

@@ -163,6 +163,19 @@ def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, c
     assert "warming_up" in scored and scored["warming_up"].sum() == len(HOSTS) * 3
 
 
+def found_blamed_and_reloaded(detector: VAEDetector, tmp_path) -> None:
+    """A jump in cpu is flagged and blamed on cpu, and the saved bundle scores alike."""
+    test, row = jumped(fleet(60, start="2026-01-02", seed=1))
+    result = detector.score_records(test)
+    position = int(np.flatnonzero(result.rows == row)[0])
+    assert result.is_anomaly[position]
+    assert result.top_features(1)[position] == ["cpu"]
+    detector.save(tmp_path / "m")
+    loaded = VAEDetector.load(tmp_path / "m")
+    assert loaded.bundle_.series == detector.bundle_.series
+    np.testing.assert_allclose(loaded.anomaly_score(test), result.anomaly_score, rtol=1e-6)
+
+
 def test_the_distance_judges_the_newest_rows_with_their_deviation_and_the_whole_window(
     tmp_path,
 ) -> None:
@@ -200,15 +213,7 @@ def test_the_distance_judges_the_newest_rows_with_their_deviation_and_the_whole_
     )
     assert detector.bundle_.series is not None and detector.bundle_.series.deviation_window == 8
 
-    test, row = jumped(fleet(60, start="2026-01-02", seed=1))
-    result = detector.score_records(test)
-    position = int(np.flatnonzero(result.rows == row)[0])
-    assert result.is_anomaly[position]
-    assert result.top_features(1)[position] == ["cpu"]
-    detector.save(tmp_path / "m")
-    loaded = VAEDetector.load(tmp_path / "m")
-    assert loaded.bundle_.series == detector.bundle_.series
-    np.testing.assert_allclose(loaded.anomaly_score(test), result.anomaly_score, rtol=1e-6)
+    found_blamed_and_reloaded(detector, tmp_path)
 
     two = VAEDetector(**whole_window, short_window=3, deviation_window=0, **TINY)
     parts = two.fit(train).bundle_.neighbours.parts
@@ -251,14 +256,7 @@ def test_each_metric_is_judged_alone_in_the_whole_windows_place(tmp_path) -> Non
     assert "and each of 2 metrics alone on its newest 8 rows (0.75 x their mean)" in (
         bundle.describe_score()
     )
-    test, row = jumped(fleet(60, start="2026-01-02", seed=1))
-    result = detector.score_records(test)
-    position = int(np.flatnonzero(result.rows == row)[0])
-    assert result.is_anomaly[position]
-    assert result.top_features(1)[position] == ["cpu"]
-    detector.save(tmp_path / "m")
-    loaded = VAEDetector.load(tmp_path / "m")
-    np.testing.assert_allclose(loaded.anomaly_score(test), result.anomaly_score, rtol=1e-6)
+    found_blamed_and_reloaded(detector, tmp_path)
     shorter = VAEDetector(**{**SERIES, "window": 8}, column_window=4, **TINY).fit(train)
     part = shorter.bundle_.neighbours.parts[1, : schema.n_numeric]
     assert sorted(lags[part]) == [0, 1, 2, 3]
