@@ -377,8 +377,8 @@ def _window_parts(
     if series.deviates and len(lengths) == 1:  # the deviations' own part, the last
         weights[-1] = DEVIATION_WEIGHT
     rows = np.zeros(len(parts), dtype=np.int64)
-    metrics = metric_parts(schema, min(column, series.window))
-    if column >= 2 and len(metrics):
+    metrics = metric_parts(schema, min(column, series.window)) if column >= 2 else parts[:0]
+    if len(metrics):
         whole = len(lengths) - 1  # the whole window's part
         keep = np.arange(len(parts)) != whole
         parts = np.concatenate([parts[keep], metrics])
