@@ -42,6 +42,9 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
 - ``--study metrics``: each metric judged alone on its newest 10, 15 or 20 rows (one part per
   metric, their mean), in the whole window's place or beside it, at two weights, each part
   searching every bank row or at most 500 of them;
+- ``--study weights``: the default's parts (the newest 5 rows with the deviations, each metric
+  alone on its newest 20 rows) at other weights, with a third: each metric alone on its newest
+  5 rows and its deviation (one part per metric, their mean);
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -695,28 +698,15 @@ def metric_scores(series: Series) -> dict[str, dict[str, float]]:
     import dataclasses
 
     from detector.features.schema import fit_schema
-    from detector.scoring.neighbours import spread
     from detector.series.windows import metric_parts
 
     bank, x_history, x_val, x_test = joined_bank(series)
     x_all = np.concatenate([x_history, x_test])
-    n, mpr, y = len(x_history), series.minutes_per_row, series.y_test
-    step = 60.0 * mpr
-    times = np.arange(len(x_all), dtype=np.float64) * step
-
-    def standard(raw: list[np.ndarray], val: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Each part standardised by its validation median and IQR: (all rows, validation)."""
-        at = [
-            ((a - np.median(v)) / spread(v), (v - np.median(v)) / spread(v))
-            for a, v in zip(raw, val, strict=True)
-        ]
-        return np.array([a for a, _ in at]), np.array([v for _, v in at])
 
     def judged(total: np.ndarray, val: np.ndarray) -> dict[str, float]:
-        level = past_level(times, total, 24, "hourly")[n:]
-        return metrics(y, relative(total[n:], level, float(np.median(val))), None, mpr)
+        return _judged(series, len(x_history), total, val)
 
-    parts, parts_val = standard(bank.part_distances(x_all), bank.part_distances(x_val))
+    parts, parts_val = _standard(bank.part_distances(x_all), bank.part_distances(x_val))
     short, short_val = parts[0], parts_val[0]
     both, both_val = parts.sum(axis=0), parts_val.sum(axis=0)
     out = {"default": judged(both, both_val)}
@@ -737,7 +727,7 @@ def metric_scores(series: Series) -> dict[str, dict[str, float]]:
                 part_scale=np.ones(len(mine)),
                 part_rows=None,
             )
-            each, each_val = standard(alone.part_distances(x_all), alone.part_distances(x_val))
+            each, each_val = _standard(alone.part_distances(x_all), alone.part_distances(x_val))
             mean, mean_val = each.mean(axis=0), each_val.mean(axis=0)
             for weight in METRIC_WEIGHTS:
                 rows_said = "every bank row" if rows == 0 else f"{label} bank rows"
@@ -747,6 +737,91 @@ def metric_scores(series: Series) -> dict[str, dict[str, float]]:
                 )
                 out[f"both + {said}"] = judged(both + weight * mean, both_val + weight * mean_val)
     return out
+
+
+#: ``--study weights``: the weights of the newest rows' part (all metrics at once), of each
+#: metric's newest 5 rows with its deviation (their mean) and of each metric's newest 20 rows
+#: (their mean); the default is (1, 0, ``METRIC_WEIGHT``).
+PART_WEIGHTS = tuple(
+    (short, each_short, each)
+    for short in (0.0, 0.5, 1.0)
+    for each_short in (0.0, 0.5, 1.0)
+    for each in (0.5, 0.75, 1.0)
+    if short or each_short
+)
+
+
+def weight_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study weights`` on one series: ``PART_WEIGHTS``' sums of the parts, each part
+    standardised on the validation rows and each metric's part searching at most
+    ``METRIC_BANK_ROWS`` bank rows, as the product builds them, judged against the series'
+    level as ``--study metrics`` judges."""
+    import dataclasses
+
+    from detector.features.schema import fit_schema
+    from detector.nn.training_options import METRIC_BANK_ROWS
+    from detector.series.windows import DEVIATION_SUFFIX, metric_parts
+
+    bank, x_history, x_val, x_test = joined_bank(series)
+    x_all = np.concatenate([x_history, x_test])
+    schema = fit_schema(joined_windows(series)[1])
+    names = [c.name for c in schema.numeric]
+    names += [""] * (schema.n_features - len(names))
+    m = len(bank.bank)
+    kept = np.arange(0, m, -(-m // METRIC_BANK_ROWS))
+
+    def mean_of(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        alone = dataclasses.replace(
+            bank,
+            bank=bank.bank[kept],
+            parts=parts,
+            part_location=np.zeros(len(parts)),
+            part_scale=np.ones(len(parts)),
+            part_rows=None,
+        )
+        each, each_val = _standard(alone.part_distances(x_all), alone.part_distances(x_val))
+        return each.mean(axis=0), each_val.mean(axis=0)
+
+    twenty = metric_parts(schema, 20)
+    five = metric_parts(schema, 5)
+    for part in five:  # each metric's newest 5 rows and its deviation from the rows before
+        base = names[int(np.flatnonzero(part)[0])]
+        part |= np.array([name == base + DEVIATION_SUFFIX for name in names])
+    parts, parts_val = _standard(bank.part_distances(x_all), bank.part_distances(x_val))
+    blocks = [(parts[0], parts_val[0]), mean_of(five), mean_of(twenty)]
+    out = {}
+    for weights in PART_WEIGHTS:
+        total = sum(w * b[0] for w, b in zip(weights, blocks, strict=True))
+        val = sum(w * b[1] for w, b in zip(weights, blocks, strict=True))
+        label = "newest 5 rows {:g}, each metric's 5 {:g}, each metric's 20 {:g}".format(*weights)
+        out[label] = _judged(series, len(x_history), np.asarray(total), np.asarray(val))
+    return out
+
+
+def _standard(raw: list[np.ndarray], val: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each part standardised by its validation median and IQR: (all rows, validation)."""
+    from detector.scoring.neighbours import spread
+
+    at = [
+        ((a - np.median(v)) / spread(v), (v - np.median(v)) / spread(v))
+        for a, v in zip(raw, val, strict=True)
+    ]
+    return np.array([a for a, _ in at]), np.array([v for _, v in at])
+
+
+def _judged(series: Series, history: int, total: np.ndarray, val: np.ndarray) -> dict:
+    """A score over the ``history`` training rows then the test rows, judged against the
+    series' level as the product does (the hourly means' median over the 24 hours before,
+    running on from the training rows), on the test rows."""
+    times = np.arange(len(total), dtype=np.float64) * 60.0 * series.minutes_per_row
+    level = past_level(times, total, 24, "hourly")[history:]
+    judged = relative(total[history:], level, float(np.median(val)))
+    return metrics(series.y_test, judged, None, series.minutes_per_row)
+
+
+def format_weights(payload: dict[str, Any]) -> str:
+    """``--study weights``' report: as ``format_windows``."""
+    return _scores_report(payload, "# The parts' weights, and each metric's newest rows")
 
 
 def format_metrics(payload: dict[str, Any]) -> str:
@@ -1190,6 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
             "scales",
             "baselines",
             "metrics",
+            "weights",
         ],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
@@ -1247,6 +1323,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = baseline_scores(series)
             elif args.study == "metrics":
                 run["scores"] = metric_scores(series)
+            elif args.study == "weights":
+                run["scores"] = weight_scores(series)
             else:
                 run["scores"] = run_series(series, epochs, args.only)
             runs.append(run)
@@ -1270,6 +1348,7 @@ FORMATS = {
     "scales": format_scales,
     "baselines": format_baselines,
     "metrics": format_metrics,
+    "weights": format_weights,
 }
 
 
