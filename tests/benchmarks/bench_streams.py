@@ -12,7 +12,9 @@ Run: ``python tests/benchmarks/bench_streams.py [--requests 2000] [--rows 100000
   RSS, and the time of one call;
 - **batch**: ``anomaly score`` on a generated ``--rows``-row file of ``--keys`` hosts (a row a
   minute per host, in time order), whole command wall time, rows/s and peak RSS of the
-  process, and whether every row is accounted for.
+  process, and whether every row is accounted for;
+- **a wide stream**: the HTTP latency and the batch again with ``--wide`` metrics a row (38, as
+  SMD's machines have), where a record's score makes one search per metric (``--column-window``).
 
 Results go to ``tests/benchmarks/results/streams.{json,md}``. The load generator and the server
 share the machine's cores.
@@ -43,6 +45,8 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
 METRICS = ["cpu", "mem", "net", "disk"]
+#: The wide stream's hosts, and the minutes of each that train its model.
+WIDE_HOSTS, WIDE_TRAIN_MINUTES = 4, 2500
 
 
 def train(data: Path, out: Path, epochs: int) -> None:
@@ -151,19 +155,19 @@ def many_keys(n_keys: int, work: Path) -> dict[str, Any]:
     }
 
 
-def fleet_file(path: Path, rows: int, keys: int) -> None:
+def fleet_file(path: Path, rows: int, keys: int, metrics: list[str] = METRICS) -> None:
     """``rows`` rows of ``keys`` hosts, a row a minute each, in time order, written in parts."""
     rng = np.random.default_rng(0)
     minutes = rows // keys
     with path.open("w") as out:
-        out.write("ts,host," + ",".join(METRICS) + "\n")
+        out.write("ts,host," + ",".join(metrics) + "\n")
         for start in range(0, minutes, 50):
             span = np.arange(start, min(start + 50, minutes))
             frame = pd.DataFrame(
                 {
                     "ts": np.repeat(span * 60 + 1_780_000_000, keys),
                     "host": np.tile([f"host-{k:04d}" for k in range(keys)], len(span)),
-                    **{m: rng.normal(50, 5, len(span) * keys).round(2) for m in METRICS},
+                    **{m: rng.normal(50, 5, len(span) * keys).round(2) for m in metrics},
                 }
             )
             frame.to_csv(out, header=False, index=False)
@@ -194,12 +198,39 @@ def batch(model: Path, data: Path, work: Path) -> dict[str, Any]:
     }
 
 
+def wide_stream(work: Path, width: int, requests: int, rows: int, keys: int) -> dict[str, Any]:
+    """The HTTP latency and the batch of a model over ``width`` metrics a row: trained on the
+    first ``WIDE_TRAIN_MINUTES`` of ``WIDE_HOSTS`` generated hosts, then the next minutes posted
+    one record a request; and ``anomaly score`` on a generated ``rows``-row, ``keys``-host file."""
+    work.mkdir()
+    metrics = [f"m{i:02d}" for i in range(width)]
+    hosts = work / "hosts.csv"
+    fleet_file(hosts, WIDE_HOSTS * (WIDE_TRAIN_MINUTES + requests), WIDE_HOSTS, metrics)
+    frame = pd.read_csv(hosts)
+    cut = frame["ts"].min() + 60 * WIDE_TRAIN_MINUTES
+    frame[frame["ts"] < cut].to_csv(work / "train.csv", index=False)
+    model = work / "wide"
+    train(work / "train.csv", model, epochs=5)
+    port = free_port()
+    server = serve(model, port, work)
+    try:
+        http = streaming_latency(port, frame[frame["ts"] >= cut].to_dict("records"), requests)
+    finally:
+        server.terminate()
+        server.wait(30)
+    data = work / "wide_batch.csv"
+    fleet_file(data, rows, keys, metrics)
+    return {"metrics": width, "http": http, "batch": batch(model, data, work) | {"keys": keys}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--state-keys", type=int, default=100_000)
+    parser.add_argument("--wide", type=int, default=38, help="the wide stream's metrics a row")
+    parser.add_argument("--wide-rows", type=int, default=200_000)
     parser.add_argument("--out", type=Path, default=RESULTS / "streams")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-streams-"))
@@ -221,6 +252,7 @@ def main() -> int:
     big_model = work / "fleet_big"
     train(small, big_model, epochs=5)
     scored = batch(big_model, data, work) | {"keys": args.keys}
+    wide = wide_stream(work / "wide", args.wide, args.requests, args.wide_rows, args.keys // 10)
     payload = {
         "command": "python " + " ".join(sys.argv),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -229,6 +261,7 @@ def main() -> int:
         "http": http,
         "state": keys,
         "batch": scored,
+        "wide": wide,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -238,7 +271,7 @@ def main() -> int:
 
 
 def report(p: dict[str, Any]) -> str:
-    h, s, b = p["http"], p["state"], p["batch"]
+    h, s, b, w = p["http"], p["state"], p["batch"], p.get("wide")
     return (
         "# Metric streams: speed and memory\n\n"
         f"`{p['command']}` on {p['when']}, {p['cpus']} CPUs shared by server and client.\n\n"
@@ -256,6 +289,19 @@ def report(p: dict[str, Any]) -> str:
         f"| batch rows/s, whole command | {b['rows_per_s']:,.0f} |\n"
         f"| batch peak RSS | {b['peak_rss_mb']:.0f} MB |\n"
         f"| output rows (every row accounted for) | {b['output_rows']:,} |\n"
+    ) + ("" if w is None else wide_report(w))
+
+
+def wide_report(w: dict[str, Any]) -> str:
+    h, b = w["http"], w["batch"]
+    return (
+        f"| **{w['metrics']} metrics a row**: HTTP, one record a request, median | "
+        f"{h['median_ms']:.2f} ms |\n"
+        f"| same: p99 | {h['p99_ms']:.2f} ms |\n"
+        f"| same: batch rows/s, whole command, {b['rows']:,} rows ({b['keys']:,} series) | "
+        f"{b['rows_per_s']:,.0f} |\n"
+        f"| same: batch peak RSS | {b['peak_rss_mb']:.0f} MB |\n"
+        f"| same: output rows | {b['output_rows']:,} |\n"
     )
 
 
