@@ -13,6 +13,7 @@ window, the first rows of a series borrowing its oldest row and marked as warmin
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -175,6 +176,7 @@ def window_records(
         by_key.setdefault(key, []).append((seconds, i))
 
     keep = max(spec.window - 1, 1)
+    lagged = _lag_names(tuple(value_columns), spec.window)
     placed: list[tuple[int, dict[str, Value], bool, str, float]] = []
     updated: dict[str, History] = {}
     for key, arrivals in by_key.items():
@@ -194,10 +196,10 @@ def window_records(
             position = len(segment)
             segment.append(values)
             times.append(seconds)
-            window = {c: v for c, v in zip(value_columns, values, strict=True)}
-            for lag in range(1, spec.window):
+            window = dict(zip(value_columns, values, strict=True))
+            for lag, names in enumerate(lagged, start=1):
                 source = segment[position - lag] if position >= lag else segment[0]
-                window |= {lag_name(c, lag): v for c, v in zip(value_columns, source, strict=True)}
+                window.update(zip(names, source, strict=True))
             if spec.deviates:
                 window |= _deviations(spec, value_columns, segment, position)
             if spec.calendar:
@@ -219,6 +221,13 @@ def window_records(
         keys=np.asarray([p[3] for p in placed], dtype=object),
         seconds=np.asarray([p[4] for p in placed], dtype=np.float64),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _lag_names(columns: tuple[str, ...], window: int) -> tuple[tuple[str, ...], ...]:
+    """Each lag's names of ``columns`` (``cpu[-1]``, then ``cpu[-2]`` ...) up to the window's
+    oldest row: made once per model, not for every record (38 metrics: 722 names a record)."""
+    return tuple(tuple(lag_name(c, lag) for c in columns) for lag in range(1, window))
 
 
 def _deviations(

@@ -205,6 +205,39 @@ def test_a_part_may_search_fewer_bank_rows_spread_over_the_bank() -> None:
     assert small.part_rows is None
 
 
+def test_like_parts_searched_together_for_a_record_score_as_in_a_batch() -> None:
+    """Parts of one width on columns of their own (each metric's newest rows) are searched in
+    one product for a record or a few, and one faiss search each for a batch: both find the
+    nearest rows (brute force), and a record scores and is blamed the same either way."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(500, 6)), columns=[f"m{j}" for j in range(6)])
+    frame["kind"] = rng.choice(["x", "y"], 500)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    parts = np.zeros((4, schema.n_features), dtype=bool)
+    parts[0] = True  # every column, then three pairs of columns
+    for p in range(3):
+        parts[p + 1, 2 * p : 2 * p + 2] = True
+    bank = NeighbourBank.fit(
+        schema, x[:300], x[300:350], np.zeros(50), k=4, parts=parts, part_rows=[0, 100, 100, 100]
+    )
+    query = np.vstack([x[350:], x[350:360] + 8.0 * (np.arange(x.shape[1]) == 3)])
+    weighted = np.clip(query * bank.weights, bank.lower, bank.upper)[:, 2:4]
+    strided = (x[:300] * bank.weights)[::3, 2:4]
+    full = np.sqrt(((weighted[:, None, :] - strided[None]) ** 2).sum(-1))
+    box = np.maximum(weighted - bank.box_high[2:4], 0) + np.maximum(bank.box_low[2:4] - weighted, 0)
+    expected = np.sort(full, axis=1)[:, :4].mean(axis=1) + 0.5 * box.sum(axis=1)
+    alone = [bank.part_distances(query[[i]])[2][0] for i in range(len(query))]
+    np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-6)
+    batch = bank.scores(query, {})
+    for i in range(len(query)):
+        one = bank.scores(query[[i]], {})
+        assert one["knn"][0] == batch["knn"][i]
+        np.testing.assert_array_equal(one["knn_terms"][0], batch["knn_terms"][i])
+    # The shifted records are blamed on the column moved, which two parts hold.
+    assert (np.argmax(batch["knn_terms"][-10:], axis=1) == 3).all()
+
+
 def test_a_bank_saved_before_parts_scores_as_it_did() -> None:
     x, bank, legacy = _saved_without("part")
     assert legacy.parts.shape == (1, x.shape[1])
