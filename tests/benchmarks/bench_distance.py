@@ -16,6 +16,10 @@ the bank (the fit rows); every variant is then scored on the test rows:
   encoding's ±10 before the range floor is applied, so a widened column is capped at less
   than ±10 of its own units; a number: no clip in the encoding, ±cap in the widened units).
 
+``--study columns`` adds each numeric column judged alone (a part of the distance per
+column, its mean standardised beside the whole row's, at a weight, each column searching at
+most 250 or 1,000 bank rows), as the series' metrics are (``bench_series.py --study metrics``).
+
 ``--study banks`` measures the default distance itself
 (``detector.scoring.neighbours.NeighbourBank`` as training builds it) at several bank sizes
 (rows x features) instead: a bigger bank costs scoring time in proportion
@@ -201,13 +205,60 @@ def run_tails(task: Any) -> dict[str, dict[str, float]]:
     }
 
 
+#: ``--study columns``: the weight of the columns' mean beside the whole row's part, and the
+#: bank rows each column's part searches at most.
+COLUMN_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
+COLUMN_ROWS = (250, 1000)
+
+
+def run_columns(task: Any) -> dict[str, dict[str, float]]:
+    """The default distance, and with each numeric column judged alone beside it: a part per
+    column, standardised on the validation rows as a bank of parts standardises them, their
+    mean at ``COLUMN_WEIGHTS`` (a table of one numeric column: the default for every one)."""
+    from detector.scoring.neighbours import NeighbourBank
+
+    schema, x, x_test, fit, val = detector_split(task)
+    series = task.family in ("smd", "asd")
+    product = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(len(val)), seed=task.seed)
+    default = detection_metrics(task.y_test, product.distances(x_test), None, series=series)
+    scores = {"default": default}
+    d = len(schema.numeric)  # the numeric columns come first in the encoding
+    parts = np.zeros((1 + d, schema.n_features), dtype=bool)
+    parts[0] = True
+    parts[np.arange(1, d + 1), np.arange(d)] = True
+    for rows in COLUMN_ROWS:
+        bank = None
+        if d >= 2:
+            bank = NeighbourBank.fit(
+                schema,
+                x[fit],
+                x[val],
+                np.zeros(len(val)),
+                seed=task.seed,
+                parts=parts,
+                part_rows=np.array([0] + [rows] * d),
+            )
+            raw = bank.part_distances(x_test)
+            standard = [(r - bank.part_location[p]) / bank.part_scale[p] for p, r in enumerate(raw)]
+            whole, columns = standard[0], np.mean(standard[1:], axis=0)
+        for weight in COLUMN_WEIGHTS:
+            name = f"row + {weight:g} x columns alone, {rows:,} bank rows"
+            scores[name] = (
+                default
+                if bank is None
+                else detection_metrics(task.y_test, whole + weight * columns, None, series=series)
+            )
+    return scores
+
+
 def run_task(task: Any, study: str = "settings") -> dict[str, Any]:
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
 
-    if study in ("banks", "tails"):
-        scores = run_banks(task) if study == "banks" else run_tails(task)
+    if study in ("banks", "tails", "columns"):
+        runs = {"banks": run_banks, "tails": run_tails, "columns": run_columns}
+        scores = runs[study](task)
         x_train, x_peer = numeric_views(task.train, task.test)
         series = task.family in ("smd", "asd")
         scores[PEER_NAMES[0]] = detection_metrics(
@@ -348,11 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
     parser.add_argument(
         "--study",
-        choices=("settings", "banks", "tails"),
+        choices=("settings", "banks", "tails", "columns"),
         default="settings",
         help="settings: the grid of range floor, margin, k and cap; banks: "
         "the default distance at several bank sizes; tails: the distance plus a "
-        "term for columns beyond their normal range",
+        "term for columns beyond their normal range; columns: each column judged alone "
+        "beside the row",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
     parser.add_argument(
@@ -362,7 +414,23 @@ def main(argv: list[str] | None = None) -> int:
         help="rank the tail candidates of this script's --study tails run and "
         "bench_series.py --study tails' together; writes --out's .md",
     )
+    parser.add_argument(
+        "--merge", nargs="+", help="join these runs' .json (halves run side by side) into one"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        halves = [json.loads(Path(p).read_text()) for p in args.merge]
+        payload = {
+            "command": " ; ".join(h["command"] for h in halves),
+            "wall_seconds": max(h["wall_seconds"] for h in halves),  # side by side: the longest
+            "runs": [run for h in halves for run in h["runs"]],
+        }
+        out = Path(args.out)
+        with_suffix(out, ".json").write_text(json.dumps(payload, indent=1) + "\n")
+        report = format_report(payload)
+        with_suffix(out, ".md").write_text(report)
+        print(report)
+        return 0
     if args.join:
         tables, series = (json.loads(Path(p).read_text()) for p in args.join)
         report = join_tails(tables, series)
