@@ -165,7 +165,8 @@ class NeighbourBank:
         standardised part counts in the sum (all 1 when ``None``); kept as the part's scale
         divided by its weight, so a saved bank needs nothing more. ``part_rows`` ``(p,)``:
         the bank rows each part searches at most, every ``ceil(m / rows)``-th of the ``m``
-        (spread over the training period); 0 (or ``None``) every row."""
+        (spread over the training period; never fewer than ``k`` rows); 0 (or ``None``) every
+        row."""
         if parts is None:
             parts = np.ones((1, schema.n_features), dtype=bool)
         parts = np.asarray(parts, dtype=bool)
@@ -227,7 +228,7 @@ class NeighbourBank:
             bank = self.bank if every else np.ascontiguousarray(self.bank[:, columns])
             rows = 0 if self.part_rows is None else int(self.part_rows[p])
             if 0 < rows < len(bank):
-                bank = np.ascontiguousarray(bank[:: -(-len(bank) // rows)])
+                bank = np.ascontiguousarray(bank[:: _stride(len(bank), rows, self.k)])
             # Exact search (no approximation): one BLAS product and a heap per block of rows,
             # measured 3x faster than scikit-learn's brute force on 38 columns. Fewer than
             # _SEARCH_WIDTH columns are padded with zeros (the same distances): faiss searches
@@ -599,6 +600,14 @@ class _Group:
             return total, None
         centre = picked.sum(axis=2) / np.float32(k)
         return total, np.square(mine - centre) + np.square(beyond)
+
+
+def _stride(m: int, rows: int, k: int) -> int:
+    """Every how many of ``m`` bank rows a part capped at ``rows`` searches: at most ``rows``
+    of them, spread over the bank, but never fewer than ``k`` (a search for more neighbours
+    than rows finds none: faiss answers -1)."""
+    step = -(-m // rows)
+    return step if -(-m // step) >= k else max(1, m // k)
 
 
 def _summed(parts: list[np.ndarray]) -> np.ndarray:

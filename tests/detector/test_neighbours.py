@@ -205,6 +205,29 @@ def test_a_part_may_search_fewer_bank_rows_spread_over_the_bank() -> None:
     assert small.part_rows is None
 
 
+def test_a_part_capped_below_k_rows_still_searches_k_of_them() -> None:
+    """``--neighbours 20`` with parts capped at 10 bank rows: each part searches 20 rows
+    (every 15th of 300), never fewer than k, whose search would find nothing (faiss: -1)."""
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(400, 4)), columns=list("abcd"))
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    parts = np.zeros((3, 4), dtype=bool)
+    parts[0], parts[1, :2], parts[2, 2:] = True, True, True
+    bank = NeighbourBank.fit(
+        schema, x[:300], x[300:350], np.zeros(50), k=20, parts=parts, part_rows=[0, 10, 10]
+    )
+    query = x[350:]
+    weighted = np.clip(query * bank.weights, bank.lower, bank.upper)[:, :2]
+    strided = (x[:300] * bank.weights)[::15, :2]
+    full = np.sqrt(((weighted[:, None, :] - strided[None]) ** 2).sum(-1))
+    box = np.maximum(weighted - bank.box_high[:2], 0) + np.maximum(bank.box_low[:2] - weighted, 0)
+    expected = full.mean(axis=1) + 0.5 * box.sum(axis=1)
+    np.testing.assert_allclose(bank.part_distances(query)[1], expected, rtol=1e-5, atol=1e-6)
+    alone = np.array([bank.distances(query[[i]])[0] for i in range(len(query))])
+    np.testing.assert_array_equal(alone, bank.distances(query))
+
+
 def test_like_parts_searched_together_for_a_record_score_as_in_a_batch() -> None:
     """Parts of one width on columns of their own (each metric's newest rows) are searched in
     one product for a record or a few, and one faiss search each for a batch: both find the
