@@ -695,7 +695,6 @@ def metric_scores(series: Series) -> dict[str, dict[str, float]]:
     mean at a weight), in the whole window's place (``short +``) or beside it (``both +``),
     then judged against the series' level as the product does (the hourly means' median over
     the 24 hours before, running on from the training rows)."""
-    import dataclasses
 
     from detector.features.schema import fit_schema
     from detector.series.windows import metric_parts
@@ -719,16 +718,7 @@ def metric_scores(series: Series) -> dict[str, dict[str, float]]:
                 kept = np.arange(0, m, -(-m // rows))
             else:
                 kept = np.arange(min(m, -rows)) if rows < 0 else np.arange(m)
-            alone = dataclasses.replace(
-                bank,
-                bank=bank.bank[kept],
-                parts=mine,
-                part_location=np.zeros(len(mine)),
-                part_scale=np.ones(len(mine)),
-                part_rows=None,
-            )
-            each, each_val = _standard(alone.part_distances(x_all), alone.part_distances(x_val))
-            mean, mean_val = each.mean(axis=0), each_val.mean(axis=0)
+            mean, mean_val = _parts_mean(bank, kept, mine, x_all, x_val)
             for weight in METRIC_WEIGHTS:
                 rows_said = "every bank row" if rows == 0 else f"{label} bank rows"
                 said = f"{weight:g} x metrics {length}, {rows_said}"
@@ -756,7 +746,6 @@ def weight_scores(series: Series) -> dict[str, dict[str, float]]:
     standardised on the validation rows and each metric's part searching at most
     ``METRIC_BANK_ROWS`` bank rows, as the product builds them, judged against the series'
     level as ``--study metrics`` judges."""
-    import dataclasses
 
     from detector.features.schema import fit_schema
     from detector.nn.training_options import METRIC_BANK_ROWS
@@ -771,16 +760,7 @@ def weight_scores(series: Series) -> dict[str, dict[str, float]]:
     kept = np.arange(0, m, -(-m // METRIC_BANK_ROWS))
 
     def mean_of(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        alone = dataclasses.replace(
-            bank,
-            bank=bank.bank[kept],
-            parts=parts,
-            part_location=np.zeros(len(parts)),
-            part_scale=np.ones(len(parts)),
-            part_rows=None,
-        )
-        each, each_val = _standard(alone.part_distances(x_all), alone.part_distances(x_val))
-        return each.mean(axis=0), each_val.mean(axis=0)
+        return _parts_mean(bank, kept, parts, x_all, x_val)
 
     twenty = metric_parts(schema, 20)
     five = metric_parts(schema, 5)
@@ -796,6 +776,25 @@ def weight_scores(series: Series) -> dict[str, dict[str, float]]:
         label = "newest 5 rows {:g}, each metric's 5 {:g}, each metric's 20 {:g}".format(*weights)
         out[label] = _judged(series, len(x_history), np.asarray(total), np.asarray(val))
     return out
+
+
+def _parts_mean(
+    bank: Any, kept: np.ndarray, parts: np.ndarray, x_all: np.ndarray, x_val: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of ``parts``' distances, each searching the bank rows ``kept`` and
+    standardised on the validation rows: (all rows, validation rows)."""
+    import dataclasses
+
+    alone = dataclasses.replace(
+        bank,
+        bank=bank.bank[kept],
+        parts=parts,
+        part_location=np.zeros(len(parts)),
+        part_scale=np.ones(len(parts)),
+        part_rows=None,
+    )
+    each, each_val = _standard(alone.part_distances(x_all), alone.part_distances(x_val))
+    return each.mean(axis=0), each_val.mean(axis=0)
 
 
 def _standard(raw: list[np.ndarray], val: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
