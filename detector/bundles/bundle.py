@@ -184,6 +184,11 @@ class Bundle:
                     weight = f" (weight {DEVIATION_WEIGHT:g})"
                     judged.append(f"on the newest row with {deviation}it{weight}")
                 parts = f", {', '.join(judged[:-1])} and {judged[-1]}, each standardised, summed"
+            if bank.local_weight > 0:
+                parts += (
+                    f"; each part {bank.local_weight:g} x relative to the normal rows' spread "
+                    "around its neighbours"
+                )
             level = ""
             if series is not None and series.level_hours:
                 level = (

@@ -51,8 +51,8 @@ from detector.nn.training_options import (
     METRIC_WEIGHT,
     TrainingOptions,
 )
+from detector.scoring.neighbours import DEFAULT_LOCAL_WEIGHT, NeighbourBank
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
-from detector.scoring.neighbours import NeighbourBank
 from detector.scoring.scores import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
 from detector.scoring.threshold import (
     MAX_CALIBRATION_ROWS,
@@ -235,7 +235,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     bank, metric_count = None, 0
     if score_kind in NEIGHBOUR_KINDS:
         column = config.column_window if series is not None and _judged_by_parts(config) else 0
-        found = _window_parts(schema, series, config.short_window, column)
+        found = window_bank_parts(schema, series, config.short_window, column)
         parts, weights, rows = found or (None, None, None)
         metric_count = 0 if rows is None else int((rows > 0).sum())  # only theirs are capped
         bank = NeighbourBank.fit(
@@ -249,6 +249,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             parts=parts,
             part_weights=weights,
             part_rows=rows,
+            # A series' parts (a window's), not a table's row: there it costs NSL-KDD.
+            local_weight=0.0 if found is None else DEFAULT_LOCAL_WEIGHT,
         )
     cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
@@ -357,7 +359,7 @@ def _judged_by_parts(config: TrainingConfig) -> bool:
     return config.model == "vae" and kind in NEIGHBOUR_KINDS
 
 
-def _window_parts(
+def window_bank_parts(
     schema: Schema, series: SeriesSpec | None, short: int, column: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The parts the distance judges a series record on, each one's weight in the sum and the

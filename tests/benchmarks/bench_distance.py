@@ -20,6 +20,9 @@ the bank (the fit rows); every variant is then scored on the test rows:
 column, its mean standardised beside the whole row's, at a weight, each column searching at
 most 250 or 1,000 bank rows), as the series' metrics are (``bench_series.py --study metrics``).
 
+``--study local`` judges the row also against the normal rows' spread around its neighbours
+(as series banks do, ``bench_series.py --study local``) at several weights and floors.
+
 ``--study banks`` measures the default distance itself
 (``detector.scoring.neighbours.NeighbourBank`` as training builds it) at several bank sizes
 (rows x features) instead: a bigger bank costs scoring time in proportion
@@ -251,13 +254,43 @@ def run_columns(task: Any) -> dict[str, dict[str, float]]:
     return scores
 
 
+#: ``--study local``: the weights of the distance relative to the local spread, and its floors
+#: (``bench_series.py --study local``'s).
+LOCAL_WEIGHTS = (0.25, 0.5)
+LOCAL_FLOORS = (0.5, 1.0, 2.0)
+
+
+def run_local(task: Any) -> dict[str, dict[str, float]]:
+    """The default distance, exactly as a bundle computes it, plain and judged also against
+    the local spread at each of ``LOCAL_WEIGHTS`` and ``LOCAL_FLOORS``."""
+    from detector.scoring.neighbours import NeighbourBank
+
+    schema, x, x_test, fit, val = detector_split(task)
+    series = task.family in ("smd", "asd")
+    settings = [(0.0, 1.0)] + [(w, f) for w in LOCAL_WEIGHTS for f in LOCAL_FLOORS]
+    scores = {}
+    for weight, floor in settings:
+        bank = NeighbourBank.fit(
+            schema,
+            x[fit],
+            x[val],
+            np.zeros(len(val)),
+            seed=task.seed,
+            local_weight=weight,
+            local_floor=floor,
+        )
+        name = "plain (default)" if not weight else f"local {weight:g}, floor {floor:g}"
+        scores[name] = detection_metrics(task.y_test, bank.distances(x_test), None, series=series)
+    return scores
+
+
 def run_task(task: Any, study: str = "settings") -> dict[str, Any]:
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
 
-    if study in ("banks", "tails", "columns"):
-        runs = {"banks": run_banks, "tails": run_tails, "columns": run_columns}
+    if study in ("banks", "tails", "columns", "local"):
+        runs = {"banks": run_banks, "tails": run_tails, "columns": run_columns, "local": run_local}
         scores = runs[study](task)
         x_train, x_peer = numeric_views(task.train, task.test)
         series = task.family in ("smd", "asd")
@@ -399,12 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
     parser.add_argument(
         "--study",
-        choices=("settings", "banks", "tails", "columns"),
+        choices=("settings", "banks", "tails", "columns", "local"),
         default="settings",
         help="settings: the grid of range floor, margin, k and cap; banks: "
         "the default distance at several bank sizes; tails: the distance plus a "
         "term for columns beyond their normal range; columns: each column judged alone "
-        "beside the row",
+        "beside the row; local: the row also judged against the local spread",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
     parser.add_argument(

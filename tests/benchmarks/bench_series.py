@@ -45,6 +45,9 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
 - ``--study weights``: the default's parts (the newest 5 rows with the deviations, each metric
   alone on its newest 20 rows) at other weights, with a third: each metric alone on its newest
   5 rows and its deviation (one part per metric, their mean);
+- ``--study local``: the default distance exactly as training builds it, with each part also
+  judged relative to the normal rows' spread around the record's neighbours (as the local
+  outlier factor does), at several weights and floors of that spread, over 3 seeds;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them.
@@ -593,6 +596,12 @@ def joined_windows(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The series' windows with the deviation columns (training rows then test rows), and the
     training rows' that are not labelled anomalies (what the bank and schema are fitted on)."""
+    frame, fitted, _ = joined_spec(series, window, rows)
+    return frame, fitted
+
+
+def joined_spec(series: Series, window: int = 20, rows: int = 10) -> tuple[Any, ...]:
+    """``joined_windows``, and the ``SeriesSpec`` that made them."""
     from detector.series.windows import SeriesSpec, make_windows, with_deviation
 
     train = series.train.drop(columns=["label"], errors="ignore")
@@ -602,7 +611,7 @@ def joined_windows(
     frame = make_windows(whole, spec).frame
     n = len(train)
     normal = series.train["label"].to_numpy() == 0 if "label" in series.train else None
-    return frame, (frame.iloc[:n] if normal is None else frame.iloc[:n][normal])
+    return frame, (frame.iloc[:n] if normal is None else frame.iloc[:n][normal]), spec
 
 
 #: ``--study baselines``: how far back the score's recent level reaches, in hours.
@@ -778,6 +787,59 @@ def weight_scores(series: Series) -> dict[str, dict[str, float]]:
     return out
 
 
+#: ``--study local``: the weight of each part's distance relative to the local spread of the
+#: normal rows (beside the plain distance), that spread's floor (a fraction of its median), and
+#: the seeds each is measured over (the bank's sample of rows and the held-out rows vary).
+LOCAL_WEIGHTS = (0.0, 0.25, 0.5)
+LOCAL_FLOORS = (0.5, 1.0, 2.0)
+LOCAL_SEEDS = (0, 1, 2)
+
+
+def local_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study local`` on one series: the default distance exactly as training builds it
+    (its parts, weights and bank rows), with each part's distance relative to the normal rows'
+    spread around its neighbours beside the plain one at ``LOCAL_WEIGHTS`` and
+    ``LOCAL_FLOORS``, judged against the series' level; each measure is the mean over
+    ``LOCAL_SEEDS``."""
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices, window_bank_parts
+    from detector.nn.training_options import DEFAULT_COLUMN_WINDOW, DEFAULT_SHORT_WINDOW
+    from detector.scoring.neighbours import NeighbourBank
+
+    frame, fitted, spec = joined_spec(series)
+    n = len(series.train)
+    schema = fit_schema(fitted)
+    x, x_all = encode(schema, fitted).values, encode(schema, frame).values
+    found = window_bank_parts(schema, spec, DEFAULT_SHORT_WINDOW, DEFAULT_COLUMN_WINDOW)
+    assert found is not None
+    parts, weights, rows = found
+    settings = [(0.0, 1.0)] + [(w, f) for w in LOCAL_WEIGHTS if w for f in LOCAL_FLOORS]
+    runs: dict[str, list[dict[str, float]]] = {}
+    for seed in LOCAL_SEEDS:
+        fit, val, _ = holdout_indices(len(x), TrainingConfig(random_state=seed))
+        for weight, floor in settings:
+            bank = NeighbourBank.fit(
+                schema,
+                x[fit],
+                x[val],
+                np.zeros(len(val)),
+                seed=seed,
+                parts=parts,
+                part_weights=weights,
+                part_rows=rows,
+                local_weight=weight,
+                local_floor=floor,
+            )
+            label = "plain" if not weight else f"local {weight:g}, floor {floor:g}"
+            total, total_val = bank.distances(x_all), bank.distances(x[val])
+            runs.setdefault(label, []).append(_judged(series, n, total, total_val))
+    return {
+        label: {m: float(np.mean([r[m] for r in each])) for m in each[0]}
+        for label, each in runs.items()
+    }
+
+
 def _parts_mean(
     bank: Any, kept: np.ndarray, parts: np.ndarray, x_all: np.ndarray, x_val: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -821,6 +883,11 @@ def _judged(series: Series, history: int, total: np.ndarray, val: np.ndarray) ->
 def format_weights(payload: dict[str, Any]) -> str:
     """``--study weights``' report: as ``format_windows``."""
     return _scores_report(payload, "# The parts' weights, and each metric's newest rows")
+
+
+def format_local(payload: dict[str, Any]) -> str:
+    """``--study local``'s report: as ``format_windows``."""
+    return _scores_report(payload, "# Each part judged also against the local spread")
 
 
 def format_metrics(payload: dict[str, Any]) -> str:
@@ -1265,6 +1332,7 @@ def main(argv: list[str] | None = None) -> int:
             "baselines",
             "metrics",
             "weights",
+            "local",
         ],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
@@ -1324,6 +1392,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = metric_scores(series)
             elif args.study == "weights":
                 run["scores"] = weight_scores(series)
+            elif args.study == "local":
+                run["scores"] = local_scores(series)
             else:
                 run["scores"] = run_series(series, epochs, args.only)
             runs.append(run)
@@ -1348,6 +1418,7 @@ FORMATS = {
     "baselines": format_baselines,
     "metrics": format_metrics,
     "weights": format_weights,
+    "local": format_local,
 }
 
 

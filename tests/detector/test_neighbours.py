@@ -228,21 +228,36 @@ def test_a_part_capped_below_k_rows_still_searches_k_of_them() -> None:
     np.testing.assert_array_equal(alone, bank.distances(query))
 
 
-def test_like_parts_searched_together_for_a_record_score_as_in_a_batch() -> None:
+def _whole_and_pairs(n_features: int) -> np.ndarray:
+    """Parts of like width on columns of their own: every column, then columns 0-1, 2-3, 4-5."""
+    parts = np.zeros((4, n_features), dtype=bool)
+    parts[0] = True
+    for p in range(3):
+        parts[p + 1, 2 * p : 2 * p + 2] = True
+    return parts
+
+
+@pytest.mark.parametrize("local", [0.0, 0.25])
+def test_like_parts_searched_together_for_a_record_score_as_in_a_batch(local: float) -> None:
     """Parts of one width on columns of their own (each metric's newest rows) are searched in
     one product for a record or a few, and one faiss search each for a batch: both find the
-    nearest rows (brute force), and a record scores and is blamed the same either way."""
+    nearest rows (brute force), and a record scores and is blamed the same either way, judged
+    against the local spread or not."""
     rng = np.random.default_rng(3)
     frame = pd.DataFrame(rng.normal(size=(500, 6)), columns=[f"m{j}" for j in range(6)])
     frame["kind"] = rng.choice(["x", "y"], 500)
     schema = fit_schema(frame)
     x = encode(schema, frame).values
-    parts = np.zeros((4, schema.n_features), dtype=bool)
-    parts[0] = True  # every column, then three pairs of columns
-    for p in range(3):
-        parts[p + 1, 2 * p : 2 * p + 2] = True
+    parts = _whole_and_pairs(schema.n_features)
     bank = NeighbourBank.fit(
-        schema, x[:300], x[300:350], np.zeros(50), k=4, parts=parts, part_rows=[0, 100, 100, 100]
+        schema,
+        x[:300],
+        x[300:350],
+        np.zeros(50),
+        k=4,
+        parts=parts,
+        part_rows=[0, 100, 100, 100],
+        local_weight=local,
     )
     query = np.vstack([x[350:], x[350:360] + 8.0 * (np.arange(x.shape[1]) == 3)])
     weighted = np.clip(query * bank.weights, bank.lower, bank.upper)[:, 2:4]
@@ -259,6 +274,95 @@ def test_like_parts_searched_together_for_a_record_score_as_in_a_batch() -> None
         np.testing.assert_array_equal(one["knn_terms"][0], batch["knn_terms"][i])
     # The shifted records are blamed on the column moved, which two parts hold.
     assert (np.argmax(batch["knn_terms"][-10:], axis=1) == 3).all()
+
+
+def test_judged_locally_a_record_scores_alike_whichever_search_breaks_its_ties() -> None:
+    """Counts (small integers) put many bank rows at nearly one distance from a record, and a
+    float32 search may rank them either way; the spreads a record is judged by depend on which
+    are its k nearest, so both searches keep the k nearest of a few more by exact distance,
+    ties to the lower position: a record alone (numpy) scores as in a batch (faiss)."""
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame(rng.poisson(2.0, size=(600, 6)).astype(float), columns=list("abcdef"))
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    parts = _whole_and_pairs(schema.n_features)
+    bank = NeighbourBank.fit(
+        schema,
+        x[:400],
+        x[400:450],
+        np.zeros(50),
+        parts=parts,
+        part_rows=[0, 100, 100, 100],
+        local_weight=0.25,
+    )
+    query = x[450:]
+    batch = bank.scores(query, {})
+    alone = [bank.scores(query[[i]], {}) for i in range(len(query))]
+    np.testing.assert_array_equal([one["knn"][0] for one in alone], batch["knn"])
+    np.testing.assert_array_equal([one["knn_terms"][0] for one in alone], batch["knn_terms"])
+
+
+def _two_spreads(n: int, seed: int = 0) -> pd.DataFrame:
+    """Normal rows in two clusters: a tight one at (0, 0) and a loose one at (6, 6)."""
+    rng = np.random.default_rng(seed)
+    tight = rng.normal(0.0, 0.05, (n // 2, 2))
+    loose = rng.normal(6.0, 1.0, (n - n // 2, 2))
+    return pd.DataFrame(np.vstack([tight, loose]), columns=["a", "b"])
+
+
+def test_the_local_spread_is_each_bank_row_s_mean_distance_to_its_neighbours() -> None:
+    """Judged locally, a part's distance also counts as the mean distance to the ``k`` nearest
+    bank rows times the median bank row's spread over theirs (each bank row's spread: its mean
+    distance to its ``k`` nearest other rows, floored at twice the median), plus the box; each
+    standardised on the validation rows, mixed at the weight (brute force). The file keeps it."""
+    frame = _two_spreads(400)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    fit, val = np.arange(0, 400, 2), np.arange(1, 400, 2)
+    bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(200), k=3, local_weight=0.25)
+    plain = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(200), k=3)
+
+    def brute(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        weighted_bank = x[fit] * bank.weights
+        query = np.clip(rows * bank.weights, bank.lower, bank.upper)
+        full = np.sqrt(((query[:, None, :] - weighted_bank[None]) ** 2).sum(-1))
+        nearest = np.argsort(full, axis=1)[:, :3]
+        near = np.take_along_axis(full, nearest, axis=1).mean(axis=1)
+        own = np.sqrt(((weighted_bank[:, None, :] - weighted_bank[None]) ** 2).sum(-1))
+        np.fill_diagonal(own, np.inf)
+        spreads = np.sort(own, axis=1)[:, :3].mean(axis=1)
+        typical = np.median(spreads)
+        local = near * typical / np.maximum(spreads, 2 * typical)[nearest].mean(axis=1)
+        beyond = np.maximum(query - bank.box_high, 0) + np.maximum(bank.box_low - query, 0)
+        box = 0.5 * beyond.sum(axis=1)
+        return near + box, local + box
+
+    # Off each cluster by 0.3 on both columns: 6 of the tight one's deviations, 0.3 of the other's.
+    off = encode(schema, pd.DataFrame({"a": [0.3, 6.3], "b": [0.3, 6.3]})).values
+    query = np.vstack([x[val], off])
+    distance, local = brute(query)
+    distance_val, local_val = brute(x[val])
+    from detector.scoring.neighbours import spread
+
+    expected = 0.75 * (distance - np.median(distance_val)) / spread(distance_val)
+    expected += 0.25 * (local - np.median(local_val)) / spread(local_val)
+    np.testing.assert_allclose(bank.distances(query), expected, rtol=1e-4, atol=1e-5)
+    again = NeighbourBank.from_bytes(bank.to_bytes(), schema.n_features)
+    assert again.local_weight == 0.25
+    np.testing.assert_array_equal(again.distances(query), bank.distances(query))
+
+    # Off the tight cluster the record now ranks higher among the normal rows; off the loose
+    # one, where such gaps are normal, it does not.
+    def above(judge: NeighbourBank) -> np.ndarray:
+        return (judge.distances(x[val])[:, None] < judge.distances(off)).mean(axis=0)
+
+    assert above(bank)[0] > above(plain)[0] and above(bank)[1] <= above(plain)[1]
+
+
+def test_a_bank_saved_before_the_local_spread_scores_as_it_did() -> None:
+    x, bank, legacy = _saved_without("local_")
+    assert legacy.local_weight == 0 and legacy.local_scale is None
+    np.testing.assert_array_equal(legacy.distances(x), bank.distances(x))
 
 
 def test_a_bank_saved_before_parts_scores_as_it_did() -> None:
@@ -298,6 +402,9 @@ def spiky() -> tuple[VAEDetector, pd.DataFrame]:
 def test_the_default_scores_by_distance_and_blames_the_far_column(spiky) -> None:
     detector, frame = spiky
     assert detector.bundle_.score_kind == "knn"
+    # A table's row is judged by the plain distance: the local spread is for series (NSL-KDD).
+    assert detector.bundle_.neighbours is not None
+    assert detector.bundle_.neighbours.local_weight == 0
     record = frame.head(1).assign(a=9.0)
     result = detector.score_records(pd.concat([frame.head(1), record], ignore_index=True))
     assert result.anomaly_score[1] > result.anomaly_score[0]

@@ -13,6 +13,7 @@ from detector.batch.files import score_file
 from detector.cli.main import main
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
+from detector.scoring.neighbours import DEFAULT_LOCAL_WEIGHT
 from detector.scoring.scores import score_frame
 from tests.conftest import HOSTS, TINY, fleet
 
@@ -256,6 +257,10 @@ def test_each_metric_is_judged_alone_in_the_whole_windows_place(tmp_path) -> Non
     assert "and each of 2 metrics alone on its newest 8 rows (0.75 x their mean)" in (
         bundle.describe_score()
     )
+    # Each part is also judged against the normal rows' spread around its neighbours.
+    assert bank.local_weight == DEFAULT_LOCAL_WEIGHT > 0 and bank.local_scale is not None
+    said = f"each part {DEFAULT_LOCAL_WEIGHT:g} x relative to the normal rows' spread around"
+    assert said in bundle.describe_score()
     found_blamed_and_reloaded(detector, tmp_path)
     shorter = VAEDetector(**{**SERIES, "window": 8}, column_window=4, **TINY).fit(train)
     part = shorter.bundle_.neighbours.parts[1, : schema.n_numeric]
