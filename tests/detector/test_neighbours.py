@@ -302,6 +302,46 @@ def test_judged_locally_a_record_scores_alike_whichever_search_breaks_its_ties()
     np.testing.assert_array_equal([one["knn_terms"][0] for one in alone], batch["knn_terms"])
 
 
+def test_judged_locally_a_bank_that_repeats_rows_scores_a_record_alone_as_in_a_batch() -> None:
+    """A metric flat in training repeats one window in every bank row, and one with a few
+    levels repeats a few: a batch searches each part's distinct rows, and a record alone
+    (parts of like width searched together) every row; both keep the k nearest by exact
+    distance, ties to the lower position, so both score alike, on the bank's rows and off."""
+    rng = np.random.default_rng(5)
+    n = 600
+    frame = pd.DataFrame(
+        {
+            "flat": np.r_[np.full(450, 3.0), rng.choice([3.0, 3.5, 9.0], n - 450)],
+            "flat_too": np.r_[np.full(450, 1.0), rng.normal(1.0, 0.2, n - 450)],
+            "level": rng.choice([0.0, 1.0, 2.0], n),
+            # Two levels, each a little noisy: many rows nearly as far from a record between
+            # them, which a float32 search may rank either way.
+            "level_too": rng.choice([5.0, 7.0], n) + rng.integers(0, 40, n) * 3e-7,
+            "wave": rng.normal(0.0, 1.0, n),
+            "noise": rng.normal(0.0, 1.0, n).round(1),
+        }
+    )
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    parts = _whole_and_pairs(schema.n_features)[1:]  # like parts only: a record searches all
+    bank = NeighbourBank.fit(
+        schema,
+        x[:400],
+        x[400:450],
+        np.zeros(50),
+        parts=parts,
+        part_rows=[100, 100, 100],
+        local_weight=0.25,
+    )
+    between = frame.iloc[450:500].assign(level_too=6.0)  # as far from either level's rows
+    # The bank's own rows (distance 0), new ones, and ones between the levels.
+    query = np.vstack([x[:30], x[450:], encode(schema, between).values])
+    batch = bank.scores(query, {})
+    alone = [bank.scores(query[[i]], {}) for i in range(len(query))]
+    np.testing.assert_array_equal([one["knn"][0] for one in alone], batch["knn"])
+    np.testing.assert_array_equal([one["knn_terms"][0] for one in alone], batch["knn_terms"])
+
+
 def _two_spreads(n: int, seed: int = 0) -> pd.DataFrame:
     """Normal rows in two clusters: a tight one at (0, 0) and a loose one at (6, 6)."""
     rng = np.random.default_rng(seed)
