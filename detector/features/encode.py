@@ -130,8 +130,9 @@ def encode(
     if schema.n_numeric:
         means = np.array([c.mean for c in schema.numeric])
         scales = np.array([c.scale for c in schema.numeric])
-        scaled = (numeric - means) / scales
-        blocks.append(np.clip(scaled, -schema.clip, schema.clip, out=scaled))
+        numeric -= means  # in place: the block is this call's own (a pass over it each)
+        numeric /= scales
+        blocks.append(np.clip(numeric, -schema.clip, schema.clip, out=numeric))
 
     for cat in schema.categorical:
         codes, col_bad = _parse_categorical(frame[cat.name], cat, impute, reasons)
@@ -147,14 +148,17 @@ def encode(
         unseen |= ctx_unseen
         bad |= col_bad
 
-    values = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
+    if len(blocks) == 1:
+        values = blocks[0]  # no copy: one is made below
+    else:
+        values = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
     accepted = ~bad
     rejections = tuple(
         Rejection(i, tuple(text for _, text in reasons[i]), reasons[i][0][0])
         for i in np.flatnonzero(bad).tolist()
     )
     return EncodedBatch(
-        values=np.ascontiguousarray(values[accepted], dtype=np.float32),
+        values=np.ascontiguousarray(values[accepted] if bad.any() else values, dtype=np.float32),
         accepted=accepted,
         rejections=rejections,
         context_unseen=unseen[accepted] if schema.context else None,

@@ -470,7 +470,10 @@ class SeriesState:
         old = rows["_row"].isna().to_numpy()
         # A row at or before the last one an earlier batch placed for its series is late.
         seen = {k: float(self._history[k][0][-1]) for k in known}
-        last = rows["_key"].map(seen).fillna(-np.inf).to_numpy()
+        last = np.full(len(rows), -np.inf)
+        if seen:  # the batch's own rows only: the remembered ones are most of a batch's rows
+            own_rows = np.flatnonzero(~old)
+            last[own_rows] = rows["_key"].iloc[own_rows].map(seen).fillna(-np.inf).to_numpy()
         seconds = rows["_time"].to_numpy()
         late = ~old & (seconds <= last)
         for i in np.flatnonzero(late):
@@ -494,22 +497,23 @@ class SeriesState:
         restart = ~new_key & (limit is not None) & (gap > (limit or 0))
         segment = np.cumsum(new_key | restart)
         values = rows.drop(columns=["_time", "_key", "_row"])
-        windowed, warming = _window(values, segment, spec)
+        placed = np.flatnonzero(~old)
+        back = placed[np.argsort(rows["_row"].to_numpy()[placed], kind="stable")]
+        windowed, warming = _window(values, segment, spec, back)
         if spec.calendar:
             # calendar_values, for every row at once.
-            hours = ((seconds % 86400.0) // 3600.0).astype(np.int64).astype(str)
-            weekdays = ((seconds // 86400.0 + 3) % 7).astype(np.int64).astype(str)
+            at = seconds[back]
+            hours = ((at % 86400.0) // 3600.0).astype(np.int64).astype(str)
+            weekdays = ((at // 86400.0 + 3) % 7).astype(np.int64).astype(str)
             hour, weekday = spec.calendar_columns
             windowed = windowed.assign(
                 **{hour: hours.astype(object), weekday: weekdays.astype(object)}
             )
         self._remember(rows, segment)
-        placed = np.flatnonzero(~old)
-        back = placed[np.argsort(rows["_row"].to_numpy()[placed], kind="stable")]
         return Windows(
-            frame=windowed.iloc[back].reset_index(drop=True),
+            frame=windowed,
             rows=rows["_row"].to_numpy()[back].astype(np.int64),
-            warming_up=warming[back],
+            warming_up=warming,
             rejections=tuple(sorted(rejections, key=lambda r: r.row)),
             restarts=int((restart & ~old).sum()),
             keys=key[back],
@@ -540,59 +544,84 @@ class SeriesState:
     def _remember(self, rows: pd.DataFrame, segment: np.ndarray) -> None:
         """Keep each key's last ``window - 1`` rows of its last segment (at least its last row,
         for the time order), most recently seen keys last."""
-        last = pd.Series(segment).groupby(rows["_key"].to_numpy()).transform("max").to_numpy()
-        tail = rows[segment == last].groupby("_key", sort=False).tail(max(self.spec.window - 1, 1))
-        times = tail["_time"].to_numpy()
-        values = tail.drop(columns=["_time", "_key", "_row"]).to_numpy()
-        for key, index in tail.groupby("_key", sort=False).indices.items():
-            self._history.pop(key, None)
-            self._history[key] = (times[index], values[index])
+        key = rows["_key"].to_numpy()
+        if not len(key):
+            return
+        # The rows are sorted by series and time: each series is one run, its last segment last.
+        ends = np.flatnonzero(np.append(key[1:] != key[:-1], True))
+        segment_starts = np.flatnonzero(np.insert(segment[1:] != segment[:-1], 0, True))
+        last_segment = segment_starts[np.searchsorted(segment_starts, ends, side="right") - 1]
+        begins = np.maximum(last_segment, ends + 1 - max(self.spec.window - 1, 1))
+        times = rows["_time"].to_numpy()
+        values = rows.drop(columns=["_time", "_key", "_row"]).to_numpy()
+        for name, begin, end in zip(
+            key[ends].tolist(), begins.tolist(), (ends + 1).tolist(), strict=True
+        ):
+            self._history.pop(name, None)  # copies: a view would keep the whole batch alive
+            self._history[name] = (times[begin:end].copy(), values[begin:end].copy())
         while self.max_keys is not None and len(self._history) > self.max_keys:
             self._history.popitem(last=False)
             self.evicted += 1
 
 
-def _window(values: pd.DataFrame, segment: np.ndarray, spec: SeriesSpec):  # type: ignore[no-untyped-def]
-    """The window columns for rows sorted by series and time, ``segment`` numbering each run of
-    one series; and whether each row is warming up. Row i's value ``lag`` rows back is row
-    i - lag of its segment, or the segment's first row where the segment is shorter."""
+def _window(values: pd.DataFrame, segment: np.ndarray, spec: SeriesSpec, at: np.ndarray):  # type: ignore[no-untyped-def]
+    """The window columns of rows ``at`` (in that order; a new index) of rows sorted by series
+    and time, ``segment`` numbering each run of one series; and whether each is warming up.
+    Row i's value ``lag`` rows back is row i - lag of its segment, or the segment's first row
+    where the segment is shorter. Only the rows ``at`` are windowed: the rows remembered from
+    earlier batches are most of a batch of many series (19 a series before each batch's few)."""
     index = np.arange(len(values))
     first = np.ones(len(segment), dtype=bool)
     first[1:] = segment[1:] != segment[:-1]
-    start = np.maximum.accumulate(np.where(first, index, 0))
-    position = index - start
+    start = np.maximum.accumulate(np.where(first, index, 0))[at]
+    position = at - start
     warming = position < spec.window - 1
+    own = values.iloc[at].reset_index(drop=True)
     if spec.window == 1:
-        return values, warming
-    sources = [np.where(position >= lag, index - lag, start) for lag in range(1, spec.window)]
+        return own, warming
+    sources = [np.where(position >= lag, at - lag, start) for lag in range(1, spec.window)]
+    kinds = set(values.dtypes)
+    alike = len(kinds) == 1 and kinds.pop() in (np.dtype(np.float64), np.dtype(np.int64))
+    if spec.representation == "lags" and alike:
+        # One array for the lags of every column, of their one type (a frame per lag cost 3x).
+        x = values.to_numpy()
+        names = [lag_name(str(c), n) for n in range(1, spec.window) for c in values.columns]
+        lagged = pd.DataFrame(np.hstack([x[source] for source in sources]), columns=names)
+        parts = [own, lagged]
+        if spec.deviates:
+            parts.append(_deviation(values, at, sources, spec))
+        return pd.concat(parts, axis=1), warming
     if spec.representation == "lags":
         lags = [
             values.iloc[source]
-            .set_axis(values.index)
+            .set_axis(own.index)
             .set_axis([lag_name(str(c), n) for c in values.columns], axis=1)
             for n, source in enumerate(sources, 1)
         ]
         if spec.deviates:
-            lags.append(_deviation(values, sources, spec))
-        return pd.concat([values, *lags], axis=1), warming
+            lags.append(_deviation(values, at, sources, spec))
+        return pd.concat([own, *lags], axis=1), warming
     numeric = values.select_dtypes("number").columns
     x = values[numeric].to_numpy(np.float64)
     history = np.mean([x[source] for source in sources], axis=0)
     deviation = pd.DataFrame(
-        x - history, index=values.index, columns=[deviation_name(c) for c in numeric]
+        x[at] - history, index=own.index, columns=[deviation_name(c) for c in numeric]
     )
-    return pd.concat([values, deviation], axis=1), warming
+    return pd.concat([own, deviation], axis=1), warming
 
 
-def _deviation(values: pd.DataFrame, sources: list[np.ndarray], spec: SeriesSpec) -> pd.DataFrame:
+def _deviation(
+    values: pd.DataFrame, at: np.ndarray, sources: list[np.ndarray], spec: SeriesSpec
+) -> pd.DataFrame:
     """Each of ``spec.deviation_columns``' difference from the mean of its ``deviation_window
-    - 1`` rows before (a value that is not a number counts as missing)."""
+    - 1`` rows before, for rows ``at`` whose rows before are ``sources`` (a value that is not a
+    number counts as missing)."""
     columns = list(spec.deviation_columns)
     x = values[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     before = sources[: spec.deviation_window - 1]
     # Added one row at a time, as a streamed record's (``stream._deviations``) is: the same
     # float64 operations in the same order, so a record scores the same either way.
-    history = sum((x[source] for source in before), np.zeros_like(x)) / len(before)
+    history = sum((x[source] for source in before), np.zeros((len(at), x.shape[1]))) / len(before)
     return pd.DataFrame(
-        x - history, index=values.index, columns=[deviation_name(c) for c in columns]
+        x[at] - history, index=pd.RangeIndex(len(at)), columns=[deviation_name(c) for c in columns]
     )
