@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from detector.errors import DataError, SchemaError
-from detector.features.encode import encode
+from detector.features.encode import Imputation, encode
 from detector.features.encoded import NumberTally
 from detector.features.schema import Schema, fit_schema
 
@@ -107,6 +107,29 @@ def test_impute_fills_missing_but_not_infinite() -> None:
     frame.loc[2, "host"] = None
     batch = encode(schema, frame, impute="median")
     assert batch.accepted.tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("impute", [None, "median"])
+def test_a_large_batch_encodes_as_its_rows_one_at_a_time(impute: Imputation) -> None:
+    """A batch of many rows whose numbers are all plain (float or int) reads them at once, a
+    record alone one column at a time: the same values, rejections, reasons and counts."""
+    rng = np.random.default_rng(3)
+    frame = _frame(200).assign(count=rng.integers(0, 9, 200))
+    schema = fit_schema(frame)
+    frame.loc[3, "cpu"] = np.nan
+    frame.loc[7, "flat"] = np.inf
+    frame.loc[9, "cpu"] = -np.inf
+    frame.loc[9, "flat"] = np.nan
+    batch = encode(schema, frame, impute=impute)
+    rows = [encode(schema, frame.iloc[[i]], impute=impute) for i in range(len(frame))]
+    np.testing.assert_array_equal(batch.values, np.vstack([r.values for r in rows]))
+    assert batch.accepted.tolist() == [bool(r.accepted[0]) for r in rows]
+    assert [(r.row, r.reasons) for r in batch.rejections] == [
+        (i, one.rejections[0].reasons) for i, one in enumerate(rows) if one.rejections
+    ]
+    assert [c.numbers for c in batch.numbers] == [
+        sum(r.numbers[j].numbers for r in rows) for j in range(len(batch.numbers))
+    ]
 
 
 def test_a_column_with_no_numbers_is_a_schema_error_of_the_whole_input() -> None:
