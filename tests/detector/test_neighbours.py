@@ -228,6 +228,16 @@ def test_a_part_capped_below_k_rows_still_searches_k_of_them() -> None:
     np.testing.assert_array_equal(alone, bank.distances(query))
 
 
+def _alike_alone_and_in_a_batch(bank: NeighbourBank, query: np.ndarray) -> dict[str, np.ndarray]:
+    """Check that each record of ``query`` scores and is blamed alone exactly as in the batch
+    of all of them; the batch's scores."""
+    batch = bank.scores(query, {})
+    alone = [bank.scores(query[[i]], {}) for i in range(len(query))]
+    np.testing.assert_array_equal([one["knn"][0] for one in alone], batch["knn"])
+    np.testing.assert_array_equal([one["knn_terms"][0] for one in alone], batch["knn_terms"])
+    return batch
+
+
 def _whole_and_pairs(n_features: int) -> np.ndarray:
     """Parts of like width on columns of their own: every column, then columns 0-1, 2-3, 4-5."""
     parts = np.zeros((4, n_features), dtype=bool)
@@ -267,11 +277,7 @@ def test_like_parts_searched_together_for_a_record_score_as_in_a_batch(local: fl
     expected = np.sort(full, axis=1)[:, :4].mean(axis=1) + 0.5 * box.sum(axis=1)
     alone = [bank.part_distances(query[[i]])[2][0] for i in range(len(query))]
     np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-6)
-    batch = bank.scores(query, {})
-    for i in range(len(query)):
-        one = bank.scores(query[[i]], {})
-        assert one["knn"][0] == batch["knn"][i]
-        np.testing.assert_array_equal(one["knn_terms"][0], batch["knn_terms"][i])
+    batch = _alike_alone_and_in_a_batch(bank, query)
     # The shifted records are blamed on the column moved, which two parts hold.
     assert (np.argmax(batch["knn_terms"][-10:], axis=1) == 3).all()
 
@@ -295,11 +301,7 @@ def test_judged_locally_a_record_scores_alike_whichever_search_breaks_its_ties()
         part_rows=[0, 100, 100, 100],
         local_weight=0.25,
     )
-    query = x[450:]
-    batch = bank.scores(query, {})
-    alone = [bank.scores(query[[i]], {}) for i in range(len(query))]
-    np.testing.assert_array_equal([one["knn"][0] for one in alone], batch["knn"])
-    np.testing.assert_array_equal([one["knn_terms"][0] for one in alone], batch["knn_terms"])
+    _alike_alone_and_in_a_batch(bank, x[450:])
 
 
 def test_judged_locally_a_bank_that_repeats_rows_scores_a_record_alone_as_in_a_batch() -> None:
@@ -335,11 +337,7 @@ def test_judged_locally_a_bank_that_repeats_rows_scores_a_record_alone_as_in_a_b
     )
     between = frame.iloc[450:500].assign(level_too=6.0)  # as far from either level's rows
     # The bank's own rows (distance 0), new ones, and ones between the levels.
-    query = np.vstack([x[:30], x[450:], encode(schema, between).values])
-    batch = bank.scores(query, {})
-    alone = [bank.scores(query[[i]], {}) for i in range(len(query))]
-    np.testing.assert_array_equal([one["knn"][0] for one in alone], batch["knn"])
-    np.testing.assert_array_equal([one["knn_terms"][0] for one in alone], batch["knn_terms"])
+    _alike_alone_and_in_a_batch(bank, np.vstack([x[:30], x[450:], encode(schema, between).values]))
 
 
 def _two_spreads(n: int, seed: int = 0) -> pd.DataFrame:
