@@ -318,7 +318,7 @@ def test_judged_locally_a_bank_that_repeats_rows_scores_a_record_alone_as_in_a_b
             "level": rng.choice([0.0, 1.0, 2.0], n),
             # Two levels, each a little noisy: many rows nearly as far from a record between
             # them, which a float32 search may rank either way.
-            "level_too": rng.choice([5.0, 7.0], n) + rng.integers(0, 40, n) * 3e-7,
+            "level_too": rng.choice([5.0, 7.0], n) + rng.integers(0, 40, n) * 1e-6,
             "wave": rng.normal(0.0, 1.0, n),
             "noise": rng.normal(0.0, 1.0, n).round(1),
         }
