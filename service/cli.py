@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detector.cli.main import build_parser, run
+
+if TYPE_CHECKING:
+    from service.config import ServiceConfig
 
 
 def add_serve_command(commands: Any) -> None:
@@ -75,7 +79,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_exposure(config, args.host)
     if not config.models:
         raise ConfigError("no model to serve: give --model NAME=DIR (or 'models' in --config)")
+    # The run's own files (metrics, model copies, series state unless configured elsewhere),
+    # removed when the server stops: state kept here does not outlive a restart anyway.
     run_dir = tempfile.mkdtemp(prefix="anomaly-serve-")
+    try:
+        return _serve(args, config, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int:
     # Must be set before prometheus_client is first imported: it picks its value class then.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(run_dir, "metrics"))
     if config.model_sync_dir is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -48,6 +49,7 @@ from detector.bundles.bundle import Bundle, load_bundle
 from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
 from detector.errors import ConfigError
 from detector.features.encode import Imputation, check_columns
+from detector.io.temporaries import remove_stale_temporaries, staging_path
 from detector.scoring.scores import score_frame
 
 if TYPE_CHECKING:
@@ -96,11 +98,36 @@ class _WorkerBundles:
                 if files is None:
                     self._loaded[digest] = load_bundle(path)
                 else:
-                    directory = Path(tempfile.mkdtemp(prefix="anomaly-bundle-"))
-                    for name, data in files.items():
-                        (directory / name).write_bytes(data)
-                    self._loaded[digest] = load_bundle(directory)
+                    self._loaded[digest] = load_bundle(unpacked_bundle(digest, files))
             return self._loaded[digest]
+
+
+def unpacked_bundle(digest: str, files: dict[str, bytes]) -> Path:
+    """A folder holding a shipped bundle's files, one per bundle for all workers and runs.
+
+    A folder per worker would be left behind: Spark ends its Python workers with ``os._exit``,
+    which skips every cleanup, and the bundle reads its network from the folder when needed.
+    Keyed by the files' digest, the copies are bounded by the bundles scored; a copy is
+    written under another name and renamed, so a worker never sees one half written, and the
+    bundle's seal is checked on load as for any other folder.
+    """
+    root = Path(tempfile.gettempdir()) / f"anomaly-bundles-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    if root.is_symlink() or root.stat().st_uid != os.getuid():
+        # Another user made the shared name: a private folder of this worker's instead.
+        root = Path(tempfile.mkdtemp(prefix="anomaly-bundles-"))
+    target = root / digest
+    if not target.is_dir():
+        remove_stale_temporaries(target)  # copies whose worker was killed while writing
+        staging = staging_path(target, "tmp")
+        staging.mkdir()
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        try:
+            staging.rename(target)
+        except OSError:  # another worker renamed its copy first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 _WORKER_BUNDLES = _WorkerBundles()

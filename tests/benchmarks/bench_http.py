@@ -16,10 +16,12 @@ machine's cores, so these are conservative numbers for the server alone.
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -183,6 +185,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     model = args.model
     if model is None:
         model = work / "model"

@@ -23,10 +23,12 @@ share the machine's cores.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -234,6 +236,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "streams")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-streams-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # a 1M-row file and models
     model = work / "fleet"
     train(REPO / "data/fleet_train.csv", model, epochs=10)
     port = free_port()

@@ -132,6 +132,34 @@ def test_a_killed_spark_run_is_cleaned_up_by_the_next(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
+def test_workers_share_one_copy_of_a_shipped_bundle(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spark ends its Python workers with os._exit, so a copy per worker would stay behind.
+    import tempfile
+
+    from detector.batch.spark_scoring import _WorkerBundles, bundle_files
+    from detector.io.temporaries import staging_path
+    from tests.detector.test_hostile_batch import dead_pid
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    files = bundle_files(bundle_dir)
+    first, second = _WorkerBundles(), _WorkerBundles()
+    one = first.get("digest", files, str(bundle_dir))
+    copies = list(tmp_path.glob("anomaly-bundles-*/*"))
+    assert len(copies) == 1 and one.path == copies[0]
+    assert {p.name: p.read_bytes() for p in copies[0].iterdir()} == files
+    # A worker killed while writing its copy of another bundle left it half written.
+    left = staging_path(copies[0].with_name("other"), "tmp")
+    left = left.with_name(f"{left.name.rsplit('-', 2)[0]}-{dead_pid()}-0123abcd")
+    left.mkdir()
+    two = second.get("digest", files, str(bundle_dir))
+    assert two.path == one.path and left.exists()
+    three = second.get("other", files, str(bundle_dir))
+    assert not left.exists() and three.path == copies[0].with_name("other")
+    assert len(list(tmp_path.glob("anomaly-bundles-*/*"))) == 2
+
+
 def test_spark_windows_each_series_as_the_local_scorer_does(spark, tmp_path: Path) -> None:
     from detector.batch.spark import score_files
     from detector.estimator import VAEDetector

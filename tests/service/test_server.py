@@ -95,3 +95,16 @@ def test_reload_under_traffic_fails_no_request(
         call(f"{server}/v1/models/tiny/reload", {"path": str(bundle_dir)}, ADMIN)
     assert len(statuses) >= 5
     assert set(statuses) == {200}
+
+
+def test_a_stopped_server_leaves_nothing_in_the_temporary_folder(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    with serving({"tiny": bundle_dir}, tmp_path, env={"TMPDIR": str(temporary)}) as running:
+        assert running.call("/v1/models/tiny/score", {"records": RECORDS[:1]})[0] == 200
+        # The run's folder holds the workers' metric files and model copies while it serves.
+        assert [p.name[: len("anomaly-serve-")] for p in temporary.iterdir()] == ["anomaly-serve-"]
+        assert any(temporary.glob("anomaly-serve-*/metrics/*.db"))
+    assert list(temporary.iterdir()) == []
