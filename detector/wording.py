@@ -86,6 +86,9 @@ OPTIONS: dict[str, Option] = {
     "keep_columns": Option("--keep-column", "keep_columns", "passthrough_fields", many=True),
     "chunk_rows": Option("--chunk-rows", "chunk_rows"),
     "max_reject_rate": Option("--max-reject-rate", "max_reject_rate"),
+    "max_ahead_seconds": Option(
+        "--max-ahead-seconds", "max_ahead_seconds", "series_max_ahead_seconds"
+    ),
     "out": Option("--out", "path"),
 }
 

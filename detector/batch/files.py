@@ -43,7 +43,7 @@ from detector.io.writers import TableWriter
 from detector.scoring.neighbours import fewer_search_threads
 from detector.scoring.scores import ScoreResult, against_levels, in_input_rows, score_batch
 from detector.series.values import ValueCheck
-from detector.series.windows import SeriesState, Windows
+from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState, Windows
 from detector.wording import option
 
 #: Encoded values (rows x features) in one chunk at most: a chunk's features, distances and
@@ -83,6 +83,7 @@ def score_file(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = False,
     max_reject_rate: float | None = None,
+    max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
 ) -> BatchReport:
     """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
 
@@ -91,14 +92,19 @@ def score_file(
     ``top_feature_1..k``; rejected rows go to
     ``rejects_path`` (default: beside the output, ``<output>.rejects.csv``). Both are written
     atomically. With ``max_reject_rate``, a run that rejects a larger share of its rows raises
-    ``RejectRateExceeded`` and writes no output (the rejects file is still written).
+    ``RejectRateExceeded`` and writes no output (the rejects file is still written). A series
+    model's row stamped more than ``max_ahead_seconds`` after this machine's clock is rejected
+    (``None``: never), so that one wrong clock does not make its series' later rows late.
     """
     started = time.perf_counter()
     inputs = [input_path] if isinstance(input_path, str | os.PathLike) else list(input_path)
     files = expand_inputs(inputs)
     if chunk_rows < 1:
         raise DataError(f"{option('chunk_rows')} must be at least 1, not {chunk_rows}")
-    run = _Run(bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files)
+    run = _Run(
+        bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files,
+        max_ahead_seconds,
+    )  # fmt: skip
     # A series' windows are made in the reading thread while the search runs: a core left to
     # it scores 1.3x more rows a second on 2 cores (a table's reading is light: all cores).
     sharing = bundle.series is not None and bundle.neighbours is not None
@@ -142,6 +148,7 @@ class _Run:
     top_k: int
     progress: bool
     files: list[str]
+    max_ahead_seconds: float | None
     ledgers: list[SourceLedger] = field(default_factory=list)
     anomalies: int = 0
     columns: tuple[str, ...] | None = None
@@ -170,7 +177,8 @@ class _Run:
         # A series model's rows of each series so far, across chunks and files: each series
         # must come in time order (any order within a chunk).
         series = self.bundle.series
-        self.state = None if series is None else SeriesState(series)
+        ahead = self.max_ahead_seconds
+        self.state = None if series is None else SeriesState(series, max_ahead_seconds=ahead)
 
     def score_source(self, path: str, chunk_rows: int) -> None:
         read = scored = rejected = 0

@@ -15,7 +15,7 @@ from detector.features.encoded import NumberTally
 from detector.io.tables import DEFAULT_CHUNK_ROWS, iter_table
 from detector.scoring.scores import ScoreResult, against_levels, in_input_rows, score_batch
 from detector.series.values import ValueCheck
-from detector.series.windows import SeriesState
+from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,14 +34,16 @@ def iter_scored(
     passthrough: Sequence[str] = (),
     impute: Imputation = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
 ) -> Iterator[ScoredChunk]:
     """Score a file into pandas chunks (``anomaly evaluate``'s reader); memory stays bounded
-    by ``chunk_rows``. A numeric column with no number in the whole file raises
-    ``SchemaError`` after the last chunk (``NumberTally``)."""
+    by ``chunk_rows``; ``max_ahead_seconds`` as for ``score_file``. A numeric column with no
+    number in the whole file raises ``SchemaError`` after the last chunk (``NumberTally``)."""
     text_columns = list(bundle.schema.text_columns)
     if bundle.series is not None:
         text_columns += [bundle.series.time_column, *bundle.series.key_columns]
-    state = None if bundle.series is None else SeriesState(bundle.series)
+    series = bundle.series
+    state = None if series is None else SeriesState(series, max_ahead_seconds=max_ahead_seconds)
     first_row = 0
     tally = NumberTally()
     for chunk in iter_table(path, text_columns=text_columns, chunk_rows=chunk_rows):

@@ -35,6 +35,7 @@ from detector.errors import ConfigError, DataError, SchemaError
 from detector.features.encode import Imputation
 from detector.io.tables import csv_delimiter, expand_inputs, table_format
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
+from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -85,6 +86,7 @@ def score_files(
     rejects_path: str | None = None,
     top_k: int = 3,
     max_reject_rate: float | None = None,
+    max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     shared: bool = False,
     session: SparkSession | None = None,
 ) -> BatchReport:
@@ -110,7 +112,13 @@ def score_files(
             f"--keep-column {absent} not in the input; its columns are {frame.columns}"
         )
     scored = score_dataframe(
-        frame, model, keep_columns=keep_columns, impute=impute, top_k=top_k, shared=shared
+        frame,
+        model,
+        keep_columns=keep_columns,
+        impute=impute,
+        top_k=top_k,
+        shared=shared,
+        max_ahead_seconds=max_ahead_seconds,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         ledger = (

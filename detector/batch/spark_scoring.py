@@ -50,7 +50,8 @@ from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
 from detector.errors import ConfigError
 from detector.features.encode import Imputation, check_columns
 from detector.io.temporaries import remove_stale_temporaries, staging_path
-from detector.scoring.scores import score_frame
+from detector.scoring.scores import score_frame, score_series
+from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -141,6 +142,7 @@ def score_dataframe(
     impute: Imputation = None,
     top_k: int = 3,
     shared: bool = False,
+    max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
 ) -> DataFrame:
     """Score every row of ``df`` with the bundle at ``bundle_path``.
 
@@ -178,7 +180,13 @@ def score_dataframe(
     # A module-level function and plain values: Spark pickles this by reference, never the
     # driver's bundle.
     score_batches = partial(
-        _score_batches, key=key, shipped=shipped, path=path, impute=impute, top_k=k
+        _score_batches,
+        key=key,
+        shipped=shipped,
+        path=path,
+        impute=impute,
+        top_k=k,
+        max_ahead_seconds=max_ahead_seconds,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
@@ -216,17 +224,26 @@ def _score_batches(
     path: str,
     impute: Imputation,
     top_k: int,
+    max_ahead_seconds: float | None,
 ) -> Iterator[pd.DataFrame]:
     """Runs on the executors: the worker's bundle, then each Arrow batch of rows."""
     bundle = _WORKER_BUNDLES.get(key, None if shipped is None else shipped.value, path)
     for batch in batches:
-        yield score_pandas(bundle, batch, impute=impute, top_k=top_k)
+        yield score_pandas(
+            bundle, batch, impute=impute, top_k=top_k, max_ahead_seconds=max_ahead_seconds
+        )
 
 
 def score_pandas(
-    bundle: Bundle, batch: pd.DataFrame, *, impute: Imputation = None, top_k: int = 3
+    bundle: Bundle,
+    batch: pd.DataFrame,
+    *,
+    impute: Imputation = None,
+    top_k: int = 3,
+    max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
 ) -> pd.DataFrame:
-    """One Spark batch: every row back, scored or with its reject code and reason."""
+    """One Spark batch: every row back, scored or with its reject code and reason (a series
+    model's rows stamped more than ``max_ahead_seconds`` after the clock rejected)."""
     n = len(batch)
     out = batch.reset_index(drop=True)
     scores = np.full(n, np.nan)
@@ -248,10 +265,11 @@ def score_pandas(
         columns = list(bundle.input_columns)
         table = pa.Table.from_pandas(out.loc[positions, columns], preserve_index=False)
         if bundle.series is None:
-            frame = model_frame(bundle.schema, table)
+            result = score_frame(bundle, model_frame(bundle.schema, table), impute=impute)
         else:
+            state = SeriesState(bundle.series, max_ahead_seconds=max_ahead_seconds)
             frame = series_frame(bundle, table)
-        result = score_frame(bundle, frame, impute=impute)
+            result = score_series(bundle, frame, state=state, impute=impute)
         scored = positions[result.rows]
         scores[scored] = result.anomaly_score
         p_values[scored] = result.p_value

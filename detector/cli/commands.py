@@ -74,6 +74,7 @@ def _labelled_scores(
     chunk_rows: int = 65_536,
     anomaly_values: Sequence[str] | None = None,
     normal_values: Sequence[str] | None = None,
+    max_ahead_seconds: float | None = 3600.0,
 ) -> tuple[Any, Any, Any, int]:
     """Score a labelled file: labels ``(n,)`` (True = anomaly), anomaly scores ``(n,)``, the
     ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows, and the number of
@@ -88,7 +89,15 @@ def _labelled_scores(
         extra.append(by_column)
     labels, scores, groups = [], [], []
     rejected = 0
-    for part in iter_scored(bundle, path, passthrough=extra, impute=impute, chunk_rows=chunk_rows):
+    parts = iter_scored(
+        bundle,
+        path,
+        passthrough=extra,
+        impute=impute,
+        chunk_rows=chunk_rows,
+        max_ahead_seconds=max_ahead_seconds,
+    )
+    for part in parts:
         _require_column(part.frame.columns, label_column, path)
         scored = part.frame.loc[part.result.rows]
         labels.append(_labels(scored[label_column], label_column, anomaly_values, normal_values))

@@ -41,6 +41,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         by_column=args.by_column,
         impute=args.impute,
         chunk_rows=args.chunk_rows,
+        max_ahead_seconds=args.max_ahead_seconds,
         anomaly_values=args.anomaly_value,
         normal_values=args.normal_value,
     )

@@ -269,6 +269,15 @@ def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         default=65_536,
         help="at most this many rows per chunk (fewer for wide encodings, to bound memory)",
     )
+    parser.add_argument(
+        "--max-ahead-seconds",
+        type=_seconds_or_none,
+        default=3600.0,
+        metavar="SECONDS",
+        help="series models: reject a row stamped more than this after this machine's clock "
+        "(default 3600; 'none': never), so that one wrong clock does not make the rest of its "
+        "series late",
+    )
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -281,6 +290,18 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not column.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not COLUMN=VALUE")
     return column.strip(), value.strip()
+
+
+def _seconds_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds or 'none'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def _rate(text: str) -> float:

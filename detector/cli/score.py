@@ -29,6 +29,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         "rejects_path": args.rejects,
         "top_k": args.top_k,
         "max_reject_rate": args.max_reject_rate,
+        "max_ahead_seconds": args.max_ahead_seconds,
     }
     try:
         from detector.bundles.bundle import load_bundle

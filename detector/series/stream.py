@@ -22,12 +22,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from detector.features.encode import shortened
 from detector.series.windows import (
     SeriesRejection,
     SeriesSpec,
     calendar_values,
     deviation_name,
+    future_rejection,
     lag_name,
     late_rejection,
     not_a_time,
@@ -125,31 +125,14 @@ def ahead_of_clock(
 ) -> list[SeriesRejection]:
     """The ``records`` whose time is more than ``limit`` seconds after ``now`` (the receiver's
     clock, epoch seconds): placed, such a record would make every later, correct record of
-    its series late."""
+    its series late (``SeriesState`` checks a table's rows alike)."""
     out = []
     for i, record in enumerate(records):
-        seconds = parse_time(record.get(spec.time_column))
+        value = record.get(spec.time_column)
+        seconds = parse_time(value)
         if seconds is not None and seconds - now > limit:
-            value = shortened(repr(record.get(spec.time_column)))
-            out.append(
-                SeriesRejection(
-                    i,
-                    "future_timestamp",
-                    f"its {spec.time_column} {value} is {duration(seconds - now)} ahead of the "
-                    f"server's clock (the limit: {duration(limit)}, series_max_ahead_seconds); "
-                    "fix the sender's clock, or send the time with its zone (one without is "
-                    "read as UTC)",
-                )
-            )
+            out.append(future_rejection(spec, i, value, ahead=seconds - now, limit=limit))
     return out
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` in the largest unit that keeps it at 1 or more: ``2.0 h``, ``3.5 days``."""
-    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:,.1f} {unit}"
-    return f"{seconds:.0f} s"
 
 
 def window_records(
@@ -187,7 +170,8 @@ def window_records(
         segment: list[tuple[Value, ...]] = list(rows)
         for seconds, i in sorted(arrivals):
             if times and seconds <= times[-1]:
-                rejections.append(late_rejection(spec, i, same_time=seconds == times[-1]))
+                same = seconds == times[-1]
+                rejections.append(late_rejection(spec, i, same_time=same, last=times[-1]))
                 continue
             gap = spec.max_gap_seconds
             if times and gap is not None and seconds - times[-1] > gap:

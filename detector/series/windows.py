@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -312,17 +313,55 @@ def not_a_time(column: str, value: object) -> str:
     return f"{column} {shortened(repr(value))} is not a time (ISO-8601 text or epoch seconds)"
 
 
-def late_rejection(spec: SeriesSpec, row: int, *, same_time: bool) -> SeriesRejection:
-    """``row`` comes at (``same_time``) or before the last row already placed in its series."""
+def late_rejection(
+    spec: SeriesSpec, row: int, *, same_time: bool, last: float | None = None
+) -> SeriesRejection:
+    """``row`` comes at (``same_time``) or before the last row already placed in its series,
+    at ``last`` (epoch seconds), which the reason names: where one row's time is wrong, the
+    rows it makes late point at it."""
     column = spec.time_column
+    seen = "" if last is None else f" ({iso_time(last)})"
     if same_time:
-        reason = f"an earlier row of its series has the same {column}"
+        reason = f"an earlier row of its series has the same {column}{seen}"
         return SeriesRejection(row, "duplicate_timestamp", reason)
     reason = (
-        f"its {column} is before the last row already seen for its series; send each "
+        f"its {column} is before the last row already seen for its series{seen}; send each "
         "series in time order"
     )
     return SeriesRejection(row, "out_of_order", reason)
+
+
+def iso_time(seconds: float) -> str:
+    """Epoch ``seconds`` as ISO-8601 UTC text, to the second: ``2026-11-12T10:15:00Z``."""
+    stamp = pd.Timestamp(round(seconds), unit="s", tz="UTC")
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: How far ahead of the clock a row's time may be before it is rejected (``future_timestamp``),
+#: by default: a row placed far ahead would make every later, correct row of its series late.
+DEFAULT_MAX_AHEAD_SECONDS = 3600.0
+
+
+def future_rejection(
+    spec: SeriesSpec, row: int, value: object, *, ahead: float, limit: float
+) -> SeriesRejection:
+    """``row``'s time (``value``) is ``ahead`` seconds after the clock, past ``limit``."""
+    shown = shortened(repr(value.item() if isinstance(value, np.generic) else value))
+    return SeriesRejection(
+        row,
+        "future_timestamp",
+        f"its {spec.time_column} {shown} is {duration(ahead)} ahead of the clock (the limit: "
+        f"{duration(limit)}, {option('max_ahead_seconds')}); fix the clock that stamped it, or "
+        "give the time with its zone (one without is read as UTC)",
+    )
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that keeps it at 1 or more: ``2.0 h``, ``3.5 days``."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -414,9 +453,19 @@ class SeriesState:
     gives every row the same window.
     """
 
-    def __init__(self, spec: SeriesSpec, *, max_keys: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: SeriesSpec,
+        *,
+        max_keys: int | None = None,
+        max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.spec = spec
         self.max_keys = max_keys
+        #: A row more than this many seconds after ``clock()`` is rejected (``None``: never).
+        self.max_ahead_seconds = max_ahead_seconds
+        self.clock = clock
         self.evicted = 0
         #: Each series' recent scores, for the scorer (``detector.scoring.scores``).
         self.levels = ScoreLevels(spec.level_hours)
@@ -447,6 +496,13 @@ class SeriesState:
             for i, v in frame.loc[times.isna(), spec.time_column].items()
         ]
         usable = times.notna().to_numpy().copy()
+        most = self.max_ahead_seconds
+        if most is not None:
+            ahead = times.to_numpy() - self.clock()
+            for i in np.flatnonzero(usable & (ahead > most)):
+                value = frame[spec.time_column].iat[i]
+                rejections.append(future_rejection(spec, int(i), value, ahead=ahead[i], limit=most))
+                usable[i] = False
         if spec.key_columns:
             missing = frame[list(spec.key_columns)].isna().any(axis=1).to_numpy() & usable
             rejections += [
@@ -478,7 +534,9 @@ class SeriesState:
         late = ~old & (seconds <= last)
         for i in np.flatnonzero(late):
             rejections.append(
-                late_rejection(spec, int(rows["_row"].iat[i]), same_time=seconds[i] == last[i])
+                late_rejection(
+                    spec, int(rows["_row"].iat[i]), same_time=seconds[i] == last[i], last=last[i]
+                )
             )
         rows, old = rows[~late].reset_index(drop=True), old[~late]
         key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()
@@ -486,7 +544,9 @@ class SeriesState:
         repeated[1:] = (key[1:] == key[:-1]) & (seconds[1:] == seconds[:-1])
         repeated &= ~old
         for i in np.flatnonzero(repeated):
-            rejections.append(late_rejection(spec, int(rows["_row"].iat[i]), same_time=True))
+            rejections.append(
+                late_rejection(spec, int(rows["_row"].iat[i]), same_time=True, last=seconds[i])
+            )
         rows, old = rows[~repeated].reset_index(drop=True), old[~repeated]
         key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()
         # Sized from the rows, so that a batch whose every row was rejected windows to nothing.

@@ -146,6 +146,33 @@ def test_a_chunk_whose_every_row_is_rejected_is_reported_and_the_series_go_on(
     np.testing.assert_allclose(out["anomaly_score"], whole.anomaly_score, rtol=1e-6)
 
 
+def test_a_file_row_from_a_wrong_clock_is_rejected_and_its_host_scores_on(
+    series_detector, tmp_path
+) -> None:
+    """One row stamped in 2100 in the middle of a file: rejected, and every other row scores
+    as in the file without it. With the check off (``max_ahead_seconds=None``), the rest of
+    its host comes after it and is rejected, each reason naming the time that made it late."""
+    test = fleet(20, start="2026-01-02", seed=9).astype({"ts": object})
+    wrong = test.iloc[[30]].assign(ts="2100-01-01T00:00:00")
+    hostile = pd.concat([test.iloc[:31], wrong, test.iloc[31:]], ignore_index=True)
+    hostile.to_csv(tmp_path / "in.csv", index=False)
+    report = score_file(series_detector.bundle_, tmp_path / "in.csv", tmp_path / "out.csv",
+                        chunk_rows=16)  # fmt: skip
+    rejects = pd.read_csv(report.rejects)
+    # The rejects file counts data rows from 1, as an editor's lines after the header.
+    assert list(rejects["row"]) == [32] and list(rejects["code"]) == ["future_timestamp"]
+    out = pd.read_csv(tmp_path / "out.csv")
+    whole = score_frame(series_detector.bundle_, test)
+    np.testing.assert_allclose(out["anomaly_score"], whole.anomaly_score, rtol=1e-6)
+    report = score_file(series_detector.bundle_, tmp_path / "in.csv", tmp_path / "off.csv",
+                        chunk_rows=16, max_ahead_seconds=None)  # fmt: skip
+    late = pd.read_csv(report.rejects)
+    after = hostile.iloc[32:]
+    assert len(late) == (after["host"] == wrong["host"].iloc[0]).sum() > 0
+    assert set(late["code"]) == {"out_of_order"}
+    assert late["reason"].str.contains("(2100-01-01T00:00:00Z)", regex=False).all()
+
+
 def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, capsys) -> None:
     fleet(300).to_csv(tmp_path / "train.csv", index=False)
     fleet(20, start="2026-01-02", seed=7).to_csv(tmp_path / "new.csv", index=False)
@@ -162,6 +189,12 @@ def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, c
     scored = pd.read_csv(out)
     assert list(scored.columns[:4]) == ["ts", "host", "cpu", "mem"]
     assert "warming_up" in scored and scored["warming_up"].sum() == len(HOSTS) * 3
+    off = ["--output", str(tmp_path / "off.csv"), "--max-ahead-seconds", "none"]
+    assert main(["score", model, str(tmp_path / "new.csv"), *off]) == 0
+    with pytest.raises(SystemExit) as refused:
+        main(["score", model, str(tmp_path / "new.csv"), *off[:-1], "-60"])
+    assert refused.value.code == 2
+    assert "-60 is not a positive number of seconds" in capsys.readouterr().err
 
 
 def found_blamed_and_reloaded(detector: VAEDetector, tmp_path) -> None:
