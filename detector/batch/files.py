@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -136,6 +137,12 @@ def score_file(
     return report
 
 
+def chunk_rows_for(bundle: Bundle, chunk_rows: int) -> int:
+    """The rows a chunk holds with ``chunk_rows`` asked for: fewer where the model's encoding
+    is wide (``MAX_CHUNK_CELLS`` bounds a chunk's memory)."""
+    return min(chunk_rows, max(1, MAX_CHUNK_CELLS // max(bundle.schema.n_features, 1)))
+
+
 @dataclass(eq=False)
 class _Run:
     """The state of one ``score_file`` call: writers, the ledger so far, the progress bar."""
@@ -160,6 +167,7 @@ class _Run:
         self.rejects_target = Path(self.rejects_path or f"{self.output_path}.rejects.csv")
         self.rejects_writer = TableWriter(self.rejects_target)
         self.n_rejects = 0
+        self.codes: Counter[str] = Counter()
         self.typed_numbers = self.writer.format == "parquet"
         sizes = [None if f == "-" else os.path.getsize(f) for f in self.files]
         total = None if None in sizes else sum(s or 0 for s in sizes)
@@ -183,9 +191,7 @@ class _Run:
     def score_source(self, path: str, chunk_rows: int) -> None:
         read = scored = rejected = 0
         tally = NumberTally()
-        chunk_rows = min(
-            chunk_rows, max(1, MAX_CHUNK_CELLS // max(self.bundle.schema.n_features, 1))
-        )
+        chunk_rows = chunk_rows_for(self.bundle, chunk_rows)
         with open_source(path) as source:
             columns = self._check(source.columns, source.name)
             seen = 0
@@ -309,6 +315,7 @@ class _Run:
         if not rejects:
             return
         self.n_rejects += len(rejects)
+        self.codes.update(r.code for r in rejects)
         self.rejects_writer.write(
             pa.table(
                 {
@@ -354,6 +361,7 @@ class _Run:
             model_version=self.bundle.version,
             files=tuple(self.ledgers),
             seconds=seconds,
+            rejected_by_code=dict(self.codes.most_common()),
         )
 
     def commit(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from detector.errors import DataError
@@ -39,6 +39,8 @@ class BatchReport:
     files: tuple[SourceLedger, ...] = ()
     seconds: float = 0.0
     engine: str = "stream"
+    #: How many rows were rejected for each reason code, most first.
+    rejected_by_code: dict[str, int] = field(default_factory=dict)
 
     @property
     def reject_rate(self) -> float:

@@ -138,6 +138,10 @@ def score_files(
         read = sum(f.rows_read for f in files)
         rejected = sum(f.rows_rejected for f in files)
         rejects_target = rejects_path or f"{output.rstrip('/')}.rejects"
+        codes = {}
+        if rejected:
+            counted = scored.where(F.col(REJECT_CODE).isNotNull()).groupBy(REJECT_CODE).count()
+            codes = {r[REJECT_CODE]: int(r["count"]) for r in counted.collect()}
         report = BatchReport(
             input=" ".join(inputs),
             output=output,
@@ -150,6 +154,7 @@ def score_files(
             model_version=bundle.version,
             files=files,
             engine="spark",
+            rejected_by_code=dict(sorted(codes.items(), key=lambda item: -item[1])),
         )
         if read == 0:
             raise DataError(f"{' '.join(inputs)} holds no data rows; nothing to score")

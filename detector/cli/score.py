@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from detector.cli.commands import _header, _writes_files
 from detector.native import native_output_silenced
+
+if TYPE_CHECKING:
+    from detector.bundles.bundle import Bundle
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -84,8 +88,29 @@ def cmd_score(args: argparse.Namespace) -> int:
     rate = report.rows_read / report.seconds if report.seconds else 0.0
     print(f"wrote {report.output} in {report.seconds:.1f} s ({rate:,.0f} rows/s)")
     if report.rejects:
-        print(f"rejected rows and reasons in {report.rejects}")
+        counts = ", ".join(f"{code} {n:,}" for code, n in report.rejected_by_code.items())
+        print(f"rejected rows and reasons in {report.rejects} ({counts})")
+        late = report.rejected_by_code.get("out_of_order", 0)
+        # Spark hands each series to one task whole, so only the local engine's chunks can
+        # leave a series out of order.
+        if bundle.series is not None and args.engine != "spark" and late > report.rows_read // 100:
+            print(_unsorted_hint(bundle, late, args.chunk_rows))
     return 0
+
+
+def _unsorted_hint(bundle: Bundle, late: int, chunk_rows: int) -> str:
+    """What to do when many rows of a series model's input came after later rows of their
+    series: the input was not in time order beyond what one chunk puts in order."""
+    from detector.batch.files import chunk_rows_for
+
+    assert bundle.series is not None
+    column = bundle.series.time_column
+    rows = chunk_rows_for(bundle, chunk_rows)
+    return (
+        f"hint: {late:,} rows came after later rows of their series: rows are put in time order "
+        f"only within a chunk ({rows:,} rows for this model); sort the input by {column} (or by "
+        f"its series, then {column}) and score it again"
+    )
 
 
 def _carried_columns(

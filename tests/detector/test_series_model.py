@@ -5,6 +5,8 @@ the command line; refused by Spark, which does not window yet. The service's str
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -128,6 +130,23 @@ def test_a_series_out_of_time_order_across_chunks_is_rejected_with_the_fix(
     rejects = pd.read_csv(report.rejects)
     assert list(rejects["code"]) == ["out_of_order"]
     assert "send each series in time order" in rejects["reason"].iloc[0]
+
+
+def test_a_file_out_of_time_order_is_told_to_sort_it(series_detector, tmp_path, capsys):
+    """Rows reordered beyond a chunk are rejected each with its reason, and the command says
+    what happened to so many of them, and the fix."""
+    series_detector.save(tmp_path / "m")
+    test = fleet(20, start="2026-01-02", seed=10)
+    test.iloc[::-1].to_csv(tmp_path / "in.csv", index=False)  # newest first
+    out = ["--output", str(tmp_path / "out.csv"), "--chunk-rows", "10"]
+    assert main(["score", str(tmp_path / "m"), str(tmp_path / "in.csv"), *out]) == 0
+    said = capsys.readouterr().out
+    late = len(test) - 10  # the first chunk (the newest rows) placed, every later row late
+    assert f"out.csv.rejects.csv (out_of_order {late})" in said
+    assert f"hint: {late} rows came after later rows of their series" in said
+    assert "only within a chunk (10 rows for this model); sort the input by ts" in said
+    assert main(["score", str(tmp_path / "m"), str(tmp_path / "in.csv"), *out, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rejected_by_code"] == {"out_of_order": late}
 
 
 def test_a_chunk_whose_every_row_is_rejected_is_reported_and_the_series_go_on(

@@ -88,6 +88,8 @@ def test_spark_scores_and_accounts_like_the_streaming_scorer(
     assert (stream["rows_read"], stream["rows_scored"]) == (301, 299)
     assert [f.rows_read for f in report.files] == [150, 151]
     assert report.anomalies == stream["anomalies"]
+    assert report.rejected_by_code == {"malformed": 1, "not_a_number": 1}
+    assert stream["rejected_by_code"] == {"not_a_number": 1, "ragged": 1}
 
     scored = pd.read_parquet(out)
     streamed = pd.read_csv(tmp_path / "s.csv")
