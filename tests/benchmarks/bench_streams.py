@@ -233,10 +233,20 @@ def main() -> int:
     parser.add_argument("--state-keys", type=int, default=100_000)
     parser.add_argument("--wide", type=int, default=38, help="the wide stream's metrics a row")
     parser.add_argument("--wide-rows", type=int, default=200_000)
-    parser.add_argument("--out", type=Path, default=RESULTS / "streams")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--batch-only",
+        metavar="ROWS,ROWS",
+        help="only the batch, once per file size (e.g. 1000000,5000000), to show that peak "
+        "memory does not grow with the file (results: streams_batch.{json,md})",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-streams-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # a 1M-row file and models
+    if args.batch_only:
+        sizes = [int(n) for n in args.batch_only.split(",")]
+        return batch_sizes(sizes, args.keys, work, args.out or RESULTS / "streams_batch")
+    args.out = args.out or RESULTS / "streams"
     model = work / "fleet"
     train(REPO / "data/fleet_train.csv", model, epochs=10)
     port = free_port()
@@ -270,6 +280,46 @@ def main() -> int:
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(report(payload))
     print(report(payload))
+    return 0
+
+
+def batch_sizes(sizes: list[int], keys: int, work: Path, out: Path) -> int:
+    """``anomaly score`` on generated files of each size in ``sizes`` with one model, trained
+    as the main run's batch model is (the first 20 minutes of every host, 5 epochs)."""
+    largest = work / "fleet_largest.csv"
+    fleet_file(largest, max(sizes), keys)
+    small = work / "fleet_train_small.csv"
+    pd.read_csv(largest, nrows=20 * keys).to_csv(small, index=False)
+    model = work / "fleet_big"
+    train(small, model, epochs=5)
+    runs = []
+    for rows in sizes:
+        data = work / f"fleet_{rows}.csv"
+        fleet_file(data, rows, keys)
+        runs.append(batch(model, data, work) | {"keys": keys})
+        data.unlink()
+        print(f"{rows:,} rows: {runs[-1]['rows_per_s']:,.0f} rows/s", file=sys.stderr)
+    payload = {
+        "command": "python " + " ".join(sys.argv),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "runs": runs,
+    }
+    lines = [
+        "# Metric streams: batch memory by file size\n",
+        f"`{payload['command']}` on {payload['when']}, {payload['cpus']} CPUs.\n",
+        "| rows (series) | wall time | rows/s, whole command | peak RSS | output rows |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['rows']:,} ({r['keys']:,}) | {r['wall_s']:.1f} s | {r['rows_per_s']:,.0f} | "
+            f"{r['peak_rss_mb']:.0f} MB | {r['output_rows']:,} |"
+            for r in runs
+        ),
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 
