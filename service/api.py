@@ -7,11 +7,16 @@ import csv
 import io
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from flask import Blueprint, Response, jsonify, request
 
-from detector.errors import BundleError
+from detector.batch.scored_tables import number_column
+from detector.errors import BundleError, DataError
 from detector.features.encode import check_columns, shortened
+from detector.io.csv_source import CsvSource
 from detector.io.tables import check_header_row
 from service import schemas
 from service.bodies import answer, read_body, read_json, validated
@@ -19,6 +24,7 @@ from service.openapi import openapi_document
 from service.registry import LoadedModel
 from service.scoring import (
     Records,
+    Rejected,
     check_batch_size,
     per_record,
     read_records,
@@ -171,32 +177,78 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, li
 
 
 def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
-    """A CSV body with a header row (a first line of values is refused as no header). The
-    header is checked before pandas reads it (pandas takes minutes over a million-column
-    header) and pandas reads at most one row past the batch limit, so a 16 MiB body of
-    one-value lines is a 413, not an 8-million-row frame."""
+    """A CSV body with a header row (a first line of values is refused as no header), read
+    as the batch scorer reads a file (``CsvSource``): a ragged row, a broken quote or bad
+    bytes reject that record with its reason, and the others are scored. The header is
+    checked before the rows are read (a million-column header costs pandas minutes), and
+    reading stops one row past the batch limit, so a 16 MiB body of one-value lines is a
+    413, not an 8-million-row frame."""
     body = read_body(app_state)
     limit = app_state.config.max_batch_records
     try:
         header = _csv_header(body)
-        # Before the columns: a body without a header row would get "missing column(s)", or
-        # with one line, "no data rows", neither of which names the mistake.
-        check_header_row(header, "the CSV body")
-        check_columns(
-            loaded.bundle.schema,
-            header,
-            passthrough=app_state.config.passthrough_fields,
-            expected=loaded.bundle.input_columns,
-        )
-        text_columns = {name: "string" for name in loaded.bundle.schema.text_columns}
-        frame = pd.read_csv(io.BytesIO(body), dtype=text_columns, nrows=limit + 1)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
-        detail = shortened(exc, 200)
-        raise ApiError(400, "bad_request", f"the CSV body cannot be parsed: {detail}") from None
-    if frame.empty:
+    except (pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
+        raise _unparsed(exc) from None
+    # Before the columns: a body without a header row would get "missing column(s)", or with
+    # one line, "no data rows", neither of which names the mistake.
+    check_header_row(header, "the CSV body")
+    check_columns(
+        loaded.bundle.schema,
+        header,
+        passthrough=app_state.config.passthrough_fields,
+        expected=loaded.bundle.input_columns,
+    )
+    tables, rows, rejected = [], [], []
+    try:
+        with CsvSource.of_bytes(body, "the CSV body") as source:
+            for chunk in source.chunks(limit + 1):
+                tables.append(chunk.table)
+                rows.append(chunk.row_numbers - 1)
+                rejected += [
+                    Rejected(int(r.row_number) - 1, (r.reason,), r.code) for r in chunk.rejects
+                ]
+                if sum(map(len, rows)) + len(rejected) > limit:
+                    break
+    except DataError as exc:  # what no record can be read past (bytes that are not text)
+        raise _unparsed(exc) from None
+    received = sum(map(len, rows)) + len(rejected)
+    if not received:
         raise ApiError(422, "invalid_input", "the CSV body has no data rows")
-    check_batch_size(len(frame), app_state, at_least=True)
-    return Records.of_frame(frame), pd.RangeIndex(len(frame)).to_numpy(), []
+    check_batch_size(received, app_state, at_least=True)
+    frame = _csv_frame(loaded, pa.concat_tables(tables))
+    return Records.of_frame(frame), np.concatenate(rows).astype(np.int64), rejected
+
+
+def _unparsed(exc: Exception) -> ApiError:
+    return ApiError(400, "bad_request", f"the CSV body cannot be parsed: {shortened(exc, 200)}")
+
+
+def _csv_frame(loaded: LoadedModel, table: pa.Table) -> pd.DataFrame:
+    """A CSV body's rows (all text) as the frame the scorer takes: the model's numbers read as
+    the batch scorer reads them, its text as text, and other columns (echoed back) as numbers
+    where every value is one, as a JSON client would have sent them."""
+    schema = loaded.bundle.schema
+    numeric = {c.name for c in schema.numeric}
+    text = set(schema.text_columns)
+    columns: dict[str, Any] = {}
+    for name in table.column_names:
+        values = table.column(name)
+        if name in numeric:
+            columns[name] = number_column(values)
+        elif name in text:
+            columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+        else:
+            columns[name] = _echoed(values)
+    return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows), copy=False)
+
+
+def _echoed(values: Any) -> Any:
+    for kind in (pa.int64(), pa.float64()):
+        try:
+            return pc.cast(values, kind).to_pandas()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _csv_header(body: bytes) -> list[str]:

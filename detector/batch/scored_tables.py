@@ -47,14 +47,14 @@ def series_frame(bundle: Bundle, table: pa.Table) -> pd.DataFrame:
     for name in bundle.input_columns:
         values = table.column(name)
         columns[name] = (
-            _number_column(values)
+            number_column(values)
             if name in numeric
             else pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
         )
     return pd.DataFrame(columns, copy=False)
 
 
-def _number_column(values: Any) -> Any:
+def number_column(values: Any) -> Any:
     """A numeric column as float64, or as text where a value does not parse (so ``encode``
     rejects that row with its reason)."""
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
@@ -76,7 +76,7 @@ def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
     """
     columns: dict[str, Any] = {}
     for col in schema.numeric:
-        columns[col.name] = _number_column(table.column(col.name))
+        columns[col.name] = number_column(table.column(col.name))
     for name in schema.text_columns:
         values = table.column(name)
         columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)

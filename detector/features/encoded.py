@@ -10,8 +10,9 @@ import numpy as np
 from detector.errors import SchemaError
 
 #: Why a row can be rejected, as a short fixed code (a metrics label); the reason text says more.
-#: The last five are a series model's (``detector.series.windows``; ``future_timestamp``: the
-#: service's, a time too far ahead of its clock).
+#: The last five are a series model's (``detector.series.windows``; ``future_timestamp``: a time
+#: too far ahead of the clock). A CSV record that does not parse has one of
+#: ``detector.io.chunks.ParseReject``'s codes instead.
 REJECTION_CODES = (
     "missing_value",
     "not_a_number",

@@ -66,31 +66,40 @@ class CsvSource(TableSource):
     delimiter: str
 
     def __init__(self, path: str) -> None:
-        self.name = "<stdin>" if path == "-" else path
-        self.delimiter = csv_delimiter(path)
-        self._stdin = path == "-"
-        if self._stdin:
+        if path == "-":
             # A reader of its own over descriptor 0, never closed: a read blocked on a pipe
             # that stays open then holds no lock that closing, or the interpreter's exit,
             # would wait for (Ctrl-C or SIGTERM while the writer of the pipe is still there).
-            self._binary: Any = io.BufferedReader(
-                io.FileIO(sys.stdin.fileno(), "rb", closefd=False)
-            )
-            self.size = None
+            stdin = io.BufferedReader(io.FileIO(sys.stdin.fileno(), "rb", closefd=False))
+            self._open("<stdin>", csv_delimiter(path), stdin, None, owned=False)
         else:
-            self._binary = open(path, "rb")  # noqa: SIM115 - closed by close()
-            self.size = os.path.getsize(path)
-        self._stream: Any = self._binary
+            binary = open(path, "rb")  # noqa: SIM115 - closed by close()
+            self._open(path, csv_delimiter(path), binary, os.path.getsize(path), owned=True)
+
+    @classmethod
+    def of_bytes(cls, data: bytes, name: str) -> CsvSource:
+        """Comma-separated text already in memory (an HTTP body), named ``name`` in messages,
+        read as a file is: the same records, the same rejects."""
+        source = cls.__new__(cls)
+        source._open(name, ",", io.BufferedReader(io.BytesIO(data)), len(data), owned=True)
+        return source
+
+    def _open(
+        self, name: str, delimiter: str, binary: Any, size: int | None, *, owned: bool
+    ) -> None:
+        self.name, self.delimiter, self.size = name, delimiter, size
+        self._binary, self._owned = binary, owned
+        self._stream: Any = binary
         try:
-            if self._binary.peek(2)[:2] == b"\x1f\x8b":
-                self._stream = gzip.GzipFile(fileobj=self._binary, mode="rb")
+            if binary.peek(2)[:2] == b"\x1f\x8b":
+                self._stream = gzip.GzipFile(fileobj=binary, mode="rb")
             self._pending, self._first_line = self._read_header()
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        if self._stdin:
+        if not self._owned:
             return  # descriptor 0 is not ours to close (see __init__)
         if self._stream is not self._binary:
             self._stream.close()
@@ -173,7 +182,7 @@ class CsvSource(TableSource):
                     pending += b"\n" if pending else b""
             if not pending:
                 return
-            parsed, used = self._next_block(pending, line, row, eof)
+            parsed, used = self._next_block(pending, line, row, eof, most_lines=chunk_rows)
             if parsed is None:  # the first record is longer than what has been read
                 if len(pending) > MAX_LINE_BYTES:
                     # Within its bounds yet unfinished: one of its lines is this long.
@@ -192,16 +201,18 @@ class CsvSource(TableSource):
             yield from split_chunk(parsed, chunk_rows, self._position())
 
     def _next_block(
-        self, pending: bytes, line: int, row: int, eof: bool
+        self, pending: bytes, line: int, row: int, eof: bool, *, most_lines: int
     ) -> tuple[SourceChunk | None, int]:
         """The next records of ``pending`` (which starts at a record) and the bytes they took;
-        ``(None, 0)`` where more must be read to tell where the first record ends."""
+        ``(None, 0)`` where more must be read to tell where the first record ends. Record by
+        record, at most ``most_lines`` lines are read at once: a block of a million broken
+        one-field lines would otherwise become a million rejects before anyone could stop."""
         cut = last_record_end(pending)
         if cut is not None:
             fast = self._parse_arrow(pending[:cut], line, row)
             if fast is not None:
                 return fast, cut
-            until = pending.count(b"\n", 0, cut)
+            until = min(pending.count(b"\n", 0, cut), max(most_lines, 1))
         else:
             # A quote opened on the first line is open at every line end read so far (or a
             # quote stands inside a field, where it is text): only the first record is in
@@ -222,8 +233,10 @@ class CsvSource(TableSource):
         invalid: list[object] = []
 
         def on_invalid(bad: object) -> str:
+            # One is enough to hand the block to the Python path, which names each bad record;
+            # skipping them all first held every one (a block of a million one-field lines).
             invalid.append(bad)
-            return "skip"
+            return "error"
 
         quoted = b'"' in block
         try:
