@@ -223,7 +223,9 @@ def read_series(value: object) -> SeriesSpec | None:
 def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
     """``frame``'s rows with their windows; training data must be whole, so a row that cannot
     be placed in its series stops training with the reasons."""
-    windows = make_windows(frame, spec)
+    # Training has no option for the clock's limit: a row stamped in the future is to be
+    # fixed or dropped, as any other that cannot be placed.
+    windows = SeriesState(spec, limit_settable=False).window(frame)
     if windows.rejections:
         shown = "; ".join(f"row {r.row + 1}: {r.reason}" for r in windows.rejections[:3])
         fix = "fix or drop them"
@@ -343,16 +345,18 @@ DEFAULT_MAX_AHEAD_SECONDS = 3600.0
 
 
 def future_rejection(
-    spec: SeriesSpec, row: int, value: object, *, ahead: float, limit: float
+    spec: SeriesSpec, row: int, value: object, *, ahead: float, limit: float, settable: bool = True
 ) -> SeriesRejection:
-    """``row``'s time (``value``) is ``ahead`` seconds after the clock, past ``limit``."""
+    """``row``'s time (``value``) is ``ahead`` seconds after the clock, past ``limit``, which
+    the reason names as an option where the reader can set it (``settable``)."""
     shown = shortened(repr(value.item() if isinstance(value, np.generic) else value))
+    named = f", {option('max_ahead_seconds')}" if settable else ""
     return SeriesRejection(
         row,
         "future_timestamp",
         f"its {spec.time_column} {shown} is {duration(ahead)} ahead of the clock (the limit: "
-        f"{duration(limit)}, {option('max_ahead_seconds')}); fix the clock that stamped it, or "
-        "give the time with its zone (one without is read as UTC)",
+        f"{duration(limit)}{named}); fix the clock that stamped it, or give the time with its "
+        "zone (one without is read as UTC)",
     )
 
 
@@ -460,12 +464,14 @@ class SeriesState:
         max_keys: int | None = None,
         max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
         clock: Callable[[], float] = time.time,
+        limit_settable: bool = True,
     ) -> None:
         self.spec = spec
         self.max_keys = max_keys
         #: A row more than this many seconds after ``clock()`` is rejected (``None``: never).
         self.max_ahead_seconds = max_ahead_seconds
         self.clock = clock
+        self.limit_settable = limit_settable  # a rejection names the option that sets the limit
         self.evicted = 0
         #: Each series' recent scores, for the scorer (``detector.scoring.scores``).
         self.levels = ScoreLevels(spec.level_hours)
@@ -501,7 +507,10 @@ class SeriesState:
             ahead = times.to_numpy() - self.clock()
             for i in np.flatnonzero(usable & (ahead > most)):
                 value = frame[spec.time_column].iat[i]
-                rejections.append(future_rejection(spec, int(i), value, ahead=ahead[i], limit=most))
+                rejection = future_rejection(
+                    spec, int(i), value, ahead=ahead[i], limit=most, settable=self.limit_settable
+                )
+                rejections.append(rejection)
                 usable[i] = False
         if spec.key_columns:
             missing = frame[list(spec.key_columns)].isna().any(axis=1).to_numpy() & usable

@@ -225,6 +225,19 @@ def test_a_row_stamped_far_ahead_of_the_clock_is_rejected_and_its_series_goes_on
     assert "seen for its series (2100-01-01T00:00:00Z)" in after.rejections[0].reason
 
 
+def test_training_refuses_a_row_from_the_future_without_naming_an_option_it_lacks() -> None:
+    from detector.series.windows import windowed_for_training
+
+    frame = fleet().assign(ts=lambda f: f["ts"] + 1_780_000_000)
+    frame.loc[3, "ts"] = 4_102_444_800  # 2100-01-01
+    with pytest.raises(SchemaError) as refused:
+        windowed_for_training(frame, SeriesSpec("ts", ("host",), window=3))
+    message = str(refused.value)
+    assert "1 training row(s) cannot be placed" in message
+    assert "ahead of the clock (the limit: 1.0 h); fix the clock that stamped it" in message
+    assert "max_ahead_seconds" not in message
+
+
 def test_the_least_recently_seen_series_is_evicted_beyond_the_cap() -> None:
     from detector.series.windows import SeriesState
 
