@@ -153,16 +153,21 @@ def score_frame(
     *,
     impute: Imputation = None,
     passthrough: Iterable[str] = (),
+    max_ahead_seconds: float | None = 3600.0,
 ) -> ScoreResult:
     """Score a table of records with a bundle; every input row is scored or rejected.
 
     Raises ``SchemaError`` when columns are missing or unknown (``passthrough`` names columns
     to tolerate unscored). Rows with bad values come back in ``rejections`` with reasons. A
     series model (``bundle.series``) judges each row with the rows before it in ``frame``
-    (``score_series``).
+    (``score_series``), and rejects one stamped more than ``max_ahead_seconds`` after this
+    machine's clock (``None``: never).
     """
     if bundle.series is not None:
-        return score_series(bundle, frame, impute=impute, passthrough=passthrough)
+        from detector.series.windows import SeriesState
+
+        state = SeriesState(bundle.series, max_ahead_seconds=max_ahead_seconds)
+        return score_series(bundle, frame, state=state, impute=impute, passthrough=passthrough)
     batch = encode(bundle.schema, frame, impute=impute, passthrough=passthrough)
     return score_batch(bundle, batch, n_input=len(frame))
 

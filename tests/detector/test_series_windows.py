@@ -248,3 +248,22 @@ def test_the_least_recently_seen_series_is_evicted_beyond_the_cap() -> None:
     # a came back after its eviction: it warms up again rather than reaching for lost rows.
     back = state.window(pd.DataFrame({"ts": [10], "host": ["b"], "cpu": [7.0]}))
     assert list(back.warming_up) == [True] and list(back.frame["cpu[-1]"]) == [7.0]
+
+
+def test_every_entry_point_defaults_to_the_same_clock_limit() -> None:
+    """Written out where importing the windows would cost (the command line's --help, the
+    scorer's import order): each must stay the one default."""
+    import inspect
+
+    from detector.batch.files import score_file
+    from detector.cli.commands import _labelled_scores
+    from detector.cli.main import build_parser
+    from detector.scoring.scores import score_frame
+    from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS
+
+    for function in (score_frame, score_file, _labelled_scores):
+        default = inspect.signature(function).parameters["max_ahead_seconds"].default
+        assert default == DEFAULT_MAX_AHEAD_SECONDS, function.__name__
+    for argv in (["score", "m", "x.csv", "--output", "o.csv"], ["evaluate", "m", "x.csv"]):
+        argv += ["--label-column", "y"] if argv[0] == "evaluate" else []
+        assert build_parser().parse_args(argv).max_ahead_seconds == DEFAULT_MAX_AHEAD_SECONDS
