@@ -16,6 +16,7 @@ import json
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -75,11 +76,11 @@ def _labelled_scores(
     anomaly_values: Sequence[str] | None = None,
     normal_values: Sequence[str] | None = None,
     max_ahead_seconds: float | None = 3600.0,
-) -> tuple[Any, Any, Any, int]:
+) -> tuple[Any, Any, Any, Counter[str]]:
     """Score a labelled file: labels ``(n,)`` (True = anomaly), anomaly scores ``(n,)``, the
     ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows, and the number of
-    rejected rows. Labels are 0/1, or text read with ``anomaly_values`` or ``normal_values``
-    (``_labels``)."""
+    rejected rows by reason code. Labels are 0/1, or text read with ``anomaly_values`` or
+    ``normal_values`` (``_labels``)."""
     import numpy as np
 
     from detector.batch.scored_chunks import iter_scored
@@ -88,7 +89,7 @@ def _labelled_scores(
     if by_column and by_column not in extra:
         extra.append(by_column)
     labels, scores, groups = [], [], []
-    rejected = 0
+    rejected: Counter[str] = Counter()
     parts = iter_scored(
         bundle,
         path,
@@ -105,7 +106,7 @@ def _labelled_scores(
         if by_column:
             _require_column(part.frame.columns, by_column, path)
             groups.append(scored[by_column].astype(str).to_numpy())
-        rejected += len(part.result.rejections)
+        rejected.update(r.code for r in part.result.rejections)
     return (
         np.concatenate(labels),
         np.concatenate(scores),

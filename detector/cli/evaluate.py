@@ -32,7 +32,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
         _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
-    labels, scores, groups, rejected = _labelled_scores(
+    labels, scores, groups, codes = _labelled_scores(
         bundle,
         args.input,
         args.label_column,
@@ -55,6 +55,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"give {flag} exactly as the file spells the label (case and trailing dots "
                 "count, e.g. 'smurf.')"
             )
+    rejected = sum(codes.values())
     result = evaluate_scores(
         labels, scores, bundle.calibrator.threshold, n_rejected=rejected, groups=groups
     )
@@ -71,10 +72,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         write_report(args.report, evaluation_report(bundle, labelled))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(
+            json.dumps(
+                {**result.to_dict(), "rejected_by_code": dict(codes.most_common())}, indent=2
+            )
+        )
         return 0
     r = result
-    print(f"records {r.n} scored ({r.n_anomalies} labelled anomalous), {r.n_rejected} rejected")
+    why = ", ".join(f"{code} {n:,}" for code, n in codes.most_common())
+    print(
+        f"records {r.n} scored ({r.n_anomalies} labelled anomalous), {r.n_rejected} rejected"
+        + (f" ({why})" if why else "")
+    )
     print(f"AUROC {r.auroc:.4f}   AUPRC {r.auprc:.4f}")
     print(
         f"at threshold {r.threshold:.4f}: precision {r.precision:.4f}  recall {r.recall:.4f}  "

@@ -184,7 +184,8 @@ def _write_training_report(
             labels, scores, _, rejected = _labelled_scores(
                 bundle, args.report_data, label, passthrough=passthrough
             )
-            labelled = LabelledScores(labels, scores, args.report_data, n_rejected=rejected)
+            n_rejected = sum(rejected.values())
+            labelled = LabelledScores(labels, scores, args.report_data, n_rejected=n_rejected)
         write_report(args.report, training_report(bundle, labelled=labelled))
     except Exception as exc:
         if args.debug:

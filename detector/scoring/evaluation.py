@@ -43,6 +43,9 @@ def parse_labels(values: pd.Series, column: str) -> np.ndarray:
     bad = parsed.isna()
     if bad.any():
         example = values[bad].iloc[0]
+        example = (
+            example.item() if isinstance(example, np.generic) else example
+        )  # 2, not np.int64(2)
         raise DataError(
             f"label column '{column}' holds {example!r} (row {int(np.flatnonzero(bad)[0]) + 1}); "
             "labels must be 1/0 or true/false, with 1 = anomaly"

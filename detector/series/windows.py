@@ -300,7 +300,14 @@ def parse_times(values: pd.Series) -> pd.Series:
 
 def not_a_time(column: str, value: object) -> str:
     """Why ``value`` of the time ``column`` places no row in its series."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+    # pd.NA, as a text column read by pandas holds an empty cell, has no truth value.
+    if (
+        value is None
+        or value is pd.NA
+        or value is pd.NaT
+        or value == ""
+        or (isinstance(value, float) and np.isnan(value))
+    ):
         return f"{column} is empty; every row needs its time"
     try:
         number = float(value)  # type: ignore[arg-type]

@@ -149,6 +149,26 @@ def test_a_file_out_of_time_order_is_told_to_sort_it(series_detector, tmp_path, 
     assert json.loads(capsys.readouterr().out)["rejected_by_code"] == {"out_of_order": late}
 
 
+def test_evaluate_takes_an_empty_time_and_counts_rejected_rows_by_reason(
+    series_detector, tmp_path, capsys
+) -> None:
+    """An empty time cell, read by pandas as NA, was an internal error in ``evaluate``."""
+    series_detector.save(tmp_path / "m")
+    test = fleet(20, start="2026-01-02", seed=11).astype({"ts": object})
+    test["label"] = (np.arange(len(test)) % 10 == 9).astype(int)
+    test.loc[5, "ts"] = None
+    test.loc[7, "cpu"] = np.nan
+    test.to_csv(tmp_path / "in.csv", index=False)
+    argv = ["evaluate", str(tmp_path / "m"), str(tmp_path / "in.csv"), "--label-column", "label"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert f"records {len(test) - 2} scored" in said
+    assert "2 rejected (bad_timestamp 1, missing_value 1)" in said
+    assert main([*argv, "--json"]) == 0
+    codes = json.loads(capsys.readouterr().out)["rejected_by_code"]
+    assert codes == {"bad_timestamp": 1, "missing_value": 1}
+
+
 def test_a_chunk_whose_every_row_is_rejected_is_reported_and_the_series_go_on(
     series_detector, tmp_path
 ) -> None:
