@@ -287,6 +287,11 @@ def fit_schema(
     )
 
 
+#: A text column whose values are all numbers but for at most this share is taken for a
+#: numeric column with stray text in it (where it has too many values to be labels).
+STRAY_TEXT_SHARE = 0.05
+
+
 def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series | None:
     """A label column's value counts, most frequent first, indexed by the labels as text; or
     ``None`` with the reason added to ``problems``."""
@@ -297,6 +302,16 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
         return None
     counts = texts.value_counts()
     if len(counts) > MAX_CATEGORIES:
+        # A numeric column with a stray word in it reads as text: name the word, not an id.
+        words = pd.to_numeric(texts, errors="coerce").isna().to_numpy()
+        if 0 < words.mean() <= STRAY_TEXT_SHARE:
+            first = int(np.flatnonzero(words)[0])
+            problems.append(
+                f"column '{key}' holds numbers but for {int(words.sum())} value(s) that are not "
+                f"(first {texts.iloc[first]!r}, at row {first}); training data must be complete: "
+                "fix or drop those rows"
+            )
+            return None
         problems.append(
             f"column '{key}' has {len(counts)} distinct text values, which looks like an "
             f"identifier; {_leave_out(key)} (or make it numeric)"

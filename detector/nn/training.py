@@ -168,6 +168,15 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             series = with_deviation(series, frame, config.deviation_window, exclude)
             if (config.score_kind or DEFAULT_SCORE) == "knn":  # the distance's own units
                 series = replace(series, level_hours=config.level_hours)
+        # The series' own columns first, as the user named them: a stray word in 'cpu' would
+        # otherwise be reported in the windows' columns ('cpu[-19]'), which the user never made.
+        fit_schema(
+            frame.drop(columns=[series.time_column, *series.key_columns]),
+            categorical=config.categorical,
+            context=conditioned_on(config),
+            clip=config.clip,
+            range_floor=config.range_floor,
+        )
         windows = windowed_for_training(frame, series)
         warming = warming_warning(windows, frame, series)
         frame = windows.frame

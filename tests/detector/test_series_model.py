@@ -395,3 +395,20 @@ def test_training_on_series_mostly_warming_up_says_so_with_a_window_that_fits() 
     assert said in short.bundle_.training["warnings"]  # saved: `anomaly info` shows it
     long = VAEDetector(**{**SERIES, "window": 8}, **TINY).fit(fleet(60))
     assert not [w for w in long.summary_.warnings if "warming up" in w]
+
+
+def test_a_stray_word_in_a_metric_is_named_in_the_users_column_not_a_window_column() -> None:
+    """One 'oops' made cpu text; training then blamed 'cpu[-3]' as an identifier and offered to
+    ignore a column the user never made."""
+    from detector.errors import DataError
+
+    train = fleet(300).astype({"cpu": object})
+    train.loc[250, "cpu"] = "oops"
+    with pytest.raises(DataError) as refused:
+        VAEDetector(**SERIES, **TINY).fit(train)
+    message = str(refused.value)
+    assert "column 'cpu' holds numbers but for 1 value(s) that are not (first 'oops'" in message
+    assert "[-" not in message and "identifier" not in message
+    ids = fleet(300).assign(request=[f"r{i}" for i in range(len(fleet(300)))])
+    with pytest.raises(DataError, match=r"'request' has .* distinct text values, which looks like"):
+        VAEDetector(**SERIES, **TINY).fit(ids)
