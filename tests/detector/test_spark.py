@@ -71,6 +71,7 @@ def test_spark_scores_and_accounts_like_the_streaming_scorer(
     parts.mkdir()
     first = frame.iloc[:150].copy()
     first.loc[7, "cpu_pct"] = "oops"
+    first.loc[9, "mem_pct"] = "nan"  # empty to the local reader: Spark's must agree
     first.to_csv(parts / "a.csv", index=False)
     with (parts / "b.csv").open("w") as handle:
         frame.iloc[150:300].to_csv(handle, index=False)
@@ -84,18 +85,18 @@ def test_spark_scores_and_accounts_like_the_streaming_scorer(
     )
     stream = json.loads(capsys.readouterr().out)
 
-    assert (report.rows_read, report.rows_scored, report.rows_rejected) == (301, 299, 2)
-    assert (stream["rows_read"], stream["rows_scored"]) == (301, 299)
+    assert (report.rows_read, report.rows_scored, report.rows_rejected) == (301, 298, 3)
+    assert (stream["rows_read"], stream["rows_scored"]) == (301, 298)
     assert [f.rows_read for f in report.files] == [150, 151]
     assert report.anomalies == stream["anomalies"]
-    assert report.rejected_by_code == {"malformed": 1, "not_a_number": 1}
-    assert stream["rejected_by_code"] == {"not_a_number": 1, "ragged": 1}
+    assert report.rejected_by_code == {"malformed": 1, "not_a_number": 1, "missing_value": 1}
+    assert stream["rejected_by_code"] == {"not_a_number": 1, "missing_value": 1, "ragged": 1}
 
     scored = pd.read_parquet(out)
     streamed = pd.read_csv(tmp_path / "s.csv")
     key = ["host", "hour", "req_rate"]
     merged = scored.merge(streamed, on=key, suffixes=("_spark", "_stream"))
-    assert len(merged) == 299 and scored["cpu_pct"].dtype == np.float64
+    assert len(merged) == 298 and scored["cpu_pct"].dtype == np.float64
     # Batches differ between the engines; float32 kernels may move the last digit.
     np.testing.assert_allclose(
         merged["anomaly_score_spark"], merged["anomaly_score_stream"], rtol=1e-6
@@ -104,7 +105,7 @@ def test_spark_scores_and_accounts_like_the_streaming_scorer(
 
     parts_written = sorted((tmp_path / "spark.parquet.rejects").glob("part-*.csv"))
     rejects = pd.concat([pd.read_csv(p) for p in parts_written if p.stat().st_size])
-    assert sorted(rejects["code"]) == ["malformed", "not_a_number"]
+    assert sorted(rejects["code"]) == ["malformed", "missing_value", "not_a_number"]
     assert "'oops' is not a number" in " ".join(rejects["reason"])
     assert rejects["source"].str.endswith(("a.csv", "b.csv")).all()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
