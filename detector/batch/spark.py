@@ -33,7 +33,7 @@ from detector.batch.spark_scoring import (
 from detector.bundles.bundle import load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features.encode import Imputation
-from detector.io.tables import csv_delimiter, expand_inputs, table_format
+from detector.io.tables import NULL_VALUES, csv_delimiter, expand_inputs, table_format
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS
 
@@ -216,6 +216,7 @@ def _spark_paths(inputs: Sequence[str]) -> list[str]:
 
 
 def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
+    from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     # One separator for the run, from the first input's name, as the format is.
@@ -230,7 +231,7 @@ def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
         [T.StructField(n, T.StringType()) for n in names]
         + [T.StructField(CORRUPT_RECORD, T.StringType())]
     )
-    return (
+    frame = (
         spark.read.schema(schema)
         .option("header", True)
         .option("escape", '"')
@@ -242,6 +243,11 @@ def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
         .option("enforceSchema", False)
         .csv(paths)
     )
+    # The cells the local reader takes for empty ("nan", "NA", ...; Spark's own option takes
+    # one such text): a row is then rejected, or imputed, for the same reason by both engines.
+    empty = list(NULL_VALUES)
+    kept = [F.when(F.col(n).isin(empty), F.lit(None)).otherwise(F.col(n)).alias(n) for n in names]
+    return frame.select(*kept, F.col(CORRUPT_RECORD))
 
 
 def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:

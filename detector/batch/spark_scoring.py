@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from detector.batch.scored_tables import (
     CONTEXT_COLUMN,
@@ -50,7 +49,6 @@ from detector.bundles.bundle import Bundle, load_bundle
 from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
 from detector.errors import ConfigError
 from detector.features.encode import Imputation, check_columns
-from detector.io.tables import NULL_VALUES
 from detector.io.temporaries import remove_stale_temporaries, staging_path
 from detector.scoring.scores import score_frame, score_series
 from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState
@@ -236,21 +234,6 @@ def _score_batches(
         )
 
 
-def _nulls_as_read(table: pa.Table) -> pa.Table:
-    """Text cells the local reader takes for empty (``NULL_VALUES``: "", "nan", "NA"...) as
-    nulls: Spark's CSV reader keeps them as text, which would reject "nan" as not a number
-    where ``anomaly score`` rejects it as empty (or imputes it)."""
-    nulls = pa.array(NULL_VALUES, pa.string())
-    for i, field in enumerate(table.schema):
-        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
-            column = table.column(i)
-            empty = pc.is_in(column, value_set=nulls.cast(field.type))
-            if pc.any(empty).as_py():
-                typed_null = pa.scalar(None, field.type)
-                table = table.set_column(i, field, pc.if_else(empty, typed_null, column))
-    return table
-
-
 def score_pandas(
     bundle: Bundle,
     batch: pd.DataFrame,
@@ -280,9 +263,7 @@ def score_pandas(
     positions = np.flatnonzero(usable)
     if len(positions):
         columns = list(bundle.input_columns)
-        table = _nulls_as_read(
-            pa.Table.from_pandas(out.loc[positions, columns], preserve_index=False)
-        )
+        table = pa.Table.from_pandas(out.loc[positions, columns], preserve_index=False)
         if bundle.series is None:
             result = score_frame(bundle, model_frame(bundle.schema, table), impute=impute)
         else:
