@@ -38,6 +38,9 @@ _FIRST_READ = 1 << 20
 #: columns of a block in flight, times the few blocks the batch pipeline overlaps, must stay
 #: small (``detector.batch.files.MAX_CHUNK_CELLS`` bounds what a chunk's rows cost after parsing).
 MAX_BLOCK_BYTES = 2 << 20
+#: The record-by-record path reads at least this many lines at once (a tiny ``chunk_rows``
+#: would otherwise have Arrow try the rest of a block again after every few lines).
+_FEWEST_LINES = 8192
 #: A line longer than this is not CSV (a binary file, or one without line breaks).
 MAX_LINE_BYTES = 64 << 20
 
@@ -212,7 +215,7 @@ class CsvSource(TableSource):
             fast = self._parse_arrow(pending[:cut], line, row)
             if fast is not None:
                 return fast, cut
-            until = min(pending.count(b"\n", 0, cut), max(most_lines, 1))
+            until = min(pending.count(b"\n", 0, cut), max(most_lines, _FEWEST_LINES))
         else:
             # A quote opened on the first line is open at every line end read so far (or a
             # quote stands inside a field, where it is text): only the first record is in
