@@ -101,6 +101,7 @@ def _labelled_scores(
     for part in parts:
         _require_column(part.frame.columns, label_column, path)
         scored = part.frame.loc[part.result.rows]
+        scored.index = scored.index + part.first_row  # each row's place in the file, for messages
         labels.append(_labels(scored[label_column], label_column, anomaly_values, normal_values))
         scores.append(part.result.anomaly_score)
         if by_column:

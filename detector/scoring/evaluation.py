@@ -36,18 +36,22 @@ class Evaluation:
 
 
 def parse_labels(values: pd.Series, column: str) -> np.ndarray:
-    """0/1 or true/false labels as a boolean array; anything else is a ``DataError``."""
+    """0/1 or true/false labels as a boolean array; anything else is a ``DataError`` naming the
+    first bad value's data row (1-based, as the rejects file counts), read from ``values``'
+    index where it holds the rows' 0-based positions in their file."""
     text = values.astype("string").str.strip().str.lower()
     mapping = {"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False}
     parsed = text.map(mapping)
     bad = parsed.isna()
     if bad.any():
         example = values[bad].iloc[0]
-        example = (
-            example.item() if isinstance(example, np.generic) else example
-        )  # 2, not np.int64(2)
+        if isinstance(example, np.generic):
+            example = example.item()  # shown as 2, not np.int64(2)
+        first = int(np.flatnonzero(bad)[0])
+        index = values.index
+        row = int(index[first]) + 1 if pd.api.types.is_integer_dtype(index) else first + 1
         raise DataError(
-            f"label column '{column}' holds {example!r} (row {int(np.flatnonzero(bad)[0]) + 1}); "
+            f"label column '{column}' holds {example!r} (data row {row}); "
             "labels must be 1/0 or true/false, with 1 = anomaly"
         )
     return parsed.to_numpy(dtype=bool)

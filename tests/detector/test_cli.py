@@ -269,3 +269,26 @@ def test_train_offers_exactly_the_registered_models() -> None:
     from detector.nn.models import MODELS
 
     assert sorted(MODEL_NAMES) == sorted(MODELS)
+
+
+def test_a_bad_label_is_placed_by_its_row_in_the_file_not_in_its_chunk(
+    capsys, cli_model, tmp_path: Path
+) -> None:
+    frame = pd.read_csv(DATA / "eval.csv", dtype=str)
+    frame.loc[2500, "label"] = "maybe"
+    frame.loc[3, "cpu_pct"] = "oops"  # a rejected row before it must not shift the count
+    frame.to_csv(tmp_path / "labelled.csv", index=False)
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        str(cli_model),
+        str(tmp_path / "labelled.csv"),
+        "--label-column",
+        "label",
+        "--keep-column",
+        "anomaly_kind",
+        "--chunk-rows",
+        "1000",
+    )
+    assert code == 2
+    assert "label column 'label' holds 'maybe' (data row 2501)" in err
