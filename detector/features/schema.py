@@ -260,7 +260,7 @@ def fit_schema(
             if bad.any():
                 problems.append(
                     f"column '{key}' has {int(bad.sum())} empty/NaN/inf values (first at row "
-                    f"{int(np.flatnonzero(bad)[0])}); training data must be complete: fill or "
+                    f"{int(np.flatnonzero(bad)[0]) + 1}); training data must be complete: fill or "
                     "drop those rows"
                 )
                 continue
@@ -308,8 +308,8 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
             first = int(np.flatnonzero(words)[0])
             problems.append(
                 f"column '{key}' holds numbers but for {int(words.sum())} value(s) that are not "
-                f"(first {texts.iloc[first]!r}, at row {first}); training data must be complete: "
-                "fix or drop those rows"
+                f"(first {texts.iloc[first]!r}, at row {first + 1}); training data must be "
+                "complete: fix or drop those rows"
             )
             return None
         problems.append(

@@ -168,7 +168,7 @@ def test_training_data_problems_are_reported_with_the_fix() -> None:
             pd.concat([frame] * 3, ignore_index=True).assign(id=lambda f: f.index.astype(str))
         )
     message = str(err.value)
-    assert "column 'cpu' has 3 empty/NaN/inf values" in message
+    assert "column 'cpu' has 3 empty/NaN/inf values (first at row 4)" in message  # 1-based
     assert "drop it from the data" in message
 
 

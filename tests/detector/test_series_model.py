@@ -407,7 +407,10 @@ def test_a_stray_word_in_a_metric_is_named_in_the_users_column_not_a_window_colu
     with pytest.raises(DataError) as refused:
         VAEDetector(**SERIES, **TINY).fit(train)
     message = str(refused.value)
-    assert "column 'cpu' holds numbers but for 1 value(s) that are not (first 'oops'" in message
+    assert (
+        "column 'cpu' holds numbers but for 1 value(s) that are not (first 'oops', at row 251)"
+        in message
+    )
     assert "[-" not in message and "identifier" not in message
     ids = fleet(300).assign(request=[f"r{i}" for i in range(len(fleet(300)))])
     with pytest.raises(DataError, match=r"'request' has .* distinct text values, which looks like"):
