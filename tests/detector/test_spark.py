@@ -38,27 +38,31 @@ def _missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     reason = _missing()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the Spark test: {reason}")
         pytest.skip(reason)
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     from pyspark.sql import SparkSession
 
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("anomaly-test")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYSPARK_PYTHON", sys.executable)
+        env.setenv("SPARK_LOCAL_IP", "127.0.0.1")
+        # The Python workers keep their copies of shipped bundles under the temporary folder
+        # (spark_scoring.unpacked_bundle): the test run's own, so that runs do not pile them up.
+        env.setenv("TMPDIR", str(tmp_path_factory.mktemp("spark-workers")))
+        session = (
+            SparkSession.builder.master("local[2]")
+            .appName("anomaly-test")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.sql.shuffle.partitions", "2")
+            .getOrCreate()
+        )
+        session.sparkContext.setLogLevel("ERROR")
+        yield session
+        session.stop()
 
 
 def test_spark_scores_and_accounts_like_the_streaming_scorer(
