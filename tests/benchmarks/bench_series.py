@@ -1338,6 +1338,9 @@ def main(argv: list[str] | None = None) -> int:
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
     )
     args = parser.parse_args(argv)
+    labels = [v[0] for v in VARIANTS] + [v[0] for v in PRODUCT_VARIANTS]
+    if args.only is not None and not any(args.only in label for label in labels):
+        parser.error(f"--only {args.only!r} is in no variant's label: {', '.join(labels)}")
     if args.study == "banks":
         text = f"# Bank size on SMD's windows\n\nReproduce: `{command_line()}`\n\n"
         text += bank_study(resolve_data_dir(args.data_dir))
