@@ -184,11 +184,18 @@ class Bundle:
                     weight = f" (weight {DEVIATION_WEIGHT:g})"
                     judged.append(f"on the newest row with {deviation}it{weight}")
                 parts = f", {', '.join(judged[:-1])} and {judged[-1]}, each standardised, summed"
-            if bank.local_weight > 0:
+            if bank.local_weight > 0 and len(bank.parts) > 1:
                 parts += (
                     f"; each part {bank.local_weight:g} x relative to the normal rows' spread "
                     "around its neighbours"
                 )
+            elif bank.local_weight > 0:
+                most = (
+                    f", at most {bank.local_ceiling:g}x less"
+                    if np.isfinite(bank.local_ceiling)
+                    else ""
+                )
+                parts += f"; {bank.local_weight:g} x of it against the local spread{most}"
             level = ""
             if series is not None and series.level_hours:
                 level = (

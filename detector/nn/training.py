@@ -51,7 +51,14 @@ from detector.nn.training_options import (
     METRIC_WEIGHT,
     TrainingOptions,
 )
-from detector.scoring.neighbours import DEFAULT_LOCAL_WEIGHT, NeighbourBank
+from detector.scoring.neighbours import (
+    DEFAULT_LOCAL_FLOOR,
+    DEFAULT_LOCAL_WEIGHT,
+    TABLE_LOCAL_CEILING,
+    TABLE_LOCAL_FLOOR,
+    TABLE_LOCAL_WEIGHT,
+    NeighbourBank,
+)
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
 from detector.scoring.threshold import (
@@ -258,8 +265,11 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             parts=parts,
             part_weights=weights,
             part_rows=rows,
-            # A series' parts (a window's), not a table's row: there it costs NSL-KDD.
-            local_weight=0.0 if found is None else DEFAULT_LOCAL_WEIGHT,
+            # Chosen apart (``tests/benchmarks/README.md``): a series' parts lose nothing to a
+            # sparse place's discount, a table's row needs the ceiling (NSL-KDD).
+            local_weight=TABLE_LOCAL_WEIGHT if found is None else DEFAULT_LOCAL_WEIGHT,
+            local_floor=TABLE_LOCAL_FLOOR if found is None else DEFAULT_LOCAL_FLOOR,
+            local_ceiling=TABLE_LOCAL_CEILING if found is None else np.inf,
         )
     cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)

@@ -255,21 +255,26 @@ def run_columns(task: Any) -> dict[str, dict[str, float]]:
 
 
 #: ``--study local``: the weights of the distance relative to the local spread, and its floors
-#: (``bench_series.py --study local``'s).
+#: (``bench_series.py --study local``'s), each spread as large as it is; then ceilings on it
+#: (a sparse place discounts a record at most so many times) at the floor of the median.
 LOCAL_WEIGHTS = (0.25, 0.5)
 LOCAL_FLOORS = (0.5, 1.0, 2.0)
+LOCAL_CEILINGS = ((0.5, 1.5), (0.5, 2.0), (0.5, 3.0), (0.5, 4.0), (0.25, 4.0))
+LOCAL_CEILINGS += ((0.75, 2.0), (0.75, 3.0), (1.0, 2.0))
 
 
 def run_local(task: Any) -> dict[str, dict[str, float]]:
     """The default distance, exactly as a bundle computes it, plain and judged also against
-    the local spread at each of ``LOCAL_WEIGHTS`` and ``LOCAL_FLOORS``."""
+    the local spread at each of ``LOCAL_WEIGHTS`` and ``LOCAL_FLOORS``, and at the floor of
+    the median with each of ``LOCAL_CEILINGS``."""
     from detector.scoring.neighbours import NeighbourBank
 
     schema, x, x_test, fit, val = detector_split(task)
     series = task.family in ("smd", "asd")
-    settings = [(0.0, 1.0)] + [(w, f) for w in LOCAL_WEIGHTS for f in LOCAL_FLOORS]
+    settings = [(0.0, 1.0, np.inf)] + [(w, f, np.inf) for w in LOCAL_WEIGHTS for f in LOCAL_FLOORS]
+    settings += [(w, 1.0, c) for w, c in LOCAL_CEILINGS]
     scores = {}
-    for weight, floor in settings:
+    for weight, floor, ceiling in settings:
         bank = NeighbourBank.fit(
             schema,
             x[fit],
@@ -278,8 +283,11 @@ def run_local(task: Any) -> dict[str, dict[str, float]]:
             seed=task.seed,
             local_weight=weight,
             local_floor=floor,
+            local_ceiling=ceiling,
         )
-        name = "plain (default)" if not weight else f"local {weight:g}, floor {floor:g}"
+        name = "plain" if not weight else f"local {weight:g}, floor {floor:g}"
+        if np.isfinite(ceiling):
+            name += f", ceiling {ceiling:g}"
         scores[name] = detection_metrics(task.y_test, bank.distances(x_test), None, series=series)
     return scores
 

@@ -10,8 +10,9 @@ Reports, at the default sample count (L=8) and a few others:
 - single-row latency, median and p99 over ``--calls`` calls, for both engines, for
   ``score_frame`` on a one-row DataFrame and for ``score_records`` on one record given as a
   dict (the HTTP JSON route's and the Python API's path: no DataFrame);
-- the default score (``knn``: the distance to the neighbour bank and the normal rows' box)
-  against the same distance without the box (the default before it) and the model's own
+- the default score (``knn``: the distance to the neighbour bank and the normal rows' box,
+  also judged against the local spread) against the same distance judged plainly (the
+  default before), without the box (the default before that) and the model's own
   ``elbo`` (``neighbours=0``, the default before the distance), ``score_frame`` throughput and
   one-row latency of each, in the same run.
 
@@ -102,13 +103,16 @@ def main() -> int:
     single_records = table.head(200).to_dict("records")
     single_encoded = [encoded[i : i + 1] for i in range(200)]
 
-    # The distance as it was before the normal rows' box joined it: the same bank, no box.
+    # The distance as it was before a table's row was also judged against the local spread,
+    # and before that, before the normal rows' box joined it: the same bank.
     bank = detector.bundle_.neighbours
     assert bank is not None
+    plain_bank = dataclasses.replace(bank, local_weight=0.0, local_location=None, local_scale=None)
+    plain = dataclasses.replace(detector.bundle_, neighbours=plain_bank)
     no_box = dataclasses.replace(
         detector.bundle_,
         neighbours=dataclasses.replace(
-            bank,
+            plain_bank,
             box_weight=0.0,
             box_low=np.full_like(bank.box_low, -np.inf),
             box_high=np.full_like(bank.box_high, np.inf),
@@ -117,7 +121,8 @@ def main() -> int:
     scores = []
     for label, chosen in (
         ("knn (default)", detector.bundle_),
-        ("knn without the box (before)", no_box),
+        ("knn judged plainly (before)", plain),
+        ("knn without the box (older)", no_box),
         ("elbo (neighbours=0)", own.bundle_),
     ):
 

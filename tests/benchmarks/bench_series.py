@@ -793,14 +793,17 @@ def weight_scores(series: Series) -> dict[str, dict[str, float]]:
 LOCAL_WEIGHTS = (0.0, 0.25, 0.5)
 LOCAL_FLOORS = (0.5, 1.0, 2.0)
 LOCAL_SEEDS = (0, 1, 2)
+#: Then (weight, floor, ceiling): spreads also held under a multiple of the median, so a
+#: sparse place discounts a record at most so many times (a table's row: 0.5, 1, 3).
+LOCAL_CEILINGS = ((0.5, 1.0, 3.0), (0.25, 1.0, 3.0), (0.5, 1.0, 2.0), (0.25, 2.0, 4.0))
 
 
 def local_scores(series: Series) -> dict[str, dict[str, float]]:
     """``--study local`` on one series: the default distance exactly as training builds it
     (its parts, weights and bank rows), with each part's distance relative to the normal rows'
     spread around its neighbours beside the plain one at ``LOCAL_WEIGHTS`` and
-    ``LOCAL_FLOORS``, judged against the series' level; each measure is the mean over
-    ``LOCAL_SEEDS``."""
+    ``LOCAL_FLOORS`` and at ``LOCAL_CEILINGS``, judged against the series' level; each measure
+    is the mean over ``LOCAL_SEEDS``."""
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices, window_bank_parts
@@ -814,11 +817,13 @@ def local_scores(series: Series) -> dict[str, dict[str, float]]:
     found = window_bank_parts(schema, spec, DEFAULT_SHORT_WINDOW, DEFAULT_COLUMN_WINDOW)
     assert found is not None
     parts, weights, rows = found
-    settings = [(0.0, 1.0)] + [(w, f) for w in LOCAL_WEIGHTS if w for f in LOCAL_FLOORS]
+    settings = [(0.0, 1.0, np.inf)]
+    settings += [(w, f, np.inf) for w in LOCAL_WEIGHTS if w for f in LOCAL_FLOORS]
+    settings += list(LOCAL_CEILINGS)
     runs: dict[str, list[dict[str, float]]] = {}
     for seed in LOCAL_SEEDS:
         fit, val, _ = holdout_indices(len(x), TrainingConfig(random_state=seed))
-        for weight, floor in settings:
+        for weight, floor, ceiling in settings:
             bank = NeighbourBank.fit(
                 schema,
                 x[fit],
@@ -830,8 +835,11 @@ def local_scores(series: Series) -> dict[str, dict[str, float]]:
                 part_rows=rows,
                 local_weight=weight,
                 local_floor=floor,
+                local_ceiling=ceiling,
             )
             label = "plain" if not weight else f"local {weight:g}, floor {floor:g}"
+            if np.isfinite(ceiling):
+                label += f", ceiling {ceiling:g}"
             total, total_val = bank.distances(x_all), bank.distances(x[val])
             runs.setdefault(label, []).append(_judged(series, n, total, total_val))
     return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,15 @@ from detector.errors import BundleError, ConfigError
 from detector.estimator import VAEDetector
 from detector.features.encode import encode
 from detector.features.schema import fit_schema
-from detector.scoring.neighbours import NeighbourBank, column_weights
+from detector.scoring.neighbours import (
+    DEFAULT_LOCAL_FLOOR,
+    DEFAULT_LOCAL_WEIGHT,
+    TABLE_LOCAL_CEILING,
+    TABLE_LOCAL_FLOOR,
+    TABLE_LOCAL_WEIGHT,
+    NeighbourBank,
+    column_weights,
+)
 from tests.conftest import TINY
 
 
@@ -113,15 +123,16 @@ def test_one_column_beyond_the_box_adds_its_weighted_excess() -> None:
     assert terms[j] == pytest.approx((0.5 * excess) ** 2, rel=1e-5)
 
 
-def _saved_without(prefix: str) -> tuple[np.ndarray, NeighbourBank, NeighbourBank]:
-    """Encoded rows, a bank of them, and that bank saved without its arrays named ``prefix...``
-    (as a bank from before they existed) and loaded again."""
+def _saved_without(prefix: str, **fit: Any) -> tuple[np.ndarray, NeighbourBank, NeighbourBank]:
+    """Encoded rows, a bank of them (``NeighbourBank.fit`` with ``fit``), and that bank saved
+    without its arrays named ``prefix...`` (as a bank from before they existed) and loaded
+    again."""
     import io
 
     frame = _table(200)
     schema = fit_schema(frame)
     x = encode(schema, frame).values
-    bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50))
+    bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50), **fit)
     with np.load(io.BytesIO(bank.to_bytes()), allow_pickle=False) as arrays:
         old = {k: arrays[k] for k in arrays.files if not k.startswith(prefix)}
     buffer = io.BytesIO()
@@ -348,16 +359,36 @@ def _two_spreads(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(np.vstack([tight, loose]), columns=["a", "b"])
 
 
-def test_the_local_spread_is_each_bank_row_s_mean_distance_to_its_neighbours() -> None:
+@pytest.mark.parametrize(
+    "weight, floor, ceiling",
+    [
+        (DEFAULT_LOCAL_WEIGHT, DEFAULT_LOCAL_FLOOR, np.inf),
+        (TABLE_LOCAL_WEIGHT, TABLE_LOCAL_FLOOR, TABLE_LOCAL_CEILING),
+    ],
+    ids=["series", "table"],
+)
+def test_the_local_spread_is_each_bank_row_s_mean_distance_to_its_neighbours(
+    weight: float, floor: float, ceiling: float
+) -> None:
     """Judged locally, a part's distance also counts as the mean distance to the ``k`` nearest
     bank rows times the median bank row's spread over theirs (each bank row's spread: its mean
-    distance to its ``k`` nearest other rows, floored at twice the median), plus the box; each
-    standardised on the validation rows, mixed at the weight (brute force). The file keeps it."""
+    distance to its ``k`` nearest other rows, held between the floor and the ceiling times the
+    median), plus the box; each standardised on the validation rows, mixed at the weight
+    (brute force). The file keeps it."""
     frame = _two_spreads(400)
     schema = fit_schema(frame)
     x = encode(schema, frame).values
     fit, val = np.arange(0, 400, 2), np.arange(1, 400, 2)
-    bank = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(200), k=3, local_weight=0.25)
+    bank = NeighbourBank.fit(
+        schema,
+        x[fit],
+        x[val],
+        np.zeros(200),
+        k=3,
+        local_weight=weight,
+        local_floor=floor,
+        local_ceiling=ceiling,
+    )
     plain = NeighbourBank.fit(schema, x[fit], x[val], np.zeros(200), k=3)
 
     def brute(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +401,8 @@ def test_the_local_spread_is_each_bank_row_s_mean_distance_to_its_neighbours() -
         np.fill_diagonal(own, np.inf)
         spreads = np.sort(own, axis=1)[:, :3].mean(axis=1)
         typical = np.median(spreads)
-        local = near * typical / np.maximum(spreads, 2 * typical)[nearest].mean(axis=1)
+        held = np.clip(spreads, floor * typical, ceiling * typical)
+        local = near * typical / held[nearest].mean(axis=1)
         beyond = np.maximum(query - bank.box_high, 0) + np.maximum(bank.box_low - query, 0)
         box = 0.5 * beyond.sum(axis=1)
         return near + box, local + box
@@ -382,11 +414,11 @@ def test_the_local_spread_is_each_bank_row_s_mean_distance_to_its_neighbours() -
     distance_val, local_val = brute(x[val])
     from detector.scoring.neighbours import spread
 
-    expected = 0.75 * (distance - np.median(distance_val)) / spread(distance_val)
-    expected += 0.25 * (local - np.median(local_val)) / spread(local_val)
+    expected = (1 - weight) * (distance - np.median(distance_val)) / spread(distance_val)
+    expected += weight * (local - np.median(local_val)) / spread(local_val)
     np.testing.assert_allclose(bank.distances(query), expected, rtol=1e-4, atol=1e-5)
     again = NeighbourBank.from_bytes(bank.to_bytes(), schema.n_features)
-    assert again.local_weight == 0.25
+    assert (again.local_weight, again.local_floor, again.local_ceiling) == (weight, floor, ceiling)
     np.testing.assert_array_equal(again.distances(query), bank.distances(query))
 
     # Off the tight cluster the record now ranks higher among the normal rows; off the loose
@@ -401,6 +433,54 @@ def test_a_bank_saved_before_the_local_spread_scores_as_it_did() -> None:
     x, bank, legacy = _saved_without("local_")
     assert legacy.local_weight == 0 and legacy.local_scale is None
     np.testing.assert_array_equal(legacy.distances(x), bank.distances(x))
+
+
+def test_a_bank_saved_before_the_local_ceiling_scores_as_it_did() -> None:
+    x, bank, legacy = _saved_without("local_ceiling", local_weight=0.25)
+    assert bank.local_ceiling == legacy.local_ceiling == np.inf
+    np.testing.assert_array_equal(legacy.distances(x), bank.distances(x))
+
+
+def test_the_ceiling_bounds_how_much_a_sparse_place_discounts_a_record() -> None:
+    """A record's local factor (the median spread over its neighbours' mean spread) is at least
+    one over the ceiling: next to the loose cluster, whose rows' spreads are many times the
+    median, a ceiling of 3 keeps it at a third, where without one it falls further; next to
+    the tight cluster (spreads at most the median, the floor) both judge it alike."""
+    frame = _two_spreads(400)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    fit, val = np.arange(0, 400, 2), np.arange(1, 400, 2)
+    near_each = encode(schema, pd.DataFrame({"a": [0.1, 7.5], "b": [0.1, 7.5]})).values
+
+    def factors(ceiling: float) -> np.ndarray:
+        bank = NeighbourBank.fit(
+            schema,
+            x[fit],
+            x[val],
+            np.zeros(200),
+            k=3,
+            box_weight=0.0,  # the factor alone: relative distance over plain distance
+            local_weight=0.5,
+            local_floor=1.0,
+            local_ceiling=ceiling,
+        )
+        raw, relative, _ = bank._measure(near_each, False, terms=False)
+        assert relative is not None
+        return (relative / raw)[0]
+
+    held, free = factors(3.0), factors(np.inf)
+    assert held[1] == pytest.approx(1 / 3) and free[1] < 1 / 3
+    assert held[0] == free[0] and held[0] >= 1 / 3
+    with pytest.raises(ValueError, match="local_floor <= local_ceiling"):
+        NeighbourBank.fit(
+            schema,
+            x[fit],
+            x[val],
+            np.zeros(200),
+            local_weight=0.5,
+            local_floor=2.0,
+            local_ceiling=1.0,
+        )
 
 
 def test_a_bank_saved_before_parts_scores_as_it_did() -> None:
@@ -440,9 +520,14 @@ def spiky() -> tuple[VAEDetector, pd.DataFrame]:
 def test_the_default_scores_by_distance_and_blames_the_far_column(spiky) -> None:
     detector, frame = spiky
     assert detector.bundle_.score_kind == "knn"
-    # A table's row is judged by the plain distance: the local spread is for series (NSL-KDD).
-    assert detector.bundle_.neighbours is not None
-    assert detector.bundle_.neighbours.local_weight == 0
+    # A table's row is also judged against the local spread, a sparse place's discount held.
+    bank = detector.bundle_.neighbours
+    assert bank is not None
+    assert (bank.local_weight, bank.local_floor, bank.local_ceiling) == (
+        TABLE_LOCAL_WEIGHT,
+        TABLE_LOCAL_FLOOR,
+        TABLE_LOCAL_CEILING,
+    )
     record = frame.head(1).assign(a=9.0)
     result = detector.score_records(pd.concat([frame.head(1), record], ignore_index=True))
     assert result.anomaly_score[1] > result.anomaly_score[0]
@@ -479,7 +564,7 @@ def test_a_40_row_table_is_scored_with_leave_one_out_calibration() -> None:
     x = encode(bundle.schema, frame).values
     own = bundle.neighbours.distances(x, leave_one_out=True)
     np.testing.assert_allclose(bundle.calibrator.reference, np.sort(own), rtol=1e-6)
-    assert bundle.calibrator.reference.min() > 0
+    assert (bundle.neighbours.part_distances(x, leave_one_out=True)[0] > 0).all()
     far = detector.score_records(frame.head(1).assign(a=25.0))
     assert far.is_anomaly.tolist() == [True]
 
