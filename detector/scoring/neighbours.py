@@ -27,26 +27,26 @@ costs the Donut KPIs' AUPRC (``bench_distance.py --study tails``, ``tests/benchm
 A bank may also judge a record on several *parts* of its columns at once (a series window's
 newest rows and the whole window): the distance above on each part's columns alone, each
 standardised by its median and interquartile range on the validation rows, then summed. Short
-anomalies stand out in the short part, lasting ones in the long part; on SMD, ASD and the
-Donut KPIs together the sum of the newest 5 and all 20 rows ranked above any one length
+anomalies stand out in the short part, lasting ones in the long part; on SMD, ASD and the Donut
+KPIs together the sum of the newest 5 and all 20 rows ranked above any one length
 (``bench_series.py --study scales``). A bank of one part of every column, unstandardised, is
-the plain distance: tables, and banks saved before parts existed. A series window may also
-carry each metric's difference from the mean of the 9 rows before the newest: it joins the
-short part (no search of its own), which lifted ASD and SMD's AUPRC and kept Donut's best F1
-as a third part at half weight did, at two searches' cost (``--study scales``); without a
-short part it is a part of its own, the newest row's, at half weight. Since ``--study
-metrics`` the whole window is judged one metric at a time: a part per metric, its newest 20
-rows alone, the parts sharing a weight of 0.75 (so they count as 0.75 times their mean). Among
-38 columns one metric's odd shape is diluted in a distance over all of them; on its own it
-stands out (SMD machine-2-4 .674 to .75 AUROC). Such a part may search fewer bank rows
-(``part_rows``: at most 250, every ``ceil(m / 250)``-th, spread over the training period):
-250 and 500 rows ranked alike (every row about one place higher, at .03 of ASD's AUROC), and
-a search's cost is about one step per bank row, so many narrow parts cost what one wide part
-did. A record, or a request of a few, searches a run of such parts together (one product for
-all of them, numpy) rather than one faiss search each, whose fixed cost per call made a 38-metric
-record's 38 searches 1.4 ms (0.37 ms so); a batch searches each with faiss. Either way the
-neighbours found are summed nearest first by their exact distance, and the parts in order, so a
-record scores the same alone or in a batch.
+the plain distance: banks saved before parts existed (a table's since is judged locally too,
+below). A series window may also carry each metric's difference from the mean of the 9 rows
+before the newest: it joins the short part (no search of its own), which lifted ASD and SMD's
+AUPRC and kept Donut's best F1 as a third part at half weight did, at two searches' cost
+(``--study scales``); without a short part it is a part of its own, the newest row's, at half
+weight. Since ``--study metrics`` the whole window is judged one metric at a time: a part per
+metric, its newest 20 rows alone, the parts sharing a weight of 0.75 (so they count as 0.75
+times their mean). Among 38 columns one metric's odd shape is diluted in a distance over all of
+them; on its own it stands out (SMD machine-2-4 .674 to .75 AUROC). Such a part may search
+fewer bank rows (``part_rows``: at most 250, every ``ceil(m / 250)``-th, spread over the
+training period): 250 and 500 rows ranked alike (every row about one place higher, at .03 of
+ASD's AUROC), and a search's cost is about one step per bank row, so many narrow parts cost
+what one wide part did. A record, or a request of a few, searches a run of such parts together
+(one product for all of them, numpy) rather than one faiss search each, whose fixed cost per
+call made a 38-metric record's 38 searches 1.4 ms (0.37 ms so); a batch searches each with
+faiss. Either way the neighbours found are summed nearest first by their exact distance, and
+the parts in order, so a record scores the same alone or in a batch.
 
 A bank may also judge each part *locally*, as the local outlier factor does: beside the
 distance, the same distance times the median bank row's *spread* (its mean distance to its
@@ -128,7 +128,7 @@ _BLOCK = 8192
 _TOGETHER_ROWS = 16
 #: A series bank's parts are each also judged relative to the normal rows' spread around the
 #: record's neighbours, at this weight beside the plain distance (``bench_series.py --study
-#: local``); a table's row is not (it costs NSL-KDD, ``tests/benchmarks/README.md``).
+#: local``); a table's row at ``TABLE_LOCAL_WEIGHT``, with a ceiling the series do without.
 DEFAULT_LOCAL_WEIGHT = 0.25
 #: A bank row's local spread counts as at least this many times its part's median one: only
 #: where the normal rows lie sparse is a record's distance discounted (``--study local``).
@@ -174,9 +174,10 @@ class NeighbourBank:
     the ``parts`` ``(p, n_features)`` (boolean) the distance is taken on, each standardised
     by its validation median ``part_location`` and IQR ``part_scale`` ``(p,)`` (the IQR over
     the part's weight where a part counts less); with ``local_weight`` above 0, each part's
-    distance relative to the normal rows' spread around its neighbours (floored at
-    ``local_floor`` of the median spread), standardised by ``local_location``/``local_scale``
-    ``(p,)``, counts at that weight in the part's place beside the plain one."""
+    distance relative to the normal rows' spread around its neighbours (each spread held
+    between ``local_floor`` and ``local_ceiling`` times the median one), standardised by
+    ``local_location``/``local_scale`` ``(p,)``, counts at that weight in the part's place
+    beside the plain one."""
 
     bank: np.ndarray
     weights: np.ndarray

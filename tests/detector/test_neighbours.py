@@ -441,6 +441,19 @@ def test_a_bank_saved_before_the_local_ceiling_scores_as_it_did() -> None:
     np.testing.assert_array_equal(legacy.distances(x), bank.distances(x))
 
 
+@pytest.mark.parametrize("ceiling", [np.nan, -1.0, 1.0])
+def test_a_bank_file_whose_ceiling_is_under_its_floor_is_refused(ceiling: float) -> None:
+    import io
+
+    _, bank, _ = _saved_without("nothing", local_weight=0.5, local_floor=2.0)
+    with np.load(io.BytesIO(bank.to_bytes()), allow_pickle=False) as arrays:
+        altered = {k: arrays[k] for k in arrays.files} | {"local_ceiling": np.asarray(ceiling)}
+    buffer = io.BytesIO()
+    np.savez(buffer, **altered)
+    with pytest.raises(BundleError, match="does not match the schema"):
+        NeighbourBank.from_bytes(buffer.getvalue(), bank.bank.shape[1])
+
+
 def test_the_ceiling_bounds_how_much_a_sparse_place_discounts_a_record() -> None:
     """A record's local factor (the median spread over its neighbours' mean spread) is at least
     one over the ceiling: next to the loose cluster, whose rows' spreads are many times the
