@@ -297,12 +297,21 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     if warming is not None:
         warnings.append(warming)
     if active == 0:
-        warnings.append(
+        collapse = (
             "posterior collapse: no latent unit carries information (KL per unit < "
             f"{ACTIVE_UNIT_KL} nats on validation data), so the model scores columns as if "
             f"independent; try {option('kl_warmup_epochs')} higher or a smaller "
             f"{option('min_scale')}"
         )
+        if score_kind == "knn":
+            # The distance reads the encoded rows, never the network: its scores, threshold and
+            # attribution are the same whatever the latent holds, so this is no warning.
+            log.info(
+                "%s (it matters to likelihood scores only: this model scores by the distance)",
+                collapse,
+            )
+        else:
+            warnings.append(collapse)
     validation_fpr = float(np.mean(val_scores > calibrator.threshold))
     warnings.extend(
         calibration_warnings(

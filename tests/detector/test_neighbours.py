@@ -616,3 +616,19 @@ def test_a_batch_leaves_threads_to_the_reader_and_restores_the_count() -> None:
         assert faiss.omp_get_max_threads() == 1  # never none
         raise RuntimeError
     assert faiss.omp_get_max_threads() == before
+
+
+def test_a_collapsed_latent_is_a_warning_only_where_the_score_reads_the_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import detector.nn.training as training
+
+    # A real collapse takes a wide model many epochs (a 500-column table: 31); the check's
+    # verdict is forced instead, so the test is about which scores it may warn for.
+    monkeypatch.setattr(training, "active_units", lambda model, x: 0)
+    frame = _table(300)
+    by_distance = VAEDetector(**TINY).fit(frame).summary_
+    assert by_distance.active_latent_units == 0  # still reported, as a number
+    assert not any("posterior collapse" in w for w in by_distance.warnings)
+    by_likelihood = VAEDetector(score_kind="elbo", **TINY).fit(frame).summary_
+    assert any(w.startswith("posterior collapse") for w in by_likelihood.warnings)
