@@ -77,6 +77,25 @@ def test_merge_joins_runs_and_refuses_repeats_and_mismatches(tmp_path: Path) -> 
         bench_quality.merge([a, b])
 
 
-def test_the_committed_report_reproduces_from_its_runs() -> None:
-    payload = json.loads((RESULTS / "quality.json").read_text())
-    assert bench_quality.format_report(payload) == (RESULTS / "quality.md").read_text()
+@pytest.mark.parametrize("name", ["quality", "quality_heldout"])
+def test_the_committed_report_reproduces_from_its_runs(name: str) -> None:
+    payload = json.loads((RESULTS / f"{name}.json").read_text())
+    assert bench_quality.format_report(payload) == (RESULTS / f"{name}.md").read_text()
+
+
+def test_the_held_out_sets_are_split_as_adbench_and_never_run_by_default() -> None:
+    from sklearn.datasets import load_wine
+
+    assert bench_quality.parse_args([]).families == list(bench_quality.FAMILIES)
+    assert "sklearn" not in bench_quality.FAMILIES
+    tasks = list(bench_quality.sklearn_tasks(Path("unused"), [0, 1], quick=False))
+    assert len(tasks) == (1 + 3 + 3) * 2
+    target = load_wine().target
+    for task in (t for t in tasks if t.name.startswith("wine (class 1")):
+        normal, rare = int((target != 1).sum()), int((target == 1).sum())
+        # BENCHMARKS.md section 2: 60% of the normal rows train; the rest and every anomaly test.
+        assert len(task.train) == int(0.6 * normal)
+        assert len(task.test) == normal - len(task.train) + rare == len(task.y_test)
+        assert task.y_test.sum() == rare
+    first, second = (t.train for t in tasks if t.name == "breast_cancer")
+    assert not first.equals(second)  # each seed draws its own split
