@@ -151,3 +151,10 @@ def retarget_command() -> str:
     if current_surface() == "python":
         return "`detector.set_target_fpr(path, fpr)`"
     return "`anomaly threshold MODEL --fpr`"
+
+
+def leave_one_out_note(rows: int, fit: int, validation: int, calibration: int) -> str:
+    """The note a row count gets where the calibration rows overlap the others (a small
+    table's, or a bank keeping them beside the fitted rows): each was measured against the
+    rest."""
+    return ", leave-one-out" if fit + validation + calibration > rows else ""

@@ -32,6 +32,7 @@ from detector.cli.report_figures import (
 )
 from detector.io.temporaries import partial_path, remove_stale_temporaries
 from detector.scoring.evaluation import Evaluation, evaluate_scores
+from detector.wording import leave_one_out_note
 
 if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
@@ -227,13 +228,15 @@ def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
         ),
     ]
     if t:
+        counts = (t.get(k, 0) for k in ("rows", "fit_rows", "validation_rows", "calibration_rows"))
+        overlap = leave_one_out_note(*(int(c or 0) for c in counts))
         rows += [
             ("network", "-".join(map(str, t.get("hidden_units", [])))),
             ("latent", f"{t.get('latent_dim')} ({t.get('active_latent_units')} active units)"),
             (
                 "rows",
-                f"{t.get('rows')} = {t.get('fit_rows')} fit + {t.get('validation_rows')} "
-                f"validation + {t.get('calibration_rows')} calibration",
+                f"{t.get('rows')}: {t.get('fit_rows')} fit, {t.get('validation_rows')} "
+                f"validation, {t.get('calibration_rows')} calibration{overlap}",
             ),
             (
                 "epochs",

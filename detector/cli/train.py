@@ -18,6 +18,7 @@ from typing import Any
 
 from detector.cli.commands import _labelled_scores, _require_column, _writes_files
 from detector.nn.option_specs import TrainingOption, training_options
+from detector.wording import leave_one_out_note
 
 
 def _show_training_progress(args: argparse.Namespace) -> bool:
@@ -80,10 +81,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 0
     s = summary
+    overlap = leave_one_out_note(s.rows, s.fit_rows, s.validation_rows, s.calibration_rows)
     print(
         f"trained {args.model} on {s.rows} rows ({s.fit_rows} fit / {s.validation_rows} "
-        f"validation / {s.calibration_rows} calibration), {len(bundle.schema.column_order)} "
-        f"columns -> {s.n_features} features"
+        f"validation / {s.calibration_rows} calibration{overlap}), "
+        f"{len(bundle.schema.column_order)} columns -> {s.n_features} features"
     )
     if bundle.series is not None:
         print(bundle.series.describe())

@@ -58,6 +58,7 @@ from detector.scoring.neighbours import (
     TABLE_LOCAL_FLOOR,
     TABLE_LOCAL_WEIGHT,
     NeighbourBank,
+    bank_rows,
 )
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
@@ -127,7 +128,9 @@ class TrainingConfig(
 
 @dataclass(frozen=True)
 class TrainingSummary:
-    """What happened in training, as the CLI prints it and the manifest stores it."""
+    """What happened in training, as the CLI prints it and the manifest stores it.
+    ``calibration_rows`` overlap the fitted ones where they were measured leave-one-out (a
+    small table, or a bank keeping them): then the three counts add up to more than ``rows``."""
 
     rows: int
     fit_rows: int
@@ -248,15 +251,21 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     score_kind = config.score_kind or (
         DEFAULT_SCORE if config.model == "vae" and config.neighbours else model.default_score_kind
     )
-    bank, metric_count = None, 0
+    bank, metric_count, whole = None, 0, False
+    bank_x = fit_x
     if score_kind in NEIGHBOUR_KINDS:
         column = config.column_window if series is not None and _judged_by_parts(config) else 0
         found = window_bank_parts(schema, series, config.short_window, column)
         parts, weights, rows = found or (None, None, None)
         metric_count = 0 if rows is None else int((rows > 0).sum())  # only theirs are capped
+        # Where the bank has room, a table's distance keeps the calibration rows too, each
+        # then measured against the others (leave-one-out): more normal rows to judge by and
+        # to calibrate on (``tests/benchmarks/README.md``, "Every row in the bank").
+        whole = _whole_table_bank(score_kind, schema, small, found is None, len(fit_x) + len(cal_x))
+        bank_x = np.concatenate([fit_x, cal_x]) if whole else fit_x
         bank = NeighbourBank.fit(
             schema,
-            fit_x,
+            bank_x,
             val_x,
             anomaly_scores(graph(val_x), "elbo"),
             k=config.neighbours,
@@ -271,7 +280,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             local_floor=TABLE_LOCAL_FLOOR if found is None else DEFAULT_LOCAL_FLOOR,
             local_ceiling=TABLE_LOCAL_CEILING if found is None else np.inf,
         )
-    cal = estimate_all(graph, bank, cal_x, leave_one_out=small and bank is not None)
+    measured = bank_x if whole else cal_x
+    cal = estimate_all(graph, bank, measured, leave_one_out=(small or whole) and bank is not None)
     cal_scores = anomaly_scores(cal, score_kind)
     fallback = None
     if bank is not None and config.score_kind is None and constant(cal_scores):
@@ -283,7 +293,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             f"few categories), so it cannot rank records: scoring with "
             f"{model.default_score_kind} instead"
         )
-        score_kind, bank = model.default_score_kind, None
+        score_kind, bank, whole, measured = model.default_score_kind, None, False, cal_x
         cal = graph(cal_x)
         cal_scores = anomaly_scores(cal, score_kind)
     check_spread(cal_scores)
@@ -315,7 +325,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     validation_fpr = float(np.mean(val_scores > calibrator.threshold))
     warnings.extend(
         calibration_warnings(
-            len(cal_x),
+            len(measured),
             config.target_fpr,
             validation_fpr,
             len(val_x),
@@ -332,7 +342,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         rows=len(values),
         fit_rows=len(fit_x),
         validation_rows=len(val_x),
-        calibration_rows=len(cal_x),
+        calibration_rows=len(measured),
         n_features=schema.n_features,
         hidden_units=hidden,
         latent_dim=latent,
@@ -367,7 +377,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         model_type=config.model,
         n_samples=config.n_samples,
         noise_seed=config.random_state,
-        term_baseline=np.median(cal["term_nll"], axis=0),
+        # The held-out rows' terms: where the bank keeps every row, the ones it adds last.
+        term_baseline=np.median(cal["term_nll"][len(measured) - len(cal_x) :], axis=0),
         params=params,
         training=summary.to_dict(),
         data_fingerprint={"sha256": fingerprint(frame), "rows": len(frame)},
@@ -378,6 +389,15 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     )
     bundle.__dict__["graph"] = graph  # reuse the compiled graph instead of tracing it again
     return bundle, summary
+
+
+def _whole_table_bank(score_kind: str, schema: Schema, small: bool, table: bool, rows: int) -> bool:
+    """Whether a table's distance keeps the calibration rows in its bank beside the fitted
+    ones, ``rows`` in all, and calibrates on them leave-one-out: the plain distance (the
+    default), a table (a series' windows were chosen with their own bank), not one already
+    small, and every one of them within the bank's cap and the calibration's."""
+    cap = min(bank_rows(schema.n_features), MAX_CALIBRATION_ROWS)
+    return score_kind == "knn" and table and not small and rows <= cap
 
 
 def _judged_by_parts(config: TrainingConfig) -> bool:

@@ -654,3 +654,42 @@ def test_a_collapsed_latent_is_a_warning_only_where_the_score_reads_the_network(
     assert not any("posterior collapse" in w for w in by_distance.warnings)
     by_likelihood = VAEDetector(score_kind="elbo", **TINY).fit(frame).summary_
     assert any(w.startswith("posterior collapse") for w in by_likelihood.warnings)
+
+
+def test_a_table_the_bank_can_hold_keeps_its_calibration_rows_and_calibrates_leave_one_out() -> (
+    None
+):
+    from detector.nn.training import TrainingConfig, holdout_indices, train
+    from detector.wording import leave_one_out_note
+
+    frame = _table(400, seed=4)
+    config = TrainingConfig(**TINY)
+    bundle, summary = train(frame, config)
+    fit, val, cal = holdout_indices(len(frame), config)
+    x = encode(bundle.schema, frame).values
+    bank = bundle.neighbours
+    assert bank is not None
+    kept = np.concatenate([x[fit], x[cal]])
+    np.testing.assert_allclose(bank.bank, kept * bank.weights, rtol=1e-6)
+    # Every kept row calibrates, measured against the others; the validation rows stay out
+    # of the bank, so the held-out check still holds rows no part of the distance has seen.
+    own = bank.distances(kept, leave_one_out=True)
+    np.testing.assert_allclose(bundle.calibrator.reference, np.sort(own), rtol=1e-6)
+    counts = (summary.fit_rows, summary.validation_rows, summary.calibration_rows)
+    assert counts == (len(fit), len(val), len(fit) + len(cal))
+    held_out = np.mean(bank.distances(x[val]) > bundle.calibrator.threshold)
+    assert summary.validation_fpr == pytest.approx(held_out)
+    assert leave_one_out_note(summary.rows, *counts) == ", leave-one-out"
+
+
+def test_only_the_plain_distance_of_a_table_within_the_cap_keeps_every_row() -> None:
+    from detector.nn.training import _whole_table_bank
+    from detector.scoring.neighbours import bank_rows
+
+    wide = fit_schema(pd.DataFrame(np.random.default_rng(0).normal(size=(50, 400))).add_prefix("c"))
+    cap = bank_rows(wide.n_features)  # 1,000 rows at 400 columns
+    assert _whole_table_bank("knn", wide, small=False, table=True, rows=cap)
+    assert not _whole_table_bank("knn", wide, small=False, table=True, rows=cap + 1)
+    assert not _whole_table_bank("elbo_knn", wide, small=False, table=True, rows=cap)
+    assert not _whole_table_bank("knn", wide, small=False, table=False, rows=cap)  # a series
+    assert not _whole_table_bank("knn", wide, small=True, table=True, rows=150)
