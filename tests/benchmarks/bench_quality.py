@@ -151,17 +151,19 @@ def adbench_tasks(data_dir: Path, seeds: list[int], quick: bool) -> Iterator[Tas
 
     missing_data([ab.set_path(data_dir, s) for s in ab.SETS], "adbench_classical/*.npz")
     for name in ab.SETS:
-        x, y = ab.load_set(ab.set_path(data_dir, name))
-        for seed in seeds:
-            part = ab.split(y, seed)
-            yield Task(
-                "adbench",
-                name,
-                ab.as_frame(x[part.train]),
-                ab.as_frame(x[part.test]),
-                y[part.test],
-                seed,
-            )
+        yield from section2_tasks("adbench", name, *ab.load_set(ab.set_path(data_dir, name)), seeds)
+
+
+def section2_tasks(
+    family: str, name: str, x: np.ndarray, y: np.ndarray, seeds: list[int]
+) -> Iterator[Task]:
+    """A labelled set under BENCHMARKS.md section 2's split, one task per seed."""
+    import bench_adbench as ab
+
+    for seed in seeds:
+        part = ab.split(y, seed)
+        train, test = ab.as_frame(x[part.train]), ab.as_frame(x[part.test])
+        yield Task(family, name, train, test, y[part.test], seed)
 
 
 def advae_tasks(data_dir: Path, seeds: list[int], quick: bool) -> Iterator[Task]:
@@ -207,7 +209,6 @@ def nsl_kdd_tasks(data_dir: Path, seeds: list[int], quick: bool) -> Iterator[Tas
 
 
 def sklearn_tasks(data_dir: Path, seeds: list[int], quick: bool) -> Iterator[Task]:
-    import bench_adbench as ab
     from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 
     sets = [("breast_cancer", load_breast_cancer(), (0,))]  # 0: malignant
@@ -218,17 +219,7 @@ def sklearn_tasks(data_dir: Path, seeds: list[int], quick: bool) -> Iterator[Tas
         for rare in classes:
             y = (bunch.target == rare).astype(int)
             label = name if len(classes) == 1 else f"{name} (class {rare} rare)"
-            for seed in seeds:
-                part = ab.split(y, seed)
-                x = bunch.data
-                yield Task(
-                    "sklearn",
-                    label,
-                    ab.as_frame(x[part.train]),
-                    ab.as_frame(x[part.test]),
-                    y[part.test],
-                    seed,
-                )
+            yield from section2_tasks("sklearn", label, bunch.data, y, seeds)
 
 
 LOADERS: dict[str, Callable[[Path, list[int], bool], Iterator[Task]]] = {
