@@ -260,7 +260,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         metric_count = 0 if rows is None else int((rows > 0).sum())  # only theirs are capped
         # Where the bank has room, a table's distance keeps the calibration rows too, each
         # then measured against the others (leave-one-out): more normal rows to judge by and
-        # to calibrate on (``tests/benchmarks/README.md``, "Every row in the bank").
+        # to calibrate on (``tests/benchmarks/README.md``, "Round 9: every row in the bank").
         whole = _whole_table_bank(score_kind, schema, small, found is None, len(fit_x) + len(cal_x))
         bank_x = np.concatenate([fit_x, cal_x]) if whole else fit_x
         bank = NeighbourBank.fit(
