@@ -86,6 +86,23 @@ def test_every_row_is_accounted_for_with_its_line_and_raw_text(
     assert scored[list(EVAL.columns)].iloc[0].tolist() == EVAL.iloc[0].tolist()
 
 
+def test_a_short_line_that_is_not_utf8_is_one_reject_and_no_traceback(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # A short (ragged) line goes to Arrow's invalid-row handler, which decodes its text as
+    # UTF-8 before our handler runs: a byte from another encoding raised inside Arrow and
+    # printed "Exception ignored ... Traceback" (an unraisable error; pytest fails on it).
+    path = tmp_path / "in.csv"
+    body = "\n".join([HEADER, *lines_of(EVAL.head(5))]).encode() + b"\ncaf\xe9\n"
+    path.write_bytes(body)
+    code, ledger, err = score(capsys, str(bundle_dir), str(path), "--output", str(tmp_path / "o.csv"))
+    assert code == 0, err
+    assert "Traceback" not in err and "Exception" not in err
+    assert (ledger["rows_read"], ledger["rows_scored"], ledger["rows_rejected"]) == (6, 5, 1)
+    rejects = pd.read_csv(ledger["rejects"], keep_default_na=False)
+    assert rejects["code"].tolist() == ["encoding"] and rejects["raw"][0] == "caf\\xe9"
+
+
 def test_chunk_size_does_not_change_the_output(capsys, bundle_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     EVAL.head(500).to_csv(path, index=False)
