@@ -23,6 +23,9 @@ import numpy as np
 import pandas as pd
 
 from detector.series.windows import (
+    EPOCH,
+    FIRST_TIME,
+    LAST_TIME,
     SeriesRejection,
     SeriesSpec,
     calendar_values,
@@ -115,9 +118,9 @@ def parse_time(value: object) -> float | None:
     except ValueError:
         pass
     stamp = pd.to_datetime(value, errors="coerce", utc=True, format="ISO8601")
-    if pd.isna(stamp):
+    if pd.isna(stamp) or not FIRST_TIME <= stamp <= LAST_TIME:
         return None
-    return float((stamp - pd.Timestamp(0, tz="UTC")).total_seconds())
+    return float((stamp.as_unit("ns") - EPOCH).total_seconds())
 
 
 def ahead_of_clock(

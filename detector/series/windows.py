@@ -24,6 +24,7 @@ file does not matter, as every row of a key is in hand.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import math
 import re
@@ -272,6 +273,10 @@ def warming_warning(windows: Windows, frame: pd.DataFrame, spec: SeriesSpec) -> 
 #: most likely epoch milliseconds (1.7e12 in 2026), whose gaps and hours of the day would be
 #: read a thousand times too long.
 EPOCH_SECONDS_LIMIT = 1e11
+#: The times an ISO-8601 text may give: those pandas holds in nanoseconds (1677 to 2262).
+FIRST_TIME = pd.Timestamp.min.tz_localize("UTC")
+LAST_TIME = pd.Timestamp.max.tz_localize("UTC")
+EPOCH = pd.Timestamp(0, tz="UTC")
 
 
 def plausible_seconds(seconds: float) -> bool:
@@ -294,7 +299,11 @@ def parse_times(values: pd.Series) -> pd.Series:
     text = numbers.isna() & values.notna()
     if text.any():
         stamps = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
-        seconds[text] = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+        # pandas keeps a call's times at the finest unit its texts need: the year 9999 parses
+        # at seconds alone, yet is NaT beside a nanosecond time (and overflowed the epoch's
+        # subtraction). Outside nanoseconds' range a text is no time, whatever came with it.
+        held = stamps.where((stamps >= FIRST_TIME) & (stamps <= LAST_TIME))
+        seconds[text] = (held.dt.as_unit("ns") - EPOCH).dt.total_seconds()
     return seconds
 
 
@@ -319,7 +328,22 @@ def not_a_time(column: str, value: object) -> str:
             f"{column} {shown} is too far from 1970 to be epoch seconds; if it is epoch "
             "milliseconds, divide by 1000"
         )
+    if isinstance(value, str) and _iso_out_of_range(value):
+        return (
+            f"{column} {shortened(repr(value))} is a time this tool cannot place: times must "
+            f"lie between the years {FIRST_TIME.year + 1} and {LAST_TIME.year - 1}"
+        )
     return f"{column} {shortened(repr(value))} is not a time (ISO-8601 text or epoch seconds)"
+
+
+def _iso_out_of_range(text: str) -> bool:
+    """Whether ``text`` is an ISO-8601 time that pandas' nanosecond times cannot hold (the
+    year 9999, say): telling its user it "is not a time" would send them looking for a typo."""
+    try:
+        stamp = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        return False
+    return not FIRST_TIME.year < stamp.year < LAST_TIME.year
 
 
 def late_rejection(

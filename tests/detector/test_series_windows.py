@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from detector.errors import SchemaError
+from detector.series.stream import parse_time
 from detector.series.windows import SeriesSpec, make_windows, parse_times
 
 
@@ -88,6 +89,29 @@ def test_bad_times_missing_keys_and_duplicates_are_rejected_with_their_reason() 
     assert sorted([*windows.rows, *rejected]) == list(range(len(frame)))  # every row accounted
     # Row 3 (00:01) follows row 0 (00:00); row 5 (zone-less, UTC) follows row 4 (00:02).
     assert list(windows.frame["cpu[-1]"]) == [1.0, 1.0, 4.0, 5.0]
+
+
+def test_an_iso_time_too_far_off_for_the_clock_says_so_not_that_it_is_no_time() -> None:
+    frame = pd.DataFrame(
+        {"ts": ["2026-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "0001-01-01", "2026-02-30"],
+         "cpu": [1.0, 2.0, 3.0, 4.0]}
+    )  # fmt: skip
+    reasons = [r.reason for r in make_windows(frame, SeriesSpec("ts", window=2)).rejections]
+    assert len(reasons) == 3
+    assert "'9999-12-31T23:59:59Z' is a time this tool cannot place" in reasons[0]
+    assert "between the years 1678 and 2261" in reasons[0]
+    assert "'0001-01-01' is a time this tool cannot place" in reasons[1]
+    assert "'2026-02-30' is not a time" in reasons[2]  # no such day: a typo after all
+    # pandas parses the year 9999 alone (at a unit of seconds) but not beside a nanosecond
+    # time: either way it is no time, so no row's fate hangs on the rows read with it.
+    for company in (["2026-01-01T00:00:00Z"], ["2026-01-01T00:00:00.123456789Z"], []):
+        times = parse_times(pd.Series([*company, "9999-12-31T23:59:59Z"]))
+        assert times.iloc[-1] != times.iloc[-1]  # NaN
+        assert parse_time("9999-12-31T23:59:59Z") is None
+    assert (
+        parse_time("2026-01-01T00:00:00.5Z")
+        == parse_times(pd.Series(["x", "2026-01-01T00:00:00.5Z"])).iloc[1]
+    )
 
 
 @pytest.mark.parametrize("deviation", [0, 2])
