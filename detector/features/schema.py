@@ -264,7 +264,14 @@ def fit_schema(
                     "drop those rows"
                 )
                 continue
-            numeric.append(_fit_numeric(key, values, range_floor))
+            column = _fit_numeric(key, values, range_floor)
+            if not np.isfinite([column.mean, column.scale]).all():
+                problems.append(
+                    f"column '{key}' reaches {np.abs(values).max():.3g}, too large to "
+                    "standardise; rescale it (divide it, or take its logarithm) before training"
+                )
+                continue
+            numeric.append(column)
         else:
             counts = _fit_labels(key, series, problems)
             if counts is None:
@@ -322,16 +329,22 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
 
 
 def _fit_numeric(name: str, values: np.ndarray, range_floor: float) -> NumericColumn:
-    mean = float(values.mean())
-    std = float(values.std())
-    spread = float(values.max() - values.min())
+    # Values past ~1e154 overflow the variance's squares (and the spread of +-1e308 is inf):
+    # the moments are taken in units of a power of two near the largest value, which divides
+    # exactly, so ordinary columns get the same numbers to the bit.
+    largest = float(np.abs(values).max()) if len(values) else 0.0
+    unit = 2.0 ** np.floor(np.log2(largest)) if largest > 2.0**500 else 1.0
+    scaled = values / unit
+    mean = float(scaled.mean()) * unit
+    std = float(scaled.std()) * unit
+    floor = float(scaled.max() - scaled.min()) * range_floor * unit
     # A column that is almost always one value (a pixel that is nearly always 0, an error count
     # that is nearly always 0) has a tiny standard deviation, and dividing by it would turn the
     # rare ordinary non-zero value into tens of sigma and let that column decide every score.
     # Its scale is therefore at least a fraction of its observed range. A floor of 0.25 scales
     # nearly every column by a quarter of its range, min-max scaling in units comparable to
     # standard deviations (uniform data has std = range / 3.5).
-    scale = max(std, range_floor * spread)
+    scale = max(std, floor)
     # A column constant in training keeps its raw units (scale 1, as scikit-learn's
     # StandardScaler does) instead of dividing by ~0 and turning any later change into 1e9 sigma.
     if scale <= 1e-8 * (1.0 + abs(mean)):
@@ -340,7 +353,7 @@ def _fit_numeric(name: str, values: np.ndarray, range_floor: float) -> NumericCo
         name=name,
         mean=mean,
         scale=scale,
-        median=float(np.median(values)),
+        median=float(np.median(scaled)) * unit,
         minimum=float(values.min()),
         maximum=float(values.max()),
     )

@@ -44,6 +44,29 @@ def test_range_floor_sets_the_scale_of_a_column_with_a_rare_value() -> None:
     assert fit_schema(frame, range_floor=0.25).numeric[0].scale == pytest.approx(2.0)
 
 
+def test_a_column_near_the_float_limit_fits_a_finite_schema_that_round_trips() -> None:
+    # Its squares, its sum and the mean of its two middle values overflowed (a bundle then
+    # refused to load as "malformed"); pytest turns numpy's overflow warnings into failures.
+    rng = np.random.default_rng(0)
+    ordinary = rng.normal(3.0, 2.0, 300)
+    frame = pd.DataFrame(
+        {"huge": rng.normal(size=300) * 1e300,
+         "edges": np.resize([-1.7e308, 1.7e308], 300),
+         "ordinary": ordinary}
+    )  # fmt: skip
+    schema = fit_schema(frame, range_floor=0.05)
+    for column in schema.numeric:
+        values = [column.mean, column.scale, column.median, column.minimum, column.maximum]
+        assert np.isfinite(values).all(), column
+    huge, edges, plain = schema.numeric
+    assert huge.scale == pytest.approx(float(np.std(frame["huge"] / 1e300)) * 1e300)
+    assert (edges.mean, edges.median) == (0.0, 0.0)
+    # An ordinary column's numbers are numpy's own, to the bit.
+    assert (plain.mean, plain.scale) == (float(ordinary.mean()), float(ordinary.std()))
+    assert Schema.from_dict(schema.to_dict()) == schema
+    assert np.isfinite(encode(schema, frame).values).all()
+
+
 def test_range_floor_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match=r"range_floor 1.5 must be a fraction in \[0, 1\]"):
         fit_schema(_frame(), range_floor=1.5)
