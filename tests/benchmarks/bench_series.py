@@ -50,7 +50,9 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
   outlier factor does), at several weights and floors of that spread, over 3 seeds;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
-  the product's default (``knn``) and the peers beside them.
+  the product's default (``knn``) and the peers beside them;
+- ``--study segments``: where the default's AUROC is lost, each labelled segment's rows' mean
+  rank among the normal test rows, and the AUROC if every short segment ranked first.
 
 Usage::
 
@@ -848,6 +850,81 @@ def local_scores(series: Series) -> dict[str, dict[str, float]]:
     }
 
 
+#: A labelled segment longer than this many rows is "long" in ``--study segments``.
+LONG_SEGMENT = 100
+
+
+def segment_ranks(series: Series, epochs: int) -> dict[str, Any]:
+    """``--study segments`` on one series: the default as ``anomaly train --time-column``
+    trains it, its test scores through ``ranked_segments``."""
+    from detector.estimator import VAEDetector
+
+    y = series.y_test.astype(int)
+    if not 0 < y.sum() < len(y):  # --quick cuts some series to one class
+        return {"auroc": np.nan, "long_share": np.nan, "short_first": np.nan, "segments": []}
+    train, whole = product_frames(series)
+    det = VAEDetector(epochs=epochs, random_state=0, time_column="t").fit(train)
+    return ranked_segments(y, det.anomaly_score(whole)[len(whole) - len(y) :])
+
+
+def ranked_segments(y: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """Where a score's AUROC is lost: each labelled segment's rows' mean rank among the
+    normal rows (the share of them scoring lower; 1 = above every one), and the AUROC that
+    would follow if every segment of at most ``LONG_SEGMENT`` rows ranked first, the long
+    ones as they are (ties count as lower, so the AUROC is approached from below)."""
+    from sklearn.metrics import roc_auc_score
+
+    normal = np.sort(scores[y == 0])
+    rank = np.searchsorted(normal, scores, side="left") / len(normal)
+    spans = [(int(a), int(b), float(rank[a:b].mean())) for a, b in segments(y)]
+    kept = sum((b - a) * (r if b - a > LONG_SEGMENT else 1.0) for a, b, r in spans)
+    return {
+        "auroc": float(roc_auc_score(y, scores)),
+        "long_share": sum(b - a for a, b, _ in spans if b - a > LONG_SEGMENT) / y.sum(),
+        "short_first": kept / y.sum(),
+        "segments": spans,
+    }
+
+
+def format_segments(payload: dict[str, Any]) -> str:
+    """``--study segments``' report: a line per series, then its long segments."""
+    lines = [
+        "# Where the default's AUROC is lost: each labelled segment's rank",
+        "",
+        f"Reproduce: `{payload['command']}`",
+        "",
+        f"`anomaly train --time-column`'s default, {payload['epochs']} epochs, seed 0; wall time "
+        f"{payload['minutes']} min. A segment's rank: the mean over its rows of the share of "
+        "normal test rows scoring lower (.5 = as a random score, 1 = above every one). "
+        f'"Short first": the AUROC if every segment of at most {LONG_SEGMENT} rows ranked '
+        "above every normal row and the longer ones stayed as they are.",
+        "",
+        "| series | AUROC | anomalous rows in long segments | short first | long segments "
+        "(rows: rank) |",
+        "|---|---|---|---|---|",
+    ]
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for run in payload["runs"]:
+        found = run["segments"]
+        by_family.setdefault(run["family"], []).append(found)
+        long = ", ".join(
+            f"{b - a}: {r:.2f}".replace(" 0.", " .")
+            for a, b, r in found["segments"]
+            if b - a > LONG_SEGMENT
+        )
+        share = "-" if np.isnan(found["long_share"]) else f"{found['long_share']:.0%}"
+        lines.append(
+            f"| {run['family']} {run['set']} | {fmt(found['auroc'])} | {share} | "
+            f"{fmt(found['short_first'])} | {long or '-'} |"
+        )
+    lines += ["", "| family | mean AUROC | mean with short segments first |", "|---|---|---|"]
+    for family, found in by_family.items():
+        aurocs = [f["auroc"] for f in found]
+        firsts = [f["short_first"] for f in found]
+        lines.append(f"| {family} | {fmt(np.mean(aurocs))} | {fmt(np.mean(firsts))} |")
+    return "\n".join(lines) + "\n"
+
+
 def _parts_mean(
     bank: Any, kept: np.ndarray, parts: np.ndarray, x_all: np.ndarray, x_val: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1341,6 +1418,7 @@ def main(argv: list[str] | None = None) -> int:
             "metrics",
             "weights",
             "local",
+            "segments",
         ],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
         f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
@@ -1405,6 +1483,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = weight_scores(series)
             elif args.study == "local":
                 run["scores"] = local_scores(series)
+            elif args.study == "segments":
+                run["segments"] = segment_ranks(series, epochs)
             else:
                 run["scores"] = run_series(series, epochs, args.only)
             runs.append(run)
@@ -1430,6 +1510,7 @@ FORMATS = {
     "metrics": format_metrics,
     "weights": format_weights,
     "local": format_local,
+    "segments": format_segments,
 }
 
 

@@ -67,3 +67,24 @@ def test_baselines_study_sees_only_the_past_and_keeps_a_training_like_score() ->
     # Scores at the validation median's level keep their distance from it; a high level divides.
     out = bench_series.relative(np.array([3.0, 3.0, 3.0]), np.array([np.nan, 1.0, 5.0]), 1.0)
     np.testing.assert_array_equal(out, [2.0, 2.0, 0.4])
+
+
+def test_segment_ranks_show_where_a_long_segment_holds_the_auroc_down() -> None:
+    rng = np.random.default_rng(0)
+    y = np.zeros(1000, dtype=int)
+    y[100:103] = 1  # short, scored above every normal row
+    y[500:700] = 1  # long, scored as the normal rows are
+    scores = rng.random(1000)
+    scores[100:103] = 2.0
+    found = bench_series.ranked_segments(y, scores)
+    (a, b, short), (c, d, long) = found["segments"]
+    assert (a, b, c, d) == (100, 103, 500, 700)
+    assert short == 1.0 and abs(long - 0.5) < 0.1
+    assert found["long_share"] == 200 / 203
+    # The AUROC is the rows' mean rank; with the short one already first, nothing to gain.
+    assert abs(found["auroc"] - (3 + 200 * long) / 203) < 1e-3
+    assert found["short_first"] == (3 + 200 * long) / 203
+    scores[100:103] = -1.0  # the short segment now last: its rows are what ranking it gains
+    last = bench_series.ranked_segments(y, scores)
+    assert last["short_first"] == found["short_first"]
+    assert abs(last["auroc"] - 200 * long / 203) < 1e-3
