@@ -283,6 +283,20 @@ def fit_schema(
                     mode=str(counts.index[0]),
                 )
             )
+    if (
+        not problems
+        and all(c.minimum == c.maximum for c in numeric)
+        and all(len(c.categories) == 1 for c in cats)
+    ):
+        # Training would run, then find every held-out score alike and blame the epochs.
+        held = [f"{c.name} = {c.minimum:g}" for c in numeric] + [
+            f"{c.name} = {c.mode!r}" for c in cats
+        ]
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        problems.append(
+            f"every column holds one value in all {len(frame)} rows ({shown}): nothing tells "
+            "one record from another; train on a period in which the columns vary"
+        )
     if problems:
         raise DataError("cannot train on this data:\n  " + "\n  ".join(problems))
     return Schema(
@@ -317,6 +331,14 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
                 f"column '{key}' holds numbers but for {int(words.sum())} value(s) that are not "
                 f"(first {texts.iloc[first]!r}, at row {first + 1}); training data must be "
                 "complete: fix or drop those rows"
+            )
+            return None
+        if _holds_times(texts):
+            problems.append(
+                f"column '{key}' holds times ({texts.iloc[0]!r}, ...); to judge each row with "
+                f"the rows before it, train with {option('time_column', key)} (and "
+                f"{option('series_columns', 'KEY')} for each host's or service's own series); "
+                f"else {_leave_out(key)}"
             )
             return None
         problems.append(
@@ -363,6 +385,13 @@ def as_text(series: pd.Series) -> pd.Series:
     """Category labels as strings, with missing values (None, NaN, '') as NA."""
     texts = series.astype("string").str.strip()
     return texts.mask(texts == "")
+
+
+def _holds_times(texts: pd.Series) -> bool:
+    """Whether a text column's first values are nearly all ISO-8601 times (a timestamp)."""
+    head = texts.dropna().head(200)
+    stamps = pd.to_datetime(head, errors="coerce", utc=True, format="ISO8601")
+    return len(head) > 0 and float(stamps.notna().mean()) >= 0.9
 
 
 def _leave_out(column: str) -> str:

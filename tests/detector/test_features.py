@@ -67,6 +67,15 @@ def test_a_column_near_the_float_limit_fits_a_finite_schema_that_round_trips() -
     assert np.isfinite(encode(schema, frame).values).all()
 
 
+def test_a_table_whose_every_column_is_constant_is_refused_before_training() -> None:
+    frame = pd.DataFrame({"cpu": np.ones(60), "host": "a"})
+    with pytest.raises(DataError, match=r"every column holds one value in all 60 rows "
+                       r"\(cpu = 1, host = 'a'\): nothing tells"):  # fmt: skip
+        fit_schema(frame)
+    frame.loc[7, "cpu"] = 2.0  # one row that differs is something to learn
+    assert fit_schema(frame).numeric[0].maximum == 2.0
+
+
 def test_range_floor_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match=r"range_floor 1.5 must be a fraction in \[0, 1\]"):
         fit_schema(_frame(), range_floor=1.5)
@@ -193,6 +202,19 @@ def test_training_data_problems_are_reported_with_the_fix() -> None:
     message = str(err.value)
     assert "column 'cpu' has 3 empty/NaN/inf values (first at row 4)" in message  # 1-based
     assert "drop it from the data" in message
+
+
+def test_a_timestamp_column_is_pointed_at_the_series_mode_not_called_an_identifier() -> None:
+    frame = pd.concat([_frame()] * 3, ignore_index=True)
+    frame["when"] = pd.date_range("2026-01-01", periods=len(frame), freq="min").astype(str)
+    with pytest.raises(DataError) as err:
+        fit_schema(frame)
+    message = str(err.value)
+    assert "column 'when' holds times ('2026-01-01 00:00:00', ...)" in message
+    assert "time_column='when'" in message and "identifier" not in message
+    frame["when"] = [f"row-{i}" for i in range(len(frame))]  # ids stay ids
+    with pytest.raises(DataError, match="looks like an identifier"):
+        fit_schema(frame)
 
 
 def test_too_few_rows_is_a_data_error() -> None:
