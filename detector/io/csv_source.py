@@ -330,6 +330,9 @@ class CsvSource(TableSource):
 
         k = 0
         while k < min(until, lines.count):
+            if lines.blank(k):
+                k += 1
+                continue  # a blank line is not a record
             record = lines.record(k, final=final)
             if record.incomplete:
                 break  # its end is not read yet
