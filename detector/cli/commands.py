@@ -127,7 +127,7 @@ def _labels(
     included, normal), or where it is none of ``normal_values`` (every other value, empty
     included, an anomaly: a data set with one normal label and many attack labels)."""
     from detector.errors import DataError
-    from detector.scoring.evaluation import parse_labels
+    from detector.scoring.evaluation import UnlabelledRows, parse_labels
 
     for named, means_anomaly in ((anomaly_values, True), (normal_values, False)):
         if named is not None:
@@ -136,6 +136,8 @@ def _labels(
             return matches.to_numpy(dtype=bool) == means_anomaly
     try:
         return parse_labels(values, column)
+    except UnlabelledRows:
+        raise  # no --anomaly-value reads an empty label
     except DataError as exc:
         raise DataError(
             f"{exc}; for other labels, name the value that means anomaly with --anomaly-value "

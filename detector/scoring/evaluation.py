@@ -35,11 +35,22 @@ class Evaluation:
         return asdict(self)
 
 
+class UnlabelledRows(DataError):
+    """Rows whose label is empty: no spelling of the labels would read them."""
+
+
 def parse_labels(values: pd.Series, column: str) -> np.ndarray:
     """0/1 or true/false labels as a boolean array; anything else is a ``DataError`` naming the
     first bad value's data row (1-based, as the rejects file counts), read from ``values``'
     index where it holds the rows' 0-based positions in their file."""
     text = values.astype("string").str.strip().str.lower()
+    empty = (text.isna() | (text == "") | (text == "nan")).to_numpy(dtype=bool)
+    if empty.any():
+        raise UnlabelledRows(
+            f"label column '{column}' is empty in {int(empty.sum())} row(s) (first: data row "
+            f"{_data_row(values, int(np.flatnonzero(empty)[0]))}); give every row a label, or "
+            "drop the unlabelled rows"
+        )
     mapping = {"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False}
     parsed = text.map(mapping)
     bad = parsed.isna()
@@ -47,14 +58,19 @@ def parse_labels(values: pd.Series, column: str) -> np.ndarray:
         example = values[bad].iloc[0]
         if isinstance(example, np.generic):
             example = example.item()  # shown as 2, not np.int64(2)
-        first = int(np.flatnonzero(bad)[0])
-        index = values.index
-        row = int(index[first]) + 1 if pd.api.types.is_integer_dtype(index) else first + 1
         raise DataError(
-            f"label column '{column}' holds {example!r} (data row {row}); "
-            "labels must be 1/0 or true/false, with 1 = anomaly"
+            f"label column '{column}' holds {example!r} (data row "
+            f"{_data_row(values, int(np.flatnonzero(bad)[0]))}); labels must be 1/0 or "
+            "true/false, with 1 = anomaly"
         )
     return parsed.to_numpy(dtype=bool)
+
+
+def _data_row(values: pd.Series, position: int) -> int:
+    """The 1-based data row of ``values``' row at ``position``: from the index where it holds
+    the rows' 0-based positions in their file."""
+    index = values.index
+    return int(index[position]) + 1 if pd.api.types.is_integer_dtype(index) else position + 1
 
 
 def evaluate_scores(

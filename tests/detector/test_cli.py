@@ -226,6 +226,19 @@ def test_calibration_warnings_reach_the_summary_info_and_report(
             ],
             "labels must be 1/0",
         ),
+        (
+            [
+                "evaluate",
+                "{model}",
+                "{tmp}/unlabelled.csv",
+                "--label-column",
+                "label",
+                "--keep-column",
+                "anomaly_kind",
+            ],
+            "label column 'label' is empty in 2 row(s) (first: data row 4); give every row a "
+            "label, or drop the unlabelled rows",
+        ),
         (["threshold", "{model}", "--fpr", "2"], "out of range"),
         (["train", "{tmp}/empty.csv", "--out", "{tmp}/m"], "is empty"),
         (
@@ -236,6 +249,9 @@ def test_calibration_warnings_reach_the_summary_info_and_report(
 )
 def test_bad_input_exits_2_with_a_clear_message(capsys, cli_model, tmp_path, argv, message):
     (tmp_path / "empty.csv").write_text("")
+    unlabelled = pd.read_csv(DATA / "eval.csv", dtype=str).head(50)
+    unlabelled.loc[[3, 9], "label"] = ""
+    unlabelled.to_csv(tmp_path / "unlabelled.csv", index=False)
     values = {"model": str(cli_model), "tmp": str(tmp_path), "data": str(DATA)}
     code, out, err = run(capsys, *[a.format(**values) for a in argv])
     assert code == 2
