@@ -26,6 +26,7 @@ from detector.series.windows import (
     EPOCH,
     FIRST_TIME,
     LAST_TIME,
+    MAX_KEY_CHARS,
     SeriesRejection,
     SeriesSpec,
     calendar_values,
@@ -33,6 +34,7 @@ from detector.series.windows import (
     future_rejection,
     lag_name,
     late_rejection,
+    long_key_rejection,
     not_a_time,
     plausible_seconds,
 )
@@ -158,6 +160,9 @@ def window_records(
         if key is None:
             reason = f"no value for key {list(spec.key_columns)}"
             rejections.append(SeriesRejection(i, "missing_key", reason))
+            continue
+        if len(key) > MAX_KEY_CHARS:
+            rejections.append(long_key_rejection(spec, i, len(key)))
             continue
         by_key.setdefault(key, []).append((seconds, i))
 

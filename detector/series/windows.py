@@ -46,8 +46,22 @@ from detector.wording import option
 Representation = Literal["lags", "deviation"]
 #: Why a row was not placed in its series, as a short code (a metrics label).
 SERIES_REJECTION_CODES = (
-    "bad_timestamp", "duplicate_timestamp", "out_of_order", "missing_key", "future_timestamp",
+    "bad_timestamp", "duplicate_timestamp", "out_of_order", "missing_key", "long_key",
+    "future_timestamp",
 )  # fmt: skip
+#: The longest key a series may have (its key columns' texts joined), in characters: the
+#: service keeps state for ``series_max_keys`` keys, which bounds its size only with this.
+MAX_KEY_CHARS = 1024
+
+
+def long_key_rejection(spec: SeriesSpec, row: int, length: int) -> SeriesRejection:
+    """Why a row whose key is ``length`` characters (over ``MAX_KEY_CHARS``) is refused."""
+    return SeriesRejection(
+        row,
+        "long_key",
+        f"its key {list(spec.key_columns)} is {length:,} characters long; a series' key may be "
+        f"at most {MAX_KEY_CHARS:,} (a host or service name, not a payload)",
+    )
 
 
 @dataclass(frozen=True)
@@ -550,6 +564,14 @@ class SeriesState:
                 for i in np.flatnonzero(missing)
             ]
             usable &= ~missing
+        keys = self._keys(frame)
+        if spec.key_columns:
+            lengths = pd.Series(keys, dtype=object).str.len().to_numpy()
+            long = usable & (lengths > MAX_KEY_CHARS)
+            rejections += [
+                long_key_rejection(spec, int(i), int(lengths[i])) for i in np.flatnonzero(long)
+            ]
+            usable &= ~long
         if check is not None:
             bad = [r for r in check(frame) if usable[r.row]]  # a bad time's reason comes first
             rejections += bad
@@ -557,7 +579,7 @@ class SeriesState:
         positions = np.flatnonzero(usable)
         new = frame.drop(columns=[spec.time_column, *spec.key_columns]).iloc[positions]
         new = new.reset_index(drop=True).assign(
-            _time=times.to_numpy()[positions], _key=self._keys(frame.iloc[positions]),
+            _time=times.to_numpy()[positions], _key=keys[positions],
             _row=positions,
         )  # fmt: skip
         known = [k for k in pd.unique(new["_key"]) if k in self._history]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from detector.series.stream import History, parse_time, window_records
-from detector.series.windows import SeriesSpec, make_windows, parse_times
+from detector.series.windows import MAX_KEY_CHARS, SeriesSpec, make_windows, parse_times
 
 COLUMNS = ("cpu", "state")
 
@@ -83,6 +83,25 @@ def test_records_streamed_a_few_at_a_time_get_the_windows_of_the_whole_table(
         table[list(expected.columns)], expected, check_dtype=False, check_exact=True
     )
     assert list(warming) == list(whole.warming_up)
+
+
+def test_a_key_too_long_to_keep_is_refused_alike_in_a_table_and_a_stream() -> None:
+    """The service keeps a bounded number of keys; a key of 100,000 characters would make
+    that bound meaningless. Rejected by both readers alike, the other rows untouched."""
+    frame = fleet()
+    long = {"ts": 30.0, "host": "h" * (MAX_KEY_CHARS + 1), "cpu": 0.0, "state": "1"}
+    frame = pd.concat([frame, pd.DataFrame([long, long | {"ts": 90.0}])], ignore_index=True)
+    spec = SeriesSpec("ts", ("host",), window=4)
+    whole = make_windows(frame, spec)
+    codes = {r.row: r.code for r in whole.rejections}
+    assert {row for row, code in codes.items() if code == "long_key"} == {75, 76}
+    (reason,) = {r.reason for r in whole.rejections if r.code == "long_key"}
+    assert "its key ['host'] is 1,025 characters long; a series' key may be at most 1,024" in reason
+    others = {row: code for row, code in codes.items() if row < 75}
+    assert others == {r.row: r.code for r in make_windows(frame.head(75), spec).rejections}
+    assert stream(frame, spec, 7)[2] == codes
+    frame.loc[75:, "host"] = "h" * MAX_KEY_CHARS  # at the bound: a series like any other
+    assert "long_key" not in {r.code for r in make_windows(frame, spec).rejections}
 
 
 def test_a_late_record_and_a_repeated_time_are_rejected_with_the_reason() -> None:
