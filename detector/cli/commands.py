@@ -166,23 +166,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--context gives {repeated} more than once; give each column once")
     from detector.bundles.bundle import load_bundle
     from detector.io.writers import TableWriter
-    from detector.nn.sampling import sample_records
+    from detector.nn.sampling import sample_batches
 
     writer = TableWriter(args.output) if args.output else None  # a bad name fails first
     bundle = load_bundle(args.model)
-    frame = sample_records(bundle, args.n, seed=args.seed, context=dict(args.context))
+    batches = sample_batches(bundle, args.n, seed=args.seed, context=dict(args.context))
     if writer is None:
-        frame.to_csv(sys.stdout, index=False)
+        for frame in batches:
+            frame.to_csv(sys.stdout, index=False, header=frame.index[0] == 0)
         return 0
     try:
-        writer.write(frame)
+        for frame in batches:
+            writer.write(frame)
         writer.close()
     except BaseException:
         writer.abort()
         raise
     print(
-        f"wrote {len(frame)} records sampled from {bundle.model_type} {bundle.version} to "
-        f"{args.output}"
+        f"wrote {args.n} records sampled from {bundle.model_type} {bundle.version} to {args.output}"
     )
     return 0
 

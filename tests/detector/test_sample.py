@@ -168,6 +168,30 @@ def test_cli_writes_samples_to_a_file_and_to_stdout(capsys, bundle_dir, train_fr
     assert len(pd.read_csv(tmp_path / "s.csv")) == 20
 
 
+def test_cli_writes_samples_a_batch_at_a_time(capsys, bundle_dir, monkeypatch, tmp_path):
+    """A hundred million records were held at once (2 GB within 25 s): now each batch is
+    written as it is drawn, the same records as drawn at once, one header on stdout."""
+    from detector.bundles.bundle import load_bundle
+    from detector.cli.main import main
+    from detector.nn import sampling
+
+    monkeypatch.setattr(sampling, "SAMPLE_BATCH", 7)
+    expected = sampling.sample_records(load_bundle(str(bundle_dir)), 50, seed=3)
+    assert len(list(sampling.sample_batches(load_bundle(str(bundle_dir)), 50, seed=3))) == 8
+    for suffix in ("csv", "parquet"):
+        output = tmp_path / f"s.{suffix}"
+        assert (
+            main(["sample", str(bundle_dir), "-n", "50", "--seed", "3", "--output", str(output)])
+            == 0
+        )
+        written = pd.read_csv(output) if suffix == "csv" else pd.read_parquet(output)
+        pd.testing.assert_frame_equal(written, expected, check_dtype=False)
+    capsys.readouterr()
+    assert main(["sample", str(bundle_dir), "-n", "50", "--seed", "3"]) == 0
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    pd.testing.assert_frame_equal(printed, expected, check_dtype=False)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
