@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from detector.errors import ConfigError, TrainingError
+from detector.errors import ConfigError, DataError, TrainingError
 from detector.estimator import VAEDetector
 from detector.features.encode import encode
+from detector.nn.training_checks import check_spread
 from detector.scoring.scores import SCORE_KINDS, ScoreGraph, score_frame
 from tests.conftest import TINY
 
@@ -132,10 +133,15 @@ def test_range_floor_reaches_the_schema() -> None:
 
 
 def test_a_model_that_cannot_tell_rows_apart_is_refused() -> None:
-    # Every row identical: held-out scores are constant, so no threshold can mean anything.
+    # Every row identical: refused before training, which would only find the held-out
+    # scores constant (no threshold can mean anything then) and blame the epochs.
     frame = pd.DataFrame({"a": np.ones(200), "b": np.full(200, 2.0)})
-    with pytest.raises(TrainingError, match="nearly\\) constant"):
+    with pytest.raises(DataError, match=r"every column holds one value in all 200 rows"):
         VAEDetector(epochs=2, hidden_units=(8,), latent_dim=2).fit(frame)
+    # Rows that differ yet score alike after training are still caught there.
+    with pytest.raises(TrainingError, match="nearly\\) constant"):
+        check_spread(np.full(45, 3.25))
+    check_spread(np.linspace(0.0, 1.0, 45))
 
 
 def test_divergence_is_an_error_not_a_broken_model(train_frame) -> None:
