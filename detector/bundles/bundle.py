@@ -173,8 +173,12 @@ class Bundle:
                 metrics = self.params.get("metric_parts")
                 if isinstance(metrics, int) and metrics > 0:
                     rows = min(int(self.params.get("column_window", series.window)), series.window)
-                    alone = f"each of {metrics} metrics alone on its newest {rows} rows"
-                    judged = [f"{alone} ({METRIC_WEIGHT:g} x their mean)"]
+                    if metrics == 1:
+                        alone = f"the one metric alone on its newest {rows} rows"
+                        judged = [f"{alone} ({METRIC_WEIGHT:g} x it)"]
+                    else:
+                        alone = f"each of {metrics} metrics alone on its newest {rows} rows"
+                        judged = [f"{alone} ({METRIC_WEIGHT:g} x their mean)"]
                 else:
                     judged = [f"on all {series.window} rows of the window"]
                 if lengths > 1:

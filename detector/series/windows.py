@@ -566,12 +566,14 @@ class SeriesState:
             usable &= ~missing
         keys = self._keys(frame)
         if spec.key_columns:
-            lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))  # 15x .str.len
-            long = usable & (lengths > MAX_KEY_CHARS)
+            placed = np.flatnonzero(usable)  # a missing key is NaN, not text, and has no length
+            lengths = np.fromiter(map(len, keys[placed]), dtype=np.int64, count=len(placed))
+            long = lengths > MAX_KEY_CHARS  # len() over the keys: 15x pandas' .str.len
             rejections += [
-                long_key_rejection(spec, int(i), int(lengths[i])) for i in np.flatnonzero(long)
+                long_key_rejection(spec, int(i), int(n))
+                for i, n in zip(placed[long], lengths[long], strict=True)
             ]
-            usable &= ~long
+            usable[placed[long]] = False
         if check is not None:
             bad = [r for r in check(frame) if usable[r.row]]  # a bad time's reason comes first
             rejections += bad
