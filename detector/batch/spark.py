@@ -71,7 +71,11 @@ def spark_session(app_name: str = "anomaly score") -> SparkSession:
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
         )
-    session = builder.getOrCreate()
+    with warnings.catch_warnings():
+        # Starting the context imports pyspark's own test helpers, which warn on pandas 3
+        # (tested here) into the user's console, as the import in ``require_pyspark`` would.
+        warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
+        session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
 
