@@ -95,7 +95,9 @@ def test_a_short_line_that_is_not_utf8_is_one_reject_and_no_traceback(
     path = tmp_path / "in.csv"
     body = "\n".join([HEADER, *lines_of(EVAL.head(5))]).encode() + b"\ncaf\xe9\n"
     path.write_bytes(body)
-    code, ledger, err = score(capsys, str(bundle_dir), str(path), "--output", str(tmp_path / "o.csv"))
+    code, ledger, err = score(
+        capsys, str(bundle_dir), str(path), "--output", str(tmp_path / "o.csv")
+    )
     assert code == 0, err
     assert "Traceback" not in err and "Exception" not in err
     assert (ledger["rows_read"], ledger["rows_scored"], ledger["rows_rejected"]) == (6, 5, 1)
