@@ -299,9 +299,12 @@ class _Run:
             raise SchemaError(
                 f"{source} already has column(s) {clash}, which scoring adds; drop or rename them"
             )
-        check_columns(
-            self.bundle.schema, columns, passthrough=keep, expected=self.bundle.input_columns
-        )
+        try:
+            check_columns(
+                self.bundle.schema, columns, passthrough=keep, expected=self.bundle.input_columns
+            )
+        except SchemaError as exc:  # of a directory's files, name the one to fix
+            raise SchemaError(f"{source}: {exc}") from None
         if self.columns is None:
             self.columns = columns
         elif set(columns) != set(self.columns):

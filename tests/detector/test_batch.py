@@ -236,6 +236,12 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
         capsys, str(bundle_dir), str(parts / "a.csv"), "--output", str(tmp_path / "o.csv.gz")
     )
     assert code == 0 and len(pd.read_csv(tmp_path / "o.csv.gz")) == 40
+    # Of a directory's files, the one missing a column is named, and nothing is written.
+    EVAL.iloc[100:140].drop(columns=["cpu_pct"]).to_csv(parts / "c.csv", index=False)
+    output = tmp_path / "none.csv"
+    code, _, err = score(capsys, str(bundle_dir), str(parts), "--output", str(output))
+    assert code == 2 and f"{parts / 'c.csv'}: missing column(s) ['cpu_pct']" in err
+    assert not output.exists()
 
 
 def test_stdin_in_a_pipe_is_quiet(bundle_dir: Path, tmp_path: Path) -> None:
