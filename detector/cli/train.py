@@ -36,7 +36,7 @@ def _flag_value(args: argparse.Namespace, option: TrainingOption) -> Any:
 @_writes_files
 def cmd_train(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import save_bundle
-    from detector.errors import SchemaError
+    from detector.errors import DataError, SchemaError
     from detector.io.tables import read_table
     from detector.nn.training import TrainingConfig, train
     from detector.scoring.evaluation import parse_labels
@@ -52,6 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.label_column:
         labels = parse_labels(frame[args.label_column], args.label_column)
         dropped = int(labels.sum())
+        if dropped and dropped == len(labels):
+            raise DataError(
+                f"every one of the {dropped:,} rows of {args.data} is labelled anomalous (1) in "
+                f"'{args.label_column}'; a model learns from normal rows: give it rows labelled 0"
+            )
         frame = frame.loc[~labels]
     frame = frame.drop(columns=excluded).reset_index(drop=True)
     config = TrainingConfig(

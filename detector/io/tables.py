@@ -285,6 +285,20 @@ def check_header_row(names: Sequence[str], source: str) -> None:
             f"values ({shown}); add a line of column names (the model's, or your data's) at "
             "the top"
         )
+    # One column whose name is a list: a file separated by another character. Trained, its
+    # rows would be one text column of whole lines, a model of nothing.
+    separator = next((c for c in OTHER_SEPARATORS if len(names) == 1 and c in names[0]), None)
+    if separator is not None:
+        shown = repr(names[0] if len(names[0]) <= 80 else names[0][:80] + "...")
+        raise DataError(
+            f"{source}: the header reads as one column {shown}, whose name holds "
+            f"{separator!r}: its fields look separated by {separator!r}, and this tool reads "
+            "commas (tabs in a .tsv file); re-save it with commas"
+        )
+
+
+#: Field separators other than the comma and tab this tool reads, told apart in a header.
+OTHER_SEPARATORS = (";", "|", "\t")
 
 
 def header_looks_like_data(names: Sequence[str]) -> bool:

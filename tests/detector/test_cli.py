@@ -239,6 +239,27 @@ def test_calibration_warnings_reach_the_summary_info_and_report(
             "label column 'label' is empty in 2 row(s) (first: data row 4); give every row a "
             "label, or drop the unlabelled rows",
         ),
+        (
+            ["train", "{tmp}/semicolons.csv", "--out", "{tmp}/m"],
+            "semicolons.csv: the header reads as one column 'host;region;hour;",
+        ),
+        (
+            ["score", "{model}", "{tmp}/semicolons.csv", "--output", "{tmp}/o.csv"],
+            "its fields look separated by ';', and this tool reads commas",
+        ),
+        (
+            [
+                "train",
+                "{tmp}/anomalous.csv",
+                "--out",
+                "{tmp}/m",
+                "--label-column",
+                "label",
+                "--ignore-column",
+                "anomaly_kind",
+            ],
+            "every one of the 50 rows of",
+        ),
         (["threshold", "{model}", "--fpr", "2"], "out of range"),
         (["train", "{tmp}/empty.csv", "--out", "{tmp}/m"], "is empty"),
         (
@@ -252,6 +273,8 @@ def test_bad_input_exits_2_with_a_clear_message(capsys, cli_model, tmp_path, arg
     unlabelled = pd.read_csv(DATA / "eval.csv", dtype=str).head(50)
     unlabelled.loc[[3, 9], "label"] = ""
     unlabelled.to_csv(tmp_path / "unlabelled.csv", index=False)
+    unlabelled.drop(columns=["label"]).to_csv(tmp_path / "semicolons.csv", sep=";", index=False)
+    unlabelled.assign(label="1").to_csv(tmp_path / "anomalous.csv", index=False)
     values = {"model": str(cli_model), "tmp": str(tmp_path), "data": str(DATA)}
     code, out, err = run(capsys, *[a.format(**values) for a in argv])
     assert code == 2
