@@ -154,8 +154,7 @@ def _iter_csv(
                 skipinitialspace=True,
                 dtype={c: "string" for c in text_columns},
             )
-            _check_header(frame, path)
-            yield frame
+            yield _check_header(frame, path)
             return
         with pd.read_csv(
             source,
@@ -165,12 +164,8 @@ def _iter_csv(
             compression=compression,
             skipinitialspace=True,
         ) as reader:
-            first = True
             for chunk in reader:
-                if first:
-                    _check_header(chunk, path)
-                    first = False
-                yield chunk
+                yield _check_header(chunk, path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty: give a CSV with a header row and data rows") from None
     except pd.errors.ParserError as exc:
@@ -183,7 +178,11 @@ def _iter_csv(
         raise DataError(f"cannot read {path}: {exc}") from None
 
 
-def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> pd.DataFrame:
+    """``frame`` with its column names stripped of spaces, as the batch and HTTP readers
+    strip them (``CsvSource``): a model trained on 'cpu ' could not score its own file.
+    A header that is no header, or repeats a name, is a ``DataError``."""
+    frame = frame.rename(columns=lambda c: str(c).strip())
     # pandas renames a repeated header 'a' to 'a.1'; a repeated column is the file's mistake.
     names = [str(c) for c in frame.columns]
     dupes = [
@@ -194,9 +193,12 @@ def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     # The names as the file gives them, so a message quotes 'a', never pandas' 'a.1'.
     given = [n.rsplit(".", 1)[0] if n in dupes else n for n in names]
     check_header_row(given, str(path))
-    if dupes:
-        repeated = sorted({n.rsplit(".", 1)[0] for n in dupes})
+    if dupes or len(set(names)) < len(names):  # 'a' and 'a ' are one name once stripped
+        repeated = sorted(
+            {n.rsplit(".", 1)[0] for n in dupes} | {n for n in names if names.count(n) > 1}
+        )
         raise DataError(f"{path} repeats column name(s) {repeated} in its header; rename them")
+    return frame
 
 
 #: Text read as a missing value: pandas' defaults, so scoring reads a file as training did.

@@ -22,8 +22,9 @@ import pytest
 from detector.batch.files import score_file
 from detector.bundles.bundle import load_bundle, save_bundle
 from detector.cli.main import main
-from detector.errors import SchemaError
+from detector.errors import DataError, SchemaError
 from detector.io import csv_lines, csv_source
+from detector.io import tables as csv_tables
 from detector.io.sources import open_source
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.io.writers import TableWriter
@@ -213,6 +214,21 @@ def test_blank_lines_are_counted_skipped_and_leave_no_block_behind(tmp_path: Pat
         assert len(blocks) > 10 and all(block() is None for block in blocks)
     finally:
         gc.enable()
+
+
+def test_training_and_scoring_read_a_header_with_spaces_as_the_same_names(tmp_path: Path) -> None:
+    """Training kept 'a ' where scoring strips it to 'a': a model refused its own file."""
+    from detector.io.tables import read_table
+
+    path = tmp_path / "spaced.csv"
+    path.write_text("a ,  b,c  \n1,2,3\n4,5,6\n")
+    with open_source(str(path)) as source:
+        scored = list(source.columns)
+    assert list(read_table(path).columns) == scored == ["a", "b", "c"]
+    assert list(next(csv_tables.iter_table(path, chunk_rows=1)).columns) == scored
+    path.write_text("a,a ,b\n1,2,3\n")  # one name once stripped
+    with pytest.raises(DataError, match=r"repeats column name\(s\) \['a'\]"):
+        read_table(path)
 
 
 # -- "holds no numbers": the whole file's to decide ------------------------------------
