@@ -34,6 +34,7 @@ from detector.features.schema import (
     NumericColumn,
     Schema,
     as_text,
+    label_lookup,
 )
 from detector.wording import offered, option
 
@@ -371,4 +372,6 @@ def _fill_it(imputing: str = "") -> str:
 
 @lru_cache(maxsize=256)
 def _category_codes(categories: tuple[str, ...]) -> dict[object, int]:
-    return {c: i for i, c in enumerate(categories)}
+    codes: dict[object, int] = {}
+    codes.update(label_lookup(categories))  # looked up with values of any type
+    return codes

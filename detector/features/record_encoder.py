@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from detector.features.encoded import EncodedBatch, NumberCount
-from detector.features.schema import Schema
+from detector.features.schema import Schema, label_lookup
 
 #: Integers outside int64 are read by pandas as objects and parsed as text; the fast path
 #: leaves them to it rather than guess how.
@@ -33,12 +33,12 @@ class RecordEncoder:
         self.labelled: list[tuple[str, dict[str, int], int | None, int]] = []
         offset = schema.n_numeric
         for cat in schema.categorical:
-            lookup = {label: i for i, label in enumerate(cat.categories)}
+            lookup = label_lookup(cat.categories)
             self.labelled.append((cat.name, lookup, len(cat.categories), offset))
             offset += cat.width
         self.context_start = offset
         for ctx in schema.context:
-            lookup = {label: i for i, label in enumerate(ctx.categories)}
+            lookup = label_lookup(ctx.categories)
             self.labelled.append((ctx.name, lookup, None, offset))
             offset += ctx.width
         self.width = offset

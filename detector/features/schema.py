@@ -381,6 +381,18 @@ def _fit_numeric(name: str, values: np.ndarray, range_floor: float) -> NumericCo
     )
 
 
+def label_lookup(categories: Sequence[str]) -> dict[str, int]:
+    """Each training label's slot; a boolean word also under its other spellings. pandas reads
+    a training CSV's ``true`` as the boolean True, labelled 'True', while a file or request
+    scored later gives the text as written: every row was an unseen category."""
+    lookup = {label: i for i, label in enumerate(categories)}
+    for label, i in list(lookup.items()):
+        if label.lower() in ("true", "false"):
+            for spelling in (label.lower(), label.upper(), label.capitalize()):
+                lookup.setdefault(spelling, i)
+    return lookup
+
+
 def as_text(series: pd.Series) -> pd.Series:
     """Category labels as strings, with missing values (None, NaN, '') as NA."""
     texts = series.astype("string").str.strip()

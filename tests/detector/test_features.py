@@ -190,6 +190,30 @@ def test_unseen_category_takes_the_unseen_slot() -> None:
     assert batch.values[0, -1] == 1.0  # the last slot of the host group
 
 
+def test_a_boolean_column_matches_its_labels_however_a_scored_file_spells_them(
+    tmp_path,
+) -> None:
+    # pandas reads a training CSV's true/false as booleans, labelled 'True'/'False'; a file
+    # or request scored later gives 'true' as written: every row was an unseen category.
+    from detector.features.record_encoder import RecordEncoder
+    from detector.io.tables import read_table
+
+    path = tmp_path / "flags.csv"
+    path.write_text(
+        "flag,v\n" + "".join(f"{f},{i % 7}\n" for i, f in enumerate(["true", "false"] * 40))
+    )
+    schema = fit_schema(read_table(path))
+    assert schema.categorical[0].categories == ("False", "True")
+    spelled = pd.DataFrame({"flag": ["true", "FALSE", " True ", "False", "maybe"], "v": 1.0})
+    batch = encode(schema, spelled)
+    group = batch.values[:, schema.n_numeric :]
+    assert group.tolist()[:4] == [[0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]]
+    assert group[4].tolist() == [0, 0, 1]  # not a boolean word: unseen, as before
+    fast = RecordEncoder(schema).encode(spelled.to_dict("records"))
+    assert fast is not None
+    np.testing.assert_array_equal(fast.values, batch.values)
+
+
 def test_training_data_problems_are_reported_with_the_fix() -> None:
     frame = _frame()
     frame.loc[3, "cpu"] = np.nan
