@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from detector.cli.main import build_parser, run
@@ -38,22 +38,42 @@ def add_serve_command(commands: Any) -> None:
     )
     serve.add_argument("--config", help="settings file, .toml or .json")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="default 8000")
-    serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    serve.add_argument(
+        "--port", type=_whole(0, 65535), default=8000, help="default 8000 (0: any free port)"
+    )
+    serve.add_argument(
+        "--workers", type=_whole(1, 1024), default=2, help="worker processes (default 2)"
+    )
     serve.add_argument(
         "--connections",
-        type=int,
+        type=_whole(1, 1_000_000),
         default=1000,
         help="open connections per worker (default 1000); each waits in a greenlet, and "
         "requests are scored one at a time per worker",
     )
     serve.add_argument(
         "--timeout",
-        type=int,
+        type=_whole(1, 86_400),
         default=60,
         help="seconds a worker may stay busy on one request before gunicorn restarts it",
     )
     serve.set_defaults(handler=cmd_serve, needs_tensorflow=False)
+
+
+def _whole(lowest: int, highest: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``[lowest, highest]`` (0 workers served nothing,
+    and port 70000 failed inside gunicorn as an internal error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lowest}-{highest}")
+        return value
+
+    return parse
 
 
 def _models(pairs: Sequence[str]) -> dict[str, str]:

@@ -114,3 +114,21 @@ def test_anomaly_serve_refuses_an_open_public_bind(tmp_path, monkeypatch, capsys
     monkeypatch.delenv("ANOMALY_ALLOW_OPEN_SCORING", raising=False)
     assert main(["serve", "--model", f"m={tmp_path}", "--host", "0.0.0.0"]) == 2
     assert "without a scoring token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "0"], "argument --workers: 0 is not in 1-1024"),
+        (["--workers", "two"], "argument --workers: 'two' is not a whole number"),
+        (["--port", "70000"], "argument --port: 70000 is not in 0-65535"),
+        (["--timeout", "-5"], "argument --timeout: -5 is not in 1-86400"),
+    ],
+)
+def test_anomaly_serve_refuses_counts_gunicorn_cannot_use(tmp_path, capsys, argv, message) -> None:
+    # 0 workers started a server that answered nothing; port 70000 was an internal error.
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", f"m={tmp_path}", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
