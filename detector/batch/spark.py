@@ -34,7 +34,12 @@ from detector.bundles.bundle import load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features.encode import Imputation
 from detector.io.tables import NULL_VALUES, csv_delimiter, expand_inputs, table_format
-from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
+from detector.io.temporaries import (
+    check_writable,
+    partial_path,
+    remove_stale_temporaries,
+    staging_path,
+)
 from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS
 
 if TYPE_CHECKING:
@@ -105,6 +110,9 @@ def score_files(
     from pyspark.sql import functions as F
 
     bundle = load_bundle(model)
+    for target in (output, rejects_path or f"{output.rstrip('/')}.rejects"):
+        if "://" not in target:
+            check_writable(target.rstrip("/"), folder=True)
     spark = session or spark_session()
     paths = _spark_paths(inputs)
     fmt = table_format(paths[0].rstrip("/*"))

@@ -27,9 +27,12 @@ def _check_labelled_input(
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.errors import DataError
+    from detector.io.temporaries import check_writable
     from detector.scoring.evaluation import evaluate_scores
 
     bundle = load_bundle(args.model)
+    if args.report:
+        check_writable(args.report)  # before scoring, which the report would wait for
     if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
         _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
     labels, scores, groups, codes = _labelled_scores(

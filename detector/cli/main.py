@@ -2,13 +2,15 @@
 parses the arguments and maps errors to exit codes; the commands' bodies are
 ``detector.cli.commands`` and ``detector.cli.train``, ``_score`` and ``_evaluate``.
 
-Exit codes: 0 success; 2 bad usage or bad input (the message names the fix); 1 internal error.
+Exit codes: 0 success; 2 bad usage or bad input (the message names the fix); 1 an internal
+error, or a write the system refused midway (a full disk).
 Heavy imports (TensorFlow) happen inside the commands, so ``anomaly --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -314,6 +316,20 @@ def _rate(text: str) -> float:
     return value
 
 
+#: What the system, not this tool, refused while a command wrote its output, and what to do.
+#: A path that cannot be written at all is refused before any work (``check_writable``);
+#: these come later, mid-write, and the command's clean-up has removed what it wrote.
+_SYSTEM_FIXES = {
+    errno.ENOSPC: "free space on that disk, or write to another one",
+    errno.EDQUOT: "free space within your quota, or write to another disk",
+    errno.EFBIG: (
+        "the file passed this system's size limit (ulimit -f); raise it, or write a smaller "
+        "output (.csv.gz or .parquet)"
+    ),
+    errno.EROFS: "write to another file system",
+}
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command's handler, mapping errors to exit codes."""
     args = parser.parse_args(argv)
@@ -332,6 +348,13 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except KeyboardInterrupt:
         print("interrupted; no output was written", file=sys.stderr)
         return 130
+    except OSError as exc:
+        fix = _SYSTEM_FIXES.get(exc.errno or 0)
+        if fix is None or args.debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror}{where}: {fix}; no output was written", file=sys.stderr)
+        return 1
     except Exception as exc:
         if args.debug:
             raise

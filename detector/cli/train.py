@@ -38,10 +38,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import save_bundle
     from detector.errors import DataError, SchemaError
     from detector.io.tables import read_table
+    from detector.io.temporaries import check_writable
     from detector.nn.training import TrainingConfig, train
     from detector.scoring.evaluation import parse_labels
 
     _check_bundle_target(args.out)
+    if args.report:
+        check_writable(args.report)
     frame = read_table(args.data, text_columns=[*args.categorical, *args.context])
     dropped = 0
     excluded = [args.label_column] if args.label_column else []
@@ -123,6 +126,7 @@ def _check_bundle_target(out: str) -> None:
     the whole directory, which is right for an old bundle and wrong for anything else."""
     from detector.bundles.format import MANIFEST_FILE
     from detector.errors import ConfigError
+    from detector.io.temporaries import check_writable
 
     target = Path(out)
     if target.exists() and not target.is_dir():
@@ -134,6 +138,7 @@ def _check_bundle_target(out: str) -> None:
             f"--out {out} holds other files and is not a model bundle; a bundle replaces its "
             f"whole directory, so give a new or empty one (e.g. --out {Path(out) / 'model'})"
         )
+    check_writable(out, folder=True)
 
 
 def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list[str] | None:

@@ -4,6 +4,7 @@ was killed (``remove_stale_temporaries``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -12,6 +13,8 @@ import socket
 import time
 import uuid
 from pathlib import Path
+
+from detector.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +27,33 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     return target.with_name(f".{target.name}.{_owner()}.partial")
+
+
+def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> None:
+    """Before any work is done: make the folder that will hold ``path`` and create (then
+    remove) a file in it, so that a path that cannot be written fails at once with its reason,
+    not as an internal error once the scoring or training it waited for is done. ``folder``:
+    the target is a directory (a bundle, replaced whole) rather than a file."""
+    target = Path(path)
+    probe = target.with_name(f".{target.name}.{_owner()}.partial")
+    try:
+        if not folder and target.is_dir():
+            raise ConfigError(f"cannot write {path}: it is a directory; name a file in it")
+        blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ConfigError(
+                f"cannot write {path}: {blocking} is a file, not a folder; choose another path"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path}: creating a file in {target.parent} failed "
+            f"({exc.strerror or exc}); choose a path in a folder you can write to"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 def staging_path(path: str | os.PathLike[str], kind: str) -> Path:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from detector.errors import DataError
 from detector.io.tables import csv_delimiter, table_format
-from detector.io.temporaries import partial_path, remove_stale_temporaries
+from detector.io.temporaries import check_writable, partial_path, remove_stale_temporaries
 
 
 class TableWriter:
@@ -40,6 +40,7 @@ class TableWriter:
         #: A tab for a ``.tsv``/``.tsv.gz`` name, as the same name is read.
         self.delimiter = csv_delimiter(path)
         self.target = Path(path)
+        check_writable(path)
         self._partial = partial_path(path)
         # A run killed outright (SIGKILL, power loss) cannot remove its partial file; the
         # next writer of the same target does, once that run's process is gone.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -433,3 +434,89 @@ def test_a_manifest_a_killed_threshold_change_left_is_removed(
     set_target_fpr(model, 0.02)
     assert not left.exists()
     assert load_bundle(model).calibrator.target_fpr == 0.02
+
+
+# -- outputs that cannot be written --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--output", "{tmp}/in.csv/out.csv"], "in.csv is a file, not a folder"),
+        (["--output", "{tmp}/out.csv", "--rejects", "{tmp}/in.csv/r.csv"], "is a file, not a"),
+        (["--output", "{tmp}/folder.csv"], "folder.csv: it is a directory"),
+        # The folder exists, but no file of that name can be made in it.
+        (["--output", "{tmp}/" + "x" * 300 + ".csv"], "File name too long"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_scoring(
+    capsys, bundle_dir: Path, tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    """Found by trying: each was an internal error (FileExistsError, IsADirectoryError...),
+    and only once the whole input had been scored."""
+    source = write(tmp_path / "in.csv", records(20))
+    (tmp_path / "folder.csv").mkdir()
+    argv = [f.format(tmp=tmp_path) for f in flags]
+    code, _, err = score(capsys, str(bundle_dir), str(source), *argv)
+    assert code == 2, err
+    assert err.startswith("error: cannot write ") and expected in err
+    assert "internal error" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.csv", "in.csv"]
+
+
+def test_a_bundle_or_report_that_cannot_be_written_is_refused_before_training(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    source = write(tmp_path / "in.csv", records(20))
+    for argv in (
+        ["train", str(source), "--out", f"{source}/model"],
+        ["train", str(source), "--out", str(tmp_path / "m"), "--report", f"{source}/r.html"],
+        [
+            "evaluate",
+            str(bundle_dir),
+            str(source),
+            "--label-column",
+            "x",
+            "--report",
+            f"{source}/r.html",
+        ],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write {source}/" in err and "is a file, not a folder" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that a write fails rather than kills
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+
+def test_a_write_the_system_refuses_midway_names_the_cause_and_leaves_nothing(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """A full disk or a file size limit (``ulimit -f``, tried here: a full disk needs a
+    small file system mounted) strikes after the output has begun: an error naming it, not an
+    internal error, and no partial output left behind."""
+    source = write(tmp_path / "in.csv", records(3_000))  # ~700 kB scored, past the limit
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "detector.cli.main",
+            "score",
+            str(bundle_dir),
+            str(source),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--quiet",
+        ],
+        preexec_fn=_limit_file_size,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "error: File too large" in result.stderr and "ulimit -f" in result.stderr
+    assert "no output was written" in result.stderr and "internal" not in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
