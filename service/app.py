@@ -7,6 +7,7 @@ tests pass their own configuration, models, metrics registry and alert sinks.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,8 @@ def create_app(
         from detector.scoring.neighbours import set_search_threads
 
         set_search_threads(config.tf_threads)
+    series = SeriesStore(config.series_state or ":memory:", max_keys=config.series_max_keys)
+    series.check()
     metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
     if models is None:
         models = ModelRegistry(
@@ -75,7 +78,7 @@ def create_app(
         metrics=metrics,
         trackers={name: AlertTracker(name, config.policy_for(name)) for name in config.models},
         dispatcher=dispatcher,
-        series=SeriesStore(config.series_state or ":memory:", max_keys=config.series_max_keys),
+        series=series,
     )
 
     app = Flask("service")
@@ -271,6 +274,17 @@ def _install_error_handlers(app: Flask) -> None:
                 "batch or raise max_body_bytes"
             )
         return error_response(exc.code or 500, name, detail)
+
+    @app.errorhandler(sqlite3.Error)
+    def _series_state_error(exc: sqlite3.Error) -> Any:
+        # Checked at start, the state file can still fail later: a full disk, a file
+        # replaced or corrupted under the server, a lock held past its timeout.
+        log.error("series state failed serving %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            503,
+            "series_state_unavailable",
+            f"the series' state file cannot be used ({exc}); see the server log",
+        )
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Any:

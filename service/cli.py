@@ -116,6 +116,10 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
     if config.series_state is None:
         path = os.path.join(run_dir, "series.sqlite")
         config = config.model_copy(update={"series_state": path})
+    else:  # here, where it fails alone, rather than in each worker as it boots
+        from service.series_store import SeriesStore
+
+        SeriesStore(config.series_state).check()
     if config.tf_threads is None:
         share = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
         config = config.model_copy(update={"tf_threads": share})

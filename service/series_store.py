@@ -52,6 +52,9 @@ DEFAULT_MAX_KEYS = 100_000
 #: A layout (a model's window and columns) unused this long is dropped with its histories:
 #: far longer than a reload takes to reach every worker.
 STALE_SECONDS = 600
+#: How long a request waits for another worker's transaction on the file before it gives
+#: up (503): transactions take under a millisecond, so only a stuck holder gets this far.
+BUSY_TIMEOUT_S = 10.0
 #: How often a layout's last use is written down (and stale layouts looked for).
 _TOUCH_SECONDS = 60
 
@@ -148,6 +151,22 @@ class SeriesStore:
                 raise
         return out
 
+    def check(self) -> None:
+        """Open the file (creating it) and close it again, so that a path the server cannot
+        use fails where it is configured, naming itself, rather than in every series request
+        once the server says it is ready."""
+        from detector.errors import ConfigError
+
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"series_state {self.path}: cannot be opened as the series' SQLite state "
+                f"({exc}); name a new or earlier state file in a folder the server can write to"
+            ) from None
+        finally:
+            self.close()
+
     def keys(self, model: str) -> int:
         """How many series of ``model`` are kept (under every layout still in use)."""
         with self._lock:
@@ -168,7 +187,7 @@ class SeriesStore:
         # A connection must not cross a fork: each worker opens its own.
         if self._connection is None or self._pid != os.getpid():
             db = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             if self.path != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")

@@ -4,6 +4,7 @@ scoring gives it in the whole file. Late and broken records are rejected with th
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from detector.bundles.bundle import load_bundle
+from detector.errors import ConfigError
 from detector.estimator import VAEDetector
 from detector.scoring.scores import score_frame
+from service import series_store
 from service.app import create_app
+from service.cli import main as serve_main
 from service.config import ServiceConfig
 from service.series_store import STALE_SECONDS, SeriesStore
+from service.server import GunicornServer
 from tests.conftest import TINY, fleet
 
 SERIES = {"time_column": "ts", "series_columns": ("host",), "window": 4}
@@ -326,3 +331,40 @@ def test_a_state_file_of_the_layout_before_levels_keeps_its_histories(tmp_path: 
         "m", spec, ["cpu"], windows.keys, windows.seconds, np.array([5.0]), normal=1.0
     )
     assert judged.tolist() == [5.0]  # no level yet: the score as it is
+
+
+def test_a_state_file_the_server_cannot_open_is_refused_at_start(
+    series_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Found by trying: the server said it was ready, then answered every series request
+    with a 500 ("unable to open database file")."""
+    blocking = tmp_path / "state.csv"
+    blocking.write_text("not a folder\n")
+    with pytest.raises(ConfigError, match=r"series_state .*state\.csv/series\.sqlite: cannot be"):
+        apps(series_dir, str(blocking / "series.sqlite"))
+    monkeypatch.setenv("ANOMALY_SERIES_STATE", str(blocking / "series.sqlite"))
+    # Were the path let through, the command would serve until stopped: fail instead.
+    monkeypatch.setattr(GunicornServer, "run", lambda self: pytest.fail("a server started"))
+    assert serve_main(["serve", "--model", f"fleet={series_dir}", "--port", "0"]) == 2
+    assert "error: series_state " in capsys.readouterr().err
+
+
+def test_a_state_file_locked_past_the_timeout_answers_503_with_the_reason(
+    series_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "series.sqlite"
+    (app,) = apps(series_dir, str(state))
+    monkeypatch.setattr(series_store, "BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(state, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a stuck process holding the file
+    try:
+        response = app.test_client().post(
+            "/v1/models/fleet/score", json={"records": fleet(1).to_dict("records")}
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        app.extensions["anomaly"].dispatcher.stop()
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["error"] == "series_state_unavailable" and "locked" in body["detail"]
