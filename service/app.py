@@ -59,6 +59,13 @@ def create_app(
             on_install=lambda loaded, previous: _publish(metrics, loaded, previous),
         )
     models.load_all()
+    config.check_alert_keys(
+        {
+            name: (*loaded.bundle.input_columns, *loaded.bundle.ignored_columns)
+            for name in models.names()
+            if name not in models.errors() and (loaded := models.get(name))
+        }
+    )
     for name, _error in models.errors().items():
         metrics.model_loaded.labels(name).set(0)
     resend = _resend_seconds(config)

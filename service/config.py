@@ -20,7 +20,8 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -157,6 +158,20 @@ class ServiceConfig(BaseSettings):
             )
         return models
 
+    @field_validator("alertmanager_url", "webhook_url", "external_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        # Checked here, not where the sinks are built: that runs in each gunicorn worker as it
+        # boots, where a bad URL was a traceback per worker instead of one line at start.
+        if url is not None:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"{url!r} is not an http:// or https:// URL with a host, e.g. "
+                    "http://127.0.0.1:9093"
+                )
+        return url
+
     @model_validator(mode="after")
     def _model_alerts(self) -> ServiceConfig:
         problems = [
@@ -172,6 +187,27 @@ class ServiceConfig(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def check_alert_keys(self, fields: Mapping[str, Sequence[str]]) -> None:
+        """Each model's alert key fields are fields its records can hold: ``fields[model]``
+        (the columns it reads or carries) or a passthrough field. A misspelt field was not an
+        error: every record lacked it, so all of them alerted under one key, ''. Models not in
+        ``fields`` (not loaded) are not checked."""
+        problems = []
+        for name, known in fields.items():
+            unknown = [
+                f
+                for f in self.policy_for(name).group_by
+                if f not in known and f not in self.passthrough_fields
+            ]
+            if unknown:
+                problems.append(
+                    f"the alert policy of model '{name}' groups by {unknown}, which its records "
+                    f"cannot hold (its columns: {', '.join(known)}); name one of them, or a "
+                    "field the records carry that passthrough_fields lists"
+                )
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def policy_for(self, model: str) -> AlertPolicy:
         override = self.model_alerts.get(model)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -117,10 +118,7 @@ class Bundle:
     def input_columns(self) -> tuple[str, ...]:
         """The columns a record to score must have: the schema's, or for a series model its
         time and key columns and each window column's own column."""
-        if self.series is None:
-            return self.schema.column_order
-        own = [c for c in self.schema.column_order if not is_window_column(c)]
-        return (self.series.time_column, *self.series.key_columns, *own)
+        return record_columns(self.schema.column_order, self.series)
 
     @property
     def score_kinds(self) -> tuple[str, ...]:
@@ -328,6 +326,28 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def record_columns(schema_columns: Sequence[str], series: SeriesSpec | None) -> tuple[str, ...]:
+    """``Bundle.input_columns`` from a schema's columns and a series spec."""
+    if series is None:
+        return tuple(schema_columns)
+    own = [c for c in schema_columns if not is_window_column(c)]
+    return (series.time_column, *series.key_columns, *own)
+
+
+def bundle_record_fields(path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The fields a record scored by the bundle at ``path`` may hold (its input columns and
+    the ignored ones), read from its manifest alone: nothing is loaded, for a process that must
+    not load models (a server's master). ``None`` where the manifest cannot be read; loading
+    the bundle says why."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST_FILE).read_text())
+        columns = Schema.from_dict(manifest["schema"]).column_order
+        own = record_columns(columns, read_series(manifest.get("series")))
+        return (*own, *column_names(manifest.get("ignored_columns", [])))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:

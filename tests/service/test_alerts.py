@@ -24,12 +24,13 @@ from typing import Any
 
 import pytest
 
+from detector.errors import ConfigError
 from service.alert_policy import AlertPolicy
 from service.alerts import Alert, AlertTracker
 from service.delivery import AlertDispatcher
 from service.sinks import AlertDeliveryError, AlertmanagerSink, LogSink, WebhookSink
 from tests.processes import alertmanager_config, free_port, stop
-from tests.service.conftest import Outcomes, Receiver
+from tests.service.conftest import Outcomes, Receiver, make_app
 
 T0 = 1_700_000_000.0
 
@@ -551,3 +552,26 @@ def test_real_alertmanager_delivers_firing_then_resolved(
     sink.send([resolved])
     body = receiver.wait_until(lambda b: am_alert(b, "resolved"), deadline_s=20)
     assert am_alert(body, "resolved")["labels"]["host"] == "web-1"  # type: ignore[index]
+
+
+def test_an_alert_key_no_record_can_hold_is_refused_before_serving(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by trying: group_by = ["hots"] served, and every record alerted under one key,
+    hots=''. A column the model reads, or a passthrough field, is a key records can hold."""
+    with pytest.raises(ConfigError, match=r"groups by \['hots'\], which its records cannot"):
+        make_app(bundle_dir, alerts=AlertPolicy(group_by=("hots",)))
+    for settings in (
+        {"alerts": AlertPolicy(group_by=("host",))},
+        {"alerts": AlertPolicy(group_by=("hots",)), "passthrough_fields": ("hots",)},
+    ):
+        app, _ = make_app(bundle_dir, **settings)
+        app.extensions["anomaly"].dispatcher.stop()
+    # `anomaly serve` refuses it once, from the manifest, before gunicorn starts a worker.
+    from service.cli import main
+    from service.server import GunicornServer
+
+    monkeypatch.setattr(GunicornServer, "run", lambda self: pytest.fail("a server started"))
+    monkeypatch.setenv("ANOMALY_MODEL_ALERTS", '{"m": {"group_by": ["hots"]}}')
+    assert main(["serve", "--model", f"m={bundle_dir}"]) == 2
+    assert "model 'm' groups by ['hots']" in capsys.readouterr().err

@@ -44,6 +44,10 @@ def test_json_values_in_environment(tmp_path) -> None:
         ({"ANOMALY_MAX_BATCH_RECORDS": "0"}, "at least 1"),
         ({"ANOMALY_ALERT_LOG": "maybe"}, "true or false"),
         ({"ANOMALY_ALERTS__FIRE_AFTER": "50"}, "alerts"),
+        # Were the sinks' own checks: one traceback per gunicorn worker as it booted.
+        ({"ANOMALY_WEBHOOK_URL": "hooks.example.com/x"}, "webhook_url: 'hooks.example.com/x' is"),
+        ({"ANOMALY_ALERTMANAGER_URL": "ftp://am:9093"}, "alertmanager_url: 'ftp://am:9093' is"),
+        ({"ANOMALY_EXTERNAL_URL": "http://"}, "external_url: 'http://' is not an http"),
     ],
 )
 def test_bad_settings_name_the_problem(env, needle) -> None:
