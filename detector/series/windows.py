@@ -244,14 +244,30 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
     if windows.rejections:
         shown = "; ".join(f"row {r.row + 1}: {r.reason}" for r in windows.rejections[:3])
         fix = "fix or drop them"
-        repeated = any(r.code == "duplicate_timestamp" for r in windows.rejections)
+        repeated = [r.row for r in windows.rejections if r.code == "duplicate_timestamp"]
         if repeated and not spec.key_columns:
             fix = f"if a column names the series (a host), add {option('series_columns', 'COL')}"
+        elif repeated and _without_zone(frame[spec.time_column].iloc[repeated[:100]]):
+            fix = (
+                "these times name no zone, so they are read as UTC; if they are local times, "
+                "an hour repeats where the clocks go back: write them in UTC or with their "
+                "offset (2026-11-01T01:30:00-05:00)"
+            )
         raise SchemaError(
             f"{len(windows.rejections)} training row(s) cannot be placed in their series "
             f"({shown}); {fix}"
         )
     return windows
+
+
+#: An ISO-8601 time's zone: Z, or an offset such as +02:00, +0200 or -05.
+_ZONE = re.compile(r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)\s*$")
+
+
+def _without_zone(times: pd.Series) -> bool:
+    """Whether ``times`` are ISO-8601 texts that name no zone (epoch seconds are UTC)."""
+    texts = [t for t in times.tolist() if isinstance(t, str)]
+    return bool(texts) and all(":" in t and not _ZONE.search(t) for t in texts)
 
 
 #: Above this share of warming-up training rows, training says so: the bank is then mostly

@@ -262,6 +262,28 @@ def test_training_refuses_a_row_from_the_future_without_naming_an_option_it_lack
     assert "max_ahead_seconds" not in message
 
 
+def test_an_hour_repeated_by_a_clock_change_points_at_times_without_a_zone() -> None:
+    """New York's local times across the end of summer time: 01:00 to 01:59 come twice."""
+    from detector.series.windows import windowed_for_training
+
+    spec = SeriesSpec("ts", ("host",), window=3)
+    local = pd.date_range("2026-11-01 04:00", periods=180, freq="min", tz="UTC").tz_convert(
+        "America/New_York"
+    )
+    frame = pd.DataFrame({"ts": [t.isoformat() for t in local], "host": "a", "cpu": 1.0})
+    windowed_for_training(frame, spec)  # with their offsets, no two are the same instant
+    frame["ts"] = [t.strftime("%Y-%m-%dT%H:%M:%S") for t in local]
+    with pytest.raises(SchemaError) as refused:
+        windowed_for_training(frame, spec)
+    assert "60 training row(s) cannot be placed" in str(refused.value)
+    assert "these times name no zone, so they are read as UTC" in str(refused.value)
+    # A time repeated with its zone is a repeated row: no talk of clocks.
+    frame["ts"] = [t.isoformat() for t in local]
+    frame.loc[10, "ts"] = frame.loc[9, "ts"]
+    with pytest.raises(SchemaError, match=r"\(row 11: .*\); fix or drop them$"):
+        windowed_for_training(frame, spec)
+
+
 def test_the_least_recently_seen_series_is_evicted_beyond_the_cap() -> None:
     from detector.series.windows import SeriesState
 
