@@ -90,7 +90,7 @@ class TrainingOptions(Options):
     #: ``detector.series.windows`` says how a series is ordered, windowed and checked.
     time_column: str | None = opt(
         None,
-        "a column of times (ISO-8601 or epoch seconds): each record is judged with the rows "
+        "a column of times (ISO-8601, epoch seconds or timestamps): each record is judged with the rows "
         "before it in its series",
         metavar="COL",
     )

@@ -13,6 +13,7 @@ window, the first rows of a series borrowing its oldest row and marked as warmin
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -106,6 +107,11 @@ def parse_time(value: object) -> float | None:
     ``windows.parse_times`` reads a column; ``None`` where it is not a time."""
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, datetime.datetime | np.datetime64):  # from Python, or Parquet's rows
+        stamp = pd.Timestamp(value)
+        if pd.isna(stamp):
+            return None
+        return _seconds(stamp.tz_convert("UTC") if stamp.tz else stamp.tz_localize("UTC"))
     if isinstance(value, int | float):
         try:
             number = float(value)
@@ -120,7 +126,11 @@ def parse_time(value: object) -> float | None:
     except ValueError:
         pass
     stamp = pd.to_datetime(value, errors="coerce", utc=True, format="ISO8601")
-    if pd.isna(stamp) or not FIRST_TIME <= stamp <= LAST_TIME:
+    return None if pd.isna(stamp) else _seconds(stamp)
+
+
+def _seconds(stamp: pd.Timestamp) -> float | None:
+    if not FIRST_TIME <= stamp <= LAST_TIME:
         return None
     return float((stamp.as_unit("ns") - EPOCH).total_seconds())
 

@@ -319,6 +319,9 @@ def parse_times(values: pd.Series) -> pd.Series:
     seconds, text is ISO-8601 (a zone-less time is taken as UTC); a column may mix both. An
     infinite time is none: every later row of its series would be out of order; nor is a
     number beyond ``EPOCH_SECONDS_LIMIT`` (milliseconds, most likely)."""
+    if pd.api.types.is_datetime64_any_dtype(values):  # Parquet's timestamps, a DataFrame's
+        utc = values.dt.tz_convert("UTC") if values.dt.tz else values.dt.tz_localize("UTC")
+        return _epoch_seconds(utc)
     try:
         numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
     except OverflowError:  # an integer of hundreds of digits: as text, it reads as infinite
@@ -329,12 +332,17 @@ def parse_times(values: pd.Series) -> pd.Series:
     text = numbers.isna() & values.notna()
     if text.any():
         stamps = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
-        # pandas keeps a call's times at the finest unit its texts need: the year 9999 parses
-        # at seconds alone, yet is NaT beside a nanosecond time (and overflowed the epoch's
-        # subtraction). Outside nanoseconds' range a text is no time, whatever came with it.
-        held = stamps.where((stamps >= FIRST_TIME) & (stamps <= LAST_TIME))
-        seconds[text] = (held.dt.as_unit("ns") - EPOCH).dt.total_seconds()
+        seconds[text] = _epoch_seconds(stamps)
     return seconds
+
+
+def _epoch_seconds(stamps: pd.Series) -> pd.Series:
+    """UTC times as epoch seconds; NaN outside ``FIRST_TIME`` to ``LAST_TIME``. pandas keeps
+    times at the finest unit they need: the year 9999 parses at seconds alone, yet is NaT
+    beside a nanosecond time (and overflowed the epoch's subtraction). Outside nanoseconds'
+    range a time is refused, whatever came with it."""
+    held = stamps.where((stamps >= FIRST_TIME) & (stamps <= LAST_TIME))
+    return (held.dt.as_unit("ns") - EPOCH).dt.total_seconds()
 
 
 def not_a_time(column: str, value: object) -> str:
@@ -346,6 +354,7 @@ def not_a_time(column: str, value: object) -> str:
         or value is pd.NaT
         or value == ""
         or (isinstance(value, float) and np.isnan(value))
+        or (isinstance(value, np.datetime64) and np.isnat(value))
     ):
         return f"{column} is empty; every row needs its time"
     try:
@@ -358,7 +367,9 @@ def not_a_time(column: str, value: object) -> str:
             f"{column} {shown} is too far from 1970 to be epoch seconds; if it is epoch "
             "milliseconds, divide by 1000"
         )
-    if isinstance(value, str) and _iso_out_of_range(value):
+    if (isinstance(value, str) and _iso_out_of_range(value)) or isinstance(
+        value, datetime.datetime | np.datetime64
+    ):
         return (
             f"{column} {shortened(repr(value))} is a time this tool cannot place: times must "
             f"lie between the years {FIRST_TIME.year + 1} and {LAST_TIME.year - 1}"

@@ -415,3 +415,21 @@ def test_a_stray_word_in_a_metric_is_named_in_the_users_column_not_a_window_colu
     ids = fleet(300).assign(request=[f"r{i}" for i in range(len(fleet(300)))])
     with pytest.raises(DataError, match=r"'request' has .* distinct text values, which looks like"):
         VAEDetector(**SERIES, **TINY).fit(ids)
+
+
+def test_a_time_column_of_timestamps_trains_and_scores_as_its_iso_text(tmp_path) -> None:
+    """Found by trying: a Parquet file's timestamp column (pandas datetime64) was refused in
+    training, every row "not a time"; scoring read the same file's times as text. Now the
+    timestamps, tz-aware, zone-less (UTC) or at milliseconds, are the texts' times."""
+    text = fleet(60)
+    stamps = text.assign(ts=pd.to_datetime(text["ts"]))
+    naive_ms = stamps.assign(ts=stamps["ts"].dt.tz_localize(None).astype("datetime64[ms]"))
+    expected = VAEDetector(**SERIES, **TINY).fit(text).score_records(fleet(20, seed=3))
+    for frame in (stamps, naive_ms):
+        path = tmp_path / "train.parquet"
+        frame.to_parquet(path)
+        trained = VAEDetector(**SERIES, **TINY).fit(pd.read_parquet(path))
+        later = fleet(20, seed=3).assign(ts=lambda f: pd.to_datetime(f["ts"]))
+        for records in (later, later.to_dict("records")):  # a table, and one by one
+            result = trained.score_records(records)
+            np.testing.assert_array_equal(result.anomaly_score, expected.anomaly_score)
