@@ -90,8 +90,8 @@ class TrainingOptions(Options):
     #: ``detector.series.windows`` says how a series is ordered, windowed and checked.
     time_column: str | None = opt(
         None,
-        "a column of times (ISO-8601, epoch seconds or timestamps): each record is judged with the rows "
-        "before it in its series",
+        "a column of times (ISO-8601, epoch seconds or timestamps): each record is judged "
+        "with the rows before it in its series",
         metavar="COL",
     )
     series_columns: tuple[str, ...] = opt(
