@@ -28,7 +28,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.errors import DataError
     from detector.io.temporaries import check_writable
-    from detector.scoring.evaluation import evaluate_scores
+    from detector.scoring.evaluation import evaluate_scores, left_out_note
 
     bundle = load_bundle(args.model)
     if args.report:
@@ -102,6 +102,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 if stats[key] is not None
             )
             print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}")
+        if r.groups_left_out:
+            print(f"  {left_out_note(r)}")
     if args.report:
         print(f"wrote report {args.report}")
     return 0

@@ -31,7 +31,7 @@ from detector.cli.report_figures import (
     score_histogram,
 )
 from detector.io.temporaries import partial_path, remove_stale_temporaries
-from detector.scoring.evaluation import Evaluation, evaluate_scores
+from detector.scoring.evaluation import Evaluation, evaluate_scores, left_out_note
 from detector.wording import leave_one_out_note
 
 if TYPE_CHECKING:
@@ -210,7 +210,8 @@ def _group_section(result: Evaluation, column: str) -> str:
             "above its normal records (AUROC, AUPRC); a value holding anomalies only (an "
             "anomaly kind) is ranked against every normal record of the file instead."
         )
-        + _grid(header, rows),
+        + _grid(header, rows)
+        + (_paragraph(left_out_note(result)) if result.groups_left_out else ""),
     )
 
 

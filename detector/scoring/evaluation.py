@@ -30,6 +30,8 @@ class Evaluation:
     best_f1: float
     best_f1_threshold: float
     by_group: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Groups beyond ``MAX_GROUPS`` (the smallest), not in ``by_group``.
+    groups_left_out: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +75,12 @@ def _data_row(values: pd.Series, position: int) -> int:
     return int(index[position]) + 1 if pd.api.types.is_integer_dtype(index) else position + 1
 
 
+#: Groups measured by ``evaluate_scores``, the largest first: a column of a few groups (an
+#: anomaly kind, a host) is what a breakdown is for. An id column's 30,720 groups took 55 s
+#: and 850 MB, and printed a line each.
+MAX_GROUPS = 100
+
+
 def evaluate_scores(
     labels: np.ndarray,
     anomaly_score: np.ndarray,
@@ -101,11 +109,15 @@ def evaluate_scores(
         f1s = np.where(curve_p + curve_r > 0, 2 * curve_p * curve_r / (curve_p + curve_r), 0.0)
     best = int(np.argmax(f1s[:-1])) if len(f1s) > 1 else 0
     by_group: dict[str, dict[str, Any]] = {}
+    left_out = 0
     if groups is not None:
-        groups = np.asarray(groups)
-        for value in pd.unique(groups):
-            mask = groups == value
-            by_group[str(value)] = group_metrics(
+        codes, values = pd.factorize(np.asarray(groups), use_na_sentinel=False)
+        sizes = np.bincount(codes, minlength=len(values))
+        largest = np.argsort(-sizes, kind="stable")[:MAX_GROUPS]
+        left_out = len(values) - len(largest)
+        for code in largest:
+            mask = codes == code
+            by_group[str(values[code])] = group_metrics(
                 labels[mask], scores[mask], flagged[mask], normal_scores=scores[~labels]
             )
     return Evaluation(
@@ -122,6 +134,17 @@ def evaluate_scores(
         best_f1=float(f1s[best]),
         best_f1_threshold=float(curve_t[best]) if len(curve_t) else float(threshold),
         by_group=by_group,
+        groups_left_out=left_out,
+    )
+
+
+def left_out_note(result: Evaluation) -> str:
+    """What the breakdown of ``result`` leaves out, if anything ('' where nothing)."""
+    if not result.groups_left_out:
+        return ""
+    return (
+        f"... and {result.groups_left_out:,} smaller groups, left out: the breakdown shows the "
+        f"{MAX_GROUPS} largest, as it is for a column of a few values (an anomaly kind, a host)"
     )
 
 
