@@ -76,8 +76,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         import_tensorflow_quietly()
         from detector.nn.training import TrainingConfig, train
 
-        frame = _as_frame(X)
         config = TrainingConfig(**_as_options(self.get_params()))
+        series = (config.time_column, *config.series_columns) if config.time_column else ()
+        frame = _as_frame(X, wanted=series)
         bundle, summary = train(frame, config)
         self._set_fitted(bundle, summary)
         return self
@@ -105,7 +106,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
             return score_records(self.bundle_, [X], impute=impute, passthrough=kept)
         if isinstance(X, list) and X and all(isinstance(r, Mapping) for r in X):
             return score_records(self.bundle_, X, impute=impute, passthrough=kept)
-        frame = _as_frame(X, self.feature_names_in_)
+        frame = _as_frame(X, self.feature_names_in_, wanted=self.bundle_.input_columns)
         return score_frame(self.bundle_, frame, impute=impute, passthrough=kept)
 
     def anomaly_score(self, X: Any) -> np.ndarray:
@@ -160,9 +161,14 @@ def _as_options(params: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
 
 
-def _as_frame(X: Any, names: np.ndarray | None = None) -> pd.DataFrame:
+def _as_frame(
+    X: Any, names: np.ndarray | None = None, *, wanted: Sequence[str] = ()
+) -> pd.DataFrame:
+    """``X`` as a DataFrame. Of the ``wanted`` columns, those a DataFrame holds as index levels
+    (a time series indexed by its time: ``frame.set_index("ts")``) become columns again."""
     if isinstance(X, pd.DataFrame):
-        return X
+        levels = [c for c in wanted if c not in X.columns and c in X.index.names]
+        return X.reset_index(level=levels) if levels else X
     array = np.asarray(X)
     if array.ndim != 2:
         from detector.errors import DataError

@@ -433,3 +433,12 @@ def test_a_time_column_of_timestamps_trains_and_scores_as_its_iso_text(tmp_path)
         for records in (later, later.to_dict("records")):  # a table, and one by one
             result = trained.score_records(records)
             np.testing.assert_array_equal(result.anomaly_score, expected.anomaly_score)
+
+
+def test_a_series_indexed_by_its_time_and_keys_fits_and_scores_as_columns() -> None:
+    """Found by trying: ``fit(frame.set_index("ts"))``, as pandas users hold a series, raised
+    a bare KeyError; the time and key columns may be index levels, in any order."""
+    train, later = fleet(60), fleet(20, seed=3)
+    expected = VAEDetector(**SERIES, **TINY).fit(train).anomaly_score(later)
+    indexed = VAEDetector(**SERIES, **TINY).fit(train.set_index("ts"))
+    np.testing.assert_array_equal(indexed.anomaly_score(later.set_index(["host", "ts"])), expected)
