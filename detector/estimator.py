@@ -97,11 +97,13 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     ) -> ScoreResult:
         """The full typed result: anomaly scores, p-values, decisions, contributions, and the
         rows rejected with their reasons. ``X`` is a table, or one record as a mapping of
-        column -> value, or a list of them: mappings skip the DataFrame, the fast way to score
-        one record (``detector.features.records``). ``passthrough`` names columns to accept
-        and leave unscored (an id, a timestamp)."""
+        column -> value (or a table's row, a pandas Series), or a list of them: mappings skip
+        the DataFrame, the fast way to score one record (``detector.features.records``).
+        ``passthrough`` names columns to accept and leave unscored (an id, a timestamp)."""
         check_is_fitted(self, "bundle_")
         kept = tuple(passthrough)
+        if isinstance(X, pd.Series):  # one row of a table (frame.iloc[0]): a record
+            X = X.to_dict()
         if isinstance(X, Mapping):
             return score_records(self.bundle_, [X], impute=impute, passthrough=kept)
         if isinstance(X, list) and X and all(isinstance(r, Mapping) for r in X):

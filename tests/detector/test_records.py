@@ -128,6 +128,8 @@ def test_the_python_api_takes_one_record_or_a_list_of_them(fitted) -> None:
     records = normal_records(3)
     table = pd.DataFrame(records)
     same_result(fitted.score_records(records[0]), fitted.score_records(table.head(1)))
+    # A row of a table, as iloc gives it, is one record too (it was "expected a 2-D table").
+    same_result(fitted.score_records(table.iloc[0]), fitted.score_records(table.head(1)))
     same_result(fitted.score_records(records), fitted.score_records(table))
     np.testing.assert_array_equal(fitted.predict(records), fitted.predict(table))
     tagged = [{**r, "id": f"r-{i}"} for i, r in enumerate(records)]
