@@ -252,12 +252,12 @@ def _echoed(values: Any) -> Any:
 
 
 def _csv_header(body: bytes) -> list[str]:
-    """The column names of a CSV body as pandas reads them: the first non-blank row, without a
-    byte-order mark."""
+    """The column names of a CSV body as ``CsvSource`` reads them (and training): the first
+    non-blank row, without a byte-order mark, each name stripped of spaces."""
     text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
     for row in csv.reader(text):
         if any(field.strip() for field in row):
-            return row
+            return [field.strip() for field in row]
     raise pd.errors.EmptyDataError("no header row")
 
 

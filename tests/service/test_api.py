@@ -69,6 +69,18 @@ def test_csv_bodies_are_scored_too(client) -> None:
     assert response.json["counts"]["scored"] == 5
 
 
+def test_a_csv_body_reads_its_header_names_as_a_file_does(client) -> None:
+    """Spaces around the names, which training and file scoring strip: the body's were kept,
+    so the same CSV scored as a file was "missing ... unknown ' region '" over HTTP."""
+    csv = pd.DataFrame(NORMAL[:5]).to_csv(index=False)
+    header, rest = csv.split("\n", 1)
+    spaced = " , ".join(header.split(",")) + " \n" + rest
+    plain = client.post("/v1/models/tiny/score", data=csv, content_type="text/csv")
+    response = client.post("/v1/models/tiny/score", data=spaced, content_type="text/csv")
+    assert response.status_code == 200, response.json
+    assert response.json["results"] == plain.json["results"]
+
+
 def test_json_csv_and_kserve_bodies_score_the_same_records_alike(client) -> None:
     """JSON records are scored without a DataFrame (detector.features.records), CSV and KServe
     bodies as tables: the same records must come back with the same numbers either way."""
