@@ -319,7 +319,11 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
     texts = as_text(series)
     missing = texts.isna()
     if missing.any():
-        problems.append(f"column '{key}' has {int(missing.sum())} empty values; fill or drop them")
+        problems.append(
+            f"column '{key}' has {int(missing.sum())} empty values (empty cells, or text read "
+            "as missing: NA, N/A, None, null, NaN); fill or drop them, and spell a real value "
+            "written so (NA for North America) otherwise"
+        )
         return None
     counts = texts.value_counts()
     if len(counts) > MAX_CATEGORIES:

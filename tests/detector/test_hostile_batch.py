@@ -520,3 +520,20 @@ def test_a_write_the_system_refuses_midway_names_the_cause_and_leaves_nothing(
     assert "error: File too large" in result.stderr and "ulimit -f" in result.stderr
     assert "no output was written" in result.stderr and "internal" not in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
+
+
+def test_a_category_spelled_as_a_missing_value_marker_is_named_in_the_refusal(
+    capsys, tmp_path: Path
+) -> None:
+    """Found by trying: a region 'NA' (North America) is read as missing, as pandas reads it
+    in training and the scorer reads it alike; the refusal said the column 'has 3 empty
+    values' of a file with no empty cell."""
+    rows = records(60)
+    region = list(EVAL.columns).index("region")
+    for row in rows[:3]:
+        row[region] = "NA"
+    path = write(tmp_path / "train.csv", rows)
+    assert main(["train", str(path), "--out", str(tmp_path / "m"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "column 'region' has 3 empty values (empty cells, or text read as missing: NA" in err
+    assert "(NA for North America) otherwise" in err
