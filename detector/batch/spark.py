@@ -33,7 +33,13 @@ from detector.batch.spark_scoring import (
 from detector.bundles.bundle import load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features.encode import Imputation
-from detector.io.tables import NULL_VALUES, csv_delimiter, expand_inputs, table_format
+from detector.io.tables import (
+    NULL_VALUES,
+    check_names,
+    csv_delimiter,
+    expand_inputs,
+    table_format,
+)
 from detector.io.temporaries import (
     check_writable,
     partial_path,
@@ -233,14 +239,15 @@ def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
 
     # One separator for the run, from the first input's name, as the format is.
     sep = csv_delimiter(paths[0].rstrip("/*"))
-    names = (
+    raw = (
         spark.read.option("header", True).option("escape", '"').option("sep", sep).csv(paths[0])
     ).columns
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise DataError(f"{paths[0]} repeats column name(s) {dupes} in its header; rename them")
+    # Named as the local reader names them: stripped of spaces, and checked alike (no header
+    # row, another separator, an unnamed or repeated column).
+    names = [n.strip() for n in raw]
+    check_names(names, paths[0])
     schema = T.StructType(
-        [T.StructField(n, T.StringType()) for n in names]
+        [T.StructField(n, T.StringType()) for n in raw]
         + [T.StructField(CORRUPT_RECORD, T.StringType())]
     )
     frame = (
@@ -250,15 +257,23 @@ def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
         .option("sep", sep)
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
-        # Quoted fields may hold newlines; a file is then read by one task (not split).
-        .option("multiLine", True)
+        # A record per line. Across lines, a stray quote made the rest of its file one
+        # "record" (180 of 200 rows gone from the ledger, rows read 20); so a quoted field
+        # that spans lines is rejected as malformed here, each of its lines, where the local
+        # reader scores it. Files are also split between tasks again.
+        .option("multiLine", False)
         .option("enforceSchema", False)
         .csv(paths)
     )
     # The cells the local reader takes for empty ("nan", "NA", ...; Spark's own option takes
     # one such text): a row is then rejected, or imputed, for the same reason by both engines.
     empty = list(NULL_VALUES)
-    kept = [F.when(F.col(n).isin(empty), F.lit(None)).otherwise(F.col(n)).alias(n) for n in names]
+    # Backquoted: a name such as 'cpu.pct' is a column, not a field of a struct 'cpu'.
+    cells = [F.col("`" + r.replace("`", "``") + "`") for r in raw]
+    kept = [
+        F.when(c.isin(empty), F.lit(None)).otherwise(c).alias(n)
+        for c, n in zip(cells, names, strict=True)
+    ]
     return frame.select(*kept, F.col(CORRUPT_RECORD))
 
 

@@ -260,6 +260,24 @@ def score_pandas(
         codes[corrupt] = "malformed"
         reasons[corrupt] = "the record does not fit the header (ragged row or broken quoting)"
         usable &= ~corrupt
+    # Spark decodes bytes that are not UTF-8 as U+FFFD and reads on; the local reader rejects
+    # such a record (an unseen host 'caf\ufffd' would be scored as one). Rejected alike here.
+    text = [
+        c
+        for c in bundle.input_columns
+        if c in out.columns and not pd.api.types.is_numeric_dtype(out[c])
+    ]
+    if text:
+        garbled = np.zeros(n, dtype=bool)
+        for column in text:
+            cells = out[column].astype(object)
+            garbled |= np.array(
+                [isinstance(v, str) and "\ufffd" in v for v in cells.to_numpy()], dtype=bool
+            )
+        garbled &= usable
+        codes[garbled] = "encoding"
+        reasons[garbled] = "not UTF-8 text; re-save the file as UTF-8"
+        usable &= ~garbled
     positions = np.flatnonzero(usable)
     if len(positions):
         columns = list(bundle.input_columns)

@@ -196,3 +196,46 @@ def test_spark_windows_each_series_as_the_local_scorer_does(spark, tmp_path: Pat
     assert len(scored) == len(streamed) and scored["warming_up"].sum() == 3 * 2
     np.testing.assert_allclose(scored["anomaly_score"], streamed["anomaly_score"], rtol=1e-5)
     assert (scored["warming_up"] == streamed["warming_up"]).all()
+
+
+def test_spark_loses_no_row_of_a_hostile_file_and_names_columns_as_the_local_reader(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Found by trying: a stray quote on line 21 of 200 made Spark read the rest of the file as
+    one record ("rows read 20"), a header with spaces around its names was "missing ...
+    unknown ' region '", and a byte that is not UTF-8 was scored as an unseen category."""
+    from detector.batch.spark import score_files
+    from detector.errors import DataError
+
+    frame = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
+    lines = frame.iloc[:200].to_csv(index=False).splitlines()
+    lines[0] = " , ".join(lines[0].split(","))
+    lines[5] += ",extra"  # ragged
+    lines[21] = '"' + lines[21]  # a quote never closed
+    text = ("\n".join(lines) + "\n").encode()
+    host = lines[40].split(",")[0].encode()
+    text = text.replace(b"\n" + host + b",", b"\ncaf\xe9,", 1)  # one record's host garbled
+    path = tmp_path / "hostile.csv"
+    path.write_bytes(text)
+
+    report = score_files(str(bundle_dir), [str(path)], str(tmp_path / "k.parquet"), session=spark)
+    assert (
+        main(["score", str(bundle_dir), str(path), "--output", str(tmp_path / "s.csv"), "--json"])
+        == 0
+    )
+    stream = json.loads(capsys.readouterr().out)
+    assert (
+        (report.rows_read, report.rows_scored)
+        == (200, 197)
+        == (
+            stream["rows_read"],
+            stream["rows_scored"],
+        )
+    )
+    assert report.rejected_by_code == {"malformed": 2, "encoding": 1}
+    assert stream["rejected_by_code"] == {"ragged": 1, "unbalanced_quote": 1, "encoding": 1}
+
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("\n".join(line.replace(",", ";") for line in lines[:3]) + "\n")
+    with pytest.raises(DataError, match="its fields look separated by ';'"):
+        score_files(str(bundle_dir), [str(semicolons)], str(tmp_path / "x.parquet"), session=spark)
