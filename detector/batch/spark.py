@@ -73,6 +73,13 @@ def spark_session(app_name: str = "anomaly score") -> SparkSession:
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # The Python workers, started by the JVM with this environment, import pyspark's pandas
+    # helpers too, and printed the same warning on every run that reached them.
+    quiet = f"ignore:{PANDAS_WARNING}:FutureWarning"
+    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(
+            filter(None, [os.environ.get("PYTHONWARNINGS"), quiet])
+        )
     builder = SparkSession.builder.appName(app_name)
     # spark-submit starts the JVM first and tells Python where it is; then its --master and
     # --conf settings apply. Otherwise this is a local run.
