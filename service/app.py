@@ -6,6 +6,7 @@ tests pass their own configuration, models, metrics registry and alert sinks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
@@ -16,11 +17,12 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from detector.errors import DetectorError, InputError
+from detector.bundles.bundle import Bundle
+from detector.errors import BundleError, ConfigError, DetectorError, InputError
 from detector.features.encode import shortened
 from detector.wording import speaking_to
 from service.alerts import AlertTracker
-from service.config import ServiceConfig, load_config
+from service.config import ServiceConfig, check_bundle_alert_keys, load_config
 from service.delivery import AlertDispatcher
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry
@@ -50,22 +52,17 @@ def create_app(
         set_search_threads(config.tf_threads)
     series = SeriesStore(config.series_state or ":memory:", max_keys=config.series_max_keys)
     series.check()
+    check_bundle_alert_keys(config)
     metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
     if models is None:
         models = ModelRegistry(
             config.models,
             sync_dir=config.model_sync_dir,
+            accept=functools.partial(_check_alert_keys, config),
             on_reload=lambda name, outcome: metrics.reloads.labels(name, outcome).inc(),
             on_install=lambda loaded, previous: _publish(metrics, loaded, previous),
         )
     models.load_all()
-    config.check_alert_keys(
-        {
-            name: (*loaded.bundle.input_columns, *loaded.bundle.ignored_columns)
-            for name in models.names()
-            if name not in models.errors() and (loaded := models.get(name))
-        }
-    )
     for name, _error in models.errors().items():
         metrics.model_loaded.labels(name).set(0)
     resend = _resend_seconds(config)
@@ -113,6 +110,15 @@ def _speaking_to_clients(wsgi_app: Any) -> Any:
             return wsgi_app(environ, start_response)
 
     return wrapped
+
+
+def _check_alert_keys(config: ServiceConfig, name: str, bundle: Bundle) -> None:
+    """A bundle reloaded (or followed from another worker's reload) whose records cannot hold
+    its model's alert key fields is refused, and the model in force keeps serving."""
+    try:
+        config.check_alert_keys({name: (*bundle.input_columns, *bundle.ignored_columns)})
+    except ConfigError as exc:
+        raise BundleError(f"{exc} (in the bundle at {bundle.path})") from None
 
 
 def _publish(metrics: ServiceMetrics, loaded: LoadedModel, previous: LoadedModel | None) -> None:

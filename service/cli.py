@@ -89,9 +89,8 @@ def _models(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from detector.bundles.bundle import bundle_record_fields
     from detector.errors import ConfigError
-    from service.config import check_exposure, load_config
+    from service.config import check_bundle_alert_keys, check_exposure, load_config
 
     overrides: dict[str, Any] = {}
     if args.model:
@@ -100,10 +99,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_exposure(config, args.host)
     if not config.models:
         raise ConfigError("no model to serve: give --model NAME=DIR (or 'models' in --config)")
-    # Here, once, from the manifests: each worker checks again as it loads its models, but
-    # there a failure is a traceback per worker and gunicorn's "Worker failed to boot".
-    fields = {name: bundle_record_fields(path) for name, path in config.models.items()}
-    config.check_alert_keys({name: f for name, f in fields.items() if f is not None})
+    # Here, once: each worker checks again as it starts, but there a failure is a traceback
+    # per worker and gunicorn's "Worker failed to boot".
+    check_bundle_alert_keys(config)
     # The run's own files (metrics, model copies, series state unless configured elsewhere),
     # removed when the server stops: state kept here does not outlive a restart anyway.
     run_dir = tempfile.mkdtemp(prefix="anomaly-serve-")

@@ -216,6 +216,15 @@ class ServiceConfig(BaseSettings):
         return AlertPolicy.from_dict({**self.alerts.to_dict(), **override})
 
 
+def check_bundle_alert_keys(config: ServiceConfig) -> None:
+    """``check_alert_keys`` with each model's fields read from its bundle's manifest, before
+    any model is loaded (a bundle that cannot be read is left to loading to explain)."""
+    from detector.bundles.bundle import bundle_record_fields
+
+    fields = {name: bundle_record_fields(path) for name, path in config.models.items()}
+    config.check_alert_keys({name: f for name, f in fields.items() if f is not None})
+
+
 def check_exposure(config: ServiceConfig, host: str) -> None:
     """Refuse to serve on the bind address ``host`` (no port) without a scoring token when other
     machines can reach it, unless ``allow_open_scoring`` says so. Call before binding."""

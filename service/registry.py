@@ -78,11 +78,14 @@ class ModelRegistry:
         loader: Callable[[str], Bundle] = load_bundle,
         on_reload: Callable[[str, str], None] = lambda name, outcome: None,
         on_install: Callable[[LoadedModel, LoadedModel | None], None] = lambda new, old: None,
+        accept: Callable[[str, Bundle], None] = lambda name, bundle: None,
         retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         """``on_reload(name, outcome)`` counts reload requests ("success"/"failure") and
         failures to follow another worker's reload; ``on_install(new, previous)`` runs
-        whenever a model is swapped in, however it came (start, reload, following)."""
+        whenever a model is swapped in, however it came (start, reload, following);
+        ``accept(name, bundle)`` raises ``BundleError`` where the service's settings cannot
+        serve ``bundle`` as model ``name`` (it is then not loaded, as a broken bundle is not)."""
         self.retry_seconds = retry_seconds
         self._paths = dict(paths)
         self._models: dict[str, LoadedModel] = {}
@@ -92,6 +95,7 @@ class ModelRegistry:
         self._loader = loader
         self._on_reload = on_reload
         self._on_install = on_install
+        self._accept = accept
         self._sync = SyncDir(sync_dir) if sync_dir else None
         self._seen: dict[str, object] = {}  # the marker's stat last acted on, per model
         self._misses: dict[str, _Miss] = {}  # models not serving what they should
@@ -178,7 +182,7 @@ class ModelRegistry:
         # Nothing published loads (deleted, unreadable): the configured directory, unpublished.
         files = _files_signature(source)
         try:
-            self._install(name, source, self._load(source), generation=0)
+            self._install(name, source, self._load(name, source), generation=0)
         except BundleError as exc:
             self._missed(name, source, files, exc)
 
@@ -187,7 +191,9 @@ class ModelRegistry:
         for good in marker.good:
             files = _files_signature(good.copy)
             try:
-                self._install(name, good.path, self._load(good.copy, good.path), good.generation)
+                self._install(
+                    name, good.path, self._load(name, good.copy, good.path), good.generation
+                )
             except BundleError as exc:
                 if good is marker.current:
                     self._missed(name, good.path, files, exc)  # what refresh() retries
@@ -219,7 +225,7 @@ class ModelRegistry:
         if not self._due(name, files):
             return
         try:
-            bundle = self._load(target.copy, target.path)
+            bundle = self._load(name, target.copy, target.path)
         except BundleError as exc:
             self._on_reload(name, "failure")
             self._missed(name, target.path, files, exc)
@@ -263,13 +269,13 @@ class ModelRegistry:
 
     def _load_and_publish(self, name: str, source: str) -> LoadedModel:
         if self._sync is None:
-            bundle = self._load(source)
+            bundle = self._load(name, source)
             current = self._models.get(name)
             return self._install(name, source, bundle, current.generation + 1 if current else 0)
         sync = self._sync
         copy = sync.copy(name, Path(source))
         try:
-            bundle = self._load(str(copy), source)
+            bundle = self._load(name, str(copy), source)
             with sync.locked(name):
                 marker = sync.read_marker(name)
                 earlier = marker.good if marker else ()
@@ -290,11 +296,13 @@ class ModelRegistry:
         self._misses.pop(name, None)
         return self._install(name, source, bundle, generation)
 
-    def _load(self, path: str, shown_as: str | None = None) -> Bundle:
-        """Load and prepare the bundle at ``path``; errors name ``shown_as`` (the directory a
+    def _load(self, name: str, path: str, shown_as: str | None = None) -> Bundle:
+        """Load and prepare the bundle at ``path`` for model ``name``, and ask ``accept`` if
+        the service can serve it as that model; errors name ``shown_as`` (the directory a
         copy came from) and are ``BundleError``s, a failed read of a file included."""
         try:
             bundle = self._loader(path)
+            self._accept(name, bundle)
             bundle.prepare()  # the graph and the neighbour index, before the model takes traffic
             return bundle
         except BundleError as exc:

@@ -22,15 +22,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from detector.errors import ConfigError
+from detector.estimator import VAEDetector
 from service.alert_policy import AlertPolicy
 from service.alerts import Alert, AlertTracker
 from service.delivery import AlertDispatcher
 from service.sinks import AlertDeliveryError, AlertmanagerSink, LogSink, WebhookSink
+from tests.conftest import DATA, TINY
 from tests.processes import alertmanager_config, free_port, stop
-from tests.service.conftest import Outcomes, Receiver, make_app
+from tests.service.conftest import ADMIN, Outcomes, Receiver, make_app
 
 T0 = 1_700_000_000.0
 
@@ -555,7 +558,10 @@ def test_real_alertmanager_delivers_firing_then_resolved(
 
 
 def test_an_alert_key_no_record_can_hold_is_refused_before_serving(
-    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Found by trying: group_by = ["hots"] served, and every record alerted under one key,
     hots=''. A column the model reads, or a passthrough field, is a key records can hold."""
@@ -567,6 +573,19 @@ def test_an_alert_key_no_record_can_hold_is_refused_before_serving(
     ):
         app, _ = make_app(bundle_dir, **settings)
         app.extensions["anomaly"].dispatcher.stop()
+    # A reload to a bundle whose records lack the field is refused; the model in force serves.
+    app, _ = make_app(bundle_dir, alerts=AlertPolicy(group_by=("host",)))
+    hostless = tmp_path / "hostless"
+    VAEDetector(**TINY).fit(pd.read_csv(DATA / "train.csv").drop(columns="host")).save(hostless)
+    answer = app.test_client().post(
+        "/v1/models/tiny/reload",
+        json={"path": str(hostless)},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    app.extensions["anomaly"].dispatcher.stop()
+    assert answer.status_code == 422, answer.json
+    assert "groups by ['host'], which its records cannot hold" in answer.json["detail"]
+    assert app.extensions["anomaly"].models.get("tiny").path == str(bundle_dir)
     # `anomaly serve` refuses it once, from the manifest, before gunicorn starts a worker.
     from service.cli import main
     from service.server import GunicornServer
