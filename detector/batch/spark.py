@@ -88,6 +88,9 @@ def spark_session(app_name: str = "anomaly score") -> SparkSession:
             builder.master("local[*]")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
+            # Parquet timestamps as instants (UTC), as the local engine writes them, not INT96,
+            # which readers take for zone-less times.
+            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         )
     with warnings.catch_warnings():
         # Starting the context imports pyspark's own test helpers, which warn on pandas 3

@@ -239,3 +239,26 @@ def test_spark_loses_no_row_of_a_hostile_file_and_names_columns_as_the_local_rea
     semicolons.write_text("\n".join(line.replace(",", ";") for line in lines[:3]) + "\n")
     with pytest.raises(DataError, match="its fields look separated by ';'"):
         score_files(str(bundle_dir), [str(semicolons)], str(tmp_path / "x.parquet"), session=spark)
+
+
+def test_spark_writes_timestamps_as_instants_as_the_local_engine_does(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Spark's default Parquet timestamps (INT96) read back as zone-less times, so the two
+    engines' outputs of one input did not even join on their time column."""
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(50)
+    frame["seen_at"] = pd.date_range("2026-11-01", periods=50, freq="min", tz="UTC")
+    source = tmp_path / "in.parquet"
+    frame.to_parquet(source)
+    for engine in ("spark", "stream"):
+        argv = ["score", str(bundle_dir), str(source), "--keep-column", "seen_at"]
+        out = tmp_path / f"{engine}.parquet"
+        assert main([*argv, "--output", str(out), "--engine", engine, "--quiet"]) == 0, (
+            capsys.readouterr().err
+        )
+        written = pd.read_parquet(out).sort_values("seen_at")
+        assert str(written["seen_at"].dt.tz) == "UTC"
+        pd.testing.assert_series_equal(
+            written["seen_at"].reset_index(drop=True),
+            frame["seen_at"].astype(written["seen_at"].dtype),
+        )
