@@ -36,6 +36,7 @@ from detector.features.schema import (
     as_text,
     label_lookup,
 )
+from detector.io.tables import MISSING_TEXT
 from detector.wording import offered, option
 
 Imputation = Literal["median"] | None
@@ -275,6 +276,11 @@ def _to_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     texts = as_text(series)
     values = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     unparsed = (texts.notna() & np.isnan(values)).to_numpy(dtype=bool)
+    if unparsed.any():  # 'NA', 'null'...: missing, as a file's reader takes them
+        where = np.flatnonzero(unparsed)
+        marked = texts.iloc[where].str.strip().isin(MISSING_TEXT).to_numpy(dtype=bool)
+        unparsed = unparsed.copy()
+        unparsed[where[marked]] = False
     return values, unparsed
 
 
@@ -321,7 +327,13 @@ def _lookup_labels(series: pd.Series, categories: tuple[str, ...]) -> tuple[np.n
     if len(retry):
         cleaned = [str(v).strip() for v in values[retry]]
         codes[retry] = [lookup.get(v, -1) for v in cleaned]
-        missing[retry[np.asarray([v == "" for v in cleaned], dtype=bool)]] = True
+        # Text a file's reader takes for missing ('NA', 'null'...) is missing however the
+        # record came (a JSON string, a DataFrame's cell), unless training knew it as a label.
+        gone = np.asarray(
+            [v in MISSING_TEXT and c < 0 for v, c in zip(cleaned, codes[retry], strict=True)],
+            dtype=bool,
+        )
+        missing[retry[gone]] = True
     return codes, missing
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from detector.features.encoded import EncodedBatch, NumberCount
 from detector.features.schema import Schema, label_lookup
+from detector.io.tables import MISSING_TEXT
 
 #: Integers outside int64 are read by pandas as objects and parsed as text; the fast path
 #: leaves them to it rather than guess how.
@@ -82,7 +83,7 @@ class RecordEncoder:
                     # The table path's second look: the label without surrounding spaces; an
                     # empty one is a missing value, for the table path to reject or impute.
                     stripped = label.strip()
-                    if not stripped:
+                    if stripped in MISSING_TEXT:  # '' or 'NA', 'null'...
                         return None
                     slot = lookup.get(stripped, unseen_slot)
                 if slot is not None:

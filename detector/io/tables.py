@@ -225,6 +225,10 @@ NULL_VALUES = (
 )
 
 
+#: ``NULL_VALUES`` for a lookup: text that is missing wherever it comes from.
+MISSING_TEXT = frozenset(NULL_VALUES)
+
+
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Files, directories (their files named as ``CSV_SUFFIXES`` or ``PARQUET_SUFFIXES`` say,
     sorted; names starting with '.' or '_', such as Spark's ``_SUCCESS``, left out), glob

@@ -81,6 +81,20 @@ def test_a_csv_body_reads_its_header_names_as_a_file_does(client) -> None:
     assert response.json["results"] == plain.json["results"]
 
 
+@pytest.mark.parametrize("column", ["region", "cpu_pct"])
+@pytest.mark.parametrize("text", ["NA", " null ", "None", ""])
+def test_text_a_file_reads_as_missing_is_missing_in_json_too(client, column, text) -> None:
+    """Found by trying: {"region": "NA"} in JSON was scored as an unseen region (an anomaly)
+    and "NA" for a number was "not a number", where the same record in a CSV body or file was
+    rejected as empty."""
+    record = {**NORMAL[0], column: text}
+    as_json = post(client, {"records": [record]}).json
+    csv = pd.DataFrame([record]).to_csv(index=False)
+    as_csv = client.post("/v1/models/tiny/score", data=csv, content_type="text/csv").json
+    assert as_json["rejected"] == as_csv["rejected"]
+    assert as_json["rejected"][0]["reasons"] == [f"column '{column}' is empty (fill it)"]
+
+
 def test_json_csv_and_kserve_bodies_score_the_same_records_alike(client) -> None:
     """JSON records are scored without a DataFrame (detector.features.records), CSV and KServe
     bodies as tables: the same records must come back with the same numbers either way."""
