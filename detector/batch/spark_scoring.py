@@ -270,10 +270,8 @@ def score_pandas(
     if text:
         garbled = np.zeros(n, dtype=bool)
         for column in text:
-            cells = out[column].astype(object)
-            garbled |= np.array(
-                [isinstance(v, str) and "\ufffd" in v for v in cells.to_numpy()], dtype=bool
-            )
+            cells = out[column].astype(str)  # an empty cell reads 'None' or 'nan': no U+FFFD
+            garbled |= cells.str.contains("\ufffd", regex=False).to_numpy(dtype=bool)
         garbled &= usable
         codes[garbled] = "encoding"
         reasons[garbled] = "not UTF-8 text; re-save the file as UTF-8"
