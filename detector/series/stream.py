@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from detector.io.tables import MISSING_TEXT
 from detector.series.windows import (
     EPOCH,
     FIRST_TIME,
@@ -97,6 +98,8 @@ def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
     for column in spec.key_columns:
         value = record.get(column)
         if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, str) and value.strip() in MISSING_TEXT:  # as a file's reader
             return None
         parts.append(str(value))
     return "\x1f".join(parts)

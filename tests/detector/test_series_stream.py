@@ -161,3 +161,19 @@ def test_epoch_milliseconds_are_no_time_in_a_stream_or_a_table(value: object) ->
     if value != 10**400:
         assert "if it is epoch milliseconds, divide by 1000" in rejection.reason
     assert len(rejection.reason) < 200  # a value of 400 digits is not echoed whole
+
+
+@pytest.mark.parametrize("key", ["NA", " null ", "", "  ", "None", "nan"])
+def test_a_key_a_file_reads_as_missing_is_missing_in_a_stream_too(key: str) -> None:
+    """A CSV reader takes 'NA' for an empty cell: the same record as JSON must not start a
+    series 'NA' that the file's rows never join. A real key that merely holds the text stays."""
+    spec = SeriesSpec("ts", ("host",), window=2)
+    records = [
+        {"ts": 60.0, "host": key, "cpu": 1.0, "state": "0"},
+        {"ts": 60.0, "host": "NAS-1", "cpu": 1.0, "state": "0"},
+    ]
+    streamed = window_records(spec, list(COLUMNS), records, {})
+    table = make_windows(pd.DataFrame(records), spec)
+    assert [(r.row, r.code) for r in streamed.rejections] == [(0, "missing_key")]
+    assert [(r.row, r.code) for r in table.rejections] == [(0, "missing_key")]
+    assert list(streamed.rows) == list(table.rows) == [1]
