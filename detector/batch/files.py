@@ -23,7 +23,12 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from detector.batch.ledger import BatchReport, RejectRateExceeded, SourceLedger
+from detector.batch.ledger import (
+    BatchReport,
+    RejectRateExceeded,
+    SourceLedger,
+    check_reject_rate,
+)
 from detector.batch.scored_tables import (
     CONTEXT_COLUMN,
     SCORE_COLUMNS,
@@ -123,16 +128,11 @@ def score_file(
         raise DataError(
             f"{' '.join(map(str, inputs))} has a header but no data rows; nothing to score"
         )
-    if max_reject_rate is not None and report.reject_rate > max_reject_rate:
+    try:
+        check_reject_rate(report, max_reject_rate)
+    except RejectRateExceeded:
         run.discard()
-        raise RejectRateExceeded(
-            f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
-            f"{report.rows_rejected}: {report.reject_rate:.2%} rejected is more than "
-            f"{option('max_reject_rate', f'{max_reject_rate:g}')}; no output was written; the "
-            "rejected rows "
-            f"and reasons are in {report.rejects}",
-            report,
-        )
+        raise
     run.commit()
     return report
 

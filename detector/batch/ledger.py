@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from detector.errors import DataError
+from detector.wording import option
 
 #: Columns of the rejects file. ``row`` is the 1-based data row number in its source (header
 #: not counted), ``line`` the physical line the record starts on (empty for Parquet).
@@ -59,3 +60,31 @@ class RejectRateExceeded(DataError):
     def __init__(self, message: str, report: BatchReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+def check_reject_rate(report: BatchReport, max_reject_rate: float | None) -> None:
+    """Raise ``RejectRateExceeded`` where ``report`` rejected more than ``max_reject_rate`` of
+    its rows, or, with no limit given, every one of them: a run that scored nothing (epoch
+    milliseconds in a time column, say) must not pass for a run that found no anomaly."""
+    ledger = (
+        f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
+        f"{report.rows_rejected}"
+    )
+    where = f"the rejected rows and reasons are in {report.rejects}"
+    if max_reject_rate is None:
+        if report.rows_read == 0 or report.rows_scored > 0:
+            return
+        codes = ", ".join(f"{code} {n}" for code, n in report.rejected_by_code.items())
+        raise RejectRateExceeded(
+            f"{ledger}: every row was rejected ({codes}), so nothing was scored and no output "
+            f"was written; {where}: fix those rows, or pass "
+            f"{option('max_reject_rate', '1')} to write an empty output",
+            report,
+        )
+    if report.reject_rate > max_reject_rate:
+        raise RejectRateExceeded(
+            f"{ledger}: {report.reject_rate:.2%} rejected is more than "
+            f"{option('max_reject_rate', f'{max_reject_rate:g}')}; no output was written; "
+            f"{where}",
+            report,
+        )

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detector.batch.ledger import BatchReport, RejectRateExceeded, SourceLedger
+from detector.batch.ledger import BatchReport, SourceLedger, check_reject_rate
 from detector.batch.scored_tables import CONTEXT_COLUMN, SCORE_COLUMNS, WARMING_COLUMN
 from detector.batch.spark_scoring import (
     CORRUPT_RECORD,
@@ -201,14 +201,7 @@ def score_files(
                 raw.alias("raw"),
             )
             _write_atomically(rejects, rejects_target, "csv")
-        if max_reject_rate is not None and report.reject_rate > max_reject_rate:
-            raise RejectRateExceeded(
-                f"rows read {read} = scored {read - rejected} + rejected {rejected}: "
-                f"{report.reject_rate:.2%} rejected is more than --max-reject-rate "
-                f"{max_reject_rate:g}; no output was written; the rejected rows and reasons "
-                f"are in {rejects_target}",
-                report,
-            )
+        check_reject_rate(report, max_reject_rate)
         k = min(top_k, len(bundle.schema.scored_columns))
         out_columns = [
             *data_columns,

@@ -120,7 +120,7 @@ def build_parser(
         type=_rate,
         metavar="RATE",
         help="fail (exit 2, no output written) when more than this share of rows is "
-        "rejected, e.g. 0.01",
+        "rejected, e.g. 0.01 (default: fail only when every row is; 1: never)",
     )
     score.add_argument(
         "--engine",

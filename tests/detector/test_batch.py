@@ -182,10 +182,11 @@ def test_malformed_csv_gives_a_clear_answer(
     output = tmp_path / "out.csv"
     code, ledger, err = score(capsys, str(bundle_dir), str(path), "--output", str(output))
     assert "Traceback" not in err
-    if code == 0:  # the broken record is rejected, and said so
-        assert ledger["rows_rejected"] >= 1
+    if ledger.get("rows_rejected"):  # the broken record is rejected, and said so
         rejects = pd.read_csv(ledger["rejects"])
         assert message in " ".join(rejects["reason"])
+        if not ledger["rows_scored"]:  # and a run that scored nothing fails
+            assert code == 2 and "every row was rejected" in err and not output.exists()
     else:
         assert code == 2 and message in err
         assert not output.exists()
@@ -206,6 +207,28 @@ def test_max_reject_rate_fails_without_output(capsys, bundle_dir: Path, tmp_path
     assert not output.exists() and Path(ledger["rejects"]).exists()
     code, ledger, _ = score(capsys, *argv, "0.1")
     assert code == 0 and ledger["ok"] is True and output.exists()
+
+
+def test_a_run_that_rejects_every_row_fails_unless_told_it_may(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Every row rejected (a number column of text, say) must not pass for a clean run that
+    found nothing: exit 2 with the codes and the way out, the rejects written, no output."""
+    frame = EVAL.head(20).copy()
+    frame["cpu_pct"] = "n/a"
+    frame.loc[:4, "mem_pct"] = "high"
+    path = tmp_path / "in.csv"
+    frame.to_csv(path, index=False)
+    output = tmp_path / "out.csv"
+    code, ledger, err = score(capsys, str(bundle_dir), str(path), "--output", str(output))
+    assert code == 2 and ledger["ok"] is False and ledger["rows_rejected"] == 20
+    assert "every row was rejected (" in err and "--max-reject-rate 1" in err
+    assert ledger["rejected_by_code"] and sum(ledger["rejected_by_code"].values()) == 20
+    assert not output.exists() and len(pd.read_csv(ledger["rejects"])) == 20
+    argv = [str(bundle_dir), str(path), "--output", str(output), "--max-reject-rate", "1"]
+    code, ledger, _ = score(capsys, *argv)
+    assert code == 0 and ledger["ok"] is True and ledger["rows_scored"] == 0
+    assert output.exists() and len(pd.read_csv(output)) == 0
 
 
 def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: Path) -> None:
