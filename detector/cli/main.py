@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -348,6 +349,12 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except KeyboardInterrupt:
         print("interrupted; no output was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout left (``anomaly sample | head``): stop as a shell tool does on
+        # SIGPIPE, with 128 + 13 and no traceback; stdout is pointed at /dev/null first, or the
+        # interpreter's last flush would fail again on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         fix = _SYSTEM_FIXES.get(exc.errno or 0)
         if fix is None or args.debug:

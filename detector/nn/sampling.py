@@ -23,7 +23,7 @@ Sampling is deterministic for a seed: the latent codes and the noise come from o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +31,7 @@ import pandas as pd
 
 from detector.errors import ConfigError
 from detector.features.encode import decode
+from detector.series.windows import SeriesSpec, is_window_column, lag_name, lag_of
 
 if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
@@ -69,8 +70,11 @@ def sample_batches(
     schema = bundle.schema
     condition = _context_block(bundle, context)
     rng = np.random.default_rng(seed)
-    for start in range(0, n, SAMPLE_BATCH):
-        rows = min(SAMPLE_BATCH, n - start)
+    per = 1 if bundle.series is None else _window_rows(schema.column_order)
+    draws = -(-n // per)  # a series model draws windows, each ``per`` rows of one series
+    batch = max(1, SAMPLE_BATCH // per)
+    for start in range(0, draws, batch):
+        rows = min(batch, draws - start)
         z = rng.standard_normal((rows, model.latent_dim)).astype(np.float32)
         given = None if condition is None else np.repeat(condition, rows, axis=0)
         mean, log_var, logits = (
@@ -81,9 +85,42 @@ def sample_batches(
         if schema.context:
             # The context comes back as given; a column not given decodes as empty.
             blocks.append(np.zeros((rows, sum(schema.context_sizes))) if given is None else given)
-        yield decode(schema, np.concatenate(blocks, axis=1)).set_axis(
-            pd.RangeIndex(start, start + rows)
-        )
+        drawn = decode(schema, np.concatenate(blocks, axis=1))
+        if bundle.series is not None:
+            drawn = _as_series(drawn, bundle.series, start, per)
+        first = start * per
+        yield drawn.iloc[: n - first].set_axis(pd.RangeIndex(first, min(n, first + len(drawn))))
+
+
+def _window_rows(columns: Sequence[str]) -> int:
+    """The rows a series model's window spans: its deepest lag plus the newest row."""
+    return 1 + max((lag_of(c) for c in columns), default=0)
+
+
+def _as_series(drawn: pd.DataFrame, spec: SeriesSpec, start: int, per: int) -> pd.DataFrame:
+    """Sampled windows ``drawn`` (a row each: ``cpu``, ``cpu[-1]``...) as the rows they hold,
+    oldest first, each window a series of its own (``sample-1``, ``sample-2``... from the
+    ``start``-th window; a model without key columns: one series), a row a minute from
+    2000-01-01 UTC: records that score back as series. The columns the window derives
+    (``cpu[-mean]``, the calendar's) are left out."""
+    own = [c for c in drawn.columns if not is_window_column(c)]
+    lags = range(per - 1, -1, -1)
+    # Each window's rows together, oldest first; a column without a lag holds its value.
+    rows = {
+        c: np.stack(
+            [drawn[lag_name(c, lag) if lag and lag_name(c, lag) in drawn else c] for lag in lags],
+            axis=1,
+        ).reshape(-1)
+        for c in own
+    }
+    window = np.repeat(np.arange(start + 1, start + len(drawn) + 1), per)
+    # Minutes run on across windows, so that a model of one series (no key) gets them one
+    # after another rather than at the same times.
+    minutes = np.arange(start * per, (start + len(drawn)) * per)
+    times = pd.Timestamp("2000-01-01", tz="UTC") + pd.to_timedelta(minutes, unit="min")
+    named = {spec.time_column: times.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    named |= {key: [f"sample-{w}" for w in window] for key in spec.key_columns}
+    return pd.DataFrame(named | rows)
 
 
 def _sample_groups(

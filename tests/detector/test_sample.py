@@ -210,3 +210,21 @@ def test_cli_bad_requests_exit_2(capsys, bundle_dir, tmp_path, argv, message) ->
     assert message in err
     assert out == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_leaves_early_ends_the_cli_quietly(bundle_dir) -> None:
+    """``anomaly sample ... | head`` printed a BrokenPipeError traceback: now it stops as a
+    shell tool stopped by SIGPIPE does (exit 141), saying nothing."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "detector.cli.main", "sample", str(bundle_dir), "-n"]
+    with subprocess.Popen(
+        [*command, "200000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith(b"host,")
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        assert process.wait(timeout=120) == 141
+    assert "Traceback" not in err and "Error" not in err

@@ -442,3 +442,20 @@ def test_a_series_indexed_by_its_time_and_keys_fits_and_scores_as_columns() -> N
     expected = VAEDetector(**SERIES, **TINY).fit(train).anomaly_score(later)
     indexed = VAEDetector(**SERIES, **TINY).fit(train.set_index("ts"))
     np.testing.assert_array_equal(indexed.anomaly_score(later.set_index(["host", "ts"])), expected)
+
+
+def test_a_series_model_samples_series_that_score_back(series_detector) -> None:
+    """Sampled windows come back as the rows they hold, a series each, in the user's columns
+    (not the window's ``cpu[-3]``); scored back, they are series like any other."""
+    from detector.nn.sampling import sample_records
+
+    bundle = series_detector.bundle_
+    drawn = sample_records(bundle, 10, seed=0)
+    assert list(drawn.columns) == ["ts", "host", "cpu", "mem"] and len(drawn) == 10
+    assert drawn["host"].tolist() == ["sample-1"] * 4 + ["sample-2"] * 4 + ["sample-3"] * 2
+    assert drawn["ts"].is_monotonic_increasing and drawn["ts"].is_unique
+    pd.testing.assert_frame_equal(sample_records(bundle, 10, seed=0), drawn)
+    # A window's oldest row is its deepest lag: the first 4 rows are one sampled window.
+    result = series_detector.score_records(sample_records(bundle, 400, seed=1))
+    assert result.n_scored == 400 and not result.rejections
+    assert result.warming_up.sum() == 100 * 3  # each sampled series warms up like a host
