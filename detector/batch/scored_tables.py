@@ -63,7 +63,9 @@ def number_column(values: Any) -> Any:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
     if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
-        return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        # Unsafe: an integer past 2**53 (a uint64 counter) becomes its nearest float, as
+        # pandas makes it, where Arrow's checked cast refused the whole chunk.
+        return pc.cast(values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     return pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
 
 

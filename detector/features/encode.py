@@ -34,6 +34,7 @@ from detector.features.schema import (
     NumericColumn,
     Schema,
     as_text,
+    is_nested,
     label_lookup,
 )
 from detector.io.tables import MISSING_TEXT
@@ -314,16 +315,33 @@ def _flag_numeric(
     return np.where(bad, 0.0, values), bad
 
 
-def _lookup_labels(series: pd.Series, categories: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Each value's index in ``categories`` (-1 where it is not one of them) and the mask of
-    empty values."""
+def _lookup_labels(
+    series: pd.Series, categories: tuple[str, ...], name: str, reasons: Reasons
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each value's index in ``categories`` (-1 where it is not one of them), the mask of
+    empty values, and the mask of lists and objects (a Parquet struct, a frame's dict), each
+    given its reason here: neither a label nor empty, so never imputed."""
     values = series.to_numpy(dtype=object, na_value=None)
     missing = np.asarray(pd.isna(values), dtype=bool)
+    nested = np.zeros(len(values), dtype=bool)
     lookup = _category_codes(categories)
-    codes = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    try:
+        codes = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    except TypeError:  # an unhashable value: only then is each one asked what it is
+        nested = np.fromiter(map(is_nested, values), dtype=bool, count=len(values))
+        for i in np.flatnonzero(nested):
+            shown = shortened(repr(values[i]), 60)
+            reasons[int(i)].append(
+                ("malformed", f"column '{name}': {shown} is a list or an object, not a value")
+            )
+        codes = np.fromiter(
+            (-1 if n else lookup.get(v, -1) for v, n in zip(values, nested, strict=True)),
+            dtype=np.int64,
+            count=len(values),
+        )
     # Values that did not match as given (ints from JSON, padding) pay for normalising to
     # stripped text; everything else took one dictionary lookup.
-    retry = np.flatnonzero((codes < 0) & ~missing)
+    retry = np.flatnonzero((codes < 0) & ~missing & ~nested)
     if len(retry):
         cleaned = [str(v).strip() for v in values[retry]]
         codes[retry] = [lookup.get(v, -1) for v in cleaned]
@@ -334,7 +352,7 @@ def _lookup_labels(series: pd.Series, categories: tuple[str, ...]) -> tuple[np.n
             dtype=bool,
         )
         missing[retry[gone]] = True
-    return codes, missing
+    return codes, missing, nested
 
 
 def _encode_context(
@@ -342,7 +360,7 @@ def _encode_context(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A context column's one-hot group ``(n, width)``, the mask of rows encoded as no context
     (a value not seen in training; an empty one when imputing) and the mask of rejected rows."""
-    codes, missing = _lookup_labels(series, col.categories)
+    codes, missing, nested = _lookup_labels(series, col.categories, col.name, reasons)
     if impute != "median" and missing.any():
         fix = _fill_it(" to score the record without its context")
         reason = ("missing_value", f"context column '{col.name}' is empty {fix}")
@@ -352,7 +370,7 @@ def _encode_context(
     group = np.zeros((len(codes), col.width), dtype=np.float64)
     group[known, codes[known]] = 1.0
     unseen = codes < 0
-    return group, unseen, missing if impute != "median" else np.zeros_like(missing)
+    return group, unseen, (missing if impute != "median" else np.zeros_like(missing)) | nested
 
 
 def _parse_categorical(
@@ -361,7 +379,7 @@ def _parse_categorical(
     impute: Imputation,
     reasons: Reasons,
 ) -> tuple[np.ndarray, np.ndarray]:
-    codes, missing = _lookup_labels(series, col.categories)
+    codes, missing, nested = _lookup_labels(series, col.categories, col.name, reasons)
     if impute == "median" and missing.any():
         # For a category the median's counterpart is the most frequent training value.
         codes[missing] = col.categories.index(col.mode)
@@ -372,7 +390,8 @@ def _parse_categorical(
         reason = ("missing_value", f"column '{col.name}' is empty {_fill_it()}")
         for i in np.flatnonzero(missing):
             reasons[int(i)].append(reason)
-    return np.where(missing, 0, codes), missing
+    bad = missing | nested
+    return np.where(bad, 0, codes), bad
 
 
 def _fill_it(imputing: str = "") -> str:

@@ -17,6 +17,7 @@ REJECTION_CODES = (
     "missing_value",
     "not_a_number",
     "infinite",
+    "malformed",
     "bad_timestamp",
     "duplicate_timestamp",
     "out_of_order",

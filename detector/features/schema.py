@@ -316,6 +316,15 @@ STRAY_TEXT_SHARE = 0.05
 def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series | None:
     """A label column's value counts, most frequent first, indexed by the labels as text; or
     ``None`` with the reason added to ``problems``."""
+    if series.dtype == object:
+        nested = np.flatnonzero(list(map(is_nested, series.to_numpy())))
+        if len(nested):
+            problems.append(
+                f"column '{key}' holds lists or objects ({series.iloc[nested[0]]!r} at row "
+                f"{nested[0] + 1}, {len(nested)} in all), not one number or label a cell; "
+                f"flatten it into columns, or {_leave_out(key)}"
+            )
+            return None
     texts = as_text(series)
     missing = texts.isna()
     if missing.any():
@@ -408,6 +417,12 @@ def _holds_times(texts: pd.Series) -> bool:
     head = texts.dropna().head(200)
     stamps = pd.to_datetime(head, errors="coerce", utc=True, format="ISO8601")
     return len(head) > 0 and float(stamps.notna().mean()) >= 0.9
+
+
+def is_nested(value: object) -> bool:
+    """Whether a cell holds a list or an object (a Parquet list or struct, a dict) rather than
+    one value."""
+    return isinstance(value, dict | list | tuple | set | np.ndarray)
 
 
 def _leave_out(column: str) -> str:

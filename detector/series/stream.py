@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from detector.features.schema import is_nested
 from detector.io.tables import MISSING_TEXT
 from detector.series.windows import (
     EPOCH,
@@ -37,6 +38,7 @@ from detector.series.windows import (
     lag_name,
     late_rejection,
     long_key_rejection,
+    missing_key_reason,
     not_a_time,
     plausible_seconds,
 )
@@ -97,7 +99,7 @@ def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
     parts = []
     for column in spec.key_columns:
         value = record.get(column)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None or (isinstance(value, float) and math.isnan(value)) or is_nested(value):
             return None
         if isinstance(value, str) and value.strip() in MISSING_TEXT:  # as a file's reader
             return None
@@ -171,8 +173,7 @@ def window_records(
             continue
         key = series_key(spec, record)
         if key is None:
-            reason = f"no value for key {list(spec.key_columns)}"
-            rejections.append(SeriesRejection(i, "missing_key", reason))
+            rejections.append(SeriesRejection(i, "missing_key", missing_key_reason(spec)))
             continue
         if len(key) > MAX_KEY_CHARS:
             rejections.append(long_key_rejection(spec, i, len(key)))

@@ -39,7 +39,7 @@ import pandas as pd
 
 from detector.errors import SchemaError
 from detector.features.encode import shortened
-from detector.features.schema import Schema
+from detector.features.schema import Schema, is_nested
 from detector.io.tables import MISSING_TEXT
 from detector.series.levels import MAX_LEVEL_HOURS, ScoreLevels
 from detector.wording import option
@@ -519,6 +519,14 @@ def make_windows(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
     return SeriesState(spec).window(frame)
 
 
+def missing_key_reason(spec: SeriesSpec) -> str:
+    """Why a row with no usable key (``_missing_keys``, ``stream.series_key``) is rejected."""
+    return (
+        f"no value for key {list(spec.key_columns)}: it is empty, text read as missing (NA, "
+        "null) or a list or an object"
+    )
+
+
 def _missing_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     """Rows ``(n,)`` with no value in a key column: empty, or text a file's reader takes for
     missing with or without spaces (" NA ", "null"), so that a record's series is the same
@@ -526,7 +534,13 @@ def _missing_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     hosts cost a factorisation, not a million strips."""
     missing = np.zeros(len(frame), dtype=bool)
     for column in columns:
-        codes, values = pd.factorize(frame[column], use_na_sentinel=True)
+        keys = frame[column]
+        if keys.dtype == object:  # a Parquet struct or list cannot be hashed to factorise
+            nested = np.fromiter(map(is_nested, keys), dtype=bool, count=len(keys))
+            if nested.any():
+                missing |= nested
+                keys = keys.where(~nested, None)
+        codes, values = pd.factorize(keys, use_na_sentinel=True)
         # The last entry, True, is what an empty cell's code (-1) picks.
         marked = [isinstance(v, str) and v.strip() in MISSING_TEXT for v in values] + [True]
         missing |= np.asarray(marked, dtype=bool)[codes]
@@ -602,7 +616,7 @@ class SeriesState:
         if spec.key_columns:
             missing = _missing_keys(frame, spec.key_columns) & usable
             rejections += [
-                SeriesRejection(int(i), "missing_key", f"no value for key {list(spec.key_columns)}")
+                SeriesRejection(int(i), "missing_key", missing_key_reason(spec))
                 for i in np.flatnonzero(missing)
             ]
             usable &= ~missing

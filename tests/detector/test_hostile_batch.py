@@ -537,3 +537,55 @@ def test_a_category_spelled_as_a_missing_value_marker_is_named_in_the_refusal(
     err = capsys.readouterr().err
     assert "column 'region' has 3 empty values (empty cells, or text read as missing: NA" in err
     assert "(NA for North America) otherwise" in err
+
+
+def test_parquet_lists_structs_and_huge_integers(capsys, bundle_dir: Path, tmp_path: Path) -> None:
+    """Parquet holds what CSV cannot. A struct where a label belongs was an internal
+    TypeError, a uint64 counter past 2**53 an ArrowInvalid for its whole chunk: now each such
+    row is rejected with its reason, the counter scored as its float, and a list column the
+    user carries through is written as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(40)
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    iops = [2**64 - 1 if i == 5 else int(v) for i, v in enumerate(frame["disk_iops"])]
+    table = table.set_column(
+        table.schema.get_field_index("disk_iops"), "disk_iops", pa.array(iops, pa.uint64())
+    ).append_column("tags", pa.array([[1, 2]] * len(frame)))
+    path = tmp_path / "in.parquet"
+    pq.write_table(table, path)
+    output = tmp_path / "out.csv"
+    argv = [str(bundle_dir), str(path), "--output", str(output), "--keep-column", "tags"]
+    code, ledger, err = score(capsys, *argv)
+    assert code == 0 and ledger["rows_scored"] == 40, err
+    scored = pd.read_csv(output)
+    assert scored["tags"].tolist() == ["[1, 2]"] * 40
+    assert scored["disk_iops"].iloc[5] == float(2**64 - 1)
+
+    structs = pa.array([{"name": r} for r in frame["region"]])
+    at = table.schema.get_field_index("region")
+    pq.write_table(table.set_column(at, "region", structs), path)
+    code, ledger, err = score(capsys, *argv, "--max-reject-rate", "1")
+    assert code == 0 and ledger["rows_rejected"] == 40, err
+    reasons = rejects_of(ledger)
+    assert set(reasons["code"]) == {"malformed"}
+    region = frame["region"].iloc[0]
+    assert f"column 'region': {{'name': '{region}'}} is a list or an object" in reasons["reason"][0]
+
+
+def test_training_names_a_column_of_lists_or_objects_and_the_fix(capsys, tmp_path: Path) -> None:
+    """A Parquet list column trained into NaN for 300 epochs, then 'training diverged'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.read_csv(DATA / "train.csv").head(300)
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(
+        table.append_column("tags", pa.array([[1, 2]] * len(frame))), tmp_path / "t.parquet"
+    )
+    out = tmp_path / "model"
+    assert main(["train", str(tmp_path / "t.parquet"), "--out", str(out), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "column 'tags' holds lists or objects (array([1, 2]) at row 1, 300 in all)" in err
+    assert "--ignore-column tags" in err and not out.exists()

@@ -177,3 +177,17 @@ def test_a_key_a_file_reads_as_missing_is_missing_in_a_stream_too(key: str) -> N
     assert [(r.row, r.code) for r in streamed.rejections] == [(0, "missing_key")]
     assert [(r.row, r.code) for r in table.rejections] == [(0, "missing_key")]
     assert list(streamed.rows) == list(table.rows) == [1]
+
+
+def test_a_key_of_a_list_or_an_object_is_no_key() -> None:
+    """A Parquet struct for a key was an internal TypeError in a file (it cannot be hashed)."""
+    spec = SeriesSpec("ts", ("host",), window=2)
+    records = [
+        {"ts": 60.0, "host": {"name": "a"}, "cpu": 1.0, "state": "0"},
+        {"ts": 60.0, "host": "a", "cpu": 1.0, "state": "0"},
+    ]
+    streamed = window_records(spec, list(COLUMNS), records, {})
+    table = make_windows(pd.DataFrame(records), spec)
+    for out in (streamed, table):
+        assert [(r.row, r.code) for r in out.rejections] == [(0, "missing_key")]
+        assert "a list or an object" in out.rejections[0].reason
