@@ -48,6 +48,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         anomaly_values=args.anomaly_value,
         normal_values=args.normal_value,
     )
+    if not len(scores) and not codes:
+        raise DataError(f"{args.input} has a header but no data rows; nothing to evaluate")
+    if not len(scores):
+        why = ", ".join(f"{code} {n:,}" for code, n in codes.most_common())
+        raise DataError(
+            f"no row of {args.input} could be scored: every one of its {sum(codes.values()):,} "
+            f"rows was rejected ({why}); `anomaly score` writes each row's reason to a rejects "
+            "file"
+        )
     for flag, named, unmatched in (
         ("--anomaly-value", args.anomaly_value, not labels.any()),
         ("--normal-value", args.normal_value, labels.all()),

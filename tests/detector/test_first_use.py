@@ -128,6 +128,20 @@ def test_evaluate_names_a_missing_label_before_unknown_columns(capsys, bundle_di
     assert "Traceback" not in out + err
 
 
+def test_evaluate_of_rows_that_all_fail_says_so_not_one_class(capsys, bundle_dir, tmp_path):
+    """Every row rejected used to read 'the labelled rows hold only one class'."""
+    frame = pd.read_csv(DATA / "eval.csv").head(50).drop(columns=["anomaly_kind"])
+    frame["mem_pct"] = None
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    code, _, err = run(capsys, "evaluate", bundle_dir, path, "--label-column", "label")
+    assert code == 2 and "one class" not in err
+    assert "every one of its 50 rows was rejected (missing_value 50)" in err
+    frame.head(0).to_csv(path, index=False)
+    code, _, err = run(capsys, "evaluate", bundle_dir, path, "--label-column", "label")
+    assert code == 2 and "has a header but no data rows" in err
+
+
 # 3. --out that is not a bundle fails before training.
 
 
