@@ -168,14 +168,28 @@ def _as_frame(
 ) -> pd.DataFrame:
     """``X`` as a DataFrame. Of the ``wanted`` columns, those a DataFrame holds as index levels
     (a time series indexed by its time: ``frame.set_index("ts")``) become columns again."""
+    from detector.errors import DataError
+
     if isinstance(X, pd.DataFrame):
+        if isinstance(X.columns, pd.MultiIndex):
+            raise DataError(
+                f"the columns are a MultiIndex (first {X.columns[0]!r}): a model's columns have "
+                "one name each; flatten them first, e.g. frame.columns = "
+                "['_'.join(map(str, c)) for c in frame.columns]"
+            )
+        if not all(isinstance(c, str) for c in X.columns):  # pd.DataFrame(array): 0, 1, 2...
+            X = X.rename(columns=str)
         levels = [c for c in wanted if c not in X.columns and c in X.index.names]
         return X.reset_index(level=levels) if levels else X
     array = np.asarray(X)
     if array.ndim != 2:
-        from detector.errors import DataError
-
         raise DataError(f"expected a 2-D table (n_samples, n_features), got shape {array.shape}")
     if names is None:
         names = np.asarray([f"x{i}" for i in range(array.shape[1])], dtype=object)
+    if array.shape[1] != len(names):
+        shown = ", ".join(map(str, names[:5])) + (", ..." if len(names) > 5 else "")
+        raise DataError(
+            f"expected {len(names)} columns ({shown}) as the model was fitted, got "
+            f"{array.shape[1]}; pass the same columns in the same order, or a DataFrame"
+        )
     return pd.DataFrame(array, columns=list(names))

@@ -137,3 +137,22 @@ def test_the_python_api_takes_one_record_or_a_list_of_them(fitted) -> None:
         fitted.score_records(tagged, passthrough=["id"]),
         fitted.score_records(pd.DataFrame(tagged), passthrough=["id"]),
     )
+
+
+def test_the_python_api_takes_an_unnamed_frame_and_names_a_wrong_shape() -> None:
+    """``pd.DataFrame(array)`` names its columns 0, 1, 2: fitting it was a KeyError '0'. An
+    array of the wrong width was pandas' 'Shape of passed values'; a MultiIndex a KeyError."""
+    from detector.errors import DataError
+    from detector.estimator import VAEDetector
+
+    values = np.random.default_rng(0).normal(size=(120, 3))
+    fitted = VAEDetector(**TINY).fit(pd.DataFrame(values))
+    assert list(fitted.feature_names_in_) == ["0", "1", "2"]
+    np.testing.assert_array_equal(
+        fitted.anomaly_score(pd.DataFrame(values[:5])), fitted.anomaly_score(values[:5])
+    )
+    with pytest.raises(DataError, match=r"expected 3 columns \(0, 1, 2\) .* got 2"):
+        fitted.anomaly_score(values[:5, :2])
+    wide = pd.DataFrame(values, columns=pd.MultiIndex.from_product([["a"], ["x", "y", "z"]]))
+    with pytest.raises(DataError, match=r"MultiIndex .* flatten them"):
+        VAEDetector(**TINY).fit(wide)
