@@ -93,6 +93,7 @@ class CsvSource(TableSource):
         self.name, self.delimiter, self.size = name, delimiter, size
         self._binary, self._owned = binary, owned
         self._stream: Any = binary
+        self._lone_cr = False  # lines end in "\r" alone (classic Mac): read as "\n"
         try:
             if binary.peek(2)[:2] == b"\x1f\x8b":
                 self._stream = gzip.GzipFile(fileobj=binary, mode="rb")
@@ -112,7 +113,8 @@ class CsvSource(TableSource):
 
     def _read(self, n: int) -> bytes:
         try:
-            return self._stream.read(n)
+            data: bytes = self._stream.read(n)
+            return data.replace(b"\r", b"\n") if self._lone_cr else data
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(
                 f"cannot read {self.name}: {exc} (a truncated or corrupt gzip file?)"
@@ -128,6 +130,11 @@ class CsvSource(TableSource):
         buffer = self._read(_FIRST_READ)
         if buffer.startswith(codecs.BOM_UTF8):
             buffer = buffer[len(codecs.BOM_UTF8) :]
+        if b"\r" in buffer and b"\n" not in buffer:
+            # Every line ends in a lone carriage return (an old Mac export): pandas, which
+            # trains, reads those as lines, so scoring does too, rather than one long line.
+            self._lone_cr = True
+            buffer = buffer.replace(b"\r", b"\n")
         if buffer[:2] in (b"\xff\xfe", b"\xfe\xff"):
             raise DataError(
                 f"the header of {self.name} is not UTF-8 text (it looks like UTF-16); re-save "

@@ -589,3 +589,25 @@ def test_training_names_a_column_of_lists_or_objects_and_the_fix(capsys, tmp_pat
     err = capsys.readouterr().err
     assert "column 'tags' holds lists or objects (array([1, 2]) at row 1, 300 in all)" in err
     assert "--ignore-column tags" in err and not out.exists()
+
+
+def test_lines_ending_in_a_lone_carriage_return_read_as_lines(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """An old Mac export ends lines in "\\r" alone: pandas trains on it, and scoring said the
+    file 'is empty'. Now it scores as the same file with "\\n" line ends, line numbers too."""
+    rows = records(30)
+    rows[4][CPU] = "oops"
+    text = "\n".join([HEADER, *(",".join(r) for r in rows)]) + "\n"
+    unix, mac = tmp_path / "unix.csv", tmp_path / "mac.csv"
+    unix.write_text(text)
+    mac.write_bytes(text.replace("\n", "\r").encode())
+    results = []
+    for path in (unix, mac):
+        output = tmp_path / f"{path.stem}.out.csv"
+        code, ledger, err = score(capsys, str(bundle_dir), str(path), "--output", str(output))
+        assert code == 0, err
+        results.append((pd.read_csv(output), rejects_of(ledger)[["row", "line", "code"]]))
+    pd.testing.assert_frame_equal(results[0][0], results[1][0])
+    pd.testing.assert_frame_equal(results[0][1], results[1][1])
+    assert results[1][1]["line"].tolist() == [6]
