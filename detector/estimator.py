@@ -108,6 +108,15 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
             return score_records(self.bundle_, [X], impute=impute, passthrough=kept)
         if isinstance(X, list) and X and all(isinstance(r, Mapping) for r in X):
             return score_records(self.bundle_, X, impute=impute, passthrough=kept)
+        if self.bundle_.series is not None and not isinstance(X, pd.DataFrame):
+            from detector.errors import DataError
+
+            # An array has no names, and a series' time and key columns have no fixed place.
+            raise DataError(
+                "a series model reads its records by column name "
+                f"({', '.join(self.bundle_.input_columns[:4])}, ...): pass a DataFrame, or "
+                "records as mappings"
+            )
         frame = _as_frame(X, self.feature_names_in_, wanted=self.bundle_.input_columns)
         return score_frame(self.bundle_, frame, impute=impute, passthrough=kept)
 

@@ -13,7 +13,7 @@ import pytest
 
 from detector.batch.files import score_file
 from detector.cli.main import main
-from detector.errors import ConfigError
+from detector.errors import ConfigError, DataError
 from detector.estimator import VAEDetector
 from detector.scoring.neighbours import DEFAULT_LOCAL_WEIGHT
 from detector.scoring.scores import score_frame
@@ -459,3 +459,12 @@ def test_a_series_model_samples_series_that_score_back(series_detector) -> None:
     result = series_detector.score_records(sample_records(bundle, 400, seed=1))
     assert result.n_scored == 400 and not result.rejections
     assert result.warming_up.sum() == 100 * 3  # each sampled series warms up like a host
+
+
+def test_a_series_model_asks_for_named_columns_not_an_array(series_detector) -> None:
+    """An array was checked against the 16 window columns ('expected 16 columns'), which the
+    user never made; its time and key columns have no fixed place, so names are required."""
+    test = fleet(5, start="2026-01-02")
+    with pytest.raises(DataError, match="reads its records by column name .* pass a DataFrame"):
+        series_detector.score_records(test.to_numpy())
+    assert series_detector.score_records(test).n_scored == len(test)
