@@ -465,6 +465,6 @@ def test_a_series_model_asks_for_named_columns_not_an_array(series_detector) -> 
     """An array was checked against the 16 window columns ('expected 16 columns'), which the
     user never made; its time and key columns have no fixed place, so names are required."""
     test = fleet(5, start="2026-01-02")
-    with pytest.raises(DataError, match="reads its records by column name .* pass a DataFrame"):
+    with pytest.raises(DataError, match=r"reads its records by column name .* pass a DataFrame"):
         series_detector.score_records(test.to_numpy())
     assert series_detector.score_records(test).n_scored == len(test)
