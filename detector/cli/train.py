@@ -36,7 +36,7 @@ def _flag_value(args: argparse.Namespace, option: TrainingOption) -> Any:
 @_writes_files
 def cmd_train(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import save_bundle
-    from detector.errors import DataError, SchemaError
+    from detector.errors import ConfigError, DataError, SchemaError
     from detector.io.tables import read_table
     from detector.io.temporaries import check_writable
     from detector.nn.training import TrainingConfig, train
@@ -49,6 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     dropped = 0
     excluded = [args.label_column] if args.label_column else []
     excluded += args.ignore_column
+    placing = [args.time_column, *args.series_column] if args.time_column else []
+    dropped_roles = [c for c in excluded if c in placing]
+    if dropped_roles:
+        raise ConfigError(
+            f"{dropped_roles} would be left out (--ignore-column, --label-column) but the "
+            "series need it to place each row (--time-column, --series-column): name it once"
+        )
     missing = [c for c in excluded if c not in frame.columns]
     if missing:
         raise SchemaError(f"{missing} not in {args.data}; its columns are {list(frame.columns)}")

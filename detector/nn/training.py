@@ -116,6 +116,16 @@ class TrainingConfig(
                 )
         if self.score_kind in NEIGHBOUR_KINDS and not self.neighbours:
             problems.append(f"score_kind {self.score_kind!r} needs neighbours >= 1")
+        if self.time_column is not None:
+            placing = {self.time_column, *self.series_columns}
+            for name, named in (("categorical", self.categorical), ("context", self.context)):
+                both = [c for c in named if c in placing]
+                if both:
+                    problems.append(
+                        f"{option(name)} names {both}, the series' time or key column(s): they "
+                        f"place each row in its series and are not scored; leave them out of "
+                        f"{option(name)}"
+                    )
         for options in MODEL_OPTIONS.values():
             problems += options.of(self).problems(model)
         return problems

@@ -468,3 +468,22 @@ def test_a_series_model_asks_for_named_columns_not_an_array(series_detector) -> 
     with pytest.raises(DataError, match=r"reads its records by column name .* pass a DataFrame"):
         series_detector.score_records(test.to_numpy())
     assert series_detector.score_records(test).n_scored == len(test)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ignore-column", "ts"], "['ts'] would be left out"),
+        (["--ignore-column", "host"], "['host'] would be left out"),
+        (["--categorical", "host"], "--categorical names ['host'], the series' time or key"),
+        (["--model", "cvae", "--context", "host"], "--context names ['host'], the series'"),
+    ],
+)
+def test_a_series_column_given_another_role_is_named(capsys, tmp_path, extra, message) -> None:
+    """An ignored time column was an internal KeyError; a key also named categorical or
+    context was 'not in the data'."""
+    fleet(30).to_csv(tmp_path / "train.csv", index=False)
+    argv = ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--epochs", "1"]
+    series = ["--time-column", "ts", "--series-column", "host"]
+    assert main([*argv, *series, *extra]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "m").exists()
