@@ -79,11 +79,16 @@ def _whole(lowest: int, highest: int) -> Callable[[str], int]:
 def _models(pairs: Sequence[str]) -> dict[str, str]:
     from detector.errors import ConfigError
 
-    models = {}
+    models: dict[str, str] = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
             raise ConfigError(f"--model {pair!r} must look like NAME=DIR, e.g. default=models/x")
+        if name in models:  # the last one silently won
+            raise ConfigError(
+                f"--model names {name!r} twice ({models[name]} and {path}); give each model a "
+                "name of its own"
+            )
         models[name] = path
     return models
 
@@ -150,7 +155,8 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
     }
     print(
         f"serving {', '.join(f'{k}={v}' for k, v in config.models.items())} on "
-        f"http://{args.host}:{args.port} with {args.workers} workers",
+        # Port 0 is any free one: gunicorn's "Listening at" line below says which.
+        f"http://{args.host}:{args.port or '<a free port>'} with {args.workers} workers",
         flush=True,
     )
     GunicornServer(config, options).run()

@@ -89,6 +89,15 @@ def test_anomaly_config_reaches_anomaly_serve(tmp_path, monkeypatch, capsys) -> 
     assert "unknown setting" not in error
 
 
+def test_a_model_name_given_twice_is_refused(tmp_path, capsys) -> None:
+    """``--model x=a --model x=b`` served b alone, and said nothing of a."""
+    from service.cli import main
+
+    argv = ["serve", "--model", f"x={tmp_path}/a", "--model", f"x={tmp_path}/b"]
+    assert main(argv) == 2
+    assert f"--model names 'x' twice ({tmp_path}/a and {tmp_path}/b)" in capsys.readouterr().err
+
+
 def test_the_server_deletes_only_metric_files(tmp_path, monkeypatch) -> None:
     # PROMETHEUS_MULTIPROC_DIR may name a directory that holds more than metrics: the server
     # used to rmtree it at start.
