@@ -130,7 +130,11 @@ class SeriesSpec:
         if missing:
             problems.append(f"no column {missing} in the data; its columns are {columns}")
         if len(set(named)) < len(named):
-            problems.append(f"the time column and the key columns must differ: {named}")
+            twice = sorted({c for c in named if named.count(c) > 1})
+            problems.append(
+                f"the time column and the key columns must differ: {named} names {twice} "
+                "more than once; name each column once"
+            )
         if not 1 <= self.window <= 1000:
             problems.append(f"window {self.window} must be in [1, 1000] rows")
         if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:

@@ -154,6 +154,7 @@ def test_epoch_seconds_and_iso_text_read_as_the_same_times() -> None:
     [
         (SeriesSpec("time"), r"no column \['time'\]"),
         (SeriesSpec("ts", ("ts",)), "must differ"),
+        (SeriesSpec("ts", ("host", "host")), r"names \['host'\] more than once"),
         (SeriesSpec("ts", window=0), r"window 0 must be in \[1, 1000\]"),
         (SeriesSpec("ts", max_gap_seconds=0), "max_gap_seconds 0 must be positive"),
     ],
