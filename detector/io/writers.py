@@ -47,6 +47,7 @@ class TableWriter:
         remove_stale_temporaries(path)
         self._parquet: Any = None
         self._csv: Any = None
+        self._raw: Any = None  # the file under a gzip stream, which does not close it
         self._columns: list[str] | None = None
 
     def write(
@@ -91,8 +92,12 @@ class TableWriter:
     ) -> None:
         if self._csv is None:
             if self.target.name.lower().endswith(".gz"):
-                # Level 1: several times faster than the default, most of the size saving.
-                self._csv = gzip.open(self._partial, "wb", compresslevel=1)  # noqa: SIM115
+                # Level 1: several times faster than the default, most of the size saving. The
+                # header names the target, not the temporary (`gunzip -N` restores that name).
+                raw = open(self._partial, "wb")  # noqa: SIM115 - closed with the gzip stream
+                name = self.target.name[: -len(".gz")]
+                self._csv = gzip.GzipFile(name, "wb", compresslevel=1, fileobj=raw)
+                self._raw = raw
             else:
                 self._csv = open(self._partial, "wb")  # noqa: SIM115 - closed by close()/abort()
             header = io.StringIO()
@@ -116,6 +121,8 @@ class TableWriter:
             self._parquet.close()
         if self._csv is not None:
             self._csv.close()
+        if self._raw is not None:
+            self._raw.close()
         if not self._partial.exists():
             self._partial.touch()
         os.replace(self._partial, self.target)
@@ -125,6 +132,8 @@ class TableWriter:
             self._parquet.close()
         if self._csv is not None:
             self._csv.close()
+        if self._raw is not None:
+            self._raw.close()
         self._partial.unlink(missing_ok=True)
 
 

@@ -259,6 +259,10 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
         capsys, str(bundle_dir), str(parts / "a.csv"), "--output", str(tmp_path / "o.csv.gz")
     )
     assert code == 0 and len(pd.read_csv(tmp_path / "o.csv.gz")) == 40
+    # Its gzip header names the output (FNAME, after the 10-byte header), not the temporary
+    # file it was written as, which `gunzip -N` would restore.
+    head = (tmp_path / "o.csv.gz").read_bytes()[:64]
+    assert head[3] & 0x08 and head[10:].split(b"\0")[0] == b"o.csv"
     # Of a directory's files, the one missing a column is named, and nothing is written.
     EVAL.iloc[100:140].drop(columns=["cpu_pct"]).to_csv(parts / "c.csv", index=False)
     output = tmp_path / "none.csv"
