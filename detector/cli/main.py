@@ -61,7 +61,12 @@ def build_parser(
     )
     train.add_argument("data", help="training data: .csv, .csv.gz or .parquet with a header")
     train.add_argument("--out", required=True, help="bundle directory to write (replaced)")
-    train.add_argument("--label-column", help="a 0/1 label column: dropped; rows with 1 left out")
+    train.add_argument(
+        "--label-column",
+        help="a label column, dropped: rows labelled anomalous (1, or text with --anomaly-value "
+        "or --normal-value) are left out",
+    )
+    _add_label_values(train)
     train.add_argument(
         "--ignore-column",
         action="append",
@@ -148,21 +153,7 @@ def build_parser(
         required=True,
         help="the label column: 0/1 (1 = anomaly), or text with --anomaly-value or --normal-value",
     )
-    text_labels = evaluate.add_mutually_exclusive_group()
-    text_labels.add_argument(
-        "--anomaly-value",
-        action="append",
-        metavar="VALUE",
-        help="a label value that means anomaly, for text labels such as 'smurf.' "
-        "(repeatable); every other value is normal",
-    )
-    text_labels.add_argument(
-        "--normal-value",
-        action="append",
-        metavar="VALUE",
-        help="a label value that means normal, for text labels such as KDD Cup 99's "
-        "'normal.' (repeatable); every other value is an anomaly",
-    )
+    _add_label_values(evaluate)
     evaluate.add_argument("--by-column", help="also report the share flagged per value of COL")
     evaluate.add_argument(
         "--report",
@@ -329,6 +320,25 @@ _SYSTEM_FIXES = {
     ),
     errno.EROFS: "write to another file system",
 }
+
+
+def _add_label_values(parser: argparse.ArgumentParser) -> None:
+    """``--anomaly-value`` / ``--normal-value``: how a text label column is read."""
+    text_labels = parser.add_mutually_exclusive_group()
+    text_labels.add_argument(
+        "--anomaly-value",
+        action="append",
+        metavar="VALUE",
+        help="a label value that means anomaly, for text labels such as 'smurf.' "
+        "(repeatable); every other value is normal",
+    )
+    text_labels.add_argument(
+        "--normal-value",
+        action="append",
+        metavar="VALUE",
+        help="a label value that means normal, for text labels such as KDD Cup 99's "
+        "'normal.' (repeatable); every other value is an anomaly",
+    )
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:

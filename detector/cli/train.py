@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from detector.cli.commands import _labelled_scores, _require_column, _writes_files
+from detector.cli.commands import _labelled_scores, _labels, _require_column, _writes_files
 from detector.nn.option_specs import TrainingOption, training_options
 from detector.wording import leave_one_out_note
 
@@ -40,7 +40,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.io.tables import read_table
     from detector.io.temporaries import check_writable
     from detector.nn.training import TrainingConfig, train
-    from detector.scoring.evaluation import parse_labels
 
     _check_bundle_target(args.out)
     if args.report:
@@ -59,9 +58,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     missing = [c for c in excluded if c not in frame.columns]
     if missing:
         raise SchemaError(f"{missing} not in {args.data}; its columns are {list(frame.columns)}")
+    if (args.anomaly_value or args.normal_value) and not args.label_column:
+        raise ConfigError("--anomaly-value and --normal-value read --label-column: name it too")
     if args.label_column:
-        labels = parse_labels(frame[args.label_column], args.label_column)
+        labels = _labels(
+            frame[args.label_column], args.label_column, args.anomaly_value, args.normal_value
+        )
         dropped = int(labels.sum())
+        unmatched = (args.anomaly_value and not dropped and "--anomaly-value") or (
+            args.normal_value and dropped == len(labels) and "--normal-value"
+        )
+        if unmatched:
+            raise DataError(
+                f"no row of {args.data} has '{args.label_column}' equal to "
+                f"{args.anomaly_value or args.normal_value}; give {unmatched} exactly as the file "
+                "spells the label (case and trailing dots count, e.g. 'smurf.')"
+            )
         if dropped and dropped == len(labels):
             raise DataError(
                 f"every one of the {dropped:,} rows of {args.data} is labelled anomalous (1) in "

@@ -181,6 +181,20 @@ def text_labelled(tmp_path: Path) -> Path:
     return path
 
 
+def test_train_reads_text_labels_as_evaluate_does(capsys, tmp_path, text_labelled):
+    """train's --label-column took only 0/1: KDD-like labels could be evaluated but not left
+    out of training."""
+    out = tmp_path / "m"
+    argv = ["train", text_labelled, "--out", out, "--ignore-column", "anomaly_kind"]
+    argv += ["--label-column", "label", "--epochs", "1", "--json"]
+    code, printed, err = run(capsys, *argv, "--normal-value", "normal.")
+    assert code == 0, err
+    normal = int((pd.read_csv(text_labelled)["label"] == "normal.").sum())
+    assert json.loads(printed)["rows"] == normal < 400
+    code, _, err = run(capsys, *argv, "--anomaly-value", "smurf")  # the dot left out
+    assert code == 2 and "no row of" in err and "equal to ['smurf']" in err
+
+
 def test_evaluate_anomaly_value_reads_text_labels(capsys, bundle_dir, text_labelled):
     code, out, err = run(
         capsys, "evaluate", bundle_dir, text_labelled, "--label-column", "label",
