@@ -81,6 +81,16 @@ def test_a_csv_body_reads_its_header_names_as_a_file_does(client) -> None:
     assert response.json["results"] == plain.json["results"]
 
 
+def test_a_csv_body_with_lone_carriage_returns_reads_as_lines(client) -> None:
+    """An old Mac export's line ends ("\r" alone): the body was one line, so no records."""
+    csv = pd.DataFrame(NORMAL[:5]).to_csv(index=False)
+    plain = client.post("/v1/models/tiny/score", data=csv, content_type="text/csv")
+    mac = csv.replace("\n", "\r")
+    response = client.post("/v1/models/tiny/score", data=mac, content_type="text/csv")
+    assert response.status_code == 200, response.json
+    assert response.json["results"] == plain.json["results"]
+
+
 @pytest.mark.parametrize("column", ["region", "cpu_pct"])
 @pytest.mark.parametrize("text", ["NA", " null ", "None", ""])
 def test_text_a_file_reads_as_missing_is_missing_in_json_too(client, column, text) -> None:
