@@ -247,7 +247,14 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
     # fixed or dropped, as any other that cannot be placed.
     windows = SeriesState(spec, limit_settable=False).window(frame)
     if windows.rejections:
-        shown = "; ".join(f"row {r.row + 1}: {r.reason}" for r in windows.rejections[:3])
+        # Rows sharing a reason are listed together: three rows with no key read as one line.
+        by_reason: dict[str, list[int]] = {}
+        for r in windows.rejections[:3]:
+            by_reason.setdefault(r.reason, []).append(r.row + 1)
+        shown = "; ".join(
+            f"row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))}: {reason}"
+            for reason, rows in by_reason.items()
+        )
         fix = "fix or drop them"
         repeated = [r.row for r in windows.rejections if r.code == "duplicate_timestamp"]
         if repeated and not spec.key_columns:

@@ -314,3 +314,16 @@ def test_every_entry_point_defaults_to_the_same_clock_limit() -> None:
     for argv in (["score", "m", "x.csv", "--output", "o.csv"], ["evaluate", "m", "x.csv"]):
         argv += ["--label-column", "y"] if argv[0] == "evaluate" else []
         assert build_parser().parse_args(argv).max_ahead_seconds == DEFAULT_MAX_AHEAD_SECONDS
+
+
+def test_training_rows_refused_for_one_reason_are_listed_together() -> None:
+    """Three rows with no key read as the same long reason three times."""
+    from detector.series.windows import windowed_for_training
+
+    frame = fleet()
+    frame.loc[[0, 4, 8], "host"] = None
+    with pytest.raises(SchemaError) as refused:
+        windowed_for_training(frame, SeriesSpec("ts", ("host",), window=3))
+    message = str(refused.value)
+    assert "(rows 1, 5, 9: no value for key ['host']" in message
+    assert message.count("no value for key") == 1
