@@ -30,7 +30,13 @@ from detector.io.csv_lines import (
     strict_error,
     text_array,
 )
-from detector.io.tables import NULL_VALUES, check_names, csv_delimiter
+from detector.io.tables import (
+    NULL_VALUES,
+    PARQUET_MAGIC,
+    check_names,
+    csv_delimiter,
+    parquet_on_a_pipe,
+)
 
 #: Bytes read at a time before the block size adapts to ``chunk_rows``.
 _FIRST_READ = 1 << 20
@@ -138,6 +144,8 @@ class CsvSource(TableSource):
             # trains, reads those as lines, so scoring does too, rather than one long line.
             self._lone_cr = True
             buffer = buffer.replace(b"\r", b"\n")
+        if buffer.startswith(PARQUET_MAGIC):  # a file is told by content; a pipe cannot seek
+            raise DataError(parquet_on_a_pipe(self.name))
         if buffer[:2] in (b"\xff\xfe", b"\xfe\xff"):
             raise DataError(
                 f"the header of {self.name} is not UTF-8 text (it looks like UTF-16); re-save "

@@ -173,6 +173,8 @@ def _iter_csv(
             f"{path} is not valid CSV ({exc}); check the delimiter and quoting"
         ) from None
     except UnicodeDecodeError as exc:
+        if bytes(exc.object[: len(PARQUET_MAGIC)]) == PARQUET_MAGIC:
+            raise DataError(parquet_on_a_pipe("<stdin>")) from None
         raise DataError(f"{path} is not UTF-8 text ({exc}); re-save it as UTF-8") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
@@ -223,6 +225,14 @@ NULL_VALUES = (
     "nan",
     "null",
 )
+
+
+def parquet_on_a_pipe(name: str) -> str:
+    """Why Parquet on stdin is refused, and what to do instead."""
+    return (
+        f"{name} holds Parquet, which is read from its end (its footer), so it cannot be "
+        "streamed: give the file's path instead of piping it"
+    )
 
 
 #: ``NULL_VALUES`` for a lookup: text that is missing wherever it comes from.

@@ -611,3 +611,21 @@ def test_lines_ending_in_a_lone_carriage_return_read_as_lines(
     pd.testing.assert_frame_equal(results[0][0], results[1][0])
     pd.testing.assert_frame_equal(results[0][1], results[1][1])
     assert results[1][1]["line"].tolist() == [6]
+
+
+def test_parquet_piped_in_is_named_as_parquet(tmp_path: Path) -> None:
+    """Parquet on stdin was 'the header of <stdin> is not UTF-8 text; re-save it as UTF-8'."""
+    path = tmp_path / "t.parquet"
+    pd.read_csv(DATA / "train.csv").head(100).to_parquet(path)
+    with pytest.raises(DataError, match="holds Parquet, which is read from its end"):
+        csv_source.CsvSource.of_bytes(path.read_bytes(), "<stdin>")
+    exe = Path(sys.executable).with_name("anomaly")
+    trained = subprocess.run(
+        [str(exe), "train", "-", "--out", str(tmp_path / "m")],
+        input=path.read_bytes(),
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=300,
+    )
+    assert trained.returncode == 2
+    assert b"<stdin> holds Parquet" in trained.stderr and b"give the file's path" in trained.stderr
