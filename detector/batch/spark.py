@@ -41,6 +41,7 @@ from detector.io.tables import (
     table_format,
 )
 from detector.io.temporaries import (
+    check_rejects_target,
     check_writable,
     partial_path,
     remove_stale_temporaries,
@@ -126,9 +127,12 @@ def score_files(
     from pyspark.sql import functions as F
 
     bundle = load_bundle(model)
-    for target in (output, rejects_path or f"{output.rstrip('/')}.rejects"):
+    rejects_dir = rejects_path or f"{output.rstrip('/')}.rejects"
+    for target in (output, rejects_dir):
         if "://" not in target:
             check_writable(target.rstrip("/"), folder=True)
+    if "://" not in rejects_dir and "://" not in output:
+        check_rejects_target(rejects_dir.rstrip("/"), output.rstrip("/"), [])
     spark = session or spark_session()
     paths = _spark_paths(inputs)
     fmt = table_format(paths[0].rstrip("/*"))

@@ -12,6 +12,7 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from detector.errors import ConfigError
@@ -132,3 +133,31 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
+
+
+def check_rejects_target(
+    rejects: str | os.PathLike[str], output: str | os.PathLike[str], inputs: Sequence[str]
+) -> None:
+    """Before any work: the rejects file must be neither the output (it would replace the
+    scores) nor one of the ``inputs`` (it would replace the data, which is then lost)."""
+    if _same_file(rejects, output):
+        raise ConfigError(
+            f"the rejects file {rejects} is the output file: the rejected rows would replace "
+            "the scores; name another file for --rejects"
+        )
+    named = next((i for i in inputs if _same_file(rejects, i)), None)
+    if named is not None:
+        raise ConfigError(
+            f"the rejects file {rejects} is the input {named}: writing the rejected rows "
+            "would replace the data; name another file for --rejects"
+        )
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: the same inode where both exist (a link, a relative
+    spelling), else the same resolved path."""
+    first, second = Path(a), Path(b)
+    with contextlib.suppress(OSError):
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()

@@ -209,6 +209,27 @@ def test_max_reject_rate_fails_without_output(capsys, bundle_dir: Path, tmp_path
     assert code == 0 and ledger["ok"] is True and output.exists()
 
 
+def test_the_rejects_file_may_not_be_the_output_or_an_input(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """--rejects naming the output replaced the scores with the rejects; naming the input
+    replaced the user's data with them. Both are refused before any work."""
+    frame = EVAL.head(20).copy()
+    frame.loc[3, "cpu_pct"] = "x"
+    path = tmp_path / "in.csv"
+    frame.to_csv(path, index=False)
+    before = path.read_bytes()
+    output = tmp_path / "out.csv"
+    for rejects, what in (
+        (output, "is the output file"),
+        (tmp_path / "." / "in.csv", "is the input"),
+    ):
+        argv = [str(bundle_dir), str(path), "--output", str(output), "--rejects", str(rejects)]
+        code, _, err = score(capsys, *argv)
+        assert code == 2 and what in err and "name another file for --rejects" in err
+    assert path.read_bytes() == before and not output.exists()
+
+
 def test_a_run_that_rejects_every_row_fails_unless_told_it_may(
     capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
