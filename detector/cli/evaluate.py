@@ -27,12 +27,13 @@ def _check_labelled_input(
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.errors import DataError
-    from detector.io.temporaries import check_writable
+    from detector.io.temporaries import check_not_an_input, check_writable
     from detector.scoring.evaluation import evaluate_scores, left_out_note
 
     bundle = load_bundle(args.model)
     if args.report:
         check_writable(args.report)  # before scoring, which the report would wait for
+        check_not_an_input(args.report, [args.input] if args.input != "-" else [], "--report")
     if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
         _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
     labels, scores, groups, codes = _labelled_scores(

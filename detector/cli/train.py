@@ -38,12 +38,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import save_bundle
     from detector.errors import ConfigError, DataError, SchemaError
     from detector.io.tables import read_table
-    from detector.io.temporaries import check_writable
+    from detector.io.temporaries import check_not_an_input, check_writable
     from detector.nn.training import TrainingConfig, train
 
     _check_bundle_target(args.out)
     if args.report:
         check_writable(args.report)
+        read = [p for p in (args.data, args.report_data) if p is not None and p != "-"]
+        check_not_an_input(args.report, read, "--report")
     frame = read_table(args.data, text_columns=[*args.categorical, *args.context])
     dropped = 0
     excluded = [args.label_column] if args.label_column else []

@@ -145,11 +145,19 @@ def check_rejects_target(
             f"the rejects file {rejects} is the output file: the rejected rows would replace "
             "the scores; name another file for --rejects"
         )
-    named = next((i for i in inputs if _same_file(rejects, i)), None)
+    check_not_an_input(rejects, inputs, "--rejects")
+
+
+def check_not_an_input(
+    target: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], flag: str
+) -> None:
+    """Before any work: a file to write (a report, the rejects) must not be one of the
+    ``inputs``: writing it would replace the user's data, which is then lost."""
+    named = next((i for i in inputs if _same_file(target, i)), None)
     if named is not None:
         raise ConfigError(
-            f"the rejects file {rejects} is the input {named}: writing the rejected rows "
-            "would replace the data; name another file for --rejects"
+            f"{flag} {target} is the input {named}: writing it would replace the data; name "
+            f"another file for {flag}"
         )
 
 

@@ -91,6 +91,24 @@ def test_evaluate_cli_writes_the_report(capsys, bundle_dir, tmp_path) -> None:
     assert f"<td>{auroc:.4f}</td>" in page
 
 
+def test_a_report_named_as_the_data_is_refused_before_it_replaces_it(
+    capsys, bundle_dir, tmp_path
+) -> None:
+    """``--report data.csv`` wrote the HTML over the user's data, in train and evaluate."""
+    data = tmp_path / "eval.csv"
+    data.write_bytes((DATA / "eval.csv").read_bytes())
+    before = data.read_bytes()
+    evaluate = ["evaluate", str(bundle_dir), str(data), "--label-column", "label"]
+    assert main([*evaluate, "--keep-column", "anomaly_kind", "--report", str(data)]) == 2
+    assert "--report" in capsys.readouterr().err
+    train = ["train", str(data), "--out", str(tmp_path / "m"), "--ignore-column", "anomaly_kind"]
+    assert (
+        main([*train, "--label-column", "label", "--report", str(tmp_path / "." / "eval.csv")]) == 2
+    )
+    assert "is the input" in capsys.readouterr().err
+    assert data.read_bytes() == before and not (tmp_path / "m").exists()
+
+
 TRAIN_FLAGS = ["--epochs", "4", "--hidden-units", "16,8", "--latent-dim", "2", "--quiet"]
 
 
