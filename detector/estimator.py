@@ -101,7 +101,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         the DataFrame, the fast way to score one record (``detector.features.records``).
         ``passthrough`` names columns to accept and leave unscored (an id, a timestamp)."""
         check_is_fitted(self, "bundle_")
-        kept = tuple(passthrough)
+        if impute not in (None, "median"):
+            from detector.errors import ConfigError
+
+            raise ConfigError(f"impute={impute!r}: give None (reject empty values) or 'median'")
+        # One name given bare ('id') is one column, not the letters 'i' and 'd'.
+        kept = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
         if isinstance(X, pd.Series):  # one row of a table (frame.iloc[0]): a record
             X = X.to_dict()
         if isinstance(X, Mapping):

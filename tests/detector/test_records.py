@@ -156,3 +156,15 @@ def test_the_python_api_takes_an_unnamed_frame_and_names_a_wrong_shape() -> None
     wide = pd.DataFrame(values, columns=pd.MultiIndex.from_product([["a"], ["x", "y", "z"]]))
     with pytest.raises(DataError, match=r"MultiIndex .* flatten them"):
         VAEDetector(**TINY).fit(wide)
+
+
+def test_the_python_api_names_a_bad_impute_and_takes_one_passthrough_name(fitted) -> None:
+    """impute='mean' was taken as no imputation; passthrough='id' as the columns 'i' and 'd'."""
+    from detector.errors import ConfigError
+
+    records = [{**r, "id": f"r-{i}"} for i, r in enumerate(normal_records(3))]
+    with pytest.raises(ConfigError, match=r"impute='mean': give None .* or 'median'"):
+        fitted.score_records(pd.DataFrame(records), impute="mean")  # type: ignore[arg-type]
+    one = fitted.score_records(pd.DataFrame(records), passthrough="id")  # type: ignore[arg-type]
+    listed = fitted.score_records(pd.DataFrame(records), passthrough=["id"])
+    same_result(one, listed)  # before: 'id' unknown, as 'i' and 'd' were the passthrough
