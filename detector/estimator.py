@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -173,8 +175,24 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
 
 
 def _as_options(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with lists (from a caller, from a bundle's JSON) as the tuples options hold."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    """``params`` with lists (from a caller, from a bundle's JSON) as the tuples options hold,
+    and one value given bare to an option of several (``series_columns="host"``,
+    ``hidden_units=64``) as a tuple of one: a string was taken letter by letter."""
+    several = {o.name for o in training_options() if _holds_several(o.hint)}
+    out = {}
+    for name, value in params.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        elif name in several and isinstance(value, str | int | float) and value is not None:
+            value = (value,)
+        out[name] = value
+    return out
+
+
+def _holds_several(hint: Any) -> bool:
+    """Whether an option's type is a tuple (maybe ``| None``)."""
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return any(typing.get_origin(k) is tuple for k in kinds)
 
 
 def _as_frame(

@@ -168,3 +168,15 @@ def test_the_python_api_names_a_bad_impute_and_takes_one_passthrough_name(fitted
     one = fitted.score_records(pd.DataFrame(records), passthrough="id")  # type: ignore[arg-type]
     listed = fitted.score_records(pd.DataFrame(records), passthrough=["id"])
     same_result(one, listed)  # before: 'id' unknown, as 'i' and 'd' were the passthrough
+
+
+def test_one_value_given_bare_to_an_option_of_several_is_one() -> None:
+    """categorical='host' named the columns 'h', 'o', 's', 't'; hidden_units=8 was a
+    TypeError. Both mean a tuple of one."""
+    from detector.estimator import VAEDetector
+
+    frame = pd.DataFrame(normal_records(200))
+    options = {k: v for k, v in TINY.items() if k != "hidden_units"}
+    bare = VAEDetector(**options, categorical="hour", hidden_units=8).fit(frame)  # type: ignore[arg-type]
+    assert "hour" in [c.name for c in bare.bundle_.schema.categorical]
+    assert bare.summary_.hidden_units == (8,)
