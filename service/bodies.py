@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections import Counter
+from functools import partial
 from typing import Any, TypeVar
 
 from flask import Response, current_app, request
@@ -37,6 +39,40 @@ def read_body(state: ServiceState) -> bytes:
     return body.getvalue()
 
 
+class RepeatedKeys(dict[str, Any]):
+    """A JSON object that named a key more than once. ``json`` keeps the last value without a
+    word, so ``{"cpu": 1, "cpu": 99}`` would be scored as 99; this keeps which keys repeated,
+    for the route to refuse the object (a record alone, or the request)."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _json_object(found: list[RepeatedKeys], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    counts = Counter(k for k, _ in pairs)
+    repeated = RepeatedKeys(value)
+    repeated.repeated = tuple(k for k, n in counts.items() if n > 1)
+    found.append(repeated)
+    return repeated
+
+
+def _refuse_repeated_keys(value: Any, found: list[RepeatedKeys], shape: str) -> None:
+    """400 for an object that names a key twice, but for the records of a ``records`` list:
+    those are rejected one by one, as any other malformed record is."""
+    records = value.get("records") if isinstance(value, dict) else None
+    own = {id(r) for r in records} if isinstance(records, list) else set()
+    for obj in found:
+        if id(obj) not in own:
+            raise ApiError(
+                400,
+                "bad_request",
+                f"the JSON body names {obj.repeated[0]!r} twice in one object, and only the "
+                f"last would count; send each key once in {shape}",
+            )
+
+
 #: A \uD800-\uDFFF escape: the one way JSON text carries a surrogate. Paired, json decodes
 #: it to one character; alone, it becomes a string no UTF-8 (nor pandas' Arrow strings) takes.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -54,7 +90,8 @@ def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
         raise ApiError(400, "bad_request", f"send Content-Type: application/json and {shape}")
     try:
         text = body.decode("utf-8-sig")
-        value = json.loads(text)
+        found: list[RepeatedKeys] = []
+        value = json.loads(text, object_pairs_hook=partial(_json_object, found))
         if SURROGATE_ESCAPE.search(text):
             json.dumps(value, ensure_ascii=False).encode()  # raises on a lone surrogate
     except RecursionError:
@@ -72,6 +109,7 @@ def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
         raise ApiError(
             400, "bad_request", f"the body is not valid JSON ({exc}); send {shape}"
         ) from None
+    _refuse_repeated_keys(value, found, shape)
     return value
 
 

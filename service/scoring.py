@@ -23,6 +23,7 @@ from detector.features.records import score_records, score_windowed
 from detector.scoring.scores import ScoreResult, score_frame
 from detector.series.stream import ahead_of_clock, parse_time, series_key
 from detector.series.values import ValueCheck
+from service.bodies import RepeatedKeys
 from service.registry import LoadedModel
 from service.series_store import SeriesStore, StoredLevels
 from service.state import ApiError, ServiceState
@@ -158,6 +159,10 @@ def read_records(
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             rejected.append(Rejected(i, ("record is not a JSON object",), "malformed"))
+            continue
+        if isinstance(record, RepeatedKeys):
+            reason = f"field(s) {listed(record.repeated)} given more than once; send each once"
+            rejected.append(Rejected(i, (reason,), "malformed"))
             continue
         nested = [k for k, v in record.items() if isinstance(v, dict | list)]
         if nested:

@@ -173,6 +173,32 @@ def test_nesting_the_parser_accepts_is_rejected_where_it_is_used(client) -> None
     assert "'id' must be a string" in assert_small_json_error(response, 400)["detail"]
 
 
+def test_a_record_naming_a_field_twice_is_rejected_not_scored_with_the_last_value(client) -> None:
+    # json keeps the last of two equal keys: '"cpu_pct": 30, "cpu_pct": 1e9' scored as 1e9.
+    first = json.dumps(NORMAL[0])[:-1]
+    twice = f'{first}, "cpu_pct": 1e9, "host": "x"}}'
+    body = f'{{"records": [{twice}, {json.dumps(NORMAL[1])}]}}'
+    response = client.post("/v1/models/tiny/score", data=body, content_type="application/json")
+    assert response.status_code == 200
+    assert response.json["counts"] == {"received": 2, "scored": 1, "rejected": 1}
+    assert response.json["rejected"][0]["index"] == 0
+    assert "['host', 'cpu_pct'] given more than once" in response.json["rejected"][0]["reasons"][0]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models/tiny/score", '{"records": [], "records": [{"cpu_pct": 1}]}'),
+        ("/v2/models/tiny/infer", '{"inputs": [{"name": "a", "name": "cpu_pct"}]}'),
+        ("/v1/models/tiny/reload", '{"path": "/a", "path": "/b"}'),
+    ],
+)
+def test_a_key_named_twice_elsewhere_in_a_body_is_a_400(client, path: str, body: str) -> None:
+    response = client.post(path, data=body, content_type="application/json", headers=AUTH)
+    detail = assert_small_json_error(response, 400)["detail"]
+    assert "twice in one object" in detail
+
+
 @pytest.mark.parametrize(
     ("value", "kind"),
     [([1, 2], "a list"), ({"a": 1}, "an object"), ([[1.0]], "a list"), ([], "a list")],
