@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -98,7 +98,9 @@ def score_file(
     anomalous), ``p_value``, ``is_anomaly``, ``context_unseen`` (conditional models only) and
     ``top_feature_1..k``; rejected rows go to
     ``rejects_path`` (default: beside the output, ``<output>.rejects.csv``). Both are written
-    atomically. With ``max_reject_rate``, a run that rejects a larger share of its rows raises
+    atomically. An ``output_path`` of '-' is CSV on standard output, written chunk by chunk,
+    and the rejected rows then go to standard error unless ``rejects_path`` is given. With
+    ``max_reject_rate``, a run that rejects a larger share of its rows raises
     ``RejectRateExceeded`` and writes no output (the rejects file is still written). A series
     model's row stamped more than ``max_ahead_seconds`` after this machine's clock is rejected
     (``None``: never), so that one wrong clock does not make its series' later rows late.
@@ -106,8 +108,9 @@ def score_file(
     started = time.perf_counter()
     inputs = [input_path] if isinstance(input_path, str | os.PathLike) else list(input_path)
     files = expand_inputs(inputs)
-    rejects = rejects_path or f"{output_path}.rejects.csv"
-    check_rejects_target(rejects, output_path, [f for f in files if f != "-"])
+    if rejects_path is not None or output_path != "-":
+        rejects = rejects_path or f"{output_path}.rejects.csv"
+        check_rejects_target(rejects, output_path, [f for f in files if f != "-"])
     if chunk_rows < 1:
         raise DataError(f"{option('chunk_rows')} must be at least 1, not {chunk_rows}")
     run = _Run(
@@ -167,8 +170,14 @@ class _Run:
         self.writer = TableWriter(self.output_path)
         # Written in a background thread while the next chunk scores.
         self.sink: BackgroundSink[tuple[PreparedChunk, ScoreResult]] = BackgroundSink(self._write)
-        self.rejects_target = Path(self.rejects_path or f"{self.output_path}.rejects.csv")
-        self.rejects_writer = TableWriter(self.rejects_target)
+        if self.rejects_path is None and self.output_path == "-":
+            # The scores fill standard output: the rejected rows, as CSV, go to standard error
+            # with the summary, rather than to a file the user did not name.
+            self.rejects_target = "<stderr>"
+            self.rejects_writer = TableWriter(self.rejects_target, stream=sys.stderr.buffer)
+        else:
+            self.rejects_target = str(self.rejects_path or f"{self.output_path}.rejects.csv")
+            self.rejects_writer = TableWriter(self.rejects_target)
         self.n_rejects = 0
         self.codes: Counter[str] = Counter()
         self.typed_numbers = self.writer.format == "parquet"
@@ -358,7 +367,7 @@ class _Run:
         return BatchReport(
             input=" ".join(map(str, inputs)),
             output=str(self.output_path),
-            rejects=str(self.rejects_target) if rejected else None,
+            rejects=self.rejects_target if rejected else None,
             rows_read=read,
             rows_scored=scored,
             rows_rejected=rejected,

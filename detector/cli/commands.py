@@ -168,7 +168,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from detector.io.writers import TableWriter
     from detector.nn.sampling import sample_batches
 
-    writer = TableWriter(args.output) if args.output else None  # a bad name fails first
+    # '-' is standard output, as with no --output; a bad name fails before the model loads.
+    writer = TableWriter(args.output) if args.output not in (None, "-") else None
     bundle = load_bundle(args.model)
     batches = sample_batches(bundle, args.n, seed=args.seed, context=dict(args.context))
     if writer is None:

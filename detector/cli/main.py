@@ -116,9 +116,12 @@ def build_parser(
         "--output",
         required=True,
         help="output .csv, .csv.gz or .parquet, written atomically (with --engine spark: a "
-        "directory of part files)",
+        "directory of part files); - for CSV on stdout, chunk by chunk",
     )
-    score.add_argument("--rejects", help="rejects file (default: OUTPUT.rejects.csv)")
+    score.add_argument(
+        "--rejects",
+        help="rejects file (default: OUTPUT.rejects.csv; with --output -, stderr); - for stdout",
+    )
     _add_scoring_flags(score)
     score.add_argument("--top-k", type=int, default=3, help="top contributing columns (default 3)")
     score.add_argument(

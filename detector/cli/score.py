@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from detector.cli.commands import _header, _writes_files
 from detector.native import native_output_silenced
@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and not args.json and sys.stderr.isatty()
+    # With --output -, standard error may carry the rejected rows: no bar among them.
+    return not args.quiet and not args.json and sys.stderr.isatty() and args.output != "-"
+
+
+def _summary_stream(args: argparse.Namespace) -> TextIO:
+    """Where the run's summary goes: standard error when standard output carries the scores
+    or the rejects ('-'), so that a pipe reads nothing but CSV."""
+    return sys.stderr if "-" in (args.output, args.rejects) else sys.stdout
 
 
 @_writes_files
@@ -35,6 +42,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         "max_reject_rate": args.max_reject_rate,
         "max_ahead_seconds": args.max_ahead_seconds,
     }
+    if args.engine == "spark" and "-" in (args.output, args.rejects):
+        from detector.errors import ConfigError
+
+        raise ConfigError(
+            "--engine spark writes folders of part files, which cannot go to standard output "
+            "('-'): give --output (and --rejects) a path"
+        )
+    say = _summary_stream(args)
     try:
         from detector.bundles.bundle import load_bundle
 
@@ -66,35 +81,40 @@ def cmd_score(args: argparse.Namespace) -> int:
             )
     except RejectRateExceeded as exc:
         if args.json:
-            print(json.dumps({**exc.report.to_dict(), "ok": False}, indent=2))
+            print(json.dumps({**exc.report.to_dict(), "ok": False}, indent=2), file=say)
         raise
     if args.json:
-        print(json.dumps({**report.to_dict(), "ok": True}, indent=2))
+        print(json.dumps({**report.to_dict(), "ok": True}, indent=2), file=say)
         return 0
     print(
         f"rows read {report.rows_read} = scored {report.rows_scored} + rejected "
-        f"{report.rows_rejected}"
+        f"{report.rows_rejected}",
+        file=say,
     )
     print(
         f"anomalies {report.anomalies} ({report.anomalies / max(report.rows_scored, 1):.2%} "
-        f"of scored) at threshold {report.threshold:.4f}"
+        f"of scored) at threshold {report.threshold:.4f}",
+        file=say,
     )
     if len(report.files) > 1:
         for ledger in report.files:
             print(
                 f"  {ledger.source}: read {ledger.rows_read} = scored {ledger.rows_scored} + "
-                f"rejected {ledger.rows_rejected}"
+                f"rejected {ledger.rows_rejected}",
+                file=say,
             )
     rate = report.rows_read / report.seconds if report.seconds else 0.0
-    print(f"wrote {report.output} in {report.seconds:.1f} s ({rate:,.0f} rows/s)")
+    output = "<stdout>" if report.output == "-" else report.output
+    print(f"wrote {output} in {report.seconds:.1f} s ({rate:,.0f} rows/s)", file=say)
     if report.rejects:
         counts = ", ".join(f"{code} {n:,}" for code, n in report.rejected_by_code.items())
-        print(f"rejected rows and reasons in {report.rejects} ({counts})")
+        rejects = "<stdout>" if report.rejects == "-" else report.rejects
+        print(f"rejected rows and reasons in {rejects} ({counts})", file=say)
         late = report.rejected_by_code.get("out_of_order", 0)
         # Spark hands each series to one task whole, so only the local engine's chunks can
         # leave a series out of order.
         if bundle.series is not None and args.engine != "spark" and late > report.rows_read // 100:
-            print(_unsorted_hint(bundle, late, args.chunk_rows))
+            print(_unsorted_hint(bundle, late, args.chunk_rows), file=say)
     return 0
 
 

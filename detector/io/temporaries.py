@@ -140,6 +140,11 @@ def check_rejects_target(
 ) -> None:
     """Before any work: the rejects file must be neither the output (it would replace the
     scores) nor one of the ``inputs`` (it would replace the data, which is then lost)."""
+    if str(rejects) == str(output) == "-":
+        raise ConfigError(
+            "--output - and --rejects - would both write to standard output; name a file for "
+            "--rejects (with --output -, the rejects go to standard error by default)"
+        )
     if _same_file(rejects, output):
         raise ConfigError(
             f"the rejects file {rejects} is the output file: the rejected rows would replace "

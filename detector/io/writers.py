@@ -1,4 +1,5 @@
-"""Writing tables atomically: CSV (minimal quoting, optionally gzip) or Parquet.
+"""Writing tables atomically: CSV (minimal quoting, optionally gzip) or Parquet; or CSV to
+standard output ('-'), which a pipe reads as it comes.
 
 The output goes to a temporary file beside the target and is renamed into place at the end,
 so a crash or Ctrl-C never leaves a half-written file at the output path. The temporary file
@@ -12,9 +13,10 @@ import csv
 import gzip
 import io
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -35,16 +37,21 @@ class TableWriter:
     a name ending in ``.gz`` is gzip-compressed.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.format = table_format(path)
+    def __init__(self, path: str | os.PathLike[str], *, stream: BinaryIO | None = None) -> None:
+        #: Standard output for '-' (CSV), or ``stream`` when given: written as it comes and
+        #: flushed after every part, so a pipe sees each chunk's rows as they are scored.
+        #: Nothing there can be taken back: a run that fails has written what it wrote.
+        self.stream = stream if stream is not None else (sys.stdout.buffer if path == "-" else None)
+        self.format = "csv" if self.stream is not None else table_format(path)
         #: A tab for a ``.tsv``/``.tsv.gz`` name, as the same name is read.
         self.delimiter = csv_delimiter(path)
         self.target = Path(path)
-        check_writable(path)
-        self._partial = partial_path(path)
-        # A run killed outright (SIGKILL, power loss) cannot remove its partial file; the
-        # next writer of the same target does, once that run's process is gone.
-        remove_stale_temporaries(path)
+        if self.stream is None:
+            check_writable(path)
+            self._partial = partial_path(path)
+            # A run killed outright (SIGKILL, power loss) cannot remove its partial file; the
+            # next writer of the same target does, once that run's process is gone.
+            remove_stale_temporaries(path)
         self._parquet: Any = None
         self._csv: Any = None
         self._raw: Any = None  # the file under a gzip stream, which does not close it
@@ -91,7 +98,9 @@ class TableWriter:
         self, table: pa.Table, leading_text: pa.Array | None, leading_columns: int
     ) -> None:
         if self._csv is None:
-            if self.target.name.lower().endswith(".gz"):
+            if self.stream is not None:
+                self._csv = self.stream
+            elif self.target.name.lower().endswith(".gz"):
                 # Level 1: several times faster than the default, most of the size saving. The
                 # header names the target, not the temporary (`gunzip -N` restores that name).
                 raw = open(self._partial, "wb")  # noqa: SIM115 - closed with the gzip stream
@@ -115,8 +124,13 @@ class TableWriter:
                     leading_columns=leading_columns,
                 )
             )
+        if self.stream is not None:
+            self.stream.flush()
 
     def close(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+            return
         if self._parquet is not None:
             self._parquet.close()
         if self._csv is not None:
@@ -128,6 +142,8 @@ class TableWriter:
         os.replace(self._partial, self.target)
 
     def abort(self) -> None:
+        if self.stream is not None:
+            return  # what was written is the reader's; the exit status says the run failed
         if self._parquet is not None:
             self._parquet.close()
         if self._csv is not None:

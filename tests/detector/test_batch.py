@@ -310,6 +310,70 @@ def test_stdin_in_a_pipe_is_quiet(bundle_dir: Path, tmp_path: Path) -> None:
     assert len(pd.read_csv(output)) == 50
 
 
+def test_output_dash_writes_csv_to_stdout_and_the_rejects_to_stderr(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    # It wrote a file named "-" in the working directory, and stdout held the summary.
+    exe = Path(sys.executable).with_name("anomaly")
+    text = "\n".join([HEADER, *lines_of(EVAL.head(30)), "web-01,us-east,3"]) + "\n"
+    done = subprocess.run(
+        [str(exe), "score", str(bundle_dir), "-", "--output", "-", "--chunk-rows", "7"],
+        input=text.encode(),
+        capture_output=True,
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert list(tmp_path.iterdir()) == []
+    scored = pd.read_csv(io.BytesIO(done.stdout))
+    path = tmp_path / "in.csv"
+    path.write_text(text)
+    assert main(["score", str(bundle_dir), str(path), "--output", str(tmp_path / "o.csv")]) == 0
+    pd.testing.assert_frame_equal(scored, pd.read_csv(tmp_path / "o.csv"))
+    err = done.stderr.decode()
+    rejects = "row,source,line,code,reason,raw\n31,<stdin>,32,ragged,3 fields where"
+    assert rejects in err
+    assert "rows read 31 = scored 30 + rejected 1" in err
+    assert "rejected rows and reasons in <stderr> (ragged 1)" in err
+
+
+def test_scores_on_stdout_stop_quietly_when_the_reader_leaves(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.csv"
+    pd.concat([EVAL] * 20).to_csv(path, index=False)
+    command = [sys.executable, "-m", "detector.cli.main", "score", str(bundle_dir), str(path)]
+    with subprocess.Popen(
+        [*command, "--output", "-", "--chunk-rows", "500"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith(b"host,")  # the first chunk, as it came
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        assert process.wait(timeout=120) == 141, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--output", "-", "--rejects", "-"], "would both write to standard output"),
+        (["--output", "-", "--engine", "spark"], "cannot go to standard output"),
+    ],
+)
+def test_standard_output_taken_twice_or_by_spark_is_refused(
+    capsys, bundle_dir: Path, tmp_path: Path, argv: list[str], message: str
+) -> None:
+    path = tmp_path / "in.csv"
+    EVAL.head(5).to_csv(path, index=False)
+    code, _, err = score(capsys, str(bundle_dir), str(path), *argv)
+    assert code == 2 and message in err
+
+
 def test_an_interrupted_run_leaves_nothing_at_the_output(
     capsys, bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
