@@ -7,7 +7,10 @@ import codecs
 import gzip
 import io
 import os
+import select
+import stat
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -52,6 +55,10 @@ MAX_BLOCK_BYTES = 8 << 20
 _FEWEST_LINES = 8192
 #: A line longer than this is not CSV (a binary file, or one without line breaks).
 MAX_LINE_BYTES = 64 << 20
+#: A pipe that stays quiet this long hands on the whole records read so far, so that rows fed
+#: slowly (``tail -f metrics.csv | anomaly score MODEL - --output -``) are scored as they
+#: come rather than when a block of a megabyte fills, or never.
+LINGER_SECONDS = 0.5
 
 
 class CsvSource(TableSource):
@@ -86,7 +93,8 @@ class CsvSource(TableSource):
             self._open("<stdin>", csv_delimiter(path), stdin, None, owned=False)
         else:
             binary = open(path, "rb")  # noqa: SIM115 - closed by close()
-            self._open(path, csv_delimiter(path), binary, os.path.getsize(path), owned=True)
+            size = None if _is_live(binary) else os.path.getsize(path)
+            self._open(path, csv_delimiter(path), binary, size, owned=True)
 
     @classmethod
     def of_bytes(cls, data: bytes, name: str) -> CsvSource:
@@ -103,9 +111,12 @@ class CsvSource(TableSource):
         self._binary, self._owned = binary, owned
         self._stream: Any = binary
         self._lone_cr = False  # lines end in "\r" alone (classic Mac): read as "\n"
+        self._live = False  # a pipe read as its bytes come (gzip waits for whole blocks)
         try:
             if binary.peek(2)[:2] == b"\x1f\x8b":
                 self._stream = gzip.GzipFile(fileobj=binary, mode="rb")
+            else:
+                self._live = _is_live(binary)
             self._pending, self._first_line = self._read_header()
         except BaseException:
             self.close()
@@ -122,12 +133,26 @@ class CsvSource(TableSource):
 
     def _read(self, n: int) -> bytes:
         try:
-            data: bytes = self._stream.read(n)
+            # A pipe gives what it holds (one system call), a file the ``n`` bytes asked for.
+            data: bytes = self._stream.read1(n) if self._live else self._stream.read(n)
             return data.replace(b"\r", b"\n") if self._lone_cr else data
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(
                 f"cannot read {self.name}: {exc} (a truncated or corrupt gzip file?)"
             ) from None
+
+    def _due(self, since: float) -> bool:
+        """Whether a pipe's records gathered since ``since`` are to be handed on now:
+        ``LINGER_SECONDS`` have passed (a slow, steady writer), or nothing more comes before
+        they do. (``_read`` takes all the reader's buffer whenever it returns less than asked,
+        so the descriptor is all there is left to ask.)"""
+        if not self._live:
+            return False
+        left = since + LINGER_SECONDS - time.monotonic()
+        if left <= 0:
+            return True
+        ready, _, _ = select.select([self._binary.fileno()], [], [], left)
+        return not ready
 
     def _position(self) -> int:
         try:
@@ -190,13 +215,18 @@ class CsvSource(TableSource):
         row = 0
         target = _FIRST_READ
         eof = False
+        since = time.monotonic()
+        stuck = False  # what was read finishes no record: read more before parsing again
         while True:
             if not eof and len(pending) < target:
-                more = self._read(target - len(pending))
-                eof = not more
-                pending += more
-                if not eof and len(pending) < target:
-                    continue
+                if pending and not stuck and self._due(since):
+                    pass  # a pipe: hand on the records it gave, rather than wait for more
+                else:
+                    more = self._read(target - len(pending))
+                    eof, stuck = not more, False
+                    pending += more
+                    if not eof and len(pending) < target:
+                        continue
                 if eof:
                     # Blank lines at the very end are not records; the last may lack "\n".
                     pending = pending.rstrip(b"\r\n")
@@ -212,6 +242,7 @@ class CsvSource(TableSource):
                         f"{megabytes(MAX_LINE_BYTES)}; is this a CSV file?"
                     )
                 target = 2 * len(pending)
+                stuck = True
                 continue
             line += pending.count(b"\n", 0, used)
             pending = pending[used:]
@@ -220,6 +251,7 @@ class CsvSource(TableSource):
                 per_chunk = used * chunk_rows // parsed.n_read
                 target = min(MAX_BLOCK_BYTES, max(_FIRST_READ, per_chunk))
             yield from split_chunk(parsed, chunk_rows, self._position())
+            since = time.monotonic()
 
     def _next_block(
         self, pending: bytes, line: int, row: int, eof: bool, *, most_lines: int
@@ -420,3 +452,13 @@ class CsvSource(TableSource):
             raw_text=raw_text,
         )
         return chunk, lines.offset(k)
+
+
+def _is_live(binary: Any) -> bool:
+    """Whether ``binary`` is a pipe, socket or terminal, whose bytes come as they are written
+    (a regular file's are all there)."""
+    try:
+        mode = os.fstat(binary.fileno()).st_mode
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False  # in memory (an HTTP body)
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)

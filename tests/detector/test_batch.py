@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -356,6 +357,40 @@ def test_scores_on_stdout_stop_quietly_when_the_reader_leaves(
         err = process.stderr.read().decode()
         assert process.wait(timeout=120) == 141, err
     assert "Traceback" not in err
+
+
+def test_rows_fed_slowly_through_a_pipe_are_scored_as_they_come(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    # `tail -f metrics.csv | anomaly score MODEL - --output -` printed nothing until the pipe
+    # closed: rows waited for a megabyte-long block to fill.
+    rows = lines_of(EVAL.head(12))
+    command = [sys.executable, "-m", "detector.cli.main", "score", str(bundle_dir), "-"]
+    with subprocess.Popen(
+        [*command, "--output", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        out = process.stdout.fileno()
+        got = b""
+        for part in ([HEADER, *rows[:5]], rows[5:7], rows[7:]):
+            process.stdin.write(("\n".join(part) + "\n").encode())
+            # The pipe stays open: each part's lines must come back before more is sent.
+            want = got.count(b"\n") + len(part)
+            while got.count(b"\n") < want:
+                ready, _, _ = select.select([out], [], [], 120)
+                assert ready, f"{got.splitlines()} back of {want} lines, the pipe still open"
+                got += os.read(out, 1 << 16)
+        process.stdin.close()
+        assert process.stdout.read() == b""
+        assert process.wait(timeout=120) == 0
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    assert main(["score", str(bundle_dir), str(path), "--output", str(tmp_path / "o.csv")]) == 0
+    assert got == (tmp_path / "o.csv").read_bytes()
 
 
 @pytest.mark.parametrize(
