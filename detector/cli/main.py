@@ -360,7 +360,13 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted; no output was written", file=sys.stderr)
+        # Ctrl-C is how a stream to stdout ends (`tail -f x.csv | anomaly score m - --output -`)
+        if "-" in (getattr(args, "output", ""), getattr(args, "rejects", "")) or (
+            args.command == "sample" and args.output is None
+        ):
+            print("interrupted; stdout holds the rows written so far", file=sys.stderr)
+        else:
+            print("interrupted; no output was written", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader of stdout left (``anomaly sample | head``): stop as a shell tool does on

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -391,6 +392,29 @@ def test_rows_fed_slowly_through_a_pipe_are_scored_as_they_come(
     path.write_text("\n".join([HEADER, *rows]) + "\n")
     assert main(["score", str(bundle_dir), str(path), "--output", str(tmp_path / "o.csv")]) == 0
     assert got == (tmp_path / "o.csv").read_bytes()
+
+
+def test_a_stream_to_stdout_stopped_by_a_signal_does_not_say_nothing_was_written(
+    bundle_dir: Path,
+) -> None:
+    command = [sys.executable, "-m", "detector.cli.main", "score", str(bundle_dir), "-"]
+    with subprocess.Popen(
+        [*command, "--output", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        assert process.stderr is not None
+        process.stdin.write(("\n".join([HEADER, *lines_of(EVAL.head(3))]) + "\n").encode())
+        process.stdin.flush()
+        for _ in range(4):  # the header and three rows, the pipe still open
+            assert process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+        err = process.stderr.read().decode()
+    assert "interrupted; stdout holds the rows written so far" in err
+    assert "no output was written" not in err
 
 
 @pytest.mark.parametrize(
