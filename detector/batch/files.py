@@ -29,14 +29,7 @@ from detector.batch.ledger import (
     SourceLedger,
     check_reject_rate,
 )
-from detector.batch.scored_tables import (
-    CONTEXT_COLUMN,
-    SCORE_COLUMNS,
-    WARMING_COLUMN,
-    model_frame,
-    scored_rows,
-    series_frame,
-)
+from detector.batch.scored_tables import model_frame, scored_rows, series_frame
 from detector.bundles.bundle import Bundle
 from detector.errors import DataError, SchemaError
 from detector.features.encode import Imputation, check_columns, encode
@@ -48,6 +41,7 @@ from detector.io.temporaries import check_rejects_target
 from detector.io.threads import BackgroundSink, prefetched
 from detector.io.writers import TableWriter
 from detector.scoring.neighbours import fewer_search_threads
+from detector.scoring.output_columns import names_taken
 from detector.scoring.scores import ScoreResult, against_levels, in_input_rows, score_batch
 from detector.series.values import ValueCheck
 from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState, Windows
@@ -302,11 +296,8 @@ class _Run:
                 f"{option('keep_columns')} {absent} not in {source}; its columns are "
                 f"{list(columns)}"
             )
-        added = [*SCORE_COLUMNS, *([CONTEXT_COLUMN] if self.bundle.schema.context else [])]
-        added += [WARMING_COLUMN] if self.bundle.series else []
-        clash = [c for c in added if c in columns] + [
-            c for c in columns if c.startswith("top_feature_")
-        ]
+        context, series = bool(self.bundle.schema.context), self.bundle.series is not None
+        clash = names_taken(columns, context=context, series=series, spark=False)
         if clash:
             raise SchemaError(
                 f"{source} already has column(s) {clash}, which scoring adds; drop or rename them"

@@ -15,15 +15,8 @@ import pyarrow.compute as pc
 from detector.bundles.bundle import Bundle
 from detector.features.encode import Imputation
 from detector.features.schema import Schema
+from detector.scoring.output_columns import CONTEXT_COLUMN, SCORE_COLUMNS, WARMING_COLUMN
 from detector.scoring.scores import ScoreResult, score_frame
-
-#: Columns the scorer adds after the input's own, in order (then ``top_feature_1..k``).
-SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
-#: Added after ``SCORE_COLUMNS`` for a conditional model: the row's context value was never
-#: seen in training, and it was scored without its context.
-CONTEXT_COLUMN = "context_unseen"
-#: Added for a series model: the row had fewer rows of its series before it than its window.
-WARMING_COLUMN = "warming_up"
 
 
 @dataclass(frozen=True, eq=False)

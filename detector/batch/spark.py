@@ -21,12 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector.batch.ledger import BatchReport, SourceLedger, check_reject_rate
-from detector.batch.scored_tables import CONTEXT_COLUMN, SCORE_COLUMNS, WARMING_COLUMN
 from detector.batch.spark_scoring import (
     CORRUPT_RECORD,
     PANDAS_WARNING,
-    REJECT_CODE,
-    REJECT_REASON,
     SOURCE_FILE,
     score_dataframe,
 )
@@ -46,6 +43,13 @@ from detector.io.temporaries import (
     partial_path,
     remove_stale_temporaries,
     staging_path,
+)
+from detector.scoring.output_columns import (
+    CONTEXT_COLUMN,
+    REJECT_CODE,
+    REJECT_REASON,
+    SCORE_COLUMNS,
+    WARMING_COLUMN,
 )
 from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS
 

@@ -38,27 +38,25 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from detector.batch.scored_tables import (
-    CONTEXT_COLUMN,
-    WARMING_COLUMN,
-    model_frame,
-    series_frame,
-    top_columns,
-)
+from detector.batch.scored_tables import model_frame, series_frame, top_columns
 from detector.bundles.bundle import Bundle, load_bundle
 from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
-from detector.errors import ConfigError
+from detector.errors import ConfigError, SchemaError
 from detector.features.encode import Imputation, check_columns
 from detector.io.temporaries import remove_stale_temporaries, staging_path
+from detector.scoring.output_columns import (
+    CONTEXT_COLUMN,
+    REJECT_CODE,
+    REJECT_REASON,
+    WARMING_COLUMN,
+    names_taken,
+)
 from detector.scoring.scores import score_frame, score_series
 from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-#: Columns ``score_dataframe`` adds for rows it could not score (null where it scored them).
-REJECT_CODE = "reject_code"
-REJECT_REASON = "reject_reason"
 #: Spark's own columns for a CSV record that does not fit the header, and a row's file.
 CORRUPT_RECORD = "_corrupt_record"
 SOURCE_FILE = "_source_file"
@@ -159,6 +157,11 @@ def score_dataframe(
     bundle = load_bundle(bundle_path)
     extra = [*keep_columns, *(c for c in (CORRUPT_RECORD, SOURCE_FILE) if c in df.columns)]
     check_columns(bundle.schema, df.columns, passthrough=extra, expected=bundle.input_columns)
+    clash = names_taken(df.columns, context=bool(bundle.schema.context), series=bool(bundle.series))
+    if clash:
+        raise SchemaError(
+            f"the input already has column(s) {clash}, which scoring adds; drop or rename them"
+        )
     k = min(top_k, len(bundle.schema.scored_columns))
     files = None if shared else bundle_files(bundle_path)
     digest = hashlib.sha256(b"".join((files or {}).values()) or str(bundle_path).encode())

@@ -40,6 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.io.tables import read_table
     from detector.io.temporaries import check_not_an_input, check_writable
     from detector.nn.training import TrainingConfig, train
+    from detector.scoring.output_columns import check_names_free
 
     _check_bundle_target(args.out)
     if args.report:
@@ -57,6 +58,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{dropped_roles} would be left out (--ignore-column, --label-column) but the "
             "series need it to place each row (--time-column, --series-column): name it once"
         )
+    series = bool(args.time_column)
+    ignored = "--ignore-column"  # carried through to the output, beside what scoring adds
+    check_names_free(args.ignore_column, ignored, context=bool(args.context), series=series)
     missing = [c for c in excluded if c not in frame.columns]
     if missing:
         raise SchemaError(f"{missing} not in {args.data}; its columns are {list(frame.columns)}")

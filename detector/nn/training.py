@@ -61,6 +61,7 @@ from detector.scoring.neighbours import (
     bank_rows,
 )
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
+from detector.scoring.output_columns import check_names_free
 from detector.scoring.scores import SCORE_KINDS, ScoreGraph, anomaly_scores, estimate_all
 from detector.scoring.threshold import (
     MAX_CALIBRATION_ROWS,
@@ -181,6 +182,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     config.check()
     started = time.perf_counter()
     series = series_of(config)
+    context = bool(conditioned_on(config))
+    check_names_free(map(str, frame.columns), "the columns", context=context, series=bool(series))
     warming: str | None = None  # what to say of a series' warming-up rows
     if series is not None:
         if _judged_by_parts(config):

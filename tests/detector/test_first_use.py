@@ -259,3 +259,35 @@ def test_training_prints_progress_lines_when_stderr_is_not_a_terminal(capsys, tm
     assert "neg_elbo" in lines[0] and "\r" not in err
     code, _, err = run(capsys, "train", train, "--out", tmp_path / "q", *flags, "--quiet")
     assert code == 0 and "training: epoch" not in err
+
+
+@pytest.mark.parametrize(
+    ("rename", "ignore", "named"),
+    [
+        ({"disk_iops": "p_value"}, [], "the columns ['p_value']"),
+        ({"disk_iops": "top_feature_1"}, [], "the columns ['top_feature_1']"),
+        ({"host": "reject_code"}, [], "the columns ['reject_code']"),
+        ({"host": "anomaly_score"}, ["anomaly_score"], "--ignore-column ['anomaly_score']"),
+    ],
+)
+def test_training_refuses_a_column_named_as_one_scoring_adds(
+    capsys, tmp_path, rename: dict[str, str], ignore: list[str], named: str
+) -> None:
+    # A model trained on a 'p_value' column trained, then refused every file it was given:
+    # "already has column(s) ['p_value'], which scoring adds".
+    train = tmp_path / "train.csv"
+    pd.read_csv(DATA / "train.csv").head(200).rename(columns=rename).to_csv(train, index=False)
+    flags = [a for c in ignore for a in ("--ignore-column", c)]
+    code, _, err = run(capsys, "train", train, "--out", tmp_path / "m", *flags, *TINY_FLAGS)
+    assert code == 2
+    assert f"{named}: scoring adds columns of those names to its output" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_python_api_refuses_a_column_named_as_one_scoring_adds() -> None:
+    from detector import VAEDetector
+    from detector.errors import SchemaError
+
+    frame = pd.read_csv(DATA / "train.csv").head(200).rename(columns={"cpu_pct": "is_anomaly"})
+    with pytest.raises(SchemaError, match=r"\['is_anomaly'\]: scoring adds columns"):
+        VAEDetector(epochs=1).fit(frame)

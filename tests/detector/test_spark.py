@@ -262,3 +262,23 @@ def test_spark_writes_timestamps_as_instants_as_the_local_engine_does(
             written["seen_at"].reset_index(drop=True),
             frame["seen_at"].astype(written["seen_at"].dtype),
         )
+
+
+def test_spark_refuses_an_input_holding_a_column_scoring_adds(
+    spark, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # --keep-column p_value (or reject_code) was an AMBIGUOUS_REFERENCE internal error.
+    from detector.batch.spark import score_files
+    from detector.errors import SchemaError
+
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(20)
+    path = tmp_path / "in.csv"
+    frame.assign(p_value=0.5, reject_code="x").to_csv(path, index=False)
+    with pytest.raises(SchemaError, match=r"already has column\(s\) \['p_value', 'reject_code'\]"):
+        score_files(
+            str(bundle_dir),
+            [str(path)],
+            str(tmp_path / "out.parquet"),
+            keep_columns=["p_value", "reject_code"],
+            session=spark,
+        )

@@ -1,0 +1,51 @@
+"""The columns scoring adds after a table's own, and the check that a table leaves their names
+free: a file holding one of them could not be scored into one table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from detector.errors import SchemaError
+
+#: Added after the input's own columns, in order (then ``top_feature_1..k``).
+SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
+#: Added after ``SCORE_COLUMNS`` for a conditional model: the row's context value was never
+#: seen in training, and it was scored without its context.
+CONTEXT_COLUMN = "context_unseen"
+#: Added for a series model: the row had fewer rows of its series before it than its window.
+WARMING_COLUMN = "warming_up"
+#: ``top_feature_1`` .. ``top_feature_k``: the columns most to blame.
+TOP_FEATURE_PREFIX = "top_feature_"
+#: Added by Spark, which keeps a rejected row in its output with the reason.
+REJECT_CODE = "reject_code"
+REJECT_REASON = "reject_reason"
+#: All of them but the top features, for messages.
+ADDED = (*SCORE_COLUMNS, CONTEXT_COLUMN, WARMING_COLUMN, REJECT_CODE, REJECT_REASON)
+
+
+def names_taken(
+    columns: Iterable[str], *, context: bool = True, series: bool = True, spark: bool = True
+) -> list[str]:
+    """Those of ``columns`` that scoring adds itself: for a conditional model (``context``),
+    a series model (``series``), on Spark (``spark``); by default, for any of them."""
+    added = {
+        *SCORE_COLUMNS,
+        *([CONTEXT_COLUMN] if context else []),
+        *([WARMING_COLUMN] if series else []),
+        *([REJECT_CODE, REJECT_REASON] if spark else []),
+    }
+    return [c for c in columns if c in added or c.startswith(TOP_FEATURE_PREFIX)]
+
+
+def check_names_free(
+    columns: Iterable[str], what: str, *, context: bool = True, series: bool = True
+) -> None:
+    """Before training: ``columns`` (``what`` they are) must leave free the names scoring adds
+    (on any engine), or no file holding them could be scored."""
+    taken = names_taken(columns, context=context, series=series)
+    if taken:
+        raise SchemaError(
+            f"{what} {taken}: scoring adds columns of those names to its output "
+            f"({', '.join(ADDED)}, {TOP_FEATURE_PREFIX}N), so no file holding them could be "
+            "scored; rename them in the data"
+        )
