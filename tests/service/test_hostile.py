@@ -9,12 +9,14 @@ the server (chunked bodies).
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import sys
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,80 @@ def test_names_in_error_messages_are_capped() -> None:
     assert listed(names) == repr(names[:LISTED_NAMES]) + f" and {1000 - LISTED_NAMES} more"
     assert shortened("x" * 1000, 10) == "x" * 10 + "...(990 more characters)"
     assert len(listed(["y" * 100_000] * 100_000)) < 1000
+
+
+# Compressed bodies (Content-Encoding), as log shippers and batch clients send them.
+
+
+def _csv_body(records: list[dict[str, Any]]) -> bytes:
+    return pd.DataFrame(records).to_csv(index=False).encode()
+
+
+@pytest.mark.parametrize("kind", ["json", "csv"])
+@pytest.mark.parametrize(
+    ("coding", "pack"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("gzip", lambda b: gzip.compress(b[:40]) + gzip.compress(b[40:])),  # two members
+        ("gzip, identity", gzip.compress),
+    ],
+)
+def test_a_compressed_body_scores_as_the_same_body_sent_plain(
+    client, kind: str, coding: str, pack: Any
+) -> None:
+    # A gzip body was read as text: "'utf-8' codec can't decode byte 0x8b".
+    if kind == "json":
+        plain, mimetype = json.dumps({"records": NORMAL}).encode(), "application/json"
+    else:
+        plain, mimetype = _csv_body(NORMAL), "text/csv"
+    expected = client.post("/v1/models/tiny/score", data=plain, content_type=mimetype)
+    response = client.post(
+        "/v1/models/tiny/score",
+        data=pack(plain),
+        content_type=mimetype,
+        headers={"Content-Encoding": coding},
+    )
+    assert response.status_code == 200, response.json
+    assert response.json["results"] == expected.json["results"]
+
+
+def test_a_gzip_bomb_is_413_without_inflating_it(client) -> None:
+    bomb = gzip.compress(b"1" * (200 * 1024 * 1024), compresslevel=9)  # 200 MiB in ~200 kB
+    tracemalloc.start()
+    try:
+        response = client.post(
+            "/v1/models/tiny/score",
+            data=bomb,
+            content_type="text/csv",
+            headers={"Content-Encoding": "gzip"},
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_small_json_error(response, 413)
+    assert peak < 64 * 1024 * 1024  # max_body_bytes (16 MiB) and copies of it, never 200 MiB
+
+
+@pytest.mark.parametrize(
+    ("coding", "data", "status", "detail"),
+    [
+        ("br", b"{}", 415, "Content-Encoding br is not supported"),
+        ("gzip", b'{"records": []}', 400, "is not valid gzip"),
+        ("gzip", gzip.compress(b'{"records": []}')[:-12], 400, "gzip body is truncated"),
+        ("deflate", gzip.compress(b"{}"), 400, "is not valid deflate"),
+    ],
+)
+def test_a_body_that_is_not_what_its_content_encoding_says_is_named(
+    client, coding: str, data: bytes, status: int, detail: str
+) -> None:
+    response = client.post(
+        "/v1/models/tiny/score",
+        data=data,
+        content_type="application/json",
+        headers={"Content-Encoding": coding},
+    )
+    assert detail in assert_small_json_error(response, status)["detail"]
 
 
 # Item 4: limits enforced while parsing, not after building a frame of every line.
