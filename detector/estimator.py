@@ -213,9 +213,18 @@ def _as_frame(
             X = X.rename(columns=str)
         levels = [c for c in wanted if c not in X.columns and c in X.index.names]
         return X.reset_index(level=levels) if levels else X
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):  # a SciPy sparse matrix (one-hot, counts)
+        X = X.toarray()
     array = np.asarray(X)
     if array.ndim != 2:
-        raise DataError(f"expected a 2-D table (n_samples, n_features), got shape {array.shape}")
+        hint = (
+            ": one record is X.reshape(1, -1), one column X.reshape(-1, 1)"
+            if array.ndim == 1
+            else ""
+        )
+        raise DataError(
+            f"expected a 2-D table (n_samples, n_features), got shape {array.shape}{hint}"
+        )
     if names is None:
         names = np.asarray([f"x{i}" for i in range(array.shape[1])], dtype=object)
     if array.shape[1] != len(names):

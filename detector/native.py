@@ -12,6 +12,7 @@ because the commands, the estimator and the scoring engine (``detector.nn.lite_g
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -97,3 +98,11 @@ def import_tensorflow_quietly() -> None:
 
         # Probing devices is when CUDA prints its complaints; do it now, while muted.
         tf.config.list_physical_devices()
+    # Each fit builds new training functions for a new network, which TensorFlow counts as
+    # "retracing" and warns of after a few fits in one process (a grid search, a loop over
+    # data sets): expected here, and no fault of the caller's.
+    logging.getLogger("tensorflow").addFilter(_not_retracing)
+
+
+def _not_retracing(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()

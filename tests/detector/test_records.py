@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -156,6 +157,38 @@ def test_the_python_api_takes_an_unnamed_frame_and_names_a_wrong_shape() -> None
     wide = pd.DataFrame(values, columns=pd.MultiIndex.from_product([["a"], ["x", "y", "z"]]))
     with pytest.raises(DataError, match=r"MultiIndex .* flatten them"):
         VAEDetector(**TINY).fit(wide)
+
+
+def test_the_python_api_takes_a_sparse_matrix_and_says_how_to_shape_one_record() -> None:
+    """A SciPy sparse matrix was "expected a 2-D table ..., got shape ()"; a 1-D array did
+    not say what to do."""
+    import scipy.sparse
+
+    from detector.errors import DataError
+    from detector.estimator import VAEDetector
+
+    values = np.random.default_rng(0).normal(size=(120, 3))
+    values[values < 0.5] = 0.0
+    fitted = VAEDetector(**TINY).fit(scipy.sparse.csr_matrix(values))
+    np.testing.assert_array_equal(
+        fitted.anomaly_score(scipy.sparse.csr_matrix(values[:5])), fitted.anomaly_score(values[:5])
+    )
+    with pytest.raises(DataError, match=r"got shape \(3,\): one record is X.reshape\(1, -1\)"):
+        fitted.anomaly_score(values[0])
+
+
+def test_many_fits_in_one_process_raise_no_retracing_warning(caplog) -> None:
+    """After a few fits in one process (a grid search), TensorFlow warned that its functions
+    were "retracing", as if the caller had made a mistake."""
+    from detector.estimator import VAEDetector
+
+    values = np.random.default_rng(0).normal(size=(60, 2))
+    with caplog.at_level(logging.WARNING):
+        for seed in range(4):
+            VAEDetector(**{**TINY, "epochs": 1, "kl_warmup_epochs": 0, "random_state": seed}).fit(
+                values
+            )
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
 
 def test_the_python_api_names_a_bad_impute_and_takes_one_passthrough_name(fitted) -> None:
