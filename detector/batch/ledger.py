@@ -71,20 +71,25 @@ def check_reject_rate(report: BatchReport, max_reject_rate: float | None) -> Non
         f"{report.rows_rejected}"
     )
     where = f"the rejected rows and reasons are in {report.rejects}"
+    # A file is written at the end or not at all; stdout ('-') has had each chunk's rows.
+    none = (
+        "the rows already on stdout are not a whole run: discard them"
+        if report.output == "-"
+        else "no output was written"
+    )
     if max_reject_rate is None:
         if report.rows_read == 0 or report.rows_scored > 0:
             return
         codes = ", ".join(f"{code} {n}" for code, n in report.rejected_by_code.items())
         raise RejectRateExceeded(
-            f"{ledger}: every row was rejected ({codes}), so nothing was scored and no output "
-            f"was written; {where}: fix those rows, or pass "
+            f"{ledger}: every row was rejected ({codes}), so nothing was scored and {none}; "
+            f"{where}: fix those rows, or pass "
             f"{option('max_reject_rate', '1')} to write an empty output",
             report,
         )
     if report.reject_rate > max_reject_rate:
         raise RejectRateExceeded(
             f"{ledger}: {report.reject_rate:.2%} rejected is more than "
-            f"{option('max_reject_rate', f'{max_reject_rate:g}')}; no output was written; "
-            f"{where}",
+            f"{option('max_reject_rate', f'{max_reject_rate:g}')}; {none}; {where}",
             report,
         )

@@ -417,6 +417,19 @@ def test_a_stream_to_stdout_stopped_by_a_signal_does_not_say_nothing_was_written
     assert "no output was written" not in err
 
 
+def test_a_failed_run_to_stdout_says_its_rows_are_not_a_whole_run(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # It said "no output was written" after the rows had gone out.
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([HEADER, *lines_of(EVAL.head(4)), "web-01,x", "web-01,y"]) + "\n")
+    code = main(["score", str(bundle_dir), str(path), "--output", "-", "--max-reject-rate", "0.1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(out.splitlines()) == 5
+    assert "the rows already on stdout are not a whole run: discard them" in err
+    assert "no output was written" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
