@@ -272,6 +272,22 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     return files
 
 
+def picked_up_by(path: str | os.PathLike[str], item: str | os.PathLike[str]) -> bool:
+    """Whether input ``item``, a directory or a glob pattern, takes in a file at ``path``
+    (whether or not it exists yet), as ``expand_inputs`` would read them."""
+    target, item = Path(path).resolve(), str(item)
+    if Path(item).is_dir():
+        name = target.name
+        return (
+            target.parent == Path(item).resolve()
+            and not name.startswith((".", "_"))
+            and _is_table_name(name)
+        )
+    if glob.has_magic(item):
+        return target.match(str(Path(item).resolve())) or Path(path).match(item)
+    return False
+
+
 def _is_table_name(name: str) -> bool:
     lower = name.lower()
     return lower.endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)

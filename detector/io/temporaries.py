@@ -166,6 +166,25 @@ def check_not_an_input(
         )
 
 
+def check_not_read_back(
+    targets: Sequence[str | os.PathLike[str]], named: Sequence[str | os.PathLike[str]]
+) -> None:
+    """Before any work: a file this run writes (the output, the rejects) must not be one that
+    a folder or glob among the inputs ``named`` takes in: it would be read as data by this run
+    where it exists, and by the next run over the same inputs where it does not yet. (An
+    input named itself may be the output: it is read whole before the output replaces it.)"""
+    from detector.io.tables import picked_up_by
+
+    for target in targets:
+        item = next((n for n in named if n != "-" and picked_up_by(target, n)), None)
+        if item is not None:
+            raise ConfigError(
+                f"{target} would be among the inputs ({item} takes it in), and read as data "
+                "by this run or the next; write it outside the input folder, or give it a "
+                "name the inputs leave out"
+            )
+
+
 def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name one file: the same inode where both exist (a link, a relative
     spelling), else the same resolved path."""

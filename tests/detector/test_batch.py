@@ -294,6 +294,29 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
     assert not output.exists()
 
 
+def test_an_output_the_input_folder_or_glob_takes_in_is_refused(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Written into the folder it scored, the output was read back by the next run ("already
+    # has column(s) ['anomaly_score'...]"), and the rejects file as an input of other columns.
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    EVAL.head(20).to_csv(folder / "a.csv", index=False)
+    for inputs, argv in [
+        ([str(folder)], ["--output", str(folder / "scored.csv")]),
+        ([str(folder / "*.csv")], ["--output", str(folder / "scored.csv")]),
+        ([str(folder)], ["--output", str(tmp_path / "o.csv"), "--rejects", str(folder / "r.csv")]),
+    ]:
+        code, _, err = score(capsys, str(bundle_dir), *inputs, *argv)
+        assert code == 2 and "would be among the inputs" in err and "takes it in" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.csv"]
+    # A name the folder's reading leaves out is fine, and so is scoring a file in place.
+    code, _, _ = score(capsys, str(bundle_dir), str(folder), "--output", str(folder / "_s.csv"))
+    assert code == 0
+    one = folder / "a.csv"
+    assert score(capsys, str(bundle_dir), str(one), "--output", str(one))[0] == 0
+
+
 def test_stdin_in_a_pipe_is_quiet(bundle_dir: Path, tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("anomaly")
     output = tmp_path / "out.csv"
