@@ -27,6 +27,34 @@ _POLL_S = 0.1
 _ABANDON_S = 1.0
 
 
+def _get(slots: queue.Queue[object]) -> object:
+    """``slots.get()``, waking every ``_POLL_S``: the operating system hands a signal to any
+    thread of the process, and Python runs its handler (Ctrl-C's KeyboardInterrupt) in the main
+    thread only when that thread runs again; a main thread blocked without a timeout while
+    another thread took SIGINT would wait for ever."""
+    while True:
+        try:
+            return slots.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+
+
+def _put(slots: queue.Queue[object], item: object) -> None:
+    """``slots.put(item)``, waking every ``_POLL_S`` (see ``_get``)."""
+    while True:
+        try:
+            slots.put(item, timeout=_POLL_S)
+            return
+        except queue.Full:
+            continue
+
+
+def _join(thread: threading.Thread) -> None:
+    """``thread.join()``, waking every ``_POLL_S`` (see ``_get``)."""
+    while thread.is_alive():
+        thread.join(_POLL_S)
+
+
 class _Done:
     """End of a stream; carries the producer's error, if any."""
 
@@ -71,7 +99,7 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     finished = False
     try:
         while True:
-            item = slots.get()
+            item = _get(slots)
             if isinstance(item, _Done):
                 finished = True
                 if item.error is not None:
@@ -114,12 +142,12 @@ class BackgroundSink(Generic[T]):
     def put(self, item: T) -> None:
         if self._error is not None:
             raise self._error
-        self._slots.put(item)
+        _put(self._slots, item)
 
     def close(self) -> None:
         """Write what is queued, stop the thread, and raise the first write error."""
         if self._thread.is_alive():
-            self._slots.put(_Done())
-            self._thread.join()
+            _put(self._slots, _Done())
+            _join(self._thread)
         if self._error is not None:
             raise self._error

@@ -69,3 +69,57 @@ def test_a_write_error_is_raised_by_close_and_by_later_puts() -> None:
         sink.close()
     with pytest.raises(OSError, match="disk full"):
         sink.close()
+
+
+#: Run in a process of its own: a Ctrl-C that the operating system hands to another thread
+#: than the main one, while the main thread waits for the reader (blocked on a pipe).
+_SIGNAL_ON_ANOTHER_THREAD = """
+import signal, threading
+from detector.io.threads import BackgroundSink, prefetched
+
+consumed = threading.Event()
+never = threading.Event()
+
+def items():
+    yield 1
+    never.wait()  # a read from a pipe that stays open
+    yield 2
+
+def press_ctrl_c():
+    consumed.wait()
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # this thread takes it
+
+threading.Thread(target=press_ctrl_c, daemon=True).start()
+try:
+    for item in prefetched(items()):
+        consumed.set()
+except KeyboardInterrupt:
+    print("interrupted while reading")
+sink = BackgroundSink(lambda item: never.wait())
+sink.put(1)
+consumed.clear()
+threading.Thread(target=press_ctrl_c, daemon=True).start()
+try:
+    consumed.set()
+    sink.put(2)  # waits for the writer, which never finishes
+    sink.put(3)
+except KeyboardInterrupt:
+    print("interrupted while writing")
+"""
+
+
+def test_ctrl_c_taken_by_another_thread_still_stops_the_main_one() -> None:
+    """`anomaly score m - --output -` hung on Ctrl-C when the signal landed on a thread other
+    than the main one: the main thread waited on the reader's queue with no timeout, so
+    Python never ran the handler that raises KeyboardInterrupt."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_ON_ANOTHER_THREAD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.split("\n")[:2] == ["interrupted while reading", "interrupted while writing"]
