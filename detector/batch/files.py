@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
@@ -29,11 +28,17 @@ from detector.batch.ledger import (
     SourceLedger,
     check_reject_rate,
 )
-from detector.batch.scored_tables import model_frame, scored_rows, series_frame
+from detector.batch.scored_chunks import (
+    PreparedChunk,
+    chunk_rows_for,
+    prepare,
+    score_prepared,
+)
+from detector.batch.scored_tables import scored_rows
 from detector.bundles.bundle import Bundle
 from detector.errors import DataError, SchemaError
-from detector.features.encode import Imputation, check_columns, encode
-from detector.features.encoded import EncodedBatch, NumberTally
+from detector.features.encode import Imputation, check_columns
+from detector.features.encoded import NumberTally
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
 from detector.io.sources import open_source
 from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs
@@ -42,34 +47,9 @@ from detector.io.threads import BackgroundSink, prefetched
 from detector.io.writers import TableWriter
 from detector.scoring.neighbours import fewer_search_threads
 from detector.scoring.output_columns import names_taken
-from detector.scoring.scores import ScoreResult, against_levels, in_input_rows, score_batch
-from detector.series.values import ValueCheck
-from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState, Windows
+from detector.scoring.scores import ScoreResult
+from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState
 from detector.wording import option
-
-#: Encoded values (rows x features) in one chunk at most: a chunk's features, distances and
-#: contributions are a few float64 copies of them, and the pipeline holds a few chunks at once,
-#: so wide encodings get fewer rows: 12,288 rows of the default model's 38 features. Peak RSS
-#: of ``anomaly score`` on 2M rows, measured: data/'s 13 columns (88 bytes a row), 489-497 MB
-#: with ~47k rows a chunk, 350-382 MB with 16,384, 345-359 MB with these, 298 MB with 8,192
-#: (5% slower); 38 numeric columns (320 bytes a row, so 2 MB blocks of ~6.5k rows decide),
-#: 401-411 MB with 4 MB blocks, 315-331 MB now.
-MAX_CHUNK_CELLS = 12_288 * 38
-
-
-@dataclass(frozen=True, eq=False)
-class PreparedChunk:
-    """A chunk ready for the model: what the reading thread hands the scoring thread.
-    ``frame`` and ``encoded`` are ``None`` for a chunk with no parsed rows."""
-
-    chunk: SourceChunk
-    table: pa.Table
-    frame: pd.DataFrame | None
-    encoded: EncodedBatch | None
-    #: A series model's windows of ``frame`` (``encoded`` encodes their frame), and the own
-    #: columns of ``frame`` encoded (``ValueCheck.last``).
-    windows: Windows | None = None
-    checked: EncodedBatch | None = None
 
 
 def score_file(
@@ -136,12 +116,6 @@ def score_file(
         raise
     run.commit()
     return report
-
-
-def chunk_rows_for(bundle: Bundle, chunk_rows: int) -> int:
-    """The rows a chunk holds with ``chunk_rows`` asked for: fewer where the model's encoding
-    is wide (``MAX_CHUNK_CELLS`` bounds a chunk's memory)."""
-    return min(chunk_rows, max(1, MAX_CHUNK_CELLS // max(bundle.schema.n_features, 1)))
 
 
 @dataclass(eq=False)
@@ -228,17 +202,7 @@ class _Run:
         self.ledgers.append(SourceLedger(source.name, read, scored, rejected))
 
     def _scored(self, item: PreparedChunk) -> ScoreResult:
-        assert item.encoded is not None
-        n_input = item.table.num_rows
-        if item.windows is None:
-            return score_batch(self.bundle, item.encoded, n_input=n_input)
-        assert self.state is not None
-        # The levels move only here, in chunk order: windowing runs a chunk ahead.
-        adjust = against_levels(self.bundle, item.windows, self.state.levels)
-        result = score_batch(
-            self.bundle, item.encoded, n_input=len(item.windows.frame), adjust=adjust
-        )
-        return in_input_rows(result, item.windows, n_input=n_input)
+        return score_prepared(self.bundle, item, self.state)
 
     def _prepared(
         self, source: TableSource, columns: tuple[str, ...], chunk_rows: int
@@ -258,20 +222,7 @@ class _Run:
                 table = table.select(list(columns))
             if not copy_records and chunk.records is not None:
                 chunk = replace(chunk, records=None)
-            if not table.num_rows:
-                yield PreparedChunk(chunk, table, None, None)
-                continue
-            if self.state is not None:
-                # Series model: each row with the rows before it, this file's and earlier ones'.
-                frame = series_frame(self.bundle, table)
-                check = ValueCheck(self.bundle.schema, self.impute)
-                windows = self.state.window(frame, check=check)
-                encoded = encode(self.bundle.schema, windows.frame, impute=self.impute)
-                yield PreparedChunk(chunk, table, frame, encoded, windows, check.last)
-                continue
-            frame = model_frame(self.bundle.schema, table)
-            encoded = encode(self.bundle.schema, frame, impute=self.impute)
-            yield PreparedChunk(chunk, table, frame, encoded)
+            yield prepare(self.bundle, chunk, table, self.state, self.impute)
 
     def _write(self, scored: tuple[PreparedChunk, ScoreResult]) -> None:
         item, result = scored

@@ -57,10 +57,12 @@ def _writes_files(
 
 
 def _header(path: str) -> tuple[str, ...]:
-    """A file's column names, read from its header (Parquet: its schema) alone."""
+    """A file's column names, read from its header (Parquet: its schema) alone; of a
+    directory or glob, its first file's."""
     from detector.io.sources import open_source
+    from detector.io.tables import expand_inputs
 
-    with open_source(path) as source:
+    with open_source(expand_inputs([path])[0]) as source:
         return tuple(source.columns)
 
 
@@ -99,15 +101,21 @@ def _labelled_scores(
         max_ahead_seconds=max_ahead_seconds,
     )
     for part in parts:
-        _require_column(part.frame.columns, label_column, path)
-        scored = part.frame.loc[part.result.rows]
-        scored.index = scored.index + part.first_row  # each row's place in the file, for messages
+        rejected.update(r.code for r in part.rejects)
+        _require_column(part.frame.columns, label_column, part.source)
+        if by_column:
+            _require_column(part.frame.columns, by_column, part.source)
+        if part.result is None:
+            continue
+        # Indexed by each row's place in its file, which messages about a label name.
+        scored = part.frame.iloc[part.result.rows]
         labels.append(_labels(scored[label_column], label_column, anomaly_values, normal_values))
         scores.append(part.result.anomaly_score)
         if by_column:
-            _require_column(part.frame.columns, by_column, path)
             groups.append(scored[by_column].astype(str).to_numpy())
         rejected.update(r.code for r in part.result.rejections)
+    if not labels:  # a header alone, or every row rejected
+        return np.zeros(0, dtype=bool), np.zeros(0), None, rejected
     return (
         np.concatenate(labels),
         np.concatenate(scores),

@@ -121,7 +121,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _unsorted_hint(bundle: Bundle, late: int, chunk_rows: int) -> str:
     """What to do when many rows of a series model's input came after later rows of their
     series: the input was not in time order beyond what one chunk puts in order."""
-    from detector.batch.files import chunk_rows_for
+    from detector.batch.scored_chunks import chunk_rows_for
 
     assert bundle.series is not None
     column = bundle.series.time_column

@@ -45,7 +45,8 @@ from detector.io.tables import (
 _FIRST_READ = 1 << 20
 #: Bytes parsed at a time at most (fewer where ``chunk_rows`` rows take fewer): the text and
 #: columns of a block in flight, times the few blocks the batch pipeline overlaps, must stay
-#: small (``detector.batch.files.MAX_CHUNK_CELLS`` bounds what a chunk's rows cost after parsing).
+#: small (``detector.batch.scored_chunks.MAX_CHUNK_CELLS`` bounds what a chunk's rows cost
+#: after parsing).
 #: Only rows of thousands of columns reach it: at 2 MB a 2,000-column file was parsed 50 rows
 #: at a time, and each block's per-column costs made it 204 rows/s; at 8 MB, 588 rows/s for
 #: 146 MB more peak memory (20,000 rows, 785 MB of CSV). Narrower rows never fill 1 MB a chunk.

@@ -102,9 +102,19 @@ def _is_text(head: bytes) -> bool:
 
 
 def read_table(path: str | os.PathLike[str], *, text_columns: Sequence[str] = ()) -> pd.DataFrame:
-    """The whole table. ``text_columns`` are read as strings (category labels such as '01')."""
-    chunks = list(iter_table(path, text_columns=text_columns, chunk_rows=None))
-    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+    """The whole table: of a file, or of a directory's or glob's files (as ``anomaly score``
+    takes them), one after the other, each with the first one's columns. ``text_columns`` are
+    read as strings (category labels such as '01')."""
+    frames: list[pd.DataFrame] = []
+    for name in expand_inputs([path]):
+        for frame in iter_table(name, text_columns=text_columns, chunk_rows=None):
+            if frames and set(frame.columns) != set(frames[0].columns):
+                raise DataError(
+                    f"{name} has columns {list(frame.columns)}, unlike the first file's "
+                    f"{list(frames[0].columns)}; give files of the same columns"
+                )
+            frames.append(frame[frames[0].columns] if frames else frame)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def iter_table(
@@ -256,7 +266,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             )
             if not found:
                 raise DataError(
-                    f"directory {item} holds no files to score (files named "
+                    f"directory {item} holds no files to read (files named "
                     f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)})"
                 )
             files.extend(found)

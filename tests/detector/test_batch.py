@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from detector.batch import files as batch
+from detector.batch import scored_chunks
 from detector.cli.main import main
 from detector.io.sources import open_source
 from detector.io.writers import csv_bytes
@@ -474,7 +474,7 @@ def test_an_interrupted_run_leaves_nothing_at_the_output(
 ) -> None:
     path = tmp_path / "in.csv"
     EVAL.head(200).to_csv(path, index=False)
-    real = batch.score_batch
+    real = scored_chunks.score_batch
     calls = []
 
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -483,7 +483,7 @@ def test_an_interrupted_run_leaves_nothing_at_the_output(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "score_batch", interrupted)
+    monkeypatch.setattr(scored_chunks, "score_batch", interrupted)
     output = tmp_path / "out.csv"
     code = main(
         ["score", str(bundle_dir), str(path), "--output", str(output), "--chunk-rows", "50"]

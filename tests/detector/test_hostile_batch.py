@@ -283,14 +283,74 @@ def test_evaluate_decides_over_the_whole_file_too(bundle_dir: Path, tmp_path: Pa
     for r in range(50, 150):
         rows[r][CPU] = "oops"
     path = write(tmp_path / "in.csv", rows)
-    parts = list(iter_scored(bundle, path, chunk_rows=50))
-    assert sum(len(p.result.rejections) for p in parts) == 100
-    assert sum(p.result.n_scored for p in parts) == 200
+    parts = [p.result for p in iter_scored(bundle, path, chunk_rows=50) if p.result]
+    assert sum(len(p.rejections) for p in parts) == 100
+    assert sum(p.n_scored for p in parts) == 200
     for row in rows:
         row[CPU] = "oops"
     write(path, rows)
     with pytest.raises(SchemaError, match="holds no numbers"):
         list(iter_scored(bundle, path, chunk_rows=50))
+
+
+def test_evaluate_reads_a_file_as_score_does(capsys, bundle_dir: Path, tmp_path: Path) -> None:
+    """evaluate read files with pandas: one byte that is not UTF-8 or one stray quote failed
+    the whole file, and a short row was called missing_value where score said ragged."""
+    labelled = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["anomaly_kind"])
+    rows = [",".join(r) for r in labelled.head(200).to_numpy().tolist()]
+    good = rows[0].split(",")
+    bad = [
+        "web-01,us-east,3",  # ragged
+        'web-01,"us-east,' + ",".join(good[2:]),  # a quote never closed
+        ",".join(["caf\udce9", *good[1:]]),  # not UTF-8 (written as the byte 0xe9)
+    ]
+    path = tmp_path / "labelled.csv"
+    text = "\n".join([",".join(labelled.columns), *rows[:100], *bad, *rows[100:]]) + "\n"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    code = main(["evaluate", str(bundle_dir), str(path), "--label-column", "label", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["n"], result["n_rejected"]) == (200, 3)
+    assert result["rejected_by_code"] == {"ragged": 1, "unbalanced_quote": 1, "encoding": 1}
+    scored = tmp_path / "scored.csv"
+    code, ledger, _ = score(
+        capsys, str(bundle_dir), str(path), "--output", str(scored), "--keep-column", "label"
+    )
+    assert code == 0 and ledger["rejected_by_code"] == result["rejected_by_code"]
+
+
+def test_train_and_evaluate_take_a_folder_as_score_does(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """A folder was "input file exports does not exist" to train, "Is a directory" to
+    evaluate."""
+    labelled = pd.read_csv(DATA / "eval.csv").drop(columns=["anomaly_kind"])
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    labelled.iloc[:1000].to_csv(folder / "a.csv", index=False)
+    labelled.iloc[1000:].to_csv(folder / "b.csv", index=False)
+    whole = tmp_path / "whole.csv"
+    labelled.to_csv(whole, index=False)
+    results = []
+    for data in (folder, whole):
+        argv = ["evaluate", str(bundle_dir), str(data), "--label-column", "label", "--json"]
+        assert main(argv) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0] == results[1]
+    train = pd.read_csv(DATA / "train.csv").head(400)
+    train.iloc[:150].to_csv(folder / "t1.csv.gz", index=False)
+    train.iloc[150:].to_csv(tmp_path / "t2.csv", index=False)
+    (folder / "a.csv").unlink()
+    (folder / "b.csv").unlink()
+    (tmp_path / "t2.csv").rename(folder / "t2.csv")
+    train.to_csv(whole, index=False)
+    tiny = ["--epochs", "1", "--hidden-units", "8", "--latent-dim", "2", "--quiet"]
+    versions = []
+    for i, data in enumerate((folder, whole)):
+        assert main(["train", str(data), "--out", str(tmp_path / f"m{i}"), *tiny]) == 0
+        versions.append(load_bundle(tmp_path / f"m{i}").version)
+    assert versions[0] == versions[1]
 
 
 # -- what a killed run leaves behind ---------------------------------------------------
