@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -102,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["models"] = _models(args.model)
     config = load_config(args.config, overrides=overrides)
     check_exposure(config, args.host)
+    check_bindable(args.host, args.port)
     if not config.models:
         raise ConfigError("no model to serve: give --model NAME=DIR (or 'models' in --config)")
     # Here, once: each worker checks again as it starts, but there a failure is a traceback
@@ -114,6 +117,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve(args, config, run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+#: Why an address cannot be listened on, and what to do, by errno.
+_BIND_FIXES = {
+    errno.EADDRINUSE: "another process listens there (another `anomaly serve`?): stop it, or "
+    "choose another --port",
+    errno.EACCES: "ports under 1024 need privileges: choose --port 1024 or above",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address: give one of its own, "
+    "such as 127.0.0.1, or 0.0.0.0 for all",
+}
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Before anything starts: ``host:port`` must be free and ours to listen on. gunicorn
+    finds out only after the banner says it is serving, then retries for five seconds, then
+    exits with "Can't connect"."""
+    from detector.errors import ConfigError
+
+    if host.startswith("unix:"):
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(
+            f"--host {host}: {getattr(exc, 'strerror', None) or exc}; give a name or address "
+            "of this machine, such as 127.0.0.1"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            fix = _BIND_FIXES.get(exc.errno or 0, "choose another --host or --port")
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; {fix}") from None
+
+
+def bind_address(host: str, port: int | str) -> str:
+    """``host:port`` as gunicorn binds it and a URL names it: an IPv6 address in brackets
+    (gunicorn took ``::1:8000`` for host ``::1:8000`` and port ''), a socket file as it is."""
+    if host.startswith("unix:"):
+        return host
+    ipv6 = ":" in host and not host.startswith("[")
+    return f"[{host}]:{port}" if ipv6 else f"{host}:{port}"
 
 
 def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int:
@@ -135,7 +183,7 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
     from service.server import GunicornServer
 
     options = {
-        "bind": f"{args.host}:{args.port}",
+        "bind": bind_address(args.host, args.port),
         "workers": args.workers,
         # Slow or stalled clients wait in greenlets instead of holding a worker each; a
         # request's headers must arrive within `keepalive` seconds (gevent workers time the
@@ -156,7 +204,8 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
     print(
         f"serving {', '.join(f'{k}={v}' for k, v in config.models.items())} on "
         # Port 0 is any free one: gunicorn's "Listening at" line below says which.
-        f"http://{args.host}:{args.port or '<a free port>'} with {args.workers} workers",
+        f"http://{bind_address(args.host, args.port or '<a free port>')} with {args.workers} "
+        "workers",
         flush=True,
     )
     GunicornServer(config, options).run()

@@ -145,3 +145,34 @@ def test_anomaly_serve_refuses_counts_gunicorn_cannot_use(tmp_path, capsys, argv
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--model", f"m={tmp_path}", *argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_anomaly_serve_refuses_an_address_it_cannot_listen_on(tmp_path, monkeypatch, capsys):
+    """A port in use was found by gunicorn after the banner said "serving", then retried for
+    five seconds and ended "Can't connect"; so was an address of another machine."""
+    import socket
+
+    from service.cli import main
+
+    monkeypatch.setenv("ANOMALY_SCORING_TOKEN", "t")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--model", f"m={tmp_path}", "--port", port]) == 2
+    out, err = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert "serving" not in out
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): no machine's own address.
+    assert main(["serve", "--model", f"m={tmp_path}", "--host", "192.0.2.1"]) == 2
+    assert "no interface of this machine has that address" in capsys.readouterr().err
+
+
+def test_an_ipv6_address_is_bracketed_before_its_port() -> None:
+    # gunicorn read ::1:8000 as the host "::1:8000" and an empty port.
+    from service.cli import bind_address
+
+    assert bind_address("::1", 8000) == "[::1]:8000"
+    assert bind_address("[::1]", 8000) == "[::1]:8000"
+    assert bind_address("127.0.0.1", 8000) == "127.0.0.1:8000"
+    assert bind_address("unix:/run/anomaly.sock", 8000) == "unix:/run/anomaly.sock"
