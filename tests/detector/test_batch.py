@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -383,20 +384,21 @@ def test_scores_on_stdout_stop_quietly_when_the_reader_leaves(
     assert "Traceback" not in err
 
 
+def streaming(bundle_dir: Path, **options: Any) -> subprocess.Popen[bytes]:
+    """``anomaly score MODEL - --output -``, its three streams piped."""
+    command = [sys.executable, "-m", "detector.cli.main", "score", str(bundle_dir), "-"]
+    pipe = subprocess.PIPE
+    command += ["--output", "-"]
+    return subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, **options)
+
+
 def test_rows_fed_slowly_through_a_pipe_are_scored_as_they_come(
     bundle_dir: Path, tmp_path: Path
 ) -> None:
     # `tail -f metrics.csv | anomaly score MODEL - --output -` printed nothing until the pipe
     # closed: rows waited for a megabyte-long block to fill.
     rows = lines_of(EVAL.head(12))
-    command = [sys.executable, "-m", "detector.cli.main", "score", str(bundle_dir), "-"]
-    with subprocess.Popen(
-        [*command, "--output", "-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-    ) as process:
+    with streaming(bundle_dir, bufsize=0) as process:
         assert process.stdin is not None and process.stdout is not None
         out = process.stdout.fileno()
         got = b""
@@ -420,13 +422,7 @@ def test_rows_fed_slowly_through_a_pipe_are_scored_as_they_come(
 def test_a_stream_to_stdout_stopped_by_a_signal_does_not_say_nothing_was_written(
     bundle_dir: Path,
 ) -> None:
-    command = [sys.executable, "-m", "detector.cli.main", "score", str(bundle_dir), "-"]
-    with subprocess.Popen(
-        [*command, "--output", "-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as process:
+    with streaming(bundle_dir) as process:
         assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
         process.stdin.write(("\n".join([HEADER, *lines_of(EVAL.head(3))]) + "\n").encode())
