@@ -87,7 +87,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/models/{name}/reload", "post"): Operation(
         "Admin: load the bundle from disk (or 'path') and swap atomically",
         {200: ModelSummary},
-        (400, 401, 403, 404, 413, 422),
+        (400, 401, 403, 404, 413, 415, 422),
         body=ReloadRequest,
         access="admin",
     ),
@@ -105,7 +105,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v2/models/{name}/infer", "post"): Operation(
         "KServe V2 inference: one input tensor per column",
         {200: InferResponse},
-        (400, 401, 404, 413, 422, 503),
+        (400, 401, 404, 413, 415, 422, 503),
         body=InferRequest,
         access="scoring",
     ),
