@@ -193,7 +193,18 @@ def _iter_csv(
 def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> pd.DataFrame:
     """``frame`` with its column names stripped of spaces, as the batch and HTTP readers
     strip them (``CsvSource``): a model trained on 'cpu ' could not score its own file.
-    A header that is no header, or repeats a name, is a ``DataError``."""
+    A header that is no header, or repeats a name, is a ``DataError``; so are data rows of
+    one field more than the header, which pandas reads by taking the first column for the
+    index and shifting every other one left (a trailing delimiter on each data line)."""
+    if not isinstance(frame.index, pd.RangeIndex):
+        raise DataError(
+            f"{path}: its data rows have more fields than its header ({len(frame.columns)} "
+            "names), so every value would land under the wrong column; remove the delimiter "
+            "that ends each data line, or name the extra column in the header"
+        )
+    # pandas names a column with no name 'Unnamed: N' (N its 0-based place): trained on, it
+    # would be a column no file could give, since scoring's reader refuses a nameless one.
+    check_named([i for i, c in enumerate(frame.columns) if str(c) == f"Unnamed: {i}"], str(path))
     frame = frame.rename(columns=lambda c: str(c).strip())
     # pandas renames a repeated header 'a' to 'a.1'; a repeated column is the file's mistake.
     names = [str(c) for c in frame.columns]
@@ -305,15 +316,21 @@ def _is_table_name(name: str) -> bool:
 
 def check_names(names: Sequence[str], source: str) -> None:
     check_header_row(names, source)
-    empty = [i + 1 for i, n in enumerate(names) if not n]
-    if empty:
-        raise DataError(
-            f"{source}: header column(s) {empty} have no name; name every column (or remove "
-            "a trailing delimiter or an unnamed index column)"
-        )
+    check_named([i for i, n in enumerate(names) if not n], source)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"{source} repeats column name(s) {dupes} in its header; rename them")
+
+
+def check_named(nameless: Sequence[int], source: str) -> None:
+    """A ``DataError`` naming the header's columns at the 0-based places ``nameless``, which
+    have no name."""
+    if nameless:
+        raise DataError(
+            f"{source}: header column(s) {[i + 1 for i in nameless]} have no name; name every "
+            "column (or remove a trailing delimiter or an unnamed index column, such as "
+            "pandas' to_csv writes unless index=False)"
+        )
 
 
 def check_header_row(names: Sequence[str], source: str) -> None:

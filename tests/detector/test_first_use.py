@@ -291,3 +291,22 @@ def test_the_python_api_refuses_a_column_named_as_one_scoring_adds() -> None:
     frame = pd.read_csv(DATA / "train.csv").head(200).rename(columns={"cpu_pct": "is_anomaly"})
     with pytest.raises(SchemaError, match=r"\['is_anomaly'\]: scoring adds columns"):
         VAEDetector(epochs=1).fit(frame)
+
+
+def test_training_refuses_a_file_scoring_would_read_otherwise(capsys, tmp_path) -> None:
+    """pandas' to_csv writes the index as a nameless first column: training took it for a
+    numeric column 'Unnamed: 0', and scoring then refused the same file ("have no name"). A
+    delimiter ending each data line made pandas shift every value one column left, and
+    training failed on "column 'disk_iops' has 799 empty values"."""
+    frame = pd.read_csv(DATA / "train.csv").head(200)
+    indexed = tmp_path / "indexed.csv"
+    frame.to_csv(indexed)  # index=True, as pandas writes by default
+    code, _, err = run(capsys, "train", indexed, "--out", tmp_path / "m", *TINY_FLAGS)
+    assert code == 2 and "header column(s) [1] have no name" in err
+    assert "to_csv writes unless index=False" in err
+    trailing = tmp_path / "trailing.csv"
+    lines = frame.to_csv(index=False).splitlines()
+    trailing.write_text("\n".join([lines[0], *(f"{line}," for line in lines[1:])]) + "\n")
+    code, _, err = run(capsys, "train", trailing, "--out", tmp_path / "m", *TINY_FLAGS)
+    assert code == 2 and "its data rows have more fields than its header (13 names)" in err
+    assert not (tmp_path / "m").exists()
