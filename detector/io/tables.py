@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,17 +135,30 @@ def iter_table(
         yield from _iter_csv(path, text_columns, chunk_rows)
 
 
+#: The name pandas gives an index without a name when it saves it as a Parquet column.
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+
+
 def _iter_parquet(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         handle = pq.ParquetFile(path)
+        index = [n for n in handle.schema_arrow.names if _PANDAS_INDEX.fullmatch(n)]
+        if index:
+            raise DataError(
+                f"{path} holds {index}, pandas' index saved beside the data, not a column of "
+                "it; save the frame with to_parquet(index=False), or reset_index() first "
+                "where the index is data"
+            )
+        # The columns as they are stored, as scoring reads them: pandas' metadata would make a
+        # saved index (frame.set_index('host')) the frame's index, and no column to train on.
         if chunk_rows is None:
-            yield handle.read().to_pandas()
+            yield handle.read().to_pandas(ignore_metadata=True)
             return
         for batch in handle.iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
+            yield batch.to_pandas(ignore_metadata=True)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"cannot read {path} as Parquet: {exc}") from None
 

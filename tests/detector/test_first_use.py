@@ -310,3 +310,21 @@ def test_training_refuses_a_file_scoring_would_read_otherwise(capsys, tmp_path) 
     code, _, err = run(capsys, "train", trailing, "--out", tmp_path / "m", *TINY_FLAGS)
     assert code == 2 and "its data rows have more fields than its header (13 names)" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_training_reads_a_parquet_file_as_scoring_does(capsys, tmp_path) -> None:
+    """``frame.set_index('host').to_parquet(...)``: training took host for the frame's index
+    and left it out of the model, so scoring the same file said "unknown column(s) ['host']".
+    An index without a name, saved as '__index_level_0__', is refused, not trained on."""
+    frame = pd.read_csv(DATA / "train.csv").head(200)
+    named = tmp_path / "named.parquet"
+    frame.set_index("host").to_parquet(named)
+    code, _, err = run(capsys, "train", named, "--out", tmp_path / "m", *TINY_FLAGS)
+    assert code == 0, err
+    assert "host" in load_bundle(tmp_path / "m").input_columns
+    code, _, err = run(capsys, "score", tmp_path / "m", named, "--output", tmp_path / "o.csv")
+    assert code == 0, err
+    shuffled = tmp_path / "shuffled.parquet"
+    frame.set_index(pd.Index([i * 7 % 200 for i in range(200)])).to_parquet(shuffled)
+    code, _, err = run(capsys, "train", shuffled, "--out", tmp_path / "m2", *TINY_FLAGS)
+    assert code == 2 and "['__index_level_0__'], pandas' index saved beside the data" in err
