@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
@@ -253,6 +254,9 @@ def fit_schema(
             if labels is not None:
                 contexts[key] = ContextColumn(name=key, categories=tuple(sorted(labels.index)))
             continue
+        if key not in forced and (problem := _not_a_value_kind(key, series)):
+            problems.append(problem)
+            continue
         is_number = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
         if is_number and key not in forced:
             values = series.to_numpy(dtype=np.float64)
@@ -306,6 +310,40 @@ def fit_schema(
         clip=clip,
         context=tuple(contexts[name] for name in context_names),
     )
+
+
+def numbers_from_decimals(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each column of ``decimal.Decimal`` values as floats. Parquet's and
+    databases' exact decimals (Spark's and dbt's NUMERIC, ``pandas.read_sql``) reach pandas as
+    Python objects, which would be taken for text labels; scoring's reader casts them to
+    numbers, so training must too."""
+    exact = [name for name in frame.columns if _holds_decimals(frame[name])]
+    if not exact:
+        return frame
+    return frame.assign(**{str(name): frame[name].astype(np.float64) for name in exact})
+
+
+def _holds_decimals(series: pd.Series) -> bool:
+    if series.dtype != object:
+        return False
+    present = series.dropna()
+    return len(present) > 0 and all(isinstance(v, Decimal) for v in present.to_numpy())
+
+
+def _not_a_value_kind(key: str, series: pd.Series) -> str | None:
+    """Why a column of a dtype neither a number nor a label cannot be trained on, or ``None``:
+    a duration or a complex number would otherwise be read as text, each value a label."""
+    if pd.api.types.is_timedelta64_dtype(series):
+        return (
+            f"column '{key}' holds durations ({series.iloc[0]}, ...), not numbers; give them "
+            f"in one unit, e.g. seconds (frame['{key}'].dt.total_seconds()), or {_leave_out(key)}"
+        )
+    if pd.api.types.is_complex_dtype(series):
+        return (
+            f"column '{key}' holds complex numbers ({series.iloc[0]}, ...); give their real and "
+            f"imaginary parts (or their magnitude) as columns of their own, or {_leave_out(key)}"
+        )
+    return None
 
 
 #: A text column whose values are all numbers but for at most this share is taken for a

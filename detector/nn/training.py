@@ -24,7 +24,7 @@ import pandas as pd
 from detector.bundles.bundle import Bundle
 from detector.errors import ConfigError
 from detector.features.encode import encode
-from detector.features.schema import Schema, fingerprint, fit_schema
+from detector.features.schema import Schema, fingerprint, fit_schema, numbers_from_decimals
 from detector.nn.callbacks import KLWarmup, ProgressBar
 from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.nn.models import MODELS
@@ -181,6 +181,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``."""
     config.check()
     started = time.perf_counter()
+    frame = numbers_from_decimals(frame)
     series = series_of(config)
     context = bool(conditioned_on(config))
     check_names_free(map(str, frame.columns), "the columns", context=context, series=bool(series))

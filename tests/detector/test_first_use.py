@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -328,3 +329,42 @@ def test_training_reads_a_parquet_file_as_scoring_does(capsys, tmp_path) -> None
     frame.set_index(pd.Index([i * 7 % 200 for i in range(200)])).to_parquet(shuffled)
     code, _, err = run(capsys, "train", shuffled, "--out", tmp_path / "m2", *TINY_FLAGS)
     assert code == 2 and "['__index_level_0__'], pandas' index saved beside the data" in err
+
+
+def test_training_reads_parquet_decimals_as_numbers(capsys, tmp_path) -> None:
+    """Spark, dbt and databases write exact NUMERIC columns as Parquet decimals, which reach
+    pandas as Python ``Decimal`` objects: training took a metric for text ("4325 distinct text
+    values, which looks like an identifier"), and one of few values for labels, while scoring's
+    reader read them as numbers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.read_csv(DATA / "train.csv").head(400)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name, digits in (("cpu_pct", 2), ("hour", 0)):
+        exact = pa.array([Decimal(f"{v:.{digits}f}") for v in frame[name]], pa.decimal128(8, 2))
+        table = table.set_column(table.schema.get_field_index(name), name, exact)
+    decimals = tmp_path / "decimals.parquet"
+    pq.write_table(table, decimals)
+    code, _, err = run(capsys, "train", decimals, "--out", tmp_path / "m", *TINY_FLAGS)
+    assert code == 0, err
+    schema = load_bundle(tmp_path / "m").schema
+    assert {"cpu_pct", "hour"} <= {c.name for c in schema.numeric}
+    code, _, err = run(capsys, "score", tmp_path / "m", decimals, "--output", tmp_path / "o.csv")
+    assert code == 0, err
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 400
+
+
+def test_the_python_api_takes_decimals_and_refuses_durations() -> None:
+    from detector import VAEDetector
+    from detector.errors import DataError
+
+    frame = pd.read_csv(DATA / "train.csv").head(200)
+    exact = frame.assign(cpu_pct=[Decimal(str(v)) for v in frame["cpu_pct"]])
+    fitted = VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2).fit(exact)
+    assert "cpu_pct" in {c.name for c in fitted.bundle_.schema.numeric}
+    lasting = frame.assign(latency_p50_ms=pd.to_timedelta(frame["latency_p50_ms"], unit="ms"))
+    with pytest.raises(DataError, match=r"'latency_p50_ms' holds durations .*total_seconds\(\)"):
+        VAEDetector(epochs=1).fit(lasting)
+    with pytest.raises(DataError, match="'cpu_pct' holds complex numbers"):
+        VAEDetector(epochs=1).fit(frame.assign(cpu_pct=frame["cpu_pct"] + 1j))
