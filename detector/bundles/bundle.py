@@ -346,7 +346,7 @@ def bundle_record_fields(path: str | os.PathLike[str]) -> tuple[str, ...] | None
         columns = Schema.from_dict(manifest["schema"]).column_order
         own = record_columns(columns, read_series(manifest.get("series")))
         return (*own, *column_names(manifest.get("ignored_columns", [])))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, RecursionError):
         return None
 
 
@@ -362,6 +362,10 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc}); retrain the model") from None
+    except RecursionError:  # not a ValueError: json says so of arrays nested thousands deep
+        raise BundleError(
+            f"{manifest_path} is not a manifest (JSON nested too deeply to read); retrain the model"
+        ) from None
     check_manifest(root, manifest)
     if not check_seal(manifest_path, manifest, bundle_key()):
         log.warning(
@@ -408,7 +412,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             ignored_columns=column_names(manifest.get("ignored_columns", [])),
             series=read_series(manifest.get("series")),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BundleError(
             f"{manifest_path} is malformed ({type(exc).__name__}: {exc}); it was edited or "
             "written by another tool: retrain the model"

@@ -64,6 +64,16 @@ def column_names(value: Any) -> tuple[str, ...]:
 def check_manifest(root: Path, manifest: Any) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{root} is not an anomaly-detector model bundle")
+    for entry in ("files", "packages"):
+        table = manifest.get(entry, {})
+        # Each read with .get(): another type there would fail as an internal error.
+        if not isinstance(table, dict) or (
+            entry == "files" and not all(isinstance(v, dict) for v in table.values())
+        ):
+            raise BundleError(
+                f"{root}/{MANIFEST_FILE} has a malformed '{entry}' entry; it was edited or written "
+                "by another tool: retrain the model"
+            )
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(

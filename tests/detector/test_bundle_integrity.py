@@ -203,3 +203,32 @@ def test_a_bundle_from_before_manifest_checksums_still_loads_without_a_key(
     manifest.pop("integrity", None)
     _write(copy, manifest, reseal=False)
     assert load_bundle(copy).calibrator.target_fpr == pytest.approx(0.05)
+
+
+MALFORMED = {
+    "files not a table": _set("files", value=[]),
+    "a file's entry not a table": _set("files", MODEL_FILE, value="x"),
+    "packages not a table": _set("packages", value=7),
+    "a numeric column not a table": _set("schema", "numeric", value=lambda c: [None, *c[1:]]),
+}
+
+
+@pytest.mark.parametrize("edit", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_resealed_manifest_of_the_wrong_shape_is_refused_not_a_crash(
+    bundle_dir, tmp_path, edit
+) -> None:
+    """A manifest rewritten with a recomputed checksum (by another tool, or by hand) whose
+    entries have other types: an internal AttributeError before."""
+    copy = _copy(bundle_dir, tmp_path)
+    manifest = _manifest(copy)
+    edit(manifest)
+    _write(copy, manifest, reseal=True)
+    with pytest.raises(BundleError, match=r"manifest\.json (has a malformed|is malformed)"):
+        load_bundle(copy)
+
+
+def test_a_manifest_nested_too_deeply_to_read_is_refused(bundle_dir, tmp_path) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    (copy / MANIFEST_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="nested too deeply"):
+        load_bundle(copy)
