@@ -39,11 +39,12 @@ def series_frame(bundle: Bundle, table: pa.Table) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for name in bundle.input_columns:
         values = table.column(name)
-        columns[name] = (
-            number_column(values)
-            if name in numeric
-            else pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
-        )
+        if name in numeric:
+            columns[name] = number_column(values)
+        elif bundle.series is not None and name == bundle.series.time_column:
+            columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+        else:
+            columns[name] = label_column(values)
     return pd.DataFrame(columns, copy=False)
 
 
@@ -62,6 +63,15 @@ def number_column(values: Any) -> Any:
     return pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
 
 
+def label_column(values: Any) -> pd.Series:
+    """A label column as objects. Parquet's dates and times come as training's reader gives
+    them (``datetime.date``, ``datetime.time``: '2026-01-01', '01:00:00'): numpy's would read
+    '2026-01-01 00:00:00' and '01:00:00.000000', labels the model never saw."""
+    if pa.types.is_temporal(values.type):
+        return values.to_pandas().astype(object)  # type: ignore[no-any-return]
+    return pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+
+
 def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
     """The model's columns of an Arrow table as the pandas frame ``score_frame`` takes.
 
@@ -73,8 +83,7 @@ def model_frame(schema: Schema, table: pa.Table) -> pd.DataFrame:
     for col in schema.numeric:
         columns[col.name] = number_column(table.column(col.name))
     for name in schema.text_columns:
-        values = table.column(name)
-        columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+        columns[name] = label_column(table.column(name))
     return pd.DataFrame({name: columns[name] for name in schema.column_order}, copy=False)
 
 

@@ -277,6 +277,11 @@ def fit_schema(
                 continue
             numeric.append(column)
         else:
+            if key not in forced and _holds_times(as_text(series)):
+                # A day or an instant as a label: every later one is a label never seen, so
+                # each new day would score as anomalous.
+                problems.append(_times_problem(key, as_text(series)))
+                continue
             counts = _fit_labels(key, series, problems)
             if counts is None:
                 continue
@@ -385,12 +390,7 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
             )
             return None
         if _holds_times(texts):
-            problems.append(
-                f"column '{key}' holds times ({texts.iloc[0]!r}, ...); to judge each row with "
-                f"the rows before it, train with {option('time_column', key)} (and "
-                f"{option('series_columns', 'KEY')} for each host's or service's own series); "
-                f"else {_leave_out(key)}"
-            )
+            problems.append(_times_problem(key, texts))
             return None
         problems.append(
             f"column '{key}' has {len(counts)} distinct text values, which looks like an "
@@ -448,6 +448,15 @@ def as_text(series: pd.Series) -> pd.Series:
     """Category labels as strings, with missing values (None, NaN, '') as NA."""
     texts = series.astype("string").str.strip()
     return texts.mask(texts == "")
+
+
+def _times_problem(key: str, texts: pd.Series) -> str:
+    return (
+        f"column '{key}' holds times ({texts.iloc[0]!r}, ...); to judge each row with the rows "
+        f"before it, train with {option('time_column', key)} (and "
+        f"{option('series_columns', 'KEY')} for each host's or service's own series); else "
+        f"{_leave_out(key)}"
+    )
 
 
 def _holds_times(texts: pd.Series) -> bool:

@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -368,3 +369,40 @@ def test_the_python_api_takes_decimals_and_refuses_durations() -> None:
         VAEDetector(epochs=1).fit(lasting)
     with pytest.raises(DataError, match="'cpu_pct' holds complex numbers"):
         VAEDetector(epochs=1).fit(frame.assign(cpu_pct=frame["cpu_pct"] + 1j))
+
+
+def test_a_date_column_is_not_trained_as_labels(capsys, tmp_path) -> None:
+    """A 'day' column of a few dates trained as labels, so every later day was one the model
+    never saw; named as --categorical it is kept, and a Parquet date32 column then scores as
+    the same dates as text do (read by numpy, '2026-01-01 00:00:00' matched no label: every
+    row of the training file itself was flagged)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.read_csv(DATA / "train.csv").head(300)
+    days = pd.Series(pd.date_range("2026-01-01", periods=len(frame), freq="h")).dt.date
+    dated = tmp_path / "dated.csv"
+    frame.assign(day=days.astype(str)).to_csv(dated, index=False)
+    code, _, err = run(capsys, "train", dated, "--out", tmp_path / "m", *TINY_FLAGS)
+    assert code == 2 and "column 'day' holds times ('2026-01-01', ...)" in err
+    assert "--ignore-column day" in err
+    labels = ["--categorical", "day", *TINY_FLAGS]
+    code, _, err = run(capsys, "train", dated, "--out", tmp_path / "m", *labels)
+    assert code == 0, err
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+        "day", pa.array(days.tolist(), pa.date32())
+    )
+    pq.write_table(table, tmp_path / "dated.parquet")
+    for name in ("dated.csv", "dated.parquet"):
+        code, _, err = run(
+            capsys,
+            "score",
+            tmp_path / "m",
+            tmp_path / name,
+            "--output",
+            tmp_path / f"{name}.out.csv",
+        )
+        assert code == 0, err
+    text, parquet = (pd.read_csv(tmp_path / f"{n}.out.csv") for n in ("dated.csv", "dated.parquet"))
+    assert np.allclose(text["anomaly_score"], parquet["anomaly_score"])
+    assert parquet["is_anomaly"].mean() < 0.5
