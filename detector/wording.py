@@ -51,6 +51,7 @@ OPTIONS: dict[str, Option] = {
     "categorical": Option("--categorical", "categorical", many=True),
     "context": Option("--context", "context", many=True),
     "series_columns": Option("--series-column", "series_columns", many=True),
+    "n_samples": Option("--samples", "n_samples"),
     **{
         name: _hyperparameter(name)
         for name in (
@@ -58,6 +59,7 @@ OPTIONS: dict[str, Option] = {
             "epochs",
             "learning_rate",
             "kl_warmup_epochs",
+            "patience",
             "min_scale",
             "target_fpr",
             "context_dropout",

@@ -64,7 +64,7 @@ from detector.features.record_encoder import RecordEncoder
 from detector.features.schema import Schema
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.nn.lite_graph import LiteScoreGraph, litert_available
-from detector.nn.training_options import DEVIATION_WEIGHT, METRIC_WEIGHT
+from detector.nn.training_options import DEVIATION_WEIGHT, MAX_SAMPLES, METRIC_WEIGHT
 from detector.scoring.neighbours import DEFAULT_BOX_QUANTILE, NeighbourBank
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import ScoreGraph, score_kinds
@@ -425,11 +425,13 @@ def _check_consistent(root: Path, bundle: Bundle) -> None:
     """What can be checked without the network; ``_check_network`` checks the rest when the
     network is loaded."""
     problems = []
-    if len(bundle.term_baseline) != len(bundle.schema.feature_columns):
+    if bundle.term_baseline.ndim != 1 or len(bundle.term_baseline) != len(
+        bundle.schema.feature_columns
+    ):
         problems.append("term baseline length does not match the schema")
     if bundle.kinds and bundle.score_kind not in bundle.score_kinds:
         problems.append(f"unknown score kind {bundle.score_kind!r}")
-    if not 1 <= bundle.n_samples <= 10_000:
+    if not 1 <= bundle.n_samples <= MAX_SAMPLES:
         problems.append(f"sample count {bundle.n_samples} out of range")
     if not np.isfinite(bundle.term_baseline).all():
         problems.append("term baseline holds a value that is not a finite number")

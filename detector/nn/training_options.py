@@ -23,6 +23,9 @@ METRIC_WEIGHT = 0.75
 METRIC_BANK_ROWS = 250
 #: How much the deviation part counts beside the window's other parts (``--study scales``).
 DEVIATION_WEIGHT = 0.5
+#: Latent samples a record at most: a bundle with more does not load (a record would take
+#: seconds to score).
+MAX_SAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,12 @@ class TrainingOptions(Options):
         for name in ("epochs", "batch_size", "n_samples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
+        if self.n_samples > MAX_SAMPLES:
+            problems.append(
+                f"{option('n_samples')} {self.n_samples} must be at most {MAX_SAMPLES:,}"
+            )
+        if self.patience < 0:
+            problems.append(f"{option('patience')} {self.patience} must be 0 or more epochs")
         if self.latent_dim is not None and self.latent_dim < 1:
             problems.append("latent_dim must be at least 1")
         if self.hidden_units is not None and (not self.hidden_units or min(self.hidden_units) < 1):

@@ -120,6 +120,11 @@ def test_bad_settings_fail_before_training() -> None:
         VAEDetector(score_kind="nope").fit(frame)
     with pytest.raises(ConfigError, match=r"range_floor -0\.1 must be a fraction in"):
         VAEDetector(range_floor=-0.1).fit(frame)
+    # More samples than a bundle may load with: trained (slowly), then never loaded.
+    with pytest.raises(ConfigError, match=r"n_samples 20000 must be at most 10,000"):
+        VAEDetector(n_samples=20_000).fit(frame)
+    with pytest.raises(ConfigError, match=r"patience -1 must be 0 or more epochs"):
+        VAEDetector(patience=-1).fit(frame)
 
 
 def test_range_floor_reaches_the_schema() -> None:
