@@ -17,7 +17,7 @@ import inspect
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -99,9 +99,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     ) -> ScoreResult:
         """The full typed result: anomaly scores, p-values, decisions, contributions, and the
         rows rejected with their reasons. ``X`` is a table, or one record as a mapping of
-        column -> value (or a table's row, a pandas Series), or a list of them: mappings skip
-        the DataFrame, the fast way to score one record (``detector.features.records``).
-        ``passthrough`` names columns to accept and leave unscored (an id, a timestamp)."""
+        column -> value (or a table's row, a pandas Series), or a list or generator of them (no
+        records: an empty result): mappings skip the DataFrame, the fast way to score one
+        record (``detector.features.records``). ``passthrough`` names columns to accept and leave unscored (an id, a timestamp)."""
         check_is_fitted(self, "bundle_")
         if impute not in (None, "median"):
             from detector.errors import ConfigError
@@ -113,8 +113,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
             X = X.to_dict()
         if isinstance(X, Mapping):
             return score_records(self.bundle_, [X], impute=impute, passthrough=kept)
-        if isinstance(X, list) and X and all(isinstance(r, Mapping) for r in X):
-            return score_records(self.bundle_, X, impute=impute, passthrough=kept)
+        if isinstance(X, Iterator):  # records as a generator yields them
+            X = list(X)
+        if isinstance(X, list | tuple) and not X:  # no records: no scores, as an empty frame
+            X = pd.DataFrame(columns=list(self.bundle_.input_columns))
+        if isinstance(X, list | tuple) and all(isinstance(r, Mapping) for r in X):
+            return score_records(self.bundle_, list(X), impute=impute, passthrough=kept)
         if self.bundle_.series is not None and not isinstance(X, pd.DataFrame):
             from detector.errors import DataError
 
@@ -213,6 +217,13 @@ def _as_frame(
             X = X.rename(columns=str)
         levels = [c for c in wanted if c not in X.columns and c in X.index.names]
         return X.reset_index(level=levels) if levels else X
+    if X is None or isinstance(X, str | bytes | os.PathLike):
+        hint = "" if X is None else ": read the file first, e.g. pd.read_csv(path)"
+        raise DataError(f"expected a table of records, got {X!r}{hint}")
+    if isinstance(X, Iterator):  # records as a generator yields them
+        X = list(X)
+    if isinstance(X, list | tuple) and X and all(isinstance(r, Mapping) for r in X):
+        return _as_frame(pd.DataFrame.from_records(list(X)), names, wanted=wanted)
     if hasattr(X, "toarray") and hasattr(X, "nnz"):  # a SciPy sparse matrix (one-hot, counts)
         X = X.toarray()
     array = np.asarray(X)

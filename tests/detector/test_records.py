@@ -177,6 +177,30 @@ def test_the_python_api_takes_a_sparse_matrix_and_says_how_to_shape_one_record()
         fitted.anomaly_score(values[0])
 
 
+def test_the_python_api_takes_records_from_a_generator_or_none_at_all(tmp_path) -> None:
+    """A generator of records (as a stream yields them) was "expected a 2-D table ..., got
+    shape ()"; no records, "got shape (0,)"; a path, "got shape ()"."""
+    from detector.errors import DataError
+    from detector.estimator import VAEDetector
+
+    records = normal_records(200)
+    frame = pd.DataFrame(records)
+    fitted = VAEDetector(**TINY).fit(iter(records))
+    assert fitted.anomaly_score(frame.head(0)).shape == (0,)
+    np.testing.assert_array_equal(
+        fitted.anomaly_score(r for r in records[:5]), fitted.anomaly_score(frame.head(5))
+    )
+    np.testing.assert_array_equal(
+        fitted.anomaly_score(tuple(records[:5])), fitted.anomaly_score(frame.head(5))
+    )
+    assert fitted.predict([]).shape == (0,)
+    assert fitted.score_records([]).n_input == 0
+    with pytest.raises(DataError, match=r"got 'data.csv': read the file first, e.g. pd.read_csv"):
+        fitted.predict("data.csv")
+    with pytest.raises(DataError, match="expected a table of records, got None"):
+        VAEDetector(**TINY).fit(None)
+
+
 def test_many_fits_in_one_process_raise_no_retracing_warning(caplog) -> None:
     """After a few fits in one process (a grid search), TensorFlow warned that its functions
     were "retracing", as if the caller had made a mistake."""
