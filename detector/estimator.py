@@ -101,7 +101,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         rows rejected with their reasons. ``X`` is a table, or one record as a mapping of
         column -> value (or a table's row, a pandas Series), or a list or generator of them (no
         records: an empty result): mappings skip the DataFrame, the fast way to score one
-        record (``detector.features.records``). ``passthrough`` names columns to accept and leave unscored (an id, a timestamp)."""
+        record (``detector.features.records``). ``passthrough`` names columns to accept and
+        leave unscored (an id, a timestamp)."""
         check_is_fitted(self, "bundle_")
         if impute not in (None, "median"):
             from detector.errors import ConfigError

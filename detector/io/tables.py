@@ -211,6 +211,9 @@ def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> pd.DataF
     one field more than the header, which pandas reads by taking the first column for the
     index and shifting every other one left (a trailing delimiter on each data line)."""
     if not isinstance(frame.index, pd.RangeIndex):
+        # A header of one name holding ';' (Excel's CSV where the comma is the decimal mark:
+        # '145,6' splits the data rows) is a file of another separator: say that first.
+        check_header_row([str(c).strip() for c in frame.columns], str(path))
         raise DataError(
             f"{path}: its data rows have more fields than its header ({len(frame.columns)} "
             "names), so every value would land under the wrong column; remove the delimiter "
@@ -366,7 +369,8 @@ def check_header_row(names: Sequence[str], source: str) -> None:
         raise DataError(
             f"{source}: the header reads as one column {shown}, whose name holds "
             f"{separator!r}: its fields look separated by {separator!r}, and this tool reads "
-            "commas (tabs in a .tsv file); re-save it with commas"
+            "commas (tabs in a .tsv file); re-save it with commas between fields (and '.' as the "
+            "decimal mark, where it was a comma)"
         )
 
 

@@ -247,6 +247,13 @@ def test_calibration_warnings_reach_the_summary_info_and_report(
             ["score", "{model}", "{tmp}/semicolons.csv", "--output", "{tmp}/o.csv"],
             "its fields look separated by ';', and this tool reads commas",
         ),
+        # Excel's CSV where the comma is the decimal mark: '145,6' gave the data rows more
+        # fields than the header, and training blamed a delimiter ending each line.
+        (
+            ["train", "{tmp}/decimal_commas.csv", "--out", "{tmp}/m"],
+            "separated by ';', and this tool reads commas (tabs in a .tsv file); re-save it with "
+            "commas between fields (and '.' as the decimal mark",
+        ),
         (
             [
                 "train",
@@ -275,6 +282,9 @@ def test_bad_input_exits_2_with_a_clear_message(capsys, cli_model, tmp_path, arg
     unlabelled.to_csv(tmp_path / "unlabelled.csv", index=False)
     unlabelled.drop(columns=["label"]).to_csv(tmp_path / "semicolons.csv", sep=";", index=False)
     unlabelled.assign(label="1").to_csv(tmp_path / "anomalous.csv", index=False)
+    (tmp_path / "decimal_commas.csv").write_text(
+        (tmp_path / "semicolons.csv").read_text().replace(".", ",")
+    )
     values = {"model": str(cli_model), "tmp": str(tmp_path), "data": str(DATA)}
     code, out, err = run(capsys, *[a.format(**values) for a in argv])
     assert code == 2
