@@ -19,7 +19,15 @@ from detector.features.encode import check_columns, shortened
 from detector.io.csv_source import CsvSource
 from detector.io.tables import check_header_row
 from service import schemas
-from service.bodies import answer, read_body, read_json, validated
+from service.bodies import (
+    JSON_LINES,
+    answer,
+    json_lines,
+    parse_json_lines,
+    read_body,
+    read_json,
+    validated,
+)
 from service.openapi import openapi_document
 from service.registry import LoadedModel
 from service.scoring import (
@@ -163,11 +171,18 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, li
     mimetype = request.mimetype
     if mimetype in ("text/csv", "application/csv"):
         return _read_csv(loaded, app_state)
+    if mimetype in JSON_LINES:
+        lines = json_lines(read_body(app_state))
+        if not lines:
+            raise ApiError(422, "invalid_input", "the body holds no line; send one record a line")
+        check_batch_size(len(lines), app_state)  # before a line is parsed
+        return read_records(parse_json_lines(lines), loaded, app_state)
     if mimetype != "application/json":
         raise ApiError(
             415,
             "unsupported_media_type",
-            'send application/json ({"records": [...]}) or text/csv',
+            'send application/json ({"records": [...]}), application/x-ndjson (one record '
+            "a line) or text/csv",
         )
     shape = 'a JSON object {"records": [{...}, ...]}'
     body = validated(schemas.ScoreRequest, read_json(app_state, shape), shape)

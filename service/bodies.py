@@ -109,6 +109,42 @@ def _json_object(found: list[RepeatedKeys], pairs: list[tuple[str, Any]]) -> dic
     return repeated
 
 
+class Unparsed:
+    """A line of a JSON Lines body that holds no JSON value: rejected as its record, with
+    ``reason``, while the other lines are scored."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+#: Media types of JSON Lines (one JSON object a line), as log shippers send records: Vector's
+#: newline-delimited framing, Fluent Bit's json_lines.
+JSON_LINES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+
+
+def json_lines(body: bytes) -> list[tuple[int, bytes]]:
+    """A JSON Lines body's lines that are not blank (a last newline ends a line), each with its
+    1-based line number."""
+    return [(n, line) for n, line in enumerate(body.split(b"\n"), start=1) if line.strip()]
+
+
+def parse_json_lines(lines: list[tuple[int, bytes]]) -> list[Any]:
+    """Each line parsed, or ``Unparsed`` naming why it is not JSON (bad UTF-8 or JSON, nested
+    too deeply, a lone surrogate escape): that record is rejected, the others are scored."""
+    records: list[Any] = []
+    for number, line in lines:
+        try:
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+            value = json.loads(text, object_pairs_hook=partial(_json_object, []))
+            if SURROGATE_ESCAPE.search(text):
+                json.dumps(value, ensure_ascii=False).encode()  # raises on a lone surrogate
+        except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            value = Unparsed(f"line {number} is not JSON ({reason}); send one object a line")
+        records.append(value)
+    return records
+
+
 def _refuse_repeated_keys(value: Any, found: list[RepeatedKeys], shape: str) -> None:
     """400 for an object that names a key twice, but for the records of a ``records`` list:
     those are rejected one by one, as any other malformed record is."""

@@ -81,7 +81,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: ScoreResponse},
         (400, 401, 404, 413, 415, 422, 503),
         body=ScoreRequest,
-        also={"text/csv": {"schema": {"type": "string"}}},
+        also={
+            "text/csv": {"schema": {"type": "string"}},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
         access="scoring",
     ),
     ("/v1/models/{name}/reload", "post"): Operation(

@@ -23,7 +23,7 @@ from detector.features.records import score_records, score_windowed
 from detector.scoring.scores import ScoreResult, score_frame
 from detector.series.stream import ahead_of_clock, parse_time, series_key
 from detector.series.values import ValueCheck
-from service.bodies import RepeatedKeys
+from service.bodies import RepeatedKeys, Unparsed
 from service.registry import LoadedModel
 from service.series_store import SeriesStore, StoredLevels
 from service.state import ApiError, ServiceState
@@ -157,6 +157,9 @@ def read_records(
     rejected: list[Rejected] = []
     columns: dict[str, None] = {}
     for i, record in enumerate(records):
+        if isinstance(record, Unparsed):
+            rejected.append(Rejected(i, (record.reason,), "malformed"))
+            continue
         if not isinstance(record, dict):
             rejected.append(Rejected(i, ("record is not a JSON object",), "malformed"))
             continue

@@ -105,6 +105,38 @@ def test_text_a_file_reads_as_missing_is_missing_in_json_too(client, column, tex
     assert as_json["rejected"][0]["reasons"] == [f"column '{column}' is empty (fill it)"]
 
 
+def test_json_lines_bodies_score_as_records_and_reject_a_bad_line_alone(client) -> None:
+    """Log shippers send one JSON object a line (Vector's newline-delimited framing, Fluent
+    Bit's json_lines): that was a 415. A line that is not JSON is rejected as its record, with
+    its line number; blank lines are skipped; the other lines score as a JSON body's records."""
+    records = [NORMAL[0], broken(NORMAL[1]), NORMAL[2]]
+    lines = [
+        json.dumps(records[0]),
+        "{oops",
+        "",
+        json.dumps(records[1]),
+        '{"host": "a", "host": "b"}',
+        "[1]",
+        json.dumps(records[2]),
+    ]
+    body = "\n".join(lines) + "\n"
+    response = client.post("/v1/models/tiny/score", data=body, content_type="application/x-ndjson")
+    assert response.status_code == 200, response.json
+    answer = response.json
+    assert answer["counts"] == {"received": 6, "scored": 3, "rejected": 3}
+    as_json = post(client, {"records": records}).json["results"]
+    assert [r["anomaly_score"] for r in answer["results"]] == [r["anomaly_score"] for r in as_json]
+    assert [r["index"] for r in answer["results"]] == [0, 2, 5]
+    reasons = {r["index"]: " ".join(r["reasons"]) for r in answer["rejected"]}
+    assert reasons[1].startswith("line 2 is not JSON (")
+    assert "['host'] given more than once" in reasons[3]
+    assert "not a JSON object" in reasons[4]
+    empty = client.post("/v1/models/tiny/score", data="\n\n", content_type="application/jsonl")
+    assert empty.status_code == 422 and "no line" in empty.json["detail"]
+    other = client.post("/v1/models/tiny/score", data="x", content_type="application/xml")
+    assert other.status_code == 415 and "application/x-ndjson" in other.json["detail"]
+
+
 def test_json_csv_and_kserve_bodies_score_the_same_records_alike(client) -> None:
     """JSON records are scored without a DataFrame (detector.features.records), CSV and KServe
     bodies as tables: the same records must come back with the same numbers either way."""
