@@ -136,6 +136,10 @@ def _publish(metrics: ServiceMetrics, loaded: LoadedModel, previous: LoadedModel
 
 #: A policy may repeat on every record (repeat_seconds 0); re-sending is never faster than this.
 MIN_RESEND_SECONDS = 1.0
+#: The methods a request's metric names; any other is 'other'. HTTP lets a client invent
+#: methods ('ZZ12345'), and each would be a new time series of the latency histogram: a
+#: client could grow every worker's metrics, and Prometheus, without bound.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _resend_seconds(config: ServiceConfig) -> float:
@@ -210,7 +214,8 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
         metrics.in_flight.dec()
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         status = str(getattr(g, "status", 500 if exc else 200))
-        metrics.request_duration.labels(rule, request.method, status).observe(
+        method = request.method if request.method in HTTP_METHODS else "other"
+        metrics.request_duration.labels(rule, method, status).observe(
             time.perf_counter() - g.started
         )
 

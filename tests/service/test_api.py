@@ -317,6 +317,16 @@ def test_metrics_count_what_happened(client) -> None:
     assert 'anomaly_expected_anomaly_rate{model="tiny"}' in text
 
 
+def test_a_made_up_http_method_adds_no_time_series(client) -> None:
+    """Each method a client invented ('ZZ1', 'ZZ2', ...) was a new series of the latency
+    histogram, so any client, without a token, could grow the metrics without bound."""
+    for i in range(5):
+        assert client.open("/healthz", method=f"ZZ{i}").status_code == 405
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'method="ZZ' not in text
+    assert 'method="other",route="unmatched",status="405"' in text
+
+
 def _counter(client, series: str) -> float:  # type: ignore[no-untyped-def]
     for line in client.get("/metrics").get_data(as_text=True).splitlines():
         if line.startswith(series + " "):
