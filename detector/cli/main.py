@@ -123,7 +123,9 @@ def build_parser(
         help="rejects file (default: OUTPUT.rejects.csv; with --output -, stderr); - for stdout",
     )
     _add_scoring_flags(score)
-    score.add_argument("--top-k", type=int, default=3, help="top contributing columns (default 3)")
+    score.add_argument(
+        "--top-k", type=_count, default=3, help="top contributing columns (default 3; 0: none)"
+    )
     score.add_argument(
         "--max-reject-rate",
         type=_rate,
@@ -298,6 +300,16 @@ def _seconds_or_none(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds or 'none'") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more")
     return value
 
 

@@ -299,6 +299,14 @@ def test_usage_errors_exit_2(capsys) -> None:
     assert exc.value.code == 2
 
 
+def test_a_negative_top_k_is_refused_not_read_as_none(capsys, tmp_path) -> None:
+    # It was taken, and wrote no top_feature column, as 0 does.
+    with pytest.raises(SystemExit) as exc:
+        main(["score", str(tmp_path), str(DATA / "eval.csv"), "--top-k", "-1"])
+    assert exc.value.code == 2
+    assert "argument --top-k: -1 is negative; give 0 or more" in capsys.readouterr().err
+
+
 def test_installed_entry_point_answers_help_without_tensorflow() -> None:
     # The console script the README documents, as a user runs it.
     exe = Path(sys.executable).with_name("anomaly")
