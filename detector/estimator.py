@@ -13,6 +13,7 @@ LiteRT is not installed) import it, with its start-up chatter kept off stderr
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import types
@@ -165,6 +166,25 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         check_is_fitted(self, "bundle_")
         import_tensorflow_quietly()  # the network is written in Keras's format
         save_bundle(self.bundle_, path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickle (joblib.dump) of a fitted detector: loading a pickle runs code from the file,
+        # which this tool's models never do. Unfitted, it pickles (parallel grid searches).
+        if "bundle_" in self.__dict__:
+            raise TypeError(
+                "a fitted VAEDetector is not pickled (loading a pickle can run code from the "
+                "file): save it as a bundle with det.save(path) and read it back with "
+                "VAEDetector.load(path)"
+            )
+        return self.__dict__.copy()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> VAEDetector:
+        # The fitted bundle is only read, never changed, so a copy shares it (it holds
+        # per-thread interpreters, which cannot be copied).
+        copied = type(self)(**copy.deepcopy(self.get_params(deep=False), memo))
+        if "bundle_" in self.__dict__:
+            copied._set_fitted(self.bundle_, self.summary_)
+        return copied
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VAEDetector:

@@ -114,6 +114,23 @@ def test_numpy_input_works(train_frame) -> None:
     assert list(det.feature_names_in_) == ["x0", "x1", "x2", "x3", "x4"]
 
 
+def test_a_fitted_detector_copies_but_is_not_pickled() -> None:
+    """copy.deepcopy of a fitted detector failed with "cannot pickle '_thread._local' object",
+    and so did pickle.dumps (joblib.dump of a pipeline), naming nothing a user could act on."""
+    import copy
+    import pickle
+
+    x = np.random.default_rng(0).normal(size=(300, 4))
+    det = VAEDetector(epochs=2, hidden_units=(16, 8), latent_dim=2).fit(x)
+    copied = copy.deepcopy(det)
+    assert copied.get_params() == det.get_params()
+    np.testing.assert_array_equal(copied.anomaly_score(x[:5]), det.anomaly_score(x[:5]))
+    with pytest.raises(TypeError, match=r"not pickled .*det.save\(path\) .*VAEDetector.load"):
+        pickle.dumps(det)
+    unfitted = pickle.loads(pickle.dumps(VAEDetector(epochs=3)))  # as a parallel search sends it
+    assert unfitted.get_params() == VAEDetector(epochs=3).get_params()
+
+
 def test_bad_settings_fail_before_training() -> None:
     frame = pd.DataFrame({"a": np.arange(100.0)})
     with pytest.raises(ConfigError, match="score_kind 'nope'"):
