@@ -10,6 +10,7 @@ not reach (10,000-deep nesting, 16 MiB bodies, chunked bodies) are in test_hosti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,16 @@ def model_document(columns: list[str]) -> dict[str, Any]:
         "items": False,
     }
     return document
+
+
+@schemathesis.serializer("application/x-ndjson")
+def _json_lines(ctx: Any, value: Any) -> bytes:
+    """A generated JSON Lines body: generated text as it is (mostly no JSON: each line a
+    rejected record), a generated list as one JSON value a line, anything else as one line."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    lines = value if isinstance(value, list) else [value]
+    return "\n".join(json.dumps(v) for v in lines).encode()
 
 
 #: The columns of the session's tiny model: those of the data it is trained on (a fixture
