@@ -277,10 +277,11 @@ def fit_schema(
                 continue
             numeric.append(column)
         else:
-            if key not in forced and _holds_times(as_text(series)):
+            head = as_text(series.head(_TIMES_CHECKED))  # not the whole column: training's hot path
+            if key not in forced and _holds_times(head):
                 # A day or an instant as a label: every later one is a label never seen, so
                 # each new day would score as anomalous.
-                problems.append(_times_problem(key, as_text(series)))
+                problems.append(_times_problem(key, head))
                 continue
             counts = _fit_labels(key, series, problems)
             if counts is None:
@@ -452,16 +453,20 @@ def as_text(series: pd.Series) -> pd.Series:
 
 def _times_problem(key: str, texts: pd.Series) -> str:
     return (
-        f"column '{key}' holds times ({texts.iloc[0]!r}, ...); to judge each row with the rows "
-        f"before it, train with {option('time_column', key)} (and "
+        f"column '{key}' holds times ({texts.dropna().iloc[0]!r}, ...); to judge each row with "
+        f"the rows before it, train with {option('time_column', key)} (and "
         f"{option('series_columns', 'KEY')} for each host's or service's own series); else "
         f"{_leave_out(key)}"
     )
 
 
+#: The first values of a text column that tell whether it holds times.
+_TIMES_CHECKED = 200
+
+
 def _holds_times(texts: pd.Series) -> bool:
     """Whether a text column's first values are nearly all ISO-8601 times (a timestamp)."""
-    head = texts.dropna().head(200)
+    head = texts.dropna().head(_TIMES_CHECKED)
     stamps = pd.to_datetime(head, errors="coerce", utc=True, format="ISO8601")
     return len(head) > 0 and float(stamps.notna().mean()) >= 0.9
 
