@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import zlib
-from collections import Counter
 from functools import partial
 from typing import Any, TypeVar
 
@@ -17,6 +15,12 @@ from flask import Response, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from detector.io.json_lines import (
+    SURROGATE_ESCAPE,
+    RepeatedKeys,
+    json_object,
+    parse_line,
+)
 from service.state import ApiError, ServiceState
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -90,33 +94,6 @@ def _inflated(data: bytes, coding: str, bits: int, limit: int) -> bytes:
             return out.getvalue()
 
 
-class RepeatedKeys(dict[str, Any]):
-    """A JSON object that named a key more than once. ``json`` keeps the last value without a
-    word, so ``{"cpu": 1, "cpu": 99}`` would be scored as 99; this keeps which keys repeated,
-    for the route to refuse the object (a record alone, or the request)."""
-
-    repeated: tuple[str, ...] = ()
-
-
-def _json_object(found: list[RepeatedKeys], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    value = dict(pairs)
-    if len(value) == len(pairs):
-        return value
-    counts = Counter(k for k, _ in pairs)
-    repeated = RepeatedKeys(value)
-    repeated.repeated = tuple(k for k, n in counts.items() if n > 1)
-    found.append(repeated)
-    return repeated
-
-
-class Unparsed:
-    """A line of a JSON Lines body that holds no JSON value: rejected as its record, with
-    ``reason``, while the other lines are scored."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 #: Media types of JSON Lines (one JSON object a line), as log shippers send records: Vector's
 #: newline-delimited framing, Fluent Bit's json_lines.
 JSON_LINES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
@@ -129,20 +106,9 @@ def json_lines(body: bytes) -> list[tuple[int, bytes]]:
 
 
 def parse_json_lines(lines: list[tuple[int, bytes]]) -> list[Any]:
-    """Each line parsed, or ``Unparsed`` naming why it is not JSON (bad UTF-8 or JSON, nested
-    too deeply, a lone surrogate escape): that record is rejected, the others are scored."""
-    records: list[Any] = []
-    for number, line in lines:
-        try:
-            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
-            value = json.loads(text, object_pairs_hook=partial(_json_object, []))
-            if SURROGATE_ESCAPE.search(text):
-                json.dumps(value, ensure_ascii=False).encode()  # raises on a lone surrogate
-        except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            value = Unparsed(f"line {number} is not JSON ({reason}); send one object a line")
-        records.append(value)
-    return records
+    """Each line parsed, or ``Unparsed`` naming why it is not JSON: that record is rejected, the
+    others are scored (``detector.io.json_lines.parse_line``, as a JSON Lines file's)."""
+    return [parse_line(number, line) for number, line in lines]
 
 
 def _refuse_repeated_keys(value: Any, found: list[RepeatedKeys], shape: str) -> None:
@@ -160,11 +126,6 @@ def _refuse_repeated_keys(value: Any, found: list[RepeatedKeys], shape: str) -> 
             )
 
 
-#: A \uD800-\uDFFF escape: the one way JSON text carries a surrogate. Paired, json decodes
-#: it to one character; alone, it becomes a string no UTF-8 (nor pandas' Arrow strings) takes.
-SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
 def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
     """The request body parsed as JSON (``empty`` for an empty body, when given); 400 naming
     ``shape`` (what the route expects) when it is not JSON, not UTF-8 (RFC 8259), not valid
@@ -178,7 +139,7 @@ def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
     try:
         text = body.decode("utf-8-sig")
         found: list[RepeatedKeys] = []
-        value = json.loads(text, object_pairs_hook=partial(_json_object, found))
+        value = json.loads(text, object_pairs_hook=partial(json_object, found))
         if SURROGATE_ESCAPE.search(text):
             json.dumps(value, ensure_ascii=False).encode()  # raises on a lone surrogate
     except RecursionError:

@@ -18,12 +18,12 @@ import pandas as pd
 from flask import request
 
 from detector.bundles.bundle import Bundle
-from detector.features.encode import check_columns, listed
+from detector.features.encode import check_columns
 from detector.features.records import score_records, score_windowed
+from detector.io.json_lines import record_problem
 from detector.scoring.scores import ScoreResult, score_frame
 from detector.series.stream import ahead_of_clock, parse_time, series_key
 from detector.series.values import ValueCheck
-from service.bodies import RepeatedKeys, Unparsed
 from service.registry import LoadedModel
 from service.series_store import SeriesStore, StoredLevels
 from service.state import ApiError, ServiceState
@@ -157,22 +157,9 @@ def read_records(
     rejected: list[Rejected] = []
     columns: dict[str, None] = {}
     for i, record in enumerate(records):
-        if isinstance(record, Unparsed):
-            rejected.append(Rejected(i, (record.reason,), "malformed"))
-            continue
-        if not isinstance(record, dict):
-            rejected.append(Rejected(i, ("record is not a JSON object",), "malformed"))
-            continue
-        if isinstance(record, RepeatedKeys):
-            reason = f"field(s) {listed(record.repeated)} given more than once; send each once"
-            rejected.append(Rejected(i, (reason,), "malformed"))
-            continue
-        nested = [k for k, v in record.items() if isinstance(v, dict | list)]
-        if nested:
-            reason = (
-                f"field(s) {listed(nested)} hold objects or lists; values must be numbers or text"
-            )
-            rejected.append(Rejected(i, (reason,), "malformed"))
+        problem = record_problem(record)
+        if problem is not None:
+            rejected.append(Rejected(i, (problem,), "malformed"))
             continue
         good.append(record)
         indices.append(i)

@@ -31,10 +31,12 @@ from detector.bundles.bundle import load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features.encode import Imputation
 from detector.io.tables import (
+    JSON_LINES_SUFFIXES,
     NULL_VALUES,
     check_names,
     csv_delimiter,
     expand_inputs,
+    input_format,
     table_format,
 )
 from detector.io.temporaries import (
@@ -238,10 +240,22 @@ def _spark_paths(inputs: Sequence[str]) -> list[str]:
         raise ConfigError("--engine spark cannot read stdin; give files or directories")
     paths = [os.path.abspath(p) for p in expand_inputs(local)] if local else []
     paths += [p for p in inputs if "://" in p]
+    json_lines = [p for p in paths if _is_json_lines(p)]
+    if json_lines:
+        raise DataError(
+            f"--engine spark reads CSV and Parquet, not JSON Lines ({json_lines[0]}); score "
+            "JSON Lines with the default engine, or convert them to Parquet first"
+        )
     formats = {table_format(p.rstrip("/*")) for p in paths}
     if len(formats) > 1:
         raise DataError("--engine spark reads one format per run: give CSV or Parquet files")
     return paths
+
+
+def _is_json_lines(path: str) -> bool:
+    if "://" in path:
+        return path.rstrip("/*").lower().endswith(JSON_LINES_SUFFIXES)
+    return input_format(path) == "jsonl"
 
 
 def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:

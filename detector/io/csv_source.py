@@ -85,16 +85,14 @@ class CsvSource(TableSource):
 
     delimiter: str
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, stdin: Any = None) -> None:
+        """``stdin``, for '-': a ``stdin_reader`` already peeked at (``open_source``)."""
         if path == "-":
-            # A reader of its own over descriptor 0, never closed: a read blocked on a pipe
-            # that stays open then holds no lock that closing, or the interpreter's exit,
-            # would wait for (Ctrl-C or SIGTERM while the writer of the pipe is still there).
-            stdin = io.BufferedReader(io.FileIO(sys.stdin.fileno(), "rb", closefd=False))
-            self._open("<stdin>", csv_delimiter(path), stdin, None, owned=False)
+            reader = stdin if stdin is not None else stdin_reader()
+            self._open("<stdin>", csv_delimiter(path), reader, None, owned=False)
         else:
             binary = open(path, "rb")  # noqa: SIM115 - closed by close()
-            size = None if _is_live(binary) else os.path.getsize(path)
+            size = None if is_live(binary) else os.path.getsize(path)
             self._open(path, csv_delimiter(path), binary, size, owned=True)
 
     @classmethod
@@ -117,7 +115,7 @@ class CsvSource(TableSource):
             if binary.peek(2)[:2] == b"\x1f\x8b":
                 self._stream = gzip.GzipFile(fileobj=binary, mode="rb")
             else:
-                self._live = _is_live(binary)
+                self._live = is_live(binary)
             self._pending, self._first_line = self._read_header()
         except BaseException:
             self.close()
@@ -143,17 +141,9 @@ class CsvSource(TableSource):
             ) from None
 
     def _due(self, since: float) -> bool:
-        """Whether a pipe's records gathered since ``since`` are to be handed on now:
-        ``LINGER_SECONDS`` have passed (a slow, steady writer), or nothing more comes before
-        they do. (``_read`` takes all the reader's buffer whenever it returns less than asked,
-        so the descriptor is all there is left to ask.)"""
-        if not self._live:
-            return False
-        left = since + LINGER_SECONDS - time.monotonic()
-        if left <= 0:
-            return True
-        ready, _, _ = select.select([self._binary.fileno()], [], [], left)
-        return not ready
+        """Whether a pipe's records gathered since ``since`` are to be handed on now
+        (``pipe_is_quiet``)."""
+        return self._live and pipe_is_quiet(self._binary, since)
 
     def _position(self) -> int:
         try:
@@ -455,7 +445,7 @@ class CsvSource(TableSource):
         return chunk, lines.offset(k)
 
 
-def _is_live(binary: Any) -> bool:
+def is_live(binary: Any) -> bool:
     """Whether ``binary`` is a pipe, socket or terminal, whose bytes come as they are written
     (a regular file's are all there)."""
     try:
@@ -463,3 +453,22 @@ def _is_live(binary: Any) -> bool:
     except (OSError, ValueError, io.UnsupportedOperation):
         return False  # in memory (an HTTP body)
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+
+def stdin_reader() -> io.BufferedReader:
+    """A reader of its own over descriptor 0, never to be closed: a read blocked on a pipe that
+    stays open then holds no lock that closing, or the interpreter's exit, would wait for
+    (Ctrl-C or SIGTERM while the writer of the pipe is still there)."""
+    return io.BufferedReader(io.FileIO(sys.stdin.fileno(), "rb", closefd=False))
+
+
+def pipe_is_quiet(binary: Any, since: float) -> bool:
+    """Whether a pipe's records gathered since ``since`` are to be handed on now:
+    ``LINGER_SECONDS`` have passed (a slow, steady writer), or nothing more comes before they
+    do. (A reader takes all its buffer whenever it returns less than asked, so the descriptor
+    is all there is left to ask.)"""
+    left = since + LINGER_SECONDS - time.monotonic()
+    if left <= 0:
+        return True
+    ready, _, _ = select.select([binary.fileno()], [], [], left)
+    return not ready

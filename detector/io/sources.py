@@ -1,12 +1,13 @@
 """Streaming one input file for batch scoring, with bounded memory and a ledger.
 
-``open_source`` opens a CSV (plain or gzip, or stdin) or Parquet file; its ``chunks`` give
-every data record either as a row of an Arrow table (all CSV fields as text, so nothing is
-guessed and a bad value is rejected by the scorer with its reason) or as a ``ParseReject`` (a
-ragged row, undecodable bytes, a stray quote) with its row number, physical line number and
-raw text. Line numbers stay right across quoted fields that hold newlines. A stray quote costs
-the line it opened on, not the rest of the file (``CsvSource``). Every read error becomes a
-``DataError`` naming the file and the fix.
+``open_source`` opens a CSV or JSON Lines (plain or gzip, or stdin) or Parquet file; its
+``chunks`` give every data record either as a row of an Arrow table (all CSV fields as text, so
+nothing is guessed and a bad value is rejected by the scorer with its reason) or as a
+``ParseReject`` (a ragged row, undecodable bytes, a stray quote, a line that is not a JSON
+object) with its row number, physical line number and raw text. Line numbers stay right
+across quoted fields that hold newlines. A stray quote costs the line it opened on, not the
+rest of the file (``CsvSource``). Every read error becomes a ``DataError`` naming the file and
+the fix.
 """
 
 from __future__ import annotations
@@ -20,16 +21,30 @@ import pyarrow as pa
 
 from detector.errors import DataError
 from detector.io.chunks import SourceChunk, TableSource
-from detector.io.csv_source import CsvSource
+from detector.io.csv_source import CsvSource, stdin_reader
+from detector.io.json_lines import JsonLinesSource, looks_like_json
 from detector.io.tables import check_names, input_format
+
+#: Bytes of stdin looked at to tell JSON Lines from CSV (what a pipe holds so far, if fewer).
+_SNIFF_BYTES = 4096
 
 
 def open_source(path: str) -> TableSource:
-    """Open a CSV (plain, gzip, or '-' for stdin) or Parquet file, told apart by content
-    (``input_format``), not name; its header is read and checked here (empty file, undecodable
-    or duplicate or empty column names, a first line of values: ``DataError``)."""
-    if input_format(path) == "parquet":
+    """Open a CSV or JSON Lines (plain, gzip, or '-' for stdin) or Parquet file, told apart by
+    content (``input_format``; stdin by its first bytes), not name; its header (a JSON Lines
+    file's first records) is read and checked here (empty file, undecodable or duplicate or
+    empty column names, a first line of values: ``DataError``)."""
+    if path == "-":
+        stdin = stdin_reader()
+        # Blocks until the first bytes come (or the end): what a pipe holds is told by them.
+        if looks_like_json(stdin.peek(_SNIFF_BYTES)[:_SNIFF_BYTES], gzipped=True):
+            return JsonLinesSource("<stdin>", stdin, owned=False)
+        return CsvSource(path, stdin=stdin)
+    fmt = input_format(path)
+    if fmt == "parquet":
         return ParquetSource(path)
+    if fmt == "jsonl":
+        return JsonLinesSource.of_path(path)
     return CsvSource(path)
 
 

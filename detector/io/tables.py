@@ -1,5 +1,5 @@
-"""Tables in files: CSV (plain, gzip, TSV) and Parquet, read whole or in chunks as pandas
-frames, and the names and paths the other readers and writers share.
+"""Tables in files: CSV (plain, gzip, TSV), JSON Lines and Parquet, read whole or in chunks as
+pandas frames, and the names and paths the other readers and writers share.
 
 ``read_table``/``iter_table`` give pandas frames with pandas' type inference, for training and
 evaluation. Streaming a file for batch scoring, with a ledger of every record, is
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,8 @@ DEFAULT_CHUNK_ROWS = 65_536
 #: (``table_format``): one list, so a file picked up is never refused for its name.
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+#: JSON Lines, one JSON object a line (read only: outputs are CSV or Parquet).
+JSON_LINES_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 #: CSV names whose fields are separated by tabs.
 TAB_SUFFIXES = (".tsv", ".tsv.gz")
 
@@ -57,11 +60,12 @@ _SNIFF_BYTES = 4096
 
 
 def input_format(path: str | os.PathLike[str]) -> str:
-    """The format of an input file, ``csv`` or ``parquet``, told by its first bytes before its
-    name, so ``x.data.gz`` or a gzip file of any name reads as (gzip) CSV: Parquet starts with
-    ``PAR1``, gzip with ``1f 8b``; then a known suffix decides (``table_format``), and text under
-    any other name is CSV. '-' (stdin) is CSV. Anything else is a ``DataError`` naming the
-    formats read."""
+    """The format of an input file, ``csv``, ``jsonl`` (JSON Lines) or ``parquet``, told by its
+    first bytes before its name, so ``x.data.gz`` or a gzip file of any name reads as (gzip)
+    CSV: Parquet starts with ``PAR1``, JSON Lines (plain or gzip) with ``{``, gzip with
+    ``1f 8b``; then a known suffix decides (``table_format``, ``JSON_LINES_SUFFIXES``), and text
+    under any other name is CSV. '-' (stdin) is told by ``open_source``. Anything else is a
+    ``DataError`` naming the formats read."""
     if str(path) == "-":
         return "csv"
     try:
@@ -71,6 +75,11 @@ def input_format(path: str | os.PathLike[str]) -> str:
         raise DataError(f"cannot read {path}: {exc}") from None
     if head.startswith(PARQUET_MAGIC):
         return "parquet"
+    # Imported here: json_lines reads values as detector.features does, which imports this.
+    from detector.io.json_lines import looks_like_json
+
+    if looks_like_json(head, gzipped=True) or str(path).lower().endswith(JSON_LINES_SUFFIXES):
+        return "jsonl"
     if head.startswith(GZIP_MAGIC):
         return "csv"
     with contextlib.suppress(DataError):
@@ -80,8 +89,8 @@ def input_format(path: str | os.PathLike[str]) -> str:
     if _is_text(head):
         return "csv"
     raise DataError(
-        f"cannot read {path}: it is neither CSV text (plain or gzip) nor Parquet; give a .csv, "
-        ".csv.gz or .parquet file"
+        f"cannot read {path}: it is neither CSV text nor JSON Lines (plain or gzip) nor "
+        "Parquet; give a .csv, .csv.gz, .jsonl or .parquet file"
     )
 
 
@@ -131,6 +140,8 @@ def iter_table(
     fmt = input_format(path)
     if fmt == "parquet":
         yield from _iter_parquet(source, chunk_rows)
+    elif fmt == "jsonl":
+        yield from _iter_json_lines(str(path), text_columns, chunk_rows)
     else:
         yield from _iter_csv(path, text_columns, chunk_rows)
 
@@ -202,6 +213,31 @@ def _iter_csv(
         raise DataError(f"{path} is not UTF-8 text ({exc}); re-save it as UTF-8") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _iter_json_lines(
+    path: str, text_columns: Sequence[str], chunk_rows: int | None
+) -> Iterator[pd.DataFrame]:
+    """A JSON Lines file read as the CSV of the same values would be (its records' text,
+    ``json_lines.as_text``, through pandas' CSV reader): a model trained on either is the same
+    model, and scores its JSON Lines as its CSV."""
+    from detector.io.json_lines import json_lines_table  # see input_format
+    from detector.io.writers import csv_bytes
+
+    table = json_lines_table(path)
+    header = ",".join(_csv_name(n) for n in table.column_names) + "\n"
+    text = io.BytesIO(header.encode() + csv_bytes(table))
+    frame = pd.read_csv(text, skipinitialspace=True, dtype={c: "string" for c in text_columns})
+    frame = _check_header(frame, path)
+    if chunk_rows is None:
+        yield frame
+        return
+    for begin in range(0, len(frame), chunk_rows):
+        yield frame.iloc[begin : begin + chunk_rows].reset_index(drop=True)
+
+
+def _csv_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\r\n') else name
 
 
 def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -295,7 +331,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             if not found:
                 raise DataError(
                     f"directory {item} holds no files to read (files named "
-                    f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)})"
+                    f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES + JSON_LINES_SUFFIXES)})"
                 )
             files.extend(found)
         elif glob.has_magic(item):
@@ -328,7 +364,7 @@ def picked_up_by(path: str | os.PathLike[str], item: str | os.PathLike[str]) -> 
 
 def _is_table_name(name: str) -> bool:
     lower = name.lower()
-    return lower.endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
+    return lower.endswith(CSV_SUFFIXES + PARQUET_SUFFIXES + JSON_LINES_SUFFIXES)
 
 
 def check_names(names: Sequence[str], source: str) -> None:
@@ -361,17 +397,27 @@ def check_header_row(names: Sequence[str], source: str) -> None:
             f"values ({shown}); add a line of column names (the model's, or your data's) at "
             "the top"
         )
+    if names and names[0].startswith("{"):
+        raise DataError(
+            f"{source}: the header reads as JSON ({shortened_text(names[0])}); JSON Lines (one "
+            "object a line) are read from a file, or from stdin when its first line is an "
+            "object: give them so"
+        )
     # One column whose name is a list: a file separated by another character. Trained, its
     # rows would be one text column of whole lines, a model of nothing.
     separator = next((c for c in OTHER_SEPARATORS if len(names) == 1 and c in names[0]), None)
     if separator is not None:
-        shown = repr(names[0] if len(names[0]) <= 80 else names[0][:80] + "...")
+        shown = shortened_text(names[0])
         raise DataError(
             f"{source}: the header reads as one column {shown}, whose name holds "
             f"{separator!r}: its fields look separated by {separator!r}, and this tool reads "
             "commas (tabs in a .tsv file); re-save it with commas between fields (and '.' as the "
             "decimal mark, where it was a comma)"
         )
+
+
+def shortened_text(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 #: Field separators other than the comma and tab this tool reads, told apart in a header.

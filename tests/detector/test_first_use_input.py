@@ -105,7 +105,7 @@ def test_parquet_is_told_by_content_too(tmp_path) -> None:
 def test_binary_under_an_unknown_suffix_names_the_formats_read(tmp_path) -> None:
     path = tmp_path / "blob.bin"
     path.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(DataError, match=r"neither CSV text \(plain or gzip\) nor Parquet"):
+    with pytest.raises(DataError, match=r"nor JSON Lines \(plain or gzip\) nor Parquet"):
         read_table(path)
     with pytest.raises(DataError, match="nor Parquet"):
         open_source(str(path))

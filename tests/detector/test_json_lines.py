@@ -1,0 +1,200 @@
+"""JSON Lines inputs (one JSON object a line, as log shippers and `jq -c` write records): read
+by `anomaly score`, `evaluate` and `train` as the CSV of the same values, each bad line
+rejected alone. Before, a `.jsonl` file was read as CSV: training made a model of columns named
+'{"host":"web-01"' (1,802 features) without a word, and scoring refused the file naming them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from detector.batch.files import score_file
+from detector.bundles.bundle import load_bundle
+from detector.cli.main import main
+from detector.errors import DataError
+from detector.io import json_lines
+from detector.io.sources import open_source
+from detector.io.tables import check_header_row, expand_inputs, input_format, read_table
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.slow
+
+EVAL = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"])
+
+
+def write_json_lines(frame: pd.DataFrame, path: Path) -> Path:
+    text = frame.to_json(orient="records", lines=True)
+    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
+    return path
+
+
+@pytest.mark.parametrize("name", ["in.jsonl", "in.ndjson.gz", "records.json", "records.log"])
+def test_json_lines_score_as_the_csv_of_the_same_records(
+    bundle_dir: Path, tmp_path: Path, name: str
+) -> None:
+    records = EVAL.head(300)
+    csv = tmp_path / "in.csv"
+    records.to_csv(csv, index=False)
+    source = write_json_lines(records, tmp_path / name)
+    assert input_format(source) == "jsonl"  # by content: `.json` and `.log` names too
+
+    report = score_file(load_bundle(bundle_dir), source, tmp_path / "from_json.csv")
+    assert main(["score", str(bundle_dir), str(csv), "--output", str(tmp_path / "o.csv")]) == 0
+
+    assert (report.rows_read, report.rows_scored, report.rows_rejected) == (300, 300, 0)
+    assert (tmp_path / "from_json.csv").read_bytes() == (tmp_path / "o.csv").read_bytes()
+
+
+def test_each_bad_line_is_rejected_alone_with_its_line_and_reason(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    good = [json.dumps(r) for r in EVAL.head(8).to_dict(orient="records")]
+    first = json.loads(good[0])
+    lines = [
+        good[0],  # line 1, row 1
+        "not json",  # line 2, row 2
+        "",  # line 3: blank, not a row
+        json.dumps({**first, "host": {"name": "web-01"}}),  # line 4, row 3: nested
+        good[1][:-1] + ', "cpu_pct": 1e9}',  # line 5, row 4: a key twice
+        "[1, 2]",  # line 6, row 5: not an object
+        json.dumps({**first, "cpu_pct": None}),  # line 7, row 6: missing value
+        json.dumps({**first, "cpu_pct": True}),  # line 8, row 7: not a number
+        good[2] + "\r",  # line 9, row 8: a Windows line ending
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"host": "\xff"}\n')  # line 10
+
+    code = main(["score", str(bundle_dir), str(path), "--output", str(tmp_path / "o.csv")])
+
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "rows read 9 = scored 2 + rejected 7" in out
+    rejects = pd.read_csv(tmp_path / "o.csv.rejects.csv").set_index("line")
+    assert rejects["row"].to_dict() == {2: 2, 4: 3, 5: 4, 6: 5, 10: 9, 7: 6, 8: 7}
+    assert rejects.loc[2, "reason"].startswith("line 2 is not JSON (Expecting value")
+    assert "write one object a line" in rejects.loc[2, "reason"]
+    assert "['host'] hold objects or lists" in rejects.loc[4, "reason"]
+    assert "['cpu_pct'] given more than once" in rejects.loc[5, "reason"]
+    assert rejects.loc[6, "reason"] == "record is not a JSON object"
+    assert rejects.loc[10, "code"] == "encoding"
+    assert rejects.loc[7, "code"] == "missing_value"
+    assert rejects.loc[8, "code"] == "not_a_number"
+    assert rejects.loc[6, "raw"] == "[1, 2]"
+    scored = pd.read_csv(tmp_path / "o.csv")
+    assert scored["host"].tolist() == [first["host"], json.loads(good[2])["host"]]
+
+
+def test_a_key_outside_the_first_records_rejects_its_record_naming_it(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first records' keys are the file's columns (a record that leaves out a null key
+    does not lose the column); a later record with another key is rejected, not scored
+    without it."""
+    records = EVAL.head(4).to_dict(orient="records")
+    sparse = {k: v for k, v in records[0].items() if k != "disk_iops"}  # a null left out
+    lines = [sparse, records[1], {**records[2], "note": "restarted"}, records[3]]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    first_two = path.read_text().split("\n")[:2]
+    monkeypatch.setattr(json_lines, "COLUMNS_FROM_BYTES", sum(map(len, first_two)))
+
+    with open_source(str(path)) as source:
+        assert source.columns == tuple(EVAL.columns)  # disk_iops from line 2
+        (chunk,) = source.chunks(100)
+    assert chunk.table.num_rows == 3 and chunk.table.column("disk_iops")[0].as_py() is None
+    (reject,) = chunk.rejects
+    assert (reject.row_number, reject.line, reject.code) == (3, 3, "malformed")
+    assert "['note'] not among the file's columns" in reject.reason
+
+
+def test_training_reads_json_lines_as_the_csv_of_the_same_values(tmp_path: Path) -> None:
+    frame = pd.read_csv(DATA / "train.csv").head(200)
+    frame["site"] = ["01", "02"] * 100  # a label that looks like a number
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    write_json_lines(frame.astype({"site": str}), tmp_path / "t.jsonl.gz")
+
+    for text_columns in [(), ("site",)]:
+        pd.testing.assert_frame_equal(
+            read_table(tmp_path / "t.jsonl.gz", text_columns=text_columns),
+            read_table(tmp_path / "t.csv", text_columns=text_columns),
+        )
+
+
+def test_training_refuses_a_bad_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"a": 1, "b": 2}\n{"a": 3, "b": [4]}\n')
+    with pytest.raises(DataError, match=r"line 2: field\(s\) \['b'\] hold objects or lists"):
+        read_table(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[{"a": 1}, {"a": 2}]', r"holds a JSON array, not JSON Lines .* jq -c '\.\[\]'"),
+        ('{\n  "a": 1\n}\n', r"is not JSON Lines: no line of its first 1 MB is a JSON object"),
+        ("\n\n", "is empty: give JSON Lines"),
+        ('{" a": 1, "a ": 2}\n', "'a' is named more than once"),
+    ],
+)
+def test_what_is_not_json_lines_is_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        open_source(str(path))
+
+
+def test_a_line_without_end_is_refused_in_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(json_lines, "MAX_LINE_BYTES", 1000)
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"a": 1}\n{"a": "' + "x" * 5000)
+    with pytest.raises(DataError, match="line 2 is longer than"), open_source(str(path)) as source:
+        list(source.chunks(10))
+
+
+def test_a_folder_gives_up_its_json_lines_and_spark_names_them(tmp_path: Path) -> None:
+    from detector.batch.spark import _spark_paths
+
+    for name in ["a.jsonl", "b.ndjson", "c.jsonl.gz", "d.ndjson.gz"]:
+        write_json_lines(EVAL.head(3), tmp_path / name)
+    assert [Path(f).name for f in expand_inputs([tmp_path])] == [
+        "a.jsonl",
+        "b.ndjson",
+        "c.jsonl.gz",
+        "d.ndjson.gz",
+    ]
+    with pytest.raises(DataError, match="--engine spark reads CSV and Parquet, not JSON Lines"):
+        _spark_paths([str(tmp_path)])
+
+
+def test_a_csv_header_that_is_json_says_so() -> None:
+    with pytest.raises(DataError, match="the header reads as JSON"):
+        check_header_row(['{"host": "web-01"', '"cpu": 3}'], "<stdin>")
+
+
+def test_json_lines_on_stdin_plain_or_gzip(bundle_dir: Path, tmp_path: Path) -> None:
+    records = EVAL.head(40)
+    records.to_csv(tmp_path / "in.csv", index=False)
+    assert main(["score", str(bundle_dir), str(tmp_path / "in.csv"), "--output",
+                 str(tmp_path / "o.csv")]) == 0  # fmt: skip
+    text = records.to_json(orient="records", lines=True).encode()
+    exe = Path(sys.executable).with_name("anomaly")
+    for data in (text, gzip.compress(text)):
+        done = subprocess.run(
+            [str(exe), "score", str(bundle_dir), "-", "--output", "-"],
+            input=data,
+            capture_output=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stdout == (tmp_path / "o.csv").read_bytes()
