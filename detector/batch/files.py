@@ -149,7 +149,7 @@ class _Run:
             self.rejects_writer = TableWriter(self.rejects_target)
         self.n_rejects = 0
         self.codes: Counter[str] = Counter()
-        self.typed_numbers = self.writer.format == "parquet"
+        self.typed_numbers = self.writer.format in ("parquet", "jsonl")
         sizes = [None if f == "-" else os.path.getsize(f) for f in self.files]
         total = None if None in sizes else sum(s or 0 for s in sizes)
         self.bar = tqdm(

@@ -132,6 +132,11 @@ def score_files(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    if output.rstrip("/").lower().endswith(JSON_LINES_SUFFIXES):
+        raise DataError(
+            f"--engine spark writes a folder of CSV or Parquet part files, not JSON Lines "
+            f"({output}); name the output .parquet or a folder, or score with the default engine"
+        )
     bundle = load_bundle(model)
     rejects_dir = rejects_path or f"{output.rstrip('/')}.rejects"
     for target in (output, rejects_dir):

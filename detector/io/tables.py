@@ -31,21 +31,25 @@ DEFAULT_CHUNK_ROWS = 65_536
 #: (``table_format``): one list, so a file picked up is never refused for its name.
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-#: JSON Lines, one JSON object a line (read only: outputs are CSV or Parquet).
+#: JSON Lines, one JSON object a line.
 JSON_LINES_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 #: CSV names whose fields are separated by tabs.
 TAB_SUFFIXES = (".tsv", ".tsv.gz")
 
 
 def table_format(path: str | os.PathLike[str]) -> str:
-    """The format a file's name says (for outputs, which do not exist yet): ``csv`` or
-    ``parquet``. An input that exists is told by its content instead (``input_format``)."""
+    """The format a file's name says (for outputs, which do not exist yet): ``csv``, ``jsonl``
+    or ``parquet``. An input that exists is told by its content instead (``input_format``)."""
     name = str(path).lower()
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
+    if name.endswith(JSON_LINES_SUFFIXES):
+        return "jsonl"
     if name.endswith(CSV_SUFFIXES) or name == "-":
         return "csv"
-    raise DataError(f"cannot tell the format of {path}: name it .csv, .csv.gz, .tsv or .parquet")
+    raise DataError(
+        f"cannot tell the format of {path}: name it .csv, .csv.gz, .tsv, .jsonl or .parquet"
+    )
 
 
 def csv_delimiter(path: str | os.PathLike[str]) -> str:

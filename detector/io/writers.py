@@ -1,5 +1,5 @@
-"""Writing tables atomically: CSV (minimal quoting, optionally gzip) or Parquet; or CSV to
-standard output ('-'), which a pipe reads as it comes.
+"""Writing tables atomically: CSV (minimal quoting), JSON Lines (either optionally gzip) or
+Parquet; or CSV to standard output ('-'), which a pipe reads as it comes.
 
 The output goes to a temporary file beside the target and is renamed into place at the end,
 so a crash or Ctrl-C never leaves a half-written file at the output path. The temporary file
@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -29,12 +31,13 @@ from detector.io.temporaries import check_writable, partial_path, remove_stale_t
 
 
 class TableWriter:
-    """Appends tables (Arrow or pandas) to one CSV or Parquet file; ``close`` renames it into
-    place atomically, ``abort`` removes it. Until then nothing exists at the target path.
+    """Appends tables (Arrow or pandas) to one CSV, JSON Lines or Parquet file; ``close``
+    renames it into place atomically, ``abort`` removes it. Until then nothing exists at the
+    target path.
 
     CSV is written with minimal quoting (only fields holding a delimiter, quote or newline),
     floats in their shortest round-trip form and booleans as True/False, as pandas writes them;
-    a name ending in ``.gz`` is gzip-compressed.
+    JSON Lines as ``json_lines_bytes``; a name ending in ``.gz`` is gzip-compressed.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, stream: BinaryIO | None = None) -> None:
@@ -53,7 +56,7 @@ class TableWriter:
             # next writer of the same target does, once that run's process is gone.
             remove_stale_temporaries(path)
         self._parquet: Any = None
-        self._csv: Any = None
+        self._text: Any = None
         self._raw: Any = None  # the file under a gzip stream, which does not close it
         self._columns: list[str] | None = None
 
@@ -76,6 +79,8 @@ class TableWriter:
             leading_text = None  # it holds the columns in another order
         if self.format == "parquet":
             self._write_parquet(table)
+        elif self.format == "jsonl":
+            self._write_json_lines(table)
         else:
             self._write_csv(table, leading_text, leading_columns)
 
@@ -94,29 +99,38 @@ class TableWriter:
                 ) from None
         self._parquet.write_table(table)
 
+    def _open_text(self) -> Any:
+        """The text output (CSV or JSON Lines), gzip-compressed for a ``.gz`` name, opened."""
+        if self.stream is not None:
+            self._text = self.stream
+        elif self.target.name.lower().endswith(".gz"):
+            # Level 1: several times faster than the default, most of the size saving. The
+            # header names the target, not the temporary (`gunzip -N` restores that name).
+            raw = open(self._partial, "wb")  # noqa: SIM115 - closed with the gzip stream
+            name = self.target.name[: -len(".gz")]
+            self._text = gzip.GzipFile(name, "wb", compresslevel=1, fileobj=raw)
+            self._raw = raw
+        else:
+            self._text = open(self._partial, "wb")  # noqa: SIM115 - closed by close()/abort()
+        return self._text
+
+    def _write_json_lines(self, table: pa.Table) -> None:
+        text = self._text if self._text is not None else self._open_text()
+        if table.num_rows:
+            text.write(json_lines_bytes(table))
+
     def _write_csv(
         self, table: pa.Table, leading_text: pa.Array | None, leading_columns: int
     ) -> None:
-        if self._csv is None:
-            if self.stream is not None:
-                self._csv = self.stream
-            elif self.target.name.lower().endswith(".gz"):
-                # Level 1: several times faster than the default, most of the size saving. The
-                # header names the target, not the temporary (`gunzip -N` restores that name).
-                raw = open(self._partial, "wb")  # noqa: SIM115 - closed with the gzip stream
-                name = self.target.name[: -len(".gz")]
-                self._csv = gzip.GzipFile(name, "wb", compresslevel=1, fileobj=raw)
-                self._raw = raw
-            else:
-                self._csv = open(self._partial, "wb")  # noqa: SIM115 - closed by close()/abort()
+        if self._text is None:
             header = io.StringIO()
             csv.writer(header, delimiter=self.delimiter, lineterminator="\n").writerow(
                 table.column_names
             )
-            self._csv.write(header.getvalue().encode())
+            self._open_text().write(header.getvalue().encode())
         if table.num_rows:
             # An Arrow buffer: written without a copy.
-            self._csv.write(
+            self._text.write(
                 csv_buffer(
                     table,
                     self.delimiter,
@@ -133,8 +147,8 @@ class TableWriter:
             return
         if self._parquet is not None:
             self._parquet.close()
-        if self._csv is not None:
-            self._csv.close()
+        if self._text is not None:
+            self._text.close()
         if self._raw is not None:
             self._raw.close()
         if not self._partial.exists():
@@ -146,11 +160,31 @@ class TableWriter:
             return  # what was written is the reader's; the exit status says the run failed
         if self._parquet is not None:
             self._parquet.close()
-        if self._csv is not None:
-            self._csv.close()
+        if self._text is not None:
+            self._text.close()
         if self._raw is not None:
             self._raw.close()
         self._partial.unlink(missing_ok=True)
+
+
+def json_lines_bytes(table: pa.Table) -> bytes:
+    """The rows of ``table`` as JSON Lines: an object a row, keyed by column, values typed as
+    the table holds them (a missing or not-a-number value as null, a time as its ISO 8601 text)."""
+    lines = []
+    for row in table.to_pylist():
+        try:
+            lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False, default=_json_text))
+        except ValueError:  # NaN or infinity, which JSON has no word for
+            clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                     for k, v in row.items()}  # fmt: skip
+            lines.append(json.dumps(clean, ensure_ascii=False, default=_json_text))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _json_text(value: Any) -> str:
+    """A value JSON has no type for, as text: a time (Parquet's) in ISO 8601."""
+    isoformat = getattr(value, "isoformat", None)
+    return str(isoformat()) if callable(isoformat) else str(value)
 
 
 def csv_bytes(table: pa.Table, delimiter: str = ",") -> bytes:

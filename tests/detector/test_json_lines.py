@@ -198,3 +198,51 @@ def test_json_lines_on_stdin_plain_or_gzip(bundle_dir: Path, tmp_path: Path) -> 
         )
         assert done.returncode == 0, done.stderr.decode()
         assert done.stdout == (tmp_path / "o.csv").read_bytes()
+
+
+def test_json_lines_out_hold_the_csv_outputs_values_typed(bundle_dir: Path, tmp_path: Path) -> None:
+    records = EVAL.head(200)
+    records.to_csv(tmp_path / "in.csv", index=False)
+    broken = records.astype({"cpu_pct": object})
+    broken.loc[3, "cpu_pct"] = "oops"
+    broken.to_csv(tmp_path / "broken.csv", index=False)
+    for name in ["out.jsonl", "out.ndjson.gz"]:
+        argv = ["score", str(bundle_dir), str(tmp_path / "broken.csv"), "--output"]
+        assert main([*argv, str(tmp_path / name), "--rejects", str(tmp_path / "r.jsonl")]) == 0
+        assert main([*argv, str(tmp_path / "out.csv")]) == 0
+
+        got = pd.read_json(tmp_path / name, lines=True, dtype=False)
+        want = pd.read_csv(tmp_path / "out.csv")
+        assert len(got) == 199 and list(got.columns) == list(want.columns)
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)  # hour: 0.0 against 0
+        assert got["is_anomaly"].dtype == bool and got["cpu_pct"].dtype == float
+        (reject,) = pd.read_json(tmp_path / "r.jsonl", lines=True).to_dict(orient="records")
+        assert (reject["row"], reject["line"], reject["code"]) == (4, 5, "not_a_number")
+
+
+def test_json_lines_bytes_write_null_for_what_json_cannot_say() -> None:
+    import pyarrow as pa
+
+    from detector.io.writers import json_lines_bytes
+
+    table = pa.table(
+        {
+            "x": [1.5, float("nan"), float("inf")],
+            "t": pa.array([0, 1, 2], pa.timestamp("s", tz="UTC")),
+            "s": ["é", None, '"q"'],
+        }
+    )
+    lines = [json.loads(line) for line in json_lines_bytes(table).decode().splitlines()]
+    assert [r["x"] for r in lines] == [1.5, None, None]
+    assert lines[0]["t"] == "1970-01-01T00:00:00+00:00" and [r["s"] for r in lines] == [
+        "é",
+        None,
+        '"q"',
+    ]
+
+
+def test_spark_refuses_a_json_lines_output_before_starting(bundle_dir: Path) -> None:
+    from detector.batch.spark import score_files
+
+    with pytest.raises(DataError, match="--engine spark writes a folder of CSV or Parquet"):
+        score_files(str(bundle_dir), [str(DATA / "eval.csv")], "scored.jsonl")
