@@ -262,8 +262,8 @@ class JsonLinesSource(TableSource):
         names = tuple(k.strip() for k in keys)
         problems = [
             "one is empty" if not n else f"{n!r} is named more than once"
-            for n in dict.fromkeys(names)
-            if not n or names.count(n) > 1
+            for n, count in Counter(names).items()
+            if not n or count > 1
         ]
         if problems:
             raise DataError(
