@@ -24,7 +24,7 @@ from detector.cli.score import cmd_score
 from detector.cli.train import cmd_train
 from detector.native import import_tensorflow_quietly
 from detector.nn.option_specs import training_options
-from detector.nn.options import MODEL_OPTIONS, describe
+from detector.nn.options import MODEL_OPTIONS, describe, share
 
 #: The names ``--model`` takes: ``detector.nn.options``'s registry, which needs no TensorFlow import
 #: (a test keeps it equal to ``detector.nn.models.MODELS``).
@@ -131,7 +131,7 @@ def build_parser(
         type=_rate,
         metavar="RATE",
         help="fail (exit 2, no output written) when more than this share of rows is "
-        "rejected, e.g. 0.01 (default: fail only when every row is; 1: never)",
+        "rejected, e.g. 0.01 or 1%% (default: fail only when every row is; 1: never)",
     )
     score.add_argument(
         "--engine",
@@ -187,7 +187,9 @@ def build_parser(
         "sample resolves use its generalized-Pareto tail fit.",
     )
     threshold.add_argument("model", help="model bundle directory")
-    threshold.add_argument("--fpr", type=float, required=True, help="target rate, e.g. 0.001")
+    threshold.add_argument(
+        "--fpr", type=share, required=True, help="target rate, e.g. 0.001 or 0.1%%"
+    )
     _add_output_flags(threshold)
     threshold.set_defaults(handler=cmd_threshold)
     sample = commands.add_parser(
@@ -314,10 +316,7 @@ def _count(text: str) -> int:
 
 
 def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = share(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
     return value

@@ -46,6 +46,18 @@ def opt(
     return field(default=default, metadata={**spec, "choices": choices, "shown": shown})
 
 
+def share(text: str) -> float:
+    """A rate's value as a number or a percentage: ``0.01`` or ``1%``."""
+    percent = text.strip().endswith("%")
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number; give a share such as 0.01, or 1%"
+        ) from None
+    return value / 100 if percent else value
+
+
 def sizes(text: str) -> tuple[int, ...]:
     """``--hidden-units``'s value: ``64,32`` -> ``(64, 32)``."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, sizes
+from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, share, sizes
 from detector.series.levels import DEFAULT_LEVEL_HOURS, MAX_LEVEL_HOURS
 from detector.wording import option
 
@@ -71,7 +71,9 @@ class TrainingOptions(Options):
     calibration_fraction: float = opt(
         0.15, "share of the rows the threshold is calibrated on, in [0.05, 0.4]", flag=None
     )
-    target_fpr: float = opt(0.01, "false-positive rate the threshold is set for")
+    target_fpr: float = opt(
+        0.01, "false-positive rate the threshold is set for, e.g. 0.01 or 1%", parse=share
+    )
     n_samples: int = opt(8, "latent samples L per scored record", flag="--samples")
     score_kind: str | None = opt(
         None,

@@ -189,3 +189,14 @@ def test_defaults_the_readme_states_are_the_options() -> None:
     checked = [(flag, value) for flag, value in stated if flag in by_flag]
     for flag, value in checked:
         assert value.strip() == by_flag[flag].default_text, flag
+
+
+def test_rates_are_taken_as_shares_or_percentages() -> None:
+    # "--target-fpr 1%" was "invalid float value: '1%'".
+    parser = build_parser()
+    train = parser.parse_args(["train", "d.csv", "--out", "m", "--target-fpr", "2.5%"])
+    assert train.target_fpr == pytest.approx(0.025)
+    assert parser.parse_args(["threshold", "m", "--fpr", "0.1%"]).fpr == pytest.approx(0.001)
+    score = parser.parse_args(["score", "m", "d.csv", "--output", "o", "--max-reject-rate", "5%"])
+    assert score.max_reject_rate == pytest.approx(0.05)
+    assert parser.parse_args(["threshold", "m", "--fpr", "0.02"]).fpr == 0.02
