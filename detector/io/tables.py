@@ -186,6 +186,9 @@ def _iter_csv(
     try:
         # By content, not name: a gzip file named x.data.gz or x.log is still gzip.
         compression = "infer" if source == "/dev/stdin" else ("gzip" if is_gzip(path) else None)
+        # The header as the file gives it: pandas renames a repeated 'a' to 'a.1', which a
+        # file may also name a column of its own (stdin cannot be read twice: told by names).
+        header = None if source == "/dev/stdin" else _raw_header(path, compression)
         if chunk_rows is None:
             frame = pd.read_csv(
                 source,
@@ -194,7 +197,7 @@ def _iter_csv(
                 skipinitialspace=True,
                 dtype={c: "string" for c in text_columns},
             )
-            yield _check_header(frame, path)
+            yield _check_header(frame, path, header)
             return
         with pd.read_csv(
             source,
@@ -205,7 +208,7 @@ def _iter_csv(
             skipinitialspace=True,
         ) as reader:
             for chunk in reader:
-                yield _check_header(chunk, path)
+                yield _check_header(chunk, path, header)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty: give a CSV with a header row and data rows") from None
     except pd.errors.ParserError as exc:
@@ -233,7 +236,7 @@ def _iter_json_lines(
     header = ",".join(_csv_name(n) for n in table.column_names) + "\n"
     text = io.BytesIO(header.encode() + csv_bytes(table))
     frame = pd.read_csv(text, skipinitialspace=True, dtype={c: "string" for c in text_columns})
-    frame = _check_header(frame, path)
+    frame = _check_header(frame, path, table.column_names)
     if chunk_rows is None:
         yield frame
         return
@@ -245,7 +248,23 @@ def _csv_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\r\n') else name
 
 
-def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> pd.DataFrame:
+def _raw_header(path: str | os.PathLike[str], compression: str | None) -> list[str]:
+    first = pd.read_csv(
+        path,
+        sep=csv_delimiter(path),
+        compression=compression,
+        header=None,
+        nrows=1,
+        dtype=str,
+        keep_default_na=False,
+        skipinitialspace=True,
+    )
+    return [str(v) for v in first.iloc[0]] if len(first) else []
+
+
+def _check_header(
+    frame: pd.DataFrame, path: str | os.PathLike[str], header: Sequence[str] | None = None
+) -> pd.DataFrame:
     """``frame`` with its column names stripped of spaces, as the batch and HTTP readers
     strip them (``CsvSource``): a model trained on 'cpu ' could not score its own file.
     A header that is no header, or repeats a name, is a ``DataError``; so are data rows of
@@ -264,23 +283,30 @@ def _check_header(frame: pd.DataFrame, path: str | os.PathLike[str]) -> pd.DataF
     # would be a column no file could give, since scoring's reader refuses a nameless one.
     check_named([i for i, c in enumerate(frame.columns) if str(c) == f"Unnamed: {i}"], str(path))
     frame = frame.rename(columns=lambda c: str(c).strip())
-    # pandas renames a repeated header 'a' to 'a.1'; a repeated column is the file's mistake.
     names = [str(c) for c in frame.columns]
-    present = set(names)  # a set: a list's `in` made a 50,000-column header take 80 s
-    dupes = [
-        n
-        for n in names
-        if "." in n and n.rsplit(".", 1)[0] in present and n.rsplit(".", 1)[1].isdigit()
-    ]
-    # The names as the file gives them, so a message quotes 'a', never pandas' 'a.1'.
-    renamed = set(dupes)
-    given = [n.rsplit(".", 1)[0] if n in renamed else n for n in names]
-    check_header_row(given, str(path))
-    if dupes or len(set(names)) < len(names):  # 'a' and 'a ' are one name once stripped
-        repeated = sorted(
+    if header is not None and len(header) == len(names):
+        given = [h.strip() for h in header]
+        repeated = sorted(n for n, count in Counter(given).items() if count > 1)
+        if not repeated:
+            # pandas' names are the file's but for a 'a.1' of a header 'a', 'a ', 'a.1'.
+            frame.columns = pd.Index(given)
+    else:
+        # pandas renames a repeated header 'a' to 'a.1' (told here by the names alone).
+        present = set(names)  # a set: a list's `in` made a 50,000-column header take 80 s
+        dupes = [
+            n
+            for n in names
+            if "." in n and n.rsplit(".", 1)[0] in present and n.rsplit(".", 1)[1].isdigit()
+        ]
+        # The names as the file gives them, so a message quotes 'a', never pandas' 'a.1'.
+        renamed = set(dupes)
+        given = [n.rsplit(".", 1)[0] if n in renamed else n for n in names]
+        repeated = sorted(  # 'a' and 'a ' are one name once stripped
             {n.rsplit(".", 1)[0] for n in dupes}
             | {n for n, count in Counter(names).items() if count > 1}
         )
+    check_header_row(given, str(path))
+    if repeated:
         raise DataError(f"{path} repeats column name(s) {repeated} in its header; rename them")
     return frame
 

@@ -259,3 +259,14 @@ def test_a_header_of_many_columns_is_checked_in_linear_time() -> None:
     assert _Counted.compared < 10 * len(names)
     with pytest.raises(DataError, match=r"repeats column name\(s\) \['k1'\]"):
         check_names([*names, _Counted("k1")], "wide.csv")
+
+
+def test_a_column_named_like_pandas_renames_a_repeat_is_a_column_of_its_own(tmp_path) -> None:
+    # "cpu" and "cpu.1" were refused as "repeats column name(s) ['cpu']": pandas renames a
+    # repeated 'cpu' to 'cpu.1', and training told the two apart by names alone.
+    path = tmp_path / "t.csv"
+    path.write_text("cpu,cpu.1, mem\n1,2,3\n4,5,6\n")
+    assert list(read_table(path).columns) == ["cpu", "cpu.1", "mem"]
+    path.write_text("cpu,cpu ,mem\n1,2,3\n")
+    with pytest.raises(DataError, match=r"repeats column name\(s\) \['cpu'\]"):
+        read_table(path)
