@@ -246,3 +246,14 @@ def test_spark_refuses_a_json_lines_output_before_starting(bundle_dir: Path) -> 
 
     with pytest.raises(DataError, match="--engine spark writes a folder of CSV or Parquet"):
         score_files(str(bundle_dir), [str(DATA / "eval.csv")], "scored.jsonl")
+
+
+def test_a_file_of_one_key_reads_its_values_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"a": 1}\n{"a": [1]}\n{}\n{"a": 0.1}\n{"a": true}\n{"a": 1e400}\n')
+    with open_source(str(path)) as source:
+        (chunk,) = source.chunks(100)
+    assert chunk.table.column("a").to_pylist() == ["1", None, "0.1", "true", "inf"]
+    assert chunk.row_numbers.tolist() == [1, 3, 4, 5, 6]
+    (reject,) = chunk.rejects
+    assert (reject.row_number, reject.raw) == (2, '{"a": [1]}')
