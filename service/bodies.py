@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from flask import Response, current_app, request
+from gunicorn.http.errors import ParseException
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -37,10 +38,28 @@ def read_body(state: ServiceState) -> bytes:
     # Before anything reads request.stream, which werkzeug builds once with this limit.
     request.max_content_length = limit + 1
     body = io.BytesIO()
-    while chunk := request.stream.read(min(1 << 16, limit + 1 - body.tell())):
-        body.write(chunk)
-        if body.tell() > limit:
-            raise RequestEntityTooLarge()
+    try:
+        while chunk := request.stream.read(min(1 << 16, limit + 1 - body.tell())):
+            body.write(chunk)
+            if body.tell() > limit:
+                raise RequestEntityTooLarge()
+    except ParseException as exc:  # gunicorn's, for a chunked body it cannot frame
+        raise ApiError(
+            400,
+            "bad_request",
+            f"the chunked request body is malformed ({type(exc).__name__}: {exc}); send "
+            "valid chunks, or the body whole with a Content-Length",
+        ) from None
+    declared = request.content_length
+    if declared is not None and body.tell() < declared:
+        # gunicorn ends a body early when its client closes the connection; scored, the
+        # records read so far would enter the series' state, and a retry would be "late".
+        raise ApiError(
+            400,
+            "incomplete_body",
+            f"the request body ended after {body.tell()} of its declared {declared} bytes; "
+            "send a Content-Length that matches the body",
+        )
     return _decoded(body.getvalue(), limit)
 
 

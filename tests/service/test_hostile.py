@@ -454,3 +454,47 @@ def test_a_chunked_body_under_the_limit_is_read_whole(server: str) -> None:
     status, body = post_chunked(server, "/v1/models/tiny/score", chunks)
     assert status == 200, body
     assert body["counts"]["scored"] == 200
+
+
+def raw_post(base: str, head: str, body: bytes, *, half_close: bool = False) -> tuple[int, dict]:
+    """Send ``head`` (the request line and headers, without the blank line) and ``body`` as
+    they are; ``half_close``: then shut the socket's sending side, as a client that dies
+    mid-upload does."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    head_part, _, answer = received.partition(b"\r\n\r\n")
+    return int(head_part.split()[1]), json.loads(answer)
+
+
+@pytest.mark.slow
+def test_a_body_shorter_than_its_content_length_is_not_scored(server: str) -> None:
+    # A client that died mid-upload got a 200 for the rows it had sent, and they were kept:
+    # a series model's retry of the whole batch was then rejected as late.
+    text = "\n".join(",".join(map(str, r.values())) for r in normal_records(6))
+    header = ",".join(normal_records(1)[0]) + "\n"
+    whole = (header + text + "\n").encode()
+    part = whole[: len(whole) // 2]
+    head = (
+        f"POST /v1/models/tiny/score HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+        f"Content-Length: {len(whole)}"
+    )
+    status, body = raw_post(server, head, part, half_close=True)
+    assert status == 400 and body["error"] == "incomplete_body", body
+    assert f"ended after {len(part)} of its declared {len(whole)} bytes" in body["detail"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framing", [b"zz\r\nabc\r\n0\r\n\r\n", b"-3\r\nabc\r\n0\r\n\r\n"])
+def test_broken_chunked_framing_is_a_400_not_a_500(server: str, framing: bytes) -> None:
+    head = (
+        "POST /v1/models/tiny/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked"
+    )
+    status, body = raw_post(server, head, framing)
+    assert status == 400 and "chunked request body is malformed" in body["detail"], body
