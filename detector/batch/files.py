@@ -173,7 +173,8 @@ class _Run:
         read = scored = rejected = 0
         tally = NumberTally()
         chunk_rows = chunk_rows_for(self.bundle, chunk_rows)
-        with open_source(path) as source:
+        expected = (*self.bundle.input_columns, *self.keep_columns)
+        with open_source(path, expected=expected) as source:
             columns = self._check(source.columns, source.name)
             seen = 0
             # Three threads, each on its own chunk: the next chunk is read, parsed and encoded

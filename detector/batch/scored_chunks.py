@@ -120,7 +120,7 @@ def iter_scored(
     rows = chunk_rows_for(bundle, chunk_rows)
     for name in expand_inputs([path]):
         tally = NumberTally()
-        with open_source(name) as source:
+        with open_source(name, expected=(*bundle.input_columns, *passthrough)) as source:
             check_columns(
                 bundle.schema,
                 source.columns,

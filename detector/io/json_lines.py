@@ -9,7 +9,8 @@ its own, with its line number and why; the other lines are scored.
 In a file, each record's values become text, as a CSV file would hold them (a number in its
 shortest round-trip form, ``true``/``false``, ``null`` or an absent key as missing), so a
 JSON Lines file scores exactly as the CSV of the same values does. Its columns are the keys of
-its first records (up to ``COLUMNS_FROM_BYTES`` of them), in the order first seen: a later
+its first records (up to ``COLUMNS_FROM_BYTES`` of them), in the order first seen, and those
+the caller reads (a model's, the kept ones) where the first records leave them out: a later
 record with a key outside them is rejected, naming the key, rather than scored without it.
 """
 
@@ -167,7 +168,9 @@ class JsonLinesSource(TableSource):
 
     delimiter = None
 
-    def __init__(self, name: str, binary: Any, *, owned: bool = True) -> None:
+    def __init__(
+        self, name: str, binary: Any, *, owned: bool = True, expected: Sequence[str] = ()
+    ) -> None:
         from detector.io.csv_source import is_live
 
         self.name = name
@@ -186,14 +189,14 @@ class JsonLinesSource(TableSource):
             self._tail = b""
             self._eof = False
             self._first_line = 1
-            self.columns = self._read_columns()
+            self.columns = self._read_columns(expected)
         except BaseException:
             self.close()
             raise
 
     @classmethod
-    def of_path(cls, path: str) -> JsonLinesSource:
-        return cls(path, open(path, "rb"))  # closed by close()
+    def of_path(cls, path: str, *, expected: Sequence[str] = ()) -> JsonLinesSource:
+        return cls(path, open(path, "rb"), expected=expected)  # closed by close()
 
     def close(self) -> None:
         if not self._owned:
@@ -232,7 +235,7 @@ class JsonLinesSource(TableSource):
                 "hold one record a line (jq -c writes them so)"
             )
 
-    def _read_columns(self) -> tuple[str, ...]:
+    def _read_columns(self, expected: Sequence[str]) -> tuple[str, ...]:
         """The keys of the records in the first ``COLUMNS_FROM_BYTES`` (at least one record),
         in the order first seen; lines are kept for ``chunks``. A pipe's first records give
         them as soon as they come, rather than after a megabyte."""
@@ -259,7 +262,10 @@ class JsonLinesSource(TableSource):
                 break
             self._read_more()
         if keys:
-            return self._named(tuple(keys))
+            names = self._named(tuple(keys))
+            absent = [c for c in dict.fromkeys(expected) if c not in self._keys]
+            self._keys.update((c, c) for c in absent)
+            return names + tuple(absent)
         if not any(line.strip() for line in self._lines) and self._eof:
             raise DataError(f"{self.name} is empty: give JSON Lines, one record (object) a line")
         whole = b"\n".join(self._lines[:2]).lstrip()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,22 +29,24 @@ from detector.io.tables import check_names, input_format
 _SNIFF_BYTES = 4096
 
 
-def open_source(path: str) -> TableSource:
+def open_source(path: str, *, expected: Sequence[str] = ()) -> TableSource:
     """Open a CSV or JSON Lines (plain, gzip, or '-' for stdin) or Parquet file, told apart by
     content (``input_format``; stdin by its first bytes), not name; its header (a JSON Lines
     file's first records) is read and checked here (empty file, undecodable or duplicate or
-    empty column names, a first line of values: ``DataError``)."""
+    empty column names, a first line of values: ``DataError``). ``expected``: the columns the
+    caller reads (a model's, those it keeps), which a JSON Lines file has even where its first
+    records leave them out (a serialiser that drops null values)."""
     if path == "-":
         stdin = stdin_reader()
         # Blocks until the first bytes come (or the end): what a pipe holds is told by them.
         if looks_like_json(stdin.peek(_SNIFF_BYTES)[:_SNIFF_BYTES], gzipped=True):
-            return JsonLinesSource("<stdin>", stdin, owned=False)
+            return JsonLinesSource("<stdin>", stdin, owned=False, expected=expected)
         return CsvSource(path, stdin=stdin)
     fmt = input_format(path)
     if fmt == "parquet":
         return ParquetSource(path)
     if fmt == "jsonl":
-        return JsonLinesSource.of_path(path)
+        return JsonLinesSource.of_path(path, expected=expected)
     return CsvSource(path)
 
 

@@ -257,3 +257,25 @@ def test_a_file_of_one_key_reads_its_values_as_text(tmp_path: Path) -> None:
     assert chunk.row_numbers.tolist() == [1, 3, 4, 5, 6]
     (reject,) = chunk.rejects
     assert (reject.row_number, reject.raw) == (2, '{"a": [1]}')
+
+
+def test_a_model_or_kept_column_left_out_of_the_first_records_is_still_read(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serialiser that drops null values leaves a key out of a file's first records; the
+    model's columns and the kept ones are columns all the same (the records without them
+    have them missing), rather than a file refused for a "missing column" it holds."""
+    monkeypatch.setattr(json_lines, "COLUMNS_FROM_BYTES", 1)
+    records = EVAL.head(5).to_dict(orient="records")
+    first = {k: v for k, v in records[0].items() if k != "disk_iops"}
+    lines = [first, *({**r, "note": "x"} for r in records[1:])]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    argv = ["score", str(bundle_dir), str(path), "--output", str(tmp_path / "o.csv")]
+
+    assert main([*argv, "--keep-column", "note"]) == 0
+
+    scored = pd.read_csv(tmp_path / "o.csv")
+    assert scored["note"].tolist() == ["x"] * 4
+    rejects = pd.read_csv(tmp_path / "o.csv.rejects.csv")
+    assert rejects[["row", "code"]].values.tolist() == [[1, "missing_value"]]
