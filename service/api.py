@@ -245,6 +245,9 @@ def _csv_frame(loaded: LoadedModel, table: pa.Table) -> pd.DataFrame:
     schema = loaded.bundle.schema
     numeric = {c.name for c in schema.numeric}
     text = set(schema.text_columns)
+    series = loaded.bundle.series
+    if series is not None:  # a key '007' is not the series '7'; times are read as text
+        text |= {series.time_column, *series.key_columns}
     columns: dict[str, Any] = {}
     for name in table.column_names:
         values = table.column(name)
@@ -258,11 +261,16 @@ def _csv_frame(loaded: LoadedModel, table: pa.Table) -> pd.DataFrame:
 
 
 def _echoed(values: Any) -> Any:
+    """A column the model does not read, as numbers where each value is written as that
+    number prints (``7``, ``2.5``), else as the text sent: '007' or a 20-digit id stays
+    what it was."""
     for kind in (pa.int64(), pa.float64()):
         try:
-            return pc.cast(values, kind).to_pandas()
+            numbers = pc.cast(values, kind)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
+        if pc.all(pc.equal(pc.cast(numbers, pa.string()), values)).as_py() is not False:
+            return numbers.to_pandas()
     return pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
 
 

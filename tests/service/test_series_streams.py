@@ -368,3 +368,25 @@ def test_a_state_file_locked_past_the_timeout_answers_503_with_the_reason(
     assert response.status_code == 503
     body = response.get_json()
     assert body["error"] == "series_state_unavailable" and "locked" in body["detail"]
+
+
+def test_csv_keys_that_read_as_numbers_stay_the_series_they_name(
+    two_workers: list[Any],
+) -> None:
+    # Over CSV, hosts '007' and '7' were one series (the key column was read as numbers
+    # wherever every value of the batch was one): the second row was "a duplicate".
+    rows = fleet(2, start="2026-01-05", seed=4).head(1).to_dict("records")
+    columns = list(rows[0])
+    body = (
+        ",".join(columns)
+        + "\n"
+        + "".join(
+            ",".join(str({**rows[0], "host": host}[c]) for c in columns) + "\n"
+            for host in ("007", "7")
+        )
+    )
+    client = two_workers[0]
+    response = client.post("/v1/models/fleet/score", data=body, content_type="text/csv")
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    assert answer["counts"]["scored"] == 2, answer
