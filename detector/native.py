@@ -90,6 +90,13 @@ def native_output_silenced() -> Iterator[None]:
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow (once per process) with its start-up chatter kept off stderr, and,
     unless the user set ``TF_CPP_MIN_LOG_LEVEL``, set it to ``DEFAULT_TF_LOG_LEVEL`` first."""
+    # Each fit builds new training functions for a new network, which TensorFlow counts as
+    # "retracing" and warns of after a few fits in one process (a grid search, a loop over
+    # data sets): expected here, and no fault of the caller's. Filtered whoever imported
+    # TensorFlow first (a caller's `import keras` before ours left the warning on).
+    tf_log = logging.getLogger("tensorflow")
+    if _not_retracing not in tf_log.filters:
+        tf_log.addFilter(_not_retracing)
     if "tensorflow" in sys.modules:
         return
     with native_output_silenced():
@@ -98,10 +105,6 @@ def import_tensorflow_quietly() -> None:
 
         # Probing devices is when CUDA prints its complaints; do it now, while muted.
         tf.config.list_physical_devices()
-    # Each fit builds new training functions for a new network, which TensorFlow counts as
-    # "retracing" and warns of after a few fits in one process (a grid search, a loop over
-    # data sets): expected here, and no fault of the caller's.
-    logging.getLogger("tensorflow").addFilter(_not_retracing)
 
 
 def _not_retracing(record: logging.LogRecord) -> bool:

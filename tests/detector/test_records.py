@@ -215,6 +215,19 @@ def test_many_fits_in_one_process_raise_no_retracing_warning(caplog) -> None:
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
 
+def test_the_retracing_warning_is_filtered_whoever_imported_tensorflow_first() -> None:
+    # A caller (or a test module) that ran `import keras` before the detector's first import
+    # left TensorFlow's retracing warning on: the filter was added only on that first import.
+    import logging
+
+    import keras  # noqa: F401 - imported first, as a caller's notebook does
+
+    from detector.native import _not_retracing, import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    assert _not_retracing in logging.getLogger("tensorflow").filters
+
+
 def test_the_python_api_names_a_bad_impute_and_takes_one_passthrough_name(fitted) -> None:
     """impute='mean' was taken as no imputation; passthrough='id' as the columns 'i' and 'd'."""
     from detector.errors import ConfigError
