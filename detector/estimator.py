@@ -90,8 +90,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         self.bundle_ = bundle
         self.summary_ = summary
         self.offset_ = -bundle.calibrator.threshold
-        self.feature_names_in_ = np.asarray(bundle.schema.column_order, dtype=object)
-        self.n_features_in_ = len(bundle.schema.column_order)
+        # The columns a record is given with: a series model's window columns are its own.
+        self.feature_names_in_ = np.asarray(bundle.input_columns, dtype=object)
+        self.n_features_in_ = len(bundle.input_columns)
 
     # ---- scoring ---------------------------------------------------------------------------
 
@@ -109,8 +110,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
             from detector.errors import ConfigError
 
             raise ConfigError(f"impute={impute!r}: give None (reject empty values) or 'median'")
-        # One name given bare ('id') is one column, not the letters 'i' and 'd'.
+        # One name given bare ('id') is one column, not the letters 'i' and 'd'. The columns
+        # training ignored (`anomaly train --ignore-column`) are taken, as `anomaly score` does.
         kept = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
+        kept += tuple(c for c in self.bundle_.ignored_columns if c not in kept)
         if isinstance(X, pd.Series):  # one row of a table (frame.iloc[0]): a record
             X = X.to_dict()
         if isinstance(X, Mapping):
@@ -201,17 +204,35 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
 
 def _as_options(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` with lists (from a caller, from a bundle's JSON) as the tuples options hold,
-    and one value given bare to an option of several (``series_columns="host"``,
+    numpy numbers as Python's, ``random_state`` as an integer seed (``_seed``), and one value
+    given bare to an option of several (``series_columns="host"``,
     ``hidden_units=64``) as a tuple of one: a string was taken letter by letter."""
     several = {o.name for o in training_options() if _holds_several(o.hint)}
     out = {}
     for name, value in params.items():
+        if isinstance(value, np.generic):  # from a parameter grid of np.arange(...)
+            value = value.item()
+        if name == "random_state" and not isinstance(value, int | str | float):
+            value = _seed(value)
         if isinstance(value, list):
             value = tuple(value)
         elif name in several and isinstance(value, str | int | float) and value is not None:
             value = (value,)
         out[name] = value
     return out
+
+
+def _seed(random_state: Any) -> Any:
+    """scikit-learn's ``random_state``: ``None`` (a fresh seed each fit) or a numpy
+    ``RandomState``/``Generator`` (a seed drawn from it) as the integer seed training takes;
+    the bundle records the seed used. Anything else is left for the options' check."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**31 - 1))
+    return random_state
 
 
 def _holds_several(hint: Any) -> bool:
@@ -265,4 +286,7 @@ def _as_frame(
             f"expected {len(names)} columns ({shown}) as the model was fitted, got "
             f"{array.shape[1]}; pass the same columns in the same order, or a DataFrame"
         )
-    return pd.DataFrame(array, columns=list(names))
+    frame = pd.DataFrame(array, columns=list(names))
+    # An object array (a mixed frame's .to_numpy()) holds numbers as objects: read as such,
+    # each float column would be text, a category per value.
+    return frame.infer_objects() if array.dtype == object else frame

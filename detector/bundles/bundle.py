@@ -62,7 +62,12 @@ from detector.bundles.integrity import (
 from detector.errors import BundleError
 from detector.features.record_encoder import RecordEncoder
 from detector.features.schema import Schema
-from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
+from detector.io.temporaries import (
+    check_writable,
+    partial_path,
+    remove_stale_temporaries,
+    staging_path,
+)
 from detector.nn.lite_graph import LiteScoreGraph, litert_available
 from detector.nn.training_options import DEVIATION_WEIGHT, MAX_SAMPLES, METRIC_WEIGHT
 from detector.scoring.neighbours import DEFAULT_BOX_QUANTILE, NeighbourBank
@@ -259,8 +264,11 @@ class Bundle:
 
 
 def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
-    """Write ``bundle`` to the directory ``path`` atomically, replacing any bundle there."""
-    target = Path(path)
+    """Write ``bundle`` to the directory ``path`` atomically, replacing any bundle there; a
+    path that cannot hold one (a file, a folder of other files) is refused before writing."""
+    target = Path(os.path.abspath(path))  # '.' or '' names the working directory
+    check_writable(target, folder=True)
+    _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Staging folders of a training run killed outright (its process gone) go first.
     remove_stale_temporaries(target)
@@ -284,12 +292,16 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
+def _check_replaceable(target: Path) -> None:
     if target.exists() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
         raise BundleError(
             f"{target} exists and is not a model bundle; choose another {option('out')} or "
             "remove it"
         )
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    _check_replaceable(target)  # again: it may have changed while the bundle was written
     retired = staging_path(target, "old")
     if target.exists():
         target.rename(retired)

@@ -40,6 +40,8 @@ def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> Non
     try:
         if not folder and target.is_dir():
             raise ConfigError(f"cannot write {path}: it is a directory; name a file in it")
+        if folder and target.exists() and not target.is_dir():
+            raise ConfigError(f"cannot write {path}: it is a file, and this is written as a folder")
         blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise ConfigError(

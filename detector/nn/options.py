@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Self
+from typing import Any, Self, get_args, get_origin, get_type_hints
+
+import numpy as np
 
 from detector.wording import option
 
@@ -79,6 +82,52 @@ class Options:
     @classmethod
     def of(cls, source: object) -> Self:
         return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
+
+
+def type_problems(options: object) -> list[str]:
+    """The options whose value is not of its field's type, each named: a Python caller's
+    ``epochs="2"`` otherwise failed as "'<' not supported between 'str' and 'int'" (or, for
+    ``epochs=2.5``, deep in training)."""
+    hints = get_type_hints(type(options))
+    found = []
+    for f in fields(options):  # type: ignore[arg-type]
+        value, hint = getattr(options, f.name), hints[f.name]
+        if not _holds(value, hint):
+            found.append(f"{f.name}={value!r} must be {_named_type(hint)}")
+    return found
+
+
+def _holds(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_holds(value, kind) for kind in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0]
+        return isinstance(value, tuple) and all(_holds(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool | np.bool_)
+    if hint is int:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+            value, bool
+        )
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _named_type(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_named_type(kind) for kind in get_args(hint))
+    if hint is type(None):
+        return "None"
+    if get_origin(hint) is tuple:
+        plural = {int: "integers", float: "numbers", str: "names"}
+        return f"a tuple of {plural.get(get_args(hint)[0], 'values')}"
+    names = {bool: "True or False", int: "an integer", float: "a number", str: "text"}
+    return names.get(hint, str(hint))
 
     def problems(self, model: str) -> list[str]:
         return []

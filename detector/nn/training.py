@@ -37,6 +37,7 @@ from detector.nn.options import (
     LSVAEOptions,
     SVDDOptions,
     conditioned_on,
+    type_problems,
 )
 from detector.nn.training_checks import (
     ACTIVE_UNIT_KL,
@@ -89,6 +90,16 @@ SMALL_TABLE_ROWS = 200
 DEFAULT_SCORE = "knn"
 
 
+def _is_activation(name: str) -> bool:
+    import keras  # the caller trains next: TensorFlow is loaded anyway
+
+    try:
+        keras.activations.get(name)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class TrainingConfig(
     FAEOptions,
@@ -106,6 +117,9 @@ class TrainingConfig(
     def problems(self, model: str | None = None) -> list[str]:
         """What is wrong with these settings for ``model`` (by default this config's)."""
         model = self.model if model is None else model
+        wrong = type_problems(self)
+        if wrong:  # the checks below compare values of the right types
+            return wrong
         problems = TrainingOptions.of(self).problems(model)
         if model in MODELS:
             kinds = SCORE_KINDS + MODELS[model].extra_score_kinds
@@ -115,6 +129,11 @@ class TrainingConfig(
                     f"score_kind {self.score_kind!r} is not one of {list(kinds)} for "
                     f"model {model!r}"
                 )
+        if self.activation != "relu" and not _is_activation(self.activation):
+            problems.append(
+                f"activation {self.activation!r} is not a Keras activation (e.g. relu, tanh, "
+                "elu, gelu)"
+            )
         if self.score_kind in NEIGHBOUR_KINDS and not self.neighbours:
             problems.append(f"score_kind {self.score_kind!r} needs neighbours >= 1")
         if self.time_column is not None:
@@ -351,7 +370,11 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     for message in warnings:
         log.warning(message)
 
-    best = int(getattr(stopper, "best_epoch", len(history["loss"]) - 1))
+    # The epoch whose weights the model keeps: the best one watched, or the last where none
+    # was (training ended within the KL warm-up, before early stopping watched an epoch).
+    last = len(history["loss"]) - 1
+    watched = getattr(stopper, "best_weights", None) is not None
+    best = int(getattr(stopper, "best_epoch", last)) if watched else last
     summary = TrainingSummary(
         rows=len(values),
         fit_rows=len(fit_x),

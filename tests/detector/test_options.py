@@ -41,6 +41,8 @@ def _changed(o: TrainingOption) -> Any:
     """A value of ``o`` other than its default."""
     if o.many:
         return ("host",)
+    if isinstance(o.default, int) and not isinstance(o.default, bool):
+        return o.default + 1  # an integer option takes integers only
     return 0.5 if o.default is None else o.default / 2
 
 

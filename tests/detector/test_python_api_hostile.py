@@ -1,0 +1,105 @@
+"""The Python API used as a careless data scientist would: each test is a finding of a probe,
+and failed before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.cli.main import main
+from detector.errors import ConfigError, DetectorError
+from detector.estimator import VAEDetector
+from tests.conftest import DATA, fleet
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"hidden_units": (8,), "latent_dim": 2, "epochs": 3, "batch_size": 256}
+TRAIN = pd.read_csv(DATA / "train.csv").head(400)
+
+
+def test_a_bundle_trained_without_a_column_scores_frames_that_hold_it(tmp_path: Path) -> None:
+    # `anomaly score` carried the ignored id through; the Python API refused the same frame
+    # ("unknown column(s) ['id']").
+    frame = TRAIN.assign(id=range(len(TRAIN)))
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    argv = ["train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "m"), "--quiet"]
+    assert main([*argv, "--epochs", "2", "--hidden-units", "8", "--ignore-column", "id"]) == 0
+
+    detector = VAEDetector.load(tmp_path / "m")
+    scores = detector.anomaly_score(frame.head(20))
+
+    np.testing.assert_array_equal(scores, detector.anomaly_score(TRAIN.head(20)))
+
+
+def test_an_object_array_fits_its_numbers_as_numbers() -> None:
+    # A mixed frame's .to_numpy() holds numbers as objects: each float column was text
+    # ("396 distinct text values, which looks like an identifier").
+    array = TRAIN.to_numpy()
+    assert array.dtype == object
+    detector = VAEDetector(**SMALL, neighbours=0).fit(array)
+    kinds = {c.name: "number" for c in detector.bundle_.schema.numeric}
+    assert kinds.get(f"x{list(TRAIN.columns).index('cpu_pct')}") == "number"
+    assert len(detector.bundle_.schema.numeric) == TRAIN.select_dtypes("number").shape[1]
+
+
+def test_a_summary_within_the_kl_warm_up_reports_the_epoch_kept() -> None:
+    # Training shorter than the KL warm-up kept the last epoch's weights and reported the
+    # first epoch's losses (early stopping had watched no epoch).
+    detector = VAEDetector(**SMALL, neighbours=0, random_state=0).fit(TRAIN)
+    summary = detector.summary_
+    assert summary.epochs_run == summary.best_epoch == 3
+    assert summary.val_neg_elbo == summary.history["val_neg_elbo"][-1]
+
+
+@pytest.mark.parametrize("seed", [None, np.random.RandomState(1), np.random.default_rng(2)])
+def test_random_state_takes_what_scikit_learn_takes(seed: object) -> None:
+    # None crashed inside Keras ("Expected 'seed' argument to be an integer").
+    detector = VAEDetector(**SMALL, neighbours=0, random_state=seed).fit(TRAIN)
+    assert detector.get_params()["random_state"] is seed
+    assert np.isfinite(detector.anomaly_score(TRAIN.head(5))).all()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"epochs": "2"}, "epochs='2' must be an integer"),
+        ({"epochs": 2.5}, "epochs=2.5 must be an integer"),
+        ({"hidden_units": "8,4"}, r"hidden_units=\('8,4',\) must be a tuple of integers or None"),
+        ({"calendar": 1}, "calendar=1 must be True or False"),
+        ({"activation": "bogus"}, "activation 'bogus' is not a Keras activation"),
+    ],
+)
+def test_parameters_of_the_wrong_type_are_named(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        VAEDetector(**{**SMALL, **params}).fit(TRAIN)
+
+
+def test_numpy_numbers_from_a_parameter_grid_are_taken() -> None:
+    detector = VAEDetector(**{**SMALL, "epochs": np.int64(2)}, target_fpr=np.float64(0.02))
+    detector.fit(TRAIN)
+    assert detector.summary_.epochs_run == 2
+
+
+@pytest.mark.parametrize("name", ["afile", "afile/sub", "."])
+def test_saving_where_no_bundle_can_go_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # NotADirectoryError, FileExistsError, "PosixPath('.') has an empty name".
+    detector = VAEDetector(**SMALL, neighbours=0).fit(TRAIN)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DetectorError, match=r"is a file|is not a model bundle"):
+        detector.save(name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_series_models_feature_names_are_the_columns_it_is_given() -> None:
+    # They were its window's internal columns ('cpu[-19]'), without the time and key.
+    frame = fleet(200)
+    detector = VAEDetector(**SMALL, time_column="ts", series_columns="host").fit(frame)
+    assert set(detector.feature_names_in_) == set(frame.columns)
+    assert detector.n_features_in_ == frame.shape[1]
+    assert np.isfinite(detector.anomaly_score(frame[list(detector.feature_names_in_)])).all()
