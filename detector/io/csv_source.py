@@ -7,6 +7,7 @@ import codecs
 import gzip
 import io
 import os
+import re
 import select
 import stat
 import sys
@@ -54,6 +55,8 @@ MAX_BLOCK_BYTES = 8 << 20
 #: The record-by-record path reads at least this many lines at once (a tiny ``chunk_rows``
 #: would otherwise have Arrow try the rest of a block again after every few lines).
 _FEWEST_LINES = 8192
+#: Lines of nothing but spaces and tabs, at the start of a text.
+_BLANK_LINES = re.compile(rb"(?:[ \t]*\r?\n)*")
 #: A line longer than this is not CSV (a binary file, or one without line breaks).
 MAX_LINE_BYTES = 64 << 20
 #: A pipe that stays quiet this long hands on the whole records read so far, so that rows fed
@@ -168,6 +171,14 @@ class CsvSource(TableSource):
                 "the file as UTF-8"
             )
         eof = False
+        # Blank lines above the header are no records: pandas, which trains, skips them.
+        skipped = 0
+        while blank := _blank_prefix(buffer):
+            skipped += buffer.count(b"\n", 0, blank)
+            buffer = buffer[blank:]
+            if buffer:
+                break
+            buffer = self._read(_FIRST_READ)
         while True:
             data = buffer if buffer.endswith(b"\n") or not eof else buffer + b"\n"
             lines = Lines(data, self.delimiter)
@@ -196,7 +207,7 @@ class CsvSource(TableSource):
             raise DataError(f"cannot parse the header of {self.name}: {record.error}")
         self.columns = tuple(n.strip() for n in record.fields)
         check_names(self.columns, self.name)
-        return data[lines.offset(record.end) :], 1 + record.end
+        return data[lines.offset(record.end) :], 1 + skipped + record.end
 
     # -- blocks of records ---------------------------------------------------------------
 
@@ -453,6 +464,12 @@ def is_live(binary: Any) -> bool:
     except (OSError, ValueError, io.UnsupportedOperation):
         return False  # in memory (an HTTP body)
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+
+def _blank_prefix(text: bytes) -> int:
+    """The length of the blank lines ``text`` starts with."""
+    found = _BLANK_LINES.match(text)
+    return found.end() if found else 0
 
 
 def stdin_reader() -> io.BufferedReader:

@@ -270,3 +270,15 @@ def test_a_column_named_like_pandas_renames_a_repeat_is_a_column_of_its_own(tmp_
     path.write_text("cpu,cpu ,mem\n1,2,3\n")
     with pytest.raises(DataError, match=r"repeats column name\(s\) \['cpu'\]"):
         read_table(path)
+
+
+def test_blank_lines_above_the_header_are_skipped_as_training_skips_them(tmp_path) -> None:
+    # Training (pandas) read the header below them; scoring said the file "is empty".
+    path = tmp_path / "in.csv"
+    path.write_text("\n \r\n\t\ncpu,mem\n1,2\nx\n")
+    assert list(read_table(path).columns) == ["cpu", "mem"]
+    with open_source(str(path)) as source:
+        assert source.columns == ("cpu", "mem")
+        (chunk,) = source.chunks(10)
+    assert chunk.lines.tolist() == [5]
+    assert [(r.row_number, r.line, r.code) for r in chunk.rejects] == [(2, 6, "ragged")]
