@@ -5,6 +5,7 @@ JSON with the hardening hostile requests need, validated against a ``service.sch
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import zlib
@@ -16,9 +17,11 @@ from gunicorn.http.errors import ParseException
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from detector.features.encode import shortened
 from detector.io.json_lines import (
     SURROGATE_ESCAPE,
     RepeatedKeys,
+    json_error,
     json_object,
     parse_line,
 )
@@ -60,7 +63,33 @@ def read_body(state: ServiceState) -> bytes:
             f"the request body ended after {body.tell()} of its declared {declared} bytes; "
             "send a Content-Length that matches the body",
         )
-    return _decoded(body.getvalue(), limit)
+    return _as_utf8(_decoded(body.getvalue(), limit))
+
+
+def _as_utf8(body: bytes) -> bytes:
+    """``body`` in UTF-8, from the charset its Content-Type names (``text/csv;
+    charset=iso-8859-1``): it was read as UTF-8 whatever the header said, and a Latin-1 byte
+    answered "'utf-8' codec can't decode byte 0xe9"."""
+    charset = (request.mimetype_params.get("charset") or "utf-8").strip().lower()
+    try:
+        codec = codecs.lookup(charset)
+        if not getattr(codec, "_is_text_encoding", True):  # base64, zlib: bytes to bytes
+            raise LookupError(charset)
+        name = codec.name
+    except LookupError:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"charset {shortened(charset)!r} is not an encoding this server knows; send UTF-8",
+        ) from None
+    if name == "utf-8":
+        return body
+    try:
+        return body.decode(name).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, "bad_request", f"the body is not {charset} text, as its Content-Type says ({exc})"
+        ) from None
 
 
 #: Content-Encoding values a body may come in (RFC 9110 8.4.1): as sent, or compressed, as
@@ -174,7 +203,7 @@ def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
         ) from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         raise ApiError(
-            400, "bad_request", f"the body is not valid JSON ({exc}); send {shape}"
+            400, "bad_request", f"the body is not valid JSON ({json_error(exc)}); send {shape}"
         ) from None
     _refuse_repeated_keys(value, found, shape)
     return value

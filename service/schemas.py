@@ -77,7 +77,7 @@ class ModelSummary(ResponseBody):
     model_type: str
     created_at: str
     score: str = Field(description="the kind of anomaly_score")
-    samples: int = Field(description="training rows")
+    samples: int = Field(description="latent samples a record is scored with (--samples)")
     threshold: float = Field(description="anomaly_score above this is an anomaly")
     target_fpr: float
     generation: int = Field(description="counts reloads")

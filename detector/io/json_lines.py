@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import sys
 import threading
 import time
 import zlib
@@ -107,7 +108,7 @@ def parse_line(number: int, line: bytes, *, hint: str = "send one object a line"
         if SURROGATE_ESCAPE.search(text):
             json.dumps(value, ensure_ascii=False).encode()  # raises on a lone surrogate
     except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else json_error(exc)
         return Unparsed(f"line {number} is not JSON ({reason})" + (f"; {hint}" if hint else ""))
     return value
 
@@ -118,6 +119,14 @@ _HINT = "write one object a line"
 
 def _at_line(number: int, problem: str) -> str:
     return problem if problem.startswith("line ") else f"line {number}: {problem}"
+
+
+def json_error(exc: ValueError) -> str:
+    """Why JSON text did not parse, in a client's words: Python's own advice for a number of
+    thousands of digits ("use sys.set_int_max_str_digits()") is none a client can take."""
+    if "integer string conversion" in str(exc):
+        return f"a number of more than {sys.get_int_max_str_digits()} digits"
+    return str(exc)
 
 
 def record_problem(record: Any) -> str | None:

@@ -91,6 +91,41 @@ def test_a_csv_body_with_lone_carriage_returns_reads_as_lines(client) -> None:
     assert response.json["results"] == plain.json["results"]
 
 
+def test_a_number_of_thousands_of_digits_is_named_in_a_clients_words(client) -> None:
+    # The answer was Python's advice: "use sys.set_int_max_str_digits() to increase the limit".
+    body = '{"records": [{"cpu_pct": ' + "9" * 5000 + "}]}"
+    response = client.post("/v1/models/tiny/score", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "a number of more than 4300 digits" in response.json["detail"]
+    assert "sys." not in response.json["detail"]
+    lines = client.post(
+        "/v1/models/tiny/score", data='{"cpu_pct": ' + "9" * 5000 + "}\n",
+        content_type="application/x-ndjson",
+    )  # fmt: skip
+    assert "a number of more than 4300 digits" in str(lines.json)
+
+
+def test_a_csv_body_in_another_charset_or_below_blank_lines_reads_as_utf8(client) -> None:
+    """A Latin-1 body that said so was read as UTF-8 ("'utf-8' codec can't decode byte
+    0xe9"); blank lines above the header made the body "empty"."""
+    frame = pd.DataFrame(NORMAL[:5]).assign(host="wéb-01")  # unseen, scored all the same
+    csv = frame.to_csv(index=False)
+    plain = client.post("/v1/models/tiny/score", data=csv.encode(), content_type="text/csv")
+    assert plain.status_code == 200, plain.json
+    for data, kind in [
+        (csv.encode("latin-1"), "text/csv; charset=ISO-8859-1"),
+        (csv.encode("utf-16"), "text/csv; charset=utf-16"),
+        (("\n \n" + csv).encode(), "text/csv"),
+    ]:
+        response = client.post("/v1/models/tiny/score", data=data, content_type=kind)
+        assert response.status_code == 200, (kind, response.json)
+        assert response.json["results"] == plain.json["results"]
+    for charset, status in [("klingon", 415), ("base64", 415)]:
+        kind = f"text/csv; charset={charset}"
+        response = client.post("/v1/models/tiny/score", data=csv, content_type=kind)
+        assert response.status_code == status and "send UTF-8" in response.json["detail"]
+
+
 @pytest.mark.parametrize("column", ["region", "cpu_pct"])
 @pytest.mark.parametrize("text", ["NA", " null ", "None", ""])
 def test_text_a_file_reads_as_missing_is_missing_in_json_too(client, column, text) -> None:
