@@ -18,6 +18,7 @@ import pandas as pd
 from flask import Blueprint, Response
 from pydantic import ValidationError
 
+from detector import __version__
 from detector.features.encode import check_columns, shortened
 from service import schemas
 from service.bodies import answer, explained, read_json
@@ -32,6 +33,12 @@ INFER_SHAPE = '{"inputs": [{"name", "shape", "datatype", "data"}, ...]}'
 SCALARS = (int, float, str, bool, type(None))
 
 
+@kserve.get("")
+def server_metadata() -> Response:
+    metadata = schemas.ServerMetadata(name="anomaly-detector", version=__version__, extensions=[])
+    return answer(metadata)
+
+
 @kserve.get("/health/live")
 def live() -> Response:
     return answer(schemas.Live(live=True))
@@ -43,11 +50,27 @@ def ready() -> Response:
     return answer(schemas.Ready(ready=is_ready), 200 if is_ready else 503)
 
 
-@kserve.get("/models/<name>")
-def metadata(name: str) -> Response:
+def _served(app_state: ServiceState, name: str, version: str | None) -> LoadedModel:
+    """The model ``name``; with ``version`` (a ``/versions/{version}/`` route), the one it
+    serves must be that version (``versions`` in its metadata): 404 otherwise."""
+    loaded = app_state.model(name)
+    if version is not None and version != loaded.bundle.version:
+        raise ApiError(
+            404,
+            "unknown_version",
+            f"model '{name}' serves version {loaded.bundle.version}, not {shortened(version)}; "
+            f"call /v2/models/{name}/versions/{loaded.bundle.version}/..., or leave the "
+            "version out",
+        )
+    return loaded
+
+
+@kserve.get("/models/<name>", defaults={"version": None})
+@kserve.get("/models/<name>/versions/<version>")
+def metadata(name: str, version: str | None) -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
-    loaded = app_state.model(name)
+    loaded = _served(app_state, name, version)
     schema = loaded.bundle.schema
     kinds = {c.name: "FP64" for c in schema.numeric} | dict.fromkeys(schema.text_columns, "BYTES")
     series = loaded.bundle.series
@@ -77,20 +100,22 @@ def _any_length(name: str, datatype: str) -> schemas.TensorMetadata:
     return schemas.TensorMetadata(name=name, datatype=datatype, shape=[-1])
 
 
-@kserve.get("/models/<name>/ready")
-def model_ready(name: str) -> Response:
+@kserve.get("/models/<name>/ready", defaults={"version": None})
+@kserve.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None) -> Response:
     # Per-model, like metadata: it confirms which model names exist. Probes use /v2/health/*.
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
-    app_state.model(name)
+    _served(app_state, name, version)
     return answer(schemas.ModelReady(name=name, ready=True))
 
 
-@kserve.post("/models/<name>/infer")
-def infer(name: str) -> Response:
+@kserve.post("/models/<name>/infer", defaults={"version": None})
+@kserve.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None) -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
-    loaded = app_state.model(name)
+    loaded = _served(app_state, name, version)
     body = read_json(app_state, INFER_SHAPE)
     request = _infer_request(body)
     frame = _inputs_frame(request, loaded, app_state)

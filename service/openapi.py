@@ -33,6 +33,7 @@ from service.schemas import (
     ReloadRequest,
     ScoreRequest,
     ScoreResponse,
+    ServerMetadata,
 )
 
 #: What each error status means on the routes that can answer it; the body is ``Error``.
@@ -97,6 +98,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/alerts", "get"): Operation(
         "Recent alerts of this worker (bounded)", {200: AlertList}, (401,), access="scoring"
     ),
+    ("/v2", "get"): Operation("KServe V2 server metadata", {200: ServerMetadata}),
     ("/v2/health/live", "get"): Operation("KServe V2 liveness", {200: Live}),
     ("/v2/health/ready", "get"): Operation("KServe V2 readiness", {200: Ready, 503: Ready}),
     ("/v2/models/{name}", "get"): Operation(
@@ -112,6 +114,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body=InferRequest,
         access="scoring",
     ),
+}
+# The same of the version a model serves (its metadata's ``versions``; another is a 404).
+OPERATIONS |= {
+    (path.replace("{name}", "{name}/versions/{version}"), method): operation
+    for (path, method), operation in list(OPERATIONS.items())
+    if path.startswith("/v2/models/{name}")
 }
 
 #: Non-JSON answers.
@@ -130,6 +138,7 @@ _NAME = {
     "required": True,
     "schema": {"type": "string", "pattern": MODEL_NAME.pattern},
 }
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "scoring": [{"bearer": []}, {}],  # open unless scoring_token is set
     "admin": [{"bearer": []}],
@@ -187,7 +196,7 @@ def _operation(path: str, operation: Operation, components: dict[str, Any]) -> d
         "responses": responses or _PLAIN[path],
     }
     if "{name}" in path:
-        described["parameters"] = [_NAME]
+        described["parameters"] = [_NAME, *([_VERSION] if "{version}" in path else [])]
     if operation.access in _SECURITY:
         described["security"] = _SECURITY[operation.access]
     if operation.body is not None:

@@ -304,6 +304,14 @@ class ModelMetadata(ResponseBody):
     outputs: list[TensorMetadata]
 
 
+class ServerMetadata(ResponseBody):
+    """The Open Inference Protocol's server metadata."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
 class Live(ResponseBody):
     live: bool
 

@@ -429,3 +429,16 @@ def test_kserve_v2_infer(client) -> None:
     assert {i["name"] for i in metadata["inputs"]} == set(frame.columns)
     bad = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "a"}]})
     assert bad.status_code == 400
+
+    # The version the metadata names has routes of its own (they were 404s), and the server
+    # has its metadata; another version is a 404 naming the one served.
+    (version,) = metadata["versions"]
+    base = f"/v2/models/tiny/versions/{version}"
+    again = client.post(f"{base}/infer", json={"id": "req-1", "inputs": inputs})
+    assert again.status_code == 200 and again.json == body
+    assert client.get(base).json == metadata
+    assert client.get(f"{base}/ready").json == {"name": "tiny", "ready": True}
+    other = client.post("/v2/models/tiny/versions/000000000000/infer", json={"inputs": inputs})
+    assert other.status_code == 404 and f"serves version {version}" in other.json["detail"]
+    server = client.get("/v2").json
+    assert server["name"] == "anomaly-detector" and server["extensions"] == []
