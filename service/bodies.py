@@ -138,7 +138,9 @@ def _inflated(data: bytes, coding: str, bits: int, limit: int) -> bytes:
         if not inflater.eof:
             raise ApiError(400, "bad_request", f"the {coding} body is truncated")
         data = inflater.unused_data
-        if not data:
+        # Zero bytes after the last member pad a block (tape, some writers): gzip and
+        # Python's gzip module ignore them, and so does this.
+        if not data.strip(b"\0"):
             return out.getvalue()
 
 

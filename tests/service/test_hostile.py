@@ -115,6 +115,7 @@ def _csv_body(records: list[dict[str, Any]]) -> bytes:
         ("deflate", zlib.compress),
         ("gzip", lambda b: gzip.compress(b[:40]) + gzip.compress(b[40:])),  # two members
         ("gzip, identity", gzip.compress),
+        ("gzip", lambda b: gzip.compress(b) + bytes(512)),  # padded: was "incorrect header"
     ],
 )
 def test_a_compressed_body_scores_as_the_same_body_sent_plain(
