@@ -269,6 +269,8 @@ def _as_frame(
     if hasattr(X, "toarray") and hasattr(X, "nnz"):  # a SciPy sparse matrix (one-hot, counts)
         X = X.toarray()
     array = np.asarray(X)
+    if array.dtype.names:  # a structured array (np.rec, DataFrame.to_records()): named columns
+        return _as_frame(pd.DataFrame(array), names, wanted=wanted)
     if array.ndim != 2:
         hint = (
             ": one record is X.reshape(1, -1), one column X.reshape(-1, 1)"

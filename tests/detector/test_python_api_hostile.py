@@ -103,3 +103,12 @@ def test_a_series_models_feature_names_are_the_columns_it_is_given() -> None:
     assert set(detector.feature_names_in_) == set(frame.columns)
     assert detector.n_features_in_ == frame.shape[1]
     assert np.isfinite(detector.anomaly_score(frame[list(detector.feature_names_in_)])).all()
+
+
+def test_a_structured_array_is_read_by_its_column_names() -> None:
+    # It was told "got shape (50,): one record is X.reshape(1, -1)".
+    detector = VAEDetector(**SMALL, neighbours=0).fit(TRAIN)
+    records = TRAIN.head(50).to_records(index=False)
+    np.testing.assert_array_equal(
+        detector.anomaly_score(records), detector.anomaly_score(TRAIN.head(50))
+    )
