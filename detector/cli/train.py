@@ -37,7 +37,7 @@ def _flag_value(args: argparse.Namespace, option: TrainingOption) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import save_bundle
     from detector.errors import ConfigError, DataError, SchemaError
-    from detector.io.tables import read_table
+    from detector.io.frames import read_table
     from detector.io.temporaries import check_not_an_input, check_writable
     from detector.nn.training import TrainingConfig, train
     from detector.scoring.output_columns import check_names_free
@@ -171,7 +171,7 @@ def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list
     --report-data file's labels and columns. Returns the file's columns the model does not
     score (carried through), or ``None`` without a file."""
     from detector.errors import ConfigError, DataError, SchemaError
-    from detector.io.tables import read_table
+    from detector.io.frames import read_table
     from detector.scoring.evaluation import parse_labels
 
     if args.report_data is None:

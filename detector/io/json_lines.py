@@ -39,6 +39,7 @@ from detector.errors import DataError
 from detector.features.encode import listed
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
 from detector.io.csv_lines import megabytes
+from detector.io.csv_source import is_live, pipe_is_quiet
 
 #: The first records' bytes whose keys make a file's columns: records that leave out a key
 #: whose value is null (as many serialisers do) still give the file every column, however few
@@ -50,9 +51,6 @@ _READ_BYTES = 1 << 20
 #: A \uD800-\uDFFF escape: the one way JSON text carries a surrogate. Paired, json decodes it
 #: to one character; alone, it becomes a string no UTF-8 (nor pandas' Arrow strings) takes.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-#: What a JSON Lines text starts with (after a byte-order mark and white space): an object,
-#: or a JSON array of objects (refused with the way to make JSON Lines of it).
-_JSON_START = re.compile(rb"\s*(\{|\[\s*[{\]])")
 
 
 class RepeatedKeys(dict[str, Any]):
@@ -144,19 +142,6 @@ def record_problem(record: Any) -> str | None:
     return None
 
 
-def looks_like_json(head: bytes, *, gzipped: bool = False) -> bool:
-    """Whether text starting with ``head`` is JSON Lines (or a JSON array) rather than CSV;
-    ``gzipped``: a head of gzip bytes is looked at inside."""
-    if gzipped and head.startswith(b"\x1f\x8b"):
-        try:
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 256)
-        except zlib.error:
-            return False
-    if head.startswith(codecs.BOM_UTF8):
-        head = head[len(codecs.BOM_UTF8) :]
-    return _JSON_START.match(head) is not None
-
-
 def as_text(value: Any) -> str | None:
     """A JSON value as a CSV field would hold it: ``None`` (missing) for null."""
     if value is None or isinstance(value, str):
@@ -180,8 +165,6 @@ class JsonLinesSource(TableSource):
     def __init__(
         self, name: str, binary: Any, *, owned: bool = True, expected: Sequence[str] = ()
     ) -> None:
-        from detector.io.csv_source import is_live
-
         self.name = name
         self._binary, self._owned = binary, owned
         self._stream: Any = binary
@@ -306,8 +289,6 @@ class JsonLinesSource(TableSource):
         return names
 
     def _due(self, since: float) -> bool:
-        from detector.io.csv_source import pipe_is_quiet
-
         return self._live and pipe_is_quiet(self._binary, since)
 
     # -- blocks of records ---------------------------------------------------------------

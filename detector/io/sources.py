@@ -22,8 +22,8 @@ import pyarrow as pa
 from detector.errors import DataError
 from detector.io.chunks import SourceChunk, TableSource
 from detector.io.csv_source import CsvSource, stdin_reader
-from detector.io.json_lines import JsonLinesSource, looks_like_json
-from detector.io.tables import check_names, input_format
+from detector.io.json_lines import JsonLinesSource
+from detector.io.tables import check_names, input_format, looks_like_json
 
 #: Bytes of stdin looked at to tell JSON Lines from CSV (what a pipe holds so far, if fewer).
 _SNIFF_BYTES = 4096

@@ -196,7 +196,7 @@ def test_a_boolean_column_matches_its_labels_however_a_scored_file_spells_them(
     # pandas reads a training CSV's true/false as booleans, labelled 'True'/'False'; a file
     # or request scored later gives 'true' as written: every row was an unseen category.
     from detector.features.record_encoder import RecordEncoder
-    from detector.io.tables import read_table
+    from detector.io.frames import read_table
 
     path = tmp_path / "flags.csv"
     path.write_text(

@@ -16,8 +16,9 @@ from sklearn.metrics import roc_auc_score
 
 from detector.cli.report import LabelledScores, evaluation_report
 from detector.errors import DataError
+from detector.io.frames import read_table
 from detector.io.sources import open_source
-from detector.io.tables import check_names, header_looks_like_data, input_format, read_table
+from detector.io.tables import check_names, header_looks_like_data, input_format
 from detector.scoring.evaluation import evaluate_scores
 
 REPO = Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ from detector.bundles.bundle import load_bundle, save_bundle
 from detector.cli.main import main
 from detector.errors import DataError, SchemaError
 from detector.io import csv_lines, csv_source
-from detector.io import tables as csv_tables
+from detector.io import frames as csv_tables
 from detector.io.sources import open_source
 from detector.io.temporaries import partial_path, remove_stale_temporaries, staging_path
 from detector.io.writers import TableWriter
@@ -219,7 +219,7 @@ def test_blank_lines_are_counted_skipped_and_leave_no_block_behind(tmp_path: Pat
 
 def test_training_and_scoring_read_a_header_with_spaces_as_the_same_names(tmp_path: Path) -> None:
     """Training kept 'a ' where scoring strips it to 'a': a model refused its own file."""
-    from detector.io.tables import read_table
+    from detector.io.frames import read_table
 
     path = tmp_path / "spaced.csv"
     path.write_text("a ,  b,c  \n1,2,3\n4,5,6\n")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from detector.io.frames import read_table
 from detector.io.sources import open_source
-from detector.io.tables import expand_inputs, read_table, table_format
+from detector.io.tables import expand_inputs, table_format
 
 FRAME = pd.DataFrame({"host": ["web-01", "web-02"], "cpu": [12.5, 80.0], "mem": [1.0, 2.0]})
 

@@ -20,8 +20,9 @@ from detector.bundles.bundle import load_bundle
 from detector.cli.main import main
 from detector.errors import DataError
 from detector.io import json_lines
+from detector.io.frames import read_table
 from detector.io.sources import open_source
-from detector.io.tables import check_header_row, expand_inputs, input_format, read_table
+from detector.io.tables import check_header_row, expand_inputs, input_format
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,225 @@
+"""Whole tables as pandas frames, with pandas' type inference, for training and evaluation:
+``read_table`` and ``iter_table`` read a CSV (plain, gzip, TSV), JSON Lines or Parquet file, or
+a directory's or glob's files, as ``anomaly score`` takes them (``detector.io.tables`` tells
+formats and names apart; ``detector.io.sources`` streams files for batch scoring). Every read
+error becomes a ``DataError`` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from detector.errors import DataError
+from detector.io.json_lines import json_lines_table
+from detector.io.tables import (
+    DEFAULT_CHUNK_ROWS,
+    PARQUET_MAGIC,
+    check_header_row,
+    check_named,
+    csv_delimiter,
+    expand_inputs,
+    input_format,
+    is_gzip,
+    parquet_on_a_pipe,
+)
+from detector.io.writers import csv_bytes
+
+
+def read_table(path: str | os.PathLike[str], *, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The whole table: of a file, or of a directory's or glob's files (as ``anomaly score``
+    takes them), one after the other, each with the first one's columns. ``text_columns`` are
+    read as strings (category labels such as '01')."""
+    frames: list[pd.DataFrame] = []
+    for name in expand_inputs([path]):
+        for frame in iter_table(name, text_columns=text_columns, chunk_rows=None):
+            if frames and set(frame.columns) != set(frames[0].columns):
+                raise DataError(
+                    f"{name} has columns {list(frame.columns)}, unlike the first file's "
+                    f"{list(frames[0].columns)}; give files of the same columns"
+                )
+            frames.append(frame[frames[0].columns] if frames else frame)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def iter_table(
+    path: str | os.PathLike[str],
+    *,
+    text_columns: Sequence[str] = (),
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """Chunks of at most ``chunk_rows`` rows (all rows at once when ``None``)."""
+    source = Path(path)
+    if str(path) != "-" and not source.is_file():
+        raise DataError(f"input file {path} does not exist")
+    fmt = input_format(path)
+    if fmt == "parquet":
+        yield from _iter_parquet(source, chunk_rows)
+    elif fmt == "jsonl":
+        yield from _iter_json_lines(str(path), text_columns, chunk_rows)
+    else:
+        yield from _iter_csv(path, text_columns, chunk_rows)
+
+
+#: The name pandas gives an index without a name when it saves it as a Parquet column.
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+
+
+def _iter_parquet(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+        index = [n for n in handle.schema_arrow.names if _PANDAS_INDEX.fullmatch(n)]
+        if index:
+            raise DataError(
+                f"{path} holds {index}, pandas' index saved beside the data, not a column of "
+                "it; save the frame with to_parquet(index=False), or reset_index() first "
+                "where the index is data"
+            )
+        # The columns as they are stored, as scoring reads them: pandas' metadata would make a
+        # saved index (frame.set_index('host')) the frame's index, and no column to train on.
+        if chunk_rows is None:
+            yield handle.read().to_pandas(ignore_metadata=True)
+            return
+        for batch in handle.iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas(ignore_metadata=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"cannot read {path} as Parquet: {exc}") from None
+
+
+def _iter_csv(
+    path: str | os.PathLike[str], text_columns: Sequence[str], chunk_rows: int | None
+) -> Iterator[pd.DataFrame]:
+    source: Any = "/dev/stdin" if str(path) == "-" else path
+    try:
+        # By content, not name: a gzip file named x.data.gz or x.log is still gzip.
+        compression = "infer" if source == "/dev/stdin" else ("gzip" if is_gzip(path) else None)
+        # The header as the file gives it: pandas renames a repeated 'a' to 'a.1', which a
+        # file may also name a column of its own (stdin cannot be read twice: told by names).
+        header = None if source == "/dev/stdin" else _raw_header(path, compression)
+        if chunk_rows is None:
+            frame = pd.read_csv(
+                source,
+                sep=csv_delimiter(path),
+                compression=compression,
+                skipinitialspace=True,
+                dtype={c: "string" for c in text_columns},
+            )
+            yield _check_header(frame, path, header)
+            return
+        with pd.read_csv(
+            source,
+            sep=csv_delimiter(path),
+            dtype={c: "string" for c in text_columns},
+            chunksize=chunk_rows,
+            compression=compression,
+            skipinitialspace=True,
+        ) as reader:
+            for chunk in reader:
+                yield _check_header(chunk, path, header)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: give a CSV with a header row and data rows") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(
+            f"{path} is not valid CSV ({exc}); check the delimiter and quoting"
+        ) from None
+    except UnicodeDecodeError as exc:
+        if bytes(exc.object[: len(PARQUET_MAGIC)]) == PARQUET_MAGIC:
+            raise DataError(parquet_on_a_pipe("<stdin>")) from None
+        raise DataError(f"{path} is not UTF-8 text ({exc}); re-save it as UTF-8") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _iter_json_lines(
+    path: str, text_columns: Sequence[str], chunk_rows: int | None
+) -> Iterator[pd.DataFrame]:
+    """A JSON Lines file read as the CSV of the same values would be (its records' text,
+    ``json_lines.as_text``, through pandas' CSV reader): a model trained on either is the same
+    model, and scores its JSON Lines as its CSV."""
+    table = json_lines_table(path)
+    header = ",".join(_csv_name(n) for n in table.column_names) + "\n"
+    text = io.BytesIO(header.encode() + csv_bytes(table))
+    frame = pd.read_csv(text, skipinitialspace=True, dtype={c: "string" for c in text_columns})
+    frame = _check_header(frame, path, table.column_names)
+    if chunk_rows is None:
+        yield frame
+        return
+    for begin in range(0, len(frame), chunk_rows):
+        yield frame.iloc[begin : begin + chunk_rows].reset_index(drop=True)
+
+
+def _csv_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\r\n') else name
+
+
+def _raw_header(path: str | os.PathLike[str], compression: str | None) -> list[str]:
+    first = pd.read_csv(
+        path,
+        sep=csv_delimiter(path),
+        compression=compression,
+        header=None,
+        nrows=1,
+        dtype=str,
+        keep_default_na=False,
+        skipinitialspace=True,
+    )
+    return [str(v) for v in first.iloc[0]] if len(first) else []
+
+
+def _check_header(
+    frame: pd.DataFrame, path: str | os.PathLike[str], header: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """``frame`` with its column names stripped of spaces, as the batch and HTTP readers
+    strip them (``CsvSource``): a model trained on 'cpu ' could not score its own file.
+    A header that is no header, or repeats a name, is a ``DataError``; so are data rows of
+    one field more than the header, which pandas reads by taking the first column for the
+    index and shifting every other one left (a trailing delimiter on each data line)."""
+    if not isinstance(frame.index, pd.RangeIndex):
+        # A header of one name holding ';' (Excel's CSV where the comma is the decimal mark:
+        # '145,6' splits the data rows) is a file of another separator: say that first.
+        check_header_row([str(c).strip() for c in frame.columns], str(path))
+        raise DataError(
+            f"{path}: its data rows have more fields than its header ({len(frame.columns)} "
+            "names), so every value would land under the wrong column; remove the delimiter "
+            "that ends each data line, or name the extra column in the header"
+        )
+    # pandas names a column with no name 'Unnamed: N' (N its 0-based place): trained on, it
+    # would be a column no file could give, since scoring's reader refuses a nameless one.
+    check_named([i for i, c in enumerate(frame.columns) if str(c) == f"Unnamed: {i}"], str(path))
+    frame = frame.rename(columns=lambda c: str(c).strip())
+    names = [str(c) for c in frame.columns]
+    if header is not None and len(header) == len(names):
+        given = [h.strip() for h in header]
+        repeated = sorted(n for n, count in Counter(given).items() if count > 1)
+        if not repeated:
+            # pandas' names are the file's but for a 'a.1' of a header 'a', 'a ', 'a.1'.
+            frame.columns = pd.Index(given)
+    else:
+        # pandas renames a repeated header 'a' to 'a.1' (told here by the names alone).
+        present = set(names)  # a set: a list's `in` made a 50,000-column header take 80 s
+        dupes = [
+            n
+            for n in names
+            if "." in n and n.rsplit(".", 1)[0] in present and n.rsplit(".", 1)[1].isdigit()
+        ]
+        # The names as the file gives them, so a message quotes 'a', never pandas' 'a.1'.
+        renamed = set(dupes)
+        given = [n.rsplit(".", 1)[0] if n in renamed else n for n in names]
+        repeated = sorted(  # 'a' and 'a ' are one name once stripped
+            {n.rsplit(".", 1)[0] for n in dupes}
+            | {n for n, count in Counter(names).items() if count > 1}
+        )
+    check_header_row(given, str(path))
+    if repeated:
+        raise DataError(f"{path} repeats column name(s) {repeated} in its header; rename them")
+    return frame
