@@ -6,18 +6,23 @@ request slowly, or never finishes it, holds one greenlet of a worker, not the wo
 workers assume a buffering proxy in front, which a user of ``anomaly serve`` may not have).
 
 The master deletes the metric files an earlier run left in the metrics directory (they would
-add up) and marks each exited worker dead so its live gauges drop out.
+add up) and marks each exited worker dead so its live gauges drop out. Requests gunicorn
+refuses before the app sees them (a URL or headers over its limits, a malformed request line)
+are answered in the app's JSON error shape, not gunicorn's HTML page.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 
+from detector.features.encode import shortened
 from service.config import ServiceConfig
 
 
@@ -35,6 +40,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("on_starting", _on_starting)
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("worker_exit", _worker_exit)
+        self.cfg.set("post_worker_init", _answer_errors_in_json)
 
     def load(self) -> Any:
         from service.app import create_app, needs_tensorflow
@@ -83,3 +89,42 @@ def _worker_exit(server: Any, worker: Any) -> None:
     state = getattr(app, "extensions", {}).get("anomaly")
     if state is not None:
         state.dispatcher.stop(timeout=worker.cfg.graceful_timeout / 2)
+
+
+# What a client can do about each answer gunicorn gives before the app runs. The limits are
+# gunicorn's defaults (limit_request_line, limit_request_fields, limit_request_field_size).
+_FIXES = {
+    400: "send a well-formed HTTP/1.1 request",
+    403: "send a well-formed HTTP/1.1 request",
+    414: "shorten the URL to under 4094 bytes: records go in the request body",
+    417: "leave out the Expect header, or send 'Expect: 100-continue'",
+    431: "send at most 100 headers of at most 8190 bytes each",
+    500: "see the server's log",
+    501: "send the body with a Content-Length, or 'Transfer-Encoding: chunked'",
+}
+
+
+def _answer_errors_in_json(worker: Any) -> None:
+    """gunicorn writes the answers it makes itself with ``util.write_error`` (an HTML page
+    with ``Content-Type: text/html``); in this worker process, that function writes the
+    JSON the README documents instead."""
+    util.write_error = write_json_error
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """The same answer as gunicorn's ``util.write_error``, as ``{"error", "detail"}``."""
+    from service.app import MAX_DETAIL_CHARS
+
+    fix = _FIXES.get(status_int, "")
+    detail = "; ".join(part for part in (mesg, fix) if part)
+    body = json.dumps(
+        {
+            "error": reason.lower().replace(" ", "_"),
+            "detail": shortened(detail, MAX_DETAIL_CHARS),
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)

@@ -499,3 +499,37 @@ def test_broken_chunked_framing_is_a_400_not_a_500(server: str, framing: bytes) 
     )
     status, body = raw_post(server, head, framing)
     assert status == 400 and "chunked request body is malformed" in body["detail"], body
+
+
+def raw_request(base: str, request: bytes) -> tuple[int, bytes, bytes]:
+    """Send ``request`` as it is and read the whole answer: status, head, body."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head, body
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "fix"),
+    [
+        (b"GET /healthz?" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "shorten the URL"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "headers"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "well-formed"),
+        (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", 400, "well-formed"),
+    ],
+    ids=["long-url", "huge-header", "negative-length", "bad-version"],
+)
+def test_requests_gunicorn_refuses_get_the_json_error_shape(
+    server: str, request_bytes: bytes, status: int, fix: str
+) -> None:
+    # gunicorn answers these before the app runs; its answer was an HTML page.
+    got, head, body = raw_request(server, request_bytes)
+    assert got == status, body
+    assert b"content-type: application/json" in head.lower(), head
+    answer = json.loads(body)
+    assert set(answer) == {"error", "detail"} and fix in answer["detail"], answer
