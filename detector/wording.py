@@ -47,6 +47,7 @@ def _hyperparameter(name: str) -> Option:
 OPTIONS: dict[str, Option] = {
     "passthrough": Option("--keep-column", "passthrough", "passthrough_fields", many=True),
     "impute": Option("--impute", "impute"),
+    "stream_format": Option("--output-format", "stream_format"),
     "ignore_column": Option("--ignore-column", None, many=True),
     "categorical": Option("--categorical", "categorical", many=True),
     "context": Option("--context", "context", many=True),

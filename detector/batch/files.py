@@ -36,7 +36,7 @@ from detector.batch.scored_chunks import (
 )
 from detector.batch.scored_tables import scored_rows
 from detector.bundles.bundle import Bundle
-from detector.errors import DataError, SchemaError
+from detector.errors import ConfigError, DataError, SchemaError
 from detector.features.encode import Imputation, check_columns
 from detector.features.encoded import NumberTally
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
@@ -65,6 +65,7 @@ def score_file(
     progress: bool = False,
     max_reject_rate: float | None = None,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
+    stream_format: str = "csv",
 ) -> BatchReport:
     """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
 
@@ -75,7 +76,9 @@ def score_file(
     atomically. An ``output_path`` of '-' is CSV on standard output, written chunk by chunk,
     and the rejected rows then go to standard error unless ``rejects_path`` is given. With
     ``max_reject_rate``, a run that rejects a larger share of its rows raises
-    ``RejectRateExceeded`` and writes no output (the rejects file is still written). A series
+    ``RejectRateExceeded`` and writes no output (the rejects file is still written).
+    ``stream_format`` (``csv`` or ``jsonl``) is the format of what goes to standard output or
+    error; a file's name says its own. A series
     model's row stamped more than ``max_ahead_seconds`` after this machine's clock is rejected
     (``None``: never), so that one wrong clock does not make its series' later rows late.
     """
@@ -88,9 +91,10 @@ def score_file(
         check_not_read_back([t for t in (output_path, rejects) if t != "-"], inputs)
     if chunk_rows < 1:
         raise DataError(f"{option('chunk_rows')} must be at least 1, not {chunk_rows}")
+    check_stream_format(stream_format, output_path, rejects_path)
     run = _Run(
         bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files,
-        max_ahead_seconds,
+        max_ahead_seconds, stream_format,
     )  # fmt: skip
     # A series' windows are made in the reading thread while the search runs: a core left to
     # it scores 1.3x more rows a second on 2 cores (a table's reading is light: all cores).
@@ -118,6 +122,29 @@ def score_file(
     return report
 
 
+STREAM_FORMATS = ("csv", "jsonl")
+
+
+def check_stream_format(
+    stream_format: str,
+    output_path: str | os.PathLike[str],
+    rejects_path: str | os.PathLike[str] | None,
+) -> None:
+    """``stream_format`` names a format the streams are written in, and is given only where
+    something goes to one: a file's format is its name's."""
+    if stream_format not in STREAM_FORMATS:
+        raise ConfigError(
+            f"{option('stream_format')} {stream_format!r} is not a format for standard output; "
+            f"give one of {', '.join(STREAM_FORMATS)}"
+        )
+    if stream_format != "csv" and "-" not in (str(output_path), str(rejects_path)):
+        raise ConfigError(
+            f"{option('stream_format')} {stream_format} is the format of standard output "
+            f"('-'), and {output_path} is a file, whose name says its format: end its name "
+            "in .jsonl, or leave the option out"
+        )
+
+
 @dataclass(eq=False)
 class _Run:
     """The state of one ``score_file`` call: writers, the ledger so far, the progress bar."""
@@ -131,22 +158,25 @@ class _Run:
     progress: bool
     files: list[str]
     max_ahead_seconds: float | None
+    stream_format: str
     ledgers: list[SourceLedger] = field(default_factory=list)
     anomalies: int = 0
     columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        self.writer = TableWriter(self.output_path)
+        self.writer = TableWriter(self.output_path, stream_format=self.stream_format)
         # Written in a background thread while the next chunk scores.
         self.sink: BackgroundSink[tuple[PreparedChunk, ScoreResult]] = BackgroundSink(self._write)
         if self.rejects_path is None and self.output_path == "-":
             # The scores fill standard output: the rejected rows, as CSV, go to standard error
             # with the summary, rather than to a file the user did not name.
             self.rejects_target = "<stderr>"
-            self.rejects_writer = TableWriter(self.rejects_target, stream=sys.stderr.buffer)
+            self.rejects_writer = TableWriter(
+                self.rejects_target, stream=sys.stderr.buffer, stream_format=self.stream_format
+            )
         else:
             self.rejects_target = str(self.rejects_path or f"{self.output_path}.rejects.csv")
-            self.rejects_writer = TableWriter(self.rejects_target)
+            self.rejects_writer = TableWriter(self.rejects_target, stream_format=self.stream_format)
         self.n_rejects = 0
         self.codes: Counter[str] = Counter()
         self.typed_numbers = self.writer.format in ("parquet", "jsonl")

@@ -59,7 +59,9 @@ def build_parser(
         description="Train a detector on a CSV/Parquet of normal records and write a model "
         "bundle (a directory). Rows labelled anomalous in --label-column are left out.",
     )
-    train.add_argument("data", help="training data: .csv, .csv.gz or .parquet with a header")
+    train.add_argument(
+        "data", help="training data: .csv, .tsv, .jsonl or .parquet (.gz too) with a header"
+    )
     train.add_argument("--out", required=True, help="bundle directory to write (replaced)")
     train.add_argument(
         "--label-column",
@@ -109,18 +111,24 @@ def build_parser(
     score.add_argument(
         "input",
         nargs="+",
-        help="records: .csv, .csv.gz, .tsv or .parquet files, directories of them, glob "
-        "patterns ('exports/*.csv.gz'), or '-' for CSV on stdin",
+        help="records: .csv, .tsv, .jsonl or .parquet files (.gz too), directories of them, "
+        "glob patterns ('exports/*.csv.gz'), or '-' for CSV or JSON Lines on stdin",
     )
     score.add_argument(
         "--output",
         required=True,
-        help="output .csv, .csv.gz or .parquet, written atomically (with --engine spark: a "
-        "directory of part files); - for CSV on stdout, chunk by chunk",
+        help="output .csv, .jsonl or .parquet (.gz too), written atomically (with --engine "
+        "spark: a directory of part files); - for stdout, chunk by chunk",
     )
     score.add_argument(
         "--rejects",
         help="rejects file (default: OUTPUT.rejects.csv; with --output -, stderr); - for stdout",
+    )
+    score.add_argument(
+        "--output-format",
+        choices=("csv", "jsonl"),
+        help="the format written to stdout and stderr (--output -, --rejects -): csv "
+        "(default) or jsonl, one JSON object a line",
     )
     _add_scoring_flags(score)
     score.add_argument(
@@ -152,7 +160,9 @@ def build_parser(
         "the bundle's threshold, and the best F1 over all thresholds.",
     )
     evaluate.add_argument("model", help="model bundle directory")
-    evaluate.add_argument("input", help="labelled records: .csv, .csv.gz or .parquet")
+    evaluate.add_argument(
+        "input", help="labelled records: .csv, .tsv, .jsonl or .parquet (.gz too)"
+    )
     evaluate.add_argument(
         "--label-column",
         required=True,

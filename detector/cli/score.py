@@ -42,6 +42,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         "max_reject_rate": args.max_reject_rate,
         "max_ahead_seconds": args.max_ahead_seconds,
     }
+    if args.output_format is not None:
+        options["stream_format"] = args.output_format
     if args.engine == "spark" and "-" in (args.output, args.rejects):
         from detector.errors import ConfigError
 
@@ -59,7 +61,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             args.keep_column, bundle.ignored_columns, args.input, strict=args.engine != "spark"
         )
         if args.engine == "spark":
+            from detector.batch.files import check_stream_format
             from detector.batch.spark import score_files
+
+            check_stream_format(options.pop("stream_format", "csv"), args.output, args.rejects)
 
             report = score_files(args.model, args.input, args.output, **options)
         else:

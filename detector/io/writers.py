@@ -40,12 +40,19 @@ class TableWriter:
     JSON Lines as ``json_lines_bytes``; a name ending in ``.gz`` is gzip-compressed.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, stream: BinaryIO | None = None) -> None:
-        #: Standard output for '-' (CSV), or ``stream`` when given: written as it comes and
-        #: flushed after every part, so a pipe sees each chunk's rows as they are scored.
-        #: Nothing there can be taken back: a run that fails has written what it wrote.
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        stream: BinaryIO | None = None,
+        stream_format: str = "csv",
+    ) -> None:
+        #: Standard output for '-', or ``stream`` when given, in ``stream_format`` (``csv`` or
+        #: ``jsonl``): written as it comes and flushed after every part, so a pipe sees each
+        #: chunk's rows as they are scored. Nothing there can be taken back: a run that fails
+        #: has written what it wrote.
         self.stream = stream if stream is not None else (sys.stdout.buffer if path == "-" else None)
-        self.format = "csv" if self.stream is not None else table_format(path)
+        self.format = stream_format if self.stream is not None else table_format(path)
         #: A tab for a ``.tsv``/``.tsv.gz`` name, as the same name is read.
         self.delimiter = csv_delimiter(path)
         self.target = Path(path)
@@ -118,6 +125,8 @@ class TableWriter:
         text = self._text if self._text is not None else self._open_text()
         if table.num_rows:
             text.write(json_lines_bytes(table))
+        if self.stream is not None:
+            self.stream.flush()
 
     def _write_csv(
         self, table: pa.Table, leading_text: pa.Array | None, leading_columns: int

@@ -18,7 +18,7 @@ import pytest
 from detector.batch.files import score_file
 from detector.bundles.bundle import load_bundle
 from detector.cli.main import main
-from detector.errors import DataError
+from detector.errors import ConfigError, DataError
 from detector.io import json_lines
 from detector.io.frames import read_table
 from detector.io.sources import open_source
@@ -219,6 +219,31 @@ def test_json_lines_out_hold_the_csv_outputs_values_typed(bundle_dir: Path, tmp_
         assert got["is_anomaly"].dtype == bool and got["cpu_pct"].dtype == float
         (reject,) = pd.read_json(tmp_path / "r.jsonl", lines=True).to_dict(orient="records")
         assert (reject["row"], reject["line"], reject["code"]) == (4, 5, "not_a_number")
+
+
+def test_json_lines_to_stdout_and_its_rejects_to_stderr(bundle_dir: Path, tmp_path: Path) -> None:
+    # `tail -f x.jsonl | anomaly score M - --output - | jq` had CSV to parse: stdout was CSV only.
+    broken = EVAL.head(50).astype({"cpu_pct": object})
+    broken.loc[3, "cpu_pct"] = "oops"
+    broken.to_csv(tmp_path / "broken.csv", index=False)
+    argv = ["score", str(bundle_dir), str(tmp_path / "broken.csv"), "--output"]
+    assert main([*argv, str(tmp_path / "o.jsonl"), "--rejects", str(tmp_path / "r.jsonl")]) == 0
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("anomaly")), *argv, "-", "--output-format", "jsonl"],
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == (tmp_path / "o.jsonl").read_bytes()
+    reject = json.loads(done.stderr.decode().splitlines()[0])
+    assert reject == json.loads((tmp_path / "r.jsonl").read_text())
+
+
+def test_an_output_format_for_a_file_is_refused_naming_the_file(bundle_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"scored.csv is a file, whose name says its format"):
+        score_file(load_bundle(bundle_dir), DATA / "eval.csv", "scored.csv", stream_format="jsonl")
 
 
 def test_json_lines_bytes_write_null_for_what_json_cannot_say() -> None:
