@@ -48,6 +48,7 @@ OPTIONS: dict[str, Option] = {
     "passthrough": Option("--keep-column", "passthrough", "passthrough_fields", many=True),
     "impute": Option("--impute", "impute"),
     "stream_format": Option("--output-format", "stream_format"),
+    "max_series": Option("--max-series", "max_series", "series_max_keys"),
     "ignore_column": Option("--ignore-column", None, many=True),
     "categorical": Option("--categorical", "categorical", many=True),
     "context": Option("--context", "context", many=True),

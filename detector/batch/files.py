@@ -48,7 +48,7 @@ from detector.io.writers import TableWriter
 from detector.scoring.neighbours import fewer_search_threads
 from detector.scoring.output_columns import names_taken
 from detector.scoring.scores import ScoreResult
-from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState
+from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, DEFAULT_MAX_SERIES, SeriesState
 from detector.wording import option
 
 
@@ -66,6 +66,7 @@ def score_file(
     max_reject_rate: float | None = None,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     stream_format: str = "csv",
+    max_series: int = DEFAULT_MAX_SERIES,
 ) -> BatchReport:
     """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
 
@@ -81,6 +82,8 @@ def score_file(
     error; a file's name says its own. A series
     model's row stamped more than ``max_ahead_seconds`` after this machine's clock is rejected
     (``None``: never), so that one wrong clock does not make its series' later rows late.
+    At most ``max_series`` series are kept; past it the least recently seen is evicted, and
+    warms up again if it comes back (``BatchReport.series_evicted`` counts them).
     """
     started = time.perf_counter()
     inputs = [input_path] if isinstance(input_path, str | os.PathLike) else list(input_path)
@@ -92,9 +95,10 @@ def score_file(
     if chunk_rows < 1:
         raise DataError(f"{option('chunk_rows')} must be at least 1, not {chunk_rows}")
     check_stream_format(stream_format, output_path, rejects_path)
+    check_max_series(max_series)
     run = _Run(
         bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files,
-        max_ahead_seconds, stream_format,
+        max_ahead_seconds, stream_format, max_series,
     )  # fmt: skip
     # A series' windows are made in the reading thread while the search runs: a core left to
     # it scores 1.3x more rows a second on 2 cores (a table's reading is light: all cores).
@@ -145,6 +149,13 @@ def check_stream_format(
         )
 
 
+def check_max_series(max_series: int) -> None:
+    if isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 1:
+        raise ConfigError(
+            f"{option('max_series')} {max_series!r} must be a whole number of series, 1 or more"
+        )
+
+
 @dataclass(eq=False)
 class _Run:
     """The state of one ``score_file`` call: writers, the ledger so far, the progress bar."""
@@ -159,6 +170,7 @@ class _Run:
     files: list[str]
     max_ahead_seconds: float | None
     stream_format: str
+    max_series: int
     ledgers: list[SourceLedger] = field(default_factory=list)
     anomalies: int = 0
     columns: tuple[str, ...] | None = None
@@ -197,7 +209,11 @@ class _Run:
         # must come in time order (any order within a chunk).
         series = self.bundle.series
         ahead = self.max_ahead_seconds
-        self.state = None if series is None else SeriesState(series, max_ahead_seconds=ahead)
+        self.state = (
+            None
+            if series is None
+            else SeriesState(series, max_keys=self.max_series, max_ahead_seconds=ahead)
+        )
 
     def score_source(self, path: str, chunk_rows: int) -> None:
         read = scored = rejected = 0
@@ -351,6 +367,7 @@ class _Run:
             files=tuple(self.ledgers),
             seconds=seconds,
             rejected_by_code=dict(self.codes.most_common()),
+            series_evicted=0 if self.state is None else self.state.evicted,
         )
 
     def commit(self) -> None:

@@ -42,6 +42,9 @@ class BatchReport:
     engine: str = "stream"
     #: How many rows were rejected for each reason code, most first.
     rejected_by_code: dict[str, int] = field(default_factory=dict)
+    #: Series models: how many times a series was evicted (more series than ``max_series``);
+    #: each warmed up again if it came back.
+    series_evicted: int = 0
 
     @property
     def reject_rate(self) -> float:

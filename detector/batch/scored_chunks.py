@@ -21,7 +21,12 @@ from detector.io.sources import open_source
 from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs
 from detector.scoring.scores import ScoreResult, against_levels, in_input_rows, score_batch
 from detector.series.values import ValueCheck
-from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState, Windows
+from detector.series.windows import (
+    DEFAULT_MAX_AHEAD_SECONDS,
+    DEFAULT_MAX_SERIES,
+    SeriesState,
+    Windows,
+)
 
 #: Encoded values (rows x features) in one chunk at most: a chunk's features, distances and
 #: contributions are a few float64 copies of them, and the pipeline holds a few chunks at once,
@@ -109,6 +114,7 @@ def iter_scored(
     impute: Imputation = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
+    max_series: int = DEFAULT_MAX_SERIES,
 ) -> Iterator[ScoredChunk]:
     """Score ``path`` (a file, '-', a directory or a glob, as ``anomaly score`` takes them)
     chunk by chunk, as ``score_file`` does: the same reader and rejects, the same scores, a
@@ -116,7 +122,11 @@ def iter_scored(
     numeric column with no number in a whole file raises ``SchemaError`` after its last chunk
     (``NumberTally``)."""
     series = bundle.series
-    state = None if series is None else SeriesState(series, max_ahead_seconds=max_ahead_seconds)
+    state = (
+        None
+        if series is None
+        else SeriesState(series, max_keys=max_series, max_ahead_seconds=max_ahead_seconds)
+    )
     rows = chunk_rows_for(bundle, chunk_rows)
     for name in expand_inputs([path]):
         tally = NumberTally()

@@ -78,6 +78,7 @@ def _labelled_scores(
     anomaly_values: Sequence[str] | None = None,
     normal_values: Sequence[str] | None = None,
     max_ahead_seconds: float | None = 3600.0,
+    max_series: int = 1_000_000,
 ) -> tuple[Any, Any, Any, Counter[str]]:
     """Score a labelled file: labels ``(n,)`` (True = anomaly), anomaly scores ``(n,)``, the
     ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows, and the number of
@@ -99,6 +100,7 @@ def _labelled_scores(
         impute=impute,
         chunk_rows=chunk_rows,
         max_ahead_seconds=max_ahead_seconds,
+        max_series=max_series,
     )
     for part in parts:
         rejected.update(r.code for r in part.rejects)

@@ -46,6 +46,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         impute=args.impute,
         chunk_rows=args.chunk_rows,
         max_ahead_seconds=args.max_ahead_seconds,
+        max_series=args.max_series,
         anomaly_values=args.anomaly_value,
         normal_values=args.normal_value,
     )

@@ -289,6 +289,15 @@ def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         "(default 3600; 'none': never), so that one wrong clock does not make the rest of its "
         "series late",
     )
+    parser.add_argument(
+        "--max-series",
+        type=_positive_count,
+        default=1_000_000,
+        metavar="N",
+        help="series models: keep the last rows of at most N series (default 1,000,000, about "
+        "1 KB each at 4 metrics); past it the least recently seen is forgotten and warms up "
+        "again if it comes back",
+    )
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -322,6 +331,13 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
     return value
 
 

@@ -41,6 +41,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         "top_k": args.top_k,
         "max_reject_rate": args.max_reject_rate,
         "max_ahead_seconds": args.max_ahead_seconds,
+        "max_series": args.max_series,
     }
     if args.output_format is not None:
         options["stream_format"] = args.output_format
@@ -65,6 +66,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             from detector.batch.spark import score_files
 
             check_stream_format(options.pop("stream_format", "csv"), args.output, args.rejects)
+            del options["max_series"]  # Spark hands each series to one task, whole
 
             report = score_files(args.model, args.input, args.output, **options)
         else:
@@ -120,6 +122,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         # leave a series out of order.
         if bundle.series is not None and args.engine != "spark" and late > report.rows_read // 100:
             print(_unsorted_hint(bundle, late, args.chunk_rows), file=say)
+    if report.series_evicted:
+        print(
+            f"series evicted {report.series_evicted:,}: more than --max-series "
+            f"{args.max_series:,} series were held, and each series forgotten warmed up again "
+            "if it came back; raise --max-series, or sort the input by its series",
+            file=say,
+        )
     return 0
 
 

@@ -213,17 +213,32 @@ class ScoreLevels:
     chunk holds a few rows of each of many series, mostly in the hour each series is in
     already, whose level is known; only a series' new hour takes a median (in Python)."""
 
-    def __init__(self, hours: int) -> None:
+    def __init__(self, hours: int, max_keys: int | None = None) -> None:
         self.hours = hours
-        self._index: dict[str, int] = {}
+        #: At most this many series (``None``: no limit); past it, the least recently seen is
+        #: forgotten. Their windows' owner (``SeriesState``) forgets each series it evicts, so
+        #: this bound acts only where one call brings more series than it.
+        self.max_keys = max_keys
+        self._index: dict[str, int] = {}  # least recently seen first
         self._hour = np.zeros(0, dtype=np.int64)  # each series' current hour (_NO_HOUR: none)
         self._level = np.zeros(0)  # its level there
         self._sum = np.zeros(0)  # and its scores' sum and count there so far
         self._count = np.zeros(0, dtype=np.int64)
         self._past: list[list[tuple[int, float]]] = []  # (hour, mean) of its hours before
+        self._free: list[int] = []  # the places of series forgotten, to be used again
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def forget(self, key: str) -> None:
+        """Drop ``key``'s level (its windows were evicted): it starts again, as a new series
+        does, if it comes back; its place is used by the next new series."""
+        i = self._index.pop(key, None)
+        if i is None:
+            return
+        self._hour[i], self._level[i], self._sum[i], self._count[i] = _NO_HOUR, math.nan, 0.0, 0
+        self._past[i] = []
+        self._free.append(i)
 
     def judge(
         self, keys: np.ndarray, seconds: np.ndarray, scores: np.ndarray, *, normal: float
@@ -245,11 +260,17 @@ class ScoreLevels:
         # A new hour (after the known one of its series, in order): one median each.
         for g in np.flatnonzero(~known).tolist():
             level[g] = self._new_hour(int(owner[g]), int(at_hour[g]), sums[g], counts[g])
+        while self.max_keys is not None and len(self._index) > self.max_keys:
+            self.forget(next(iter(self._index)))
         return relative(scores, level[groups.of_row], normal)
 
     def _series(self, key: str) -> int:
-        i = self._index.get(key)
-        if i is None:
+        i = self._index.pop(key, None)  # put back last: the most recently seen
+        if i is not None:
+            self._index[key] = i
+        elif self._free:
+            i = self._index[key] = self._free.pop()
+        else:
             i = self._index[key] = len(self._index)
             if i == len(self._hour):  # grow by half, as a list does
                 more = max(16, i // 2)

@@ -426,6 +426,10 @@ def iso_time(seconds: float) -> str:
 #: How far ahead of the clock a row's time may be before it is rejected (``future_timestamp``),
 #: by default: a row placed far ahead would make every later, correct row of its series late.
 DEFAULT_MAX_AHEAD_SECONDS = 3600.0
+#: The series a batch run keeps (each its last rows and its level: about 1 KB at 4 metrics),
+#: by default; past it the least recently seen is evicted and warms up again if it comes back.
+#: Bounds memory when every row is a series of its own (a key column that is an id).
+DEFAULT_MAX_SERIES = 1_000_000
 
 
 def future_rejection(
@@ -586,7 +590,7 @@ class SeriesState:
         self.limit_settable = limit_settable  # a rejection names the option that sets the limit
         self.evicted = 0
         #: Each series' recent scores, for the scorer (``detector.scoring.scores``).
-        self.levels = ScoreLevels(spec.level_hours)
+        self.levels = ScoreLevels(spec.level_hours, max_keys)
         #: key -> (times, values): its last rows since the segment start, at most window - 1
         #: (numpy rather than a frame per key: 100,000 small frames would cost gigabytes).
         self._history: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -751,7 +755,8 @@ class SeriesState:
             self._history.pop(name, None)  # copies: a view would keep the whole batch alive
             self._history[name] = (times[begin:end].copy(), values[begin:end].copy())
         while self.max_keys is not None and len(self._history) > self.max_keys:
-            self._history.popitem(last=False)
+            name, _ = self._history.popitem(last=False)
+            self.levels.forget(name)
             self.evicted += 1
 
 

@@ -115,3 +115,17 @@ def test_a_files_levels_and_the_services_follow_one_rule() -> None:
         stored |= new
         np.testing.assert_allclose(mine, theirs, rtol=1e-12)
     assert len(levels) == 3
+
+
+def test_a_forgotten_series_starts_again_and_its_place_is_used_again() -> None:
+    keys, seconds, scores = hosts(600)
+    web01 = keys == "web-01"
+    fresh = ScoreLevels(24).judge(keys[web01], seconds[web01], scores[web01], normal=1.0)
+    levels = ScoreLevels(24, max_keys=1)
+    levels.judge(keys[~web01], seconds[~web01], scores[~web01], normal=1.0)
+    # web-02 is forgotten when web-01 comes: web-01 is judged as if alone.
+    again = levels.judge(keys[web01], seconds[web01], scores[web01], normal=1.0)
+    np.testing.assert_allclose(again, fresh, rtol=1e-12)
+    assert len(levels) == 1 and len(levels._hour) == 16  # one place, used again
+    levels.forget("web-01")
+    assert len(levels) == 0

@@ -118,6 +118,30 @@ def test_a_file_scored_in_chunks_gets_the_scores_of_the_whole_table(series_detec
     assert list(out["warming_up"]) == list(whole.warming_up)
 
 
+def test_past_max_series_the_least_recent_series_is_forgotten_whole(series_detector, tmp_path):
+    """A batch's series state was unbounded: a key column that is an id (every row a series
+    of its own) grew it by about 1 KB a row. Past ``max_series`` the least recently seen
+    series is forgotten, its last rows and its level both, and warms up again."""
+    test = fleet(150, start="2026-01-02", seed=5).sort_values("ts", kind="stable")
+    test.to_csv(tmp_path / "in.csv", index=False)
+    bundle = series_detector.bundle_
+    # Three hosts in turn, a row a chunk, room for two: each row finds its series forgotten.
+    report = score_file(bundle, tmp_path / "in.csv", tmp_path / "two.csv", chunk_rows=1,
+                        max_series=2)  # fmt: skip
+    assert report.rows_scored == len(test) and report.series_evicted == len(test) - 2
+    out = pd.read_csv(tmp_path / "two.csv")
+    assert out["warming_up"].all()
+    alone = [score_frame(bundle, test.iloc[[i]]).anomaly_score[0] for i in range(len(test))]
+    np.testing.assert_allclose(out["anomaly_score"], alone, rtol=1e-6)
+    # With room for every series nothing is forgotten.
+    report = score_file(bundle, tmp_path / "in.csv", tmp_path / "three.csv", chunk_rows=1,
+                        max_series=3)  # fmt: skip
+    assert report.series_evicted == 0
+    whole = score_frame(bundle, test)
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "three.csv")["anomaly_score"],
+                               whole.anomaly_score, rtol=1e-6)  # fmt: skip
+
+
 def test_a_series_out_of_time_order_across_chunks_is_rejected_with_the_fix(
     series_detector, tmp_path
 ):
