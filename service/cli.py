@@ -113,10 +113,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The run's own files (metrics, model copies, series state unless configured elsewhere),
     # removed when the server stops: state kept here does not outlive a restart anyway.
     run_dir = tempfile.mkdtemp(prefix="anomaly-serve-")
+    master = os.getpid()
     try:
         return _serve(args, config, run_dir)
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        # gunicorn forks each worker inside _serve, so a worker that exits (a reload, a
+        # timeout, fewer workers) unwinds through here too: only the master may remove what
+        # every worker shares. A worker that did took the metrics, the model copies and the
+        # series state from the others, and its replacement failed to boot.
+        if os.getpid() == master:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 #: Why an address cannot be listened on, and what to do, by errno.

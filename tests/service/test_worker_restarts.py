@@ -1,0 +1,70 @@
+"""Workers that exit cleanly (a graceful reload, a worker told to stop, as gunicorn does on a
+timeout or when it runs fewer workers) leave the server whole. Each exiting worker used to
+remove the run's folder that every worker shares (metrics, model copies, series state): after
+a SIGHUP the new workers failed to boot and the master shut down; after one worker stopped the
+others answered nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import normal_records
+from tests.processes import Server, serving
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving({"tiny": bundle_dir}, tmp_path_factory.mktemp("restarts")) as running:
+        yield running
+
+
+def scored_total(server: Server) -> float:
+    """``anomaly_records_scored_total`` for the model, summed over every worker's file."""
+    status, text = server.call("/metrics")
+    assert status == 200, text
+    lines = [line for line in text.splitlines() if line.startswith("anomaly_records_scored_total")]
+    return sum(float(line.split()[-1]) for line in lines)
+
+
+def score_a_few(server: Server, n: int = 6) -> None:
+    for _ in range(n):
+        status, body = server.call("/v1/models/tiny/score", {"records": normal_records(2)})
+        assert status == 200, (body, server.log_text())
+
+
+def new_workers(server: Server, before: set[int]) -> None:
+    server.wait_until(
+        lambda: (
+            len(server.workers()) == 2
+            and not (server.workers() & before)
+            and server.call("/readyz", timeout=5)[0] == 200
+        ),
+        "2 new workers, ready",
+    )
+
+
+def test_a_worker_that_stops_leaves_the_others_and_its_replacement_serving(server: Server):
+    score_a_few(server)
+    counted = scored_total(server)
+    before = server.workers()
+    for pid in before:
+        os.kill(pid, signal.SIGTERM)  # a graceful exit: gunicorn starts a new worker
+    new_workers(server, before)
+    score_a_few(server)
+    # The stopped workers' counts are still there: the metrics folder outlived them.
+    assert scored_total(server) == counted + 12
+
+
+def test_a_graceful_reload_keeps_the_server(server: Server) -> None:
+    before = server.workers()
+    os.kill(server.pid, signal.SIGHUP)  # gunicorn starts new workers, then stops the old
+    new_workers(server, before)
+    score_a_few(server)
+    assert server.process.poll() is None, server.log_text()
