@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,19 @@ def _on_starting(server: Any) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         clear_metric_files(Path(directory))
+    config = server.app.service_config
+    if config.model_sync_dir:
+        forget_published(Path(config.model_sync_dir), list(config.models))
+
+
+def forget_published(sync_dir: Path, names: list[str]) -> None:
+    """A new run serves each model from its configured directory, as with the default
+    ``model_sync_dir`` (new per run): what an earlier run left in a ``model_sync_dir`` kept
+    across runs (its markers and bundle copies) is removed, else the workers took the earlier
+    run's bundle and ignored the directory, retrained or not."""
+    for name in names:
+        (sync_dir / f"{name}.json").unlink(missing_ok=True)
+        shutil.rmtree(sync_dir / name, ignore_errors=True)
 
 
 def clear_metric_files(directory: Path) -> None:

@@ -2,17 +2,20 @@
 timeout or when it runs fewer workers) leave the server whole. Each exiting worker used to
 remove the run's folder that every worker shares (metrics, model copies, series state): after
 a SIGHUP the new workers failed to boot and the master shut down; after one worker stopped the
-others answered nothing."""
+others answered nothing. And a server started again serves its configured bundles, whatever
+an earlier run left in a ``model_sync_dir`` kept across runs."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from detector.bundles.bundle import set_target_fpr
 from tests.conftest import normal_records
 from tests.processes import Server, serving
 
@@ -68,3 +71,19 @@ def test_a_graceful_reload_keeps_the_server(server: Server) -> None:
     new_workers(server, before)
     score_a_few(server)
     assert server.process.poll() is None, server.log_text()
+
+
+def test_a_restart_serves_the_bundle_retrained_since_not_the_last_runs_copy(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(bundle_dir, model)
+    env = {"ANOMALY_MODEL_SYNC_DIR": str(tmp_path / "sync")}  # kept across runs
+    with serving({"tiny": model}, tmp_path, env=env) as first:
+        before = first.call("/v1/models/tiny")[1]["target_fpr"]
+    set_target_fpr(model, 0.2)  # as a retrained bundle written to the same directory
+    assert before != 0.2
+    with serving({"tiny": model}, tmp_path, env=env) as second:
+        for _ in range(6):  # each worker
+            status, body = second.call("/v1/models/tiny")
+            assert status == 200 and body["target_fpr"] == 0.2, body
