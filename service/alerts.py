@@ -132,6 +132,22 @@ class _KeyState:
     model_version: str = ""
 
 
+#: The longest alert key value kept as it is, in characters: the value becomes an Alertmanager
+#: label and the ``key`` label of ``anomaly_key_anomalies_total``, and a client sends it.
+MAX_LABEL_CHARS = 200
+
+
+def label_value(value: object) -> str:
+    """``value`` as an alert key's label: ``""`` for none; a longer text than
+    ``MAX_LABEL_CHARS`` is its start and a hash of the whole, so that long values stay apart
+    but no client can put megabytes into every alert and every scrape."""
+    text = "" if value is None else str(value)
+    if len(text) <= MAX_LABEL_CHARS:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[: MAX_LABEL_CHARS - 20]}...#{digest}"
+
+
 class AlertTracker:
     """Per-model state machine over sliding windows, one per key; thread-safe (one lock).
 
@@ -168,10 +184,7 @@ class AlertTracker:
             return len(self._states)
 
     def key_of(self, record: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
-        return tuple(
-            (name, "" if record.get(name) is None else str(record.get(name)))
-            for name in self.policy.group_by
-        )
+        return tuple((name, label_value(record.get(name))) for name in self.policy.group_by)
 
     def observe(
         self,

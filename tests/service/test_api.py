@@ -342,6 +342,19 @@ def test_alerts_fire_per_key_and_are_listed(service, client) -> None:
     assert any(a["status"] == "firing" for a in listed)
 
 
+def test_a_huge_alert_key_value_is_cut_short_in_alerts_and_metrics(service, client) -> None:
+    """A client's 2 MB host went whole into the alert labels, /v1/alerts and every scrape."""
+    app, sink = service
+    hosts = ["h" * 2_000_000, "h" * 1_999_999 + "i"]  # alike for their first 2 MB less one
+    for host in hosts:
+        post(client, {"records": [broken({**NORMAL[i], "host": host}) for i in range(3)]})
+    assert app.extensions["anomaly"].dispatcher.flush(timeout=5)
+    labels = {dict(a.key)["host"] for a in sink.alerts if dict(a.key)["host"].startswith("hh")}
+    assert len(labels) == 2 and max(map(len, labels)) <= 200  # apart, and short
+    text = client.get("/metrics").get_data(as_text=True)
+    assert len(text) < 100_000 and sum(label in text for label in labels) == 2
+
+
 def test_metrics_count_what_happened(client) -> None:
     before = _counter(client, 'anomaly_records_scored_total{model="tiny"}')
     post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "cpu_pct": "x"}]})
