@@ -95,7 +95,7 @@ class ServiceMetrics:
             "1 for the model version a worker serves.",
             ["model", "version"],
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.threshold = Gauge(
             "anomaly_threshold",

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from detector.bundles.bundle import set_target_fpr
-from tests.conftest import normal_records
+from tests.conftest import TINY, normal_records
 from tests.processes import Server, serving
+from tests.service.conftest import ADMIN
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +88,41 @@ def test_a_restart_serves_the_bundle_retrained_since_not_the_last_runs_copy(
         for _ in range(6):  # each worker
             status, body = second.call("/v1/models/tiny")
             assert status == 200 and body["target_fpr"] == 0.2, body
+
+
+def versions_served(server: Server) -> set[str]:
+    """The versions ``anomaly_model_info`` says are served (value 1)."""
+    text = server.call("/metrics")[1]
+    return {
+        line.split('version="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("anomaly_model_info{") and float(line.split()[-1]) == 1.0
+    }
+
+
+def test_a_killed_workers_model_version_leaves_the_metrics(
+    bundle_dir: Path, train_frame, tmp_path: Path
+) -> None:
+    """A worker killed outright kept saying its version was served, for good (a gauge of mode
+    'max' keeps a dead process's file): the dashboard showed two versions after a reload."""
+    from detector.estimator import VAEDetector
+
+    other = tmp_path / "other"
+    VAEDetector(**{**TINY, "random_state": 7}).fit(train_frame).save(other)
+    env = {"ANOMALY_ADMIN_TOKEN": ADMIN}
+    with serving({"tiny": bundle_dir}, tmp_path, env=env) as server:
+        first = server.call("/v1/models/tiny")[1]["version"]
+        assert versions_served(server) == {first}
+        before = server.workers()
+        os.kill(min(before), signal.SIGKILL)
+        server.wait_until(lambda: len(server.workers() - before) == 1, "a new worker")
+        status, body = server.call("/v1/models/tiny/reload", {"path": str(other)}, ADMIN)
+        assert status == 200 and body["version"] != first, body
+        server.wait_until(
+            lambda: (
+                {server.call("/v1/models/tiny")[1]["version"] for _ in range(6)}
+                == {body["version"]}
+            ),
+            "every worker on the new version",
+        )
+        assert versions_served(server) == {body["version"]}
