@@ -18,6 +18,7 @@ import pandas as pd
 from flask import request
 
 from detector.bundles.bundle import Bundle
+from detector.errors import SchemaError
 from detector.features.encode import check_columns
 from detector.features.records import score_records, score_windowed
 from detector.io.json_lines import record_problem
@@ -165,12 +166,27 @@ def read_records(
         indices.append(i)
         columns.update(dict.fromkeys(record))
     if good:
-        check_columns(
-            model.bundle.schema,
-            list(columns),
-            passthrough=state.config.passthrough_fields,
-            expected=model.bundle.input_columns,
-        )
+        passthrough = state.config.passthrough_fields
+        try:
+            check_columns(
+                model.bundle.schema,
+                list(columns),
+                passthrough=passthrough,
+                expected=model.bundle.input_columns,
+            )
+        except SchemaError as exc:
+            # The request is refused whole (a 4xx, counted by the AnomalyRequestsRefused
+            # alert); where only some records hold a field the model does not know, which.
+            known = {*model.bundle.input_columns, *passthrough}
+            odd = [
+                i for i, record in zip(indices, good, strict=True) if not known.issuperset(record)
+            ]
+            if 0 < len(odd) < len(good):
+                more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+                raise SchemaError(
+                    f"record {odd[0]}{more} holds a field the others do not: {exc}"
+                ) from None
+            raise
     return Records(good, frozenset(columns)), np.asarray(indices, dtype=np.int64), rejected
 
 

@@ -355,6 +355,13 @@ def test_a_huge_alert_key_value_is_cut_short_in_alerts_and_metrics(service, clie
     assert len(text) < 100_000 and sum(label in text for label in labels) == 2
 
 
+def test_a_422_for_one_records_unknown_field_names_that_record(client) -> None:
+    response = post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "extra": 1}]})
+    assert response.status_code == 422, response.json
+    assert response.json["detail"].startswith("record 2 holds a field the others do not: ")
+    assert "unknown column(s) ['extra']" in response.json["detail"]
+
+
 def test_metrics_count_what_happened(client) -> None:
     before = _counter(client, 'anomaly_records_scored_total{model="tiny"}')
     post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "cpu_pct": "x"}]})
