@@ -224,6 +224,8 @@ def explained(error: Any, shape: str) -> str:
     """A validator's own message (it names the field and the fix), or the shape expected."""
     if error["type"] == "value_error":
         return str(error["ctx"]["error"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown field {shortened(str(error['loc'][-1]))!r}: the body must be {shape}"
     return f"the body must be {shape}"
 
 

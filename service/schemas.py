@@ -192,7 +192,10 @@ MAX_NAME_BYTES = 255
 
 
 class ReloadRequest(BaseModel):
-    """An empty body reloads the model's directory."""
+    """An empty body reloads the model's directory. Other fields are refused: a mistyped
+    ``{"dir": ...}`` reloaded the old directory and answered 200."""
+
+    model_config = ConfigDict(extra="forbid")
 
     path: str | SkipJsonSchema[None] = Field(None, description="a bundle directory on the server")
 

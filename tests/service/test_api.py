@@ -313,6 +313,16 @@ def test_reload_swaps_and_a_failed_reload_keeps_the_old_model(client, bundle_dir
     assert 'anomaly_model_reloads_total{model="tiny",outcome="failure"} 1.0' in metrics
 
 
+def test_a_reload_with_a_mistyped_field_is_refused(client, bundle_dir) -> None:
+    # {"dir": ...} reloaded the old directory and answered 200: the admin believed it live.
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    generation = client.get("/v1/models/tiny").json["generation"]
+    answer = client.post("/v1/models/tiny/reload", json={"dir": str(bundle_dir)}, headers=auth)
+    assert answer.status_code == 400, answer.json
+    assert answer.json["detail"].startswith("unknown field 'dir': the body must be ")
+    assert client.get("/v1/models/tiny").json["generation"] == generation
+
+
 def test_admin_routes_are_closed_without_an_admin_token(bundle_dir) -> None:
     app, _ = make_app(bundle_dir, admin_token=None)
     try:
