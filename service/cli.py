@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from detector.cli.main import build_parser, run
+from detector.errors import ConfigError
 
 if TYPE_CHECKING:
     from service.config import ServiceConfig
@@ -79,8 +80,6 @@ def _whole(lowest: int, highest: int) -> Callable[[str], int]:
 
 
 def _models(pairs: Sequence[str]) -> dict[str, str]:
-    from detector.errors import ConfigError
-
     models: dict[str, str] = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
@@ -170,11 +169,26 @@ def bind_address(host: str, port: int | str) -> str:
     return f"[{host}]:{port}" if ipv6 else f"{host}:{port}"
 
 
+def check_sync_dir(path: str) -> None:
+    """``model_sync_dir`` is, or can be made, a directory this process writes files in."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"model_sync_dir {path} cannot be used ({exc.strerror or exc}); name a directory "
+            "the server can write to, or leave it unset (a new one per run)"
+        ) from None
+
+
 def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int:
     # Must be set before prometheus_client is first imported: it picks its value class then.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(run_dir, "metrics"))
     if config.model_sync_dir is None:
         config = config.model_copy(update={"model_sync_dir": os.path.join(run_dir, "models")})
+    else:  # here, where it fails alone, rather than as each worker finds it cannot reload
+        check_sync_dir(config.model_sync_dir)
     if config.series_state is None:
         path = os.path.join(run_dir, "series.sqlite")
         config = config.model_copy(update={"series_state": path})

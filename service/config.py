@@ -273,6 +273,10 @@ def load_config(
 
 
 def _file_source(path: Path) -> PydanticBaseSettingsSource:
+    if path.is_dir():
+        raise ConfigError(
+            f"configuration file {path} is a directory; name the .toml or .json file in it"
+        )
     if not path.is_file():
         raise ConfigError(f"configuration file {path} does not exist")
     if path.suffix not in (".toml", ".json"):

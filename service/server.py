@@ -64,8 +64,8 @@ def _on_starting(server: Any) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         clear_metric_files(Path(directory))
-    config = server.app.service_config
-    if config.model_sync_dir:
+    config = getattr(getattr(server, "app", None), "service_config", None)  # GunicornServer's
+    if config is not None and config.model_sync_dir:
         forget_published(Path(config.model_sync_dir), list(config.models))
 
 

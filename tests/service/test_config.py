@@ -129,6 +129,21 @@ def test_anomaly_serve_refuses_an_open_public_bind(tmp_path, monkeypatch, capsys
     assert "without a scoring token" in capsys.readouterr().err
 
 
+def test_anomaly_serve_refuses_a_model_sync_dir_it_cannot_write(tmp_path, monkeypatch, capsys):
+    # It started, and each worker logged that its reloads would reach no other worker.
+    from service.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("ANOMALY_MODEL_SYNC_DIR", str(tmp_path / "a-file" / "sync"))
+    assert main(["serve", "--model", f"m={tmp_path}"]) == 2
+    assert "model_sync_dir " in capsys.readouterr().err
+
+
+def test_a_config_file_that_is_a_directory_says_so(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="is a directory; name the"):
+        load_config(tmp_path, env={})
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
