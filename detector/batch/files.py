@@ -42,7 +42,11 @@ from detector.features.encoded import NumberTally
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
 from detector.io.sources import open_source
 from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs
-from detector.io.temporaries import check_not_read_back, check_rejects_target
+from detector.io.temporaries import (
+    check_not_an_input,
+    check_not_read_back,
+    check_rejects_target,
+)
 from detector.io.threads import BackgroundSink, prefetched
 from detector.io.writers import TableWriter
 from detector.scoring.neighbours import fewer_search_threads
@@ -91,6 +95,8 @@ def score_file(
     if rejects_path is not None or output_path != "-":
         rejects = rejects_path or f"{output_path}.rejects.csv"
         check_rejects_target(rejects, output_path, [f for f in files if f != "-"])
+        if output_path != "-":
+            check_not_an_input(output_path, [f for f in files if f != "-"], "--output")
         check_not_read_back([t for t in (output_path, rejects) if t != "-"], inputs)
     if chunk_rows < 1:
         raise DataError(f"{option('chunk_rows')} must be at least 1, not {chunk_rows}")

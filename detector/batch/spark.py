@@ -144,8 +144,10 @@ def score_files(
             check_writable(target.rstrip("/"), folder=True)
     if "://" not in rejects_dir and "://" not in output:
         check_rejects_target(rejects_dir.rstrip("/"), output.rstrip("/"), [])
-    spark = session or spark_session()
     paths = _spark_paths(inputs)
+    for flag, target in (("--output", output), ("--rejects", rejects_dir)):
+        _check_not_over_inputs(flag, target, paths)
+    spark = session or spark_session()
     fmt = table_format(paths[0].rstrip("/*"))
     frame = spark.read.parquet(*paths) if fmt == "parquet" else _read_csv(spark, paths)
     frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
@@ -235,6 +237,23 @@ def score_files(
     finally:
         scored.unpersist()
     return replace(report, seconds=time.perf_counter() - started)
+
+
+def _check_not_over_inputs(flag: str, target: str, paths: Sequence[str]) -> None:
+    """A local output folder must hold none of the inputs: the folder is replaced whole once
+    the run is written, and the data in it would be lost."""
+    if "://" in target:
+        return
+    folder = Path(target.rstrip("/")).resolve()
+    for path in paths:
+        if "://" in path:
+            continue
+        resolved = Path(path.rstrip("/*")).resolve()
+        if resolved == folder or folder in resolved.parents:
+            raise ConfigError(
+                f"{flag} {target} holds the input {path}: writing it replaces the folder whole, "
+                f"and the data would be lost; name another folder for {flag}"
+            )
 
 
 def _spark_paths(inputs: Sequence[str]) -> list[str]:

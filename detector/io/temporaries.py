@@ -158,8 +158,9 @@ def check_rejects_target(
 def check_not_an_input(
     target: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], flag: str
 ) -> None:
-    """Before any work: a file to write (a report, the rejects) must not be one of the
-    ``inputs``: writing it would replace the user's data, which is then lost."""
+    """Before any work: a file to write (the output, a report, the rejects) must not be one of
+    the ``inputs``: writing it would replace the user's data, which is then lost (the output
+    holds the scored rows only, and the scores)."""
     named = next((i for i in inputs if _same_file(target, i)), None)
     if named is not None:
         raise ConfigError(
@@ -174,7 +175,7 @@ def check_not_read_back(
     """Before any work: a file this run writes (the output, the rejects) must not be one that
     a folder or glob among the inputs ``named`` takes in: it would be read as data by this run
     where it exists, and by the next run over the same inputs where it does not yet. (An
-    input named itself may be the output: it is read whole before the output replaces it.)"""
+    input named itself is ``check_not_an_input``'s.)"""
     from detector.io.tables import picked_up_by
 
     for target in targets:

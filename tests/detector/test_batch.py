@@ -233,6 +233,31 @@ def test_the_rejects_file_may_not_be_the_output_or_an_input(
     assert path.read_bytes() == before and not output.exists()
 
 
+def test_the_output_may_not_be_an_input(capsys, bundle_dir: Path, tmp_path: Path) -> None:
+    """--output naming the input replaced the data with the scored rows: the rejected ones
+    were left only in the rejects file, the original nowhere."""
+    frame = EVAL.head(20).copy()
+    frame.loc[3, "cpu_pct"] = "x"
+    path = tmp_path / "in.csv"
+    frame.to_csv(path, index=False)
+    before = path.read_bytes()
+    code, _, err = score(capsys, str(bundle_dir), str(path), "--output", f"{tmp_path}/./in.csv")
+    assert code == 2 and "is the input" in err and "name another file for --output" in err
+    assert path.read_bytes() == before
+
+
+def test_a_spark_output_folder_may_not_hold_an_input(bundle_dir: Path, tmp_path: Path) -> None:
+    from detector.batch.spark import score_files
+    from detector.errors import ConfigError
+
+    (tmp_path / "parts").mkdir()
+    EVAL.head(20).to_csv(tmp_path / "parts" / "a.csv", index=False)
+    for output in (tmp_path / "parts", tmp_path):  # the folder, and one above it
+        with pytest.raises(ConfigError, match=r"holds the input .*a\.csv: writing it replaces"):
+            score_files(str(bundle_dir), [str(tmp_path / "parts")], str(output))
+    assert (tmp_path / "parts" / "a.csv").exists()
+
+
 def test_a_run_that_rejects_every_row_fails_unless_told_it_may(
     capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
