@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -388,8 +389,11 @@ class _Run:
     def _close_rejects(self) -> None:
         if self.n_rejects:
             self.rejects_writer.close()
-        else:
-            self.rejects_writer.abort()
+            return
+        self.rejects_writer.abort()
+        if self.rejects_writer.stream is None:
+            # An earlier run's rejects there would pass for this run's, which rejected none.
+            Path(self.rejects_target).unlink(missing_ok=True)
 
     def abort(self) -> None:
         self.bar.close()

@@ -218,6 +218,9 @@ def score_files(
                 raw.alias("raw"),
             )
             _write_atomically(rejects, rejects_target, "csv")
+        elif "://" not in rejects_target and Path(rejects_target).is_dir():
+            # An earlier run's rejects there would pass for this run's, which rejected none.
+            shutil.rmtree(rejects_target)
         check_reject_rate(report, max_reject_rate)
         k = min(top_k, len(bundle.schema.scored_columns))
         out_columns = [

@@ -212,6 +212,24 @@ def test_max_reject_rate_fails_without_output(capsys, bundle_dir: Path, tmp_path
     assert code == 0 and ledger["ok"] is True and output.exists()
 
 
+def test_a_clean_run_leaves_no_earlier_runs_rejects(capsys, bundle_dir: Path, tmp_path: Path):
+    """The rejects of an earlier run to the same output stayed beside a clean run's output,
+    and passed for its own."""
+    broken = EVAL.head(20).copy()
+    broken.loc[3, "cpu_pct"] = "x"
+    broken.to_csv(tmp_path / "broken.csv", index=False)
+    EVAL.head(20).to_csv(tmp_path / "clean.csv", index=False)
+    output = tmp_path / "out.csv"
+    for rejects in ([], ["--rejects", str(tmp_path / "r.csv")]):
+        target = tmp_path / "r.csv" if rejects else Path(f"{output}.rejects.csv")
+        code, ledger, _ = score(capsys, str(bundle_dir), str(tmp_path / "broken.csv"),
+                                "--output", str(output), *rejects)  # fmt: skip
+        assert code == 0 and ledger["rows_rejected"] == 1 and target.exists()
+        code, ledger, _ = score(capsys, str(bundle_dir), str(tmp_path / "clean.csv"),
+                                "--output", str(output), *rejects)  # fmt: skip
+        assert code == 0 and ledger["rejects"] is None and not target.exists()
+
+
 def test_the_rejects_file_may_not_be_the_output_or_an_input(
     capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:

@@ -113,6 +113,10 @@ def test_spark_scores_and_accounts_like_the_streaming_scorer(
     assert "'oops' is not a number" in " ".join(rejects["reason"])
     assert rejects["source"].str.endswith(("a.csv", "b.csv")).all()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    # A clean run to the same output: the rejects before would pass for its own.
+    frame.iloc[:50].to_csv(tmp_path / "clean.csv", index=False)
+    clean = score_files(str(bundle_dir), [str(tmp_path / "clean.csv")], str(out), session=spark)
+    assert clean.rows_rejected == 0 and not (tmp_path / "spark.parquet.rejects").exists()
 
 
 def test_a_killed_spark_run_is_cleaned_up_by_the_next(
