@@ -79,20 +79,23 @@ def _labelled_scores(
     normal_values: Sequence[str] | None = None,
     max_ahead_seconds: float | None = 3600.0,
     max_series: int = 1_000_000,
-) -> tuple[Any, Any, Any, Counter[str]]:
+) -> tuple[Any, Any, Any, Counter[str], int]:
     """Score a labelled file: labels ``(n,)`` (True = anomaly), anomaly scores ``(n,)``, the
-    ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows, and the number of
-    rejected rows by reason code. Labels are 0/1, or text read with ``anomaly_values`` or
-    ``normal_values`` (``_labels``)."""
+    ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows; the number of
+    rejected rows by reason code, and how many of them are labelled anomalous (where their
+    label could be read: a row that did not parse has none). Labels are 0/1, or text read
+    with ``anomaly_values`` or ``normal_values`` (``_labels``)."""
     import numpy as np
 
     from detector.batch.scored_chunks import iter_scored
+    from detector.errors import DataError
 
     extra = list(dict.fromkeys([label_column, *passthrough]))
     if by_column and by_column not in extra:
         extra.append(by_column)
     labels, scores, groups = [], [], []
     rejected: Counter[str] = Counter()
+    rejected_anomalies = 0
     parts = iter_scored(
         bundle,
         path,
@@ -116,13 +119,21 @@ def _labelled_scores(
         if by_column:
             groups.append(scored[by_column].astype(str).to_numpy())
         rejected.update(r.code for r in part.result.rejections)
+        if part.result.rejections:
+            rows = [r.row for r in part.result.rejections]
+            with contextlib.suppress(DataError):  # labels no row's scoring needed
+                values = part.frame.iloc[rows][label_column]
+                rejected_anomalies += int(
+                    _labels(values, label_column, anomaly_values, normal_values).sum()
+                )
     if not labels:  # a header alone, or every row rejected
-        return np.zeros(0, dtype=bool), np.zeros(0), None, rejected
+        return np.zeros(0, dtype=bool), np.zeros(0), None, rejected, rejected_anomalies
     return (
         np.concatenate(labels),
         np.concatenate(scores),
         np.concatenate(groups) if groups else None,
         rejected,
+        rejected_anomalies,
     )
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterable
+from typing import Any
 
 from detector.cli.commands import _header, _labelled_scores, _require_column
 
@@ -36,7 +38,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_not_an_input(args.report, [args.input] if args.input != "-" else [], "--report")
     if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
         _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
-    labels, scores, groups, codes = _labelled_scores(
+    labels, scores, groups, codes, rejected_anomalies = _labelled_scores(
         bundle,
         args.input,
         args.label_column,
@@ -70,6 +72,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "count, e.g. 'smurf.')"
             )
     rejected = sum(codes.values())
+    why = ", ".join(f"{code} {n:,}" for code, n in codes.most_common())
+    if rejected_anomalies and not labels.any():
+        raise DataError(
+            f"every row of {args.input} labelled anomalous ({rejected_anomalies:,}) was rejected "
+            f"({why}), so the scored rows hold normal ones alone; `anomaly score` writes each "
+            "row's reason to a rejects file"
+        )
+    late = codes.get("out_of_order", 0)
+    if bundle.series is not None and late > (len(scores) + rejected) // 100:
+        from detector.cli.score import _unsorted_hint
+
+        print(_unsorted_hint(bundle, late, args.chunk_rows), file=sys.stderr)
     result = evaluate_scores(
         labels, scores, bundle.calibrator.threshold, n_rejected=rejected, groups=groups
     )
@@ -88,16 +102,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {**result.to_dict(), "rejected_by_code": dict(codes.most_common())}, indent=2
+                {
+                    **result.to_dict(),
+                    "rejected_by_code": dict(codes.most_common()),
+                    "rejected_anomalies": rejected_anomalies,
+                    "recall_with_rejected": _recall_with_rejected(result, rejected_anomalies),
+                },
+                indent=2,
             )
         )
         return 0
     r = result
-    why = ", ".join(f"{code} {n:,}" for code, n in codes.most_common())
     print(
         f"records {r.n} scored ({r.n_anomalies} labelled anomalous), {r.n_rejected} rejected"
         + (f" ({why})" if why else "")
     )
+    if rejected_anomalies:
+        print(
+            f"{rejected_anomalies:,} of the rejected rows are labelled anomalous; the metrics "
+            "below leave them out (counted as missed, recall is "
+            f"{_recall_with_rejected(r, rejected_anomalies):.4f})"
+        )
     print(f"AUROC {r.auroc:.4f}   AUPRC {r.auprc:.4f}")
     print(
         f"at threshold {r.threshold:.4f}: precision {r.precision:.4f}  recall {r.recall:.4f}  "
@@ -118,3 +143,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         print(f"wrote report {args.report}")
     return 0
+
+
+def _recall_with_rejected(result: Any, rejected_anomalies: int) -> float:
+    """Recall at the threshold with the rejected rows labelled anomalous counted as missed:
+    a row never scored is an anomaly nobody was told of."""
+    found = round(result.recall * result.n_anomalies)
+    return float(found / (result.n_anomalies + rejected_anomalies))

@@ -144,6 +144,29 @@ def test_evaluate_of_rows_that_all_fail_says_so_not_one_class(capsys, bundle_dir
     assert code == 2 and "has a header but no data rows" in err
 
 
+def test_evaluate_says_what_its_rejected_rows_were_labelled(capsys, bundle_dir, tmp_path):
+    """Half the anomalies rejected (an empty value) and recall read 1.0 without a word; all
+    of them rejected read 'the labelled rows hold only one class', though the file holds two."""
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["anomaly_kind"])
+    frame = pd.concat([frame[frame.label == 0].head(150), frame[frame.label == 1].head(30)])
+    anomalous = frame.index[frame.label == 1]
+    half, whole = tmp_path / "half.csv", tmp_path / "whole.csv"
+    frame.assign(cpu_pct=frame["cpu_pct"].where(~frame.index.isin(anomalous[:15]))).to_csv(
+        half, index=False
+    )
+    frame.assign(cpu_pct=frame["cpu_pct"].where(frame.label == 0)).to_csv(whole, index=False)
+    code, out, _ = run(capsys, "evaluate", bundle_dir, half, "--label-column", "label", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["rejected_anomalies"] == 15
+    found = round(report["recall"] * report["n_anomalies"])
+    assert report["recall_with_rejected"] == found / 30
+    code, out, _ = run(capsys, "evaluate", bundle_dir, half, "--label-column", "label")
+    assert "15 of the rejected rows are labelled anomalous; the metrics below leave them" in out
+    code, _, err = run(capsys, "evaluate", bundle_dir, whole, "--label-column", "label")
+    assert code == 2 and "one class" not in err
+    assert "every row of" in err and "labelled anomalous (30) was rejected" in err
+
+
 # 3. --out that is not a bundle fails before training.
 
 

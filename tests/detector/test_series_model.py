@@ -171,6 +171,14 @@ def test_a_file_out_of_time_order_is_told_to_sort_it(series_detector, tmp_path, 
     assert "only within a chunk (10 rows for this model); sort the input by ts" in said
     assert main(["score", str(tmp_path / "m"), str(tmp_path / "in.csv"), *out, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rejected_by_code"] == {"out_of_order": late}
+    # evaluate too: its metrics left the late rows out without a word on why.
+    labelled = test.iloc[::-1].assign(label=(test.index % 7 == 0).astype(int)[::-1])
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    argv = ["evaluate", str(tmp_path / "m"), str(tmp_path / "labelled.csv"), "--label-column"]
+    assert main([*argv, "label", "--chunk-rows", "10"]) == 0
+    assert "only within a chunk (10 rows for this model); sort the input by ts" in (
+        capsys.readouterr().err
+    )
 
 
 def test_evaluate_takes_an_empty_time_and_counts_rejected_rows_by_reason(

@@ -303,17 +303,23 @@ def test_every_entry_point_defaults_to_the_same_clock_limit() -> None:
     import inspect
 
     from detector.batch.files import score_file
+    from detector.batch.scored_chunks import iter_scored
     from detector.cli.commands import _labelled_scores
     from detector.cli.main import build_parser
     from detector.scoring.scores import score_frame
-    from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS
+    from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, DEFAULT_MAX_SERIES
 
     for function in (score_frame, score_file, _labelled_scores):
         default = inspect.signature(function).parameters["max_ahead_seconds"].default
         assert default == DEFAULT_MAX_AHEAD_SECONDS, function.__name__
+    for function in (score_file, _labelled_scores, iter_scored):
+        default = inspect.signature(function).parameters["max_series"].default
+        assert default == DEFAULT_MAX_SERIES, function.__name__
     for argv in (["score", "m", "x.csv", "--output", "o.csv"], ["evaluate", "m", "x.csv"]):
         argv += ["--label-column", "y"] if argv[0] == "evaluate" else []
-        assert build_parser().parse_args(argv).max_ahead_seconds == DEFAULT_MAX_AHEAD_SECONDS
+        parsed = build_parser().parse_args(argv)
+        assert parsed.max_ahead_seconds == DEFAULT_MAX_AHEAD_SECONDS
+        assert parsed.max_series == DEFAULT_MAX_SERIES
 
 
 def test_training_rows_refused_for_one_reason_are_listed_together() -> None:
