@@ -166,24 +166,22 @@ MISSING_TEXT = frozenset(NULL_VALUES)
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Files, directories (their files named as ``CSV_SUFFIXES`` or ``PARQUET_SUFFIXES`` say,
-    sorted; names starting with '.' or '_', such as Spark's ``_SUCCESS``, left out), glob
-    patterns, or '-' for CSV on stdin -> the list of files to read, in order."""
+    """Files, directories (their files named as ``CSV_SUFFIXES``, ``PARQUET_SUFFIXES`` or
+    ``JSON_LINES_SUFFIXES`` say, in their subfolders too, as Spark writes partitions:
+    ``date=2026-11-11/part-0.parquet``; sorted by path; names starting with '.' or '_', such as
+    Spark's ``_SUCCESS`` and ``_temporary``, left out), glob patterns, or '-' for CSV on stdin
+    -> the list of files to read, in order."""
     files: list[str] = []
     for item in map(str, inputs):
         path = Path(item)
         if item == "-" or path.is_file():
             files.append(item)
         elif path.is_dir():
-            found = sorted(
-                str(p)
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith((".", "_")) and _is_table_name(p.name)
-            )
+            found = _table_files(path)
             if not found:
                 raise DataError(
-                    f"directory {item} holds no files to read (files named "
-                    f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES + JSON_LINES_SUFFIXES)})"
+                    f"directory {item} holds no files to read, in it or its subfolders (files "
+                    f"named {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES + JSON_LINES_SUFFIXES)})"
                 )
             files.extend(found)
         elif glob.has_magic(item):
@@ -198,16 +196,32 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     return files
 
 
+def _table_files(folder: Path) -> list[str]:
+    """The files of ``folder`` and its subfolders ``expand_inputs`` reads, sorted by path."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]  # pruned: not walked
+        found += [
+            os.path.join(root, n)
+            for n in names
+            if not n.startswith((".", "_"))
+            and _is_table_name(n)
+            and os.path.isfile(os.path.join(root, n))
+        ]
+    return sorted(found, key=lambda p: Path(p).parts)
+
+
 def picked_up_by(path: str | os.PathLike[str], item: str | os.PathLike[str]) -> bool:
     """Whether input ``item``, a directory or a glob pattern, takes in a file at ``path``
     (whether or not it exists yet), as ``expand_inputs`` would read them."""
     target, item = Path(path).resolve(), str(item)
     if Path(item).is_dir():
-        name = target.name
-        return (
-            target.parent == Path(item).resolve()
-            and not name.startswith((".", "_"))
-            and _is_table_name(name)
+        folder = Path(item).resolve()
+        if folder not in target.parents:
+            return False
+        inside = target.relative_to(folder).parts
+        return not any(part.startswith((".", "_")) for part in inside) and _is_table_name(
+            target.name
         )
     if glob.has_magic(item):
         return target.match(str(Path(item).resolve())) or Path(path).match(item)

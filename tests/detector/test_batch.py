@@ -338,6 +338,34 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
     assert not output.exists()
 
 
+def test_a_folder_is_read_with_its_subfolders(capsys, bundle_dir: Path, tmp_path: Path) -> None:
+    """Spark and Hive write partitions as subfolders (date=2026-11-11/part-0.parquet): their
+    rows were skipped without a word where the folder held a file of its own, and the folder
+    was 'holds no files' where it did not."""
+    folder = tmp_path / "exports"
+    for day, rows in (("2026-11-11", EVAL.iloc[:30]), ("2026-11-12", EVAL.iloc[30:50])):
+        (folder / f"date={day}").mkdir(parents=True)
+        rows.to_parquet(folder / f"date={day}" / "part-0.parquet", index=False)
+    (folder / "_temporary" / "0").mkdir(parents=True)  # a job's leftovers: not data
+    EVAL.iloc[:5].to_csv(folder / "_temporary" / "0" / "part-9.csv", index=False)
+    output = str(tmp_path / "o.csv")
+    code, ledger, _ = score(capsys, str(bundle_dir), str(folder), "--output", output)
+    assert code == 0 and ledger["rows_read"] == 50
+    EVAL.iloc[50:60].to_csv(folder / "top.csv", index=False)
+    code, ledger, _ = score(capsys, str(bundle_dir), str(folder), "--output", output)
+    assert code == 0 and ledger["rows_read"] == 60
+    sources = [f["source"] for f in ledger["files"]]
+    assert [Path(s).parent.name for s in sources] == [
+        "date=2026-11-11",
+        "date=2026-11-12",
+        "exports",
+    ]
+    # An output in a subfolder would be read back by the next run.
+    inside = folder / "date=2026-11-12" / "scored.csv"
+    code, _, err = score(capsys, str(bundle_dir), str(folder), "--output", str(inside))
+    assert code == 2 and "would be among the inputs" in err
+
+
 def test_an_output_the_input_folder_or_glob_takes_in_is_refused(
     capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -354,11 +382,9 @@ def test_an_output_the_input_folder_or_glob_takes_in_is_refused(
         code, _, err = score(capsys, str(bundle_dir), *inputs, *argv)
         assert code == 2 and "would be among the inputs" in err and "takes it in" in err
     assert sorted(p.name for p in folder.iterdir()) == ["a.csv"]
-    # A name the folder's reading leaves out is fine, and so is scoring a file in place.
+    # A name the folder's reading leaves out is fine.
     code, _, _ = score(capsys, str(bundle_dir), str(folder), "--output", str(folder / "_s.csv"))
     assert code == 0
-    one = folder / "a.csv"
-    assert score(capsys, str(bundle_dir), str(one), "--output", str(one))[0] == 0
 
 
 def test_stdin_in_a_pipe_is_quiet(bundle_dir: Path, tmp_path: Path) -> None:
