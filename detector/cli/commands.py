@@ -215,6 +215,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.model)
     training = {k: v for k, v in bundle.training.items() if k != "history"}
+    expected = bundle.input_columns if bundle.series is not None else None
     info = {
         "path": args.model,
         "model_type": bundle.model_type,
@@ -227,7 +228,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         else {"k": bundle.neighbours.k, "bank_rows": len(bundle.neighbours.bank)},
         "threshold": bundle.calibrator.threshold,
         "target_fpr": bundle.calibrator.target_fpr,
-        "columns": bundle.schema.describe(),
+        # What a record must hold (a series model's time and key columns included, its
+        # window's internal columns not), as a list, and described with each column's kind.
+        "columns": list(bundle.input_columns),
+        "columns_described": bundle.schema.describe(expected),
         "training": training,
         "data_fingerprint": bundle.data_fingerprint,
         "ignored_columns": list(bundle.ignored_columns),
@@ -239,7 +243,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(
         f"{bundle.model_type} bundle {bundle.version} at {args.model} (created {bundle.created_at})"
     )
-    print(f"columns: {info['columns']}")
+    print(f"columns: {info['columns_described']}")
     if bundle.series is not None:
         print(bundle.series.describe())
     if bundle.ignored_columns:

@@ -254,7 +254,11 @@ def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, c
     said = capsys.readouterr().out
     assert "series by host, in time order of ts; each record with the 3 rows before it" in said
     assert main(["info", model]) == 0
-    assert "series by host" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    # The columns a record holds: the window's own (cpu[-3], ...) listed 4 times as many.
+    assert "series by host" in said and "columns: ts, host, cpu (number), mem (number)\n" in said
+    assert main(["info", model, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["columns"] == ["ts", "host", "cpu", "mem"]
     out = tmp_path / "scored.csv"
     assert main(["score", model, str(tmp_path / "new.csv"), "--output", str(out)]) == 0
     scored = pd.read_csv(out)
