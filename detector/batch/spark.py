@@ -332,10 +332,24 @@ def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
 def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
     """Write part files to a temporary sibling and rename it into place (local paths); for a
     URI, Spark's commit protocol (``_SUCCESS`` last) is what readers rely on."""
+    from pyspark.sql import functions as F
+
+    if fmt == "csv":
+        # Booleans as the streaming engine's CSV writes them (True/False, as pandas does).
+        for field in frame.schema.fields:
+            if field.dataType.typeName() == "boolean":
+                text = F.when(F.col(field.name), "True").when(~F.col(field.name), "False")
+                frame = frame.withColumn(field.name, text)
     writer = frame.write.mode("overwrite")
     if fmt == "csv":
-        # RFC 4180 quoting (quotes doubled), not Spark's default backslash escapes.
-        writer = writer.option("header", True).option("escape", '"')
+        # RFC 4180 quoting (quotes doubled), not Spark's default backslash escapes; values
+        # as they are (Spark's CSV writer trims their spaces by default).
+        writer = (
+            writer.option("header", True)
+            .option("escape", '"')
+            .option("ignoreLeadingWhiteSpace", False)
+            .option("ignoreTrailingWhiteSpace", False)
+        )
         if target.endswith(".gz"):
             writer = writer.option("compression", "gzip")
     if "://" in target:

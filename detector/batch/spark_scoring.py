@@ -53,6 +53,7 @@ from detector.scoring.output_columns import (
 )
 from detector.scoring.scores import score_frame, score_series
 from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, SeriesState
+from detector.wording import Surface, current_surface, speaking_to
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -190,6 +191,7 @@ def score_dataframe(
         impute=impute,
         top_k=k,
         max_ahead_seconds=max_ahead_seconds,
+        surface=current_surface(),
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
@@ -228,13 +230,18 @@ def _score_batches(
     impute: Imputation,
     top_k: int,
     max_ahead_seconds: float | None,
+    surface: Surface = "python",
 ) -> Iterator[pd.DataFrame]:
-    """Runs on the executors: the worker's bundle, then each Arrow batch of rows."""
+    """Runs on the executors: the worker's bundle, then each Arrow batch of rows. Reasons
+    name options as the driver's caller spells them (``surface``: ``--impute median`` for the
+    command line), which a worker process does not know on its own."""
     bundle = _WORKER_BUNDLES.get(key, None if shipped is None else shipped.value, path)
     for batch in batches:
-        yield score_pandas(
-            bundle, batch, impute=impute, top_k=top_k, max_ahead_seconds=max_ahead_seconds
-        )
+        with speaking_to(surface):
+            scored = score_pandas(
+                bundle, batch, impute=impute, top_k=top_k, max_ahead_seconds=max_ahead_seconds
+            )
+        yield scored
 
 
 def score_pandas(
