@@ -66,6 +66,10 @@ def _header(path: str) -> tuple[str, ...]:
         return tuple(source.columns)
 
 
+#: The ``--by-column`` group of rows whose value is empty.
+EMPTY_GROUP = "(empty)"
+
+
 def _labelled_scores(
     bundle: Any,
     path: str,
@@ -117,7 +121,9 @@ def _labelled_scores(
         labels.append(_labels(scored[label_column], label_column, anomaly_values, normal_values))
         scores.append(part.result.anomaly_score)
         if by_column:
-            groups.append(scored[by_column].astype(str).to_numpy())
+            # An empty value is a group of its own, not the text 'nan' a value may also be.
+            values = scored[by_column].astype("string").fillna(EMPTY_GROUP)
+            groups.append(values.to_numpy(dtype=object).astype(str))
         rejected.update(r.code for r in part.result.rejections)
         if part.result.rejections:
             rows = [r.row for r in part.result.rejections]

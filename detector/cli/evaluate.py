@@ -131,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"best F1 {r.best_f1:.4f} at threshold {r.best_f1_threshold:.4f}")
     if r.by_group:
         print(f"by {args.by_column}: share flagged, recall, AUROC, AUPRC")
-        for value, stats in sorted(r.by_group.items()):
+        for value, stats in sorted(r.by_group.items(), key=_group_order):
             measured = "".join(
                 f"  {key} {stats[key]:.4f}"
                 for key in ("recall", "auroc", "auprc")
@@ -150,3 +150,11 @@ def _recall_with_rejected(result: Any, rejected_anomalies: int) -> float:
     a row never scored is an anomaly nobody was told of."""
     found = round(result.recall * result.n_anomalies)
     return float(found / (result.n_anomalies + rejected_anomalies))
+
+
+def _group_order(item: tuple[str, Any]) -> tuple[int, float, str]:
+    """Groups named by numbers in their numbers' order (2 before 10), then the others."""
+    try:
+        return (0, float(item[0]), item[0])
+    except ValueError:
+        return (1, 0.0, item[0])

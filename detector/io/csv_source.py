@@ -194,6 +194,11 @@ class CsvSource(TableSource):
             buffer += more
             if eof and not buffer.strip():
                 break
+        if (record is None or not record.fields) and buffer.strip():
+            raise DataError(
+                f"cannot read a header row in {self.name}: it does not start with a line of "
+                "CSV text; give a CSV with a header row and data rows"
+            )
         if record is None or not record.fields:
             raise DataError(f"{self.name} is empty: give a CSV with a header row and data rows")
         if lines.undecodable:

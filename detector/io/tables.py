@@ -234,6 +234,12 @@ def _is_table_name(name: str) -> bool:
 
 
 def check_names(names: Sequence[str], source: str) -> None:
+    if any("\x00" in n for n in names):
+        # Not a name anyone gave: a binary file, or UTF-16 text without its byte-order mark.
+        raise DataError(
+            f"the header of {source} holds NUL bytes, so it is not CSV text (a binary file, or "
+            "UTF-16 without a byte-order mark); re-save it as UTF-8 CSV"
+        )
     check_header_row(names, source)
     check_named([i for i, n in enumerate(names) if not n], source)
     dupes = sorted(n for n, count in Counter(names).items() if count > 1)

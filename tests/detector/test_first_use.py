@@ -167,6 +167,19 @@ def test_evaluate_says_what_its_rejected_rows_were_labelled(capsys, bundle_dir, 
     assert "every row of" in err and "labelled anomalous (30) was rejected" in err
 
 
+def test_evaluate_groups_empty_values_apart_and_numbers_in_order(capsys, bundle_dir, tmp_path):
+    """Empty --by-column values made a group 'nan' (as the text 'nan' would), and groups named
+    by numbers sorted as text: 10 before 2."""
+    frame = pd.read_csv(DATA / "eval.csv").head(300).drop(columns=["anomaly_kind"])
+    frame["grp"] = (frame.index % 12).astype(str)
+    frame.loc[frame.index % 5 == 0, "grp"] = ""
+    frame.to_csv(tmp_path / "g.csv", index=False)
+    argv = ["evaluate", bundle_dir, tmp_path / "g.csv", "--label-column", "label"]
+    code, out, _ = run(capsys, *argv, "--by-column", "grp")
+    names = [line.split()[0] for line in out.split("by grp:")[1].splitlines()[1:] if line]
+    assert code == 0 and names == [*map(str, range(12)), "(empty)"]
+
+
 # 3. --out that is not a bundle fails before training.
 
 

@@ -112,6 +112,19 @@ def test_binary_under_an_unknown_suffix_names_the_formats_read(tmp_path) -> None
         open_source(str(path))
 
 
+def test_bytes_that_are_no_header_are_not_called_empty(tmp_path) -> None:
+    """A file of random bytes starting with ',' read as 'is empty'; NUL bytes in a header were
+    taken as a column name and echoed back in the fix."""
+    path = tmp_path / "noise.csv"
+    path.write_bytes(b"," + np.random.default_rng(6).bytes(4999))  # one such file
+    with pytest.raises(DataError, match="cannot read a header row in") as err:
+        open_source(str(path))
+    assert "empty" not in str(err.value)
+    _write(path, "\0\0garbage\0\n1\n")
+    with pytest.raises(DataError, match="holds NUL bytes, so it is not CSV text"):
+        open_source(str(path))
+
+
 # ---- 3. detection per group ------------------------------------------------------------------
 
 
