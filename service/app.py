@@ -86,6 +86,9 @@ def create_app(
     )
 
     app = Flask("service")
+    # A path with '//' is a 404 in the JSON shape: Werkzeug's default answered a 308 HTML
+    # page, to a merged path that could be another route (/v2/models//ready: model 'ready').
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["anomaly"] = app_state

@@ -372,6 +372,15 @@ def test_a_422_for_one_records_unknown_field_names_that_record(client) -> None:
     assert "unknown column(s) ['extra']" in response.json["detail"]
 
 
+@pytest.mark.parametrize(
+    "path", ["/v1/models/tiny//score", "/v1//models", "/v2/models//ready", "/v2//health/live"]
+)
+def test_a_path_with_an_empty_segment_is_a_json_404_not_a_redirect(client, path) -> None:
+    # Werkzeug answered 308 with an HTML page, to /v2/models/ready (a model named 'ready').
+    response = client.post(path, json={"records": []}) if "score" in path else client.get(path)
+    assert response.status_code == 404 and response.json["error"] == "not_found"
+
+
 def test_metrics_count_what_happened(client) -> None:
     before = _counter(client, 'anomaly_records_scored_total{model="tiny"}')
     post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "cpu_pct": "x"}]})
