@@ -185,7 +185,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
                 )
             files.extend(found)
         elif glob.has_magic(item):
-            found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            found = sorted(p for p in _globbed(item) if Path(p).is_file())
             if not found:
                 raise DataError(f"no file matches {item}; check the pattern")
             files.extend(found)
@@ -193,7 +193,35 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             raise DataError(f"input file {item} does not exist")
     if files.count("-") > 1:
         raise DataError("'-' (stdin) can be given once only")
-    return files
+    # Each file once, however many inputs name it (a folder and a file in it) and through
+    # whatever links ('**' follows them, around loops): read twice, its rows would count twice.
+    seen: set[str] = set()
+    unique = []
+    for name in files:
+        real = name if name == "-" else os.path.realpath(name)
+        if real not in seen:
+            seen.add(real)
+            unique.append(name)
+    return unique
+
+
+def _globbed(pattern: str) -> list[str]:
+    """``glob``'s matches, without those reached through a link to a folder above the
+    pattern's fixed part ('**' walks into links, round a loop until paths get too long)."""
+    matches = glob.glob(pattern, recursive=True)
+    if "**" not in pattern:
+        return matches
+    return [m for m in matches if not _through_a_loop(Path(m))]
+
+
+def _through_a_loop(path: Path) -> bool:
+    """Whether some folder on ``path`` is a link to one of the folders above it."""
+    above: list[str] = []
+    for parent in reversed(path.parents):
+        if parent.is_symlink() and os.path.realpath(parent) in above:
+            return True
+        above.append(os.path.realpath(parent))
+    return False
 
 
 def _table_files(folder: Path) -> list[str]:

@@ -366,6 +366,26 @@ def test_a_folder_is_read_with_its_subfolders(capsys, bundle_dir: Path, tmp_path
     assert code == 2 and "would be among the inputs" in err
 
 
+def test_each_file_is_read_once_however_it_is_named(capsys, bundle_dir: Path, tmp_path: Path):
+    """'**' followed links round a loop (122 files read for 2) and into a link to a sibling
+    folder; a folder and a file in it read the file twice. Each row counted again."""
+    folder = tmp_path / "exports"
+    (folder / "date=1").mkdir(parents=True)
+    (folder / "links").mkdir()
+    EVAL.iloc[:30].to_parquet(folder / "date=1" / "part-0.parquet", index=False)
+    EVAL.iloc[30:40].to_csv(folder / "top.csv", index=False)
+    (folder / "links" / "up").symlink_to("..")  # a loop
+    (folder / "links" / "again").symlink_to("../date=1")
+    output = str(tmp_path / "o.csv")
+    for inputs, rows in (
+        ([f"{folder}/**/*.parquet"], 30),
+        ([str(folder), str(folder / "top.csv")], 40),
+        ([str(folder / "top.csv"), str(folder / "." / "top.csv")], 10),
+    ):
+        code, ledger, _ = score(capsys, str(bundle_dir), *inputs, "--output", output)
+        assert code == 0 and ledger["rows_read"] == rows, inputs
+
+
 def test_an_output_the_input_folder_or_glob_takes_in_is_refused(
     capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
