@@ -42,7 +42,7 @@ from detector.features.encode import Imputation, check_columns
 from detector.features.encoded import NumberTally
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
 from detector.io.sources import open_source
-from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs
+from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs, table_format
 from detector.io.temporaries import (
     check_not_an_input,
     check_not_read_back,
@@ -70,7 +70,7 @@ def score_file(
     progress: bool = False,
     max_reject_rate: float | None = None,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
-    stream_format: str = "csv",
+    stream_format: str | None = None,
     max_series: int = DEFAULT_MAX_SERIES,
 ) -> BatchReport:
     """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
@@ -83,8 +83,8 @@ def score_file(
     and the rejected rows then go to standard error unless ``rejects_path`` is given. With
     ``max_reject_rate``, a run that rejects a larger share of its rows raises
     ``RejectRateExceeded`` and writes no output (the rejects file is still written).
-    ``stream_format`` (``csv`` or ``jsonl``) is the format of what goes to standard output or
-    error; a file's name says its own. A series
+    ``stream_format`` (``csv``, the default, or ``jsonl``) is the format of what goes to
+    standard output or error; a file's name says its own. A series
     model's row stamped more than ``max_ahead_seconds`` after this machine's clock is rejected
     (``None``: never), so that one wrong clock does not make its series' later rows late.
     At most ``max_series`` series are kept; past it the least recently seen is evicted, and
@@ -101,11 +101,11 @@ def score_file(
         check_not_read_back([t for t in (output_path, rejects) if t != "-"], inputs)
     if chunk_rows < 1:
         raise DataError(f"{option('chunk_rows')} must be at least 1, not {chunk_rows}")
-    check_stream_format(stream_format, output_path, rejects_path)
+    streamed_as = check_stream_format(stream_format, output_path, rejects_path)
     check_max_series(max_series)
     run = _Run(
         bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files,
-        max_ahead_seconds, stream_format, max_series,
+        max_ahead_seconds, streamed_as, max_series,
     )  # fmt: skip
     # A series' windows are made in the reading thread while the search runs: a core left to
     # it scores 1.3x more rows a second on 2 cores (a table's reading is light: all cores).
@@ -137,23 +137,27 @@ STREAM_FORMATS = ("csv", "jsonl")
 
 
 def check_stream_format(
-    stream_format: str,
+    stream_format: str | None,
     output_path: str | os.PathLike[str],
     rejects_path: str | os.PathLike[str] | None,
-) -> None:
-    """``stream_format`` names a format the streams are written in, and is given only where
-    something goes to one: a file's format is its name's."""
+) -> str:
+    """The format written to standard output or error: ``stream_format``, CSV where none is
+    given. A file's format is its name's: one given that contradicts the output's name is
+    refused (it was ignored)."""
+    if stream_format is None:
+        return "csv"
     if stream_format not in STREAM_FORMATS:
         raise ConfigError(
             f"{option('stream_format')} {stream_format!r} is not a format for standard output; "
             f"give one of {', '.join(STREAM_FORMATS)}"
         )
-    if stream_format != "csv" and "-" not in (str(output_path), str(rejects_path)):
+    if str(output_path) != "-" and table_format(output_path) != stream_format:
         raise ConfigError(
-            f"{option('stream_format')} {stream_format} is the format of standard output "
-            f"('-'), and {output_path} is a file, whose name says its format: end its name "
-            "in .jsonl, or leave the option out"
+            f"{option('stream_format')} {stream_format} contradicts the output {output_path}, "
+            "whose name says its format; leave the option out (it is the format of standard "
+            "output, '-'), or name the file for the format you want"
         )
+    return stream_format
 
 
 def check_max_series(max_series: int) -> None:

@@ -335,9 +335,12 @@ def _count(text: str) -> int:
 
 
 def _positive_count(text: str) -> int:
-    value = _count(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
+        raise argparse.ArgumentTypeError(f"{text} is less than 1; give 1 or more")
     return value
 
 

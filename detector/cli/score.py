@@ -65,7 +65,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             from detector.batch.files import check_stream_format
             from detector.batch.spark import score_files
 
-            check_stream_format(options.pop("stream_format", "csv"), args.output, args.rejects)
+            check_stream_format(options.pop("stream_format", None), args.output, args.rejects)
             del options["max_series"]  # Spark hands each series to one task, whole
 
             report = score_files(args.model, args.input, args.output, **options)

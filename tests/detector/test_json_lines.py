@@ -241,9 +241,16 @@ def test_json_lines_to_stdout_and_its_rejects_to_stderr(bundle_dir: Path, tmp_pa
     assert reject == json.loads((tmp_path / "r.jsonl").read_text())
 
 
-def test_an_output_format_for_a_file_is_refused_naming_the_file(bundle_dir: Path) -> None:
-    with pytest.raises(ConfigError, match=r"scored.csv is a file, whose name says its format"):
-        score_file(load_bundle(bundle_dir), DATA / "eval.csv", "scored.csv", stream_format="jsonl")
+def test_an_output_format_a_file_name_contradicts_is_refused(bundle_dir: Path, tmp_path) -> None:
+    # An explicit csv for an output named .jsonl or .parquet was ignored without a word.
+    bundle = load_bundle(bundle_dir)
+    for name, given in (("scored.csv", "jsonl"), ("scored.jsonl", "csv"), ("s.parquet", "csv")):
+        with pytest.raises(ConfigError, match=rf"{given} contradicts the output .*{name}, whose"):
+            score_file(bundle, DATA / "eval.csv", tmp_path / name, stream_format=given)
+    records = EVAL.head(20)
+    records.to_csv(tmp_path / "in.csv", index=False)
+    report = score_file(bundle, tmp_path / "in.csv", tmp_path / "o.jsonl", stream_format="jsonl")
+    assert report.rows_scored == 20  # the name and the option agree
 
 
 def test_json_lines_bytes_write_null_for_what_json_cannot_say() -> None:
