@@ -25,6 +25,7 @@ from detector.io.json_lines import (
     json_object,
     parse_line,
 )
+from detector.io.tables import GZIP_MAGIC
 from service.state import ApiError, ServiceState
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -36,6 +37,18 @@ def read_body(state: ServiceState) -> bytes:
     and returns the truncated bytes (a 50 MB body would be answered as broken JSON), so the body
     is read here with a stream limit one byte above ours: reaching that byte means too large."""
     limit = state.config.max_body_bytes
+    transfer = request.headers.get("Transfer-Encoding", "")
+    codings = [c.strip().lower() for c in transfer.split(",") if c.strip()]
+    undone = [c for c in codings if c not in ("chunked", "identity")]
+    if undone:
+        # gunicorn takes "gzip, chunked" and undoes only the chunks: the body would be read
+        # still compressed.
+        raise ApiError(
+            400,
+            "bad_request",
+            f"Transfer-Encoding {', '.join(undone)} is not supported; send the body compressed "
+            "with Content-Encoding: gzip, and Transfer-Encoding: chunked or a Content-Length",
+        )
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
     # Before anything reads request.stream, which werkzeug builds once with this limit.
@@ -116,6 +129,13 @@ def _decoded(body: bytes, limit: int) -> bytes:
         bits = _CODINGS[coding]
         if bits is not None:
             body = _inflated(body, coding, bits, limit)
+    if body.startswith(GZIP_MAGIC):  # no text starts so: gzip the header did not name
+        raise ApiError(
+            400,
+            "bad_request",
+            "the body is gzip-compressed, and its Content-Encoding does not say so; send "
+            "Content-Encoding: gzip",
+        )
     return body
 
 

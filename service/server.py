@@ -13,10 +13,12 @@ are answered in the app's JSON error shape, not gunicorn's HTML page.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,10 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
     """The same answer as gunicorn's ``util.write_error``, as ``{"error", "detail"}``."""
     from service.app import MAX_DETAIL_CHARS
 
+    # The status's own phrase: gunicorn calls its 501 for a transfer coding it does not
+    # implement "Bad Request".
+    with contextlib.suppress(ValueError):
+        reason = HTTPStatus(status_int).phrase
     fix = _FIXES.get(status_int, "")
     detail = "; ".join(part for part in (mesg, fix) if part)
     body = json.dumps(

@@ -521,8 +521,9 @@ def raw_request(base: str, request: bytes) -> tuple[int, bytes, bytes]:
         (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "headers"),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "well-formed"),
         (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", 400, "well-formed"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\n", 501, "chunked"),
     ],
-    ids=["long-url", "huge-header", "negative-length", "bad-version"],
+    ids=["long-url", "huge-header", "negative-length", "bad-version", "unknown-coding"],
 )
 def test_requests_gunicorn_refuses_get_the_json_error_shape(
     server: str, request_bytes: bytes, status: int, fix: str
@@ -533,3 +534,21 @@ def test_requests_gunicorn_refuses_get_the_json_error_shape(
     assert b"content-type: application/json" in head.lower(), head
     answer = json.loads(body)
     assert set(answer) == {"error", "detail"} and fix in answer["detail"], answer
+    # The status line's phrase and the error agree (gunicorn called its 501 'Bad Request').
+    phrase = head.split(b"\r\n")[0].split(b" ", 2)[2].decode()
+    assert answer["error"] == phrase.lower().replace(" ", "_"), (head, answer)
+
+
+@pytest.mark.slow
+def test_a_compressed_body_the_headers_do_not_name_is_refused_naming_the_header(
+    server: str,
+) -> None:
+    # 'Transfer-Encoding: gzip, chunked' was taken, its chunks undone and the gzip left, then
+    # read as text: "'utf-8' codec can't decode byte 0x8b"; so was gzip with no header at all.
+    packed = gzip.compress(json.dumps({"records": normal_records(2)}).encode())
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed)
+    head = "POST /v1/models/tiny/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    status, body = raw_post(server, head + "Transfer-Encoding: gzip, chunked", chunked)
+    assert status == 400 and "Transfer-Encoding gzip is not supported" in body["detail"], body
+    status, body = raw_post(server, head + f"Content-Length: {len(packed)}", packed)
+    assert status == 400 and "send Content-Encoding: gzip" in body["detail"], body
