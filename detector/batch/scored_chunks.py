@@ -98,12 +98,14 @@ def score_prepared(bundle: Bundle, item: PreparedChunk, state: SeriesState | Non
 class ScoredChunk:
     """One chunk of a source scored: ``frame`` holds the chunk's parsed rows' passthrough
     columns, indexed by each row's 0-based place in ``source`` (for messages), ``result`` their
-    scores (``None`` where no row parsed) and ``rejects`` the records that did not parse."""
+    scores (``None`` where no row parsed) and ``rejects`` the records that did not parse;
+    ``series_evicted``, a series model's evictions so far (``max_series``)."""
 
     source: str
     frame: pd.DataFrame
     result: ScoreResult | None
     rejects: tuple[ParseReject, ...]
+    series_evicted: int = 0
 
 
 def iter_scored(
@@ -143,11 +145,15 @@ def iter_scored(
                 frame = chunk.table.select(kept).to_pandas()
                 frame.index = pd.Index(np.asarray(chunk.row_numbers, dtype=np.int64) - 1)
                 if item.encoded is None:
-                    yield ScoredChunk(source.name, frame, None, chunk.rejects)
+                    yield ScoredChunk(source.name, frame, None, chunk.rejects, _evicted(state))
                     continue
                 tally.add(item.encoded)
                 if item.checked is not None:
                     tally.add(item.checked)
                 result = score_prepared(bundle, item, state)
-                yield ScoredChunk(source.name, frame, result, chunk.rejects)
+                yield ScoredChunk(source.name, frame, result, chunk.rejects, _evicted(state))
             tally.check(source.name)
+
+
+def _evicted(state: SeriesState | None) -> int:
+    return 0 if state is None else state.evicted

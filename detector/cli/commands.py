@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @contextlib.contextmanager
@@ -70,6 +70,20 @@ def _header(path: str) -> tuple[str, ...]:
 EMPTY_GROUP = "(empty)"
 
 
+class ScoredLabels(NamedTuple):
+    """A labelled file scored: for the scored rows, labels ``(n,)`` (True = anomaly), anomaly
+    scores ``(n,)`` and the ``by_column`` value of each (or ``None``); the rejected rows by
+    reason code, and how many of them are labelled anomalous (where their label could be
+    read: a row that did not parse has none); a series model's evictions (``max_series``)."""
+
+    labels: Any
+    scores: Any
+    groups: Any
+    codes: Counter[str]
+    rejected_anomalies: int = 0
+    series_evicted: int = 0
+
+
 def _labelled_scores(
     bundle: Any,
     path: str,
@@ -83,12 +97,9 @@ def _labelled_scores(
     normal_values: Sequence[str] | None = None,
     max_ahead_seconds: float | None = 3600.0,
     max_series: int = 1_000_000,
-) -> tuple[Any, Any, Any, Counter[str], int]:
-    """Score a labelled file: labels ``(n,)`` (True = anomaly), anomaly scores ``(n,)``, the
-    ``by_column`` value per row ``(n,)`` (or ``None``), for the scored rows; the number of
-    rejected rows by reason code, and how many of them are labelled anomalous (where their
-    label could be read: a row that did not parse has none). Labels are 0/1, or text read
-    with ``anomaly_values`` or ``normal_values`` (``_labels``)."""
+) -> ScoredLabels:
+    """Score a labelled file (``ScoredLabels``). Labels are 0/1, or text read with
+    ``anomaly_values`` or ``normal_values`` (``_labels``)."""
     import numpy as np
 
     from detector.batch.scored_chunks import iter_scored
@@ -99,7 +110,7 @@ def _labelled_scores(
         extra.append(by_column)
     labels, scores, groups = [], [], []
     rejected: Counter[str] = Counter()
-    rejected_anomalies = 0
+    rejected_anomalies = evicted = 0
     parts = iter_scored(
         bundle,
         path,
@@ -110,6 +121,7 @@ def _labelled_scores(
         max_series=max_series,
     )
     for part in parts:
+        evicted = part.series_evicted
         rejected.update(r.code for r in part.rejects)
         _require_column(part.frame.columns, label_column, part.source)
         if by_column:
@@ -133,13 +145,14 @@ def _labelled_scores(
                     _labels(values, label_column, anomaly_values, normal_values).sum()
                 )
     if not labels:  # a header alone, or every row rejected
-        return np.zeros(0, dtype=bool), np.zeros(0), None, rejected, rejected_anomalies
-    return (
+        return ScoredLabels(np.zeros(0, dtype=bool), np.zeros(0), None, rejected)
+    return ScoredLabels(
         np.concatenate(labels),
         np.concatenate(scores),
         np.concatenate(groups) if groups else None,
         rejected,
         rejected_anomalies,
+        evicted,
     )
 
 

@@ -38,7 +38,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_not_an_input(args.report, [args.input] if args.input != "-" else [], "--report")
     if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
         _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
-    labels, scores, groups, codes, rejected_anomalies = _labelled_scores(
+    labels, scores, groups, codes, rejected_anomalies, evicted = _labelled_scores(
         bundle,
         args.input,
         args.label_column,
@@ -106,6 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     **result.to_dict(),
                     "rejected_by_code": dict(codes.most_common()),
                     "rejected_anomalies": rejected_anomalies,
+                    "series_evicted": evicted,
                     "recall_with_rejected": _recall_with_rejected(result, rejected_anomalies),
                 },
                 indent=2,
@@ -117,6 +118,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"records {r.n} scored ({r.n_anomalies} labelled anomalous), {r.n_rejected} rejected"
         + (f" ({why})" if why else "")
     )
+    if evicted:
+        print(
+            f"series evicted {evicted:,}: more than --max-series {args.max_series:,} series were "
+            "held, and each series forgotten warmed up again if it came back"
+        )
     if rejected_anomalies:
         print(
             f"{rejected_anomalies:,} of the rejected rows are labelled anomalous; the metrics "

@@ -218,7 +218,7 @@ def _write_training_report(
         labelled = None
         if passthrough is not None:
             label = args.report_label_column or args.label_column
-            labels, scores, _, rejected, _ = _labelled_scores(
+            labels, scores, _, rejected, *_ = _labelled_scores(
                 bundle, args.report_data, label, passthrough=passthrough
             )
             n_rejected = sum(rejected.values())

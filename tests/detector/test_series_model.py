@@ -129,6 +129,13 @@ def test_past_max_series_the_least_recent_series_is_forgotten_whole(series_detec
     report = score_file(bundle, tmp_path / "in.csv", tmp_path / "two.csv", chunk_rows=1,
                         max_series=2)  # fmt: skip
     assert report.rows_scored == len(test) and report.series_evicted == len(test) - 2
+    # evaluate counts them too (its metrics changed without a word).
+    from detector.cli.commands import _labelled_scores
+
+    test.assign(label=0).to_csv(tmp_path / "labelled.csv", index=False)
+    scored = _labelled_scores(bundle, str(tmp_path / "labelled.csv"), "label", chunk_rows=1,
+                              max_series=2)  # fmt: skip
+    assert scored.series_evicted == len(test) - 2
     out = pd.read_csv(tmp_path / "two.csv")
     assert out["warming_up"].all()
     alone = [score_frame(bundle, test.iloc[[i]]).anomaly_score[0] for i in range(len(test))]
