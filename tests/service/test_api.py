@@ -185,7 +185,7 @@ def test_json_csv_and_kserve_bodies_score_the_same_records_alike(client) -> None
         {
             "name": name,
             "shape": [len(records)],
-            "datatype": "BYTES" if columns[name].dtype == object else "FP64",
+            "datatype": "FP64" if pd.api.types.is_numeric_dtype(columns[name]) else "BYTES",
             "data": columns[name].tolist(),
         }
         for name in columns.columns
@@ -440,6 +440,53 @@ def test_openapi_document_matches_the_routes(service) -> None:
         path = rule.rule.replace("<", "{").replace(">", "}")
         served |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
+
+
+def _tensors(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": c,
+            "shape": [len(records)],
+            "datatype": "BYTES" if isinstance(records[0][c], str) else "FP64",
+            "data": [r[c] for r in records],
+        }
+        for c in records[0]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "held"),
+    [("INT64", [1.5, 2.0], "1.5"), ("UINT8", [-1, 2], "-1"), ("INT8", [300, 1], "300"),
+     ("FP32", ["abc", "1.5"], '"abc"'), ("BOOL", [1, 0], "1")],
+)  # fmt: skip
+def test_kserve_values_must_be_of_their_declared_datatype(client, datatype, data, held) -> None:
+    # INT64 held 1.5 and UINT8 -1 and were scored; FP32 text was parsed.
+    inputs = _tensors(NORMAL[:2])
+    hour = next(i for i in inputs if i["name"] == "hour")
+    hour.update(datatype=datatype, data=data)
+    response = client.post("/v2/models/tiny/infer", json={"inputs": inputs})
+    assert response.status_code == 400, response.json
+    assert (
+        f"input 'hour' declares {datatype} but holds {held} at position 0"
+        in (response.json["detail"])
+    )
+
+
+def test_kserve_outputs_are_the_ones_asked_for(client) -> None:
+    inputs = _tensors(NORMAL[:2])
+    asked = {"inputs": inputs, "outputs": [{"name": "p_value"}, {"name": "anomaly_score"}]}
+    body = client.post("/v2/models/tiny/infer", json=asked).json
+    assert [o["name"] for o in body["outputs"]] == ["p_value", "anomaly_score"]
+    for outputs, needle in (
+        ([{"name": "nope"}], "no output named 'nope'; this model gives anomaly_score, p_value"),
+        ("x", "'outputs' must be a list of objects"),
+    ):
+        response = client.post("/v2/models/tiny/infer", json={"inputs": inputs, "outputs": outputs})
+        assert response.status_code == 400 and needle in response.json["detail"]
+    response = client.post("/v2/models/tiny/infer", json={"inputs": inputs, "parameters": [1]})
+    assert (
+        response.status_code == 400 and "'parameters' must be an object" in response.json["detail"]
+    )
 
 
 def test_kserve_v2_infer(client) -> None:

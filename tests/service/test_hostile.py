@@ -300,7 +300,14 @@ def test_kserve_n_by_1_tensors_and_bad_scalars_still_score(client) -> None:
     for tensor in body["inputs"]:
         tensor["shape"] = [len(NORMAL), 1]
         tensor["data"] = [[v] for v in tensor["data"]]
-    next(t for t in body["inputs"] if t["name"] == "cpu_pct")["data"][2] = ["lots"]
+    cpu = next(t for t in body["inputs"] if t["name"] == "cpu_pct")
+    cpu["data"][2] = ["lots"]
+    # Text in an FP64 tensor breaks its declared datatype: the client's protocol error.
+    response = client.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 400 and "declares FP64 but holds" in response.json["detail"]
+    # Sent as text (BYTES), a value that is no number is that record's problem alone.
+    cpu["datatype"] = "BYTES"
+    cpu["data"] = [[str(v[0])] for v in cpu["data"]]
     response = client.post("/v2/models/tiny/infer", json=body)
     assert response.status_code == 200, response.json
     outputs = {o["name"]: o["data"] for o in response.json["outputs"]}
