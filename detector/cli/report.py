@@ -30,7 +30,7 @@ from detector.cli.report_figures import (
     roc_figure,
     score_histogram,
 )
-from detector.io.temporaries import partial_path, remove_stale_temporaries
+from detector.io.temporaries import partial_path, remove_stale_temporaries, written_path
 from detector.scoring.evaluation import Evaluation, evaluate_scores, left_out_note
 from detector.wording import leave_one_out_note
 
@@ -115,11 +115,12 @@ def evaluation_report(bundle: Bundle, labelled: LabelledScores) -> str:
 def write_report(path: str | os.PathLike[str], page: str) -> None:
     """Write ``page`` to ``path`` atomically (a partial file renamed into place), first removing
     what killed writers of the same report left."""
-    remove_stale_temporaries(path)
-    partial = partial_path(path)
+    target = written_path(path)
+    remove_stale_temporaries(target)
+    partial = partial_path(target)
     try:
         partial.write_text(page, encoding="utf-8")
-        os.replace(partial, path)
+        os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
 

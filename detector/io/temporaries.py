@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> Non
     the target is a directory (a bundle, replaced whole) rather than a file."""
     target = Path(path)
     probe = target.with_name(f".{target.name}.{_owner()}.partial")
+    if not folder:
+        check_regular(path)
     try:
         if not folder and target.is_dir():
             raise ConfigError(f"cannot write {path}: it is a directory; name a file in it")
@@ -57,6 +60,32 @@ def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> Non
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
+
+
+def check_regular(path: str | os.PathLike[str]) -> None:
+    """A file written by renaming a finished temporary over it must be a regular file, or none
+    yet: renamed over a device (``/dev/null``, ``/dev/full``), a pipe or a socket, it would
+    replace that for the whole machine (a run as root replaced ``/dev/full`` with a report)."""
+    try:
+        mode = os.stat(path).st_mode  # through links: what a write would reach
+    except OSError:
+        return  # none yet (or unreadable: the probe file says why)
+    kinds = {
+        stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+        stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket",
+    }  # fmt: skip
+    kind = next((name for test, name in kinds.items() if test(mode)), None)
+    if kind is not None:
+        raise ConfigError(
+            f"cannot write {path}: it is {kind}, not a file, and would be replaced; name a "
+            "file (for output on standard output, give '-' where the option takes it)"
+        )
+
+
+def written_path(path: str | os.PathLike[str]) -> Path:
+    """Where a write to ``path`` goes: through a symbolic link to its target (renaming over
+    the link replaced the link and left its target as it was), else ``path``."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 
 def staging_path(path: str | os.PathLike[str], kind: str) -> Path:

@@ -17,7 +17,6 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -27,7 +26,12 @@ import pyarrow.compute as pc
 
 from detector.errors import DataError
 from detector.io.tables import csv_delimiter, table_format
-from detector.io.temporaries import check_writable, partial_path, remove_stale_temporaries
+from detector.io.temporaries import (
+    check_writable,
+    partial_path,
+    remove_stale_temporaries,
+    written_path,
+)
 
 
 class TableWriter:
@@ -55,13 +59,13 @@ class TableWriter:
         self.format = stream_format if self.stream is not None else table_format(path)
         #: A tab for a ``.tsv``/``.tsv.gz`` name, as the same name is read.
         self.delimiter = csv_delimiter(path)
-        self.target = Path(path)
+        self.target = written_path(path)
         if self.stream is None:
             check_writable(path)
-            self._partial = partial_path(path)
+            self._partial = partial_path(self.target)
             # A run killed outright (SIGKILL, power loss) cannot remove its partial file; the
             # next writer of the same target does, once that run's process is gone.
-            remove_stale_temporaries(path)
+            remove_stale_temporaries(self.target)
         self._parquet: Any = None
         self._text: Any = None
         self._raw: Any = None  # the file under a gzip stream, which does not close it

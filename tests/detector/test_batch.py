@@ -276,6 +276,32 @@ def test_a_spark_output_folder_may_not_hold_an_input(bundle_dir: Path, tmp_path:
     assert (tmp_path / "parts" / "a.csv").exists()
 
 
+def test_an_output_that_is_no_file_is_refused_and_a_link_written_through(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """The finished temporary was renamed over whatever the name was: as root, --report
+    /dev/full replaced the machine's /dev/full with a report; a link was replaced by a file
+    and its target left as it was."""
+    EVAL.head(20).to_csv(tmp_path / "in.csv", index=False)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    code, _, err = score(capsys, str(bundle_dir), str(tmp_path / "in.csv"), "--output", str(fifo))
+    assert code == 2 and "it is a named pipe, not a file, and would be replaced" in err
+    assert fifo.is_fifo()
+    for name in ("report.html", "scored.csv"):
+        (tmp_path / f"real-{name}").write_text("old")
+        (tmp_path / name).symlink_to(f"real-{name}")
+    code, _, _ = score(capsys, str(bundle_dir), str(tmp_path / "in.csv"), "--output",
+                       str(tmp_path / "scored.csv"))  # fmt: skip
+    assert code == 0 and (tmp_path / "scored.csv").is_symlink()
+    assert len(pd.read_csv(tmp_path / "real-scored.csv")) == 20
+    from detector.cli.report import write_report
+
+    write_report(tmp_path / "report.html", "<html></html>")
+    assert (tmp_path / "report.html").is_symlink()
+    assert (tmp_path / "real-report.html").read_text() == "<html></html>"
+
+
 def test_a_run_that_rejects_every_row_fails_unless_told_it_may(
     capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
