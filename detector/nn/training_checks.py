@@ -16,7 +16,11 @@ ACTIVE_UNIT_KL = 0.01
 
 
 def check_finite(history: dict[str, list[float]], config: Any) -> None:
+    # The validation loss too: it is what the saved model is chosen by.
     losses = np.asarray(history.get("loss", []), dtype=np.float64)
+    validation = np.asarray(history.get("val_loss", []), dtype=np.float64)
+    if len(validation) == len(losses):
+        losses = np.where(np.isfinite(validation), losses, np.nan)
     if len(losses) == 0 or not np.isfinite(losses).all():
         epoch = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1 if len(losses) else 0
         raise TrainingError(

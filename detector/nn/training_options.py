@@ -3,6 +3,7 @@ all of them are used)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, share, sizes
@@ -220,6 +221,8 @@ class TrainingOptions(Options):
             )
         if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:
             problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
-        if self.learning_rate <= 0:
-            problems.append("learning_rate must be positive")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):  # NaN too
+            problems.append(
+                f"{option('learning_rate')} {self.learning_rate} must be a positive number"
+            )
         return problems

@@ -142,6 +142,10 @@ def test_bad_settings_fail_before_training() -> None:
         VAEDetector(n_samples=20_000).fit(frame)
     with pytest.raises(ConfigError, match=r"patience -1 must be 0 or more epochs"):
         VAEDetector(patience=-1).fit(frame)
+    # A NaN or infinite rate trained, saved a bundle, and the bundle did not load.
+    for rate in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=rf"learning_rate {rate} must be a positive number"):
+            VAEDetector(learning_rate=rate).fit(frame)
 
 
 def test_range_floor_reaches_the_schema() -> None:
