@@ -54,6 +54,7 @@ OPTIONS: dict[str, Option] = {
     "context": Option("--context", "context", many=True),
     "series_columns": Option("--series-column", "series_columns", many=True),
     "n_samples": Option("--samples", "n_samples"),
+    "random_state": Option("--seed", "random_state"),
     **{
         name: _hyperparameter(name)
         for name in (

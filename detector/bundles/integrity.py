@@ -51,7 +51,14 @@ def bundle_key() -> bytes | None:
         raise BundleError(
             f"{BUNDLE_KEY_ENV} is set but empty; set it to the bundle signing key or unset it"
         )
-    return value.encode()
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        # Bytes the environment held that are no text (os.environ keeps them as surrogates).
+        raise BundleError(
+            f"{BUNDLE_KEY_ENV} holds bytes that are not text; set it to a text key (e.g. the "
+            "output of 'openssl rand -hex 32')"
+        ) from None
 
 
 def seal(manifest: dict[str, Any], key: bytes | None) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> Non
     not as an internal error once the scoring or training it waited for is done. ``folder``:
     the target is a directory (a bundle, replaced whole) rather than a file."""
     target = Path(path)
+    if not folder and not target.name:  # '.', '..', '/': a folder, and no name to write
+        raise ConfigError(f"cannot write {path}: it is a directory; name a file in it")
     probe = target.with_name(f".{target.name}.{_owner()}.partial")
     if not folder:
         check_regular(path)

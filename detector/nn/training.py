@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from detector.bundles.bundle import Bundle
-from detector.errors import ConfigError
-from detector.features.encode import encode
+from detector.errors import ConfigError, SchemaError
+from detector.features.encode import encode, listed
 from detector.features.schema import Schema, fingerprint, fit_schema, numbers_from_decimals
 from detector.nn.callbacks import KLWarmup, ProgressBar
 from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
@@ -206,6 +206,14 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     check_names_free(map(str, frame.columns), "the columns", context=context, series=bool(series))
     warming: str | None = None  # what to say of a series' warming-up rows
     if series is not None:
+        named = [(option("time_column"), series.time_column)]
+        named += [(option("series_columns"), c) for c in series.key_columns]
+        absent = [f"{flag} {column}" for flag, column in named if column not in frame.columns]
+        if absent:
+            raise SchemaError(
+                f"{', '.join(absent)}: not a column of the training data; its columns are "
+                f"{listed([str(c) for c in frame.columns])}"
+            )
         if _judged_by_parts(config):
             exclude = (*config.categorical, *conditioned_on(config))
             series = with_deviation(series, frame, config.deviation_window, exclude)

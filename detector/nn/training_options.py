@@ -221,6 +221,10 @@ class TrainingOptions(Options):
             )
         if self.max_gap_seconds is not None and not self.max_gap_seconds > 0:
             problems.append(f"max_gap_seconds {self.max_gap_seconds} must be positive")
+        if not 0 <= self.random_state < 2**32:  # what numpy and TensorFlow take
+            problems.append(
+                f"{option('random_state')} {self.random_state} must be in [0, 2**32 - 1]"
+            )
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):  # NaN too
             problems.append(
                 f"{option('learning_rate')} {self.learning_rate} must be a positive number"

@@ -689,3 +689,17 @@ def test_parquet_piped_in_is_named_as_parquet(tmp_path: Path) -> None:
     )
     assert trained.returncode == 2
     assert b"<stdin> holds Parquet" in trained.stderr and b"give the file's path" in trained.stderr
+
+
+def test_a_report_named_dot_and_a_key_of_bytes_say_so(monkeypatch) -> None:
+    """'--report .' was "PosixPath('.') has an empty name"; a signing key the environment
+    held as bytes failed with a UnicodeEncodeError once training was done."""
+    from detector.bundles.integrity import BUNDLE_KEY_ENV, bundle_key
+    from detector.errors import BundleError, ConfigError
+    from detector.io.temporaries import check_writable
+
+    with pytest.raises(ConfigError, match="it is a directory; name a file in it"):
+        check_writable(".")
+    monkeypatch.setenv(BUNDLE_KEY_ENV, "\udcff\udcfe")  # how os.environ keeps b"\xff\xfe"
+    with pytest.raises(BundleError, match="holds bytes that are not text"):
+        bundle_key()

@@ -142,6 +142,12 @@ def test_bad_settings_fail_before_training() -> None:
         VAEDetector(n_samples=20_000).fit(frame)
     with pytest.raises(ConfigError, match=r"patience -1 must be 0 or more epochs"):
         VAEDetector(patience=-1).fit(frame)
+    # Seeds numpy refuses were an internal error from inside training.
+    for seed in (-1, 2**64):
+        with pytest.raises(
+            ConfigError, match=rf"random_state {seed} must be in \[0, 2\*\*32 - 1\]"
+        ):
+            VAEDetector(random_state=seed).fit(frame)
     # A NaN or infinite rate trained, saved a bundle, and the bundle did not load.
     for rate in (float("nan"), float("inf")):
         with pytest.raises(ConfigError, match=rf"learning_rate {rate} must be a positive number"):

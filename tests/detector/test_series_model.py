@@ -530,3 +530,12 @@ def test_a_series_column_given_another_role_is_named(capsys, tmp_path, extra, me
     series = ["--time-column", "ts", "--series-column", "host"]
     assert main([*argv, *series, *extra]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_a_series_column_not_in_the_data_is_named() -> None:
+    # An internal error: KeyError "['nope'] not found in axis".
+    from detector.errors import SchemaError
+
+    for options in ({"time_column": "nope"}, {"time_column": "ts", "series_columns": ("x",)}):
+        with pytest.raises(SchemaError, match="not a column of the training data"):
+            VAEDetector(**{**SERIES, **options, **TINY}).fit(fleet(100))
