@@ -208,7 +208,8 @@ def build_parser(
         description="Draw records from the model's generative distribution: a latent code from "
         "the N(0, I) prior, then every column from the decoder's distribution (a Gaussian per "
         "numeric column, the softmax over the known categories per categorical one), in the "
-        "training columns' order and units. Shows what the model takes for normal data.",
+        "training columns' order and units. Shows what the network learned; the default "
+        "score (knn) judges records against training rows, and flags most of these draws.",
     )
     sample.add_argument("model", help="model bundle directory")
     sample.add_argument(
