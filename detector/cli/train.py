@@ -58,6 +58,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{dropped_roles} would be left out (--ignore-column, --label-column) but the "
             "series need it to place each row (--time-column, --series-column): name it once"
         )
+    for flag, used in (("--context", args.context), ("--categorical", args.categorical)):
+        both = [c for c in excluded if c in used]
+        if both:
+            # It read "--context names columns not in the data", of a column that is.
+            raise ConfigError(
+                f"{both} would be left out (--ignore-column, --label-column) and used ({flag}): "
+                "name each column in one of them"
+            )
     series = bool(args.time_column)
     ignored = "--ignore-column"  # carried through to the output, beside what scoring adds
     check_names_free(args.ignore_column, ignored, context=bool(args.context), series=series)

@@ -175,7 +175,14 @@ class TrainingOptions(Options):
         if self.hidden_units is not None and (not self.hidden_units or min(self.hidden_units) < 1):
             problems.append("hidden_units must be a non-empty list of positive sizes")
         if not 0 < self.min_scale < self.max_scale:
-            problems.append("need 0 < min_scale < max_scale")
+            # max_scale has no flag: the message names the range, not a setting users lack.
+            problems.append(
+                f"{option('min_scale')} {self.min_scale} must be in (0, {self.max_scale:g})"
+            )
+        if self.kl_warmup_epochs < 0:
+            problems.append(
+                f"{option('kl_warmup_epochs')} {self.kl_warmup_epochs} must be 0 or more epochs"
+            )
         if not 0 <= self.range_floor <= 1:
             problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
         if not 0 < self.target_fpr < 0.5:

@@ -180,6 +180,17 @@ def test_evaluate_groups_empty_values_apart_and_numbers_in_order(capsys, bundle_
     assert code == 0 and names == [*map(str, range(12)), "(empty)"]
 
 
+def test_a_column_both_left_out_and_used_is_named_so(capsys, tmp_path) -> None:
+    # "--context names columns not in the data: ['host']", of a column that is.
+    path = tmp_path / "t.csv"
+    pd.read_csv(DATA / "train.csv").head(100).to_csv(path, index=False)
+    for flags in (["--model", "cvae", "--context", "host"], ["--categorical", "hour"]):
+        column = flags[-1]
+        code, _, err = run(capsys, "train", path, "--out", tmp_path / "m", "--ignore-column",
+                           column, *flags)  # fmt: skip
+        assert code == 2 and f"['{column}'] would be left out (--ignore-column" in err
+
+
 # 3. --out that is not a bundle fails before training.
 
 

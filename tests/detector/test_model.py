@@ -142,6 +142,11 @@ def test_bad_settings_fail_before_training() -> None:
         VAEDetector(n_samples=20_000).fit(frame)
     with pytest.raises(ConfigError, match=r"patience -1 must be 0 or more epochs"):
         VAEDetector(patience=-1).fit(frame)
+    # A warm-up of -1 epochs was taken; a min_scale past its range named a setting with no flag.
+    with pytest.raises(ConfigError, match=r"kl_warmup_epochs -1 must be 0 or more epochs"):
+        VAEDetector(kl_warmup_epochs=-1).fit(frame)
+    with pytest.raises(ConfigError, match=r"min_scale 100 must be in \(0, 2\)"):
+        VAEDetector(min_scale=100).fit(frame)
     # Seeds numpy refuses were an internal error from inside training.
     for seed in (-1, 2**64):
         with pytest.raises(
