@@ -79,7 +79,7 @@ from detector.series.windows import (
     windowed_for_training,
     with_deviation,
 )
-from detector.wording import option
+from detector.wording import offered, option
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     context = bool(conditioned_on(config))
     check_names_free(map(str, frame.columns), "the columns", context=context, series=bool(series))
     warming: str | None = None  # what to say of a series' warming-up rows
+    placing = () if series is None else (series.time_column, *series.key_columns)
+    lookalikes = _lookalike_warnings(frame[[c for c in frame.columns if c not in placing]])
     if series is not None:
         named = [(option("time_column"), series.time_column)]
         named += [(option("series_columns"), c) for c in series.key_columns]
@@ -375,6 +377,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     )
     if small:
         warnings.append(_small_table_warning(len(values), score_kind))
+    warnings.extend(lookalikes)
     one_value = [c.name for c in schema.numeric if c.minimum == c.maximum]
     if one_value:
         # Found by a user: such a column jumped from 5 to 1,000,000 and the record was not
@@ -492,6 +495,39 @@ def window_bank_parts(
         )
         rows = np.concatenate([rows[keep], np.full(len(metrics), METRIC_BANK_ROWS)])
     return (parts, weights, rows) if len(parts) > 1 else None
+
+
+#: Column names that usually hold labels, not a measurement.
+_LABEL_NAMES = frozenset({"label", "labels", "is_anomaly", "anomaly", "target", "class", "y"})
+
+
+def _lookalike_warnings(frame: pd.DataFrame) -> list[str]:
+    """Columns trained on as measurements that look like something else: labels (two values,
+    a label's name), whose anomalous rows then stay in training; or row numbers (whole numbers
+    counting up by one), which make every later row look new (95% of the next 300 normal rows
+    of a table were flagged)."""
+    found = []
+    # The command line has flags for both; in Python the caller drops the column.
+    cli = offered("ignore_column")
+    for column in frame.columns:
+        values = frame[column]
+        leave_out = f"leave it out: {option('ignore_column', column)}" if cli else "drop it"
+        if str(column).strip().lower() in _LABEL_NAMES and values.nunique(dropna=True) <= 2:
+            labelled = f"give --label-column {column} (its anomalous rows are left out), or "
+            found.append(
+                f"column '{column}' looks like labels and is trained on as a measurement: "
+                f"{labelled if cli else ''}{leave_out}"
+            )
+        elif (
+            pd.api.types.is_integer_dtype(values)
+            and len(values) > 2
+            and bool((np.diff(np.sort(values.to_numpy())) == 1).all())
+        ):
+            found.append(
+                f"column '{column}' counts up by one from row to row, like a row number or id: "
+                f"later rows hold numbers training never saw; {leave_out}"
+            )
+    return found
 
 
 def _small_table_warning(n: int, score_kind: str) -> str:

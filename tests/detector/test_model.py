@@ -222,3 +222,14 @@ def test_a_column_of_one_value_in_training_is_warned_of() -> None:
     det = VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2).fit(frame)
     (warning,) = [w for w in det.summary_.warnings if "one value" in w]
     assert warning.startswith("column(s) ['c'] hold one value in every training row")
+
+
+def test_columns_that_look_like_labels_or_row_numbers_are_warned_of() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"a": rng.normal(size=300), "label": rng.integers(0, 2, 300), "id": np.arange(300)}
+    )
+    warnings = VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2).fit(frame).summary_.warnings
+    assert any(w.startswith("column 'label' looks like labels") for w in warnings)
+    assert any(w.startswith("column 'id' counts up by one") for w in warnings)
+    assert not any("'a'" in w for w in warnings)
