@@ -36,6 +36,11 @@ def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> Non
     remove) a file in it, so that a path that cannot be written fails at once with its reason,
     not as an internal error once the scoring or training it waited for is done. ``folder``:
     the target is a directory (a bundle, replaced whole) rather than a file."""
+    if str(path) == "-":  # a file named '-' is never what was meant
+        raise ConfigError(
+            "'-' (standard output) is not taken here: this writes a file; name one, e.g. "
+            "report.html"
+        )
     target = Path(path)
     if not folder and not target.name:  # '.', '..', '/': a folder, and no name to write
         raise ConfigError(f"cannot write {path}: it is a directory; name a file in it")

@@ -700,6 +700,9 @@ def test_a_report_named_dot_and_a_key_of_bytes_say_so(monkeypatch) -> None:
 
     with pytest.raises(ConfigError, match="it is a directory; name a file in it"):
         check_writable(".")
+    with pytest.raises(ConfigError, match="'-' \\(standard output\\) is not taken here"):
+        check_writable("-")  # --report - wrote a file named '-'
+
     monkeypatch.setenv(BUNDLE_KEY_ENV, "\udcff\udcfe")  # how os.environ keeps b"\xff\xfe"
     with pytest.raises(BundleError, match="holds bytes that are not text"):
         bundle_key()
