@@ -113,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # removed when the server stops: state kept here does not outlive a restart anyway.
     run_dir = tempfile.mkdtemp(prefix="anomaly-serve-")
     master = os.getpid()
+    ours = "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # _serve points it into run_dir
     try:
         return _serve(args, config, run_dir)
     finally:
@@ -122,6 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # series state from the others, and its replacement failed to boot.
         if os.getpid() == master:
             shutil.rmtree(run_dir, ignore_errors=True)
+            if ours:  # it names the folder just removed: a caller in this process goes on
+                os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 #: Why an address cannot be listened on, and what to do, by errno.

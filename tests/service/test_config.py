@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from detector.errors import ConfigError
@@ -135,8 +137,12 @@ def test_anomaly_serve_refuses_a_model_sync_dir_it_cannot_write(tmp_path, monkey
 
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("ANOMALY_MODEL_SYNC_DIR", str(tmp_path / "a-file" / "sync"))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     assert main(["serve", "--model", f"m={tmp_path}"]) == 2
     assert "model_sync_dir " in capsys.readouterr().err
+    # The run's metrics folder, removed, was left named in this process's environment: every
+    # later service started here failed to open its metric files.
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 
 
 def test_a_config_file_that_is_a_directory_says_so(tmp_path) -> None:
