@@ -325,24 +325,23 @@ def _seconds_or_none(text: str) -> float | None:
     return value
 
 
-def _count(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more")
+    if value < least:
+        below = "negative" if least == 0 else f"less than {least}"
+        raise argparse.ArgumentTypeError(f"{text} is {below}; give {least} or more")
     return value
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def _positive_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is less than 1; give 1 or more")
-    return value
+    return _whole_number(text, 1)
 
 
 def _rate(text: str) -> float:
