@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from common import (
     RESULTS,
     add_run_arguments,
+    as_frame,
     check_params,
     choose_models,
     command_line,
@@ -59,6 +59,7 @@ from common import (
     plot_grouped_bars,
     progress,
     resolve_data_dir,
+    training_facts,
     with_suffix,
 )
 
@@ -140,10 +141,6 @@ def split(y: np.ndarray, seed: int) -> Split:
     return Split(train, np.concatenate([test_normals, anomalies]), shrunk)
 
 
-def as_frame(x: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
-
-
 # ---- one fit ----------------------------------------------------------------------------------
 
 
@@ -215,19 +212,6 @@ def run_reference(
         fit_seconds=round(fit_seconds, 2),
         score_seconds=round(score_seconds, 3),
     )
-
-
-def training_facts(summary: Any) -> dict[str, Any]:
-    """The TrainingSummary fields worth comparing across runs (no epoch history)."""
-    keep = (
-        "rows", "fit_rows", "n_features", "hidden_units", "latent_dim", "epochs_run",
-        "best_epoch", "stopped_early", "val_neg_elbo", "active_latent_units", "seconds",
-        "warnings",
-    )  # fmt: skip
-    facts = {k: getattr(summary, k) for k in keep}
-    facts["hidden_units"] = list(facts["hidden_units"])
-    facts["warnings"] = list(facts["warnings"])
-    return facts
 
 
 # ---- aggregation and tables -------------------------------------------------------------------

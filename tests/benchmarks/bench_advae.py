@@ -64,11 +64,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from common import (
     DATA_ENV,
     RESULTS,
     add_run_arguments,
+    as_frame,
     check_params,
     choose_models,
     command_line,
@@ -80,6 +80,7 @@ from common import (
     plot_grouped_bars,
     progress,
     resolve_data_dir,
+    training_facts,
     with_suffix,
 )
 
@@ -189,10 +190,6 @@ def split(name: str, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
-def as_frame(x: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
-
-
 # ---- one fit ----------------------------------------------------------------------------------
 
 
@@ -300,23 +297,9 @@ def run_one(
         metrics=metrics,
         fit_seconds=round(fit_seconds, 2),
         score_seconds=round(score_seconds, 3),
-        training=training_facts(det.summary_),
+        training=training_facts(det.summary_, "val_nll", "val_kl"),
         selection=selection,
     )
-
-
-def training_facts(summary: Any) -> dict[str, Any]:
-    """The TrainingSummary fields worth comparing across runs (the epoch history is left out:
-    it is large and the val ELBO at the best epoch says what matters)."""
-    keep = (
-        "rows", "fit_rows", "n_features", "hidden_units", "latent_dim", "epochs_run",
-        "best_epoch", "stopped_early", "val_neg_elbo", "val_nll", "val_kl",
-        "active_latent_units", "seconds", "warnings",
-    )  # fmt: skip
-    facts = {k: getattr(summary, k) for k in keep}
-    facts["hidden_units"] = list(facts["hidden_units"])
-    facts["warnings"] = list(facts["warnings"])
-    return facts
 
 
 # ---- aggregation and tables -------------------------------------------------------------------

@@ -71,6 +71,7 @@ from common import (
     plot_grouped_bars,
     progress,
     resolve_data_dir,
+    training_facts,
     with_suffix,
 )
 
@@ -321,7 +322,7 @@ def run_detector(
         flagged_fraction=float(np.mean(result.is_anomaly)),
         fit_seconds=round(fit_seconds, 2),
         score_seconds=round(score_seconds, 3),
-        training=training_facts(det.summary_),
+        training=training_facts(det.summary_, "threshold", "validation_fpr"),
     )
 
 
@@ -350,19 +351,6 @@ def run_reference(machine: Machine, data: dict[str, np.ndarray], seed: int) -> R
         fit_seconds=round(fit_seconds, 2),
         score_seconds=round(score_seconds, 3),
     )
-
-
-def training_facts(summary: Any) -> dict[str, Any]:
-    """The TrainingSummary fields worth comparing across runs (no epoch history)."""
-    keep = (
-        "rows", "fit_rows", "n_features", "hidden_units", "latent_dim", "epochs_run",
-        "best_epoch", "stopped_early", "val_neg_elbo", "active_latent_units", "threshold",
-        "validation_fpr", "seconds", "warnings",
-    )  # fmt: skip
-    facts = {k: getattr(summary, k) for k in keep}
-    facts["hidden_units"] = list(facts["hidden_units"])
-    facts["warnings"] = list(facts["warnings"])
-    return facts
 
 
 # ---- aggregation and tables -------------------------------------------------------------------

@@ -223,6 +223,29 @@ def choose_models(requested: list[str] | None) -> tuple[list[str], dict[str, str
 # ---- statistics -------------------------------------------------------------------------------
 
 
+def as_frame(x: np.ndarray) -> Any:
+    """A benchmark's array as the table the detector takes, columns x0, x1, ..."""
+    import pandas as pd
+
+    return pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+
+
+TRAINING_FACTS = (
+    "rows", "fit_rows", "n_features", "hidden_units", "latent_dim", "epochs_run", "best_epoch",
+    "stopped_early", "val_neg_elbo", "active_latent_units", "seconds", "warnings",
+)  # fmt: skip
+
+
+def training_facts(summary: Any, *extra: str) -> dict[str, Any]:
+    """The TrainingSummary fields worth comparing across runs, and a benchmark's ``extra``
+    ones (the epoch history is left out: it is large, and the best epoch's loss says what
+    matters)."""
+    facts = {k: getattr(summary, k) for k in (*TRAINING_FACTS, *extra)}
+    facts["hidden_units"] = list(facts["hidden_units"])
+    facts["warnings"] = list(facts["warnings"])
+    return facts
+
+
 def mean_std(values: Any) -> tuple[float, float]:
     """Mean and sample std (ddof=1; 0 for a single seed)."""
     values = np.asarray(values, dtype=np.float64)
