@@ -187,29 +187,23 @@ class TrainingOptions(Options):
             problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
         if not 0 < self.target_fpr < 0.5:
             problems.append(f"target_fpr {self.target_fpr} must be in (0, 0.5)")
-        series = (
-            self.series_columns,
-            self.window != DEFAULT_WINDOW,
-            self.short_window != DEFAULT_SHORT_WINDOW,
-            self.deviation_window != DEFAULT_DEVIATION_WINDOW,
-            self.column_window != DEFAULT_COLUMN_WINDOW,
-            self.level_hours != DEFAULT_LEVEL_HOURS,
-            self.max_gap_seconds is not None,
-            self.calendar,
-        )
-        if self.time_column is None and any(series):
-            names = (
-                "series_columns",
-                "window",
-                "short_window",
-                "deviation_window",
-                "column_window",
-                "level_hours",
-                "max_gap_seconds",
-                "calendar",
+        series = {
+            "series_columns": bool(self.series_columns),
+            "window": self.window != DEFAULT_WINDOW,
+            "short_window": self.short_window != DEFAULT_SHORT_WINDOW,
+            "deviation_window": self.deviation_window != DEFAULT_DEVIATION_WINDOW,
+            "column_window": self.column_window != DEFAULT_COLUMN_WINDOW,
+            "level_hours": self.level_hours != DEFAULT_LEVEL_HOURS,
+            "max_gap_seconds": self.max_gap_seconds is not None,
+            "calendar": self.calendar,
+        }
+        if self.time_column is None and any(series.values()):
+            # Only the options given: naming all eight sent users looking for ones they never set.
+            given = [option(name) for name, on in series.items() if on]
+            verb = "judges" if len(given) == 1 else "judge"
+            problems.append(
+                f"{', '.join(given)} {verb} rows within a series: set {option('time_column')}"
             )
-            named = ", ".join(option(n) for n in names)
-            problems.append(f"{named} judge rows within a series: set {option('time_column')}")
         if not 1 <= self.window <= 1000:
             problems.append(f"window {self.window} must be in [1, 1000] rows")
         if self.short_window < 0:

@@ -57,5 +57,12 @@ def test_a_daytime_level_at_night_is_an_anomaly_only_with_the_calendar(calendar:
 
 
 def test_the_calendar_needs_a_time_column() -> None:
-    with pytest.raises(ConfigError, match=r"calendar judge rows within a series: set time_column"):
+    with pytest.raises(ConfigError, match=r"calendar judges rows within a series: set time_column"):
         VAEDetector(calendar=True, **TINY).fit(daily(1))
+
+
+def test_series_options_without_a_time_column_name_only_those_given() -> None:
+    with pytest.raises(ConfigError) as raised:
+        VAEDetector(series_columns=["host"], level_hours=6, **TINY).fit(daily(1))
+    assert "series_columns, level_hours judge rows within a series" in str(raised.value)
+    assert "short_window" not in str(raised.value)
