@@ -158,12 +158,7 @@ class TableWriter:
         if self.stream is not None:
             self.stream.flush()
             return
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._text is not None:
-            self._text.close()
-        if self._raw is not None:
-            self._raw.close()
+        self._close()
         if not self._partial.exists():
             self._partial.touch()
         os.replace(self._partial, self.target)
@@ -171,13 +166,16 @@ class TableWriter:
     def abort(self) -> None:
         if self.stream is not None:
             return  # what was written is the reader's; the exit status says the run failed
+        self._close()
+        self._partial.unlink(missing_ok=True)
+
+    def _close(self) -> None:
         if self._parquet is not None:
             self._parquet.close()
         if self._text is not None:
             self._text.close()
         if self._raw is not None:
             self._raw.close()
-        self._partial.unlink(missing_ok=True)
 
 
 def json_lines_bytes(table: pa.Table) -> bytes:
