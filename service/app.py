@@ -62,6 +62,8 @@ def create_app(
             on_reload=lambda name, outcome: metrics.reloads.labels(name, outcome).inc(),
             on_install=lambda loaded, previous: _publish(metrics, loaded, previous),
         )
+    for name in config.models:
+        metrics.declare(name, [level for level, _ in config.policy_for(name).severities])
     models.load_all()
     for name, _error in models.errors().items():
         metrics.model_loaded.labels(name).set(0)
@@ -75,6 +77,7 @@ def create_app(
         recent_size=config.recent_alerts,
         on_outcome=lambda sink, outcome: metrics.alerts.labels(sink, outcome).inc(),
     )
+    metrics.declare_sinks(sink.name for sink in dispatcher.sinks)
     dispatcher.start()
     app_state = ServiceState(
         config=config,

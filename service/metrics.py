@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +20,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from detector.features.encoded import REJECTION_CODES
 
 #: p-value buckets: dense around the usual thresholds (1e-4 .. 0.05) so alert levels are visible.
 P_VALUE_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -30,6 +33,12 @@ MAX_KEY_SERIES = 100
 #: The ``key`` label of anomalies whose key came after the first ``MAX_KEY_SERIES``. A real key
 #: always holds '=', so this value never collides with one.
 OTHER_KEYS = "__other__"
+#: ``anomaly_model_reloads_total``'s outcomes (``service.registry``).
+RELOAD_OUTCOMES = ("success", "failure")
+#: ``anomaly_alerts_total``'s outcomes of a sink's sends (``service.delivery``).
+DELIVERY_OUTCOMES = ("sent", "failed", "dropped")
+#: The ``sink`` label of alerts dropped before any sink: the dispatcher's queue was full.
+QUEUE_SINK = "queue"
 
 
 def multiprocess_dir() -> str | None:
@@ -141,6 +150,25 @@ class ServiceMetrics:
                 labelled[label] = labelled.get(label, 0) + n
         for label, n in labelled.items():
             self.key_anomalies.labels(model, label).inc(n)
+
+    def declare(self, model: str, severities: Sequence[str]) -> None:
+        """Export ``model``'s counters at 0 before anything happens to them. Prometheus's
+        ``increase`` and ``rate`` take a series' first sample as their start, so a series born
+        at 1 (the first failed reload, the first rejected record) never counted: the reload
+        alert and the rejection panel missed every first event after a start."""
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.labels(model, outcome)
+        for severity in severities:
+            self.anomalies.labels(model, severity)
+        for code in REJECTION_CODES:
+            self.records_rejected.labels(model, code)
+
+    def declare_sinks(self, sinks: Iterable[str]) -> None:
+        """Each alert sink's outcomes at 0 (and the queue's drops), for the reason above."""
+        for sink in sinks:
+            for outcome in DELIVERY_OUTCOMES:
+                self.alerts.labels(sink, outcome)
+        self.alerts.labels(QUEUE_SINK, "dropped")
 
     def set_model(
         self,

@@ -51,7 +51,9 @@ pytestmark = pytest.mark.slow
 COMPRESSION = 30
 ADMIN = "stack-admin"
 #: What Grafana would put in for its variables; $model selects the test's model.
-GRAFANA_VARIABLES = {"$__rate_interval": "10s", "$__interval": "2s", "$__range": "5m"}
+#: $__interval: the panels that count per interval ask for at least 4 scrapes' worth (1m at
+#: 15 s), as these 4 s do at the tests' 1 s.
+GRAFANA_VARIABLES = {"$__rate_interval": "10s", "$__interval": "4s", "$__range": "5m"}
 MODEL = "tiny"
 SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -353,10 +355,12 @@ def test_anomalous_traffic_fires_the_rate_alert_and_it_reaches_the_webhook(stack
     assert stack.traffic.errors == []
 
 
+def dashboard_json() -> dict[str, Any]:
+    return json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly-detector.json").read_text())
+
+
 def grafana_queries() -> list[tuple[str, dict[str, Any]]]:
-    dashboard = json.loads(
-        (DEPLOY / "grafana" / "dashboards" / "anomaly-detector.json").read_text()
-    )
+    dashboard = dashboard_json()
     return [
         (panel["title"], target)
         for panel in dashboard["panels"]
@@ -388,7 +392,10 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
     assert empty == [], "panels whose query returned no data:\n" + "\n".join(empty)
 
     # The dashboard's model variable lists the served model.
-    url = f"{stack.prometheus}/api/v1/label/model/values?match[]=anomaly_records_scored_total"
+    [variable] = [v for v in dashboard_json()["templating"]["list"] if v["name"] == "model"]
+    metric = re.fullmatch(r"label_values\((\w+), model\)", variable["query"]["query"])
+    assert metric, variable["query"]
+    url = f"{stack.prometheus}/api/v1/label/model/values?match[]={metric[1]}"
     assert MODEL in http(url)["data"]
 
 
@@ -401,6 +408,8 @@ def test_the_live_exposition_passes_promtool_and_has_the_dashboard_metrics(stack
     assert done.returncode == 0, done.stdout + done.stderr
     # One series per model across both workers, not one per process.
     assert f'anomaly_model_loaded{{model="{MODEL}"}} 1.0' in exposition
+    # Declared at 0 by every worker, so the first failure counts in increase() (no reload failed).
+    assert f'anomaly_model_reloads_total{{model="{MODEL}",outcome="failure"}} 0.0' in exposition
     assert re.search(
         rf'anomaly_key_anomalies_total{{key="host=web-\d+",model="{MODEL}"}}', exposition
     )

@@ -381,6 +381,25 @@ def test_a_path_with_an_empty_segment_is_a_json_404_not_a_redirect(client, path)
     assert response.status_code == 404 and response.json["error"] == "not_found"
 
 
+def test_a_fresh_service_exports_its_counters_at_zero(bundle_dir) -> None:
+    # Prometheus takes a series' first sample as the start of increase(): a counter first
+    # exported at 1 never counted, so the first failed reload after a start raised no alert.
+    app, sink = make_app(bundle_dir)
+    try:
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+    for outcome in ("success", "failure"):
+        assert f'anomaly_model_reloads_total{{model="tiny",outcome="{outcome}"}} 0.0' in text
+    for code in ("missing_value", "not_a_number", "out_of_order"):
+        assert f'anomaly_records_rejected_total{{model="tiny",reason="{code}"}} 0.0' in text
+    for severity in ("critical", "warning"):
+        assert f'anomaly_anomalies_total{{model="tiny",severity="{severity}"}} 0.0' in text
+    for outcome in ("sent", "failed", "dropped"):
+        assert f'anomaly_alerts_total{{outcome="{outcome}",sink="{sink.name}"}} 0.0' in text
+    assert 'anomaly_alerts_total{outcome="dropped",sink="queue"} 0.0' in text
+
+
 def test_metrics_count_what_happened(client) -> None:
     before = _counter(client, 'anomaly_records_scored_total{model="tiny"}')
     post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "cpu_pct": "x"}]})
