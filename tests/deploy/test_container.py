@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,18 @@ def test_entrypoint_trains_when_there_is_no_model_then_serves(stub_anomaly: Any)
     assert calls.read_text().splitlines() == [
         f"serve --model m={model} --host 0.0.0.0 --port 9000 --workers 3"
     ]
+
+
+def test_the_image_finds_a_model_named_by_model_name_alone(stub_anomaly: Any) -> None:
+    # The image's ENV set MODEL_DIR=/models/default, so MODEL_NAME=payments with a bundle
+    # mounted at /models/payments (as the entry point documents) looked in /models/default.
+    image_env: dict[str, str] = {}
+    for op, arg in final_stage():
+        if op == "ENV":
+            image_env.update(item.split("=", 1) for item in shlex.split(arg))
+    env = {k: v for k, v in stub_anomaly[0].items() if k != "MODEL_DIR"}
+    done = entrypoint({**image_env, **env, "MODEL_NAME": "payments"})
+    assert done.returncode == 2 and "no model bundle in /models/payments" in done.stderr
 
 
 def test_entrypoint_runs_another_command_instead(stub_anomaly: Any) -> None:
