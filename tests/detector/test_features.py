@@ -164,6 +164,23 @@ def test_a_large_batch_encodes_as_its_rows_one_at_a_time(impute: Imputation) -> 
     ]
 
 
+def test_no_rows_encode_without_reading_any_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A service request whose records were all rejected encodes an empty table of text columns;
+    # a series model's 231 window columns read one by one took 0.3 s a request for nothing.
+    import detector.features.encode as encoding
+
+    schema = fit_schema(_frame())
+
+    def unread(series: pd.Series) -> None:
+        raise AssertionError(f"column {series.name} read with no rows")
+
+    monkeypatch.setattr(encoding, "_to_float", unread)
+    empty = pd.DataFrame(columns=schema.column_order, dtype=object)
+    batch = encode(schema, empty)
+    assert batch.values.shape == (0, schema.n_features) and not batch.rejections
+    assert [(c.name, c.numbers) for c in batch.numbers] == [("cpu", 0), ("flat", 0)]
+
+
 def test_a_column_with_no_numbers_is_a_schema_error_of_the_whole_input() -> None:
     schema = fit_schema(_frame())
     frame = _frame(4).assign(cpu=["x", "y", "z", "w"])
