@@ -224,8 +224,8 @@ def _numeric_block(
     if not n:
         # No rows (a request whose records were all rejected): a series model's 231 window
         # columns read one at a time as text took 0.3 s for nothing.
-        counts = tuple(NumberCount(name, 0, 0, None) for name in names)
-        return np.empty((0, schema.n_numeric)), bad, counts
+        nothing = tuple(NumberCount(name, 0, 0, None) for name in names)
+        return np.empty((0, schema.n_numeric)), bad, nothing
     dtypes = frame.dtypes
     if n >= _AT_ONCE_ROWS and all(dtypes[name] in _PLAIN_NUMBERS for name in names):
         return _plain_numeric_block(schema, frame, names, impute, reasons)
