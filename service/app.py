@@ -50,10 +50,14 @@ def create_app(
         from detector.scoring.neighbours import set_search_threads
 
         set_search_threads(config.tf_threads)
-    series = SeriesStore(config.series_state or ":memory:", max_keys=config.series_max_keys)
-    series.check()
     check_bundle_alert_keys(config)
     metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
+    series = SeriesStore(
+        config.series_state or ":memory:",
+        max_keys=config.series_max_keys,
+        on_evict=functools.partial(_count_evicted, metrics, config.series_max_keys, set()),
+    )
+    series.check()
     if models is None:
         models = ModelRegistry(
             config.models,
@@ -314,3 +318,18 @@ def _install_error_handlers(app: Flask) -> None:
     def _internal(exc: Exception) -> Any:
         log.exception("internal error serving %s %s", request.method, request.path)
         return error_response(500, "internal_error", "the server failed; see its log")
+
+
+def _count_evicted(
+    metrics: ServiceMetrics, cap: int, warned: set[str], model: str, evicted: int
+) -> None:
+    metrics.series_evicted.labels(model).inc(evicted)
+    if model not in warned:  # once per model and worker: the counter says how often since
+        warned.add(model)
+        log.warning(
+            "model %s holds series_max_keys (%d) series: the least recently seen are forgotten "
+            "and warm up again if they come back; if more series than that are live, none "
+            "finishes warming up: raise series_max_keys",
+            model,
+            cap,
+        )

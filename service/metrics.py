@@ -128,6 +128,13 @@ class ServiceMetrics:
             ["model", "key"],
             registry=registry,
         )
+        self.series_evicted = Counter(
+            "anomaly_series_evicted_total",
+            "Series forgotten (their last rows and level) to keep a series model within "
+            "series_max_keys; one that comes back warms up again.",
+            ["model"],
+            registry=registry,
+        )
         self.model_loaded = Gauge(
             "anomaly_model_loaded",
             "1 when every live worker has the model loaded and can score with it, else 0.",
@@ -162,6 +169,7 @@ class ServiceMetrics:
             self.anomalies.labels(model, severity)
         for code in REJECTION_CODES:
             self.records_rejected.labels(model, code)
+        self.series_evicted.labels(model)
 
     def declare_sinks(self, sinks: Iterable[str]) -> None:
         """Each alert sink's outcomes at 0 (and the queue's drops), for the reason above."""

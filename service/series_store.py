@@ -78,11 +78,19 @@ class SeriesStore:
     process alone, for a single-process app)."""
 
     def __init__(
-        self, path: str, *, max_keys: int = DEFAULT_MAX_KEYS, clock: Callable[[], float] = time.time
+        self,
+        path: str,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        clock: Callable[[], float] = time.time,
+        on_evict: Callable[[str, int], None] = lambda model, n: None,
     ) -> None:
+        """``on_evict(model, n)`` hears of each request's ``n`` series forgotten for the cap
+        (after its commit)."""
         self.path = path
         self.max_keys = max_keys
         self._clock = clock
+        self._on_evict = on_evict
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
@@ -106,11 +114,13 @@ class SeriesStore:
                 histories = self._read(db, state, keys)
                 windows = window_records(spec, value_columns, records, histories)
                 new = len(windows.histories.keys() - histories.keys())
-                self._write(db, state, windows.histories, new=new)
+                evicted = self._write(db, state, windows.histories, new=new)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        if evicted:
+            self._on_evict(model, evicted)
         return windows
 
     def judge(
@@ -248,7 +258,8 @@ class SeriesStore:
 
     def _write(
         self, db: sqlite3.Connection, state: int, histories: Mapping[str, History], *, new: int
-    ) -> None:
+    ) -> int:
+        """Store ``histories``; how many series were forgotten to stay within the cap."""
         seen = time.time_ns()
         # An upsert, not a replace: a replace would drop the series' level.
         db.executemany(
@@ -258,7 +269,7 @@ class SeriesStore:
             [(state, key, h.to_json(), seen) for key, h in histories.items()],
         )
         if not new:
-            return
+            return 0
         db.execute("UPDATE series_layouts SET n_keys = n_keys + ? WHERE id = ?", (new, state))
         (n_keys,) = db.execute(
             "SELECT n_keys FROM series_layouts WHERE id = ?", (state,)
@@ -271,6 +282,7 @@ class SeriesStore:
                 (state, over),
             )
             db.execute("UPDATE series_layouts SET n_keys = ? WHERE id = ?", (self.max_keys, state))
+        return max(over, 0)
 
 
 def _select(db: sqlite3.Connection, state: int, keys: list[str], column: str) -> dict[str, str]:

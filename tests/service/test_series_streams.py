@@ -165,7 +165,7 @@ def test_a_record_missing_the_time_column_is_told_what_the_model_expects(
 
 
 def test_past_the_key_cap_the_least_recently_seen_host_warms_up_again(
-    series_dir: Path, tmp_path: Path
+    series_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (app,) = apps(series_dir, str(tmp_path / "s.sqlite"), series_max_keys=2)
     client = app.test_client()
@@ -181,6 +181,12 @@ def test_past_the_key_cap_the_least_recently_seen_host_warms_up_again(
         (result,) = post(client, [record])["results"]
         warming[record["host"]] = result["warming_up"]
     assert warming == {"web-01": True, "web-02": False}
+    # Each forgotten series is counted (web-01, then db-01 for it), and the log says once
+    # what to do: with more live series than the cap, none would finish warming up.
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'anomaly_series_evicted_total{model="fleet"} 2.0' in metrics
+    warned = [r.getMessage() for r in caplog.records if "series_max_keys" in r.getMessage()]
+    assert len(warned) == 1 and "raise series_max_keys" in warned[0]
     app.extensions["anomaly"].dispatcher.stop()
 
 
