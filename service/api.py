@@ -161,7 +161,10 @@ def score(name: str) -> Response:
                 "rejected": len(scored.rejected),
             },
             "results": per_record(scored, records, app_state.config.passthrough_fields),
-            "rejected": [{"index": r.index, "reasons": list(r.reasons)} for r in scored.rejected],
+            "rejected": [
+                {"index": r.index, "code": r.code, "reasons": list(r.reasons)}
+                for r in scored.rejected
+            ],
         }
     )
     return answer(body)

@@ -173,6 +173,10 @@ class Counts(ResponseBody):
 
 class RejectedRecord(ResponseBody):
     index: int = Field(description="position in the request")
+    code: str = Field(
+        description="the first problem as a fixed code, the reason label of "
+        "anomaly_records_rejected_total (missing_value, not_a_number, out_of_order, ...)"
+    )
     reasons: list[str]
 
 

@@ -60,6 +60,9 @@ def test_a_batch_with_invalid_records_scores_the_rest_and_explains(client) -> No
     assert "'lots' is not a number" in reasons[2]
     assert "mem_pct" in reasons[3] and "empty" in reasons[3]
     assert "objects or lists" in reasons[4]
+    # The code each metric's reason label counts it under, as the offline rejects file has.
+    codes = {r["index"]: r["code"] for r in body["rejected"]}
+    assert codes == {1: "malformed", 2: "not_a_number", 3: "missing_value", 4: "malformed"}
 
 
 def test_csv_bodies_are_scored_too(client) -> None:
