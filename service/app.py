@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CollectorRegistry
-from werkzeug.exceptions import ClientDisconnected, HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed, NotFound
 
 from detector.bundles.bundle import Bundle
 from detector.errors import BundleError, ConfigError, DetectorError, InputError
@@ -300,6 +300,13 @@ def _install_error_handlers(app: Flask) -> None:
             detail = (
                 f"request body over {app.config['MAX_CONTENT_LENGTH']} bytes; split the "
                 "batch or raise max_body_bytes"
+            )
+        elif isinstance(exc, NotFound):  # routing's own: unknown models are ApiErrors
+            detail = f"no route {shortened(request.path)!r}; GET /openapi.json lists the routes"
+        elif isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            allowed = ", ".join(m for m in exc.valid_methods if m not in ("HEAD", "OPTIONS"))
+            detail = (
+                f"{request.method} is not allowed on {shortened(request.path)!r}; use {allowed}"
             )
         return error_response(exc.code or 500, name, detail)
 

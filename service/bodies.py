@@ -246,6 +246,12 @@ def explained(error: Any, shape: str) -> str:
         return str(error["ctx"]["error"])
     if error["type"] == "extra_forbidden":
         return f"unknown field {shortened(str(error['loc'][-1]))!r}: the body must be {shape}"
+    field = ".".join(map(str, error["loc"]))
+    if error["type"] == "missing":  # "must be a JSON object" misled a body that was one
+        return f"the body has no field {field!r}: it must be {shape}"
+    if field:
+        said = error["msg"][:1].lower() + error["msg"][1:]
+        return f"field {field!r}: {said}; the body must be {shape}"
     return f"the body must be {shape}"
 
 

@@ -439,11 +439,14 @@ def future_rejection(
     the reason names as an option where the reader can set it (``settable``)."""
     shown = shortened(repr(value.item() if isinstance(value, np.generic) else value))
     named = f", {option('max_ahead_seconds')}" if settable else ""
+    by, most = duration(ahead), duration(limit)
+    if by == most:  # "1.0 h ahead (the limit: 1.0 h)" read as within the limit
+        by, most = f"{ahead:,.0f} s", f"{limit:,.0f} s"
     return SeriesRejection(
         row,
         "future_timestamp",
-        f"its {spec.time_column} {shown} is {duration(ahead)} ahead of the clock (the limit: "
-        f"{duration(limit)}{named}); fix the clock that stamped it, or give the time with its "
+        f"its {spec.time_column} {shown} is {by} ahead of the clock (the limit: "
+        f"{most}{named}); fix the clock that stamped it, or give the time with its "
         "zone (one without is read as UTC)",
     )
 

@@ -233,19 +233,21 @@ def test_a_row_stamped_far_ahead_of_the_clock_is_rejected_and_its_series_goes_on
 
     spec = SeriesSpec("ts", ("host",), window=3)
     frame = pd.DataFrame(
-        {"ts": [0, 60, 4_102_444_800, 120, 7200, 180], "host": ["a"] * 6, "cpu": [1.0] * 6}
-    )  # 2100-01-01, then 2 h ahead of the clock (at 0 + 3600 s of room)
+        {"ts": [0, 60, 4_102_444_800, 120, 7200, 180, 3700], "host": ["a"] * 7, "cpu": [1.0] * 7}
+    )  # 2100-01-01, then 2 h ahead of the clock (at 0 + 3600 s of room), then just past it
     windows = SeriesState(spec, clock=lambda: 0.0).window(frame)
     reasons = {r.row: (r.code, r.reason) for r in windows.rejections}
-    assert set(reasons) == {2, 4} and {c for c, _ in reasons.values()} == {"future_timestamp"}
+    assert set(reasons) == {2, 4, 6} and {c for c, _ in reasons.values()} == {"future_timestamp"}
     assert "ts 4102444800 is 130.0 years ahead of the clock (the limit: 1.0 h" in reasons[2][1]
     assert "ts 7200 is 2.0 h ahead" in reasons[4][1]
+    # Not "1.0 h ahead (the limit: 1.0 h)", which reads as within it.
+    assert "ts 3700 is 3,700 s ahead of the clock (the limit: 3,600 s" in reasons[6][1]
     assert list(windows.rows) == [0, 1, 3, 5]
     assert list(windows.warming_up) == [True, True, False, False]
     unlimited = SeriesState(spec, max_ahead_seconds=None, clock=lambda: 0.0)
     before = unlimited.window(frame.iloc[:3])
     assert list(before.rows) == [0, 1, 2]
-    after = unlimited.window(frame.iloc[3:].reset_index(drop=True))
+    after = unlimited.window(frame.iloc[3:6].reset_index(drop=True))
     assert [r.code for r in after.rejections] == ["out_of_order"] * 3
     assert "seen for its series (2100-01-01T00:00:00Z)" in after.rejections[0].reason
 

@@ -403,6 +403,19 @@ def test_a_fresh_service_exports_its_counters_at_zero(bundle_dir) -> None:
     assert 'anomaly_alerts_total{outcome="dropped",sink="queue"} 0.0' in text
 
 
+def test_an_unknown_route_or_method_names_the_way(client) -> None:
+    # Werkzeug's stock texts: "The requested URL was not found on the server. If you entered
+    # the URL manually ..." and "The method is not allowed for the requested URL."
+    missing = client.get("/v1/modelz")
+    assert missing.status_code == 404 and missing.json == {
+        "error": "not_found",
+        "detail": "no route '/v1/modelz'; GET /openapi.json lists the routes",
+    }
+    wrong = client.get("/v1/models/tiny/score")
+    assert wrong.status_code == 405
+    assert wrong.json["detail"] == "GET is not allowed on '/v1/models/tiny/score'; use POST"
+
+
 def test_metrics_count_what_happened(client) -> None:
     before = _counter(client, 'anomaly_records_scored_total{model="tiny"}')
     post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "cpu_pct": "x"}]})

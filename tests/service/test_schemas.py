@@ -92,7 +92,23 @@ def test_results_keep_their_shape_and_passthrough_fields(client) -> None:
         ["index", "anomaly_score", "p_value", "is_anomaly", "severity", "top_features", "id"]
     ] * 2
     assert [r["id"] for r in body["results"]] == ["a-1", None]
-    assert body["rejected"] == [{"index": 2, "reasons": ["record is not a JSON object"]}]
+    assert body["rejected"] == [
+        {"index": 2, "code": "malformed", "reasons": ["record is not a JSON object"]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        # A JSON object was told it must be one.
+        ({"record": []}, "the body has no field 'records': it must be a JSON object"),
+        ({"records": 5}, "'records' must be a list of objects"),
+        ([NORMAL[0]], "the body must be a JSON object"),
+    ],
+)
+def test_a_score_body_of_the_wrong_shape_names_what_is_wrong(client, body, needle) -> None:
+    response = client.post("/v1/models/tiny/score", json=body)
+    assert response.status_code == 400 and needle in response.json["detail"], response.json
 
 
 def test_the_request_models_do_not_copy_what_was_sent() -> None:
