@@ -17,8 +17,9 @@ import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 
@@ -74,7 +75,8 @@ class ScoredLabels(NamedTuple):
     """A labelled file scored: for the scored rows, labels ``(n,)`` (True = anomaly), anomaly
     scores ``(n,)`` and the ``by_column`` value of each (or ``None``); the rejected rows by
     reason code, and how many of them are labelled anomalous (where their label could be
-    read: a row that did not parse has none); a series model's evictions (``max_series``)."""
+    read: a row that did not parse has none); a series model's evictions (``max_series``);
+    the rejected rows by ``by_column`` value, where it could be read."""
 
     labels: Any
     scores: Any
@@ -82,6 +84,7 @@ class ScoredLabels(NamedTuple):
     codes: Counter[str]
     rejected_anomalies: int = 0
     series_evicted: int = 0
+    rejected_groups: Mapping[str, int] = MappingProxyType({})
 
 
 def _labelled_scores(
@@ -110,6 +113,7 @@ def _labelled_scores(
         extra.append(by_column)
     labels, scores, groups = [], [], []
     rejected: Counter[str] = Counter()
+    rejected_groups: Counter[str] = Counter()
     rejected_anomalies = evicted = 0
     parts = iter_scored(
         bundle,
@@ -133,12 +137,12 @@ def _labelled_scores(
         labels.append(_labels(scored[label_column], label_column, anomaly_values, normal_values))
         scores.append(part.result.anomaly_score)
         if by_column:
-            # An empty value is a group of its own, not the text 'nan' a value may also be.
-            values = scored[by_column].astype("string").fillna(EMPTY_GROUP)
-            groups.append(values.to_numpy(dtype=object).astype(str))
+            groups.append(_group_values(scored[by_column]))
         rejected.update(r.code for r in part.result.rejections)
         if part.result.rejections:
             rows = [r.row for r in part.result.rejections]
+            if by_column:  # a group whose every row was rejected is still listed
+                rejected_groups.update(_group_values(part.frame.iloc[rows][by_column]))
             with contextlib.suppress(DataError):  # labels no row's scoring needed
                 values = part.frame.iloc[rows][label_column]
                 rejected_anomalies += int(
@@ -153,7 +157,14 @@ def _labelled_scores(
         rejected,
         rejected_anomalies,
         evicted,
+        rejected_groups,
     )
+
+
+def _group_values(values: Any) -> Any:
+    """``--by-column`` values as text ``(n,)``: an empty value is a group of its own, not the
+    text 'nan' a value may also be."""
+    return values.astype("string").fillna(EMPTY_GROUP).to_numpy(dtype=object).astype(str)
 
 
 def _labels(

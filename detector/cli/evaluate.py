@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,7 +39,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_not_an_input(args.report, [args.input] if args.input != "-" else [], "--report")
     if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
         _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
-    labels, scores, groups, codes, rejected_anomalies, evicted = _labelled_scores(
+    labels, scores, groups, codes, rejected_anomalies, evicted, rejected_groups = _labelled_scores(
         bundle,
         args.input,
         args.label_column,
@@ -106,6 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     **result.to_dict(),
                     "rejected_by_code": dict(codes.most_common()),
                     "rejected_anomalies": rejected_anomalies,
+                    "rejected_by_group": dict(Counter(rejected_groups).most_common()),
                     "series_evicted": evicted,
                     "recall_with_rejected": _recall_with_rejected(result, rejected_anomalies),
                 },
@@ -143,7 +145,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 for key in ("recall", "auroc", "auprc")
                 if stats[key] is not None
             )
-            print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}")
+            n_rejected = rejected_groups.get(value, 0)
+            also = f"  ({n_rejected:,} rejected)" if n_rejected else ""
+            print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}{also}")
+        for value, n in sorted(rejected_groups.items(), key=_group_order):
+            if value not in r.by_group:  # every row of it rejected: the line says so
+                print(f"  {value:<24} none scored ({n:,} rejected)")
         if r.groups_left_out:
             print(f"  {left_out_note(r)}")
     if args.report:

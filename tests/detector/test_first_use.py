@@ -180,6 +180,24 @@ def test_evaluate_groups_empty_values_apart_and_numbers_in_order(capsys, bundle_
     assert code == 0 and names == [*map(str, range(12)), "(empty)"]
 
 
+def test_evaluate_lists_a_group_whose_every_row_was_rejected(capsys, bundle_dir, tmp_path):
+    """A host whose every row had a bad value was missing from the --by-column table, as if
+    the file held none of it."""
+    frame = pd.read_csv(DATA / "eval.csv").head(300).drop(columns=["anomaly_kind"])
+    frame["grp"] = np.where(frame.index % 3 == 0, "a", "b")
+    frame.loc[frame.index < 30, "grp"] = "gone"
+    frame["cpu_pct"] = frame["cpu_pct"].astype(object)
+    frame.loc[frame.index < 40, "cpu_pct"] = "n/a"  # all of 'gone', and 10 of the others
+    frame.to_csv(tmp_path / "g.csv", index=False)
+    argv = ["evaluate", bundle_dir, tmp_path / "g.csv", "--label-column", "label", "--by-column"]
+    code, out, _ = run(capsys, *argv, "grp")
+    lines = {line.split()[0]: line for line in out.split("by grp:")[1].splitlines()[1:] if line}
+    assert code == 0 and lines["gone"].split(None, 1)[1] == "none scored (30 rejected)"
+    assert lines["a"].endswith("(4 rejected)") and lines["b"].endswith("(6 rejected)")
+    code, out, _ = run(capsys, *argv, "grp", "--json")
+    assert json.loads(out)["rejected_by_group"] == {"gone": 30, "b": 6, "a": 4}
+
+
 def test_a_column_both_left_out_and_used_is_named_so(capsys, tmp_path) -> None:
     # "--context names columns not in the data: ['host']", of a column that is.
     path = tmp_path / "t.csv"
