@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,8 @@ from service.scoring import (
     score_request,
 )
 from service.state import ApiError, state
+
+log = logging.getLogger(__name__)
 
 api = Blueprint("api", __name__)
 
@@ -296,12 +299,32 @@ def reload(name: str) -> Response:
     if name not in app_state.models.names():
         raise ApiError(404, "unknown_model", f"no model named '{name}'")
     try:
+        before = list(app_state.models.get(name).bundle.input_columns)
+    except BundleError:  # not loaded: nothing served to compare with
+        before = None
+    try:
         loaded = app_state.models.reload(name, body.path)
     except (BundleError, OSError) as exc:
         raise ApiError(
             422, "reload_failed", f"{exc}; the previous model is still serving"
         ) from None
-    return answer(_summary(loaded))
+    after = list(loaded.bundle.input_columns)
+    added = [c for c in after if before is not None and c not in before]
+    removed = [c for c in before or () if c not in after]
+    if added or removed:
+        # Retraining on other columns is legitimate, but every producer must change with it:
+        # until then each of their requests is a 422.
+        log.warning(
+            "model %s reloaded with other input columns (added %s, removed %s): requests "
+            "refused until their producers follow",
+            name,
+            added,
+            removed,
+        )
+    summary = _summary(loaded)
+    return answer(
+        schemas.ReloadSummary(**summary.model_dump(), columns_added=added, columns_removed=removed)
+    )
 
 
 @api.get("/v1/alerts")

@@ -83,6 +83,17 @@ class ModelSummary(ResponseBody):
     generation: int = Field(description="counts reloads")
 
 
+class ReloadSummary(ModelSummary):
+    columns_added: list[str] = Field(
+        description="input columns the new bundle takes that the one before did not: records "
+        "without them are refused until their producers send them"
+    )
+    columns_removed: list[str] = Field(
+        description="input columns the one before took that the new bundle does not: records "
+        "holding them are refused until their producers drop them"
+    )
+
+
 class ModelNotLoaded(ResponseBody):
     name: str
     loaded: Literal[False]

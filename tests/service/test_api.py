@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import broken, normal_records
+from tests.conftest import DATA, TINY, broken, normal_records
 from tests.service.conftest import ADMIN, make_app
 
 NORMAL = normal_records(40)
@@ -373,6 +373,31 @@ def test_a_422_for_one_records_unknown_field_names_that_record(client) -> None:
     assert response.status_code == 422, response.json
     assert response.json["detail"].startswith("record 2 holds a field the others do not: ")
     assert "unknown column(s) ['extra']" in response.json["detail"]
+
+
+def test_a_reload_that_changes_the_input_columns_says_which(bundle_dir, tmp_path, caplog):
+    # A bundle of other columns swapped in with a bare 200: every producer's request then got
+    # a 422, and nothing had said why.
+    from detector import VAEDetector
+
+    train = pd.read_csv(DATA / "train.csv").drop(columns=["disk_iops"])
+    VAEDetector(**{**TINY, "epochs": 2}).fit(train).save(tmp_path / "fewer")
+    app, _ = make_app(bundle_dir)
+    client, auth = app.test_client(), {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        same = client.post("/v1/models/tiny/reload", headers=auth).json
+        assert same["columns_added"] == same["columns_removed"] == []
+        fewer = client.post(
+            "/v1/models/tiny/reload", json={"path": str(tmp_path / "fewer")}, headers=auth
+        ).json
+        assert fewer["columns_removed"] == ["disk_iops"] and fewer["columns_added"] == []
+        assert "reloaded with other input columns" in caplog.text
+        back = client.post(
+            "/v1/models/tiny/reload", json={"path": str(bundle_dir)}, headers=auth
+        ).json
+        assert back["columns_added"] == ["disk_iops"] and back["columns_removed"] == []
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
 
 
 @pytest.mark.parametrize(
