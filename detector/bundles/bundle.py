@@ -73,7 +73,7 @@ from detector.nn.training_options import DEVIATION_WEIGHT, MAX_SAMPLES, METRIC_W
 from detector.scoring.neighbours import DEFAULT_BOX_QUANTILE, NeighbourBank
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import ScoreGraph, score_kinds
-from detector.scoring.threshold import Calibrator
+from detector.scoring.threshold import MAX_CALIBRATION_ROWS, Calibrator, calibration_warnings
 from detector.series.windows import SeriesSpec, is_window_column, read_series
 from detector.wording import option, train_command
 
@@ -320,6 +320,19 @@ def set_target_fpr(path: str | os.PathLike[str], target_fpr: float) -> Bundle:
             f"{path} is signed; set {BUNDLE_KEY_ENV} to the key it was signed with to change it"
         )
     manifest["calibration"] = bundle.calibrator.to_dict()
+    training = manifest.get("training")
+    if isinstance(training, dict):
+        # The calibration warnings judged the training's target; those of this one replace
+        # them (the held-out rows are gone, so the held-out rate's is not judged again).
+        kept = [w for w in training.get("warnings", []) if not w.startswith("calibration:")]
+        training["warnings"] = kept + list(
+            calibration_warnings(
+                len(bundle.calibrator.reference),
+                target_fpr,
+                max_calibration_rows=MAX_CALIBRATION_ROWS,
+            )
+        )
+        bundle = replace(bundle, training=training)
     write_manifest(Path(path), manifest)
     return bundle
 

@@ -283,10 +283,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"
     )
     if training:
+        trained_at = training.get("target_fpr", bundle.calibrator.target_fpr)
+        then = (
+            ""
+            if trained_at == bundle.calibrator.target_fpr
+            else f" at the training's target FPR {trained_at:.3%}"  # `anomaly threshold` since
+        )
         print(
             f"trained on {training.get('rows')} rows in {training.get('epochs_run')} epochs; "
             f"validation ELBO {-training.get('val_neg_elbo', float('nan')):.3f}; "
-            f"validation FPR {training.get('validation_fpr', float('nan')):.2%}"
+            f"validation FPR {training.get('validation_fpr', float('nan')):.2%}{then}"
         )
         for warning in training.get("warnings", []):
             print(f"WARNING: {warning}")

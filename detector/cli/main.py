@@ -362,6 +362,10 @@ _SYSTEM_FIXES = {
         "output (.csv.gz or .parquet)"
     ),
     errno.EROFS: "write to another file system",
+    # Checked before any work where the tool can (check_writable), but root is allowed by
+    # the mode bits and refused by an immutable flag, and `threshold` rewrites a bundle in place.
+    errno.EACCES: "make it writable for this user, or write elsewhere (copy a bundle first)",
+    errno.EPERM: "make it writable for this user, or write elsewhere (copy a bundle first)",
 }
 
 

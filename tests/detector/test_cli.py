@@ -178,6 +178,37 @@ def test_info_and_threshold(capsys, cli_model) -> None:
     assert code == 0 and "WARNING" not in out
 
 
+def test_info_after_threshold_shows_the_warnings_of_the_target_in_force(capsys, cli_model):
+    # `info` kept the training's calibration warnings and its validation FPR as if measured at
+    # the new target: a warning for 0.01% after moving to 1%, none after moving to 0.05%.
+    code, _, _ = run(capsys, "threshold", str(cli_model), "--fpr", "0.0005")
+    code, out, _ = run(capsys, "info", str(cli_model))
+    assert (
+        code == 0
+        and "WARNING: calibration: 6,528 calibration rows at a target FPR of 0.050%" in out
+    )
+    assert "at the training's target FPR 2.000%" in out
+    code, _, _ = run(capsys, "threshold", str(cli_model), "--fpr", "0.02")
+    code, out, _ = run(capsys, "info", str(cli_model))
+    assert code == 0 and "WARNING" not in out and "training's target" not in out
+
+
+def test_threshold_on_a_bundle_it_may_not_write_says_so(capsys, cli_model, monkeypatch):
+    # As root, mode bits do not stop a write and an immutable flag does: a traceback, exit 1.
+    import errno
+
+    def refused(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(target))
+
+    monkeypatch.setattr(os, "replace", refused)
+    code, _, err = run(capsys, "threshold", str(cli_model), "--fpr", "0.03")
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("error: Operation not permitted (") and "make it writable" in err
+    monkeypatch.undo()
+    code, out, _ = run(capsys, "info", str(cli_model), "--json")
+    assert json.loads(out)["target_fpr"] == 0.02  # unchanged
+
+
 def test_calibration_warnings_reach_the_summary_info_and_report(
     capsys, train_frame, tmp_path
 ) -> None:
