@@ -215,7 +215,7 @@ def build_parser(
     sample.add_argument(
         "-n", "--records", dest="n", type=int, required=True, help="how many records to draw"
     )
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     sample.add_argument(
         "--output", help=".csv, .csv.gz or .parquet, written atomically (default: CSV on stdout)"
     )
@@ -342,6 +342,13 @@ def _count(text: str) -> int:
 
 def _positive_count(text: str) -> int:
     return _whole_number(text, 1)
+
+
+def _seed(text: str) -> int:
+    value = _count(text)
+    if value >= 2**32:  # what numpy takes
+        raise argparse.ArgumentTypeError(f"{text} is over 2**32 - 1; give a smaller seed")
+    return value
 
 
 def _rate(text: str) -> float:

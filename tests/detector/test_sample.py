@@ -212,6 +212,18 @@ def test_cli_bad_requests_exit_2(capsys, bundle_dir, tmp_path, argv, message) ->
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("seed", "message"), [("-1", "is negative"), ("4294967296", "is over 2**32 - 1")]
+)
+def test_a_seed_numpy_cannot_take_is_a_usage_error(capsys, bundle_dir, seed, message) -> None:
+    # "internal error: ValueError: expected non-negative integer", exit 1.
+    from detector.cli.main import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["sample", str(bundle_dir), "-n", "5", "--seed", seed])
+    assert ended.value.code == 2 and f"argument --seed: {seed} {message}" in capsys.readouterr().err
+
+
 def test_a_reader_that_leaves_early_ends_the_cli_quietly(bundle_dir) -> None:
     """``anomaly sample ... | head`` printed a BrokenPipeError traceback: now it stops as a
     shell tool stopped by SIGPIPE does (exit 141), saying nothing."""
