@@ -28,6 +28,8 @@ class Evaluation:
     f1: float
     false_positive_rate: float
     best_f1: float
+    #: Flagging scores above it (the tool's rule, ``>``) gives ``best_f1``: halfway between the
+    #: lowest score flagged and the highest not.
     best_f1_threshold: float
     by_group: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Groups beyond ``MAX_GROUPS`` (the smallest), not in ``by_group``.
@@ -132,7 +134,9 @@ def evaluate_scores(
         f1=f1,
         false_positive_rate=fp / int((~labels).sum()),
         best_f1=float(f1s[best]),
-        best_f1_threshold=float(curve_t[best]) if len(curve_t) else float(threshold),
+        best_f1_threshold=_cut_below(scores, float(curve_t[best]))
+        if len(curve_t)
+        else float(threshold),
         by_group=by_group,
         groups_left_out=left_out,
     )
@@ -195,3 +199,13 @@ def group_metrics(
             "need normal records too; 'recall' is the share of them flagged"
         )
     return metrics
+
+
+def _cut_below(scores: np.ndarray, lowest_flagged: float) -> float:
+    """A threshold that flags with ``>`` exactly the scores at or above ``lowest_flagged``
+    (scikit-learn's curves cut with ``>=``: a score equal to the one reported was flagged
+    there and not by the tool), halfway to the next lower score so it survives rounding."""
+    below = scores[scores < lowest_flagged]
+    if not len(below):
+        return float(np.nextafter(lowest_flagged, -np.inf))
+    return float((lowest_flagged + below.max()) / 2)
