@@ -174,17 +174,21 @@ def _labels(
     normal_values: Sequence[str] | None = None,
 ) -> Any:
     """Labels ``(n,)``, True = anomaly: 0/1 or true/false; or, for text labels such as KDD Cup
-    99's "smurf.", True where the label is one of ``anomaly_values`` (every other value, empty
-    included, normal), or where it is none of ``normal_values`` (every other value, empty
-    included, an anomaly: a data set with one normal label and many attack labels)."""
+    99's "smurf.", True where the label is one of ``anomaly_values`` (every other value
+    but empty, normal), or where it is none of ``normal_values`` (every other value but empty,
+    an anomaly: a data set with one normal label and many attack labels). An empty label is
+    an ``UnlabelledRows`` either way."""
     from detector.errors import DataError
-    from detector.scoring.evaluation import UnlabelledRows, parse_labels
+    from detector.scoring.evaluation import UnlabelledRows, check_labelled, parse_labels
 
     for named, means_anomaly in ((anomaly_values, True), (normal_values, False)):
         if named is not None:
             wanted = {value.strip() for value in named}
-            matches = values.astype("string").str.strip().isin(wanted).fillna(False)
-            return matches.to_numpy(dtype=bool) == means_anomaly
+            text = values.astype("string").str.strip()
+            # An empty label is no label, as without these options: read as "every other
+            # value" it silently moved rows to a class (148 anomalies counted as 128).
+            check_labelled(values, text, column)
+            return text.isin(wanted).fillna(False).to_numpy(dtype=bool) == means_anomaly
     try:
         return parse_labels(values, column)
     except UnlabelledRows:

@@ -384,14 +384,14 @@ def _add_label_values(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="VALUE",
         help="a label value that means anomaly, for text labels such as 'smurf.' "
-        "(repeatable); every other value is normal",
+        "(repeatable); every other value is normal (an empty label is refused)",
     )
     text_labels.add_argument(
         "--normal-value",
         action="append",
         metavar="VALUE",
         help="a label value that means normal, for text labels such as KDD Cup 99's "
-        "'normal.' (repeatable); every other value is an anomaly",
+        "'normal.' (repeatable); every other value is an anomaly (an empty label is refused)",
     )
 
 

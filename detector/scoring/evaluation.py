@@ -43,18 +43,23 @@ class UnlabelledRows(DataError):
     """Rows whose label is empty: no spelling of the labels would read them."""
 
 
-def parse_labels(values: pd.Series, column: str) -> np.ndarray:
-    """0/1 or true/false labels as a boolean array; anything else is a ``DataError`` naming the
-    first bad value's data row (1-based, as the rejects file counts), read from ``values``'
-    index where it holds the rows' 0-based positions in their file."""
-    text = values.astype("string").str.strip().str.lower()
-    empty = (text.isna() | (text == "") | (text == "nan")).to_numpy(dtype=bool)
+def check_labelled(values: pd.Series, text: pd.Series, column: str) -> None:
+    """``UnlabelledRows`` where a label (``text``: ``values`` as stripped text) is empty."""
+    empty = (text.isna() | (text == "") | (text.str.lower() == "nan")).to_numpy(dtype=bool)
     if empty.any():
         raise UnlabelledRows(
             f"label column '{column}' is empty in {int(empty.sum())} row(s) (first: data row "
             f"{_data_row(values, int(np.flatnonzero(empty)[0]))}); give every row a label, or "
             "drop the unlabelled rows"
         )
+
+
+def parse_labels(values: pd.Series, column: str) -> np.ndarray:
+    """0/1 or true/false labels as a boolean array; anything else is a ``DataError`` naming the
+    first bad value's data row (1-based, as the rejects file counts), read from ``values``'
+    index where it holds the rows' 0-based positions in their file."""
+    text = values.astype("string").str.strip().str.lower()
+    check_labelled(values, text, column)
     mapping = {"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False}
     parsed = text.map(mapping)
     bad = parsed.isna()

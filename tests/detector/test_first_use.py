@@ -282,6 +282,23 @@ def test_text_labels_without_anomaly_value_name_the_flag(capsys, bundle_dir, tex
     assert "'normal.'" in err
 
 
+@pytest.mark.parametrize("flag", ["--anomaly-value", "--normal-value"])
+def test_an_empty_text_label_is_refused_as_an_empty_0_1_label_is(
+    capsys, bundle_dir, text_labelled, tmp_path, flag
+):
+    # Read as "every other value", 20 blanked anomaly labels became normal rows without a
+    # word (148 anomalies counted as 128), or with --normal-value every blank an anomaly.
+    frame = pd.read_csv(text_labelled)
+    frame.loc[frame.index[frame["label"] == "smurf."][:5], "label"] = ""
+    frame.to_csv(tmp_path / "blanks.csv", index=False)
+    value = "smurf." if flag == "--anomaly-value" else "normal."
+    code, _, err = run(
+        capsys, "evaluate", bundle_dir, tmp_path / "blanks.csv", "--label-column", "label",
+        "--keep-column", "anomaly_kind", flag, value,
+    )  # fmt: skip
+    assert code == 2 and "label column 'label' is empty in 5 row(s)" in err
+
+
 def test_an_anomaly_value_that_matches_nothing_says_so(capsys, bundle_dir, text_labelled):
     code, _, err = run(
         capsys, "evaluate", bundle_dir, text_labelled, "--label-column", "label",
