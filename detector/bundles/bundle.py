@@ -454,7 +454,12 @@ def _check_consistent(root: Path, bundle: Bundle) -> None:
         bundle.schema.feature_columns
     ):
         problems.append("term baseline length does not match the schema")
-    if bundle.kinds and bundle.score_kind not in bundle.score_kinds:
+    if bundle.score_kind in NEIGHBOUR_KINDS and bundle.neighbours is None:
+        problems.append(
+            f"score kind {bundle.score_kind!r} needs the normal rows of {NEIGHBOURS_FILE}, "
+            "which the manifest does not list"
+        )
+    elif bundle.kinds and bundle.score_kind not in bundle.score_kinds:
         problems.append(f"unknown score kind {bundle.score_kind!r}")
     if not 1 <= bundle.n_samples <= MAX_SAMPLES:
         problems.append(f"sample count {bundle.n_samples} out of range")

@@ -75,9 +75,9 @@ def check_manifest(root: Path, manifest: Any) -> None:
                 "by another tool: retrain the model"
             )
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # not True, 1.0 or "1"
         raise BundleError(
-            f"{root} has bundle format {version}; this version of anomaly-detector reads format "
+            f"{root} has bundle format {version!r}; this version of anomaly-detector reads format "
             f"{FORMAT_VERSION}: retrain the model with this version"
         )
     saved_keras = str(manifest.get("packages", {}).get("keras", "0"))

@@ -189,6 +189,8 @@ class Schema:
             raise ValueError("schema column_order does not match its columns")
         if any(not np.isfinite(c.scale) or c.scale <= 0 for c in numeric):
             raise ValueError("schema holds a non-positive or non-finite scale")
+        if not 0 < schema.clip < np.inf:  # at -1 every value clipped past: every row flagged
+            raise ValueError(f"schema clip {schema.clip} is not a positive number")
         return schema
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from detector.bundles.bundle import load_bundle, save_bundle, set_target_fpr
-from detector.bundles.format import MANIFEST_FILE, MODEL_FILE
+from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, NEIGHBOURS_FILE
 from detector.errors import BundleError, ConfigError
 from detector.scoring.threshold import Calibrator
 
@@ -226,6 +226,35 @@ def test_a_resealed_manifest_of_the_wrong_shape_is_refused_not_a_crash(
     _write(copy, manifest, reseal=True)
     with pytest.raises(BundleError, match=r"manifest\.json (has a malformed|is malformed)|incons"):
         load_bundle(copy)
+
+
+def _drop_bank(manifest: dict[str, Any]) -> None:
+    del manifest["files"][NEIGHBOURS_FILE]
+
+
+RESEALED_MISREADS = {
+    # The format's version as text: "has bundle format 1; ... reads format 1".
+    "format version as text": (_set("format_version", value="1"), "bundle format '1'"),
+    "format version true": (_set("format_version", value=True), "bundle format True"),
+    "format version 1.0": (_set("format_version", value=1.0), "bundle format 1.0"),
+    # Every value clipped past its bound: every record flagged.
+    "negative clip": (_set("schema", "clip", value=-1), "clip -1.0 is not a positive number"),
+    # "unknown score kind 'knn'", blaming the score for the file left out.
+    "bank left out": (_drop_bank, "'knn' needs the normal rows of neighbours.npz"),
+}
+
+
+@pytest.mark.parametrize(("edit", "needle"), RESEALED_MISREADS.values(), ids=RESEALED_MISREADS)
+def test_a_resealed_manifest_is_refused_naming_what_is_wrong(
+    bundle_dir, tmp_path, edit, needle
+) -> None:
+    copy = _copy(bundle_dir, tmp_path)
+    manifest = _manifest(copy)
+    edit(manifest)
+    _write(copy, manifest, reseal=True)
+    with pytest.raises(BundleError) as refused:
+        load_bundle(copy)
+    assert needle in str(refused.value)
 
 
 def test_a_manifest_nested_too_deeply_to_read_is_refused(bundle_dir, tmp_path) -> None:
