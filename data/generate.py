@@ -453,22 +453,45 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     format_for_csv(frame).to_csv(path, index=False, lineterminator="\n")
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**32:  # what numpy's generator takes
+        raise argparse.ArgumentTypeError(f"{text} must be in [0, 2**32 - 1]")
+    return value
+
+
+def _folder(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; name a folder ('.' for this one)")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="RNG seed (default: 7)")
+    parser.add_argument("--seed", type=_seed, default=DEFAULT_SEED, help="RNG seed (default: 7)")
     parser.add_argument(
         "--out-dir",
-        type=Path,
+        type=_folder,
         default=Path(__file__).resolve().parent,
         help="directory for the CSV files (default: this script's directory)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"argument --out-dir: cannot create {args.out_dir}: {exc.strerror}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     out_dir: Path = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     train, evaluation = build_datasets(args.seed)
     write_csv(train, out_dir / "train.csv")
     write_csv(evaluation, out_dir / "eval.csv")

@@ -77,6 +77,32 @@ def test_regeneration_is_byte_identical(generator: ModuleType, tmp_path: Path) -
         assert regenerated == committed, f"{name} differs from a fresh default-seed run"
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seed", "-1"], "--seed: -1 must be in [0, 2**32 - 1]"),
+        (["--out-dir", "{tmp}/a-file"], "is a file, not a folder"),
+        (["--out-dir", ""], "is empty"),
+    ],
+)
+def test_bad_options_are_usage_errors_that_write_nothing(
+    generator: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv,
+    message,
+) -> None:
+    # Tracebacks before (numpy's ValueError, FileExistsError), an empty folder left behind,
+    # and '' wrote into the working folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SystemExit) as ended:
+        generator.main([a.format(tmp=tmp_path) for a in argv])
+    assert ended.value.code == 2 and message in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
 def test_the_fleet_files_are_the_same_rows_with_their_times() -> None:
     train, fleet_train = (pd.read_csv(DATA_DIR / n) for n in ("train.csv", "fleet_train.csv"))
     evaluation, fleet_eval = (pd.read_csv(DATA_DIR / n) for n in ("eval.csv", "fleet_eval.csv"))
