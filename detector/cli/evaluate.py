@@ -139,6 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"best F1 {r.best_f1:.4f} at threshold {r.best_f1_threshold:.4f}")
     if r.by_group:
         print(f"by {args.by_column}: share flagged, recall, AUROC, AUPRC")
+        against_all = False
         for value, stats in sorted(r.by_group.items(), key=_group_order):
             measured = "".join(
                 f"  {key} {stats[key]:.4f}"
@@ -147,10 +148,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
             n_rejected = rejected_groups.get(value, 0)
             also = f"  ({n_rejected:,} rejected)" if n_rejected else ""
+            if stats.get("against") == "every normal record" and stats["auroc"] is not None:
+                measured += " *"
+                against_all = True
             print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}{also}")
         for value, n in sorted(rejected_groups.items(), key=_group_order):
             if value not in r.by_group:  # every row of it rejected: the line says so
                 print(f"  {value:<24} none scored ({n:,} rejected)")
+        if against_all:
+            # Otherwise within the group: two meanings side by side, which the table named not.
+            print(
+                "  * anomalies only: AUROC and AUPRC rank them against every normal row of the "
+                "file (a group with both kinds, against its own normal rows)"
+            )
         if r.groups_left_out:
             print(f"  {left_out_note(r)}")
     if args.report:

@@ -160,6 +160,12 @@ def test_evaluate_json_reports_the_metrics(capsys, cli_model) -> None:
     assert report["auroc"] > 0.85
     assert report["by_group"]["none"]["flagged"] < 0.1
     assert report["n"] == 3072
+    # The text says which groups are ranked against every normal row (anomalies only).
+    code, out, _ = run(capsys, "evaluate", str(cli_model), str(DATA / "eval.csv"),
+                       "--label-column", "label", "--by-column", "anomaly_kind")  # fmt: skip
+    rows = {line.split()[0]: line for line in out.split("by anomaly_kind:")[1].splitlines()[1:]}
+    assert rows["spike"].endswith(" *") and not rows["none"].rstrip().endswith("*")
+    assert rows["*"].startswith("  * anomalies only: AUROC and AUPRC rank them against every")
 
 
 def test_info_and_threshold(capsys, cli_model) -> None:
