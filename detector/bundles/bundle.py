@@ -380,6 +380,16 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     root = Path(path)
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
+        if root.is_file():
+            raise BundleError(
+                f"{root} is a file, not a model bundle (a folder {train_command('DIR')} writes)"
+            )
+        if root.is_dir() and any(root.iterdir()):
+            # Training would refuse to write into a folder of other files: not the fix to name.
+            raise BundleError(
+                f"no model bundle at {root} (no {MANIFEST_FILE}, and it holds other files); "
+                f"name the folder training wrote, or train one with {train_command('NEW_DIR')}"
+            )
         raise BundleError(
             f"no model bundle at {root} (no {MANIFEST_FILE}); train one with {train_command(root)}"
         )

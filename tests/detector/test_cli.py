@@ -184,6 +184,28 @@ def test_info_and_threshold(capsys, cli_model) -> None:
     assert code == 0 and "WARNING" not in out
 
 
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("file", "is a file, not a model bundle (a folder `anomaly train DATA --out DIR` writes)"),
+        ("folder of other files", "holds other files); name the folder training wrote, or "),
+        ("empty folder", "(no manifest.json); train one with `anomaly train DATA --out "),
+    ],
+)
+def test_info_of_what_is_not_a_bundle_names_a_fix_that_works(capsys, tmp_path, what, message):
+    # Each said "train one with `anomaly train DATA --out <it>`", which training refuses for a
+    # file and for a folder of other files.
+    path = tmp_path / "it"
+    if what == "file":
+        path.write_text("x")
+    else:
+        path.mkdir()
+        if what == "folder of other files":
+            (path / "notes.txt").write_text("x")
+    code, _, err = run(capsys, "info", str(path))
+    assert code == 2 and message in err
+
+
 def test_info_after_threshold_shows_the_warnings_of_the_target_in_force(capsys, cli_model):
     # `info` kept the training's calibration warnings and its validation FPR as if measured at
     # the new target: a warning for 0.01% after moving to 1%, none after moving to 0.05%.
