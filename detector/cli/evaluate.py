@@ -132,8 +132,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{_recall_with_rejected(r, rejected_anomalies):.4f})"
         )
     print(f"AUROC {r.auroc:.4f}   AUPRC {r.auprc:.4f}")
+    # Nothing flagged leaves precision undefined (0/0), which 0.0000 would misstate.
+    none_flagged = r.recall == 0 and r.false_positive_rate == 0
+    precision = "- (nothing flagged)" if none_flagged else f"{r.precision:.4f}"
     print(
-        f"at threshold {r.threshold:.4f}: precision {r.precision:.4f}  recall {r.recall:.4f}  "
+        f"at threshold {r.threshold:.4f}: precision {precision}  recall {r.recall:.4f}  "
         f"F1 {r.f1:.4f}  false-positive rate {r.false_positive_rate:.2%}"
     )
     print(f"best F1 {r.best_f1:.4f} at threshold {r.best_f1_threshold:.4f}")
