@@ -141,7 +141,11 @@ def test_the_service_names_its_setting_and_offers_no_flag(bundle_dir: Path) -> N
         gap = {**records[1], "cpu_pct": None}
         body = client.post("/v1/models/tiny/score", json={"records": [records[0], gap]}).json
         assert body["rejected"] == [
-            {"index": 1, "reasons": ["column 'cpu_pct' is empty (fill it)"]}
+            {
+                "index": 1,
+                "code": "missing_value",
+                "reasons": ["column 'cpu_pct' is empty (fill it)"],
+            }
         ]
     finally:
         app.extensions["anomaly"].dispatcher.stop()
