@@ -129,6 +129,10 @@ def encode(
     ``context_unseen``.
     """
     check_columns(schema, frame.columns, passthrough=passthrough)
+    if not all(isinstance(name, str) for name in frame.columns):
+        # Columns are named as text (a schema fitted on pd.DataFrame(array) holds '0', '1',
+        # ...), and records given as {0: ...} reach here with their numbers as names.
+        frame = frame.rename(columns=str)
     n = len(frame)
     # Reasons only for rows that have any: a list per row of a 65k-row chunk would keep the
     # garbage collector busy (measured 5x slower encoding).

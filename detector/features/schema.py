@@ -6,6 +6,7 @@ pickle). ``detector.features.encode`` encodes records with it; its docstring giv
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -194,6 +195,16 @@ class Schema:
         return schema
 
 
+def check_unique_names(columns: Iterable[object]) -> None:
+    """A ``SchemaError`` naming the columns whose names repeat, as text (``1`` and ``'1'`` are
+    one name: every column is addressed by its name as text)."""
+    counts = Counter(map(str, columns))
+    dupes = sorted(name for name, n in counts.items() if n > 1)
+    if dupes:
+        shown = dupes[:10] + ([f"... {len(dupes) - 10} more"] if len(dupes) > 10 else [])
+        raise SchemaError(f"duplicate column names {shown}; give every column a unique name")
+
+
 def fit_schema(
     frame: pd.DataFrame,
     *,
@@ -222,9 +233,7 @@ def fit_schema(
             f"{MIN_TRAINING_ROWS} normal rows (its threshold is calibrated on {MIN_TRAINING_ROWS} "
             "scores at least)"
         )
-    dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-    if dupes:
-        raise SchemaError(f"duplicate column names {dupes}; give every column a unique name")
+    check_unique_names(frame.columns)
     forced = set(categorical)
     unknown_forced = sorted(forced - set(map(str, frame.columns)))
     if unknown_forced:

@@ -24,7 +24,13 @@ import pandas as pd
 from detector.bundles.bundle import Bundle
 from detector.errors import ConfigError, SchemaError
 from detector.features.encode import encode, listed
-from detector.features.schema import Schema, fingerprint, fit_schema, numbers_from_decimals
+from detector.features.schema import (
+    Schema,
+    check_unique_names,
+    fingerprint,
+    fit_schema,
+    numbers_from_decimals,
+)
 from detector.nn.callbacks import KLWarmup, ProgressBar
 from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.nn.models import MODELS
@@ -200,6 +206,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``."""
     config.check()
     started = time.perf_counter()
+    check_unique_names(frame.columns)  # before any column is read by its name
     frame = numbers_from_decimals(frame)
     series = series_of(config)
     context = bool(conditioned_on(config))

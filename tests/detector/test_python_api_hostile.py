@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from detector.cli.main import main
-from detector.errors import ConfigError, DetectorError
+from detector.errors import ConfigError, DetectorError, SchemaError
 from detector.estimator import VAEDetector
 from tests.conftest import DATA, fleet
 
@@ -112,3 +112,25 @@ def test_a_structured_array_is_read_by_its_column_names() -> None:
     np.testing.assert_array_equal(
         detector.anomaly_score(records), detector.anomaly_score(TRAIN.head(50))
     )
+
+
+@pytest.mark.parametrize("names", [["hour", "hour"], ["1", 1]], ids=["same", "same as text"])
+def test_repeated_column_names_are_refused_when_fitting(names: list[object]) -> None:
+    # An internal AttributeError ('DataFrame' object has no attribute 'dtype'): the column
+    # read by its name was two columns.
+    frame = TRAIN.drop(columns=["host", "region"])
+    frame.columns = [*frame.columns[: -len(names)], *names]
+    with pytest.raises(SchemaError, match=r"duplicate column names \['(hour|1)'\]"):
+        VAEDetector(**SMALL).fit(frame)
+
+
+def test_a_model_of_numbered_columns_scores_records_keyed_by_number() -> None:
+    # pd.DataFrame(array) names columns 0, 1, ...: scoring its rows as records (a row, a dict,
+    # a list of dicts) failed with KeyError: '0', while the frame scored.
+    frame = TRAIN.drop(columns=["host", "region"]).head(300)
+    frame.columns = range(frame.shape[1])
+    detector = VAEDetector(**SMALL).fit(frame)
+    expected = detector.anomaly_score(frame.head(3))
+    for records in (frame.iloc[0], frame.iloc[0].to_dict(), frame.head(3).to_dict("records")):
+        scored = detector.score_records(records).anomaly_score
+        np.testing.assert_allclose(scored, expected[: len(scored)], rtol=1e-6)
