@@ -332,6 +332,11 @@ def parse_times(values: pd.Series) -> pd.Series:
     infinite time is none: every later row of its series would be out of order; nor is a
     number beyond ``EPOCH_SECONDS_LIMIT`` (milliseconds, most likely)."""
     if pd.api.types.is_datetime64_any_dtype(values):  # Parquet's timestamps, a DataFrame's
+        if isinstance(values.dtype, pd.ArrowDtype):
+            # pyarrow-backed (read_parquet(dtype_backend="pyarrow")): its total_seconds
+            # refused nanoseconds since the epoch as beyond a double's exact integers.
+            stamp = values.dtype.pyarrow_dtype
+            values = values.astype(f"datetime64[{stamp.unit}{', UTC' if stamp.tz else ''}]")
         utc = values.dt.tz_convert("UTC") if values.dt.tz else values.dt.tz_localize("UTC")
         return _epoch_seconds(utc)
     try:

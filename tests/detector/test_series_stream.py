@@ -149,6 +149,20 @@ def test_times_read_as_the_table_reads_them() -> None:
     assert mixed[0] == mixed[2] == 90.0 and np.isnan(mixed[1])
 
 
+@pytest.mark.parametrize(
+    "dtype",
+    ["timestamp[ns, tz=UTC][pyarrow]", "timestamp[us, tz=Europe/Berlin][pyarrow]",
+     "timestamp[s][pyarrow]", "datetime64[ns, UTC]"],
+)  # fmt: skip
+def test_pyarrow_timestamps_read_as_numpy_ones(dtype: str) -> None:
+    # read_parquet(dtype_backend="pyarrow") gives these: ArrowInvalid ("Integer value
+    # 1793491200000000000 not in range") in training and scoring alike.
+    times = ["2026-11-01T00:00:00Z", None, "2026-11-01T01:00:00+01:00"]
+    seconds = parse_times(pd.Series(pd.to_datetime(times, utc=True)).astype(dtype))
+    midnight = pd.Timestamp("2026-11-01", tz="UTC").timestamp()
+    assert seconds[0] == seconds[2] == midnight and np.isnan(seconds[1])
+
+
 @pytest.mark.parametrize("value", [1_764_547_200_000, "1764547200000", -1e12, 10**400])
 def test_epoch_milliseconds_are_no_time_in_a_stream_or_a_table(value: object) -> None:
     """Read as seconds, milliseconds would put a series 54,000 years on, its gaps a thousand
