@@ -148,6 +148,9 @@ def score_files(
     for flag, target in (("--output", output), ("--rejects", rejects_dir)):
         _check_not_over_inputs(flag, target, paths)
     spark = session or spark_session()
+    # Times written (and rejects' reasons) in UTC, as the default engine writes them, whatever
+    # zone the machine's clock is set to: Spark's session zone is the JVM's by default.
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
     fmt = table_format(paths[0].rstrip("/*"))
     frame = spark.read.parquet(*paths) if fmt == "parquet" else _read_csv(spark, paths)
     frame = frame.withColumn(SOURCE_FILE, F.input_file_name())

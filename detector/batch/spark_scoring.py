@@ -180,6 +180,13 @@ def score_dataframe(
         T.StructField(REJECT_REASON, T.StringType()),
     ]
     schema = T.StructType([*df.schema.fields, *fields])
+    if bundle.series is not None and isinstance(
+        df.schema[bundle.series.time_column].dataType, T.TimestampType
+    ):
+        # Spark hands pandas its instants as wall-clock times of the session's zone, which
+        # the scorer would read as UTC (on a machine not on UTC every time shifted, and the
+        # hours the levels keep with them); the instant goes beside them as epoch seconds.
+        df = df.withColumn(_EPOCH, F.col(bundle.series.time_column).cast("double"))
 
     # A module-level function and plain values: Spark pickles this by reference, never the
     # driver's bundle.
@@ -208,6 +215,9 @@ def score_dataframe(
 
 #: The constant column a model without key columns groups its one series by.
 _ONE_SERIES = "_anomaly_one_series"
+#: A series' Spark timestamps as epoch seconds, read in place of the wall-clock times pandas
+#: is given (``score_dataframe``), and dropped from the output.
+_EPOCH = "_anomaly_epoch_seconds"
 
 
 def _one_batch(score_batches: Any) -> Any:
@@ -237,9 +247,15 @@ def _score_batches(
     command line), which a worker process does not know on its own."""
     bundle = _WORKER_BUNDLES.get(key, None if shipped is None else shipped.value, path)
     for batch in batches:
+        seconds = batch.pop(_EPOCH) if _EPOCH in batch.columns else None
         with speaking_to(surface):
             scored = score_pandas(
-                bundle, batch, impute=impute, top_k=top_k, max_ahead_seconds=max_ahead_seconds
+                bundle,
+                batch,
+                impute=impute,
+                top_k=top_k,
+                max_ahead_seconds=max_ahead_seconds,
+                times=seconds,
             )
         yield scored
 
@@ -251,9 +267,11 @@ def score_pandas(
     impute: Imputation = None,
     top_k: int = 3,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
+    times: pd.Series | None = None,
 ) -> pd.DataFrame:
     """One Spark batch: every row back, scored or with its reject code and reason (a series
-    model's rows stamped more than ``max_ahead_seconds`` after the clock rejected)."""
+    model's rows stamped more than ``max_ahead_seconds`` after the clock rejected). A series
+    model reads ``times`` (epoch seconds, one a row) for its time column where given."""
     n = len(batch)
     out = batch.reset_index(drop=True)
     scores = np.full(n, np.nan)
@@ -289,7 +307,10 @@ def score_pandas(
     positions = np.flatnonzero(usable)
     if len(positions):
         columns = list(bundle.input_columns)
-        table = pa.Table.from_pandas(out.loc[positions, columns], preserve_index=False)
+        rows = out.loc[positions, columns]
+        if times is not None and bundle.series is not None:
+            rows = rows.assign(**{bundle.series.time_column: times.to_numpy()[positions]})
+        table = pa.Table.from_pandas(rows, preserve_index=False)
         if bundle.series is None:
             result = score_frame(bundle, model_frame(bundle.schema, table), impute=impute)
         else:
