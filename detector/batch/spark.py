@@ -147,6 +147,7 @@ def score_files(
     paths = _spark_paths(inputs)
     for flag, target in (("--output", output), ("--rejects", rejects_dir)):
         _check_not_over_inputs(flag, target, paths)
+        _check_replaceable(flag, target)
     spark = session or spark_session()
     # Times written (and rejects' reasons) in UTC, as the default engine writes them, whatever
     # zone the machine's clock is set to: Spark's session zone is the JVM's by default.
@@ -243,6 +244,28 @@ def score_files(
     finally:
         scored.unpersist()
     return replace(report, seconds=time.perf_counter() - started)
+
+
+#: What a folder Spark wrote holds: its part files, its commit markers and their checksums.
+_SPARK_OUTPUT_NAMES = ("part-", "_SUCCESS", "_committed_", "_started_", ".part-", "._SUCCESS")
+
+
+def _check_replaceable(flag: str, target: str) -> None:
+    """A local folder is replaced whole once the run is written: only an empty one or one an
+    earlier Spark run wrote. A folder of other files given as --output or --rejects was
+    deleted with them, even by a run that rejected nothing."""
+    if "://" in target:
+        return
+    folder = Path(target.rstrip("/"))
+    if not folder.is_dir():
+        return
+    others = [p.name for p in folder.iterdir() if not p.name.startswith(_SPARK_OUTPUT_NAMES)]
+    if others:
+        raise ConfigError(
+            f"{flag} {target} is a folder holding files Spark did not write (e.g. "
+            f"{sorted(others)[0]!r}): writing it replaces the folder whole, and they would be "
+            f"lost; name a new folder, or one an earlier --engine spark run wrote"
+        )
 
 
 def _check_not_over_inputs(flag: str, target: str, paths: Sequence[str]) -> None:

@@ -269,6 +269,33 @@ def test_spark_loses_no_row_of_a_hostile_file_and_names_columns_as_the_local_rea
         score_files(str(bundle_dir), [str(semicolons)], str(tmp_path / "x.parquet"), session=spark)
 
 
+@pytest.mark.parametrize("flag", ["--output", "--rejects"])
+def test_spark_refuses_to_replace_a_folder_of_other_files(
+    spark, capsys, bundle_dir: Path, tmp_path: Path, flag: str
+) -> None:
+    # The folder was deleted with the user's files in it, the rejects one even by a run that
+    # rejected nothing.
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    (folder / "q3.txt").write_text("precious")
+    source = tmp_path / "in.csv"
+    pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(20).to_csv(
+        source, index=False
+    )
+    targets = {"--output": str(tmp_path / "out"), "--rejects": str(tmp_path / "out.rejects")}
+    targets[flag] = str(folder)
+    argv = ["score", str(bundle_dir), str(source), "--engine", "spark", "--quiet"]
+    code = main([*argv, "--output", targets["--output"], "--rejects", targets["--rejects"]])
+    assert (
+        code == 2 and "holding files Spark did not write (e.g. 'q3.txt')" in capsys.readouterr().err
+    )
+    assert (folder / "q3.txt").read_text() == "precious"
+    # A folder an earlier Spark run wrote is replaced as before.
+    targets[flag] = str(tmp_path / "again")
+    argv += ["--output", targets["--output"], "--rejects", targets["--rejects"]]
+    assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err
+
+
 def test_spark_reads_a_series_instants_whatever_the_session_zone(spark, tmp_path: Path) -> None:
     """Spark hands pandas its timestamps as the session zone's wall-clock times, which were
     read as UTC: on a machine set to Asia/Kolkata 716 of 800 scores differed from the default
