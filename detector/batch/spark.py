@@ -246,6 +246,23 @@ def score_files(
     return replace(report, seconds=time.perf_counter() - started)
 
 
+def spark_refusal(exc: BaseException) -> str | None:
+    """What Spark said when it could not read or plan on the input (a footer it cannot read,
+    files whose headers or types disagree, nanosecond Parquet times), in one line; ``None``
+    for anything else, a failure of this package's own code on the workers included."""
+    from pyspark.errors import AnalysisException, PythonException
+
+    try:
+        from py4j.protocol import Py4JJavaError
+    except ImportError:  # pragma: no cover - pyspark brings py4j
+        return None
+    if isinstance(exc, PythonException) or not isinstance(exc, AnalysisException | Py4JJavaError):
+        return None
+    said = exc.java_exception.toString() if isinstance(exc, Py4JJavaError) else str(exc)
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:400]
+
+
 #: What a folder Spark wrote holds: its part files, its commit markers and their checksums.
 _SPARK_OUTPUT_NAMES = ("part-", "_SUCCESS", "_committed_", "_started_", ".part-", "._SUCCESS")
 

@@ -63,12 +63,24 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
         if args.engine == "spark":
             from detector.batch.files import check_stream_format
-            from detector.batch.spark import score_files
+            from detector.batch.spark import score_files, spark_refusal
+            from detector.errors import DataError
 
             check_stream_format(options.pop("stream_format", None), args.output, args.rejects)
             del options["max_series"]  # Spark hands each series to one task, whole
 
-            report = score_files(args.model, args.input, args.output, **options)
+            try:
+                report = score_files(args.model, args.input, args.output, **options)
+            except Exception as exc:
+                said = spark_refusal(exc)
+                if said is None:
+                    raise
+                # Its Java stack was printed whole as an internal error; the default engine
+                # reads most such inputs, or names what is wrong with them.
+                raise DataError(
+                    f"Spark could not read {' '.join(args.input)}: {said}; score it without "
+                    "--engine spark, which reads it or names the file and what is wrong"
+                ) from None
         else:
             import gc
 

@@ -296,6 +296,21 @@ def test_spark_refuses_to_replace_a_folder_of_other_files(
     assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err
 
 
+def test_an_input_spark_cannot_read_is_an_error_not_its_java_stack(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # "internal error: Py4JJavaError ... please report it" and hundreds of lines of Java.
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(20)
+    whole = tmp_path / "whole.parquet"
+    frame.to_parquet(whole)
+    (tmp_path / "cut.parquet").write_bytes(whole.read_bytes()[:-100])
+    argv = ["score", str(bundle_dir), str(tmp_path / "cut.parquet"), "--engine", "spark"]
+    code = main([*argv, "--output", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: Spark could not read ") and "\tat " not in err
+    assert "score it without --engine spark" in err and not (tmp_path / "out").exists()
+
+
 def test_spark_reads_a_series_instants_whatever_the_session_zone(spark, tmp_path: Path) -> None:
     """Spark hands pandas its timestamps as the session zone's wall-clock times, which were
     read as UTC: on a machine set to Asia/Kolkata 716 of 800 scores differed from the default
