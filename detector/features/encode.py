@@ -276,7 +276,12 @@ def _plain_numeric_block(
 
 
 def _is_number(dtype: Any) -> bool:
-    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+    # Not a complex number: read as float64 it was its real part, scored without a word.
+    return (
+        pd.api.types.is_numeric_dtype(dtype)
+        and not pd.api.types.is_bool_dtype(dtype)
+        and not pd.api.types.is_complex_dtype(dtype)
+    )
 
 
 def _to_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -134,3 +134,13 @@ def test_a_model_of_numbered_columns_scores_records_keyed_by_number() -> None:
     for records in (frame.iloc[0], frame.iloc[0].to_dict(), frame.head(3).to_dict("records")):
         scored = detector.score_records(records).anomaly_score
         np.testing.assert_allclose(scored, expected[: len(scored)], rtol=1e-6)
+
+
+def test_a_complex_number_is_rejected_not_scored_as_its_real_part() -> None:
+    # A complex column read as float64 was its real part: 1+2j scored exactly as 1.0.
+    frame = TRAIN.drop(columns=["host", "region"]).head(300)
+    detector = VAEDetector(**SMALL).fit(frame)
+    batch = frame.head(3).astype({"cpu_pct": complex})
+    batch.loc[batch.index[0], "cpu_pct"] = 1 + 2j
+    result = detector.score_records(batch)
+    assert len(result.rows) == 0 and "(1+2j) is not a number" in result.rejections[0].reason
