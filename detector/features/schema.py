@@ -261,6 +261,15 @@ def fit_schema(
         series = frame[name]
         key = str(name)
         if key in context_names:
+            if _is_measure(series) and series.nunique() > MAX_CATEGORIES:
+                # "distinct text values, which looks like an identifier ... make it numeric"
+                # was said of a column that was numeric already.
+                problems.append(
+                    f"context column '{key}' is a measurement ({series.nunique()} distinct "
+                    f"numbers); a context is a category such as a host or a service: give "
+                    f"{option('context')} a column of labels, and leave '{key}' to be modelled"
+                )
+                continue
             labels = _fit_labels(key, series, problems)
             if labels is not None:
                 contexts[key] = ContextColumn(name=key, categories=tuple(sorted(labels.index)))
@@ -366,6 +375,10 @@ def _not_a_value_kind(key: str, series: pd.Series) -> str | None:
 #: A text column whose values are all numbers but for at most this share is taken for a
 #: numeric column with stray text in it (where it has too many values to be labels).
 STRAY_TEXT_SHARE = 0.05
+
+
+def _is_measure(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
 def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series | None:

@@ -144,3 +144,10 @@ def test_a_complex_number_is_rejected_not_scored_as_its_real_part() -> None:
     batch.loc[batch.index[0], "cpu_pct"] = 1 + 2j
     result = detector.score_records(batch)
     assert len(result.rows) == 0 and "(1+2j) is not a number" in result.rejections[0].reason
+
+
+def test_a_measurement_given_as_context_is_named_so() -> None:
+    # "column 'cpu_pct' has 376 distinct text values, which looks like an identifier; ...
+    # (or make it numeric)", of a column that was numeric.
+    with pytest.raises(DetectorError, match="context column 'cpu_pct' is a measurement"):
+        VAEDetector(**SMALL, model="cvae", context=["cpu_pct"]).fit(TRAIN)
