@@ -116,6 +116,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         kept += tuple(c for c in self.bundle_.ignored_columns if c not in kept)
         if isinstance(X, pd.Series):  # one row of a table (frame.iloc[0]): a record
             X = X.to_dict()
+        if _columnar(X):  # {column: [values]}, as pd.DataFrame(d) takes it: was one record
+            X = pd.DataFrame(dict(X))
         if isinstance(X, Mapping):
             return score_records(self.bundle_, [X], impute=impute, passthrough=kept)
         if isinstance(X, Iterator):  # records as a generator yields them
@@ -259,6 +261,8 @@ def _as_frame(
             X = X.rename(columns=str)
         levels = [c for c in wanted if c not in X.columns and c in X.index.names]
         return X.reset_index(level=levels) if levels else X
+    if _columnar(X):
+        return _as_frame(pd.DataFrame(dict(X)), names, wanted=wanted)
     if X is None or isinstance(X, str | bytes | os.PathLike):
         hint = "" if X is None else ": read the file first, e.g. pd.read_csv(path)"
         raise DataError(f"expected a table of records, got {X!r}{hint}")
@@ -292,3 +296,14 @@ def _as_frame(
     # An object array (a mixed frame's .to_numpy()) holds numbers as objects: read as such,
     # each float column would be text, a category per value.
     return frame.infer_objects() if array.dtype == object else frame
+
+
+def _columnar(X: object) -> bool:
+    """Whether ``X`` is a table given by columns, ``{name: [values, ...]}`` of one length each
+    (``frame.to_dict("list")``): not a record, whose values are one each."""
+    if not isinstance(X, Mapping) or not X:
+        return False
+    values = list(X.values())
+    if not all(isinstance(v, list | tuple | np.ndarray | pd.Series) for v in values):
+        return False
+    return len({len(v) for v in values}) == 1

@@ -151,3 +151,15 @@ def test_a_measurement_given_as_context_is_named_so() -> None:
     # (or make it numeric)", of a column that was numeric.
     with pytest.raises(DetectorError, match="context column 'cpu_pct' is a measurement"):
         VAEDetector(**SMALL, model="cvae", context=["cpu_pct"]).fit(TRAIN)
+
+
+def test_a_table_given_by_columns_is_scored_as_its_rows() -> None:
+    # frame.to_dict("list") was taken for one record whose values were lists: one rejection
+    # ("[0, 0, 0, 0, 0] is not a number"), or "1 row(s) cannot be scored" from predict.
+    frame = TRAIN.drop(columns=["host", "region"]).head(300)
+    detector = VAEDetector(**SMALL).fit(frame)
+    batch = frame.head(5)
+    expected = detector.anomaly_score(batch)
+    for columns in (batch.to_dict("list"), {k: np.asarray(v) for k, v in batch.items()}):
+        np.testing.assert_allclose(detector.score_records(columns).anomaly_score, expected)
+        np.testing.assert_allclose(detector.anomaly_score(columns), expected)
