@@ -132,6 +132,11 @@ def score_files(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    if output.rstrip("/").lower().endswith(".parquet.gz"):
+        # Written as a folder of gzipped CSV parts before: Parquet compresses its own pages.
+        raise ConfigError(
+            f"--output {output}: Parquet is compressed inside its files; name it .parquet"
+        )
     if output.rstrip("/").lower().endswith(JSON_LINES_SUFFIXES):
         raise DataError(
             f"--engine spark writes a folder of CSV or Parquet part files, not JSON Lines "
@@ -395,6 +400,8 @@ def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
         )
         if target.endswith(".gz"):
             writer = writer.option("compression", "gzip")
+        if target.removesuffix(".gz").endswith(".tsv"):  # written comma-separated before
+            writer = writer.option("sep", "\t")
     if "://" in target:
         writer.format(fmt).save(target)
         return

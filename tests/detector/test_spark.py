@@ -143,6 +143,24 @@ def test_spark_csv_holds_the_values_and_words_of_the_streaming_engine(
     assert "--impute median" in reason
 
 
+def test_spark_writes_the_format_its_output_is_named(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # o.tsv was written comma-separated, o.parquet.gz as gzipped CSV parts, without a word.
+    source = tmp_path / "in.csv"
+    pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(30).to_csv(
+        source, index=False
+    )
+    argv = ["score", str(bundle_dir), str(source), "--engine", "spark", "--quiet", "--output"]
+    assert main([*argv, str(tmp_path / "o.tsv")]) == 0, capsys.readouterr().err
+    parts = sorted((tmp_path / "o.tsv").glob("part-*"))
+    scored = pd.concat([pd.read_csv(p, sep="\t") for p in parts if p.stat().st_size])
+    assert len(scored) == 30 and "anomaly_score" in scored.columns
+    assert main([*argv, str(tmp_path / "o.parquet.gz")]) == 2
+    assert "name it .parquet" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet.gz").exists()
+
+
 def test_a_killed_spark_run_is_cleaned_up_by_the_next(
     spark, bundle_dir: Path, tmp_path: Path
 ) -> None:
