@@ -46,6 +46,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     Inputs are a pandas DataFrame (numeric and categorical columns) or a 2-D numeric array
     ``(n_samples, n_features)``, whose columns are then named ``x0, x1, ...``.
 
+    The default ``score_kind`` (``"knn"``) measures distances among the encoded input rows, not
+    in the network's latent space: the network's own settings (``hidden_units``,
+    ``latent_dim``, ``epochs``, ...) do not change its scores, so a parameter search over them
+    finds ties. Search ``neighbours`` or ``range_floor`` there, or the network's settings
+    with a VAE score (``score_kind="elbo"``, ``"iwae"``, ``"recon_prob"``).
+
     Fitted attributes: ``bundle_`` (the trained ``Bundle``), ``summary_`` (``TrainingSummary``),
     ``offset_`` (minus the anomaly-score threshold, as IsolationForest's ``offset_``),
     ``feature_names_in_`` and ``n_features_in_``.
