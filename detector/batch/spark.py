@@ -11,6 +11,7 @@ this module never imports the command line that imports it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -27,9 +28,9 @@ from detector.batch.spark_scoring import (
     SOURCE_FILE,
     score_dataframe,
 )
-from detector.bundles.bundle import load_bundle
+from detector.bundles.bundle import Bundle, load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
-from detector.features.encode import Imputation
+from detector.features.encode import Imputation, check_columns
 from detector.io.tables import (
     JSON_LINES_SUFFIXES,
     NULL_VALUES,
@@ -158,6 +159,8 @@ def score_files(
     # zone the machine's clock is set to: Spark's session zone is the JVM's by default.
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     fmt = table_format(paths[0].rstrip("/*"))
+    if fmt == "parquet":
+        _check_parquet_columns(bundle, paths, keep_columns)
     frame = spark.read.parquet(*paths) if fmt == "parquet" else _read_csv(spark, paths)
     frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
     absent = [c for c in keep_columns if c not in frame.columns]
@@ -325,6 +328,27 @@ def _spark_paths(inputs: Sequence[str]) -> list[str]:
     if len(formats) > 1:
         raise DataError("--engine spark reads one format per run: give CSV or Parquet files")
     return paths
+
+
+def _check_parquet_columns(bundle: Bundle, paths: Sequence[str], kept: Sequence[str]) -> None:
+    """Each local Parquet file's columns, as the default engine checks them: Spark reads a
+    folder with its first file's columns, so a file lacking a model column had every row
+    rejected (exit 0), and one with another column had it dropped without a word."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        if "://" in path:
+            continue
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, pa.ArrowException):
+            continue  # unreadable: Spark's own message says so (spark_refusal)
+        names = [n for n in names if not re.fullmatch(r"__index_level_\d+__", n)]
+        try:
+            check_columns(bundle.schema, names, passthrough=kept, expected=bundle.input_columns)
+        except SchemaError as exc:
+            raise SchemaError(f"{path}: {exc}") from None
 
 
 def _is_json_lines(path: str) -> bool:

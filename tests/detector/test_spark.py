@@ -143,6 +143,31 @@ def test_spark_csv_holds_the_values_and_words_of_the_streaming_engine(
     assert "--impute median" in reason
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"drop": "cpu_pct"}, "b.parquet: missing column(s) ['cpu_pct']"),
+        ({"add": "rid"}, "b.parquet: unknown column(s) ['rid']"),
+    ],
+)
+def test_each_parquet_file_of_a_folder_is_checked_as_the_default_engine_checks_it(
+    spark, capsys, bundle_dir: Path, tmp_path: Path, change: dict[str, str], message: str
+) -> None:
+    # Spark reads a folder with its first file's columns: a file without a model column had
+    # every row rejected (exit 0), one with another column had it dropped without a word.
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(40)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame.head(20).to_parquet(folder / "a.parquet", index=False)
+    other = frame.tail(20)
+    other = other.drop(columns=change["drop"]) if "drop" in change else other.assign(rid=1)
+    other.to_parquet(folder / "b.parquet", index=False)
+    for engine in ("stream", "spark"):
+        argv = ["score", str(bundle_dir), str(folder), "--engine", engine, "--quiet"]
+        assert main([*argv, "--output", str(tmp_path / f"{engine}.parquet")]) == 2
+        assert message in capsys.readouterr().err, engine
+
+
 def test_spark_writes_the_format_its_output_is_named(
     spark, capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
