@@ -263,6 +263,12 @@ def _as_frame(
                 "one name each; flatten them first, e.g. frame.columns = "
                 "['_'.join(map(str, c)) for c in frame.columns]"
             )
+        fitted = [] if names is None else list(names)
+        positional = fitted == [f"x{i}" for i in range(len(fitted))]
+        if fitted and positional and list(X.columns) == list(range(len(fitted))):
+            # A model fitted on an array, given pd.DataFrame(array): columns by position, as
+            # scikit-learn takes a frame without names (it was refused: "missing x0, ...").
+            X = X.set_axis(fitted, axis=1)
         if not all(isinstance(c, str) for c in X.columns):  # pd.DataFrame(array): 0, 1, 2...
             X = X.rename(columns=str)
         levels = [c for c in wanted if c not in X.columns and c in X.index.names]

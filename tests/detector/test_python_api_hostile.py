@@ -163,3 +163,13 @@ def test_a_table_given_by_columns_is_scored_as_its_rows() -> None:
     for columns in (batch.to_dict("list"), {k: np.asarray(v) for k, v in batch.items()}):
         np.testing.assert_allclose(detector.score_records(columns).anomaly_score, expected)
         np.testing.assert_allclose(detector.anomaly_score(columns), expected)
+
+
+def test_a_model_fitted_on_an_array_takes_the_frame_of_that_array() -> None:
+    # Refused: "missing column(s) ['x0', ...]; unknown column(s) ['0', ...] (... keep them
+    # with passthrough=['0', ...])", a fix that did not fit.
+    array = TRAIN.drop(columns=["host", "region"]).head(300).to_numpy()
+    detector = VAEDetector(**SMALL).fit(array)
+    np.testing.assert_allclose(
+        detector.anomaly_score(pd.DataFrame(array[:5])), detector.anomaly_score(array[:5])
+    )
