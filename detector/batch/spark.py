@@ -11,7 +11,6 @@ this module never imports the command line that imports it.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import time
@@ -31,6 +30,7 @@ from detector.batch.spark_scoring import (
 from detector.bundles.bundle import Bundle, load_bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features.encode import Imputation, check_columns
+from detector.io.frames import PANDAS_INDEX
 from detector.io.tables import (
     JSON_LINES_SUFFIXES,
     NULL_VALUES,
@@ -344,7 +344,7 @@ def _check_parquet_columns(bundle: Bundle, paths: Sequence[str], kept: Sequence[
             names = pq.read_schema(path).names
         except (OSError, pa.ArrowException):
             continue  # unreadable: Spark's own message says so (spark_refusal)
-        names = [n for n in names if not re.fullmatch(r"__index_level_\d+__", n)]
+        names = [n for n in names if not PANDAS_INDEX.fullmatch(n)]
         try:
             check_columns(bundle.schema, names, passthrough=kept, expected=bundle.input_columns)
         except SchemaError as exc:

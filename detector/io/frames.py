@@ -69,7 +69,7 @@ def iter_table(
 
 
 #: The name pandas gives an index without a name when it saves it as a Parquet column.
-_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 
 
 def _iter_parquet(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
@@ -78,7 +78,7 @@ def _iter_parquet(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
 
     try:
         handle = pq.ParquetFile(path)
-        index = [n for n in handle.schema_arrow.names if _PANDAS_INDEX.fullmatch(n)]
+        index = [n for n in handle.schema_arrow.names if PANDAS_INDEX.fullmatch(n)]
         if index:
             raise DataError(
                 f"{path} holds {index}, pandas' index saved beside the data, not a column of "
