@@ -90,6 +90,7 @@ bench-models: setup
 
 bench: setup bench-quality bench-models
 	$(BIN)/python tests/benchmarks/bench_series.py --data-dir $(BENCH_DATA)
+	$(BIN)/python tests/benchmarks/bench_calendar.py --data-dir $(BENCH_DATA)
 	$(BIN)/python tests/benchmarks/bench_scoring.py
 	$(BIN)/python tests/benchmarks/bench_http.py
 	$(BIN)/python tests/benchmarks/bench_streams.py

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from bench_quality import mean_ranks  # type: ignore[import-not-found]
 from bench_series import metrics  # type: ignore[import-not-found]
-from common import command_line, progress, resolve_data_dir  # type: ignore[import-not-found]
+from common import command_line, count, missing_data, progress, resolve_data_dir  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parents[2]
 WINDOW = 5
@@ -123,13 +123,16 @@ def report(payload: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=count, default=20)
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/calendar")
     args = parser.parse_args(argv)
     data = resolve_data_dir(args.data_dir) / "donut_kpi"
+    paths = sorted(data.glob("*.csv"))
+    if not paths:
+        missing_data([data / "<kpi>.csv"], "donut_kpi/*.csv")
     started = time.perf_counter()
     runs = []
-    for path in sorted(data.glob("*.csv")):
+    for path in paths:
         progress(f"donut {path.stem}")
         runs.append({"set": path.stem, "scores": run_kpi(pd.read_csv(path), args.epochs)})
     payload = {

@@ -51,6 +51,7 @@ def main() -> int:
     from detector.scoring.scores import ScoreGraph
 
     data = resolve_data_dir(args.data_dir)
+    bench_advae.check_data(data, args.sets.split(","))
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     started = time.perf_counter()
     for name in args.sets.split(","):

@@ -93,7 +93,7 @@ from bench_servers import (  # type: ignore[import-not-found]
     load_machine,
     segments,
 )
-from common import command_line, progress, resolve_data_dir  # type: ignore[import-not-found]
+from common import command_line, count, progress, resolve_data_dir  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parents[2]
 #: (candidate prefix, window, representation) of the product's detector.
@@ -1397,7 +1397,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir")
     parser.add_argument("--families", default="smd,asd,donut")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=count, default=20)
     parser.add_argument("--quick", action="store_true", help="3,000 rows per half, 5 epochs")
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/series")
     parser.add_argument("--merge", nargs="+", type=Path, help="join these runs' .json")

@@ -36,6 +36,18 @@ def resolve_data_dir(option: str | None) -> Path:
     return REPO.parent / "shared" / "data"
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (epochs, rows), refused as a usage
+    error rather than a traceback after the data has loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def missing_data(paths: list[Path], layout: str) -> None:
     """Exit with one readable message naming every missing file (no traceback); ``layout``
     says what the data root must hold."""
@@ -146,7 +158,7 @@ def add_param_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a VAEDetector keyword argument for every model (repeatable)",
     )
-    parser.add_argument("--max-epochs", type=int, help="shorthand for --param epochs=N")
+    parser.add_argument("--max-epochs", type=count, help="shorthand for --param epochs=N")
 
 
 def finish_run_arguments(
