@@ -220,9 +220,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if repeated:
         raise ConfigError(f"--context gives {repeated} more than once; give each column once")
     from detector.bundles.bundle import load_bundle
+    from detector.io.temporaries import check_outside_bundle
     from detector.io.writers import TableWriter
     from detector.nn.sampling import sample_batches
 
+    check_outside_bundle(args.output, args.model, "--output")
     # '-' is standard output, as with no --output; a bad name fails before the model loads.
     writer = TableWriter(args.output) if args.output not in (None, "-") else None
     bundle = load_bundle(args.model)

@@ -30,9 +30,10 @@ def _check_labelled_input(
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.errors import DataError
-    from detector.io.temporaries import check_not_an_input, check_writable
+    from detector.io.temporaries import check_not_an_input, check_outside_bundle, check_writable
     from detector.scoring.evaluation import evaluate_scores, left_out_note
 
+    check_outside_bundle(args.report, args.model, "--report")
     bundle = load_bundle(args.model)
     if args.report:
         check_writable(args.report)  # before scoring, which the report would wait for

@@ -52,6 +52,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             "--engine spark writes folders of part files, which cannot go to standard output "
             "('-'): give --output (and --rejects) a path"
         )
+    from detector.io.temporaries import check_outside_bundle
+
+    check_outside_bundle(args.output, args.model, "--output")
+    check_outside_bundle(args.rejects, args.model, "--rejects")
     say = _summary_stream(args)
     try:
         from detector.bundles.bundle import load_bundle

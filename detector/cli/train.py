@@ -38,10 +38,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import save_bundle
     from detector.errors import ConfigError, DataError, SchemaError
     from detector.io.frames import read_table
-    from detector.io.temporaries import check_not_an_input, check_writable
+    from detector.io.temporaries import check_not_an_input, check_outside_bundle, check_writable
     from detector.nn.training import TrainingConfig, train
     from detector.scoring.output_columns import check_names_free
 
+    check_outside_bundle(args.report, args.out, "--report")
     _check_bundle_target(args.out)
     if args.report:
         check_writable(args.report)

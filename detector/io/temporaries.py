@@ -205,6 +205,23 @@ def check_not_an_input(
         )
 
 
+def check_outside_bundle(
+    target: str | os.PathLike[str] | None, bundle: str | os.PathLike[str], flag: str
+) -> None:
+    """Before any work: a file to write (a report, the output, the rejects) must not be in the
+    model bundle's folder, nor be it: loading reads the folder as a whole, so a report named
+    ``manifest.json`` there left the bundle unreadable, and saving a bundle replaces the folder
+    with whatever else is in it."""
+    if target is None or str(target) == "-":
+        return
+    place, folder = Path(target).resolve(), Path(bundle).resolve()
+    if place == folder or folder in place.parents:
+        raise ConfigError(
+            f"{flag} {target} is inside the model bundle {bundle}: writing it would replace or "
+            f"sit among the bundle's files; write it outside {bundle}"
+        )
+
+
 def check_not_read_back(
     targets: Sequence[str | os.PathLike[str]], named: Sequence[str | os.PathLike[str]]
 ) -> None:

@@ -109,6 +109,32 @@ def test_a_report_named_as_the_data_is_refused_before_it_replaces_it(
     assert data.read_bytes() == before and not (tmp_path / "m").exists()
 
 
+def test_a_file_written_into_the_model_bundle_is_refused_before_it_breaks_it(
+    capsys, bundle_dir, tmp_path
+) -> None:
+    """``--report MODEL/manifest.json`` replaced the bundle's manifest (exit 0), and the bundle
+    no longer loaded; the same for score's --output and --rejects, and sample's --output."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(bundle_dir, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    inside = str(model / "manifest.json")
+    data = str(DATA / "eval.csv")
+    for argv in (
+        ["evaluate", str(model), data, "--label-column", "label", "--report", inside],
+        ["score", str(model), data, "--output", inside],
+        ["score", str(model), data, "--output", str(tmp_path / "o.csv"), "--rejects", inside],
+        ["sample", str(model), "-n", "5", "--output", inside],
+        ["train", data, "--out", str(model), "--ignore-column", "anomaly_kind", "--report", inside],
+        ["train", data, "--out", str(tmp_path / "new"), "--report", str(tmp_path / "new")],
+    ):
+        assert main(argv) == 2, argv
+        assert "inside the model bundle" in capsys.readouterr().err, argv
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before
+    assert not (tmp_path / "new").exists() and not (tmp_path / "o.csv").exists()
+
+
 TRAIN_FLAGS = ["--epochs", "4", "--hidden-units", "16,8", "--latent-dim", "2", "--quiet"]
 
 
