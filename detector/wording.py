@@ -163,3 +163,9 @@ def leave_one_out_note(rows: int, fit: int, validation: int, calibration: int) -
     table's, or a bank keeping them beside the fitted rows): each was measured against the
     rest."""
     return ", leave-one-out" if fit + validation + calibration > rows else ""
+
+
+def measured_at_note(trained_at: float, in_force: float) -> str:
+    """What a training's validation FPR needs beside it once ``anomaly threshold`` has moved the
+    target: it was measured at the training's threshold, not the one in force."""
+    return "" if trained_at == in_force else f" at the training's target FPR {trained_at:.3%}"

@@ -248,6 +248,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
+    from detector.wording import measured_at_note
 
     bundle = load_bundle(args.model)
     training = {k: v for k, v in bundle.training.items() if k != "history"}
@@ -289,12 +290,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"
     )
     if training:
-        trained_at = training.get("target_fpr", bundle.calibrator.target_fpr)
-        then = (
-            ""
-            if trained_at == bundle.calibrator.target_fpr
-            else f" at the training's target FPR {trained_at:.3%}"  # `anomaly threshold` since
-        )
+        in_force = bundle.calibrator.target_fpr
+        then = measured_at_note(training.get("target_fpr", in_force), in_force)
         print(
             f"trained on {training.get('rows')} rows in {training.get('epochs_run')} epochs; "
             f"validation ELBO {-training.get('val_neg_elbo', float('nan')):.3f}; "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from detector.cli.report_figures import (
 )
 from detector.io.temporaries import partial_path, remove_stale_temporaries, written_path
 from detector.scoring.evaluation import Evaluation, evaluate_scores, left_out_note
-from detector.wording import leave_one_out_note
+from detector.wording import leave_one_out_note, measured_at_note
 
 if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
@@ -123,6 +124,16 @@ def write_report(path: str | os.PathLike[str], page: str) -> None:
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+# Control characters (a NUL in a column name) and lone surrogates (a file name that is not
+# UTF-8, as Python decodes it) cannot be written as UTF-8 text, or make a page tools take for
+# binary: each shows as U+FFFD.
+_UNWRITABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _escape(text: str) -> str:
+    return html.escape(_UNWRITABLE.sub("\ufffd", text))
 
 
 # ---- figures: each returns PNG bytes ---------------------------------------------------------
@@ -230,6 +241,7 @@ def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
         ),
     ]
     if t:
+        in_force = bundle.calibrator.target_fpr
         counts = (t.get(k, 0) for k in ("rows", "fit_rows", "validation_rows", "calibration_rows"))
         overlap = leave_one_out_note(*(int(c or 0) for c in counts))
         rows += [
@@ -246,7 +258,11 @@ def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
                 + (" (early stop)" if t.get("stopped_early") else " (epoch limit reached)"),
             ),
             ("validation ELBO", _number(-_float(t.get("val_neg_elbo")), "nats/record")),
-            ("held-out validation FPR", f"{_float(t.get('validation_fpr')):.2%}"),
+            (
+                "held-out validation FPR",
+                f"{_float(t.get('validation_fpr')):.2%}"
+                + measured_at_note(t.get("target_fpr", in_force), in_force),
+            ),
             ("training time", _number(_float(t.get("seconds")), "s")),
         ]
     # One row per warning: each is a sentence with its own "; ", so joined they would blur.
@@ -278,37 +294,36 @@ def _page(title: str, sections: list[str]) -> str:
     created = datetime.now(UTC).isoformat(timespec="seconds")
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f'<h1>{html.escape(title)}</h1>\n<p class="note">written {created}; anomaly_score: '
+        f"<title>{_escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f'<h1>{_escape(title)}</h1>\n<p class="note">written {created}; anomaly_score: '
         "higher = more anomalous</p>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
     )
 
 
 def _section(title: str, anchor: str, body: str) -> str:
-    return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n{body}\n</section>'
+    return f'<section id="{anchor}">\n<h2>{_escape(title)}</h2>\n{body}\n</section>'
 
 
 def _paragraph(text: str) -> str:
-    return f'<p class="note">{html.escape(text)}</p>\n'
+    return f'<p class="note">{_escape(text)}</p>\n'
 
 
 def _table(rows: Iterable[tuple[str, str]]) -> str:
     body = "\n".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+        f"<tr><th>{_escape(str(k))}</th><td>{_escape(str(v))}</td></tr>" for k, v in rows
     )
     return f"<table>\n{body}\n</table>"
 
 
 def _grid(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A table with a heading row, every cell text."""
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    head = "".join(f"<th>{_escape(str(h))}</th>" for h in header)
     body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
-        for row in rows
+        "<tr>" + "".join(f"<td>{_escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows
     )
     return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
 
 
 def _image(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+    return f'<img src="data:image/png;base64,{data}" alt="{_escape(alt)}">'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 from pathlib import Path
 
@@ -107,6 +108,35 @@ def test_a_report_named_as_the_data_is_refused_before_it_replaces_it(
     )
     assert "is the input" in capsys.readouterr().err
     assert data.read_bytes() == before and not (tmp_path / "m").exists()
+
+
+def test_the_validation_fpr_says_its_target_after_threshold(capsys, bundle_dir, tmp_path):
+    # The report showed the training's validation FPR beside the moved target with nothing to
+    # say it was measured at the training's threshold (``anomaly info`` says so).
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(bundle_dir, model)
+    trained_at = load_bundle(model).calibrator.target_fpr
+    assert main(["threshold", str(model), "--fpr", str(trained_at / 2)]) == 0
+    report = tmp_path / "r.html"
+    argv = ["evaluate", str(model), str(DATA / "eval.csv"), "--label-column", "label"]
+    assert main([*argv, "--keep-column", "anomaly_kind", "--report", str(report)]) == 0
+    capsys.readouterr()
+    assert f"at the training&#x27;s target FPR {trained_at:.3%}" in report.read_text()
+
+
+def test_a_data_file_name_that_is_not_utf8_is_shown_replaced(capsys, bundle_dir, tmp_path):
+    """The page names the data file; a name of bytes that are not UTF-8 (Python holds them as
+    lone surrogates) failed the page's write after scoring: 'internal error: UnicodeEncodeError'
+    with no metrics printed."""
+    data = tmp_path / os.fsdecode(b"bad\xff.csv")
+    data.write_bytes((DATA / "eval.csv").read_bytes())
+    report = tmp_path / "r.html"
+    argv = ["evaluate", str(bundle_dir), str(data), "--label-column", "label"]
+    assert main([*argv, "--keep-column", "anomaly_kind", "--report", str(report)]) == 0
+    assert "AUROC" in capsys.readouterr().out
+    assert "bad\ufffd.csv" in report.read_bytes().decode("utf-8")
 
 
 def test_a_file_written_into_the_model_bundle_is_refused_before_it_breaks_it(
