@@ -128,7 +128,7 @@ class TableWriter:
     def _write_json_lines(self, table: pa.Table) -> None:
         text = self._text if self._text is not None else self._open_text()
         if table.num_rows:
-            text.write(json_lines_bytes(table))
+            _write_all(text, json_lines_bytes(table))
         if self.stream is not None:
             self.stream.flush()
 
@@ -140,16 +140,17 @@ class TableWriter:
             csv.writer(header, delimiter=self.delimiter, lineterminator="\n").writerow(
                 table.column_names
             )
-            self._open_text().write(header.getvalue().encode())
+            _write_all(self._open_text(), header.getvalue().encode())
         if table.num_rows:
             # An Arrow buffer: written without a copy.
-            self._text.write(
+            _write_all(
+                self._text,
                 csv_buffer(
                     table,
                     self.delimiter,
                     leading_text=leading_text,
                     leading_columns=leading_columns,
-                )
+                ),
             )
         if self.stream is not None:
             self.stream.flush()
@@ -278,3 +279,14 @@ def _holds_any(column: pa.ChunkedArray, needles: Sequence[bytes]) -> bool:
             if any(needle in text for needle in needles):
                 return True
     return False
+
+
+def _write_all(stream: Any, data: Any) -> None:
+    """Write all of ``data``. A buffered writer over a pipe whose reader left mid-write
+    (``anomaly score ... --output - | head``) returns the part written instead of raising:
+    the rest was lost and the run said it wrote everything, exit 0. Writing the rest raises
+    ``BrokenPipeError``, which the command line turns into exit 141."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = stream.write(view)
+        view = view[written if written is not None else len(view) :]

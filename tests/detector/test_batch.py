@@ -499,6 +499,29 @@ def test_scores_on_stdout_stop_quietly_when_the_reader_leaves(
     assert "Traceback" not in err
 
 
+def test_a_write_the_reader_left_halfway_is_not_taken_for_a_whole_one() -> None:
+    """A buffered writer over a pipe whose reader left mid-write returns the part it wrote
+    rather than raising; with one chunk bigger than the pipe (`--output - | head -2`) the rest
+    was lost and the run said it wrote everything, exit 0."""
+    from detector.io.writers import TableWriter
+
+    class LeftPipe(io.RawIOBase):
+        calls = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            self.calls += 1
+            if self.calls > 2:  # the header, then part of the rows
+                raise BrokenPipeError(32, "Broken pipe")
+            return min(len(data), 100)
+
+    writer = TableWriter("-", stream=LeftPipe())  # type: ignore[arg-type]
+    with pytest.raises(BrokenPipeError):
+        writer.write(pd.concat([EVAL] * 2))
+
+
 def streaming(bundle_dir: Path, **options: Any) -> subprocess.Popen[bytes]:
     """``anomaly score MODEL - --output -``, its three streams piped."""
     command = [sys.executable, "-m", "detector.cli.main", "score", str(bundle_dir), "-"]
