@@ -235,15 +235,64 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
         return response
 
 
+#: How slowly a request body may arrive past its first ``request_read_timeout`` seconds: each
+#: this many bytes received buys one more second. A client sending a byte every few seconds kept
+#: each read under a per-read timeout, and held its connection forever; a few thousand such
+#: sockets took every worker's connections.
+MIN_BODY_BYTES_PER_S = 10_000
+
+
 def _limit_body_reads(seconds: float | None) -> None:
-    """Bound each read of the request body under gunicorn: a client that stops sending (or
-    declares more bytes than it sends) gets 408 after ``seconds`` instead of holding the
-    connection until the worker is killed. ``None`` lifts the bound when the request is done:
-    gunicorn then waits for the connection's next request under its own keep-alive timeout,
-    which a shorter socket timeout would turn into a logged socket error."""
+    """Bound the reading of the request body under gunicorn: a client that stops sending (or
+    declares more bytes than it sends, or sends them a few a second) gets 408 after ``seconds``,
+    plus one second per ``MIN_BODY_BYTES_PER_S`` bytes received, instead of holding the
+    connection. ``None`` lifts the bound when the request is done: gunicorn then waits for the
+    connection's next request under its own keep-alive timeout, which a shorter socket timeout
+    would turn into a logged socket error."""
     sock = request.environ.get("gunicorn.socket")
-    if sock is not None:
-        sock.settimeout(seconds)
+    if sock is None:
+        return
+    sock.settimeout(seconds)
+    if seconds is not None:
+        request.environ["wsgi.input"] = _PacedBody(request.environ["wsgi.input"], seconds)
+
+
+class _PacedBody:
+    """gunicorn's request body, each read bounded by what is left of a deadline that grows
+    with the bytes received (a gevent timeout: gunicorn reads a body in loops of socket reads,
+    each of which the socket's own timeout bounds alone). Past it: ``ClientDisconnected``
+    caused by ``TimeoutError``, answered 408."""
+
+    def __init__(self, body: Any, seconds: float) -> None:
+        self._body = body
+        self._deadline = time.monotonic() + seconds
+
+    def _paced(self, read: Any, size: int | None) -> bytes:
+        import gevent
+
+        late = TimeoutError("the request body arrived too slowly")
+        left = self._deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise late
+            with gevent.Timeout(left, late):
+                data: bytes = read(size)
+        except TimeoutError as exc:
+            raise ClientDisconnected() from exc
+        self._deadline += len(data) / MIN_BODY_BYTES_PER_S
+        return data
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._paced(self._body.read, size)
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._paced(self._body.readline, size)
+
+    def readlines(self, size: int | None = None) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
 
 
 #: The longest error detail answered. Details name what the caller sent (columns, paths), a few
@@ -282,8 +331,9 @@ def _install_error_handlers(app: Flask) -> None:
             return error_response(
                 408,
                 "request_timeout",
-                f"the request body stopped arriving for {seconds:g} s; send the whole body "
-                "at once, with a Content-Length that matches it",
+                f"the request body did not arrive within {seconds:g} s (and 1 s more per "
+                f"{MIN_BODY_BYTES_PER_S // 1000} kB received); send the whole body at once, "
+                "with a Content-Length that matches it",
             )
         return error_response(
             400,

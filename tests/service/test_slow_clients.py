@@ -98,6 +98,34 @@ def test_a_body_shorter_than_its_length_gets_408_not_a_killed_worker(
     assert "Content-Length" in error["detail"]
 
 
+def test_a_body_trickled_under_the_read_timeout_still_gets_408(server: Server) -> None:
+    # A byte each second keeps every read under the read timeout (2 s here): the connection was
+    # held as long as the client liked, and a few thousand such sockets stopped the service.
+    sock = _connect(
+        server.port,
+        b"POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{",
+    )
+    answer = b""
+    with sock:
+        sock.settimeout(1.0)  # the pace: one byte a second while no answer has come
+        for _ in range(READ_TIMEOUT + 15):
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b" ")
+                continue
+            break
+        sock.settimeout(10)
+        while answer and not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer or "no answer while the body trickled"
+    assert "did not arrive within" in json.loads(answer.partition(b"\r\n\r\n")[2])["detail"]
+
+
 def _tensorflow_mapped(pid: int) -> bool:
     maps = Path(f"/proc/{pid}/maps").read_text()
     return "/site-packages/tensorflow/" in maps
