@@ -134,6 +134,22 @@ class SyncDir:
             partial.unlink(missing_ok=True)
             raise sync_error(self.root, exc) from None
 
+    def request_reload(self, name: str) -> None:
+        """Ask the next worker to start (after SIGHUP) to reload the model: ``<name>.hup``."""
+        try:
+            (self.root / f"{name}.hup").touch()
+        except OSError as exc:
+            log.error("model %s: cannot ask for a reload: %s", name, sync_error(self.root, exc))
+
+    def claim_reload(self, name: str) -> bool:
+        """Whether this process takes the reload asked for: the one that removes the request
+        does it, so one worker loads and publishes and the others follow it."""
+        try:
+            (self.root / f"{name}.hup").unlink()
+        except OSError:
+            return False
+        return True
+
     def marker_stat(self, name: str) -> object:
         """What changes when the marker is replaced (a new inode each time), or None."""
         try:

@@ -101,9 +101,16 @@ class ModelRegistry:
         self._misses: dict[str, _Miss] = {}  # models not serving what they should
 
     def load_all(self) -> dict[str, str]:
-        """Load every configured model; returns the errors of those that failed (not ready)."""
+        """Load every configured model; returns the errors of those that failed (not ready).
+        A model whose reload was asked for (SIGHUP) is then reloaded by the one worker that
+        claims it: its bundle's directory read again; on failure the last good one serves."""
         for name in self._paths:
             self._start(name)
+            if self._sync is not None and self._sync.claim_reload(name):
+                try:
+                    self.reload(name)
+                except (BundleError, ModelSyncError) as exc:
+                    log.error("model %s: reload on SIGHUP failed; serving on: %s", name, exc)
         return dict(self._errors)
 
     def names(self) -> list[str]:

@@ -27,6 +27,7 @@ from gunicorn.app.base import BaseApplication
 
 from detector.features.encode import shortened
 from service.config import ServiceConfig
+from service.model_sync import SyncDir
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
@@ -41,6 +42,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         for key, value in self.options.items():
             self.cfg.set(key, value)
         self.cfg.set("on_starting", _on_starting)
+        self.cfg.set("on_reload", _on_reload)
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("worker_exit", _worker_exit)
         self.cfg.set("post_worker_init", _answer_errors_in_json)
@@ -71,6 +73,19 @@ def _on_starting(server: Any) -> None:
         forget_published(Path(config.model_sync_dir), list(config.models))
 
 
+def _on_reload(server: Any) -> None:
+    """SIGHUP: gunicorn starts new workers and stops the old ones. Each model is then reloaded
+    by one new worker (its bundle directory read again, as ``POST .../reload`` does; on failure
+    the last good bundle serves on); without this the new workers loaded the copies in force,
+    and a bundle written again was not taken."""
+    config = getattr(getattr(server, "app", None), "service_config", None)
+    if config is not None and config.model_sync_dir:
+        sync = SyncDir(config.model_sync_dir)
+        for name in config.models:
+            sync.request_reload(name)
+        server.log.info("SIGHUP: the new workers reload %s", ", ".join(config.models))
+
+
 def forget_published(sync_dir: Path, names: list[str]) -> None:
     """A new run serves each model from its configured directory, as with the default
     ``model_sync_dir`` (new per run): what an earlier run left in a ``model_sync_dir`` kept
@@ -78,6 +93,7 @@ def forget_published(sync_dir: Path, names: list[str]) -> None:
     run's bundle and ignored the directory, retrained or not."""
     for name in names:
         (sync_dir / f"{name}.json").unlink(missing_ok=True)
+        (sync_dir / f"{name}.hup").unlink(missing_ok=True)
         shutil.rmtree(sync_dir / name, ignore_errors=True)
 
 

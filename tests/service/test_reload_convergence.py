@@ -300,3 +300,37 @@ def test_a_sync_dir_that_cannot_be_written_is_answered_and_nothing_changes(
     assert "model_sync_dir" in response.json["detail"], response.json
     assert client.get("/v1/models/tiny").json["generation"] == before["generation"]
     assert client.post("/v1/models/tiny/score", json={"records": RECORDS}).status_code == 200
+
+
+@pytest.mark.slow
+def test_sighup_reloads_each_bundle_from_its_directory(
+    server: Server, bundles: dict[str, Path], bundle_dir: Path
+) -> None:
+    # The new workers gunicorn starts on SIGHUP loaded the copies in force: a bundle written
+    # again was not taken, and nothing said so.
+    live = bundles["tiny"]
+    write_good(live, bundle_dir)
+    status, body = server.call("/v1/models/tiny/reload", {"path": str(live)}, ADMIN)
+    assert status == 200, body  # the directory in force, whatever the tests before served
+    set_target_fpr(live, 0.03)
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_until(
+        lambda: {(s, fpr) for s, _, fpr in generations(server, "tiny", 10)} == {(200, 0.03)},
+        "every worker on the bundle written again",
+    )
+    # A bundle broken on disk: the reload fails and the last good one serves on.
+    break_in_place(live)
+    try:
+        before = server.workers()
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_until(
+            lambda: not server.workers() & before and len(server.workers()) == 2,
+            "2 new workers",
+        )
+        server.wait_until(
+            lambda: "reload on SIGHUP failed" in server.log_text(), "the failure logged"
+        )
+        answers = generations(server, "tiny", 10)
+        assert {(s, fpr) for s, _, fpr in answers} == {(200, 0.03)}, server.log_text()
+    finally:
+        write_good(live, bundle_dir)
