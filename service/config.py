@@ -15,6 +15,7 @@ defaults; only ``load_config`` reads the file and the environment.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -284,11 +285,26 @@ def _file_source(path: Path) -> PydanticBaseSettingsSource:
     try:
         if path.suffix == ".toml":
             return TomlConfigSettingsSource(ServiceConfig, toml_file=path)
+        _refuse_repeated_keys(path)
         return JsonConfigSettingsSource(ServiceConfig, json_file=path)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()}: {exc}") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{path} must hold a JSON object") from None
+
+
+def _refuse_repeated_keys(path: Path) -> None:
+    """A JSON file that names a key twice (two models under one name) is refused, as TOML
+    refuses it: ``json`` keeps the last value without a word, and the other bundle was served
+    under the name."""
+    from detector.io.json_lines import RepeatedKeys, json_object
+
+    found: list[RepeatedKeys] = []
+    with contextlib.suppress(ValueError, OSError):  # unreadable: the settings source says so
+        json.loads(path.read_bytes(), object_pairs_hook=functools.partial(json_object, found))
+    if found:
+        keys = sorted({key for value in found for key in value.repeated})
+        raise ConfigError(f"{path} names {keys} more than once; give each key once")
 
 
 class Environment(EnvSettingsSource):

@@ -31,6 +31,14 @@ def test_file_then_environment_then_overrides(tmp_path) -> None:
     assert config.passthrough_fields == ("id", "ts")
 
 
+def test_a_json_file_naming_a_key_twice_is_refused_as_toml_is(tmp_path) -> None:
+    # JSON kept the last without a word: model "a" was served from the other bundle.
+    path = tmp_path / "service.json"
+    path.write_text('{"models": {"a": "m/one", "a": "m/two"}, "alerts": {"window": 3}}')
+    with pytest.raises(ConfigError, match=r"names \['a'\] more than once"):
+        load_config(path, env={})
+
+
 def test_json_values_in_environment(tmp_path) -> None:
     config = load_config(
         env={"ANOMALY_MODELS": '{"a": "x", "b-2": "y"}', "ANOMALY_ALERT_LOG": "false"}
