@@ -315,7 +315,9 @@ def _flag_numeric(
         value = raw.iloc[i]
         # As the user wrote it: True, not numpy's np.True_ from a bool column.
         shown = value.item() if isinstance(value, np.generic) else value
-        reasons[int(i)].append(("not_a_number", f"column '{col.name}': {shown!r} is not a number"))
+        # Shortened: each reason went back whole, a 1 MB text ten times a 10 MB answer.
+        text = shortened(repr(shown))
+        reasons[int(i)].append(("not_a_number", f"column '{col.name}': {text} is not a number"))
     for i in np.flatnonzero(infinite):
         reasons[int(i)].append(("infinite", f"column '{col.name}': value is infinite"))
     if impute == "median":

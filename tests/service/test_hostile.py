@@ -383,6 +383,14 @@ def test_a_reload_error_echoing_a_long_path_is_capped(client, tmp_path: Path) ->
     assert len(detail) < MAX_DETAIL_CHARS + 50 and "more characters" in detail
 
 
+def test_a_huge_bad_value_is_not_echoed_whole_in_its_reason(client) -> None:
+    # Each not-a-number reason held the whole value: ten records of 1 MB text, a 10 MB answer.
+    records = [dict(NORMAL[0], cpu_pct="x" * 1_000_000) for _ in range(10)]
+    response = client.post("/v1/models/tiny/score", json={"records": records})
+    assert response.status_code == 200 and len(response.json["rejected"]) == 10
+    assert len(response.data) < 20_000 and "more characters) is not a number" in response.text
+
+
 def test_csv_headers_with_duplicates_or_no_rows_are_explained(client) -> None:
     duplicated = "cpu_pct,cpu_pct\n1,2\n"
     response = client.post("/v1/models/tiny/score", data=duplicated, content_type="text/csv")
