@@ -30,6 +30,7 @@ def _check_labelled_input(
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.errors import DataError
+    from detector.features.encode import listed
     from detector.io.temporaries import check_not_an_input, check_outside_bundle, check_writable
     from detector.scoring.evaluation import evaluate_scores, left_out_note
 
@@ -38,14 +39,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         check_writable(args.report)  # before scoring, which the report would wait for
         check_not_an_input(args.report, [args.input] if args.input != "-" else [], "--report")
+    left_out: list[str] = []
     if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
-        _check_labelled_input(args.input, _header(args.input), args.label_column, args.by_column)
+        header = _header(args.input)
+        _check_labelled_input(args.input, header, args.label_column, args.by_column)
+        # Nothing is written, so a column the model does not score (a note, a second label)
+        # is left out rather than refused as `score` refuses it; a renamed model column is
+        # still refused, as missing.
+        named = {*bundle.input_columns, *bundle.ignored_columns, *args.keep_column}
+        named |= {args.label_column, args.by_column}
+        left_out = [c for c in header if c not in named]
     labels, scores, groups, codes, rejected_anomalies, evicted, rejected_groups = _labelled_scores(
         bundle,
         args.input,
         args.label_column,
         # Training's ignored columns may be in the file or not; either way they are not scored.
-        passthrough=[*args.keep_column, *bundle.ignored_columns],
+        passthrough=[*args.keep_column, *bundle.ignored_columns, *left_out],
         by_column=args.by_column,
         impute=args.impute,
         chunk_rows=args.chunk_rows,
@@ -110,6 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "rejected_anomalies": rejected_anomalies,
                     "rejected_by_group": dict(Counter(rejected_groups).most_common()),
                     "series_evicted": evicted,
+                    "columns_not_scored": left_out,
                     "recall_with_rejected": _recall_with_rejected(result, rejected_anomalies),
                 },
                 indent=2,
@@ -117,6 +127,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         return 0
     r = result
+    if left_out:
+        print(f"not scored (not the model's columns): {listed(left_out)}")
     print(
         f"records {r.n} scored ({r.n_anomalies} labelled anomalous), {r.n_rejected} rejected"
         + (f" ({why})" if why else "")

@@ -130,6 +130,22 @@ def test_evaluate_names_a_missing_label_before_unknown_columns(capsys, bundle_di
     assert "Traceback" not in out + err
 
 
+def test_evaluate_leaves_out_a_column_the_model_does_not_score(capsys, bundle_dir, tmp_path):
+    # The README's `anomaly evaluate MODEL data/eval.csv --label-column label` was refused for
+    # eval.csv's anomaly_kind column, though evaluate writes no rows for it to be lost from.
+    code, out, err = run(
+        capsys, "evaluate", bundle_dir, DATA / "eval.csv", "--label-column", "label"
+    )
+    assert code == 0, err
+    assert "not scored (not the model's columns): ['anomaly_kind']" in out and "AUROC" in out
+    # A model column renamed is still refused: missing, whatever else the file holds.
+    renamed = pd.read_csv(DATA / "eval.csv").head(50).rename(columns={"cpu_pct": "cpu"})
+    path = tmp_path / "renamed.csv"
+    renamed.to_csv(path, index=False)
+    code, _, err = run(capsys, "evaluate", bundle_dir, path, "--label-column", "label")
+    assert code == 2 and "missing" in err and "cpu_pct" in err
+
+
 def test_evaluate_of_rows_that_all_fail_says_so_not_one_class(capsys, bundle_dir, tmp_path):
     """Every row rejected used to read 'the labelled rows hold only one class'."""
     frame = pd.read_csv(DATA / "eval.csv").head(50).drop(columns=["anomaly_kind"])
