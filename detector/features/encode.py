@@ -38,7 +38,7 @@ from detector.features.schema import (
     label_lookup,
 )
 from detector.io.tables import MISSING_TEXT
-from detector.wording import offered, option
+from detector.wording import current_surface, offered, option
 
 Imputation = Literal["median"] | None
 #: Row position -> (code, sentence) for each problem found in that row.
@@ -95,6 +95,8 @@ def check_columns(
         problems.append(f"missing column(s) {listed(missing)}")
     if unknown:
         keep = option("passthrough", *(shortened(c) for c in unknown[:LISTED_NAMES]))
+        if current_surface() == "python":  # predict() and anomaly_score() take no passthrough
+            keep = f"score_records(X, {keep})"
         more = " ..." if len(unknown) > LISTED_NAMES else ""
         problems.append(
             f"unknown column(s) {listed(unknown)} (drop them, or keep them in the output unscored "

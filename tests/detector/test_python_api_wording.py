@@ -54,7 +54,9 @@ def _small(n: int = 60) -> pd.DataFrame:
 def test_scoring_errors_name_parameters(fitted: VAEDetector) -> None:
     with pytest.raises(SchemaError) as err:
         fitted.score_records(_records().assign(extra=1))
-    assert "keep them in the output unscored with passthrough=['extra']" in str(err.value)
+    assert "unscored with score_records(X, passthrough=['extra'])" in str(err.value)
+    with pytest.raises(SchemaError, match=r"score_records\(X, passthrough="):
+        fitted.predict(_records().assign(extra=1))  # predict() itself takes no passthrough
     assert not FLAG.search(str(err.value))
     with pytest.raises(SchemaError, match=r"passthrough=\['extra'\]"):
         score_frame(fitted.bundle_, _records().assign(extra=1))
