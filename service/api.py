@@ -212,6 +212,15 @@ def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
         raise _unparsed(exc) from None
     # Before the columns: a body without a header row would get "missing column(s)", or with
     # one line, "no data rows", neither of which names the mistake.
+    fields = len(loaded.bundle.input_columns) + len(app_state.config.passthrough_fields)
+    if len(header) > fields and not any(end in body.strip() for end in (b"\n", b"\r")):
+        # `curl -d @file.csv` sends the file without its newlines: header and records one line.
+        raise ApiError(
+            422,
+            "invalid_input",
+            "the CSV body is a single line; it needs a header line and a line per record "
+            "(curl -d drops a file's newlines: send it with --data-binary @FILE)",
+        )
     check_header_row(header, "the CSV body")
     check_columns(
         loaded.bundle.schema,

@@ -26,6 +26,15 @@ def test_a_csv_body_without_a_header_row_is_named_as_such(client, rows) -> None:
     assert "no header row? the first line must name the columns" in response.json["detail"]
 
 
+def test_a_csv_file_sent_with_curl_d_names_the_lost_newlines(client) -> None:
+    # `curl -d @file.csv` drops the newlines: header and records arrive as one line, which was
+    # answered "no header row? the first line must name the columns" though it did.
+    body = pd.DataFrame(NORMAL).to_csv(index=False).replace("\n", "")
+    response = client.post("/v1/models/tiny/score", data=body, content_type="text/csv")
+    assert response.status_code == 422
+    assert "--data-binary" in response.json["detail"]
+
+
 def test_a_csv_body_with_its_header_still_scores(client) -> None:
     body = pd.DataFrame(NORMAL).to_csv(index=False)
     response = client.post("/v1/models/tiny/score", data=body, content_type="text/csv")
