@@ -21,6 +21,14 @@ from detector.nn.option_specs import TrainingOption, training_options
 from detector.wording import leave_one_out_note
 
 
+class _SaidInTheSummary(logging.Filter):
+    """Leaves out the training's warnings that the summary prints (or ``--json`` holds):
+    logged too, each was printed twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "in_summary", False)
+
+
 def _show_training_progress(args: argparse.Namespace) -> bool:
     # Also when stderr is not a terminal: training can run for many minutes, and the trainer
     # then writes plain lines instead of a bar.
@@ -101,7 +109,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=_show_training_progress(args),
     )
     report_passthrough = _check_report_data(args, frame.columns)
-    bundle, summary = train(frame, config)
+    training_log = logging.getLogger("detector.nn.training")
+    said_below = _SaidInTheSummary()
+    training_log.addFilter(said_below)
+    try:
+        bundle, summary = train(frame, config)
+    finally:
+        training_log.removeFilter(said_below)
     # Recorded so that scoring a file that still holds them needs no --keep-column.
     bundle = replace(bundle, ignored_columns=tuple(dict.fromkeys(args.ignore_column)))
     save_bundle(bundle, args.out)

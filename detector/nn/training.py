@@ -396,7 +396,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
             "of their own"
         )
     for message in warnings:
-        log.warning(message)
+        # Marked: the command line prints them in its summary, and leaves these records out.
+        log.warning(message, extra={"in_summary": True})
 
     # The epoch whose weights the model keeps: the best one watched, or the last where none
     # was (training ended within the KL warm-up, before early stopping watched an epoch).

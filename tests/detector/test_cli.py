@@ -55,6 +55,15 @@ def cli_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_train_prints_each_warning_once(capsys, caplog, tmp_path) -> None:
+    # Logged as training ran and printed again in the summary: every warning twice.
+    small = tmp_path / "small.csv"
+    pd.read_csv(DATA / "train.csv").head(150).to_csv(small, index=False)
+    code, out, _ = run(capsys, "train", str(small), "--out", str(tmp_path / "m"), *TINY_FLAGS)
+    assert code == 0 and out.count("WARNING: small table:") == 1
+    assert not [r for r in caplog.records if "small table" in r.getMessage()]
+
+
 def test_train_prints_a_summary(capsys, tmp_path) -> None:
     small = tmp_path / "small.csv"
     pd.read_csv(DATA / "train.csv").head(800).assign(label=0).to_csv(small, index=False)
