@@ -47,11 +47,16 @@ class _Firing:
 
 @dataclass
 class _Outbox:
-    """What one sink is still owed: alerts whose delivery failed, the newest per identity,
-    oldest first. They go out again with the sink's next send."""
+    """One sink's side of the dispatcher, with a worker thread of its own: the alerts queued
+    for it (``pending``), and what it is still owed (``undelivered``: alerts whose delivery
+    failed, the newest per identity, oldest first), which go out again with its next send."""
 
     sink: Sink
+    pending: deque[Alert] = field(default_factory=deque)
     undelivered: OrderedDict[_Identity, Alert] = field(default_factory=OrderedDict)
+    in_flight: int = 0  # alerts in the send under way
+    abandoned: bool = False  # stop() gave up on its hanging send, and counted what it held
+    thread: threading.Thread | None = None
 
 
 @dataclass
@@ -59,17 +64,17 @@ class _Queue:
     """The dispatcher's shared state, guarded by ``cond``."""
 
     cond: threading.Condition = field(default_factory=threading.Condition)
-    alerts: deque[Alert] = field(default_factory=deque)
-    in_flight: bool = False
     stopping: bool = False
     give_up_at: float | None = None  # time.monotonic() after which stop() abandons delivery
 
 
 class AlertDispatcher:
-    """Delivery off the request path: a bounded queue, one daemon worker, retries with backoff,
-    and nothing lost while a receiver is down.
+    """Delivery off the request path: a bounded queue and a daemon worker per sink, retries
+    with backoff, and nothing lost while a receiver is down. Each sink is served by its own
+    thread, so a receiver that hangs delays no other: with one worker for all, a webhook that
+    answered in 30 s held Alertmanager's alerts ~20 s, and at shutdown kept them from it.
 
-    The worker takes everything queued as one batch and sends it to each sink in turn, trying
+    A sink's worker takes everything queued for it as one batch and sends it, trying
     ``1 + retries`` times with sleeps of ``backoff_seconds * 2**i`` between tries. Alerts a sink
     did not take stay owed to it (the newest per label set, at most ``undelivered_size``, the
     oldest dropped beyond) and go out again with its next send; a send happens at least every
@@ -116,14 +121,17 @@ class AlertDispatcher:
         self._keeps_firing = any(_resends_firing(sink) for sink in self.sinks)
         self._firing: dict[_Identity, _Firing] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=recent_size)
-        self._thread: threading.Thread | None = None
+        self._started = False
 
     def start(self) -> None:
         with self._q.cond:
-            if self._thread is not None:
+            if self._started:
                 raise RuntimeError("AlertDispatcher already started; create a new one to restart")
-            self._thread = threading.Thread(target=self._run, name="alert-dispatcher", daemon=True)
-            self._thread.start()
+            self._started = True
+            for box in self._outboxes:
+                name = f"alert-dispatcher-{box.sink.name}"
+                box.thread = threading.Thread(target=self._run, args=(box,), name=name, daemon=True)
+                box.thread.start()
 
     def submit(self, alerts: Sequence[Alert]) -> None:
         """Queue alerts for delivery; never blocks. A full queue drops its oldest alert."""
@@ -137,13 +145,16 @@ class AlertDispatcher:
             else:
                 now = time.monotonic()
                 for alert in alerts:
-                    if len(self._q.alerts) >= self.queue_size:
-                        self._q.alerts.popleft()
-                        dropped += 1
-                    self._q.alerts.append(alert)
                     self._recent.append(alert.to_dict())
                     if self._keeps_firing:
                         self._track_firing(alert, now)
+                # Each sink's queue is bounded alone; an alert dropped by any of them counts once.
+                for box in self._outboxes:
+                    box.pending.extend(alerts)
+                    over = len(box.pending) - self.queue_size
+                    for _ in range(max(over, 0)):
+                        box.pending.popleft()
+                    dropped = max(dropped, over)
                 self._q.cond.notify_all()
         if stopped:
             log.warning("alert dispatcher is stopped; dropped %d new alert(s)", dropped)
@@ -169,7 +180,8 @@ class AlertDispatcher:
         did not happen in time."""
         with self._q.cond:
             return self._q.cond.wait_for(
-                lambda: not self._q.alerts and not self._q.in_flight, timeout=timeout
+                lambda: not any(box.pending or box.in_flight for box in self._outboxes),
+                timeout=timeout,
             )
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -177,13 +189,25 @@ class AlertDispatcher:
         the worker; what still fails is dropped, counted and logged."""
         with self._q.cond:
             self._q.stopping = True
-            self._q.give_up_at = time.monotonic() + timeout
+            give_up_at = self._q.give_up_at = time.monotonic() + timeout
             self._q.cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("alert dispatcher did not stop within %.1f s", timeout)
+        for box in self._outboxes:
+            if box.thread is None:
+                continue
+            box.thread.join(max(give_up_at - time.monotonic(), 0.0))
+            if not box.thread.is_alive():
+                continue
+            with self._q.cond:
+                box.abandoned = True
+                held = box.in_flight + len(box.pending) + len(box.undelivered)
+            log.warning(
+                "alert sink %r did not stop within %.1f s (a send still hangs): %d alert(s) "
+                "for it dropped",
+                box.sink.name,
+                timeout,
+                held,
+            )
+            self._report(box.sink.name, "dropped", held)
 
     def _track_firing(self, alert: Alert, now: float) -> None:
         identity = _identity(alert)
@@ -192,31 +216,30 @@ class AlertDispatcher:
         else:
             self._firing.pop(identity, None)
 
-    def _run(self) -> None:
+    def _run(self, box: _Outbox) -> None:
         next_resend = time.monotonic() + self.resend_seconds
         while True:
             with self._q.cond:
-                while not self._q.alerts and not self._q.stopping:
+                while not box.pending and not self._q.stopping:
                     left = next_resend - time.monotonic()
                     if left <= 0:
                         break
                     self._q.cond.wait(left)
-                batch = list(self._q.alerts)
-                self._q.alerts.clear()
+                batch = list(box.pending)
+                box.pending.clear()
                 final = self._q.stopping
                 resend = not final and time.monotonic() >= next_resend
                 if resend:
                     next_resend = time.monotonic() + self.resend_seconds
                     self._forget_stale()
-                plans = [(box, self._plan(box, batch, resend=resend)) for box in self._outboxes]
-                self._q.in_flight = True
+                alerts = self._plan(box, batch, resend=resend)
+                box.in_flight = len(alerts)
             try:
-                for box, alerts in plans:
-                    if alerts:
-                        self._settle(box, alerts, final=final)
+                if alerts:
+                    self._settle(box, alerts, final=final)
             finally:
                 with self._q.cond:
-                    self._q.in_flight = False
+                    box.in_flight = 0
                     self._q.cond.notify_all()
             if final:
                 return
@@ -247,6 +270,8 @@ class AlertDispatcher:
             self._report(name, "dropped", len(alerts))
             return
         outcome = self._deliver(box.sink, alerts)
+        if box.abandoned:
+            return  # stop() counted these when it gave up on the send
         self._report(name, outcome, len(alerts))
         if outcome == "sent":
             return

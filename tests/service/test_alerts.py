@@ -355,10 +355,62 @@ def test_dispatcher_gives_up_after_retries_and_other_sinks_still_get_the_batch()
         assert d.flush(5)
         assert sleeps == pytest.approx([0.2, 0.4, 0.8])
         assert bad.calls == 4
-        assert outcomes.seen == [("bad", "failed")] * 2 + [("rec", "sent")] * 2  # per alert
+        # Per alert; each sink's worker reports as it goes, so in either order.
+        assert sorted(outcomes.seen) == [("bad", "failed")] * 2 + [("rec", "sent")] * 2
         assert d.undelivered() == {"bad": 1, "rec": 0}  # the newest of the label set is owed
     assert [len(b) for b in good.batches] == [2]
     assert outcomes.seen[4:] == [("bad", "failed"), ("bad", "dropped")]  # stop() tried again
+
+
+class HangingSink:
+    """A receiver that takes a connection and does not answer until released."""
+
+    name = "hung"
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def send(self, alerts: Sequence[Alert]) -> None:
+        self.entered.set()
+        self.release.wait(30)
+        raise ConnectionError("hung: timed out")
+
+
+def test_a_hanging_sink_delays_no_other_sink() -> None:
+    # One worker sent to each sink in turn: a webhook answering in 30 s held Alertmanager's
+    # alerts for ~20 s (its timeout times its tries).
+    hung, good = HangingSink(), RecordingSink()
+    dispatcher = AlertDispatcher([hung, good], retries=0)
+    with running(dispatcher) as d:
+        d.submit([make_alert()])
+        try:
+            assert hung.entered.wait(10)
+            assert d.flush(0.01) is False  # the hanging send is still in flight
+            deadline = time.monotonic() + 10
+            while not good.batches and time.monotonic() < deadline:
+                time.sleep(0.01)  # polls for the delivery, which comes at once or never
+            assert [len(b) for b in good.batches] == [1], "the healthy sink waited for the hung one"
+        finally:
+            hung.release.set()
+
+
+def test_stopping_delivers_to_the_healthy_sinks_while_one_hangs() -> None:
+    # With one worker, stop() found it stuck in the hanging send: what was queued never
+    # reached the healthy sink, and nothing was counted.
+    hung, good, outcomes = HangingSink(), RecordingSink(), Outcomes()
+    dispatcher = AlertDispatcher([hung, good], retries=0, on_outcome=outcomes)
+    dispatcher.start()
+    try:
+        dispatcher.submit([make_alert()])
+        assert hung.entered.wait(10)
+        dispatcher.submit([make_alert("resolved")])
+        dispatcher.stop(timeout=1)
+        assert [a.status for b in good.batches for a in b] == ["firing", "resolved"]
+        assert outcomes.seen.count(("rec", "sent")) == 2
+        # The hanging send's alert, and the one queued behind it, given up and counted.
+        assert outcomes.seen.count(("hung", "dropped")) == 2
+    finally:
+        hung.release.set()
 
 
 def test_full_queue_drops_the_oldest_and_reports_it() -> None:
