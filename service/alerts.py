@@ -234,7 +234,11 @@ class AlertTracker:
         if state.consecutive_normal >= self.policy.resolve_after:
             state.firing = False
             state.resolved_at = now
-            return [self._alert(key, state, "resolved", now)]
+            resolved = self._alert(key, state, "resolved", now)
+            # The episode's anomalies end with it: left in the window (resolve_after below
+            # window), they fired it again after the cooldown on a normal record.
+            state.window.clear()
+            return [resolved]
         current = self._window_severity(state)
         if self.policy.rank(current) < self.policy.rank(state.severity):
             old = self._alert(key, state, "resolved", now)

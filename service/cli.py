@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import shutil
 import socket
@@ -94,9 +95,24 @@ def _models(pairs: Sequence[str]) -> dict[str, str]:
     return models
 
 
+def service_logging() -> None:
+    """The service's own log lines as gunicorn's read: a time and the process on each, and
+    INFO kept (the command line keeps WARNING): the log sink writes a resolved alert at INFO,
+    and a sink's retries and model reloads are INFO too; all were left out."""
+    logging.getLogger("service").setLevel(logging.INFO)
+    formatter = logging.Formatter(
+        "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S %z",
+    )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from detector.errors import ConfigError
     from service.config import check_bundle_alert_keys, check_exposure, load_config
+
+    service_logging()
 
     overrides: dict[str, Any] = {}
     if args.model:

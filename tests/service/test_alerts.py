@@ -214,6 +214,20 @@ def test_cooldown_blocks_refiring_until_it_passes() -> None:
     assert again.starts_at == datetime.fromtimestamp(T0 + 100, UTC)
 
 
+def test_a_normal_record_after_the_cooldown_does_not_fire_a_resolved_episode_again() -> None:
+    # The resolved episode's anomalies stayed in the window: 7 normal records in a row, then
+    # "3 of the last 10 records anomalous" fired again on the first normal one after cooldown.
+    clock = FakeClock()
+    policy = small_policy(fire_after=3, window=10, resolve_after=5, cooldown_seconds=10)
+    tracker = AlertTracker("m", policy, clock=clock)
+    [fired] = feed(tracker, "AAA")
+    [resolved] = feed(tracker, ".....")
+    assert (fired.status, resolved.status) == ("firing", "resolved")
+    clock.now += 11
+    assert feed(tracker, ".") == []
+    assert [a.status for a in feed(tracker, "AAA")] == ["firing"]  # a new episode still fires
+
+
 def test_firing_severity_is_the_most_severe_in_the_window_and_only_rises() -> None:
     clock = FakeClock()
     tracker = AlertTracker("m", small_policy(), clock=clock)

@@ -108,3 +108,25 @@ def test_a_stopped_server_leaves_nothing_in_the_temporary_folder(
         assert [p.name[: len("anomaly-serve-")] for p in temporary.iterdir()] == ["anomaly-serve-"]
         assert any(temporary.glob("anomaly-serve-*/metrics/*.db"))
     assert list(temporary.iterdir()) == []
+
+
+def test_serve_keeps_the_services_info_lines_with_a_time(caplog) -> None:
+    # The command line logs at WARNING: the log sink's resolved alerts (INFO) never showed, and
+    # the service's lines had no time beside gunicorn's.
+    import logging
+
+    from service.cli import service_logging
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    root.addHandler(handler)
+    service = logging.getLogger("service")
+    try:
+        service_logging()
+        assert logging.getLogger("service.alerts").isEnabledFor(logging.INFO)
+        record = logging.LogRecord("service.alerts", logging.INFO, "", 0, "resolved", (), None)
+        line = handler.format(record)
+        assert line.startswith("[") and f"[{record.process}] [INFO] service.alerts" in line
+    finally:
+        root.removeHandler(handler)
+        service.setLevel(logging.NOTSET)
