@@ -246,6 +246,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def printable(text: object) -> str:
+    """``text`` for a terminal: control characters (an escape sequence in a column name, a
+    NUL, a newline) shown escaped, as ``repr`` shows them, rather than acted on."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+#: Training settings ``info`` shows for every model, then those of its model and of a series.
+_SHOWN_SETTINGS = (
+    "epochs", "batch_size", "learning_rate", "patience", "kl_warmup_epochs", "random_state",
+    "range_floor", "min_scale", "max_scale", "clip", "n_samples", "neighbours",
+)  # fmt: skip
+_MODEL_SETTINGS = {
+    "vae-svdd": "svdd_", "advae": "advae_", "iwae": "iwae_", "lsvae": "lsvae_", "fae": "fae_",
+    "cvae": "context",
+}  # fmt: skip
+_SERIES_SETTINGS = (
+    "window", "short_window", "deviation_window", "column_window", "level_hours",
+    "max_gap_seconds", "calendar", "metric_parts",
+)  # fmt: skip
+
+
+def _settings(bundle: Any) -> str:
+    params = bundle.params
+    shown = {k: params[k] for k in _SHOWN_SETTINGS if k in params}
+    prefix = _MODEL_SETTINGS.get(bundle.model_type)
+    if prefix:
+        shown |= {k: v for k, v in params.items() if k.startswith(prefix)}
+    if bundle.series is not None:
+        shown |= {k: params[k] for k in _SERIES_SETTINGS if k in params}
+    return " ".join(f"{k}={v}" for k, v in shown.items())
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.wording import measured_at_note
@@ -273,18 +305,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         "data_fingerprint": bundle.data_fingerprint,
         "ignored_columns": list(bundle.ignored_columns),
         "series": None if bundle.series is None else asdict(bundle.series),
+        "params": bundle.params,
     }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(
-        f"{bundle.model_type} bundle {bundle.version} at {args.model} (created {bundle.created_at})"
+        f"{bundle.model_type} bundle {bundle.version} at {printable(args.model)} "
+        f"(created {bundle.created_at})"
     )
-    print(f"columns: {info['columns_described']}")
+    print(f"columns: {printable(info['columns_described'])}")
     if bundle.series is not None:
         print(bundle.series.describe())
     if bundle.ignored_columns:
-        print(f"ignored (carried through unscored): {list(bundle.ignored_columns)}")
+        print(f"ignored (carried through unscored): {printable(list(bundle.ignored_columns))}")
     print(
         f"score: {bundle.describe_score()}; threshold "
         f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"
@@ -293,12 +327,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         in_force = bundle.calibrator.target_fpr
         then = measured_at_note(training.get("target_fpr", in_force), in_force)
         print(
-            f"trained on {training.get('rows')} rows in {training.get('epochs_run')} epochs; "
+            f"trained on {training.get('rows')} rows in {training.get('epochs_run')} epochs "
+            f"({'early stop' if training.get('stopped_early') else 'epoch limit reached'}); "
             f"validation ELBO {-training.get('val_neg_elbo', float('nan')):.3f}; "
             f"validation FPR {training.get('validation_fpr', float('nan')):.2%}{then}"
         )
+        print(f"settings: {_settings(bundle)}")
         for warning in training.get("warnings", []):
-            print(f"WARNING: {warning}")
+            print(f"WARNING: {printable(warning)}")
     return 0
 
 

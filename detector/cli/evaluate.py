@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from detector.cli.commands import _header, _labelled_scores, _require_column
+from detector.cli.commands import _header, _labelled_scores, _require_column, printable
 
 
 def _check_labelled_input(
@@ -167,10 +167,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if stats.get("against") == "every normal record" and stats["auroc"] is not None:
                 measured += " *"
                 against_all = True
-            print(f"  {value:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}{also}")
+            shown = printable(value)
+            print(f"  {shown:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}{also}")
         for value, n in sorted(rejected_groups.items(), key=_group_order):
             if value not in r.by_group:  # every row of it rejected: the line says so
-                print(f"  {value:<24} none scored ({n:,} rejected)")
+                print(f"  {printable(value):<24} none scored ({n:,} rejected)")
         if against_all:
             # Otherwise within the group: two meanings side by side, which the table named not.
             print(

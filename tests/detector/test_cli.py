@@ -419,3 +419,22 @@ def test_a_bad_label_is_placed_by_its_row_in_the_file_not_in_its_chunk(
     )
     assert code == 2
     assert "label column 'label' holds 'maybe' (data row 2501)" in err
+
+
+def test_info_shows_the_settings_and_escapes_control_characters(capsys, tmp_path) -> None:
+    # A column named with an escape sequence reached the terminal raw (it coloured the rest of
+    # the output); the training settings (epochs, seed, the model's own) were in no output.
+    frame = pd.read_csv(DATA / "train.csv").head(300)
+    frame = frame.rename(columns={"cpu_pct": "cpu\x1b[31mRED"})
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    model = tmp_path / "m"
+    code, _, _ = run(capsys, "train", str(path), "--out", str(model), *TINY_FLAGS)
+    assert code == 0
+    code, out, _ = run(capsys, "info", str(model))
+    assert code == 0 and "\x1b" not in out and "cpu\\x1b[31mRED" in out
+    assert "epoch limit reached" in out or "early stop" in out
+    settings = next(line for line in out.splitlines() if line.startswith("settings: "))
+    assert "epochs=" in settings and "random_state=" in settings
+    code, out, _ = run(capsys, "info", str(model), "--json")
+    assert json.loads(out)["params"]["epochs"] == int(settings.split("epochs=")[1].split()[0])
