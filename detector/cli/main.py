@@ -208,7 +208,8 @@ def build_parser(
         description="Draw records from the model's generative distribution: a latent code from "
         "the N(0, I) prior, then every column from the decoder's distribution (a Gaussian per "
         "numeric column, the softmax over the known categories per categorical one), in the "
-        "training columns' order and units. Shows what the network learned; the default "
+        "training columns' order and units, each number clipped to the range its column "
+        "spanned in training (a count never below 0). Shows what the network learned; the default "
         "score (knn) judges records against training rows, and flags most of these draws.",
     )
     sample.add_argument("model", help="model bundle directory")
@@ -217,7 +218,9 @@ def build_parser(
     )
     sample.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     sample.add_argument(
-        "--output", help=".csv, .csv.gz or .parquet, written atomically (default: CSV on stdout)"
+        "--output",
+        help=".csv, .tsv, .jsonl (any .gz) or .parquet, written atomically (default: CSV on "
+        "stdout)",
     )
     sample.add_argument(
         "--context",

@@ -35,6 +35,7 @@ from detector.series.windows import SeriesSpec, is_window_column, lag_name, lag_
 
 if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
+    from detector.features.schema import Schema
 
 #: Records per decoder call: bounds memory (65k x 64 features x 4 bytes = 16 MB per tensor).
 SAMPLE_BATCH = 65_536
@@ -85,11 +86,21 @@ def sample_batches(
         if schema.context:
             # The context comes back as given; a column not given decodes as empty.
             blocks.append(np.zeros((rows, sum(schema.context_sizes))) if given is None else given)
-        drawn = decode(schema, np.concatenate(blocks, axis=1))
+        drawn = _within_training_range(schema, decode(schema, np.concatenate(blocks, axis=1)))
         if bundle.series is not None:
             drawn = _as_series(drawn, bundle.series, start, per)
         first = start * per
         yield drawn.iloc[: n - first].set_axis(pd.RangeIndex(first, min(n, first + len(drawn))))
+
+
+def _within_training_range(schema: Schema, drawn: pd.DataFrame) -> pd.DataFrame:
+    """Each numeric column clipped to the range its training values spanned: the decoder's
+    Gaussian puts mass beyond it, so a count came out negative, an hour 35, and a column
+    constant in training varied (sd 0.8 about 3.0)."""
+    for column in schema.numeric:
+        if column.name in drawn.columns:
+            drawn[column.name] = drawn[column.name].clip(column.minimum, column.maximum)
+    return drawn
 
 
 def _window_rows(columns: Sequence[str]) -> int:

@@ -62,6 +62,13 @@ def test_samples_come_in_the_training_columns_and_categories(fitted, train_frame
     assert sample[_numeric(train_frame)].notna().all().all()
 
 
+def test_samples_stay_within_the_training_range(fitted, train_frame, sample) -> None:
+    # The decoder's Gaussian reached past it: 28% of disk_iops below 0, hour -12 to 35.
+    for col in fitted.bundle_.schema.numeric:
+        assert sample[col.name].between(col.minimum, col.maximum).all(), col.name
+    assert (sample[_numeric(train_frame)] >= train_frame[_numeric(train_frame)].min()).all().all()
+
+
 def test_samples_match_the_training_distribution(train_frame, sample) -> None:
     assert _mean_difference(train_frame, sample) < MAX_MEAN_DIFFERENCE
     cols = _numeric(train_frame)
@@ -128,7 +135,9 @@ def test_a_conditional_model_samples_the_context_it_is_given(cvae) -> None:
         drawn = sample_records(cvae.bundle_, 1000, seed=0, context={"host": host})
         assert list(drawn.columns) == ["host", "cpu", "mem"]
         assert (drawn["host"] == host).all()
-        assert abs(drawn["cpu"].mean() - level) < 10, (host, drawn["cpu"].mean())
+        # The median: samples are clipped to the training range (10-90 here), which moves the
+        # mean of a tiny model's wide spread toward the middle, not the median.
+        assert abs(drawn["cpu"].median() - level) < 10, (host, drawn["cpu"].median())
     # No context: the fleet, two modes; the context column comes back empty.
     fleet = sample_records(cvae.bundle_, 1000, seed=0)
     assert fleet["host"].isna().all()
