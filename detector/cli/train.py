@@ -195,7 +195,6 @@ def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list
     score (carried through), or ``None`` without a file."""
     from detector.errors import ConfigError, DataError, SchemaError
     from detector.io.frames import read_table
-    from detector.scoring.evaluation import parse_labels
 
     if args.report_data is None:
         if args.report_label_column:
@@ -213,7 +212,7 @@ def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list
         )
     data = read_table(args.report_data)
     _require_column(data.columns, label, args.report_data)
-    labels = parse_labels(data[label], label)
+    labels = _labels(data[label], label, *_label_values(args, label))
     if labels.all() or not labels.any():
         raise DataError(
             f"'{label}' in {args.report_data} holds one class only; ROC and precision-recall "
@@ -226,6 +225,16 @@ def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list
             "records with the training data's columns and a label"
         )
     return [c for c in data.columns if c not in set(columns)]
+
+
+def _label_values(
+    args: argparse.Namespace, label: str
+) -> tuple[Sequence[str] | None, Sequence[str] | None]:
+    """--anomaly-value / --normal-value, for --report-data's labels where they are in the
+    training's label column (its name): text labels trained with were refused there."""
+    if label != args.label_column:
+        return None, None
+    return args.anomaly_value, args.normal_value
 
 
 def _write_training_report(
@@ -241,8 +250,14 @@ def _write_training_report(
         labelled = None
         if passthrough is not None:
             label = args.report_label_column or args.label_column
+            anomaly_values, normal_values = _label_values(args, label)
             labels, scores, _, rejected, *_ = _labelled_scores(
-                bundle, args.report_data, label, passthrough=passthrough
+                bundle,
+                args.report_data,
+                label,
+                passthrough=passthrough,
+                anomaly_values=anomaly_values,
+                normal_values=normal_values,
             )
             n_rejected = sum(rejected.values())
             labelled = LabelledScores(labels, scores, args.report_data, n_rejected=n_rejected)

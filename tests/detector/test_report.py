@@ -204,6 +204,19 @@ def test_train_cli_writes_a_report_with_heldout_labelled_data(capsys, small_trai
     assert f"<td>{auroc:.4f}</td>" in page
 
 
+def test_report_data_labels_are_read_with_the_trainings_label_values(capsys, tmp_path):
+    # Trained with --normal-value none, the same labels in --report-data were refused: "labels
+    # must be 1/0 or true/false".
+    data = tmp_path / "eval.csv"
+    pd.read_csv(DATA / "eval.csv").head(1500).to_csv(data, index=False)
+    report = tmp_path / "r.html"
+    argv = ["train", str(data), "--out", str(tmp_path / "m"), *TRAIN_FLAGS]
+    argv += ["--label-column", "anomaly_kind", "--normal-value", "none", "--ignore-column"]
+    argv += ["label", "--report", str(report), "--report-data", str(data)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "wrote report" in capsys.readouterr().out and "AUROC" in report.read_text()
+
+
 def test_a_failing_report_never_fails_training(capsys, monkeypatch, small_train, tmp_path):
     import detector.cli.report
 
