@@ -103,12 +103,13 @@ class ModelRegistry:
     def load_all(self) -> dict[str, str]:
         """Load every configured model; returns the errors of those that failed (not ready).
         A model whose reload was asked for (SIGHUP) is then reloaded by the one worker that
-        claims it: its bundle's directory read again; on failure the last good one serves."""
+        claims it: its configured directory read again, as a restart reads it (a directory a
+        reload request named since is left); on failure the last good one serves."""
         for name in self._paths:
             self._start(name)
             if self._sync is not None and self._sync.claim_reload(name):
                 try:
-                    self.reload(name)
+                    self.reload(name, self._paths[name])
                 except (BundleError, ModelSyncError) as exc:
                     log.error("model %s: reload on SIGHUP failed; serving on: %s", name, exc)
         return dict(self._errors)
@@ -144,6 +145,13 @@ class ModelRegistry:
             self._on_reload(name, "failure")
             raise
         self._on_reload(name, "success")
+        log.info(
+            "model %s: reloaded %s (version %s, generation %d)",
+            name,
+            loaded.path,
+            loaded.bundle.version,
+            loaded.generation,
+        )
         return loaded
 
     def refresh(self) -> None:

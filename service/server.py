@@ -75,15 +75,18 @@ def _on_starting(server: Any) -> None:
 
 def _on_reload(server: Any) -> None:
     """SIGHUP: gunicorn starts new workers and stops the old ones. Each model is then reloaded
-    by one new worker (its bundle directory read again, as ``POST .../reload`` does; on failure
-    the last good bundle serves on); without this the new workers loaded the copies in force,
-    and a bundle written again was not taken."""
+    by one new worker from its configured directory, as a restart loads it (on failure the last
+    good bundle serves on); without this the new workers loaded the copies in force, and a
+    bundle written again was not taken. The settings are those the server started with."""
     config = getattr(getattr(server, "app", None), "service_config", None)
     if config is not None and config.model_sync_dir:
         sync = SyncDir(config.model_sync_dir)
         for name in config.models:
             sync.request_reload(name)
-        server.log.info("SIGHUP: the new workers reload %s", ", ".join(config.models))
+        server.log.info(
+            "SIGHUP: the new workers reload %s (the configuration file is not read again)",
+            ", ".join(f"{name} from {path}" for name, path in config.models.items()),
+        )
 
 
 def forget_published(sync_dir: Path, names: list[str]) -> None:
