@@ -102,8 +102,27 @@ def check_columns(
             f"unknown column(s) {listed(unknown)} (drop them, or keep them in the output unscored "
             f"with {keep}{more})"
         )
+    renamed = _misspelled(missing, unknown)
+    if renamed:
+        problems.insert(1, f"rename {renamed} (each looks like the model's column, misspelled)")
     if problems:
         raise SchemaError("; ".join(problems) + f". The model expects: {schema.describe(expected)}")
+
+
+def _misspelled(missing: Sequence[str], unknown: Sequence[str]) -> str:
+    """``'cpu_pc' to 'cpu_pct'``, ... for each unknown column that is a near spelling of a
+    missing one (a few, as ``listed`` names them): a typo named only as one missing and one
+    unknown column led to the fix of keeping the typo unscored."""
+    import difflib
+
+    if not missing or not unknown or len(missing) * len(unknown) > 10_000:
+        return ""
+    pairs = []
+    for name in unknown[:LISTED_NAMES]:
+        near = difflib.get_close_matches(name, missing, n=1, cutoff=0.8)
+        if near:
+            pairs.append(f"{shortened(name)!r} to {shortened(near[0])!r}")
+    return ", ".join(pairs)
 
 
 #: From this many rows on, numeric columns that are all plain numbers are read at once: one

@@ -301,3 +301,17 @@ def test_a_value_of_the_wrong_type_is_named_as_written() -> None:
     frame = _frame(2).assign(cpu=[True, False])
     reasons = [r.reason for r in encode(schema, frame).rejections]
     assert reasons == ["column 'cpu': True is not a number", "column 'cpu': False is not a number"]
+
+
+def test_a_misspelled_column_is_named_with_its_likely_fix() -> None:
+    # Named only as one missing and one unknown column, the fix offered was to keep the typo.
+    from detector.errors import SchemaError
+    from detector.features.encode import check_columns
+
+    values = np.arange(40.0)
+    schema = fit_schema(pd.DataFrame({"cpu_pct": values, "mem_pct": values % 7}))
+    with pytest.raises(SchemaError, match=r"rename 'cpu_pc' to 'cpu_pct'"):
+        check_columns(schema, ["cpu_pc", "mem_pct"])
+    with pytest.raises(SchemaError) as err:
+        check_columns(schema, ["load", "mem_pct"])  # nothing alike: no rename offered
+    assert "rename" not in str(err.value)
