@@ -224,13 +224,33 @@ class Bundle:
             self.neighbours.prepare()
 
     @cached_property
-    def version(self) -> str:
-        """A content id of the network's weights: the same weights give the same version."""
+    def weights_id(self) -> str:
+        """A content id of the network's weights: the same weights give the same id."""
         if self.weights_version is not None:
             return self.weights_version
         digest = hashlib.sha256()
         for weight in self.model.weights:
             digest.update(np.asarray(weight.numpy()).tobytes())
+        return digest.hexdigest()[:12]
+
+    @cached_property
+    def version(self) -> str:
+        """A content id of what scores and flags a record: the network's weights, the score
+        and its settings, the neighbour bank and the threshold. Of the weights alone, a bundle
+        moved to another threshold (`anomaly threshold`) or scored another way (`--neighbours
+        0`) kept its version, and a dashboard or client could not tell them apart."""
+        digest = hashlib.sha256(self.weights_id.encode())
+        settings = {
+            "score": self.score_kind,
+            "n_samples": self.n_samples,
+            "noise_seed": self.noise_seed,
+            "calibration": self.calibrator.to_dict(),
+            "params": self.params,
+        }
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        if self.neighbours is not None:
+            digest.update(str(self.neighbours.k).encode())
+            digest.update(np.asarray(self.neighbours.bank, dtype=np.float32).tobytes())
         return digest.hexdigest()[:12]
 
     def with_target_fpr(self, target_fpr: float) -> Bundle:
@@ -243,6 +263,7 @@ class Bundle:
             "format_version": FORMAT_VERSION,
             "model_type": self.model_type,
             "version": self.version,
+            "weights_version": self.weights_id,
             "created_at": self.created_at,
             "packages": package_versions(),
             "params": self.params,
@@ -441,7 +462,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             scorer=scorer,
             kinds=tuple(str(kind) for kind in scoring.get("kinds", ())),
             path=root,
-            weights_version=str(manifest["version"]),
+            # Written before the field: "version" was the weights' id.
+            weights_version=str(manifest.get("weights_version", manifest["version"])),
             neighbours=bank,
             # Absent from bundles written before the field existed: nothing was ignored then.
             ignored_columns=column_names(manifest.get("ignored_columns", [])),

@@ -190,4 +190,18 @@ def test_threshold_changes_without_retraining(bundle_dir, tmp_path) -> None:
     assert after.calibrator.threshold > before.calibrator.threshold
     reloaded = load_bundle(copy)
     assert reloaded.calibrator.target_fpr == 0.001
-    assert reloaded.version == before.version
+    # The network is the same; what flags a record is not, and the version says so (it was
+    # the weights' id alone: a reloaded service reported the old version with the new threshold).
+    assert reloaded.weights_id == before.weights_id
+    assert reloaded.version != before.version
+    assert after.version == reloaded.version
+
+
+def test_the_version_tells_apart_bundles_that_score_differently(bundle_dir) -> None:
+    # Of the weights alone, `--neighbours 0` (the model's elbo) and the default knn bundle of
+    # one network had one version.
+    from dataclasses import replace
+
+    bundle = load_bundle(bundle_dir)
+    other = replace(bundle, score_kind="elbo", neighbours=None)
+    assert other.weights_id == bundle.weights_id and other.version != bundle.version
