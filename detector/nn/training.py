@@ -386,14 +386,15 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         warnings.append(_small_table_warning(len(values), score_kind))
     warnings.extend(lookalikes)
     one_value = [c.name for c in schema.numeric if c.minimum == c.maximum]
+    one_value += [c.name for c in schema.categorical if len(c.categories) == 1]
     if one_value:
         # Found by a user: such a column jumped from 5 to 1,000,000 and the record was not
         # flagged. Its change is clipped as any far-off value is, and may not flag alone.
         warnings.append(
             f"column(s) {listed(one_value)} hold one value in every training row: a later "
-            "change in them counts as any far-off value does (clipped at 10 scales) and may "
-            "not flag a record alone; train on rows where they vary, or watch them with a rule "
-            "of their own"
+            "change in them counts as any far-off value (clipped at 10 scales) or unseen "
+            "category does, and may not flag a record alone; train on rows where they vary, or "
+            "watch them with a rule of their own"
         )
     for message in warnings:
         # Marked: the command line prints them in its summary, and leaves these records out.

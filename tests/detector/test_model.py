@@ -218,10 +218,13 @@ def test_fit_row_count_is_the_number_of_rows_training_fits_on(fitted, train_fram
 def test_a_column_of_one_value_in_training_is_warned_of() -> None:
     # It jumped from 5 to 1,000,000 in a scored record, which was not flagged, without a word.
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300), "c": 5.0})
+    # A text column of one category was not warned of either.
+    frame = pd.DataFrame(
+        {"a": rng.normal(size=300), "b": rng.normal(size=300), "c": 5.0, "dc": "eu-1"}
+    )
     det = VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2).fit(frame)
     (warning,) = [w for w in det.summary_.warnings if "one value" in w]
-    assert warning.startswith("column(s) ['c'] hold one value in every training row")
+    assert warning.startswith("column(s) ['c', 'dc'] hold one value in every training row")
 
 
 def test_columns_that_look_like_labels_or_row_numbers_are_warned_of() -> None:
