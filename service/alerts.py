@@ -14,6 +14,7 @@ p-value is stronger evidence of an anomaly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,12 +22,17 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.alert_policy import NO_SEVERITY, AlertPolicy
+from service.alert_state import DEFAULT_MAX_KEYS
+
+if TYPE_CHECKING:
+    from service.alert_state import SharedAlertStates
 
 __all__ = ["Alert", "AlertTracker", "iso_utc"]
 
@@ -161,6 +167,10 @@ class AlertTracker:
 
     At most ``max_keys`` keys are tracked; a new key beyond that evicts the least recently seen
     key that is not firing (a firing one only if every key is firing, with a warning logged).
+
+    With ``shared`` (``service.alert_state``) the keys' states live in a file every worker of
+    the server reads and writes, a request's records in one transaction (``batch``): one
+    worker makes each transition and the others see it. Without, they live in this process.
     """
 
     def __init__(
@@ -169,14 +179,41 @@ class AlertTracker:
         policy: AlertPolicy,
         *,
         clock: Callable[[], float] = time.time,
-        max_keys: int = 10_000,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        shared: SharedAlertStates | None = None,
     ) -> None:
         self.model = model
         self.policy = policy
         self.max_keys = max_keys
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._states: OrderedDict[tuple[tuple[str, str], ...], _KeyState] = OrderedDict()
+        self._shared = shared
+        self._open: Any = None  # the shared keys of the batch under way
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Observe a request's records together: with shared state, in one transaction."""
+        with self._lock:
+            if self._shared is None or self._open is not None:
+                yield
+                return
+            codec = (_state_text, functools.partial(_state_from, window=self.policy.window))
+            with self._shared.transaction(self.model, self._clock(), codec) as keys:
+                self._open = keys
+                try:
+                    yield
+                finally:
+                    self._open = None
+
+    def firing(self, key: tuple[tuple[str, str], ...], severity: str) -> bool:
+        """Whether ``key`` still fires at ``severity`` (Alertmanager's re-sends ask)."""
+        if self._shared is not None:
+            stored = self._shared.firing(self.model, key)
+            return stored is not None and json.loads(stored).get("severity") == severity
+        with self._lock:
+            state = self._states.get(key)
+            return state is not None and state.firing and state.severity == severity
 
     def __len__(self) -> int:
         """The number of keys tracked now."""
@@ -199,7 +236,7 @@ class AlertTracker:
         """Account one scored record; return the alerts to emit now (usually none)."""
         key = self.key_of(record)
         severity = self.policy.severity(p_value, is_anomaly)
-        with self._lock:
+        with self._lock, self.batch():
             now = self._clock()
             state = self._state_for(key)
             state.window.append(severity)
@@ -254,6 +291,12 @@ class AlertTracker:
         return min(state.window, key=self.policy.rank)
 
     def _state_for(self, key: tuple[tuple[str, str], ...]) -> _KeyState:
+        if self._open is not None:
+            state = self._open.get(key)
+            if state is None:
+                state = _KeyState(window=deque(maxlen=self.policy.window))
+            self._open.put(key, state)
+            return state
         state = self._states.get(key)
         if state is not None:
             self._states.move_to_end(key)
@@ -299,3 +342,25 @@ class AlertTracker:
 
 def _count_anomalies(window: deque[str]) -> int:
     return sum(1 for severity in window if severity != NO_SEVERITY)
+
+
+def _state_text(state: _KeyState) -> str:
+    """A key's state as the shared store keeps it (JSON; NaN as null)."""
+    out = asdict(state)
+    out["window"] = list(state.window)
+    for name in ("last_score", "last_p"):
+        if not math.isfinite(out[name]):
+            out[name] = None
+    return json.dumps(out)
+
+
+def _state_from(text: str, *, window: int) -> _KeyState:
+    data = json.loads(text)
+    known = {f.name for f in fields(_KeyState)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["window"] = deque(values.get("window", ()), maxlen=window)
+    values["top_features"] = tuple(values.get("top_features", ()))
+    for name in ("last_score", "last_p"):
+        if values.get(name) is None:
+            values[name] = math.nan
+    return _KeyState(**values)

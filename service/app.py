@@ -21,6 +21,7 @@ from detector.bundles.bundle import Bundle
 from detector.errors import BundleError, ConfigError, DetectorError, InputError
 from detector.features.encode import shortened
 from detector.wording import speaking_to
+from service.alert_state import SharedAlertStates
 from service.alerts import AlertTracker
 from service.config import ServiceConfig, check_bundle_alert_keys, load_config
 from service.delivery import AlertDispatcher
@@ -71,6 +72,12 @@ def create_app(
     models.load_all()
     for name, _error in models.errors().items():
         metrics.model_loaded.labels(name).set(0)
+    # Beside the series' state: one file every worker shares (a server's workers then count a
+    # key's records together); in-process (tests) each app keeps its own.
+    shared = None if config.series_state is None else SharedAlertStates(config.series_state)
+    trackers = {
+        name: AlertTracker(name, config.policy_for(name), shared=shared) for name in config.models
+    }
     resend = _resend_seconds(config)
     dispatcher = AlertDispatcher(
         list(sinks) if sinks is not None else _default_sinks(config, resend),
@@ -80,6 +87,7 @@ def create_app(
         stale_seconds=_stale_seconds(config, resend),
         recent_size=config.recent_alerts,
         on_outcome=lambda sink, outcome: metrics.alerts.labels(sink, outcome).inc(),
+        still_firing=functools.partial(_still_firing, trackers),
     )
     metrics.declare_sinks(sink.name for sink in dispatcher.sinks)
     dispatcher.start()
@@ -87,7 +95,7 @@ def create_app(
         config=config,
         models=models,
         metrics=metrics,
-        trackers={name: AlertTracker(name, config.policy_for(name)) for name in config.models},
+        trackers=trackers,
         dispatcher=dispatcher,
         series=series,
     )
@@ -240,6 +248,13 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
 #: each read under a per-read timeout, and held its connection forever; a few thousand such
 #: sockets took every worker's connections.
 MIN_BODY_BYTES_PER_S = 10_000
+
+
+def _still_firing(trackers: dict[str, AlertTracker], alert: Any) -> bool:
+    """Whether an alert Alertmanager is re-sent still fires (another worker may have resolved
+    it since this one sent it)."""
+    tracker = trackers.get(alert.model)
+    return tracker is None or tracker.firing(alert.key, alert.severity)
 
 
 def _limit_body_reads(seconds: float | None) -> None:

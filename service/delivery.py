@@ -83,6 +83,9 @@ class AlertDispatcher:
     keeps it firing, and gets it back after a restart. A firing alert the tracker has not
     submitted for ``stale_seconds`` (its key stopped sending records) is no longer re-sent.
 
+    ``still_firing(alert)`` is asked before a firing alert is re-sent: one that no longer fires
+    (another worker resolved it) is dropped from the re-sends.
+
     ``on_outcome(sink.name, outcome)`` is called once per alert and send: ``"sent"``,
     ``"failed"`` (the send failed after its retries; the alert is sent again later) or
     ``"dropped"`` (given up: the queue or a sink's undelivered alerts overflowed, which is
@@ -104,6 +107,7 @@ class AlertDispatcher:
         recent_size: int = 200,
         on_outcome: Callable[[str, str], None] = lambda sink, outcome: None,
         sleep: Callable[[float], None] = time.sleep,
+        still_firing: Callable[[Alert], bool] = lambda alert: True,
     ) -> None:
         """``stale_seconds`` defaults to 4 x ``resend_seconds``, ``undelivered_size`` to
         ``queue_size``."""
@@ -116,6 +120,7 @@ class AlertDispatcher:
         self.undelivered_size = queue_size if undelivered_size is None else undelivered_size
         self._on_outcome = on_outcome
         self._sleep = sleep
+        self._still_firing = still_firing
         self._q = _Queue()
         self._outboxes = tuple(_Outbox(sink) for sink in self.sinks)
         self._keeps_firing = any(_resends_firing(sink) for sink in self.sinks)
@@ -260,6 +265,10 @@ class AlertDispatcher:
                 taken.add(identity)
         box.undelivered.clear()
         if resend and _resends_firing(box.sink):
+            # Another worker may have resolved one since (the tracker's state is shared): a
+            # re-send of it then fired it again at Alertmanager.
+            for identity in [i for i, f in self._firing.items() if not self._still_firing(f.alert)]:
+                del self._firing[identity]
             alerts += [f.alert for i, f in self._firing.items() if i not in taken]
         return alerts
 

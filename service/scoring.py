@@ -8,6 +8,8 @@ result for the same records.
 from __future__ import annotations
 
 import hmac
+import logging
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from detector.series.values import ValueCheck
 from service.registry import LoadedModel
 from service.series_store import SeriesStore, StoredLevels
 from service.state import ApiError, ServiceState
+
+log = logging.getLogger(__name__)
 
 TOP_FEATURES = 3
 
@@ -282,18 +286,29 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
     result = scored.result
     keys = records.keyed(fields, result.rows) if fields else None
     top = result.top_features(TOP_FEATURES)
-    alerts = []
-    for i in range(result.n_scored):
-        alerts += tracker.observe(
-            keys[i] if keys is not None else {},
-            is_anomaly=bool(result.is_anomaly[i]),
-            p_value=float(result.p_value[i]),
-            anomaly_score=float(result.anomaly_score[i]),
-            top_features=top[i],
-            model_version=scored.model.bundle.version,
-        )
+    alerts: list = []
+    try:
+        _observe(tracker, alerts, scored, keys, top)
+    except sqlite3.Error as exc:  # the records are scored and answered; their alerts are not
+        log.error("model %s: alert state unusable, %d records not counted: %s", tracker.model,
+                  result.n_scored, exc)  # fmt: skip
+        alerts = []
     if alerts:
         state.dispatcher.submit(alerts)
+
+
+def _observe(tracker: Any, alerts: list, scored: ScoredRequest, keys: Any, top: Any) -> None:
+    result = scored.result
+    with tracker.batch():  # with state the workers share: one transaction for the request
+        for i in range(result.n_scored):
+            alerts += tracker.observe(
+                keys[i] if keys is not None else {},
+                is_anomaly=bool(result.is_anomaly[i]),
+                p_value=float(result.p_value[i]),
+                anomaly_score=float(result.anomaly_score[i]),
+                top_features=top[i],
+                model_version=scored.model.bundle.version,
+            )
 
 
 def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[str]) -> list:

@@ -309,3 +309,39 @@ def test_a_worker_stopped_by_sigterm_delivers_the_alerts_it_still_holds(
         server.process.terminate()  # SIGTERM to gunicorn's master, which stops its workers
         server.process.wait(timeout=60)
     alertmanager.wait_for_alert("web-03", deadline_s=10)
+
+
+def test_two_workers_send_one_alert_for_a_key_whose_records_they_share(
+    bundle_dir: Path, receiver: Receiver, tmp_path: Path
+) -> None:
+    # Each worker kept its own window: both fired the same alert (and a resolve by one was
+    # undone by the other's re-send). The state is now in the file the workers share.
+    from tests.service.test_series_server import scored_by_worker
+
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "ANOMALY_WEBHOOK_URL": receiver.url,
+        "ANOMALY_ALERT_LOG": "false",
+        "ANOMALY_ALERTS__GROUP_BY": '["host"]',
+        "ANOMALY_ALERTS__FIRE_AFTER": "3",
+        "ANOMALY_ALERTS__WINDOW": "10",
+        "ANOMALY_ALERTS__REPEAT_SECONDS": "3600",
+    }
+    record = broken(of_host("web-03")[0])
+    with serving({"tiny": bundle_dir}, tmp_path, env=env, workers=2) as server:
+        for _ in range(200):  # a connection each: both workers get some of them
+            status, _ = server.call("/v1/models/tiny/score", {"records": [record]})
+            assert status == 200
+        scored = scored_by_worker(tmp_path / "metrics", "tiny")
+        assert len([n for n in scored.values() if n >= 3]) == 2, f"one worker took most: {scored}"
+        server.wait_until(
+            lambda: metric(server.call("/metrics")[1], "webhook", "sent") >= 1,
+            "the alert's delivery",
+        )
+        firing = [
+            alert
+            for _, _, body in receiver.requests
+            for alert in body["alerts"]
+            if alert["status"] == "firing"
+        ]
+    assert len(firing) == 1, firing

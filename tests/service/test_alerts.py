@@ -228,6 +228,42 @@ def test_a_normal_record_after_the_cooldown_does_not_fire_a_resolved_episode_aga
     assert [a.status for a in feed(tracker, "AAA")] == ["firing"]  # a new episode still fires
 
 
+def test_workers_sharing_alert_state_count_a_key_together(tmp_path: Path) -> None:
+    # With a tracker per gunicorn worker each counted its share of a key's records, both fired
+    # the same alert, and a resolve by one was undone by the other's re-send.
+    from service.alert_state import SharedAlertStates
+
+    path, clock = str(tmp_path / "state.sqlite"), FakeClock()
+    one, two = (
+        AlertTracker("m", small_policy(), clock=clock, shared=SharedAlertStates(path))
+        for _ in range(2)
+    )
+    assert feed(one, "A") + feed(two, "A") == []
+    [fired] = feed(one, "A")  # the third anomaly of the key, whichever worker saw it
+    assert fired.status == "firing" and fired.anomalies_in_window == 3
+    assert feed(two, "A") == []  # already firing: no second alert from the other worker
+    assert two.firing(fired.key, fired.severity)
+    resolved = feed(one, "..") + feed(two, ".") + feed(one, ".")  # resolve_after 4, across both
+    assert [a.status for a in resolved] == ["resolved"]
+    assert not one.firing(fired.key, fired.severity) and not two.firing(fired.key, "critical")
+
+
+def test_a_re_send_of_an_alert_another_worker_resolved_is_left_out() -> None:
+    # Alertmanager showed firing, resolved, firing again: the worker that fired it re-sent it.
+    sink = RecordingSink()
+    sink.resend_firing = True  # type: ignore[attr-defined]
+    resolved_elsewhere: set[str] = set()
+    dispatcher = AlertDispatcher(
+        [sink], still_firing=lambda alert: alert.model not in resolved_elsewhere
+    )
+    dispatcher.submit([make_alert()])  # not started: the re-send rounds are planned by hand
+    (box,) = dispatcher._outboxes
+    box.pending.clear()
+    assert [a.status for a in dispatcher._plan(box, [], resend=True)] == ["firing"]
+    resolved_elsewhere.add("payments")
+    assert dispatcher._plan(box, [], resend=True) == []
+
+
 def test_firing_severity_is_the_most_severe_in_the_window_and_only_rises() -> None:
     clock = FakeClock()
     tracker = AlertTracker("m", small_policy(), clock=clock)

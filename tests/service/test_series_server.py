@@ -38,7 +38,7 @@ def stream() -> pd.DataFrame:
     return frame[frame["host"].isin(["web-04", "web-05"])].head(200).reset_index(drop=True)
 
 
-def scored_by_worker(metrics_dir: Path) -> Counter[int]:
+def scored_by_worker(metrics_dir: Path, model: str = "fleet") -> Counter[int]:
     """Records each worker process scored, from its own multiprocess metric file."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -50,7 +50,7 @@ def scored_by_worker(metrics_dir: Path) -> Counter[int]:
         shutil.copy(path, alone / path.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))
-        value = registry.get_sample_value("anomaly_records_scored_total", {"model": "fleet"})
+        value = registry.get_sample_value("anomaly_records_scored_total", {"model": model})
         scored[int(path.stem.split("_")[-1])] = int(value or 0)
     return scored
 

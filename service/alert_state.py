@@ -1,0 +1,158 @@
+"""Alert state that every worker of one server shares: ``SharedAlertStates``.
+
+gunicorn hands a key's records to whichever worker is free. With a tracker per worker each one
+counted its share of the records (``fire_after`` 3 of ``window`` 10 became 3 of a worker's 10),
+both workers fired the same alert, and a resolve by one was undone by the other's next re-send:
+Alertmanager showed firing, resolved, firing, resolved. So each key's state (its window of
+severities, whether it fires and since when) lives in a table of the SQLite file the series
+state already uses (``series_state``), read and written in one ``BEGIN IMMEDIATE`` transaction
+per request: one worker makes each transition, and the others see it.
+
+Bounded as the in-process tracker is: at most ``max_keys`` keys per model, the least recently
+seen key that is not firing forgotten first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+#: How long a request waits for another worker's transaction on the file: they take well
+#: under a millisecond, so only a stuck holder gets this far.
+BUSY_TIMEOUT_S = 10.0
+#: Keys kept per model (``AlertTracker``'s bound too).
+DEFAULT_MAX_KEYS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_keys (model TEXT NOT NULL, key TEXT NOT NULL,
+    state TEXT NOT NULL, firing INTEGER NOT NULL, seen REAL NOT NULL, PRIMARY KEY (model, key));
+CREATE INDEX IF NOT EXISTS alert_keys_by_seen ON alert_keys (model, firing, seen)
+"""
+
+Key = tuple[tuple[str, str], ...]
+
+
+class SharedAlertStates:
+    """Each key's alert state, in the table ``alert_keys`` of the SQLite file ``path``."""
+
+    def __init__(self, path: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self.path = path
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
+
+    @contextmanager
+    def transaction(
+        self, model: str, now: float, codec: tuple[Callable[[Any], str], Callable[[str], Any]]
+    ) -> Iterator[_Keys]:
+        """The keys of ``model`` as one request reads and changes them, each state stored as
+        the text ``codec`` (to text, from text) makes of it; written back, and the oldest keys
+        past ``max_keys`` forgotten, when the block ends without an error."""
+        with self._lock:
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                keys = _Keys(db, model, codec)
+                yield keys
+                keys.write(now)
+                self._bound(db, model)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def firing(self, model: str, key: Key) -> str | None:
+        """The stored state of ``key`` of ``model`` if it fires, else None (a re-send checks
+        it: the worker that resolved it may be another)."""
+        with self._lock:
+            row = (
+                self._open()
+                .execute(
+                    "SELECT state FROM alert_keys WHERE model = ? AND key = ? AND firing = 1",
+                    (model, _key_text(key)),
+                )
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None
+
+    def _bound(self, db: sqlite3.Connection, model: str) -> None:
+        query = "SELECT COUNT(*) FROM alert_keys WHERE model = ?"
+        (count,) = db.execute(query, (model,)).fetchone()
+        excess = count - self.max_keys
+        if excess > 0:
+            # Keys not firing first, the least recently seen first among each.
+            db.execute(
+                "DELETE FROM alert_keys WHERE model = ? AND key IN (SELECT key FROM alert_keys "
+                "WHERE model = ? ORDER BY firing, seen LIMIT ?)",
+                (model, model, excess),
+            )
+
+    def _open(self) -> sqlite3.Connection:
+        # A connection must not cross a fork: each worker opens its own.
+        if self._connection is None or self._pid != os.getpid():
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            if self.path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            self._connection, self._pid = db, os.getpid()
+        return self._connection
+
+
+class _Keys:
+    """The states one transaction read, by key, and those it changed."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        model: str,
+        codec: tuple[Callable[[Any], str], Callable[[str], Any]],
+    ) -> None:
+        self._db, self._model = db, model
+        self._encode, self._decode = codec
+        self._read: dict[Key, Any] = {}
+
+    def get(self, key: Key) -> Any:
+        """The key's state (``service.alerts._KeyState``), or None for a key not seen yet."""
+        if key in self._read:
+            return self._read[key]
+        row = self._db.execute(
+            "SELECT state FROM alert_keys WHERE model = ? AND key = ?",
+            (self._model, _key_text(key)),
+        ).fetchone()
+        state = None if row is None else self._decode(row[0])
+        self._read[key] = state
+        return state
+
+    def put(self, key: Key, state: Any) -> None:
+        self._read[key] = state
+
+    def write(self, now: float) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO alert_keys (model, key, state, firing, seen) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (self._model, _key_text(key), self._encode(state), int(state.firing), now)
+                for key, state in self._read.items()
+                if state is not None
+            ],
+        )
+
+
+def _key_text(key: Key) -> str:
+    return json.dumps(key)
