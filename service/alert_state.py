@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,7 +61,8 @@ class SharedAlertStates:
                 keys = _Keys(db, model, codec)
                 yield keys
                 keys.write(now)
-                self._bound(db, model)
+                if keys.added:  # only new keys can take the table past its bound
+                    self._bound(db, model)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -126,6 +127,7 @@ class _Keys:
         self._db, self._model = db, model
         self._encode, self._decode = codec
         self._read: dict[Key, Any] = {}
+        self._new: set[Key] = set()  # keys with no stored state
 
     def get(self, key: Key) -> Any:
         """The key's state (``service.alerts._KeyState``), or None for a key not seen yet."""
@@ -137,10 +139,35 @@ class _Keys:
         ).fetchone()
         state = None if row is None else self._decode(row[0])
         self._read[key] = state
+        if state is None:
+            self._new.add(key)
         return state
+
+    def prefetch(self, keys: Iterable[Key]) -> None:
+        """Read the states of ``keys`` at once (a query per 500): one query a key cost a
+        request of 10,000 hosts 0.7 s."""
+        wanted = {_key_text(key): key for key in keys if key not in self._read}
+        texts = list(wanted)
+        for start in range(0, len(texts), 500):
+            part = texts[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._db.execute(
+                f"SELECT key, state FROM alert_keys WHERE model = ? AND key IN ({marks})",
+                (self._model, *part),
+            )
+            for text, state in rows:
+                self._read[wanted.pop(text)] = self._decode(state)
+        for key in wanted.values():
+            self._read[key] = None
+            self._new.add(key)
 
     def put(self, key: Key, state: Any) -> None:
         self._read[key] = state
+
+    @property
+    def added(self) -> bool:
+        """Whether a key not stored before was written."""
+        return any(key in self._new for key in self._read)
 
     def write(self, now: float) -> None:
         self._db.executemany(

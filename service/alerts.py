@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -192,14 +192,16 @@ class AlertTracker:
         self._open: Any = None  # the shared keys of the batch under way
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Observe a request's records together: with shared state, in one transaction."""
+    def batch(self, records: Sequence[Mapping[str, object]] = ()) -> Iterator[None]:
+        """Observe a request's ``records`` together: with shared state, in one transaction
+        that reads their keys' states at once."""
         with self._lock:
             if self._shared is None or self._open is not None:
                 yield
                 return
             codec = (_state_text, functools.partial(_state_from, window=self.policy.window))
             with self._shared.transaction(self.model, self._clock(), codec) as keys:
+                keys.prefetch(dict.fromkeys(self.key_of(record) for record in records))
                 self._open = keys
                 try:
                     yield
@@ -344,10 +346,15 @@ def _count_anomalies(window: deque[str]) -> int:
     return sum(1 for severity in window if severity != NO_SEVERITY)
 
 
+_STATE_FIELDS = fields(_KeyState)
+
+
 def _state_text(state: _KeyState) -> str:
     """A key's state as the shared store keeps it (JSON; NaN as null)."""
-    out = asdict(state)
+    # Field by field: dataclasses.asdict deep-copies, 1.4 s of a request of 10,000 keys.
+    out = {f.name: getattr(state, f.name) for f in _STATE_FIELDS}
     out["window"] = list(state.window)
+    out["top_features"] = list(state.top_features)
     for name in ("last_score", "last_p"):
         if not math.isfinite(out[name]):
             out[name] = None
@@ -356,8 +363,7 @@ def _state_text(state: _KeyState) -> str:
 
 def _state_from(text: str, *, window: int) -> _KeyState:
     data = json.loads(text)
-    known = {f.name for f in fields(_KeyState)}
-    values = {k: v for k, v in data.items() if k in known}
+    values = {f.name: data[f.name] for f in _STATE_FIELDS if f.name in data}
     values["window"] = deque(values.get("window", ()), maxlen=window)
     values["top_features"] = tuple(values.get("top_features", ()))
     for name in ("last_score", "last_p"):

@@ -299,7 +299,8 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
 
 def _observe(tracker: Any, alerts: list, scored: ScoredRequest, keys: Any, top: Any) -> None:
     result = scored.result
-    with tracker.batch():  # with state the workers share: one transaction for the request
+    # With state the workers share: one transaction for the request.
+    with tracker.batch(list(keys) if keys is not None else [{}]):
         for i in range(result.n_scored):
             alerts += tracker.observe(
                 keys[i] if keys is not None else {},

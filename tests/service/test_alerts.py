@@ -248,6 +248,24 @@ def test_workers_sharing_alert_state_count_a_key_together(tmp_path: Path) -> Non
     assert not one.firing(fired.key, fired.severity) and not two.firing(fired.key, "critical")
 
 
+def test_shared_alert_state_keeps_at_most_max_keys_firing_ones_last(tmp_path: Path) -> None:
+    import sqlite3
+
+    from service.alert_state import SharedAlertStates
+
+    path, clock = str(tmp_path / "state.sqlite"), FakeClock()
+    shared = SharedAlertStates(path, max_keys=3)
+    tracker = AlertTracker("m", small_policy(group_by=("host",)), clock=clock, shared=shared)
+    [fired] = feed(tracker, "AAA", host="web-01")
+    for host in ("web-02", "web-03", "web-04", "web-05"):
+        clock.now += 1
+        feed(tracker, ".", host=host)
+    with sqlite3.connect(path) as db:
+        kept = [json.loads(k) for (k,) in db.execute("SELECT key FROM alert_keys ORDER BY key")]
+    assert kept == [[["host", "web-01"]], [["host", "web-04"]], [["host", "web-05"]]]
+    assert tracker.firing(fired.key, fired.severity)
+
+
 def test_a_re_send_of_an_alert_another_worker_resolved_is_left_out() -> None:
     # Alertmanager showed firing, resolved, firing again: the worker that fired it re-sent it.
     sink = RecordingSink()
