@@ -15,12 +15,15 @@ seen key that is not firing forgotten first.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: How long a request waits for another worker's transaction on the file: they take well
 #: under a millisecond, so only a stuck holder gets this far.
@@ -46,6 +49,7 @@ class SharedAlertStates:
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
+        self._inode: tuple[int, int] | None = None
 
     @contextmanager
     def transaction(
@@ -101,6 +105,17 @@ class SharedAlertStates:
             )
 
     def _open(self) -> sqlite3.Connection:
+        if self._connection is not None and self._replaced():
+            # Removed or replaced under the server (a cleaner, a hand): a worker started since
+            # opens a new file, so one still on the old one would keep state apart from it
+            # (the same alert fired twice). Every worker moves to the file at the path.
+            log.warning(
+                "alert state file %s was removed or replaced; opening it again (the keys' "
+                "windows start afresh)",
+                self.path,
+            )
+            self._connection.close()
+            self._connection = None
         # A connection must not cross a fork: each worker opens its own.
         if self._connection is None or self._pid != os.getpid():
             db = sqlite3.connect(
@@ -112,7 +127,24 @@ class SharedAlertStates:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
             self._connection, self._pid = db, os.getpid()
+            self._inode = self._file_id()
         return self._connection
+
+    def _file_id(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_dev, stat.st_ino)
+
+    def _replaced(self) -> bool:
+        return (
+            self._pid == os.getpid()
+            and self.path != ":memory:"
+            and (self._file_id() != self._inode)
+        )
 
 
 class _Keys:

@@ -267,10 +267,19 @@ class AlertDispatcher:
         if resend and _resends_firing(box.sink):
             # Another worker may have resolved one since (the tracker's state is shared): a
             # re-send of it then fired it again at Alertmanager.
-            for identity in [i for i, f in self._firing.items() if not self._still_firing(f.alert)]:
+            for identity in [i for i, f in self._firing.items() if not self._fires(f.alert)]:
                 del self._firing[identity]
             alerts += [f.alert for i, f in self._firing.items() if i not in taken]
         return alerts
+
+    def _fires(self, alert: Alert) -> bool:
+        """``still_firing``, taken as yes when it fails: an error there (the shared state's
+        file unreadable) ended the sink's thread, and with it every later delivery."""
+        try:
+            return self._still_firing(alert)
+        except Exception as exc:
+            log.warning("could not tell whether %s still fires (%s); re-sent", alert.model, exc)
+            return True
 
     def _settle(self, box: _Outbox, alerts: list[Alert], *, final: bool) -> None:
         name = box.sink.name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -290,11 +291,35 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
     try:
         _observe(tracker, alerts, scored, keys, top)
     except sqlite3.Error as exc:  # the records are scored and answered; their alerts are not
-        log.error("model %s: alert state unusable, %d records not counted: %s", tracker.model,
-                  result.n_scored, exc)  # fmt: skip
+        _unusable.note(tracker.model, result.n_scored, exc)
         alerts = []
     if alerts:
         state.dispatcher.submit(alerts)
+
+
+class _UnusableState:
+    """Logs that the alert state failed, at most once a minute a process: once a request, a
+    read-only file flooded the log under load. Each line counts the records left out since."""
+
+    def __init__(self) -> None:
+        self.logged_at = -math.inf
+        self.records = 0
+
+    def note(self, model: str, records: int, exc: Exception) -> None:
+        self.records += records
+        if time.monotonic() - self.logged_at < 60:
+            return
+        log.error(
+            "model %s: alert state unusable, %d records left out of alerting since the last "
+            "such line: %s",
+            model,
+            self.records,
+            exc,
+        )
+        self.logged_at, self.records = time.monotonic(), 0
+
+
+_unusable = _UnusableState()
 
 
 def _observe(tracker: Any, alerts: list, scored: ScoredRequest, keys: Any, top: Any) -> None:

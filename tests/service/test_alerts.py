@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -264,6 +265,40 @@ def test_shared_alert_state_keeps_at_most_max_keys_firing_ones_last(tmp_path: Pa
         kept = [json.loads(k) for (k,) in db.execute("SELECT key FROM alert_keys ORDER BY key")]
     assert kept == [[["host", "web-01"]], [["host", "web-04"]], [["host", "web-05"]]]
     assert tracker.firing(fired.key, fired.severity)
+
+
+def test_workers_move_to_a_state_file_made_again_under_them(tmp_path: Path) -> None:
+    # Removed while serving: a worker started since made a new file, the others kept the old
+    # one through their open handle, and the same alert fired twice (two episodes at once).
+    import os
+
+    from service.alert_state import SharedAlertStates
+
+    path, clock = tmp_path / "state.sqlite", FakeClock()
+    old = AlertTracker("m", small_policy(), clock=clock, shared=SharedAlertStates(str(path)))
+    assert feed(old, "AA") == []
+    for leftover in tmp_path.glob("state.sqlite*"):
+        os.remove(leftover)
+    new = AlertTracker("m", small_policy(), clock=clock, shared=SharedAlertStates(str(path)))
+    assert feed(new, "A") == []
+    assert feed(old, "A") == []  # the new file's second anomaly, not the old file's third
+    [fired] = feed(new, "A")
+    assert fired.status == "firing" and fired.anomalies_in_window == 3
+
+
+def test_a_failing_still_firing_check_re_sends_rather_than_ending_delivery() -> None:
+    # An unreadable state file raised in the check, on the sink's thread, which ended: that
+    # worker sent nothing to Alertmanager again.
+    def unreadable(alert: Alert) -> bool:
+        raise sqlite3.DatabaseError("file is not a database")
+
+    sink = RecordingSink()
+    sink.resend_firing = True  # type: ignore[attr-defined]
+    dispatcher = AlertDispatcher([sink], still_firing=unreadable)
+    dispatcher.submit([make_alert()])
+    (box,) = dispatcher._outboxes
+    box.pending.clear()
+    assert [a.status for a in dispatcher._plan(box, [], resend=True)] == ["firing"]
 
 
 def test_a_re_send_of_an_alert_another_worker_resolved_is_left_out() -> None:
