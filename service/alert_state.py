@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from service.series_store import connect
+
 log = logging.getLogger(__name__)
 
-#: How long a request waits for another worker's transaction on the file: they take well
-#: under a millisecond, so only a stuck holder gets this far.
-BUSY_TIMEOUT_S = 10.0
 #: Keys kept per model (``AlertTracker``'s bound too).
 DEFAULT_MAX_KEYS = 10_000
 
@@ -118,12 +117,7 @@ class SharedAlertStates:
             self._connection = None
         # A connection must not cross a fork: each worker opens its own.
         if self._connection is None or self._pid != os.getpid():
-            db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            if self.path != ":memory:":
-                db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db = connect(self.path)
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
             self._connection, self._pid = db, os.getpid()

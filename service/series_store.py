@@ -196,14 +196,7 @@ class SeriesStore:
     def _open(self) -> sqlite3.Connection:
         # A connection must not cross a fork: each worker opens its own.
         if self._connection is None or self._pid != os.getpid():
-            db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            if self.path != ":memory:":
-                db.execute("PRAGMA journal_mode=WAL")
-            # Losing the last transactions in a power cut costs a few warm-up rows, not
-            # corruption: WAL with NORMAL sync stays consistent, and is several times faster.
-            db.execute("PRAGMA synchronous=NORMAL")
+            db = connect(self.path)
             db.execute("BEGIN IMMEDIATE")  # two workers may open an old file at once
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version == 2:  # the histories hold; each series' level starts afresh
@@ -283,6 +276,21 @@ class SeriesStore:
             )
             db.execute("UPDATE series_layouts SET n_keys = ? WHERE id = ?", (self.max_keys, state))
         return max(over, 0)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection to the SQLite file the server's workers share (``":memory:"``: one of this
+    process), in autocommit mode for explicit transactions, waiting ``BUSY_TIMEOUT_S`` for
+    another worker's."""
+    db = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    if path != ":memory:":
+        db.execute("PRAGMA journal_mode=WAL")
+    # Losing the last transactions in a power cut costs a few warm-up rows, not corruption:
+    # WAL with NORMAL sync stays consistent, and is several times faster.
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
 
 
 def _select(db: sqlite3.Connection, state: int, keys: list[str], column: str) -> dict[str, str]:
