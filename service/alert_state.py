@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from service.series_store import connect
+from service.series_store import SharedFile
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +45,7 @@ class SharedAlertStates:
         self.path = path
         self.max_keys = max_keys
         self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
-        self._pid = 0
-        self._inode: tuple[int, int] | None = None
+        self._file = SharedFile(path, "alert state", _prepare, "the keys' windows start afresh")
 
     @contextmanager
     def transaction(
@@ -87,9 +84,7 @@ class SharedAlertStates:
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
-                self._connection.close()
-            self._connection = None
+            self._file.close()
 
     def _bound(self, db: sqlite3.Connection, model: str) -> None:
         query = "SELECT COUNT(*) FROM alert_keys WHERE model = ?"
@@ -104,41 +99,12 @@ class SharedAlertStates:
             )
 
     def _open(self) -> sqlite3.Connection:
-        if self._connection is not None and self._replaced():
-            # Removed or replaced under the server (a cleaner, a hand): a worker started since
-            # opens a new file, so one still on the old one would keep state apart from it
-            # (the same alert fired twice). Every worker moves to the file at the path.
-            log.warning(
-                "alert state file %s was removed or replaced; opening it again (the keys' "
-                "windows start afresh)",
-                self.path,
-            )
-            self._connection.close()
-            self._connection = None
-        # A connection must not cross a fork: each worker opens its own.
-        if self._connection is None or self._pid != os.getpid():
-            db = connect(self.path)
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            self._connection, self._pid = db, os.getpid()
-            self._inode = self._file_id()
-        return self._connection
+        return self._file.connection()
 
-    def _file_id(self) -> tuple[int, int] | None:
-        if self.path == ":memory:":
-            return None
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return (stat.st_dev, stat.st_ino)
 
-    def _replaced(self) -> bool:
-        return (
-            self._pid == os.getpid()
-            and self.path != ":memory:"
-            and (self._file_id() != self._inode)
-        )
+def _prepare(db: sqlite3.Connection) -> None:
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        db.execute(statement)
 
 
 class _Keys:

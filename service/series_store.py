@@ -34,6 +34,7 @@ a version's windows lack the rows the other version took); a layout no worker ha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -46,6 +47,8 @@ import numpy as np
 from detector.series.levels import Level, judged
 from detector.series.stream import History, StreamWindows, series_key, window_records
 from detector.series.windows import SeriesSpec
+
+log = logging.getLogger(__name__)
 
 #: Series kept per model and layout before the least recently seen is forgotten.
 DEFAULT_MAX_KEYS = 100_000
@@ -92,8 +95,7 @@ class SeriesStore:
         self._clock = clock
         self._on_evict = on_evict
         self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
-        self._pid = 0
+        self._file = SharedFile(path, "series state", _prepare, "each series warms up again")
 
     def window(
         self,
@@ -189,28 +191,10 @@ class SeriesStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
-                self._connection.close()
-            self._connection = None
+            self._file.close()
 
     def _open(self) -> sqlite3.Connection:
-        # A connection must not cross a fork: each worker opens its own.
-        if self._connection is None or self._pid != os.getpid():
-            db = connect(self.path)
-            db.execute("BEGIN IMMEDIATE")  # two workers may open an old file at once
-            (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version == 2:  # the histories hold; each series' level starts afresh
-                db.execute("ALTER TABLE series_history ADD COLUMN level TEXT")
-                db.execute(f"PRAGMA user_version = {_VERSION}")
-            elif version != _VERSION:
-                for table in _OLD_TABLES:
-                    db.execute(f"DROP TABLE IF EXISTS {table}")
-                db.execute(f"PRAGMA user_version = {_VERSION}")
-            for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript commits
-                db.execute(statement)
-            db.execute("COMMIT")
-            self._connection, self._pid = db, os.getpid()
-        return self._connection
+        return self._file.connection()
 
     def _layout_id(self, db: sqlite3.Connection, model: str, layout: str) -> int:
         """The id ``model``'s histories under ``layout`` are stored by (new: none yet)."""
@@ -278,6 +262,85 @@ class SeriesStore:
         return max(over, 0)
 
 
+def _prepare(db: sqlite3.Connection) -> None:
+    """Create the tables, or bring a file of an earlier layout to this one."""
+    db.execute("BEGIN IMMEDIATE")  # two workers may open an old file at once
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version == 2:  # the histories hold; each series' level starts afresh
+            db.execute("ALTER TABLE series_history ADD COLUMN level TEXT")
+            db.execute(f"PRAGMA user_version = {_VERSION}")
+        elif version != _VERSION:
+            for table in _OLD_TABLES:
+                db.execute(f"DROP TABLE IF EXISTS {table}")
+            db.execute(f"PRAGMA user_version = {_VERSION}")
+        for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript commits
+            db.execute(statement)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+class SharedFile:
+    """This process's connection to the SQLite file at ``path`` that the server's workers
+    share, made ready by ``prepare`` (tables) each time it is opened.
+
+    Opened again in a forked worker (a connection must not cross a fork), and when the file at
+    the path was removed or replaced under the server (a cleaner, a hand): a worker started
+    since opens a new file, so one still on the old one would keep its state apart from the
+    others (a series' rows split, the same alert fired twice). Every worker moves to the file
+    at the path, and logs that ``lost`` (what starting afresh means)."""
+
+    def __init__(
+        self, path: str, what: str, prepare: Callable[[sqlite3.Connection], None], lost: str
+    ) -> None:
+        self.path = path
+        self._what, self._prepare, self._lost = what, prepare, lost
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
+        self._file_id: tuple[int, int] | None = None
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection, opened if need be; the caller holds its owner's lock."""
+        if self._connection is not None and self._replaced():
+            log.warning(
+                "%s file %s was removed or replaced; opening it again (%s)",
+                self._what,
+                self.path,
+                self._lost,
+            )
+            self._connection.close()
+            self._connection = None
+        if self._connection is None or self._pid != os.getpid():
+            db = connect(self.path)
+            self._prepare(db)
+            self._connection, self._pid = db, os.getpid()
+            self._file_id = self._identity()
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None and self._pid == os.getpid():
+            self._connection.close()
+        self._connection = None
+
+    def _identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_dev, stat.st_ino)
+
+    def _replaced(self) -> bool:
+        return (
+            self._pid == os.getpid()
+            and self.path != ":memory:"
+            and self._identity() != self._file_id
+        )
+
+
 def connect(path: str) -> sqlite3.Connection:
     """A connection to the SQLite file the server's workers share (``":memory:"``: one of this
     process), in autocommit mode for explicit transactions, waiting ``BUSY_TIMEOUT_S`` for
@@ -286,11 +349,26 @@ def connect(path: str) -> sqlite3.Connection:
         path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
     )
     if path != ":memory:":
-        db.execute("PRAGMA journal_mode=WAL")
+        _to_wal(db)
     # Losing the last transactions in a power cut costs a few warm-up rows, not corruption:
     # WAL with NORMAL sync stays consistent, and is several times faster.
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def _to_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (kept in the file: once is enough). SQLite answers "database
+    is locked" at once, without waiting its busy timeout, when another process is switching
+    a new file at the same moment (two workers booting), so the switch is tried again."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _select(db: sqlite3.Connection, state: int, keys: list[str], column: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ scoring gives it in the whole file. Late and broken records are rejected with th
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +206,28 @@ def test_a_model_trained_with_another_window_starts_its_series_afresh(tmp_path: 
     assert other.window("m", wider, ["cpu"], [{"ts": 500, "host": "a", "cpu": 1.0}]).rejections
 
 
+def test_workers_move_to_a_state_file_made_again_under_them(tmp_path: Path) -> None:
+    # Removed while serving: a worker started since made a new file, the others kept the old
+    # one through their open handle, and a host's rows were split between the two files.
+    import os
+
+    from detector.series.windows import SeriesSpec
+
+    spec, path = SeriesSpec("ts", ("host",), window=3), str(tmp_path / "s.sqlite")
+    old = SeriesStore(path)
+    rows = [{"ts": 60 * m, "host": "a", "cpu": float(m)} for m in range(3)]
+    assert not old.window("m", spec, ["cpu"], rows).warming_up[-1]
+    for leftover in tmp_path.glob("s.sqlite*"):
+        os.remove(leftover)
+    new = SeriesStore(path)
+    assert new.window("m", spec, ["cpu"], [{"ts": 600, "host": "a", "cpu": 1.0}]).warming_up[0]
+    # The new file's second row of "a" (still warming up), not the old file's fifth.
+    later = old.window("m", spec, ["cpu"], [{"ts": 660, "host": "a", "cpu": 2.0}])
+    assert later.warming_up.tolist() == [True]
+    # Both rows in the new file: its third row of "a" has a full window.
+    assert not new.window("m", spec, ["cpu"], [{"ts": 720, "host": "a", "cpu": 3.0}]).warming_up[0]
+
+
 def test_during_a_reload_old_and_new_workers_each_keep_their_series(tmp_path: Path) -> None:
     from detector.series.windows import SeriesSpec
 
@@ -353,6 +376,35 @@ def test_a_state_file_the_server_cannot_open_is_refused_at_start(
     monkeypatch.setattr(GunicornServer, "run", lambda self: pytest.fail("a server started"))
     assert serve_main(["serve", "--model", f"fleet={series_dir}", "--port", "0"]) == 2
     assert "error: series_state " in capsys.readouterr().err
+
+
+def _open_at_once(path: str, start: Any, said: Any) -> None:
+    start.wait()
+    try:
+        SeriesStore(path).check()
+    except ConfigError as exc:
+        said.put(str(exc))
+    else:
+        said.put("")
+
+
+def test_workers_booting_together_all_open_a_new_state_file(tmp_path: Path) -> None:
+    """Found by CI: gunicorn's two workers opened a new state file at the same moment, and
+    one failed to boot with "database is locked" (SQLite answers that at once, without
+    waiting, to a second process switching a new file to WAL)."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(15):  # before the fix about one start in three failed
+        start, said = context.Barrier(4), context.SimpleQueue()
+        path = str(tmp_path / f"series{attempt}.sqlite")
+        workers = [
+            context.Process(target=_open_at_once, args=(path, start, said)) for _ in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        errors = [said.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+        assert errors == [""] * 4
 
 
 def test_a_state_file_locked_past_the_timeout_answers_503_with_the_reason(
