@@ -32,7 +32,8 @@ DEFAULT_MAX_KEYS = 10_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_keys (model TEXT NOT NULL, key TEXT NOT NULL,
     state TEXT NOT NULL, firing INTEGER NOT NULL, seen REAL NOT NULL, PRIMARY KEY (model, key));
-CREATE INDEX IF NOT EXISTS alert_keys_by_seen ON alert_keys (model, firing, seen)
+CREATE INDEX IF NOT EXISTS alert_keys_by_seen ON alert_keys (model, firing, seen);
+CREATE TABLE IF NOT EXISTS alert_log (id INTEGER PRIMARY KEY, alert TEXT NOT NULL)
 """
 
 Key = tuple[tuple[str, str], ...]
@@ -41,9 +42,11 @@ Key = tuple[tuple[str, str], ...]
 class SharedAlertStates:
     """Each key's alert state, in the table ``alert_keys`` of the SQLite file ``path``."""
 
-    def __init__(self, path: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+    def __init__(self, path: str, *, max_keys: int = DEFAULT_MAX_KEYS, recent: int = 200) -> None:
+        """``recent``: how many of the alerts made are kept for ``recent()``."""
         self.path = path
         self.max_keys = max_keys
+        self.keep_recent = recent
         self._lock = threading.Lock()
         self._file = SharedFile(path, "alert state", _prepare, "the keys' windows start afresh")
 
@@ -63,6 +66,8 @@ class SharedAlertStates:
                 keys.write(now)
                 if keys.added:  # only new keys can take the table past its bound
                     self._bound(db, model)
+                if keys.made:
+                    self._log(db, keys.made)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -82,9 +87,31 @@ class SharedAlertStates:
             )
         return None if row is None else str(row[0])
 
+    def recent(self) -> list[dict[str, Any]]:
+        """The alerts the server's workers made last (at most ``keep_recent``), oldest first."""
+        with self._lock:
+            rows = (
+                self._open()
+                .execute(
+                    "SELECT alert FROM alert_log ORDER BY id DESC LIMIT ?", (self.keep_recent,)
+                )
+                .fetchall()
+            )
+        return [json.loads(text) for (text,) in reversed(rows)]
+
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+    def _log(self, db: sqlite3.Connection, alerts: list[dict[str, Any]]) -> None:
+        db.executemany(
+            "INSERT INTO alert_log (alert) VALUES (?)", [(json.dumps(a),) for a in alerts]
+        )
+        # The newest id is never deleted, so ids keep rising and order the log.
+        db.execute(
+            "DELETE FROM alert_log WHERE id <= (SELECT MAX(id) FROM alert_log) - ?",
+            (self.keep_recent,),
+        )
 
     def _bound(self, db: sqlite3.Connection, model: str) -> None:
         query = "SELECT COUNT(*) FROM alert_keys WHERE model = ?"
@@ -108,7 +135,8 @@ def _prepare(db: sqlite3.Connection) -> None:
 
 
 class _Keys:
-    """The states one transaction read, by key, and those it changed."""
+    """The states one transaction read, by key, and those it changed; the alerts it ``made``
+    (as dicts), for the log."""
 
     def __init__(
         self,
@@ -120,6 +148,7 @@ class _Keys:
         self._encode, self._decode = codec
         self._read: dict[Key, Any] = {}
         self._new: set[Key] = set()  # keys with no stored state
+        self.made: list[dict[str, Any]] = []
 
     def get(self, key: Key) -> Any:
         """The key's state (``service.alerts._KeyState``), or None for a key not seen yet."""

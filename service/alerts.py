@@ -251,8 +251,12 @@ class AlertTracker:
             else:
                 state.consecutive_normal += 1
             if state.firing:
-                return self._while_firing(key, state, now)
-            return self._while_quiet(key, state, now)
+                made = self._while_firing(key, state, now)
+            else:
+                made = self._while_quiet(key, state, now)
+            if made and self._open is not None:  # the server's log, beside its transitions
+                self._open.made.extend(alert.to_dict() for alert in made)
+            return made
 
     def _while_quiet(
         self, key: tuple[tuple[str, str], ...], state: _KeyState, now: float

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import sqlite3
 from typing import Any
 
 import numpy as np
@@ -340,4 +341,16 @@ def reload(name: str) -> Response:
 def alerts() -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
-    return answer(schemas.AlertList(alerts=app_state.dispatcher.recent()))
+    shared = app_state.shared_alerts
+    if shared is None:
+        return answer(schemas.AlertList(alerts=app_state.dispatcher.recent()))
+    try:
+        listed = shared.recent()  # every worker's: a worker's own list depended on who answered
+    except sqlite3.Error as exc:
+        log.error("alert state failed serving GET /v1/alerts: %s", exc)
+        raise ApiError(
+            503,
+            "alert_state_unavailable",
+            f"the alert state file cannot be used ({exc}); see the server log",
+        ) from None
+    return answer(schemas.AlertList(alerts=listed))

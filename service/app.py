@@ -74,7 +74,11 @@ def create_app(
         metrics.model_loaded.labels(name).set(0)
     # Beside the series' state: one file every worker shares (a server's workers then count a
     # key's records together); in-process (tests) each app keeps its own.
-    shared = None if config.series_state is None else SharedAlertStates(config.series_state)
+    shared = (
+        None
+        if config.series_state is None
+        else SharedAlertStates(config.series_state, recent=config.recent_alerts)
+    )
     trackers = {
         name: AlertTracker(name, config.policy_for(name), shared=shared) for name in config.models
     }
@@ -98,6 +102,7 @@ def create_app(
         trackers=trackers,
         dispatcher=dispatcher,
         series=series,
+        shared_alerts=shared,
     )
 
     app = Flask("service")

@@ -96,7 +96,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         access="admin",
     ),
     ("/v1/alerts", "get"): Operation(
-        "Recent alerts of this worker (bounded)", {200: AlertList}, (401,), access="scoring"
+        "Recent alerts of the server, every worker's (bounded)",
+        {200: AlertList},
+        (401,),
+        access="scoring",
     ),
     ("/v2", "get"): Operation("KServe V2 server metadata", {200: ServerMetadata}),
     ("/v2/health/live", "get"): Operation("KServe V2 liveness", {200: Live}),

@@ -235,7 +235,9 @@ class ReloadRequest(BaseModel):
 
 
 class AlertList(ResponseBody):
-    alerts: list[dict[str, Any]] = Field(description="this worker's recent alerts, oldest first")
+    alerts: list[dict[str, Any]] = Field(
+        description="the server's recent alerts (every worker's), oldest first"
+    )
 
 
 # The Open Inference Protocol (KServe V2).

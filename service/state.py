@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from detector.errors import BundleError
+from service.alert_state import SharedAlertStates
 from service.alerts import AlertTracker
 from service.config import ServiceConfig
 from service.delivery import AlertDispatcher
@@ -40,6 +41,8 @@ class ServiceState:
     trackers: dict[str, AlertTracker]
     dispatcher: AlertDispatcher
     series: SeriesStore
+    #: The alert state every worker shares (``anomaly serve``), or None: this app's alone.
+    shared_alerts: SharedAlertStates | None = None
 
     def model(self, name: str) -> LoadedModel:
         try:

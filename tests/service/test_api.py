@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from service.alert_policy import AlertPolicy
 from tests.conftest import DATA, TINY, broken, normal_records
 from tests.service.conftest import ADMIN, make_app
 
@@ -353,6 +354,27 @@ def test_alerts_fire_per_key_and_are_listed(service, client) -> None:
     assert len(firing) == 1
     listed = client.get("/v1/alerts").json["alerts"]
     assert any(a["status"] == "firing" for a in listed)
+
+
+def test_every_worker_lists_the_servers_recent_alerts(bundle_dir, tmp_path) -> None:
+    """Each worker listed the alerts it had made itself: which ones a client saw depended on
+    the worker that answered."""
+    policy = AlertPolicy(group_by=("host",), fire_after=2, window=3, resolve_after=3)
+    state = str(tmp_path / "state.sqlite")
+    workers = [make_app(bundle_dir, alerts=policy, series_state=state, recent_alerts=2)[0]]
+    workers.append(make_app(bundle_dir, alerts=policy, series_state=state, recent_alerts=2)[0])
+    try:
+        first, second = (app.test_client() for app in workers)
+        assert second.get("/v1/alerts").json["alerts"] == []
+        for host in ("web-07", "web-08", "web-09"):
+            records = [broken({**NORMAL[i], "host": host}) for i in range(2)]
+            assert post(first, {"records": records}).status_code == 200
+        listed = [a["labels"]["host"] for a in second.get("/v1/alerts").json["alerts"]]
+        assert listed == ["web-08", "web-09"]  # the newest 2 (recent_alerts), oldest first
+        assert first.get("/v1/alerts").json == second.get("/v1/alerts").json
+    finally:
+        for app in workers:
+            app.extensions["anomaly"].dispatcher.stop()
 
 
 def test_a_huge_alert_key_value_is_cut_short_in_alerts_and_metrics(service, client) -> None:
