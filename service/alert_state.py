@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,8 +46,7 @@ class SharedAlertStates:
         self.path = path
         self.max_keys = max_keys
         self.keep_recent = recent
-        self._lock = threading.Lock()
-        self._file = SharedFile(path, "alert state", _prepare, "the keys' windows start afresh")
+        self._file = SharedFile(path, "series_state", _prepare, "the keys' windows start afresh")
 
     @contextmanager
     def transaction(
@@ -57,51 +55,34 @@ class SharedAlertStates:
         """The keys of ``model`` as one request reads and changes them, each state stored as
         the text ``codec`` (to text, from text) makes of it; written back, and the oldest keys
         past ``max_keys`` forgotten, when the block ends without an error."""
-        with self._lock:
-            db = self._open()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                keys = _Keys(db, model, codec)
-                yield keys
-                keys.write(now)
-                if keys.added:  # only new keys can take the table past its bound
-                    self._bound(db, model)
-                if keys.made:
-                    self._log(db, keys.made)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._file.transaction() as db:
+            keys = _Keys(db, model, codec)
+            yield keys
+            keys.write(now)
+            if keys.added:  # only new keys can take the table past its bound
+                self._bound(db, model)
+            if keys.made:
+                self._log(db, keys.made)
 
     def firing(self, model: str, key: Key) -> str | None:
         """The stored state of ``key`` of ``model`` if it fires, else None (a re-send checks
         it: the worker that resolved it may be another)."""
-        with self._lock:
-            row = (
-                self._open()
-                .execute(
-                    "SELECT state FROM alert_keys WHERE model = ? AND key = ? AND firing = 1",
-                    (model, _key_text(key)),
-                )
-                .fetchone()
-            )
+        with self._file.reading() as db:
+            row = db.execute(
+                "SELECT state FROM alert_keys WHERE model = ? AND key = ? AND firing = 1",
+                (model, _key_text(key)),
+            ).fetchone()
         return None if row is None else str(row[0])
 
     def recent(self) -> list[dict[str, Any]]:
         """The alerts the server's workers made last (at most ``keep_recent``), oldest first."""
-        with self._lock:
-            rows = (
-                self._open()
-                .execute(
-                    "SELECT alert FROM alert_log ORDER BY id DESC LIMIT ?", (self.keep_recent,)
-                )
-                .fetchall()
-            )
+        with self._file.reading() as db:
+            query = "SELECT alert FROM alert_log ORDER BY id DESC LIMIT ?"
+            rows = db.execute(query, (self.keep_recent,)).fetchall()
         return [json.loads(text) for (text,) in reversed(rows)]
 
     def close(self) -> None:
-        with self._lock:
-            self._file.close()
+        self._file.close()
 
     def _log(self, db: sqlite3.Connection, alerts: list[dict[str, Any]]) -> None:
         db.executemany(
@@ -125,11 +106,8 @@ class SharedAlertStates:
                 (model, model, excess),
             )
 
-    def _open(self) -> sqlite3.Connection:
-        return self._file.connection()
 
-
-def _prepare(db: sqlite3.Connection) -> None:
+def _prepare(db: sqlite3.Connection, deadline: float) -> None:
     for statement in filter(str.strip, _SCHEMA.split(";")):
         db.execute(statement)
 

@@ -30,8 +30,11 @@ from service.registry import LoadedModel, ModelRegistry
 from service.series_store import SeriesStore
 from service.sinks import AlertmanagerSink, LogSink, Sink, WebhookSink
 from service.state import ApiError, ServiceState
+from service.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
+#: A state file failing fails every series request: logged once a minute, counted.
+_state_failing = ThrottledLog(log, "requests failed")
 
 
 def create_app(
@@ -384,7 +387,9 @@ def _install_error_handlers(app: Flask) -> None:
     def _series_state_error(exc: sqlite3.Error) -> Any:
         # Checked at start, the state file can still fail later: a full disk, a file
         # replaced or corrupted under the server, a lock held past its timeout.
-        log.error("series state failed serving %s %s: %s", request.method, request.path, exc)
+        _state_failing.error(
+            "series state file failed serving %s %s: %s", request.method, request.path, exc
+        )
         return error_response(
             503,
             "series_state_unavailable",

@@ -211,6 +211,11 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
     if config.series_state is None:
         path = os.path.join(run_dir, "series.sqlite")
         config = config.model_copy(update={"series_state": path})
+    elif config.series_state == ":memory:" and args.workers > 1:
+        raise ConfigError(
+            "series_state ':memory:' keeps each worker's own state (a series' rows and a key's "
+            "alerts split between the workers); name a file, or leave it unset (one per run)"
+        )
     else:  # here, where it fails alone, rather than in each worker as it boots
         from service.series_store import SeriesStore
 

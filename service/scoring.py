@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -26,11 +25,13 @@ from detector.features.encode import check_columns
 from detector.features.records import score_records, score_windowed
 from detector.io.json_lines import record_problem
 from detector.scoring.scores import ScoreResult, score_frame
+from detector.series.levels import Level
 from detector.series.stream import ahead_of_clock, parse_time, series_key
 from detector.series.values import ValueCheck
 from service.registry import LoadedModel
 from service.series_store import SeriesStore, StoredLevels
 from service.state import ApiError, ServiceState
+from service.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,11 @@ class Records:
         ]
         kept = np.setdiff1d(np.arange(len(rows)), [r.row for r in bad])
         placed = [rows[i] for i in kept] if bad else rows
-        windows = store.window(model.name, spec, check.columns, placed)
+        known: dict[str, Level] = {}
+        windows = store.window(model.name, spec, check.columns, placed, levels=known)
         if bad:
             windows = windows.at_positions(kept, bad)
-        levels = StoredLevels(store, model.name, spec, check.columns)
+        levels = StoredLevels(store, model.name, spec, check.columns, known)
         return score_windowed(bundle, windows, n_input=len(rows), levels=levels)
 
     def values(self, field: str, rows: np.ndarray) -> list[Any]:
@@ -291,35 +293,19 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
     try:
         _observe(tracker, alerts, scored, keys, top)
     except sqlite3.Error as exc:  # the records are scored and answered; their alerts are not
-        _unusable.note(tracker.model, result.n_scored, exc)
+        _unusable.error(
+            "model %s: alert state unusable, records scored without alerts: %s",
+            tracker.model,
+            exc,
+            count=result.n_scored,
+        )
         alerts = []
     if alerts:
         state.dispatcher.submit(alerts)
 
 
-class _UnusableState:
-    """Logs that the alert state failed, at most once a minute a process: once a request, a
-    read-only file flooded the log under load. Each line counts the records left out since."""
-
-    def __init__(self) -> None:
-        self.logged_at = -math.inf
-        self.records = 0
-
-    def note(self, model: str, records: int, exc: Exception) -> None:
-        self.records += records
-        if time.monotonic() - self.logged_at < 60:
-            return
-        log.error(
-            "model %s: alert state unusable, %d records left out of alerting since the last "
-            "such line: %s",
-            model,
-            self.records,
-            exc,
-        )
-        self.logged_at, self.records = time.monotonic(), 0
-
-
-_unusable = _UnusableState()
+#: The alert state failing: the records it left out of alerting, counted between log lines.
+_unusable = ThrottledLog(log, "records left out of alerting")
 
 
 def _observe(tracker: Any, alerts: list, scored: ScoredRequest, keys: Any, top: Any) -> None:

@@ -39,7 +39,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,7 @@ import numpy as np
 from detector.series.levels import Level, judged
 from detector.series.stream import History, StreamWindows, series_key, window_records
 from detector.series.windows import SeriesSpec
+from service.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ STALE_SECONDS = 600
 #: How long a request waits for another worker's transaction on the file before it gives
 #: up (503): transactions take under a millisecond, so only a stuck holder gets this far.
 BUSY_TIMEOUT_S = 10.0
+#: SQLite's own wait for another process's lock, which blocks a gevent worker's every request:
+#: short, since ``_begin`` does the waiting.
+_SQLITE_WAIT_S = 0.05
 #: How often a layout's last use is written down (and stale layouts looked for).
 _TOUCH_SECONDS = 60
 
@@ -94,8 +99,7 @@ class SeriesStore:
         self.max_keys = max_keys
         self._clock = clock
         self._on_evict = on_evict
-        self._lock = threading.Lock()
-        self._file = SharedFile(path, "series state", _prepare, "each series warms up again")
+        self._file = SharedFile(path, "series_state", _prepare, "each series warms up again")
 
     def window(
         self,
@@ -103,24 +107,21 @@ class SeriesStore:
         spec: SeriesSpec,
         value_columns: Sequence[str],
         records: Sequence[Mapping[str, object]],
+        levels: dict[str, Level] | None = None,
     ) -> StreamWindows:
         """Window ``records`` of ``model`` with their keys' stored rows, and store the new
-        rows, atomically with respect to every other worker."""
+        rows, atomically with respect to every other worker. ``levels``, when given, gets the
+        keys' levels as this transaction read them (what ``StoredLevels`` falls back on)."""
         layout = _layout(spec, value_columns)
         keys = sorted({k for r in records if (k := series_key(spec, r)) is not None})
-        with self._lock:
-            db = self._open()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                state = self._layout_id(db, model, layout)
-                histories = self._read(db, state, keys)
-                windows = window_records(spec, value_columns, records, histories)
-                new = len(windows.histories.keys() - histories.keys())
-                evicted = self._write(db, state, windows.histories, new=new)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._file.transaction() as db:
+            state = self._layout_id(db, model, layout)
+            histories = self._read(db, state, keys)
+            windows = window_records(spec, value_columns, records, histories)
+            new = len(windows.histories.keys() - histories.keys())
+            evicted = self._write(db, state, windows.histories, new=new)
+            if levels is not None:
+                levels.update(self._read_levels(db, state, keys))
         if evicted:
             self._on_evict(model, evicted)
         return windows
@@ -143,58 +144,32 @@ class SeriesStore:
         an earlier hour, misses that one score in its level (the sums do not, whatever order
         they arrive in)."""
         layout = _layout(spec, value_columns)
-        with self._lock:
-            db = self._open()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                state = self._layout_id(db, model, layout)
-                known = self._read_levels(db, state, sorted(set(keys.tolist())))
-                out, new = judged(
-                    known, keys, seconds, scores, hours=spec.level_hours, normal=normal
-                )
-                # A series forgotten meanwhile (evicted) stays forgotten: no row to update.
-                db.executemany(
-                    "UPDATE series_history SET level = ? WHERE layout = ? AND key = ?",
-                    [(level.to_json(), state, key) for key, level in new.items()],
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._file.transaction() as db:
+            state = self._layout_id(db, model, layout)
+            known = self._read_levels(db, state, sorted(set(keys.tolist())))
+            out, new = judged(known, keys, seconds, scores, hours=spec.level_hours, normal=normal)
+            # A series forgotten meanwhile (evicted) stays forgotten: no row to update.
+            db.executemany(
+                "UPDATE series_history SET level = ? WHERE layout = ? AND key = ?",
+                [(level.to_json(), state, key) for key, level in new.items()],
+            )
         return out
 
     def check(self) -> None:
-        """Open the file (creating it) and close it again, so that a path the server cannot
-        use fails where it is configured, naming itself, rather than in every series request
-        once the server says it is ready."""
-        from detector.errors import ConfigError
-
-        try:
-            self._open()
-        except sqlite3.Error as exc:
-            raise ConfigError(
-                f"series_state {self.path}: cannot be opened as the series' SQLite state "
-                f"({exc}); name a new or earlier state file in a folder the server can write to"
-            ) from None
-        finally:
-            self.close()
+        """Open the file (creating it and its folder), check it and try a write, then close
+        it, so that a path the server cannot use fails where it is configured, naming itself
+        and the fix, rather than in every series request once the server says it is ready."""
+        self._file.check()
 
     def keys(self, model: str) -> int:
         """How many series of ``model`` are kept (under every layout still in use)."""
-        with self._lock:
-            row = (
-                self._open()
-                .execute("SELECT SUM(n_keys) FROM series_layouts WHERE model = ?", (model,))
-                .fetchone()
-            )
+        with self._file.reading() as db:
+            query = "SELECT SUM(n_keys) FROM series_layouts WHERE model = ?"
+            row = db.execute(query, (model,)).fetchone()
         return int(row[0] or 0)
 
     def close(self) -> None:
-        with self._lock:
-            self._file.close()
-
-    def _open(self) -> sqlite3.Connection:
-        return self._file.connection()
+        self._file.close()
 
     def _layout_id(self, db: sqlite3.Connection, model: str, layout: str) -> int:
         """The id ``model``'s histories under ``layout`` are stored by (new: none yet)."""
@@ -262,15 +237,22 @@ class SeriesStore:
         return max(over, 0)
 
 
-def _prepare(db: sqlite3.Connection) -> None:
+def _prepare(db: sqlite3.Connection, deadline: float) -> None:
     """Create the tables, or bring a file of an earlier layout to this one."""
-    db.execute("BEGIN IMMEDIATE")  # two workers may open an old file at once
+    _begin(db, deadline)  # two workers may open an old file at once
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > _VERSION:  # a newer release's, then a rollback: its state is not ours
+            raise sqlite3.DatabaseError(
+                f"written by a newer release of the service (layout {version}; this one reads "
+                f"{_VERSION})"
+            )
         if version == 2:  # the histories hold; each series' level starts afresh
             db.execute("ALTER TABLE series_history ADD COLUMN level TEXT")
             db.execute(f"PRAGMA user_version = {_VERSION}")
         elif version != _VERSION:
+            if version:
+                log.warning("series state of layout %d dropped: every series warms up", version)
             for table in _OLD_TABLES:
                 db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute(f"PRAGMA user_version = {_VERSION}")
@@ -278,50 +260,145 @@ def _prepare(db: sqlite3.Connection) -> None:
             db.execute(statement)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _roll_back(db)
         raise
+
+
+class _Rollback(Exception):
+    """Ends a transaction that was only a trial."""
 
 
 class SharedFile:
     """This process's connection to the SQLite file at ``path`` that the server's workers
-    share, made ready by ``prepare`` (tables) each time it is opened.
+    share (the ``setting`` that names it), made ready by ``prepare`` (tables) each time it is
+    opened, and its transactions.
 
-    Opened again in a forked worker (a connection must not cross a fork), and when the file at
-    the path was removed or replaced under the server (a cleaner, a hand): a worker started
-    since opens a new file, so one still on the old one would keep its state apart from the
-    others (a series' rows split, the same alert fired twice). Every worker moves to the file
-    at the path, and logs that ``lost`` (what starting afresh means)."""
+    Opened again in a forked worker (a connection must not cross a fork), when the file at the
+    path was removed or replaced under the server (a cleaner, a hand: a worker started since
+    opens a new file, so one still on the old one would keep its state apart from the others,
+    a series' rows split, the same alert fired twice; every worker moves to the file at the
+    path, and logs that ``lost``), and after an error (SQLite opens a file it may not write
+    read-only, and stays so once the file is fixed).
+
+    Waiting, for this process's other requests or another worker's transaction, takes at most
+    ``BUSY_TIMEOUT_S`` in all, and waits as ``time.sleep`` does: under gevent, a switch, so
+    the worker's other requests (``/healthz`` too) go on. SQLite's own busy wait would block
+    every one of them."""
 
     def __init__(
-        self, path: str, what: str, prepare: Callable[[sqlite3.Connection], None], lost: str
+        self,
+        path: str,
+        setting: str,
+        prepare: Callable[[sqlite3.Connection, float], None],
+        lost: str,
     ) -> None:
         self.path = path
-        self._what, self._prepare, self._lost = what, prepare, lost
+        self._setting, self._prepare, self._lost = setting, prepare, lost
+        self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         self._file_id: tuple[int, int] | None = None
 
-    def connection(self) -> sqlite3.Connection:
-        """The connection, opened if need be; the caller holds its owner's lock."""
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled
+        back when it raises."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        with self._held(deadline) as db:
+            _begin(db, deadline)
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                _roll_back(db)
+                raise
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads outside a transaction (WAL: they wait for no writer)."""
+        with self._held(time.monotonic() + BUSY_TIMEOUT_S) as db:
+            yield db
+
+    def check(self) -> None:
+        """Open the file (creating it and its folder), check its pages and try a write, then
+        close it; a ``ConfigError`` naming the file and the fix if any of that fails."""
+        from detector.errors import ConfigError
+
+        where = f"{self._setting} {self.path}"
+        if self.path != ":memory:":
+            if os.path.exists(self.path) and not os.path.isfile(self.path):
+                raise ConfigError(
+                    f"{where}: is not a file; name a file, such as "
+                    f"{os.path.join(self.path, 'series.sqlite')}"
+                )
+            folder = os.path.dirname(os.path.abspath(self.path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}: cannot be created ({exc.strerror}: {folder}); name a file in "
+                    "a folder the server can write to"
+                ) from None
+        try:
+            with self.transaction() as db:
+                (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
+                # SQLite opens a file it may not write read-only, and says so at the first write.
+                db.execute("CREATE TABLE write_check (x INTEGER)")
+                raise _Rollback
+        except _Rollback:
+            pass
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{where}: {_fix(str(exc))}") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    @contextmanager
+    def _held(self, deadline: float) -> Iterator[sqlite3.Connection]:
+        if not self._lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise sqlite3.OperationalError(
+                f"database is locked: this worker's other requests held it {BUSY_TIMEOUT_S:g} s"
+            )
+        try:
+            db = self._connected(deadline)
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                if "locked" not in str(exc):  # the connection itself may be what is wrong
+                    self._drop()
+                raise
+        finally:
+            self._lock.release()
+
+    def _connected(self, deadline: float) -> sqlite3.Connection:
         if self._connection is not None and self._replaced():
             log.warning(
                 "%s file %s was removed or replaced; opening it again (%s)",
-                self._what,
+                self._setting,
                 self.path,
                 self._lost,
             )
-            self._connection.close()
-            self._connection = None
+            self._drop()
         if self._connection is None or self._pid != os.getpid():
             db = connect(self.path)
-            self._prepare(db)
+            try:
+                self._prepare(db, deadline)
+            except BaseException:
+                db.close()
+                raise
             self._connection, self._pid = db, os.getpid()
             self._file_id = self._identity()
         return self._connection
 
-    def close(self) -> None:
+    def _drop(self) -> None:
         if self._connection is not None and self._pid == os.getpid():
-            self._connection.close()
+            with suppress(sqlite3.Error):
+                self._connection.close()
         self._connection = None
 
     def _identity(self) -> tuple[int, int] | None:
@@ -341,12 +418,33 @@ class SharedFile:
         )
 
 
+def _fix(error: str) -> str:
+    """What to do about a state file that failed its check with ``error``."""
+    if "locked" in error:
+        return (
+            f"another process holds it ({error}); stop that process or wait for it, or name "
+            "another file"
+        )
+    if "newer release" in error:
+        return f"{error}; serve it with that release, or name another file"
+    if "malformed" in error or "not a database" in error:
+        return (
+            f"is damaged ({error}); move it away (each series warms up again, open alerts "
+            "start afresh), or name another file"
+        )
+    return (
+        f"cannot be opened as the service's SQLite state ({error}); name a new or earlier "
+        "state file in a folder the server can write to"
+    )
+
+
 def connect(path: str) -> sqlite3.Connection:
     """A connection to the SQLite file the server's workers share (``":memory:"``: one of this
-    process), in autocommit mode for explicit transactions, waiting ``BUSY_TIMEOUT_S`` for
-    another worker's."""
+    process), in autocommit mode for explicit transactions. SQLite's own wait for another
+    process's lock is kept short (it blocks every request of a gevent worker): ``_begin``
+    waits instead."""
     db = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        path, timeout=_SQLITE_WAIT_S, isolation_level=None, check_same_thread=False
     )
     if path != ":memory:":
         _to_wal(db)
@@ -354,6 +452,34 @@ def connect(path: str) -> sqlite3.Connection:
     # WAL with NORMAL sync stays consistent, and is several times faster.
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def _begin(db: sqlite3.Connection, deadline: float) -> None:
+    """``BEGIN IMMEDIATE``, tried again until ``deadline`` while another process holds the
+    file."""
+    pause = 0.002
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise sqlite3.OperationalError(
+                    f"database is locked: another process held it {BUSY_TIMEOUT_S:g} s"
+                ) from None
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, 0.05)
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    # A failed statement may have ended the transaction already; an error here would hide
+    # the one that matters.
+    if db.in_transaction:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 def _to_wal(db: sqlite3.Connection) -> None:
@@ -401,10 +527,29 @@ class StoredLevels:
     model: str
     spec: SeriesSpec
     value_columns: Sequence[str]
+    #: The levels as the records' windows were read (``SeriesStore.window``'s ``levels``).
+    known: Mapping[str, Level]
 
     def judge(
         self, keys: np.ndarray, seconds: np.ndarray, scores: np.ndarray, *, normal: float
     ) -> np.ndarray:
-        return self.store.judge(
-            self.model, self.spec, self.value_columns, keys, seconds, scores, normal=normal
-        )
+        try:
+            return self.store.judge(
+                self.model, self.spec, self.value_columns, keys, seconds, scores, normal=normal
+            )
+        except sqlite3.Error as exc:
+            # The rows are stored already: failing now would lose them (the client's retry
+            # is a duplicate). They are judged against the levels read with their windows,
+            # and the levels miss this request's scores.
+            _levels_unsaved.error(
+                "model %s: series levels not updated (the records are scored): %s",
+                self.model,
+                exc,
+                count=len(scores),
+            )
+            return judged(
+                self.known, keys, seconds, scores, hours=self.spec.level_hours, normal=normal
+            )[0]
+
+
+_levels_unsaved = ThrottledLog(log, "scores left out of their series' levels")

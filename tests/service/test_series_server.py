@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,4 +102,49 @@ def test_with_a_state_file_a_restarted_server_continues_each_series(
     expected = score_frame(bundle, stream.drop(columns=LABELS).head(seen + 2))
     np.testing.assert_allclose(
         [r["anomaly_score"] for r in body["results"]], expected.anomaly_score[seen:], rtol=1e-5
+    )
+
+
+def test_a_worker_waiting_for_a_locked_state_file_still_answers_its_other_requests(
+    fleet_model: Path, stream: pd.DataFrame, tmp_path: Path
+) -> None:
+    """SQLite's own wait for a lock blocked the gevent worker: with the file held by another
+    process, /healthz took as long as the series request did (18.5 s), and requests queued
+    behind one another's waits (15 at once: 10, 20, 30, 40 s)."""
+    import sqlite3
+    import threading
+
+    state = tmp_path / "series.sqlite"
+    env = {"ANOMALY_SERIES_STATE": str(state)}
+    record = stream.drop(columns=LABELS).head(1).to_dict("records")
+    with serving({"fleet": fleet_model}, tmp_path, env=env, workers=1) as server:
+        holder = sqlite3.connect(state, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holding the file
+        answered: list[tuple[int, Any]] = []
+        series = threading.Thread(
+            target=lambda: answered.append(
+                server.call("/v1/models/fleet/score", {"records": record})
+            )
+        )
+        try:
+            series.start()
+            # In flight: the series request and the scrape asking. It cannot end while the
+            # file is held, so from here on it waits for the lock.
+            server.wait_until(lambda: _in_flight(server) >= 2, "the series request in flight", 30)
+            assert server.call("/healthz", timeout=5)[0] == 200
+            assert not answered  # the series request still waits
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+            series.join(timeout=60)
+    assert answered and answered[0][0] == 200, answered
+
+
+def _in_flight(server: Any) -> float:
+    status, text = server.call("/metrics", timeout=30)
+    assert status == 200
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("anomaly_requests_in_flight")
     )

@@ -26,6 +26,7 @@ from service.series_store import STALE_SECONDS, SeriesStore
 from service.server import GunicornServer
 from tests.conftest import TINY, fleet
 
+SCORE = "/v1/models/fleet/score"
 SERIES = {"time_column": "ts", "series_columns": ("host",), "window": 4}
 
 
@@ -448,3 +449,136 @@ def test_csv_keys_that_read_as_numbers_stay_the_series_they_name(
     assert response.status_code == 200, response.get_json()
     answer = response.get_json()
     assert answer["counts"]["scored"] == 2, answer
+
+
+def _scores(answer: Any) -> list[float]:
+    assert answer.status_code == 200, answer.get_json()
+    return [r["anomaly_score"] for r in answer.get_json()["results"]]
+
+
+def test_records_stored_before_their_levels_failed_are_answered_not_lost(
+    series_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Found by a helper: the rows were stored, the level's own transaction then failed (the
+    file locked past the timeout), the request got a 503, and the client's retry had every row
+    rejected as a duplicate: none was ever scored."""
+    records = fleet(6).to_dict("records")
+    (plain,) = apps(series_dir, str(tmp_path / "plain.sqlite"))
+    (failing,) = apps(series_dir, str(tmp_path / "failing.sqlite"))
+    try:
+        expected = _scores(plain.test_client().post(SCORE, json={"records": records}))
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(SeriesStore, "judge", locked)
+        answer = failing.test_client().post(SCORE, json={"records": records})
+        again = failing.test_client().post(SCORE, json={"records": records})
+    finally:
+        for app in (plain, failing):
+            app.extensions["anomaly"].dispatcher.stop()
+    np.testing.assert_allclose(_scores(answer), expected, rtol=1e-6)
+    assert "series levels not updated" in caplog.text
+    assert caplog.text.count("series levels not updated") == 1  # once a minute, counted
+    # Stored by the first request: the retry is each record's second coming.
+    assert len(again.get_json()["rejected"]) == len(records) and not again.get_json()["results"]
+
+
+def test_a_connection_opened_read_only_is_opened_again_once_the_file_is_fixed(
+    series_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite opens a file it may not write read-only, and stays so: a worker that opened it
+    so answered 503 on every request until restarted, though the file was writable again."""
+    state = tmp_path / "series.sqlite"
+    (app,) = apps(series_dir, str(state))
+    real = series_store.connect
+    opened: list[str] = []
+
+    def read_only_once(path: str) -> sqlite3.Connection:
+        opened.append(path)
+        if len(opened) > 1:
+            return real(path)
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+
+    app.extensions["anomaly"].series.close()
+    monkeypatch.setattr(series_store, "connect", read_only_once)
+    client = app.test_client()
+    try:
+        records = fleet(2).to_dict("records")
+        first = client.post(SCORE, json={"records": records[:1]})
+        second = client.post(SCORE, json={"records": records[1:]})
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+    assert first.status_code == 503 and "readonly" in first.get_json()["detail"]
+    assert second.status_code == 200, second.get_json()
+
+
+def test_a_state_file_that_cannot_be_written_is_refused_at_start(
+    series_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Opening alone succeeded on a read-only file: the server said it was ready, then failed
+    # every series request.
+    state = tmp_path / "series.sqlite"
+    SeriesStore(str(state)).check()
+    monkeypatch.setattr(
+        series_store,
+        "connect",
+        lambda path: sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None),
+    )
+    with pytest.raises(ConfigError, match=r"series_state .*: cannot be opened .*readonly"):
+        SeriesStore(str(state)).check()
+
+
+def test_a_damaged_state_file_is_refused_at_start_naming_the_fix(tmp_path: Path) -> None:
+    """Pages overwritten inside the file: the server started and said it was ready, then
+    answered every series request with 503 'database disk image is malformed'."""
+    from detector.series.windows import SeriesSpec
+
+    state = tmp_path / "series.sqlite"
+    store = SeriesStore(str(state))
+    spec = SeriesSpec("ts", ("host",), window=3)
+    rows = [{"ts": 60, "host": f"host-{i:05d}", "cpu": float(i)} for i in range(3000)]
+    store.window("m", spec, ["cpu"], rows)
+    store.close()
+    with sqlite3.connect(state) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(state.read_bytes())
+    assert len(data) > 40 * 4096
+    data[8 * 4096 : 30 * 4096] = np.random.default_rng(0).bytes(22 * 4096)
+    state.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"series_state .*: is damaged .*; move it away"):
+        SeriesStore(str(state)).check()
+
+
+def test_a_state_file_of_a_newer_release_is_refused_not_wiped(tmp_path: Path) -> None:
+    # A newer release's file, then a rollback: its every series was dropped without a word.
+    state = tmp_path / "series.sqlite"
+    SeriesStore(str(state)).check()
+    with sqlite3.connect(state) as db:
+        db.execute(
+            "INSERT INTO series_layouts (model, layout, n_keys, touched) VALUES ('m', '', 1, 0)"
+        )
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(ConfigError, match=r"written by a newer release .*; serve it with that"):
+        SeriesStore(str(state)).check()
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT COUNT(*) FROM series_layouts").fetchone() == (1,)
+
+
+def test_a_state_file_path_is_made_or_refused_by_what_it_names(tmp_path: Path) -> None:
+    deep = tmp_path / "not" / "yet" / "series.sqlite"
+    SeriesStore(str(deep)).check()  # its folders made, as model_sync_dir's are
+    assert deep.is_file()
+    with pytest.raises(ConfigError, match=r"series_state .*: is not a file; name a file, such"):
+        SeriesStore(str(tmp_path)).check()
+
+
+def test_an_in_memory_state_for_several_workers_is_refused(
+    series_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Each worker kept its own: no host ever finished warming up, an alert fired twice."""
+    monkeypatch.setenv("ANOMALY_SERIES_STATE", ":memory:")
+    monkeypatch.setattr(GunicornServer, "run", lambda self: pytest.fail("a server started"))
+    argv = ["serve", "--model", f"fleet={series_dir}", "--port", "0", "--workers", "2"]
+    assert serve_main(argv) == 2
+    assert "series_state ':memory:' keeps each worker's own state" in capsys.readouterr().err
