@@ -326,11 +326,13 @@ class SharedFile:
 
         where = f"{self._setting} {self.path}"
         if self.path != ":memory:":
-            if os.path.exists(self.path) and not os.path.isfile(self.path):
+            if os.path.isdir(self.path):
                 raise ConfigError(
-                    f"{where}: is not a file; name a file, such as "
+                    f"{where}: is a folder; name a file in it, such as "
                     f"{os.path.join(self.path, 'series.sqlite')}"
                 )
+            if os.path.exists(self.path) and not os.path.isfile(self.path):
+                raise ConfigError(f"{where}: is not a regular file (a device, a pipe); name a file")
             folder = os.path.dirname(os.path.abspath(self.path))
             try:
                 os.makedirs(folder, exist_ok=True)

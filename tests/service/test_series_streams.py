@@ -569,8 +569,10 @@ def test_a_state_file_path_is_made_or_refused_by_what_it_names(tmp_path: Path) -
     deep = tmp_path / "not" / "yet" / "series.sqlite"
     SeriesStore(str(deep)).check()  # its folders made, as model_sync_dir's are
     assert deep.is_file()
-    with pytest.raises(ConfigError, match=r"series_state .*: is not a file; name a file, such"):
+    with pytest.raises(ConfigError, match=r"series_state .*: is a folder; name a file in it"):
         SeriesStore(str(tmp_path)).check()
+    with pytest.raises(ConfigError, match=r"series_state /dev/null: is not a regular file"):
+        SeriesStore("/dev/null").check()
 
 
 def test_an_in_memory_state_for_several_workers_is_refused(
