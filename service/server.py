@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("on_reload", _on_reload)
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("worker_exit", _worker_exit)
+        self.cfg.set("post_fork", _default_signals)
         self.cfg.set("post_worker_init", _answer_errors_in_json)
 
     def load(self) -> Any:
@@ -107,6 +109,16 @@ def clear_metric_files(directory: Path) -> None:
     for path in directory.iterdir():
         if _METRIC_FILE.match(path.name) and path.is_file():
             path.unlink(missing_ok=True)
+
+
+def _default_signals(server: Any, worker: Any) -> None:
+    """A new worker holds the master's signal handlers until it installs its own, after
+    gevent's patching: a SIGTERM then (the master stopping as a worker restarts) went to the
+    master's copied queue and was lost, and the master waited out its graceful timeout (30 s)
+    before it killed the worker. Until its own handlers, the signals that stop a worker end
+    it: it has served nothing."""
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_DFL)
 
 
 def _child_exit(server: Any, worker: Any) -> None:

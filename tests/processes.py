@@ -24,8 +24,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stop(process: subprocess.Popen[bytes], *, timeout: float = 30) -> None:
-    """Terminate, wait, and kill if it does not exit in ``timeout`` seconds."""
+def stop(process: subprocess.Popen[bytes], *, timeout: float = 45) -> None:
+    """Terminate, wait, and kill if it does not exit in ``timeout`` seconds: longer than
+    gunicorn's graceful timeout (30 s), so that its master always gets to clean up."""
     process.terminate()
     try:
         process.wait(timeout=timeout)
