@@ -15,7 +15,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from service.alerts import Alert
@@ -84,7 +85,8 @@ class AlertDispatcher:
     submitted for ``stale_seconds`` (its key stopped sending records) is no longer re-sent.
 
     ``still_firing(alert)`` is asked before a firing alert is re-sent: one that no longer fires
-    (another worker resolved it) is dropped from the re-sends.
+    (another worker resolved it) is dropped from the re-sends. It is asked again once a firing
+    alert reached such a sink: one resolved while the send was on its way gets its end again.
 
     ``on_outcome(sink.name, outcome)`` is called once per alert and send: ``"sent"``,
     ``"failed"`` (the send failed after its retries; the alert is sent again later) or
@@ -292,6 +294,8 @@ class AlertDispatcher:
             return  # stop() counted these when it gave up on the send
         self._report(name, outcome, len(alerts))
         if outcome == "sent":
+            if _resends_firing(box.sink) and not final:
+                self._resolve_what_ended_meanwhile(box, alerts)
             return
         if final:
             log.warning(
@@ -316,6 +320,20 @@ class AlertDispatcher:
                 dropped,
             )
         self._report(name, "dropped", dropped)
+
+    def _resolve_what_ended_meanwhile(self, box: _Outbox, sent: list[Alert]) -> None:
+        """Firing alerts just sent that no longer fire: another worker resolved them while
+        this send was on its way, and its "resolved" may have reached Alertmanager first,
+        which then showed them firing again until they expired. Their end goes out again."""
+        ended = [a for a in sent if a.status == "firing" and not self._fires(a)]
+        if not ended:
+            return
+        now = datetime.now(UTC)
+        with self._q.cond:
+            for alert in ended:
+                self._firing.pop(_identity(alert), None)
+                box.pending.append(replace(alert, status="resolved", ends_at=now))
+            self._q.cond.notify_all()
 
     def _deliver(self, sink: Sink, batch: list[Alert]) -> str:
         for attempt in range(self.retries + 1):

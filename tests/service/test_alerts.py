@@ -749,3 +749,30 @@ def test_an_alert_key_no_record_can_hold_is_refused_before_serving(
     monkeypatch.setenv("ANOMALY_MODEL_ALERTS", '{"m": {"group_by": ["hots"]}}')
     assert main(["serve", "--model", f"m={bundle_dir}"]) == 2
     assert "model 'm' groups by ['hots']" in capsys.readouterr().err
+
+
+def test_an_alert_resolved_elsewhere_while_its_re_send_was_on_the_way_is_resolved_again() -> None:
+    """The check before a re-send and the send are not one step: another worker's "resolved"
+    could reach Alertmanager first, and the re-sent "firing" then fired it again."""
+    resolved_elsewhere: set[str] = set()
+
+    class ResolvedDuringTheSend(RecordingSink):
+        resend_firing = True
+
+        def send(self, alerts: Sequence[Alert]) -> None:
+            super().send(alerts)
+            resolved_elsewhere.add("payments")  # the other worker, meanwhile
+
+    sink = ResolvedDuringTheSend()
+    dispatcher = AlertDispatcher(
+        [sink], still_firing=lambda alert: alert.model not in resolved_elsewhere
+    )
+    dispatcher.start()
+    try:
+        dispatcher.submit([make_alert()])
+        assert dispatcher.flush(timeout=10)
+    finally:
+        dispatcher.stop()
+    sent = [alert for batch in sink.batches for alert in batch]
+    assert [a.status for a in sent] == ["firing", "resolved"]
+    assert sent[1].ends_at is not None
