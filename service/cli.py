@@ -144,6 +144,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 #: Why an address cannot be listened on, and what to do, by errno.
+#: How long a stopping server's workers get to finish their requests (deploy/k8s's grace
+#: period allows for it).
+GRACEFUL_TIMEOUT_S = 30
+
 _BIND_FIXES = {
     errno.EADDRINUSE: "another process listens there (another `anomaly serve`?): stop it, or "
     "choose another --port",
@@ -235,7 +239,7 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
         "worker_class": "gevent",
         "worker_connections": args.connections,
         "timeout": args.timeout,
-        "graceful_timeout": 30,
+        "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "keepalive": 5,
         "accesslog": None,
         "errorlog": "-",

@@ -14,6 +14,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from service.cli import GRACEFUL_TIMEOUT_S
 from service.config import load_config
 from service.openapi import openapi_document
 from tests.deploy.conftest import (
@@ -110,6 +111,11 @@ def test_k8s_objects_fit_together_and_with_the_service() -> None:
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True
     assert str(security["runAsUser"]) == dockerfile_user().split(":")[0]
+    # A stopping pod pauses while its endpoints go, then drains: the grace period covers both.
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    assert grace > int(command[1]) + GRACEFUL_TIMEOUT_S
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/models", "/tmp"} <= mounts  # a read-only root needs a writable /tmp
 
