@@ -43,9 +43,12 @@ def create_app(
     models: ModelRegistry | None = None,
     metrics_registry: CollectorRegistry | None = None,
     sinks: Sequence[Sink] | None = None,
+    check_state: bool = True,
 ) -> Flask:
     """Build the scoring service. Without arguments, settings come from ``ANOMALY_*``
-    environment variables (and the file named by ``ANOMALY_CONFIG``, if set)."""
+    environment variables (and the file named by ``ANOMALY_CONFIG``, if set).
+    ``check_state``: refuse a ``series_state`` file that cannot be used now (``ConfigError``);
+    without, the app serves and its series requests answer 503 until the file is usable."""
     if config is None:
         config = load_config()
     if config.tf_threads and needs_tensorflow():
@@ -61,7 +64,8 @@ def create_app(
         max_keys=config.series_max_keys,
         on_evict=functools.partial(_count_evicted, metrics, config.series_max_keys, set()),
     )
-    series.check()
+    if check_state:
+        series.check()
     if models is None:
         models = ModelRegistry(
             config.models,

@@ -58,7 +58,11 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             from detector.native import import_tensorflow_quietly
 
             import_tensorflow_quietly()
-        return create_app(self.service_config)
+        # `anomaly serve` checked the state file before any worker started. A worker started
+        # later (one killed, a reload) while the file is locked or unwritable serves, its
+        # series requests answering 503 until the file is back: had it refused to boot,
+        # gunicorn would have stopped the whole server.
+        return create_app(self.service_config, check_state=False)
 
 
 # The files prometheus_client's multiprocess mode writes: <type>_<pid>.db, and for gauges

@@ -584,3 +584,28 @@ def test_an_in_memory_state_for_several_workers_is_refused(
     argv = ["serve", "--model", f"fleet={series_dir}", "--port", "0", "--workers", "2"]
     assert serve_main(argv) == 2
     assert "series_state ':memory:' keeps each worker's own state" in capsys.readouterr().err
+
+
+def test_a_worker_started_while_the_state_file_is_locked_serves_rather_than_halting(
+    series_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a helper: a worker killed while a backup held the file for over 10 s was
+    started again, failed its check, and gunicorn stopped the whole server (a worker that
+    fails to boot halts the master)."""
+    state = tmp_path / "series.sqlite"
+    config = ServiceConfig(models={"fleet": str(series_dir)}, series_state=str(state))
+    SeriesStore(str(state)).check()  # as `anomaly serve` does before the workers start
+    monkeypatch.setattr(series_store, "BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(state, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        app = GunicornServer(config, {"bind": "127.0.0.1:0"}).load()  # a worker booting
+        try:
+            locked = app.test_client().post(SCORE, json={"records": fleet(1).to_dict("records")})
+        finally:
+            app.extensions["anomaly"].dispatcher.stop()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert locked.status_code == 503
+    assert locked.get_json()["error"] == "series_state_unavailable"
