@@ -24,5 +24,5 @@ class ThrottledLog:
         now = time.monotonic()
         if now - self.logged_at < self.every:
             return
-        self.logger.error(f"{message} ({self.count} {self.unit} since the last such line)", *args)
+        self.logger.error(f"{message} ({self.unit}: {self.count} since the last such line)", *args)
         self.logged_at, self.count = now, 0
