@@ -37,6 +37,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import count, counts  # type: ignore[import-not-found]
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -147,19 +150,20 @@ def breakdown(model: Path, path: Path, limit: int = 262_144) -> dict[str, float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="1000000,5000000", help="file sizes in rows")
-    parser.add_argument("--columns", type=int, default=38)
+    parser.add_argument("--rows", type=counts, default="1000000,5000000", help="file sizes in rows")
+    parser.add_argument("--columns", type=count, default=38)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/anomaly-bench-batch"))
     parser.add_argument("--spark", action="store_true", help="also run --engine spark")
     parser.add_argument("--out", type=Path, default=RESULTS / "batch")
     args = parser.parse_args()
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    sizes = [int(v) for v in args.rows.split(",")]
+    sizes = args.rows
     anomaly = str(BIN / "anomaly")
     load_start = os.getloadavg()
 
-    model = work / "model"
+    # Kept between runs, by the columns too: a model of another width would score other files.
+    model = work / f"model_{args.columns}"
     if not (model / "manifest.json").exists():
         write_csv(work / "train.csv", 20_000, args.columns, seed=1)
         subprocess.run(
@@ -169,7 +173,7 @@ def main() -> int:
         )  # fmt: skip
     runs = []
     for n in sizes:
-        path = work / f"rows_{n}.csv"
+        path = work / f"rows_{n}_{args.columns}.csv"
         if not path.exists():
             start = time.perf_counter()
             write_csv(path, n, args.columns, seed=n)
@@ -193,7 +197,7 @@ def main() -> int:
         print(json.dumps(runs[-1]), flush=True)
         out.unlink()
     smallest = min(sizes)
-    path = work / f"rows_{smallest}.csv"
+    path = work / f"rows_{smallest}_{args.columns}.csv"
     stats = measure([sys.executable, "-c", NAIVE, str(model), str(path), str(work / "naive.csv")])
     runs.append(
         {
@@ -310,4 +314,6 @@ def _markdown(payload: dict) -> str:  # type: ignore[type-arg]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import run  # type: ignore[import-not-found]
+
+    sys.exit(run(main))

@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import count, seconds  # type: ignore[import-not-found]
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -177,16 +180,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="bundle to serve (default: train one)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--requests", type=int, default=2_000)
-    parser.add_argument("--batch", type=int, default=1_000)
-    parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--requests", type=count, default=2_000)
+    parser.add_argument("--batch", type=count, default=1_000)
+    parser.add_argument("--clients", type=count, default=2)
+    parser.add_argument("--seconds", type=seconds, default=10.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "http")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     model = args.model
+    if model is not None and not (model / "manifest.json").is_file():
+        raise SystemExit(
+            f"error: --model {model}: no model bundle there; train one first "
+            f"(anomaly train data/train.csv --out {model}), or leave --model out to train one"
+        )
     if model is None:
         model = work / "model"
         subprocess.run(
@@ -248,4 +256,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import run  # type: ignore[import-not-found]
+
+    sys.exit(run(main))

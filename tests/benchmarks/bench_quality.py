@@ -792,4 +792,6 @@ def _cpus() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import run  # type: ignore[import-not-found]
+
+    sys.exit(run(main))

@@ -115,4 +115,6 @@ def write_results(results: dict[str, Any], out: Path, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import run  # type: ignore[import-not-found]
+
+    raise SystemExit(run(main))

@@ -39,6 +39,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import count, counts  # type: ignore[import-not-found]  # noqa: E402
 
 from detector.bundles.format import package_versions  # noqa: E402
 from detector.estimator import VAEDetector  # noqa: E402
@@ -85,10 +88,12 @@ def latency_ms(fn, rows: list, calls: int) -> dict[str, float]:  # type: ignore[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--columns", type=int, default=38)
-    parser.add_argument("--calls", type=int, default=2_000)
-    parser.add_argument("--samples", default="1,8,16,64", help="sample counts L to measure")
+    parser.add_argument("--rows", type=count, default=100_000)
+    parser.add_argument("--columns", type=count, default=38)
+    parser.add_argument("--calls", type=count, default=2_000)
+    parser.add_argument(
+        "--samples", type=counts, default="1,8,16,64", help="sample counts L to measure"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "scoring")
     args = parser.parse_args()
 
@@ -151,7 +156,7 @@ def main() -> int:
         )
 
     results = []
-    for n_samples in (int(v) for v in args.samples.split(",")):
+    for n_samples in args.samples:
         traced = ScoreGraph(bundle.model, n_samples=n_samples, seed=0)
         graph = LiteScoreGraph(to_flatbuffer(traced), traced.kinds, n_features=encoded.shape[1])
         bundle.__dict__["graph"] = graph  # measure score_frame at this sample count
@@ -250,4 +255,6 @@ def _markdown(payload: dict) -> str:  # type: ignore[type-arg]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import run  # type: ignore[import-not-found]
+
+    sys.exit(run(main))

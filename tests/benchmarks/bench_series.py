@@ -93,7 +93,13 @@ from bench_servers import (  # type: ignore[import-not-found]
     load_machine,
     segments,
 )
-from common import command_line, count, progress, resolve_data_dir  # type: ignore[import-not-found]
+from common import (  # type: ignore[import-not-found]
+    command_line,
+    count,
+    missing_data,
+    progress,
+    resolve_data_dir,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 #: (candidate prefix, window, representation) of the product's detector.
@@ -138,7 +144,10 @@ def server_series(data_dir: Path, family: str, quick: bool) -> Iterator[Series]:
 
 
 def donut_series(data_dir: Path, quick: bool) -> Iterator[Series]:
-    for path in sorted((data_dir / "donut_kpi").glob("*.csv")):
+    paths = sorted((data_dir / "donut_kpi").glob("*.csv"))
+    if not paths:  # else the family was left out of the report without a word
+        missing_data([data_dir / "donut_kpi" / "*.csv"], "donut_kpi/*.csv")
+    for path in paths:
         frame = pd.read_csv(path)
         half = len(frame) // 2
         train, test = frame.iloc[:half], frame.iloc[half:]
@@ -1524,4 +1533,6 @@ def write(out: Path, payload: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import run  # type: ignore[import-not-found]
+
+    sys.exit(run(main))

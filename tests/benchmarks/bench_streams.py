@@ -42,6 +42,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http import free_port, post  # type: ignore[import-not-found]
+from common import count, counts  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -139,7 +140,7 @@ def many_keys(n_keys: int, work: Path) -> dict[str, Any]:
         )
     fill = time.perf_counter() - started
     times = []
-    for k in range(500):
+    for k in range(min(500, n_keys)):  # each key once: a key's second record is its duplicate
         # after each key's rows, so that every record is placed and judged
         record = {"ts": 60 * window, "host": f"h{k * 37 % n_keys}", "cpu": 1.0, "mem": 1.0,
                   "net": 1.0, "disk": 1.0}  # fmt: skip
@@ -227,15 +228,16 @@ def wide_stream(work: Path, width: int, requests: int, rows: int, keys: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--keys", type=int, default=1000)
-    parser.add_argument("--state-keys", type=int, default=100_000)
-    parser.add_argument("--wide", type=int, default=38, help="the wide stream's metrics a row")
-    parser.add_argument("--wide-rows", type=int, default=200_000)
+    parser.add_argument("--requests", type=count, default=2000)
+    parser.add_argument("--rows", type=count, default=1_000_000)
+    parser.add_argument("--keys", type=count, default=1000)
+    parser.add_argument("--state-keys", type=count, default=100_000)
+    parser.add_argument("--wide", type=count, default=38, help="the wide stream's metrics a row")
+    parser.add_argument("--wide-rows", type=count, default=200_000)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--batch-only",
+        type=counts,
         metavar="ROWS,ROWS",
         help="only the batch, once per file size (e.g. 1000000,5000000), to show that peak "
         "memory does not grow with the file (results: streams_batch.{json,md})",
@@ -244,7 +246,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-streams-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # a 1M-row file and models
     if args.batch_only:
-        sizes = [int(n) for n in args.batch_only.split(",")]
+        sizes = args.batch_only
         return batch_sizes(sizes, args.keys, work, args.out or RESULTS / "streams_batch")
     args.out = args.out or RESULTS / "streams"
     model = work / "fleet"
@@ -359,4 +361,6 @@ def wide_report(w: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import run  # type: ignore[import-not-found]
+
+    sys.exit(run(main))

@@ -48,6 +48,38 @@ def count(text: str) -> int:
     return value
 
 
+def counts(text: str) -> list[int]:
+    """An argparse type: comma-separated whole numbers of at least 1 (file sizes, sample
+    counts)."""
+    return [count(part.strip()) for part in text.split(",")]
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0 seconds")
+    return value
+
+
+def run(main: Any) -> int:
+    """``main()``, with what a user can fix told in one line and exit 2, as the CLI tells it:
+    a setting training refuses (``--param epochs=0``), a file to merge that is missing or is
+    not JSON."""
+    import json
+
+    from detector.errors import InputError
+
+    try:
+        return int(main())
+    except (InputError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def missing_data(paths: list[Path], layout: str) -> None:
     """Exit with one readable message naming every missing file (no traceback); ``layout``
     says what the data root must hold."""
