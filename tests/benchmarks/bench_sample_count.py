@@ -45,6 +45,9 @@ def main() -> int:
     parser.add_argument("--sets", default=",".join(bench_advae.SETS))
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/sample_count")
     args = parser.parse_args()
+    unknown = sorted(set(args.sets.split(",")) - set(bench_advae.SETS))
+    if unknown:
+        parser.error(f"unknown --sets {unknown}; choose from {', '.join(bench_advae.SETS)}")
 
     from detector.features.encode import encode
     from detector.nn.training import TrainingConfig, train

@@ -1461,6 +1461,9 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     epochs = 5 if args.quick else args.epochs
     families = args.families.split(",")
+    unknown = sorted(set(families) - {"smd", "asd", "donut"})
+    if unknown:
+        raise SystemExit(f"error: unknown --families {unknown}; choose from smd, asd, donut")
     started = time.perf_counter()
     runs = []
     for family in families:
