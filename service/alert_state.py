@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from service.series_store import SharedFile
+from service.series_store import SharedFile, immediate
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,11 @@ class SharedAlertStates:
 
 
 def _prepare(db: sqlite3.Connection, deadline: float) -> None:
-    for statement in filter(str.strip, _SCHEMA.split(";")):
-        db.execute(statement)
+    # In a transaction that waits its turn: two workers' first requests may create the tables
+    # at once, and SQLite's own wait is short.
+    with immediate(db, deadline):
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            db.execute(statement)
 
 
 class _Keys:

@@ -239,8 +239,7 @@ class SeriesStore:
 
 def _prepare(db: sqlite3.Connection, deadline: float) -> None:
     """Create the tables, or bring a file of an earlier layout to this one."""
-    _begin(db, deadline)  # two workers may open an old file at once
-    try:
+    with immediate(db, deadline):  # two workers may open an old file at once
         (version,) = db.execute("PRAGMA user_version").fetchone()
         if version > _VERSION:  # a newer release's, then a rollback: its state is not ours
             raise sqlite3.DatabaseError(
@@ -258,10 +257,6 @@ def _prepare(db: sqlite3.Connection, deadline: float) -> None:
             db.execute(f"PRAGMA user_version = {_VERSION}")
         for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript commits
             db.execute(statement)
-        db.execute("COMMIT")
-    except BaseException:
-        _roll_back(db)
-        raise
 
 
 class _Rollback(Exception):
@@ -304,14 +299,8 @@ class SharedFile:
         """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled
         back when it raises."""
         deadline = time.monotonic() + BUSY_TIMEOUT_S
-        with self._held(deadline) as db:
-            _begin(db, deadline)
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                _roll_back(db)
-                raise
+        with self._held(deadline) as db, immediate(db, deadline):
+            yield db
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -454,6 +443,19 @@ def connect(path: str) -> sqlite3.Connection:
     # WAL with NORMAL sync stays consistent, and is several times faster.
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection, deadline: float) -> Iterator[sqlite3.Connection]:
+    """A write transaction on ``db``, begun by ``deadline`` (``_begin``): committed when the
+    block ends, rolled back when it raises."""
+    _begin(db, deadline)
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        _roll_back(db)
+        raise
 
 
 def _begin(db: sqlite3.Connection, deadline: float) -> None:

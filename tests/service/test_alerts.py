@@ -776,3 +776,49 @@ def test_an_alert_resolved_elsewhere_while_its_re_send_was_on_the_way_is_resolve
     sent = [alert for batch in sink.batches for alert in batch]
     assert [a.status for a in sent] == ["firing", "resolved"]
     assert sent[1].ends_at is not None
+
+
+def _first_alert_request(path: str, start: Any, said: Any) -> None:
+    from service.alert_state import SharedAlertStates
+
+    start.wait()
+    try:
+        with SharedAlertStates(path).transaction("m", 0.0, (str, str)) as keys:
+            keys.prefetch([(("host", "web-01"),)])
+    except sqlite3.Error as exc:
+        said.put(str(exc))
+    else:
+        said.put("")
+
+
+def test_workers_first_alert_requests_at_once_all_find_the_tables() -> None:
+    """The alert tables are made by a worker's first request, outside any transaction: with
+    the file busy (another worker's long request) past SQLite's short wait (50 ms), it failed
+    with "database is locked" and that request's alerts were left out."""
+    import multiprocessing
+    import tempfile
+    import time
+
+    from service.series_store import SeriesStore
+
+    context = multiprocessing.get_context("fork")
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/state.sqlite"
+        SeriesStore(path).check()  # as `anomaly serve` does before the workers start
+        start, said = context.Barrier(5), context.SimpleQueue()
+        workers = [
+            context.Process(target=_first_alert_request, args=(path, start, said)) for _ in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        # Opened after the fork: a child inherits SQLite's record of its parent's locks.
+        busy = sqlite3.connect(path, isolation_level=None)
+        busy.execute("BEGIN IMMEDIATE")
+        start.wait()
+        time.sleep(0.3)  # the file held past SQLite's own wait, well within the service's
+        busy.execute("ROLLBACK")
+        busy.close()
+        errors = [said.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+    assert errors == [""] * 4
