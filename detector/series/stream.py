@@ -35,6 +35,7 @@ from detector.series.windows import (
     calendar_values,
     deviation_name,
     future_rejection,
+    iso_spelling,
     lag_name,
     late_rejection,
     long_key_rejection,
@@ -126,11 +127,12 @@ def parse_time(value: object) -> float | None:
     if not isinstance(value, str) or not value.strip():
         return None
     try:
-        number = float(value)
+        # Python reads "1_000" as a number; a file's reader does not.
+        number = math.nan if "_" in value else float(value)
         return number if plausible_seconds(number) else None
     except ValueError:
         pass
-    stamp = pd.to_datetime(value, errors="coerce", utc=True, format="ISO8601")
+    stamp = pd.to_datetime(iso_spelling(value), errors="coerce", utc=True, format="ISO8601")
     return None if pd.isna(stamp) else _seconds(stamp)
 
 
@@ -193,7 +195,10 @@ def window_records(
         for seconds, i in sorted(arrivals):
             if times and seconds <= times[-1]:
                 same = seconds == times[-1]
-                rejections.append(late_rejection(spec, i, same_time=same, last=times[-1]))
+                given = records[i].get(spec.time_column)
+                rejections.append(
+                    late_rejection(spec, i, same_time=same, last=times[-1], value=given)
+                )
                 continue
             gap = spec.max_gap_seconds
             if times and gap is not None and seconds - times[-1] > gap:

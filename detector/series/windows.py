@@ -257,9 +257,17 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
         )
         fix = "fix or drop them"
         repeated = [r.row for r in windows.rejections if r.code == "duplicate_timestamp"]
-        if repeated and not spec.key_columns:
+        given = frame[spec.time_column]
+        if repeated and given.nunique(dropna=False) == 1:
+            fix = (
+                f"every row has the same {spec.time_column} ({shortened(repr(given.iat[0]))}): "
+                f"name the column that holds each row's time in {option('time_column', 'COL')}"
+            )
+        elif repeated and not spec.key_columns:
             fix = f"if a column names the series (a host), add {option('series_columns', 'COL')}"
-        elif repeated and _without_zone(frame[spec.time_column].iloc[repeated[:100]]):
+        elif repeated and "names no zone" in shown:
+            fix = "fix them"  # the reasons say how
+        elif repeated and _without_zone(given.iloc[repeated[:100]]):
             fix = (
                 "these times name no zone, so they are read as UTC; if they are local times, "
                 "an hour repeats where the clocks go back: write them in UTC or with their "
@@ -321,16 +329,66 @@ LAST_TIME = pd.Timestamp.max.tz_localize("UTC")
 EPOCH = pd.Timestamp(0, tz="UTC")
 
 
+#: Dates written without separators (ISO-8601's basic format), by their digits: a number of
+#: 8 digits that is one is refused as epoch seconds (it would be a time in 1970, and the
+#: row first in its series); those of 12 and 14 are beyond ``EPOCH_SECONDS_LIMIT`` anyway,
+#: and are named so that their reason does not tell a user to divide them by 1,000.
+_COMPACT_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+#: The years a compact date may name to be taken for one.
+_COMPACT_YEARS = (1900, 2200)
+#: A 32-bit float holds epoch seconds of today only to the nearest 128 s; past this size (its
+#: integers' exact range) its times are refused rather than rounded.
+_FLOAT32_EXACT = 2.0**24
+
+
+def compact_date(number: float) -> str | None:
+    """``number`` as the ISO-8601 time it spells where its digits are a date written without
+    separators (``20261104`` -> ``2026-11-04``, also with hours and minutes, and seconds),
+    else ``None``."""
+    if not math.isfinite(number) or number <= 0 or number != math.floor(number):
+        return None
+    digits = str(int(number))
+    shape = _COMPACT_FORMATS.get(len(digits))
+    if shape is None or not _COMPACT_YEARS[0] <= int(digits[:4]) <= _COMPACT_YEARS[1]:
+        return None
+    try:
+        stamp = datetime.datetime.strptime(digits, shape)
+    except ValueError:
+        return None
+    return stamp.isoformat() if len(digits) > 8 else stamp.date().isoformat()
+
+
+def _compact_dates(numbers: pd.Series) -> np.ndarray:
+    """Which of ``numbers`` are 8-digit dates written without separators (``compact_date``),
+    at once for a column."""
+    low, high = _COMPACT_YEARS[0] * 10_000 + 101, _COMPACT_YEARS[1] * 10_000 + 1231
+    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    maybe = (values >= low) & (values <= high) & (values == np.floor(values))
+    if maybe.any():
+        texts = pd.Series(values[maybe].astype(np.int64).astype(str))
+        maybe[maybe] = pd.to_datetime(texts, format="%Y%m%d", errors="coerce").notna()
+    return maybe
+
+
 def plausible_seconds(seconds: float) -> bool:
-    """Whether a number read as epoch seconds is finite and within ``EPOCH_SECONDS_LIMIT``."""
-    return math.isfinite(seconds) and abs(seconds) < EPOCH_SECONDS_LIMIT
+    """Whether a number read as epoch seconds is finite, within ``EPOCH_SECONDS_LIMIT`` and
+    not a date written without separators (``compact_date``)."""
+    return (
+        math.isfinite(seconds) and abs(seconds) < EPOCH_SECONDS_LIMIT and not compact_date(seconds)
+    )
 
 
 def parse_times(values: pd.Series) -> pd.Series:
     """Seconds since the epoch as float (NaN where a value is not a time): numbers are epoch
     seconds, text is ISO-8601 (a zone-less time is taken as UTC); a column may mix both. An
     infinite time is none: every later row of its series would be out of order; nor is a
-    number beyond ``EPOCH_SECONDS_LIMIT`` (milliseconds, most likely)."""
+    number beyond ``EPOCH_SECONDS_LIMIT`` (milliseconds, most likely), a date written without
+    separators (``compact_date``), a 32-bit float past its exact integers, a duration or a
+    truth value. A column of periods (pandas') is read as their start times."""
+    if isinstance(values.dtype, pd.PeriodDtype):  # ordinals in the period's unit, otherwise
+        values = values.dt.to_timestamp()
+    if pd.api.types.is_timedelta64_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return pd.Series(np.nan, index=values.index)  # durations and truths place no row
     if pd.api.types.is_datetime64_any_dtype(values):  # Parquet's timestamps, a DataFrame's
         if isinstance(values.dtype, pd.ArrowDtype):
             # pyarrow-backed (read_parquet(dtype_backend="pyarrow")): its total_seconds
@@ -343,14 +401,30 @@ def parse_times(values: pd.Series) -> pd.Series:
         numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
     except OverflowError:  # an integer of hundreds of digits: as text, it reads as infinite
         numbers = pd.to_numeric(values.astype(str), errors="coerce").astype(np.float64)
-    seconds = numbers.where(np.abs(numbers) < EPOCH_SECONDS_LIMIT)
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+    seconds = numbers.where((np.abs(numbers) < EPOCH_SECONDS_LIMIT) & ~_compact_dates(numbers))
+    if values.dtype == np.float32:
+        seconds = seconds.where(np.abs(numbers) <= _FLOAT32_EXACT)
+    if pd.api.types.is_numeric_dtype(values):
         return seconds
+    if values.dtype == object:  # Python's True and False are numbers to pandas
+        truths = values.map(lambda v: isinstance(v, bool | np.bool_), na_action="ignore")
+        seconds = seconds.mask(truths.fillna(False).astype(bool))
     text = numbers.isna() & values.notna()
     if text.any():
         stamps = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
         seconds[text] = _epoch_seconds(stamps)
+        if stamps.isna().any():  # only those that failed: respelling all cost a large file
+            failed = stamps.index[stamps.isna()]
+            respelled = values[failed].map(iso_spelling)
+            stamps = pd.to_datetime(respelled, errors="coerce", utc=True, format="ISO8601")
+            seconds[failed] = _epoch_seconds(stamps)
     return seconds
+
+
+def iso_spelling(value: object) -> object:
+    """An ISO-8601 text as pandas reads it: RFC 3339's lower-case ``t`` and ``z`` and
+    ISO-8601's decimal comma, spelled as upper case and a point (other values as they are)."""
+    return value.upper().replace(",", ".") if isinstance(value, str) else value
 
 
 def _epoch_seconds(stamps: pd.Series) -> pd.Series:
@@ -362,27 +436,46 @@ def _epoch_seconds(stamps: pd.Series) -> pd.Series:
     return (held.dt.as_unit("ns") - EPOCH).dt.total_seconds()
 
 
-def not_a_time(column: str, value: object) -> str:
-    """Why ``value`` of the time ``column`` places no row in its series."""
+def not_a_time(column: str, value: object, *, float32: bool = False) -> str:
+    """Why ``value`` of the time ``column`` places no row in its series (``float32``: the
+    column holds 32-bit floats)."""
     # pd.NA, as a text column read by pandas holds an empty cell, has no truth value.
     if (
         value is None
         or value is pd.NA
         or value is pd.NaT
-        or value == ""
+        or (isinstance(value, str) and value.strip() in ("", *MISSING_TEXT))
         or (isinstance(value, float) and np.isnan(value))
         or (isinstance(value, np.datetime64) and np.isnat(value))
     ):
         return f"{column} is empty; every row needs its time"
+    shown = shortened(repr(value))
+    if isinstance(value, bool | np.bool_):
+        return f"{column} {shown} is a truth value, not a time (ISO-8601 text or epoch seconds)"
+    if isinstance(value, datetime.timedelta | np.timedelta64):
+        return (
+            f"{column} {shown} is a duration, not a time: add it to the time it counts from, "
+            "or give epoch seconds"
+        )
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         number = math.nan
+    if math.isfinite(number) and (spelled := compact_date(number)):
+        return (
+            f"{column} {shown} looks like a date written without separators ({spelled}), "
+            f"not epoch seconds; write it as ISO-8601 ({spelled}) or as epoch seconds"
+        )
+    if float32 and math.isfinite(number) and abs(number) > _FLOAT32_EXACT:
+        return (
+            f"{column} {shown} is a 32-bit float, which holds epoch seconds only to a minute or "
+            "two; store the times as 64-bit numbers, timestamps or ISO-8601 text"
+        )
     if math.isfinite(number) and not plausible_seconds(number):
-        shown = shortened(repr(value))
+        unit, factor = _epoch_unit(number)
         return (
             f"{column} {shown} is too far from 1970 to be epoch seconds; if it is epoch "
-            "milliseconds, divide by 1000"
+            f"{unit}, divide by {factor}"
         )
     if (isinstance(value, str) and _iso_out_of_range(value)) or isinstance(
         value, datetime.datetime | np.datetime64
@@ -392,6 +485,17 @@ def not_a_time(column: str, value: object) -> str:
             f"lie between the years {FIRST_TIME.year + 1} and {LAST_TIME.year - 1}"
         )
     return f"{column} {shortened(repr(value))} is not a time (ISO-8601 text or epoch seconds)"
+
+
+def _epoch_unit(number: float) -> tuple[str, str]:
+    """The unit a number too large for epoch seconds most likely counts (today's times are
+    about 1.8e12 milliseconds, 1.8e15 microseconds, 1.8e18 nanoseconds), and its divisor."""
+    size = abs(number)
+    if size < 1e14:
+        return "milliseconds", "1,000"
+    if size < 1e17:
+        return "microseconds", "1,000,000"
+    return "nanoseconds", "1,000,000,000"
 
 
 def _iso_out_of_range(text: str) -> bool:
@@ -405,19 +509,32 @@ def _iso_out_of_range(text: str) -> bool:
 
 
 def late_rejection(
-    spec: SeriesSpec, row: int, *, same_time: bool, last: float | None = None
+    spec: SeriesSpec,
+    row: int,
+    *,
+    same_time: bool,
+    last: float | None = None,
+    value: object = None,
 ) -> SeriesRejection:
     """``row`` comes at (``same_time``) or before the last row already placed in its series,
     at ``last`` (epoch seconds), which the reason names: where one row's time is wrong, the
-    rows it makes late point at it."""
+    rows it makes late point at it. ``value``: the row's time as given, for a hint where it
+    names no zone (a local time repeats an hour where the clocks go back)."""
     column = spec.time_column
     seen = "" if last is None else f" ({iso_time(last)})"
+    hint = ""
+    if isinstance(value, str) and _without_zone(pd.Series([value])):
+        hint = (
+            f"; {shortened(repr(value))} names no zone, so it is read as UTC: if it is a "
+            "local time, an hour repeats where the clocks go back, so send UTC or an offset "
+            "(2026-11-01T01:30:00-05:00)"
+        )
     if same_time:
-        reason = f"an earlier row of its series has the same {column}{seen}"
+        reason = f"an earlier row of its series has the same {column}{seen}{hint}"
         return SeriesRejection(row, "duplicate_timestamp", reason)
     reason = (
         f"its {column} is before the last row already seen for its series{seen}; send each "
-        "series in time order"
+        f"series in time order{hint}"
     )
     return SeriesRejection(row, "out_of_order", reason)
 
@@ -621,8 +738,11 @@ class SeriesState:
             raise SchemaError("; ".join(problems))
         frame = frame.reset_index(drop=True)
         times = parse_times(frame[spec.time_column])
+        float32 = frame[spec.time_column].dtype == np.float32
         rejections = [
-            SeriesRejection(int(i), "bad_timestamp", not_a_time(spec.time_column, v))
+            SeriesRejection(
+                int(i), "bad_timestamp", not_a_time(spec.time_column, v, float32=float32)
+            )
             for i, v in frame.loc[times.isna(), spec.time_column].items()
         ]
         usable = times.notna().to_numpy().copy()
@@ -675,10 +795,12 @@ class SeriesState:
             last[own_rows] = rows["_key"].iloc[own_rows].map(seen).fillna(-np.inf).to_numpy()
         seconds = rows["_time"].to_numpy()
         late = ~old & (seconds <= last)
+        given = frame[spec.time_column]
         for i in np.flatnonzero(late):
+            row = int(rows["_row"].iat[i])
             rejections.append(
                 late_rejection(
-                    spec, int(rows["_row"].iat[i]), same_time=seconds[i] == last[i], last=last[i]
+                    spec, row, same_time=seconds[i] == last[i], last=last[i], value=given.iat[row]
                 )
             )
         rows, old = rows[~late].reset_index(drop=True), old[~late]
@@ -687,8 +809,9 @@ class SeriesState:
         repeated[1:] = (key[1:] == key[:-1]) & (seconds[1:] == seconds[:-1])
         repeated &= ~old
         for i in np.flatnonzero(repeated):
+            row = int(rows["_row"].iat[i])
             rejections.append(
-                late_rejection(spec, int(rows["_row"].iat[i]), same_time=True, last=seconds[i])
+                late_rejection(spec, row, same_time=True, last=seconds[i], value=given.iat[row])
             )
         rows, old = rows[~repeated].reset_index(drop=True), old[~repeated]
         key, seconds = rows["_key"].to_numpy(), rows["_time"].to_numpy()

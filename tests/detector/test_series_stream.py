@@ -173,7 +173,7 @@ def test_epoch_milliseconds_are_no_time_in_a_stream_or_a_table(value: object) ->
     (rejection,) = make_windows(frame, SeriesSpec("ts")).rejections
     assert rejection.code == "bad_timestamp"
     if value != 10**400:
-        assert "if it is epoch milliseconds, divide by 1000" in rejection.reason
+        assert "if it is epoch milliseconds, divide by 1,000" in rejection.reason
     assert len(rejection.reason) < 200  # a value of 400 digits is not echoed whole
 
 

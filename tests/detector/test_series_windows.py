@@ -10,7 +10,7 @@ import pytest
 
 from detector.errors import SchemaError
 from detector.series.stream import parse_time
-from detector.series.windows import SeriesSpec, make_windows, parse_times
+from detector.series.windows import SeriesSpec, SeriesState, make_windows, parse_times
 
 
 def fleet() -> pd.DataFrame:
@@ -279,7 +279,13 @@ def test_an_hour_repeated_by_a_clock_change_points_at_times_without_a_zone() -> 
     with pytest.raises(SchemaError) as refused:
         windowed_for_training(frame, spec)
     assert "60 training row(s) cannot be placed" in str(refused.value)
-    assert "these times name no zone, so they are read as UTC" in str(refused.value)
+    assert "names no zone, so it is read as UTC" in str(refused.value)
+    assert "an hour repeats where the clocks go back" in str(refused.value)
+    # Scoring such times says the same for each row it rejects (2026-12-07: a plain
+    # "duplicate" there, with no hint).
+    state = SeriesState(spec, max_ahead_seconds=None)
+    reasons = [r.reason for r in state.window(frame).rejections]
+    assert len(reasons) == 60 and all("clocks go back" in r for r in reasons)
     # A time repeated with its zone is a repeated row: no talk of clocks.
     frame["ts"] = [t.isoformat() for t in local]
     frame.loc[10, "ts"] = frame.loc[9, "ts"]
@@ -288,8 +294,6 @@ def test_an_hour_repeated_by_a_clock_change_points_at_times_without_a_zone() -> 
 
 
 def test_the_least_recently_seen_series_is_evicted_beyond_the_cap() -> None:
-    from detector.series.windows import SeriesState
-
     state = SeriesState(SeriesSpec("ts", ("host",), window=2), max_keys=2)
     for second, host in enumerate("abca"):
         state.window(pd.DataFrame({"ts": [second], "host": [host], "cpu": [float(second)]}))
@@ -335,3 +339,77 @@ def test_training_rows_refused_for_one_reason_are_listed_together() -> None:
     message = str(refused.value)
     assert "(rows 1, 5, 9: no value for key ['host']" in message
     assert message.count("no value for key") == 1
+
+
+def _reasons(times: list[object] | pd.Series) -> list[str]:
+    frame = pd.DataFrame({"ts": times, "cpu": 1.0})
+    return [r.reason for r in make_windows(frame, SeriesSpec("ts", window=2)).rejections]
+
+
+def test_a_date_written_without_separators_is_not_taken_for_epoch_seconds() -> None:
+    # 2026-12-07: 20261104 was read as epoch seconds, 1970-08-23, and scored first in its
+    # series, moving the scores of the rows after it; in a file, over HTTP and in training.
+    for value in ("20261104", 20261104, 20261104.0):
+        assert parse_times(pd.Series([value, 1_793_750_400])).isna().tolist() == [True, False]
+        assert parse_time(value) is None
+    (reason,) = _reasons(["20261104", 1_793_750_400])
+    assert "'20261104' looks like a date written without separators (2026-11-04)" in reason
+    assert "write it as ISO-8601 (2026-11-04) or as epoch seconds" in reason
+    # Numbers that are no date stay epoch seconds (a clock counted from a start).
+    for value in (19_999_999, 20_000_230, 2026, 60):
+        assert parse_times(pd.Series([value])).tolist() == [float(value)]
+        assert parse_time(value) == float(value)
+
+
+def test_a_number_too_large_for_epoch_seconds_is_told_its_likely_unit() -> None:
+    # Every such number was told to be divided by 1000: a microsecond one still failed, and a
+    # YYYYMMDDHHMM one (202611010000) became a time in 1976, accepted.
+    reasons = _reasons([1_793_750_400_000, 1_793_750_400_000_000, 1_793_750_400_000_000_000,
+                        202_611_010_000, 20_261_101_000_000])  # fmt: skip
+    assert "epoch milliseconds, divide by 1,000" in reasons[0]
+    assert "epoch microseconds, divide by 1,000,000" in reasons[1]
+    assert "epoch nanoseconds, divide by 1,000,000,000" in reasons[2]
+    assert "without separators (2026-11-01T00:00:00)" in reasons[3]
+    assert "without separators (2026-11-01T00:00:00)" in reasons[4]
+
+
+def test_periods_are_read_as_times_and_durations_or_truths_refused() -> None:
+    # From Python: a column of periods was read as its ordinals (minutes since 1970, taken for
+    # seconds), durations as microseconds, truths as 0 and 1 s.
+    periods = pd.Series(pd.period_range("2026-11-04", periods=2, freq="15min"))
+    assert parse_times(periods).tolist() == [1_793_750_400.0, 1_793_751_300.0]
+    durations = pd.Series(pd.to_timedelta([0, 900], unit="s"))
+    assert parse_times(durations).isna().all()
+    assert all("is a duration, not a time" in r for r in _reasons(durations))
+    assert parse_times(pd.Series([True, False])).isna().all()
+    mixed = pd.Series([True, 1_793_750_400], dtype=object)
+    assert parse_times(mixed).isna().tolist() == [True, False]
+    assert "True is a truth value, not a time" in _reasons(mixed)[0]
+
+
+def test_32_bit_float_times_are_refused_rather_than_rounded() -> None:
+    # A float32 column (Parquet, Python) holds today's epoch seconds to the nearest 128 s:
+    # rows moved by up to a minute, their scores with them.
+    times = pd.Series(np.array([1_793_750_400, 1_793_750_460, 100], dtype=np.float32))
+    assert parse_times(times).isna().tolist() == [True, True, False]
+    reasons = _reasons(times)
+    assert len(reasons) == 2 and "is a 32-bit float" in reasons[0]
+    assert "store the times as 64-bit numbers" in reasons[0]
+
+
+def test_iso_spellings_a_file_and_a_record_read_alike() -> None:
+    # RFC 3339's lower-case t and z, ISO-8601's decimal comma: refused as no time before.
+    # "1_793_750_400" was a time over HTTP (Python's float reads it), and not in a file.
+    texts = ["2026-11-04t00:00:00z", "2026-11-04T00:00:00,5Z", "1_793_750_400", "null"]
+    assert parse_times(pd.Series(texts)).tolist()[:2] == [1_793_750_400.0, 1_793_750_400.5]
+    assert [parse_time(t) for t in texts] == [1_793_750_400.0, 1_793_750_400.5, None, None]
+    assert parse_times(pd.Series(texts[2:])).isna().all()
+    assert "ts is empty" in _reasons(texts)[-1]
+
+
+def test_training_on_one_repeated_time_names_the_time_column() -> None:
+    from detector.series.windows import windowed_for_training
+
+    frame = pd.DataFrame({"ts": "2026-11-04T00:00:00Z", "host": "a", "cpu": np.arange(9.0)})
+    with pytest.raises(SchemaError, match="every row has the same ts"):
+        windowed_for_training(frame, SeriesSpec("ts", ("host",), window=2))
