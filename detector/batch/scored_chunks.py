@@ -132,7 +132,10 @@ def iter_scored(
     rows = chunk_rows_for(bundle, chunk_rows)
     for name in expand_inputs([path]):
         tally = NumberTally()
-        with open_source(name, expected=(*bundle.input_columns, *passthrough)) as source:
+        # Passthrough text as it came ('NA' is a country), the model's as it reads it.
+        exact = [c for c in passthrough if c not in bundle.input_columns]
+        expected = (*bundle.input_columns, *passthrough)
+        with open_source(name, expected=expected, exact=exact) as source:
             check_columns(
                 bundle.schema,
                 source.columns,

@@ -137,8 +137,14 @@ class Lines:
         return Record(k, end, fields, error, open=True, problem=problem)
 
 
-def text_array(values: list[str]) -> pa.Array:
+def text_array(values: list[str], *, missing: bool = True) -> pa.Array:
+    """``values`` as an Arrow text array; with ``missing``, ``NULL_VALUES`` as nulls."""
     array = pa.array(values, pa.string())
+    return missing_as_null(array) if missing else array
+
+
+def missing_as_null(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Text ``array`` with its ``NULL_VALUES`` (as Arrow's CSV reader reads them) as nulls."""
     return pc.if_else(pc.is_in(array, value_set=NULL_SET), pa.scalar(None, pa.string()), array)
 
 

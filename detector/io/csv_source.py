@@ -13,7 +13,7 @@ import stat
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from detector.io.csv_lines import (
     block_text,
     last_record_end,
     megabytes,
+    missing_as_null,
     record_texts,
     strict_error,
     text_array,
@@ -88,8 +89,12 @@ class CsvSource(TableSource):
 
     delimiter: str
 
-    def __init__(self, path: str, *, stdin: Any = None) -> None:
-        """``stdin``, for '-': a ``stdin_reader`` already peeked at (``open_source``)."""
+    def __init__(self, path: str, *, stdin: Any = None, exact: Collection[str] = ()) -> None:
+        """``stdin``, for '-': a ``stdin_reader`` already peeked at (``open_source``).
+        ``exact``: columns whose text is kept as it is, markers of missing values ('NA',
+        'null', an empty field) included: a caller's passthrough columns, written back out.
+        Elsewhere such text is read as a missing value (``NULL_VALUES``)."""
+        self._exact = frozenset(exact)
         if path == "-":
             reader = stdin if stdin is not None else stdin_reader()
             self._open("<stdin>", csv_delimiter(path), reader, None, owned=False)
@@ -103,6 +108,7 @@ class CsvSource(TableSource):
         """Comma-separated text already in memory (an HTTP body), named ``name`` in messages,
         read as a file is: the same records, the same rejects."""
         source = cls.__new__(cls)
+        source._exact = frozenset()
         source._open(name, ",", io.BufferedReader(io.BytesIO(data)), len(data), owned=True)
         return source
 
@@ -320,13 +326,21 @@ class CsvSource(TableSource):
                 convert_options=pa_csv.ConvertOptions(
                     column_types={c: pa.string() for c in self.columns},
                     null_values=list(NULL_VALUES),
-                    strings_can_be_null=True,
+                    strings_can_be_null=not self._exact,
                 ),
             )
         except pa.ArrowInvalid:
             return None  # invalid UTF-8 or a quote open at the block's end: the Python path
         if invalid:
             return None
+        if self._exact:  # Arrow's null values hold for every column or none
+            table = pa.Table.from_arrays(
+                [
+                    column if name in self._exact else missing_as_null(column)
+                    for name, column in zip(table.column_names, table.columns, strict=True)
+                ],
+                names=table.column_names,
+            )
         n = table.num_rows
         extra = np.zeros(n, dtype=np.int64)
         if quoted:
@@ -442,9 +456,10 @@ class CsvSource(TableSource):
             k = record.end
         if k == 0:
             return None
-        arrays = [text_array(list(column)) for column in zip(*good, strict=True)] or [
-            pa.array([], pa.string()) for _ in self.columns
-        ]
+        arrays = [
+            text_array(list(column), missing=name not in self._exact)
+            for name, column in zip(self.columns, zip(*good, strict=True), strict=False)
+        ] or [pa.array([], pa.string()) for _ in self.columns]
 
         def raw_text(i: int) -> str:
             return lines.raw(*spans[i])

@@ -29,25 +29,29 @@ from detector.io.tables import check_names, input_format, looks_like_json
 _SNIFF_BYTES = 4096
 
 
-def open_source(path: str, *, expected: Sequence[str] = ()) -> TableSource:
+def open_source(
+    path: str, *, expected: Sequence[str] = (), exact: Sequence[str] = ()
+) -> TableSource:
     """Open a CSV or JSON Lines (plain, gzip, or '-' for stdin) or Parquet file, told apart by
     content (``input_format``; stdin by its first bytes), not name; its header (a JSON Lines
     file's first records) is read and checked here (empty file, undecodable or duplicate or
     empty column names, a first line of values: ``DataError``). ``expected``: the columns the
     caller reads (a model's, those it keeps), which a JSON Lines file has even where its first
-    records leave them out (a serialiser that drops null values)."""
+    records leave them out (a serialiser that drops null values). ``exact``: columns a CSV
+    file's reader keeps as text as it is, 'NA' and empty fields too (passthrough columns,
+    written back out as they came), where the others read them as missing values."""
     if path == "-":
         stdin = stdin_reader()
         # Blocks until the first bytes come (or the end): what a pipe holds is told by them.
         if looks_like_json(stdin.peek(_SNIFF_BYTES)[:_SNIFF_BYTES], gzipped=True):
             return JsonLinesSource("<stdin>", stdin, owned=False, expected=expected)
-        return CsvSource(path, stdin=stdin)
+        return CsvSource(path, stdin=stdin, exact=exact)
     fmt = input_format(path)
     if fmt == "parquet":
         return ParquetSource(path)
     if fmt == "jsonl":
         return JsonLinesSource.of_path(path, expected=expected)
-    return CsvSource(path)
+    return CsvSource(path, exact=exact)
 
 
 class ParquetSource(TableSource):

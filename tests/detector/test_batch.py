@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 
 from detector.batch import scored_chunks
+from detector.bundles.bundle import load_bundle
 from detector.cli.main import main
 from detector.io.sources import open_source
 from detector.io.writers import csv_bytes
@@ -697,3 +698,49 @@ def test_top_indices_match_a_stable_descending_sort() -> None:
         ranked = np.where(np.isnan(values), -np.inf, values)
         expected = np.argsort(-ranked, axis=1, kind="stable")[:, : min(3, m)]
         np.testing.assert_array_equal(result.top_indices(3), expected)
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["arrow", "record-by-record"])
+def test_passthrough_text_that_reads_as_missing_is_written_as_it_came(
+    capsys, bundle_dir: Path, tmp_path: Path, ragged: bool
+) -> None:
+    # 2026-12-07: a kept column's 'NA' (a country), 'None' or empty field came out empty in a
+    # TSV, null in JSON Lines and Parquet, and empty in a CSV whose input had its columns in
+    # another order: the reader took them for missing values, as it does for the model's.
+    kept = ["NA", "None", "", "null", "#N/A"]
+    rows = [r + "," + k for r, k in zip(lines_of(EVAL.head(5)), kept, strict=True)]
+    if ragged:  # a ragged row sends the block through Python's csv module
+        rows.append("1,2")
+    first = tmp_path / "a.csv"
+    first.write_text("\n".join([HEADER + ",country", *rows]) + "\n")
+    second = tmp_path / "b.csv"  # the same columns, in another order
+    swapped = EVAL.head(1).assign(country="NA")[["country", *EVAL.columns]]
+    second.write_text(",".join(swapped.columns) + "\n" + lines_of(swapped)[0] + "\n")
+    for suffix in (".jsonl", ".tsv", ".csv"):
+        output = tmp_path / f"out{suffix}"
+        code, ledger, err = score(
+            capsys, str(bundle_dir), str(first), str(second), "--output", str(output),
+            "--keep-column", "country",
+        )  # fmt: skip
+        assert code == 0, err
+        assert ledger["rows_scored"] == 6
+        if suffix == ".jsonl":
+            written = [json.loads(line)["country"] for line in output.read_text().splitlines()]
+        else:
+            sep = "\t" if suffix == ".tsv" else ","
+            table = pd.read_csv(output, sep=sep, dtype=str, keep_default_na=False)
+            written = table["country"].tolist()
+        assert written == [*kept, "NA"], suffix
+    chunks = scored_chunks.iter_scored(load_bundle(bundle_dir), first, passthrough=["country"])
+    assert [v for c in chunks for v in c.frame["country"]] == kept
+    # The model's own columns still read such text as missing, as before.
+    missing = EVAL.head(1).assign(cpu_pct="NA", country="NA")
+    path = tmp_path / "missing.csv"
+    path.write_text(",".join(missing.columns) + "\n" + lines_of(missing)[0] + "\n")
+    code, ledger, err = score(
+        capsys, str(bundle_dir), str(path), "--output", str(tmp_path / "m.csv"),
+        "--keep-column", "country", "--max-reject-rate", "1",
+    )  # fmt: skip
+    assert ledger["rows_rejected"] == 1, err
+    rejects = (tmp_path / "m.csv.rejects.csv").read_text()
+    assert "cpu_pct" in rejects and "empty" in rejects, rejects
