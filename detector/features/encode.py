@@ -36,6 +36,7 @@ from detector.features.schema import (
     as_text,
     is_nested,
     label_lookup,
+    same_letters,
 )
 from detector.io.tables import MISSING_TEXT
 from detector.wording import current_surface, offered, option
@@ -102,7 +103,19 @@ def check_columns(
             f"unknown column(s) {listed(unknown)} (drop them, or keep them in the output unscored "
             f"with {keep}{more})"
         )
-    renamed = _misspelled(missing, unknown)
+    by_letters = {same_letters(c): c for c in missing}
+    forms = [(u, by_letters[same_letters(u)]) for u in unknown if same_letters(u) in by_letters]
+    if forms:
+        problems.insert(
+            1,
+            f"{listed([u for u, _ in forms])} hold the letters of {listed([m for _, m in forms])} "
+            "in another Unicode form (accents as characters of their own, as some tools on "
+            "macOS write them): save the file's text as NFC, or rename the columns",
+        )
+    alike = {u for u, _ in forms} | {m for _, m in forms}
+    renamed = _misspelled(
+        [c for c in missing if c not in alike], [c for c in unknown if c not in alike]
+    )
     if renamed:
         problems.insert(1, f"rename {renamed} (each looks like the model's column, misspelled)")
     if problems:
@@ -380,7 +393,7 @@ def _lookup_labels(
     # stripped text; everything else took one dictionary lookup.
     retry = np.flatnonzero((codes < 0) & ~missing & ~nested)
     if len(retry):
-        cleaned = [str(v).strip() for v in values[retry]]
+        cleaned = [same_letters(str(v).strip()) for v in values[retry]]
         codes[retry] = [lookup.get(v, -1) for v in cleaned]
         # Text a file's reader takes for missing ('NA', 'null'...) is missing however the
         # record came (a JSON string, a DataFrame's cell), unless training knew it as a label.

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from detector.features.encoded import EncodedBatch, NumberCount
-from detector.features.schema import Schema, label_lookup
+from detector.features.schema import Schema, label_lookup, same_letters
 from detector.io.tables import MISSING_TEXT
 
 #: Integers outside int64 are read by pandas as objects and parsed as text; the fast path
@@ -85,7 +85,7 @@ class RecordEncoder:
                     stripped = label.strip()
                     if stripped in MISSING_TEXT:  # '' or 'NA', 'null'...
                         return None
-                    slot = lookup.get(stripped, unseen_slot)
+                    slot = lookup.get(same_letters(stripped), unseen_slot)
                 if slot is not None:
                     values[i, offset + slot] = 1.0
                 elif unseen is not None:

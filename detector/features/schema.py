@@ -6,6 +6,7 @@ pickle). ``detector.features.encode`` encodes records with it; its docstring giv
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -460,13 +461,23 @@ def _fit_numeric(name: str, values: np.ndarray, range_floor: float) -> NumericCo
 def label_lookup(categories: Sequence[str]) -> dict[str, int]:
     """Each training label's slot; a boolean word also under its other spellings. pandas reads
     a training CSV's ``true`` as the boolean True, labelled 'True', while a file or request
-    scored later gives the text as written: every row was an unseen category."""
+    scored later gives the text as written: every row was an unseen category. A label with
+    accents is also found in either Unicode form (``same_letters``)."""
     lookup = {label: i for i, label in enumerate(categories)}
     for label, i in list(lookup.items()):
         if label.lower() in ("true", "false"):
             for spelling in (label.lower(), label.upper(), label.capitalize()):
                 lookup.setdefault(spelling, i)
+        if not label.isascii():
+            for form in ("NFC", "NFD"):
+                lookup.setdefault(unicodedata.normalize(form, label), i)
     return lookup
+
+
+def same_letters(text: str) -> str:
+    """``text`` in one Unicode form (NFC): 'é' is one character or two ('e' and an accent, as
+    macOS writes some files), which look alike and compared unequal (an unseen category)."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def as_text(series: pd.Series) -> pd.Series:

@@ -315,3 +315,34 @@ def test_a_misspelled_column_is_named_with_its_likely_fix() -> None:
     with pytest.raises(SchemaError) as err:
         check_columns(schema, ["load", "mem_pct"])  # nothing alike: no rename offered
     assert "rename" not in str(err.value)
+
+
+def test_accented_labels_and_names_match_in_either_unicode_form() -> None:
+    # 2026-12-07: 'wéb-01' with its accent as a character of its own (NFD, as some macOS tools
+    # write text) looked like the training label and took the unseen slot, flagged.
+    import unicodedata
+
+    from detector.features.encode import check_columns
+    from detector.features.record_encoder import RecordEncoder
+
+    def nfd(text: str) -> str:
+        return unicodedata.normalize("NFD", text)
+
+    values = np.arange(40.0)
+    hosts = ["wéb-01", "db-02"] * 20
+    for labels in (hosts, [nfd(h) for h in hosts]):  # trained in either form
+        schema = fit_schema(pd.DataFrame({"host": labels, "rate ü": values}))
+        scored = pd.DataFrame(
+            {"host": ["wéb-01", nfd("wéb-01"), f" {nfd('wéb-01')} ", "web-01"], "rate ü": 1.0}
+        )
+        batch = encode(schema, scored)
+        slot = schema.categorical[0].categories.index(labels[0])
+        group = batch.values[:, schema.n_numeric :]
+        assert group[:3, slot].tolist() == [1.0, 1.0, 1.0]
+        assert group[3, -1] == 1.0  # another name: unseen, as before
+        fast = RecordEncoder(schema).encode(scored.to_dict("records"))
+        assert fast is not None
+        np.testing.assert_array_equal(fast.values, batch.values)
+    with pytest.raises(SchemaError) as err:
+        check_columns(schema, ["host", nfd("rate ü")])
+    assert "in another Unicode form" in str(err.value) and "rename '" not in str(err.value)
