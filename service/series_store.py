@@ -33,6 +33,7 @@ a version's windows lack the rows the other version took); a layout no worker ha
 
 from __future__ import annotations
 
+import binascii
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -51,6 +53,7 @@ from detector.series.windows import SeriesSpec
 from service.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Series kept per model and layout before the least recently seen is forgotten.
 DEFAULT_MAX_KEYS = 100_000
@@ -202,11 +205,11 @@ class SeriesStore:
 
     @staticmethod
     def _read(db: sqlite3.Connection, state: int, keys: list[str]) -> dict[str, History]:
-        return {k: History.from_json(t) for k, t in _select(db, state, keys, "history").items()}
+        return _readable(_select(db, state, keys, "history"), History.from_json, "rows")
 
     @staticmethod
     def _read_levels(db: sqlite3.Connection, state: int, keys: list[str]) -> dict[str, Level]:
-        return {k: Level.from_json(t) for k, t in _select(db, state, keys, "level").items()}
+        return _readable(_select(db, state, keys, "level"), Level.from_json, "level")
 
     def _write(
         self, db: sqlite3.Connection, state: int, histories: Mapping[str, History], *, new: int
@@ -237,6 +240,25 @@ class SeriesStore:
         return max(over, 0)
 
 
+def _readable(stored: dict[str, str], read: Callable[[str], T], what: str) -> dict[str, T]:
+    """Each key's ``stored`` text as ``read`` makes it, leaving out (logged) what it cannot
+    read: a form no release of this one's wrote (a hand, a tool), which answered every request
+    for the key with a 500 for as long as it stayed. Such a series starts its ``what`` afresh
+    and writes it anew."""
+    out: dict[str, T] = {}
+    for key, text in stored.items():
+        try:
+            out[key] = read(text)
+        except (ValueError, TypeError, KeyError, IndexError, binascii.Error) as exc:
+            _unreadable.error(
+                "series state: a series' stored %s could not be read (%s: %s); it starts afresh",
+                what,
+                type(exc).__name__,
+                exc,
+            )
+    return out
+
+
 def _prepare(db: sqlite3.Connection, deadline: float) -> None:
     """Create the tables, or bring a file of an earlier layout to this one."""
     with immediate(db, deadline):  # two workers may open an old file at once
@@ -250,7 +272,13 @@ def _prepare(db: sqlite3.Connection, deadline: float) -> None:
             db.execute("ALTER TABLE series_history ADD COLUMN level TEXT")
             db.execute(f"PRAGMA user_version = {_VERSION}")
         elif version != _VERSION:
-            if version:
+            earlier = (
+                version
+                or db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name IN (?, ?)", _OLD_TABLES
+                ).fetchone()[0]
+            )
+            if earlier:  # the first release's file had no version
                 log.warning("series state of layout %d dropped: every series warms up", version)
             for table in _OLD_TABLES:
                 db.execute(f"DROP TABLE IF EXISTS {table}")
@@ -557,3 +585,4 @@ class StoredLevels:
 
 
 _levels_unsaved = ThrottledLog(log, "scores left out of their series' levels")
+_unreadable = ThrottledLog(log, "series started afresh")

@@ -68,9 +68,14 @@ class Level:
 
     @classmethod
     def from_json(cls, text: str) -> Level:
+        """A level ``to_json`` wrote, or the form before it (lists of the hours, sums and
+        counts, in state files of 2026-11: read, and stored compactly when next written)."""
         stored = json.loads(text)
         if not stored:
             return cls()
+        if isinstance(stored[0], list):
+            hours, totals, numbers = stored
+            return cls(tuple(map(int, hours)), tuple(map(float, totals)), tuple(map(int, numbers)))
         first, counts, packed = stored
         sums = np.frombuffer(base64.b64decode(packed), dtype="<f8")
         kept = [i for i, count in enumerate(counts) if count]

@@ -253,7 +253,9 @@ def test_during_a_reload_old_and_new_workers_each_keep_their_series(tmp_path: Pa
     assert new_worker.keys("m") == 1
 
 
-def test_a_state_file_of_the_earlier_layout_is_started_afresh(tmp_path: Path) -> None:
+def test_a_state_file_of_the_earlier_layout_is_started_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import sqlite3
 
     from detector.series.windows import SeriesSpec
@@ -268,6 +270,35 @@ def test_a_state_file_of_the_earlier_layout_is_started_afresh(tmp_path: Path) ->
     windows = store.window("m", spec, ["cpu"], [{"ts": 0, "host": "a", "cpu": 1.0}])
     assert windows.warming_up.tolist() == [True]
     assert store.keys("m") == 1
+    # The first release's file had no layout number: it was dropped without a word.
+    assert "series state of layout 0 dropped: every series warms up" in caplog.text
+
+
+def test_a_series_state_another_release_wrote_is_read_or_started_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 2026-12-07 (a helper, upgrading): a level stored by the releases before the compact form
+    # made every request for its host a 500 (a TypeError), for as long as it stayed stored.
+    from detector.series.levels import Level
+    from detector.series.windows import SeriesSpec
+
+    level = Level((490_000, 490_002), (3.5, 1.25), (2, 1))
+    assert Level.from_json(level.to_json()) == level
+    assert Level.from_json("[[490000, 490002], [3.5, 1.25], [2, 1]]") == level  # the old form
+    path = str(tmp_path / "s.sqlite")
+    store, spec = SeriesStore(path), SeriesSpec("ts", ("host",), window=2)
+    rows = [{"ts": 60 * m, "host": h, "cpu": 1.0} for m in range(3) for h in "abc"]
+    store.window("m", spec, ["cpu"], rows)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE series_history SET level = ? WHERE key = 'a'", (level.to_json(),))
+        db.execute("UPDATE series_history SET level = '[[1], [\"x\"], []]' WHERE key = 'b'")
+        db.execute("UPDATE series_history SET history = '{}' WHERE key = 'c'")
+    levels: dict[str, Level] = {}
+    later = [{"ts": 600, "host": h, "cpu": 1.0} for h in "abc"]
+    windows = store.window("m", spec, ["cpu"], later, levels=levels)
+    assert levels == {"a": level}  # b's could not be read: it starts afresh
+    assert windows.warming_up.tolist() == [False, False, True]  # so does c's window
+    assert "could not be read" in caplog.text
 
 
 def test_the_kserve_route_streams_too_and_names_the_series_columns(
