@@ -236,9 +236,11 @@ class Bundle:
     @cached_property
     def version(self) -> str:
         """A content id of what scores and flags a record: the network's weights, the score
-        and its settings, the neighbour bank and the threshold. Of the weights alone, a bundle
-        moved to another threshold (`anomaly threshold`) or scored another way (`--neighbours
-        0`) kept its version, and a dashboard or client could not tell them apart."""
+        and its settings, the neighbour bank, the threshold, and the columns and series it
+        reads. Of the weights alone, a bundle moved to another threshold (`anomaly
+        threshold`) or scored another way (`--neighbours 0`) kept its version, as did one
+        trained on the same values under other column names, which takes other records: a
+        dashboard or client could not tell them apart."""
         digest = hashlib.sha256(self.weights_id.encode())
         settings = {
             "score": self.score_kind,
@@ -246,12 +248,26 @@ class Bundle:
             "noise_seed": self.noise_seed,
             "calibration": self.calibrator.to_dict(),
             "params": self.params,
+            "schema": self.schema.to_dict(),
+            "series": None if self.series is None else asdict(self.series),
         }
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         if self.neighbours is not None:
             digest.update(str(self.neighbours.k).encode())
             digest.update(np.asarray(self.neighbours.bank, dtype=np.float32).tobytes())
         return digest.hexdigest()[:12]
+
+    @property
+    def requires(self) -> list[str]:
+        """What of ``KNOWN_FEATURES`` this bundle needs its reader to know."""
+        series = self.series
+        needs = {
+            "neighbours": self.neighbours is not None,
+            "series": series is not None,
+            "series-levels": series is not None and series.level_hours > 0,
+            "calendar": series is not None and series.calendar,
+        }
+        return sorted(name for name, needed in needs.items() if needed)
 
     def with_target_fpr(self, target_fpr: float) -> Bundle:
         return replace(self, calibrator=self.calibrator.with_target(target_fpr))
@@ -261,6 +277,7 @@ class Bundle:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "requires": self.requires,
             "model_type": self.model_type,
             "version": self.version,
             "weights_version": self.weights_id,

@@ -18,7 +18,17 @@ if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no l
     from detector.nn.models import VAE
 
 FORMAT = "anomaly-detector-bundle"
-FORMAT_VERSION = 1
+#: The bundle format this release writes. 2 from 2026-12-07: format 1 grew arrays and fields
+#: that change scores (the distance's box, parts and local spread, a series' levels), which
+#: a release before them ignored, scoring a newer bundle differently without a word; such a
+#: release refuses format 2. From format 2 on, ``requires`` names what a reader must know.
+FORMAT_VERSION = 2
+#: The formats this release reads: 1 (every bundle before 2026-12-07, scored as then) and 2.
+READABLE_FORMATS = (1, 2)
+#: What a bundle of format 2 may need its reader to know (``requires``): a release that adds
+#: something a reader before it would ignore, and so score otherwise, adds its name here and
+#: to the bundles that use it; a reader refuses a bundle needing a name it does not know.
+KNOWN_FEATURES = frozenset({"neighbours", "series", "series-levels", "calendar"})
 MODEL_FILE = "model.keras"
 SCORER_FILE = "scorer.tflite"
 #: The neighbour bank (``detector.scoring.neighbours``): normal training rows, in encoded units.
@@ -75,10 +85,30 @@ def check_manifest(root: Path, manifest: Any) -> None:
                 "by another tool: retrain the model"
             )
     version = manifest.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:  # not True, 1.0 or "1"
+    if type(version) is not int or version not in READABLE_FORMATS:  # not True, 1.0 or "1"
+        newer = type(version) is int and version > FORMAT_VERSION
         raise BundleError(
-            f"{root} has bundle format {version!r}; this version of anomaly-detector reads format "
-            f"{FORMAT_VERSION}: retrain the model with this version"
+            f"{root} has bundle format {version!r}; this version of anomaly-detector reads "
+            f"formats {', '.join(map(str, READABLE_FORMATS))}: "
+            + (
+                "a newer release wrote it; score it with that release, or retrain the model "
+                "with this one"
+                if newer
+                else "retrain the model with this version"
+            )
+        )
+    required = manifest.get("requires", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise BundleError(
+            f"{root}/{MANIFEST_FILE} has a malformed 'requires' entry; it was edited or written "
+            "by another tool: retrain the model"
+        )
+    unknown = sorted(set(required) - KNOWN_FEATURES)
+    if unknown:
+        raise BundleError(
+            f"{root} needs {unknown}, which this release of anomaly-detector does not know (a "
+            "newer one wrote it) and would score otherwise; score it with that release, or "
+            "retrain the model with this one"
         )
     saved_keras = str(manifest.get("packages", {}).get("keras", "0"))
     current_keras = package_versions()["keras"]

@@ -158,7 +158,7 @@ class Schema:
         return {
             "column_order": list(self.column_order),
             "clip": self.clip,
-            "numeric": [vars(c) for c in self.numeric],
+            "numeric": [dict(vars(c)) for c in self.numeric],  # copies: not the columns' own
             "categorical": [
                 {"name": c.name, "categories": list(c.categories), "mode": c.mode}
                 for c in self.categorical

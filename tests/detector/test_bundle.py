@@ -205,3 +205,46 @@ def test_the_version_tells_apart_bundles_that_score_differently(bundle_dir) -> N
     bundle = load_bundle(bundle_dir)
     other = replace(bundle, score_kind="elbo", neighbours=None)
     assert other.weights_id == bundle.weights_id and other.version != bundle.version
+
+
+def test_a_bundle_says_what_its_reader_must_know_and_a_release_refuses_what_it_does_not(
+    bundle_dir, tmp_path
+) -> None:
+    # 2026-12-07 (a helper, rolling back): format 1 grew arrays and fields that change scores,
+    # which releases before them ignored: a newer bundle scored up to 47.7 apart, no word.
+    from detector.bundles.format import FORMAT_VERSION, KNOWN_FEATURES
+
+    manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
+    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert "neighbours" in manifest["requires"]
+    assert set(manifest["requires"]) <= KNOWN_FEATURES
+    expected = load_bundle(bundle_dir)
+    older = _copy(bundle_dir, tmp_path / "older")  # every bundle before format 2 still reads
+    _edit_manifest(older, format_version=1)
+    assert load_bundle(older).version == expected.version
+    newer = _copy(bundle_dir, tmp_path / "newer")
+    _edit_manifest(newer, requires=[*manifest["requires"], "warp-drive"])
+    with pytest.raises(BundleError, match=r"needs \['warp-drive'\], which this release"):
+        load_bundle(newer)
+    _edit_manifest(newer, format_version=3)
+    with pytest.raises(BundleError, match=r"format 3; .* a newer release wrote it"):
+        load_bundle(newer)
+
+
+def test_the_version_tells_apart_bundles_that_read_other_columns(bundle_dir) -> None:
+    # Trained on the same values under other column names, two bundles had one version, yet
+    # each takes records the other refuses.
+    from dataclasses import replace
+
+    from detector.features.schema import Schema
+
+    bundle = load_bundle(bundle_dir)
+    state = bundle.schema.to_dict()
+    first = state["numeric"][0]["name"]
+    state["numeric"][0]["name"] = first + "_renamed"
+    state["column_order"] = [c + "_renamed" if c == first else c for c in state["column_order"]]
+    renamed = replace(bundle, schema=Schema.from_dict(state))
+    assert renamed.version != bundle.version
+    assert replace(bundle, schema=Schema.from_dict(bundle.schema.to_dict())).version == (
+        bundle.version
+    )
