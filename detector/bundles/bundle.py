@@ -74,7 +74,7 @@ from detector.scoring.neighbours import DEFAULT_BOX_QUANTILE, NeighbourBank
 from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import ScoreGraph, score_kinds
 from detector.scoring.threshold import MAX_CALIBRATION_ROWS, Calibrator, calibration_warnings
-from detector.series.windows import SeriesSpec, is_window_column, read_series
+from detector.series.windows import SeriesSpec, is_window_column, read_series, whole
 from detector.wording import option, train_command
 
 if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
@@ -413,6 +413,11 @@ def bundle_record_fields(path: str | os.PathLike[str]) -> tuple[str, ...] | None
         return None
 
 
+#: The largest manifest read: it is read whole, and held a few times over while parsed, in
+#: every worker (a 150 MB one took a worker to 470 MB).
+MAX_MANIFEST_BYTES = 64 * 2**20
+
+
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Load and check a bundle; raise ``BundleError`` saying what is wrong and what to do."""
     root = Path(path)
@@ -430,6 +435,13 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             )
         raise BundleError(
             f"no model bundle at {root} (no {MANIFEST_FILE}); train one with {train_command(root)}"
+        )
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:  # read whole, a few times its size in memory, per worker
+        raise BundleError(
+            f"{manifest_path} is {size / 2**20:.0f} MB, over the {MAX_MANIFEST_BYTES // 2**20} MB "
+            "a manifest may be (training writes one of well under 1 MB); it is not one this "
+            "tool wrote: retrain the model"
         )
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -468,8 +480,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             schema=schema,
             calibrator=calibrator,
             score_kind=str(scoring["score"]),
-            n_samples=int(scoring["n_samples"]),
-            noise_seed=int(scoring["noise_seed"]),
+            n_samples=whole(scoring["n_samples"], "n_samples"),
+            noise_seed=whole(scoring["noise_seed"], "noise_seed"),
             term_baseline=np.asarray(scoring["term_baseline"], dtype=np.float64),
             model_type=str(manifest["model_type"]),
             params=dict(manifest.get("params", {})),

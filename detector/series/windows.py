@@ -213,6 +213,20 @@ def with_deviation(
     return dataclasses.replace(spec, deviation_window=rows, deviation_columns=columns)
 
 
+def whole(value: object, name: str) -> int:
+    """A manifest's whole number as it is: ``int()`` took "20", 24.5 and true (one sample)."""
+    if type(value) is not int:
+        raise TypeError(f"{name} must be a whole number, not {value!r}")
+    return value
+
+
+def _names(value: object, name: str) -> tuple[str, ...]:
+    """A manifest's list of column names: ``tuple()`` took "host" for the columns h, o, s, t."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name} must be a list of column names, not {value!r}")
+    return tuple(value)
+
+
 def read_series(value: object) -> SeriesSpec | None:
     """A bundle manifest's ``series`` entry back as a ``SeriesSpec`` (``None`` when absent:
     bundles written before series existed score every record alone)."""
@@ -223,16 +237,16 @@ def read_series(value: object) -> SeriesSpec | None:
     gap = value.get("max_gap_seconds")
     spec = SeriesSpec(
         time_column=str(value["time_column"]),
-        key_columns=tuple(str(c) for c in value["key_columns"]),
-        window=int(value["window"]),
+        key_columns=_names(value["key_columns"], "key_columns"),
+        window=whole(value["window"], "window"),
         max_gap_seconds=None if gap is None else float(gap),
         representation=value.get("representation", "lags"),
         calendar=bool(value.get("calendar", False)),
         # Bundles from before the deviation part have neither: lags alone, as they were.
-        deviation_window=int(value.get("deviation_window", 0)),
-        deviation_columns=tuple(str(c) for c in value.get("deviation_columns", ())),
+        deviation_window=whole(value.get("deviation_window", 0), "deviation_window"),
+        deviation_columns=_names(value.get("deviation_columns", []), "deviation_columns"),
         # Bundles from before levels judge every score as it is.
-        level_hours=int(value.get("level_hours", 0)),
+        level_hours=whole(value.get("level_hours", 0), "level_hours"),
     )
     problems = spec.problems([spec.time_column, *spec.key_columns])
     if problems:

@@ -211,6 +211,11 @@ MALFORMED = {
     "packages not a table": _set("packages", value=7),
     "a numeric column not a table": _set("schema", "numeric", value=lambda c: [None, *c[1:]]),
     "no term baseline": _set("scoring", "term_baseline", value=None),
+    # int() took these: true was one latent sample, 8.7 eight (a helper, 2026-12-07).
+    "samples as text": _set("scoring", "n_samples", value="8"),
+    "samples true": _set("scoring", "n_samples", value=True),
+    "samples 8.7": _set("scoring", "n_samples", value=8.7),
+    "noise seed as text": _set("scoring", "noise_seed", value="0"),
 }
 
 
@@ -261,4 +266,27 @@ def test_a_manifest_nested_too_deeply_to_read_is_refused(bundle_dir, tmp_path) -
     copy = _copy(bundle_dir, tmp_path)
     (copy / MANIFEST_FILE).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(BundleError, match="nested too deeply"):
+        load_bundle(copy)
+
+
+def test_a_series_entry_of_loose_types_is_refused() -> None:
+    # tuple("host") made the key columns h, o, s, t, named later as missing columns.
+    from detector.series.windows import read_series
+
+    good = {"time_column": "ts", "key_columns": ["host"], "window": 5, "level_hours": 24}
+    assert read_series(good) is not None
+    for field, value in [("key_columns", "host"), ("window", "5"), ("level_hours", 24.5)]:
+        with pytest.raises(TypeError, match=field):
+            read_series({**good, field: value})
+
+
+def test_an_oversized_manifest_is_refused_before_it_is_read(
+    bundle_dir, tmp_path, monkeypatch
+) -> None:
+    # A 150 MB manifest with a valid checksum loaded, taking each server worker to 470 MB.
+    from detector.bundles import bundle
+
+    copy = _copy(bundle_dir, tmp_path)
+    monkeypatch.setattr(bundle, "MAX_MANIFEST_BYTES", (copy / MANIFEST_FILE).stat().st_size - 1)
+    with pytest.raises(BundleError, match="a manifest may be"):
         load_bundle(copy)
