@@ -250,7 +250,9 @@ class _Run:
                     value_rejects = _value_rejects(chunk, result)
                 else:
                     value_rejects = []
-                self._write_rejects([*chunk.rejects, *value_rejects])
+                # In the input's order, as its rows are: a reader matches them by eye.
+                rejects = sorted([*chunk.rejects, *value_rejects], key=lambda r: r.row_number)
+                self._write_rejects(rejects)
                 rejected += len(chunk.rejects) + len(value_rejects)
                 read += chunk.n_read
                 self._advance(chunk, seen, chunk.n_read)

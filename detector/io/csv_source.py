@@ -38,6 +38,7 @@ from detector.io.csv_lines import (
 from detector.io.tables import (
     NULL_VALUES,
     PARQUET_MAGIC,
+    archive_problem,
     check_names,
     csv_delimiter,
     parquet_on_a_pipe,
@@ -171,11 +172,9 @@ class CsvSource(TableSource):
             buffer = buffer.replace(b"\r", b"\n")
         if buffer.startswith(PARQUET_MAGIC):  # a file is told by content; a pipe cannot seek
             raise DataError(parquet_on_a_pipe(self.name))
-        if buffer[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            raise DataError(
-                f"the header of {self.name} is not UTF-8 text (it looks like UTF-16); re-save "
-                "the file as UTF-8"
-            )
+        problem = archive_problem(self.name, buffer)
+        if problem is not None:
+            raise DataError(problem)
         eof = False
         # Blank lines above the header are no records: pandas, which trains, skips them.
         skipped = 0

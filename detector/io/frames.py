@@ -22,6 +22,7 @@ from detector.io.json_lines import json_lines_table
 from detector.io.tables import (
     DEFAULT_CHUNK_ROWS,
     PARQUET_MAGIC,
+    archive_problem,
     check_header_row,
     check_named,
     csv_delimiter,
@@ -133,9 +134,13 @@ def _iter_csv(
             f"{path} is not valid CSV ({exc}); check the delimiter and quoting"
         ) from None
     except UnicodeDecodeError as exc:
-        if bytes(exc.object[: len(PARQUET_MAGIC)]) == PARQUET_MAGIC:
+        head = bytes(exc.object[:8])
+        if head.startswith(PARQUET_MAGIC):
             raise DataError(parquet_on_a_pipe("<stdin>")) from None
-        raise DataError(f"{path} is not UTF-8 text ({exc}); re-save it as UTF-8") from None
+        problem = archive_problem(str(path), head)
+        raise DataError(
+            problem or f"{path} is not UTF-8 text ({exc}); re-save it as UTF-8"
+        ) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
 

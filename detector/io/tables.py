@@ -153,6 +153,31 @@ NULL_VALUES = (
 )
 
 
+#: Compressed or archive formats a table is not read from, by their first bytes (gzip is).
+_ARCHIVES = {
+    b"PK\x03\x04": "ZIP",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"7z\xbc\xaf\x27\x1c": "7-Zip",
+}
+
+
+def archive_problem(name: str, head: bytes) -> str | None:
+    """Why ``name``, starting with ``head``, cannot be read as a table: it is an archive or
+    compressed in a format other than gzip (told "not UTF-8" or "not CSV text" before), or
+    UTF-16 text; ``None`` where it is neither."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return f"{name} is not UTF-8 text (it looks like UTF-16); re-save the file as UTF-8"
+    for magic, kind in _ARCHIVES.items():
+        if head.startswith(magic):
+            return (
+                f"{name} is a {kind} file, not a table's text: unpack it first, or compress it "
+                "with gzip, which is read as it is"
+            )
+    return None
+
+
 def parquet_on_a_pipe(name: str) -> str:
     """Why Parquet on stdin is refused, and what to do instead."""
     return (

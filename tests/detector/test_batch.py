@@ -3,6 +3,7 @@ outputs of every kind, atomic writes, and the same scores as the HTTP service.""
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
 import io
@@ -12,6 +13,7 @@ import select
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,13 @@ pytestmark = pytest.mark.slow
 
 EVAL = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
 HEADER = ",".join(EVAL.columns)
+
+
+def _zipped(text: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("in.csv", text)
+    return buffer.getvalue()
 
 
 def lines_of(frame: pd.DataFrame) -> list[str]:
@@ -169,6 +178,8 @@ def test_a_record_scores_the_same_over_http_and_in_a_file(
         (HEADER.encode() + b"\n", "has a header but no data rows"),
         (b"host,host," + HEADER.encode() + b"\n1,2\n", "repeats column name(s) ['host']"),
         (HEADER.encode("utf-16") + b"\n", "not UTF-8 text (it looks like UTF-16)"),
+        (_zipped(HEADER + "\n"), "is a ZIP file, not a table's text: unpack it first"),
+        (bz2.compress(HEADER.encode() + b"\n"), "is a bzip2 file"),
         (b"host,,cpu_pct\n1,2,3\n", "have no name"),
         (
             (HEADER + "\n" + lines_of(EVAL.head(1))[0] + ',"never closed\n').encode()
@@ -176,7 +187,16 @@ def test_a_record_scores_the_same_over_http_and_in_a_file(
             "not valid CSV",
         ),
     ],
-    ids=["empty", "header-only", "duplicate-columns", "utf-16", "unnamed-column", "bad-quote"],
+    ids=[
+        "empty",
+        "header-only",
+        "duplicate-columns",
+        "utf-16",
+        "zip",
+        "bzip2",
+        "unnamed-column",
+        "bad-quote",
+    ],
 )
 def test_malformed_csv_gives_a_clear_answer(
     capsys, bundle_dir: Path, tmp_path: Path, content: bytes, message: str
@@ -744,3 +764,25 @@ def test_passthrough_text_that_reads_as_missing_is_written_as_it_came(
     assert ledger["rows_rejected"] == 1, err
     rejects = (tmp_path / "m.csv.rejects.csv").read_text()
     assert "cpu_pct" in rejects and "empty" in rejects, rejects
+
+
+def test_the_rejects_file_lists_rows_in_the_inputs_order(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Rows that did not parse came first, then those whose values failed, each group in order.
+    rows = lines_of(EVAL.head(6))
+    cpu = list(EVAL.columns).index("cpu_pct")
+    empty = rows[1].split(",")
+    empty[cpu] = ""
+    rows[1] = ",".join(empty)  # data row 2: a missing value
+    rows[4] = "1,2"  # data row 5: ragged
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    output = tmp_path / "out.csv"
+    code, ledger, err = score(
+        capsys, str(bundle_dir), str(path), "--output", str(output), "--max-reject-rate", "1"
+    )
+    assert code == 0 and ledger["rows_rejected"] == 2, err
+    rejects = pd.read_csv(f"{output}.rejects.csv")
+    assert rejects["row"].tolist() == [2, 5]
+    assert rejects["code"].tolist() == ["missing_value", "ragged"]

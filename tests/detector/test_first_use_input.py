@@ -311,3 +311,20 @@ def test_blank_lines_above_the_header_are_skipped_as_training_skips_them(tmp_pat
         (chunk,) = source.chunks(10)
     assert chunk.lines.tolist() == [5]
     assert [(r.row_number, r.line, r.code) for r in chunk.rejects] == [(2, 6, "ragged")]
+
+
+def test_training_names_utf16_and_archives_as_scoring_does(tmp_path) -> None:
+    # Training printed the codec's own words ("'utf-8' codec can't decode byte 0xff ...") and
+    # took a ZIP or bzip2 file for text that is not UTF-8.
+    import bz2
+    import zipfile
+
+    text = "cpu,mem\n" + "".join(f"{i},{i % 7}\n" for i in range(60))
+    (tmp_path / "u16.csv").write_bytes(text.encode("utf-16"))
+    with zipfile.ZipFile(tmp_path / "z.csv", "w") as archive:
+        archive.writestr("z.csv", text + "é\n")  # a byte past ASCII, as most data has
+    (tmp_path / "b.csv").write_bytes(bz2.compress(text.encode()))
+    for name, needle in [("u16.csv", "it looks like UTF-16"), ("z.csv", "is a ZIP file"),
+                         ("b.csv", "is a bzip2 file")]:  # fmt: skip
+        with pytest.raises(DataError, match=needle):
+            read_table(tmp_path / name)
