@@ -420,9 +420,10 @@ def parse_times(values: pd.Series) -> pd.Series:
         seconds = seconds.where(np.abs(numbers) <= _FLOAT32_EXACT)
     if pd.api.types.is_numeric_dtype(values):
         return seconds
-    if values.dtype == object:  # Python's True and False are numbers to pandas
-        truths = values.map(lambda v: isinstance(v, bool | np.bool_), na_action="ignore")
-        seconds = seconds.mask(truths.fillna(False).astype(bool))
+    if values.dtype == object and numbers.notna().any():  # True and False: numbers to pandas
+        read = numbers.notna()  # only those, not every text of a column of ISO times
+        truths = values[read].map(lambda v: isinstance(v, bool | np.bool_))
+        seconds[truths.index[truths.to_numpy(dtype=bool)]] = np.nan
     text = numbers.isna() & values.notna()
     if text.any():
         stamps = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
