@@ -231,7 +231,9 @@ def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
     )
     tables, rows, rejected = [], [], []
     try:
-        with CsvSource.of_bytes(body, "the CSV body") as source:
+        inputs = loaded.bundle.input_columns
+        echoed = [f for f in app_state.config.passthrough_fields if f not in inputs]
+        with CsvSource.of_bytes(body, "the CSV body", exact=echoed) as source:
             for chunk in source.chunks(limit + 1):
                 tables.append(chunk.table)
                 rows.append(chunk.row_numbers - 1)

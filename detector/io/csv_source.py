@@ -105,11 +105,11 @@ class CsvSource(TableSource):
             self._open(path, csv_delimiter(path), binary, size, owned=True)
 
     @classmethod
-    def of_bytes(cls, data: bytes, name: str) -> CsvSource:
+    def of_bytes(cls, data: bytes, name: str, *, exact: Collection[str] = ()) -> CsvSource:
         """Comma-separated text already in memory (an HTTP body), named ``name`` in messages,
-        read as a file is: the same records, the same rejects."""
+        read as a file is: the same records, the same rejects (``exact``: as for a file)."""
         source = cls.__new__(cls)
-        source._exact = frozenset()
+        source._exact = frozenset(exact)
         source._open(name, ",", io.BufferedReader(io.BytesIO(data)), len(data), owned=True)
         return source
 

@@ -73,6 +73,17 @@ def test_csv_bodies_are_scored_too(client) -> None:
     assert response.json["counts"]["scored"] == 5
 
 
+def test_a_csv_bodys_echoed_field_comes_back_as_it_was_sent(client) -> None:
+    # An id 'NA' or 'None' (or empty) came back null: read as a missing value, as the model's
+    # own columns read such text (2026-12-07; files' kept columns had the same slip).
+    ids = ["NA", "None", "", "r-4"]
+    frame = pd.DataFrame(NORMAL[: len(ids)]).assign(id=ids)
+    response = client.post("/v1/models/tiny/score", data=frame.to_csv(index=False),
+                           content_type="text/csv")  # fmt: skip
+    assert response.status_code == 200, response.json
+    assert [r["id"] for r in response.json["results"]] == ids
+
+
 def test_a_csv_body_reads_its_header_names_as_a_file_does(client) -> None:
     """Spaces around the names, which training and file scoring strip: the body's were kept,
     so the same CSV scored as a file was "missing ... unknown ' region '" over HTTP."""
