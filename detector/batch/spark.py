@@ -161,7 +161,11 @@ def score_files(
     fmt = table_format(paths[0].rstrip("/*"))
     if fmt == "parquet":
         _check_parquet_columns(bundle, paths, keep_columns)
-    frame = spark.read.parquet(*paths) if fmt == "parquet" else _read_csv(spark, paths)
+    if fmt == "parquet":
+        frame = spark.read.parquet(*paths)
+    else:  # kept columns the model does not read are written as they came ('NA' too)
+        exact = [c for c in keep_columns if c not in bundle.input_columns]
+        frame = _read_csv(spark, paths, exact)
     frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
     absent = [c for c in keep_columns if c not in frame.columns]
     if absent:
@@ -357,7 +361,7 @@ def _is_json_lines(path: str) -> bool:
     return input_format(path) == "jsonl"
 
 
-def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
+def _read_csv(spark: SparkSession, paths: list[str], exact: Sequence[str] = ()) -> DataFrame:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -387,6 +391,9 @@ def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
         # reader scores it. Files are also split between tasks again.
         .option("multiLine", False)
         .option("enforceSchema", False)
+        # No text is null as Spark reads it (its own nullValue is ""): the model's columns
+        # take the empty texts below, and the ``exact`` ones keep an empty field as "".
+        .option("nullValue", "\u0000")
         .csv(paths)
     )
     # The cells the local reader takes for empty ("nan", "NA", ...; Spark's own option takes
@@ -395,7 +402,7 @@ def _read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
     # Backquoted: a name such as 'cpu.pct' is a column, not a field of a struct 'cpu'.
     cells = [F.col("`" + r.replace("`", "``") + "`") for r in raw]
     kept = [
-        F.when(c.isin(empty), F.lit(None)).otherwise(c).alias(n)
+        c.alias(n) if n in exact else F.when(c.isin(empty), F.lit(None)).otherwise(c).alias(n)
         for c, n in zip(cells, names, strict=True)
     ]
     return frame.select(*kept, F.col(CORRUPT_RECORD))

@@ -123,12 +123,14 @@ def test_spark_csv_holds_the_values_and_words_of_the_streaming_engine(
     spark, capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
     """Spark's CSV trimmed a kept '  5  ' to '5', wrote booleans as true/false, and its
-    reasons named options as Python spells them (impute='median') on the command line."""
+    reasons named options as Python spells them (impute='median') on the command line; a kept
+    'NA', 'None' or empty field came out empty (2026-12-07)."""
     from detector.batch.spark import score_files
     from detector.wording import speaking_to
 
     frame = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
-    frame = frame.head(40).assign(id="  5  ")
+    frame = frame.head(40).assign(id=["  5  ", "NA", "None", "x"] * 10)
+    frame.loc[4, "id"] = ""
     frame.loc[3, "cpu_pct"] = None
     frame.to_csv(tmp_path / "in.csv", index=False)
     with speaking_to("cli"):
@@ -137,7 +139,8 @@ def test_spark_csv_holds_the_values_and_words_of_the_streaming_engine(
     parts = sorted((tmp_path / "spark.csv").glob("part-*.csv"))
     read = {"dtype": str, "keep_default_na": False}
     scored = pd.concat([pd.read_csv(p, **read) for p in parts if p.stat().st_size])
-    assert set(scored["id"]) == {"  5  "} and set(scored["is_anomaly"]) <= {"True", "False"}
+    assert sorted(scored["id"]) == sorted(frame.drop(index=3)["id"])  # row 3 is rejected
+    assert set(scored["is_anomaly"]) <= {"True", "False"}
     rejects = sorted((tmp_path / "spark.csv.rejects").glob("part-*.csv"))
     (reason,) = pd.concat([pd.read_csv(p) for p in rejects if p.stat().st_size])["reason"]
     assert "--impute median" in reason
