@@ -117,12 +117,17 @@ def iter_scored(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     max_series: int = DEFAULT_MAX_SERIES,
+    read_as_values: Sequence[str] = (),
+    leave_out_unknown: bool = False,
 ) -> Iterator[ScoredChunk]:
     """Score ``path`` (a file, '-', a directory or a glob, as ``anomaly score`` takes them)
     chunk by chunk, as ``score_file`` does: the same reader and rejects, the same scores, a
     series model's series carried from one file to the next; memory bounded by the chunk. A
     numeric column with no number in a whole file raises ``SchemaError`` after its last chunk
-    (``NumberTally``)."""
+    (``NumberTally``). ``passthrough`` columns come as they are written ('NA' is a country),
+    but those in ``read_as_values`` (a label), whose markers of missing values are nulls.
+    ``leave_out_unknown``: columns neither the model's nor ``passthrough`` are left out, not
+    refused (``evaluate``, which writes nothing, even from stdin, whose header is read here)."""
     series = bundle.series
     state = (
         None
@@ -133,13 +138,14 @@ def iter_scored(
     for name in expand_inputs([path]):
         tally = NumberTally()
         # Passthrough text as it came ('NA' is a country), the model's as it reads it.
-        exact = [c for c in passthrough if c not in bundle.input_columns]
+        exact = [c for c in passthrough if c not in (*bundle.input_columns, *read_as_values)]
         expected = (*bundle.input_columns, *passthrough)
         with open_source(name, expected=expected, exact=exact) as source:
+            unknown = [c for c in source.columns if c not in expected] if leave_out_unknown else []
             check_columns(
                 bundle.schema,
                 source.columns,
-                passthrough=passthrough,
+                passthrough=[*passthrough, *unknown],
                 expected=bundle.input_columns,
             )
             kept = [c for c in dict.fromkeys(passthrough) if c in source.columns]

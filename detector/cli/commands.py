@@ -100,6 +100,7 @@ def _labelled_scores(
     normal_values: Sequence[str] | None = None,
     max_ahead_seconds: float | None = 3600.0,
     max_series: int = 1_000_000,
+    leave_out_unknown: bool = False,
 ) -> ScoredLabels:
     """Score a labelled file (``ScoredLabels``). Labels are 0/1, or text read with
     ``anomaly_values`` or ``normal_values`` (``_labels``)."""
@@ -123,6 +124,10 @@ def _labelled_scores(
         chunk_rows=chunk_rows,
         max_ahead_seconds=max_ahead_seconds,
         max_series=max_series,
+        # An empty or 'NA' label is a missing one, refused as such, as before kept columns
+        # were kept as written.
+        read_as_values=[label_column, *([by_column] if by_column else [])],
+        leave_out_unknown=leave_out_unknown,
     )
     for part in parts:
         evicted = part.series_evicted

@@ -62,6 +62,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_series=args.max_series,
         anomaly_values=args.anomaly_value,
         normal_values=args.normal_value,
+        # stdin's header is read only as it is scored: its other columns are left out there.
+        leave_out_unknown=args.input == "-",
     )
     if not len(scores) and not codes:
         raise DataError(f"{args.input} has a header but no data rows; nothing to evaluate")

@@ -177,6 +177,29 @@ def test_evaluate_json_reports_the_metrics(capsys, cli_model) -> None:
     assert rows["*"].startswith("  * anomalies only: AUROC and AUPRC rank them against every")
 
 
+def test_evaluate_reads_stdin_as_a_file_and_an_empty_label_is_still_missing(
+    capsys, cli_model, tmp_path
+) -> None:
+    # From stdin, the column a file's evaluation leaves out (anomaly_kind) was refused as
+    # unknown; and a label 'NA' must stay a missing label now that kept columns keep 'NA'.
+    anomaly = Path(sys.executable).with_name("anomaly")
+    done = subprocess.run(
+        [str(anomaly), "evaluate", str(cli_model), "-", "--label-column", "label", "--json"],
+        input=(DATA / "eval.csv").read_bytes(), capture_output=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    from_file = run(capsys, "evaluate", str(cli_model), str(DATA / "eval.csv"),
+                    "--label-column", "label", "--json")[1]  # fmt: skip
+    assert json.loads(out)["auroc"] == json.loads(from_file)["auroc"]
+    frame = pd.read_csv(DATA / "eval.csv", dtype=str)
+    frame.loc[[5, 9], "label"] = ["NA", ""]
+    frame.to_csv(tmp_path / "gaps.csv", index=False)
+    code, _, err = run(capsys, "evaluate", str(cli_model), str(tmp_path / "gaps.csv"),
+                       "--label-column", "label")  # fmt: skip
+    assert code == 2 and "is empty in 2 row(s)" in err
+
+
 def test_info_and_threshold(capsys, cli_model) -> None:
     code, out, _ = run(capsys, "info", str(cli_model), "--json")
     assert code == 0 and json.loads(out)["target_fpr"] == 0.02
