@@ -499,7 +499,23 @@ def not_a_time(column: str, value: object, *, float32: bool = False) -> str:
             f"{column} {shortened(repr(value))} is a time this tool cannot place: times must "
             f"lie between the years {FIRST_TIME.year + 1} and {LAST_TIME.year - 1}"
         )
+    if isinstance(value, str) and _LEAP_SECOND.search(value):
+        return (
+            f"{column} {shown} is a leap second, which this tool cannot place; give the second "
+            "before it (23:59:59)"
+        )
+    if isinstance(value, str) and _ZONE_NAME.search(value):
+        return (
+            f"{column} {shown} names its zone by name, which ISO-8601 does not; give it as an "
+            "offset (+02:00) or as Z for UTC"
+        )
     return f"{column} {shortened(repr(value))} is not a time (ISO-8601 text or epoch seconds)"
+
+
+#: A time of day whose seconds are 60: a leap second (RFC 3339 allows it; pandas does not).
+_LEAP_SECOND = re.compile(r"\d\d:\d\d:60(?:[.,]\d*)?(?:[zZ]|[+-]\d\d(?::?\d\d)?)?\s*$")
+#: A time followed by a zone's name or abbreviation (UTC, CEST, Europe/Berlin).
+_ZONE_NAME = re.compile(r"\d\d:\d\d(?::\d\d(?:[.,]\d*)?)?\s*(?:[A-Za-z]{3,}|\w+/[\w/+-]+)\s*$")
 
 
 def _epoch_unit(number: float) -> tuple[str, str]:

@@ -413,3 +413,13 @@ def test_training_on_one_repeated_time_names_the_time_column() -> None:
     frame = pd.DataFrame({"ts": "2026-11-04T00:00:00Z", "host": "a", "cpu": np.arange(9.0)})
     with pytest.raises(SchemaError, match="every row has the same ts"):
         windowed_for_training(frame, SeriesSpec("ts", ("host",), window=2))
+
+
+def test_a_leap_second_or_a_zone_name_is_told_as_such() -> None:
+    # Both were "not a time", which sent their user looking for a typo.
+    leap, named, typo = _reasons(
+        ["2026-12-31T23:59:60Z", "2026-11-04 10:00:00 UTC", "2026-02-30T10:00:00Z"]
+    )
+    assert "is a leap second" in leap and "23:59:59" in leap
+    assert "names its zone by name" in named and "offset (+02:00) or as Z" in named
+    assert "is not a time" in typo
