@@ -87,9 +87,19 @@ def split_chunk(parsed: SourceChunk, chunk_rows: int, position: int) -> Iterator
     if n <= chunk_rows:
         yield _with(parsed, 0, n, parsed.rejects, position)
         return
+    lower = -1
     for begin in range(0, n, chunk_rows):
         end = min(n, begin + chunk_rows)
-        yield _with(parsed, begin, end, parsed.rejects if begin == 0 else (), position)
+        # Each piece takes the rejects among its rows (up to the next piece's first row), so
+        # that rejects are written in the input's order however small the pieces.
+        upper = int(parsed.row_numbers[end]) if end < n else None
+        mine = tuple(
+            r
+            for r in parsed.rejects
+            if r.row_number > lower and (upper is None or r.row_number < upper)
+        )
+        lower = upper - 1 if upper is not None else lower
+        yield _with(parsed, begin, end, mine, position)
 
 
 def _with(

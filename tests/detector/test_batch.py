@@ -766,23 +766,26 @@ def test_passthrough_text_that_reads_as_missing_is_written_as_it_came(
     assert "cpu_pct" in rejects and "empty" in rejects, rejects
 
 
+@pytest.mark.parametrize("chunk_rows", ["65536", "2"])
 def test_the_rejects_file_lists_rows_in_the_inputs_order(
-    capsys, bundle_dir: Path, tmp_path: Path
+    capsys, bundle_dir: Path, tmp_path: Path, chunk_rows: str
 ) -> None:
-    # Rows that did not parse came first, then those whose values failed, each group in order.
+    # Rows that did not parse came first, then those whose values failed, each group in order;
+    # in small chunks a block's unparsed rows went with its first chunk.
     rows = lines_of(EVAL.head(6))
     cpu = list(EVAL.columns).index("cpu_pct")
-    empty = rows[1].split(",")
+    empty = rows[2].split(",")
     empty[cpu] = ""
-    rows[1] = ",".join(empty)  # data row 2: a missing value
+    rows[2] = ",".join(empty)  # data row 3: a missing value
     rows[4] = "1,2"  # data row 5: ragged
     path = tmp_path / "in.csv"
     path.write_text("\n".join([HEADER, *rows]) + "\n")
     output = tmp_path / "out.csv"
     code, ledger, err = score(
-        capsys, str(bundle_dir), str(path), "--output", str(output), "--max-reject-rate", "1"
-    )
-    assert code == 0 and ledger["rows_rejected"] == 2, err
+        capsys, str(bundle_dir), str(path), "--output", str(output), "--max-reject-rate", "1",
+        "--chunk-rows", chunk_rows,
+    )  # fmt: skip
+    assert code == 0 and ledger["rows_rejected"] == 2 and ledger["rows_read"] == 6, err
     rejects = pd.read_csv(f"{output}.rejects.csv")
-    assert rejects["row"].tolist() == [2, 5]
+    assert rejects["row"].tolist() == [3, 5]
     assert rejects["code"].tolist() == ["missing_value", "ragged"]
