@@ -429,10 +429,13 @@ def parse_times(values: pd.Series) -> pd.Series:
         stamps = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
         seconds[text] = _epoch_seconds(stamps)
         if stamps.isna().any():  # only those that failed: respelling all cost a large file
-            failed = stamps.index[stamps.isna()]
-            respelled = values[failed].map(iso_spelling)
-            stamps = pd.to_datetime(respelled, errors="coerce", utc=True, format="ISO8601")
-            seconds[failed] = _epoch_seconds(stamps)
+            failed = values[stamps.index[stamps.isna()]]
+            # Text alone: a duration (Parquet's, as an object) made pandas' times naive.
+            failed = failed[failed.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)]
+            if len(failed):
+                respelled = failed.map(iso_spelling)
+                stamps = pd.to_datetime(respelled, errors="coerce", utc=True, format="ISO8601")
+                seconds[failed.index] = _epoch_seconds(stamps)
     return seconds
 
 

@@ -381,6 +381,9 @@ def test_periods_are_read_as_times_and_durations_or_truths_refused() -> None:
     durations = pd.Series(pd.to_timedelta([0, 900], unit="s"))
     assert parse_times(durations).isna().all()
     assert all("is a duration, not a time" in r for r in _reasons(durations))
+    # As a Parquet file's rows give them: objects, which failed with a TypeError.
+    assert parse_times(durations.astype(object)).isna().all()
+    assert all("is a duration" in r for r in _reasons(durations.astype(object)))
     assert parse_times(pd.Series([True, False])).isna().all()
     mixed = pd.Series([True, 1_793_750_400], dtype=object)
     assert parse_times(mixed).isna().tolist() == [True, False]
