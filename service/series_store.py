@@ -119,7 +119,7 @@ class SeriesStore:
         keys = sorted({k for r in records if (k := series_key(spec, r)) is not None})
         with self._file.transaction() as db:
             state = self._layout_id(db, model, layout)
-            histories = self._read(db, state, keys)
+            histories = self._read(db, state, keys, len(value_columns))
             windows = window_records(spec, value_columns, records, histories)
             new = len(windows.histories.keys() - histories.keys())
             evicted = self._write(db, state, windows.histories, new=new)
@@ -204,8 +204,11 @@ class SeriesStore:
         return int(state)  # type: ignore[arg-type]
 
     @staticmethod
-    def _read(db: sqlite3.Connection, state: int, keys: list[str]) -> dict[str, History]:
-        return _readable(_select(db, state, keys, "history"), History.from_json, "rows")
+    def _read(
+        db: sqlite3.Connection, state: int, keys: list[str], width: int
+    ) -> dict[str, History]:
+        stored = _select(db, state, keys, "history")
+        return _readable(stored, lambda text: History.from_json(text, width), "rows")
 
     @staticmethod
     def _read_levels(db: sqlite3.Connection, state: int, keys: list[str]) -> dict[str, Level]:
@@ -249,7 +252,7 @@ def _readable(stored: dict[str, str], read: Callable[[str], T], what: str) -> di
     for key, text in stored.items():
         try:
             out[key] = read(text)
-        except (ValueError, TypeError, KeyError, IndexError, binascii.Error) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError, binascii.Error) as exc:
             _unreadable.error(
                 "series state: a series' stored %s could not be read (%s: %s); it starts afresh",
                 what,

@@ -75,15 +75,33 @@ class Level:
             return cls()
         if isinstance(stored[0], list):
             hours, totals, numbers = stored
-            return cls(tuple(map(int, hours)), tuple(map(float, totals)), tuple(map(int, numbers)))
-        first, counts, packed = stored
-        sums = np.frombuffer(base64.b64decode(packed), dtype="<f8")
-        kept = [i for i, count in enumerate(counts) if count]
-        return cls(
-            tuple(first + i for i in kept),
-            tuple(float(sums[i]) for i in kept),
-            tuple(int(counts[i]) for i in kept),
-        )
+            level = cls(tuple(map(int, hours)), tuple(map(float, totals)), tuple(map(int, numbers)))
+        else:
+            first, counts, packed = stored
+            sums = np.frombuffer(base64.b64decode(packed), dtype="<f8")
+            if type(first) is not int or len(sums) != len(counts):
+                raise ValueError("not a level")
+            kept = [i for i, count in enumerate(counts) if count]
+            level = cls(
+                tuple(first + i for i in kept),
+                tuple(float(sums[i]) for i in kept),
+                tuple(int(counts[i]) for i in kept),
+            )
+        level.check()
+        return level
+
+    def check(self) -> None:
+        """``ValueError`` unless this is a level ``judged`` can read: as many sums and counts
+        as hours, the hours rising, the sums finite and the counts positive (a stored one
+        that is not failed every request of its series)."""
+        hours = np.asarray(self.hours, dtype=np.int64)
+        if (
+            not len(self.sums) == len(self.counts) == len(hours)
+            or (np.diff(hours) <= 0).any()
+            or not np.isfinite(np.asarray(self.sums, dtype=np.float64)).all()
+            or any(count < 1 for count in self.counts)
+        ):
+            raise ValueError("not a level of rising hours, finite sums and positive counts")
 
 
 def judged(

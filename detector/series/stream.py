@@ -60,9 +60,21 @@ class History:
         return json.dumps([self.times, self.rows], allow_nan=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> History:
+    def from_json(cls, text: str, width: int | None = None) -> History:
+        """A history ``to_json`` wrote, of rows of ``width`` values where given; ``ValueError``
+        for anything else (a hand's, a tool's), which would fail every request of its key."""
         times, rows = json.loads(text)
-        return cls(tuple(float(t) for t in times), tuple(tuple(r) for r in rows))
+        history = cls(tuple(float(t) for t in times), tuple(tuple(r) for r in rows))
+        seconds = np.asarray(history.times, dtype=np.float64)
+        if (
+            not len(rows)
+            or len(rows) != len(times)
+            or not np.isfinite(seconds).all()
+            or (np.diff(seconds) <= 0).any()
+            or (width is not None and any(len(r) != width for r in history.rows))
+        ):
+            raise ValueError("not a history of rows in time order")
+        return history
 
 
 @dataclass(frozen=True)

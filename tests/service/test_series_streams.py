@@ -289,15 +289,22 @@ def test_a_series_state_another_release_wrote_is_read_or_started_afresh(
     store, spec = SeriesStore(path), SeriesSpec("ts", ("host",), window=2)
     rows = [{"ts": 60 * m, "host": h, "cpu": 1.0} for m in range(3) for h in "abc"]
     store.window("m", spec, ["cpu"], rows)
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE series_history SET level = ? WHERE key = 'a'", (level.to_json(),))
-        db.execute("UPDATE series_history SET level = '[[1], [\"x\"], []]' WHERE key = 'b'")
-        db.execute("UPDATE series_history SET history = '{}' WHERE key = 'c'")
-    levels: dict[str, Level] = {}
-    later = [{"ts": 600, "host": h, "cpu": 1.0} for h in "abc"]
-    windows = store.window("m", spec, ["cpu"], later, levels=levels)
-    assert levels == {"a": level}  # b's could not be read: it starts afresh
-    assert windows.warming_up.tolist() == [False, False, True]  # so does c's window
+    # What no release wrote (a hand, a tool); each failed every request of its series after
+    # the first fix for some (lists of other lengths, Infinity, JSON nested 100,000 deep).
+    deep = "[" * 100_000 + "]" * 100_000
+    infinite = '[Infinity, [1], "AAAAAAAAAAA="]'
+    broken_levels = ['[[1], ["x"], []]', "[[1, 2], [1.0], [1, 1]]", infinite, deep]
+    broken_histories = ["{}", "[[1.0, 2.0], [[1.0]]]", "[[1.0], [[1.0, 2.0]]]", deep]
+    for n, broken in enumerate(zip(broken_levels, broken_histories, strict=True)):
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE series_history SET level = ? WHERE key = 'a'", (level.to_json(),))
+            db.execute("UPDATE series_history SET level = ? WHERE key = 'b'", (broken[0],))
+            db.execute("UPDATE series_history SET history = ? WHERE key = 'c'", (broken[1],))
+        levels: dict[str, Level] = {}
+        later = [{"ts": 600 + 60 * n, "host": h, "cpu": 1.0} for h in "abc"]
+        windows = store.window("m", spec, ["cpu"], later, levels=levels)
+        assert levels == {"a": level}, broken  # b's could not be read: it starts afresh
+        assert windows.warming_up.tolist() == [False, False, True], broken  # so does c's
     assert "could not be read" in caplog.text
 
 
