@@ -866,9 +866,13 @@ class SeriesState:
             hours = ((at % 86400.0) // 3600.0).astype(np.int64).astype(str)
             weekdays = ((at // 86400.0 + 3) % 7).astype(np.int64).astype(str)
             hour, weekday = spec.calendar_columns
-            windowed = windowed.assign(
-                **{hour: hours.astype(object), weekday: weekdays.astype(object)}
+            # Joined, not assigned: a window of many columns is a frame of many blocks, to
+            # which pandas warned of each insert ("highly fragmented") on the user's screen.
+            calendar = pd.DataFrame(
+                {hour: hours.astype(object), weekday: weekdays.astype(object)},
+                index=windowed.index,
             )
+            windowed = pd.concat([windowed, calendar], axis=1)
         self._remember(rows, segment)
         return Windows(
             frame=windowed,

@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from detector.bundles.bundle import load_bundle
 from detector.errors import ConfigError
 from detector.estimator import VAEDetector
 from detector.series.stream import window_records
 from detector.series.windows import SeriesSpec, calendar_values, make_windows
-from tests.conftest import TINY
+from tests.conftest import DATA, TINY
 
 
 def test_hour_and_weekday_are_utcs() -> None:
@@ -66,3 +67,19 @@ def test_series_options_without_a_time_column_name_only_those_given() -> None:
         VAEDetector(series_columns=["host"], level_hours=6, **TINY).fit(daily(1))
     assert "series_columns, level_hours judge rows within a series" in str(raised.value)
     assert "short_window" not in str(raised.value)
+
+
+def test_a_file_scored_with_the_calendar_gets_no_pandas_warning(tmp_path) -> None:
+    # Assigned to a window read from a file (a frame of a block per column), the calendar's
+    # columns printed pandas' "DataFrame is highly fragmented" twice in training, six times in
+    # evaluate, on the user's screen (pytest makes the warning an error here).
+    from detector.batch.scored_chunks import iter_scored
+
+    options = {**TINY, "epochs": 1}
+    train = pd.read_csv(DATA / "fleet_train.csv").groupby("host").head(60)  # 11 metrics
+    detector = VAEDetector(time_column="ts", series_columns=["host"], calendar=True, **options)
+    detector.fit(train).save(tmp_path / "model")
+    scored = pd.read_csv(DATA / "fleet_eval.csv").drop(columns=["label", "anomaly_kind"])
+    scored.groupby("host").head(30).to_csv(tmp_path / "next.csv", index=False)
+    chunks = list(iter_scored(load_bundle(tmp_path / "model"), tmp_path / "next.csv"))
+    assert sum(len(c.result.anomaly_score) for c in chunks if c.result is not None) > 0
