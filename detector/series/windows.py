@@ -315,6 +315,20 @@ def warming_warning(windows: Windows, frame: pd.DataFrame, spec: SeriesSpec) -> 
     n, warm = len(windows.warming_up), int(np.sum(windows.warming_up))
     if n == 0 or warm / n <= WARMING_SHARE_LIMIT:
         return None
+    gap = spec.max_gap_seconds
+    if gap is not None and windows.restarts > WARMING_SHARE_LIMIT * n / max(spec.window - 1, 1):
+        # The gaps restart the windows, not the series' lengths: a longer series or a shorter
+        # window would not help (a helper got that advice for 15-minute rows and a 60 s gap).
+        order = np.lexsort((windows.seconds, windows.keys))
+        ordered, seconds = windows.keys[order], windows.seconds[order]
+        steps = np.diff(seconds)[ordered[1:] == ordered[:-1]]
+        step = f"{float(np.median(steps)):,.0f} s" if len(steps) else "unknown"
+        return (
+            f"{warm:,} of {n:,} training rows ({warm / n:.0%}) are warming up: a gap over "
+            f"{option('max_gap_seconds', int(gap) if gap == int(gap) else gap)} restarted "
+            f"their series' windows {windows.restarts:,} times (the median step between rows "
+            f"is {step}); raise it above the rows' usual step, or leave it unset"
+        )
     keys = list(spec.key_columns)
     lengths = frame.groupby(keys, dropna=True).size().to_numpy() if keys else np.array([n])
     fits = [w for w in range(2, spec.window) if

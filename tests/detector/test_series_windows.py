@@ -426,3 +426,21 @@ def test_a_leap_second_or_a_zone_name_is_told_as_such() -> None:
     assert "is a leap second" in leap and "23:59:59" in leap
     assert "names its zone by name" in named and "offset (+02:00) or as Z" in named
     assert "is not a time" in typo
+
+
+def test_warming_up_from_gaps_names_the_gap_not_the_series_length() -> None:
+    # Rows 15 minutes apart and --max-gap-seconds 60: every window restarted, and the warning
+    # said to train on longer series or a shorter window, neither of which helps.
+    from detector.series.windows import warming_warning, windowed_for_training
+
+    frame = pd.DataFrame(
+        {"ts": 900 * np.arange(200), "host": np.repeat(["a", "b"], 100), "cpu": 1.0}
+    )
+    spec = SeriesSpec("ts", ("host",), window=5, max_gap_seconds=60)
+    warning = warming_warning(windowed_for_training(frame, spec), frame, spec)
+    assert warning is not None and "100%" in warning
+    assert "max_gap_seconds=60 restarted their series' windows 198 times" in warning
+    assert "median step between rows is 900 s" in warning and "longer series" not in warning
+    long = SeriesSpec("ts", ("host",), window=500)  # too long a window: that advice stays
+    told = warming_warning(windowed_for_training(frame, long), frame, long)
+    assert "train on longer series" in str(told)
