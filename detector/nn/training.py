@@ -78,6 +78,7 @@ from detector.scoring.threshold import (
 )
 from detector.series.windows import (
     SeriesSpec,
+    key_spelling_warning,
     metric_parts,
     series_of,
     warming_warning,
@@ -212,6 +213,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     context = bool(conditioned_on(config))
     check_names_free(map(str, frame.columns), "the columns", context=context, series=bool(series))
     warming: str | None = None  # what to say of a series' warming-up rows
+    spelling: str | None = None  # what to say of series keys spelled alike
     placing = () if series is None else (series.time_column, *series.key_columns)
     lookalikes = _lookalike_warnings(frame[[c for c in frame.columns if c not in placing]])
     if series is not None:
@@ -239,6 +241,7 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
         )
         windows = windowed_for_training(frame, series)
         warming = warming_warning(windows, frame, series)
+        spelling = key_spelling_warning(windows.keys, series)
         frame = windows.frame
     schema = fit_schema(
         frame,
@@ -356,6 +359,8 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     warnings = [] if fallback is None else [fallback]
     if warming is not None:
         warnings.append(warming)
+    if spelling is not None:
+        warnings.append(spelling)
     if active == 0:
         collapse = (
             "posterior collapse: no latent unit carries information (KL per unit < "

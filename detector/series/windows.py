@@ -304,6 +304,25 @@ def _without_zone(times: pd.Series) -> bool:
     return bool(texts) and all(":" in t and not _ZONE.search(t) for t in texts)
 
 
+def key_spelling_warning(keys: np.ndarray, spec: SeriesSpec) -> str | None:
+    """What to say when training's series ``keys`` (one per row) hold keys that differ from
+    another only in case, spaces or Unicode form ('web-01', 'WEB-01 '): each is a series of its
+    own, silently, where most likely one host's rows were split."""
+    if not spec.key_columns:
+        return None
+    distinct = pd.unique(pd.Series(keys).dropna())
+    spelled = pd.Series(distinct).astype(str).str.normalize("NFC").str.strip().str.casefold()
+    alike = spelled.duplicated(keep=False)
+    if not alike.any():
+        return None
+    shown = ", ".join(repr(k) for k in distinct[alike.to_numpy()][:4])
+    return (
+        f"{int(alike.sum()):,} series keys differ from another only in case, spaces or "
+        f"Unicode form ({shown}); each is a series of its own: if they name one "
+        f"{' and '.join(spec.key_columns)}, write them alike"
+    )
+
+
 #: Above this share of warming-up training rows, training says so: the bank is then mostly
 #: windows padded with their series' first row, unlike a running series' windows.
 WARMING_SHARE_LIMIT = 0.2

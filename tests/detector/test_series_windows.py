@@ -444,3 +444,16 @@ def test_warming_up_from_gaps_names_the_gap_not_the_series_length() -> None:
     long = SeriesSpec("ts", ("host",), window=500)  # too long a window: that advice stays
     told = warming_warning(windowed_for_training(frame, long), frame, long)
     assert "train on longer series" in str(told)
+
+
+def test_keys_spelled_alike_are_warned_of() -> None:
+    # 'web-01', 'web-01 ' and 'WEB-01' trained as three series of one host's rows, silently.
+    from detector.series.windows import key_spelling_warning
+
+    spec = SeriesSpec("ts", ("host",), window=3)
+    keys = np.array(["web-01", "web-01 ", "db-01", "WEB-01", "web-01", "db-02"], dtype=object)
+    warning = key_spelling_warning(keys, spec)
+    assert warning is not None and warning.startswith("3 series keys differ from another")
+    assert "'web-01 '" in warning and "'WEB-01'" in warning and "'db-0" not in warning
+    assert key_spelling_warning(np.array(["web-01", "db-01"], dtype=object), spec) is None
+    assert key_spelling_warning(keys, SeriesSpec("ts", window=3)) is None  # no key column
