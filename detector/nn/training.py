@@ -357,6 +357,23 @@ def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Training
     active = active_units(model, val_x)
 
     warnings = [] if fallback is None else [fallback]
+    if bank is not None and bank.parts.shape[0] > 1 and series is not None:
+        # The distance's parts read the newest rows only: the window's older ones feed the
+        # network, which this score never asks (a helper: --window 40 scored as 20 did).
+        lengths = {
+            "column_window": config.column_window,
+            "deviation_window": series.deviation_window,
+            "short_window": config.short_window,
+        }
+        widest = max(lengths, key=lambda name: lengths[name])
+        read = lengths[widest]
+        if series.window > read:
+            warnings.append(
+                f"{option('window', series.window)} keeps {series.window - 1} rows before "
+                f"each record, but the default score reads the last {read} "
+                f"({option(widest, read)}): the older rows change nothing; raise "
+                f"{option('column_window')} to judge each metric on more rows"
+            )
     if warming is not None:
         warnings.append(warming)
     if spelling is not None:

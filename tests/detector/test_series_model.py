@@ -537,3 +537,16 @@ def test_a_series_column_not_in_the_data_is_named() -> None:
     for options in ({"time_column": "nope"}, {"time_column": "ts", "series_columns": ("x",)}):
         with pytest.raises(SchemaError, match="not a column of the training data"):
             VAEDetector(**{**SERIES, **options, **TINY}).fit(fleet(100))
+
+
+def test_a_window_longer_than_the_score_reads_is_warned_of() -> None:
+    # --window 40 scored exactly as 20 did (the distance's parts read the last 20 rows at
+    # most), and nothing said so.
+    options = {**SERIES, "window": 12, "column_window": 6, "short_window": 3, **TINY}
+    options["deviation_window"] = 4
+    told = VAEDetector(**options).fit(fleet(60)).summary_.warnings
+    (said,) = [w for w in told if "the older rows change nothing" in w]
+    assert said.startswith("window=12 keeps 11 rows before each record")
+    assert "reads the last 6 (column_window=6)" in said
+    fits = VAEDetector(**{**options, "window": 6}).fit(fleet(60)).summary_.warnings
+    assert not [w for w in fits if "the older rows change nothing" in w]
