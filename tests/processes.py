@@ -139,7 +139,20 @@ def serving(
     with running(argv, workdir / "server.log", env=environment) as process:
         server = Server(f"http://127.0.0.1:{port}", port, process, workdir / "server.log")
         server.wait_until(lambda: _answers(server, ready_path), f"200 on {ready_path}", 120)
+        metrics = (env or {}).get("PROMETHEUS_MULTIPROC_DIR")
+        if metrics and workers > 1:
+            # /readyz answers once one worker has loaded; a test that needs every worker's
+            # share of the traffic (a CI run saw one worker take 199 of 200 requests) waits
+            # for each to set its gauges, which a worker does as it loads its models.
+            server.wait_until(
+                lambda: _all_loaded(server, Path(metrics), workers), f"{workers} workers", 120
+            )
         yield server
+
+
+def _all_loaded(server: Server, metrics: Path, workers: int) -> bool:
+    pids = server.workers()
+    return len(pids) == workers and all(any(metrics.glob(f"gauge_*_{pid}.db")) for pid in pids)
 
 
 def _answers(server: Server, path: str) -> bool:
