@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from detector.features.schema import is_nested
+from detector.features.schema import is_nested, same_letters
 from detector.io.tables import MISSING_TEXT
 from detector.series.windows import (
     EPOCH,
@@ -117,7 +117,7 @@ def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
         if isinstance(value, str) and value.strip() in MISSING_TEXT:  # as a file's reader
             return None
         parts.append(str(value))
-    return "\x1f".join(parts)
+    return same_letters("\x1f".join(parts))
 
 
 def parse_time(value: object) -> float | None:

@@ -304,10 +304,28 @@ def _without_zone(times: pd.Series) -> bool:
     return bool(texts) and all(":" in t and not _ZONE.search(t) for t in texts)
 
 
+def same_letters_keys(keys: pd.Series) -> pd.Series:
+    """``keys`` (text) in one Unicode form (NFC, as ``schema.same_letters``): 'wéb-01' written
+    with its accent as a character of its own (as macOS writes some files) is the same host's
+    series as the composed one, not a series of its own. Normalised once per distinct key, and
+    only where a key is not plain ASCII (a million rows of ASCII hosts cost one check)."""
+    # pandas' text dtype keeps a missing key missing (rejected as such), and calls it not
+    # ASCII: nothing to spell.
+    plain = keys.str.isascii().to_numpy(dtype=bool) | keys.isna().to_numpy()
+    if plain.all():
+        return keys
+    codes, distinct = pd.factorize(keys[~plain])
+    normal = pd.Series(distinct, dtype=object).str.normalize("NFC").to_numpy(dtype=object)
+    spelled = keys.copy()
+    spelled[~plain] = normal[codes]
+    return spelled
+
+
 def key_spelling_warning(keys: np.ndarray, spec: SeriesSpec) -> str | None:
     """What to say when training's series ``keys`` (one per row) hold keys that differ from
-    another only in case, spaces or Unicode form ('web-01', 'WEB-01 '): each is a series of its
-    own, silently, where most likely one host's rows were split."""
+    another only in case or spaces ('web-01', 'WEB-01 '): each is a series of its own,
+    silently, where most likely one host's rows were split. (Keys in another Unicode form are
+    one series already: ``same_letters_keys``.)"""
     if not spec.key_columns:
         return None
     distinct = pd.unique(pd.Series(keys).dropna())
@@ -317,8 +335,8 @@ def key_spelling_warning(keys: np.ndarray, spec: SeriesSpec) -> str | None:
         return None
     shown = ", ".join(repr(k) for k in distinct[alike.to_numpy()][:4])
     return (
-        f"{int(alike.sum()):,} series keys differ from another only in case, spaces or "
-        f"Unicode form ({shown}); each is a series of its own: if they name one "
+        f"{int(alike.sum()):,} series keys differ from another only in case or spaces "
+        f"({shown}); each is a series of its own: if they name one "
         f"{' and '.join(spec.key_columns)}, write them alike"
     )
 
@@ -923,7 +941,7 @@ class SeriesState:
             return np.full(len(frame), "", dtype=object)
         first, *rest = (frame[c].astype(str) for c in self.spec.key_columns)
         joined = first.str.cat(rest, sep="\x1f") if rest else first
-        return joined.to_numpy(dtype=object)
+        return same_letters_keys(joined).to_numpy(dtype=object)
 
     def _recalled(self, keys: list[str], new: pd.DataFrame) -> pd.DataFrame:
         """The remembered rows of ``keys`` as a frame like ``new`` (``_row`` NaN)."""

@@ -457,3 +457,23 @@ def test_keys_spelled_alike_are_warned_of() -> None:
     assert "'web-01 '" in warning and "'WEB-01'" in warning and "'db-0" not in warning
     assert key_spelling_warning(np.array(["web-01", "db-01"], dtype=object), spec) is None
     assert key_spelling_warning(keys, SeriesSpec("ts", window=3)) is None  # no key column
+
+
+def test_a_key_in_another_unicode_form_is_the_same_series_in_a_file_and_a_record() -> None:
+    # 'wéb-01' with its accent as a character of its own (NFD, as macOS writes some files)
+    # was a series of its own: its rows warmed up apart from the composed spelling's.
+    import unicodedata
+
+    from detector.series.stream import series_key
+
+    composed, decomposed = "wéb-01", unicodedata.normalize("NFD", "wéb-01")
+    assert composed != decomposed
+    frame = pd.DataFrame(
+        {"ts": [0, 60, 120], "host": [composed, decomposed, composed], "cpu": [1.0, 2.0, 3.0]}
+    )
+    spec = SeriesSpec("ts", ("host",), window=3)
+    windows = make_windows(frame, spec)
+    assert list(windows.frame["cpu[-1]"]) == [1.0, 1.0, 2.0]  # one series, in time order
+    assert list(windows.warming_up) == [True, True, False]
+    assert series_key(spec, {"host": decomposed}) == series_key(spec, {"host": composed})
+    assert windows.keys[1] == series_key(spec, {"host": decomposed})
