@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from detector.features.schema import same_letters
 from service.alert_policy import NO_SEVERITY, AlertPolicy
 from service.alert_state import DEFAULT_MAX_KEYS
 
@@ -147,7 +148,9 @@ def label_value(value: object) -> str:
     """``value`` as an alert key's label: ``""`` for none; a longer text than
     ``MAX_LABEL_CHARS`` is its start and a hash of the whole, so that long values stay apart
     but no client can put megabytes into every alert and every scrape."""
-    text = "" if value is None else str(value)
+    # One Unicode form (NFC), as a series model keys its series: a host spelled with its accent
+    # as a character of its own is the same host.
+    text = "" if value is None else same_letters(str(value))
     if len(text) <= MAX_LABEL_CHARS:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
