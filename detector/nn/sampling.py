@@ -111,8 +111,9 @@ def _window_rows(columns: Sequence[str]) -> int:
 def _as_series(drawn: pd.DataFrame, spec: SeriesSpec, start: int, per: int) -> pd.DataFrame:
     """Sampled windows ``drawn`` (a row each: ``cpu``, ``cpu[-1]``...) as the rows they hold,
     oldest first, each window a series of its own (``sample-1``, ``sample-2``... from the
-    ``start``-th window; a model without key columns: one series), a row a minute from
-    2000-01-01 UTC: records that score back as series. The columns the window derives
+    ``start``-th window; a model without key columns: one series), a row a minute (or each
+    ``max_gap_seconds``, where shorter) from 2000-01-01 UTC: records that score back as
+    series. The columns the window derives
     (``cpu[-mean]``, the calendar's) are left out."""
     own = [c for c in drawn.columns if not is_window_column(c)]
     lags = range(per - 1, -1, -1)
@@ -125,11 +126,14 @@ def _as_series(drawn: pd.DataFrame, spec: SeriesSpec, start: int, per: int) -> p
         for c in own
     }
     window = np.repeat(np.arange(start + 1, start + len(drawn) + 1), per)
-    # Minutes run on across windows, so that a model of one series (no key) gets them one
-    # after another rather than at the same times.
-    minutes = np.arange(start * per, (start + len(drawn)) * per)
-    times = pd.Timestamp("2000-01-01", tz="UTC") + pd.to_timedelta(minutes, unit="min")
-    named = {spec.time_column: times.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    # Steps run on across windows, so that a model of one series (no key) gets them one
+    # after another rather than at the same times. A minute each, or the model's gap limit
+    # where that is shorter: a minute's step restarted every window of a model of 15 s rows.
+    step = min(60.0, spec.max_gap_seconds or 60.0)
+    steps = np.arange(start * per, (start + len(drawn)) * per) * step
+    times = pd.Timestamp("2000-01-01", tz="UTC") + pd.to_timedelta(steps, unit="s")
+    shape = "%Y-%m-%dT%H:%M:%SZ" if step == int(step) else "%Y-%m-%dT%H:%M:%S.%fZ"
+    named = {spec.time_column: times.strftime(shape)}
     named |= {key: [f"sample-{w}" for w in window] for key in spec.key_columns}
     return pd.DataFrame(named | rows)
 

@@ -502,6 +502,23 @@ def test_a_series_model_samples_series_that_score_back(series_detector) -> None:
     assert result.warming_up.sum() == 100 * 3  # each sampled series warms up like a host
 
 
+@pytest.mark.parametrize("gap", [20.0, 0.5])
+def test_sampled_series_keep_within_the_models_gap_limit(series_detector, gap) -> None:
+    """A row a minute restarted every sampled window of a model whose gap limit is shorter
+    (15 s rows, ``--max-gap-seconds 30``): each row warmed up as if its series began there."""
+    import dataclasses
+
+    from detector.nn.sampling import sample_records
+    from detector.series.windows import make_windows
+
+    bundle = series_detector.bundle_
+    spec = dataclasses.replace(bundle.series, max_gap_seconds=gap)
+    drawn = sample_records(dataclasses.replace(bundle, series=spec), 40, seed=0)
+    windows = make_windows(drawn, spec)
+    assert windows.restarts == 0 and not windows.rejections
+    assert windows.warming_up.sum() == 10 * 3  # only each window's oldest rows warm up
+
+
 def test_a_series_model_asks_for_named_columns_not_an_array(series_detector) -> None:
     """An array was checked against the 16 window columns ('expected 16 columns'), which the
     user never made; its time and key columns have no fixed place, so names are required."""
