@@ -262,11 +262,10 @@ def spark_refusal(exc: BaseException) -> str | None:
     """What Spark said when it could not read or plan on the input (a footer it cannot read,
     files whose headers or types disagree, nanosecond Parquet times), in one line; ``None``
     for anything else, a failure of this package's own code on the workers included."""
-    from pyspark.errors import AnalysisException, PythonException
-
     try:
         from py4j.protocol import Py4JJavaError
-    except ImportError:  # pragma: no cover - pyspark brings py4j
+        from pyspark.errors import AnalysisException, PythonException
+    except ImportError:  # no pyspark: what failed is the install, said by require_pyspark
         return None
     if isinstance(exc, PythonException) or not isinstance(exc, AnalysisException | Py4JJavaError):
         return None

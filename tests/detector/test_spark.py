@@ -65,6 +65,25 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         session.stop()
 
 
+def test_without_pyspark_the_spark_engine_names_the_install(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    # Installed without the extra, this was "internal error: ModuleNotFoundError" (exit 1):
+    # the handler of Spark's own refusals imported pyspark itself.
+    for name in [m for m in sys.modules if m.split(".")[0] in ("pyspark", "py4j")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in ("pyspark", "pyspark.sql", "pyspark.errors", "py4j", "py4j.protocol"):
+        monkeypatch.setitem(sys.modules, name, None)  # import of it raises ImportError
+    code = main(["score", str(bundle_dir), str(DATA / "eval.csv"), "--output",
+                 str(tmp_path / "out.parquet"), "--engine", "spark"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--engine spark needs pyspark: pip install 'anomaly-detector[spark]'" in err
+
+
 def test_spark_scores_and_accounts_like_the_streaming_scorer(
     spark, capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
