@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
+from detector import __version__
 from detector.cli.commands import cmd_info, cmd_sample, cmd_threshold
 from detector.cli.evaluate import cmd_evaluate
 from detector.cli.score import cmd_score
@@ -51,6 +52,7 @@ def build_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
