@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 #: The log level the package uses when the user has not set ``TF_CPP_MIN_LOG_LEVEL``: after
@@ -40,12 +42,33 @@ _NOTICES = (
 )
 
 
+#: Set beside ``TF_CPP_MIN_LOG_LEVEL`` when the package set that, not the user: a child process
+#: (a grid search's workers) inherits both and takes the level for unset, as its parent did;
+#: it took the package's 2 for the user's and showed CUDA's start-up errors.
+_DEFAULTED_MARK = "ANOMALY_DETECTOR_DEFAULTED_TF_LOG_LEVEL"
+
+#: Held while descriptor 2 points away: it is the process's, so two threads' silenced blocks
+#: that overlapped restored each other's saved descriptor, and stderr could stay pointed at a
+#: deleted temporary file for good.
+_SILENCING = threading.RLock()
+
+#: One import of TensorFlow at a time (``import_tensorflow_quietly``), finished before any
+#: caller goes on: two threads' first fits imported it at once and Python's import locks
+#: raised a deadlock, or one went on with a half-imported module.
+_IMPORTING = threading.Lock()
+_tensorflow_ready = False
+
+
 def _level() -> int:
-    """The user's ``TF_CPP_MIN_LOG_LEVEL``; unset (or unreadable), 3: start-up prints errors
-    that are not (no CUDA driver on a CPU machine, factories registered twice)."""
+    """The user's ``TF_CPP_MIN_LOG_LEVEL``; unset (or unreadable, or the package's own
+    default), 3: start-up prints errors that are not (no CUDA driver on a CPU machine,
+    factories registered twice)."""
+    value = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if value is None or value == os.environ.get(_DEFAULTED_MARK):
+        return 3
     try:
-        return int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
-    except (KeyError, ValueError):
+        return int(value)
+    except ValueError:
         return 3
 
 
@@ -69,6 +92,11 @@ def native_output_silenced() -> Iterator[None]:
     if level <= 0:
         yield
         return
+    with _SILENCING:
+        yield from _silenced(level)
+
+
+def _silenced(level: int) -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -87,6 +115,21 @@ def native_output_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def global_random_state_kept() -> Iterator[None]:
+    """Restore numpy's and Python's global generators after the block: importing TensorFlow
+    draws from Python's, and ``keras.utils.set_random_seed`` seeds both (after a fit, every
+    caller's ``np.random.rand()`` drew the same numbers, whatever they had seeded)."""
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow (once per process) with its start-up chatter kept off stderr, and,
     unless the user set ``TF_CPP_MIN_LOG_LEVEL``, set it to ``DEFAULT_TF_LOG_LEVEL`` first."""
@@ -97,14 +140,21 @@ def import_tensorflow_quietly() -> None:
     tf_log = logging.getLogger("tensorflow")
     if _not_retracing not in tf_log.filters:
         tf_log.addFilter(_not_retracing)
-    if "tensorflow" in sys.modules:
+    global _tensorflow_ready
+    if _tensorflow_ready:
         return
-    with native_output_silenced():
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_TF_LOG_LEVEL)
-        import tensorflow as tf
+    with _IMPORTING:
+        if _tensorflow_ready:
+            return
+        if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = DEFAULT_TF_LOG_LEVEL
+            os.environ[_DEFAULTED_MARK] = DEFAULT_TF_LOG_LEVEL
+        with native_output_silenced(), global_random_state_kept():
+            import tensorflow as tf
 
-        # Probing devices is when CUDA prints its complaints; do it now, while muted.
-        tf.config.list_physical_devices()
+            # Probing devices is when CUDA prints its complaints; do it now, while muted.
+            tf.config.list_physical_devices()
+        _tensorflow_ready = True
 
 
 def _not_retracing(record: logging.LogRecord) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -31,6 +32,7 @@ from detector.features.schema import (
     fit_schema,
     numbers_from_decimals,
 )
+from detector.native import global_random_state_kept
 from detector.nn.callbacks import KLWarmup, ProgressBar
 from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.nn.models import MODELS
@@ -203,8 +205,23 @@ def default_architecture(n_features: int) -> tuple[tuple[int, ...], int]:
     return (first, first // 2), latent
 
 
+#: One training at a time in a process: Keras seeds one process-wide generator (and numpy's
+#: and Python's), so two fits in threads drew from each other's seeds and gave other models
+#: than the same fits one after the other. A fit uses every core already.
+_TRAINING = threading.RLock()
+
+
 def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, TrainingSummary]:
-    """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``."""
+    """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``.
+
+    Fits in one process run one at a time (``_TRAINING``), and leave the caller's global
+    random state (numpy's, Python's) as it was: seeding the fit is no business of the
+    caller's other draws."""
+    with _TRAINING, global_random_state_kept():
+        return _train(frame, config)
+
+
+def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, TrainingSummary]:
     config.check()
     started = time.perf_counter()
     check_unique_names(frame.columns)  # before any column is read by its name
