@@ -19,6 +19,7 @@ import os
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -142,7 +143,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
                 "records as mappings"
             )
         frame = _as_frame(X, self.feature_names_in_, wanted=self.bundle_.input_columns)
-        return score_frame(self.bundle_, frame, impute=impute, passthrough=kept)
+        result = score_frame(self.bundle_, frame, impute=impute, passthrough=kept)
+        if isinstance(X, pd.DataFrame) and not X.index.equals(pd.RangeIndex(len(X))):
+            result = replace(result, labels=X.index)
+        return result
 
     def anomaly_score(self, X: Any) -> np.ndarray:
         """Higher = more anomalous, one per row ``(n_samples,)``; raises if any row is invalid."""

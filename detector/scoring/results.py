@@ -41,6 +41,9 @@ class ScoreResult:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     context_unseen: np.ndarray | None = None
     warming_up: np.ndarray | None = None
+    #: The input's index, where the input was a DataFrame with one of its own (``to_frame``'s
+    #: index then, so that ``frame.join(result.to_frame())`` lines each score up with its row).
+    labels: pd.Index | None = None
 
     @property
     def n_scored(self) -> int:
@@ -77,16 +80,18 @@ class ScoreResult:
         return order
 
     def to_frame(self, *, top_k: int = 3) -> pd.DataFrame:
-        """One row per scored record, indexed by input position: ``anomaly_score``,
-        ``p_value``, ``is_anomaly``, ``context_unseen`` (conditional models) and
-        ``top_feature_1..k``."""
+        """One row per scored record, indexed as the input was (a DataFrame's own index, else
+        input position): ``anomaly_score``, ``p_value``, ``is_anomaly``, ``context_unseen``
+        (conditional models), ``warming_up`` (series models) and ``top_feature_1..k``."""
+        # By position, a filtered frame's `join` matched each score to another row, silently.
+        index = self.rows if self.labels is None else self.labels.take(self.rows)
         frame = pd.DataFrame(
             {
                 "anomaly_score": self.anomaly_score,
                 "p_value": self.p_value,
                 "is_anomaly": self.is_anomaly,
             },
-            index=self.rows,
+            index=index,
         )
         if self.context_unseen is not None:
             frame["context_unseen"] = self.context_unseen

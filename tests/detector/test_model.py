@@ -88,6 +88,24 @@ def test_result_is_typed_and_accounts_for_every_row(fitted, eval_frame) -> None:
         result.threshold = 0.0  # type: ignore[misc]
 
 
+def test_a_result_of_a_filtered_frame_joins_back_onto_its_rows(fitted, eval_frame) -> None:
+    # to_frame() was indexed by position: `sub.join(result.to_frame())` of a filtered frame
+    # gave 48 of 149 rows a score, 19 their own, with no error.
+    frame = eval_frame.drop(columns=["label", "anomaly_kind"])
+    sub = frame[frame["cpu_pct"] > frame["cpu_pct"].median()].head(40).copy()
+    sub["cpu_pct"] = sub["cpu_pct"].astype(object)
+    sub.loc[sub.index[5], "cpu_pct"] = "n/a"  # rejected: no score, and the others still line up
+    result = fitted.score_records(sub)
+    joined = sub.join(result.to_frame())
+    assert joined["anomaly_score"].isna().sum() == 1
+    assert np.isnan(joined.loc[sub.index[5], "anomaly_score"])
+    alone = fitted.score_records(sub.drop(index=sub.index[5]).reset_index(drop=True))
+    scored = joined["anomaly_score"].dropna().to_numpy()
+    np.testing.assert_array_equal(scored, alone.anomaly_score)
+    # A table with the plain 0..n-1 index, records or an array: positions, as before.
+    assert list(fitted.score_records(frame.head(5)).to_frame().index) == [0, 1, 2, 3, 4]
+
+
 def test_contributions_point_at_the_broken_column(fitted, eval_frame) -> None:
     normal = eval_frame[eval_frame.label == 0].drop(columns=["label", "anomaly_kind"]).head(50)
     broken = normal.assign(disk_iops=normal["disk_iops"] * 50)
