@@ -122,6 +122,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         kept = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
         kept += tuple(c for c in self.bundle_.ignored_columns if c not in kept)
         if isinstance(X, pd.Series):  # one row of a table (frame.iloc[0]): a record
+            _check_series_is_a_record(X, self.bundle_.input_columns)
             X = X.to_dict()
         if _columnar(X):  # {column: [values]}, as pd.DataFrame(d) takes it: was one record
             X = pd.DataFrame(dict(X))
@@ -253,6 +254,30 @@ def _holds_several(hint: Any) -> bool:
     return any(typing.get_origin(k) is tuple for k in kinds)
 
 
+def _frame_of(column: pd.Series) -> str:
+    """How to make a DataFrame of one ``column``, in the caller's terms."""
+    if isinstance(column.name, str):
+        return f"X[[{column.name!r}]] of its table, or X.to_frame()"
+    return "X.to_frame(name=...)"
+
+
+def _check_series_is_a_record(X: pd.Series, columns: Sequence[str]) -> None:
+    """A Series is one record (``frame.iloc[0]``) when it is indexed by column names; one
+    indexed otherwise is a column (``frame["cpu"]``), which was taken for a record of columns
+    '0', '1', ... and refused as "missing column(s) cpu, mem; unknown column(s) 0, 1, ..."."""
+    from detector.errors import DataError
+
+    names = set(columns)  # a model of numbered columns knows them as '0', '1', ...
+    if len(X) and not any(str(label) in names for label in X.index[:10_000]):
+        named = f" {X.name!r}" if X.name is not None else ""
+        raise DataError(
+            f"got a pandas Series{named} of {len(X):,} values whose index ({X.index[0]!r}, ...) "
+            f"names no column of the model: one column of a table? Pass a DataFrame: "
+            f"{_frame_of(X)}; one record is a Series indexed by column names (frame.iloc[0]) "
+            "or a dict"
+        )
+
+
 def _as_frame(
     X: Any, names: np.ndarray | None = None, *, wanted: Sequence[str] = ()
 ) -> pd.DataFrame:
@@ -297,6 +322,8 @@ def _as_frame(
             if array.ndim == 1
             else ""
         )
+        if isinstance(X, pd.Series):  # a Series has no reshape: it was the hint given
+            hint = f": one column is {_frame_of(X)}"
         raise DataError(
             f"expected a 2-D table (n_samples, n_features), got shape {array.shape}{hint}"
         )

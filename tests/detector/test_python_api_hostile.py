@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from detector.cli.main import main
-from detector.errors import ConfigError, DetectorError, SchemaError
+from detector.errors import ConfigError, DataError, DetectorError, SchemaError
 from detector.estimator import VAEDetector
 from tests.conftest import DATA, fleet
 
@@ -173,3 +173,14 @@ def test_a_model_fitted_on_an_array_takes_the_frame_of_that_array() -> None:
     np.testing.assert_allclose(
         detector.anomaly_score(pd.DataFrame(array[:5])), detector.anomaly_score(array[:5])
     )
+
+
+def test_a_column_given_as_a_series_is_told_to_be_a_dataframe(fitted, train_frame) -> None:
+    # det.anomaly_score(df["cpu_pct"]) was read as one record of columns '0', '1', ... and
+    # refused as missing and unknown columns; fit's hint was X.reshape, which a Series lacks.
+    column = train_frame["cpu_pct"].head(50)
+    with pytest.raises(DataError, match=r"Series 'cpu_pct' of 50 values .* X\[\['cpu_pct'\]\]"):
+        fitted.anomaly_score(column)
+    with pytest.raises(DataError, match=r"one column is X\[\['cpu_pct'\]\] of its table"):
+        VAEDetector(epochs=1).fit(column)
+    assert fitted.score_records(train_frame.iloc[0]).n_scored == 1  # a row: one record
