@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from detector.bundles.bundle import Bundle, load_bundle, save_bundle
-from detector.features.encode import Imputation
+from detector.features.encode import Imputation, shortened
 from detector.features.records import score_records
 from detector.native import import_tensorflow_quietly
 from detector.nn.lite_graph import litert_available
@@ -144,6 +144,16 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
                 "records as mappings"
             )
         frame = _as_frame(X, self.feature_names_in_, wanted=self.bundle_.input_columns)
+        asked = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
+        if absent := [c for c in asked if c not in frame.columns]:
+            from detector.errors import SchemaError
+
+            # A misspelt name was ignored, and the column the caller meant to keep was missing
+            # from what they joined the scores to.
+            raise SchemaError(
+                f"passthrough {absent} not in the table; its columns are "
+                f"{shortened(list(frame.columns), 400)}"
+            )
         result = score_frame(self.bundle_, frame, impute=impute, passthrough=kept)
         if isinstance(X, pd.DataFrame) and not X.index.equals(pd.RangeIndex(len(X))):
             result = replace(result, labels=X.index)

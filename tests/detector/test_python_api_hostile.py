@@ -184,3 +184,11 @@ def test_a_column_given_as_a_series_is_told_to_be_a_dataframe(fitted, train_fram
     with pytest.raises(DataError, match=r"one column is X\[\['cpu_pct'\]\] of its table"):
         VAEDetector(epochs=1).fit(column)
     assert fitted.score_records(train_frame.iloc[0]).n_scored == 1  # a row: one record
+
+
+def test_a_passthrough_column_the_table_lacks_is_named(fitted, train_frame) -> None:
+    # A misspelt passthrough name was ignored: the column meant to be kept was not there.
+    frame = train_frame.head(5).assign(request_id=range(5))
+    with pytest.raises(SchemaError, match=r"passthrough \['requestid'\] not in the table"):
+        fitted.score_records(frame, passthrough=["requestid"])
+    assert fitted.score_records(frame, passthrough="request_id").n_scored == 5
