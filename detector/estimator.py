@@ -212,6 +212,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
             copied._set_fitted(self.bundle_, self.summary_)
         return copied
 
+    def __copy__(self) -> VAEDetector:
+        # copy.copy went through __getstate__ and was refused as a pickle.
+        return self.__deepcopy__({})
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VAEDetector:
         """A fitted detector from a bundle directory, with the hyperparameters it was trained
