@@ -52,13 +52,19 @@ def to_flatbuffer(graph: ScoreGraph) -> bytes:
     # it keeps them as resource variables that a bare interpreter never initialises (every
     # score came out NaN). It logs that this path is deprecated; we chose it, so keep the
     # log quiet while converting.
+    # Its C++ side also writes "Ignored output_format", "Ignored drop_control_dependency" to
+    # descriptor 2 at every fit where TensorFlow was imported before this package could set its
+    # log level (a notebook's `import keras` first).
+    from detector.native import native_output_silenced
+
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
     try:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.concrete_function])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        return bytes(converter.convert())
+        with native_output_silenced():
+            return bytes(converter.convert())
     finally:
         absl.setLevel(level)
 

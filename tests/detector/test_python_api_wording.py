@@ -232,6 +232,24 @@ def test_a_library_fit_and_score_keep_native_chatter_off_stderr(tmp_path: Path) 
     assert lines[-1] == "finished"
 
 
+def test_a_fit_after_the_users_own_keras_import_is_quiet_too(tmp_path: Path) -> None:
+    # `import keras` first imports TensorFlow before the package sets its log level: every
+    # fit's LiteRT conversion then wrote "Ignored output_format" and "Ignored
+    # drop_control_dependency" to stderr.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import keras\n" + textwrap.dedent(LIBRARY_USE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tf_tfl_flatbuffer_helpers" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == "finished"
+
+
 def test_importing_the_training_function_first_is_quiet_too(tmp_path: Path) -> None:
     # `from detector import train` imports Keras before any fit could quiet it.
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
