@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 from http import HTTPStatus
@@ -28,6 +27,8 @@ from gunicorn.app.base import BaseApplication
 
 from detector.features.encode import shortened
 from service.config import ServiceConfig
+from service.metric_files import clear_metric_files, fold_dead_worker
+from service.metrics import KEY_SERIES_CAP
 from service.model_sync import SyncDir
 
 
@@ -63,11 +64,6 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         # series requests answering 503 until the file is back: had it refused to boot,
         # gunicorn would have stopped the whole server.
         return create_app(self.service_config, check_state=False)
-
-
-# The files prometheus_client's multiprocess mode writes: <type>_<pid>.db, and for gauges
-# <type>_<mode>_<pid>.db. Only these are ours to delete.
-_METRIC_FILE = re.compile(r"^(counter|gauge|histogram|summary)(_[a-z]+)?_\d+\.db$")
 
 
 def _on_starting(server: Any) -> None:
@@ -106,15 +102,6 @@ def forget_published(sync_dir: Path, names: list[str]) -> None:
         shutil.rmtree(sync_dir / name, ignore_errors=True)
 
 
-def clear_metric_files(directory: Path) -> None:
-    """Delete an earlier run's metric files, and nothing else: the variable may name a
-    directory that holds other things (never ``rmtree`` a path taken from the environment)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for path in directory.iterdir():
-        if _METRIC_FILE.match(path.name) and path.is_file():
-            path.unlink(missing_ok=True)
-
-
 def _default_signals(server: Any, worker: Any) -> None:
     """A new worker holds the master's signal handlers until it installs its own, after
     gevent's patching: a SIGTERM then (the master stopping as a worker restarts) went to the
@@ -126,10 +113,14 @@ def _default_signals(server: Any, worker: Any) -> None:
 
 
 def _child_exit(server: Any, worker: Any) -> None:
+    """A worker has exited: its live gauges go, and its counts join the archives
+    (``service.metric_files``), so dead workers' files do not pile up and slow every scrape."""
     from prometheus_client import multiprocess
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         multiprocess.mark_process_dead(worker.pid)
+        fold_dead_worker(directory, worker.pid, capped=(KEY_SERIES_CAP,))
 
 
 def _worker_exit(server: Any, worker: Any) -> None:

@@ -91,6 +91,28 @@ def test_a_worker_that_stops_leaves_the_others_and_its_replacement_serving(serve
     assert scored_total(server) == counted + 12
 
 
+def test_exited_workers_leave_their_counts_but_not_their_files(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Each exited worker left 3 metric files (192 KB) for good, and every scrape read them
+    all: /metrics took 0.65 ms more per worker that ever exited (a helper's soak)."""
+    metrics = tmp_path / "metrics"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    with serving({"tiny": bundle_dir}, tmp_path, env=env) as started:
+        score_a_few(started)
+        counted = scored_total(started)
+        for _ in range(2):
+            before = started.workers()
+            os.kill(min(before), signal.SIGKILL)
+            os.kill(max(before), signal.SIGTERM)
+            new_workers(started, before)
+        score_a_few(started)
+        assert scored_total(started) == counted + 12  # no count lost or counted twice
+        live = {str(pid) for pid in started.workers()}
+        owners = {path.stem.rsplit("_", 1)[1] for path in metrics.glob("*.db")}
+        assert owners <= live | {"archive"}, sorted(p.name for p in metrics.glob("*.db"))
+
+
 def test_a_graceful_reload_keeps_the_server(server: Server) -> None:
     before = server.workers()
     os.kill(server.pid, signal.SIGHUP)  # gunicorn starts new workers, then stops the old
