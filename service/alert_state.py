@@ -129,6 +129,7 @@ class _Keys:
         self._encode, self._decode = codec
         self._read: dict[Key, Any] = {}
         self._new: set[Key] = set()  # keys with no stored state
+        self._seen: dict[Key, float] = {}  # keys written as seen at another time than now
         self.made: list[dict[str, Any]] = []
 
     def get(self, key: Key) -> Any:
@@ -163,8 +164,30 @@ class _Keys:
             self._read[key] = None
             self._new.add(key)
 
-    def put(self, key: Key, state: Any) -> None:
+    def put(self, key: Key, state: Any, *, seen: float | None = None) -> None:
+        """Keep ``state`` for ``key``, written as seen now, or at ``seen`` (a silent key
+        resolved: not seen by that)."""
         self._read[key] = state
+        if seen is not None:
+            self._seen[key] = seen
+
+    def silent(self, before: float) -> list[tuple[Key, Any]]:
+        """The firing keys last seen before ``before`` (at most 1,000 a call), with their
+        states."""
+        rows = self._db.execute(
+            "SELECT key, state, seen FROM alert_keys "
+            "WHERE model = ? AND firing = 1 AND seen < ? ORDER BY seen LIMIT 1000",
+            (self._model, before),
+        ).fetchall()
+        found = []
+        for text, stored, seen in rows:
+            key = tuple((str(name), str(value)) for name, value in json.loads(text))
+            if key in self._read:  # read for this request's own records: seen now
+                continue
+            state = self._read[key] = self._decode(stored)
+            state.seen = seen
+            found.append((key, state))
+        return found
 
     @property
     def added(self) -> bool:
@@ -176,7 +199,13 @@ class _Keys:
             "INSERT OR REPLACE INTO alert_keys (model, key, state, firing, seen) "
             "VALUES (?, ?, ?, ?, ?)",
             [
-                (self._model, _key_text(key), self._encode(state), int(state.firing), now)
+                (
+                    self._model,
+                    _key_text(key),
+                    self._encode(state),
+                    int(state.firing),
+                    self._seen.get(key, now),
+                )
                 for key, state in self._read.items()
                 if state is not None
             ],

@@ -137,6 +137,7 @@ class _KeyState:
     last_p: float = math.nan
     top_features: tuple[str, ...] = ()
     model_version: str = ""
+    seen: float = 0.0  # the time of its last record (the shared store keeps it beside)
 
 
 #: The longest alert key value kept as it is, in characters: the value becomes an Alertmanager
@@ -171,6 +172,10 @@ class AlertTracker:
     At most ``max_keys`` keys are tracked; a new key beyond that evicts the least recently seen
     key that is not firing (a firing one only if every key is firing, with a warning logged).
 
+    A firing key that has sent no record for ``stale_seconds`` (a host gone, a pod replaced)
+    resolves (``resolve_silent``): it fired for good before, held its slot (eviction keeps
+    firing keys) until firing ghosts filled the table, and a webhook never heard the end.
+
     With ``shared`` (``service.alert_state``) the keys' states live in a file every worker of
     the server reads and writes, a request's records in one transaction (``batch``): one
     worker makes each transition and the others see it. Without, they live in this process.
@@ -184,10 +189,13 @@ class AlertTracker:
         clock: Callable[[], float] = time.time,
         max_keys: int = DEFAULT_MAX_KEYS,
         shared: SharedAlertStates | None = None,
+        stale_seconds: float | None = None,
     ) -> None:
         self.model = model
         self.policy = policy
         self.max_keys = max_keys
+        self.stale_seconds = stale_seconds
+        self._next_sweep = -math.inf
         self._clock = clock
         self._lock = threading.RLock()
         self._states: OrderedDict[tuple[tuple[str, str], ...], _KeyState] = OrderedDict()
@@ -246,6 +254,7 @@ class AlertTracker:
             state = self._state_for(key)
             state.window.append(severity)
             state.model_version = model_version
+            state.seen = now
             if severity != NO_SEVERITY:
                 state.consecutive_normal = 0
                 state.last_score = float(anomaly_score)
@@ -259,6 +268,43 @@ class AlertTracker:
                 made = self._while_quiet(key, state, now)
             if made and self._open is not None:  # the server's log, beside its transitions
                 self._open.made.extend(alert.to_dict() for alert in made)
+            return made
+
+    def resolve_silent(self) -> list[Alert]:
+        """Resolve the firing keys that have sent no record for ``stale_seconds`` and return
+        their resolved alerts; looked for at most every quarter of that, by whichever worker
+        gets there first (in its batch's transaction, with shared state)."""
+        if self.stale_seconds is None:
+            return []
+        with self._lock:
+            now = self._clock()
+            if now < self._next_sweep:
+                return []
+            self._next_sweep = now + self.stale_seconds / 4
+        with self._lock, self.batch():
+            oldest = now - self.stale_seconds
+            if self._open is not None:
+                silent = self._open.silent(oldest)
+            else:
+                silent = [(k, s) for k, s in self._states.items() if s.firing and s.seen < oldest]
+            made = []
+            for key, state in silent:
+                state.firing = False
+                state.resolved_at = now
+                made.append(self._alert(key, state, "resolved", now))
+                state.window.clear()
+                state.consecutive_normal = 0
+                if self._open is not None:
+                    self._open.put(key, state, seen=state.seen)
+            if made:
+                log.info(
+                    "model %r: %d firing alert key(s) sent no record for %.0f s: resolved",
+                    self.model,
+                    len(made),
+                    self.stale_seconds,
+                )
+                if self._open is not None:
+                    self._open.made.extend(alert.to_dict() for alert in made)
             return made
 
     def _while_quiet(

@@ -86,16 +86,18 @@ def create_app(
         if config.series_state is None
         else SharedAlertStates(config.series_state, recent=config.recent_alerts)
     )
-    trackers = {
-        name: AlertTracker(name, config.policy_for(name), shared=shared) for name in config.models
-    }
     resend = _resend_seconds(config)
+    stale = _stale_seconds(config, resend)
+    trackers = {
+        name: AlertTracker(name, config.policy_for(name), shared=shared, stale_seconds=stale)
+        for name in config.models
+    }
     dispatcher = AlertDispatcher(
         list(sinks) if sinks is not None else _default_sinks(config, resend),
         queue_size=config.alert_queue_size,
         retries=config.alert_retries,
         resend_seconds=resend,
-        stale_seconds=_stale_seconds(config, resend),
+        stale_seconds=stale,
         recent_size=config.recent_alerts,
         on_outcome=lambda sink, outcome: metrics.alerts.labels(sink, outcome).inc(),
         still_firing=functools.partial(_still_firing, trackers),
@@ -182,7 +184,8 @@ def _resend_seconds(config: ServiceConfig) -> float:
 def _stale_seconds(config: ServiceConfig, resend: float) -> float:
     """A firing alert its tracker has not repeated for this long (4 of the longest repeat
     intervals: its key stopped sending records) is no longer re-sent, so Alertmanager resolves
-    it at its endsAt, as it did before re-sending existed."""
+    it at its endsAt, as it did before re-sending existed; the tracker then resolves it too
+    (``AlertTracker.resolve_silent``), for every sink."""
     repeats = [config.policy_for(name).repeat_seconds for name in config.models]
     return 4 * max([resend, *repeats])
 

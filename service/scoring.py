@@ -321,6 +321,7 @@ def _observe(tracker: Any, alerts: list, scored: ScoredRequest, keys: Any, top: 
                 top_features=top[i],
                 model_version=scored.model.bundle.version,
             )
+        alerts += tracker.resolve_silent()  # keys gone quiet while firing
 
 
 def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[str]) -> list:

@@ -249,6 +249,39 @@ def test_workers_sharing_alert_state_count_a_key_together(tmp_path: Path) -> Non
     assert not one.firing(fired.key, fired.severity) and not two.firing(fired.key, "critical")
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_firing_key_that_goes_silent_resolves(tmp_path: Path, shared: bool) -> None:
+    # A host gone while firing fired for good: a webhook never got its end, and eviction kept
+    # firing keys, so after host churn firing ghosts filled the table (2,038 in a 27-minute
+    # soak) and left new keys too few slots to count towards fire_after.
+    from service.alert_state import SharedAlertStates
+
+    clock, path = FakeClock(), str(tmp_path / "state.sqlite")
+
+    def worker() -> AlertTracker:
+        states = SharedAlertStates(path) if shared else None
+        policy = small_policy(group_by=("host",))
+        return AlertTracker("m", policy, clock=clock, shared=states, stale_seconds=300.0)
+
+    one = worker()
+    two = worker() if shared else one
+    [fired] = feed(one, "AAA", host="gone")
+    assert fired.status == "firing"
+    feed(one, "A", host="busy")
+    clock.now += 200.0
+    feed(two, "A", host="busy")
+    assert two.resolve_silent() == []  # 200 s silent: not yet
+    clock.now += 150.0
+    feed(two, "A", host="busy")  # busy was seen 150 s ago, gone 350 s ago
+    [resolved] = two.resolve_silent()
+    assert resolved.status == "resolved" and resolved.key == (("host", "gone"),)
+    assert not one.firing(fired.key, fired.severity)
+    clock.now += 100.0  # the next look, a quarter of 300 s on: nothing more to resolve
+    assert one.resolve_silent() == [] and two.resolve_silent() == []
+    clock.now += 1_000.0  # back after the cooldown, anomalous again: a new episode fires
+    assert [a.status for a in feed(one, "AAA", host="gone")] == ["firing"]
+
+
 def test_shared_alert_state_keeps_at_most_max_keys_firing_ones_last(tmp_path: Path) -> None:
     import sqlite3
 
