@@ -211,18 +211,20 @@ print("finished", file=sys.stderr)
 """
 
 
-def test_a_library_fit_and_score_keep_native_chatter_off_stderr(tmp_path: Path) -> None:
-    # What a user who set no TF_CPP_MIN_LOG_LEVEL sees (the test session sets one).
+def run_as_a_user(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` in a new interpreter, as a user who set no TF_CPP_MIN_LOG_LEVEL runs it (the
+    test session sets one), from ``cwd``: not the checkout, so PYTHONPATH decides which code
+    runs."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(LIBRARY_USE)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,  # not the checkout: PYTHONPATH decides which code runs
-        timeout=300,
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_a_library_fit_and_score_keep_native_chatter_off_stderr(tmp_path: Path) -> None:
+    done = run_as_a_user(textwrap.dedent(LIBRARY_USE), tmp_path)
     lines = done.stderr.splitlines()
     noise = ("oneDNN", "cuda", "CUDA", "absl", "TF-TRT", "XNNPACK", "TensorFlow", ".cc:")
     assert not [line for line in lines if any(n in line for n in noise)], done.stderr
@@ -236,32 +238,14 @@ def test_a_fit_after_the_users_own_keras_import_is_quiet_too(tmp_path: Path) -> 
     # `import keras` first imports TensorFlow before the package sets its log level: every
     # fit's LiteRT conversion then wrote "Ignored output_format" and "Ignored
     # drop_control_dependency" to stderr.
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    done = subprocess.run(
-        [sys.executable, "-c", "import keras\n" + textwrap.dedent(LIBRARY_USE)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_as_a_user("import keras\n" + textwrap.dedent(LIBRARY_USE), tmp_path)
     assert "tf_tfl_flatbuffer_helpers" not in done.stderr, done.stderr
     assert done.stderr.splitlines()[-1] == "finished"
 
 
 def test_importing_the_training_function_first_is_quiet_too(tmp_path: Path) -> None:
     # `from detector import train` imports Keras before any fit could quiet it.
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    done = subprocess.run(
-        [sys.executable, "-c", "from detector import train, TrainingConfig"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_as_a_user("from detector import train, TrainingConfig", tmp_path)
     noise = ("oneDNN", "cuda", "CUDA", "absl", "TF-TRT", "TensorFlow", ".cc:")
     assert not [line for line in done.stderr.splitlines() if any(n in line for n in noise)], (
         done.stderr
