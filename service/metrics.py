@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 
 from detector.features.encoded import REJECTION_CODES
-from service.metric_files import CappedLabel, reading
+from service.metric_files import reading
 
 #: p-value buckets: dense around the usual thresholds (1e-4 .. 0.05) so alert levels are visible.
 P_VALUE_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -34,8 +34,6 @@ MAX_KEY_SERIES = 100
 #: The ``key`` label of anomalies whose key came after the first ``MAX_KEY_SERIES``. A real key
 #: always holds '=', so this value never collides with one.
 OTHER_KEYS = "__other__"
-#: The archive of dead workers' counts keeps the same cap (``service.metric_files``).
-KEY_SERIES_CAP = CappedLabel("anomaly_key_anomalies", "key", "model", MAX_KEY_SERIES, OTHER_KEYS)
 #: ``anomaly_model_reloads_total``'s outcomes (``service.registry``).
 RELOAD_OUTCOMES = ("success", "failure")
 #: ``anomaly_alerts_total``'s outcomes of a sink's sends (``service.delivery``).
@@ -127,8 +125,7 @@ class ServiceMetrics:
             "anomaly_key_anomalies_total",
             "Records flagged anomalous, by alert key (the alert policy's group_by fields, as "
             f"'field=value,...'); only when group_by is set; at most {MAX_KEY_SERIES} keys per "
-            f"model and live process (and as many over exited ones), the rest under key "
-            f"'{OTHER_KEYS}'.",
+            f"model and process, the rest under key '{OTHER_KEYS}'.",
             ["model", "key"],
             registry=registry,
         )

@@ -28,7 +28,6 @@ from gunicorn.app.base import BaseApplication
 from detector.features.encode import shortened
 from service.config import ServiceConfig
 from service.metric_files import clear_metric_files, fold_dead_worker
-from service.metrics import KEY_SERIES_CAP
 from service.model_sync import SyncDir
 
 
@@ -120,7 +119,7 @@ def _child_exit(server: Any, worker: Any) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         multiprocess.mark_process_dead(worker.pid)
-        fold_dead_worker(directory, worker.pid, capped=(KEY_SERIES_CAP,))
+        fold_dead_worker(directory, worker.pid)
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
