@@ -30,6 +30,7 @@ from detector.features.schema import (
     check_unique_names,
     fingerprint,
     fit_schema,
+    long_format_problem,
     numbers_from_decimals,
 )
 from detector.native import global_random_state_kept
@@ -232,6 +233,8 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
     warming: str | None = None  # what to say of a series' warming-up rows
     spelling: str | None = None  # what to say of series keys spelled alike
     placing = () if series is None else (series.time_column, *series.key_columns)
+    if long := long_format_problem(frame, placing, config.categorical):
+        raise SchemaError(long)
     lookalikes = _lookalike_warnings(frame[[c for c in frame.columns if c not in placing]])
     if series is not None:
         named = [(option("time_column"), series.time_column)]
@@ -575,7 +578,26 @@ def _lookalike_warnings(frame: pd.DataFrame) -> list[str]:
                 f"column '{column}' counts up by one from row to row, like a row number or id: "
                 f"later rows hold numbers training never saw; {leave_out}"
             )
+        elif _only_rises(values):
+            # A counter's later values all lie beyond training's: the next day's rows of a
+            # helper's bytes_total were 100% flagged.
+            found.append(
+                f"column '{column}' only rises from row to row, like a counter (bytes_total) or "
+                "a column the rows are sorted by: "
+                "later rows hold values training never saw; give its rate instead (each "
+                f"row's increase over the row before), or {leave_out}"
+            )
     return found
+
+
+def _only_rises(values: pd.Series) -> bool:
+    """Whether a numeric column rises (never falls) over nearly all its rows in file order, and
+    strictly over most: a counter. 50 rows at least; a reset or two is allowed."""
+    if not (pd.api.types.is_float_dtype(values) or pd.api.types.is_integer_dtype(values)):
+        return False  # text, truths, complex numbers (refused later, by name)
+    steps = np.diff(values.to_numpy(dtype=np.float64))
+    steps = steps[np.isfinite(steps)]
+    return len(steps) >= 49 and (steps >= 0).mean() >= 0.99 and (steps > 0).mean() >= 0.5
 
 
 def _small_table_warning(n: int, score_kind: str) -> str:

@@ -3,9 +3,10 @@ free: a file holding one of them could not be scored into one table."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from detector.errors import SchemaError
+from detector.wording import offered
 
 #: Added after the input's own columns, in order (then ``top_feature_1..k``).
 SCORE_COLUMNS = ("anomaly_score", "p_value", "is_anomaly")
@@ -47,5 +48,15 @@ def check_names_free(
         raise SchemaError(
             f"{what} {taken}: scoring adds columns of those names to its output "
             f"({', '.join(ADDED)}, {TOP_FEATURE_PREFIX}N), so no file holding them could be "
-            "scored; rename them in the data"
+            f"scored; rename them in the data{_if_labels(taken)}"
         )
+
+
+def _if_labels(taken: Sequence[str]) -> str:
+    """A known label's column (``is_anomaly`` from another tool's output) is left out by
+    naming it as the labels, not renamed and trained on: say so."""
+    if "is_anomaly" not in taken:
+        return ""
+    if offered("ignore_column"):  # the command line, where training takes a label column
+        return "; if is_anomaly holds labels, give --label-column is_anomaly instead"
+    return "; if is_anomaly holds labels, drop it before fitting"
