@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
 
 
+#: Above this share of flagged rows the summary says the input as a whole looks unlike training.
+MOSTLY_FLAGGED = 0.5
+
+
 def _show_progress(args: argparse.Namespace) -> bool:
     # With --output -, standard error may carry the rejected rows: no bar among them.
     return not args.quiet and not args.json and sys.stderr.isatty() and args.output != "-"
@@ -114,11 +118,21 @@ def cmd_score(args: argparse.Namespace) -> int:
         f"{report.rows_rejected}",
         file=say,
     )
+    share = report.anomalies / max(report.rows_scored, 1)
     print(
-        f"anomalies {report.anomalies} ({report.anomalies / max(report.rows_scored, 1):.2%} "
-        f"of scored) at threshold {report.threshold:.4f}",
+        f"anomalies {report.anomalies} ({share:.2%} of scored) at threshold {report.threshold:.4f}",
         file=say,
     )
+    if share > MOSTLY_FLAGGED and report.rows_scored >= 20:
+        # A file of '28%' where training saw 28, or of hosts training never saw, came back
+        # 100% flagged with nothing to say why.
+        print(
+            f"over {MOSTLY_FLAGGED:.0%} of the rows are flagged: most likely the input differs "
+            "from the training data as a whole (units or scales, categories or hosts training "
+            "never saw, another source); each row's top_feature_1 names the column it is "
+            "blamed on",
+            file=say,
+        )
     if len(report.files) > 1:
         for ledger in report.files:
             print(

@@ -134,6 +134,19 @@ def test_score_writes_every_row_and_a_ledger(capsys, cli_model, tmp_path) -> Non
     assert "oops" in rejects["raw"][0]
 
 
+def test_a_file_mostly_flagged_is_said_to_differ_from_training(capsys, cli_model, tmp_path):
+    # '28%' where training saw 28, or hosts training never saw: 100% flagged, and no word why.
+    source = pd.read_csv(DATA / "eval.csv").head(100).drop(columns=["label", "anomaly_kind"])
+    for scale, said in ((1, False), (1000, True)):
+        source.assign(mem_pct=source["mem_pct"] * scale).to_csv(tmp_path / "in.csv", index=False)
+        argv = ["score", str(cli_model), str(tmp_path / "in.csv"), "--output",
+                str(tmp_path / "out.csv")]  # fmt: skip
+        code, out, _ = run(capsys, *argv)
+        assert code == 0
+        assert ("over 50% of the rows are flagged" in out) is said, out
+        assert ("top_feature_1 names the column" in out) is said
+
+
 def test_score_parquet_round_trip(capsys, cli_model, tmp_path) -> None:
     source = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(100)
     source.to_parquet(tmp_path / "in.parquet")
