@@ -257,6 +257,8 @@ def read_series(value: object) -> SeriesSpec | None:
 def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
     """``frame``'s rows with their windows; training data must be whole, so a row that cannot
     be placed in its series stops training with the reasons."""
+    if problem := _excel_days(frame[spec.time_column], spec.time_column):
+        raise SchemaError(problem)
     # Training has no option for the clock's limit: a row stamped in the future is to be
     # fixed or dropped, as any other that cannot be placed.
     windows = SeriesState(spec, limit_settable=False).window(frame)
@@ -292,6 +294,31 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
             f"({shown}); {fix}"
         )
     return windows
+
+
+#: Excel's serial days of 1970-01-01 and 2100-01-01: a spreadsheet's times as numbers.
+_EXCEL_DAYS = (25_569.0, 73_051.0)
+
+
+def _excel_days(times: pd.Series, column: str) -> str | None:
+    """What to say of a time column of Excel serial days with times of day (46327.0104):
+    read as epoch seconds they all fell within a day of 1970-01-01, a second or so apart, and
+    the model trained on that (its hourly levels collapsed: normal rows flagged 12% against
+    4%)."""
+    if not (pd.api.types.is_float_dtype(times) or times.dtype == object):
+        return None
+    numbers = pd.to_numeric(times, errors="coerce").dropna()
+    if len(numbers) < 2 or numbers.min() < _EXCEL_DAYS[0] or numbers.max() >= _EXCEL_DAYS[1]:
+        return None
+    if (numbers != np.floor(numbers)).mean() < 0.5:
+        return None
+    first = float(numbers.iloc[0])
+    stamp = pd.Timestamp("1899-12-30") + pd.to_timedelta(first, unit="D")
+    return (
+        f"{column} {first!r} looks like Excel serial days ({stamp:%Y-%m-%dT%H:%M}), not "
+        f"epoch seconds (which would be {pd.Timestamp(first, unit='s'):%Y-%m-%dT%H:%M:%S}); "
+        "write it as ISO-8601 or as epoch seconds: (days - 25569) * 86400"
+    )
 
 
 #: An ISO-8601 time's zone: Z, or an offset such as +02:00, +0200 or -05.
