@@ -260,6 +260,13 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
             range_floor=config.range_floor,
         )
         windows = windowed_for_training(frame, series)
+        # A counter rises within each series, not down a file of interleaved hosts.
+        by_time = np.lexsort((windows.seconds, windows.keys))
+        keys = windows.keys[by_time]
+        lookalikes = _lookalike_warnings(
+            frame[[c for c in frame.columns if c not in placing]],
+            series_order=(windows.rows[by_time], keys[1:] == keys[:-1]),
+        )
         warming = warming_warning(windows, frame, series)
         spelling = key_spelling_warning(windows.keys, series)
         frame = windows.frame
@@ -552,11 +559,15 @@ def window_bank_parts(
 _LABEL_NAMES = frozenset({"label", "labels", "is_anomaly", "anomaly", "target", "class", "y"})
 
 
-def _lookalike_warnings(frame: pd.DataFrame) -> list[str]:
+def _lookalike_warnings(
+    frame: pd.DataFrame, series_order: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[str]:
     """Columns trained on as measurements that look like something else: labels (two values,
     a label's name), whose anomalous rows then stay in training; or row numbers (whole numbers
     counting up by one), which make every later row look new (95% of the next 300 normal rows
-    of a table were flagged)."""
+    of a table were flagged); or counters, rising row after row (in file order, or with
+    ``series_order``, the rows in each series' time order and where the next row is of the
+    same series)."""
     found = []
     # The command line has flags for both; in Python the caller drops the column.
     cli = offered("ignore_column")
@@ -578,7 +589,7 @@ def _lookalike_warnings(frame: pd.DataFrame) -> list[str]:
                 f"column '{column}' counts up by one from row to row, like a row number or id: "
                 f"later rows hold numbers training never saw; {leave_out}"
             )
-        elif _only_rises(values):
+        elif _only_rises(values, series_order):
             # A counter's later values all lie beyond training's: the next day's rows of a
             # helper's bytes_total were 100% flagged.
             found.append(
@@ -590,12 +601,20 @@ def _lookalike_warnings(frame: pd.DataFrame) -> list[str]:
     return found
 
 
-def _only_rises(values: pd.Series) -> bool:
-    """Whether a numeric column rises (never falls) over nearly all its rows in file order, and
-    strictly over most: a counter. 50 rows at least; a reset or two is allowed."""
+def _only_rises(
+    values: pd.Series, series_order: tuple[np.ndarray, np.ndarray] | None = None
+) -> bool:
+    """Whether a numeric column rises (never falls) over nearly all its rows, in file order or
+    ``series_order``'s, and strictly over most: a counter. 50 steps at least; a reset or two is
+    allowed."""
     if not (pd.api.types.is_float_dtype(values) or pd.api.types.is_integer_dtype(values)):
         return False  # text, truths, complex numbers (refused later, by name)
-    steps = np.diff(values.to_numpy(dtype=np.float64))
+    numbers = values.to_numpy(dtype=np.float64)
+    if series_order is None:
+        steps = np.diff(numbers)
+    else:
+        order, same_series = series_order
+        steps = np.diff(numbers[order])[same_series]
     steps = steps[np.isfinite(steps)]
     return len(steps) >= 49 and (steps >= 0).mean() >= 0.99 and (steps > 0).mean() >= 0.5
 

@@ -94,3 +94,21 @@ def test_a_label_column_named_as_scoring_output_points_at_label_column(capsys, t
             "--ignore-column", "is_anomaly"]  # fmt: skip
     assert main(argv) == 2
     assert "give --label-column is_anomaly instead" in capsys.readouterr().err
+
+
+def test_a_counter_in_each_series_is_warned_of(caplog) -> None:
+    # Hosts interleaved in time order: each host's bytes_total rises, the file's column does
+    # not; modelled as a level, AUROC .71 against .85 without it.
+    from tests.conftest import fleet
+
+    frame = fleet(60)  # in time order: each host's counter counts on from its last row
+    frame["bytes_total"] = frame.groupby("host")["mem"].cumsum() + frame["host"].map(
+        {"web-01": 1e6, "web-02": 0.0, "db-01": 5e5}
+    )
+    frame = frame.sample(frac=1.0, random_state=0)  # any order: each series is sorted
+    with caplog.at_level("WARNING"):
+        VAEDetector(
+            epochs=1, hidden_units=(8,), latent_dim=2, time_column="ts", series_columns=("host",)
+        ).fit(frame)
+    assert "column 'bytes_total' only rises from row to row" in caplog.text
+    assert "'mem' only rises" not in caplog.text
