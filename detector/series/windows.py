@@ -279,6 +279,12 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
                 f"every row has the same {spec.time_column} ({shortened(repr(given.iat[0]))}): "
                 f"name the column that holds each row's time in {option('time_column', 'COL')}"
             )
+        elif repeated and _dates_only(given):
+            fix = (
+                f"{spec.time_column} holds dates without a time of day; if another column holds "
+                "the time (12:30:00), join the two into one ISO-8601 time "
+                "(2026-11-04T12:30:00Z) and name that"
+            )
         elif repeated and not spec.key_columns:
             fix = f"if a column names the series (a host), add {option('series_columns', 'COL')}"
         elif repeated and "names no zone" in shown:
@@ -319,6 +325,18 @@ def _excel_days(times: pd.Series, column: str) -> str | None:
         f"epoch seconds (which would be {pd.Timestamp(first, unit='s'):%Y-%m-%dT%H:%M:%S}); "
         "write it as ISO-8601 or as epoch seconds: (days - 25569) * 86400"
     )
+
+
+#: A time of day alone (12:30, 12:30:00.5), as a spreadsheet's second time column holds it.
+_TIME_OF_DAY = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?")
+#: A date alone, ISO-8601 (2026-11-04).
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _dates_only(times: pd.Series) -> bool:
+    """Whether a time column's first values are dates without a time of day."""
+    head = [str(t).strip() for t in times.head(100).tolist()]
+    return bool(head) and all(_DATE_ONLY.fullmatch(t) for t in head)
 
 
 #: An ISO-8601 time's zone: Z, or an offset such as +02:00, +0200 or -05.
@@ -584,6 +602,11 @@ def not_a_time(column: str, value: object, *, float32: bool = False) -> str:
         return (
             f"{column} {shown} is a leap second, which this tool cannot place; give the second "
             "before it (23:59:59)"
+        )
+    if isinstance(value, str) and _TIME_OF_DAY.fullmatch(value.strip()):
+        return (
+            f"{column} {shown} is a time of day without its date; if another column holds the "
+            "date, join the two into one ISO-8601 time (2026-11-04T12:30:00Z) and name that"
         )
     if isinstance(value, str) and _ZONE_NAME.search(value):
         return (

@@ -491,3 +491,21 @@ def test_excel_serial_days_as_the_time_are_refused_in_training() -> None:
         windowed_for_training(frame, spec)
     seconds = frame.assign(ts=30_000.0 + 60 * np.arange(40))  # seconds counted from a start
     assert len(windowed_for_training(seconds, spec).rows) == 40
+
+
+def test_a_date_and_a_time_of_day_in_two_columns_are_told_to_be_joined() -> None:
+    # --time-column date: "duplicates: fix or drop them" (drop nearly every row);
+    # --time-column time: "'00:00:00' is not a time".
+    from detector.series.windows import windowed_for_training
+
+    stamps = pd.date_range("2026-11-04", periods=60, freq="h")
+    frame = pd.DataFrame(
+        {"date": stamps.strftime("%Y-%m-%d"), "time": stamps.strftime("%H:%M:%S"), "cpu": 1.0}
+    )
+    join = r"join the two into one ISO-8601 time"
+    with pytest.raises(SchemaError, match=rf"date holds dates without a time of day; .*{join}"):
+        windowed_for_training(frame, SeriesSpec("date", window=3))
+    with pytest.raises(
+        SchemaError, match=rf"'00:00:00' is a time of day without its date; .*{join}"
+    ):
+        windowed_for_training(frame, SeriesSpec("time", window=3))
