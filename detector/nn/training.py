@@ -557,6 +557,19 @@ def window_bank_parts(
 
 #: Column names that usually hold labels, not a measurement.
 _LABEL_NAMES = frozenset({"label", "labels", "is_anomaly", "anomaly", "target", "class", "y"})
+#: The words a column of labels is written in, whatever its name ('status': normal/anomalous).
+_LABEL_WORDS = frozenset(
+    {"normal", "anomaly", "anomalous", "abnormal", "attack", "fraud", "benign", "malicious",
+     "outlier", "inlier"}
+)  # fmt: skip
+
+
+def _labels_in_words(values: pd.Series) -> bool:
+    """Whether a column's (at most two) values are label words: normal, anomalous..."""
+    if pd.api.types.is_numeric_dtype(values):
+        return False
+    distinct = values.dropna().astype(str).str.strip().str.lower().unique()
+    return 1 <= len(distinct) <= 2 and set(distinct) <= _LABEL_WORDS
 
 
 def _lookalike_warnings(
@@ -574,10 +587,11 @@ def _lookalike_warnings(
     for column in frame.columns:
         values = frame[column]
         leave_out = f"leave it out: {option('ignore_column', column)}" if cli else "drop it"
-        if str(column).strip().lower() in _LABEL_NAMES and values.nunique(dropna=True) <= 2:
+        named = str(column).strip().lower() in _LABEL_NAMES and values.nunique(dropna=True) <= 2
+        if named or _labels_in_words(values):
             labelled = f"give --label-column {column} (its anomalous rows are left out), or "
             found.append(
-                f"column '{column}' looks like labels and is trained on as a measurement: "
+                f"column '{column}' looks like labels and is trained on as data: "
                 f"{labelled if cli else ''}{leave_out}"
             )
         elif (

@@ -112,3 +112,11 @@ def test_a_counter_in_each_series_is_warned_of(caplog) -> None:
         ).fit(frame)
     assert "column 'bytes_total' only rises from row to row" in caplog.text
     assert "'mem' only rises" not in caplog.text
+
+
+def test_a_column_of_label_words_is_warned_of_whatever_its_name(caplog) -> None:
+    # 'status' of normal/anomalous was trained on as a category, without a word.
+    frame = table().assign(status=["normal"] * (ROWS - 10) + ["anomalous"] * 10)
+    with caplog.at_level("WARNING"):
+        VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2).fit(frame)
+    assert "column 'status' looks like labels and is trained on as data" in caplog.text
