@@ -556,7 +556,7 @@ def _numbers_as_text(key: str, series: pd.Series) -> str | None:
     if len(written) < 2:
         return None
     enough = _WRITTEN_SHARE * len(written)  # of the values that are not plain numbers
-    first = written.iloc[0]
+    first = written.iloc[0] if len(written.iloc[0]) <= 40 else f"{written.iloc[0][:40]}..."
     if written.str.fullmatch(_HEX.pattern).sum() >= enough:
         return (
             f"column '{key}' holds numbers in hexadecimal ({first!r}, ...), read as labels; "
@@ -620,6 +620,8 @@ def long_format_problem(
     if len(numbers) != 1 or len(names) != 1:
         return None
     metric, value = names[0], numbers[0]
+    if frame[metric].map(is_nested).any():
+        return None  # lists or objects: refused as such by fit_schema, not counted here
     if not 2 <= frame[metric].nunique() <= MAX_CATEGORIES:
         return None
     index = [c for c in frame.columns if c not in (metric, value)]

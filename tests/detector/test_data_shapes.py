@@ -120,3 +120,16 @@ def test_a_column_of_label_words_is_warned_of_whatever_its_name(caplog) -> None:
     with caplog.at_level("WARNING"):
         VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2).fit(frame)
     assert "column 'status' looks like labels and is trained on as data" in caplog.text
+
+
+def test_hostile_cells_in_the_shape_checks_are_refused_as_before() -> None:
+    # A 'metric' column of objects (a Parquet struct) crashed the long-table check with
+    # "unhashable type: 'dict'"; a 100,000-digit value with a unit went whole into the message.
+    nested = pd.DataFrame({"metric": [{"a": 1}, {"b": 2}] * 50, "value": np.arange(100.0)})
+    with pytest.raises(InputError, match="column 'metric' holds lists or objects"):
+        VAEDetector(epochs=1).fit(nested)
+    huge = table()
+    huge["cpu"] = ["9" * 100_000 + "%"] * ROWS
+    with pytest.raises(InputError, match=r"with a unit \('9{40}\.\.\.', \.\.\.\)") as told:
+        fit_schema(huge)
+    assert len(str(told.value)) < 2_000
