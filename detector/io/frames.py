@@ -134,7 +134,9 @@ def _iter_csv(
             f"{path} is not valid CSV ({exc}); check the delimiter and quoting"
         ) from None
     except UnicodeDecodeError as exc:
-        head = bytes(exc.object[:8])
+        # The error holds the slice that failed, not the file's start: a ZIP was named one only
+        # where its first undecodable byte fell in the first slice (a header's time decided).
+        head = bytes(exc.object[:8]) if source == "/dev/stdin" else _first_bytes(path)
         if head.startswith(PARQUET_MAGIC):
             raise DataError(parquet_on_a_pipe("<stdin>")) from None
         problem = archive_problem(str(path), head)
@@ -143,6 +145,15 @@ def _iter_csv(
         ) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _first_bytes(path: str | os.PathLike[str], n: int = 8) -> bytes:
+    """A file's first ``n`` bytes (none if it cannot be read again)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(n)
+    except OSError:
+        return b""
 
 
 def _iter_json_lines(
