@@ -29,6 +29,7 @@ import pandas as pd
 from detector.errors import SchemaError
 from detector.features.encoded import EncodedBatch, NumberCount, Rejection
 from detector.features.schema import (
+    DECIMAL_COMMA,
     CategoricalColumn,
     ContextColumn,
     NumericColumn,
@@ -351,7 +352,14 @@ def _flag_numeric(
         shown = value.item() if isinstance(value, np.generic) else value
         # Shortened: each reason went back whole, a 1 MB text ten times a 10 MB answer.
         text = shortened(repr(shown))
-        reasons[int(i)].append(("not_a_number", f"column '{col.name}': {text} is not a number"))
+        hint = ""
+        if isinstance(shown, str) and DECIMAL_COMMA.fullmatch(shown.strip()):
+            # A European spreadsheet's number: the fix is the mark, not the row.
+            plain = shown.strip().replace(".", "").replace(",", ".")
+            hint = f" (a decimal comma? write it as {plain})"
+        reasons[int(i)].append(
+            ("not_a_number", f"column '{col.name}': {text} is not a number{hint}")
+        )
     for i in np.flatnonzero(infinite):
         reasons[int(i)].append(("infinite", f"column '{col.name}': value is infinite"))
     if impute == "median":

@@ -543,14 +543,17 @@ def _epoch_unit(key: str, values: np.ndarray) -> str | None:
 _WITH_UNIT = re.compile(r"^[-+]?(\d[\d,]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*([^\d\s.,+-][^\d]*)$")
 _HEX = re.compile(r"^0[xX][0-9a-fA-F]+$")
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
+#: A decimal comma, as European spreadsheets write numbers ('50,63'; '1.234,5').
+DECIMAL_COMMA = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
 #: The share of a text column's values that must be numbers so written for it to be told so.
 _WRITTEN_SHARE = 0.95
 
 
 def _numbers_as_text(key: str, series: pd.Series) -> str | None:
     """What to say of a text column whose values (its first 1,000) are numbers written with a
-    unit, in hex or with thousands separators: read as labels, '28%' trained as a category of
-    72 (AUROC .91 against .99 as numbers), and past 200 values it was called an identifier."""
+    unit, in hex, with thousands separators or a decimal comma: read as labels, '28%' trained
+    as a category of 72 (AUROC .91 against .99 as numbers), and past 200 values it was called
+    an identifier."""
     texts = as_text(series.head(1_000)).dropna()
     written = texts[~texts.str.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")]
     if len(written) < 2:
@@ -567,6 +570,12 @@ def _numbers_as_text(key: str, series: pd.Series) -> str | None:
         return (
             f"column '{key}' holds numbers written with thousands separators ({first!r}, ...), "
             "read as text; write them without (in pandas: read_csv(..., thousands=','))"
+        )
+    if written.str.fullmatch(DECIMAL_COMMA.pattern).sum() >= enough:
+        return (
+            f"column '{key}' holds numbers written with a decimal comma ({first!r}, ...), read "
+            "as text; write them with '.' as the decimal mark (in pandas: "
+            "read_csv(..., decimal=','))"
         )
     units = written.str.extract(_WITH_UNIT.pattern)[3].dropna().str.strip()
     if len(units) >= enough and units.nunique() == 1:

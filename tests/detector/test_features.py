@@ -131,6 +131,18 @@ def test_bad_values_are_rejected_with_reasons_not_dropped() -> None:
     assert len(batch.values) + len(batch.rejections) == len(frame)
 
 
+def test_a_decimal_comma_is_named_in_the_reason() -> None:
+    # A European spreadsheet's '50,1': "not a number" alone left the user guessing why.
+    frame = _frame(2).astype({"cpu": object})
+    frame.loc[0, "cpu"] = "50,1"
+    frame.loc[1, "cpu"] = "1.234,5"
+    reasons = [r.reason for r in encode(fit_schema(_frame()), frame).rejections]
+    assert reasons == [
+        "column 'cpu': '50,1' is not a number (a decimal comma? write it as 50.1)",
+        "column 'cpu': '1.234,5' is not a number (a decimal comma? write it as 1234.5)",
+    ]
+
+
 def test_impute_fills_missing_but_not_infinite() -> None:
     schema = fit_schema(_frame())
     frame = _frame(3)
