@@ -16,6 +16,7 @@ sees the block's surface only when it runs in a copy of the caller's context
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -122,6 +123,18 @@ def offered(name: str) -> bool:
     return getattr(OPTIONS[name], current_surface()) is not None
 
 
+def printable(text: object) -> str:
+    """``text`` for a terminal: control characters (an escape sequence in a column name, a
+    NUL, a newline) shown escaped, as ``repr`` shows them, rather than acted on."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def printable_message(text: str) -> str:
+    """An error message for a terminal: its own line breaks kept, any other control character
+    (one a file's column name brought in: a colour, a window title) shown escaped."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def option(name: str, *values: object) -> str:
     """The option ``name`` set to ``values`` as the current surface spells it:
     ``option("passthrough", "id")`` is ``--keep-column id`` on the command line,
@@ -136,7 +149,9 @@ def option(name: str, *values: object) -> str:
     if not values:
         return spelled
     if surface == "cli":
-        return " ".join(f"{spelled} {value}" for value in values)
+        # Quoted as a shell needs: `--keep-column my col` kept two columns, `lab"el` opened a
+        # quote the shell never closed.
+        return " ".join(f"{spelled} {shlex.quote(printable(value))}" for value in values)
     value = list(values) if spec.many else values[0]
     if surface == "http":
         return f"the service setting {spelled} = {value!r}"

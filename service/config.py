@@ -41,6 +41,7 @@ from pydantic_settings import (
 
 from detector.bundles.integrity import BUNDLE_KEY_ENV
 from detector.errors import ConfigError
+from detector.wording import printable
 from service.alert_policy import AlertPolicy
 
 ENV_PREFIX = "ANOMALY_"
@@ -202,9 +203,10 @@ class ServiceConfig(BaseSettings):
                 if f not in known and f not in self.passthrough_fields
             ]
             if unknown:
+                columns = ", ".join(map(printable, known))
                 problems.append(
                     f"the alert policy of model '{name}' groups by {unknown}, which its records "
-                    f"cannot hold (its columns: {', '.join(known)}); name one of them, or a "
+                    f"cannot hold (its columns: {columns}); name one of them, or a "
                     "field the records carry that passthrough_fields lists"
                 )
         if problems:

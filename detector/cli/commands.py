@@ -22,6 +22,8 @@ from dataclasses import asdict
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from detector.wording import printable
+
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
@@ -249,12 +251,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         f"wrote {args.n} records sampled from {bundle.model_type} {bundle.version} to {args.output}"
     )
     return 0
-
-
-def printable(text: object) -> str:
-    """``text`` for a terminal: control characters (an escape sequence in a column name, a
-    NUL, a newline) shown escaped, as ``repr`` shows them, rather than acted on."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 #: Training settings ``info`` shows for every model, then those of its model and of a series.

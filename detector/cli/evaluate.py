@@ -13,7 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from detector.cli.commands import _header, _labelled_scores, _require_column, printable
+from detector.cli.commands import _header, _labelled_scores, _require_column
+from detector.wording import printable
 
 
 def _check_labelled_input(

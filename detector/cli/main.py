@@ -407,13 +407,13 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     if not args.debug and getattr(args, "needs_tensorflow", True):
         import_tensorflow_quietly()
     from detector.errors import DetectorError
-    from detector.wording import speaking_to
+    from detector.wording import printable_message, speaking_to
 
     try:
         with speaking_to("cli"):  # messages name flags, not Python parameters
             return int(args.handler(args))
     except DetectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable_message(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         # Ctrl-C is how a stream to stdout ends (`tail -f x.csv | anomaly score m - --output -`)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from detector.errors import DataError, SchemaError
-from detector.wording import offered, option
+from detector.wording import offered, option, printable
 
 #: Standardised values beyond this many standard deviations are clipped, so that one exploded
 #: column cannot push the network into a numeric range it never saw.
@@ -153,7 +153,10 @@ class Schema:
         kinds.update({c.name: f"category ({len(c.categories)} known)" for c in self.categorical})
         kinds.update({c.name: f"context ({len(c.categories)} known)" for c in self.context})
         shown = self.column_order if columns is None else columns
-        return ", ".join(f"{name} ({kinds[name]})" if name in kinds else name for name in shown)
+        return ", ".join(
+            f"{printable(name)} ({kinds[name]})" if name in kinds else printable(name)
+            for name in shown
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

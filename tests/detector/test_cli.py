@@ -397,6 +397,22 @@ def test_bad_input_exits_2_with_a_clear_message(capsys, cli_model, tmp_path, arg
     assert not (tmp_path / "o.csv").exists()
 
 
+def test_a_column_name_cannot_drive_the_terminal_or_break_the_fix(capsys, cli_model, tmp_path):
+    # A file's column name reached stderr raw: an escape recoloured the terminal, a newline
+    # split the message, and the suggested `--keep-column lab"el` opened a quote never closed.
+    names = ['lab"el', "ex\x1b[31mRED\x07", "two words"]
+    pd.read_csv(DATA / "eval.csv").head(5).drop(columns=["label", "anomaly_kind"]).assign(
+        **dict.fromkeys(names, 1)
+    ).to_csv(tmp_path / "x.csv", index=False)
+    code, _, err = run(capsys, "score", str(cli_model), str(tmp_path / "x.csv"), "--output", "-")
+    assert code == 2 and err.count("\n") == 1, err
+    assert not [c for c in err[:-1] if not c.isprintable()], err
+    assert (
+        "--keep-column 'lab\"el' --keep-column 'ex\\x1b[31mRED\\x07' --keep-column 'two words'"
+        in err
+    )
+
+
 def test_usage_errors_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["train"])
