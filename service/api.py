@@ -70,7 +70,7 @@ def readyz() -> Response:
 def metrics() -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    return Response(state().metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(state().metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 @api.get("/openapi.json")

@@ -401,6 +401,16 @@ def test_a_huge_alert_key_value_is_cut_short_in_alerts_and_metrics(service, clie
     assert len(text) < 100_000 and sum(label in text for label in labels) == 2
 
 
+def test_metrics_content_type_is_prometheus_own(client) -> None:
+    # Flask added its own charset to a mimetype: "...; charset=utf-8; charset=utf-8", a
+    # parameter twice, which Go's mime parser (Prometheus 3's scrape) refuses.
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    response = client.get("/metrics")
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    assert response.headers["Content-Type"].count("charset") == 1
+
+
 def test_a_422_for_one_records_unknown_field_names_that_record(client) -> None:
     response = post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "extra": 1}]})
     assert response.status_code == 422, response.json
