@@ -158,6 +158,17 @@ def label_value(value: object) -> str:
     return f"{text[: MAX_LABEL_CHARS - 20]}...#{digest}"
 
 
+def key_text(key: Sequence[tuple[str, str]]) -> str:
+    """An alert key as one text (the metric's ``key`` label): ``host=web-01,dc=eu``, each
+    ``\\``, ``,`` and ``=`` in a name or value escaped with a backslash, so that two keys never
+    read the same (``host='h1,id=x', id='y'`` and ``host='h1', id='x,id=y'`` did)."""
+
+    def escaped(text: str) -> str:
+        return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
+
+    return ",".join(f"{escaped(name)}={escaped(value)}" for name, value in key)
+
+
 class AlertTracker:
     """Per-model state machine over sliding windows, one per key; thread-safe (one lock).
 

@@ -28,6 +28,7 @@ from detector.scoring.scores import ScoreResult, score_frame
 from detector.series.levels import Level
 from detector.series.stream import ahead_of_clock, parse_time, series_key
 from detector.series.values import ValueCheck
+from service.alerts import key_text
 from service.registry import LoadedModel
 from service.series_store import SeriesStore, StoredLevels
 from service.state import ApiError, ServiceState
@@ -278,7 +279,7 @@ def _count_keys(state: ServiceState, scored: ScoredRequest, records: Records) ->
     fields = [f for f in tracker.policy.group_by if f in records.columns]
     counts: dict[str, int] = {}
     for record in records.keyed(fields, scored.result.rows[scored.result.is_anomaly]):
-        key = ",".join(f"{name}={value}" for name, value in tracker.key_of(record))
+        key = key_text(tracker.key_of(record))
         counts[key] = counts.get(key, 0) + 1
     state.metrics.count_key_anomalies(scored.model.name, counts)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from typing import Any
 
@@ -386,6 +387,23 @@ def test_every_worker_lists_the_servers_recent_alerts(bundle_dir, tmp_path) -> N
     finally:
         for app in workers:
             app.extensions["anomaly"].dispatcher.stop()
+
+
+def test_two_alert_keys_never_share_one_metric_key(bundle_dir) -> None:
+    """Fields joined with ',' and '=' unescaped: host 'h1,region=x' in region 'y' and host
+    'h1' in region 'x,region=y' counted as one key of anomaly_key_anomalies_total."""
+    policy = AlertPolicy(group_by=("host", "region"), fire_after=2, window=3, resolve_after=3)
+    app, _ = make_app(bundle_dir, alerts=policy)
+    try:
+        client = app.test_client()
+        for host, region in (("h1,region=x", "y"), ("h1", "x,region=y")):
+            records = [broken({**NORMAL[i], "host": host, "region": region}) for i in range(2)]
+            assert post(client, {"records": records}).status_code == 200
+        text = client.get("/metrics").get_data(as_text=True)
+        keys = re.findall(r'anomaly_key_anomalies_total\{key="(.*?)",model', text)
+        assert sorted(keys) == [r"host=h1,region=x\\,region\\=y", r"host=h1\\,region\\=x,region=y"]
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
 
 
 def test_a_huge_alert_key_value_is_cut_short_in_alerts_and_metrics(service, client) -> None:
