@@ -5,6 +5,9 @@ every worker that ever exited."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.mmap_dict import MmapedDict
 
 from service.metric_files import fold_dead_worker, reading
+from service.metrics import MAX_KEY_SERIES, OTHER_KEYS
 
 
 def write(folder: Path, kind: str, pid: int | str, samples: dict[tuple[str, str], float]) -> None:
@@ -69,3 +73,28 @@ def test_a_fold_waits_for_a_scrape_reading_the_files(tmp_path: Path) -> None:
         assert folded.is_alive() and (tmp_path / "counter_5.db").exists()
     folded.join(timeout=30)
     assert not folded.is_alive() and not (tmp_path / "counter_5.db").exists()
+
+
+#: A worker of its own: counts one anomaly for each of the keys given, then exits.
+_WORKER = """
+import sys
+from prometheus_client import CollectorRegistry
+from service.metrics import ServiceMetrics
+ServiceMetrics(CollectorRegistry()).count_key_anomalies("m", dict.fromkeys(sys.argv[1:], 1))
+"""
+
+
+def test_the_key_cap_holds_across_replaced_workers(tmp_path: Path) -> None:
+    # The cap was each worker's own: every replaced worker's keys stayed in the archive, 100
+    # more series a model at every SIGHUP or crash (a helper saw 402, 802, 1,202, 1,602).
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for worker in range(3):
+        keys = [f"host={worker}-{i}" for i in range(MAX_KEY_SERIES + 50)]
+        run = subprocess.run([sys.executable, "-c", _WORKER, *keys], env=env, check=False)
+        assert run.returncode == 0
+        (pid,) = {int(p.stem.split("_")[1]) for p in tmp_path.glob("counter_[0-9]*.db")}
+        fold_dead_worker(tmp_path, pid)
+    counts = {k: v for k, v in scrape(tmp_path).items() if k.startswith("anomaly_key_")}
+    assert len(counts) == MAX_KEY_SERIES + 1  # the first worker's 100, and the rest
+    assert counts[f'anomaly_key_anomalies_total{{key="{OTHER_KEYS}",model="m"}}'] == 350.0
+    assert sum(counts.values()) == 3 * (MAX_KEY_SERIES + 50)  # every anomaly still counted
