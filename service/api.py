@@ -60,9 +60,11 @@ NOT_LOADED = "not loaded; see the server log"
 
 @api.get("/readyz")
 def readyz() -> Response:
-    models = state().models
+    app_state = state()
+    models = app_state.models
     errors = dict.fromkeys(models.errors(), NOT_LOADED)
-    body = schemas.Readiness(ready=models.ready(), models=models.names(), errors=errors)
+    ready = models.ready(app_state.config.ready_needs)
+    body = schemas.Readiness(ready=ready, models=models.names(), errors=errors)
     return answer(body, 200 if body.ready else 503)
 
 

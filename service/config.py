@@ -24,7 +24,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -117,6 +117,10 @@ class ServiceConfig(BaseSettings):
     alert_queue_size: int = Field(1_000, ge=1)
     alert_retries: int = Field(3, ge=0)
     recent_alerts: int = Field(200, ge=1)
+    ready_needs: Literal["all", "any"] = "all"
+    """What ``/readyz`` needs to answer 200: ``all`` configured models loaded (a rollout with a
+    broken bundle never takes traffic), or ``any`` (one team's broken bundle does not take a
+    server of many teams' models out of rotation; ``anomaly_model_loaded`` tells which)."""
     external_url: str = "http://127.0.0.1:8000"
     """The service's own URL as users reach it, for alerts' generatorURL."""
     model_sync_dir: OptionalText = None

@@ -48,7 +48,8 @@ def live() -> Response:
 
 @kserve.get("/health/ready")
 def ready() -> Response:
-    is_ready = state().models.ready()
+    app_state = state()
+    is_ready = app_state.models.ready(app_state.config.ready_needs)
     return answer(schemas.Ready(ready=is_ready), 200 if is_ready else 503)
 
 

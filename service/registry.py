@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from detector.bundles.bundle import Bundle, load_bundle
 from detector.errors import BundleError
@@ -120,7 +121,10 @@ class ModelRegistry:
     def errors(self) -> dict[str, str]:
         return dict(self._errors)
 
-    def ready(self) -> bool:
+    def ready(self, needs: Literal["all", "any"] = "all") -> bool:
+        """Whether the configured models are loaded: every one, or (``any``) at least one."""
+        if needs == "any":
+            return any(name in self._models for name in self._paths)
         return bool(self._paths) and all(name in self._models for name in self._paths)
 
     def get(self, name: str) -> LoadedModel:

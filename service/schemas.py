@@ -65,7 +65,7 @@ class Health(ResponseBody):
 
 
 class Readiness(ResponseBody):
-    ready: bool = Field(description="every configured model loaded")
+    ready: bool = Field(description="the configured models loaded, as ready_needs asks")
     models: list[str]
     errors: dict[str, str] = Field(description="model name -> why it is not loaded")
 

@@ -29,6 +29,32 @@ def test_health_and_readiness(client) -> None:
     assert client.get("/v2/health/ready").json == {"ready": True}
 
 
+@pytest.mark.parametrize(("needs", "status"), [("all", 503), ("any", 200)])
+def test_readiness_with_one_broken_model_follows_ready_needs(bundle_dir, tmp_path, needs, status):
+    # One team's broken bundle took a server of 30 teams' models out of rotation, with no
+    # setting to say otherwise (found by a helper).
+    from prometheus_client import CollectorRegistry
+
+    from service.app import create_app
+    from service.config import ServiceConfig
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{broken")
+    models = {"tiny": str(bundle_dir), "other": str(tmp_path / "broken")}
+    config = ServiceConfig(models=models, ready_needs=needs)
+    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    try:
+        client = app.test_client()
+        ready = client.get("/readyz")
+        assert ready.status_code == status and ready.json["errors"] == {
+            "other": "not loaded; see the server log"
+        }
+        assert client.get("/v2/health/ready").status_code == status
+        assert post(client, {"records": [NORMAL[0]]}).status_code == 200  # the others score
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
 def test_scoring_returns_per_record_results_in_the_product_direction(client) -> None:
     response = post(client, {"records": [NORMAL[0], broken(NORMAL[1]), NORMAL[2]]})
     assert response.status_code == 200
