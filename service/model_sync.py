@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detector.bundles.bundle import MAX_MANIFEST_BYTES
+from detector.bundles.format import MANIFEST_FILE
 from detector.errors import BundleError, DetectorError
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,10 @@ class SyncDir:
 
     def copy(self, name: str, source: Path) -> Path:
         """Copy the files of the bundle directory ``source`` (a bundle is flat) into
-        ``sync_dir``. A directory that is not there gives an empty copy, so loading it fails
-        with the loader's own message; a file that cannot be read is a ``BundleError``."""
+        ``sync_dir``: those its manifest names, where it names them (a 300 MB training file
+        kept beside a bundle was read into every worker and copied on every load), else every
+        file. A directory that is not there gives an empty copy, so loading it fails with the
+        loader's own message; a file that cannot be read is a ``BundleError``."""
         copy = self.root / name / uuid.uuid4().hex[:12]
         try:
             copy.mkdir(parents=True)
@@ -73,8 +77,9 @@ class SyncDir:
             raise sync_error(self.root, exc) from None
         try:
             entries = sorted(source.iterdir()) if source.is_dir() else []
+            named = _named_files(source)
             for entry in entries:
-                if not entry.is_file():
+                if not entry.is_file() or (named is not None and entry.name not in named):
                     continue
                 try:
                     content = entry.read_bytes()
@@ -164,3 +169,18 @@ def sync_error(sync_dir: Path, exc: OSError) -> ModelSyncError:
         f"cannot use model_sync_dir {sync_dir} ({exc}); make it a writable directory that only "
         "this server's workers share; the model in force keeps serving"
     )
+
+
+def _named_files(bundle: Path) -> set[str] | None:
+    """The manifest and the files it lists, or ``None`` where the manifest cannot say (then
+    every file is copied, and loading the copy says what is wrong)."""
+    manifest = bundle / MANIFEST_FILE
+    try:
+        if manifest.stat().st_size > MAX_MANIFEST_BYTES:
+            return None
+        listed = json.loads(manifest.read_bytes())["files"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if not isinstance(listed, dict) or not all(isinstance(name, str) for name in listed):
+        return None
+    return {MANIFEST_FILE, *listed}

@@ -214,6 +214,18 @@ def test_two_reloads_at_once_get_different_generations_and_both_workers_follow_t
     assert served[0][1] in {str(path) for path in paths}
 
 
+def test_only_the_bundles_own_files_are_copied(bundle_dir: Path, tmp_path: Path) -> None:
+    # A 300 MB training file kept beside a bundle was read into the worker (200 to 509 MB)
+    # and copied into the sync dir at every load (found by a helper).
+    beside = tmp_path / "beside"
+    shutil.copytree(bundle_dir, beside)
+    (beside / "train.csv").write_text("cpu\n1\n")
+    (beside / "report.html").write_text("<html></html>")
+    first, _ = two_workers(beside, tmp_path / "sync")
+    copy = Path(first.get("tiny").bundle.path)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in bundle_dir.iterdir())
+
+
 def test_a_worker_that_failed_to_follow_tries_again(bundle_dir: Path, tmp_path: Path) -> None:
     fail_next = threading.Event()
 
