@@ -358,7 +358,9 @@ class ModelRegistry:
             if previous is not None and previous.generation > generation:
                 return previous  # a later generation came in meanwhile (another thread)
             self._models[name] = loaded
-            self._errors.pop(name, None)
+            failed = self._errors.pop(name, None)
+        if failed is not None:  # its errors were logged every try; say when they end
+            log.info("model %s: loaded %s from %s; it scores again", name, bundle.version, path)
         self._on_install(loaded, previous)
         return loaded
 

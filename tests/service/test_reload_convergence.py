@@ -137,6 +137,12 @@ def test_a_model_that_could_not_load_recovers_once_its_bundle_is_fixed(
         "10 answers in a row with the fixed bundle",
         deadline_s=30,
     )
+    # Each failed try was logged; the recovery was not, so the log read as if still broken.
+    server.wait_until(
+        lambda: "model spare: loaded" in server.log_path.read_text(errors="replace"),
+        "the recovery in the log",
+        deadline_s=30,
+    )
 
 
 @pytest.mark.slow
