@@ -97,10 +97,15 @@ def native_output_silenced() -> Iterator[None]:
 
 
 def _silenced(level: int) -> Iterator[None]:
+    try:
+        capture = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the with below)
+    except OSError:  # no writable temporary folder: the chatter shows, and the work goes on
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        with tempfile.TemporaryFile() as capture:
+        with capture:
             os.dup2(capture.fileno(), 2)
             try:
                 yield

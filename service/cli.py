@@ -208,6 +208,15 @@ def check_sync_dir(path: str) -> None:
 def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int:
     # Must be set before prometheus_client is first imported: it picks its value class then.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(run_dir, "metrics"))
+    from service.metric_files import space_problem
+
+    if problem := space_problem(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
+        # Here, once: in the workers a full disk was SIGBUS, and a read-only one a traceback
+        # per worker before gunicorn gave up.
+        raise ConfigError(
+            f"{problem}; free space there, or point PROMETHEUS_MULTIPROC_DIR at a folder the "
+            "server can write to (unset: one in the server's own run folder)"
+        )
     if config.model_sync_dir is None:
         config = config.model_copy(update={"model_sync_dir": os.path.join(run_dir, "models")})
     else:  # here, where it fails alone, rather than as each worker finds it cannot reload

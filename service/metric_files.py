@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +34,31 @@ LOCK_FILE = ".fold.lock"
 #: ``live*`` gauges are deleted by prometheus_client's ``mark_process_dead``; its
 #: ``mostrecent`` ones are set again by every live worker when it loads a model.
 _SUMMED = ("counter", "histogram")
+
+
+#: The free space the metrics directory must have for a worker to start: prometheus_client
+#: writes its files through memory maps, and a page it cannot back on a full file system kills
+#: the process with SIGBUS (workers died and were replaced in a loop, serving nothing).
+MIN_FREE_BYTES = 8 * 2**20
+
+
+def space_problem(directory: str | Path) -> str | None:
+    """What keeps the metrics directory from taking a worker's files: not writable, or under
+    ``MIN_FREE_BYTES`` free; ``None`` where it can."""
+    folder = Path(directory)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR) is not writable"
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        return f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR): {exc.strerror or exc}"
+    if free < MIN_FREE_BYTES:
+        return (
+            f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR) has {free / 2**20:.1f} "
+            f"MiB free, under the {MIN_FREE_BYTES // 2**20} MiB its files need"
+        )
+    return None
 
 
 def clear_metric_files(directory: Path) -> None:
@@ -59,6 +86,11 @@ def fold_dead_worker(directory: str | Path, pid: int) -> None:
             dead = folder / f"{kind}_{pid}.db"
             if not dead.is_file():
                 continue
+            if space_problem(folder) is not None:
+                # The archive grows through a memory map, as the workers' files do: on a full
+                # file system that kills this process, the master. Left as they are, the dead
+                # worker's counts are still read by every scrape.
+                return
             archive = MmapedDict(str(folder / f"{kind}_archive.db"))
             try:
                 # Each series as it is: moving a count to another series (a capped label's

@@ -76,7 +76,13 @@ class SyncDir:
         except OSError as exc:
             raise sync_error(self.root, exc) from None
         try:
-            entries = sorted(source.iterdir()) if source.is_dir() else []
+            try:
+                entries = sorted(source.iterdir()) if source.is_dir() else []
+            except OSError as exc:  # a folder of another user's, under umask 077
+                raise BundleError(
+                    f"could not read the folder {source} ({exc.strerror or exc}); make it "
+                    "readable for the server's user, or write the bundle again"
+                ) from None
             named = _named_files(source)
             for entry in entries:
                 if not entry.is_file() or (named is not None and entry.name not in named):

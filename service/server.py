@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
+import sys
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import HaltServer
 
 from detector.features.encode import shortened
 from service.config import ServiceConfig
-from service.metric_files import clear_metric_files, fold_dead_worker
+from service.metric_files import clear_metric_files, fold_dead_worker, space_problem
 from service.model_sync import SyncDir
 
 
@@ -47,10 +50,18 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("worker_exit", _worker_exit)
         self.cfg.set("post_fork", _default_signals)
-        self.cfg.set("post_worker_init", _answer_errors_in_json)
+        self.cfg.set("post_worker_init", _booted)
 
     def load(self) -> Any:
         from service.app import create_app, needs_tensorflow
+
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        problem = space_problem(directory) if directory else None
+        if problem:
+            # Checked at start; a disk filled since would kill this worker with SIGBUS at its
+            # first count, and the next, and the next. gunicorn stops the server on this code.
+            logging.getLogger("service").error("cannot start a worker: %s", problem)
+            sys.exit(WORKER_BOOT_ERROR)
 
         # Bundles score with their LiteRT file; TensorFlow (~700 MB and seconds per worker)
         # is imported only where LiteRT is not installed, and then quietly.
@@ -111,15 +122,55 @@ def _default_signals(server: Any, worker: Any) -> None:
         signal.signal(number, signal.SIG_DFL)
 
 
+#: gunicorn's exit code for a worker that could not boot: the master stops on it.
+WORKER_BOOT_ERROR = 3
+#: Workers in a row that die before they serve (a signal while loading: a memory limit, a full
+#: disk) after which the master stops: gunicorn replaced them forever, 1,270 in 10 minutes,
+#: each logging only its signal, and the server never answered.
+MAX_UNBOOTED_DEATHS = 5
+_unbooted_deaths = 0
+
+
+def _booted(worker: Any) -> None:
+    """In a worker that has loaded its app: leaves a mark the master reads when it exits."""
+    _answer_errors_in_json(worker)
+    with contextlib.suppress(OSError, TypeError):
+        _boot_mark(worker.pid).touch()
+
+
+def _boot_mark(pid: int) -> Path:
+    # In the metrics directory (always set under `anomaly serve`), never read as a metric file.
+    return Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), f".booted-{pid}")
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     """A worker has exited: its live gauges go, and its counts join the archives
-    (``service.metric_files``), so dead workers' files do not pile up and slow every scrape."""
+    (``service.metric_files``), so dead workers' files do not pile up and slow every scrape.
+    Too many in a row that never booted stop the server, naming the likely causes."""
     from prometheus_client import multiprocess
 
+    global _unbooted_deaths
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         multiprocess.mark_process_dead(worker.pid)
         fold_dead_worker(directory, worker.pid)
+        mark = _boot_mark(worker.pid)
+        booted = mark.exists()
+        mark.unlink(missing_ok=True)
+        _unbooted_deaths = 0 if booted else _unbooted_deaths + 1
+        if _unbooted_deaths == MAX_UNBOOTED_DEATHS:  # once: not again as the master stops
+            problem = space_problem(directory)
+            raise HaltServer(
+                f"{_unbooted_deaths} workers in a row died before they could serve (the log "
+                "above names each one's signal): "
+                + (
+                    problem
+                    if problem
+                    else "SIGSEGV or SIGBUS is most often a memory limit (ulimit -v, a "
+                    "container's), SIGKILL the out-of-memory killer; give the server more memory"
+                ),
+                WORKER_BOOT_ERROR,
+            )
 
 
 def _worker_exit(server: Any, worker: Any) -> None:

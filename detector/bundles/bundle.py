@@ -305,8 +305,8 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     """Write ``bundle`` to the directory ``path`` atomically, replacing any bundle there; a
     path that cannot hold one (a file, a folder of other files) is refused before writing."""
     target = Path(os.path.abspath(path))  # '.' or '' names the working directory
+    check_replaceable(target)
     check_writable(target, folder=True)
-    _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Staging folders of a training run killed outright (its process gone) go first.
     remove_stale_temporaries(target)
@@ -330,7 +330,15 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _check_replaceable(target: Path) -> None:
+def check_replaceable(target: Path) -> None:
+    if target.is_dir() and os.path.ismount(target):
+        # Written beside it and renamed into place: a volume's mount point refuses the rename
+        # (EBUSY), after the whole training, or its parent was read-only.
+        raise BundleError(
+            f"{target} is a mount point (a volume): a bundle is written beside its directory "
+            f"and renamed into place, which a mount point refuses; give a directory inside "
+            f"it ({option('out')} {target / 'model'})"
+        )
     if target.exists() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
         raise BundleError(
             f"{target} exists and is not a model bundle; choose another {option('out')} or "
@@ -339,7 +347,7 @@ def _check_replaceable(target: Path) -> None:
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
-    _check_replaceable(target)  # again: it may have changed while the bundle was written
+    check_replaceable(target)  # again: it may have changed while the bundle was written
     retired = staging_path(target, "old")
     if target.exists():
         target.rename(retired)

@@ -14,8 +14,10 @@ import errno
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from detector import __version__
@@ -404,6 +406,17 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     """Parse ``argv`` and run the chosen command's handler, mapping errors to exit codes."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "needs_tensorflow", True) or args.command == "serve":
+        # TensorFlow's import, and a server's run folder, need one: a traceback otherwise.
+        try:
+            tempfile.gettempdir()
+        except FileNotFoundError:
+            print(
+                "error: no writable temporary folder (TMPDIR, /tmp, /var/tmp and the working "
+                "directory were tried): set TMPDIR to a folder this user can write to",
+                file=sys.stderr,
+            )
+            return 2
     if not args.debug and getattr(args, "needs_tensorflow", True):
         import_tensorflow_quietly()
     from detector.errors import DetectorError
@@ -434,6 +447,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         fix = _SYSTEM_FIXES.get(exc.errno or 0)
         if fix is None or args.debug:
             raise
+        if exc.errno in (errno.EACCES, errno.EPERM) and _unreadable(exc.filename):
+            fix = "make it readable for this user (its mode, or its owner's)"  # not writable
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror}{where}: {fix}; no output was written", file=sys.stderr)
         return 1
@@ -446,6 +461,18 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             file=sys.stderr,
         )
         return 1
+
+
+def _unreadable(path: object) -> bool:
+    """Whether ``path`` names something this user cannot read (a bundle of another user's,
+    written under umask 077): the fix is its mode, where a write's is another place."""
+    if not isinstance(path, str | bytes | os.PathLike):
+        return False
+    target = Path(os.fsdecode(path))
+    folder = target if target.is_dir() else target.parent
+    return not os.access(folder, os.R_OK | os.X_OK) or (
+        target.is_file() and not os.access(target, os.R_OK)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -413,6 +413,13 @@ def test_a_column_name_cannot_drive_the_terminal_or_break_the_fix(capsys, cli_mo
     )
 
 
+def test_a_mount_point_as_out_is_refused_before_training(capsys) -> None:
+    # A volume mounted at --out trained in full, then its rename failed (EBUSY) with a
+    # traceback. The root folder is a mount point wherever this runs.
+    code, _, err = run(capsys, "train", str(DATA / "train.csv"), "--out", "/", *TINY_FLAGS)
+    assert code == 2 and "/ is a mount point (a volume)" in err and "--out /model" in err, err
+
+
 def test_usage_errors_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["train"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -151,6 +152,25 @@ def test_anomaly_serve_refuses_a_model_sync_dir_it_cannot_write(tmp_path, monkey
     # The run's metrics folder, removed, was left named in this process's environment: every
     # later service started here failed to open its metric files.
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_anomaly_serve_refuses_a_metrics_dir_it_cannot_use(tmp_path, monkeypatch, capsys):
+    # Workers died with SIGBUS in a loop on a full one (gunicorn replaced them for good), and a
+    # read-only one gave a traceback per worker before "Worker failed to boot".
+    from service import metric_files
+    from service.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "a-file" / "metrics"))
+    assert main(["serve", "--model", f"m={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "the metrics directory" in err and "point PROMETHEUS_MULTIPROC_DIR at a folder" in err
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    free = shutil.disk_usage(tmp_path).free
+    monkeypatch.setattr(metric_files, "MIN_FREE_BYTES", free + 2**40)  # a disk this full
+    assert main(["serve", "--model", f"m={tmp_path}"]) == 2
+    assert "MiB free, under the" in capsys.readouterr().err
 
 
 def test_a_config_file_that_is_a_directory_says_so(tmp_path) -> None:

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.mmap_dict import MmapedDict
 
@@ -98,3 +99,25 @@ def test_the_key_cap_holds_across_replaced_workers(tmp_path: Path) -> None:
     assert len(counts) == MAX_KEY_SERIES + 1  # the first worker's 100, and the rest
     assert counts[f'anomaly_key_anomalies_total{{key="{OTHER_KEYS}",model="m"}}'] == 350.0
     assert sum(counts.values()) == 3 * (MAX_KEY_SERIES + 50)  # every anomaly still counted
+
+
+def test_workers_that_die_before_serving_stop_the_server_once(tmp_path: Path, monkeypatch) -> None:
+    # Workers killed while loading (SIGSEGV under `ulimit -v`, SIGBUS on a full disk) were
+    # replaced for good: 1,270 in 10 minutes, and the server never answered.
+    from types import SimpleNamespace
+
+    from gunicorn.errors import HaltServer
+
+    from service import server
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(server, "_unbooted_deaths", 0)
+    served = SimpleNamespace(pid=10)  # gunicorn's worker: the hook reads its pid
+    server._boot_mark(served.pid).touch()  # as the worker's post_worker_init leaves it
+    server._child_exit(None, served)
+    for pid in range(11, 11 + server.MAX_UNBOOTED_DEATHS - 1):
+        server._child_exit(None, SimpleNamespace(pid=pid))  # no mark: died loading
+    with pytest.raises(HaltServer, match="5 workers in a row died before they could serve"):
+        server._child_exit(None, SimpleNamespace(pid=99))
+    server._child_exit(None, SimpleNamespace(pid=100))  # once: not again as the master stops
+    assert not list(tmp_path.glob(".booted-*"))
