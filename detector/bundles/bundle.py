@@ -305,8 +305,9 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     """Write ``bundle`` to the directory ``path`` atomically, replacing any bundle there; a
     path that cannot hold one (a file, a folder of other files) is refused before writing."""
     target = Path(os.path.abspath(path))  # '.' or '' names the working directory
-    check_replaceable(target)
+    check_not_a_mount_point(target)  # first: its parent may be read-only, and is not the fix
     check_writable(target, folder=True)
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Staging folders of a training run killed outright (its process gone) go first.
     remove_stale_temporaries(target)
@@ -331,6 +332,15 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
 
 
 def check_replaceable(target: Path) -> None:
+    check_not_a_mount_point(target)
+    if target.exists() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
+        raise BundleError(
+            f"{target} exists and is not a model bundle; choose another {option('out')} or "
+            "remove it"
+        )
+
+
+def check_not_a_mount_point(target: Path) -> None:
     if target.is_dir() and os.path.ismount(target):
         # Written beside it and renamed into place: a volume's mount point refuses the rename
         # (EBUSY), after the whole training, or its parent was read-only.
@@ -338,11 +348,6 @@ def check_replaceable(target: Path) -> None:
             f"{target} is a mount point (a volume): a bundle is written beside its directory "
             f"and renamed into place, which a mount point refuses; give a directory inside "
             f"it ({option('out')} {target / 'model'})"
-        )
-    if target.exists() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
-        raise BundleError(
-            f"{target} exists and is not a model bundle; choose another {option('out')} or "
-            "remove it"
         )
 
 

@@ -173,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _check_bundle_target(out: str) -> None:
     """Before reading or training, so a wrong --out costs no training time: saving replaces
     the whole directory, which is right for an old bundle and wrong for anything else."""
-    from detector.bundles.bundle import check_replaceable
+    from detector.bundles.bundle import check_not_a_mount_point
     from detector.bundles.format import MANIFEST_FILE
     from detector.errors import ConfigError
     from detector.io.temporaries import check_writable
@@ -183,7 +183,7 @@ def _check_bundle_target(out: str) -> None:
         raise ConfigError(
             f"--out {out} is a file; a bundle is a directory: give a new directory's name"
         )
-    check_replaceable(Path(os.path.abspath(target)))  # a volume's mount point
+    check_not_a_mount_point(Path(os.path.abspath(target)))
     if target.is_dir() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
         raise ConfigError(
             f"--out {out} holds other files and is not a model bundle; a bundle replaces its "

@@ -318,7 +318,9 @@ def fit_schema(
                 # each new day would score as anomalous.
                 problems.append(_times_problem(key, head.dropna().iloc[0]))
                 continue
-            if key not in forced and (problem := _numbers_as_text(key, series)):
+            if key not in forced and (
+                problem := _numbers_as_text(key, series) or _stray_words(key, as_text(series))
+            ):
                 problems.append(problem)
                 continue
             counts = _fit_labels(key, series, problems)
@@ -393,6 +395,34 @@ def _not_a_value_kind(key: str, series: pd.Series) -> str | None:
 #: A text column whose values are all numbers but for at most this share is taken for a
 #: numeric column with stray text in it (where it has too many values to be labels).
 STRAY_TEXT_SHARE = 0.05
+#: Distinct numbers past which such a column is a measure with stray text in it, not labels
+#: that happen to be numbers (status codes, with a 'TIMEOUT').
+STRAY_NUMBERS = 20
+#: The longest label a categorical column may hold: every label is kept in the manifest.
+MAX_LABEL_CHARS = 10_000
+
+
+def _stray_words(key: str, texts: pd.Series, *, labels_fix: bool = True) -> str | None:
+    """What to say of a text column of numbers but for a few words ('oops', a broken cell):
+    trained as it is, a measure became labels (60 rows: 59 of them) without a word."""
+    head = texts.head(1_000)
+    if pd.to_numeric(head, errors="coerce").isna().mean() > 0.5:
+        return None  # labels, as most text columns hold: not parsed whole (training's hot path)
+    numbers = pd.to_numeric(texts, errors="coerce")
+    words = (numbers.isna() & texts.notna()).to_numpy()
+    if not 0 < words.mean() <= STRAY_TEXT_SHARE:
+        return None
+    if labels_fix and numbers.nunique() <= STRAY_NUMBERS:
+        return None
+    first = int(np.flatnonzero(words)[0])
+    shown = texts.iloc[first]
+    shown = shown if len(shown) <= 40 else f"{shown[:40]}... ({len(shown):,} characters)"
+    labels = f", or give {option('categorical', key)} if it holds labels" if labels_fix else ""
+    return (
+        f"column '{key}' holds numbers but for {int(words.sum())} value(s) that are not "
+        f"(first {shown!r}, at row {first + 1}); training data must be complete: fix or drop "
+        f"those rows{labels}"
+    )
 
 
 def _is_measure(series: pd.Series) -> bool:
@@ -420,17 +450,20 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
             "written so (NA for North America) otherwise"
         )
         return None
+    long = np.flatnonzero(texts.str.len().to_numpy() > MAX_LABEL_CHARS)
+    if len(long):
+        # A label held whole in the manifest: a 100 MB cell made a bundle its loader refused.
+        problems.append(
+            f"column '{key}' holds a value of {len(texts.iloc[long[0]]):,} characters (at row "
+            f"{long[0] + 1}; {len(long)} over {MAX_LABEL_CHARS:,} in all), not a label; fix or "
+            f"drop those rows, or {_leave_out(key)}"
+        )
+        return None
     counts = texts.value_counts()
     if len(counts) > MAX_CATEGORIES:
         # A numeric column with a stray word in it reads as text: name the word, not an id.
-        words = pd.to_numeric(texts, errors="coerce").isna().to_numpy()
-        if 0 < words.mean() <= STRAY_TEXT_SHARE:
-            first = int(np.flatnonzero(words)[0])
-            problems.append(
-                f"column '{key}' holds numbers but for {int(words.sum())} value(s) that are not "
-                f"(first {texts.iloc[first]!r}, at row {first + 1}); training data must be "
-                "complete: fix or drop those rows"
-            )
+        if problem := _stray_words(key, texts, labels_fix=False):
+            problems.append(problem)
             return None
         if _holds_times(texts):
             problems.append(_times_problem(key, texts.dropna().iloc[0]))

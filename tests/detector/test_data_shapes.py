@@ -135,3 +135,32 @@ def test_hostile_cells_in_the_shape_checks_are_refused_as_before() -> None:
     with pytest.raises(InputError, match=r"with a unit \('9{40}\.\.\.', \.\.\.\)") as told:
         fit_schema(huge)
     assert len(str(told.value)) < 2_000
+
+
+def test_a_small_tables_measure_with_a_stray_word_is_refused_not_made_labels() -> None:
+    # 60 rows: under 200 distinct values, 'cpu' with one 'oops' trained as 60 labels silently.
+    frame = table().head(60).astype({"cpu": object})
+    frame.loc[7, "cpu"] = "oops"
+    with pytest.raises(
+        InputError,
+        match=r"'cpu' holds numbers but for 1 value\(s\) .*'oops', at row 8.*categorical=\[.cpu.\]",
+    ):
+        fit_schema(frame)
+    codes = frame.assign(cpu=np.where(np.arange(60) % 3, "200", "404"))  # labels that are numbers
+    codes.loc[7, "cpu"] = "TIMEOUT"
+    assert fit_schema(codes).categorical[0].categories == ("200", "404", "TIMEOUT")
+
+
+def test_a_huge_cell_is_named_not_kept_as_a_label() -> None:
+    # A 100 MB cell in 41 rows became a label held in the manifest: a bundle of 100 MB that
+    # its own loader refused ("it is not one this tool wrote").
+    frame = table().head(41).astype({"cpu": object})
+    frame.loc[40, "cpu"] = "1" + "x" * 200_000
+    with pytest.raises(
+        InputError, match=r"first '1xxxxxxx.*\.\.\. \(200,001 characters\)', at row 41"
+    ):
+        fit_schema(frame)
+    frame["cpu"] = np.where(np.arange(41) % 2, "a", "b")
+    frame.loc[40, "cpu"] = "y" * 20_000
+    with pytest.raises(InputError, match=r"'cpu' holds a value of 20,000 characters \(at row 41;"):
+        fit_schema(frame, categorical=["cpu"])
