@@ -397,8 +397,16 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     sealed = seal(manifest, bundle_key())
     remove_stale_temporaries(path)
     partial = partial_path(path)
+    text = json.dumps(sealed, indent=2, sort_keys=True) + "\n"
+    if len(text) > MAX_MANIFEST_BYTES:  # ASCII (json escapes the rest): characters are bytes
+        # Never a bundle that its own loader refuses: held whole in every worker.
+        raise BundleError(
+            f"the bundle's manifest would be over {MAX_MANIFEST_BYTES // 2**20} MB, what a "
+            "loader reads (its schema holds every category's labels): leave out the text "
+            f"columns of the most or longest values ({option('ignore_column')})"
+        )
     try:
-        partial.write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
+        partial.write_text(text)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -248,3 +248,16 @@ def test_the_version_tells_apart_bundles_that_read_other_columns(bundle_dir) -> 
     assert replace(bundle, schema=Schema.from_dict(bundle.schema.to_dict())).version == (
         bundle.version
     )
+
+
+def test_training_never_writes_a_manifest_its_loader_refuses(fitted, tmp_path, monkeypatch):
+    # A 100 MB label made a 100 MB manifest, saved, then refused by every load as "not one
+    # this tool wrote".
+    from detector.bundles import bundle
+
+    fitted.save(tmp_path / "m")
+    size = (tmp_path / "m" / MANIFEST_FILE).stat().st_size
+    monkeypatch.setattr(bundle, "MAX_MANIFEST_BYTES", size // 2)
+    with pytest.raises(BundleError, match=r"manifest would be over \d+ MB, what a loader reads"):
+        fitted.save(tmp_path / "big")
+    assert not (tmp_path / "big").exists()
