@@ -164,3 +164,16 @@ def test_a_huge_cell_is_named_not_kept_as_a_label() -> None:
     frame.loc[40, "cpu"] = "y" * 20_000
     with pytest.raises(InputError, match=r"'cpu' holds a value of 20,000 characters \(at row 41;"):
         fit_schema(frame, categorical=["cpu"])
+
+
+def test_a_table_too_wide_to_model_is_refused_naming_its_widest_columns(capsys, tmp_path) -> None:
+    # 300 text columns of 150 labels: 45,300 features, 15 GB to train, a 532 MB bundle and 19
+    # rows a second, with no word before.
+    labels = np.array([f"v{i}" for i in range(150)])
+    wide = pd.DataFrame({f"t{i}": np.roll(np.resize(labels, 600), i) for i in range(70)})
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    assert main(["train", str(tmp_path / "wide.csv"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "encode to 10,570 features (0 numbers, 70 text columns" in err, err
+    assert "over the 10,000 a model is trained on" in err and "--ignore-column COL" in err
+    assert not (tmp_path / "m").exists()
