@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: Above this share of flagged rows the summary says the input as a whole looks unlike training.
 MOSTLY_FLAGGED = 0.5
+#: The share of rejected rows past which a run that still succeeds says how to make it fail.
+MOSTLY_REJECTED = 0.5
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -152,6 +154,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         # leave a series out of order.
         if bundle.series is not None and args.engine != "spark" and late > report.rows_read // 100:
             print(_unsorted_hint(bundle, late, args.chunk_rows), file=say)
+        rejected = report.rows_rejected / max(report.rows_read, 1)
+        if rejected > MOSTLY_REJECTED and args.max_reject_rate is None:
+            # A pipeline took a run that scored 1% of its rows for a success (exit 0).
+            print(
+                f"most rows were rejected ({rejected:.0%}); the run succeeded for the rows "
+                "it scored: give --max-reject-rate (e.g. 0.01) to make such a run fail (exit 2)",
+                file=say,
+            )
     if report.series_evicted:
         print(
             f"series evicted {report.series_evicted:,}: more than --max-series "

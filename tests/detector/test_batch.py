@@ -217,6 +217,21 @@ def test_malformed_csv_gives_a_clear_answer(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
+def test_a_run_that_rejects_most_rows_says_how_to_make_it_fail(
+    capsys, bundle_dir, tmp_path
+) -> None:
+    # 99% of an unsorted series file rejected, and the run exited 0 with nothing to say so a
+    # pipeline could tell.
+    frame = EVAL.head(100).copy()
+    frame.loc[:59, "cpu_pct"] = "n/a"
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    argv = ["score", str(bundle_dir), str(tmp_path / "in.csv"), "--output", str(tmp_path / "o.csv")]
+    assert main(argv) == 0
+    assert "most rows were rejected (60%)" in capsys.readouterr().out
+    assert main([*argv, "--max-reject-rate", "1"]) == 0  # asked for: nothing more to say
+    assert "most rows were rejected" not in capsys.readouterr().out
+
+
 def test_max_reject_rate_fails_without_output(capsys, bundle_dir: Path, tmp_path: Path) -> None:
     frame = EVAL.head(100).copy()
     frame.loc[:9, "cpu_pct"] = "n/a"
