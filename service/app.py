@@ -101,6 +101,7 @@ def create_app(
         recent_size=config.recent_alerts,
         on_outcome=lambda sink, outcome: metrics.alerts.labels(sink, outcome).inc(),
         still_firing=functools.partial(_still_firing, trackers),
+        sweep=lambda: [alert for t in trackers.values() for alert in t.resolve_silent()],
     )
     metrics.declare_sinks(sink.name for sink in dispatcher.sinks)
     dispatcher.start()

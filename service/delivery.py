@@ -110,6 +110,7 @@ class AlertDispatcher:
         on_outcome: Callable[[str, str], None] = lambda sink, outcome: None,
         sleep: Callable[[float], None] = time.sleep,
         still_firing: Callable[[Alert], bool] = lambda alert: True,
+        sweep: Callable[[], Sequence[Alert]] = lambda: (),
     ) -> None:
         """``stale_seconds`` defaults to 4 x ``resend_seconds``, ``undelivered_size`` to
         ``queue_size``."""
@@ -123,6 +124,7 @@ class AlertDispatcher:
         self._on_outcome = on_outcome
         self._sleep = sleep
         self._still_firing = still_firing
+        self._sweep = sweep
         self._q = _Queue()
         self._outboxes = tuple(_Outbox(sink) for sink in self.sinks)
         self._keeps_firing = any(_resends_firing(sink) for sink in self.sinks)
@@ -139,6 +141,23 @@ class AlertDispatcher:
                 name = f"alert-dispatcher-{box.sink.name}"
                 box.thread = threading.Thread(target=self._run, args=(box,), name=name, daemon=True)
                 box.thread.start()
+            threading.Thread(target=self._sweeping, name="alert-sweep", daemon=True).start()
+
+    def _sweeping(self) -> None:
+        """Ask ``sweep`` for alerts to send every quarter of ``stale_seconds`` until stopped:
+        the trackers' silent keys, resolved only as a request came otherwise, so a model whose
+        every key went quiet (its one host gone) fired for good."""
+        while True:
+            with self._q.cond:
+                self._q.cond.wait_for(lambda: self._q.stopping, timeout=self.stale_seconds / 4)
+                if self._q.stopping:
+                    return
+            try:
+                alerts = list(self._sweep())
+            except Exception as exc:  # the shared state's file unreadable: the next round
+                log.warning("could not look for alert keys gone silent (%s); tried again", exc)
+                continue
+            self.submit(alerts)
 
     def submit(self, alerts: Sequence[Alert]) -> None:
         """Queue alerts for delivery; never blocks. A full queue drops its oldest alert."""

@@ -415,6 +415,25 @@ def test_every_worker_lists_the_servers_recent_alerts(bundle_dir, tmp_path) -> N
             app.extensions["anomaly"].dispatcher.stop()
 
 
+def test_a_key_gone_silent_resolves_with_no_request_to_its_model(bundle_dir) -> None:
+    """Silent keys were looked for as a request came: a model whose every key went quiet (its
+    one host gone) fired for good. Stale here: 4 x the 1 s floor of re-sends."""
+    import time
+
+    policy = AlertPolicy(group_by=("host",), fire_after=2, window=3, repeat_seconds=0)
+    app, sink = make_app(bundle_dir, alerts=policy)
+    try:
+        records = [broken({**NORMAL[i], "host": "gone-01"}) for i in range(3)]
+        assert post(app.test_client(), {"records": records}).status_code == 200
+        deadline = time.monotonic() + 60
+        while not any(a.status == "resolved" for a in sink.alerts):
+            assert time.monotonic() < deadline, [(a.status, a.key) for a in sink.alerts]
+            time.sleep(0.1)
+        assert sink.alerts[0].status == "firing" and sink.alerts[-1].status == "resolved"
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
 def test_two_alert_keys_never_share_one_metric_key(bundle_dir) -> None:
     """Fields joined with ',' and '=' unescaped: host 'h1,region=x' in region 'y' and host
     'h1' in region 'x,region=y' counted as one key of anomaly_key_anomalies_total."""
