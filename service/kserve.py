@@ -249,7 +249,7 @@ def _inputs_frame(
                     f"values have ({_datatype_of(value)}), or send {tensor.datatype} values",
                 )
         columns[tensor.name] = flat
-    passthrough = app_state.config.passthrough_fields
+    passthrough = (*app_state.config.passthrough_fields, *loaded.bundle.ignored_columns)
     check_columns(
         loaded.bundle.schema,
         list(columns),

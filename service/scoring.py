@@ -174,7 +174,9 @@ def read_records(
         indices.append(i)
         columns.update(dict.fromkeys(record))
     if good:
-        passthrough = state.config.passthrough_fields
+        # The columns training was told to ignore are taken, as batch scoring takes them: a
+        # full transaction (its id, its time) was a 422 over HTTP and scored in a file.
+        passthrough = (*state.config.passthrough_fields, *model.bundle.ignored_columns)
         try:
             check_columns(
                 model.bundle.schema,
@@ -220,7 +222,8 @@ def score_request(
     rejected: Sequence[Rejected] = (),
 ) -> ScoredRequest:
     """Score, decide severities, count metrics and feed the alert tracker."""
-    passthrough = [c for c in state.config.passthrough_fields if c in records.columns]
+    carried = (*state.config.passthrough_fields, *model.bundle.ignored_columns)
+    passthrough = [c for c in dict.fromkeys(carried) if c in records.columns]
     all_rejected = list(rejected)
     if len(records):
         if model.bundle.series is None:

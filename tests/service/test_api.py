@@ -434,6 +434,27 @@ def test_a_key_gone_silent_resolves_with_no_request_to_its_model(bundle_dir) -> 
         app.extensions["anomaly"].dispatcher.stop()
 
 
+def test_a_column_training_ignored_is_taken_over_http_as_in_a_file(tmp_path) -> None:
+    """A record with the transaction id and time training was told to ignore was a 422 over
+    HTTP ("unknown column(s)"), and scored by `anomaly score` (found by a helper)."""
+    from detector.cli.main import main
+
+    table = pd.read_csv(DATA / "train.csv").head(300)
+    table.assign(txn_id=[f"t{i}" for i in range(300)]).to_csv(tmp_path / "t.csv", index=False)
+    argv = ["train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "m"), "--epochs", "2"]
+    assert main([*argv, "--ignore-column", "txn_id", "--hidden-units", "16,8"]) == 0
+    app, _ = make_app(tmp_path / "m")
+    try:
+        client = app.test_client()
+        records = [{**record, "txn_id": f"x{i}"} for i, record in enumerate(NORMAL[:3])]
+        answer = post(client, {"records": records})
+        assert answer.status_code == 200, answer.json
+        assert answer.json["counts"]["scored"] == 3 and "txn_id" not in answer.json["results"][0]
+        assert post(client, {"records": [{**NORMAL[0], "other": 1}]}).status_code == 422
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
 def test_two_alert_keys_never_share_one_metric_key(bundle_dir) -> None:
     """Fields joined with ',' and '=' unescaped: host 'h1,region=x' in region 'y' and host
     'h1' in region 'x,region=y' counted as one key of anomaly_key_anomalies_total."""
