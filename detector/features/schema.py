@@ -497,7 +497,7 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
             return None
         problems.append(
             f"column '{key}' has {len(counts)} distinct text values, which looks like an "
-            f"identifier; {_leave_out(key)} (or make it numeric)"
+            f"identifier; {_leave_out(key)}"
         )
         return None
     counts.index = counts.index.map(str)
@@ -606,6 +606,8 @@ def _epoch_unit(key: str, values: np.ndarray) -> str | None:
 _WITH_UNIT = re.compile(r"^[-+]?(\d[\d,]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*([^\d\s.,+-][^\d]*)$")
 _HEX = re.compile(r"^0[xX][0-9a-fA-F]+$")
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
+#: An amount written with its currency's sign, as spreadsheets export money ('$1,234.50').
+_CURRENCY = re.compile(r"^\(?[-+]?[$€£¥₹]\s?[-+]?\d[\d,.]*\)?$")
 #: A decimal comma, as European spreadsheets write numbers ('50,63'; '1.234,5').
 DECIMAL_COMMA = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
 #: The share of a text column's values that must be numbers so written for it to be told so.
@@ -628,6 +630,13 @@ def _numbers_as_text(key: str, series: pd.Series) -> str | None:
             f"column '{key}' holds numbers in hexadecimal ({first!r}, ...), read as labels; "
             "write them as decimal numbers (in pandas: .apply(int, base=16)), or give "
             f"{option('categorical', key)} if they are labels"
+        )
+    if written.str.fullmatch(_CURRENCY.pattern).sum() >= enough:
+        # Taken for an identifier past 200 values: the advice was to leave out the amount.
+        return (
+            f"column '{key}' holds amounts written with a currency sign ({first!r}, ...), read "
+            "as text; write them as plain numbers (strip the sign and any thousands "
+            "separators; several currencies: a column naming each row's)"
         )
     if written.str.fullmatch(_THOUSANDS.pattern).sum() >= enough:
         return (

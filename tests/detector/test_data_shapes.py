@@ -44,6 +44,8 @@ def test_epoch_times_as_numbers_are_refused_as_times_are(values, said) -> None:
         (lambda v: hex(int(v)), r"numbers in hexadecimal \('0x"),
         (lambda v: f"{v * 100:,.1f}", r"thousands separators .*thousands=','"),
         (lambda v: f"{v:.2f}".replace(".", ","), r"decimal comma .*decimal=','"),
+        (lambda v: f"${v * 100:,.2f}", r"amounts written with a currency sign \('\$"),
+        (lambda v: f"€ {v:.2f}", r"amounts written with a currency sign"),
         (lambda v: f"{v * 100:,.1f}".translate(str.maketrans(",.", ".,")), r"decimal comma"),
     ],
 )
