@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from detector.cli.commands import _header, _labelled_scores, _require_column
+from detector.scoring.evaluation import fpr_warning
 from detector.wording import printable
 
 
@@ -124,6 +125,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "series_evicted": evicted,
                     "columns_not_scored": left_out,
                     "recall_with_rejected": _recall_with_rejected(result, rejected_anomalies),
+                    "warnings": [
+                        w for w in [fpr_warning(result, bundle.calibrator.target_fpr)] if w
+                    ],
                 },
                 indent=2,
             )
@@ -155,7 +159,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"at threshold {r.threshold:.4f}: precision {precision}  recall {r.recall:.4f}  "
         f"F1 {r.f1:.4f}  false-positive rate {r.false_positive_rate:.2%}"
     )
-    print(f"best F1 {r.best_f1:.4f} at threshold {r.best_f1_threshold:.4f}")
+    if warning := fpr_warning(r, bundle.calibrator.target_fpr):
+        print(f"WARNING: {warning}")
+    print(
+        f"best F1 {r.best_f1:.4f} at threshold {r.best_f1_threshold:.4f} (chosen on these labels)"
+    )
     if r.by_group:
         print(f"by {args.by_column}: share flagged, recall, AUROC, AUPRC")
         against_all = False

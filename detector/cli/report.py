@@ -32,7 +32,7 @@ from detector.cli.report_figures import (
     score_histogram,
 )
 from detector.io.temporaries import partial_path, remove_stale_temporaries, written_path
-from detector.scoring.evaluation import Evaluation, evaluate_scores, left_out_note
+from detector.scoring.evaluation import Evaluation, evaluate_scores, fpr_warning, left_out_note
 from detector.wording import leave_one_out_note, measured_at_note
 
 if TYPE_CHECKING:
@@ -155,8 +155,14 @@ def _evaluation_sections(bundle: Bundle, labelled: LabelledScores) -> list[str]:
             f"precision {result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}, "
             f"false-positive rate {result.false_positive_rate:.2%}",
         ),
-        ("best F1", f"{result.best_f1:.4f} at threshold {result.best_f1_threshold:.4f}"),
+        (
+            "best F1",
+            f"{result.best_f1:.4f} at threshold {result.best_f1_threshold:.4f} (chosen on "
+            "these labels)",
+        ),
     ]
+    if warning := fpr_warning(result, bundle.calibrator.target_fpr):
+        metrics.append(("warning", warning))
     sections = [_section("Detection on labelled data", "evaluation", _table(metrics))]
     if result.by_group:
         sections.append(_group_section(result, labelled.group_column or "group"))

@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from detector.errors import DataError
+from detector.wording import retarget_command
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,30 @@ def evaluate_scores(
         else float(threshold),
         by_group=by_group,
         groups_left_out=left_out,
+    )
+
+
+#: How far above its target a labelled set's false-positive rate may be before it is warned
+#: of (and 3 standard deviations of chance, a Poisson count's), and the false alarms the
+#: target must expect among its normal rows for that to be told.
+FPR_OVER_TARGET = 1.5
+FPR_EXPECTED_ALARMS = 5
+
+
+def fpr_warning(result: Evaluation, target_fpr: float) -> str | None:
+    """What to say where these normal rows cross the threshold well above its target: a
+    fraud team's month was flagged at 1.72% against 1%, and the report said "warnings none"."""
+    normals = result.n - result.n_anomalies
+    rate = result.false_positive_rate
+    expected = normals * target_fpr
+    chance = expected + 3 * expected**0.5
+    if expected < FPR_EXPECTED_ALARMS or rate * normals <= max(FPR_OVER_TARGET * expected, chance):
+        return None
+    return (
+        f"{rate:.2%} of these {normals:,} normal rows are flagged, {rate / target_fpr:.1f}x the "
+        f"target {target_fpr:.2%}: they differ from the training rows (another period, drift, "
+        "hosts or sources training never saw); retrain on recent normal rows, or lower the "
+        f"target ({retarget_command()}) to flag fewer"
     )
 
 
