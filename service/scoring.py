@@ -21,7 +21,7 @@ from flask import request
 
 from detector.bundles.bundle import Bundle
 from detector.errors import SchemaError
-from detector.features.encode import check_columns
+from detector.features.encode import check_columns, listed
 from detector.features.records import score_records, score_windowed
 from detector.io.json_lines import record_problem
 from detector.scoring.scores import ScoreResult, score_frame
@@ -184,19 +184,27 @@ def read_records(
                 passthrough=passthrough,
                 expected=model.bundle.input_columns,
             )
-        except SchemaError as exc:
-            # The request is refused whole (a 4xx, counted by the AnomalyRequestsRefused
-            # alert); where only some records hold a field the model does not know, which.
+        except SchemaError:
+            # Every record holding a field the model does not know: the request is refused
+            # whole (a 4xx, counted by the AnomalyRequestsRefused alert). Some of them: those
+            # are rejected with the reason, and the others scored (one odd record failed them
+            # all, found by a helper).
             known = {*model.bundle.input_columns, *passthrough}
-            odd = [
-                i for i, record in zip(indices, good, strict=True) if not known.issuperset(record)
-            ]
-            if 0 < len(odd) < len(good):
-                more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
-                raise SchemaError(
-                    f"record {odd[0]}{more} holds a field the others do not: {exc}"
-                ) from None
-            raise
+            odd = {j for j, record in enumerate(good) if not known.issuperset(record)}
+            if not 0 < len(odd) < len(good):
+                raise
+            for j in sorted(odd):
+                unknown = [f for f in good[j] if f not in known]
+                reason = (
+                    f"unknown field(s) {listed(unknown)}: the model's are "
+                    f"{listed(list(model.bundle.input_columns))}; drop them, or list them in "
+                    "passthrough_fields"
+                )
+                rejected.append(Rejected(indices[j], (reason,), "malformed"))
+            indices = [i for j, i in enumerate(indices) if j not in odd]
+            good = [record for j, record in enumerate(good) if j not in odd]
+            columns = {c: None for record in good for c in record}
+    rejected.sort(key=lambda r: r.index)
     return Records(good, frozenset(columns)), np.asarray(indices, dtype=np.int64), rejected
 
 

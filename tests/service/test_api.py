@@ -495,11 +495,18 @@ def test_metrics_content_type_is_prometheus_own(client) -> None:
     assert response.headers["Content-Type"].count("charset") == 1
 
 
-def test_a_422_for_one_records_unknown_field_names_that_record(client) -> None:
-    response = post(client, {"records": [NORMAL[0], NORMAL[1], {**NORMAL[2], "extra": 1}]})
-    assert response.status_code == 422, response.json
-    assert response.json["detail"].startswith("record 2 holds a field the others do not: ")
-    assert "unknown column(s) ['extra']" in response.json["detail"]
+def test_one_records_unknown_field_rejects_that_record_and_the_others_score(client) -> None:
+    # The whole request was a 422 for one odd record: the others went unscored.
+    records = [NORMAL[0], {**NORMAL[1], "extra": 1}, NORMAL[2]]
+    response = post(client, {"records": records})
+    assert response.status_code == 200, response.json
+    assert response.json["counts"] == {"received": 3, "scored": 2, "rejected": 1}
+    assert [r["index"] for r in response.json["results"]] == [0, 2]
+    [rejected] = response.json["rejected"]
+    assert rejected["index"] == 1 and rejected["code"] == "malformed"
+    assert rejected["reasons"][0].startswith("unknown field(s) ['extra']: the model's are [")
+    every = post(client, {"records": [{**record, "extra": 1} for record in records]})
+    assert every.status_code == 422 and "unknown column(s) ['extra']" in every.json["detail"]
 
 
 def test_a_reload_that_changes_the_input_columns_says_which(bundle_dir, tmp_path, caplog):
