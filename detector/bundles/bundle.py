@@ -21,12 +21,14 @@ so a reader sees the old bundle or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -324,7 +326,8 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
             written.append(NEIGHBOURS_FILE)
         manifest = bundle.manifest({name: sha256_of(staging / name) for name in written})
         write_manifest(staging, manifest)
-        _swap_into_place(staging, target)
+        with changing(target):
+            _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -360,8 +363,32 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def changing(target: Path) -> Iterator[None]:
+    """Held while the bundle at ``target`` is swapped into place (training) or rewritten in
+    place (``set_target_fpr``): a threshold change that read one bundle and wrote its
+    manifest over another's files, trained meanwhile, left a bundle every load refused, or
+    one model with the other's calibration. The lock is the folder holding it (no file left
+    behind; other bundles there wait their turn too, for the moments these take)."""
+    try:
+        folder = os.open(target.parent, os.O_RDONLY)
+    except OSError:  # a folder that cannot be read: nothing else could change a bundle in it
+        yield
+        return
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)
+
+
 def set_target_fpr(path: str | os.PathLike[str], target_fpr: float) -> Bundle:
     """Change a saved bundle's target false-positive rate in place, without retraining."""
+    with changing(Path(os.path.abspath(path))):
+        return _set_target_fpr(path, target_fpr)
+
+
+def _set_target_fpr(path: str | os.PathLike[str], target_fpr: float) -> Bundle:
     bundle = load_bundle(path).with_target_fpr(target_fpr)
     manifest_path = Path(path) / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())

@@ -261,3 +261,20 @@ def test_training_never_writes_a_manifest_its_loader_refuses(fitted, tmp_path, m
     with pytest.raises(BundleError, match=r"manifest would be over \d+ MB, what a loader reads"):
         fitted.save(tmp_path / "big")
     assert not (tmp_path / "big").exists()
+
+
+def test_a_threshold_change_waits_for_a_bundle_being_swapped_in(fitted, tmp_path) -> None:
+    # `threshold` read bundle A and wrote its manifest over bundle B's files, trained
+    # meanwhile: both exited 0, and every later load refused the bundle (found by a helper).
+    import threading
+
+    from detector.bundles.bundle import changing
+
+    fitted.save(tmp_path / "m")
+    changed = threading.Thread(target=set_target_fpr, args=(tmp_path / "m", 0.05))
+    with changing(tmp_path / "m"):  # as training holds it while it swaps its bundle in
+        changed.start()
+        changed.join(timeout=1)  # the deadline passes: the change waits for the swap
+        assert changed.is_alive()
+    changed.join(timeout=60)
+    assert not changed.is_alive() and load_bundle(tmp_path / "m").calibrator.target_fpr == 0.05
