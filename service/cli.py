@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -138,6 +139,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # every worker shares. A worker that did took the metrics, the model copies and the
         # series state from the others, and its replacement failed to boot.
         if os.getpid() == master:
+            while _HELD:  # the sync dir, for the next server (in this process: a test's)
+                os.close(_HELD.pop())
             shutil.rmtree(run_dir, ignore_errors=True)
             if ours:  # it names the folder just removed: a caller in this process goes on
                 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -193,16 +196,33 @@ def bind_address(host: str, port: int | str) -> str:
 
 
 def check_sync_dir(path: str) -> None:
-    """``model_sync_dir`` is, or can be made, a directory this process writes files in."""
+    """``model_sync_dir`` is, or can be made, a directory this process writes files in, and
+    no other server uses it: this one holds it (a lock on the folder) until it exits."""
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
+        folder = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise ConfigError(
             f"model_sync_dir {path} cannot be used ({exc.strerror or exc}); name a directory "
             "the server can write to, or leave it unset (a new one per run)"
         ) from None
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(folder)
+        # Two servers on one folder served each other's models, each reload and restart
+        # taking the other's copy (found by a helper).
+        raise ConfigError(
+            f"model_sync_dir {path} is used by another `anomaly serve` running now; give each "
+            "server its own, or leave it unset (a new one per run)"
+        ) from None
+    _HELD.append(folder)  # for the server's life: its workers inherit it, and the lock
+
+
+#: Folders this server holds for its life (their descriptors, open until it exits).
+_HELD: list[int] = []
 
 
 def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,9 +45,24 @@ def score_a_few(server: Server, n: int = 6) -> None:
         assert status == 200, (body, server.log_text())
 
 
-def new_workers(server: Server, before: set[int]) -> None:
+def new_workers(server: Server, before: set[int], metrics: Path | None = None) -> None:
+    """Wait for 2 workers other than ``before``, the server ready; with the server's metrics
+    folder, each of them booted (the mark it leaves there): a signal to a worker forked but
+    not yet past gunicorn's post_fork went to the master's copied handlers and was lost, and
+    the worker lived on (a test killing the next round at once waited 60 s for its end)."""
+
+    def booted() -> bool:
+        return metrics is None or all(
+            (metrics / f".booted-{pid}").exists() for pid in server.workers()
+        )
+
     server.wait_until(
-        lambda: len(server.workers()) == 2 and not (server.workers() & before) and _ready(server),
+        lambda: (
+            len(server.workers()) == 2
+            and not (server.workers() & before)
+            and _ready(server)
+            and booted()
+        ),
         "2 new workers, ready",
     )
 
@@ -101,11 +118,12 @@ def test_exited_workers_leave_their_counts_but_not_their_files(
     with serving({"tiny": bundle_dir}, tmp_path, env=env) as started:
         score_a_few(started)
         counted = scored_total(started)
+        new_workers(started, set(), metrics)  # both booted before the first round
         for _ in range(2):
             before = started.workers()
             os.kill(min(before), signal.SIGKILL)
             os.kill(max(before), signal.SIGTERM)
-            new_workers(started, before)
+            new_workers(started, before, metrics)
         score_a_few(started)
         assert scored_total(started) == counted + 12  # no count lost or counted twice
         live = {str(pid) for pid in started.workers()}
@@ -135,6 +153,14 @@ def test_a_restart_serves_the_bundle_retrained_since_not_the_last_runs_copy(
         for _ in range(6):  # each worker
             status, body = second.call("/v1/models/tiny")
             assert status == 200 and body["target_fpr"] == 0.2, body
+        # A second server on the folder while this one runs: each served the other's models
+        # after a reload or a restart (found by a helper). It is refused.
+        other = subprocess.run(
+            [str(Path(sys.executable).with_name("anomaly")), "serve", "--port", "0", "--model",
+             f"tiny={model}"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert other.returncode == 2 and "is used by another `anomaly serve`" in other.stderr
 
 
 def versions_served(server: Server) -> set[str]:
