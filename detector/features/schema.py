@@ -323,7 +323,7 @@ def fit_schema(
                 problems.append(_times_problem(key, head.dropna().iloc[0]))
                 continue
             if key not in forced and (
-                problem := _numbers_as_text(key, series) or _stray_words(key, as_text(series))
+                problem := _numbers_as_text(key, series) or _stray_words(key, series)
             ):
                 problems.append(problem)
                 continue
@@ -409,12 +409,13 @@ STRAY_NUMBERS = 20
 MAX_LABEL_CHARS = 10_000
 
 
-def _stray_words(key: str, texts: pd.Series, *, labels_fix: bool = True) -> str | None:
+def _stray_words(key: str, column: pd.Series, *, labels_fix: bool = True) -> str | None:
     """What to say of a text column of numbers but for a few words ('oops', a broken cell):
     trained as it is, a measure became labels (60 rows: 59 of them) without a word."""
-    head = texts.head(1_000)
+    head = as_text(column.head(1_000))
     if pd.to_numeric(head, errors="coerce").isna().mean() > 0.5:
-        return None  # labels, as most text columns hold: not parsed whole (training's hot path)
+        return None  # labels, as most text columns hold: not read whole (training's hot path)
+    texts = as_text(column)
     numbers = pd.to_numeric(texts, errors="coerce")
     words = (numbers.isna() & texts.notna()).to_numpy()
     if not 0 < words.mean() <= STRAY_TEXT_SHARE:
