@@ -109,7 +109,14 @@ def model_ready(name: str, version: str | None) -> Response:
     # Per-model, like metadata: it confirms which model names exist. Probes use /v2/health/*.
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
-    _served(app_state, name, version)
+    try:
+        _served(app_state, name, version)
+    except ApiError as error:
+        if error.status != 503:
+            raise
+        # Configured but not loaded: KServe's answer, {name, ready: false}, which clients
+        # read, not an error body without "ready" (the reason is in the server log).
+        return answer(schemas.ModelReady(name=name, ready=False), 503)
     return answer(schemas.ModelReady(name=name, ready=True))
 
 

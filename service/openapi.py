@@ -108,7 +108,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "KServe V2 model metadata", {200: ModelMetadata}, (401, 404, 503), access="scoring"
     ),
     ("/v2/models/{name}/ready", "get"): Operation(
-        "KServe V2 model readiness", {200: ModelReady}, (401, 404, 503), access="scoring"
+        "KServe V2 model readiness",
+        {200: ModelReady, 503: ModelReady},
+        (401, 404),
+        access="scoring",
     ),
     ("/v2/models/{name}/infer", "post"): Operation(
         "KServe V2 inference: one input tensor per column",

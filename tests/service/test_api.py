@@ -50,6 +50,10 @@ def test_readiness_with_one_broken_model_follows_ready_needs(bundle_dir, tmp_pat
             "other": "not loaded; see the server log"
         }
         assert client.get("/v2/health/ready").status_code == status
+        # KServe's per-model answer: not ready, in its own shape (not an error body).
+        other = client.get("/v2/models/other/ready")
+        assert (other.status_code, other.json) == (503, {"name": "other", "ready": False})
+        assert client.get("/v2/models/tiny/ready").json == {"name": "tiny", "ready": True}
         assert post(client, {"records": [NORMAL[0]]}).status_code == 200  # the others score
     finally:
         app.extensions["anomaly"].dispatcher.stop()
