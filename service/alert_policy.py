@@ -41,11 +41,15 @@ class AlertPolicy:
     resolve_after: int = 10
     cooldown_seconds: float = 300.0
     repeat_seconds: float = 60.0
+    #: Fields of a key's last anomalous record that its alerts carry (an id, the record's
+    #: time): which transaction or minute to look at, not only which host.
+    record_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Validated here, not only in from_dict, so a policy built in code fails just as loudly.
         _check_severities(self.severities)
         _check_group_by(self.group_by)
+        _check_record_fields(self.record_fields)
         for name in ("fire_after", "window", "resolve_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -118,6 +122,14 @@ class AlertPolicy:
                     'write e.g. ["host"]'
                 )
             kwargs["group_by"] = tuple(raw)
+        if "record_fields" in d:
+            raw = d["record_fields"]
+            if isinstance(raw, str) or not isinstance(raw, Sequence):
+                raise ValueError(
+                    f"alert policy 'record_fields' must be a list of record field names, got "
+                    f'{raw!r}; write e.g. ["transaction_id", "ts"]'
+                )
+            kwargs["record_fields"] = tuple(raw)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +142,7 @@ class AlertPolicy:
             "resolve_after": self.resolve_after,
             "cooldown_seconds": self.cooldown_seconds,
             "repeat_seconds": self.repeat_seconds,
+            "record_fields": list(self.record_fields),
         }
 
 
@@ -163,6 +176,23 @@ def _check_severities(severities: tuple[tuple[str, float], ...]) -> None:
         raise ValueError(
             f"alert policy 'severities' bounds {bounds} must strictly increase, most severe "
             "(smallest p-value) first; reorder the levels or make the bounds distinct"
+        )
+
+
+#: Record fields an alert carries at most: each is in every alert of its key.
+MAX_RECORD_FIELDS = 10
+
+
+def _check_record_fields(names: tuple[str, ...]) -> None:
+    if any(not isinstance(name, str) or not name or len(name) > 200 for name in names):
+        raise ValueError(
+            f"alert policy 'record_fields' {list(names)!r} must be field names (text of 1 to "
+            '200 characters); list the record fields to carry, e.g. ["transaction_id"]'
+        )
+    if len(set(names)) != len(names) or len(names) > MAX_RECORD_FIELDS:
+        raise ValueError(
+            f"alert policy 'record_fields' {list(names)} must list at most "
+            f"{MAX_RECORD_FIELDS} fields, each once; keep the ones that identify a record"
         )
 
 

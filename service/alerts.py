@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,8 @@ class Alert:
     last_p_value: float
     top_features: tuple[str, ...]
     model_version: str
+    #: The policy's ``record_fields`` of the key's last anomalous record, as it held them.
+    last_record: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -89,6 +91,9 @@ class Alert:
             f"(higher = more anomalous), p-value {self.last_p_value:.3g}. "
             f"Top features: {features}."
         )
+        if self.last_record:
+            shown = ", ".join(f"{k}={v!r}" for k, v in self.last_record.items())
+            description += f" Last anomalous record: {shown}."
         return {"summary": summary, "description": description}
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +112,7 @@ class Alert:
             "last_p_value": _finite_or_none(self.last_p_value),
             "top_features": list(self.top_features),
             "model_version": self.model_version,
+            "last_record": dict(self.last_record),
             "labels": self.labels(),
             "annotations": self.annotations(),
         }
@@ -138,6 +144,7 @@ class _KeyState:
     top_features: tuple[str, ...] = ()
     model_version: str = ""
     seen: float = 0.0  # the time of its last record (the shared store keeps it beside)
+    last_record: dict[str, str] = field(default_factory=dict)  # policy's record_fields
 
 
 #: The longest alert key value kept as it is, in characters: the value becomes an Alertmanager
@@ -271,6 +278,11 @@ class AlertTracker:
                 state.last_score = float(anomaly_score)
                 state.last_p = float(p_value)
                 state.top_features = tuple(top_features)
+                state.last_record = {
+                    name: label_value(record[name])
+                    for name in self.policy.record_fields
+                    if name in record
+                }
             else:
                 state.consecutive_normal += 1
             if state.firing:
@@ -403,6 +415,7 @@ class AlertTracker:
             last_p_value=state.last_p,
             top_features=state.top_features,
             model_version=state.model_version,
+            last_record=dict(state.last_record),
         )
 
 
@@ -430,6 +443,8 @@ def _state_from(text: str, *, window: int) -> _KeyState:
     values = {f.name: data[f.name] for f in _STATE_FIELDS if f.name in data}
     values["window"] = deque(values.get("window", ()), maxlen=window)
     values["top_features"] = tuple(values.get("top_features", ()))
+    if not isinstance(values.get("last_record", {}), dict):  # a state stored by no version
+        values["last_record"] = {}
     for name in ("last_score", "last_p"):
         if values.get(name) is None:
             values[name] = math.nan

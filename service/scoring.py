@@ -287,7 +287,9 @@ def _count_keys(state: ServiceState, scored: ScoredRequest, records: Records) ->
     tracker = state.trackers[scored.model.name]
     if not tracker.policy.group_by or not scored.result.is_anomaly.any():
         return
-    fields = [f for f in tracker.policy.group_by if f in records.columns]
+    policy = tracker.policy
+    wanted = dict.fromkeys((*policy.group_by, *policy.record_fields))  # once each, in order
+    fields = [f for f in wanted if f in records.columns]
     counts: dict[str, int] = {}
     for record in records.keyed(fields, scored.result.rows[scored.result.is_anomaly]):
         key = key_text(tracker.key_of(record))
@@ -297,7 +299,9 @@ def _count_keys(state: ServiceState, scored: ScoredRequest, records: Records) ->
 
 def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None:
     tracker = state.trackers[scored.model.name]
-    fields = [f for f in tracker.policy.group_by if f in records.columns]
+    policy = tracker.policy
+    wanted = dict.fromkeys((*policy.group_by, *policy.record_fields))  # once each, in order
+    fields = [f for f in wanted if f in records.columns]
     result = scored.result
     keys = records.keyed(fields, result.rows) if fields else None
     top = result.top_features(TOP_FEATURES)

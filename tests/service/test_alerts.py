@@ -110,8 +110,10 @@ def test_policy_round_trips_through_a_dict_and_json() -> None:
         "resolve_after": 6,
         "cooldown_seconds": 30,
         "repeat_seconds": 15.5,
+        "record_fields": ["transaction_id", "ts"],
     }
     policy = AlertPolicy.from_dict(config)
+    assert policy.record_fields == ("transaction_id", "ts")
     assert [name for name, _ in policy.severities] == ["page", "critical", "warning"]
     assert policy.group_by == ("host", "region")
     assert AlertPolicy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy
@@ -133,6 +135,10 @@ def test_policy_round_trips_through_a_dict_and_json() -> None:
         ({"group_by": ["host-name"]}, "Alertmanager label name"),
         ({"cooldown_seconds": -1}, "'cooldown_seconds'"),
         ({"repeat_seconds": float("inf")}, "'repeat_seconds'"),
+        ({"record_fields": "id"}, "'record_fields' must be a list"),
+        ({"record_fields": ["id", "id"]}, "each once"),
+        ({"record_fields": [f"f{i}" for i in range(11)]}, "at most 10 fields"),
+        ({"record_fields": [""]}, "must be field names"),
     ],
 )
 def test_policy_rejects_bad_config_naming_the_key(config: dict[str, Any], message: str) -> None:
@@ -247,6 +253,36 @@ def test_workers_sharing_alert_state_count_a_key_together(tmp_path: Path) -> Non
     resolved = feed(one, "..") + feed(two, ".") + feed(one, ".")  # resolve_after 4, across both
     assert [a.status for a in resolved] == ["resolved"]
     assert not one.firing(fired.key, fired.severity) and not two.firing(fired.key, "critical")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_an_alert_carries_its_key_s_last_anomalous_record_s_fields(
+    tmp_path: Path, shared: bool
+) -> None:
+    """An alert said which host, never which transaction or minute: a fraud team had to search
+    the scored file for the record behind it. Kept per key, across workers too."""
+    from service.alert_state import SharedAlertStates
+
+    clock = FakeClock()
+    store = SharedAlertStates(str(tmp_path / "state.sqlite")) if shared else None
+    policy = small_policy(group_by=("card",), record_fields=("id", "ts", "absent"))
+    one, two = (AlertTracker("fraud", policy, clock=clock, shared=store) for _ in range(2))
+    other = two if shared else one  # a second worker where they share the state
+    feed(one, "A", card="c1", id="t1", ts="2026-12-07T09:00:00Z")
+    feed(other, "A", card="c1", id="t2", ts="2026-12-07T09:01:00Z")
+    feed(other, "A", card="c2", id="other")  # another key's record is not this key's
+    [fired] = feed(one, "A.", card="c1", id="t3" * 200, ts="2026-12-07T09:02:00Z")
+    # The last anomalous record's fields (a normal one after does not replace them), long
+    # values shortened as keys are; a field the record lacks is left out.
+    assert set(fired.last_record) == {"id", "ts"}
+    assert fired.last_record["id"].startswith("t3t3") and len(fired.last_record["id"]) == 200
+    assert fired.last_record["ts"] == "2026-12-07T09:02:00Z"
+    assert fired.to_dict()["last_record"] == fired.last_record
+    assert "Last anomalous record: id='t3t3" in fired.annotations()["description"]
+    clock.now += 61
+    [again] = feed(other, "A", card="c1", id="t4")  # the repeat
+    assert again.last_record == {"id": "t4"}
+    assert "last_record" not in make_alert().annotations()["description"]
 
 
 @pytest.mark.parametrize("shared", [False, True])

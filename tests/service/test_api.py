@@ -419,6 +419,23 @@ def test_every_worker_lists_the_servers_recent_alerts(bundle_dir, tmp_path) -> N
             app.extensions["anomaly"].dispatcher.stop()
 
 
+def test_an_alert_names_the_record_behind_it(bundle_dir) -> None:
+    """``record_fields``: the alert carries the last anomalous record's id (a field scoring
+    leaves alone), so a team can find the transaction, not only the host."""
+    policy = AlertPolicy(group_by=("host",), fire_after=2, window=3, record_fields=("id",))
+    app, _ = make_app(bundle_dir, alerts=policy, passthrough_fields=("id",))
+    try:
+        records = [broken({**NORMAL[i], "host": "pay-1", "id": f"tx-{i}"}) for i in range(2)]
+        records.append({**NORMAL[2], "host": "pay-1", "id": "tx-normal"})
+        assert post(app.test_client(), {"records": records}).status_code == 200
+        # Listed as made (the sinks get it from their own thread).
+        [fired] = app.test_client().get("/v1/alerts").json["alerts"]
+        assert (fired["status"], fired["last_record"]) == ("firing", {"id": "tx-1"})
+        assert "Last anomalous record: id='tx-1'." in fired["annotations"]["description"]
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
 def test_a_key_gone_silent_resolves_with_no_request_to_its_model(bundle_dir) -> None:
     """Silent keys were looked for as a request came: a model whose every key went quiet (its
     one host gone) fired for good. Stale here: 4 x the 1 s floor of re-sends."""
