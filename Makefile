@@ -77,6 +77,18 @@ bench-quality: setup
 		--out tests/benchmarks/results/series_tails
 	$(BIN)/python tests/benchmarks/bench_distance.py --join tests/benchmarks/results/quality_tails.json \
 		tests/benchmarks/results/series_tails.json --out tests/benchmarks/results/tails_joint
+	$(BIN)/python tests/benchmarks/bench_distance.py --data-dir $(BENCH_DATA) --study far \
+		--out tests/benchmarks/results/quality_far
+	$(BIN)/python tests/benchmarks/bench_series.py --data-dir $(BENCH_DATA) --study far \
+		--out tests/benchmarks/results/series_far
+	$(BIN)/python tests/benchmarks/bench_distance.py --join tests/benchmarks/results/quality_far.json \
+		tests/benchmarks/results/series_far.json --out tests/benchmarks/results/far_joint
+	$(BIN)/python tests/benchmarks/bench_distance.py --data-dir $(BENCH_DATA) --study logs \
+		--out tests/benchmarks/results/quality_logs
+	$(BIN)/python tests/benchmarks/bench_series.py --data-dir $(BENCH_DATA) --study logs \
+		--out tests/benchmarks/results/series_logs
+	$(BIN)/python tests/benchmarks/bench_distance.py --join tests/benchmarks/results/quality_logs.json \
+		tests/benchmarks/results/series_logs.json --out tests/benchmarks/results/logs_joint
 
 # Each --model through the same quality benchmark (15-40 min each on 2 cores), then which
 # model wins which family (tests/benchmarks/results/models.md).

@@ -86,6 +86,7 @@ OPTIONS: dict[str, Option] = {
             "level_hours",
             "max_gap_seconds",
             "calendar",
+            "raw_tails",
         )
     },
     # score_file's; score_frame's is passthrough above

@@ -77,7 +77,7 @@ from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import ScoreGraph, score_kinds
 from detector.scoring.threshold import MAX_CALIBRATION_ROWS, Calibrator, calibration_warnings
 from detector.series.windows import SeriesSpec, is_window_column, read_series, whole
-from detector.wording import option, train_command
+from detector.wording import option, printable, train_command
 
 if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
     from detector.nn.models import VAE
@@ -156,6 +156,27 @@ class Bundle:
         """The schema's encoding for records given as mappings (``detector.features.records``)."""
         return RecordEncoder(self.schema)
 
+    @property
+    def logged_columns(self) -> tuple[str, ...]:
+        """The input columns modelled as their logarithm (heavy-tailed in training): a series
+        model's metric once for all its window's columns."""
+        from detector.series.windows import is_window_column
+
+        names = (c.name for c in self.schema.numeric if c.log)
+        return tuple(dict.fromkeys(n[: n.rindex("[")] if is_window_column(n) else n for n in names))
+
+    def describe_logs(self) -> str | None:
+        """``logged_columns`` in words with how to keep them as they are, or ``None``."""
+        names = self.logged_columns
+        if not names:
+            return None
+        shown = ", ".join(f"'{printable(n)}'" for n in names[:10])
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        return (
+            f"heavy-tailed, modelled as their logarithm: {shown}{more} "
+            f"({option('raw_tails')} keeps them as they are)"
+        )
+
     def describe_score(self) -> str:
         """The score in words, e.g. ``knn: mean distance to the 5 nearest of 4210 normal
         training rows + 0.5 x how far outside their central 99%`` or ``elbo with 8 latent
@@ -164,6 +185,8 @@ class Bundle:
             bank = self.neighbours
             central = 100 * (1 - 2 * DEFAULT_BOX_QUANTILE)  # the bank keeps bounds, not levels
             box = f" + {bank.box_weight:g} x how far outside their central {central:g}%"
+            if bank.far_weight > 0:
+                box += f" (past the training range, {bank.far_weight:g} x log(1 + how far))"
             parts = ""
             series = self.series
             if len(bank.parts) > 1 and series is not None:

@@ -305,6 +305,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "training": training,
         "data_fingerprint": bundle.data_fingerprint,
         "ignored_columns": list(bundle.ignored_columns),
+        "logged_columns": list(bundle.logged_columns),
         "series": None if bundle.series is None else asdict(bundle.series),
         "params": bundle.params,
     }
@@ -324,6 +325,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"score: {bundle.describe_score()}; threshold "
         f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"
     )
+    if logs := bundle.describe_logs():
+        print(logs)
     if training:
         in_force = bundle.calibrator.target_fpr
         then = measured_at_note(training.get("target_fpr", in_force), in_force)

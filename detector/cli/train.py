@@ -158,6 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"KL {s.val_kl:.3f}); active latent units {s.active_latent_units}/{s.latent_dim}"
     )
     print(f"score: {bundle.describe_score()}")
+    if logs := bundle.describe_logs():
+        print(logs)
     print(
         f"threshold {s.threshold:.4f} at target FPR {s.target_fpr:.2%}; held-out validation "
         f"FPR {s.validation_fpr:.2%}"

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from detector.errors import SchemaError
-from detector.features.encoded import EncodedBatch, NumberCount, Rejection
+from detector.features.encoded import EncodedBatch, NumberCount, Rejection, overflow_of
 from detector.features.schema import (
     DECIMAL_COMMA,
     CategoricalColumn,
@@ -38,6 +38,7 @@ from detector.features.schema import (
     is_nested,
     label_lookup,
     same_letters,
+    signed_log,
 )
 from detector.io.tables import MISSING_TEXT
 from detector.wording import current_surface, offered, option
@@ -177,11 +178,15 @@ def encode(
 
     numeric, numeric_bad, numbers = _numeric_block(schema, frame, impute, reasons)
     bad |= numeric_bad
+    overflow = None
     if schema.n_numeric:
+        for j in schema.logged:
+            numeric[:, j] = signed_log(numeric[:, j])
         means = np.array([c.mean for c in schema.numeric])
         scales = np.array([c.scale for c in schema.numeric])
         numeric -= means  # in place: the block is this call's own (a pass over it each)
         numeric /= scales
+        overflow = overflow_of(numeric, schema.clip)
         blocks.append(np.clip(numeric, -schema.clip, schema.clip, out=numeric))
 
     for cat in schema.categorical:
@@ -213,6 +218,7 @@ def encode(
         rejections=rejections,
         context_unseen=unseen[accepted] if schema.context else None,
         numbers=numbers,
+        overflow=None if overflow is None or not (over := overflow[accepted]).any() else over,
     )
 
 
@@ -234,7 +240,7 @@ def decode(schema: Schema, values: np.ndarray) -> pd.DataFrame:
         scales = np.array([c.scale for c in schema.numeric])
         numeric = np.clip(values[:, : schema.n_numeric], -schema.clip, schema.clip)
         for j, col in enumerate(schema.numeric):
-            columns[col.name] = means[j] + scales[j] * numeric[:, j]
+            columns[col.name] = col.raw(means[j] + scales[j] * numeric[:, j])
     start = schema.n_numeric
     for cat in schema.categorical:
         codes = values[:, start : start + cat.width].argmax(axis=1)
@@ -363,7 +369,7 @@ def _flag_numeric(
     for i in np.flatnonzero(infinite):
         reasons[int(i)].append(("infinite", f"column '{col.name}': value is infinite"))
     if impute == "median":
-        values = np.where(missing, col.median, values)
+        values = np.where(missing, col.raw(col.median), values)  # in the data's units
         missing = np.zeros_like(missing)
     elif missing.any():
         reason = ("missing_value", f"column '{col.name}' is empty {_fill_it()}")

@@ -58,10 +58,31 @@ class EncodedBatch:
     context_unseen: np.ndarray | None = None
     #: For each numeric column, in schema order: how many of its values read as numbers.
     numbers: tuple[NumberCount, ...] = ()
+    #: ``(n_accepted, n_numeric)``: how far each numeric value lay beyond the encoding's
+    #: ``±clip`` before it was clipped (0 within it), so a scorer can tell $2k from $1B;
+    #: ``None`` when no value did.
+    overflow: np.ndarray | None = None
 
     @property
     def rows(self) -> np.ndarray:
         return np.flatnonzero(self.accepted)
+
+
+#: How far beyond its clip a value is kept as lying at most, in standard deviations: a
+#: number so large that its logarithm still ranks it past every real value (1e300 given with a
+#: scale of 0.01 is infinite).
+_FAR = 1e300
+
+
+def overflow_of(scaled: np.ndarray, clip: float) -> np.ndarray | None:
+    """How far each standardised value of ``scaled`` lies beyond ``±clip`` (0 within it, and
+    where it is not a number), or ``None`` when none does: ``EncodedBatch.overflow``."""
+    with np.errstate(invalid="ignore"):
+        if not (np.abs(scaled) > clip).any():  # NaN compares false: the usual batch, one pass
+            return None
+        excess = scaled - np.clip(scaled, -clip, clip)
+    # float64: a value past float32's range (1e300 given) would become inf, with a warning.
+    return np.nan_to_num(excess, nan=0.0, posinf=_FAR, neginf=-_FAR)
 
 
 @dataclass(frozen=True)

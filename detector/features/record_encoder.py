@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from detector.features.encoded import EncodedBatch, NumberCount
-from detector.features.schema import Schema, label_lookup, same_letters
+from detector.features.encoded import EncodedBatch, NumberCount, overflow_of
+from detector.features.schema import Schema, label_lookup, same_letters, signed_log
 from detector.io.tables import MISSING_TEXT
 
 #: Integers outside int64 are read by pandas as objects and parsed as text; the fast path
@@ -68,9 +68,14 @@ class RecordEncoder:
             numbers.append(row)
         # float32 as encode gives it; the arithmetic in float64, as encode does it
         values = np.zeros((n, self.width), dtype=np.float32)
+        overflow = None
         if self.numeric:
-            scaled = (np.array(numbers, dtype=np.float64) - self.means) / self.scales
+            given = np.array(numbers, dtype=np.float64)
+            for j in self.schema.logged:
+                given[:, j] = signed_log(given[:, j])
+            scaled = (given - self.means) / self.scales
             clip = self.schema.clip
+            overflow = overflow_of(scaled, clip)
             values[:, : len(self.numeric)] = np.clip(scaled, -clip, clip, out=scaled)
         unseen = np.zeros(n, dtype=bool) if self.schema.context else None
         for name, lookup, unseen_slot, offset in self.labelled:
@@ -95,6 +100,7 @@ class RecordEncoder:
             accepted=np.ones(n, dtype=bool),
             context_unseen=unseen,
             numbers=_all_numbers(self.numeric, n),
+            overflow=overflow,
         )
 
 

@@ -99,7 +99,8 @@ def _within_training_range(schema: Schema, drawn: pd.DataFrame) -> pd.DataFrame:
     constant in training varied (sd 0.8 about 3.0)."""
     for column in schema.numeric:
         if column.name in drawn.columns:
-            drawn[column.name] = drawn[column.name].clip(column.minimum, column.maximum)
+            low, high = column.raw(column.minimum), column.raw(column.maximum)
+            drawn[column.name] = drawn[column.name].clip(low, high)
     return drawn
 
 

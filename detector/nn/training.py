@@ -258,6 +258,7 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
             context=conditioned_on(config),
             clip=config.clip,
             range_floor=config.range_floor,
+            log_tails=not config.raw_tails,
         )
         windows = windowed_for_training(frame, series)
         # A counter rises within each series, not down a file of interleaved hosts.
@@ -276,6 +277,7 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
         context=conditioned_on(config),
         clip=config.clip,
         range_floor=config.range_floor,
+        log_tails=not config.raw_tails,
     )
     values = encode(schema, frame).values
     # A table too small to hold rows out (ADBench's Hepatitis trains on ~40) lets every row do
@@ -612,40 +614,7 @@ def _lookalike_warnings(
                 "later rows hold values training never saw; give its rate instead (each "
                 f"row's increase over the row before), or {leave_out}"
             )
-        elif ratio := _heavy_tail(values):
-            # Money: the largest amounts were each at the clip, and the rest crowded near 0
-            # (a fraud helper's AUROC .73, .89 given the logarithm).
-            found.append(
-                f"column '{column}' is heavy-tailed (its largest value {ratio:,.0f} times its "
-                "median, as amounts and durations are): a distance sees little but its largest "
-                f"values, and values past ten of its scales all score alike; give its logarithm "
-                f"(numpy.log1p) as the column"
-            )
     return found
-
-
-#: A column none of whose values is negative and whose skewness and largest value over its
-#: median pass these is warned of as heavy-tailed (a log-normal of sigma 1 is skewed 6.2).
-HEAVY_TAIL_SKEW = 5.0
-HEAVY_TAIL_RATIO = 50.0
-
-
-def _heavy_tail(values: pd.Series) -> float | None:
-    """The largest value over the median, where ``values`` are heavy-tailed: none negative,
-    skewed past ``HEAVY_TAIL_SKEW``, the largest ``HEAVY_TAIL_RATIO`` times the median."""
-    if not (pd.api.types.is_float_dtype(values) or pd.api.types.is_integer_dtype(values)):
-        return None
-    numbers = values.to_numpy(dtype=np.float64)
-    numbers = numbers[np.isfinite(numbers)]
-    if len(numbers) < 50 or numbers.min() < 0:
-        return None
-    median = float(np.median(numbers))
-    if median <= 0:
-        return None
-    ratio = float(numbers.max()) / median
-    if ratio < HEAVY_TAIL_RATIO or float(pd.Series(numbers).skew()) <= HEAVY_TAIL_SKEW:
-        return None
-    return ratio
 
 
 def _only_rises(

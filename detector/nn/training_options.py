@@ -65,6 +65,13 @@ class TrainingOptions(Options):
         "each numeric column's scale is at least this fraction of its training range; 0.25 "
         "scales nearly every column by its range, as min-max scaling does",
     )
+    #: ``schema.heavy_tail_ratio`` says which columns; README "How it works" why.
+    raw_tails: bool = opt(
+        False,
+        "keep heavy-tailed numeric columns as they are; by default each one with no negative "
+        "value, skewed past 5 and its largest value 50x its median (amounts, durations, byte "
+        "counts) is modelled as its logarithm",
+    )
     clip: float = opt(10.0, "standardised values are clipped to +-clip", flag=None)
     validation_fraction: float = opt(
         0.15, "share of the rows early stopping watches, in [0.05, 0.4]", flag=None

@@ -24,6 +24,15 @@ where normal rows go. Of 33 variants on all 36 labelled sets (tables, rows and w
 series) it had the best mean rank and was the leave-one-data-set-out choice on every one; it
 costs the Donut KPIs' AUPRC (``bench_distance.py --study tails``, ``tests/benchmarks/README.md``).
 
+Past a column's bounds the search and the box see the clipped value, so a record 2x and one
+10^6x the column's range beyond them would score the same (a $5k and a $1B payment, 3.48
+each, when $3k was the largest in training). ``far`` adds ``far_weight`` times log(1 + how
+far beyond the bounds the value lay), in the distance's units, before the encoding's ±10
+clip too (``EncodedBatch.overflow``): every step farther adds, ever less, and no training row
+lies beyond. Its weight was chosen over every labelled set at once, tables and series windows
+(``bench_distance.py --study far``, ``bench_series.py --study far``): the ranks hardly move
+(the dev sets hold few such values), and the F1 at the threshold does not fall.
+
 A bank may also judge a record on several *parts* of its columns at once (a series window's
 newest rows and the whole window): the distance above on each part's columns alone, each
 standardised by its median and interquartile range on the validation rows, then summed. Short
@@ -116,6 +125,11 @@ DEFAULT_BANK_CELLS = 160_000
 DEFAULT_BOX_QUANTILE = 0.005
 #: The distance to the box counts this much beside the mean distance to the neighbours.
 DEFAULT_BOX_WEIGHT = 0.5
+#: How much a column beyond its bounds counts past them: this times the logarithm of one plus
+#: how far beyond (in the distance's units, before the encoding's ±10 clip). Where the bounds
+#: clip, a record 2x and one 10^6x a column's range beyond scored the same (a $2k and a $1B
+#: payment alike, below the threshold); so every step farther adds, ever less.
+DEFAULT_FAR_WEIGHT = 0.1
 #: Bank rows at most, however narrow the rows.
 MAX_BANK_ROWS = 20_000
 #: The search index's width at least: narrower parts are padded with zero columns.
@@ -201,6 +215,9 @@ class NeighbourBank:
     #: The box's quantile, for measuring the bank's own rows leave-one-out while training
     #: (each row against the box of the others); not saved: a loaded bank scores new rows.
     box_quantile: float = DEFAULT_BOX_QUANTILE
+    #: How much a column's distance beyond the bounds counts, log-compressed (0 in banks saved
+    #: before it: they score as they were trained).
+    far_weight: float = 0.0
 
     @classmethod
     def fit(
@@ -224,6 +241,7 @@ class NeighbourBank:
         local_weight: float = 0.0,
         local_floor: float = DEFAULT_LOCAL_FLOOR,
         local_ceiling: float = np.inf,
+        far_weight: float = DEFAULT_FAR_WEIGHT,
     ) -> NeighbourBank:
         """A bank from the encoded rows the network fitted on ``(n_fit, n_features)``,
         standardised on the validation rows and their negative ELBO ``(n_val,)``.
@@ -239,7 +257,8 @@ class NeighbourBank:
         row. ``local_weight``: how much each part's distance relative to the local spread of
         the normal rows counts beside the plain one (0: not at all); every part is then
         standardised, a single one too. A bank row's spread counts as between ``local_floor``
-        and ``local_ceiling`` times the median one."""
+        and ``local_ceiling`` times the median one. ``far_weight``: how much a column beyond
+        its bounds counts past them (``far``)."""
         if parts is None:
             parts = np.ones((1, schema.n_features), dtype=bool)
         parts = np.asarray(parts, dtype=bool)
@@ -282,6 +301,7 @@ class NeighbourBank:
             local_location=np.zeros(len(parts)) if local_weight > 0 else None,
             local_scale=np.ones(len(parts)) if local_weight > 0 else None,
             local_ceiling=float(local_ceiling),
+            far_weight=float(far_weight),
         )
         # One part alone, judged by the plain distance only, is that distance, unstandardised.
         if len(parts) > 1 or local_weight > 0:
@@ -467,12 +487,43 @@ class NeighbourBank:
         weighted = np.asarray(x, dtype=np.float32) * self.weights
         return np.clip(weighted, self.lower, self.upper, out=weighted)  # type: ignore[no-any-return]
 
+    def far(self, x: np.ndarray, overflow: np.ndarray | None = None) -> np.ndarray | None:
+        """Each feature's term for lying beyond the bounds ``(n, n_features)``:
+        ``far_weight`` times log(1 + how far beyond, in the distance's units), or ``None``
+        where no value of ``x`` is. ``overflow`` ``(n, n_numeric)``: how far each numeric value
+        lay beyond the encoding's clip (``EncodedBatch.overflow``), so that a value clipped
+        there still counts as far as it was."""
+        if self.far_weight <= 0:
+            return None
+        weighted = np.asarray(x, dtype=np.float64) * self.weights
+        if overflow is not None:
+            m = overflow.shape[1]
+            weighted[:, :m] += overflow * self.weights[:m]
+        beyond = np.maximum(weighted - self.upper, 0.0)
+        beyond += np.maximum(self.lower - weighted, 0.0)  # one-hot slots: unbounded, never
+        if not beyond.any():
+            return None
+        # Finite however far (an overflow of 1e300 times a weight may not be): log(1e300) is
+        # 691, past any real value's.
+        return self.far_weight * np.log1p(np.minimum(beyond, 1e300))  # type: ignore[no-any-return]
+
+    def _far_parts(self, far: np.ndarray) -> np.ndarray:
+        """``far``'s terms summed over each part's columns ``(p, n)``, one row at a time in
+        column order, so that a record's sum is the same alone as in a batch."""
+        return np.stack([far[:, columns].sum(axis=1) for columns in self.parts])
+
     def _measure(
-        self, x: np.ndarray, leave_one_out: bool, *, terms: bool
+        self,
+        x: np.ndarray,
+        leave_one_out: bool,
+        *,
+        terms: bool,
+        overflow: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Each part's distance for encoded rows ``x`` ``(p, n)``: the mean to the ``k`` nearest
-        bank rows plus the weighted distance to the box; with ``local_weight``, each part's
-        distance relative to the local spread ``(p, n)`` (else ``None``); and with ``terms`` the
+        bank rows plus the weighted distance to the box and the columns' terms beyond the
+        bounds (``far``; ``overflow`` as there); with ``local_weight``, each part's distance
+        relative to the local spread ``(p, n)`` (else ``None``); and with ``terms`` the
         attribution terms ``(n, n_features)`` of their standardised sum."""
         query = np.ascontiguousarray(self._project(x))
         out = np.empty((len(self.parts), len(query)), dtype=np.float64)
@@ -536,6 +587,20 @@ class NeighbourBank:
             out[at_parts] = total
             if relative is not None and local is not None:
                 relative[at_parts] = local
+        far = self.far(x, overflow)
+        if far is not None:
+            # Beyond the bounds the box's term goes on, compressed: where the search and the
+            # box see a clipped value, this sees how far it was.
+            each = self._far_parts(far)
+            out += each
+            if relative is not None:
+                relative += each
+            if blame is not None:
+                counts = 1.0 / self.part_scale
+                if relative is not None and self.local_scale is not None:
+                    local = self.local_weight / self.local_scale
+                    counts = (1.0 - self.local_weight) * counts + local
+                blame += (np.square(far) * (counts @ self.parts)).astype(np.float32)
         return out, relative, blame
 
     def _term_weights(self, group: _Group, factor: np.ndarray) -> np.ndarray:
@@ -581,26 +646,36 @@ class NeighbourBank:
                 taken = [] if part.columns is None else [part.columns]
         return tuple(_Group.of(run, [self._parts[p] for p in run]) for run in runs)
 
-    def part_distances(self, x: np.ndarray, *, leave_one_out: bool = False) -> list[np.ndarray]:
+    def part_distances(
+        self, x: np.ndarray, *, leave_one_out: bool = False, overflow: np.ndarray | None = None
+    ) -> list[np.ndarray]:
         """Each part's distance of encoded rows ``(n, n_features)``, before standardising."""
-        return list(self._measure(x, leave_one_out, terms=False)[0])
+        return list(self._measure(x, leave_one_out, terms=False, overflow=overflow)[0])
 
-    def distances(self, x: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
+    def distances(
+        self, x: np.ndarray, *, leave_one_out: bool = False, overflow: np.ndarray | None = None
+    ) -> np.ndarray:
         """The distance of encoded rows ``(n, n_features)`` to the normal rows ``(n,)``: the
-        mean to their ``k`` nearest bank rows plus the weighted distance to the box, summed
-        over the parts as standardised; higher = farther from every normal row."""
-        raw, relative, _ = self._measure(x, leave_one_out, terms=False)
+        mean to their ``k`` nearest bank rows plus the weighted distance to the box and the
+        terms beyond the bounds (``far``), summed over the parts as standardised; higher =
+        farther from every normal row. ``overflow``: ``EncodedBatch.overflow`` of ``x``."""
+        raw, relative, _ = self._measure(x, leave_one_out, terms=False, overflow=overflow)
         return _summed(self._standardised(raw, relative))
 
     def scores(
-        self, x: np.ndarray, estimates: dict[str, np.ndarray], *, leave_one_out: bool = False
+        self,
+        x: np.ndarray,
+        estimates: dict[str, np.ndarray],
+        *,
+        leave_one_out: bool = False,
+        overflow: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """The ``KINDS`` scores for encoded rows ``x`` given the graph's ``estimates``, each
         ``(n,)``, higher = more normal (``elbo_knn`` only when ``estimates`` hold the ELBO); and
         ``knn_terms`` ``(n, n_features)``, each feature's squared difference from the mean of
-        the ``k`` neighbours plus its squared part of the box term, over the parts (for
-        attribution)."""
-        raw, relative, terms = self._measure(x, leave_one_out, terms=True)
+        the ``k`` neighbours plus its squared parts of the box term and the term beyond the
+        bounds, over the parts (for attribution). ``overflow``: ``EncodedBatch.overflow``."""
+        raw, relative, terms = self._measure(x, leave_one_out, terms=True, overflow=overflow)
         total = _summed(self._standardised(raw, relative))
         out = {"knn": -total, "knn_terms": terms}
         if "elbo" in estimates:
@@ -638,6 +713,7 @@ class NeighbourBank:
             if self.local_location is None
             else self.local_location,
             local_scale=np.ones(len(self.parts)) if self.local_scale is None else self.local_scale,
+            far_weight=np.asarray(self.far_weight),
         )
         return buffer.getvalue()
 
@@ -687,6 +763,8 @@ class NeighbourBank:
                 local_scale = np.asarray(
                     arrays["local_scale"] if local else np.ones(len(parts)), dtype=np.float64
                 )
+                # Banks saved before the term beyond the bounds: scored as they were trained.
+                far_weight = float(arrays["far_weight"]) if "far_weight" in arrays else 0.0
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"the neighbour bank cannot be read ({exc}); retrain") from None
         fine = (
@@ -720,6 +798,8 @@ class NeighbourBank:
             and np.isfinite(local_location).all()
             and np.isfinite(local_scale).all()
             and bool((local_scale > 0).all())
+            and np.isfinite(far_weight)
+            and far_weight >= 0
         )
         if not fine:
             raise BundleError("the neighbour bank does not match the schema; retrain the model")
@@ -743,6 +823,7 @@ class NeighbourBank:
             local_location=local_location if local_weight > 0 else None,
             local_scale=local_scale if local_weight > 0 else None,
             local_ceiling=local_ceiling,
+            far_weight=far_weight,
         )
 
 

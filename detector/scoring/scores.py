@@ -132,13 +132,17 @@ def estimate_all(
     values: np.ndarray,
     *,
     leave_one_out: bool = False,
+    overflow: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The graph's estimates for encoded rows ``(n, n_features)`` plus, with a neighbour
     bank, its ``knn`` scores and per-feature ``knn_terms`` (``leave_one_out``: ``values`` are
-    the bank's own rows, each measured against the others)."""
+    the bank's own rows, each measured against the others; ``overflow``:
+    ``EncodedBatch.overflow``, how far values lay beyond the encoding's clip)."""
     estimates = graph(values)
     if neighbours is not None:
-        estimates.update(neighbours.scores(values, estimates, leave_one_out=leave_one_out))
+        estimates.update(
+            neighbours.scores(values, estimates, leave_one_out=leave_one_out, overflow=overflow)
+        )
     return estimates
 
 
@@ -264,6 +268,7 @@ def score_batch(
         n_input=n_input,
         context_unseen=batch.context_unseen,
         adjust=adjust,
+        overflow=batch.overflow,
     )
 
 
@@ -276,20 +281,22 @@ def score_encoded(
     n_input: int | None = None,
     context_unseen: np.ndarray | None = None,
     adjust: Adjustment | None = None,
+    overflow: np.ndarray | None = None,
 ) -> ScoreResult:
     """Score already-encoded features ``(n, n_features)`` (the step after ``encode``).
     ``context_unseen`` is ``EncodedBatch.context_unseen``; for a schema with context columns
     and none given, no row is flagged. ``adjust`` (``against_levels``) turns the scores into
-    the ones thresholded, given the rows' positions."""
+    the ones thresholded, given the rows' positions. ``overflow``: ``EncodedBatch.overflow``
+    (the distance counts a value clipped in the encoding as far as it was)."""
     if len(values):
         if bundle.score_kind == "knn" and bundle.neighbours is not None:
             # The distance alone: the network's graph would be computed for nothing. The
             # distance is to blame, not the likelihood: each column's share of it.
-            estimates = bundle.neighbours.scores(values, {})
+            estimates = bundle.neighbours.scores(values, {}, overflow=overflow)
             scores = anomaly_scores(estimates, bundle.score_kind)
             excess = _feature_terms(estimates["knn_terms"], bundle.schema)
         else:
-            estimates = estimate_all(bundle.graph, bundle.neighbours, values)
+            estimates = estimate_all(bundle.graph, bundle.neighbours, values, overflow=overflow)
             scores = anomaly_scores(estimates, bundle.score_kind)
             excess = estimates["term_nll"] - bundle.term_baseline
         contributions = _by_source_column(excess, bundle.schema)

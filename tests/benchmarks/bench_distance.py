@@ -23,6 +23,13 @@ most 250 or 1,000 bank rows), as the series' metrics are (``bench_series.py --st
 ``--study local`` judges the row also against the normal rows' spread around its neighbours
 (as series banks do, ``bench_series.py --study local``) at several weights and floors.
 
+``--study far`` measures the table's default distance with a column beyond its bounds counting
+past them, log-compressed, at several weights (``NeighbourBank.far``; 0 as before, when a value
+2x and one 10^6x a column's range beyond the bounds scored the same).
+
+``--study logs`` measures the table's default distance with each heavy-tailed column (none
+negative, skewed past 5, its largest value 50x its median: training's warning) as its logarithm.
+
 ``--study banks`` measures the default distance itself
 (``detector.scoring.neighbours.NeighbourBank`` as training builds it) at several bank sizes
 (rows x features) instead: a bigger bank costs scoring time in proportion
@@ -119,14 +126,17 @@ def weighted_views(
 BANK_CELLS = (40_000, 80_000, 160_000, 320_000, 10**9)
 
 
-def detector_split(task: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def detector_split(
+    task: Any, *, log_tails: bool = True
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The detector's own schema for ``task``'s training rows, the encoded training and test
-    rows, and its fit and validation row positions, as ``anomaly train`` makes them."""
+    rows, and its fit and validation row positions, as ``anomaly train`` makes them
+    (``log_tails``: as ``fit_schema``'s)."""
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
 
-    schema = fit_schema(task.train)
+    schema = fit_schema(task.train, log_tails=log_tails)
     x = encode(schema, task.train).values
     fit, val, _ = holdout_indices(len(x), TrainingConfig(random_state=task.seed))
     return schema, x, encode(schema, task.test).values, fit, val
@@ -292,13 +302,83 @@ def run_local(task: Any) -> dict[str, dict[str, float]]:
     return scores
 
 
+def table_bank(task: Any, *, log_tails: bool = True, **fit: Any) -> tuple[Any, Any, float]:
+    """The table's default distance as a bundle builds it (judged also against the local
+    spread; ``fit``: other ``NeighbourBank.fit`` settings), ``task``'s test rows encoded as
+    scoring encodes them, and the validation rows' 99th percentile, which stands in for the
+    calibrated threshold (1% target)."""
+    from detector.features.encode import encode
+    from detector.scoring.neighbours import (
+        TABLE_LOCAL_CEILING,
+        TABLE_LOCAL_FLOOR,
+        TABLE_LOCAL_WEIGHT,
+        NeighbourBank,
+    )
+
+    schema, x, _, fit_rows, val = detector_split(task, log_tails=log_tails)
+    bank = NeighbourBank.fit(
+        schema,
+        x[fit_rows],
+        x[val],
+        np.zeros(len(val)),
+        seed=task.seed,
+        local_weight=TABLE_LOCAL_WEIGHT,
+        local_floor=TABLE_LOCAL_FLOOR,
+        local_ceiling=TABLE_LOCAL_CEILING,
+        **fit,
+    )
+    return bank, encode(schema, task.test), float(np.quantile(bank.distances(x[val]), 0.99))
+
+
+#: ``--study far``: how much a column beyond its bounds counts past them (0: as before).
+FAR_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def run_far(task: Any) -> dict[str, dict[str, float]]:
+    """``table_bank`` with a column beyond its bounds counting past them at each of
+    ``FAR_WEIGHTS`` (``NeighbourBank.far``), each value clipped in the encoding counted as far
+    as it was. Training rows lie within the bounds: one threshold serves every weight."""
+    import dataclasses
+
+    bank, test, threshold = table_bank(task, far_weight=0.0)
+    series = task.family in ("smd", "asd")
+    scores = {}
+    for weight in FAR_WEIGHTS:
+        judged = dataclasses.replace(bank, far_weight=weight)
+        distance = judged.distances(test.values, overflow=test.overflow)
+        name = "clipped (before)" if not weight else f"far {weight:g}"
+        y = task.y_test[test.rows]
+        scores[name] = detection_metrics(y, distance, threshold, series=series)
+    return scores
+
+
+def run_logs(task: Any) -> dict[str, dict[str, float]]:
+    """``table_bank`` on the columns as they are and with each heavy-tailed column as its
+    logarithm (``fit_schema``'s ``log_tails``), with the F1 at its threshold."""
+    series = task.family in ("smd", "asd")
+    scores = {}
+    for name, logged in (("as they are", False), ("heavy tails logged", True)):
+        bank, test, threshold = table_bank(task, log_tails=logged)
+        distance = bank.distances(test.values, overflow=test.overflow)
+        y = task.y_test[test.rows]
+        scores[name] = detection_metrics(y, distance, threshold, series=series)
+    return scores
+
+
 def run_task(task: Any, study: str = "settings") -> dict[str, Any]:
     from detector.features.encode import encode
     from detector.features.schema import fit_schema
     from detector.nn.training import TrainingConfig, holdout_indices
 
-    if study in ("banks", "tails", "columns", "local"):
-        runs = {"banks": run_banks, "tails": run_tails, "columns": run_columns, "local": run_local}
+    if study in ("banks", "tails", "columns", "local", "far", "logs"):
+        runs = {
+            "banks": run_banks,
+            "tails": run_tails,
+            "columns": run_columns,
+            "local": run_local,
+            "far": run_far,
+            "logs": run_logs,
+        }
         scores = runs[study](task)
         x_train, x_peer = numeric_views(task.train, task.test)
         series = task.family in ("smd", "asd")
@@ -401,6 +481,12 @@ def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
     ``--study tails``) and the series (``bench_series.py --study tails``: the Donut KPIs' rows,
     which the tables lack, and every series' default window), with leave-one-set-out."""
     sets = per_set(tables["runs"])
+    names_seen = {k for r in series["runs"] for k in r["scores"]}
+    if not all(k.startswith("W=") for k in names_seen):
+        # Another study's series (``--study far``): the default window's scores as they are.
+        for run in series["runs"]:
+            sets[(f"{run['family']} windows", run["set"])] = run["scores"]
+        return _joined_report(tables, series, sets, "A study")
     # the series' windows: the longest ``W=N`` their run holds (the product's default)
     window = max(int(k.split()[0][2:]) for r in series["runs"] for k in r["scores"])
     for run in series["runs"]:
@@ -411,6 +497,13 @@ def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
             sets[(family, run["set"])] = {
                 k[len(prefix) :]: v for k, v in run["scores"].items() if k.startswith(prefix)
             }
+    return _joined_report(tables, series, sets, "The distance's tail term")
+
+
+def _joined_report(
+    tables: dict[str, Any], series: dict[str, Any], sets: dict[Any, Any], title: str
+) -> str:
+    """``join_tails``' report of ``sets``, tables' and series' together."""
     names = [n for n in next(iter(sets.values())) if all(n in s for s in sets.values())]
     ranks = mean_ranks(sets, list(sets), names)
     groups = list(dict.fromkeys(k[0] for k in sets))
@@ -422,7 +515,7 @@ def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
         return f"{auroc:.3f} / {auprc:.3f}"
 
     lines = [
-        "# The distance's tail term on every labelled set: tables, rows and windows\n",
+        f"# {title} on every labelled set: tables, rows and windows\n",
         f"Reproduce: `{tables['command']}` ; `{series['command']}` ; `{command_line()}`\n",
         f"{len(sets)} sets; mean rank over all of them (AUROC and AUPRC; 1 = best).\n",
         "| variant | mean rank | " + " | ".join(groups) + " |",
@@ -430,7 +523,8 @@ def join_tails(tables: dict[str, Any], series: dict[str, Any]) -> str:
     ]
     for n in sorted(names, key=lambda n: ranks[n]):
         lines.append(f"| {n} | {ranks[n]:.2f} | " + " | ".join(cell(g, n) for g in groups) + " |")
-    lines += leave_one_out_section(sets, names, ranks, groups, cell, ("neighbours alone",))
+    baseline = ("neighbours alone",) if "neighbours alone" in names else ()
+    lines += leave_one_out_section(sets, names, ranks, groups, cell, baseline)
     return "\n".join(lines) + "\n"
 
 
@@ -440,12 +534,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
     parser.add_argument(
         "--study",
-        choices=("settings", "banks", "tails", "columns", "local"),
+        choices=("settings", "banks", "tails", "columns", "local", "far", "logs"),
         default="settings",
         help="settings: the grid of range floor, margin, k and cap; banks: "
         "the default distance at several bank sizes; tails: the distance plus a "
         "term for columns beyond their normal range; columns: each column judged alone "
-        "beside the row; local: the row also judged against the local spread",
+        "beside the row; local: the row also judged against the local spread; far: a "
+        "column beyond its bounds counting past them, at several weights; logs: each "
+        "heavy-tailed column as its logarithm",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix")
     parser.add_argument(

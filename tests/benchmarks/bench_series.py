@@ -48,6 +48,10 @@ Two studies on the product's default window (the last 5 rows, lags), every serie
 - ``--study local``: the default distance exactly as training builds it, with each part also
   judged relative to the normal rows' spread around the record's neighbours (as the local
   outlier factor does), at several weights and floors of that spread, over 3 seeds;
+- ``--study far``: the default distance exactly as training builds it, with a column beyond
+  its bounds counting past them, log-compressed, at several weights, over 3 seeds;
+- ``--study logs``: that distance with each heavy-tailed metric (none negative, skewed past 5,
+  its largest value 50x its median) as its logarithm, over 3 seeds;
 - ``--study models``: each registry model trained on the windows and scored with its own score
   (what ``anomaly train --model NAME`` scores with), ranked among the models per family, with
   the product's default (``knn``) and the peers beside them;
@@ -859,6 +863,89 @@ def local_scores(series: Series) -> dict[str, dict[str, float]]:
     }
 
 
+#: ``--study far``: how much a column beyond its bounds counts past them (0: as before).
+FAR_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def window_banks(
+    series: Series, *, log_tails: bool = True, **fit: Any
+) -> Iterator[tuple[Any, Any, np.ndarray]]:
+    """For each of ``LOCAL_SEEDS``: the default distance on ``series``' windows exactly as
+    training builds it (its parts, weights, bank rows and local judging; ``fit``: other
+    ``NeighbourBank.fit`` settings), every window encoded as scoring encodes it (training's
+    then the test's), and the validation windows."""
+    from detector.features.encode import encode
+    from detector.features.schema import fit_schema
+    from detector.nn.training import TrainingConfig, holdout_indices, window_bank_parts
+    from detector.nn.training_options import DEFAULT_COLUMN_WINDOW, DEFAULT_SHORT_WINDOW
+    from detector.scoring.neighbours import (
+        DEFAULT_LOCAL_FLOOR,
+        DEFAULT_LOCAL_WEIGHT,
+        NeighbourBank,
+    )
+
+    frame, fitted, spec = joined_spec(series)
+    schema = fit_schema(fitted, log_tails=log_tails)
+    x, every = encode(schema, fitted).values, encode(schema, frame)
+    assert every.accepted.all()
+    found = window_bank_parts(schema, spec, DEFAULT_SHORT_WINDOW, DEFAULT_COLUMN_WINDOW)
+    assert found is not None
+    parts, weights, rows = found
+    for seed in LOCAL_SEEDS:
+        fit_rows, val, _ = holdout_indices(len(x), TrainingConfig(random_state=seed))
+        bank = NeighbourBank.fit(
+            schema,
+            x[fit_rows],
+            x[val],
+            np.zeros(len(val)),
+            seed=seed,
+            parts=parts,
+            part_weights=weights,
+            part_rows=rows,
+            local_weight=DEFAULT_LOCAL_WEIGHT,
+            local_floor=DEFAULT_LOCAL_FLOOR,
+            **fit,
+        )
+        yield bank, every, x[val]
+
+
+def _seed_means(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {
+        label: {m: float(np.mean([r[m] for r in each])) for m in each[0]}
+        for label, each in runs.items()
+    }
+
+
+def far_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study far`` on one series: ``window_banks`` with a column beyond its bounds
+    counting past them at each of ``FAR_WEIGHTS`` (``NeighbourBank.far``), judged against the
+    series' level; the mean over ``LOCAL_SEEDS``."""
+    import dataclasses
+
+    runs: dict[str, list[dict[str, float]]] = {}
+    for bank, every, x_val in window_banks(series, far_weight=0.0):
+        for weight in FAR_WEIGHTS:
+            judged = dataclasses.replace(bank, far_weight=weight)
+            total = judged.distances(every.values, overflow=every.overflow)
+            label = "clipped (before)" if not weight else f"far {weight:g}"
+            judgement = _judged(series, len(series.train), total, judged.distances(x_val))
+            runs.setdefault(label, []).append(judgement)
+    return _seed_means(runs)
+
+
+def log_scores(series: Series) -> dict[str, dict[str, float]]:
+    """``--study logs`` on one series: ``window_banks`` on the window's columns as they are
+    and with each heavy-tailed one as its logarithm (``fit_schema``'s ``log_tails``), judged
+    against the series' level; the mean over ``LOCAL_SEEDS``."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    for label, logged in (("as they are", False), ("heavy tails logged", True)):
+        for bank, every, x_val in window_banks(series, log_tails=logged):
+            total = bank.distances(every.values, overflow=every.overflow)
+            judgement = _judged(series, len(series.train), total, bank.distances(x_val))
+            runs.setdefault(label, []).append(judgement)
+    return _seed_means(runs)
+
+
 #: A labelled segment longer than this many rows is "long" in ``--study segments``.
 LONG_SEGMENT = 100
 
@@ -982,6 +1069,16 @@ def format_weights(payload: dict[str, Any]) -> str:
 def format_local(payload: dict[str, Any]) -> str:
     """``--study local``'s report: as ``format_windows``."""
     return _scores_report(payload, "# Each part judged also against the local spread")
+
+
+def format_far(payload: dict[str, Any]) -> str:
+    """``--study far``'s report: as ``format_windows``."""
+    return _scores_report(payload, "# A column beyond its bounds counting past them")
+
+
+def format_logs(payload: dict[str, Any]) -> str:
+    """``--study logs``' report: as ``format_windows``."""
+    return _scores_report(payload, "# Each heavy-tailed metric as its logarithm")
 
 
 def format_metrics(payload: dict[str, Any]) -> str:
@@ -1427,6 +1524,8 @@ def main(argv: list[str] | None = None) -> int:
             "metrics",
             "weights",
             "local",
+            "far",
+            "logs",
             "segments",
         ],
         help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
@@ -1495,6 +1594,10 @@ def main(argv: list[str] | None = None) -> int:
                 run["scores"] = weight_scores(series)
             elif args.study == "local":
                 run["scores"] = local_scores(series)
+            elif args.study == "far":
+                run["scores"] = far_scores(series)
+            elif args.study == "logs":
+                run["scores"] = log_scores(series)
             elif args.study == "segments":
                 run["segments"] = segment_ranks(series, epochs)
             else:
@@ -1522,6 +1625,8 @@ FORMATS = {
     "metrics": format_metrics,
     "weights": format_weights,
     "local": format_local,
+    "far": format_far,
+    "logs": format_logs,
     "segments": format_segments,
 }
 

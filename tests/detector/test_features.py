@@ -358,3 +358,26 @@ def test_accented_labels_and_names_match_in_either_unicode_form() -> None:
     with pytest.raises(SchemaError) as err:
         check_columns(schema, ["host", nfd("rate ü")])
     assert "in another Unicode form" in str(err.value) and "rename '" not in str(err.value)
+
+
+def test_a_heavy_tailed_column_is_fitted_as_its_logarithm_and_round_trips() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "amount": rng.lognormal(3.0, 1.5, 400),  # largest ~100x the median, skewed ~15
+            "refund": -rng.lognormal(3.0, 1.5, 400),  # negative: not taken as a logarithm
+            "cpu": rng.normal(50, 5, 400),
+        }
+    )
+    schema = fit_schema(frame)
+    logs = {c.name: c.log for c in schema.numeric}
+    assert logs == {"amount": True, "refund": False, "cpu": False}
+    assert not any(c.log for c in fit_schema(frame, log_tails=False).numeric)
+    state = schema.to_dict()
+    # Written only where set: a column as it is reads as in bundles from before.
+    assert [("log" in c) for c in state["numeric"]] == [True, False, False]
+    assert Schema.from_dict(state) == schema
+    # A negative amount (a refund) where training saw none: a number, far below the range.
+    probe = frame.head(2).assign(amount=[-500.0, 0.0])
+    values = encode(schema, probe).values[:, 0]
+    assert values[0] < values[1] < encode(schema, frame).values[:, 0].min() + 1e-6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from detector.estimator import VAEDetector
 from detector.features.encode import encode
 from detector.features.schema import fit_schema
 from detector.scoring.neighbours import (
+    DEFAULT_FAR_WEIGHT,
     DEFAULT_LOCAL_FLOOR,
     DEFAULT_LOCAL_WEIGHT,
     TABLE_LOCAL_CEILING,
@@ -55,6 +57,12 @@ def test_weights_raise_each_scale_to_a_quarter_of_the_range() -> None:
     assert (weights[schema.n_numeric :] == 1.0).all()
 
 
+def _outside(bank: NeighbourBank, rows: np.ndarray) -> np.ndarray:
+    """How far each of ``rows``' weighted values lies beyond the bank's bounds (0 within)."""
+    weighted = rows.astype(np.float64) * bank.weights
+    return np.maximum(weighted - bank.upper, 0) + np.maximum(bank.lower - weighted, 0)
+
+
 def test_distances_are_the_mean_of_the_k_nearest_by_brute_force() -> None:
     frame = _table(400)
     schema = fit_schema(frame)
@@ -69,7 +77,11 @@ def test_distances_are_the_mean_of_the_k_nearest_by_brute_force() -> None:
     beyond = np.maximum(weighted_query - high, 0) + np.maximum(low - weighted_query, 0)
     box = beyond.sum(axis=1)
     assert box.max() > 0  # some query rows lie outside the box, so the term is tested
+    # Past the bounds the search and the box see a clipped value; the term beyond sees it all.
+    outside = _outside(bank, query)
+    assert outside.max() > 0
     expected = np.sort(full, axis=1)[:, :3].mean(axis=1) + 0.5 * box
+    expected += DEFAULT_FAR_WEIGHT * np.log1p(outside).sum(axis=1)
     # Both search paths: one record at a time (numpy) and the whole batch (scikit-learn).
     # float32 tails: the box term is rounded at 1e-7 of its size
     np.testing.assert_allclose(bank.distances(query), expected, rtol=1e-5)
@@ -99,20 +111,68 @@ def test_leave_one_out_judges_each_row_against_the_box_of_the_others() -> None:
     assert (measured > np.sort(full, axis=1)[:, :3].mean(axis=1) + 1e-3).sum() >= 2
 
 
-def test_a_column_far_beyond_its_range_adds_only_the_margin() -> None:
+def test_a_column_far_beyond_its_range_adds_only_the_margin_to_the_search_and_box() -> None:
+    frame = _table(300)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:200], x[200:], np.zeros(100), margin=0.5, far_weight=0)
+    top = frame["a"].max()
+    row = frame.head(1)
+    probes = encode(schema, pd.concat([row] * 3).assign(a=[top, top + 1e3, top + 1e6]))
+    far = bank.distances(probes.values, overflow=probes.overflow)
+    # Clipped at the widened range: a thousand or a million beyond it is the same distance.
+    assert far[1] == far[2]
+    j = schema.numeric.index(next(c for c in schema.numeric if c.name == "a"))
+    assert bank.lower[j] < probes.values[0, j] * bank.weights[j] <= bank.upper[j] - 0.5 + 1e-6
+    assert far[1] > far[0]
+
+
+def test_a_column_beyond_its_bounds_counts_more_the_farther_it_lies_ever_less() -> None:
     frame = _table(300)
     schema = fit_schema(frame)
     x = encode(schema, frame).values
     bank = NeighbourBank.fit(schema, x[:200], x[200:], np.zeros(100), margin=0.5)
-    top = frame["a"].max()
-    row = frame.head(1)
-    probes = encode(schema, pd.concat([row] * 3).assign(a=[top, top + 1e3, top + 1e6])).values
-    far = bank.distances(probes)
-    # Clipped at the widened range: a thousand or a million beyond it is the same distance.
-    assert far[1] == far[2]
-    j = schema.numeric.index(next(c for c in schema.numeric if c.name == "a"))
-    assert bank.lower[j] < probes[0, j] * bank.weights[j] <= bank.upper[j] - 0.5 + 1e-6
-    assert far[1] > far[0]
+    clipped = dataclasses.replace(bank, far_weight=0.0)
+    j, a = next((i, c) for i, c in enumerate(schema.numeric) if c.name == "a")
+    values = np.array([a.maximum, a.maximum + 3.0, a.maximum + 1e3, a.maximum + 1e6])
+    probes = encode(schema, pd.concat([frame.head(1)] * 4).assign(a=values))
+    # The two largest lie beyond the encoding's +-10 too: it says how far they were.
+    assert probes.overflow is not None
+    np.testing.assert_array_equal(probes.overflow[:2, j], 0.0)
+    assert (probes.overflow[2:, j] > 0).all()
+    before = clipped.distances(probes.values, overflow=probes.overflow)
+    after = bank.distances(probes.values, overflow=probes.overflow)
+    # Within the bounds, nothing changes; beyond them each step adds, log-compressed.
+    assert after[0] == before[0]
+    beyond = (values - a.mean) / a.scale * bank.weights[j] - bank.upper[j]
+    assert beyond[0] < 0 < beyond[1]
+    np.testing.assert_allclose(
+        after[1:] - before[1:], DEFAULT_FAR_WEIGHT * np.log1p(beyond[1:]), rtol=1e-5
+    )
+    assert after[1] < after[2] < after[3] < after[1] + 2
+    # Without the overflow the encoding's clip would hide how far the last two were.
+    hidden = bank.distances(probes.values)
+    assert hidden[2] == hidden[3] < after[2]
+    # It is the column blamed, and a record scores the same alone as in the batch.
+    terms = bank.scores(probes.values, {}, overflow=probes.overflow)["knn_terms"]
+    assert (terms[1:].argmax(axis=1) == j).all()
+    alone = encode(schema, probes_frame := pd.concat([frame.head(1)]).assign(a=values[3]))
+    assert len(probes_frame) == 1
+    assert bank.distances(alone.values, overflow=alone.overflow)[0] == after[3]
+
+
+def test_the_encoding_says_how_far_a_value_lay_beyond_its_clip() -> None:
+    frame = _table(300)
+    schema = fit_schema(frame)
+    assert encode(schema, frame).overflow is None  # the usual batch: nothing to carry
+    a = next(c for c in schema.numeric if c.name == "a")
+    probe = frame.head(3).assign(a=[a.mean - 25 * a.scale, None, a.mean + 12 * a.scale])
+    probe.loc[1, "a"] = a.mean + 1e9 * a.scale
+    probe.loc[0, "rare"] = None  # rejected: its row is not in the overflow
+    batch = encode(schema, probe)
+    assert batch.overflow is not None and batch.overflow.shape == (2, schema.n_numeric)
+    j = schema.numeric.index(a)
+    np.testing.assert_allclose(batch.overflow[:, j], [1e9 - schema.clip, 2.0], rtol=1e-5)
 
 
 def test_a_bank_row_is_at_distance_zero_from_itself() -> None:
@@ -183,7 +243,8 @@ def test_parts_are_each_part_s_distance_standardised_then_summed() -> None:
         full = np.sqrt(((weighted[:, None, :] - reference[None]) ** 2).sum(-1))
         low, high = bank.box_low[columns], bank.box_high[columns]
         box = (np.maximum(weighted - high, 0) + np.maximum(low - weighted, 0)).sum(axis=1)
-        return np.sort(full, axis=1)[:, :3].mean(axis=1) + 0.5 * box
+        far = bank.far_weight * np.log1p(_outside(bank, rows)[:, columns]).sum(axis=1)
+        return np.sort(full, axis=1)[:, :3].mean(axis=1) + 0.5 * box + far
 
     for p, columns in enumerate(parts):
         at_val = brute(columns, x[300:350])
@@ -308,6 +369,9 @@ def test_like_parts_searched_together_for_a_record_score_as_in_a_batch(local: fl
     full = np.sqrt(((weighted[:, None, :] - strided[None]) ** 2).sum(-1))
     box = np.maximum(weighted - bank.box_high[2:4], 0) + np.maximum(bank.box_low[2:4] - weighted, 0)
     expected = np.sort(full, axis=1)[:, :4].mean(axis=1) + 0.5 * box.sum(axis=1)
+    far = bank.far_weight * np.log1p(_outside(bank, query)[:, 2:4]).sum(axis=1)
+    assert far.max() > 0
+    expected += far
     alone = [bank.part_distances(query[[i]])[2][0] for i in range(len(query))]
     np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-6)
     batch = _alike_alone_and_in_a_batch(bank, query)
@@ -463,6 +527,26 @@ def test_a_bank_saved_before_the_local_ceiling_scores_as_it_did() -> None:
     np.testing.assert_array_equal(legacy.distances(x), bank.distances(x))
 
 
+def test_a_bank_saved_before_the_term_beyond_the_bounds_scores_as_it_did() -> None:
+    x, bank, legacy = _saved_without("far_")
+    assert (bank.far_weight, legacy.far_weight) == (DEFAULT_FAR_WEIGHT, 0.0)
+    far = x[:3].copy()
+    far[:, 0] = [5.0, 50.0, 5e6]  # "a", beyond its bounds
+    before = dataclasses.replace(bank, far_weight=0.0).distances(far)
+    np.testing.assert_array_equal(legacy.distances(far), before)
+    assert (bank.distances(far) > before).all()
+    again = NeighbourBank.from_bytes(bank.to_bytes(), x.shape[1])
+    np.testing.assert_array_equal(again.distances(far), bank.distances(far))
+
+
+@pytest.mark.parametrize("weight", [np.nan, -1.0, np.inf])
+def test_a_bank_file_with_a_bad_weight_beyond_the_bounds_is_refused(weight: float) -> None:
+    x, bank, _ = _saved_without("nothing")
+    content = dataclasses.replace(bank, far_weight=weight).to_bytes()
+    with pytest.raises(BundleError, match="retrain"):
+        NeighbourBank.from_bytes(content, x.shape[1])
+
+
 @pytest.mark.parametrize("ceiling", [np.nan, -1.0, 1.0])
 def test_a_bank_file_whose_ceiling_is_under_its_floor_is_refused(ceiling: float) -> None:
     import io
@@ -568,6 +652,22 @@ def test_the_default_scores_by_distance_and_blames_the_far_column(spiky) -> None
     assert result.anomaly_score[1] > result.anomaly_score[0]
     assert result.top_features(1)[1] == ["a"]
     assert result.is_anomaly[1]
+
+
+def test_the_farther_a_value_lies_beyond_training_the_higher_it_scores_alone_or_not(spiky) -> None:
+    """Past a column's bounds (and past the encoding's +-10) each step farther still adds: a
+    value 10^8 of the range beyond scored as one 5 beyond it did, and over HTTP a record's
+    own encoding (a mapping) must say so as a table's does."""
+    detector, frame = spiky
+    top, first = float(frame["a"].max()), frame.iloc[0]
+    values = [top + 5.0, top + 50.0, top + 5e3, top + 5e8]
+    table = detector.score_records(pd.concat([frame.head(1)] * 4).assign(a=values))
+    assert (np.diff(table.anomaly_score) > 0).all()
+    assert table.is_anomaly.all()
+    assert all(top_three[0] == "a" for top_three in table.top_features(1))
+    records = [{"a": v, "rare": float(first["rare"]), "kind": str(first["kind"])} for v in values]
+    alone = [detector.score_records(record).anomaly_score[0] for record in records]
+    np.testing.assert_array_equal(alone, table.anomaly_score)
 
 
 def test_no_neighbours_keeps_no_training_rows(spiky, tmp_path) -> None:
