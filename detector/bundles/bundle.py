@@ -160,8 +160,6 @@ class Bundle:
     def logged_columns(self) -> tuple[str, ...]:
         """The input columns modelled as their logarithm (heavy-tailed in training): a series
         model's metric once for all its window's columns."""
-        from detector.series.windows import is_window_column
-
         names = (c.name for c in self.schema.numeric if c.log)
         return tuple(dict.fromkeys(n[: n.rindex("[")] if is_window_column(n) else n for n in names))
 
