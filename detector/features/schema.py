@@ -50,10 +50,16 @@ class NumericColumn:
     minimum: float
     maximum: float
     log: bool = False
+    #: Every training value a whole number (counts, hours, ports): samples come back as such.
+    integer: bool = False
 
     def raw(self, values: Any) -> Any:
         """Values in this column's fitted units back in the data's (the inverse of ``log``)."""
         return signed_exp(values) if self.log else values
+
+
+#: ``NumericColumn``'s flags, written to a bundle only where true.
+_FLAGS = ("log", "integer")
 
 
 def signed_log(values: Any) -> Any:
@@ -214,9 +220,9 @@ class Schema:
         return {
             "column_order": list(self.column_order),
             "clip": self.clip,
-            # Copies, not the columns' own; "log" only where set, as bundles before it read.
+            # Copies, not the columns' own; the flags only where set, as bundles before them read.
             "numeric": [
-                {k: v for k, v in vars(c).items() if k != "log" or v} for c in self.numeric
+                {k: v for k, v in vars(c).items() if k not in _FLAGS or v} for c in self.numeric
             ],
             "categorical": [
                 {"name": c.name, "categories": list(c.categories), "mode": c.mode}
@@ -360,12 +366,13 @@ def fit_schema(
                 # a helper's next day of rows was 100% flagged.
                 problems.append(_times_problem(key, f"{values[0]:.0f}", unit))
                 continue
+            integer = bool(np.array_equal(values, np.round(values)))
             logged = log_tails and heavy_tail_ratio(values) is not None
             if logged:
                 # Amounts crowd near 0 and their largest values lie tens of scales out: a
                 # distance saw little else (a fraud helper's AUROC .73, .89 given logs).
                 values = signed_log(values)
-            column = _fit_numeric(key, values, range_floor, log=logged)
+            column = _fit_numeric(key, values, range_floor, log=logged, integer=integer)
             if not np.isfinite([column.mean, column.scale]).all():
                 problems.append(
                     f"column '{key}' reaches {np.abs(values).max():.3g}, too large to "
@@ -564,7 +571,7 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
 
 
 def _fit_numeric(
-    name: str, values: np.ndarray, range_floor: float, *, log: bool = False
+    name: str, values: np.ndarray, range_floor: float, *, log: bool = False, integer: bool = False
 ) -> NumericColumn:
     # Values past ~1e154 overflow the variance's squares (and the spread of +-1e308 is inf):
     # the moments are taken in units of a power of two near the largest value, which divides
@@ -594,6 +601,7 @@ def _fit_numeric(
         minimum=float(values.min()),
         maximum=float(values.max()),
         log=log,
+        integer=integer,
     )
 
 

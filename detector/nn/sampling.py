@@ -9,7 +9,8 @@ distribution, not its mean: numeric features from the Gaussian with the decoder'
 variance, each categorical column from its softmax. The "unseen" slot of a categorical group
 stands for values never seen in training and has no label, so it is left out and the known
 categories' probabilities renormalised. ``features.decode`` then inverts the schema's encoding:
-numeric values are clipped to the encoding's range and de-standardised; categories become
+numeric values are clipped to the encoding's range and de-standardised (and rounded where
+every training value was a whole number); categories become
 their labels; the columns come back in the training table's order.
 
 A conditional model (``--model cvae``) samples p(x | c) for the context values given, e.g.
@@ -100,7 +101,13 @@ def _within_training_range(schema: Schema, drawn: pd.DataFrame) -> pd.DataFrame:
     for column in schema.numeric:
         if column.name in drawn.columns:
             low, high = column.raw(column.minimum), column.raw(column.maximum)
-            drawn[column.name] = drawn[column.name].clip(low, high)
+            values = drawn[column.name].clip(low, high)
+            if column.integer:
+                # A count or an hour came back as 3.7; within int64's exact range, as integers.
+                values = values.round()
+                exact = max(abs(low), abs(high)) < 2.0**53
+                values = values.astype(np.int64) if exact else values
+            drawn[column.name] = values
     return drawn
 
 

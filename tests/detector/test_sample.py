@@ -69,6 +69,17 @@ def test_samples_stay_within_the_training_range(fitted, train_frame, sample) -> 
     assert (sample[_numeric(train_frame)] >= train_frame[_numeric(train_frame)].min()).all().all()
 
 
+def test_whole_number_columns_come_back_as_whole_numbers(fitted, train_frame, sample) -> None:
+    # hour is 0-23 in training; samples said 13.62.
+    integer = {c.name for c in fitted.bundle_.schema.numeric if c.integer}
+    assert "hour" in integer
+    assert integer == {c for c in _numeric(train_frame) if (train_frame[c] % 1 == 0).all()}
+    for name in integer:
+        assert pd.api.types.is_integer_dtype(sample[name]), name
+    fractional = [c for c in _numeric(train_frame) if c not in integer]
+    assert fractional and all((sample[c] % 1 != 0).any() for c in fractional)
+
+
 def test_samples_match_the_training_distribution(train_frame, sample) -> None:
     assert _mean_difference(train_frame, sample) < MAX_MEAN_DIFFERENCE
     cols = _numeric(train_frame)
