@@ -44,7 +44,7 @@ from detector.series.windows import (
     plausible_seconds,
 )
 
-Value = float | str | None
+Value = float | int | str | None
 
 
 @dataclass(frozen=True)
@@ -276,6 +276,11 @@ def _number(value: Value) -> float:
     """A value as a number, NaN where it is none (as ``pd.to_numeric(errors="coerce")``)."""
     if isinstance(value, float):
         return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:  # past float's range: infinite, as pandas reads it
+            return math.inf if value > 0 else -math.inf
     try:
         return float(value) if isinstance(value, str) else math.nan
     except ValueError:
@@ -283,12 +288,18 @@ def _number(value: Value) -> float:
 
 
 def _value(value: object) -> Value:
+    """A record's value as the windows keep it (and the state stores it, as JSON): what a
+    table's row would hold for it, so that a window's columns encode as the row's do."""
     if value is None or isinstance(value, str):
         return value
     if value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, int | float | np.number):
+    if isinstance(value, bool | np.bool_):
+        # The label a CSV's true has ('True'); as 1.0 a JSON true was a category never seen,
+        # and a card model flagged 76% of ordinary payments for their is_3ds.
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return int(value)  # a label 3 stays '3' (as 3.0, '3.0' was never seen)
+    if isinstance(value, float | np.floating):
         return float(value)
     return str(value)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -487,6 +488,37 @@ def test_csv_keys_that_read_as_numbers_stay_the_series_they_name(
     assert response.status_code == 200, response.get_json()
     answer = response.get_json()
     assert answer["counts"]["scored"] == 2, answer
+
+
+def test_json_booleans_and_numbered_labels_score_as_the_files_values(tmp_path: Path) -> None:
+    # Found by a fraud helper: a JSON true reached the windows as 1.0, a category never seen
+    # ('True' in training), so 76% of ordinary payments were flagged; a label '3' sent as 3
+    # became '3.0'. The row model and batch scoring took both.
+    def table(minutes: int, start: str, seed: int) -> pd.DataFrame:
+        frame = fleet(minutes, start=start, seed=seed)
+        rng = np.random.default_rng(seed)
+        frame["paged"] = rng.random(len(frame)) < 0.5
+        frame["rack"] = rng.choice(["1", "2", "3"], len(frame))
+        return frame
+
+    path = tmp_path / "flags"
+    VAEDetector(**SERIES, **TINY).fit(table(300, "2026-01-01", 0)).save(path)
+    stream = table(30, "2026-01-02", 1)
+    records = [{**r, "rack": int(r["rack"])} for r in stream.to_dict("records")]
+    assert isinstance(records[0]["paged"], bool)
+    config = ServiceConfig(models={"fleet": str(path)}, series_state=str(tmp_path / "s.sqlite"))
+    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    try:
+        answer = post(app.test_client(), records)
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+    assert answer["counts"]["scored"] == len(records), answer["rejected"]
+    expected = score_frame(load_bundle(path), stream).anomaly_score
+    np.testing.assert_allclose(_scores_of(answer), expected, rtol=1e-5)
+
+
+def _scores_of(answer: dict[str, Any]) -> list[float]:
+    return [r["anomaly_score"] for r in sorted(answer["results"], key=lambda r: r["index"])]
 
 
 def _scores(answer: Any) -> list[float]:
