@@ -212,6 +212,27 @@ def test_a_column_with_no_numbers_is_a_schema_error_of_the_whole_input() -> None
     tally.check("in.csv")  # one number in the input: each bad row was rejected, no more
 
 
+@pytest.mark.parametrize(
+    ("labels", "given", "slot"),
+    [
+        (["True", "False"], ["yes", "N", 1, 0, "1", 0.0, True, "OFF"], [1, 0, 1, 0, 1, 0, 1, 0]),
+        (["yes", "no"], ["TRUE", "f", 1, "Yes"], [1, 0, 1, 1]),
+        (["1", "2", "3"], ["yes", "true"], [3, 3]),  # not a flag: no boolean words
+        (["True", "False", "maybe"], ["yes"], [3]),
+    ],
+)
+def test_a_flag_written_another_way_is_the_same_flag(labels, given, slot) -> None:
+    # A fraud helper's is_3ds sent as 'yes' or 1 scored 35.8 (an unseen category) against
+    # 0.39 for 'true'; a security helper's bool column scored from a CSV's 0/1 likewise.
+    schema = fit_schema(pd.DataFrame({"flag": labels * 20, "v": np.arange(len(labels) * 20)}))
+    (column,) = schema.categorical
+    batch = encode(schema, pd.DataFrame({"flag": given, "v": 1.0}))
+    found = batch.values[:, schema.n_numeric :].argmax(axis=1)
+    known = [column.categories.index(labels[0]), column.categories.index(labels[1])]
+    expected = [len(column.categories) if s == 3 else known[1 - s] for s in slot]
+    assert found.tolist() == expected
+
+
 def test_unseen_category_takes_the_unseen_slot() -> None:
     schema = fit_schema(_frame())
     batch = encode(schema, _frame(1).assign(host="zzz"))
