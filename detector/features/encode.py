@@ -29,7 +29,6 @@ import pandas as pd
 from detector.errors import SchemaError
 from detector.features.encoded import EncodedBatch, NumberCount, Rejection, overflow_of
 from detector.features.schema import (
-    DECIMAL_COMMA,
     CategoricalColumn,
     ContextColumn,
     NumericColumn,
@@ -37,6 +36,7 @@ from detector.features.schema import (
     as_text,
     is_nested,
     label_lookup,
+    number_hint,
     same_letters,
     signed_log,
 )
@@ -358,11 +358,7 @@ def _flag_numeric(
         shown = value.item() if isinstance(value, np.generic) else value
         # Shortened: each reason went back whole, a 1 MB text ten times a 10 MB answer.
         text = shortened(repr(shown))
-        hint = ""
-        if isinstance(shown, str) and DECIMAL_COMMA.fullmatch(shown.strip()):
-            # A European spreadsheet's number: the fix is the mark, not the row.
-            plain = shown.strip().replace(".", "").replace(",", ".")
-            hint = f" (a decimal comma? write it as {plain})"
+        hint = number_hint(shown) if isinstance(shown, str) else ""
         reasons[int(i)].append(
             ("not_a_number", f"column '{col.name}': {text} is not a number{hint}")
         )

@@ -694,6 +694,32 @@ DECIMAL_COMMA = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
 _WRITTEN_SHARE = 0.95
 
 
+def number_hint(text: str) -> str:
+    """How to write ``text`` (a value that is not a number) as one, where it is a number
+    written as a spreadsheet or a bank exports it; '' where it is not. '12,500' reads either
+    way: told as a decimal comma alone, the fix made a $12,500 payment $12.50."""
+    text = text.strip()
+    if _CURRENCY.fullmatch(text):
+        digits = re.sub(r"[^\d,.]", "", text)
+        negative = text.startswith("(") or "-" in text  # (12.00): an accountant's minus
+        if _THOUSANDS.fullmatch(digits) or re.fullmatch(r"\d+(\.\d+)?", digits):
+            plain = ("-" if negative else "") + digits.replace(",", "")
+            return f" (an amount with its currency sign? write it as {plain})"
+        return " (an amount with its currency sign? write it as a plain number)"
+    if _THOUSANDS.fullmatch(text):
+        plain = text.replace(",", "")
+        if "." in text or not DECIMAL_COMMA.fullmatch(text):
+            return f" (thousands separators? write it as {plain})"
+        return (
+            f" (thousands separators? write it as {plain}; or a decimal comma? write it as "
+            f"{text.replace(',', '.')})"
+        )
+    if DECIMAL_COMMA.fullmatch(text):
+        # A European spreadsheet's number: the fix is the mark, not the row.
+        return f" (a decimal comma? write it as {text.replace('.', '').replace(',', '.')})"
+    return ""
+
+
 def _numbers_as_text(key: str, series: pd.Series) -> str | None:
     """What to say of a text column whose values (its first 1,000) are numbers written with a
     unit, in hex, with thousands separators or a decimal comma: read as labels, '28%' trained

@@ -131,16 +131,23 @@ def test_bad_values_are_rejected_with_reasons_not_dropped() -> None:
     assert len(batch.values) + len(batch.rejections) == len(frame)
 
 
-def test_a_decimal_comma_is_named_in_the_reason() -> None:
+def test_numbers_written_as_spreadsheets_write_them_are_named_in_the_reason() -> None:
     # A European spreadsheet's '50,1': "not a number" alone left the user guessing why.
-    frame = _frame(2).astype({"cpu": object})
-    frame.loc[0, "cpu"] = "50,1"
-    frame.loc[1, "cpu"] = "1.234,5"
+    # '12,500' reads either way: told as a decimal comma alone, a fraud helper's $12,500
+    # payment became $12.50; '1,234.56' and '$12.00' were told nothing.
+    written = ["50,1", "1.234,5", "12,500", "1,234.56", "$1,200.50", "(€12.00)"]
+    frame = _frame(len(written)).astype({"cpu": object})
+    frame["cpu"] = written
     reasons = [r.reason for r in encode(fit_schema(_frame()), frame).rejections]
-    assert reasons == [
-        "column 'cpu': '50,1' is not a number (a decimal comma? write it as 50.1)",
-        "column 'cpu': '1.234,5' is not a number (a decimal comma? write it as 1234.5)",
+    assert [r.split(" is not a number ")[1] for r in reasons] == [
+        "(a decimal comma? write it as 50.1)",
+        "(a decimal comma? write it as 1234.5)",
+        "(thousands separators? write it as 12500; or a decimal comma? write it as 12.500)",
+        "(thousands separators? write it as 1234.56)",
+        "(an amount with its currency sign? write it as 1200.50)",
+        "(an amount with its currency sign? write it as -12.00)",
     ]
+    assert reasons[0] == "column 'cpu': '50,1' is not a number (a decimal comma? write it as 50.1)"
 
 
 def test_impute_fills_missing_but_not_infinite() -> None:
