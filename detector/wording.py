@@ -130,6 +130,11 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
+def quoted(value: object) -> str:
+    """``value`` as a command line takes it: printable, and quoted where a shell needs it."""
+    return shlex.quote(printable(value))
+
+
 def printable_message(text: str) -> str:
     """An error message for a terminal: its own line breaks kept, any other control character
     (one a file's column name brought in: a colour, a window title) shown escaped."""

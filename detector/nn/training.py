@@ -89,7 +89,7 @@ from detector.series.windows import (
     windowed_for_training,
     with_deviation,
 )
-from detector.wording import offered, option
+from detector.wording import offered, option, printable, quoted
 
 log = logging.getLogger(__name__)
 
@@ -558,7 +558,14 @@ def window_bank_parts(
 
 
 #: Column names that usually hold labels, not a measurement.
-_LABEL_NAMES = frozenset({"label", "labels", "is_anomaly", "anomaly", "target", "class", "y"})
+_LABEL_NAMES = frozenset(
+    {"label", "labels", "is_anomaly", "anomaly", "target", "class", "y", "attack", "is_attack",
+     "fraud", "is_fraud", "outlier", "is_outlier", "ground_truth"}
+)  # fmt: skip
+#: The value a column naming each row's attack or fault gives its normal rows (NSL-KDD's
+#: 'normal', CIC-IDS's 'BENIGN'), beside at most ``_MAX_KINDS`` other values.
+_NORMAL_WORDS = frozenset({"normal", "benign"})
+_MAX_KINDS = 100
 #: The words a column of labels is written in, whatever its name ('status': normal/anomalous).
 _LABEL_WORDS = frozenset(
     {"normal", "anomaly", "anomalous", "abnormal", "attack", "fraud", "benign", "malicious",
@@ -572,6 +579,18 @@ def _labels_in_words(values: pd.Series) -> bool:
         return False
     distinct = values.dropna().astype(str).str.strip().str.lower().unique()
     return 1 <= len(distinct) <= 2 and set(distinct) <= _LABEL_WORDS
+
+
+def _normal_of_kinds(values: pd.Series) -> tuple[str, int] | None:
+    """The value (as written) a column of kinds gives its normal rows, and how many other
+    values it holds: NSL-KDD's 'attack' is 'normal' or one of 22 attacks' names."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return None
+    distinct = values.dropna().astype(str).unique()
+    if not 2 <= len(distinct) <= _MAX_KINDS + 1:
+        return None
+    normal = [v for v in distinct if v.strip().rstrip(".").lower() in _NORMAL_WORDS]
+    return (str(normal[0]), len(distinct) - 1) if len(normal) == 1 else None
 
 
 def _lookalike_warnings(
@@ -594,6 +613,18 @@ def _lookalike_warnings(
             labelled = f"give --label-column {column} (its anomalous rows are left out), or "
             found.append(
                 f"column '{column}' looks like labels and is trained on as data: "
+                f"{labelled if cli else ''}{leave_out}"
+            )
+        elif kinds := _normal_of_kinds(values):
+            # NSL-KDD's 'attack' (normal, neptune, smurf ...) trained as a 23-label category:
+            # 11,743 attacks learnt as normal, without a word.
+            normal, others = kinds
+            flags = f"--label-column {quoted(column)} --normal-value {quoted(normal)}"
+            labelled = f"give {flags} (its other rows are left out), or "
+            found.append(
+                f"column '{printable(column)}' holds {printable(repr(normal))} beside {others} "
+                "other value(s), like labels naming each row's attack or fault, and is trained "
+                "on as data: "
                 f"{labelled if cli else ''}{leave_out}"
             )
         elif (

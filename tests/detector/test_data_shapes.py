@@ -126,6 +126,20 @@ def test_a_column_of_label_words_is_warned_of_whatever_its_name(caplog) -> None:
     assert "column 'status' looks like labels and is trained on as data" in caplog.text
 
 
+def test_a_column_naming_each_rows_attack_is_warned_of_with_the_flags_to_use(caplog) -> None:
+    # NSL-KDD's 'attack' (normal, neptune, smurf ...) was trained on as a 23-label category:
+    # a security helper's 11,743 attacks learnt as normal, without a word.
+    kinds = ["normal"] * (ROWS - 30) + ["neptune", "smurf", "back"] * 10
+    with caplog.at_level("WARNING"):
+        VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2).fit(table().assign(kind=kinds))
+    assert "column 'kind' holds 'normal' beside 3 other value(s), like labels" in caplog.text
+    caplog.clear()
+    hosts = ["web-01", "web-02", "db-01"] * (ROWS // 3) + ["web-01"] * (ROWS % 3)
+    with caplog.at_level("WARNING"):  # a category without the word: no warning
+        VAEDetector(epochs=1, hidden_units=(8,), latent_dim=2).fit(table().assign(kind=hosts))
+    assert "like labels" not in caplog.text
+
+
 def test_hostile_cells_in_the_shape_checks_are_refused_as_before() -> None:
     # A 'metric' column of objects (a Parquet struct) crashed the long-table check with
     # "unhashable type: 'dict'"; a 100,000-digit value with a unit went whole into the message.
