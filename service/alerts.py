@@ -63,6 +63,9 @@ class Alert:
     model_version: str
     #: The policy's ``record_fields`` of the key's last anomalous record, as it held them.
     last_record: Mapping[str, str] = field(default_factory=dict)
+    #: Resolved because the key sent no record for this many seconds, not because its records
+    #: came back normal (then ``None``): on-call must tell a recovery from a host gone dark.
+    silent_for: float | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -80,11 +83,23 @@ class Alert:
         where = ", ".join(f"{k}={v!r}" for k, v in self.key) or "all records"
         features = ", ".join(self.top_features) or "none reported"
         counts = f"{self.anomalies_in_window} of the last {self.window} records"
-        if self.status == "resolved":
+        silent = self.status == "resolved" and self.silent_for is not None
+        if silent:
+            summary = (
+                f"Model {self.model!r}: no record for {where} in {self.silent_for:.0f} s; "
+                "resolved as silent, not seen back to normal"
+            )
+        elif self.status == "resolved":
             summary = f"Model {self.model!r} back to normal for {where}"
         else:
             summary = f"Model {self.model!r}: {counts} anomalous for {where}"
-        description = (
+        gone = (
+            f"Resolved because {where} sent no record for {self.silent_for:.0f} s "
+            "(4 x repeat_seconds): it may be down or gone; before it went silent, "
+            if silent
+            else ""
+        )
+        description = gone + (
             f"{counts} scored by model {self.model!r}"
             f"{f' (version {self.model_version})' if self.model_version else ''} for {where} "
             f"were anomalous. Last anomaly: anomaly_score {self.last_anomaly_score:.6g} "
@@ -113,6 +128,9 @@ class Alert:
             "top_features": list(self.top_features),
             "model_version": self.model_version,
             "last_record": dict(self.last_record),
+            "resolved_by": None
+            if self.status != "resolved"
+            else ("silence" if self.silent_for is not None else "normal_records"),
             "labels": self.labels(),
             "annotations": self.annotations(),
         }
@@ -314,7 +332,7 @@ class AlertTracker:
             for key, state in silent:
                 state.firing = False
                 state.resolved_at = now
-                made.append(self._alert(key, state, "resolved", now))
+                made.append(self._alert(key, state, "resolved", now, silent_for=now - state.seen))
                 state.window.clear()
                 state.consecutive_normal = 0
                 if self._open is not None:
@@ -400,7 +418,13 @@ class AlertTracker:
         del self._states[victim]
 
     def _alert(
-        self, key: tuple[tuple[str, str], ...], state: _KeyState, status: str, now: float
+        self,
+        key: tuple[tuple[str, str], ...],
+        state: _KeyState,
+        status: str,
+        now: float,
+        *,
+        silent_for: float | None = None,
     ) -> Alert:
         return Alert(
             model=self.model,
@@ -416,6 +440,7 @@ class AlertTracker:
             top_features=state.top_features,
             model_version=state.model_version,
             last_record=dict(state.last_record),
+            silent_for=silent_for,
         )
 
 

@@ -311,6 +311,11 @@ def test_a_firing_key_that_goes_silent_resolves(tmp_path: Path, shared: bool) ->
     feed(two, "A", host="busy")  # busy was seen 150 s ago, gone 350 s ago
     [resolved] = two.resolve_silent()
     assert resolved.status == "resolved" and resolved.key == (("host", "gone"),)
+    # Said as silence: it read "3 of the last 3 records ... were anomalous", as if recovered.
+    assert resolved.to_dict()["resolved_by"] == "silence"
+    notes = resolved.annotations()
+    assert "no record for host='gone' in 350 s; resolved as silent" in notes["summary"]
+    assert notes["description"].startswith("Resolved because host='gone' sent no record")
     assert not one.firing(fired.key, fired.severity)
     clock.now += 100.0  # the next look, a quarter of 300 s on: nothing more to resolve
     assert one.resolve_silent() == [] and two.resolve_silent() == []
