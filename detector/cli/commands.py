@@ -78,7 +78,8 @@ class ScoredLabels(NamedTuple):
     scores ``(n,)`` and the ``by_column`` value of each (or ``None``); the rejected rows by
     reason code, and how many of them are labelled anomalous (where their label could be
     read: a row that did not parse has none); a series model's evictions (``max_series``);
-    the rejected rows by ``by_column`` value, where it could be read."""
+    the rejected rows by ``by_column`` value, where it could be read; the scored rows a series
+    model judged while their series warmed up."""
 
     labels: Any
     scores: Any
@@ -87,6 +88,7 @@ class ScoredLabels(NamedTuple):
     rejected_anomalies: int = 0
     series_evicted: int = 0
     rejected_groups: Mapping[str, int] = MappingProxyType({})
+    warming_up: int = 0  # scored rows among their series' first (a series model's)
 
 
 def _labelled_scores(
@@ -117,7 +119,7 @@ def _labelled_scores(
     labels, scores, groups = [], [], []
     rejected: Counter[str] = Counter()
     rejected_groups: Counter[str] = Counter()
-    rejected_anomalies = evicted = 0
+    rejected_anomalies = evicted = warming = 0
     parts = iter_scored(
         bundle,
         path,
@@ -143,6 +145,8 @@ def _labelled_scores(
         scored = part.frame.iloc[part.result.rows]
         labels.append(_labels(scored[label_column], label_column, anomaly_values, normal_values))
         scores.append(part.result.anomaly_score)
+        if part.result.warming_up is not None:
+            warming += int(part.result.warming_up.sum())
         if by_column:
             groups.append(_group_values(scored[by_column]))
         rejected.update(r.code for r in part.result.rejections)
@@ -165,6 +169,7 @@ def _labelled_scores(
         rejected_anomalies,
         evicted,
         rejected_groups,
+        warming,
     )
 
 

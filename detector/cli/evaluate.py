@@ -29,6 +29,25 @@ def _check_labelled_input(
         _require_column(present, by_column, path)
 
 
+#: The share of scored rows warming up past which a series model's numbers are said to be
+#: mostly its warm-up's.
+MOSTLY_WARMING = 0.2
+
+
+def _warm_up_warning(bundle: Any, warming: int, scored: int) -> str | None:
+    """What to say where most rows were judged before their series' window filled: a fraud
+    helper's card model had every test row warming up, and was told of drift instead."""
+    if bundle.series is None or not scored or warming / scored <= MOSTLY_WARMING:
+        return None
+    return (
+        f"{warming / scored:.0%} of the scored rows are warming up (their series had fewer "
+        f"than {bundle.series.window - 1} rows before them), so these numbers are mostly of "
+        "windows that had not filled: put each series' earlier rows ahead of these in the "
+        "file, or, for sparse events rather than a metric a minute, train without "
+        "--time-column"
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.errors import DataError
@@ -51,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         named = {*bundle.input_columns, *bundle.ignored_columns, *args.keep_column}
         named |= {args.label_column, args.by_column}
         left_out = [c for c in header if c not in named]
-    labels, scores, groups, codes, rejected_anomalies, evicted, rejected_groups = _labelled_scores(
+    scored = _labelled_scores(
         bundle,
         args.input,
         args.label_column,
@@ -67,6 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # stdin's header is read only as it is scored: its other columns are left out there.
         leave_out_unknown=args.input == "-",
     )
+    labels, scores, groups, codes, rejected_anomalies, evicted, rejected_groups, warming = scored
     if not len(scores) and not codes:
         raise DataError(f"{args.input} has a header but no data rows; nothing to evaluate")
     if not len(scores):
@@ -123,10 +143,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "rejected_anomalies": rejected_anomalies,
                     "rejected_by_group": dict(Counter(rejected_groups).most_common()),
                     "series_evicted": evicted,
+                    "warming_up": warming if bundle.series else None,
                     "columns_not_scored": left_out,
                     "recall_with_rejected": _recall_with_rejected(result, rejected_anomalies),
                     "warnings": [
-                        w for w in [fpr_warning(result, bundle.calibrator.target_fpr)] if w
+                        w
+                        for w in [
+                            fpr_warning(result, bundle.calibrator.target_fpr),
+                            _warm_up_warning(bundle, warming, len(scores)),
+                        ]
+                        if w
                     ],
                 },
                 indent=2,
@@ -140,6 +166,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"records {r.n} scored ({r.n_anomalies} labelled anomalous), {r.n_rejected} rejected"
         + (f" ({why})" if why else "")
     )
+    if bundle.series is not None:
+        print(
+            f"warming up {warming:,} ({warming / r.n:.1%} of scored: each series' first "
+            f"{bundle.series.window - 1} rows, judged on the rows it had)"
+        )
+    if warning := _warm_up_warning(bundle, warming, r.n):
+        print(f"WARNING: {warning}")
     if evicted:
         print(
             f"series evicted {evicted:,}: more than --max-series {args.max_series:,} series were "

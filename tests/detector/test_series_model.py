@@ -204,8 +204,26 @@ def test_evaluate_takes_an_empty_time_and_counts_rejected_rows_by_reason(
     assert f"records {len(test) - 2} scored" in said
     assert "2 rejected (bad_timestamp 1, missing_value 1)" in said
     assert main([*argv, "--json"]) == 0
-    codes = json.loads(capsys.readouterr().out)["rejected_by_code"]
-    assert codes == {"bad_timestamp": 1, "missing_value": 1}
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["rejected_by_code"] == {"bad_timestamp": 1, "missing_value": 1}
+    window = series_detector.bundle_.series.window
+    assert answer["warming_up"] == 3 * (window - 1)  # the rejected rows are not among them
+    assert answer["warnings"] == []
+
+
+def test_evaluate_says_when_most_rows_were_judged_while_warming_up(
+    series_detector, tmp_path, capsys
+) -> None:
+    # A fraud helper's card model: every test row warming up, and evaluate spoke of drift.
+    series_detector.save(tmp_path / "m")
+    test = fleet(2, start="2026-01-02", seed=12)
+    test["label"] = [0, 0, 0, 0, 0, 1]
+    test.to_csv(tmp_path / "in.csv", index=False)
+    argv = ["evaluate", str(tmp_path / "m"), str(tmp_path / "in.csv"), "--label-column", "label"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "warming up 6 (100.0% of scored" in said
+    assert "WARNING: 100% of the scored rows are warming up" in said
 
 
 def test_a_chunk_whose_every_row_is_rejected_is_reported_and_the_series_go_on(
