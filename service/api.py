@@ -168,7 +168,7 @@ def score(name: str) -> Response:
             },
             "results": per_record(scored, records, app_state.config.passthrough_fields),
             "rejected": [
-                {"index": r.index, "code": r.code, "reasons": list(r.reasons)}
+                {**r.fields, "index": r.index, "code": r.code, "reasons": list(r.reasons)}
                 for r in scored.rejected
             ],
         }

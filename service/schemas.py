@@ -183,6 +183,10 @@ class Counts(ResponseBody):
 
 
 class RejectedRecord(ResponseBody):
+    """A record not scored, with the passthrough fields (settings) it held."""
+
+    model_config = ConfigDict(extra="allow")
+
     index: int = Field(description="position in the request")
     code: str = Field(
         description="the first problem as a fixed code, the reason label of "
