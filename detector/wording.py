@@ -87,6 +87,7 @@ OPTIONS: dict[str, Option] = {
             "max_gap_seconds",
             "calendar",
             "raw_tails",
+            "far_weight",
         )
     },
     # score_file's; score_frame's is passthrough above

@@ -361,6 +361,7 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
             local_weight=TABLE_LOCAL_WEIGHT if found is None else DEFAULT_LOCAL_WEIGHT,
             local_floor=TABLE_LOCAL_FLOOR if found is None else DEFAULT_LOCAL_FLOOR,
             local_ceiling=TABLE_LOCAL_CEILING if found is None else np.inf,
+            far_weight=config.far_weight,
         )
     measured = bank_x if whole else cal_x
     cal = estimate_all(graph, bank, measured, leave_one_out=(small or whole) and bank is not None)

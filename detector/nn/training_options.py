@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from detector.nn.options import MODEL_OPTIONS, Options, describe, opt, share, sizes
+from detector.scoring.neighbours import DEFAULT_FAR_WEIGHT
 from detector.series.levels import DEFAULT_LEVEL_HOURS, MAX_LEVEL_HOURS
 from detector.wording import option
 
@@ -71,6 +72,15 @@ class TrainingOptions(Options):
         "keep heavy-tailed numeric columns as they are; by default each one with no negative "
         "value, skewed past 5 and its largest value 50x its median (amounts, durations, byte "
         "counts) is modelled as its logarithm",
+    )
+    #: ``detector.scoring.neighbours`` (``far``) says how; tests/benchmarks/README.md, Round 10,
+    #: why 0.1 (the labelled sets' mean rank; 2 flagged NSL-KDD's drifted normals).
+    far_weight: float = opt(
+        DEFAULT_FAR_WEIGHT,
+        "how much a value past the training range adds to the distance: this x log(1 + how "
+        "far); raise it (e.g. 1) where a value far past anything seen must alarm whatever "
+        "else the record holds",
+        metavar="W",
     )
     clip: float = opt(10.0, "standardised values are clipped to +-clip", flag=None)
     validation_fraction: float = opt(
@@ -190,6 +200,8 @@ class TrainingOptions(Options):
             problems.append(
                 f"{option('kl_warmup_epochs')} {self.kl_warmup_epochs} must be 0 or more epochs"
             )
+        if not 0 <= self.far_weight < math.inf:
+            problems.append(f"{option('far_weight')} {self.far_weight} must be 0 or more")
         if not 0 <= self.range_floor <= 1:
             problems.append(f"range_floor {self.range_floor} must be a fraction in [0, 1]")
         if not 0 < self.target_fpr < 0.5:

@@ -161,6 +161,25 @@ def test_a_column_beyond_its_bounds_counts_more_the_farther_it_lies_ever_less() 
     assert bank.distances(alone.values, overflow=alone.overflow)[0] == after[3]
 
 
+def test_far_weight_is_a_training_option_kept_in_the_bundle(tmp_path) -> None:
+    # A security helper's src_bytes of 1e15 (training's largest 7.7e6) scored 4.10 against a
+    # threshold of 7.95: a team that wants such a value to alarm can say how much it counts.
+    frame = _table(300)
+    default = VAEDetector(**{**TINY, "epochs": 1}).fit(frame)
+    strong = VAEDetector(**{**TINY, "epochs": 1}, far_weight=2.0).fit(frame)
+    assert default.bundle_.neighbours.far_weight == DEFAULT_FAR_WEIGHT
+    strong.save(tmp_path / "strong")
+    loaded = VAEDetector.load(tmp_path / "strong")
+    assert loaded.bundle_.neighbours.far_weight == 2.0
+    a = next(c for c in default.bundle_.schema.numeric if c.name == "a")
+    probe = frame.head(2).assign(a=[a.maximum, a.maximum + 1e6 * a.scale])
+    lift = [d.anomaly_score(probe) for d in (default, loaded)]
+    assert lift[1][0] == pytest.approx(lift[0][0], rel=0.2)  # within the range: alike
+    assert lift[1][1] - lift[1][0] > 5 * (lift[0][1] - lift[0][0]) > 0
+    with pytest.raises(ConfigError, match=r"far_weight -1\.0 must be 0 or more"):
+        VAEDetector(**TINY, far_weight=-1.0).fit(frame)
+
+
 def test_the_encoding_says_how_far_a_value_lay_beyond_its_clip() -> None:
     frame = _table(300)
     schema = fit_schema(frame)
