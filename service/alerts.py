@@ -354,7 +354,11 @@ class AlertTracker:
         if _count_anomalies(state.window) < self.policy.fire_after:
             return []
         if state.resolved_at is not None and now - state.resolved_at < self.policy.cooldown_seconds:
-            return []
+            # A cooldown after a warning does not hold back a critical: an SRE helper's eight
+            # critical records went unpaged for the rest of a brief warning's 300 s.
+            current = self._window_severity(state)
+            if self.policy.rank(current) >= self.policy.rank(state.severity):
+                return []
         state.firing = True
         state.started = now
         state.last_sent = now

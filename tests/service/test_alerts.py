@@ -221,6 +221,21 @@ def test_cooldown_blocks_refiring_until_it_passes() -> None:
     assert again.starts_at == datetime.fromtimestamp(T0 + 100, UTC)
 
 
+def test_a_worse_severity_fires_through_the_cooldown_a_milder_episode_left() -> None:
+    clock = FakeClock()
+    tracker = AlertTracker("m", small_policy(), clock=clock)
+    [fired] = feed(tracker, "AAA")  # p 1e-3: a warning
+    assert fired.severity == "warning"
+    feed(tracker, "....")
+    clock.now += 10.0
+    assert feed(tracker, "AAA") == []  # another warning: cooling down
+    feed(tracker, "....")
+    [critical] = feed(tracker, "AAA", p_value=1e-5)
+    assert (critical.status, critical.severity) == ("firing", "critical")
+    feed(tracker, "....")
+    assert feed(tracker, "AAA", p_value=1e-5) == []  # after a critical, a critical cools down
+
+
 def test_a_normal_record_after_the_cooldown_does_not_fire_a_resolved_episode_again() -> None:
     # The resolved episode's anomalies stayed in the window: 7 normal records in a row, then
     # "3 of the last 10 records anomalous" fired again on the first normal one after cooldown.
