@@ -68,13 +68,24 @@ class Calibrator:
         # The tail holds ~5% of the held-out rows, at least 10 and at most 500 (SPOT uses 2%,
         # for far larger samples): enough excesses for a stable two-parameter fit.
         n_tail = int(min(max(round(0.05 * n), 10), 500, n // 3))
-        tail_start = float(reference[n - n_tail - 1])
-        shape, scale = _fit_tail(reference[n - n_tail :] - tail_start)
+        start = _untied_start(reference, n - n_tail - 1)
+        if reference[min(start + 1, n - 1)] == reference[-1]:
+            start = n - 1  # the tail one tied value: no tail to fit above the body
+        tail_start = float(reference[start])
+        if start == n - 1:
+            # The highest scores all tied (a few categories): nothing lies above them to fit,
+            # and a score beyond every one seen falls off at the gap below them.
+            below = reference[reference < tail_start]
+            gap = tail_start - float(below[-1]) if len(below) else 1.0
+            shape, scale, fraction = 0.0, gap, 1.0 / (n + 1)
+        else:
+            shape, scale = _fit_tail(reference[start + 1 :] - tail_start)
+            fraction = (n - start - 1) / n
         return cls(
             reference=reference,
             target_fpr=float(target_fpr),
             tail_start=tail_start,
-            tail_fraction=n_tail / n,
+            tail_fraction=fraction,
             tail_shape=shape,
             tail_scale=scale,
         )
@@ -98,15 +109,20 @@ class Calibrator:
         return self.threshold_for(self.target_fpr)
 
     def threshold_for(self, fpr: float) -> float:
-        n = len(self.reference)
         if fpr >= self.tail_fraction:
-            # Smallest empirical threshold t with (1 + #{ref > t}) / (n + 1) <= fpr.
-            allowed = math.floor(fpr * (n + 1) - 1)
-            return float(self.reference[max(n - allowed - 1, 0)])
+            # Smallest empirical threshold t with (1 + #{ref > t}) / (n + 1) <= fpr; past the
+            # tail's start every p-value is at most tail_fraction, so no higher than there (a
+            # 5% target left scores with p-values of 4.7% unflagged).
+            return min(self._empirical(fpr), self.tail_start)
         excess = stats.genpareto.isf(
             fpr / self.tail_fraction, self.tail_shape, scale=self.tail_scale
         )
         return self.tail_start + float(excess)
+
+    def _empirical(self, fpr: float) -> float:
+        n = len(self.reference)
+        allowed = math.floor(fpr * (n + 1) - 1)
+        return float(self.reference[max(n - allowed - 1, 0)])
 
     def p_values(self, scores: np.ndarray) -> np.ndarray:
         """P(score >= s) under held-out normal data, for each s in ``scores`` ``(n,)``.
@@ -193,9 +209,16 @@ class Calibrator:
             raise ValueError("calibration tail_shape/tail_scale are outside what a fit gives")
         threshold = self.threshold
         # The saved threshold is derived, kept for people reading the manifest; it must still
-        # say what the calibrator decides, or the manifest misleads whoever reads it.
-        if not math.isfinite(threshold) or not math.isclose(
-            saved_threshold, threshold, rel_tol=1e-9, abs_tol=1e-12
+        # say what the calibrator decides, or the manifest misleads whoever reads it. A bundle
+        # written before the empirical threshold stopped at the tail's start may say what it
+        # decided then.
+        earlier = (
+            self._empirical(self.target_fpr) if self.target_fpr >= self.tail_fraction else None
+        )
+        if not math.isfinite(threshold) or not any(
+            math.isclose(saved_threshold, t, rel_tol=1e-9, abs_tol=1e-12)
+            for t in (threshold, earlier)
+            if t is not None
         ):
             raise ValueError(
                 f"calibration threshold {saved_threshold!r} is not the threshold its target and "
@@ -299,6 +322,22 @@ def _check_fpr(fpr: float) -> None:
         )
 
 
+def _untied_start(reference: np.ndarray, start: int) -> int:
+    """The tail's start at or near position ``start`` of the sorted ``reference`` such that no
+    score of the tail equals it: tied scores across it gave excesses of 0, a fitted scale of
+    1.8e-30, and an ordinary score held by 6% of the rows a p-value of 1.9e-58. The tail takes
+    the whole tied block where that keeps it within half the rows and something lies above
+    the block, else starts above it."""
+    value = reference[start]
+    if start + 1 >= len(reference) or reference[start + 1] != value:
+        return start
+    low = int(np.searchsorted(reference, value, side="left"))
+    high = int(np.searchsorted(reference, value, side="right"))
+    if low >= 1 and len(reference) - low <= len(reference) // 2 and high < len(reference):
+        return low - 1
+    return high - 1
+
+
 def _fit_tail(excesses: np.ndarray) -> tuple[float, float]:
     """Generalized Pareto (shape, scale) for non-negative excesses; maximum likelihood with a
     method-of-moments fallback, the shape held in [-0.5, 0.5] where the fit is stable."""
@@ -313,7 +352,8 @@ def _fit_tail(excesses: np.ndarray) -> tuple[float, float]:
             shape, _, scale = stats.genpareto.fit(excesses, floc=0.0)
     except (ValueError, RuntimeError, FloatingPointError):
         shape, scale = math.nan, math.nan
-    if not (math.isfinite(shape) and math.isfinite(scale) and scale > 0):
+    # A scale far below the excesses' own mean is a degenerate fit, not a tail.
+    if not (math.isfinite(shape) and math.isfinite(scale) and scale > 1e-6 * mean):
         ratio = mean * mean / var
         shape, scale = 0.5 * (1.0 - ratio), 0.5 * mean * (ratio + 1.0)
     shape = float(np.clip(shape, -0.5, 0.5))

@@ -40,6 +40,51 @@ def test_p_values_are_monotone_and_consistent_with_the_threshold() -> None:
     assert np.all(p[~flagged] >= calibrator.target_fpr - 1e-3)
 
 
+@pytest.mark.parametrize("n", [200, 1_000])
+@pytest.mark.parametrize("fpr", [0.01, 0.05, 0.1, 0.2])
+def test_the_threshold_is_where_the_p_values_cross_the_target_at_any_rate(
+    n: int, fpr: float
+) -> None:
+    # At a target at or above the tail's share (5%), the threshold was the empirical quantile
+    # while the p-values past the tail's start were the fitted tail's, below it: a helper's
+    # 5% model left 31 rows with p-values of 4.7-4.9% unflagged.
+    rng = np.random.default_rng(n)
+    calibrator = Calibrator.fit(rng.normal(size=n), target_fpr=fpr)
+    grid = np.linspace(-4, 8, 4_001)
+    p = calibrator.p_values(grid)
+    flagged = grid > calibrator.threshold
+    assert np.all(p[flagged] <= fpr + 1e-9)
+    assert np.all(p[~flagged] >= fpr - 1e-12)
+
+
+def test_a_bundle_of_the_earlier_empirical_threshold_still_loads() -> None:
+    calibrator = Calibrator.fit(np.random.default_rng(6).normal(size=1_000), target_fpr=0.2)
+    state = calibrator.to_dict()
+    n = len(calibrator.reference)
+    state["threshold"] = float(calibrator.reference[n - int(0.2 * (n + 1) - 1) - 1])
+    assert Calibrator.from_dict(state).threshold == calibrator.threshold
+    state["threshold"] += 1.0  # neither: edited
+    with pytest.raises(ValueError, match="is not the threshold its target and tail give"):
+        Calibrator.from_dict(state)
+
+
+def test_tied_scores_get_p_values_near_their_share_not_zero() -> None:
+    # A table of a few categories scores in steps: excesses of 0 at the tail's start fitted a
+    # scale of 1.8e-30, and a score held by 6% of the calibration rows got a p-value of 1e-58
+    # (a helper's 4 fair yes/no columns: 6.5% of new rows flagged at 1%, all "critical").
+    levels = [4.05, 4.07, 4.12, 4.16, 4.24, 4.32, 4.33, 4.34, 4.39, 4.41, 4.43, 4.54, 4.57]
+    counts = [7, 7, 6, 8, 7, 5, 4, 7, 6, 3, 4, 9, 2]
+    scores = np.repeat([*levels, 4.586, 4.673], [*counts, 10, 5])
+    calibrator = Calibrator.fit(scores, target_fpr=0.01)
+    share = np.array([(1 + (scores >= s).sum()) / (len(scores) + 1) for s in scores])
+    p = calibrator.p_values(scores)
+    assert np.all(p >= share / 3), (p / share).min()
+    assert calibrator.threshold > scores.max()  # 1%: beyond every one of the 90 seen
+    top = Calibrator.fit(np.r_[np.zeros(60), np.ones(40)], target_fpr=0.01)  # the top tied
+    assert top.p_values(np.array([1.0]))[0] == pytest.approx(41 / 101)
+    assert 0 < top.p_values(np.array([1.5]))[0] < 1 / 101
+
+
 @pytest.mark.parametrize("draw", ["normal", "exponential"])
 def test_a_score_alone_gets_the_p_value_it_gets_in_a_batch(draw: str) -> None:
     """One record (an HTTP request) took a plain-float path whose math.pow differs from
