@@ -74,7 +74,7 @@ class ParquetSource(TableSource):
         done = 0
         try:
             for batch in self._file.iter_batches(batch_size=chunk_rows):
-                table = pa.Table.from_batches([batch])
+                table = _decoded(pa.Table.from_batches([batch]))
                 n = table.num_rows
                 yield SourceChunk(
                     source=self.name,
@@ -91,6 +91,17 @@ class ParquetSource(TableSource):
 
     def close(self) -> None:
         self._file.close()
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """``table`` with each dictionary-encoded column (pandas' categoricals, saved to Parquet)
+    as its plain values: pyarrow's ``to_numpy`` of one gave a null the next row's value, so a
+    row missing its host was scored as another host's instead of rejected."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            column = table.column(i).cast(field.type.value_type)
+            table = table.set_column(i, field.with_type(field.type.value_type), column)
+    return table
 
 
 def _json_row(table: pa.Table) -> Callable[[int], str]:

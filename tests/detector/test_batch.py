@@ -400,6 +400,30 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
     assert not output.exists()
 
 
+def test_a_missing_value_in_a_categorical_parquet_column_is_rejected_not_filled(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # pandas' categoricals are saved dictionary-encoded; pyarrow's to_numpy of one gave a null
+    # the next row's value: a platform helper's row without its host was scored as another
+    # host's (25.5, flagged), the plain file's rejected.
+    rows = EVAL.iloc[:10].copy()
+    rows.loc[3, "host"] = None
+    rows.loc[5, "cpu_pct"] = None
+    rows.assign(host=rows["host"].astype("category")).astype(
+        {"cpu_pct": pd.CategoricalDtype()}
+    ).to_parquet(tmp_path / "cat.parquet", index=False)
+    rows.to_parquet(tmp_path / "plain.parquet", index=False)
+    outcomes = []
+    for name in ("cat", "plain"):
+        output = tmp_path / f"{name}.csv"
+        code, ledger, _ = score(
+            capsys, str(bundle_dir), str(tmp_path / f"{name}.parquet"), "--output", str(output)
+        )
+        assert code == 0 and ledger["rows_rejected"] == 2, ledger
+        outcomes.append(pd.read_csv(output)["anomaly_score"].tolist())
+    assert outcomes[0] == outcomes[1]
+
+
 def test_a_folder_is_read_with_its_subfolders(capsys, bundle_dir: Path, tmp_path: Path) -> None:
     """Spark and Hive write partitions as subfolders (date=2026-11-11/part-0.parquet): their
     rows were skipped without a word where the folder held a file of its own, and the folder
