@@ -405,6 +405,15 @@ def _lookup_labels(
     if len(retry):
         cleaned = [same_letters(str(v).strip()) for v in values[retry]]
         codes[retry] = [lookup.get(v, -1) for v in cleaned]
+        # A label of digits read as a float (Parquet, JSON Lines, a KServe FP64 tensor): 7.0
+        # is the hour '7', where '7.0' was never seen (every such row scored 22, flagged).
+        whole = [
+            (int(at), str(int(v)))
+            for at, v, c in zip(retry, values[retry], codes[retry], strict=True)
+            if c < 0 and isinstance(v, float | np.floating) and float(v).is_integer()
+        ]
+        for at, label in whole:
+            codes[at] = lookup.get(label, -1)
         # Text a file's reader takes for missing ('NA', 'null'...) is missing however the
         # record came (a JSON string, a DataFrame's cell), unless training knew it as a label.
         gone = np.asarray(

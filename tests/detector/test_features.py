@@ -240,6 +240,19 @@ def test_a_flag_written_another_way_is_the_same_flag(labels, given, slot) -> Non
     assert found.tolist() == expected
 
 
+def test_a_label_of_digits_read_as_a_float_is_its_label() -> None:
+    # A platform helper's hour (--categorical) read from Parquet as 7.0: every row was the
+    # unseen '7.0' and scored 22 (flagged); a label '7.0' that training saw stays itself.
+    given = pd.DataFrame({"hour": [7.0, np.float32(8.0), 7.5, np.inf], "v": 1.0})
+    for labels, expected in ((["7", "8"], ["7", "8"]), (["7.0", "8"], ["7.0", "8"])):
+        frame = pd.DataFrame({"hour": labels * 30, "v": np.arange(60.0)})
+        schema = fit_schema(frame, categorical=("hour",))
+        (column,) = schema.categorical
+        found = encode(schema, given).values[:, schema.n_numeric :].argmax(axis=1)
+        unseen = len(column.categories)
+        assert found.tolist() == [*map(column.categories.index, expected), unseen, unseen]
+
+
 def test_unseen_category_takes_the_unseen_slot() -> None:
     schema = fit_schema(_frame())
     batch = encode(schema, _frame(1).assign(host="zzz"))
