@@ -25,6 +25,15 @@ from typing import Any, NamedTuple
 from detector.wording import printable
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is so that clean-up runs; the command then exits with
+    128 + ``signum`` (143), the status Kubernetes and systemd read as stopped by it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM (what ``kill``, ``timeout``, systemd and Kubernetes send)
@@ -37,7 +46,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -13,6 +13,7 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -435,7 +436,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except DetectorError as exc:
         print(f"error: {printable_message(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # Ctrl-C is how a stream to stdout ends (`tail -f x.csv | anomaly score m - --output -`)
         if "-" in (getattr(args, "output", ""), getattr(args, "rejects", "")) or (
             args.command == "sample" and args.output is None
@@ -443,7 +444,9 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             print("interrupted; stdout holds the rows written so far", file=sys.stderr)
         else:
             print("interrupted; no output was written", file=sys.stderr)
-        return 130
+        # 128 + the signal, as a shell reports it: SIGTERM's 143 (a stop by kill, systemd or
+        # Kubernetes) was 130, Ctrl-C's.
+        return 128 + getattr(stop, "signum", signal.SIGINT)
     except BrokenPipeError:
         # The reader of stdout left (``anomaly sample | head``): stop as a shell tool does on
         # SIGPIPE, with 128 + 13 and no traceback; stdout is pointed at /dev/null first, or the
