@@ -194,8 +194,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Files, directories (their files named as ``CSV_SUFFIXES``, ``PARQUET_SUFFIXES`` or
     ``JSON_LINES_SUFFIXES`` say, in their subfolders too, as Spark writes partitions:
     ``date=2026-11-11/part-0.parquet``; sorted by path; names starting with '.' or '_', such as
-    Spark's ``_SUCCESS`` and ``_temporary``, left out), glob patterns, or '-' for CSV on stdin
-    -> the list of files to read, in order."""
+    Spark's ``_SUCCESS`` and ``_temporary``, left out), glob patterns (of either, empty files
+    left out), or '-' for CSV on stdin -> the list of files to read, in order."""
     files: list[str] = []
     for item in map(str, inputs):
         path = Path(item)
@@ -203,6 +203,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             files.append(item)
         elif path.is_dir():
             found = _table_files(path)
+            if found and not (found := _with_bytes(found)):
+                raise DataError(f"directory {item} holds only empty files; nothing to read")
             if not found:
                 raise DataError(
                     f"directory {item} holds no files to read, in it or its subfolders (files "
@@ -213,6 +215,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             found = sorted(p for p in _globbed(item) if Path(p).is_file())
             if not found:
                 raise DataError(f"no file matches {item}; check the pattern")
+            if not (found := _with_bytes(found)):
+                raise DataError(f"every file {item} matches is empty; nothing to read")
             files.extend(found)
         else:
             raise DataError(f"input file {item} does not exist")
@@ -228,6 +232,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             seen.add(real)
             unique.append(name)
     return unique
+
+
+def _with_bytes(files: list[str]) -> list[str]:
+    """``files`` less the empty ones a folder or a pattern takes in: an export's empty shard
+    holds no rows, and stopped the whole run ("is empty") where Spark's reader passes it by.
+    A file named on its own that is empty is still an error."""
+    return [f for f in files if os.path.getsize(f) > 0]
 
 
 def _globbed(pattern: str) -> list[str]:

@@ -367,6 +367,7 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
     with gzip.open(parts / "b.csv.gz", "wt") as handle:
         EVAL.iloc[40:100].to_csv(handle, index=False)
     (parts / "_SUCCESS").write_text("")
+    (parts / "shard-empty.csv").write_text("")  # an export's empty shard: no rows, no stop
     output = tmp_path / "out.parquet"
     code, ledger, _ = score(capsys, str(bundle_dir), str(parts), "--output", str(output))
     assert code == 0
@@ -383,6 +384,15 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
         str(tmp_path / "again.csv"), "--keep-column", "anomaly_score",
     )  # fmt: skip
     assert code == 2 and "already has column(s) ['anomaly_score'" in err
+    # A folder or a pattern of empty files only has nothing to read; one named alone is named.
+    for given, said in (
+        (parts / "*empty.csv", "every file"),
+        (parts / "shard-empty.csv", "is empty"),
+    ):
+        code, _, err = score(
+            capsys, str(bundle_dir), str(given), "--output", str(tmp_path / "e.csv")
+        )
+        assert code == 2 and said in err, err
     # Compressed CSV out.
     code, _, _ = score(
         capsys, str(bundle_dir), str(parts / "a.csv"), "--output", str(tmp_path / "o.csv.gz")
