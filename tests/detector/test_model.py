@@ -125,6 +125,24 @@ def test_sklearn_api(fitted, train_frame) -> None:
     assert fitted.n_features_in_ == train_frame.shape[1]
 
 
+def test_a_mistyped_or_foreign_parameter_is_named_with_this_estimators_name() -> None:
+    # A data-science helper's epoch=5 and contamination=0.1 got "unexpected keyword argument".
+    with pytest.raises(TypeError, match=r"no parameter 'epoch' \(did you mean epochs\?\)"):
+        VAEDetector(epoch=5)
+    with pytest.raises(TypeError, match=r"'contamination' \(here: target_fpr"):
+        VAEDetector(contamination=0.1)
+    with pytest.raises(TypeError, match=r"'seed' \(here: random_state\).*latent_dim"):
+        VAEDetector(seed=3)
+
+
+def test_fit_predict_is_refused_with_what_to_do_instead(train_frame) -> None:
+    # The rows fitted on are in the distance's bank: 0.3% flagged at a 1% target.
+    from detector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"fit\(X_normal\)\.predict\(X_new\)"):
+        VAEDetector(epochs=1).fit_predict(train_frame)
+
+
 def test_numpy_input_works(train_frame) -> None:
     x = np.random.default_rng(0).normal(size=(400, 5))
     det = VAEDetector(epochs=2, hidden_units=(16, 8), latent_dim=2).fit(x)
