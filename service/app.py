@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed, NotFound
 
@@ -332,7 +332,12 @@ MAX_DETAIL_CHARS = 4000
 
 
 def error_response(status: int, error: str, detail: str) -> tuple[Response, int]:
-    return jsonify({"error": error, "detail": shortened(detail, MAX_DETAIL_CHARS)}), status
+    detail = shortened(detail, MAX_DETAIL_CHARS)
+    if has_request_context() and request.path.startswith("/v2"):
+        # The Open Inference Protocol's error is its message, which KServe's and Triton's
+        # clients show alone: they said "bad_request". The code and detail as /v1 has them.
+        return jsonify({"error": detail, "code": error, "detail": detail}), status
+    return jsonify({"error": error, "detail": detail}), status
 
 
 def _install_error_handlers(app: Flask) -> None:

@@ -227,6 +227,7 @@ def _inputs_frame(
     rejection.
     """
     columns: dict[str, list[Any]] = {}
+    numeric = {c.name for c in loaded.bundle.schema.numeric}
     length = None
     for tensor in request.inputs:
         label = repr(shortened(tensor.name))
@@ -255,6 +256,14 @@ def _inputs_frame(
                     f"{shortened(json.dumps(value))} at position {i}; declare the datatype its "
                     f"values have ({_datatype_of(value)}), or send {tensor.datatype} values",
                 )
+        if tensor.datatype == "BOOL" and tensor.name in numeric:
+            # Scored, every row came back rejected ("True is not a number") inside a 200.
+            raise ApiError(
+                400,
+                "bad_request",
+                f"input {label} is a numeric column of the model, declared BOOL; send its "
+                "values as FP64 or INT64 (a flag as 1 and 0)",
+            )
         columns[tensor.name] = flat
     passthrough = (*app_state.config.passthrough_fields, *loaded.bundle.ignored_columns)
     check_columns(

@@ -51,10 +51,14 @@ class ResponseBody(BaseModel):
 
 
 class Error(ResponseBody):
-    """Every error: a short code and a detail that names the fix."""
+    """Every error: a short code and a detail that names the fix; on ``/v2`` routes ``error`` is
+    the message, as the Open Inference Protocol has it, and ``code`` the short code."""
 
     error: str
     detail: str
+    code: str | SkipJsonSchema[None] = Field(
+        None, description="/v2 routes only: the short code ('error' holds the message there)"
+    )
 
 
 # The v1 API.

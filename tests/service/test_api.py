@@ -585,7 +585,8 @@ def test_a_reload_that_changes_the_input_columns_says_which(bundle_dir, tmp_path
 def test_a_path_with_an_empty_segment_is_a_json_404_not_a_redirect(client, path) -> None:
     # Werkzeug answered 308 with an HTML page, to /v2/models/ready (a model named 'ready').
     response = client.post(path, json={"records": []}) if "score" in path else client.get(path)
-    assert response.status_code == 404 and response.json["error"] == "not_found"
+    code = response.json["code" if path.startswith("/v2") else "error"]
+    assert response.status_code == 404 and code == "not_found"
 
 
 def test_a_fresh_service_exports_its_counters_at_zero(bundle_dir) -> None:
@@ -709,6 +710,20 @@ def test_kserve_values_must_be_of_their_declared_datatype(client, datatype, data
         f"input 'hour' declares {datatype} but holds {held} at position 0"
         in (response.json["detail"])
     )
+
+
+def test_kserve_errors_are_their_message_and_a_bool_number_is_refused(client) -> None:
+    # A platform helper's BOOL tensor for the numeric hour: 200, every row rejected; and the
+    # protocol's error is the message (Triton's client showed "bad_request" alone).
+    inputs = _tensors(NORMAL[:2])
+    hour = next(i for i in inputs if i["name"] == "hour")
+    hour.update(datatype="BOOL", data=[True, False])
+    response = client.post("/v2/models/tiny/infer", json={"inputs": inputs})
+    assert response.status_code == 400, response.json
+    assert response.json["code"] == "bad_request"
+    assert response.json["error"].startswith("input 'hour' is a numeric column of the model")
+    v1 = client.post("/v1/models/nope/score", json={"records": NORMAL[:1]})
+    assert v1.status_code == 404 and v1.json["error"] == "unknown_model"
 
 
 def test_kserve_outputs_are_the_ones_asked_for(client) -> None:
