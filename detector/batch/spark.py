@@ -151,6 +151,8 @@ def score_files(
     if "://" not in rejects_dir and "://" not in output:
         check_rejects_target(rejects_dir.rstrip("/"), output.rstrip("/"), [])
     paths = _spark_paths(inputs)
+    if table_format(paths[0].rstrip("/*")) != "parquet":
+        _check_csv_orders(paths)
     for flag, target in (("--output", output), ("--rejects", rejects_dir)):
         _check_not_over_inputs(flag, target, paths)
         _check_replaceable(flag, target)
@@ -331,6 +333,31 @@ def _spark_paths(inputs: Sequence[str]) -> list[str]:
     if len(formats) > 1:
         raise DataError("--engine spark reads one format per run: give CSV or Parquet files")
     return paths
+
+
+def _check_csv_orders(paths: Sequence[str]) -> None:
+    """Each local CSV file's columns in the first one's order: Spark reads every file with the
+    first one's header, so a file of the same columns in another order stopped the run after
+    17 s of Java trace ("CSV header does not conform to the schema")."""
+    from detector.io.sources import open_source
+
+    first: tuple[str, ...] | None = None
+    for path in paths:
+        if "://" in path:
+            continue
+        try:
+            with open_source(path) as source:
+                names = tuple(n.strip() for n in source.columns)
+        except DataError:
+            continue  # an empty or unreadable file: Spark's reading says so
+        if first is None:
+            first, named = names, path
+        elif names != first and sorted(names) == sorted(first):
+            raise DataError(
+                f"{path} holds the columns of {named} in another order; Spark reads every CSV "
+                "file by the first one's header: write them in one order, or score without "
+                "--engine spark (the default engine takes each file's own order)"
+            )
 
 
 def _check_parquet_columns(bundle: Bundle, paths: Sequence[str], kept: Sequence[str]) -> None:
