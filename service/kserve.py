@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from flask import Blueprint, Response
+from flask import request as flask_request
 from pydantic import ValidationError
 
 from detector import __version__
@@ -126,6 +127,15 @@ def infer(name: str, version: str | None) -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
     loaded = _served(app_state, name, version)
+    if flask_request.headers.get("Inference-Header-Content-Length") is not None:
+        # Triton's binary tensor extension: its body is a JSON header and raw bytes, which
+        # read as JSON was "not valid JSON" (or "send application/json" to a 400).
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "the binary tensor data extension is not supported; send the tensors as JSON "
+            "(tritonclient: binary_data=False on each input and requested output)",
+        )
     body = read_json(app_state, INFER_SHAPE)
     request = _infer_request(body)
     if request.parameters is not None and not isinstance(request.parameters, dict):

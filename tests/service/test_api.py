@@ -726,6 +726,17 @@ def test_kserve_errors_are_their_message_and_a_bool_number_is_refused(client) ->
     assert v1.status_code == 404 and v1.json["error"] == "unknown_model"
 
 
+def test_kserves_binary_extension_is_a_415_naming_the_json_form(client) -> None:
+    header = json.dumps({"inputs": [{"name": "hour", "shape": [1], "datatype": "INT64"}]})
+    response = client.post(
+        "/v2/models/tiny/infer",
+        data=header.encode() + b"\x00" * 8,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        content_type="application/octet-stream",
+    )
+    assert response.status_code == 415 and "binary_data=False" in response.json["error"]
+
+
 def test_kserve_outputs_are_the_ones_asked_for(client) -> None:
     inputs = _tensors(NORMAL[:2])
     asked = {"inputs": inputs, "outputs": [{"name": "p_value"}, {"name": "anomaly_score"}]}
