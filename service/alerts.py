@@ -281,8 +281,11 @@ class AlertTracker:
         anomaly_score: float,
         top_features: Sequence[str],
         model_version: str = "",
+        shown: Sequence[str] = (),
     ) -> list[Alert]:
-        """Account one scored record; return the alerts to emit now (usually none)."""
+        """Account one scored record; return the alerts to emit now (usually none). ``shown``:
+        fields an alert carries of its last anomalous record beside the policy's
+        ``record_fields`` (a series model's time)."""
         key = self.key_of(record)
         severity = self.policy.severity(p_value, is_anomaly)
         with self._lock, self.batch():
@@ -298,7 +301,7 @@ class AlertTracker:
                 state.top_features = tuple(top_features)
                 state.last_record = {
                     name: label_value(record[name])
-                    for name in self.policy.record_fields
+                    for name in dict.fromkeys((*self.policy.record_fields, *shown))
                     if name in record
                 }
             else:

@@ -320,14 +320,18 @@ def _count_keys(state: ServiceState, scored: ScoredRequest, records: Records) ->
 def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None:
     tracker = state.trackers[scored.model.name]
     policy = tracker.policy
-    wanted = dict.fromkeys((*policy.group_by, *policy.record_fields))  # once each, in order
+    # A series model's alert says when its last anomaly happened by the record's own time:
+    # the server's clock (starts_at) misplaced a late or replayed one.
+    series = scored.model.bundle.series
+    shown = (series.time_column,) if series is not None else ()
+    wanted = dict.fromkeys((*policy.group_by, *policy.record_fields, *shown))  # once each
     fields = [f for f in wanted if f in records.columns]
     result = scored.result
     keys = records.keyed(fields, result.rows) if fields else None
     top = result.top_features(TOP_FEATURES)
     alerts: list = []
     try:
-        _observe(tracker, alerts, scored, keys, top)
+        _observe(tracker, alerts, scored, keys, top, shown)
     except sqlite3.Error as exc:  # the records are scored and answered; their alerts are not
         _unusable.error(
             "model %s: alert state unusable, records scored without alerts: %s",
@@ -344,7 +348,9 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
 _unusable = ThrottledLog(log, "records left out of alerting")
 
 
-def _observe(tracker: Any, alerts: list, scored: ScoredRequest, keys: Any, top: Any) -> None:
+def _observe(
+    tracker: Any, alerts: list, scored: ScoredRequest, keys: Any, top: Any, shown: Sequence[str]
+) -> None:
     result = scored.result
     # With state the workers share: one transaction for the request.
     with tracker.batch(list(keys) if keys is not None else [{}]):
@@ -356,6 +362,7 @@ def _observe(tracker: Any, alerts: list, scored: ScoredRequest, keys: Any, top: 
                 anomaly_score=float(result.anomaly_score[i]),
                 top_features=top[i],
                 model_version=scored.model.bundle.version,
+                shown=shown,
             )
         alerts += tracker.resolve_silent()  # keys gone quiet while firing
 

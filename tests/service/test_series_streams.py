@@ -517,6 +517,27 @@ def test_json_booleans_and_numbered_labels_score_as_the_files_values(tmp_path: P
     np.testing.assert_allclose(_scores_of(answer), expected, rtol=1e-5)
 
 
+def test_a_series_models_alert_carries_its_last_anomalys_own_time(
+    series_dir: Path, tmp_path: Path
+) -> None:
+    # An SRE helper's alerts for data of 2026-11-15 said only the server's clock (startsAt
+    # 2026-12-07): a late or replayed anomaly could not be placed in time.
+    from service.alert_policy import AlertPolicy
+
+    policy = AlertPolicy(group_by=("host",), fire_after=1, window=1)
+    (app,) = apps(series_dir, str(tmp_path / "s.sqlite"), alerts=policy)
+    stream = fleet(8, start="2026-01-09", seed=5)
+    spike = stream.index[stream["host"] == "web-01"][6]
+    stream.loc[spike, "cpu"] = 90.0
+    try:
+        post(app.test_client(), stream.to_dict("records"))
+        listed = app.test_client().get("/v1/alerts").json["alerts"]
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+    fired = [a for a in listed if a["key"] == {"host": "web-01"} and a["status"] == "firing"]
+    assert fired and fired[-1]["last_record"]["ts"] == stream.loc[spike, "ts"], listed
+
+
 def _scores_of(answer: dict[str, Any]) -> list[float]:
     return [r["anomaly_score"] for r in sorted(answer["results"], key=lambda r: r["index"])]
 
