@@ -231,6 +231,7 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
     context = bool(conditioned_on(config))
     check_names_free(map(str, frame.columns), "the columns", context=context, series=bool(series))
     warming: str | None = None  # what to say of a series' warming-up rows
+    repeated: str | None = None  # what to say of rows left out for a repeated time
     spelling: str | None = None  # what to say of series keys spelled alike
     placing = () if series is None else (series.time_column, *series.key_columns)
     if long := long_format_problem(frame, placing, config.categorical):
@@ -260,7 +261,7 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
             range_floor=config.range_floor,
             log_tails=not config.raw_tails,
         )
-        windows = windowed_for_training(frame, series)
+        windows, repeated = windowed_for_training(frame, series)
         # A counter rises within each series, not down a file of interleaved hosts.
         by_time = np.lexsort((windows.seconds, windows.keys))
         keys = windows.keys[by_time]
@@ -404,6 +405,8 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
                 f"({option(widest, read)}): the older rows change nothing; raise "
                 f"{option('column_window')} to judge each metric on more rows"
             )
+    if repeated is not None:
+        warnings.append(repeated)
     if warming is not None:
         warnings.append(warming)
     if spelling is not None:

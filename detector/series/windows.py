@@ -254,9 +254,18 @@ def read_series(value: object) -> SeriesSpec | None:
     return spec
 
 
-def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
-    """``frame``'s rows with their windows; training data must be whole, so a row that cannot
-    be placed in its series stops training with the reasons."""
+#: The share of training rows that may repeat a time their series already had and be left
+#: out with a warning (a scraper's double send); more, or any other reason, stops training.
+MAX_REPEATED_SHARE = 0.01
+
+
+def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> tuple[Windows, str | None]:
+    """``frame``'s rows with their windows, and what to say of rows left out. Training data
+    must be whole, so a row that cannot be placed in its series stops training with the
+    reasons; only a few rows repeating a time of their series (at most ``MAX_REPEATED_SHARE``,
+    none of the patterns below that say the time or key columns are wrong) are left out, the
+    first of each time kept, as scoring keeps it: one such row in 20,000 stopped a helper's
+    training with no option."""
     if problem := _excel_days(frame[spec.time_column], spec.time_column):
         raise SchemaError(problem)
     # Training has no option for the clock's limit: a row stamped in the future is to be
@@ -295,11 +304,17 @@ def windowed_for_training(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
                 "an hour repeats where the clocks go back: write them in UTC or with their "
                 "offset (2026-11-01T01:30:00-05:00)"
             )
+        few = len(repeated) <= MAX_REPEATED_SHARE * len(frame)
+        if fix == "fix or drop them" and few and len(repeated) == len(windows.rejections):
+            return windows, (
+                f"{len(repeated)} training row(s) repeat a time their series already had "
+                f"({shown}): left out, the first row of each time kept, as scoring keeps it"
+            )
         raise SchemaError(
             f"{len(windows.rejections)} training row(s) cannot be placed in their series "
             f"({shown}); {fix}"
         )
-    return windows
+    return windows, None
 
 
 #: Excel's serial days of 1970-01-01 and 2100-01-01: a spreadsheet's times as numbers.

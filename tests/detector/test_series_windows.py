@@ -286,10 +286,16 @@ def test_an_hour_repeated_by_a_clock_change_points_at_times_without_a_zone() -> 
     state = SeriesState(spec, max_ahead_seconds=None)
     reasons = [r.reason for r in state.window(frame).rejections]
     assert len(reasons) == 60 and all("clocks go back" in r for r in reasons)
-    # A time repeated with its zone is a repeated row: no talk of clocks.
+    # A time repeated with its zone is a repeated row: no talk of clocks. One in 180 (a
+    # scraper's double send) is left out with a word, the first kept, as scoring keeps it (it
+    # stopped a helper's training, 1 row in 20,000); more than 1% of the rows stop it.
     frame["ts"] = [t.isoformat() for t in local]
     frame.loc[10, "ts"] = frame.loc[9, "ts"]
-    with pytest.raises(SchemaError, match=r"\(row 11: .*\); fix or drop them$"):
+    windows, said = windowed_for_training(frame, spec)
+    assert len(windows.frame) == 179 and 10 not in windows.rows
+    assert said is not None and said.startswith("1 training row(s) repeat a time")
+    frame.loc[[20, 30], "ts"] = frame.loc[[19, 29], "ts"].to_numpy()
+    with pytest.raises(SchemaError, match=r"\(rows? 11.*\); fix or drop them$"):
         windowed_for_training(frame, spec)
 
 
@@ -437,12 +443,12 @@ def test_warming_up_from_gaps_names_the_gap_not_the_series_length() -> None:
         {"ts": 900 * np.arange(200), "host": np.repeat(["a", "b"], 100), "cpu": 1.0}
     )
     spec = SeriesSpec("ts", ("host",), window=5, max_gap_seconds=60)
-    warning = warming_warning(windowed_for_training(frame, spec), frame, spec)
+    warning = warming_warning(windowed_for_training(frame, spec)[0], frame, spec)
     assert warning is not None and "100%" in warning
     assert "max_gap_seconds=60 restarted their series' windows 198 times" in warning
     assert "median step between rows is 900 s" in warning and "longer series" not in warning
     long = SeriesSpec("ts", ("host",), window=500)  # too long a window: that advice stays
-    told = warming_warning(windowed_for_training(frame, long), frame, long)
+    told = warming_warning(windowed_for_training(frame, long)[0], frame, long)
     assert "train on longer series" in str(told)
 
 
@@ -490,7 +496,7 @@ def test_excel_serial_days_as_the_time_are_refused_in_training() -> None:
     with pytest.raises(SchemaError, match=r"ts 46327\.0 looks like Excel serial days \(2026-11"):
         windowed_for_training(frame, spec)
     seconds = frame.assign(ts=30_000.0 + 60 * np.arange(40))  # seconds counted from a start
-    assert len(windowed_for_training(seconds, spec).rows) == 40
+    assert len(windowed_for_training(seconds, spec)[0].rows) == 40
 
 
 def test_a_date_and_a_time_of_day_in_two_columns_are_told_to_be_joined() -> None:
