@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import glob
+import gzip
 import os
 import re
 import zlib
@@ -235,10 +236,31 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 
 def _with_bytes(files: list[str]) -> list[str]:
-    """``files`` less the empty ones a folder or a pattern takes in: an export's empty shard
-    holds no rows, and stopped the whole run ("is empty") where Spark's reader passes it by.
-    A file named on its own that is empty is still an error."""
-    return [f for f in files if os.path.getsize(f) > 0]
+    """``files`` less the empty ones a folder or a pattern takes in (no bytes, a gzip of
+    nothing, blank lines): an export's empty shard holds no rows, and stopped the whole run
+    ("is empty") where Spark's reader passes it by. A file named on its own that is empty is
+    still an error."""
+    return [f for f in files if not _holds_nothing(f)]
+
+
+#: The bytes read of a file to tell whether it holds nothing but blank lines.
+_EMPTY_PEEK = 65_536
+
+
+def _holds_nothing(path: str) -> bool:
+    """Whether ``path`` (gzip or not) holds no byte but white space, read up to its end within
+    its first ``_EMPTY_PEEK`` bytes (a larger file holds something)."""
+    if os.path.getsize(path) == 0:
+        return True
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gzipped else open
+        with opener(path, "rb") as handle:
+            head = handle.read(_EMPTY_PEEK + 1)
+    except (OSError, EOFError):
+        return False  # unreadable: its reader says so
+    return len(head) <= _EMPTY_PEEK and not head.strip()
 
 
 def _globbed(pattern: str) -> list[str]:

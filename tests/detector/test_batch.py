@@ -368,6 +368,9 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
         EVAL.iloc[40:100].to_csv(handle, index=False)
     (parts / "_SUCCESS").write_text("")
     (parts / "shard-empty.csv").write_text("")  # an export's empty shard: no rows, no stop
+    (parts / "shard-blank.csv").write_text("\n\n")
+    with gzip.open(parts / "shard-empty.csv.gz", "wb"):
+        pass  # a gzip of nothing
     output = tmp_path / "out.parquet"
     code, ledger, _ = score(capsys, str(bundle_dir), str(parts), "--output", str(output))
     assert code == 0
@@ -386,7 +389,7 @@ def test_directories_globs_gzip_and_parquet(capsys, bundle_dir: Path, tmp_path: 
     assert code == 2 and "already has column(s) ['anomaly_score'" in err
     # A folder or a pattern of empty files only has nothing to read; one named alone is named.
     for given, said in (
-        (parts / "*empty.csv", "every file"),
+        (parts / "shard-*", "every file"),
         (parts / "shard-empty.csv", "is empty"),
     ):
         code, _, err = score(
