@@ -456,7 +456,9 @@ def _parse_categorical(
     # -1 (not among the training categories) goes to the group's last, "unseen", slot.
     codes = np.where(codes < 0, len(col.categories), codes)
     if missing.any():
-        reason = ("missing_value", f"column '{col.name}' is empty {_fill_it()}")
+        # "median" read oddly of a text column (a QA helper): it fills the most common label.
+        fill = _fill_it(f", which fills {shortened(repr(col.mode), 60)}, its most common label")
+        reason = ("missing_value", f"column '{col.name}' is empty {fill}")
         for i in np.flatnonzero(missing):
             reasons[int(i)].append(reason)
     bad = missing | nested

@@ -128,6 +128,8 @@ def test_bad_values_are_rejected_with_reasons_not_dropped() -> None:
     assert "empty" in reasons[2] and "impute='median'" in reasons[2]
     assert "infinite" in reasons[3]
     assert "'host' is empty" in reasons[4]
+    mode = schema.categorical[0].mode
+    assert reasons[4].endswith(f"impute='median', which fills {mode!r}, its most common label)")
     assert len(batch.values) + len(batch.rejections) == len(frame)
 
 
