@@ -690,6 +690,9 @@ _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _CURRENCY = re.compile(r"^\(?[-+]?[$€£¥₹]\s?[-+]?\d[\d,.]*\)?$")
 #: A decimal comma, as European spreadsheets write numbers ('50,63'; '1.234,5').
 DECIMAL_COMMA = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
+#: Thousands separated by spaces (plain, no-break or narrow no-break), as French and ISO 31
+#: write them ('12 500', '1 234,5').
+_SPACED = re.compile(r"^[-+]?\d{1,3}([ \u00a0\u202f]\d{3})+([.,]\d+)?$")
 #: The share of a text column's values that must be numbers so written for it to be told so.
 _WRITTEN_SHARE = 0.95
 
@@ -717,6 +720,9 @@ def number_hint(text: str) -> str:
     if DECIMAL_COMMA.fullmatch(text):
         # A European spreadsheet's number: the fix is the mark, not the row.
         return f" (a decimal comma? write it as {text.replace('.', '').replace(',', '.')})"
+    if _SPACED.fullmatch(text):  # '12 500', '1 234,5': French and ISO's thousands
+        plain = re.sub(r"[ \u00a0\u202f]", "", text).replace(",", ".")
+        return f" (thousands separated by spaces? write it as {plain})"
     return ""
 
 
