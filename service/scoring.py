@@ -327,6 +327,16 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
     wanted = dict.fromkeys((*policy.group_by, *policy.record_fields, *shown))  # once each
     fields = [f for f in wanted if f in records.columns]
     result = scored.result
+    if absent := [f for f in policy.group_by if f not in records.columns]:
+        # Every such record counts towards one key, '': a fraud helper's cards sent without
+        # card_id alerted as one card, without a word.
+        _keyless.error(
+            "model %s: records without the alert key field(s) %s are alerted together under "
+            "the key ''; send them, or change alerts.group_by",
+            tracker.model,
+            absent,
+            count=result.n_scored,
+        )
     keys = records.keyed(fields, result.rows) if fields else None
     top = result.top_features(TOP_FEATURES)
     alerts: list = []
@@ -346,6 +356,8 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
 
 #: The alert state failing: the records it left out of alerting, counted between log lines.
 _unusable = ThrottledLog(log, "records left out of alerting")
+#: Requests whose records lack a group_by field, counted alike.
+_keyless = ThrottledLog(log, "records under the key ''")
 
 
 def _observe(

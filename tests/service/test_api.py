@@ -460,6 +460,21 @@ def test_a_rejected_record_carries_its_passthrough_fields(bundle_dir) -> None:
     ]
 
 
+def test_records_without_their_alert_key_field_are_logged(bundle_dir, caplog) -> None:
+    # A fraud helper's payments sent without card_id all alerted as one card, '', unsaid.
+    from service import scoring
+
+    policy = AlertPolicy(group_by=("card",))
+    app, _ = make_app(bundle_dir, alerts=policy, passthrough_fields=("card",))
+    scoring._keyless.logged_at = -np.inf  # another test's line an instant ago
+    try:
+        with caplog.at_level("ERROR"):
+            assert post(app.test_client(), {"records": NORMAL[:3]}).status_code == 200
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+    assert "records without the alert key field(s) ['card'] are alerted together" in caplog.text
+
+
 def test_a_key_gone_silent_resolves_with_no_request_to_its_model(bundle_dir) -> None:
     """Silent keys were looked for as a request came: a model whose every key went quiet (its
     one host gone) fired for good. Stale here: 4 x the 1 s floor of re-sends."""
