@@ -53,7 +53,12 @@ from detector.io.writers import TableWriter
 from detector.scoring.neighbours import fewer_search_threads
 from detector.scoring.output_columns import names_taken
 from detector.scoring.scores import ScoreResult
-from detector.series.windows import DEFAULT_MAX_AHEAD_SECONDS, DEFAULT_MAX_SERIES, SeriesState
+from detector.series.windows import (
+    DEFAULT_MAX_AHEAD_SECONDS,
+    DEFAULT_MAX_SERIES,
+    SeriesState,
+    key_spelling_warning,
+)
 from detector.wording import option
 
 
@@ -387,6 +392,13 @@ class _Run:
             seconds=seconds,
             rejected_by_code=dict(self.codes.most_common()),
             series_evicted=0 if self.state is None else self.state.evicted,
+            # Training warns of 'web-01' beside 'WEB-01 '; a scored file holding them split a
+            # host's rows into two series, each warming up, without a word.
+            series_key_spelling=(
+                None
+                if self.state is None
+                else key_spelling_warning(self.state.keys(), self.state.spec)
+            ),
         )
 
     def commit(self) -> None:

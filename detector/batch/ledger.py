@@ -45,6 +45,8 @@ class BatchReport:
     #: Series models: how many times a series was evicted (more series than ``max_series``);
     #: each warmed up again if it came back.
     series_evicted: int = 0
+    #: Series models: what to say of series keys that differ only in case or spaces.
+    series_key_spelling: str | None = None
 
     @property
     def reject_rate(self) -> float:

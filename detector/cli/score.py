@@ -162,6 +162,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                 "it scored: give --max-reject-rate (e.g. 0.01) to make such a run fail (exit 2)",
                 file=say,
             )
+    if report.series_key_spelling:
+        print(f"warning: {report.series_key_spelling}", file=say)
     if report.series_evicted:
         print(
             f"series evicted {report.series_evicted:,}: more than --max-series "

@@ -262,6 +262,8 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
             log_tails=not config.raw_tails,
         )
         windows, repeated = windowed_for_training(frame, series)
+        if len(windows.seconds):  # scoring then knows a time of 1970 for a unit's mistake
+            series = replace(series, trained_from=float(windows.seconds.min()))
         # A counter rises within each series, not down a file of interleaved hosts.
         by_time = np.lexsort((windows.seconds, windows.keys))
         keys = windows.keys[by_time]

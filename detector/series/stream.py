@@ -34,6 +34,8 @@ from detector.series.windows import (
     SeriesSpec,
     calendar_values,
     deviation_name,
+    early_reason,
+    early_time,
     future_rejection,
     iso_spelling,
     lag_name,
@@ -42,6 +44,7 @@ from detector.series.windows import (
     missing_key_reason,
     not_a_time,
     plausible_seconds,
+    whole_number,
 )
 
 Value = float | int | str | None
@@ -116,7 +119,8 @@ def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
             return None
         if isinstance(value, str) and value.strip() in MISSING_TEXT:  # as a file's reader
             return None
-        parts.append(str(value))
+        whole = whole_number(value)  # 7.0 from a JSON emitter is host 7, as a file's reader
+        parts.append(str(value) if whole is None else str(whole))
     return same_letters("\x1f".join(parts))
 
 
@@ -183,6 +187,10 @@ def window_records(
         seconds = parse_time(record.get(spec.time_column))
         if seconds is None:
             reason = not_a_time(spec.time_column, record.get(spec.time_column))
+            rejections.append(SeriesRejection(i, "bad_timestamp", reason))
+            continue
+        if early_time(spec, seconds):
+            reason = early_reason(spec, record.get(spec.time_column), seconds)
             rejections.append(SeriesRejection(i, "bad_timestamp", reason))
             continue
         key = series_key(spec, record)

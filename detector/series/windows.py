@@ -86,6 +86,9 @@ class SeriesSpec:
     #: Each score judged against its series' scores in the hours before
     #: (``detector.series.levels``); 0: as it is.
     level_hours: int = 0
+    #: The training rows' first time (epoch seconds; ``None`` in bundles from before it):
+    #: scoring refuses a time of 1970 when training's were decades later (``early_time``).
+    trained_from: float | None = None
 
     @property
     def calendar_columns(self) -> tuple[str, ...]:
@@ -227,6 +230,15 @@ def _names(value: object, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _seconds_or_none(value: object, name: str) -> float | None:
+    """A manifest's epoch seconds, or ``None`` where absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{name} must be epoch seconds, not {value!r}")
+    return float(value)
+
+
 def read_series(value: object) -> SeriesSpec | None:
     """A bundle manifest's ``series`` entry back as a ``SeriesSpec`` (``None`` when absent:
     bundles written before series existed score every record alone)."""
@@ -247,6 +259,7 @@ def read_series(value: object) -> SeriesSpec | None:
         deviation_columns=_names(value.get("deviation_columns", []), "deviation_columns"),
         # Bundles from before levels judge every score as it is.
         level_hours=whole(value.get("level_hours", 0), "level_hours"),
+        trained_from=_seconds_or_none(value.get("trained_from"), "trained_from"),
     )
     problems = spec.problems([spec.time_column, *spec.key_columns])
     if problems:
@@ -364,6 +377,32 @@ def _without_zone(times: pd.Series) -> bool:
     return bool(texts) and all(":" in t and not _ZONE.search(t) for t in texts)
 
 
+def key_text(column: pd.Series) -> pd.Series:
+    """A key column as text, a whole number as one whatever its type: a host 7 read as 7.0
+    (a column with an empty cell, a JSON emitter's floats) was a series apart from 7's."""
+    text = column.astype(str)
+    kind = pd.api.types.infer_dtype(column, skipna=True)
+    if kind in ("string", "integer", "boolean", "empty", "bytes"):
+        return text  # text and integer keys, nearly all of them: one check, no per-row work
+    if pd.api.types.is_float_dtype(column):  # vectorised: a million rows' keys in a blink
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            named = np.isfinite(values) & (values % 1 == 0) & (np.abs(values) < 2.0**63)
+        text[named] = values[named].astype(np.int64).astype(str)
+        return text
+    spelled = [None if (w := whole_number(v)) is None else str(w) for v in column.tolist()]
+    named = np.fromiter((w is not None for w in spelled), dtype=bool, count=len(spelled))
+    text[named] = np.asarray(spelled, dtype=object)[named]
+    return text
+
+
+def whole_number(value: object) -> int | None:
+    """``value`` as an int where it is a float holding a whole number (else ``None``)."""
+    if isinstance(value, float | np.floating) and math.isfinite(value) and float(value) % 1 == 0:
+        return int(value)
+    return None
+
+
 def same_letters_keys(keys: pd.Series) -> pd.Series:
     """``keys`` (text) in one Unicode form (NFC, as ``schema.same_letters``): 'wéb-01' written
     with its accent as a character of its own (as macOS writes some files) is the same host's
@@ -382,10 +421,10 @@ def same_letters_keys(keys: pd.Series) -> pd.Series:
 
 
 def key_spelling_warning(keys: np.ndarray, spec: SeriesSpec) -> str | None:
-    """What to say when training's series ``keys`` (one per row) hold keys that differ from
-    another only in case or spaces ('web-01', 'WEB-01 '): each is a series of its own,
-    silently, where most likely one host's rows were split. (Keys in another Unicode form are
-    one series already: ``same_letters_keys``.)"""
+    """What to say when series ``keys`` (training's, one per row, or a scoring run's) hold
+    keys that differ from another only in case or spaces ('web-01', 'WEB-01 '): each is a
+    series of its own, silently, where most likely one host's rows were split. (Keys in
+    another Unicode form are one series already: ``same_letters_keys``.)"""
     if not spec.key_columns:
         return None
     distinct = pd.unique(pd.Series(keys).dropna())
@@ -500,6 +539,39 @@ def plausible_seconds(seconds: float) -> bool:
     not a date written without separators (``compact_date``)."""
     return (
         math.isfinite(seconds) and abs(seconds) < EPOCH_SECONDS_LIMIT and not compact_date(seconds)
+    )
+
+
+#: 1971-01-01 and 1980-01-01 as epoch seconds: a time of 1970 (or before it) beside training
+#: times from 1980 on is a number in another unit, not a time (``early_time``).
+_FIRST_YEAR_ENDS, _MODERN = 31_536_000.0, 315_532_800.0
+
+
+def early_time(spec: SeriesSpec, seconds: float) -> bool:
+    """Whether ``seconds`` fall in 1970 (or before) while the model's training rows began in
+    1980 or later: Excel's serial days (46327.5), epoch minutes or hours read as epoch seconds.
+    Training refused a column of Excel days; scoring took them as the morning of 1970-01-01,
+    scored them (12% flagged against 10%) and said nothing."""
+    first = spec.trained_from
+    return first is not None and first >= _MODERN and seconds < _FIRST_YEAR_ENDS
+
+
+def early_reason(spec: SeriesSpec, value: object, seconds: float) -> str:
+    """Why a time that is ``early_time`` is rejected, with what it most likely is."""
+    shown = shortened(repr(value.item() if isinstance(value, np.generic) else value))
+    assert spec.trained_from is not None
+    read = pd.Timestamp(seconds, unit="s")
+    trained = pd.Timestamp(spec.trained_from, unit="s")
+    likely = "epoch seconds or ISO-8601 text"
+    if _EXCEL_DAYS[0] <= seconds < _EXCEL_DAYS[1]:
+        stamp = pd.Timestamp("1899-12-30") + pd.to_timedelta(seconds, unit="D")
+        likely = (
+            f"it looks like Excel serial days ({stamp:%Y-%m-%dT%H:%M}): give ISO-8601 text or "
+            "epoch seconds, (days - 25569) * 86400"
+        )
+    return (
+        f"{spec.time_column} {shown} read as epoch seconds is {read:%Y-%m-%dT%H:%M:%S}, decades "
+        f"before the training rows (from {trained:%Y-%m-%d}); {likely}"
     )
 
 
@@ -873,6 +945,10 @@ class SeriesState:
     def __len__(self) -> int:
         return len(self._history)
 
+    def keys(self) -> np.ndarray:
+        """The series held now, least recently seen first."""
+        return np.asarray(list(self._history), dtype=object)
+
     def window(
         self,
         frame: pd.DataFrame,
@@ -896,6 +972,13 @@ class SeriesState:
             for i, v in frame.loc[times.isna(), spec.time_column].items()
         ]
         usable = times.notna().to_numpy().copy()
+        if spec.trained_from is not None:
+            for i in np.flatnonzero(usable & (times.to_numpy() < _FIRST_YEAR_ENDS)):
+                if early_time(spec, float(times.iat[i])):
+                    value = frame[spec.time_column].iat[i]
+                    reason = early_reason(spec, value, float(times.iat[i]))
+                    rejections.append(SeriesRejection(int(i), "bad_timestamp", reason))
+                    usable[i] = False
         most = self.max_ahead_seconds
         if most is not None:
             ahead = times.to_numpy() - self.clock()
@@ -1004,7 +1087,7 @@ class SeriesState:
         """Each row's series as one string (empty when no key column is named)."""
         if not self.spec.key_columns:
             return np.full(len(frame), "", dtype=object)
-        first, *rest = (frame[c].astype(str) for c in self.spec.key_columns)
+        first, *rest = (key_text(frame[c]) for c in self.spec.key_columns)
         joined = first.str.cat(rest, sep="\x1f") if rest else first
         return same_letters_keys(joined).to_numpy(dtype=object)
 

@@ -289,6 +289,14 @@ def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, c
     scored = pd.read_csv(out)
     assert list(scored.columns[:4]) == ["ts", "host", "cpu", "mem"]
     assert "warming_up" in scored and scored["warming_up"].sum() == len(HOSTS) * 3
+    assert "differ from another only in case" not in capsys.readouterr().out
+    # A host written two ways split its rows into two series, each warming up, silently.
+    respelled = fleet(20, start="2026-01-02", seed=7)
+    respelled.loc[respelled.index[1::2], "host"] = respelled["host"].str.upper()
+    respelled.to_csv(tmp_path / "respelled.csv", index=False)
+    assert main(["score", model, str(tmp_path / "respelled.csv"), "--output", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"warning: {2 * len(HOSTS)} series keys differ from another only in case" in said
     off = ["--output", str(tmp_path / "off.csv"), "--max-ahead-seconds", "none"]
     assert main(["score", model, str(tmp_path / "new.csv"), *off]) == 0
     with pytest.raises(SystemExit) as refused:
