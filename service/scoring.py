@@ -327,7 +327,10 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
     wanted = dict.fromkeys((*policy.group_by, *policy.record_fields, *shown))  # once each
     fields = [f for f in wanted if f in records.columns]
     result = scored.result
-    if absent := [f for f in policy.group_by if f not in records.columns]:
+    # Only scored records are alerted: a request whose every record was rejected (a host
+    # sent as an object) logged keyless records that did not exist.
+    absent = [f for f in policy.group_by if f not in records.columns] if result.n_scored else []
+    if absent:
         # Every such record counts towards one key, '': a fraud helper's cards sent without
         # card_id alerted as one card, without a word.
         _keyless.error(

@@ -469,6 +469,10 @@ def test_records_without_their_alert_key_field_are_logged(bundle_dir, caplog) ->
     scoring._keyless.logged_at = -np.inf  # another test's line an instant ago
     try:
         with caplog.at_level("ERROR"):
+            # Every record rejected (a host sent as an object): none alerted, none to log.
+            rejected = [{**record, "host": {"a": 1}} for record in NORMAL[:3]]
+            assert post(app.test_client(), {"records": rejected}).status_code == 200
+            assert "alert key field" not in caplog.text
             assert post(app.test_client(), {"records": NORMAL[:3]}).status_code == 200
     finally:
         app.extensions["anomaly"].dispatcher.stop()
