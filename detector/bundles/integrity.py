@@ -82,6 +82,15 @@ def check_seal(manifest_path: Path, manifest: dict[str, Any], key: bytes | None)
     loads only without a key)."""
     stamp = manifest.get(SEAL)
     if stamp is None and key is None:
+        version = manifest.get("format_version")
+        if type(version) is int and version >= 2:
+            # Every bundle of format 2 on was written with its checksum: one without it had
+            # it taken away, and an edit so made loaded with a warning that it was old.
+            raise BundleError(
+                f"{manifest_path} has no checksum, though every bundle of format {version} is "
+                "written with one: it was removed after the bundle was written; restore the "
+                "bundle from its source or retrain"
+            )
         return False
     if stamp is not None and not isinstance(stamp, dict):
         raise BundleError(f"{manifest_path} has a malformed '{SEAL}' entry; retrain the model")

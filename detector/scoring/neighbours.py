@@ -99,6 +99,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -720,6 +721,7 @@ class NeighbourBank:
     @classmethod
     def from_bytes(cls, content: bytes, n_features: int) -> NeighbourBank:
         """Read ``to_bytes``' output; ``BundleError`` if it is not a bank for ``n_features``."""
+        _check_declared_sizes(content)
         try:
             with np.load(io.BytesIO(content), allow_pickle=False) as arrays:
                 bank = np.asarray(arrays["bank"], dtype=np.float32)
@@ -767,6 +769,11 @@ class NeighbourBank:
                 far_weight = float(arrays["far_weight"]) if "far_weight" in arrays else 0.0
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"the neighbour bank cannot be read ({exc}); retrain") from None
+        except MemoryError:
+            raise BundleError(
+                "the neighbour bank's arrays do not fit in this machine's memory; load the "
+                "bundle on a machine with more memory, or retrain on fewer rows"
+            ) from None
         fine = (
             bank.ndim == 2
             and bank.shape[1] == n_features
@@ -1204,3 +1211,34 @@ def set_search_threads(threads: int) -> None:
     import faiss
 
     faiss.omp_set_num_threads(max(1, int(threads)))
+
+
+def _check_declared_sizes(content: bytes) -> None:
+    """Refuse a bank whose arrays declare more bytes than the file holds for them: numpy
+    allocates a declared shape before it reads, so a re-sealed bank declaring 4e9 rows asked
+    for 358 GiB and failed as an internal error (a security helper's forged bundle)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(content))
+    except zipfile.BadZipFile:
+        return  # not an archive: np.load says so
+    with archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(member)
+                except ValueError:
+                    continue  # np.load names what is wrong with it
+            declared = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+            if declared > info.file_size:
+                raise BundleError(
+                    f"the neighbour bank's {info.filename.removesuffix('.npy')} declares shape "
+                    f"{shape} ({declared / 2**30:,.1f} GiB) but holds {info.file_size:,} bytes: "
+                    "the file is damaged or was forged; restore the bundle from its source or "
+                    "retrain"
+                )

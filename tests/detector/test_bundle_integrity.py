@@ -9,6 +9,7 @@ Tampering is done as an attacker would: edit the JSON, then recompute the docume
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import zipfile
@@ -202,7 +203,25 @@ def test_a_bundle_from_before_manifest_checksums_still_loads_without_a_key(
     manifest = _manifest(copy)
     manifest.pop("integrity", None)
     _write(copy, manifest, reseal=False)
+    # A bundle of this format is always written with its checksum: one without it had it
+    # removed (a security helper's edit then loaded with a warning that the bundle was old).
+    with pytest.raises(BundleError, match=r"has no checksum, though every bundle of format 2"):
+        load_bundle(copy)
+    _write(copy, {**manifest, "format_version": 1}, reseal=False)  # as bundles were before
     assert load_bundle(copy).calibrator.target_fpr == pytest.approx(0.05)
+
+
+def test_a_bank_declaring_arrays_larger_than_it_holds_is_refused_before_allocating() -> None:
+    # A re-sealed bank declaring 4e9 rows asked numpy for 358 GiB: an internal MemoryError.
+    from detector.scoring.neighbours import NeighbourBank
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive, archive.open("bank.npy", "w") as member:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (4_000_000_000, 24)}
+        np.lib.format.write_array_header_1_0(member, header)
+        member.write(b"\0" * 96)
+    with pytest.raises(BundleError, match=r"bank declares shape \(4000000000, 24\) \(357\.6 GiB\)"):
+        NeighbourBank.from_bytes(buffer.getvalue(), 24)
 
 
 MALFORMED = {
