@@ -41,6 +41,11 @@ class AlertPolicy:
     resolve_after: int = 10
     cooldown_seconds: float = 300.0
     repeat_seconds: float = 60.0
+    #: The least time an alert fires before normal records resolve it: one firing and
+    #: resolved within a second never reached a pager, as Alertmanager waits (group_wait,
+    #: 10-30 s as shipped) before it tells anyone of a new alert, and tells nothing of one
+    #: already resolved by then.
+    min_firing_seconds: float = 60.0
     #: Fields of a key's last anomalous record that its alerts carry (an id, the record's
     #: time): which transaction or minute to look at, not only which host.
     record_fields: tuple[str, ...] = ()
@@ -62,7 +67,7 @@ class AlertPolicy:
                 f"alert policy 'fire_after' ({self.fire_after}) exceeds 'window' ({self.window}), "
                 "so no key could ever fire; lower fire_after or widen window"
             )
-        for name in ("cooldown_seconds", "repeat_seconds"):
+        for name in ("cooldown_seconds", "repeat_seconds", "min_firing_seconds"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -142,6 +147,7 @@ class AlertPolicy:
             "resolve_after": self.resolve_after,
             "cooldown_seconds": self.cooldown_seconds,
             "repeat_seconds": self.repeat_seconds,
+            "min_firing_seconds": self.min_firing_seconds,
             "record_fields": list(self.record_fields),
         }
 

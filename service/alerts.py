@@ -371,7 +371,8 @@ class AlertTracker:
     def _while_firing(
         self, key: tuple[tuple[str, str], ...], state: _KeyState, now: float
     ) -> list[Alert]:
-        if state.consecutive_normal >= self.policy.resolve_after:
+        held = now - state.started < self.policy.min_firing_seconds
+        if state.consecutive_normal >= self.policy.resolve_after and not held:
             state.firing = False
             state.resolved_at = now
             resolved = self._alert(key, state, "resolved", now)

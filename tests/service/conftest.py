@@ -47,7 +47,9 @@ def make_app(bundle_dir: Path, **settings: Any):  # type: ignore[no-untyped-def]
 def service(bundle_dir: Path) -> Iterator[tuple[Any, RecordingSink]]:
     app, sink = make_app(
         bundle_dir,
-        alerts=AlertPolicy(group_by=("host",), fire_after=2, window=3, resolve_after=3),
+        alerts=AlertPolicy(
+            group_by=("host",), fire_after=2, window=3, resolve_after=3, min_firing_seconds=0
+        ),
         passthrough_fields=("id",),
         max_batch_records=500,
     )

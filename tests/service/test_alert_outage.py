@@ -43,7 +43,9 @@ def of_host(host: str) -> list[dict[str, Any]]:
 
 #: One anomalous record fires a key and one normal record resolves it (and it stays resolved
 #: for the cooldown): few requests per test.
-QUICK = AlertPolicy(group_by=("host",), fire_after=1, window=1, resolve_after=1)
+QUICK = AlertPolicy(
+    group_by=("host",), fire_after=1, window=1, resolve_after=1, min_firing_seconds=0
+)
 
 
 @pytest.fixture(autouse=True)

@@ -110,6 +110,7 @@ def test_policy_round_trips_through_a_dict_and_json() -> None:
         "resolve_after": 6,
         "cooldown_seconds": 30,
         "repeat_seconds": 15.5,
+        "min_firing_seconds": 0,
         "record_fields": ["transaction_id", "ts"],
     }
     policy = AlertPolicy.from_dict(config)
@@ -157,6 +158,7 @@ def small_policy(**overrides: Any) -> AlertPolicy:
         "resolve_after": 4,
         "cooldown_seconds": 100.0,
         "repeat_seconds": 60.0,
+        "min_firing_seconds": 0.0,
     }
     return AlertPolicy(**(settings | overrides))
 
@@ -191,6 +193,21 @@ def test_tracker_repeats_a_firing_alert_every_repeat_seconds() -> None:
     assert feed(tracker, "A") == []  # the clock restarts at each send
     clock.now += 60
     assert [a.status for a in feed(tracker, ".")] == ["firing"]  # a normal record re-sends too
+
+
+def test_an_alert_fires_at_least_min_firing_seconds_before_normal_records_resolve_it() -> None:
+    # An on-call helper's alerts fired and resolved within a second under steady traffic:
+    # Alertmanager, waiting its group_wait (10-30 s) before a first notice, told no one.
+    clock = FakeClock()
+    tracker = AlertTracker("m", small_policy(min_firing_seconds=60.0), clock=clock)
+    [fired] = feed(tracker, "AAA")
+    assert feed(tracker, "........") == []  # resolve_after 4 normals, 0 s into the episode
+    clock.now += 59
+    assert feed(tracker, "..") == []
+    clock.now += 1
+    [resolved] = feed(tracker, ".")
+    assert resolved.status == "resolved" and resolved.starts_at == fired.starts_at
+    assert AlertPolicy().min_firing_seconds == 60.0
 
 
 def test_tracker_resolves_after_k_consecutive_normals() -> None:
