@@ -137,6 +137,13 @@ class ServiceMetrics:
             ["model"],
             registry=registry,
         )
+        self.records_unalerted = Counter(
+            "anomaly_records_unalerted_total",
+            "Records scored but left out of alerting: the alert state (series_state) could not "
+            "be read or written (a full or read-only disk); the service log says why.",
+            ["model"],
+            registry=registry,
+        )
         self.model_loaded = Gauge(
             "anomaly_model_loaded",
             "1 when every live worker has the model loaded and can score with it, else 0.",
@@ -181,6 +188,7 @@ class ServiceMetrics:
         for code in REJECTION_CODES:
             self.records_rejected.labels(model, code)
         self.series_evicted.labels(model)
+        self.records_unalerted.labels(model)
 
     def declare_sinks(self, sinks: Iterable[str]) -> None:
         """Each alert sink's outcomes at 0 (and the queue's drops), for the reason above."""

@@ -352,6 +352,9 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
             exc,
             count=result.n_scored,
         )
+        # A log line alone left alerting off while /readyz said ready: a full disk stopped
+        # every alert of an on-call helper's service, and no rule could see it.
+        state.metrics.records_unalerted.labels(tracker.model).inc(result.n_scored)
         alerts = []
     if alerts:
         state.dispatcher.submit(alerts)

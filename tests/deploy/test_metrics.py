@@ -83,3 +83,31 @@ def test_model_loaded_is_one_for_a_served_model_and_zero_for_a_broken_one(
         assert samples(state.metrics.registry, "anomaly_model_loaded")[(("model", "gone"),)] == 1
     finally:
         state.dispatcher.stop()
+
+
+def test_records_left_out_of_alerting_by_an_unusable_alert_state_are_counted(
+    bundle_dir: Path, monkeypatch
+) -> None:
+    # A full disk under the alert state stopped every alert while /readyz said ready; only a
+    # log line told, and no Prometheus rule could see it (an on-call helper's probe).
+    import sqlite3
+
+    from service.alerts import AlertTracker
+
+    app, _ = make_app(bundle_dir, alerts=AlertPolicy(group_by=("host",)))
+    state = app.extensions["anomaly"]
+    counted = samples(state.metrics.registry, "anomaly_records_unalerted_total")
+    assert counted == {(("model", "tiny"),): 0.0}  # declared at 0 for increase() to see a first
+
+    def full(self, record, **kwargs):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(AlertTracker, "observe", full)
+    try:
+        records = [broken(NORMAL[i]) for i in range(3)]
+        answer = app.test_client().post("/v1/models/tiny/score", json={"records": records})
+        assert answer.status_code == 200  # scored and answered; only their alerts are lost
+    finally:
+        state.dispatcher.stop()
+    counted = samples(state.metrics.registry, "anomaly_records_unalerted_total")
+    assert counted == {(("model", "tiny"),): 3.0}
