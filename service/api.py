@@ -319,6 +319,9 @@ def reload(name: str) -> Response:
     try:
         loaded = app_state.models.reload(name, body.path)
     except (BundleError, OSError) as exc:
+        # The answer went to whoever asked; the log is where the on-call reads why the reload
+        # alert fired (SIGHUP's failures were logged, HTTP's were not).
+        log.error("reload of model %s failed; the previous model is still serving: %s", name, exc)
         raise ApiError(
             422, "reload_failed", f"{exc}; the previous model is still serving"
         ) from None

@@ -332,7 +332,7 @@ def test_scoring_token_when_configured(bundle_dir) -> None:
         app.extensions["anomaly"].dispatcher.stop()
 
 
-def test_reload_swaps_and_a_failed_reload_keeps_the_old_model(client, bundle_dir, tmp_path):
+def test_reload_swaps_and_a_failed_reload_keeps_the_old_model(client, bundle_dir, tmp_path, caplog):
     from detector.bundles.bundle import set_target_fpr
 
     stricter = tmp_path / "stricter"
@@ -346,10 +346,13 @@ def test_reload_swaps_and_a_failed_reload_keeps_the_old_model(client, bundle_dir
     assert swapped.status_code == 200
     assert swapped.json["threshold"] > before["threshold"]
 
-    failed = client.post(
-        "/v1/models/tiny/reload", json={"path": str(tmp_path / "nothing")}, headers=auth
-    )
+    with caplog.at_level("ERROR"):
+        failed = client.post(
+            "/v1/models/tiny/reload", json={"path": str(tmp_path / "nothing")}, headers=auth
+        )
     assert failed.status_code == 422 and "still serving" in failed.json["detail"]
+    # The on-call reads why in the log, as for a failed SIGHUP reload.
+    assert "reload of model tiny failed; the previous model is still serving" in caplog.text
     assert post(client, {"records": [NORMAL[0]]}).json["threshold"] == swapped.json["threshold"]
 
     back = client.post("/v1/models/tiny/reload", json={"path": str(bundle_dir)}, headers=auth)
@@ -401,7 +404,9 @@ def test_alerts_fire_per_key_and_are_listed(service, client) -> None:
 def test_every_worker_lists_the_servers_recent_alerts(bundle_dir, tmp_path) -> None:
     """Each worker listed the alerts it had made itself: which ones a client saw depended on
     the worker that answered."""
-    policy = AlertPolicy(group_by=("host",), fire_after=2, window=3, resolve_after=3)
+    policy = AlertPolicy(
+        group_by=("host",), fire_after=2, window=3, resolve_after=3, min_firing_seconds=0
+    )
     state = str(tmp_path / "state.sqlite")
     workers = [make_app(bundle_dir, alerts=policy, series_state=state, recent_alerts=2)[0]]
     workers.append(make_app(bundle_dir, alerts=policy, series_state=state, recent_alerts=2)[0])
@@ -522,7 +527,9 @@ def test_a_column_training_ignored_is_taken_over_http_as_in_a_file(tmp_path) -> 
 def test_two_alert_keys_never_share_one_metric_key(bundle_dir) -> None:
     """Fields joined with ',' and '=' unescaped: host 'h1,region=x' in region 'y' and host
     'h1' in region 'x,region=y' counted as one key of anomaly_key_anomalies_total."""
-    policy = AlertPolicy(group_by=("host", "region"), fire_after=2, window=3, resolve_after=3)
+    policy = AlertPolicy(
+        group_by=("host", "region"), fire_after=2, window=3, resolve_after=3, min_firing_seconds=0
+    )
     app, _ = make_app(bundle_dir, alerts=policy)
     try:
         client = app.test_client()
