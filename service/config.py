@@ -117,6 +117,9 @@ class ServiceConfig(BaseSettings):
     alert_queue_size: int = Field(1_000, ge=1)
     alert_retries: int = Field(3, ge=0)
     recent_alerts: int = Field(200, ge=1)
+    key_metrics: bool = True
+    """Count anomalies per alert key on ``/metrics`` (``anomaly_key_anomalies_total``), which
+    takes no token: false where the keys are not to be published (card or account numbers)."""
     ready_needs: Literal["all", "any"] = "all"
     """What ``/readyz`` needs to answer 200: ``all`` configured models loaded (a rollout with a
     broken bundle never takes traffic), or ``any`` (one team's broken bundle does not take a

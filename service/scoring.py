@@ -305,6 +305,8 @@ def _count_keys(state: ServiceState, scored: ScoredRequest, records: Records) ->
     """Anomalies per alert key, for the dashboard's top anomalous keys; keys are formed as the
     alert tracker forms them, so a key here matches the labels of its alerts."""
     tracker = state.trackers[scored.model.name]
+    if not state.config.key_metrics:  # a bank's card numbers, on a page that takes no token
+        return
     if not tracker.policy.group_by or not scored.result.is_anomaly.any():
         return
     policy = tracker.policy

@@ -43,6 +43,22 @@ def test_key_anomalies_are_counted_per_key_in_the_alerts_format(bundle_dir: Path
         state.dispatcher.stop()
 
 
+def test_no_key_series_where_the_keys_are_not_to_be_published(bundle_dir: Path) -> None:
+    # /metrics takes no token: a bank grouping alerts by card_id published every card number.
+    policy = AlertPolicy(group_by=("host",))
+    app, _ = make_app(bundle_dir, alerts=policy, key_metrics=False)
+    state = app.extensions["anomaly"]
+    try:
+        records = [broken({**NORMAL[i], "host": "4111111111111111"}) for i in range(3)]
+        app.test_client().post("/v1/models/tiny/score", json={"records": records})
+        assert samples(state.metrics.registry, "anomaly_key_anomalies_total") == {}
+        assert "4111111111111111" not in app.test_client().get("/metrics").get_data(as_text=True)
+        alerts = app.test_client().get("/v1/alerts").get_json()["alerts"]
+        assert alerts and alerts[0]["key"] == {"host": "4111111111111111"}  # alerts still key
+    finally:
+        state.dispatcher.stop()
+
+
 def test_no_key_series_without_group_by(bundle_dir: Path) -> None:
     app, _ = make_app(bundle_dir)  # the default policy groups by nothing
     state = app.extensions["anomaly"]
