@@ -123,7 +123,7 @@ def build_parser(
     score.add_argument(
         "--output",
         required=True,
-        help="output .csv, .jsonl or .parquet (.gz too), written atomically (with --engine "
+        help="output .csv, .tsv, .jsonl or .parquet (.gz too), written atomically (with --engine "
         "spark: a directory of part files); - for stdout, chunk by chunk",
     )
     score.add_argument(
