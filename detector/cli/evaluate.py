@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from detector.cli.commands import _header, _labelled_scores, _require_column
+from detector.cli.score import MOSTLY_REJECTED
 from detector.scoring.evaluation import fpr_warning
 from detector.wording import printable
 
@@ -167,9 +168,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (f" ({why})" if why else "")
     )
     if bundle.series is not None:
+        gap = bundle.series.max_gap_seconds
+        # A gap restarts a window too: 20 of a helper's 97 such rows came after gaps, which
+        # "each series' first rows" left unexplained.
+        again = f", and the first after each gap over {gap:g} s" if gap else ""
         print(
             f"warming up {warming:,} ({warming / r.n:.1%} of scored: each series' first "
-            f"{bundle.series.window - 1} rows, judged on the rows it had)"
+            f"{bundle.series.window - 1} rows{again}, judged on the rows it had)"
         )
     if warning := _warm_up_warning(bundle, warming, r.n):
         print(f"WARNING: {warning}")
@@ -177,6 +182,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(
             f"series evicted {evicted:,}: more than --max-series {args.max_series:,} series were "
             "held, and each series forgotten warmed up again if it came back"
+        )
+    if r.n_rejected > MOSTLY_REJECTED * (r.n + r.n_rejected):
+        # 88% rejected exited 0 with metrics of the few rows left, as if they were the file's.
+        print(
+            f"WARNING: most rows were rejected ({r.n_rejected / (r.n + r.n_rejected):.0%}): the "
+            "metrics below judge the rows scored alone; `anomaly score` writes each rejected "
+            "row's reason to a rejects file"
         )
     if rejected_anomalies:
         print(

@@ -224,6 +224,29 @@ def test_evaluate_says_when_most_rows_were_judged_while_warming_up(
     said = capsys.readouterr().out
     assert "warming up 6 (100.0% of scored" in said
     assert "WARNING: 100% of the scored rows are warming up" in said
+    assert "most rows were rejected" not in said
+
+
+def test_evaluate_says_when_most_rows_were_rejected_and_why_rows_warm_up_after_gaps(
+    tmp_path, capsys
+) -> None:
+    # A time helper: 88% of rows rejected, and evaluate printed its metrics as any other run;
+    # rows warming up after gaps were put down to "each series' first rows".
+    spec = ["--time-column", "ts", "--series-column", "host", "--window", "4"]
+    fleet(120).to_csv(tmp_path / "train.csv", index=False)
+    model = str(tmp_path / "m")
+    assert main(["train", str(tmp_path / "train.csv"), "--out", model, "--epochs", "2",
+                 "--max-gap-seconds", "600", *spec]) == 0  # fmt: skip
+    capsys.readouterr()
+    test = fleet(20, start="2026-01-02", seed=13).astype({"cpu": object})
+    test["label"] = (np.arange(len(test)) % 10 == 9).astype(int)
+    test.loc[test.index[: int(len(test) * 0.6)], "cpu"] = "n/a"
+    test.to_csv(tmp_path / "in.csv", index=False)
+    argv = ["evaluate", model, str(tmp_path / "in.csv"), "--label-column", "label"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "WARNING: most rows were rejected (60%)" in said
+    assert "each series' first 3 rows, and the first after each gap over 600 s" in said
 
 
 def test_a_chunk_whose_every_row_is_rejected_is_reported_and_the_series_go_on(
