@@ -751,6 +751,12 @@ def late_rejection(
             "local time, an hour repeats where the clocks go back, so send UTC or an offset "
             "(2026-11-01T01:30:00-05:00)"
         )
+    elif isinstance(value, str) and _DATE_ONLY.fullmatch(value.strip()):
+        # A file of dates scored 12 rows of 800, the rest "an earlier row has the same ts".
+        hint = (
+            f"; {shortened(repr(value))} is a date without a time of day: if another column "
+            "holds the time, join the two into one ISO-8601 time (2026-11-04T12:30:00Z)"
+        )
     if same_time:
         reason = f"an earlier row of its series has the same {column}{seen}{hint}"
         return SeriesRejection(row, "duplicate_timestamp", reason)

@@ -562,3 +562,12 @@ def test_a_whole_number_key_is_one_series_whether_read_as_an_int_or_a_float() ->
     assert series_key(spec, {"host": 7.0}) == series_key(spec, {"host": 7}) == "7"
     assert series_key(spec, {"host": 7.5}) == "7.5"
     assert series_key(spec, {"host": np.float64(8.0)}) == "8"
+
+
+def test_rows_repeating_a_date_without_a_time_of_day_are_told_so_at_scoring() -> None:
+    # Training says so; scoring rejected 788 rows of 800 as repeats with no word of dates.
+    spec = SeriesSpec("ts", ("host",), window=3)
+    frame = pd.DataFrame({"ts": ["2026-11-04"] * 3, "host": "a", "cpu": [1.0, 2.0, 3.0]})
+    windows = SeriesState(spec).window(frame)
+    assert [r.code for r in windows.rejections] == ["duplicate_timestamp"] * 2
+    assert "'2026-11-04' is a date without a time of day" in windows.rejections[0].reason
