@@ -115,13 +115,19 @@ def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
     parts = []
     for column in spec.key_columns:
         value = record.get(column)
-        if value is None or (isinstance(value, float) and math.isnan(value)) or is_nested(value):
-            return None
-        if isinstance(value, str) and value.strip() in MISSING_TEXT:  # as a file's reader
+        if no_key_value(value):
             return None
         whole = whole_number(value)  # 7.0 from a JSON emitter is host 7, as a file's reader
         parts.append(str(value) if whole is None else str(whole))
     return same_letters("\x1f".join(parts))
+
+
+def no_key_value(value: object) -> bool:
+    """Whether a key column's ``value`` names no series: none, NaN, a list or an object, or
+    text a file's reader takes for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or is_nested(value):
+        return True
+    return isinstance(value, str) and value.strip() in MISSING_TEXT  # as a file's reader
 
 
 def parse_time(value: object) -> float | None:
@@ -195,7 +201,8 @@ def window_records(
             continue
         key = series_key(spec, record)
         if key is None:
-            rejections.append(SeriesRejection(i, "missing_key", missing_key_reason(spec)))
+            empty = [c for c in spec.key_columns if no_key_value(record.get(c))]
+            rejections.append(SeriesRejection(i, "missing_key", missing_key_reason(spec, empty)))
             continue
         if len(key) > MAX_KEY_CHARS:
             rejections.append(long_key_rejection(spec, i, len(key)))

@@ -30,7 +30,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -887,21 +887,25 @@ def make_windows(frame: pd.DataFrame, spec: SeriesSpec) -> Windows:
     return SeriesState(spec).window(frame)
 
 
-def missing_key_reason(spec: SeriesSpec) -> str:
-    """Why a row with no usable key (``_missing_keys``, ``stream.series_key``) is rejected."""
+def missing_key_reason(spec: SeriesSpec, empty: Sequence[str] = ()) -> str:
+    """Why a row with no usable key (``_missing_keys``, ``stream.series_key``) is rejected,
+    naming the key columns ``empty`` for it (all of them where not given): of two, the
+    reason named both and left the user to find which was empty."""
+    named = list(empty) if len(empty) else list(spec.key_columns)
     return (
-        f"no value for key {list(spec.key_columns)}: it is empty, text read as missing (NA, "
-        "null) or a list or an object"
+        f"no value for key {named}: it is empty, text read as missing (NA, null) or a list or "
+        "an object"
     )
 
 
 def _missing_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-    """Rows ``(n,)`` with no value in a key column: empty, or text a file's reader takes for
-    missing with or without spaces (" NA ", "null"), so that a record's series is the same
-    from a file and from JSON. Judged once per distinct value: a million rows of a thousand
-    hosts cost a factorisation, not a million strips."""
-    missing = np.zeros(len(frame), dtype=bool)
-    for column in columns:
+    """Rows and key columns ``(n, len(columns))`` with no value: empty, or text a file's
+    reader takes for missing with or without spaces (" NA ", "null"), so that a record's
+    series is the same from a file and from JSON. Judged once per distinct value: a million
+    rows of a thousand hosts cost a factorisation, not a million strips."""
+    found = np.zeros((len(frame), len(columns)), dtype=bool)
+    for j, column in enumerate(columns):
+        missing = found[:, j]
         keys = frame[column]
         if keys.dtype == object:  # a Parquet struct or list cannot be hashed to factorise
             nested = np.fromiter(map(is_nested, keys), dtype=bool, count=len(keys))
@@ -912,7 +916,7 @@ def _missing_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
         # The last entry, True, is what an empty cell's code (-1) picks.
         marked = [isinstance(v, str) and v.strip() in MISSING_TEXT for v in values] + [True]
         missing |= np.asarray(marked, dtype=bool)[codes]
-    return missing
+    return found
 
 
 class SeriesState:
@@ -996,9 +1000,11 @@ class SeriesState:
                 rejections.append(rejection)
                 usable[i] = False
         if spec.key_columns:
-            missing = _missing_keys(frame, spec.key_columns) & usable
+            empty = _missing_keys(frame, spec.key_columns)
+            missing = empty.any(axis=1) & usable
+            columns = np.asarray(spec.key_columns, dtype=object)
             rejections += [
-                SeriesRejection(int(i), "missing_key", missing_key_reason(spec))
+                SeriesRejection(int(i), "missing_key", missing_key_reason(spec, columns[empty[i]]))
                 for i in np.flatnonzero(missing)
             ]
             usable &= ~missing

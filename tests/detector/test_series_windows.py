@@ -571,3 +571,18 @@ def test_rows_repeating_a_date_without_a_time_of_day_are_told_so_at_scoring() ->
     windows = SeriesState(spec).window(frame)
     assert [r.code for r in windows.rejections] == ["duplicate_timestamp"] * 2
     assert "'2026-11-04' is a date without a time of day" in windows.rejections[0].reason
+
+
+def test_a_row_without_one_of_two_key_columns_is_told_which() -> None:
+    # "no value for key ['host', 'region']" left the user to find which one was empty.
+    from detector.series.stream import window_records
+
+    spec = SeriesSpec("ts", ("host", "region"), window=3)
+    frame = pd.DataFrame(
+        {"ts": [0, 60, 120], "host": ["a", "a", None], "region": ["eu", None, None], "cpu": 1.0}
+    )
+    reasons = [r.reason for r in SeriesState(spec).window(frame).rejections]
+    assert reasons[0].startswith("no value for key ['region']: it is empty")
+    assert reasons[1].startswith("no value for key ['host', 'region']: it is empty")
+    streamed = window_records(spec, ["cpu"], frame.to_dict("records"), {})
+    assert [r.reason for r in streamed.rejections] == reasons
