@@ -11,6 +11,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -138,20 +139,35 @@ class WebhookSink:
 
 
 class LogSink:
-    """Logs each alert on logger ``service.alerts``: WARNING when firing, INFO when resolved."""
+    """Logs each alert on logger ``service.alerts``: WARNING when it starts firing, INFO when
+    it is sent again while still firing (every ``repeat_seconds``) and when resolved."""
 
     resend_firing = False
+    #: Firing alerts remembered to tell a re-send from a start (oldest forgotten first).
+    REMEMBERED = 10_000
 
     def __init__(self, *, name: str = "log") -> None:
         self.name = name
+        self._firing: OrderedDict[tuple[str, str, datetime], None] = OrderedDict()
 
     def send(self, alerts: Sequence[Alert]) -> None:
         for alert in alerts:
-            level = logging.WARNING if alert.status == "firing" else logging.INFO
+            episode = (alert.fingerprint, alert.severity, alert.starts_at)
+            status, level = alert.status, logging.INFO
+            if alert.status == "firing" and episode in self._firing:
+                # An on-call helper read 11 WARNING lines for one host's one episode.
+                status = "still firing"
+            elif alert.status == "firing":
+                level = logging.WARNING
+                self._firing[episode] = None
+                while len(self._firing) > self.REMEMBERED:
+                    self._firing.popitem(last=False)
+            else:
+                self._firing.pop(episode, None)
             log.log(
                 level,
                 "alert %s %s [%s]: %s",
-                alert.status,
+                status,
                 alert.fingerprint,
                 alert.severity,
                 alert.annotations()["description"],

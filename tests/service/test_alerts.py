@@ -685,9 +685,17 @@ def test_a_failing_outcome_callback_does_not_kill_the_worker() -> None:
 
 
 def test_log_sink_levels(caplog: pytest.LogCaptureFixture) -> None:
+    # A re-send of a firing alert (every repeat_seconds) is not a new warning: an on-call
+    # helper read 11 WARNING lines for one host's one episode.
     with caplog.at_level(logging.INFO, logger="service.alerts"):
-        LogSink().send([make_alert("firing"), make_alert("resolved")])
-    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
+        sink = LogSink()
+        sink.send([make_alert("firing"), make_alert("firing"), make_alert("resolved")])
+        sink.send([make_alert("firing")])  # a new episode after the resolution
+    levels = [r.levelno for r in caplog.records]
+    assert levels == [logging.WARNING, logging.INFO, logging.INFO, logging.WARNING]
+    assert [r.getMessage().split()[1] for r in caplog.records] == [
+        "firing", "still", "resolved", "firing",
+    ]  # fmt: skip
     assert all(r.name == "service.alerts" for r in caplog.records)
 
 
