@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sqlite3
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -256,7 +258,24 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
     @app.after_request
     def _record_status(response: Response) -> Response:
         g.status = response.status_code
+        # Every answer names its request, the client's id where it sent a usable one: an
+        # on-call helper could not tie a 422 to anything (and the access log prints it).
+        response.headers[REQUEST_ID_HEADER] = request_id(request.headers.get(REQUEST_ID_HEADER))
         return response
+
+
+#: The header naming a request, echoed back (or made) on every answer.
+REQUEST_ID_HEADER = "X-Request-Id"
+#: A client's request id is echoed only as such text: it lands in log lines.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(given: str | None) -> str:
+    """``given`` where it is a plain id (letters, digits, ``._:-``, at most 128), else a new
+    one: a header of newlines or megabytes must not reach the log."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 #: How slowly a request body may arrive past its first ``request_read_timeout`` seconds: each

@@ -270,7 +270,10 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
         "timeout": args.timeout,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "keepalive": 5,
-        "accesslog": None,
+        # Who asked, what, the answer, its size and time, and the request's id (the answer's
+        # header: the client's, or the one the service made).
+        "accesslog": "-" if config.access_log else None,
+        "access_log_format": '%(h)s "%(r)s" %(s)s %(B)s %(M)sms id=%({x-request-id}o)s',
         "errorlog": "-",
         "loglevel": "info",
         "preload_app": False,

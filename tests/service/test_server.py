@@ -11,17 +11,53 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import normal_records
-from tests.processes import call, serving
+from tests.processes import Server, call, serving
 from tests.service.conftest import ADMIN
 
 RECORDS = normal_records(20)
 
 
 @pytest.fixture(scope="module")
-def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {"ANOMALY_ADMIN_TOKEN": ADMIN}
+def served(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"ANOMALY_ADMIN_TOKEN": ADMIN, "ANOMALY_ACCESS_LOG": "true"}
     with serving({"tiny": bundle_dir}, tmp_path_factory.mktemp("server"), env=env) as running:
-        yield running.base
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(served: Server) -> str:
+    return served.base
+
+
+def test_each_answer_names_its_request_in_its_header_and_the_access_log(served: Server) -> None:
+    # An on-call helper could not tie a 422 to anything: no id, no access log.
+    import urllib.error
+    import urllib.request
+
+    def ask(request_id: str | None) -> str:
+        headers = {"Content-Type": "application/json"}
+        if request_id is not None:
+            headers["X-Request-Id"] = request_id
+        data = b'{"records": [{"host": "web-01"}]}'  # every other column missing: a 422
+        url = f"{served.base}/v1/models/tiny/score"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=30)
+        with refused.value:  # the answer holds its socket until closed
+            assert refused.value.code == 422
+            return str(refused.value.headers["X-Request-Id"])
+
+    assert ask("abc-123") == "abc-123"
+    made = ask(None)
+    assert len(made) == 32 and made != ask(None)
+    assert len(ask("x" * 500)) == 32  # too long to echo into a log line: a new one
+    served.wait_until(
+        lambda: (
+            '/v1/models/tiny/score HTTP/1.1" 422' in (log := served.log_path.read_text())
+            and "id=abc-123" in log
+        ),
+        "the access log's line",
+        30,
+    )
 
 
 def scored_total(base: str) -> float:
