@@ -77,6 +77,7 @@ def score_file(
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     stream_format: str | None = None,
     max_series: int = DEFAULT_MAX_SERIES,
+    escape_formulas: bool = False,
 ) -> BatchReport:
     """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
 
@@ -94,6 +95,9 @@ def score_file(
     (``None``: never), so that one wrong clock does not make its series' later rows late.
     At most ``max_series`` series are kept; past it the least recently seen is evicted, and
     warms up again if it comes back (``BatchReport.series_evicted`` counts them).
+    A CSV text cell that a spreadsheet would run as a formula (``=HYPERLINK(...)``) is written
+    as it was read, and counted (``BatchReport.formula_cells``), or, with ``escape_formulas``,
+    written with a leading ``'``.
     """
     started = time.perf_counter()
     inputs = [input_path] if isinstance(input_path, str | os.PathLike) else list(input_path)
@@ -110,7 +114,7 @@ def score_file(
     check_max_series(max_series)
     run = _Run(
         bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files,
-        max_ahead_seconds, streamed_as, max_series,
+        max_ahead_seconds, streamed_as, max_series, escape_formulas,
     )  # fmt: skip
     # A series' windows are made in the reading thread while the search runs: a core left to
     # it scores 1.3x more rows a second on 2 cores (a table's reading is light: all cores).
@@ -187,12 +191,16 @@ class _Run:
     max_ahead_seconds: float | None
     stream_format: str
     max_series: int
+    escape_formulas: bool
     ledgers: list[SourceLedger] = field(default_factory=list)
     anomalies: int = 0
     columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        self.writer = TableWriter(self.output_path, stream_format=self.stream_format)
+        escape = self.escape_formulas
+        self.writer = TableWriter(
+            self.output_path, stream_format=self.stream_format, escape_formulas=escape
+        )
         # Written in a background thread while the next chunk scores.
         self.sink: BackgroundSink[tuple[PreparedChunk, ScoreResult]] = BackgroundSink(self._write)
         if self.rejects_path is None and self.output_path == "-":
@@ -200,11 +208,16 @@ class _Run:
             # with the summary, rather than to a file the user did not name.
             self.rejects_target = "<stderr>"
             self.rejects_writer = TableWriter(
-                self.rejects_target, stream=sys.stderr.buffer, stream_format=self.stream_format
+                self.rejects_target,
+                stream=sys.stderr.buffer,
+                stream_format=self.stream_format,
+                escape_formulas=escape,
             )
         else:
             self.rejects_target = str(self.rejects_path or f"{self.output_path}.rejects.csv")
-            self.rejects_writer = TableWriter(self.rejects_target, stream_format=self.stream_format)
+            self.rejects_writer = TableWriter(
+                self.rejects_target, stream_format=self.stream_format, escape_formulas=escape
+            )
         self.n_rejects = 0
         self.codes: Counter[str] = Counter()
         self.typed_numbers = self.writer.format in ("parquet", "jsonl")
@@ -399,6 +412,8 @@ class _Run:
                 if self.state is None
                 else key_spelling_warning(self.state.keys(), self.state.spec)
             ),
+            formula_cells=dict(self.writer.formula_cells),
+            rejects_formula_cells=dict(self.rejects_writer.formula_cells),
         )
 
     def commit(self) -> None:

@@ -148,6 +148,15 @@ def build_parser(
         "rejected, e.g. 0.01 or 1%% (default: fail only when every row is; 1: never)",
     )
     score.add_argument(
+        "--escape-formulas",
+        action="store_true",
+        help="in a CSV or TSV output and rejects file, write each text cell that a spreadsheet "
+        "runs as a formula (one beginning with =, +, -, @, a tab or a carriage return, e.g. "
+        "=HYPERLINK(...)) with a leading apostrophe ('); numbers such as -5 stay as they are, "
+        "and JSON Lines and Parquet are written as read (default: every cell as read, and the "
+        "summary counts such cells)",
+    )
+    score.add_argument(
         "--engine",
         choices=["stream", "spark"],
         default="stream",

@@ -16,6 +16,7 @@ from detector.cli.commands import _header, _writes_files
 from detector.native import native_output_silenced
 
 if TYPE_CHECKING:
+    from detector.batch.ledger import BatchReport
     from detector.bundles.bundle import Bundle
 
 
@@ -48,6 +49,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         "max_reject_rate": args.max_reject_rate,
         "max_ahead_seconds": args.max_ahead_seconds,
         "max_series": args.max_series,
+        "escape_formulas": args.escape_formulas,
     }
     if args.output_format is not None:
         options["stream_format"] = args.output_format
@@ -57,6 +59,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--engine spark writes folders of part files, which cannot go to standard output "
             "('-'): give --output (and --rejects) a path"
+        )
+    if args.engine == "spark" and args.escape_formulas:
+        from detector.errors import ConfigError
+
+        raise ConfigError(
+            "--escape-formulas is not available with --engine spark, whose part files Spark "
+            "writes: score without --engine spark, or leave the option out and write .parquet, "
+            "which no spreadsheet runs formulas of"
         )
     from detector.io.temporaries import check_outside_bundle
 
@@ -78,6 +88,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
             check_stream_format(options.pop("stream_format", None), args.output, args.rejects)
             del options["max_series"]  # Spark hands each series to one task, whole
+            del options["escape_formulas"]  # refused above where asked for
 
             try:
                 report = score_files(args.model, args.input, args.output, **options)
@@ -164,6 +175,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             )
     if report.series_key_spelling:
         print(f"warning: {report.series_key_spelling}", file=say)
+    if not args.escape_formulas and (said := _formula_warning(report)):
+        print(said, file=say)
     if report.series_evicted:
         print(
             f"series evicted {report.series_evicted:,}: more than --max-series "
@@ -172,6 +185,26 @@ def cmd_score(args: argparse.Namespace) -> int:
             file=say,
         )
     return 0
+
+
+def _formula_warning(report: BatchReport) -> str | None:
+    """What to say where a CSV output or rejects file holds text cells that a spreadsheet runs
+    as a formula when an analyst opens it: written as read, they run there."""
+    from detector.wording import printable
+
+    cells = sum(report.formula_cells.values()) + sum(report.rejects_formula_cells.values())
+    if not cells:
+        return None
+    columns = [printable(c) for c in report.formula_cells]
+    columns += [f"{printable(c)} of the rejects" for c in report.rejects_formula_cells]
+    shown = ", ".join(columns[:5]) + (f" and {len(columns) - 5} more" if len(columns) > 5 else "")
+    many = cells > 1
+    return (
+        f"warning: {cells:,} text cell{'s' if many else ''} (column"
+        f"{'s' if len(columns) > 1 else ''} {shown}) begin{'' if many else 's'} with =, +, -, @, "
+        "a tab or a carriage return, which a spreadsheet runs as a formula; give "
+        f"--escape-formulas to write {'them' if many else 'it'} with a leading '"
+    )
 
 
 def _unsorted_hint(bundle: Bundle, late: int, chunk_rows: int) -> str:

@@ -1,6 +1,10 @@
 """Writing tables atomically: CSV (minimal quoting), JSON Lines (either optionally gzip) or
 Parquet; or CSV to standard output ('-'), which a pipe reads as it comes.
 
+A CSV text cell that a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``@SUM(A1)``)
+is written as it is, since pipelines read these files back, and counted; with
+``escape_formulas`` it is written with a leading ``'`` (OWASP's "CSV injection").
+
 The output goes to a temporary file beside the target and is renamed into place at the end,
 so a crash or Ctrl-C never leaves a half-written file at the output path. The temporary file
 is removed when writing fails or is interrupted; one left by a run killed outright is removed
@@ -15,7 +19,9 @@ import io
 import json
 import math
 import os
+import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -33,6 +39,13 @@ from detector.io.temporaries import (
     written_path,
 )
 
+#: What a spreadsheet (Excel, LibreOffice) reads a cell starting with as a formula: '=', '+',
+#: '-', '@', and a tab or carriage return, which some strip before looking. A cell of that one
+#: character alone (a '-' for none) is left as it is: nothing follows it to run.
+FORMULA_START = r"^[=+\-@\t\r](?s:.)"
+#: A number ('-5', '+3.2', '-1e3', '-inf') is one to a spreadsheet too, and never escaped.
+NUMBER = r"(?i)^\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf|infinity|nan)\s*$"
+
 
 class TableWriter:
     """Appends tables (Arrow or pandas) to one CSV, JSON Lines or Parquet file; ``close``
@@ -42,6 +55,11 @@ class TableWriter:
     CSV is written with minimal quoting (only fields holding a delimiter, quote or newline),
     floats in their shortest round-trip form and booleans as True/False, as pandas writes them;
     JSON Lines as ``json_lines_bytes``; a name ending in ``.gz`` is gzip-compressed.
+
+    ``formula_cells`` counts, by column, the CSV text cells (the header's names too) that a
+    spreadsheet would run as a formula; with ``escape_formulas`` they are written with a
+    leading ``'``. JSON Lines and Parquet, which no spreadsheet opens so, are written as
+    they are.
     """
 
     def __init__(
@@ -50,6 +68,7 @@ class TableWriter:
         *,
         stream: BinaryIO | None = None,
         stream_format: str = "csv",
+        escape_formulas: bool = False,
     ) -> None:
         #: Standard output for '-', or ``stream`` when given, in ``stream_format`` (``csv`` or
         #: ``jsonl``): written as it comes and flushed after every part, so a pipe sees each
@@ -70,6 +89,9 @@ class TableWriter:
         self._text: Any = None
         self._raw: Any = None  # the file under a gzip stream, which does not close it
         self._columns: list[str] | None = None
+        self.escape_formulas = escape_formulas
+        #: CSV text cells a spreadsheet runs as a formula, by column, escaped or not.
+        self.formula_cells: Counter[str] = Counter()
 
     def write(
         self,
@@ -136,11 +158,13 @@ class TableWriter:
         self, table: pa.Table, leading_text: pa.Array | None, leading_columns: int
     ) -> None:
         if self._text is None:
+            names = [self._header_name(name) for name in table.column_names]
             header = io.StringIO()
-            csv.writer(header, delimiter=self.delimiter, lineterminator="\n").writerow(
-                table.column_names
-            )
+            csv.writer(header, delimiter=self.delimiter, lineterminator="\n").writerow(names)
             _write_all(self._open_text(), header.getvalue().encode())
+        table, found = self._formulas(table)
+        if self.escape_formulas and any(i < leading_columns for i in found):
+            leading_text = None  # the records' text holds those cells unescaped
         if table.num_rows:
             # An Arrow buffer: written without a copy.
             _write_all(
@@ -154,6 +178,32 @@ class TableWriter:
             )
         if self.stream is not None:
             self.stream.flush()
+
+    def _header_name(self, name: str) -> str:
+        if not re.match(FORMULA_START, name) or re.match(NUMBER, name):
+            return name
+        self.formula_cells[name] += 1
+        return "'" + name if self.escape_formulas else name
+
+    def _formulas(self, table: pa.Table) -> tuple[pa.Table, list[int]]:
+        """``table`` with its text cells that a spreadsheet runs as a formula escaped (where
+        asked), counted in ``formula_cells``; and the places of the columns holding any."""
+        found = []
+        for i, name in enumerate(table.column_names):
+            column = table.column(i)
+            if pa.types.is_dictionary(column.type):
+                column = pc.cast(column, column.type.value_type)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                continue  # numbers, times, flags: written as no spreadsheet formula reads
+            cells = formula_cells(column)
+            if cells is None:
+                continue
+            found.append(i)
+            self.formula_cells[name] += pc.sum(cells).as_py()
+            if self.escape_formulas:
+                escaped = pc.binary_join_element_wise("'", column, "")
+                table = table.set_column(i, name, pc.if_else(cells, escaped, column))
+        return table, found
 
     def close(self) -> None:
         if self.stream is not None:
@@ -177,6 +227,17 @@ class TableWriter:
             self._text.close()
         if self._raw is not None:
             self._raw.close()
+
+
+def formula_cells(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array | None:
+    """Which cells of a text column a spreadsheet runs as a formula (``FORMULA_START``, and not
+    a ``NUMBER``), or ``None`` where none does: an anchored scan of each cell (~25 ms a million
+    cells), and a second, for numbers, only of a column where some cell starts so."""
+    starts = pc.match_substring_regex(column, FORMULA_START)
+    if not pc.any(starts).as_py():
+        return None
+    cells = pc.and_(starts, pc.invert(pc.match_substring_regex(column, NUMBER)))
+    return cells if pc.any(cells).as_py() else None
 
 
 def json_lines_bytes(table: pa.Table) -> bytes:

