@@ -2,8 +2,8 @@
 parses the arguments and maps errors to exit codes; the commands' bodies are
 ``detector.cli.commands`` and ``detector.cli.train``, ``_score`` and ``_evaluate``.
 
-Exit codes: 0 success; 2 bad usage or bad input (the message names the fix); 1 an internal
-error, or a write the system refused midway (a full disk).
+Exit codes: 0 success; 2 bad usage or bad input, or input too large for memory (the message
+names the fix); 1 an internal error, or a write the system refused midway (a full disk).
 Heavy imports (TensorFlow) happen inside the commands, so ``anomaly --help`` answers at once.
 """
 
@@ -25,7 +25,7 @@ from detector import __version__
 from detector.cli.commands import cmd_info, cmd_sample, cmd_threshold
 from detector.cli.evaluate import cmd_evaluate
 from detector.cli.score import cmd_score
-from detector.cli.train import cmd_train
+from detector.cli.train import _check_width, cmd_train
 from detector.errors import DetectorError
 from detector.native import import_tensorflow_quietly
 from detector.nn.option_specs import training_options
@@ -101,7 +101,8 @@ def build_parser(
         help="the 0/1 label column of --report-data (default: --label-column's name)",
     )
     _add_output_flags(train)
-    train.set_defaults(handler=cmd_train)
+    # The data's width is told from its header before TensorFlow's import (see run).
+    train.set_defaults(handler=cmd_train, check_input=_check_width)
 
     score = commands.add_parser(
         "score",
@@ -394,6 +395,18 @@ _SYSTEM_FIXES = {
 }
 
 
+#: What to make smaller when a command runs out of memory: what grows with its input.
+_MEMORY_FIXES = {
+    "train": (
+        "train on a sample of the rows, or on fewer columns (--ignore-column COL, or a file "
+        "of fewer columns)"
+    ),
+    "score": "lower --chunk-rows (default 65536; e.g. 8192), and for a series model --max-series",
+    "evaluate": "evaluate a sample of the rows, or lower --chunk-rows",
+}
+_MEMORY_FIX = "free memory (stop other programs), or run it on a machine with more"
+
+
 def _add_label_values(parser: argparse.ArgumentParser) -> None:
     """``--anomaly-value`` / ``--normal-value``: how a text label column is read."""
     text_labels = parser.add_mutually_exclusive_group()
@@ -428,7 +441,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
                 file=sys.stderr,
             )
             return 2
-    if getattr(args, "needs_tensorflow", True) and (missing := _missing_input(args)):
+    if getattr(args, "needs_tensorflow", True) and (missing := _refused_input(args)):
         # Before TensorFlow's import: a mistyped path cost 9 s and 0.8 GB to be told.
         from detector.wording import printable_message
 
@@ -462,6 +475,14 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         # interpreter's last flush would fail again on the way out.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except MemoryError as exc:
+        if args.debug:
+            raise
+        # Too much input for this machine, not a fault to report: say what to make smaller.
+        what = f" ({exc})" if str(exc) else ""
+        smaller = _MEMORY_FIXES.get(args.command, _MEMORY_FIX)
+        print(f"error: anomaly {args.command} ran out of memory{what}: {smaller}", file=sys.stderr)
+        return 2
     except OSError as exc:
         fix = _SYSTEM_FIXES.get(exc.errno or 0)
         if fix is None or args.debug:
@@ -480,6 +501,24 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             file=sys.stderr,
         )
         return 1
+
+
+def _refused_input(args: argparse.Namespace) -> DetectorError | None:
+    """What is wrong with the command's input that can be told before anything heavy runs:
+    its path (``_missing_input``), then what the command checks of it (``check_input``:
+    ``train``'s width, from the header)."""
+    from detector.wording import speaking_to
+
+    missing = _missing_input(args)
+    check = getattr(args, "check_input", None)
+    if missing is not None or check is None:
+        return missing
+    try:
+        with speaking_to("cli"):
+            check(args)
+    except DetectorError as exc:
+        return exc
+    return None
 
 
 def _missing_input(args: argparse.Namespace) -> DetectorError | None:

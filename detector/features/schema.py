@@ -506,15 +506,35 @@ def _too_wide(
     widest = sorted(cats, key=lambda c: -c.width)[:3]
     named = ", ".join(f"'{printable(c.name)}' ({len(c.categories)} labels)" for c in widest)
     texts = f", {len(cats)} text columns a slot per label (widest: {named})" if cats else ""
+    return (
+        f"the columns encode to {features:,} features ({len(numeric):,} numbers{texts}), "
+        f"{_over_the_limit()}, or group rare labels into one"
+    )
+
+
+def check_width(columns: int, source: str) -> None:
+    """Refuse ``columns`` columns to model (a header's, less those named for other roles)
+    where they are more than ``MAX_FEATURES``: each is one feature at least, so reading the
+    rows could only end in ``_too_wide``'s refusal, or before it in memory running out (a
+    header of 1,000,000 columns: 50 s and 3 GB read, then a ``MemoryError``)."""
+    if columns > MAX_FEATURES:
+        raise DataError(
+            f"cannot train on {source}: its header names {columns:,} columns to model, each "
+            f"one feature at least, {_over_the_limit()}, or write the columns to model to a "
+            "file of their own"
+        )
+
+
+def _over_the_limit() -> str:
+    """The limit on features, why it is there, and the first way under it."""
     leave = (
         f"leave columns out ({option('ignore_column', 'COL')})"
         if offered("ignore_column")
         else "drop columns from the data"
     )
     return (
-        f"the columns encode to {features:,} features ({len(numeric):,} numbers{texts}), over "
-        f"the {MAX_FEATURES:,} a model is trained on (memory, the bundle and scoring time grow "
-        f"with them: 45,300 took 15 GB); {leave}, or group rare labels into one"
+        f"over the {MAX_FEATURES:,} a model is trained on (memory, the bundle and scoring time "
+        f"grow with them: 45,300 took 15 GB); {leave}"
     )
 
 

@@ -530,3 +530,32 @@ def test_info_shows_the_settings_and_escapes_control_characters(capsys, tmp_path
     assert "epochs=" in settings and "random_state=" in settings
     code, out, _ = run(capsys, "info", str(model), "--json")
     assert json.loads(out)["params"]["epochs"] == int(settings.split("epochs=")[1].split()[0])
+
+
+@pytest.mark.parametrize(
+    ("command", "smaller"),
+    [("train", "train on a sample of the rows"), ("score", "lower --chunk-rows")],
+)
+def test_running_out_of_memory_names_the_command_and_what_to_make_smaller(
+    capsys, monkeypatch, bundle_dir, tmp_path, command, smaller
+) -> None:
+    # A file too large for memory ended in "internal error: MemoryError ... please report it",
+    # exit 1, as if the tool were at fault and nothing could be done.
+    import detector.batch.files
+    import detector.nn.training
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Unable to allocate 3.20 GiB for an array")
+
+    monkeypatch.setattr(detector.nn.training, "train", exhausted)
+    monkeypatch.setattr(detector.batch.files, "score_file", exhausted)
+    argv = {
+        "train": ["train", str(DATA / "train.csv"), "--out", str(tmp_path / "m")],
+        "score": ["score", str(bundle_dir), str(DATA / "eval.csv"), "--output",
+                  str(tmp_path / "out.csv")],
+    }  # fmt: skip
+    code, _, err = run(capsys, *argv[command])
+    assert code == 2, err
+    said = f"error: anomaly {command} ran out of memory (Unable to allocate 3.20 GiB for an array)"
+    assert said in err and smaller in err, err
+    assert "internal error" not in err and "report" not in err

@@ -4,14 +4,18 @@ into a model that flagged every later row, or was refused with the wrong fix."""
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from detector.cli.main import main
-from detector.errors import InputError, SchemaError
+from detector.errors import DataError, InputError, SchemaError
 from detector.estimator import VAEDetector
-from detector.features.schema import fit_schema
+from detector.features.schema import MAX_FEATURES, fit_schema
 
 ROWS = 300
 
@@ -193,6 +197,38 @@ def test_a_table_too_wide_to_model_is_refused_naming_its_widest_columns(capsys, 
     assert "encode to 10,570 features (0 numbers, 70 text columns" in err, err
     assert "over the 10,000 a model is trained on" in err and "--ignore-column COL" in err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv.gz", ".parquet"])
+def test_a_header_too_wide_to_model_is_refused_before_the_rows_are_read(
+    capsys, monkeypatch, tmp_path, suffix
+) -> None:
+    # A header of 1,000,000 columns was read with its rows (50 s, 3 GB) to end in "internal
+    # error: MemoryError"; one of 100,000 took 30 s and 1.1 GB to be told it was too wide.
+    import detector.io.frames
+
+    def rows_read(*args: object, **kwargs: object) -> None:
+        raise DataError("the rows were read")
+
+    monkeypatch.setattr(detector.io.frames, "read_table", rows_read)
+    names = [f"c{i}" for i in range(MAX_FEATURES + 2)]
+    path = tmp_path / f"wide{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.table({n: [1.0] for n in names}), path)
+    else:
+        sep = "\t" if suffix == ".tsv.gz" else ","
+        # Rows that are no rows: read, they would be refused for what they are.
+        text = (sep.join(names) + '\n\x00"garbage\n').encode()
+        path.write_bytes(gzip.compress(text) if suffix.endswith(".gz") else text)
+    assert main(["train", str(path), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot train on {path}: its header names 10,002 columns to model" in err, err
+    assert "over the 10,000 a model is trained on" in err and "--ignore-column COL" in err
+    assert "the rows were read" not in err and not (tmp_path / "m").exists()
+    # Columns named for another role are not modelled: the 10,000 left are read, rows and all.
+    argv = ["train", str(path), "--out", str(tmp_path / "m"), "--label-column", "c0"]
+    assert main([*argv, "--ignore-column", "c1"]) == 2
+    assert "the rows were read" in capsys.readouterr().err
 
 
 def test_a_heavy_tailed_column_is_modelled_as_its_logarithm(tmp_path, capsys) -> None:
