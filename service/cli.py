@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detector.cli.main import build_parser, run
@@ -128,8 +129,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_bundle_alert_keys(config)
     # The run's own files (metrics, model copies, series state unless configured elsewhere),
     # removed when the server stops: state kept here does not outlive a restart anyway.
-    run_dir = tempfile.mkdtemp(prefix="anomaly-serve-")
+    remove_stale_run_dirs(tempfile.gettempdir())
+    run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)
     master = os.getpid()
+    Path(run_dir, MASTER_PID_FILE).write_text(str(master))
     ours = "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # _serve points it into run_dir
     try:
         return _serve(args, config, run_dir)
@@ -144,6 +147,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
             if ours:  # it names the folder just removed: a caller in this process goes on
                 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+log = logging.getLogger(__name__)
+
+#: The run's folder in the temporary directory, and the file in it naming its master process.
+RUN_DIR_PREFIX = "anomaly-serve-"
+MASTER_PID_FILE = "master.pid"
+
+
+def remove_stale_run_dirs(folder: str) -> None:
+    """Remove the run folders in ``folder`` whose master process is gone: a server killed
+    outright (SIGKILL, the OOM killer) left its metrics files and model copies behind, and
+    a container's emptyDir /tmp filled with them restart after restart. A folder without its
+    pid file (of another release), or whose master lives, is left alone; one naming this
+    very process is another life's (a container's pids repeat)."""
+    for path in Path(folder).glob(f"{RUN_DIR_PREFIX}*"):
+        try:
+            pid = int((path / MASTER_PID_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by a server (pid %d) that did not stop cleanly", path, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive, and not ours to remove
+        return True
+    return True
 
 
 #: Why an address cannot be listened on, and what to do, by errno.

@@ -174,3 +174,28 @@ def test_serve_keeps_the_services_info_lines_with_a_time(caplog) -> None:
     finally:
         root.removeHandler(handler)
         service.setLevel(logging.NOTSET)
+
+
+def test_a_run_folder_left_by_a_server_killed_outright_is_removed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    # SIGKILL left anomaly-serve-* (metrics files, model copies) behind, and a container's
+    # emptyDir /tmp filled with them restart after restart (an on-call helper).
+    import os
+    import subprocess
+
+    from service.cli import MASTER_PID_FILE, remove_stale_run_dirs
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folders = {name: tmp_path / f"anomaly-serve-{name}" for name in ("dead", "alive", "old")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "metrics").mkdir()
+    (folders["dead"] / MASTER_PID_FILE).write_text(str(gone.pid))
+    (folders["alive"] / MASTER_PID_FILE).write_text(str(os.getppid()))
+    remove_stale_run_dirs(str(tmp_path))  # "old": no pid file, another release's: left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "anomaly-serve-alive",
+        "anomaly-serve-old",
+    ]
