@@ -93,12 +93,15 @@ def training_options() -> tuple[TrainingOption, ...]:
 
 
 def markdown_table() -> str:
-    """The README's table of the models that have options of their own, one row per model."""
-    rows = ["| `--model` | model | own options (default) |", "|---|---|---|"]
+    """The README's table of the models that have options of their own, one row per model;
+    their defaults are in ``anomaly train --help`` (the README has room for one of the two)."""
+    rows = ["| `--model` | model | own options |", "|---|---|---|"]
     for model in MODEL_OPTIONS:
         own = [o for o in training_options() if o.model == model]
         listed = ", ".join(
-            f"`{o.flag}{' ' + o.metavar if o.metavar else ''}` ({o.default_text})" for o in own
+            f"`{o.flag}{' ' + o.metavar if o.metavar else ''}`"
+            + (" (required)" if o.default_text == "required" else "")
+            for o in own
         )
         if own:
             rows.append(f"| `{model}` | {describe(model)} | {listed} |")
