@@ -3,7 +3,7 @@
 ::
 
     DetectorError                 base; never raised itself
-    ├── InputError                the caller's input is wrong (CLI exit code 2)
+    ├── InputError                the caller's input is wrong (CLI exit code 2); a ValueError
     │   ├── SchemaError           columns missing, unknown or of the wrong type
     │   ├── DataError             unreadable file, empty table, too many rejected rows
     │   └── ConfigError           an option value that cannot work
@@ -22,8 +22,10 @@ class DetectorError(Exception):
     exit_code = 1
 
 
-class InputError(DetectorError):
-    """The input is wrong; the message says what to change."""
+class InputError(DetectorError, ValueError):
+    """The input is wrong; the message says what to change. A ``ValueError`` too, as
+    scikit-learn's own checks raise for bad input: code that wraps estimators in
+    ``except ValueError`` missed ours (an empty table, NaN, a column too few)."""
 
     exit_code = 2
 

@@ -300,6 +300,8 @@ def _file_source(path: Path) -> PydanticBaseSettingsSource:
         return JsonConfigSettingsSource(ServiceConfig, json_file=path)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    except ConfigError:  # a ValueError too: _refuse_repeated_keys' own words
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{path} must hold a JSON object") from None
 
