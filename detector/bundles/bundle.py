@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -337,7 +338,11 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     staging = staging_path(target, "tmp")
     staging.mkdir()
     try:
-        bundle.model.save(staging / MODEL_FILE)
+        with warnings.catch_warnings():
+            # Keras' own deprecated numpy call, which failed a user's save under -W error
+            # (their test suite's warnings-as-errors); nothing the caller can act on.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
+            bundle.model.save(staging / MODEL_FILE)
         written = [MODEL_FILE]
         if bundle.scorer is not None:
             (staging / SCORER_FILE).write_bytes(bundle.scorer)
