@@ -13,6 +13,7 @@ bounds sit between. The default model (data/models/default) does better: 0.09, 0
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -176,12 +177,18 @@ def test_cli_writes_samples_to_a_file_and_to_stdout(capsys, bundle_dir, train_fr
     output = tmp_path / "synthetic.parquet"
     code = service_main(["sample", str(bundle_dir), "-n", "50", "--output", str(output)])
     assert code == 0
-    assert "wrote 50 records" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "wrote 50 records" in said
+    # Samples were taken for test traffic, and the model flagged nearly all of them: the
+    # command says how many, with what the draws are for.
+    assert re.search(r"note: this model flags \d+\.\d% of the first 50 draws", said)
     written = pd.read_parquet(output)
     assert list(written.columns) == list(train_frame.columns) and len(written) == 50
 
     assert main(["sample", str(bundle_dir), "-n", "20", "--seed", "7"]) == 0
-    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    said = capsys.readouterr()
+    assert "note: this model flags" in said.err  # stdout holds the records alone
+    printed = pd.read_csv(io.StringIO(said.out))
     assert list(printed.columns) == list(train_frame.columns) and len(printed) == 20
 
     assert main(["sample", str(bundle_dir), "-n", "20", "--output", str(tmp_path / "s.csv")]) == 0
