@@ -428,6 +428,12 @@ def _add_label_values(parser: argparse.ArgumentParser) -> None:
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command's handler, mapping errors to exit codes."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if option := _given_double_dash(argv):
+        parser.error(
+            f"argument {option}: '--' is not a value (it ends the options); give the value "
+            f"after the option, e.g. {option} VALUE, and write a file named -- as ./--"
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "needs_tensorflow", True) or args.command == "serve":
@@ -501,6 +507,21 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             file=sys.stderr,
         )
         return 1
+
+
+def _given_double_dash(argv: Sequence[str]) -> str | None:
+    """The first option given ``--`` as its value (``--fpr=--``, ``-n--``), if any: Python
+    3.11's argparse reads that value as an empty list, which reached the commands (``threshold
+    --fpr=--`` ended in an internal TypeError). Given apart (``--fpr --``), ``--`` ends the
+    options, and argparse itself says the option wants a value."""
+    for token in argv:
+        if token == "--":  # what follows are positional values, any text
+            return None
+        if token.startswith("--") and token.partition("=")[2] == "--":
+            return token.partition("=")[0]
+        if token[:1] == "-" and token[1:2] not in ("", "-") and token[2:] in ("--", "=--"):
+            return token[:2]
+    return None
 
 
 def _refused_input(args: argparse.Namespace) -> DetectorError | None:

@@ -467,6 +467,27 @@ def test_a_negative_top_k_is_refused_not_read_as_none(capsys, tmp_path) -> None:
     assert "argument --top-k: -1 is negative; give 0 or more" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["threshold", "m1", "--fpr=--"], "--fpr"),
+        (["score", "m1", "x.csv", "--output=--"], "--output"),
+        (["evaluate", "m1", "x.csv", "--label-column=--"], "--label-column"),
+        (["sample", "m1", "-n--"], "-n"),
+        (["sample", "m1", "-n", "5", "--context=--"], "--context"),
+    ],
+)
+def test_an_option_given_double_dash_as_its_value_is_a_usage_error(capsys, argv, option):
+    """Python 3.11's argparse read `--fpr=--` as an empty list, which reached the command:
+    'internal error: TypeError ... please report it' (exit 1)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert f"argument {option}: '--' is not a value" in err
+    assert "write a file named -- as ./--" in err
+
+
 def test_installed_entry_point_answers_help_without_tensorflow() -> None:
     # The console script the README documents, as a user runs it.
     exe = Path(sys.executable).with_name("anomaly")

@@ -196,6 +196,16 @@ def test_anomaly_serve_refuses_counts_gunicorn_cannot_use(tmp_path, capsys, argv
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_anomaly_serve_refuses_double_dash_as_an_options_value(tmp_path, capsys) -> None:
+    # `--port=--` reached the command as an empty list (Python 3.11's argparse).
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", f"m={tmp_path}", "--port=--"])
+    assert exit_.value.code == 2
+    assert "argument --port: '--' is not a value" in capsys.readouterr().err
+
+
 def test_anomaly_serve_refuses_an_address_it_cannot_listen_on(tmp_path, monkeypatch, capsys):
     """A port in use was found by gunicorn after the banner said "serving", then retried for
     five seconds and ended "Can't connect"; so was an address of another machine."""
