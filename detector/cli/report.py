@@ -128,8 +128,11 @@ def write_report(path: str | os.PathLike[str], page: str) -> None:
 
 # Control characters (a NUL in a column name) and lone surrogates (a file name that is not
 # UTF-8, as Python decodes it) cannot be written as UTF-8 text, or make a page tools take for
-# binary: each shows as U+FFFD.
-_UNWRITABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# binary; bidirectional controls (Unicode's Bidi_Control) reorder the text around them, so a
+# group 'abc\u202egnp.exe' read "abcexe.png". Each shows as U+FFFD, as the terminal escapes them.
+_UNWRITABLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def _escape(text: str) -> str:

@@ -139,6 +139,23 @@ def test_a_data_file_name_that_is_not_utf8_is_shown_replaced(capsys, bundle_dir,
     assert "bad\ufffd.csv" in report.read_bytes().decode("utf-8")
 
 
+def test_bidirectional_controls_in_a_group_are_escaped_everywhere(capsys, bundle_dir, tmp_path):
+    """A group 'abc<U+202E>gnp.exe' was written raw into the page, where it read "abcexe.png";
+    the terminal and --json escape it too."""
+    frame = pd.read_csv(DATA / "eval.csv").head(300).drop(columns=["anomaly_kind"])
+    frame["grp"] = np.where(frame.index % 2 == 0, "abc\u202egnp.exe", "x\u2066y\u200f")
+    data = tmp_path / "g.csv"
+    frame.to_csv(data, index=False)
+    report = tmp_path / "r.html"
+    argv = ["evaluate", str(bundle_dir), str(data), "--label-column", "label", "--by-column"]
+    assert main([*argv, "grp", "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert main([*argv, "grp", "--json"]) == 0
+    shown = out + capsys.readouterr().out + report.read_text(encoding="utf-8")
+    assert not re.search("[\u200e\u200f\u202a-\u202e\u2066-\u2069]", shown)
+    assert "abc\\u202egnp.exe" in out and "abc\ufffdgnp.exe" in report.read_text()
+
+
 def test_a_file_written_into_the_model_bundle_is_refused_before_it_breaks_it(
     capsys, bundle_dir, tmp_path
 ) -> None:
