@@ -15,7 +15,7 @@ from typing import Any
 
 from detector.cli.commands import _header, _labelled_scores, _require_column
 from detector.cli.score import MOSTLY_REJECTED
-from detector.scoring.evaluation import fpr_warning
+from detector.scoring.evaluation import fpr_warning, precision_text
 from detector.wording import printable
 
 
@@ -197,11 +197,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{_recall_with_rejected(r, rejected_anomalies):.4f})"
         )
     print(f"AUROC {r.auroc:.4f}   AUPRC {r.auprc:.4f}")
-    # Nothing flagged leaves precision undefined (0/0), which 0.0000 would misstate.
-    none_flagged = r.recall == 0 and r.false_positive_rate == 0
-    precision = "- (nothing flagged)" if none_flagged else f"{r.precision:.4f}"
     print(
-        f"at threshold {r.threshold:.4f}: precision {precision}  recall {r.recall:.4f}  "
+        f"at threshold {r.threshold:.4f}: precision {precision_text(r)}  recall {r.recall:.4f}  "
         f"F1 {r.f1:.4f}  false-positive rate {r.false_positive_rate:.2%}"
     )
     if warning := fpr_warning(r, bundle.calibrator.target_fpr):

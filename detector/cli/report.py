@@ -32,7 +32,13 @@ from detector.cli.report_figures import (
     score_histogram,
 )
 from detector.io.temporaries import partial_path, remove_stale_temporaries, written_path
-from detector.scoring.evaluation import Evaluation, evaluate_scores, fpr_warning, left_out_note
+from detector.scoring.evaluation import (
+    Evaluation,
+    evaluate_scores,
+    fpr_warning,
+    left_out_note,
+    precision_text,
+)
 from detector.wording import leave_one_out_note, measured_at_note
 
 if TYPE_CHECKING:
@@ -155,7 +161,7 @@ def _evaluation_sections(bundle: Bundle, labelled: LabelledScores) -> list[str]:
         ("average precision (AUPRC)", f"{result.auprc:.4f}"),
         (
             f"at threshold {threshold:.4f}",
-            f"precision {result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}, "
+            f"precision {precision_text(result)}, recall {result.recall:.4f}, F1 {result.f1:.4f}, "
             f"false-positive rate {result.false_positive_rate:.2%}",
         ),
         (

@@ -24,7 +24,8 @@ class Evaluation:
     auroc: float
     auprc: float
     threshold: float
-    precision: float
+    #: ``None`` where nothing is flagged: 0/0, which 0.0 would misstate as all false alarms.
+    precision: float | None
     recall: float
     f1: float
     false_positive_rate: float
@@ -109,9 +110,11 @@ def evaluate_scores(
     tp = int((flagged & labels).sum())
     fp = int((flagged & ~labels).sum())
     fn = int((~flagged & labels).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
+    precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    # Precision and recall's harmonic mean, written so that it needs no precision: with nothing
+    # flagged it is 0 (every anomaly missed), defined where precision is not.
+    f1 = 2 * tp / (2 * tp + fp + fn)
     curve_p, curve_r, curve_t = precision_recall_curve(labels, scores)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1s = np.where(curve_p + curve_r > 0, 2 * curve_p * curve_r / (curve_p + curve_r), 0.0)
@@ -170,6 +173,11 @@ def fpr_warning(result: Evaluation, target_fpr: float) -> str | None:
         "hosts or sources training never saw); retrain on recent normal rows, or lower the "
         f"target ({retarget_command()}) to flag fewer"
     )
+
+
+def precision_text(result: Evaluation) -> str:
+    """``result``'s precision to 4 places, or a dash saying why there is none."""
+    return "- (nothing flagged)" if result.precision is None else f"{result.precision:.4f}"
 
 
 def left_out_note(result: Evaluation) -> str:

@@ -156,6 +156,23 @@ def test_bidirectional_controls_in_a_group_are_escaped_everywhere(capsys, bundle
     assert "abc\\u202egnp.exe" in out and "abc\ufffdgnp.exe" in report.read_text()
 
 
+def test_nothing_flagged_leaves_precision_undefined_in_json_and_the_report(fitted) -> None:
+    """With no score above the threshold, precision is 0/0: --json said 0.0 and the page
+    0.0000 (all false alarms), where the text said "- (nothing flagged)"."""
+    import json
+
+    from detector.scoring.evaluation import evaluate_scores
+
+    threshold = fitted.bundle_.calibrator.threshold
+    labels = np.arange(40) % 4 == 0
+    scores = threshold - 1 - np.linspace(0, 1, 40)
+    result = evaluate_scores(labels, scores, threshold)
+    reported = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert reported["precision"] is None and reported["recall"] == reported["f1"] == 0.0
+    page = evaluation_report(fitted.bundle_, LabelledScores(labels, scores, "eval.csv"))
+    assert "precision - (nothing flagged), recall 0.0000, F1 0.0000" in page
+
+
 def test_a_file_written_into_the_model_bundle_is_refused_before_it_breaks_it(
     capsys, bundle_dir, tmp_path
 ) -> None:
