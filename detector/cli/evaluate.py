@@ -49,6 +49,19 @@ def _warm_up_warning(bundle: Any, warming: int, scored: int) -> str | None:
     )
 
 
+def _label_input_warning(bundle: Any, label_column: str) -> str | None:
+    """What to say where the label is one of the model's inputs: its scores see the answer (a
+    helper's AUROC was .999 with it, .9935 without, and nothing said so)."""
+    if label_column not in bundle.input_columns:
+        return None
+    return (
+        f"the label column '{label_column}' is one of the model's inputs, so its scores see "
+        "the label and these metrics are optimistic: train without it (`anomaly train ... "
+        f"--label-column {label_column}` drops it and leaves out the rows labelled anomalous, "
+        f"or --ignore-column {label_column})"
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.errors import DataError
@@ -150,6 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "warnings": [
                         w
                         for w in [
+                            _label_input_warning(bundle, args.label_column),
                             fpr_warning(result, bundle.calibrator.target_fpr),
                             _warm_up_warning(bundle, warming, len(scores)),
                         ]
@@ -176,6 +190,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"warming up {warming:,} ({warming / r.n:.1%} of scored: each series' first "
             f"{bundle.series.window - 1} rows{again}, judged on the rows it had)"
         )
+    if warning := _label_input_warning(bundle, args.label_column):
+        print(f"WARNING: {warning}")
     if warning := _warm_up_warning(bundle, warming, r.n):
         print(f"WARNING: {warning}")
     if evicted:

@@ -196,6 +196,24 @@ def test_evaluate_groups_empty_values_apart_and_numbers_in_order(capsys, bundle_
     assert code == 0 and names == [*map(str, range(12)), "(empty)"]
 
 
+def test_evaluate_warns_where_the_label_is_one_of_the_models_inputs(capsys, tmp_path):
+    """Trained with the label among its inputs, the scores saw the label: AUROC .999 against
+    .9935 without it, and evaluate said nothing."""
+    data = tmp_path / "eval.csv"
+    pd.read_csv(DATA / "eval.csv").head(400).drop(columns=["anomaly_kind"]).to_csv(
+        data, index=False
+    )
+    model = tmp_path / "m"
+    assert run(capsys, "train", data, "--out", model, *TINY_FLAGS)[0] == 0
+    argv = ["evaluate", model, data, "--label-column", "label"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "WARNING: the label column 'label' is one of the model's inputs" in out
+    assert "these metrics are optimistic" in out and "--ignore-column label" in out
+    code, out, _ = run(capsys, *argv, "--json")
+    assert code == 0 and "one of the model's inputs" in json.loads(out)["warnings"][0]
+
+
 def test_evaluate_lists_a_group_whose_every_row_was_rejected(capsys, bundle_dir, tmp_path):
     """A host whose every row had a bad value was missing from the --by-column table, as if
     the file held none of it."""
