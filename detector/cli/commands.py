@@ -79,10 +79,6 @@ def _header(path: str) -> tuple[str, ...]:
         return tuple(source.columns)
 
 
-#: The ``--by-column`` group of rows whose value is empty.
-EMPTY_GROUP = "(empty)"
-
-
 class ScoredLabels(NamedTuple):
     """A labelled file scored: for the scored rows, labels ``(n,)`` (True = anomaly), anomaly
     scores ``(n,)`` and the ``by_column`` value of each (or ``None``); the rejected rows by
@@ -184,9 +180,10 @@ def _labelled_scores(
 
 
 def _group_values(values: Any) -> Any:
-    """``--by-column`` values as text ``(n,)``: an empty value is a group of its own, not the
-    text 'nan' a value may also be."""
-    return values.astype("string").fillna(EMPTY_GROUP).to_numpy(dtype=object).astype(str)
+    """``--by-column`` values as text ``(n,)``: an empty value is the group '' (shown as
+    ``EMPTY_GROUP``), which no text read from a file is, not the text 'nan' or '(empty)' a value
+    may also be."""
+    return values.astype("string").fillna("").to_numpy(dtype=object).astype(str)
 
 
 def _labels(

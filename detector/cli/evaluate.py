@@ -15,7 +15,7 @@ from typing import Any
 
 from detector.cli.commands import _header, _labelled_scores, _require_column
 from detector.cli.score import MOSTLY_REJECTED
-from detector.scoring.evaluation import fpr_warning, precision_text
+from detector.scoring.evaluation import fpr_warning, group_name, precision_text
 from detector.wording import printable
 
 
@@ -236,11 +236,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if stats.get("against") == "every normal record" and stats["auroc"] is not None:
                 measured += " *"
                 against_all = True
-            shown = printable(value)
+            shown = printable(group_name(value))
             print(f"  {shown:<24} {stats['flagged']:7.2%} of {stats['n']:<6}{measured}{also}")
         for value, n in sorted(rejected_groups.items(), key=_group_order):
             if value not in r.by_group:  # every row of it rejected: the line says so
-                print(f"  {printable(value):<24} none scored ({n:,} rejected)")
+                print(f"  {printable(group_name(value)):<24} none scored ({n:,} rejected)")
         if against_all:
             # Otherwise within the group: two meanings side by side, which the table named not.
             print(

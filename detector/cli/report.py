@@ -36,6 +36,7 @@ from detector.scoring.evaluation import (
     Evaluation,
     evaluate_scores,
     fpr_warning,
+    group_name,
     left_out_note,
     precision_text,
 )
@@ -218,7 +219,7 @@ def _group_section(result: Evaluation, column: str) -> str:
     header = [column, *(title for title, _, _ in _GROUP_COLUMNS), "note"]
     rows = [
         [
-            value,
+            group_name(value),
             *(
                 "-" if stats[key] is None else fmt.format(stats[key])
                 for _, key, fmt in _GROUP_COLUMNS

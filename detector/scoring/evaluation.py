@@ -180,6 +180,16 @@ def precision_text(result: Evaluation) -> str:
     return "- (nothing flagged)" if result.precision is None else f"{result.precision:.4f}"
 
 
+#: How the group of empty values ('' in ``by_group``: an empty cell is read as empty, never
+#: as text) is shown in the text and the HTML report.
+EMPTY_GROUP = "(empty)"
+
+
+def group_name(value: str) -> str:
+    """A ``by_group`` key as a table shows it."""
+    return value or EMPTY_GROUP
+
+
 def left_out_note(result: Evaluation) -> str:
     """What the breakdown of ``result`` leaves out, if anything ('' where nothing)."""
     if not result.groups_left_out:

@@ -214,6 +214,29 @@ def test_evaluate_warns_where_the_label_is_one_of_the_models_inputs(capsys, tmp_
     assert code == 0 and "one of the model's inputs" in json.loads(out)["warnings"][0]
 
 
+def test_evaluate_keeps_empty_values_apart_from_the_text_empty(capsys, bundle_dir, tmp_path):
+    """Empty --by-column values and the text '(empty)', the name they were shown by, made one
+    group: one line, one set of metrics, for two kinds of row."""
+    frame = pd.read_csv(DATA / "eval.csv").head(300).drop(columns=["anomaly_kind"])
+    frame["grp"] = np.where(frame.index % 3 == 0, "(empty)", "a")
+    frame.loc[frame.index % 3 == 1, "grp"] = ""
+    frame.to_csv(tmp_path / "g.csv", index=False)
+    argv = ["evaluate", bundle_dir, tmp_path / "g.csv", "--label-column", "label"]
+    code, out, _ = run(capsys, *argv, "--by-column", "grp", "--json")
+    groups = json.loads(out)["by_group"]
+    assert code == 0 and {k: v["n"] for k, v in groups.items()} == {
+        "(empty)": 100,
+        "": 100,
+        "a": 100,
+    }
+    report = tmp_path / "r.html"
+    code, out, _ = run(capsys, *argv, "--by-column", "grp", "--report", report)
+    table = out.split("by grp:")[1].split("wrote report")[0]
+    names = [line.split()[0] for line in table.splitlines()[1:] if line]
+    assert code == 0 and sorted(names) == ["(empty)", "(empty)", "a"]
+    assert report.read_text().count("<tr><td>(empty)</td><td>100</td>") == 2
+
+
 def test_evaluate_lists_a_group_whose_every_row_was_rejected(capsys, bundle_dir, tmp_path):
     """A host whose every row had a bad value was missing from the --by-column table, as if
     the file held none of it."""
