@@ -325,9 +325,36 @@ class Bundle:
         }
 
 
-def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
+@dataclass(frozen=True)
+class Found:
+    """The bundle a folder held when a run began (its manifest's version; ``None``: no
+    bundle), for ``save_bundle`` to refuse replacing one another run wrote there meanwhile."""
+
+    version: str | None
+
+    @classmethod
+    def at(cls, path: str | os.PathLike[str]) -> Found:
+        return cls(_version_at(Path(path)))
+
+
+def _version_at(target: Path) -> str | None:
+    """The version of the bundle at ``target``, read from its manifest alone; ``None`` where
+    there is none, or its manifest cannot be read (loading it would say why)."""
+    try:
+        manifest = json.loads((target / MANIFEST_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    version = manifest.get("version") if isinstance(manifest, dict) else None
+    return str(version) if version is not None else None
+
+
+def save_bundle(
+    bundle: Bundle, path: str | os.PathLike[str], *, replacing: Found | None = None
+) -> Path:
     """Write ``bundle`` to the directory ``path`` atomically, replacing any bundle there; a
-    path that cannot hold one (a file, a folder of other files) is refused before writing."""
+    path that cannot hold one (a file, a folder of other files) is refused before writing.
+    ``replacing``: what ``path`` held when the run began; a bundle another run saved there
+    since is refused, not replaced (``None``: whatever is there is replaced)."""
     target = Path(os.path.abspath(path))  # '.' or '' names the working directory
     check_not_a_mount_point(target)  # first: its parent may be read-only, and is not the fix
     check_writable(target, folder=True)
@@ -353,11 +380,27 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
         manifest = bundle.manifest({name: sha256_of(staging / name) for name in written})
         write_manifest(staging, manifest)
         with changing(target):
+            if replacing is not None:
+                check_unchanged(target, replacing)
             _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def check_unchanged(target: Path, replacing: Found) -> None:
+    """Refuse to replace a bundle another run wrote while this one trained: two trainings
+    into one --out both said "saved bundle <id>", and the first to finish had its id printed
+    for a bundle no longer on disk."""
+    now = _version_at(target)
+    if now == replacing.version:
+        return
+    there = f"bundle {now} is there now" if now is not None else "it holds no bundle now"
+    raise BundleError(
+        f"{target} was written by another run while this one trained ({there}); this run's "
+        f"bundle was not written: give another {option('out')}, or train again to replace it"
+    )
 
 
 def check_replaceable(target: Path) -> None:

@@ -50,7 +50,7 @@ def _flag_value(args: argparse.Namespace, option: TrainingOption) -> Any:
 
 @_writes_files
 def cmd_train(args: argparse.Namespace) -> int:
-    from detector.bundles.bundle import save_bundle
+    from detector.bundles.bundle import Found, save_bundle
     from detector.errors import ConfigError, DataError, SchemaError
     from detector.io.frames import read_table
     from detector.io.temporaries import check_not_an_input, check_outside_bundle, check_writable
@@ -59,6 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_outside_bundle(args.report, args.out, "--report")
     _check_bundle_target(args.out)
+    # Saved over only if still there then: another training into this --out may finish first.
+    found = Found.at(args.out)
     if args.report:
         check_writable(args.report)
         read = [p for p in (args.data, args.report_data) if p is not None and p != "-"]
@@ -125,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         training_log.removeFilter(said_below)
     # Recorded so that scoring a file that still holds them needs no --keep-column.
     bundle = replace(bundle, ignored_columns=tuple(dict.fromkeys(args.ignore_column)))
-    save_bundle(bundle, args.out)
+    save_bundle(bundle, args.out, replacing=found)
     report = _write_training_report(args, bundle, report_passthrough)
     if args.json:
         payload = summary.to_dict()

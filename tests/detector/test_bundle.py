@@ -278,3 +278,28 @@ def test_a_threshold_change_waits_for_a_bundle_being_swapped_in(fitted, tmp_path
         assert changed.is_alive()
     changed.join(timeout=60)
     assert not changed.is_alive() and load_bundle(tmp_path / "m").calibrator.target_fpr == 0.05
+
+
+def test_a_bundle_another_run_saved_meanwhile_is_refused_not_replaced(fitted, tmp_path) -> None:
+    # Two `anomaly train --out m` at once both exited 0 and said "saved bundle <id>": the last
+    # to finish won, and the other's id named no bundle on disk (found by a helper).
+    from detector.bundles.bundle import Found
+
+    target = tmp_path / "m"
+    found = Found.at(target)  # as a training starts: no bundle there
+    save_bundle(fitted.bundle_, target)  # another run, finished first
+    mine = fitted.bundle_.with_target_fpr(0.01)
+    with pytest.raises(
+        BundleError,
+        match=rf"written by another run while this one trained \(bundle "
+        rf"{fitted.bundle_.version} is there now\); this run's bundle was not written: give "
+        r"another path, or train again to replace it",
+    ):
+        save_bundle(mine, target, replacing=found)
+    assert load_bundle(target).version == fitted.bundle_.version
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    # What a run found still there is replaced, as is anything without an expectation.
+    save_bundle(mine, target, replacing=Found.at(target))
+    assert load_bundle(target).version == mine.version
+    save_bundle(fitted.bundle_, target)
+    assert load_bundle(target).version == fitted.bundle_.version

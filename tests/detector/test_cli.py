@@ -420,6 +420,35 @@ def test_a_mount_point_as_out_is_refused_before_training(capsys) -> None:
     assert code == 2 and "/ is a mount point (a volume)" in err and "--out /model" in err, err
 
 
+def test_a_training_whose_out_another_run_wrote_meanwhile_says_its_bundle_was_not_saved(
+    capsys, monkeypatch, bundle_dir, tmp_path
+) -> None:
+    # Two trainings into one --out both exited 0: the first to finish printed "saved bundle
+    # <id>" for a bundle the other then replaced (found by a helper).
+    import shutil
+
+    from detector.bundles.bundle import load_bundle
+    from detector.nn import training
+
+    real_train = training.train
+    out = tmp_path / "m"
+
+    def another_run_finishes_first(*args: object, **kwargs: object) -> object:
+        trained = real_train(*args, **kwargs)  # type: ignore[arg-type]
+        shutil.copytree(bundle_dir, out)
+        return trained
+
+    monkeypatch.setattr(training, "train", another_run_finishes_first)
+    small = tmp_path / "small.csv"
+    pd.read_csv(DATA / "train.csv").head(300).to_csv(small, index=False)
+    code, out_text, err = run(capsys, "train", str(small), "--out", str(out), *TINY_FLAGS)
+    theirs = load_bundle(bundle_dir).version
+    assert code == 2 and "saved bundle" not in out_text, out_text
+    assert f"while this one trained (bundle {theirs} is there now)" in err, err
+    assert "this run's bundle was not written: give another --out, or train again" in err
+    assert load_bundle(out).version == theirs
+
+
 def test_a_mistyped_input_is_told_before_tensorflow_loads(tmp_path) -> None:
     # TensorFlow's import came first: 9 s and 0.8 GB to be told that a path does not exist.
     argv = ["train", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "m")]
