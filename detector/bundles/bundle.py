@@ -404,11 +404,24 @@ def check_unchanged(target: Path, replacing: Found) -> None:
 
 
 def check_replaceable(target: Path) -> None:
+    check_not_a_link(target)
     check_not_a_mount_point(target)
     if target.exists() and not (target / MANIFEST_FILE).exists() and any(target.iterdir()):
         raise BundleError(
             f"{target} exists and is not a model bundle; choose another {option('out')} or "
             "remove it"
+        )
+
+
+def check_not_a_link(target: Path) -> None:
+    if target.is_symlink():
+        # Renamed aside with its bundle put in its place, the link (a blue/green setup's
+        # `current`) became a folder, and a hidden copy of it was left behind.
+        real = os.path.realpath(target)
+        raise BundleError(
+            f"{target} is a symbolic link to {real}: a bundle is written beside it and renamed "
+            f"into place, which would replace the link; give the folder it points to "
+            f"({option('out', real)}), or write to a new folder and point the link at it"
         )
 
 

@@ -203,12 +203,13 @@ def _check_width(args: argparse.Namespace) -> None:
 def _check_bundle_target(out: str) -> None:
     """Before reading or training, so a wrong --out costs no training time: saving replaces
     the whole directory, which is right for an old bundle and wrong for anything else."""
-    from detector.bundles.bundle import check_not_a_mount_point
+    from detector.bundles.bundle import check_not_a_link, check_not_a_mount_point
     from detector.bundles.format import MANIFEST_FILE
     from detector.errors import ConfigError
     from detector.io.temporaries import check_writable
 
     target = Path(out)
+    check_not_a_link(target)
     if target.exists() and not target.is_dir():
         raise ConfigError(
             f"--out {out} is a file; a bundle is a directory: give a new directory's name"

@@ -303,3 +303,30 @@ def test_a_bundle_another_run_saved_meanwhile_is_refused_not_replaced(fitted, tm
     assert load_bundle(target).version == mine.version
     save_bundle(fitted.bundle_, target)
     assert load_bundle(target).version == fitted.bundle_.version
+
+
+def test_a_symbolic_link_is_never_replaced_by_the_bundle_saved_to_it(
+    fitted, bundle_dir, tmp_path, monkeypatch
+) -> None:
+    # A blue/green setup's `current`, a link to a bundle folder, became a folder of the new
+    # bundle, and a hidden copy of the link was left beside it (found by a helper).
+    from detector.bundles import bundle
+
+    shutil.copytree(bundle_dir, tmp_path / "blue")
+    link = tmp_path / "current"
+    link.symlink_to("blue")
+    refused = rf"current is a symbolic link to {tmp_path / 'blue'}: .* give the folder it "
+    with pytest.raises(BundleError, match=refused + r"points to \(path='.*blue'\), or write to"):
+        save_bundle(fitted.bundle_, link)
+    # A link made while the bundle was written is refused at the swap too.
+    link.unlink()
+    real_write = bundle.write_manifest
+
+    def linked_meanwhile(root: Path, manifest: dict[str, object]) -> None:
+        real_write(root, manifest)
+        link.symlink_to("blue")
+
+    monkeypatch.setattr(bundle, "write_manifest", linked_meanwhile)
+    with pytest.raises(BundleError, match=refused):
+        save_bundle(fitted.bundle_, link)
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["blue", "current"]

@@ -449,6 +449,32 @@ def test_a_training_whose_out_another_run_wrote_meanwhile_says_its_bundle_was_no
     assert load_bundle(out).version == theirs
 
 
+def test_a_symbolic_link_as_out_is_refused_before_training_and_threshold_still_follows_it(
+    capsys, monkeypatch, bundle_dir, tmp_path
+) -> None:
+    # `--out bg/current`, a link to a bundle folder (blue/green), was replaced by a folder of
+    # the new bundle, with a hidden copy of the link left beside it (found by a helper).
+    import shutil
+
+    from detector.bundles.bundle import load_bundle
+    from detector.nn import training
+
+    def trained(*args: object, **kwargs: object) -> None:
+        pytest.fail("trained before --out was checked")
+
+    monkeypatch.setattr(training, "train", trained)
+    shutil.copytree(bundle_dir, tmp_path / "blue")
+    link = tmp_path / "current"
+    link.symlink_to("blue")
+    code, _, err = run(capsys, "train", str(DATA / "train.csv"), "--out", str(link), *TINY_FLAGS)
+    assert code == 2 and f"current is a symbolic link to {tmp_path / 'blue'}" in err, err
+    assert f"give the folder it points to (--out {tmp_path / 'blue'})" in err
+    assert "or write to a new folder and point the link at it" in err
+    code, _, _ = run(capsys, "threshold", str(link), "--fpr", "0.03")
+    assert code == 0 and load_bundle(tmp_path / "blue").calibrator.target_fpr == 0.03
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["blue", "current"]
+
+
 def test_a_mistyped_input_is_told_before_tensorflow_loads(tmp_path) -> None:
     # TensorFlow's import came first: 9 s and 0.8 GB to be told that a path does not exist.
     argv = ["train", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "m")]
