@@ -508,6 +508,23 @@ def test_evaluate_warns_where_normal_rows_cross_the_threshold_well_above_its_tar
     assert "they differ from the training rows" in report.read_text()
 
 
+def test_the_drift_warning_names_retraining_as_the_fix_and_a_lower_target_as_its_cost() -> None:
+    # It offered "retrain on recent normal rows, or lower the target to flag fewer" as equal
+    # fixes: on drifted rows a target lowered from 1% to 0.01% left the rate at 20% and recall
+    # fell from 1.00 to 0.72; retraining gave 2.7% at recall 0.98 (found by a helper).
+    from detector.scoring.evaluation import Evaluation, fpr_warning
+
+    drifted = Evaluation(
+        n=10_100, n_anomalies=100, n_rejected=0, auroc=0.9, auprc=0.5, threshold=1.0,
+        precision=0.05, recall=1.0, f1=0.1, false_positive_rate=0.2, best_f1=0.5,
+        best_f1_threshold=2.0,
+    )  # fmt: skip
+    warning = fpr_warning(drifted, 0.01)
+    assert warning is not None and "never saw): retrain on recent normal rows. A lower " in warning
+    assert "only flags fewer rows, at the cost of missed anomalies" in warning
+    assert "or lower the target" not in warning
+
+
 def test_usage_errors_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["train"])
