@@ -190,4 +190,10 @@ def leave_one_out_note(rows: int, fit: int, validation: int, calibration: int) -
 def measured_at_note(trained_at: float, in_force: float) -> str:
     """What a training's validation FPR needs beside it once ``anomaly threshold`` has moved the
     target: it was measured at the training's threshold, not the one in force."""
-    return "" if trained_at == in_force else f" at the training's target FPR {trained_at:.3%}"
+    return "" if trained_at == in_force else f" at the training's target FPR {percent(trained_at)}"
+
+
+def percent(share: float) -> str:
+    """``share`` as a percentage to 3 decimals (2.000%), or to 2 significant digits where those
+    would show a rate that is not zero as zero: a target FPR of 1e-6 read "0.000%"."""
+    return f"{share:.3%}" if share >= 1e-5 or share == 0 else f"{100 * share:.2g}%"

@@ -121,6 +121,8 @@ class Bundle:
     #: How records form series and how many rows of its series a record is judged with
     #: (``anomaly train --time-column``); ``None`` scores every record alone.
     series: SeriesSpec | None = None
+    #: The bundle format of the manifest it was loaded from (a new one is saved in this one).
+    format_version: int = FORMAT_VERSION
 
     @property
     def input_columns(self) -> tuple[str, ...]:
@@ -627,6 +629,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             # Absent from bundles written before the field existed: nothing was ignored then.
             ignored_columns=column_names(manifest.get("ignored_columns", [])),
             series=read_series(manifest.get("series")),
+            format_version=manifest["format_version"],  # an int check_manifest reads
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BundleError(

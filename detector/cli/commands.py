@@ -319,7 +319,7 @@ def _settings(bundle: Any) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
-    from detector.wording import measured_at_note
+    from detector.wording import measured_at_note, percent
 
     bundle = load_bundle(args.model)
     training = {k: v for k, v in bundle.training.items() if k != "history"}
@@ -329,6 +329,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "model_type": bundle.model_type,
         "version": bundle.version,
         "created_at": bundle.created_at,
+        # Which releases read it: those reading its format and knowing each name it requires.
+        "format_version": bundle.format_version,
+        "requires": bundle.requires,
         "score": bundle.score_kind,
         "samples": bundle.n_samples,
         "neighbours": None
@@ -354,6 +357,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{bundle.model_type} bundle {bundle.version} at {printable(args.model)} "
         f"(created {bundle.created_at})"
     )
+    print(
+        f"bundle format {bundle.format_version}; requires: {', '.join(bundle.requires) or 'none'}"
+    )
     print(f"columns: {printable(info['columns_described'])}")
     if bundle.series is not None:
         print(bundle.series.describe())
@@ -361,7 +367,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"ignored (carried through unscored): {printable(list(bundle.ignored_columns))}")
     print(
         f"score: {bundle.describe_score()}; threshold "
-        f"{bundle.calibrator.threshold:.4f} at target FPR {bundle.calibrator.target_fpr:.3%}"
+        f"{bundle.calibrator.threshold:.4f} at target FPR {percent(bundle.calibrator.target_fpr)}"
     )
     if logs := bundle.describe_logs():
         print(logs)

@@ -229,6 +229,27 @@ def test_info_and_threshold(capsys, cli_model) -> None:
     assert code == 0 and "WARNING" not in out
 
 
+def test_info_shows_the_bundle_format_what_it_requires_and_a_tiny_target_as_not_zero(
+    capsys, bundle_dir, tmp_path
+) -> None:
+    # Neither the format nor what a reader must know was in either output, and a target FPR
+    # of 1e-6 (the least one takes) read "0.000%" (found by a helper).
+    import shutil
+
+    from detector.bundles.bundle import set_target_fpr
+
+    model = tmp_path / "m"
+    shutil.copytree(bundle_dir, model)
+    set_target_fpr(model, 1e-6)
+    code, out, _ = run(capsys, "info", str(model))
+    assert code == 0 and "bundle format 2; requires: neighbours\n" in out, out
+    assert "at target FPR 0.0001%" in out and "0.000%" not in out
+    assert "at the training's target FPR 5.000%" in out
+    code, out, _ = run(capsys, "info", str(model), "--json")
+    info = json.loads(out)
+    assert (info["format_version"], info["requires"]) == (2, ["neighbours"])
+
+
 @pytest.mark.parametrize(
     ("what", "message"),
     [
