@@ -415,6 +415,11 @@ def cmd_threshold(args: argparse.Namespace) -> int:
         f"threshold {cal.threshold:.4f} for target FPR {cal.target_fpr:.4%} (from the {source}); "
         f"saved to {args.model}"
     )
+    # The bundle changed on disk; a server holds the one it loaded, and said nothing of it.
+    print(
+        "a running `anomaly serve` keeps the old threshold until it reloads the model: send it "
+        "SIGHUP, or POST /v1/models/NAME/reload with the admin token"
+    )
     for warning in warnings:
         print(f"WARNING: {warning}")
     return 0

@@ -287,6 +287,22 @@ def test_info_after_threshold_shows_the_warnings_of_the_target_in_force(capsys, 
     assert code == 0 and "WARNING" not in out and "training's target" not in out
 
 
+def test_threshold_says_a_running_server_keeps_the_old_one_until_reloaded_and_how(
+    capsys, bundle_dir, tmp_path
+) -> None:
+    # It changed the bundle on disk and said nothing, while `anomaly serve` kept flagging at
+    # the old threshold until reloaded (found by a helper).
+    import shutil
+
+    shutil.copytree(bundle_dir, tmp_path / "m")
+    code, out, _ = run(capsys, "threshold", str(tmp_path / "m"), "--fpr", "0.03")
+    told = (
+        "a running `anomaly serve` keeps the old threshold until it reloads the model: send it "
+        "SIGHUP, or POST /v1/models/NAME/reload with the admin token\n"
+    )
+    assert code == 0 and told in out, out
+
+
 def test_threshold_on_a_bundle_it_may_not_write_says_so(capsys, cli_model, monkeypatch):
     # As root, mode bits do not stop a write and an immutable flag does: a traceback, exit 1.
     import errno
