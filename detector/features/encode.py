@@ -96,17 +96,33 @@ def check_columns(
     problems = []
     if missing:
         problems.append(f"missing column(s) {listed(missing)}")
-    if unknown:
-        keep = option("passthrough", *(shortened(c) for c in unknown[:LISTED_NAMES]))
-        if current_surface() == "python":  # predict() and anomaly_score() take no passthrough
-            keep = f"score_records(X, {keep})"
-        more = " ..." if len(unknown) > LISTED_NAMES else ""
-        problems.append(
-            f"unknown column(s) {listed(unknown)} (drop them, or keep them in the output unscored "
-            f"with {keep}{more})"
-        )
     by_letters = {same_letters(c): c for c in missing}
     forms = [(u, by_letters[same_letters(u)]) for u in unknown if same_letters(u) in by_letters]
+    # A header in capitals (HOST for host) was told to keep HOST unscored, which left host
+    # missing still (a formats helper).
+    by_case = {same_letters(c).casefold(): c for c in missing}
+    formed = {u for u, _ in forms}
+    cased = [
+        (u, by_case[key])
+        for u in unknown
+        if u not in formed and (key := same_letters(u).casefold()) in by_case
+    ]
+    others = [c for c in unknown if c not in formed and c not in {u for u, _ in cased}]
+    if others:
+        keep = option("passthrough", *(shortened(c) for c in others[:LISTED_NAMES]))
+        if current_surface() == "python":  # predict() and anomaly_score() take no passthrough
+            keep = f"score_records(X, {keep})"
+        more = " ..." if len(others) > LISTED_NAMES else ""
+        problems.append(
+            f"unknown column(s) {listed(others)} (drop them, or keep them in the output unscored "
+            f"with {keep}{more})"
+        )
+    if cased:
+        problems.insert(
+            1,
+            f"{listed([u for u, _ in cased])} differ from the model's "
+            f"{listed([m for _, m in cased])} only in case: rename them as the model names them",
+        )
     if forms:
         problems.insert(
             1,
@@ -114,7 +130,8 @@ def check_columns(
             "in another Unicode form (accents as characters of their own, as some tools on "
             "macOS write them): save the file's text as NFC, or rename the columns",
         )
-    alike = {u for u, _ in forms} | {m for _, m in forms}
+    alike = {u for u, _ in forms} | {m for _, m in forms} | {u for u, _ in cased}
+    alike |= {m for _, m in cased}
     renamed = _misspelled(
         [c for c in missing if c not in alike], [c for c in unknown if c not in alike]
     )

@@ -371,6 +371,11 @@ def test_a_misspelled_column_is_named_with_its_likely_fix() -> None:
     with pytest.raises(SchemaError) as err:
         check_columns(schema, ["load", "mem_pct"])  # nothing alike: no rename offered
     assert "rename" not in str(err.value)
+    # A header in capitals was told to keep CPU_PCT unscored, which left cpu_pct missing.
+    with pytest.raises(SchemaError) as err:
+        check_columns(schema, ["CPU_PCT", "mem_pct"])
+    assert "['CPU_PCT'] differ from the model's ['cpu_pct'] only in case: rename" in str(err.value)
+    assert "keep-column" not in str(err.value) and "passthrough" not in str(err.value)
 
 
 def test_accented_labels_and_names_match_in_either_unicode_form() -> None:
