@@ -171,6 +171,11 @@ class CsvSource(TableSource):
             self._lone_cr = True
             buffer = buffer.replace(b"\r", b"\n")
         if buffer.startswith(PARQUET_MAGIC):  # a file is told by content; a pipe cannot seek
+            if isinstance(self._stream, gzip.GzipFile):  # "give the file's path" to a path
+                raise DataError(
+                    f"{self.name} is gzip-compressed Parquet: gunzip it (Parquet compresses "
+                    "inside itself) and give the .parquet file"
+                )
             raise DataError(parquet_on_a_pipe(self.name))
         problem = archive_problem(self.name, buffer)
         if problem is not None:

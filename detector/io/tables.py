@@ -89,6 +89,8 @@ def input_format(path: str | os.PathLike[str]) -> str:
         return table_format(path)
     if _is_text(head):
         return "csv"
+    if problem := archive_problem(str(path), head):  # named: a .csv.bz2, an .xlsx, a .feather
+        raise DataError(problem)
     raise DataError(
         f"cannot read {path}: it is neither CSV text nor JSON Lines (plain or gzip) nor "
         "Parquet; give a .csv, .csv.gz, .jsonl or .parquet file"
@@ -164,12 +166,38 @@ _ARCHIVES = {
 }
 
 
+#: Table formats this tool does not read, by their first bytes, with how to convert each.
+_OTHER_TABLES = {
+    b"ARROW1": (
+        "an Arrow IPC (Feather) file",
+        "write it as Parquet: pyarrow.parquet.write_table(pyarrow.feather.read_table(path), "
+        "'out.parquet')",
+    ),
+    b"ORC": (
+        "an ORC file",
+        "write it as Parquet: pyarrow.parquet.write_table(pyarrow.orc.read_table(path), "
+        "'out.parquet')",
+    ),
+}
+
+
 def archive_problem(name: str, head: bytes) -> str | None:
     """Why ``name``, starting with ``head``, cannot be read as a table: it is an archive or
-    compressed in a format other than gzip (told "not UTF-8" or "not CSV text" before), or
-    UTF-16 text; ``None`` where it is neither."""
+    compressed in a format other than gzip (told "not UTF-8" or "not CSV text" before), a
+    table format this tool does not read (Excel, Arrow, ORC), or UTF-16 text; ``None`` where
+    it is none of these."""
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return f"{name} is not UTF-8 text (it looks like UTF-16); re-save the file as UTF-8"
+    if head.startswith(b"PK\x03\x04") and (
+        b"[Content_Types].xml" in head[:2048] or str(name).lower().endswith((".xlsx", ".xlsm"))
+    ):
+        # "a ZIP file: unpack it first" gave a workbook's XML.
+        return f"{name} is an Excel workbook: save it as CSV UTF-8 (File > Save As) or Parquet"
+    if head[257:262] == b"ustar":  # a tar header's magic; gzip's is unpacked before this
+        return f"{name} is a tar archive: extract it (tar -xf) and give its files or folder"
+    for magic, (kind, fix) in _OTHER_TABLES.items():
+        if head.startswith(magic):
+            return f"{name} is {kind}, which this tool does not read; {fix}"
     for magic, kind in _ARCHIVES.items():
         if head.startswith(magic):
             return (

@@ -171,6 +171,43 @@ def test_a_record_scores_the_same_over_http_and_in_a_file(
     assert [r["top_feature_1"] for r in scored] == [r["top_features"][0]["column"] for r in http]
 
 
+def test_files_of_formats_this_tool_does_not_read_are_named_with_how_to_convert_them(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # A formats helper's exports: "neither CSV text nor JSON Lines nor Parquet" for each, a
+    # gzipped Parquet told to "give the file's path" (it was one), a workbook to unpack.
+    import gzip
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    table = EVAL.head(5)
+    plain = tmp_path / "plain.csv"
+    table.to_csv(plain, index=False)
+    table.to_parquet(tmp_path / "p.parquet")
+    (tmp_path / "p.parquet.gz").write_bytes(gzip.compress((tmp_path / "p.parquet").read_bytes()))
+    feather.write_feather(pa.Table.from_pandas(table), tmp_path / "t.feather")
+    with tarfile.open(tmp_path / "t.tar.gz", "w:gz") as archive:
+        archive.add(plain, arcname="plain.csv")
+    workbook = io.BytesIO()
+    with zipfile.ZipFile(workbook, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/workbook.xml", "<workbook/>")
+    (tmp_path / "w.xlsx").write_bytes(workbook.getvalue())
+    (tmp_path / "t.csv.bz2").write_bytes(bz2.compress(plain.read_bytes()))
+    for name, said in [
+        ("p.parquet.gz", "is gzip-compressed Parquet: gunzip it"),
+        ("t.feather", "is an Arrow IPC (Feather) file, which this tool does not read; write it"),
+        ("t.tar.gz", "is a tar archive: extract it"),
+        ("w.xlsx", "is an Excel workbook: save it as CSV UTF-8"),
+        ("t.csv.bz2", "is a bzip2 file, not a table's text: unpack it first"),
+    ]:
+        output = tmp_path / "out.csv"
+        code, _, err = score(capsys, str(bundle_dir), str(tmp_path / name), "--output", str(output))
+        assert code == 2 and said in err and "Traceback" not in err, (name, err)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
