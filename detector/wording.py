@@ -56,10 +56,12 @@ OPTIONS: dict[str, Option] = {
     "series_columns": Option("--series-column", "series_columns", many=True),
     "n_samples": Option("--samples", "n_samples"),
     "random_state": Option("--seed", "random_state"),
+    "score_kind": Option("--score", "score_kind"),
     **{
         name: _hyperparameter(name)
         for name in (
             "model",
+            "neighbours",
             "epochs",
             "learning_rate",
             "kl_warmup_epochs",

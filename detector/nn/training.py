@@ -131,21 +131,29 @@ class TrainingConfig(
         if wrong:  # the checks below compare values of the right types
             return wrong
         problems = TrainingOptions.of(self).problems(model)
-        if model in MODELS:
+        needs_rows = self.score_kind in NEIGHBOUR_KINDS and not self.neighbours
+        if model in MODELS and not needs_rows:  # that one is told below, with its own fix
             kinds = SCORE_KINDS + MODELS[model].extra_score_kinds
             kinds += NEIGHBOUR_KINDS if self.neighbours else ()
             if self.score_kind is not None and self.score_kind not in kinds:
                 problems.append(
-                    f"score_kind {self.score_kind!r} is not one of {list(kinds)} for "
-                    f"model {model!r}"
+                    f"{option('score_kind')} {self.score_kind!r} is not one of {list(kinds)} "
+                    f"for model {model!r}"
                 )
         if self.activation != "relu" and not _is_activation(self.activation):
             problems.append(
                 f"activation {self.activation!r} is not a Keras activation (e.g. relu, tanh, "
                 "elu, gelu)"
             )
-        if self.score_kind in NEIGHBOUR_KINDS and not self.neighbours:
-            problems.append(f"score_kind {self.score_kind!r} needs neighbours >= 1")
+        if needs_rows:
+            # "'knn' is not one of [...] for model 'vae'; ... needs neighbours >= 1" blamed
+            # the model and named no fix (a models helper).
+            problems.append(
+                f"{option('score_kind')} {self.score_kind!r} measures the distance to normal "
+                f"training rows, which {option('neighbours', 0)} keeps none of: drop "
+                f"{option('neighbours', 0)}, or choose another score (e.g. "
+                f"{option('score_kind', 'elbo')})"
+            )
         if self.time_column is not None:
             placing = {self.time_column, *self.series_columns}
             for name, named in (("categorical", self.categorical), ("context", self.context)):
