@@ -415,6 +415,22 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
                 f"({option(widest, read)}): the older rows change nothing; raise "
                 f"{option('column_window')} to judge each metric on more rows"
             )
+    if score_kind == "knn" and config.model != "vae":
+        # Every model scored alike with knn (a models helper compared six to the digit).
+        own = model.default_score_kind
+        warnings.append(
+            f"{option('score_kind', score_kind)} measures distances between the encoded input "
+            f"rows, which the {config.model} network does not change: these scores are any "
+            f"model's; to score with {config.model}, give {option('score_kind', own)}"
+        )
+    elif score_kind != "knn" and len(history["loss"]) <= config.kl_warmup_epochs:
+        # The network's scores ranked unseen categories below normal rows at 2 epochs, and
+        # vae-svdd's hypersphere starts after the warm-up, so it had none (a models helper).
+        warnings.append(
+            f"training ended within the KL warm-up ({len(history['loss'])} epochs of "
+            f"{option('kl_warmup_epochs', config.kl_warmup_epochs)}): the {score_kind} score "
+            f"comes from a network barely trained; train for more {option('epochs')}"
+        )
     if repeated is not None:
         warnings.append(repeated)
     if warming is not None:

@@ -302,3 +302,23 @@ def test_save_and_load_raise_no_warning_under_warnings_as_errors(tmp_path) -> No
         det.save(tmp_path / "m")
         again = VAEDetector.load(tmp_path / "m")
     np.testing.assert_array_equal(again.anomaly_score(x[:5]), det.anomaly_score(x[:5]))
+
+
+def test_training_says_when_a_score_does_not_come_from_the_model_or_its_network_barely_trained(
+    train_frame,
+) -> None:
+    # A models helper: six models scored alike to the digit with --score knn, and at 2 epochs
+    # (within the KL warm-up) vae-svdd was a plain VAE and unseen categories ranked as normal.
+    table = train_frame.head(400)
+    small = {"hidden_units": (8,), "latent_dim": 2}
+    advae = VAEDetector(model="advae", score_kind="knn", epochs=1, **small).fit(table)
+    assert any(
+        "which the advae network does not change" in w and "score_kind='elbo'" in w
+        for w in advae.summary_.warnings
+    )
+    early = VAEDetector(score_kind="elbo", epochs=2, kl_warmup_epochs=5, **small).fit(table)
+    assert any(
+        "training ended within the KL warm-up (2 epochs" in w for w in early.summary_.warnings
+    )
+    later = VAEDetector(score_kind="elbo", epochs=2, kl_warmup_epochs=1, **small).fit(table)
+    assert not any("KL warm-up" in w or "network does not" in w for w in later.summary_.warnings)
