@@ -743,7 +743,26 @@ def number_hint(text: str) -> str:
     if _SPACED.fullmatch(text):  # '12 500', '1 234,5': French and ISO's thousands
         plain = re.sub(r"[ \u00a0\u202f]", "", text).replace(",", ".")
         return f" (thousands separated by spaces? write it as {plain})"
+    # A formats helper's exports, each told only "is not a number".
+    if match := _NUMBER_AND_UNIT.fullmatch(text):
+        number, unit = match.groups()
+        if unit == "%":
+            share = f"{float(number) / 100:g}"
+            return f" (a percentage? write the number alone, {number}, or {share} for a share)"
+        return f" (a number with its unit? write the number alone: {number})"
+    if _HEX.fullmatch(text):
+        return f" (hexadecimal? write it in decimal: {int(text, 16)})"
+    if _TYPOGRAPHIC_MINUS.fullmatch(text):
+        return f" (a typographic minus? write it as -{text[1:].strip()})"
+    if text.lower() in ("true", "false"):
+        return f" (a truth value? write it as {int(text.lower() == 'true')})"
     return ""
+
+
+#: A number followed by its unit: '12%', '12ms', '12 ms', '3.5 GB'.
+_NUMBER_AND_UNIT = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))\s*(%|[A-Za-zµ/]{1,6})")
+#: A minus sign as word processors write it (U+2212, en dash) before a number.
+_TYPOGRAPHIC_MINUS = re.compile(r"[\u2212\u2013]\s*(?:\d+\.?\d*|\.\d+)")
 
 
 def _numbers_as_text(key: str, series: pd.Series) -> str | None:

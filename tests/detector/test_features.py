@@ -137,7 +137,10 @@ def test_numbers_written_as_spreadsheets_write_them_are_named_in_the_reason() ->
     # A European spreadsheet's '50,1': "not a number" alone left the user guessing why.
     # '12,500' reads either way: told as a decimal comma alone, a fraud helper's $12,500
     # payment became $12.50; '1,234.56' and '$12.00' were told nothing.
-    written = ["50,1", "1.234,5", "12,500", "1,234.56", "$1,200.50", "(€12.00)", "1\u202f234,5"]
+    # A formats helper's '12%', '12ms', '0x1A', a typographic minus and 'True' were told
+    # "is not a number" alone.
+    written = ["50,1", "1.234,5", "12,500", "1,234.56", "$1,200.50", "(€12.00)", "1\u202f234,5",
+               "12%", "12 ms", "0x1A", "\u22125", "True"]  # fmt: skip
     frame = _frame(len(written)).astype({"cpu": object})
     frame["cpu"] = written
     reasons = [r.reason for r in encode(fit_schema(_frame()), frame).rejections]
@@ -149,6 +152,11 @@ def test_numbers_written_as_spreadsheets_write_them_are_named_in_the_reason() ->
         "(an amount with its currency sign? write it as 1200.50)",
         "(an amount with its currency sign? write it as -12.00)",
         "(thousands separated by spaces? write it as 1234.5)",
+        "(a percentage? write the number alone, 12, or 0.12 for a share)",
+        "(a number with its unit? write the number alone: 12)",
+        "(hexadecimal? write it in decimal: 26)",
+        "(a typographic minus? write it as -5)",
+        "(a truth value? write it as 1)",
     ]
     assert reasons[0] == "column 'cpu': '50,1' is not a number (a decimal comma? write it as 50.1)"
 
