@@ -71,6 +71,19 @@ class RejectRateExceeded(DataError):
         self.report = report
 
 
+def encoding_hint(report: BatchReport) -> str | None:
+    """What to do where most rows were rejected as not UTF-8: the file is in another encoding
+    (a Latin-1 export rejected its 3,072 rows one by one, each "re-save it as UTF-8")."""
+    garbled = report.rejected_by_code.get("encoding", 0)
+    if garbled <= report.rows_read // 2:
+        return None
+    return (
+        f"{garbled:,} rows are not UTF-8 text: the file is most likely in another encoding "
+        "(Windows-1252 or Latin-1, as spreadsheets save); convert it once, e.g. "
+        "iconv -f cp1252 -t utf-8 IN > OUT, and score that"
+    )
+
+
 def check_reject_rate(report: BatchReport, max_reject_rate: float | None) -> None:
     """Raise ``RejectRateExceeded`` where ``report`` rejected more than ``max_reject_rate`` of
     its rows, or, with no limit given, every one of them: a run that scored nothing (epoch
@@ -80,6 +93,8 @@ def check_reject_rate(report: BatchReport, max_reject_rate: float | None) -> Non
         f"{report.rows_rejected}"
     )
     where = f"the rejected rows and reasons are in {report.rejects}"
+    if hint := encoding_hint(report):
+        where = f"{hint}; {where}"
     # A file is written at the end or not at all; stdout ('-') has had each chunk's rows.
     none = (
         "the rows already on stdout are not a whole run: discard them"

@@ -39,7 +39,7 @@ def _summary_stream(args: argparse.Namespace) -> TextIO:
 
 @_writes_files
 def cmd_score(args: argparse.Namespace) -> int:
-    from detector.batch.ledger import RejectRateExceeded
+    from detector.batch.ledger import RejectRateExceeded, encoding_hint
 
     options = {
         "keep_columns": args.keep_column,
@@ -160,6 +160,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{code} {n:,}" for code, n in report.rejected_by_code.items())
         rejects = "<stdout>" if report.rejects == "-" else report.rejects
         print(f"rejected rows and reasons in {rejects} ({counts})", file=say)
+        if hint := encoding_hint(report):
+            print(f"hint: {hint}", file=say)
         late = report.rejected_by_code.get("out_of_order", 0)
         # Spark hands each series to one task whole, so only the local engine's chunks can
         # leave a series out of order.

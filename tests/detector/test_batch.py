@@ -942,3 +942,30 @@ def test_formula_cells_are_written_as_read_and_the_summary_names_their_columns(
         "or a carriage return, which a spreadsheet runs as a formula; give --escape-formulas "
         "to write them with a leading '"
     ) in out, out
+
+
+def test_a_file_mostly_not_utf8_is_told_to_be_converted_once(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # A Latin-1 export rejected every row one by one, each "re-save the file as UTF-8", and
+    # the run ended "fix those rows, or pass --max-reject-rate 1" (a formats helper).
+    table = EVAL.head(6).assign(note="café")
+    path = tmp_path / "in.csv"
+    path.write_bytes(table.to_csv(index=False).encode("latin-1"))
+    argv = [
+        str(bundle_dir),
+        str(path),
+        "--output",
+        str(tmp_path / "o.csv"),
+        "--keep-column",
+        "note",
+    ]
+    code, _, err = score(capsys, *argv)
+    assert code == 2 and "6 rows are not UTF-8 text" in err and "iconv -f cp1252" in err
+    table.head(2).to_csv(tmp_path / "good.csv", index=False)  # a third garbled: no hint
+    path.write_bytes(
+        (tmp_path / "good.csv").read_bytes()
+        + table.tail(1).to_csv(index=False, header=False).encode("latin-1")
+    )
+    code, ledger, err = score(capsys, *argv)
+    assert code == 0 and ledger["rejected_by_code"] == {"encoding": 1} and "iconv" not in err
