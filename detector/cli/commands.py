@@ -279,12 +279,22 @@ def _sampled_note(bundle: Any, drawn: Any) -> str:
     prior reaches places its training rows never were; joint structure is lost)."""
     import numpy as np
 
+    from detector.features.encode import listed
     from detector.scoring.scores import score_frame
 
-    result = score_frame(bundle, drawn.head(SAMPLES_JUDGED), max_ahead_seconds=None)
+    judged = drawn.head(SAMPLES_JUDGED)
+    result = score_frame(bundle, judged, max_ahead_seconds=None)
+    empty = [c.name for c in bundle.schema.context if judged[c.name].isna().all()]
+    if empty:
+        # A cvae's samples without --context come back with no host, which scoring rejects:
+        # "flags 0.0%" would have said they were all normal (a models helper).
+        return (
+            f"note: {listed(empty)} left empty (no context given), so these draws cannot be "
+            f"scored as they are; give --context {empty[0]}=VALUE to draw one context's records"
+        )
     flagged = float(np.mean(result.is_anomaly)) if len(result.is_anomaly) else 0.0
     return (
-        f"note: this model flags {flagged:.1%} of the first {min(len(drawn), SAMPLES_JUDGED):,} "
+        f"note: this model flags {flagged:.1%} of the first {len(judged):,} "
         f"draws (its target: {bundle.calibrator.target_fpr:.2%}): they show what the VAE "
         "learned, column by column, not realistic traffic; to test a pipeline, use held-out "
         "normal rows"

@@ -165,6 +165,21 @@ def test_a_context_the_model_does_not_know_is_refused(cvae, context, message) ->
         sample_records(cvae.bundle_, 10, seed=0, context=context)
 
 
+def test_the_cli_says_a_conditional_models_draws_without_a_context_cannot_be_scored(
+    cvae, capsys, tmp_path
+) -> None:
+    # Their host comes back empty, which scoring rejects: "flags 0.0%" read as all normal.
+    from detector.cli.main import main
+
+    cvae.save(tmp_path / "m")
+    argv = ["sample", str(tmp_path / "m"), "-n", "20", "--output", str(tmp_path / "s.csv")]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "note: ['host'] left empty (no context given), so these draws cannot be scored" in said
+    assert main([*argv, "--context", "host=a"]) == 0
+    assert "note: this model flags" in capsys.readouterr().out
+
+
 def test_a_context_on_an_unconditional_model_names_the_fix(fitted) -> None:
     with pytest.raises(ConfigError, match="--model cvae --context"):
         sample_records(fitted.bundle_, 10, seed=0, context={"host": "web-01"})
