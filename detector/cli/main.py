@@ -25,7 +25,7 @@ from detector import __version__
 from detector.cli.commands import cmd_info, cmd_sample, cmd_threshold
 from detector.cli.evaluate import cmd_evaluate
 from detector.cli.score import cmd_score
-from detector.cli.train import _check_width, cmd_train
+from detector.cli.train import check_input_width, cmd_train
 from detector.errors import DetectorError
 from detector.native import import_tensorflow_quietly
 from detector.nn.option_specs import training_options
@@ -102,7 +102,7 @@ def build_parser(
     )
     _add_output_flags(train)
     # The data's width is told from its header before TensorFlow's import (see run).
-    train.set_defaults(handler=cmd_train, check_input=_check_width)
+    train.set_defaults(handler=cmd_train, check_input=check_input_width)
 
     score = commands.add_parser(
         "score",

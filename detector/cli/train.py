@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_width(args: argparse.Namespace) -> None:
+def check_input_width(args: argparse.Namespace) -> None:
     """Refuse data too wide to train on from its header (a Parquet file's schema, a JSON Lines
     file's first records) before its rows are read, and before TensorFlow's import (the
     command line runs it first, as ``check_input``): a CSV of 1,000,000 columns was read whole
