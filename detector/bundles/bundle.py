@@ -468,7 +468,9 @@ def changing(target: Path) -> Iterator[None]:
 
 def set_target_fpr(path: str | os.PathLike[str], target_fpr: float) -> Bundle:
     """Change a saved bundle's target false-positive rate in place, without retraining."""
-    with changing(Path(os.path.abspath(path))):
+    # The real folder's parent: through a link (bg/current) the lock was the link's folder,
+    # which a training into the real one never waited on.
+    with changing(Path(os.path.realpath(path))):
         return _set_target_fpr(path, target_fpr)
 
 
