@@ -9,7 +9,8 @@ after 1,000). So the master folds a dead worker's counts into one ``<type>_archi
 type and deletes its files. A scrape and a fold take one lock (shared, exclusive), so a
 scrape never sees a worker's counts twice or not at all. Every series keeps its own count: a
 capped label (``anomaly_key_anomalies_total``'s keys) keeps each exited worker's own keys, as
-its file did, and a new worker counts those before any new one against the cap.
+its file did, and a worker counts those and the live workers' before any new one against the
+cap.
 """
 
 from __future__ import annotations
@@ -104,21 +105,26 @@ def fold_dead_worker(directory: str | Path, pid: int) -> None:
         (folder / f"gauge_mostrecent_{pid}.db").unlink(missing_ok=True)
 
 
-def archived_label_values(directory: str | Path, metric: str, label: str) -> dict[str, set[str]]:
-    """The values of counter ``metric``'s ``label`` in the archive of exited workers' counts,
-    by model: the series the server already exports for good. A worker counts these, and new
-    ones only while the model has fewer than its cap, so that a cap holds for the server's life
-    rather than for each worker (each replaced worker's 100 keys stayed: 400 more series a
-    model after 4 reloads)."""
-    archive = Path(directory) / "counter_archive.db"
+def counted_label_values(directory: str | Path, metric: str, label: str) -> dict[str, set[str]]:
+    """The values of counter ``metric``'s ``label`` in every counter file, the archive of
+    exited workers' counts and each live worker's, by model: the series the server exports
+    now. A worker counts these, and new ones only while the model has fewer than its cap, so
+    that a cap holds for the server rather than for each worker (each replaced worker's 100
+    keys stayed: 400 more series a model after 4 reloads; each live worker's own 100: 200 a
+    model under 2 workers)."""
     found: dict[str, set[str]] = {}
-    with _locked(Path(directory), fcntl.LOCK_SH):
-        if not archive.is_file():
-            return found
-        for key, *_ in MmapedDict.read_all_values_from_file(str(archive)):
-            name, _sample, labels, _help = json.loads(key)
-            if name == metric and label in labels and "model" in labels:
-                found.setdefault(labels["model"], set()).add(labels[label])
+    with _locked(Path(directory), fcntl.LOCK_SH):  # no fold deletes a file mid-read
+        for path in Path(directory).glob("counter_*.db"):
+            if not METRIC_FILE.match(path.name):
+                continue
+            try:
+                values = MmapedDict.read_all_values_from_file(str(path))
+            except FileNotFoundError:  # a worker's file, deleted by a restart's clearing
+                continue
+            for key, *_ in values:
+                name, _sample, labels, _help = json.loads(key)
+                if name == metric and label in labels and "model" in labels:
+                    found.setdefault(labels["model"], set()).add(labels[label])
     return found
 
 

@@ -22,14 +22,14 @@ from prometheus_client import (
 )
 
 from detector.features.encoded import REJECTION_CODES
-from service.metric_files import archived_label_values, reading
+from service.metric_files import counted_label_values, reading
 
 #: p-value buckets: dense around the usual thresholds (1e-4 .. 0.05) so alert levels are visible.
 P_VALUE_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: Request durations: single records take milliseconds, large batches up to seconds.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Distinct alert keys per model given their own series in ``anomaly_key_anomalies_total``
-#: (each worker, from those exited workers left); later keys are counted under ``OTHER_KEYS``.
+#: (over the server's workers, live and exited); later keys are counted under ``OTHER_KEYS``.
 MAX_KEY_SERIES = 100
 #: The ``key`` label of anomalies whose key came after the first ``MAX_KEY_SERIES``. A real key
 #: always holds '=', so this value never collides with one.
@@ -157,10 +157,11 @@ class ServiceMetrics:
     def count_key_anomalies(self, model: str, counts: dict[str, int]) -> None:
         """Add anomalies per alert key, keeping the number of series bounded."""
         with self._keys_lock:
-            seen = self._keys_seen.get(model)
-            if seen is None:
-                # Those exited workers left counted: each new worker started its own 100 anew.
-                seen = self._keys_seen[model] = self._archived_keys().get(model, set())
+            seen = self._keys_seen.setdefault(model, set())
+            if len(seen) < MAX_KEY_SERIES and not counts.keys() <= seen:
+                # The keys every worker counted, live or exited, before a new one: with a
+                # cap of each worker's own, every worker added 100 series a model for good.
+                seen |= self._counted_keys().get(model, set())
             labelled: dict[str, int] = {}
             for key, n in counts.items():
                 if key not in seen and len(seen) < MAX_KEY_SERIES:
@@ -170,11 +171,11 @@ class ServiceMetrics:
         for label, n in labelled.items():
             self.key_anomalies.labels(model, label).inc(n)
 
-    def _archived_keys(self) -> dict[str, set[str]]:
+    def _counted_keys(self) -> dict[str, set[str]]:
         folder = multiprocess_dir()
         if folder is None:
             return {}
-        return archived_label_values(folder, "anomaly_key_anomalies", "key")
+        return counted_label_values(folder, "anomaly_key_anomalies", "key")
 
     def declare(self, model: str, severities: Sequence[str]) -> None:
         """Export ``model``'s counters at 0 before anything happens to them. Prometheus's
