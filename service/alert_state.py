@@ -9,19 +9,22 @@ state already uses (``series_state``), read and written in one ``BEGIN IMMEDIATE
 per request: one worker makes each transition, and the others see it.
 
 Bounded as the in-process tracker is: at most ``max_keys`` keys per model, the least recently
-seen key that is not firing forgotten first.
+seen key that is not firing forgotten first; a firing one only when every key fires, logged (its
+end is never sent).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from service.series_store import SharedFile, immediate
+from service.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class SharedAlertStates:
         self.max_keys = max_keys
         self.keep_recent = recent
         self._file = SharedFile(path, "series_state", _prepare, "the keys' windows start afresh")
+        self._firing_forgotten = ThrottledLog(log, "firing alert keys forgotten")
 
     @contextmanager
     def transaction(
@@ -60,7 +64,7 @@ class SharedAlertStates:
             yield keys
             keys.write(now)
             if keys.added:  # only new keys can take the table past its bound
-                self._bound(db, model)
+                self._bound(db, model, now)
             if keys.made:
                 self._log(db, keys.made)
 
@@ -94,17 +98,42 @@ class SharedAlertStates:
             (self.keep_recent,),
         )
 
-    def _bound(self, db: sqlite3.Connection, model: str) -> None:
+    def _bound(self, db: sqlite3.Connection, model: str, now: float) -> None:
         query = "SELECT COUNT(*) FROM alert_keys WHERE model = ?"
         (count,) = db.execute(query, (model,)).fetchone()
         excess = count - self.max_keys
         if excess > 0:
-            # Keys not firing first, the least recently seen first among each.
-            db.execute(
-                "DELETE FROM alert_keys WHERE model = ? AND key IN (SELECT key FROM alert_keys "
-                "WHERE model = ? ORDER BY firing, seen LIMIT ?)",
-                (model, model, excess),
+            # Keys not firing first, the least recently seen first among each, and this
+            # request's own (seen ``now``) only past those: with every other key firing, a new
+            # key was the one forgotten, at each of its records, and never fired.
+            oldest = (
+                "SELECT key, firing FROM alert_keys WHERE model = ? AND seen < ? "
+                "ORDER BY firing, seen LIMIT ?"
             )
+            firing = 0
+            for before in (now, math.inf):  # then a request of more new keys than the bound
+                victims = db.execute(oldest, (model, before, excess)).fetchall()
+                db.executemany(
+                    "DELETE FROM alert_keys WHERE model = ? AND key = ?",
+                    [(model, key) for key, _ in victims],
+                )
+                firing += sum(on for _, on in victims)
+                excess -= len(victims)
+                if not excess:
+                    break
+            if firing:
+                # Silent, a key churn that fired every new key (10,000 a model) left each
+                # forgotten alert firing for good at a webhook and in the log.
+                self._firing_forgotten.error(
+                    "model %s: %d firing alert key(s) forgotten to keep %d keys, every one "
+                    "firing: their resolved alerts are never sent (Alertmanager resolves them "
+                    "on its own; a webhook or the log does not); group_by fewer fields, or look "
+                    "for what makes so many keys fire",
+                    model,
+                    firing,
+                    self.max_keys,
+                    count=firing,
+                )
 
 
 def _prepare(db: sqlite3.Connection, deadline: float) -> None:

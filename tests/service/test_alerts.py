@@ -373,6 +373,32 @@ def test_shared_alert_state_keeps_at_most_max_keys_firing_ones_last(tmp_path: Pa
     assert tracker.firing(fired.key, fired.severity)
 
 
+def test_a_shared_alert_state_full_of_firing_keys_lets_a_new_key_fire_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A soak's key churn, every new host firing, filled the server's 10,000 keys a model with
+    # firing ones. A new key was then the one forgotten, at each of its records (the only one
+    # not firing): a new host's incident never fired. And a firing key forgotten went without
+    # a word, its end never sent. The tracker in a single process forgets the oldest firing
+    # key, and warns.
+    from service.alert_state import SharedAlertStates
+
+    clock = FakeClock()
+    shared = SharedAlertStates(str(tmp_path / "state.sqlite"), max_keys=2)
+    tracker = AlertTracker("m", small_policy(group_by=("host",)), clock=clock, shared=shared)
+    for host in ("a", "b"):
+        assert [alert.status for alert in feed(tracker, "AAA", host=host)] == ["firing"]
+        clock.now += 1
+    with caplog.at_level(logging.WARNING, logger="service.alert_state"):
+        fired = feed(tracker, "AAA", host="c")
+    assert [(alert.status, alert.key) for alert in fired] == [("firing", (("host", "c"),))]
+    [warned] = [r.getMessage() for r in caplog.records if r.name == "service.alert_state"]
+    assert "model m: 1 firing alert key(s) forgotten" in warned
+    assert "group_by" in warned  # the fix
+    assert not tracker.firing((("host", "a"),), fired[0].severity)  # the oldest went
+    assert tracker.firing((("host", "b"),), fired[0].severity)
+
+
 def test_workers_move_to_a_state_file_made_again_under_them(tmp_path: Path) -> None:
     # Removed while serving: a worker started since made a new file, the others kept the old
     # one through their open handle, and the same alert fired twice (two episodes at once).
