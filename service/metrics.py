@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from detector.features.encoded import REJECTION_CODES
 from service.metric_files import counted_label_values, reading
@@ -219,6 +221,21 @@ class ServiceMetrics:
         if directory is None:
             return generate_latest(self.registry)
         combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined, path=directory)
+        combined.register(_ServedVersions(multiprocess.MultiProcessCollector(None, path=directory)))
         with reading(directory):  # no dead worker's counts folded away mid-read
             return generate_latest(combined)
+
+
+class _ServedVersions(Collector):
+    """``collector``'s metrics, less the series of ``anomaly_model_info`` at 0: a version a
+    worker served before. A series once written stays in the worker's file (multiprocess
+    mode removes none), so every reload to a new version added one for the worker's life."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self.collector.collect():
+            if metric.name == "anomaly_model_info":
+                metric.samples = [sample for sample in metric.samples if sample.value]
+            yield metric

@@ -198,3 +198,24 @@ def test_a_killed_workers_model_version_leaves_the_metrics(
             lambda: versions_served(server) == {body["version"]},
             "every live worker on the new version, the dead one's gone",
         )
+
+
+def test_the_versions_a_server_served_before_leave_the_metrics(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Each reload to a new version left the old one's series at 0 in the worker's file for
+    the worker's life: a soak's 5 reloads (anomaly threshold, then reload) exported 6 series
+    of anomaly_model_info, one more for each retraining a server ever took."""
+    model = tmp_path / "model"
+    shutil.copytree(bundle_dir, model)
+    env = {"ANOMALY_ADMIN_TOKEN": ADMIN}
+    with serving({"tiny": model}, tmp_path, env=env) as server:
+        for fpr in (0.02, 0.03, 0.04, 0.05):
+            set_target_fpr(model, fpr)  # a new version, as `anomaly threshold` writes
+            status, body = server.call("/v1/models/tiny/reload", {}, ADMIN)
+            assert status == 200 and body["target_fpr"] == fpr, body
+        text = server.call("/metrics")[1]
+        info = [line for line in text.splitlines() if line.startswith("anomaly_model_info{")]
+        # At most one version a live worker (one may not have caught up with the last reload).
+        assert 1 <= len(info) <= 2, info
+        assert all(float(line.split()[-1]) == 1.0 for line in info), info
