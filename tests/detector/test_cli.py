@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -522,6 +523,21 @@ def test_a_mistyped_input_is_told_before_tensorflow_loads(tmp_path) -> None:
     run_ = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run_.stdout.split() == ["2", "False"], run_.stderr
     assert "nope.csv does not exist" in run_.stderr
+
+
+def test_info_and_threshold_answer_without_tensorflow(bundle_dir, tmp_path) -> None:
+    # Neither reads the network, yet both imported TensorFlow first: `anomaly info` took 18 s
+    # in a pod (kubectl exec), and with HOME not writable printed Matplotlib's cache warnings.
+    shutil.copytree(bundle_dir, tmp_path / "m")
+    commands = [["info", str(tmp_path / "m")], ["threshold", str(tmp_path / "m"), "--fpr", "3%"]]
+    code = (
+        "import sys; from detector.cli.main import main; "
+        f"codes = [main(argv) for argv in {commands!r}]; "
+        "print(*codes, 'tensorflow' in sys.modules, file=sys.stderr)"
+    )
+    run_ = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run_.stderr.split() == ["0", "0", "False"], run_.stderr
+    assert "saved to" in run_.stdout
 
 
 def test_evaluate_warns_where_normal_rows_cross_the_threshold_well_above_its_target(
