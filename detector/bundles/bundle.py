@@ -22,6 +22,7 @@ so a reader sees the old bundle or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -78,7 +79,7 @@ from detector.scoring.neighbours import KINDS as NEIGHBOUR_KINDS
 from detector.scoring.scores import ScoreGraph, score_kinds
 from detector.scoring.threshold import MAX_CALIBRATION_ROWS, Calibrator, calibration_warnings
 from detector.series.windows import SeriesSpec, is_window_column, read_series, whole
-from detector.wording import option, printable, train_command
+from detector.wording import option, printable, quoted, train_command
 
 if TYPE_CHECKING:  # importing the models imports TensorFlow, which scoring no longer needs
     from detector.nn.models import VAE
@@ -497,8 +498,30 @@ def _set_target_fpr(path: str | os.PathLike[str], target_fpr: float) -> Bundle:
             )
         )
         bundle = replace(bundle, training=training)
-    write_manifest(Path(path), manifest)
+    try:
+        write_manifest(Path(path), manifest)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise BundleError(_unchangeable(path, exc)) from None
     return bundle
+
+
+def _unchangeable(path: str | os.PathLike[str], exc: OSError) -> str:
+    """Why ``set_target_fpr`` cannot rewrite the bundle at ``path``, and the way round: the
+    system's message named the manifest's temporary file and fixes for a command's output,
+    which threshold has no option for."""
+    if exc.errno == errno.EROFS:
+        why, fix = "is on a read-only file system (a volume mounted read-only?)", ""
+    else:
+        why = f"cannot be written by this user ({exc.strerror})"
+        fix = "make it writable for this user, or "
+    return (
+        f"{printable(os.fspath(path))} {why}, so its threshold cannot be changed in place: "
+        f"{fix}copy the bundle to a folder you can write to "
+        f"(cp -r {quoted(os.fspath(path))} COPY), change the copy, and serve that; nothing was "
+        "changed"
+    )
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

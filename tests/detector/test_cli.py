@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -313,11 +314,50 @@ def test_threshold_on_a_bundle_it_may_not_write_says_so(capsys, cli_model, monke
 
     monkeypatch.setattr(os, "replace", refused)
     code, _, err = run(capsys, "threshold", str(cli_model), "--fpr", "0.03")
-    assert code == 1 and "Traceback" not in err
-    assert err.startswith("error: Operation not permitted (") and "make it writable" in err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"error: {cli_model} cannot be written by this user (Operation not ")
+    assert "make it writable for this user, or copy the bundle" in err
     monkeypatch.undo()
     code, out, _ = run(capsys, "info", str(cli_model), "--json")
     assert json.loads(out)["target_fpr"] == 0.02  # unchanged
+
+
+@pytest.mark.parametrize(
+    ("refusal", "told"),
+    [
+        (
+            (errno.EROFS, "Read-only file system"),
+            "is on a read-only file system (a volume mounted read-only?), so its threshold "
+            "cannot be changed in place: copy the bundle to a folder you can write to (cp -r ",
+        ),
+        (
+            (errno.EACCES, "Permission denied"),
+            "cannot be written by this user (Permission denied), so its threshold cannot be "
+            "changed in place: make it writable for this user, or copy the bundle to a folder ",
+        ),
+    ],
+)
+def test_threshold_on_a_read_only_bundle_says_to_change_a_copy(
+    capsys, bundle_dir, tmp_path, monkeypatch, refusal, told
+) -> None:
+    # A bundle on a read-only mount (a pod's readOnly volume, `docker run -v ...:ro`) or of
+    # another user: "Read-only file system (M/.manifest.json.vm-28800-9091d5e8.partial): write to
+    # another file system", a file of its own making and a fix that threshold has no option for.
+    model = tmp_path / "m"
+    shutil.copytree(bundle_dir, model)
+    before = (model / "manifest.json").read_bytes()
+    real_write = Path.write_text
+
+    def refused(self: Path, *args: object, **kwargs: object) -> int:
+        if self.parent == model:
+            raise OSError(*refusal, str(self))
+        return real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", refused)
+    code, _, err = run(capsys, "threshold", str(model), "--fpr", "0.03")
+    assert code == 2 and f"error: {model} {told}" in err, err
+    assert f"(cp -r {model} COPY), change the copy, and serve that; nothing was changed" in err
+    assert ".partial" not in err and (model / "manifest.json").read_bytes() == before
 
 
 def test_calibration_warnings_reach_the_summary_info_and_report(
