@@ -11,11 +11,13 @@ because the commands, the estimator and the scoring engine (``detector.nn.lite_g
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -154,12 +156,42 @@ def import_tensorflow_quietly() -> None:
         if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = DEFAULT_TF_LOG_LEVEL
             os.environ[_DEFAULTED_MARK] = DEFAULT_TF_LOG_LEVEL
+        _settings_folders_kept_private()
         with native_output_silenced(), global_random_state_kept():
             import tensorflow as tf
 
             # Probing devices is when CUDA prints its complaints; do it now, while muted.
             tf.config.list_physical_devices()
         _tensorflow_ready = True
+
+
+def _settings_folders_kept_private() -> None:
+    """Where the home folder is not one this user can write (a container's user, a service
+    with its home read-only), give Keras and Matplotlib a folder of this process's in the
+    temporary folder, removed at exit. Keras fell back to the shared /tmp/.keras, outside
+    TMPDIR, and read the keras.json any local user could put there first (its backend, its
+    float type); Matplotlib, which Keras imports, warned on every command to set MPLCONFIGDIR.
+    Either variable set by the user is kept."""
+    home = os.path.expanduser("~")
+    if os.path.isdir(home) and os.access(home, os.W_OK):
+        return
+    unset = [name for name in ("KERAS_HOME", "MPLCONFIGDIR") if name not in os.environ]
+    if not unset:
+        return
+    try:
+        folder = tempfile.mkdtemp(prefix="anomaly-settings-")
+    except OSError:  # no writable temporary folder: each library's own fallback, as before
+        return
+    atexit.register(_removed_by, os.getpid(), folder)
+    for name in unset:
+        os.environ[name] = os.path.join(folder, name.lower())
+
+
+def _removed_by(owner: int, folder: str) -> None:
+    # A forked child (a caller's worker process) inherits the exit handler, and the folder is
+    # still its parent's when it exits.
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _not_retracing(record: logging.LogRecord) -> bool:

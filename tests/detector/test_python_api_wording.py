@@ -250,3 +250,33 @@ def test_importing_the_training_function_first_is_quiet_too(tmp_path: Path) -> N
     assert not [line for line in done.stderr.splitlines() if any(n in line for n in noise)], (
         done.stderr
     )
+
+
+@pytest.mark.parametrize("home", ["absent", "a file"])
+def test_a_home_it_cannot_write_keeps_keras_and_matplotlib_in_the_temporary_folder(
+    tmp_path: Path, home: str
+) -> None:
+    # A container's user, or a service with its home read-only: Keras fell back to the shared
+    # /tmp/.keras, outside TMPDIR, and read the keras.json any local user could put there
+    # first; Matplotlib (which Keras imports) warned twice on every command to set MPLCONFIGDIR.
+    homes = {"absent": tmp_path / "absent", "a file": tmp_path / "file"}
+    homes["a file"].write_text("")
+    (tmp_path / "tmp").mkdir()
+    code = (
+        "import sys; from detector.native import import_tensorflow_quietly\n"
+        "import_tensorflow_quietly()\n"
+        "import keras, matplotlib\n"
+        "print(keras.src.backend.config.keras_home(), matplotlib.get_configdir())\n"
+    )
+    env = {**os.environ, "HOME": str(homes[home]), "TMPDIR": str(tmp_path / "tmp")}
+    for name in ("KERAS_HOME", "MPLCONFIGDIR"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    used = done.stdout.split()
+    assert len(used) == 2 and all(p.startswith(str(tmp_path / "tmp")) for p in used), used
+    assert "matplotlib" not in done.stderr.lower(), done.stderr
+    assert not list((tmp_path / "tmp").iterdir())  # removed at exit
+    assert home == "a file" or not homes["absent"].exists()
