@@ -271,8 +271,8 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
         # Here, once: in the workers a full disk was SIGBUS, and a read-only one a traceback
         # per worker before gunicorn gave up.
         raise ConfigError(
-            f"{problem}; free space there, or point PROMETHEUS_MULTIPROC_DIR at a folder the "
-            "server can write to (unset: one in the server's own run folder)"
+            f"{problem}; point PROMETHEUS_MULTIPROC_DIR at a folder the server can write to "
+            "(unset: one in the server's own run folder)"
         )
     if config.model_sync_dir is None:
         config = config.model_copy(update={"model_sync_dir": os.path.join(run_dir, "models")})

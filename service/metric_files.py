@@ -57,7 +57,7 @@ def space_problem(directory: str | Path) -> str | None:
     if free < MIN_FREE_BYTES:
         return (
             f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR) has {free / 2**20:.1f} "
-            f"MiB free, under the {MIN_FREE_BYTES // 2**20} MiB its files need"
+            f"MiB free, under the {MIN_FREE_BYTES // 2**20} MiB its files need (free space there)"
         )
     return None
 

@@ -165,12 +165,15 @@ def test_anomaly_serve_refuses_a_metrics_dir_it_cannot_use(tmp_path, monkeypatch
     assert main(["serve", "--model", f"m={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "the metrics directory" in err and "point PROMETHEUS_MULTIPROC_DIR at a folder" in err
+    # A read-only or unwritable one (a pod's readOnly mount) was told to "free space there".
+    assert "free space" not in err, err
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     free = shutil.disk_usage(tmp_path).free
     monkeypatch.setattr(metric_files, "MIN_FREE_BYTES", free + 2**40)  # a disk this full
     assert main(["serve", "--model", f"m={tmp_path}"]) == 2
-    assert "MiB free, under the" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "MiB free, under the" in err and "(free space there); point PROMETHEUS_MULTI" in err
 
 
 def test_a_config_file_that_is_a_directory_says_so(tmp_path) -> None:
