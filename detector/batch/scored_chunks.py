@@ -99,13 +99,16 @@ class ScoredChunk:
     """One chunk of a source scored: ``frame`` holds the chunk's parsed rows' passthrough
     columns, indexed by each row's 0-based place in ``source`` (for messages), ``result`` their
     scores (``None`` where no row parsed) and ``rejects`` the records that did not parse;
-    ``series_evicted``, a series model's evictions so far (``max_series``)."""
+    ``series_evicted``, a series model's evictions so far (``max_series``); ``training_rows``,
+    the scored rows that are exactly rows the bundle's neighbour bank keeps from training
+    (counted where ``iter_scored`` is asked to)."""
 
     source: str
     frame: pd.DataFrame
     result: ScoreResult | None
     rejects: tuple[ParseReject, ...]
     series_evicted: int = 0
+    training_rows: int = 0
 
 
 def iter_scored(
@@ -119,6 +122,7 @@ def iter_scored(
     max_series: int = DEFAULT_MAX_SERIES,
     read_as_values: Sequence[str] = (),
     leave_out_unknown: bool = False,
+    count_training_rows: bool = False,
 ) -> Iterator[ScoredChunk]:
     """Score ``path`` (a file, '-', a directory or a glob, as ``anomaly score`` takes them)
     chunk by chunk, as ``score_file`` does: the same reader and rejects, the same scores, a
@@ -127,7 +131,8 @@ def iter_scored(
     (``NumberTally``). ``passthrough`` columns come as they are written ('NA' is a country),
     but those in ``read_as_values`` (a label), whose markers of missing values are nulls.
     ``leave_out_unknown``: columns neither the model's nor ``passthrough`` are left out, not
-    refused (``evaluate``, which writes nothing, even from stdin, whose header is read here)."""
+    refused (``evaluate``, which writes nothing, even from stdin, whose header is read here).
+    ``count_training_rows``: count each chunk's rows the bank keeps (``NeighbourBank.kept``)."""
     series = bundle.series
     state = (
         None
@@ -160,7 +165,10 @@ def iter_scored(
                 if item.checked is not None:
                     tally.add(item.checked)
                 result = score_prepared(bundle, item, state)
-                yield ScoredChunk(source.name, frame, result, chunk.rejects, _evicted(state))
+                bank = bundle.neighbours if count_training_rows else None
+                trained = 0 if bank is None else int(bank.kept(item.encoded.values).sum())
+                evicted = _evicted(state)
+                yield ScoredChunk(source.name, frame, result, chunk.rejects, evicted, trained)
             tally.check(source.name)
 
 

@@ -85,7 +85,8 @@ class ScoredLabels(NamedTuple):
     reason code, and how many of them are labelled anomalous (where their label could be
     read: a row that did not parse has none); a series model's evictions (``max_series``);
     the rejected rows by ``by_column`` value, where it could be read; the scored rows a series
-    model judged while their series warmed up."""
+    model judged while their series warmed up; the scored rows that are exactly rows the
+    bundle keeps from training (``None`` for a bundle that keeps none)."""
 
     labels: Any
     scores: Any
@@ -95,6 +96,7 @@ class ScoredLabels(NamedTuple):
     series_evicted: int = 0
     rejected_groups: Mapping[str, int] = MappingProxyType({})
     warming_up: int = 0  # scored rows among their series' first (a series model's)
+    training_rows: int | None = None
 
 
 def _labelled_scores(
@@ -138,9 +140,13 @@ def _labelled_scores(
         # were kept as written.
         read_as_values=[label_column, *([by_column] if by_column else [])],
         leave_out_unknown=leave_out_unknown,
+        count_training_rows=True,
     )
+    trained = None if bundle.neighbours is None else 0
     for part in parts:
         evicted = part.series_evicted
+        if trained is not None:
+            trained += part.training_rows
         rejected.update(r.code for r in part.rejects)
         _require_column(part.frame.columns, label_column, part.source)
         if by_column:
@@ -176,6 +182,7 @@ def _labelled_scores(
         evicted,
         rejected_groups,
         warming,
+        trained,
     )
 
 

@@ -51,7 +51,8 @@ class LabelledScores:
     """Anomaly scores ``(n,)`` (higher = more anomalous) of labelled records the model did not
     train on, with their labels ``(n,)`` (True = anomaly), and where they came from; ``groups``
     ``(n,)``, where given, is each record's value of the column ``group_column``, for the
-    report's detection per group (``anomaly evaluate --by-column``)."""
+    report's detection per group (``anomaly evaluate --by-column``); ``warnings``, what
+    ``anomaly evaluate`` warned of them (rows the model trained on, say)."""
 
     labels: np.ndarray
     anomaly_score: np.ndarray
@@ -59,6 +60,7 @@ class LabelledScores:
     n_rejected: int = 0
     groups: np.ndarray | None = None
     group_column: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def evaluate(self, threshold: float) -> Evaluation:
         return evaluate_scores(
@@ -171,6 +173,7 @@ def _evaluation_sections(bundle: Bundle, labelled: LabelledScores) -> list[str]:
             "these labels)",
         ),
     ]
+    metrics += [("warning", warning) for warning in labelled.warnings]
     if warning := fpr_warning(result, bundle.calibrator.target_fpr):
         metrics.append(("warning", warning))
     sections = [_section("Detection on labelled data", "evaluation", _table(metrics))]

@@ -396,6 +396,25 @@ class NeighbourBank:
         index.add(_padded(distinct, part.pad))
         return {"distinct": distinct, "distinct_index": index, "firsts": firsts}
 
+    @cached_property
+    def _row_keys(self) -> set[bytes]:
+        return set(_row_keys(self.bank).tolist())
+
+    def kept(self, x: np.ndarray) -> np.ndarray:
+        """Whether each encoded row ``(n, n_features)`` is exactly one of the bank's ``(n,)``:
+        a training row, weighted as the bank weighted it (unclipped, as the bank keeps it). A
+        set of the rows' bytes, not a search: ``anomaly evaluate`` asks of every row it
+        scores."""
+        weighted = np.asarray(x, dtype=np.float32) * self.weights
+        keys = _row_keys(weighted.astype(np.float32)).tolist()
+        return np.fromiter((key in self._row_keys for key in keys), dtype=bool, count=len(keys))
+
+    @cached_property
+    def repeated(self) -> float:
+        """The share of the bank's rows that another bank row repeats exactly: where rows repeat
+        (a table of a few categories), a scored row equal to one of them need not be it."""
+        return 1.0 - len(self._row_keys) / len(self.bank) if len(self.bank) else 0.0
+
     def prepare(self) -> None:
         """Build the search indexes now rather than on the first query."""
         self._parts  # noqa: B018 - a cached property: reading it builds it
@@ -1153,6 +1172,12 @@ def _padded(rows: np.ndarray, pad: int) -> np.ndarray:
     out = np.zeros((len(rows), rows.shape[1] + pad), dtype=np.float32)
     out[:, : rows.shape[1]] = rows
     return out
+
+
+def _row_keys(rows: np.ndarray) -> np.ndarray:
+    """Each float32 row's bytes ``(n,)``, -0.0 written as 0.0 (equal values, other bytes)."""
+    rows = np.ascontiguousarray(rows + np.float32(0.0), dtype=np.float32)
+    return rows.view(np.dtype((np.void, rows.shape[1] * 4))).reshape(-1)
 
 
 def spread(values: np.ndarray) -> float:

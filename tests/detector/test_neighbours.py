@@ -207,6 +207,18 @@ def test_a_bank_row_is_at_distance_zero_from_itself() -> None:
     np.testing.assert_allclose(bank.distances(rows), 0.0, atol=1e-6)
 
 
+def test_the_bank_tells_its_own_rows_from_others_and_says_where_its_rows_repeat() -> None:
+    # `anomaly evaluate` counts the scored rows that are training rows by these.
+    frame = _table(200)
+    schema = fit_schema(frame)
+    x = encode(schema, frame).values
+    bank = NeighbourBank.fit(schema, x[:150], x[150:], np.zeros(50), k=1)
+    assert bank.kept(x[:150]).all() and not bank.kept(x[150:]).any()
+    assert bank.repeated == 0.0
+    few = encode(schema, frame.assign(a=0.0, rare=0.0)).values  # two distinct rows, repeated
+    assert NeighbourBank.fit(schema, few[:150], few[150:], np.zeros(50), k=1).repeated > 0.9
+
+
 def test_one_column_beyond_the_box_adds_its_weighted_excess() -> None:
     frame = _table(400)
     schema = fit_schema(frame)
