@@ -95,6 +95,7 @@ OPTIONS: dict[str, Option] = {
     # score_file's; score_frame's is passthrough above
     "keep_columns": Option("--keep-column", "keep_columns", "passthrough_fields", many=True),
     "chunk_rows": Option("--chunk-rows", "chunk_rows"),
+    "encoding": Option("--encoding", "encoding"),
     "max_reject_rate": Option("--max-reject-rate", "max_reject_rate"),
     "max_ahead_seconds": Option(
         "--max-ahead-seconds", "max_ahead_seconds", "series_max_ahead_seconds"

@@ -49,6 +49,7 @@ from detector.io.temporaries import (
     check_rejects_target,
 )
 from detector.io.threads import BackgroundSink, prefetched
+from detector.io.transcode import encoding_name
 from detector.io.writers import TableWriter
 from detector.scoring.neighbours import fewer_search_threads
 from detector.scoring.output_columns import names_taken
@@ -78,6 +79,7 @@ def score_file(
     stream_format: str | None = None,
     max_series: int = DEFAULT_MAX_SERIES,
     escape_formulas: bool = False,
+    encoding: str | None = None,
 ) -> BatchReport:
     """Score one or more files (or '-', directories, glob patterns) into ``output_path``.
 
@@ -97,9 +99,11 @@ def score_file(
     warms up again if it comes back (``BatchReport.series_evicted`` counts them).
     A CSV text cell that a spreadsheet would run as a formula (``=HYPERLINK(...)``) is written
     as it was read, and counted (``BatchReport.formula_cells``), or, with ``escape_formulas``,
-    written with a leading ``'``.
+    written with a leading ``'``. ``encoding``: the CSV and JSON Lines inputs' text encoding
+    ('cp1252', 'utf-16'), where not UTF-8; a row that does not decode in it is rejected.
     """
     started = time.perf_counter()
+    encoding = encoding_name(encoding)
     inputs = [input_path] if isinstance(input_path, str | os.PathLike) else list(input_path)
     files = expand_inputs(inputs)
     if rejects_path is not None or output_path != "-":
@@ -114,7 +118,7 @@ def score_file(
     check_max_series(max_series)
     run = _Run(
         bundle, output_path, rejects_path, keep_columns, impute, top_k, progress, files,
-        max_ahead_seconds, streamed_as, max_series, escape_formulas,
+        max_ahead_seconds, streamed_as, max_series, escape_formulas, encoding,
     )  # fmt: skip
     # A series' windows are made in the reading thread while the search runs: a core left to
     # it scores 1.3x more rows a second on 2 cores (a table's reading is light: all cores).
@@ -192,6 +196,7 @@ class _Run:
     stream_format: str
     max_series: int
     escape_formulas: bool
+    encoding: str | None
     ledgers: list[SourceLedger] = field(default_factory=list)
     anomalies: int = 0
     columns: tuple[str, ...] | None = None
@@ -249,7 +254,9 @@ class _Run:
         tally = NumberTally()
         chunk_rows = chunk_rows_for(self.bundle, chunk_rows)
         expected = (*self.bundle.input_columns, *self.keep_columns)
-        with open_source(path, expected=expected, exact=self._passthrough) as source:
+        with open_source(
+            path, expected=expected, exact=self._passthrough, encoding=self.encoding
+        ) as source:
             columns = self._check(source.columns, source.name)
             seen = 0
             # Three threads, each on its own chunk: the next chunk is read, parsed and encoded
@@ -414,6 +421,7 @@ class _Run:
             ),
             formula_cells=dict(self.writer.formula_cells),
             rejects_formula_cells=dict(self.rejects_writer.formula_cells),
+            encoding=self.encoding,
         )
 
     def commit(self) -> None:

@@ -51,6 +51,8 @@ class BatchReport:
     #: output and in the rejects file: escaped with a leading "'" where asked, else as read.
     formula_cells: dict[str, int] = field(default_factory=dict)
     rejects_formula_cells: dict[str, int] = field(default_factory=dict)
+    #: The inputs' text encoding as given (``encoding``); ``None``: UTF-8.
+    encoding: str | None = None
 
     @property
     def reject_rate(self) -> float:
@@ -72,15 +74,28 @@ class RejectRateExceeded(DataError):
 
 
 def encoding_hint(report: BatchReport) -> str | None:
-    """What to do where most rows were rejected as not UTF-8: the file is in another encoding
-    (a Latin-1 export rejected its 3,072 rows one by one, each "re-save it as UTF-8")."""
+    """What to do where most rows were rejected as not UTF-8 (or not the encoding given): the
+    file is in another encoding (a Latin-1 export rejected its 3,072 rows one by one, each
+    "re-save it as UTF-8")."""
     garbled = report.rejected_by_code.get("encoding", 0)
-    if garbled <= report.rows_read // 2:
+    return undecoded_hint(garbled, report.rows_read, report.encoding)
+
+
+def undecoded_hint(garbled: int, rows: int, encoding: str | None) -> str | None:
+    """``encoding_hint`` of ``garbled`` rows rejected as not ``encoding`` text (``None``: UTF-8)
+    among ``rows`` read."""
+    if garbled <= rows // 2:
         return None
+    if encoding is not None:
+        return (
+            f"{garbled:,} rows are not {encoding} text: the file is in another "
+            f"encoding; give that one ({option('encoding')}), or convert the file once to UTF-8"
+        )
     return (
         f"{garbled:,} rows are not UTF-8 text: the file is most likely in another encoding "
-        "(Windows-1252 or Latin-1, as spreadsheets save); convert it once, e.g. "
-        "iconv -f cp1252 -t utf-8 IN > OUT, and score that"
+        "(Windows-1252 or Latin-1, as spreadsheets save); give it with "
+        f"{option('encoding', 'cp1252')}, or convert it once, e.g. "
+        "iconv -f cp1252 -t utf-8 IN > OUT"
     )
 
 

@@ -123,6 +123,7 @@ def iter_scored(
     read_as_values: Sequence[str] = (),
     leave_out_unknown: bool = False,
     count_training_rows: bool = False,
+    encoding: str | None = None,
 ) -> Iterator[ScoredChunk]:
     """Score ``path`` (a file, '-', a directory or a glob, as ``anomaly score`` takes them)
     chunk by chunk, as ``score_file`` does: the same reader and rejects, the same scores, a
@@ -132,7 +133,8 @@ def iter_scored(
     but those in ``read_as_values`` (a label), whose markers of missing values are nulls.
     ``leave_out_unknown``: columns neither the model's nor ``passthrough`` are left out, not
     refused (``evaluate``, which writes nothing, even from stdin, whose header is read here).
-    ``count_training_rows``: count each chunk's rows the bank keeps (``NeighbourBank.kept``)."""
+    ``count_training_rows``: count each chunk's rows the bank keeps (``NeighbourBank.kept``).
+    ``encoding``: a CSV or JSON Lines text's, where not UTF-8 (``transcode.encoding_name``)."""
     series = bundle.series
     state = (
         None
@@ -145,7 +147,7 @@ def iter_scored(
         # Passthrough text as it came ('NA' is a country), the model's as it reads it.
         exact = [c for c in passthrough if c not in (*bundle.input_columns, *read_as_values)]
         expected = (*bundle.input_columns, *passthrough)
-        with open_source(name, expected=expected, exact=exact) as source:
+        with open_source(name, expected=expected, exact=exact, encoding=encoding) as source:
             unknown = [c for c in source.columns if c not in expected] if leave_out_unknown else []
             check_columns(
                 bundle.schema,

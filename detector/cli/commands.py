@@ -69,13 +69,13 @@ def _writes_files(
     return run
 
 
-def _header(path: str) -> tuple[str, ...]:
+def _header(path: str, encoding: str | None = None) -> tuple[str, ...]:
     """A file's column names, read from its header (Parquet: its schema) alone; of a
-    directory or glob, its first file's."""
+    directory or glob, its first file's (``encoding``: its text's, ``None`` for UTF-8)."""
     from detector.io.sources import open_source
     from detector.io.tables import expand_inputs
 
-    with open_source(expand_inputs([path])[0]) as source:
+    with open_source(expand_inputs([path])[0], encoding=encoding) as source:
         return tuple(source.columns)
 
 
@@ -113,6 +113,7 @@ def _labelled_scores(
     max_ahead_seconds: float | None = 3600.0,
     max_series: int = 1_000_000,
     leave_out_unknown: bool = False,
+    encoding: str | None = None,
 ) -> ScoredLabels:
     """Score a labelled file (``ScoredLabels``). Labels are 0/1, or text read with
     ``anomaly_values`` or ``normal_values`` (``_labels``)."""
@@ -141,6 +142,7 @@ def _labelled_scores(
         read_as_values=[label_column, *([by_column] if by_column else [])],
         leave_out_unknown=leave_out_unknown,
         count_training_rows=True,
+        encoding=encoding,
     )
     trained = None if bundle.neighbours is None else 0
     for part in parts:

@@ -98,6 +98,7 @@ def _training_rows_warning(bundle: Any, found: int | None, scored: int) -> str |
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from detector.batch.ledger import undecoded_hint
     from detector.bundles.bundle import load_bundle
     from detector.errors import DataError
     from detector.features.encode import listed
@@ -111,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_not_an_input(args.report, [args.input] if args.input != "-" else [], "--report")
     left_out: list[str] = []
     if args.input != "-":  # stdin cannot be read twice; its header is checked as it is scored
-        header = _header(args.input)
+        header = _header(args.input, args.encoding)
         _check_labelled_input(args.input, header, args.label_column, args.by_column)
         # Nothing is written, so a column the model does not score (a note, a second label)
         # is left out rather than refused as `score` refuses it; a renamed model column is
@@ -134,16 +135,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         normal_values=args.normal_value,
         # stdin's header is read only as it is scored: its other columns are left out there.
         leave_out_unknown=args.input == "-",
+        encoding=args.encoding,
     )
     labels, scores, groups, codes, rejected_anomalies, evicted, rejected_groups, warming, _ = scored
     if not len(scores) and not codes:
         raise DataError(f"{args.input} has a header but no data rows; nothing to evaluate")
     if not len(scores):
         why = ", ".join(f"{code} {n:,}" for code, n in codes.most_common())
+        rows = sum(codes.values())
+        hint = undecoded_hint(codes.get("encoding", 0), rows, args.encoding)
         raise DataError(
-            f"no row of {args.input} could be scored: every one of its {sum(codes.values()):,} "
-            f"rows was rejected ({why}); `anomaly score` writes each row's reason to a rejects "
-            "file"
+            f"no row of {args.input} could be scored: every one of its {rows:,} rows was "
+            f"rejected ({why}); {f'{hint}; ' if hint else ''}`anomaly score` writes each row's "
+            "reason to a rejects file"
         )
     for flag, named, unmatched in (
         ("--anomaly-value", args.anomaly_value, not labels.any()),
@@ -246,6 +250,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "metrics below judge the rows scored alone; `anomaly score` writes each rejected "
             "row's reason to a rejects file"
         )
+        if hint := undecoded_hint(codes.get("encoding", 0), r.n + r.n_rejected, args.encoding):
+            print(f"hint: {hint}")
     if rejected_anomalies:
         print(
             f"{rejected_anomalies:,} of the rejected rows are labelled anomalous; the metrics "

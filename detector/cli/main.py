@@ -83,6 +83,7 @@ def build_parser(
         help="a column to leave out of the model, e.g. an id or timestamp (repeatable)",
     )
     _add_training_flags(train)
+    _add_encoding_flag(train, refused="training refuses a file with text that does not decode")
     train.add_argument(
         "--report",
         metavar="PATH.html",
@@ -281,7 +282,32 @@ def _add_training_flags(train: argparse.ArgumentParser) -> None:
             )
 
 
+def _add_encoding_flag(
+    parser: argparse.ArgumentParser,
+    refused: str = "a row that does not decode in it is rejected, with its reason",
+) -> None:
+    parser.add_argument(
+        "--encoding",
+        type=_encoding,
+        metavar="NAME",
+        help="the text encoding of CSV, TSV and JSON Lines inputs, as Python names it: cp1252 "
+        "(Windows Western Europe: Excel's 'CSV' in Europe), latin-1, utf-16 (with a byte-order "
+        f"mark)... (default: UTF-8, a byte-order mark skipped); {refused}",
+    )
+
+
+def _encoding(text: str) -> str | None:
+    from detector.errors import ConfigError
+    from detector.io.transcode import encoding_name
+
+    try:
+        return encoding_name(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
+    _add_encoding_flag(parser)
     parser.add_argument(
         "--keep-column",
         action="append",

@@ -50,6 +50,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         "max_ahead_seconds": args.max_ahead_seconds,
         "max_series": args.max_series,
         "escape_formulas": args.escape_formulas,
+        "encoding": args.encoding,
     }
     if args.output_format is not None:
         options["stream_format"] = args.output_format
@@ -59,6 +60,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--engine spark writes folders of part files, which cannot go to standard output "
             "('-'): give --output (and --rejects) a path"
+        )
+    if args.engine == "spark" and args.encoding is not None:
+        from detector.errors import ConfigError
+
+        # Spark reads CSV as UTF-8 and reads on past bytes that are not (as U+FFFD).
+        raise ConfigError(
+            f"--encoding {args.encoding} is not available with --engine spark, which reads "
+            "UTF-8 text: convert the files once (e.g. iconv -f cp1252 -t utf-8 IN > OUT), or "
+            "score without --engine spark"
         )
     if args.engine == "spark" and args.escape_formulas:
         from detector.errors import ConfigError
@@ -79,7 +89,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         with native_output_silenced():  # load_bundle starts the LiteRT interpreter
             bundle = load_bundle(args.model)
         options["keep_columns"] = _carried_columns(
-            args.keep_column, bundle.ignored_columns, args.input, strict=args.engine != "spark"
+            args.keep_column,
+            bundle.ignored_columns,
+            args.input,
+            strict=args.engine != "spark",
+            encoding=args.encoding,
         )
         if args.engine == "spark":
             from detector.batch.files import check_stream_format
@@ -89,6 +103,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             check_stream_format(options.pop("stream_format", None), args.output, args.rejects)
             del options["max_series"]  # Spark hands each series to one task, whole
             del options["escape_formulas"]  # refused above where asked for
+            del options["encoding"]  # refused above where given
 
             try:
                 report = score_files(args.model, args.input, args.output, **options)
@@ -225,7 +240,12 @@ def _unsorted_hint(bundle: Bundle, late: int, chunk_rows: int) -> str:
 
 
 def _carried_columns(
-    keep: Sequence[str], ignored: Sequence[str], inputs: Sequence[str], *, strict: bool
+    keep: Sequence[str],
+    ignored: Sequence[str],
+    inputs: Sequence[str],
+    *,
+    strict: bool,
+    encoding: str | None = None,
 ) -> list[str]:
     """The columns scoring carries through unscored: --keep-column's, then those training
     ignored that every input holds. Ignored columns are echoed, not dropped, because the output
@@ -246,7 +266,7 @@ def _carried_columns(
         return list(keep)
     present = set(wanted)
     for path in files:
-        present &= set(_header(path))
+        present &= set(_header(path, encoding))
         if not present:
             break
     return [*keep, *(c for c in wanted if c in present)]

@@ -65,7 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_writable(args.report)
         read = [p for p in (args.data, args.report_data) if p is not None and p != "-"]
         check_not_an_input(args.report, read, "--report")
-    frame = read_table(args.data, text_columns=[*args.categorical, *args.context])
+    frame = read_table(
+        args.data, text_columns=[*args.categorical, *args.context], encoding=args.encoding
+    )
     dropped = 0
     excluded = [args.label_column] if args.label_column else []
     excluded += args.ignore_column
@@ -192,7 +194,7 @@ def check_input_width(args: argparse.Namespace) -> None:
     if args.data == "-":
         return  # stdin is read once, by read_table
     try:
-        columns = _header(args.data)
+        columns = _header(args.data, args.encoding)
     except DetectorError:
         return  # read_table names what is wrong with the file, as it always has
     # Columns with other roles are no features: left out, or placing or conditioning rows.
@@ -244,7 +246,7 @@ def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list
         raise ConfigError(
             f"name the 0/1 label column of {args.report_data} with --report-label-column COL"
         )
-    data = read_table(args.report_data)
+    data = read_table(args.report_data, encoding=args.encoding)
     _require_column(data.columns, label, args.report_data)
     labels = _labels(data[label], label, *_label_values(args, label))
     if labels.all() or not labels.any():
@@ -292,6 +294,7 @@ def _write_training_report(
                 passthrough=passthrough,
                 anomaly_values=anomaly_values,
                 normal_values=normal_values,
+                encoding=args.encoding,
             )
             n_rejected = sum(rejected.values())
             labelled = LabelledScores(labels, scores, args.report_data, n_rejected=n_rejected)

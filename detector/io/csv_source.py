@@ -43,6 +43,7 @@ from detector.io.tables import (
     csv_delimiter,
     parquet_on_a_pipe,
 )
+from detector.io.transcode import encoding_fix, read_as, transcoded
 
 #: Bytes read at a time before the block size adapts to ``chunk_rows``.
 _FIRST_READ = 1 << 20
@@ -90,12 +91,21 @@ class CsvSource(TableSource):
 
     delimiter: str
 
-    def __init__(self, path: str, *, stdin: Any = None, exact: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        stdin: Any = None,
+        exact: Collection[str] = (),
+        encoding: str | None = None,
+    ) -> None:
         """``stdin``, for '-': a ``stdin_reader`` already peeked at (``open_source``).
         ``exact``: columns whose text is kept as it is, markers of missing values ('NA',
         'null', an empty field) included: a caller's passthrough columns, written back out.
-        Elsewhere such text is read as a missing value (``NULL_VALUES``)."""
+        Elsewhere such text is read as a missing value (``NULL_VALUES``). ``encoding``: the
+        text's (``transcode.encoding_name``), ``None`` for UTF-8."""
         self._exact = frozenset(exact)
+        self._encoding = encoding
         if path == "-":
             reader = stdin if stdin is not None else stdin_reader()
             self._open("<stdin>", csv_delimiter(path), reader, None, owned=False)
@@ -110,6 +120,7 @@ class CsvSource(TableSource):
         read as a file is: the same records, the same rejects (``exact``: as for a file)."""
         source = cls.__new__(cls)
         source._exact = frozenset(exact)
+        source._encoding = None
         source._open(name, ",", io.BufferedReader(io.BytesIO(data)), len(data), owned=True)
         return source
 
@@ -126,6 +137,8 @@ class CsvSource(TableSource):
                 self._stream = gzip.GzipFile(fileobj=binary, mode="rb")
             else:
                 self._live = is_live(binary)
+            if self._encoding is not None:
+                self._stream = transcoded(self._stream, self._encoding)
             self._pending, self._first_line = self._read_header()
         except BaseException:
             self.close()
@@ -212,7 +225,10 @@ class CsvSource(TableSource):
         if record is None or not record.fields:
             raise DataError(f"{self.name} is empty: give a CSV with a header row and data rows")
         if lines.undecodable:
-            raise DataError(f"the header of {self.name} is not UTF-8 text; re-save it as UTF-8")
+            raise DataError(
+                f"the header of {self.name} is not {read_as(self._encoding)} text; "
+                f"{encoding_fix(self._encoding)}"
+            )
         if record.open:
             raise DataError(
                 f"{self.name}: the header row has an unbalanced quote ({record.problem}); fix "
@@ -444,7 +460,8 @@ class CsvSource(TableSource):
                     k,
                     record.end,
                     "encoding",
-                    "not UTF-8 text; re-save the file as UTF-8 (bytes shown as \\x.. escapes)",
+                    f"not {read_as(self._encoding)} text; {encoding_fix(self._encoding)} (bytes "
+                    "shown as \\x.. escapes)",
                 )
             elif len(record.fields or ()) != width:
                 reject(

@@ -31,16 +31,25 @@ from detector.io.tables import (
     is_gzip,
     parquet_on_a_pipe,
 )
+from detector.io.transcode import encoding_fix, read_as
 from detector.io.writers import csv_bytes
 
 
-def read_table(path: str | os.PathLike[str], *, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+def read_table(
+    path: str | os.PathLike[str],
+    *,
+    text_columns: Sequence[str] = (),
+    encoding: str | None = None,
+) -> pd.DataFrame:
     """The whole table: of a file, or of a directory's or glob's files (as ``anomaly score``
     takes them), one after the other, each with the first one's columns. ``text_columns`` are
-    read as strings (category labels such as '01')."""
+    read as strings (category labels such as '01'); ``encoding``: a CSV or JSON Lines text's
+    (``transcode.encoding_name``; ``None``: UTF-8)."""
     frames: list[pd.DataFrame] = []
     for name in expand_inputs([path]):
-        for frame in iter_table(name, text_columns=text_columns, chunk_rows=None):
+        for frame in iter_table(
+            name, text_columns=text_columns, chunk_rows=None, encoding=encoding
+        ):
             if frames and set(frame.columns) != set(frames[0].columns):
                 raise DataError(
                     f"{name} has columns {list(frame.columns)}, unlike the first file's "
@@ -55,18 +64,19 @@ def iter_table(
     *,
     text_columns: Sequence[str] = (),
     chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    encoding: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Chunks of at most ``chunk_rows`` rows (all rows at once when ``None``)."""
     source = Path(path)
     if str(path) != "-" and not source.is_file():
         raise DataError(f"input file {path} does not exist")
-    fmt = input_format(path)
+    fmt = input_format(path, encoding)
     if fmt == "parquet":
         yield from _iter_parquet(source, chunk_rows)
     elif fmt == "jsonl":
-        yield from _iter_json_lines(str(path), text_columns, chunk_rows)
+        yield from _iter_json_lines(str(path), text_columns, chunk_rows, encoding)
     else:
-        yield from _iter_csv(path, text_columns, chunk_rows)
+        yield from _iter_csv(path, text_columns, chunk_rows, encoding)
 
 
 #: The name pandas gives an index without a name when it saves it as a Parquet column.
@@ -98,7 +108,10 @@ def _iter_parquet(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
 
 
 def _iter_csv(
-    path: str | os.PathLike[str], text_columns: Sequence[str], chunk_rows: int | None
+    path: str | os.PathLike[str],
+    text_columns: Sequence[str],
+    chunk_rows: int | None,
+    encoding: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     source: Any = "/dev/stdin" if str(path) == "-" else path
     try:
@@ -106,7 +119,7 @@ def _iter_csv(
         compression = "infer" if source == "/dev/stdin" else ("gzip" if is_gzip(path) else None)
         # The header as the file gives it: pandas renames a repeated 'a' to 'a.1', which a
         # file may also name a column of its own (stdin cannot be read twice: told by names).
-        header = None if source == "/dev/stdin" else _raw_header(path, compression)
+        header = None if source == "/dev/stdin" else _raw_header(path, compression, encoding)
         if chunk_rows is None:
             frame = pd.read_csv(
                 source,
@@ -114,6 +127,7 @@ def _iter_csv(
                 compression=compression,
                 skipinitialspace=True,
                 dtype={c: "string" for c in text_columns},
+                encoding=encoding,
             )
             yield _check_header(frame, path, header)
             return
@@ -124,6 +138,7 @@ def _iter_csv(
             chunksize=chunk_rows,
             compression=compression,
             skipinitialspace=True,
+            encoding=encoding,
         ) as reader:
             for chunk in reader:
                 yield _check_header(chunk, path, header)
@@ -139,9 +154,9 @@ def _iter_csv(
         head = bytes(exc.object[:8]) if source == "/dev/stdin" else _first_bytes(path)
         if head.startswith(PARQUET_MAGIC):
             raise DataError(parquet_on_a_pipe("<stdin>")) from None
-        problem = archive_problem(str(path), head)
+        problem = None if encoding else archive_problem(str(path), head)
         raise DataError(
-            problem or f"{path} is not UTF-8 text ({exc}); re-save it as UTF-8"
+            problem or f"{path} is not {read_as(encoding)} text ({exc}); {encoding_fix(encoding)}"
         ) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
@@ -157,12 +172,12 @@ def _first_bytes(path: str | os.PathLike[str], n: int = 8) -> bytes:
 
 
 def _iter_json_lines(
-    path: str, text_columns: Sequence[str], chunk_rows: int | None
+    path: str, text_columns: Sequence[str], chunk_rows: int | None, encoding: str | None = None
 ) -> Iterator[pd.DataFrame]:
     """A JSON Lines file read as the CSV of the same values would be (its records' text,
     ``json_lines.as_text``, through pandas' CSV reader): a model trained on either is the same
     model, and scores its JSON Lines as its CSV."""
-    table = json_lines_table(path)
+    table = json_lines_table(path, encoding=encoding)
     header = ",".join(_csv_name(n) for n in table.column_names) + "\n"
     text = io.BytesIO(header.encode() + csv_bytes(table))
     frame = pd.read_csv(text, skipinitialspace=True, dtype={c: "string" for c in text_columns})
@@ -178,9 +193,12 @@ def _csv_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\r\n') else name
 
 
-def _raw_header(path: str | os.PathLike[str], compression: str | None) -> list[str]:
+def _raw_header(
+    path: str | os.PathLike[str], compression: str | None, encoding: str | None = None
+) -> list[str]:
     first = pd.read_csv(
         path,
+        encoding=encoding,
         sep=csv_delimiter(path),
         compression=compression,
         header=None,

@@ -40,6 +40,7 @@ from detector.features.encode import listed
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
 from detector.io.csv_lines import megabytes
 from detector.io.csv_source import is_live, pipe_is_quiet
+from detector.io.transcode import transcoded
 
 #: The first records' bytes whose keys make a file's columns: records that leave out a key
 #: whose value is null (as many serialisers do) still give the file every column, however few
@@ -163,8 +164,15 @@ class JsonLinesSource(TableSource):
     delimiter = None
 
     def __init__(
-        self, name: str, binary: Any, *, owned: bool = True, expected: Sequence[str] = ()
+        self,
+        name: str,
+        binary: Any,
+        *,
+        owned: bool = True,
+        expected: Sequence[str] = (),
+        encoding: str | None = None,
     ) -> None:
+        """``encoding``: the text's (``transcode.encoding_name``), ``None`` for UTF-8."""
         self.name = name
         self._binary, self._owned = binary, owned
         self._stream: Any = binary
@@ -177,6 +185,8 @@ class JsonLinesSource(TableSource):
                 self._live = is_live(binary)
             if not self._live:
                 self.size = _size(binary)
+            if encoding is not None:
+                self._stream = transcoded(self._stream, encoding)
             self._lines: list[bytes] = []
             self._tail = b""
             self._eof = False
@@ -187,8 +197,11 @@ class JsonLinesSource(TableSource):
             raise
 
     @classmethod
-    def of_path(cls, path: str, *, expected: Sequence[str] = ()) -> JsonLinesSource:
-        return cls(path, open(path, "rb"), expected=expected)  # closed by close()
+    def of_path(
+        cls, path: str, *, expected: Sequence[str] = (), encoding: str | None = None
+    ) -> JsonLinesSource:
+        # Closed by close().
+        return cls(path, open(path, "rb"), expected=expected, encoding=encoding)
 
     def close(self) -> None:
         if not self._owned:
@@ -418,12 +431,12 @@ def _size(binary: Any) -> int | None:
         return None
 
 
-def json_lines_table(path: str) -> pa.Table:
-    """A whole JSON Lines file as a table of text columns, for training: a record that cannot
-    be read is a ``DataError`` naming its line (a training table must be whole; scoring rejects
-    such a record alone)."""
+def json_lines_table(path: str, *, encoding: str | None = None) -> pa.Table:
+    """A whole JSON Lines file (its text in ``encoding``, ``None`` for UTF-8) as a table of
+    text columns, for training: a record that cannot be read is a ``DataError`` naming its
+    line (a training table must be whole; scoring rejects such a record alone)."""
     parts: list[pa.Table] = []
-    with JsonLinesSource.of_path(path) as source:
+    with JsonLinesSource.of_path(path, encoding=encoding) as source:
         for chunk in source.chunks(65_536):
             if chunk.rejects:
                 first = chunk.rejects[0]

@@ -30,7 +30,11 @@ _SNIFF_BYTES = 4096
 
 
 def open_source(
-    path: str, *, expected: Sequence[str] = (), exact: Sequence[str] = ()
+    path: str,
+    *,
+    expected: Sequence[str] = (),
+    exact: Sequence[str] = (),
+    encoding: str | None = None,
 ) -> TableSource:
     """Open a CSV or JSON Lines (plain, gzip, or '-' for stdin) or Parquet file, told apart by
     content (``input_format``; stdin by its first bytes), not name; its header (a JSON Lines
@@ -39,19 +43,23 @@ def open_source(
     caller reads (a model's, those it keeps), which a JSON Lines file has even where its first
     records leave them out (a serialiser that drops null values). ``exact``: columns a CSV
     file's reader keeps as text as it is, 'NA' and empty fields too (passthrough columns,
-    written back out as they came), where the others read them as missing values."""
+    written back out as they came), where the others read them as missing values.
+    ``encoding``: a CSV or JSON Lines text's (``transcode.encoding_name``; ``None``: UTF-8)."""
     if path == "-":
         stdin = stdin_reader()
         # Blocks until the first bytes come (or the end): what a pipe holds is told by them.
-        if looks_like_json(stdin.peek(_SNIFF_BYTES)[:_SNIFF_BYTES], gzipped=True):
-            return JsonLinesSource("<stdin>", stdin, owned=False, expected=expected)
-        return CsvSource(path, stdin=stdin, exact=exact)
-    fmt = input_format(path)
+        head = stdin.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+        if looks_like_json(head, gzipped=True, encoding=encoding):
+            return JsonLinesSource(
+                "<stdin>", stdin, owned=False, expected=expected, encoding=encoding
+            )
+        return CsvSource(path, stdin=stdin, exact=exact, encoding=encoding)
+    fmt = input_format(path, encoding)
     if fmt == "parquet":
         return ParquetSource(path)
     if fmt == "jsonl":
-        return JsonLinesSource.of_path(path, expected=expected)
-    return CsvSource(path, exact=exact)
+        return JsonLinesSource.of_path(path, expected=expected, encoding=encoding)
+    return CsvSource(path, exact=exact, encoding=encoding)
 
 
 class ParquetSource(TableSource):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from detector.errors import DataError
+from detector.io.transcode import as_utf8, encoding_fix
 
 #: Rows per chunk when streaming: big enough to score at full speed, small enough that memory
 #: does not depend on the file's size.
@@ -63,13 +64,13 @@ PARQUET_MAGIC = b"PAR1"
 _SNIFF_BYTES = 4096
 
 
-def input_format(path: str | os.PathLike[str]) -> str:
+def input_format(path: str | os.PathLike[str], encoding: str | None = None) -> str:
     """The format of an input file, ``csv``, ``jsonl`` (JSON Lines) or ``parquet``, told by its
     first bytes before its name, so ``x.data.gz`` or a gzip file of any name reads as (gzip)
     CSV: Parquet starts with ``PAR1``, JSON Lines (plain or gzip) with ``{``, gzip with
     ``1f 8b``; then a known suffix decides (``table_format``, ``JSON_LINES_SUFFIXES``), and text
     under any other name is CSV. '-' (stdin) is told by ``open_source``. Anything else is a
-    ``DataError`` naming the formats read."""
+    ``DataError`` naming the formats read. ``encoding``: the text's, where not UTF-8."""
     if str(path) == "-":
         return "csv"
     try:
@@ -79,10 +80,13 @@ def input_format(path: str | os.PathLike[str]) -> str:
         raise DataError(f"cannot read {path}: {exc}") from None
     if head.startswith(PARQUET_MAGIC):
         return "parquet"
-    if looks_like_json(head, gzipped=True) or str(path).lower().endswith(JSON_LINES_SUFFIXES):
+    if looks_like_json(head, gzipped=True, encoding=encoding) or str(path).lower().endswith(
+        JSON_LINES_SUFFIXES
+    ):
         return "jsonl"
     if head.startswith(GZIP_MAGIC):
         return "csv"
+    head = as_utf8(head, encoding)
     with contextlib.suppress(DataError):
         # A named format stands even where the content is damaged (a stray Latin-1 byte in a
         # .csv is one rejected record, a truncated .parquet a Parquet error), so say it.
@@ -102,14 +106,16 @@ def input_format(path: str | os.PathLike[str]) -> str:
 _JSON_START = re.compile(rb"\s*(\{|\[\s*[{\]])")
 
 
-def looks_like_json(head: bytes, *, gzipped: bool = False) -> bool:
+def looks_like_json(head: bytes, *, gzipped: bool = False, encoding: str | None = None) -> bool:
     """Whether text starting with ``head`` is JSON Lines (or a JSON array) rather than CSV;
-    ``gzipped``: a head of gzip bytes is looked at inside."""
+    ``gzipped``: a head of gzip bytes is looked at inside; ``encoding``: the text's, where not
+    UTF-8."""
     if gzipped and head.startswith(b"\x1f\x8b"):
         try:
             head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 256)
         except zlib.error:
             return False
+    head = as_utf8(head, encoding)
     if head.startswith(codecs.BOM_UTF8):
         head = head[len(codecs.BOM_UTF8) :]
     return _JSON_START.match(head) is not None
@@ -187,7 +193,7 @@ def archive_problem(name: str, head: bytes) -> str | None:
     table format this tool does not read (Excel, Arrow, ORC), or UTF-16 text; ``None`` where
     it is none of these."""
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return f"{name} is not UTF-8 text (it looks like UTF-16); re-save the file as UTF-8"
+        return f"{name} is not UTF-8 text (it looks like UTF-16): {encoding_fix(None, 'utf-16')}"
     if head.startswith(b"PK\x03\x04") and (
         b"[Content_Types].xml" in head[:2048] or str(name).lower().endswith((".xlsx", ".xlsm"))
     ):
@@ -352,7 +358,8 @@ def check_names(names: Sequence[str], source: str) -> None:
         # Not a name anyone gave: a binary file, or UTF-16 text without its byte-order mark.
         raise DataError(
             f"the header of {source} holds NUL bytes, so it is not CSV text (a binary file, or "
-            "UTF-16 without a byte-order mark); re-save it as UTF-8 CSV"
+            "UTF-16 without a byte-order mark, whose encoding is utf-16-le or utf-16-be); "
+            f"{encoding_fix(None, 'utf-16-le')}"
         )
     check_header_row(names, source)
     check_named([i for i, n in enumerate(names) if not n], source)

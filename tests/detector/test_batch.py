@@ -944,6 +944,53 @@ def test_formula_cells_are_written_as_read_and_the_summary_names_their_columns(
     ) in out, out
 
 
+def test_a_windows_1252_file_trains_and_scores_as_its_utf8_twin_with_encoding(
+    capsys, tmp_path: Path
+) -> None:
+    # A European Excel export ('Müller', '€' in a category column) could not be read: training
+    # refused it whole ("is not UTF-8 text ... re-save it as UTF-8"), scoring rejected 976 of
+    # its 1,500 rows, and nothing let the user say which encoding it was in.
+    frame = pd.read_csv(DATA / "train.csv").head(400)
+    frame["owner"] = np.resize(["Müller", "Señor €", "plain"], len(frame))
+    utf8, cp1252, utf16 = (tmp_path / f"{name}.csv" for name in ("utf8", "cp1252", "utf16"))
+    frame.to_csv(utf8, index=False)
+    frame.to_csv(cp1252, index=False, encoding="cp1252")
+    frame.to_csv(utf16, index=False, encoding="utf-16")  # with its byte-order mark
+    flags = ["--epochs", "2", "--hidden-units", "16,8", "--latent-dim", "2", "--quiet"]
+    for data, encoding in ((utf8, []), (cp1252, ["--encoding", "cp1252"])):
+        assert (
+            main(["train", str(data), "--out", str(tmp_path / data.stem), *flags, *encoding]) == 0
+        )
+    capsys.readouterr()
+    model = tmp_path / "cp1252"
+    assert load_bundle(model).version == load_bundle(tmp_path / "utf8").version
+    scored = []
+    for data, encoding in ((utf8, []), (cp1252, ["cp1252"]), (utf16, ["utf-16"])):
+        output = tmp_path / f"{data.stem}.out.csv"
+        argv = [str(model), str(data), "--output", str(output)]
+        code, ledger, _ = score(capsys, *argv, *[f"--encoding={e}" for e in encoding])
+        assert code == 0 and ledger["rows_scored"] == 400, ledger
+        scored.append(output.read_bytes())
+    assert scored[0] == scored[1] == scored[2]
+    # A byte cp1252 does not define rejects its row, as a byte not UTF-8 does without it.
+    cp1252.write_bytes(cp1252.read_bytes().replace(b"M\xfcller", b"M\x81ller", 1))
+    argv = [str(model), str(cp1252), "--output", str(tmp_path / "o.csv"), "--encoding", "cp1252"]
+    code, ledger, _ = score(capsys, *argv)
+    assert (ledger["rows_read"], ledger["rows_scored"], ledger["rejected_by_code"]) == (
+        400,
+        399,
+        {"encoding": 1},
+    )
+    rejected = pd.read_csv(tmp_path / "o.csv.rejects.csv")
+    assert rejected["reason"][0].startswith("not cp1252 text; the file may be in an encoding")
+    with pytest.raises(SystemExit) as usage:
+        score(capsys, *argv[:-1], "latin-9x")
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and "'latin-9x' is not a text encoding Python knows" in err, err
+    code, _, err = score(capsys, *argv, "--engine", "spark")
+    assert code == 2 and "--encoding cp1252 is not available with --engine spark" in err, err
+
+
 def test_a_file_mostly_not_utf8_is_told_to_be_converted_once(
     capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -962,6 +1009,7 @@ def test_a_file_mostly_not_utf8_is_told_to_be_converted_once(
     ]
     code, _, err = score(capsys, *argv)
     assert code == 2 and "6 rows are not UTF-8 text" in err and "iconv -f cp1252" in err
+    assert "give it with --encoding cp1252, or convert it once" in err
     table.head(2).to_csv(tmp_path / "good.csv", index=False)  # a third garbled: no hint
     path.write_bytes(
         (tmp_path / "good.csv").read_bytes()
