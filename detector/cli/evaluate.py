@@ -13,7 +13,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from detector.cli.commands import _header, _labelled_scores, _require_column
+from detector.cli.commands import (
+    _header,
+    _labelled_scores,
+    _require_column,
+    _training_rows_warning,
+)
 from detector.cli.score import MOSTLY_REJECTED
 from detector.scoring.evaluation import fpr_warning, group_name, precision_text
 from detector.wording import printable
@@ -59,41 +64,6 @@ def _label_input_warning(bundle: Any, label_column: str) -> str | None:
         "the label and these metrics are optimistic: train without it (`anomaly train ... "
         f"--label-column {label_column}` drops it and leaves out the rows labelled anomalous, "
         f"or --ignore-column {label_column})"
-    )
-
-
-#: The share of the scored rows that are training rows past which evaluate says its numbers
-#: are partly the training rows'; and the share of a bank's rows repeating another past which
-#: a scored row equal to one is no sign of being it (a table of a few categories repeats).
-MOSTLY_TRAINED = 0.1
-REPEATING_BANK = 0.01
-
-
-def _training_rows_warning(bundle: Any, found: int | None, scored: int) -> str | None:
-    """What to say where many scored rows are the model's training rows: data/train.csv with
-    eval.csv's 148 anomalies appended read a false-positive rate of 0.78% and AUROC .9982
-    where eval.csv's held-out rows read 1.98% (warned of) and .9943, and nothing said why.
-    Only the rows the bundle's neighbour bank keeps can be found (``found``; ``None`` where
-    it keeps none, so nothing is said): where it keeps some of them, the rest are estimated."""
-    bank = bundle.neighbours
-    if not found or bank is None or bank.repeated > REPEATING_BANK:
-        return None
-    kept = len(bank.bank)
-    trained = max(int(bundle.training.get("rows") or kept), kept)
-    likely = min(scored, round(found * trained / kept))
-    if likely < MOSTLY_TRAINED * scored:
-        return None
-    among = f"the {kept:,} training rows the bundle keeps"
-    if trained > kept:
-        among = (
-            f"the {kept:,} of its {trained:,} training rows the bundle keeps, so about "
-            f"{likely:,} in all"
-        )
-    return (
-        f"{found:,} of the {scored:,} scored rows ({found / scored:.0%}) are rows the model was "
-        f"trained on (found among {among}): metrics on training rows are optimistic, as the "
-        "model has seen them; evaluate on rows kept out of training (a later period, or rows "
-        "held back from `anomaly train`)"
     )
 
 

@@ -22,6 +22,7 @@ from detector.cli.commands import (
     _labelled_scores,
     _labels,
     _require_column,
+    _training_rows_warning,
     _writes_files,
 )
 from detector.nn.option_specs import TrainingOption, training_options
@@ -287,7 +288,7 @@ def _write_training_report(
         if passthrough is not None:
             label = args.report_label_column or args.label_column
             anomaly_values, normal_values = _label_values(args, label)
-            labels, scores, _, rejected, *_ = _labelled_scores(
+            scored = _labelled_scores(
                 bundle,
                 args.report_data,
                 label,
@@ -296,8 +297,15 @@ def _write_training_report(
                 normal_values=normal_values,
                 encoding=args.encoding,
             )
-            n_rejected = sum(rejected.values())
-            labelled = LabelledScores(labels, scores, args.report_data, n_rejected=n_rejected)
+            # --report-data of the training file: its curves would be the training rows'.
+            trained = _training_rows_warning(bundle, scored.training_rows, len(scored.scores))
+            labelled = LabelledScores(
+                scored.labels,
+                scored.scores,
+                args.report_data,
+                n_rejected=sum(scored.codes.values()),
+                warnings=tuple(filter(None, [trained])),
+            )
         write_report(args.report, training_report(bundle, labelled=labelled))
     except Exception as exc:
         if args.debug:

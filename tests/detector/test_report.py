@@ -249,6 +249,8 @@ def test_report_data_labels_are_read_with_the_trainings_label_values(capsys, tmp
     argv += ["label", "--report", str(report), "--report-data", str(data)]
     assert main(argv) == 0, capsys.readouterr().err
     assert "wrote report" in capsys.readouterr().out and "AUROC" in report.read_text()
+    # The very rows it trained on: the page says its curves are optimistic.
+    assert "are rows the model was trained on" in report.read_text()
 
 
 def test_a_failing_report_never_fails_training(capsys, monkeypatch, small_train, tmp_path):
