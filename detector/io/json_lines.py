@@ -40,7 +40,7 @@ from detector.features.encode import listed
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
 from detector.io.csv_lines import megabytes
 from detector.io.csv_source import is_live, pipe_is_quiet
-from detector.io.transcode import transcoded
+from detector.io.transcode import encoding_fix, read_as, transcoded
 
 #: The first records' bytes whose keys make a file's columns: records that leave out a key
 #: whose value is null (as many serialisers do) still give the file every column, however few
@@ -174,6 +174,7 @@ class JsonLinesSource(TableSource):
     ) -> None:
         """``encoding``: the text's (``transcode.encoding_name``), ``None`` for UTF-8."""
         self.name = name
+        self._encoding = encoding
         self._binary, self._owned = binary, owned
         self._stream: Any = binary
         self._live = False
@@ -398,6 +399,10 @@ class JsonLinesSource(TableSource):
 
     def _reject(self, row: int, number: int, line: bytes, problem: str) -> ParseReject:
         code = "encoding" if "codec can't decode" in problem else "malformed"
+        if code == "encoding":  # the codec's words named UTF-8 where --encoding named another
+            problem = f"line {number} is not {read_as(self._encoding)} text; " + encoding_fix(
+                self._encoding
+            )
         text = line.decode("utf-8", errors="replace")
         return ParseReject(self.name, row, number, code, problem, text)
 

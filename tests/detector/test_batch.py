@@ -991,6 +991,28 @@ def test_a_windows_1252_file_trains_and_scores_as_its_utf8_twin_with_encoding(
     assert code == 2 and "--encoding cp1252 is not available with --engine spark" in err, err
 
 
+def test_json_lines_in_another_encoding_read_as_their_utf8_twin_and_name_it_when_not(
+    capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # A line that did not decode was told "'utf-8' codec can't decode byte 0x81", --encoding
+    # cp1252 given or not.
+    table = EVAL.head(4).assign(note="Müller €")
+    utf8, cp1252 = tmp_path / "utf8.jsonl", tmp_path / "cp1252.jsonl"
+    table.to_json(utf8, orient="records", lines=True, force_ascii=False)
+    text = utf8.read_text(encoding="utf-8")
+    cp1252.write_bytes(text.encode("cp1252").replace(b"M\xfcller", b"M\x81ller", 1))
+    outputs = []
+    for path, encoding in ((utf8, []), (cp1252, ["--encoding", "cp1252"])):
+        output = tmp_path / f"{path.stem}.csv"
+        argv = [str(bundle_dir), str(path), "--output", str(output), "--keep-column", "note"]
+        code, ledger, _ = score(capsys, *argv, *encoding)
+        assert code == 0 and ledger["rows_read"] == 4, ledger
+        outputs.append(pd.read_csv(output))
+    assert outputs[1].equals(outputs[0].iloc[1:].reset_index(drop=True))
+    reason = pd.read_csv(tmp_path / "cp1252.csv.rejects.csv")["reason"][0]
+    assert reason.startswith("line 1 is not cp1252 text; the file may be in an encoding"), reason
+
+
 def test_a_file_mostly_not_utf8_is_told_to_be_converted_once(
     capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
