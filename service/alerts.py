@@ -418,7 +418,8 @@ class AlertTracker:
             victim = next(iter(self._states))
             log.warning(
                 "model %r: all %d tracked alert keys are firing; forgetting %r, whose alert "
-                "Alertmanager will resolve on its own. Raise max_keys or group by fewer fields",
+                "Alertmanager will resolve on its own; group_by fewer fields, or look for what "
+                "makes so many keys fire",
                 self.model,
                 self.max_keys,
                 dict(victim),
