@@ -28,6 +28,7 @@ from detector.io.tables import MISSING_TEXT
 from detector.series.windows import (
     EPOCH,
     FIRST_TIME,
+    KEY_SEPARATOR,
     LAST_TIME,
     MAX_KEY_CHARS,
     SeriesRejection,
@@ -44,6 +45,8 @@ from detector.series.windows import (
     missing_key_reason,
     not_a_time,
     plausible_seconds,
+    separated_key_columns,
+    separated_key_rejection,
     whole_number,
 )
 
@@ -111,7 +114,7 @@ class StreamWindows:
 
 def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
     """The record's series as one string, as ``SeriesState`` forms it (``None``: a key column
-    has no value)."""
+    has no value, or the key is several values and one holds the character joining them)."""
     parts = []
     for column in spec.key_columns:
         value = record.get(column)
@@ -119,7 +122,9 @@ def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
             return None
         whole = whole_number(value)  # 7.0 from a JSON emitter is host 7, as a file's reader
         parts.append(str(value) if whole is None else str(whole))
-    return same_letters("\x1f".join(parts))
+    if separated_key_columns(spec, record):
+        return None
+    return same_letters(KEY_SEPARATOR.join(parts))
 
 
 def no_key_value(value: object) -> bool:
@@ -202,7 +207,12 @@ def window_records(
         key = series_key(spec, record)
         if key is None:
             empty = [c for c in spec.key_columns if no_key_value(record.get(c))]
-            rejections.append(SeriesRejection(i, "missing_key", missing_key_reason(spec, empty)))
+            rejection = (
+                SeriesRejection(i, "missing_key", missing_key_reason(spec, empty))
+                if empty
+                else separated_key_rejection(spec, i, separated_key_columns(spec, record))
+            )
+            rejections.append(rejection)
             continue
         if len(key) > MAX_KEY_CHARS:
             rejections.append(long_key_rejection(spec, i, len(key)))

@@ -30,7 +30,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,11 +48,14 @@ Representation = Literal["lags", "deviation"]
 #: Why a row was not placed in its series, as a short code (a metrics label).
 SERIES_REJECTION_CODES = (
     "bad_timestamp", "duplicate_timestamp", "out_of_order", "missing_key", "long_key",
-    "future_timestamp",
+    "future_timestamp", "bad_key",
 )  # fmt: skip
 #: The longest key a series may have (its key columns' texts joined), in characters: the
 #: service keeps state for ``series_max_keys`` keys, which bounds its size only with this.
 MAX_KEY_CHARS = 1024
+#: What joins the values of several key columns into a series' key (its name in the state
+#: kept between batches, in the service's state file and in a bundle's levels).
+KEY_SEPARATOR = "\x1f"
 
 
 def long_key_rejection(spec: SeriesSpec, row: int, length: int) -> SeriesRejection:
@@ -62,6 +65,29 @@ def long_key_rejection(spec: SeriesSpec, row: int, length: int) -> SeriesRejecti
         "long_key",
         f"its key {list(spec.key_columns)} is {length:,} characters long; a series' key may be "
         f"at most {MAX_KEY_CHARS:,} (a host or service name, not a payload)",
+    )
+
+
+def separated_key_columns(spec: SeriesSpec, values: Mapping[str, object]) -> list[str]:
+    """The key columns whose value in ``values`` (a row's) holds ``KEY_SEPARATOR``, where the
+    key is several columns' values joined by it: ('a\\x1fb', 'c') and ('a', 'b\\x1fc') were
+    one series, mixing two hosts' windows and rejecting one's rows as the other's repeated
+    times. One key column's value is its key as written, whatever it holds."""
+    if len(spec.key_columns) < 2:
+        return []
+    return [c for c in spec.key_columns if KEY_SEPARATOR in str(values.get(c))]
+
+
+def separated_key_rejection(spec: SeriesSpec, row: int, columns: Sequence[str]) -> SeriesRejection:
+    """Why a row whose key ``columns`` hold ``KEY_SEPARATOR`` is refused (rather than told
+    apart by an encoding: every key without it keeps the series name it had, in state files
+    and bundles alike, and a control character in a host's name is a fault to be told of)."""
+    return SeriesRejection(
+        row,
+        "bad_key",
+        f"its {' and '.join(map(repr, columns))} value holds the control character U+001F "
+        f"(unit separator), which joins the values of the key columns {list(spec.key_columns)} "
+        "into one series name, so it could name another key's series; remove it from the value",
     )
 
 
@@ -1009,6 +1035,17 @@ class SeriesState:
             ]
             usable &= ~missing
         keys = self._keys(frame)
+        if len(spec.key_columns) > 1:
+            # Judged once per distinct key: a key holds one separator fewer than its columns
+            # unless a value holds one too.
+            codes, distinct = pd.factorize(keys)
+            most = len(spec.key_columns) - 1
+            extra = [k.count(KEY_SEPARATOR) > most for k in distinct] + [False]  # -1: missing
+            for i in np.flatnonzero(np.asarray(extra, dtype=bool)[codes] & usable):
+                given = {c: frame[c].iat[i] for c in spec.key_columns}
+                joining = separated_key_columns(spec, given)
+                rejections.append(separated_key_rejection(spec, int(i), joining))
+                usable[i] = False
         if spec.key_columns:
             placed = np.flatnonzero(usable)  # a missing key is NaN, not text, and has no length
             lengths = np.fromiter(map(len, keys[placed]), dtype=np.int64, count=len(placed))
@@ -1100,7 +1137,7 @@ class SeriesState:
         if not self.spec.key_columns:
             return np.full(len(frame), "", dtype=object)
         first, *rest = (key_text(frame[c]) for c in self.spec.key_columns)
-        joined = first.str.cat(rest, sep="\x1f") if rest else first
+        joined = first.str.cat(rest, sep=KEY_SEPARATOR) if rest else first
         return same_letters_keys(joined).to_numpy(dtype=object)
 
     def _recalled(self, keys: list[str], new: pd.DataFrame) -> pd.DataFrame:

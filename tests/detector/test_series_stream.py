@@ -104,6 +104,34 @@ def test_a_key_too_long_to_keep_is_refused_alike_in_a_table_and_a_stream() -> No
     assert "long_key" not in {r.code for r in make_windows(frame, spec).rejections}
 
 
+def test_keys_of_two_columns_that_join_alike_are_refused_not_made_one_series() -> None:
+    """Key values are joined with U+001F: ('a\\x1fb', 'c') and ('a', 'b\\x1fc') were one
+    series, the second host's rows rejected as the first's repeated times. Each row holding
+    the character is refused alike by both readers, naming its column; the others score."""
+    spec = SeriesSpec("ts", ("host", "region"), window=3)
+    keys = [("a\x1fb", "c"), ("a", "b\x1fc"), ("a", "b")]
+    frame = pd.DataFrame(
+        [
+            {"ts": 60.0 * t, "host": host, "region": region, "cpu": float(t), "state": "1"}
+            for t in range(4)
+            for host, region in keys
+        ]
+    )
+    whole = make_windows(frame, spec)
+    codes = {r.row: r.code for r in whole.rejections}
+    assert codes == {row: "bad_key" for row in range(12) if row % 3 != 2}
+    reasons = {r.row: r.reason for r in whole.rejections}
+    assert reasons[0].startswith("its 'host' value holds the control character U+001F")
+    assert reasons[1].startswith("its 'region' value holds the control character U+001F")
+    assert "remove it from the value" in reasons[0]
+    assert list(whole.rows) == [2, 5, 8, 11] and set(whole.keys) == {"a\x1fb"}
+    assert stream(frame, spec, 5)[2] == codes
+    # One key column's value is its key as written: nothing to tell apart.
+    alone = make_windows(frame.drop(columns="region"), SeriesSpec("ts", ("host",), window=3))
+    assert set(alone.keys) == {"a\x1fb", "a"}
+    assert {r.code for r in alone.rejections} == {"duplicate_timestamp"}  # ('a', *) twice
+
+
 def test_a_late_record_and_a_repeated_time_are_rejected_with_the_reason() -> None:
     spec = SeriesSpec("ts", ("host",), window=3)
     first = window_records(spec, ["cpu"], [{"ts": 120, "host": "a", "cpu": 1.0}], {})

@@ -490,6 +490,27 @@ def test_csv_keys_that_read_as_numbers_stay_the_series_they_name(
     assert answer["counts"]["scored"] == 2, answer
 
 
+def test_keys_of_two_columns_that_join_alike_are_refused_with_the_column(
+    tmp_path: Path,
+) -> None:
+    # ('a\x1fb', 'c') and ('a', 'b\x1fc') were one series: the second's record was "a
+    # repeated time" of the first's, or windowed with its rows.
+    path = tmp_path / "two"
+    spec = {**SERIES, "series_columns": ("host", "region")}
+    VAEDetector(**spec, **TINY | {"epochs": 2}).fit(fleet(200).assign(region="eu")).save(path)
+    config = ServiceConfig(models={"fleet": str(path)}, series_state=str(tmp_path / "s.sqlite"))
+    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    record = {"ts": "2026-01-02T00:00:00Z", "cpu": 20.0, "mem": 40.0}
+    keys = [("a\x1fb", "c"), ("a", "b\x1fc"), ("a", "b")]
+    body = post(app.test_client(), [{**record, "host": h, "region": r} for h, r in keys])
+    app.extensions["anomaly"].dispatcher.stop()
+    reasons = {r["index"]: r["reasons"][0] for r in body["rejected"]}
+    assert list(reasons) == [0, 1]
+    assert reasons[0].startswith("its 'host' value holds the control character U+001F")
+    assert reasons[1].startswith("its 'region' value holds the control character U+001F")
+    assert [r["index"] for r in body["results"]] == [2]
+
+
 def test_json_booleans_and_numbered_labels_score_as_the_files_values(tmp_path: Path) -> None:
     # Found by a fraud helper: a JSON true reached the windows as 1.0, a category never seen
     # ('True' in training), so 76% of ordinary payments were flagged; a label '3' sent as 3
