@@ -39,7 +39,7 @@ from detector.batch.scored_tables import scored_rows
 from detector.bundles.bundle import Bundle
 from detector.errors import ConfigError, DataError, SchemaError
 from detector.features.encode import Imputation, check_columns
-from detector.features.encoded import NumberTally
+from detector.features.encoded import NumberTally, SpellingTally
 from detector.io.chunks import ParseReject, SourceChunk, TableSource
 from detector.io.sources import open_source
 from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs, table_format
@@ -225,6 +225,7 @@ class _Run:
             )
         self.n_rejects = 0
         self.codes: Counter[str] = Counter()
+        self.spellings = SpellingTally()
         self.typed_numbers = self.writer.format in ("parquet", "jsonl")
         sizes = [None if f == "-" else os.path.getsize(f) for f in self.files]
         total = None if None in sizes else sum(s or 0 for s in sizes)
@@ -268,6 +269,8 @@ class _Run:
                     tally.add(item.encoded)
                     if item.checked is not None:
                         tally.add(item.checked)
+                    if item.own is not None:
+                        self.spellings.add(item.own)
                     result = self._scored(item)
                     self.sink.put((item, result))
                     scored += result.n_scored
@@ -419,6 +422,7 @@ class _Run:
                 if self.state is None
                 else key_spelling_warning(self.state.keys(), self.state.spec)
             ),
+            category_spelling=self.spellings.warning(),
             formula_cells=dict(self.writer.formula_cells),
             rejects_formula_cells=dict(self.rejects_writer.formula_cells),
             encoding=self.encoding,

@@ -47,6 +47,8 @@ class BatchReport:
     series_evicted: int = 0
     #: Series models: what to say of series keys that differ only in case or spaces.
     series_key_spelling: str | None = None
+    #: What to say of text values that training knew only in another case ('tcp', 'TCP').
+    category_spelling: str | None = None
     #: CSV text cells a spreadsheet runs as a formula ('=...', '@...'), by column, in the
     #: output and in the rejects file: escaped with a leading "'" where asked, else as read.
     formula_cells: dict[str, int] = field(default_factory=dict)

@@ -15,7 +15,7 @@ import pyarrow as pa
 from detector.batch.scored_tables import model_frame, series_frame
 from detector.bundles.bundle import Bundle
 from detector.features.encode import Imputation, check_columns, encode
-from detector.features.encoded import EncodedBatch, NumberTally
+from detector.features.encoded import EncodedBatch, NumberTally, Respelling
 from detector.io.chunks import ParseReject, SourceChunk
 from detector.io.sources import open_source
 from detector.io.tables import DEFAULT_CHUNK_ROWS, expand_inputs
@@ -57,6 +57,12 @@ class PreparedChunk:
     #: columns of ``frame`` encoded (``ValueCheck.last``).
     windows: Windows | None = None
     checked: EncodedBatch | None = None
+
+    @property
+    def own(self) -> EncodedBatch | None:
+        """The rows' own columns encoded (a series model's without their windows' copies of
+        them, 'proto[-1]'), for what is told of their values (``SpellingTally``)."""
+        return self.encoded if self.checked is None else self.checked
 
 
 def prepare(
@@ -109,6 +115,7 @@ class ScoredChunk:
     rejects: tuple[ParseReject, ...]
     series_evicted: int = 0
     training_rows: int = 0
+    respelled: tuple[Respelling, ...] = ()
 
 
 def iter_scored(
@@ -169,8 +176,10 @@ def iter_scored(
                 result = score_prepared(bundle, item, state)
                 bank = bundle.neighbours if count_training_rows else None
                 trained = 0 if bank is None else int(bank.kept(item.encoded.values).sum())
-                evicted = _evicted(state)
-                yield ScoredChunk(source.name, frame, result, chunk.rejects, evicted, trained)
+                respelled = item.own.respelled if item.own is not None else ()
+                yield ScoredChunk(
+                    source.name, frame, result, chunk.rejects, _evicted(state), trained, respelled
+                )
             tally.check(source.name)
 
 

@@ -97,6 +97,7 @@ class ScoredLabels(NamedTuple):
     rejected_groups: Mapping[str, int] = MappingProxyType({})
     warming_up: int = 0  # scored rows among their series' first (a series model's)
     training_rows: int | None = None
+    category_spelling: str | None = None  # ``SpellingTally.warning``
 
 
 def _labelled_scores(
@@ -121,6 +122,7 @@ def _labelled_scores(
 
     from detector.batch.scored_chunks import iter_scored
     from detector.errors import DataError
+    from detector.features.encoded import SpellingTally
 
     extra = list(dict.fromkeys([label_column, *passthrough]))
     if by_column and by_column not in extra:
@@ -129,6 +131,7 @@ def _labelled_scores(
     rejected: Counter[str] = Counter()
     rejected_groups: Counter[str] = Counter()
     rejected_anomalies = evicted = warming = 0
+    spellings = SpellingTally()
     parts = iter_scored(
         bundle,
         path,
@@ -149,6 +152,7 @@ def _labelled_scores(
         evicted = part.series_evicted
         if trained is not None:
             trained += part.training_rows
+        spellings.add_found(part.respelled)
         rejected.update(r.code for r in part.rejects)
         _require_column(part.frame.columns, label_column, part.source)
         if by_column:
@@ -185,6 +189,7 @@ def _labelled_scores(
         rejected_groups,
         warming,
         trained,
+        spellings.warning(),
     )
 
 

@@ -107,7 +107,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         leave_out_unknown=args.input == "-",
         encoding=args.encoding,
     )
-    labels, scores, groups, codes, rejected_anomalies, evicted, rejected_groups, warming, _ = scored
+    labels, scores, groups, codes, rejected_anomalies, evicted, rejected_groups = scored[:7]
+    warming = scored.warming_up
     if not len(scores) and not codes:
         raise DataError(f"{args.input} has a header but no data rows; nothing to evaluate")
     if not len(scores):
@@ -151,6 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             _label_input_warning(bundle, args.label_column),
             _training_rows_warning(bundle, scored.training_rows, len(scores)),
             _warm_up_warning(bundle, warming, len(scores)),
+            scored.category_spelling,
         ]
         if w
     ]

@@ -192,6 +192,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             )
     if report.series_key_spelling:
         print(f"warning: {report.series_key_spelling}", file=say)
+    if report.category_spelling:
+        print(f"warning: {report.category_spelling}", file=say)
     if not args.escape_formulas and (said := _formula_warning(report)):
         print(said, file=say)
     if report.series_evicted:

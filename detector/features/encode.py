@@ -27,7 +27,14 @@ import numpy as np
 import pandas as pd
 
 from detector.errors import SchemaError
-from detector.features.encoded import EncodedBatch, NumberCount, Rejection, overflow_of
+from detector.features.encoded import (
+    EncodedBatch,
+    NumberCount,
+    Rejection,
+    Respelling,
+    overflow_of,
+    respelling,
+)
 from detector.features.schema import (
     CategoricalColumn,
     ContextColumn,
@@ -206,8 +213,9 @@ def encode(
         overflow = overflow_of(numeric, schema.clip)
         blocks.append(np.clip(numeric, -schema.clip, schema.clip, out=numeric))
 
+    respelled: list[Respelling] = []
     for cat in schema.categorical:
-        codes, col_bad = _parse_categorical(frame[cat.name], cat, impute, reasons)
+        codes, col_bad = _parse_categorical(frame[cat.name], cat, impute, reasons, respelled)
         group = np.zeros((n, cat.width), dtype=np.float64)
         group[np.arange(n), codes] = 1.0
         blocks.append(group)
@@ -215,7 +223,9 @@ def encode(
 
     unseen = np.zeros(n, dtype=bool)
     for ctx in schema.context:
-        group, ctx_unseen, col_bad = _encode_context(frame[ctx.name], ctx, impute, reasons)
+        group, ctx_unseen, col_bad = _encode_context(
+            frame[ctx.name], ctx, impute, reasons, respelled
+        )
         blocks.append(group)
         unseen |= ctx_unseen
         bad |= col_bad
@@ -236,6 +246,7 @@ def encode(
         context_unseen=unseen[accepted] if schema.context else None,
         numbers=numbers,
         overflow=None if overflow is None or not (over := overflow[accepted]).any() else over,
+        respelled=tuple(respelled),
     )
 
 
@@ -393,11 +404,16 @@ def _flag_numeric(
 
 
 def _lookup_labels(
-    series: pd.Series, categories: tuple[str, ...], name: str, reasons: Reasons
+    series: pd.Series,
+    categories: tuple[str, ...],
+    name: str,
+    reasons: Reasons,
+    respelled: list[Respelling],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each value's index in ``categories`` (-1 where it is not one of them), the mask of
     empty values, and the mask of lists and objects (a Parquet struct, a frame's dict), each
-    given its reason here: neither a label nor empty, so never imputed."""
+    given its reason here: neither a label nor empty, so never imputed. Values that are a
+    label in another case are added to ``respelled``, and stay unseen."""
     values = series.to_numpy(dtype=object, na_value=None)
     missing = np.asarray(pd.isna(values), dtype=bool)
     nested = np.zeros(len(values), dtype=bool)
@@ -438,15 +454,22 @@ def _lookup_labels(
             dtype=bool,
         )
         missing[retry[gone]] = True
+        unseen = retry[(codes[retry] < 0) & ~missing[retry]]
+        if found := respelling(name, categories, values[unseen]):
+            respelled.append(found)
     return codes, missing, nested
 
 
 def _encode_context(
-    series: pd.Series, col: ContextColumn, impute: Imputation, reasons: Reasons
+    series: pd.Series,
+    col: ContextColumn,
+    impute: Imputation,
+    reasons: Reasons,
+    respelled: list[Respelling],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A context column's one-hot group ``(n, width)``, the mask of rows encoded as no context
     (a value not seen in training; an empty one when imputing) and the mask of rejected rows."""
-    codes, missing, nested = _lookup_labels(series, col.categories, col.name, reasons)
+    codes, missing, nested = _lookup_labels(series, col.categories, col.name, reasons, respelled)
     if impute != "median" and missing.any():
         fix = _fill_it(" to score the record without its context")
         reason = ("missing_value", f"context column '{col.name}' is empty {fix}")
@@ -464,8 +487,9 @@ def _parse_categorical(
     col: CategoricalColumn,
     impute: Imputation,
     reasons: Reasons,
+    respelled: list[Respelling],
 ) -> tuple[np.ndarray, np.ndarray]:
-    codes, missing, nested = _lookup_labels(series, col.categories, col.name, reasons)
+    codes, missing, nested = _lookup_labels(series, col.categories, col.name, reasons, respelled)
     if impute == "median" and missing.any():
         # For a category the median's counterpart is the most frequent training value.
         codes[missing] = col.categories.index(col.mode)

@@ -3,11 +3,14 @@ gives the scorer, and the per-column number counts a whole input is judged by.""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from detector.errors import SchemaError
+from detector.features.schema import training_spellings
 
 #: Why a row can be rejected, as a short fixed code (a metrics label); the reason text says more.
 #: The last five are a series model's (``detector.series.windows``; ``future_timestamp``: a time
@@ -62,6 +65,8 @@ class EncodedBatch:
     #: ``±clip`` before it was clipped (0 within it), so a scorer can tell $2k from $1B;
     #: ``None`` when no value did.
     overflow: np.ndarray | None = None
+    #: For each text column with values training knew only in another case: ``Respelling``.
+    respelled: tuple[Respelling, ...] = ()
 
     @property
     def rows(self) -> np.ndarray:
@@ -95,6 +100,80 @@ class NumberCount:
     numbers: int
     not_numbers: int
     example: str | None = None
+
+
+@dataclass(frozen=True)
+class Respelling:
+    """A text column's values in one batch that differ from a training value only in case
+    (and spaces around them): 'tcp' where training saw 'TCP'. Each is encoded as a value
+    training never saw, as it should be (a changed label may be the anomaly), but a user who
+    meant the same label gets high scores without a word: ``rows`` counts them, ``examples``
+    holds a few distinct ones with training's spelling, ``(given, trained)``."""
+
+    name: str
+    rows: int
+    examples: tuple[tuple[str, str], ...]
+
+
+#: How many distinct respelled values a warning shows for a column.
+RESPELLED_EXAMPLES = 3
+
+
+def respelling(
+    name: str, categories: tuple[str, ...], unseen: Sequence[object]
+) -> Respelling | None:
+    """Column ``name``'s ``unseen`` values (none a label of ``categories``) that are a label in
+    another case, or ``None`` where none is."""
+    # Each distinct value once: a chunk of new hosts is thousands of rows of a few values.
+    counted = Counter(unseen)
+    found = [
+        (value, trained, n)
+        for (value, n), trained in zip(
+            counted.items(), training_spellings(categories, counted), strict=True
+        )
+        if trained is not None
+    ]
+    if not found:
+        return None
+    examples = tuple((str(v), t) for v, t, _ in found[:RESPELLED_EXAMPLES])
+    return Respelling(name, sum(n for _, _, n in found), examples)
+
+
+class SpellingTally:
+    """The ``Respelling`` of each text column over a whole input, and what to tell the user of
+    them: scored as labels never seen, those rows likely scored high, or were flagged."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, int] = {}
+        self._examples: dict[str, dict[str, str]] = {}
+
+    def add(self, batch: EncodedBatch) -> None:
+        self.add_found(batch.respelled)
+
+    def add_found(self, respelled: Iterable[Respelling]) -> None:
+        for found in respelled:
+            self._rows[found.name] = self._rows.get(found.name, 0) + found.rows
+            examples = self._examples.setdefault(found.name, {})
+            for given, trained in found.examples:
+                if len(examples) < RESPELLED_EXAMPLES:
+                    examples.setdefault(given, trained)
+
+    def warning(self) -> str | None:
+        """What to say of the respelled values, or ``None`` where there were none."""
+        if not self._rows:
+            return None
+        columns = "; ".join(
+            f"column '{name}': {rows:,} value{'s' if rows > 1 else ''} ("
+            + ", ".join(f"{g!r} for {t!r}" for g, t in self._examples[name].items())
+            + ")"
+            for name, rows in self._rows.items()
+        )
+        return (
+            f"text values differ from a training value only in case, {columns}; each was scored "
+            "as a value training never saw, which raises its anomaly_score: where it means the "
+            "training value, write it as training did (it is not matched for you, as a changed "
+            "value may be the anomaly)"
+        )
 
 
 class NumberTally:

@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from detector.features.encoded import EncodedBatch, NumberCount, overflow_of
+from detector.features.encoded import (
+    EncodedBatch,
+    NumberCount,
+    Respelling,
+    overflow_of,
+    respelling,
+)
 from detector.features.schema import Schema, label_lookup, same_letters, signed_log
 from detector.io.tables import MISSING_TEXT
 
@@ -30,17 +36,18 @@ class RecordEncoder:
         self.numeric = tuple(c.name for c in schema.numeric)
         self.means = np.array([c.mean for c in schema.numeric], dtype=np.float64)
         self.scales = np.array([c.scale for c in schema.numeric], dtype=np.float64)
-        # (name, {label: slot}, slot of an unseen label or None for "no context", offset)
-        self.labelled: list[tuple[str, dict[str, int], int | None, int]] = []
+        # (name, {label: slot}, slot of an unseen label or None for "no context", offset,
+        # the labels)
+        self.labelled: list[tuple[str, dict[str, int], int | None, int, tuple[str, ...]]] = []
         offset = schema.n_numeric
         for cat in schema.categorical:
             lookup = label_lookup(cat.categories)
-            self.labelled.append((cat.name, lookup, len(cat.categories), offset))
+            self.labelled.append((cat.name, lookup, len(cat.categories), offset, cat.categories))
             offset += cat.width
         self.context_start = offset
         for ctx in schema.context:
             lookup = label_lookup(ctx.categories)
-            self.labelled.append((ctx.name, lookup, None, offset))
+            self.labelled.append((ctx.name, lookup, None, offset, ctx.categories))
             offset += ctx.width
         self.width = offset
 
@@ -78,7 +85,9 @@ class RecordEncoder:
             overflow = overflow_of(scaled, clip)
             values[:, : len(self.numeric)] = np.clip(scaled, -clip, clip, out=scaled)
         unseen = np.zeros(n, dtype=bool) if self.schema.context else None
-        for name, lookup, unseen_slot, offset in self.labelled:
+        respelled: list[Respelling] = []
+        for name, lookup, unseen_slot, offset, labels in self.labelled:
+            new: list[str] = []
             for i, record in enumerate(records):
                 label = record[name]
                 if type(label) is not str:
@@ -90,17 +99,23 @@ class RecordEncoder:
                     stripped = label.strip()
                     if stripped in MISSING_TEXT:  # '' or 'NA', 'null'...
                         return None
-                    slot = lookup.get(same_letters(stripped), unseen_slot)
+                    slot = lookup.get(same_letters(stripped))
+                    if slot is None:
+                        new.append(label)
+                        slot = unseen_slot
                 if slot is not None:
                     values[i, offset + slot] = 1.0
                 elif unseen is not None:
                     unseen[i] = True
+            if new and (found := respelling(name, labels, new)):
+                respelled.append(found)
         return EncodedBatch(
             values=values,
             accepted=np.ones(n, dtype=bool),
             context_unseen=unseen,
             numbers=_all_numbers(self.numeric, n),
             overflow=overflow,
+            respelled=tuple(respelled),
         )
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -649,6 +649,31 @@ def label_lookup(categories: Sequence[str]) -> dict[str, int]:
             for form in ("NFC", "NFD"):
                 lookup.setdefault(unicodedata.normalize(form, label), i)
     return lookup
+
+
+def training_spellings(categories: tuple[str, ...], values: Iterable[object]) -> list[str | None]:
+    """For each of ``values``, the label of ``categories`` it is in another case (and spaces
+    around it), where it is text and no label as given or stripped: 'tcp' for 'TCP'. Such a
+    value is encoded as unseen, as it should be (a changed label may be the anomaly), and the
+    user is told (``encoded.Respelling``); ``None`` for any other value."""
+    lookup, folded = _spellings(categories)
+
+    def spelling(value: object) -> str | None:
+        if not isinstance(value, str) or value in lookup:
+            return None
+        text = same_letters(value.strip())
+        return None if text in lookup else folded.get(text.casefold())
+
+    return [spelling(v) for v in values]
+
+
+@lru_cache(maxsize=256)
+def _spellings(categories: tuple[str, ...]) -> tuple[dict[str, int], dict[str, str]]:
+    """``label_lookup(categories)``, and each label by its casefolded form."""
+    folded: dict[str, str] = {}
+    for label in categories:
+        folded.setdefault(same_letters(label).casefold(), label)
+    return label_lookup(categories), folded
 
 
 def same_letters(text: str) -> str:

@@ -271,6 +271,30 @@ def test_unseen_category_takes_the_unseen_slot() -> None:
     assert batch.values[0, -1] == 1.0  # the last slot of the host group
 
 
+def test_a_label_in_another_case_stays_unseen_and_is_counted_alike_by_both_encoders() -> None:
+    # 'A' where training saw 'a' scored as a host never seen, silently. It stays unseen (a
+    # changed label may be the anomaly), and the batch says so, from a table or records.
+    from detector.features.encoded import SpellingTally
+    from detector.features.record_encoder import RecordEncoder
+
+    schema = fit_schema(_frame())
+    given = _frame(5).assign(host=["A", " B ", "a", "zzz", "A"])
+    batch = encode(schema, given)
+    assert batch.values[:, -1].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]  # the unseen slot
+    (found,) = batch.respelled
+    assert (found.name, found.rows, found.examples) == ("host", 3, (("A", "a"), (" B ", "b")))
+    fast = RecordEncoder(schema).encode(given.to_dict("records"))
+    assert fast is not None and fast.respelled == batch.respelled
+    assert encode(schema, _frame(5)).respelled == ()
+    tally = SpellingTally()
+    tally.add(batch)
+    tally.add(batch)
+    warning = tally.warning()
+    assert warning is not None
+    assert "column 'host': 6 values ('A' for 'a', ' B ' for 'b')" in warning
+    assert "write it as training did" in warning
+
+
 def test_a_boolean_column_matches_its_labels_however_a_scored_file_spells_them(
     tmp_path,
 ) -> None:
