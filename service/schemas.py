@@ -177,6 +177,13 @@ class RecordResult(ResponseBody):
         description="series models only: fewer of its series' rows came before it than the "
         "window holds, so it was judged with what was known",
     )
+    training_spelling: dict[str, str] | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=lambda spelled: spelled is None,
+        description="only where a text value differs from a training value only in case "
+        "('tcp' for 'TCP'): that column's training spelling. The value was scored as one "
+        "training never saw; send it as training spelled it where it means that value",
+    )
     top_features: list[Contribution]
 
 

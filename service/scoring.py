@@ -23,6 +23,7 @@ from detector.bundles.bundle import Bundle
 from detector.errors import SchemaError
 from detector.features.encode import check_columns, listed
 from detector.features.records import score_records, score_windowed
+from detector.features.schema import Schema, training_spellings
 from detector.io.json_lines import record_problem
 from detector.scoring.scores import ScoreResult, score_frame
 from detector.series.levels import Level
@@ -397,6 +398,7 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
     echo = {f: records.values(f, result.rows) for f in passthrough if f in records.columns}
     unseen = None if result.context_unseen is None else result.context_unseen.tolist()
     warming = None if result.warming_up is None else result.warming_up.tolist()
+    spelled = _training_spellings(scored.model.bundle.schema, records, result.rows)
     out = []
     for i, (index, score, p, flag) in enumerate(
         zip(
@@ -417,6 +419,8 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
             **({} if unseen is None else {"context_unseen": unseen[i]}),
             # Series models only: judged with fewer of its series' rows than the window holds.
             **({} if warming is None else {"warming_up": warming[i]}),
+            # Scored as a label never seen, where the client likely meant training's.
+            **({"training_spelling": spelled[i]} if spelled[i] else {}),
             "top_features": [
                 {"column": c, "contribution": v}
                 for c, v in zip(top_names[i], top_values[i], strict=True)
@@ -426,3 +430,19 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
             item.setdefault(f, values[i])  # a field named 'index' does not hide the index
         out.append(item)
     return out
+
+
+def _training_spellings(schema: Schema, records: Records, rows: np.ndarray) -> list[dict[str, str]]:
+    """For each scored record (``rows``), its text values that differ from a training label
+    only in case, by column, with that label: scored as labels never seen, which a file's
+    summary warns of, and the client is told here, with no log line per request."""
+    found: list[dict[str, str]] = [{} for _ in range(len(rows))]
+    labelled = [(c.name, c.categories) for c in schema.categorical]
+    labelled += [(c.name, c.categories) for c in schema.context]
+    for name, categories in labelled:
+        if name in records.columns:  # a series model's 'proto[-1]' is no field
+            given = records.values(name, rows)
+            for i, trained in enumerate(training_spellings(categories, given)):
+                if trained is not None:
+                    found[i][name] = trained
+    return found

@@ -242,6 +242,22 @@ def test_json_csv_and_kserve_bodies_score_the_same_records_alike(client) -> None
     assert by_name["p_value"] == [r["p_value"] for r in as_json]
 
 
+def test_a_label_in_another_case_is_named_in_the_answer_with_trainings_spelling(client) -> None:
+    # 'US-EAST' where training saw 'us-east' scored as a region never seen, silently. It stays
+    # unseen (a changed label may be the anomaly); its record says training's spelling, in
+    # JSON and CSV bodies alike, and a record spelled as in training says nothing.
+    upper = {**NORMAL[0], "region": NORMAL[0]["region"].upper(), "host": " " + NORMAL[0]["host"]}
+    records = [NORMAL[0], upper, {**NORMAL[0], "region": "mars"}]
+    as_json = post(client, {"records": records}).json["results"]
+    assert [r.get("training_spelling") for r in as_json] == [
+        None, {"region": NORMAL[0]["region"]}, None
+    ]  # fmt: skip
+    assert as_json[1]["anomaly_score"] > as_json[0]["anomaly_score"]
+    csv = pd.DataFrame(records).to_csv(index=False)
+    as_csv = client.post("/v1/models/tiny/score", data=csv, content_type="text/csv").json
+    assert as_json == as_csv["results"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
