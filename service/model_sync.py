@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detector.bundles.bundle import MAX_MANIFEST_BYTES
+from detector.bundles.bundle import MAX_MANIFEST_BYTES, check_bundle_folder
 from detector.bundles.format import MANIFEST_FILE
 from detector.errors import BundleError, DetectorError
 
@@ -68,8 +68,8 @@ class SyncDir:
         """Copy the files of the bundle directory ``source`` (a bundle is flat) into
         ``sync_dir``: those its manifest names, where it names them (a 300 MB training file
         kept beside a bundle was read into every worker and copied on every load), else every
-        file. A directory that is not there gives an empty copy, so loading it fails with the
-        loader's own message; a file that cannot be read is a ``BundleError``."""
+        file. A ``source`` that is no bundle (no manifest), or a file that cannot be read, is a
+        ``BundleError``."""
         copy = self.root / name / uuid.uuid4().hex[:12]
         try:
             copy.mkdir(parents=True)
@@ -77,7 +77,10 @@ class SyncDir:
             raise sync_error(self.root, exc) from None
         try:
             try:
-                entries = sorted(source.iterdir()) if source.is_dir() else []
+                # Said of the source, as `anomaly info` says it: said of an empty copy, a file
+                # or a folder of bundles was told to train into itself (`--out` it).
+                check_bundle_folder(source)
+                entries = sorted(source.iterdir())
             except OSError as exc:  # a folder of another user's, under umask 077
                 raise BundleError(
                     f"could not read the folder {source} ({exc.strerror or exc}); make it "

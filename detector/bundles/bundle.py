@@ -575,24 +575,39 @@ def bundle_record_fields(path: str | os.PathLike[str]) -> tuple[str, ...] | None
 MAX_MANIFEST_BYTES = 64 * 2**20
 
 
+def check_bundle_folder(root: Path) -> None:
+    """Raise ``BundleError`` where ``root`` holds no manifest, saying what it is instead (a
+    file, a folder of other files or of bundles, nothing) and what to name."""
+    if (root / MANIFEST_FILE).is_file():
+        return
+    if root.is_file():
+        raise BundleError(
+            f"{root} is a file, not a model bundle (a folder {train_command('DIR')} writes)"
+        )
+    if root.is_dir() and any(root.iterdir()):
+        # A fleet's models in one folder, and the folder named for one of them.
+        bundles = sorted(d.name for d in root.iterdir() if (d / MANIFEST_FILE).is_file())
+        if bundles:
+            raise BundleError(
+                f"no model bundle at {root} (no {MANIFEST_FILE}); its subfolders "
+                f"{', '.join(bundles[:5])}{' ...' if len(bundles) > 5 else ''} are bundles: "
+                f"name one of them, such as {root / bundles[0]}"
+            )
+        # Training would refuse to write into a folder of other files: not the fix to name.
+        raise BundleError(
+            f"no model bundle at {root} (no {MANIFEST_FILE}, and it holds other files); "
+            f"name the folder training wrote, or train one with {train_command('NEW_DIR')}"
+        )
+    raise BundleError(
+        f"no model bundle at {root} (no {MANIFEST_FILE}); train one with {train_command(root)}"
+    )
+
+
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Load and check a bundle; raise ``BundleError`` saying what is wrong and what to do."""
     root = Path(path)
+    check_bundle_folder(root)
     manifest_path = root / MANIFEST_FILE
-    if not manifest_path.is_file():
-        if root.is_file():
-            raise BundleError(
-                f"{root} is a file, not a model bundle (a folder {train_command('DIR')} writes)"
-            )
-        if root.is_dir() and any(root.iterdir()):
-            # Training would refuse to write into a folder of other files: not the fix to name.
-            raise BundleError(
-                f"no model bundle at {root} (no {MANIFEST_FILE}, and it holds other files); "
-                f"name the folder training wrote, or train one with {train_command('NEW_DIR')}"
-            )
-        raise BundleError(
-            f"no model bundle at {root} (no {MANIFEST_FILE}); train one with {train_command(root)}"
-        )
     size = manifest_path.stat().st_size
     if size > MAX_MANIFEST_BYTES:  # read whole, a few times its size in memory, per worker
         raise BundleError(

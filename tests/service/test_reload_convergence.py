@@ -305,6 +305,25 @@ def test_a_read_error_while_reloading_is_answered_naming_the_file(
     assert client.get("/v1/models/tiny").json["generation"] == before
 
 
+def test_a_path_that_is_no_bundle_is_named_as_anomaly_info_names_it(
+    app_with_sync_dir: Any, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Said of the empty copy in the sync dir, a bundle's manifest file and a fleet's folder
+    # of bundles were each told "train one with `anomaly train DATA --out` <that path>".
+    fleet = tmp_path / "fleet"
+    shutil.copytree(bundle_dir, fleet / "payments")
+    client = app_with_sync_dir.test_client()
+    for path, said in [
+        (bundle_dir / "manifest.json", "is a file, not a model bundle"),
+        (fleet, f"its subfolders payments are bundles: name one of them, such as {fleet}/payments"),
+    ]:
+        response = client.post("/v1/models/tiny/reload", json={"path": str(path)}, headers=AUTH)
+        assert response.status_code == 422 and said in response.json["detail"], response.json
+        assert f"--out {path}" not in response.json["detail"]
+    registry = ModelRegistry({"fleet": str(fleet)}, sync_dir=tmp_path / "sync2")
+    assert "its subfolders payments are bundles" in registry.load_all()["fleet"]
+
+
 def test_a_sync_dir_that_cannot_be_written_is_answered_and_nothing_changes(
     app_with_sync_dir: Any, bundle_dir: Path, tmp_path: Path
 ) -> None:
