@@ -124,6 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_bindable(args.host, args.port)
     if not config.models:
         raise ConfigError("no model to serve: give --model NAME=DIR (or 'models' in --config)")
+    # A relative path is the working directory's (under systemd: /), not the config file's;
+    # "no model bundle at models/a" read as the folder beside the file. Said whole, it shows.
+    absolute = {name: os.path.abspath(path) for name, path in config.models.items()}
+    config = config.model_copy(update={"models": absolute})
     # Here, once: each worker checks again as it starts, but there a failure is a traceback
     # per worker and gunicorn's "Worker failed to boot".
     check_bundle_alert_keys(config)

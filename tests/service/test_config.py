@@ -109,6 +109,26 @@ def test_a_model_name_given_twice_is_refused(tmp_path, capsys) -> None:
     assert f"--model names 'x' twice ({tmp_path}/a and {tmp_path}/b)" in capsys.readouterr().err
 
 
+def test_anomaly_serve_names_a_relative_model_path_whole(tmp_path, monkeypatch, capsys) -> None:
+    # A config file's `models = {a = "models/a"}` is read from the working directory (under
+    # systemd: /), and the log said "no model bundle at models/a": the folder beside the file,
+    # to whoever wrote it, which was there.
+    from service.cli import main
+    from service.server import GunicornServer
+
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "service.toml"
+    path.write_text('[models]\na = "models/a"\n')
+    monkeypatch.chdir(tmp_path)
+    served: dict[str, str] = {}
+    monkeypatch.setattr(
+        GunicornServer, "run", lambda self: served.update(self.service_config.models)
+    )
+    assert main(["serve", "--config", str(path), "--port", "0", "--model", "b=m/b"]) == 0
+    assert served == {"a": str(tmp_path / "models" / "a"), "b": str(tmp_path / "m" / "b")}
+    assert f"serving a={tmp_path}/models/a, b={tmp_path}/m/b on" in capsys.readouterr().out
+
+
 def test_the_server_deletes_only_metric_files(tmp_path, monkeypatch) -> None:
     # PROMETHEUS_MULTIPROC_DIR may name a directory that holds more than metrics: the server
     # used to rmtree it at start.
