@@ -31,7 +31,7 @@ from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry
 from service.series_store import SeriesStore
 from service.sinks import AlertmanagerSink, LogSink, Sink, WebhookSink
-from service.state import ApiError, ServiceState
+from service.state import ApiError, ServiceState, state
 from service.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -359,6 +359,20 @@ def error_response(status: int, error: str, detail: str) -> tuple[Response, int]
     return jsonify({"error": error, "detail": detail}), status
 
 
+def _of_model(detail: str) -> str:
+    """``detail`` said of the model the request named, and its version: a client of many
+    models (or of one reloaded with other columns) read "The model expects: ..." of no model
+    in particular."""
+    name = (request.view_args or {}).get("name")
+    if not isinstance(name, str):
+        return detail
+    try:
+        version = f" (version {state().models.get(name).bundle.version})"
+    except (KeyError, BundleError):
+        version = ""
+    return f"model '{name}'{version}: {detail}"
+
+
 def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Any:
@@ -369,7 +383,7 @@ def _install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(InputError)
     def _input_error(exc: InputError) -> Any:
-        return error_response(422, "invalid_input", str(exc))
+        return error_response(422, "invalid_input", _of_model(str(exc)))
 
     @app.errorhandler(DetectorError)
     def _detector_error(exc: DetectorError) -> Any:

@@ -596,6 +596,22 @@ def test_one_records_unknown_field_rejects_that_record_and_the_others_score(clie
     assert every.status_code == 422 and "unknown column(s) ['extra']" in every.json["detail"]
 
 
+def test_a_422_for_the_columns_names_the_model_and_its_version(client) -> None:
+    # A client of a server of many models read "missing column(s) ... The model expects: ..."
+    # of no model in particular: records for one model sent to another, or a model reloaded
+    # with other columns, looked alike (a fleet helper).
+    version = client.get("/v1/models/tiny").json["version"]
+    meant_for_another = [{"ts": 1, "host": "web-01", "latency_ms": 3.0}]
+    for response in [
+        post(client, {"records": meant_for_another}),
+        client.post("/v1/models/tiny/score", data="ts,host\n1,a\n", content_type="text/csv"),
+        client.post("/v2/models/tiny/infer", json={"inputs": _tensors(meant_for_another)}),
+    ]:
+        assert response.status_code == 422, response.json
+        detail = response.json["detail"]
+        assert detail.startswith(f"model 'tiny' (version {version}): missing column(s)"), detail
+
+
 def test_a_reload_that_changes_the_input_columns_says_which(bundle_dir, tmp_path, caplog):
     # A bundle of other columns swapped in with a bare 200: every producer's request then got
     # a 422, and nothing had said why.
