@@ -167,6 +167,15 @@ class ServiceConfig(BaseSettings):
             raise ValueError(
                 "; ".join(f"model name {n!r} must match [a-z0-9_-] (1-64 characters)" for n in bad)
             )
+        # An empty path is the working directory: served as "no model bundle at ." (--model
+        # a= is refused as not NAME=DIR).
+        empty = [name for name, path in models.items() if not path.strip()]
+        if empty:
+            raise ValueError(
+                "; ".join(
+                    f"model {n!r} has an empty path; give its bundle's directory" for n in empty
+                )
+            )
         return models
 
     @field_validator("alertmanager_url", "webhook_url", "external_url")

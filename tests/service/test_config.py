@@ -109,6 +109,14 @@ def test_a_model_name_given_twice_is_refused(tmp_path, capsys) -> None:
     assert f"--model names 'x' twice ({tmp_path}/a and {tmp_path}/b)" in capsys.readouterr().err
 
 
+def test_a_model_with_an_empty_path_is_refused(tmp_path) -> None:
+    # It was the working directory: "no model bundle at ." in every worker's log.
+    path = tmp_path / "service.toml"
+    path.write_text('[models]\na = "/m/a"\nb = ""\nc = " "\n')
+    with pytest.raises(ConfigError, match=r"model 'b' has an empty path.*model 'c' has an empty"):
+        load_config(path, env={})
+
+
 def test_anomaly_serve_names_a_relative_model_path_whole(tmp_path, monkeypatch, capsys) -> None:
     # A config file's `models = {a = "models/a"}` is read from the working directory (under
     # systemd: /), and the log said "no model bundle at models/a": the folder beside the file,
