@@ -17,7 +17,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from detector.batch.scored_tables import number_column
 from detector.errors import BundleError, DataError
-from detector.features.encode import check_columns, shortened
+from detector.features.encode import check_columns, listed, shortened
 from detector.io.csv_source import CsvSource
 from detector.io.tables import check_header_row
 from service import schemas
@@ -348,16 +348,45 @@ def reload(name: str) -> Response:
 def alerts() -> Response:
     app_state = state()
     require_token(app_state.config.scoring_token, admin=False)
+    model = _alerts_model(app_state.models.names())
     shared = app_state.shared_alerts
     if shared is None:
-        return answer(schemas.AlertList(alerts=app_state.dispatcher.recent()))
-    try:
-        listed = shared.recent()  # every worker's: a worker's own list depended on who answered
-    except sqlite3.Error as exc:
-        log.error("alert state failed serving GET /v1/alerts: %s", exc)
-        raise ApiError(
-            503,
-            "alert_state_unavailable",
-            f"the alert state file cannot be used ({exc}); see the server log",
-        ) from None
+        listed = app_state.dispatcher.recent()
+    else:
+        try:
+            listed = shared.recent()  # every worker's: a worker's own depended on who answered
+        except sqlite3.Error as exc:
+            log.error("alert state failed serving GET /v1/alerts: %s", exc)
+            raise ApiError(
+                503,
+                "alert_state_unavailable",
+                f"the alert state file cannot be used ({exc}); see the server log",
+            ) from None
+    if model is not None:
+        listed = [alert for alert in listed if alert.get("model") == model]
     return answer(schemas.AlertList(alerts=listed))
+
+
+def _alerts_model(served: list[str]) -> str | None:
+    """``?model=NAME`` of ``GET /v1/alerts``, a served model's; any other parameter is a 400.
+    A server of many models answered ``?model=a`` (or a misspelt parameter) with every
+    model's alerts, as if they were a's."""
+    unknown = sorted(set(request.args) - {"model"})
+    if unknown:
+        raise ApiError(
+            400,
+            "bad_request",
+            f"unknown query parameter(s) {listed(unknown)}; GET /v1/alerts takes ?model=NAME alone",
+        )
+    names = request.args.getlist("model")
+    if not names:
+        return None
+    if len(names) > 1:
+        raise ApiError(400, "bad_request", "?model= given more than once; ask for one model")
+    if names[0] not in served:
+        raise ApiError(
+            404,
+            "unknown_model",
+            f"no model named {names[0]!r}; served models: {', '.join(served)}",
+        )
+    return names[0]

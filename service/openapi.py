@@ -96,9 +96,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         access="admin",
     ),
     ("/v1/alerts", "get"): Operation(
-        "Recent alerts of the server, every worker's (bounded)",
+        "Recent alerts of the server, every worker's (bounded); ?model=NAME: that model's",
         {200: AlertList},
-        (401,),
+        (400, 401, 404),
         access="scoring",
     ),
     ("/v2", "get"): Operation("KServe V2 server metadata", {200: ServerMetadata}),
@@ -203,6 +203,8 @@ def _operation(path: str, operation: Operation, components: dict[str, Any]) -> d
     }
     if "{name}" in path:
         described["parameters"] = [_NAME, *([_VERSION] if "{version}" in path else [])]
+    if path == "/v1/alerts":
+        described["parameters"] = [{**_NAME, "name": "model", "in": "query", "required": False}]
     if operation.access in _SECURITY:
         described["security"] = _SECURITY[operation.access]
     if operation.body is not None:

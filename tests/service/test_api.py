@@ -440,6 +440,34 @@ def test_every_worker_lists_the_servers_recent_alerts(bundle_dir, tmp_path) -> N
             app.extensions["anomaly"].dispatcher.stop()
 
 
+def test_alerts_are_listed_for_one_model_when_asked(bundle_dir, tmp_path) -> None:
+    # ?model=a was ignored: a server of many models answered with every model's alerts, as
+    # if they were a's, and a misspelt ?modle=a alike (a fleet helper).
+    from prometheus_client import CollectorRegistry
+
+    from service.app import create_app
+    from service.config import ServiceConfig
+
+    policy = AlertPolicy(group_by=("host",), fire_after=2, window=3, min_firing_seconds=0)
+    models = {"a": str(bundle_dir), "b": str(bundle_dir)}
+    config = ServiceConfig(models=models, alerts=policy, series_state=str(tmp_path / "s.sqlite"))
+    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    client = app.test_client()
+    try:
+        for name, host in (("a", "web-01"), ("b", "web-02")):
+            records = [broken({**NORMAL[i], "host": host}) for i in range(2)]
+            assert post(client, {"records": records}, name).status_code == 200
+        assert {a["model"] for a in client.get("/v1/alerts").json["alerts"]} == {"a", "b"}
+        only_b = client.get("/v1/alerts?model=b").json["alerts"]
+        assert only_b and {(a["model"], a["labels"]["host"]) for a in only_b} == {("b", "web-02")}
+        misspelt = client.get("/v1/alerts?modle=b")
+        assert misspelt.status_code == 400 and "['modle']" in misspelt.json["detail"]
+        unknown = client.get("/v1/alerts?model=c")
+        assert unknown.status_code == 404 and "served models: a, b" in unknown.json["detail"]
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
 def test_an_alert_names_the_record_behind_it(bundle_dir) -> None:
     """``record_fields``: the alert carries the last anomalous record's id (a field scoring
     leaves alone), so a team can find the transaction, not only the host."""
