@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sqlite3
 from typing import Any
 
@@ -316,8 +317,11 @@ def reload(name: str) -> Response:
         before = list(app_state.models.get(name).bundle.input_columns)
     except BundleError:  # not loaded: nothing served to compare with
         before = None
+    # Whole, as the configured ones are: "no model bundle at models/x" left the caller, who
+    # does not see the server's working directory, to guess where it looked.
+    path = os.path.abspath(body.path) if body.path else None
     try:
-        loaded = app_state.models.reload(name, body.path)
+        loaded = app_state.models.reload(name, path)
     except (BundleError, OSError) as exc:
         # The answer went to whoever asked; the log is where the on-call reads why the reload
         # alert fired (SIGHUP's failures were logged, HTTP's were not).

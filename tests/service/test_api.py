@@ -378,6 +378,17 @@ def test_reload_swaps_and_a_failed_reload_keeps_the_old_model(client, bundle_dir
     assert 'anomaly_model_reloads_total{model="tiny",outcome="failure"} 1.0' in metrics
 
 
+def test_a_reload_of_a_relative_path_names_the_folder_it_looked_in(
+    client, tmp_path, monkeypatch
+) -> None:
+    # "no model bundle at models/x": the caller does not see the server's working directory.
+    monkeypatch.chdir(tmp_path)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    failed = client.post("/v1/models/tiny/reload", json={"path": "models/x"}, headers=auth)
+    assert failed.status_code == 422
+    assert failed.json["detail"].startswith(f"no model bundle at {tmp_path}/models/x ")
+
+
 def test_a_reload_with_a_mistyped_field_is_refused(client, bundle_dir) -> None:
     # {"dir": ...} reloaded the old directory and answered 200: the admin believed it live.
     auth = {"Authorization": f"Bearer {ADMIN}"}
