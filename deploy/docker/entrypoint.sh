@@ -6,7 +6,8 @@
 # data as /app/data/train.csv. Arguments starting with '-' go to `anomaly serve`; any other
 # command runs instead (e.g. `anomaly info /models/default`).
 #
-# Settings: MODEL_NAME (default "default"), MODEL_DIR (default /models/$MODEL_NAME), HOST
+# Settings: MODEL_NAME (default "default"), MODEL_DIR (default /models/$MODEL_NAME; with no
+# bundle there and models in the settings, as in ANOMALY_CONFIG's file: those alone), HOST
 # (0.0.0.0), PORT (8000), WORKERS (2), and the service's own ANOMALY_* variables. On any HOST
 # but a loopback address `anomaly serve` requires ANOMALY_SCORING_TOKEN (or
 # ANOMALY_ALLOW_OPEN_SCORING=true, behind a network that already decides who may score).
@@ -18,6 +19,21 @@ fi
 
 name="${MODEL_NAME:-default}"
 dir="${MODEL_DIR:-/models/$name}"
+
+# The settings name the models (--config, ANOMALY_CONFIG, ANOMALY_MODELS), a fleet's, and no
+# bundle is in /models/default nor asked for (MODEL_NAME, MODEL_DIR, TRAIN_DATA): they are
+# served alone. The entry point refused them ("mount one there").
+named_by_settings() {
+    for arg in "$@"; do
+        case "$arg" in --config | --config=*) return 0 ;; esac
+    done
+    [ -n "${ANOMALY_CONFIG:-}" ] || env | grep -q '^ANOMALY_MODELS[=_]'
+}
+if [ -z "${MODEL_NAME:-}${MODEL_DIR:-}${TRAIN_DATA:-}" ] && [ ! -f "$dir/manifest.json" ] &&
+    named_by_settings "$@"; then
+    exec anomaly serve --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
+        --workers "${WORKERS:-2}" "$@"
+fi
 
 if [ ! -f "$dir/manifest.json" ]; then
     if [ -z "${TRAIN_DATA:-}" ]; then

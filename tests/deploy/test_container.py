@@ -214,6 +214,36 @@ def test_the_image_finds_a_model_named_by_model_name_alone(stub_anomaly: Any) ->
     assert done.returncode == 2 and "no model bundle in /models/payments" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("settings", "args"),
+    [
+        ({"ANOMALY_CONFIG": "/etc/anomaly/service.toml"}, ()),
+        ({"ANOMALY_MODELS": '{"a": "/models/a", "b": "/models/b"}'}, ()),
+        ({"ANOMALY_MODELS__A": "/models/a"}, ()),
+        ({}, ("--config", "/etc/anomaly/service.toml")),
+    ],
+)
+def test_the_image_serves_a_fleet_its_settings_name(
+    stub_anomaly: Any, settings: dict[str, str], args: tuple[str, ...]
+) -> None:
+    # A fleet's models in ANOMALY_CONFIG's file, with no /models/default: the entry point
+    # refused to start ("no model bundle in /models/default: mount one there") (a fleet helper).
+    env, calls = stub_anomaly
+    env = {k: v for k, v in env.items() if k != "MODEL_DIR"}
+    done = entrypoint({**env, **settings}, *args)
+    assert done.returncode == 0, done.stderr
+    served = " ".join(["serve --host 0.0.0.0 --port 8000 --workers 2", *args])
+    assert calls.read_text().splitlines() == [served]
+
+
+def test_a_default_bundle_is_still_served_beside_the_settings_models(stub_anomaly: Any) -> None:
+    env, calls = stub_anomaly
+    Path(env["MODEL_DIR"]).mkdir(parents=True)
+    (Path(env["MODEL_DIR"]) / "manifest.json").write_text("{}")
+    assert entrypoint({**env, "ANOMALY_CONFIG": "/etc/anomaly/service.toml"}).returncode == 0
+    assert calls.read_text().startswith(f"serve --model default={env['MODEL_DIR']} ")
+
+
 def test_entrypoint_runs_another_command_instead(stub_anomaly: Any) -> None:
     env, calls = stub_anomaly
     assert entrypoint(env, "anomaly", "info", "/models/x").returncode == 0
