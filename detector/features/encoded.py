@@ -13,7 +13,7 @@ from detector.errors import SchemaError
 from detector.features.schema import training_spellings
 
 #: Why a row can be rejected, as a short fixed code (a metrics label); the reason text says more.
-#: The last five are a series model's (``detector.series.windows``; ``future_timestamp``: a time
+#: The last seven are a series model's (``detector.series.windows``; ``future_timestamp``: a time
 #: too far ahead of the clock). A CSV record that does not parse has one of
 #: ``detector.io.chunks.ParseReject``'s codes instead.
 REJECTION_CODES = (
@@ -26,6 +26,8 @@ REJECTION_CODES = (
     "out_of_order",
     "missing_key",
     "future_timestamp",
+    "long_key",
+    "bad_key",
 )
 
 
