@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS alert_log (id INTEGER PRIMARY KEY, alert TEXT NOT NUL
 Key = tuple[tuple[str, str], ...]
 
 
+#: An alert's model, read from its logged text (the log's one column, as files made before kept).
+_MODEL = "json_extract(alert, '$.model')"
+
+
 class SharedAlertStates:
     """Each key's alert state, in the table ``alert_keys`` of the SQLite file ``path``."""
 
@@ -78,11 +82,16 @@ class SharedAlertStates:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def recent(self) -> list[dict[str, Any]]:
-        """The alerts the server's workers made last (at most ``keep_recent``), oldest first."""
+    def recent(self, model: str | None = None) -> list[dict[str, Any]]:
+        """The alerts the server's workers made last (at most ``keep_recent``), oldest first:
+        all models', or ``model``'s alone."""
         with self._file.reading() as db:
-            query = "SELECT alert FROM alert_log ORDER BY id DESC LIMIT ?"
-            rows = db.execute(query, (self.keep_recent,)).fetchall()
+            if model is None:
+                query = "SELECT alert FROM alert_log ORDER BY id DESC LIMIT ?"
+                rows = db.execute(query, (self.keep_recent,)).fetchall()
+            else:
+                query = f"SELECT alert FROM alert_log WHERE {_MODEL} = ? ORDER BY id DESC LIMIT ?"
+                rows = db.execute(query, (model, self.keep_recent)).fetchall()
         return [json.loads(text) for (text,) in reversed(rows)]
 
     def close(self) -> None:
@@ -92,10 +101,14 @@ class SharedAlertStates:
         db.executemany(
             "INSERT INTO alert_log (alert) VALUES (?)", [(json.dumps(a),) for a in alerts]
         )
-        # The newest id is never deleted, so ids keep rising and order the log.
+        # The newest id is never deleted, so ids keep rising and order the log. An alert stays
+        # while among the newest ``keep_recent`` of all or of its model's: a noisy model's
+        # alerts pushed a quiet one's out of ``GET /v1/alerts?model=quiet``.
         db.execute(
-            "DELETE FROM alert_log WHERE id <= (SELECT MAX(id) FROM alert_log) - ?",
-            (self.keep_recent,),
+            "DELETE FROM alert_log WHERE id <= (SELECT MAX(id) FROM alert_log) - ? AND id IN "
+            f"(SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY {_MODEL} "
+            "ORDER BY id DESC) AS newer FROM alert_log) WHERE newer > ?)",
+            (self.keep_recent, self.keep_recent),
         )
 
     def _bound(self, db: sqlite3.Connection, model: str, now: float) -> None:

@@ -355,10 +355,10 @@ def alerts() -> Response:
     model = _alerts_model(app_state.models.names())
     shared = app_state.shared_alerts
     if shared is None:
-        listed = app_state.dispatcher.recent()
+        listed = app_state.dispatcher.recent(model)
     else:
         try:
-            listed = shared.recent()  # every worker's: a worker's own depended on who answered
+            listed = shared.recent(model)  # every worker's: a worker's own depended on who answered
         except sqlite3.Error as exc:
             log.error("alert state failed serving GET /v1/alerts: %s", exc)
             raise ApiError(
@@ -366,8 +366,6 @@ def alerts() -> Response:
                 "alert_state_unavailable",
                 f"the alert state file cannot be used ({exc}); see the server log",
             ) from None
-    if model is not None:
-        listed = [alert for alert in listed if alert.get("model") == model]
     return answer(schemas.AlertList(alerts=listed))
 
 

@@ -117,6 +117,8 @@ class ServiceConfig(BaseSettings):
     alert_queue_size: int = Field(1_000, ge=1)
     alert_retries: int = Field(3, ge=0)
     recent_alerts: int = Field(200, ge=1)
+    """How many alerts ``GET /v1/alerts`` lists: the newest of all models, and as many of each
+    model's for ``?model=NAME``."""
     access_log: bool = False
     """A line per request on stdout (gunicorn's access log), with its X-Request-Id."""
     key_metrics: bool = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -130,6 +130,10 @@ class AlertDispatcher:
         self._keeps_firing = any(_resends_firing(sink) for sink in self.sinks)
         self._firing: dict[_Identity, _Firing] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=recent_size)
+        # Each model's too: a noisy model's alerts pushed a quiet one's out of the list.
+        self._recent_by_model: dict[str, deque[dict[str, Any]]] = defaultdict(
+            lambda: deque(maxlen=recent_size)
+        )
         self._started = False
 
     def start(self) -> None:
@@ -171,7 +175,9 @@ class AlertDispatcher:
             else:
                 now = time.monotonic()
                 for alert in alerts:
-                    self._recent.append(alert.to_dict())
+                    made = alert.to_dict()
+                    self._recent.append(made)
+                    self._recent_by_model[alert.model].append(made)
                     if self._keeps_firing:
                         self._track_firing(alert, now)
                 # Each sink's queue is bounded alone; an alert dropped by any of them counts once.
@@ -191,10 +197,13 @@ class AlertDispatcher:
         # Outside the lock: the callback is the caller's code (a metrics counter, typically).
         self._report("queue", "dropped", dropped)
 
-    def recent(self) -> list[dict[str, Any]]:
-        """The most recent alerts submitted, newest last, as dicts."""
+    def recent(self, model: str | None = None) -> list[dict[str, Any]]:
+        """The most recent alerts submitted (all models', or ``model``'s), newest last, as
+        dicts."""
         with self._q.cond:
-            return list(self._recent)
+            if model is None:
+                return list(self._recent)
+            return list(self._recent_by_model.get(model, ()))
 
     def undelivered(self) -> dict[str, int]:
         """How many alerts each sink is owed now (their sends failed; they go out again)."""

@@ -480,6 +480,43 @@ def test_alerts_are_listed_for_one_model_when_asked(bundle_dir, tmp_path) -> Non
         app.extensions["anomaly"].dispatcher.stop()
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared state", "in-process"])
+def test_a_noisy_models_alerts_do_not_push_a_quiet_ones_out_of_its_list(
+    bundle_dir, tmp_path, shared
+) -> None:
+    # recent_alerts was one list for all models: model a's 6 alerts left b's one out of
+    # GET /v1/alerts?model=b, which answered with none.
+    from prometheus_client import CollectorRegistry
+
+    from service.app import create_app
+    from service.config import ServiceConfig
+
+    policy = AlertPolicy(group_by=("host",), fire_after=1, window=1, min_firing_seconds=0)
+    config = ServiceConfig(
+        models={"a": str(bundle_dir), "b": str(bundle_dir)},
+        alerts=policy,
+        recent_alerts=3,
+        series_state=str(tmp_path / "s.sqlite") if shared else None,
+    )
+    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    client = app.test_client()
+    try:
+        assert (
+            post(client, {"records": [broken({**NORMAL[0], "host": "b-1"})]}, "b").status_code
+            == 200
+        )
+        noisy = [broken({**NORMAL[i], "host": f"a-{i}"}) for i in range(6)]
+        assert post(client, {"records": noisy}, "a").status_code == 200
+        every = client.get("/v1/alerts").json["alerts"]
+        assert [a["labels"]["host"] for a in every] == ["a-3", "a-4", "a-5"]
+        only_b = client.get("/v1/alerts?model=b").json["alerts"]
+        assert [(a["model"], a["labels"]["host"]) for a in only_b] == [("b", "b-1")]
+        only_a = client.get("/v1/alerts?model=a").json["alerts"]
+        assert [a["labels"]["host"] for a in only_a] == ["a-3", "a-4", "a-5"]
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
 def test_an_alert_names_the_record_behind_it(bundle_dir) -> None:
     """``record_fields``: the alert carries the last anomalous record's id (a field scoring
     leaves alone), so a team can find the transaction, not only the host."""
