@@ -300,6 +300,11 @@ def _file_source(path: Path) -> PydanticBaseSettingsSource:
         raise ConfigError(
             f"configuration file {path} is a directory; name the .toml or .json file in it"
         )
+    if path.exists() and not path.is_file():  # /dev/null, a pipe such as bash's <(...)
+        raise ConfigError(
+            f"configuration file {path} is not a regular file (a device or a pipe); write the "
+            "settings to a .toml or .json file and name it"
+        )
     if not path.is_file():
         raise ConfigError(f"configuration file {path} does not exist")
     if path.suffix not in (".toml", ".json"):

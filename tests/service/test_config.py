@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -70,6 +71,8 @@ def test_bad_settings_name_the_problem(env, needle) -> None:
 def test_missing_or_broken_files(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="is not a regular file"):  # it was 'does not exist'
+        load_config(Path(os.devnull), env={})
     broken = tmp_path / "bad.toml"
     broken.write_text("a = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
