@@ -460,6 +460,45 @@ def _fix(error: str) -> str:
     )
 
 
+def forget_unserved(
+    path: str, served: Sequence[str], *, now: float | None = None
+) -> dict[str, int]:
+    """Drop from the state file at ``path`` what models not in ``served`` left: their series
+    histories, and their alert keys, where none was used for ``STALE_SECONDS`` (a server that
+    shares the file and serves such a model uses them every minute). Each layout was only ever
+    dropped by a request of its own model, so a model renamed or no longer served kept its
+    histories (up to 1.1 KB a series, ``series_max_keys`` of them) in the file for good.
+    Returns the series forgotten by model; a file of another version is left to ``_prepare``."""
+    if not os.path.isfile(path):
+        return {}
+    before = (time.time() if now is None else now) - STALE_SECONDS
+    forgotten: dict[str, int] = {}
+    db = connect(path)
+    try:
+        with immediate(db, time.monotonic() + BUSY_TIMEOUT_S):
+            if db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
+                return {}
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+            others = f"model NOT IN ({', '.join('?' * len(served))})"
+            if "series_layouts" in tables:
+                query = (
+                    f"SELECT id, model, n_keys FROM series_layouts WHERE touched < ? AND {others}"
+                )
+                for state, model, n_keys in db.execute(query, (before, *served)).fetchall():
+                    db.execute("DELETE FROM series_history WHERE layout = ?", (state,))
+                    db.execute("DELETE FROM series_layouts WHERE id = ?", (state,))
+                    forgotten[model] = forgotten.get(model, 0) + int(n_keys)
+            if "alert_keys" in tables:
+                db.execute(
+                    f"DELETE FROM alert_keys WHERE {others} AND model IN (SELECT model FROM "
+                    "alert_keys GROUP BY model HAVING MAX(seen) < ?)",
+                    (*served, before),
+                )
+    finally:
+        db.close()
+    return forgotten
+
+
 def connect(path: str) -> sqlite3.Connection:
     """A connection to the SQLite file the server's workers share (``":memory:"``: one of this
     process), in autocommit mode for explicit transactions. SQLite's own wait for another

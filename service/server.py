@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 from http import HTTPStatus
 from pathlib import Path
@@ -32,6 +33,7 @@ from detector.features.encode import shortened
 from service.config import ServiceConfig
 from service.metric_files import clear_metric_files, fold_dead_worker, space_problem
 from service.model_sync import SyncDir
+from service.series_store import forget_unserved
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
@@ -83,6 +85,20 @@ def _on_starting(server: Any) -> None:
     config = getattr(getattr(server, "app", None), "service_config", None)  # GunicornServer's
     if config is not None and config.model_sync_dir:
         forget_published(Path(config.model_sync_dir), list(config.models))
+    if config is not None and config.series_state is not None:
+        try:
+            forgotten = forget_unserved(config.series_state, list(config.models))
+        except sqlite3.Error as exc:  # the workers' own check says what to do about the file
+            server.log.warning(
+                "could not look for models no longer served in %s: %s", config.series_state, exc
+            )
+        else:
+            if forgotten:
+                server.log.info(
+                    "series state of models no longer served dropped from %s: %s",
+                    config.series_state,
+                    ", ".join(f"{name} ({n:,} series)" for name, n in sorted(forgotten.items())),
+                )
 
 
 def _on_reload(server: Any) -> None:

@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -721,3 +722,36 @@ def test_a_worker_started_while_the_state_file_is_locked_serves_rather_than_halt
         holder.close()
     assert locked.status_code == 503
     assert locked.get_json()["error"] == "series_state_unavailable"
+
+
+def test_a_model_no_longer_served_leaves_the_state_file_at_the_next_start(tmp_path: Path) -> None:
+    # Each layout was dropped only by a request of its own model: a model renamed or taken
+    # out of a server kept its hosts' histories and alert keys in a kept state file for good
+    # (a fleet helper: 300 hosts of 'old' still there after restarts without it).
+    from detector.series.windows import SeriesSpec
+    from service.alert_state import SharedAlertStates
+    from service.series_store import forget_unserved
+
+    path, now = str(tmp_path / "state.sqlite"), [1_000_000.0]
+    store = SeriesStore(path, clock=lambda: now[0])
+    alerts = SharedAlertStates(path)
+    codec = (lambda state: "{}", lambda text: SimpleNamespace(firing=False))
+    spec = SeriesSpec("ts", ("host",), window=3)
+
+    def used(model: str, hosts: int) -> None:
+        records = [{"ts": 60, "host": f"h{i}", "cpu": 1.0} for i in range(hosts)]
+        store.window(model, spec, ["cpu"], records)
+        with alerts.transaction(model, now[0], codec) as keys:
+            keys.put((("host", "h0"),), SimpleNamespace(firing=False))
+
+    used("old", 3)
+    used("kept", 2)
+    now[0] += STALE_SECONDS + 60
+    used("shared", 4)  # another server's, using the file now
+    assert forget_unserved(path, ["kept"], now=now[0]) == {"old": 3}
+    assert (store.keys("old"), store.keys("kept"), store.keys("shared")) == (0, 2, 4)
+    with sqlite3.connect(path) as db:
+        models = {m for (m,) in db.execute("SELECT DISTINCT model FROM alert_keys")}
+    assert models == {"kept", "shared"}
+    assert forget_unserved(str(tmp_path / "none.sqlite"), ["kept"]) == {}  # no file: none made
+    assert not (tmp_path / "none.sqlite").exists()
