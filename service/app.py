@@ -379,6 +379,8 @@ def _install_error_handlers(app: Flask) -> None:
         response, status = error_response(exc.status, exc.error, exc.detail)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="anomaly"'
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
         return response, status
 
     @app.errorhandler(InputError)

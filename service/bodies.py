@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import logging
 import zlib
 from functools import partial
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from detector.io.json_lines import (
 )
 from detector.io.tables import GZIP_MAGIC
 from service.state import ApiError, ServiceState
+from service.throttled_log import ThrottledLog
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -54,9 +56,11 @@ def read_body(state: ServiceState) -> bytes:
     # Before anything reads request.stream, which werkzeug builds once with this limit.
     request.max_content_length = limit + 1
     body = io.BytesIO()
+    held = 0
     try:
         while chunk := request.stream.read(min(1 << 16, limit + 1 - body.tell())):
             body.write(chunk)
+            held = _take_reading(state, held, body.tell() - SMALL_BODY_BYTES)
             if body.tell() > limit:
                 raise RequestEntityTooLarge()
     except ParseException as exc:  # gunicorn's, for a chunked body it cannot frame
@@ -66,6 +70,11 @@ def read_body(state: ServiceState) -> bytes:
             f"the chunked request body is malformed ({type(exc).__name__}: {exc}); send "
             "valid chunks, or the body whole with a Content-Length",
         ) from None
+    finally:
+        # Read (or refused), the body is parsed and scored before this worker switches to
+        # another request: only bodies still arriving are held side by side.
+        with state.body_bytes_lock:
+            state.body_bytes_reading -= held
     declared = request.content_length
     if declared is not None and body.tell() < declared:
         # gunicorn ends a body early when its client closes the connection; scored, the
@@ -77,6 +86,53 @@ def read_body(state: ServiceState) -> bytes:
             "send a Content-Length that matches the body",
         )
     return _as_utf8(_decoded(body.getvalue(), limit))
+
+
+#: Bytes of request bodies a worker process reads at once, in bodies of ``max_body_bytes``: the
+#: body read is held whole, and 100 clients sending 16 MiB each took two workers to 1 GB each
+#: (the Kubernetes manifest's limit is 2 GiB); the default 1,000 connections a worker could
+#: take it to 16 GB. Past it a request gets 503 with Retry-After.
+BODIES_READ_AT_ONCE = 4
+#: The first bytes of each body, not counted against that: a request of a few records is never
+#: refused because large bodies are arriving (or stalled) beside it, and the worker's
+#: connections bound what these add (1,000 x 64 KiB by default).
+SMALL_BODY_BYTES = 1 << 16
+#: Bodies refused so: logged at most once a minute per worker.
+_over_budget = ThrottledLog(logging.getLogger(__name__), "requests refused")
+
+
+def _take_reading(state: ServiceState, held: int, size: int) -> int:
+    """Count ``size`` bytes of this request's body (of which ``held`` are counted already) as
+    being read by this worker; 503 with Retry-After where that would pass
+    ``BODIES_READ_AT_ONCE`` x ``max_body_bytes`` while other bodies are being read (one body
+    is always read). Returns the bytes counted."""
+    more = size - held
+    if more <= 0:
+        return held
+    budget = BODIES_READ_AT_ONCE * state.config.max_body_bytes
+    with state.body_bytes_lock:
+        others = state.body_bytes_reading - held
+        refused = bool(others) and state.body_bytes_reading + more > budget
+        if not refused:
+            state.body_bytes_reading += more
+    if refused:
+        _over_budget.error(
+            "a request was refused with 503: this worker is reading %d bytes of other request "
+            "bodies, and reads at most %d x max_body_bytes (%d bytes) at once; where clients "
+            "send many large bodies at once, add workers (and memory)",
+            others,
+            BODIES_READ_AT_ONCE,
+            budget,
+        )
+        raise ApiError(
+            503,
+            "server_busy",
+            f"the server is reading {others} bytes of other request bodies, and reads at most "
+            f"{budget} at once ({BODIES_READ_AT_ONCE} x max_body_bytes); retry after a second, "
+            "or send smaller batches",
+            retry_after=1,
+        )
+    return size
 
 
 def _as_utf8(body: bytes) -> bytes:

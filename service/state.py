@@ -7,7 +7,8 @@ needs the app.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from flask import current_app
 
@@ -24,11 +25,15 @@ from service.series_store import SeriesStore
 class ApiError(Exception):
     """An error answered as JSON ``{error, detail}`` with an HTTP status."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, *, retry_after: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
         self.detail = detail
+        #: Seconds after which the same request may succeed (a Retry-After header), if any.
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -43,6 +48,10 @@ class ServiceState:
     series: SeriesStore
     #: The alert state every worker shares (``anomaly serve``), or None: this app's alone.
     shared_alerts: SharedAlertStates | None = None
+    #: Bytes of request bodies this process is reading now (``service.bodies.read_body``),
+    #: under its lock: an app embedded in a threaded server counts from several threads.
+    body_bytes_reading: int = 0
+    body_bytes_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def model(self, name: str) -> LoadedModel:
         try:

@@ -3,8 +3,11 @@ worker process loads (issue #18, items 1, 2 and 6)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -163,3 +166,76 @@ def test_an_idle_keep_alive_connection_is_closed_quietly(server: Server) -> None
             pass
     log = server.log_text()
     assert "Traceback" not in log and "Socket error" not in log, log
+
+
+@pytest.fixture(scope="module")
+def one_worker(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``anomaly serve`` with one worker, so that every connection reaches the same one; the
+    default body limits, and a read timeout that outlasts the test's held bodies."""
+    env = {"ANOMALY_REQUEST_READ_TIMEOUT": "60"}
+    with serving({"tiny": bundle_dir}, tmp_path_factory.mktemp("one"), workers=1, env=env) as s:
+        yield s
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of the answer on ``sock``."""
+    sock.settimeout(30)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    head, _, payload = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
+    return int(status_line.split()[1]), headers, payload
+
+
+def test_many_large_bodies_at_once_are_refused_past_the_worker_budget(
+    one_worker: Server,
+) -> None:
+    # Each body read is held whole in the worker: 100 clients sending 16 MiB bodies at once
+    # took two workers to 1 GB each, and the default 1,000 connections could take one to
+    # 16 GB. Past max_body_bytes_reading (64 MiB by default, 4 such bodies) a body is refused.
+    record = json.dumps({"records": normal_records(1)}).encode()
+    body = record[:-1] + b" " * (16 * 1024 * 1024 - 100 - len(record)) + b"}"
+    head = (
+        "POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    socks = [socket.create_connection(("127.0.0.1", one_worker.port)) for _ in range(5)]
+    with ExitStack() as stack:
+        for sock in socks:
+            stack.callback(sock.close)
+
+        def send_all_but_the_last_byte(sock: socket.socket) -> None:
+            with contextlib.suppress(OSError):  # refused: the server closed its side
+                sock.sendall(head + body[:-1])
+
+        senders = [threading.Thread(target=send_all_but_the_last_byte, args=(s,)) for s in socks]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(60)
+        refused, _, _ = select.select(socks, [], [], 20)
+        assert len(refused) == 1, "no client was refused while 5 bodies of 16 MiB were read"
+        status, headers, payload = _answer(refused[0])
+        assert status == 503
+        assert headers["retry-after"] == "1"
+        error = json.loads(payload)
+        assert error["error"] == "server_busy"
+        assert "4 x max_body_bytes" in error["detail"]
+
+        # A few records are never refused while large bodies arrive (or stall) beside them.
+        status, _ = _timed(
+            urllib.request.Request(
+                f"{one_worker.base}/v1/models/tiny/score",
+                data=record,
+                headers={"Content-Type": "application/json"},
+            )
+        )
+        assert status == 200
+
+        held = [sock for sock in socks if sock is not refused[0]]
+        for sock in held:
+            sock.sendall(body[-1:])
+        assert [_answer(sock)[0] for sock in held] == [200] * 4
+    assert "4 x max_body_bytes" in one_worker.log_text()
