@@ -588,8 +588,12 @@ def _select(db: sqlite3.Connection, state: int, keys: list[str], column: str) ->
 
 
 def _layout(spec: SeriesSpec, value_columns: Sequence[str]) -> str:
-    """What a model's histories are kept apart by: its series rules and value columns."""
-    return json.dumps([vars(spec), list(value_columns)], sort_keys=True)
+    """What a model's histories are kept apart by: its series rules and value columns. Not the
+    training rows' first time, which windows nothing: with it, a model trained again on later
+    rows, or a server upgraded over its file (the layouts written before it lack it), warmed
+    up every series afresh."""
+    rules = {k: v for k, v in vars(spec).items() if k != "trained_from"}
+    return json.dumps([rules, list(value_columns)], sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,33 @@ def test_a_model_trained_with_another_window_starts_its_series_afresh(tmp_path: 
     assert other.window("m", wider, ["cpu"], [{"ts": 500, "host": "a", "cpu": 1.0}]).rejections
 
 
+def test_a_model_trained_again_with_the_same_window_keeps_its_series(tmp_path: Path) -> None:
+    # 2026-12-07 (a helper, upgrading): the training rows' first time joined the layout, so a
+    # server upgraded over its state file, or a model trained again on later rows, warmed up
+    # every series afresh without a word.
+    import json
+    from dataclasses import replace
+
+    from detector.series.windows import SeriesSpec
+
+    path = tmp_path / "s.sqlite"
+    spec = SeriesSpec("ts", ("host",), window=3, trained_from=0.0)
+    store = SeriesStore(str(path))
+    store.window("m", spec, ["cpu"], [{"ts": 60 * m, "host": "a", "cpu": 1.0} for m in range(3)])
+    store.close()
+    before = {k: v for k, v in vars(spec).items() if k != "trained_from"}
+    with sqlite3.connect(path) as db:  # as the releases before trained_from wrote the layout
+        db.execute(
+            "UPDATE series_layouts SET layout = ?", (json.dumps([before, ["cpu"]], sort_keys=True),)
+        )
+    again = SeriesStore(str(path))
+    for minute, trained in ((3, None), (4, 3600.0)):  # the same bundle; one trained again
+        record = [{"ts": 60 * minute, "host": "a", "cpu": 1.0}]
+        windows = again.window("m", replace(spec, trained_from=trained), ["cpu"], record)
+        assert windows.warming_up.tolist() == [False], trained
+    assert again.keys("m") == 1
+
+
 def test_workers_move_to_a_state_file_made_again_under_them(tmp_path: Path) -> None:
     # Removed while serving: a worker started since made a new file, the others kept the old
     # one through their open handle, and a host's rows were split between the two files.
