@@ -37,6 +37,24 @@ from detector.errors import BundleError
 from service.model_sync import Marker, ModelSyncError, Published, SyncDir
 
 log = logging.getLogger(__name__)
+bundle_log = logging.getLogger(load_bundle.__module__)
+
+
+class _ShownAs(logging.Filter):
+    """Names, in what loading a bundle logs, the directory it was copied from, not the copy:
+    a warning to retrain the model at a path under the server's run directory said not which
+    of the user's bundles to retrain."""
+
+    def __init__(self, path: str, shown_as: str) -> None:
+        super().__init__()
+        self.path, self.shown_as = path, shown_as
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.path in message:
+            record.msg, record.args = message.replace(self.path, self.shown_as), None
+        return True
+
 
 #: A worker that could not load what it should serve tries again after this long, or sooner
 #: when the files change.
@@ -317,8 +335,11 @@ class ModelRegistry:
 
     def _load(self, name: str, path: str, shown_as: str | None = None) -> Bundle:
         """Load and prepare the bundle at ``path`` for model ``name``, and ask ``accept`` if
-        the service can serve it as that model; errors name ``shown_as`` (the directory a
-        copy came from) and are ``BundleError``s, a failed read of a file included."""
+        the service can serve it as that model; errors and warnings name ``shown_as`` (the
+        directory a copy came from), and errors are ``BundleError``s, a failed read of a file
+        included."""
+        shown = _ShownAs(path, shown_as or path)
+        bundle_log.addFilter(shown)
         try:
             bundle = self._loader(path)
             self._accept(name, bundle)
@@ -331,6 +352,8 @@ class ModelRegistry:
                 f"could not read the bundle at {path} ({exc}); check the files there and "
                 "their permissions, or write the bundle again"
             )
+        finally:
+            bundle_log.removeFilter(shown)
         raise BundleError(detail.replace(path, shown_as or path)) from None
 
     def _try_read_marker(self, name: str) -> Marker | None:

@@ -930,3 +930,23 @@ def test_kserve_v2_infer(client) -> None:
     assert other.status_code == 404 and f"serves version {version}" in other.json["detail"]
     server = client.get("/v2").json
     assert server["name"] == "anomaly-detector" and server["extensions"] == []
+
+
+def test_an_old_bundles_warning_names_its_directory_not_the_servers_copy(
+    bundle_dir, tmp_path, caplog
+) -> None:
+    # 2026-12-07 (a helper, upgrading): a bundle from before manifest checksums was served
+    # with "/tmp/anomaly-serve-5q5nd41i/models/default/fc8fdc7a4266/manifest.json has no
+    # checksum of its own ... retrain the model": a directory the user never made, which
+    # says not which of their bundles to retrain.
+    old = tmp_path / "old"
+    shutil.copytree(bundle_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.pop("integrity")
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    app, _ = make_app(old, model_sync_dir=str(tmp_path / "sync"))  # as `anomaly serve` runs
+    try:
+        warned = [r.getMessage() for r in caplog.records if "no checksum" in r.getMessage()]
+        assert warned and all(m.startswith(f"{old / 'manifest.json'} has no") for m in warned)
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
