@@ -63,7 +63,20 @@ def add_serve_command(commands: Any) -> None:
         default=60,
         help="seconds a worker may stay busy on one request before gunicorn restarts it",
     )
+    serve.add_argument("--threads", action=_ThreadsRemoved, help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_serve, needs_tensorflow=False)
+
+
+class _ThreadsRemoved(argparse.Action):
+    """``--threads``, gone with the thread workers: a unit file kept from the releases before
+    it got only "unrecognized arguments: --threads 4", which says not what replaced it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        parser.error(
+            "--threads was removed: each worker now holds its open requests itself (up to "
+            "--connections, default 1000) and scores them one at a time; drop --threads, and "
+            "give --workers N for more scoring processes"
+        )
 
 
 def _whole(lowest: int, highest: int) -> Callable[[str], int]:

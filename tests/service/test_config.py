@@ -230,6 +230,17 @@ def test_anomaly_serve_refuses_counts_gunicorn_cannot_use(tmp_path, capsys, argv
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_anomaly_serve_says_what_became_of_the_threads_option(tmp_path, capsys) -> None:
+    # 2026-12-07 (a helper, upgrading): a unit file kept from the releases before gevent
+    # workers, with `--threads 4`, got only "unrecognized arguments: --threads 4".
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", f"m={tmp_path}", "--threads", "4"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--threads was removed" in error and "--workers" in error
+
+
 def test_anomaly_serve_refuses_double_dash_as_an_options_value(tmp_path, capsys) -> None:
     # `--port=--` reached the command as an empty list (Python 3.11's argparse).
     from service.cli import main
