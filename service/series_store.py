@@ -118,7 +118,7 @@ class SeriesStore:
         layout = _layout(spec, value_columns)
         keys = sorted({k for r in records if (k := series_key(spec, r)) is not None})
         with self._file.transaction() as db:
-            state = self._layout_id(db, model, layout)
+            state = self._layout_id(db, model, layout, _layout_with_start(spec, value_columns))
             histories = self._read(db, state, keys, len(value_columns))
             windows = window_records(spec, value_columns, records, histories)
             new = len(windows.histories.keys() - histories.keys())
@@ -148,7 +148,7 @@ class SeriesStore:
         they arrive in)."""
         layout = _layout(spec, value_columns)
         with self._file.transaction() as db:
-            state = self._layout_id(db, model, layout)
+            state = self._layout_id(db, model, layout, _layout_with_start(spec, value_columns))
             known = self._read_levels(db, state, sorted(set(keys.tolist())))
             out, new = judged(known, keys, seconds, scores, hours=spec.level_hours, normal=normal)
             # A series forgotten meanwhile (evicted) stays forgotten: no row to update.
@@ -174,13 +174,18 @@ class SeriesStore:
     def close(self) -> None:
         self._file.close()
 
-    def _layout_id(self, db: sqlite3.Connection, model: str, layout: str) -> int:
-        """The id ``model``'s histories under ``layout`` are stored by (new: none yet)."""
+    def _layout_id(self, db: sqlite3.Connection, model: str, layout: str, with_start: str) -> int:
+        """The id ``model``'s histories under ``layout`` are stored by (new: none yet), those
+        stored under ``with_start`` (``_layout_with_start``) taken over."""
         now = int(self._clock())
-        row = db.execute(
-            "SELECT id, touched FROM series_layouts WHERE model = ? AND layout = ?",
-            (model, layout),
-        ).fetchone()
+        query = "SELECT id, touched FROM series_layouts WHERE model = ? AND layout = ?"
+        row = db.execute(query, (model, layout)).fetchone()
+        if row is None:
+            db.execute(
+                "UPDATE series_layouts SET layout = ? WHERE model = ? AND layout = ?",
+                (layout, model, with_start),
+            )
+            row = db.execute(query, (model, layout)).fetchone()
         if row is not None and now - row[1] < _TOUCH_SECONDS:
             return int(row[0])
         if row is None:
@@ -594,6 +599,11 @@ def _layout(spec: SeriesSpec, value_columns: Sequence[str]) -> str:
     up every series afresh."""
     rules = {k: v for k, v in vars(spec).items() if k != "trained_from"}
     return json.dumps([rules, list(value_columns)], sort_keys=True)
+
+
+def _layout_with_start(spec: SeriesSpec, value_columns: Sequence[str]) -> str:
+    """The layout as the releases of 2026-12-07 wrote it, with the training rows' first time."""
+    return json.dumps([vars(spec), list(value_columns)], sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -218,22 +218,25 @@ def test_a_model_trained_again_with_the_same_window_keeps_its_series(tmp_path: P
 
     from detector.series.windows import SeriesSpec
 
-    path = tmp_path / "s.sqlite"
     spec = SeriesSpec("ts", ("host",), window=3, trained_from=0.0)
-    store = SeriesStore(str(path))
-    store.window("m", spec, ["cpu"], [{"ts": 60 * m, "host": "a", "cpu": 1.0} for m in range(3)])
-    store.close()
-    before = {k: v for k, v in vars(spec).items() if k != "trained_from"}
-    with sqlite3.connect(path) as db:  # as the releases before trained_from wrote the layout
-        db.execute(
-            "UPDATE series_layouts SET layout = ?", (json.dumps([before, ["cpu"]], sort_keys=True),)
-        )
-    again = SeriesStore(str(path))
-    for minute, trained in ((3, None), (4, 3600.0)):  # the same bundle; one trained again
-        record = [{"ts": 60 * minute, "host": "a", "cpu": 1.0}]
-        windows = again.window("m", replace(spec, trained_from=trained), ["cpu"], record)
-        assert windows.warming_up.tolist() == [False], trained
-    assert again.keys("m") == 1
+    without_start = {k: v for k, v in vars(spec).items() if k != "trained_from"}
+    # As the releases before trained_from wrote the layout, and those since it until now.
+    for n, written in enumerate((without_start, vars(spec))):
+        path = tmp_path / f"s{n}.sqlite"
+        store = SeriesStore(str(path))
+        rows = [{"ts": 60 * m, "host": "a", "cpu": 1.0} for m in range(3)]
+        store.window("m", spec, ["cpu"], rows)
+        store.close()
+        with sqlite3.connect(path) as db:
+            layout = json.dumps([written, ["cpu"]], sort_keys=True)
+            db.execute("UPDATE series_layouts SET layout = ?", (layout,))
+        again = SeriesStore(str(path))
+        for minute, trained in ((3, spec.trained_from), (4, 3600.0)):  # then trained again
+            record = [{"ts": 60 * minute, "host": "a", "cpu": 1.0}]
+            windows = again.window("m", replace(spec, trained_from=trained), ["cpu"], record)
+            assert windows.warming_up.tolist() == [False], (written, trained)
+        assert again.keys("m") == 1
+        again.close()
 
 
 def test_workers_move_to_a_state_file_made_again_under_them(tmp_path: Path) -> None:
