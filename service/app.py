@@ -295,10 +295,10 @@ def _still_firing(trackers: dict[str, AlertTracker], alert: Any) -> bool:
 def _limit_body_reads(seconds: float | None) -> None:
     """Bound the reading of the request body under gunicorn: a client that stops sending (or
     declares more bytes than it sends, or sends them a few a second) gets 408 after ``seconds``,
-    plus one second per ``MIN_BODY_BYTES_PER_S`` bytes received, instead of holding the
-    connection. ``None`` lifts the bound when the request is done: gunicorn then waits for the
-    connection's next request under its own keep-alive timeout, which a shorter socket timeout
-    would turn into a logged socket error."""
+    plus one second per ``MIN_BODY_BYTES_PER_S`` bytes received (never more than ``seconds``
+    ahead of the last read), instead of holding the connection. ``None`` lifts the bound when
+    the request is done: gunicorn then waits for the connection's next request under its own
+    keep-alive timeout, which a shorter socket timeout would turn into a logged socket error."""
     sock = request.environ.get("gunicorn.socket")
     if sock is None:
         return
@@ -315,6 +315,7 @@ class _PacedBody:
 
     def __init__(self, body: Any, seconds: float) -> None:
         self._body = body
+        self._seconds = seconds
         self._deadline = time.monotonic() + seconds
 
     def _paced(self, read: Any, size: int | None) -> bytes:
@@ -329,7 +330,11 @@ class _PacedBody:
                 data: bytes = read(size)
         except TimeoutError as exc:
             raise ClientDisconnected() from exc
-        self._deadline += len(data) / MIN_BODY_BYTES_PER_S
+        # Never more than ``seconds`` ahead: a body of 16 MiB sent at once but its last byte
+        # banked 28 minutes, which a byte every few seconds then held (and the worker's share of
+        # bodies being read with it) long after the rest had come.
+        now = time.monotonic()
+        self._deadline = min(self._deadline + len(data) / MIN_BODY_BYTES_PER_S, now + self._seconds)
         return data
 
     def read(self, size: int | None = None) -> bytes:

@@ -129,6 +129,28 @@ def test_a_body_trickled_under_the_read_timeout_still_gets_408(server: Server) -
     assert "did not arrive within" in json.loads(answer.partition(b"\r\n\r\n")[2])["detail"]
 
 
+def test_a_body_sent_fast_then_trickled_gets_408_within_the_read_timeout(server: Server) -> None:
+    # Each 10 kB received bought a second, banked however fast it came: 1 MB sent at once
+    # bought 100 s, which a byte a second then held (a load helper: 16 MiB, 28 minutes).
+    body = b"{" + b" " * 1_000_000
+    sock = _connect(
+        server.port,
+        b"POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n" + body,
+    )
+    answer = b""
+    with sock:
+        sock.settimeout(1.0)
+        for _ in range(READ_TIMEOUT + 15):
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b" ")
+                continue
+            break
+    assert answer.startswith(b"HTTP/1.1 408"), answer or "no answer while the body trickled"
+
+
 def _tensorflow_mapped(pid: int) -> bool:
     maps = Path(f"/proc/{pid}/maps").read_text()
     return "/site-packages/tensorflow/" in maps
