@@ -523,7 +523,9 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         if exc.errno in (errno.EACCES, errno.EPERM) and _unreadable(exc.filename):
             fix = "make it readable for this user (its mode, or its owner's)"  # not writable
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror}{where}: {fix}; no output was written", file=sys.stderr)
+        # Only of a command that writes: `anomaly info` on a bundle it may not read said so.
+        nothing = "; no output was written" if _writes(args) else ""
+        print(f"error: {exc.strerror}{where}: {fix}{nothing}", file=sys.stderr)
         return 1
     except Exception as exc:
         if args.debug:
@@ -582,6 +584,13 @@ def _missing_input(args: argparse.Namespace) -> DetectorError | None:
             except DetectorError as exc:
                 return exc
     return None
+
+
+def _writes(args: argparse.Namespace) -> bool:
+    """Whether the command run writes a file: training, scoring, a threshold, or an output or
+    report asked for."""
+    asked = getattr(args, "output", None) or getattr(args, "report", None)
+    return args.command in ("train", "score", "threshold") or bool(asked)
 
 
 def _unreadable(path: object) -> bool:

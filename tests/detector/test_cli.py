@@ -392,6 +392,22 @@ def test_threshold_on_a_read_only_bundle_says_to_change_a_copy(
     assert ".partial" not in err and (model / "manifest.json").read_bytes() == before
 
 
+def test_info_on_a_bundle_it_may_not_read_says_how_without_speaking_of_output(
+    capsys, cli_model, monkeypatch
+) -> None:
+    # As root, mode bits do not stop a read: the refusal is raised where the manifest is read.
+    # `anomaly info` ended its error with "no output was written", which it never writes.
+    import detector.bundles.bundle as bundles
+
+    def refused(path: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(bundles, "load_bundle", refused)
+    code, _, err = run(capsys, "info", str(cli_model))
+    assert code == 1 and err.startswith(f"error: Permission denied ({cli_model})"), err
+    assert "no output was written" not in err
+
+
 def test_calibration_warnings_reach_the_summary_info_and_report(
     capsys, train_frame, tmp_path
 ) -> None:
