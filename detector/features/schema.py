@@ -667,6 +667,30 @@ def training_spellings(categories: tuple[str, ...], values: Iterable[object]) ->
     return [spelling(v) for v in values]
 
 
+def label_spelling_warning(schema: Schema) -> str | None:
+    """What to say where a text column's training labels differ from another only in case or
+    spaces ('TCP' and 'tcp'): each was learned as a category of its own, and the rows of one
+    score as unusual to the other's; most likely one value exported two ways."""
+    found = []
+    columns: list[CategoricalColumn | ContextColumn] = [*schema.categorical, *schema.context]
+    for column in columns:
+        by_form: dict[str, list[str]] = {}
+        for label in column.categories:
+            by_form.setdefault(same_letters(label.strip()).casefold(), []).append(label)
+        alike = [labels for labels in by_form.values() if len(labels) > 1]
+        if alike:
+            shown = ", ".join(" and ".join(map(repr, labels)) for labels in alike[:3])
+            found.append(f"'{column.name}' ({shown})")
+    if not found:
+        return None
+    return (
+        f"text values in training differ from another only in case or spaces, column "
+        f"{'; '.join(found)}: each was learned as a category of its own, so rows written one "
+        "way score as unusual against the rows written the other; if they mean one value, "
+        "write them alike (in training and in what is scored) and train again"
+    )
+
+
 @lru_cache(maxsize=256)
 def _spellings(categories: tuple[str, ...]) -> tuple[dict[str, int], dict[str, str]]:
     """``label_lookup(categories)``, and each label by its casefolded form."""

@@ -30,6 +30,7 @@ from detector.features.schema import (
     check_unique_names,
     fingerprint,
     fit_schema,
+    label_spelling_warning,
     long_format_problem,
     numbers_from_decimals,
 )
@@ -437,6 +438,8 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
         warnings.append(warming)
     if spelling is not None:
         warnings.append(spelling)
+    if labels_alike := label_spelling_warning(schema):
+        warnings.append(labels_alike)
     if active == 0:
         collapse = (
             "posterior collapse: no latent unit carries information (KL per unit < "

@@ -295,6 +295,24 @@ def test_a_label_in_another_case_stays_unseen_and_is_counted_alike_by_both_encod
     assert "write it as training did" in warning
 
 
+def test_training_labels_differing_only_in_case_are_named_at_training() -> None:
+    # 'A' and 'a' in one training table were two categories, unsaid: rows written one way
+    # scored as unusual against those written the other (one value exported two ways).
+    from detector.estimator import VAEDetector
+    from detector.features.schema import label_spelling_warning
+    from tests.conftest import TINY
+
+    assert label_spelling_warning(fit_schema(_frame())) is None
+    frame = _frame(300)
+    frame.loc[::3, "host"] = frame.loc[::3, "host"].str.upper()
+    warning = label_spelling_warning(fit_schema(frame))
+    assert warning is not None
+    assert "column 'host' ('A' and 'a', 'B' and 'b', 'C' and 'c')" in warning
+    assert "each was learned as a category of its own" in warning
+    summary = VAEDetector(**TINY).fit(frame).summary_
+    assert warning in summary.warnings
+
+
 def test_a_boolean_column_matches_its_labels_however_a_scored_file_spells_them(
     tmp_path,
 ) -> None:
