@@ -109,16 +109,8 @@ def test_a_body_trickled_under_the_read_timeout_still_gets_408(server: Server) -
         b"POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{",
     )
-    answer = b""
     with sock:
-        sock.settimeout(1.0)  # the pace: one byte a second while no answer has come
-        for _ in range(READ_TIMEOUT + 15):
-            try:
-                answer += sock.recv(65536)
-            except TimeoutError:
-                sock.sendall(b" ")
-                continue
-            break
+        answer = _trickled_until_answered(sock)
         sock.settimeout(10)
         while answer and not answer.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)
@@ -138,17 +130,21 @@ def test_a_body_sent_fast_then_trickled_gets_408_within_the_read_timeout(server:
         b"POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n" + body,
     )
-    answer = b""
     with sock:
-        sock.settimeout(1.0)
-        for _ in range(READ_TIMEOUT + 15):
-            try:
-                answer += sock.recv(65536)
-            except TimeoutError:
-                sock.sendall(b" ")
-                continue
-            break
+        answer = _trickled_until_answered(sock)
     assert answer.startswith(b"HTTP/1.1 408"), answer or "no answer while the body trickled"
+
+
+def _trickled_until_answered(sock: socket.socket) -> bytes:
+    """The first bytes of the answer to a body sent on ``sock`` a byte a second, or b"" where
+    none came in ``READ_TIMEOUT`` + 15 s."""
+    sock.settimeout(1.0)  # the pace: one byte a second while no answer has come
+    for _ in range(READ_TIMEOUT + 15):
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            sock.sendall(b" ")
+    return b""
 
 
 def _tensorflow_mapped(pid: int) -> bool:
