@@ -135,6 +135,7 @@ class AlertDispatcher:
             lambda: deque(maxlen=recent_size)
         )
         self._started = False
+        self._sweeper: threading.Thread | None = None
 
     def start(self) -> None:
         with self._q.cond:
@@ -145,7 +146,8 @@ class AlertDispatcher:
                 name = f"alert-dispatcher-{box.sink.name}"
                 box.thread = threading.Thread(target=self._run, args=(box,), name=name, daemon=True)
                 box.thread.start()
-            threading.Thread(target=self._sweeping, name="alert-sweep", daemon=True).start()
+            self._sweeper = threading.Thread(target=self._sweeping, name="alert-sweep", daemon=True)
+            self._sweeper.start()
 
     def _sweeping(self) -> None:
         """Ask ``sweep`` for alerts to send every quarter of ``stale_seconds`` until stopped:
@@ -243,6 +245,10 @@ class AlertDispatcher:
                 held,
             )
             self._report(box.sink.name, "dropped", held)
+        if self._sweeper is not None:
+            # It wakes at once to stop; unjoined, it outlived stop() now and then (a test
+            # counting the threads before and after saw it).
+            self._sweeper.join(max(give_up_at - time.monotonic(), 0.0))
 
     def _track_firing(self, alert: Alert, now: float) -> None:
         identity = _identity(alert)
