@@ -36,6 +36,7 @@ from service.registry import LoadedModel
 from service.scoring import (
     Records,
     Rejected,
+    ScoredRequest,
     check_batch_size,
     per_record,
     read_records,
@@ -43,6 +44,7 @@ from service.scoring import (
     score_request,
 )
 from service.state import ApiError, state
+from service.turns import off_the_loop
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +156,16 @@ def score(name: str) -> Response:
     loaded = app_state.model(name)
     records, indices, rejected = _read_records(loaded, app_state)
     scored = score_request(app_state, loaded, records, indices, rejected)
-    bundle = loaded.bundle
+    passthrough = app_state.config.passthrough_fields
+    return answer(off_the_loop(_score_response, name, scored, records, passthrough))
+
+
+def _score_response(
+    name: str, scored: ScoredRequest, records: Records, passthrough: tuple[str, ...]
+) -> schemas.ScoreResponse:
+    bundle = scored.model.bundle
     # One validation of the whole body: for 500 records it costs what jsonify did.
-    body = schemas.ScoreResponse.model_validate(
+    return schemas.ScoreResponse.model_validate(
         {
             "model": name,
             "version": bundle.version,
@@ -167,14 +176,13 @@ def score(name: str) -> Response:
                 "scored": scored.result.n_scored,
                 "rejected": len(scored.rejected),
             },
-            "results": per_record(scored, records, app_state.config.passthrough_fields),
+            "results": per_record(scored, records, passthrough),
             "rejected": [
                 {**r.fields, "index": r.index, "code": r.code, "reasons": list(r.reasons)}
                 for r in scored.rejected
             ],
         }
     )
-    return answer(body)
 
 
 def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
@@ -195,10 +203,15 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, li
             "a line) or text/csv",
         )
     shape = 'a JSON object {"records": [{...}, ...]}'
-    body = validated(schemas.ScoreRequest, read_json(app_state, shape), shape)
     # The records as they came (the model describes them, and does not copy them): a record
     # that is not an object is rejected on its own, and one record stays fast.
-    return read_records(body.records, loaded, app_state)
+    return off_the_loop(_json_records, read_json(app_state, shape), shape, loaded, app_state)
+
+
+def _json_records(
+    body: Any, shape: str, loaded: LoadedModel, app_state: Any
+) -> tuple[Records, Any, list]:
+    return read_records(validated(schemas.ScoreRequest, body, shape).records, loaded, app_state)
 
 
 def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:

@@ -33,6 +33,7 @@ from service.series_store import SeriesStore
 from service.sinks import AlertmanagerSink, LogSink, Sink, WebhookSink
 from service.state import ApiError, ServiceState, state
 from service.throttled_log import ThrottledLog
+from service.turns import give_turn_back
 
 log = logging.getLogger(__name__)
 #: A state file failing fails every series request: logged once a minute, counted.
@@ -244,6 +245,7 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
 
     @app.teardown_request
     def _finish(exc: BaseException | None) -> None:
+        give_turn_back(app_state)
         if "started" not in g:
             return
         _limit_body_reads(None)

@@ -29,6 +29,7 @@ from detector.io.json_lines import (
 from detector.io.tables import GZIP_MAGIC
 from service.state import ApiError, ServiceState
 from service.throttled_log import ThrottledLog
+from service.turns import take_turn
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -63,6 +64,8 @@ def read_body(state: ServiceState) -> bytes:
             held = _take_reading(state, held, body.tell() - SMALL_BODY_BYTES)
             if body.tell() > limit:
                 raise RequestEntityTooLarge()
+        if held:
+            take_turn(state)
     except ParseException as exc:  # gunicorn's, for a chunked body it cannot frame
         raise ApiError(
             400,
@@ -71,8 +74,8 @@ def read_body(state: ServiceState) -> bytes:
             "valid chunks, or the body whole with a Content-Length",
         ) from None
     finally:
-        # Read (or refused), the body is parsed and scored before this worker switches to
-        # another request: only bodies still arriving are held side by side.
+        # Read (or refused), a large body is parsed and scored in its turn: bodies arriving
+        # and bodies waiting for their turn are held side by side.
         with state.body_bytes_lock:
             state.body_bytes_reading -= held
     declared = request.content_length
@@ -104,8 +107,8 @@ _over_budget = ThrottledLog(logging.getLogger(__name__), "requests refused")
 def _take_reading(state: ServiceState, held: int, size: int) -> int:
     """Count ``size`` bytes of this request's body (of which ``held`` are counted already) as
     being read by this worker; 503 with Retry-After where that would pass
-    ``BODIES_READ_AT_ONCE`` x ``max_body_bytes`` while other bodies are being read (one body
-    is always read). Returns the bytes counted."""
+    ``BODIES_READ_AT_ONCE`` x ``max_body_bytes`` while other bodies are being read or wait
+    their turn (``service.turns``; one body is always read). Returns the bytes counted."""
     more = size - held
     if more <= 0:
         return held
@@ -117,9 +120,10 @@ def _take_reading(state: ServiceState, held: int, size: int) -> int:
             state.body_bytes_reading += more
     if refused:
         _over_budget.error(
-            "a request was refused with 503: this worker is reading %d bytes of other request "
-            "bodies, and reads at most %d x max_body_bytes (%d bytes) at once; where clients "
-            "send many large bodies at once, add workers (and memory)",
+            "a request was refused with 503: this worker holds %d bytes of other request bodies "
+            "(being read, or waiting their turn to be scored), and at most %d x max_body_bytes "
+            "(%d bytes) at once; where clients send many large bodies at once, add workers "
+            "(and memory)",
             others,
             BODIES_READ_AT_ONCE,
             budget,
@@ -127,9 +131,9 @@ def _take_reading(state: ServiceState, held: int, size: int) -> int:
         raise ApiError(
             503,
             "server_busy",
-            f"the server is reading {others} bytes of other request bodies, and reads at most "
-            f"{budget} at once ({BODIES_READ_AT_ONCE} x max_body_bytes); retry after a second, "
-            "or send smaller batches",
+            f"the server holds {others} bytes of other request bodies (being read, or waiting "
+            f"their turn to be scored), and at most {budget} at once ({BODIES_READ_AT_ONCE} x "
+            "max_body_bytes); retry after a second, or send smaller batches",
             retry_after=1,
         )
     return size

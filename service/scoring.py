@@ -34,6 +34,7 @@ from service.registry import LoadedModel
 from service.series_store import SeriesStore, StoredLevels
 from service.state import ApiError, ServiceState
 from service.throttled_log import ThrottledLog
+from service.turns import off_the_loop
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def score_request(
     all_rejected = list(rejected)
     if len(records):
         if model.bundle.series is None:
-            result = records.score(model.bundle, passthrough)
+            result = off_the_loop(records.score, model.bundle, passthrough)
         else:
             result = records.score_in_series(
                 model, state.series, state.config.series_max_ahead_seconds

@@ -52,6 +52,8 @@ class ServiceState:
     #: under its lock: an app embedded in a threaded server counts from several threads.
     body_bytes_reading: int = 0
     body_bytes_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Held by the large request being parsed and scored (``service.turns``).
+    large_turn: threading.Lock = field(default_factory=threading.Lock)
 
     def model(self, name: str) -> LoadedModel:
         try:

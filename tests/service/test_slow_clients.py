@@ -257,3 +257,54 @@ def test_many_large_bodies_at_once_are_refused_past_the_worker_budget(
             sock.sendall(body[-1:])
         assert [_answer(sock)[0] for sock in held] == [200] * 4
     assert "4 x max_body_bytes" in one_worker.log_text()
+
+
+def test_a_probe_on_a_new_connection_is_answered_while_large_batches_wait(
+    one_worker: Server,
+) -> None:
+    # A large batch was parsed and scored without the worker's loop running: every batch whose
+    # body had arrived was scored before a new connection was even accepted (20 batches of
+    # 10,000 records held /healthz for 16 s, past a liveness probe's timeout).
+    records = normal_records(500)
+    body = json.dumps({"records": (records * (10_000 // len(records) + 1))[:10_000]}).encode()
+    head = (
+        "POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    answered: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def answer_of(sock: socket.socket, name: str) -> None:
+        status = _answer(sock)[0]
+        with lock:
+            answered.append((name, status))
+
+    # All but their last bytes first: the batches then arrive at the same time.
+    batches = [_connect(one_worker.port, head + body[:-1]) for _ in range(6)]
+    with ExitStack() as stack:
+        for sock in batches:
+            stack.callback(sock.close)
+        for sock in batches:
+            sock.sendall(body[-1:])
+        readers = [
+            threading.Thread(target=answer_of, args=(sock, f"batch {i}"))
+            for i, sock in enumerate(batches)
+        ]
+        for reader in readers:
+            reader.start()
+        probe = _connect(
+            one_worker.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        stack.callback(probe.close)
+        answer_of(probe, "probe")
+        for reader in readers:
+            reader.join(60)
+    assert sorted(answered) == sorted([(f"batch {i}", 200) for i in range(6)] + [("probe", 200)])
+    assert answered[-1][0] != "probe", answered
+
+    # A large body refused while it is parsed away from the loop is answered, not logged.
+    refused = json.dumps({"records": {"not": "a list" * 20_000}}).encode()
+    head = head.replace(str(len(body)).encode(), str(len(refused)).encode())
+    with _connect(one_worker.port, head + refused) as sock:
+        assert _answer(sock)[0] == 400
+    assert "Traceback" not in one_worker.log_text()

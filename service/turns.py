@@ -1,0 +1,75 @@
+"""Large requests take turns: one at a time per worker process, its scoring in a thread.
+
+Under gunicorn's gevent worker a request's parsing and scoring waited for nothing: a
+10,000-record batch held the worker's event loop for about a second, and each connection that
+was ready at one poll ran to its end before the next poll accepted another. 20 batches at once
+held ``/healthz`` on a new connection for 16 s, past the Kubernetes liveness probe's timeout,
+and single records with it. Now a large body, once read, waits for its turn (still counted
+against the bodies a worker reads at once, which bounds what waits), and its records are
+validated, scored and answered in a thread of its own (metrics, alerts and series state stay on
+the loop): the loop answers probes and small requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import g
+
+from service.state import ServiceState
+
+T = TypeVar("T")
+
+
+def take_turn(state: ServiceState) -> None:
+    """Wait until no other large request of this process is being parsed or scored; the turn
+    is given back when the request ends (``give_turn_back``)."""
+    state.large_turn.acquire()
+    g.large_turn = True
+
+
+def give_turn_back(state: ServiceState) -> None:
+    if g.pop("large_turn", False):
+        state.large_turn.release()
+
+
+def off_the_loop(run: Callable[..., T], *args: Any) -> T:
+    """``run(*args)``, in this process's scoring thread when this request holds the turn under
+    a gevent worker (the loop then serves other connections); else here. ``run`` must not
+    touch what the loop's greenlets share without a lock: the request's data and the model, not
+    the metrics, the alert state or the series store."""
+    if not g.get("large_turn") or not _gevent_patched():
+        return run(*args)
+    value, error = _scoring_thread().apply(_caught, (run, args))
+    if error is not None:
+        raise error
+    return value  # type: ignore[no-any-return]
+
+
+def _caught(run: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, Exception | None]:
+    # Raised again in the request's greenlet: gevent's pool logs a task's exception with its
+    # traceback, and a 4xx (an empty batch, unknown fields) filled the server log with them.
+    try:
+        return run(*args), None
+    except Exception as exc:
+        return None, exc
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
+_pool: Any = None
+
+
+def _scoring_thread() -> Any:
+    # Made in the worker at its first large request: never in a master that then forks.
+    global _pool
+    if _pool is None:
+        from gevent.threadpool import ThreadPool
+
+        _pool = ThreadPool(1)
+    return _pool
