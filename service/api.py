@@ -44,7 +44,6 @@ from service.scoring import (
     score_request,
 )
 from service.state import ApiError, state
-from service.turns import off_the_loop
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ def score(name: str) -> Response:
     records, indices, rejected = _read_records(loaded, app_state)
     scored = score_request(app_state, loaded, records, indices, rejected)
     passthrough = app_state.config.passthrough_fields
-    return answer(off_the_loop(_score_response, name, scored, records, passthrough))
+    return answer(_score_response(name, scored, records, passthrough))
 
 
 def _score_response(
@@ -205,7 +204,7 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, li
     shape = 'a JSON object {"records": [{...}, ...]}'
     # The records as they came (the model describes them, and does not copy them): a record
     # that is not an object is rejected on its own, and one record stays fast.
-    return off_the_loop(_json_records, read_json(app_state, shape), shape, loaded, app_state)
+    return _json_records(read_json(app_state, shape), shape, loaded, app_state)
 
 
 def _json_records(

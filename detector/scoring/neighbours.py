@@ -1230,6 +1230,14 @@ def fewer_search_threads(spare: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def search_threads() -> int:
+    """The threads the neighbour search uses when called from this thread (OpenMP keeps the
+    count per thread: one started later begins with every core)."""
+    import faiss
+
+    return int(faiss.omp_get_max_threads())
+
+
 def set_search_threads(threads: int) -> None:
     """The threads the neighbour search uses in this process (faiss's OpenMP pool). Several
     server workers on a few cores each take their share, so they do not oversubscribe them."""
