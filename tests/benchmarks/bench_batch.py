@@ -234,7 +234,7 @@ def main() -> int:
             }
         )
         print(json.dumps(runs[-1]), flush=True)
-    stages = breakdown(model, work / f"rows_{smallest}.csv")
+    stages = breakdown(model, path)
     print(json.dumps(stages), flush=True)
 
     from detector.bundles.bundle import load_bundle
