@@ -15,7 +15,8 @@ train rows, so its own schema fits the standardising on train only, and is score
 ``StandardScaler`` fit on train, as the reference row. The tables give per-set and mean
 AUROC and AUPRC (mean over seeds; the mean column's spread is the std over seeds of each
 seed's mean over sets) beside the peers' rows measured on this protocol (constants from
-BENCHMARKS.md). Models that need context columns (``cvae``) are skipped: these sets have none.
+BENCHMARKS.md). Models that need context columns (``cvae``) or a series window (``conv-vae``)
+are skipped: these sets have neither.
 
 Usage::
 
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     missing_data(list(paths.values()), "adbench_classical/<n>_<set>.npz")
     import_repo()
     check_params(args.params)
-    models, skipped = choose_models(args.models)
+    models, skipped = choose_models(args.models, args.params)
     for model, why in skipped.items():
         progress(f"{model} skipped: {why}")
 

@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     check_data(data_dir, args.sets)
     import_repo()
     check_params(args.params)
-    models, skipped = choose_models(args.models)
+    models, skipped = choose_models(args.models, args.params)
     for model, why in skipped.items():
         progress(f"{model} skipped: {why}")
 

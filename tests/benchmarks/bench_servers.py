@@ -25,7 +25,7 @@ by a ``StandardScaler`` fit on train, as the reference row (its own threshold is
 ``predict``, contamination "auto"; it has no attribution). Averages are over machines within a
 set (SMD and ASD separately); the SMD averages print beside the peers' rows from BENCHMARKS.md
 when all five developer machines are in the run. Models that need context columns (``cvae``)
-are skipped: these sets have none.
+are skipped: these sets have none; ``conv-vae`` runs only with ``--param time_column=t``.
 
 Usage::
 
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     machines = find_machines(data_dir, args.sets, args.machines)
     import_repo()
     check_params(args.params)
-    models, skipped = choose_models(args.models)
+    models, skipped = choose_models(args.models, args.params)
     for model, why in skipped.items():
         progress(f"{model} skipped: {why}")
 

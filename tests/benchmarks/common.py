@@ -237,13 +237,19 @@ def check_params(params: dict[str, Any]) -> None:
 #: Models that need context columns (the conditional VAE); the tabular and server sets have
 #: none, so a benchmark over them skips these and says so.
 NEEDS_CONTEXT = ("cvae",)
+#: Models that read a series window (the temporal encoder): skipped unless the run's
+#: parameters name a time column (``--param time_column=...``).
+NEEDS_SERIES = ("conv-vae",)
 
 
-def choose_models(requested: list[str] | None) -> tuple[list[str], dict[str, str]]:
+def choose_models(
+    requested: list[str] | None, params: dict[str, Any] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The registered models to run and the skipped ones with the reason.
 
-    ``None`` means every registered model that can run on plain columns. An unregistered
-    name is an error naming the registered ones."""
+    ``None`` means every registered model that can run on plain columns (and on series
+    windows where ``params`` give a ``time_column``). An unregistered name is an error naming
+    the registered ones."""
     from detector.nn.models import MODELS
 
     names = list(MODELS) if requested is None else requested
@@ -255,6 +261,8 @@ def choose_models(requested: list[str] | None) -> tuple[list[str], dict[str, str
     for name in names:
         if name in NEEDS_CONTEXT:
             skipped[name] = "needs context columns; these sets have none"
+        elif name in NEEDS_SERIES and not (params or {}).get("time_column"):
+            skipped[name] = "reads a series window; these rows have no --param time_column"
         elif name not in MODELS:
             skipped[name] = "not registered in detector.nn.models.MODELS"
         else:
