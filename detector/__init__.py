@@ -19,6 +19,7 @@ _EXPORTS = {
     "set_target_fpr": "detector.bundles.bundle",
     "Schema": "detector.features.schema",
     "Rejection": "detector.features.encoded",
+    "Respelling": "detector.features.encoded",
     "fit_schema": "detector.features.schema",
     "encode": "detector.features.encode",
     "ScoreResult": "detector.scoring.results",

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detector.features.encoded import Rejection
+from detector.features.encoded import Rejection, Respelling, SpellingTally
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,6 +26,9 @@ class ScoreResult:
     where a context value was never seen in training and the row was scored without it.
     ``warming_up`` ``(n_scored,)``, for a series model only, is true where the row had fewer
     rows of its series before it than the window holds (it borrowed its oldest one).
+    ``respelled`` holds, for each text column, the values that differ from a training label
+    only in case or spaces around them ('US-EAST' for 'us-east'): each was scored as a label
+    never seen, which raises its score; ``category_spelling`` says so in a sentence.
     """
 
     anomaly_score: np.ndarray
@@ -44,10 +47,20 @@ class ScoreResult:
     #: The input's index, where the input was a DataFrame with one of its own (``to_frame``'s
     #: index then, so that ``frame.join(result.to_frame())`` lines each score up with its row).
     labels: pd.Index | None = None
+    #: For each text column with values training knew only in another case: ``Respelling``.
+    respelled: tuple[Respelling, ...] = ()
 
     @property
     def n_scored(self) -> int:
         return len(self.rows)
+
+    @property
+    def category_spelling(self) -> str | None:
+        """What ``anomaly score`` warns of ``respelled`` (the columns, values and training's
+        spellings, and what to do), or ``None`` where every label was written as in training."""
+        tally = SpellingTally()
+        tally.add_found(self.respelled)
+        return tally.warning()
 
     def top_features(self, k: int = 3) -> list[list[str]]:
         """The ``k`` columns most to blame for each scored row, most first."""
@@ -118,4 +131,6 @@ class ScoreResult:
             out["context_unseen"] = self.context_unseen.tolist()
         if self.warming_up is not None:
             out["warming_up"] = self.warming_up.tolist()
+        if warning := self.category_spelling:
+            out["category_spelling"] = warning
         return out

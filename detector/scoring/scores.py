@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from detector.features.encode import Imputation, encode
-from detector.features.encoded import EncodedBatch, Rejection
+from detector.features.encoded import EncodedBatch, Rejection, Respelling
 from detector.features.schema import Schema
 from detector.scoring.results import ScoreResult
 
@@ -235,7 +235,8 @@ def in_input_rows(
 ) -> ScoreResult:
     """A series model's ``result`` on ``windows.frame`` as a result on the ``n_input`` rows
     the windows came from: their positions, the rows windowing rejected added, each row marked
-    if it was warming up and blamed by the newest step of its window (its own values)."""
+    if it was warming up and blamed by the newest step of its window (its own values), its
+    values told of (``respelled``) by its own columns, not by the windows' copies of them."""
     from dataclasses import replace
 
     from detector.series.windows import is_window_column
@@ -251,6 +252,7 @@ def in_input_rows(
         warming_up=windows.warming_up[result.rows],
         contributions=result.contributions[:, newest],
         columns=tuple(result.columns[i] for i in newest),
+        respelled=tuple(r for r in result.respelled if not is_window_column(r.name)),
     )
 
 
@@ -269,6 +271,7 @@ def score_batch(
         context_unseen=batch.context_unseen,
         adjust=adjust,
         overflow=batch.overflow,
+        respelled=batch.respelled,
     )
 
 
@@ -282,12 +285,14 @@ def score_encoded(
     context_unseen: np.ndarray | None = None,
     adjust: Adjustment | None = None,
     overflow: np.ndarray | None = None,
+    respelled: tuple[Respelling, ...] = (),
 ) -> ScoreResult:
     """Score already-encoded features ``(n, n_features)`` (the step after ``encode``).
     ``context_unseen`` is ``EncodedBatch.context_unseen``; for a schema with context columns
     and none given, no row is flagged. ``adjust`` (``against_levels``) turns the scores into
     the ones thresholded, given the rows' positions. ``overflow``: ``EncodedBatch.overflow``
-    (the distance counts a value clipped in the encoding as far as it was)."""
+    (the distance counts a value clipped in the encoding as far as it was); ``respelled``:
+    ``EncodedBatch.respelled``, kept on the result."""
     if len(values):
         if bundle.score_kind == "knn" and bundle.neighbours is not None:
             # The distance alone: the network's graph would be computed for nothing. The
@@ -320,6 +325,7 @@ def score_encoded(
         n_input=len(values) if n_input is None else n_input,
         model_version=bundle.version,
         context_unseen=_context_flags(bundle.schema, context_unseen, len(values)),
+        respelled=respelled,
     )
 
 

@@ -250,3 +250,26 @@ def test_one_value_given_bare_to_an_option_of_several_is_one() -> None:
     bare = VAEDetector(**options, categorical="hour", hidden_units=8).fit(frame)  # type: ignore[arg-type]
     assert "hour" in [c.name for c in bare.bundle_.schema.categorical]
     assert bare.summary_.hidden_units == (8,)
+
+
+def test_the_python_result_names_labels_in_another_case_with_trainings_spelling(fitted) -> None:
+    # 'US-EAST' where training saw 'us-east' scored as a region never seen: `anomaly score`
+    # warned of it and the HTTP answer named training's spelling, while score_records' typed
+    # result said nothing (only the encoder's batch held it). Table and records alike.
+    records = normal_records(4)
+    trained = records[1]["region"]
+    records[1] = {**records[1], "region": trained.upper()}
+    records[3] = {**records[3], "region": " " + records[3]["region"] + " "}  # spaces: matched
+    for given in (records, pd.DataFrame(records)):
+        result = fitted.score_records(given)
+        (found,) = result.respelled
+        assert (found.name, found.rows) == ("region", 1)
+        assert found.examples == ((trained.upper(), trained),)
+        assert result.category_spelling is not None
+        assert f"column 'region': 1 value ({trained.upper()!r} for {trained!r})" in (
+            result.category_spelling
+        )
+        assert result.to_dict()["category_spelling"] == result.category_spelling
+    plain = fitted.score_records(normal_records(4))
+    assert plain.respelled == () and plain.category_spelling is None
+    assert "category_spelling" not in plain.to_dict()

@@ -616,3 +616,16 @@ def test_a_window_longer_than_the_score_reads_is_warned_of() -> None:
     assert "reads the last 6 (column_window=6)" in said
     fits = VAEDetector(**{**options, "window": 6}).fit(fleet(60)).summary_.warnings
     assert not [w for w in fits if "the older rows change nothing" in w]
+
+
+def test_a_series_result_tells_of_a_label_in_another_case_by_its_own_column() -> None:
+    # Each row's windows hold copies of its text column ('proto[-1]' ...): told by them too,
+    # one row's 'TCP' would count four times, under column names the user never wrote.
+    train = fleet(200)
+    train["proto"] = np.where(np.arange(len(train)) % 2, "tcp", "udp")
+    detector = VAEDetector(**SERIES, **TINY).fit(train)
+    test = fleet(10, start="2026-01-02", seed=3).assign(proto="TCP")
+    for given in (test, test.to_dict("records")):
+        result = detector.score_records(given)
+        (found,) = result.respelled
+        assert (found.name, found.rows, found.examples) == ("proto", len(test), (("TCP", "tcp"),))
