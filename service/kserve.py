@@ -5,8 +5,12 @@ accepted too), numeric columns as FP32/FP64/INT*, categorical ones as BYTES. The
 ``anomaly_score``, ``p_value`` (FP64, null for rejected rows), ``is_anomaly`` (BOOL),
 ``context_unseen`` (BOOL, conditional models only), ``warming_up`` (BOOL, series models
 only), ``severity`` and ``rejected_reason``
-(BYTES, "" for scored rows), all of shape ``[n]``; the request's ``outputs`` picks some of
-them. Each tensor's values must be of its declared datatype.
+(BYTES, "" for scored rows), and ``training_spelling`` (BYTES, models with text columns: each
+record's text values that differ from a training label only in case, as a JSON object of
+column -> training's label, "" for none), all of shape ``[n]``; the request's ``outputs``
+picks some of them. Where any record's text differs so, the response's ``parameters`` hold
+``category_spelling``, the sentence ``anomaly score`` warns with. Each tensor's values must be
+of its declared datatype.
 Errors follow the protocol's ``{"error": "..."}`` form.
 """
 
@@ -26,7 +30,13 @@ from detector.features.encode import check_columns, shortened
 from service import schemas
 from service.bodies import answer, explained, read_json
 from service.registry import LoadedModel
-from service.scoring import Records, check_batch_size, require_token, score_request
+from service.scoring import (
+    Records,
+    check_batch_size,
+    require_token,
+    score_request,
+    spelled_in_training,
+)
 from service.state import ApiError, ServiceState, state
 
 kserve = Blueprint("kserve", __name__, url_prefix="/v2")
@@ -88,6 +98,7 @@ def metadata(name: str, version: str | None) -> Response:
         *([("warming_up", "BOOL")] if series is not None else []),
         ("severity", "BYTES"),
         ("rejected_reason", "BYTES"),
+        *([("training_spelling", "BYTES")] if _has_labels(loaded) else []),
     ]
     return answer(
         schemas.ModelMetadata(
@@ -146,11 +157,13 @@ def infer(name: str, version: str | None) -> Response:
         *(["context_unseen"] if bundle.schema.context else []),
         *(["warming_up"] if bundle.series is not None else []),
         "severity", "rejected_reason",
+        *(["training_spelling"] if _has_labels(loaded) else []),
     ]  # fmt: skip
     wanted = _requested(offered, request.outputs)  # before scoring, which moves series on
     frame = _inputs_frame(request, loaded, app_state)
     indices = np.arange(len(frame))
-    scored = score_request(app_state, loaded, Records.of_frame(frame), indices)
+    records = Records.of_frame(frame)
+    scored = score_request(app_state, loaded, records, indices)
     n = len(frame)
     score: list[float | None] = [None] * n
     p_value: list[float | None] = [None] * n
@@ -171,6 +184,12 @@ def infer(name: str, version: str | None) -> Response:
         severity[i] = scored.severity[j]
     for rejected in scored.rejected:
         reason[rejected.index] = "; ".join(rejected.reasons)
+    spelled = [""] * n
+    if "training_spelling" in wanted:
+        found = spelled_in_training(bundle.schema, records, result.rows)
+        for i, by_column in zip(scored.indices.tolist(), found, strict=True):
+            spelled[i] = json.dumps(by_column) if by_column else ""
+    warning = result.category_spelling
     outputs: list[tuple[str, str, list[Any]]] = [
         ("anomaly_score", "FP64", score),
         ("p_value", "FP64", p_value),
@@ -179,6 +198,7 @@ def infer(name: str, version: str | None) -> Response:
         *([("warming_up", "BOOL", warming)] if result.warming_up is not None else []),
         ("severity", "BYTES", severity),
         ("rejected_reason", "BYTES", reason),
+        ("training_spelling", "BYTES", spelled),
     ]
     given = {o[0]: o for o in outputs}
     chosen = [given[o] for o in wanted if o in given]
@@ -190,8 +210,16 @@ def infer(name: str, version: str | None) -> Response:
                 schemas.InferOutput(name=o, datatype=t, shape=[n], data=d) for o, t, d in chosen
             ],
             id=request.id,
+            # The protocol's parameters hold strings, numbers or booleans: the sentence.
+            parameters=None if warning is None else {"category_spelling": warning},
         )
     )
+
+
+def _has_labels(loaded: LoadedModel) -> bool:
+    """Whether the model reads text labels (its ``training_spelling`` output's columns)."""
+    schema = loaded.bundle.schema
+    return bool(schema.categorical or schema.context)
 
 
 def _infer_request(body: Any) -> schemas.InferRequest:

@@ -323,6 +323,15 @@ class InferResponse(ResponseBody):
     id: str | SkipJsonSchema[None] = Field(
         None, exclude_if=lambda id: id is None, description="the request's, when it had one"
     )
+    parameters: dict[str, str] | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=lambda p: p is None,
+        description=(
+            "the protocol's response parameters, where there is something to say: "
+            "category_spelling, where text values differ from a training value only in case "
+            "(each record's in the training_spelling output)"
+        ),
+    )
 
 
 class TensorMetadata(ResponseBody):

@@ -399,7 +399,7 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
     echo = {f: records.values(f, result.rows) for f in passthrough if f in records.columns}
     unseen = None if result.context_unseen is None else result.context_unseen.tolist()
     warming = None if result.warming_up is None else result.warming_up.tolist()
-    spelled = _training_spellings(scored.model.bundle.schema, records, result.rows)
+    spelled = spelled_in_training(scored.model.bundle.schema, records, result.rows)
     out = []
     for i, (index, score, p, flag) in enumerate(
         zip(
@@ -433,10 +433,11 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
     return out
 
 
-def _training_spellings(schema: Schema, records: Records, rows: np.ndarray) -> list[dict[str, str]]:
+def spelled_in_training(schema: Schema, records: Records, rows: np.ndarray) -> list[dict[str, str]]:
     """For each scored record (``rows``), its text values that differ from a training label
     only in case, by column, with that label: scored as labels never seen, which a file's
-    summary warns of, and the client is told here, with no log line per request."""
+    summary warns of, and the client is told in its answer (V1 and V2), with no log line per
+    request."""
     found: list[dict[str, str]] = [{} for _ in range(len(rows))]
     labelled = [(c.name, c.categories) for c in schema.categorical]
     labelled += [(c.name, c.categories) for c in schema.context]

@@ -259,6 +259,29 @@ def test_a_label_in_another_case_is_named_in_the_answer_with_trainings_spelling(
     assert as_json == as_csv["results"]
 
 
+def test_kserve_names_a_label_in_another_case_as_the_json_answer_does(client) -> None:
+    # The V1 answer named training's spelling of 'US-EAST'; the V2 answer to the same records
+    # said nothing. Now a BYTES output holds each record's, as JSON text ("" for none), and
+    # the response's parameters say what `anomaly score` warns.
+    trained = NORMAL[0]["region"]
+    records = [NORMAL[0], {**NORMAL[0], "region": trained.upper()}, broken(NORMAL[1])]
+    body = client.post("/v2/models/tiny/infer", json={"inputs": _tensors(records)}).json
+    outputs = {o["name"]: o for o in body["outputs"]}
+    spelled = outputs["training_spelling"]
+    assert (spelled["datatype"], spelled["shape"]) == ("BYTES", [3])
+    assert [json.loads(s) if s else None for s in spelled["data"]] == [
+        None, {"region": trained}, None
+    ]  # fmt: skip
+    said = body["parameters"]["category_spelling"]
+    assert f"column 'region': 1 value ({trained.upper()!r} for {trained!r})" in said
+    assert "write it as training did" in said
+    metadata = client.get("/v2/models/tiny").json
+    assert {"name": "training_spelling", "datatype": "BYTES", "shape": [-1]} in metadata["outputs"]
+    plain = client.post("/v2/models/tiny/infer", json={"inputs": _tensors(NORMAL[:2])}).json
+    assert "parameters" not in plain
+    assert {o["name"]: o["data"] for o in plain["outputs"]}["training_spelling"] == ["", ""]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
