@@ -25,6 +25,7 @@ from detector.batch.spark_scoring import (
     CORRUPT_RECORD,
     PANDAS_WARNING,
     SOURCE_FILE,
+    category_spelling,
     score_dataframe,
 )
 from detector.bundles.bundle import Bundle, load_bundle
@@ -182,6 +183,7 @@ def score_files(
         top_k=top_k,
         shared=shared,
         max_ahead_seconds=max_ahead_seconds,
+        respelled=True,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         ledger = (
@@ -218,6 +220,7 @@ def score_files(
             files=files,
             engine="spark",
             rejected_by_code=dict(sorted(codes.items(), key=lambda item: -item[1])),
+            category_spelling=category_spelling(scored),
         )
         if read == 0:
             raise DataError(f"{' '.join(inputs)} holds no data rows; nothing to score")

@@ -24,6 +24,7 @@ from the same path on shared storage.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -43,6 +44,7 @@ from detector.bundles.bundle import Bundle, load_bundle
 from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
 from detector.errors import ConfigError, SchemaError
 from detector.features.encode import Imputation, check_columns
+from detector.features.encoded import Respelling, SpellingTally
 from detector.io.temporaries import remove_stale_temporaries, staging_path
 from detector.scoring.output_columns import (
     CONTEXT_COLUMN,
@@ -63,6 +65,11 @@ CORRUPT_RECORD = "_corrupt_record"
 SOURCE_FILE = "_source_file"
 #: pyspark 4 warns on every pandas >= 3 import; the features this module uses work (tested).
 PANDAS_WARNING = "PySpark does not yet fully support pandas"
+#: ``score_dataframe(..., respelled=True)``'s column: on one row of each batch, that batch's
+#: ``ScoreResult.respelled`` as JSON (null elsewhere), which ``category_spelling`` reads.
+RESPELLED = "_anomaly_respelled"
+#: ``RESPELLED``'s JSON, as Spark reads it.
+_RESPELLED_TYPE = "array<struct<column:string,rows:bigint,examples:array<array<string>>>>"
 
 
 def bundle_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
@@ -142,6 +149,7 @@ def score_dataframe(
     top_k: int = 3,
     shared: bool = False,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
+    respelled: bool = False,
 ) -> DataFrame:
     """Score every row of ``df`` with the bundle at ``bundle_path``.
 
@@ -150,7 +158,8 @@ def score_dataframe(
     it is set are rejected as malformed) and ``_source_file``. The result has ``df``'s columns
     followed by ``anomaly_score``, ``p_value``, ``is_anomaly``, ``context_unseen`` (conditional
     models), ``warming_up`` (series models), ``top_feature_1..k``,
-    ``reject_code`` and ``reject_reason``; its row count equals ``df``'s.
+    ``reject_code`` and ``reject_reason``; its row count equals ``df``'s. ``respelled``: a
+    last column, ``RESPELLED``, for ``category_spelling`` to read (drop it after).
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -178,6 +187,7 @@ def score_dataframe(
         *(T.StructField(f"top_feature_{j + 1}", T.StringType()) for j in range(k)),
         T.StructField(REJECT_CODE, T.StringType()),
         T.StructField(REJECT_REASON, T.StringType()),
+        *([T.StructField(RESPELLED, T.StringType())] if respelled else []),
     ]
     schema = T.StructType([*df.schema.fields, *fields])
     if bundle.series is not None and isinstance(
@@ -199,6 +209,7 @@ def score_dataframe(
         top_k=k,
         max_ahead_seconds=max_ahead_seconds,
         surface=current_surface(),
+        respelled=respelled,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
@@ -241,6 +252,7 @@ def _score_batches(
     top_k: int,
     max_ahead_seconds: float | None,
     surface: Surface = "python",
+    respelled: bool = False,
 ) -> Iterator[pd.DataFrame]:
     """Runs on the executors: the worker's bundle, then each Arrow batch of rows. Reasons
     name options as the driver's caller spells them (``surface``: ``--impute median`` for the
@@ -256,6 +268,7 @@ def _score_batches(
                 top_k=top_k,
                 max_ahead_seconds=max_ahead_seconds,
                 times=seconds,
+                respelled=respelled,
             )
         yield scored
 
@@ -268,10 +281,12 @@ def score_pandas(
     top_k: int = 3,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     times: pd.Series | None = None,
+    respelled: bool = False,
 ) -> pd.DataFrame:
     """One Spark batch: every row back, scored or with its reject code and reason (a series
     model's rows stamped more than ``max_ahead_seconds`` after the clock rejected). A series
-    model reads ``times`` (epoch seconds, one a row) for its time column where given."""
+    model reads ``times`` (epoch seconds, one a row) for its time column where given.
+    ``respelled``: the ``RESPELLED`` column added."""
     n = len(batch)
     out = batch.reset_index(drop=True)
     scores = np.full(n, np.nan)
@@ -283,6 +298,7 @@ def score_pandas(
     codes = np.full(n, None, dtype=object)
     reasons = np.full(n, None, dtype=object)
     usable = np.ones(n, dtype=bool)
+    told: list[Respelling] = []
     if CORRUPT_RECORD in out.columns:
         corrupt = out[CORRUPT_RECORD].notna().to_numpy()
         codes[corrupt] = "malformed"
@@ -330,6 +346,7 @@ def score_pandas(
         for rejection in result.rejections:
             codes[positions[rejection.row]] = rejection.code
             reasons[positions[rejection.row]] = rejection.reason
+        told += result.respelled
     added = {
         "anomaly_score": scores,
         "p_value": p_values,
@@ -340,4 +357,41 @@ def score_pandas(
         REJECT_CODE: pd.Series(codes, dtype=object),
         REJECT_REASON: pd.Series(reasons, dtype=object),
     }
+    if respelled:
+        # The batch's on its first row: the driver sums them (``category_spelling``).
+        said = np.full(n, None, dtype=object)
+        if told and n:
+            said[0] = json.dumps(
+                [{"column": r.name, "rows": r.rows, "examples": r.examples} for r in told]
+            )
+        added[RESPELLED] = pd.Series(said, dtype=object)
     return pd.concat([out, pd.DataFrame(added)], axis=1)
+
+
+def category_spelling(scored: DataFrame) -> str | None:
+    """What to say of the text values of ``scored`` (``score_dataframe(..., respelled=True)``)
+    that differ from a training label only in case, as ``anomaly score`` says it of a file
+    (``SpellingTally``), or ``None`` where none did. Summed by Spark: the driver reads one row
+    per column."""
+    from pyspark.sql import functions as F
+
+    told = (
+        scored.where(F.col(RESPELLED).isNotNull())
+        .select(F.explode(F.from_json(F.col(RESPELLED), _RESPELLED_TYPE)).alias("r"))
+        .groupBy(F.col("r.column").alias("column"))
+        .agg(
+            F.sum("r.rows").alias("rows"),
+            # A few, as the warning shows: a batch gives its first few of each column.
+            F.slice(
+                F.array_sort(F.array_distinct(F.flatten(F.collect_list("r.examples")))), 1, 3
+            ).alias("examples"),
+        )
+        .orderBy("column")
+        .collect()
+    )
+    tally = SpellingTally()
+    tally.add_found(
+        Respelling(r["column"], int(r["rows"]), tuple((g, t) for g, t in r["examples"]))
+        for r in told
+    )
+    return tally.warning()

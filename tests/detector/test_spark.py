@@ -468,3 +468,32 @@ def test_spark_refuses_an_input_holding_a_column_scoring_adds(
             keep_columns=["p_value", "reject_code"],
             session=spark,
         )
+
+
+def test_spark_warns_of_a_label_in_another_case_as_the_streaming_engine_does(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # 'US-EAST' where training saw 'us-east': the default engine warned naming the column, the
+    # values and training's spelling (--json: category_spelling); --engine spark said nothing.
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(100)
+    frame.assign(region=frame["region"].str.upper()).to_csv(tmp_path / "upper.csv", index=False)
+    frame.to_csv(tmp_path / "asis.csv", index=False)
+    said = {}
+    for engine in ("stream", "spark"):
+        argv = ["score", str(bundle_dir), str(tmp_path / "upper.csv"), "--engine", engine,
+                "--output", str(tmp_path / f"{engine}.parquet")]  # fmt: skip
+        assert main(argv) == 0
+        said[engine] = capsys.readouterr().out
+        assert main([*argv, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["category_spelling"] is not None
+        assert f"warning: {report['category_spelling']}" in said[engine]
+    assert "column 'region': 100 values (" in said["spark"]
+    assert "'US-EAST' for 'us-east'" in said["spark"]
+    assert "write it as training did" in said["spark"]
+    argv = ["score", str(bundle_dir), str(tmp_path / "asis.csv"), "--engine", "spark",
+            "--output", str(tmp_path / "asis.parquet")]  # fmt: skip
+    assert main(argv) == 0
+    assert "only in case" not in capsys.readouterr().out
+    written = pd.read_parquet(tmp_path / "spark.parquet")
+    assert not [c for c in written.columns if c.startswith("_")]
