@@ -14,9 +14,11 @@ are answered in the app's JSON error shape, not gunicorn's HTML page.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -34,6 +36,7 @@ from service.config import ServiceConfig
 from service.metric_files import clear_metric_files, fold_dead_worker, space_problem
 from service.model_sync import SyncDir
 from service.series_store import forget_unserved
+from service.throttled_log import ThrottledLog
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
@@ -150,6 +153,7 @@ _unbooted_deaths = 0
 def _booted(worker: Any) -> None:
     """In a worker that has loaded its app: leaves a mark the master reads when it exits."""
     _answer_errors_in_json(worker)
+    _name_accept_errors(worker)
     with contextlib.suppress(OSError, TypeError):
         _boot_mark(worker.pid).touch()
 
@@ -240,3 +244,48 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+#: Connections a worker could not accept for want of file descriptors: said at most once a
+#: minute per worker.
+_out_of_files = ThrottledLog(logging.getLogger("service.server"), "accepts failed")
+
+
+def _name_accept_errors(worker: Any) -> None:
+    """gevent's server hands an error of ``accept`` to the hub, which printed its traceback
+    each time it retried (from every 10 ms to every second): a worker out of file descriptors
+    (``EMFILE``; ``ENFILE``: the whole system's) under a flood of connections filled the log
+    with 'OSError: [Errno 24] Too many open files' naming neither the limit nor the fix. That
+    one is said instead, once a minute; the server retries as before, and the connections
+    wait in the listen queue until others close. Every other error goes to the hub as it did."""
+    import gevent
+    from gevent.baseserver import BaseServer
+
+    hub = gevent.get_hub()
+    handle = hub.handle_error
+    connections = worker.cfg.worker_connections
+
+    def handle_error(context: Any, kind: Any, value: Any, tb: Any) -> None:
+        if (
+            isinstance(context, BaseServer)
+            and isinstance(value, OSError)
+            and value.errno in (errno.EMFILE, errno.ENFILE)
+        ):
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+            which = (
+                "the system is out of open files (its table is full: fs.file-max)"
+                if value.errno == errno.ENFILE
+                else f"a worker is out of open files (open files limit {limit}, ulimit -n)"
+            )
+            _out_of_files.error(
+                "%s: new connections wait in the listen queue until others close; raise the "
+                "limit (ulimit -n, LimitNOFILE= in a systemd unit, the container's nofile "
+                "ulimit) above --connections (%d a worker) plus ~100, or lower --connections",
+                which,
+                connections,
+            )
+            return
+        handle(context, kind, value, tb)
+
+    hub.handle_error = handle_error

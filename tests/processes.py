@@ -124,16 +124,22 @@ def serving(
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
     ready_path: str = "/readyz",
+    open_files: int | None = None,
 ) -> Iterator[Server]:
     """``anomaly serve`` as a user starts it, on a free port of 127.0.0.1, once ``ready_path``
     answers 200 (``/healthz`` when a model is broken on purpose); stopped on exit. ``env`` adds
     variables (``ANOMALY_*`` settings); the test run's ``PROMETHEUS_MULTIPROC_DIR`` is not
-    passed on, so each server has its own."""
+    passed on, so each server has its own. ``open_files``: the server's limit of open files
+    (``ulimit -n``), set before it starts."""
     port = free_port()
     exe = Path(sys.executable).with_name("anomaly")
     environment = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     environment.update({"ANOMALY_ALERT_LOG": "false", **(env or {})})
     argv = [str(exe), "serve", "--port", str(port), "--workers", str(workers), *args]
+    if open_files is not None:  # as `ulimit -n N; exec anomaly serve ...`: the same process
+        limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({open_files}, {open_files}))"
+        argv = [sys.executable, "-c", f"import os, resource, sys; {limit}; "
+                "os.execv(sys.argv[1], sys.argv[1:])", *argv]  # fmt: skip
     for name, path in models.items():
         argv += ["--model", f"{name}={path}"]
     with running(argv, workdir / "server.log", env=environment) as process:

@@ -308,3 +308,31 @@ def test_a_probe_on_a_new_connection_is_answered_while_large_batches_wait(
     with _connect(one_worker.port, head + refused) as sock:
         assert _answer(sock)[0] == 400
     assert "Traceback" not in one_worker.log_text()
+
+
+def test_a_worker_out_of_open_files_says_so_once_without_a_traceback_and_serves_on(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Under `ulimit -n 64`, 150 connections held open: gevent printed a traceback for each
+    # accept that failed (12 in a few seconds, 'OSError: [Errno 24] Too many open files'),
+    # naming neither the limit nor what to change. Now one line says both, and the worker
+    # serves again once the connections close.
+    with serving({"tiny": bundle_dir}, tmp_path, workers=1, open_files=64) as server:
+        with ExitStack() as held:
+            for _ in range(150):
+                held.enter_context(_connect(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"))
+            server.wait_until(
+                lambda: "out of open files" in server.log_path.read_text(), "the named message"
+            )
+        server.wait_until(lambda: _answers(server), "/healthz answered after the flood")
+        log = server.log_path.read_text()
+    assert "Traceback" not in log and "Errno 24" not in log, log
+    (said,) = [line for line in log.splitlines() if "out of open files" in line]
+    assert "open files limit 64" in said and "LimitNOFILE=" in said and "--connections" in said
+
+
+def _answers(server: Server) -> bool:
+    try:
+        return server.call("/healthz", timeout=2)[0] == 200
+    except OSError:
+        return False
