@@ -28,6 +28,7 @@ from service.alerts import AlertTracker
 from service.config import ServiceConfig, check_bundle_alert_keys, load_config
 from service.delivery import AlertDispatcher
 from service.metrics import ServiceMetrics
+from service.open_files import out_of_files, say_out_of_files
 from service.registry import LoadedModel, ModelRegistry
 from service.series_store import SeriesStore
 from service.sinks import AlertmanagerSink, LogSink, Sink, WebhookSink
@@ -450,6 +451,21 @@ def _install_error_handlers(app: Flask) -> None:
             "series_state_unavailable",
             f"the series' state file cannot be used ({exc}); see the server log",
         )
+
+    @app.errorhandler(OSError)
+    def _os_error(exc: OSError) -> Any:
+        if not out_of_files(exc):
+            return _internal(exc)
+        # At its open files limit (a flood of connections): the next file may open.
+        say_out_of_files(exc)
+        response, status = error_response(
+            503,
+            "out_of_open_files",
+            "the server is out of open files for now; retry in a second (its log says what "
+            "to change)",
+        )
+        response.headers["Retry-After"] = "1"
+        return response, status
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Any:

@@ -14,11 +14,9 @@ are answered in the app's JSON error shape, not gunicorn's HTML page.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
-import resource
 import shutil
 import signal
 import sqlite3
@@ -35,8 +33,8 @@ from detector.features.encode import shortened
 from service.config import ServiceConfig
 from service.metric_files import clear_metric_files, fold_dead_worker, space_problem
 from service.model_sync import SyncDir
+from service.open_files import out_of_files, say_out_of_files
 from service.series_store import forget_unserved
-from service.throttled_log import ThrottledLog
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
@@ -246,18 +244,13 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-#: Connections a worker could not accept for want of file descriptors: said at most once a
-#: minute per worker.
-_out_of_files = ThrottledLog(logging.getLogger("service.server"), "accepts failed")
-
-
 def _name_accept_errors(worker: Any) -> None:
     """gevent's server hands an error of ``accept`` to the hub, which printed its traceback
     each time it retried (from every 10 ms to every second): a worker out of file descriptors
-    (``EMFILE``; ``ENFILE``: the whole system's) under a flood of connections filled the log
-    with 'OSError: [Errno 24] Too many open files' naming neither the limit nor the fix. That
-    one is said instead, once a minute; the server retries as before, and the connections
-    wait in the listen queue until others close. Every other error goes to the hub as it did."""
+    under a flood of connections filled the log with 'OSError: [Errno 24] Too many open
+    files'. That one is said instead (``service.open_files``); the server retries as before,
+    and the connections wait in the listen queue until others close. Every other error goes
+    to the hub as it did."""
     import gevent
     from gevent.baseserver import BaseServer
 
@@ -266,25 +259,8 @@ def _name_accept_errors(worker: Any) -> None:
     connections = worker.cfg.worker_connections
 
     def handle_error(context: Any, kind: Any, value: Any, tb: Any) -> None:
-        if (
-            isinstance(context, BaseServer)
-            and isinstance(value, OSError)
-            and value.errno in (errno.EMFILE, errno.ENFILE)
-        ):
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
-            which = (
-                "the system is out of open files (its table is full: fs.file-max)"
-                if value.errno == errno.ENFILE
-                else f"a worker is out of open files (open files limit {limit}, ulimit -n)"
-            )
-            _out_of_files.error(
-                "%s: new connections wait in the listen queue until others close; raise the "
-                "limit (ulimit -n, LimitNOFILE= in a systemd unit, the container's nofile "
-                "ulimit) above --connections (%d a worker) plus ~100, or lower --connections",
-                which,
-                connections,
-            )
+        if isinstance(context, BaseServer) and out_of_files(value):
+            say_out_of_files(value, connections)
             return
         handle(context, kind, value, tb)
 

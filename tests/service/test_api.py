@@ -973,3 +973,31 @@ def test_an_old_bundles_warning_names_its_directory_not_the_servers_copy(
         assert warned and all(m.startswith(f"{old / 'manifest.json'} has no") for m in warned)
     finally:
         app.extensions["anomaly"].dispatcher.stop()
+
+
+def test_a_request_finding_the_worker_out_of_open_files_gets_503_and_no_traceback(
+    client, monkeypatch, caplog
+) -> None:
+    # A worker at its open files limit (ulimit -n 64 and a flood) failed GET /metrics, which
+    # opens its metric files: 500 "the server failed", and a traceback in the log for each,
+    # "OSError: [Errno 24] Too many open files: '.../metrics/.fold.lock'". The client is told
+    # to retry, and the log says at most once a minute what to change, without a traceback.
+    import errno
+    import math
+
+    from service import open_files
+    from service.metrics import ServiceMetrics
+
+    def out_of_files(self: ServiceMetrics) -> bytes:
+        raise OSError(errno.EMFILE, "Too many open files", "/tmp/metrics/.fold.lock")
+
+    monkeypatch.setattr(ServiceMetrics, "exposition", out_of_files)
+    monkeypatch.setattr(open_files._said, "logged_at", -math.inf)  # said by an earlier test
+    for _ in range(3):
+        response = client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert response.json["error"] == "out_of_open_files"
+        assert "retry" in response.json["detail"]
+    (said,) = [r.getMessage() for r in caplog.records if "out of open files" in r.getMessage()]
+    assert "open files limit" in said and "LimitNOFILE=" in said
+    assert not [r for r in caplog.records if r.exc_info]

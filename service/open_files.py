@@ -1,0 +1,44 @@
+"""A worker out of file descriptors (``EMFILE``; ``ENFILE``: the whole system's): what it
+says, once a minute, instead of a traceback per failed accept or request.
+
+A flood of connections under a low ``ulimit -n`` made gevent print a traceback for each
+``accept`` it retried, and a request that opened a file then (``GET /metrics`` opens the
+metric files) fail with a 500 and another traceback; neither named the limit or the fix."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+
+from service.throttled_log import ThrottledLog
+
+#: Accepts and requests that failed for want of file descriptors: said at most once a minute
+#: per worker.
+_said = ThrottledLog(logging.getLogger("service.server"), "accepts or requests failed")
+
+
+def out_of_files(exc: BaseException) -> bool:
+    """Whether ``exc`` is a process (or the system) out of file descriptors."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def say_out_of_files(exc: OSError, connections: int | None = None) -> None:
+    """Log, at most once a minute, that this worker is out of open files, its limit, and what
+    to change; ``connections``: the worker's ``--connections``, where known."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    which = (
+        "the system is out of open files (its table is full: fs.file-max)"
+        if exc.errno == errno.ENFILE
+        else f"a worker is out of open files (open files limit {limit}, ulimit -n)"
+    )
+    each = "" if connections is None else f" ({connections} a worker)"
+    _said.error(
+        "%s: new connections wait in the listen queue until others close, and a request that "
+        "opens a file gets 503; raise the limit (ulimit -n, LimitNOFILE= in a systemd unit, "
+        "the container's nofile ulimit) above --connections%s plus ~100, or lower "
+        "--connections",
+        which,
+        each,
+    )
