@@ -45,7 +45,7 @@ ERRORS = {
     413: "Body or batch too large",
     415: "Unsupported content type",
     422: "Valid JSON that cannot be scored (unknown/missing columns, empty batch)",
-    503: "Model not loaded",
+    503: "Model not loaded; or, with Retry-After, a worker busy (server_busy) or out of open files",
 }
 
 
