@@ -51,6 +51,7 @@ OPTIONS: dict[str, Option] = {
     "stream_format": Option("--output-format", "stream_format"),
     "max_series": Option("--max-series", "max_series", "series_max_keys"),
     "ignore_column": Option("--ignore-column", None, many=True),
+    "max_rows": Option("--max-rows", None),
     "categorical": Option("--categorical", "categorical", many=True),
     "context": Option("--context", "context", many=True),
     "series_columns": Option("--series-column", "series_columns", many=True),

@@ -433,8 +433,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if training:
         in_force = bundle.calibrator.target_fpr
         then = measured_at_note(training.get("target_fpr", in_force), in_force)
+        read = training.get("rows_read")
+        sampled = f" (a uniform sample of the {read:,} read)" if isinstance(read, int) else ""
         print(
-            f"trained on {training.get('rows')} rows in {training.get('epochs_run')} epochs "
+            f"trained on {training.get('rows')} rows{sampled} in {training.get('epochs_run')} "
+            "epochs "
             f"({'early stop' if training.get('stopped_early') else 'epoch limit reached'}); "
             f"validation ELBO {-training.get('val_neg_elbo', float('nan')):.3f}; "
             f"validation FPR {training.get('validation_fpr', float('nan')):.2%}{then}"

@@ -27,6 +27,7 @@ from detector.cli.evaluate import cmd_evaluate
 from detector.cli.score import cmd_score
 from detector.cli.train import check_input_width, cmd_train
 from detector.errors import DetectorError
+from detector.io.tables import DEFAULT_MAX_ROWS
 from detector.native import import_tensorflow_quietly
 from detector.nn.option_specs import training_options
 from detector.nn.options import MODEL_OPTIONS, describe, share
@@ -81,6 +82,15 @@ def build_parser(
         default=[],
         metavar="COL",
         help="a column to leave out of the model, e.g. an id or timestamp (repeatable)",
+    )
+    train.add_argument(
+        "--max-rows",
+        type=_max_rows,
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help=f"train on a uniform sample of N rows (seeded by --seed) of a table of more, read "
+        f"in chunks so memory stays the sample's; 0: every row (default {DEFAULT_MAX_ROWS:,}; a "
+        "series model, --time-column, reads every row)",
     )
     _add_training_flags(train)
     _add_encoding_flag(train, refused="training refuses a file with text that does not decode")
@@ -282,6 +292,18 @@ def _add_training_flags(train: argparse.ArgumentParser) -> None:
             )
 
 
+def _max_rows(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number of rows; give a whole number, or 0 to train on every row"
+        )
+    return value
+
+
 def _add_encoding_flag(
     parser: argparse.ArgumentParser,
     refused: str = "a row that does not decode in it is rejected, with its reason",
@@ -425,8 +447,9 @@ _SYSTEM_FIXES = {
 #: What to make smaller when a command runs out of memory: what grows with its input.
 _MEMORY_FIXES = {
     "train": (
-        "train on a sample of the rows, or on fewer columns (--ignore-column COL, or a file "
-        "of fewer columns)"
+        f"train on a smaller sample of the rows (--max-rows N, default {DEFAULT_MAX_ROWS:,}; a "
+        "series model: a file of fewer series or a shorter time), or on fewer columns "
+        "(--ignore-column COL, or a file of fewer columns)"
     ),
     "score": "lower --chunk-rows (default 65536; e.g. 8192), and for a series model --max-series",
     "evaluate": "evaluate a sample of the rows, or lower --chunk-rows",

@@ -26,7 +26,7 @@ from detector.cli.commands import (
     _writes_files,
 )
 from detector.nn.option_specs import TrainingOption, training_options
-from detector.wording import leave_one_out_note
+from detector.wording import leave_one_out_note, option
 
 
 class _SaidInTheSummary(logging.Filter):
@@ -53,7 +53,7 @@ def _flag_value(args: argparse.Namespace, option: TrainingOption) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import Found, save_bundle
     from detector.errors import ConfigError, DataError, SchemaError
-    from detector.io.frames import read_table
+    from detector.io.frames import sample_table
     from detector.io.temporaries import check_not_an_input, check_outside_bundle, check_writable
     from detector.nn.training import TrainingConfig, train
     from detector.scoring.output_columns import check_names_free
@@ -66,9 +66,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_writable(args.report)
         read = [p for p in (args.data, args.report_data) if p is not None and p != "-"]
         check_not_an_input(args.report, read, "--report")
-    frame = read_table(
-        args.data, text_columns=[*args.categorical, *args.context], encoding=args.encoding
+    # A series model's windows need each series' every row: its file is read whole.
+    max_rows = 0 if args.time_column else args.max_rows
+    frame, rows_read = sample_table(
+        args.data,
+        max_rows=max_rows,
+        seed=args.seed,
+        text_columns=[*args.categorical, *args.context],
+        encoding=args.encoding,
     )
+    sampled = _sample_note(rows_read, len(frame), max_rows)
     dropped = 0
     excluded = [args.label_column] if args.label_column else []
     excluded += args.ignore_column
@@ -130,6 +137,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         training_log.removeFilter(said_below)
     # Recorded so that scoring a file that still holds them needs no --keep-column.
     bundle = replace(bundle, ignored_columns=tuple(dict.fromkeys(args.ignore_column)))
+    if sampled:  # only then: a table of fewer rows keeps the manifest it always had
+        bundle = replace(
+            bundle, training={**bundle.training, "rows_read": rows_read, "max_rows": max_rows}
+        )
     save_bundle(bundle, args.out, replacing=found)
     report = _write_training_report(args, bundle, report_passthrough)
     if args.json:
@@ -141,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "bundle": args.out,
                     "version": bundle.version,
                     "anomalous_rows_left_out": dropped,
+                    "rows_read": rows_read,
                     **payload,
                     **report,
                 },
@@ -150,6 +162,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     s = summary
     overlap = leave_one_out_note(s.rows, s.fit_rows, s.validation_rows, s.calibration_rows)
+    if sampled:
+        print(sampled)
     print(
         f"trained {args.model} on {s.rows} rows ({s.fit_rows} fit / {s.validation_rows} "
         f"validation / {s.calibration_rows} calibration{overlap}), "
@@ -201,6 +215,16 @@ def check_input_width(args: argparse.Namespace) -> None:
     # Columns with other roles are no features: left out, or placing or conditioning rows.
     roles = {args.label_column, args.time_column, *args.ignore_column, *args.context}
     check_width(len(set(columns) - roles - set(args.series_column)), args.data)
+
+
+def _sample_note(read: int, kept: int, max_rows: int) -> str | None:
+    """What to say of a table longer than ``--max-rows``, or ``None`` where every row was kept."""
+    if kept >= read:
+        return None
+    return (
+        f"read {read:,} rows and kept a uniform sample of {kept:,} ({option('max_rows', max_rows)}"
+        f"; {option('max_rows', 0)} trains on every row)"
+    )
 
 
 def _check_bundle_target(out: str) -> None:

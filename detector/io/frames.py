@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from detector.errors import DataError
@@ -59,6 +60,68 @@ def read_table(
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
+def sample_table(
+    path: str | os.PathLike[str],
+    *,
+    max_rows: int,
+    seed: int = 0,
+    text_columns: Sequence[str] = (),
+    encoding: str | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """At most ``max_rows`` rows of the table ``read_table`` reads, in file order, and how
+    many rows it has. A table of no more rows is ``read_table``'s frame itself; of more, a
+    uniform sample without replacement (every row equally likely, the same rows for the same
+    ``seed``), read ``max_rows`` rows at a time: the rows left out are never held together,
+    so memory is the sample's and a chunk's, whatever the table's length. ``max_rows`` 0:
+    every row (``read_table``).
+
+    Each row draws a key from ``seed``'s generator, in file order, and the ``max_rows``
+    smallest keys are kept (bottom-k sampling: a reservoir whose rows do not depend on how the
+    file is chunked)."""
+    if max_rows <= 0:
+        frame = read_table(path, text_columns=text_columns, encoding=encoding)
+        return frame, len(frame)
+    generator = np.random.default_rng(seed)
+    held: list[pd.DataFrame] = []  # in file order; every row read while they fit
+    keys = np.empty(0)
+    columns: pd.Index | None = None
+    read = 0
+    for name in expand_inputs([path]):
+        # One chunk for a file of max_rows rows or fewer: read as read_table reads it.
+        for chunk in iter_table(
+            name, text_columns=text_columns, chunk_rows=max_rows, encoding=encoding
+        ):
+            if columns is not None and set(chunk.columns) != set(columns):
+                raise DataError(
+                    f"{name} has columns {list(chunk.columns)}, unlike the first file's "
+                    f"{list(columns)}; give files of the same columns"
+                )
+            chunk = chunk if columns is None else chunk[columns]
+            columns = chunk.columns if columns is None else columns
+            read += len(chunk)
+            held.append(chunk)
+            keys = np.concatenate([keys, generator.random(len(chunk))])
+            if len(keys) > max_rows:
+                kept = np.zeros(len(keys), dtype=bool)
+                kept[np.argpartition(keys, max_rows - 1)[:max_rows]] = True
+                held, keys = [_rows_kept(held, kept)], keys[kept]
+    if not held:  # an empty file is read_table's to name
+        frame = read_table(path, text_columns=text_columns, encoding=encoding)
+        return frame, len(frame)
+    frame = held[0] if len(held) == 1 else pd.concat(held, ignore_index=True)
+    return (frame.reset_index(drop=True) if read > max_rows else frame), read
+
+
+def _rows_kept(frames: list[pd.DataFrame], kept: np.ndarray) -> pd.DataFrame:
+    """The rows of ``frames`` (one after the other) where ``kept`` ``(sum of their lengths,)``
+    is true, in their order, as one frame."""
+    parts, at = [], 0
+    for frame in frames:
+        parts.append(frame.iloc[np.flatnonzero(kept[at : at + len(frame)])])
+        at += len(frame)
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
 def iter_table(
     path: str | os.PathLike[str],
     *,
@@ -98,7 +161,9 @@ def _iter_parquet(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
             )
         # The columns as they are stored, as scoring reads them: pandas' metadata would make a
         # saved index (frame.set_index('host')) the frame's index, and no column to train on.
-        if chunk_rows is None:
+        if chunk_rows is None or handle.metadata.num_rows <= chunk_rows:
+            # One chunk is the whole file, read as a whole: batches stop at row groups, and a
+            # chunked read of a file that fits would not be the frame a whole read gives.
             yield handle.read().to_pandas(ignore_metadata=True)
             return
         for batch in handle.iter_batches(batch_size=chunk_rows):

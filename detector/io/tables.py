@@ -26,6 +26,9 @@ from detector.io.transcode import as_utf8, encoding_fix
 #: Rows per chunk when streaming: big enough to score at full speed, small enough that memory
 #: does not depend on the file's size.
 DEFAULT_CHUNK_ROWS = 65_536
+#: The rows ``anomaly train`` keeps of a table at most (``--max-rows``; ``frames.sample_table``):
+#: a uniform sample of a longer one, whose other rows are read and let go.
+DEFAULT_MAX_ROWS = 1_000_000
 
 
 #: The names a directory's files are picked up by (``expand_inputs``) and told apart by

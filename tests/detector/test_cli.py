@@ -804,7 +804,10 @@ def test_info_shows_the_settings_and_escapes_control_characters(capsys, tmp_path
 
 @pytest.mark.parametrize(
     ("command", "smaller"),
-    [("train", "train on a sample of the rows"), ("score", "lower --chunk-rows")],
+    [
+        ("train", "train on a smaller sample of the rows (--max-rows N"),
+        ("score", "lower --chunk-rows"),
+    ],
 )
 def test_running_out_of_memory_names_the_command_and_what_to_make_smaller(
     capsys, monkeypatch, bundle_dir, tmp_path, command, smaller

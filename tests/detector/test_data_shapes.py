@@ -211,6 +211,7 @@ def test_a_header_too_wide_to_model_is_refused_before_the_rows_are_read(
         raise DataError("the rows were read")
 
     monkeypatch.setattr(detector.io.frames, "read_table", rows_read)
+    monkeypatch.setattr(detector.io.frames, "iter_table", rows_read)  # --max-rows' chunks
     names = [f"c{i}" for i in range(MAX_FEATURES + 2)]
     path = tmp_path / f"wide{suffix}"
     if suffix == ".parquet":

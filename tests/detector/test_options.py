@@ -86,7 +86,7 @@ def test_every_training_flag_is_an_option_and_train_with_no_flags_is_the_default
     others = {"-h", "--help", "--out", "--label-column", "--ignore-column", "--json", "--quiet"}
     others |= {"--anomaly-value", "--normal-value"}  # how --label-column is read
     others |= {"--report", "--report-data", "--report-label-column"}
-    others |= {"--encoding"}  # how the file is read
+    others |= {"--encoding", "--max-rows"}  # how the file is read
     flags = {o.flag for o in training_options() if o.flag is not None}
     assert set(_train_actions()) - others == flags
     args = build_parser().parse_args(["train", "d.csv", "--out", "m"])

@@ -1,0 +1,148 @@
+"""Training on a table longer than ``--max-rows``: a seeded uniform sample, read in chunks, said
+and recorded; a table of no more rows trains as it always did."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import detector.io.frames
+from detector.cli.main import main
+from detector.io.frames import read_table, sample_table
+from tests.conftest import DATA
+from tests.detector.test_cli import TINY_FLAGS, run
+
+FLAGS = [*TINY_FLAGS[TINY_FLAGS.index("--hidden-units") :], "--epochs", "4"]
+
+
+def numbered(rows: int) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame(
+        {"row": np.arange(rows), "x": rng.normal(size=rows), "kind": rng.choice(["a", "b"], rows)}
+    )
+
+
+def test_a_longer_table_gives_a_seeded_uniform_sample_in_file_order(tmp_path) -> None:
+    path = tmp_path / "t.csv"
+    numbered(1000).to_csv(path, index=False)
+    frame, read = sample_table(path, max_rows=300, seed=0)
+    assert read == 1000 and len(frame) == 300
+    rows = frame["row"].to_numpy()
+    assert (np.diff(rows) > 0).all()  # file order, no row twice
+    assert list(frame.index) == list(range(300))
+    # Uniform: not the first 300, and spread over the whole file.
+    assert 0.4 < (rows >= 500).mean() < 0.6 and rows.max() > 900
+    kept = read_table(path).set_index("row").loc[rows]
+    np.testing.assert_array_equal(frame["x"].to_numpy(), kept["x"].to_numpy())
+    assert sample_table(path, max_rows=300, seed=0)[0].equals(frame)
+    assert not np.array_equal(sample_table(path, max_rows=300, seed=1)[0]["row"], rows)
+
+
+def test_the_rows_left_out_are_never_held_together(tmp_path, monkeypatch) -> None:
+    # read_table held a 3,000,000-row CSV whole (4.1 GB at its peak) to train on all of it.
+    path = tmp_path / "t.csv"
+    numbered(1000).to_csv(path, index=False)
+    chunks: list[int] = []
+    real = detector.io.frames.iter_table
+
+    def spy(*args: Any, **kwargs: Any) -> Iterator[pd.DataFrame]:
+        for chunk in real(*args, **kwargs):
+            chunks.append(len(chunk))
+            yield chunk
+
+    def whole(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        raise AssertionError("the whole table was read")
+
+    monkeypatch.setattr(detector.io.frames, "iter_table", spy)
+    monkeypatch.setattr(detector.io.frames, "read_table", whole)
+    frame, read = sample_table(path, max_rows=300, seed=0)
+    assert (len(frame), read) == (300, 1000)
+    assert sum(chunks) == 1000 and max(chunks) <= 300
+
+
+def test_files_of_a_glob_are_sampled_as_one_table(tmp_path) -> None:
+    table = numbered(900)
+    table.iloc[:400].to_csv(tmp_path / "a.csv", index=False)
+    table.iloc[400:, ::-1].to_csv(tmp_path / "b.csv", index=False)  # columns in another order
+    frame, read = sample_table(tmp_path / "*.csv", max_rows=250, seed=3)
+    assert read == 900 and len(frame) == 250 and list(frame.columns) == ["row", "x", "kind"]
+    rows = frame["row"].to_numpy()
+    assert (np.diff(rows) > 0).all() and (rows < 400).any() and (rows >= 400).any()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "csv.gz", "parquet"])
+def test_a_table_of_no_more_rows_is_read_as_it_always_was(tmp_path, suffix) -> None:
+    table = numbered(800)
+    path = tmp_path / f"t.{suffix}"
+    if suffix == "parquet":
+        table.to_parquet(path, index=False, row_group_size=100)  # batches stop at row groups
+    else:
+        table.to_csv(path, index=False)
+    for cap in (800, 1_000_000):
+        frame, read = sample_table(path, max_rows=cap, seed=0)
+        assert read == 800
+        pd.testing.assert_frame_equal(frame, read_table(path))
+
+
+def test_train_says_and_records_how_many_rows_it_read_and_kept(capsys, tmp_path) -> None:
+    data = tmp_path / "t.csv"
+    pd.read_csv(DATA / "train.csv").head(600).to_csv(data, index=False)
+    out = tmp_path / "m"
+    code, said, _ = run(capsys, "train", str(data), "--out", str(out), "--max-rows", "400", *FLAGS)
+    assert code == 0
+    assert "trained vae on 400 rows" in said
+    assert (
+        "read 600 rows and kept a uniform sample of 400 (--max-rows 400; --max-rows 0 trains on "
+        "every row)" in said
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["rows"] == 400 and manifest["training"]["rows_read"] == 600
+    code, said, _ = run(capsys, "info", str(out))
+    assert code == 0 and "trained on 400 rows (a uniform sample of the 600 read)" in said
+
+
+def test_a_table_under_the_cap_trains_the_very_same_bundle(capsys, tmp_path) -> None:
+    data = tmp_path / "t.csv"
+    pd.read_csv(DATA / "train.csv").head(600).to_csv(data, index=False)
+    manifests = []
+    for cap in ("0", "600", "1000000"):
+        out = tmp_path / f"m{cap}"
+        code, said, _ = run(
+            capsys, "train", str(data), "--out", str(out), "--max-rows", cap, *FLAGS
+        )
+        assert code == 0 and "uniform sample" not in said
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["training"].pop("seconds")
+        manifest.pop("created_at", None)
+        manifests.append(manifest)
+    assert manifests[0]["version"] == manifests[1]["version"] == manifests[2]["version"]
+    assert "rows_read" not in manifests[0]["training"]
+    assert manifests[0]["training"] == manifests[1]["training"] == manifests[2]["training"]
+
+
+@pytest.mark.parametrize("value", ["-1", "many"])
+def test_max_rows_must_be_a_count(capsys, tmp_path, value) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(DATA / "train.csv"), "--out", str(tmp_path / "m"), "--max-rows", value])
+    assert exit_.value.code == 2
+    assert "0 to train on every row" in capsys.readouterr().err
+
+
+def test_a_series_file_is_read_whole_whatever_the_cap(capsys, tmp_path) -> None:
+    # Sampling rows would tear each series' windows apart.
+    from tests.conftest import fleet
+
+    data = tmp_path / "fleet.csv"
+    fleet(120).to_csv(data, index=False)
+    out = tmp_path / "m"
+    argv = ["train", str(data), "--out", str(out), "--time-column", "ts", "--series-column"]
+    code, said, _ = run(capsys, *argv, "host", "--max-rows", "100", *FLAGS)
+    assert code == 0 and "uniform sample" not in said
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data_fingerprint"]["rows"] == len(pd.read_csv(data))
+    assert "rows_read" not in manifest["training"]
