@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.errors import ConfigError, DataError, SchemaError
     from detector.io.frames import sample_table
     from detector.io.temporaries import check_not_an_input, check_outside_bundle, check_writable
+    from detector.nn.callbacks import progress_line
     from detector.nn.training import TrainingConfig, train
     from detector.scoring.output_columns import check_names_free
 
@@ -68,6 +70,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_not_an_input(args.report, read, "--report")
     # A series model's windows need each series' every row: its file is read whole.
     max_rows = 0 if args.time_column else args.max_rows
+    progress = _show_training_progress(args)
+    # Reading and encoding 1,000,000 rows took half a minute before the first epoch's line.
+    progress_line(f"reading {args.data}", enabled=progress)
+    reading = time.monotonic()
     frame, rows_read = sample_table(
         args.data,
         max_rows=max_rows,
@@ -76,6 +82,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         encoding=args.encoding,
     )
     sampled = _sample_note(rows_read, len(frame), max_rows)
+    kept = f", kept {len(frame):,}" if sampled else ""
+    progress_line(
+        f"read {rows_read:,} rows{kept} ({time.monotonic() - reading:.0f} s)", enabled=progress
+    )
     dropped = 0
     excluded = [args.label_column] if args.label_column else []
     excluded += args.ignore_column
@@ -125,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     frame = frame.drop(columns=excluded).reset_index(drop=True)
     config = TrainingConfig(
         **{o.name: _flag_value(args, o) for o in training_options() if o.flag is not None},
-        progress=_show_training_progress(args),
+        progress=progress,
     )
     report_passthrough = _check_report_data(args, frame.columns)
     training_log = logging.getLogger("detector.nn.training")

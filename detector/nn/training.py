@@ -35,7 +35,7 @@ from detector.features.schema import (
     numbers_from_decimals,
 )
 from detector.native import global_random_state_kept
-from detector.nn.callbacks import KLWarmup, ProgressBar
+from detector.nn.callbacks import KLWarmup, ProgressBar, progress_line
 from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.nn.models import MODELS
 from detector.nn.options import (
@@ -311,6 +311,13 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
         **({"context_sizes": schema.context_sizes} if schema.context else {}),
     )
     model.build((None, schema.n_features))
+    batches = math.ceil(len(fit_x) / config.batch_size)
+    progress_line(
+        f"fitting the network on {len(fit_x):,} rows of {schema.n_features} features "
+        f"({batches:,} batch{'es' if batches > 1 else ''} of {config.batch_size} rows an epoch, "
+        f"at most {config.epochs} epoch{'s' if config.epochs > 1 else ''})",
+        enabled=config.progress,
+    )
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     stopper = keras.callbacks.EarlyStopping(
         monitor=model.monitor,
@@ -336,6 +343,12 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
     ).history
     check_finite(history, config)
 
+    # Silent, this took a minute at 1,000,000 rows (150,000 validation rows searched).
+    progress_line(
+        f"scoring the {len(val_x):,} validation and {len(cal_x):,} calibration rows for the "
+        "score's scale and the threshold",
+        enabled=config.progress,
+    )
     traced = ScoreGraph(model, n_samples=config.n_samples, seed=config.random_state)
     model.finish_training(traced, val_x)
     # Calibrate with the engine the bundle will score with, so the threshold is exact for it.

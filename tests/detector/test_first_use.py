@@ -398,8 +398,35 @@ def test_training_prints_progress_lines_when_stderr_is_not_a_terminal(capsys, tm
         *(f"{e}/20" for e in range(2, 21, 2)),
     ]
     assert "neg_elbo" in lines[0] and "\r" not in err
+    # Before the first epoch and after the last: a minute each, silent, at 1,000,000 rows.
+    said = [line for line in err.splitlines() if line.startswith("training: ")]
+    assert said[0] == f"training: reading {train}"
+    assert said[1].startswith("training: read 300 rows (")
+    trained = json.loads((tmp_path / "m" / MANIFEST_FILE).read_text())["training"]
+    fit, val, cal = (trained[f"{part}_rows"] for part in ("fit", "validation", "calibration"))
+    assert said[2] == (
+        f"training: fitting the network on {fit} rows of {trained['n_features']} features (1 "
+        "batch of 256 rows an epoch, at most 20 epochs)"
+    )
+    assert said[-1].startswith(f"training: scoring the {val} validation and {cal} calibration")
     code, _, err = run(capsys, "train", train, "--out", tmp_path / "q", *flags, "--quiet")
-    assert code == 0 and "training: epoch" not in err
+    assert code == 0 and "training: " not in err
+
+
+def test_progress_lines_come_at_least_every_minute_off_a_terminal(capsys) -> None:
+    # 300 epochs of a 1,000,000-row table, 20-45 s each: a line every 30 epochs was 10-20
+    # minutes of silence in a CI log.
+    from detector.nn.callbacks import ProgressBar
+
+    now = [0.0]
+    bar = ProgressBar(300, enabled=True, clock=lambda: now[0])
+    for epoch in range(12):
+        now[0] += 25.0
+        bar.on_epoch_end(epoch, {"neg_elbo": 1.0, "val_neg_elbo": 1.0})
+    lines = [line for line in capsys.readouterr().err.splitlines() if "training: epoch" in line]
+    # Epoch 1, then the first epoch to end a minute or more after the last line: 4, 7, 10.
+    assert [line.split()[2] for line in lines] == ["1/300:", "4/300:", "7/300:", "10/300:"]
+    assert lines[1].endswith("(100 s)")
 
 
 @pytest.mark.parametrize(
