@@ -141,8 +141,12 @@ def test_a_series_file_is_read_whole_whatever_the_cap(capsys, tmp_path) -> None:
     fleet(120).to_csv(data, index=False)
     out = tmp_path / "m"
     argv = ["train", str(data), "--out", str(out), "--time-column", "ts", "--series-column"]
-    code, said, _ = run(capsys, *argv, "host", "--max-rows", "100", *FLAGS)
+    flags = [f for f in FLAGS if f != "--quiet"]
+    code, said, err = run(capsys, *argv, "host", "--max-rows", "100", *flags)
     assert code == 0 and "uniform sample" not in said
+    rows = len(pd.read_csv(data))
+    assert f"training: read {rows} rows (" in err
+    assert f"training: placing {rows} rows in their series' windows" in err  # silent a minute
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data_fingerprint"]["rows"] == len(pd.read_csv(data))
     assert "rows_read" not in manifest["training"]
