@@ -25,10 +25,11 @@ from detector.features.encode import check_columns, listed
 from detector.features.records import score_records, score_windowed
 from detector.features.schema import Schema, training_spellings
 from detector.io.json_lines import record_problem
-from detector.scoring.scores import ScoreResult, score_frame
+from detector.scoring.scores import Runner, ScoreResult, here, score_frame
 from detector.series.levels import Level
 from detector.series.stream import ahead_of_clock, parse_time, series_key
 from detector.series.values import ValueCheck
+from detector.series.windows import SeriesRejection, SeriesSpec
 from service.alerts import key_text
 from service.registry import LoadedModel
 from service.series_store import SeriesStore, StoredLevels
@@ -98,40 +99,32 @@ class Records:
         return score_records(bundle, self.rows, passthrough=passthrough)
 
     def score_in_series(
-        self, model: LoadedModel, store: SeriesStore, max_ahead: float | None = None
+        self,
+        model: LoadedModel,
+        store: SeriesStore,
+        max_ahead: float | None = None,
+        runner: Runner = here,
     ) -> ScoreResult:
         """A series model's records, each with the rows its key sent before (in this request
         or an earlier one, to any worker: ``store`` holds them), then stored for the next.
-        A record more than ``max_ahead`` seconds ahead of this server's clock is rejected."""
+        A record more than ``max_ahead`` seconds ahead of this server's clock is rejected.
+        ``runner`` runs what is pure (checking the values, windowing, encoding, the model
+        call); ``store`` is used where this runs."""
         bundle = model.bundle
         assert bundle.series is not None
         rows = self.rows
         if isinstance(rows, pd.DataFrame):
             rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
         spec, check = bundle.series, ValueCheck(bundle.schema)
-        # Rows with values that cannot be scored are rejected before they join their series;
-        # an unreadable time or a missing key is the reason given first, as in a file.
-        ahead = (
-            []
-            if max_ahead is None
-            else ahead_of_clock(spec, rows, now=time.time(), limit=max_ahead)
-        )
-        too_far = {r.row for r in ahead}
-        bad = ahead + [
-            r
-            for r in check.records(rows)
-            if r.row not in too_far
-            and parse_time(rows[r.row].get(spec.time_column)) is not None
-            and series_key(spec, rows[r.row]) is not None
-        ]
+        bad = runner(_unplaceable, spec, check, rows, max_ahead, time.time())
         kept = np.setdiff1d(np.arange(len(rows)), [r.row for r in bad])
         placed = [rows[i] for i in kept] if bad else rows
         known: dict[str, Level] = {}
-        windows = store.window(model.name, spec, check.columns, placed, levels=known)
+        windows = store.window(model.name, spec, check.columns, placed, levels=known, runner=runner)
         if bad:
             windows = windows.at_positions(kept, bad)
         levels = StoredLevels(store, model.name, spec, check.columns, known)
-        return score_windowed(bundle, windows, n_input=len(rows), levels=levels)
+        return score_windowed(bundle, windows, n_input=len(rows), levels=levels, runner=runner)
 
     def values(self, field: str, rows: np.ndarray) -> list[Any]:
         """``field``'s value in each of ``rows`` (positions), ``None`` where a record lacks it."""
@@ -146,6 +139,27 @@ class Records:
         if not fields:
             return [{}] * len(rows)
         return self.rows.loc[rows, list(fields)].astype(str).to_dict("records")  # type: ignore[return-value]
+
+
+def _unplaceable(
+    spec: SeriesSpec,
+    check: ValueCheck,
+    rows: Sequence[Mapping[str, Any]],
+    max_ahead: float | None,
+    now: float,
+) -> list[SeriesRejection]:
+    """The ``rows`` rejected before they join their series: values that cannot be scored, or
+    a time more than ``max_ahead`` seconds after ``now``; an unreadable time or a missing key
+    is the reason given first (``window_records``'), as in a file."""
+    ahead = [] if max_ahead is None else ahead_of_clock(spec, rows, now=now, limit=max_ahead)
+    too_far = {r.row for r in ahead}
+    return ahead + [
+        r
+        for r in check.records(rows)
+        if r.row not in too_far
+        and parse_time(rows[r.row].get(spec.time_column)) is not None
+        and series_key(spec, rows[r.row]) is not None
+    ]
 
 
 def require_token(expected: str | None, *, admin: bool) -> None:
@@ -255,9 +269,13 @@ def score_request(
         if model.bundle.series is None:
             result = off_the_loop(records.score, model.bundle, passthrough)
         else:
-            result = records.score_in_series(
-                model, state.series, state.config.series_max_ahead_seconds
-            )
+            # A request's windows and levels in turn with the worker's other requests for the
+            # model: its model call lets the loop serve them, and a series' next records,
+            # judged before these added their scores to its level, would miss them.
+            with state.series_turn(model.name):
+                result = records.score_in_series(
+                    model, state.series, state.config.series_max_ahead_seconds, off_the_loop
+                )
         echo = [f for f in state.config.passthrough_fields if f in records.columns]
         rows = np.asarray([r.row for r in result.rejections], dtype=np.int64)
         values = {f: records.values(f, rows) for f in echo}

@@ -47,6 +47,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from detector.scoring.scores import Runner, here
 from detector.series.levels import Level, judged
 from detector.series.stream import History, StreamWindows, series_key, window_records
 from detector.series.windows import SeriesSpec
@@ -111,16 +112,20 @@ class SeriesStore:
         value_columns: Sequence[str],
         records: Sequence[Mapping[str, object]],
         levels: dict[str, Level] | None = None,
+        runner: Runner = here,
     ) -> StreamWindows:
         """Window ``records`` of ``model`` with their keys' stored rows, and store the new
         rows, atomically with respect to every other worker. ``levels``, when given, gets the
-        keys' levels as this transaction read them (what ``StoredLevels`` falls back on)."""
+        keys' levels as this transaction read them (what ``StoredLevels`` falls back on).
+        ``runner`` runs the windowing (pure, given the rows read: a server's thread); the file
+        is read and written where this runs, its connection never leaving the thread that
+        holds it."""
         layout = _layout(spec, value_columns)
         keys = sorted({k for r in records if (k := series_key(spec, r)) is not None})
         with self._file.transaction() as db:
             state = self._layout_id(db, model, layout, _layout_with_start(spec, value_columns))
             histories = self._read(db, state, keys, len(value_columns))
-            windows = window_records(spec, value_columns, records, histories)
+            windows = runner(window_records, spec, value_columns, records, histories)
             new = len(windows.histories.keys() - histories.keys())
             evicted = self._write(db, state, windows.histories, new=new)
             if levels is not None:

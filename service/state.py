@@ -54,6 +54,14 @@ class ServiceState:
     body_bytes_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Held by the large request being parsed and scored (``service.turns``).
     large_turn: threading.Lock = field(default_factory=threading.Lock)
+    #: Each series model's requests in this process, one at a time (``series_turn``).
+    series_turns: dict[str, threading.Lock] = field(default_factory=dict)
+
+    def series_turn(self, model: str) -> threading.Lock:
+        """Held by the request of ``model``'s series being windowed, scored and judged against
+        its series' levels: in order, as the rows were stored (greenlets under gevent, where
+        monkey-patching made the lock a greenlet's; threads in a threaded server)."""
+        return self.series_turns.setdefault(model, threading.Lock())
 
     def model(self, name: str) -> LoadedModel:
         try:

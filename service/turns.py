@@ -10,6 +10,15 @@ in a thread of its own (metrics, alerts and series state stay on the loop): the 
 probes and small requests meanwhile. Only the model call: validating the records and building
 the answer there too cost batches of 1,000 records over HTTP a fifth of their throughput
 (three hand-overs a request), the model call alone under a tenth.
+
+A series model's batch held the loop for its whole scoring (10,000 records: 6 s, most of it
+reading times and windowing, which the model call alone left there; 20 such batches held
+``/healthz`` 94 s, and gunicorn killed the worker): its records' checks, their windowing (in
+the state file's transaction, which the loop's greenlet holds, its SQLite connection never
+leaving it), their encoding and the model call each go to the thread, and its levels are judged
+back on the loop. The model's series requests take turns of their own (``ServiceState.
+series_turn``): a series' next records, judged while a batch's model call let the loop serve
+them, missed its scores in their levels.
 """
 
 from __future__ import annotations

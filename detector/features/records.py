@@ -26,10 +26,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from detector.features.encode import Imputation, encode
+from detector.features.encoded import EncodedBatch
 from detector.scoring.scores import (
     Levels,
+    Runner,
     ScoreResult,
     against_levels,
+    here,
     in_input_rows,
     score_batch,
     score_frame,
@@ -61,16 +64,27 @@ def score_records(
 
 
 def score_windowed(
-    bundle: Bundle, windows: StreamWindows, *, n_input: int, levels: Levels
+    bundle: Bundle,
+    windows: StreamWindows,
+    *,
+    n_input: int,
+    levels: Levels,
+    runner: Runner = here,
 ) -> ScoreResult:
     """Score a series model's records windowed by ``detector.series.stream.window_records``
     (the service's path: a few records at a time, each key's last rows kept between requests),
     each against its series' level kept in ``levels``, as a result on the ``n_input`` records
-    they came from."""
-    batch = bundle.record_encoder.encode(windows.records) if windows.records else None
-    if batch is None:
-        frame = pd.DataFrame.from_records(windows.records, columns=bundle.schema.column_order)
-        batch = encode(bundle.schema, frame)
+    they came from. ``runner`` runs the encoding and the model call (pure computations);
+    ``levels`` is read and added to where this runs."""
+    batch = runner(_encoded_windows, bundle, windows.records)
     adjust = against_levels(bundle, windows, levels)
-    result = score_batch(bundle, batch, n_input=len(windows.records), adjust=adjust)
+    result = score_batch(bundle, batch, n_input=len(windows.records), adjust=adjust, runner=runner)
     return in_input_rows(result, windows, n_input=n_input)
+
+
+def _encoded_windows(bundle: Bundle, records: list[dict[str, Any]]) -> EncodedBatch:
+    batch = bundle.record_encoder.encode(records) if records else None
+    if batch is None:
+        frame = pd.DataFrame.from_records(records, columns=bundle.schema.column_order)
+        batch = encode(bundle.schema, frame)
+    return batch

@@ -23,7 +23,7 @@ Scores, each a log-likelihood estimate (higher = more normal) before the sign fl
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from detector.scoring.neighbours import NeighbourBank
     from detector.series.stream import StreamWindows
     from detector.series.windows import SeriesState, Windows
+
+T = TypeVar("T")
 
 SCORE_KINDS = ("recon_prob", "mean_log_lik", "elbo", "iwae")
 #: Rows per graph call: large enough to run at full speed, small enough to bound memory
@@ -213,6 +215,18 @@ class Levels(Protocol):
 Adjustment = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+class Runner(Protocol):
+    """Where a scorer runs its pure computation (the encoding, the model call): ``here``, or a
+    server's thread, while the rest (a series' state, its levels) stays with the caller."""
+
+    def __call__(self, run: Callable[..., T], /, *args: Any) -> T: ...
+
+
+def here(run: Callable[..., T], /, *args: Any) -> T:
+    """``run(*args)``, in the calling thread: a ``Runner`` for callers without a thread."""
+    return run(*args)
+
+
 def against_levels(
     bundle: Bundle, windows: Windows | StreamWindows, levels: Levels
 ) -> Adjustment | None:
@@ -257,10 +271,15 @@ def in_input_rows(
 
 
 def score_batch(
-    bundle: Bundle, batch: EncodedBatch, *, n_input: int, adjust: Adjustment | None = None
+    bundle: Bundle,
+    batch: EncodedBatch,
+    *,
+    n_input: int,
+    adjust: Adjustment | None = None,
+    runner: Runner = here,
 ) -> ScoreResult:
     """``score_frame``'s second half: score the output of ``encode`` for ``n_input`` rows (for
-    a caller that encodes in one thread and scores in another); ``adjust``: see
+    a caller that encodes in one thread and scores in another); ``adjust`` and ``runner``: see
     ``score_encoded``."""
     return score_encoded(
         bundle,
@@ -272,6 +291,7 @@ def score_batch(
         adjust=adjust,
         overflow=batch.overflow,
         respelled=batch.respelled,
+        runner=runner,
     )
 
 
@@ -286,25 +306,17 @@ def score_encoded(
     adjust: Adjustment | None = None,
     overflow: np.ndarray | None = None,
     respelled: tuple[Respelling, ...] = (),
+    runner: Runner = here,
 ) -> ScoreResult:
     """Score already-encoded features ``(n, n_features)`` (the step after ``encode``).
     ``context_unseen`` is ``EncodedBatch.context_unseen``; for a schema with context columns
     and none given, no row is flagged. ``adjust`` (``against_levels``) turns the scores into
     the ones thresholded, given the rows' positions. ``overflow``: ``EncodedBatch.overflow``
     (the distance counts a value clipped in the encoding as far as it was); ``respelled``:
-    ``EncodedBatch.respelled``, kept on the result."""
+    ``EncodedBatch.respelled``, kept on the result. ``runner`` runs the model call
+    (``measure``), a pure computation; ``adjust`` is called where this is."""
     if len(values):
-        if bundle.score_kind == "knn" and bundle.neighbours is not None:
-            # The distance alone: the network's graph would be computed for nothing. The
-            # distance is to blame, not the likelihood: each column's share of it.
-            estimates = bundle.neighbours.scores(values, {}, overflow=overflow)
-            scores = anomaly_scores(estimates, bundle.score_kind)
-            excess = _feature_terms(estimates["knn_terms"], bundle.schema)
-        else:
-            estimates = estimate_all(bundle.graph, bundle.neighbours, values, overflow=overflow)
-            scores = anomaly_scores(estimates, bundle.score_kind)
-            excess = estimates["term_nll"] - bundle.term_baseline
-        contributions = _by_source_column(excess, bundle.schema)
+        scores, contributions = runner(measure, bundle, values, overflow)
         if adjust is not None:
             scores = adjust(scores, np.arange(len(values)) if rows is None else rows)
     else:
@@ -327,6 +339,24 @@ def score_encoded(
         context_unseen=_context_flags(bundle.schema, context_unseen, len(values)),
         respelled=respelled,
     )
+
+
+def measure(
+    bundle: Bundle, values: np.ndarray, overflow: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model call on encoded features ``(n, n_features)``: anomaly scores ``(n,)``
+    (higher = more anomalous) and each source column's contribution ``(n, n_columns)``."""
+    if bundle.score_kind == "knn" and bundle.neighbours is not None:
+        # The distance alone: the network's graph would be computed for nothing. The
+        # distance is to blame, not the likelihood: each column's share of it.
+        estimates = bundle.neighbours.scores(values, {}, overflow=overflow)
+        scores = anomaly_scores(estimates, bundle.score_kind)
+        excess = _feature_terms(estimates["knn_terms"], bundle.schema)
+    else:
+        estimates = estimate_all(bundle.graph, bundle.neighbours, values, overflow=overflow)
+        scores = anomaly_scores(estimates, bundle.score_kind)
+        excess = estimates["term_nll"] - bundle.term_baseline
+    return scores, _by_source_column(excess, bundle.schema)
 
 
 def _context_flags(schema: Schema, flags: np.ndarray | None, n: int) -> np.ndarray | None:

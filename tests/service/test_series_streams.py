@@ -785,3 +785,97 @@ def test_a_model_no_longer_served_leaves_the_state_file_at_the_next_start(tmp_pa
     assert models == {"kept", "shared"}
     assert forget_unserved(str(tmp_path / "none.sqlite"), ["kept"]) == {}  # no file: none made
     assert not (tmp_path / "none.sqlite").exists()
+
+
+class ScoringThread:
+    """A gevent worker's scoring thread (``service.turns``) as a real thread of its own, which
+    records what each request gave it and runs ``before(name)`` there before each."""
+
+    def __init__(self, before: Any = lambda name: None) -> None:
+        self.ran: list[str] = []
+        self.before = before
+
+    def apply(self, caught: Any, args: tuple[Any, Any]) -> Any:
+        import threading
+
+        run, _ = args
+        self.ran.append(run.__name__)
+        out: list[Any] = []
+
+        def work() -> None:
+            self.before(run.__name__)
+            out.append(caught(*args))
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        return out[0]
+
+
+def under_gevent(monkeypatch: pytest.MonkeyPatch, thread: ScoringThread) -> None:
+    from service import turns
+
+    monkeypatch.setattr(turns, "_gevent_patched", lambda: True)
+    monkeypatch.setattr(turns, "_scoring_thread", lambda: thread)
+
+
+def test_a_large_series_batch_is_checked_windowed_and_scored_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch, series_dir: Path, tmp_path: Path
+) -> None:
+    # Under gunicorn's gevent worker a series batch held the worker's loop for its whole
+    # scoring (10,000 records: 6 s, /healthz unanswered); what is pure goes to the scoring
+    # thread, and the state file is read and written in the request's own thread (a SQLite
+    # connection is its thread's), in the same transactions.
+    import threading
+
+    thread = ScoringThread()
+    under_gevent(monkeypatch, thread)
+    used: set[int] = set()
+    connected = series_store.SharedFile._connected
+
+    def recorded(self: Any, deadline: float) -> Any:
+        used.add(threading.get_ident())
+        return connected(self, deadline)
+
+    monkeypatch.setattr(series_store.SharedFile, "_connected", recorded)
+    stream = fleet(400, start="2026-01-04", seed=3)  # 1,200 records: over 64 KiB, a turn
+    (app,) = apps(series_dir, str(tmp_path / "series.sqlite"))
+    body = post(app.test_client(), stream.to_dict("records"))
+    app.extensions["anomaly"].dispatcher.stop()
+    assert {"_unplaceable", "window_records", "_encoded_windows", "measure"} <= set(thread.ran)
+    assert used == {threading.get_ident()}
+    expected = score_frame(load_bundle(series_dir), stream).anomaly_score
+    np.testing.assert_allclose([r["anomaly_score"] for r in body["results"]], expected, rtol=1e-5)
+
+
+def test_a_series_next_records_wait_for_a_large_batch_scored_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch, series_dir: Path, tmp_path: Path
+) -> None:
+    # While a large batch's model call runs in the scoring thread the loop serves the worker's
+    # other requests: the hosts' next records, judged then, would miss the batch's scores in
+    # their levels, and score otherwise than in the whole file.
+    import threading
+
+    stream = fleet(401, start="2026-01-05", seed=4)
+    stream["cpu"] += 8.0  # every host above its training level: its level says so
+    batch, following = stream.iloc[:-3], stream.iloc[-3:]
+    (app,) = apps(series_dir, str(tmp_path / "series.sqlite"))
+    answered: list[dict[str, Any]] = []
+    sent = threading.Thread(
+        target=lambda: answered.append(post(app.test_client(), following.to_dict("records")))
+    )
+
+    def following_meanwhile(name: str) -> None:
+        if name == "measure" and not sent.is_alive() and not answered:
+            sent.start()
+            sent.join(timeout=3)  # waits for its turn (the batch's): not answered yet
+
+    under_gevent(monkeypatch, ScoringThread(following_meanwhile))
+    body = post(app.test_client(), batch.to_dict("records"))
+    if sent.ident is not None:
+        sent.join(timeout=60)
+    app.extensions["anomaly"].dispatcher.stop()
+    assert answered, "the following records were not sent during the batch's model call"
+    scores = [r["anomaly_score"] for r in body["results"] + answered[0]["results"]]
+    expected = score_frame(load_bundle(series_dir), stream).anomaly_score
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
