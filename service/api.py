@@ -26,6 +26,8 @@ from service.bodies import (
     JSON_LINES,
     answer,
     json_lines,
+    json_type,
+    parse_json,
     parse_json_lines,
     read_body,
     read_json,
@@ -44,6 +46,8 @@ from service.scoring import (
     score_request,
 )
 from service.state import ApiError, state
+from service.turns import HEAVY_BODY_BYTES as HEAVY
+from service.turns import off_the_loop
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +160,7 @@ def score(name: str) -> Response:
     records, indices, rejected = _read_records(loaded, app_state)
     scored = score_request(app_state, loaded, records, indices, rejected)
     passthrough = app_state.config.passthrough_fields
-    return answer(_score_response(name, scored, records, passthrough))
+    return answer(off_the_loop(_score_response, name, scored, records, passthrough, at_least=HEAVY))
 
 
 def _score_response(
@@ -189,11 +193,8 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, li
     if mimetype in ("text/csv", "application/csv"):
         return _read_csv(loaded, app_state)
     if mimetype in JSON_LINES:
-        lines = json_lines(read_body(app_state))
-        if not lines:
-            raise ApiError(422, "invalid_input", "the body holds no line; send one record a line")
-        check_batch_size(len(lines), app_state)  # before a line is parsed
-        return read_records(parse_json_lines(lines), loaded, app_state)
+        body = read_body(app_state)
+        return off_the_loop(_json_lines_records, body, loaded, app_state, at_least=HEAVY)
     if mimetype != "application/json":
         raise ApiError(
             415,
@@ -202,15 +203,28 @@ def _read_records(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, li
             "a line) or text/csv",
         )
     shape = 'a JSON object {"records": [{...}, ...]}'
-    # The records as they came (the model describes them, and does not copy them): a record
-    # that is not an object is rejected on its own, and one record stays fast.
-    return _json_records(read_json(app_state, shape), shape, loaded, app_state)
+    body = read_body(app_state)
+    json_type(shape)
+    return off_the_loop(_json_records, body, shape, loaded, app_state, at_least=HEAVY)
 
 
 def _json_records(
-    body: Any, shape: str, loaded: LoadedModel, app_state: Any
+    body: bytes, shape: str, loaded: LoadedModel, app_state: Any
 ) -> tuple[Records, Any, list]:
-    return read_records(validated(schemas.ScoreRequest, body, shape).records, loaded, app_state)
+    # The records as they came (the model describes them, and does not copy them): a record
+    # that is not an object is rejected on its own, and one record stays fast.
+    parsed = validated(schemas.ScoreRequest, parse_json(body, shape), shape)
+    return read_records(parsed.records, loaded, app_state)
+
+
+def _json_lines_records(
+    body: bytes, loaded: LoadedModel, app_state: Any
+) -> tuple[Records, Any, list]:
+    lines = json_lines(body)
+    if not lines:
+        raise ApiError(422, "invalid_input", "the body holds no line; send one record a line")
+    check_batch_size(len(lines), app_state)  # before a line is parsed
+    return read_records(parse_json_lines(lines), loaded, app_state)
 
 
 def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:

@@ -13,7 +13,7 @@ import zlib
 from functools import partial
 from typing import Any, TypeVar
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from gunicorn.http.errors import ParseException
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -88,7 +88,9 @@ def read_body(state: ServiceState) -> bytes:
             f"the request body ended after {body.tell()} of its declared {declared} bytes; "
             "send a Content-Length that matches the body",
         )
-    return _as_utf8(_decoded(body.getvalue(), limit))
+    text = _as_utf8(_decoded(body.getvalue(), limit))
+    g.body_bytes = len(text)  # how much parsing it takes (``service.turns``)
+    return text
 
 
 #: Bytes of request bodies a worker process reads at once, in bodies of ``max_body_bytes``: the
@@ -258,14 +260,26 @@ def _refuse_repeated_keys(value: Any, found: list[RepeatedKeys], shape: str) -> 
 
 def read_json(state: ServiceState, shape: str, *, empty: Any = None) -> Any:
     """The request body parsed as JSON (``empty`` for an empty body, when given); 400 naming
-    ``shape`` (what the route expects) when it is not JSON, not UTF-8 (RFC 8259), not valid
-    JSON, holds a lone surrogate escape, or is nested deeper than the parser's recursion limit
-    (``json`` raises ``RecursionError`` for that, which is not a ``ValueError``)."""
+    ``shape`` (what the route expects) when it is not JSON (``json_type``) or cannot be parsed
+    (``parse_json``)."""
     body = read_body(state)
     if not body and empty is not None:
         return empty
+    json_type(shape)
+    return parse_json(body, shape)
+
+
+def json_type(shape: str) -> None:
+    """400 naming ``shape`` unless the request says its body is JSON."""
     if not request.is_json:
         raise ApiError(400, "bad_request", f"send Content-Type: application/json and {shape}")
+
+
+def parse_json(body: bytes, shape: str) -> Any:
+    """``body`` parsed as JSON; 400 naming ``shape`` when it is not UTF-8 (RFC 8259), not
+    valid JSON, holds a lone surrogate escape, is nested deeper than the parser's recursion
+    limit (``json`` raises ``RecursionError`` for that, which is not a ``ValueError``), or
+    names a key twice. Pure: a large body is parsed in the scoring thread (``service.turns``)."""
     try:
         text = body.decode("utf-8-sig")
         found: list[RepeatedKeys] = []

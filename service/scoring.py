@@ -112,11 +112,8 @@ class Records:
         call); ``store`` is used where this runs."""
         bundle = model.bundle
         assert bundle.series is not None
-        rows = self.rows
-        if isinstance(rows, pd.DataFrame):
-            rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
         spec, check = bundle.series, ValueCheck(bundle.schema)
-        bad = runner(_unplaceable, spec, check, rows, max_ahead, time.time())
+        rows, bad = runner(_unplaceable, spec, check, self.rows, max_ahead, time.time())
         kept = np.setdiff1d(np.arange(len(rows)), [r.row for r in bad])
         placed = [rows[i] for i in kept] if bad else rows
         known: dict[str, Level] = {}
@@ -144,16 +141,20 @@ class Records:
 def _unplaceable(
     spec: SeriesSpec,
     check: ValueCheck,
-    rows: Sequence[Mapping[str, Any]],
+    given: Sequence[Mapping[str, Any]] | pd.DataFrame,
     max_ahead: float | None,
     now: float,
-) -> list[SeriesRejection]:
-    """The ``rows`` rejected before they join their series: values that cannot be scored, or
-    a time more than ``max_ahead`` seconds after ``now``; an unreadable time or a missing key
-    is the reason given first (``window_records``'), as in a file."""
+) -> tuple[Sequence[Mapping[str, Any]], list[SeriesRejection]]:
+    """The records ``given`` as mappings, and those rejected before they join their series:
+    values that cannot be scored, or a time more than ``max_ahead`` seconds after ``now``; an
+    unreadable time or a missing key is the reason given first (``window_records``'), as in a
+    file."""
+    rows = given
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
     ahead = [] if max_ahead is None else ahead_of_clock(spec, rows, now=now, limit=max_ahead)
     too_far = {r.row for r in ahead}
-    return ahead + [
+    return rows, ahead + [
         r
         for r in check.records(rows)
         if r.row not in too_far

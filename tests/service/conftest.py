@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,41 @@ def service(bundle_dir: Path) -> Iterator[tuple[Any, RecordingSink]]:
 @pytest.fixture
 def client(service):  # type: ignore[no-untyped-def]
     return service[0].test_client()
+
+
+class ScoringThread:
+    """A gevent worker's scoring thread (``service.turns``) as a real thread of its own, which
+    records what each request gave it and runs ``before(name)`` there before each."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.before: Callable[[str], None] = lambda name: None
+
+    def apply(self, caught: Callable[..., Any], args: tuple[Any, Any]) -> Any:
+        run, _ = args
+        self.ran.append(run.__name__)
+        out: list[Any] = []
+
+        def work() -> None:
+            self.before(run.__name__)
+            out.append(caught(*args))
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        return out[0]
+
+
+@pytest.fixture
+def scoring_thread(monkeypatch: pytest.MonkeyPatch) -> ScoringThread:
+    """The app's large requests take turns as under gunicorn's gevent worker, in a
+    ``ScoringThread``."""
+    from service import turns
+
+    thread = ScoringThread()
+    monkeypatch.setattr(turns, "_gevent_patched", lambda: True)
+    monkeypatch.setattr(turns, "_scoring_thread", lambda: thread)
+    return thread
 
 
 class Receiver:

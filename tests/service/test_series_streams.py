@@ -27,6 +27,7 @@ from service.config import ServiceConfig
 from service.series_store import STALE_SECONDS, SeriesStore
 from service.server import GunicornServer
 from tests.conftest import TINY, fleet
+from tests.service.conftest import ScoringThread
 
 SCORE = "/v1/models/fleet/score"
 SERIES = {"time_column": "ts", "series_columns": ("host",), "window": 4}
@@ -787,40 +788,11 @@ def test_a_model_no_longer_served_leaves_the_state_file_at_the_next_start(tmp_pa
     assert not (tmp_path / "none.sqlite").exists()
 
 
-class ScoringThread:
-    """A gevent worker's scoring thread (``service.turns``) as a real thread of its own, which
-    records what each request gave it and runs ``before(name)`` there before each."""
-
-    def __init__(self, before: Any = lambda name: None) -> None:
-        self.ran: list[str] = []
-        self.before = before
-
-    def apply(self, caught: Any, args: tuple[Any, Any]) -> Any:
-        import threading
-
-        run, _ = args
-        self.ran.append(run.__name__)
-        out: list[Any] = []
-
-        def work() -> None:
-            self.before(run.__name__)
-            out.append(caught(*args))
-
-        thread = threading.Thread(target=work)
-        thread.start()
-        thread.join()
-        return out[0]
-
-
-def under_gevent(monkeypatch: pytest.MonkeyPatch, thread: ScoringThread) -> None:
-    from service import turns
-
-    monkeypatch.setattr(turns, "_gevent_patched", lambda: True)
-    monkeypatch.setattr(turns, "_scoring_thread", lambda: thread)
-
-
 def test_a_large_series_batch_is_checked_windowed_and_scored_off_the_loop(
-    monkeypatch: pytest.MonkeyPatch, series_dir: Path, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
+    scoring_thread: ScoringThread,
+    series_dir: Path,
+    tmp_path: Path,
 ) -> None:
     # Under gunicorn's gevent worker a series batch held the worker's loop for its whole
     # scoring (10,000 records: 6 s, /healthz unanswered); what is pure goes to the scoring
@@ -828,8 +800,6 @@ def test_a_large_series_batch_is_checked_windowed_and_scored_off_the_loop(
     # connection is its thread's), in the same transactions.
     import threading
 
-    thread = ScoringThread()
-    under_gevent(monkeypatch, thread)
     used: set[int] = set()
     connected = series_store.SharedFile._connected
 
@@ -842,14 +812,15 @@ def test_a_large_series_batch_is_checked_windowed_and_scored_off_the_loop(
     (app,) = apps(series_dir, str(tmp_path / "series.sqlite"))
     body = post(app.test_client(), stream.to_dict("records"))
     app.extensions["anomaly"].dispatcher.stop()
-    assert {"_unplaceable", "window_records", "_encoded_windows", "measure"} <= set(thread.ran)
+    pure = {"_unplaceable", "window_records", "_encoded_windows", "measure"}
+    assert pure <= set(scoring_thread.ran)
     assert used == {threading.get_ident()}
     expected = score_frame(load_bundle(series_dir), stream).anomaly_score
     np.testing.assert_allclose([r["anomaly_score"] for r in body["results"]], expected, rtol=1e-5)
 
 
 def test_a_series_next_records_wait_for_a_large_batch_scored_off_the_loop(
-    monkeypatch: pytest.MonkeyPatch, series_dir: Path, tmp_path: Path
+    scoring_thread: ScoringThread, series_dir: Path, tmp_path: Path
 ) -> None:
     # While a large batch's model call runs in the scoring thread the loop serves the worker's
     # other requests: the hosts' next records, judged then, would miss the batch's scores in
@@ -870,7 +841,7 @@ def test_a_series_next_records_wait_for_a_large_batch_scored_off_the_loop(
             sent.start()
             sent.join(timeout=3)  # waits for its turn (the batch's): not answered yet
 
-    under_gevent(monkeypatch, ScoringThread(following_meanwhile))
+    scoring_thread.before = following_meanwhile
     body = post(app.test_client(), batch.to_dict("records"))
     if sent.ident is not None:
         sent.join(timeout=60)
