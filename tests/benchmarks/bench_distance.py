@@ -528,7 +528,7 @@ def _joined_report(
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_dir_argument(parser)
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
@@ -555,6 +555,14 @@ def main(argv: list[str] | None = None) -> int:
         "--merge", nargs="+", help="join these runs' .json (halves run side by side) into one"
     )
     args = parser.parse_args(argv)
+    args.families = parse_list(args.families)
+    if not args.families or set(args.families) - set(FAMILIES):
+        parser.error(f"choose families from {','.join(FAMILIES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.merge:
         halves = [json.loads(Path(p).read_text()) for p in args.merge]
         payload = {
@@ -574,14 +582,11 @@ def main(argv: list[str] | None = None) -> int:
         with_suffix(Path(args.out), ".md").write_text(report)
         print(report)
         return 0
-    families = parse_list(args.families)
-    if not families or set(families) - set(FAMILIES):
-        parser.error(f"choose families from {','.join(FAMILIES)}")
     import_repo()
     data_dir = resolve_data_dir(args.data_dir)
     started = time.perf_counter()
     runs = []
-    for family in families:
+    for family in args.families:
         for task in LOADERS[family](data_dir, list(FAMILY_SEEDS[family]), False):
             progress(f"{family} {task.name} seed {task.seed}")
             runs.append(run_task(task, args.study))

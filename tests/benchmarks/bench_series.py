@@ -1499,7 +1499,7 @@ def format_models(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir")
     parser.add_argument("--families", default="smd,asd,donut")
@@ -1535,6 +1535,14 @@ def main(argv: list[str] | None = None) -> int:
     labels = [v[0] for v in VARIANTS] + [v[0] for v in PRODUCT_VARIANTS]
     if args.only is not None and not any(args.only in label for label in labels):
         parser.error(f"--only {args.only!r} is in no variant's label: {', '.join(labels)}")
+    unknown = sorted(set(args.families.split(",")) - {"smd", "asd", "donut"})
+    if unknown:
+        parser.error(f"unknown --families {unknown}; choose from smd, asd, donut")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.study == "banks":
         text = f"# Bank size on SMD's windows\n\nReproduce: `{command_line()}`\n\n"
         text += bank_study(resolve_data_dir(args.data_dir))
@@ -1560,9 +1568,6 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     epochs = 5 if args.quick else args.epochs
     families = args.families.split(",")
-    unknown = sorted(set(families) - {"smd", "asd", "donut"})
-    if unknown:
-        raise SystemExit(f"error: unknown --families {unknown}; choose from smd, asd, donut")
     started = time.perf_counter()
     runs = []
     for family in families:
