@@ -62,8 +62,10 @@ Usage::
 
     python tests/benchmarks/bench_series.py [--families smd,asd,donut] [--epochs 20] [--quick]
         [--out tests/benchmarks/results/series] [--only LABEL-TEXT]
-    python tests/benchmarks/bench_series.py --study scaling --out results/series_scaling
-    python tests/benchmarks/bench_series.py --study models --out results/series_models
+    python tests/benchmarks/bench_series.py --study scaling
+        --out tests/benchmarks/results/series_scaling
+    python tests/benchmarks/bench_series.py --study models
+        --out tests/benchmarks/results/series_models
 """
 
 from __future__ import annotations
