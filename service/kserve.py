@@ -187,8 +187,8 @@ def infer(name: str, version: str | None) -> Response:
     spelled = [""] * n
     if "training_spelling" in wanted:
         found = spelled_in_training(bundle.schema, records, result.rows)
-        for i, by_column in zip(scored.indices.tolist(), found, strict=True):
-            spelled[i] = json.dumps(by_column) if by_column else ""
+        for j, i in enumerate(scored.indices.tolist()):
+            spelled[i] = json.dumps(found[j]) if j in found else ""
     warning = result.category_spelling
     outputs: list[tuple[str, str, list[Any]]] = [
         ("anomaly_score", "FP64", score),

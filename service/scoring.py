@@ -23,7 +23,7 @@ from detector.bundles.bundle import Bundle
 from detector.errors import SchemaError
 from detector.features.encode import check_columns, listed
 from detector.features.records import score_records, score_windowed
-from detector.features.schema import Schema, training_spellings
+from detector.features.schema import Schema, respelled_values
 from detector.io.json_lines import record_problem
 from detector.scoring.scores import Runner, ScoreResult, here, score_frame
 from detector.series.levels import Level
@@ -75,6 +75,9 @@ class ScoredRequest:
     severity: list[str]
     rejected: list[Rejected]
     received: int
+    #: ``(n_scored, TOP_FEATURES)``: the columns most to blame for each scored record, as
+    #: positions in ``result.columns``; found once, for the alerts and the answer alike.
+    top: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,6 +301,7 @@ def score_request(
         severity=severity,
         rejected=sorted(all_rejected, key=lambda r: r.index),
         received=len(records) + len(rejected),
+        top=result.top_indices(TOP_FEATURES),
     )
     _count(state, scored)
     _count_keys(state, scored, records)
@@ -364,7 +368,8 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
             count=result.n_scored,
         )
     keys = records.keyed(fields, result.rows) if fields else None
-    top = result.top_features(TOP_FEATURES)
+    names = np.asarray(result.columns, dtype=object)
+    top = names[scored.top].tolist()
     alerts: list = []
     try:
         _observe(tracker, alerts, scored, keys, top, shown)
@@ -411,10 +416,9 @@ def _observe(
 def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[str]) -> list:
     """The JSON results list: one object per scored record, in request order."""
     result = scored.result
-    order = result.top_indices(TOP_FEATURES)
     columns = np.asarray(result.columns, dtype=object)
-    top_names = columns[order].tolist()
-    top_values = np.take_along_axis(result.contributions, order, axis=1).tolist()
+    top_names = columns[scored.top].tolist()
+    top_values = np.take_along_axis(result.contributions, scored.top, axis=1).tolist()
     echo = {f: records.values(f, result.rows) for f in passthrough if f in records.columns}
     unseen = None if result.context_unseen is None else result.context_unseen.tolist()
     warming = None if result.warming_up is None else result.warming_up.tolist()
@@ -440,7 +444,7 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
             # Series models only: judged with fewer of its series' rows than the window holds.
             **({} if warming is None else {"warming_up": warming[i]}),
             # Scored as a label never seen, where the client likely meant training's.
-            **({"training_spelling": spelled[i]} if spelled[i] else {}),
+            **({"training_spelling": spelled[i]} if i in spelled else {}),
             "top_features": [
                 {"column": c, "contribution": v}
                 for c, v in zip(top_names[i], top_values[i], strict=True)
@@ -452,18 +456,25 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
     return out
 
 
-def spelled_in_training(schema: Schema, records: Records, rows: np.ndarray) -> list[dict[str, str]]:
-    """For each scored record (``rows``), its text values that differ from a training label
-    only in case, by column, with that label: scored as labels never seen, which a file's
-    summary warns of, and the client is told in its answer (V1 and V2), with no log line per
-    request."""
-    found: list[dict[str, str]] = [{} for _ in range(len(rows))]
+def spelled_in_training(
+    schema: Schema, records: Records, rows: np.ndarray
+) -> dict[int, dict[str, str]]:
+    """For the scored records (``rows``) with text values that differ from a training label only
+    in case, by position among them: those values by column, with that label. Scored as labels
+    never seen, which a file's summary warns of, and the client is told in its answer (V1 and
+    V2), with no log line per request. Most requests have none, found from each column's
+    distinct values."""
+    found: dict[int, dict[str, str]] = {}
     labelled = [(c.name, c.categories) for c in schema.categorical]
     labelled += [(c.name, c.categories) for c in schema.context]
     for name, categories in labelled:
-        if name in records.columns:  # a series model's 'proto[-1]' is no field
-            given = records.values(name, rows)
-            for i, trained in enumerate(training_spellings(categories, given)):
-                if trained is not None:
-                    found[i][name] = trained
+        if name not in records.columns:  # a series model's 'proto[-1]' is no field
+            continue
+        given = records.values(name, rows)
+        respelled = respelled_values(categories, given)
+        if not respelled:
+            continue
+        for i, value in enumerate(given):
+            if isinstance(value, str) and value in respelled:
+                found.setdefault(i, {})[name] = respelled[value]
     return found

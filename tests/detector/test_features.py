@@ -271,6 +271,21 @@ def test_unseen_category_takes_the_unseen_slot() -> None:
     assert batch.values[0, -1] == 1.0  # the last slot of the host group
 
 
+def test_respelled_values_are_those_training_spellings_names_once_each() -> None:
+    # The service's per-record check, decided on a column's distinct values: the same labels
+    # as asking of each value, none for labels as trained, numbers, lists or None.
+    from detector.features.schema import respelled_values, training_spellings
+
+    labels = ("a", "b", "Straße")
+    given = ["A", "a", " B ", "A", "zzz", 3, None, ["a"], "STRASSE", "b"]
+    asked = dict(zip(given[:5], training_spellings(labels, given[:5]), strict=True))
+    expected = {value: trained for value, trained in asked.items() if trained}
+    assert expected == {"A": "a", " B ": "b"}
+    assert respelled_values(labels, given) == {**expected, "STRASSE": "Straße"}
+    assert respelled_values(labels, ["a", "b", "a"]) == {}
+    assert respelled_values(labels, []) == {}
+
+
 def test_a_label_in_another_case_stays_unseen_and_is_counted_alike_by_both_encoders() -> None:
     # 'A' where training saw 'a' scored as a host never seen, silently. It stays unseen (a
     # changed label may be the anomaly), and the batch says so, from a table or records.

@@ -282,6 +282,23 @@ def test_kserve_names_a_label_in_another_case_as_the_json_answer_does(client) ->
     assert {o["name"]: o["data"] for o in plain["outputs"]}["training_spelling"] == ["", ""]
 
 
+def test_each_record_of_a_batch_names_its_own_respelled_labels(client) -> None:
+    # Decided once per column from its distinct values: a value respelled in several records
+    # is named in each, in both columns, past a record rejected before scoring.
+    upper = {**NORMAL[0], "region": NORMAL[0]["region"].upper()}
+    both = {**NORMAL[3], "host": NORMAL[3]["host"].upper(), "region": NORMAL[3]["region"].title()}
+    records = [upper, NORMAL[1], {**NORMAL[2], "host": ["not", "text"]}, both, upper, NORMAL[4]]
+    answer = post(client, {"records": records}).json
+    assert [r["index"] for r in answer["rejected"]] == [2]
+    assert [(r["index"], r.get("training_spelling")) for r in answer["results"]] == [
+        (0, {"region": NORMAL[0]["region"]}),
+        (1, None),
+        (3, {"host": NORMAL[3]["host"], "region": NORMAL[3]["region"]}),
+        (4, {"region": NORMAL[0]["region"]}),
+        (5, None),
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
