@@ -319,7 +319,8 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
         # Slow or stalled clients wait in greenlets instead of holding a worker each; a
         # request's headers must arrive within `keepalive` seconds (gevent workers time the
         # header read with it) and each read of its body within request_read_timeout.
-        "worker_class": "gevent",
+        # gunicorn's gevent worker, with a lingering close (service.server).
+        "worker_class": "service.server.LingeringGeventWorker",
         "worker_connections": args.connections,
         "timeout": args.timeout,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,

@@ -8,7 +8,9 @@ workers assume a buffering proxy in front, which a user of ``anomaly serve`` may
 The master deletes the metric files an earlier run left in the metrics directory (they would
 add up) and marks each exited worker dead so its live gauges drop out. Requests gunicorn
 refuses before the app sees them (a URL or headers over its limits, a malformed request line)
-are answered in the app's JSON error shape, not gunicorn's HTML page.
+are answered in the app's JSON error shape, not gunicorn's HTML page. A connection closed
+before its request body was read lingers (``LingeringGeventWorker``), so that its answer
+reaches a client still sending.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import sys
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import HaltServer
+from gunicorn.workers.ggevent import GeventWorker
 
 from detector.features.encode import shortened
 from service.config import ServiceConfig
@@ -77,6 +82,61 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         # series requests answering 503 until the file is back: had it refused to boot,
         # gunicorn would have stopped the whole server.
         return create_app(self.service_config, check_state=False)
+
+
+#: How long a connection closed with its request body unread goes on reading (and dropping)
+#: what its client still sends, in all and between two reads, and how many bytes at most:
+#: enough for the rest of a body of the default ``max_body_bytes`` (16 MiB) on a slow link.
+LINGER_S = 10.0
+LINGER_IDLE_S = 2.0
+LINGER_MAX_BYTES = 64 * 1024 * 1024
+
+
+class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker, with nginx's "lingering close". An answer given before its
+    request body was read (413 from the Content-Length, 503 when the worker holds too many
+    bodies, 408) closes the connection, and gunicorn's gevent worker closed it at once: the
+    kernel answers the unread bytes, and any the client still sends, with a reset, and the
+    client's kernel drops the answer it has not read yet. The client (curl, requests) saw
+    "connection reset by peer" and not the status nor its Retry-After. Here the server stops
+    writing (the client reads the answer, then end of stream) and reads and drops what the
+    client sends, within the bounds above, before it closes. gunicorn's sync and gthread
+    workers do the same (``util.close_graceful``), but drain at most 64 KiB, which a 16 MiB
+    body outruns. A greenlet lingers: other connections are not delayed."""
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
+        try:
+            super().handle_request(listener_name, req, sock, addr)
+        except StopIteration:  # answered, and the connection is to close
+            if _body_unread(req):
+                _linger(sock)
+            raise
+
+
+def _body_unread(req: Any) -> bool:
+    """Whether gunicorn has not read all of the request's body (sized or chunked)."""
+    reader = getattr(getattr(req, "body", None), "reader", None)
+    return bool(getattr(reader, "length", 0)) or getattr(reader, "parser", None) is not None
+
+
+def _linger(sock: socket.socket) -> None:
+    """Half-close ``sock`` and read what its peer sends, into one small buffer, until it
+    closes, stops sending for ``LINGER_IDLE_S`` or the bounds are reached; the caller
+    closes it."""
+    deadline = time.monotonic() + LINGER_S
+    buffer = bytearray(65536)
+    dropped = 0
+    with contextlib.suppress(OSError):  # a reset, a timeout: the connection is done
+        sock.shutdown(socket.SHUT_WR)
+        while dropped < LINGER_MAX_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(min(left, LINGER_IDLE_S))
+            received = sock.recv_into(buffer)
+            if not received:
+                break
+            dropped += received
 
 
 def _on_starting(server: Any) -> None:

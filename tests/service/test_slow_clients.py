@@ -259,6 +259,30 @@ def test_many_large_bodies_at_once_are_refused_past_the_worker_budget(
     assert "4 x max_body_bytes" in one_worker.log_text()
 
 
+def test_an_answer_given_before_the_body_is_read_reaches_a_client_still_sending_it(
+    server: Server,
+) -> None:
+    # Refused from its Content-Length (413) while its body was still on the way, a client that
+    # asked for "Connection: close" and went on sending got "connection reset by peer" instead
+    # of the answer: the server closed with the body unread, its kernel reset the connection,
+    # and the client's kernel dropped the answer before the client read it (the 503 of a body
+    # refused mid-way was lost so under load). The server lingers: it stops writing, and reads
+    # and drops what the client still sends before it closes.
+    head = (
+        "POST /v1/models/tiny/score HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {64 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    with _connect(server.port, head + b" " * (256 * 1024)) as sock:
+        answered, _, _ = select.select([sock], [], [], 10)  # the answer is here, unread
+        assert answered, "no answer to a body over max_body_bytes"
+        with contextlib.suppress(OSError):  # reset where the server did not linger
+            sock.sendall(b" " * (1024 * 1024))
+        status, headers, payload = _answer(sock)
+    assert status == 413
+    assert headers["connection"] == "close"
+    assert json.loads(payload)["error"] == "request_entity_too_large"
+
+
 def test_a_probe_on_a_new_connection_is_answered_while_large_batches_wait(
     one_worker: Server,
 ) -> None:
