@@ -28,7 +28,7 @@ from service.alerts import AlertTracker
 from service.config import ServiceConfig, check_bundle_alert_keys, load_config
 from service.delivery import AlertDispatcher
 from service.metrics import ServiceMetrics
-from service.open_files import out_of_files, say_out_of_files
+from service.open_files import opening_out_of_files, out_of_files, say_out_of_files
 from service.registry import LoadedModel, ModelRegistry
 from service.series_store import SeriesStore
 from service.sinks import AlertmanagerSink, LogSink, Sink, WebhookSink
@@ -441,6 +441,10 @@ def _install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(sqlite3.Error)
     def _series_state_error(exc: sqlite3.Error) -> Any:
+        if (cause := opening_out_of_files(exc)) is not None:
+            # SQLite's 'unable to open database file', at the open files limit: said as any
+            # other request out of open files is, with the limit and the fix.
+            return _os_error(cause)
         # Checked at start, the state file can still fail later: a full disk, a file
         # replaced or corrupted under the server, a lock held past its timeout.
         _state_failing.error(

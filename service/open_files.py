@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
 
 from service.throttled_log import ThrottledLog
@@ -21,6 +22,24 @@ _said = ThrottledLog(logging.getLogger("service.server"), "accepts or requests f
 def out_of_files(exc: BaseException) -> bool:
     """Whether ``exc`` is a process (or the system) out of file descriptors."""
     return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def opening_out_of_files(exc: BaseException) -> OSError | None:
+    """The ``OSError`` behind a SQLite file that failed to open (the series' state) where this
+    process is out of file descriptors, else ``None``. SQLite names no cause, only 'unable to
+    open database file' (``SQLITE_CANTOPEN``): the cause is told by opening a file now."""
+    if getattr(exc, "sqlite_errorname", None) != "SQLITE_CANTOPEN":
+        return None
+    try:
+        _spare_descriptor()
+    except OSError as probe:
+        return probe if out_of_files(probe) else None
+    return None
+
+
+def _spare_descriptor() -> None:
+    """Open and close a file: ``EMFILE``/``ENFILE`` where no descriptor is free."""
+    os.close(os.open(os.devnull, os.O_RDONLY))
 
 
 def say_out_of_files(exc: OSError, connections: int | None = None) -> None:

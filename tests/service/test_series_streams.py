@@ -500,6 +500,54 @@ def test_a_state_file_locked_past_the_timeout_answers_503_with_the_reason(
     assert body["error"] == "series_state_unavailable" and "locked" in body["detail"]
 
 
+@pytest.mark.parametrize("out_of_files", [True, False])
+def test_a_state_file_failing_to_open_at_the_open_files_limit_says_so(
+    series_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    out_of_files: bool,
+) -> None:
+    # Under ulimit -n 64 and a flood, SQLite's 'unable to open database file' was answered 503
+    # series_state_unavailable, not naming the open files limit the other requests name.
+    import errno
+    import math
+
+    from service import open_files
+
+    (app,) = apps(series_dir, str(tmp_path / "series.sqlite"))
+    try:  # SQLite's own error for a file it cannot open (SQLITE_CANTOPEN)
+        sqlite3.connect(tmp_path / "absent" / "series.sqlite")
+    except sqlite3.OperationalError as exc:
+        cannot_open = exc
+
+    def fails(*args: Any) -> None:
+        raise cannot_open
+
+    def no_descriptor() -> None:
+        if out_of_files:
+            raise OSError(errno.EMFILE, "Too many open files", "/dev/null")
+
+    monkeypatch.setattr(series_store.SharedFile, "_connected", fails)
+    monkeypatch.setattr(open_files, "_spare_descriptor", no_descriptor)
+    monkeypatch.setattr(open_files._said, "logged_at", -math.inf)  # said by an earlier test
+    try:
+        response = app.test_client().post(
+            "/v1/models/fleet/score", json={"records": fleet(1).to_dict("records")}
+        )
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+    assert response.status_code == 503
+    said = [r.getMessage() for r in caplog.records if "out of open files" in r.getMessage()]
+    if out_of_files:
+        assert response.get_json()["error"] == "out_of_open_files"
+        assert response.headers["Retry-After"] == "1"
+        assert len(said) == 1 and "open files limit" in said[0] and "LimitNOFILE=" in said[0]
+    else:  # another cause (a directory removed): the state file is named, as before
+        assert response.get_json()["error"] == "series_state_unavailable" and not said
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 def test_csv_keys_that_read_as_numbers_stay_the_series_they_name(
     two_workers: list[Any],
 ) -> None:
