@@ -184,6 +184,8 @@ def _score_response(
                 {**r.fields, "index": r.index, "code": r.code, "reasons": list(r.reasons)}
                 for r in scored.rejected
             ],
+            # The sentence anomaly score warns with, as the V2 answer's parameters hold it.
+            "category_spelling": scored.result.category_spelling,
         }
     )
 

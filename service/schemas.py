@@ -214,6 +214,14 @@ class ScoreResponse(ResponseBody):
     counts: Counts
     results: list[RecordResult]
     rejected: list[RejectedRecord]
+    category_spelling: str | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=lambda said: said is None,
+        description="only where text values differ from a training value only in case: what "
+        "anomaly score warns of them (the columns, how many values, a few with training's "
+        "spelling), as the KServe V2 answer's parameters.category_spelling; each record's is "
+        "its training_spelling",
+    )
 
 
 #: Longest reload path accepted (Linux PATH_MAX, NAME_MAX); longer ones cannot name a bundle.

@@ -249,7 +249,8 @@ def test_a_label_in_another_case_is_named_in_the_answer_with_trainings_spelling(
     # JSON and CSV bodies alike, and a record spelled as in training says nothing.
     upper = {**NORMAL[0], "region": NORMAL[0]["region"].upper(), "host": " " + NORMAL[0]["host"]}
     records = [NORMAL[0], upper, {**NORMAL[0], "region": "mars"}]
-    as_json = post(client, {"records": records}).json["results"]
+    answered = post(client, {"records": records}).json
+    as_json = answered["results"]
     assert [r.get("training_spelling") for r in as_json] == [
         None, {"region": NORMAL[0]["region"]}, None
     ]  # fmt: skip
@@ -257,6 +258,15 @@ def test_a_label_in_another_case_is_named_in_the_answer_with_trainings_spelling(
     csv = pd.DataFrame(records).to_csv(index=False)
     as_csv = client.post("/v1/models/tiny/score", data=csv, content_type="text/csv").json
     assert as_json == as_csv["results"]
+    # The answer says it in a sentence too, as the V2 answer's parameters do; none where
+    # nothing differs only in case.
+    trained = NORMAL[0]["region"]
+    said = answered["category_spelling"]
+    assert f"column 'region': 1 value ({trained.upper()!r} for {trained!r})" in said
+    assert as_csv["category_spelling"] == said
+    v2 = client.post("/v2/models/tiny/infer", json={"inputs": _tensors(records)}).json
+    assert v2["parameters"]["category_spelling"] == said
+    assert "category_spelling" not in post(client, {"records": NORMAL[:2]}).json
 
 
 def test_kserve_names_a_label_in_another_case_as_the_json_answer_does(client) -> None:
