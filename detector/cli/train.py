@@ -142,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     said_below = _SaidInTheSummary()
     training_log.addFilter(said_below)
     try:
-        bundle, summary = train(frame, config)
+        bundle, summary = train(frame, config, sampled_from=rows_read if sampled else None)
     finally:
         training_log.removeFilter(said_below)
     # Recorded so that scoring a file that still holds them needs no --keep-column.

@@ -221,17 +221,23 @@ def default_architecture(n_features: int) -> tuple[tuple[int, ...], int]:
 _TRAINING = threading.RLock()
 
 
-def train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, TrainingSummary]:
+def train(
+    frame: pd.DataFrame, config: TrainingConfig, *, sampled_from: int | None = None
+) -> tuple[Bundle, TrainingSummary]:
     """Fit the VAE, its calibration and checks on normal records ``(n_rows, n_columns)``.
+    ``sampled_from``: the rows of the table ``frame`` is a uniform sample of, in file order
+    (``frames.sample_table``), where it is one.
 
     Fits in one process run one at a time (``_TRAINING``), and leave the caller's global
     random state (numpy's, Python's) as it was: seeding the fit is no business of the
     caller's other draws."""
     with _TRAINING, global_random_state_kept():
-        return _train(frame, config)
+        return _train(frame, config, sampled_from)
 
 
-def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, TrainingSummary]:
+def _train(
+    frame: pd.DataFrame, config: TrainingConfig, sampled_from: int | None = None
+) -> tuple[Bundle, TrainingSummary]:
     config.check()
     started = time.perf_counter()
     check_unique_names(frame.columns)  # before any column is read by its name
@@ -245,7 +251,9 @@ def _train(frame: pd.DataFrame, config: TrainingConfig) -> tuple[Bundle, Trainin
     placing = () if series is None else (series.time_column, *series.key_columns)
     if long := long_format_problem(frame, placing, config.categorical):
         raise SchemaError(long)
-    lookalikes = _lookalike_warnings(frame[[c for c in frame.columns if c not in placing]])
+    lookalikes = _lookalike_warnings(
+        frame[[c for c in frame.columns if c not in placing]], sampled_from=sampled_from
+    )
     if series is not None:
         named = [(option("time_column"), series.time_column)]
         named += [(option("series_columns"), c) for c in series.key_columns]
@@ -644,14 +652,18 @@ def _normal_of_kinds(values: pd.Series) -> tuple[str, int] | None:
 
 
 def _lookalike_warnings(
-    frame: pd.DataFrame, series_order: tuple[np.ndarray, np.ndarray] | None = None
+    frame: pd.DataFrame,
+    series_order: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    sampled_from: int | None = None,
 ) -> list[str]:
     """Columns trained on as measurements that look like something else: labels (two values,
     a label's name), whose anomalous rows then stay in training; or row numbers (whole numbers
     counting up by one), which make every later row look new (95% of the next 300 normal rows
     of a table were flagged); or counters, rising row after row (in file order, or with
     ``series_order``, the rows in each series' time order and where the next row is of the
-    same series)."""
+    same series). ``sampled_from``: the rows of the table ``frame`` is a sample of, whose
+    row numbers then lie apart (``_row_numbers``)."""
     found = []
     # The command line has flags for both; in Python the caller drops the column.
     cli = offered("ignore_column")
@@ -677,11 +689,7 @@ def _lookalike_warnings(
                 "on as data: "
                 f"{labelled if cli else ''}{leave_out}"
             )
-        elif (
-            pd.api.types.is_integer_dtype(values)
-            and len(values) > 2
-            and bool((np.diff(np.sort(values.to_numpy())) == 1).all())
-        ):
+        elif _row_numbers(values, sampled_from):
             found.append(
                 f"column '{column}' counts up by one from row to row, like a row number or id: "
                 f"later rows hold numbers training never saw; {leave_out}"
@@ -696,6 +704,20 @@ def _lookalike_warnings(
                 f"row's increase over the row before), or {leave_out}"
             )
     return found
+
+
+def _row_numbers(values: pd.Series, sampled_from: int | None = None) -> bool:
+    """Whether a column holds whole numbers counting up by one (in any order), or, in a sample
+    of a table of ``sampled_from`` rows, whole numbers no two alike within a range of that
+    many: a row number or id column of the table, of which the sample kept some."""
+    if not pd.api.types.is_integer_dtype(values) or len(values) <= 2:
+        return False
+    steps = np.diff(np.sort(values.to_numpy()))
+    if sampled_from is None or sampled_from <= len(values):
+        return bool((steps == 1).all())
+    numbers = values.to_numpy()
+    span = int(numbers.max()) - int(numbers.min())
+    return bool((steps >= 1).all()) and span < sampled_from
 
 
 def _only_rises(

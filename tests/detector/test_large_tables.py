@@ -150,3 +150,28 @@ def test_a_series_file_is_read_whole_whatever_the_cap(capsys, tmp_path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data_fingerprint"]["rows"] == len(pd.read_csv(data))
     assert "rows_read" not in manifest["training"]
+
+
+def test_a_sampled_tables_row_numbers_are_still_told_as_row_numbers(capsys, tmp_path) -> None:
+    # Sampled, an id column no longer counts up by one, and training warned of it as of a
+    # counter ("only rises ... like a counter (bytes_total)"), not as the row number it is.
+    data = tmp_path / "t.csv"
+    table = pd.read_csv(DATA / "train.csv").head(600)
+    table.insert(0, "id", np.arange(1, 601))
+    table.to_csv(data, index=False)
+    for cap in ("400", "0"):
+        out = tmp_path / f"m{cap}"
+        code, said, err = run(
+            capsys, "train", str(data), "--out", str(out), "--max-rows", cap, *FLAGS
+        )
+        assert code == 0
+        told = said + err
+        assert "column 'id' counts up by one from row to row, like a row number or id" in told
+        assert "column 'id' only rises" not in told
+    # A counter of the same table, sampled, is still told as a counter.
+    table["id"] = np.arange(600) * 1000
+    table.to_csv(data, index=False)
+    code, said, err = run(
+        capsys, "train", str(data), "--out", str(tmp_path / "c"), "--max-rows", "400", *FLAGS
+    )
+    assert code == 0 and "column 'id' only rises" in said + err
