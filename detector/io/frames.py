@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from detector.errors import DataError
-from detector.io.json_lines import json_lines_table
+from detector.io.json_lines import json_lines_tables
 from detector.io.tables import (
     DEFAULT_CHUNK_ROWS,
     PARQUET_MAGIC,
@@ -241,17 +241,13 @@ def _iter_json_lines(
 ) -> Iterator[pd.DataFrame]:
     """A JSON Lines file read as the CSV of the same values would be (its records' text,
     ``json_lines.as_text``, through pandas' CSV reader): a model trained on either is the same
-    model, and scores its JSON Lines as its CSV."""
-    table = json_lines_table(path, encoding=encoding)
-    header = ",".join(_csv_name(n) for n in table.column_names) + "\n"
-    text = io.BytesIO(header.encode() + csv_bytes(table))
-    frame = pd.read_csv(text, skipinitialspace=True, dtype={c: "string" for c in text_columns})
-    frame = _check_header(frame, path, table.column_names)
-    if chunk_rows is None:
-        yield frame
-        return
-    for begin in range(0, len(frame), chunk_rows):
-        yield frame.iloc[begin : begin + chunk_rows].reset_index(drop=True)
+    model, and scores its JSON Lines as its CSV. Read ``chunk_rows`` records at a time
+    (``json_lines_tables``): a file of no more is one chunk, the frame a whole read gives."""
+    for table in json_lines_tables(path, encoding=encoding, chunk_rows=chunk_rows):
+        header = ",".join(_csv_name(n) for n in table.column_names) + "\n"
+        text = io.BytesIO(header.encode() + csv_bytes(table))
+        frame = pd.read_csv(text, skipinitialspace=True, dtype={c: "string" for c in text_columns})
+        yield _check_header(frame, path, table.column_names)
 
 
 def _csv_name(name: str) -> str:

@@ -440,9 +440,25 @@ def json_lines_table(path: str, *, encoding: str | None = None) -> pa.Table:
     """A whole JSON Lines file (its text in ``encoding``, ``None`` for UTF-8) as a table of
     text columns, for training: a record that cannot be read is a ``DataError`` naming its
     line (a training table must be whole; scoring rejects such a record alone)."""
-    parts: list[pa.Table] = []
+    return pa.concat_tables(json_lines_tables(path, encoding=encoding))
+
+
+#: Lines a block of ``json_lines_tables`` reads at most.
+_BLOCK_LINES = 65_536
+
+
+def json_lines_tables(
+    path: str, *, encoding: str | None = None, chunk_rows: int | None = None
+) -> Iterator[pa.Table]:
+    """``json_lines_table``'s table in tables of ``chunk_rows`` records (the last fewer; a
+    file of no more records is one table), read a block of lines at a time, so that a long
+    file is never held whole; ``None``: one table, the whole file's."""
+    held: list[pa.Table] = []
+    count = 0
+    told = False
     with JsonLinesSource.of_path(path, encoding=encoding) as source:
-        for chunk in source.chunks(65_536):
+        block = _BLOCK_LINES if chunk_rows is None else min(chunk_rows, _BLOCK_LINES)
+        for chunk in source.chunks(block):
             if chunk.rejects:
                 first = chunk.rejects[0]
                 raise DataError(
@@ -450,7 +466,14 @@ def json_lines_table(path: str, *, encoding: str | None = None) -> pa.Table:
                     "(anomaly score rejects such a line alone, but a model is trained on whole "
                     "files)"
                 )
-            parts.append(chunk.table)
-    if not parts:
+            held.append(chunk.table)
+            count += chunk.table.num_rows
+            while chunk_rows is not None and count > chunk_rows:
+                whole = pa.concat_tables(held)
+                yield whole.slice(0, chunk_rows)
+                told = True
+                held, count = [whole.slice(chunk_rows)], count - chunk_rows
+    if not held:
         raise DataError(f"{path} has no records; give JSON Lines, one record (object) a line")
-    return pa.concat_tables(parts)
+    if count or not told:
+        yield held[0] if len(held) == 1 else pa.concat_tables(held)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import detector.io.frames
+import detector.io.json_lines
 from detector.cli.main import main
 from detector.io.frames import read_table, sample_table
 from tests.conftest import DATA
@@ -63,6 +64,39 @@ def test_the_rows_left_out_are_never_held_together(tmp_path, monkeypatch) -> Non
     frame, read = sample_table(path, max_rows=300, seed=0)
     assert (len(frame), read) == (300, 1000)
     assert sum(chunks) == 1000 and max(chunks) <= 300
+
+
+def test_a_long_json_lines_file_is_sampled_as_its_csv_is_never_held_whole(
+    tmp_path, monkeypatch
+) -> None:
+    # A .jsonl was read whole (every record's text, then one CSV text of them all) before it
+    # was cut into chunks: a long one was held whole, as a CSV no longer is.
+    table = numbered(1000)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    path = tmp_path / "t.jsonl"
+    table.to_json(path, orient="records", lines=True)
+    converted: list[int] = []  # rows made CSV text at once
+    real = detector.io.frames.csv_bytes
+
+    def spy(table: Any) -> bytes:
+        converted.append(table.num_rows)
+        return real(table)
+
+    monkeypatch.setattr(detector.io.frames, "csv_bytes", spy)
+    monkeypatch.setattr(detector.io.json_lines, "_BLOCK_LINES", 128)  # blocks unlike chunks
+    frame, read = sample_table(path, max_rows=300, seed=0)
+    assert (len(frame), read) == (300, 1000)
+    assert sum(converted) == 1000 and max(converted) <= 300
+    # The rows of the seeded draw, whatever the chunking: each row's key in file order.
+    keys = np.random.default_rng(0).random(1000)
+    assert list(frame["row"]) == sorted(np.argsort(keys)[:300])
+    pd.testing.assert_frame_equal(frame, sample_table(tmp_path / "t.csv", max_rows=300)[0])
+    # A file of no more rows is one chunk, read as it always was.
+    for cap in (1000, 1_000_000):
+        whole, read = sample_table(path, max_rows=cap, seed=0)
+        assert read == 1000
+        pd.testing.assert_frame_equal(whole, read_table(path))
+        pd.testing.assert_frame_equal(whole, table)
 
 
 def test_files_of_a_glob_are_sampled_as_one_table(tmp_path) -> None:
