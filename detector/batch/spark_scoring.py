@@ -44,7 +44,7 @@ from detector.bundles.bundle import Bundle, load_bundle
 from detector.bundles.format import MANIFEST_FILE, MODEL_FILE, OPTIONAL_FILES
 from detector.errors import ConfigError, SchemaError
 from detector.features.encode import Imputation, check_columns
-from detector.features.encoded import Respelling, SpellingTally
+from detector.features.encoded import RESPELLED_EXAMPLES, Respelling, SpellingTally
 from detector.io.temporaries import remove_stale_temporaries, staging_path
 from detector.scoring.output_columns import (
     CONTEXT_COLUMN,
@@ -381,9 +381,12 @@ def category_spelling(scored: DataFrame) -> str | None:
         .groupBy(F.col("r.column").alias("column"))
         .agg(
             F.sum("r.rows").alias("rows"),
-            # A few, as the warning shows: a batch gives its first few of each column.
+            # The first few in sorted order, as the default engine's warning shows them
+            # (``SpellingTally``): a batch gives its first few of each column in that order.
             F.slice(
-                F.array_sort(F.array_distinct(F.flatten(F.collect_list("r.examples")))), 1, 3
+                F.array_sort(F.array_distinct(F.flatten(F.collect_list("r.examples")))),
+                1,
+                RESPELLED_EXAMPLES,
             ).alias("examples"),
         )
         .orderBy("column")

@@ -110,7 +110,9 @@ class Respelling:
     (and spaces around them): 'tcp' where training saw 'TCP'. Each is encoded as a value
     training never saw, as it should be (a changed label may be the anomaly), but a user who
     meant the same label gets high scores without a word: ``rows`` counts them, ``examples``
-    holds a few distinct ones with training's spelling, ``(given, trained)``."""
+    holds a few distinct ones with training's spelling, ``(given, trained)``: the first in
+    sorted order, so that a whole input's few are the same however it is cut into batches
+    (``SpellingTally``; Spark's batches come in no order of the input's)."""
 
     name: str
     rows: int
@@ -137,7 +139,7 @@ def respelling(
     ]
     if not found:
         return None
-    examples = tuple((str(v), t) for v, t, _ in found[:RESPELLED_EXAMPLES])
+    examples = tuple(sorted((str(v), t) for v, t, _ in found)[:RESPELLED_EXAMPLES])
     return Respelling(name, sum(n for _, _, n in found), examples)
 
 
@@ -155,20 +157,22 @@ class SpellingTally:
     def add_found(self, respelled: Iterable[Respelling]) -> None:
         for found in respelled:
             self._rows[found.name] = self._rows.get(found.name, 0) + found.rows
-            examples = self._examples.setdefault(found.name, {})
-            for given, trained in found.examples:
-                if len(examples) < RESPELLED_EXAMPLES:
-                    examples.setdefault(given, trained)
+            examples = {**self._examples.get(found.name, {}), **dict(found.examples)}
+            # The first few in sorted order, as each batch keeps them: the same few whatever
+            # the batches, and whichever engine (Spark sums its batches in no input order).
+            kept = sorted(examples.items())[:RESPELLED_EXAMPLES]
+            self._examples[found.name] = dict(kept)
 
     def warning(self) -> str | None:
-        """What to say of the respelled values, or ``None`` where there were none."""
+        """What to say of the respelled values, or ``None`` where there were none: the
+        columns by name, each with its first few values in sorted order."""
         if not self._rows:
             return None
         columns = "; ".join(
             f"column '{name}': {rows:,} value{'s' if rows > 1 else ''} ("
             + ", ".join(f"{g!r} for {t!r}" for g, t in self._examples[name].items())
             + ")"
-            for name, rows in self._rows.items()
+            for name, rows in sorted(self._rows.items())
         )
         return (
             f"text values differ from a training value only in case, {columns}; each was scored "

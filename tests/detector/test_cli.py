@@ -169,7 +169,7 @@ def test_a_category_spelled_in_another_case_is_warned_of_by_score_and_evaluate(
         scores[name] = pd.read_csv(tmp_path / f"{name}.out.csv")["anomaly_score"]
     pd.testing.assert_series_equal(scores["spaced"], scores["asis"])  # spaces matched already
     assert scores["upper"].median() > scores["asis"].median() + 5
-    assert "column 'region': 100 values ('US-EAST' for 'us-east'" in out
+    assert "column 'region': 100 values (" in out and "'US-EAST' for 'us-east'" in out
     assert "write it as training did" in out
     code, out, _ = run(capsys, "evaluate", str(cli_model), str(tmp_path / "upper.csv"),
                        "--label-column", "label", "--json")  # fmt: skip

@@ -497,3 +497,29 @@ def test_spark_warns_of_a_label_in_another_case_as_the_streaming_engine_does(
     assert "only in case" not in capsys.readouterr().out
     written = pd.read_parquet(tmp_path / "spark.parquet")
     assert not [c for c in written.columns if c.startswith("_")]
+
+
+def test_both_engines_warn_of_labels_in_another_case_in_the_same_words(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Of more values than the warning shows, the default engine named the first seen and the
+    # Spark engine the first in sorted order ('WEB-03', 'WEB-04', 'WEB-05' against 'WEB-01',
+    # 'WEB-02', 'WEB-03'), its columns ordered by name where the other's came as seen. Both now
+    # name the columns by name and the first few values in sorted order, whatever the batches.
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(200)
+    upper = frame.assign(region=frame["region"].str.upper(), host=frame["host"].str.upper())
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    late = upper["host"] >= sorted(upper["host"].unique())[3]
+    upper[late].to_csv(parts / "a.csv", index=False)  # hosts first seen are not the first
+    upper[~late].to_csv(parts / "b.csv", index=False)
+    said = {}
+    for engine in ("stream", "spark"):
+        argv = ["score", str(bundle_dir), str(parts), "--engine", engine, "--json",
+                "--output", str(tmp_path / f"{engine}.parquet")]  # fmt: skip
+        assert main(argv) == 0
+        said[engine] = json.loads(capsys.readouterr().out)["category_spelling"]
+    assert said["stream"] == said["spark"]
+    hosts = sorted(upper["host"].unique())[:3]
+    shown = ", ".join(f"{h!r} for {h.lower()!r}" for h in hosts)
+    assert f"column 'host': 200 values ({shown}); column 'region'" in said["spark"]
