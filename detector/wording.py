@@ -67,6 +67,7 @@ OPTIONS: dict[str, Option] = {
             "learning_rate",
             "kl_warmup_epochs",
             "patience",
+            "max_updates",
             "min_scale",
             "target_fpr",
             "context_dropout",
@@ -201,3 +202,19 @@ def percent(share: float) -> str:
     """``share`` as a percentage to 3 decimals (2.000%), or to 2 significant digits where those
     would show a rate that is not zero as zero: a target FPR of 1e-6 read "0.000%"."""
     return f"{share:.3%}" if share >= 1e-5 or share == 0 else f"{100 * share:.2g}%"
+
+
+def training_end(stopped_early: bool, best_epoch: object, budget: object = None) -> str:
+    """How a training ended, as ``anomaly train``, ``anomaly info`` and the report say it:
+    early stopping (and its best epoch, where ``best_epoch`` is not ``None``), the epoch limit,
+    or the training summary's ``budget`` of mini-batch updates (``max_updates``), which cut
+    the epochs."""
+    best = "" if best_epoch is None else f", best epoch {best_epoch}"
+    if not isinstance(budget, dict):
+        return f"early stop{best}" if stopped_early else "epoch limit reached"
+    cap = f"the budget of {budget['max_updates']:,} updates"
+    run = f"{budget['updates']:,} run, {budget['batches_per_epoch']:,} an epoch"
+    no_cap = f"{option('max_updates', 0)} for no cap"
+    if stopped_early:
+        return f"early stop{best}, within {cap} ({run}); {no_cap}"
+    return f"stopped at {cap} ({run}); {no_cap}"

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from detector.wording import printable
+from detector.wording import printable, training_end
 
 
 class Terminated(KeyboardInterrupt):
@@ -438,7 +438,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"trained on {training.get('rows')} rows{sampled} in {training.get('epochs_run')} "
             "epochs "
-            f"({'early stop' if training.get('stopped_early') else 'epoch limit reached'}); "
+            f"({training_end(bool(training.get('stopped_early')), None, training.get('budget'))}"
+            "); "
             f"validation ELBO {-training.get('val_neg_elbo', float('nan')):.3f}; "
             f"validation FPR {training.get('validation_fpr', float('nan')):.2%}{then}"
         )

@@ -40,7 +40,7 @@ from detector.scoring.evaluation import (
     left_out_note,
     precision_text,
 )
-from detector.wording import leave_one_out_note, measured_at_note
+from detector.wording import leave_one_out_note, measured_at_note, training_end
 
 if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
@@ -273,8 +273,8 @@ def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
             ),
             (
                 "epochs",
-                f"{t.get('epochs_run')} run, best {t.get('best_epoch')}"
-                + (" (early stop)" if t.get("stopped_early") else " (epoch limit reached)"),
+                f"{t.get('epochs_run')} run, best {t.get('best_epoch')} "
+                f"({training_end(bool(t.get('stopped_early')), None, t.get('budget'))})",
             ),
             ("validation ELBO", _number(-_float(t.get("val_neg_elbo")), "nats/record")),
             (

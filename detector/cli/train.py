@@ -27,7 +27,7 @@ from detector.cli.commands import (
     _writes_files,
 )
 from detector.nn.option_specs import TrainingOption, training_options
-from detector.wording import leave_one_out_note, option
+from detector.wording import leave_one_out_note, option, training_end
 
 
 class _SaidInTheSummary(logging.Filter):
@@ -183,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(bundle.series.describe())
     if dropped:
         print(f"left out {dropped} rows labelled anomalous in '{args.label_column}'")
-    stop = f"early stop, best epoch {s.best_epoch}" if s.stopped_early else "epoch limit reached"
+    stop = training_end(s.stopped_early, s.best_epoch, s.budget)
     print(
         f"network {'-'.join(map(str, s.hidden_units))}, latent {s.latent_dim}; "
         f"{s.epochs_run} epochs ({stop}); {s.seconds:.1f} s"

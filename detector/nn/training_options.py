@@ -28,6 +28,12 @@ DEVIATION_WEIGHT = 0.5
 #: Latent samples a record at most: a bundle with more does not load (a record would take
 #: seconds to score).
 MAX_SAMPLES = 10_000
+#: Mini-batch updates a training runs at most (``--max-updates``): above every data set of the
+#: quality benchmarks at its protocol's epochs (the most, 39,000: an SMD machine's 16,586 fitted
+#: rows, 130 batches of 128, 300 epochs; tests/benchmarks/README.md, "Training on a long
+#: table"), so none of their bundles changes; a table of 1,000,000 rows (6,485 batches an
+#: epoch) trains 15 epochs where 300 were allowed.
+DEFAULT_MAX_UPDATES = 100_000
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,12 @@ class TrainingOptions(Options):
     activation: str = opt("relu", "the hidden layers' activation (a Keras name)", flag=None)
     kl_warmup_epochs: int = opt(10, "epochs over which the KL term's weight rises to 1")
     patience: int = opt(20, "epochs without a better validation ELBO before training stops")
+    max_updates: int = opt(
+        DEFAULT_MAX_UPDATES,
+        "at most this many mini-batch updates: a longer table's --epochs are cut to fit "
+        "them, and its --kl-warmup-epochs and --patience in proportion; 0: no cap",
+        metavar="N",
+    )
     min_scale: float = opt(0.3, "decoder standard-deviation floor, standardised units")
     max_scale: float = opt(2.0, "decoder standard-deviation ceiling", flag=None)
     #: ``schema.fit_schema`` says why, README "Column scaling" when to raise it.
@@ -187,6 +199,11 @@ class TrainingOptions(Options):
             )
         if self.patience < 0:
             problems.append(f"{option('patience')} {self.patience} must be 0 or more epochs")
+        if self.max_updates < 0:
+            problems.append(
+                f"{option('max_updates')} {self.max_updates} must be 0 (no cap) or a number of "
+                "mini-batch updates"
+            )
         if self.latent_dim is not None and self.latent_dim < 1:
             problems.append("latent_dim must be at least 1")
         if self.hidden_units is not None and (not self.hidden_units or min(self.hidden_units) < 1):
