@@ -451,7 +451,11 @@ class SharedFile:
 
 
 def _fix(error: str) -> str:
-    """What to do about a state file that failed its check with ``error``."""
+    """What to do about a state file that failed its check with ``error``, on one line: SQLite's
+    integrity check of a damaged file lists a line per damaged page (dozens), which a start-up
+    error printed whole."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    error = "; ".join(lines[:2]) + (f"; and {len(lines) - 2} more lines" if len(lines) > 2 else "")
     if "locked" in error:
         return (
             f"another process holds it ({error}); stop that process or wait for it, or name "

@@ -742,6 +742,18 @@ def test_a_damaged_state_file_is_refused_at_start_naming_the_fix(tmp_path: Path)
         SeriesStore(str(state)).check()
 
 
+def test_a_damaged_state_files_check_is_told_on_one_line() -> None:
+    # SQLite's integrity check lists a line per damaged page: the start-up error printed them
+    # all, one under the other (and a pattern over the message missed its advice).
+    from service.series_store import _fix
+
+    pages = "\n".join(f"Tree 4 page {p}: btreeInitPage() returns error code 11" for p in range(9))
+    said = _fix(f"database disk image is malformed: *** in database main ***\n{pages}")
+    assert "\n" not in said
+    assert said.startswith("is damaged (database disk image is malformed: *** in database main")
+    assert "and 8 more lines" in said and said.endswith("or name another file")
+
+
 def test_a_state_file_of_a_newer_release_is_refused_not_wiped(tmp_path: Path) -> None:
     # A newer release's file, then a rollback: its every series was dropped without a word.
     state = tmp_path / "series.sqlite"
