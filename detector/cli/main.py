@@ -293,6 +293,8 @@ def _add_training_flags(train: argparse.ArgumentParser) -> None:
 
 
 def _max_rows(text: str) -> int:
+    from detector.features.schema import MIN_TRAINING_ROWS
+
     try:
         value = int(text)
     except ValueError:
@@ -300,6 +302,12 @@ def _max_rows(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(
             f"{text} is not a number of rows; give a whole number, or 0 to train on every row"
+        )
+    if 0 < value < MIN_TRAINING_ROWS:
+        # Sampled to 10, the table was refused after reading as "has 10 rows", unsaid why.
+        raise argparse.ArgumentTypeError(
+            f"{text} rows are too few to train on (a model needs at least {MIN_TRAINING_ROWS}); "
+            "give more, or 0 to train on every row"
         )
     return value
 

@@ -159,7 +159,7 @@ def test_a_table_under_the_cap_trains_the_very_same_bundle(capsys, tmp_path) -> 
     assert manifests[0]["training"] == manifests[1]["training"] == manifests[2]["training"]
 
 
-@pytest.mark.parametrize("value", ["-1", "many"])
+@pytest.mark.parametrize("value", ["-1", "many", "10"])
 def test_max_rows_must_be_a_count(capsys, tmp_path, value) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["train", str(DATA / "train.csv"), "--out", str(tmp_path / "m"), "--max-rows", value])
