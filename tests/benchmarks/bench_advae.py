@@ -13,7 +13,8 @@ Usage::
 
     python tests/benchmarks/bench_advae.py [--data-dir DIR] [--sets letter,cardio,...]
         [--seeds 0,1,2] [--models vae,vae-svdd,advae] [--param key=value ...]
-        [--paper-hyperparameters] [--paper-training] [--out tests/benchmarks/results/advae]
+        [--paper-hyperparameters] [--paper-training] [--max-epochs N]
+        [--out tests/benchmarks/results/advae]
     python tests/benchmarks/bench_advae.py --merge A.json B.json [...] --out OUT
     python tests/benchmarks/bench_advae.py --select A.json B.json [...] [--criterion KIND]
         --out OUT
@@ -34,7 +35,8 @@ library does by default: a fixed number of mini-batch updates (20,000 of batch 1
 epochs that takes on each set) with no early stopping, on columns scaled by a quarter of their
 range, under the paper's squared error, i.e. a Gaussian decoder of fixed unit variance
 (``PAPER_TRAINING``). The weights kept are still those of the best validation loss, which needs
-no labels. ``--param`` values override it too.
+no labels. ``--param`` values override it too; ``--max-epochs N`` caps its epochs at N (a
+shorter run than the paper's, which the report says).
 
 ``--merge`` joins the JSON files of runs made side by side (say, one process per group of sets,
 each with one thread, to use both cores) into one report at ``--out``, as if one run had made
@@ -124,18 +126,33 @@ PAPER_TRAINING: dict[str, Any] = {"range_floor": 0.25, "min_scale": 1.0, "max_sc
 PAPER_ITERATIONS = 20_000
 
 
-def paper_training(n_train: int, params: dict[str, Any]) -> dict[str, Any]:
+def paper_training(
+    n_train: int, params: dict[str, Any], max_epochs: int | None = None
+) -> dict[str, Any]:
     """``PAPER_TRAINING`` plus the epochs that make ``PAPER_ITERATIONS`` mini-batch updates on
-    ``n_train`` training rows, with early stopping off (patience = epochs). The rows the
-    detector fits on are those left after its validation and calibration hold-outs; ``params``
-    (the run's ``--param`` values) may change those and the batch size."""
+    ``n_train`` training rows, at most ``max_epochs`` (``--max-epochs``: a short run, fewer
+    updates than the paper's, which the report then says), with early stopping off (patience =
+    epochs). The rows the detector fits on are those left after its validation and calibration
+    hold-outs; ``params`` (the run's ``--param`` values) may change those and the batch size."""
     from detector.nn.training import TrainingConfig, fit_row_count
 
     shaping = ("validation_fraction", "calibration_fraction", "batch_size")
     config = TrainingConfig(**{k: params[k] for k in shaping if k in params})
     fit_rows = fit_row_count(n_train, config)
     epochs = math.ceil(PAPER_ITERATIONS / math.ceil(fit_rows / config.batch_size))
+    if max_epochs is not None:
+        epochs = min(epochs, max_epochs)
     return {**PAPER_TRAINING, "epochs": epochs, "patience": epochs}
+
+
+def run_params(args: argparse.Namespace, name: str, n_train: int, model: str) -> dict[str, Any]:
+    """The VAEDetector keyword arguments of ``model``'s runs on set ``name`` (``n_train``
+    training rows): the paper's per-set and training settings asked for, then ``--param``."""
+    paper = args.paper_hyperparameters and model == "advae"
+    per_set = PAPER_ADVAE[name] if paper else {}
+    if args.paper_training:
+        per_set = {**per_set, **paper_training(n_train, args.params, args.max_epochs)}
+    return {**per_set, **args.params}
 
 
 # ---- data and splits ------------------------------------------------------------------------
@@ -387,10 +404,16 @@ def write_outputs(out: Path, payload: dict[str, Any], tables: str) -> None:
         if payload["paper_hyperparameters"]
         else ""
     )
-    if payload.get("paper_training"):
+    if training := payload.get("paper_training"):
+        cap = (
+            f", cut to at most {training['max_epochs']} epochs by --max-epochs (fewer updates "
+            "than the paper's where that is fewer epochs; each run's epochs are in the JSON)"
+            if training.get("max_epochs") is not None
+            else ""
+        )
         paper_hp += (
             ", every model trained as the paper does (--paper-training: "
-            f"{payload['paper_training']['iterations']} iterations without early stopping, "
+            f"{training['iterations']} iterations without early stopping{cap}, "
             "fixed unit decoder variance, range_floor 0.25; the params above take precedence)"
         )
     if payload.get("merged_from"):
@@ -483,7 +506,11 @@ def write_merged(paths: list[Path], out: Path) -> None:
 def candidate_label(payload: dict[str, Any]) -> str:
     """A run's parameters as a short row label (``paper training`` when it has none)."""
     params = ", ".join(f"{k} {v}" for k, v in payload["params"].items())
-    return params or ("paper training" if payload.get("paper_training") else "library defaults")
+    training = payload.get("paper_training")
+    if params or not training:
+        return params or "library defaults"
+    cap = training.get("max_epochs")
+    return "paper training" + (f", at most {cap} epochs" if cap is not None else "")
 
 
 def select_runs(paths: list[Path], criterion: str) -> dict[str, Any]:
@@ -640,6 +667,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models = ["vae"]
     if args.paper_hyperparameters and "advae" not in args.models:
         parser.error("--paper-hyperparameters sets advae's lambda and m_z; put advae in --models")
+    if args.paper_training and args.max_epochs is not None:
+        # A cap on the paper's epochs (and its patience with them), not epochs to run: as
+        # --param epochs=N it ran N epochs, more than the paper's 20,000 updates where N was
+        # above its count, with patience still the paper's.
+        del args.params["epochs"]
     return args
 
 
@@ -671,11 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         x, y = load_set(set_path(data_dir, name))
         for seed in args.seeds:
             for model in models:
-                paper = args.paper_hyperparameters and model == "advae"
-                per_set = PAPER_ADVAE[name] if paper else {}
-                if args.paper_training:
-                    per_set = {**per_set, **paper_training(len(split(name, y)[0]), args.params)}
-                result = run_one(model, name, x, y, seed, {**per_set, **args.params})
+                params = run_params(args, name, len(split(name, y)[0]), model)
+                result = run_one(model, name, x, y, seed, params)
                 runs.append(result)
                 default = result.metrics["default"]
                 synthetic = " ".join(f"{k} {v:.3f}" for k, v in result.selection.items())
@@ -701,7 +730,13 @@ def main(argv: list[str] | None = None) -> int:
         # model -> set -> the hyperparameters its runs took from the paper
         "paper_hyperparameters": {"advae": PAPER_ADVAE} if args.paper_hyperparameters else None,
         "paper_training": (
-            {**PAPER_TRAINING, "iterations": PAPER_ITERATIONS} if args.paper_training else None
+            {
+                **PAPER_TRAINING,
+                "iterations": PAPER_ITERATIONS,
+                **({"max_epochs": args.max_epochs} if args.max_epochs is not None else {}),
+            }
+            if args.paper_training
+            else None
         ),
         "packages": {"python": platform.python_version(), **package_versions()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
