@@ -149,6 +149,18 @@ def server_series(data_dir: Path, family: str, quick: bool) -> Iterator[Series]:
         yield Series(family, machine.name, as_frame(train), as_frame(test), labels, 1.0)
 
 
+def family_series(data_dir: Path, family: str, quick: bool) -> Iterator[Series]:
+    """Every series of ``family`` (smd, asd or donut), in file order."""
+    if family == "donut":
+        return donut_series(data_dir, quick)
+    return server_series(data_dir, family, quick)
+
+
+def family_name(family: str) -> str:
+    """How reports name a family: SMD, ASD, Donut."""
+    return "Donut" if family == "donut" else family.upper()
+
+
 def donut_series(data_dir: Path, quick: bool) -> Iterator[Series]:
     paths = sorted((data_dir / "donut_kpi").glob("*.csv"))
     if not paths:  # else the family was left out of the report without a word
@@ -291,10 +303,13 @@ def run_series(series: Series, epochs: int, only: str | None = None) -> dict[str
     return results
 
 
-def bank_study(data_dir: Path, window: int = PEER_WINDOW) -> str:
-    """``--study banks``: on SMD's windows, the distance to the nearest of 280 to 20,000 fitted
-    rows in the encoding's own space (standardised, no distance scaling): is it the bank's size
-    or the distance's scaling that holds the product's ``knn`` back?"""
+def bank_study(
+    data_dir: Path, families: list[str], quick: bool = False, window: int = PEER_WINDOW
+) -> str:
+    """``--study banks``: on each family's windows (SMD's by default), the distance to the
+    nearest of 280 to 20,000 fitted rows in the encoding's own space (standardised, no distance
+    scaling), mean AUROC / AUPRC over its series: is it the bank's size or the distance's
+    scaling that holds the product's ``knn`` back?"""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from detector.features.encode import encode
@@ -302,22 +317,24 @@ def bank_study(data_dir: Path, window: int = PEER_WINDOW) -> str:
 
     rng = np.random.default_rng(0)
     sizes = (280, 1000, 5000, 20000)
-    found: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
-    for series in server_series(data_dir, "smd", False):
-        train, test = windowed(series, window, "lags")
-        schema = fit_schema(train)
-        x, x_test = encode(schema, train).values, encode(schema, test).values
-        fit = x[: int(len(x) * 0.7)]
-        for n in sizes:
-            bank = fit[rng.choice(len(fit), min(n, len(fit)), replace=False)]
-            d = knn_distance(bank, x_test)
-            found[n].append(
-                (roc_auc_score(series.y_test, d), average_precision_score(series.y_test, d))
-            )
-    lines = [f"| bank rows | SMD AUROC / AUPRC, last {window} rows |", "|---|---|"]
-    for n, values in found.items():
-        auroc, auprc = np.mean(values, axis=0)
-        lines.append(f"| {n:,} | {fmt(auroc)} / {fmt(auprc)} |")
+    found = {f: {n: [] for n in sizes} for f in families}
+    for family in families:
+        for series in family_series(data_dir, family, quick):
+            train, test = windowed(series, window, "lags")
+            schema = fit_schema(train)
+            x, x_test = encode(schema, train).values, encode(schema, test).values
+            fit = x[: int(len(x) * 0.7)]
+            for n in sizes:
+                bank = fit[rng.choice(len(fit), min(n, len(fit)), replace=False)]
+                d = knn_distance(bank, x_test)
+                found[family][n].append(
+                    (roc_auc_score(series.y_test, d), average_precision_score(series.y_test, d))
+                )
+    heads = " | ".join(f"{family_name(f)} AUROC / AUPRC, last {window} rows" for f in families)
+    lines = [f"| bank rows | {heads} |", "|---|" + "---|" * len(families)]
+    for n in sizes:
+        cells = [" / ".join(map(fmt, np.mean(found[f][n], axis=0))) for f in families]
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -1504,7 +1521,9 @@ def format_models(payload: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir")
-    parser.add_argument("--families", default="smd,asd,donut")
+    parser.add_argument(
+        "--families", help="comma-separated: smd, asd, donut (default: all; --study banks: smd)"
+    )
     parser.add_argument("--epochs", type=count, default=20)
     parser.add_argument("--quick", action="store_true", help="3,000 rows per half, 5 epochs")
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/series")
@@ -1530,13 +1549,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "logs",
             "segments",
         ],
-        help="banks: the bank-size probe on SMD; scaling: the distance's settings on the "
-        f"W={STUDY_WINDOW} windows (no network); models: every model's own score on them",
+        help="banks: the bank-size probe (on SMD unless --families says); scaling: the "
+        f"distance's settings on the W={STUDY_WINDOW} windows (no network); models: every "
+        "model's own score on them",
     )
     args = parser.parse_args(argv)
     labels = [v[0] for v in VARIANTS] + [v[0] for v in PRODUCT_VARIANTS]
     if args.only is not None and not any(args.only in label for label in labels):
         parser.error(f"--only {args.only!r} is in no variant's label: {', '.join(labels)}")
+    if args.families is None:
+        args.families = "smd" if args.study == "banks" else "smd,asd,donut"
     unknown = sorted(set(args.families.split(",")) - {"smd", "asd", "donut"})
     if unknown:
         parser.error(f"unknown --families {unknown}; choose from smd, asd, donut")
@@ -1546,8 +1568,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.study == "banks":
-        text = f"# Bank size on SMD's windows\n\nReproduce: `{command_line()}`\n\n"
-        text += bank_study(resolve_data_dir(args.data_dir))
+        families = args.families.split(",")
+        names = ", ".join(map(family_name, families))
+        text = f"# Bank size on {names} windows\n\nReproduce: `{command_line()}`\n\n"
+        text += bank_study(resolve_data_dir(args.data_dir), families, args.quick)
         args.out.with_suffix(".md").write_text(text)
         print(text)
         return 0
@@ -1573,12 +1597,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     runs = []
     for family in families:
-        found = (
-            donut_series(data_dir, args.quick)
-            if family == "donut"
-            else server_series(data_dir, family, args.quick)
-        )
-        for series in found:
+        for series in family_series(data_dir, family, args.quick):
             progress(f"{family} {series.name}: {len(series.train)} train, {len(series.test)} test")
             run: dict[str, Any] = {"family": family, "set": series.name}
             if args.study == "scaling":

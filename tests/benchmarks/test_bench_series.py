@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -88,3 +89,26 @@ def test_segment_ranks_show_where_a_long_segment_holds_the_auroc_down() -> None:
     last = bench_series.ranked_segments(y, scores)
     assert last["short_first"] == found["short_first"]
     assert abs(last["auroc"] - 200 * long / 203) < 1e-3
+
+
+def test_bank_study_runs_on_the_families_asked_for(tmp_path: Path) -> None:
+    # Before, --study banks read SMD whatever --families said: a data root holding only Donut
+    # KPIs stopped at "benchmark data not found" for SMD's machines.
+    rng = np.random.default_rng(0)
+    n = 600
+    label = np.zeros(n, dtype=int)
+    label[[100, 450, 451, 520]] = 1  # anomalies in both halves: the test half needs both labels
+    value = np.sin(np.arange(n) / 10) + rng.normal(0, 0.05, n) + 3 * label
+    (tmp_path / "donut_kpi").mkdir()
+    pd.DataFrame({"timestamp": np.arange(n) * 300, "value": value, "label": label}).to_csv(
+        tmp_path / "donut_kpi" / "kpi.csv", index=False
+    )
+    out = tmp_path / "banks"
+    argv = ["--study", "banks", "--families", "donut", "--data-dir", str(tmp_path), "--out"]
+    assert bench_series.main([*argv, str(out)]) == 0
+    report = out.with_suffix(".md").read_text()
+    assert "| bank rows | Donut AUROC / AUPRC, last 15 rows |" in report
+    assert "SMD" not in report
+    # Without --families the probe stays on SMD, as its committed report was made.
+    assert bench_series.parse_args(["--study", "banks"]).families == "smd"
+    assert bench_series.parse_args([]).families == "smd,asd,donut"
