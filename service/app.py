@@ -6,6 +6,7 @@ tests pass their own configuration, models, metrics registry and alert sinks.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import re
@@ -462,11 +463,11 @@ def _install_error_handlers(app: Flask) -> None:
             return _internal(exc)
         # At its open files limit (a flood of connections): the next file may open.
         say_out_of_files(exc)
+        whose = "the server's machine is" if exc.errno == errno.ENFILE else "the server is"
         response, status = error_response(
             503,
             "out_of_open_files",
-            "the server is out of open files for now; retry in a second (its log says what "
-            "to change)",
+            f"{whose} out of open files for now; retry in a second (its log says what to change)",
         )
         response.headers["Retry-After"] = "1"
         return response, status

@@ -44,20 +44,28 @@ def _spare_descriptor() -> None:
 
 def say_out_of_files(exc: OSError, connections: int | None = None) -> None:
     """Log, at most once a minute, that this worker is out of open files, its limit, and what
-    to change; ``connections``: the worker's ``--connections``, where known."""
+    to change; ``connections``: the worker's ``--connections``, where known. Where the whole
+    system is (``ENFILE``), its file table is the limit, and the worker's own is not."""
+    if exc.errno == errno.ENFILE:
+        # The per-process advice (ulimit -n) was given here too before: raising it changes
+        # nothing while the kernel's table is full.
+        _said.error(
+            "the system is out of open files (the kernel's file table is full, not this "
+            "worker's own limit): new connections wait in the listen queue until files close "
+            "anywhere on the machine, and a request that opens a file gets 503; raise "
+            "fs.file-max (sysctl -w fs.file-max=N, kept in /etc/sysctl.d/; a container shares "
+            "its host's), or find the process holding the files (/proc/sys/fs/file-nr counts "
+            "them); ulimit -n, a per-process limit, does not help"
+        )
+        return
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
-    which = (
-        "the system is out of open files (its table is full: fs.file-max)"
-        if exc.errno == errno.ENFILE
-        else f"a worker is out of open files (open files limit {limit}, ulimit -n)"
-    )
     each = "" if connections is None else f" ({connections} a worker)"
     _said.error(
-        "%s: new connections wait in the listen queue until others close, and a request that "
-        "opens a file gets 503; raise the limit (ulimit -n, LimitNOFILE= in a systemd unit, "
-        "the container's nofile ulimit) above --connections%s plus ~100, or lower "
-        "--connections",
-        which,
+        "a worker is out of open files (open files limit %s, ulimit -n): new connections wait "
+        "in the listen queue until others close, and a request that opens a file gets 503; "
+        "raise the limit (ulimit -n, LimitNOFILE= in a systemd unit, the container's nofile "
+        "ulimit) above --connections%s plus ~100, or lower --connections",
+        limit,
         each,
     )
