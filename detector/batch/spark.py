@@ -122,14 +122,17 @@ def score_files(
     max_reject_rate: float | None = None,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     shared: bool = False,
+    encoding: str | None = None,
     session: SparkSession | None = None,
 ) -> BatchReport:
     """``anomaly score --engine spark``: score CSV or Parquet files (paths, directories, globs;
     local or any URI Spark reads) into ``output``, a directory of part files (Parquet when it
     ends in ``.parquet``, else CSV with a header), and the rejects into ``rejects_path``
     (default ``OUTPUT.rejects``, CSV part files: row and line are empty, as Spark does not
-    track them; source, code, reason and raw are set)."""
+    track them; source, code, reason and raw are set). ``encoding``: the CSV files' text
+    encoding as Python names it (``transcode.encoding_name``), where not UTF-8."""
     started = time.perf_counter()
+    check_line_encoding(encoding)
     require_pyspark()
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -153,7 +156,7 @@ def score_files(
         check_rejects_target(rejects_dir.rstrip("/"), output.rstrip("/"), [])
     paths = _spark_paths(inputs)
     if table_format(paths[0].rstrip("/*")) != "parquet":
-        _check_csv_orders(paths)
+        _check_csv_orders(paths, encoding)
     for flag, target in (("--output", output), ("--rejects", rejects_dir)):
         _check_not_over_inputs(flag, target, paths)
         _check_replaceable(flag, target)
@@ -168,7 +171,7 @@ def score_files(
         frame = spark.read.parquet(*paths)
     else:  # kept columns the model does not read are written as they came ('NA' too)
         exact = [c for c in keep_columns if c not in bundle.input_columns]
-        frame = _read_csv(spark, paths, exact)
+        frame = _read_csv(spark, paths, exact, _java_charset(spark, encoding))
     frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
     absent = [c for c in keep_columns if c not in frame.columns]
     if absent:
@@ -184,6 +187,7 @@ def score_files(
         shared=shared,
         max_ahead_seconds=max_ahead_seconds,
         respelled=True,
+        encoding=None if fmt == "parquet" else encoding,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         ledger = (
@@ -219,6 +223,7 @@ def score_files(
             model_version=bundle.version,
             files=files,
             engine="spark",
+            encoding=encoding,
             rejected_by_code=dict(sorted(codes.items(), key=lambda item: -item[1])),
             category_spelling=category_spelling(scored),
         )
@@ -338,7 +343,7 @@ def _spark_paths(inputs: Sequence[str]) -> list[str]:
     return paths
 
 
-def _check_csv_orders(paths: Sequence[str]) -> None:
+def _check_csv_orders(paths: Sequence[str], encoding: str | None = None) -> None:
     """Each local CSV file's columns in the first one's order: Spark reads every file with the
     first one's header, so a file of the same columns in another order stopped the run after
     17 s of Java trace ("CSV header does not conform to the schema")."""
@@ -349,7 +354,7 @@ def _check_csv_orders(paths: Sequence[str]) -> None:
         if "://" in path:
             continue
         try:
-            with open_source(path) as source:
+            with open_source(path, encoding=encoding) as source:
                 names = tuple(n.strip() for n in source.columns)
         except DataError:
             continue  # an empty or unreadable file: Spark's reading says so
@@ -390,15 +395,60 @@ def _is_json_lines(path: str) -> bool:
     return input_format(path) == "jsonl"
 
 
-def _read_csv(spark: SparkSession, paths: list[str], exact: Sequence[str] = ()) -> DataFrame:
+def check_line_encoding(encoding: str | None) -> None:
+    """``ConfigError`` where ``encoding`` writes a newline or a comma in other bytes than
+    ASCII's (UTF-16, UTF-32): Spark splits a file into records at newline bytes before it
+    decodes them, and read such a file as garbled, broken rows."""
+    if encoding is not None and "\n,".encode(encoding) != b"\n,":
+        raise ConfigError(
+            f"--encoding {encoding} is not available with --engine spark, which splits files "
+            f"at newline bytes before decoding them, and {encoding} writes a newline in other "
+            f"bytes: convert the files once (iconv -f {encoding} -t utf-8 IN > OUT), or score "
+            "without --engine spark"
+        )
+
+
+def _java_charset(spark: SparkSession, encoding: str | None) -> str | None:
+    """The Java charset Spark decodes ``encoding`` (Python's name) with, ``None`` for UTF-8;
+    ``ConfigError`` where Java has none of that name. Spark takes only a few charsets unless
+    ``spark.sql.legacy.javaCharsets`` is set (Windows-1252, Excel's CSV in Western Europe,
+    is not among them): it is set where the charset needs it."""
+    if encoding is None:
+        return None
+    charset = spark.sparkContext._jvm.java.nio.charset.Charset  # type: ignore[union-attr]
+    if not charset.isSupported(encoding):
+        raise ConfigError(
+            f"--encoding {encoding} is not available with --engine spark: Spark decodes with "
+            f"Java's charsets, which have none of that name: convert the files once (iconv -f "
+            f"{encoding} -t utf-8 IN > OUT), or score without --engine spark"
+        )
+    name = str(charset.forName(encoding).name())
+    if name.lower() not in _SPARK_CHARSETS:
+        spark.conf.set("spark.sql.legacy.javaCharsets", "true")
+    return name
+
+
+#: The charsets Spark's CSV reader takes without ``spark.sql.legacy.javaCharsets``.
+_SPARK_CHARSETS = ("iso-8859-1", "us-ascii", "utf-16", "utf-16be", "utf-16le", "utf-32", "utf-8")
+
+
+def _read_csv(
+    spark: SparkSession, paths: list[str], exact: Sequence[str] = (), charset: str | None = None
+) -> DataFrame:
+    """The CSV files as text columns (named as the local reader names them) and Spark's
+    ``CORRUPT_RECORD``; ``charset``: their Java charset, where not UTF-8."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     # One separator for the run, from the first input's name, as the format is.
     sep = csv_delimiter(paths[0].rstrip("/*"))
-    raw = (
-        spark.read.option("header", True).option("escape", '"').option("sep", sep).csv(paths[0])
-    ).columns
+    options: dict[str, str | bool] = {
+        "header": True,
+        "escape": '"',
+        "sep": sep,
+        "encoding": charset or "UTF-8",
+    }
+    raw = spark.read.options(**options).csv(paths[0]).columns
     # Named as the local reader names them: stripped of spaces, and checked alike (no header
     # row, another separator, an unnamed or repeated column).
     names = [n.strip() for n in raw]
@@ -409,9 +459,7 @@ def _read_csv(spark: SparkSession, paths: list[str], exact: Sequence[str] = ()) 
     )
     frame = (
         spark.read.schema(schema)
-        .option("header", True)
-        .option("escape", '"')
-        .option("sep", sep)
+        .options(**options)
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
         # A record per line. Across lines, a stray quote made the rest of its file one

@@ -46,6 +46,7 @@ from detector.errors import ConfigError, SchemaError
 from detector.features.encode import Imputation, check_columns
 from detector.features.encoded import RESPELLED_EXAMPLES, Respelling, SpellingTally
 from detector.io.temporaries import remove_stale_temporaries, staging_path
+from detector.io.transcode import encoding_fix, read_as
 from detector.scoring.output_columns import (
     CONTEXT_COLUMN,
     REJECT_CODE,
@@ -150,6 +151,7 @@ def score_dataframe(
     shared: bool = False,
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     respelled: bool = False,
+    encoding: str | None = None,
 ) -> DataFrame:
     """Score every row of ``df`` with the bundle at ``bundle_path``.
 
@@ -160,6 +162,8 @@ def score_dataframe(
     models), ``warming_up`` (series models), ``top_feature_1..k``,
     ``reject_code`` and ``reject_reason``; its row count equals ``df``'s. ``respelled``: a
     last column, ``RESPELLED``, for ``category_spelling`` to read (drop it after).
+    ``encoding``: the text's, where it was read from another than UTF-8 (Python's name), as
+    the reason of a row that did not decode says.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -210,6 +214,7 @@ def score_dataframe(
         max_ahead_seconds=max_ahead_seconds,
         surface=current_surface(),
         respelled=respelled,
+        encoding=encoding,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
@@ -253,6 +258,7 @@ def _score_batches(
     max_ahead_seconds: float | None,
     surface: Surface = "python",
     respelled: bool = False,
+    encoding: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Runs on the executors: the worker's bundle, then each Arrow batch of rows. Reasons
     name options as the driver's caller spells them (``surface``: ``--impute median`` for the
@@ -269,6 +275,7 @@ def _score_batches(
                 max_ahead_seconds=max_ahead_seconds,
                 times=seconds,
                 respelled=respelled,
+                encoding=encoding,
             )
         yield scored
 
@@ -282,11 +289,13 @@ def score_pandas(
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     times: pd.Series | None = None,
     respelled: bool = False,
+    encoding: str | None = None,
 ) -> pd.DataFrame:
     """One Spark batch: every row back, scored or with its reject code and reason (a series
     model's rows stamped more than ``max_ahead_seconds`` after the clock rejected). A series
     model reads ``times`` (epoch seconds, one a row) for its time column where given.
-    ``respelled``: the ``RESPELLED`` column added."""
+    ``respelled``: the ``RESPELLED`` column added; ``encoding``: the text's (``None``: UTF-8),
+    which a row that did not decode is said not to be."""
     n = len(batch)
     out = batch.reset_index(drop=True)
     scores = np.full(n, np.nan)
@@ -304,8 +313,9 @@ def score_pandas(
         codes[corrupt] = "malformed"
         reasons[corrupt] = "the record does not fit the header (ragged row or broken quoting)"
         usable &= ~corrupt
-    # Spark decodes bytes that are not UTF-8 as U+FFFD and reads on; the local reader rejects
-    # such a record (an unseen host 'caf\ufffd' would be scored as one). Rejected alike here.
+    # Spark decodes bytes that are not UTF-8 (or not the encoding given) as U+FFFD and reads
+    # on; the local reader rejects such a record (an unseen host 'caf\ufffd' would be scored
+    # as one). Rejected alike here.
     text = [
         c
         for c in bundle.input_columns
@@ -318,7 +328,7 @@ def score_pandas(
             garbled |= cells.str.contains("\ufffd", regex=False).to_numpy(dtype=bool)
         garbled &= usable
         codes[garbled] = "encoding"
-        reasons[garbled] = "not UTF-8 text; re-save the file as UTF-8"
+        reasons[garbled] = f"not {read_as(encoding)} text; {encoding_fix(encoding)}"
         usable &= ~garbled
     positions = np.flatnonzero(usable)
     if len(positions):

@@ -61,15 +61,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             "--engine spark writes folders of part files, which cannot go to standard output "
             "('-'): give --output (and --rejects) a path"
         )
-    if args.engine == "spark" and args.encoding is not None:
-        from detector.errors import ConfigError
+    if args.engine == "spark":
+        from detector.batch.spark import check_line_encoding
 
-        # Spark reads CSV as UTF-8 and reads on past bytes that are not (as U+FFFD).
-        raise ConfigError(
-            f"--encoding {args.encoding} is not available with --engine spark, which reads "
-            "UTF-8 text: convert the files once (e.g. iconv -f cp1252 -t utf-8 IN > OUT), or "
-            "score without --engine spark"
-        )
+        check_line_encoding(args.encoding)  # before the headers are read in it
     if args.engine == "spark" and args.escape_formulas:
         from detector.errors import ConfigError
 
@@ -103,7 +98,6 @@ def cmd_score(args: argparse.Namespace) -> int:
             check_stream_format(options.pop("stream_format", None), args.output, args.rejects)
             del options["max_series"]  # Spark hands each series to one task, whole
             del options["escape_formulas"]  # refused above where asked for
-            del options["encoding"]  # refused above where given
 
             try:
                 report = score_files(args.model, args.input, args.output, **options)

@@ -6,6 +6,7 @@ is a failure instead, so the Spark path cannot go untested there unnoticed.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import shutil
@@ -523,3 +524,51 @@ def test_both_engines_warn_of_labels_in_another_case_in_the_same_words(
     hosts = sorted(upper["host"].unique())[:3]
     shown = ", ".join(f"{h!r} for {h.lower()!r}" for h in hosts)
     assert f"column 'host': 200 values ({shown}); column 'region'" in said["spark"]
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252"])
+def test_spark_reads_a_csv_in_another_encoding_as_the_default_engine_does(
+    spark, capsys, bundle_dir: Path, tmp_path: Path, encoding: str
+) -> None:
+    # --engine spark refused --encoding ("reads UTF-8 text: convert the files once"). Spark's
+    # CSV reader decodes in Latin-1 as it is, in cp1252 (Spark 4 takes it only as a "legacy"
+    # Java charset); a byte cp1252 leaves undefined rejects its row in both engines.
+    frame = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
+    frame = frame.head(60).assign(id=[f"r{i}" for i in range(60)])
+    frame.loc[::3, "host"] = "café-01"  # an unseen host, as any other
+    frame.loc[1::3, "id"] = "Müller " + frame["id"]
+    frame.loc[5, "host"] = "web-x"
+    text = frame.to_csv(index=False).encode(encoding)
+    if encoding == "cp1252":
+        text = text.replace(b"\nweb-x,", b"\nweb-\x81,")  # no character of cp1252
+    path = tmp_path / "in.csv"
+    path.write_bytes(text)
+    scored, reports = {}, {}
+    for engine in ("stream", "spark"):
+        out = tmp_path / f"{engine}.parquet"
+        argv = ["score", str(bundle_dir), str(path), "--engine", engine, "--encoding", encoding,
+                "--keep-column", "id", "--json", "--output", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        reports[engine] = json.loads(capsys.readouterr().out)
+        scored[engine] = pd.read_parquet(out).sort_values("id")
+    undefined = 1 if encoding == "cp1252" else 0
+    for report in reports.values():
+        assert (report["rows_read"], report["rows_scored"]) == (60, 60 - undefined)
+        assert report["encoding"] == codecs.lookup(encoding).name
+    spark_rows, stream_rows = scored["spark"], scored["stream"]
+    assert list(spark_rows["host"]) == list(stream_rows["host"])
+    assert (spark_rows["host"] == "café-01").sum() == 20
+    assert list(spark_rows["id"]) == list(stream_rows["id"])
+    assert (spark_rows["id"].str.startswith("Müller ")).sum() == 20
+    np.testing.assert_allclose(spark_rows["anomaly_score"], stream_rows["anomaly_score"], rtol=1e-6)
+    if undefined:
+        rejects = sorted((tmp_path / "spark.parquet.rejects").glob("part-*.csv"))
+        (reason,) = pd.concat([pd.read_csv(p) for p in rejects if p.stat().st_size])["reason"]
+        (stream_reason,) = pd.read_csv(tmp_path / "stream.parquet.rejects.csv")["reason"]
+        assert reason.startswith("not cp1252 text; the file may be in an encoding other")
+        assert stream_reason.startswith(reason)
+        # An encoding Java has no charset of is refused, naming the ways out.
+        argv = ["score", str(bundle_dir), str(path), "--engine", "spark", "--encoding",
+                "mac-roman", "--output", str(tmp_path / "mac.parquet")]  # fmt: skip
+        assert main(argv) == 2
+        assert "Java's charsets, which have none of that name" in capsys.readouterr().err
