@@ -392,7 +392,7 @@ class AlertTracker:
         return []
 
     def _window_severity(self, state: _KeyState) -> str:
-        return min(state.window, key=self.policy.rank)
+        return self.policy.most_severe(state.window)
 
     def _state_for(self, key: tuple[tuple[str, str], ...]) -> _KeyState:
         if self._open is not None:

@@ -6,6 +6,7 @@ and waits on threads use flush() or a condition with a deadline.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -99,6 +101,20 @@ def test_severity_levels_most_severe_first() -> None:
     assert policy.severity(5e-3, True) == "warning"
     assert policy.severity(0.3, True) == "warning"  # above every bound: least severe level
     assert policy.severity(1e-9, False) == "none"
+
+
+def test_a_windows_most_severe_level_is_the_one_of_lowest_rank() -> None:
+    # Every window of up to 4 records over three levels, "none", and a level the policy does
+    # not name (a shared state file written under another policy): the same answer, the very
+    # same entry, as ranking each record.
+    policy = AlertPolicy.from_dict({"severities": {"page": 1e-6, "critical": 1e-4, "w": 0.01}})
+    seen = ["page", "critical", "w", "none", "retired"]
+    for size in range(1, 5):
+        for window in itertools.product(seen, repeat=size):
+            ranked = min(window, key=policy.rank)
+            assert policy.most_severe(deque(window)) == ranked, window
+    with pytest.raises(ValueError):  # as min() of nothing
+        policy.most_severe(deque())
 
 
 def test_policy_round_trips_through_a_dict_and_json() -> None:
