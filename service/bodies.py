@@ -329,8 +329,8 @@ def explained(error: Any, shape: str) -> str:
     return f"the body must be {shape}"
 
 
-def answer(body: BaseModel, status: int = 200) -> Response:
-    """``body`` as the JSON response, serialised by its model."""
-    return current_app.response_class(
-        body.model_dump_json(), status=status, mimetype="application/json"
-    )
+def answer(body: BaseModel | bytes, status: int = 200) -> Response:
+    """``body`` as the JSON response, serialised by its model (or written already, as a
+    model of ``service.schemas`` writes it)."""
+    written = body if isinstance(body, bytes) else body.model_dump_json()
+    return current_app.response_class(written, status=status, mimetype="application/json")

@@ -4,6 +4,7 @@ per-record checks or copying what a request sent."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema
@@ -11,8 +12,8 @@ import pytest
 
 from service import schemas
 from service.openapi import OPERATIONS, openapi_document
-from tests.conftest import normal_records
-from tests.service.conftest import ADMIN
+from tests.conftest import broken, normal_records
+from tests.service.conftest import ADMIN, make_app
 
 NORMAL = normal_records(3)
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -95,6 +96,35 @@ def test_results_keep_their_shape_and_passthrough_fields(client) -> None:
     assert body["rejected"] == [
         {"index": 2, "code": "malformed", "reasons": ["record is not a JSON object"]}
     ]
+
+
+def test_a_score_answer_is_the_bytes_its_model_writes(bundle_dir) -> None:
+    # The answer is written without validating it (service.api._score_response): for a batch
+    # of every kind (scored, anomalous, a label in another case, malformed, a missing value,
+    # passthrough fields, one named as an answer's field), its bytes are what ScoreResponse,
+    # validated from the same answer, writes: the same fields, values and order.
+    app, _ = make_app(bundle_dir, passthrough_fields=("id", "index", "code"))
+    try:
+        region = NORMAL[0]["region"]
+        records = [
+            {**NORMAL[0], "id": "a-1", "index": "mine"},
+            {**broken(NORMAL[1]), "id": 2, "code": 3.5},
+            {**NORMAL[2], "region": region.upper(), "id": None},
+            {**NORMAL[0], "cpu_pct": None, "id": "no-cpu", "index": 9, "code": "x"},
+            {"id": "nested", "code": True, "cpu_pct": [1]},
+            "not a record",
+            *[{**r, "id": f"n-{i}"} for i, r in enumerate(normal_records(40))],
+        ]
+        for body in ({"records": records}, {"records": records[:3]}):
+            response = app.test_client().post("/v1/models/tiny/score", json=body)
+            assert response.status_code == 200, response.json
+            answer = json.loads(response.data)
+            assert answer["counts"]["rejected"] == (3 if len(body["records"]) > 3 else 0)
+            remade = schemas.ScoreResponse.model_validate(answer).model_dump_json()
+            assert response.data == remade.encode()
+        assert "category_spelling" in answer and answer["results"][0]["index"] == 0
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
 
 
 @pytest.mark.parametrize(
