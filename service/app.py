@@ -28,6 +28,7 @@ from service.alert_state import SharedAlertStates
 from service.alerts import AlertTracker
 from service.config import ServiceConfig, check_bundle_alert_keys, load_config
 from service.delivery import AlertDispatcher
+from service.heap import FrozenHeap
 from service.metrics import ServiceMetrics
 from service.open_files import opening_out_of_files, out_of_files, say_out_of_files
 from service.registry import LoadedModel, ModelRegistry
@@ -49,11 +50,14 @@ def create_app(
     metrics_registry: CollectorRegistry | None = None,
     sinks: Sequence[Sink] | None = None,
     check_state: bool = True,
+    freeze_heap: bool = False,
 ) -> Flask:
     """Build the scoring service. Without arguments, settings come from ``ANOMALY_*``
     environment variables (and the file named by ``ANOMALY_CONFIG``, if set).
     ``check_state``: refuse a ``series_state`` file that cannot be used now (``ConfigError``);
-    without, the app serves and its series requests answer 503 until the file is usable."""
+    without, the app serves and its series requests answer 503 until the file is usable.
+    ``freeze_heap``: the process is this app's (a server's worker): once built, leave what it
+    holds out of the garbage collector's passes (``service.heap``)."""
     if config is None:
         config = load_config()
     if config.tf_threads and needs_tensorflow():
@@ -71,13 +75,14 @@ def create_app(
     )
     if check_state:
         series.check()
+    heap = FrozenHeap() if freeze_heap else None
     if models is None:
         models = ModelRegistry(
             config.models,
             sync_dir=config.model_sync_dir,
             accept=functools.partial(_check_alert_keys, config),
             on_reload=lambda name, outcome: metrics.reloads.labels(name, outcome).inc(),
-            on_install=lambda loaded, previous: _publish(metrics, loaded, previous),
+            on_install=functools.partial(_installed, metrics, heap),
         )
     for name in config.models:
         metrics.declare(name, [level for level, _ in config.policy_for(name).severities])
@@ -118,6 +123,7 @@ def create_app(
         dispatcher=dispatcher,
         series=series,
         shared_alerts=shared,
+        heap=heap,
     )
 
     app = Flask("service")
@@ -136,6 +142,8 @@ def create_app(
     app.register_blueprint(kserve)
     _install_hooks(app, app_state)
     _install_error_handlers(app)
+    if heap is not None:
+        heap.freeze()
     return app
 
 
@@ -157,6 +165,17 @@ def _check_alert_keys(config: ServiceConfig, name: str, bundle: Bundle) -> None:
         config.check_alert_keys({name: (*bundle.input_columns, *bundle.ignored_columns)})
     except ConfigError as exc:
         raise BundleError(f"{exc} (in the bundle at {bundle.path})") from None
+
+
+def _installed(
+    metrics: ServiceMetrics,
+    heap: FrozenHeap | None,
+    loaded: LoadedModel,
+    previous: LoadedModel | None,
+) -> None:
+    _publish(metrics, loaded, previous)
+    if heap is not None and previous is not None:
+        heap.thaw()  # what the model replaced held was frozen: let the collector have it
 
 
 def _publish(metrics: ServiceMetrics, loaded: LoadedModel, previous: LoadedModel | None) -> None:
@@ -248,6 +267,8 @@ def _install_hooks(app: Flask, app_state: ServiceState) -> None:
     @app.teardown_request
     def _finish(exc: BaseException | None) -> None:
         give_turn_back(app_state)
+        if app_state.heap is not None:
+            app_state.heap.settle()
         if "started" not in g:
             return
         _limit_body_reads(None)

@@ -81,7 +81,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         # later (one killed, a reload) while the file is locked or unwritable serves, its
         # series requests answering 503 until the file is back: had it refused to boot,
         # gunicorn would have stopped the whole server.
-        return create_app(self.service_config, check_state=False)
+        return create_app(self.service_config, check_state=False, freeze_heap=True)
 
 
 #: How long a connection closed with its request body unread goes on reading (and dropping)

@@ -17,6 +17,7 @@ from service.alert_state import SharedAlertStates
 from service.alerts import AlertTracker
 from service.config import ServiceConfig
 from service.delivery import AlertDispatcher
+from service.heap import FrozenHeap
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry, UnknownModel
 from service.series_store import SeriesStore
@@ -56,6 +57,8 @@ class ServiceState:
     large_turn: threading.Lock = field(default_factory=threading.Lock)
     #: Each series model's requests in this process, one at a time (``series_turn``).
     series_turns: dict[str, threading.Lock] = field(default_factory=dict)
+    #: A server worker's heap, frozen once the app was built (``service.heap``), or None.
+    heap: FrozenHeap | None = None
 
     def series_turn(self, model: str) -> threading.Lock:
         """Held by the request of ``model``'s series being windowed, scored and judged against
