@@ -100,11 +100,13 @@ bench-models: setup
 	done
 	$(BIN)/python tests/benchmarks/compare_models.py
 
-bench: setup bench-quality bench-models
+bench: setup bench-quality bench-models $(MODEL)/manifest.json
 	$(BIN)/python tests/benchmarks/bench_series.py --data-dir $(BENCH_DATA)
 	$(BIN)/python tests/benchmarks/bench_calendar.py --data-dir $(BENCH_DATA)
 	$(BIN)/python tests/benchmarks/bench_scoring.py
 	$(BIN)/python tests/benchmarks/bench_http.py
+	$(BIN)/python tests/benchmarks/bench_request_cpu.py --model $(MODEL)
+	$(BIN)/python tests/benchmarks/bench_liveness.py --model $(MODEL)
 	$(BIN)/python tests/benchmarks/bench_streams.py
 	$(BIN)/python tests/benchmarks/bench_batch.py --spark
 	$(BIN)/python tests/benchmarks/bench_advae.py --data-dir $(BENCH_DATA) \
