@@ -112,8 +112,9 @@ def build_parser(
         help="the 0/1 label column of --report-data (default: --label-column's name)",
     )
     _add_output_flags(train)
-    # The data's width is told from its header before TensorFlow's import (see run).
-    train.set_defaults(handler=cmd_train, check_input=check_input_width)
+    # The data's width is told from its header before TensorFlow's import (see run), which
+    # cmd_train makes itself once the data is read: its first lines waited ~20 s for it.
+    train.set_defaults(handler=cmd_train, check_input=check_input_width, tensorflow_later=True)
 
     score = commands.add_parser(
         "score",
@@ -511,7 +512,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
 
         print(f"error: {printable_message(str(missing))}", file=sys.stderr)
         return missing.exit_code
-    if not args.debug and getattr(args, "needs_tensorflow", True):
+    later = getattr(args, "tensorflow_later", False)  # the command imports it itself
+    if not args.debug and getattr(args, "needs_tensorflow", True) and not later:
         import_tensorflow_quietly()
     from detector.errors import DetectorError
     from detector.wording import printable_message, speaking_to

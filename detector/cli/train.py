@@ -56,8 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.errors import ConfigError, DataError, SchemaError
     from detector.io.frames import sample_table
     from detector.io.temporaries import check_not_an_input, check_outside_bundle, check_writable
-    from detector.nn.callbacks import progress_line
-    from detector.nn.training import TrainingConfig, train
+    from detector.native import import_tensorflow_quietly
+    from detector.nn.progress import progress_line
     from detector.scoring.output_columns import check_names_free
 
     check_outside_bundle(args.report, args.out, "--report")
@@ -133,6 +133,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         frame = frame.loc[~labels]
     frame = frame.drop(columns=excluded).reset_index(drop=True)
+    if not args.debug:
+        # Here, not before the reading (``run``): its lines waited ~20 s for TensorFlow.
+        import_tensorflow_quietly()
+    from detector.nn.training import TrainingConfig, train
+
     config = TrainingConfig(
         **{o.name: _flag_value(args, o) for o in training_options() if o.flag is not None},
         progress=progress,

@@ -29,13 +29,6 @@ class KLWarmup(keras.callbacks.Callback):  # type: ignore[misc]
 LINE_EVERY_SECONDS = 60.0
 
 
-def progress_line(text: str, *, enabled: bool) -> None:
-    """A line of training's progress on stderr (what it does before and after the epochs, which
-    took a minute each at 1,000,000 rows), where progress is shown."""
-    if enabled:
-        print(f"training: {text}", file=sys.stderr, flush=True)
-
-
 class ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
     """Training progress on stderr, showing the training and validation negative ELBO: one
     tqdm bar on a terminal; elsewhere (a log file, a CI job, a container) a plain line at the

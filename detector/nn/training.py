@@ -35,7 +35,7 @@ from detector.features.schema import (
     numbers_from_decimals,
 )
 from detector.native import global_random_state_kept
-from detector.nn.callbacks import KLWarmup, ProgressBar, progress_line
+from detector.nn.callbacks import KLWarmup, ProgressBar
 from detector.nn.lite_graph import LiteScoreGraph, litert_available, to_flatbuffer
 from detector.nn.models import MODELS
 from detector.nn.options import (
@@ -49,6 +49,7 @@ from detector.nn.options import (
     conditioned_on,
     type_problems,
 )
+from detector.nn.progress import progress_line
 from detector.nn.training_checks import (
     ACTIVE_UNIT_KL,
     active_units,

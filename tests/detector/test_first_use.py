@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -411,6 +413,39 @@ def test_training_prints_progress_lines_when_stderr_is_not_a_terminal(capsys, tm
     assert said[-1].startswith(f"training: scoring the {val} validation and {cal} calibration")
     code, _, err = run(capsys, "train", train, "--out", tmp_path / "q", *flags, "--quiet")
     assert code == 0 and "training: " not in err
+
+
+def test_the_first_progress_lines_come_before_tensorflow_loads(tmp_path) -> None:
+    # "training: reading ..." came after TensorFlow's ~20 s import: the command line imported
+    # it before the command, and the line's function lived in a module that imports Keras.
+    train = tmp_path / "train.csv"
+    pd.read_csv(DATA / "train.csv").head(300).to_csv(train, index=False)
+    flags = [f for f in TINY_FLAGS if f != "--quiet"]
+    argv = ["train", str(train), "--out", str(tmp_path / "m"), *flags]
+    # Each progress line, as it is written, with what of Keras and TensorFlow is loaded then.
+    code = (
+        "import sys\n"
+        "from detector.cli.main import main\n"
+        "class Watched:\n"
+        "    def __init__(self, inner): self.inner = inner\n"
+        "    def write(self, text):\n"
+        "        if text.startswith('training: '):\n"
+        "            loaded = [m for m in ('keras', 'tensorflow') if m in sys.modules]\n"
+        "            print(text.split(' ')[1], *loaded, file=sys.stdout, flush=True)\n"
+        "        return self.inner.write(text)\n"
+        "    def __getattr__(self, name): return getattr(self.inner, name)\n"
+        "sys.stderr = Watched(sys.stderr)\n"
+        f"print('exit', main({argv!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.split()[0] in PROGRESS_WORDS]
+    assert lines[:2] == ["reading", "read"], done.stdout + done.stderr
+    assert lines[2] == "fitting keras tensorflow"  # loaded by then: the watch sees it
+    assert done.stdout.splitlines()[-1] == "exit 0", done.stderr
+
+
+#: The first word of each progress line before the epochs'.
+PROGRESS_WORDS = ("reading", "read", "fitting")
 
 
 def test_progress_lines_come_at_least_every_minute_off_a_terminal(capsys) -> None:
