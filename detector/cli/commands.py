@@ -378,6 +378,7 @@ def _settings(bundle: Any) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
+    from detector.series.cap import series_cap_note
     from detector.wording import measured_at_note, percent
 
     bundle = load_bundle(args.model)
@@ -435,6 +436,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         then = measured_at_note(training.get("target_fpr", in_force), in_force)
         read = training.get("rows_read")
         sampled = f" (a uniform sample of the {read:,} read)" if isinstance(read, int) else ""
+        if whole := series_cap_note(training):
+            sampled = f" ({whole})"
         print(
             f"trained on {training.get('rows')} rows{sampled} in {training.get('epochs_run')} "
             "epochs "

@@ -90,7 +90,8 @@ def build_parser(
         metavar="N",
         help=f"train on a uniform sample of N rows (seeded by --seed) of a table of more, read "
         f"in chunks so memory stays the sample's; 0: every row (default {DEFAULT_MAX_ROWS:,}; a "
-        "series model, --time-column, reads every row)",
+        "series model, --time-column, keeps whole series, chosen by a seeded hash of their "
+        "keys, within N rows, the one that straddles N its most recent rows)",
     )
     _add_training_flags(train)
     _add_encoding_flag(train, refused="training refuses a file with text that does not decode")
@@ -457,7 +458,7 @@ _SYSTEM_FIXES = {
 _MEMORY_FIXES = {
     "train": (
         f"train on a smaller sample of the rows (--max-rows N, default {DEFAULT_MAX_ROWS:,}; a "
-        "series model: a file of fewer series or a shorter time), or on fewer columns "
+        "series model keeps fewer whole series), or on fewer columns "
         "(--ignore-column COL, or a file of fewer columns)"
     ),
     "score": "lower --chunk-rows (default 65536; e.g. 8192), and for a series model --max-series",

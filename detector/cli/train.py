@@ -59,6 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detector.native import import_tensorflow_quietly
     from detector.nn.progress import progress_line
     from detector.scoring.output_columns import check_names_free
+    from detector.series.cap import SeriesCap, cap_series
 
     check_outside_bundle(args.report, args.out, "--report")
     _check_bundle_target(args.out)
@@ -68,20 +69,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_writable(args.report)
         read = [p for p in (args.data, args.report_data) if p is not None and p != "-"]
         check_not_an_input(args.report, read, "--report")
-    # A series model's windows need each series' every row: its file is read whole.
-    max_rows = 0 if args.time_column else args.max_rows
+    max_rows = args.max_rows
     progress = _show_training_progress(args)
     # Reading and encoding 1,000,000 rows took half a minute before the first epoch's line.
     progress_line(f"reading {args.data}", enabled=progress)
     reading = time.monotonic()
-    frame, rows_read = sample_table(
-        args.data,
-        max_rows=max_rows,
-        seed=args.seed,
-        text_columns=[*args.categorical, *args.context],
-        encoding=args.encoding,
-    )
-    sampled = _sample_note(rows_read, len(frame), max_rows)
+    text_columns = [*args.categorical, *args.context]
+    capped: SeriesCap | None = None
+    if args.time_column and max_rows:
+        # A series model's windows need each series' every row: whole series are kept.
+        frame, capped = cap_series(
+            args.data,
+            max_rows=max_rows,
+            time_column=args.time_column,
+            key_columns=args.series_column,
+            seed=args.seed,
+            text_columns=text_columns,
+            encoding=args.encoding,
+        )
+        rows_read = capped.rows_read
+        sampled = capped.describe() if capped.capped else None
+    else:
+        frame, rows_read = sample_table(
+            args.data,
+            max_rows=max_rows,
+            seed=args.seed,
+            text_columns=text_columns,
+            encoding=args.encoding,
+        )
+        sampled = _sample_note(rows_read, len(frame), max_rows)
     kept = f", kept {len(frame):,}" if sampled else ""
     progress_line(
         f"read {rows_read:,} rows{kept} ({time.monotonic() - reading:.0f} s)", enabled=progress
@@ -147,14 +163,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     said_below = _SaidInTheSummary()
     training_log.addFilter(said_below)
     try:
-        bundle, summary = train(frame, config, sampled_from=rows_read if sampled else None)
+        # Whole series are no uniform sample of rows: their row numbers lie together.
+        uniform = sampled and capped is None
+        bundle, summary = train(frame, config, sampled_from=rows_read if uniform else None)
     finally:
         training_log.removeFilter(said_below)
     # Recorded so that scoring a file that still holds them needs no --keep-column.
     bundle = replace(bundle, ignored_columns=tuple(dict.fromkeys(args.ignore_column)))
     if sampled:  # only then: a table of fewer rows keeps the manifest it always had
+        how = {"rows_read": rows_read, "max_rows": max_rows}
         bundle = replace(
-            bundle, training={**bundle.training, "rows_read": rows_read, "max_rows": max_rows}
+            bundle,
+            training={**bundle.training, **(how if capped is None else capped.to_training())},
         )
     save_bundle(bundle, args.out, replacing=found)
     report = _write_training_report(args, bundle, report_passthrough)

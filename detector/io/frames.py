@@ -84,12 +84,38 @@ def sample_table(
     generator = np.random.default_rng(seed)
     held: list[pd.DataFrame] = []  # in file order; every row read while they fit
     keys = np.empty(0)
-    columns: pd.Index | None = None
     read = 0
+    for chunk in table_chunks(
+        path, chunk_rows=max_rows, text_columns=text_columns, encoding=encoding
+    ):
+        read += len(chunk)
+        held.append(chunk)
+        keys = np.concatenate([keys, generator.random(len(chunk))])
+        if len(keys) > max_rows:
+            kept = np.zeros(len(keys), dtype=bool)
+            kept[np.argpartition(keys, max_rows - 1)[:max_rows]] = True
+            held, keys = [rows_kept(held, kept)], keys[kept]
+    if not held:  # an empty file is read_table's to name
+        frame = read_table(path, text_columns=text_columns, encoding=encoding)
+        return frame, len(frame)
+    frame = held[0] if len(held) == 1 else pd.concat(held, ignore_index=True)
+    return (frame.reset_index(drop=True) if read > max_rows else frame), read
+
+
+def table_chunks(
+    path: str | os.PathLike[str],
+    *,
+    chunk_rows: int,
+    text_columns: Sequence[str] = (),
+    encoding: str | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The table ``read_table`` reads, in chunks of at most ``chunk_rows`` rows, each file's
+    columns in the first one's order. A file of no more rows is one chunk, read as
+    ``read_table`` reads it."""
+    columns: pd.Index | None = None
     for name in expand_inputs([path]):
-        # One chunk for a file of max_rows rows or fewer: read as read_table reads it.
         for chunk in iter_table(
-            name, text_columns=text_columns, chunk_rows=max_rows, encoding=encoding
+            name, text_columns=text_columns, chunk_rows=chunk_rows, encoding=encoding
         ):
             if columns is not None and set(chunk.columns) != set(columns):
                 raise DataError(
@@ -98,21 +124,10 @@ def sample_table(
                 )
             chunk = chunk if columns is None else chunk[columns]
             columns = chunk.columns if columns is None else columns
-            read += len(chunk)
-            held.append(chunk)
-            keys = np.concatenate([keys, generator.random(len(chunk))])
-            if len(keys) > max_rows:
-                kept = np.zeros(len(keys), dtype=bool)
-                kept[np.argpartition(keys, max_rows - 1)[:max_rows]] = True
-                held, keys = [_rows_kept(held, kept)], keys[kept]
-    if not held:  # an empty file is read_table's to name
-        frame = read_table(path, text_columns=text_columns, encoding=encoding)
-        return frame, len(frame)
-    frame = held[0] if len(held) == 1 else pd.concat(held, ignore_index=True)
-    return (frame.reset_index(drop=True) if read > max_rows else frame), read
+            yield chunk
 
 
-def _rows_kept(frames: list[pd.DataFrame], kept: np.ndarray) -> pd.DataFrame:
+def rows_kept(frames: list[pd.DataFrame], kept: np.ndarray) -> pd.DataFrame:
     """The rows of ``frames`` (one after the other) where ``kept`` ``(sum of their lengths,)``
     is true, in their order, as one frame."""
     parts, at = [], 0

@@ -924,6 +924,22 @@ def missing_key_reason(spec: SeriesSpec, empty: Sequence[str] = ()) -> str:
     )
 
 
+def series_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """Each row's series as one string ``(n,)`` (empty when no key column is named), as
+    windowing tells series apart (a row with no key gets a text such as 'nan':
+    ``unkeyed_rows`` tells them)."""
+    if not columns:
+        return np.full(len(frame), "", dtype=object)
+    first, *rest = (key_text(frame[c]) for c in columns)
+    joined = first.str.cat(rest, sep=KEY_SEPARATOR) if rest else first
+    return same_letters_keys(joined).to_numpy(dtype=object)
+
+
+def unkeyed_rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """Which rows ``(n,)`` have no value in a key column (``_missing_keys``): no series."""
+    return np.asarray(_missing_keys(frame, columns).any(axis=1), dtype=bool)
+
+
 def _missing_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     """Rows and key columns ``(n, len(columns))`` with no value: empty, or text a file's
     reader takes for missing with or without spaces (" NA ", "null"), so that a record's
@@ -1133,12 +1149,7 @@ class SeriesState:
         )
 
     def _keys(self, frame: pd.DataFrame) -> np.ndarray:
-        """Each row's series as one string (empty when no key column is named)."""
-        if not self.spec.key_columns:
-            return np.full(len(frame), "", dtype=object)
-        first, *rest = (key_text(frame[c]) for c in self.spec.key_columns)
-        joined = first.str.cat(rest, sep=KEY_SEPARATOR) if rest else first
-        return same_letters_keys(joined).to_numpy(dtype=object)
+        return series_keys(frame, self.spec.key_columns)
 
     def _recalled(self, keys: list[str], new: pd.DataFrame) -> pd.DataFrame:
         """The remembered rows of ``keys`` as a frame like ``new`` (``_row`` NaN)."""

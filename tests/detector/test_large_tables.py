@@ -167,8 +167,9 @@ def test_max_rows_must_be_a_count(capsys, tmp_path, value) -> None:
     assert "0 to train on every row" in capsys.readouterr().err
 
 
-def test_a_series_file_is_read_whole_whatever_the_cap(capsys, tmp_path) -> None:
-    # Sampling rows would tear each series' windows apart.
+def test_a_series_file_of_no_more_rows_is_read_whole(capsys, tmp_path) -> None:
+    # Sampling rows would tear each series' windows apart (a longer one keeps whole series:
+    # tests/detector/test_series_cap.py).
     from tests.conftest import fleet
 
     data = tmp_path / "fleet.csv"
@@ -176,8 +177,8 @@ def test_a_series_file_is_read_whole_whatever_the_cap(capsys, tmp_path) -> None:
     out = tmp_path / "m"
     argv = ["train", str(data), "--out", str(out), "--time-column", "ts", "--series-column"]
     flags = [f for f in FLAGS if f != "--quiet"]
-    code, said, err = run(capsys, *argv, "host", "--max-rows", "100", *flags)
-    assert code == 0 and "uniform sample" not in said
+    code, said, err = run(capsys, *argv, "host", "--max-rows", "360", *flags)
+    assert code == 0 and "uniform sample" not in said and "kept" not in said
     rows = len(pd.read_csv(data))
     assert f"training: read {rows} rows (" in err
     assert f"training: placing {rows} rows in their series' windows" in err  # silent a minute
