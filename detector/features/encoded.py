@@ -85,7 +85,9 @@ def overflow_of(scaled: np.ndarray, clip: float) -> np.ndarray | None:
     """How far each standardised value of ``scaled`` lies beyond ``±clip`` (0 within it, and
     where it is not a number), or ``None`` when none does: ``EncodedBatch.overflow``."""
     with np.errstate(invalid="ignore"):
-        if not (np.abs(scaled) > clip).any():  # NaN compares false: the usual batch, one pass
+        # NaN compares false: the usual batch, two passes and no copy (np.abs made one, as
+        # large as the batch: 0.67 GB of a series' 200,000 windows of 420 features).
+        if not ((scaled > clip).any() or (scaled < -clip).any()):
             return None
         excess = scaled - np.clip(scaled, -clip, clip)
     # float64: a value past float32's range (1e300 given) would become inf, with a warning.
