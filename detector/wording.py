@@ -198,6 +198,14 @@ def measured_at_note(trained_at: float, in_force: float) -> str:
     return "" if trained_at == in_force else f" at the training's target FPR {percent(trained_at)}"
 
 
+def scored_note(scored: object, validation_rows: object) -> str:
+    """What a training's held-out FPR needs beside it where it was measured on a sample of the
+    validation rows (the training summary's ``validation_scored``; ``None``: on every one)."""
+    if not isinstance(scored, int) or not isinstance(validation_rows, int):
+        return ""
+    return f" (a uniform sample of {scored:,} of the {validation_rows:,} validation rows)"
+
+
 def percent(share: float) -> str:
     """``share`` as a percentage to 3 decimals (2.000%), or to 2 significant digits where those
     would show a rate that is not zero as zero: a target FPR of 1e-6 read "0.000%"."""

@@ -379,7 +379,7 @@ def _settings(bundle: Any) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from detector.bundles.bundle import load_bundle
     from detector.series.cap import series_cap_note
-    from detector.wording import measured_at_note, percent
+    from detector.wording import measured_at_note, percent, scored_note
 
     bundle = load_bundle(args.model)
     training = {k: v for k, v in bundle.training.items() if k != "history"}
@@ -445,6 +445,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "); "
             f"validation ELBO {-training.get('val_neg_elbo', float('nan')):.3f}; "
             f"validation FPR {training.get('validation_fpr', float('nan')):.2%}{then}"
+            f"{scored_note(training.get('validation_scored'), training.get('validation_rows'))}"
         )
         print(f"settings: {_settings(bundle)}")
         for warning in training.get("warnings", []):

@@ -40,7 +40,7 @@ from detector.scoring.evaluation import (
     left_out_note,
     precision_text,
 )
-from detector.wording import leave_one_out_note, measured_at_note, training_end
+from detector.wording import leave_one_out_note, measured_at_note, scored_note, training_end
 
 if TYPE_CHECKING:
     from detector.bundles.bundle import Bundle
@@ -280,7 +280,8 @@ def _summary_rows(bundle: Bundle) -> list[tuple[str, str]]:
             (
                 "held-out validation FPR",
                 f"{_float(t.get('validation_fpr')):.2%}"
-                + measured_at_note(t.get("target_fpr", in_force), in_force),
+                + measured_at_note(t.get("target_fpr", in_force), in_force)
+                + scored_note(t.get("validation_scored"), t.get("validation_rows")),
             ),
             ("training time", _number(_float(t.get("seconds")), "s")),
         ]

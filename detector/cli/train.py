@@ -27,7 +27,7 @@ from detector.cli.commands import (
     _writes_files,
 )
 from detector.nn.option_specs import TrainingOption, training_options
-from detector.wording import leave_one_out_note, option, training_end
+from detector.wording import leave_one_out_note, option, scored_note, training_end
 
 
 class _SaidInTheSummary(logging.Filter):
@@ -222,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(logs)
     print(
         f"threshold {s.threshold:.4f} at target FPR {s.target_fpr:.2%}; held-out validation "
-        f"FPR {s.validation_fpr:.2%}"
+        f"FPR {s.validation_fpr:.2%}{scored_note(s.validation_scored, s.validation_rows)}"
     )
     for warning in s.warnings:
         print(f"WARNING: {warning}")
