@@ -16,15 +16,24 @@ cap.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
+import math
 import os
 import re
 import shutil
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from prometheus_client.mmap_dict import MmapedDict
+import prometheus_client.values
+from prometheus_client.mmap_dict import _INITIAL_MMAP_SIZE, MmapedDict
+
+from service.throttled_log import ThrottledLog
 
 #: The files prometheus_client's multiprocess mode writes, ``<type>_<pid>.db`` and for gauges
 #: ``<type>_<mode>_<pid>.db``, and the archives of dead workers' counts: only these are ours.
@@ -62,6 +71,118 @@ def space_problem(directory: str | Path) -> str | None:
     return None
 
 
+#: Samples of series first seen while the metrics directory was full: counted, not exported.
+_unplaced_said = ThrottledLog(logging.getLogger("service.metrics"), "samples not exported")
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: How often, while some series wait for room, a write tries to place them again.
+PLACE_AGAIN_S = 1.0
+
+
+class BackedMmapedDict(MmapedDict):
+    """prometheus_client's ``MmapedDict`` whose file is allocated on disk before its map is
+    written. prometheus_client grows a metric file with ``truncate`` alone, which leaves it
+    sparse; a page written through the map that the file system then cannot back kills the
+    process with SIGBUS. On a disk filled while serving, a worker's first new series (the first
+    503's status label) did that, its replacement refused to start, and gunicorn stopped the
+    server. Here the pages are taken first (``posix_fallocate``), so a full disk is an
+    ``OSError`` to handle: a new series is then counted in this process (``read_value``,
+    ``write_value``) and written to the file once space is back, and the log says so."""
+
+    def __init__(self, filename: str, read_mode: bool = False) -> None:
+        #: Series that found no room in the file: key -> (value, timestamp), until there is.
+        self._unplaced: dict[str, tuple[float, float]] = {}
+        self._tried = -math.inf
+        if not read_mode:
+            with open(filename, "a+b") as handle:
+                _allocate(handle.fileno(), _INITIAL_MMAP_SIZE, filename)
+        super().__init__(filename, read_mode)
+
+    def _init_value(self, key: str) -> None:
+        encoded = key.encode("utf-8")
+        padded = len(encoded) + (8 - (len(encoded) + 4) % 8)
+        needed = self._used + struct.calcsize(f"i{padded}sdd")
+        capacity = self._capacity
+        while needed > capacity:  # as prometheus_client grows it, which then maps it
+            capacity *= 2
+        if capacity > self._capacity:
+            _allocate(self._f.fileno(), capacity, self._fname)
+        super()._init_value(key)
+
+    def read_value(self, key: str) -> Any:
+        if key not in self._positions and not self._placed(key):
+            return self._unplaced[key]
+        return super().read_value(key)
+
+    def write_value(self, key: str, value: float, timestamp: float) -> None:
+        if self._unplaced and time.monotonic() - self._tried >= PLACE_AGAIN_S:
+            self._place_unplaced()  # space may be back: the counts kept meanwhile go out
+        if key not in self._positions and not self._placed(key):
+            self._unplaced[key] = (value, timestamp)
+            return
+        super().write_value(key, value, timestamp)
+
+    def _placed(self, key: str) -> bool:
+        """Give ``key`` its place in the file; ``False`` where the disk has no room for it."""
+        self._tried = time.monotonic()
+        try:
+            self._init_value(key)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            self._unplaced.setdefault(key, (0.0, 0.0))
+            _unplaced_said.error(
+                "the metrics directory %s (PROMETHEUS_MULTIPROC_DIR) is full: new metric "
+                "series are counted in this worker and left out of /metrics until space is "
+                "freed there",
+                os.path.dirname(self._fname),
+            )
+            return False
+        if key in self._unplaced:  # counted meanwhile: now in the file, from where it was
+            super().write_value(key, *self._unplaced.pop(key))
+        return True
+
+    def _place_unplaced(self) -> None:
+        for key in list(self._unplaced):
+            if not self._placed(key):
+                return
+
+
+def _allocate(fd: int, size: int, filename: str) -> None:
+    """Take the file's first ``size`` bytes on disk (growing it to that size where shorter)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise OSError(exc.errno, os.strerror(exc.errno), filename) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # A file system without fallocate: written zeros take the blocks as well.
+        have = os.fstat(fd).st_size
+        if have < size:
+            os.pwrite(fd, bytes(size - have), have)
+
+
+def back_metric_files() -> None:
+    """Make prometheus_client's multiprocess values write through ``BackedMmapedDict``. Its
+    value class names ``MmapedDict`` when a process first counts a metric type; it has no other
+    way in. Called before any metric is made (``ServiceMetrics``); again does nothing."""
+    prometheus_client.values.MmapedDict = BackedMmapedDict  # type: ignore[misc]
+
+
+#: The files a worker of this service writes (its gauges' modes: ``service.metrics``).
+WORKER_FILES = (
+    "counter", "histogram", "gauge_livesum", "gauge_livemax", "gauge_livemin", "gauge_mostrecent"
+)  # fmt: skip
+
+
+def open_metric_files(directory: str | Path) -> None:
+    """Make this process's metric files now, their first pages on disk: prometheus_client
+    makes each when a metric of its type is first counted (a worker's histogram at its first
+    request), and one that finds the disk full then cannot be made at all."""
+    for prefix in WORKER_FILES:
+        BackedMmapedDict(str(Path(directory) / f"{prefix}_{os.getpid()}.db")).close()
+
+
 def clear_metric_files(directory: Path) -> None:
     """Delete an earlier run's metric files, and nothing else: the variable may name a
     directory that holds other things (never ``rmtree`` a path taken from the environment)."""
@@ -92,7 +213,7 @@ def fold_dead_worker(directory: str | Path, pid: int) -> None:
                 # file system that kills this process, the master. Left as they are, the dead
                 # worker's counts are still read by every scrape.
                 return
-            archive = MmapedDict(str(folder / f"{kind}_archive.db"))
+            archive = BackedMmapedDict(str(folder / f"{kind}_archive.db"))
             try:
                 # Each series as it is: moving a count to another series (a capped label's
                 # '__other__') made the first go down, which Prometheus takes for a reset.

@@ -24,7 +24,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from detector.features.encoded import REJECTION_CODES
-from service.metric_files import counted_label_values, reading
+from service.metric_files import (
+    back_metric_files,
+    counted_label_values,
+    open_metric_files,
+    reading,
+)
 
 #: p-value buckets: dense around the usual thresholds (1e-4 .. 0.05) so alert levels are visible.
 P_VALUE_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -52,6 +57,9 @@ class ServiceMetrics:
     """Every metric the service exports. Label sets are small and fixed."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        back_metric_files()  # before the first value: a full disk must not kill the worker
+        if (directory := multiprocess_dir()) is not None:
+            open_metric_files(directory)
         self.registry = registry
         self.records_scored = Counter(
             "anomaly_records_scored_total", "Records scored.", ["model"], registry=registry

@@ -4,6 +4,7 @@ every worker that ever exited."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.mmap_dict import MmapedDict
 
-from service.metric_files import fold_dead_worker, reading
+from service import metric_files
+from service.metric_files import WORKER_FILES, BackedMmapedDict, fold_dead_worker, reading
 from service.metrics import MAX_KEY_SERIES, OTHER_KEYS
 
 
@@ -135,3 +137,49 @@ def test_workers_that_die_before_serving_stop_the_server_once(tmp_path: Path, mo
         server._child_exit(None, SimpleNamespace(pid=99))
     server._child_exit(None, SimpleNamespace(pid=100))  # once: not again as the master stops
     assert not list(tmp_path.glob(".booted-*"))
+
+
+def test_a_workers_metric_files_are_on_disk_before_their_maps_are_written(tmp_path: Path) -> None:
+    # prometheus_client grows its files with truncate alone: sparse, each page taken from the
+    # disk when first written through the map. A disk filled while serving killed a worker
+    # with SIGBUS at its first new series (a 503's status label), its replacement refused to
+    # start, and gunicorn stopped the server. Each file must be on disk whole, the histogram's
+    # too (made at a worker's first request, where the disk may be full by then).
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    keys = [f"host={i}" for i in range(MAX_KEY_SERIES)]
+    run = subprocess.run([sys.executable, "-c", _WORKER, *keys], env=env, check=False)
+    assert run.returncode == 0
+    (pid,) = {p.stem.rsplit("_", 1)[1] for p in tmp_path.glob("counter_[0-9]*.db")}
+    for prefix in WORKER_FILES:
+        size = (tmp_path / f"{prefix}_{pid}.db").stat()
+        assert size.st_blocks * 512 >= size.st_size, prefix
+
+
+def test_a_new_series_on_a_full_disk_is_counted_and_written_once_space_is_back(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    # The file must grow for the new series, and the disk refuses: the count is kept in the
+    # process, not lost, and the worker lives on.
+    path = str(tmp_path / "counter_1.db")
+    values = BackedMmapedDict(path)
+    first = [f"series {i} " + "x" * 100 for i in range(1000)]  # past the file's first 64 KiB
+
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    for i, key in enumerate(first):
+        values.write_value(key, float(i), 0.0)
+    values.write_value(first[-1], 2000.0, 0.0)
+    assert values.read_value(first[-1]) == (2000.0, 0.0)
+    assert "is full: new metric series are counted in this worker" in caplog.text
+    on_disk = {k for k, *_ in MmapedDict.read_all_values_from_file(path)}
+    assert first[-1] not in on_disk  # nowhere to put it yet
+    monkeypatch.undo()  # space freed
+    monkeypatch.setattr(metric_files, "PLACE_AGAIN_S", 0.0)  # not waiting for the clock
+    values.write_value(first[0], 0.0, 0.0)  # a series in the file: the others go out too
+    values.write_value(first[-1], 2001.0, 0.0)
+    values.close()
+    written = {k: v for k, v, *_ in MmapedDict.read_all_values_from_file(path)}
+    assert written[first[-1]] == 2001.0
+    assert [written[k] for k in first[:-1]] == [float(i) for i in range(999)]
