@@ -142,7 +142,11 @@ def score_file(
     except RejectRateExceeded:
         run.discard()
         raise
-    run.commit()
+    try:
+        run.commit()
+    except BaseException:
+        run.abort()  # a full disk at the last rows: no partial file left beside the output
+        raise
     return report
 
 
@@ -429,7 +433,12 @@ class _Run:
         )
 
     def commit(self) -> None:
-        self.writer.close()
+        # Both written out before either is renamed into place: a full disk that refused the
+        # rejects' last rows had the scores in place, and the rows it rejected nowhere.
+        self.writer.finish()
+        if self.n_rejects:
+            self.rejects_writer.finish()
+        self.writer.publish()
         self._close_rejects()
 
     def discard(self) -> None:

@@ -71,6 +71,7 @@ from detector.io.temporaries import (
     partial_path,
     remove_stale_temporaries,
     staging_path,
+    told_as,
 )
 from detector.nn.lite_graph import LiteScoreGraph, litert_available
 from detector.nn.training_options import DEVIATION_WEIGHT, MAX_SAMPLES, METRIC_WEIGHT
@@ -368,20 +369,8 @@ def save_bundle(
     staging = staging_path(target, "tmp")
     staging.mkdir()
     try:
-        with warnings.catch_warnings():
-            # Keras' own deprecated numpy call, which failed a user's save under -W error
-            # (their test suite's warnings-as-errors); nothing the caller can act on.
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
-            bundle.model.save(staging / MODEL_FILE)
-        written = [MODEL_FILE]
-        if bundle.scorer is not None:
-            (staging / SCORER_FILE).write_bytes(bundle.scorer)
-            written.append(SCORER_FILE)
-        if bundle.neighbours is not None:
-            (staging / NEIGHBOURS_FILE).write_bytes(bundle.neighbours.to_bytes())
-            written.append(NEIGHBOURS_FILE)
-        manifest = bundle.manifest({name: sha256_of(staging / name) for name in written})
-        write_manifest(staging, manifest)
+        with told_as(target):  # not the staging folder, which is gone when the error is read
+            _write_files(bundle, staging)
         with changing(target):
             if replacing is not None:
                 check_unchanged(target, replacing)
@@ -390,6 +379,23 @@ def save_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _write_files(bundle: Bundle, staging: Path) -> None:
+    with warnings.catch_warnings():
+        # Keras' own deprecated numpy call, which failed a user's save under -W error
+        # (their test suite's warnings-as-errors); nothing the caller can act on.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
+        bundle.model.save(staging / MODEL_FILE)
+    written = [MODEL_FILE]
+    if bundle.scorer is not None:
+        (staging / SCORER_FILE).write_bytes(bundle.scorer)
+        written.append(SCORER_FILE)
+    if bundle.neighbours is not None:
+        (staging / NEIGHBOURS_FILE).write_bytes(bundle.neighbours.to_bytes())
+        written.append(NEIGHBOURS_FILE)
+    manifest = bundle.manifest({name: sha256_of(staging / name) for name in written})
+    write_manifest(staging, manifest)
 
 
 def check_unchanged(target: Path, replacing: Found) -> None:
@@ -499,7 +505,8 @@ def _set_target_fpr(path: str | os.PathLike[str], target_fpr: float) -> Bundle:
         )
         bundle = replace(bundle, training=training)
     try:
-        write_manifest(Path(path), manifest)
+        with told_as(path):
+            write_manifest(Path(path), manifest)
     except OSError as exc:
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise

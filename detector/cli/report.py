@@ -31,7 +31,12 @@ from detector.cli.report_figures import (
     roc_figure,
     score_histogram,
 )
-from detector.io.temporaries import partial_path, remove_stale_temporaries, written_path
+from detector.io.temporaries import (
+    partial_path,
+    remove_stale_temporaries,
+    told_as,
+    written_path,
+)
 from detector.scoring.evaluation import (
     Evaluation,
     evaluate_scores,
@@ -129,7 +134,8 @@ def write_report(path: str | os.PathLike[str], page: str) -> None:
     remove_stale_temporaries(target)
     partial = partial_path(target)
     try:
-        partial.write_text(page, encoding="utf-8")
+        with told_as(target):
+            partial.write_text(page, encoding="utf-8")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ was killed (``remove_stale_temporaries``)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -13,7 +14,7 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from detector.errors import ConfigError
@@ -29,6 +30,24 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     return target.with_name(f".{target.name}.{_owner()}.partial")
+
+
+#: A write refused for want of room: the system's error names no file, only the device.
+_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def told_as(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Within it, a write refused for want of room (a full disk, a quota, ``ulimit -f``) is
+    raised as an ``OSError`` naming ``path``, what the user gave: the system's error named
+    no file ("No space left on device", and pyarrow's "Error writing bytes to file. Detail:
+    [errno 28] ..."), so the command line's message could not say which disk to free."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _ROOM:
+            raise
+        raise OSError(exc.errno, os.strerror(exc.errno), os.fspath(path)) from exc
 
 
 def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> None:

@@ -13,6 +13,7 @@ by the next writer of the same target (``detector.io.temporaries.remove_stale_te
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -36,6 +37,7 @@ from detector.io.temporaries import (
     check_writable,
     partial_path,
     remove_stale_temporaries,
+    told_as,
     written_path,
 )
 
@@ -105,6 +107,10 @@ class TableWriter:
         (``SourceChunk.records``): it is written as it is, then the other columns."""
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table, preserve_index=False)
+        with told_as(self.target) if self.stream is None else contextlib.nullcontext():
+            self._write(table, leading_text, leading_columns)
+
+    def _write(self, table: pa.Table, leading_text: pa.Array | None, leading_columns: int) -> None:
         if self._columns is None:
             self._columns = list(table.column_names)
         elif list(table.column_names) != self._columns:
@@ -206,10 +212,27 @@ class TableWriter:
         return table, found
 
     def close(self) -> None:
+        """``finish``, then ``publish``."""
+        self.finish()
+        self.publish()
+
+    def finish(self) -> None:
+        """Write out what is buffered and close the file, not yet renamed into place: a full
+        disk fails here, and the partial file is removed."""
         if self.stream is not None:
             self.stream.flush()
             return
-        self._close()
+        try:
+            with told_as(self.target):
+                self._close()
+        except BaseException:
+            self.abort()
+            raise
+
+    def publish(self) -> None:
+        """Rename the finished file into place."""
+        if self.stream is not None:
+            return
         if not self._partial.exists():
             self._partial.touch()
         os.replace(self._partial, self.target)
@@ -217,16 +240,25 @@ class TableWriter:
     def abort(self) -> None:
         if self.stream is not None:
             return  # what was written is the reader's; the exit status says the run failed
-        self._close()
+        # Closing writes out what was buffered, which fails again on a full disk: the partial
+        # file (20 KiB of a .csv.gz) was left beside the output.
+        with contextlib.suppress(Exception):
+            self._close()
         self._partial.unlink(missing_ok=True)
 
     def _close(self) -> None:
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._text is not None:
-            self._text.close()
-        if self._raw is not None:
-            self._raw.close()
+        """Close each part (a gzip stream before the file under it), all of them even where
+        one fails, raising the first failure."""
+        parts = [p for p in (self._parquet, self._text, self._raw) if p is not None]
+        self._parquet = self._text = self._raw = None
+        failed: BaseException | None = None
+        for part in parts:
+            try:
+                part.close()
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 def formula_cells(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array | None:

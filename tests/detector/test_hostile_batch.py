@@ -552,13 +552,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
 
 
-def test_a_write_the_system_refuses_midway_names_the_cause_and_leaves_nothing(
-    bundle_dir: Path, tmp_path: Path
-) -> None:
-    """A full disk or a file size limit (``ulimit -f``, tried here: a full disk needs a
-    small file system mounted) strikes after the output has begun: an error naming it, not an
-    internal error, and no partial output left behind."""
-    source = write(tmp_path / "in.csv", records(3_000))  # ~700 kB scored, past the limit
+def _score_under_a_size_limit(bundle_dir: Path, source: Path, output: Path) -> str:
     result = subprocess.run(
         [
             sys.executable,
@@ -568,7 +562,7 @@ def test_a_write_the_system_refuses_midway_names_the_cause_and_leaves_nothing(
             str(bundle_dir),
             str(source),
             "--output",
-            str(tmp_path / "out.csv"),
+            str(output),
             "--quiet",
         ],
         preexec_fn=_limit_file_size,
@@ -577,9 +571,79 @@ def test_a_write_the_system_refuses_midway_names_the_cause_and_leaves_nothing(
         timeout=300,
     )
     assert result.returncode == 1, result.stderr
-    assert "error: File too large" in result.stderr and "ulimit -f" in result.stderr
-    assert "no output was written" in result.stderr and "internal" not in result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.csv.gz", "out.jsonl", "out.parquet"])
+def test_a_write_the_system_refuses_midway_names_the_cause_and_leaves_nothing(
+    bundle_dir: Path, tmp_path: Path, name: str
+) -> None:
+    """A full disk or a file size limit (``ulimit -f``, tried here: a full disk needs a
+    small file system mounted) strikes after the output has begun: an error naming it and
+    the output, not an internal error, and no partial output left behind. A .csv.gz left
+    its partial file (closing the gzip stream wrote its rest, and failed again), and none
+    named the file ('error: No space left on device: free space on that disk')."""
+    source = write(tmp_path / "in.csv", records(6_000))  # ~1.4 MB scored, past the limit
+    err = _score_under_a_size_limit(bundle_dir, source, tmp_path / name)
+    assert f"error: File too large ({tmp_path / name}):" in err and "ulimit -f" in err, err
+    assert "no output was written" in err and "internal" not in err
     assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
+
+
+def test_rejects_past_the_limit_leave_neither_file(bundle_dir: Path, tmp_path: Path) -> None:
+    """The rejects file hits the limit where the scores would not: its partial file was left
+    (closing it wrote its buffer, and failed again), and it named the output's folder alone."""
+    rows = records(3_000)
+    for row in rows[100:]:
+        row[CPU] = "not a number " + "x" * 200
+    source = write(tmp_path / "in.csv", rows)
+    output = tmp_path / "out.csv"
+    err = _score_under_a_size_limit(bundle_dir, source, output)
+    assert f"error: File too large ({output}.rejects.csv):" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
+
+
+def _cli_under_a_size_limit(*argv: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "detector.cli.main", *argv],
+        preexec_fn=_limit_file_size,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    return result.stderr
+
+
+def test_a_bundle_the_disk_cannot_hold_is_named_and_the_old_one_kept(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Training into a bundle's folder on a full disk: the error named no folder ('error: No
+    space left on device: free space on that disk'); the bundle there stays as it was, and
+    no staging folder is left."""
+    out = tmp_path / "model"
+    shutil.copytree(bundle_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    data = write(tmp_path / "train.csv", records(300))
+    err = _cli_under_a_size_limit("train", str(data), "--out", str(out), "--epochs", "1")
+    assert f"error: File too large ({out}):" in err and "no output was written" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.csv"]
+
+
+def test_a_threshold_the_disk_cannot_hold_is_named_and_changes_nothing(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """``anomaly threshold`` rewrites the manifest beside itself: refused midway, the error
+    named no file, and the manifest stays as it was."""
+    bundle = tmp_path / "model"
+    shutil.copytree(bundle_dir, bundle)
+    manifest = (bundle / "manifest.json").read_bytes()
+    assert len(manifest) > 50_000  # past the limit set below
+    err = _cli_under_a_size_limit("threshold", str(bundle), "--fpr", "0.05")
+    assert f"error: File too large ({bundle}):" in err, err
+    assert (bundle / "manifest.json").read_bytes() == manifest
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in bundle_dir.iterdir())
 
 
 def test_a_category_spelled_as_a_missing_value_marker_is_named_in_the_refusal(
