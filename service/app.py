@@ -41,6 +41,9 @@ from service.turns import give_turn_back
 log = logging.getLogger(__name__)
 #: A state file failing fails every series request: logged once a minute, counted.
 _state_failing = ThrottledLog(log, "requests failed")
+#: ``Retry-After`` of a series request refused for a full disk: room comes back when an
+#: operator frees it, not in a second.
+DISK_FULL_RETRY_S = 30
 
 
 def create_app(
@@ -467,8 +470,10 @@ def _install_error_handlers(app: Flask) -> None:
             # SQLite's 'unable to open database file', at the open files limit: said as any
             # other request out of open files is, with the limit and the fix.
             return _os_error(cause)
-        # Checked at start, the state file can still fail later: a full disk, a file
-        # replaced or corrupted under the server, a lock held past its timeout.
+        if getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL":
+            return _state_disk_full()
+        # Checked at start, the state file can still fail later: a file replaced or
+        # corrupted under the server, a lock held past its timeout.
         _state_failing.error(
             "series state file failed serving %s %s: %s", request.method, request.path, exc
         )
@@ -477,6 +482,24 @@ def _install_error_handlers(app: Flask) -> None:
             "series_state_unavailable",
             f"the series' state file cannot be used ({exc}); see the server log",
         )
+
+    def _state_disk_full() -> Any:
+        # SQLite said only 'database or disk is full', and the log naming no file: where an
+        # on-call helper's disk filled, series requests got 503s naming neither the disk nor
+        # what to do. Nothing to fix in the request: it scores once there is room again.
+        _state_failing.error(
+            "series state file %s is on a full disk: series requests get 503 until space is "
+            "freed there (or series_state names a file on a larger disk)",
+            state().config.series_state,
+        )
+        response, status = error_response(
+            503,
+            "series_state_unavailable",
+            "the server's disk for its series state is full; the records were not scored: "
+            "send them again in a while (its log names the file)",
+        )
+        response.headers["Retry-After"] = str(DISK_FULL_RETRY_S)
+        return response, status
 
     @app.errorhandler(OSError)
     def _os_error(exc: OSError) -> Any:

@@ -374,10 +374,14 @@ def _alert(state: ServiceState, scored: ScoredRequest, records: Records) -> None
     try:
         _observe(tracker, alerts, scored, keys, top, shown)
     except sqlite3.Error as exc:  # the records are scored and answered; their alerts are not
+        full = getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
         _unusable.error(
             "model %s: alert state unusable, records scored without alerts: %s",
             tracker.model,
-            exc,
+            # 'database or disk is full' named neither the file nor what to do.
+            f"the state file {state.config.series_state} is on a full disk; free space there"
+            if full
+            else exc,
             count=result.n_scored,
         )
         # A log line alone left alerting off while /readyz said ready: a full disk stopped

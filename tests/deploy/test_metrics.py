@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from service.alert_policy import AlertPolicy
@@ -127,3 +128,38 @@ def test_records_left_out_of_alerting_by_an_unusable_alert_state_are_counted(
         state.dispatcher.stop()
     counted = samples(state.metrics.registry, "anomaly_records_unalerted_total")
     assert counted == {(("model", "tiny"),): 3.0}
+
+
+def test_an_alert_state_on_a_full_disk_is_logged_naming_the_file(
+    bundle_dir: Path, monkeypatch, caplog, tmp_path: Path
+) -> None:
+    # SQLite's 'database or disk is full' was logged as it came: no file, nothing to do.
+    import math
+    import sqlite3
+
+    from service import scoring
+    from service.alerts import AlertTracker
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (x BLOB)")
+    db.execute("PRAGMA max_page_count = 2")  # a file that may not grow: SQLITE_FULL
+    with pytest.raises(sqlite3.OperationalError) as refused:
+        db.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    assert refused.value.sqlite_errorname == "SQLITE_FULL"
+
+    def full(self, record, **kwargs):  # type: ignore[no-untyped-def]
+        raise refused.value
+
+    state_file = str(tmp_path / "state.sqlite")
+    app, _ = make_app(bundle_dir, alerts=AlertPolicy(group_by=("host",)), series_state=state_file)
+    monkeypatch.setattr(AlertTracker, "observe", full)
+    monkeypatch.setattr(scoring._unusable, "logged_at", -math.inf)
+    state = app.extensions["anomaly"]
+    try:
+        records = [broken(NORMAL[i]) for i in range(3)]
+        answer = app.test_client().post("/v1/models/tiny/score", json={"records": records})
+    finally:
+        state.dispatcher.stop()
+    assert answer.status_code == 200
+    said = [r.getMessage() for r in caplog.records if "alert state unusable" in r.getMessage()]
+    assert said and f"the state file {state_file} is on a full disk; free space there" in said[0]

@@ -4,6 +4,7 @@ scoring gives it in the whole file. Late and broken records are rejected with th
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 from collections.abc import Iterator
@@ -498,6 +499,56 @@ def test_a_state_file_locked_past_the_timeout_answers_503_with_the_reason(
     assert response.status_code == 503
     body = response.get_json()
     assert body["error"] == "series_state_unavailable" and "locked" in body["detail"]
+
+
+def test_a_state_file_on_a_full_disk_answers_503_naming_the_disk_and_recovers(
+    series_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # SQLite's own 'database or disk is full' (SQLITE_FULL) once the file cannot grow: it was
+    # answered 503 "the series' state file cannot be used (database or disk is full)" with
+    # no Retry-After, and logged naming no file.
+    import math
+
+    from service import app as service_app
+
+    path = tmp_path / "series.sqlite"
+    (app,) = apps(series_dir, str(path))
+    connect = series_store.connect
+    made: list[sqlite3.Connection] = []
+    monkeypatch.setattr(series_store, "connect", lambda at: made.append(connect(at)) or made[-1])
+    monkeypatch.setattr(service_app._state_failing, "logged_at", -math.inf)
+    records = fleet(200).to_dict("records")
+    new_hosts = [dict(r, host=f"host-{i}") for i, r in enumerate(records[3:400])]
+    client = app.test_client()
+    try:
+        assert (
+            client.post("/v1/models/fleet/score", json={"records": records[:3]}).status_code == 200
+        )
+
+        def room(pages: int | None) -> None:
+            for db in made:
+                with contextlib.suppress(sqlite3.ProgrammingError):  # one dropped meanwhile
+                    size = db.execute("PRAGMA page_count").fetchone()[0]
+                    db.execute(f"PRAGMA max_page_count = {pages or size}")
+
+        room(None)  # the disk fills: not a page more
+        refused = client.post("/v1/models/fleet/score", json={"records": new_hosts})
+        room(2**30)  # space freed
+        scored = client.post("/v1/models/fleet/score", json={"records": new_hosts})
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+    assert refused.status_code == 503
+    assert refused.get_json()["error"] == "series_state_unavailable"
+    assert "disk for its series state is full" in refused.get_json()["detail"]
+    assert refused.headers["Retry-After"] == str(service_app.DISK_FULL_RETRY_S)
+    said = [r.getMessage() for r in caplog.records if "full disk" in r.getMessage()]
+    assert said and f"series state file {path} is on a full disk" in said[0], said
+    assert scored.status_code == 200, scored.get_json()
+    assert scored.get_json()["counts"]["scored"] == len(new_hosts)
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 @pytest.mark.parametrize("out_of_files", [True, False])
