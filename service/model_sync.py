@@ -5,6 +5,7 @@ it."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -174,6 +175,13 @@ class SyncDir:
 
 
 def sync_error(sync_dir: Path, exc: OSError) -> ModelSyncError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # Told to make a full directory "writable", an on-call helper had nothing to change.
+        return ModelSyncError(
+            f"model_sync_dir {sync_dir} is on a full disk ({exc.strerror}): a reload copies "
+            "the bundle there; free space there, or point model_sync_dir at a larger disk; the "
+            "model in force keeps serving"
+        )
     return ModelSyncError(
         f"cannot use model_sync_dir {sync_dir} ({exc}); make it a writable directory that only "
         "this server's workers share; the model in force keeps serving"

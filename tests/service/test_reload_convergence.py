@@ -339,6 +339,36 @@ def test_a_sync_dir_that_cannot_be_written_is_answered_and_nothing_changes(
     assert client.post("/v1/models/tiny/score", json={"records": RECORDS}).status_code == 200
 
 
+def test_a_reload_onto_a_full_disk_says_so_and_leaves_no_copy(
+    app_with_sync_dir: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Told "cannot use model_sync_dir ... ([Errno 28] No space left on device); make it a
+    # writable directory", of a directory that was writable and full.
+    import errno
+
+    write_bytes = Path.write_bytes
+    sync = tmp_path / "sync"
+
+    def full(self: Path, data: Any) -> int:
+        if sync in self.parents:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(self, data)
+
+    client = app_with_sync_dir.test_client()
+    before = client.get("/v1/models/tiny").json
+    copies = sorted(p.name for p in sync.rglob("*"))
+    monkeypatch.setattr(Path, "write_bytes", full)
+    response = client.post("/v1/models/tiny/reload", json={}, headers=AUTH)
+    monkeypatch.undo()
+    assert response.status_code == 422, response.json
+    detail = response.json["detail"]
+    assert f"model_sync_dir {sync} is on a full disk (No space left on device)" in detail, detail
+    assert "free space there" in detail and "writable" not in detail
+    assert sorted(p.name for p in sync.rglob("*")) == copies  # the half copy removed
+    assert client.get("/v1/models/tiny").json["generation"] == before["generation"]
+    assert client.post("/v1/models/tiny/score", json={"records": RECORDS}).status_code == 200
+
+
 @pytest.mark.slow
 def test_sighup_reloads_each_bundle_from_its_directory(
     server: Server, bundles: dict[str, Path], bundle_dir: Path
