@@ -156,6 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ]
         if w
     ]
+    report_failed: OSError | None = None
     if args.report:
         from detector.cli.report import LabelledScores, evaluation_report, write_report
 
@@ -168,7 +169,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             group_column=args.by_column,
             warnings=tuple(warnings),
         )
-        write_report(args.report, evaluation_report(bundle, labelled))
+        try:
+            write_report(args.report, evaluation_report(bundle, labelled))
+        except OSError as exc:
+            # Raised once the metrics are printed: a full disk at the report cost the whole
+            # evaluation (nothing printed, exit 1), however long the scoring took.
+            report_failed = exc
     if args.json:
         print(
             json.dumps(
@@ -191,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-        return 0
+        return _report_written(report_failed)
     r = result
     if left_out:
         print(f"not scored (not the model's columns): {listed(left_out)}")
@@ -267,8 +273,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         if r.groups_left_out:
             print(f"  {left_out_note(r)}")
-    if args.report:
+    if args.report and report_failed is None:
         print(f"wrote report {args.report}")
+    return _report_written(report_failed)
+
+
+def _report_written(failed: OSError | None) -> int:
+    """0, or the report's failure raised, the metrics printed before it."""
+    if failed is not None:
+        sys.stdout.flush()
+        raise failed
     return 0
 
 

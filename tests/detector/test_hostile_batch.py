@@ -604,6 +604,10 @@ def test_rejects_past_the_limit_leave_neither_file(bundle_dir: Path, tmp_path: P
 
 
 def _cli_under_a_size_limit(*argv: str) -> str:
+    return _run_under_a_size_limit(*argv).stderr
+
+
+def _run_under_a_size_limit(*argv: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "detector.cli.main", *argv],
         preexec_fn=_limit_file_size,
@@ -612,7 +616,7 @@ def _cli_under_a_size_limit(*argv: str) -> str:
         timeout=300,
     )
     assert result.returncode == 1, result.stderr
-    return result.stderr
+    return result
 
 
 def test_a_bundle_the_disk_cannot_hold_is_named_and_the_old_one_kept(
@@ -644,6 +648,22 @@ def test_a_threshold_the_disk_cannot_hold_is_named_and_changes_nothing(
     assert f"error: File too large ({bundle}):" in err, err
     assert (bundle / "manifest.json").read_bytes() == manifest
     assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in bundle_dir.iterdir())
+
+
+def test_an_evaluation_whose_report_the_disk_refuses_is_still_printed(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """The report (~100 kB) is refused midway: the metrics were lost with it (nothing printed,
+    exit 1); now they are printed, then the error names the report, and no partial is left."""
+    report = tmp_path / "r.html"
+    run = _run_under_a_size_limit(
+        "evaluate", str(bundle_dir), str(DATA / "eval.csv"), "--label-column", "label",
+        "--report", str(report),
+    )  # fmt: skip
+    assert "AUROC" in run.stdout and "best F1" in run.stdout, run.stdout
+    assert "wrote report" not in run.stdout
+    assert f"error: File too large ({report}):" in run.stderr, run.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_category_spelled_as_a_missing_value_marker_is_named_in_the_refusal(
