@@ -559,6 +559,11 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         where = f" ({exc.filename})" if exc.filename else ""
         # Only of a command that writes: `anomaly info` on a bundle it may not read said so.
         nothing = "; no output was written" if _writes(args) else ""
+        if not exc.filename and _on_stdout(args):
+            # Standard output redirected to a full disk: it holds what was written before, which
+            # "no output was written" denied.
+            where = " (standard output)"
+            nothing = "; standard output holds the rows written so far, not a whole run"
         print(f"error: {exc.strerror}{where}: {fix}{nothing}", file=sys.stderr)
         return 1
     except Exception as exc:
@@ -618,6 +623,13 @@ def _missing_input(args: argparse.Namespace) -> DetectorError | None:
             except DetectorError as exc:
                 return exc
     return None
+
+
+def _on_stdout(args: argparse.Namespace) -> bool:
+    """Whether the command writes its rows to standard output (``--output -``; ``sample``
+    without ``--output``)."""
+    output = getattr(args, "output", None)
+    return output == "-" or (args.command == "sample" and output is None)
 
 
 def _writes(args: argparse.Namespace) -> bool:

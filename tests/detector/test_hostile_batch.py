@@ -666,6 +666,29 @@ def test_an_evaluation_whose_report_the_disk_refuses_is_still_printed(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_standard_output_on_a_full_disk_is_named_and_not_denied(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Rows streamed to standard output redirected to a full disk (/dev/full: every write is
+    ENOSPC): it said 'No space left on device: free space on that disk ...; no output was
+    written', of a file that held the rows written until then."""
+    source = write(tmp_path / "in.csv", records(3_000))
+    command = [sys.executable, "-m", "detector.cli.main", "score", str(bundle_dir), str(source)]
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [*command, "--output", "-", "--quiet"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "error: No space left on device (standard output): free space" in result.stderr
+    assert "standard output holds the rows written so far, not a whole run" in result.stderr
+    assert "no output was written" not in result.stderr
+
+
 def test_a_category_spelled_as_a_missing_value_marker_is_named_in_the_refusal(
     capsys, tmp_path: Path
 ) -> None:
