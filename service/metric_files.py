@@ -183,6 +183,25 @@ def open_metric_files(directory: str | Path) -> None:
         BackedMmapedDict(str(Path(directory) / f"{prefix}_{os.getpid()}.db")).close()
 
 
+def worker_files_problem(directory: str | Path) -> str | None:
+    """What keeps a worker starting now from making its metric files: not writable, or no room
+    for them; ``None`` where it can. Once made (``open_metric_files``) they are on disk whole,
+    and a full disk can no longer kill the worker: where ``space_problem`` asks for
+    ``MIN_FREE_BYTES`` before the server starts, a worker replaced later asks only this."""
+    folder = Path(directory)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR) is not writable"
+        open_metric_files(folder)
+    except OSError as exc:
+        return (
+            f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR) cannot hold a worker's "
+            f"files ({exc.strerror or exc}); free space there"
+        )
+    return None
+
+
 def clear_metric_files(directory: Path) -> None:
     """Delete an earlier run's metric files, and nothing else: the variable may name a
     directory that holds other things (never ``rmtree`` a path taken from the environment)."""

@@ -36,7 +36,12 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from detector.features.encode import shortened
 from service.config import ServiceConfig
-from service.metric_files import clear_metric_files, fold_dead_worker, space_problem
+from service.metric_files import (
+    clear_metric_files,
+    fold_dead_worker,
+    space_problem,
+    worker_files_problem,
+)
 from service.model_sync import SyncDir
 from service.open_files import out_of_files, say_out_of_files
 from service.series_store import forget_unserved
@@ -64,10 +69,12 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         from service.app import create_app, needs_tensorflow
 
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        problem = space_problem(directory) if directory else None
+        # Checked at start (8 MiB free). A worker replaced since (killed, timed out, a SIGHUP)
+        # on a disk that filled meanwhile refused to start for want of those 8 MiB, and
+        # gunicorn stopped the server, the other workers serving until then; its files on
+        # disk whole, it now needs only room for them. gunicorn stops the server on this code.
+        problem = worker_files_problem(directory) if directory else None
         if problem:
-            # Checked at start; a disk filled since would kill this worker with SIGBUS at its
-            # first count, and the next, and the next. gunicorn stops the server on this code.
             logging.getLogger("service").error("cannot start a worker: %s", problem)
             sys.exit(WORKER_BOOT_ERROR)
 

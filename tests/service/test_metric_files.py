@@ -183,3 +183,37 @@ def test_a_new_series_on_a_full_disk_is_counted_and_written_once_space_is_back(
     written = {k: v for k, v, *_ in MmapedDict.read_all_values_from_file(path)}
     assert written[first[-1]] == 2001.0
     assert [written[k] for k in first[:-1]] == [float(i) for i in range(999)]
+
+
+def test_a_worker_replaced_on_a_nearly_full_disk_starts_where_its_files_fit(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    # A worker killed while the disk held under 8 MiB free was replaced by one that refused to
+    # start ('has 0.2 MiB free, under the 8 MiB its files need'), and gunicorn stopped the
+    # server, whose other worker was serving (measured on a filled 20 MiB tmpfs).
+    import shutil
+
+    from service.config import ServiceConfig
+    from service.server import GunicornServer
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    usage = shutil.disk_usage(tmp_path)
+    nearly_full = usage._replace(free=2**20)  # as the system reports a disk with 1 MiB free
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: nearly_full)
+    config = ServiceConfig(models={"tiny": str(bundle_dir)}, alert_log=False)
+    app = GunicornServer(config, {"bind": "127.0.0.1:0"}).load()  # a worker booting
+    app.extensions["anomaly"].dispatcher.stop()
+    for prefix in WORKER_FILES:  # made whole, before any request
+        size = (tmp_path / f"{prefix}_{os.getpid()}.db").stat()
+        assert size.st_blocks * 512 >= size.st_size > 0, prefix
+
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    for path in tmp_path.glob("*.db"):
+        path.unlink()
+    monkeypatch.setattr(os, "posix_fallocate", full)  # no room for them at all
+    with pytest.raises(SystemExit) as refused:
+        GunicornServer(config, {"bind": "127.0.0.1:0"}).load()
+    assert refused.value.code == 3  # gunicorn's WORKER_BOOT_ERROR
+    assert f"the metrics directory {tmp_path} (PROMETHEUS_MULTIPROC_DIR) cannot hold" in caplog.text
