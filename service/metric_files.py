@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import importlib.metadata
 import json
 import logging
 import math
@@ -25,13 +26,15 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import prometheus_client.mmap_dict
 import prometheus_client.values
-from prometheus_client.mmap_dict import _INITIAL_MMAP_SIZE, MmapedDict
+from prometheus_client.mmap_dict import MmapedDict
 
 from service.throttled_log import ThrottledLog
 
@@ -76,6 +79,8 @@ _unplaced_said = ThrottledLog(logging.getLogger("service.metrics"), "samples not
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 #: How often, while some series wait for room, a write tries to place them again.
 PLACE_AGAIN_S = 1.0
+#: The size prometheus_client gives a new metric file (a private name of its: 64 KiB in 0.26).
+_FIRST_SIZE: int = getattr(prometheus_client.mmap_dict, "_INITIAL_MMAP_SIZE", 64 * 1024)
 
 
 class BackedMmapedDict(MmapedDict):
@@ -94,7 +99,7 @@ class BackedMmapedDict(MmapedDict):
         self._tried = -math.inf
         if not read_mode:
             with open(filename, "a+b") as handle:
-                _allocate(handle.fileno(), _INITIAL_MMAP_SIZE, filename)
+                _allocate(handle.fileno(), _FIRST_SIZE, filename)
         super().__init__(filename, read_mode)
 
     def _init_value(self, key: str) -> None:
@@ -162,11 +167,57 @@ def _allocate(fd: int, size: int, filename: str) -> None:
             os.pwrite(fd, bytes(size - have), have)
 
 
+def _backing_works() -> bool:
+    """Whether ``BackedMmapedDict`` works over the installed prometheus_client: it leans on
+    that library's private names (``_init_value``, ``_positions``, ``_used``...), which a
+    release may change; a value written and read back in a scratch file says."""
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            values = BackedMmapedDict(os.path.join(scratch, "check.db"))
+            try:
+                values.write_value("check", 2.5, 1.0)
+                ok = tuple(values.read_value("check")) == (2.5, 1.0)
+            finally:
+                values.close()
+    except Exception:  # any change of those internals, whatever it raises
+        return False
+    return ok and hasattr(prometheus_client.values, "MmapedDict")
+
+
+def metric_file_class() -> type[MmapedDict]:
+    """``BackedMmapedDict`` where it works over the installed prometheus_client, else its own
+    ``MmapedDict`` (the files then sparse again, as before), said once in the log."""
+    global _file_class
+    if _file_class is None:
+        _file_class = BackedMmapedDict if _backing_works() else MmapedDict
+        if _file_class is MmapedDict:
+            logging.getLogger("service.metrics").warning(
+                "this prometheus_client (%s) is not one the service's metric files were "
+                "written for: they are not taken on disk before use, so a disk that fills "
+                "may kill a worker (SIGBUS); install the prometheus-client version "
+                "pyproject.toml was tested with",
+                _installed_version(),
+            )
+    return _file_class
+
+
+_file_class: type[MmapedDict] | None = None
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("prometheus-client")
+    except importlib.metadata.PackageNotFoundError:
+        return "of unknown version"
+
+
 def back_metric_files() -> None:
     """Make prometheus_client's multiprocess values write through ``BackedMmapedDict``. Its
     value class names ``MmapedDict`` when a process first counts a metric type; it has no other
-    way in. Called before any metric is made (``ServiceMetrics``); again does nothing."""
-    prometheus_client.values.MmapedDict = BackedMmapedDict  # type: ignore[misc]
+    way in. Called before any metric is made (``ServiceMetrics``); again does nothing. Where
+    the installed prometheus_client's internals differ, its own class stays (and the log says
+    so): the service runs as before rather than not at all."""
+    prometheus_client.values.MmapedDict = metric_file_class()  # type: ignore[misc]
 
 
 #: The files a worker of this service writes (its gauges' modes: ``service.metrics``).
@@ -180,7 +231,7 @@ def open_metric_files(directory: str | Path) -> None:
     makes each when a metric of its type is first counted (a worker's histogram at its first
     request), and one that finds the disk full then cannot be made at all."""
     for prefix in WORKER_FILES:
-        BackedMmapedDict(str(Path(directory) / f"{prefix}_{os.getpid()}.db")).close()
+        metric_file_class()(str(Path(directory) / f"{prefix}_{os.getpid()}.db")).close()
 
 
 def worker_files_problem(directory: str | Path) -> str | None:
@@ -232,7 +283,7 @@ def fold_dead_worker(directory: str | Path, pid: int) -> None:
                 # file system that kills this process, the master. Left as they are, the dead
                 # worker's counts are still read by every scrape.
                 return
-            archive = BackedMmapedDict(str(folder / f"{kind}_archive.db"))
+            archive = metric_file_class()(str(folder / f"{kind}_archive.db"))
             try:
                 # Each series as it is: moving a count to another series (a capped label's
                 # '__other__') made the first go down, which Prometheus takes for a reset.

@@ -217,3 +217,40 @@ def test_a_worker_replaced_on_a_nearly_full_disk_starts_where_its_files_fit(
         GunicornServer(config, {"bind": "127.0.0.1:0"}).load()
     assert refused.value.code == 3  # gunicorn's WORKER_BOOT_ERROR
     assert f"the metrics directory {tmp_path} (PROMETHEUS_MULTIPROC_DIR) cannot hold" in caplog.text
+
+
+def test_a_prometheus_client_whose_internals_changed_keeps_its_own_files_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backed files lean on prometheus_client's private names; a release that renames
+    them must leave the service counting as before (sparse files), not failing to start."""
+    import prometheus_client.values
+
+    monkeypatch.setattr(metric_files, "_file_class", None)
+    monkeypatch.setattr(prometheus_client.values, "MmapedDict", MmapedDict)
+
+    def renamed(self: BackedMmapedDict, key: str) -> None:
+        raise AttributeError("'MmapedDict' object has no attribute '_used'")
+
+    monkeypatch.setattr(BackedMmapedDict, "_init_value", renamed)
+    metric_files.back_metric_files()
+    assert prometheus_client.values.MmapedDict is MmapedDict
+    (warning,) = [r for r in caplog.records if "prometheus_client" in r.getMessage()]
+    assert "SIGBUS" in warning.getMessage() and "pyproject.toml" in warning.getMessage()
+    metric_files.open_metric_files(tmp_path)  # the library's own files, made as before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{prefix}_{os.getpid()}.db" for prefix in WORKER_FILES
+    )
+
+
+def test_the_installed_prometheus_client_gets_files_taken_on_disk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check above passes for the version pyproject.toml installs (else its warning would
+    be said at every start, and the full-disk fix silently off)."""
+    import prometheus_client.values
+
+    monkeypatch.setattr(metric_files, "_file_class", None)
+    monkeypatch.setattr(prometheus_client.values, "MmapedDict", MmapedDict)
+    metric_files.back_metric_files()
+    assert prometheus_client.values.MmapedDict is BackedMmapedDict
