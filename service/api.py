@@ -204,7 +204,7 @@ def _score_response(
     return pydantic_core.to_json(body, inf_nan_mode="constants")
 
 
-#: A rejected record's own fields: a passthrough field of the same name does not hide them.
+#: A rejected record's own fields, which config refuses as passthrough names: never hidden.
 _REJECTED_FIELDS = frozenset(schemas.RejectedRecord.model_fields)
 
 

@@ -76,6 +76,22 @@ def _unset(value: Any) -> Any:
 
 OptionalText = Annotated[str | None, BeforeValidator(_unset)]
 
+#: The fields of a record's score answer, scored (``schemas.RecordResult``) or rejected
+#: (``schemas.RejectedRecord``), whatever model sets them: names no passthrough field may take.
+ANSWER_FIELDS = (
+    "index",
+    "anomaly_score",
+    "p_value",
+    "is_anomaly",
+    "severity",
+    "context_unseen",
+    "warming_up",
+    "training_spelling",
+    "top_features",
+    "code",
+    "reasons",
+)
+
 
 class ServiceConfig(BaseSettings):
     """Everything the service reads at start-up. ``models`` maps a name to a bundle directory."""
@@ -179,6 +195,24 @@ class ServiceConfig(BaseSettings):
                 )
             )
         return models
+
+    @field_validator("passthrough_fields")
+    @classmethod
+    def _passthrough_names(cls, fields: tuple[str, ...]) -> tuple[str, ...]:
+        # A field echoed beside the answer's own of its name: where the model set it, the
+        # record's value was dropped; where not (a conditional model's context_unseen, a
+        # series model's warming_up, a rejected record's anomaly_score), the record's value
+        # went out as the answer's. Refused here, where the name is given, as training
+        # refuses a column named like one the batch scorer adds (check_names_free).
+        taken = [f for f in fields if f in ANSWER_FIELDS]
+        if taken:
+            raise ValueError(
+                f"{taken}: the score answer has field(s) of that name itself "
+                f"({', '.join(ANSWER_FIELDS)}), and an echoed value would be lost behind it or "
+                f"taken for it; rename the field in the records (e.g. 'record_{taken[0]}') and "
+                "list that name"
+            )
+        return fields
 
     @field_validator("alertmanager_url", "webhook_url", "external_url")
     @classmethod

@@ -455,7 +455,8 @@ def per_record(scored: ScoredRequest, records: Records, passthrough: Sequence[st
             ],
         }
         for f, values in echo.items():
-            item.setdefault(f, values[i])  # a field named 'index' does not hide the index
+            # Never an answer's field (config refuses such names): never hides one either.
+            item.setdefault(f, values[i])
         out.append(item)
     return out
 

@@ -280,3 +280,29 @@ def test_an_ipv6_address_is_bracketed_before_its_port() -> None:
     assert bind_address("[::1]", 8000) == "[::1]:8000"
     assert bind_address("127.0.0.1", 8000) == "127.0.0.1:8000"
     assert bind_address("unix:/run/anomaly.sock", 8000) == "unix:/run/anomaly.sock"
+
+
+def _answer_fields() -> list[str]:
+    from service.schemas import RecordResult, RejectedRecord
+
+    return list(dict.fromkeys([*RecordResult.model_fields, *RejectedRecord.model_fields]))
+
+
+@pytest.mark.parametrize("name", _answer_fields())
+def test_a_passthrough_field_named_like_a_field_of_the_answer_is_refused(name) -> None:
+    # Echoed beside the answer's own field, a record's value was dropped where the model set
+    # that field ('severity', 'index'; a rejected record's 'code'), and went out as the
+    # answer's where it did not ('warming_up': 'yes' from a model that has no series, a
+    # rejected record's 'anomaly_score'). Any model the server loads may set it.
+    with pytest.raises(ConfigError) as err:
+        load_config(env={"ANOMALY_PASSTHROUGH_FIELDS": f"id,{name}"})
+    said = str(err.value)
+    assert f"passthrough_fields: [{name!r}]" in said
+    assert "rename" in said
+
+
+def test_a_passthrough_field_spelt_unlike_the_answer_fields_is_echoed() -> None:
+    # JSON tells keys apart by case and by every character: these hide nothing.
+    names = ("Severity", "anomaly\u2010score", "record_index")
+    config = load_config(env={"ANOMALY_PASSTHROUGH_FIELDS": ",".join(names)})
+    assert config.passthrough_fields == names

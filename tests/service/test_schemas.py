@@ -101,17 +101,17 @@ def test_results_keep_their_shape_and_passthrough_fields(client) -> None:
 def test_a_score_answer_is_the_bytes_its_model_writes(bundle_dir) -> None:
     # The answer is written without validating it (service.api._score_response): for a batch
     # of every kind (scored, anomalous, a label in another case, malformed, a missing value,
-    # passthrough fields, one named as an answer's field), its bytes are what ScoreResponse,
-    # validated from the same answer, writes: the same fields, values and order.
-    app, _ = make_app(bundle_dir, passthrough_fields=("id", "index", "code"))
+    # passthrough fields), its bytes are what ScoreResponse, validated from the same answer,
+    # writes: the same fields, values and order.
+    app, _ = make_app(bundle_dir, passthrough_fields=("id", "tag"))
     try:
         region = NORMAL[0]["region"]
         records = [
-            {**NORMAL[0], "id": "a-1", "index": "mine"},
-            {**broken(NORMAL[1]), "id": 2, "code": 3.5},
+            {**NORMAL[0], "id": "a-1", "tag": "mine"},
+            {**broken(NORMAL[1]), "id": 2, "tag": 3.5},
             {**NORMAL[2], "region": region.upper(), "id": None},
-            {**NORMAL[0], "cpu_pct": None, "id": "no-cpu", "index": 9, "code": "x"},
-            {"id": "nested", "code": True, "cpu_pct": [1]},
+            {**NORMAL[0], "cpu_pct": None, "id": "no-cpu", "tag": 9},
+            {"id": "nested", "tag": True, "cpu_pct": [1]},
             "not a record",
             *[{**r, "id": f"n-{i}"} for i, r in enumerate(normal_records(40))],
         ]
