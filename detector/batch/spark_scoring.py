@@ -171,10 +171,17 @@ def score_dataframe(
     bundle = load_bundle(bundle_path)
     extra = [*keep_columns, *(c for c in (CORRUPT_RECORD, SOURCE_FILE) if c in df.columns)]
     check_columns(bundle.schema, df.columns, passthrough=extra, expected=bundle.input_columns)
-    clash = names_taken(df.columns, context=bool(bundle.schema.context), series=bool(bundle.series))
+    # Spark tells 'Anomaly_Score' from 'anomaly_score' only where the session is told to: else
+    # the output's two columns were an AMBIGUOUS_REFERENCE, its Java stack logged.
+    any_case = str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower() != "true"
+    context, series = bool(bundle.schema.context), bool(bundle.series)
+    clash = names_taken(df.columns, context=context, series=series, any_case=any_case)
     if clash:
+        exact = set(names_taken(clash))
+        cased = "" if exact >= set(clash) else " (Spark compares names without regard to case)"
         raise SchemaError(
-            f"the input already has column(s) {clash}, which scoring adds; drop or rename them"
+            f"the input already has column(s) {clash}, which scoring adds{cased}; drop or "
+            "rename them"
         )
     k = min(top_k, len(bundle.schema.scored_columns))
     files = None if shared else bundle_files(bundle_path)

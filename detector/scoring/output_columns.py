@@ -25,17 +25,27 @@ ADDED = (*SCORE_COLUMNS, CONTEXT_COLUMN, WARMING_COLUMN, REJECT_CODE, REJECT_REA
 
 
 def names_taken(
-    columns: Iterable[str], *, context: bool = True, series: bool = True, spark: bool = True
+    columns: Iterable[str],
+    *,
+    context: bool = True,
+    series: bool = True,
+    spark: bool = True,
+    any_case: bool = False,
 ) -> list[str]:
     """Those of ``columns`` that scoring adds itself: for a conditional model (``context``),
-    a series model (``series``), on Spark (``spark``); by default, for any of them."""
+    a series model (``series``), on Spark (``spark``); by default, for any of them. With
+    ``any_case``, in any case too, as Spark compares names (``spark.sql.caseSensitive``
+    false, its default)."""
     added = {
         *SCORE_COLUMNS,
         *([CONTEXT_COLUMN] if context else []),
         *([WARMING_COLUMN] if series else []),
         *([REJECT_CODE, REJECT_REASON] if spark else []),
     }
-    return [c for c in columns if c in added or c.startswith(TOP_FEATURE_PREFIX)]
+    if any_case:
+        added = {c.lower() for c in added}
+    spelt = [(c, c.lower() if any_case else c) for c in columns]
+    return [c for c, name in spelt if name in added or name.startswith(TOP_FEATURE_PREFIX)]
 
 
 def check_names_free(

@@ -471,6 +471,31 @@ def test_spark_refuses_an_input_holding_a_column_scoring_adds(
         )
 
 
+def test_spark_refuses_a_column_named_like_one_scoring_adds_in_another_case(
+    spark, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Spark tells names apart without regard to case (spark.sql.caseSensitive is false): a
+    # kept Anomaly_Score was an AMBIGUOUS_REFERENCE internal error, its Java stack logged. The
+    # default engine, which tells them apart, writes both.
+    from detector.batch.spark import score_files
+    from detector.errors import SchemaError
+
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label", "anomaly_kind"]).head(20)
+    path = tmp_path / "in.csv"
+    frame.assign(Anomaly_Score="mine", TOP_FEATURE_1="x").to_csv(path, index=False)
+    with pytest.raises(SchemaError) as err:
+        score_files(
+            str(bundle_dir),
+            [str(path)],
+            str(tmp_path / "out.parquet"),
+            keep_columns=["Anomaly_Score", "TOP_FEATURE_1"],
+            session=spark,
+        )
+    said = str(err.value)
+    assert "already has column(s) ['Anomaly_Score', 'TOP_FEATURE_1']" in said
+    assert "without regard to case" in said
+
+
 def test_spark_warns_of_a_label_in_another_case_as_the_streaming_engine_does(
     spark, capsys, bundle_dir: Path, tmp_path: Path
 ) -> None:
