@@ -41,6 +41,7 @@ from pydantic_settings import (
 
 from detector.bundles.integrity import BUNDLE_KEY_ENV
 from detector.errors import ConfigError
+from detector.scoring.output_columns import ANSWER_FIELDS
 from detector.wording import printable
 from service.alert_policy import AlertPolicy
 
@@ -75,22 +76,6 @@ def _unset(value: Any) -> Any:
 
 
 OptionalText = Annotated[str | None, BeforeValidator(_unset)]
-
-#: The fields of a record's score answer, scored (``schemas.RecordResult``) or rejected
-#: (``schemas.RejectedRecord``), whatever model sets them: names no passthrough field may take.
-ANSWER_FIELDS = (
-    "index",
-    "anomaly_score",
-    "p_value",
-    "is_anomaly",
-    "severity",
-    "context_unseen",
-    "warming_up",
-    "training_spelling",
-    "top_features",
-    "code",
-    "reasons",
-)
 
 
 class ServiceConfig(BaseSettings):

@@ -25,6 +25,7 @@ from detector.features.encode import check_columns, listed
 from detector.features.records import score_records, score_windowed
 from detector.features.schema import Schema, respelled_values
 from detector.io.json_lines import record_problem
+from detector.scoring.output_columns import ANSWER_FIELDS, RENAME_ANSWER_FIELDS
 from detector.scoring.scores import Runner, ScoreResult, here, score_frame
 from detector.series.levels import Level
 from detector.series.stream import ahead_of_clock, parse_time, series_key
@@ -230,10 +231,14 @@ def read_records(
                 raise
             for j in sorted(odd):
                 unknown = [f for f in good[j] if f not in known]
+                kept = (
+                    f" ({RENAME_ANSWER_FIELDS})"
+                    if any(f in ANSWER_FIELDS for f in unknown)
+                    else ", or list them in passthrough_fields"
+                )
                 reason = (
                     f"unknown field(s) {listed(unknown)}: the model's are "
-                    f"{listed(list(model.bundle.input_columns))}; drop them, or list them in "
-                    "passthrough_fields"
+                    f"{listed(list(model.bundle.input_columns))}; drop them{kept}"
                 )
                 fields = echoed(good[j], state.config.passthrough_fields)
                 rejected.append(Rejected(indices[j], (reason,), "malformed", fields))

@@ -48,6 +48,7 @@ from detector.features.schema import (
     signed_log,
 )
 from detector.io.tables import MISSING_TEXT
+from detector.scoring.output_columns import ANSWER_FIELDS, RENAME_ANSWER_FIELDS
 from detector.wording import current_surface, offered, option
 
 Imputation = Literal["median"] | None
@@ -115,6 +116,11 @@ def check_columns(
         if u not in formed and (key := same_letters(u).casefold()) in by_case
     ]
     others = [c for c in unknown if c not in formed and c not in {u for u, _ in cased}]
+    # The service refuses passthrough_fields named like its answer's own fields.
+    answers = [c for c in others if c in ANSWER_FIELDS] if current_surface() == "http" else []
+    others = [c for c in others if c not in answers]
+    if answers:
+        problems.append(f"unknown column(s) {listed(answers)} (drop them; {RENAME_ANSWER_FIELDS})")
     if others:
         keep = option("passthrough", *(shortened(c) for c in others[:LISTED_NAMES]))
         if current_surface() == "python":  # predict() and anomaly_score() take no passthrough

@@ -22,6 +22,26 @@ REJECT_CODE = "reject_code"
 REJECT_REASON = "reject_reason"
 #: All of them but the top features, for messages.
 ADDED = (*SCORE_COLUMNS, CONTEXT_COLUMN, WARMING_COLUMN, REJECT_CODE, REJECT_REASON)
+#: The fields of a record's answer over HTTP, scored (the service's ``RecordResult``) or
+#: rejected (``RejectedRecord``), whatever model sets them: no passthrough field takes their
+#: names, or its value would be lost behind the answer's or taken for it.
+ANSWER_FIELDS = (
+    "index",
+    "anomaly_score",
+    "p_value",
+    "is_anomaly",
+    "severity",
+    CONTEXT_COLUMN,
+    WARMING_COLUMN,
+    "training_spelling",
+    "top_features",
+    "code",
+    "reasons",
+)
+#: What a field of those names is told, where it would be advised into passthrough_fields.
+RENAME_ANSWER_FIELDS = (
+    "the answer has its own field(s) of that name: rename them to have them echoed"
+)
 
 
 def names_taken(

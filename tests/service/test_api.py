@@ -1067,3 +1067,15 @@ def test_a_large_json_or_json_lines_body_is_parsed_and_answered_off_the_loop(
     response = client.post("/v1/models/tiny/score", data=blank, content_type="application/x-ndjson")
     assert response.status_code == 422 and "no line" in response.json["detail"]
     assert scoring_thread.ran[-2:] == ["_json_records", "_json_lines_records"]
+
+
+def test_a_field_named_like_the_answers_own_is_not_advised_into_passthrough(client) -> None:
+    # An unknown field 'severity' was told to be kept with passthrough_fields = ['severity'],
+    # a setting the service refuses (the answer has a severity of its own): told to rename it.
+    alone = post(client, {"records": [{**NORMAL[0], "severity": "high"}]})
+    mixed = post(client, {"records": [{**NORMAL[0], "severity": "high"}, NORMAL[1]]})
+    [rejected] = mixed.json["rejected"]
+    for said in (alone.json["detail"], rejected["reasons"][0]):
+        assert "passthrough_fields = ['severity']" not in said
+        assert "list them in passthrough_fields" not in said
+        assert "the answer has its own field(s) of that name: rename them to have" in said
