@@ -475,8 +475,8 @@ def spelled_in_training(
     V2), with no log line per request. Most requests have none, found from each column's
     distinct values."""
     found: dict[int, dict[str, str]] = {}
-    labelled = [(c.name, c.categories) for c in schema.categorical]
-    labelled += [(c.name, c.categories) for c in schema.context]
+    labelled = [(c.name, c.labels) for c in schema.categorical]
+    labelled += [(c.name, c.labels) for c in schema.context]
     for name, categories in labelled:
         if name not in records.columns:  # a series model's 'proto[-1]' is no field
             continue

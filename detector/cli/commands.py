@@ -431,6 +431,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     if logs := bundle.describe_logs():
         print(logs)
+    for rare in bundle.schema.describe_rare():
+        print(rare)
     if training:
         in_force = bundle.calibrator.target_fpr
         then = measured_at_note(training.get("target_fpr", in_force), in_force)

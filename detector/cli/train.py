@@ -220,6 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"score: {bundle.describe_score()}")
     if logs := bundle.describe_logs():
         print(logs)
+    for rare in s.rare_labels:
+        print(rare)
     print(
         f"threshold {s.threshold:.4f} at target FPR {s.target_fpr:.2%}; held-out validation "
         f"FPR {s.validation_fpr:.2%}{scored_note(s.validation_scored, s.validation_rows)}"

@@ -12,7 +12,8 @@ value never seen in training encodes as all zeros, "no context", which the condi
 was trained to read (context dropout), and the row is flagged in ``context_unseen``.
 
 Encoded layout, shape ``(n_rows, n_features)``: the numeric columns first, in schema order,
-then each categorical column's one-hot group of ``len(categories) + 1`` slots, then each
+then each categorical column's one-hot group of ``len(categories) + 1`` slots (one more, its
+rare labels' slot before the unseen one, where it has ``rare`` labels), then each
 context column's one-hot group of ``len(categories)`` slots: ``[features | context]``.
 """
 
@@ -299,8 +300,10 @@ def decode(schema: Schema, values: np.ndarray) -> pd.DataFrame:
     start = schema.n_numeric
     for cat in schema.categorical:
         codes = values[:, start : start + cat.width].argmax(axis=1)
-        labels = np.array([*cat.categories, None], dtype=object)[codes]
-        columns[cat.name] = labels
+        labels = np.array(
+            [*cat.categories, *[None] * (cat.width - len(cat.categories))], dtype=object
+        )
+        columns[cat.name] = labels[codes]
         start += cat.width
     for ctx in schema.context:
         block = values[:, start : start + ctx.width]
@@ -522,13 +525,15 @@ def _parse_categorical(
     reasons: Reasons,
     respelled: list[Respelling],
 ) -> tuple[np.ndarray, np.ndarray]:
-    codes, missing, nested = _lookup_labels(series, col.categories, col.name, reasons, respelled)
+    codes, missing, nested = _lookup_labels(series, col.labels, col.name, reasons, respelled)
     if impute == "median" and missing.any():
         # For a category the median's counterpart is the most frequent training value.
         codes[missing] = col.categories.index(col.mode)
         missing[:] = False
-    # -1 (not among the training categories) goes to the group's last, "unseen", slot.
-    codes = np.where(codes < 0, len(col.categories), codes)
+    # A rare training label (after the slotted ones in ``labels``) goes to the rare slot; -1
+    # (not among the training labels) to the group's last, "unseen", slot.
+    codes = np.minimum(codes, len(col.categories))
+    codes = np.where(codes < 0, col.width - 1, codes)
     if missing.any():
         # "median" read oddly of a text column (a QA helper): it fills the most common label.
         fill = _fill_it(f", which fills {shortened(repr(col.mode), 60)}, its most common label")

@@ -41,8 +41,9 @@ class RecordEncoder:
         self.labelled: list[tuple[str, dict[str, int], int | None, int, tuple[str, ...]]] = []
         offset = schema.n_numeric
         for cat in schema.categorical:
-            lookup = label_lookup(cat.categories)
-            self.labelled.append((cat.name, lookup, len(cat.categories), offset, cat.categories))
+            # A rare training label's slot is the one after the slotted labels.
+            lookup = {k: min(i, len(cat.categories)) for k, i in label_lookup(cat.labels).items()}
+            self.labelled.append((cat.name, lookup, cat.width - 1, offset, cat.labels))
             offset += cat.width
         self.context_start = offset
         for ctx in schema.context:

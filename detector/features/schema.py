@@ -29,8 +29,16 @@ DEFAULT_CLIP = 10.0
 DEFAULT_RANGE_FLOOR = 0.05
 #: Fewer training rows cannot calibrate a threshold (``threshold.MIN_REFERENCE``).
 MIN_TRAINING_ROWS = 30
-#: A categorical column with more distinct values than this is almost surely an identifier.
+#: A text column keeps a slot for each of at most this many labels, its most frequent; the
+#: rest of its training labels share one "rare" slot (``CategoricalColumn.rare``).
 MAX_CATEGORIES = 200
+#: A text column of more than ``MAX_CATEGORIES`` labels whose distinct labels are more than
+#: this share of its training rows is an identifier, refused: most of its labels are held by
+#: one row or two (a row or request id: one each), so nearly every row would go to the rare
+#: slot and the column would tell the model nothing, while every label swells the bundle. A
+#: country (~250 labels), a merchant category (~1,000), a city or a user agent family repeat
+#: their labels in any table of more than twice their count, and are learned.
+IDENTIFIER_SHARE = 0.5
 #: The most features (numbers, plus a slot per label and an unseen one per text column) a
 #: model is trained on: 300 text columns of 150 labels (45,300) took 15 GB to train, made a
 #: 532 MB bundle and scored 19 rows a second; 2,000 numbers took 1.3 GB and made 26 MB.
@@ -100,15 +108,35 @@ def heavy_tail_ratio(values: np.ndarray) -> float | None:
 
 @dataclass(frozen=True)
 class CategoricalColumn:
-    """A categorical column: one-hot over ``categories`` plus one slot for unseen values."""
+    """A categorical column: one-hot over ``categories`` plus one slot for unseen values; a
+    column of more than ``MAX_CATEGORIES`` training labels keeps ``categories`` for its most
+    frequent ones, and its other training labels, ``rare`` (held by ``rare_share`` of the
+    training rows), share one slot between the two."""
 
     name: str
     categories: tuple[str, ...]
     mode: str
+    rare: tuple[str, ...] = ()
+    rare_share: float = 0.0
 
     @property
     def width(self) -> int:
-        return len(self.categories) + 1
+        return len(self.categories) + 1 + bool(self.rare)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every training label: those with a slot, then the rare ones."""
+        return self.categories + self.rare if self.rare else self.categories
+
+    def describe_rare(self) -> str | None:
+        """The rare labels in words, or ``None`` where the column has none."""
+        if not self.rare:
+            return None
+        return (
+            f"column '{printable(self.name)}': {len(self.labels):,} labels; the "
+            f"{len(self.categories):,} most frequent have a slot each, the other "
+            f"{len(self.rare):,} ({self.rare_share:.1%} of rows) share one"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,6 +149,11 @@ class ContextColumn:
     @property
     def width(self) -> int:
         return len(self.categories)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every training label."""
+        return self.categories
 
 
 @dataclass(frozen=True)
@@ -208,13 +241,17 @@ class Schema:
         """Each column and its kind, as an error message shows what the model expects
         (``columns``: the input's, where they are not the schema's, as for a series model)."""
         kinds = {c.name: "number" for c in self.numeric}
-        kinds.update({c.name: f"category ({len(c.categories)} known)" for c in self.categorical})
+        kinds.update({c.name: f"category ({len(c.labels)} known)" for c in self.categorical})
         kinds.update({c.name: f"context ({len(c.categories)} known)" for c in self.context})
         shown = self.column_order if columns is None else columns
         return ", ".join(
             f"{printable(name)} ({kinds[name]})" if name in kinds else printable(name)
             for name in shown
         )
+
+    def describe_rare(self) -> tuple[str, ...]:
+        """A sentence for each text column whose rare labels share a slot."""
+        return tuple(filter(None, (c.describe_rare() for c in self.categorical)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -224,8 +261,10 @@ class Schema:
             "numeric": [
                 {k: v for k, v in vars(c).items() if k not in _FLAGS or v} for c in self.numeric
             ],
+            # The rare labels only where a column has them: other bundles read as before.
             "categorical": [
                 {"name": c.name, "categories": list(c.categories), "mode": c.mode}
+                | ({"rare": list(c.rare), "rare_share": c.rare_share} if c.rare else {})
                 for c in self.categorical
             ],
             "context": [{"name": c.name, "categories": list(c.categories)} for c in self.context],
@@ -235,7 +274,13 @@ class Schema:
     def from_dict(cls, state: dict[str, Any]) -> Schema:
         numeric = tuple(NumericColumn(**{k: v for k, v in c.items()}) for c in state["numeric"])
         categorical = tuple(
-            CategoricalColumn(name=c["name"], categories=tuple(c["categories"]), mode=c["mode"])
+            CategoricalColumn(
+                name=c["name"],
+                categories=tuple(c["categories"]),
+                mode=c["mode"],
+                rare=tuple(c.get("rare", ())),
+                rare_share=float(c.get("rare_share", 0.0)),
+            )
             for c in state["categorical"]
         )
         # Bundles written before context columns existed have no "context" key: no context.
@@ -392,16 +437,10 @@ def fit_schema(
             ):
                 problems.append(problem)
                 continue
-            counts = _fit_labels(key, series, problems)
+            counts = _fit_labels(key, series, problems, many=True)
             if counts is None:
                 continue
-            cats.append(
-                CategoricalColumn(
-                    name=key,
-                    categories=tuple(sorted(counts.index)),
-                    mode=str(counts.index[0]),
-                )
-            )
+            cats.append(_categorical(key, counts))
     if (
         not problems
         and all(c.minimum == c.maximum for c in numeric)
@@ -542,9 +581,36 @@ def _is_measure(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
-def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series | None:
+def _categorical(key: str, counts: pd.Series) -> CategoricalColumn:
+    """A text column from its labels' training counts (most frequent first): a slot for each
+    label, or past ``MAX_CATEGORIES`` labels for the most frequent ``MAX_CATEGORIES`` (ties by
+    the label's text) and one shared by the rest."""
+    if len(counts) <= MAX_CATEGORIES:
+        return CategoricalColumn(
+            name=key, categories=tuple(sorted(counts.index)), mode=str(counts.index[0])
+        )
+    ranked = sorted(zip(counts.index, counts.to_numpy().tolist(), strict=True), key=_by_count)
+    kept, rest = ranked[:MAX_CATEGORIES], ranked[MAX_CATEGORIES:]
+    return CategoricalColumn(
+        name=key,
+        categories=tuple(sorted(label for label, _ in kept)),
+        mode=kept[0][0],
+        rare=tuple(sorted(label for label, _ in rest)),
+        rare_share=sum(n for _, n in rest) / int(counts.sum()),
+    )
+
+
+def _by_count(item: tuple[str, int]) -> tuple[int, str]:
+    return -item[1], item[0]
+
+
+def _fit_labels(
+    key: str, series: pd.Series, problems: list[str], *, many: bool = False
+) -> pd.Series | None:
     """A label column's value counts, most frequent first, indexed by the labels as text; or
-    ``None`` with the reason added to ``problems``."""
+    ``None`` with the reason added to ``problems``. Past ``MAX_CATEGORIES`` labels, refused as
+    an identifier; with ``many`` (a modelled column, whose rare labels share a slot) only where
+    they are more than ``IDENTIFIER_SHARE`` of the rows."""
     if series.dtype == object:
         nested = np.flatnonzero(list(map(is_nested, series.to_numpy())))
         if len(nested):
@@ -581,11 +647,19 @@ def _fit_labels(key: str, series: pd.Series, problems: list[str]) -> pd.Series |
         if _holds_times(texts):
             problems.append(_times_problem(key, texts.dropna().iloc[0]))
             return None
-        problems.append(
-            f"column '{key}' has {len(counts)} distinct text values, which looks like an "
-            f"identifier; {_leave_out(key)}"
-        )
-        return None
+        if not many:
+            problems.append(
+                f"column '{key}' has {len(counts)} distinct text values, which looks like an "
+                f"identifier; {_leave_out(key)}"
+            )
+            return None
+        if len(counts) > IDENTIFIER_SHARE * len(texts):
+            problems.append(
+                f"column '{key}' has {len(counts):,} distinct text values in {len(texts):,} "
+                f"rows (over {MAX_CATEGORIES}, and over {IDENTIFIER_SHARE:.0%} of the rows: most "
+                f"labels held by a row or two), which looks like an identifier; {_leave_out(key)}"
+            )
+            return None
     counts.index = counts.index.map(str)
     return counts
 
@@ -696,7 +770,7 @@ def label_spelling_warning(schema: Schema) -> str | None:
     columns: list[CategoricalColumn | ContextColumn] = [*schema.categorical, *schema.context]
     for column in columns:
         by_form: dict[str, list[str]] = {}
-        for label in column.categories:
+        for label in column.labels:
             by_form.setdefault(same_letters(label.strip()).casefold(), []).append(label)
         alike = [labels for labels in by_form.values() if len(labels) > 1]
         if alike:

@@ -218,12 +218,17 @@ class TrainingSummary:
     #: a uniform sample of ``MAX_SCORED_VALIDATION_ROWS``, where there were more; ``None`` where
     #: every one was (and the manifest holds no such entry).
     validation_scored: int | None = None
+    #: A sentence for each text column whose rare labels share a slot (``Schema.describe_rare``);
+    #: none where no column has them (and the manifest holds no such entry).
+    rare_labels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         found = asdict(self)
         for name in ("budget", "validation_scored"):
             if found[name] is None:
                 found.pop(name)
+        if not found["rare_labels"]:
+            found.pop("rare_labels")
         return found
 
 
@@ -572,6 +577,7 @@ def _train(
         seconds=round(time.perf_counter() - started, 2),
         warnings=tuple(warnings),
         history={k: [float(v) for v in vals] for k, vals in history.items()},
+        rare_labels=schema.describe_rare(),
     )
     params = asdict(asked)
     if config == asked:
