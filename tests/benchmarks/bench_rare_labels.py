@@ -11,7 +11,8 @@ test: 10,000 normal rows and two kinds of anomaly, 250 each:
 
 - ``wrong_merchant``: a normal row's numbers with a merchant of another kind (drawn by the
   same weights): nothing but the merchant tells it, so without the column it is a normal row;
-- ``rare_huge``: a merchant outside the 200 most frequent, with 30 times its kind's amount.
+- ``rare_huge``: a merchant outside the 200 most frequent (the less frequent half, of fewer than
+  400), with 30 times its kind's amount.
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ EACH_ANOMALY = 250
 KEPT = 200  # MAX_CATEGORIES: the labels with a slot each
 
 
-def table(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
+def table(
+    rows: int, seed: int, labels: int = LABELS
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
     """Training rows, test rows, their labels (1 = anomaly) and each test row's kind of
     anomaly ('' for a normal row)."""
     rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, LABELS + 1) ** 1.1
+    weights = 1.0 / np.arange(1, labels + 1) ** 1.1
     weights /= weights.sum()
-    kind_of = rng.integers(KINDS, size=LABELS)
+    kind_of = rng.integers(KINDS, size=labels)
     centres = rng.normal(0.0, 1.5, (KINDS, NUMBERS))
     medians = np.exp(rng.uniform(2.0, 7.0, KINDS))
 
@@ -53,7 +56,7 @@ def table(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray,
         return frame
 
     def normal(n: int) -> pd.DataFrame:
-        merchants = rng.choice(LABELS, size=n, p=weights)
+        merchants = rng.choice(labels, size=n, p=weights)
         return rows_of(merchants, kind_of[merchants])
 
     train, test = normal(rows), normal(TEST_NORMAL)
@@ -65,7 +68,7 @@ def table(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray,
     ]
     wrong["merchant"] = [f"merchant-{m:04d}" for m in others]
     # A rare merchant with 30 times its kind's amount.
-    rare = rng.integers(KEPT, LABELS, size=EACH_ANOMALY)
+    rare = rng.integers(min(KEPT, labels // 2), labels, size=EACH_ANOMALY)
     huge = rows_of(rare, kind_of[rare])
     huge["amount"] *= 30.0
     tested = pd.concat([test, wrong, huge], ignore_index=True)
@@ -86,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", type=count, default=50_000, help="normal training rows")
     parser.add_argument(
+        "--labels", type=count, default=LABELS, help="merchants (the rare ones: past 200)"
+    )
+    parser.add_argument(
         "--ignore-merchant", action="store_true", help="leave the merchant column out"
     )
     return parser.parse_args(argv)
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detector.estimator import VAEDetector
 
-    train, test, y, kinds = table(args.rows, args.seed)
+    train, test, y, kinds = table(args.rows, args.seed, args.labels)
     if args.ignore_merchant:
         train, test = train.drop(columns="merchant"), test.drop(columns="merchant")
     started = time.perf_counter()
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = {
         "seed": args.seed,
         "rows": args.rows,
+        "labels": args.labels,
         "merchant": not args.ignore_merchant,
         "features": detector.bundle_.schema.n_features,
         "rare_labels": list(detector.summary_.rare_labels),
