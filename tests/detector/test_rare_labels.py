@@ -174,6 +174,23 @@ def test_training_info_and_manifest_say_which_labels_share_a_slot(
     assert load_bundle(model).schema == fit_schema(frame)
 
 
+def test_training_warns_that_the_rare_labels_may_cost_anomalies_found(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench_rare_labels.py measured a long-tailed column kept costing AUPRC against leaving it
+    out: the summary, info and the manifest say so, with the comparison to make."""
+    folder, model = trained
+    rare = len(pd.read_csv(folder / "train.csv")["merchant"].value_counts()) - 200
+    warning = f"WARNING: column 'merchant': its {rare:,} rarest labels ("
+    assert main(["info", str(model)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "rarest labels" in line]
+    assert len(lines) == 1 and "--ignore-column" in lines[0] and "anomaly evaluate" in lines[0]
+    (said,) = [w for w in load_bundle(model).training["warnings"] if "rarest labels" in w]
+    assert warning.removeprefix("WARNING: ") in said
+    assert main(["train", str(folder / "train.csv"), "--out", str(folder / "m3"), *TINY_FLAGS]) == 0
+    assert capsys.readouterr().out.count(warning) == 1
+
+
 def test_a_bundle_with_rare_labels_scores_them_after_a_save_and_load(
     trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
