@@ -136,6 +136,23 @@ def test_an_identifier_is_still_refused_saying_why() -> None:
         fit_schema(frame)
 
 
+def test_a_column_whose_rows_mostly_hold_rare_labels_is_refused_as_an_identifier() -> None:
+    """Labels of two or three rows each pass the share of labels to rows above, yet leave
+    nearly every row to the rare slot: a user id, as useless to the model as a row id."""
+    frame = _zipf(n=1_500)
+    frame["user"] = [f"u-{i * 2 // 5}" for i in range(len(frame))]  # 600 labels, 2-3 rows each
+    with pytest.raises(DataError) as err:
+        fit_schema(frame)
+    assert (
+        "column 'user' has 600 distinct text values whose 200 most frequent hold 40.0% of its "
+        "1,500 rows (under 50%: most rows would share the rare labels' one slot), which looks "
+        "like an identifier; drop it"
+    ) in str(err.value)
+    frame["user"] = [f"u-{i // 5}" if i < 1_000 else f"v-{i}" for i in range(len(frame))]
+    (user,) = [c for c in fit_schema(frame).categorical if c.name == "user"]
+    assert len(user.categories) == 200 and len(user.rare) == 500  # 1,000 of 1,500 rows slotted
+
+
 def test_a_context_column_of_many_labels_is_refused_as_before() -> None:
     frame = _zipf()
     with pytest.raises(DataError, match=r"'merchant' has [0-9]+ distinct text values, which looks"):
