@@ -4,7 +4,6 @@ and recorded; a table of no more rows trains as it always did."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ import detector.io.json_lines
 from detector.cli.main import main
 from detector.io.frames import read_table, sample_table
 from tests.conftest import DATA
+from tests.detector.caps import chunks_read_never_whole, manifests_under_caps
 from tests.detector.test_cli import TINY_FLAGS, run
 
 FLAGS = [*TINY_FLAGS[TINY_FLAGS.index("--hidden-units") :], "--epochs", "4"]
@@ -48,19 +48,7 @@ def test_the_rows_left_out_are_never_held_together(tmp_path, monkeypatch) -> Non
     # read_table held a 3,000,000-row CSV whole (4.1 GB at its peak) to train on all of it.
     path = tmp_path / "t.csv"
     numbered(1000).to_csv(path, index=False)
-    chunks: list[int] = []
-    real = detector.io.frames.iter_table
-
-    def spy(*args: Any, **kwargs: Any) -> Iterator[pd.DataFrame]:
-        for chunk in real(*args, **kwargs):
-            chunks.append(len(chunk))
-            yield chunk
-
-    def whole(*args: Any, **kwargs: Any) -> pd.DataFrame:
-        raise AssertionError("the whole table was read")
-
-    monkeypatch.setattr(detector.io.frames, "iter_table", spy)
-    monkeypatch.setattr(detector.io.frames, "read_table", whole)
+    chunks = chunks_read_never_whole(monkeypatch)
     frame, read = sample_table(path, max_rows=300, seed=0)
     assert (len(frame), read) == (300, 1000)
     assert sum(chunks) == 1000 and max(chunks) <= 300
@@ -143,17 +131,10 @@ def test_train_says_and_records_how_many_rows_it_read_and_kept(capsys, tmp_path)
 def test_a_table_under_the_cap_trains_the_very_same_bundle(capsys, tmp_path) -> None:
     data = tmp_path / "t.csv"
     pd.read_csv(DATA / "train.csv").head(600).to_csv(data, index=False)
-    manifests = []
-    for cap in ("0", "600", "1000000"):
-        out = tmp_path / f"m{cap}"
-        code, said, _ = run(
-            capsys, "train", str(data), "--out", str(out), "--max-rows", cap, *FLAGS
-        )
-        assert code == 0 and "uniform sample" not in said
-        manifest = json.loads((out / "manifest.json").read_text())
-        manifest["training"].pop("seconds")
-        manifest.pop("created_at", None)
-        manifests.append(manifest)
+    argv = ["train", str(data), *FLAGS]
+    trained = manifests_under_caps(capsys, argv, ("0", "600", "1000000"), tmp_path)
+    assert not [said for said, _ in trained if "uniform sample" in said]
+    manifests = [manifest for _, manifest in trained]
     assert manifests[0]["version"] == manifests[1]["version"] == manifests[2]["version"]
     assert "rows_read" not in manifests[0]["training"]
     assert manifests[0]["training"] == manifests[1]["training"] == manifests[2]["training"]

@@ -4,16 +4,15 @@ keys, read in chunks, said and recorded; a file of no more rows trains as it alw
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import detector.io.frames
 from detector.io.frames import read_table
 from detector.series.cap import cap_series
+from tests.detector.caps import chunks_read_never_whole, manifests_under_caps
 from tests.detector.test_cli import run
 from tests.detector.test_large_tables import FLAGS
 
@@ -76,19 +75,7 @@ def test_a_long_series_file_keeps_whole_series_whatever_its_order(tmp_path) -> N
 def test_only_the_kept_series_rows_are_held(tmp_path, monkeypatch) -> None:
     table = hosts(20, 30)
     table.to_csv(tmp_path / "t.csv", index=False)
-    chunks: list[int] = []
-    real = detector.io.frames.iter_table
-
-    def spy(*args: Any, **kwargs: Any) -> Iterator[pd.DataFrame]:
-        for chunk in real(*args, **kwargs):
-            chunks.append(len(chunk))
-            yield chunk
-
-    def whole(*args: Any, **kwargs: Any) -> pd.DataFrame:
-        raise AssertionError("the whole table was read")
-
-    monkeypatch.setattr(detector.io.frames, "iter_table", spy)
-    monkeypatch.setattr(detector.io.frames, "read_table", whole)
+    chunks = chunks_read_never_whole(monkeypatch)
     frame, cap = cap_series(
         tmp_path / "t.csv", max_rows=250, time_column="ts", key_columns=["host"]
     )
@@ -177,15 +164,9 @@ def test_a_series_file_under_the_cap_trains_the_very_same_bundle(capsys, tmp_pat
     data = tmp_path / "fleet.csv"
     fleet(120).to_csv(data, index=False)
     argv = ["train", str(data), "--time-column", "ts", "--series-column", "host"]
-    manifests = []
-    for cap in ("0", "360", "1000000"):
-        out = tmp_path / f"m{cap}"
-        code, said, _ = run(capsys, *argv, "--out", str(out), "--max-rows", cap, *FLAGS)
-        assert code == 0 and "kept" not in said
-        manifest = json.loads((out / "manifest.json").read_text())
-        manifest["training"].pop("seconds")
-        manifest.pop("created_at", None)
-        manifests.append(manifest)
+    trained = manifests_under_caps(capsys, [*argv, *FLAGS], ("0", "360", "1000000"), tmp_path)
+    assert not [said for said, _ in trained if "kept" in said]
+    manifests = [manifest for _, manifest in trained]
     assert manifests[0]["version"] == manifests[1]["version"] == manifests[2]["version"]
     assert "rows_read" not in manifests[0]["training"]
     assert manifests[0]["training"] == manifests[1]["training"] == manifests[2]["training"]
