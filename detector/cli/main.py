@@ -442,10 +442,7 @@ def _rate(text: str) -> float:
 _SYSTEM_FIXES = {
     errno.ENOSPC: "free space on that disk, or write to another one",
     errno.EDQUOT: "free space within your quota, or write to another disk",
-    errno.EFBIG: (
-        "the file passed this system's size limit (ulimit -f); raise it, or write a smaller "
-        "output (.csv.gz or .parquet)"
-    ),
+    errno.EFBIG: "",  # what to write instead depends on the file (_size_limit_fix)
     errno.EROFS: "write to another file system",
     # Checked before any work where the tool can (check_writable), but root is allowed by
     # the mode bits and refused by an immutable flag, and `threshold` rewrites a bundle in place.
@@ -556,6 +553,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             raise
         if exc.errno in (errno.EACCES, errno.EPERM) and _unreadable(exc.filename):
             fix = "make it readable for this user (its mode, or its owner's)"  # not writable
+        if exc.errno == errno.EFBIG:
+            fix = _size_limit_fix(args, exc.filename)
         where = f" ({exc.filename})" if exc.filename else ""
         # Only of a command that writes: `anomaly info` on a bundle it may not read said so.
         nothing = "; no output was written" if _writes(args) else ""
@@ -630,6 +629,21 @@ def _on_stdout(args: argparse.Namespace) -> bool:
     without ``--output``)."""
     output = getattr(args, "output", None)
     return output == "-" or (args.command == "sample" and output is None)
+
+
+def _size_limit_fix(args: argparse.Namespace, filename: object) -> str:
+    """What to do when the file size limit (``ulimit -f``) refused ``filename``: a smaller
+    output's formats are the fix for scored rows alone; a bundle, its manifest or a report has
+    no smaller form, and "write a smaller output (.csv.gz or .parquet)" was said of them too."""
+    limit = "the file passed this system's size limit (ulimit -f); raise it"
+    written = os.fspath(filename) if isinstance(filename, str | os.PathLike) else ""
+    if written and written == getattr(args, "report", None):
+        return f"{limit}, or leave out --report (the metrics are printed above)"
+    if args.command == "train":
+        return f"{limit} (a bundle is written whole), then train again"
+    if args.command == "threshold":
+        return f"{limit}: the bundle's manifest is rewritten whole"
+    return f"{limit}, or write a smaller output (.csv.gz or .parquet)"
 
 
 def _writes(args: argparse.Namespace) -> bool:

@@ -631,6 +631,8 @@ def test_a_bundle_the_disk_cannot_hold_is_named_and_the_old_one_kept(
     data = write(tmp_path / "train.csv", records(300))
     err = _cli_under_a_size_limit("train", str(data), "--out", str(out), "--epochs", "1")
     assert f"error: File too large ({out}):" in err and "no output was written" in err, err
+    # A bundle has no smaller format: 'write a smaller output (.csv.gz or .parquet)' was said.
+    assert "a bundle is written whole" in err and "smaller output" not in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.csv"]
 
@@ -646,6 +648,7 @@ def test_a_threshold_the_disk_cannot_hold_is_named_and_changes_nothing(
     assert len(manifest) > 50_000  # past the limit set below
     err = _cli_under_a_size_limit("threshold", str(bundle), "--fpr", "0.05")
     assert f"error: File too large ({bundle}):" in err, err
+    assert "the bundle's manifest is rewritten whole" in err and "smaller output" not in err
     assert (bundle / "manifest.json").read_bytes() == manifest
     assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in bundle_dir.iterdir())
 
@@ -663,6 +666,7 @@ def test_an_evaluation_whose_report_the_disk_refuses_is_still_printed(
     assert "AUROC" in run.stdout and "best F1" in run.stdout, run.stdout
     assert "wrote report" not in run.stdout
     assert f"error: File too large ({report}):" in run.stderr, run.stderr
+    assert "or leave out --report" in run.stderr and "smaller output" not in run.stderr
     assert not list(tmp_path.iterdir())
 
 
