@@ -236,9 +236,10 @@ def open_metric_files(directory: str | Path) -> None:
 
 def worker_files_problem(directory: str | Path) -> str | None:
     """What keeps a worker starting now from making its metric files: not writable, or no room
-    for them; ``None`` where it can. Once made (``open_metric_files``) they are on disk whole,
-    and a full disk can no longer kill the worker: where ``space_problem`` asks for
-    ``MIN_FREE_BYTES`` before the server starts, a worker replaced later asks only this."""
+    for them nor a spare set to take (``keep_spares``); ``None`` where it can. Once made
+    (``open_metric_files``) they are on disk whole, and a full disk can no longer kill the
+    worker: where ``space_problem`` asks for ``MIN_FREE_BYTES`` before the server starts, a
+    worker replaced later asks only this."""
     folder = Path(directory)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -246,10 +247,87 @@ def worker_files_problem(directory: str | Path) -> str | None:
             return f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR) is not writable"
         open_metric_files(folder)
     except OSError as exc:
+        if exc.errno in _FULL:
+            for prefix in WORKER_FILES:  # those made before the disk refused: room for others
+                with contextlib.suppress(OSError):
+                    (folder / f"{prefix}_{os.getpid()}.db").unlink(missing_ok=True)
+            left = take_spare(folder, os.getpid())
+            if left is not None:
+                logging.getLogger("service").warning(
+                    "the metrics directory %s (PROMETHEUS_MULTIPROC_DIR) is full: this worker "
+                    "took a set of metric files the server keeps for replaced workers (%d "
+                    "left); free space there, or a worker replaced once they are spent stops "
+                    "the server",
+                    folder,
+                    left,
+                )
+                return None
+            return (
+                f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR) cannot hold a "
+                f"worker's files ({exc.strerror or exc}), and the sets kept for replaced "
+                "workers are spent; free space there"
+            )
         return (
             f"the metrics directory {folder} (PROMETHEUS_MULTIPROC_DIR) cannot hold a worker's "
             f"files ({exc.strerror or exc}); free space there"
         )
+    return None
+
+
+#: A set of a worker's metric files (``WORKER_FILES``, zeros on disk: an empty file to
+#: prometheus_client) that the master keeps for a worker replaced on a full disk. Such a worker
+#: could not make its files, and gunicorn stopped the whole server for it (measured under
+#: ``anomaly serve``, 2 workers, a 20 MiB tmpfs filled to 0 bytes free, a worker sent SIGTERM).
+#: A folder, renamed whole by the worker that takes it: two workers never share one. Its files
+#: are not ``*.db`` of the metrics directory itself, so no scrape reads them.
+SPARE = ".spare-"
+_MAKING, _TAKING = ".making-", ".taking-"
+_spares_said = ThrottledLog(logging.getLogger("service.metrics"), "spare sets not made")
+
+
+def keep_spares(directory: str | Path, sets: int) -> int:
+    """Make spare sets of a worker's files until ``sets`` are there (run by the master before
+    each worker starts: one per worker, 384 KiB each), as far as the disk has room; how many
+    are there."""
+    folder = Path(directory)
+    have = sum(1 for _ in folder.glob(f"{SPARE}*"))
+    while have < sets:
+        making = folder / f"{_MAKING}{os.getpid()}"
+        try:
+            making.mkdir(exist_ok=True)
+            for prefix in WORKER_FILES:
+                with open(making / f"{prefix}.db", "wb") as handle:
+                    _allocate(handle.fileno(), _FIRST_SIZE, handle.name)
+            making.rename(folder / f"{SPARE}{time.time_ns()}")
+        except OSError as exc:
+            shutil.rmtree(making, ignore_errors=True)
+            _spares_said.error(
+                "the metrics directory %s (PROMETHEUS_MULTIPROC_DIR) holds %d of the %d sets of "
+                "metric files kept for replaced workers (%s); free space there",
+                folder,
+                have,
+                sets,
+                exc.strerror or exc,
+            )
+            break
+        have += 1
+    return have
+
+
+def take_spare(directory: str | Path, pid: int) -> int | None:
+    """Make a spare set the metric files of worker ``pid`` (renamed: no room needed); how many
+    sets are left, or ``None`` where there was none."""
+    folder = Path(directory)
+    taking = folder / f"{_TAKING}{pid}"
+    for spare in sorted(folder.glob(f"{SPARE}*")):
+        try:
+            spare.rename(taking)
+        except OSError:  # another worker took it first
+            continue
+        for prefix in WORKER_FILES:
+            (taking / f"{prefix}.db").rename(folder / f"{prefix}_{pid}.db")
+        taking.rmdir()
+        return sum(1 for _ in folder.glob(f"{SPARE}*"))
     return None
 
 
@@ -260,6 +338,11 @@ def clear_metric_files(directory: Path) -> None:
     for path in directory.iterdir():
         if METRIC_FILE.match(path.name) and path.is_file():
             path.unlink(missing_ok=True)
+        elif path.name.startswith((SPARE, _MAKING, _TAKING)) and path.is_dir():
+            for prefix in WORKER_FILES:  # its files alone, then the folder if that empties it
+                (path / f"{prefix}.db").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ from service.config import ServiceConfig
 from service.metric_files import (
     clear_metric_files,
     fold_dead_worker,
+    keep_spares,
     space_problem,
     worker_files_problem,
 )
@@ -62,6 +63,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("on_reload", _on_reload)
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("worker_exit", _worker_exit)
+        self.cfg.set("pre_fork", _keep_spares)
         self.cfg.set("post_fork", _default_signals)
         self.cfg.set("post_worker_init", _booted)
 
@@ -167,6 +169,15 @@ def _on_starting(server: Any) -> None:
                     config.series_state,
                     ", ".join(f"{name} ({n:,} series)" for name, n in sorted(forgotten.items())),
                 )
+
+
+def _keep_spares(server: Any, worker: Any) -> None:
+    """Before a worker starts, the master makes the spare sets of metric files it keeps, one
+    per worker, where the disk has room (``service.metric_files.keep_spares``): a worker
+    replaced on a disk filled since takes one, where gunicorn stopped the server for it."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        keep_spares(directory, max(1, getattr(server, "num_workers", 1)))
 
 
 def _on_reload(server: Any) -> None:

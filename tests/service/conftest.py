@@ -174,3 +174,48 @@ class Outcomes:
     def count(self, sink: str, outcome: str) -> int:
         with self.lock:
             return self.seen.count((sink, outcome))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 20 MiB file system (tmpfs) at ``tmp_path / "disk"``, so that a full disk is the
+    kernel's (ENOSPC, fallocate, a process's maps) rather than a mock's. Mounting needs root
+    (or CAP_SYS_ADMIN): without it the test is skipped, saying so, and fails under CI."""
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        reason = f"cannot mount a tmpfs here ({mounted.stderr.strip()}): a full disk needs one"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write ``disk`` full: 0 bytes left to any file on it (tmpfs takes 4 KiB pages)."""
+    import errno
+    import os
+
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for chunk in (bytes(2**20), bytes(4096)):
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    finally:
+        os.close(fd)

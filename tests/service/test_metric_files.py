@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +21,9 @@ from prometheus_client.mmap_dict import MmapedDict
 from service import metric_files
 from service.metric_files import WORKER_FILES, BackedMmapedDict, fold_dead_worker, reading
 from service.metrics import MAX_KEY_SERIES, OTHER_KEYS
+from tests.conftest import normal_records
+from tests.processes import serving
+from tests.service.conftest import fill
 
 
 def write(folder: Path, kind: str, pid: int | str, samples: dict[tuple[str, str], float]) -> None:
@@ -217,6 +222,73 @@ def test_a_worker_replaced_on_a_nearly_full_disk_starts_where_its_files_fit(
         GunicornServer(config, {"bind": "127.0.0.1:0"}).load()
     assert refused.value.code == 3  # gunicorn's WORKER_BOOT_ERROR
     assert f"the metrics directory {tmp_path} (PROMETHEUS_MULTIPROC_DIR) cannot hold" in caplog.text
+
+
+def test_a_worker_started_on_a_full_disk_takes_a_spare_set_of_its_files(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker replaced on a disk with 0 bytes free could not make its files ('cannot hold a
+    # worker's files (No space left on device)'), and gunicorn stopped the whole server.
+    folder = small_disk / "metrics"
+    assert metric_files.keep_spares(folder.parent, 0) == 0  # nothing asked, nothing made
+    folder.mkdir()
+    assert metric_files.keep_spares(folder, 2) == 2  # the master, while there is room
+    fill(small_disk)
+    assert shutil.disk_usage(small_disk).free == 0
+    assert metric_files.worker_files_problem(folder) is None  # this process as the worker
+    assert "took a set of metric files the server keeps for replaced workers (1 left)" in (
+        caplog.text
+    )
+    counter = folder / f"counter_{os.getpid()}.db"
+    for prefix in WORKER_FILES:  # its own, on disk whole: written through the map, no SIGBUS
+        size = (folder / f"{prefix}_{os.getpid()}.db").stat()
+        assert size.st_blocks * 512 >= size.st_size == 64 * 1024, prefix
+    values = BackedMmapedDict(str(counter))
+    values.write_value("hits", 3.0, 0.0)
+    values.close()
+    assert [(k, v) for k, v, *_ in MmapedDict.read_all_values_from_file(str(counter))] == [
+        ("hits", 3.0)
+    ]
+    assert metric_files.keep_spares(folder, 2) == 1  # no room for another
+    assert metric_files.take_spare(folder, 123_456) == 0  # a second worker takes the last
+    for prefix in WORKER_FILES:
+        (folder / f"{prefix}_{os.getpid()}.db").unlink()
+    fill(small_disk)  # what they held, taken by another file
+    problem = metric_files.worker_files_problem(folder)  # a third finds none
+    assert problem is not None and "the sets kept for replaced workers are spent" in problem
+    assert not list(folder.glob(f"*_{os.getpid()}.db"))  # what it made before is gone
+    metric_files.keep_spares(folder, 1)
+    metric_files.clear_metric_files(folder)  # a new run: spare sets go with the metric files
+    assert not list(folder.iterdir())
+
+
+@pytest.mark.slow
+def test_a_worker_replaced_on_a_full_disk_leaves_the_server_serving(
+    bundle_dir: Path, small_disk: Path, tmp_path: Path
+) -> None:
+    # anomaly serve, 2 workers, the metrics directory on a disk filled to 0 bytes free, a
+    # worker sent SIGTERM: its replacement refused to boot and gunicorn stopped the server.
+    metrics = small_disk / "metrics"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    with serving({"tiny": bundle_dir}, tmp_path, env=env) as server:
+        assert server.call("/v1/models/tiny/score", {"records": normal_records(2)})[0] == 200
+        fill(small_disk)
+        before = server.workers()
+        os.kill(min(before), signal.SIGTERM)
+        server.wait_until(
+            lambda: (
+                len(now := server.workers()) == 2
+                and min(before) not in now
+                and all((metrics / f".booted-{pid}").exists() for pid in now)
+            ),
+            "a new worker, booted",
+        )
+        for _ in range(6):  # either worker
+            status, body = server.call("/v1/models/tiny/score", {"records": normal_records(2)})
+            assert status == 200, body
+        status, text = server.call("/metrics")
+        assert status == 200 and "anomaly_records_scored_total" in text
+        assert "took a set of metric files the server keeps" in server.log_text()
 
 
 def test_a_prometheus_client_whose_internals_changed_keeps_its_own_files_and_says_so(
