@@ -46,7 +46,9 @@ from service.scoring import (
     require_token,
     score_request,
 )
+from service.series_store import state_disk_low
 from service.state import ApiError, state
+from service.throttled_log import ThrottledLog
 from service.turns import HEAVY_BODY_BYTES as HEAVY
 from service.turns import off_the_loop
 
@@ -63,6 +65,12 @@ def healthz() -> Response:
 #: What an open route says of a model that failed to load; the reason, which names files and
 #: quotes Keras, is in the server log (the registry logs it when the load fails).
 NOT_LOADED = "not loaded; see the server log"
+#: What ``/readyz`` (no token) says of a full state disk: the file's path is in the log alone.
+STATE_DISK_FULL = (
+    "its disk is (nearly) full: series requests answer 503 with Retry-After, and alerts stop, "
+    "until space is freed there (the server log names the file)"
+)
+_state_disk_said = ThrottledLog(log, "readiness checks on a full state disk")
 
 
 @api.get("/readyz")
@@ -71,7 +79,19 @@ def readyz() -> Response:
     models = app_state.models
     errors = dict.fromkeys(models.errors(), NOT_LOADED)
     ready = models.ready(app_state.config.ready_needs)
-    body = schemas.Readiness(ready=ready, models=models.names(), errors=errors)
+    # A full state disk leaves the server ready, and the body says so: only series requests
+    # fail (503, Retry-After) and alerts stop, while the other models score. Not ready, a load
+    # balancer would take out every replica whose disk filled alike (a volume they share, the
+    # same growth), with all they still serve; a series' key belongs to one replica anyway,
+    # and freeing the disk is the fix wherever traffic goes.
+    degraded = {}
+    if state_disk_low(app_state.config.series_state):
+        degraded["series_state"] = STATE_DISK_FULL
+        _state_disk_said.error(
+            "series state file %s: its disk is (nearly) full; free space there",
+            app_state.config.series_state,
+        )
+    body = schemas.Readiness(ready=ready, models=models.names(), errors=errors, degraded=degraded)
     return answer(body, 200 if body.ready else 503)
 
 

@@ -72,6 +72,11 @@ class Readiness(ResponseBody):
     ready: bool = Field(description="the configured models loaded, as ready_needs asks")
     models: list[str]
     errors: dict[str, str] = Field(description="model name -> why it is not loaded")
+    degraded: dict[str, str] = Field(
+        default_factory=dict,
+        description="what fails while the server stays ready, and why: 'series_state' when "
+        "its disk is full (series requests answer 503 with Retry-After)",
+    )
 
 
 class ModelSummary(ResponseBody):

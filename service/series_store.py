@@ -37,6 +37,7 @@ import binascii
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -511,6 +512,24 @@ def forget_unserved(
     finally:
         db.close()
     return forgotten
+
+
+#: Free space on the state file's disk under which ``/readyz`` says series requests may fail:
+#: SQLite grows the file and its write-ahead log a few pages at a time.
+LOW_DISK_BYTES = 2**20
+
+
+def state_disk_low(path: str | None) -> bool:
+    """Whether the disk of the state file ``path`` (``None``, ``":memory:"``: none) has under
+    ``LOW_DISK_BYTES`` free, where its transactions fail (``SQLITE_FULL``) once the file or its
+    log must grow. Asked of the disk itself: any worker answers alike."""
+    if not path or path == ":memory:":
+        return False
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        return shutil.disk_usage(folder).free < LOW_DISK_BYTES
+    except OSError:  # a folder gone: the state's own errors say so
+        return False
 
 
 def connect(path: str) -> sqlite3.Connection:

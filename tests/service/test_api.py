@@ -14,7 +14,7 @@ import pytest
 from detector.series.windows import SERIES_REJECTION_CODES
 from service.alert_policy import AlertPolicy
 from tests.conftest import DATA, TINY, broken, normal_records
-from tests.service.conftest import ADMIN, ScoringThread, make_app
+from tests.service.conftest import ADMIN, ScoringThread, fill, make_app
 
 NORMAL = normal_records(40)
 
@@ -28,6 +28,28 @@ def test_health_and_readiness(client) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json["ready"] is True
     assert client.get("/v2/health/ready").json == {"ready": True}
+
+
+def test_readiness_says_when_the_series_states_disk_is_full(bundle_dir, small_disk, caplog):
+    # /readyz answered ready with nothing else while every series request got 503 and alerts
+    # stopped, the state's disk full (measured under anomaly serve on a filled tmpfs). The
+    # server stays ready (the other models score, and a load balancer would take every replica
+    # whose disk filled alike out at once); the body says what fails, without the file's path.
+    app, _ = make_app(bundle_dir, series_state=str(small_disk / "state.sqlite"))
+    try:
+        client = app.test_client()
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json["degraded"] == {}
+        fill(small_disk)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json["ready"] is True
+        said = ready.json["degraded"]["series_state"]
+        assert "disk is (nearly) full" in said and "503" in said and "freed" in said, said
+        assert str(small_disk) not in ready.get_data(as_text=True)
+        assert f"series state file {small_disk / 'state.sqlite'}: its disk" in caplog.text
+        assert post(client, {"records": [NORMAL[0]]}).status_code == 200  # scored, unalerted
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
 
 
 @pytest.mark.parametrize(("needs", "status"), [("all", 503), ("any", 200)])
