@@ -74,7 +74,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Reading and encoding 1,000,000 rows took half a minute before the first epoch's line.
     progress_line(f"reading {args.data}", enabled=progress)
     reading = time.monotonic()
-    text_columns = [*args.categorical, *args.context]
+    # A series' key is its text as written, whatever the other rows of its chunk or file:
+    # typed, '007' read as 7 in a chunk of numbers and '007' beside a 'web-01'.
+    text_columns = [*args.categorical, *args.context, *args.series_column]
     capped: SeriesCap | None = None
     if args.time_column and max_rows:
         # A series model's windows need each series' every row: whole series are kept.

@@ -170,3 +170,24 @@ def test_a_series_file_under_the_cap_trains_the_very_same_bundle(capsys, tmp_pat
     assert manifests[0]["version"] == manifests[1]["version"] == manifests[2]["version"]
     assert "rows_read" not in manifests[0]["training"]
     assert manifests[0]["training"] == manifests[1]["training"] == manifests[2]["training"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_key_that_looks_like_a_number_is_one_series_in_every_chunk(
+    capsys, tmp_path, suffix
+) -> None:
+    # Typed per chunk, host '007' was the number 7 in a chunk of number-like keys and the text
+    # '007' in the next, beside 'web': one host read as two series (4 of 3).
+    table = hosts(3, 300)
+    table["host"] = table["host"].map({"h00": "8", "h01": "007", "h02": "web"})
+    table = table.sort_values("host", kind="stable", key=lambda h: h.map({"8": 0, "007": 1}))
+    data = tmp_path / f"t.{suffix}"
+    if suffix == "jsonl":
+        table.to_json(data, orient="records", lines=True)
+    else:
+        table.to_csv(data, index=False)
+    argv = ["train", str(data), "--out", str(tmp_path / "m"), "--time-column", "ts"]
+    flags = [f for f in FLAGS if f != "--quiet"]
+    code, said, err = run(capsys, *argv, "--series-column", "host", "--max-rows", "450", *flags)
+    assert code == 0, err
+    assert "read 900 rows of 3 series and kept 450" in said
