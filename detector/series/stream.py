@@ -39,6 +39,7 @@ from detector.series.windows import (
     early_time,
     future_rejection,
     iso_spelling,
+    key_number,
     lag_name,
     late_rejection,
     long_key_rejection,
@@ -47,7 +48,6 @@ from detector.series.windows import (
     plausible_seconds,
     separated_key_columns,
     separated_key_rejection,
-    whole_number,
 )
 
 Value = float | int | str | None
@@ -120,8 +120,8 @@ def series_key(spec: SeriesSpec, record: Mapping[str, object]) -> str | None:
         value = record.get(column)
         if no_key_value(value):
             return None
-        whole = whole_number(value)  # 7.0 from a JSON emitter is host 7, as a file's reader
-        parts.append(str(value) if whole is None else str(whole))
+        number = key_number(value)  # 7.0 from a JSON emitter is host 7, true is 'true'
+        parts.append(str(value) if number is None else number)
     if separated_key_columns(spec, record):
         return None
     return same_letters(KEY_SEPARATOR.join(parts))

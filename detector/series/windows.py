@@ -408,7 +408,9 @@ def key_text(column: pd.Series) -> pd.Series:
     (a column with an empty cell, a JSON emitter's floats) was a series apart from 7's."""
     text = column.astype(str)
     kind = pd.api.types.infer_dtype(column, skipna=True)
-    if kind in ("string", "integer", "boolean", "empty", "bytes"):
+    if kind == "boolean":  # as a file and JSON write it: 'true', not Python's 'True'
+        return text.str.lower()
+    if kind in ("string", "integer", "empty", "bytes"):
         return text  # text and integer keys, nearly all of them: one check, no per-row work
     if pd.api.types.is_float_dtype(column):  # vectorised: a million rows' keys in a blink
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -416,10 +418,20 @@ def key_text(column: pd.Series) -> pd.Series:
             named = np.isfinite(values) & (values % 1 == 0) & (np.abs(values) < 2.0**63)
         text[named] = values[named].astype(np.int64).astype(str)
         return text
-    spelled = [None if (w := whole_number(v)) is None else str(w) for v in column.tolist()]
+    spelled = [key_number(v) for v in column.tolist()]
     named = np.fromiter((w is not None for w in spelled), dtype=bool, count=len(spelled))
     text[named] = np.asarray(spelled, dtype=object)[named]
     return text
+
+
+def key_number(value: object) -> str | None:
+    """A key's ``value`` as text where it is a boolean or a whole number (``None`` for any
+    other value, whose ``str`` is its text): JSON's true and a file's 'true' are one series,
+    as are a JSON 7.0 and 7."""
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    whole = whole_number(value)
+    return None if whole is None else str(whole)
 
 
 def whole_number(value: object) -> int | None:

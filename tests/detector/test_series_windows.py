@@ -564,6 +564,20 @@ def test_a_whole_number_key_is_one_series_whether_read_as_an_int_or_a_float() ->
     assert series_key(spec, {"host": np.float64(8.0)}) == "8"
 
 
+def test_a_boolean_key_is_the_text_a_file_and_json_write() -> None:
+    # A Parquet file's or a frame's True was the series 'True', a CSV's true the series 'true'
+    # (one scoring run over both files, or HTTP JSON beside CSV bodies): two series.
+    from detector.series.stream import series_key
+
+    spec = SeriesSpec("ts", ("host",), window=3)
+    typed = pd.DataFrame({"ts": [0, 60], "host": [True, False], "cpu": [1.0, 2.0]})
+    assert list(SeriesState(spec).window(typed).keys) == ["true", "false"]
+    mixed = typed.assign(host=pd.Series([True, "web"], dtype=object))
+    assert list(SeriesState(spec).window(mixed).keys) == ["true", "web"]
+    assert series_key(spec, {"host": True}) == series_key(spec, {"host": "true"}) == "true"
+    assert series_key(spec, {"host": np.bool_(False)}) == "false"
+
+
 def test_rows_repeating_a_date_without_a_time_of_day_are_told_so_at_scoring() -> None:
     # Training says so; scoring rejected 788 rows of 800 as repeats with no word of dates.
     spec = SeriesSpec("ts", ("host",), window=3)

@@ -621,6 +621,31 @@ def test_csv_keys_that_read_as_numbers_stay_the_series_they_name(
     assert answer["counts"]["scored"] == 2, answer
 
 
+def test_a_key_is_one_series_whether_sent_as_json_or_csv(two_workers: list[Any]) -> None:
+    # A JSON true was the series 'True', a CSV body's true the series 'true' (as a file's
+    # reader writes it): one host's rows kept two windows in the one state. Each key is its
+    # text as written; a JSON whole number its digits (7.0 from an emitter is 7).
+    row = fleet(2, start="2026-01-05", seed=4).head(1).to_dict("records")[0]
+    first, second = two_workers
+    sent = [True, 7, "007", "7.0"]
+    assert post(first, [{**row, "host": h} for h in sent])["counts"]["scored"] == 4
+    columns = list(row)
+    body = ",".join(columns) + "\n"
+    for host in ("true", "7", "007", "7.0", "7.00"):
+        body += ",".join(str({**row, "host": host}[c]) for c in columns) + "\n"
+    response = second.post(SCORE, data=body, content_type="text/csv")
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    repeated = "an earlier row of its series has the same ts"
+    assert {r["index"]: repeated in r["reasons"][0] for r in answer["rejected"]} == {
+        0: True, 1: True, 2: True, 3: True
+    }  # fmt: skip
+    assert [r["index"] for r in answer["results"]] == [4]  # '7.00' is written otherwise
+    again = post(first, [{**row, "host": h} for h in (7.0, "true", 8)])
+    assert [r["index"] for r in again["rejected"]] == [0, 1]  # 7.0 is 7; 'true' is true
+    assert [r["index"] for r in again["results"]] == [2]
+
+
 def test_keys_of_two_columns_that_join_alike_are_refused_with_the_column(
     tmp_path: Path,
 ) -> None:
