@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Context, Decimal
 from typing import Literal
 
 import numpy as np
@@ -458,22 +459,40 @@ def same_letters_keys(keys: pd.Series) -> pd.Series:
     return spelled
 
 
+#: A key written as a decimal number ('007', '7.0', '1e3'), which another may write otherwise.
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _as_number(key: str) -> str:
+    """``key`` as the one spelling of the number it writes ('007', '7.0' and '7e0': '7'), or
+    as it is where it writes none (exact: 20-digit ids are told apart)."""
+    if not _DECIMAL.fullmatch(key):
+        return key
+    try:
+        # Exact to the key's last digit: 30-digit ids a digit apart are two numbers.
+        return str(Decimal(key).normalize(Context(prec=len(key) + 1)))
+    except ArithmeticError:  # an exponent past the context's (1e9999999)
+        return key
+
+
 def key_spelling_warning(keys: np.ndarray, spec: SeriesSpec) -> str | None:
     """What to say when series ``keys`` (training's, one per row, or a scoring run's) hold
-    keys that differ from another only in case or spaces ('web-01', 'WEB-01 '): each is a
-    series of its own, silently, where most likely one host's rows were split. (Keys in
-    another Unicode form are one series already: ``same_letters_keys``.)"""
+    keys that differ from another only in case or spaces ('web-01', 'WEB-01 '), or write one
+    number otherwise ('007', '7', '7.0': a key is its text as written, and a spreadsheet or a
+    float column may have rewritten it): each is a series of its own, silently, where most
+    likely one host's rows were split. (Keys in another Unicode form are one series already:
+    ``same_letters_keys``; a JSON 7.0 is the series '7': ``key_number``.)"""
     if not spec.key_columns:
         return None
     distinct = pd.unique(pd.Series(keys).dropna())
     spelled = pd.Series(distinct).astype(str).str.normalize("NFC").str.strip().str.casefold()
-    alike = spelled.duplicated(keep=False)
+    alike = spelled.map(_as_number).duplicated(keep=False)
     if not alike.any():
         return None
     shown = ", ".join(repr(k) for k in distinct[alike.to_numpy()][:4])
     return (
-        f"{int(alike.sum()):,} series keys differ from another only in case or spaces "
-        f"({shown}); each is a series of its own: if they name one "
+        f"{int(alike.sum()):,} series keys differ from another only in case or spaces, or "
+        f"in how a number is written ({shown}); each is a series of its own: if they name one "
         f"{' and '.join(spec.key_columns)}, write them alike"
     )
 

@@ -467,6 +467,20 @@ def test_keys_spelled_alike_are_warned_of() -> None:
     assert key_spelling_warning(keys, SeriesSpec("ts", window=3)) is None  # no key column
 
 
+def test_keys_writing_one_number_otherwise_are_warned_of() -> None:
+    # A key is its text as written: '007', '7' and '7.0' are three series, where a
+    # spreadsheet (or a float column) rewriting one host's name most likely split it, unsaid.
+    from detector.series.windows import key_spelling_warning
+
+    spec = SeriesSpec("ts", ("host",), window=3)
+    keys = np.array(["007", "7", "7.0", "8", "1e3", "1000", "0x1", "1"], dtype=object)
+    warning = key_spelling_warning(keys, spec)
+    assert warning is not None and warning.startswith("5 series keys differ from another")
+    assert "or in how a number is written ('007', '7', '7.0', '1e3')" in warning
+    ids = np.array(["1" * 30, "1" * 29 + "2", "web-01", "1e9999999", "1e9999998"], dtype=object)
+    assert key_spelling_warning(ids, spec) is None  # exact, however long
+
+
 def test_a_key_in_another_unicode_form_is_the_same_series_in_a_file_and_a_record() -> None:
     # 'wéb-01' with its accent as a character of its own (NFD, as macOS writes some files)
     # was a series of its own: its rows warmed up apart from the composed spelling's.
