@@ -292,6 +292,27 @@ def test_a_file_row_from_a_wrong_clock_is_rejected_and_its_host_scores_on(
     assert late["reason"].str.contains("(2100-01-01T00:00:00Z)", regex=False).all()
 
 
+def test_a_key_that_looks_like_a_number_is_one_series_in_every_chunk_scored(
+    tmp_path, capsys
+) -> None:
+    # Pins the rule training now reads keys by: a key is its text as written, in every chunk,
+    # whether the chunk's other keys look like numbers or not ('007' is neither 7 nor '7').
+    names = {"web-01": "007", "web-02": "8", "db-01": "web"}
+    fleet(300).replace({"host": names}).to_csv(tmp_path / "train.csv", index=False)
+    new = fleet(20, start="2026-01-02", seed=7).replace({"host": names})
+    new = new.sort_values("host", kind="stable", key=lambda h: h != "8")  # 8s, then the rest
+    new.to_csv(tmp_path / "new.csv", index=False)
+    model, out = str(tmp_path / "m"), tmp_path / "scored.csv"
+    assert main(["train", str(tmp_path / "train.csv"), "--out", model, "--time-column", "ts",
+                 "--series-column", "host", "--epochs=2", "--window=4"]) == 0  # fmt: skip
+    for rows in ("25", "65536"):  # chunks of 8s and a 007 alone, then 007 beside web; one
+        argv = ["score", model, str(tmp_path / "new.csv"), "--output", str(out)]
+        assert main([*argv, "--chunk-rows", rows]) == 0
+        scored = pd.read_csv(out, dtype={"host": str})
+        assert scored.groupby("host")["warming_up"].sum().to_dict() == {"007": 3, "8": 3, "web": 3}
+    assert "series keys differ" not in capsys.readouterr().out
+
+
 def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, capsys) -> None:
     fleet(300).to_csv(tmp_path / "train.csv", index=False)
     fleet(20, start="2026-01-02", seed=7).to_csv(tmp_path / "new.csv", index=False)
