@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from detector.features.schema import same_letters
+from detector.series.windows import key_number
 from service.alert_policy import NO_SEVERITY, AlertPolicy
 from service.alert_state import DEFAULT_MAX_KEYS
 
@@ -176,7 +177,10 @@ def label_value(value: object) -> str:
     but no client can put megabytes into every alert and every scrape."""
     # One Unicode form (NFC), as a series model keys its series: a host spelled with its accent
     # as a character of its own is the same host.
-    text = "" if value is None else same_letters(str(value))
+    # A JSON 7.0 is host 7 and a JSON true 'true', as a series model keys them (key_number):
+    # one host's alerts counted under '7' and '7.0', each short of fire_after.
+    number = key_number(value)
+    text = "" if value is None else same_letters(str(value) if number is None else number)
     if len(text) <= MAX_LABEL_CHARS:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -506,6 +506,20 @@ def test_a_key_in_another_unicode_form_counts_as_the_same_key() -> None:
     assert len(tracker) == 1
 
 
+def test_a_key_sent_as_a_whole_float_or_a_boolean_counts_as_its_series_key() -> None:
+    # A JSON emitter's 7.0 is the series 7 (one window), but its alerts counted under '7.0'
+    # apart from 7's, each short of fire_after; a JSON true was 'True', a CSV body's 'true'.
+    tracker = AlertTracker("m", small_policy(group_by=("host",)), clock=FakeClock())
+    assert feed(tracker, "AA", host=7) == []
+    [alert] = feed(tracker, "A", host=7.0)
+    assert alert.key == (("host", "7"),)
+    assert feed(tracker, "AA", host=True) == []
+    [alert] = feed(tracker, "A", host="true")
+    assert alert.key == (("host", "true"),)
+    assert feed(tracker, "AAA", host=7.5)[0].key == (("host", "7.5"),)
+    assert len(tracker) == 3
+
+
 def test_tracked_keys_are_bounded_and_firing_keys_survive_eviction() -> None:
     clock = FakeClock()
     tracker = AlertTracker("m", small_policy(group_by=("host",)), clock=clock, max_keys=3)
