@@ -321,12 +321,13 @@ def score_pandas(
         reasons[corrupt] = "the record does not fit the header (ragged row or broken quoting)"
         usable &= ~corrupt
     # Spark decodes bytes that are not UTF-8 (or not the encoding given) as U+FFFD and reads
-    # on; the local reader rejects such a record (an unseen host 'caf\ufffd' would be scored
-    # as one). Rejected alike here.
+    # on; the local reader rejects such a record, whichever field holds them (an unseen host
+    # 'caf\ufffd' would be scored as one, a kept column's 'n\ufffdne' written out as such).
+    # Rejected alike here: the model's columns and those carried through.
     text = [
         c
-        for c in bundle.input_columns
-        if c in out.columns and not pd.api.types.is_numeric_dtype(out[c])
+        for c in out.columns
+        if c not in (CORRUPT_RECORD, SOURCE_FILE) and not pd.api.types.is_numeric_dtype(out[c])
     ]
     if text:
         garbled = np.zeros(n, dtype=bool)

@@ -597,3 +597,31 @@ def test_spark_reads_a_csv_in_another_encoding_as_the_default_engine_does(
                 "mac-roman", "--output", str(tmp_path / "mac.parquet")]  # fmt: skip
         assert main(argv) == 2
         assert "Java's charsets, which have none of that name" in capsys.readouterr().err
+
+
+def test_a_byte_not_utf8_in_a_kept_column_rejects_its_row_in_both_engines(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Spark decodes a byte that is not UTF-8 as U+FFFD: in a --keep-column column it wrote
+    # 'n\ufffdne' out and scored the row (rows scored 20 of 20), which the default engine
+    # rejects as not UTF-8 text (19 of 20).
+    frame = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label"]).head(20)
+    text = frame.to_csv(index=False).encode().replace(b",none\n", b",n\xe9ne\n", 1)
+    path = tmp_path / "in.csv"
+    path.write_bytes(text)
+    reports = {}
+    for engine in ("stream", "spark"):
+        out = tmp_path / f"{engine}.parquet"
+        argv = ["score", str(bundle_dir), str(path), "--engine", engine,
+                "--keep-column", "anomaly_kind", "--json", "--output", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        reports[engine] = json.loads(capsys.readouterr().out)
+        assert "\ufffd" not in "".join(pd.read_parquet(out)["anomaly_kind"])
+    for report in reports.values():
+        assert (report["rows_read"], report["rows_scored"]) == (20, 19)
+        assert report["rejected_by_code"] == {"encoding": 1}
+    parts = sorted((tmp_path / "spark.parquet.rejects").glob("part-*.csv"))
+    (reason,) = pd.concat([pd.read_csv(p) for p in parts if p.stat().st_size])["reason"]
+    (stream_reason,) = pd.read_csv(tmp_path / "stream.parquet.rejects.csv")["reason"]
+    assert reason.startswith("not UTF-8 text; give its encoding (--encoding cp1252)")
+    assert stream_reason.startswith(reason)
