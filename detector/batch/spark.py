@@ -161,35 +161,42 @@ def score_files(
         _check_not_over_inputs(flag, target, paths)
         _check_replaceable(flag, target)
     spark = session or spark_session()
-    # Times written (and rejects' reasons) in UTC, as the default engine writes them, whatever
-    # zone the machine's clock is set to: Spark's session zone is the JVM's by default.
-    spark.conf.set("spark.sql.session.timeZone", "UTC")
     fmt = table_format(paths[0].rstrip("/*"))
     if fmt == "parquet":
         _check_parquet_columns(bundle, paths, keep_columns)
-    if fmt == "parquet":
-        frame = spark.read.parquet(*paths)
-    else:  # kept columns the model does not read are written as they came ('NA' too)
-        exact = [c for c in keep_columns if c not in bundle.input_columns]
-        frame = _read_csv(spark, paths, exact, _java_charset(spark, encoding))
-    frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
-    absent = [c for c in keep_columns if c not in frame.columns]
-    if absent:
-        raise SchemaError(
-            f"--keep-column {absent} not in the input; its columns are {frame.columns}"
-        )
-    scored = score_dataframe(
-        frame,
-        model,
-        keep_columns=keep_columns,
-        impute=impute,
-        top_k=top_k,
-        shared=shared,
-        max_ahead_seconds=max_ahead_seconds,
-        respelled=True,
-        encoding=None if fmt == "parquet" else encoding,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    charset = None if fmt == "parquet" else _java_charset(spark, encoding)
+    # Times written (and rejects' reasons) in UTC, as the default engine writes them, whatever
+    # zone the machine's clock is set to: Spark's session zone is the JVM's by default.
+    settings: dict[str, str | None] = {"spark.sql.session.timeZone": "UTC"}
+    if charset is not None and charset.lower() not in _SPARK_CHARSETS:
+        settings["spark.sql.legacy.javaCharsets"] = "true"
+    # For this run only: a caller's own session kept them after it (Java's legacy charsets
+    # left allowed for its every later read, its zone moved to UTC).
+    earlier = _set_for_run(spark, settings)
+    scored = None
     try:
+        if fmt == "parquet":
+            frame = spark.read.parquet(*paths)
+        else:  # kept columns the model does not read are written as they came ('NA' too)
+            exact = [c for c in keep_columns if c not in bundle.input_columns]
+            frame = _read_csv(spark, paths, exact, charset)
+        frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
+        absent = [c for c in keep_columns if c not in frame.columns]
+        if absent:
+            raise SchemaError(
+                f"--keep-column {absent} not in the input; its columns are {frame.columns}"
+            )
+        scored = score_dataframe(
+            frame,
+            model,
+            keep_columns=keep_columns,
+            impute=impute,
+            top_k=top_k,
+            shared=shared,
+            max_ahead_seconds=max_ahead_seconds,
+            respelled=True,
+            encoding=None if fmt == "parquet" else encoding,
+        ).persist(StorageLevel.MEMORY_AND_DISK)
         ledger = (
             scored.groupBy(SOURCE_FILE)
             .agg(
@@ -264,8 +271,23 @@ def score_files(
                     good = good.withColumn(col.name, F.col(col.name).cast("double"))
         _write_atomically(good, output, "parquet" if parquet else "csv")
     finally:
-        scored.unpersist()
+        if scored is not None:
+            scored.unpersist()
+        _set_for_run(spark, earlier)
     return replace(report, seconds=time.perf_counter() - started)
+
+
+def _set_for_run(spark: SparkSession, settings: dict[str, str | None]) -> dict[str, str | None]:
+    """Set ``settings`` in the session (``None``: unset), returning what they were, to be set
+    back the same way once the run is done."""
+    held = spark.conf.getAll  # only what is set: a setting left at its default is not there
+    earlier = {key: held.get(key) for key in settings}
+    for key, value in settings.items():
+        if value is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, value)
+    return earlier
 
 
 def spark_refusal(exc: BaseException) -> str | None:
@@ -412,7 +434,7 @@ def _java_charset(spark: SparkSession, encoding: str | None) -> str | None:
     """The Java charset Spark decodes ``encoding`` (Python's name) with, ``None`` for UTF-8;
     ``ConfigError`` where Java has none of that name. Spark takes only a few charsets unless
     ``spark.sql.legacy.javaCharsets`` is set (Windows-1252, Excel's CSV in Western Europe,
-    is not among them): it is set where the charset needs it."""
+    is not among them): ``score_files`` sets it for its run where the charset needs it."""
     if encoding is None:
         return None
     charset = spark.sparkContext._jvm.java.nio.charset.Charset  # type: ignore[union-attr]
@@ -422,10 +444,7 @@ def _java_charset(spark: SparkSession, encoding: str | None) -> str | None:
             f"Java's charsets, which have none of that name: convert the files once (iconv -f "
             f"{encoding} -t utf-8 IN > OUT), or score without --engine spark"
         )
-    name = str(charset.forName(encoding).name())
-    if name.lower() not in _SPARK_CHARSETS:
-        spark.conf.set("spark.sql.legacy.javaCharsets", "true")
-    return name
+    return str(charset.forName(encoding).name())
 
 
 #: The charsets Spark's CSV reader takes without ``spark.sql.legacy.javaCharsets``.

@@ -625,3 +625,31 @@ def test_a_byte_not_utf8_in_a_kept_column_rejects_its_row_in_both_engines(
     (stream_reason,) = pd.read_csv(tmp_path / "stream.parquet.rejects.csv")["reason"]
     assert reason.startswith("not UTF-8 text; give its encoding (--encoding cp1252)")
     assert stream_reason.startswith(reason)
+
+
+def test_a_callers_session_keeps_its_own_settings_after_a_run(
+    spark, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # A cp1252 run left spark.sql.legacy.javaCharsets true in the caller's session (every
+    # later read of it could take Java's legacy charsets), and every run its zone set to UTC.
+    from detector.batch.spark import score_files
+
+    frame = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
+    path = tmp_path / "in.csv"
+    path.write_bytes(frame.head(20).to_csv(index=False).encode("cp1252"))
+    charsets, zone = "spark.sql.legacy.javaCharsets", "spark.sql.session.timeZone"
+    spark.conf.set(charsets, "false")
+    spark.conf.set(zone, "Asia/Kolkata")
+    try:
+        report = score_files(str(bundle_dir), [str(path)], str(tmp_path / "o.parquet"),
+                             encoding="cp1252", session=spark)  # fmt: skip
+        assert report.rows_scored == 20
+        assert (spark.conf.get(charsets), spark.conf.get(zone)) == ("false", "Asia/Kolkata")
+        spark.conf.unset(charsets)
+        spark.conf.unset(zone)
+        score_files(str(bundle_dir), [str(path)], str(tmp_path / "o.parquet"),
+                    encoding="cp1252", session=spark)  # fmt: skip
+        assert charsets not in spark.conf.getAll and zone not in spark.conf.getAll
+    finally:
+        spark.conf.unset(charsets)
+        spark.conf.unset(zone)
