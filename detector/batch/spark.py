@@ -10,6 +10,7 @@ this module never imports the command line that imports it.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -174,6 +175,7 @@ def score_files(
     # left allowed for its every later read, its zone moved to UTC).
     earlier = _set_for_run(spark, settings)
     scored = None
+    staged: dict[str, Path | None] = {}  # target: its part files written beside it
     try:
         if fmt == "parquet":
             frame = spark.read.parquet(*paths)
@@ -250,11 +252,12 @@ def score_files(
                 F.col(REJECT_REASON).alias("reason"),
                 raw.alias("raw"),
             )
-            _write_atomically(rejects, rejects_target, "csv")
-        elif "://" not in rejects_target and Path(rejects_target).is_dir():
-            # An earlier run's rejects there would pass for this run's, which rejected none.
-            shutil.rmtree(rejects_target)
-        check_reject_rate(report, max_reject_rate)
+            staged[rejects_target] = _write_staged(rejects, rejects_target, "csv")
+        try:
+            check_reject_rate(report, max_reject_rate)
+        except DataError:
+            _into_place(rejects_target, staged.pop(rejects_target, None))  # they explain it
+            raise
         k = min(top_k, len(bundle.schema.scored_columns))
         out_columns = [
             *data_columns,
@@ -269,8 +272,18 @@ def score_files(
             for col in bundle.schema.numeric:
                 if col.name in data_columns:  # a series model's window columns are not
                     good = good.withColumn(col.name, F.col(col.name).cast("double"))
-        _write_atomically(good, output, "parquet" if parquet else "csv")
+        staged[output] = _write_staged(good, output, "parquet" if parquet else "csv")
+        # Both written before either is in place, as the default engine does: a disk that
+        # filled on the scores left the rejects in place without them.
+        if not rejected and "://" not in rejects_target and Path(rejects_target).is_dir():
+            # An earlier run's rejects there would pass for this run's, which rejected none.
+            shutil.rmtree(rejects_target)
+        for target in list(staged):
+            _into_place(target, staged.pop(target))
     finally:
+        for staging in staged.values():  # a write that failed: nothing of it is left
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
         if scored is not None:
             scored.unpersist()
         _set_for_run(spark, earlier)
@@ -504,9 +517,11 @@ def _read_csv(
     return frame.select(*kept, F.col(CORRUPT_RECORD))
 
 
-def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
-    """Write part files to a temporary sibling and rename it into place (local paths); for a
-    URI, Spark's commit protocol (``_SUCCESS`` last) is what readers rely on."""
+def _write_staged(frame: DataFrame, target: str, fmt: str) -> Path | None:
+    """Write part files to a temporary sibling of ``target`` and return it, for ``_into_place``
+    (local paths); for a URI, written in place and ``None``: Spark's commit protocol
+    (``_SUCCESS`` last) is what readers rely on. A write the disk refuses (full, a quota,
+    ``ulimit -f``) is an ``OSError`` naming ``target``, and its temporary is removed."""
     from pyspark.sql import functions as F
 
     if fmt == "csv":
@@ -531,13 +546,30 @@ def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
             writer = writer.option("sep", "\t")
     if "://" in target:
         writer.format(fmt).save(target)
-        return
+        return None
     final = Path(target)
     # Named for this process, as the streaming writer's are, so that what a killed run left
     # beside the output is removed by the next run that writes it.
     remove_stale_temporaries(final)
     staging = partial_path(final)
-    writer.format(fmt).save(str(staging))
+    try:
+        writer.format(fmt).save(str(staging))
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)  # Spark's abort leaves the folder itself
+        refused = _no_room(exc)
+        if refused is None:
+            raise
+        # Spark's own words were "Spark could not read INPUT: ... [TASK_WRITE_FAILED]" and
+        # its Java stack: the input was fine, the disk was not.
+        raise OSError(refused, os.strerror(refused), target) from None
+    return staging
+
+
+def _into_place(target: str, staging: Path | None) -> None:
+    """Rename a folder ``_write_staged`` wrote over ``target``."""
+    if staging is None:
+        return
+    final = Path(target)
     if final.is_dir():
         retired = staging_path(final, "old")
         os.replace(final, retired)
@@ -547,3 +579,23 @@ def _write_atomically(frame: DataFrame, target: str, fmt: str) -> None:
         if final.exists():
             final.unlink()
         os.replace(staging, final)
+
+
+#: Writes refused for want of room, as Java says them (the system's own words).
+_ROOM = {os.strerror(code): code for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)}
+
+
+def _no_room(exc: BaseException) -> int | None:
+    """The errno of a write Spark's Java side was refused for want of room (a full disk, a
+    quota, a file size limit), found among the causes of ``exc``; ``None`` otherwise."""
+    # Py4JJavaError's, or the Java exception pyspark turned into one of its own
+    java = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    for _ in range(64):  # a chain of causes, never a loop
+        if java is None:
+            return None
+        said = str(java.getMessage() or "")
+        for words, code in _ROOM.items():
+            if words in said:
+                return code
+        java = java.getCause()
+    return None

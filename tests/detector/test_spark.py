@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import resource
 import shutil
 import sys
 from collections.abc import Iterator
@@ -653,3 +654,35 @@ def test_a_callers_session_keeps_its_own_settings_after_a_run(
     finally:
         spark.conf.unset(charsets)
         spark.conf.unset(zone)
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux's prlimit")
+def test_a_write_the_disk_refuses_is_named_and_leaves_nothing(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Measured on a full 2 MiB tmpfs: 'error: Spark could not read big.csv: ...
+    [TASK_WRITE_FAILED] ...; score it without --engine spark' (exit 2), the rejects already in
+    place and the output's staging folder left beside them, where the default engine says
+    'No space left on device (PATH): ...; no output was written' and leaves nothing. Here
+    the JVM's file size limit (ulimit -f) refuses the scores' write as a full disk does."""
+    frame = pd.read_csv(DATA / "eval.csv", dtype=str).drop(columns=["label", "anomaly_kind"])
+    frame.loc[::50, "cpu_pct"] = "oops"  # rejects, written (and refused nothing) first
+    source = tmp_path / "in.csv"
+    frame.to_csv(source, index=False)  # ~450 kB of scores
+    argv = ["score", str(bundle_dir), str(source), "--engine", "spark", "--quiet"]
+    # The Python workers started first, under no limit: they write the shipped bundle.
+    assert main([*argv, "--output", str(tmp_path / "warm.csv")]) == 0
+    for name in ("warm.csv", "warm.csv.rejects"):
+        shutil.rmtree(tmp_path / name)
+    jvm = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+    limits = resource.prlimit(jvm, resource.RLIMIT_FSIZE)
+    resource.prlimit(jvm, resource.RLIMIT_FSIZE, (200_000, limits[1]))
+    try:
+        code = main([*argv, "--output", str(tmp_path / "out.csv")])
+    finally:
+        resource.prlimit(jvm, resource.RLIMIT_FSIZE, limits)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"error: File too large ({tmp_path / 'out.csv'}): " in err, err
+    assert "no output was written" in err and "could not read" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
