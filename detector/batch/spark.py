@@ -198,6 +198,7 @@ def score_files(
             max_ahead_seconds=max_ahead_seconds,
             respelled=True,
             encoding=None if fmt == "parquet" else encoding,
+            decoded=fmt != "parquet",
         ).persist(StorageLevel.MEMORY_AND_DISK)
         ledger = (
             scored.groupBy(SOURCE_FILE)

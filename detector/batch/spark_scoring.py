@@ -152,6 +152,7 @@ def score_dataframe(
     max_ahead_seconds: float | None = DEFAULT_MAX_AHEAD_SECONDS,
     respelled: bool = False,
     encoding: str | None = None,
+    decoded: bool = True,
 ) -> DataFrame:
     """Score every row of ``df`` with the bundle at ``bundle_path``.
 
@@ -163,7 +164,10 @@ def score_dataframe(
     ``reject_code`` and ``reject_reason``; its row count equals ``df``'s. ``respelled``: a
     last column, ``RESPELLED``, for ``category_spelling`` to read (drop it after).
     ``encoding``: the text's, where it was read from another than UTF-8 (Python's name), as
-    the reason of a row that did not decode says.
+    the reason of a row that did not decode says. ``decoded``: the text was decoded from bytes
+    by Spark (a CSV read), which reads bytes that did not decode as U+FFFD: a row holding one
+    is rejected as the default engine rejects it; ``False`` where the text was text already
+    (Parquet), and a U+FFFD in it a character like any other.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -222,6 +226,7 @@ def score_dataframe(
         surface=current_surface(),
         respelled=respelled,
         encoding=encoding,
+        decoded=decoded,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
@@ -266,6 +271,7 @@ def _score_batches(
     surface: Surface = "python",
     respelled: bool = False,
     encoding: str | None = None,
+    decoded: bool = True,
 ) -> Iterator[pd.DataFrame]:
     """Runs on the executors: the worker's bundle, then each Arrow batch of rows. Reasons
     name options as the driver's caller spells them (``surface``: ``--impute median`` for the
@@ -283,6 +289,7 @@ def _score_batches(
                 times=seconds,
                 respelled=respelled,
                 encoding=encoding,
+                decoded=decoded,
             )
         yield scored
 
@@ -297,12 +304,14 @@ def score_pandas(
     times: pd.Series | None = None,
     respelled: bool = False,
     encoding: str | None = None,
+    decoded: bool = True,
 ) -> pd.DataFrame:
     """One Spark batch: every row back, scored or with its reject code and reason (a series
     model's rows stamped more than ``max_ahead_seconds`` after the clock rejected). A series
     model reads ``times`` (epoch seconds, one a row) for its time column where given.
     ``respelled``: the ``RESPELLED`` column added; ``encoding``: the text's (``None``: UTF-8),
-    which a row that did not decode is said not to be."""
+    which a row that did not decode is said not to be; ``decoded``: whether Spark decoded the
+    text from bytes, and a U+FFFD in it marks bytes that did not decode."""
     n = len(batch)
     out = batch.reset_index(drop=True)
     scores = np.full(n, np.nan)
@@ -324,9 +333,10 @@ def score_pandas(
     # on; the local reader rejects such a record, whichever field holds them (an unseen host
     # 'caf\ufffd' would be scored as one, a kept column's 'n\ufffdne' written out as such).
     # Rejected alike here: the model's columns and those carried through.
+    # Parquet's text is text: a U+FFFD there is the file's own, scored by the default engine.
     text = [
         c
-        for c in out.columns
+        for c in (out.columns if decoded else ())
         if c not in (CORRUPT_RECORD, SOURCE_FILE) and not pd.api.types.is_numeric_dtype(out[c])
     ]
     if text:

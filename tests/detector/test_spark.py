@@ -686,3 +686,22 @@ def test_a_write_the_disk_refuses_is_named_and_leaves_nothing(
     assert f"error: File too large ({tmp_path / 'out.csv'}): " in err, err
     assert "no output was written" in err and "could not read" not in err
     assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
+
+
+def test_a_replacement_character_in_parquet_is_scored_by_both_engines(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Parquet holds text, not bytes to decode: its U+FFFD is a character of the file's, which
+    # the default engine scores (20 of 20), where Spark rejected each such row as 'not UTF-8
+    # text; give its encoding (--encoding cp1252)', an option Parquet has no use for (18).
+    frame = pd.read_csv(DATA / "eval.csv").drop(columns=["label"]).head(20)
+    frame.loc[3, "anomaly_kind"] = "n\ufffdne"
+    frame.loc[5, "host"] = "web-\ufffd"  # an unseen host, as any other
+    source = tmp_path / "in.parquet"
+    frame.to_parquet(source)
+    for engine in ("stream", "spark"):
+        out = tmp_path / f"{engine}.parquet"
+        argv = ["score", str(bundle_dir), str(source), "--engine", engine, "--json",
+                "--keep-column", "anomaly_kind", "--output", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["rows_scored"] == 20, engine
