@@ -49,6 +49,7 @@ from detector.io.temporaries import (
     remove_stale_temporaries,
     staging_path,
 )
+from detector.io.transcode import encoding_fix, read_as
 from detector.scoring.output_columns import (
     CONTEXT_COLUMN,
     REJECT_CODE,
@@ -181,7 +182,7 @@ def score_files(
             frame = spark.read.parquet(*paths)
         else:  # kept columns the model does not read are written as they came ('NA' too)
             exact = [c for c in keep_columns if c not in bundle.input_columns]
-            frame = _read_csv(spark, paths, exact, charset)
+            frame = _read_csv(spark, paths, exact, charset, encoding)
         frame = frame.withColumn(SOURCE_FILE, F.input_file_name())
         absent = [c for c in keep_columns if c not in frame.columns]
         if absent:
@@ -466,10 +467,15 @@ _SPARK_CHARSETS = ("iso-8859-1", "us-ascii", "utf-16", "utf-16be", "utf-16le", "
 
 
 def _read_csv(
-    spark: SparkSession, paths: list[str], exact: Sequence[str] = (), charset: str | None = None
+    spark: SparkSession,
+    paths: list[str],
+    exact: Sequence[str] = (),
+    charset: str | None = None,
+    encoding: str | None = None,
 ) -> DataFrame:
     """The CSV files as text columns (named as the local reader names them) and Spark's
-    ``CORRUPT_RECORD``; ``charset``: their Java charset, where not UTF-8."""
+    ``CORRUPT_RECORD``; ``charset``: their Java charset, where not UTF-8 (``encoding``: its
+    Python name, as the user gave it)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -485,6 +491,12 @@ def _read_csv(
     # Named as the local reader names them: stripped of spaces, and checked alike (no header
     # row, another separator, an unnamed or repeated column).
     names = [n.strip() for n in raw]
+    if any("\ufffd" in n for n in names):
+        # Bytes Spark could not decode, read as U+FFFD: the refusal said "unknown column(s)
+        # ['anomaly_k\ufffdnd'] (... keep them with --keep-column 'anomaly_k\ufffdnd')".
+        raise DataError(
+            f"the header of {paths[0]} is not {read_as(encoding)} text; {encoding_fix(encoding)}"
+        )
     check_names(names, paths[0])
     schema = T.StructType(
         [T.StructField(n, T.StringType()) for n in raw]

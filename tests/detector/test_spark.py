@@ -705,3 +705,24 @@ def test_a_replacement_character_in_parquet_is_scored_by_both_engines(
                 "--keep-column", "anomaly_kind", "--output", str(out)]  # fmt: skip
         assert main(argv) == 0
         assert json.loads(capsys.readouterr().out)["rows_scored"] == 20, engine
+
+
+def test_a_header_not_utf8_is_refused_in_the_default_engines_words(
+    spark, capsys, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Spark read the byte as U+FFFD, and the refusal was "unknown column(s) ['label',
+    # 'anomaly_k\ufffdnd'] (drop them, or keep them ... --keep-column 'anomaly_k\ufffdnd')".
+    text = (DATA / "eval.csv").read_bytes()[:3000].rsplit(b"\n", 1)[0] + b"\n"
+    path = tmp_path / "in.csv"
+    path.write_bytes(text.replace(b"anomaly_kind", b"anomaly_k\xefnd", 1))
+    said = {}
+    for engine in ("stream", "spark"):
+        argv = ["score", str(bundle_dir), str(path), "--engine", engine,
+                "--output", str(tmp_path / f"{engine}.parquet")]  # fmt: skip
+        assert main(argv) == 2
+        said[engine] = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said["spark"] == said["stream"]
+    assert said["spark"] == (
+        f"error: the header of {path} is not UTF-8 text; give its encoding (--encoding "
+        "cp1252), or re-save it as UTF-8"
+    )
