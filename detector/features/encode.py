@@ -31,6 +31,7 @@ from detector.errors import SchemaError
 from detector.features.encoded import (
     EncodedBatch,
     NumberCount,
+    PastClip,
     Rejection,
     Respelling,
     overflow_of,
@@ -216,7 +217,9 @@ def encode(
     values = np.empty((n, schema.n_features), dtype=np.float32)
 
     numbers: list[NumberCount] = []
-    excess: list[tuple[int, np.ndarray]] = []
+    # (first column, rows, their excess): only the rows with a value past the clip, not the
+    # block's full float64 excess (a block of the table wherever one value passed it).
+    excess: list[tuple[int, np.ndarray, np.ndarray]] = []
     if schema.n_numeric:
         means = np.array([c.mean for c in schema.numeric])
         scales = np.array([c.scale for c in schema.numeric])
@@ -235,21 +238,16 @@ def encode(
             numeric -= means[start:stop]  # in place: the block is this call's own
             numeric /= scales[start:stop]
             if (over := overflow_of(numeric, schema.clip)) is not None:
-                excess.append((start, over))
+                rows = np.flatnonzero(over.any(axis=1))
+                excess.append((start, rows, over[rows]))
             values[:, start:stop] = np.clip(numeric, -schema.clip, schema.clip, out=numeric)
-    overflow = None
-    if excess:  # as one batch's: zero where a value lay within the clip
-        overflow = np.zeros((n, schema.n_numeric))
-        for start, over in excess:
-            overflow[:, start : start + over.shape[1]] = over
 
     respelled: list[Respelling] = []
     at = schema.n_numeric
     for cat in schema.categorical:
         codes, col_bad = _parse_categorical(frame[cat.name], cat, impute, reasons, respelled)
-        group = values[:, at : at + cat.width]
-        group[:] = 0.0
-        group[np.arange(n), codes] = 1.0
+        values[:, at : at + cat.width] = 0.0
+        values[np.arange(n), at + codes] = 1.0
         at += cat.width
         bad |= col_bad
 
@@ -267,15 +265,54 @@ def encode(
         Rejection(i, tuple(text for _, text in reasons[i]), reasons[i][0][0])
         for i in np.flatnonzero(bad).tolist()
     )
+    if bad.any():
+        # values[accepted] made in place: indexed, it was a second float32 copy of the table
+        # beside the first (for one rejected row in a million).
+        kept = _move_up(values, accepted)
+        try:  # the rows past them handed back; refused where a view of the array lives
+            values.resize((kept, schema.n_features), refcheck=True)
+        except ValueError:
+            values = values[:kept]
     return EncodedBatch(
-        values=values[accepted] if bad.any() else values,
+        values=values,
         accepted=accepted,
         rejections=rejections,
         context_unseen=unseen[accepted] if schema.context else None,
         numbers=tuple(numbers),
-        overflow=None if overflow is None or not (over := overflow[accepted]).any() else over,
+        past_clip=_past_clip(excess, accepted, schema.n_numeric),
         respelled=tuple(respelled),
     )
+
+
+#: Accepted rows are moved up over the rejected ones this many rows at a time.
+_MOVE_ROWS = 1 << 14
+
+
+def _move_up(values: np.ndarray, accepted: np.ndarray) -> int:
+    """Move the ``accepted`` rows of ``values`` up over the rejected ones, a few at a time, in
+    place: ``values[:n_accepted]`` becomes ``values[accepted]``. Returns ``n_accepted``."""
+    rows = np.flatnonzero(accepted)
+    for at in range(0, len(rows), _MOVE_ROWS):
+        # A row moves up or stays, never down: those still to move lie below those written.
+        chunk = rows[at : at + _MOVE_ROWS]
+        if chunk[-1] != at + len(chunk) - 1:  # else every row of the chunk stays where it is
+            values[at : at + len(chunk)] = values[chunk]
+    return len(rows)
+
+
+def _past_clip(
+    excess: Sequence[tuple[int, np.ndarray, np.ndarray]], accepted: np.ndarray, n_numeric: int
+) -> PastClip | None:
+    """The accepted rows with a value past the clip, from each block's: ``None`` where none."""
+    position = np.cumsum(accepted) - 1  # an accepted row's position among the accepted
+    kept = [(start, rows[accepted[rows]], over[accepted[rows]]) for start, rows, over in excess]
+    if not any(len(rows) for _, rows, _ in kept):
+        return None
+    rows = np.unique(np.concatenate([rows for _, rows, _ in kept]))
+    table = np.zeros((len(rows), n_numeric))
+    for start, mine, over in kept:
+        table[np.searchsorted(rows, mine), start : start + over.shape[1]] = over
+    return PastClip(position[rows], table, int(accepted.sum()))
 
 
 def decode(schema: Schema, values: np.ndarray) -> pd.DataFrame:

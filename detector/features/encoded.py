@@ -63,16 +63,47 @@ class EncodedBatch:
     context_unseen: np.ndarray | None = None
     #: For each numeric column, in schema order: how many of its values read as numbers.
     numbers: tuple[NumberCount, ...] = ()
-    #: ``(n_accepted, n_numeric)``: how far each numeric value lay beyond the encoding's
-    #: ``±clip`` before it was clipped (0 within it), so a scorer can tell $2k from $1B;
-    #: ``None`` when no value did.
-    overflow: np.ndarray | None = None
+    #: The accepted rows with a value beyond the encoding's ``±clip``: ``overflow``'s rows.
+    past_clip: PastClip | None = None
     #: For each text column with values training knew only in another case: ``Respelling``.
     respelled: tuple[Respelling, ...] = ()
 
     @property
     def rows(self) -> np.ndarray:
         return np.flatnonzero(self.accepted)
+
+    @property
+    def overflow(self) -> np.ndarray | None:
+        """``(n_accepted, n_numeric)`` float64: how far each numeric value lay beyond the
+        encoding's ``±clip`` before it was clipped (0 within it), so a scorer can tell $2k from
+        $1B; ``None`` when no value did. Made when asked: training, which never asks, held a
+        float64 table of it (twice the float32 result) for a few values past the clip."""
+        return None if self.past_clip is None else self.past_clip.dense()
+
+
+@dataclass(frozen=True, eq=False)
+class PastClip:
+    """The rows of a batch with a value beyond the encoding's clip, and how far beyond:
+    ``rows`` ``(k,)`` their ascending positions among the batch's ``n_rows`` (accepted) rows,
+    ``excess`` ``(k, n_numeric)`` float64, as ``overflow_of`` gives it (0 within the clip)."""
+
+    rows: np.ndarray
+    excess: np.ndarray
+    n_rows: int
+
+    @classmethod
+    def of(cls, overflow: np.ndarray | None) -> PastClip | None:
+        """From ``overflow_of``'s ``(n_rows, n_numeric)``; ``None`` from ``None``."""
+        if overflow is None:
+            return None
+        rows = np.flatnonzero(overflow.any(axis=1))
+        return cls(rows, overflow[rows], len(overflow))
+
+    def dense(self) -> np.ndarray:
+        """``EncodedBatch.overflow``: ``(n_rows, n_numeric)``, zeros but in ``rows``."""
+        out = np.zeros((self.n_rows, self.excess.shape[1]))
+        out[self.rows] = self.excess
+        return out
 
 
 #: How far beyond its clip a value is kept as lying at most, in standard deviations: a

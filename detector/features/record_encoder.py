@@ -13,6 +13,7 @@ import numpy as np
 from detector.features.encoded import (
     EncodedBatch,
     NumberCount,
+    PastClip,
     Respelling,
     overflow_of,
     respelling,
@@ -115,7 +116,7 @@ class RecordEncoder:
             accepted=np.ones(n, dtype=bool),
             context_unseen=unseen,
             numbers=_all_numbers(self.numeric, n),
-            overflow=overflow,
+            past_clip=PastClip.of(overflow),
             respelled=tuple(respelled),
         )
 

@@ -85,6 +85,7 @@ def test_blocks_of_columns_encode_the_bits_of_one_block(
     whole = encode(schema, frame, impute=impute)
     assert whole.overflow is not None and whole.rejections
     monkeypatch.setattr(encoding, "_BLOCK_VALUES", per_block * rows)
+    monkeypatch.setattr(encoding, "_MOVE_ROWS", per_block)  # rejected rows' places taken
     _same(encode(schema, frame, impute=impute), whole)
 
 
@@ -120,3 +121,33 @@ def test_a_large_table_is_encoded_without_a_float64_copy_of_it(
         tracemalloc.stop()
     assert batch.values.nbytes == result
     assert peak < 1.5 * result, f"peak {peak / result:.2f} times the float32 result"
+
+
+def test_values_past_the_clip_and_rejected_rows_cost_no_copy_of_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A value past the clip in every block of columns, and a rejected row: the overflow's
+    float64 blocks, their float64 table and its accepted rows' copy (each twice the float32
+    result), and the result's accepted rows' copy were held at once. Now the result, a block,
+    and the rows past the clip."""
+    rows, columns = 20_000, 50
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        rng.normal(size=(rows, columns)), columns=[f"m{j}" for j in range(columns)]
+    )
+    schema = fit_schema(frame.head(500))
+    for j in range(columns):
+        frame.iat[j * 7, j] = 1e6
+    frame.iat[3, 4] = np.nan
+    monkeypatch.setattr(encoding, "_BLOCK_VALUES", 2 * rows)
+    monkeypatch.setattr(encoding, "_MOVE_ROWS", rows // 20)  # as a million rows' 16,384
+    result = rows * columns * 4
+    tracemalloc.start()
+    try:
+        batch = encode(schema, frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * result, f"peak {peak / result:.2f} times the float32 result"
+    assert batch.values.shape == (rows - 1, columns) and batch.values.flags.owndata
+    assert batch.overflow is not None and np.count_nonzero(batch.overflow) == columns
