@@ -8,7 +8,9 @@ Each record draws its own latent code from the prior and then samples the decode
 distribution, not its mean: numeric features from the Gaussian with the decoder's mean and
 variance, each categorical column from its softmax. The "unseen" slot of a categorical group
 stands for values never seen in training and has no label, so it is left out and the known
-categories' probabilities renormalised. ``features.decode`` then inverts the schema's encoding:
+categories' probabilities renormalised. A column of more labels than slots has a slot its rare
+training labels share: drawn, it gives one of them, each as likely (the bundle keeps the rare
+labels, not their counts). ``features.decode`` then inverts the schema's encoding:
 numeric values are clipped to the encoding's range and de-standardised (and rounded where
 every training value was a whole number); categories become
 their labels; the columns come back in the training table's order.
@@ -83,15 +85,34 @@ def sample_batches(
             np.asarray(t, dtype=np.float64) for t in model.decode_distribution(z, context=given)
         )
         numeric = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)
-        blocks = [numeric, *_sample_groups(logits, schema.group_sizes, rng)]
+        groups = _sample_groups(logits, schema.group_sizes, rng)
+        blocks = [numeric, *groups]
         if schema.context:
             # The context comes back as given; a column not given decodes as empty.
             blocks.append(np.zeros((rows, sum(schema.context_sizes))) if given is None else given)
-        drawn = _within_training_range(schema, decode(schema, np.concatenate(blocks, axis=1)))
+        drawn = decode(schema, np.concatenate(blocks, axis=1))
+        _rare_labels(schema, groups, drawn, rng)
+        drawn = _within_training_range(schema, drawn)
         if bundle.series is not None:
             drawn = _as_series(drawn, bundle.series, start, per)
         first = start * per
         yield drawn.iloc[: n - first].set_axis(pd.RangeIndex(first, min(n, first + len(drawn))))
+
+
+def _rare_labels(
+    schema: Schema, groups: Sequence[np.ndarray], drawn: pd.DataFrame, rng: np.random.Generator
+) -> None:
+    """Give each row of ``drawn`` whose rare labels' slot was drawn one of those labels, each
+    as likely, in place: the slot has no label of its own, and decoded as empty, a value no
+    training row held (and one scoring rejects as missing)."""
+    for column, block in zip(schema.categorical, groups, strict=True):
+        if column.rare:
+            rows = np.flatnonzero(block[:, len(column.categories)])
+            if len(rows):
+                labels = np.array(column.rare, dtype=object)
+                drawn.iloc[rows, drawn.columns.get_loc(column.name)] = labels[
+                    rng.integers(0, len(labels), len(rows))
+                ]
 
 
 def _within_training_range(schema: Schema, drawn: pd.DataFrame) -> pd.DataFrame:

@@ -231,3 +231,20 @@ def test_a_bundle_with_rare_labels_scores_them_after_a_save_and_load(
     np.testing.assert_allclose(scored["anomaly_score"], api, rtol=1e-6)
     # Each slot scores as its own: a rare label is neither the kept one nor a label never seen.
     assert len(set(np.round(api, 6))) == 3
+
+
+def test_a_sampled_row_holds_a_training_label_where_the_rare_slot_is_drawn(
+    trained: tuple[Path, Path],
+) -> None:
+    """The rare labels' slot has no label of its own: drawn, it came back empty, a value no
+    training row held. Now one of the rare labels; a label never seen is never drawn."""
+    from detector.nn.sampling import sample_records
+
+    _, model = trained
+    bundle = load_bundle(model)
+    (merchant,) = bundle.schema.categorical
+    drawn = sample_records(bundle, 3_000, seed=0)["merchant"]
+    assert drawn.notna().all()
+    assert set(drawn) <= set(merchant.labels)
+    assert set(drawn) & set(merchant.rare)  # the rare slot was drawn
+    assert sample_records(bundle, 3_000, seed=0)["merchant"].equals(drawn)
