@@ -248,3 +248,33 @@ def test_a_sampled_row_holds_a_training_label_where_the_rare_slot_is_drawn(
     assert set(drawn) <= set(merchant.labels)
     assert set(drawn) & set(merchant.rare)  # the rare slot was drawn
     assert sample_records(bundle, 3_000, seed=0)["merchant"].equals(drawn)
+
+
+def test_numbers_given_to_categorical_past_the_slots_are_told_to_be_modelled_as_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A count or a price given to --categorical with more values than slots trained with its
+    rarest values in one slot, or was refused as an identifier, told only to leave it out."""
+    frame = _zipf()
+    frame["code"] = frame.pop("merchant").str[1:].astype(int)  # 608 whole numbers, Zipf-like
+    frame.to_csv(tmp_path / "code.csv", index=False)
+    args = ["--out", str(tmp_path / "m"), "--categorical", "code", *TINY_FLAGS]
+    assert main(["train", str(tmp_path / "code.csv"), *args]) == 0
+    (warning,) = [w for w in load_bundle(tmp_path / "m").training["warnings"] if "rarest" in w]
+    assert "drop --categorical code to model it as a number" in warning
+    capsys.readouterr()
+    rng = np.random.default_rng(0)
+    frame["price"] = rng.normal(100.0, 10.0, len(frame)).round(2)  # most values a row or two
+    frame.drop(columns="code").to_csv(tmp_path / "price.csv", index=False)
+    args = ["--out", str(tmp_path / "p"), "--categorical", "price", *TINY_FLAGS]
+    assert main(["train", str(tmp_path / "price.csv"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "distinct numbers (given to --categorical: each value a label)" in err
+    assert "drop --categorical price to model it as a number, or leave it out" in err
+    # A text column of as many labels is still an identifier to leave out.
+    frame["price"] = "p" + frame["price"].astype(str)
+    frame.drop(columns="code").to_csv(tmp_path / "text.csv", index=False)
+    args = ["--out", str(tmp_path / "t"), "--categorical", "price", *TINY_FLAGS]
+    assert main(["train", str(tmp_path / "text.csv"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "which looks like an identifier; leave it out with --ignore-column price" in err
