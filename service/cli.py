@@ -256,23 +256,44 @@ def check_sync_dir(path: str) -> None:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
-        folder = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise ConfigError(
             f"model_sync_dir {path} cannot be used ({exc.strerror or exc}); name a directory "
             "the server can write to, or leave it unset (a new one per run)"
         ) from None
+    # Two servers on one folder served each other's models, each reload and restart taking
+    # the other's copy (found by a helper).
+    hold_folder(path, f"model_sync_dir {path}", "leave it unset (a new one per run)")
+
+
+#: The file in a folder a server holds (``hold_folder``): locked, and naming its master.
+HOLDER_FILE = ".anomaly-serve.pid"
+
+
+def hold_folder(path: str, what: str, otherwise: str) -> None:
+    """Hold ``path`` (a folder that exists) for this server's life: a lock on a file in it
+    that names this process, so that a second server given the same folder is refused,
+    naming the first (``what`` names the setting; ``otherwise`` is the other fix)."""
     try:
-        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(folder)
-        # Two servers on one folder served each other's models, each reload and restart
-        # taking the other's copy (found by a helper).
+        holder = os.open(os.path.join(path, HOLDER_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
         raise ConfigError(
-            f"model_sync_dir {path} is used by another `anomaly serve` running now; give each "
-            "server its own, or leave it unset (a new one per run)"
+            f"{what} cannot be used ({exc.strerror or exc}); name a directory the server can "
+            f"write to, or {otherwise}"
         ) from None
-    _HELD.append(folder)  # for the server's life: its workers inherit it, and the lock
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.read(holder, 32).decode(errors="replace").strip()
+        os.close(holder)
+        raise ConfigError(
+            f"{what} is used by another `anomaly serve` running now"
+            + (f" (pid {other})" if other.isdigit() else "")
+            + f"; give each server its own, or {otherwise}"
+        ) from None
+    os.ftruncate(holder, 0)
+    os.write(holder, str(os.getpid()).encode())
+    _HELD.append(holder)  # for the server's life: its workers inherit it, and the lock
 
 
 #: Folders this server holds for its life (their descriptors, open until it exits).
@@ -291,6 +312,14 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
             f"{problem}; point PROMETHEUS_MULTIPROC_DIR at a folder the server can write to "
             "(unset: one in the server's own run folder)"
         )
+    # A second server on the same folder deleted the first's live metric files as it started
+    # and folded its own into the first's archives: the first's /metrics lost its own counts
+    # and showed the second's (found by a helper).
+    hold_folder(
+        os.environ["PROMETHEUS_MULTIPROC_DIR"],
+        f"PROMETHEUS_MULTIPROC_DIR {os.environ['PROMETHEUS_MULTIPROC_DIR']}",
+        "unset it (one in the server's own run folder)",
+    )
     if config.model_sync_dir is None:
         config = config.model_copy(update={"model_sync_dir": os.path.join(run_dir, "models")})
     else:  # here, where it fails alone, rather than as each worker finds it cannot reload

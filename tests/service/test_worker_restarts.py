@@ -219,3 +219,26 @@ def test_the_versions_a_server_served_before_leave_the_metrics(
         # At most one version a live worker (one may not have caught up with the last reload).
         assert 1 <= len(info) <= 2, info
         assert all(float(line.split()[-1]) == 1.0 for line in info), info
+
+
+def test_a_second_server_on_the_metrics_folder_is_refused_naming_the_first(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """A second server given the first's PROMETHEUS_MULTIPROC_DIR started: it deleted the
+    first's live metric files and folded its own into the first's archives, so the first's
+    /metrics lost its own counts and showed the second's (found by a helper, probing
+    restarts). It is refused, naming the first, and the first counts on."""
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    with serving({"tiny": bundle_dir}, tmp_path, env=env) as first:
+        score_a_few(first)
+        counted = scored_total(first)
+        other = subprocess.run(
+            [str(Path(sys.executable).with_name("anomaly")), "serve", "--port", "0", "--model",
+             f"tiny={bundle_dir}"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        assert other.returncode == 2, other.stderr
+        assert "PROMETHEUS_MULTIPROC_DIR" in other.stderr, other.stderr
+        assert f"used by another `anomaly serve` running now (pid {first.pid})" in other.stderr
+        score_a_few(first)
+        assert scored_total(first) == counted + 12
