@@ -29,9 +29,11 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import HaltServer
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from detector.features.encode import shortened
@@ -113,6 +115,21 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
     workers do the same (``util.close_graceful``), but drain at most 64 KiB, which a 16 MiB
     body outruns. A greenlet lingers: other connections are not delayed."""
 
+    def run(self) -> None:
+        # gunicorn's gevent worker builds its servers from its module's StreamServer; in this
+        # worker process, the one that answers its queued connections as it stops.
+        ggevent.StreamServer = DrainingStreamServer
+        self._named = {id(listener): NamedListener(listener) for listener in self.sockets}
+        super().run()
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        # gunicorn asks the listener its address before it reads a connection's request: a
+        # connection accepted, its greenlet not yet run, when the worker closed the listener
+        # to stop failed there ('OSError: [Errno 9] Bad file descriptor', logged with a
+        # traceback) and was closed unanswered. Under load (12 clients, 2 workers) a SIGTERM
+        # reset 12 requests so.
+        super().handle(self._named.get(id(listener), listener), client, addr)
+
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
         try:
             super().handle_request(listener_name, req, sock, addr)
@@ -120,6 +137,38 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
             if _body_unread(req):
                 _linger(sock)
             raise
+
+
+class NamedListener:
+    """A listening socket that gives its address after it is closed (the one it had)."""
+
+    def __init__(self, listener: Any) -> None:
+        self.listener = listener
+        self.name = listener.getsockname()
+
+    def getsockname(self) -> Any:
+        return self.name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.listener, attribute)
+
+
+class DrainingStreamServer(StreamServer):  # type: ignore[misc]
+    """gevent's server, which, as it stops (a worker told to exit: SIGTERM, a SIGHUP's old
+    workers), first takes the connections waiting in the listen queue and answers them. They
+    were connected, their requests sent, and closing the listener reset them: under load
+    (12 clients, one request a connection, 2 workers) a SIGTERM reset 11 such requests, which
+    the clients saw as 'connection reset by peer', not knowing whether they were scored. The
+    last worker to close the listening socket takes the last of them; a client connecting
+    after it is refused, and knows its request was not taken."""
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError):  # out of files: what is queued stays queued
+                self.stop_accepting()
+                while (accepted := self.do_read()) is not None:
+                    self.do_handle(*accepted)
+        super().close()
 
 
 def _body_unread(req: Any) -> bool:
