@@ -249,3 +249,16 @@ def test_entrypoint_runs_another_command_instead(stub_anomaly: Any) -> None:
     assert entrypoint(env, "anomaly", "info", "/models/x").returncode == 0
     assert calls.read_text().splitlines() == ["info /models/x"]
     assert entrypoint(env, "echo", "hello").stdout == "hello\n"
+
+
+def test_compose_gives_the_service_its_graceful_timeout_to_stop() -> None:
+    """docker compose stops a container with SIGTERM, then SIGKILL after 10 s unless told: the
+    server gives its workers 30 s to finish their requests and send their queued alerts (half
+    of it), so a stop (``docker compose down``, a redeploy) cut a slow batch and the alerts
+    owed (found by a helper probing restarts)."""
+    from service.cli import GRACEFUL_TIMEOUT_S
+
+    service = load_yaml(COMPOSE)["services"]["anomaly"]
+    grace = service.get("stop_grace_period", "10s")
+    assert re.fullmatch(r"\d+s", grace), grace
+    assert int(grace[:-1]) > GRACEFUL_TIMEOUT_S
