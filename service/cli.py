@@ -161,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if os.getpid() == master:
             while _HELD:  # the sync dir, for the next server (in this process: a test's)
                 os.close(_HELD.pop())
+            _HELD_PATHS.clear()
             shutil.rmtree(run_dir, ignore_errors=True)
             if ours:  # it names the folder just removed: a caller in this process goes on
                 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -274,6 +275,11 @@ def hold_folder(path: str, what: str, otherwise: str) -> None:
     """Hold ``path`` (a folder that exists) for this server's life: a lock on a file in it
     that names this process, so that a second server given the same folder is refused,
     naming the first (``what`` names the setting; ``otherwise`` is the other fix)."""
+    folder = os.path.realpath(path)
+    if folder in _HELD_PATHS:
+        # Both settings naming one folder: a second lock on it, from this process, was
+        # refused as if another server held it (naming this one).
+        return
     try:
         holder = os.open(os.path.join(path, HOLDER_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -294,10 +300,13 @@ def hold_folder(path: str, what: str, otherwise: str) -> None:
     os.ftruncate(holder, 0)
     os.write(holder, str(os.getpid()).encode())
     _HELD.append(holder)  # for the server's life: its workers inherit it, and the lock
+    _HELD_PATHS.add(folder)
 
 
 #: Folders this server holds for its life (their descriptors, open until it exits).
 _HELD: list[int] = []
+#: The folders held, as real paths.
+_HELD_PATHS: set[str] = set()
 
 
 def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int:

@@ -242,3 +242,30 @@ def test_a_second_server_on_the_metrics_folder_is_refused_naming_the_first(
         assert f"used by another `anomaly serve` running now (pid {first.pid})" in other.stderr
         score_a_few(first)
         assert scored_total(first) == counted + 12
+
+
+def test_one_folder_for_both_held_settings_is_not_refused_as_another_servers(
+    tmp_path: Path,
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR and model_sync_dir may name one folder: the server's second
+    lock on it was refused as another server's, naming the server itself. Another process is
+    still refused, naming this one."""
+    from service import cli
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder)
+    try:
+        cli.hold_folder(str(folder), "PROMETHEUS_MULTIPROC_DIR", "unset it")
+        cli.hold_folder(str(tmp_path / "link"), "model_sync_dir", "leave it unset")
+        other = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; from service import cli; "
+             "cli.hold_folder(sys.argv[1], 'model_sync_dir', 'leave it unset')", str(folder)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert f"used by another `anomaly serve` running now (pid {os.getpid()})" in other.stderr
+    finally:
+        while cli._HELD:
+            os.close(cli._HELD.pop())
+        cli._HELD_PATHS.clear()
