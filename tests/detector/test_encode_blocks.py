@@ -12,7 +12,7 @@ import pytest
 import detector.features.encode as encoding
 from detector.features.encode import Imputation, encode
 from detector.features.encoded import EncodedBatch
-from detector.features.schema import fit_schema
+from detector.features.schema import Schema, fit_schema
 
 
 def _training(n: int = 400) -> pd.DataFrame:
@@ -113,12 +113,7 @@ def test_a_large_table_is_encoded_without_a_float64_copy_of_it(
     schema = fit_schema(frame.head(500))
     monkeypatch.setattr(encoding, "_BLOCK_VALUES", 2 * rows)
     result = rows * columns * 4
-    tracemalloc.start()
-    try:
-        batch = encode(schema, frame)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    batch, peak = encoded_with_peak(schema, frame)
     assert batch.values.nbytes == result
     assert peak < 1.5 * result, f"peak {peak / result:.2f} times the float32 result"
 
@@ -142,12 +137,18 @@ def test_values_past_the_clip_and_rejected_rows_cost_no_copy_of_the_table(
     monkeypatch.setattr(encoding, "_BLOCK_VALUES", 2 * rows)
     monkeypatch.setattr(encoding, "_MOVE_ROWS", rows // 20)  # as a million rows' 16,384
     result = rows * columns * 4
+    batch, peak = encoded_with_peak(schema, frame)
+    assert peak < 1.5 * result, f"peak {peak / result:.2f} times the float32 result"
+    assert batch.values.shape == (rows - 1, columns) and batch.values.flags.owndata
+    assert batch.overflow is not None and np.count_nonzero(batch.overflow) == columns
+
+
+def encoded_with_peak(schema: Schema, frame: pd.DataFrame) -> tuple[EncodedBatch, int]:
+    """``encode(schema, frame)`` and the most memory Python held at once while it ran."""
     tracemalloc.start()
     try:
         batch = encode(schema, frame)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 1.5 * result, f"peak {peak / result:.2f} times the float32 result"
-    assert batch.values.shape == (rows - 1, columns) and batch.values.flags.owndata
-    assert batch.overflow is not None and np.count_nonzero(batch.overflow) == columns
+    return batch, peak
