@@ -259,8 +259,13 @@ class _Run:
         tally = NumberTally()
         chunk_rows = chunk_rows_for(self.bundle, chunk_rows)
         expected = (*self.bundle.input_columns, *self.keep_columns)
+        series = self.bundle.series
         with open_source(
-            path, expected=expected, exact=self._passthrough, encoding=self.encoding
+            path,
+            expected=expected,
+            exact=self._passthrough,
+            encoding=self.encoding,
+            keys=() if series is None else series.key_columns,
         ) as source:
             columns = self._check(source.columns, source.name)
             seen = 0

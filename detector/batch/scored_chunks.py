@@ -154,7 +154,10 @@ def iter_scored(
         # Passthrough text as it came ('NA' is a country), the model's as it reads it.
         exact = [c for c in passthrough if c not in (*bundle.input_columns, *read_as_values)]
         expected = (*bundle.input_columns, *passthrough)
-        with open_source(name, expected=expected, exact=exact, encoding=encoding) as source:
+        keys = () if series is None else series.key_columns
+        with open_source(
+            name, expected=expected, exact=exact, encoding=encoding, keys=keys
+        ) as source:
             unknown = [c for c in source.columns if c not in expected] if leave_out_unknown else []
             check_columns(
                 bundle.schema,

@@ -98,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             text_columns=text_columns,
             encoding=args.encoding,
+            key_columns=args.series_column,
         )
         sampled = _sample_note(rows_read, len(frame), max_rows)
     kept = f", kept {len(frame):,}" if sampled else ""
@@ -310,7 +311,7 @@ def _check_report_data(args: argparse.Namespace, columns: Sequence[str]) -> list
         raise ConfigError(
             f"name the 0/1 label column of {args.report_data} with --report-label-column COL"
         )
-    data = read_table(args.report_data, encoding=args.encoding)
+    data = read_table(args.report_data, encoding=args.encoding, key_columns=args.series_column)
     _require_column(data.columns, label, args.report_data)
     labels = _labels(data[label], label, *_label_values(args, label))
     if labels.all() or not labels.any():

@@ -41,15 +41,21 @@ def read_table(
     *,
     text_columns: Sequence[str] = (),
     encoding: str | None = None,
+    key_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The whole table: of a file, or of a directory's or glob's files (as ``anomaly score``
     takes them), one after the other, each with the first one's columns. ``text_columns`` are
     read as strings (category labels such as '01'); ``encoding``: a CSV or JSON Lines text's
-    (``transcode.encoding_name``; ``None``: UTF-8)."""
+    (``transcode.encoding_name``; ``None``: UTF-8). ``key_columns``: a series model's, whose
+    JSON Lines numbers are the series an HTTP body's are (``json_lines.key_texts``)."""
     frames: list[pd.DataFrame] = []
     for name in expand_inputs([path]):
         for frame in iter_table(
-            name, text_columns=text_columns, chunk_rows=None, encoding=encoding
+            name,
+            text_columns=text_columns,
+            chunk_rows=None,
+            encoding=encoding,
+            key_columns=key_columns,
         ):
             if frames and set(frame.columns) != set(frames[0].columns):
                 raise DataError(
@@ -67,6 +73,7 @@ def sample_table(
     seed: int = 0,
     text_columns: Sequence[str] = (),
     encoding: str | None = None,
+    key_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, int]:
     """At most ``max_rows`` rows of the table ``read_table`` reads, in file order, and how
     many rows it has. A table of no more rows is ``read_table``'s frame itself; of more, a
@@ -79,14 +86,20 @@ def sample_table(
     smallest keys are kept (bottom-k sampling: a reservoir whose rows do not depend on how the
     file is chunked)."""
     if max_rows <= 0:
-        frame = read_table(path, text_columns=text_columns, encoding=encoding)
+        frame = read_table(
+            path, text_columns=text_columns, encoding=encoding, key_columns=key_columns
+        )
         return frame, len(frame)
     generator = np.random.default_rng(seed)
     held: list[pd.DataFrame] = []  # in file order; every row read while they fit
     keys = np.empty(0)
     read = 0
     for chunk in table_chunks(
-        path, chunk_rows=max_rows, text_columns=text_columns, encoding=encoding
+        path,
+        chunk_rows=max_rows,
+        text_columns=text_columns,
+        encoding=encoding,
+        key_columns=key_columns,
     ):
         read += len(chunk)
         held.append(chunk)
@@ -96,7 +109,9 @@ def sample_table(
             kept[np.argpartition(keys, max_rows - 1)[:max_rows]] = True
             held, keys = [rows_kept(held, kept)], keys[kept]
     if not held:  # an empty file is read_table's to name
-        frame = read_table(path, text_columns=text_columns, encoding=encoding)
+        frame = read_table(
+            path, text_columns=text_columns, encoding=encoding, key_columns=key_columns
+        )
         return frame, len(frame)
     frame = held[0] if len(held) == 1 else pd.concat(held, ignore_index=True)
     return (frame.reset_index(drop=True) if read > max_rows else frame), read
@@ -108,6 +123,7 @@ def table_chunks(
     chunk_rows: int,
     text_columns: Sequence[str] = (),
     encoding: str | None = None,
+    key_columns: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
     """The table ``read_table`` reads, in chunks of at most ``chunk_rows`` rows, each file's
     columns in the first one's order. A file of no more rows is one chunk, read as
@@ -115,7 +131,11 @@ def table_chunks(
     columns: pd.Index | None = None
     for name in expand_inputs([path]):
         for chunk in iter_table(
-            name, text_columns=text_columns, chunk_rows=chunk_rows, encoding=encoding
+            name,
+            text_columns=text_columns,
+            chunk_rows=chunk_rows,
+            encoding=encoding,
+            key_columns=key_columns,
         ):
             if columns is not None and set(chunk.columns) != set(columns):
                 raise DataError(
@@ -143,6 +163,7 @@ def iter_table(
     text_columns: Sequence[str] = (),
     chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     encoding: str | None = None,
+    key_columns: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
     """Chunks of at most ``chunk_rows`` rows (all rows at once when ``None``)."""
     source = Path(path)
@@ -152,7 +173,7 @@ def iter_table(
     if fmt == "parquet":
         yield from _iter_parquet(source, chunk_rows)
     elif fmt == "jsonl":
-        yield from _iter_json_lines(str(path), text_columns, chunk_rows, encoding)
+        yield from _iter_json_lines(str(path), text_columns, chunk_rows, encoding, key_columns)
     else:
         yield from _iter_csv(path, text_columns, chunk_rows, encoding)
 
@@ -252,13 +273,19 @@ def _first_bytes(path: str | os.PathLike[str], n: int = 8) -> bytes:
 
 
 def _iter_json_lines(
-    path: str, text_columns: Sequence[str], chunk_rows: int | None, encoding: str | None = None
+    path: str,
+    text_columns: Sequence[str],
+    chunk_rows: int | None,
+    encoding: str | None = None,
+    key_columns: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
     """A JSON Lines file read as the CSV of the same values would be (its records' text,
     ``json_lines.as_text``, through pandas' CSV reader): a model trained on either is the same
     model, and scores its JSON Lines as its CSV. Read ``chunk_rows`` records at a time
     (``json_lines_tables``): a file of no more is one chunk, the frame a whole read gives."""
-    for table in json_lines_tables(path, encoding=encoding, chunk_rows=chunk_rows):
+    for table in json_lines_tables(
+        path, encoding=encoding, chunk_rows=chunk_rows, keys=key_columns
+    ):
         header = ",".join(_csv_name(n) for n in table.column_names) + "\n"
         text = io.BytesIO(header.encode() + csv_bytes(table))
         frame = pd.read_csv(text, skipinitialspace=True, dtype={c: "string" for c in text_columns})

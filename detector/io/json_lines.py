@@ -12,6 +12,8 @@ JSON Lines file scores exactly as the CSV of the same values does. Its columns a
 its first records (up to ``COLUMNS_FROM_BYTES`` of them), in the order first seen, and those
 the caller reads (a model's, the kept ones) where the first records leave them out: a later
 record with a key outside them is rejected, naming the key, rather than scored without it.
+A series key column (``keys``) is the one exception: a JSON number there is the series an HTTP
+body's is (7.0 and 1e3 are the series '7' and '1000', ``key_texts``), its string as written.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import codecs
 import gzip
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -171,9 +174,12 @@ class JsonLinesSource(TableSource):
         owned: bool = True,
         expected: Sequence[str] = (),
         encoding: str | None = None,
+        keys: Sequence[str] = (),
     ) -> None:
-        """``encoding``: the text's (``transcode.encoding_name``), ``None`` for UTF-8."""
+        """``encoding``: the text's (``transcode.encoding_name``), ``None`` for UTF-8.
+        ``keys``: a series model's key columns, whose numbers are written as ``key_texts``."""
         self.name = name
+        self._key_columns = frozenset(keys)
         self._encoding = encoding
         self._binary, self._owned = binary, owned
         self._stream: Any = binary
@@ -199,10 +205,15 @@ class JsonLinesSource(TableSource):
 
     @classmethod
     def of_path(
-        cls, path: str, *, expected: Sequence[str] = (), encoding: str | None = None
+        cls,
+        path: str,
+        *,
+        expected: Sequence[str] = (),
+        encoding: str | None = None,
+        keys: Sequence[str] = (),
     ) -> JsonLinesSource:
         # Closed by close().
-        return cls(path, open(path, "rb"), expected=expected, encoding=encoding)
+        return cls(path, open(path, "rb"), expected=expected, encoding=encoding, keys=keys)
 
     def close(self) -> None:
         if not self._owned:
@@ -372,7 +383,10 @@ class JsonLinesSource(TableSource):
             columns = [tuple(v for v, k in zip(c, keep, strict=True) if k) for c in columns]
             rows, lines = list(np.asarray(rows)[keep]), list(np.asarray(lines)[keep])
             raws = [r for r, k in zip(raws, keep, strict=True) if k]
-        arrays = [pa.array(_texts(c), pa.string()) for c in columns]
+        arrays = [
+            pa.array(key_texts(c) if n in self._key_columns else _texts(c), pa.string())
+            for n, c in zip(self.columns, columns, strict=True)
+        ]
         table = pa.table(dict(zip(self.columns, arrays, strict=True)))
 
         def raw_text(i: int) -> str:
@@ -425,6 +439,16 @@ def _texts(values: Sequence[Any]) -> list[str | None]:
     return [as_text(v) for v in values]
 
 
+def key_texts(values: Sequence[Any]) -> list[str | None]:
+    """A series key column's values as text: a JSON number holding a whole number as its
+    digits (7.0 and 1e3 are '7' and '1000', as ``series.windows.key_number`` keys an HTTP
+    body's record), any other value as ``as_text`` (the string "7.0" stays '7.0')."""
+    return [
+        str(int(v)) if type(v) is float and math.isfinite(v) and v % 1 == 0 else as_text(v)
+        for v in values
+    ]
+
+
 def _nested_at(values: Sequence[Any]) -> list[int]:
     return [i for i, v in enumerate(values) if isinstance(v, dict | list)]
 
@@ -436,11 +460,14 @@ def _size(binary: Any) -> int | None:
         return None
 
 
-def json_lines_table(path: str, *, encoding: str | None = None) -> pa.Table:
+def json_lines_table(
+    path: str, *, encoding: str | None = None, keys: Sequence[str] = ()
+) -> pa.Table:
     """A whole JSON Lines file (its text in ``encoding``, ``None`` for UTF-8) as a table of
     text columns, for training: a record that cannot be read is a ``DataError`` naming its
-    line (a training table must be whole; scoring rejects such a record alone)."""
-    return pa.concat_tables(json_lines_tables(path, encoding=encoding))
+    line (a training table must be whole; scoring rejects such a record alone). ``keys``: a
+    series model's key columns (``key_texts``)."""
+    return pa.concat_tables(json_lines_tables(path, encoding=encoding, keys=keys))
 
 
 #: Lines a block of ``json_lines_tables`` reads at most.
@@ -448,7 +475,11 @@ _BLOCK_LINES = 65_536
 
 
 def json_lines_tables(
-    path: str, *, encoding: str | None = None, chunk_rows: int | None = None
+    path: str,
+    *,
+    encoding: str | None = None,
+    chunk_rows: int | None = None,
+    keys: Sequence[str] = (),
 ) -> Iterator[pa.Table]:
     """``json_lines_table``'s table in tables of ``chunk_rows`` records (the last fewer; a
     file of no more records is one table), read a block of lines at a time, so that a long
@@ -456,7 +487,7 @@ def json_lines_tables(
     held: list[pa.Table] = []
     count = 0
     told = False
-    with JsonLinesSource.of_path(path, encoding=encoding) as source:
+    with JsonLinesSource.of_path(path, encoding=encoding, keys=keys) as source:
         block = _BLOCK_LINES if chunk_rows is None else min(chunk_rows, _BLOCK_LINES)
         for chunk in source.chunks(block):
             if chunk.rejects:

@@ -35,6 +35,7 @@ def open_source(
     expected: Sequence[str] = (),
     exact: Sequence[str] = (),
     encoding: str | None = None,
+    keys: Sequence[str] = (),
 ) -> TableSource:
     """Open a CSV or JSON Lines (plain, gzip, or '-' for stdin) or Parquet file, told apart by
     content (``input_format``; stdin by its first bytes), not name; its header (a JSON Lines
@@ -44,21 +45,23 @@ def open_source(
     records leave them out (a serialiser that drops null values). ``exact``: columns a CSV
     file's reader keeps as text as it is, 'NA' and empty fields too (passthrough columns,
     written back out as they came), where the others read them as missing values.
-    ``encoding``: a CSV or JSON Lines text's (``transcode.encoding_name``; ``None``: UTF-8)."""
+    ``encoding``: a CSV or JSON Lines text's (``transcode.encoding_name``; ``None``: UTF-8).
+    ``keys``: a series model's key columns, whose JSON numbers are the series an HTTP body's
+    are (``json_lines.key_texts``: 7.0 is '7'); a CSV's are text as written."""
     if path == "-":
         stdin = stdin_reader()
         # Blocks until the first bytes come (or the end): what a pipe holds is told by them.
         head = stdin.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
         if looks_like_json(head, gzipped=True, encoding=encoding):
             return JsonLinesSource(
-                "<stdin>", stdin, owned=False, expected=expected, encoding=encoding
+                "<stdin>", stdin, owned=False, expected=expected, encoding=encoding, keys=keys
             )
         return CsvSource(path, stdin=stdin, exact=exact, encoding=encoding)
     fmt = input_format(path, encoding)
     if fmt == "parquet":
         return ParquetSource(path)
     if fmt == "jsonl":
-        return JsonLinesSource.of_path(path, expected=expected, encoding=encoding)
+        return JsonLinesSource.of_path(path, expected=expected, encoding=encoding, keys=keys)
     return CsvSource(path, exact=exact, encoding=encoding)
 
 

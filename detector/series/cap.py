@@ -114,7 +114,11 @@ def cap_series(
     read = 0
     last = (0, 0, 0)
     for chunk in table_chunks(
-        path, chunk_rows=max_rows, text_columns=text_columns, encoding=encoding
+        path,
+        chunk_rows=max_rows,
+        text_columns=text_columns,
+        encoding=encoding,
+        key_columns=keys_of,
     ):
         _check_placing(chunk.columns, time_column, keys_of)
         keys = series_keys(chunk, keys_of)
@@ -146,7 +150,9 @@ def cap_series(
     if not held or read <= max_rows:
         # As sample_table: an empty file is read_table's to name; a short one its frame.
         if not held:
-            frame = read_table(path, text_columns=text_columns, encoding=encoding)
+            frame = read_table(
+                path, text_columns=text_columns, encoding=encoding, key_columns=keys_of
+            )
         else:
             frame = held[0] if len(held) == 1 else pd.concat(held, ignore_index=True)
         n_series = len(counts)

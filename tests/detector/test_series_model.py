@@ -313,6 +313,30 @@ def test_a_key_that_looks_like_a_number_is_one_series_in_every_chunk_scored(
     assert "series keys differ" not in capsys.readouterr().out
 
 
+def test_a_json_lines_files_number_key_is_the_series_an_http_body_names(tmp_path) -> None:
+    # A JSON Lines file's values became text as a CSV would hold them, so its host 7.0 was the
+    # series '7.0' (1e3 '1000.0'), where over HTTP the same record is host 7: training on hosts
+    # 7.0 and "7.0" refused 300 rows as repeated times of one series.
+    names = {"web-01": 7.0, "web-02": 1e3, "db-01": "7.0"}
+
+    def write(frame: pd.DataFrame, path: str) -> None:
+        frame = frame.assign(mem=frame["mem"].round())  # whole floats outside the key
+        with open(path, "w") as out:
+            for row in frame.to_dict("records"):
+                out.write(json.dumps({**row, "host": names[row["host"]]}) + "\n")
+
+    write(fleet(300), str(tmp_path / "train.jsonl"))
+    write(fleet(20, start="2026-01-02", seed=7), str(tmp_path / "new.jsonl"))
+    model, out = str(tmp_path / "m"), tmp_path / "scored.csv"
+    assert main(["train", str(tmp_path / "train.jsonl"), "--out", model, "--time-column", "ts",
+                 "--series-column", "host", "--epochs=2", "--window=4"]) == 0  # fmt: skip
+    assert main(["score", model, str(tmp_path / "new.jsonl"), "--output", str(out)]) == 0
+    scored = pd.read_csv(out, dtype=str)
+    warming = scored.groupby("host")["warming_up"].apply(lambda w: int((w == "True").sum()))
+    assert warming.to_dict() == {"7": 3, "1000": 3, "7.0": 3}
+    assert scored["mem"].str.endswith(".0").all()  # other columns as before: 40.0, not 40
+
+
 def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, capsys) -> None:
     fleet(300).to_csv(tmp_path / "train.csv", index=False)
     fleet(20, start="2026-01-02", seed=7).to_csv(tmp_path / "new.csv", index=False)
