@@ -317,8 +317,9 @@ def _read_csv(loaded: LoadedModel, app_state: Any) -> tuple[Records, Any, list]:
     if not received:
         raise ApiError(422, "invalid_input", "the CSV body has no data rows")
     check_batch_size(received, app_state, at_least=True)
-    frame = _csv_frame(loaded, pa.concat_tables(tables))
-    return Records.of_frame(frame), np.concatenate(rows).astype(np.int64), rejected
+    table = pa.concat_tables(tables)
+    frame = _csv_frame(loaded, table)
+    return Records.of_frame(frame, table), np.concatenate(rows).astype(np.int64), rejected
 
 
 def _unparsed(exc: Exception) -> ApiError:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from flask import request
 
 from detector.bundles.bundle import Bundle
@@ -89,10 +90,13 @@ class Records:
 
     rows: Sequence[Mapping[str, Any]] | pd.DataFrame
     columns: frozenset[str]
+    #: A CSV body's fields as written (a table of text, the frame's rows), which its alert
+    #: keys are: the frame reads a field of numbers as floats, so rack 7 was 'rack=7.0'.
+    written: pa.Table | None = None
 
     @classmethod
-    def of_frame(cls, frame: pd.DataFrame) -> Records:
-        return cls(frame, frozenset(map(str, frame.columns)))
+    def of_frame(cls, frame: pd.DataFrame, written: pa.Table | None = None) -> Records:
+        return cls(frame, frozenset(map(str, frame.columns)), written)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -134,12 +138,16 @@ class Records:
         return [self.rows[i].get(field) for i in rows.tolist()]
 
     def keyed(self, fields: Sequence[str], rows: np.ndarray) -> list[Mapping[str, object]]:
-        """The records at ``rows`` with the ``fields`` an alert key is formed from."""
+        """The records at ``rows`` with the ``fields`` an alert key is formed from: a CSV
+        body's text as written, as a series key is ('7' and '7.0' apart); a table's values
+        otherwise (KServe's numbers, keyed as JSON's by ``alerts.label_value``: 7.0 is 7)."""
         if not isinstance(self.rows, pd.DataFrame):
             return [self.rows[i] for i in rows.tolist()]
         if not fields:
             return [{}] * len(rows)
-        return self.rows.loc[rows, list(fields)].astype(str).to_dict("records")  # type: ignore[return-value]
+        if self.written is not None:
+            return self.written.select(list(fields)).take(rows).to_pylist()  # type: ignore[no-any-return]
+        return self.rows.loc[rows, list(fields)].to_dict("records")  # type: ignore[return-value]
 
 
 def _unplaceable(

@@ -708,6 +708,35 @@ def test_two_alert_keys_never_share_one_metric_key(bundle_dir) -> None:
         app.extensions["anomaly"].dispatcher.stop()
 
 
+def test_a_csv_bodys_alert_key_is_its_text_as_written(bundle_dir) -> None:
+    """A field the model does not read holding 7 and 7.5 in a CSV body was read as floats,
+    so its anomalies counted under rack=7.0 where a JSON client's 7 counts under rack=7: one
+    rack's alert short of fire_after under each. A CSV body's key is its text as written, as
+    a series key is ('7.00' stays apart)."""
+    policy = AlertPolicy(
+        group_by=("rack",), fire_after=2, window=3, resolve_after=3, min_firing_seconds=0
+    )
+    app, sink = make_app(bundle_dir, alerts=policy, passthrough_fields=("rack",))
+    try:
+        client = app.test_client()
+        for racks in (["7", "7.5"], ["7.00", "7.5"]):
+            frame = pd.DataFrame([broken({**NORMAL[i], "rack": r}) for i, r in enumerate(racks)])
+            csv = frame.to_csv(index=False)
+            answer = client.post("/v1/models/tiny/score", data=csv, content_type="text/csv")
+            assert answer.status_code == 200, answer.json
+            assert [r["is_anomaly"] for r in answer.json["results"]] == [True, True]
+        assert post(client, {"records": [broken({**NORMAL[5], "rack": 7})]}).status_code == 200
+        text = client.get("/metrics").get_data(as_text=True)
+        found = re.findall(
+            r'anomaly_key_anomalies_total\{key="rack=(.*?)",model="tiny"\} (\S+)', text
+        )
+        assert dict(found) == {"7": "2.0", "7.5": "2.0", "7.00": "1.0"}
+        assert app.extensions["anomaly"].dispatcher.flush(timeout=5)
+        assert sorted(dict(a.key)["rack"] for a in sink.alerts) == ["7", "7.5"]
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
+
+
 def test_a_huge_alert_key_value_is_cut_short_in_alerts_and_metrics(service, client) -> None:
     """A client's 2 MB host went whole into the alert labels, /v1/alerts and every scrape."""
     app, sink = service
