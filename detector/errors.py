@@ -6,6 +6,7 @@
     ├── InputError                the caller's input is wrong (CLI exit code 2); a ValueError
     │   ├── SchemaError           columns missing, unknown or of the wrong type
     │   ├── DataError             unreadable file, empty table, too many rejected rows
+    │   │   └── NotTextError      a header's bytes are not text in the file's encoding
     │   └── ConfigError           an option value that cannot work
     ├── BundleError               a bundle missing, incompatible or tampered with (exit 2)
     └── TrainingError             training produced no usable model (NaN loss, collapse) (exit 1)
@@ -36,6 +37,10 @@ class SchemaError(InputError):
 
 class DataError(InputError):
     """The data cannot be read or holds too little that is usable."""
+
+
+class NotTextError(DataError):
+    """A file's header holds bytes that are not text in its encoding (given, or UTF-8)."""
 
 
 class ConfigError(InputError):

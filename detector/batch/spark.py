@@ -30,7 +30,7 @@ from detector.batch.spark_scoring import (
     score_dataframe,
 )
 from detector.bundles.bundle import Bundle, load_bundle
-from detector.errors import ConfigError, DataError, SchemaError
+from detector.errors import ConfigError, DataError, NotTextError, SchemaError
 from detector.features.encode import Imputation, check_columns
 from detector.io.frames import PANDAS_INDEX
 from detector.io.tables import (
@@ -383,7 +383,9 @@ def _spark_paths(inputs: Sequence[str]) -> list[str]:
 def _check_csv_orders(paths: Sequence[str], encoding: str | None = None) -> None:
     """Each local CSV file's columns in the first one's order: Spark reads every file with the
     first one's header, so a file of the same columns in another order stopped the run after
-    17 s of Java trace ("CSV header does not conform to the schema")."""
+    17 s of Java trace ("CSV header does not conform to the schema"). A header that is not
+    text in ``encoding`` is refused as the default engine refuses it: Spark checks only the
+    first file's, and a later one's ended in "[FAILED_READ_FILE.NO_HINT] ... b.csv"."""
     from detector.io.sources import open_source
 
     first: tuple[str, ...] | None = None
@@ -393,6 +395,8 @@ def _check_csv_orders(paths: Sequence[str], encoding: str | None = None) -> None
         try:
             with open_source(path, encoding=encoding) as source:
                 names = tuple(n.strip() for n in source.columns)
+        except NotTextError:
+            raise
         except DataError:
             continue  # an empty or unreadable file: Spark's reading says so
         if first is None:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from detector.errors import DataError
+from detector.errors import DataError, NotTextError
 from detector.io.chunks import ParseReject, SourceChunk, TableSource, split_chunk
 from detector.io.csv_lines import (
     MAX_RECORD_BYTES,
@@ -225,7 +225,7 @@ class CsvSource(TableSource):
         if record is None or not record.fields:
             raise DataError(f"{self.name} is empty: give a CSV with a header row and data rows")
         if lines.undecodable:
-            raise DataError(
+            raise NotTextError(
                 f"the header of {self.name} is not {read_as(self._encoding)} text; "
                 f"{encoding_fix(self._encoding)}"
             )

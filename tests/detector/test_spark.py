@@ -726,3 +726,17 @@ def test_a_header_not_utf8_is_refused_in_the_default_engines_words(
         f"error: the header of {path} is not UTF-8 text; give its encoding (--encoding "
         "cp1252), or re-save it as UTF-8"
     )
+    # Only the first file's header was checked: a later one's ended in "Spark could not read
+    # two: ... [FAILED_READ_FILE.NO_HINT] ... b.csv".
+    folder = tmp_path / "two"
+    folder.mkdir()
+    (folder / "a.csv").write_bytes(text)
+    path.rename(folder / "b.csv")
+    for engine in ("stream", "spark"):
+        argv = ["score", str(bundle_dir), str(folder), "--engine", engine, "--keep-column",
+                "label", "--keep-column", "anomaly_kind",
+                "--output", str(tmp_path / f"{engine}-two.parquet")]  # fmt: skip
+        assert main(argv) == 2
+        said[engine] = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said["spark"] == said["stream"]
+    assert said["spark"].startswith(f"error: the header of {folder / 'b.csv'} is not UTF-8 text")
