@@ -712,7 +712,7 @@ def test_a_csv_bodys_alert_key_is_its_text_as_written(bundle_dir) -> None:
     """A field the model does not read holding 7 and 7.5 in a CSV body was read as floats,
     so its anomalies counted under rack=7.0 where a JSON client's 7 counts under rack=7: one
     rack's alert short of fire_after under each. A CSV body's key is its text as written, as
-    a series key is ('7.00' stays apart)."""
+    a series key is ('7.00' stays apart); a KServe tensor's number is keyed as JSON's."""
     policy = AlertPolicy(
         group_by=("rack",), fire_after=2, window=3, resolve_after=3, min_firing_seconds=0
     )
@@ -726,11 +726,14 @@ def test_a_csv_bodys_alert_key_is_its_text_as_written(bundle_dir) -> None:
             assert answer.status_code == 200, answer.json
             assert [r["is_anomaly"] for r in answer.json["results"]] == [True, True]
         assert post(client, {"records": [broken({**NORMAL[5], "rack": 7})]}).status_code == 200
+        # A V2 FP64 tensor's 7.0 is a JSON 7.0, which is 7 (its str() made it 'rack=7.0').
+        inputs = _tensors([broken({**NORMAL[6], "rack": 7.0})])
+        assert client.post("/v2/models/tiny/infer", json={"inputs": inputs}).status_code == 200
         text = client.get("/metrics").get_data(as_text=True)
         found = re.findall(
             r'anomaly_key_anomalies_total\{key="rack=(.*?)",model="tiny"\} (\S+)', text
         )
-        assert dict(found) == {"7": "2.0", "7.5": "2.0", "7.00": "1.0"}
+        assert dict(found) == {"7": "3.0", "7.5": "2.0", "7.00": "1.0"}
         assert app.extensions["anomaly"].dispatcher.flush(timeout=5)
         assert sorted(dict(a.key)["rack"] for a in sink.alerts) == ["7", "7.5"]
     finally:
