@@ -313,7 +313,7 @@ def test_a_key_that_looks_like_a_number_is_one_series_in_every_chunk_scored(
     assert "series keys differ" not in capsys.readouterr().out
 
 
-def test_a_json_lines_files_number_key_is_the_series_an_http_body_names(tmp_path) -> None:
+def test_a_json_lines_files_number_key_is_the_series_an_http_body_names(tmp_path, capsys) -> None:
     # A JSON Lines file's values became text as a CSV would hold them, so its host 7.0 was the
     # series '7.0' (1e3 '1000.0'), where over HTTP the same record is host 7: training on hosts
     # 7.0 and "7.0" refused 300 rows as repeated times of one series.
@@ -326,7 +326,9 @@ def test_a_json_lines_files_number_key_is_the_series_an_http_body_names(tmp_path
                 out.write(json.dumps({**row, "host": names[row["host"]]}) + "\n")
 
     write(fleet(300), str(tmp_path / "train.jsonl"))
-    write(fleet(20, start="2026-01-02", seed=7), str(tmp_path / "new.jsonl"))
+    new = fleet(20, start="2026-01-02", seed=7)
+    write(new, str(tmp_path / "new.jsonl"))
+    write(new.assign(label=np.arange(len(new)) % 17 == 0), str(tmp_path / "labelled.jsonl"))
     model, out = str(tmp_path / "m"), tmp_path / "scored.csv"
     assert main(["train", str(tmp_path / "train.jsonl"), "--out", model, "--time-column", "ts",
                  "--series-column", "host", "--epochs=2", "--window=4"]) == 0  # fmt: skip
@@ -335,6 +337,13 @@ def test_a_json_lines_files_number_key_is_the_series_an_http_body_names(tmp_path
     warming = scored.groupby("host")["warming_up"].apply(lambda w: int((w == "True").sum()))
     assert warming.to_dict() == {"7": 3, "1000": 3, "7.0": 3}
     assert scored["mem"].str.endswith(".0").all()  # other columns as before: 40.0, not 40
+    # anomaly evaluate reads the file as anomaly score does: at main, 20 rows of 7.0 and "7.0"
+    # were rejected as one series' repeated times.
+    capsys.readouterr()
+    argv = ["evaluate", model, str(tmp_path / "labelled.jsonl"), "--label-column", "label"]
+    assert main([*argv, "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert (evaluated["n_rejected"], evaluated["warming_up"]) == (0, 9)
 
 
 def test_the_command_line_trains_describes_and_scores_a_series_model(tmp_path, capsys) -> None:
