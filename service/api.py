@@ -392,10 +392,14 @@ def reload(name: str) -> Response:
     except (BundleError, OSError) as exc:
         # The answer went to whoever asked; the log is where the on-call reads why the reload
         # alert fired (SIGHUP's failures were logged, HTTP's were not).
-        log.error("reload of model %s failed; the previous model is still serving: %s", name, exc)
-        raise ApiError(
-            422, "reload_failed", f"{exc}; the previous model is still serving"
-        ) from None
+        # A model that never loaded serves nothing: its requests stay 503.
+        outcome = (
+            "it is still not loaded (its requests are answered 503)"
+            if before is None
+            else "the previous model is still serving"
+        )
+        log.error("reload of model %s failed; %s: %s", name, outcome, exc)
+        raise ApiError(422, "reload_failed", f"{exc}; {outcome}") from None
     after = list(loaded.bundle.input_columns)
     added = [c for c in after if before is not None and c not in before]
     removed = [c for c in before or () if c not in after]

@@ -130,7 +130,12 @@ class ModelRegistry:
                 try:
                     self.reload(name, self._paths[name])
                 except (BundleError, ModelSyncError) as exc:
-                    log.error("model %s: reload on SIGHUP failed; serving on: %s", name, exc)
+                    log.error(
+                        "model %s: reload on SIGHUP failed; %s: %s",
+                        name,
+                        "serving on" if name in self._models else "still not loaded",
+                        exc,
+                    )
         return dict(self._errors)
 
     def names(self) -> list[str]:

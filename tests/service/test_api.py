@@ -1133,3 +1133,35 @@ def test_a_field_named_like_the_answers_own_is_not_advised_into_passthrough(clie
         assert "passthrough_fields = ['severity']" not in said
         assert "list them in passthrough_fields" not in said
         assert "the answer has its own field(s) of that name: rename them to have" in said
+
+
+def test_a_failed_reload_of_a_model_never_loaded_does_not_say_one_serves(
+    bundle_dir, tmp_path, caplog
+):
+    # One team's bundle broken at start, its reload failing too, was answered "...; the
+    # previous model is still serving", where its requests were (and stay) 503: no model of
+    # that name served (found probing a 20-model server).
+    from prometheus_client import CollectorRegistry
+
+    from service.app import create_app
+    from service.config import ServiceConfig
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{broken")
+    models = {"tiny": str(bundle_dir), "other": str(tmp_path / "broken")}
+    config = ServiceConfig(models=models, admin_token=ADMIN)
+    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    try:
+        client = app.test_client()
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        with caplog.at_level("ERROR"):
+            failed = client.post("/v1/models/other/reload", headers=auth)
+        assert failed.status_code == 422
+        assert "still serving" not in failed.json["detail"]
+        assert "still not loaded" in failed.json["detail"]
+        assert "reload of model other failed; it is still not loaded" in caplog.text
+        assert (
+            client.post("/v1/models/other/score", json={"records": [NORMAL[0]]}).status_code == 503
+        )
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from detector.bundles.bundle import Bundle, load_bundle, set_target_fpr
 from service.config import ServiceConfig
+from service.model_sync import SyncDir
 from service.registry import ModelRegistry
 from tests import processes
 from tests.conftest import normal_records
@@ -401,3 +402,21 @@ def test_sighup_reloads_each_bundle_from_its_directory(
         assert {(s, fpr) for s, _, fpr in answers} == {(200, 0.03)}, server.log_text()
     finally:
         write_good(live, bundle_dir)
+
+
+def test_a_sighup_reload_of_a_model_never_loaded_does_not_say_it_serves_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bundle broken since the start, and still at SIGHUP, was logged "reload on SIGHUP
+    # failed; serving on: ...", where nothing of that name served (found probing a 20-model
+    # server). The new worker that claims the reload says it is still not loaded.
+    (tmp_path / "broken").mkdir()
+    break_in_place(tmp_path / "broken")
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    SyncDir(sync).request_reload("other")  # as the master does on SIGHUP
+    registry = ModelRegistry({"other": str(tmp_path / "broken")}, sync_dir=sync)
+    with caplog.at_level("ERROR"):
+        registry.load_all()
+    assert "model other: reload on SIGHUP failed; still not loaded" in caplog.text
+    assert "serving on" not in caplog.text
