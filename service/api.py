@@ -47,7 +47,7 @@ from service.scoring import (
     score_request,
 )
 from service.series_store import state_disk_low
-from service.state import ApiError, state
+from service.state import ApiError, state, unknown_model_detail
 from service.throttled_log import ThrottledLog
 from service.turns import HEAVY_BODY_BYTES as HEAVY
 from service.turns import off_the_loop
@@ -379,7 +379,7 @@ def reload(name: str) -> Response:
     shape = 'an empty body or {"path": "..."}'
     body = validated(schemas.ReloadRequest, read_json(app_state, shape, empty={}), shape)
     if name not in app_state.models.names():
-        raise ApiError(404, "unknown_model", f"no model named '{name}'")
+        raise ApiError(404, "unknown_model", unknown_model_detail(name, app_state.models.names()))
     try:
         before = list(app_state.models.get(name).bundle.input_columns)
     except BundleError:  # not loaded: nothing served to compare with
@@ -460,6 +460,6 @@ def _alerts_model(served: list[str]) -> str | None:
         raise ApiError(
             404,
             "unknown_model",
-            f"no model named {names[0]!r}; served models: {', '.join(served)}",
+            unknown_model_detail(names[0], list(served)),
         )
     return names[0]

@@ -7,6 +7,7 @@ needs the app.
 
 from __future__ import annotations
 
+import difflib
 import threading
 from dataclasses import dataclass, field
 
@@ -73,7 +74,7 @@ class ServiceState:
             raise ApiError(
                 404,
                 "unknown_model",
-                f"no model named '{name}'; served models: {', '.join(self.models.names())}",
+                unknown_model_detail(name, self.models.names()),
             ) from None
         except BundleError:
             # The reason names files and quotes Keras: the registry logged it when the load
@@ -81,6 +82,22 @@ class ServiceState:
             raise ApiError(
                 503, "model_not_loaded", f"model '{name}' is not loaded; see the server log"
             ) from None
+
+
+#: Up to this many served models, an unknown name's answer lists them all.
+LISTED_MODELS = 10
+
+
+def unknown_model_detail(name: str, served: list[str]) -> str:
+    """Why ``name`` is not served, and the name it most resembles: a server of 100 models
+    listed them all (2.5 kB, cut at 4,000 characters), the right one to be found by eye."""
+    detail = f"no model named '{name}'"
+    close = difflib.get_close_matches(name, served, n=1, cutoff=0.8)
+    if close:
+        detail += f"; did you mean '{close[0]}'?"
+    if len(served) <= LISTED_MODELS:
+        return f"{detail}; served models: {', '.join(served)}"
+    return f"{detail}; {len(served)} models are served, GET /v1/models lists them"
 
 
 def state() -> ServiceState:

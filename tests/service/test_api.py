@@ -1165,3 +1165,43 @@ def test_a_failed_reload_of_a_model_never_loaded_does_not_say_one_serves(
         )
     finally:
         app.extensions["anomaly"].dispatcher.stop()
+
+
+def test_a_misspelt_model_name_among_many_is_told_the_name_it_resembles(bundle_dir, tmp_path):
+    # A server of 100 teams' models answered a misspelt name with every name it serves, 2.5 kB
+    # ('no model named ...; served models: team-service-number-0, ...'), cut at 4,000
+    # characters with more or longer names, the right one to be found by eye (found probing a
+    # 100-model server). Now the close name is offered and the list is left to GET /v1/models.
+    from prometheus_client import CollectorRegistry
+
+    from service.app import create_app
+    from service.config import ServiceConfig
+
+    models = {f"payments-{i}": str(bundle_dir) for i in range(12)}
+    config = ServiceConfig(models=models, admin_token=ADMIN)
+    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    try:
+        client = app.test_client()
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        for answer in (
+            client.post("/v1/models/paymnets-7/score", json={"records": [NORMAL[0]]}),
+            client.get("/v1/models/paymnets-7"),
+            client.post("/v1/models/paymnets-7/reload", headers=auth),
+            client.get("/v1/alerts?model=paymnets-7"),
+        ):
+            detail = answer.json["detail"]
+            assert answer.status_code == 404, detail
+            assert "did you mean 'payments-7'?" in detail
+            assert "payments-11" not in detail and "12 models are served" in detail
+        few = create_app(
+            ServiceConfig(models={"a": str(bundle_dir), "b": str(bundle_dir)}),
+            metrics_registry=CollectorRegistry(),
+            sinks=[],
+        )
+        try:  # a few are still listed
+            detail = few.test_client().get("/v1/models/c").json["detail"]
+            assert detail == "no model named 'c'; served models: a, b"
+        finally:
+            few.extensions["anomaly"].dispatcher.stop()
+    finally:
+        app.extensions["anomaly"].dispatcher.stop()
