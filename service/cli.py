@@ -356,7 +356,8 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, run_dir: str) -> int
         "workers": args.workers,
         # Slow or stalled clients wait in greenlets instead of holding a worker each; a
         # request's headers must arrive within `keepalive` seconds (gevent workers time the
-        # header read with it) and each read of its body within request_read_timeout.
+        # header read with it; a kept-alive connection's, from their first byte, after its
+        # idle wait, service.server.KEEPALIVE_IDLE_S) and its body by request_read_timeout.
         # gunicorn's gevent worker, with a lingering close (service.server).
         "worker_class": "service.server.LingeringGeventWorker",
         "worker_connections": args.connections,

@@ -10,12 +10,15 @@ add up) and marks each exited worker dead so its live gauges drop out. Requests 
 refuses before the app sees them (a URL or headers over its limits, a malformed request line)
 are answered in the app's JSON error shape, not gunicorn's HTML page. A connection closed
 before its request body was read lingers (``LingeringGeventWorker``), so that its answer
-reaches a client still sending.
+reaches a client still sending. A kept-alive connection waits ``KEEPALIVE_IDLE_S`` for its
+next request, longer than load balancers keep theirs idle, its headers then timed as gunicorn
+times them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -29,7 +32,10 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import gevent
+from gevent import select as gevent_select
 from gevent.server import StreamServer
+from gevent.socket import wait_read
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -155,6 +161,19 @@ LINGER_S = 10.0
 LINGER_IDLE_S = 2.0
 LINGER_MAX_BYTES = 64 * 1024 * 1024
 
+#: How long a kept-alive connection waits, idle, for the first byte of its next request. A load
+#: balancer reuses its idle connections to the service for longer than gunicorn's `keepalive`
+#: (5 s), which closed them: a request sent on one as it closed was reset (a client idling 0-8 s
+#: between requests: 30 of 120 `BrokenPipeError`), and the balancer answers its user 502. A
+#: backend must keep them longer than the balancer does: AWS ALB 60 s, nginx and ingress-nginx
+#: 60 s, Go's proxies (Traefik) 90 s, Google Cloud's load balancers 600 s (Google asks 620 s).
+#: gunicorn's `keepalive` still bounds the headers, from their first byte (a slow client).
+KEEPALIVE_IDLE_S = 620.0
+
+
+class _Woken(Exception):
+    """Thrown into a connection waiting idle: the worker stops."""
+
 
 class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker, with nginx's "lingering close". An answer given before its
@@ -173,6 +192,8 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
         # worker process, the one that answers its queued connections as it stops.
         ggevent.StreamServer = DrainingStreamServer
         self._named = {id(listener): NamedListener(listener) for listener in self.sockets}
+        self._idle: dict[Any, None] = {}  # greenlets waiting for a next request, oldest first
+        self._closer: Any = None
         super().run()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
@@ -190,6 +211,45 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
             if _body_unread(req):
                 _linger(sock)
             raise
+        if not self._next_request_begins(req, sock):
+            raise StopIteration()  # gunicorn closes the connection
+
+    def _next_request_begins(self, req: Any, sock: Any) -> bool:
+        """Wait for the first byte of the connection's next request, up to
+        ``KEEPALIVE_IDLE_S``; ``False`` where none came, or the worker stops (then also at
+        once). gunicorn's keep-alive timer (``timeout_ctx``) then starts: it bounds the wait
+        for the whole of the headers, which alone had closed an idle connection after 5 s. A
+        request already begun (its bytes read with the previous one's, a body not read to its
+        end) is left to that timer."""
+        if not self.alive:
+            return False
+        if _body_unread(req) or _buffered(req) or _ssl_pending(sock):
+            return True
+        if self._closer is None:
+            self._closer = gevent.spawn(self._close_idle_at_stop)
+        me = gevent.getcurrent()
+        self._idle[me] = None
+        try:
+            wait_read(sock.fileno(), timeout=KEEPALIVE_IDLE_S)
+        except TimeoutError:
+            return False
+        except _Woken:  # a request that arrived meanwhile is answered
+            return bool(gevent_select.select([sock], [], [], 0)[0])
+        finally:
+            self._idle.pop(me, None)
+        return True
+
+    def _wake(self, greenlet: Any) -> None:
+        self._idle.pop(greenlet, None)
+        greenlet.kill(_Woken, block=False)
+
+    def _close_idle_at_stop(self) -> None:
+        """Once the worker stops, closes its idle connections, which it would otherwise wait
+        for until its graceful timeout."""
+        while self.alive:
+            gevent.sleep(1.0)
+        while self._idle:
+            self._wake(next(iter(self._idle)))
 
 
 class NamedListener:
@@ -228,6 +288,21 @@ def _body_unread(req: Any) -> bool:
     """Whether gunicorn has not read all of the request's body (sized or chunked)."""
     reader = getattr(getattr(req, "body", None), "reader", None)
     return bool(getattr(reader, "length", 0)) or getattr(reader, "parser", None) is not None
+
+
+def _buffered(req: Any) -> bool:
+    """Whether gunicorn holds bytes read past the request (the next one begun), or cannot say."""
+    buffer = getattr(getattr(req, "unreader", None), "buf", None)
+    if not isinstance(buffer, io.BytesIO):
+        return True
+    with buffer.getbuffer() as held:
+        return held.nbytes > 0
+
+
+def _ssl_pending(sock: Any) -> bool:
+    """Whether a TLS socket holds decrypted bytes not read yet (its file shows none)."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending()) if callable(pending) else False
 
 
 def _linger(sock: socket.socket) -> None:
@@ -431,7 +506,6 @@ def _name_accept_errors(worker: Any) -> None:
     files'. That one is said instead (``service.open_files``); the server retries as before,
     and the connections wait in the listen queue until others close. Every other error goes
     to the hub as it did."""
-    import gevent
     from gevent.baseserver import BaseServer
 
     hub = gevent.get_hub()

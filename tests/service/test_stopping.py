@@ -105,3 +105,35 @@ def test_requests_waiting_when_the_server_is_stopped_are_all_answered(
                 answers.append(type(exc).__name__)
         assert answers == [200] * 10, server.log_text()
         assert server.process.wait(timeout=30) == 0
+
+
+def test_idle_keep_alive_connections_do_not_hold_a_stopping_server(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Connections kept alive for their next request (service.server.KEEPALIVE_IDLE_S) are
+    closed as the server stops: waited for, they held each worker to its graceful timeout,
+    and the master then killed the workers (SIGKILL) before their alerts were sent."""
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    with serving({"tiny": bundle_dir}, tmp_path, env=env) as server:
+        workers = server.workers()
+        clients = [
+            http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in range(10)
+        ]
+        try:
+            for client in clients:
+                client.request("GET", "/healthz")
+                response = client.getresponse()
+                response.read()
+                assert response.status == 200
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=60) == 0
+            for client in clients:  # closed by the server, not reset
+                assert client.sock is not None
+                assert client.sock.recv(64) == b""
+        finally:
+            for client in clients:
+                client.close()
+        log = server.log_text()
+        # Each worker ended itself (its exit hook sent its alerts), none killed by the master.
+        for pid in workers:
+            assert f"Worker exiting (pid: {pid})" in log, log
