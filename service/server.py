@@ -172,7 +172,7 @@ KEEPALIVE_IDLE_S = 620.0
 
 
 class _Woken(Exception):
-    """Thrown into a connection waiting idle: the worker stops."""
+    """Thrown into a connection waiting idle: the worker stops, or needs its slot."""
 
 
 class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
@@ -194,6 +194,7 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
         self._named = {id(listener): NamedListener(listener) for listener in self.sockets}
         self._idle: dict[Any, None] = {}  # greenlets waiting for a next request, oldest first
         self._closer: Any = None
+        self._connections = 0
         super().run()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
@@ -202,7 +203,15 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
         # to stop failed there ('OSError: [Errno 9] Bad file descriptor', logged with a
         # traceback) and was closed unanswered. Under load (12 clients, 2 workers) a SIGTERM
         # reset 12 requests so.
-        super().handle(self._named.get(id(listener), listener), client, addr)
+        self._connections += 1
+        try:
+            if self._connections >= self.worker_connections and self._idle:
+                # This connection took the worker's last slot: the one idle longest gives its
+                # own up (nginx does the same), else a new client waited behind idle ones.
+                self._wake(next(iter(self._idle)))
+            super().handle(self._named.get(id(listener), listener), client, addr)
+        finally:
+            self._connections -= 1
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
         try:
@@ -217,10 +226,10 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
     def _next_request_begins(self, req: Any, sock: Any) -> bool:
         """Wait for the first byte of the connection's next request, up to
         ``KEEPALIVE_IDLE_S``; ``False`` where none came, or the worker stops (then also at
-        once). gunicorn's keep-alive timer (``timeout_ctx``) then starts: it bounds the wait
-        for the whole of the headers, which alone had closed an idle connection after 5 s. A
-        request already begun (its bytes read with the previous one's, a body not read to its
-        end) is left to that timer."""
+        once), or a new connection needs its slot. gunicorn's keep-alive timer (``timeout_ctx``)
+        then starts: it bounds the wait for the whole of the headers, which alone had closed an
+        idle connection after 5 s. A request already begun (its bytes read with the previous
+        one's, a body not read to its end) is left to that timer."""
         if not self.alive:
             return False
         if _body_unread(req) or _buffered(req) or _ssl_pending(sock):

@@ -257,6 +257,35 @@ def test_pipelined_requests_are_answered_without_an_idle_wait(server: Server) ->
 
 
 @pytest.fixture(scope="module")
+def four_connections(
+    bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One worker of 4 connections."""
+    with serving(
+        {"tiny": bundle_dir},
+        tmp_path_factory.mktemp("four"),
+        workers=1,
+        args=("--connections", "4"),
+    ) as running:
+        yield running
+
+
+def test_idle_connections_give_up_their_slots_to_new_clients(four_connections: Server) -> None:
+    # Idle connections held every slot of the worker: a new client waited in the listen queue
+    # until one closed. The connection idle longest now closes for the newest.
+    with ExitStack() as stack:
+        held = []
+        for _ in range(6):
+            sock = _connect(four_connections.port, _request("/healthz"))
+            stack.callback(sock.close)
+            assert _answer_on(sock)[0] == 200
+            held.append(sock)
+        assert _closed_by_server(held[0]) and _closed_by_server(held[1])
+        held[-1].sendall(_request("/healthz"))
+        assert _answer_on(held[-1])[0] == 200
+
+
+@pytest.fixture(scope="module")
 def one_worker(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``anomaly serve`` with one worker, so that every connection reaches the same one; the
     default body limits, and a read timeout that outlasts the test's held bodies."""
