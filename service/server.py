@@ -34,8 +34,8 @@ from typing import Any
 
 import gevent
 from gevent import select as gevent_select
+from gevent.event import Event
 from gevent.server import StreamServer
-from gevent.socket import wait_read
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -171,10 +171,6 @@ LINGER_MAX_BYTES = 64 * 1024 * 1024
 KEEPALIVE_IDLE_S = 620.0
 
 
-class _Woken(Exception):
-    """Thrown into a connection waiting idle: the worker stops, or needs its slot."""
-
-
 class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker, with nginx's "lingering close". An answer given before its
     request body was read (413 from the Content-Length, 503 when the worker holds too many
@@ -192,7 +188,9 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
         # worker process, the one that answers its queued connections as it stops.
         ggevent.StreamServer = DrainingStreamServer
         self._named = {id(listener): NamedListener(listener) for listener in self.sockets}
-        self._idle: dict[Any, None] = {}  # greenlets waiting for a next request, oldest first
+        # Set to end a connection's idle wait (its next request begins, the worker stops, or
+        # needs its slot); oldest first.
+        self._idle: dict[Event, None] = {}
         self._closer: Any = None
         self._connections = 0
         super().run()
@@ -236,21 +234,24 @@ class LingeringGeventWorker(GeventWorker):  # type: ignore[misc]
             return True
         if self._closer is None:
             self._closer = gevent.spawn(self._close_idle_at_stop)
-        me = gevent.getcurrent()
-        self._idle[me] = None
+        woken = Event()
+        readable = gevent.get_hub().loop.io(sock.fileno(), 1)
+        readable.start(woken.set)
+        self._idle[woken] = None
         try:
-            wait_read(sock.fileno(), timeout=KEEPALIVE_IDLE_S)
-        except TimeoutError:
-            return False
-        except _Woken:  # a request that arrived meanwhile is answered
-            return bool(gevent_select.select([sock], [], [], 0)[0])
+            woken.wait(KEEPALIVE_IDLE_S)
         finally:
-            self._idle.pop(me, None)
-        return True
+            readable.stop()
+            readable.close()
+            self._idle.pop(woken, None)
+        # A byte (or the client's close) now: a request that arrived as the wait was ended
+        # for the worker's sake is still answered. Waking by an event, not by an exception
+        # thrown into the greenlet, cannot land in a request that began meanwhile.
+        return bool(gevent_select.select([sock], [], [], 0)[0])
 
-    def _wake(self, greenlet: Any) -> None:
-        self._idle.pop(greenlet, None)
-        greenlet.kill(_Woken, block=False)
+    def _wake(self, woken: Event) -> None:
+        self._idle.pop(woken, None)
+        woken.set()
 
     def _close_idle_at_stop(self) -> None:
         """Once the worker stops, closes its idle connections, which it would otherwise wait
