@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,10 +53,9 @@ def test_readiness_says_when_the_series_states_disk_is_full(bundle_dir, small_di
         app.extensions["anomaly"].dispatcher.stop()
 
 
-@pytest.mark.parametrize(("needs", "status"), [("all", 503), ("any", 200)])
-def test_readiness_with_one_broken_model_follows_ready_needs(bundle_dir, tmp_path, needs, status):
-    # One team's broken bundle took a server of 30 teams' models out of rotation, with no
-    # setting to say otherwise (found by a helper).
+def app_with_a_broken_model(bundle_dir: Path, tmp_path: Path, **settings: Any) -> Any:
+    """An app serving the tiny model as 'tiny' and, as 'other', a bundle whose manifest is
+    not JSON (stop its dispatcher after)."""
     from prometheus_client import CollectorRegistry
 
     from service.app import create_app
@@ -64,8 +64,15 @@ def test_readiness_with_one_broken_model_follows_ready_needs(bundle_dir, tmp_pat
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.json").write_text("{broken")
     models = {"tiny": str(bundle_dir), "other": str(tmp_path / "broken")}
-    config = ServiceConfig(models=models, ready_needs=needs)
-    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    config = ServiceConfig(models=models, **settings)
+    return create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+
+
+@pytest.mark.parametrize(("needs", "status"), [("all", 503), ("any", 200)])
+def test_readiness_with_one_broken_model_follows_ready_needs(bundle_dir, tmp_path, needs, status):
+    # One team's broken bundle took a server of 30 teams' models out of rotation, with no
+    # setting to say otherwise (found by a helper).
+    app = app_with_a_broken_model(bundle_dir, tmp_path, ready_needs=needs)
     try:
         client = app.test_client()
         ready = client.get("/readyz")
@@ -1141,16 +1148,7 @@ def test_a_failed_reload_of_a_model_never_loaded_does_not_say_one_serves(
     # One team's bundle broken at start, its reload failing too, was answered "...; the
     # previous model is still serving", where its requests were (and stay) 503: no model of
     # that name served (found probing a 20-model server).
-    from prometheus_client import CollectorRegistry
-
-    from service.app import create_app
-    from service.config import ServiceConfig
-
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "manifest.json").write_text("{broken")
-    models = {"tiny": str(bundle_dir), "other": str(tmp_path / "broken")}
-    config = ServiceConfig(models=models, admin_token=ADMIN)
-    app = create_app(config, metrics_registry=CollectorRegistry(), sinks=[])
+    app = app_with_a_broken_model(bundle_dir, tmp_path, admin_token=ADMIN)
     try:
         client = app.test_client()
         auth = {"Authorization": f"Bearer {ADMIN}"}
